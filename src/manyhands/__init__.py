@@ -1,0 +1,35 @@
+"""manyhands: run one slow operation over a huge stream of items, many at a time.
+
+>>> import manyhands
+>>> report = manyhands.run(lambda x: x * 2, range(1000), workers=8)
+>>> report.succeeded
+1000
+
+See :func:`run`, :func:`map` and the README.
+"""
+
+from __future__ import annotations
+
+from ._api import map, run
+from ._exceptions import InputError, ItemsFailed, ManyhandsError
+from ._options import DEFAULT_WORKERS, RunOptions
+from ._outcome import Failure, Outcome
+from ._report import Latency, Report
+from ._stream import Outcomes
+
+__all__ = [
+    "DEFAULT_WORKERS",
+    "Failure",
+    "InputError",
+    "ItemsFailed",
+    "Latency",
+    "ManyhandsError",
+    "Outcome",
+    "Outcomes",
+    "Report",
+    "RunOptions",
+    "map",
+    "run",
+]
+
+__version__ = "0.1.0"

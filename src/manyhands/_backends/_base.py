@@ -1,0 +1,40 @@
+"""The interface between the engine and a backend."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from .._batch import Batch
+
+__all__ = ["Backend"]
+
+
+class Backend(Protocol):
+    """Executes batches; reports each finished one through ``done``.
+
+    The engine calls, from one thread: ``start`` once, ``submit`` many times,
+    ``shutdown`` once (always, also after errors). ``done`` may be called from
+    any thread, once per submitted batch that ran.
+    """
+
+    def start(self, fn: Callable[[Any], Any], done: Callable[[Batch], None]) -> None:
+        """Prepare to run ``fn``; finished batches go to ``done``."""
+
+    def submit(self, batch: Batch) -> None:
+        """Queue a batch for execution; never blocks for long."""
+
+    def wind_down(self) -> None:
+        """No batch is expected after those submitted: idle workers may exit.
+
+        A hint that overlaps teardown with the last batches; a later
+        ``submit`` still runs (the backend starts workers again as needed).
+        """
+
+    def shutdown(self, grace: float) -> int:
+        """Drop queued batches, wait up to ``grace`` seconds for running ones.
+
+        Returns the number of workers still busy after the grace period, which
+        are abandoned. A KeyboardInterrupt during the wait ends it at once and
+        is re-raised after the workers were told to stop.
+        """

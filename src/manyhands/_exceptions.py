@@ -1,0 +1,65 @@
+"""The exceptions manyhands raises.
+
+Every exception of manyhands' own derives from one root::
+
+    ManyhandsError
+     ├── InputError        the user's iterable of items raised while it was read
+     └── ItemsFailed       Report.raise_for_failures(): some items failed
+
+An item's failure is never raised by ``run`` or ``map``: it is a value, a
+:class:`~manyhands.Failure`, in the :class:`~manyhands.Outcome` of that item.
+Invalid options raise the built-in ``TypeError`` or ``ValueError`` at the call.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._outcome import Failure
+    from ._report import Report
+
+__all__ = ["InputError", "ItemsFailed", "ManyhandsError"]
+
+
+class ManyhandsError(Exception):
+    """The root of every exception manyhands raises itself."""
+
+
+class InputError(ManyhandsError):
+    """The iterable of items raised an exception while manyhands read it.
+
+    Every item before ``position`` was run and has its outcome; the item at
+    ``position`` and everything after it were never read. The original
+    exception is chained as ``__cause__``.
+
+    Attributes:
+        position: 0-based index of the item whose reading raised.
+        report: for :func:`manyhands.run`, the Report of the items before
+            ``position``; ``None`` when raised by :func:`manyhands.map`
+            (the outcomes were already yielded).
+    """
+
+    def __init__(self, position: int, cause: BaseException, report: Report | None = None):
+        self.position = position
+        self.report = report
+        super().__init__(
+            f"reading item {position} from the items iterable raised "
+            f"{type(cause).__qualname__}; items 0..{position - 1} were run, "
+            f"nothing from {position} on was read"
+        )
+
+
+class ItemsFailed(ManyhandsError):
+    """Raised by :meth:`Report.raise_for_failures` when any item failed.
+
+    Attributes:
+        report: the whole Report.
+        failures: the kept failures (``report.failures``).
+    """
+
+    def __init__(self, report: Report):
+        self.report = report
+        self.failures: list[Failure] = list(report.failures)
+        kinds = ", ".join(f"{name} x{count}" for name, count in report.errors_by_type.items())
+        super().__init__(f"{report.failed} of {report.total} items failed: {kinds}")

@@ -1,0 +1,154 @@
+"""What happened to one item: :class:`Outcome`, and when it failed, :class:`Failure`."""
+
+from __future__ import annotations
+
+import traceback as _tb
+from typing import Any, Generic, TypeVar
+
+__all__ = ["Failure", "Outcome", "describe_exception", "qualified_name", "safe_repr"]
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+_REPR_LIMIT = 200
+
+
+def qualified_name(cls: type) -> str:
+    """The importable name of a class, as recorded in ``Failure.error_type``.
+
+    >>> qualified_name(ValueError)
+    'builtins.ValueError'
+    """
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def safe_repr(obj: object, limit: int = _REPR_LIMIT) -> str:
+    """``repr(obj)`` cut to ``limit`` characters, never raising.
+
+    >>> safe_repr("x" * 500, limit=12)
+    "'xxxxxxxx..."
+    >>> class Bad:
+    ...     def __repr__(self): raise RuntimeError
+    >>> safe_repr(Bad())
+    '<unrepresentable Bad object>'
+    """
+    try:
+        text = repr(obj)
+    except BaseException:  # a broken __repr__ must not break a report
+        return f"<unrepresentable {type(obj).__qualname__} object>"
+    if len(text) > limit:
+        return text[: max(limit - 3, 0)] + "..."
+    return text
+
+
+def _safe_message(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except BaseException:  # an exception whose __str__ raises
+        return f"<unprintable {type(exc).__qualname__} message>"
+
+
+def describe_exception(exc: BaseException) -> tuple[str, str, str]:
+    """(error_type, message, formatted traceback) of ``exc``, never raising.
+
+    Used where the exception object cannot travel (another process), and
+    lazily by :attr:`Failure.traceback` otherwise.
+    """
+    error_type = qualified_name(type(exc))
+    message = _safe_message(exc)
+    try:
+        text = "".join(_tb.format_exception(type(exc), exc, exc.__traceback__))
+    except BaseException:
+        frames = "".join(_tb.format_tb(exc.__traceback__)) if exc.__traceback__ else ""
+        text = f"Traceback (most recent call last):\n{frames}{error_type}: {message}\n"
+    return error_type, message, text
+
+
+class Failure:
+    """Why one item failed: the error of its last attempt.
+
+    Attributes:
+        item: the input item.
+        error_type: qualified class name of the exception, e.g. ``"builtins.ValueError"``.
+        message: ``str()`` of the exception (a placeholder if ``__str__`` raised).
+        attempts: how many times the item was tried.
+        exception: the exception object itself when it was raised in this
+            process, else ``None`` (e.g. it came back from a worker process).
+    """
+
+    __slots__ = ("_traceback", "attempts", "error_type", "exception", "item", "message")
+
+    def __init__(
+        self,
+        item: Any,
+        error_type: str,
+        message: str,
+        traceback: str | None = None,
+        attempts: int = 1,
+        exception: BaseException | None = None,
+    ) -> None:
+        self.item = item
+        self.error_type = error_type
+        self.message = message
+        self._traceback = traceback
+        self.attempts = attempts
+        self.exception = exception
+
+    @classmethod
+    def from_exception(cls, item: Any, exc: BaseException, attempts: int = 1) -> Failure:
+        """A Failure for ``exc``; its traceback text is formatted on first access.
+
+        >>> f = Failure.from_exception(3, ValueError("bad item"))
+        >>> f.error_type, f.message, f.attempts
+        ('builtins.ValueError', 'bad item', 1)
+        """
+        return cls(item, qualified_name(type(exc)), _safe_message(exc), None, attempts, exc)
+
+    @property
+    def traceback(self) -> str:
+        """The formatted traceback, as ``traceback.format_exception`` prints it."""
+        if self._traceback is None:
+            if self.exception is None:
+                self._traceback = f"{self.error_type}: {self.message}\n"
+            else:
+                self._traceback = describe_exception(self.exception)[2]
+        return self._traceback
+
+    def __repr__(self) -> str:
+        return (
+            f"Failure(item={safe_repr(self.item)}, error_type={self.error_type!r}, "
+            f"message={safe_repr(self.message)}, attempts={self.attempts})"
+        )
+
+
+class Outcome(Generic[T, R]):
+    """The result of one item: its value, or the :class:`Failure` that stopped it.
+
+    Attributes:
+        item: the input item.
+        value: what ``fn(item)`` returned; ``None`` when it failed.
+        error: the Failure, or ``None`` when it succeeded.
+        attempts: how many times the item was tried.
+
+    >>> out = Outcome(2, 4, None, 1)
+    >>> out.ok, out.value
+    (True, 4)
+    """
+
+    __slots__ = ("attempts", "error", "item", "value")
+
+    def __init__(self, item: T, value: R | None, error: Failure | None, attempts: int) -> None:
+        self.item = item
+        self.value = value
+        self.error = error
+        self.attempts = attempts
+
+    @property
+    def ok(self) -> bool:
+        """True when the item succeeded."""
+        return self.error is None
+
+    def __repr__(self) -> str:
+        if self.error is None:
+            return f"Outcome(item={safe_repr(self.item)}, value={safe_repr(self.value)})"
+        return f"Outcome(item={safe_repr(self.item)}, error={self.error!r})"

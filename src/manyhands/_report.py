@@ -1,0 +1,122 @@
+"""The summary of a run: :class:`Report`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._exceptions import ItemsFailed
+from ._outcome import Failure, safe_repr
+from ._stats import RunStatistics
+
+__all__ = ["Latency", "Report"]
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Per-item latency figures, in seconds (see ``LatencyHistogram``)."""
+
+    mean: float = 0.0
+    p50: float = 0.0
+    p95: float = 0.0
+    p99: float = 0.0
+
+
+@dataclass(frozen=True)
+class Report:
+    """What a run did.
+
+    ``failures`` keeps the full details of the first ``keep_failures`` failed
+    items (an option of ``run``/``map``, 1,000 by default); ``failed`` and
+    ``errors_by_type`` count all of them. Every failure, without limit, is
+    in the stream of Outcomes that :func:`manyhands.map` yields.
+
+    Attributes:
+        total: items that got an outcome.
+        succeeded: items whose call returned.
+        failed: items whose call raised.
+        elapsed: wall time of the run, in seconds.
+        failures: Failure details, in order of completion, at most ``keep_failures``.
+        errors_by_type: failed items per error type, most frequent first.
+        examples: one failed item per error type.
+        latency: per-item call latency; items run in a batch each count
+            as the batch's mean.
+    """
+
+    total: int
+    succeeded: int
+    failed: int
+    elapsed: float
+    failures: list[Failure] = field(default_factory=list)
+    errors_by_type: dict[str, int] = field(default_factory=dict)
+    examples: dict[str, Any] = field(default_factory=dict)
+    latency: Latency = field(default_factory=Latency)
+
+    @classmethod
+    def from_statistics(cls, stats: RunStatistics, elapsed: float) -> Report:
+        """Freeze the engine's running statistics into a Report."""
+        hist = stats.latency
+        return cls(
+            total=stats.total,
+            succeeded=stats.succeeded,
+            failed=stats.failed,
+            elapsed=elapsed,
+            failures=list(stats.failures),
+            errors_by_type=dict(stats.errors_by_type.most_common()),
+            examples=dict(stats.examples),
+            latency=Latency(
+                hist.mean, hist.percentile(50), hist.percentile(95), hist.percentile(99)
+            ),
+        )
+
+    @property
+    def ok(self) -> bool:
+        """True when no item failed."""
+        return self.failed == 0
+
+    @property
+    def throughput(self) -> float:
+        """Items per second over the whole run."""
+        return self.total / self.elapsed if self.elapsed > 0 else 0.0
+
+    def raise_for_failures(self) -> None:
+        """Raise :class:`manyhands.ItemsFailed` if any item failed; else do nothing.
+
+        >>> Report(total=2, succeeded=2, failed=0, elapsed=1.0).raise_for_failures()
+        """
+        if self.failed:
+            raise ItemsFailed(self)
+
+    def __str__(self) -> str:
+        lines = [
+            f"{self.total:,} items in {_duration(self.elapsed)} "
+            f"({self.throughput:,.1f}/s): {self.succeeded:,} succeeded, {self.failed:,} failed",
+            f"latency per item: p50 {_duration(self.latency.p50)}, "
+            f"p95 {_duration(self.latency.p95)}, p99 {_duration(self.latency.p99)}",
+        ]
+        if self.errors_by_type:
+            lines.append("errors by type:")
+            for name, count in list(self.errors_by_type.items())[:10]:
+                example = safe_repr(self.examples.get(name), limit=60)
+                lines.append(f"  {count:>8,}  {name}  (e.g. item {example})")
+            if len(self.errors_by_type) > 10:
+                lines.append(f"  ... and {len(self.errors_by_type) - 10} more error types")
+        return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    """A short human duration.
+
+    >>> _duration(0.0000123), _duration(0.25), _duration(75.0), _duration(7322.0)
+    ('12.3us', '250.0ms', '1m15.0s', '2h02m02s')
+    """
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.1f}us"
+    if seconds < 1:
+        return f"{seconds * 1e3:.1f}ms"
+    if seconds < 60:
+        return f"{seconds:.2f}s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)}m{seconds % 60:04.1f}s"
+    hours, rest = divmod(int(seconds), 3600)
+    return f"{hours}h{rest // 60:02d}m{rest % 60:02d}s"

@@ -1,0 +1,97 @@
+"""Running statistics of a run, kept in memory independent of the input's length."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from typing import Any
+
+from ._outcome import Failure
+
+__all__ = ["LatencyHistogram", "RunStatistics"]
+
+# Log-scale buckets: 16 per power of two (about 4.4% apart), from ~1 ns up.
+_STEPS_PER_OCTAVE = 16
+_OFFSET = 30 * _STEPS_PER_OCTAVE  # bucket 0 is 2**-30 s, about 1 ns
+_log2 = math.log2
+
+
+class LatencyHistogram:
+    """Per-item latencies in log-spaced buckets: O(1) to record, bounded memory.
+
+    Percentiles are accurate to the bucket width, about 4.4%.
+
+    >>> h = LatencyHistogram()
+    >>> h.record(0.010, 99)
+    >>> h.record(1.0)
+    >>> round(h.percentile(50), 3), round(h.percentile(100), 2)
+    (0.01, 1.0)
+    """
+
+    __slots__ = ("_buckets", "count", "total")
+
+    def __init__(self) -> None:
+        self._buckets: dict[int, int] = {}
+        self.count = 0
+        self.total = 0.0
+
+    def record(self, seconds: float, count: int = 1) -> None:
+        """Add ``count`` items that each took ``seconds``."""
+        index = max(round(_log2(seconds) * _STEPS_PER_OCTAVE) + _OFFSET, 0) if seconds > 0 else 0
+        buckets = self._buckets
+        buckets[index] = buckets.get(index, 0) + count
+        self.count += count
+        self.total += seconds * count
+
+    def percentile(self, q: float) -> float:
+        """The latency at percentile ``q`` (0-100); 0.0 when nothing was recorded."""
+        if self.count == 0:
+            return 0.0
+        rank = max(math.ceil(self.count * q / 100.0), 1)
+        seen = 0
+        for index in sorted(self._buckets):
+            seen += self._buckets[index]
+            if seen >= rank:
+                return float(2.0 ** ((index - _OFFSET) / _STEPS_PER_OCTAVE)) if index else 0.0
+        return 0.0  # pragma: no cover - rank <= count always reaches a bucket
+
+    @property
+    def mean(self) -> float:
+        """The mean latency; 0.0 when nothing was recorded."""
+        return self.total / self.count if self.count else 0.0
+
+
+class RunStatistics:
+    """Counters the engine updates once per completed batch.
+
+    Keeps full :class:`Failure` details for the first ``keep_failures``
+    failures and counts for all of them.
+    """
+
+    def __init__(self, keep_failures: int) -> None:
+        self.keep_failures = keep_failures
+        self.succeeded = 0
+        self.failed = 0
+        self.failures: list[Failure] = []
+        self.errors_by_type: Counter[str] = Counter()
+        self.examples: dict[str, Any] = {}
+        self.latency = LatencyHistogram()
+
+    @property
+    def total(self) -> int:
+        """Items with an outcome so far."""
+        return self.succeeded + self.failed
+
+    def add_batch(self, size: int, elapsed: float, failures: list[Failure] | None) -> None:
+        """Account for a finished batch of ``size`` items that took ``elapsed`` seconds."""
+        failed = len(failures) if failures else 0
+        self.succeeded += size - failed
+        self.latency.record(elapsed / size if size else 0.0, size)
+        if failures:
+            self.failed += failed
+            room = self.keep_failures - len(self.failures)
+            if room > 0:
+                self.failures.extend(failures[:room])
+            for failure in failures:
+                self.errors_by_type[failure.error_type] += 1
+                self.examples.setdefault(failure.error_type, failure.item)

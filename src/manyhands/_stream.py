@@ -1,0 +1,77 @@
+"""The iterator :func:`manyhands.map` returns."""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Iterator
+from itertools import repeat
+from types import TracebackType
+from typing import Any, Generic, TypeVar
+
+from ._engine import Engine
+from ._outcome import Outcome
+from ._report import Report
+
+__all__ = ["Outcomes"]
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class Outcomes(Generic[T, R]):
+    """An iterator of :class:`Outcome`, one per item, that also reports on the run.
+
+    Nothing runs until the first item is requested. Leaving the loop early
+    (``break``, an exception) or calling :meth:`close` stops the run: queued
+    items are dropped and running calls get the grace period to finish.
+    Using it as a context manager closes it on exit.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._outcomes = _outcomes(engine)
+
+    def __iter__(self) -> Iterator[Outcome[T, R]]:
+        return self._outcomes  # the generator itself: no extra call per item
+
+    def __next__(self) -> Outcome[T, R]:
+        return next(self._outcomes)
+
+    def close(self) -> None:
+        """Stop the run now; idempotent."""
+        self._outcomes.close()
+
+    def __enter__(self) -> Outcomes[T, R]:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def report(self) -> Report:
+        """A Report of the outcomes delivered so far (final once exhausted)."""
+        return self._engine.report()
+
+
+def _outcomes(engine: Engine) -> Generator[Outcome[Any, Any], None, None]:
+    batches = engine.batches()
+    try:
+        for batch in batches:
+            failures = batch.failures
+            if failures is None:
+                yield from map(
+                    Outcome, batch.items, batch.values, repeat(None), repeat(batch.attempt)
+                )
+            else:
+                for index, item in enumerate(batch.items):
+                    failure = failures.get(index)
+                    if failure is None:
+                        yield Outcome(item, batch.values[index], None, batch.attempt)
+                    else:
+                        yield Outcome(item, None, failure, failure.attempts)
+    finally:
+        batches.close()

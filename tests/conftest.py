@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Iterator
+
+import psutil
+import pytest
+
+BACKENDS = ["threads"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Every behaviour test runs once per backend."""
+    return str(request.param)
+
+
+def os_thread_count() -> int:
+    return psutil.Process().num_threads()
+
+
+def wait_for_threads(limit: int, timeout: float = 2.0) -> int:
+    """OS threads of this process once they fall to ``limit`` (or the timeout passes).
+
+    A worker releases its lifetime lock a few microseconds before its OS thread
+    is gone, so a short settle is allowed; a thread still running user code
+    would be far slower than this.
+    """
+    deadline = time.monotonic() + timeout
+    while (count := os_thread_count()) > limit and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return count
+
+
+@pytest.fixture
+def no_thread_left() -> Iterator[None]:
+    """Fails the test if it leaves any OS thread behind."""
+    before = os_thread_count()
+    yield
+    assert wait_for_threads(before) <= before, "a thread of the run outlived it"
+
+
+def python_subprocess_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env

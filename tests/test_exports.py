@@ -1,0 +1,47 @@
+import importlib
+import pkgutil
+import subprocess
+import sys
+
+import manyhands
+
+
+def test_public_names_are_exactly_the_intended_set() -> None:
+    assert set(manyhands.__all__) == {
+        "DEFAULT_WORKERS",
+        "Failure",
+        "InputError",
+        "ItemsFailed",
+        "Latency",
+        "ManyhandsError",
+        "Outcome",
+        "Outcomes",
+        "Report",
+        "RunOptions",
+        "map",
+        "run",
+    }
+    for name in manyhands.__all__:
+        assert getattr(manyhands, name) is not None
+
+
+def test_private_modules_declare_all() -> None:
+    for info in pkgutil.walk_packages(manyhands.__path__, "manyhands."):
+        module = importlib.import_module(info.name)
+        assert hasattr(module, "__all__"), f"{info.name} has no __all__"
+
+
+def test_exception_tree() -> None:
+    assert issubclass(manyhands.InputError, manyhands.ManyhandsError)
+    assert issubclass(manyhands.ItemsFailed, manyhands.ManyhandsError)
+    assert issubclass(manyhands.ManyhandsError, Exception)
+
+
+def test_import_is_light() -> None:
+    code = (
+        "import sys, manyhands; "
+        "heavy = [m for m in ('concurrent.futures', 'multiprocessing', 'asyncio', 'dask', "
+        "'cloudpickle', 'sqlite3') if m in sys.modules]; print(heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

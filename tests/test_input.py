@@ -1,0 +1,109 @@
+"""Items come from any iterable, read lazily; a broken iterable is an InputError."""
+
+from __future__ import annotations
+
+import itertools
+import random
+import time
+from collections.abc import Iterator
+
+import pytest
+
+import manyhands
+
+
+class NoLen:
+    """An iterable that refuses len() and list()-style sizing."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.n))
+
+    def __len__(self) -> int:
+        raise AssertionError("manyhands called len() on the items")
+
+    def __length_hint__(self) -> int:
+        raise AssertionError("manyhands asked the iterable for its length")
+
+
+def test_never_sizes_the_iterable(backend: str) -> None:
+    report = manyhands.run(abs, NoLen(1000), backend=backend)
+    assert report.succeeded == 1000
+
+
+def test_endless_generator_with_early_exit(backend: str, no_thread_left: None) -> None:
+    seen = []
+    for out in manyhands.map(lambda x: x * 2, itertools.count(), backend=backend, ordered=True):
+        seen.append(out.value)
+        if len(seen) == 50_000:
+            break
+    assert seen == [2 * i for i in range(50_000)]
+
+
+def broken(k: int) -> Iterator[int]:
+    yield from range(k)
+    raise OSError("disk went away")
+
+
+@pytest.mark.parametrize("k", [0, 1, 7, 5000])
+@pytest.mark.parametrize("ordered", [False, True])
+def test_map_yields_every_item_before_the_break_then_raises(
+    backend: str, k: int, ordered: bool
+) -> None:
+    seen = []
+    with pytest.raises(manyhands.InputError) as caught:
+        for out in manyhands.map(lambda x: x, broken(k), backend=backend, ordered=ordered):
+            seen.append(out.item)
+    assert sorted(seen) == list(range(k))
+    if ordered:
+        assert seen == list(range(k))
+    assert caught.value.position == k
+    assert isinstance(caught.value.__cause__, OSError)
+    assert caught.value.report is None
+    assert f"reading item {k} " in str(caught.value)
+
+
+def test_run_raises_input_error_with_the_report_of_what_ran(backend: str) -> None:
+    with pytest.raises(manyhands.InputError) as caught:
+        manyhands.run(lambda x: 1 / (x % 5), broken(100), backend=backend)
+    report = caught.value.report
+    assert report is not None
+    assert (report.total, report.succeeded, report.failed) == (100, 80, 20)
+    assert caught.value.position == 100
+
+
+def test_items_are_read_lazily(backend: str) -> None:
+    read = 0
+
+    def source() -> Iterator[int]:
+        nonlocal read
+        for i in range(1_000_000):
+            read += 1
+            yield i
+
+    stream = manyhands.map(abs, source(), backend=backend, workers=4)
+    assert read == 0  # nothing runs before iteration
+    first = next(iter(stream))
+    assert first.ok
+    stream.close()
+    assert read < 20_000  # bounded by the window, not the input
+
+
+def test_ordered_yields_input_order_despite_uneven_latency(backend: str) -> None:
+    rng = random.Random(7)
+    delays = [rng.choice([0, 0, 0.001, 0.005]) for _ in range(400)]
+
+    def slow(i: int) -> int:
+        time.sleep(delays[i])
+        return i
+
+    values = [o.value for o in manyhands.map(slow, range(400), backend=backend, ordered=True)]
+    assert values == list(range(400))
+
+
+def test_unordered_delivers_each_item_exactly_once(backend: str) -> None:
+    items = [f"item-{i}" for i in range(20_000)]
+    got = [out.value for out in manyhands.map(str.upper, items, backend=backend, workers=16)]
+    assert sorted(got) == sorted(i.upper() for i in items)

@@ -1,0 +1,191 @@
+"""Early exit, Ctrl-C and large worker counts: no hang, no thread left behind."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+import manyhands
+
+from .conftest import os_thread_count, python_subprocess_env, wait_for_threads
+
+
+def test_break_stops_the_workers(backend: str) -> None:
+    before = os_thread_count()
+    calls = 0
+    lock = threading.Lock()
+
+    def work(x: int) -> int:
+        nonlocal calls
+        with lock:
+            calls += 1
+        time.sleep(0.002)
+        return x
+
+    for out in manyhands.map(work, range(100_000), backend=backend, workers=64):
+        if out.item >= 0 and calls > 300:
+            break
+    assert wait_for_threads(before) == before
+    settled = calls
+    time.sleep(0.1)
+    assert calls == settled, "calls kept starting after the loop was left"
+    assert calls < 2000
+
+
+def test_exception_in_the_loop_body_stops_the_workers(backend: str) -> None:
+    before = os_thread_count()
+    with pytest.raises(RuntimeError, match="consumer broke"):
+        for _out in manyhands.map(lambda x: time.sleep(0.001), range(10_000), backend=backend):
+            raise RuntimeError("consumer broke")
+    assert wait_for_threads(before) == before
+
+
+def test_close_and_context_manager_stop_the_workers(backend: str) -> None:
+    before = os_thread_count()
+    stream = manyhands.map(lambda x: time.sleep(0.001), range(10_000), backend=backend)
+    next(stream)
+    stream.close()
+    stream.close()  # idempotent
+    assert wait_for_threads(before) == before
+    with manyhands.map(abs, range(10_000), backend=backend) as outcomes:
+        next(outcomes)
+    assert wait_for_threads(before) == before
+
+
+def test_a_finished_run_leaves_no_thread(backend: str, no_thread_left: None) -> None:
+    manyhands.run(lambda x: time.sleep(0.001), range(2000), backend=backend, workers=200)
+    list(manyhands.map(abs, range(50_000), backend=backend))
+
+
+def test_hung_call_is_abandoned_after_the_grace_period(backend: str) -> None:
+    release = threading.Event()
+    try:
+        stream = manyhands.map(
+            lambda x: release.wait(30) if x == 0 else x, range(100), backend=backend, grace=0.2
+        )
+        for out in stream:
+            if out.item == 99:
+                break
+        started = time.monotonic()
+        stream.close()
+        assert time.monotonic() - started < 2.0
+    finally:
+        release.set()
+
+
+def test_more_than_a_thousand_workers(backend: str, no_thread_left: None) -> None:
+    running = peak = 0
+    lock = threading.Lock()
+
+    def work(x: int) -> int:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        time.sleep(0.2)
+        with lock:
+            running -= 1
+        return x
+
+    report = manyhands.run(work, range(3000), backend=backend, workers=1500)
+    assert report.succeeded == 3000
+    assert peak > 1000, f"only {peak} calls ran at once"
+
+
+def test_workers_bound_concurrency(backend: str) -> None:
+    running = peak = 0
+    lock = threading.Lock()
+
+    def work(x: int) -> None:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        time.sleep(0.005)
+        with lock:
+            running -= 1
+
+    manyhands.run(work, range(300), backend=backend, workers=7)
+    assert peak == 7
+
+
+CTRL_C_SCRIPT = textwrap.dedent(
+    """
+    import sys, time, manyhands
+    calls = 0
+    def work(x):
+        global calls
+        calls += 1
+        if calls == 1:
+            print("started", flush=True)
+        time.sleep({sleep})
+        return x
+    try:
+        manyhands.run(work, range(10_000), backend={backend!r}, workers=8, grace={grace})
+    except KeyboardInterrupt:
+        print("interrupted after", calls, "calls", flush=True)
+        raise
+    """
+)
+
+
+@pytest.mark.parametrize(
+    ("sleep", "grace", "limit"),
+    [(0.05, 2.0, 3.0), (1000, 0.5, 2.5)],
+    ids=["short-calls-finish", "hung-calls-abandoned"],
+)
+def test_ctrl_c_reraises_promptly(backend: str, sleep: float, grace: float, limit: float) -> None:
+    code = CTRL_C_SCRIPT.format(sleep=sleep, grace=grace, backend=backend)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=python_subprocess_env(),
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "started"
+    time.sleep(0.2)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    try:
+        out, err = proc.communicate(timeout=limit + 5)
+    finally:
+        proc.kill()
+    took = time.monotonic() - sent
+    assert "KeyboardInterrupt" in err
+    assert proc.returncode != 0
+    assert took < limit, f"took {took:.2f}s to stop after Ctrl-C"
+    calls = int(out.split("interrupted after ")[1].split()[0])
+    assert calls < 10_000  # admission stopped
+
+
+def test_second_ctrl_c_during_grace_stops_at_once(backend: str) -> None:
+    code = CTRL_C_SCRIPT.format(sleep=1000, grace=30, backend=backend)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=python_subprocess_env(),
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "started"
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    assert proc.poll() is None, "the grace period should still be running"
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+    assert time.monotonic() - sent < 2.0
+    assert proc.returncode != 0

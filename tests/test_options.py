@@ -1,0 +1,94 @@
+"""Invalid options fail at the call with a message that names the parameter and the fix."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+import manyhands
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"workers": 0}, ValueError, "workers must be >= 1"),
+        ({"workers": -3}, ValueError, "workers must be >= 1"),
+        ({"workers": "ten"}, TypeError, "workers must be an int >= 1"),
+        ({"workers": 2.5}, TypeError, "workers must be an int >= 1"),
+        ({"workers": True}, TypeError, "workers must be an int >= 1"),
+        (
+            {"backend": "gpu"},
+            ValueError,
+            "backend='gpu' is not a known backend; accepted: 'threads'",
+        ),
+        ({"ordered": "yes"}, TypeError, "ordered must be True or False"),
+        ({"batch_size": 0}, ValueError, "batch_size must be >= 1"),
+        ({"window": 0}, ValueError, "window must be >= 1"),
+        ({"keep_failures": -1}, ValueError, "keep_failures must be >= 0"),
+        ({"grace": -1}, ValueError, "grace must be a finite number of seconds >= 0"),
+        ({"grace": float("inf")}, ValueError, "grace must be a finite number"),
+        ({"grace": "1s"}, TypeError, "grace must be a number of seconds"),
+        ({"worker": 4}, TypeError, "unexpected keyword argument 'worker'; did you mean 'workers'?"),
+        ({"zzz": 4}, TypeError, "unexpected keyword argument 'zzz'; accepted: ["),
+    ],
+)
+@pytest.mark.parametrize("front", [manyhands.run, manyhands.map])
+def test_bad_option_is_refused_at_the_call(
+    front: Any, kwargs: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    calls = []
+    with pytest.raises(error) as caught:
+        front(calls.append, [1, 2, 3], **kwargs)
+    assert message in str(caught.value)
+    assert calls == []
+
+
+@pytest.mark.parametrize("front", [manyhands.run, manyhands.map])
+def test_fn_must_be_callable(front: Any) -> None:
+    with pytest.raises(TypeError, match="fn must be callable"):
+        front("print", [1])
+
+
+@pytest.mark.parametrize("front", [manyhands.run, manyhands.map])
+def test_items_must_be_iterable(front: Any) -> None:
+    with pytest.raises(TypeError, match=r"items must be an iterable .* got int"):
+        front(print, 42)
+
+
+def test_default_workers_is_documented_and_used() -> None:
+    running = peak = 0
+    lock = threading.Lock()
+    gate = threading.Barrier(manyhands.DEFAULT_WORKERS, timeout=5)
+
+    def work(x: int) -> None:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        gate.wait()
+        with lock:
+            running -= 1
+
+    report = manyhands.run(work, range(manyhands.DEFAULT_WORKERS * 3))
+    assert report.ok, report
+    assert peak == manyhands.DEFAULT_WORKERS == 32
+    assert "default 32" in (manyhands.RunOptions.__doc__ or "")
+
+
+def test_explicit_batch_size_is_honoured() -> None:
+    seen: dict[int, list[int]] = {}
+
+    def work(x: int) -> int:
+        seen.setdefault(threading.get_ident(), []).append(x)
+        return x
+
+    report = manyhands.run(work, range(1000), workers=4, batch_size=25)
+    assert report.succeeded == 1000
+    assert len(seen) > 1
+    for items in seen.values():
+        blocks = [items[i : i + 25] for i in range(0, len(items), 25)]
+        for block in blocks:  # each batch is 25 consecutive items, run by one worker
+            assert block == list(range(block[0], block[0] + 25))
+            assert block[0] % 25 == 0
