@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -71,9 +72,22 @@ def test_default_workers_is_documented_and_used() -> None:
         with lock:
             running -= 1
 
-    report = manyhands.run(work, range(manyhands.DEFAULT_WORKERS * 3))
+    report = manyhands.run(work, range(manyhands.DEFAULT_WORKERS))  # all 32 at once, or timeout
     assert report.ok, report
     assert peak == manyhands.DEFAULT_WORKERS == 32
+
+    def nap(x: int) -> None:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        time.sleep(0.002)
+        with lock:
+            running -= 1
+
+    peak = 0
+    manyhands.run(nap, range(500))
+    assert peak == 32
     assert "default 32" in (manyhands.RunOptions.__doc__ or "")
 
 
