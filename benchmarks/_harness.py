@@ -1,0 +1,100 @@
+"""Shared plumbing for the benchmarks: one fresh process per (workload, runner), a table of ratios.
+
+Each case runs in its own interpreter so that peak RSS, imported modules and
+leftover threads of one peer cannot colour another's figures.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import psutil
+
+
+@dataclass
+class Workload:
+    name: str
+    describe: str
+    items: Callable[[], Iterable[Any]]
+    workers: int
+    metric: str  # "efficiency" (ideal / wall) or "per_item_us"
+    ideal: float = 0.0  # seconds, for efficiency
+    count: int = 0  # items, for per-item cost
+    expect: Callable[[list[Any] | int], str | None] | None = None
+
+
+def measure(run_case: Callable[[], Any]) -> dict[str, Any]:
+    """Time one case in this process; report wall time and peak RSS growth."""
+    base = psutil.Process().memory_info().rss
+    started = time.perf_counter()
+    result = run_case()
+    wall = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    return {"wall": wall, "rss_growth_mib": max(peak - base, 0) / 2**20, "result": result}
+
+
+def run_isolated(script: str, workload: str, runner: str, timeout: float) -> dict[str, Any]:
+    """Run one case in a fresh interpreter; its last stdout line is JSON."""
+    try:
+        proc = subprocess.run(
+            [sys.executable, script, "--one", workload, runner],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": f"over {timeout:.0f}s"}
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["?"])[-1]
+        return {"error": last[:80]}
+    out: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return out
+
+
+def figure(workload: Workload, wall: float) -> float:
+    if workload.metric == "efficiency":
+        return workload.ideal / wall
+    return wall / workload.count * 1e6
+
+
+def table(workloads: list[Workload], results: dict[str, dict[str, dict[str, Any]]]) -> str:
+    """Markdown: each runner's figure, its ratio to manyhands, RSS growth."""
+    lines = [
+        f"Python {platform.python_version()}, {psutil.cpu_count()} CPUs, "
+        f"{time.strftime('%Y-%m-%d')}",
+        "",
+    ]
+    for workload in workloads:
+        rows = results.get(workload.name, {})
+        unit = "efficiency" if workload.metric == "efficiency" else "us per item"
+        lines += [f"### {workload.name}: {workload.describe}", ""]
+        lines += [f"| runner | wall s | {unit} | vs manyhands | peak RSS growth MiB | check |"]
+        lines += ["| --- | ---: | ---: | ---: | ---: | --- |"]
+        ours = rows.get("manyhands.map") or rows.get("manyhands.run") or {}
+        ours_fig = figure(workload, ours["wall"]) if "wall" in ours else None
+        for runner, row in rows.items():
+            if "error" in row:
+                lines.append(f"| {runner} | - | - | - | - | {row['error']} |")
+                continue
+            fig = figure(workload, row["wall"])
+            ratio = ""
+            if ours_fig:
+                # >1 means manyhands is better
+                better = fig / ours_fig if workload.metric == "per_item_us" else ours_fig / fig
+                ratio = f"{better:.2f}x"
+            fmt = f"{fig:.3f}" if workload.metric == "efficiency" else f"{fig:.2f}"
+            lines.append(
+                f"| {runner} | {row['wall']:.3f} | {fmt} | {ratio} | "
+                f"{row['rss_growth_mib']:.1f} | {row.get('check') or 'ok'} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
