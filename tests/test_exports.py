@@ -17,6 +17,8 @@ def test_public_names_are_exactly_the_intended_set() -> None:
         "Outcome",
         "Outcomes",
         "Report",
+        "Retry",
+        "RetryAfter",
         "RunOptions",
         "map",
         "run",

@@ -15,6 +15,7 @@ from ._exceptions import InputError, ItemsFailed, ManyhandsError
 from ._options import DEFAULT_WORKERS, RunOptions
 from ._outcome import Failure, Outcome
 from ._report import Latency, Report
+from ._retry import Retry, RetryAfter
 from ._stream import Outcomes
 
 __all__ = [
@@ -27,6 +28,8 @@ __all__ = [
     "Outcome",
     "Outcomes",
     "Report",
+    "Retry",
+    "RetryAfter",
     "RunOptions",
     "map",
     "run",

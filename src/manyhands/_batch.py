@@ -19,17 +19,36 @@ class Batch:
     into ``failures``.
 
     Attributes:
-        seq: position of this batch in the input, for ordered delivery.
+        seq: position of this batch in the input, for ordered delivery
+            (-1 for the retry of a single item).
         items: the input items.
         attempt: which attempt this is for its items (1 for the first).
         values: one result per item (``None`` where the item failed).
         errors: index in ``items`` -> the exception raised (threads) or its
             already-described Failure (other processes); ``None`` if all succeeded.
         elapsed: seconds the worker spent on the whole batch.
-        failures: index -> Failure, filled by the engine; ``None`` if all succeeded.
+        failures: index -> final Failure, filled by the engine; ``None`` if none.
+        attempts: index -> attempts, for items that took more than ``attempt``.
+        pending: items of this batch still waiting for a retry (ordered runs).
+        parent: for a retry, the batch (and index in it) the item came from.
+        history: for a retry, the error types of the item's earlier attempts.
+        last_failure: for a retry, the item's outcome if it never runs (a stop rule).
     """
 
-    __slots__ = ("attempt", "elapsed", "errors", "failures", "items", "seq", "values")
+    __slots__ = (
+        "attempt",
+        "attempts",
+        "elapsed",
+        "errors",
+        "failures",
+        "history",
+        "items",
+        "last_failure",
+        "parent",
+        "pending",
+        "seq",
+        "values",
+    )
 
     def __init__(self, seq: int, items: list[Any], attempt: int = 1) -> None:
         self.seq = seq
@@ -39,6 +58,24 @@ class Batch:
         self.errors: dict[int, BaseException | Failure] | None = None
         self.elapsed = 0.0
         self.failures: dict[int, Failure] | None = None
+        self.attempts: dict[int, int] | None = None
+        self.pending = 0
+        self.parent: tuple[Batch, int] | None = None
+        self.history: tuple[str, ...] = ()
+        self.last_failure: Failure | None = None
+
+    def without(self, indices: set[int]) -> Batch:
+        """A copy holding every item but those at ``indices`` (sent to be retried)."""
+        keep = [i for i in range(len(self.items)) if i not in indices]
+        part = Batch(self.seq, [self.items[i] for i in keep], self.attempt)
+        part.values = [self.values[i] for i in keep]
+        part.elapsed = self.elapsed
+        if self.failures:
+            moved = {
+                new: self.failures[old] for new, old in enumerate(keep) if old in self.failures
+            }
+            part.failures = moved or None
+        return part
 
 
 def execute(fn: Callable[[Any], Any], batch: Batch) -> None:

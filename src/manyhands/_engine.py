@@ -2,9 +2,13 @@
 
 ::
 
-    items ──▶ admission ─────────────▶ backend ──▶ completions ──▶ delivery
-              (window, batch size,      (threads)   (SimpleQueue)   (ordered or
-               input errors)                                         as completed)
+    items ──▶ admission ──────────────▶ backend ──▶ completions ──▶ delivery
+              (window, batch size,       (threads)   (SimpleQueue)   (ordered or
+               rate limit, pauses,           ▲              │         as completed)
+               stop rules, input errors)     │              ▼
+                                         retry timers ◀── settle (failures,
+                                         (a heap: a waiting     retry policy,
+                                          item holds no worker)  statistics)
 
 The loop runs in the consuming thread (the caller of ``run``, or whoever
 iterates ``map``). That keeps the user's iterable in the thread that created
@@ -35,10 +39,12 @@ so far.
 
 from __future__ import annotations
 
+import heapq
+from collections import deque
 from collections.abc import Callable, Generator, Iterator
-from itertools import islice
+from itertools import count, islice
 from operator import length_hint
-from queue import SimpleQueue
+from queue import Empty, SimpleQueue
 from time import monotonic
 from typing import Any
 
@@ -47,7 +53,9 @@ from ._batch import EXECUTE_CODE, Batch
 from ._exceptions import InputError
 from ._options import Options
 from ._outcome import Failure
+from ._rate import RateLimit
 from ._report import Report
+from ._retry import retry_after_of
 from ._stats import RunStatistics
 
 __all__ = ["Engine"]
@@ -78,16 +86,32 @@ class Engine:
         self._window = options.item_window
         self._max_batches = 2 * options.workers
         self._cap = max(1, min(MAX_BATCH, self._window // self._max_batches))
-        self._adaptive = options.batch_size is None
-        self._batch_size = options.batch_size or 1
+        self._retry = options.retry_policy
+        self._limiter = RateLimit(options.rate_per_second) if options.rate_per_second else None
+        # A rate limits starts, so an item must start when admitted: batches of one,
+        # and no queue in front of the workers that could release a burst later.
+        if self._limiter is not None:
+            self._max_batches = options.workers
+            self._cap = 1
+        self._adaptive = options.batch_size is None and self._limiter is None
+        self._batch_size = 1 if self._limiter is not None else (options.batch_size or 1)
         self._work_fit = 1  # batch size the measured time per item calls for
         self._input_fit = self._cap  # batch size the input delivers in time
-        self._outstanding = 0  # batches admitted and not yet delivered
-        self._outstanding_items = 0
+        self._in_backend = 0  # batches submitted and not yet back
+        self._pending_items = 0  # items admitted and not yet delivered
         self._pulled = 0  # items read from the iterable
         self._next_seq = 0
-        self._exhausted = False
+        self._exhausted = False  # no more items will be read (end, input error or stop)
         self._input_error: BaseException | None = None
+        self._timers: list[tuple[float, int, Batch]] = []  # retries by due time
+        self._tiebreak = count()
+        self._held: dict[int, Batch] = {}  # ordered: waiting for their turn or a retry
+        self._turn = 0
+        self._pause_until = 0.0  # a Retry-After pauses every start until then
+        self._recent: deque[bool] | None = None  # last outcomes, for a failure-rate stop rule
+        self._recent_failed = 0
+        if options.stop_after_failure_rate is not None:
+            self._recent = deque(maxlen=options.failure_rate_window)
         self._started: float | None = None
         self._finished: float | None = None
         self.abandoned_workers = 0
@@ -104,10 +128,7 @@ class Engine:
         self._started = monotonic()
         self._backend.start(self._fn, self._completions.put)
         try:
-            if self._options.ordered:
-                yield from self._deliver_in_order()
-            else:
-                yield from self._deliver_as_completed()
+            yield from self._drive()
         finally:
             self._finished = monotonic()
             self._exhausted = True
@@ -115,37 +136,50 @@ class Engine:
         if self._input_error is not None:
             raise InputError(self._pulled, self._input_error) from self._input_error
 
-    def _deliver_as_completed(self) -> Iterator[Batch]:
+    def _drive(self) -> Iterator[Batch]:
         get = self._completions.get
         while True:
-            self._admit()
-            if not self._outstanding:
+            wait = self._dispatch()
+            if self._exhausted and not self._pending_items:
                 return
-            batch = get()
-            self._settle(batch)
-            self._outstanding -= 1
-            self._outstanding_items -= len(batch.items)
-            yield batch
+            if wait is None:
+                if not self._in_backend:  # pragma: no cover - would wait forever
+                    raise RuntimeError("manyhands engine: nothing in flight and nothing due")
+                batch = get()
+            else:
+                try:
+                    batch = get(timeout=wait)
+                except Empty:
+                    continue
+            for ready in self._complete(batch):
+                self._pending_items -= len(ready.items)
+                yield ready
 
-    def _deliver_in_order(self) -> Iterator[Batch]:
-        get = self._completions.get
-        waiting: dict[int, Batch] = {}  # finished ahead of their turn; bounded by the window
-        turn = 0
-        while True:
+    # -- dispatch --------------------------------------------------------
+
+    def _dispatch(self) -> float | None:
+        """Submit what may start now; return seconds until more may (None: on a completion)."""
+        if not (self._timers or self._limiter or self._pause_until):
+            self._admit()  # the common case: no clock read
+            return None
+        now = monotonic()
+        if self._pause_until > now:
+            return self._pause_until - now
+        self._pause_until = 0.0
+        due: float | None = None
+        timers = self._timers
+        while timers and self._in_backend < self._max_batches:
+            if timers[0][0] > now:
+                due = timers[0][0] - now
+                break
+            if self._limiter is not None and (slot := self._limiter.wait(now)):
+                return slot
+            self._send(heapq.heappop(timers)[2])
+        if self._limiter is None:
             self._admit()
-            if not self._outstanding:
-                return
-            batch = get()
-            self._settle(batch)
-            waiting[batch.seq] = batch
-            while turn in waiting:
-                batch = waiting.pop(turn)
-                turn += 1
-                self._outstanding -= 1
-                self._outstanding_items -= len(batch.items)
-                yield batch
-
-    # -- admission -------------------------------------------------------
+            return due
+        wait = self._admit_limited(self._limiter)
+        return due if wait is None else wait if due is None else min(due, wait)
 
     def _admit(self) -> None:
         """Read and submit batches while the window has room.
@@ -156,36 +190,57 @@ class Engine:
         completions = self._completions
         while (
             not self._exhausted
-            and self._outstanding < self._max_batches
-            and self._outstanding_items < self._window
+            and self._in_backend < self._max_batches
+            and self._pending_items < self._window
         ):
-            if self._outstanding and not completions.empty():
+            if self._in_backend and not completions.empty():
                 return
-            size = min(self._batch_size, self._window - self._outstanding_items)
+            size = min(self._batch_size, self._window - self._pending_items)
             timed = self._adaptive and self._work_fit > 1  # else the rate cannot matter
-            chunk: list[Any] = []
             began = monotonic() if timed else 0.0
-            try:
-                # list.extend keeps the items read before an exception
-                chunk.extend(islice(self._items, size))
-            except Exception as exc:  # the user's iterable broke: InputError at the end
-                self._input_error = exc
-                self._exhausted = True
-            self._pulled += len(chunk)
-            if len(chunk) < size:
-                self._exhausted = True
-            elif timed:
+            chunk = self._read(size)
+            if timed and len(chunk) == size:
                 self._limit_to_input_rate(size, monotonic() - began)
-            if chunk:
-                self._submit(chunk)
-            if self._exhausted:
-                self._backend.wind_down()
 
-    def _submit(self, chunk: list[Any]) -> None:
-        batch = Batch(self._next_seq, chunk)
-        self._next_seq += 1
-        self._outstanding += 1
-        self._outstanding_items += len(chunk)
+    def _admit_limited(self, limiter: RateLimit) -> float | None:
+        """Admission one item at a time, each when the rate limit allows it to start."""
+        while (
+            not self._exhausted
+            and self._in_backend < self._max_batches
+            and self._pending_items < self._window
+        ):
+            if self._in_backend and not self._completions.empty():
+                return None
+            wait = limiter.wait(monotonic())
+            if wait:
+                return wait
+            if not self._read(1):
+                # the slot was taken but nothing started: give it back
+                limiter.release()
+        return None
+
+    def _read(self, size: int) -> list[Any]:
+        """Read up to ``size`` items and submit them as one batch."""
+        chunk: list[Any] = []
+        try:
+            chunk.extend(islice(self._items, size))  # keeps the items read before an exception
+        except Exception as exc:  # the user's iterable broke: InputError at the end
+            self._input_error = exc
+            self._exhausted = True
+        self._pulled += len(chunk)
+        if len(chunk) < size:
+            self._exhausted = True
+        if chunk:
+            batch = Batch(self._next_seq, chunk)
+            self._next_seq += 1
+            self._pending_items += len(chunk)
+            self._send(batch)
+        if self._exhausted and not self._timers:
+            self._backend.wind_down()
+        return chunk
+
+    def _send(self, batch: Batch) -> None:
+        self._in_backend += 1
         self._backend.submit(batch)
 
     def _limit_to_input_rate(self, size: int, seconds: float) -> None:
@@ -197,21 +252,148 @@ class Engine:
 
     # -- completion ------------------------------------------------------
 
-    def _settle(self, batch: Batch) -> None:
-        """Turn a finished batch's errors into Failures and account for it."""
+    def _complete(self, batch: Batch) -> Iterator[Batch]:
+        """Settle a batch back from the backend; yield what is ready for delivery."""
+        self._in_backend -= 1
         size = len(batch.items)
-        failures: list[Failure] | None = None
+        retried: set[int] = set()
+        final: list[Failure] | None = None
         if batch.errors:
-            batch.failures = {
-                index: _as_failure(batch.items[index], error, batch.attempt)
-                for index, error in batch.errors.items()
-            }
-            batch.errors = None
-            failures = list(batch.failures.values())
-        self.statistics.add_batch(size, batch.elapsed, failures)
+            retried, final = self._settle_errors(batch)
+        self.statistics.add_batch(size - len(retried), size, batch.elapsed, final)
+        if self._recent is not None:
+            self._note_recent(batch, retried)
         if self._adaptive and size:
             self._work_fit = max(1, min(self._fit(batch.elapsed / size), 2 * size, self._cap))
             self._batch_size = min(self._work_fit, self._input_fit)
+        yield from self._deliver(batch, retried)
+        if self.statistics.stop_reason is None:
+            self._check_stop_rules()
+        if self.statistics.stop_reason is not None and self._timers:
+            yield from self._give_up_retries()
+
+    def _settle_errors(self, batch: Batch) -> tuple[set[int], list[Failure]]:
+        """Turn errors into Failures; schedule the retryable ones; return (retried, final)."""
+        assert batch.errors is not None
+        retry = self._retry if self.statistics.stop_reason is None else None
+        retried: set[int] = set()
+        final: dict[int, Failure] = {}
+        for index, error in batch.errors.items():
+            failure = _as_failure(batch.items[index], error, batch.attempt)
+            failure.history = batch.history
+            exception = failure.exception
+            if exception is not None and (asked := retry_after_of(exception)) is not None:
+                self._throttle(asked)
+            if (
+                retry is not None
+                and exception is not None
+                and batch.attempt <= retry.retries
+                and retry.retries_error(exception)
+            ):
+                self._schedule_retry(batch, index, failure, retry.delay(batch.attempt, exception))
+                retried.add(index)
+            else:
+                final[index] = failure
+        batch.errors = None
+        batch.failures = final or None
+        return retried, list(final.values())
+
+    def _schedule_retry(self, batch: Batch, index: int, failure: Failure, delay: float) -> None:
+        again = Batch(-1, [batch.items[index]], batch.attempt + 1)
+        again.parent = batch.parent or (batch, index)
+        again.history = (*batch.history, failure.error_type)
+        again.last_failure = failure
+        if batch.attempt == 1:
+            self.statistics.retried += 1
+        self.statistics.retrying += 1
+        heapq.heappush(self._timers, (monotonic() + delay, next(self._tiebreak), again))
+
+    def _deliver(self, batch: Batch, retried: set[int]) -> Iterator[Batch]:
+        if batch.parent is not None:  # a retried item
+            if retried:
+                return  # tried again later
+            self.statistics.retrying -= 1
+            if not self._options.ordered:
+                yield batch
+                return
+            parent, index = batch.parent
+            parent.values[index] = batch.values[0] if batch.values else None
+            if batch.failures:
+                parent.failures = parent.failures or {}
+                parent.failures[index] = batch.failures[0]
+            elif parent.failures:
+                parent.failures.pop(index, None)
+            parent.attempts = parent.attempts or {}
+            parent.attempts[index] = batch.attempt
+            parent.pending -= 1
+            yield from self._release_in_order()
+        elif self._options.ordered:
+            batch.pending = len(retried)
+            self._held[batch.seq] = batch
+            yield from self._release_in_order()
+        else:
+            yield batch.without(retried) if retried else batch
+
+    def _release_in_order(self) -> Iterator[Batch]:
+        held = self._held
+        while (batch := held.get(self._turn)) is not None and not batch.pending:
+            del held[self._turn]
+            self._turn += 1
+            yield batch
+
+    def _give_up_retries(self) -> Iterator[Batch]:
+        """A stop rule fired: items waiting to be retried end with their last failure."""
+        while self._timers:
+            batch = heapq.heappop(self._timers)[2]
+            assert batch.last_failure is not None
+            final = batch.last_failure
+            batch.failures = {0: final}
+            batch.attempt -= 1  # the planned attempt never ran
+            batch.values = [None]
+            self.statistics.add_batch(1, 0, 0.0, [final])
+            yield from self._deliver(batch, set())
+
+    # -- policies --------------------------------------------------------
+
+    def _throttle(self, seconds: float) -> None:
+        until = monotonic() + seconds
+        if until > self._pause_until:
+            self.statistics.throttled_seconds += until - max(self._pause_until, monotonic())
+            self._pause_until = until
+        self.statistics.throttle_events += 1
+
+    def _note_recent(self, batch: Batch, retried: set[int]) -> None:
+        recent = self._recent
+        assert recent is not None
+        failures = batch.failures or {}
+        for index in range(len(batch.items)):
+            if index in retried:
+                continue
+            if len(recent) == recent.maxlen and recent[0]:
+                self._recent_failed -= 1
+            failed = index in failures
+            recent.append(failed)
+            self._recent_failed += failed
+
+    def _check_stop_rules(self) -> None:
+        options = self._options
+        stats = self.statistics
+        if options.stop_after_failures is not None and stats.failed >= options.stop_after_failures:
+            self._stop(f"stop_after_failures={options.stop_after_failures}: {stats.failed} failed")
+        recent = self._recent
+        if recent is not None and len(recent) == recent.maxlen:
+            limit = options.stop_rate_share
+            assert limit is not None
+            if self._recent_failed / len(recent) > limit:
+                self._stop(
+                    f"stop_after_failure_rate={limit:g}: "
+                    f"{self._recent_failed} of the last {len(recent)} items failed"
+                )
+
+    def _stop(self, reason: str) -> None:
+        self.statistics.stop_reason = reason
+        self._exhausted = True  # nothing more is read; what is in flight finishes
+        self._backend.wind_down()
 
     def _fit(self, per_item: float) -> int:
         """The batch size that items taking ``per_item`` seconds call for."""
@@ -238,6 +420,11 @@ class Engine:
             return 0.0
         end = self._finished if self._finished is not None else monotonic()
         return end - self._started
+
+    @property
+    def in_flight(self) -> int:
+        """Items admitted whose outcome is not delivered yet (retries included)."""
+        return self._pending_items
 
     def report(self) -> Report:
         """A Report of everything delivered so far."""

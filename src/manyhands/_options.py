@@ -11,6 +11,9 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any, TypedDict
 
+from ._rate import parse_rate
+from ._retry import Retry
+
 __all__ = ["BACKENDS", "DEFAULT_WORKERS", "Options", "RunOptions"]
 
 #: Threads by default: most long item lists are network calls, which wait far
@@ -35,6 +38,21 @@ class RunOptions(TypedDict, total=False):
         all are counted.
     grace: seconds that running calls get to finish when a run stops early
         (break, error, Ctrl-C) before their threads are abandoned (default 2.0).
+    retry: a :class:`manyhands.Retry` policy, or a number of retries per item
+        with the default policy (default None: no retry).
+    rate: most calls started per second across all workers: ``"50/s"``,
+        ``"300/min"``, ``"1000/h"`` or a number (default None: no limit).
+    stop_after_failures: end the run early once this many items failed for
+        good (after their retries).
+    stop_after_failure_rate: end the run early once more than this share of
+        the last 100 items with a final outcome failed (a float in [0, 1), or
+        a pair ``(share, last_n)``). Stopping reads no more items, lets
+        running calls finish, and ends items waiting for a retry with their
+        last failure; the Report's ``stopped`` says why.
+    progress: show live progress on stderr; default None: when stderr is a
+        terminal.
+    total: the number of items, for the progress ETA, when ``items`` has no
+        ``len()`` (manyhands never counts the items itself).
     """
 
     workers: int
@@ -44,6 +62,15 @@ class RunOptions(TypedDict, total=False):
     window: int | None
     keep_failures: int
     grace: float
+    retry: Retry | int | None
+    rate: str | float | None
+    stop_after_failures: int | None
+    stop_after_failure_rate: float | tuple[float, int] | None
+    progress: bool | None
+    total: int | None
+
+
+FailureRate = float | tuple[float, int]
 
 
 @dataclass(frozen=True)
@@ -57,6 +84,12 @@ class Options:
     window: int | None = None
     keep_failures: int = 1000
     grace: float = 2.0
+    retry: Retry | int | None = None
+    rate: str | float | None = None
+    stop_after_failures: int | None = None
+    stop_after_failure_rate: FailureRate | None = None
+    progress: bool | None = None
+    total: int | None = None
 
     @classmethod
     def from_kwargs(cls, caller: str, kwargs: dict[str, Any]) -> Options:
@@ -93,6 +126,52 @@ class Options:
             _positive_int("window", self.window, "or None for the default")
         _positive_int("keep_failures", self.keep_failures, "0 keeps only counts", zero=True)
         _non_negative_float("grace", self.grace)
+        Retry.coerce(self.retry)
+        parse_rate(self.rate)
+        if self.stop_after_failures is not None:
+            _positive_int("stop_after_failures", self.stop_after_failures, "or None")
+        if self.stop_after_failure_rate is not None:
+            share, last = self._failure_rate()
+            if not (isinstance(share, (int, float)) and 0 <= share < 1):
+                raise ValueError(
+                    "stop_after_failure_rate must be a share in [0, 1), e.g. 0.5, or "
+                    f"(share, last_n), got {self.stop_after_failure_rate!r}"
+                )
+            _positive_int("stop_after_failure_rate's last_n", last, "e.g. (0.5, 100)")
+        if self.progress is not None and not isinstance(self.progress, bool):
+            raise TypeError(f"progress must be True, False or None (auto), got {self.progress!r}")
+        if self.total is not None:
+            _positive_int("total", self.total, "the number of items, or None", zero=True)
+
+    def _failure_rate(self) -> tuple[float, int]:
+        rule = self.stop_after_failure_rate
+        if isinstance(rule, tuple) and len(rule) == 2:
+            return rule
+        if isinstance(rule, (int, float)) and not isinstance(rule, bool):
+            return float(rule), 100
+        raise TypeError(
+            f"stop_after_failure_rate must be a float share or a (share, last_n) pair, got {rule!r}"
+        )
+
+    @property
+    def stop_rate_share(self) -> float | None:
+        """The failure share above which the run stops, if that rule is on."""
+        return None if self.stop_after_failure_rate is None else self._failure_rate()[0]
+
+    @property
+    def failure_rate_window(self) -> int:
+        """How many recent outcomes the failure-rate stop rule looks at."""
+        return self._failure_rate()[1] if self.stop_after_failure_rate is not None else 100
+
+    @property
+    def retry_policy(self) -> Retry | None:
+        """The retry policy, or None."""
+        return Retry.coerce(self.retry)
+
+    @property
+    def rate_per_second(self) -> float | None:
+        """The rate limit in calls per second, or None."""
+        return parse_rate(self.rate)
 
     @property
     def item_window(self) -> int:

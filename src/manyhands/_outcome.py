@@ -74,9 +74,11 @@ class Failure:
         attempts: how many times the item was tried.
         exception: the exception object itself when it was raised in this
             process, else ``None`` (e.g. it came back from a worker process).
+        history: the error types of the earlier attempts, oldest first
+            (empty when the item was tried once).
     """
 
-    __slots__ = ("_traceback", "attempts", "error_type", "exception", "item", "message")
+    __slots__ = ("_traceback", "attempts", "error_type", "exception", "history", "item", "message")
 
     def __init__(
         self,
@@ -93,6 +95,7 @@ class Failure:
         self._traceback = traceback
         self.attempts = attempts
         self.exception = exception
+        self.history: tuple[str, ...] = ()
 
     @classmethod
     def from_exception(cls, item: Any, exc: BaseException, attempts: int = 1) -> Failure:

@@ -39,8 +39,14 @@ class Report:
         failures: Failure details, in order of completion, at most ``keep_failures``.
         errors_by_type: failed items per error type, most frequent first.
         examples: one failed item per error type.
-        latency: per-item call latency; items run in a batch each count
-            as the batch's mean.
+        latency: per-call latency; items run in a batch each count as the
+            batch's mean.
+        attempts: calls made in all, retries included.
+        retried: items that were tried more than once.
+        throttled_seconds: time every start was paused because a call asked
+            to slow down (``RetryAfter`` or a ``retry_after`` attribute).
+        throttle_events: how many calls asked to slow down.
+        stopped: why a stop rule ended the run early, else ``None``.
     """
 
     total: int
@@ -51,6 +57,11 @@ class Report:
     errors_by_type: dict[str, int] = field(default_factory=dict)
     examples: dict[str, Any] = field(default_factory=dict)
     latency: Latency = field(default_factory=Latency)
+    attempts: int = 0
+    retried: int = 0
+    throttled_seconds: float = 0.0
+    throttle_events: int = 0
+    stopped: str | None = None
 
     @classmethod
     def from_statistics(cls, stats: RunStatistics, elapsed: float) -> Report:
@@ -67,6 +78,11 @@ class Report:
             latency=Latency(
                 hist.mean, hist.percentile(50), hist.percentile(95), hist.percentile(99)
             ),
+            attempts=stats.calls,
+            retried=stats.retried,
+            throttled_seconds=stats.throttled_seconds,
+            throttle_events=stats.throttle_events,
+            stopped=stats.stop_reason,
         )
 
     @property
@@ -91,9 +107,17 @@ class Report:
         lines = [
             f"{self.total:,} items in {_duration(self.elapsed)} "
             f"({self.throughput:,.1f}/s): {self.succeeded:,} succeeded, {self.failed:,} failed",
-            f"latency per item: p50 {_duration(self.latency.p50)}, "
+            f"latency per call: p50 {_duration(self.latency.p50)}, "
             f"p95 {_duration(self.latency.p95)}, p99 {_duration(self.latency.p99)}",
         ]
+        if self.retried or self.throttle_events:
+            lines.append(
+                f"{self.attempts:,} attempts in all, {self.retried:,} items retried; "
+                f"throttled {self.throttle_events:,} times, "
+                f"paused {_duration(self.throttled_seconds)}"
+            )
+        if self.stopped:
+            lines.append(f"stopped early: {self.stopped}")
         if self.errors_by_type:
             lines.append("errors by type:")
             for name, count in list(self.errors_by_type.items())[:10]:

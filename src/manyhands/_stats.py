@@ -72,6 +72,12 @@ class RunStatistics:
         self.keep_failures = keep_failures
         self.succeeded = 0
         self.failed = 0
+        self.calls = 0  # attempts, retries included
+        self.retried = 0  # items tried more than once
+        self.retrying = 0  # items waiting for, or running, a retry now
+        self.throttled_seconds = 0.0
+        self.throttle_events = 0
+        self.stop_reason: str | None = None
         self.failures: list[Failure] = []
         self.errors_by_type: Counter[str] = Counter()
         self.examples: dict[str, Any] = {}
@@ -79,14 +85,19 @@ class RunStatistics:
 
     @property
     def total(self) -> int:
-        """Items with an outcome so far."""
+        """Items with a final outcome so far."""
         return self.succeeded + self.failed
 
-    def add_batch(self, size: int, elapsed: float, failures: list[Failure] | None) -> None:
-        """Account for a finished batch of ``size`` items that took ``elapsed`` seconds."""
+    def add_batch(
+        self, finished: int, calls: int, elapsed: float, failures: list[Failure] | None
+    ) -> None:
+        """Account for a batch: ``finished`` final outcomes (``failures`` among them)
+        from ``calls`` calls that took ``elapsed`` seconds in all."""
         failed = len(failures) if failures else 0
-        self.succeeded += size - failed
-        self.latency.record(elapsed / size if size else 0.0, size)
+        self.succeeded += finished - failed
+        if calls:
+            self.calls += calls
+            self.latency.record(elapsed / calls, calls)
         if failures:
             self.failed += failed
             room = self.keep_failures - len(self.failures)

@@ -62,16 +62,20 @@ def _outcomes(engine: Engine) -> Generator[Outcome[Any, Any], None, None]:
     try:
         for batch in batches:
             failures = batch.failures
-            if failures is None:
+            attempts = batch.attempts
+            if failures is None and attempts is None:
                 yield from map(
                     Outcome, batch.items, batch.values, repeat(None), repeat(batch.attempt)
                 )
-            else:
-                for index, item in enumerate(batch.items):
-                    failure = failures.get(index)
-                    if failure is None:
-                        yield Outcome(item, batch.values[index], None, batch.attempt)
-                    else:
-                        yield Outcome(item, None, failure, failure.attempts)
+                continue
+            failures = failures or {}
+            attempts = attempts or {}
+            for index, item in enumerate(batch.items):
+                failure = failures.get(index)
+                if failure is None:
+                    tries = attempts.get(index, batch.attempt)
+                    yield Outcome(item, batch.values[index], None, tries)
+                else:
+                    yield Outcome(item, None, failure, failure.attempts)
     finally:
         batches.close()

@@ -1,0 +1,201 @@
+"""Retries, rate limit and stop rules in real runs (short real delays, loopback only)."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import Counter
+
+import manyhands
+
+from .http_api import fetch, flaky_api
+
+FAST = manyhands.Retry(retries=3, backoff=0.001, max_backoff=0.005)
+
+
+class Flaky:
+    """Fails each item ``times`` times with ``error``, then succeeds; counts every call."""
+
+    def __init__(self, times: int, error: type[Exception] = ConnectionError) -> None:
+        self.times = times
+        self.error = error
+        self.calls: Counter[int] = Counter()
+        self.lock = threading.Lock()
+
+    def __call__(self, item: int) -> int:
+        with self.lock:
+            self.calls[item] += 1
+            call = self.calls[item]
+        if call <= self.times:
+            raise self.error(f"attempt {call} of item {item}")
+        return item * 2
+
+
+def test_retries_until_success(backend: str) -> None:
+    fn = Flaky(times=2)
+    outcomes = list(manyhands.map(fn, range(200), backend=backend, retry=FAST))
+    assert sorted(o.item for o in outcomes) == list(range(200))
+    assert all(o.ok and o.value == o.item * 2 and o.attempts == 3 for o in outcomes)
+    report = manyhands.run(Flaky(times=2), range(200), backend=backend, retry=FAST)
+    assert (report.succeeded, report.failed, report.attempts, report.retried) == (200, 0, 600, 200)
+    assert "600 attempts in all, 200 items retried" in str(report)
+
+
+def test_retries_never_exceed_the_policy(backend: str) -> None:
+    fn = Flaky(times=99)
+    report = manyhands.run(fn, range(50), backend=backend, retry=FAST)
+    assert report.failed == 50 and report.attempts == 50 * 4
+    assert set(fn.calls.values()) == {4}
+    for failure in report.failures:
+        assert failure.attempts == 4
+        assert failure.message == f"attempt 4 of item {failure.item}"
+        assert failure.history == ("builtins.ConnectionError",) * 3
+
+
+def test_non_retryable_errors_are_not_retried(backend: str) -> None:
+    fn = Flaky(times=1, error=ValueError)
+    policy = manyhands.Retry(retries=5, on=ConnectionError, backoff=0.001)
+    report = manyhands.run(fn, range(30), backend=backend, retry=policy)
+    assert report.failed == 30 and report.attempts == 30
+    assert set(fn.calls.values()) == {1}
+
+
+def test_retry_shorthand_and_ordered_delivery(backend: str) -> None:
+    fn = Flaky(times=1)
+    outcomes = list(
+        manyhands.map(fn, range(300), backend=backend, retry=FAST, ordered=True, workers=8)
+    )
+    assert [o.item for o in outcomes] == list(range(300))
+    assert all(o.ok and o.attempts == 2 for o in outcomes)
+    assert manyhands.run(Flaky(times=1), range(5), retry=2).succeeded == 5  # retry=N shorthand
+
+
+def test_a_backing_off_item_does_not_hold_a_worker(backend: str) -> None:
+    events: list[tuple[str, int]] = []
+    tried = set()
+
+    def fn(item: int) -> int:
+        events.append(("start", item))
+        if item == 0 and item not in tried:
+            tried.add(item)
+            raise ConnectionError("later")
+        time.sleep(0.01)
+        return item
+
+    policy = manyhands.Retry(retries=1, backoff=0.3, random=lambda: 1.0)
+    report = manyhands.run(fn, range(10), backend=backend, workers=1, retry=policy)
+    assert report.succeeded == 10
+    starts = [item for kind, item in events if kind == "start"]
+    assert starts[0] == 0 and starts[-1] == 0  # with one worker, all others ran meanwhile
+    assert starts[1:-1] == list(range(1, 10))
+
+
+def test_retry_after_pauses_everyone(backend: str) -> None:
+    starts: list[tuple[float, int]] = []
+    asked = threading.Event()
+
+    def fn(item: int) -> int:
+        starts.append((time.monotonic(), item))
+        if item == 5 and not asked.is_set():
+            asked.set()
+            raise manyhands.RetryAfter(0.3)
+        time.sleep(0.005)
+        return item
+
+    report = manyhands.run(fn, range(60), backend=backend, workers=4, retry=FAST)
+    assert report.succeeded == 60 and report.throttle_events == 1
+    assert report.throttled_seconds >= 0.29
+    first_five = next(t for t, item in starts if item == 5)
+    retried_five = [t for t, item in starts if item == 5][1]
+    assert retried_five - first_five >= 0.3
+    # nothing new started in the pause (allow the calls already being handed out)
+    during = [item for t, item in starts if first_five + 0.05 < t < first_five + 0.28]
+    assert during == [], during
+
+
+def test_rate_limit_spaces_starts(backend: str) -> None:
+    starts: list[float] = []
+    lock = threading.Lock()
+
+    def fn(item: int) -> int:
+        with lock:
+            starts.append(time.monotonic())
+        return item
+
+    report = manyhands.run(fn, range(40), backend=backend, workers=10, rate="100/s")
+    assert report.succeeded == 40
+    starts.sort()
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert min(gaps) > 0.007  # 10 ms apart, less thread scheduling jitter
+    assert 0.35 < starts[-1] - starts[0] < 0.6
+
+
+def test_stop_after_failures_accounts_for_every_started_item(backend: str) -> None:
+    seen: list[int] = []
+    lock = threading.Lock()
+
+    def fn(item: int) -> int:
+        with lock:
+            seen.append(item)
+        time.sleep(0.001)
+        if item >= 100:
+            raise RuntimeError("backend down")
+        return item
+
+    outcomes = list(
+        manyhands.map(fn, range(100_000), backend=backend, workers=8, stop_after_failures=20)
+    )
+    assert sorted(o.item for o in outcomes) == sorted(seen)  # nothing started is lost
+    assert len(outcomes) < 2000
+    stream = manyhands.map(fn, range(100_000), backend=backend, workers=8, stop_after_failures=20)
+    for _ in stream:
+        pass
+    report = stream.report
+    assert report.failed >= 20 and report.stopped is not None
+    assert "stop_after_failures=20" in report.stopped
+    assert "stopped early: stop_after_failures=20" in str(report)
+
+
+def test_stop_after_failure_rate(backend: str) -> None:
+    def fn(item: int) -> int:
+        if item >= 500 and item % 4:
+            raise RuntimeError("mostly failing now")
+        return item
+
+    report = manyhands.run(
+        fn, range(100_000), backend=backend, batch_size=1, workers=4, stop_after_failure_rate=0.5
+    )
+    assert report.stopped is not None and "of the last 100 items failed" in report.stopped
+    assert 500 < report.total < 2000
+    report = manyhands.run(fn, range(2000), backend=backend, stop_after_failure_rate=(0.9, 50))
+    assert report.stopped is None and report.total == 2000
+
+
+def test_stop_ends_waiting_retries_with_their_last_failure(backend: str) -> None:
+    def fn(item: int) -> int:
+        if item == 20:
+            raise ValueError("not retried: fails for good")
+        raise ConnectionError(f"down {item}")
+
+    slow_retry = manyhands.Retry(retries=5, on=ConnectionError, backoff=30, random=lambda: 1.0)
+    started = time.monotonic()
+    report = manyhands.run(
+        fn, range(50), backend=backend, workers=2, retry=slow_retry, stop_after_failures=1
+    )
+    assert time.monotonic() - started < 5  # nobody waited out the 30 s backoff
+    assert report.stopped is not None
+    assert report.failed == report.total and report.total >= 21
+    assert report.errors_by_type["builtins.ValueError"] == 1
+    assert all(f.attempts == 1 for f in report.failures)
+
+
+def test_flaky_throttled_http_api_end_to_end(backend: str) -> None:
+    """2,000 requests at 180/s to an API allowing 200/s, 5% of answers 503."""
+    with flaky_api(capacity=200, failure_rate=0.05) as (base, counters):
+        urls = (f"{base}/items/{n}" for n in range(2000))
+        report = manyhands.run(fetch, urls, backend=backend, workers=20, rate="180/s", retry=5)
+    assert report.succeeded == 2000, report
+    assert counters.unavailable > 50  # the 5% of 503s really happened, and were retried
+    assert counters.throttled < 0.02 * counters.requests, vars(counters)
+    assert report.attempts == counters.requests
