@@ -33,12 +33,14 @@ class Batch:
         parent: for a retry, the batch (and index in it) the item came from.
         history: for a retry, the error types of the item's earlier attempts.
         last_failure: for a retry, the item's outcome if it never runs (a stop rule).
+        epoch: the engine's rate epoch when the batch was sent.
     """
 
     __slots__ = (
         "attempt",
         "attempts",
         "elapsed",
+        "epoch",
         "errors",
         "failures",
         "history",
@@ -63,6 +65,7 @@ class Batch:
         self.parent: tuple[Batch, int] | None = None
         self.history: tuple[str, ...] = ()
         self.last_failure: Failure | None = None
+        self.epoch = 0
 
     def without(self, indices: set[int]) -> Batch:
         """A copy holding every item but those at ``indices`` (sent to be retried)."""

@@ -40,6 +40,7 @@ so far.
 from __future__ import annotations
 
 import heapq
+import math
 from collections import deque
 from collections.abc import Callable, Generator, Iterator
 from itertools import count, islice
@@ -65,6 +66,13 @@ DISPATCH_SECONDS = 4e-6  # GIL time to dispatch and settle one batch, measured o
 LOAD_SHARE = 0.02
 STRAGGLE_SHARE = 0.02  # of the run so far, when the input's length is unknown
 MAX_BATCH = 1024
+
+# Adaptive slowdown (AIMD on the start rate) when calls signal throttling.
+SLOWDOWN_START = 0.9  # first signal: this share of the success rate seen so far
+SLOWDOWN_FACTOR = 0.8  # each later signal, at most once per round trip
+RECOVERY_FACTOR = 1.05  # each quiet SLOWDOWN_PERIOD
+SLOWDOWN_PERIOD = 1.0  # seconds
+MIN_RATE = 0.1  # calls per second
 
 
 class Engine:
@@ -107,7 +115,10 @@ class Engine:
         self._tiebreak = count()
         self._held: dict[int, Batch] = {}  # ordered: waiting for their turn or a retry
         self._turn = 0
-        self._pause_until = 0.0  # a Retry-After pauses every start until then
+        self._ceiling = options.rate_per_second  # the adaptive rate never exceeds the user's
+        self._last_change = 0.0  # when the adaptive rate last moved
+        self._epoch = 0  # bumped at every change of the adaptive rate
+        self._slow_start = False
         self._recent: deque[bool] | None = None  # last outcomes, for a failure-rate stop rule
         self._recent_failed = 0
         if options.stop_after_failure_rate is not None:
@@ -159,13 +170,12 @@ class Engine:
 
     def _dispatch(self) -> float | None:
         """Submit what may start now; return seconds until more may (None: on a completion)."""
-        if not (self._timers or self._limiter or self._pause_until):
+        if not (self._timers or self._limiter):
             self._admit()  # the common case: no clock read
             return None
         now = monotonic()
-        if self._pause_until > now:
-            return self._pause_until - now
-        self._pause_until = 0.0
+        if self.statistics.throttle_events:
+            self._recover(now)
         due: float | None = None
         timers = self._timers
         while timers and self._in_backend < self._max_batches:
@@ -240,6 +250,7 @@ class Engine:
         return chunk
 
     def _send(self, batch: Batch) -> None:
+        batch.epoch = self._epoch
         self._in_backend += 1
         self._backend.submit(batch)
 
@@ -282,8 +293,8 @@ class Engine:
             failure = _as_failure(batch.items[index], error, batch.attempt)
             failure.history = batch.history
             exception = failure.exception
-            if exception is not None and (asked := retry_after_of(exception)) is not None:
-                self._throttle(asked)
+            if exception is not None and retry_after_of(exception) is not None:
+                self._throttle(batch.epoch)
             if (
                 retry is not None
                 and exception is not None
@@ -355,12 +366,60 @@ class Engine:
 
     # -- policies --------------------------------------------------------
 
-    def _throttle(self, seconds: float) -> None:
-        until = monotonic() + seconds
-        if until > self._pause_until:
-            self.statistics.throttled_seconds += until - max(self._pause_until, monotonic())
-            self._pause_until = until
-        self.statistics.throttle_events += 1
+    def _throttle(self, epoch: int) -> None:
+        """A call asked to slow down: lower the start rate for everyone.
+
+        TCP's answer to congestion, on the start rate. The first signal sets
+        the rate to what succeeded so far, then *slow start* doubles it every
+        quiet round trip (twice the mean call latency) until the next signal.
+        From then on it is AIMD-like: a signal cuts the rate by
+        ``SLOWDOWN_FACTOR``, and each quiet ``SLOWDOWN_PERIOD`` raises it by
+        ``RECOVERY_FACTOR``. Only calls started at the current rate count
+        (``epoch``): answers to calls started before a change say nothing
+        about the new rate, and a burst of 429s is one signal, not fifty.
+        """
+        stats = self.statistics
+        stats.throttle_events += 1
+        if self._limiter is not None and epoch != self._epoch:
+            return
+        if self._limiter is None:
+            elapsed = max(self.elapsed, 1e-3)
+            succeeded = (stats.calls - stats.throttle_events) / elapsed
+            started = (stats.calls + self._in_backend + 1) / elapsed  # this batch included
+            # Before any success the start rate is all there is to go on: a quarter
+            # of it, then cuts on calls started at each new rate find the level.
+            self._limiter = RateLimit(max(MIN_RATE, 1.0, succeeded, started / 4))
+            self._slow_start = True
+            self._max_batches = self._options.workers  # rate-limited: no queue, batches of one
+            self._cap = self._batch_size = self._input_fit = 1
+            self._adaptive = False
+        else:
+            self._slow_start = False
+            self._limiter.set_rate(max(MIN_RATE, self._limiter.per_second * SLOWDOWN_FACTOR))
+        self._last_change = monotonic()
+        self._epoch += 1
+        stats.slowest_rate = min(stats.slowest_rate or math.inf, self._limiter.per_second)
+
+    def _round_trip(self) -> float:
+        return min(max(2 * self.statistics.latency.mean, 0.01), SLOWDOWN_PERIOD)
+
+    def _recover(self, now: float) -> None:
+        limiter = self._limiter
+        if limiter is None:
+            return
+        if self._slow_start:
+            if now - self._last_change < self._round_trip():
+                return
+            rate = limiter.per_second * 2
+        elif now - self._last_change >= SLOWDOWN_PERIOD:
+            rate = limiter.per_second * RECOVERY_FACTOR
+        else:
+            return
+        if self._ceiling is not None:
+            rate = min(rate, self._ceiling)
+        limiter.set_rate(rate)
+        self._last_change = now
+        self._epoch += 1
 
     def _note_recent(self, batch: Batch, retried: set[int]) -> None:
         recent = self._recent

@@ -43,9 +43,10 @@ class Report:
             batch's mean.
         attempts: calls made in all, retries included.
         retried: items that were tried more than once.
-        throttled_seconds: time every start was paused because a call asked
-            to slow down (``RetryAfter`` or a ``retry_after`` attribute).
-        throttle_events: how many calls asked to slow down.
+        throttle_events: how many calls asked to slow down (``RetryAfter``,
+            or an exception with a ``retry_after`` attribute).
+        slowest_rate: the lowest start rate (calls/s) the engine slowed down
+            to in answer, or ``None`` if it never had to.
         stopped: why a stop rule ended the run early, else ``None``.
     """
 
@@ -59,8 +60,8 @@ class Report:
     latency: Latency = field(default_factory=Latency)
     attempts: int = 0
     retried: int = 0
-    throttled_seconds: float = 0.0
     throttle_events: int = 0
+    slowest_rate: float | None = None
     stopped: str | None = None
 
     @classmethod
@@ -80,8 +81,8 @@ class Report:
             ),
             attempts=stats.calls,
             retried=stats.retried,
-            throttled_seconds=stats.throttled_seconds,
             throttle_events=stats.throttle_events,
+            slowest_rate=stats.slowest_rate,
             stopped=stats.stop_reason,
         )
 
@@ -111,11 +112,13 @@ class Report:
             f"p95 {_duration(self.latency.p95)}, p99 {_duration(self.latency.p99)}",
         ]
         if self.retried or self.throttle_events:
-            lines.append(
-                f"{self.attempts:,} attempts in all, {self.retried:,} items retried; "
-                f"throttled {self.throttle_events:,} times, "
-                f"paused {_duration(self.throttled_seconds)}"
-            )
+            line = f"{self.attempts:,} attempts in all, {self.retried:,} items retried"
+            if self.throttle_events:
+                line += (
+                    f"; asked to slow down {self.throttle_events:,} times, "
+                    f"slowed to {self.slowest_rate or 0:,.1f} calls/s at the lowest"
+                )
+            lines.append(line)
         if self.stopped:
             lines.append(f"stopped early: {self.stopped}")
         if self.errors_by_type:

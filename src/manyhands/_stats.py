@@ -75,8 +75,8 @@ class RunStatistics:
         self.calls = 0  # attempts, retries included
         self.retried = 0  # items tried more than once
         self.retrying = 0  # items waiting for, or running, a retry now
-        self.throttled_seconds = 0.0
         self.throttle_events = 0
+        self.slowest_rate: float | None = None  # lowest adaptive start rate, calls/s
         self.stop_reason: str | None = None
         self.failures: list[Failure] = []
         self.errors_by_type: Counter[str] = Counter()
