@@ -51,11 +51,6 @@ def main() -> None:
         print("\nfirst failures:")
         for failure in report.failures[:3]:
             print(f"  {failure.item}: {failure.error_type}: {failure.message}")
-        ideal = 2000 * 0.02 / 100
-        print(
-            f"\n2,000 requests of 20 ms with 100 workers: ideal {ideal:.2f}s, "
-            f"took {report.elapsed:.2f}s"
-        )
     finally:
         server.shutdown()
         server.server_close()

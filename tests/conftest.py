@@ -2,8 +2,10 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import psutil
 import pytest
@@ -47,3 +49,25 @@ def python_subprocess_env() -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+class PeakConcurrency:
+    """Wraps a function to count how many of its calls ran at once (``peak``)."""
+
+    def __init__(self) -> None:
+        self.running = 0
+        self.peak = 0
+        self._lock = threading.Lock()
+
+    def wrap(self, body: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        def counted(item: Any) -> Any:
+            with self._lock:
+                self.running += 1
+                self.peak = max(self.peak, self.running)
+            try:
+                return body(item)
+            finally:
+                with self._lock:
+                    self.running -= 1
+
+        return counted

@@ -13,7 +13,7 @@ import pytest
 
 import manyhands
 
-from .conftest import os_thread_count, python_subprocess_env, wait_for_threads
+from .conftest import PeakConcurrency, os_thread_count, python_subprocess_env, wait_for_threads
 
 
 def test_break_stops_the_workers(backend: str) -> None:
@@ -80,39 +80,17 @@ def test_hung_call_is_abandoned_after_the_grace_period(backend: str) -> None:
 
 
 def test_more_than_a_thousand_workers(backend: str, no_thread_left: None) -> None:
-    running = peak = 0
-    lock = threading.Lock()
-
-    def work(x: int) -> int:
-        nonlocal running, peak
-        with lock:
-            running += 1
-            peak = max(peak, running)
-        time.sleep(0.2)
-        with lock:
-            running -= 1
-        return x
-
+    probe = PeakConcurrency()
+    work = probe.wrap(lambda x: time.sleep(0.2) or x)
     report = manyhands.run(work, range(3000), backend=backend, workers=1500)
     assert report.succeeded == 3000
-    assert peak > 1000, f"only {peak} calls ran at once"
+    assert probe.peak > 1000, f"only {probe.peak} calls ran at once"
 
 
 def test_workers_bound_concurrency(backend: str) -> None:
-    running = peak = 0
-    lock = threading.Lock()
-
-    def work(x: int) -> None:
-        nonlocal running, peak
-        with lock:
-            running += 1
-            peak = max(peak, running)
-        time.sleep(0.005)
-        with lock:
-            running -= 1
-
-    manyhands.run(work, range(300), backend=backend, workers=7)
-    assert peak == 7
+    probe = PeakConcurrency()
+    manyhands.run(probe.wrap(lambda x: time.sleep(0.005)), range(300), backend=backend, workers=7)
+    assert probe.peak == 7
 
 
 CTRL_C_SCRIPT = textwrap.dedent(

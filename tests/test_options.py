@@ -10,6 +10,8 @@ import pytest
 
 import manyhands
 
+from .conftest import PeakConcurrency
+
 
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
@@ -59,35 +61,16 @@ def test_items_must_be_iterable(front: Any) -> None:
 
 
 def test_default_workers_is_documented_and_used() -> None:
-    running = peak = 0
-    lock = threading.Lock()
     gate = threading.Barrier(manyhands.DEFAULT_WORKERS, timeout=5)
-
-    def work(x: int) -> None:
-        nonlocal running, peak
-        with lock:
-            running += 1
-            peak = max(peak, running)
-        gate.wait()
-        with lock:
-            running -= 1
-
-    report = manyhands.run(work, range(manyhands.DEFAULT_WORKERS))  # all 32 at once, or timeout
+    probe = PeakConcurrency()
+    # all 32 calls must be running at once to pass the barrier, else it times out
+    report = manyhands.run(probe.wrap(lambda x: gate.wait()), range(manyhands.DEFAULT_WORKERS))
     assert report.ok, report
-    assert peak == manyhands.DEFAULT_WORKERS == 32
+    assert probe.peak == manyhands.DEFAULT_WORKERS == 32
 
-    def nap(x: int) -> None:
-        nonlocal running, peak
-        with lock:
-            running += 1
-            peak = max(peak, running)
-        time.sleep(0.002)
-        with lock:
-            running -= 1
-
-    peak = 0
-    manyhands.run(nap, range(500))
-    assert peak == 32
+    probe = PeakConcurrency()
+    manyhands.run(probe.wrap(lambda x: time.sleep(0.002)), range(500))
+    assert probe.peak == 32  # and never more
     assert "default 32" in (manyhands.RunOptions.__doc__ or "")
 
 
