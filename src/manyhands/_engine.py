@@ -125,7 +125,6 @@ class Engine:
             self._recent = deque(maxlen=options.failure_rate_window)
         self._started: float | None = None
         self._finished: float | None = None
-        self.abandoned_workers = 0
 
     # -- driving ---------------------------------------------------------
 
@@ -143,7 +142,7 @@ class Engine:
         finally:
             self._finished = monotonic()
             self._exhausted = True
-            self.abandoned_workers = self._backend.shutdown(self._options.grace)
+            self._backend.shutdown(self._options.grace)
         if self._input_error is not None:
             raise InputError(self._pulled, self._input_error) from self._input_error
 
@@ -479,11 +478,6 @@ class Engine:
             return 0.0
         end = self._finished if self._finished is not None else monotonic()
         return end - self._started
-
-    @property
-    def in_flight(self) -> int:
-        """Items admitted whose outcome is not delivered yet (retries included)."""
-        return self._pending_items
 
     def report(self) -> Report:
         """A Report of everything delivered so far."""
