@@ -35,6 +35,9 @@ from .conftest import PeakConcurrency
         ({"grace": "1s"}, TypeError, "grace must be a number of seconds"),
         ({"worker": 4}, TypeError, "unexpected keyword argument 'worker'; did you mean 'workers'?"),
         ({"zzz": 4}, TypeError, "unexpected keyword argument 'zzz'; accepted: ["),
+        ({"progress": "yes"}, TypeError, "progress must be True, False or None"),
+        ({"total": -1}, ValueError, "total must be >= 0"),
+        ({"total": 2.5}, TypeError, "total must be an int >= 0"),
     ],
 )
 @pytest.mark.parametrize("front", [manyhands.run, manyhands.map])

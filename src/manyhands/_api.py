@@ -9,6 +9,7 @@ from ._backends import create_backend
 from ._engine import Engine
 from ._exceptions import InputError
 from ._options import Options
+from ._progress import progress_wanted
 from ._report import Report
 from ._stream import Outcomes
 
@@ -35,7 +36,7 @@ def run(fn: Callable[[T], R], items: Iterable[T], **options: Unpack[RunOptions])
         fn: called as ``fn(item)`` in a worker thread.
         items: any iterable, read lazily in the calling thread.
         **options: see :class:`manyhands.RunOptions` (``workers``,
-            ``ordered``, ``batch_size``, ``window``, ``keep_failures``, ``grace``).
+            ``retry``, ``rate``, ``stop_after_failures``, ``progress``...).
 
     Returns:
         The Report: counts, elapsed time, latency, failures by type.
@@ -102,4 +103,17 @@ def _engine(caller: str, fn: Any, items: Any, options: Any) -> Engine:
             "items must be an iterable (a list, a generator, an open file...), "
             f"got {type(items).__qualname__}"
         ) from None
-    return Engine(fn, iterator, opts, create_backend(opts.backend, opts.workers))
+    total = opts.total
+    if total is None and progress_wanted(opts.progress):
+        total = _length(items)
+    return Engine(fn, iterator, opts, create_backend(opts.backend, opts.workers), total)
+
+
+def _length(items: Any) -> int | None:
+    """``len(items)`` for a sized collection; None for an iterator or on any error."""
+    if iter(items) is items:  # an iterator: never consumed to count it
+        return None
+    try:
+        return len(items)
+    except Exception:  # unsized, or a broken __len__: no ETA, nothing else lost
+        return None

@@ -40,7 +40,6 @@ so far.
 from __future__ import annotations
 
 import heapq
-import math
 from collections import deque
 from collections.abc import Callable, Generator, Iterator
 from itertools import count, islice
@@ -54,9 +53,11 @@ from ._batch import EXECUTE_CODE, Batch
 from ._exceptions import InputError
 from ._options import Options
 from ._outcome import Failure
+from ._progress import Progress, progress_wanted
 from ._rate import RateLimit
 from ._report import Report
 from ._retry import retry_after_of
+from ._slowdown import Slowdown
 from ._stats import RunStatistics
 
 __all__ = ["Engine"]
@@ -66,13 +67,6 @@ DISPATCH_SECONDS = 4e-6  # GIL time to dispatch and settle one batch, measured o
 LOAD_SHARE = 0.02
 STRAGGLE_SHARE = 0.02  # of the run so far, when the input's length is unknown
 MAX_BATCH = 1024
-
-# Adaptive slowdown (AIMD on the start rate) when calls signal throttling.
-SLOWDOWN_START = 0.9  # first signal: this share of the success rate seen so far
-SLOWDOWN_FACTOR = 0.8  # each later signal, at most once per round trip
-RECOVERY_FACTOR = 1.05  # each quiet SLOWDOWN_PERIOD
-SLOWDOWN_PERIOD = 1.0  # seconds
-MIN_RATE = 0.1  # calls per second
 
 
 class Engine:
@@ -84,8 +78,10 @@ class Engine:
         items: Iterator[Any],
         options: Options,
         backend: Backend,
+        total: int | None = None,
     ) -> None:
         self._fn = fn
+        self._total = total  # for the progress display's ETA
         self._items = items
         self._options = options
         self._backend = backend
@@ -94,6 +90,10 @@ class Engine:
         self._window = options.item_window
         self._max_batches = 2 * options.workers
         self._cap = max(1, min(MAX_BATCH, self._window // self._max_batches))
+        # No queue in front of the workers until the first round of calls is back:
+        # if the first answers say "slow down", no queued burst follows them.
+        self._max_batches = options.workers
+        self._warm_up = options.workers  # completions to wait for before queueing
         self._retry = options.retry_policy
         self._limiter = RateLimit(options.rate_per_second) if options.rate_per_second else None
         # A rate limits starts, so an item must start when admitted: batches of one,
@@ -106,6 +106,7 @@ class Engine:
         self._work_fit = 1  # batch size the measured time per item calls for
         self._input_fit = self._cap  # batch size the input delivers in time
         self._in_backend = 0  # batches submitted and not yet back
+        self._in_flight = 0  # items in those batches
         self._pending_items = 0  # items admitted and not yet delivered
         self._pulled = 0  # items read from the iterable
         self._next_seq = 0
@@ -115,10 +116,9 @@ class Engine:
         self._tiebreak = count()
         self._held: dict[int, Batch] = {}  # ordered: waiting for their turn or a retry
         self._turn = 0
-        self._ceiling = options.rate_per_second  # the adaptive rate never exceeds the user's
-        self._last_change = 0.0  # when the adaptive rate last moved
-        self._epoch = 0  # bumped at every change of the adaptive rate
-        self._slow_start = False
+        self._slowdown = Slowdown(options.rate_per_second, self._limiter, self._median_call)
+        self._epoch = 0  # the slowdown's epoch, copied at each change
+        self._held_since: float | None = None  # since when the rate limit holds a start back
         self._recent: deque[bool] | None = None  # last outcomes, for a failure-rate stop rule
         self._recent_failed = 0
         if options.stop_after_failure_rate is not None:
@@ -136,13 +136,20 @@ class Engine:
         admission and shuts the backend down within the grace period.
         """
         self._started = monotonic()
-        self._backend.start(self._fn, self._completions.put)
+        progress = Progress(self, self._total) if progress_wanted(self._options.progress) else None
         try:
-            yield from self._drive()
+            self._backend.start(self._fn, self._completions.put)
+            try:
+                yield from self._drive()
+            finally:
+                self._finished = monotonic()
+                if self._held_since is not None:
+                    self.statistics.rate_limited += self._finished - self._held_since
+                self._exhausted = True
+                self._backend.shutdown(self._options.grace)
         finally:
-            self._finished = monotonic()
-            self._exhausted = True
-            self._backend.shutdown(self._options.grace)
+            if progress is not None:
+                progress.close()
         if self._input_error is not None:
             raise InputError(self._pulled, self._input_error) from self._input_error
 
@@ -173,22 +180,22 @@ class Engine:
             self._admit()  # the common case: no clock read
             return None
         now = monotonic()
-        if self.statistics.throttle_events:
-            self._recover(now)
         due: float | None = None
+        if self.statistics.throttle_events:
+            due = self._slowdown.recover(now)
+            self._epoch = self._slowdown.epoch
         timers = self._timers
         while timers and self._in_backend < self._max_batches:
             if timers[0][0] > now:
-                due = timers[0][0] - now
+                due = _sooner(due, timers[0][0] - now)
                 break
-            if self._limiter is not None and (slot := self._limiter.wait(now)):
-                return slot
+            if self._limiter is not None and (slot := self._slot(self._limiter, now)):
+                return _sooner(due, slot)
             self._send(heapq.heappop(timers)[2])
         if self._limiter is None:
             self._admit()
             return due
-        wait = self._admit_limited(self._limiter)
-        return due if wait is None else wait if due is None else min(due, wait)
+        return _sooner(due, self._admit_limited(self._limiter))
 
     def _admit(self) -> None:
         """Read and submit batches while the window has room.
@@ -220,13 +227,24 @@ class Engine:
         ):
             if self._in_backend and not self._completions.empty():
                 return None
-            wait = limiter.wait(monotonic())
+            wait = self._slot(limiter, monotonic())
             if wait:
                 return wait
             if not self._read(1):
                 # the slot was taken but nothing started: give it back
                 limiter.release()
         return None
+
+    def _slot(self, limiter: RateLimit, now: float) -> float:
+        """Take a start slot (0.0) or say how long until one; time spent held back."""
+        wait = limiter.wait(now)
+        if wait:
+            if self._held_since is None:
+                self._held_since = now
+        elif self._held_since is not None:
+            self.statistics.rate_limited += now - self._held_since
+            self._held_since = None
+        return wait
 
     def _read(self, size: int) -> list[Any]:
         """Read up to ``size`` items and submit them as one batch."""
@@ -251,6 +269,7 @@ class Engine:
     def _send(self, batch: Batch) -> None:
         batch.epoch = self._epoch
         self._in_backend += 1
+        self._in_flight += len(batch.items)
         self._backend.submit(batch)
 
     def _limit_to_input_rate(self, size: int, seconds: float) -> None:
@@ -265,6 +284,11 @@ class Engine:
     def _complete(self, batch: Batch) -> Iterator[Batch]:
         """Settle a batch back from the backend; yield what is ready for delivery."""
         self._in_backend -= 1
+        self._in_flight -= len(batch.items)
+        if self._warm_up:
+            self._warm_up -= 1
+            if not self._warm_up and self._limiter is None:
+                self._max_batches = 2 * self._options.workers
         size = len(batch.items)
         retried: set[int] = set()
         final: list[Failure] | None = None
@@ -366,59 +390,21 @@ class Engine:
     # -- policies --------------------------------------------------------
 
     def _throttle(self, epoch: int) -> None:
-        """A call asked to slow down: lower the start rate for everyone.
-
-        TCP's answer to congestion, on the start rate. The first signal sets
-        the rate to what succeeded so far, then *slow start* doubles it every
-        quiet round trip (twice the mean call latency) until the next signal.
-        From then on it is AIMD-like: a signal cuts the rate by
-        ``SLOWDOWN_FACTOR``, and each quiet ``SLOWDOWN_PERIOD`` raises it by
-        ``RECOVERY_FACTOR``. Only calls started at the current rate count
-        (``epoch``): answers to calls started before a change say nothing
-        about the new rate, and a burst of 429s is one signal, not fifty.
-        """
+        """A call started at ``epoch`` asked to slow down: see :mod:`._slowdown`."""
         stats = self.statistics
         stats.throttle_events += 1
-        if self._limiter is not None and epoch != self._epoch:
-            return
-        if self._limiter is None:
-            elapsed = max(self.elapsed, 1e-3)
-            succeeded = (stats.calls - stats.throttle_events) / elapsed
-            started = (stats.calls + self._in_backend + 1) / elapsed  # this batch included
-            # Before any success the start rate is all there is to go on: a quarter
-            # of it, then cuts on calls started at each new rate find the level.
-            self._limiter = RateLimit(max(MIN_RATE, 1.0, succeeded, started / 4))
-            self._slow_start = True
+        slowdown = self._slowdown
+        succeeded = stats.calls - stats.throttle_events
+        if slowdown.signal(epoch, monotonic(), succeeded, self.elapsed):
+            self._limiter = slowdown.limiter
             self._max_batches = self._options.workers  # rate-limited: no queue, batches of one
             self._cap = self._batch_size = self._input_fit = 1
             self._adaptive = False
-        else:
-            self._slow_start = False
-            self._limiter.set_rate(max(MIN_RATE, self._limiter.per_second * SLOWDOWN_FACTOR))
-        self._last_change = monotonic()
-        self._epoch += 1
-        stats.slowest_rate = min(stats.slowest_rate or math.inf, self._limiter.per_second)
+        self._epoch = slowdown.epoch
+        stats.slowest_rate = slowdown.lowest
 
-    def _round_trip(self) -> float:
-        return min(max(2 * self.statistics.latency.mean, 0.01), SLOWDOWN_PERIOD)
-
-    def _recover(self, now: float) -> None:
-        limiter = self._limiter
-        if limiter is None:
-            return
-        if self._slow_start:
-            if now - self._last_change < self._round_trip():
-                return
-            rate = limiter.per_second * 2
-        elif now - self._last_change >= SLOWDOWN_PERIOD:
-            rate = limiter.per_second * RECOVERY_FACTOR
-        else:
-            return
-        if self._ceiling is not None:
-            rate = min(rate, self._ceiling)
-        limiter.set_rate(rate)
-        self._last_change = now
-        self._epoch += 1
+    def _median_call(self) -> float:
+        return self.statistics.latency.percentile(50)
 
     def _note_recent(self, batch: Batch, retried: set[int]) -> None:
         recent = self._recent
@@ -479,9 +465,30 @@ class Engine:
         end = self._finished if self._finished is not None else monotonic()
         return end - self._started
 
+    @property
+    def live(self) -> dict[str, Any]:
+        """Figures for a live display; read from any thread, one batch behind at worst."""
+        stats = self.statistics
+        latency = stats.latency
+        return {
+            "done": stats.succeeded + stats.failed,
+            "failed": stats.failed,
+            "retrying": stats.retrying,
+            "in_flight": self._in_flight,
+            "p50": latency.percentile(50),
+            "p95": latency.percentile(95),
+        }
+
     def report(self) -> Report:
         """A Report of everything delivered so far."""
         return Report.from_statistics(self.statistics, self.elapsed)
+
+
+def _sooner(a: float | None, b: float | None) -> float | None:
+    """The nearer of two waits, None meaning "no wait due"."""
+    if a is None:
+        return b
+    return a if b is None else min(a, b)
 
 
 def _as_failure(item: Any, error: BaseException | Failure, attempt: int) -> Failure:

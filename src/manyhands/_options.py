@@ -49,6 +49,12 @@ class RunOptions(TypedDict, total=False):
         a pair ``(share, last_n)``). Stopping reads no more items, lets
         running calls finish, and ends items waiting for a retry with their
         last failure; the Report's ``stopped`` says why.
+    progress: show live progress on stderr: done, failed, retrying, in
+        flight, items/s, latency p50/p95 and an ETA when the total is known
+        (default None: when stderr is a terminal, or in a notebook). It is
+        redrawn twice a second by a thread of its own, never per item.
+    total: how many items there are, for the progress ETA (default: ``len()``
+        of a sized collection; an iterator is never consumed to count it).
     """
 
     workers: int
@@ -62,6 +68,8 @@ class RunOptions(TypedDict, total=False):
     rate: str | float | None
     stop_after_failures: int | None
     stop_after_failure_rate: float | tuple[float, int] | None
+    progress: bool | None
+    total: int | None
 
 
 FailureRate = float | tuple[float, int]
@@ -82,6 +90,8 @@ class Options:
     rate: str | float | None = None
     stop_after_failures: int | None = None
     stop_after_failure_rate: FailureRate | None = None
+    progress: bool | None = None
+    total: int | None = None
 
     @classmethod
     def from_kwargs(cls, caller: str, kwargs: dict[str, Any]) -> Options:
@@ -130,6 +140,13 @@ class Options:
                     f"(share, last_n), got {self.stop_after_failure_rate!r}"
                 )
             _positive_int("stop_after_failure_rate's last_n", last, "e.g. (0.5, 100)")
+        if self.progress is not None and not isinstance(self.progress, bool):
+            raise TypeError(
+                f"progress must be True, False or None (show it on a terminal), "
+                f"got {self.progress!r}"
+            )
+        if self.total is not None:
+            _positive_int("total", self.total, "the number of items, for the ETA", zero=True)
 
     def _failure_rate(self) -> tuple[float, int]:
         rule = self.stop_after_failure_rate

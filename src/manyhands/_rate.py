@@ -70,7 +70,7 @@ class RateLimit:
         """0.0 and take a slot if a start is allowed at ``now``; else seconds to wait."""
         tat = max(self._tat, now)
         early = tat - self._tolerance - now
-        if early > 0:
+        if early > 1e-9:  # a nanosecond of float rounding is not early
             return early
         self._tat = tat + self.interval
         return 0.0
@@ -80,6 +80,17 @@ class RateLimit:
         self._tat -= self.interval
 
     def set_rate(self, per_second: float) -> None:
-        """Change the rate from the next start on."""
+        """Change the rate; the next start is due one new interval after the last one.
+
+        >>> limit = RateLimit(per_second=1)
+        >>> limit.wait(now=0.0), limit.wait(now=0.0)
+        (0.0, 1.0)
+        >>> limit.set_rate(10)
+        >>> round(limit.wait(now=0.0), 6)
+        0.1
+        """
+        interval = 1.0 / per_second
+        if self._tat != -math.inf:
+            self._tat += interval - self.interval
         self.per_second = per_second
-        self.interval = 1.0 / per_second
+        self.interval = interval

@@ -45,8 +45,10 @@ class Report:
         retried: items that were tried more than once.
         throttle_events: how many calls asked to slow down (``RetryAfter``,
             or an exception with a ``retry_after`` attribute).
-        slowest_rate: the lowest start rate (calls/s) the engine slowed down
-            to in answer, or ``None`` if it never had to.
+        slowest_rate: the lowest start rate (calls/s) the adaptive slowdown
+            cut to in answer, or ``None`` if it never cut below a level.
+        rate_limited: seconds during which a call was ready to start but the
+            rate limit (``rate=``, or the adaptive slowdown) held it back.
         stopped: why a stop rule ended the run early, else ``None``.
     """
 
@@ -62,6 +64,7 @@ class Report:
     retried: int = 0
     throttle_events: int = 0
     slowest_rate: float | None = None
+    rate_limited: float = 0.0
     stopped: str | None = None
 
     @classmethod
@@ -83,6 +86,7 @@ class Report:
             retried=stats.retried,
             throttle_events=stats.throttle_events,
             slowest_rate=stats.slowest_rate,
+            rate_limited=stats.rate_limited,
             stopped=stats.stop_reason,
         )
 
@@ -112,13 +116,15 @@ class Report:
             f"p95 {_duration(self.latency.p95)}, p99 {_duration(self.latency.p99)}",
         ]
         if self.retried or self.throttle_events:
-            line = f"{self.attempts:,} attempts in all, {self.retried:,} items retried"
+            lines.append(f"{self.attempts:,} attempts in all, {self.retried:,} items retried")
+        if self.throttle_events or self.rate_limited:
+            parts = []
             if self.throttle_events:
-                line += (
-                    f"; asked to slow down {self.throttle_events:,} times, "
-                    f"slowed to {self.slowest_rate or 0:,.1f} calls/s at the lowest"
-                )
-            lines.append(line)
+                parts.append(f"asked to slow down {self.throttle_events:,} times")
+            if self.slowest_rate is not None:
+                parts.append(f"slowed to {self.slowest_rate:,.1f} calls/s at the lowest")
+            parts.append(f"starts held back by the rate limit for {_duration(self.rate_limited)}")
+            lines.append("throttling: " + ", ".join(parts))
         if self.stopped:
             lines.append(f"stopped early: {self.stopped}")
         if self.errors_by_type:

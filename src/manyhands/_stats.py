@@ -77,6 +77,7 @@ class RunStatistics:
         self.retrying = 0  # items waiting for, or running, a retry now
         self.throttle_events = 0
         self.slowest_rate: float | None = None  # lowest adaptive start rate, calls/s
+        self.rate_limited = 0.0  # seconds a ready start waited for the rate limit
         self.stop_reason: str | None = None
         self.failures: list[Failure] = []
         self.errors_by_type: Counter[str] = Counter()
