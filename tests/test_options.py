@@ -36,6 +36,8 @@ from .conftest import PeakConcurrency
         ({"worker": 4}, TypeError, "unexpected keyword argument 'worker'; did you mean 'workers'?"),
         ({"zzz": 4}, TypeError, "unexpected keyword argument 'zzz'; accepted: ["),
         ({"progress": "yes"}, TypeError, "progress must be True, False or None"),
+        ({"throttle_on": 429}, TypeError, "throttle_on must be an exception class, a tuple"),
+        ({"throttle_on": (ValueError, "x")}, TypeError, "throttle_on must name exception classes"),
         ({"total": -1}, ValueError, "total must be >= 0"),
         ({"total": 2.5}, TypeError, "total must be an int >= 0"),
     ],

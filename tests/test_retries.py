@@ -6,6 +6,9 @@ import itertools
 import threading
 import time
 from collections import Counter
+from typing import Any
+
+import pytest
 
 import manyhands
 
@@ -116,6 +119,24 @@ def test_retry_after_delays_the_item_and_slows_everyone(backend: str) -> None:
     assert len(after) <= 4 + 3, after
     assert report.slowest_rate is None  # slow start only: never cut below a level
     assert "asked to slow down 1 times" in str(report)
+
+
+@pytest.mark.parametrize("throttle_on", [PermissionError, lambda exc: "429" in str(exc)])
+def test_throttle_on_makes_other_errors_slow_everyone_down(backend: str, throttle_on: Any) -> None:
+    def fn(item: int) -> int:
+        if item == 57:
+            raise PermissionError(f"HTTP 429 for {item}")  # no retry_after attribute
+        if item == 58:
+            raise ValueError(item)  # not a throttling signal
+        return item
+
+    report = manyhands.run(
+        fn, range(60), backend=backend, workers=4, retry=FAST, throttle_on=throttle_on
+    )
+    assert report.throttle_events == FAST.retries + 1  # each attempt of item 57
+    assert report.failed == 2
+    plain = manyhands.run(fn, range(60), backend=backend, workers=4, retry=FAST)
+    assert plain.throttle_events == 0 and plain.rate_limited == 0.0
 
 
 def test_rate_limit_spaces_starts(backend: str) -> None:

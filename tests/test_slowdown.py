@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 
 from manyhands._rate import RateLimit
-from manyhands._slowdown import DECREASE, INCREASE, MIN_RATE, PERIOD, PROBE, Slowdown
+from manyhands._slowdown import (
+    DECREASE,
+    INCREASE,
+    MIN_RATE,
+    PERIOD,
+    PROBE,
+    RESTART,
+    Slowdown,
+)
 
 STEP = 0.02  # a median call: slow start's round trip
 
@@ -112,3 +120,19 @@ def test_rate_limit_set_rate_moves_the_next_slot() -> None:
     limiter.set_rate(100.0)  # the next start is one new interval after the last
     assert limiter.wait(0.0) == pytest.approx(0.01)
     assert limiter.wait(0.01) == 0.0
+
+
+def test_a_long_quiet_spell_resumes_slow_start() -> None:
+    slow = throttled(rate_so_far=100.0)
+    slow.signal(slow.epoch, now=0.001, succeeded=0, elapsed=1.0)  # halved to 50/s
+    assert slow.limiter is not None and not slow.slow_start
+    now = 0.001
+    while now + PERIOD < RESTART:  # careful growth while the signal is recent
+        now += PERIOD * 1.001
+        slow.recover(now)
+    assert not slow.slow_start
+    assert slow.limiter.per_second <= 50.0 * INCREASE**8
+    before = slow.limiter.per_second
+    slow.recover(0.001 + RESTART)  # quiet for RESTART seconds: find the level fast again
+    assert slow.slow_start
+    assert slow.limiter.per_second == pytest.approx(2 * before)

@@ -56,7 +56,7 @@ from ._outcome import Failure
 from ._progress import Progress, progress_wanted
 from ._rate import RateLimit
 from ._report import Report
-from ._retry import retry_after_of
+from ._retry import matches, retry_after_of
 from ._slowdown import Slowdown
 from ._stats import RunStatistics
 
@@ -310,13 +310,17 @@ class Engine:
         """Turn errors into Failures; schedule the retryable ones; return (retried, final)."""
         assert batch.errors is not None
         retry = self._retry if self.statistics.stop_reason is None else None
+        throttle_on = self._options.throttle_on
         retried: set[int] = set()
         final: dict[int, Failure] = {}
         for index, error in batch.errors.items():
             failure = _as_failure(batch.items[index], error, batch.attempt)
             failure.history = batch.history
             exception = failure.exception
-            if exception is not None and retry_after_of(exception) is not None:
+            if exception is not None and (
+                retry_after_of(exception) is not None
+                or (throttle_on is not None and matches(throttle_on, exception))
+            ):
                 self._throttle(batch.epoch)
             if (
                 retry is not None

@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields
 from typing import Any, TypedDict
 
 from ._rate import parse_rate
-from ._retry import Retry
+from ._retry import ErrorMatcher, Retry, check_matcher
 
 __all__ = ["BACKENDS", "DEFAULT_WORKERS", "Options", "RunOptions"]
 
@@ -49,6 +49,10 @@ class RunOptions(TypedDict, total=False):
         a pair ``(share, last_n)``). Stopping reads no more items, lets
         running calls finish, and ends items waiting for a retry with their
         last failure; the Report's ``stopped`` says why.
+    throttle_on: which failures also mean "slow down" for the adaptive
+        slowdown (an exception class, a tuple of them, or a predicate), besides
+        ``RetryAfter`` and any exception with a ``retry_after`` attribute,
+        which always do.
     progress: show live progress on stderr: done, failed, retrying, in
         flight, items/s, latency p50/p95 and an ETA when the total is known
         (default None: when stderr is a terminal, or in a notebook). It is
@@ -68,6 +72,7 @@ class RunOptions(TypedDict, total=False):
     rate: str | float | None
     stop_after_failures: int | None
     stop_after_failure_rate: float | tuple[float, int] | None
+    throttle_on: ErrorMatcher | None
     progress: bool | None
     total: int | None
 
@@ -90,6 +95,7 @@ class Options:
     rate: str | float | None = None
     stop_after_failures: int | None = None
     stop_after_failure_rate: FailureRate | None = None
+    throttle_on: ErrorMatcher | None = None
     progress: bool | None = None
     total: int | None = None
 
@@ -140,6 +146,8 @@ class Options:
                     f"(share, last_n), got {self.stop_after_failure_rate!r}"
                 )
             _positive_int("stop_after_failure_rate's last_n", last, "e.g. (0.5, 100)")
+        if self.throttle_on is not None:
+            check_matcher("throttle_on", self.throttle_on)
         if self.progress is not None and not isinstance(self.progress, bool):
             raise TypeError(
                 f"progress must be True, False or None (show it on a terminal), "

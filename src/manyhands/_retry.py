@@ -9,9 +9,41 @@ from dataclasses import dataclass, field
 
 from ._exceptions import ManyhandsError
 
-__all__ = ["Retry", "RetryAfter", "retry_after_of"]
+__all__ = ["ErrorMatcher", "Retry", "RetryAfter", "check_matcher", "matches", "retry_after_of"]
 
-RetryOn = type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool]
+#: Which errors a rule applies to: a class, a tuple of classes, or a predicate.
+ErrorMatcher = (
+    type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool]
+)
+RetryOn = ErrorMatcher
+
+
+def check_matcher(name: str, on: object) -> None:
+    """Refuse anything but an exception class, a tuple of them, or a callable."""
+    if not callable(on) and not isinstance(on, tuple):
+        raise TypeError(
+            f"{name} must be an exception class, a tuple of them or a predicate, got {on!r}"
+        )
+    if isinstance(on, (tuple, type)):
+        for cls in on if isinstance(on, tuple) else (on,):
+            if not (isinstance(cls, type) and issubclass(cls, BaseException)):
+                raise TypeError(f"{name} must name exception classes, got {cls!r}")
+
+
+def matches(on: ErrorMatcher, error: BaseException) -> bool:
+    """Whether ``error`` is one ``on`` names; a predicate that raises says no.
+
+    >>> matches((KeyError, IndexError), KeyError("k"))
+    True
+    >>> matches(lambda e: "429" in str(e), OSError("HTTP 503"))
+    False
+    """
+    if isinstance(on, (type, tuple)):
+        return isinstance(error, on)
+    try:
+        return bool(on(error))
+    except Exception:  # a broken predicate must not break the run
+        return False
 
 
 class RetryAfter(ManyhandsError):
@@ -93,15 +125,7 @@ class Retry:
                 )
         if not isinstance(self.multiplier, (int, float)) or not (1 <= self.multiplier < math.inf):
             raise ValueError(f"Retry multiplier must be a number >= 1, got {self.multiplier!r}")
-        on = self.on
-        if not callable(on) and not isinstance(on, tuple):
-            raise TypeError(
-                f"Retry on must be an exception class, a tuple of them or a predicate, got {on!r}"
-            )
-        if isinstance(on, (tuple, type)):
-            for cls in on if isinstance(on, tuple) else (on,):
-                if not (isinstance(cls, type) and issubclass(cls, BaseException)):
-                    raise TypeError(f"Retry on must name exception classes, got {cls!r}")
+        check_matcher("Retry on", self.on)
 
     @classmethod
     def coerce(cls, value: Retry | int | None) -> Retry | None:
@@ -118,15 +142,7 @@ class Retry:
 
     def retries_error(self, error: BaseException) -> bool:
         """Whether this policy retries ``error`` (attempts aside)."""
-        if not isinstance(error, Exception):
-            return False
-        on = self.on
-        if isinstance(on, (type, tuple)):
-            return isinstance(error, on)
-        try:
-            return bool(on(error))
-        except Exception:  # a broken predicate must not break the run: do not retry
-            return False
+        return isinstance(error, Exception) and matches(self.on, error)
 
     def ceiling(self, attempt: int) -> float:
         """The largest delay after the ``attempt``-th try (1-based)."""

@@ -14,6 +14,9 @@ the first signal (a call raised ``RetryAfter`` or an exception with a
   and by ``PROBE`` beyond it (as TCP CUBIC does, it returns fast to the level
   it knows and probes past it with care: fewer signals, each of which costs
   the throttled call a Retry-After).
+- After ``RESTART`` seconds without a signal, slow start resumes from the
+  current rate: one early or spurious signal does not leave a long run
+  crawling at a rate far below what the service takes.
 - Only calls started at the current rate count (their ``epoch``): answers to
   calls started before a change say nothing about the new rate, and a burst
   of 429s is one signal, not fifty.
@@ -34,6 +37,7 @@ __all__ = ["Slowdown"]
 DECREASE = 0.9  # each signal after slow start
 INCREASE = 1.05  # each quiet PERIOD, up to the rate of the last signal
 PROBE = 1.01  # each quiet PERIOD, above it
+RESTART = 4.0  # seconds without a signal before slow start resumes
 PERIOD = 0.5  # seconds
 MIN_STEP = 0.01  # shortest slow-start step, seconds
 MIN_RATE = 0.1  # calls per second
@@ -72,6 +76,7 @@ class Slowdown:
         self.cuts = 0  # signals that lowered the rate
         self.lowest: float | None = None  # lowest rate after a cut
         self._signalled = 0.0  # the rate of the last cut, before it
+        self._last_signal = 0.0  # when the last counted signal came
         self._step = PERIOD
         self._changed = 0.0
 
@@ -99,7 +104,7 @@ class Slowdown:
             self.cuts += 1
             self.lowest = min(self.lowest or limiter.per_second, limiter.per_second)
             created = False
-        self._changed = now
+        self._changed = self._last_signal = now
         self.epoch += 1
         return created
 
@@ -111,6 +116,9 @@ class Slowdown:
         limiter = self.limiter
         if limiter is None or limiter.per_second == self.ceiling:
             return None
+        if not self.slow_start and now - self._last_signal >= RESTART:
+            self.slow_start = True
+            self._step = self._measure_step()
         wait = self._step if self.slow_start else PERIOD
         if now - self._changed < wait:
             return self._changed + wait - now
