@@ -12,6 +12,8 @@ def test_public_names_are_exactly_the_intended_set() -> None:
         "Failure",
         "InputError",
         "ItemsFailed",
+        "JournalError",
+        "JournalWarning",
         "Latency",
         "ManyhandsError",
         "Outcome",

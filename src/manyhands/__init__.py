@@ -11,7 +11,7 @@ See :func:`run`, :func:`map` and the README.
 from __future__ import annotations
 
 from ._api import map, run
-from ._exceptions import InputError, ItemsFailed, ManyhandsError
+from ._exceptions import InputError, ItemsFailed, JournalError, JournalWarning, ManyhandsError
 from ._options import DEFAULT_WORKERS, RunOptions
 from ._outcome import Failure, Outcome
 from ._report import Latency, Report
@@ -23,6 +23,8 @@ __all__ = [
     "Failure",
     "InputError",
     "ItemsFailed",
+    "JournalError",
+    "JournalWarning",
     "Latency",
     "ManyhandsError",
     "Outcome",

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._backends import create_backend
 from ._engine import Engine
-from ._exceptions import InputError
+from ._exceptions import InputError, JournalError
 from ._options import Options
 from ._progress import progress_wanted
 from ._report import Report
@@ -57,7 +57,7 @@ def run(fn: Callable[[T], R], items: Iterable[T], **options: Unpack[RunOptions])
     try:
         for _ in engine.batches():
             pass
-    except InputError as exc:
+    except (InputError, JournalError) as exc:
         exc.report = engine.report()
         raise
     return engine.report()
@@ -106,7 +106,22 @@ def _engine(caller: str, fn: Any, items: Any, options: Any) -> Engine:
     total = opts.total
     if total is None and progress_wanted(opts.progress):
         total = _length(items)
-    return Engine(fn, iterator, opts, create_backend(opts.backend, opts.workers), total)
+    journal = None
+    if opts.journal is not None:
+        from ._journal import Journal
+
+        journal = Journal(
+            opts.journal,
+            fn,
+            key=opts.key,
+            retry_failed=opts.retry_failed,
+            store_results=opts.store_results,
+            durability=opts.durability,
+            changed_items=opts.changed_items,
+            options=opts.recorded(),
+        )
+    backend = create_backend(opts.backend, opts.workers)
+    return Engine(fn, iterator, opts, backend, total, journal)
 
 
 def _length(items: Any) -> int | None:

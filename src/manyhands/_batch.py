@@ -34,6 +34,8 @@ class Batch:
         history: for a retry, the error types of the item's earlier attempts.
         last_failure: for a retry, the item's outcome if it never runs (a stop rule).
         epoch: the engine's rate epoch when the batch was sent.
+        keys: with a journal, each item's key.
+        skipped: for items not run (final in the journal, or duplicates), why.
     """
 
     __slots__ = (
@@ -45,10 +47,12 @@ class Batch:
         "failures",
         "history",
         "items",
+        "keys",
         "last_failure",
         "parent",
         "pending",
         "seq",
+        "skipped",
         "values",
     )
 
@@ -66,6 +70,8 @@ class Batch:
         self.history: tuple[str, ...] = ()
         self.last_failure: Failure | None = None
         self.epoch = 0
+        self.keys: list[str] | None = None
+        self.skipped: list[str] | None = None
 
     def without(self, indices: set[int]) -> Batch:
         """A copy holding every item but those at ``indices`` (sent to be retried)."""

@@ -46,19 +46,22 @@ from itertools import count, islice
 from operator import length_hint
 from queue import Empty, SimpleQueue
 from time import monotonic
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._backends import Backend
 from ._batch import EXECUTE_CODE, Batch
-from ._exceptions import InputError
+from ._exceptions import InputError, JournalError, ManyhandsError
 from ._options import Options
-from ._outcome import Failure
+from ._outcome import DUPLICATE, Failure
 from ._progress import Progress, progress_wanted
 from ._rate import RateLimit
 from ._report import Report
 from ._retry import matches, retry_after_of
 from ._slowdown import Slowdown
 from ._stats import RunStatistics
+
+if TYPE_CHECKING:
+    from ._journal import Journal
 
 __all__ = ["Engine"]
 
@@ -79,9 +82,12 @@ class Engine:
         options: Options,
         backend: Backend,
         total: int | None = None,
+        journal: Journal | None = None,
     ) -> None:
         self._fn = fn
         self._total = total  # for the progress display's ETA
+        self._journal = journal
+        self._ready: deque[Batch] = deque()  # skipped by the journal: delivered without running
         self._items = items
         self._options = options
         self._backend = backend
@@ -137,26 +143,59 @@ class Engine:
         """
         self._started = monotonic()
         progress = Progress(self, self._total) if progress_wanted(self._options.progress) else None
+        completed = False
         try:
             self._backend.start(self._fn, self._completions.put)
             try:
                 yield from self._drive()
+                completed = True
             finally:
                 self._finished = monotonic()
                 if self._held_since is not None:
                     self.statistics.rate_limited += self._finished - self._held_since
                 self._exhausted = True
                 self._backend.shutdown(self._options.grace)
+                if self._journal is not None:
+                    self._close_journal(self._journal, completed)
         finally:
             if progress is not None:
                 progress.close()
-        if self._input_error is not None:
-            raise InputError(self._pulled, self._input_error) from self._input_error
+        error = self._input_error
+        if isinstance(error, ManyhandsError):  # from the journal: raised as it is
+            raise error
+        if error is not None:
+            raise InputError(self._pulled, error) from error
+
+    def _close_journal(self, journal: Journal, completed: bool) -> None:
+        stats = self.statistics
+        if completed:
+            status = "stopped" if stats.stop_reason else "finished"
+            if self._input_error is not None:
+                status = "input error"
+            journal.close(status, stats.counts())
+            return
+        # Interrupted: keep what finished during the grace period, then close
+        # without masking the exception on its way out.
+        try:
+            while not self._completions.empty():
+                journal.record_successes(self._completions.get())
+            journal.close("interrupted", stats.counts())
+        except JournalError:
+            journal.abandon()  # what could not be written runs again next time
+        finally:
+            journal.abandon()  # no-op once closed: the lock is released whatever happened
 
     def _drive(self) -> Iterator[Batch]:
         get = self._completions.get
+        skipped = self._ready
         while True:
             wait = self._dispatch()
+            if skipped:
+                while skipped:
+                    for done in self._deliver(skipped.popleft(), set()):
+                        self._pending_items -= len(done.items)
+                        yield done
+                continue
             if self._exhausted and not self._pending_items:
                 return
             if wait is None:
@@ -235,6 +274,34 @@ class Engine:
                 limiter.release()
         return None
 
+    def _read_journaled(self, journal: Journal, size: int) -> list[Any]:
+        """Submit the next items to run; items the journal skips go to delivery."""
+        stats = self.statistics
+        while not self._exhausted and self._pending_items < self._window:
+            segment = journal.take(self._items, min(size, self._window - self._pending_items))
+            self._pulled = journal.pulled
+            if segment is None:
+                self._exhausted = True
+                self._input_error = journal.error
+                break
+            batch = Batch(self._next_seq, segment.items)
+            batch.keys = segment.keys
+            self._next_seq += 1
+            self._pending_items += len(segment.items)
+            if segment.reasons is None:
+                self._send(batch)
+                return segment.items
+            batch.skipped = segment.reasons
+            batch.values = segment.values or []
+            batch.failures = segment.failures
+            duplicates = segment.reasons.count(DUPLICATE)
+            stats.duplicates += duplicates
+            stats.skipped += len(segment.items) - duplicates
+            self._ready.append(batch)
+        if self._exhausted and not self._timers:
+            self._backend.wind_down()
+        return []
+
     def _slot(self, limiter: RateLimit, now: float) -> float:
         """Take a start slot (0.0) or say how long until one; time spent held back."""
         wait = limiter.wait(now)
@@ -248,6 +315,8 @@ class Engine:
 
     def _read(self, size: int) -> list[Any]:
         """Read up to ``size`` items and submit them as one batch."""
+        if self._journal is not None:
+            return self._read_journaled(self._journal, size)
         chunk: list[Any] = []
         try:
             chunk.extend(islice(self._items, size))  # keeps the items read before an exception
@@ -297,6 +366,8 @@ class Engine:
         self.statistics.add_batch(size - len(retried), size, batch.elapsed, final)
         if self._recent is not None:
             self._note_recent(batch, retried)
+        if self._journal is not None:
+            self._journal.record(batch, retried)
         if self._adaptive and size:
             self._work_fit = max(1, min(self._fit(batch.elapsed / size), 2 * size, self._cap))
             self._batch_size = min(self._work_fit, self._input_fit)
@@ -341,6 +412,8 @@ class Engine:
         again.parent = batch.parent or (batch, index)
         again.history = (*batch.history, failure.error_type)
         again.last_failure = failure
+        if batch.keys is not None:
+            again.keys = [batch.keys[index]]
         if batch.attempt == 1:
             self.statistics.retried += 1
         self.statistics.retrying += 1
@@ -389,6 +462,8 @@ class Engine:
             batch.attempt -= 1  # the planned attempt never ran
             batch.values = [None]
             self.statistics.add_batch(1, 0, 0.0, [final])
+            if self._journal is not None:
+                self._journal.record(batch, set())
             yield from self._deliver(batch, set())
 
     # -- policies --------------------------------------------------------
@@ -475,7 +550,7 @@ class Engine:
         stats = self.statistics
         latency = stats.latency
         return {
-            "done": stats.succeeded + stats.failed,
+            "done": stats.total,
             "failed": stats.failed,
             "retrying": stats.retrying,
             "in_flight": self._in_flight,

@@ -4,7 +4,11 @@ Every exception of manyhands' own derives from one root::
 
     ManyhandsError
      ├── InputError        the user's iterable of items raised while it was read
+     ├── JournalError      the journal cannot be used (in use, corrupt, unwritable,
+     │                     an item without a key, an edited item)
      └── ItemsFailed       Report.raise_for_failures(): some items failed
+
+    JournalWarning         (a UserWarning) the journal was written by other code
 
 An item's failure is never raised by ``run`` or ``map``: it is a value, a
 :class:`~manyhands.Failure`, in the :class:`~manyhands.Outcome` of that item.
@@ -19,7 +23,7 @@ if TYPE_CHECKING:
     from ._outcome import Failure
     from ._report import Report
 
-__all__ = ["InputError", "ItemsFailed", "ManyhandsError"]
+__all__ = ["InputError", "ItemsFailed", "JournalError", "JournalWarning", "ManyhandsError"]
 
 
 class ManyhandsError(Exception):
@@ -48,6 +52,25 @@ class InputError(ManyhandsError):
             f"{type(cause).__qualname__}; items 0..{position - 1} were run, "
             f"nothing from {position} on was read"
         )
+
+
+class JournalError(ManyhandsError):
+    """The journal cannot be used as asked; the message says why and what to do.
+
+    Raised before any item runs when the journal is in use by another run,
+    corrupt, not a journal, or cannot be written. Raised after the items
+    before it finished (and were recorded) when an item has no key or was
+    edited since it was recorded, or when writing fails mid-run.
+
+    Attributes:
+        report: for :func:`manyhands.run` once items ran, their Report; else ``None``.
+    """
+
+    report: Report | None = None
+
+
+class JournalWarning(UserWarning):
+    """The journal was written by a different function, or its code changed."""
 
 
 class ItemsFailed(ManyhandsError):

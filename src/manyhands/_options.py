@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any, TypedDict
 
@@ -59,6 +61,21 @@ class RunOptions(TypedDict, total=False):
         redrawn twice a second by a thread of its own, never per item.
     total: how many items there are, for the progress ETA (default: ``len()``
         of a sized collection; an iterator is never consumed to count it).
+    journal: path of an SQLite file that records every item's final outcome,
+        so that rerunning the same call skips what is already done (default
+        None: no journal). See the README's "Resuming" section.
+    key: with a journal, how an item is identified: a callable returning a
+        str (or a JSON-like value). Default: the item itself, for str, bytes,
+        numbers and JSON-like lists/tuples/dicts of those.
+    retry_failed: with a journal, run the items recorded as failed again
+        (default False: skip them like the done ones).
+    store_results: with a journal, store each value (JSON when possible,
+        else pickle) so that a resumed ``map`` yields it for skipped items.
+    durability: ``"normal"`` (default: survives a crash of the process) or
+        ``"full"`` (fsync at every commit: survives a power cut too).
+    changed_items: with ``key=``, what to do with an item whose content
+        differs from the one recorded under its key: ``"refuse"`` (default:
+        stop with JournalError), ``"rerun"`` or ``"skip"``.
     """
 
     workers: int
@@ -75,6 +92,12 @@ class RunOptions(TypedDict, total=False):
     throttle_on: ErrorMatcher | None
     progress: bool | None
     total: int | None
+    journal: str | os.PathLike[str] | None
+    key: Callable[[Any], Any] | None
+    retry_failed: bool
+    store_results: bool
+    durability: str
+    changed_items: str
 
 
 FailureRate = float | tuple[float, int]
@@ -98,6 +121,12 @@ class Options:
     throttle_on: ErrorMatcher | None = None
     progress: bool | None = None
     total: int | None = None
+    journal: str | os.PathLike[str] | None = None
+    key: Callable[[Any], Any] | None = None
+    retry_failed: bool = False
+    store_results: bool = False
+    durability: str = "normal"
+    changed_items: str = "refuse"
 
     @classmethod
     def from_kwargs(cls, caller: str, kwargs: dict[str, Any]) -> Options:
@@ -155,6 +184,25 @@ class Options:
             )
         if self.total is not None:
             _positive_int("total", self.total, "the number of items, for the ETA", zero=True)
+        self._validate_journal()
+
+    def _validate_journal(self) -> None:
+        if self.journal is not None and not isinstance(self.journal, (str, os.PathLike)):
+            raise TypeError(f"journal must be a file path (str or Path), got {self.journal!r}")
+        if self.key is not None and not callable(self.key):
+            raise TypeError(
+                f"key must be a callable taking an item, e.g. key=lambda row: row['id'], "
+                f"got {self.key!r}"
+            )
+        for name in ("retry_failed", "store_results"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        _choice("durability", self.durability, ("normal", "full"))
+        _choice("changed_items", self.changed_items, ("refuse", "rerun", "skip"))
+        if self.journal is None:
+            for name in ("key", "retry_failed", "store_results"):
+                if getattr(self, name):
+                    raise ValueError(f"{name}= needs a journal: pass journal='run.db' as well")
 
     def _failure_rate(self) -> tuple[float, int]:
         rule = self.stop_after_failure_rate
@@ -176,6 +224,15 @@ class Options:
         """How many recent outcomes the failure-rate stop rule looks at."""
         return self._failure_rate()[1] if self.stop_after_failure_rate is not None else 100
 
+    def recorded(self) -> dict[str, Any]:
+        """The options worth recording in a journal's run history (set ones only)."""
+        defaults = Options()
+        return {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if getattr(self, f.name) != getattr(defaults, f.name) and f.name != "key"
+        }
+
     @property
     def retry_policy(self) -> Retry | None:
         """The retry policy, or None."""
@@ -190,6 +247,13 @@ class Options:
     def item_window(self) -> int:
         """Most items admitted and not yet delivered."""
         return self.window if self.window is not None else max(16384, 2 * self.workers)
+
+
+def _choice(name: str, value: object, accepted: tuple[str, ...]) -> None:
+    if value not in accepted:
+        raise ValueError(
+            f"{name}={value!r} is not accepted; use one of " + ", ".join(map(repr, accepted))
+        )
 
 
 def _positive_int(name: str, value: object, hint: str, *, zero: bool = False) -> None:

@@ -5,7 +5,21 @@ from __future__ import annotations
 import traceback as _tb
 from typing import Any, Generic, TypeVar
 
-__all__ = ["Failure", "Outcome", "describe_exception", "qualified_name", "safe_repr"]
+__all__ = [
+    "DUPLICATE",
+    "SKIPPED_DONE",
+    "SKIPPED_FAILED",
+    "Failure",
+    "Outcome",
+    "describe_exception",
+    "qualified_name",
+    "safe_repr",
+]
+
+# Why an item was not run (Outcome.skipped).
+SKIPPED_DONE = "done in the journal"
+SKIPPED_FAILED = "failed in the journal"
+DUPLICATE = "duplicate key"
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -131,20 +145,32 @@ class Outcome(Generic[T, R]):
         item: the input item.
         value: what ``fn(item)`` returned; ``None`` when it failed.
         error: the Failure, or ``None`` when it succeeded.
-        attempts: how many times the item was tried.
+        attempts: how many times the item was tried in this run.
+        skipped: why the item did not run in this run, or ``None`` if it ran:
+            ``"done in the journal"`` (``value`` is the stored result with
+            ``store_results=True``), ``"failed in the journal"`` (``error`` is
+            the recorded Failure) or ``"duplicate key"``.
 
     >>> out = Outcome(2, 4, None, 1)
     >>> out.ok, out.value
     (True, 4)
     """
 
-    __slots__ = ("attempts", "error", "item", "value")
+    __slots__ = ("attempts", "error", "item", "skipped", "value")
 
-    def __init__(self, item: T, value: R | None, error: Failure | None, attempts: int) -> None:
+    def __init__(
+        self,
+        item: T,
+        value: R | None,
+        error: Failure | None,
+        attempts: int,
+        skipped: str | None = None,
+    ) -> None:
         self.item = item
         self.value = value
         self.error = error
         self.attempts = attempts
+        self.skipped = skipped
 
     @property
     def ok(self) -> bool:
@@ -152,6 +178,7 @@ class Outcome(Generic[T, R]):
         return self.error is None
 
     def __repr__(self) -> str:
+        skipped = f", skipped={self.skipped!r}" if self.skipped else ""
         if self.error is None:
-            return f"Outcome(item={safe_repr(self.item)}, value={safe_repr(self.value)})"
-        return f"Outcome(item={safe_repr(self.item)}, error={self.error!r})"
+            return f"Outcome(item={safe_repr(self.item)}, value={safe_repr(self.value)}{skipped})"
+        return f"Outcome(item={safe_repr(self.item)}, error={self.error!r}{skipped})"

@@ -32,7 +32,7 @@ class Report:
     in the stream of Outcomes that :func:`manyhands.map` yields.
 
     Attributes:
-        total: items that got an outcome.
+        total: items that got an outcome (skipped and duplicates included).
         succeeded: items whose call returned.
         failed: items whose call raised.
         elapsed: wall time of the run, in seconds.
@@ -50,6 +50,8 @@ class Report:
         rate_limited: seconds during which a call was ready to start but the
             rate limit (``rate=``, or the adaptive slowdown) held it back.
         stopped: why a stop rule ended the run early, else ``None``.
+        skipped: items not run because the journal has their final outcome.
+        duplicates: items not run because their key came earlier in the input.
     """
 
     total: int
@@ -66,6 +68,8 @@ class Report:
     slowest_rate: float | None = None
     rate_limited: float = 0.0
     stopped: str | None = None
+    skipped: int = 0
+    duplicates: int = 0
 
     @classmethod
     def from_statistics(cls, stats: RunStatistics, elapsed: float) -> Report:
@@ -88,6 +92,8 @@ class Report:
             slowest_rate=stats.slowest_rate,
             rate_limited=stats.rate_limited,
             stopped=stats.stop_reason,
+            skipped=stats.skipped,
+            duplicates=stats.duplicates,
         )
 
     @property
@@ -115,6 +121,11 @@ class Report:
             f"latency per call: p50 {_duration(self.latency.p50)}, "
             f"p95 {_duration(self.latency.p95)}, p99 {_duration(self.latency.p99)}",
         ]
+        if self.skipped or self.duplicates:
+            lines.append(
+                f"not run: {self.skipped:,} already final in the journal, "
+                f"{self.duplicates:,} duplicate keys"
+            )
         if self.retried or self.throttle_events:
             lines.append(f"{self.attempts:,} attempts in all, {self.retried:,} items retried")
         if self.throttle_events or self.rate_limited:

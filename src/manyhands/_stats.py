@@ -78,6 +78,8 @@ class RunStatistics:
         self.throttle_events = 0
         self.slowest_rate: float | None = None  # lowest adaptive start rate, calls/s
         self.rate_limited = 0.0  # seconds a ready start waited for the rate limit
+        self.skipped = 0  # items not run: final in the journal already
+        self.duplicates = 0  # items not run: their key came earlier in this input
         self.stop_reason: str | None = None
         self.failures: list[Failure] = []
         self.errors_by_type: Counter[str] = Counter()
@@ -86,8 +88,17 @@ class RunStatistics:
 
     @property
     def total(self) -> int:
-        """Items with a final outcome so far."""
-        return self.succeeded + self.failed
+        """Items with an outcome so far, skipped ones included."""
+        return self.succeeded + self.failed + self.skipped + self.duplicates
+
+    def counts(self) -> dict[str, int]:
+        """The outcome counts by kind."""
+        return {
+            "succeeded": self.succeeded,
+            "failed": self.failed,
+            "skipped": self.skipped,
+            "duplicates": self.duplicates,
+        }
 
     def add_batch(
         self, finished: int, calls: int, elapsed: float, failures: list[Failure] | None

@@ -7,6 +7,7 @@ from itertools import repeat
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
+from ._batch import Batch
 from ._engine import Engine
 from ._outcome import Outcome
 from ._report import Report
@@ -63,6 +64,9 @@ def _outcomes(engine: Engine) -> Generator[Outcome[Any, Any], None, None]:
         for batch in batches:
             failures = batch.failures
             attempts = batch.attempts
+            if batch.skipped is not None:
+                yield from _skipped(batch)
+                continue
             if failures is None and attempts is None:
                 yield from map(
                     Outcome, batch.items, batch.values, repeat(None), repeat(batch.attempt)
@@ -79,3 +83,11 @@ def _outcomes(engine: Engine) -> Generator[Outcome[Any, Any], None, None]:
                     yield Outcome(item, None, failure, failure.attempts)
     finally:
         batches.close()
+
+
+def _skipped(batch: Batch) -> Iterator[Outcome[Any, Any]]:
+    assert batch.skipped is not None
+    failures = batch.failures or {}
+    for index, item in enumerate(batch.items):
+        value = batch.values[index] if batch.values else None
+        yield Outcome(item, value, failures.get(index), 0, batch.skipped[index])

@@ -1,0 +1,589 @@
+"""The journal: an SQLite file that makes a run resumable.
+
+Resume semantics:
+
+- each item runs *at least once*; the journal holds *exactly one* final
+  record per key (``items`` has the key as its primary key, and a row is
+  written only when the item's outcome is final, after its retries);
+- a rerun of the same call skips keys already done or failed
+  (``retry_failed=True`` runs the failed ones again); items that were in
+  flight when a run died have no record, so they run again;
+- skipped items still get an Outcome and are counted in the Report, as are
+  duplicate keys within one input (which run once).
+
+Writes are batched: rows collect in memory and are committed every
+``COMMIT_ROWS`` rows or ``COMMIT_SECONDS``, whichever comes first, in WAL
+mode with ``synchronous=NORMAL`` (a process crash loses nothing committed;
+a power cut may lose the last commits) or ``FULL`` (``durability="full"``:
+fsync at every commit). A killed run loses at most its uncommitted rows,
+and those items simply run again.
+
+One run at a time: a lock file next to the journal (``<journal>.lock``) is
+held with an OS lock for the whole run, so the OS releases it when the
+process dies, however it dies: a lock left by a killed run is never in the
+way. The file names the holder (pid, host) for the error a second run gets.
+
+Reading the input goes through :meth:`Journal.take`, which reads blocks of
+items, computes their keys, looks them all up in one query, and hands the
+engine consecutive segments of items to run or to skip, in input order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pickle
+import socket
+import sqlite3
+import sys
+import time
+import warnings
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import IO, Any
+
+from ._batch import Batch
+from ._exceptions import JournalError, JournalWarning
+from ._keys import KeyTypeError, code_hash, default_key, fingerprint, function_name
+from ._outcome import DUPLICATE, SKIPPED_DONE, SKIPPED_FAILED, Failure, safe_repr
+
+__all__ = ["DONE", "FAILED", "FINAL_STATES", "Journal", "Segment"]
+
+FORMAT = "manyhands-journal"
+VERSION = "1"
+BLOCK = 512  # items read and looked up at once
+COMMIT_ROWS = 2000
+COMMIT_SECONDS = 0.1
+
+DONE = "done"
+FAILED = "failed"
+FINAL_STATES = (DONE, FAILED, "crashed", "timed_out")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY,
+    fn TEXT, code_hash TEXT, options TEXT, pid INTEGER, host TEXT,
+    started REAL, finished REAL, status TEXT,
+    succeeded INTEGER, failed INTEGER, skipped INTEGER, duplicates INTEGER
+);
+CREATE TABLE IF NOT EXISTS items (
+    key TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    error_type TEXT, message TEXT, traceback TEXT,
+    elapsed REAL, finished REAL,
+    fingerprint TEXT,
+    item TEXT,
+    result BLOB, result_format TEXT,
+    run INTEGER NOT NULL
+) WITHOUT ROWID;
+"""
+
+_INSERT = "INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+
+
+@dataclass
+class Segment:
+    """Consecutive input items, all to run or all to skip.
+
+    For a skip segment, ``reasons`` says why each is skipped and ``values``
+    and ``failures`` hold what the journal has (values only with
+    ``store_results``).
+    """
+
+    items: list[Any]
+    keys: list[str]
+    reasons: list[str] | None = None
+    values: list[Any] | None = None
+    failures: dict[int, Failure] | None = None
+
+
+class Journal:
+    """An open journal, locked for one run; see the module docstring."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        fn: Callable[..., Any],
+        *,
+        key: Callable[[Any], Any] | None = None,
+        retry_failed: bool = False,
+        store_results: bool = False,
+        durability: str = "normal",
+        changed_items: str = "refuse",
+        options: dict[str, Any] | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self._key = key
+        self._retry_failed = retry_failed
+        self._store_results = store_results
+        self._changed_items = changed_items
+        self._lock = _acquire_lock(self.path)
+        try:
+            self._db = _open(self.path, durability)
+            self.run_id = self._begin(fn, options or {})
+        except BaseException:
+            _release_lock(self._lock)
+            raise
+        self._source: Iterator[Any] | None = None
+        self._buffer: deque[tuple[Any, str, str | None]] = deque()
+        self._looked_up: dict[str, tuple[Any, ...]] = {}  # key -> journal row, for the buffer
+        self._running: dict[str, int] = {}  # key -> copies admitted to run, not recorded
+        self._rows: list[tuple[Any, ...]] = []  # recorded, not yet committed
+        self._unsaved: set[str] = set()  # their keys
+        self._committed_at = time.monotonic()
+        self.pulled = 0  # items read from the input
+        self.error: BaseException | None = None  # why reading stopped early, if it did
+        self.input_broke = False  # error came from the user's iterable
+        self._ended = False
+        self.closed = False
+
+    # -- opening ---------------------------------------------------------
+
+    def _begin(self, fn: Callable[..., Any], options: dict[str, Any]) -> int:
+        db = self._db
+        name, digest = function_name(fn), code_hash(fn)
+        meta = dict(db.execute("SELECT name, value FROM meta").fetchall())
+        if meta.get("fn") is not None and (meta.get("fn"), meta.get("code_hash")) != (
+            name,
+            digest,
+        ):
+            has_items = db.execute("SELECT 1 FROM items LIMIT 1").fetchone() is not None
+            if has_items:
+                warnings.warn(
+                    JournalWarning(
+                        f"journal {self.path} was written by {meta.get('fn')} and this run "
+                        f"calls {name}"
+                        + (" (same name, changed code)" if meta.get("fn") == name else "")
+                        + ": items it recorded are still skipped. Use another journal= "
+                        "to start afresh, or retry_failed=True to rerun its failures."
+                    ),
+                    stacklevel=5,
+                )
+        with db:
+            db.executemany(
+                "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                [("format", FORMAT), ("version", VERSION), ("fn", name), ("code_hash", digest)],
+            )
+            cursor = db.execute(
+                "INSERT INTO runs (fn, code_hash, options, pid, host, started, status) "
+                "VALUES (?, ?, ?, ?, ?, ?, 'running')",
+                (
+                    name,
+                    digest,
+                    json.dumps(options, default=repr),
+                    os.getpid(),
+                    socket.gethostname(),
+                    time.time(),
+                ),
+            )
+        run_id = cursor.lastrowid
+        assert run_id is not None
+        return run_id
+
+    # -- reading the input -----------------------------------------------
+
+    def take(self, source: Iterator[Any], size: int) -> Segment | None:
+        """The next segment of at most ``size`` items; None once the input is done.
+
+        A run segment holds items with no final record (or failed ones, with
+        ``retry_failed``); a skip segment holds items with a final record, or
+        repeating a key run by this input.
+        """
+        self._source = source
+        buffer = self._buffer
+        while True:
+            if not buffer and not self._refill():
+                return None
+            first = self._skip_reason(*buffer[0])
+            if buffer:  # (a refused item empties it)
+                break
+        items: list[Any] = []
+        keys: list[str] = []
+        if first is None:
+            running = self._running
+            while len(items) < size:
+                item, key, _ = buffer.popleft()
+                running[key] = running.get(key, 0) + 1
+                items.append(item)
+                keys.append(key)
+                if not buffer and not self._refill():
+                    break
+                if self._skip_reason(*buffer[0]) is not None or not buffer:
+                    break
+            return Segment(items, keys)
+        reasons: list[str] = []
+        values: list[Any] = []
+        failures: dict[int, Failure] = {}
+        reason: str | None = first
+        while True:
+            item, key, _ = buffer.popleft()
+            assert reason is not None
+            if reason != DUPLICATE:
+                value, failure = self._stored(item, self._looked_up.get(key))
+                if failure is not None:
+                    failures[len(items)] = failure
+            else:
+                value = None
+            items.append(item)
+            keys.append(key)
+            reasons.append(reason)
+            values.append(value)
+            if len(items) >= size or (not buffer and not self._refill()):
+                break
+            reason = self._skip_reason(*buffer[0])
+            if reason is None or not buffer:
+                break
+        return Segment(items, keys, reasons, values, failures or None)
+
+    def _skip_reason(self, item: Any, key: str, print_: str | None) -> str | None:
+        if key in self._running or key in self._unsaved:
+            return DUPLICATE
+        row = self._looked_up.get(key)
+        if row is None:
+            return None
+        state, run, stored_print = row[0], row[1], row[2]
+        if run == self.run_id:
+            return DUPLICATE
+        if print_ is not None and stored_print is not None and print_ != stored_print:
+            return self._changed(item, key)
+        if state == DONE or not self._retry_failed:
+            return SKIPPED_DONE if state == DONE else SKIPPED_FAILED
+        return None
+
+    def _changed(self, item: Any, key: str) -> str | None:
+        """The item recorded under ``key`` differs from this one (the input was edited)."""
+        if self._changed_items == "rerun":
+            self._looked_up.pop(key, None)
+            return None
+        if self._changed_items == "skip":
+            return SKIPPED_DONE if self._looked_up[key][0] == DONE else SKIPPED_FAILED
+        # "refuse": the input ends here; the items before it run as usual.
+        position = self.pulled - len(self._buffer)
+        self.error = JournalError(
+            f"item {position} ({safe_repr(item, 80)}, key {safe_repr(key, 80)}) differs "
+            f"from the item recorded under that key in {self.path}: the input was edited. "
+            f"Items before {position} ran; it and the items after it did not. Pass "
+            "changed_items='rerun' to run such items again, 'skip' to keep their old "
+            "record, or use a new journal"
+        )
+        self._buffer.clear()
+        self._ended = True
+        return None
+
+    def _refill(self) -> bool:
+        """Read and look up the next block; False when nothing more comes."""
+        if self._ended or self._source is None:
+            return False
+        self._looked_up.clear()  # the buffer is empty: every looked-up row was used
+        block: list[Any] = []
+        try:
+            block.extend(islice(self._source, BLOCK))
+        except Exception as exc:  # the user's iterable broke: the engine raises InputError
+            self.error = exc
+            self.input_broke = True
+            self._ended = True
+        if len(block) < BLOCK:
+            self._ended = True
+        entries: list[tuple[Any, str, str | None]] = []
+        keyfn = self._key
+        for item in block:
+            try:
+                if keyfn is None:
+                    key, print_ = default_key(item), None
+                else:
+                    key, print_ = _as_key(keyfn(item)), fingerprint(item)
+            except Exception as exc:
+                self.error = _key_error(item, self.pulled + len(entries), exc, keyfn)
+                self._ended = True
+                break
+            entries.append((item, key, print_))
+        self.pulled += len(entries)
+        self._lookup([key for _, key, _ in entries])
+        self._buffer.extend(entries)
+        return bool(self._buffer)
+
+    def _lookup(self, keys: list[str]) -> None:
+        if not keys:
+            return
+        fields = "key, state, run, fingerprint, attempts, error_type, message, traceback"
+        if self._store_results:
+            fields += ", result, result_format"
+        marks = ",".join("?" * len(keys))
+        rows = self._db.execute(f"SELECT {fields} FROM items WHERE key IN ({marks})", keys)
+        looked_up = self._looked_up
+        for row in rows:
+            looked_up[row[0]] = row[1:]
+
+    def _stored(self, item: Any, row: tuple[Any, ...] | None) -> tuple[Any, Failure | None]:
+        """The value (with store_results) or Failure the journal holds for an item."""
+        if row is None:
+            return None, None
+        state, _run, _print, attempts, error_type, message, traceback = row[:7]
+        if state != DONE:
+            return None, Failure(item, error_type or state, message or "", traceback, attempts)
+        if len(row) > 7 and row[7] is not None:
+            return _decode(row[7], row[8]), None
+        return None, None
+
+    # -- recording outcomes ----------------------------------------------
+
+    def record(self, batch: Batch, retried: set[int]) -> None:
+        """Queue the final outcomes of a settled batch; commit when one is due."""
+        keys = batch.keys
+        assert keys is not None
+        failures = batch.failures or {}
+        attempts = batch.attempts or {}
+        now = time.time()
+        each = batch.elapsed / len(keys) if keys else 0.0
+        run = self.run_id
+        rows = self._rows
+        running = self._running
+        looked_up = self._looked_up
+        with_prints = self._key is not None  # with key=, the item may change under its key
+        for index, key in enumerate(keys):
+            if index in retried:
+                continue
+            item = batch.items[index]
+            print_ = fingerprint(item) if with_prints else None
+            failure = failures.get(index)
+            if failure is None:
+                result, form = _encode(batch.values[index]) if self._store_results else (None, None)
+                tries = attempts.get(index, batch.attempt)
+                rows.append((key, DONE, tries, None, None, None, each, now, print_, None,
+                             result, form, run))  # fmt: skip
+            else:
+                rows.append((key, FAILED, failure.attempts, failure.error_type, failure.message,
+                             failure.traceback, each, now, print_, safe_repr(item), None, None,
+                             run))  # fmt: skip
+            self._unsaved.add(key)
+            if key in looked_up:  # a later copy in the buffer is a duplicate now
+                looked_up[key] = (DONE, run, print_, *looked_up[key][3:])
+            left = running.get(key, 1) - 1
+            if left > 0:
+                running[key] = left
+            else:
+                running.pop(key, None)
+        if len(rows) >= COMMIT_ROWS or time.monotonic() - self._committed_at >= COMMIT_SECONDS:
+            self.commit()
+
+    def record_successes(self, batch: Batch) -> None:
+        """Record the items of a batch that came back after the run was interrupted.
+
+        Only its successes: a failure there might have been retried.
+        """
+        if batch.keys is None or not batch.values:
+            return
+        errors = batch.errors or {}
+        batch.failures = None
+        self.record(batch, set(errors))
+
+    def commit(self) -> None:
+        """Write the queued rows in one transaction."""
+        rows = self._rows
+        if rows:
+            try:
+                with self._db:
+                    self._db.executemany(_INSERT, rows)
+            except sqlite3.Error as exc:
+                raise JournalError(
+                    f"writing the journal {self.path} failed ({exc}); the run stopped. "
+                    f"{len(rows)} finished item(s) were not recorded and will run again "
+                    "when you rerun"
+                ) from exc
+            rows.clear()
+            self._unsaved.clear()
+        self._committed_at = time.monotonic()
+
+    def close(self, status: str, counts: dict[str, int]) -> None:
+        """Commit what is queued, note how the run ended, release the lock; idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.commit()
+            with self._db:
+                self._db.execute(
+                    "UPDATE runs SET finished = ?, status = ?, succeeded = ?, failed = ?, "
+                    "skipped = ?, duplicates = ? WHERE id = ?",
+                    (
+                        time.time(),
+                        status,
+                        counts.get("succeeded", 0),
+                        counts.get("failed", 0),
+                        counts.get("skipped", 0),
+                        counts.get("duplicates", 0),
+                        self.run_id,
+                    ),
+                )
+        finally:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+            _release_lock(self._lock)
+
+    def abandon(self) -> None:
+        """Close after a failed write: release everything, write nothing more."""
+        if self.closed:
+            return
+        self.closed = True
+        with contextlib.suppress(sqlite3.Error):
+            self._db.close()
+        _release_lock(self._lock)
+
+
+# -- helpers -------------------------------------------------------------
+
+
+def _as_key(value: Any) -> str:
+    """What ``key=`` returned, as key text: a str as is, anything else as JSON."""
+    if isinstance(value, str):
+        return value
+    return default_key(value)
+
+
+def _key_error(
+    item: Any, position: int, exc: Exception, keyfn: Callable[[Any], Any] | None
+) -> JournalError:
+    if keyfn is None and isinstance(exc, KeyTypeError):
+        error = JournalError(
+            f"item {position} ({safe_repr(item, 60)}, a {type(item).__qualname__}) has no "
+            "default journal key: keys are made for str, bytes, numbers, bool, None and "
+            "lists, tuples and dicts of those. Pass key=, e.g. key=lambda item: item.id"
+        )
+    else:
+        error = JournalError(
+            f"key= raised {type(exc).__qualname__} for item {position} "
+            f"({safe_repr(item, 60)}): {exc}"
+        )
+    error.__cause__ = exc
+    return error
+
+
+def _encode(value: Any) -> tuple[Any, str | None]:
+    try:
+        return json.dumps(value, ensure_ascii=False, allow_nan=True), "json"
+    except (TypeError, ValueError):
+        pass
+    try:
+        return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL), "pickle"
+    except Exception:  # an unpicklable result: the item is done, its value not kept
+        return None, None
+
+
+def _decode(data: Any, form: str | None) -> Any:
+    try:
+        if form == "json":
+            return json.loads(data)
+        if form == "pickle":
+            return pickle.loads(data)  # our own journal's data
+    except Exception as exc:
+        warnings.warn(
+            JournalWarning(f"a stored result could not be read back ({exc!r}); using None"),
+            stacklevel=2,
+        )
+    return None
+
+
+def _open(path: Path, durability: str) -> sqlite3.Connection:
+    """Open (or create) the journal; refuse, never replace, a file that is not one."""
+    existed = path.exists() and path.stat().st_size > 0
+    try:
+        db = sqlite3.connect(path, check_same_thread=False)
+    except sqlite3.Error as exc:
+        raise JournalError(
+            f"cannot open the journal {path}: {exc} (is the directory writable?)"
+        ) from exc
+    try:
+        if existed:
+            _check_journal(db, path)
+        db.execute("PRAGMA busy_timeout = 5000")
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute(f"PRAGMA synchronous = {'FULL' if durability == 'full' else 'NORMAL'}")
+        db.executescript(_SCHEMA)
+    except sqlite3.Error as exc:
+        db.close()
+        raise JournalError(
+            f"cannot write the journal {path}: {exc}; nothing was run "
+            "(is the location writable, and is there free space?)"
+        ) from exc
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def _check_journal(db: sqlite3.Connection, path: Path) -> None:
+    untouched = "it was left untouched. Move it away or pass another journal= path"
+    try:
+        check = [row[0] for row in db.execute("PRAGMA quick_check")]
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+        form = None
+        if "meta" in tables:
+            found = db.execute("SELECT value FROM meta WHERE name = 'format'").fetchone()
+            form = found[0] if found else None
+    except sqlite3.DatabaseError as exc:
+        raise JournalError(f"{path} is not a readable journal ({exc}); {untouched}") from exc
+    if check != ["ok"]:
+        detail = "; ".join(str(line) for line in check[:3])
+        raise JournalError(f"the journal {path} is corrupt (quick_check: {detail}); {untouched}")
+    if form != FORMAT:
+        raise JournalError(f"{path} is not a manyhands journal; {untouched}")
+
+
+def _lock_path(path: Path) -> Path:
+    return path.with_name(path.name + ".lock")
+
+
+def _acquire_lock(path: Path) -> IO[str]:
+    lock_path = _lock_path(path)
+    try:
+        handle = open(lock_path, "a+", encoding="utf-8")  # noqa: SIM115 - held for the run
+    except OSError as exc:
+        raise JournalError(
+            f"cannot create the journal's lock file {lock_path}: {exc} (is the directory writable?)"
+        ) from exc
+    if not _try_lock(handle):
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise JournalError(
+            f"the journal {path} is in use by {holder}; wait for that run to end (or stop "
+            "it), or pass another journal= path"
+        )
+    handle.seek(0)
+    handle.truncate()
+    handle.write(
+        f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
+    )
+    handle.flush()
+    return handle
+
+
+def _try_lock(handle: IO[str]) -> bool:
+    if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
+        import msvcrt
+
+        try:
+            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+    import fcntl
+
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
+
+
+def _release_lock(handle: IO[str]) -> None:
+    with contextlib.suppress(OSError):
+        handle.seek(0)
+        handle.truncate()
+    handle.close()  # closing the file releases the OS lock

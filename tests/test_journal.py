@@ -1,0 +1,307 @@
+"""The journal: resume after any stop, skip what is final, run duplicates once."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import sys
+import threading
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import manyhands
+from manyhands import _journal
+
+from .conftest import python_subprocess_env
+
+
+def rows(path: Path) -> dict[str, tuple[Any, ...]]:
+    """key -> (state, attempts, error_type, message) of every record."""
+    with sqlite3.connect(path) as db:
+        found = db.execute("SELECT key, state, attempts, error_type, message FROM items")
+        return {key: tuple(rest) for key, *rest in found}
+
+
+def counting(fail: set[int] | None = None) -> tuple[Counter[int], Any]:
+    calls: Counter[int] = Counter()
+    lock = threading.Lock()
+
+    def fn(x: int) -> int:
+        with lock:
+            calls[x] += 1
+        if fail and x in fail:
+            raise ValueError(f"bad {x}")
+        return x * 2
+
+    return calls, fn
+
+
+def test_rerun_skips_done_and_failed_items_and_counts_add_up(tmp_path: Path) -> None:
+    journal = tmp_path / "run.db"
+    calls, fn = counting(fail={3, 30, 300})
+    first = manyhands.run(fn, range(1000), journal=journal, workers=8)
+    assert (first.succeeded, first.failed, first.skipped) == (997, 3, 0)
+    recorded = rows(journal)
+    assert len(recorded) == 1000
+    assert recorded["30"] == ("failed", 1, "builtins.ValueError", "bad 30")
+    assert recorded["31"][0] == "done"
+
+    second = manyhands.run(fn, range(1200), journal=journal, workers=8)
+    assert (second.succeeded, second.failed, second.skipped) == (200, 0, 1000)
+    assert second.total == 1200
+    assert all(calls[n] == 1 for n in range(1200)), "a final item ran again"
+    assert "1,000 already final in the journal" in str(second)
+
+
+def test_map_yields_skipped_outcomes_with_stored_results_in_order(tmp_path: Path) -> None:
+    journal = tmp_path / "run.db"
+    calls, fn = counting(fail={2})
+    list(manyhands.map(fn, range(5), journal=journal, store_results=True))
+    outs = list(manyhands.map(fn, range(7), journal=journal, store_results=True, ordered=True))
+    assert [o.item for o in outs] == list(range(7))
+    assert [o.skipped for o in outs] == [
+        "done in the journal",
+        "done in the journal",
+        "failed in the journal",
+        "done in the journal",
+        "done in the journal",
+        None,
+        None,
+    ]
+    assert [o.value for o in outs] == [0, 2, None, 6, 8, 10, 12]
+    failed = outs[2].error
+    assert failed is not None and failed.error_type == "builtins.ValueError"
+    assert failed.message == "bad 2" and "ValueError: bad 2" in failed.traceback
+    assert outs[0].attempts == 0 and outs[5].attempts == 1
+    assert sum(calls.values()) == 7
+
+
+def test_results_that_are_not_json_are_pickled(tmp_path: Path) -> None:
+    journal = tmp_path / "run.db"
+    list(manyhands.map(lambda x: {x}, [1, 2], journal=journal, store_results=True))
+    again = list(manyhands.map(lambda x: {x}, [1, 2], journal=journal, store_results=True))
+    assert sorted(o.value for o in again) == [{1}, {2}]  # type: ignore[type-var]
+    assert {o.skipped for o in again} == {"done in the journal"}
+
+
+def test_retry_failed_runs_only_the_failures_again(tmp_path: Path) -> None:
+    journal = tmp_path / "run.db"
+    _, fn = counting(fail={1, 2})
+    manyhands.run(fn, range(10), journal=journal)
+    _, fixed = counting()
+    report = manyhands.run(fixed, range(10), journal=journal, retry_failed=True)
+    assert (report.succeeded, report.failed, report.skipped) == (2, 0, 8)
+    assert {key: state for key, (state, *_) in rows(journal).items()} == {
+        str(n): "done" for n in range(10)
+    }
+
+
+def test_duplicate_keys_in_one_input_run_once(tmp_path: Path) -> None:
+    journal = tmp_path / "run.db"
+    calls, fn = counting()
+    items = [1, 2, 2, 3, 1, 2] * 3
+    outs = list(manyhands.map(fn, items, journal=journal, ordered=True, workers=4))
+    assert [o.item for o in outs] == items
+    assert calls == Counter({1: 1, 2: 1, 3: 1})
+    assert sum(o.skipped == "duplicate key" for o in outs) == 15
+    report = manyhands.run(fn, [7, 7, 7], journal=journal)
+    assert (report.succeeded, report.duplicates, report.total) == (1, 2, 3)
+    assert "2 duplicate keys" in str(report)
+
+
+def test_key_function_and_edited_items(tmp_path: Path) -> None:
+    journal = tmp_path / "run.db"
+    calls: list[str] = []
+
+    def fn(row: dict[str, Any]) -> str:
+        calls.append(row["name"])
+        return str(row["name"]).upper()
+
+    rows_v1 = [{"id": n, "name": f"n{n}"} for n in range(5)]
+    manyhands.run(fn, rows_v1, journal=journal, key=lambda row: row["id"])
+    assert set(rows(journal)) == {str(n) for n in range(5)}  # a str of the id as JSON
+
+    edited = [*rows_v1[:3], {"id": 3, "name": "changed"}, rows_v1[4]]
+    with pytest.raises(manyhands.JournalError, match=r"item 3 .* differs from the item") as info:
+        manyhands.run(fn, edited, journal=journal, key=lambda row: row["id"])
+    assert "changed_items='rerun'" in str(info.value)
+    assert info.value.report is not None and info.value.report.skipped == 3
+
+    calls.clear()
+    manyhands.run(fn, edited, journal=journal, key=lambda row: row["id"], changed_items="skip")
+    assert calls == []
+    report = manyhands.run(
+        fn, edited, journal=journal, key=lambda row: row["id"], changed_items="rerun"
+    )
+    assert calls == ["changed"] and report.succeeded == 1 and report.skipped == 4
+
+
+def test_an_item_without_a_default_key_names_the_fix(tmp_path: Path) -> None:
+    journal = tmp_path / "run.db"
+
+    class Thing:
+        pass
+
+    items = [1, 2, Thing(), 4]
+    with pytest.raises(manyhands.JournalError, match=r"item 2 .* Pass key=") as info:
+        manyhands.run(str, items, journal=journal)
+    assert info.value.report is not None and info.value.report.succeeded == 2
+    assert set(rows(journal)) == {"1", "2"}  # the items before it ran and were recorded
+
+
+def test_a_failing_key_function_names_the_item(tmp_path: Path) -> None:
+    with pytest.raises(manyhands.JournalError, match=r"key= raised KeyError for item 1"):
+        manyhands.run(str, [{"id": 1}, {}], journal=tmp_path / "j.db", key=lambda r: r["id"])
+
+
+def test_changed_code_warns(tmp_path: Path) -> None:
+    journal = tmp_path / "run.db"
+    manyhands.run(lambda x: x + 1, range(3), journal=journal)
+    with pytest.warns(manyhands.JournalWarning, match="changed code"):
+        manyhands.run(lambda x: x + 2, range(3), journal=journal)
+
+
+def test_a_second_run_on_a_journal_in_use_fails_fast_naming_the_holder(tmp_path: Path) -> None:
+    journal = tmp_path / "run.db"
+    release = threading.Event()
+    started = threading.Event()
+
+    def slow(x: int) -> int:
+        started.set()
+        release.wait(10)
+        return x
+
+    first = threading.Thread(
+        target=manyhands.run, args=(slow, range(3)), kwargs={"journal": journal}
+    )
+    first.start()
+    try:
+        assert started.wait(5)
+        with pytest.raises(manyhands.JournalError, match=rf"in use by pid {os.getpid()} on "):
+            manyhands.run(str, range(3), journal=journal)
+    finally:
+        release.set()
+        first.join()
+    assert len(rows(journal)) == 3
+    manyhands.run(slow, range(3), journal=journal)  # free again
+
+
+def test_a_lock_left_by_a_killed_run_is_not_in_the_way(tmp_path: Path) -> None:
+    journal = tmp_path / "run.db"
+    code = (
+        "import os, signal, manyhands\n"
+        "def fn(x):\n"
+        "    if x == 50: os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    return x\n"
+        f"manyhands.run(fn, range(100), journal={str(journal)!r}, workers=1, batch_size=1)\n"
+    )
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", code], env=python_subprocess_env(), timeout=60)
+    assert done.returncode == -9
+    assert (tmp_path / "run.db.lock").exists()
+    report = manyhands.run(str, range(100), journal=journal)
+    assert report.total == 100 and report.succeeded + report.skipped == 100
+
+
+def test_a_corrupt_or_foreign_file_is_refused_and_left_untouched(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"this is not a database at all" * 100)
+    before = garbage.read_bytes()
+    with pytest.raises(manyhands.JournalError, match="not a readable journal"):
+        manyhands.run(str, range(3), journal=garbage)
+    assert garbage.read_bytes() == before
+
+    foreign = tmp_path / "foreign.db"
+    with sqlite3.connect(foreign) as db:
+        db.execute("CREATE TABLE customers (id INTEGER)")
+    db.close()
+    with pytest.raises(manyhands.JournalError, match="not a manyhands journal"):
+        manyhands.run(str, range(3), journal=foreign)
+
+    damaged = tmp_path / "damaged.db"
+    manyhands.run(str, range(5000), journal=damaged)
+    data = bytearray(damaged.read_bytes())
+    page = 4096
+    data[page * 2 : page * 2 + 200] = b"\xff" * 200  # scribble over a b-tree page
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(manyhands.JournalError, match=r"corrupt|not a readable journal"):
+        manyhands.run(str, range(5000), journal=damaged)
+    assert damaged.read_bytes() == bytes(data)
+
+
+def test_an_unwritable_location_fails_before_anything_runs(tmp_path: Path) -> None:
+    calls, fn = counting()
+    with pytest.raises(manyhands.JournalError, match="directory writable"):
+        manyhands.run(fn, range(3), journal=tmp_path / "missing" / "run.db")
+    assert not calls
+
+
+@pytest.mark.skipif(
+    sys.platform == "win32" or os.geteuid() == 0, reason="root ignores file permissions"
+)
+def test_a_read_only_directory_fails_before_anything_runs(tmp_path: Path) -> None:
+    calls, fn = counting()
+    tmp_path.chmod(0o555)
+    try:
+        with pytest.raises(manyhands.JournalError):
+            manyhands.run(fn, range(3), journal=tmp_path / "run.db")
+    finally:
+        tmp_path.chmod(0o755)
+    assert not calls
+
+
+def test_a_full_disk_stops_the_run_and_records_nothing_false(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    journal = tmp_path / "run.db"
+    opened = _journal._open
+
+    def small_disk(path: Path, durability: str) -> sqlite3.Connection:
+        db = opened(path, durability)
+        db.execute("PRAGMA max_page_count = 40")  # about 160 KiB: "database or disk is full"
+        return db
+
+    monkeypatch.setattr(_journal, "_open", small_disk)
+    calls, fn = counting()
+    with pytest.raises(manyhands.JournalError, match="disk is full") as info:
+        manyhands.run(fn, range(200_000), journal=journal, workers=4)
+    assert "will run again" in str(info.value)
+    monkeypatch.undo()
+    recorded = rows(journal)
+    assert recorded, "the first commits fit"
+    assert all(calls[int(key)] == 1 for key in recorded)  # only items that ran are recorded
+    assert len(recorded) < sum(calls.values())
+    resumed = manyhands.run(fn, range(200_000), journal=journal, workers=4)
+    assert resumed.skipped == len(recorded)
+    assert resumed.succeeded + resumed.skipped == 200_000
+
+
+def test_durability_full_fsyncs_every_commit(tmp_path: Path) -> None:
+    open_journal = _journal.Journal(tmp_path / "a.db", str, durability="full")
+    try:
+        assert open_journal._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        assert open_journal._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        open_journal.close("finished", {})
+    normal = _journal.Journal(tmp_path / "b.db", str)
+    try:
+        assert normal._db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+    finally:
+        normal.close("finished", {})
+
+
+def test_runs_table_records_what_ran(tmp_path: Path) -> None:
+    journal = tmp_path / "run.db"
+    manyhands.run(str, range(10), journal=journal, workers=3)
+    manyhands.run(str, range(12), journal=journal, workers=3)
+    with sqlite3.connect(journal) as db:
+        runs = db.execute(
+            "SELECT fn, status, succeeded, failed, skipped, options FROM runs ORDER BY id"
+        ).fetchall()
+    assert runs[0][:5] == ("builtins.str", "finished", 10, 0, 0)
+    assert runs[1][:5] == ("builtins.str", "finished", 2, 0, 10)
+    assert '"workers": 3' in runs[1][5]

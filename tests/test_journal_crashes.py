@@ -1,0 +1,168 @@
+"""The journal survives SIGKILL at any moment and Ctrl-C, and never loses or repeats a record."""
+
+from __future__ import annotations
+
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import manyhands
+
+from .conftest import python_subprocess_env
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+
+ITEMS = 5000
+
+# Every call appends its item to a side file opened with O_APPEND (atomic
+# appends, so lines never interleave) before doing its work.
+WORKER = """
+import os, sys, time, manyhands
+journal, side = sys.argv[1], sys.argv[2]
+def fn(x):
+    fd = os.open(side, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    os.write(fd, b"%d\\n" % x)
+    os.close(fd)
+    time.sleep(float(sys.argv[4]))
+    if x % 13 == 0:
+        raise ValueError(x)
+    return x
+report = manyhands.run(fn, range(int(sys.argv[3])), journal=journal, workers=8)
+print(report.succeeded, report.failed, report.skipped, flush=True)
+"""
+
+
+def final_records(path: Path) -> dict[str, str]:
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        found = dict(db.execute("SELECT key, state FROM items").fetchall())
+    db.close()
+    return found
+
+
+def calls_in(side: Path, start: int) -> tuple[list[str], int]:
+    data = side.read_bytes() if side.exists() else b""
+    return data[start:].decode().split(), len(data)
+
+
+def test_sigkill_at_random_moments_loses_and_repeats_nothing(tmp_path: Path) -> None:
+    journal, side = tmp_path / "run.db", tmp_path / "calls.txt"
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    rng = random.Random(20261125)
+    env = python_subprocess_env()
+    args = [sys.executable, str(script), str(journal), str(side), str(ITEMS)]
+    kills = 0
+    offset = 0
+    # 5,000 x 10 ms on 8 workers is ~6 s of work: 24 kills at 0.2-0.45 s (start-up
+    # included) leave most of it, so every kill lands mid-run; then run to the end.
+    for attempt in range(25):
+        before = final_records(journal) if journal.exists() else {}
+        proc = subprocess.Popen([*args, "0.01"], env=env, stdout=subprocess.DEVNULL)
+        if attempt < 24:
+            time.sleep(rng.uniform(0.2, 0.45))
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                kills += 1
+        proc.wait(60)
+        calls, offset = calls_in(side, offset)
+        # No item that had a final record before this run was called again.
+        again = [key for key in calls if key in before]
+        assert not again, f"{len(again)} recorded items ran again, e.g. {again[:5]}"
+    assert proc.returncode == 0
+    assert kills >= 20, "the run finished too soon for enough kill points"
+    records = final_records(journal)
+    assert len(records) == ITEMS  # exactly one final record per key
+    assert set(records) == {str(n) for n in range(ITEMS)}
+    assert {k for k, state in records.items() if state == "failed"} == {
+        str(n) for n in range(0, ITEMS, 13)
+    }
+    every_call = Counter(side.read_text().split())
+    assert set(every_call) == set(records)  # at least once each
+
+
+def test_ctrl_c_flushes_the_journal_and_the_rerun_completes(tmp_path: Path) -> None:
+    journal, side = tmp_path / "run.db", tmp_path / "calls.txt"
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    args = [sys.executable, str(script), str(journal), str(side), str(ITEMS), "0.002"]
+    proc = subprocess.Popen(
+        args, env=python_subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    time.sleep(0.6)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode != 0 and b"KeyboardInterrupt" in err
+    recorded = final_records(journal)
+    calls, offset = calls_in(side, 0)
+    assert 0 < len(recorded) < ITEMS
+    # Flushed: everything that finished is recorded (at most the calls still
+    # running at the interrupt are not).
+    assert len(set(calls) - set(recorded)) <= 8
+    with sqlite3.connect(journal) as db:
+        assert db.execute("SELECT status FROM runs").fetchone()[0] == "interrupted"
+    db.close()
+
+    done = subprocess.run(args, env=python_subprocess_env(), capture_output=True, timeout=60)
+    assert done.returncode == 0
+    succeeded, failed, skipped = map(int, done.stdout.split())
+    assert skipped == len(recorded) and succeeded + failed + skipped == ITEMS
+    rerun, _ = calls_in(side, offset)
+    assert not set(rerun) & set(recorded)
+    assert len(final_records(journal)) == ITEMS
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    items=st.lists(st.integers(0, 40), max_size=60),
+    failing=st.sets(st.integers(0, 40)),
+    stops=st.lists(st.integers(0, 30), max_size=4),
+    workers=st.integers(1, 6),
+    ordered=st.booleans(),
+)
+def test_interrupted_runs_never_lose_or_duplicate_a_final_record(
+    tmp_path_factory: pytest.TempPathFactory,
+    items: list[int],
+    failing: set[int],
+    stops: list[int],
+    workers: int,
+    ordered: bool,
+) -> None:
+    journal = tmp_path_factory.mktemp("prop") / "run.db"
+    calls: Counter[int] = Counter()
+
+    def fn(x: int) -> int:
+        calls[x] += 1
+        if x in failing:
+            raise ValueError(x)
+        return x
+
+    options = {"journal": journal, "workers": workers, "ordered": ordered}
+    for stop in stops:  # interrupted runs: leave after `stop` outcomes
+        with manyhands.map(fn, items, **options) as outcomes:  # type: ignore[arg-type]
+            for seen, _ in enumerate(outcomes):
+                if seen == stop:
+                    break
+    outs = list(manyhands.map(fn, items, **options))  # type: ignore[arg-type]
+    delivered = [o.item for o in outs]
+    assert delivered == items if ordered else sorted(delivered) == sorted(items)
+    records = final_records(journal)
+    assert set(records) == {str(x) for x in items}
+    assert all((state == "failed") == (int(key) in failing) for key, state in records.items())
+    # The last run ran exactly the keys with no record yet, once each.
+    ran = [o.item for o in outs if o.skipped is None]
+    assert len(ran) == len(set(ran))
+    assert all(calls[x] >= 1 for x in set(items))
