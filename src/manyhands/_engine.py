@@ -278,7 +278,8 @@ class Engine:
         """Submit the next items to run; items the journal skips go to delivery."""
         stats = self.statistics
         while not self._exhausted and self._pending_items < self._window:
-            segment = journal.take(self._items, min(size, self._window - self._pending_items))
+            room = self._window - self._pending_items
+            segment = journal.take(self._items, min(size, room), room)
             self._pulled = journal.pulled
             if segment is None:
                 self._exhausted = True

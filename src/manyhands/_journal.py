@@ -85,6 +85,17 @@ CREATE TABLE IF NOT EXISTS items (
 """
 
 _INSERT = "INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+# Done rows name their columns: binding 13 values, most of them NULL, costs
+# more than twice as much per row.
+_DONE = (
+    "INSERT OR REPLACE INTO items (key, state, attempts, elapsed, finished, run) "
+    "VALUES (?, 'done', ?, ?, ?, ?)"
+)
+_DONE_DETAILED = (
+    "INSERT OR REPLACE INTO items "
+    "(key, state, attempts, elapsed, finished, run, fingerprint, result, result_format) "
+    "VALUES (?, 'done', ?, ?, ?, ?, ?, ?, ?)"
+)
 
 
 @dataclass
@@ -134,7 +145,9 @@ class Journal:
         self._buffer: deque[tuple[Any, str, str | None]] = deque()
         self._looked_up: dict[str, tuple[Any, ...]] = {}  # key -> journal row, for the buffer
         self._running: dict[str, int] = {}  # key -> copies admitted to run, not recorded
-        self._rows: list[tuple[Any, ...]] = []  # recorded, not yet committed
+        self._done_rows: list[tuple[Any, ...]] = []  # recorded, not yet committed
+        self._failed_rows: list[tuple[Any, ...]] = []
+        self._detailed = key is not None or store_results  # done rows carry more columns
         self._unsaved: set[str] = set()  # their keys
         self._committed_at = time.monotonic()
         self.pulled = 0  # items read from the input
@@ -188,8 +201,10 @@ class Journal:
 
     # -- reading the input -----------------------------------------------
 
-    def take(self, source: Iterator[Any], size: int) -> Segment | None:
-        """The next segment of at most ``size`` items; None once the input is done.
+    def take(self, source: Iterator[Any], size: int, room: int) -> Segment | None:
+        """The next segment: at most ``size`` items to run or ``room`` to skip.
+
+        None once the input is done.
 
         A run segment holds items with no final record (or failed ones, with
         ``retry_failed``); a skip segment holds items with a final record, or
@@ -206,15 +221,19 @@ class Journal:
         items: list[Any] = []
         keys: list[str] = []
         if first is None:
-            running = self._running
-            while len(items) < size:
+            running, unsaved, looked_up = self._running, self._unsaved, self._looked_up
+            while True:
                 item, key, _ = buffer.popleft()
                 running[key] = running.get(key, 0) + 1
                 items.append(item)
                 keys.append(key)
-                if not buffer and not self._refill():
+                if len(items) >= size or (not buffer and not self._refill()):
                     break
-                if self._skip_reason(*buffer[0]) is not None or not buffer:
+                upcoming = buffer[0][1]
+                if (
+                    (upcoming in running or upcoming in unsaved or upcoming in looked_up)
+                    and self._skip_reason(*buffer[0]) is not None
+                ) or not buffer:
                     break
             return Segment(items, keys)
         reasons: list[str] = []
@@ -234,7 +253,7 @@ class Journal:
             keys.append(key)
             reasons.append(reason)
             values.append(value)
-            if len(items) >= size or (not buffer and not self._refill()):
+            if len(items) >= room or (not buffer and not self._refill()):
                 break
             reason = self._skip_reason(*buffer[0])
             if reason is None or not buffer:
@@ -337,12 +356,41 @@ class Journal:
         """Queue the final outcomes of a settled batch; commit when one is due."""
         keys = batch.keys
         assert keys is not None
-        failures = batch.failures or {}
+        failures = batch.failures
         attempts = batch.attempts or {}
         now = time.time()
         each = batch.elapsed / len(keys) if keys else 0.0
         run = self.run_id
-        rows = self._rows
+        done = self._done_rows
+        running = self._running
+        if not (failures or retried or attempts or self._detailed or self._looked_up):
+            # The common case: every item of the batch succeeded on this attempt.
+            tries = batch.attempt
+            done.extend([(key, tries, each, now, run) for key in keys])
+            self._unsaved.update(keys)
+            for key in keys:
+                left = running.pop(key, 1) - 1
+                if left > 0:
+                    running[key] = left
+        else:
+            self._record_each(batch, retried, keys, failures or {}, attempts, each, now)
+        if (
+            len(done) + len(self._failed_rows) >= COMMIT_ROWS
+            or time.monotonic() - self._committed_at >= COMMIT_SECONDS
+        ):
+            self.commit()
+
+    def _record_each(
+        self,
+        batch: Batch,
+        retried: set[int],
+        keys: list[str],
+        failures: dict[int, Failure],
+        attempts: dict[int, int],
+        each: float,
+        now: float,
+    ) -> None:
+        run = self.run_id
         running = self._running
         looked_up = self._looked_up
         with_prints = self._key is not None  # with key=, the item may change under its key
@@ -353,24 +401,24 @@ class Journal:
             print_ = fingerprint(item) if with_prints else None
             failure = failures.get(index)
             if failure is None:
-                result, form = _encode(batch.values[index]) if self._store_results else (None, None)
                 tries = attempts.get(index, batch.attempt)
-                rows.append((key, DONE, tries, None, None, None, each, now, print_, None,
-                             result, form, run))  # fmt: skip
+                if self._detailed:
+                    result, form = (
+                        _encode(batch.values[index]) if self._store_results else (None, None)
+                    )
+                    self._done_rows.append((key, tries, each, now, run, print_, result, form))
+                else:
+                    self._done_rows.append((key, tries, each, now, run))
             else:
-                rows.append((key, FAILED, failure.attempts, failure.error_type, failure.message,
-                             failure.traceback, each, now, print_, safe_repr(item), None, None,
-                             run))  # fmt: skip
+                self._failed_rows.append((key, FAILED, failure.attempts, failure.error_type,
+                                          failure.message, failure.traceback, each, now, print_,
+                                          safe_repr(item), None, None, run))  # fmt: skip
             self._unsaved.add(key)
             if key in looked_up:  # a later copy in the buffer is a duplicate now
                 looked_up[key] = (DONE, run, print_, *looked_up[key][3:])
-            left = running.get(key, 1) - 1
+            left = running.pop(key, 1) - 1
             if left > 0:
                 running[key] = left
-            else:
-                running.pop(key, None)
-        if len(rows) >= COMMIT_ROWS or time.monotonic() - self._committed_at >= COMMIT_SECONDS:
-            self.commit()
 
     def record_successes(self, batch: Batch) -> None:
         """Record the items of a batch that came back after the run was interrupted.
@@ -385,18 +433,22 @@ class Journal:
 
     def commit(self) -> None:
         """Write the queued rows in one transaction."""
-        rows = self._rows
-        if rows:
+        done, failed = self._done_rows, self._failed_rows
+        if done or failed:
             try:
                 with self._db:
-                    self._db.executemany(_INSERT, rows)
+                    if done:
+                        self._db.executemany(_DONE_DETAILED if self._detailed else _DONE, done)
+                    if failed:
+                        self._db.executemany(_INSERT, failed)
             except sqlite3.Error as exc:
                 raise JournalError(
                     f"writing the journal {self.path} failed ({exc}); the run stopped. "
-                    f"{len(rows)} finished item(s) were not recorded and will run again "
-                    "when you rerun"
+                    f"{len(done) + len(failed)} finished item(s) were not recorded and will "
+                    "run again when you rerun"
                 ) from exc
-            rows.clear()
+            done.clear()
+            failed.clear()
             self._unsaved.clear()
         self._committed_at = time.monotonic()
 

@@ -35,6 +35,7 @@ def _other(value: object) -> object:
 _encode = json.JSONEncoder(
     sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_other
 ).encode
+_string: Callable[[str], str] = json.encoder.encode_basestring
 
 
 def default_key(item: Any) -> str:
@@ -54,7 +55,13 @@ def default_key(item: Any) -> str:
     Traceback (most recent call last):
     manyhands._keys.KeyTypeError: object
     """
-    text = _encode(item)
+    kind = type(item)
+    if kind is str:
+        text = _string(item)  # the common cases, without the encoder's Python layers
+    elif kind is int:
+        text = int.__repr__(item)
+    else:
+        text = _encode(item)
     if len(text) > MAX_KEY_TEXT:
         return "sha256:" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
     return text
