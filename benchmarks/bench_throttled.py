@@ -2,7 +2,7 @@
 
     python benchmarks/bench_throttled.py
 
-The API (tests/http_api.py, on 127.0.0.1) allows 200 requests/s (bursts of 10),
+The API (manyhands._demo_api, on 127.0.0.1) allows 200 requests/s (bursts of 10),
 answers 429 with Retry-After: 1 above that, takes 10 ms per request and fails
 5% with 503. 2,000 items, 100 workers, no rate set. The bound is 2,000 / 200 =
 10 s (the 5% of requests that fail with 503 use capacity too, so even a
@@ -30,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import manyhands
-from tests.http_api import fetch, flaky_api
+from manyhands._demo_api import fetch, flaky_api
 
 ITEMS, WORKERS, CAPACITY = 2000, 100, 200.0
 

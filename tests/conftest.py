@@ -44,6 +44,20 @@ def no_thread_left() -> Iterator[None]:
     assert wait_for_threads(before) <= before, "a thread of the run outlived it"
 
 
+def wait_for_lines(path: os.PathLike[str] | str, count: int, timeout: float = 30.0) -> None:
+    """Wait until a file a subprocess appends to has ``count`` lines (it is well under way)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(path, "rb") as file:
+                if sum(1 for _ in file) >= count:
+                    return
+        except FileNotFoundError:
+            pass
+        time.sleep(0.02)
+    raise AssertionError(f"{path} did not reach {count} lines in {timeout}s")
+
+
 def python_subprocess_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 import manyhands
 
-from .conftest import python_subprocess_env
+from .conftest import python_subprocess_env, wait_for_lines
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
@@ -98,7 +98,7 @@ def test_ctrl_c_flushes_the_journal_and_the_rerun_completes(tmp_path: Path) -> N
     proc = subprocess.Popen(
         args, env=python_subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
-    time.sleep(0.6)
+    wait_for_lines(side, 300)  # well under way, whatever the machine's load
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode != 0 and b"KeyboardInterrupt" in err

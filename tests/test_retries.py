@@ -11,8 +11,7 @@ from typing import Any
 import pytest
 
 import manyhands
-
-from .http_api import fetch, flaky_api
+from manyhands._demo_api import fetch, flaky_api
 
 FAST = manyhands.Retry(retries=3, backoff=0.001, max_backoff=0.005)
 

@@ -1,0 +1,139 @@
+"""What the command line needs around the library: loading TARGETs, reading INPUT lazily.
+
+Everything here raises :class:`UsageProblem` with a one-line message that
+names what is wrong and how to fix it; the CLI prints it and exits with 2.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import importlib.util
+import json
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+__all__ = [
+    "BadLine",
+    "MalformedLine",
+    "UsageProblem",
+    "load_target",
+    "open_input",
+    "read_items",
+]
+
+
+class UsageProblem(Exception):
+    """A mistake in how the command was called; the message says how to fix it."""
+
+
+class MalformedLine(ValueError):
+    """An input line that could not be parsed; it fails as its own item."""
+
+
+class BadLine:
+    """Stands in for an unparsable line: the run records it as a failed item."""
+
+    __slots__ = ("error", "number", "text")
+
+    def __init__(self, number: int, text: str, error: str) -> None:
+        self.number = number
+        self.text = text
+        self.error = error
+
+    def __repr__(self) -> str:
+        return f"<line {self.number}: {self.text[:60]!r}>"
+
+
+def load_target(target: str, what: str = "TARGET") -> Callable[..., Any]:
+    """Import ``package.module:function`` or ``path/to/file.py:function``.
+
+    >>> load_target("json:dumps")([1])
+    '[1]'
+    >>> load_target("json")
+    Traceback (most recent call last):
+    manyhands._inputs.UsageProblem: TARGET 'json' must be module:function or file.py:function
+    """
+    module_name, sep, attribute = target.rpartition(":")
+    if not sep or not module_name or not attribute:
+        raise UsageProblem(f"{what} {target!r} must be module:function or file.py:function")
+    if module_name.endswith(".py") or "/" in module_name or "\\" in module_name:
+        module = _load_file(Path(module_name), what)
+    else:
+        if "" not in sys.path and "." not in sys.path:
+            sys.path.insert(0, "")  # like `python -m`: modules in the current directory
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            raise UsageProblem(
+                f"{what} {target!r}: no module named {exc.name!r} (is it installed, or run "
+                "from the directory that holds it?)"
+            ) from exc
+    value: Any = module
+    for part in attribute.split("."):
+        try:
+            value = getattr(value, part)
+        except AttributeError:
+            raise UsageProblem(
+                f"{what} {target!r}: {module_name} has no attribute {attribute!r}"
+            ) from None
+    if not callable(value):
+        raise UsageProblem(f"{what} {target!r} is a {type(value).__qualname__}, not a function")
+    return value  # type: ignore[no-any-return]
+
+
+def _load_file(path: Path, what: str) -> Any:
+    if not path.is_file():
+        raise UsageProblem(f"{what}: no such file {str(path)!r}")
+    name = f"manyhands_target_{path.stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:  # pragma: no cover - a .py path always has one
+        raise UsageProblem(f"{what}: cannot import {str(path)!r}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # so that pickling and tracebacks find it
+    sys.path.insert(0, str(path.resolve().parent))  # its own imports of siblings
+    spec.loader.exec_module(module)
+    return module
+
+
+def open_input(path: str) -> IO[str]:
+    """The INPUT stream: a file, or standard input for ``-``."""
+    if path == "-":
+        return sys.stdin
+    try:
+        return open(path, encoding="utf-8", newline="")
+    except OSError as exc:
+        raise UsageProblem(f"cannot read INPUT {path!r}: {exc.strerror or exc}") from exc
+
+
+def read_items(stream: IO[str], form: str) -> Iterator[Any]:
+    """Items from ``stream``, one at a time: ``lines``, ``jsonl`` or ``csv``.
+
+    Lines lose their line ending; blank lines are skipped. A JSONL line that
+    is not JSON becomes a :class:`BadLine` (the run records it as failed and
+    goes on). CSV rows are dicts keyed by the header row.
+
+    >>> import io
+    >>> list(read_items(io.StringIO("a\\n\\nb\\r\\n"), "lines"))
+    ['a', 'b']
+    >>> list(read_items(io.StringIO('{"id": 1}\\nnot json\\n'), "jsonl"))
+    [{'id': 1}, <line 2: 'not json'>]
+    >>> list(read_items(io.StringIO("id,name\\n1,a\\n"), "csv"))
+    [{'id': '1', 'name': 'a'}]
+    """
+    if form == "csv":
+        yield from csv.DictReader(stream)
+        return
+    for number, line in enumerate(stream, 1):
+        text = line.rstrip("\r\n")
+        if not text.strip():
+            continue
+        if form == "lines":
+            yield text
+            continue
+        try:
+            yield json.loads(text)
+        except ValueError as exc:
+            yield BadLine(number, text, f"line {number} is not valid JSON: {exc}")

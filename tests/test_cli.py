@@ -1,0 +1,203 @@
+"""The manyhands command, end to end through real subprocesses."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import python_subprocess_env, wait_for_lines
+
+TARGET = """
+import os, time
+
+def work(line):
+    n = int(line)
+    if n % 10 == 3:
+        raise ValueError(f"no good: {n}")
+    return n * 2
+
+def slow(line):
+    fd = os.open(os.environ["CALLS_FILE"], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    os.write(fd, line.encode() + b"\\n")
+    os.close(fd)
+    time.sleep(0.01)
+    return line
+
+def name_of(row):
+    return row["name"].upper()
+
+NOT_CALLABLE = 42
+"""
+
+
+def manyhands(
+    *args: str, cwd: Path, stdin: str | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "manyhands", *args],
+        cwd=cwd,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env or python_subprocess_env(),
+    )
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    (tmp_path / "target.py").write_text(TARGET)
+    (tmp_path / "numbers.txt").write_text("".join(f"{n}\n" for n in range(1000)))
+    return tmp_path
+
+
+def test_run_a_file_with_failures_then_status_and_failures(workdir: Path) -> None:
+    done = manyhands(
+        "run", "target.py:work", "numbers.txt", "-j", "8", "--journal", "run.db",
+        "--output", "out.jsonl", cwd=workdir,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr  # some items failed
+    assert "1,000 items" in done.stdout and "900 succeeded, 100 failed" in done.stdout
+    assert "manyhands failures run.db" in done.stdout
+    lines = [json.loads(line) for line in (workdir / "out.jsonl").read_text().splitlines()]
+    assert len(lines) == 1000
+    by_item = {line["item"]: line for line in lines}
+    assert by_item["4"] == {"item": "4", "ok": True, "value": 8}
+    assert by_item["13"]["ok"] is False
+    assert by_item["13"]["error"] == {
+        "type": "builtins.ValueError", "message": "no good: 13", "attempts": 1,
+    }  # fmt: skip
+
+    status = manyhands("status", "run.db", cwd=workdir)
+    assert status.returncode == 0
+    assert "1,000 items with a final record" in status.stdout
+    assert "900  done" in status.stdout and "100  failed" in status.stdout
+    assert "100  builtins.ValueError" in status.stdout
+
+    failures = manyhands("failures", "run.db", cwd=workdir)
+    assert failures.returncode == 0
+    assert len(failures.stdout.splitlines()) == 100
+    assert "'13': builtins.ValueError: no good: 13 (attempts: 1)" in failures.stdout
+    as_json = manyhands("failures", "run.db", "--json", "--traceback", cwd=workdir)
+    records = [json.loads(line) for line in as_json.stdout.splitlines()]
+    assert len(records) == 100 and all("ValueError: no good" in r["traceback"] for r in records)
+
+    again = manyhands("run", "target.py:work", "numbers.txt", "--journal", "run.db", cwd=workdir)
+    assert again.returncode == 1  # the recorded failures are still failures
+    assert "1,000 already final in the journal" in again.stdout
+
+
+def test_all_succeeded_exits_0_and_stdin_and_module_targets_work(workdir: Path) -> None:
+    done = manyhands("run", "target:work", "-", "--ordered", "--output", "-", cwd=workdir,
+                     stdin="1\n2\n4\n")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert [json.loads(line)["value"] for line in done.stdout.splitlines()] == [2, 4, 8]
+    assert "3 items" in done.stderr  # the summary moves to stderr: stdout holds results
+
+
+def test_jsonl_with_a_malformed_line_records_it_and_goes_on(workdir: Path) -> None:
+    (workdir / "rows.jsonl").write_text('{"name": "a"}\n{"name": \n{"name": "c"}\n')
+    done = manyhands(
+        "run", "target.py:name_of", "rows.jsonl", "--jsonl", "--ordered", "--output", "o.jsonl",
+        "--journal", "j.db", "--key", "name", cwd=workdir,
+    )  # fmt: skip
+    assert done.returncode == 1
+    out = [json.loads(line) for line in (workdir / "o.jsonl").read_text().splitlines()]
+    assert [o["ok"] for o in out] == [True, False, True]
+    assert out[1]["item"] == '{"name": '
+    assert out[1]["error"]["type"] == "manyhands._inputs.MalformedLine"
+    assert out[1]["error"]["message"].startswith("line 2 is not valid JSON")
+
+
+def test_csv_rows_are_dicts(workdir: Path) -> None:
+    (workdir / "people.csv").write_text("id,name\n1,ann\n2,bob\n")
+    done = manyhands("run", "target.py:name_of", "people.csv", "--csv", "--ordered",
+                     "--output", "-", cwd=workdir)  # fmt: skip
+    assert [json.loads(line)["value"] for line in done.stdout.splitlines()] == ["ANN", "BOB"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "nosuchmodule:work", "numbers.txt"], "no module named 'nosuchmodule'"),
+        (["run", "target.py:missing", "numbers.txt"], "has no attribute 'missing'"),
+        (["run", "target.py:NOT_CALLABLE", "numbers.txt"], "is a int, not a function"),
+        (["run", "nofile.py:work", "numbers.txt"], "no such file 'nofile.py'"),
+        (["run", "work", "numbers.txt"], "must be module:function or file.py:function"),
+        (["run", "target.py:work", "missing.txt"], "cannot read INPUT 'missing.txt'"),
+        (["run", "target.py:work", "numbers.txt", "-j", "0"], "'-j' / '--workers'"),
+        (["run", "target.py:work", "numbers.txt", "--rate", "fast"], "rate='fast' is not a rate"),
+        (["run", "target.py:work", "numbers.txt", "--key", "id"], "need --journal"),
+        (
+            ["run", "target.py:work", "numbers.txt", "--backend", "gpu"],
+            "Invalid value for '--backend'",
+        ),
+        (["status", "nothere.db"], "no journal at 'nothere.db'"),
+        (["run"], "Missing argument 'TARGET'"),
+    ],
+)
+def test_bad_input_is_a_one_line_error_with_exit_code_2(
+    workdir: Path, args: list[str], message: str
+) -> None:
+    done = manyhands(*args, cwd=workdir)
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert done.stderr.startswith("manyhands: error: ")
+    assert done.stdout == ""
+
+
+def test_help_documents_the_exit_codes(workdir: Path) -> None:
+    done = manyhands("run", "--help", cwd=workdir)
+    assert done.returncode == 0
+    assert "130 interrupted" in done.stdout and "--journal" in done.stdout
+
+
+def test_console_script_is_installed(workdir: Path) -> None:
+    script = Path(sys.executable).with_name("manyhands")
+    if not script.exists():
+        pytest.skip("not installed as a console script here")
+    done = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "demo" in done.stdout
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_ctrl_c_exits_130_and_the_rerun_completes_the_rest(workdir: Path) -> None:
+    calls = workdir / "calls.txt"
+    env = python_subprocess_env() | {"CALLS_FILE": str(calls)}
+    args = [sys.executable, "-m", "manyhands", "run", "target.py:slow", "numbers.txt",
+            "-j", "4", "--journal", "run.db"]  # fmt: skip
+    proc = subprocess.Popen(args, cwd=workdir, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    wait_for_lines(calls, 50)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "run the same command again to resume" in err
+    first = calls.read_text().split()
+    assert 0 < len(first) < 1000
+
+    done = subprocess.run(args, cwd=workdir, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    second = calls.read_text().split()[len(first) :]
+    assert sorted(set(first) | set(second), key=int) == [str(n) for n in range(1000)]
+    # Only calls cut off by the interrupt (at most one per worker) ran twice.
+    assert len(set(first) & set(second)) <= 4
+
+
+def test_demo_runs_and_resumes(tmp_path: Path) -> None:
+    first = manyhands("demo", "--items", "300", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "300 items" in first.stdout and "manyhands failures manyhands-demo.db" in first.stdout
+    assert (tmp_path / "manyhands-demo.db").exists()
+    again = manyhands("demo", "--items", "300", cwd=tmp_path)
+    assert again.returncode == 0
+    assert "300 items recorded by an earlier run were skipped" in again.stdout
+    fresh = manyhands("demo", "--items", "50", "--fresh", cwd=tmp_path)
+    assert "skipped" not in fresh.stdout.split("Next:")[0].split("not run")[0]
+    assert "not run" not in fresh.stdout
