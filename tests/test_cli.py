@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,11 @@ def slow(line):
     os.write(fd, line.encode() + b"\\n")
     os.close(fd)
     time.sleep(0.01)
+    return line
+
+def hang_on_5(line):
+    if line == "5":
+        time.sleep(30)
     return line
 
 def name_of(row):
@@ -112,6 +118,17 @@ def test_jsonl_with_a_malformed_line_records_it_and_goes_on(workdir: Path) -> No
     assert out[1]["item"] == '{"name": '
     assert out[1]["error"]["type"] == "manyhands._inputs.MalformedLine"
     assert out[1]["error"]["message"].startswith("line 2 is not valid JSON")
+
+
+def test_timeout_flag_fails_the_hung_item_only(workdir: Path) -> None:
+    started = time.monotonic()
+    done = manyhands("run", "target.py:hang_on_5", "-", "--timeout", "0.5", "--output", "-",
+                     cwd=workdir, stdin="".join(f"{n}\n" for n in range(10)))  # fmt: skip
+    assert time.monotonic() - started < 20  # not the 30 s of the hung call
+    assert done.returncode == 1
+    out = {json.loads(line)["item"]: json.loads(line) for line in done.stdout.splitlines()}
+    assert out["5"]["error"]["type"] == "manyhands.Timeout"
+    assert all(out[str(n)]["ok"] for n in range(10) if n != 5)
 
 
 def test_csv_rows_are_dicts(workdir: Path) -> None:

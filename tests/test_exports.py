@@ -22,6 +22,7 @@ def test_public_names_are_exactly_the_intended_set() -> None:
         "Retry",
         "RetryAfter",
         "RunOptions",
+        "Timeout",
         "map",
         "run",
     }

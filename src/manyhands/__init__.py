@@ -11,7 +11,14 @@ See :func:`run`, :func:`map` and the README.
 from __future__ import annotations
 
 from ._api import map, run
-from ._exceptions import InputError, ItemsFailed, JournalError, JournalWarning, ManyhandsError
+from ._exceptions import (
+    InputError,
+    ItemsFailed,
+    JournalError,
+    JournalWarning,
+    ManyhandsError,
+    Timeout,
+)
 from ._options import DEFAULT_WORKERS, RunOptions
 from ._outcome import Failure, Outcome
 from ._report import Latency, Report
@@ -33,6 +40,7 @@ __all__ = [
     "Retry",
     "RetryAfter",
     "RunOptions",
+    "Timeout",
     "map",
     "run",
 ]

@@ -120,7 +120,7 @@ def _engine(caller: str, fn: Any, items: Any, options: Any) -> Engine:
             changed_items=opts.changed_items,
             options=opts.recorded(),
         )
-    backend = create_backend(opts.backend, opts.workers)
+    backend = create_backend(opts.backend, opts.workers, timed=opts.timeout is not None)
     return Engine(fn, iterator, opts, backend, total, journal)
 
 

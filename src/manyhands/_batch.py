@@ -8,7 +8,9 @@ from typing import Any
 
 from ._outcome import Failure
 
-__all__ = ["Batch", "execute"]
+__all__ = ["FINISHED", "RUNNING", "TIMED_OUT", "Batch", "execute"]
+
+RUNNING, FINISHED, TIMED_OUT = 0, 1, 2  # Batch.state, with timeout=
 
 
 class Batch:
@@ -35,6 +37,10 @@ class Batch:
         last_failure: for a retry, the item's outcome if it never runs (a stop rule).
         epoch: the engine's rate epoch when the batch was sent.
         keys: with a journal, each item's key.
+        started: with ``timeout=``, when a worker began the batch (``time.monotonic``).
+        state: with ``timeout=``: RUNNING, FINISHED or TIMED_OUT, changed under the
+            backend's lock, so a batch either finishes or times out, never both.
+        owner: with ``timeout=``, the running worker's lifetime lock.
         skipped: for items not run (final in the journal, or duplicates), why.
     """
 
@@ -49,10 +55,13 @@ class Batch:
         "items",
         "keys",
         "last_failure",
+        "owner",
         "parent",
         "pending",
         "seq",
         "skipped",
+        "started",
+        "state",
         "values",
     )
 
@@ -72,6 +81,9 @@ class Batch:
         self.epoch = 0
         self.keys: list[str] | None = None
         self.skipped: list[str] | None = None
+        self.started: float | None = None
+        self.state = RUNNING
+        self.owner: Any = None
 
     def without(self, indices: set[int]) -> Batch:
         """A copy holding every item but those at ``indices`` (sent to be retried)."""

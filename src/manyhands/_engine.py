@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._backends import Backend
 from ._batch import EXECUTE_CODE, Batch
-from ._exceptions import InputError, JournalError, ManyhandsError
+from ._exceptions import InputError, JournalError, ManyhandsError, Timeout
 from ._options import Options
 from ._outcome import DUPLICATE, Failure
 from ._progress import Progress, progress_wanted
@@ -107,8 +107,15 @@ class Engine:
         if self._limiter is not None:
             self._max_batches = options.workers
             self._cap = 1
-        self._adaptive = options.batch_size is None and self._limiter is None
-        self._batch_size = 1 if self._limiter is not None else (options.batch_size or 1)
+        self._timeout = options.timeout
+        self._running: dict[int, Batch] = {}  # with a timeout: batches sent, by id
+        self._next_check = 0.0  # with a timeout: when a running batch may expire next
+        if self._timeout is not None:  # a timeout is per item: one item per batch
+            self._cap = 1
+        self._adaptive = (
+            options.batch_size is None and self._limiter is None and self._timeout is None
+        )
+        self._batch_size = 1 if self._cap == 1 else (options.batch_size or 1)
         self._work_fit = 1  # batch size the measured time per item calls for
         self._input_fit = self._cap  # batch size the input delivers in time
         self._in_backend = 0  # batches submitted and not yet back
@@ -215,11 +222,17 @@ class Engine:
 
     def _dispatch(self) -> float | None:
         """Submit what may start now; return seconds until more may (None: on a completion)."""
-        if not (self._timers or self._limiter):
+        if not (self._timers or self._limiter or self._running):
             self._admit()  # the common case: no clock read
+            if self._running:  # the first batch of a run with a timeout just left
+                return self._timeout
             return None
         now = monotonic()
         due: float | None = None
+        if self._running and now >= self._next_check:
+            self._expire_overdue(now)
+        if self._running:
+            due = max(self._next_check - now, 0.0)
         if self.statistics.throttle_events:
             due = self._slowdown.recover(now)
             self._epoch = self._slowdown.epoch
@@ -336,7 +349,36 @@ class Engine:
             self._backend.wind_down()
         return chunk
 
+    def _expire_overdue(self, now: float) -> None:
+        """Time out the batches running past ``timeout``; note when the next may be due."""
+        timeout = self._timeout
+        assert timeout is not None
+        soonest = now + timeout  # a batch not started yet expires no sooner
+        for batch in list(self._running.values()):
+            started = batch.started
+            if started is None:
+                continue
+            deadline = started + timeout
+            if deadline > now:
+                soonest = min(soonest, deadline)
+            elif self._backend.expire(batch):
+                batch.values = [None] * len(batch.items)
+                batch.errors = {
+                    0: Timeout(
+                        f"the call ran past timeout={timeout:g}s; it was left running in an "
+                        "abandoned thread and the item failed"
+                    )
+                }
+                batch.elapsed = now - started
+                self._completions.put(batch)  # settled like any completion
+        self.statistics.abandoned = getattr(self._backend, "abandoned", 0)
+        self._next_check = max(soonest, now + 0.001)
+
     def _send(self, batch: Batch) -> None:
+        if self._timeout is not None:
+            self._running[id(batch)] = batch
+            if len(self._running) == 1:
+                self._next_check = monotonic() + self._timeout
         batch.epoch = self._epoch
         self._in_backend += 1
         self._in_flight += len(batch.items)
@@ -355,6 +397,8 @@ class Engine:
         """Settle a batch back from the backend; yield what is ready for delivery."""
         self._in_backend -= 1
         self._in_flight -= len(batch.items)
+        if self._running:
+            self._running.pop(id(batch), None)
         if self._warm_up:
             self._warm_up -= 1
             if not self._warm_up and self._limiter is None:

@@ -4,6 +4,7 @@ Every exception of manyhands' own derives from one root::
 
     ManyhandsError
      ├── InputError        the user's iterable of items raised while it was read
+     ├── Timeout           an item's call ran past ``timeout=`` (recorded, not raised)
      ├── JournalError      the journal cannot be used (in use, corrupt, unwritable,
      │                     an item without a key, an edited item)
      └── ItemsFailed       Report.raise_for_failures(): some items failed
@@ -23,7 +24,14 @@ if TYPE_CHECKING:
     from ._outcome import Failure
     from ._report import Report
 
-__all__ = ["InputError", "ItemsFailed", "JournalError", "JournalWarning", "ManyhandsError"]
+__all__ = [
+    "InputError",
+    "ItemsFailed",
+    "JournalError",
+    "JournalWarning",
+    "ManyhandsError",
+    "Timeout",
+]
 
 
 class ManyhandsError(Exception):
@@ -52,6 +60,16 @@ class InputError(ManyhandsError):
             f"{type(cause).__qualname__}; items 0..{position - 1} were run, "
             f"nothing from {position} on was read"
         )
+
+
+class Timeout(ManyhandsError, TimeoutError):
+    """An item's call ran longer than ``timeout=``; its Failure has this error type.
+
+    Recorded as ``"manyhands.Timeout"``. Never raised by ``run`` or ``map``.
+    """
+
+
+Timeout.__module__ = "manyhands"  # its error_type is "manyhands.Timeout"
 
 
 class JournalError(ManyhandsError):

@@ -51,6 +51,11 @@ class RunOptions(TypedDict, total=False):
         a pair ``(share, last_n)``). Stopping reads no more items, lets
         running calls finish, and ends items waiting for a retry with their
         last failure; the Report's ``stopped`` says why.
+    timeout: seconds an item's call may run (each attempt); past it the item
+        fails with ``"manyhands.Timeout"`` and its worker is freed. Python
+        cannot stop a thread: the call goes on in an abandoned thread, which a
+        new one replaces (at most ``workers`` of them; the Report counts
+        them). Items then travel one per batch. Default None: no limit.
     throttle_on: which failures also mean "slow down" for the adaptive
         slowdown (an exception class, a tuple of them, or a predicate), besides
         ``RetryAfter`` and any exception with a ``retry_after`` attribute,
@@ -90,6 +95,7 @@ class RunOptions(TypedDict, total=False):
     stop_after_failures: int | None
     stop_after_failure_rate: float | tuple[float, int] | None
     throttle_on: ErrorMatcher | None
+    timeout: float | None
     progress: bool | None
     total: int | None
     journal: str | os.PathLike[str] | None
@@ -119,6 +125,7 @@ class Options:
     stop_after_failures: int | None = None
     stop_after_failure_rate: FailureRate | None = None
     throttle_on: ErrorMatcher | None = None
+    timeout: float | None = None
     progress: bool | None = None
     total: int | None = None
     journal: str | os.PathLike[str] | None = None
@@ -175,6 +182,10 @@ class Options:
                     f"(share, last_n), got {self.stop_after_failure_rate!r}"
                 )
             _positive_int("stop_after_failure_rate's last_n", last, "e.g. (0.5, 100)")
+        if self.timeout is not None:
+            _non_negative_float("timeout", self.timeout)
+            if self.timeout == 0:
+                raise ValueError("timeout must be more than 0 seconds (or None for no limit)")
         if self.throttle_on is not None:
             check_matcher("throttle_on", self.throttle_on)
         if self.progress is not None and not isinstance(self.progress, bool):

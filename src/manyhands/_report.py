@@ -52,6 +52,8 @@ class Report:
         stopped: why a stop rule ended the run early, else ``None``.
         skipped: items not run because the journal has their final outcome.
         duplicates: items not run because their key came earlier in the input.
+        abandoned: worker threads left to calls that ran past ``timeout=``
+            (Python cannot stop a thread; each was replaced by a new one).
     """
 
     total: int
@@ -70,6 +72,7 @@ class Report:
     stopped: str | None = None
     skipped: int = 0
     duplicates: int = 0
+    abandoned: int = 0
 
     @classmethod
     def from_statistics(cls, stats: RunStatistics, elapsed: float) -> Report:
@@ -94,6 +97,7 @@ class Report:
             stopped=stats.stop_reason,
             skipped=stats.skipped,
             duplicates=stats.duplicates,
+            abandoned=stats.abandoned,
         )
 
     @property
@@ -136,6 +140,11 @@ class Report:
                 parts.append(f"slowed to {self.slowest_rate:,.1f} calls/s at the lowest")
             parts.append(f"starts held back by the rate limit for {_duration(self.rate_limited)}")
             lines.append("throttling: " + ", ".join(parts))
+        if self.abandoned:
+            lines.append(
+                f"timeouts: {self.abandoned:,} threads abandoned to calls still running past "
+                "the timeout (Python cannot stop a thread)"
+            )
         if self.stopped:
             lines.append(f"stopped early: {self.stopped}")
         if self.errors_by_type:

@@ -80,6 +80,7 @@ class RunStatistics:
         self.rate_limited = 0.0  # seconds a ready start waited for the rate limit
         self.skipped = 0  # items not run: final in the journal already
         self.duplicates = 0  # items not run: their key came earlier in this input
+        self.abandoned = 0  # threads left to calls past their timeout
         self.stop_reason: str | None = None
         self.failures: list[Failure] = []
         self.errors_by_type: Counter[str] = Counter()

@@ -59,6 +59,8 @@ def _rate(_ctx: click.Context, _param: click.Parameter, value: str | None) -> st
 @click.option("--backend", type=click.Choice(BACKENDS), default="threads", show_default=True)
 @click.option("--retries", type=click.IntRange(min=0), default=0, help="Retries per item.")
 @click.option("--rate", callback=_rate, help="Most starts per second: 50/s, 300/min, 1000/h.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True),
+              help="Seconds a call may run, or the item fails (manyhands.Timeout).")  # fmt: skip
 @click.option("--ordered", is_flag=True, help="Write outcomes in input order.")
 @click.option("--journal", type=click.Path(dir_okay=False), help="Resumable SQLite journal.")
 @click.option("--retry-failed", is_flag=True, help="With --journal: rerun recorded failures.")
@@ -75,6 +77,7 @@ def run(
     backend: str,
     retries: int,
     rate: str | None,
+    timeout: float | None,
     ordered: bool,
     journal: str | None,
     retry_failed: bool,
@@ -99,6 +102,7 @@ def run(
         "ordered": ordered,
         "retry": retries,
         "rate": rate,
+        "timeout": timeout,
         "stop_after_failures": stop_after_failures,
         "progress": progress,
     }

@@ -12,10 +12,13 @@ from ._base import Backend
 __all__ = ["Backend", "create_backend"]
 
 
-def create_backend(name: str, workers: int) -> Backend:
-    """A new, not yet started backend called ``name`` (validated by the options)."""
+def create_backend(name: str, workers: int, timed: bool = False) -> Backend:
+    """A new, not yet started backend called ``name`` (validated by the options).
+
+    ``timed``: the run has a ``timeout``, so batches must be expirable.
+    """
     if name == "threads":
         from ._threads import ThreadBackend
 
-        return ThreadBackend(workers)
+        return ThreadBackend(workers, timed=timed)
     raise ValueError(f"unknown backend {name!r}")  # pragma: no cover - options validate it

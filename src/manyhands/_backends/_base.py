@@ -31,6 +31,13 @@ class Backend(Protocol):
         ``submit`` still runs (the backend starts workers again as needed).
         """
 
+    def expire(self, batch: Batch) -> bool:
+        """Time out a running batch (``timeout=``); False if it finished first.
+
+        The backend frees the worker (kills or abandons and replaces it) and
+        never reports the batch through ``done``.
+        """
+
     def shutdown(self, grace: float) -> int:
         """Drop queued batches, wait up to ``grace`` seconds for running ones.
 

@@ -10,7 +10,7 @@ from queue import Empty, SimpleQueue
 from time import monotonic
 from typing import Any
 
-from .._batch import Batch, execute
+from .._batch import FINISHED, RUNNING, TIMED_OUT, Batch, execute
 
 __all__ = ["ThreadBackend"]
 
@@ -30,10 +30,19 @@ class ThreadBackend:
     that never returns cannot be killed, so after the grace period its worker
     is abandoned rather than hanging the program; it exits once the call
     returns.
+
+    With ``timed=True`` (the run has a ``timeout``), :meth:`expire` times out
+    a running batch: its worker is abandoned and a new one takes its place,
+    so capacity is kept, up to ``abandon_limit`` abandoned threads; past that
+    the worker is kept and capacity is lost until its call returns.
     """
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, timed: bool = False, abandon_limit: int | None = None) -> None:
         self._workers = workers
+        self._timed = timed
+        self._guard = _thread.allocate_lock()  # a batch finishes or times out, not both
+        self.abandoned = 0  # threads left to a call past its timeout, and replaced
+        self.abandon_limit = workers if abandon_limit is None else abandon_limit
         self._tasks: SimpleQueue[Batch | None] = SimpleQueue()
         self._alive: list[_thread.LockType] = []  # one held lock per worker started
         self._retiring = 0  # stop sentinels queued so far
@@ -54,8 +63,30 @@ class ThreadBackend:
         alive = _thread.allocate_lock()
         alive.acquire()
         hooks = (threading.gettrace(), threading.getprofile())
-        _thread.start_new_thread(_work, (self._tasks.get, self._fn, self._done, alive, hooks))
+        if self._timed:
+            args = (self._tasks.get, self._fn, self._done, alive, hooks, self._guard)
+            _thread.start_new_thread(_work_timed, args)
+        else:
+            _thread.start_new_thread(_work, (self._tasks.get, self._fn, self._done, alive, hooks))
         self._alive.append(alive)
+
+    def expire(self, batch: Batch) -> bool:
+        """Time out a running batch; False if it finished first.
+
+        Its worker is abandoned to the call and replaced (up to
+        ``abandon_limit``); the call's result, when it comes, is dropped.
+        """
+        with self._guard:
+            if batch.state != RUNNING:
+                return False
+            batch.state = TIMED_OUT
+            if self.abandoned >= self.abandon_limit:
+                return True  # the worker stays ours: it goes on once the call returns
+            owner, batch.owner = batch.owner, None  # tells the worker it was replaced
+        self.abandoned += 1
+        self._alive.remove(owner)  # shutdown does not wait for it
+        self._add_worker()
+        return True
 
     def wind_down(self) -> None:
         # Stop sentinels queue behind the remaining batches: each worker exits
@@ -86,6 +117,15 @@ class ThreadBackend:
         return busy
 
 
+def _install(hooks: tuple[Any, Any]) -> None:
+    """The tracing and profiling hooks ``threading.Thread`` would install."""
+    trace, profile = hooks
+    if trace is not None:
+        sys.settrace(trace)
+    if profile is not None:
+        sys.setprofile(profile)
+
+
 def _work(
     get: Callable[[], Batch | None],
     fn: Callable[[Any], Any],
@@ -94,11 +134,7 @@ def _work(
     hooks: tuple[Any, Any],
 ) -> None:
     try:
-        trace, profile = hooks
-        if trace is not None:
-            sys.settrace(trace)
-        if profile is not None:
-            sys.setprofile(profile)
+        _install(hooks)
         while True:
             batch = get()
             if batch is None:
@@ -106,5 +142,39 @@ def _work(
             execute(fn, batch)
             done(batch)
             del batch  # an idle worker must not keep its last batch alive
+    finally:
+        alive.release()
+
+
+def _work_timed(
+    get: Callable[[], Batch | None],
+    fn: Callable[[Any], Any],
+    done: Callable[[Batch], None],
+    alive: _thread.LockType,
+    hooks: tuple[Any, Any],
+    guard: _thread.LockType,
+) -> None:
+    """``_work`` for runs with a timeout: each batch says when it started, and
+    a batch the engine timed out is dropped (and, if this worker was replaced
+    meanwhile, the worker exits)."""
+    try:
+        _install(hooks)
+        while True:
+            batch = get()
+            if batch is None:
+                return
+            batch.owner = alive
+            batch.started = monotonic()
+            execute(fn, batch)
+            with guard:
+                finished = batch.state == RUNNING
+                if finished:
+                    batch.state = FINISHED
+                replaced = batch.owner is None
+            if finished:
+                done(batch)
+            elif replaced:
+                return
+            del batch
     finally:
         alive.release()

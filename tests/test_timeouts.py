@@ -1,0 +1,105 @@
+"""timeout=: an over-time call fails its item and frees its worker (abandoned, replaced)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+import manyhands
+
+from .conftest import os_thread_count, wait_for_threads
+
+
+def hanging_on(hung: set[int], release: threading.Event, finished: list[int]):  # type: ignore[no-untyped-def]
+    def fn(x: int) -> int:
+        if x in hung:
+            release.wait(30)
+        else:
+            finished.append(x)
+        return x
+
+    return fn
+
+
+def test_over_time_items_fail_and_the_rest_go_on(backend: str) -> None:
+    before = os_thread_count()
+    release = threading.Event()
+    finished: list[int] = []
+    fn = hanging_on({3, 7}, release, finished)
+    outs = list(manyhands.map(fn, range(40), backend=backend, workers=2, timeout=0.2, ordered=True))
+    # Both workers were stuck at some point, yet every other item ran: the
+    # stuck ones were replaced instead of waiting for the calls to return.
+    assert not release.is_set()
+    assert sorted(finished) == [n for n in range(40) if n not in (3, 7)]
+    failed = {o.item: o.error for o in outs if o.error is not None}
+    assert set(failed) == {3, 7}
+    for error in failed.values():
+        assert error.error_type == "manyhands.Timeout"
+        assert "timeout=0.2s" in error.message and "abandoned thread" in error.message
+        assert isinstance(error.exception, manyhands.Timeout)
+    report = outs and manyhands.run(fn, [], timeout=1)  # an empty run is fine too
+    assert report and report.total == 0
+    release.set()
+    assert wait_for_threads(before) <= before  # abandoned threads exit once their call returns
+
+
+def test_report_counts_abandoned_threads_and_says_so(backend: str) -> None:
+    release = threading.Event()
+    fn = hanging_on({0}, release, [])
+    report = manyhands.run(fn, range(5), backend=backend, workers=3, timeout=0.1)
+    release.set()
+    assert report.abandoned == 1 and report.failed == 1
+    assert report.errors_by_type == {"manyhands.Timeout": 1}
+    assert "1 threads abandoned" in str(report)
+
+
+def test_abandoned_threads_are_capped_then_capacity_waits(backend: str) -> None:
+    release = threading.Event()
+    finished: list[int] = []
+    fn = hanging_on({0, 1}, release, finished)
+    released_at: list[float] = []
+
+    def let_go() -> None:
+        released_at.append(time.monotonic())
+        release.set()
+
+    timer = threading.Timer(1.0, let_go)
+    timer.start()
+    try:
+        report = manyhands.run(fn, range(6), backend=backend, workers=1, timeout=0.1, ordered=True)
+    finally:
+        timer.cancel()
+    # One worker: one thread may be abandoned and replaced; the second over-time
+    # call still fails at its deadline, but its worker is kept (the cap), so the
+    # remaining items wait for that call to return.
+    assert report.abandoned == 1
+    assert report.failed == 2 and report.succeeded == 4
+    assert released_at, "the run could not finish without the hung call returning"
+
+
+def test_a_timed_out_item_is_retried(backend: str) -> None:
+    release = threading.Event()
+    tries: list[int] = []
+
+    def fn(x: int) -> int:
+        tries.append(x)
+        if x == 2 and tries.count(2) == 1:
+            release.wait(30)  # only the first attempt hangs
+        return x * 10
+
+    retry = manyhands.Retry(2, backoff=0.001)
+    outs = list(manyhands.map(fn, range(4), backend=backend, timeout=0.1, retry=retry))
+    release.set()
+    by_item = {o.item: o for o in outs}
+    assert by_item[2].ok and by_item[2].value == 20 and by_item[2].attempts == 2
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [(0, ValueError), (-1, ValueError), ("1s", TypeError), (float("nan"), ValueError)],
+)
+def test_bad_timeout_is_refused(value: object, error: type[Exception]) -> None:
+    with pytest.raises(error, match="timeout"):
+        manyhands.run(str, [1], timeout=value)  # type: ignore[arg-type]
