@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 import threading
@@ -10,6 +11,8 @@ from typing import Any
 import psutil
 import pytest
 
+import manyhands
+
 BACKENDS = ["threads"]
 
 
@@ -17,6 +20,39 @@ BACKENDS = ["threads"]
 def backend(request: pytest.FixtureRequest) -> str:
     """Every behaviour test runs once per backend."""
     return str(request.param)
+
+
+class Hands:
+    """``run``/``map`` on one backend; for ``async``, ``fn`` is wrapped in a coroutine.
+
+    The wrapper awaits once before calling ``fn``, so every item really
+    suspends on the event loop, then runs the same body as the thread tests.
+    """
+
+    def __init__(self, backend: str) -> None:
+        self.backend = backend
+
+    def wrap(self, fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        if self.backend != "async":
+            return fn
+
+        async def call(item: Any) -> Any:
+            await asyncio.sleep(0)
+            return fn(item)
+
+        return call
+
+    def run(self, fn: Callable[[Any], Any], items: Any, **options: Any) -> Any:
+        return manyhands.run(self.wrap(fn), items, backend=self.backend, **options)
+
+    def map(self, fn: Callable[[Any], Any], items: Any, **options: Any) -> Any:
+        return manyhands.map(self.wrap(fn), items, backend=self.backend, **options)
+
+
+@pytest.fixture(params=["threads", "async"])
+def hands(request: pytest.FixtureRequest) -> Hands:
+    """The behaviour tests shared by every backend: threads, and coroutines on asyncio."""
+    return Hands(str(request.param))
 
 
 def os_thread_count() -> int:

@@ -8,6 +8,7 @@ import manyhands
 
 def test_public_names_are_exactly_the_intended_set() -> None:
     assert set(manyhands.__all__) == {
+        "AsyncOutcomes",
         "DEFAULT_WORKERS",
         "Failure",
         "InputError",
@@ -23,6 +24,7 @@ def test_public_names_are_exactly_the_intended_set() -> None:
         "RetryAfter",
         "RunOptions",
         "Timeout",
+        "amap",
         "map",
         "run",
     }

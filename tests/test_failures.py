@@ -9,6 +9,8 @@ import pytest
 
 import manyhands
 
+from .conftest import Hands
+
 
 def explode(item: int) -> int:
     if item % 3 == 0:
@@ -16,8 +18,8 @@ def explode(item: int) -> int:
     return item * 10
 
 
-def test_failures_are_recorded_and_the_run_continues(backend: str) -> None:
-    outcomes = {out.item: out for out in manyhands.map(explode, range(30), backend=backend)}
+def test_failures_are_recorded_and_the_run_continues(hands: Hands) -> None:
+    outcomes = {out.item: out for out in hands.map(explode, range(30))}
     assert sorted(outcomes) == list(range(30))
     for item, out in outcomes.items():
         if item % 3 == 0:
@@ -32,8 +34,8 @@ def test_failures_are_recorded_and_the_run_continues(backend: str) -> None:
             assert out.ok and out.error is None and out.value == item * 10
 
 
-def test_run_report_counts_failures(backend: str) -> None:
-    report = manyhands.run(explode, range(30), backend=backend)
+def test_run_report_counts_failures(hands: Hands) -> None:
+    report = hands.run(explode, range(30))
     assert (report.total, report.succeeded, report.failed) == (30, 20, 10)
     assert report.errors_by_type == {"builtins.ValueError": 10}
     assert sorted(f.item for f in report.failures) == list(range(0, 30, 3))
@@ -79,12 +81,12 @@ def raise_base(kind: str) -> None:
     ],
 )
 def test_any_exception_raised_by_fn_fails_only_its_item(
-    backend: str, kind: str, error_type: str, message: str
+    hands: Hands, kind: str, error_type: str, message: str
 ) -> None:
     with pytest.raises(TypeError):
         pickle.dumps(UnpicklableError())  # the premise of the unpicklable case
     items = ["ok", kind, "ok", kind, "ok"]
-    outcomes = list(manyhands.map(raise_base, items, backend=backend, ordered=True))
+    outcomes = list(hands.map(raise_base, items, ordered=True))
     assert [out.ok for out in outcomes] == [True, False, True, False, True]
     for out in outcomes[1::2]:
         assert out.error is not None
@@ -93,11 +95,11 @@ def test_any_exception_raised_by_fn_fails_only_its_item(
         assert error_type.rsplit(".", 1)[1] in out.error.traceback
         assert "raise_base" in out.error.traceback
         repr(out)  # never raises, even for an unprintable exception
-    str(manyhands.run(raise_base, items, backend=backend))
+    str(hands.run(raise_base, items))
 
 
-def test_traceback_shows_the_users_code_not_the_engine(backend: str) -> None:
-    (out,) = manyhands.map(explode, [3], backend=backend)
+def test_traceback_shows_the_users_code_not_the_engine(hands: Hands) -> None:
+    (out,) = hands.map(explode, [3])
     assert out.error is not None
     text = out.error.traceback
     assert text.startswith("Traceback (most recent call last):")
@@ -105,36 +107,36 @@ def test_traceback_shows_the_users_code_not_the_engine(backend: str) -> None:
     assert "_batch.py" not in text
 
 
-def test_builtin_fn_failure_has_a_traceback(backend: str) -> None:
-    outcomes = list(manyhands.map(int, ["1", "x", "3"], backend=backend, ordered=True))
+def test_builtin_fn_failure_has_a_traceback(hands: Hands) -> None:
+    outcomes = list(hands.map(int, ["1", "x", "3"], ordered=True))
     assert [o.value for o in outcomes] == [1, None, 3]
     error = outcomes[1].error
     assert error is not None and error.error_type == "builtins.ValueError"
     assert "invalid literal" in error.traceback
 
 
-def test_raise_for_failures_groups_them(backend: str) -> None:
-    report = manyhands.run(explode, range(9), backend=backend)
+def test_raise_for_failures_groups_them(hands: Hands) -> None:
+    report = hands.run(explode, range(9))
     with pytest.raises(manyhands.ItemsFailed) as caught:
         report.raise_for_failures()
     assert isinstance(caught.value, manyhands.ManyhandsError)
     assert sorted(f.item for f in caught.value.failures) == [0, 3, 6]
     assert caught.value.report is report
     assert "3 of 9 items failed: builtins.ValueError x3" in str(caught.value)
-    manyhands.run(abs, range(5), backend=backend).raise_for_failures()  # no failure: no raise
+    hands.run(abs, range(5)).raise_for_failures()  # no failure: no raise
 
 
-def test_report_keeps_a_bounded_number_of_failures_and_counts_all(backend: str) -> None:
-    report = manyhands.run(explode, range(3000), backend=backend, keep_failures=50)
+def test_report_keeps_a_bounded_number_of_failures_and_counts_all(hands: Hands) -> None:
+    report = hands.run(explode, range(3000), keep_failures=50)
     assert report.failed == 1000
     assert report.errors_by_type == {"builtins.ValueError": 1000}
     assert len(report.failures) == 50
-    report = manyhands.run(explode, range(30), backend=backend, keep_failures=0)
+    report = hands.run(explode, range(30), keep_failures=0)
     assert report.failed == 10 and report.failures == []
 
 
-def test_every_failure_is_in_the_map_stream_beyond_keep_failures(backend: str) -> None:
-    stream = manyhands.map(explode, range(3000), backend=backend, keep_failures=5)
+def test_every_failure_is_in_the_map_stream_beyond_keep_failures(hands: Hands) -> None:
+    stream = hands.map(explode, range(3000), keep_failures=5)
     failed = [out.item for out in stream if not out.ok]
     assert len(failed) == 1000
     assert len(stream.report.failures) == 5 and stream.report.failed == 1000

@@ -11,6 +11,8 @@ import pytest
 
 import manyhands
 
+from .conftest import Hands
+
 
 class NoLen:
     """An iterable that refuses len() and list()-style sizing."""
@@ -28,14 +30,14 @@ class NoLen:
         raise AssertionError("manyhands asked the iterable for its length")
 
 
-def test_never_sizes_the_iterable(backend: str) -> None:
-    report = manyhands.run(abs, NoLen(1000), backend=backend)
+def test_never_sizes_the_iterable(hands: Hands) -> None:
+    report = hands.run(abs, NoLen(1000))
     assert report.succeeded == 1000
 
 
-def test_endless_generator_with_early_exit(backend: str, no_thread_left: None) -> None:
+def test_endless_generator_with_early_exit(hands: Hands, no_thread_left: None) -> None:
     seen = []
-    for out in manyhands.map(lambda x: x * 2, itertools.count(), backend=backend, ordered=True):
+    for out in hands.map(lambda x: x * 2, itertools.count(), ordered=True):
         seen.append(out.value)
         if len(seen) == 50_000:
             break
@@ -50,11 +52,11 @@ def broken(k: int) -> Iterator[int]:
 @pytest.mark.parametrize("k", [0, 1, 7, 5000])
 @pytest.mark.parametrize("ordered", [False, True])
 def test_map_yields_every_item_before_the_break_then_raises(
-    backend: str, k: int, ordered: bool
+    hands: Hands, k: int, ordered: bool
 ) -> None:
     seen = []
     with pytest.raises(manyhands.InputError) as caught:
-        for out in manyhands.map(lambda x: x, broken(k), backend=backend, ordered=ordered):
+        for out in hands.map(lambda x: x, broken(k), ordered=ordered):
             seen.append(out.item)
     assert sorted(seen) == list(range(k))
     if ordered:
@@ -65,16 +67,16 @@ def test_map_yields_every_item_before_the_break_then_raises(
     assert f"reading item {k} " in str(caught.value)
 
 
-def test_run_raises_input_error_with_the_report_of_what_ran(backend: str) -> None:
+def test_run_raises_input_error_with_the_report_of_what_ran(hands: Hands) -> None:
     with pytest.raises(manyhands.InputError) as caught:
-        manyhands.run(lambda x: 1 / (x % 5), broken(100), backend=backend)
+        hands.run(lambda x: 1 / (x % 5), broken(100))
     report = caught.value.report
     assert report is not None
     assert (report.total, report.succeeded, report.failed) == (100, 80, 20)
     assert caught.value.position == 100
 
 
-def test_items_are_read_lazily(backend: str) -> None:
+def test_items_are_read_lazily(hands: Hands) -> None:
     read = 0
 
     def source() -> Iterator[int]:
@@ -83,7 +85,7 @@ def test_items_are_read_lazily(backend: str) -> None:
             read += 1
             yield i
 
-    stream = manyhands.map(abs, source(), backend=backend, workers=4)
+    stream = hands.map(abs, source(), workers=4)
     assert read == 0  # nothing runs before iteration
     first = next(iter(stream))
     assert first.ok
@@ -91,7 +93,7 @@ def test_items_are_read_lazily(backend: str) -> None:
     assert read < 20_000  # bounded by the window, not the input
 
 
-def test_ordered_yields_input_order_despite_uneven_latency(backend: str) -> None:
+def test_ordered_yields_input_order_despite_uneven_latency(hands: Hands) -> None:
     rng = random.Random(7)
     delays = [rng.choice([0, 0, 0.001, 0.005]) for _ in range(400)]
 
@@ -99,11 +101,11 @@ def test_ordered_yields_input_order_despite_uneven_latency(backend: str) -> None
         time.sleep(delays[i])
         return i
 
-    values = [o.value for o in manyhands.map(slow, range(400), backend=backend, ordered=True)]
+    values = [o.value for o in hands.map(slow, range(400), ordered=True)]
     assert values == list(range(400))
 
 
-def test_unordered_delivers_each_item_exactly_once(backend: str) -> None:
+def test_unordered_delivers_each_item_exactly_once(hands: Hands) -> None:
     items = [f"item-{i}" for i in range(20_000)]
-    got = [out.value for out in manyhands.map(str.upper, items, backend=backend, workers=16)]
+    got = [out.value for out in hands.map(str.upper, items, workers=16)]
     assert sorted(got) == sorted(i.upper() for i in items)

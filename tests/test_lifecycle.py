@@ -13,10 +13,16 @@ import pytest
 
 import manyhands
 
-from .conftest import PeakConcurrency, os_thread_count, python_subprocess_env, wait_for_threads
+from .conftest import (
+    Hands,
+    PeakConcurrency,
+    os_thread_count,
+    python_subprocess_env,
+    wait_for_threads,
+)
 
 
-def test_break_stops_the_workers(backend: str) -> None:
+def test_break_stops_the_workers(hands: Hands) -> None:
     before = os_thread_count()
     calls = 0
     lock = threading.Lock()
@@ -28,7 +34,7 @@ def test_break_stops_the_workers(backend: str) -> None:
         time.sleep(0.002)
         return x
 
-    for out in manyhands.map(work, range(100_000), backend=backend, workers=64):
+    for out in hands.map(work, range(100_000), workers=64):
         if out.item >= 0 and calls > 300:
             break
     assert wait_for_threads(before) == before
@@ -38,29 +44,29 @@ def test_break_stops_the_workers(backend: str) -> None:
     assert calls < 2000
 
 
-def test_exception_in_the_loop_body_stops_the_workers(backend: str) -> None:
+def test_exception_in_the_loop_body_stops_the_workers(hands: Hands) -> None:
     before = os_thread_count()
     with pytest.raises(RuntimeError, match="consumer broke"):
-        for _out in manyhands.map(lambda x: time.sleep(0.001), range(10_000), backend=backend):
+        for _out in hands.map(lambda x: time.sleep(0.001), range(10_000)):
             raise RuntimeError("consumer broke")
     assert wait_for_threads(before) == before
 
 
-def test_close_and_context_manager_stop_the_workers(backend: str) -> None:
+def test_close_and_context_manager_stop_the_workers(hands: Hands) -> None:
     before = os_thread_count()
-    stream = manyhands.map(lambda x: time.sleep(0.001), range(10_000), backend=backend)
+    stream = hands.map(lambda x: time.sleep(0.001), range(10_000))
     next(stream)
     stream.close()
     stream.close()  # idempotent
     assert wait_for_threads(before) == before
-    with manyhands.map(abs, range(10_000), backend=backend) as outcomes:
+    with hands.map(abs, range(10_000)) as outcomes:
         next(outcomes)
     assert wait_for_threads(before) == before
 
 
-def test_a_finished_run_leaves_no_thread(backend: str, no_thread_left: None) -> None:
-    manyhands.run(lambda x: time.sleep(0.001), range(2000), backend=backend, workers=200)
-    list(manyhands.map(abs, range(50_000), backend=backend))
+def test_a_finished_run_leaves_no_thread(hands: Hands, no_thread_left: None) -> None:
+    hands.run(lambda x: time.sleep(0.001), range(2000), workers=200)
+    list(hands.map(abs, range(50_000)))
 
 
 def test_hung_call_is_abandoned_after_the_grace_period(backend: str) -> None:

@@ -10,7 +10,7 @@ See :func:`run`, :func:`map` and the README.
 
 from __future__ import annotations
 
-from ._api import map, run
+from ._api import amap, map, run
 from ._exceptions import (
     InputError,
     ItemsFailed,
@@ -23,10 +23,11 @@ from ._options import DEFAULT_WORKERS, RunOptions
 from ._outcome import Failure, Outcome
 from ._report import Latency, Report
 from ._retry import Retry, RetryAfter
-from ._stream import Outcomes
+from ._stream import AsyncOutcomes, Outcomes
 
 __all__ = [
     "DEFAULT_WORKERS",
+    "AsyncOutcomes",
     "Failure",
     "InputError",
     "ItemsFailed",
@@ -41,6 +42,7 @@ __all__ = [
     "RetryAfter",
     "RunOptions",
     "Timeout",
+    "amap",
     "map",
     "run",
 ]

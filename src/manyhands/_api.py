@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import sys
+from collections.abc import AsyncIterable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._backends import create_backend
@@ -11,14 +12,15 @@ from ._exceptions import InputError, JournalError
 from ._options import Options
 from ._progress import progress_wanted
 from ._report import Report
-from ._stream import Outcomes
+from ._stream import AsyncOutcomes, Outcomes
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
+    from ._journal import Journal
     from ._options import RunOptions
 
-__all__ = ["map", "run"]
+__all__ = ["amap", "map", "run"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -92,26 +94,74 @@ def map(fn: Callable[[T], R], items: Iterable[T], **options: Unpack[RunOptions])
     return Outcomes(_engine("map", fn, items, options))
 
 
-def _engine(caller: str, fn: Any, items: Any, options: Any) -> Engine:
+def amap(
+    fn: Callable[[T], Any],
+    items: Iterable[T] | AsyncIterable[T],
+    **options: Unpack[RunOptions],
+) -> AsyncOutcomes[T, Any]:
+    """The twin of :func:`map` for async code: ``async for`` over the Outcomes.
+
+    ``fn`` is a coroutine function; the calls run as tasks on the caller's
+    event loop, at most ``workers`` at once. ``items`` may be a sync or an
+    async iterable; either is read lazily, so memory stays bounded by the
+    window. Leaving the loop early (``break``, an exception), ``aclose()`` or
+    the end of an ``async with`` block cancels the running calls and leaves
+    no task behind. Options are those of :func:`run`.
+
+    >>> import asyncio, manyhands
+    >>> async def double(x):
+    ...     await asyncio.sleep(0)
+    ...     return 2 * x
+    >>> async def main():
+    ...     return sorted([out.value async for out in manyhands.amap(double, range(5))])
+    >>> asyncio.run(main())
+    [0, 2, 4, 6, 8]
+    """
+    return AsyncOutcomes(_engine("amap", fn, items, options, on_loop=True))
+
+
+def _engine(caller: str, fn: Any, items: Any, options: Any, on_loop: bool = False) -> Engine:
     if not callable(fn):
         raise TypeError(f"fn must be callable (a function taking one item), got {fn!r}")
     opts = Options.from_kwargs(caller, options)
-    try:
-        iterator = iter(items)
-    except TypeError:
-        raise TypeError(
-            "items must be an iterable (a list, a generator, an open file...), "
-            f"got {type(items).__qualname__}"
-        ) from None
+    backend_name = _backend_for(caller, fn, opts.backend, on_loop)
+    if backend_name == "async" and not on_loop and _loop_running():
+        raise RuntimeError(
+            f"manyhands.{caller}() with a coroutine function was called from a running "
+            "event loop, which it would block. In async code use "
+            "`async for outcome in manyhands.amap(fn, items)` instead."
+        )
+    source = None
+    if on_loop and hasattr(items, "__aiter__"):
+        source, iterator = items, iter(())
+    else:
+        try:
+            iterator = iter(items)
+        except TypeError:
+            accepted = "an iterable or an async iterable" if on_loop else "an iterable"
+            raise TypeError(
+                f"items must be {accepted} (a list, a generator, an open file...), "
+                f"got {type(items).__qualname__}"
+            ) from None
     total = opts.total
-    if total is None and progress_wanted(opts.progress):
+    if total is None and source is None and progress_wanted(opts.progress):
         total = _length(items)
-    journal = None
-    if opts.journal is not None:
+    backend = create_backend(backend_name, opts.workers, opts.timeout, own_loop=not on_loop)
+    engine = Engine(fn, iterator, opts, backend, total, _journal_opener(fn, opts))
+    engine.async_source = source
+    return engine
+
+
+def _journal_opener(fn: Any, opts: Options) -> Callable[[], Journal] | None:
+    if opts.journal is None:
+        return None
+    path = opts.journal
+
+    def open_journal() -> Journal:
         from ._journal import Journal
 
-        journal = Journal(
-            opts.journal,
+        return Journal(
+            path,
             fn,
             key=opts.key,
             retry_failed=opts.retry_failed,
@@ -120,8 +170,50 @@ def _engine(caller: str, fn: Any, items: Any, options: Any) -> Engine:
             changed_items=opts.changed_items,
             options=opts.recorded(),
         )
-    backend = create_backend(opts.backend, opts.workers, timed=opts.timeout is not None)
-    return Engine(fn, iterator, opts, backend, total, journal)
+
+    return open_journal
+
+
+def _backend_for(caller: str, fn: Any, asked: str | None, on_loop: bool) -> str:
+    """The backend a run uses: as asked, else ``async`` for coroutine functions."""
+    is_async = _is_coroutine_function(fn)
+    if on_loop and not is_async:
+        raise TypeError(
+            f"{caller}() needs a coroutine function (async def); for a regular function "
+            "use manyhands.run() or manyhands.map()"
+        )
+    if asked is None:
+        return "async" if is_async else "threads"
+    if asked == "async" and not is_async:
+        raise TypeError(
+            "backend='async' needs a coroutine function (async def); a regular function "
+            "would block the event loop: use backend='threads'"
+        )
+    if asked != "async" and is_async:
+        raise TypeError(
+            f"fn is a coroutine function, which backend={asked!r} cannot await; leave "
+            "backend unset (or pass backend='async')"
+        )
+    return asked
+
+
+def _is_coroutine_function(fn: Any) -> bool:
+    import inspect  # not at import time: it is a heavy module
+
+    if inspect.iscoroutinefunction(fn):
+        return True
+    return inspect.iscoroutinefunction(fn.__call__)  # an object with `async def __call__`
+
+
+def _loop_running() -> bool:
+    asyncio = sys.modules.get("asyncio")  # not imported: no loop can be running
+    if asyncio is None:
+        return False
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _length(items: Any) -> int | None:

@@ -41,7 +41,14 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Generator,
+    Iterator,
+)
 from itertools import count, islice
 from operator import length_hint
 from queue import Empty, SimpleQueue
@@ -61,6 +68,7 @@ from ._slowdown import Slowdown
 from ._stats import RunStatistics
 
 if TYPE_CHECKING:
+    from ._aio import AsyncFeed, LoopQueue
     from ._journal import Journal
 
 __all__ = ["Engine"]
@@ -82,40 +90,29 @@ class Engine:
         options: Options,
         backend: Backend,
         total: int | None = None,
-        journal: Journal | None = None,
+        open_journal: Callable[[], Journal] | None = None,
     ) -> None:
         self._fn = fn
         self._total = total  # for the progress display's ETA
-        self._journal = journal
+        self._open_journal = open_journal  # opened when the run starts, closed when it ends
+        self._journal: Journal | None = None
         self._ready: deque[Batch] = deque()  # skipped by the journal: delivered without running
         self._items = items
         self._options = options
         self._backend = backend
         self.statistics = RunStatistics(options.keep_failures)
-        self._completions: SimpleQueue[Batch] = SimpleQueue()
+        self._completions: SimpleQueue[Batch] | LoopQueue[Batch] = SimpleQueue()
+        self.async_source: AsyncIterable[Any] | None = None  # amap over an async iterable
+        self._feed: AsyncFeed | None = None
         self._window = options.item_window
-        self._max_batches = 2 * options.workers
-        self._cap = max(1, min(MAX_BATCH, self._window // self._max_batches))
-        # No queue in front of the workers until the first round of calls is back:
-        # if the first answers say "slow down", no queued burst follows them.
-        self._max_batches = options.workers
-        self._warm_up = options.workers  # completions to wait for before queueing
         self._retry = options.retry_policy
         self._limiter = RateLimit(options.rate_per_second) if options.rate_per_second else None
-        # A rate limits starts, so an item must start when admitted: batches of one,
-        # and no queue in front of the workers that could release a burst later.
-        if self._limiter is not None:
-            self._max_batches = options.workers
-            self._cap = 1
-        self._timeout = options.timeout
+        # With a timeout, the engine times batches out itself unless the backend
+        # applies the timeout to each call (asyncio).
+        self._timeout = None if backend.handles_timeouts else options.timeout
         self._running: dict[int, Batch] = {}  # with a timeout: batches sent, by id
         self._next_check = 0.0  # with a timeout: when a running batch may expire next
-        if self._timeout is not None:  # a timeout is per item: one item per batch
-            self._cap = 1
-        self._adaptive = (
-            options.batch_size is None and self._limiter is None and self._timeout is None
-        )
-        self._batch_size = 1 if self._cap == 1 else (options.batch_size or 1)
+        self._size_batches(options)
         self._work_fit = 1  # batch size the measured time per item calls for
         self._input_fit = self._cap  # batch size the input delivers in time
         self._in_backend = 0  # batches submitted and not yet back
@@ -139,6 +136,23 @@ class Engine:
         self._started: float | None = None
         self._finished: float | None = None
 
+    def _size_batches(self, options: Options) -> None:
+        """How many batches may be out, and how big they may grow."""
+        self._cap = max(1, min(MAX_BATCH, self._window // (2 * options.workers)))
+        # No queue in front of the workers until the first round of calls is back:
+        # if the first answers say "slow down", no queued burst follows them.
+        self._max_batches = options.workers
+        self._warm_up = options.workers  # completions to wait for before queueing
+        # A rate limits starts, so an item must start when admitted: batches of
+        # one, and no queue in front of the workers that could release a burst
+        # later. A timeout is per item: one item per batch too.
+        if self._limiter is not None or self._timeout is not None:
+            self._cap = 1
+        self._adaptive = (
+            options.batch_size is None and self._limiter is None and self._timeout is None
+        )
+        self._batch_size = 1 if self._cap == 1 else (options.batch_size or 1)
+
     # -- driving ---------------------------------------------------------
 
     def batches(self) -> Generator[Batch, None, None]:
@@ -148,6 +162,8 @@ class Engine:
         the generator early (or an exception in it, Ctrl-C included) stops
         admission and shuts the backend down within the grace period.
         """
+        if self._open_journal is not None:
+            self._journal = self._open_journal()
         self._started = monotonic()
         progress = Progress(self, self._total) if progress_wanted(self._options.progress) else None
         completed = False
@@ -157,16 +173,30 @@ class Engine:
                 yield from self._drive()
                 completed = True
             finally:
-                self._finished = monotonic()
-                if self._held_since is not None:
-                    self.statistics.rate_limited += self._finished - self._held_since
-                self._exhausted = True
+                self._mark_finished()
                 self._backend.shutdown(self._options.grace)
                 if self._journal is not None:
                     self._close_journal(self._journal, completed)
         finally:
             if progress is not None:
                 progress.close()
+        self._raise_input_error()
+
+    def _mark_finished(self) -> None:
+        self._finished = monotonic()
+        if self._held_since is not None:
+            self.statistics.rate_limited += self._finished - self._held_since
+        self._exhausted = True
+
+    def _deliver_skipped(self) -> Iterator[Batch]:
+        """Deliver the batches the journal skipped (they never went to the backend)."""
+        skipped = self._ready
+        while skipped:
+            for done in self._deliver(skipped.popleft(), set()):
+                self._pending_items -= len(done.items)
+                yield done
+
+    def _raise_input_error(self) -> None:
         error = self._input_error
         if isinstance(error, ManyhandsError):  # from the journal: raised as it is
             raise error
@@ -185,23 +215,73 @@ class Engine:
         # without masking the exception on its way out.
         try:
             while not self._completions.empty():
-                journal.record_successes(self._completions.get())
+                finished = self._completions.get_nowait()
+                if finished is not None:
+                    journal.record_successes(finished)
             journal.close("interrupted", stats.counts())
         except JournalError:
             journal.abandon()  # what could not be written runs again next time
         finally:
             journal.abandon()  # no-op once closed: the lock is released whatever happened
 
+    async def abatches(self) -> AsyncGenerator[Batch, None]:
+        """:meth:`batches` for an async backend on the running loop (``amap``)."""
+        from ._aio import AsyncFeed, LoopQueue
+
+        queue: LoopQueue[Batch] = LoopQueue()
+        self._completions = queue
+        if self._open_journal is not None:
+            self._journal = self._open_journal()
+        self._started = monotonic()
+        if self.async_source is not None:
+            limit = max(self._window // 4, 1024)
+            self._feed = AsyncFeed(self.async_source, limit, lambda: queue.put(None))
+            self._items = self._feed
+        progress = Progress(self, self._total) if progress_wanted(self._options.progress) else None
+        completed = False
+        try:
+            self._backend.start(self._fn, queue.put)
+            try:
+                async for batch in self._adrive(queue):
+                    yield batch
+                completed = True
+            finally:
+                self._mark_finished()
+                await self._backend.ashutdown(self._options.grace)  # type: ignore[attr-defined]
+                if self._feed is not None:
+                    await self._feed.aclose()
+                if self._journal is not None:
+                    self._close_journal(self._journal, completed)
+        finally:
+            if progress is not None:
+                progress.close()
+        self._raise_input_error()
+
+    async def _adrive(self, queue: LoopQueue[Batch]) -> AsyncIterator[Batch]:
+        while True:
+            wait = self._dispatch()
+            if self._ready:
+                for done in self._deliver_skipped():
+                    yield done
+                continue
+            if self._exhausted and not self._pending_items:
+                return
+            batch = await queue.get(wait)
+            if batch is None:  # more input, or the wait is over
+                continue
+            for ready in self._complete(batch):
+                self._pending_items -= len(ready.items)
+                yield ready
+
     def _drive(self) -> Iterator[Batch]:
-        get = self._completions.get
+        completions = self._completions
+        assert isinstance(completions, SimpleQueue)
+        get = completions.get
         skipped = self._ready
         while True:
             wait = self._dispatch()
             if skipped:
-                while skipped:
-                    for done in self._deliver(skipped.popleft(), set()):
-                        self._pending_items -= len(done.items)
-                        yield done
+                yield from self._deliver_skipped()
                 continue
             if self._exhausted and not self._pending_items:
                 return
@@ -267,6 +347,8 @@ class Engine:
             timed = self._adaptive and self._work_fit > 1  # else the rate cannot matter
             began = monotonic() if timed else 0.0
             chunk = self._read(size)
+            if len(chunk) < size and not self._exhausted:
+                return  # an async input has nothing more for now
             if timed and len(chunk) == size:
                 self._limit_to_input_rate(size, monotonic() - began)
 
@@ -285,6 +367,8 @@ class Engine:
             if not self._read(1):
                 # the slot was taken but nothing started: give it back
                 limiter.release()
+                if not self._exhausted:
+                    return None  # an async input has nothing more for now
         return None
 
     def _read_journaled(self, journal: Journal, size: int) -> list[Any]:
@@ -298,6 +382,8 @@ class Engine:
                 self._exhausted = True
                 self._input_error = journal.error
                 break
+            if not segment.items:  # an async input has nothing more for now
+                return []
             batch = Batch(self._next_seq, segment.items)
             batch.keys = segment.keys
             self._next_seq += 1
@@ -338,7 +424,7 @@ class Engine:
             self._input_error = exc
             self._exhausted = True
         self._pulled += len(chunk)
-        if len(chunk) < size:
+        if len(chunk) < size and not (self._feed is not None and self._feed.waiting):
             self._exhausted = True
         if chunk:
             batch = Batch(self._next_seq, chunk)

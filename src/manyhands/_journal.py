@@ -214,7 +214,7 @@ class Journal:
         buffer = self._buffer
         while True:
             if not buffer and not self._refill():
-                return None
+                return None if self._ended else Segment([], [])
             first = self._skip_reason(*buffer[0])
             if buffer:  # (a refused item empties it)
                 break
@@ -307,8 +307,8 @@ class Journal:
             self.error = exc
             self.input_broke = True
             self._ended = True
-        if len(block) < BLOCK:
-            self._ended = True
+        if len(block) < BLOCK and not getattr(self._source, "waiting", False):
+            self._ended = True  # (an async input that is only waiting has not ended)
         entries: list[tuple[Any, str, str | None]] = []
         keyfn = self._key
         for item in block:

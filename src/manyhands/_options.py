@@ -23,14 +23,15 @@ __all__ = ["BACKENDS", "DEFAULT_WORKERS", "Options", "RunOptions"]
 DEFAULT_WORKERS = 32
 
 #: Names accepted by ``backend=``.
-BACKENDS = ("threads",)
+BACKENDS = ("threads", "async")
 
 
 class RunOptions(TypedDict, total=False):
     """The keyword options shared by :func:`manyhands.run` and :func:`manyhands.map`.
 
     workers: how many calls run at once (default 32; threads accept thousands).
-    backend: where calls run: ``"threads"`` (default).
+    backend: where calls run: ``"threads"``, or ``"async"`` (tasks on an event
+        loop) for a coroutine function. Default: picked from ``fn``.
     ordered: yield outcomes in input order (default False: as completed).
     batch_size: items sent to a worker at once; ``None`` (default) adapts it to
         the measured time per item, so tiny tasks are batched and slow ones are not.
@@ -84,7 +85,7 @@ class RunOptions(TypedDict, total=False):
     """
 
     workers: int
-    backend: str
+    backend: str | None
     ordered: bool
     batch_size: int | None
     window: int | None
@@ -114,7 +115,7 @@ class Options:
     """Validated options; see :class:`RunOptions` for their meaning."""
 
     workers: int = DEFAULT_WORKERS
-    backend: str = "threads"
+    backend: str | None = None
     ordered: bool = False
     batch_size: int | None = None
     window: int | None = None
@@ -157,7 +158,7 @@ class Options:
 
     def _validate(self) -> None:
         _positive_int("workers", self.workers, "the number of calls to run at once, e.g. 16")
-        if self.backend not in BACKENDS:
+        if self.backend is not None and self.backend not in BACKENDS:
             raise ValueError(
                 f"backend={self.backend!r} is not a known backend; accepted: "
                 + ", ".join(repr(name) for name in BACKENDS)

@@ -1,8 +1,8 @@
-"""The iterator :func:`manyhands.map` returns."""
+"""The iterators :func:`manyhands.map` and :func:`manyhands.amap` return."""
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
 from itertools import repeat
 from types import TracebackType
 from typing import Any, Generic, TypeVar
@@ -12,7 +12,7 @@ from ._engine import Engine
 from ._outcome import Outcome
 from ._report import Report
 
-__all__ = ["Outcomes"]
+__all__ = ["AsyncOutcomes", "Outcomes"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -58,31 +58,84 @@ class Outcomes(Generic[T, R]):
         return self._engine.report()
 
 
+class AsyncOutcomes(Generic[T, R]):
+    """An async iterator of :class:`Outcome`, one per item, that also reports on the run.
+
+    Nothing runs until the first item is requested. Leaving the loop early
+    cancels the running calls: at once with :meth:`aclose` or at the end of an
+    ``async with`` block; after a bare ``break``, as soon as the event loop
+    finalizes the abandoned iterator (a moment later).
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._outcomes = _aoutcomes(engine)
+
+    def __aiter__(self) -> AsyncIterator[Outcome[T, R]]:
+        return self._outcomes
+
+    async def __anext__(self) -> Outcome[T, R]:
+        return await self._outcomes.__anext__()
+
+    async def aclose(self) -> None:
+        """Stop the run now: cancel the running calls; idempotent."""
+        await self._outcomes.aclose()
+
+    async def __aenter__(self) -> AsyncOutcomes[T, R]:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    @property
+    def report(self) -> Report:
+        """A Report of the outcomes delivered so far (final once exhausted)."""
+        return self._engine.report()
+
+
 def _outcomes(engine: Engine) -> Generator[Outcome[Any, Any], None, None]:
     batches = engine.batches()
     try:
         for batch in batches:
-            failures = batch.failures
-            attempts = batch.attempts
-            if batch.skipped is not None:
-                yield from _skipped(batch)
-                continue
-            if failures is None and attempts is None:
-                yield from map(
-                    Outcome, batch.items, batch.values, repeat(None), repeat(batch.attempt)
-                )
-                continue
-            failures = failures or {}
-            attempts = attempts or {}
-            for index, item in enumerate(batch.items):
-                failure = failures.get(index)
-                if failure is None:
-                    tries = attempts.get(index, batch.attempt)
-                    yield Outcome(item, batch.values[index], None, tries)
-                else:
-                    yield Outcome(item, None, failure, failure.attempts)
+            yield from _unpack(batch)
     finally:
         batches.close()
+
+
+async def _aoutcomes(engine: Engine) -> AsyncGenerator[Outcome[Any, Any], None]:
+    batches = engine.abatches()
+    try:
+        async for batch in batches:
+            for outcome in _unpack(batch):
+                yield outcome
+    finally:
+        await batches.aclose()
+
+
+def _unpack(batch: Batch) -> Iterator[Outcome[Any, Any]]:
+    """The Outcomes of a delivered batch, in its order."""
+    failures = batch.failures
+    attempts = batch.attempts
+    if batch.skipped is not None:
+        yield from _skipped(batch)
+        return
+    if failures is None and attempts is None:
+        yield from map(Outcome, batch.items, batch.values, repeat(None), repeat(batch.attempt))
+        return
+    failures = failures or {}
+    attempts = attempts or {}
+    for index, item in enumerate(batch.items):
+        failure = failures.get(index)
+        if failure is None:
+            tries = attempts.get(index, batch.attempt)
+            yield Outcome(item, batch.values[index], None, tries)
+        else:
+            yield Outcome(item, None, failure, failure.attempts)
 
 
 def _skipped(batch: Batch) -> Iterator[Outcome[Any, Any]]:

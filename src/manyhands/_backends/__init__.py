@@ -12,13 +12,20 @@ from ._base import Backend
 __all__ = ["Backend", "create_backend"]
 
 
-def create_backend(name: str, workers: int, timed: bool = False) -> Backend:
+def create_backend(
+    name: str, workers: int, timeout: float | None = None, own_loop: bool = True
+) -> Backend:
     """A new, not yet started backend called ``name`` (validated by the options).
 
-    ``timed``: the run has a ``timeout``, so batches must be expirable.
+    ``timeout``: the run's per-call limit, if any. ``own_loop`` (async): run
+    on a private event loop in a thread, rather than on the caller's loop.
     """
     if name == "threads":
         from ._threads import ThreadBackend
 
-        return ThreadBackend(workers, timed=timed)
+        return ThreadBackend(workers, timed=timeout is not None)
+    if name == "async":
+        from ._async import AsyncBackend
+
+        return AsyncBackend(workers, timeout, own_loop=own_loop)
     raise ValueError(f"unknown backend {name!r}")  # pragma: no cover - options validate it

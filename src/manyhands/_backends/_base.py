@@ -16,7 +16,12 @@ class Backend(Protocol):
     The engine calls, from one thread: ``start`` once, ``submit`` many times,
     ``shutdown`` once (always, also after errors). ``done`` may be called from
     any thread, once per submitted batch that ran.
+
+    ``handles_timeouts``: True if the backend applies ``timeout=`` to each
+    call itself; else the engine times batches out through :meth:`expire`.
     """
+
+    handles_timeouts: bool
 
     def start(self, fn: Callable[[Any], Any], done: Callable[[Batch], None]) -> None:
         """Prepare to run ``fn``; finished batches go to ``done``."""

@@ -37,6 +37,8 @@ class ThreadBackend:
     the worker is kept and capacity is lost until its call returns.
     """
 
+    handles_timeouts = False  # the engine times batches out through expire()
+
     def __init__(self, workers: int, timed: bool = False, abandon_limit: int | None = None) -> None:
         self._workers = workers
         self._timed = timed

@@ -1,0 +1,121 @@
+"""asyncio plumbing for the engine's async driver: its completions queue, and async inputs.
+
+Both live on the caller's event loop and are touched only from it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import AsyncIterable, Callable
+from typing import Any, Generic, TypeVar
+
+__all__ = ["AsyncFeed", "LoopQueue"]
+
+T = TypeVar("T")
+
+
+class LoopQueue(Generic[T]):
+    """The engine's completions on an event loop: ``put`` from the loop, ``await get()``.
+
+    ``None`` may be put to wake the engine without a completion (more input).
+    """
+
+    def __init__(self) -> None:
+        self._items: deque[T | None] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put(self, item: T | None) -> None:
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def get_nowait(self) -> T | None:
+        return self._items.popleft()
+
+    async def get(self, timeout: float | None = None) -> T | None:
+        """The next item; None on a wake-up or once ``timeout`` seconds passed."""
+        if not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                if timeout is None:
+                    await self._waiter
+                else:
+                    await asyncio.wait((self._waiter,), timeout=timeout)
+            finally:
+                self._waiter = None
+            if not self._items:
+                return None
+        return self._items.popleft()
+
+
+class AsyncFeed:
+    """Reads an async iterable into a bounded buffer that the engine drains synchronously.
+
+    A task fills the buffer up to ``limit`` items ahead; ``wake`` is called
+    when items arrive in an empty buffer and when the input ends, so the engine
+    can wait for input and completions on one queue. Iterating the feed never
+    blocks: it ends (for now) when the buffer is empty; ``finished`` says
+    whether more can come.
+    """
+
+    def __init__(self, source: AsyncIterable[Any], limit: int, wake: Callable[[], None]) -> None:
+        self._source = source
+        self._limit = max(limit, 1)
+        self._wake = wake
+        self._buffer: deque[Any] = deque()
+        self._room = asyncio.Event()
+        self.finished = False
+        self.error: BaseException | None = None
+        self._task = asyncio.get_running_loop().create_task(self._fill())
+
+    async def _fill(self) -> None:
+        buffer = self._buffer
+        try:
+            async for item in self._source:
+                buffer.append(item)
+                if len(buffer) == 1:
+                    self._wake()
+                while len(buffer) >= self._limit:
+                    self._room.clear()
+                    await self._room.wait()
+        except Exception as exc:  # the user's async iterable broke: an InputError later
+            self.error = exc
+        finally:
+            self.finished = True
+            self._wake()
+
+    def __iter__(self) -> AsyncFeed:
+        return self
+
+    def __next__(self) -> Any:
+        if self._buffer:
+            item = self._buffer.popleft()
+            if len(self._buffer) < self._limit:
+                self._room.set()
+            return item
+        if self.finished and self.error is not None:
+            error, self.error = self.error, None
+            raise error
+        raise StopIteration
+
+    @property
+    def waiting(self) -> bool:
+        """True when the buffer is empty but the input has not ended."""
+        return not self._buffer and not self.finished
+
+    async def aclose(self) -> None:
+        """Stop reading; close the source if it is an async generator."""
+        if not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        aclose = getattr(self._source, "aclose", None)
+        if aclose is not None:
+            with contextlib.suppress(Exception):  # a source that breaks while closing
+                await aclose()
