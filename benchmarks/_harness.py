@@ -66,8 +66,12 @@ def figure(workload: Workload, wall: float) -> float:
     return wall / workload.count * 1e6
 
 
-def table(workloads: list[Workload], results: dict[str, dict[str, dict[str, Any]]]) -> str:
-    """Markdown: each runner's figure, its ratio to manyhands, RSS growth."""
+def table(
+    workloads: list[Workload],
+    results: dict[str, dict[str, dict[str, Any]]],
+    ours: tuple[str, ...] = ("manyhands.map", "manyhands.run"),
+) -> str:
+    """Markdown: each runner's figure, its ratio to manyhands (the first of ``ours``), RSS."""
     lines = [
         f"Python {platform.python_version()}, {psutil.cpu_count()} CPUs, "
         f"{time.strftime('%Y-%m-%d')}",
@@ -79,8 +83,8 @@ def table(workloads: list[Workload], results: dict[str, dict[str, dict[str, Any]
         lines += [f"### {workload.name}: {workload.describe}", ""]
         lines += [f"| runner | wall s | {unit} | vs manyhands | peak RSS growth MiB | check |"]
         lines += ["| --- | ---: | ---: | ---: | ---: | --- |"]
-        ours = rows.get("manyhands.map") or rows.get("manyhands.run") or {}
-        ours_fig = figure(workload, ours["wall"]) if "wall" in ours else None
+        mine = next((rows[name] for name in ours if name in rows), {})
+        ours_fig = figure(workload, mine["wall"]) if "wall" in mine else None
         for runner, row in rows.items():
             if "error" in row:
                 lines.append(f"| {runner} | - | - | - | - | {row['error']} |")
@@ -98,3 +102,37 @@ def table(workloads: list[Workload], results: dict[str, dict[str, dict[str, Any]
             )
         lines.append("")
     return "\n".join(lines)
+
+
+def main(
+    script: str,
+    doc: str,
+    workloads: dict[str, Workload],
+    runners: Iterable[str],
+    one: Callable[[str, str], None],
+    ours: tuple[str, ...] = ("manyhands.map", "manyhands.run"),
+    skip: Callable[[str, str], bool] = lambda workload, runner: False,
+    timeout: float = 150.0,
+) -> None:
+    """The command line of a benchmark script: every (workload, runner), then the table."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.split("\n", maxsplit=1)[0])
+    parser.add_argument("--workloads", default=",".join(workloads))
+    parser.add_argument("--runners", default=",".join(runners))
+    parser.add_argument("--timeout", type=float, default=timeout, help="seconds per case")
+    parser.add_argument("--one", nargs=2, metavar=("WORKLOAD", "RUNNER"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        one(*args.one)
+        return
+    chosen = [workloads[name] for name in args.workloads.split(",")]
+    results: dict[str, dict[str, dict[str, Any]]] = {}
+    for workload in chosen:
+        for runner in args.runners.split(","):
+            if skip(workload.name, runner):
+                continue
+            row = run_isolated(script, workload.name, runner, args.timeout)
+            results.setdefault(workload.name, {})[runner] = row
+            print(f"{workload.name:12} {runner:30} {row}", file=sys.stderr, flush=True)
+    print(table(chosen, results, ours))

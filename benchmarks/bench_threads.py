@@ -13,7 +13,6 @@ manyhands gets the bare function.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import sys
@@ -24,7 +23,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import Workload, measure, run_isolated, table
+from _harness import Workload, measure
+from _harness import main as harness_main
 
 
 def io_20ms(x: int) -> int:
@@ -328,30 +328,11 @@ def one(workload_name: str, runner_name: str) -> None:
     print(json.dumps(row))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--workloads", default=",".join(WORKLOADS))
-    parser.add_argument("--runners", default=",".join(RUNNERS))
-    parser.add_argument("--timeout", type=float, default=150.0, help="seconds per case")
-    parser.add_argument("--one", nargs=2, metavar=("WORKLOAD", "RUNNER"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.one:
-        one(*args.one)
-        return
-    workloads = [WORKLOADS[name] for name in args.workloads.split(",")]
-    runners = args.runners.split(",")
-    results: dict[str, dict[str, dict[str, Any]]] = {}
-    for workload in workloads:
-        for runner in runners:
-            if runner == "for loop (serial)" and workload.name not in SERIAL_ONLY_FOR:
-                continue
-            if runner.startswith("hand-split") and workload.name not in FLOOR_ONLY_FOR:
-                continue
-            row = run_isolated(__file__, workload.name, runner, args.timeout)
-            results.setdefault(workload.name, {})[runner] = row
-            print(f"{workload.name:12} {runner:30} {row}", file=sys.stderr, flush=True)
-    print(table(workloads, results))
+def _skip(workload: str, runner: str) -> bool:
+    if runner == "for loop (serial)" and workload not in SERIAL_ONLY_FOR:
+        return True
+    return runner.startswith("hand-split") and workload not in FLOOR_ONLY_FOR
 
 
 if __name__ == "__main__":
-    main()
+    harness_main(__file__, __doc__ or "", WORKLOADS, RUNNERS, one, skip=_skip)

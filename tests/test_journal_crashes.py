@@ -104,10 +104,12 @@ def test_ctrl_c_flushes_the_journal_and_the_rerun_completes(tmp_path: Path) -> N
     assert proc.returncode != 0 and b"KeyboardInterrupt" in err
     recorded = final_records(journal)
     calls, offset = calls_in(side, 0)
-    assert 0 < len(recorded) < ITEMS
-    # Flushed: everything that finished is recorded (at most the calls still
-    # running at the interrupt are not).
-    assert len(set(calls) - set(recorded)) <= 8
+    assert 0 < len(recorded) < ITEMS, (len(recorded), err[-2000:])
+    # Flushed: what finished is recorded, calls that finished during the grace
+    # period included. Not recorded: at most the batch the engine held when the
+    # interrupt landed (a few items), and nothing that kept running.
+    missing = set(calls) - set(recorded)
+    assert len(missing) <= 16, (len(missing), sorted(missing, key=int)[:20])
     with sqlite3.connect(journal) as db:
         assert db.execute("SELECT status FROM runs").fetchone()[0] == "interrupted"
     db.close()
