@@ -317,3 +317,13 @@ def test_sync_iterable_items_work_with_amap() -> None:
         return sorted([o.value async for o in manyhands.amap(fn, numbers())])
 
     assert asyncio.run(main()) == list(range(1, 11))
+
+
+def test_concurrency_is_counted_in_items_even_within_one_batch() -> None:
+    peak = Peak()
+    report = manyhands.run(peak.wrap(0.05), range(10), workers=10, batch_size=10)
+    assert report.succeeded == 10
+    assert peak.peak == 10  # one batch of ten: all ten at once, not one after another
+    peak = Peak()
+    manyhands.run(peak.wrap(0.01), range(100), workers=3, batch_size=50)
+    assert peak.peak == 3  # and never more than workers

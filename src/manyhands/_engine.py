@@ -111,6 +111,9 @@ class Engine:
         self._timeout = None if backend.handles_timeouts else options.timeout
         self._running: dict[int, Batch] = {}  # with a timeout: batches sent, by id
         self._next_check = 0.0  # with a timeout: when a running batch may expire next
+        # A backend that runs a batch's items at the same time (asyncio) needs no
+        # batch per worker, and its last batches cannot straggle.
+        self._concurrent_items: bool = getattr(backend, "concurrent_items", False)
         self._size_batches(options)
         self._work_fit = 1  # batch size the measured time per item calls for
         self._input_fit = self._cap  # batch size the input delivers in time
@@ -137,7 +140,8 @@ class Engine:
 
     def _size_batches(self, options: Options) -> None:
         """How many batches may be out, and how big they may grow."""
-        self._cap = max(1, min(MAX_BATCH, self._window // (2 * options.workers)))
+        per_batch = 4 if self._concurrent_items else 2 * options.workers
+        self._cap = max(1, min(MAX_BATCH, self._window // per_batch))
         # No queue in front of the workers until the first round of calls is back:
         # if the first answers say "slow down", no queued burst follows them.
         self._max_batches = options.workers
@@ -654,6 +658,8 @@ class Engine:
             TARGET_BATCH_SECONDS / per_item,
             self._options.workers * DISPATCH_SECONDS / (LOAD_SHARE * per_item),
         )
+        if self._concurrent_items:
+            return int(wanted)
         try:
             remaining = length_hint(self._items, -1)
         except Exception:  # a broken __length_hint__ only costs the hint
