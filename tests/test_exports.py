@@ -24,6 +24,8 @@ def test_public_names_are_exactly_the_intended_set() -> None:
         "RetryAfter",
         "RunOptions",
         "Timeout",
+        "WorkerCrashed",
+        "WorkerInitError",
         "amap",
         "map",
         "run",

@@ -18,6 +18,8 @@ from ._exceptions import (
     JournalWarning,
     ManyhandsError,
     Timeout,
+    WorkerCrashed,
+    WorkerInitError,
 )
 from ._options import DEFAULT_WORKERS, RunOptions
 from ._outcome import Failure, Outcome
@@ -42,6 +44,8 @@ __all__ = [
     "RetryAfter",
     "RunOptions",
     "Timeout",
+    "WorkerCrashed",
+    "WorkerInitError",
     "amap",
     "map",
     "run",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import sys
 from collections.abc import AsyncIterable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -146,7 +148,18 @@ def _engine(caller: str, fn: Any, items: Any, options: Any, on_loop: bool = Fals
     total = opts.total
     if total is None and source is None and progress_wanted(opts.progress):
         total = _length(items)
-    backend = create_backend(backend_name, opts.workers, opts.timeout, own_loop=not on_loop)
+    processes = None
+    if backend_name == "processes":
+        if "workers" not in options:  # CPU-bound: one worker per CPU
+            opts = dataclasses.replace(opts, workers=os.cpu_count() or 1)
+        processes = {
+            "start_method": opts.start_method,
+            "initializer": opts.initializer,
+            "initargs": opts.initargs,
+        }
+    backend = create_backend(
+        backend_name, opts.workers, opts.timeout, own_loop=not on_loop, processes=processes
+    )
     engine = Engine(fn, iterator, opts, backend, total, _journal_opener(fn, opts))
     engine.async_source = source
     return engine

@@ -452,8 +452,12 @@ class Engine:
                 batch.values = [None] * len(batch.items)
                 batch.errors = {
                     0: Timeout(
-                        f"the call ran past timeout={timeout:g}s; it was left running in an "
-                        "abandoned thread and the item failed"
+                        f"the call ran past timeout={timeout:g}s; "
+                        + getattr(
+                            self._backend,
+                            "timeout_action",
+                            "it was left running in an abandoned thread and the item failed",
+                        )
                     )
                 }
                 batch.elapsed = now - started
@@ -520,18 +524,19 @@ class Engine:
             failure = _as_failure(batch.items[index], error, batch.attempt)
             failure.history = batch.history
             exception = failure.exception
-            if exception is not None and (
-                retry_after_of(exception) is not None
-                or (throttle_on is not None and matches(throttle_on, exception))
-            ):
-                self._throttle(batch.epoch)
-            if (
-                retry is not None
-                and exception is not None
-                and batch.attempt <= retry.retries
-                and retry.retries_error(exception)
-            ):
-                self._schedule_retry(batch, index, failure, retry.delay(batch.attempt, exception))
+            if exception is None:  # from another process: described, not an object
+                if failure.retry_after is not None:
+                    self._throttle(batch.epoch)
+                retryable = retry is not None and retry.retries_failure(failure)
+            else:
+                if retry_after_of(exception) is not None or (
+                    throttle_on is not None and matches(throttle_on, exception)
+                ):
+                    self._throttle(batch.epoch)
+                retryable = retry is not None and retry.retries_error(exception)
+            if retryable and retry is not None and batch.attempt <= retry.retries:
+                delay = retry.delay(batch.attempt, exception, failure.retry_after)
+                self._schedule_retry(batch, index, failure, delay)
                 retried.add(index)
             else:
                 final[index] = failure

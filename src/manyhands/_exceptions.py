@@ -5,6 +5,8 @@ Every exception of manyhands' own derives from one root::
     ManyhandsError
      ├── InputError        the user's iterable of items raised while it was read
      ├── Timeout           an item's call ran past ``timeout=`` (recorded, not raised)
+     ├── WorkerCrashed     a worker process died running the item (recorded, not raised)
+     ├── WorkerInitError   the worker initializer failed: the run did not start
      ├── JournalError      the journal cannot be used (in use, corrupt, unwritable,
      │                     an item without a key, an edited item)
      └── ItemsFailed       Report.raise_for_failures(): some items failed
@@ -31,6 +33,8 @@ __all__ = [
     "JournalWarning",
     "ManyhandsError",
     "Timeout",
+    "WorkerCrashed",
+    "WorkerInitError",
 ]
 
 
@@ -69,7 +73,28 @@ class Timeout(ManyhandsError, TimeoutError):
     """
 
 
-Timeout.__module__ = "manyhands"  # its error_type is "manyhands.Timeout"
+class WorkerCrashed(ManyhandsError):
+    """The worker process running an item died (a segfault, ``os._exit``, SIGKILL).
+
+    Recorded as ``"manyhands.WorkerCrashed"``, with the exit code or signal
+    in the message. Never raised by ``run`` or ``map``.
+    """
+
+
+class WorkerInitError(ManyhandsError):
+    """The ``initializer`` failed in a worker process; no item was run.
+
+    Attributes:
+        traceback: the formatted traceback from the worker process.
+    """
+
+    def __init__(self, message: str, traceback: str = "") -> None:
+        super().__init__(message)
+        self.traceback = traceback
+
+
+for _name in ("Timeout", "WorkerCrashed", "WorkerInitError"):
+    globals()[_name].__module__ = "manyhands"  # error_type "manyhands.Timeout", ...
 
 
 class JournalError(ManyhandsError):

@@ -23,15 +23,22 @@ __all__ = ["BACKENDS", "DEFAULT_WORKERS", "Options", "RunOptions"]
 DEFAULT_WORKERS = 32
 
 #: Names accepted by ``backend=``.
-BACKENDS = ("threads", "async")
+BACKENDS = ("threads", "async", "processes")
 
 
 class RunOptions(TypedDict, total=False):
     """The keyword options shared by :func:`manyhands.run` and :func:`manyhands.map`.
 
     workers: how many calls run at once (default 32; threads accept thousands).
-    backend: where calls run: ``"threads"``, or ``"async"`` (tasks on an event
-        loop) for a coroutine function. Default: picked from ``fn``.
+    backend: where calls run: ``"threads"``, ``"async"`` (tasks on an event
+        loop) for a coroutine function, or ``"processes"`` for CPU-bound work
+        (workers default to the number of CPUs). Default: picked from ``fn``.
+    start_method: with processes: ``"forkserver"`` (default where it exists),
+        ``"spawn"`` or ``"fork"``.
+    initializer, initargs: with processes: called as ``initializer(*initargs)``
+        once in each worker process before any item (a DB connection, a
+        model); if it raises, the run fails with WorkerInitError before any
+        item runs.
     ordered: yield outcomes in input order (default False: as completed).
     batch_size: items sent to a worker at once; ``None`` (default) adapts it to
         the measured time per item, so tiny tasks are batched and slow ones are not.
@@ -97,6 +104,9 @@ class RunOptions(TypedDict, total=False):
     stop_after_failure_rate: float | tuple[float, int] | None
     throttle_on: ErrorMatcher | None
     timeout: float | None
+    start_method: str | None
+    initializer: Callable[..., Any] | None
+    initargs: tuple[Any, ...]
     progress: bool | None
     total: int | None
     journal: str | os.PathLike[str] | None
@@ -127,6 +137,9 @@ class Options:
     stop_after_failure_rate: FailureRate | None = None
     throttle_on: ErrorMatcher | None = None
     timeout: float | None = None
+    start_method: str | None = None
+    initializer: Callable[..., Any] | None = None
+    initargs: tuple[Any, ...] = ()
     progress: bool | None = None
     total: int | None = None
     journal: str | os.PathLike[str] | None = None
@@ -197,6 +210,24 @@ class Options:
         if self.total is not None:
             _positive_int("total", self.total, "the number of items, for the ETA", zero=True)
         self._validate_journal()
+        self._validate_processes()
+
+    def _validate_processes(self) -> None:
+        if self.start_method is not None:
+            import multiprocessing
+
+            _choice(
+                "start_method", self.start_method, tuple(multiprocessing.get_all_start_methods())
+            )
+        if self.initializer is not None and not callable(self.initializer):
+            raise TypeError(f"initializer must be callable, got {self.initializer!r}")
+        if not isinstance(self.initargs, tuple):
+            raise TypeError(f"initargs must be a tuple, got {self.initargs!r}")
+        uses = self.start_method is not None or self.initializer is not None or self.initargs
+        if uses and self.backend not in (None, "processes"):
+            raise ValueError(
+                "start_method, initializer and initargs apply to backend='processes' only"
+            )
 
     def _validate_journal(self) -> None:
         if self.journal is not None and not isinstance(self.journal, (str, os.PathLike)):

@@ -92,7 +92,17 @@ class Failure:
             (empty when the item was tried once).
     """
 
-    __slots__ = ("_traceback", "attempts", "error_type", "exception", "history", "item", "message")
+    __slots__ = (
+        "_traceback",
+        "attempts",
+        "error_type",
+        "exception",
+        "history",
+        "item",
+        "lineage",
+        "message",
+        "retry_after",
+    )
 
     def __init__(
         self,
@@ -110,6 +120,10 @@ class Failure:
         self.attempts = attempts
         self.exception = exception
         self.history: tuple[str, ...] = ()
+        # From another process (no exception object): the error's class hierarchy
+        # by name, for retry matching, and the delay it asked for, if any.
+        self.lineage: tuple[str, ...] = ()
+        self.retry_after: float | None = None
 
     @classmethod
     def from_exception(cls, item: Any, exc: BaseException, attempts: int = 1) -> Failure:

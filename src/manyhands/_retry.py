@@ -6,6 +6,7 @@ import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from ._exceptions import ManyhandsError
 
@@ -144,6 +145,19 @@ class Retry:
         """Whether this policy retries ``error`` (attempts aside)."""
         return isinstance(error, Exception) and matches(self.on, error)
 
+    def retries_failure(self, failure: Any) -> bool:
+        """Whether this policy retries a failure that came from another process.
+
+        Without the exception object, ``on`` classes are matched by name against
+        the error's class hierarchy (so subclasses match, as with isinstance);
+        a predicate ``on`` cannot be applied, and such failures are not retried.
+        """
+        lineage = failure.lineage
+        if "builtins.Exception" not in lineage or not isinstance(self.on, (type, tuple)):
+            return False
+        classes = self.on if isinstance(self.on, tuple) else (self.on,)
+        return any(f"{cls.__module__}.{cls.__qualname__}" in lineage for cls in classes)
+
     def ceiling(self, attempt: int) -> float:
         """The largest delay after the ``attempt``-th try (1-based)."""
         exponent = min(attempt - 1, 1000)  # no float overflow for absurd attempts
@@ -152,8 +166,14 @@ class Retry:
         except OverflowError:
             return float(self.max_backoff)
 
-    def delay(self, attempt: int, error: BaseException | None = None) -> float:
-        """Seconds to wait after the ``attempt``-th try failed with ``error``."""
+    def delay(
+        self, attempt: int, error: BaseException | None = None, asked: float | None = None
+    ) -> float:
+        """Seconds to wait after the ``attempt``-th try failed with ``error``.
+
+        ``asked``: a delay the error asked for, when there is no exception object.
+        """
         wait = self.random() * self.ceiling(attempt)
-        asked = retry_after_of(error) if error is not None else None
+        if error is not None:
+            asked = retry_after_of(error)
         return max(wait, asked) if asked is not None else wait

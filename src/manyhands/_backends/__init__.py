@@ -7,19 +7,30 @@ optional dependency never slows down ``import manyhands``.
 
 from __future__ import annotations
 
+from typing import Any
+
 from ._base import Backend
 
 __all__ = ["Backend", "create_backend"]
 
 
 def create_backend(
-    name: str, workers: int, timeout: float | None = None, own_loop: bool = True
+    name: str,
+    workers: int,
+    timeout: float | None = None,
+    own_loop: bool = True,
+    processes: dict[str, Any] | None = None,
 ) -> Backend:
     """A new, not yet started backend called ``name`` (validated by the options).
 
     ``timeout``: the run's per-call limit, if any. ``own_loop`` (async): run
     on a private event loop in a thread, rather than on the caller's loop.
+    ``processes``: start_method, initializer and initargs for ``"processes"``.
     """
+    if name == "processes":
+        from ._processes import ProcessBackend
+
+        return ProcessBackend(workers, **(processes or {}))
     if name == "threads":
         from ._threads import ThreadBackend
 

@@ -1,0 +1,365 @@
+"""The process backend: CPU-bound work on worker processes that survive crashes and hangs.
+
+``fn`` travels to the workers once, with cloudpickle (lambdas, closures and
+functions of ``__main__`` work); items and results use pickle. Each worker
+has its own pipe; one thread of the parent (the *dispatcher*) sends batches
+to idle workers and reads what comes back, so the engine never blocks on a
+pipe.
+
+A worker that dies (a segfault, ``os._exit``, the OOM killer's SIGKILL)
+costs only the item it was running, which fails as ``"manyhands.WorkerCrashed"``
+with the exit code or signal; the rest of its batch is sent again without
+being charged an attempt, and a new worker takes its place. A timed-out
+item's worker is killed with its process group, so its children go too.
+Workers ignore SIGINT (the parent decides), run in a process group of their
+own, and exit when the parent is gone, however it went.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import pickle
+import signal
+import threading
+from collections import deque
+from collections.abc import Callable
+from multiprocessing.connection import Connection, wait
+from time import monotonic
+from typing import Any
+
+from .._batch import FINISHED, RUNNING, TIMED_OUT, Batch
+from .._exceptions import WorkerCrashed, WorkerInitError
+from .._outcome import Failure, safe_repr
+from ._process_worker import RemoteError, serve
+
+__all__ = ["ProcessBackend", "default_start_method"]
+
+START_SECONDS = 60.0  # a worker that does not report ready by then failed to start
+
+
+def default_start_method() -> str:
+    """forkserver where it exists (fork is unsafe once threads run), else spawn."""
+    methods = multiprocessing.get_all_start_methods()
+    return "forkserver" if "forkserver" in methods else "spawn"
+
+
+class _Worker:
+    __slots__ = ("batch", "conn", "indices", "lifeline", "pid", "process", "progress", "ready")
+
+    def __init__(self, process: Any, conn: Connection, progress: Any, lifeline: Connection) -> None:
+        self.process = process
+        self.conn = conn
+        self.lifeline = lifeline  # never written: the worker exits when it closes
+        self.progress = progress  # index of the item it is running, in shared memory
+        self.batch: Batch | None = None
+        self.indices: list[int] = []  # which items of the batch it holds
+        self.ready = False
+        self.pid: int | None = None
+
+
+class ProcessBackend:
+    """Runs batches on ``workers`` processes; see the module docstring."""
+
+    handles_timeouts = False  # the engine times batches out; expire() kills the worker
+    timeout_action = "its worker process was killed and replaced"
+
+    def __init__(
+        self,
+        workers: int,
+        start_method: str | None = None,
+        initializer: Callable[..., Any] | None = None,
+        initargs: tuple[Any, ...] = (),
+    ) -> None:
+        self._workers = workers
+        self._context = multiprocessing.get_context(start_method or default_start_method())
+        self._initializer = initializer
+        self._initargs = initargs
+        self._payload = b""
+        self._done: Callable[[Batch], None] | None = None
+        self._lock = threading.Lock()  # the inbox, and a batch's state
+        self._inbox: deque[tuple[Batch, list[int]]] = deque()
+        self._wake_r, self._wake_w = multiprocessing.Pipe(duplex=False)
+        self._pool: list[_Worker] = []
+        self._stopping = False
+        self._dispatcher: threading.Thread | None = None
+        self.crashes = 0
+        self.abandoned = 0  # processes are killed, never abandoned
+
+    # -- lifecycle -------------------------------------------------------
+
+    def start(self, fn: Callable[[Any], Any], done: Callable[[Batch], None]) -> None:
+        """Start every worker and wait until each is ready (or its initializer failed)."""
+        import cloudpickle  # type: ignore[import-untyped]
+
+        self._done = done
+        try:
+            self._payload = cloudpickle.dumps((fn, self._initializer, self._initargs))
+        except Exception as exc:
+            raise TypeError(
+                f"fn (or initializer) cannot be sent to a worker process: {exc}"
+            ) from exc
+        for _ in range(self._workers):
+            self._pool.append(self._spawn())
+        deadline = monotonic() + START_SECONDS
+        try:
+            for worker in self._pool:
+                self._await_ready(worker, deadline)
+        except BaseException:
+            self._kill_all()
+            raise
+        self._dispatcher = threading.Thread(
+            target=self._dispatch_loop, name="manyhands-processes", daemon=True
+        )
+        self._dispatcher.start()
+
+    def _spawn(self) -> _Worker:
+        parent, child = self._context.Pipe()
+        life_r, life_w = self._context.Pipe(duplex=False)
+        progress = self._context.Value("i", 0, lock=False)
+        process = self._context.Process(  # type: ignore[attr-defined]
+            target=serve, args=(child, self._payload, progress, life_r), daemon=True
+        )
+        process.start()
+        child.close()
+        life_r.close()
+        return _Worker(process, parent, progress, life_w)
+
+    def _await_ready(self, worker: _Worker, deadline: float) -> None:
+        if not worker.conn.poll(max(deadline - monotonic(), 0.0)):
+            raise WorkerInitError(f"a worker process did not start in {START_SECONDS:.0f}s")
+        try:
+            message = worker.conn.recv()
+        except (EOFError, OSError):
+            code = worker.process.exitcode
+            raise WorkerInitError(
+                f"a worker process died while starting ({_how_it_ended(code)})"
+            ) from None
+        if message[0] == "init_failed":
+            error_type, text, trace = message[1][0], message[1][1], message[1][2]
+            raise WorkerInitError(
+                f"the worker initializer raised {error_type}: {text}; no item was run",
+                trace,
+            )
+        worker.ready, worker.pid = True, message[1]
+
+    def submit(self, batch: Batch) -> None:
+        with self._lock:
+            self._inbox.append((batch, list(range(len(batch.items)))))
+        self._wake_w.send_bytes(b"")
+
+    def wind_down(self) -> None:
+        pass  # workers are few and started once; shutdown stops them
+
+    def expire(self, batch: Batch) -> bool:
+        """Time out a running batch: kill its worker (and process group); a new one follows."""
+        with self._lock:
+            if batch.state != RUNNING:
+                return False
+            batch.state = TIMED_OUT
+            holder = next((w for w in self._pool if w.batch is batch), None)
+        if holder is not None:
+            _kill(holder)
+        return True
+
+    def shutdown(self, grace: float) -> int:
+        """Drop queued batches; wait up to ``grace`` for running ones; then kill every worker."""
+        with self._lock:
+            self._inbox.clear()
+            self._stopping = True
+        deadline = monotonic() + grace
+        try:  # a second Ctrl-C here ends the wait at once
+            while monotonic() < deadline and any(w.batch is not None for w in self._pool):
+                wait([w.process.sentinel for w in self._pool], timeout=0.01)
+        finally:
+            busy = [w for w in self._pool if w.batch is not None]
+            for worker in busy:
+                _kill(worker)  # still running after the grace period
+            self._wake_w.send_bytes(b"")
+            if self._dispatcher is not None:
+                self._dispatcher.join(10)
+            self._kill_all()
+        return len(busy)
+
+    def _kill_all(self) -> None:
+        for worker in self._pool:
+            with contextlib.suppress(OSError):
+                worker.conn.close()  # an idle worker exits on EOF
+            with contextlib.suppress(OSError):
+                worker.lifeline.close()  # and any worker, once this is gone
+        for worker in self._pool:
+            worker.process.join(0.2)
+            if worker.process.is_alive():
+                _kill(worker)
+                worker.process.join(5)
+        self._pool.clear()
+
+    # -- the dispatcher thread -------------------------------------------
+
+    def _dispatch_loop(self) -> None:
+        while True:
+            with self._lock:
+                if self._stopping and not any(w.batch is not None for w in self._pool):
+                    return
+            self._send_waiting()
+            watched: list[Any] = [self._wake_r]
+            for worker in self._pool:
+                watched += [worker.conn, worker.process.sentinel]
+            for ready in wait(watched, timeout=1.0):
+                if ready is self._wake_r:
+                    with contextlib.suppress(EOFError, OSError):
+                        while self._wake_r.poll():
+                            self._wake_r.recv_bytes()
+                    continue
+                owner = next((w for w in self._pool if ready in (w.conn, w.process.sentinel)), None)
+                if owner is not None:
+                    self._serve(owner, ready)
+
+    def _serve(self, worker: _Worker, ready: Any) -> None:
+        if ready is worker.conn:
+            try:
+                message = worker.conn.recv_bytes()
+            except (EOFError, OSError):
+                message = None
+            if message is not None:
+                self._finish(worker, pickle.loads(message))
+                return
+        worker.process.join(1.0)
+        self._lost(worker)
+
+    def _send_waiting(self) -> None:
+        with self._lock:
+            if self._stopping:
+                return
+            idle = [w for w in self._pool if w.ready and w.batch is None]
+            while idle and self._inbox:
+                worker = idle.pop()
+                batch, indices = self._inbox.popleft()
+                worker.batch, worker.indices = batch, indices
+                self._send(worker, batch, indices)
+
+    def _send(self, worker: _Worker, batch: Batch, indices: list[int]) -> None:
+        items = [batch.items[i] for i in indices]
+        try:
+            data = pickle.dumps((id(batch), items), pickle.HIGHEST_PROTOCOL)
+        except Exception:
+            items, indices = self._drop_unpicklable(batch, indices)
+            worker.indices = indices
+            data = pickle.dumps((id(batch), items), pickle.HIGHEST_PROTOCOL)
+        if batch.values == [] or len(batch.values) != len(batch.items):
+            batch.values = [None] * len(batch.items)
+        batch.started = monotonic()
+        if not indices:  # every item failed to pickle: done without a trip
+            worker.batch = None
+            self._report(batch)
+            return
+        with contextlib.suppress(OSError, ValueError):  # it died meanwhile: seen as lost
+            worker.conn.send_bytes(data)
+
+    def _drop_unpicklable(self, batch: Batch, indices: list[int]) -> tuple[list[Any], list[int]]:
+        kept: list[int] = []
+        for index in indices:
+            item = batch.items[index]
+            try:
+                pickle.dumps(item, pickle.HIGHEST_PROTOCOL)
+            except Exception as exc:
+                batch.errors = batch.errors or {}
+                batch.errors[index] = Failure(
+                    item,
+                    f"{type(exc).__module__}.{type(exc).__qualname__}",
+                    f"item {safe_repr(item, 80)} could not be sent to a worker process: {exc}",
+                    attempts=batch.attempt,
+                )
+            else:
+                kept.append(index)
+        return [batch.items[i] for i in kept], kept
+
+    def _finish(self, worker: _Worker, message: tuple[Any, ...]) -> None:
+        _, _, values, errors, elapsed = message
+        batch, indices = worker.batch, worker.indices
+        worker.batch, worker.indices = None, []
+        if batch is None:
+            return
+        for position, index in enumerate(indices):
+            batch.values[index] = values[position]
+        for position, remote in errors.items():
+            index = indices[position]
+            batch.errors = batch.errors or {}
+            batch.errors[index] = _failure(batch.items[index], remote, batch.attempt)
+        batch.elapsed += elapsed
+        self._report(batch)
+
+    def _lost(self, worker: _Worker) -> None:
+        """A worker died: fail the item it ran, send the rest again, replace it."""
+        code = worker.process.exitcode
+        batch, indices = worker.batch, worker.indices
+        self._pool.remove(worker)
+        with contextlib.suppress(OSError):
+            worker.conn.close()
+        with contextlib.suppress(OSError):
+            worker.lifeline.close()
+        with self._lock:
+            stopping = self._stopping
+            timed_out = batch is not None and batch.state == TIMED_OUT
+        if not stopping:
+            replacement = self._spawn()
+            self._await_ready(replacement, monotonic() + START_SECONDS)
+            self._pool.append(replacement)
+        if batch is None or timed_out:
+            return  # an idle worker, or one the engine killed for a timeout
+        self.crashes += 1
+        position = min(max(worker.progress.value, 0), len(indices) - 1)
+        crashed = indices[position]
+        batch.errors = batch.errors or {}
+        batch.errors[crashed] = WorkerCrashed(
+            f"the worker process running this item died ({_how_it_ended(code)})"
+        )
+        rest = [i for i in indices if i != crashed]
+        if rest and not stopping:
+            with self._lock:
+                self._inbox.appendleft((batch, rest))  # not charged an attempt
+        else:
+            self._report(batch)
+
+    def _report(self, batch: Batch) -> None:
+        with self._lock:
+            if batch.state != RUNNING:
+                return  # timed out: the engine has already settled it
+            batch.state = FINISHED
+        assert self._done is not None
+        self._done(batch)
+
+
+def _failure(item: Any, remote: RemoteError, attempt: int) -> Failure:
+    error_type, message, trace, lineage, retry_after = remote
+    failure = Failure(item, error_type, message, trace, attempt)
+    failure.lineage = lineage
+    failure.retry_after = retry_after
+    return failure
+
+
+def _kill(worker: _Worker) -> None:
+    pid = worker.process.pid
+    if pid is None:
+        return
+    with contextlib.suppress(OSError):
+        if hasattr(os, "killpg"):
+            os.killpg(pid, signal.SIGKILL)  # its process group: children go too
+        else:  # pragma: no cover - Windows
+            worker.process.kill()
+
+
+def _how_it_ended(code: int | None) -> str:
+    """
+    >>> _how_it_ended(-9), _how_it_ended(3), _how_it_ended(None)
+    ('killed by signal SIGKILL', 'exit code 3', 'exit code unknown')
+    """
+    if code is None:
+        return "exit code unknown"
+    if code < 0:
+        try:
+            return f"killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"

@@ -1,0 +1,340 @@
+"""backend="processes": any function, crash isolation, timeouts that kill, clean stops."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+import manyhands
+
+from .conftest import python_subprocess_env
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX process groups")
+
+
+def workers_of(parent: psutil.Process) -> list[psutil.Process]:
+    """Live descendants, except multiprocessing's own helpers: the forkserver and the
+    resource tracker are direct children that live as long as the parent, by design
+    (workers forked by the forkserver are its children, so they still count)."""
+    found = []
+    for process in parent.children(recursive=True):
+        try:
+            if not process.is_running() or process.status() == psutil.STATUS_ZOMBIE:
+                continue
+            helper = process.ppid() == parent.pid and any(
+                name in " ".join(process.cmdline()) for name in ("forkserver", "resource_tracker")
+            )
+        except psutil.Error:
+            continue
+        if not helper:
+            found.append(process)
+    return found
+
+
+def children_after(timeout: float = 5.0) -> list[psutil.Process]:
+    """This process's worker processes once they are gone (or the timeout passes)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = workers_of(psutil.Process())
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def no_process_left() -> Any:
+    yield
+    assert [p.pid for p in children_after()] == [], "a worker process outlived the run"
+
+
+def test_lambdas_closures_and_failures_as_values(no_process_left: None) -> None:
+    offset = 7
+
+    def add(x: int) -> int:  # a closure over a local: cloudpickle ships it
+        if x == 3:
+            raise ValueError(f"no {x}")
+        return x + offset
+
+    outs = list(manyhands.map(add, range(10), backend="processes", ordered=True))
+    assert [o.value for o in outs if o.ok] == [x + 7 for x in range(10) if x != 3]
+    error = outs[3].error
+    assert error is not None and error.error_type == "builtins.ValueError"
+    assert error.message == "no 3" and error.exception is None  # it came from elsewhere
+    assert "ValueError: no 3" in error.traceback and ", in add" in error.traceback
+    assert "_process_worker" not in error.traceback  # only the user's frames
+    report = manyhands.run(lambda x: x * x, range(1000), backend="processes", workers=2)
+    assert report.succeeded == 1000
+
+
+def test_functions_from_main_and_classes_defined_late_work() -> None:
+    code = textwrap.dedent(
+        """
+        import manyhands
+        def square(x):
+            return Late(x).value
+        class Late:  # defined after the function that uses it
+            def __init__(self, x):
+                self.value = x * x
+        if __name__ == "__main__":
+            outs = list(manyhands.map(square, range(5), backend="processes", ordered=True))
+            print([o.value for o in outs])
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+        env=python_subprocess_env(),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[0, 1, 4, 9, 16]"
+
+
+def test_unpicklable_items_and_results_fail_only_their_item() -> None:
+    lock = threading.Lock()
+    outs = list(
+        manyhands.map(lambda x: x, [1, lock, 3], backend="processes", ordered=True, batch_size=3)
+    )
+    assert [o.ok for o in outs] == [True, False, True]
+    assert outs[1].error is not None and "could not be sent to a worker process" in (
+        outs[1].error.message
+    )
+    assert "lock" in outs[1].error.message
+
+    def make(x: int) -> Any:
+        return threading.Lock() if x == 2 else x
+
+    outs = list(manyhands.map(make, range(4), backend="processes", ordered=True, batch_size=4))
+    assert [o.ok for o in outs] == [True, True, False, True]
+    assert outs[2].error is not None and "could not be sent back" in outs[2].error.message
+
+
+class NoPickle(Exception):
+    def __init__(self, a: Any, b: Any) -> None:  # unpicklable: pickling calls cls(*args)
+        super().__init__(a)
+        self.b = b
+
+    def __reduce__(self) -> Any:
+        raise TypeError("not today")
+
+
+class BadStr(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no str")
+
+
+def raise_odd(kind: str) -> None:
+    if kind == "nopickle":
+        raise NoPickle(1, threading.Lock())
+    raise BadStr()
+
+
+def test_exceptions_that_cannot_travel_still_come_back_described() -> None:
+    outs = {o.item: o for o in manyhands.map(raise_odd, ["nopickle", "badstr"],
+                                              backend="processes")}  # fmt: skip
+    nopickle, badstr = outs["nopickle"].error, outs["badstr"].error
+    assert nopickle is not None and nopickle.error_type.endswith("NoPickle")
+    assert "raise NoPickle" in nopickle.traceback
+    assert badstr is not None and badstr.error_type.endswith("BadStr")
+    assert badstr.message == "<unprintable BadStr message>"
+
+
+def crash_every_100th(x: int) -> int:
+    if x % 100 == 99:
+        os._exit(1)
+    return x
+
+
+def test_crash_storm_costs_only_the_crashing_items(no_process_left: None) -> None:
+    report = manyhands.run(crash_every_100th, range(2000), backend="processes", workers=2)
+    assert report.failed == 20 and report.succeeded == 1980
+    assert report.errors_by_type == {"manyhands.WorkerCrashed": 20}
+    assert all("exit code 1" in f.message for f in report.failures)
+    assert sorted(f.item for f in report.failures) == list(range(99, 2000, 100))
+
+
+def test_sigkill_is_reported_with_its_signal() -> None:
+    def die(x: int) -> int:
+        if x == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return x
+
+    outs = {o.item: o for o in manyhands.map(die, range(4), backend="processes")}
+    error = outs[1].error
+    assert error is not None and error.error_type == "manyhands.WorkerCrashed"
+    assert "killed by signal SIGKILL" in error.message
+    assert all(outs[n].ok for n in (0, 2, 3))
+
+
+def test_a_crashing_item_is_retried_only_as_the_policy_says(tmp_path: Path) -> None:
+    tries = tmp_path / "tries"
+
+    def crash(x: int) -> int:
+        with open(tries, "a") as file:
+            file.write(f"{x}\n")
+        if x == 0:
+            os._exit(9)
+        return x
+
+    report = manyhands.run(crash, range(3), backend="processes", retry=2)
+    assert report.failed == 1 and report.failures[0].attempts == 3
+    assert tries.read_text().split().count("0") == 3  # not forever
+
+
+def test_retries_match_remote_errors_by_class(tmp_path: Path) -> None:
+    marks = tmp_path / "marks"
+
+    def flaky(x: int) -> int:
+        with open(marks, "a") as file:
+            file.write(f"{x}\n")
+        if marks.read_text().split().count(str(x)) < 2:
+            raise ConnectionResetError("try again")
+        return x
+
+    policy = manyhands.Retry(2, on=ConnectionError, backoff=0.001)
+    outs = list(manyhands.map(flaky, range(3), backend="processes", retry=policy))
+    assert all(o.ok and o.attempts == 2 for o in outs)
+    not_matching = manyhands.Retry(2, on=KeyError, backoff=0.001)
+    marks.unlink()
+    outs = list(manyhands.map(flaky, range(2), backend="processes", retry=not_matching))
+    assert all(not o.ok and o.attempts == 1 for o in outs)
+
+
+def test_timeout_kills_the_worker_and_its_children(no_process_left: None) -> None:
+    def hang(x: int) -> int:
+        if x == 1:
+            subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+            time.sleep(60)
+        return x
+
+    started = time.monotonic()
+    outs = {o.item: o for o in manyhands.map(hang, range(6), backend="processes", timeout=1.0)}
+    assert time.monotonic() - started < 30
+    error = outs[1].error
+    assert error is not None and error.error_type == "manyhands.Timeout"
+    assert "worker process was killed" in error.message
+    assert all(outs[n].ok for n in (0, 2, 3, 4, 5))
+
+
+def test_initializer_sets_up_each_worker_and_a_failing_one_stops_the_run(
+    tmp_path: Path,
+) -> None:
+    def setup(value: int) -> None:
+        os.environ["MANYHANDS_TEST_STATE"] = str(value)
+
+    report = manyhands.run(
+        lambda x: int(os.environ["MANYHANDS_TEST_STATE"]) + x,
+        range(5),
+        backend="processes",
+        initializer=setup,
+        initargs=(100,),
+    )
+    assert report.succeeded == 5
+
+    ran = tmp_path / "ran"
+
+    def broken() -> None:
+        raise RuntimeError("no database")
+
+    def work(x: int) -> int:
+        ran.write_text("ran")
+        return x
+
+    with pytest.raises(manyhands.WorkerInitError, match="RuntimeError: no database") as info:
+        manyhands.run(work, range(5), backend="processes", initializer=broken)
+    assert "RuntimeError: no database" in info.value.traceback
+    assert ", in broken" in info.value.traceback
+    assert not ran.exists()
+
+
+def test_default_start_method_is_safe_and_can_be_chosen() -> None:
+    from manyhands._backends._processes import default_start_method
+
+    assert default_start_method() in ("forkserver", "spawn")
+    report = manyhands.run(abs, range(-5, 5), backend="processes", start_method="spawn")
+    assert report.succeeded == 10
+    with pytest.raises(ValueError, match="start_method='teleport' is not accepted"):
+        manyhands.run(abs, [1], backend="processes", start_method="teleport")
+    with pytest.raises(ValueError, match="apply to backend='processes' only"):
+        manyhands.run(abs, [1], backend="threads", initializer=print)
+
+
+STOP_SCRIPT = textwrap.dedent(
+    """
+    import os, sys, time, manyhands
+    def slow(x):
+        time.sleep(100)
+        return x
+    if __name__ == "__main__":
+        outs = manyhands.map(slow, range(100), backend="processes", workers=2, grace={grace})
+        import threading
+        threading.Timer(1.5, lambda: print("ready", flush=True)).start()
+        for _ in outs:
+            pass
+    """
+)
+
+
+def worker_pids(parent: int) -> list[int]:
+    try:
+        return [p.pid for p in workers_of(psutil.Process(parent))]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def start_slow_run(grace: float) -> tuple[subprocess.Popen[str], list[int]]:
+    """A subprocess whose two workers are busy in 100 s calls; and their pids."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", STOP_SCRIPT.format(grace=grace)],
+        env=python_subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "ready"
+    workers = worker_pids(proc.pid)
+    assert workers
+    return proc, workers
+
+
+def still_alive(pids: list[int], timeout: float = 10.0) -> list[int]:
+    """Which of ``pids`` are still running after up to ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = []
+        for pid in pids:
+            try:
+                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                    alive.append(pid)
+            except psutil.NoSuchProcess:
+                pass
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("signals", [1, 2])
+def test_ctrl_c_stops_and_leaves_no_worker(signals: int) -> None:
+    proc, workers = start_slow_run(grace=0.5 if signals == 1 else 30)
+    for _ in range(signals):  # the second one during the 30 s grace: stop at once
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.3)
+    _, err = proc.communicate(timeout=30)
+    assert "KeyboardInterrupt" in err
+    assert still_alive(workers) == []
+
+
+def test_workers_exit_when_the_parent_is_killed() -> None:
+    proc, workers = start_slow_run(grace=1)
+    proc.kill()
+    proc.communicate(timeout=30)
+    assert still_alive(workers) == []
