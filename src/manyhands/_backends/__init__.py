@@ -30,7 +30,7 @@ def create_backend(
     if name == "processes":
         from ._processes import ProcessBackend
 
-        return ProcessBackend(workers, **(processes or {}))
+        return ProcessBackend(workers, timed=timeout is not None, **(processes or {}))
     if name == "threads":
         from ._threads import ThreadBackend
 

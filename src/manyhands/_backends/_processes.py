@@ -46,15 +46,17 @@ def default_start_method() -> str:
 
 
 class _Worker:
-    __slots__ = ("batch", "conn", "indices", "lifeline", "pid", "process", "progress", "ready")
+    __slots__ = ("conn", "lifeline", "pid", "process", "progress", "ready", "sent")
 
     def __init__(self, process: Any, conn: Connection, progress: Any, lifeline: Connection) -> None:
         self.process = process
         self.conn = conn
         self.lifeline = lifeline  # never written: the worker exits when it closes
         self.progress = progress  # index of the item it is running, in shared memory
-        self.batch: Batch | None = None
-        self.indices: list[int] = []  # which items of the batch it holds
+        # What it was sent and has not answered: (batch, which of its items), oldest
+        # first. Up to two, so that it never waits for the next batch (not with a
+        # timeout: a deadline counts from the send).
+        self.sent: deque[tuple[Batch, list[int]]] = deque()
         self.ready = False
         self.pid: int | None = None
 
@@ -68,11 +70,13 @@ class ProcessBackend:
     def __init__(
         self,
         workers: int,
+        timed: bool = False,
         start_method: str | None = None,
         initializer: Callable[..., Any] | None = None,
         initargs: tuple[Any, ...] = (),
     ) -> None:
         self._workers = workers
+        self._depth = 1 if timed else 2  # batches sent ahead to each worker
         self._context = multiprocessing.get_context(start_method or default_start_method())
         self._initializer = initializer
         self._initargs = initargs
@@ -158,7 +162,7 @@ class ProcessBackend:
             if batch.state != RUNNING:
                 return False
             batch.state = TIMED_OUT
-            holder = next((w for w in self._pool if w.batch is batch), None)
+            holder = next((w for w in self._pool if w.sent and w.sent[0][0] is batch), None)
         if holder is not None:
             _kill(holder)
         return True
@@ -170,10 +174,10 @@ class ProcessBackend:
             self._stopping = True
         deadline = monotonic() + grace
         try:  # a second Ctrl-C here ends the wait at once
-            while monotonic() < deadline and any(w.batch is not None for w in self._pool):
+            while monotonic() < deadline and any(w.sent for w in self._pool):
                 wait([w.process.sentinel for w in self._pool], timeout=0.01)
         finally:
-            busy = [w for w in self._pool if w.batch is not None]
+            busy = [w for w in self._pool if w.sent]
             for worker in busy:
                 _kill(worker)  # still running after the grace period
             self._wake_w.send_bytes(b"")
@@ -200,7 +204,7 @@ class ProcessBackend:
     def _dispatch_loop(self) -> None:
         while True:
             with self._lock:
-                if self._stopping and not any(w.batch is not None for w in self._pool):
+                if self._stopping and not any(w.sent for w in self._pool):
                     return
             self._send_waiting()
             watched: list[Any] = [self._wake_r]
@@ -223,7 +227,14 @@ class ProcessBackend:
             except (EOFError, OSError):
                 message = None
             if message is not None:
-                self._finish(worker, pickle.loads(message))
+                reply = pickle.loads(message)
+                if reply[0] == "done":
+                    self._finish(worker, reply)
+                elif reply[0] == "ready":  # a replacement started
+                    worker.ready, worker.pid = True, reply[1]
+                else:  # its initializer failed this time: run on without it
+                    self._pool.remove(worker)
+                    _kill(worker)
                 return
         worker.process.join(1.0)
         self._lost(worker)
@@ -232,12 +243,10 @@ class ProcessBackend:
         with self._lock:
             if self._stopping:
                 return
-            idle = [w for w in self._pool if w.ready and w.batch is None]
-            while idle and self._inbox:
-                worker = idle.pop()
-                batch, indices = self._inbox.popleft()
-                worker.batch, worker.indices = batch, indices
-                self._send(worker, batch, indices)
+            for worker in self._pool:
+                while worker.ready and len(worker.sent) < self._depth and self._inbox:
+                    batch, indices = self._inbox.popleft()
+                    self._send(worker, batch, indices)
 
     def _send(self, worker: _Worker, batch: Batch, indices: list[int]) -> None:
         items = [batch.items[i] for i in indices]
@@ -245,15 +254,15 @@ class ProcessBackend:
             data = pickle.dumps((id(batch), items), pickle.HIGHEST_PROTOCOL)
         except Exception:
             items, indices = self._drop_unpicklable(batch, indices)
-            worker.indices = indices
             data = pickle.dumps((id(batch), items), pickle.HIGHEST_PROTOCOL)
-        if batch.values == [] or len(batch.values) != len(batch.items):
+        if len(batch.values) != len(batch.items):
             batch.values = [None] * len(batch.items)
-        batch.started = monotonic()
         if not indices:  # every item failed to pickle: done without a trip
-            worker.batch = None
             self._report(batch)
             return
+        if not worker.sent:
+            batch.started = monotonic()
+        worker.sent.append((batch, indices))
         with contextlib.suppress(OSError, ValueError):  # it died meanwhile: seen as lost
             worker.conn.send_bytes(data)
 
@@ -277,10 +286,9 @@ class ProcessBackend:
 
     def _finish(self, worker: _Worker, message: tuple[Any, ...]) -> None:
         _, _, values, errors, elapsed = message
-        batch, indices = worker.batch, worker.indices
-        worker.batch, worker.indices = None, []
-        if batch is None:
-            return
+        batch, indices = worker.sent.popleft()
+        if worker.sent:
+            worker.sent[0][0].started = monotonic()  # the next one starts now
         for position, index in enumerate(indices):
             batch.values[index] = values[position]
         for position, remote in errors.items():
@@ -293,7 +301,6 @@ class ProcessBackend:
     def _lost(self, worker: _Worker) -> None:
         """A worker died: fail the item it ran, send the rest again, replace it."""
         code = worker.process.exitcode
-        batch, indices = worker.batch, worker.indices
         self._pool.remove(worker)
         with contextlib.suppress(OSError):
             worker.conn.close()
@@ -301,26 +308,29 @@ class ProcessBackend:
             worker.lifeline.close()
         with self._lock:
             stopping = self._stopping
-            timed_out = batch is not None and batch.state == TIMED_OUT
-        if not stopping:
-            replacement = self._spawn()
-            self._await_ready(replacement, monotonic() + START_SECONDS)
-            self._pool.append(replacement)
-        if batch is None or timed_out:
-            return  # an idle worker, or one the engine killed for a timeout
-        self.crashes += 1
-        position = min(max(worker.progress.value, 0), len(indices) - 1)
-        crashed = indices[position]
-        batch.errors = batch.errors or {}
-        batch.errors[crashed] = WorkerCrashed(
-            f"the worker process running this item died ({_how_it_ended(code)})"
-        )
-        rest = [i for i in indices if i != crashed]
-        if rest and not stopping:
-            with self._lock:
-                self._inbox.appendleft((batch, rest))  # not charged an attempt
-        else:
-            self._report(batch)
+        if not stopping:  # a new worker; it is sent work once it reports ready
+            self._pool.append(self._spawn())
+        if not worker.sent:
+            return  # it was idle
+        batch, indices = worker.sent.popleft()
+        again = list(worker.sent)  # sent ahead, never started: all of them again
+        with self._lock:
+            timed_out = batch.state == TIMED_OUT
+        if not timed_out:  # (else the engine killed it, and has settled the batch)
+            self.crashes += 1
+            position = min(max(worker.progress.value, 0), len(indices) - 1)
+            crashed = indices.pop(position)
+            batch.errors = batch.errors or {}
+            batch.errors[crashed] = WorkerCrashed(
+                f"the worker process running this item died ({_how_it_ended(code)})"
+            )
+            again.insert(0, (batch, indices))  # the rest: not charged an attempt
+        for lost, rest in reversed(again):  # back at the front, in their order
+            if rest and not stopping:
+                with self._lock:
+                    self._inbox.appendleft((lost, rest))
+            else:
+                self._report(lost)
 
     def _report(self, batch: Batch) -> None:
         with self._lock:
