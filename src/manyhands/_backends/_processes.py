@@ -78,6 +78,12 @@ class ProcessBackend:
         self._workers = workers
         self._depth = 1 if timed else 2  # batches sent ahead to each worker
         self._context = multiprocessing.get_context(start_method or default_start_method())
+        if self._context.get_start_method() == "forkserver":
+            # Import what every worker needs once, in the forkserver: each new worker
+            # (a replacement after a crash, too) then starts in a few milliseconds.
+            self._context.set_forkserver_preload(
+                ["__main__", "manyhands._backends._process_worker", "cloudpickle"]
+            )
         self._initializer = initializer
         self._initargs = initargs
         self._payload = b""
