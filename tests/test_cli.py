@@ -34,6 +34,9 @@ def hang_on_5(line):
         time.sleep(30)
     return line
 
+async def shout(line):
+    return line.upper()
+
 def name_of(row):
     return row["name"].upper()
 
@@ -129,6 +132,13 @@ def test_timeout_flag_fails_the_hung_item_only(workdir: Path) -> None:
     out = {json.loads(line)["item"]: json.loads(line) for line in done.stdout.splitlines()}
     assert out["5"]["error"]["type"] == "manyhands.Timeout"
     assert all(out[str(n)]["ok"] for n in range(10) if n != 5)
+
+
+def test_a_coroutine_target_runs_on_asyncio(workdir: Path) -> None:
+    done = manyhands("run", "target.py:shout", "-", "--ordered", "--output", "-",
+                     cwd=workdir, stdin="a\nb\n")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert [json.loads(line)["value"] for line in done.stdout.splitlines()] == ["A", "B"]
 
 
 def test_csv_rows_are_dicts(workdir: Path) -> None:

@@ -56,7 +56,11 @@ def _rate(_ctx: click.Context, _param: click.Parameter, value: str | None) -> st
 @click.option("--csv", "form", flag_value="csv", help="Each row is a dict (header row).")
 @click.option("-j", "--workers", type=click.IntRange(min=1), default=DEFAULT_WORKERS,
               show_default=True, help="Calls at once.")  # fmt: skip
-@click.option("--backend", type=click.Choice(BACKENDS), default="threads", show_default=True)
+@click.option(
+    "--backend",
+    type=click.Choice(BACKENDS),
+    help="Default: async for a coroutine function, else threads.",
+)
 @click.option("--retries", type=click.IntRange(min=0), default=0, help="Retries per item.")
 @click.option("--rate", callback=_rate, help="Most starts per second: 50/s, 300/min, 1000/h.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True),
@@ -74,7 +78,7 @@ def run(
     input_path: str,
     form: str,
     workers: int,
-    backend: str,
+    backend: str | None,
     retries: int,
     rate: str | None,
     timeout: float | None,
@@ -141,12 +145,28 @@ def run(
 
 
 def _calling(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """``fn``, except that an unparsable line fails as its own item."""
+    """``fn``, except that an unparsable line fails as its own item.
 
-    def call(item: Any) -> Any:
-        if type(item) is BadLine:
-            raise MalformedLine(item.error)
-        return fn(item)
+    A coroutine function stays one, so that it runs on asyncio.
+    """
+    import inspect
+
+    call: Callable[[Any], Any]
+    if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 - an object with `async def __call__`
+    ):
+
+        async def call(item: Any) -> Any:
+            if type(item) is BadLine:
+                raise MalformedLine(item.error)
+            return await fn(item)
+
+    else:
+
+        def call(item: Any) -> Any:
+            if type(item) is BadLine:
+                raise MalformedLine(item.error)
+            return fn(item)
 
     call.__qualname__ = getattr(fn, "__qualname__", "call")
     call.__module__ = getattr(fn, "__module__", __name__)
