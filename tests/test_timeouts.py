@@ -103,3 +103,41 @@ def test_a_timed_out_item_is_retried(backend: str) -> None:
 def test_bad_timeout_is_refused(value: object, error: type[Exception]) -> None:
     with pytest.raises(error, match="timeout"):
         manyhands.run(str, [1], timeout=value)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("slowdown", [False, True])
+def test_a_timeout_fires_under_a_rate_limit(backend: str, slowdown: bool) -> None:
+    # With rate=, items start one by one; the engine must still wake for the
+    # deadline of the one call running, including once an early "slow down"
+    # has been recovered from (about 1.5 s at 0.9x, then +5% per 0.5 s).
+    release = threading.Event()
+    asked = threading.Event()
+    count = 250 if slowdown else 10
+    last = count - 1
+
+    def fn(x: int) -> int:
+        if slowdown and x == 0 and not asked.is_set():
+            asked.set()
+            raise manyhands.RetryAfter(0)
+        if x == last:
+            release.wait(30)
+        return x
+
+    retry = manyhands.Retry(1, on=manyhands.RetryAfter, backoff=0)  # not the Timeout
+    timer = threading.Timer(10.0, release.set)
+    timer.start()
+    try:
+        outs = {
+            o.item: o
+            for o in manyhands.map(
+                fn, range(count), backend=backend, workers=1, rate="100/s", timeout=0.3,
+                retry=retry,
+            )
+        }  # fmt: skip
+    finally:
+        timer.cancel()
+    assert not release.is_set(), "the hung call was waited out instead of timed out"
+    error = outs[last].error
+    assert error is not None and error.error_type == "manyhands.Timeout"
+    assert sum(o.ok for o in outs.values()) == last
+    release.set()

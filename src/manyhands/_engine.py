@@ -302,18 +302,24 @@ class Engine:
     # -- dispatch --------------------------------------------------------
 
     def _dispatch(self) -> float | None:
-        """Submit what may start now; return seconds until more may (None: on a completion)."""
+        """Submit what may start now; return seconds until more may (None: on a completion).
+
+        With a timeout, also the time until the next running batch may expire,
+        counted after admission: what was just sent may be the only one running.
+        """
+        wait = self._start_due()
+        if self._running:
+            wait = _sooner(wait, max(self._next_check - monotonic(), 0.0))
+        return wait
+
+    def _start_due(self) -> float | None:
         if not (self._timers or self._limiter or self._running):
             self._admit()  # the common case: no clock read
-            if self._running:  # the first batch of a run with a timeout just left
-                return self._timeout
             return None
         now = monotonic()
         due: float | None = None
         if self._running and now >= self._next_check:
             self._expire_overdue(now)
-        if self._running:
-            due = max(self._next_check - now, 0.0)
         if self.statistics.throttle_events:
             due = self._slowdown.recover(now)
             self._epoch = self._slowdown.epoch
