@@ -104,15 +104,29 @@ def table(
     return "\n".join(lines)
 
 
+Runner = Callable[[str, Iterable[Any], int], Any]  # (workload name, items, workers) -> result
+
+
+def one(
+    workload: Workload, runner: Runner, summarize: Callable[[Any], Any] = lambda result: result
+) -> None:
+    """Run one case in this process and print its row as JSON (``--one``)."""
+    items = workload.items()
+    row = measure(lambda: summarize(runner(workload.name, items, workload.workers)))
+    summary = row.pop("result")
+    row["check"] = workload.expect(summary) if workload.expect else None
+    print(json.dumps(row))
+
+
 def main(
     script: str,
     doc: str,
     workloads: dict[str, Workload],
-    runners: Iterable[str],
-    one: Callable[[str, str], None],
+    runners: dict[str, Runner],
     ours: tuple[str, ...] = ("manyhands.map", "manyhands.run"),
     skip: Callable[[str, str], bool] = lambda workload, runner: False,
     timeout: float = 150.0,
+    summarize: Callable[[Any], Any] = lambda result: result,
 ) -> None:
     """The command line of a benchmark script: every (workload, runner), then the table."""
     import argparse
@@ -124,7 +138,7 @@ def main(
     parser.add_argument("--one", nargs=2, metavar=("WORKLOAD", "RUNNER"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        one(*args.one)
+        one(workloads[args.one[0]], runners[args.one[1]], summarize)
         return
     chosen = [workloads[name] for name in args.workloads.split(",")]
     results: dict[str, dict[str, dict[str, Any]]] = {}

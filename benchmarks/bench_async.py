@@ -14,7 +14,6 @@ coroutine function too (no workload here raises).
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import Workload, measure
+from _harness import Workload
 from _harness import main as harness_main
 
 
@@ -221,14 +220,5 @@ RUNNERS: dict[str, Callable[[str, Iterable[Any], int], tuple[int, int]]] = {
 }
 
 
-def one(workload_name: str, runner_name: str) -> None:
-    workload = WORKLOADS[workload_name]
-    items = workload.items()
-    row = measure(lambda: RUNNERS[runner_name](workload_name, items, workload.workers))
-    summary = row.pop("result")
-    row["check"] = workload.expect(summary) if workload.expect else None
-    print(json.dumps(row))
-
-
 if __name__ == "__main__":
-    harness_main(__file__, __doc__ or "", WORKLOADS, RUNNERS, one, ("manyhands.amap",), timeout=120)
+    harness_main(__file__, __doc__ or "", WORKLOADS, RUNNERS, ("manyhands.amap",), timeout=120)

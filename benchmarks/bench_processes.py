@@ -12,7 +12,6 @@ exception, and what each peer does with one is what crash_storm shows.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Callable, Iterable
@@ -21,7 +20,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import Workload, measure
+from _harness import Workload
 from _harness import main as harness_main
 
 WORKERS = 2
@@ -193,18 +192,9 @@ RUNNERS: dict[str, Callable[[str, Iterable[Any], int], tuple[int, int]]] = {
 }
 
 
-def one(workload_name: str, runner_name: str) -> None:
-    workload = WORKLOADS[workload_name]
-    items = workload.items()
-    row = measure(lambda: RUNNERS[runner_name](workload_name, items, workload.workers))
-    summary = row.pop("result")
-    row["check"] = workload.expect(summary) if workload.expect else None
-    print(json.dumps(row))
-
-
 def _skip(workload: str, runner: str) -> bool:
     return runner == "for loop (serial)" and workload == "crash_storm"
 
 
 if __name__ == "__main__":
-    harness_main(__file__, __doc__ or "", WORKLOADS, RUNNERS, one, skip=_skip, timeout=120)
+    harness_main(__file__, __doc__ or "", WORKLOADS, RUNNERS, skip=_skip, timeout=120)

@@ -14,7 +14,6 @@ manyhands gets the bare function.
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -23,7 +22,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import Workload, measure
+from _harness import Workload
 from _harness import main as harness_main
 
 
@@ -318,16 +317,6 @@ def _summarize(result: Any) -> tuple[int, int, int | None]:
     return ok, failed, total
 
 
-def one(workload_name: str, runner_name: str) -> None:
-    workload = WORKLOADS[workload_name]
-    runner = RUNNERS[runner_name]
-    items = workload.items()
-    row = measure(lambda: _summarize(runner(workload_name, items, workload.workers)))
-    summary = row.pop("result")
-    row["check"] = workload.expect(summary) if workload.expect else None
-    print(json.dumps(row))
-
-
 def _skip(workload: str, runner: str) -> bool:
     if runner == "for loop (serial)" and workload not in SERIAL_ONLY_FOR:
         return True
@@ -335,4 +324,4 @@ def _skip(workload: str, runner: str) -> bool:
 
 
 if __name__ == "__main__":
-    harness_main(__file__, __doc__ or "", WORKLOADS, RUNNERS, one, skip=_skip)
+    harness_main(__file__, __doc__ or "", WORKLOADS, RUNNERS, skip=_skip, summarize=_summarize)

@@ -39,8 +39,6 @@ def test_over_time_items_fail_and_the_rest_go_on(backend: str) -> None:
         assert error.error_type == "manyhands.Timeout"
         assert "timeout=0.2s" in error.message and "abandoned thread" in error.message
         assert isinstance(error.exception, manyhands.Timeout)
-    report = outs and manyhands.run(fn, [], timeout=1)  # an empty run is fine too
-    assert report and report.total == 0
     release.set()
     assert wait_for_threads(before) <= before  # abandoned threads exit once their call returns
 

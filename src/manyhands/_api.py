@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from ._journal import Journal
     from ._options import RunOptions
 
-__all__ = ["amap", "map", "run"]
+__all__ = ["amap", "is_coroutine_function", "map", "run"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -189,7 +189,7 @@ def _journal_opener(fn: Any, opts: Options) -> Callable[[], Journal] | None:
 
 def _backend_for(caller: str, fn: Any, asked: str | None, on_loop: bool) -> str:
     """The backend a run uses: as asked, else ``async`` for coroutine functions."""
-    is_async = _is_coroutine_function(fn)
+    is_async = is_coroutine_function(fn)
     if on_loop and not is_async:
         raise TypeError(
             f"{caller}() needs a coroutine function (async def); for a regular function "
@@ -210,7 +210,8 @@ def _backend_for(caller: str, fn: Any, asked: str | None, on_loop: bool) -> str:
     return asked
 
 
-def _is_coroutine_function(fn: Any) -> bool:
+def is_coroutine_function(fn: Any) -> bool:
+    """Whether ``fn`` (a function, a partial, or an object with ``async def __call__``) is async."""
     import inspect  # not at import time: it is a heavy module
 
     if inspect.iscoroutinefunction(fn):

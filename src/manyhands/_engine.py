@@ -39,6 +39,7 @@ so far.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 from collections import deque
 from collections.abc import (
@@ -113,7 +114,7 @@ class Engine:
         self._next_check = 0.0  # with a timeout: when a running batch may expire next
         # A backend that runs a batch's items at the same time (asyncio) needs no
         # batch per worker, and its last batches cannot straggle.
-        self._concurrent_items: bool = getattr(backend, "concurrent_items", False)
+        self._concurrent_items = backend.concurrent_items
         self._size_batches(options)
         self._work_fit = 1  # batch size the measured time per item calls for
         self._input_fit = self._cap  # batch size the input delivers in time
@@ -165,10 +166,7 @@ class Engine:
         the generator early (or an exception in it, Ctrl-C included) stops
         admission and shuts the backend down within the grace period.
         """
-        if self._open_journal is not None:
-            self._journal = self._open_journal()
-        self._started = monotonic()
-        progress = Progress(self, self._total) if progress_wanted(self._options.progress) else None
+        progress = self._begin()
         completed = False
         try:
             self._backend.start(self._fn, self._completions.put)
@@ -184,6 +182,13 @@ class Engine:
             if progress is not None:
                 progress.close()
         self._raise_input_error()
+
+    def _begin(self) -> Progress | None:
+        """Open the journal, start the clock and the progress display (if shown)."""
+        if self._open_journal is not None:
+            self._journal = self._open_journal()
+        self._started = monotonic()
+        return Progress(self, self._total) if progress_wanted(self._options.progress) else None
 
     def _mark_finished(self) -> None:
         self._finished = monotonic()
@@ -217,13 +222,13 @@ class Engine:
         # Interrupted: keep what finished during the grace period, then close
         # without masking the exception on its way out.
         try:
-            while not self._completions.empty():
-                finished = self._completions.get_nowait()
-                if finished is not None:
-                    journal.record_successes(finished)
-            journal.close("interrupted", stats.counts())
-        except JournalError:
-            journal.abandon()  # what could not be written runs again next time
+            # What cannot be written runs again next time.
+            with contextlib.suppress(JournalError):
+                while not self._completions.empty():
+                    finished = self._completions.get_nowait()
+                    if finished is not None:
+                        journal.record_successes(finished)
+                journal.close("interrupted", stats.counts())
         finally:
             journal.abandon()  # no-op once closed: the lock is released whatever happened
 
@@ -233,14 +238,11 @@ class Engine:
 
         queue: LoopQueue[Batch] = LoopQueue()
         self._completions = queue
-        if self._open_journal is not None:
-            self._journal = self._open_journal()
-        self._started = monotonic()
+        progress = self._begin()
         if self.async_source is not None:
             limit = max(self._window // 4, 1024)
             self._feed = AsyncFeed(self.async_source, limit, lambda: queue.put(None))
             self._items = self._feed
-        progress = Progress(self, self._total) if progress_wanted(self._options.progress) else None
         completed = False
         try:
             self._backend.start(self._fn, queue.put)
@@ -458,17 +460,12 @@ class Engine:
                 batch.values = [None] * len(batch.items)
                 batch.errors = {
                     0: Timeout(
-                        f"the call ran past timeout={timeout:g}s; "
-                        + getattr(
-                            self._backend,
-                            "timeout_action",
-                            "it was left running in an abandoned thread and the item failed",
-                        )
+                        f"the call ran past timeout={timeout:g}s; {self._backend.timeout_action}"
                     )
                 }
                 batch.elapsed = now - started
                 self._completions.put(batch)  # settled like any completion
-        self.statistics.abandoned = getattr(self._backend, "abandoned", 0)
+        self.statistics.abandoned = self._backend.abandoned
         self._next_check = max(soonest, now + 0.001)
 
     def _send(self, batch: Batch) -> None:

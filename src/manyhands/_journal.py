@@ -152,7 +152,6 @@ class Journal:
         self._committed_at = time.monotonic()
         self.pulled = 0  # items read from the input
         self.error: BaseException | None = None  # why reading stopped early, if it did
-        self.input_broke = False  # error came from the user's iterable
         self._ended = False
         self.closed = False
 
@@ -305,7 +304,6 @@ class Journal:
             block.extend(islice(self._source, BLOCK))
         except Exception as exc:  # the user's iterable broke: the engine raises InputError
             self.error = exc
-            self.input_broke = True
             self._ended = True
         if len(block) < BLOCK and not getattr(self._source, "waiting", False):
             self._ended = True  # (an async input that is only waiting has not ended)

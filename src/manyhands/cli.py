@@ -149,12 +149,8 @@ def _calling(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
 
     A coroutine function stays one, so that it runs on asyncio.
     """
-    import inspect
-
     call: Callable[[Any], Any]
-    if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-        getattr(fn, "__call__", None)  # noqa: B004 - an object with `async def __call__`
-    ):
+    if _api.is_coroutine_function(fn):
 
         async def call(item: Any) -> Any:
             if type(item) is BadLine:

@@ -37,6 +37,7 @@ class AsyncBackend:
 
     handles_timeouts = True  # the engine leaves timeout= to the worker tasks
     concurrent_items = True  # a batch's items run at the same time, on different tasks
+    timeout_action = "it was cancelled"  # (applied in the worker tasks, not by the engine)
 
     def __init__(self, workers: int, timeout: float | None = None, own_loop: bool = True) -> None:
         self._workers = workers

@@ -18,10 +18,17 @@ class Backend(Protocol):
     any thread, once per submitted batch that ran.
 
     ``handles_timeouts``: True if the backend applies ``timeout=`` to each
-    call itself; else the engine times batches out through :meth:`expire`.
+    call itself; else the engine times batches out through :meth:`expire`,
+    and ``timeout_action`` ends the Timeout's message (what became of the call).
+    ``concurrent_items``: True if a batch's items run at the same time, so a
+    batch per worker is not needed and the last batches cannot straggle.
+    ``abandoned``: workers left to calls past their timeout, so far.
     """
 
     handles_timeouts: bool
+    timeout_action: str
+    concurrent_items: bool
+    abandoned: int
 
     def start(self, fn: Callable[[Any], Any], done: Callable[[Batch], None]) -> None:
         """Prepare to run ``fn``; finished batches go to ``done``."""

@@ -49,7 +49,7 @@ def serve(conn: Connection, payload: bytes, progress: Any, lifeline: Connection)
     except BaseException as exc:
         conn.send(("init_failed", describe_remote(exc)))
         return
-    conn.send(("ready", os.getpid()))
+    conn.send(("ready",))
     while True:
         try:
             message = conn.recv_bytes()

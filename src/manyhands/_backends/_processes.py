@@ -46,7 +46,7 @@ def default_start_method() -> str:
 
 
 class _Worker:
-    __slots__ = ("conn", "lifeline", "pid", "process", "progress", "ready", "sent")
+    __slots__ = ("conn", "lifeline", "process", "progress", "ready", "sent")
 
     def __init__(self, process: Any, conn: Connection, progress: Any, lifeline: Connection) -> None:
         self.process = process
@@ -58,13 +58,13 @@ class _Worker:
         # timeout: a deadline counts from the send).
         self.sent: deque[tuple[Batch, list[int]]] = deque()
         self.ready = False
-        self.pid: int | None = None
 
 
 class ProcessBackend:
     """Runs batches on ``workers`` processes; see the module docstring."""
 
     handles_timeouts = False  # the engine times batches out; expire() kills the worker
+    concurrent_items = False
     timeout_action = "its worker process was killed and replaced"
 
     def __init__(
@@ -94,7 +94,6 @@ class ProcessBackend:
         self._pool: list[_Worker] = []
         self._stopping = False
         self._dispatcher: threading.Thread | None = None
-        self.crashes = 0
         self.abandoned = 0  # processes are killed, never abandoned
 
     # -- lifecycle -------------------------------------------------------
@@ -152,7 +151,7 @@ class ProcessBackend:
                 f"the worker initializer raised {error_type}: {text}; no item was run",
                 trace,
             )
-        worker.ready, worker.pid = True, message[1]
+        worker.ready = True
 
     def submit(self, batch: Batch) -> None:
         with self._lock:
@@ -237,7 +236,7 @@ class ProcessBackend:
                 if reply[0] == "done":
                     self._finish(worker, reply)
                 elif reply[0] == "ready":  # a replacement started
-                    worker.ready, worker.pid = True, reply[1]
+                    worker.ready = True
                 else:  # its initializer failed this time: run on without it
                     self._pool.remove(worker)
                     _kill(worker)
@@ -323,7 +322,6 @@ class ProcessBackend:
         with self._lock:
             timed_out = batch.state == TIMED_OUT
         if not timed_out:  # (else the engine killed it, and has settled the batch)
-            self.crashes += 1
             position = min(max(worker.progress.value, 0), len(indices) - 1)
             crashed = indices.pop(position)
             batch.errors = batch.errors or {}

@@ -38,6 +38,8 @@ class ThreadBackend:
     """
 
     handles_timeouts = False  # the engine times batches out through expire()
+    timeout_action = "it was left running in an abandoned thread and the item failed"
+    concurrent_items = False
 
     def __init__(self, workers: int, timed: bool = False, abandon_limit: int | None = None) -> None:
         self._workers = workers
