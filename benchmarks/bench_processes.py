@@ -44,6 +44,13 @@ def crash_every_100th(x: int) -> int:
     return x
 
 
+def crash_never(x: int) -> int:
+    """crash_every_100th without the crashes: the baseline crash_storm is judged by."""
+    if x < 0:
+        os._exit(1)
+    return x
+
+
 def _safe(x: Any, fn: Callable[[Any], Any]) -> Any:
     try:
         return fn(x)
@@ -51,7 +58,12 @@ def _safe(x: Any, fn: Callable[[Any], Any]) -> Any:
         return exc
 
 
-FN = {"tiny_procs": double, "cpu_procs": burn, "crash_storm": crash_every_100th}
+FN = {
+    "tiny_procs": double,
+    "cpu_procs": burn,
+    "crash_free": crash_never,
+    "crash_storm": crash_every_100th,
+}
 
 
 def _expect(n: int, failed: int = 0) -> Callable[[Any], str | None]:
@@ -82,6 +94,15 @@ WORKLOADS = {
             "per_item_us",
             count=400,
             expect=_expect(400),
+        ),
+        Workload(
+            "crash_free",
+            "crash_storm's 2,000 items with no crash, 2 processes; cost per item",
+            lambda: range(2000),
+            WORKERS,
+            "per_item_us",
+            count=2000,
+            expect=_expect(2000),
         ),
         Workload(
             "crash_storm",

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 import threading
 import time
@@ -14,6 +15,19 @@ import pytest
 import manyhands
 
 BACKENDS = ["threads"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Let the children the tests interrupt see Ctrl-C as a user's program would.
+
+    A shell that starts pytest in the background (``pytest &``, ``nohup``)
+    sets SIGINT to "ignore", and children inherit that: the Ctrl-C tests would
+    then wait for a process that cannot hear them. A handled signal is reset
+    to its default in a child, so handling it here undoes that.
+    """
+    del config
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(params=BACKENDS)

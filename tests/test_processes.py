@@ -267,6 +267,100 @@ def test_default_start_method_is_safe_and_can_be_chosen() -> None:
         manyhands.run(abs, [1], backend="threads", initializer=print)
 
 
+def test_the_main_script_is_imported_once_not_by_every_worker(tmp_path: Path) -> None:
+    # Workers need the parent's main script (its functions unpickle by name);
+    # the forkserver imports it once, so new workers, replacements after a crash
+    # included, start without running it again.
+    script, log = tmp_path / "job.py", tmp_path / "imports.log"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import os, sys, manyhands
+            with open(sys.argv[1], "a") as file:
+                file.write(__name__ + "\\n")
+            def crash(x):
+                if x == 3:
+                    os._exit(1)
+                return x
+            if __name__ == "__main__":
+                report = manyhands.run(crash, range(40), backend="processes", workers=2)
+                print(report.succeeded, report.failed)
+            """
+        )
+    )
+    done = subprocess.run(
+        [sys.executable, str(script), str(log)], capture_output=True, text=True, timeout=60,
+        env=python_subprocess_env(),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["39", "1"]  # three workers ran: two, then a replacement
+    assert log.read_text().split() == ["__main__", "__mp_main__"]
+
+
+@pytest.mark.parametrize("crashing", [{0}, {0, 1}])
+def test_when_no_worker_can_be_started_the_run_goes_on_or_ends_never_hangs(
+    monkeypatch: pytest.MonkeyPatch, no_process_left: None, crashing: set[int]
+) -> None:
+    from manyhands._backends import _processes
+
+    spawn = _processes.ProcessBackend._spawn
+    started: list[object] = []
+
+    def spawn_twice(self: Any) -> Any:  # the two first workers start; no replacement does
+        if len(started) == 2:
+            raise OSError(24, "Too many open files")
+        started.append(self)
+        return spawn(self)
+
+    def crash(x: int) -> int:
+        if x in crashing:
+            os._exit(1)
+        time.sleep(0.01)
+        return x
+
+    monkeypatch.setattr(_processes.ProcessBackend, "_spawn", spawn_twice)
+    outs = manyhands.map(crash, range(40), backend="processes", workers=2, batch_size=1)
+    by_item = {o.item: o for o in outs}
+    assert sorted(by_item) == list(range(40))  # every item has its outcome
+    for n in crashing:
+        error = by_item[n].error
+        assert error is not None and "died (exit code 1)" in error.message
+    others = [o for o in by_item.values() if o.item not in crashing]
+    if len(crashing) == 1:  # one worker is left: it runs the rest
+        assert all(o.ok for o in others)
+        return
+    stopped = [o.error for o in others if o.error is not None]  # none left: the rest fail
+    assert stopped and all(e.error_type == "manyhands.WorkerCrashed" for e in stopped)
+    assert all("no worker process could be started" in e.message for e in stopped)
+    assert all("Too many open files" in e.message for e in stopped)
+
+
+def test_when_no_replacement_can_initialize_the_rest_fail(tmp_path: Path) -> None:
+    flag = tmp_path / "started-once"
+
+    def setup() -> None:
+        if flag.exists():
+            raise RuntimeError("the license server is gone")
+        flag.write_text("")
+
+    def crash(x: int) -> int:
+        if x == 0:
+            os._exit(1)
+        return x
+
+    outs = {
+        o.item: o
+        for o in manyhands.map(crash, range(5), backend="processes", workers=1, initializer=setup)
+    }
+    assert sorted(outs) == list(range(5))
+    assert outs[0].error is not None and "died (exit code 1)" in outs[0].error.message
+    for n in range(1, 5):
+        error = outs[n].error
+        assert error is not None and error.error_type == "manyhands.WorkerCrashed"
+        assert "no worker process is left" in error.message
+        assert "RuntimeError: the license server is gone" in error.message
+
+
 STOP_SCRIPT = textwrap.dedent(
     """
     import os, sys, time, manyhands

@@ -78,6 +78,7 @@ DISPATCH_SECONDS = 4e-6  # GIL time to dispatch and settle one batch, measured o
 LOAD_SHARE = 0.02
 STRAGGLE_SHARE = 0.02  # of the run so far, when the input's length is unknown
 MAX_BATCH = 1024
+FIRST_WAVE_BATCHES = 512  # (asyncio) batches the first `workers` calls are split into
 
 
 class Engine:
@@ -115,8 +116,8 @@ class Engine:
         # A backend that runs a batch's items at the same time (asyncio) needs no
         # batch per worker, and its last batches cannot straggle.
         self._concurrent_items = backend.concurrent_items
-        self._size_batches(options)
         self._work_fit = 1  # batch size the measured time per item calls for
+        self._size_batches(options)
         self._input_fit = self._cap  # batch size the input delivers in time
         self._in_backend = 0  # batches submitted and not yet back
         self._in_flight = 0  # items in those batches
@@ -156,6 +157,14 @@ class Engine:
             options.batch_size is None and self._limiter is None and self._timeout is None
         )
         self._batch_size = 1 if self._cap == 1 else (options.batch_size or 1)
+        if self._adaptive and self._concurrent_items:
+            # Nothing is measured yet, but the first wave is `workers` calls
+            # however they are grouped: keep it to FIRST_WAVE_BATCHES batches
+            # (10,000 calls in flight: batches of 20, not 10,000 batches of one).
+            # The warm-up then counts in those batches: still no queue.
+            first = min(self._cap, -(-options.workers // FIRST_WAVE_BATCHES))
+            self._batch_size = self._work_fit = first
+            self._max_batches = self._warm_up = -(-options.workers // first)
 
     # -- driving ---------------------------------------------------------
 
@@ -342,17 +351,18 @@ class Engine:
         """Read and submit batches while the window has room.
 
         Stops early to deliver whatever already finished, so a slow iterable
-        never holds back finished outcomes.
+        never holds back finished outcomes. While batches are out, waits for
+        room for a whole batch rather than sending the window's last few items
+        as a batch of their own.
         """
         completions = self._completions
-        while (
-            not self._exhausted
-            and self._in_backend < self._max_batches
-            and self._pending_items < self._window
-        ):
-            if self._in_backend and not completions.empty():
+        while not self._exhausted and self._in_backend < self._max_batches:
+            room = self._window - self._pending_items
+            if self._in_backend and (room < self._batch_size or not completions.empty()):
                 return
-            size = min(self._batch_size, self._window - self._pending_items)
+            if room <= 0:
+                return
+            size = min(self._batch_size, room)
             timed = self._adaptive and self._work_fit > 1  # else the rate cannot matter
             began = monotonic() if timed else 0.0
             chunk = self._read(size)

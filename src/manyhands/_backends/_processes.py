@@ -81,8 +81,16 @@ class ProcessBackend:
         if self._context.get_start_method() == "forkserver":
             # Import what every worker needs once, in the forkserver: each new worker
             # (a replacement after a crash, too) then starts in a few milliseconds.
+            # (sharedctypes brings ctypes, which the worker's progress value needs:
+            # 4 ms per worker otherwise; _forkserver_main imports __main__.)
             self._context.set_forkserver_preload(
-                ["__main__", "manyhands._backends._process_worker", "cloudpickle"]
+                [
+                    "__main__",
+                    "manyhands._backends._forkserver_main",
+                    "manyhands._backends._process_worker",
+                    "cloudpickle",
+                    "multiprocessing.sharedctypes",
+                ]
             )
         self._initializer = initializer
         self._initargs = initargs
@@ -93,6 +101,7 @@ class ProcessBackend:
         self._wake_r, self._wake_w = multiprocessing.Pipe(duplex=False)
         self._pool: list[_Worker] = []
         self._stopping = False
+        self._broken: WorkerCrashed | None = None  # the dispatcher died: every item fails
         self._dispatcher: threading.Thread | None = None
         self.abandoned = 0  # processes are killed, never abandoned
 
@@ -109,6 +118,8 @@ class ProcessBackend:
             raise TypeError(
                 f"fn (or initializer) cannot be sent to a worker process: {exc}"
             ) from exc
+        if self._context.get_start_method() == "forkserver":
+            _ensure_forkserver()
         for _ in range(self._workers):
             self._pool.append(self._spawn())
         deadline = monotonic() + START_SECONDS
@@ -154,8 +165,14 @@ class ProcessBackend:
         worker.ready = True
 
     def submit(self, batch: Batch) -> None:
+        indices = list(range(len(batch.items)))
         with self._lock:
-            self._inbox.append((batch, list(range(len(batch.items)))))
+            broken = self._broken
+            if broken is None:
+                self._inbox.append((batch, indices))
+        if broken is not None:
+            self._fail(batch, indices, broken)
+            return
         self._wake_w.send_bytes(b"")
 
     def wind_down(self) -> None:
@@ -207,6 +224,34 @@ class ProcessBackend:
     # -- the dispatcher thread -------------------------------------------
 
     def _dispatch_loop(self) -> None:
+        try:
+            self._dispatch_forever()
+        except BaseException as exc:  # no worker can be started, or a bug: never a hang
+            self._break(exc)
+
+    def _break(self, error: BaseException) -> None:
+        """Fail what is queued or running, and every batch submitted from now on."""
+        crashed = WorkerCrashed(f"the process backend stopped: {type(error).__name__}: {error}")
+        crashed.__cause__ = error
+        with self._lock:
+            self._broken = crashed
+            held = list(self._inbox)
+            self._inbox.clear()
+            for worker in self._pool:
+                held += worker.sent
+                worker.sent.clear()
+        for batch, indices in held:
+            self._fail(batch, indices, crashed)
+
+    def _fail(self, batch: Batch, indices: list[int], error: BaseException) -> None:
+        if len(batch.values) != len(batch.items):
+            batch.values = [None] * len(batch.items)
+        batch.errors = batch.errors or {}
+        for index in indices:
+            batch.errors[index] = error
+        self._report(batch)
+
+    def _dispatch_forever(self) -> None:
         while True:
             with self._lock:
                 if self._stopping and not any(w.sent for w in self._pool):
@@ -240,6 +285,12 @@ class ProcessBackend:
                 else:  # its initializer failed this time: run on without it
                     self._pool.remove(worker)
                     _kill(worker)
+                    if not self._pool:
+                        error_type, text = reply[1][0], reply[1][1]
+                        raise WorkerInitError(
+                            f"no worker process is left: the initializer of every "
+                            f"replacement raised {error_type}: {text}"
+                        )
                 return
         worker.process.join(1.0)
         self._lost(worker)
@@ -313,10 +364,18 @@ class ProcessBackend:
             worker.lifeline.close()
         with self._lock:
             stopping = self._stopping
-        if not stopping:  # a new worker; it is sent work once it reports ready
+        if worker.sent:
+            self._settle_lost(worker, code, stopping)
+        if stopping:
+            return
+        try:  # a new worker; it is sent work once it reports ready
             self._pool.append(self._spawn())
-        if not worker.sent:
-            return  # it was idle
+        except Exception as exc:  # e.g. out of processes or memory: run on with fewer
+            if not self._pool:
+                raise WorkerInitError(f"no worker process could be started: {exc}") from exc
+
+    def _settle_lost(self, worker: _Worker, code: int | None, stopping: bool) -> None:
+        """The lost worker's batches: its item fails, the rest go back to the front."""
         batch, indices = worker.sent.popleft()
         again = list(worker.sent)  # sent ahead, never started: all of them again
         with self._lock:
@@ -343,6 +402,31 @@ class ProcessBackend:
             batch.state = FINISHED
         assert self._done is not None
         self._done(batch)
+
+
+_forkserver_lock = threading.Lock()
+
+
+def _ensure_forkserver() -> None:
+    """Start the forkserver (if it is not running) so that it imports ``__main__`` once.
+
+    See ``_forkserver_main``: what it needs travels in an environment variable
+    that is set only while the forkserver starts.
+    """
+    from multiprocessing import forkserver
+
+    from ._forkserver_main import ENV, main_spec
+
+    with _forkserver_lock:
+        spec = main_spec()
+        if spec is None or ENV in os.environ:
+            forkserver.ensure_running()
+            return
+        os.environ[ENV] = spec
+        try:
+            forkserver.ensure_running()
+        finally:
+            os.environ.pop(ENV, None)
 
 
 def _failure(item: Any, remote: RemoteError, attempt: int) -> Failure:
