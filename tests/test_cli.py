@@ -141,6 +141,16 @@ def test_a_coroutine_target_runs_on_asyncio(workdir: Path) -> None:
     assert [json.loads(line)["value"] for line in done.stdout.splitlines()] == ["A", "B"]
 
 
+@pytest.mark.parametrize("target", ["target.py:work", "target:work"])
+def test_file_and_module_targets_run_on_processes(workdir: Path, target: str) -> None:
+    done = manyhands("run", target, "-", "--backend", "processes", "--workers", "2",
+                     "--ordered", "--output", "-", cwd=workdir, stdin="1\n3\n4\n")  # fmt: skip
+    assert done.returncode == 1, done.stderr  # 3 fails
+    out = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [o.get("value") for o in out] == [2, None, 8]
+    assert out[1]["error"]["type"] == "builtins.ValueError"
+
+
 def test_csv_rows_are_dicts(workdir: Path) -> None:
     (workdir / "people.csv").write_text("id,name\n1,ann\n2,bob\n")
     done = manyhands("run", "target.py:name_of", "people.csv", "--csv", "--ordered",

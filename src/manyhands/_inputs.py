@@ -95,6 +95,10 @@ def _load_file(path: Path, what: str) -> Any:
     sys.modules[name] = module  # so that pickling and tracebacks find it
     sys.path.insert(0, str(path.resolve().parent))  # its own imports of siblings
     spec.loader.exec_module(module)
+    # Worker processes cannot import it under that name: its functions travel by value.
+    import cloudpickle  # type: ignore[import-untyped]
+
+    cloudpickle.register_pickle_by_value(module)
     return module
 
 

@@ -6,7 +6,6 @@ mistake is fixed from the message alone.
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
 from collections.abc import Callable
@@ -162,6 +161,8 @@ class Options:
         known = {f.name for f in fields(cls)}
         for name in kwargs:
             if name not in known:
+                import difflib  # (only for this message: it slows down `import manyhands`)
+
                 close = difflib.get_close_matches(name, sorted(known), n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else f"; accepted: {sorted(known)}"
                 raise TypeError(f"{caller}() got an unexpected keyword argument {name!r}{hint}")

@@ -109,6 +109,8 @@ class ProcessBackend:
 
     def start(self, fn: Callable[[Any], Any], done: Callable[[Batch], None]) -> None:
         """Start every worker and wait until each is ready (or its initializer failed)."""
+        if self._context.get_start_method() == "forkserver":
+            _ensure_forkserver()  # it boots while fn is pickled here
         import cloudpickle  # type: ignore[import-untyped]
 
         self._done = done
@@ -118,8 +120,6 @@ class ProcessBackend:
             raise TypeError(
                 f"fn (or initializer) cannot be sent to a worker process: {exc}"
             ) from exc
-        if self._context.get_start_method() == "forkserver":
-            _ensure_forkserver()
         for _ in range(self._workers):
             self._pool.append(self._spawn())
         deadline = monotonic() + START_SECONDS
