@@ -22,7 +22,8 @@ Batch size adapts to the measured time per item. Two costs pull it up:
 
 - per-batch overhead against the work: a batch should take about
   ``TARGET_BATCH_SECONDS`` in a worker, so a 100 ns task travels in batches of
-  ~1,000 while a 20 ms call travels alone;
+  thousands (at most ``MAX_BATCH``, and a share of the window per worker)
+  while a 20 ms call travels alone;
 - the engine's own share of the GIL: every batch costs ~``DISPATCH_SECONDS`` of
   serialized bookkeeping, and with many workers finishing short calls that
   adds up (50 workers on 1 ms calls: 18% of the GIL at batch size 1), so the
@@ -77,7 +78,7 @@ TARGET_BATCH_SECONDS = 0.002
 DISPATCH_SECONDS = 4e-6  # GIL time to dispatch and settle one batch, measured on CPython 3.11
 LOAD_SHARE = 0.02
 STRAGGLE_SHARE = 0.02  # of the run so far, when the input's length is unknown
-MAX_BATCH = 1024
+MAX_BATCH = 4096  # (a worker process with 2 batches of 1,024 ahead starved between GIL switches)
 FIRST_WAVE_BATCHES = 512  # (asyncio) batches the first `workers` calls are split into
 
 

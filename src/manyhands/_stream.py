@@ -102,7 +102,12 @@ def _outcomes(engine: Engine) -> Generator[Outcome[Any, Any], None, None]:
     batches = engine.batches()
     try:
         for batch in batches:
-            yield from _unpack(batch)
+            if batch.failures is None and batch.attempts is None and batch.skipped is None:
+                # The common case inline: one generator less between each Outcome and you.
+                attempt = repeat(batch.attempt)
+                yield from map(Outcome, batch.items, batch.values, repeat(None), attempt)
+            else:
+                yield from _unpack(batch)
     finally:
         batches.close()
 

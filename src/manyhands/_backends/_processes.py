@@ -305,7 +305,8 @@ class ProcessBackend:
                     self._send(worker, batch, indices)
 
     def _send(self, worker: _Worker, batch: Batch, indices: list[int]) -> None:
-        items = [batch.items[i] for i in indices]
+        whole = len(indices) == len(batch.items)  # (the common case: no per-item copy)
+        items = batch.items if whole else [batch.items[i] for i in indices]
         try:
             data = pickle.dumps((id(batch), items), pickle.HIGHEST_PROTOCOL)
         except Exception:
@@ -345,8 +346,11 @@ class ProcessBackend:
         batch, indices = worker.sent.popleft()
         if worker.sent:
             worker.sent[0][0].started = monotonic()  # the next one starts now
-        for position, index in enumerate(indices):
-            batch.values[index] = values[position]
+        if len(indices) == len(batch.items):
+            batch.values = values  # the whole batch, in order
+        else:
+            for position, index in enumerate(indices):
+                batch.values[index] = values[position]
         for position, remote in errors.items():
             index = indices[position]
             batch.errors = batch.errors or {}
