@@ -133,6 +133,16 @@ def r_manyhands(name: str, items: Iterable[Any], workers: int) -> tuple[int, int
     return _count(manyhands.map(FN[name], items, backend="processes", workers=workers))
 
 
+def r_manyhands_fork(name: str, items: Iterable[Any], workers: int) -> tuple[int, int]:
+    """Not the default (fork is unsafe once threads run): shows what start-up costs."""
+    import manyhands
+
+    outcomes = manyhands.map(
+        FN[name], items, backend="processes", workers=workers, start_method="fork"
+    )
+    return _count(outcomes)
+
+
 def r_ppe(chunksize: int) -> Callable[[str, Iterable[Any], int], tuple[int, int]]:
     def run(name: str, items: Iterable[Any], workers: int) -> tuple[int, int]:
         import functools
@@ -202,6 +212,7 @@ def r_serial(name: str, items: Iterable[Any], workers: int) -> tuple[int, int]:
 
 RUNNERS: dict[str, Callable[[str, Iterable[Any], int], tuple[int, int]]] = {
     "manyhands.map": r_manyhands,
+    "manyhands.map start_method=fork": r_manyhands_fork,
     "for loop (serial)": r_serial,
     "ProcessPoolExecutor.map": r_ppe(1),
     "ProcessPoolExecutor.map chunksize=2000": r_ppe(2000),

@@ -257,7 +257,10 @@ def test_ctrl_c_in_run_with_a_coroutine_function_is_prompt_and_clean() -> None:
     time.sleep(1.0)
     sent = time.monotonic()
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=30)
+    try:
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()  # (a no-op once it has exited)
     assert time.monotonic() - sent < 5
     assert proc.returncode != 0 and "KeyboardInterrupt" in err
     assert "Task was destroyed" not in err and "never awaited" not in err

@@ -213,7 +213,10 @@ def test_ctrl_c_exits_130_and_the_rerun_completes_the_rest(workdir: Path) -> Non
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
     wait_for_lines(calls, 50)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    try:
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()  # (a no-op once it has exited)
     assert proc.returncode == 130, err
     assert "run the same command again to resume" in err
     first = calls.read_text().split()

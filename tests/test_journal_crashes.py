@@ -100,7 +100,10 @@ def test_ctrl_c_flushes_the_journal_and_the_rerun_completes(tmp_path: Path) -> N
     )
     wait_for_lines(side, 300)  # well under way, whatever the machine's load
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=30)
+    try:
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()  # (a no-op once it has exited)
     assert proc.returncode != 0 and b"KeyboardInterrupt" in err
     recorded = final_records(journal)
     calls, offset = calls_in(side, 0)

@@ -368,7 +368,8 @@ STOP_SCRIPT = textwrap.dedent(
         time.sleep(100)
         return x
     if __name__ == "__main__":
-        outs = manyhands.map(slow, range(100), backend="processes", workers=2, grace={grace})
+        outs = manyhands.map(slow, range(100), backend="processes", workers=2, grace={grace},
+                             start_method={start_method!r})
         import threading
         threading.Timer(1.5, lambda: print("ready", flush=True)).start()
         for _ in outs:
@@ -384,10 +385,13 @@ def worker_pids(parent: int) -> list[int]:
         return []
 
 
-def start_slow_run(grace: float) -> tuple[subprocess.Popen[str], list[int]]:
+def start_slow_run(
+    grace: float, start_method: str = "forkserver"
+) -> tuple[subprocess.Popen[str], list[int]]:
     """A subprocess whose two workers are busy in 100 s calls; and their pids."""
+    script = STOP_SCRIPT.format(grace=grace, start_method=start_method)
     proc = subprocess.Popen(
-        [sys.executable, "-c", STOP_SCRIPT.format(grace=grace)],
+        [sys.executable, "-c", script],
         env=python_subprocess_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -422,13 +426,19 @@ def test_ctrl_c_stops_and_leaves_no_worker(signals: int) -> None:
     for _ in range(signals):  # the second one during the 30 s grace: stop at once
         proc.send_signal(signal.SIGINT)
         time.sleep(0.3)
-    _, err = proc.communicate(timeout=30)
+    try:
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()  # (a no-op once it has exited)
     assert "KeyboardInterrupt" in err
     assert still_alive(workers) == []
 
 
-def test_workers_exit_when_the_parent_is_killed() -> None:
-    proc, workers = start_slow_run(grace=1)
+# With fork, each worker inherits the parent's ends of the other workers' pipes (and
+# of its own), and must close them, or it never sees the parent go.
+@pytest.mark.parametrize("start_method", ["forkserver", "fork"])
+def test_workers_exit_when_the_parent_is_killed(start_method: str) -> None:
+    proc, workers = start_slow_run(grace=1, start_method=start_method)
     proc.kill()
     proc.communicate(timeout=30)
     assert still_alive(workers) == []

@@ -9,6 +9,7 @@ comes back intact.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import signal
@@ -34,8 +35,21 @@ def describe_remote(exc: BaseException) -> RemoteError:
     return error_type, message, text, lineage, retry_after_of(exc)
 
 
-def serve(conn: Connection, payload: bytes, progress: Any, lifeline: Connection) -> None:
-    """The worker process's main loop (the target of the Process)."""
+def serve(
+    conn: Connection,
+    payload: bytes,
+    progress: Any,
+    lifeline: Connection,
+    inherited: tuple[int, ...] = (),
+) -> None:
+    """The worker process's main loop (the target of the Process).
+
+    ``inherited``: with the fork start method, the parent's ends of the
+    backend's pipes, which this process must not hold.
+    """
+    for fd in inherited:
+        with contextlib.suppress(OSError):
+            os.close(fd)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     if hasattr(os, "setsid"):
         os.setsid()  # its own process group: a timeout kills its children too

@@ -138,8 +138,20 @@ class ProcessBackend:
         parent, child = self._context.Pipe()
         life_r, life_w = self._context.Pipe(duplex=False)
         progress = self._context.Value("i", 0, lock=False)
+        # A forked child inherits every fd of the parent, this backend's own ends of
+        # its pipes included: while it holds a worker's pipe end, that worker sees no
+        # EOF, so it outlives a killed parent and is not done at shutdown. The child
+        # closes them (forkserver and spawn children never have them).
+        inherited: list[int] = []
+        if self._context.get_start_method() == "fork":
+            inherited = [parent.fileno(), life_w.fileno(), self._wake_r.fileno()]
+            inherited += [self._wake_w.fileno()]
+            for worker in self._pool:
+                inherited += [worker.conn.fileno(), worker.lifeline.fileno()]
         process = self._context.Process(  # type: ignore[attr-defined]
-            target=serve, args=(child, self._payload, progress, life_r), daemon=True
+            target=serve,
+            args=(child, self._payload, progress, life_r, tuple(inherited)),
+            daemon=True,
         )
         process.start()
         child.close()
