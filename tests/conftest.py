@@ -41,6 +41,8 @@ class Hands:
 
     The wrapper awaits once before calling ``fn``, so every item really
     suspends on the event loop, then runs the same body as the thread tests.
+    For ``processes``, ``fn`` travels to worker processes with cloudpickle, so a
+    shared test's ``fn`` must not close over locks or count calls in this process.
     """
 
     def __init__(self, backend: str) -> None:
@@ -63,9 +65,9 @@ class Hands:
         return manyhands.map(self.wrap(fn), items, backend=self.backend, **options)
 
 
-@pytest.fixture(params=["threads", "async"])
+@pytest.fixture(params=["threads", "async", "processes"])
 def hands(request: pytest.FixtureRequest) -> Hands:
-    """The behaviour tests shared by every backend: threads, and coroutines on asyncio."""
+    """The behaviour tests shared by every backend: threads, coroutines on asyncio, processes."""
     return Hands(str(request.param))
 
 

@@ -29,7 +29,10 @@ def test_failures_are_recorded_and_the_run_continues(hands: Hands) -> None:
             assert out.error.error_type == "builtins.ValueError"
             assert out.error.message == f"bad item {item}"
             assert out.error.attempts == 1 and out.attempts == 1
-            assert isinstance(out.error.exception, ValueError)
+            if hands.backend == "processes":  # described in the worker; the object stays there
+                assert out.error.exception is None
+            else:
+                assert isinstance(out.error.exception, ValueError)
         else:
             assert out.ok and out.error is None and out.value == item * 10
 
