@@ -3,12 +3,13 @@
 Workers of a forkserver start as forks of it, and each then imports the
 parent's main script (as ``__mp_main__``, so that functions defined there can
 be unpickled) unless the forkserver already has. ``set_forkserver_preload``
-accepts ``"__main__"`` for that, but before Python 3.13.8 / 3.14.1 the path
-never reaches the forkserver (CPython gh-126631, gh-137996), so every worker
-ran the main script again: 10-50 ms per worker, paid again for every
-replacement after a crash. The parent passes what this module needs in
-:data:`ENV` while the forkserver starts (see ``ProcessBackend``), and it does
-what the forkserver should have done. Anything that fails here is left to
+accepts ``"__main__"`` for that, but the path never reached the forkserver
+(CPython gh-126631, gh-137996: broken since 3.4, fixed in 2025 for 3.13 and
+newer only; 3.11 and 3.12 keep the bug), so every worker ran the main script
+again: 10-50 ms per worker, paid again for every replacement after a crash.
+The parent passes what this module needs in :data:`ENV` while the forkserver
+starts (see ``ProcessBackend``), and it does what the forkserver should have
+done. Anything that fails here is left to
 the workers, which would have done it anyway.
 """
 
