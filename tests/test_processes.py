@@ -131,6 +131,38 @@ class BadStr(Exception):
         raise RuntimeError("no str")
 
 
+def refuse_to_load() -> None:
+    raise RuntimeError("this value cannot be rebuilt here")
+
+
+class Unloadable:
+    """Pickles fine in the worker; unpickling it (in the parent) raises."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (refuse_to_load, ())
+
+
+def unloadable_for_7(x: int) -> Any:
+    return Unloadable() if x == 7 else x
+
+
+def test_a_result_the_parent_cannot_unpickle_fails_its_batch_not_the_run(
+    no_process_left: None,
+) -> None:
+    outs = {
+        o.item: o
+        for o in manyhands.map(unloadable_for_7, range(40), backend="processes", batch_size=4)
+    }
+    assert sorted(outs) == list(range(40))
+    broken = {n for n, o in outs.items() if not o.ok}
+    assert broken == {4, 5, 6, 7}  # item 7's batch: its values travel as one pickle
+    error = outs[7].error
+    assert error is not None and error.error_type == "builtins.RuntimeError"
+    assert "could not be unpickled in the parent process" in error.message
+    assert "this value cannot be rebuilt here" in error.message
+    assert all(outs[n].value == n for n in outs if n not in broken)
+
+
 def raise_odd(kind: str) -> None:
     if kind == "nopickle":
         raise NoPickle(1, threading.Lock())

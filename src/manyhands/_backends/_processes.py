@@ -31,7 +31,7 @@ from typing import Any
 
 from .._batch import FINISHED, RUNNING, TIMED_OUT, Batch
 from .._exceptions import WorkerCrashed, WorkerInitError
-from .._outcome import Failure, safe_repr
+from .._outcome import Failure, describe_exception, safe_repr
 from ._process_worker import RemoteError, serve
 
 __all__ = ["ProcessBackend", "default_start_method"]
@@ -289,7 +289,11 @@ class ProcessBackend:
             except (EOFError, OSError):
                 message = None
             if message is not None:
-                reply = pickle.loads(message)
+                try:
+                    reply = pickle.loads(message)
+                except Exception as exc:  # results this process cannot rebuild
+                    self._undecodable(worker, exc)
+                    return
                 if reply[0] == "done":
                     self._finish(worker, reply)
                 elif reply[0] == "ready":  # a replacement started
@@ -368,6 +372,27 @@ class ProcessBackend:
             batch.errors = batch.errors or {}
             batch.errors[index] = _failure(batch.items[index], remote, batch.attempt)
         batch.elapsed += elapsed
+        self._report(batch)
+
+    def _undecodable(self, worker: _Worker, exc: Exception) -> None:
+        """A batch's results came back but cannot be unpickled here: its items fail.
+
+        The worker ran them, so they are not sent again. The results travel as one
+        pickle, so which value broke it is unknown: every item of the batch fails.
+        """
+        batch, indices = worker.sent.popleft()
+        if worker.sent:
+            worker.sent[0][0].started = monotonic()
+        error_type, message, trace = describe_exception(exc)
+        message = (
+            f"the results of this item's batch ({len(indices)} items) ran but could not be "
+            f"unpickled in the parent process: {message}"
+        )
+        batch.errors = batch.errors or {}
+        for index in indices:
+            batch.errors[index] = Failure(
+                batch.items[index], error_type, message, trace, batch.attempt
+            )
         self._report(batch)
 
     def _lost(self, worker: _Worker) -> None:
