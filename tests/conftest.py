@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -115,6 +116,25 @@ def python_subprocess_env() -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+def start_python(code: str) -> subprocess.Popen[str]:
+    """``python -c code`` importing what this test run imports; output captured as text."""
+    return subprocess.Popen(
+        [sys.executable, "-c", code],
+        env=python_subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish(proc: subprocess.Popen[Any], timeout: float) -> tuple[Any, Any]:
+    """``proc.communicate(timeout)``; a process that does not end in time is killed."""
+    try:
+        return proc.communicate(timeout=timeout)
+    finally:
+        proc.kill()  # (a no-op once it has exited)
 
 
 class PeakConcurrency:

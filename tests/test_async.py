@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
-import sys
 import textwrap
 import time
 import tracemalloc
@@ -16,7 +14,7 @@ import pytest
 
 import manyhands
 
-from .conftest import python_subprocess_env
+from .conftest import finish, start_python
 
 
 class Peak:
@@ -247,20 +245,11 @@ def test_ctrl_c_in_run_with_a_coroutine_function_is_prompt_and_clean() -> None:
         manyhands.run(fn, range(10_000), workers=100)
         """
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code],
-        env=python_subprocess_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_python(code)
     time.sleep(1.0)
     sent = time.monotonic()
     proc.send_signal(signal.SIGINT)
-    try:
-        _, err = proc.communicate(timeout=30)
-    finally:
-        proc.kill()  # (a no-op once it has exited)
+    _, err = finish(proc, 30)
     assert time.monotonic() - sent < 5
     assert proc.returncode != 0 and "KeyboardInterrupt" in err
     assert "Task was destroyed" not in err and "never awaited" not in err

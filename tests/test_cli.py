@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import python_subprocess_env, wait_for_lines
+from .conftest import finish, python_subprocess_env, wait_for_lines
 
 TARGET = """
 import os, time
@@ -213,10 +213,7 @@ def test_ctrl_c_exits_130_and_the_rerun_completes_the_rest(workdir: Path) -> Non
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
     wait_for_lines(calls, 50)
     proc.send_signal(signal.SIGINT)
-    try:
-        _, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()  # (a no-op once it has exited)
+    _, err = finish(proc, 60)
     assert proc.returncode == 130, err
     assert "run the same command again to resume" in err
     first = calls.read_text().split()

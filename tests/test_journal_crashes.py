@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 import manyhands
 
-from .conftest import python_subprocess_env, wait_for_lines
+from .conftest import finish, python_subprocess_env, wait_for_lines
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
@@ -100,10 +100,7 @@ def test_ctrl_c_flushes_the_journal_and_the_rerun_completes(tmp_path: Path) -> N
     )
     wait_for_lines(side, 300)  # well under way, whatever the machine's load
     proc.send_signal(signal.SIGINT)
-    try:
-        _, err = proc.communicate(timeout=30)
-    finally:
-        proc.kill()  # (a no-op once it has exited)
+    _, err = finish(proc, 30)
     assert proc.returncode != 0 and b"KeyboardInterrupt" in err
     recorded = final_records(journal)
     calls, offset = calls_in(side, 0)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -16,8 +14,9 @@ import manyhands
 from .conftest import (
     Hands,
     PeakConcurrency,
+    finish,
     os_thread_count,
-    python_subprocess_env,
+    start_python,
     wait_for_threads,
 )
 
@@ -128,22 +127,13 @@ CTRL_C_SCRIPT = textwrap.dedent(
 )
 def test_ctrl_c_reraises_promptly(backend: str, sleep: float, grace: float, limit: float) -> None:
     code = CTRL_C_SCRIPT.format(sleep=sleep, grace=grace, backend=backend)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=python_subprocess_env(),
-    )
+    proc = start_python(code)
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "started"
     time.sleep(0.2)
     sent = time.monotonic()
     proc.send_signal(signal.SIGINT)
-    try:
-        out, err = proc.communicate(timeout=limit + 5)
-    finally:
-        proc.kill()
+    out, err = finish(proc, limit + 5)
     took = time.monotonic() - sent
     assert "KeyboardInterrupt" in err
     assert proc.returncode != 0
@@ -154,13 +144,7 @@ def test_ctrl_c_reraises_promptly(backend: str, sleep: float, grace: float, limi
 
 def test_second_ctrl_c_during_grace_stops_at_once(backend: str) -> None:
     code = CTRL_C_SCRIPT.format(sleep=1000, grace=30, backend=backend)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=python_subprocess_env(),
-    )
+    proc = start_python(code)
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "started"
     time.sleep(0.2)
@@ -169,9 +153,6 @@ def test_second_ctrl_c_during_grace_stops_at_once(backend: str) -> None:
     assert proc.poll() is None, "the grace period should still be running"
     sent = time.monotonic()
     proc.send_signal(signal.SIGINT)
-    try:
-        proc.communicate(timeout=10)
-    finally:
-        proc.kill()
+    finish(proc, 10)
     assert time.monotonic() - sent < 2.0
     assert proc.returncode != 0

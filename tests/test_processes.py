@@ -17,7 +17,7 @@ import pytest
 
 import manyhands
 
-from .conftest import python_subprocess_env
+from .conftest import finish, python_subprocess_env, start_python
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX process groups")
 
@@ -422,13 +422,7 @@ def start_slow_run(
 ) -> tuple[subprocess.Popen[str], list[int]]:
     """A subprocess whose two workers are busy in 100 s calls; and their pids."""
     script = STOP_SCRIPT.format(grace=grace, start_method=start_method)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", script],
-        env=python_subprocess_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_python(script)
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "ready"
     workers = worker_pids(proc.pid)
@@ -458,10 +452,7 @@ def test_ctrl_c_stops_and_leaves_no_worker(signals: int) -> None:
     for _ in range(signals):  # the second one during the 30 s grace: stop at once
         proc.send_signal(signal.SIGINT)
         time.sleep(0.3)
-    try:
-        _, err = proc.communicate(timeout=30)
-    finally:
-        proc.kill()  # (a no-op once it has exited)
+    _, err = finish(proc, 30)
     assert "KeyboardInterrupt" in err
     assert still_alive(workers) == []
 

@@ -359,9 +359,9 @@ class Engine:
         completions = self._completions
         while not self._exhausted and self._in_backend < self._max_batches:
             room = self._window - self._pending_items
-            if self._in_backend and (room < self._batch_size or not completions.empty()):
-                return
-            if room <= 0:
+            if room <= 0 or (
+                self._in_backend and (room < self._batch_size or not completions.empty())
+            ):
                 return
             size = min(self._batch_size, room)
             timed = self._adaptive and self._work_fit > 1  # else the rate cannot matter

@@ -102,12 +102,7 @@ def _outcomes(engine: Engine) -> Generator[Outcome[Any, Any], None, None]:
     batches = engine.batches()
     try:
         for batch in batches:
-            if batch.failures is None and batch.attempts is None and batch.skipped is None:
-                # The common case inline: one generator less between each Outcome and you.
-                attempt = repeat(batch.attempt)
-                yield from map(Outcome, batch.items, batch.values, repeat(None), attempt)
-            else:
-                yield from _unpack(batch)
+            yield from _unpack(batch)
     finally:
         batches.close()
 
@@ -123,17 +118,22 @@ async def _aoutcomes(engine: Engine) -> AsyncGenerator[Outcome[Any, Any], None]:
 
 
 def _unpack(batch: Batch) -> Iterator[Outcome[Any, Any]]:
-    """The Outcomes of a delivered batch, in its order."""
-    failures = batch.failures
-    attempts = batch.attempts
+    """The Outcomes of a delivered batch, in its order.
+
+    A batch with nothing to report but values (the common case) is a plain
+    ``map``, not a generator: one layer less between each Outcome and you.
+    """
     if batch.skipped is not None:
-        yield from _skipped(batch)
-        return
-    if failures is None and attempts is None:
-        yield from map(Outcome, batch.items, batch.values, repeat(None), repeat(batch.attempt))
-        return
-    failures = failures or {}
-    attempts = attempts or {}
+        return _skipped(batch)
+    if batch.failures is None and batch.attempts is None:
+        return map(Outcome, batch.items, batch.values, repeat(None), repeat(batch.attempt))
+    return _settled(batch)
+
+
+def _settled(batch: Batch) -> Iterator[Outcome[Any, Any]]:
+    """:func:`_unpack` for a batch with failures or per-item attempt counts."""
+    failures = batch.failures or {}
+    attempts = batch.attempts or {}
     for index, item in enumerate(batch.items):
         failure = failures.get(index)
         if failure is None:
