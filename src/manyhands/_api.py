@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._backends import create_backend
 from ._engine import Engine
-from ._exceptions import InputError, JournalError
+from ._exceptions import ManyhandsError
 from ._options import Options
 from ._progress import progress_wanted
 from ._report import Report
@@ -58,10 +58,11 @@ def run(fn: Callable[[T], R], items: Iterable[T], **options: Unpack[RunOptions])
     (3, 1, {'builtins.ZeroDivisionError': 1})
     """
     engine = _engine("run", fn, items, options)
+    delivered = engine.delivered
     try:
-        for _ in engine.batches():
-            pass
-    except (InputError, JournalError) as exc:
+        for batch in engine.batches():
+            delivered(batch)
+    except ManyhandsError as exc:  # the run ended early (input, journal, workers)
         exc.report = engine.report()
         raise
     return engine.report()
@@ -160,7 +161,8 @@ def _engine(caller: str, fn: Any, items: Any, options: Any, on_loop: bool = Fals
     backend = create_backend(
         backend_name, opts.workers, opts.timeout, own_loop=not on_loop, processes=processes
     )
-    engine = Engine(fn, iterator, opts, backend, total, _journal_opener(fn, opts))
+    journal = _journal_opener(fn, opts)
+    engine = Engine(fn, iterator, opts, backend, total, journal, consumer=caller != "run")
     engine.async_source = source
     return engine
 

@@ -64,8 +64,13 @@ class Progress:
         self._bar = (bar_factory or _tqdm)(total=total)
         self._done = 0
         self._closing = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="manyhands-progress", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = threading.Thread(
+            target=self._run, name="manyhands-progress", daemon=True
+        )
+        try:
+            self._thread.start()
+        except RuntimeError:  # no thread to spare (a system limit): drawn at the end only
+            self._thread = None
 
     def _run(self) -> None:
         while not self._closing.wait(self._interval):
@@ -90,7 +95,8 @@ class Progress:
         if self._closing.is_set():
             return
         self._closing.set()
-        self._thread.join()
+        if self._thread is not None:
+            self._thread.join()
         try:
             self._draw()
         finally:

@@ -54,6 +54,9 @@ class Report:
         duplicates: items not run because their key came earlier in the input.
         abandoned: worker threads left to calls that ran past ``timeout=``
             (Python cannot stop a thread; each was replaced by a new one).
+        notes: one-line facts about how the run went that a user should know,
+            e.g. that it ran on fewer workers than asked because the system's
+            limit on threads was reached.
     """
 
     total: int
@@ -73,6 +76,7 @@ class Report:
     skipped: int = 0
     duplicates: int = 0
     abandoned: int = 0
+    notes: tuple[str, ...] = ()
 
     @classmethod
     def from_statistics(cls, stats: RunStatistics, elapsed: float) -> Report:
@@ -98,6 +102,7 @@ class Report:
             skipped=stats.skipped,
             duplicates=stats.duplicates,
             abandoned=stats.abandoned,
+            notes=tuple(stats.notes),
         )
 
     @property
@@ -147,6 +152,7 @@ class Report:
             )
         if self.stopped:
             lines.append(f"stopped early: {self.stopped}")
+        lines.extend(f"note: {note}" for note in self.notes)
         if self.errors_by_type:
             lines.append("errors by type:")
             for name, count in list(self.errors_by_type.items())[:10]:

@@ -82,6 +82,7 @@ class RunStatistics:
         self.duplicates = 0  # items not run: their key came earlier in this input
         self.abandoned = 0  # threads left to calls past their timeout
         self.stop_reason: str | None = None
+        self.notes: list[str] = []  # one-line facts for the Report (e.g. fewer workers)
         self.failures: list[Failure] = []
         self.errors_by_type: Counter[str] = Counter()
         self.examples: dict[str, Any] = {}
@@ -115,7 +116,10 @@ class RunStatistics:
             self.failed += failed
             room = self.keep_failures - len(self.failures)
             if room > 0:
-                self.failures.extend(failures[:room])
+                kept = failures[:room]
+                for failure in kept:  # kept for the Report: as text, not as frames
+                    failure.release_frames()
+                self.failures.extend(kept)
             for failure in failures:
                 self.errors_by_type[failure.error_type] += 1
                 self.examples.setdefault(failure.error_type, failure.item)
