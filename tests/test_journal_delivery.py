@@ -82,11 +82,11 @@ def test_amap_break_records_only_what_was_seen(tmp_path: Path) -> None:
 
 
 def test_before_record_runs_before_rows_are_handed_to_the_journal(tmp_path: Path) -> None:
-    from manyhands._api import _engine
+    from manyhands._api import open_run
     from manyhands._stream import Outcomes
 
     journal = tmp_path / "j.db"
-    engine = _engine("map", abs, range(50), {"journal": journal, "workers": 4})
+    engine = open_run("map", abs, range(50), {"journal": journal, "workers": 4})
     written: list[int] = []
     flushed: list[int] = []
     engine.before_record = lambda: flushed.extend(written[len(flushed) :])

@@ -23,6 +23,7 @@ from ._exceptions import (
 )
 from ._options import DEFAULT_WORKERS, RunOptions
 from ._outcome import Failure, Outcome
+from ._pool import Pool
 from ._report import Latency, Report
 from ._retry import Retry, RetryAfter
 from ._stream import AsyncOutcomes, Outcomes
@@ -39,6 +40,7 @@ __all__ = [
     "ManyhandsError",
     "Outcome",
     "Outcomes",
+    "Pool",
     "Report",
     "Retry",
     "RetryAfter",

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
-from collections.abc import AsyncIterable, Callable, Iterable
+from collections.abc import AsyncIterable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._backends import create_backend
-from ._engine import Engine
+from ._backends import Backend, create_backend
 from ._exceptions import ManyhandsError
 from ._options import Options
 from ._progress import progress_wanted
 from ._report import Report
+from ._run import Run
 from ._stream import AsyncOutcomes, Outcomes
 
 if TYPE_CHECKING:
@@ -21,8 +20,9 @@ if TYPE_CHECKING:
 
     from ._journal import Journal
     from ._options import RunOptions
+    from ._pool import Pool
 
-__all__ = ["amap", "is_coroutine_function", "map", "run"]
+__all__ = ["POOL_OPTIONS", "amap", "is_coroutine_function", "map", "open_run", "run", "run_to_end"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -57,15 +57,19 @@ def run(fn: Callable[[T], R], items: Iterable[T], **options: Unpack[RunOptions])
     >>> report.succeeded, report.failed, report.errors_by_type
     (3, 1, {'builtins.ZeroDivisionError': 1})
     """
-    engine = _engine("run", fn, items, options)
-    delivered = engine.delivered
+    return run_to_end(open_run("run", fn, items, options))
+
+
+def run_to_end(run: Run) -> Report:
+    """Drive ``run`` to its end; its Report (also on the ManyhandsError that ends it early)."""
+    delivered = run.delivered
     try:
-        for batch in engine.batches():
+        for batch in run.batches():
             delivered(batch)
     except ManyhandsError as exc:  # the run ended early (input, journal, workers)
-        exc.report = engine.report()
+        exc.report = run.report()
         raise
-    return engine.report()
+    return run.report()
 
 
 def map(fn: Callable[[T], R], items: Iterable[T], **options: Unpack[RunOptions]) -> Outcomes[T, R]:
@@ -94,7 +98,7 @@ def map(fn: Callable[[T], R], items: Iterable[T], **options: Unpack[RunOptions])
     >>> [out.value for out in manyhands.map(str.upper, ["a", "b"], ordered=True)]
     ['A', 'B']
     """
-    return Outcomes(_engine("map", fn, items, options))
+    return Outcomes(open_run("map", fn, items, options))
 
 
 def amap(
@@ -120,14 +124,31 @@ def amap(
     >>> asyncio.run(main())
     [0, 2, 4, 6, 8]
     """
-    return AsyncOutcomes(_engine("amap", fn, items, options, on_loop=True))
+    return AsyncOutcomes(open_run("amap", fn, items, options, on_loop=True))
 
 
-def _engine(caller: str, fn: Any, items: Any, options: Any, on_loop: bool = False) -> Engine:
+def open_run(
+    caller: str,
+    fn: Any,
+    items: Any,
+    options: Mapping[str, Any],
+    *,
+    on_loop: bool = False,
+    pool: Pool | None = None,
+    priority: int = 0,
+) -> Run:
+    """Validate a call of ``run``/``map``/``amap`` (or a Pool's) and build its Run.
+
+    Without ``pool``, the run gets a private pool: a backend of its own,
+    started and shut down with it.
+    """
     if not callable(fn):
         raise TypeError(f"fn must be callable (a function taking one item), got {fn!r}")
-    opts = Options.from_kwargs(caller, options)
-    backend_name = _backend_for(caller, fn, opts.backend, on_loop)
+    if pool is not None:
+        _refuse_pool_options(caller, options)
+        options = {**options, "backend": pool.backend}
+    opts = Options.from_kwargs(caller, dict(options))
+    backend_name = _backend_for(caller, fn, opts.backend, on_loop, pool is not None)
     if backend_name == "async" and not on_loop and _loop_running():
         raise RuntimeError(
             f"manyhands.{caller}() with a coroutine function was called from a running "
@@ -149,22 +170,60 @@ def _engine(caller: str, fn: Any, items: Any, options: Any, on_loop: bool = Fals
     total = opts.total
     if total is None and source is None and progress_wanted(opts.progress):
         total = _length(items)
+    if pool is not None:
+        backend, owns = pool.backend_for_run(on_loop)
+        workers = pool.workers
+    else:
+        backend, workers = _private_backend(backend_name, opts, options, on_loop)
+        owns = True
+    return Run(
+        fn,
+        iterator,
+        opts,
+        backend,
+        workers=workers,
+        owns_backend=owns,
+        total=total,
+        open_journal=_journal_opener(fn, opts),
+        consumer=caller not in ("run", "pool.run"),
+        priority=priority,
+        async_source=source,
+        hooks=pool if pool is not None else None,
+    )
+
+
+def _private_backend(
+    name: str, opts: Options, given: Mapping[str, Any], on_loop: bool
+) -> tuple[Backend, int]:
+    """A backend for one run (``manyhands.run``, ``map``, ``amap``), and its workers."""
+    workers = opts.workers
     processes = None
-    if backend_name == "processes":
-        if "workers" not in options:  # CPU-bound: one worker per CPU
-            opts = dataclasses.replace(opts, workers=os.cpu_count() or 1)
+    if name == "processes":
+        if "workers" not in given:  # CPU-bound: one worker per CPU
+            workers = os.cpu_count() or 1
         processes = {
             "start_method": opts.start_method,
             "initializer": opts.initializer,
             "initargs": opts.initargs,
         }
     backend = create_backend(
-        backend_name, opts.workers, opts.timeout, own_loop=not on_loop, processes=processes
+        name, workers, timeout=opts.timeout, own_loop=not on_loop, processes=processes
     )
-    journal = _journal_opener(fn, opts)
-    engine = Engine(fn, iterator, opts, backend, total, journal, consumer=caller != "run")
-    engine.async_source = source
-    return engine
+    return backend, workers
+
+
+#: Options that belong to a Pool: its workers serve every run.
+POOL_OPTIONS = ("workers", "backend", "start_method", "initializer", "initargs")
+
+
+def _refuse_pool_options(caller: str, given: Mapping[str, Any]) -> None:
+    for name in POOL_OPTIONS:
+        if name in given:
+            raise TypeError(
+                f"{caller}() got {name}=, which belongs to the pool: its workers serve "
+                f"every run. Pass it to manyhands.Pool({name}=...), or call manyhands."
+                f"{caller.rsplit('.', maxsplit=1)[-1]}() for a run with workers of its own"
+            )
 
 
 def _journal_opener(fn: Any, opts: Options) -> Callable[[], Journal] | None:
@@ -189,9 +248,20 @@ def _journal_opener(fn: Any, opts: Options) -> Callable[[], Journal] | None:
     return open_journal
 
 
-def _backend_for(caller: str, fn: Any, asked: str | None, on_loop: bool) -> str:
+def _backend_for(
+    caller: str, fn: Any, asked: str | None, on_loop: bool, pooled: bool = False
+) -> str:
     """The backend a run uses: as asked, else ``async`` for coroutine functions."""
     is_async = is_coroutine_function(fn)
+    if pooled:
+        if is_async != (asked == "async"):
+            kind = "a coroutine function" if is_async else "a regular function"
+            raise TypeError(
+                f"{caller}() got {kind}, which a pool of backend={asked!r} cannot run: "
+                "coroutine functions need manyhands.Pool(backend='async'), regular "
+                "functions a pool of threads or processes"
+            )
+        return str(asked)
     if on_loop and not is_async:
         raise TypeError(
             f"{caller}() needs a coroutine function (async def); for a regular function "

@@ -15,6 +15,7 @@ __all__ = [
     "RUNNING",
     "TIMED_OUT",
     "Batch",
+    "Task",
     "execute",
     "leave_if_forked",
     "unwatch_this_thread",
@@ -22,6 +23,64 @@ __all__ = [
 ]
 
 RUNNING, FINISHED, TIMED_OUT = 0, 1, 2  # Batch.state, with timeout=
+
+
+class Task:
+    """What the workers need to know about one run: its function and where batches go back.
+
+    A pool's workers serve many runs; each batch carries its run's Task.
+
+    Attributes:
+        fn: called as ``fn(item)``.
+        done: takes each finished batch (from any thread); the run's completions.
+        priority: higher runs first when runs share a pool (``priority=``).
+        timeout: seconds a call may run, for a backend that applies it per call
+            (asyncio); ``None`` for no limit.
+        timed: the backend must know when each batch started and who runs it
+            (``timeout=``, or a shared pool, which may have to abandon a run's calls).
+        abandoned: workers this run's calls were left to (a timeout, or the end
+            of a run in a shared pool), counted for its Report.
+        served: the scheduler's account of the workers' time this run had, for
+            fairness between runs of equal priority.
+        cost: the run's measured seconds per item (how much ``served`` grows per item).
+        waiting: since when (``time.monotonic``) it has had a batch waiting and
+            got none, for the scheduler's starvation rule; None when it was just served.
+        key: a number of the pool's own for this task (e.g. which function a
+            worker process has loaded).
+    """
+
+    __slots__ = (
+        "abandoned",
+        "cost",
+        "done",
+        "fn",
+        "key",
+        "priority",
+        "served",
+        "timed",
+        "timeout",
+        "waiting",
+    )
+
+    def __init__(
+        self,
+        fn: Callable[[Any], Any],
+        done: Callable[[Batch], None],
+        *,
+        priority: int = 0,
+        timeout: float | None = None,
+        timed: bool = False,
+    ) -> None:
+        self.fn = fn
+        self.done = done
+        self.priority = priority
+        self.timeout = timeout
+        self.timed = timed
+        self.abandoned = 0
+        self.served = 0.0
+        self.cost = 0.0
+        self.waiting: float | None = None
+        self.key = 0
 
 
 class Batch:
@@ -35,6 +94,7 @@ class Batch:
         seq: position of this batch in the input, for ordered delivery
             (-1 for the retry of a single item).
         items: the input items.
+        task: the run it belongs to: its function, and where it goes back.
         attempt: which attempt this is for its items (1 for the first).
         values: one result per item (``None`` where the item failed).
         errors: index in ``items`` -> the exception raised (threads) or its
@@ -48,10 +108,10 @@ class Batch:
         last_failure: for a retry, the item's outcome if it never runs (a stop rule).
         epoch: the engine's rate epoch when the batch was sent.
         keys: with a journal, each item's key.
-        started: with ``timeout=``, when a worker began the batch (``time.monotonic``).
-        state: with ``timeout=``: RUNNING, FINISHED or TIMED_OUT, changed under the
+        started: with ``task.timed``, when a worker began the batch (``time.monotonic``).
+        state: with ``task.timed``: RUNNING, FINISHED or TIMED_OUT, changed under the
             backend's lock, so a batch either finishes or times out, never both.
-        owner: with ``timeout=``, the running worker's lifetime lock.
+        owner: with ``task.timed``, the running worker (the backend's own token).
         skipped: for items not run (final in the journal, or duplicates), why.
     """
 
@@ -73,12 +133,14 @@ class Batch:
         "skipped",
         "started",
         "state",
+        "task",
         "values",
     )
 
-    def __init__(self, seq: int, items: list[Any], attempt: int = 1) -> None:
+    def __init__(self, seq: int, items: list[Any], task: Task, attempt: int = 1) -> None:
         self.seq = seq
         self.items = items
+        self.task = task
         self.attempt = attempt
         self.values: list[Any] = []
         self.errors: dict[int, BaseException | Failure] | None = None
@@ -105,7 +167,7 @@ class Batch:
         return self._part(list(range(count)))
 
     def _part(self, keep: list[int]) -> Batch:
-        part = Batch(self.seq, [self.items[i] for i in keep], self.attempt)
+        part = Batch(self.seq, [self.items[i] for i in keep], self.task, self.attempt)
         part.values = [self.values[i] for i in keep]
         part.elapsed = self.elapsed * len(keep) / len(self.items) if self.items else 0.0
         if self.keys is not None:
@@ -142,6 +204,7 @@ def execute(fn: Callable[[Any], Any], batch: Batch) -> None:
     items = batch.items
     running = _running
     ident = get_ident()
+    outer = running.get(ident)  # (a run nested in a call: inline in this thread)
     running[ident] = items  # (per batch: what a fork in this thread must stop)
     start = perf_counter()
     for item in items:
@@ -153,7 +216,10 @@ def execute(fn: Callable[[Any], Any], batch: Batch) -> None:
             errors[len(values)] = exc
             append(None)
     batch.elapsed = perf_counter() - start
-    del running[ident]  # an idle worker keeps no items alive
+    if outer is None:
+        del running[ident]  # an idle worker keeps no items alive
+    else:
+        running[ident] = outer
     batch.values = values
     batch.errors = errors
     if _forked:

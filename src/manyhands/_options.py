@@ -15,7 +15,7 @@ from typing import Any, TypedDict
 from ._rate import parse_rate
 from ._retry import ErrorMatcher, Retry, check_matcher
 
-__all__ = ["BACKENDS", "DEFAULT_WORKERS", "Options", "RunOptions"]
+__all__ = ["BACKENDS", "DEFAULT_WORKERS", "Options", "RunOptions", "check_positive_int"]
 
 #: Threads by default: most long item lists are network calls, which wait far
 #: more than they compute. 32 matches the stdlib's upper bound for IO work.
@@ -171,7 +171,7 @@ class Options:
         return options
 
     def _validate(self) -> None:
-        _positive_int("workers", self.workers, "the number of calls to run at once, e.g. 16")
+        check_positive_int("workers", self.workers, "the number of calls to run at once, e.g. 16")
         if self.backend is not None and self.backend not in BACKENDS:
             raise ValueError(
                 f"backend={self.backend!r} is not a known backend; accepted: "
@@ -180,15 +180,15 @@ class Options:
         if not isinstance(self.ordered, bool):
             raise TypeError(f"ordered must be True or False, got {self.ordered!r}")
         if self.batch_size is not None:
-            _positive_int("batch_size", self.batch_size, "or None to adapt it automatically")
+            check_positive_int("batch_size", self.batch_size, "or None to adapt it automatically")
         if self.window is not None:
-            _positive_int("window", self.window, "or None for the default")
-        _positive_int("keep_failures", self.keep_failures, "0 keeps only counts", zero=True)
+            check_positive_int("window", self.window, "or None for the default")
+        check_positive_int("keep_failures", self.keep_failures, "0 keeps only counts", zero=True)
         _non_negative_float("grace", self.grace)
         Retry.coerce(self.retry)
         parse_rate(self.rate)
         if self.stop_after_failures is not None:
-            _positive_int("stop_after_failures", self.stop_after_failures, "or None")
+            check_positive_int("stop_after_failures", self.stop_after_failures, "or None")
         if self.stop_after_failure_rate is not None:
             share, last = self._failure_rate()
             if not (isinstance(share, (int, float)) and 0 <= share < 1):
@@ -196,7 +196,7 @@ class Options:
                     "stop_after_failure_rate must be a share in [0, 1), e.g. 0.5, or "
                     f"(share, last_n), got {self.stop_after_failure_rate!r}"
                 )
-            _positive_int("stop_after_failure_rate's last_n", last, "e.g. (0.5, 100)")
+            check_positive_int("stop_after_failure_rate's last_n", last, "e.g. (0.5, 100)")
         if self.timeout is not None:
             _non_negative_float("timeout", self.timeout)
             if self.timeout == 0:
@@ -209,7 +209,7 @@ class Options:
                 f"got {self.progress!r}"
             )
         if self.total is not None:
-            _positive_int("total", self.total, "the number of items, for the ETA", zero=True)
+            check_positive_int("total", self.total, "the number of items, for the ETA", zero=True)
         self._validate_journal()
         self._validate_processes()
 
@@ -300,7 +300,8 @@ def _choice(name: str, value: object, accepted: tuple[str, ...]) -> None:
         )
 
 
-def _positive_int(name: str, value: object, hint: str, *, zero: bool = False) -> None:
+def check_positive_int(name: str, value: object, hint: str, *, zero: bool = False) -> None:
+    """Refuse anything but an int >= 1 (>= 0 with ``zero``), naming ``name`` and a hint."""
     lowest = 0 if zero else 1
     if not isinstance(value, int) or isinstance(value, bool):
         raise TypeError(f"{name} must be an int >= {lowest} ({hint}), got {value!r}")

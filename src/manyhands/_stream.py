@@ -9,9 +9,9 @@ from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 from ._batch import Batch
-from ._engine import Engine
 from ._outcome import Outcome
 from ._report import Report
+from ._run import Run
 
 __all__ = ["AsyncOutcomes", "Outcomes"]
 
@@ -28,9 +28,9 @@ class Outcomes(Generic[T, R]):
     Using it as a context manager closes it on exit.
     """
 
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
-        self._outcomes = _outcomes(engine)
+    def __init__(self, run: Run) -> None:
+        self._run = run
+        self._outcomes = _outcomes(run)
 
     def __iter__(self) -> Iterator[Outcome[T, R]]:
         return self._outcomes  # the generator itself: no extra call per item
@@ -52,13 +52,13 @@ class Outcomes(Generic[T, R]):
         tb: TracebackType | None,
     ) -> None:
         if exc is not None:  # how the journal's run ends: e.g. "terminated"
-            self._engine.exit_status = getattr(exc, "run_status", None)
+            self._run.exit_status = getattr(exc, "run_status", None)
         self.close()
 
     @property
     def report(self) -> Report:
         """A Report of the outcomes delivered so far (final once exhausted)."""
-        return self._engine.report()
+        return self._run.report()
 
 
 class AsyncOutcomes(Generic[T, R]):
@@ -70,9 +70,9 @@ class AsyncOutcomes(Generic[T, R]):
     finalizes the abandoned iterator (a moment later).
     """
 
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
-        self._outcomes = _aoutcomes(engine)
+    def __init__(self, run: Run) -> None:
+        self._run = run
+        self._outcomes = _aoutcomes(run)
 
     def __aiter__(self) -> AsyncIterator[Outcome[T, R]]:
         return self._outcomes
@@ -94,23 +94,23 @@ class AsyncOutcomes(Generic[T, R]):
         tb: TracebackType | None,
     ) -> None:
         if exc is not None:  # how the journal's run ends: e.g. "terminated"
-            self._engine.exit_status = getattr(exc, "run_status", None)
+            self._run.exit_status = getattr(exc, "run_status", None)
         await self.aclose()
 
     @property
     def report(self) -> Report:
         """A Report of the outcomes delivered so far (final once exhausted)."""
-        return self._engine.report()
+        return self._run.report()
 
 
-def _outcomes(engine: Engine) -> Generator[Outcome[Any, Any], None, None]:
+def _outcomes(run: Run) -> Generator[Outcome[Any, Any], None, None]:
     """The Outcomes of the run; a batch is recorded in the journal once you got it.
 
     Leaving during a batch records the outcomes you received, and no more:
     how many is read off the batch's item iterator, at no cost per item.
     """
-    batches = engine.batches()
-    delivered = engine.delivered
+    batches = run.batches()
+    delivered = run.delivered
     try:
         for batch in batches:
             items = iter(batch.items)
@@ -124,9 +124,9 @@ def _outcomes(engine: Engine) -> Generator[Outcome[Any, Any], None, None]:
         batches.close()
 
 
-async def _aoutcomes(engine: Engine) -> AsyncGenerator[Outcome[Any, Any], None]:
-    batches = engine.abatches()
-    delivered = engine.delivered
+async def _aoutcomes(run: Run) -> AsyncGenerator[Outcome[Any, Any], None]:
+    batches = run.abatches()
+    delivered = run.delivered
     try:
         async for batch in batches:
             items = iter(batch.items)

@@ -119,7 +119,7 @@ def run(
     # Without --output nobody reads the values: what finishes is recorded as in run()
     # (with --output, a journal row is written once the line was).
     caller = "map" if sink is not None else "run"
-    engine = _api._engine(caller, _calling(fn), read_items(stream, form), options)
+    engine = _api.open_run(caller, _calling(fn), read_items(stream, form), options)
     if sink is not None:
         engine.before_record = sink.flush
     outcomes: Outcomes[Any, Any] = Outcomes(engine)
