@@ -11,9 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import sqlite3
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -175,3 +177,38 @@ def test_items_that_json_confuses_each_run_once_and_are_skipped_on_resume(
     assert [identity(item) for item in ran] == [identity(item) for item in items]
     again = manyhands.run(ran.append, items, journal=journal)
     assert (again.skipped, again.succeeded, len(ran)) == (len(items), 0, len(items))
+
+
+def test_an_item_that_contains_itself_has_no_default_key_and_names_the_fix(
+    tmp_path: Path,
+) -> None:
+    loop: list[Any] = [1]
+    loop.append(loop)
+    with pytest.raises(manyhands.JournalError, match=r"item 1 .* no default journal key.*key="):
+        manyhands.run(str, [0, loop], journal=tmp_path / "run.db")
+
+
+def set_version(journal: Path, version: str) -> None:
+    with sqlite3.connect(journal) as db:
+        db.execute("UPDATE meta SET value = ? WHERE name = 'version'", (version,))
+    db.close()
+
+
+def test_a_version_1_journal_resumes_and_a_newer_one_is_refused_untouched(
+    tmp_path: Path,
+) -> None:
+    journal = tmp_path / "run.db"
+    manyhands.run(str, ["a", 1, {"id": 2}], journal=journal)
+    set_version(journal, "1")
+    report = manyhands.run(str, ["a", 1, {"id": 2}, 3], journal=journal)
+    assert (report.skipped, report.succeeded) == (3, 1)
+
+    set_version(journal, "3")
+    before = journal.read_bytes()
+    with pytest.raises(manyhands.JournalError, match="format version '3', newer than"):
+        manyhands.run(str, ["a"], journal=journal)
+    from manyhands._inspect import read_status
+
+    with pytest.raises(manyhands.JournalError, match="newer than"):
+        read_status(journal)
+    assert journal.read_bytes() == before
