@@ -7,12 +7,16 @@ read with ``os.fsdecode``/``os.listdir``, or stdin under ``LC_ALL=C``.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import manyhands
 from manyhands._inspect import read_failures, read_status
+
+from .conftest import python_subprocess_env
 
 NAME = os.fsdecode(b"caf\xe9.txt")  # 'caf\udce9.txt'
 
@@ -62,3 +66,17 @@ def test_keys_with_lone_surrogates_from_key_functions_stay_distinct(tmp_path: Pa
     report = manyhands.run(opening(calls), items, journal=journal, key=lambda name: name)
     assert (report.skipped, report.duplicates) == (3, 0)
     assert calls == Counter(items)
+
+
+def test_status_and_failures_print_text_that_is_not_utf8(tmp_path: Path) -> None:
+    journal = tmp_path / "run.db"
+    manyhands.run(opening(Counter()), ["bad" + NAME, "ok"], journal=journal)
+    for command in (["failures"], ["failures", "--json", "--traceback"], ["status"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "manyhands", *command, str(journal)],
+            env=python_subprocess_env() | {"PYTHONIOENCODING": "utf-8"},  # strict, as a pipe
+            capture_output=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr.decode(errors="replace")
+        assert b"FileNotFoundError" in done.stdout
