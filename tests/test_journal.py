@@ -79,12 +79,35 @@ def test_map_yields_skipped_outcomes_with_stored_results_in_order(tmp_path: Path
     assert sum(calls.values()) == 7
 
 
-def test_results_that_are_not_json_are_pickled(tmp_path: Path) -> None:
+def test_values_that_are_not_json_are_not_stored_and_their_items_stay_done(
+    tmp_path: Path,
+) -> None:
     journal = tmp_path / "run.db"
-    list(manyhands.map(lambda x: {x}, [1, 2], journal=journal, store_results=True))
-    again = list(manyhands.map(lambda x: {x}, [1, 2], journal=journal, store_results=True))
-    assert sorted(o.value for o in again) == [{1}, {2}]  # type: ignore[type-var]
+    calls, _ = counting()
+
+    def fn(x: int) -> Any:
+        calls[x] += 1
+        return {x} if x % 2 else [x, "ok"]
+
+    with pytest.warns(manyhands.JournalWarning, match=r"item 1, a set, cannot be stored as JSON"):
+        outs = list(manyhands.map(fn, range(4), journal=journal, store_results=True))
+    assert all(o.ok for o in outs) and {o.item: o.value for o in outs}[1] == {1}
+    with pytest.warns(manyhands.JournalWarning, match=r"of 1, done in the journal, was not stored"):
+        again = list(manyhands.map(fn, range(4), journal=journal, store_results=True, ordered=True))
+    assert [o.value for o in again] == [[0, "ok"], None, [2, "ok"], None]
     assert {o.skipped for o in again} == {"done in the journal"}
+    assert calls == Counter(range(4)), "a done item ran again"
+
+
+def test_store_results_pickle_keeps_any_picklable_value_exactly(tmp_path: Path) -> None:
+    journal = tmp_path / "run.db"
+    values = {0: {1, 2}, 1: (1, "a"), 2: {1: "int key"}}
+    list(manyhands.map(values.get, values, journal=journal, store_results="pickle"))
+    again = list(manyhands.map(values.get, values, journal=journal, store_results="pickle"))
+    assert {o.item: o.value for o in again} == values
+    assert {o.skipped for o in again} == {"done in the journal"}
+    with pytest.raises(ValueError, match=r"store_results must be True .* 'pickle' .* got 'yes'"):
+        manyhands.run(str, [1], journal=journal, store_results="yes")  # type: ignore[arg-type]
 
 
 def test_retry_failed_runs_only_the_failures_again(tmp_path: Path) -> None:
@@ -258,14 +281,14 @@ def test_a_full_disk_stops_the_run_and_records_nothing_false(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     journal = tmp_path / "run.db"
-    opened = _journal._open
+    opened = _journal.open_db
 
     def small_disk(path: Path, durability: str) -> sqlite3.Connection:
         db = opened(path, durability)
         db.execute("PRAGMA max_page_count = 40")  # about 160 KiB: "database or disk is full"
         return db
 
-    monkeypatch.setattr(_journal, "_open", small_disk)
+    monkeypatch.setattr(_journal, "open_db", small_disk)
     calls, fn = counting()
     with pytest.raises(manyhands.JournalError, match="disk is full") as info:
         manyhands.run(fn, range(200_000), journal=journal, workers=4)

@@ -11,7 +11,8 @@ Every exception of manyhands' own derives from one root::
      │                     an item without a key, an edited item)
      └── ItemsFailed       Report.raise_for_failures(): some items failed
 
-    JournalWarning         (a UserWarning) the journal was written by other code
+    JournalWarning         (a UserWarning) the journal was written by other code,
+                           or a value could not be stored or read back
 
 An item's failure is never raised by ``run`` or ``map``: it is a value, a
 :class:`~manyhands.Failure`, in the :class:`~manyhands.Outcome` of that item.
@@ -120,7 +121,11 @@ class JournalError(ManyhandsError):
 
 
 class JournalWarning(UserWarning):
-    """The journal was written by a different function, or its code changed."""
+    """Something about the journal deserves a look; the run goes on.
+
+    It was written by a different function (or its code changed), or a
+    value could not be stored or read back (``store_results``).
+    """
 
 
 class ItemsFailed(ManyhandsError):

@@ -9,8 +9,8 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, fields
-from typing import Any, TypedDict
+from dataclasses import dataclass, fields, is_dataclass
+from typing import Any, Literal, TypedDict
 
 from ._rate import parse_rate
 from ._retry import ErrorMatcher, Retry, check_matcher
@@ -81,8 +81,12 @@ class RunOptions(TypedDict, total=False):
         numbers and JSON-like lists/tuples/dicts of those.
     retry_failed: with a journal, run the items recorded as failed again
         (default False: skip them like the done ones).
-    store_results: with a journal, store each value (JSON when possible,
-        else pickle) so that a resumed ``map`` yields it for skipped items.
+    store_results: with a journal, store each value so that a resumed
+        ``map`` yields it for skipped items: ``True`` stores JSON (a value
+        that is not JSON is not stored, with a JournalWarning; the item is
+        still done); ``"pickle"`` stores any picklable value, and resuming
+        unpickles it, which runs code from the file: only for journals you
+        trust. Default False.
     durability: ``"normal"`` (default: survives a crash of the process) or
         ``"full"`` (fsync at every commit: survives a power cut too).
     changed_items: with ``key=``, what to do with an item whose content
@@ -111,7 +115,7 @@ class RunOptions(TypedDict, total=False):
     journal: str | os.PathLike[str] | None
     key: Callable[[Any], Any] | None
     retry_failed: bool
-    store_results: bool
+    store_results: bool | Literal["pickle"]
     durability: str
     changed_items: str
 
@@ -144,7 +148,7 @@ class Options:
     journal: str | os.PathLike[str] | None = None
     key: Callable[[Any], Any] | None = None
     retry_failed: bool = False
-    store_results: bool = False
+    store_results: bool | Literal["pickle"] = False
     durability: str = "normal"
     changed_items: str = "refuse"
 
@@ -238,9 +242,14 @@ class Options:
                 f"key must be a callable taking an item, e.g. key=lambda row: row['id'], "
                 f"got {self.key!r}"
             )
-        for name in ("retry_failed", "store_results"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if not isinstance(self.retry_failed, bool):
+            raise TypeError(f"retry_failed must be True or False, got {self.retry_failed!r}")
+        if not isinstance(self.store_results, bool) and self.store_results != "pickle":
+            raise ValueError(
+                "store_results must be True (store values as JSON), 'pickle' (any picklable "
+                "value; resuming unpickles them, which runs code from the journal file: only "
+                f"for files you trust) or False, got {self.store_results!r}"
+            )
         _choice("durability", self.durability, ("normal", "full"))
         _choice("changed_items", self.changed_items, ("refuse", "rerun", "skip"))
         if self.journal is None:
@@ -269,10 +278,19 @@ class Options:
         return self._failure_rate()[1] if self.stop_after_failure_rate is not None else 100
 
     def recorded(self) -> dict[str, Any]:
-        """The options worth recording in a journal's run history (set ones only)."""
+        """The options worth recording in a journal's run history (set ones only).
+
+        Plain values as they are; a callable or policy by its name, never its
+        arguments; ``initializer`` and ``initargs`` only as "set": they carry
+        secrets (an API key, a password), and the journal is a file on disk.
+
+        >>> Options(workers=4, initargs=("api-key",), rate="5/s").recorded()
+        {'workers': 4, 'rate': '5/s', 'initargs': 'set'}
+        """
         defaults = Options()
+        secret = ("initializer", "initargs")
         return {
-            f.name: getattr(self, f.name)
+            f.name: "set" if f.name in secret else _plain(getattr(self, f.name))
             for f in fields(self)
             if getattr(self, f.name) != getattr(defaults, f.name) and f.name != "key"
         }
@@ -291,6 +309,29 @@ class Options:
     def item_window(self) -> int:
         """Most items admitted and not yet delivered."""
         return self.window if self.window is not None else max(16384, 2 * self.workers)
+
+
+def _plain(value: object) -> object:
+    """An option's value as plain data, without what a repr or a closure could reveal.
+
+    >>> _plain((ValueError, "x", 2)), _plain(len)
+    (['builtins.ValueError', 'x', 2], 'builtins.len')
+    """
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, (tuple, list)):
+        return [_plain(element) for element in value]
+    if isinstance(value, type):
+        return f"{value.__module__}.{value.__qualname__}"
+    if is_dataclass(value):
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value) if f.repr}
+    if callable(value):
+        from ._keys import function_name
+
+        return function_name(value)
+    return f"<{type(value).__qualname__}>"
 
 
 def _choice(name: str, value: object, accepted: tuple[str, ...]) -> None:
