@@ -60,7 +60,7 @@ from ._backends import Backend
 from ._batch import EXECUTE_CODE, Batch
 from ._exceptions import InputError, JournalError, ManyhandsError, Timeout
 from ._options import Options
-from ._outcome import DUPLICATE, Failure
+from ._outcome import Failure
 from ._progress import Progress, progress_wanted
 from ._rate import RateLimit
 from ._report import Report
@@ -414,9 +414,7 @@ class Engine:
             batch.skipped = segment.reasons
             batch.values = segment.values or []
             batch.failures = segment.failures
-            duplicates = segment.reasons.count(DUPLICATE)
-            stats.duplicates += duplicates
-            stats.skipped += len(segment.items) - duplicates
+            stats.add_skipped(segment.reasons)
             self._ready.append(batch)
         if self._exhausted and not self._timers:
             self._backend.wind_down()
@@ -565,9 +563,9 @@ class Engine:
         again.last_failure = failure
         if batch.keys is not None:
             again.keys = [batch.keys[index]]
-        if batch.attempt == 1:
+        if batch.attempt == 1:  # the item starts waiting for retries (once)
             self.statistics.retried += 1
-        self.statistics.retrying += 1
+            self.statistics.retrying += 1
         heapq.heappush(self._timers, (monotonic() + delay, next(self._tiebreak), again))
 
     def _deliver(self, batch: Batch, retried: set[int]) -> Iterator[Batch]:
@@ -653,7 +651,10 @@ class Engine:
         options = self._options
         stats = self.statistics
         if options.stop_after_failures is not None and stats.failed >= options.stop_after_failures:
-            self._stop(f"stop_after_failures={options.stop_after_failures}: {stats.failed} failed")
+            self._stop(
+                f"stop_after_failures={options.stop_after_failures}: "
+                f"{stats.failed:,} items had failed"
+            )
         recent = self._recent
         if recent is not None and len(recent) == recent.maxlen:
             limit = options.stop_rate_share
@@ -707,6 +708,7 @@ class Engine:
             "failed": stats.failed,
             "retrying": stats.retrying,
             "in_flight": self._in_flight,
+            "failing_alike": stats.failing_alike(),
             "p50": latency.percentile(50),
             "p95": latency.percentile(95),
         }
