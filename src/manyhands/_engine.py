@@ -58,6 +58,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._backends import Backend
 from ._batch import EXECUTE_CODE, Batch
+from ._checks import check_first_value, discard_coroutines
 from ._exceptions import InputError, JournalError, ManyhandsError, Timeout
 from ._options import Options
 from ._outcome import Failure
@@ -140,6 +141,9 @@ class Engine:
             self._recent = deque(maxlen=options.failure_rate_window)
         self._started: float | None = None
         self._finished: float | None = None
+        # Until fn's first value is known not to be a coroutine (see _checks).
+        self._values_unchecked = True
+        self._returned_coroutines = False
 
     def _size_batches(self, options: Options) -> None:
         """How many batches may be out, and how big they may grow."""
@@ -186,6 +190,8 @@ class Engine:
             finally:
                 self._mark_finished()
                 self._backend.shutdown(self._options.grace)
+                if self._returned_coroutines:  # none is recorded, none warns
+                    discard_coroutines(self._completions)
                 if self._journal is not None:
                     self._close_journal(self._journal, completed)
         finally:
@@ -277,6 +283,8 @@ class Engine:
             finally:
                 self._mark_finished()
                 await self._backend.ashutdown(self._options.grace)  # type: ignore[attr-defined]
+                if self._returned_coroutines:  # none is recorded, none warns
+                    discard_coroutines(self._completions)
                 if self._feed is not None:
                     await self._feed.aclose()
                 if self._journal is not None:
@@ -500,6 +508,8 @@ class Engine:
         """Settle a batch back from the backend; yield what is ready for delivery."""
         self._in_backend -= 1
         self._in_flight -= len(batch.items)
+        if self._values_unchecked:
+            self._check_first_value(batch)
         if self._running:
             self._running.pop(id(batch), None)
         if self._warm_up:
@@ -524,6 +534,14 @@ class Engine:
             self._check_stop_rules()
         if self.statistics.stop_reason is not None and self._timers:
             yield from self._give_up_retries()
+
+    def _check_first_value(self, batch: Batch) -> None:
+        """Stop the run if fn returned a coroutine rather than a value (see _checks)."""
+        try:
+            self._values_unchecked = check_first_value(self._fn, batch)
+        except TypeError:
+            self._returned_coroutines = True
+            raise
 
     def _settle_errors(self, batch: Batch) -> tuple[set[int], list[Failure]]:
         """Turn errors into Failures; schedule the retryable ones; return (retried, final)."""
