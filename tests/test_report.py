@@ -85,11 +85,12 @@ def test_a_stop_rule_says_why_it_stopped_and_how_many_failed_in_all() -> None:
             all_running.wait()  # the first 8 calls all run before any fails
         raise ConnectionError(f"down {x}")
 
-    report = manyhands.run(fn, range(1000), workers=8, stop_after_failures=3)
-    assert report.failed == 8 and report.total == 8
+    report = manyhands.run(fn, range(1000), workers=8, batch_size=1, stop_after_failures=3)
+    # The 8 calls that ran together, and any started while the first 2 failures came back.
+    assert 8 <= report.failed == report.total < 1000
     text = str(report)
     assert "stop_after_failures=3: 3 items had failed" in text  # why it stopped
-    assert "8 failed in all" in text and "already running" in text  # what it cost
+    assert f"{report.failed} failed in all" in text and "already running" in text  # the cost
 
 
 def bug(x: int) -> int:
