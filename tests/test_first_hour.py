@@ -126,6 +126,14 @@ def test_arun_input_error_carries_the_report_and_sync_fn_is_refused() -> None:
     asyncio.run(main())
 
 
+def test_arun_records_every_outcome_in_the_journal(tmp_path: Path) -> None:
+    journal = tmp_path / "run.db"
+    first = asyncio.run(manyhands.arun(half, range(200), journal=journal))
+    again = asyncio.run(manyhands.arun(half, range(200), journal=journal))
+    assert (first.succeeded, first.failed) == (199, 1)
+    assert (again.ran, again.skipped, again.skipped_failed) == (0, 200, 1)
+
+
 def test_cancelling_arun_cancels_its_calls() -> None:
     started = 0
     cancelled = 0

@@ -222,11 +222,12 @@ def test_every_item_failing_alike_shows_in_the_line(capsys: pytest.CaptureFixtur
 
 def test_ctrl_c_with_progress_leaves_no_thread_and_ends_the_line() -> None:
     code = """
-import threading, time, manyhands
+import _thread, threading, time, manyhands
 def fn(x):
+    if x == 40:  # well under way, the line drawn, however loaded the machine
+        _thread.interrupt_main()
     time.sleep(0.05)
     return x
-threading.Timer(0.5, lambda: __import__('_thread').interrupt_main()).start()
 try:
     manyhands.run(fn, range(10_000), workers=4, progress=True)
 except KeyboardInterrupt:

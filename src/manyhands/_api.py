@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ._backends import create_backend
 from ._checks import check_fn, check_items, check_report_only, is_coroutine_function
 from ._engine import Engine
-from ._exceptions import InputError, JournalError
+from ._exceptions import ManyhandsError
 from ._options import Options, lists_options
 from ._progress import progress_wanted
 from ._report import Report
@@ -76,11 +76,12 @@ def run(
     >>> report.succeeded, report.failed, report.errors_by_type
     (3, 1, {'builtins.ZeroDivisionError': 1})
     """
-    engine = _engine("run", fn, items, more_items, options)
+    engine = _engine("run", fn, items, options, more=more_items, report_only=True)
+    delivered = engine.delivered
     try:
-        for _ in engine.batches():
-            pass
-    except (InputError, JournalError) as exc:
+        for batch in engine.batches():
+            delivered(batch)
+    except ManyhandsError as exc:  # the run ended early (input, journal, workers)
         exc.report = engine.report()
         raise
     return engine.report()
@@ -118,7 +119,7 @@ def map(
     >>> [out.value for out in manyhands.map(str.upper, ["a", "b"], ordered=True)]
     ['A', 'B']
     """
-    return Outcomes(_engine("map", fn, items, more_items, options))
+    return Outcomes(_engine("map", fn, items, options, more=more_items))
 
 
 @lists_options()
@@ -147,7 +148,7 @@ def amap(
     >>> asyncio.run(main())
     [0, 2, 4, 6, 8]
     """
-    return AsyncOutcomes(_engine("amap", fn, items, more_items, options, on_loop=True))
+    return AsyncOutcomes(_engine("amap", fn, items, options, on_loop=True, more=more_items))
 
 
 @lists_options(leave_out=("ordered",))
@@ -161,10 +162,10 @@ async def arun(
 
     ``fn`` is a coroutine function; the calls run as tasks on the caller's
     event loop, as with :func:`amap`, and ``items`` may be a sync or an async
-    iterable. Options and errors are those of :func:`run`: an
-    :class:`InputError` or :class:`JournalError` raised once items ran
-    carries their Report as ``.report``. Cancelling the awaiting task cancels
-    the running calls.
+    iterable. Options and errors are those of :func:`run`: a
+    :class:`ManyhandsError` (an :class:`InputError`, a :class:`JournalError`...)
+    that ends the run carries the Report of what ran as ``.report``.
+    Cancelling the awaiting task cancels the running calls.
 
     >>> import asyncio, manyhands
     >>> async def half(x):
@@ -174,13 +175,14 @@ async def arun(
     >>> report.succeeded, report.failed
     (2, 1)
     """
-    engine = _engine("arun", fn, items, more_items, options, on_loop=True)
+    engine = _engine("arun", fn, items, options, on_loop=True, more=more_items, report_only=True)
+    delivered = engine.delivered
     batches = engine.abatches()
     try:
         async with contextlib.aclosing(batches):
-            async for _ in batches:
-                pass
-    except (InputError, JournalError) as exc:
+            async for batch in batches:
+                delivered(batch)
+    except ManyhandsError as exc:  # the run ended early (input, journal, workers)
         exc.report = engine.report()
         raise
     return engine.report()
@@ -190,12 +192,18 @@ def _engine(
     caller: str,
     fn: Any,
     items: Any,
-    more: tuple[Any, ...],
     options: Any,
     on_loop: bool = False,
+    more: tuple[Any, ...] = (),
+    report_only: bool = False,
 ) -> Engine:
+    """A new engine for a front door, after every check at the call.
+
+    ``more``: positional arguments after ``items``, refused with a hint.
+    ``report_only``: the caller yields no outcomes (``run``, ``arun``).
+    """
     opts = Options.from_kwargs(caller, options)
-    if caller in ("run", "arun"):
+    if report_only:
         check_report_only(caller, opts)
     check_fn(caller, fn)
     is_async = is_coroutine_function(fn)
@@ -223,7 +231,8 @@ def _engine(
     backend = create_backend(
         backend_name, opts.workers, opts.timeout, own_loop=not on_loop, processes=processes
     )
-    engine = Engine(fn, iterator, opts, backend, total, _journal_opener(fn, opts))
+    journal = _journal_opener(fn, opts)
+    engine = Engine(fn, iterator, opts, backend, total, journal, consumer=caller != "run")
     engine.async_source = source
     return engine
 

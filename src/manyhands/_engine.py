@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import heapq
+import sys
 from collections import deque
 from collections.abc import (
     AsyncGenerator,
@@ -94,8 +95,19 @@ class Engine:
         backend: Backend,
         total: int | None = None,
         open_journal: Callable[[], Journal] | None = None,
+        consumer: bool = False,
     ) -> None:
         self._fn = fn
+        # map/amap: an outcome is recorded in the journal once it reached the
+        # consumer (see delivered()), so that a `break` records nothing it did not
+        # see; run: as soon as it is final.
+        self._consumer = consumer
+        #: Called in the consuming thread right before the rows of delivered
+        #: outcomes go to the journal (the command flushes its output file there).
+        self.before_record: Callable[[], None] | None = None
+        #: How the journal's run ends when the consumer stopped it early (set by the
+        #: consumer's ``with`` block from its exception's ``run_status``).
+        self.exit_status: str | None = None
         self._total = total  # for the progress display's ETA
         self._open_journal = open_journal  # opened when the run starts, closed when it ends
         self._journal: Journal | None = None
@@ -104,6 +116,7 @@ class Engine:
         self._options = options
         self._backend = backend
         self.statistics = RunStatistics(options.keep_failures)
+        self.statistics.notes = backend.notes  # (the same list: read at report time)
         self._completions: SimpleQueue[Batch] | LoopQueue[Batch] = SimpleQueue()
         self.async_source: AsyncIterable[Any] | None = None  # amap over an async iterable
         self._feed: AsyncFeed | None = None
@@ -192,11 +205,13 @@ class Engine:
                 self._backend.shutdown(self._options.grace)
                 if self._returned_coroutines:  # none is recorded, none warns
                     discard_coroutines(self._completions)
-                if self._journal is not None:
-                    self._close_journal(self._journal, completed)
         finally:
-            if progress is not None:
-                progress.close()
+            try:
+                if self._journal is not None:  # (also when the backend could not start)
+                    self._close_journal(self._journal, completed)
+            finally:
+                if progress is not None:
+                    progress.close()
         self._raise_input_error()
 
     def _begin(self) -> Progress | None:
@@ -230,21 +245,24 @@ class Engine:
     def _close_journal(self, journal: Journal, completed: bool) -> None:
         stats = self.statistics
         if completed:
-            status = "stopped" if stats.stop_reason else "finished"
+            ended = "stopped" if stats.stop_reason else "finished"
             if self._input_error is not None:
-                status = "input error"
-            journal.close(status, stats.counts())
+                ended = "input error"
+            journal.close(ended, stats.counts())
             return
         # Interrupted: keep what finished during the grace period, then close
-        # without masking the exception on its way out.
+        # without masking the exception on its way out. A consumer never saw
+        # those outcomes: they are kept only if their values are (store_results).
+        status: str | None = self.exit_status or getattr(sys.exc_info()[1], "run_status", None)
         try:
             # What cannot be written runs again next time.
             with contextlib.suppress(JournalError):
-                while not self._completions.empty():
+                keep = not self._consumer or self._options.store_results
+                while keep and not self._completions.empty():
                     finished = self._completions.get_nowait()
                     if finished is not None:
                         journal.record_successes(finished)
-                journal.close("interrupted", stats.counts())
+                journal.close(status or "interrupted", stats.counts())
         finally:
             journal.abandon()  # no-op once closed: the lock is released whatever happened
 
@@ -287,11 +305,13 @@ class Engine:
                     discard_coroutines(self._completions)
                 if self._feed is not None:
                     await self._feed.aclose()
-                if self._journal is not None:
-                    self._close_journal(self._journal, completed)
         finally:
-            if progress is not None:
-                progress.close()
+            try:
+                if self._journal is not None:  # (also when the backend could not start)
+                    self._close_journal(self._journal, completed)
+            finally:
+                if progress is not None:
+                    progress.close()
         self._raise_input_error()
 
     def _drive(self) -> Iterator[Batch]:
@@ -524,8 +544,6 @@ class Engine:
         self.statistics.add_batch(size - len(retried), size, batch.elapsed, final)
         if self._recent is not None:
             self._note_recent(batch, retried)
-        if self._journal is not None:
-            self._journal.record(batch, retried)
         if self._adaptive and size:
             self._work_fit = max(1, min(self._fit(batch.elapsed / size), 2 * size, self._cap))
             self._batch_size = min(self._work_fit, self._input_fit)
@@ -629,8 +647,6 @@ class Engine:
             batch.attempt -= 1  # the planned attempt never ran
             batch.values = [None]
             self.statistics.add_batch(1, 0, 0.0, [final])
-            if self._journal is not None:
-                self._journal.record(batch, set())
             yield from self._deliver(batch, set())
 
     # -- policies --------------------------------------------------------
@@ -705,6 +721,26 @@ class Engine:
         if remaining >= 0:  # leave every worker several batches of what is left
             return int(min(wanted, remaining / (4 * self._options.workers)))
         return int(min(wanted, STRAGGLE_SHARE * self.elapsed / per_item))
+
+    # -- the journal -----------------------------------------------------
+
+    def delivered(self, batch: Batch, count: int | None = None) -> None:
+        """Record in the journal the outcomes of ``batch`` that reached the consumer.
+
+        ``count``: only the first ``count`` of them did (the consumer left
+        during the batch). Called by the consumer's side (or at once by
+        ``run``), in the consuming thread, once per delivered batch.
+        """
+        journal = self._journal
+        if journal is None or batch.skipped is not None or journal.closed:
+            return  # (skipped items are final in the journal already)
+        if count is not None and count < len(batch.items):
+            if not count:
+                return
+            batch = batch.prefix(count)
+        if self.before_record is not None:
+            self.before_record()
+        journal.record(batch, set())
 
     # -- results ---------------------------------------------------------
 

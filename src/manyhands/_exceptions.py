@@ -41,7 +41,14 @@ __all__ = [
 
 
 class ManyhandsError(Exception):
-    """The root of every exception manyhands raises itself."""
+    """The root of every exception manyhands raises itself.
+
+    Attributes:
+        report: when :func:`manyhands.run` ended with this error after items
+            ran, their Report; else ``None``.
+    """
+
+    report: Report | None = None
 
 
 class InputError(ManyhandsError):

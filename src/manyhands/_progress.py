@@ -80,8 +80,13 @@ class Progress:
         self._bar = (bar_factory or _tqdm)(total=total, bar_format=first)
         self._draw()
         self._closing = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="manyhands-progress", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = threading.Thread(
+            target=self._run, name="manyhands-progress", daemon=True
+        )
+        try:
+            self._thread.start()
+        except RuntimeError:  # no thread to spare (a system limit): drawn at the end only
+            self._thread = None
 
     def _run(self) -> None:
         while not self._closing.wait(self._interval):
@@ -114,7 +119,8 @@ class Progress:
         if self._closing.is_set():
             return
         self._closing.set()
-        self._thread.join()
+        if self._thread is not None:
+            self._thread.join()
         try:
             self._draw(final=True)
         finally:

@@ -59,6 +59,9 @@ class Report:
         duplicates: items not run because their key came earlier in the input.
         abandoned: worker threads left to calls that ran past ``timeout=``
             (Python cannot stop a thread; each was replaced by a new one).
+        notes: one-line facts about how the run went that a user should know,
+            e.g. that it ran on fewer workers than asked because the system's
+            limit on threads was reached.
     """
 
     total: int
@@ -78,6 +81,7 @@ class Report:
     skipped: int = 0
     duplicates: int = 0
     abandoned: int = 0
+    notes: tuple[str, ...] = ()
     skipped_failed: int = 0
 
     @classmethod
@@ -104,6 +108,7 @@ class Report:
             skipped=stats.skipped,
             duplicates=stats.duplicates,
             abandoned=stats.abandoned,
+            notes=tuple(stats.notes),
             skipped_failed=stats.skipped_failed,
         )
 
@@ -168,6 +173,7 @@ class Report:
                 f"stopped early: {self.stopped}; {self.failed:,} failed in all, counting "
                 "the calls already running then, which were let finish"
             )
+        lines.extend(f"note: {note}" for note in self.notes)
         if self.errors_by_type:
             lines.append("errors by type:")
             for name, count in list(self.errors_by_type.items())[:10]:

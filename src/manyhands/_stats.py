@@ -87,6 +87,7 @@ class RunStatistics:
         self.duplicates = 0  # items not run: their key came earlier in this input
         self.abandoned = 0  # threads left to calls past their timeout
         self.stop_reason: str | None = None
+        self.notes: list[str] = []  # one-line facts for the Report (e.g. fewer workers)
         self.failures: list[Failure] = []
         self.first_failure: Failure | None = None  # kept even with keep_failures=0
         self.errors_by_type: Counter[str] = Counter()
@@ -140,7 +141,10 @@ class RunStatistics:
                 self.first_failure = failures[0]
             room = self.keep_failures - len(self.failures)
             if room > 0:
-                self.failures.extend(failures[:room])
+                kept = failures[:room]
+                for failure in kept:  # kept for the Report: as text, not as frames
+                    failure.release_frames()
+                self.failures.extend(kept)
             for failure in failures:
                 self.errors_by_type[failure.error_type] += 1
                 self.examples.setdefault(failure.error_type, failure.item)

@@ -23,6 +23,7 @@ from ._keys import default_key
 from ._options import BACKENDS, DEFAULT_WORKERS
 from ._outcome import Outcome
 from ._rate import parse_rate
+from ._stream import Outcomes
 
 __all__ = ["main"]
 
@@ -115,7 +116,13 @@ def run(
     summary = sys.stderr if output == "-" else sys.stdout
     sink = _open_output(output)
     failed = 0
-    outcomes = _api.map(_calling(fn), read_items(stream, form), **options)
+    # Without --output nobody reads the values: what finishes is recorded as in run()
+    # (with --output, a journal row is written once the line was).
+    caller = "map" if sink is not None else "run"
+    engine = _api._engine(caller, _calling(fn), read_items(stream, form), options)
+    if sink is not None:
+        engine.before_record = sink.flush
+    outcomes: Outcomes[Any, Any] = Outcomes(engine)
     try:
         with outcomes:
             for outcome in outcomes:

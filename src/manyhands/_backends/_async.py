@@ -25,8 +25,9 @@ from collections.abc import Callable
 from time import perf_counter
 from typing import Any
 
-from .._batch import Batch
-from .._exceptions import Timeout
+from .. import _batch
+from .._batch import Batch, leave_if_forked, unwatch_this_thread, watch_forks_in_this_thread
+from .._exceptions import Timeout, WorkerInitError
 from .._outcome import Failure
 
 __all__ = ["AsyncBackend"]
@@ -53,6 +54,7 @@ class AsyncBackend:
         self._fn: Callable[[Any], Any] | None = None
         self._done: Callable[[Batch], None] | None = None
         self.abandoned = 0  # always 0: a timed-out coroutine is cancelled, not abandoned
+        self.notes: list[str] = []
 
     # -- lifecycle -------------------------------------------------------
 
@@ -65,10 +67,19 @@ class AsyncBackend:
             self._thread = threading.Thread(
                 target=_serve, args=(loop, ready), name="manyhands-asyncio", daemon=True
             )
-            self._thread.start()
+            try:
+                self._thread.start()
+            except RuntimeError as exc:  # "can't start new thread": a limit of the system
+                loop.close()
+                raise WorkerInitError(
+                    f"the event loop's thread could not be started ({exc}): the system's "
+                    "limit on threads or memory is reached (ulimit -u, ulimit -v, a "
+                    "container's pids limit)"
+                ) from exc
             ready.wait()
         else:
             self._loop = asyncio.get_running_loop()
+            watch_forks_in_this_thread()  # a call that forks: see _batch
 
     def submit(self, batch: Batch) -> None:
         if self._own_loop:
@@ -173,6 +184,8 @@ class AsyncBackend:
                 entry.fail(index, exc)
             except BaseException as exc:
                 entry.fail(index, exc)
+            if _batch._forked:  # this is a child the call forked: it must not go on
+                leave_if_forked(entry.errors and entry.errors.get(index))
             entry.elapsed += perf_counter() - start
             entry.left -= 1
             if not entry.left:
@@ -234,5 +247,9 @@ class _Entry:
 
 def _serve(loop: asyncio.AbstractEventLoop, ready: threading.Event) -> None:
     asyncio.set_event_loop(loop)
+    watch_forks_in_this_thread()  # a call that forks: see _batch
     loop.call_soon(ready.set)
-    loop.run_forever()
+    try:
+        loop.run_forever()
+    finally:
+        unwatch_this_thread()

@@ -23,12 +23,15 @@ class Backend(Protocol):
     ``concurrent_items``: True if a batch's items run at the same time, so a
     batch per worker is not needed and the last batches cannot straggle.
     ``abandoned``: workers left to calls past their timeout, so far.
+    ``notes``: one-line facts for the Report (e.g. it runs on fewer workers
+    than asked because no more could be started).
     """
 
     handles_timeouts: bool
     timeout_action: str
     concurrent_items: bool
     abandoned: int
+    notes: list[str]
 
     def start(self, fn: Callable[[Any], Any], done: Callable[[Batch], None]) -> None:
         """Prepare to run ``fn``; finished batches go to ``done``."""

@@ -104,6 +104,7 @@ class ProcessBackend:
         self._broken: WorkerCrashed | None = None  # the dispatcher died: every item fails
         self._dispatcher: threading.Thread | None = None
         self.abandoned = 0  # processes are killed, never abandoned
+        self.notes: list[str] = []  # for the Report
 
     # -- lifecycle -------------------------------------------------------
 

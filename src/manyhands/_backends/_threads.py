@@ -11,6 +11,7 @@ from time import monotonic
 from typing import Any
 
 from .._batch import FINISHED, RUNNING, TIMED_OUT, Batch, execute
+from .._exceptions import WorkerInitError
 
 __all__ = ["ThreadBackend"]
 
@@ -40,6 +41,7 @@ class ThreadBackend:
     handles_timeouts = False  # the engine times batches out through expire()
     timeout_action = "it was left running in an abandoned thread and the item failed"
     concurrent_items = False
+    _start_thread = staticmethod(_thread.start_new_thread)  # (tests inject a failing one)
 
     def __init__(self, workers: int, timed: bool = False, abandon_limit: int | None = None) -> None:
         self._workers = workers
@@ -52,6 +54,7 @@ class ThreadBackend:
         self._retiring = 0  # stop sentinels queued so far
         self._fn: Callable[[Any], Any] | None = None
         self._done: Callable[[Batch], None] | None = None
+        self.notes: list[str] = []  # for the Report: e.g. fewer workers than asked
 
     def start(self, fn: Callable[[Any], Any], done: Callable[[Batch], None]) -> None:
         self._fn = fn
@@ -67,12 +70,33 @@ class ThreadBackend:
         alive = _thread.allocate_lock()
         alive.acquire()
         hooks = (threading.gettrace(), threading.getprofile())
-        if self._timed:
-            args = (self._tasks.get, self._fn, self._done, alive, hooks, self._guard)
-            _thread.start_new_thread(_work_timed, args)
-        else:
-            _thread.start_new_thread(_work, (self._tasks.get, self._fn, self._done, alive, hooks))
+        args: tuple[Any, ...] = (self._tasks.get, self._fn, self._done, alive, hooks)
+        try:
+            if self._timed:
+                self._start_thread(_work_timed, (*args, self._guard))
+            else:
+                self._start_thread(_work, args)
+        except RuntimeError as exc:  # "can't start new thread": a limit of the system
+            self._cannot_start(exc)
+            return
         self._alive.append(alive)
+
+    def _cannot_start(self, error: RuntimeError) -> None:
+        """No more threads: go on with those running, or end the run if there are none."""
+        running = len(self._alive) - self._retiring
+        if running <= 0:
+            raise WorkerInitError(
+                f"no worker thread could be started ({error}): the system's limit on threads "
+                "or on memory for their stacks is reached (ulimit -u, ulimit -v, "
+                "/proc/sys/kernel/threads-max, a container's pids limit). Lower workers= "
+                "or raise the limit"
+            ) from error
+        asked, self._workers = self._workers, running  # no new attempt for each batch
+        self.notes.append(
+            f"ran on {running} worker thread{'s' if running > 1 else ''}, not {asked}: no "
+            f"more could be started ({error}; the system's limit on threads or memory was "
+            "reached)"
+        )
 
     def expire(self, batch: Batch) -> bool:
         """Time out a running batch; False if it finished first.
