@@ -53,7 +53,7 @@ def test_rerun_skips_done_and_failed_items_and_counts_add_up(tmp_path: Path) -> 
     assert (second.succeeded, second.failed, second.skipped) == (200, 0, 1000)
     assert second.total == 1200
     assert all(calls[n] == 1 for n in range(1200)), "a final item ran again"
-    assert "1,000 already final in the journal" in str(second)
+    assert "997 skipped (done in the journal), 3 skipped (failed in the journal" in str(second)
 
 
 def test_map_yields_skipped_outcomes_with_stored_results_in_order(tmp_path: Path) -> None:
@@ -132,7 +132,7 @@ def test_duplicate_keys_in_one_input_run_once(tmp_path: Path) -> None:
     assert sum(o.skipped == "duplicate key" for o in outs) == 15
     report = manyhands.run(fn, [7, 7, 7], journal=journal)
     assert (report.succeeded, report.duplicates, report.total) == (1, 2, 3)
-    assert "2 duplicate keys" in str(report)
+    assert "2 skipped (duplicate keys)" in str(report)
 
 
 def test_key_function_and_edited_items(tmp_path: Path) -> None:
@@ -258,7 +258,7 @@ def test_a_corrupt_or_foreign_file_is_refused_and_left_untouched(tmp_path: Path)
 
 def test_an_unwritable_location_fails_before_anything_runs(tmp_path: Path) -> None:
     calls, fn = counting()
-    with pytest.raises(manyhands.JournalError, match="directory writable"):
+    with pytest.raises(manyhands.JournalError, match=r"directory .* does not exist"):
         manyhands.run(fn, range(3), journal=tmp_path / "missing" / "run.db")
     assert not calls
 

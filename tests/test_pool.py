@@ -366,3 +366,22 @@ def test_no_worker_outlives_the_pool(no_thread_left: None) -> None:
         pool.run(time.sleep, [0.001] * 100)
         pool.submit(time.sleep, 0.01).result()
     assert wait_for_threads(0, timeout=0) >= 0  # (the fixture checks the count)
+
+
+@pytest.mark.parametrize("method", ["run", "map", "amap"])
+def test_the_pools_methods_list_every_run_option_and_not_the_pools_own(method: str) -> None:
+    import inspect
+    from dataclasses import fields
+
+    from manyhands._api import POOL_OPTIONS
+    from manyhands._options import Options
+
+    params = list(inspect.signature(getattr(manyhands.Pool, method)).parameters.values())
+    assert [p.name for p in params[:4]] == ["self", "fn", "items", "priority"]
+    expected = [
+        (f.name, f.default)
+        for f in fields(Options)
+        if f.name not in POOL_OPTIONS and not (method == "run" and f.name == "ordered")
+    ]
+    assert [(p.name, p.default) for p in params[4:]] == expected
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params[3:])

@@ -5,12 +5,12 @@
 >>> report.succeeded
 1000
 
-See :func:`run`, :func:`map` and the README.
+See :func:`run`, :func:`map` (and :func:`arun`, :func:`amap` in async code), and the README.
 """
 
 from __future__ import annotations
 
-from ._api import amap, map, run
+from ._api import amap, arun, map, run
 from ._exceptions import (
     InputError,
     ItemsFailed,
@@ -49,6 +49,7 @@ __all__ = [
     "WorkerCrashed",
     "WorkerInitError",
     "amap",
+    "arun",
     "map",
     "run",
 ]

@@ -9,7 +9,9 @@ Every exception of manyhands' own derives from one root::
      ├── WorkerInitError   the worker initializer failed: the run did not start
      ├── JournalError      the journal cannot be used (in use, corrupt, unwritable,
      │                     an item without a key, an edited item)
-     └── ItemsFailed       Report.raise_for_failures(): some items failed
+     ├── ItemsFailed       Report.raise_for_failures(): some items failed
+     └── RetryAfter        raised by your function: "try this item again later"
+                           (defined with the retry policy, in ``_retry.py``)
 
     JournalWarning         (a UserWarning) the journal was written by other code,
                            or a value could not be stored or read back
@@ -101,10 +103,6 @@ class WorkerInitError(ManyhandsError):
         self.traceback = traceback
 
 
-for _name in ("Timeout", "WorkerCrashed", "WorkerInitError"):
-    globals()[_name].__module__ = "manyhands"  # error_type "manyhands.Timeout", ...
-
-
 class JournalError(ManyhandsError):
     """The journal cannot be used as asked; the message says why and what to do.
 
@@ -141,3 +139,9 @@ class ItemsFailed(ManyhandsError):
         self.failures: list[Failure] = list(report.failures)
         kinds = ", ".join(f"{name} x{count}" for name, count in report.errors_by_type.items())
         super().__init__(f"{report.failed} of {report.total} items failed: {kinds}")
+
+
+# Users meet these as manyhands.X: in tracebacks, reprs and error_type strings
+# ("manyhands.Timeout"), not as manyhands._exceptions.X.
+for _name in __all__:
+    globals()[_name].__module__ = "manyhands"

@@ -1,4 +1,10 @@
-"""The keyword options of ``run`` and ``map``: defaults, and validation at the call.
+"""The keyword options of ``run``, ``map``, ``amap`` and ``arun``: defaults, and validation.
+
+The options are defined once, as the fields of :class:`Options` (names,
+types, defaults). :class:`RunOptions` spells the same names and types for
+type checkers and IDEs (a test keeps the two equal), and
+:func:`lists_options` gives each front door a signature that lists them all
+with their defaults, for ``help()``, ``inspect.signature`` and notebooks.
 
 Every check names the parameter, says what it got and what is accepted, so a
 mistake is fixed from the message alone.
@@ -6,16 +12,30 @@ mistake is fixed from the message alone.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, fields, is_dataclass
-from typing import Any, Literal, TypedDict
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, TypeVar, cast
 
+from ._exceptions import JournalError
 from ._rate import parse_rate
 from ._retry import ErrorMatcher, Retry, check_matcher
 
-__all__ = ["BACKENDS", "DEFAULT_WORKERS", "Options", "RunOptions", "check_positive_int"]
+if TYPE_CHECKING:
+    import inspect
+
+__all__ = [
+    "BACKENDS",
+    "DEFAULT_WORKERS",
+    "Options",
+    "RunOptions",
+    "check_positive_int",
+    "lists_options",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 #: Threads by default: most long item lists are network calls, which wait far
 #: more than they compute. 32 matches the stdlib's upper bound for IO work.
@@ -26,7 +46,8 @@ BACKENDS = ("threads", "async", "processes")
 
 
 class RunOptions(TypedDict, total=False):
-    """The keyword options shared by :func:`manyhands.run` and :func:`manyhands.map`.
+    """The keyword options of :func:`manyhands.run`, :func:`manyhands.map`,
+    :func:`manyhands.amap` and :func:`manyhands.arun`, with their defaults.
 
     workers: how many calls run at once (default 32; threads accept thousands).
     backend: where calls run: ``"threads"``, ``"async"`` (tasks on an event
@@ -38,7 +59,8 @@ class RunOptions(TypedDict, total=False):
         once in each worker process before any item (a DB connection, a
         model); if it raises, the run fails with WorkerInitError before any
         item runs.
-    ordered: yield outcomes in input order (default False: as completed).
+    ordered: ``map``/``amap`` yield outcomes in input order (default False: as
+        completed). ``run``/``arun`` yield nothing, so they refuse ``ordered=True``.
     batch_size: items sent to a worker at once; ``None`` (default) adapts it to
         the measured time per item, so tiny tasks are batched and slow ones are not.
     window: most items admitted but not yet delivered; bounds memory
@@ -48,7 +70,10 @@ class RunOptions(TypedDict, total=False):
     grace: seconds that running calls get to finish when a run stops early
         (break, error, Ctrl-C) before their threads are abandoned (default 2.0).
     retry: a :class:`manyhands.Retry` policy, or a number of retries per item
-        with the default policy (default None: no retry).
+        with the default policy (default None: no retry). The default policy
+        retries any Exception but programming errors (TypeError,
+        AttributeError, NameError, SyntaxError, ImportError,
+        NotImplementedError), which would fail the same way again.
     rate: most calls started per second across all workers: ``"50/s"``,
         ``"300/min"``, ``"1000/h"`` or a number (default None: no limit).
     stop_after_failures: end the run early once this many items failed for
@@ -120,9 +145,6 @@ class RunOptions(TypedDict, total=False):
     changed_items: str
 
 
-FailureRate = float | tuple[float, int]
-
-
 @dataclass(frozen=True)
 class Options:
     """Validated options; see :class:`RunOptions` for their meaning."""
@@ -137,7 +159,7 @@ class Options:
     retry: Retry | int | None = None
     rate: str | float | None = None
     stop_after_failures: int | None = None
-    stop_after_failure_rate: FailureRate | None = None
+    stop_after_failure_rate: float | tuple[float, int] | None = None
     throttle_on: ErrorMatcher | None = None
     timeout: float | None = None
     start_method: str | None = None
@@ -235,8 +257,10 @@ class Options:
             )
 
     def _validate_journal(self) -> None:
-        if self.journal is not None and not isinstance(self.journal, (str, os.PathLike)):
-            raise TypeError(f"journal must be a file path (str or Path), got {self.journal!r}")
+        if self.journal is not None:
+            if not isinstance(self.journal, (str, os.PathLike)):
+                raise TypeError(f"journal must be a file path (str or Path), got {self.journal!r}")
+            _check_journal_location(os.fspath(self.journal))
         if self.key is not None and not callable(self.key):
             raise TypeError(
                 f"key must be a callable taking an item, e.g. key=lambda row: row['id'], "
@@ -332,6 +356,60 @@ def _plain(value: object) -> object:
 
         return function_name(value)
     return f"<{type(value).__qualname__}>"
+
+
+def lists_options(*, leave_out: tuple[str, ...] = ()) -> Callable[[F], F]:
+    """Give a front door a signature listing every option, keyword-only, with its default.
+
+    ``run(fn, items, **options)`` is shown by ``help()`` and
+    ``inspect.signature`` as ``run(fn, items, *, workers: int = 32, ...)``,
+    built from :class:`Options`, so no list of options is copied by hand.
+    Its own ``*args`` and ``**options`` are left out of what is shown, and so
+    are the options named in ``leave_out``.
+    """
+
+    def decorate(fn: F) -> F:
+        import inspect  # (dataclasses imported it already; nothing runs per call)
+
+        own = inspect.signature(fn)
+        shown = [
+            p
+            for p in own.parameters.values()
+            if p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        ]
+        shown += [p for p in _option_parameters() if p.name not in leave_out]
+        cast(Any, fn).__signature__ = own.replace(parameters=shown)
+        return fn
+
+    return decorate
+
+
+@functools.cache
+def _option_parameters() -> tuple[inspect.Parameter, ...]:
+    """Every option as a keyword-only parameter with its type and default."""
+    import inspect
+
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    return tuple(
+        inspect.Parameter(f.name, keyword, default=f.default, annotation=f.type)
+        for f in fields(Options)
+    )
+
+
+def _check_journal_location(path: str) -> None:
+    """Refuse a journal whose directory is missing, before anything runs."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        problem = "is not a directory" if os.path.exists(folder) else "does not exist"
+        raise JournalError(
+            f"journal={path!r}: the directory {folder} {problem}; create it first "
+            "(os.makedirs), or pass a path in an existing directory"
+        )
+    if os.path.isdir(path):
+        raise JournalError(
+            f"journal={path!r} is a directory; pass a file path, e.g. "
+            f"{os.path.join(path, 'run.db')!r}"
+        )
 
 
 def _choice(name: str, value: object, accepted: tuple[str, ...]) -> None:

@@ -22,9 +22,9 @@ from collections.abc import AsyncIterable, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._api import open_run, run_to_end
+from ._api import POOL_OPTIONS, open_run, run_to_end
 from ._backends import Backend, create_backend
-from ._options import BACKENDS, DEFAULT_WORKERS, check_positive_int
+from ._options import BACKENDS, DEFAULT_WORKERS, check_positive_int, lists_options
 from ._report import Report
 from ._stream import AsyncOutcomes, Outcomes
 
@@ -124,6 +124,7 @@ class Pool:
         """``"threads"``, ``"processes"`` or ``"async"``."""
         return self._name
 
+    @lists_options(leave_out=(*POOL_OPTIONS, "ordered"))
     def run(
         self,
         fn: Callable[[T], R],
@@ -138,8 +139,10 @@ class Pool:
         :func:`manyhands.run` but the pool's own (``workers``, ``backend``,
         ``start_method``, ``initializer``, ``initargs``).
         """
-        return run_to_end(self._open("pool.run", fn, items, options, priority))
+        run = self._open("pool.run", fn, items, options, priority, report_only=True)
+        return run_to_end(run)
 
+    @lists_options(leave_out=POOL_OPTIONS)
     def map(
         self,
         fn: Callable[[T], R],
@@ -151,6 +154,7 @@ class Pool:
         """:func:`manyhands.map` on the pool's workers: an iterator of Outcomes."""
         return Outcomes(self._open("pool.map", fn, items, options, priority))
 
+    @lists_options(leave_out=POOL_OPTIONS)
     def amap(
         self,
         fn: Callable[[T], Any],
@@ -268,9 +272,19 @@ class Pool:
         options: Mapping[str, Any],
         priority: int,
         on_loop: bool = False,
+        report_only: bool = False,
     ) -> Any:
         check_int("priority", priority)
-        return open_run(caller, fn, items, options, on_loop=on_loop, pool=self, priority=priority)
+        return open_run(
+            caller,
+            fn,
+            items,
+            options,
+            on_loop=on_loop,
+            report_only=report_only,
+            pool=self,
+            priority=priority,
+        )
 
     def _check_open(self) -> None:
         if self._closed:

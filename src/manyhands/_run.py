@@ -42,10 +42,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ._backends import Backend
 from ._batch import EXECUTE_CODE, Batch, Task
+from ._checks import check_first_value, discard_coroutines
 from ._delivery import Delivery
 from ._exceptions import InputError, JournalError, ManyhandsError, Timeout
 from ._options import Options
-from ._outcome import DUPLICATE, Failure
+from ._outcome import Failure
 from ._progress import Progress, progress_wanted
 from ._rate import RateLimit
 from ._reader import Reader
@@ -157,6 +158,9 @@ class Run:
         self._backend_started = False
         self._started: float | None = None
         self._finished: float | None = None
+        # Until fn's first value is known not to be a coroutine (see _checks).
+        self._values_unchecked = True
+        self._returned_coroutines = False
 
     # -- the two drivers -------------------------------------------------
 
@@ -178,6 +182,8 @@ class Run:
             try:
                 if self._backend_started:
                     self._stop_backend()
+                if self._returned_coroutines:  # none is recorded, none warns
+                    discard_coroutines(self._completions)
             finally:
                 self._end(completed, progress)
         self._raise_input_error()
@@ -231,6 +237,8 @@ class Run:
             try:
                 if self._backend_started:
                     await self._astop_backend(queue)
+                if self._returned_coroutines:  # none is recorded, none warns
+                    discard_coroutines(self._completions)
                 if feed is not None:
                     await feed.aclose()
             finally:
@@ -522,9 +530,7 @@ class Run:
             batch.skipped = segment.reasons
             batch.values = segment.values or []
             batch.failures = segment.failures
-            duplicates = segment.reasons.count(DUPLICATE)
-            stats.duplicates += duplicates
-            stats.skipped += len(segment.items) - duplicates
+            stats.add_skipped(segment.reasons)
             self._ready.append(batch)
         if reader.exhausted and not self._timers:
             self._wind_down()
@@ -589,6 +595,8 @@ class Run:
         self._in_backend -= 1
         size = len(batch.items)
         self._in_flight -= size
+        if self._values_unchecked:
+            self._check_first_value(batch)
         if self._deadlines is not None:
             self._deadlines.back(batch)
         if self._sent:
@@ -612,6 +620,14 @@ class Run:
                 self._stop(reason)
         if stats.stop_reason is not None and self._timers:
             yield from self._give_up_retries()
+
+    def _check_first_value(self, batch: Batch) -> None:
+        """Stop the run if fn returned a coroutine rather than a value (see _checks)."""
+        try:
+            self._values_unchecked = check_first_value(self.task.fn, batch)
+        except TypeError:
+            self._returned_coroutines = True
+            raise
 
     def _remaining(self) -> int:
         """Items the input still holds, if it says (lists, ranges); else -1."""
@@ -658,9 +674,9 @@ class Run:
         again.last_failure = failure
         if batch.keys is not None:
             again.keys = [batch.keys[index]]
-        if batch.attempt == 1:
+        if batch.attempt == 1:  # the item starts waiting for retries (once)
             self.statistics.retried += 1
-        self.statistics.retrying += 1
+            self.statistics.retrying += 1
         self._timers.add(self._clock() + delay, again)
 
     def _give_up_retries(self) -> Iterator[Batch]:
@@ -737,6 +753,7 @@ class Run:
             "failed": stats.failed,
             "retrying": stats.retrying,
             "in_flight": self._in_flight,
+            "failing_alike": stats.failing_alike(),
             "p50": latency.percentile(50),
             "p95": latency.percentile(95),
         }

@@ -20,7 +20,7 @@ class StopRules:
     >>> from manyhands._options import Options
     >>> rules = StopRules(Options(stop_after_failures=3))
     >>> rules.reason(failed=2) is None, rules.reason(failed=3)
-    (True, 'stop_after_failures=3: 3 items failed')
+    (True, 'stop_after_failures=3: 3 items had failed')
     """
 
     def __init__(self, options: Options) -> None:
@@ -54,7 +54,7 @@ class StopRules:
     def reason(self, failed: int) -> str | None:
         """Why the run must stop now (``failed``: items failed for good so far), or None."""
         if self._max_failures is not None and failed >= self._max_failures:
-            return f"stop_after_failures={self._max_failures}: {failed} items failed"
+            return f"stop_after_failures={self._max_failures}: {failed:,} items had failed"
         recent = self._recent
         if recent is not None and len(recent) == recent.maxlen:
             assert self._share is not None

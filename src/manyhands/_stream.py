@@ -6,7 +6,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
 from itertools import repeat
 from operator import length_hint
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar
 
 from ._batch import Batch
 from ._outcome import Outcome
@@ -101,6 +101,22 @@ class AsyncOutcomes(Generic[T, R]):
     def report(self) -> Report:
         """A Report of the outcomes delivered so far (final once exhausted)."""
         return self._run.report()
+
+    if not TYPE_CHECKING:  # (type checkers flag these mistakes already)
+
+        def __iter__(self) -> NoReturn:
+            raise TypeError(_ASYNC_ONLY.format(how="iterated with a plain for/list()"))
+
+        def __await__(self) -> NoReturn:
+            raise TypeError(_ASYNC_ONLY.format(how="awaited"))
+
+
+_ASYNC_ONLY = (
+    "manyhands.amap() returns an async iterator, which cannot be {how}: in a "
+    "coroutine, use `async for outcome in manyhands.amap(fn, items)`, or "
+    "`report = await manyhands.arun(fn, items)` for the Report; from sync code, "
+    "use manyhands.map() or manyhands.run()"
+)
 
 
 def _outcomes(run: Run) -> Generator[Outcome[Any, Any], None, None]:
