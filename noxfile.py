@@ -80,7 +80,7 @@ def find_pythons() -> dict[str, str]:
             continue
         try:
             done = subprocess.run(
-                [str(path), "-c", _PROBE], capture_output=True, text=True, timeout=30
+                [str(path), "-c", _PROBE], capture_output=True, text=True, timeout=30, check=False
             )
         except (OSError, subprocess.TimeoutExpired):
             continue
@@ -113,7 +113,9 @@ def missing_pythons(supported: list[str], present: dict[str, str]) -> list[str]:
         problems.append(f"{supported[0]} (the oldest supported) is not installed")
     newest = max(present, key=_key, default=None)
     if newest is not None and newest not in supported:
-        problems.append(f"{newest} (the newest present) is not in the classifiers of pyproject.toml")
+        problems.append(
+            f"{newest} (the newest present) is not in the classifiers of pyproject.toml"
+        )
     return problems
 
 

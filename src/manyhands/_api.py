@@ -89,9 +89,10 @@ def map(fn: Callable[[T], R], items: Iterable[T], **options: Unpack[RunOptions])
             before the iterable raised was yielded.
         KeyboardInterrupt: as for :func:`run`.
 
-    >>> import manyhands
-    >>> [out.value for out in manyhands.map(str.upper, ["a", "b"], ordered=True)]
-    ['A', 'B']
+    Examples:
+        >>> import manyhands
+        >>> [out.value for out in manyhands.map(str.upper, ["a", "b"], ordered=True)]
+        ['A', 'B']
     """
     return Outcomes(_engine("map", fn, items, options))
 

@@ -63,8 +63,10 @@ def chart_data(timeline: Timeline) -> dict[str, Any]:
     starts = timeline.starts
     return {
         "width": width,
-        "x": [start if start is not None else _gap_x(starts, i, width) for i, start in
-              enumerate(starts)],  # fmt: skip
+        "x": [
+            start if start is not None else _gap_x(starts, i, width)
+            for i, start in enumerate(starts)
+        ],
         "gaps": [start is None for start in starts],
         "succeeded": _rates(timeline.succeeded, starts, width),
         "failed": _rates(timeline.failed, starts, width),
@@ -78,8 +80,13 @@ def chart_data(timeline: Timeline) -> dict[str, Any]:
         },
         "histogram": [[_ms(low), _ms(high), n] for low, high, n in timeline.histogram],
         "runs": [
-            {"id": run.id, "start": run.started, "end": run.ended, "status": run.status,
-             "closed": run.closed}  # fmt: skip
+            {
+                "id": run.id,
+                "start": run.started,
+                "end": run.ended,
+                "status": run.status,
+                "closed": run.closed,
+            }
             for run in timeline.runs
         ],
         "percentiles": list(PERCENTILES),
@@ -127,7 +134,7 @@ def _runs_table(timeline: Timeline) -> str:
             f"<td class=n>{run.skipped:,}</td>"
             "</tr>"
         )
-    return "\n".join(rows) or '<tr><td colspan=8>no run recorded</td></tr>'
+    return "\n".join(rows) or "<tr><td colspan=8>no run recorded</td></tr>"
 
 
 def _errors_table(timeline: Timeline) -> str:
@@ -155,7 +162,7 @@ def _errors_table(timeline: Timeline) -> str:
 
 
 def _asset(name: str) -> str:
-    return resources.files(__package__).joinpath(_ASSETS, name).read_text(encoding="utf-8")
+    return resources.files(__package__).joinpath(_ASSETS).joinpath(name).read_text(encoding="utf-8")
 
 
 def _escape(text: str) -> str:

@@ -150,7 +150,8 @@ def throughput_sparkline(path: str | Path, cells: int = 40) -> str:
         " " if start is None else sparkline_cell(total, peak)
         for start, total in zip(timeline.starts, totals, strict=True)
     )
-    return f"throughput: {spark}  peak {peak / timeline.width:,.1f} items/s ({_seconds(timeline.width)} bins)"
+    rate = peak / timeline.width
+    return f"throughput: {spark}  peak {rate:,.1f} items/s ({_seconds(timeline.width)} bins)"
 
 
 def sparkline_cell(value: float, peak: float) -> str:
@@ -243,8 +244,7 @@ def _runs(db: sqlite3.Connection) -> list[RunSpan]:
     last_items = dict(db.execute("SELECT run, max(finished) FROM items GROUP BY run"))
     runs = []
     for row in db.execute(
-        "SELECT id, fn, started, finished, status, succeeded, failed, skipped FROM runs "
-        "ORDER BY id"
+        "SELECT id, fn, started, finished, status, succeeded, failed, skipped FROM runs ORDER BY id"
     ):
         run_id, fn, started, finished, status, succeeded, failed, skipped = row
         started = float(started or 0.0)
@@ -323,8 +323,9 @@ def _top_errors(db: sqlite3.Connection, limit: int = 10) -> list[ErrorSummary]:
         (DONE, limit),
     )
     return [
-        ErrorSummary(str(name), n, str(key), item, str(message or ""), attempts or 0,
-                     str(trace or ""))  # fmt: skip
+        ErrorSummary(
+            str(name), n, str(key), item, str(message or ""), attempts or 0, str(trace or "")
+        )
         for name, n, _, key, item, message, attempts, trace in rows
     ]
 
@@ -333,7 +334,8 @@ def _bins(runs: list[RunSpan], width: float, used: set[int]) -> list[int | None]
     """The bins inside the runs (and any holding items), with None between runs."""
     wanted = set(used)
     for run in runs:
-        wanted.update(range(int(run.started // width), int(run.ended // width) + 1))
+        first = math.floor(run.started / width)
+        wanted.update(range(first, max(math.ceil(run.ended / width), first + 1)))
     bins: list[int | None] = []
     for k in sorted(wanted):
         if bins and bins[-1] is not None and k != bins[-1] + 1:
