@@ -14,7 +14,7 @@ for a CPython it is not. nox never downloads an interpreter here.
 Every run must include the oldest supported version and the newest CPython present on the
 machine: ``pythons`` fails otherwise, naming what is missing. On the Pythons other than the
 one that runs nox itself, ruff and mypy (whose results do not depend on the interpreter)
-are skipped.
+and the slowest interpreter-independent scenarios (``SLOW_ELSEWHERE``) are left out.
 """
 
 from __future__ import annotations
@@ -139,6 +139,22 @@ def pythons(session: nox.Session) -> None:
         )
 
 
+# The slowest tests whose subject does not depend on the interpreter: on the Pythons
+# other than the one that runs nox (CI runs the whole suite on that one first), they are
+# left out to keep CI's total time down. Each is a long real-time scenario of the
+# engine, the journal, the demo or the CLI; none exercises version-specific code.
+SLOW_ELSEWHERE = [
+    "tests/test_quality.py",  # ruff and mypy: the same result on every interpreter
+    "tests/test_retries.py::test_flaky_throttled_http_api_end_to_end",
+    "tests/test_journal_crashes.py::test_sigkill_at_random_moments_loses_and_repeats_nothing",
+    "tests/test_cli.py::test_demo_runs_and_resumes",  # (.ci/run also runs the demo)
+    "tests/test_examples.py::test_quickstart_example_runs",
+    "tests/test_memory.py",
+    "tests/test_journal.py::test_a_full_disk_stops_the_run_and_records_nothing_false",
+    "tests/test_processes.py::test_crash_storm_costs_only_the_crashing_items",
+]
+
+
 @nox.session
 @nox.parametrize("python", list(TESTED.values()), ids=list(TESTED))
 def tests(session: nox.Session) -> None:
@@ -149,8 +165,8 @@ def tests(session: nox.Session) -> None:
         "python", "-c", "import sys; print('%d.%d' % sys.version_info[:2])", silent=True
     )
     if str(version).strip() != NOX_PYTHON:
-        # The same on every interpreter: checked once, on the Python that runs nox.
-        args += ["--deselect", "tests/test_quality.py"]
+        for slow in SLOW_ELSEWHERE:
+            args += ["--deselect", slow]
     session.run("pytest", "-p", "no:cacheprovider", *args)
 
 
