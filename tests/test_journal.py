@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import sys
@@ -20,7 +21,7 @@ from .conftest import python_subprocess_env
 
 def rows(path: Path) -> dict[str, tuple[Any, ...]]:
     """key -> (state, attempts, error_type, message) of every record."""
-    with sqlite3.connect(path) as db:
+    with contextlib.closing(sqlite3.connect(path)) as db:  # (3.13 warns of unclosed ones)
         found = db.execute("SELECT key, state, attempts, error_type, message FROM items")
         return {key: tuple(rest) for key, *rest in found}
 
@@ -321,7 +322,7 @@ def test_runs_table_records_what_ran(tmp_path: Path) -> None:
     journal = tmp_path / "run.db"
     manyhands.run(str, range(10), journal=journal, workers=3)
     manyhands.run(str, range(12), journal=journal, workers=3)
-    with sqlite3.connect(journal) as db:
+    with contextlib.closing(sqlite3.connect(journal)) as db:
         runs = db.execute(
             "SELECT fn, status, succeeded, failed, skipped, options FROM runs ORDER BY id"
         ).fetchall()

@@ -129,9 +129,10 @@ def map(
             before the iterable raised was yielded.
         KeyboardInterrupt: as for :func:`run`.
 
-    >>> import manyhands
-    >>> [out.value for out in manyhands.map(str.upper, ["a", "b"], ordered=True)]
-    ['A', 'B']
+    Examples:
+        >>> import manyhands
+        >>> [out.value for out in manyhands.map(str.upper, ["a", "b"], ordered=True)]
+        ['A', 'B']
     """
     return Outcomes(open_run("map", fn, items, options, more=more_items))
 

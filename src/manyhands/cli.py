@@ -240,6 +240,9 @@ def status(journal: str) -> int:
         click.echo("errors by type:")
         for name, count in found.errors_by_type.items():
             click.echo(f"  {count:>10,}  {name}")
+    from ._timeline import throughput_sparkline
+
+    click.echo(throughput_sparkline(journal))
     click.echo(f"runs: {len(found.runs)}")
     for run_ in found.runs[-5:]:
         began = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run_["started"] or 0))
@@ -286,6 +289,25 @@ def demo(items: int, journal: str, fresh: bool) -> int:
     from ._demo import run_demo
 
     return run_demo(items, Path(journal), fresh)
+
+
+@cli.command(epilog=EPILOG)
+@click.argument("journal", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default="run.html",
+              show_default=True, help="The HTML file to write.")  # fmt: skip
+def report(journal: str, output: str) -> int:
+    """Write an HTML report of JOURNAL: throughput, latency, failures and runs over time.
+
+    One self-contained file (no network needed to view it), read from the journal alone.
+    """
+    from ._html_report import write_report
+
+    try:
+        write_report(journal, output)
+    except OSError as exc:
+        raise UsageProblem(f"cannot write --output {output!r}: {exc.strerror or exc}") from exc
+    click.echo(f"wrote {output}")
+    return EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:
