@@ -159,8 +159,10 @@ class Run:
             elapsed=lambda: self.elapsed,
         )
         self._timers = RetryTimers()
+        self._retries = self._timers.heap  # (its emptiness is tested on the hot path)
         self._delivery = Delivery(options.ordered)
         self._rules = StopRules(options)
+        self._watching = self._rules.watching  # (tested per batch)
         self._slowdown = Slowdown(rate, self._limiter, self._median_call)
         self._epoch = 0  # the slowdown's epoch, copied at each change
         self._held_since: float | None = None  # since when the rate limit holds a start back
@@ -436,7 +438,7 @@ class Run:
         counted after admission: what was just sent may be the only one running.
         """
         deadlines = self._deadlines
-        if not (self._timers or self._limiter or deadlines is not None):
+        if not (self._retries or self._limiter or deadlines is not None):
             self._admit()  # the common case: no clock read
             return None
         now = self._clock()
@@ -518,7 +520,7 @@ class Run:
             self._next_seq += 1
             self._pending_items += len(chunk)
             self._send(batch)
-        if self._reader.exhausted and not self._timers:
+        if self._reader.exhausted and not self._retries:
             self._wind_down()
         return chunk
 
@@ -545,7 +547,7 @@ class Run:
             batch.failures = segment.failures
             stats.add_skipped(segment.reasons)
             self._ready.append(batch)
-        if reader.exhausted and not self._timers:
+        if reader.exhausted and not self._retries:
             self._wind_down()
         return []
 
@@ -621,17 +623,17 @@ class Run:
             retried, final = self._settle_errors(batch)
         stats = self.statistics
         stats.add_batch(size - len(retried), size, batch.elapsed, final)
-        if self._rules.watching:
+        if self._watching:
             self._rules.note(batch, retried)
         self._sizer.completed(size, batch.elapsed)
         if batch.parent is not None and not retried:
             stats.retrying -= 1
         yield from self._delivery.settled(batch, retried)
-        if stats.stop_reason is None and self._rules.watching:
+        if stats.stop_reason is None and self._watching:
             reason = self._rules.reason(stats.failed)
             if reason is not None:
                 self._stop(reason)
-        if stats.stop_reason is not None and self._timers:
+        if stats.stop_reason is not None and self._retries:
             yield from self._give_up_retries()
 
     def _check_first_value(self, batch: Batch) -> None:

@@ -91,6 +91,8 @@ class Sizer:
         self.size = 1 if self.cap == 1 else (batch_size or 1)
         self._work_fit = 1  # batch size the measured time per item calls for
         self._input_fit = self.cap  # batch size the input delivers in time
+        #: Whether reading a batch should be timed (the input's pace can matter).
+        self.timed_reads = False
         if self.adaptive and concurrent_items:
             # Nothing is measured yet, but the first wave is `workers` calls
             # however they are grouped: keep it to FIRST_WAVE_BATCHES batches
@@ -99,11 +101,8 @@ class Sizer:
             first = min(self.cap, -(-workers // FIRST_WAVE_BATCHES))
             self.size = self._work_fit = first
             self.max_batches = self._warm_up = -(-workers // first)
+            self.timed_reads = first > 1
 
-    @property
-    def timed_reads(self) -> bool:
-        """Whether reading a batch should be timed (the input's pace can matter)."""
-        return self.adaptive and self._work_fit > 1
 
     def read(self, size: int, seconds: float) -> None:
         """A full batch of ``size`` items took the input ``seconds`` to deliver."""
@@ -123,13 +122,14 @@ class Sizer:
             fit = self._fit(seconds / items)
             self._work_fit = max(1, min(fit, 2 * items, self.cap))
             self.size = min(self._work_fit, self._input_fit)
+            self.timed_reads = self._work_fit > 1
 
     def one_by_one(self) -> None:
         """From now on: batches of one item, and no queue (a rate limit began)."""
         self._one_by_one = True
         self.max_batches = self._workers
         self.cap = self.size = self._input_fit = 1
-        self.adaptive = False
+        self.adaptive = self.timed_reads = False
 
     def _fit(self, per_item: float) -> int:
         """The batch size that items taking ``per_item`` seconds call for."""
