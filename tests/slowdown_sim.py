@@ -75,7 +75,6 @@ def simulate(
     serial = 0
     in_flight = done = failed = requests = rejected = 0
     latencies: list[float] = []
-    pauses, last_pause = 0, -math.inf
     exhausted = False
 
     def next_item() -> tuple[int, int] | None:
@@ -123,9 +122,7 @@ def simulate(
             if trace is not None:
                 rate = None if slowdown.limiter is None else slowdown.limiter.per_second
                 trace.append((now - start, "R" if throttled else "A", rate, in_flight, 0.0))
-            heapq.heappush(
-                running, (end, serial, *taken, now, throttled, answer.retry_after)
-            )
+            heapq.heappush(running, (end, serial, *taken, now, throttled, answer.retry_after))
             in_flight += 1
         if now < slowdown.paused_until:
             wake = min(wake, slowdown.paused_until)
@@ -142,11 +139,14 @@ def simulate(
         while running and running[0][0] <= now:
             end, _, item, attempt, began, throttled, retry_after = heapq.heappop(running)
             in_flight -= 1
-            before = slowdown.paused_until
-            slowdown.completed(end, began, throttled, retry_after, in_flight)
-            if slowdown.paused_until > before and slowdown.paused_until > last_pause:
-                pauses += 1
-                last_pause = slowdown.paused_until
+            slowdown.completed(
+                end,
+                began,
+                throttled=int(throttled),
+                latency=end - began,
+                retry_after=retry_after,
+                in_flight=in_flight,
+            )
             if not throttled:
                 latencies.append(end - began)
                 done += 1
@@ -167,5 +167,5 @@ def simulate(
         latencies=latencies,
         rate=slowdown.settled_rate,
         concurrency=slowdown.settled_concurrency,
-        pauses=pauses,
+        pauses=slowdown.pauses,
     )

@@ -108,7 +108,14 @@ class Engine:
         self._feed: AsyncFeed | None = None
         self._window = options.item_window
         self._retry = options.retry_policy
-        self._limiter = RateLimit(options.rate_per_second) if options.rate_per_second else None
+        # The adaptive slowdown sets the start rate, the calls in flight and
+        # pauses; while it watches, every answer goes to it (see _slowdown).
+        self._slowdown = Slowdown(options.workers, options.rate_per_second)
+        self._limiter = self._slowdown.limiter
+        self._watching = True
+        self._most_in_flight = self._slowdown.concurrency
+        self._throttled = 0  # calls of the batch being settled that asked to slow down
+        self._asked: float | None = None  # the longest Retry-After among them
         # With a timeout, the engine times batches out itself unless the backend
         # applies the timeout to each call (asyncio).
         self._timeout = None if backend.handles_timeouts else options.timeout
@@ -131,8 +138,6 @@ class Engine:
         self._tiebreak = count()
         self._held: dict[int, Batch] = {}  # ordered: waiting for their turn or a retry
         self._turn = 0
-        self._slowdown = Slowdown(options.rate_per_second, self._limiter, self._median_call)
-        self._epoch = 0  # the slowdown's epoch, copied at each change
         self._held_since: float | None = None  # since when the rate limit holds a start back
         self._recent: deque[bool] | None = None  # last outcomes, for a failure-rate stop rule
         self._recent_failed = 0
@@ -198,10 +203,13 @@ class Engine:
         if self._open_journal is not None:
             self._journal = self._open_journal()
         self._started = monotonic()
+        self._slowdown.start(self._started)
         return Progress(self, self._total) if progress_wanted(self._options.progress) else None
 
     def _mark_finished(self) -> None:
         self._finished = monotonic()
+        self.statistics.settled_rate = self._slowdown.settled_rate
+        self.statistics.settled_concurrency = self._slowdown.settled_concurrency
         if self._held_since is not None:
             self.statistics.rate_limited += self._finished - self._held_since
         self._exhausted = True
@@ -325,18 +333,23 @@ class Engine:
         return wait
 
     def _start_due(self) -> float | None:
-        if not (self._timers or self._limiter or self._running):
+        if not (self._timers or self._limiter or self._running or self._watching):
             self._admit()  # the common case: no clock read
             return None
         now = monotonic()
         due: float | None = None
         if self._running and now >= self._next_check:
             self._expire_overdue(now)
-        if self.statistics.throttle_events:
-            due = self._slowdown.recover(now)
-            self._epoch = self._slowdown.epoch
+        if self._watching:
+            due = self._follow_slowdown(now)
+            if now < self._slowdown.paused_until:
+                return due
         timers = self._timers
-        while timers and self._in_backend < self._max_batches:
+        while (
+            timers
+            and self._in_backend < self._max_batches
+            and self._in_flight < self._most_in_flight
+        ):
             if timers[0][0] > now:
                 due = _sooner(due, timers[0][0] - now)
                 break
@@ -357,8 +370,12 @@ class Engine:
         as a batch of their own.
         """
         completions = self._completions
-        while not self._exhausted and self._in_backend < self._max_batches:
-            room = self._window - self._pending_items
+        while (
+            not self._exhausted
+            and self._in_backend < self._max_batches
+            and self._in_flight < self._most_in_flight
+        ):
+            room = min(self._window - self._pending_items, self._most_in_flight - self._in_flight)
             if room <= 0 or (
                 self._in_backend and (room < self._batch_size or not completions.empty())
             ):
@@ -377,6 +394,7 @@ class Engine:
         while (
             not self._exhausted
             and self._in_backend < self._max_batches
+            and self._in_flight < self._most_in_flight
             and self._pending_items < self._window
         ):
             if self._in_backend and not self._completions.empty():
@@ -484,7 +502,8 @@ class Engine:
             self._running[id(batch)] = batch
             if len(self._running) == 1:
                 self._next_check = monotonic() + self._timeout
-        batch.epoch = self._epoch
+        if self._watching:
+            batch.sent = monotonic()
         self._in_backend += 1
         self._in_flight += len(batch.items)
         self._backend.submit(batch)
@@ -506,13 +525,15 @@ class Engine:
             self._running.pop(id(batch), None)
         if self._warm_up:
             self._warm_up -= 1
-            if not self._warm_up and self._limiter is None:
+            if not self._warm_up and self._limiter is None and not self._watching:
                 self._max_batches = 2 * self._options.workers
         size = len(batch.items)
         retried: set[int] = set()
         final: list[Failure] | None = None
         if batch.errors:
             retried, final = self._settle_errors(batch)
+        if self._watching or self._throttled:
+            self._tell_slowdown(batch)
         self.statistics.add_batch(size - len(retried), size, batch.elapsed, final)
         if self._recent is not None:
             self._note_recent(batch, retried)
@@ -540,13 +561,14 @@ class Engine:
             exception = failure.exception
             if exception is None:  # from another process: described, not an object
                 if failure.retry_after is not None:
-                    self._throttle(batch.epoch)
+                    self._throttle(failure.retry_after)
                 retryable = retry is not None and retry.retries_failure(failure)
             else:
-                if retry_after_of(exception) is not None or (
+                asked = retry_after_of(exception)
+                if asked is not None or (
                     throttle_on is not None and matches(throttle_on, exception)
                 ):
-                    self._throttle(batch.epoch)
+                    self._throttle(asked)
                 retryable = retry is not None and retry.retries_error(exception)
             if retryable and retry is not None and batch.attempt <= retry.retries:
                 delay = retry.delay(batch.attempt, exception, failure.retry_after)
@@ -619,22 +641,59 @@ class Engine:
 
     # -- policies --------------------------------------------------------
 
-    def _throttle(self, epoch: int) -> None:
-        """A call started at ``epoch`` asked to slow down: see :mod:`._slowdown`."""
+    def _throttle(self, asked: float | None) -> None:
+        """A call asked to slow down (Retry-After ``asked``, if it said): tell the slowdown."""
+        self._throttled += 1
+        if asked is not None and (self._asked is None or asked > self._asked):
+            self._asked = asked
+
+    def _tell_slowdown(self, batch: Batch) -> None:
+        """Report a batch's answers to the slowdown, then obey what it says."""
+        now = monotonic()
+        calls = len(batch.items)
+        throttled, self._throttled = self._throttled, 0
+        asked, self._asked = self._asked, None
         stats = self.statistics
-        stats.throttle_events += 1
+        stats.throttle_events += throttled
+        self._slowdown.completed(
+            now,
+            started=batch.sent or now - batch.elapsed,
+            calls=calls,
+            throttled=throttled,
+            latency=batch.elapsed / calls if calls else 0.0,
+            retry_after=asked,
+            in_flight=self._in_flight,
+        )
+        stats.slowest_rate = self._slowdown.lowest
+        self._obey_slowdown()
+
+    def _follow_slowdown(self, now: float) -> float | None:
+        """The slowdown's timed changes; seconds until the next one or the pause's end."""
         slowdown = self._slowdown
-        succeeded = stats.calls - stats.throttle_events
-        if slowdown.signal(epoch, monotonic(), succeeded, self.elapsed):
+        if self._exhausted:
+            slowdown.ending()
+        due = slowdown.due(now)
+        self._obey_slowdown()
+        if now < slowdown.paused_until:
+            return _sooner(due, slowdown.paused_until - now)
+        return due
+
+    def _obey_slowdown(self) -> None:
+        slowdown = self._slowdown
+        self._most_in_flight = slowdown.concurrency
+        if slowdown.limiter is not self._limiter:  # the first limit on the rate
             self._limiter = slowdown.limiter
-            self._max_batches = self._options.workers  # rate-limited: no queue, batches of one
+            self._max_batches = self._options.workers  # starts paced: no queue, batches of one
             self._cap = self._batch_size = self._input_fit = 1
             self._adaptive = False
-        self._epoch = slowdown.epoch
-        stats.slowest_rate = slowdown.lowest
-
-    def _median_call(self) -> float:
-        return self.statistics.latency.percentile(50)
+        if not slowdown.watching:  # quiet: the slowdown hears only of throttled calls
+            self._watching = False
+            self._most_in_flight = self._window
+            if not self._warm_up and self._limiter is None:
+                self._max_batches = 2 * self._options.workers
+        elif not self._watching:  # a throttled call woke it
+            self._watching = True
+            self._max_batches = min(self._max_batches, self._options.workers)
 
     def _note_recent(self, batch: Batch, retried: set[int]) -> None:
         recent = self._recent

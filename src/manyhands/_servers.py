@@ -310,9 +310,7 @@ class Changing:
     (200, 10.0, 5.0)
     """
 
-    def __init__(
-        self, model: Model, schedule: list[tuple[float, float]] | None = None
-    ) -> None:
+    def __init__(self, model: Model, schedule: list[tuple[float, float]] | None = None) -> None:
         self._model = model
         self._base = model.capacity
         self.schedule = schedule if schedule is not None else [(3.0, 0.5), (6.0, 1.0)]

@@ -1,41 +1,102 @@
-"""Adaptive slowdown (draft v4 for simulation)."""
+"""Adaptive slowdown: how fast and how many calls a limited server takes.
+
+The engine obeys three knobs and reports every answer (when its call
+started, whether the server refused it, its latency, its Retry-After).
+Which signal drives which knob:
+
+==========================  ===============================================
+knob (the engine obeys)     driven by
+==========================  ===============================================
+``paused_until``: no call   refusals that go on after the rate was cut (the
+starts before it            server's window is spent): everyone waits out its
+                            Retry-After, not only the refused items, with
+                            jitter; one call at a time, ``PROBES`` per pause,
+                            checks whether the limit lifted sooner (a window
+                            that resets on the second), and ends the pause
+``limiter``: the start      refusals (429, or ``throttle_on=``): cut to the
+rate (GCRA)                 server's budget, then probe above it
+``concurrency``: calls in   the opening's slow start, then latency
+flight                      (:mod:`._latency_limit`)
+==========================  ===============================================
+
+The rate, as the field learned it (TCP, Google SRE's client-side throttling,
+the window estimate that held up in simulation):
+
+- Until the first refusal there is no rate limit beyond the user's ``rate=``.
+- A refusal of a call started after the last reaction is an *episode*: at most
+  one cut per episode, and the answers to calls started before a cut say
+  nothing about the new rate. The cut is provisional (what is known at once)
+  and refined once the calls started before the refused one have answered.
+- The first episode (or any after a lockout) estimates the server's budget
+  per ``WINDOW`` as the accepted calls *started* in the window before the
+  refused call (counting answers instead undercounts, as calls in flight
+  answer later), and paces at ``MARGIN`` of it. If the run is younger than a
+  window that is a floor, not the budget (a token bucket's burst): the rate
+  then *climbs*, doubling every round trip until the next refusal, which
+  halves it (TCP's slow start).
+- Later episodes cut to the share of the calls started at the current rate
+  that the server accepted (requests vs accepts, as in Google SRE's adaptive
+  throttling), times ``MARGIN``.
+- Refusals that go on after a cut (``LOCKOUT`` of them, at most a fifth of the
+  answered calls accepted) mean a spent window: a pause (above), and from then
+  on the window estimate, rare gentle probes (``WINDOWED_HOLD``), because
+  overshooting a window that counts refusals locks the client out.
+- After ``HOLD`` seconds without a refusal the rate probes upward, by
+  ``PROBE_FIRST`` and doubling each ``PROBE_STEP`` up to ``MAX_RISE``: short
+  probes return fast to a capacity that recovered (TCP CUBIC's idea), and
+  each costs a few refusals when it did not. Once the input is exhausted
+  there is no probing: a late refusal would make its item wait out a
+  Retry-After at the end of the run.
+- The rate never exceeds the user's ``rate=`` and never falls below
+  ``MIN_RATE``.
+
+Every method takes the time (``now``, seconds, ``time.monotonic`` in the
+engine), so the tests drive the controller on a fake clock against the
+models of :mod:`._servers`.
+"""
 
 from __future__ import annotations
 
 import math
 import random as _random
-from collections import deque
 from collections.abc import Callable
 
+from ._latency_limit import LatencyLimit
 from ._rate import RateLimit
+from ._starts import SLOT, StartLog
 
 __all__ = ["Slowdown"]
 
-WINDOW = 1.0
-SLOT = 0.01
-MARGIN = 0.95
-OPENING = 16
-DOUBLING = 0.005  # seconds: the opening doubles the calls in flight this often, at least
-JITTER = 0.1
-CLIMB = 2.0
-LOCKOUT = 5
-MIN_RATE = 0.1
-MIN_SAMPLE = 10
+WINDOW = 1.0  # seconds over which a server counts its budget, unless it says otherwise
+MARGIN = 0.95  # pace at this share of the estimated budget
+CLIMB = 2.0  # a young estimate's rate grows this much per round trip
+LOCKOUT = 5  # refusals after a cut that mean the window is spent
 PROBES = 8  # trickle calls per pause
+JITTER = 0.1  # a pause lasts up to this share longer than Retry-After
 HOLD = 1.0  # seconds at a new rate before probing above it
+WINDOWED_HOLD = 3.0  # the same, once a lockout was seen
 PROBE_STEP = 0.25  # seconds between probe steps
-PROBE_FIRST = 0.02  # the first probe step's rise; it doubles each quiet step
-QUEUE = 1.5  # latency above this many times the unloaded one: a queue is building
-EXPAND = 1.2
-UNLOADED = 10.0
-GROW_BELOW = 1.25
-MAX_RISE = 0.25
-WINDOWED_RISE = 0.05
-WINDOWED_HOLD = 3.0
-SLACK = 2
+PROBE_FIRST = 0.02  # the first probe step's rise
+MAX_RISE = 0.25  # the largest probe step's rise
+WINDOWED_RISE = 0.05  # the same, once a lockout was seen
+MIN_EPISODE = 10  # calls answered at the current rate before a new cut is judged
+MIN_RATE = 0.1  # calls per second
+YOUNG_FLOOR = 1.0  # calls per second: the least a young window's estimate starts at
 
 
 class Slowdown:
+    """The start rate, calls in flight and pause a limited server asks for.
+
+    >>> slow = Slowdown(workers=100, now=0.0)
+    >>> slow.limiter is None, slow.concurrency, slow.watching
+    (True, 16, True)
+    >>> for n in range(200):  # 200 calls accepted in the first 20 ms
+    ...     slow.completed(0.02 + n * 1e-4, started=n * 1e-4, latency=0.01, in_flight=50)
+    >>> slow.completed(0.0401, started=0.04, throttled=1, retry_after=1.0)
+    >>> slow.due(0.2) is not None and round(slow.limiter.per_second)  # the budget, just under
+    190
+    """
+
     def __init__(
         self,
         workers: int,
@@ -45,310 +106,279 @@ class Slowdown:
         random: Callable[[], float] = _random.random,
     ) -> None:
         self.workers = workers
-        self._begun = now
-        self.ceiling = ceiling
+        self.ceiling = ceiling  # the user's rate=, if any
         self.limiter: RateLimit | None = RateLimit(ceiling) if ceiling else None
-        self.concurrency = min(workers, OPENING)
         self.paused_until = -math.inf
-        self.epoch = 0
-        self.throttled = 0
+        self.throttled = 0  # calls that asked to slow down
+        self.pauses = 0
+        self.lowest: float | None = None  # the lowest rate a cut went to
         self._random = random
-        self._opening = True
-        self._accepted: dict[int, int] = {}
-        self._rejected: dict[int, int] = {}
-        self._first: float | None = None
-        self._reacted = -math.inf  # calls started before it were answered by the last reaction
+        self._latency = LatencyLimit(workers, now)
+        self._begun = now
+        self._log = StartLog()
+        self._first_refusal = True
+        self._reacted = -math.inf  # calls started before it were answered by the last cut
         self._changed = -math.inf  # the last change of the rate
-        self._since = [0, 0]  # calls started since then: accepted, rejected
+        self._episode = [0, 0]  # calls started since then: accepted, refused
         self._pending: tuple[float, float, float | None, float] | None = None
-        self._streak = 0
-        self._windowed = False
+        self._streak = 0  # refusals of calls started after the last cut, in a row
+        self._windowed = False  # a lockout was seen: the window estimate holds
         self._climbing = False
         self._next_step = math.inf
         self._rise = PROBE_FIRST
-        self._latency = 0.0  # smoothed latency of accepted calls
-        self._unloaded = math.inf  # the lowest smoothed latency seen
-        self._trickle: tuple[float, float, int] | None = None  # pause end, rate after, concurrency
-        self._next_sample = -math.inf
-        self._sampled = -math.inf
-        self._sum, self._count, self._delivered = 0.0, 0, 0
-        self._lows: deque[tuple[float, float]] = deque()
-        self._grow_after = -math.inf
-        self._opening_cut = False
+        self._pause: tuple[float, float] | None = None  # (end, the rate after it)
+        self._concurrency_cap = workers  # while paused: one call at a time
         self._ending = False
-        self._answered = False  # no call has come back yet
+        self._reacted_call = now  # when the call the last cut answered started
+
+    def start(self, now: float) -> None:
+        """The run starts at ``now`` (the opening counts from it)."""
+        self._begun = now
+        self._latency = LatencyLimit(self.workers, now)
+
+    # -- what the engine obeys -------------------------------------------
+
+    @property
+    def concurrency(self) -> int:
+        """How many calls may be in flight."""
+        return min(self._latency.limit, self._concurrency_cap)
+
+    @property
+    def watching(self) -> bool:
+        """Whether the engine must report every answer (else only refusals).
+
+        It watches the opening, and from the first refusal or latency limit
+        on; a run whose opening reached ``workers`` without either costs
+        nothing more.
+        """
+        latency = self._latency
+        return latency.opening or latency.limit < self.workers or self.throttled > 0
 
     @property
     def settled_rate(self) -> float | None:
-        return None if self.limiter is None else self.limiter.per_second
+        """The start rate in force (calls/s), None if the server never asked for one."""
+        if self.limiter is None or self._first_refusal:
+            return None
+        return self._pause[1] if self._pause is not None else self.limiter.per_second
 
     @property
     def settled_concurrency(self) -> int | None:
-        return None if self.concurrency >= self.workers else self.concurrency
+        """The calls in flight allowed, None if no limit below ``workers`` was needed."""
+        limit = self._latency.limit
+        return None if limit >= self.workers or self._latency.opening else limit
 
-    # -- signals ---------------------------------------------------------
+    # -- signals -----------------------------------------------------------
 
     def completed(
         self,
         now: float,
         started: float,
-        throttled: bool,
-        retry_after: float | None,
-        in_flight: int,
+        calls: int = 1,
+        throttled: int = 0,
+        latency: float = 0.0,
+        retry_after: float | None = None,
+        in_flight: int = 0,
     ) -> None:
-        self._answered = True
-        if self._first is None or started < self._first:
-            self._first = started
-        if started >= self._changed:
-            self._since[throttled] += 1
-        if not throttled:
-            self._accept(now, started, in_flight)
-            return
-        self.throttled += 1
-        slot = int(started / SLOT)
-        self._rejected[slot] = self._rejected.get(slot, 0) + 1
-        if started < self._reacted:
-            return
-        self._streak += 1
-        if self._streak >= LOCKOUT and self._locked_out(now):
-            self._lockout(now, retry_after)
-        elif self._pending is None and (
-            self.limiter is None or self._climbing or sum(self._since) >= MIN_SAMPLE
-        ):
-            self._react(now, started)
-            self.concurrency = self.workers if self._opening_cut else self.concurrency
-            self._grow_after = now + HOLD
+        """``calls`` calls started at ``started`` came back; ``throttled`` of them refused.
 
-    def _accept(self, now: float, started: float, in_flight: int) -> None:
-        slot = int(started / SLOT)
-        self._accepted[slot] = self._accepted.get(slot, 0) + 1
-        latency = now - started
-        if not self._latency and self._pending is not None:
-            _, first, rate, since = self._pending
-            self._pending = (first + 1.5 * latency + SLOT, first, rate, since)
-        self._latency = latency if not self._latency else 0.8 * self._latency + 0.2 * latency
-        self._sum += latency
-        self._count += 1
-        self._delivered += 1
+        ``latency`` is the accepted calls' mean duration, ``retry_after`` the
+        largest delay a refusal asked for, ``in_flight`` the calls still out.
+        """
+        accepted = calls - throttled
+        self._log.add(started, accepted, throttled)
+        if started >= self._changed:
+            self._episode[0] += accepted
+            self._episode[1] += throttled
+        if accepted:
+            self._accepted(now, started, accepted, latency, in_flight)
+        if throttled:
+            self._refused(now, started, throttled, retry_after)
+        else:
+            self._latency.answered()
+
+    def _accepted(
+        self, now: float, started: float, calls: int, latency: float, in_flight: int
+    ) -> None:
+        had_latency = self._latency.latency
+        self._latency.accepted(now, calls, latency, in_flight)
         if started >= self._reacted:
             self._streak = 0
-        if self._trickle is not None and started >= self._reacted:
-            self._end_pause(now)
-        if now >= self._next_sample:
-            self._sample(now, in_flight)
-        if self._opening:
-            self.concurrency += 1
-            if self.concurrency >= self.workers:
-                self._opening = False
-                self.concurrency = self.workers
+            if self._pause is not None:
+                self._end_pause(now)  # a trickle call got through: the limit lifted
+        pending = self._pending
+        if not had_latency and pending is not None:  # the first round trip is known now
+            self._pending = (self._settle_time(now, pending[1]), *pending[1:])
 
-    def _sample(self, now: float, in_flight: int) -> None:
-        """Once per round trip: does latency rise with the calls in flight?
-
-        The unloaded latency is the lowest mean of a round trip's calls (over
-        the last UNLOADED seconds); the calls the server turns around in that
-        time (delivery rate x unloaded latency, the bandwidth-delay product of
-        TCP BBR) are what it serves without a queue.
-        """
-        interval = now - self._sampled
-        mean = self._sum / self._count
-        self._sampled, self._sum, self._count = now, 0.0, 0
-        self._next_sample = now + max(mean, 2 * SLOT)
-        lows = self._lows
-        while lows and lows[-1][1] >= mean:
-            lows.pop()
-        lows.append((now, mean))
-        while lows[0][0] < now - UNLOADED:
-            lows.popleft()
-        unloaded = lows[0][1]
-        ratio = mean / unloaded
-        if ratio > QUEUE and interval > 0:
-            self._opening = False
-            delivered = self._delivered / interval
-            fit = max(1, math.ceil(delivered * unloaded * EXPAND))
-            self.concurrency = min(self.concurrency, fit, self.workers)
-            self._grow_after = now + mean
-        elif (
-            not self._opening
-            and ratio < GROW_BELOW
-            and self.concurrency < self.workers
-            and now >= self._grow_after
-            and in_flight >= self.concurrency - 1
+    def _refused(self, now: float, started: float, calls: int, retry_after: float | None) -> None:
+        self.throttled += calls
+        self._latency.refused()
+        if started < self._reacted:
+            return  # an answer to a call started before the last cut
+        self._streak += calls
+        if not self._first_refusal and self._streak >= LOCKOUT and self._locked_out(now):
+            self._lockout(now, retry_after)
+        elif self._pending is None and (
+            self._first_refusal or self._climbing or sum(self._episode) >= MIN_EPISODE
         ):
-            self.concurrency = min(self.workers, self.concurrency + max(1, self.concurrency // 10))
-        self._delivered = 0
+            self._cut(now, started)
 
     def ending(self) -> None:
-        """No more input: what is left are the calls in flight and the retries."""
+        """No more input: only the calls in flight and the retries are left."""
         self._ending = True
 
-    def _locked_out(self, now: float) -> bool:
-        """Most calls started since the last reaction, and old enough to be answered, refused?"""
-        if not self._latency:
-            return False
-        low, high = int(self._reacted / SLOT), int((now - self._latency) / SLOT)
-        if high < low:
-            return False
-        accepted = sum(n for k, n in self._accepted.items() if low <= k <= high)
-        rejected = sum(n for k, n in self._rejected.items() if low <= k <= high)
-        return rejected >= LOCKOUT and accepted < 0.2 * (accepted + rejected)
-
     def due(self, now: float) -> float | None:
-        wake: float | None = None
-        if self._opening and not self._answered:
-            doublings = (now - self._begun) / DOUBLING
-            self.concurrency = max(self.concurrency, math.floor(OPENING * 2 ** min(doublings, 60)))
-            if self.concurrency >= self.workers:
-                self._opening = False
-                self.concurrency = self.workers
-            else:
-                wake = DOUBLING - (now - self._begun) % DOUBLING
-        nxt = self._due(now)
-        if wake is None:
-            return nxt
-        return wake if nxt is None else min(wake, nxt)
-
-    def _due(self, now: float) -> float | None:
-        if self._trickle is not None and now >= self._trickle[0]:
+        """Apply the timed changes; seconds until the next one (None: none planned)."""
+        wake = self._latency.tick(now)
+        if self._pause is not None and now >= self._pause[0]:
             self._end_pause(now)
         if self._pending is not None:
             when, started, rate, since = self._pending
             if now < when:
-                return when - now if when < math.inf else None
+                return _sooner(wake, when - now if when < math.inf else None)
             self._pending = None
             self._settle(now, started, rate, since)
-        if self.limiter is None or self._trickle is not None:
-            return None if self._trickle is None else self._trickle[0] - now
+        if self._pause is not None:
+            return _sooner(wake, self._pause[0] - now)
+        if self.limiter is None or self._next_step == math.inf:
+            return wake
         if now >= self._next_step:
             if self._ending and not self._climbing:
                 self._next_step = math.inf
-                return None
+                return wake
             self._step(now)
-        return self._next_step - now if self._next_step < math.inf else None
+        return _sooner(wake, self._next_step - now)
 
-    # -- reactions -------------------------------------------------------
+    # -- the rate ----------------------------------------------------------
 
-    def _react(self, now: float, started: float) -> None:
-        """A call started after the last reaction was refused: cut now, refine soon."""
-        self._opening_cut = self._opening
+    def _cut(self, now: float, started: float) -> None:
+        """A call started after the last cut was refused: cut now, refine soon."""
         self._reacted = now
+        self._reacted_call = started
         self._streak = 0
-        self._opening = False
-        rate = None if self.limiter is None else self.limiter.per_second
-        settle = self._settle_time(now, started)
-        self._pending = (settle, started, rate, self._changed)
+        rate = None if self._first_refusal else self._rate()
+        self._pending = (self._settle_time(now, started), started, rate, self._changed)
         if rate is None:
-            self.limiter = RateLimit(1.0)
-            cut = self._per_window(started)
+            cut = max(self._per_window(started), YOUNG_FLOOR)
         elif self._climbing:
             cut = rate / CLIMB
         elif self._windowed:
             cut = self._per_window(started)
         else:
-            cut = self._accepted_share() * rate
+            accepted, refused = self._episode
+            cut = rate * (accepted + 1) / (accepted + refused + 1)
+        self._first_refusal = False
         self._climbing = False
         self._next_step = math.inf
         self._set(min(cut, rate or math.inf) * MARGIN, now)
+        self._latency.hold(now + HOLD)
 
     def _settle_time(self, now: float, started: float) -> float:
-        """When the answers to calls started before ``started`` should all be in."""
-        if not self._latency:  # no call accepted yet: wait for the first
-            return math.inf
-        return max(now + 2 * (now - started), started + 1.5 * self._latency) + SLOT
+        """When the answers to the calls started before ``started`` should all be in."""
+        latency = self._latency.latency
+        if not latency:
+            return math.inf  # no call accepted yet: wait for the first
+        return max(now + 2 * (now - started), started + 1.5 * latency) + SLOT
 
     def _settle(self, now: float, started: float, rate: float | None, since: float) -> None:
-        """The answers to calls started before the refused one are in: refine the cut."""
-        assert self.limiter is not None
+        """The answers to the calls started before the refused one are in: refine the cut."""
         if rate is None or self._windowed:
+            young = started - max(started - WINDOW, self._begun) < 0.9 * WINDOW
+            self._climbing = young and not self._windowed
             estimate = self._per_window(started)
-            self._climbing = not self._windowed and self._active(started) < 0.9 * WINDOW
-            self._target(MARGIN * estimate, now)
+            self._target(MARGIN * max(estimate, YOUNG_FLOOR if young else MIN_RATE), now)
         elif not self._climbing:
-            low, high = int(since / SLOT), int(started / SLOT)
-            accepted = sum(n for k, n in self._accepted.items() if low <= k <= high)
-            rejected = sum(n for k, n in self._rejected.items() if low <= k <= high)
-            share = (accepted + 1) / (accepted + rejected + 1)
-            self._target(MARGIN * rate * share, now)
+            accepted, refused = self._log.counts(since, started)
+            self._target(MARGIN * rate * (accepted + 1) / (accepted + refused + 1), now)
         self._rise = PROBE_FIRST
         begin = max(now, self.paused_until)
-        hold = WINDOWED_HOLD if self._windowed else HOLD
-        self._next_step = begin + (max(self._latency, SLOT) if self._climbing else hold)
+        if self._climbing:
+            self._next_step = begin + max(self._latency.latency, SLOT)
+        else:
+            self._next_step = begin + (WINDOWED_HOLD if self._windowed else HOLD)
+        self._log.forget(now - 2 * WINDOW)
+
+    def _locked_out(self, now: float) -> bool:
+        """Are the calls started since the last cut, old enough to be answered, refused?"""
+        latency = self._latency.latency
+        if not latency:
+            return False
+        accepted, refused = self._log.counts(self._reacted, now - latency)
+        return refused >= LOCKOUT and accepted < 0.2 * (accepted + refused)
 
     def _lockout(self, now: float, retry_after: float | None) -> None:
-        """Refusals after the cut too: the window is spent; everyone waits it out.
+        """Refusals go on after the cut: the window is spent, and everyone waits it out.
 
-        A trickle of calls (PROBES per pause, one at a time) checks whether the
-        limit lifted sooner than Retry-After said (a fixed window that resets
-        on the second); the first one accepted ends the pause.
+        A trickle of calls (``PROBES`` per pause, one at a time) checks whether
+        the limit lifted sooner than Retry-After said; the first one accepted
+        ends the pause.
         """
         self._windowed = True
         self._climbing = False
         self._streak = 0
         self._reacted = now
+        self._first_refusal = False
+        self.pauses += 1
         if self.limiter is None:
             self.limiter = RateLimit(1.0)
-        pause = retry_after if retry_after is not None else WINDOW
-        pause *= 1 + JITTER * self._random()
-        after = self._trickle[1] if self._trickle is not None else self.limiter.per_second
-        concurrency = self._trickle[2] if self._trickle is not None else self.concurrency
-        self._trickle = (now + pause, after, concurrency)
+        pause = (retry_after if retry_after is not None else WINDOW) * (1 + JITTER * self._random())
+        after = self._pause[1] if self._pause is not None else self.limiter.per_second
+        self._pause = (now + pause, after)
         self.paused_until = now + pause / PROBES
-        self.concurrency = 1
+        self._concurrency_cap = 1
         self.limiter.set_rate(PROBES / pause)
-        self.epoch += 1
         if self._pending is None:
-            self._pending = (now + SLOT, now, self.limiter.per_second, self._changed)
+            settle = self._settle_time(now, self._reacted_call)
+            self._pending = (settle, self._reacted_call, self.limiter.per_second, self._changed)
 
     def _end_pause(self, now: float) -> None:
-        assert self._trickle is not None and self.limiter is not None
-        _, rate, concurrency = self._trickle
-        self._trickle = None
+        assert self._pause is not None
+        rate = self._pause[1]
+        self._pause = None
         self.paused_until = -math.inf
-        self.concurrency = concurrency
+        self._concurrency_cap = self.workers
         self._set(rate, now)
         self._next_step = now + (WINDOWED_HOLD if self._windowed else HOLD)
 
     def _target(self, rate: float, now: float) -> None:
-        """Set the rate, or the rate to resume at when a pause ends."""
-        if self._trickle is not None:
-            end, _, concurrency = self._trickle
-            self._trickle = (end, rate, concurrency)
+        """Set the rate, or the rate to resume at when the pause ends."""
+        if self._pause is not None:
+            self._pause = (self._pause[0], rate)
         else:
             self._set(rate, now)
 
     def _step(self, now: float) -> None:
-        assert self.limiter is not None
-        rate = self.limiter.per_second
+        rate = self._rate()
         if self._climbing:
             self._set(rate * CLIMB, now)
-            self._next_step = now + max(self._latency, SLOT)
+            self._next_step = now + max(self._latency.latency, SLOT)
         else:
             self._set(rate * (1 + self._rise), now)
             self._rise = min(2 * self._rise, WINDOWED_RISE if self._windowed else MAX_RISE)
             self._next_step = now + PROBE_STEP
 
-    def _set(self, rate: float, now: float) -> None:
+    def _rate(self) -> float:
         assert self.limiter is not None
+        return self.limiter.per_second
+
+    def _set(self, rate: float, now: float) -> None:
         rate = max(MIN_RATE, rate)
         if self.ceiling is not None:
             rate = min(rate, self.ceiling)
-        self.limiter.set_rate(rate)
-        self.epoch += 1
+        if self.limiter is None:
+            self.limiter = RateLimit(rate)
+        else:
+            if rate < self.limiter.per_second:
+                self.lowest = min(self.lowest or rate, rate)
+            self.limiter.set_rate(rate)
         self._changed = now
-        self._since = [0, 0]
-
-    # -- estimates -------------------------------------------------------
-
-    def _accepted_share(self) -> float:
-        accepted, rejected = self._since
-        return (accepted + 1) / (accepted + rejected + 1)
+        self._episode = [0, 0]
 
     def _per_window(self, started: float) -> float:
-        low, high = int((started - WINDOW) / SLOT), int(started / SLOT)
-        self._accepted = {s: n for s, n in self._accepted.items() if s > low - 100}
-        self._rejected = {s: n for s, n in self._rejected.items() if s > low - 100}
-        return sum(n for slot, n in self._accepted.items() if low < slot <= high) / WINDOW
+        """Calls per second the server accepted in the window before ``started``."""
+        return self._log.counts(started - WINDOW + SLOT, started)[0] / WINDOW
 
-    def _active(self, started: float) -> float:
-        low = max(started - WINDOW, self._first if self._first is not None else started)
-        return max(started - low, 0.0)
+
+def _sooner(a: float | None, b: float | None) -> float | None:
+    if a is None:
+        return b
+    return a if b is None else min(a, b)
