@@ -63,7 +63,7 @@ class Counters:
 
 
 class Refused(urllib.error.HTTPError):
-    """The server refused a request for its limit and did not say when to come back."""
+    """A 429 or 503 that did not say when to come back (``throttle_on=is_throttle``)."""
 
 
 class _Api:
@@ -255,12 +255,13 @@ def _refusal(url: str, code: int, headers: Message) -> Exception:
 
 
 def fetch(url: str) -> str:
-    """GET url; a 429 (or a 503 with Retry-After) becomes RetryAfter; other errors raise."""
+    """GET url; a 429 or 503 becomes RetryAfter (or Refused, without one); other errors raise."""
     try:
         with urllib.request.urlopen(url, timeout=30) as response:
             return str(response.read().decode())
     except urllib.error.HTTPError as exc:
-        if exc.code == 429 or (exc.code == 503 and "Retry-After" in exc.headers):
+        exc.close()  # its connection: the error may be kept for long (a Failure)
+        if exc.code in (429, 503):
             raise _refusal(url, exc.code, exc.headers) from exc
         raise
 
@@ -286,7 +287,7 @@ async def afetch(url: str) -> str:
         if ":" in line:
             name, value = line.split(":", 1)
             headers[name.strip()] = value.strip()
-    if code == 429 or (code == 503 and "Retry-After" in headers):
+    if code in (429, 503):
         raise _refusal(url, code, headers)
     raise urllib.error.HTTPError(url, code, body.decode(errors="replace"), headers, None)
 

@@ -375,7 +375,7 @@ class Engine:
             and self._in_backend < self._max_batches
             and self._in_flight < self._most_in_flight
         ):
-            room = min(self._window - self._pending_items, self._most_in_flight - self._in_flight)
+            room = self._window - self._pending_items  # (a whole batch may pass the limit)
             if room <= 0 or (
                 self._in_backend and (room < self._batch_size or not completions.empty())
             ):

@@ -4,7 +4,7 @@ A server that slows down instead of refusing (a queue in front of a few
 workers) only tells its clients through latency. This limit keeps the calls
 in flight near what the server turns around without a queue:
 
-- *Opening*: the run starts with ``OPENING`` calls in flight. Until any call
+- *Opening* (``slow_start=True``): the run starts with ``OPENING`` calls in flight. Until any call
   comes back the limit doubles every ``DOUBLING`` seconds, at most once per
   look (a run of slow calls is not held back for a round trip it knows nothing
   about); after that, each
@@ -16,8 +16,8 @@ in flight near what the server turns around without a queue:
   seconds). Above ``QUEUE`` times it, a queue is building: the limit becomes
   the calls the server delivered per second times the unloaded latency (the
   bandwidth-delay product of TCP BBR), times ``HEADROOM``. Below
-  ``GROW_BELOW`` times it, a limit that binds grows by a tenth per round trip
-  (Vegas-style additive increase, TCP's answer to a path that got faster).
+  ``GROW_BELOW`` times it, a limit that binds grows by a quarter per round
+  trip (a path that got faster, or a cut the latency did not bear out).
 
 Every method takes the time, so tests drive it exactly.
 """
@@ -30,28 +30,29 @@ from collections import deque
 __all__ = ["OPENING", "LatencyLimit"]
 
 OPENING = 16  # calls in flight before any call came back
-DOUBLING = 0.005  # seconds per doubling of the opening, before any call came back
-QUEUE = 1.5  # latency above this many times the unloaded one: a queue is building
+DOUBLING = 0.02  # seconds per doubling of the opening, before any call came back
+QUEUE = 2.0  # latency above this many times the unloaded one: a queue is building
 HEADROOM = 1.2  # calls in flight per call the server turns around unloaded
 GROW_BELOW = 1.25  # latency below this many times the unloaded one: room to grow
 UNLOADED = 10.0  # seconds over which the lowest latency counts as the unloaded one
 MIN_SAMPLE = 0.02  # seconds, the shortest sampling interval
+SUSTAINED = 3  # round trips in a row above QUEUE before the limit is cut
 
 
 class LatencyLimit:
     """How many calls may be in flight (``limit``), from the opening and the latency.
 
     >>> limit = LatencyLimit(workers=100, now=0.0)
-    >>> limit.limit, round(limit.tick(0.011), 6), limit.limit  # no answer yet: 2x per 5 ms
-    (16, 0.004, 73)
-    >>> limit.accepted(0.1, calls=1, latency=0.1, in_flight=72)
+    >>> limit.limit, round(limit.tick(0.03), 6), limit.limit  # no answer yet: time doubles it
+    (16, 0.01, 32)
+    >>> limit.accepted(0.1, calls=1, latency=0.1, in_flight=31)
     >>> limit.limit  # an answer came: one more per call accepted from now on
-    74
+    33
     """
 
-    def __init__(self, workers: int, now: float) -> None:
+    def __init__(self, workers: int, now: float, *, slow_start: bool = True) -> None:
         self.workers = workers
-        self.limit = min(workers, OPENING)
+        self.limit = min(workers, OPENING) if slow_start else workers
         self.opening = self.limit < workers
         self._begun = now
         self._answered = False
@@ -62,6 +63,7 @@ class LatencyLimit:
         self._lows: deque[tuple[float, float]] = deque()  # (when, mean) rising: a sliding min
         self._hold_until = -math.inf
         self._refusing = False
+        self._queued = 0  # samples in a row above QUEUE
 
     @property
     def latency(self) -> float:
@@ -137,7 +139,8 @@ class LatencyLimit:
             lows.popleft()
         unloaded = lows[0][1]
         ratio = mean / unloaded if unloaded > 0 else 1.0
-        if ratio > QUEUE and now > began:
+        self._queued = self._queued + 1 if ratio > QUEUE else 0
+        if self._queued >= SUSTAINED and now > began:
             fit = max(1, math.ceil(delivered / (now - began) * unloaded * HEADROOM))
             self.limit = min(self.limit, fit)
             if self.opening:
@@ -148,6 +151,6 @@ class LatencyLimit:
             and ratio < GROW_BELOW
             and self.limit < self.workers
             and now >= self._hold_until
-            and in_flight >= self.limit - 1
+            and in_flight >= 0.9 * self.limit
         ):
-            self.limit = min(self.workers, self.limit + max(1, self.limit // 10))
+            self.limit = min(self.workers, self.limit + max(1, self.limit // 4))
