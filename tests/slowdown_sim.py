@@ -63,10 +63,11 @@ def simulate(
     jitter: float = 0.2,
     horizon: float = 120.0,
     trace: list[tuple[float, str, float | None, int, float]] | None = None,
+    slow_start: bool = False,
 ) -> Outcome:
     """Run ``items`` calls through a Slowdown against ``model``; ``network`` is the RTT."""
     rng = random.Random(seed)
-    slowdown = Slowdown(workers, now=start, random=rng.random)
+    slowdown = Slowdown(workers, now=start, slow_start=slow_start, random=rng.random)
     now = start
     fresh = iter(range(items))
     ready: deque[tuple[int, int]] = deque()  # (item, attempt) due for a retry

@@ -138,7 +138,9 @@ def test_async_client_refusal_with_retry_after() -> None:
 
 
 def test_missing_items_are_404_and_not_transient() -> None:
-    with serve(TokenBucket(1000, burst=1000), missing_every=2) as (base, counters):
-        with pytest.raises(urllib.error.HTTPError) as missing:
-            fetch(f"{base}/items/1")
+    with (
+        serve(TokenBucket(1000, burst=1000), missing_every=2) as (base, counters),
+        pytest.raises(urllib.error.HTTPError) as missing,
+    ):
+        fetch(f"{base}/items/1")
     assert missing.value.code == 404 and counters.missing == 1

@@ -768,6 +768,7 @@ class Engine:
             "in_flight": self._in_flight,
             "p50": latency.percentile(50),
             "p95": latency.percentile(95),
+            "slowdown": self._slowdown.summary(),
         }
 
     def report(self) -> Report:

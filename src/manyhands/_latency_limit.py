@@ -4,12 +4,12 @@ A server that slows down instead of refusing (a queue in front of a few
 workers) only tells its clients through latency. This limit keeps the calls
 in flight near what the server turns around without a queue:
 
-- *Opening* (``slow_start=True``): the run starts with ``OPENING`` calls in flight. Until any call
-  comes back the limit doubles every ``DOUBLING`` seconds, at most once per
-  look (a run of slow calls is not held back for a round trip it knows nothing
-  about); after that, each
-  accepted call lets one more start (TCP's slow start: twice as many per round
-  trip). It ends at ``workers``, or when the latency rises (HyStart).
+- *Opening* (``slow_start=True``): the run starts with ``OPENING`` calls in
+  flight. The limit doubles every ``DOUBLING`` seconds, at most once per look
+  (a client too busy to look has not seen the answers that may be in), and
+  each accepted call lets one more start (TCP's slow start: twice as many per
+  round trip), until the server refuses a call, the latency rises (HyStart),
+  or the limit reaches ``workers``.
 - *Samples* (for a server that never refused a call): once per round trip
   the mean latency of the calls that came back is compared with the unloaded
   latency (the lowest mean over ``UNLOADED``
@@ -30,7 +30,7 @@ from collections import deque
 __all__ = ["OPENING", "LatencyLimit"]
 
 OPENING = 16  # calls in flight before any call came back
-DOUBLING = 0.02  # seconds per doubling of the opening, before any call came back
+DOUBLING = 0.01  # seconds per doubling of the opening, before any call came back
 QUEUE = 2.0  # latency above this many times the unloaded one: a queue is building
 HEADROOM = 1.2  # calls in flight per call the server turns around unloaded
 GROW_BELOW = 1.25  # latency below this many times the unloaded one: room to grow
@@ -43,10 +43,10 @@ class LatencyLimit:
     """How many calls may be in flight (``limit``), from the opening and the latency.
 
     >>> limit = LatencyLimit(workers=100, now=0.0)
-    >>> limit.limit, round(limit.tick(0.03), 6), limit.limit  # no answer yet: time doubles it
-    (16, 0.01, 32)
+    >>> limit.limit, round(limit.tick(0.025), 6), limit.limit  # time doubles it...
+    (16, 0.005, 32)
     >>> limit.accepted(0.1, calls=1, latency=0.1, in_flight=31)
-    >>> limit.limit  # an answer came: one more per call accepted from now on
+    >>> limit.limit  # ...and each accepted call lets one more start
     33
     """
 
@@ -55,7 +55,6 @@ class LatencyLimit:
         self.limit = min(workers, OPENING) if slow_start else workers
         self.opening = self.limit < workers
         self._begun = now
-        self._answered = False
         self._latency = 0.0  # smoothed latency of accepted calls
         self._sampled = math.nan  # when the current sample began
         self._next_sample = -math.inf
@@ -72,7 +71,7 @@ class LatencyLimit:
 
     def tick(self, now: float) -> float | None:
         """Grow the opening with time; seconds until it grows again (None: it no longer does)."""
-        if not self.opening or self._answered:
+        if not self.opening:
             return None
         # At most twice as many per look: a client too busy to look (its own
         # first wave keeps it busy) has not seen the answers that may be in.
@@ -83,10 +82,6 @@ class LatencyLimit:
             return None
         return DOUBLING - (now - self._begun) % DOUBLING
 
-    def answered(self) -> None:
-        """A call came back (accepted or not): the opening grows by answers from now on."""
-        self._answered = True
-
     def refused(self) -> None:
         """The server refused a call: it says its limit, and the rate takes it from here.
 
@@ -95,14 +90,12 @@ class LatencyLimit:
         varies for other reasons (the client's own load) must not cut a run
         that the rate already paces.
         """
-        self._answered = True
         self._refusing = True
         self.limit = self.workers
         self.opening = False
 
     def accepted(self, now: float, calls: int, latency: float, in_flight: int) -> None:
         """``calls`` calls came back accepted, taking ``latency`` seconds each."""
-        self._answered = True
         if self._latency:
             self._latency = 0.8 * self._latency + 0.2 * latency
         else:

@@ -78,6 +78,8 @@ class Progress:
         if live["retrying"]:
             parts.append(f"retrying {live['retrying']:,}")
         parts.append(f"in flight {live['in_flight']:,}")
+        if live.get("slowdown"):
+            parts.append(live["slowdown"])
         if live["p50"]:
             parts.append(f"p50 {_short(live['p50'])} p95 {_short(live['p95'])}")
         bar.set_postfix_str(" · ".join(parts), refresh=False)
