@@ -287,7 +287,9 @@ class Slowdown:
         self._reacted = now
         self._reacted_call = started
         self._streak = 0
-        rate = None if self._first_refusal else self._rate()
+        # The first refusal with no rate yet: the window estimate. With your
+        # rate= in force, the share of it the server accepted.
+        rate = None if self._first_refusal and self.ceiling is None else self._rate()
         self._pending = (self._settle_time(now, started), started, rate, self._changed)
         if rate is None:
             cut = max(self._per_window(started), YOUNG_FLOOR)
@@ -301,7 +303,7 @@ class Slowdown:
         self._first_refusal = False
         self._climbing = False
         self._next_step = math.inf
-        self._set(min(cut, rate or math.inf) * MARGIN, now)
+        self._set(min(cut, rate or math.inf) * MARGIN, now, provisional=True)
         self._latency.hold(now + HOLD)
 
     def _settle_time(self, now: float, started: float) -> float:
@@ -397,14 +399,15 @@ class Slowdown:
         assert self.limiter is not None
         return self.limiter.per_second
 
-    def _set(self, rate: float, now: float) -> None:
+    def _set(self, rate: float, now: float, provisional: bool = False) -> None:
+        """Set the start rate; a provisional cut (refined soon) is not the lowest."""
         rate = max(MIN_RATE, rate)
         if self.ceiling is not None:
             rate = min(rate, self.ceiling)
         if self.limiter is None:
             self.limiter = RateLimit(rate)
         else:
-            if rate < self.limiter.per_second:
+            if rate < self.limiter.per_second and not provisional:
                 self.lowest = min(self.lowest or rate, rate)
             self.limiter.set_rate(rate)
         self._changed = now
