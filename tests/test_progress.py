@@ -151,6 +151,7 @@ def test_the_line_fits_the_terminal_and_never_cuts_a_number(width: int) -> None:
 def test_fields_are_dropped_in_a_fixed_order() -> None:
     names = {
         "p95": "p95 ",
+        "slowdown": "rate 180/s",
         "desc": "manyhands:",
         "p50": "p50 ",
         "in_flight": "in flight",
@@ -161,7 +162,11 @@ def test_fields_are_dropped_in_a_fixed_order() -> None:
         "alike": "all failed",
         "failed": "failed 12,345",
     }
-    live = {**LIVE, "failing_alike": Failure.from_exception(1, TypeError("x"))}
+    live = {
+        **LIVE,
+        "failing_alike": Failure.from_exception(1, TypeError("x")),
+        "slowdown": "rate 180/s",
+    }
     dropped_before: set[str] = set()
     for width in range(200, 18, -1):
         line = progress_line(live, 2_000_000, 3725.0, RATE, width)

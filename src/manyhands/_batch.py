@@ -106,7 +106,7 @@ class Batch:
         parent: for a retry, the batch (and index in it) the item came from.
         history: for a retry, the error types of the item's earlier attempts.
         last_failure: for a retry, the item's outcome if it never runs (a stop rule).
-        epoch: the engine's rate epoch when the batch was sent.
+        sent: while the slowdown watches, when the engine sent the batch (``time.monotonic``).
         keys: with a journal, each item's key.
         started: with ``task.timed``, when a worker began the batch (``time.monotonic``).
         state: with ``task.timed``: RUNNING, FINISHED or TIMED_OUT, changed under the
@@ -119,7 +119,6 @@ class Batch:
         "attempt",
         "attempts",
         "elapsed",
-        "epoch",
         "errors",
         "failures",
         "history",
@@ -129,6 +128,7 @@ class Batch:
         "owner",
         "parent",
         "pending",
+        "sent",
         "seq",
         "skipped",
         "started",
@@ -151,7 +151,7 @@ class Batch:
         self.parent: tuple[Batch, int] | None = None
         self.history: tuple[str, ...] = ()
         self.last_failure: Failure | None = None
-        self.epoch = 0
+        self.sent = 0.0
         self.keys: list[str] | None = None
         self.skipped: list[str] | None = None
         self.started: float | None = None

@@ -132,6 +132,7 @@ class Progress:
 #: gets what is left over, if that is at least MIN_BAR characters.
 DROP_ORDER = (
     "p95",
+    "slowdown",
     "desc",
     "p50",
     "in_flight",
@@ -144,7 +145,7 @@ DROP_ORDER = (
 )
 MIN_BAR = 10
 _BAR = "\x00"  # where the bar goes, until the text is escaped for tqdm's format
-_TAIL = ("time", "rate", "failed", "retrying", "in_flight", "alike", "p50", "p95")
+_TAIL = ("time", "rate", "failed", "retrying", "in_flight", "slowdown", "alike", "p50", "p95")
 
 
 def progress_line(
@@ -204,6 +205,8 @@ def _fields(
         fields["alike"] = f"all failed: {kind}" + (
             ", a bug in fn?" if is_programming_error(alike) else ""
         )
+    if live.get("slowdown"):  # what the adaptive slowdown holds the run to
+        fields["slowdown"] = live["slowdown"]
     if live["p50"]:
         fields["p50"] = f"p50 {_short(live['p50'])}"
         fields["p95"] = f"p95 {_short(live['p95'])}"

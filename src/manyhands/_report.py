@@ -50,6 +50,11 @@ class Report:
             cut to in answer, or ``None`` if it never cut below a level.
         rate_limited: seconds during which a call was ready to start but the
             rate limit (``rate=``, or the adaptive slowdown) held it back.
+        settled_rate: the start rate (calls/s) the adaptive slowdown settled
+            on, to pass as ``rate=`` next time; ``None`` if none was needed.
+        settled_workers: the calls in flight it settled on (a server that
+            slows down under load), to pass as ``workers=``; ``None`` if
+            ``workers`` never had to be lowered.
         stopped: why a stop rule ended the run early, else ``None``; calls
             already running then were let finish, so ``failed`` may be more
             than the rule's limit.
@@ -77,6 +82,8 @@ class Report:
     throttle_events: int = 0
     slowest_rate: float | None = None
     rate_limited: float = 0.0
+    settled_rate: float | None = None
+    settled_workers: int | None = None
     stopped: str | None = None
     skipped: int = 0
     duplicates: int = 0
@@ -104,6 +111,8 @@ class Report:
             throttle_events=stats.throttle_events,
             slowest_rate=stats.slowest_rate,
             rate_limited=stats.rate_limited,
+            settled_rate=stats.settled_rate,
+            settled_workers=stats.settled_concurrency,
             stopped=stats.stop_reason,
             skipped=stats.skipped,
             duplicates=stats.duplicates,
@@ -163,6 +172,13 @@ class Report:
                 parts.append(f"slowed to {self.slowest_rate:,.1f} calls/s at the lowest")
             parts.append(f"starts held back by the rate limit for {_duration(self.rate_limited)}")
             lines.append("throttling: " + ", ".join(parts))
+        if self.settled_rate is not None or self.settled_workers is not None:
+            settled = []
+            if self.settled_rate is not None:
+                settled.append(f"rate={self.settled_rate:.4g}")
+            if self.settled_workers is not None:
+                settled.append(f"workers={self.settled_workers}")
+            lines.append(f"settled on {', '.join(settled)} (pass them next time to start there)")
         if self.abandoned:
             lines.append(
                 f"timeouts: {self.abandoned:,} threads abandoned to calls still running past "

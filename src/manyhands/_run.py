@@ -145,8 +145,14 @@ class Run:
         self._reader = Reader(items)
         self._ready: deque[Batch] = deque()  # skipped by the journal: delivered without running
         self._retry = options.retry_policy
-        rate = options.rate_per_second
-        self._limiter = RateLimit(rate) if rate else None
+        # The adaptive slowdown sets the start rate, the calls in flight and
+        # pauses; while it watches, every answer goes to it (see _slowdown).
+        self._slowdown = Slowdown(workers, options.rate_per_second, now=clock())
+        self._limiter: RateLimit | None = self._slowdown.limiter
+        self._watching = True
+        self._most_in_flight = self._slowdown.concurrency
+        self._throttled = 0  # calls of the batch being settled that asked to slow down
+        self._asked: float | None = None  # the longest Retry-After among them
         self._deadlines = Deadlines(engine_timeout) if engine_timeout is not None else None
         self._window = options.item_window
         self._sizer = Sizer(
@@ -162,9 +168,7 @@ class Run:
         self._retries = self._timers.heap  # (its emptiness is tested on the hot path)
         self._delivery = Delivery(options.ordered)
         self._rules = StopRules(options)
-        self._watching = self._rules.watching  # (tested per batch)
-        self._slowdown = Slowdown(rate, self._limiter, self._median_call)
-        self._epoch = 0  # the slowdown's epoch, copied at each change
+        self._stop_rules_on = self._rules.watching  # (tested per batch)
         self._held_since: float | None = None  # since when the rate limit holds a start back
         self._in_backend = 0  # batches submitted and not yet back
         self._in_flight = 0  # items in those batches
@@ -304,6 +308,8 @@ class Run:
         if self._open_journal is not None:
             self._journal = self._open_journal()
         self._started = self._clock()
+        self._slowdown.start(self._started)
+        self._sizer.hold(True)  # (while the slowdown watches: see _obey_slowdown)
         if not progress_wanted(self._options.progress):
             return None
         try:
@@ -321,6 +327,8 @@ class Run:
 
     def _mark_finished(self) -> None:
         self._finished = self._clock()
+        self.statistics.settled_rate = self._slowdown.settled_rate
+        self.statistics.settled_concurrency = self._slowdown.settled_concurrency
         if self._held_since is not None:
             self.statistics.rate_limited += self._finished - self._held_since
         self._reader.stop()
@@ -438,18 +446,23 @@ class Run:
         counted after admission: what was just sent may be the only one running.
         """
         deadlines = self._deadlines
-        if not (self._retries or self._limiter or deadlines is not None):
+        if not (self._retries or self._limiter or deadlines is not None or self._watching):
             self._admit()  # the common case: no clock read
             return None
         now = self._clock()
         due: float | None = None
         if deadlines and now >= deadlines.next_check:
             self._expire_overdue(deadlines, now)
-        if self.statistics.throttle_events:
-            due = self._slowdown.recover(now)
-            self._epoch = self._slowdown.epoch
+        if self._watching:
+            due = self._follow_slowdown(now)
+            if now < self._slowdown.paused_until:  # everyone waits out a Retry-After
+                return _sooner(due, deadlines.wait(now)) if deadlines else due
         timers = self._timers
-        while timers and self._in_backend < self._sizer.max_batches:
+        while (
+            timers
+            and self._in_backend < self._sizer.max_batches
+            and self._in_flight < self._most_in_flight
+        ):
             wait = timers.wait(now)
             if wait:
                 due = _sooner(due, wait)
@@ -476,8 +489,12 @@ class Run:
         completions = self._completions
         sizer = self._sizer
         reader = self._reader
-        while not reader.exhausted and self._in_backend < sizer.max_batches:
-            room = self._window - self._pending_items
+        while (
+            not reader.exhausted
+            and self._in_backend < sizer.max_batches
+            and self._in_flight < self._most_in_flight
+        ):
+            room = self._window - self._pending_items  # (a whole batch may pass the limit)
             size = sizer.size
             if room <= 0 or (self._in_backend and (room < size or not completions.empty())):
                 return
@@ -496,6 +513,7 @@ class Run:
         while (
             not reader.exhausted
             and self._in_backend < self._sizer.max_batches
+            and self._in_flight < self._most_in_flight
             and self._pending_items < self._window
         ):
             if self._in_backend and not self._completions.empty():
@@ -590,7 +608,8 @@ class Run:
             self._deadlines.sent(batch, self._clock())
         if not self._owns_backend:
             self._sent[id(batch)] = batch
-        batch.epoch = self._epoch
+        if self._watching:
+            batch.sent = self._clock()
         self._in_backend += 1
         self._in_flight += len(batch.items)
         self._backend.submit(batch)
@@ -621,15 +640,17 @@ class Run:
         final: list[Failure] | None = None
         if batch.errors:
             retried, final = self._settle_errors(batch)
+        if self._watching or self._throttled:
+            self._tell_slowdown(batch)
         stats = self.statistics
         stats.add_batch(size - len(retried), size, batch.elapsed, final)
-        if self._watching:
+        if self._stop_rules_on:
             self._rules.note(batch, retried)
         self._sizer.completed(size, batch.elapsed)
         if batch.parent is not None and not retried:
             stats.retrying -= 1
         yield from self._delivery.settled(batch, retried)
-        if stats.stop_reason is None and self._watching:
+        if stats.stop_reason is None and self._stop_rules_on:
             reason = self._rules.reason(stats.failed)
             if reason is not None:
                 self._stop(reason)
@@ -664,13 +685,14 @@ class Run:
             exception = failure.exception
             if exception is None:  # from another process: described, not an object
                 if failure.retry_after is not None:
-                    self._throttle(batch.epoch)
+                    self._throttle(failure.retry_after)
                 retryable = retry is not None and retry.retries_failure(failure)
             else:
-                if retry_after_of(exception) is not None or (
+                asked = retry_after_of(exception)
+                if asked is not None or (
                     throttle_on is not None and matches(throttle_on, exception)
                 ):
-                    self._throttle(batch.epoch)
+                    self._throttle(asked)
                 retryable = retry is not None and retry.retries_error(exception)
             if retryable and retry is not None and batch.attempt <= retry.retries:
                 delay = retry.delay(batch.attempt, exception, failure.retry_after)
@@ -708,20 +730,57 @@ class Run:
 
     # -- policies --------------------------------------------------------
 
-    def _throttle(self, epoch: int) -> None:
-        """A call started at ``epoch`` asked to slow down: see :mod:`._slowdown`."""
-        stats = self.statistics
-        stats.throttle_events += 1
-        slowdown = self._slowdown
-        succeeded = stats.calls - stats.throttle_events
-        if slowdown.signal(epoch, self._clock(), succeeded, self.elapsed):
-            self._limiter = slowdown.limiter
-            self._sizer.one_by_one()  # rate-limited: no queue, batches of one
-        self._epoch = slowdown.epoch
-        stats.slowest_rate = slowdown.lowest
+    def _throttle(self, asked: float | None) -> None:
+        """A call asked to slow down (Retry-After ``asked``, if it said): noted for the slowdown."""
+        self._throttled += 1
+        if asked is not None and (self._asked is None or asked > self._asked):
+            self._asked = asked
 
-    def _median_call(self) -> float:
-        return self.statistics.latency.percentile(50)
+    def _tell_slowdown(self, batch: Batch) -> None:
+        """Report a batch's answers to the slowdown, then obey what it says."""
+        now = self._clock()
+        calls = len(batch.items)
+        throttled, self._throttled = self._throttled, 0
+        asked, self._asked = self._asked, None
+        stats = self.statistics
+        stats.throttle_events += throttled
+        self._slowdown.completed(
+            now,
+            started=batch.sent or now - batch.elapsed,
+            calls=calls,
+            throttled=throttled,
+            latency=batch.elapsed / calls if calls else 0.0,
+            retry_after=asked,
+            in_flight=self._in_flight,
+        )
+        stats.slowest_rate = self._slowdown.lowest
+        self._obey_slowdown()
+
+    def _follow_slowdown(self, now: float) -> float | None:
+        """The slowdown's timed changes; seconds until the next one or the pause's end."""
+        slowdown = self._slowdown
+        if self._reader.exhausted:
+            slowdown.ending()
+        due = slowdown.due(now)
+        self._obey_slowdown()
+        if now < slowdown.paused_until:
+            return _sooner(due, slowdown.paused_until - now)
+        return due
+
+    def _obey_slowdown(self) -> None:
+        slowdown = self._slowdown
+        self._most_in_flight = slowdown.concurrency
+        if slowdown.limiter is not self._limiter:  # the first limit on the rate
+            self._limiter = slowdown.limiter
+            self._sizer.one_by_one()  # starts paced: no queue, batches of one
+        if not slowdown.watching:  # quiet: the slowdown hears only of throttled calls
+            if self._watching:
+                self._watching = False
+                self._most_in_flight = self._window
+                self._sizer.hold(False)
+        elif not self._watching:  # a throttled call woke it
+            self._watching = True
+            self._sizer.hold(True)
 
     def _stop(self, reason: str) -> None:
         self.statistics.stop_reason = reason
@@ -771,6 +830,7 @@ class Run:
             "failing_alike": stats.failing_alike(),
             "p50": latency.percentile(50),
             "p95": latency.percentile(95),
+            "slowdown": self._slowdown.summary(),
         }
 
     def report(self) -> Report:

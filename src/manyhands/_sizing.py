@@ -84,6 +84,7 @@ class Sizer:
         self.cap = max(1, min(MAX_BATCH, window // per_batch))
         self.max_batches = workers
         self._warm_up = workers  # completions to wait for before queueing
+        self._held = False  # no queue for now (see hold())
         self._one_by_one = one_by_one
         if one_by_one:
             self.cap = 1
@@ -103,7 +104,6 @@ class Sizer:
             self.max_batches = self._warm_up = -(-workers // first)
             self.timed_reads = first > 1
 
-
     def read(self, size: int, seconds: float) -> None:
         """A full batch of ``size`` items took the input ``seconds`` to deliver."""
         if seconds > TARGET_BATCH_SECONDS:
@@ -116,13 +116,21 @@ class Sizer:
         """A batch of ``items`` came back after ``seconds`` of work."""
         if self._warm_up:
             self._warm_up -= 1
-            if not self._warm_up and not self._one_by_one:
+            if not self._warm_up and not self._one_by_one and not self._held:
                 self.max_batches = 2 * self._workers
         if self.adaptive and items:
             fit = self._fit(seconds / items)
             self._work_fit = max(1, min(fit, 2 * items, self.cap))
             self.size = min(self._work_fit, self._input_fit)
             self.timed_reads = self._work_fit > 1
+
+    def hold(self, held: bool) -> None:
+        """No queue in front of the workers while ``held`` (the slowdown watches answers)."""
+        self._held = held
+        if held:
+            self.max_batches = min(self.max_batches, self._workers)
+        elif not self._warm_up and not self._one_by_one:
+            self.max_batches = 2 * self._workers
 
     def one_by_one(self) -> None:
         """From now on: batches of one item, and no queue (a rate limit began)."""

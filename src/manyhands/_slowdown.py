@@ -1,143 +1,425 @@
-"""Adaptive slowdown: find the start rate a throttling service accepts.
+"""Adaptive slowdown: how fast and how many calls a limited server takes.
 
-TCP's answer to congestion, applied to the rate at which calls start. Until
-the first signal (a call raised ``RetryAfter`` or an exception with a
-``retry_after`` attribute) there is no limit beyond the user's ``rate=``.
+The engine obeys three knobs and reports every answer (when its call
+started, whether the server refused it, its latency, its Retry-After).
+Which signal drives which knob:
 
-- The first signal sets a limit at the success rate seen so far (over at
-  least one ``PERIOD``: the few calls of a run's first milliseconds say
-  nothing about a rate), and *slow start* doubles it every quiet round trip
-  (one median call) to find the level fast.
-- A signal in slow start halves the rate (the last level that drew no signal)
-  and moves to *AIMD*: each later signal multiplies the rate by ``DECREASE``,
-  each quiet ``PERIOD`` by ``INCREASE`` up to the rate of the last signal,
-  and by ``PROBE`` beyond it (as TCP CUBIC does, it returns fast to the level
-  it knows and probes past it with care: fewer signals, each of which costs
-  the throttled call a Retry-After).
-- After ``RESTART`` seconds without a signal, slow start resumes from the
-  current rate: one early or spurious signal does not leave a long run
-  crawling at a rate far below what the service takes.
-- Only calls started at the current rate count (their ``epoch``): answers to
-  calls started before a change say nothing about the new rate, and a burst
-  of 429s is one signal, not fifty.
-- The rate never exceeds the user's ``rate=`` (the ceiling), and never falls
-  below ``MIN_RATE``.
+==========================  ===============================================
+knob (the engine obeys)     driven by
+==========================  ===============================================
+``paused_until``: no call   refusals that go on after the rate was cut (the
+starts before it            server's window is spent): everyone waits out its
+                            Retry-After, not only the refused items, with
+                            jitter; one call at a time, ``PROBES`` per pause,
+                            checks whether the limit lifted sooner (a window
+                            that resets on the second), and ends the pause
+``limiter``: the start      refusals (429, or ``throttle_on=``): cut to the
+rate (GCRA)                 server's budget, then probe above it
+``concurrency``: calls in   the opening's slow start, then latency
+flight                      (:mod:`._latency_limit`)
+==========================  ===============================================
 
-Every method takes the time as an argument, so tests drive it exactly.
+The rate, as the field learned it (TCP, Google SRE's client-side throttling,
+the window estimate that held up in simulation):
+
+- Until the first refusal there is no rate limit beyond the user's ``rate=``.
+- A refusal of a call started after the last reaction is an *episode*: at most
+  one cut per episode, and the answers to calls started before a cut say
+  nothing about the new rate. The cut is provisional (what is known at once)
+  and refined once the calls started before the refused one have answered.
+- The first episode (or any after a lockout) estimates the server's budget
+  per ``WINDOW`` as the accepted calls *started* in the window before the
+  refused call (counting answers instead undercounts, as calls in flight
+  answer later), and paces at ``MARGIN`` of it. If the run is younger than a
+  window that is a floor, not the budget (a token bucket's burst): the rate
+  then *climbs*, doubling every round trip until the next refusal, which
+  halves it (TCP's slow start).
+- Later episodes cut to the share of the calls started at the current rate
+  that the server accepted (requests vs accepts, as in Google SRE's adaptive
+  throttling), times ``MARGIN``.
+- Refusals that go on after a cut (``LOCKOUT`` of them, at most a fifth of the
+  answered calls accepted) mean a spent window: a pause (above), and from then
+  on the window estimate, rare gentle probes (``WINDOWED_HOLD``), because
+  overshooting a window that counts refusals locks the client out.
+- After ``HOLD`` seconds without a refusal the rate probes upward, by
+  ``PROBE_FIRST`` and doubling each ``PROBE_STEP`` up to ``MAX_RISE``: short
+  probes return fast to a capacity that recovered (TCP CUBIC's idea), and
+  each costs a few refusals when it did not. Once the input is exhausted
+  there is no probing: a late refusal would make its item wait out a
+  Retry-After at the end of the run.
+- The rate never exceeds the user's ``rate=`` and never falls below
+  ``MIN_RATE``.
+
+Every method takes the time (``now``, seconds, ``time.monotonic`` in the
+engine), so the tests drive the controller on a fake clock against the
+models of :mod:`._servers`.
 """
 
 from __future__ import annotations
 
+import math
+import random as _random
 from collections.abc import Callable
 
+from ._latency_limit import LatencyLimit
 from ._rate import RateLimit
+from ._starts import SLOT, StartLog
 
 __all__ = ["Slowdown"]
 
-DECREASE = 0.9  # each signal after slow start
-INCREASE = 1.05  # each quiet PERIOD, up to the rate of the last signal
-PROBE = 1.01  # each quiet PERIOD, above it
-RESTART = 4.0  # seconds without a signal before slow start resumes
-PERIOD = 0.5  # seconds
-MIN_STEP = 0.01  # shortest slow-start step, seconds
+WINDOW = 1.0  # seconds over which a server counts its budget, unless it says otherwise
+MARGIN = 0.95  # pace at this share of the estimated budget
+CLIMB = 2.0  # a young estimate's rate grows this much per round trip
+LOCKOUT = 5  # refusals after a cut that mean the window is spent
+PROBES = 8  # trickle calls per pause
+JITTER = 0.1  # a pause lasts up to this share longer than Retry-After
+HOLD = 1.0  # seconds at a new rate before probing above it
+WINDOWED_HOLD = 3.0  # the same, once a lockout was seen
+PROBE_STEP = 0.25  # seconds between probe steps
+PROBE_FIRST = 0.02  # the first probe step's rise
+MAX_RISE = 0.25  # the largest probe step's rise
+WINDOWED_RISE = 0.05  # the same, once a lockout was seen
+MIN_EPISODE = 10  # calls answered at the current rate before a new cut is judged
 MIN_RATE = 0.1  # calls per second
+REMOTE = 1e-3  # seconds: calls this slow may be a server's
+# The opening's slow start spares a server a first wave of thousands of calls
+# (2,000 asyncio workers against 200/s: 2% refused instead of 50%), but costs
+# every run of slow calls that no server limits its ramp (simulated: 10,000 x
+# 0.1 s calls +11%, 1,000 x 50 ms +6%, 100 x 20 ms +3%): off by default.
+SLOW_START = False
+YOUNG_FLOOR = 1.0  # calls per second: the least a young window's estimate starts at
 
 
 class Slowdown:
-    """The adaptive start rate; ``limiter`` is the RateLimit the engine obeys.
+    """The start rate, calls in flight and pause a limited server asks for.
 
-    >>> slow = Slowdown(ceiling=None, round_trip=lambda: 0.02)
-    >>> slow.signal(epoch=0, now=0.0, succeeded=50, elapsed=1.0)
-    True
-    >>> slow.limiter.per_second, slow.slow_start
-    (50.0, True)
-    >>> slow.recover(now=0.02)  # a quiet round trip: doubled
-    0.02
-    >>> slow.limiter.per_second
-    100.0
-    >>> slow.signal(epoch=slow.epoch, now=0.03, succeeded=60, elapsed=1.03)
-    False
-    >>> slow.limiter.per_second, slow.slow_start  # too far: back to the last quiet level
-    (50.0, False)
+    >>> slow = Slowdown(workers=100, now=0.0)
+    >>> slow.limiter is None, slow.concurrency, slow.watching
+    (True, 100, True)
+    >>> for n in range(200):  # 200 calls accepted in the first 20 ms
+    ...     slow.completed(0.02 + n * 1e-4, started=n * 1e-4, latency=0.01, in_flight=50)
+    >>> slow.completed(0.0401, started=0.04, throttled=1, retry_after=1.0)
+    >>> slow.due(0.2) is not None and round(slow.limiter.per_second)  # the budget, just under
+    190
     """
 
     def __init__(
         self,
-        ceiling: float | None,
-        limiter: RateLimit | None = None,
-        round_trip: Callable[[], float] = lambda: PERIOD,
+        workers: int,
+        ceiling: float | None = None,
+        *,
+        now: float = 0.0,
+        slow_start: bool = SLOW_START,
+        random: Callable[[], float] = _random.random,
     ) -> None:
-        self.ceiling = ceiling  # the user's rate, if any
-        self._round_trip = round_trip  # slow start's step: a median call's latency
-        self.limiter = limiter
-        self.epoch = 0  # bumped at every change of the rate
-        self.slow_start = False
-        self.signals = 0  # every signal, counted or not
-        self.cuts = 0  # signals that lowered the rate
-        self.lowest: float | None = None  # lowest rate after a cut
-        self._signalled = 0.0  # the rate of the last cut, before it
-        self._last_signal = 0.0  # when the last counted signal came
-        self._step = PERIOD
-        self._changed = 0.0
+        self.workers = workers
+        self._slow_start = slow_start
+        self.ceiling = ceiling  # the user's rate=, if any
+        self.limiter: RateLimit | None = RateLimit(ceiling) if ceiling else None
+        self.paused_until = -math.inf
+        self.throttled = 0  # calls that asked to slow down
+        self.pauses = 0
+        self.lowest: float | None = None  # the lowest rate a cut went to
+        self._random = random
+        self._latency = LatencyLimit(workers, now, slow_start=slow_start)
+        self._begun = self._clock = now
+        self._log = StartLog()
+        self._first_refusal = True
+        self._reacted = -math.inf  # calls started before it were answered by the last cut
+        self._changed = -math.inf  # the last change of the rate
+        self._episode = [0, 0]  # calls started since then: accepted, refused
+        self._pending: tuple[float, float, float | None, float] | None = None
+        self._streak = 0  # refusals of calls started after the last cut, in a row
+        self._windowed = False  # a lockout was seen: the window estimate holds
+        self._climbing = False
+        self._next_step = math.inf
+        self._rise = PROBE_FIRST
+        self._pause: tuple[float, float] | None = None  # (end, the rate after it)
+        self._concurrency_cap = workers  # while paused: one call at a time
+        self._ending = False
+        self._clock = now
+        self._delivered = 0  # accepted answers since the last change of the rate
+        self._last_step = now
+        self._reacted_call = now  # when the call the last cut answered started
 
-    def signal(self, epoch: int, now: float, succeeded: int, elapsed: float) -> bool:
-        """A call started at ``epoch`` asked to slow down; True if the limit is new.
+    def start(self, now: float) -> None:
+        """The run starts at ``now`` (the opening counts from it)."""
+        self._begun = self._clock = now
+        self._latency = LatencyLimit(self.workers, now, slow_start=self._slow_start)
 
-        ``succeeded`` calls succeeded in the ``elapsed`` seconds of the run so far.
+    # -- what the engine obeys -------------------------------------------
+
+    @property
+    def concurrency(self) -> int:
+        """How many calls may be in flight."""
+        return min(self._latency.limit, self._concurrency_cap)
+
+    @property
+    def watching(self) -> bool:
+        """Whether the engine must report every answer (else only refusals).
+
+        It watches the opening, the first ``WINDOW`` of a run whose calls take
+        ``REMOTE`` or more (they may be a server's, whose budget the first
+        window spends), and from the first refusal or latency limit on. Any
+        other run costs nothing more once its opening is over.
         """
-        self.signals += 1
-        limiter = self.limiter
-        if limiter is None:
-            limiter = self.limiter = RateLimit(max(MIN_RATE, 1.0, succeeded / max(elapsed, PERIOD)))
-            limiter.wait(now)  # the throttled call counts as the last start
-            self.slow_start = True
-            self._step = self._measure_step()
-            created = True
-        elif epoch != self.epoch:
-            return False
-        else:
-            # Leaving slow start, the last rate that drew no signal was half this one.
-            cut = 0.5 if self.slow_start else DECREASE
-            self.slow_start = False
-            self._signalled = limiter.per_second
-            limiter.set_rate(max(MIN_RATE, limiter.per_second * cut))
-            self.cuts += 1
-            self.lowest = min(self.lowest or limiter.per_second, limiter.per_second)
-            created = False
-        self._changed = self._last_signal = now
-        self.epoch += 1
-        return created
+        latency = self._latency
+        remote = not latency.latency or latency.latency >= REMOTE
+        return (
+            latency.opening
+            or latency.limit < self.workers
+            or self.throttled > 0
+            or (remote and self._clock < self._begun + WINDOW)
+        )
 
-    def recover(self, now: float) -> float | None:
-        """Raise the rate if a quiet step passed; return seconds to the next step.
-
-        None when there is nothing to recover (no limit, or at the ceiling).
-        """
-        limiter = self.limiter
-        if limiter is None or limiter.per_second == self.ceiling:
+    @property
+    def settled_rate(self) -> float | None:
+        """The start rate in force (calls/s), None if the server never asked for one."""
+        if self.limiter is None or self._first_refusal:
             return None
-        if not self.slow_start and now - self._last_signal >= RESTART:
-            self.slow_start = True
-            self._step = self._measure_step()
-        wait = self._step if self.slow_start else PERIOD
-        if now - self._changed < wait - 1e-9:  # (a nanosecond of float rounding is not early)
-            return self._changed + wait - now
-        rate = limiter.per_second
-        if self.slow_start:
-            rate *= 2.0
-        elif rate < self._signalled:
-            rate = min(rate * INCREASE, self._signalled)
+        return self._pause[1] if self._pause is not None else self.limiter.per_second
+
+    @property
+    def settled_concurrency(self) -> int | None:
+        """The calls in flight allowed, None if no limit below ``workers`` was needed."""
+        limit = self._latency.limit
+        return None if limit >= self.workers or self._latency.opening else limit
+
+    def summary(self) -> str:
+        """A few words for the progress line: what the slowdown holds the run to now."""
+        parts = []
+        rate = self.settled_rate
+        if rate is not None:
+            parts.append(f"rate {rate:.4g}/s")
+        limit = self.settled_concurrency
+        if limit is not None:
+            parts.append(f"{limit} in flight at most")
+        if self._pause is not None:
+            parts.append("paused")
+        return ", ".join(parts)
+
+    # -- signals -----------------------------------------------------------
+
+    def completed(
+        self,
+        now: float,
+        started: float,
+        calls: int = 1,
+        throttled: int = 0,
+        latency: float = 0.0,
+        retry_after: float | None = None,
+        in_flight: int = 0,
+    ) -> None:
+        """``calls`` calls started at ``started`` came back; ``throttled`` of them refused.
+
+        ``latency`` is the accepted calls' mean duration, ``retry_after`` the
+        largest delay a refusal asked for, ``in_flight`` the calls still out.
+        """
+        self._clock = now
+        accepted = calls - throttled
+        self._log.add(started, accepted, throttled)
+        if started >= self._changed:
+            self._episode[0] += accepted
+            self._episode[1] += throttled
+        if accepted:
+            self._accepted(now, started, accepted, latency, in_flight)
+        if throttled:
+            self._refused(now, started, throttled, retry_after)
+
+    def _accepted(
+        self, now: float, started: float, calls: int, latency: float, in_flight: int
+    ) -> None:
+        self._delivered += calls
+        had_latency = self._latency.latency
+        self._latency.accepted(now, calls, latency, in_flight)
+        if started >= self._reacted:
+            self._streak = 0
+            if self._pause is not None:
+                self._end_pause(now)  # a trickle call got through: the limit lifted
+        pending = self._pending
+        if not had_latency and pending is not None:  # the first round trip is known now
+            self._pending = (self._settle_time(now, pending[1]), *pending[1:])
+
+    def _refused(self, now: float, started: float, calls: int, retry_after: float | None) -> None:
+        self.throttled += calls
+        self._latency.refused()
+        if started < self._reacted:
+            return  # an answer to a call started before the last cut
+        self._streak += calls
+        if not self._first_refusal and self._streak >= LOCKOUT and self._locked_out(now):
+            self._lockout(now, retry_after)
+        elif self._pending is None and (
+            self._first_refusal or self._climbing or sum(self._episode) >= MIN_EPISODE
+        ):
+            self._cut(now, started)
+
+    def ending(self) -> None:
+        """No more input: only the calls in flight and the retries are left."""
+        self._ending = True
+
+    def due(self, now: float) -> float | None:
+        """Apply the timed changes; seconds until the next one (None: none planned)."""
+        self._clock = now
+        wake = self._latency.tick(now)
+        if self._pause is not None and now >= self._pause[0]:
+            self._end_pause(now)
+        if self._pending is not None:
+            when, started, rate, since = self._pending
+            if now < when:
+                return _sooner(wake, when - now if when < math.inf else None)
+            self._pending = None
+            self._settle(now, started, rate, since)
+        if self._pause is not None:
+            return _sooner(wake, self._pause[0] - now)
+        if self.limiter is None or self._next_step == math.inf:
+            return wake
+        if now >= self._next_step:
+            if self._ending and not self._climbing:
+                self._next_step = math.inf
+                return wake
+            self._step(now)
+        return _sooner(wake, self._next_step - now)
+
+    # -- the rate ----------------------------------------------------------
+
+    def _cut(self, now: float, started: float) -> None:
+        """A call started after the last cut was refused: cut now, refine soon."""
+        self._reacted = now
+        self._reacted_call = started
+        self._streak = 0
+        # The first refusal with no rate yet: the window estimate. With your
+        # rate= in force, the share of it the server accepted.
+        rate = None if self._first_refusal and self.ceiling is None else self._rate()
+        self._pending = (self._settle_time(now, started), started, rate, self._changed)
+        if rate is None:
+            cut = max(self._per_window(started), YOUNG_FLOOR)
+        elif self._climbing:
+            cut = rate / CLIMB
+        elif self._windowed:
+            cut = self._per_window(started)
         else:
-            rate *= PROBE
+            accepted, refused = self._episode
+            cut = rate * (accepted + 1) / (accepted + refused + 1)
+        self._first_refusal = False
+        self._climbing = False
+        self._next_step = math.inf
+        self._set(min(cut, rate or math.inf) * MARGIN, now, provisional=True)
+        self._latency.hold(now + HOLD)
+
+    def _settle_time(self, now: float, started: float) -> float:
+        """When the answers to the calls started before ``started`` should all be in."""
+        latency = self._latency.latency
+        if not latency:
+            return math.inf  # no call accepted yet: wait for the first
+        return max(now + 2 * (now - started), started + 1.5 * latency) + SLOT
+
+    def _settle(self, now: float, started: float, rate: float | None, since: float) -> None:
+        """The answers to the calls started before the refused one are in: refine the cut."""
+        if rate is None or self._windowed:
+            young = started - max(started - WINDOW, self._begun) < 0.9 * WINDOW
+            self._climbing = young and not self._windowed
+            estimate = self._per_window(started)
+            self._target(MARGIN * max(estimate, YOUNG_FLOOR if young else MIN_RATE), now)
+        elif not self._climbing:
+            accepted, refused = self._log.counts(since, started)
+            self._target(MARGIN * rate * (accepted + 1) / (accepted + refused + 1), now)
+        self._rise = PROBE_FIRST
+        begin = max(now, self.paused_until)
+        if self._climbing:
+            self._next_step = begin + max(self._latency.latency, SLOT)
+        else:
+            self._next_step = begin + (WINDOWED_HOLD if self._windowed else HOLD)
+        self._log.forget(now - 2 * WINDOW)
+
+    def _locked_out(self, now: float) -> bool:
+        """Are the calls started since the last cut, old enough to be answered, refused?"""
+        latency = self._latency.latency
+        if not latency:
+            return False
+        accepted, refused = self._log.counts(self._reacted, now - latency)
+        return refused >= LOCKOUT and accepted < 0.2 * (accepted + refused)
+
+    def _lockout(self, now: float, retry_after: float | None) -> None:
+        """Refusals go on after the cut: the window is spent, and everyone waits it out.
+
+        A trickle of calls (``PROBES`` per pause, one at a time) checks whether
+        the limit lifted sooner than Retry-After said; the first one accepted
+        ends the pause.
+        """
+        self._windowed = True
+        self._climbing = False
+        self._streak = 0
+        self._reacted = now
+        self._first_refusal = False
+        self.pauses += 1
+        if self.limiter is None:
+            self.limiter = RateLimit(1.0)
+        pause = (retry_after if retry_after is not None else WINDOW) * (1 + JITTER * self._random())
+        after = self._pause[1] if self._pause is not None else self.limiter.per_second
+        self._pause = (now + pause, after)
+        self.paused_until = now + pause / PROBES
+        self._concurrency_cap = 1
+        self.limiter.set_rate(PROBES / pause)
+        if self._pending is None:
+            settle = self._settle_time(now, self._reacted_call)
+            self._pending = (settle, self._reacted_call, self.limiter.per_second, self._changed)
+
+    def _end_pause(self, now: float) -> None:
+        assert self._pause is not None
+        rate = self._pause[1]
+        self._pause = None
+        self.paused_until = -math.inf
+        self._concurrency_cap = self.workers
+        self._set(rate, now)
+        self._next_step = now + (WINDOWED_HOLD if self._windowed else HOLD)
+
+    def _target(self, rate: float, now: float) -> None:
+        """Set the rate, or the rate to resume at when the pause ends."""
+        if self._pause is not None:
+            self._pause = (self._pause[0], rate)
+        else:
+            self._set(rate, now)
+
+    def _step(self, now: float) -> None:
+        rate = self._rate()
+        self._last_step = now
+        if self._climbing:
+            # Clocked by the answers, as TCP's slow start: at most twice the
+            # rate the server was seen to accept during the last step.
+            step = max(self._latency.latency, SLOT)
+            delivered = self._delivered / max(now - self._last_step, step)
+            self._set(max(rate, min(rate * CLIMB, CLIMB * delivered)), now)
+            self._next_step = now + step
+        else:
+            self._set(rate * (1 + self._rise), now)
+            self._rise = min(2 * self._rise, WINDOWED_RISE if self._windowed else MAX_RISE)
+            self._next_step = now + PROBE_STEP
+
+    def _rate(self) -> float:
+        assert self.limiter is not None
+        return self.limiter.per_second
+
+    def _set(self, rate: float, now: float, provisional: bool = False) -> None:
+        """Set the start rate; a provisional cut (refined soon) is not the lowest."""
+        rate = max(MIN_RATE, rate)
         if self.ceiling is not None:
             rate = min(rate, self.ceiling)
-        limiter.set_rate(rate)
+        if self.limiter is None:
+            self.limiter = RateLimit(rate)
+        else:
+            if rate < self.limiter.per_second and not provisional:
+                self.lowest = min(self.lowest or rate, rate)
+            self.limiter.set_rate(rate)
         self._changed = now
-        self.epoch += 1
-        if self.slow_start:
-            self._step = self._measure_step()
-            return self._step
-        return PERIOD
+        self._episode = [0, 0]
+        self._delivered = 0
 
-    def _measure_step(self) -> float:
-        return min(max(self._round_trip(), MIN_STEP), PERIOD)
+    def _per_window(self, started: float) -> float:
+        """Calls per second the server accepted in the window before ``started``."""
+        return self._log.counts(started - WINDOW + SLOT, started)[0] / WINDOW
+
+
+def _sooner(a: float | None, b: float | None) -> float | None:
+    if a is None:
+        return b
+    return a if b is None else min(a, b)

@@ -81,6 +81,8 @@ class RunStatistics:
         self.retrying = 0  # items that failed and wait for (or run) a retry now
         self.throttle_events = 0
         self.slowest_rate: float | None = None  # lowest adaptive start rate, calls/s
+        self.settled_rate: float | None = None  # the adaptive start rate at the end, calls/s
+        self.settled_concurrency: int | None = None  # the calls in flight it allowed at the end
         self.rate_limited = 0.0  # seconds a ready start waited for the rate limit
         self.skipped = 0  # items not run: final in the journal already
         self.skipped_failed = 0  # of those, the ones recorded as failed
