@@ -119,7 +119,7 @@ def test_jsonl_with_a_malformed_line_records_it_and_goes_on(workdir: Path) -> No
     out = [json.loads(line) for line in (workdir / "o.jsonl").read_text().splitlines()]
     assert [o["ok"] for o in out] == [True, False, True]
     assert out[1]["item"] == '{"name": '
-    assert out[1]["error"]["type"] == "manyhands._inputs.MalformedLine"
+    assert out[1]["error"]["type"] == "manyhands.cli.MalformedLine"
     assert out[1]["error"]["message"].startswith("line 2 is not valid JSON")
 
 
@@ -187,6 +187,18 @@ def test_bad_input_is_a_one_line_error_with_exit_code_2(
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert done.stderr.startswith("manyhands: error: ")
     assert done.stdout == ""
+
+
+def test_a_malformed_line_fails_as_the_public_manyhands_cli_malformed_line(workdir: Path) -> None:
+    from manyhands.cli import MalformedLine
+
+    assert MalformedLine.__module__ == "manyhands.cli"
+    done = manyhands("run", "target.py:work", "-", "--jsonl", "--backend", "processes", "-j", "1",
+                     "--output", "-", cwd=workdir, stdin="4\n{bad\n")  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    out = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [o["ok"] for o in out] == [True, False]
+    assert out[1]["error"]["type"] == "manyhands.cli.MalformedLine"  # also from a worker process
 
 
 def test_help_documents_the_exit_codes(workdir: Path) -> None:
