@@ -1,4 +1,4 @@
-"""Text at the command's edges: a BOM, bytes that are not UTF-8."""
+"""Text at the command's edges: a BOM, bytes that are not UTF-8, escape sequences in a journal."""
 
 from __future__ import annotations
 
@@ -10,6 +10,15 @@ import pytest
 from .test_cli import TARGET, manyhands
 
 BOM = b"\xef\xbb\xbf"
+
+ESCAPES = """
+WeirdError = type("Weird\\x1b]0;class\\x07Error", (Exception,), {})
+
+def hostile(line):
+    if line == "class":
+        raise WeirdError("x")
+    raise ValueError("bad \\x1b]0;owned title\\x07 then \\x1b[2J\\x9b31m\\r\\u202e fake\\nsecond")
+"""
 
 
 @pytest.fixture
@@ -67,3 +76,26 @@ def test_a_line_that_is_not_utf8_fails_as_its_own_item_with_its_line_number(
     assert error["type"] == "manyhands.cli.MalformedLine"
     assert f"line {number} is not valid UTF-8" in error["message"]
     assert failed[0]["item"] == "caf\\xe9"
+
+
+def test_failures_and_status_escape_control_sequences_from_the_journal(workdir: Path) -> None:
+    (workdir / "hostile.py").write_text(ESCAPES)
+    manyhands("run", "hostile.py:hostile", "-", "--journal", "j.db", cwd=workdir,
+              stdin="one\nclass\n")  # fmt: skip
+    for args in (["failures", "j.db"], ["failures", "j.db", "--traceback"], ["status", "j.db"]):
+        done = manyhands(*args, cwd=workdir)
+        assert done.returncode == 0, done.stderr
+        text = done.stdout + done.stderr
+        for raw in ("\x1b", "\x07", "\x9b", "\r", "\u202e"):
+            assert raw not in text, (args, text)
+    listed = manyhands("failures", "j.db", cwd=workdir).stdout
+    assert "bad \\x1b]0;owned title\\x07 then \\x1b[2J\\x9b31m\\r\\u202e fake\\nsecond" in listed
+    assert len(listed.splitlines()) == 2  # one line per failure, whatever its message holds
+    assert "Weird\\x1b]0;class\\x07Error" in manyhands("status", "j.db", cwd=workdir).stdout
+    traced = manyhands("failures", "j.db", "--traceback", cwd=workdir).stdout
+    assert "\n    Traceback (most recent call last):\n" in traced  # tracebacks keep their lines
+
+    as_json = manyhands("failures", "j.db", "--json", cwd=workdir)
+    assert "\x9b" not in as_json.stdout and "\x1b" not in as_json.stdout
+    messages = {json.loads(line)["message"] for line in as_json.stdout.splitlines()}
+    assert "bad \x1b]0;owned title\x07 then \x1b[2J\x9b31m\r\u202e fake\nsecond" in messages
