@@ -332,6 +332,25 @@ def test_demo_with_a_journal_prints_next_steps_that_use_it(tmp_path: Path) -> No
     assert "manyhands demo --items 30 --journal 'my demo.db' --fresh" in done.stdout
 
 
+def test_demo_fresh_deletes_only_a_journal_not_in_use(tmp_path: Path) -> None:
+    (tmp_path / "precious.db").write_text("not a journal")
+    done = manyhands("demo", "--journal", "precious.db", "--fresh", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "--fresh deletes a manyhands journal only" in done.stderr
+    assert (tmp_path / "precious.db").read_text() == "not a journal"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["precious.db"]
+
+    assert manyhands("demo", "--items", "5", "--journal", "d.db", cwd=tmp_path).returncode == 0
+    if sys.platform != "win32":  # a demo running on it holds its lock
+        import fcntl
+
+        with open(tmp_path / "d.db.lock", "a+") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            busy = manyhands("demo", "--journal", "d.db", "--fresh", cwd=tmp_path)
+        assert busy.returncode == 2 and "in use" in busy.stderr
+        assert "5 items with a final record" in manyhands("status", "d.db", cwd=tmp_path).stdout
+
+
 def test_demo_runs_and_resumes(tmp_path: Path) -> None:
     first = manyhands("demo", "--items", "300", cwd=tmp_path)
     assert first.returncode == 0, first.stderr

@@ -99,3 +99,18 @@ def test_failures_and_status_escape_control_sequences_from_the_journal(workdir: 
     assert "\x9b" not in as_json.stdout and "\x1b" not in as_json.stdout
     messages = {json.loads(line)["message"] for line in as_json.stdout.splitlines()}
     assert "bad \x1b]0;owned title\x07 then \x1b[2J\x9b31m\r\u202e fake\nsecond" in messages
+
+
+def test_a_journal_warning_is_one_escaped_line(workdir: Path) -> None:
+    (workdir / "renamed.py").write_text(
+        "def first(line):\n    return line\n"
+        "first.__qualname__ = 'first\\x1b]0;title\\x07'\n"
+        "def second(line):\n    return line\n"
+    )
+    assert manyhands("run", "renamed.py:first", "-", "--journal", "j.db", cwd=workdir,
+                     stdin="a\n").returncode == 0  # fmt: skip
+    done = manyhands("run", "renamed.py:second", "-", "--journal", "j.db", cwd=workdir,
+                     stdin="a\nb\n")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "manyhands: warning: journal j.db was written by" in done.stderr
+    assert "first\\x1b]0;title\\x07" in done.stderr and "\x1b" not in done.stderr

@@ -25,8 +25,7 @@ def run_demo(items: int, journal: Path, fresh: bool) -> int:
     from ._demo_api import ItemFetcher, flaky_api, is_transient  # (http.server: only here)
 
     if fresh:
-        for suffix in ("", "-wal", "-shm", ".lock"):
-            Path(f"{journal}{suffix}").unlink(missing_ok=True)
+        _delete_journal(journal)
     resumed = journal.exists()
     out = sys.stdout
     print(
@@ -83,3 +82,28 @@ def run_demo(items: int, journal: Path, fresh: bool) -> int:
     for command, what in steps:
         print(f"  {command:<{width}}{what}", file=out)
     return 0
+
+
+def _delete_journal(journal: Path) -> None:
+    """``--fresh``: delete the demo's journal, unless it is in use or not a journal at all."""
+    from ._exceptions import JournalError
+    from ._inspect import read_status
+    from ._journal import _acquire_lock, _release_lock
+
+    lock_file = Path(f"{journal}.lock")
+    had_lock_file = lock_file.exists()
+    lock = _acquire_lock(journal)  # a demo running on it: JournalError, nothing deleted
+    deleted = False
+    try:
+        if journal.exists():
+            try:
+                read_status(journal)
+            except JournalError as exc:
+                raise JournalError(f"--fresh deletes a manyhands journal only: {exc}") from None
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{journal}{suffix}").unlink(missing_ok=True)
+        deleted = True
+    finally:
+        _release_lock(lock)
+        if deleted or not had_lock_file:
+            lock_file.unlink(missing_ok=True)

@@ -10,6 +10,7 @@ import os
 import shlex
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -410,6 +411,25 @@ def demo(items: int, journal: str, fresh: bool) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``manyhands`` and ``python -m manyhands``; returns the exit code."""
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        return _main(argv)
+
+
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
+    """A warning as one line, escaped: a JournalWarning quotes what the journal holds."""
+    with _quietly():
+        click.echo(f"manyhands: warning: {escape_controls(str(message))}", err=True)
+
+
+def _main(argv: list[str] | None) -> int:
     try:
         code = cli.main(args=argv, prog_name="manyhands", standalone_mode=False)
     except click.UsageError as exc:
