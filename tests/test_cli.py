@@ -108,7 +108,8 @@ def test_run_a_file_with_failures_then_status_and_failures(workdir: Path) -> Non
 
     again = manyhands("run", "target.py:work", "numbers.txt", "--journal", "run.db", cwd=workdir)
     assert again.returncode == 1  # the recorded failures are still failures
-    assert "1,000 already final in the journal" in again.stdout
+    assert "900 skipped (done in the journal), 100 skipped (failed in the journal" in again.stdout
+    assert "0 run" in again.stdout
 
 
 def test_all_succeeded_exits_0_and_stdin_and_module_targets_work(workdir: Path) -> None:

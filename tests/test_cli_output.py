@@ -10,17 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from manyhands import _engine
-
 from .conftest import finish, python_subprocess_env, wait_for_lines
 from .test_cli import TARGET, manyhands
 
-# The engine calls the output's flush before recording delivered outcomes, and
-# records only those: without that, a kill can commit rows whose lines are lost.
-ENGINE_HOOKS = "before_record" in Path(_engine.__file__).read_text()
-needs_engine_hooks = pytest.mark.skipif(
-    not ENGINE_HOOKS, reason="needs Engine.before_record and delivered-only journal rows"
-)
 posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
 ITEMS = 2000
@@ -62,7 +54,6 @@ def values_by_item(lines: list[dict[str, object]]) -> dict[object, list[object]]
 
 
 @posix_only
-@needs_engine_hooks
 def test_killed_mid_run_then_rerun_the_output_holds_every_item_with_its_value(
     workdir: Path,
 ) -> None:
@@ -83,7 +74,6 @@ def test_killed_mid_run_then_rerun_the_output_holds_every_item_with_its_value(
 
 
 @posix_only
-@needs_engine_hooks
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
 def test_stopped_by_ctrl_c_or_sigterm_then_rerun_the_output_holds_every_item_once(
     workdir: Path, stop: signal.Signals
@@ -126,7 +116,7 @@ def test_rerunning_a_finished_run_keeps_the_output_as_it_was(workdir: Path) -> N
     before = (workdir / "out.jsonl").read_bytes()
     again = rerun(workdir)
     assert again.returncode == 0
-    assert f"{ITEMS:,} already final in the journal" in again.stdout
+    assert f"{ITEMS:,} skipped (done in the journal)" in again.stdout
     assert (workdir / "out.jsonl").read_bytes() == before  # not emptied, nothing repeated
 
 

@@ -12,7 +12,6 @@ import pytest
 
 from .conftest import finish, python_subprocess_env, wait_for_lines
 from .test_cli import TARGET, manyhands
-from .test_cli_output import needs_engine_hooks
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and pipes")
 
@@ -50,7 +49,6 @@ def test_sigterm_or_sighup_drains_writes_the_output_and_exits_128_plus_signal(
     assert all(line["value"] == int(line["item"]) * 2 for line in lines)  # flushed whole
 
 
-@needs_engine_hooks
 def test_sigterm_closes_the_journals_run_as_terminated_and_the_rerun_resumes(
     workdir: Path,
 ) -> None:

@@ -19,6 +19,7 @@ def test_public_names_are_exactly_the_intended_set() -> None:
         "ManyhandsError",
         "Outcome",
         "Outcomes",
+        "Pool",
         "Report",
         "Retry",
         "RetryAfter",
@@ -27,6 +28,7 @@ def test_public_names_are_exactly_the_intended_set() -> None:
         "WorkerCrashed",
         "WorkerInitError",
         "amap",
+        "arun",
         "map",
         "run",
     }

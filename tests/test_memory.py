@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import tracemalloc
+import weakref
 from collections.abc import Callable, Iterator
+
+import pytest
 
 import manyhands
 
@@ -54,3 +59,32 @@ def test_slow_consumer_does_not_buffer_the_input(backend: str) -> None:
         if count == 10_000:
             break
     assert read <= 10_000 + 1000  # what was consumed, plus the window at most
+
+
+class Buffer:
+    """Stands for a large local (a response body, an image) in a call that fails."""
+
+
+@pytest.mark.parametrize("kind", ["threads", "async"])
+def test_kept_failures_do_not_pin_the_frames_of_their_calls(kind: str) -> None:
+    alive: weakref.WeakSet[Buffer] = weakref.WeakSet()
+
+    def body(x: int) -> int:
+        buffer = Buffer()  # a local of the failing frame
+        alive.add(buffer)
+        if x % 2:
+            raise ValueError(f"item {x} failed") from KeyError(x)
+        return x
+
+    async def abody(x: int) -> int:
+        await asyncio.sleep(0)
+        return body(x)
+
+    report = manyhands.run(abody if kind == "async" else body, range(2000), backend=kind)
+    assert report.failed == 1000 and len(report.failures) == 1000
+    gc.collect()
+    assert len(alive) == 0, f"{len(alive)} frames' locals are still alive"
+    failure = report.failures[0]
+    assert "ValueError: item" in failure.traceback and "in body" in failure.traceback
+    assert failure.exception is not None and failure.exception.__traceback__ is None
+    assert isinstance(failure.exception.__cause__, KeyError)

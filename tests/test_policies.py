@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import heapq
+import inspect
 import itertools
 import random
 
 import pytest
 
 import manyhands
+from manyhands._backends._process_worker import describe_remote
+from manyhands._outcome import Failure
 from manyhands._rate import RateLimit, parse_rate
 
 
@@ -107,3 +110,48 @@ def test_rate_limit_holds_across_100_workers_over_a_simulated_minute() -> None:
     assert min(gaps) >= 0.02 - 1e-9  # smooth: never two starts closer than 1/rate
     per_second = [sum(1 for t in starts if s <= t < s + 1) for s in range(60)]
     assert max(per_second) <= 51  # no burst of a second's budget at once
+
+
+def test_retry_shows_what_a_user_passes() -> None:
+    default = manyhands.Retry()
+    assert repr(default) == "Retry(retries=3, backoff=0.5, multiplier=2.0, max_backoff=60.0)"
+    signature = str(inspect.signature(manyhands.Retry))
+    assert "built-in" not in signature and " at 0x" not in signature and "<class" not in signature
+    assert "random: 'Callable[[], float] | None' = None" in signature
+    policy = manyhands.Retry(retries=5, on=(ConnectionError, TimeoutError), backoff=1)
+    text = repr(policy)
+    assert text == (
+        "Retry(retries=5, on=(ConnectionError, TimeoutError), backoff=1, multiplier=2.0, "
+        "max_backoff=60.0)"
+    )
+    assert eval(text, {"Retry": manyhands.Retry}) == policy  # what you see is what you type
+    assert " on=manyhands.RetryAfter," in repr(manyhands.Retry(on=manyhands.RetryAfter))
+    assert "random=Random.random" in repr(manyhands.Retry(random=random.Random(1).random))
+
+
+def test_the_default_policy_leaves_out_programming_errors_also_from_other_processes() -> None:
+    default = manyhands.Retry()
+    for error in (TypeError(), AttributeError(), NameError(), ImportError(), SyntaxError()):
+        assert not default.retries_error(error)
+    for error in (ValueError(), KeyError(), AssertionError(), ConnectionError(), OSError()):
+        assert default.retries_error(error)
+
+    def remote(exc: BaseException) -> Failure:
+        error_type, message, trace, lineage, _ = describe_remote(exc)
+        failure = Failure(1, error_type, message, trace)
+        failure.lineage = lineage
+        return failure
+
+    assert not default.retries_failure(remote(ModuleNotFoundError("no module")))
+    assert not default.retries_failure(remote(UnboundLocalError("x")))  # a NameError
+    assert default.retries_failure(remote(ConnectionResetError()))
+    assert manyhands.Retry(on=Exception).retries_failure(remote(TypeError()))
+    listed = manyhands.Retry.PROGRAMMING_ERRORS
+    assert set(listed) == {
+        TypeError,
+        AttributeError,
+        NameError,
+        SyntaxError,
+        ImportError,
+        NotImplementedError,
+    }

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
+from tqdm.std import tqdm
 
 import manyhands
-from manyhands._progress import Progress
+from manyhands._outcome import Failure
+from manyhands._progress import DROP_ORDER, MIN_BAR, Progress, progress_line
 
 from .conftest import python_subprocess_env
 
@@ -94,51 +98,136 @@ def test_progress_redraws_on_a_timer_while_calls_run(capsys: pytest.CaptureFixtu
     assert "20/20" in final_line(capsys.readouterr().err)
 
 
-def test_progress_shows_retrying_items(capsys: pytest.CaptureFixture[str]) -> None:
-    class Bar:
-        def __init__(self, total: int | None) -> None:
-            self.postfixes: list[str] = []
-            self.n = 0
+LIVE: dict[str, Any] = {
+    "done": 1_234_567,
+    "failed": 12_345,
+    "retrying": 321,
+    "in_flight": 1_000,
+    "p50": 0.0123,
+    "p95": 0.25,
+    "failing_alike": None,
+}
+RATE = 1_234_567 / 3725  # items/s over the run, as the final line shows it
+FULL = progress_line(LIVE, 2_000_000, 3725.0, RATE, None)
+PIECES = FULL.split(" · ")
 
-        def set_postfix_str(self, text: str, refresh: bool) -> None:
-            self.postfixes.append(text)
 
-        def update(self, n: int) -> None:
-            self.n += n
+class Source:
+    def __init__(self, live: dict[str, Any]) -> None:
+        self.live = live
 
-        def close(self) -> None:
-            pass
 
-    class Source:
-        live: ClassVar[dict[str, Any]] = {
-            "done": 7,
-            "failed": 1,
-            "retrying": 3,
-            "in_flight": 5,
-            "p50": 0.012,
-            "p95": 0.25,
-        }
+def drawn(width: int, live: dict[str, Any] = LIVE, total: int | None = 2_000_000) -> str:
+    """The last line a real tqdm drew at a terminal ``width`` columns wide."""
+    out = io.StringIO()
+    readings = [0.0, 3725.0]  # an injected clock: the run started 3,725 s ago
 
-    bars: list[Bar] = []
+    def clock() -> float:
+        return readings.pop(0) if len(readings) > 1 else readings[0]
 
-    def factory(total: int | None) -> Bar:
-        bars.append(Bar(total))
-        return bars[-1]
+    def bar(total: int | None, bar_format: str) -> Any:
+        return tqdm(total=total, bar_format=bar_format, file=out, ncols=width)
 
-    progress = Progress(Source(), total=10, interval=60, bar_factory=factory)
+    progress = Progress(Source(live), total, interval=60, bar_factory=bar, clock=clock)
     progress.close()
-    progress.close()  # idempotent
-    assert bars[0].n == 7
-    assert bars[0].postfixes == ["failed 1 · retrying 3 · in flight 5 · p50 12.0ms p95 250.0ms"]
+    return final_line(out.getvalue())
+
+
+@pytest.mark.parametrize("width", [20, 30, 40, 60, 80, 100, 120, 160, 250])
+def test_the_line_fits_the_terminal_and_never_cuts_a_number(width: int) -> None:
+    line = drawn(width)
+    assert len(line) <= width
+    assert "1,234,567/2,000,000" in line  # always shown
+    if width >= 40:
+        assert "failed 12,345" in line
+    for piece in line.split(" · ")[1:]:
+        assert piece in PIECES  # whole fields only, never a cut one
+    if "|" in line:  # a bar only with room for it, never a stub
+        assert len(line.split("|")[1]) >= MIN_BAR
+    if width >= 120:
+        assert "in flight 1,000" in line and "retrying 321" in line
+
+
+def test_fields_are_dropped_in_a_fixed_order() -> None:
+    names = {
+        "p95": "p95 ",
+        "desc": "manyhands:",
+        "p50": "p50 ",
+        "in_flight": "in flight",
+        "rate": "items/s",
+        "retrying": "retrying",
+        "time": "<",
+        "percent": "62%",
+        "alike": "all failed",
+        "failed": "failed 12,345",
+    }
+    live = {**LIVE, "failing_alike": Failure.from_exception(1, TypeError("x"))}
+    dropped_before: set[str] = set()
+    for width in range(200, 18, -1):
+        line = progress_line(live, 2_000_000, 3725.0, RATE, width)
+        dropped = {name for name, mark in names.items() if mark not in line}
+        order = [name for name in DROP_ORDER if name in dropped]
+        assert order == list(DROP_ORDER[: len(order)]), (width, line)  # a prefix of the order
+        assert dropped >= dropped_before  # narrower never brings a field back
+        dropped_before = dropped
+    assert dropped_before == set(names)
+
+
+def test_a_line_without_a_total_or_a_known_width_keeps_everything() -> None:
+    line = progress_line({**LIVE, "retrying": 0}, None, 5.0, None, None)
+    assert line == "manyhands: 1,234,567 items · 00:05 · failed 12,345 · in flight 1,000 · " + (
+        "p50 12.3ms · p95 250.0ms"
+    )
+    assert "{bar}" in progress_line(LIVE, 2_000_000, 5.0, None, None)  # a notebook widget
+
+
+def test_retrying_counts_the_items_in_their_retries_now(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    tries: Counter[int] = Counter()
+    release = threading.Event()
+
+    def fn(x: int) -> int:
+        tries[x] += 1
+        if x == 0:
+            if tries[x] <= 3:
+                raise ConnectionError("down")
+            release.wait(10)  # the 4th attempt runs until we have looked
+        return x
+
+    policy = manyhands.Retry(retries=5, backoff=0.001, max_backoff=0.001)
+    err = ""
+    outcomes = manyhands.map(fn, range(20), workers=2, retry=policy, progress=True)
+    for seen, _ in enumerate(outcomes, 1):
+        if seen == 19:
+            deadline = time.monotonic() + 10
+            while "19/20" not in err and time.monotonic() < deadline:
+                time.sleep(0.1)  # until the line is redrawn (twice a second)
+                err += capsys.readouterr().err
+            release.set()
+    assert "19/20" in final_line(err) and "retrying 1 " in final_line(err) + " "  # not 3
+    end = final_line(capsys.readouterr().err)
+    assert "20/20" in end and "retrying" not in end  # nothing is left to retry
+
+
+def test_every_item_failing_alike_shows_in_the_line(capsys: pytest.CaptureFixture[str]) -> None:
+    def fn(x: int) -> int:
+        return x.upper()  # type: ignore[attr-defined,no-any-return]
+
+    manyhands.run(fn, range(50), progress=True)
+    assert "all failed: AttributeError, a bug in fn?" in final_line(capsys.readouterr().err)
+    manyhands.run(lambda x: 1 / (x % 2), range(50), progress=True)
+    assert "all failed" not in final_line(capsys.readouterr().err)
 
 
 def test_ctrl_c_with_progress_leaves_no_thread_and_ends_the_line() -> None:
     code = """
-import threading, time, manyhands
+import _thread, threading, time, manyhands
 def fn(x):
+    if x == 40:  # well under way, the line drawn, however loaded the machine
+        _thread.interrupt_main()
     time.sleep(0.05)
     return x
-threading.Timer(0.5, lambda: __import__('_thread').interrupt_main()).start()
 try:
     manyhands.run(fn, range(10_000), workers=4, progress=True)
 except KeyboardInterrupt:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from pathlib import Path
 
 import manyhands
 from manyhands._stats import LatencyHistogram
@@ -48,3 +50,74 @@ def test_histogram_percentiles_are_within_bucket_precision() -> None:
         assert abs(hist.percentile(q) - expected) / expected < 0.05
     assert abs(hist.mean - 0.5005) < 1e-9
     assert LatencyHistogram().percentile(50) == 0.0
+
+
+def test_a_run_where_everything_was_skipped_says_so(tmp_path: Path) -> None:
+    def fn(x: int) -> float:
+        return 1 / (x % 100)
+
+    journal = tmp_path / "run.db"
+    manyhands.run(fn, range(2000), journal=journal)
+    again = manyhands.run(fn, range(2000), journal=journal)
+    text = str(again)
+    assert text.startswith("2,000 items in ")
+    assert "1,980 skipped (done in the journal), 20 skipped (failed in the journal" in text
+    assert "retry_failed=True" in text and text.splitlines()[0].endswith(", 0 run")
+    assert "succeeded" not in text and "latency" not in text  # nothing ran: no such figures
+    assert (again.ran, again.throughput, again.skipped, again.skipped_failed) == (0, 0.0, 2000, 20)
+
+
+def test_throughput_counts_the_items_that_ran(tmp_path: Path) -> None:
+    journal = tmp_path / "run.db"
+    manyhands.run(str, range(1000), journal=journal)
+    report = manyhands.run(str, range(1500), journal=journal)
+    assert (report.total, report.ran, report.skipped) == (1500, 500, 1000)
+    assert report.throughput == report.ran / report.elapsed
+    assert "1,000 skipped (done in the journal), 500 run (" in str(report)
+    assert "500 succeeded, 0 failed" in str(report)
+
+
+def test_a_stop_rule_says_why_it_stopped_and_how_many_failed_in_all() -> None:
+    all_running = threading.Barrier(8, timeout=10)
+
+    def fn(x: int) -> int:
+        if x < 8:
+            all_running.wait()  # the first 8 calls all run before any fails
+        raise ConnectionError(f"down {x}")
+
+    report = manyhands.run(fn, range(1000), workers=8, batch_size=1, stop_after_failures=3)
+    # The 8 calls that ran together, and any started while the first 2 failures came back.
+    assert 8 <= report.failed == report.total < 1000
+    text = str(report)
+    assert "stop_after_failures=3: 3 items had failed" in text  # why it stopped
+    assert f"{report.failed} failed in all" in text and "already running" in text  # the cost
+
+
+def bug(x: int) -> int:
+    return x.upper()  # type: ignore[attr-defined,no-any-return]
+
+
+def test_every_item_failing_alike_looks_like_a_bug_with_one_traceback(backend: str) -> None:
+    report = manyhands.run(bug, range(50), backend=backend, retry=3)
+    assert report.attempts == 50  # a programming error is not retried by default
+    first = report.failing_alike
+    assert first is not None and first.error_type == "builtins.AttributeError"
+    text = str(report)
+    assert "every item failed with builtins.AttributeError: this looks like a bug in fn" in text
+    assert text.count("Traceback (most recent call last)") == 1
+    assert "return x.upper()" in text  # the user's own line
+
+
+def test_failing_alike_needs_enough_items_all_failed_with_one_error() -> None:
+    assert manyhands.run(bug, range(5)).failing_alike is None  # too few to tell
+    assert manyhands.run(lambda x: bug(x) if x else 0, range(50)).failing_alike is None
+    mixed = manyhands.run(lambda x: bug(x) if x % 2 else 1 / 0, range(50))
+    assert mixed.failing_alike is None and "every item failed" not in str(mixed)
+
+    def down(x: int) -> int:
+        raise ConnectionRefusedError("connection refused")
+
+    report = manyhands.run(down, range(50))
+    text = str(report)
+    assert "every item failed with builtins.ConnectionRefusedError" in text
+    assert "not with the items" in text and "bug" not in text

@@ -13,6 +13,8 @@ import pytest
 import manyhands
 from manyhands._demo_api import fetch, flaky_api
 
+from .conftest import Hands
+
 FAST = manyhands.Retry(retries=3, backoff=0.001, max_backoff=0.005)
 
 
@@ -226,3 +228,33 @@ def test_flaky_throttled_http_api_end_to_end(backend: str) -> None:
     assert counters.unavailable > 50  # the 5% of 503s really happened, and were retried
     assert counters.throttled < 0.02 * counters.requests, vars(counters)
     assert report.attempts == counters.requests
+
+
+class NotAList(AttributeError):
+    """A subclass of a programming error, defined by the user."""
+
+
+def buggy(x: int) -> int:
+    if x % 3 == 0:
+        raise NotAList(f"item {x}: 'int' object has no attribute 'append'")
+    if x % 3 == 1:
+        raise TypeError(f"item {x}: unsupported operand")
+    raise ConnectionError(f"item {x}: down")
+
+
+def test_programming_errors_are_not_retried_by_default(hands: Hands) -> None:
+    fast = manyhands.Retry(retries=2, backoff=0.001, max_backoff=0.001)
+    report = hands.run(buggy, range(30), retry=fast)
+    attempts = {f.item: f.attempts for f in report.failures}
+    assert report.failed == 30 and len(attempts) == 30
+    assert {attempts[x] for x in range(30) if x % 3 != 2} == {1}  # bugs: tried once
+    assert {attempts[x] for x in range(30) if x % 3 == 2} == {3}  # the network: retried
+    assert report.attempts == 20 + 10 * 3
+    shorthand = hands.run(buggy, range(30), retry=2)  # the default policy, from a number
+    assert shorthand.attempts == 20 + 10 * 3
+
+
+def test_on_exception_still_retries_every_error(hands: Hands) -> None:
+    everything = manyhands.Retry(retries=2, on=Exception, backoff=0.001, max_backoff=0.001)
+    report = hands.run(buggy, range(30), retry=everything)
+    assert report.failed == 30 and report.attempts == 30 * 3

@@ -66,7 +66,7 @@ def test_abandoned_threads_are_capped_then_capacity_waits(backend: str) -> None:
     timer = threading.Timer(1.0, let_go)
     timer.start()
     try:
-        report = manyhands.run(fn, range(6), backend=backend, workers=1, timeout=0.1, ordered=True)
+        report = manyhands.run(fn, range(6), backend=backend, workers=1, timeout=0.1)
     finally:
         timer.cancel()
     # One worker: one thread may be abandoned and replaced; the second over-time

@@ -5,12 +5,12 @@
 >>> report.succeeded
 1000
 
-See :func:`run`, :func:`map` and the README.
+See :func:`run`, :func:`map` (and :func:`arun`, :func:`amap` in async code), and the README.
 """
 
 from __future__ import annotations
 
-from ._api import amap, map, run
+from ._api import amap, arun, map, run
 from ._exceptions import (
     InputError,
     ItemsFailed,
@@ -23,6 +23,7 @@ from ._exceptions import (
 )
 from ._options import DEFAULT_WORKERS, RunOptions
 from ._outcome import Failure, Outcome
+from ._pool import Pool
 from ._report import Latency, Report
 from ._retry import Retry, RetryAfter
 from ._stream import AsyncOutcomes, Outcomes
@@ -39,6 +40,7 @@ __all__ = [
     "ManyhandsError",
     "Outcome",
     "Outcomes",
+    "Pool",
     "Report",
     "Retry",
     "RetryAfter",
@@ -47,6 +49,7 @@ __all__ = [
     "WorkerCrashed",
     "WorkerInitError",
     "amap",
+    "arun",
     "map",
     "run",
 ]

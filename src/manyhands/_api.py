@@ -1,34 +1,58 @@
-"""The front doors: :func:`run` and :func:`map`."""
+"""The front doors: :func:`run`, :func:`map`, :func:`amap` and :func:`arun`.
+
+Each takes ``fn``, ``items`` and keyword options. ``*more_items`` is there
+only to catch ``map(fn, xs, ys)`` with a message that says to zip them (type
+checkers flag it too); the signature shown by ``help()`` lists every option
+instead (:func:`~manyhands._options.lists_options`).
+"""
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import os
 import sys
-from collections.abc import AsyncIterable, Callable, Iterable
+from collections.abc import AsyncIterable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._backends import create_backend
-from ._engine import Engine
-from ._exceptions import InputError, JournalError
-from ._options import Options
+from ._backends import Backend, create_backend
+from ._checks import check_fn, check_items, check_report_only, is_coroutine_function
+from ._exceptions import ManyhandsError
+from ._options import Options, lists_options
 from ._progress import progress_wanted
 from ._report import Report
+from ._run import Run
 from ._stream import AsyncOutcomes, Outcomes
 
 if TYPE_CHECKING:
-    from typing_extensions import Unpack
+    from typing_extensions import Never, Unpack
 
     from ._journal import Journal
     from ._options import RunOptions
+    from ._pool import Pool
 
-__all__ = ["amap", "is_coroutine_function", "map", "run"]
+__all__ = [
+    "POOL_OPTIONS",
+    "amap",
+    "arun",
+    "arun_to_end",
+    "is_coroutine_function",
+    "map",
+    "open_run",
+    "run",
+    "run_to_end",
+]
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 
-def run(fn: Callable[[T], R], items: Iterable[T], **options: Unpack[RunOptions]) -> Report:
+@lists_options(leave_out=("ordered",))
+def run(
+    fn: Callable[[T], R],
+    items: Iterable[T],
+    *more_items: Never,
+    **options: Unpack[RunOptions],
+) -> Report:
     """Call ``fn`` on every item, many at a time; return a :class:`Report`.
 
     Blocks until every item has an outcome. An item whose call raises is
@@ -41,12 +65,17 @@ def run(fn: Callable[[T], R], items: Iterable[T], **options: Unpack[RunOptions])
         items: any iterable, read lazily in the calling thread.
         **options: see :class:`manyhands.RunOptions` (``workers``,
             ``retry``, ``rate``, ``stop_after_failures``, ``progress``...).
+            ``ordered=True`` is refused: ``run`` yields no outcomes.
 
     Returns:
         The Report: counts, elapsed time, latency, failures by type.
 
     Raises:
-        TypeError, ValueError: at the call, for an invalid argument or option.
+        TypeError, ValueError: at the call, for an invalid argument or option
+            (``fn`` that cannot take one item, two iterables...).
+        JournalError: when the journal cannot be used, before any item runs.
+        TypeError: when ``fn`` returned a coroutine (it calls an async
+            function without awaiting it): the run stops at the first one.
         InputError: when iterating ``items`` raised; raised after every item
             read before it has run, with their Report as ``.report``.
         KeyboardInterrupt: on Ctrl-C, after running calls had the grace
@@ -57,17 +86,28 @@ def run(fn: Callable[[T], R], items: Iterable[T], **options: Unpack[RunOptions])
     >>> report.succeeded, report.failed, report.errors_by_type
     (3, 1, {'builtins.ZeroDivisionError': 1})
     """
-    engine = _engine("run", fn, items, options)
+    return run_to_end(open_run("run", fn, items, options, more=more_items, report_only=True))
+
+
+def run_to_end(run: Run) -> Report:
+    """Drive ``run`` to its end; its Report (also on the ManyhandsError that ends it early)."""
+    delivered = run.delivered
     try:
-        for _ in engine.batches():
-            pass
-    except (InputError, JournalError) as exc:
-        exc.report = engine.report()
+        for batch in run.batches():
+            delivered(batch)
+    except ManyhandsError as exc:  # the run ended early (input, journal, workers)
+        exc.report = run.report()
         raise
-    return engine.report()
+    return run.report()
 
 
-def map(fn: Callable[[T], R], items: Iterable[T], **options: Unpack[RunOptions]) -> Outcomes[T, R]:
+@lists_options()
+def map(
+    fn: Callable[[T], R],
+    items: Iterable[T],
+    *more_items: Never,
+    **options: Unpack[RunOptions],
+) -> Outcomes[T, R]:
     """Call ``fn`` on every item, many at a time, yielding one :class:`Outcome` each.
 
     Lazy: nothing runs until you iterate. Outcomes come as they complete, or
@@ -89,16 +129,19 @@ def map(fn: Callable[[T], R], items: Iterable[T], **options: Unpack[RunOptions])
             before the iterable raised was yielded.
         KeyboardInterrupt: as for :func:`run`.
 
-    >>> import manyhands
-    >>> [out.value for out in manyhands.map(str.upper, ["a", "b"], ordered=True)]
-    ['A', 'B']
+    Examples:
+        >>> import manyhands
+        >>> [out.value for out in manyhands.map(str.upper, ["a", "b"], ordered=True)]
+        ['A', 'B']
     """
-    return Outcomes(_engine("map", fn, items, options))
+    return Outcomes(open_run("map", fn, items, options, more=more_items))
 
 
+@lists_options()
 def amap(
     fn: Callable[[T], Any],
     items: Iterable[T] | AsyncIterable[T],
+    *more_items: Never,
     **options: Unpack[RunOptions],
 ) -> AsyncOutcomes[T, Any]:
     """The twin of :func:`map` for async code: ``async for`` over the Outcomes.
@@ -108,7 +151,8 @@ def amap(
     async iterable; either is read lazily, so memory stays bounded by the
     window. Leaving the loop early (``break``, an exception), ``aclose()`` or
     the end of an ``async with`` block cancels the running calls and leaves
-    no task behind. Options are those of :func:`run`.
+    no task behind. Options are those of :func:`run`. For the Report alone,
+    ``await`` :func:`arun`.
 
     >>> import asyncio, manyhands
     >>> async def double(x):
@@ -119,50 +163,144 @@ def amap(
     >>> asyncio.run(main())
     [0, 2, 4, 6, 8]
     """
-    return AsyncOutcomes(_engine("amap", fn, items, options, on_loop=True))
+    return AsyncOutcomes(open_run("amap", fn, items, options, on_loop=True, more=more_items))
 
 
-def _engine(caller: str, fn: Any, items: Any, options: Any, on_loop: bool = False) -> Engine:
-    if not callable(fn):
-        raise TypeError(f"fn must be callable (a function taking one item), got {fn!r}")
-    opts = Options.from_kwargs(caller, options)
-    backend_name = _backend_for(caller, fn, opts.backend, on_loop)
+@lists_options(leave_out=("ordered",))
+async def arun(
+    fn: Callable[[T], Any],
+    items: Iterable[T] | AsyncIterable[T],
+    *more_items: Never,
+    **options: Unpack[RunOptions],
+) -> Report:
+    """The twin of :func:`run` for async code: ``await`` it for the :class:`Report`.
+
+    ``fn`` is a coroutine function; the calls run as tasks on the caller's
+    event loop, as with :func:`amap`, and ``items`` may be a sync or an async
+    iterable. Options and errors are those of :func:`run`: a
+    :class:`ManyhandsError` (an :class:`InputError`, a :class:`JournalError`...)
+    that ends the run carries the Report of what ran as ``.report``.
+    Cancelling the awaiting task cancels the running calls.
+
+    >>> import asyncio, manyhands
+    >>> async def half(x):
+    ...     await asyncio.sleep(0)
+    ...     return 1 / x
+    >>> report = asyncio.run(manyhands.arun(half, [1, 2, 0]))
+    >>> report.succeeded, report.failed
+    (2, 1)
+    """
+    run = open_run("arun", fn, items, options, on_loop=True, more=more_items, report_only=True)
+    return await arun_to_end(run)
+
+
+async def arun_to_end(run: Run) -> Report:
+    """:func:`run_to_end` on the running event loop."""
+    delivered = run.delivered
+    batches = run.abatches()
+    try:
+        async with contextlib.aclosing(batches):
+            async for batch in batches:
+                delivered(batch)
+    except ManyhandsError as exc:  # the run ended early (input, journal, workers)
+        exc.report = run.report()
+        raise
+    return run.report()
+
+
+def open_run(
+    caller: str,
+    fn: Any,
+    items: Any,
+    options: Mapping[str, Any],
+    *,
+    on_loop: bool = False,
+    more: tuple[Any, ...] = (),
+    report_only: bool = False,
+    pool: Pool | None = None,
+    priority: int = 0,
+) -> Run:
+    """A new run for a front door (or a Pool's method), after every check at the call.
+
+    ``more``: positional arguments after ``items``, refused with a hint.
+    ``report_only``: the caller yields no outcomes (``run``, ``arun``).
+    Without ``pool``, the run gets a private pool: a backend of its own,
+    started and shut down with it.
+    """
+    if pool is not None:
+        _refuse_pool_options(caller, options)
+        options = {**options, "backend": pool.backend}
+    opts = Options.from_kwargs(caller, dict(options))
+    if report_only:
+        check_report_only(caller, opts)
+    check_fn(caller, fn)
+    is_async = is_coroutine_function(fn)
+    backend_name = _backend_for(caller, is_async, opts.backend, on_loop, pool is not None)
     if backend_name == "async" and not on_loop and _loop_running():
         raise RuntimeError(
             f"manyhands.{caller}() with a coroutine function was called from a running "
             "event loop, which it would block. In async code use "
-            "`async for outcome in manyhands.amap(fn, items)` instead."
+            "`report = await manyhands.arun(fn, items)`, or "
+            "`async for outcome in manyhands.amap(fn, items)`."
         )
-    source = None
-    if on_loop and hasattr(items, "__aiter__"):
-        source, iterator = items, iter(())
-    else:
-        try:
-            iterator = iter(items)
-        except TypeError:
-            accepted = "an iterable or an async iterable" if on_loop else "an iterable"
-            raise TypeError(
-                f"items must be {accepted} (a list, a generator, an open file...), "
-                f"got {type(items).__qualname__}"
-            ) from None
+    source, iterator = check_items(caller, items, more, on_loop)
     total = opts.total
     if total is None and source is None and progress_wanted(opts.progress):
         total = _length(items)
+    if pool is not None:
+        backend, owns = pool.backend_for_run(on_loop)
+        workers = pool.workers
+    else:
+        backend, workers = _private_backend(backend_name, opts, options, on_loop)
+        owns = True
+    return Run(
+        fn,
+        iterator,
+        opts,
+        backend,
+        workers=workers,
+        owns_backend=owns,
+        total=total,
+        open_journal=_journal_opener(fn, opts),
+        consumer=not report_only,
+        priority=priority,
+        async_source=source,
+        hooks=pool,
+    )
+
+
+def _private_backend(
+    name: str, opts: Options, given: Mapping[str, Any], on_loop: bool
+) -> tuple[Backend, int]:
+    """A backend for one run (``manyhands.run``, ``map``, ``amap``), and its workers."""
+    workers = opts.workers
     processes = None
-    if backend_name == "processes":
-        if "workers" not in options:  # CPU-bound: one worker per CPU
-            opts = dataclasses.replace(opts, workers=os.cpu_count() or 1)
+    if name == "processes":
+        if "workers" not in given:  # CPU-bound: one worker per CPU
+            workers = os.cpu_count() or 1
         processes = {
             "start_method": opts.start_method,
             "initializer": opts.initializer,
             "initargs": opts.initargs,
         }
     backend = create_backend(
-        backend_name, opts.workers, opts.timeout, own_loop=not on_loop, processes=processes
+        name, workers, timeout=opts.timeout, own_loop=not on_loop, processes=processes
     )
-    engine = Engine(fn, iterator, opts, backend, total, _journal_opener(fn, opts))
-    engine.async_source = source
-    return engine
+    return backend, workers
+
+
+#: Options that belong to a Pool: its workers serve every run.
+POOL_OPTIONS = ("workers", "backend", "start_method", "initializer", "initargs")
+
+
+def _refuse_pool_options(caller: str, given: Mapping[str, Any]) -> None:
+    for name in POOL_OPTIONS:
+        if name in given:
+            raise TypeError(
+                f"{caller}() got {name}=, which belongs to the pool: its workers serve "
+                f"every run. Pass it to manyhands.Pool({name}=...), or call manyhands."
+                f"{caller.rsplit('.', maxsplit=1)[-1]}() for a run with workers of its own"
+            )
 
 
 def _journal_opener(fn: Any, opts: Options) -> Callable[[], Journal] | None:
@@ -187,9 +325,19 @@ def _journal_opener(fn: Any, opts: Options) -> Callable[[], Journal] | None:
     return open_journal
 
 
-def _backend_for(caller: str, fn: Any, asked: str | None, on_loop: bool) -> str:
+def _backend_for(
+    caller: str, is_async: bool, asked: str | None, on_loop: bool, pooled: bool = False
+) -> str:
     """The backend a run uses: as asked, else ``async`` for coroutine functions."""
-    is_async = is_coroutine_function(fn)
+    if pooled:  # a Pool's workers: a run's function must be of their kind
+        if is_async != (asked == "async"):
+            kind = "a coroutine function" if is_async else "a regular function"
+            raise TypeError(
+                f"{caller}() got {kind}, which a pool of backend={asked!r} cannot run: "
+                "coroutine functions need manyhands.Pool(backend='async'), regular "
+                "functions a pool of threads or processes"
+            )
+        return str(asked)
     if on_loop and not is_async:
         raise TypeError(
             f"{caller}() needs a coroutine function (async def); for a regular function "
@@ -208,15 +356,6 @@ def _backend_for(caller: str, fn: Any, asked: str | None, on_loop: bool) -> str:
             "backend unset (or pass backend='async')"
         )
     return asked
-
-
-def is_coroutine_function(fn: Any) -> bool:
-    """Whether ``fn`` (a function, a partial, or an object with ``async def __call__``) is async."""
-    import inspect  # not at import time: it is a heavy module
-
-    if inspect.iscoroutinefunction(fn):
-        return True
-    return inspect.iscoroutinefunction(fn.__call__)  # an object with `async def __call__`
 
 
 def _loop_running() -> bool:

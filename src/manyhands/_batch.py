@@ -2,15 +2,85 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from threading import get_ident
 from time import perf_counter
 from typing import Any
 
 from ._outcome import Failure
 
-__all__ = ["FINISHED", "RUNNING", "TIMED_OUT", "Batch", "execute"]
+__all__ = [
+    "FINISHED",
+    "RUNNING",
+    "TIMED_OUT",
+    "Batch",
+    "Task",
+    "execute",
+    "leave_if_forked",
+    "unwatch_this_thread",
+    "watch_forks_in_this_thread",
+]
 
 RUNNING, FINISHED, TIMED_OUT = 0, 1, 2  # Batch.state, with timeout=
+
+
+class Task:
+    """What the workers need to know about one run: its function and where batches go back.
+
+    A pool's workers serve many runs; each batch carries its run's Task.
+
+    Attributes:
+        fn: called as ``fn(item)``.
+        done: takes each finished batch (from any thread); the run's completions.
+        priority: higher runs first when runs share a pool (``priority=``).
+        timeout: seconds a call may run, for a backend that applies it per call
+            (asyncio); ``None`` for no limit.
+        timed: the backend must know when each batch started and who runs it
+            (``timeout=``, or a shared pool, which may have to abandon a run's calls).
+        abandoned: workers this run's calls were left to (a timeout, or the end
+            of a run in a shared pool), counted for its Report.
+        served: the scheduler's account of the workers' time this run had, for
+            fairness between runs of equal priority.
+        cost: the run's measured seconds per item (how much ``served`` grows per item).
+        waiting: since when (``time.monotonic``) it has had a batch waiting and
+            got none, for the scheduler's starvation rule; None when it was just served.
+        key: a number of the pool's own for this task (e.g. which function a
+            worker process has loaded).
+    """
+
+    __slots__ = (
+        "abandoned",
+        "cost",
+        "done",
+        "fn",
+        "key",
+        "priority",
+        "served",
+        "timed",
+        "timeout",
+        "waiting",
+    )
+
+    def __init__(
+        self,
+        fn: Callable[[Any], Any],
+        done: Callable[[Batch], None],
+        *,
+        priority: int = 0,
+        timeout: float | None = None,
+        timed: bool = False,
+    ) -> None:
+        self.fn = fn
+        self.done = done
+        self.priority = priority
+        self.timeout = timeout
+        self.timed = timed
+        self.abandoned = 0
+        self.served = 0.0
+        self.cost = 0.0
+        self.waiting: float | None = None
+        self.key = 0
 
 
 class Batch:
@@ -24,6 +94,7 @@ class Batch:
         seq: position of this batch in the input, for ordered delivery
             (-1 for the retry of a single item).
         items: the input items.
+        task: the run it belongs to: its function, and where it goes back.
         attempt: which attempt this is for its items (1 for the first).
         values: one result per item (``None`` where the item failed).
         errors: index in ``items`` -> the exception raised (threads) or its
@@ -37,10 +108,10 @@ class Batch:
         last_failure: for a retry, the item's outcome if it never runs (a stop rule).
         epoch: the engine's rate epoch when the batch was sent.
         keys: with a journal, each item's key.
-        started: with ``timeout=``, when a worker began the batch (``time.monotonic``).
-        state: with ``timeout=``: RUNNING, FINISHED or TIMED_OUT, changed under the
+        started: with ``task.timed``, when a worker began the batch (``time.monotonic``).
+        state: with ``task.timed``: RUNNING, FINISHED or TIMED_OUT, changed under the
             backend's lock, so a batch either finishes or times out, never both.
-        owner: with ``timeout=``, the running worker's lifetime lock.
+        owner: with ``task.timed``, the running worker (the backend's own token).
         skipped: for items not run (final in the journal, or duplicates), why.
     """
 
@@ -62,12 +133,14 @@ class Batch:
         "skipped",
         "started",
         "state",
+        "task",
         "values",
     )
 
-    def __init__(self, seq: int, items: list[Any], attempt: int = 1) -> None:
+    def __init__(self, seq: int, items: list[Any], task: Task, attempt: int = 1) -> None:
         self.seq = seq
         self.items = items
+        self.task = task
         self.attempt = attempt
         self.values: list[Any] = []
         self.errors: dict[int, BaseException | Failure] | None = None
@@ -87,15 +160,28 @@ class Batch:
 
     def without(self, indices: set[int]) -> Batch:
         """A copy holding every item but those at ``indices`` (sent to be retried)."""
-        keep = [i for i in range(len(self.items)) if i not in indices]
-        part = Batch(self.seq, [self.items[i] for i in keep], self.attempt)
+        return self._part([i for i in range(len(self.items)) if i not in indices])
+
+    def prefix(self, count: int) -> Batch:
+        """A copy holding the first ``count`` items (those a consumer received)."""
+        return self._part(list(range(count)))
+
+    def _part(self, keep: list[int]) -> Batch:
+        part = Batch(self.seq, [self.items[i] for i in keep], self.task, self.attempt)
         part.values = [self.values[i] for i in keep]
-        part.elapsed = self.elapsed
+        part.elapsed = self.elapsed * len(keep) / len(self.items) if self.items else 0.0
+        if self.keys is not None:
+            part.keys = [self.keys[i] for i in keep]
         if self.failures:
             moved = {
                 new: self.failures[old] for new, old in enumerate(keep) if old in self.failures
             }
             part.failures = moved or None
+        if self.attempts:
+            tries = {
+                new: self.attempts[old] for new, old in enumerate(keep) if old in self.attempts
+            }
+            part.attempts = tries or None
         return part
 
 
@@ -106,12 +192,22 @@ def execute(fn: Callable[[Any], Any], batch: Batch) -> None:
     item; the clock is read once per batch. ``BaseException`` is caught too,
     so ``SystemExit`` or ``KeyboardInterrupt`` raised *by fn* fail only that
     item (a real Ctrl-C is delivered to the main thread, never here).
+
+    If ``fn`` forks and its child returns here (it returned, or raised, e.g.
+    ``sys.exit()`` in a daemon's child), the child must not go on as a second
+    worker: :func:`_stop_in_forked_child` empties the list being iterated in
+    the child, and the child leaves once the call is over.
     """
     values: list[Any] = []
     append = values.append
     errors: dict[int, BaseException | Failure] | None = None
+    items = batch.items
+    running = _running
+    ident = get_ident()
+    outer = running.get(ident)  # (a run nested in a call: inline in this thread)
+    running[ident] = items  # (per batch: what a fork in this thread must stop)
     start = perf_counter()
-    for item in batch.items:
+    for item in items:
         try:
             append(fn(item))
         except BaseException as exc:
@@ -120,8 +216,70 @@ def execute(fn: Callable[[Any], Any], batch: Batch) -> None:
             errors[len(values)] = exc
             append(None)
     batch.elapsed = perf_counter() - start
+    if outer is None:
+        del running[ident]  # an idle worker keeps no items alive
+    else:
+        running[ident] = outer
     batch.values = values
     batch.errors = errors
+    if _forked:
+        leave_if_forked(errors and errors.get(len(values) - 1))
 
 
 EXECUTE_CODE = execute.__code__
+
+# -- a call that forks -------------------------------------------------------
+#
+# A worker thread's fn may fork (a daemon, a library that forks without exec).
+# The child is a copy of this process with one thread, the caller's: when the
+# call returns into the worker's loop, the child would run the rest of the
+# batch and take queued batches, running items twice, and block forever on
+# queues nobody else serves. The at-fork hook below runs in the child only, at
+# no cost per item in the parent: it empties the child's copy of the items
+# list that the forking thread iterates, so the loop ends after this call,
+# and the child then leaves with os._exit, as a forked child must.
+
+_running: dict[int, list[Any] | None] = {}  # thread -> items it is running now
+_forked = False  # True in a child forked from inside a call
+
+
+def _stop_in_forked_child() -> None:
+    global _forked  # noqa: PLW0603 - one flag, the cheapest thing for the hot loop to test
+    items = _running.get(get_ident())
+    if items is not None:  # forked from inside a call: stop this thread's loop
+        items.clear()
+        _forked = True
+
+
+def watch_forks_in_this_thread() -> None:
+    """Treat a fork from this thread as a fork from inside a call (an event loop's thread).
+
+    The caller then checks ``_forked`` after each call and calls
+    :func:`leave_if_forked`.
+    """
+    _running[get_ident()] = []
+
+
+def unwatch_this_thread() -> None:
+    """Undo :func:`watch_forks_in_this_thread`."""
+    _running.pop(get_ident(), None)
+
+
+def leave_if_forked(error: object = None) -> None:
+    """In a child forked from inside a call: exit now, with the child's own exit code.
+
+    ``error``: what the call raised in the child, if anything (``sys.exit(3)``
+    exits 3; any other exception 1; a call that returned exits 0).
+    """
+    if not _forked:
+        return
+    code = 0
+    if isinstance(error, SystemExit):
+        code = error.code if isinstance(error.code, int) else (0 if error.code is None else 1)
+    elif isinstance(error, BaseException):
+        code = 1
+    os._exit(code)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_stop_in_forked_child)

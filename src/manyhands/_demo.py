@@ -88,11 +88,11 @@ def _delete_journal(journal: Path) -> None:
     """``--fresh``: delete the demo's journal, unless it is in use or not a journal at all."""
     from ._exceptions import JournalError
     from ._inspect import read_status
-    from ._journal import _acquire_lock, _release_lock
+    from ._journal_file import acquire_lock, lock_path, release_lock
 
-    lock_file = Path(f"{journal}.lock")
+    lock_file = lock_path(journal)
     had_lock_file = lock_file.exists()
-    lock = _acquire_lock(journal)  # a demo running on it: JournalError, nothing deleted
+    lock = acquire_lock(journal)  # a demo running on it: JournalError, nothing deleted
     deleted = False
     try:
         if journal.exists():
@@ -104,6 +104,6 @@ def _delete_journal(journal: Path) -> None:
             Path(f"{journal}{suffix}").unlink(missing_ok=True)
         deleted = True
     finally:
-        _release_lock(lock)
+        release_lock(lock)
         if deleted or not had_lock_file:
             lock_file.unlink(missing_ok=True)

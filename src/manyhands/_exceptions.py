@@ -9,9 +9,12 @@ Every exception of manyhands' own derives from one root::
      ├── WorkerInitError   the worker initializer failed: the run did not start
      ├── JournalError      the journal cannot be used (in use, corrupt, unwritable,
      │                     an item without a key, an edited item)
-     └── ItemsFailed       Report.raise_for_failures(): some items failed
+     ├── ItemsFailed       Report.raise_for_failures(): some items failed
+     └── RetryAfter        raised by your function: "try this item again later"
+                           (defined with the retry policy, in ``_retry.py``)
 
-    JournalWarning         (a UserWarning) the journal was written by other code
+    JournalWarning         (a UserWarning) the journal was written by other code,
+                           or a value could not be stored or read back
 
 An item's failure is never raised by ``run`` or ``map``: it is a value, a
 :class:`~manyhands.Failure`, in the :class:`~manyhands.Outcome` of that item.
@@ -39,7 +42,14 @@ __all__ = [
 
 
 class ManyhandsError(Exception):
-    """The root of every exception manyhands raises itself."""
+    """The root of every exception manyhands raises itself.
+
+    Attributes:
+        report: when :func:`manyhands.run` ended with this error after items
+            ran, their Report; else ``None``.
+    """
+
+    report: Report | None = None
 
 
 class InputError(ManyhandsError):
@@ -93,10 +103,6 @@ class WorkerInitError(ManyhandsError):
         self.traceback = traceback
 
 
-for _name in ("Timeout", "WorkerCrashed", "WorkerInitError"):
-    globals()[_name].__module__ = "manyhands"  # error_type "manyhands.Timeout", ...
-
-
 class JournalError(ManyhandsError):
     """The journal cannot be used as asked; the message says why and what to do.
 
@@ -113,7 +119,11 @@ class JournalError(ManyhandsError):
 
 
 class JournalWarning(UserWarning):
-    """The journal was written by a different function, or its code changed."""
+    """Something about the journal deserves a look; the run goes on.
+
+    It was written by a different function (or its code changed), or a
+    value could not be stored or read back (``store_results``).
+    """
 
 
 class ItemsFailed(ManyhandsError):
@@ -129,3 +139,9 @@ class ItemsFailed(ManyhandsError):
         self.failures: list[Failure] = list(report.failures)
         kinds = ", ".join(f"{name} x{count}" for name, count in report.errors_by_type.items())
         super().__init__(f"{report.failed} of {report.total} items failed: {kinds}")
+
+
+# Users meet these as manyhands.X: in tracebacks, reprs and error_type strings
+# ("manyhands.Timeout"), not as manyhands._exceptions.X.
+for _name in __all__:
+    globals()[_name].__module__ = "manyhands"

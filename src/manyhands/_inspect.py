@@ -1,4 +1,10 @@
-"""Reading a journal back: what ran, how it ended, which items failed and why."""
+"""Reading a journal back: what ran, how it ended, which items failed and why.
+
+A journal may come from anyone: it is read as data only. Nothing here reads
+the stored values (``store_results``), so nothing is ever unpickled, and the
+schema's SQL is not trusted to call functions. Text that was stored as bytes
+(it held a lone surrogate) comes back as the str it was.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ._exceptions import JournalError
-from ._journal import FORMAT
+from ._journal_file import FORMAT, check_version, from_db
 
 __all__ = ["JournalStatus", "read_failures", "read_status"]
 
@@ -41,11 +47,14 @@ def _reading(path: str | Path) -> Iterator[sqlite3.Connection]:
         raise JournalError(f"cannot open the journal {str(journal)!r}: {exc}") from exc
     try:
         try:
-            found = db.execute("SELECT value FROM meta WHERE name = 'format'").fetchone()
+            db.execute("PRAGMA trusted_schema = OFF")
+            meta = dict(db.execute("SELECT name, value FROM meta WHERE name IN (?, ?)",
+                                   ("format", "version")))  # fmt: skip
         except sqlite3.DatabaseError as exc:
             raise JournalError(f"{str(journal)!r} is not a readable journal ({exc})") from exc
-        if not found or found[0] != FORMAT:
+        if meta.get("format") != FORMAT:
             raise JournalError(f"{str(journal)!r} is not a manyhands journal")
+        check_version(meta.get("version"), repr(str(journal)))
         yield db
     finally:
         db.close()
@@ -54,16 +63,20 @@ def _reading(path: str | Path) -> Iterator[sqlite3.Connection]:
 def read_status(path: str | Path) -> JournalStatus:
     """Counts by state, errors by type and the run history of a journal."""
     with _reading(path) as db:
-        states = dict(db.execute("SELECT state, count(*) FROM items GROUP BY state"))
-        errors = dict(
-            db.execute(
+        states = {
+            from_db(state): count
+            for state, count in db.execute("SELECT state, count(*) FROM items GROUP BY state")
+        }
+        errors = {
+            from_db(name): count
+            for name, count in db.execute(
                 "SELECT error_type, count(*) AS n FROM items WHERE state != 'done' "
                 "GROUP BY error_type ORDER BY n DESC"
             )
-        )
+        }
         columns = ("id", "fn", "started", "finished", "status", "succeeded", "failed", "skipped")
         runs = [
-            dict(zip(columns, row, strict=True))
+            dict(zip(columns, map(from_db, row), strict=True))
             for row in db.execute(f"SELECT {', '.join(columns)} FROM runs ORDER BY id")
         ]
     return JournalStatus(Path(path), states, errors, runs)
@@ -77,4 +90,4 @@ def read_failures(path: str | Path) -> list[dict[str, Any]]:
             "WHERE state != 'done' ORDER BY finished, key"
         )
         names = ("key", "item", "state", "error_type", "message", "attempts", "traceback")
-        return [dict(zip(names, row, strict=True)) for row in rows]
+        return [dict(zip(names, map(from_db, row), strict=True)) for row in rows]

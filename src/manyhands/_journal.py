@@ -26,6 +26,15 @@ way. The file names the holder (pid, host) for the error a second run gets.
 Reading the input goes through :meth:`Journal.take`, which reads blocks of
 items, computes their keys, looks them all up in one query, and hands the
 engine consecutive segments of items to run or to skip, in input order.
+
+Values (``store_results``) are stored as JSON: reading a journal must never
+run code from it. ``store_results="pickle"`` stores any picklable value and
+unpickles it on resume, so it is only for journal files the user trusts.
+A value that cannot be stored as asked leaves its item done, with no value
+kept, and a JournalWarning says so.
+
+Creating, checking, locking and watching the files, and storing text that
+UTF-8 cannot encode, are in :mod:`._journal_file`.
 """
 
 from __future__ import annotations
@@ -33,10 +42,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import pickle
 import socket
 import sqlite3
-import sys
 import time
 import warnings
 from collections import deque
@@ -44,17 +51,26 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from ._batch import Batch
 from ._exceptions import JournalError, JournalWarning
+from ._journal_file import (
+    FORMAT,
+    VERSION,
+    StoredValues,
+    Watch,
+    acquire_lock,
+    from_db,
+    open_db,
+    release_lock,
+    to_db,
+)
 from ._keys import KeyTypeError, code_hash, default_key, fingerprint, function_name
 from ._outcome import DUPLICATE, SKIPPED_DONE, SKIPPED_FAILED, Failure, safe_repr
 
 __all__ = ["DONE", "FAILED", "FINAL_STATES", "Journal", "Segment"]
 
-FORMAT = "manyhands-journal"
-VERSION = "1"
 BLOCK = 512  # items read and looked up at once
 COMMIT_ROWS = 2000
 COMMIT_SECONDS = 0.1
@@ -62,27 +78,6 @@ COMMIT_SECONDS = 0.1
 DONE = "done"
 FAILED = "failed"
 FINAL_STATES = (DONE, FAILED, "crashed", "timed_out")
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS runs (
-    id INTEGER PRIMARY KEY,
-    fn TEXT, code_hash TEXT, options TEXT, pid INTEGER, host TEXT,
-    started REAL, finished REAL, status TEXT,
-    succeeded INTEGER, failed INTEGER, skipped INTEGER, duplicates INTEGER
-);
-CREATE TABLE IF NOT EXISTS items (
-    key TEXT PRIMARY KEY,
-    state TEXT NOT NULL,
-    attempts INTEGER NOT NULL,
-    error_type TEXT, message TEXT, traceback TEXT,
-    elapsed REAL, finished REAL,
-    fingerprint TEXT,
-    item TEXT,
-    result BLOB, result_format TEXT,
-    run INTEGER NOT NULL
-) WITHOUT ROWID;
-"""
 
 _INSERT = "INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 # Done rows name their columns: binding 13 values, most of them NULL, costs
@@ -124,7 +119,7 @@ class Journal:
         *,
         key: Callable[[Any], Any] | None = None,
         retry_failed: bool = False,
-        store_results: bool = False,
+        store_results: bool | str = False,
         durability: str = "normal",
         changed_items: str = "refuse",
         options: dict[str, Any] | None = None,
@@ -132,14 +127,20 @@ class Journal:
         self.path = Path(path)
         self._key = key
         self._retry_failed = retry_failed
-        self._store_results = store_results
+        self._store_results = bool(store_results)
+        self._values = StoredValues(pickled=store_results == "pickle")
         self._changed_items = changed_items
-        self._lock = _acquire_lock(self.path)
+        self._lock = acquire_lock(self.path)
+        db: sqlite3.Connection | None = None
         try:
-            self._db = _open(self.path, durability)
+            db = self._db = open_db(self.path, durability)
             self.run_id = self._begin(fn, options or {})
+            self._watch = Watch(self.path, self._lock)
+        except (sqlite3.Error, OSError) as exc:
+            self._abort_open(db)
+            raise JournalError(f"cannot write the journal {path}: {exc}; nothing was run") from exc
         except BaseException:
-            _release_lock(self._lock)
+            self._abort_open(db)
             raise
         self._source: Iterator[Any] | None = None
         self._buffer: deque[tuple[Any, str, str | None]] = deque()
@@ -147,7 +148,7 @@ class Journal:
         self._running: dict[str, int] = {}  # key -> copies admitted to run, not recorded
         self._done_rows: list[tuple[Any, ...]] = []  # recorded, not yet committed
         self._failed_rows: list[tuple[Any, ...]] = []
-        self._detailed = key is not None or store_results  # done rows carry more columns
+        self._detailed = key is not None or self._store_results  # done rows carry more columns
         self._unsaved: set[str] = set()  # their keys
         self._committed_at = time.monotonic()
         self.pulled = 0  # items read from the input
@@ -157,10 +158,15 @@ class Journal:
 
     # -- opening ---------------------------------------------------------
 
+    def _abort_open(self, db: sqlite3.Connection | None) -> None:
+        if db is not None:
+            db.close()
+        release_lock(self._lock)
+
     def _begin(self, fn: Callable[..., Any], options: dict[str, Any]) -> int:
         db = self._db
         name, digest = function_name(fn), code_hash(fn)
-        meta = dict(db.execute("SELECT name, value FROM meta").fetchall())
+        meta = {field: from_db(value) for field, value in db.execute("SELECT * FROM meta")}
         if meta.get("fn") is not None and (meta.get("fn"), meta.get("code_hash")) != (
             name,
             digest,
@@ -180,17 +186,22 @@ class Journal:
         with db:
             db.executemany(
                 "INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                [("format", FORMAT), ("version", VERSION), ("fn", name), ("code_hash", digest)],
+                [
+                    ("format", FORMAT),
+                    ("version", str(VERSION)),
+                    ("fn", to_db(name)),
+                    ("code_hash", digest),
+                ],
             )
             cursor = db.execute(
                 "INSERT INTO runs (fn, code_hash, options, pid, host, started, status) "
                 "VALUES (?, ?, ?, ?, ?, ?, 'running')",
                 (
-                    name,
+                    to_db(name),
                     digest,
-                    json.dumps(options, default=repr),
+                    json.dumps(options, default=_described),  # (ASCII: surrogates escaped)
                     os.getpid(),
-                    socket.gethostname(),
+                    to_db(socket.gethostname()),
                     time.time(),
                 ),
             )
@@ -332,10 +343,15 @@ class Journal:
         if self._store_results:
             fields += ", result, result_format"
         marks = ",".join("?" * len(keys))
-        rows = self._db.execute(f"SELECT {fields} FROM items WHERE key IN ({marks})", keys)
+        query = f"SELECT {fields} FROM items WHERE key IN ({marks})"
         looked_up = self._looked_up
-        for row in rows:
-            looked_up[row[0]] = row[1:]
+        if self._key is None:  # default keys are always valid UTF-8 text (see default_key)
+            for row in self._db.execute(query, keys):
+                looked_up[row[0]] = row[1:]
+            return
+        # A str from key= may not be: it is stored as bytes (see to_db).
+        for row in self._db.execute(query, [to_db(key) for key in keys]):
+            looked_up[from_db(row[0])] = row[1:]
 
     def _stored(self, item: Any, row: tuple[Any, ...] | None) -> tuple[Any, Failure | None]:
         """The value (with store_results) or Failure the journal holds for an item."""
@@ -343,9 +359,10 @@ class Journal:
             return None, None
         state, _run, _print, attempts, error_type, message, traceback = row[:7]
         if state != DONE:
+            error_type, message, traceback = map(from_db, (error_type, message, traceback))
             return None, Failure(item, error_type or state, message or "", traceback, attempts)
-        if len(row) > 7 and row[7] is not None:
-            return _decode(row[7], row[8]), None
+        if self._store_results:
+            return self._values.read(item, row[7], row[8]), None
         return None, None
 
     # -- recording outcomes ----------------------------------------------
@@ -402,15 +419,23 @@ class Journal:
                 tries = attempts.get(index, batch.attempt)
                 if self._detailed:
                     result, form = (
-                        _encode(batch.values[index]) if self._store_results else (None, None)
+                        self._values.write(item, batch.values[index])
+                        if self._store_results
+                        else (None, None)
                     )
-                    self._done_rows.append((key, tries, each, now, run, print_, result, form))
+                    self._done_rows.append(
+                        (to_db(key), tries, each, now, run, print_, result, form)
+                    )
                 else:
                     self._done_rows.append((key, tries, each, now, run))
             else:
-                self._failed_rows.append((key, FAILED, failure.attempts, failure.error_type,
-                                          failure.message, failure.traceback, each, now, print_,
-                                          safe_repr(item), None, None, run))  # fmt: skip
+                texts = (failure.error_type, failure.message, failure.traceback, safe_repr(item))
+                error_type, message, traceback, shown = (
+                    None if text is None else to_db(text) for text in texts
+                )
+                self._failed_rows.append((to_db(key), FAILED, failure.attempts, error_type,
+                                          message, traceback, each, now, print_, shown, None,
+                                          None, run))  # fmt: skip
             self._unsaved.add(key)
             if key in looked_up:  # a later copy in the buffer is a duplicate now
                 looked_up[key] = (DONE, run, print_, *looked_up[key][3:])
@@ -433,22 +458,33 @@ class Journal:
         """Write the queued rows in one transaction."""
         done, failed = self._done_rows, self._failed_rows
         if done or failed:
+            self._stop_if(self._watch.journal_problem(), _not_recorded(len(done) + len(failed)))
             try:
                 with self._db:
                     if done:
                         self._db.executemany(_DONE_DETAILED if self._detailed else _DONE, done)
                     if failed:
                         self._db.executemany(_INSERT, failed)
-            except sqlite3.Error as exc:
+            except (sqlite3.Error, ValueError, OverflowError) as exc:  # (the last two: binding)
                 raise JournalError(
-                    f"writing the journal {self.path} failed ({exc}); the run stopped. "
-                    f"{len(done) + len(failed)} finished item(s) were not recorded and will "
-                    "run again when you rerun"
+                    f"writing the journal {self.path} failed ({exc}); the run stopped."
+                    + _not_recorded(len(done) + len(failed))
                 ) from exc
             done.clear()
             failed.clear()
             self._unsaved.clear()
+            self._stop_if(self._watch.lock_problem(), _ALL_RECORDED)
         self._committed_at = time.monotonic()
+
+    def _stop_if(self, problem: str | None, then: str) -> None:
+        """Stop the run over what happened to the journal's files, if anything did.
+
+        Checked before each write for the journal (never write into a file
+        that is gone or another's) and after it for the lock (the journal is
+        still ours: what finished is recorded first).
+        """
+        if problem is not None:
+            raise JournalError(f"{problem}; the run stopped.{then}")
 
     def close(self, status: str, counts: dict[str, int]) -> None:
         """Commit what is queued, note how the run ended, release the lock; idempotent."""
@@ -457,40 +493,67 @@ class Journal:
         self.closed = True
         try:
             self.commit()
-            with self._db:
-                self._db.execute(
-                    "UPDATE runs SET finished = ?, status = ?, succeeded = ?, failed = ?, "
-                    "skipped = ?, duplicates = ? WHERE id = ?",
-                    (
-                        time.time(),
-                        status,
-                        counts.get("succeeded", 0),
-                        counts.get("failed", 0),
-                        counts.get("skipped", 0),
-                        counts.get("duplicates", 0),
-                        self.run_id,
-                    ),
-                )
+            self._stop_if(self._watch.journal_problem(), "")
+            try:
+                with self._db:
+                    self._db.execute(
+                        "UPDATE runs SET finished = ?, status = ?, succeeded = ?, failed = ?, "
+                        "skipped = ?, duplicates = ? WHERE id = ?",
+                        (
+                            time.time(),
+                            status,
+                            counts.get("succeeded", 0),
+                            counts.get("failed", 0),
+                            counts.get("skipped", 0),
+                            counts.get("duplicates", 0),
+                            self.run_id,
+                        ),
+                    )
+            except sqlite3.Error as exc:
+                raise JournalError(
+                    f"writing the journal {self.path} failed ({exc}) as the run ended; every "
+                    "finished item was recorded, but the run's summary was not"
+                ) from exc
+            self._stop_if(self._watch.lock_problem(), _ALL_RECORDED)
         finally:
-            with contextlib.suppress(sqlite3.Error):
-                self._db.close()
-            _release_lock(self._lock)
+            self._release()
+
+    def _release(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self._db.close()
+        self._watch.tidy_after_close()
+        release_lock(self._lock)
 
     def abandon(self) -> None:
         """Close after a failed write: release everything, write nothing more."""
         if self.closed:
             return
         self.closed = True
-        with contextlib.suppress(sqlite3.Error):
-            self._db.close()
-        _release_lock(self._lock)
+        self._release()
 
 
 # -- helpers -------------------------------------------------------------
 
 
+_ALL_RECORDED = " Every finished item was recorded."
+
+
+def _not_recorded(count: int) -> str:
+    if not count:
+        return ""
+    return f" {count:,} finished item(s) were not recorded and will run again when you rerun"
+
+
+def _described(value: object) -> str:
+    """A recorded option that is not plain data: its type only (a repr may hold secrets)."""
+    return f"<{type(value).__qualname__}>"
+
+
 def _as_key(value: Any) -> str:
-    """What ``key=`` returned, as key text: a str as is, anything else as JSON."""
+    """What ``key=`` returned, as key text: a str as is, anything else as JSON.
+
+    So ``key=`` returning ``"1"`` and returning ``1`` name the same item.
+    """
     if isinstance(value, str):
         return value
     return default_key(value)
@@ -499,11 +562,15 @@ def _as_key(value: Any) -> str:
 def _key_error(
     item: Any, position: int, exc: Exception, keyfn: Callable[[Any], Any] | None
 ) -> JournalError:
-    if keyfn is None and isinstance(exc, KeyTypeError):
+    if keyfn is None:
+        why = (
+            "keys are made for str, bytes, numbers, bool, None and lists, tuples and dicts of those"
+            if isinstance(exc, KeyTypeError)
+            else f"{type(exc).__qualname__}: {exc}"
+        )
         error = JournalError(
             f"item {position} ({safe_repr(item, 60)}, a {type(item).__qualname__}) has no "
-            "default journal key: keys are made for str, bytes, numbers, bool, None and "
-            "lists, tuples and dicts of those. Pass key=, e.g. key=lambda item: item.id"
+            f"default journal key: {why}. Pass key=, e.g. key=lambda item: item.id"
         )
     else:
         error = JournalError(
@@ -512,128 +579,3 @@ def _key_error(
         )
     error.__cause__ = exc
     return error
-
-
-def _encode(value: Any) -> tuple[Any, str | None]:
-    try:
-        return json.dumps(value, ensure_ascii=False, allow_nan=True), "json"
-    except (TypeError, ValueError):
-        pass
-    try:
-        return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL), "pickle"
-    except Exception:  # an unpicklable result: the item is done, its value not kept
-        return None, None
-
-
-def _decode(data: Any, form: str | None) -> Any:
-    try:
-        if form == "json":
-            return json.loads(data)
-        if form == "pickle":
-            return pickle.loads(data)  # our own journal's data
-    except Exception as exc:
-        warnings.warn(
-            JournalWarning(f"a stored result could not be read back ({exc!r}); using None"),
-            stacklevel=2,
-        )
-    return None
-
-
-def _open(path: Path, durability: str) -> sqlite3.Connection:
-    """Open (or create) the journal; refuse, never replace, a file that is not one."""
-    existed = path.exists() and path.stat().st_size > 0
-    try:
-        db = sqlite3.connect(path, check_same_thread=False)
-    except sqlite3.Error as exc:
-        raise JournalError(
-            f"cannot open the journal {path}: {exc} (is the directory writable?)"
-        ) from exc
-    try:
-        if existed:
-            _check_journal(db, path)
-        db.execute("PRAGMA busy_timeout = 5000")
-        db.execute("PRAGMA journal_mode = WAL")
-        db.execute(f"PRAGMA synchronous = {'FULL' if durability == 'full' else 'NORMAL'}")
-        db.executescript(_SCHEMA)
-    except sqlite3.Error as exc:
-        db.close()
-        raise JournalError(
-            f"cannot write the journal {path}: {exc}; nothing was run "
-            "(is the location writable, and is there free space?)"
-        ) from exc
-    except BaseException:
-        db.close()
-        raise
-    return db
-
-
-def _check_journal(db: sqlite3.Connection, path: Path) -> None:
-    untouched = "it was left untouched. Move it away or pass another journal= path"
-    try:
-        check = [row[0] for row in db.execute("PRAGMA quick_check")]
-        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
-        form = None
-        if "meta" in tables:
-            found = db.execute("SELECT value FROM meta WHERE name = 'format'").fetchone()
-            form = found[0] if found else None
-    except sqlite3.DatabaseError as exc:
-        raise JournalError(f"{path} is not a readable journal ({exc}); {untouched}") from exc
-    if check != ["ok"]:
-        detail = "; ".join(str(line) for line in check[:3])
-        raise JournalError(f"the journal {path} is corrupt (quick_check: {detail}); {untouched}")
-    if form != FORMAT:
-        raise JournalError(f"{path} is not a manyhands journal; {untouched}")
-
-
-def _lock_path(path: Path) -> Path:
-    return path.with_name(path.name + ".lock")
-
-
-def _acquire_lock(path: Path) -> IO[str]:
-    lock_path = _lock_path(path)
-    try:
-        handle = open(lock_path, "a+", encoding="utf-8")  # noqa: SIM115 - held for the run
-    except OSError as exc:
-        raise JournalError(
-            f"cannot create the journal's lock file {lock_path}: {exc} (is the directory writable?)"
-        ) from exc
-    if not _try_lock(handle):
-        handle.seek(0)
-        holder = handle.read().strip() or "another process"
-        handle.close()
-        raise JournalError(
-            f"the journal {path} is in use by {holder}; wait for that run to end (or stop "
-            "it), or pass another journal= path"
-        )
-    handle.seek(0)
-    handle.truncate()
-    handle.write(
-        f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
-    )
-    handle.flush()
-    return handle
-
-
-def _try_lock(handle: IO[str]) -> bool:
-    if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
-        import msvcrt
-
-        try:
-            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
-        except OSError:
-            return False
-        return True
-    import fcntl
-
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return False
-    return True
-
-
-def _release_lock(handle: IO[str]) -> None:
-    with contextlib.suppress(OSError):
-        handle.seek(0)
-        handle.truncate()
-    handle.close()  # closing the file releases the OS lock

@@ -10,16 +10,32 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import re
 from collections.abc import Callable
 from types import CodeType
 from typing import Any
 
 from ._outcome import qualified_name
 
-__all__ = ["KeyTypeError", "code_hash", "default_key", "fingerprint", "function_name"]
+__all__ = [
+    "TAGS",
+    "KeyTypeError",
+    "code_hash",
+    "default_key",
+    "fingerprint",
+    "function_name",
+    "tagged",
+]
 
 #: Keys longer than this are stored as a hash of their text.
 MAX_KEY_TEXT = 200
+
+#: A dict whose only key is one of these is how a key spells what JSON cannot
+#: tell apart; an item's own dict of that shape is spelled out like the rest.
+TAGS = ("$bytes", "$dict")
+
+_PLAIN = frozenset({str, int, float, bool, type(None), bytes})  # need no tag
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class KeyTypeError(TypeError):
@@ -43,14 +59,20 @@ def default_key(item: Any) -> str:
 
     The canonical JSON text of the item (sorted dict keys; a tuple is the
     same as a list), or a SHA-256 of it when it is longer than
-    ``MAX_KEY_TEXT`` characters.
+    ``MAX_KEY_TEXT`` characters. Two items get the same key exactly when
+    they are the same value of the same kind: 1, 1.0 and True are three
+    keys, and so are ``{1: "a"}`` and ``{"1": "a"}`` (see :func:`tagged`).
+    The key is always valid UTF-8: a lone surrogate (from a file name that
+    is not UTF-8) is written as its JSON escape.
 
     >>> default_key("https://example.com/1"), default_key(42), default_key((1, "a"))
     ('"https://example.com/1"', '42', '[1,"a"]')
     >>> default_key({"b": 1, "a": [True, None]})
     '{"a":[true,null],"b":1}'
-    >>> default_key(b"\\x00\\xff")
-    '{"$bytes":"00ff"}'
+    >>> default_key(b"\\x00\\xff"), default_key({1: "a"})
+    ('{"$bytes":"00ff"}', '{"$dict":[[1,"a"]]}')
+    >>> default_key("caf\\udce9")
+    '"caf\\\\udce9"'
     >>> default_key(object())
     Traceback (most recent call last):
     manyhands._keys.KeyTypeError: object
@@ -60,15 +82,80 @@ def default_key(item: Any) -> str:
         text = _string(item)  # the common cases, without the encoder's Python layers
     elif kind is int:
         text = int.__repr__(item)
+        if len(text) <= MAX_KEY_TEXT:
+            return text  # (digits: no more to check)
     else:
-        text = _encode(item)
+        text = _encode(tagged(item))
     if len(text) > MAX_KEY_TEXT:
         return "sha256:" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    if text.isascii():
+        return text
+    try:
+        text.encode()
+    except UnicodeEncodeError:  # only inside strings: JSON's own syntax is ASCII
+        return _LONE_SURROGATE.sub(_escape, text)
     return text
+
+
+def _escape(found: re.Match[str]) -> str:
+    return f"\\u{ord(found.group()):04x}"
+
+
+def tagged(value: Any) -> Any:
+    """``value`` with the dicts that JSON would blur spelled out; ``value`` itself if none.
+
+    JSON makes every dict key a string, so ``{1: "a"}``, ``{True: "a"}`` and
+    ``{None: "a"}`` would read as ``{"1": "a"}``, ``{"true": "a"}`` and
+    ``{"null": "a"}``. A dict with a key that is not a str, and a dict that
+    looks like a tag (its only key is in ``TAGS``), become
+    ``{"$dict": [[key, value], ...]}``, the pairs in the order of their keys'
+    text. Everything else, the common case, is returned as it is, uncopied.
+
+    >>> tagged({1: "a", "b": (2, {None: 3})})
+    {'$dict': [['b', [2, {'$dict': [[None, 3]]}]], [1, 'a']]}
+    >>> tagged({"$bytes": "00"}), tagged({"$bytes": "00", "n": 1})
+    ({'$dict': [['$bytes', '00']]}, {'$bytes': '00', 'n': 1})
+    """
+    if type(value) in _PLAIN:
+        return value
+    if isinstance(value, dict):
+        return _tagged_dict(value)
+    if isinstance(value, (list, tuple)):
+        copy: list[Any] | None = None
+        for index, element in enumerate(value):
+            if type(element) not in _PLAIN and (spelled := tagged(element)) is not element:
+                if copy is None:
+                    copy = list(value)
+                copy[index] = spelled
+        return value if copy is None else copy
+    return value  # bytes-like values get their tag from the encoder; others are refused there
+
+
+def _tagged_dict(mapping: dict[Any, Any]) -> Any:
+    if len(mapping) == 1 and next(iter(mapping)) in TAGS:
+        return _spelled_out(mapping)
+    copy: dict[Any, Any] | None = None
+    for key, value in mapping.items():
+        if type(key) is not str and not isinstance(key, str):
+            return _spelled_out(mapping)
+        if type(value) not in _PLAIN and (spelled := tagged(value)) is not value:
+            if copy is None:
+                copy = dict(mapping)
+            copy[key] = spelled
+    return mapping if copy is None else copy
+
+
+def _spelled_out(mapping: dict[Any, Any]) -> dict[str, Any]:
+    pairs = [[tagged(key), tagged(value)] for key, value in mapping.items()]
+    pairs.sort(key=lambda pair: _encode(pair[0]))  # distinct keys have distinct texts
+    return {"$dict": pairs}
 
 
 def fingerprint(item: Any) -> str | None:
     """A short stable digest of the whole item; None when it is not JSON-like.
+
+    It tells whether the item recorded under a ``key=`` changed, so it keeps
+    the plain JSON of journals written before :func:`tagged` existed.
 
     >>> fingerprint({"id": 1, "name": "a"}) == fingerprint({"name": "a", "id": 1})
     True
@@ -76,8 +163,13 @@ def fingerprint(item: Any) -> str | None:
     False
     """
     try:
-        text = _encode(item)
-    except (KeyTypeError, ValueError):
+        try:
+            text = _encode(item)
+        except KeyTypeError:
+            raise
+        except TypeError:  # dict keys of mixed types, which only the tagged form sorts
+            text = _encode(tagged(item))
+    except (TypeError, ValueError, RecursionError):  # no key type, a cycle, a huge int
         return None
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
 

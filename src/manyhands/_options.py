@@ -1,4 +1,10 @@
-"""The keyword options of ``run`` and ``map``: defaults, and validation at the call.
+"""The keyword options of ``run``, ``map``, ``amap`` and ``arun``: defaults, and validation.
+
+The options are defined once, as the fields of :class:`Options` (names,
+types, defaults). :class:`RunOptions` spells the same names and types for
+type checkers and IDEs (a test keeps the two equal), and
+:func:`lists_options` gives each front door a signature that lists them all
+with their defaults, for ``help()``, ``inspect.signature`` and notebooks.
 
 Every check names the parameter, says what it got and what is accepted, so a
 mistake is fixed from the message alone.
@@ -6,16 +12,30 @@ mistake is fixed from the message alone.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, fields
-from typing import Any, TypedDict
+from dataclasses import dataclass, fields, is_dataclass
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, TypeVar, cast
 
+from ._exceptions import JournalError
 from ._rate import parse_rate
 from ._retry import ErrorMatcher, Retry, check_matcher
 
-__all__ = ["BACKENDS", "DEFAULT_WORKERS", "Options", "RunOptions"]
+if TYPE_CHECKING:
+    import inspect
+
+__all__ = [
+    "BACKENDS",
+    "DEFAULT_WORKERS",
+    "Options",
+    "RunOptions",
+    "check_positive_int",
+    "lists_options",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 #: Threads by default: most long item lists are network calls, which wait far
 #: more than they compute. 32 matches the stdlib's upper bound for IO work.
@@ -26,7 +46,8 @@ BACKENDS = ("threads", "async", "processes")
 
 
 class RunOptions(TypedDict, total=False):
-    """The keyword options shared by :func:`manyhands.run` and :func:`manyhands.map`.
+    """The keyword options of :func:`manyhands.run`, :func:`manyhands.map`,
+    :func:`manyhands.amap` and :func:`manyhands.arun`, with their defaults.
 
     workers: how many calls run at once (default 32; threads accept thousands).
     backend: where calls run: ``"threads"``, ``"async"`` (tasks on an event
@@ -38,7 +59,8 @@ class RunOptions(TypedDict, total=False):
         once in each worker process before any item (a DB connection, a
         model); if it raises, the run fails with WorkerInitError before any
         item runs.
-    ordered: yield outcomes in input order (default False: as completed).
+    ordered: ``map``/``amap`` yield outcomes in input order (default False: as
+        completed). ``run``/``arun`` yield nothing, so they refuse ``ordered=True``.
     batch_size: items sent to a worker at once; ``None`` (default) adapts it to
         the measured time per item, so tiny tasks are batched and slow ones are not.
     window: most items admitted but not yet delivered; bounds memory
@@ -48,7 +70,10 @@ class RunOptions(TypedDict, total=False):
     grace: seconds that running calls get to finish when a run stops early
         (break, error, Ctrl-C) before their threads are abandoned (default 2.0).
     retry: a :class:`manyhands.Retry` policy, or a number of retries per item
-        with the default policy (default None: no retry).
+        with the default policy (default None: no retry). The default policy
+        retries any Exception but programming errors (TypeError,
+        AttributeError, NameError, SyntaxError, ImportError,
+        NotImplementedError), which would fail the same way again.
     rate: most calls started per second across all workers: ``"50/s"``,
         ``"300/min"``, ``"1000/h"`` or a number (default None: no limit).
     stop_after_failures: end the run early once this many items failed for
@@ -81,8 +106,12 @@ class RunOptions(TypedDict, total=False):
         numbers and JSON-like lists/tuples/dicts of those.
     retry_failed: with a journal, run the items recorded as failed again
         (default False: skip them like the done ones).
-    store_results: with a journal, store each value (JSON when possible,
-        else pickle) so that a resumed ``map`` yields it for skipped items.
+    store_results: with a journal, store each value so that a resumed
+        ``map`` yields it for skipped items: ``True`` stores JSON (a value
+        that is not JSON is not stored, with a JournalWarning; the item is
+        still done); ``"pickle"`` stores any picklable value, and resuming
+        unpickles it, which runs code from the file: only for journals you
+        trust. Default False.
     durability: ``"normal"`` (default: survives a crash of the process) or
         ``"full"`` (fsync at every commit: survives a power cut too).
     changed_items: with ``key=``, what to do with an item whose content
@@ -111,12 +140,9 @@ class RunOptions(TypedDict, total=False):
     journal: str | os.PathLike[str] | None
     key: Callable[[Any], Any] | None
     retry_failed: bool
-    store_results: bool
+    store_results: bool | Literal["pickle"]
     durability: str
     changed_items: str
-
-
-FailureRate = float | tuple[float, int]
 
 
 @dataclass(frozen=True)
@@ -133,7 +159,7 @@ class Options:
     retry: Retry | int | None = None
     rate: str | float | None = None
     stop_after_failures: int | None = None
-    stop_after_failure_rate: FailureRate | None = None
+    stop_after_failure_rate: float | tuple[float, int] | None = None
     throttle_on: ErrorMatcher | None = None
     timeout: float | None = None
     start_method: str | None = None
@@ -144,7 +170,7 @@ class Options:
     journal: str | os.PathLike[str] | None = None
     key: Callable[[Any], Any] | None = None
     retry_failed: bool = False
-    store_results: bool = False
+    store_results: bool | Literal["pickle"] = False
     durability: str = "normal"
     changed_items: str = "refuse"
 
@@ -171,7 +197,7 @@ class Options:
         return options
 
     def _validate(self) -> None:
-        _positive_int("workers", self.workers, "the number of calls to run at once, e.g. 16")
+        check_positive_int("workers", self.workers, "the number of calls to run at once, e.g. 16")
         if self.backend is not None and self.backend not in BACKENDS:
             raise ValueError(
                 f"backend={self.backend!r} is not a known backend; accepted: "
@@ -180,15 +206,15 @@ class Options:
         if not isinstance(self.ordered, bool):
             raise TypeError(f"ordered must be True or False, got {self.ordered!r}")
         if self.batch_size is not None:
-            _positive_int("batch_size", self.batch_size, "or None to adapt it automatically")
+            check_positive_int("batch_size", self.batch_size, "or None to adapt it automatically")
         if self.window is not None:
-            _positive_int("window", self.window, "or None for the default")
-        _positive_int("keep_failures", self.keep_failures, "0 keeps only counts", zero=True)
+            check_positive_int("window", self.window, "or None for the default")
+        check_positive_int("keep_failures", self.keep_failures, "0 keeps only counts", zero=True)
         _non_negative_float("grace", self.grace)
         Retry.coerce(self.retry)
         parse_rate(self.rate)
         if self.stop_after_failures is not None:
-            _positive_int("stop_after_failures", self.stop_after_failures, "or None")
+            check_positive_int("stop_after_failures", self.stop_after_failures, "or None")
         if self.stop_after_failure_rate is not None:
             share, last = self._failure_rate()
             if not (isinstance(share, (int, float)) and 0 <= share < 1):
@@ -196,7 +222,7 @@ class Options:
                     "stop_after_failure_rate must be a share in [0, 1), e.g. 0.5, or "
                     f"(share, last_n), got {self.stop_after_failure_rate!r}"
                 )
-            _positive_int("stop_after_failure_rate's last_n", last, "e.g. (0.5, 100)")
+            check_positive_int("stop_after_failure_rate's last_n", last, "e.g. (0.5, 100)")
         if self.timeout is not None:
             _non_negative_float("timeout", self.timeout)
             if self.timeout == 0:
@@ -209,7 +235,7 @@ class Options:
                 f"got {self.progress!r}"
             )
         if self.total is not None:
-            _positive_int("total", self.total, "the number of items, for the ETA", zero=True)
+            check_positive_int("total", self.total, "the number of items, for the ETA", zero=True)
         self._validate_journal()
         self._validate_processes()
 
@@ -231,16 +257,23 @@ class Options:
             )
 
     def _validate_journal(self) -> None:
-        if self.journal is not None and not isinstance(self.journal, (str, os.PathLike)):
-            raise TypeError(f"journal must be a file path (str or Path), got {self.journal!r}")
+        if self.journal is not None:
+            if not isinstance(self.journal, (str, os.PathLike)):
+                raise TypeError(f"journal must be a file path (str or Path), got {self.journal!r}")
+            _check_journal_location(os.fspath(self.journal))
         if self.key is not None and not callable(self.key):
             raise TypeError(
                 f"key must be a callable taking an item, e.g. key=lambda row: row['id'], "
                 f"got {self.key!r}"
             )
-        for name in ("retry_failed", "store_results"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if not isinstance(self.retry_failed, bool):
+            raise TypeError(f"retry_failed must be True or False, got {self.retry_failed!r}")
+        if not isinstance(self.store_results, bool) and self.store_results != "pickle":
+            raise ValueError(
+                "store_results must be True (store values as JSON), 'pickle' (any picklable "
+                "value; resuming unpickles them, which runs code from the journal file: only "
+                f"for files you trust) or False, got {self.store_results!r}"
+            )
         _choice("durability", self.durability, ("normal", "full"))
         _choice("changed_items", self.changed_items, ("refuse", "rerun", "skip"))
         if self.journal is None:
@@ -269,10 +302,19 @@ class Options:
         return self._failure_rate()[1] if self.stop_after_failure_rate is not None else 100
 
     def recorded(self) -> dict[str, Any]:
-        """The options worth recording in a journal's run history (set ones only)."""
+        """The options worth recording in a journal's run history (set ones only).
+
+        Plain values as they are; a callable or policy by its name, never its
+        arguments; ``initializer`` and ``initargs`` only as "set": they carry
+        secrets (an API key, a password), and the journal is a file on disk.
+
+        >>> Options(workers=4, initargs=("api-key",), rate="5/s").recorded()
+        {'workers': 4, 'rate': '5/s', 'initargs': 'set'}
+        """
         defaults = Options()
+        secret = ("initializer", "initargs")
         return {
-            f.name: getattr(self, f.name)
+            f.name: "set" if f.name in secret else _plain(getattr(self, f.name))
             for f in fields(self)
             if getattr(self, f.name) != getattr(defaults, f.name) and f.name != "key"
         }
@@ -293,6 +335,83 @@ class Options:
         return self.window if self.window is not None else max(16384, 2 * self.workers)
 
 
+def _plain(value: object) -> object:
+    """An option's value as plain data, without what a repr or a closure could reveal.
+
+    >>> _plain((ValueError, "x", 2)), _plain(len)
+    (['builtins.ValueError', 'x', 2], 'builtins.len')
+    """
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, (tuple, list)):
+        return [_plain(element) for element in value]
+    if isinstance(value, type):
+        return f"{value.__module__}.{value.__qualname__}"
+    if is_dataclass(value):
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value) if f.repr}
+    if callable(value):
+        from ._keys import function_name
+
+        return function_name(value)
+    return f"<{type(value).__qualname__}>"
+
+
+def lists_options(*, leave_out: tuple[str, ...] = ()) -> Callable[[F], F]:
+    """Give a front door a signature listing every option, keyword-only, with its default.
+
+    ``run(fn, items, **options)`` is shown by ``help()`` and
+    ``inspect.signature`` as ``run(fn, items, *, workers: int = 32, ...)``,
+    built from :class:`Options`, so no list of options is copied by hand.
+    Its own ``*args`` and ``**options`` are left out of what is shown, and so
+    are the options named in ``leave_out``.
+    """
+
+    def decorate(fn: F) -> F:
+        import inspect  # (dataclasses imported it already; nothing runs per call)
+
+        own = inspect.signature(fn)
+        shown = [
+            p
+            for p in own.parameters.values()
+            if p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        ]
+        shown += [p for p in _option_parameters() if p.name not in leave_out]
+        cast(Any, fn).__signature__ = own.replace(parameters=shown)
+        return fn
+
+    return decorate
+
+
+@functools.cache
+def _option_parameters() -> tuple[inspect.Parameter, ...]:
+    """Every option as a keyword-only parameter with its type and default."""
+    import inspect
+
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    return tuple(
+        inspect.Parameter(f.name, keyword, default=f.default, annotation=f.type)
+        for f in fields(Options)
+    )
+
+
+def _check_journal_location(path: str) -> None:
+    """Refuse a journal whose directory is missing, before anything runs."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        problem = "is not a directory" if os.path.exists(folder) else "does not exist"
+        raise JournalError(
+            f"journal={path!r}: the directory {folder} {problem}; create it first "
+            "(os.makedirs), or pass a path in an existing directory"
+        )
+    if os.path.isdir(path):
+        raise JournalError(
+            f"journal={path!r} is a directory; pass a file path, e.g. "
+            f"{os.path.join(path, 'run.db')!r}"
+        )
+
+
 def _choice(name: str, value: object, accepted: tuple[str, ...]) -> None:
     if value not in accepted:
         raise ValueError(
@@ -300,7 +419,8 @@ def _choice(name: str, value: object, accepted: tuple[str, ...]) -> None:
         )
 
 
-def _positive_int(name: str, value: object, hint: str, *, zero: bool = False) -> None:
+def check_positive_int(name: str, value: object, hint: str, *, zero: bool = False) -> None:
+    """Refuse anything but an int >= 1 (>= 0 with ``zero``), naming ``name`` and a hint."""
     lowest = 0 if zero else 1
     if not isinstance(value, int) or isinstance(value, bool):
         raise TypeError(f"{name} must be an int >= {lowest} ({hint}), got {value!r}")

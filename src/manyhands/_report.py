@@ -7,7 +7,8 @@ from typing import Any
 
 from ._exceptions import ItemsFailed
 from ._outcome import Failure, safe_repr
-from ._stats import RunStatistics
+from ._retry import is_programming_error
+from ._stats import ALIKE_AFTER, RunStatistics
 
 __all__ = ["Latency", "Report"]
 
@@ -34,7 +35,7 @@ class Report:
     Attributes:
         total: items that got an outcome (skipped and duplicates included).
         succeeded: items whose call returned.
-        failed: items whose call raised.
+        failed: items whose call raised (for good: after their retries).
         elapsed: wall time of the run, in seconds.
         failures: Failure details, in order of completion, at most ``keep_failures``.
         errors_by_type: failed items per error type, most frequent first.
@@ -49,11 +50,18 @@ class Report:
             cut to in answer, or ``None`` if it never cut below a level.
         rate_limited: seconds during which a call was ready to start but the
             rate limit (``rate=``, or the adaptive slowdown) held it back.
-        stopped: why a stop rule ended the run early, else ``None``.
+        stopped: why a stop rule ended the run early, else ``None``; calls
+            already running then were let finish, so ``failed`` may be more
+            than the rule's limit.
         skipped: items not run because the journal has their final outcome.
+        skipped_failed: of ``skipped``, those recorded as failed
+            (``retry_failed=True`` runs them again).
         duplicates: items not run because their key came earlier in the input.
         abandoned: worker threads left to calls that ran past ``timeout=``
             (Python cannot stop a thread; each was replaced by a new one).
+        notes: one-line facts about how the run went that a user should know,
+            e.g. that it ran on fewer workers than asked because the system's
+            limit on threads was reached.
     """
 
     total: int
@@ -73,6 +81,8 @@ class Report:
     skipped: int = 0
     duplicates: int = 0
     abandoned: int = 0
+    notes: tuple[str, ...] = ()
+    skipped_failed: int = 0
 
     @classmethod
     def from_statistics(cls, stats: RunStatistics, elapsed: float) -> Report:
@@ -98,6 +108,8 @@ class Report:
             skipped=stats.skipped,
             duplicates=stats.duplicates,
             abandoned=stats.abandoned,
+            notes=tuple(stats.notes),
+            skipped_failed=stats.skipped_failed,
         )
 
     @property
@@ -106,9 +118,25 @@ class Report:
         return self.failed == 0
 
     @property
+    def ran(self) -> int:
+        """Items that ran in this run: ``succeeded + failed`` (not the skipped ones)."""
+        return self.succeeded + self.failed
+
+    @property
     def throughput(self) -> float:
-        """Items per second over the whole run."""
-        return self.total / self.elapsed if self.elapsed > 0 else 0.0
+        """Items run per second over the whole run (skipped items do not count)."""
+        return self.ran / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def failing_alike(self) -> Failure | None:
+        """The first failure, when every item failed with one error type (a bug in fn?).
+
+        ``None`` unless at least 10 items ran, all failed, and with the same
+        error type; with ``keep_failures=0`` there is no Failure to return.
+        """
+        if self.succeeded or self.failed < ALIKE_AFTER or len(self.errors_by_type) != 1:
+            return None
+        return self.failures[0] if self.failures else None
 
     def raise_for_failures(self) -> None:
         """Raise :class:`manyhands.ItemsFailed` if any item failed; else do nothing.
@@ -119,16 +147,11 @@ class Report:
             raise ItemsFailed(self)
 
     def __str__(self) -> str:
-        lines = [
-            f"{self.total:,} items in {_duration(self.elapsed)} "
-            f"({self.throughput:,.1f}/s): {self.succeeded:,} succeeded, {self.failed:,} failed",
-            f"latency per call: p50 {_duration(self.latency.p50)}, "
-            f"p95 {_duration(self.latency.p95)}, p99 {_duration(self.latency.p99)}",
-        ]
-        if self.skipped or self.duplicates:
+        lines = [self._headline()]
+        if self.attempts:
             lines.append(
-                f"not run: {self.skipped:,} already final in the journal, "
-                f"{self.duplicates:,} duplicate keys"
+                f"latency per call: p50 {_duration(self.latency.p50)}, "
+                f"p95 {_duration(self.latency.p95)}, p99 {_duration(self.latency.p99)}"
             )
         if self.retried or self.throttle_events:
             lines.append(f"{self.attempts:,} attempts in all, {self.retried:,} items retried")
@@ -146,7 +169,11 @@ class Report:
                 "the timeout (Python cannot stop a thread)"
             )
         if self.stopped:
-            lines.append(f"stopped early: {self.stopped}")
+            lines.append(
+                f"stopped early: {self.stopped}; {self.failed:,} failed in all, counting "
+                "the calls already running then, which were let finish"
+            )
+        lines.extend(f"note: {note}" for note in self.notes)
         if self.errors_by_type:
             lines.append("errors by type:")
             for name, count in list(self.errors_by_type.items())[:10]:
@@ -154,7 +181,31 @@ class Report:
                 lines.append(f"  {count:>8,}  {name}  (e.g. item {example})")
             if len(self.errors_by_type) > 10:
                 lines.append(f"  ... and {len(self.errors_by_type) - 10} more error types")
+        alike = self.failing_alike
+        if alike is not None:
+            lines.append(_alike_text(alike))
         return "\n".join(lines)
+
+    def _headline(self) -> str:
+        """``2,000 items in 1.49s (1,339.3/s): 1,900 succeeded, 100 failed``, with what
+        was not run first when the journal skipped items."""
+        head = f"{self.total:,} items in {_duration(self.elapsed)}"
+        ran = f"({self.throughput:,.1f}/s): {self.succeeded:,} succeeded, {self.failed:,} failed"
+        if not (self.skipped or self.duplicates):
+            return f"{head} {ran}"
+        not_run = []
+        done = self.skipped - self.skipped_failed
+        if done:
+            not_run.append(f"{done:,} skipped (done in the journal)")
+        if self.skipped_failed:
+            not_run.append(
+                f"{self.skipped_failed:,} skipped (failed in the journal; "
+                "retry_failed=True runs them again)"
+            )
+        if self.duplicates:
+            not_run.append(f"{self.duplicates:,} skipped (duplicate keys)")
+        line = f"{head}: {', '.join(not_run)}, {self.ran:,} run"
+        return f"{line} {ran}" if self.ran else line
 
 
 def _duration(seconds: float) -> str:
@@ -173,3 +224,18 @@ def _duration(seconds: float) -> str:
         return f"{int(seconds // 60)}m{seconds % 60:04.1f}s"
     hours, rest = divmod(int(seconds), 3600)
     return f"{hours}h{rest // 60:02d}m{rest % 60:02d}s"
+
+
+def _alike_text(failure: Failure) -> str:
+    """Every item failed with one error type: say what that suggests, with one traceback."""
+    if is_programming_error(failure):
+        verdict = (
+            "this looks like a bug in fn (a programming error, so it was not retried by default)"
+        )
+    else:
+        verdict = "this looks like a problem with fn or what it calls, not with the items"
+    trace = failure.traceback.rstrip().replace("\n", "\n    ")
+    return (
+        f"every item failed with {failure.error_type}: {verdict}. The first one "
+        f"(item {safe_repr(failure.item, 60)}):\n    {trace}"
+    )

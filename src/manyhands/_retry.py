@@ -6,11 +6,36 @@ import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from ._exceptions import ManyhandsError
+from ._outcome import Failure, qualified_name
 
-__all__ = ["ErrorMatcher", "Retry", "RetryAfter", "check_matcher", "matches", "retry_after_of"]
+__all__ = [
+    "PROGRAMMING_ERRORS",
+    "ErrorMatcher",
+    "Retry",
+    "RetryAfter",
+    "check_matcher",
+    "is_programming_error",
+    "matches",
+    "retry_after_of",
+]
+
+#: Errors that say "the code is wrong", not "try again later": the default
+#: retry policy never retries them, since every attempt fails the same way.
+#: (AssertionError, KeyError, IndexError and ValueError are retried: scripts
+#: assert on a response, and an error page parsed as data raises them.)
+PROGRAMMING_ERRORS: tuple[type[Exception], ...] = (
+    TypeError,
+    AttributeError,
+    NameError,
+    SyntaxError,
+    ImportError,
+    NotImplementedError,
+)
+# The same by qualified name, for errors that come back from another process.
+_PROGRAMMING_ERROR_NAMES = frozenset(qualified_name(cls) for cls in PROGRAMMING_ERRORS)
 
 #: Which errors a rule applies to: a class, a tuple of classes, or a predicate.
 ErrorMatcher = (
@@ -47,6 +72,23 @@ def matches(on: ErrorMatcher, error: BaseException) -> bool:
         return False
 
 
+def is_programming_error(failure: Failure) -> bool:
+    """Whether a failure's error is one of :data:`PROGRAMMING_ERRORS` (subclasses included).
+
+    >>> is_programming_error(Failure.from_exception(1, NameError("nme")))
+    True
+    >>> is_programming_error(Failure(1, "builtins.ModuleNotFoundError", "no", attempts=1))
+    False
+    >>> is_programming_error(Failure(1, "builtins.TypeError", "bad", attempts=1))
+    True
+    """
+    if failure.exception is not None:
+        return isinstance(failure.exception, PROGRAMMING_ERRORS)
+    # From another process: its class hierarchy by name (or, read back from a
+    # journal, only its own name, so a subclass is not recognised there).
+    return not _PROGRAMMING_ERROR_NAMES.isdisjoint(failure.lineage or (failure.error_type,))
+
+
 class RetryAfter(ManyhandsError):
     """Raise it from your function to say "try this item again in ``seconds``".
 
@@ -67,6 +109,9 @@ class RetryAfter(ManyhandsError):
         super().__init__(message or f"retry after {self.retry_after:g}s")
 
 
+RetryAfter.__module__ = "manyhands"  # error_type "manyhands.RetryAfter"
+
+
 def retry_after_of(error: BaseException) -> float | None:
     """The delay an exception asks for through a ``retry_after`` attribute, if any.
 
@@ -81,7 +126,7 @@ def retry_after_of(error: BaseException) -> float | None:
     return None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Retry:
     """How failed items are tried again: a small value the engine reads.
 
@@ -95,25 +140,38 @@ class Retry:
         retries: how many times an item is tried again after its first
             attempt (``retry=3`` on ``run``/``map`` is ``Retry(retries=3)``).
         on: which failures are retried: an exception class, a tuple of them,
-            or a predicate taking the exception. Default: any ``Exception``
-            (never ``KeyboardInterrupt``/``SystemExit``-like BaseExceptions).
+            or a predicate taking the exception. Default (``None``): any
+            ``Exception`` but the programming errors in
+            ``Retry.PROGRAMMING_ERRORS`` (``TypeError``, ``AttributeError``,
+            ``NameError``, ``SyntaxError``, ``ImportError``,
+            ``NotImplementedError``), which fail the same way every time.
+            ``on=Exception`` retries those too. Never retried:
+            ``KeyboardInterrupt``/``SystemExit``-like BaseExceptions.
         backoff: the ceiling of the first delay, in seconds.
         multiplier: how much the ceiling grows per attempt.
         max_backoff: the cap of the ceiling, in seconds.
+        random: a function returning a float in [0, 1) that draws the jitter
+            (default ``None``: ``random.random``); tests pass a fixed one.
 
     >>> policy = Retry(retries=5, on=(ConnectionError, TimeoutError), backoff=0.5)
     >>> policy.retries_error(ConnectionResetError()), policy.retries_error(ValueError())
     (True, False)
+    >>> Retry().retries_error(ValueError()), Retry().retries_error(TypeError())
+    (True, False)
     >>> policy.ceiling(1), policy.ceiling(3), Retry(max_backoff=1.0).ceiling(50)
     (0.5, 2.0, 1.0)
+    >>> Retry(on=ConnectionError, backoff=1)
+    Retry(retries=3, on=ConnectionError, backoff=1, multiplier=2.0, max_backoff=60.0)
     """
 
+    PROGRAMMING_ERRORS: ClassVar[tuple[type[Exception], ...]] = PROGRAMMING_ERRORS
+
     retries: int = 3
-    on: RetryOn = Exception
+    on: RetryOn | None = None
     backoff: float = 0.5
     multiplier: float = 2.0
     max_backoff: float = 60.0
-    random: Callable[[], float] = field(default=random.random, repr=False, compare=False)
+    random: Callable[[], float] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.retries, int) or isinstance(self.retries, bool) or self.retries < 0:
@@ -126,7 +184,25 @@ class Retry:
                 )
         if not isinstance(self.multiplier, (int, float)) or not (1 <= self.multiplier < math.inf):
             raise ValueError(f"Retry multiplier must be a number >= 1, got {self.multiplier!r}")
-        check_matcher("Retry on", self.on)
+        if self.on is not None:
+            check_matcher("Retry on", self.on)
+        if self.random is not None and not callable(self.random):
+            raise TypeError(f"Retry random must be a function returning [0, 1): {self.random!r}")
+
+    def __repr__(self) -> str:
+        # What a user would type: Retry(on=(ConnectionError, TimeoutError)), not
+        # <class 'builtins.ConnectionError'>; unset on/random are left out.
+        parts = [f"retries={self.retries!r}"]
+        if self.on is not None:
+            parts.append(f"on={_spelled(self.on)}")
+        parts += [
+            f"backoff={self.backoff!r}",
+            f"multiplier={self.multiplier!r}",
+            f"max_backoff={self.max_backoff!r}",
+        ]
+        if self.random is not None:
+            parts.append(f"random={_spelled(self.random)}")
+        return f"Retry({', '.join(parts)})"
 
     @classmethod
     def coerce(cls, value: Retry | int | None) -> Retry | None:
@@ -143,17 +219,26 @@ class Retry:
 
     def retries_error(self, error: BaseException) -> bool:
         """Whether this policy retries ``error`` (attempts aside)."""
-        return isinstance(error, Exception) and matches(self.on, error)
+        if not isinstance(error, Exception):
+            return False
+        if self.on is None:
+            return not isinstance(error, PROGRAMMING_ERRORS)
+        return matches(self.on, error)
 
     def retries_failure(self, failure: Any) -> bool:
         """Whether this policy retries a failure that came from another process.
 
         Without the exception object, ``on`` classes are matched by name against
-        the error's class hierarchy (so subclasses match, as with isinstance);
-        a predicate ``on`` cannot be applied, and such failures are not retried.
+        the error's class hierarchy (so subclasses match, as with isinstance),
+        and so are the programming errors the default policy leaves out; a
+        predicate ``on`` cannot be applied, and such failures are not retried.
         """
         lineage = failure.lineage
-        if "builtins.Exception" not in lineage or not isinstance(self.on, (type, tuple)):
+        if "builtins.Exception" not in lineage:
+            return False
+        if self.on is None:
+            return _PROGRAMMING_ERROR_NAMES.isdisjoint(lineage)
+        if not isinstance(self.on, (type, tuple)):
             return False
         classes = self.on if isinstance(self.on, tuple) else (self.on,)
         return any(f"{cls.__module__}.{cls.__qualname__}" in lineage for cls in classes)
@@ -173,7 +258,22 @@ class Retry:
 
         ``asked``: a delay the error asked for, when there is no exception object.
         """
-        wait = self.random() * self.ceiling(attempt)
+        wait = (self.random or random.random)() * self.ceiling(attempt)
         if error is not None:
             asked = retry_after_of(error)
         return max(wait, asked) if asked is not None else wait
+
+
+def _spelled(value: object) -> str:
+    """A class, tuple of classes or function as a user would write it.
+
+    >>> _spelled((ConnectionError, TimeoutError)), _spelled(retry_after_of)
+    ('(ConnectionError, TimeoutError)', 'retry_after_of')
+    """
+    if isinstance(value, tuple):
+        inner = ", ".join(_spelled(part) for part in value)
+        return f"({inner},)" if len(value) == 1 else f"({inner})"
+    if isinstance(value, type):
+        return value.__qualname__ if value.__module__ == "builtins" else qualified_name(value)
+    name = getattr(value, "__qualname__", None)
+    return name if isinstance(name, str) else repr(value)

@@ -6,9 +6,13 @@ import math
 from collections import Counter
 from typing import Any
 
-from ._outcome import Failure
+from ._outcome import DUPLICATE, SKIPPED_FAILED, Failure
 
-__all__ = ["LatencyHistogram", "RunStatistics"]
+__all__ = ["ALIKE_AFTER", "LatencyHistogram", "RunStatistics"]
+
+#: Failed items, none succeeded, all with one error type: from then on the
+#: progress line and the Report say "every item failed alike" (a bug in fn?).
+ALIKE_AFTER = 10
 
 # Log-scale buckets: 16 per power of two (about 4.4% apart), from ~1 ns up.
 _STEPS_PER_OCTAVE = 16
@@ -74,15 +78,18 @@ class RunStatistics:
         self.failed = 0
         self.calls = 0  # attempts, retries included
         self.retried = 0  # items tried more than once
-        self.retrying = 0  # items waiting for, or running, a retry now
+        self.retrying = 0  # items that failed and wait for (or run) a retry now
         self.throttle_events = 0
         self.slowest_rate: float | None = None  # lowest adaptive start rate, calls/s
         self.rate_limited = 0.0  # seconds a ready start waited for the rate limit
         self.skipped = 0  # items not run: final in the journal already
+        self.skipped_failed = 0  # of those, the ones recorded as failed
         self.duplicates = 0  # items not run: their key came earlier in this input
         self.abandoned = 0  # threads left to calls past their timeout
         self.stop_reason: str | None = None
+        self.notes: list[str] = []  # one-line facts for the Report (e.g. fewer workers)
         self.failures: list[Failure] = []
+        self.first_failure: Failure | None = None  # kept even with keep_failures=0
         self.errors_by_type: Counter[str] = Counter()
         self.examples: dict[str, Any] = {}
         self.latency = LatencyHistogram()
@@ -101,6 +108,23 @@ class RunStatistics:
             "duplicates": self.duplicates,
         }
 
+    def add_skipped(self, reasons: list[str]) -> None:
+        """Account for items the journal skipped, by why (``Outcome.skipped``)."""
+        duplicates = reasons.count(DUPLICATE)
+        self.duplicates += duplicates
+        self.skipped += len(reasons) - duplicates
+        self.skipped_failed += reasons.count(SKIPPED_FAILED)
+
+    def failing_alike(self) -> Failure | None:
+        """The first failure, while every item so far failed with its error type.
+
+        Only once ``ALIKE_AFTER`` items failed and none succeeded. Safe to call
+        from another thread: it reads counters and a reference.
+        """
+        if self.succeeded or self.failed < ALIKE_AFTER or len(self.errors_by_type) != 1:
+            return None
+        return self.first_failure
+
     def add_batch(
         self, finished: int, calls: int, elapsed: float, failures: list[Failure] | None
     ) -> None:
@@ -113,9 +137,14 @@ class RunStatistics:
             self.latency.record(elapsed / calls, calls)
         if failures:
             self.failed += failed
+            if self.first_failure is None:
+                self.first_failure = failures[0]
             room = self.keep_failures - len(self.failures)
             if room > 0:
-                self.failures.extend(failures[:room])
+                kept = failures[:room]
+                for failure in kept:  # kept for the Report: as text, not as frames
+                    failure.release_frames()
+                self.failures.extend(kept)
             for failure in failures:
                 self.errors_by_type[failure.error_type] += 1
                 self.examples.setdefault(failure.error_type, failure.item)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
 from itertools import repeat
+from operator import length_hint
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar
 
 from ._batch import Batch
-from ._engine import Engine
 from ._outcome import Outcome
 from ._report import Report
+from ._run import Run
 
 __all__ = ["AsyncOutcomes", "Outcomes"]
 
@@ -27,9 +28,9 @@ class Outcomes(Generic[T, R]):
     Using it as a context manager closes it on exit.
     """
 
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
-        self._outcomes = _outcomes(engine)
+    def __init__(self, run: Run) -> None:
+        self._run = run
+        self._outcomes = _outcomes(run)
 
     def __iter__(self) -> Iterator[Outcome[T, R]]:
         return self._outcomes  # the generator itself: no extra call per item
@@ -50,12 +51,14 @@ class Outcomes(Generic[T, R]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if exc is not None:  # how the journal's run ends: e.g. "terminated"
+            self._run.exit_status = getattr(exc, "run_status", None)
         self.close()
 
     @property
     def report(self) -> Report:
         """A Report of the outcomes delivered so far (final once exhausted)."""
-        return self._engine.report()
+        return self._run.report()
 
 
 class AsyncOutcomes(Generic[T, R]):
@@ -67,9 +70,9 @@ class AsyncOutcomes(Generic[T, R]):
     finalizes the abandoned iterator (a moment later).
     """
 
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
-        self._outcomes = _aoutcomes(engine)
+    def __init__(self, run: Run) -> None:
+        self._run = run
+        self._outcomes = _aoutcomes(run)
 
     def __aiter__(self) -> AsyncIterator[Outcome[T, R]]:
         return self._outcomes
@@ -90,51 +93,90 @@ class AsyncOutcomes(Generic[T, R]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if exc is not None:  # how the journal's run ends: e.g. "terminated"
+            self._run.exit_status = getattr(exc, "run_status", None)
         await self.aclose()
 
     @property
     def report(self) -> Report:
         """A Report of the outcomes delivered so far (final once exhausted)."""
-        return self._engine.report()
+        return self._run.report()
+
+    if not TYPE_CHECKING:  # (type checkers flag these mistakes already)
+
+        def __iter__(self) -> NoReturn:
+            raise TypeError(_ASYNC_ONLY.format(how="iterated with a plain for/list()"))
+
+        def __await__(self) -> NoReturn:
+            raise TypeError(_ASYNC_ONLY.format(how="awaited"))
 
 
-def _outcomes(engine: Engine) -> Generator[Outcome[Any, Any], None, None]:
-    batches = engine.batches()
+_ASYNC_ONLY = (
+    "manyhands.amap() returns an async iterator, which cannot be {how}: in a "
+    "coroutine, use `async for outcome in manyhands.amap(fn, items)`, or "
+    "`report = await manyhands.arun(fn, items)` for the Report; from sync code, "
+    "use manyhands.map() or manyhands.run()"
+)
+
+
+def _outcomes(run: Run) -> Generator[Outcome[Any, Any], None, None]:
+    """The Outcomes of the run; a batch is recorded in the journal once you got it.
+
+    Leaving during a batch records the outcomes you received, and no more:
+    how many is read off the batch's item iterator, at no cost per item.
+    """
+    batches = run.batches()
+    delivered = run.delivered
     try:
         for batch in batches:
-            yield from _unpack(batch)
+            items = iter(batch.items)
+            try:
+                yield from _unpack(batch, items)
+            except BaseException:  # you left during this batch (break, close, an error)
+                delivered(batch, len(batch.items) - length_hint(items))
+                raise
+            delivered(batch)
     finally:
         batches.close()
 
 
-async def _aoutcomes(engine: Engine) -> AsyncGenerator[Outcome[Any, Any], None]:
-    batches = engine.abatches()
+async def _aoutcomes(run: Run) -> AsyncGenerator[Outcome[Any, Any], None]:
+    batches = run.abatches()
+    delivered = run.delivered
     try:
         async for batch in batches:
-            for outcome in _unpack(batch):
-                yield outcome
+            items = iter(batch.items)
+            try:
+                for outcome in _unpack(batch, items):
+                    yield outcome
+            except BaseException:  # you left during this batch
+                delivered(batch, len(batch.items) - length_hint(items))
+                raise
+            delivered(batch)
     finally:
         await batches.aclose()
 
 
-def _unpack(batch: Batch) -> Iterator[Outcome[Any, Any]]:
-    """The Outcomes of a delivered batch, in its order.
+def _unpack(batch: Batch, items: Iterator[Any]) -> Iterator[Outcome[Any, Any]]:
+    """The Outcomes of a delivered batch, in its order, pulling from ``items``.
 
-    A batch with nothing to report but values (the common case) is a plain
-    ``map``, not a generator: one layer less between each Outcome and you.
+    ``items`` iterates ``batch.items``: an item is pulled when its Outcome is
+    made, so what is left in it tells how many Outcomes were taken. A batch
+    with nothing to report but values (the common case) is a plain ``map``,
+    not a generator: one layer less between each Outcome and you.
     """
     if batch.skipped is not None:
-        return _skipped(batch)
+        return _skipped(batch, items)
     if batch.failures is None and batch.attempts is None:
-        return map(Outcome, batch.items, batch.values, repeat(None), repeat(batch.attempt))
-    return _settled(batch)
+        return map(Outcome, items, batch.values, repeat(None), repeat(batch.attempt))
+    return _settled(batch, items)
 
 
-def _settled(batch: Batch) -> Iterator[Outcome[Any, Any]]:
+def _settled(batch: Batch, items: Iterator[Any]) -> Iterator[Outcome[Any, Any]]:
     """:func:`_unpack` for a batch with failures or per-item attempt counts."""
     failures = batch.failures or {}
     attempts = batch.attempts or {}
-    for index, item in enumerate(batch.items):
+    for index, item in enumerate(items):
         failure = failures.get(index)
         if failure is None:
             tries = attempts.get(index, batch.attempt)
@@ -143,9 +185,9 @@ def _settled(batch: Batch) -> Iterator[Outcome[Any, Any]]:
             yield Outcome(item, None, failure, failure.attempts)
 
 
-def _skipped(batch: Batch) -> Iterator[Outcome[Any, Any]]:
+def _skipped(batch: Batch, items: Iterator[Any]) -> Iterator[Outcome[Any, Any]]:
     assert batch.skipped is not None
     failures = batch.failures or {}
-    for index, item in enumerate(batch.items):
+    for index, item in enumerate(items):
         value = batch.values[index] if batch.values else None
         yield Outcome(item, value, failures.get(index), 0, batch.skipped[index])

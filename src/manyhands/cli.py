@@ -26,6 +26,7 @@ from ._keys import default_key
 from ._options import BACKENDS, DEFAULT_WORKERS
 from ._output import OutputFile
 from ._rate import parse_rate
+from ._run import Run
 from ._signals import StopSignals, Terminated
 from ._stream import Outcomes
 
@@ -45,6 +46,10 @@ READ_EPILOG = """\b
 Exit codes: 0 the journal was read (whether or not items failed),
 2 no journal at JOURNAL, or not a readable manyhands journal,
 141 stdout was closed early (e.g. | head).
+"""
+REPORT_EPILOG = """\b
+Exit codes: 0 the report was written, 2 no journal at JOURNAL, not a
+readable one, or --output cannot be written.
 """
 DEMO_EPILOG = """\b
 Exit codes: 0 the demo ran (a few items fail on purpose), 2 usage error,
@@ -171,8 +176,12 @@ def run(
 
 
 def _run(fn: Callable[[Any], Any], items: Any, options: dict[str, Any], output: str | None) -> int:
+    # Without --output nobody reads the values: what finishes is recorded as in run(),
+    # calls that finish in the grace period included. With --output, a row is recorded
+    # once its outcome was delivered here and its line flushed (before_record).
+    caller = "map" if output else "run"
     try:
-        engine = _api._engine("map", _calling(fn), items, options)
+        run = _api.open_run(caller, _calling(fn), items, options)
     except (TypeError, ValueError) as exc:
         raise UsageProblem(str(exc)) from exc
     journal: str | None = options.get("journal")
@@ -180,20 +189,20 @@ def _run(fn: Callable[[Any], Any], items: Any, options: dict[str, Any], output: 
     resumed = journal is not None and Path(journal).exists()
     sink = OutputFile(output, resume=resumed) if output else None
     if sink is not None:
-        engine.before_record = sink.flush  # (a row is never committed before its line)
+        run.before_record = sink.flush  # (a row is never committed before its line)
     summary = sys.stderr if output == "-" else sys.stdout
     try:
-        failed = _consume(Outcomes(engine), sink)
+        failed = _consume(run, sink)
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP (Terminated)
         if sink is not None and (journal is None or Path(journal).exists()):
             sink.start()  # (a fresh run stopped before its first outcome)
-        return _stopped(exc, engine.report(), journal, summary)
+        return _stopped(exc, run.report(), journal, summary)
     except InputError as exc:
         raise UsageProblem(f"reading INPUT failed: {exc.__cause__ or exc}") from exc
     finally:
         if sink is not None:
             sink.close()
-    _print(engine.report(), summary)
+    _print(run.report(), summary)
     if failed and journal:
         _print(f"\nsee the failures: manyhands failures {shlex.quote(journal)}", summary)
     return EXIT_FAILED if failed else EXIT_OK
@@ -247,9 +256,10 @@ def _check_paths(input_path: str, output: str | None, journal: str | None) -> No
             raise UsageProblem(f"--output {output!r} is the {what} file; write to another path")
 
 
-def _consume(outcomes: Outcomes[Any, Any], sink: OutputFile | None) -> int:
+def _consume(run: Run, sink: OutputFile | None) -> int:
     """Write every outcome; return how many failed."""
     failed = 0
+    outcomes: Outcomes[Any, Any] = Outcomes(run)
     with StopSignals() as signals, outcomes:
         try:
             for outcome in signals.guard(outcomes):
@@ -352,6 +362,9 @@ def status(journal: str) -> int:
     if found.errors_by_type:
         lines.append("errors by type:")
         lines += [f"  {count:>10,}  {name}" for name, count in found.errors_by_type.items()]
+    from ._timeline import throughput_sparkline
+
+    lines.append(throughput_sparkline(journal))
     lines.append(f"runs: {len(found.runs)}")
     for run_ in found.runs[-5:]:
         began = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run_["started"] or 0))
@@ -407,6 +420,37 @@ def demo(items: int, journal: str, fresh: bool) -> int:
 
     with StopSignals():  # SIGTERM stops it as Ctrl-C does: the journal is closed
         return run_demo(items, Path(journal), fresh)
+
+
+@cli.command(epilog=REPORT_EPILOG)
+@click.argument("journal", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default="run.html",
+              show_default=True, help="The HTML file to write.")  # fmt: skip
+def report(journal: str, output: str) -> int:
+    """Write an HTML report of JOURNAL: throughput, latency, failures and runs over time.
+
+    One self-contained file (no network needed to view it), read from the journal alone.
+    """
+    from ._html_report import write_report
+
+    _check_report_path(journal, output)
+    try:
+        write_report(journal, output)
+    except OSError as exc:
+        raise UsageProblem(f"cannot write --output {output!r}: {exc.strerror or exc}") from exc
+    click.echo(f"wrote {output}")
+    return EXIT_OK
+
+
+def _check_report_path(journal: str, output: str) -> None:
+    """Refuse a report written over the journal it reads (or its companion files)."""
+    for suffix in ("", "-wal", "-shm", ".lock"):
+        try:
+            same = os.path.samefile(output, journal + suffix)
+        except OSError:  # one of them does not exist: not the same file
+            continue
+        if same:
+            raise UsageProblem(f"--output {output!r} is the journal's file; write to another path")
 
 
 def main(argv: list[str] | None = None) -> int:

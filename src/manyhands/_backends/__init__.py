@@ -1,7 +1,7 @@
 """Backends execute batches of calls and report completions; nothing else.
 
 Retries, rate limits, ordering, statistics and shutdown policy live in the
-engine, once. A backend module is imported only when a run asks for it, so an
+run, once. A backend module is imported only when a run asks for it, so an
 optional dependency never slows down ``import manyhands``.
 """
 
@@ -17,15 +17,19 @@ __all__ = ["Backend", "create_backend"]
 def create_backend(
     name: str,
     workers: int,
+    *,
     timeout: float | None = None,
     own_loop: bool = True,
+    shared: bool = False,
     processes: dict[str, Any] | None = None,
 ) -> Backend:
     """A new, not yet started backend called ``name`` (validated by the options).
 
-    ``timeout``: the run's per-call limit, if any. ``own_loop`` (async): run
-    on a private event loop in a thread, rather than on the caller's loop.
-    ``processes``: start_method, initializer and initargs for ``"processes"``.
+    ``timeout``: a private backend's run has a per-call limit. ``own_loop``
+    (async): run on a private event loop in a thread, rather than on the
+    caller's loop. ``shared``: a Pool's backend, serving many runs (their
+    batches queue in lanes: priority, then fairness). ``processes``:
+    start_method, initializer and initargs for ``"processes"``.
     """
     if name == "processes":
         from ._processes import ProcessBackend
@@ -34,9 +38,9 @@ def create_backend(
     if name == "threads":
         from ._threads import ThreadBackend
 
-        return ThreadBackend(workers, timed=timeout is not None)
+        return ThreadBackend(workers, shared=shared)
     if name == "async":
         from ._async import AsyncBackend
 
-        return AsyncBackend(workers, timeout, own_loop=own_loop)
+        return AsyncBackend(workers, own_loop=own_loop, shared=shared)
     raise ValueError(f"unknown backend {name!r}")  # pragma: no cover - options validate it

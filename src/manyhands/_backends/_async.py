@@ -25,50 +25,81 @@ from collections.abc import Callable
 from time import perf_counter
 from typing import Any
 
-from .._batch import Batch
-from .._exceptions import Timeout
+from .. import _batch
+from .._batch import Batch, Task, leave_if_forked, unwatch_this_thread, watch_forks_in_this_thread
+from .._exceptions import Timeout, WorkerInitError
+from .._lanes import Lanes
 from .._outcome import Failure
 
 __all__ = ["AsyncBackend"]
 
 
 class AsyncBackend:
-    """Runs batches as tasks on ``loop`` (or on a private loop in its own thread)."""
+    """Runs batches as tasks on ``loop`` (or on a private loop in its own thread).
+
+    A private backend (one run) hands out the items of its batches first come,
+    first served. A shared one (a :class:`~manyhands.Pool` with
+    ``backend="async"``, on a loop of its own) keeps each run's batches in
+    :class:`~manyhands._lanes.Lanes`, and a worker task that comes free takes
+    the next item of the batch the lanes choose.
+    """
 
     handles_timeouts = True  # the engine leaves timeout= to the worker tasks
     concurrent_items = True  # a batch's items run at the same time, on different tasks
     timeout_action = "it was cancelled"  # (applied in the worker tasks, not by the engine)
 
-    def __init__(self, workers: int, timeout: float | None = None, own_loop: bool = True) -> None:
+    def __init__(self, workers: int, *, own_loop: bool = True, shared: bool = False) -> None:
         self._workers = workers
-        self._timeout = timeout
         self._loop: asyncio.AbstractEventLoop | None = None
         self._own_loop = own_loop
         self._thread: threading.Thread | None = None
         self._pending: deque[_Entry] = deque()  # batches with items no worker took yet
+        self._lanes: Lanes[_Entry] | None = Lanes() if shared else None  # (shared: instead)
+        self._entries: dict[int, _Entry] = {}  # shared: running batches by id, to abandon
         self._idle: deque[asyncio.Future[None]] = deque()  # workers waiting for an item
         self._tasks: set[asyncio.Task[None]] = set()
         self._retired = False  # no more items expected: idle workers may exit
         self._stopping = False  # our own cancellation, not the user's CancelledError
-        self._fn: Callable[[Any], Any] | None = None
-        self._done: Callable[[Batch], None] | None = None
         self.abandoned = 0  # always 0: a timed-out coroutine is cancelled, not abandoned
+        self.notes: list[str] = []
 
     # -- lifecycle -------------------------------------------------------
 
-    def start(self, fn: Callable[[Any], Any], done: Callable[[Batch], None]) -> None:
-        self._fn = fn
-        self._done = done
+    def start(self) -> None:
         if self._own_loop:
             loop = self._loop = asyncio.new_event_loop()
             ready = threading.Event()
             self._thread = threading.Thread(
                 target=_serve, args=(loop, ready), name="manyhands-asyncio", daemon=True
             )
-            self._thread.start()
+            try:
+                self._thread.start()
+            except RuntimeError as exc:  # "can't start new thread": a limit of the system
+                loop.close()
+                raise WorkerInitError(
+                    f"the event loop's thread could not be started ({exc}): the system's "
+                    "limit on threads or memory is reached (ulimit -u, ulimit -v, a "
+                    "container's pids limit)"
+                ) from exc
             ready.wait()
         else:
             self._loop = asyncio.get_running_loop()
+            watch_forks_in_this_thread()  # a call that forks: see _batch
+
+    def attach(self, task: Task) -> None:
+        pass
+
+    def detach(self, task: Task) -> None:
+        pass
+
+    @property
+    def runs_on_caller_loop(self) -> bool:
+        """The calls run on the consumer's own event loop (``amap``)."""
+        return not self._own_loop
+
+    def inside(self) -> bool:
+        """True when called from this backend's event loop thread."""
+        return self._thread is not None and threading.current_thread() is self._thread
 
     def submit(self, batch: Batch) -> None:
         if self._own_loop:
@@ -81,7 +112,12 @@ class AsyncBackend:
         """Queue a batch's items; wake idle workers or start new ones for them."""
         count = len(batch.items)
         batch.values = [None] * count
-        self._pending.append(_Entry(batch))
+        entry = _Entry(batch)
+        if self._lanes is None:
+            self._pending.append(entry)
+        else:
+            self._lanes.put(entry, batch.task)
+            self._entries[id(batch)] = entry
         self._retired = False
         idle = self._idle
         while idle and count:
@@ -92,12 +128,14 @@ class AsyncBackend:
         loop = self._loop
         assert loop is not None
         while count and len(self._tasks) < self._workers:
-            task = loop.create_task(self._work())
+            task = loop.create_task(self._work() if self._lanes is None else self._work_shared())
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
             count -= 1
 
     def wind_down(self) -> None:
+        if self._lanes is not None:
+            return  # a pool's workers wait for more runs
         if self._own_loop:
             assert self._loop is not None
             self._loop.call_soon_threadsafe(self._retire)
@@ -111,8 +149,52 @@ class AsyncBackend:
             if not waiter.done():
                 waiter.set_result(None)
 
-    def expire(self, batch: Batch) -> bool:  # pragma: no cover - the engine never asks
-        return False  # timeouts are applied per call, inside the worker tasks
+    def cancel(self, task: Task) -> list[Batch]:
+        """Drop the queued batches of ``task`` no worker began, and return them."""
+        dropped: list[Batch] = self._on_loop(self._cancel, task)
+        return dropped
+
+    def _cancel(self, task: Task) -> list[Batch]:
+        if self._lanes is None:  # one run: everything queued is its
+            queued, self._pending = self._pending, deque()
+        else:
+            queued = deque(self._lanes.cancel(task))
+        dropped: list[Batch] = []
+        for entry in queued:
+            if entry.taken:  # some of its items run: expire() cancels them
+                entry.taken = len(entry.batch.items)
+            else:
+                self._entries.pop(id(entry.batch), None)
+                dropped.append(entry.batch)
+        return dropped
+
+    def expire(self, batch: Batch) -> bool:
+        """Cancel the running calls of a batch whose run ended (a shared pool)."""
+        return bool(self._on_loop(self._expire, batch))
+
+    def _expire(self, batch: Batch) -> bool:
+        entry = self._entries.pop(id(batch), None)
+        if entry is None or entry.abandoned:
+            return False
+        entry.abandoned = True
+        if self._lanes is not None:
+            self._lanes.cancel(batch.task)  # (its untaken items, if any, never start)
+        for runner in list(entry.runners):
+            runner.cancel()
+        batch.task.abandoned += len(entry.runners)
+        return True
+
+    def _on_loop(self, call: Callable[[Any], Any], argument: Any) -> Any:
+        """``call(argument)`` on the loop, from any thread; its result."""
+        loop = self._loop
+        assert loop is not None
+        if not self._own_loop or self.inside():
+            return call(argument)
+
+        async def run() -> Any:
+            return call(argument)
+
+        return asyncio.run_coroutine_threadsafe(run(), loop).result()
 
     def shutdown(self, grace: float) -> int:
         """Stop from another thread (a private loop): cancel, wait, close the loop."""
@@ -139,15 +221,16 @@ class AsyncBackend:
             await asyncio.wait(tasks)
         return 0
 
-    # -- the worker task ---------------------------------------------------
+    # -- the worker tasks --------------------------------------------------
 
     async def _work(self) -> None:
         # A deque and one future per idle wait: asyncio.Queue costs several
         # microseconds per hand-off, which 10,000 calls in flight cannot afford.
-        pending, idle, loop = self._pending, self._idle, self._loop
-        fn, done, timeout = self._fn, self._done, self._timeout
-        assert fn is not None and done is not None and loop is not None
+        # (This is the hot loop of a private backend: everything inline.)
+        idle, loop = self._idle, self._loop
+        assert loop is not None
         while True:
+            pending = self._pending  # (cancel() may replace it)
             if not pending:
                 if self._retired:
                     return
@@ -157,29 +240,88 @@ class AsyncBackend:
                 continue
             entry = pending[0]
             batch = entry.batch
+            task = batch.task
             index = entry.taken
             entry.taken = index + 1
             if entry.taken == len(batch.items):
                 pending.popleft()
             start = perf_counter()
             try:
-                if timeout is None:
-                    batch.values[index] = await fn(batch.items[index])
+                if task.timeout is None:
+                    batch.values[index] = await task.fn(batch.items[index])
                 else:
-                    batch.values[index] = await self._within(fn(batch.items[index]), timeout)
+                    call = task.fn(batch.items[index])
+                    batch.values[index] = await self._within(call, task.timeout)
             except asyncio.CancelledError as exc:
                 if self._stopping:
                     raise  # the run is stopping: this is our cancellation
                 entry.fail(index, exc)
             except BaseException as exc:
                 entry.fail(index, exc)
+            if _batch._forked:  # this is a child the call forked: it must not go on
+                leave_if_forked(entry.errors and entry.errors.get(index))
             entry.elapsed += perf_counter() - start
             entry.left -= 1
             if not entry.left:
                 batch.elapsed = entry.elapsed
                 batch.errors = entry.errors
-                done(batch)
-            del batch, entry  # an idle worker must not keep its last batch alive
+                task.done(batch)
+            del batch, entry, task  # an idle worker must not keep its last batch alive
+
+    async def _work_shared(self) -> None:
+        """:meth:`_work` for a pool: the next item of the batch the lanes choose."""
+        lanes, idle, loop = self._lanes, self._idle, self._loop
+        assert lanes is not None and loop is not None
+        while True:
+            chosen = lanes.peek()
+            if chosen is None:
+                waiter: asyncio.Future[None] = loop.create_future()
+                idle.append(waiter)
+                await waiter
+                continue
+            task, entry = chosen
+            index = entry.taken
+            entry.taken = index + 1
+            if entry.taken == len(entry.batch.items):
+                lanes.pop(task)
+            lanes.charge(task, 1)
+            runner = asyncio.current_task()
+            assert runner is not None
+            entry.runners.add(runner)
+            try:
+                await self._call(entry, index)
+            except asyncio.CancelledError:
+                if self._stopping or not entry.abandoned:
+                    raise
+            finally:
+                entry.runners.discard(runner)
+            del entry, task
+
+    async def _call(self, entry: _Entry, index: int) -> None:
+        """Run one item of a batch; the task that finishes the batch's last item reports it."""
+        batch = entry.batch
+        task = batch.task
+        start = perf_counter()
+        try:
+            if task.timeout is None:
+                batch.values[index] = await task.fn(batch.items[index])
+            else:
+                batch.values[index] = await self._within(task.fn(batch.items[index]), task.timeout)
+        except asyncio.CancelledError as exc:
+            if self._stopping or entry.abandoned:
+                raise  # the run is stopping: this is our cancellation
+            entry.fail(index, exc)
+        except BaseException as exc:
+            entry.fail(index, exc)
+        if _batch._forked:  # this is a child the call forked: it must not go on
+            leave_if_forked(entry.errors and entry.errors.get(index))
+        entry.elapsed += perf_counter() - start
+        entry.left -= 1
+        if not entry.left and not entry.abandoned:
+            batch.elapsed = entry.elapsed
+            batch.errors = entry.errors
+            self._entries.pop(id(batch), None)
+            task.done(batch)
 
     @staticmethod
     async def _within(call: Any, timeout: float) -> Any:
@@ -217,10 +359,12 @@ _in_task_timeout: Any = getattr(asyncio, "timeout", None)
 class _Entry:
     """A queued batch: how many of its items were taken, and how many are still out."""
 
-    __slots__ = ("batch", "elapsed", "errors", "left", "taken")
+    __slots__ = ("abandoned", "batch", "elapsed", "errors", "left", "runners", "taken")
 
     def __init__(self, batch: Batch) -> None:
         self.batch = batch
+        self.abandoned = False  # its run ended (a shared pool): it is never reported
+        self.runners: set[asyncio.Task[None]] = set()  # (shared) the tasks running its items
         self.taken = 0
         self.left = len(batch.items)
         self.elapsed = 0.0  # the sum of its items' call times
@@ -234,5 +378,9 @@ class _Entry:
 
 def _serve(loop: asyncio.AbstractEventLoop, ready: threading.Event) -> None:
     asyncio.set_event_loop(loop)
+    watch_forks_in_this_thread()  # a call that forks: see _batch
     loop.call_soon(ready.set)
-    loop.run_forever()
+    try:
+        loop.run_forever()
+    finally:
+        unwatch_this_thread()

@@ -29,7 +29,7 @@ from multiprocessing.connection import Connection, wait
 from time import monotonic
 from typing import Any
 
-from .._batch import FINISHED, RUNNING, TIMED_OUT, Batch
+from .._batch import FINISHED, RUNNING, TIMED_OUT, Batch, Task
 from .._exceptions import WorkerCrashed, WorkerInitError
 from .._outcome import Failure, describe_exception, safe_repr
 from ._process_worker import RemoteError, serve
@@ -95,7 +95,6 @@ class ProcessBackend:
         self._initializer = initializer
         self._initargs = initargs
         self._payload = b""
-        self._done: Callable[[Batch], None] | None = None
         self._lock = threading.Lock()  # the inbox, and a batch's state
         self._inbox: deque[tuple[Batch, list[int]]] = deque()
         self._wake_r, self._wake_w = multiprocessing.Pipe(duplex=False)
@@ -104,16 +103,33 @@ class ProcessBackend:
         self._broken: WorkerCrashed | None = None  # the dispatcher died: every item fails
         self._dispatcher: threading.Thread | None = None
         self.abandoned = 0  # processes are killed, never abandoned
+        self.notes: list[str] = []  # for the Report
 
     # -- lifecycle -------------------------------------------------------
 
-    def start(self, fn: Callable[[Any], Any], done: Callable[[Batch], None]) -> None:
+    def start(self) -> None:
+        pass  # workers start when the run attaches: they are sent its function
+
+    def detach(self, task: Task) -> None:
+        pass
+
+    def inside(self) -> bool:
+        return False  # (a worker process has no handle on this backend)
+
+    def cancel(self, task: Task) -> list[Batch]:
+        """Drop the batches no worker was sent, and return them."""
+        with self._lock:
+            dropped = [batch for batch, _ in self._inbox]
+            self._inbox.clear()
+        return dropped
+
+    def attach(self, task: Task) -> None:
         """Start every worker and wait until each is ready (or its initializer failed)."""
         if self._context.get_start_method() == "forkserver":
             _ensure_forkserver()  # it boots while fn is pickled here
         import cloudpickle  # type: ignore[import-untyped]
 
-        self._done = done
+        fn = task.fn
         try:
             self._payload = cloudpickle.dumps((fn, self._initializer, self._initargs))
         except Exception as exc:
@@ -441,8 +457,7 @@ class ProcessBackend:
             if batch.state != RUNNING:
                 return  # timed out: the engine has already settled it
             batch.state = FINISHED
-        assert self._done is not None
-        self._done(batch)
+        batch.task.done(batch)
 
 
 _forkserver_lock = threading.Lock()

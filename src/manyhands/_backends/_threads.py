@@ -1,4 +1,4 @@
-"""The thread backend: a pool of worker threads fed from one queue."""
+"""The thread backend: worker threads fed from one queue, for one run or a pool's many."""
 
 from __future__ import annotations
 
@@ -10,9 +10,13 @@ from queue import Empty, SimpleQueue
 from time import monotonic
 from typing import Any
 
-from .._batch import FINISHED, RUNNING, TIMED_OUT, Batch, execute
+from .._batch import FINISHED, RUNNING, TIMED_OUT, Batch, Task, execute
+from .._exceptions import WorkerInitError
+from .._lanes import Lanes
 
 __all__ = ["ThreadBackend"]
+
+TAKE = object()  # a queued token: take the next batch from the lanes
 
 
 class ThreadBackend:
@@ -31,82 +35,155 @@ class ThreadBackend:
     is abandoned rather than hanging the program; it exits once the call
     returns.
 
-    With ``timed=True`` (the run has a ``timeout``), :meth:`expire` times out
-    a running batch: its worker is abandoned and a new one takes its place,
-    so capacity is kept, up to ``abandon_limit`` abandoned threads; past that
-    the worker is kept and capacity is lost until its call returns.
+    A private backend (one run: ``manyhands.run``) queues batches first come,
+    first served; a shared one (a :class:`~manyhands.Pool`) queues them in
+    :class:`~manyhands._lanes.Lanes`, and a worker that comes free takes the
+    batch the lanes choose (priority, then fairness).
+
+    For a timed task (its run has a ``timeout``, or the pool is shared),
+    :meth:`expire` frees the worker of a running batch: the worker is
+    abandoned to its call and a new one takes its place, so capacity is kept,
+    while fewer than ``abandon_limit`` abandoned threads are still in their
+    calls; past that the worker is kept and capacity is lost until its call
+    returns.
     """
 
     handles_timeouts = False  # the engine times batches out through expire()
     timeout_action = "it was left running in an abandoned thread and the item failed"
     concurrent_items = False
+    _start_thread = staticmethod(_thread.start_new_thread)  # (tests inject a failing one)
 
-    def __init__(self, workers: int, timed: bool = False, abandon_limit: int | None = None) -> None:
+    def __init__(
+        self, workers: int, *, shared: bool = False, abandon_limit: int | None = None
+    ) -> None:
         self._workers = workers
-        self._timed = timed
+        self._asked = workers
+        self._lanes: Lanes[Batch] | None = Lanes(lambda b: len(b.items)) if shared else None
         self._guard = _thread.allocate_lock()  # a batch finishes or times out, not both
         self.abandoned = 0  # threads left to a call past its timeout, and replaced
         self.abandon_limit = workers if abandon_limit is None else abandon_limit
-        self._tasks: SimpleQueue[Batch | None] = SimpleQueue()
+        self._stuck = [0]  # abandoned threads still in their call (they count themselves out)
+        self._queue: SimpleQueue[Any] = SimpleQueue()  # batches, TAKE tokens, or None: exit
         self._alive: list[_thread.LockType] = []  # one held lock per worker started
-        self._retiring = 0  # stop sentinels queued so far
-        self._fn: Callable[[Any], Any] | None = None
-        self._done: Callable[[Batch], None] | None = None
+        self._retiring = 0  # exit sentinels queued so far
+        self.notes: list[str] = []  # for the Report: e.g. fewer workers than asked
 
-    def start(self, fn: Callable[[Any], Any], done: Callable[[Batch], None]) -> None:
-        self._fn = fn
-        self._done = done
+    # -- lifecycle -------------------------------------------------------
+
+    def start(self) -> None:
+        pass  # workers start as batches arrive
+
+    def attach(self, task: Task) -> None:
+        pass
+
+    def detach(self, task: Task) -> None:
+        pass
 
     def submit(self, batch: Batch) -> None:
-        self._tasks.put(batch)
+        if self._lanes is None:
+            self._queue.put(batch)
+        else:
+            self._lanes.put(batch, batch.task)
+            self._queue.put(TAKE)
         if len(self._alive) - self._retiring < self._workers:
             self._add_worker()
 
+    def inside(self) -> bool:
+        """True when called from one of this backend's worker threads."""
+        return getattr(_serving, "backend", None) is self
+
     def _add_worker(self) -> None:
-        assert self._fn is not None and self._done is not None, "start() was not called"
         alive = _thread.allocate_lock()
         alive.acquire()
         hooks = (threading.gettrace(), threading.getprofile())
-        if self._timed:
-            args = (self._tasks.get, self._fn, self._done, alive, hooks, self._guard)
-            _thread.start_new_thread(_work_timed, args)
-        else:
-            _thread.start_new_thread(_work, (self._tasks.get, self._fn, self._done, alive, hooks))
+        take = self._lanes.take if self._lanes is not None else _nothing
+        args = (self, self._queue.get, take, alive, hooks, self._guard, self._stuck)
+        try:
+            self._start_thread(_work, args)
+        except RuntimeError as exc:  # "can't start new thread": a limit of the system
+            self._cannot_start(exc)
+            return
         self._alive.append(alive)
 
-    def expire(self, batch: Batch) -> bool:
-        """Time out a running batch; False if it finished first.
+    def _cannot_start(self, error: RuntimeError) -> None:
+        """No more threads: go on with those running, or end the run if there are none."""
+        running = len(self._alive) - self._retiring
+        if running <= 0:
+            raise WorkerInitError(
+                f"no worker thread could be started ({error}): the system's limit on threads "
+                "or on memory for their stacks is reached (ulimit -u, ulimit -v, "
+                "/proc/sys/kernel/threads-max, a container's pids limit). Lower workers= "
+                "or raise the limit"
+            ) from error
+        asked, self._workers = self._workers, running  # no new attempt for each batch
+        self.notes.append(
+            f"ran on {running} worker thread{'s' if running > 1 else ''}, not {asked}: no "
+            f"more could be started ({error}; the system's limit on threads or memory was "
+            "reached)"
+        )
 
-        Its worker is abandoned to the call and replaced (up to
-        ``abandon_limit``); the call's result, when it comes, is dropped.
+    def expire(self, batch: Batch) -> bool:
+        """Free the worker of a running batch (timed tasks); False if it finished first.
+
+        Its worker is abandoned to the call and replaced (while fewer than
+        ``abandon_limit`` abandoned threads are still in their calls); the
+        call's result, when it comes, is dropped.
         """
         with self._guard:
             if batch.state != RUNNING:
                 return False
             batch.state = TIMED_OUT
-            if self.abandoned >= self.abandon_limit:
+            owner = batch.owner
+            if owner is None or self._stuck[0] >= self.abandon_limit:
                 return True  # the worker stays ours: it goes on once the call returns
-            owner, batch.owner = batch.owner, None  # tells the worker it was replaced
+            batch.owner = None  # tells the worker it was replaced
+            self._stuck[0] += 1
         self.abandoned += 1
+        batch.task.abandoned += 1
         self._alive.remove(owner)  # shutdown does not wait for it
         self._add_worker()
         return True
 
+    def cancel(self, task: Task) -> list[Batch]:
+        """Drop the batches of ``task`` no worker has taken, and return them."""
+        if self._lanes is not None:
+            return self._lanes.cancel(task)
+        dropped: list[Batch] = []  # one run: everything queued is its
+        try:
+            while True:
+                work = self._queue.get_nowait()
+                if work is None:
+                    self._retiring -= 1
+                else:
+                    dropped.append(work)
+        except Empty:
+            pass
+        return dropped
+
     def wind_down(self) -> None:
-        # Stop sentinels queue behind the remaining batches: each worker exits
+        # Exit sentinels queue behind the remaining batches: each worker exits
         # as soon as it runs out of work, instead of all of them being woken
         # at the end (~50 us each, serialized on the GIL).
-        self._retire(len(self._alive) - self._retiring)
+        if self._lanes is None:
+            self._retire(len(self._alive) - self._retiring)
 
     def _retire(self, count: int) -> None:
         for _ in range(count):
-            self._tasks.put(None)
+            self._queue.put(None)
         self._retiring += count
 
     def shutdown(self, grace: float) -> int:
+        """Drop what is queued; wait up to ``grace`` for running calls; workers exit.
+
+        Returns how many workers were still busy after the grace period (they
+        are abandoned: each exits once its call returns). A KeyboardInterrupt
+        during the wait ends it at once.
+        """
+        if self._lanes is not None:
+            self._lanes.clear()
         try:
             while True:  # batches nobody has started are dropped, not run
-                if self._tasks.get_nowait() is None:
+                if self._queue.get_nowait() is None:
                     self._retiring -= 1
         except Empty:
             pass
@@ -121,6 +198,13 @@ class ThreadBackend:
         return busy
 
 
+_serving = threading.local()  # in a worker thread: the backend it serves
+
+
+def _nothing() -> None:
+    return None
+
+
 def _install(hooks: tuple[Any, Any]) -> None:
     """The tracing and profiling hooks ``threading.Thread`` would install."""
     trace, profile = hooks
@@ -131,54 +215,51 @@ def _install(hooks: tuple[Any, Any]) -> None:
 
 
 def _work(
-    get: Callable[[], Batch | None],
-    fn: Callable[[Any], Any],
-    done: Callable[[Batch], None],
-    alive: _thread.LockType,
-    hooks: tuple[Any, Any],
-) -> None:
-    try:
-        _install(hooks)
-        while True:
-            batch = get()
-            if batch is None:
-                return
-            execute(fn, batch)
-            done(batch)
-            del batch  # an idle worker must not keep its last batch alive
-    finally:
-        alive.release()
-
-
-def _work_timed(
-    get: Callable[[], Batch | None],
-    fn: Callable[[Any], Any],
-    done: Callable[[Batch], None],
+    backend: ThreadBackend,
+    get: Callable[[], Any],
+    take: Callable[[], Batch | None],
     alive: _thread.LockType,
     hooks: tuple[Any, Any],
     guard: _thread.LockType,
+    stuck: list[int],
 ) -> None:
-    """``_work`` for runs with a timeout: each batch says when it started, and
-    a batch the engine timed out is dropped (and, if this worker was replaced
-    meanwhile, the worker exits)."""
+    """A worker's loop: take a batch, run it, hand it back to its run; until told to exit.
+
+    For a timed task each batch says when it started and which worker runs
+    it, and a batch the engine timed out is dropped (and, if this worker was
+    replaced meanwhile, the worker exits).
+    """
     try:
         _install(hooks)
+        _serving.backend = backend
         while True:
             batch = get()
             if batch is None:
                 return
+            if batch is TAKE:
+                batch = take()
+                if batch is None:  # (its run was cancelled meanwhile)
+                    continue
+            task = batch.task
+            if not task.timed:
+                execute(task.fn, batch)
+                task.done(batch)
+                del batch, task  # an idle worker must not keep its last batch alive
+                continue
             batch.owner = alive
             batch.started = monotonic()
-            execute(fn, batch)
+            execute(task.fn, batch)
             with guard:
                 finished = batch.state == RUNNING
                 if finished:
                     batch.state = FINISHED
                 replaced = batch.owner is None
+                if replaced:
+                    stuck[0] -= 1
             if finished:
-                done(batch)
+                task.done(batch)
             elif replaced:
                 return
-            del batch
+            del batch, task
     finally:
         alive.release()

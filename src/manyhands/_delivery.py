@@ -1,0 +1,62 @@
+"""Delivering settled batches: as completed, or in input order through a bounded buffer.
+
+A retried item travels alone (a batch of one whose ``parent`` is the batch it
+came from). Delivered as completed, it goes out on its own; in input order,
+its outcome is written back into its parent, which waits in the buffer until
+none of its items is still being retried and every earlier batch went out.
+The buffer holds at most what the run's window admits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from ._batch import Batch
+
+__all__ = ["Delivery"]
+
+
+class Delivery:
+    """Turns settled batches into delivered ones, in order or as completed."""
+
+    def __init__(self, ordered: bool) -> None:
+        self._ordered = ordered
+        self._held: dict[int, Batch] = {}  # in order: waiting for their turn or a retry
+        self._turn = 0
+
+    def settled(self, batch: Batch, retried: set[int]) -> Iterator[Batch]:
+        """What can be delivered once ``batch`` settled (``retried``: its items tried again)."""
+        if batch.parent is not None:  # a retried item
+            if retried:
+                return  # tried again later
+            if not self._ordered:
+                yield batch
+                return
+            self._fill_parent(batch)
+            yield from self._release()
+        elif self._ordered:
+            batch.pending = len(retried)
+            self._held[batch.seq] = batch
+            yield from self._release()
+        else:
+            yield batch.without(retried) if retried else batch
+
+    def _fill_parent(self, batch: Batch) -> None:
+        assert batch.parent is not None
+        parent, index = batch.parent
+        parent.values[index] = batch.values[0] if batch.values else None
+        if batch.failures:
+            parent.failures = parent.failures or {}
+            parent.failures[index] = batch.failures[0]
+        elif parent.failures:
+            parent.failures.pop(index, None)
+        parent.attempts = parent.attempts or {}
+        parent.attempts[index] = batch.attempt
+        parent.pending -= 1
+
+    def _release(self) -> Iterator[Batch]:
+        held = self._held
+        while (batch := held.get(self._turn)) is not None and not batch.pending:
+            del held[self._turn]
+            self._turn += 1
+            yield batch

@@ -1,0 +1,397 @@
+"""The journal's files: created private, checked when opened, locked, watched.
+
+- The journal, its ``-wal`` and ``-shm`` files (SQLite gives them the
+  journal's mode) and its ``.lock`` file are created ``0600``: they hold
+  items, error messages and tracebacks. An existing file keeps its mode.
+- A file that is corrupt, not a journal, or written by a newer manyhands is
+  refused and left untouched. Version 1 journals are read as they are (see
+  ``VERSION``).
+- :class:`Watch` notices, before each write, that the journal or its lock
+  file was removed or replaced under the run: SQLite would go on writing
+  into a file that no path leads to any more, and the run would "succeed"
+  with its journal gone.
+- Text is stored losslessly: a str that UTF-8 cannot encode (a lone
+  surrogate, from a file name that is not UTF-8) is stored as a BLOB of its
+  ``surrogatepass`` bytes, and read back as the same str.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pickle
+import socket
+import sqlite3
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import IO, Any
+
+from ._exceptions import JournalError, JournalWarning
+from ._outcome import safe_repr
+
+__all__ = [
+    "FORMAT",
+    "VERSION",
+    "StoredValues",
+    "Watch",
+    "acquire_lock",
+    "check_version",
+    "from_db",
+    "lock_path",
+    "open_db",
+    "release_lock",
+    "to_db",
+]
+
+FORMAT = "manyhands-journal"
+#: 2: dicts with keys that are not str, and dicts whose only key is "$bytes"
+#: or "$dict", got keys of their own (they shared keys with other items in
+#: 1). A version 1 journal is read as it is: those rare items run once more.
+VERSION = 2  # (stored as text)
+MODE = 0o600
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY,
+    fn TEXT, code_hash TEXT, options TEXT, pid INTEGER, host TEXT,
+    started REAL, finished REAL, status TEXT,
+    succeeded INTEGER, failed INTEGER, skipped INTEGER, duplicates INTEGER
+);
+CREATE TABLE IF NOT EXISTS items (
+    key TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    error_type TEXT, message TEXT, traceback TEXT,
+    elapsed REAL, finished REAL,
+    fingerprint TEXT,
+    item TEXT,
+    result BLOB, result_format TEXT,
+    run INTEGER NOT NULL
+) WITHOUT ROWID;
+"""
+
+
+def to_db(text: str) -> str | bytes:
+    """``text`` as SQLite can store it: itself, or its bytes when UTF-8 cannot encode it.
+
+    >>> to_db("café"), to_db("caf\\udce9")
+    ('café', b'caf\\xed\\xb3\\xa9')
+    """
+    if text.isascii():
+        return text
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass")
+    return text
+
+
+def from_db(value: Any) -> Any:
+    """What :func:`to_db` stored, as the str it was; other values as they are.
+
+    >>> from_db(to_db("caf\\udce9")) == "caf\\udce9", from_db(None)
+    (True, None)
+    """
+    if not isinstance(value, bytes):
+        return value
+    try:
+        return value.decode("utf-8", "surrogatepass")
+    except UnicodeDecodeError:  # not written by to_db: show it, never fail on it
+        return value.decode("utf-8", "backslashreplace")
+
+
+# -- values ---------------------------------------------------------------
+
+
+class StoredValues:
+    """Values stored with ``store_results``: written as JSON (or pickle), read back safely.
+
+    Reading never unpickles unless the run asked for pickle, which trusts
+    the file. What cannot be written or read costs the item its value, never
+    the run: one JournalWarning says so, naming the first such item.
+    """
+
+    def __init__(self, *, pickled: bool) -> None:
+        self.pickled = pickled
+        self.unstored = 0  # values this run could not store (the first is warned about)
+        self._told: set[str] = set()  # reading problems already warned about
+
+    def write(self, item: Any, value: Any) -> tuple[Any, str | None]:
+        """The stored form of ``value`` and its format; (None, None) if it cannot be stored."""
+        try:
+            if self.pickled:
+                return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL), "pickle"
+            return to_db(json.dumps(value, ensure_ascii=False, allow_nan=True)), "json"
+        except Exception as exc:  # (any error: pickling runs the value's own code)
+            self.unstored += 1
+            if self.unstored == 1:
+                _warn(self._unstored(item, value, exc))
+            return None, None
+
+    def _unstored(self, item: Any, value: Any, exc: Exception) -> str:
+        how = "be pickled" if self.pickled else "be stored as JSON"
+        hint = "" if self.pickled else ": return JSON-like values, or store_results='pickle'"
+        return (
+            f"store_results: the value of item {safe_repr(item, 60)}, a "
+            f"{type(value).__qualname__}, cannot {how} ({type(exc).__qualname__}: "
+            f"{safe_repr(exc, 100)}). The item is done, and its value was not stored, so a "
+            f"resumed run yields None for it (the same for any other such value){hint}"
+        )
+
+    def read(self, item: Any, data: Any, form: Any) -> Any:
+        """The value stored for a done item; None (with a warning) if there is none to read."""
+        if form == "json" and data is not None:
+            try:
+                return json.loads(from_db(data))
+            except (TypeError, ValueError, RecursionError) as exc:
+                return self._unread(item, "unreadable", f"cannot be read back ({exc})")
+        if form == "pickle" and data is not None:
+            if not self.pickled:
+                return self._unread(
+                    item,
+                    "pickle",
+                    "is a pickle, which is not loaded: unpickling runs code from the file. "
+                    "Pass store_results='pickle' only if you trust this journal file",
+                )
+            try:
+                return pickle.loads(data)  # the user trusts this file
+            except Exception as exc:
+                return self._unread(item, "unreadable", f"cannot be read back ({exc!r})")
+        return self._unread(
+            item,
+            "missing",
+            "was not stored (the run that recorded it had no store_results, or could not "
+            "store that value)",
+        )
+
+    def _unread(self, item: Any, problem: str, detail: str) -> None:
+        if problem not in self._told:
+            self._told.add(problem)
+            _warn(
+                f"store_results: the value of {safe_repr(item, 60)}, done in the journal, "
+                f"{detail}; its outcome's value is None (the same for any other such item)"
+            )
+
+
+def _warn(message: str) -> None:
+    warnings.warn(JournalWarning(message), stacklevel=3)
+
+
+# -- opening -------------------------------------------------------------
+
+
+def open_db(path: Path, durability: str) -> sqlite3.Connection:
+    """Open (or create, private) the journal; refuse, never replace, a file that is not one."""
+    existed = path.exists() and path.stat().st_size > 0
+    _create_private(path)
+    try:
+        db = sqlite3.connect(path, check_same_thread=False)
+    except sqlite3.Error as exc:
+        raise JournalError(
+            f"cannot open the journal {path}: {exc} (is the directory writable?)"
+        ) from exc
+    try:
+        db.execute("PRAGMA trusted_schema = OFF")  # a journal from elsewhere is data, not code
+        if existed:
+            _check_journal(db, path)
+        db.execute("PRAGMA busy_timeout = 5000")
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute(f"PRAGMA synchronous = {'FULL' if durability == 'full' else 'NORMAL'}")
+        db.executescript(_SCHEMA)
+    except sqlite3.Error as exc:
+        db.close()
+        raise JournalError(
+            f"cannot write the journal {path}: {exc}; nothing was run "
+            "(is the location writable, and is there free space?)"
+        ) from exc
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def _create_private(path: Path) -> None:
+    """Create the journal 0600 if it does not exist (SQLite's -wal and -shm follow it)."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, MODE))
+    except FileExistsError:
+        pass  # its owner chose its mode
+    except OSError as exc:
+        raise JournalError(
+            f"cannot create the journal {path}: {exc} (is the directory writable?)"
+        ) from exc
+
+
+def _check_journal(db: sqlite3.Connection, path: Path) -> None:
+    untouched = "it was left untouched. Move it away or pass another journal= path"
+    try:
+        check = [row[0] for row in db.execute("PRAGMA quick_check")]
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+        meta: dict[str, Any] = {}
+        if "meta" in tables:
+            meta = dict(db.execute("SELECT name, value FROM meta"))
+    except sqlite3.DatabaseError as exc:
+        raise JournalError(f"{path} is not a readable journal ({exc}); {untouched}") from exc
+    if check != ["ok"]:
+        detail = "; ".join(str(line) for line in check[:3])
+        raise JournalError(f"the journal {path} is corrupt (quick_check: {detail}); {untouched}")
+    if meta.get("format") != FORMAT:
+        raise JournalError(f"{path} is not a manyhands journal; {untouched}")
+    check_version(meta.get("version"), path)
+
+
+def check_version(version: Any, path: Path | str) -> None:
+    """Refuse a journal written by a newer manyhands, whose records this one may misread."""
+    try:
+        number = int(version)
+    except (TypeError, ValueError):
+        number = VERSION + 1
+    if number > VERSION:
+        raise JournalError(
+            f"the journal {path} has format version {from_db(version)!r}, newer than this "
+            f"manyhands reads ({VERSION}); it was left untouched. Upgrade manyhands to use it"
+        )
+
+
+# -- noticing the files were removed or replaced -------------------------
+
+
+class Watch:
+    """The identity of the journal's files, checked around each write.
+
+    SQLite holds the journal open: once its path is removed or leads to
+    another file, every commit "succeeds" into a file nobody will find. A
+    removed lock file lets another run lock a new one and run the same items.
+
+    Made once the run's first write created the ``-wal`` and ``-shm`` files.
+    """
+
+    def __init__(self, path: Path, lock: IO[str]) -> None:
+        self.path = path
+        self.lock_path = lock_path(path)
+        self._journal = _identity(os.stat(path))
+        self._lock = _identity(os.fstat(lock.fileno()))
+        self._sidecars = {
+            Path(f"{path}{suffix}"): _identity(os.stat(f"{path}{suffix}"))
+            for suffix in ("-wal", "-shm")
+            if os.path.exists(f"{path}{suffix}")
+        }
+
+    def journal_problem(self) -> str | None:
+        """What happened to the journal, if it is gone or is another file; else None."""
+        what = _changed(self.path, self._journal)
+        if what == "removed":
+            return (
+                f"the journal {self.path} was removed during the run (or its directory was); "
+                "what was recorded in it went with it"
+            )
+        if what == "replaced":
+            return (
+                f"the journal {self.path} was replaced by another file during the run; that "
+                "file was left untouched, and this run's records are not in it"
+            )
+        return None
+
+    def lock_problem(self) -> str | None:
+        """What happened to the lock file, if it is gone or is another file; else None."""
+        what = _changed(self.lock_path, self._lock)
+        if what is None:
+            return None
+        return (
+            f"the journal's lock file {self.lock_path} was {what} during the run, so "
+            "another run could have started on the same journal"
+        )
+
+    def tidy_after_close(self) -> None:
+        """Once the database is closed: if the journal moved, remove our -wal and -shm.
+
+        SQLite keeps the WAL of a database that moved rather than checkpoint
+        it. Left next to whatever the path now leads to, the next reader
+        would apply this run's pages to that file.
+        """
+        if _changed(self.path, self._journal) is None:
+            return
+        for sidecar, identity in self._sidecars.items():
+            if _changed(sidecar, identity) is None:  # ours still: not another file's
+                with contextlib.suppress(OSError):
+                    os.remove(sidecar)
+
+
+def _identity(found: os.stat_result) -> tuple[int, int]:
+    return found.st_dev, found.st_ino
+
+
+def _changed(path: Path, identity: tuple[int, int]) -> str | None:
+    try:
+        found = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return "removed"
+    except OSError:
+        return None  # cannot tell (e.g. permissions): the write itself will say
+    return None if _identity(found) == identity else "replaced"
+
+
+# -- one run at a time ---------------------------------------------------
+
+
+def lock_path(path: Path) -> Path:
+    """The lock file next to a journal."""
+    return path.with_name(path.name + ".lock")
+
+
+def acquire_lock(path: Path) -> IO[str]:
+    """Lock the journal for this run with an OS lock; name the holder in the error."""
+    name = lock_path(path)
+    try:
+        fd = os.open(name, os.O_RDWR | os.O_CREAT, MODE)
+        # (backslashreplace: a host name or an old lock's text is never a reason to fail)
+        handle = open(fd, "r+", encoding="utf-8", errors="backslashreplace")  # noqa: SIM115
+    except OSError as exc:
+        raise JournalError(
+            f"cannot create the journal's lock file {name}: {exc} (is the directory writable?)"
+        ) from exc
+    if not _try_lock(handle):
+        handle.seek(0)
+        holder = handle.read(500).strip() or "another process"
+        handle.close()
+        raise JournalError(
+            f"the journal {path} is in use by {holder}; wait for that run to end (or stop "
+            "it), or pass another journal= path"
+        )
+    handle.seek(0)
+    handle.truncate()
+    handle.write(
+        f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
+    )
+    handle.flush()
+    return handle
+
+
+def _try_lock(handle: IO[str]) -> bool:
+    if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
+        import msvcrt
+
+        try:
+            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+    import fcntl
+
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
+
+
+def release_lock(handle: IO[str]) -> None:
+    """Empty the lock file and close it, which releases the OS lock."""
+    with contextlib.suppress(OSError):
+        handle.seek(0)
+        handle.truncate()
+    handle.close()

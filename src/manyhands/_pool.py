@@ -1,0 +1,308 @@
+"""The Pool: workers that outlive a run, shared by any number of concurrent runs.
+
+::
+
+     pool.run(fn_a, ...) ──┐                      ┌─▶ worker ─┐
+     pool.map(fn_b, ...) ──┼─▶ lanes ─────────────┼─▶ worker ─┼─▶ each batch back to its run
+     pool.submit(fn, ...) ─┘  (priority, then     └─▶ worker ─┘   (settle, retry, deliver,
+                               fair share)                          journal, Report)
+
+Each run keeps everything of its own (function, options, retries, journal,
+Report) and drives itself from the thread that consumes it; the pool owns
+only the workers and chooses which run a free worker serves next (see
+:mod:`manyhands._lanes`). ``manyhands.run``/``map``/``amap`` are the same
+runs on a private pool of their own.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import AsyncIterable, Callable, Iterable, Mapping
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ._api import POOL_OPTIONS, open_run, run_to_end
+from ._backends import Backend, create_backend
+from ._options import BACKENDS, DEFAULT_WORKERS, check_positive_int, lists_options
+from ._report import Report
+from ._stream import AsyncOutcomes, Outcomes
+
+if TYPE_CHECKING:
+    from concurrent.futures import Executor, Future
+
+    from typing_extensions import Unpack
+
+    from ._executor import PoolExecutor
+    from ._options import RunOptions
+
+__all__ = ["Pool"]
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class Pool:
+    """Workers shared by several loops, with priorities between them.
+
+    Each ``pool.run``/``pool.map``/``pool.amap`` is a run of its own (its own
+    function, options, retries, journal and Report) on the pool's workers.
+    Any number of them may run at once, from any threads; one's ``break``,
+    Ctrl-C, stop rule or journal never disturbs the others. A free worker
+    serves the run with the highest ``priority`` that has work; runs of equal
+    priority share the workers' time; a low-priority run is slowed down,
+    never stopped (it gets a batch at least once a second). ``pool.submit``
+    and :meth:`executor` make the workers usable as a
+    ``concurrent.futures.Executor``.
+
+    Args:
+        workers: how many calls run at once, across all runs (default 32 for
+            threads and async, the number of CPUs for processes).
+        backend: ``"threads"`` (default), ``"processes"`` or ``"async"``
+            (coroutine functions, on an event loop of the pool's own).
+        start_method, initializer, initargs: for processes, as for
+            :func:`manyhands.run`; each worker is set up once, for every run.
+
+    The workers stop at the end of the ``with`` block (or on :meth:`shutdown`).
+
+    >>> import manyhands
+    >>> with manyhands.Pool(workers=8) as pool:
+    ...     report = pool.run(lambda x: x * 2, range(100))
+    ...     urgent = pool.map(str.upper, ["a", "b"], priority=5, ordered=True)
+    ...     values = [out.value for out in urgent]
+    >>> report.succeeded, values
+    (100, ['A', 'B'])
+    """
+
+    def __init__(
+        self,
+        workers: int | None = None,
+        backend: str = "threads",
+        *,
+        start_method: str | None = None,
+        initializer: Callable[..., Any] | None = None,
+        initargs: tuple[Any, ...] = (),
+    ) -> None:
+        if backend not in BACKENDS:
+            raise ValueError(
+                f"backend={backend!r} is not a backend a Pool has; accepted: "
+                + ", ".join(repr(name) for name in BACKENDS)
+            )
+        if workers is None:
+            workers = (os.cpu_count() or 1) if backend == "processes" else DEFAULT_WORKERS
+        check_positive_int("workers", workers, "the number of calls to run at once, e.g. 16")
+        processes = None
+        if backend == "processes":
+            processes = {
+                "start_method": start_method,
+                "initializer": initializer,
+                "initargs": initargs,
+            }
+        elif start_method is not None or initializer is not None or initargs:
+            raise ValueError(
+                "start_method, initializer and initargs apply to backend='processes' only"
+            )
+        self._name = backend
+        self._workers = workers
+        self._backend: Backend = create_backend(backend, workers, shared=True, processes=processes)
+        self._state = threading.Condition()
+        self._active = 0  # runs begun and not ended
+        self._closed = False
+        self._stopped = False
+        self._executors: dict[int, PoolExecutor] = {}  # pool.submit's, by priority
+        self._backend.start()
+
+    # -- what a Pool offers ------------------------------------------------
+
+    @property
+    def workers(self) -> int:
+        """How many calls the pool runs at once."""
+        return self._workers
+
+    @property
+    def backend(self) -> str:
+        """``"threads"``, ``"processes"`` or ``"async"``."""
+        return self._name
+
+    @lists_options(leave_out=(*POOL_OPTIONS, "ordered"))
+    def run(
+        self,
+        fn: Callable[[T], R],
+        items: Iterable[T],
+        *,
+        priority: int = 0,
+        **options: Unpack[RunOptions],
+    ) -> Report:
+        """:func:`manyhands.run` on the pool's workers; blocks, returns the Report.
+
+        ``priority``: higher runs first (default 0). The options are those of
+        :func:`manyhands.run` but the pool's own (``workers``, ``backend``,
+        ``start_method``, ``initializer``, ``initargs``).
+        """
+        run = self._open("pool.run", fn, items, options, priority, report_only=True)
+        return run_to_end(run)
+
+    @lists_options(leave_out=POOL_OPTIONS)
+    def map(
+        self,
+        fn: Callable[[T], R],
+        items: Iterable[T],
+        *,
+        priority: int = 0,
+        **options: Unpack[RunOptions],
+    ) -> Outcomes[T, R]:
+        """:func:`manyhands.map` on the pool's workers: an iterator of Outcomes."""
+        return Outcomes(self._open("pool.map", fn, items, options, priority))
+
+    @lists_options(leave_out=POOL_OPTIONS)
+    def amap(
+        self,
+        fn: Callable[[T], Any],
+        items: Iterable[T] | AsyncIterable[T],
+        *,
+        priority: int = 0,
+        **options: Unpack[RunOptions],
+    ) -> AsyncOutcomes[T, Any]:
+        """:func:`manyhands.amap` on the pool's workers: ``async for`` over the Outcomes.
+
+        The calls run on the pool's workers (its own event loop for
+        ``backend="async"``); the Outcomes come to your event loop.
+        """
+        run = self._open("pool.amap", fn, items, options, priority, on_loop=True)
+        return AsyncOutcomes(run)
+
+    def submit(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> Future[R]:
+        """Call ``fn(*args, **kwargs)`` on a worker; a ``concurrent.futures.Future``.
+
+        Stdlib semantics: ``result()``/``exception()``, ``cancel()`` before
+        it starts; no retries. Same as ``pool.executor().submit(...)``.
+        """
+        return self.executor().submit(fn, *args, **kwargs)
+
+    def executor(self, priority: int = 0) -> Executor:
+        """The pool as a ``concurrent.futures.Executor`` (e.g. for ``loop.run_in_executor``).
+
+        Its ``submit`` runs calls on the pool's workers at ``priority``; its
+        ``shutdown`` stops only that face (its calls finish, or are cancelled
+        with ``cancel_futures=True``), not the pool.
+        """
+        check_int("priority", priority)
+        with self._state:
+            self._check_open()
+            face = self._executors.get(priority)
+            if face is None:
+                from ._executor import PoolExecutor
+
+                face = self._executors[priority] = PoolExecutor(self._backend, priority)
+            return face
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop the workers once the runs and calls under way are done.
+
+        No new run or call is accepted after it. ``wait=False`` returns at
+        once and lets what is under way finish in the background;
+        ``cancel_futures=True`` cancels the submitted calls no worker began.
+        """
+        with self._state:
+            self._closed = True
+            faces = list(self._executors.values())
+        for face in faces:
+            face.shutdown(wait=False, cancel_futures=cancel_futures)
+        if not wait:
+            threading.Thread(target=self._stop_when_idle, daemon=True).start()
+            return
+        self._stop_when_idle()
+
+    def close(self) -> None:
+        """``shutdown(wait=True)``."""
+        self.shutdown(wait=True)
+
+    def __enter__(self) -> Pool:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.shutdown(wait=True, cancel_futures=exc is not None)
+
+    def __repr__(self) -> str:
+        state = "shut down" if self._closed else f"{self._active} runs"
+        return f"<manyhands.Pool {self._name}, {self._workers} workers, {state}>"
+
+    # -- what runs need (see open_run) ---------------------------------------
+
+    def backend_for_run(self, on_loop: bool) -> tuple[Backend, bool]:
+        """The backend a new run uses, and whether the run owns it.
+
+        A run started from one of the pool's own workers cannot wait for the
+        pool's workers (they may all be waiting the same way): on threads it
+        runs inline in that worker; on asyncio, as tasks of its own on the
+        pool's loop.
+        """
+        with self._state:
+            self._check_open()
+        if not self._backend.inside():
+            return self._backend, False
+        if self._name == "async":
+            return create_backend("async", self._workers, own_loop=not on_loop), True
+        from ._backends._inline import InlineBackend
+
+        return InlineBackend(), True
+
+    def run_begins(self) -> None:
+        with self._state:
+            self._check_open()
+            self._active += 1
+
+    def run_ends(self) -> None:
+        with self._state:
+            self._active -= 1
+            self._state.notify_all()
+
+    # -- inside --------------------------------------------------------------
+
+    def _open(
+        self,
+        caller: str,
+        fn: Any,
+        items: Any,
+        options: Mapping[str, Any],
+        priority: int,
+        on_loop: bool = False,
+        report_only: bool = False,
+    ) -> Any:
+        check_int("priority", priority)
+        return open_run(
+            caller,
+            fn,
+            items,
+            options,
+            on_loop=on_loop,
+            report_only=report_only,
+            pool=self,
+            priority=priority,
+        )
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("this manyhands.Pool is shut down: it accepts no new run or call")
+
+    def _stop_when_idle(self) -> None:
+        with self._state:
+            self._state.wait_for(lambda: not self._active)
+            faces = list(self._executors.values())
+        for face in faces:
+            face.shutdown(wait=True)
+        with self._state:
+            if self._stopped:
+                return
+            self._stopped = True
+        self._backend.shutdown(0.0)
+
+
+def check_int(name: str, value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int (higher runs first), got {value!r}")

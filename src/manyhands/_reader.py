@@ -1,0 +1,69 @@
+"""Reading a run's input: lazily, in the consuming thread, through the journal if there is one.
+
+The reader never sizes or copies the input: it takes ``size`` items at a
+time. An exception from the user's iterable ends the input there (the run
+raises InputError once everything read before it is done). With a journal,
+:meth:`Journal.take` reads instead and splits the input into segments to
+run and segments to skip (done before, or duplicate keys).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from itertools import islice
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._journal import Journal, Segment
+
+__all__ = ["Reader"]
+
+
+class Reader:
+    """The input of one run.
+
+    Attributes:
+        pulled: items read so far.
+        exhausted: nothing more will be read (the end, an error, or a stop).
+        error: what the input (or the journal) raised, if reading ended that way.
+    """
+
+    def __init__(self, items: Iterator[Any]) -> None:
+        self.items = items
+        self.pulled = 0
+        self.exhausted = False
+        self.error: BaseException | None = None
+
+    @property
+    def waiting(self) -> bool:
+        """An async input with nothing for now, which has not ended."""
+        return bool(getattr(self.items, "waiting", False))
+
+    def read(self, size: int) -> list[Any]:
+        """Up to ``size`` items (fewer at the end, or from an async input for now)."""
+        chunk: list[Any] = []
+        try:
+            chunk.extend(islice(self.items, size))  # keeps the items read before an exception
+        except Exception as exc:  # the user's iterable broke: InputError at the end
+            self.error = exc
+            self.exhausted = True
+        self.pulled += len(chunk)
+        if len(chunk) < size and not self.waiting:
+            self.exhausted = True
+        return chunk
+
+    def segment(self, journal: Journal, size: int, room: int) -> Segment | None:
+        """The next segment through the journal: ``size`` items to run or ``room`` to skip.
+
+        None once the input ended (then ``error`` says why, if it broke).
+        """
+        segment = journal.take(self.items, size, room)
+        self.pulled = journal.pulled
+        if segment is None:
+            self.exhausted = True
+            self.error = journal.error
+        return segment
+
+    def stop(self) -> None:
+        """Read nothing more (a stop rule, or the run is ending)."""
+        self.exhausted = True

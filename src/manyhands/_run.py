@@ -1,0 +1,783 @@
+"""One run: everything about one loop over one input, driven from the consuming thread.
+
+::
+
+    items ──▶ Reader ──▶ admission ───────────▶ backend ──▶ completions ──▶ Delivery ──▶ you
+              (lazy;     (window, Sizer,         (a pool's   (the run's    (ordered or    (run, map,
+               journal    RateLimit/Slowdown,      workers)   own queue)    as completed)  amap)
+               segments)  StopRules)                 ▲            │
+                                                     │            ▼
+                                 RetryTimers ◀────── settle (Failures, Retry policy,
+                                 Deadlines           RunStatistics, journal on delivery)
+
+A run owns its input, window, batch sizing, retry timers and deadlines, rate
+limit and slowdown, stop rules, ordered delivery, statistics, journal and
+Report; the workers belong to a pool (a private one for ``manyhands.run``,
+``map`` and ``amap``, or a shared :class:`~manyhands.Pool`), which only runs
+batches and hands each back through the run's :class:`~._batch.Task`.
+
+The loop runs in the consuming thread (the caller of ``run``, whoever
+iterates ``map``, or the event loop of ``amap``). That keeps the user's
+iterable in the thread that created it (a sqlite cursor or a thread-bound
+client works), makes Ctrl-C land here rather than in a worker, and needs no
+lock: the only structure shared with the workers is the completions queue.
+The price: while the iterable blocks (a slow stream), outcomes that finish
+meanwhile wait for it; outcomes already finished are always delivered before
+the run asks the iterable for more.
+
+Everything that depends on time reads ``clock`` (``time.monotonic`` unless a
+test passes a fake one), so rate, retry and timeout behaviour is exact in tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections import deque
+from collections.abc import AsyncGenerator, AsyncIterable, Callable, Generator, Iterator
+from operator import length_hint
+from queue import Empty, SimpleQueue
+from time import monotonic
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ._backends import Backend
+from ._batch import EXECUTE_CODE, Batch, Task
+from ._checks import check_first_value, discard_coroutines
+from ._delivery import Delivery
+from ._exceptions import InputError, JournalError, ManyhandsError, Timeout
+from ._options import Options
+from ._outcome import Failure
+from ._progress import Progress, progress_wanted
+from ._rate import RateLimit
+from ._reader import Reader
+from ._report import Report
+from ._retry import matches, retry_after_of
+from ._sizing import Sizer
+from ._slowdown import Slowdown
+from ._stats import RunStatistics
+from ._stoprules import StopRules
+from ._timers import Deadlines, RetryTimers
+
+if TYPE_CHECKING:
+    from ._aio import LoopQueue
+    from ._journal import Journal
+
+__all__ = ["Run", "RunHooks"]
+
+
+class RunHooks(Protocol):
+    """Told when a run begins and when it has ended (a Pool counts its runs)."""
+
+    def run_begins(self) -> None: ...
+
+    def run_ends(self) -> None: ...
+
+
+class Run:
+    """Runs ``fn`` over ``items`` on ``backend``; iterate :meth:`batches` to drive it.
+
+    ``owns_backend``: the backend is this run's private pool (started and
+    shut down with the run), else a shared pool's. ``workers``: how many calls
+    the backend runs at once. ``consumer``: outcomes go to a consumer (``map``,
+    ``amap``), and are recorded in the journal once it got them.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[[Any], Any],
+        items: Iterator[Any],
+        options: Options,
+        backend: Backend,
+        *,
+        workers: int,
+        owns_backend: bool = True,
+        total: int | None = None,
+        open_journal: Callable[[], Journal] | None = None,
+        consumer: bool = False,
+        priority: int = 0,
+        async_source: AsyncIterable[Any] | None = None,
+        hooks: RunHooks | None = None,
+        clock: Callable[[], float] = monotonic,
+    ) -> None:
+        self._options = options
+        self._hooks = hooks  # told when the run begins and ends (a Pool counts its runs)
+        self._async_source = async_source  # amap over an async iterable: read by a feed
+        self._backend = backend
+        self._owns_backend = owns_backend
+        self._clock = clock
+        self._total = total  # for the progress display's ETA
+        self._open_journal = open_journal  # opened when the run starts, closed when it ends
+        self._journal: Journal | None = None
+        self._consumer = consumer
+        #: Called in the consuming thread right before the rows of delivered
+        #: outcomes go to the journal (the command flushes its output file there).
+        self.before_record: Callable[[], None] | None = None
+        #: How the journal's run ends when the consumer stopped it early (set by the
+        #: consumer's ``with`` block from its exception's ``run_status``).
+        self.exit_status: str | None = None
+        self.statistics = RunStatistics(options.keep_failures)
+        self.statistics.notes = backend.notes  # (the same list: read at report time)
+        self._completions: SimpleQueue[Batch] | LoopQueue[Batch] = SimpleQueue()
+        timeout = options.timeout
+        engine_timeout = None if backend.handles_timeouts else timeout
+        self.task = Task(
+            fn,
+            self._completions.put,
+            priority=priority,
+            timeout=timeout if backend.handles_timeouts else None,
+            timed=engine_timeout is not None or not owns_backend,
+        )
+        self._reader = Reader(items)
+        self._ready: deque[Batch] = deque()  # skipped by the journal: delivered without running
+        self._retry = options.retry_policy
+        rate = options.rate_per_second
+        self._limiter = RateLimit(rate) if rate else None
+        self._deadlines = Deadlines(engine_timeout) if engine_timeout is not None else None
+        self._window = options.item_window
+        self._sizer = Sizer(
+            workers,
+            self._window,
+            options.batch_size,
+            one_by_one=self._limiter is not None or self._deadlines is not None,
+            concurrent_items=backend.concurrent_items,
+            remaining=self._remaining,
+            elapsed=lambda: self.elapsed,
+        )
+        self._timers = RetryTimers()
+        self._delivery = Delivery(options.ordered)
+        self._rules = StopRules(options)
+        self._slowdown = Slowdown(rate, self._limiter, self._median_call)
+        self._epoch = 0  # the slowdown's epoch, copied at each change
+        self._held_since: float | None = None  # since when the rate limit holds a start back
+        self._in_backend = 0  # batches submitted and not yet back
+        self._in_flight = 0  # items in those batches
+        self._pending_items = 0  # items admitted and not yet delivered
+        self._next_seq = 0
+        self._sent: dict[int, Batch] = {}  # shared pool: batches out, to give up at the end
+        self._late: list[Batch] = []  # came back while the run was stopping
+        self._backend_started = False
+        self._started: float | None = None
+        self._finished: float | None = None
+        # Until fn's first value is known not to be a coroutine (see _checks).
+        self._values_unchecked = True
+        self._returned_coroutines = False
+
+    # -- the two drivers -------------------------------------------------
+
+    def batches(self) -> Generator[Batch, None, None]:
+        """Run, yielding finished batches with ``failures`` filled in.
+
+        Raises InputError after the last batch if the iterable raised. Closing
+        the generator early (or an exception in it, Ctrl-C included) stops
+        admission and stops the run's calls within the grace period.
+        """
+        progress = self._begin()
+        completed = False
+        try:
+            self._start_backend()
+            yield from self._drive()
+            completed = True
+        finally:
+            self._mark_finished()
+            try:
+                if self._backend_started:
+                    self._stop_backend()
+                if self._returned_coroutines:  # none is recorded, none warns
+                    discard_coroutines(self._completions)
+            finally:
+                self._end(completed, progress)
+        self._raise_input_error()
+
+    async def abatches(self) -> AsyncGenerator[Batch, None]:
+        """:meth:`batches` on the running event loop (``amap``)."""
+        import asyncio
+
+        from ._aio import AsyncFeed, LoopQueue
+
+        queue: LoopQueue[Batch] = LoopQueue()
+        self._completions = queue
+        if getattr(self._backend, "runs_on_caller_loop", False):
+            self.task.done = queue.put
+        else:  # workers in other threads: hand each batch to this loop
+            loop = asyncio.get_running_loop()
+            put = queue.put
+
+            def hand_over(batch: Batch) -> None:
+                loop.call_soon_threadsafe(put, batch)
+
+            self.task.done = hand_over
+        progress = self._begin()
+        feed: AsyncFeed | None = None
+        if self._async_source is not None:
+            limit = max(self._window // 4, 1024)
+            feed = AsyncFeed(self._async_source, limit, lambda: queue.put(None))
+            self._reader.items = feed
+        completed = False
+        try:
+            self._start_backend()
+            # The driving loop is inline, not a nested async generator: every
+            # layer of `async for` costs each batch a microsecond or so.
+            while True:
+                wait = self._dispatch()
+                if self._ready:
+                    for done in self._deliver_skipped():
+                        yield done
+                    continue
+                if self._reader.exhausted and not self._pending_items:
+                    break
+                batch = await queue.get(wait)
+                if batch is None:  # more input, or the wait is over
+                    continue
+                for ready in self._complete(batch):
+                    self._pending_items -= len(ready.items)
+                    yield ready
+            completed = True
+        finally:
+            self._mark_finished()
+            try:
+                if self._backend_started:
+                    await self._astop_backend(queue)
+                if self._returned_coroutines:  # none is recorded, none warns
+                    discard_coroutines(self._completions)
+                if feed is not None:
+                    await feed.aclose()
+            finally:
+                self._end(completed, progress)
+        self._raise_input_error()
+
+    def _drive(self) -> Iterator[Batch]:
+        completions = self._completions
+        assert isinstance(completions, SimpleQueue)
+        get = completions.get
+        skipped = self._ready
+        reader = self._reader
+        while True:
+            wait = self._dispatch()
+            if skipped:
+                yield from self._deliver_skipped()
+                continue
+            if reader.exhausted and not self._pending_items:
+                return
+            if wait is None:
+                if not self._in_backend:  # pragma: no cover - would wait forever
+                    raise RuntimeError("manyhands: nothing in flight and nothing due")
+                batch = get()
+            else:
+                try:
+                    batch = get(timeout=wait)
+                except Empty:
+                    continue
+            for ready in self._complete(batch):
+                self._pending_items -= len(ready.items)
+                yield ready
+
+    # -- lifecycle -------------------------------------------------------
+
+    def _begin(self) -> Progress | None:
+        """Open the journal, start the clock and the progress display (if shown)."""
+        if self._hooks is not None:
+            self._hooks.run_begins()
+        try:
+            return self._open()
+        except BaseException:
+            if self._hooks is not None:
+                self._hooks.run_ends()
+            raise
+
+    def _open(self) -> Progress | None:
+        if self._open_journal is not None:
+            self._journal = self._open_journal()
+        self._started = self._clock()
+        if not progress_wanted(self._options.progress):
+            return None
+        try:
+            return Progress(self, self._total)
+        except BaseException:
+            if self._journal is not None:
+                self._journal.abandon()
+            raise
+
+    def _start_backend(self) -> None:
+        if self._owns_backend:
+            self._backend.start()
+        self._backend_started = True
+        self._backend.attach(self.task)
+
+    def _mark_finished(self) -> None:
+        self._finished = self._clock()
+        if self._held_since is not None:
+            self.statistics.rate_limited += self._finished - self._held_since
+        self._reader.stop()
+
+    def _stop_backend(self) -> None:
+        """Stop this run's calls: queued ones dropped, running ones get the grace period."""
+        backend = self._backend
+        if self._owns_backend:  # a private pool: it goes with the run
+            backend.shutdown(self._options.grace)
+            return
+        self._drop_queued()
+        deadline = self._clock() + (0.0 if backend.concurrent_items else self._options.grace)
+        completions = self._completions
+        assert isinstance(completions, SimpleQueue)
+        try:
+            while self._in_backend and (wait := deadline - self._clock()) > 0:
+                with contextlib.suppress(Empty):
+                    self._came_back(completions.get(timeout=wait))
+        finally:  # (a second Ctrl-C ends the wait at once)
+            self._give_up_calls()
+
+    async def _astop_backend(self, queue: LoopQueue[Batch]) -> None:
+        backend = self._backend
+        if self._owns_backend:
+            if getattr(backend, "runs_on_caller_loop", False):
+                await backend.ashutdown(self._options.grace)  # type: ignore[attr-defined]
+            else:
+                backend.shutdown(self._options.grace)
+            return
+        self._drop_queued()
+        deadline = self._clock() + (0.0 if backend.concurrent_items else self._options.grace)
+        try:
+            while self._in_backend and (wait := deadline - self._clock()) > 0:
+                batch = await queue.get(wait)
+                if batch is not None:
+                    self._came_back(batch)
+        finally:
+            self._give_up_calls()
+
+    def _drop_queued(self) -> None:
+        """The batches no worker began are dropped (a shared pool's lanes)."""
+        for batch in self._backend.cancel(self.task):
+            self._sent.pop(id(batch), None)
+            self._in_backend -= 1
+
+    def _came_back(self, batch: Batch) -> None:
+        """A batch came back while the run was stopping (kept for the journal)."""
+        self._in_backend -= 1
+        self._sent.pop(id(batch), None)
+        self._late.append(batch)
+
+    def _give_up_calls(self) -> None:
+        """The calls still running after the grace period: the pool frees their workers."""
+        for batch in list(self._sent.values()):
+            self._backend.expire(batch)
+        self._sent.clear()
+        self._backend.detach(self.task)
+        self.statistics.abandoned = self.task.abandoned
+
+    def _end(self, completed: bool, progress: Progress | None) -> None:
+        try:
+            if self._journal is not None:
+                self._close_journal(self._journal, completed)
+        finally:
+            try:
+                if progress is not None:
+                    progress.close()
+            finally:
+                if self._hooks is not None:
+                    self._hooks.run_ends()
+
+    def _raise_input_error(self) -> None:
+        error = self._reader.error
+        if isinstance(error, ManyhandsError):  # from the journal: raised as it is
+            raise error
+        if error is not None:
+            raise InputError(self._reader.pulled, error) from error
+
+    def _close_journal(self, journal: Journal, completed: bool) -> None:
+        stats = self.statistics
+        if completed:
+            ended = "stopped" if stats.stop_reason else "finished"
+            if self._reader.error is not None:
+                ended = "input error"
+            journal.close(ended, stats.counts())
+            return
+        # Interrupted: keep what finished during the grace period, then close
+        # without masking the exception on its way out. A consumer never saw
+        # those outcomes: they are kept only if their values are (store_results).
+        status: str | None = self.exit_status or getattr(sys.exc_info()[1], "run_status", None)
+        try:
+            # What cannot be written runs again next time.
+            with contextlib.suppress(JournalError):
+                if not self._consumer or self._options.store_results:
+                    for finished in self._late_batches():
+                        journal.record_successes(finished)
+                journal.close(status or "interrupted", stats.counts())
+        finally:
+            journal.abandon()  # no-op once closed: the lock is released whatever happened
+
+    def _late_batches(self) -> Iterator[Batch]:
+        """Batches that came back after the run stopped delivering."""
+        yield from self._late
+        completions = self._completions
+        while not completions.empty():
+            finished = completions.get_nowait()
+            if finished is not None:
+                yield finished
+
+    # -- dispatch --------------------------------------------------------
+
+    def _dispatch(self) -> float | None:
+        """Submit what may start now; return seconds until more may (None: on a completion).
+
+        With a timeout, also the time until the next running batch may expire,
+        counted after admission: what was just sent may be the only one running.
+        """
+        deadlines = self._deadlines
+        if not (self._timers or self._limiter or deadlines is not None):
+            self._admit()  # the common case: no clock read
+            return None
+        now = self._clock()
+        due: float | None = None
+        if deadlines and now >= deadlines.next_check:
+            self._expire_overdue(deadlines, now)
+        if self.statistics.throttle_events:
+            due = self._slowdown.recover(now)
+            self._epoch = self._slowdown.epoch
+        timers = self._timers
+        while timers and self._in_backend < self._sizer.max_batches:
+            wait = timers.wait(now)
+            if wait:
+                due = _sooner(due, wait)
+                break
+            if self._limiter is not None and (slot := self._slot(self._limiter, now)):
+                return _sooner(due, slot)
+            self._send(timers.pop())
+        if self._limiter is None:
+            self._admit()
+        else:
+            due = _sooner(due, self._admit_limited(self._limiter))
+        if deadlines:
+            due = _sooner(due, deadlines.wait(self._clock()))
+        return due
+
+    def _admit(self) -> None:
+        """Read and submit batches while the window has room.
+
+        Stops early to deliver whatever already finished, so a slow iterable
+        never holds back finished outcomes. While batches are out, waits for
+        room for a whole batch rather than sending the window's last few items
+        as a batch of their own.
+        """
+        completions = self._completions
+        sizer = self._sizer
+        reader = self._reader
+        while not reader.exhausted and self._in_backend < sizer.max_batches:
+            room = self._window - self._pending_items
+            size = sizer.size
+            if room <= 0 or (self._in_backend and (room < size or not completions.empty())):
+                return
+            size = min(size, room)
+            timed = sizer.timed_reads  # else the input's pace cannot matter
+            began = self._clock() if timed else 0.0
+            chunk = self._read(size)
+            if len(chunk) < size and not reader.exhausted:
+                return  # an async input has nothing more for now
+            if timed and len(chunk) == size:
+                sizer.read(size, self._clock() - began)
+
+    def _admit_limited(self, limiter: RateLimit) -> float | None:
+        """Admission one item at a time, each when the rate limit allows it to start."""
+        reader = self._reader
+        while (
+            not reader.exhausted
+            and self._in_backend < self._sizer.max_batches
+            and self._pending_items < self._window
+        ):
+            if self._in_backend and not self._completions.empty():
+                return None
+            wait = self._slot(limiter, self._clock())
+            if wait:
+                return wait
+            if not self._read(1):
+                # the slot was taken but nothing started: give it back
+                limiter.release()
+                if not reader.exhausted:
+                    return None  # an async input has nothing more for now
+        return None
+
+    def _read(self, size: int) -> list[Any]:
+        """Read up to ``size`` items and submit them as one batch."""
+        if self._journal is not None:
+            return self._read_journaled(self._journal, size)
+        chunk = self._reader.read(size)
+        if chunk:
+            batch = Batch(self._next_seq, chunk, self.task)
+            self._next_seq += 1
+            self._pending_items += len(chunk)
+            self._send(batch)
+        if self._reader.exhausted and not self._timers:
+            self._wind_down()
+        return chunk
+
+    def _read_journaled(self, journal: Journal, size: int) -> list[Any]:
+        """Submit the next items to run; items the journal skips go to delivery."""
+        stats = self.statistics
+        reader = self._reader
+        while not reader.exhausted and self._pending_items < self._window:
+            room = self._window - self._pending_items
+            segment = reader.segment(journal, min(size, room), room)
+            if segment is None:
+                break
+            if not segment.items:  # an async input has nothing more for now
+                return []
+            batch = Batch(self._next_seq, segment.items, self.task)
+            batch.keys = segment.keys
+            self._next_seq += 1
+            self._pending_items += len(segment.items)
+            if segment.reasons is None:
+                self._send(batch)
+                return segment.items
+            batch.skipped = segment.reasons
+            batch.values = segment.values or []
+            batch.failures = segment.failures
+            stats.add_skipped(segment.reasons)
+            self._ready.append(batch)
+        if reader.exhausted and not self._timers:
+            self._wind_down()
+        return []
+
+    def _wind_down(self) -> None:
+        if self._owns_backend:  # (a shared pool's workers wait for other runs)
+            self._backend.wind_down()
+
+    def _slot(self, limiter: RateLimit, now: float) -> float:
+        """Take a start slot (0.0) or say how long until one; time spent held back."""
+        wait = limiter.wait(now)
+        if wait:
+            if self._held_since is None:
+                self._held_since = now
+        elif self._held_since is not None:
+            self.statistics.rate_limited += now - self._held_since
+            self._held_since = None
+        return wait
+
+    def _expire_overdue(self, deadlines: Deadlines, now: float) -> None:
+        """Time out the batches running past ``timeout``."""
+        timeout = deadlines.timeout
+        for batch in deadlines.overdue(now):
+            if not self._backend.expire(batch):
+                continue  # it finished meanwhile: it is in the completions queue
+            deadlines.back(batch)
+            started = batch.started
+            assert started is not None
+            batch.values = [None] * len(batch.items)
+            batch.errors = {
+                0: Timeout(
+                    f"the call ran past timeout={timeout:g}s; {self._backend.timeout_action}"
+                )
+            }
+            batch.elapsed = now - started
+            self._completions.put(batch)  # settled like any completion
+        self.statistics.abandoned = self.task.abandoned
+
+    def _send(self, batch: Batch) -> None:
+        if self._deadlines is not None:
+            self._deadlines.sent(batch, self._clock())
+        if not self._owns_backend:
+            self._sent[id(batch)] = batch
+        batch.epoch = self._epoch
+        self._in_backend += 1
+        self._in_flight += len(batch.items)
+        self._backend.submit(batch)
+
+    # -- completion ------------------------------------------------------
+
+    def _deliver_skipped(self) -> Iterator[Batch]:
+        """Deliver the batches the journal skipped (they never went to the backend)."""
+        skipped = self._ready
+        while skipped:
+            for done in self._delivery.settled(skipped.popleft(), set()):
+                self._pending_items -= len(done.items)
+                yield done
+
+    def _complete(self, batch: Batch) -> Iterator[Batch]:
+        """Settle a batch back from the backend; yield what is ready for delivery."""
+        self._in_backend -= 1
+        size = len(batch.items)
+        self._in_flight -= size
+        if self._values_unchecked:
+            self._check_first_value(batch)
+        if self._deadlines is not None:
+            self._deadlines.back(batch)
+        if self._sent:
+            self._sent.pop(id(batch), None)
+            self.task.cost = self.statistics.latency.mean  # (a shared pool's fairness)
+        retried: set[int] = set()
+        final: list[Failure] | None = None
+        if batch.errors:
+            retried, final = self._settle_errors(batch)
+        stats = self.statistics
+        stats.add_batch(size - len(retried), size, batch.elapsed, final)
+        if self._rules.watching:
+            self._rules.note(batch, retried)
+        self._sizer.completed(size, batch.elapsed)
+        if batch.parent is not None and not retried:
+            stats.retrying -= 1
+        yield from self._delivery.settled(batch, retried)
+        if stats.stop_reason is None and self._rules.watching:
+            reason = self._rules.reason(stats.failed)
+            if reason is not None:
+                self._stop(reason)
+        if stats.stop_reason is not None and self._timers:
+            yield from self._give_up_retries()
+
+    def _check_first_value(self, batch: Batch) -> None:
+        """Stop the run if fn returned a coroutine rather than a value (see _checks)."""
+        try:
+            self._values_unchecked = check_first_value(self.task.fn, batch)
+        except TypeError:
+            self._returned_coroutines = True
+            raise
+
+    def _remaining(self) -> int:
+        """Items the input still holds, if it says (lists, ranges); else -1."""
+        try:
+            return length_hint(self._reader.items, -1)
+        except Exception:  # a broken __length_hint__ only costs the hint
+            return -1
+
+    def _settle_errors(self, batch: Batch) -> tuple[set[int], list[Failure]]:
+        """Turn errors into Failures; schedule the retryable ones; return (retried, final)."""
+        assert batch.errors is not None
+        retry = self._retry if self.statistics.stop_reason is None else None
+        throttle_on = self._options.throttle_on
+        retried: set[int] = set()
+        final: dict[int, Failure] = {}
+        for index, error in batch.errors.items():
+            failure = _as_failure(batch.items[index], error, batch.attempt)
+            failure.history = batch.history
+            exception = failure.exception
+            if exception is None:  # from another process: described, not an object
+                if failure.retry_after is not None:
+                    self._throttle(batch.epoch)
+                retryable = retry is not None and retry.retries_failure(failure)
+            else:
+                if retry_after_of(exception) is not None or (
+                    throttle_on is not None and matches(throttle_on, exception)
+                ):
+                    self._throttle(batch.epoch)
+                retryable = retry is not None and retry.retries_error(exception)
+            if retryable and retry is not None and batch.attempt <= retry.retries:
+                delay = retry.delay(batch.attempt, exception, failure.retry_after)
+                self._schedule_retry(batch, index, failure, delay)
+                retried.add(index)
+            else:
+                final[index] = failure
+        batch.errors = None
+        batch.failures = final or None
+        return retried, list(final.values())
+
+    def _schedule_retry(self, batch: Batch, index: int, failure: Failure, delay: float) -> None:
+        again = Batch(-1, [batch.items[index]], self.task, batch.attempt + 1)
+        again.parent = batch.parent or (batch, index)
+        again.history = (*batch.history, failure.error_type)
+        again.last_failure = failure
+        if batch.keys is not None:
+            again.keys = [batch.keys[index]]
+        if batch.attempt == 1:  # the item starts waiting for retries (once)
+            self.statistics.retried += 1
+            self.statistics.retrying += 1
+        self._timers.add(self._clock() + delay, again)
+
+    def _give_up_retries(self) -> Iterator[Batch]:
+        """A stop rule fired: items waiting to be retried end with their last failure."""
+        for batch in self._timers.drain():
+            assert batch.last_failure is not None
+            final = batch.last_failure
+            batch.failures = {0: final}
+            batch.attempt -= 1  # the planned attempt never ran
+            batch.values = [None]
+            self.statistics.add_batch(1, 0, 0.0, [final])
+            self.statistics.retrying -= 1
+            yield from self._delivery.settled(batch, set())
+
+    # -- policies --------------------------------------------------------
+
+    def _throttle(self, epoch: int) -> None:
+        """A call started at ``epoch`` asked to slow down: see :mod:`._slowdown`."""
+        stats = self.statistics
+        stats.throttle_events += 1
+        slowdown = self._slowdown
+        succeeded = stats.calls - stats.throttle_events
+        if slowdown.signal(epoch, self._clock(), succeeded, self.elapsed):
+            self._limiter = slowdown.limiter
+            self._sizer.one_by_one()  # rate-limited: no queue, batches of one
+        self._epoch = slowdown.epoch
+        stats.slowest_rate = slowdown.lowest
+
+    def _median_call(self) -> float:
+        return self.statistics.latency.percentile(50)
+
+    def _stop(self, reason: str) -> None:
+        self.statistics.stop_reason = reason
+        self._reader.stop()  # nothing more is read; what is in flight finishes
+        self._wind_down()
+
+    # -- the journal -----------------------------------------------------
+
+    def delivered(self, batch: Batch, count: int | None = None) -> None:
+        """Record in the journal the outcomes of ``batch`` that reached the consumer.
+
+        ``count``: only the first ``count`` of them did (the consumer left
+        during the batch). Called by the consumer's side (or at once by
+        ``run``), in the consuming thread, once per delivered batch.
+        """
+        journal = self._journal
+        if journal is None or batch.skipped is not None or journal.closed:
+            return  # (skipped items are final in the journal already)
+        if count is not None and count < len(batch.items):
+            if not count:
+                return
+            batch = batch.prefix(count)
+        if self.before_record is not None:
+            self.before_record()
+        journal.record(batch, set())
+
+    # -- results ---------------------------------------------------------
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds since the run started (until it finished, once it has)."""
+        if self._started is None:
+            return 0.0
+        end = self._finished if self._finished is not None else self._clock()
+        return end - self._started
+
+    @property
+    def live(self) -> dict[str, Any]:
+        """Figures for a live display; read from any thread, one batch behind at worst."""
+        stats = self.statistics
+        latency = stats.latency
+        return {
+            "done": stats.total,
+            "failed": stats.failed,
+            "retrying": stats.retrying,
+            "in_flight": self._in_flight,
+            "failing_alike": stats.failing_alike(),
+            "p50": latency.percentile(50),
+            "p95": latency.percentile(95),
+        }
+
+    def report(self) -> Report:
+        """A Report of everything delivered so far."""
+        return Report.from_statistics(self.statistics, self.elapsed)
+
+
+def _sooner(a: float | None, b: float | None) -> float | None:
+    """The nearer of two waits, None meaning "no wait due"."""
+    if a is None:
+        return b
+    return a if b is None else min(a, b)
+
+
+def _as_failure(item: Any, error: BaseException | Failure, attempt: int) -> Failure:
+    if isinstance(error, Failure):
+        return error
+    tb = error.__traceback__
+    if tb is not None and tb.tb_frame.f_code is EXECUTE_CODE:
+        # Drop the worker's own frame: the user sees only their code, and the
+        # finished frame no longer keeps the whole batch alive through the
+        # traceback of a kept Failure.
+        tb.tb_frame.clear()
+        error.__traceback__ = tb.tb_next
+    return Failure.from_exception(item, error, attempt)

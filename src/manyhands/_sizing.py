@@ -1,0 +1,147 @@
+"""How big a run's batches are, and how many may be out at once.
+
+Batch size adapts to the measured time per item. Two costs pull it up:
+
+- per-batch overhead against the work: a batch should take about
+  ``TARGET_BATCH_SECONDS`` in a worker, so a 100 ns task travels in batches of
+  thousands (at most ``MAX_BATCH``, and a share of the window per worker)
+  while a 20 ms call travels alone;
+- the engine's own share of the GIL: every batch costs ~``DISPATCH_SECONDS`` of
+  serialized bookkeeping, and with many workers finishing short calls that
+  adds up (50 workers on 1 ms calls: 18% of the GIL at batch size 1), so the
+  size keeps that share near ``LOAD_SHARE``.
+
+Three limits hold it down: it grows at most twofold per finished batch (slow
+items after fast ones cost little); it never outgrows what the input delivers
+in ``TARGET_BATCH_SECONDS`` (a trickling stream is not held back to fill a
+batch); and it shrinks near the end so that the last batches do not straggle,
+judged from the input's ``__length_hint__`` when it offers one (lists,
+ranges) and otherwise by keeping a batch's duration a small part of the run
+so far.
+
+How many batches may be out: none queued in front of the workers until the
+first round of calls is back (if the first answers say "slow down", no queued
+burst follows them), then a batch per worker more. A rate limit or a timeout
+makes every batch one item and keeps no queue (an item must start when it is
+admitted, and has its own deadline).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+__all__ = [
+    "DISPATCH_SECONDS",
+    "FIRST_WAVE_BATCHES",
+    "MAX_BATCH",
+    "TARGET_BATCH_SECONDS",
+    "Sizer",
+]
+
+TARGET_BATCH_SECONDS = 0.002
+DISPATCH_SECONDS = 4e-6  # GIL time to dispatch and settle one batch, measured on CPython 3.11
+LOAD_SHARE = 0.02
+STRAGGLE_SHARE = 0.02  # of the run so far, when the input's length is unknown
+MAX_BATCH = 4096  # (a worker process with 2 batches of 1,024 ahead starved between GIL switches)
+FIRST_WAVE_BATCHES = 512  # (asyncio) batches the first `workers` calls are split into
+
+
+class Sizer:
+    """Batch size (``size``) and batches out at once (``max_batches``) for one run.
+
+    ``concurrent_items``: the backend runs a batch's items at the same time
+    (asyncio), so a batch per worker is not needed and batches cannot straggle.
+    ``one_by_one``: a rate limit or a timeout: batches of one, no queue.
+
+    ``remaining``: how many items the input still holds, if it says (-1: it
+    does not); ``elapsed``: seconds since the run started. Both are asked
+    only when a batch's size depends on them.
+
+    >>> sizer = Sizer(8, window=16384, batch_size=None, one_by_one=False, remaining=lambda: 10**5)
+    >>> sizer.size, sizer.max_batches
+    (1, 8)
+    >>> sizer.completed(items=1, seconds=1e-7)
+    >>> sizer.completed(items=2, seconds=2e-7)
+    >>> sizer.size  # tiny items: the batch doubles after each finished batch
+    4
+    """
+
+    def __init__(
+        self,
+        workers: int,
+        window: int,
+        batch_size: int | None,
+        one_by_one: bool,
+        concurrent_items: bool = False,
+        remaining: Callable[[], int] = lambda: -1,
+        elapsed: Callable[[], float] = lambda: 0.0,
+    ) -> None:
+        self._workers = workers
+        self._remaining = remaining
+        self._elapsed = elapsed
+        self._concurrent_items = concurrent_items
+        per_batch = 4 if concurrent_items else 2 * workers
+        self.cap = max(1, min(MAX_BATCH, window // per_batch))
+        self.max_batches = workers
+        self._warm_up = workers  # completions to wait for before queueing
+        self._one_by_one = one_by_one
+        if one_by_one:
+            self.cap = 1
+        self.adaptive = batch_size is None and not one_by_one
+        self.size = 1 if self.cap == 1 else (batch_size or 1)
+        self._work_fit = 1  # batch size the measured time per item calls for
+        self._input_fit = self.cap  # batch size the input delivers in time
+        if self.adaptive and concurrent_items:
+            # Nothing is measured yet, but the first wave is `workers` calls
+            # however they are grouped: keep it to FIRST_WAVE_BATCHES batches
+            # (10,000 calls in flight: batches of 20, not 10,000 batches of one).
+            # The warm-up then counts in those batches: still no queue.
+            first = min(self.cap, -(-workers // FIRST_WAVE_BATCHES))
+            self.size = self._work_fit = first
+            self.max_batches = self._warm_up = -(-workers // first)
+
+    @property
+    def timed_reads(self) -> bool:
+        """Whether reading a batch should be timed (the input's pace can matter)."""
+        return self.adaptive and self._work_fit > 1
+
+    def read(self, size: int, seconds: float) -> None:
+        """A full batch of ``size`` items took the input ``seconds`` to deliver."""
+        if seconds > TARGET_BATCH_SECONDS:
+            self._input_fit = max(1, int(size * TARGET_BATCH_SECONDS / seconds))
+        elif size >= self._input_fit:
+            self._input_fit = min(2 * self._input_fit, self.cap)
+        self.size = min(self._work_fit, self._input_fit)
+
+    def completed(self, items: int, seconds: float) -> None:
+        """A batch of ``items`` came back after ``seconds`` of work."""
+        if self._warm_up:
+            self._warm_up -= 1
+            if not self._warm_up and not self._one_by_one:
+                self.max_batches = 2 * self._workers
+        if self.adaptive and items:
+            fit = self._fit(seconds / items)
+            self._work_fit = max(1, min(fit, 2 * items, self.cap))
+            self.size = min(self._work_fit, self._input_fit)
+
+    def one_by_one(self) -> None:
+        """From now on: batches of one item, and no queue (a rate limit began)."""
+        self._one_by_one = True
+        self.max_batches = self._workers
+        self.cap = self.size = self._input_fit = 1
+        self.adaptive = False
+
+    def _fit(self, per_item: float) -> int:
+        """The batch size that items taking ``per_item`` seconds call for."""
+        if per_item <= 0:
+            return self.cap
+        wanted = max(
+            TARGET_BATCH_SECONDS / per_item,
+            self._workers * DISPATCH_SECONDS / (LOAD_SHARE * per_item),
+        )
+        if self._concurrent_items:
+            return int(wanted)
+        remaining = self._remaining()
+        if remaining >= 0:  # leave every worker several batches of what is left
+            return int(min(wanted, remaining / (4 * self._workers)))
+        return int(min(wanted, STRAGGLE_SHARE * self._elapsed() / per_item))

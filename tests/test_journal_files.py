@@ -1,0 +1,125 @@
+"""The journal's files: private from the start, and never lost silently under a run."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import stat
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import manyhands
+from manyhands._inspect import read_status
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX file modes and inodes")
+
+SUFFIXES = ("", "-wal", "-shm", ".lock")
+
+
+def at_item(n: int, action: Callable[[], Any]) -> Callable[[int], int]:
+    """A function that does ``action`` when it reaches item ``n`` (in a worker)."""
+
+    def fn(x: int) -> int:
+        if x == n:
+            action()
+        return x
+
+    return fn
+
+
+def modes(journal: Path) -> dict[str, int]:
+    return {
+        suffix: stat.S_IMODE(os.stat(f"{journal}{suffix}").st_mode)
+        for suffix in SUFFIXES
+        if os.path.exists(f"{journal}{suffix}")
+    }
+
+
+@pytest.fixture
+def open_umask() -> Any:
+    old = os.umask(0o022)  # the usual one: files readable by everyone
+    yield
+    os.umask(old)
+
+
+def test_the_journal_its_wal_shm_and_lock_files_are_created_private(
+    tmp_path: Path, open_umask: None
+) -> None:
+    journal = tmp_path / "run.db"
+    seen: dict[str, int] = {}
+    manyhands.run(at_item(500, lambda: seen.update(modes(journal))), range(1000),
+                  journal=journal, workers=2, batch_size=10)  # fmt: skip
+    assert seen == dict.fromkeys(SUFFIXES, 0o600)  # while it runs, all four exist
+    assert modes(journal) == {"": 0o600, ".lock": 0o600}
+
+
+def test_an_existing_journal_keeps_its_mode(tmp_path: Path, open_umask: None) -> None:
+    journal = tmp_path / "run.db"
+    manyhands.run(at_item(-1, print), range(10), journal=journal)
+    journal.chmod(0o640)
+    Path(f"{journal}.lock").chmod(0o644)
+    seen: dict[str, int] = {}
+    manyhands.run(at_item(50, lambda: seen.update(modes(journal))), range(100),
+                  journal=journal, workers=1, batch_size=10)  # fmt: skip
+    assert seen == {"": 0o640, "-wal": 0o640, "-shm": 0o640, ".lock": 0o644}
+
+
+def test_a_journal_removed_with_its_directory_mid_run_stops_the_run(tmp_path: Path) -> None:
+    folder = tmp_path / "state"
+    folder.mkdir()
+    journal = folder / "run.db"
+    fn = at_item(300, lambda: shutil.rmtree(folder))
+    with pytest.raises(manyhands.JournalError, match="was removed during the run") as info:
+        manyhands.run(fn, range(2000), journal=journal, workers=2, batch_size=10)
+    assert "the run stopped" in str(info.value)
+    assert info.value.report is not None and info.value.report.succeeded >= 300
+    assert not folder.exists(), "nothing was written where the journal was"
+
+
+def test_a_journal_replaced_mid_run_stops_the_run_and_the_new_file_is_untouched(
+    tmp_path: Path,
+) -> None:
+    other = tmp_path / "other.db"
+    manyhands.run(str, ["a", "b"], journal=other)
+    os.remove(f"{other}.lock")
+    before = other.read_bytes()
+    journal = tmp_path / "run.db"
+    fn = at_item(300, lambda: os.replace(other, journal))
+    with pytest.raises(manyhands.JournalError, match="was replaced by another file"):
+        manyhands.run(fn, range(2000), journal=journal, workers=2, batch_size=10)
+    assert journal.read_bytes() == before
+    assert read_status(journal).states == {"done": 2}
+    with sqlite3.connect(journal) as db:  # and its SQLite sees the same
+        assert db.execute("SELECT count(*) FROM items").fetchone() == (2,)
+    db.close()
+
+
+def test_a_lock_file_removed_mid_run_stops_the_run(tmp_path: Path) -> None:
+    journal = tmp_path / "run.db"
+    fn = at_item(300, lambda: os.remove(f"{journal}.lock"))
+    with pytest.raises(
+        manyhands.JournalError, match=r"lock file .* was removed .* another run"
+    ) as info:
+        manyhands.run(fn, range(2000), journal=journal, workers=2, batch_size=10)
+    assert "Every finished item was recorded" in str(info.value)
+    resumed = manyhands.run(fn, range(2000), journal=journal)
+    assert (resumed.skipped, resumed.succeeded) == (2000, 0)
+
+
+def test_a_journal_in_use_names_its_holder_even_from_a_lock_file_that_is_not_utf8(
+    tmp_path: Path,
+) -> None:
+    import fcntl
+
+    journal = tmp_path / "run.db"
+    with open(f"{journal}.lock", "wb") as held:
+        held.write(b"pid 1 on h\xf6st\n")  # a host name from another locale
+        held.flush()
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        with pytest.raises(manyhands.JournalError, match=r"in use by pid 1 on h\\xf6st"):
+            manyhands.run(str, [1], journal=journal)
