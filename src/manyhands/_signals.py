@@ -8,25 +8,35 @@ SIGHUP, a closed terminal). A second one during the grace period stops at
 once. A signal that was ignored when the command started (``nohup``, a
 background job of a script) stays ignored.
 
-One care: an outcome the run delivered must be written before the stop, or
-its journal row would be committed for a line the output never got. So the
-handler raises at once while the command waits in the engine, but while the
-command holds an outcome it only notes the signal, and :meth:`StopSignals.done`
-raises it once the outcome's line is written.
+One care: the journal records an outcome once the command got it, and the
+command writes its line; a stop that lands between the two would leave a row
+without a line (or a line without a row, so the item runs and is written
+twice). So the handler raises at once while the run waits or works, except in
+two places, where it only notes the signal:
+
+- while the command holds an outcome it has not written: :meth:`StopSignals.done`
+  raises once the line is written;
+- while the run is inside one of the ``protect``-ed functions (making the
+  next Outcome, recording what was delivered): the handler looks again a few
+  milliseconds later (the signal is re-sent to the main thread), and raises
+  once the run is out of them.
 """
 
 from __future__ import annotations
 
+import _thread
 import os
 import signal
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from types import FrameType, TracebackType
 from typing import Any, TypeVar
 
 __all__ = ["StopSignals", "Terminated"]
 
 T = TypeVar("T")
+
+RECHECK_SECONDS = 0.005  # how soon a signal noted in a protected function is looked at again
 
 _STOPPING = tuple(
     getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
@@ -60,11 +70,16 @@ class StopSignals:
     ``for outcome in signals.guard(outcomes): write(outcome); signals.done()``
     """
 
-    def __init__(self) -> None:
+    def __init__(self, protect: Iterable[Callable[..., Any]] = ()) -> None:
         self._pid = os.getpid()
+        self._protected = frozenset(getattr(fn, "__func__", fn).__code__ for fn in protect)
         self._holding = False  # the command holds an outcome it has not written yet
         self._deferred: KeyboardInterrupt | None = None
         self._previous: dict[int, Any] = {}
+        self._active = False
+        self._lock = threading.Lock()  # between the main thread and a recheck timer
+        self._recheck: threading.Timer | None = None
+        self._rechecking = False
 
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is not threading.main_thread():
@@ -75,6 +90,7 @@ class StopSignals:
                 continue  # ignored by whoever started us (nohup, `&` in a script)
             self._previous[signum] = handler
             signal.signal(signum, self._handle)
+        self._active = True
         return self
 
     def __exit__(
@@ -83,6 +99,13 @@ class StopSignals:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        with self._lock:
+            self._active = False
+            recheck, self._recheck = self._recheck, None
+        if recheck is not None:
+            recheck.cancel()
+            recheck.join()  # (a signal it re-sent is handled here, by _handle, as a no-op)
+        self._deferred = None
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
@@ -109,13 +132,56 @@ class StopSignals:
         self._holding = False
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        del frame
         if os.getpid() != self._pid:  # a worker forked by the run: the default action
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
             return
-        stop = KeyboardInterrupt() if signum == signal.SIGINT else Terminated(signum)
-        if self._holding and self._deferred is None:
-            self._deferred = stop
+        rechecking, self._rechecking = self._rechecking, False
+        if rechecking:
+            if self._deferred is None:  # raised meanwhile, or the run is over
+                return
+        elif self._deferred is not None:  # a second signal: stop at once
+            self._deferred = None
+            raise _stop(signum)
+        stop = self._deferred or _stop(signum)
+        self._deferred = stop
+        if self._holding:
+            return  # done() raises it once the outcome is written
+        if self._protected and _inside(frame, self._protected):
+            self._recheck_soon(signum)
             return
+        self._deferred = None
         raise stop
+
+    def _recheck_soon(self, signum: int) -> None:
+        timer = threading.Timer(RECHECK_SECONDS, self._resend, (signum,))
+        timer.daemon = True
+        with self._lock:
+            if not self._active:
+                return
+            self._recheck = timer
+        timer.start()
+
+    def _resend(self, signum: int) -> None:
+        with self._lock:
+            if not self._active:
+                return
+            self._rechecking = True
+            # _handle runs again in the main thread; a real signal wakes it from a wait.
+            if hasattr(signal, "pthread_kill"):
+                signal.pthread_kill(threading.main_thread().ident or 0, signum)
+            else:  # pragma: no cover - Windows
+                _thread.interrupt_main(signal.Signals(signum))
+
+
+def _stop(signum: int) -> KeyboardInterrupt:
+    return KeyboardInterrupt() if signum == signal.SIGINT else Terminated(signum)
+
+
+def _inside(frame: FrameType | None, codes: frozenset[Any]) -> bool:
+    """Whether ``frame`` or one of its callers runs one of ``codes``."""
+    while frame is not None:
+        if frame.f_code in codes:
+            return True
+        frame = frame.f_back
+    return False

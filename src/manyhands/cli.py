@@ -17,13 +17,14 @@ from typing import Any
 
 import click
 
-from . import __version__, _api
+from . import __version__, _api, _stream
 from ._demo import DEFAULT_ITEMS, DEFAULT_JOURNAL
 from ._escape import escape_controls, escape_json
 from ._exceptions import InputError, JournalError
 from ._inputs import BadLine, MalformedLine, UsageProblem, load_target, open_input, read_items
 from ._keys import default_key
 from ._options import BACKENDS, DEFAULT_WORKERS
+from ._outcome import Outcome
 from ._output import OutputFile
 from ._rate import parse_rate
 from ._run import Run
@@ -260,7 +261,9 @@ def _consume(run: Run, sink: OutputFile | None) -> int:
     """Write every outcome; return how many failed."""
     failed = 0
     outcomes: Outcomes[Any, Any] = Outcomes(run)
-    with StopSignals() as signals, outcomes:
+    # Not interrupted halfway: making an Outcome, recording what was delivered.
+    delivery = (run.delivered, Outcome.__init__, _stream._settled, _stream._skipped)
+    with StopSignals(protect=delivery) as signals, outcomes:
         try:
             for outcome in signals.guard(outcomes):
                 failed += outcome.error is not None
