@@ -161,7 +161,7 @@ class Booby:
 def test_the_report_never_unpickles_stored_results(tmp_path: Path, monkeypatch: Any) -> None:
     monkeypatch.chdir(tmp_path)
     journal = tmp_path / "values.db"
-    manyhands.run(lambda n: Booby(), range(5), journal=journal, store_results=True)
+    manyhands.run(lambda n: Booby(), range(5), journal=journal, store_results="pickle")
     with contextlib.closing(sqlite3.connect(journal)) as db:
         forms = {row[0] for row in db.execute("SELECT result_format FROM items")}
         assert forms == {"pickle"}

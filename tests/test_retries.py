@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import threading
 import time
 from collections import Counter
@@ -140,23 +139,13 @@ def test_throttle_on_makes_other_errors_slow_everyone_down(backend: str, throttl
     assert plain.throttle_events == 0 and plain.rate_limited == 0.0
 
 
-def test_rate_limit_spaces_starts(backend: str) -> None:
-    starts: list[float] = []
-    lock = threading.Lock()
-
-    def fn(item: int) -> int:
-        with lock:
-            starts.append(time.monotonic())
-        return item
-
-    report = manyhands.run(fn, range(40), backend=backend, workers=10, rate="100/s")
+def test_rate_limit_holds_starts_back_on_real_workers(backend: str) -> None:
+    # The exact spacing is tested on simulated time (test_simulated_time.py); here, on
+    # real threads, only what no amount of load on the machine can change.
+    report = manyhands.run(abs, range(40), backend=backend, workers=10, rate="100/s")
     assert report.succeeded == 40
-    starts.sort()
-    gaps = [b - a for a, b in itertools.pairwise(starts)]
-    assert min(gaps) > 0.007  # 10 ms apart, less thread scheduling jitter
-    assert 0.35 < starts[-1] - starts[0] < 0.6
-    # Ten workers were free all along: the limit held starts back nearly the whole run.
-    assert 0.3 < report.rate_limited <= report.elapsed
+    assert report.elapsed >= 0.39  # 40 starts 10 ms apart cannot take less
+    assert report.rate_limited > 0
     assert "starts held back by the rate limit for" in str(report)
 
 

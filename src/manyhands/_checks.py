@@ -15,11 +15,11 @@ from ._outcome import safe_repr
 
 if TYPE_CHECKING:
     import inspect
-    from queue import SimpleQueue
 
     from ._aio import LoopQueue
     from ._batch import Batch
     from ._options import Options
+    from ._run import Completions
 
 __all__ = [
     "check_first_value",
@@ -193,7 +193,7 @@ def check_first_value(fn: object, batch: Batch) -> bool:
     return True  # every item of the batch failed: no value to look at yet
 
 
-def discard_coroutines(completions: SimpleQueue[Batch] | LoopQueue[Batch]) -> None:
+def discard_coroutines(completions: Completions | LoopQueue[Batch]) -> None:
     """Close the coroutines in batches that came back after the run stopped for them."""
     while not completions.empty():
         batch = completions.get_nowait()

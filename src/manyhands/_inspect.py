@@ -18,7 +18,7 @@ from typing import Any
 from ._exceptions import JournalError
 from ._journal_file import FORMAT, check_version, from_db
 
-__all__ = ["JournalStatus", "read_failures", "read_status"]
+__all__ = ["JournalStatus", "read_failures", "read_status", "reading"]
 
 
 @dataclass
@@ -37,7 +37,8 @@ class JournalStatus:
 
 
 @contextlib.contextmanager
-def _reading(path: str | Path) -> Iterator[sqlite3.Connection]:
+def reading(path: str | Path) -> Iterator[sqlite3.Connection]:
+    """A read-only connection to the journal at ``path``, checked to be one this reads."""
     journal = Path(path)
     if not journal.is_file():
         raise JournalError(f"no journal at {str(journal)!r}")
@@ -62,7 +63,7 @@ def _reading(path: str | Path) -> Iterator[sqlite3.Connection]:
 
 def read_status(path: str | Path) -> JournalStatus:
     """Counts by state, errors by type and the run history of a journal."""
-    with _reading(path) as db:
+    with reading(path) as db:
         states = {
             from_db(state): count
             for state, count in db.execute("SELECT state, count(*) FROM items GROUP BY state")
@@ -84,7 +85,7 @@ def read_status(path: str | Path) -> JournalStatus:
 
 def read_failures(path: str | Path) -> list[dict[str, Any]]:
     """Every item whose final record is not ``done``, in the order they failed."""
-    with _reading(path) as db:
+    with reading(path) as db:
         rows = db.execute(
             "SELECT key, item, state, error_type, message, attempts, traceback FROM items "
             "WHERE state != 'done' ORDER BY finished, key"

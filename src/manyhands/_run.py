@@ -38,7 +38,7 @@ from collections.abc import AsyncGenerator, AsyncIterable, Callable, Generator, 
 from operator import length_hint
 from queue import Empty, SimpleQueue
 from time import monotonic
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from ._backends import Backend
 from ._batch import EXECUTE_CODE, Batch, Task
@@ -62,7 +62,19 @@ if TYPE_CHECKING:
     from ._aio import LoopQueue
     from ._journal import Journal
 
-__all__ = ["Run", "RunHooks"]
+__all__ = ["Completions", "Run", "RunHooks"]
+
+
+class Completions(Protocol):
+    """The queue a run's finished batches come back through (a ``queue.SimpleQueue``)."""
+
+    def put(self, batch: Batch) -> None: ...
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Batch: ...
+
+    def get_nowait(self) -> Batch: ...
+
+    def empty(self) -> bool: ...
 
 
 class RunHooks(Protocol):
@@ -98,6 +110,7 @@ class Run:
         async_source: AsyncIterable[Any] | None = None,
         hooks: RunHooks | None = None,
         clock: Callable[[], float] = monotonic,
+        completions: Completions | None = None,
     ) -> None:
         self._options = options
         self._hooks = hooks  # told when the run begins and ends (a Pool counts its runs)
@@ -117,7 +130,9 @@ class Run:
         self.exit_status: str | None = None
         self.statistics = RunStatistics(options.keep_failures)
         self.statistics.notes = backend.notes  # (the same list: read at report time)
-        self._completions: SimpleQueue[Batch] | LoopQueue[Batch] = SimpleQueue()
+        # Where workers put finished batches: a SimpleQueue (a test may pass a queue
+        # that advances a fake clock while it waits); the async driver's LoopQueue.
+        self._completions: Completions | LoopQueue[Batch] = completions or SimpleQueue()
         timeout = options.timeout
         engine_timeout = None if backend.handles_timeouts else timeout
         self.task = Task(
@@ -246,8 +261,7 @@ class Run:
         self._raise_input_error()
 
     def _drive(self) -> Iterator[Batch]:
-        completions = self._completions
-        assert isinstance(completions, SimpleQueue)
+        completions = cast("Completions", self._completions)  # (the sync driver's)
         get = completions.get
         skipped = self._ready
         reader = self._reader
@@ -317,8 +331,7 @@ class Run:
             return
         self._drop_queued()
         deadline = self._clock() + (0.0 if backend.concurrent_items else self._options.grace)
-        completions = self._completions
-        assert isinstance(completions, SimpleQueue)
+        completions = cast("Completions", self._completions)  # (the sync driver's)
         try:
             while self._in_backend and (wait := deadline - self._clock()) > 0:
                 with contextlib.suppress(Empty):

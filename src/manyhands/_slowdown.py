@@ -120,7 +120,7 @@ class Slowdown:
             self.slow_start = True
             self._step = self._measure_step()
         wait = self._step if self.slow_start else PERIOD
-        if now - self._changed < wait:
+        if now - self._changed < wait - 1e-9:  # (a nanosecond of float rounding is not early)
             return self._changed + wait - now
         rate = limiter.per_second
         if self.slow_start:

@@ -28,7 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ._exceptions import JournalError
-from ._journal import DONE, FORMAT
+from ._inspect import reading
+from ._journal import DONE
+from ._journal_file import from_db
 
 __all__ = ["ErrorSummary", "RunSpan", "Timeline", "read_timeline", "throughput_sparkline"]
 
@@ -222,22 +224,12 @@ def percentile(counts: dict[int, int], q: float) -> float | None:
 
 @contextlib.contextmanager
 def _reading(path: Path) -> Iterator[sqlite3.Connection]:
-    if not path.is_file():
-        raise JournalError(f"no journal at {str(path)!r}")
-    try:
-        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-    except sqlite3.Error as exc:
-        raise JournalError(f"cannot open the journal {str(path)!r}: {exc}") from exc
-    try:
-        db.create_function("bucket", 1, bucket_of, deterministic=True)
-        found = db.execute("SELECT value FROM meta WHERE name = 'format'").fetchone()
-        if not found or found[0] != FORMAT:
-            raise JournalError(f"{str(path)!r} is not a manyhands journal")
-        yield db
-    except sqlite3.DatabaseError as exc:
-        raise JournalError(f"{str(path)!r} is not a readable journal ({exc})") from exc
-    finally:
-        db.close()
+    with reading(path) as db:
+        try:
+            db.create_function("bucket", 1, bucket_of, deterministic=True)
+            yield db
+        except sqlite3.DatabaseError as exc:
+            raise JournalError(f"{str(path)!r} is not a readable journal ({exc})") from exc
 
 
 def _runs(db: sqlite3.Connection) -> list[RunSpan]:
@@ -252,7 +244,7 @@ def _runs(db: sqlite3.Connection) -> list[RunSpan]:
         runs.append(
             RunSpan(
                 id=run_id,
-                fn=str(fn or "?"),
+                fn=str(from_db(fn) or "?"),
                 started=started,
                 ended=max(float(ended or started), started),
                 status=str(status or "?"),
@@ -276,6 +268,7 @@ def _failures_by_type(
         "FROM items WHERE state != ? AND finished IS NOT NULL GROUP BY 1, 2",
         (width, DONE),
     ).fetchall()
+    rows = [(k, str(from_db(name)), n) for k, name, n in rows]
     totals: dict[str, int] = {}
     for _, name, n in rows:
         totals[name] = totals.get(name, 0) + n
@@ -324,7 +317,13 @@ def _top_errors(db: sqlite3.Connection, limit: int = 10) -> list[ErrorSummary]:
     )
     return [
         ErrorSummary(
-            str(name), n, str(key), item, str(message or ""), attempts or 0, str(trace or "")
+            str(from_db(name)),
+            n,
+            str(from_db(key)),
+            from_db(item),
+            str(from_db(message) or ""),
+            attempts or 0,
+            str(from_db(trace) or ""),
         )
         for name, n, _, key, item, message, attempts, trace in rows
     ]
