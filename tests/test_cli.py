@@ -229,6 +229,7 @@ def test_version_flag(workdir: Path) -> None:
         ("status", ["0 the journal was read", "2 no journal"], ["1 some items failed"]),
         ("failures", ["0 the journal was read", "2 no journal"], ["1 some items failed"]),
         ("demo", ["0 the demo ran", "130 interrupted"], ["1 some items failed"]),
+        ("report", ["0 the report was written", "2 no journal"], ["1 some items failed"]),
     ],
 )  # fmt: skip
 def test_each_commands_help_states_its_own_exit_codes(
@@ -274,6 +275,16 @@ def test_bad_flags_are_usage_errors(workdir: Path, flags: list[str], message: st
     assert done.returncode == 2
     assert message in done.stderr, done.stderr
     assert (workdir / "numbers.txt").read_bytes() == before  # nothing was overwritten
+
+
+def test_report_refuses_to_write_over_its_journal(workdir: Path) -> None:
+    assert manyhands("run", "target.py:work", "numbers.txt", "--journal", "j.db",
+                     cwd=workdir).returncode == 1  # fmt: skip
+    before = (workdir / "j.db").read_bytes()
+    done = manyhands("report", "j.db", "-o", "j.db", cwd=workdir)
+    assert done.returncode == 2
+    assert "is the journal's file" in done.stderr
+    assert (workdir / "j.db").read_bytes() == before
 
 
 def test_changed_items_flag_reruns_an_edited_item(workdir: Path) -> None:
