@@ -385,3 +385,44 @@ def test_the_pools_methods_list_every_run_option_and_not_the_pools_own(method: s
     ]
     assert [(p.name, p.default) for p in params[4:]] == expected
     assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params[3:])
+
+
+def test_spare_threads_run_urgent_work_while_every_worker_is_busy() -> None:
+    release = threading.Event()
+    ran_on: dict[str, set[str]] = {"bulk": set(), "urgent": set()}
+
+    def bulk(x: int) -> int:
+        ran_on["bulk"].add(threading.current_thread().name)
+        release.wait(10)
+        return x
+
+    def urgent(x: int) -> int:
+        ran_on["urgent"].add(threading.current_thread().name)
+        return x
+
+    with manyhands.Pool(workers=2, spare=1) as pool:
+        background = threading.Thread(target=pool.run, args=(bulk, range(6)), daemon=True)
+        background.start()
+        deadline = time.monotonic() + 10
+        while len(ran_on["bulk"]) < 2 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        try:
+            # Both workers are held by the bulk: the urgent run still completes.
+            values = sorted(o.value for o in pool.map(urgent, range(5), priority=1))
+            assert values == [0, 1, 2, 3, 4]
+            assert not release.is_set()
+            equal = pool.submit(abs, -3)  # priority 0: never on a spare thread
+            time.sleep(0.05)
+            assert not equal.done()
+        finally:
+            release.set()
+            background.join(30)
+        assert equal.result(10) == 3
+    assert len(ran_on["urgent"]) == 1 and not ran_on["urgent"] & ran_on["bulk"]
+
+
+def test_spare_is_validated() -> None:
+    with pytest.raises(ValueError, match="spare= applies to backend='threads'"):
+        manyhands.Pool(backend="async", spare=1)
+    with pytest.raises(ValueError, match="spare must be >= 0"):
+        manyhands.Pool(spare=-1)

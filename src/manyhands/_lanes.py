@@ -77,10 +77,14 @@ class Lanes(Generic[T]):
             else:
                 queue.append(work)
 
-    def take(self) -> T | None:
-        """The head of the lane served next, removed; None when nothing is queued."""
+    def take(self, above: int | None = None) -> T | None:
+        """The head of the lane served next, removed; None when nothing is queued.
+
+        ``above``: only from a lane whose priority is higher than that (a spare
+        worker, kept for work more urgent than the pool's base priority).
+        """
         with self._lock:
-            task = self._choose()
+            task = self._choose(above)
             if task is None:
                 return None
             queue = self._queues[task]
@@ -121,8 +125,10 @@ class Lanes(Generic[T]):
             self._queues.clear()
             return queued
 
-    def _choose(self) -> Task | None:
+    def _choose(self, above: int | None = None) -> Task | None:
         queues = self._queues
+        if above is not None:
+            queues = {task: queue for task, queue in queues.items() if task.priority > above}
         if len(queues) <= 1:  # the common case: nothing to choose
             for task in queues:
                 task.waiting = None

@@ -60,6 +60,12 @@ class Pool:
             threads and async, the number of CPUs for processes).
         backend: ``"threads"`` (default), ``"processes"`` or ``"async"``
             (coroutine functions, on an event loop of the pool's own).
+        spare: threads kept for urgent work (threads only; default 0). A call
+            cannot be interrupted, so urgent work waits for the next worker to
+            come free, up to one bulk call. With ``spare=N``, work of priority
+            above 0 also starts on one of N more threads when every worker is
+            busy: it never waits behind the bulk, at the cost of up to N more
+            calls at once than ``workers`` while it runs.
         start_method, initializer, initargs: for processes, as for
             :func:`manyhands.run`; each worker is set up once, for every run.
 
@@ -79,6 +85,7 @@ class Pool:
         workers: int | None = None,
         backend: str = "threads",
         *,
+        spare: int = 0,
         start_method: str | None = None,
         initializer: Callable[..., Any] | None = None,
         initargs: tuple[Any, ...] = (),
@@ -91,6 +98,9 @@ class Pool:
         if workers is None:
             workers = (os.cpu_count() or 1) if backend == "processes" else DEFAULT_WORKERS
         check_positive_int("workers", workers, "the number of calls to run at once, e.g. 16")
+        check_positive_int("spare", spare, "threads kept for urgent work, e.g. 2", zero=True)
+        if spare and backend != "threads":
+            raise ValueError("spare= applies to backend='threads' only")
         processes = None
         if backend == "processes":
             processes = {
@@ -104,7 +114,9 @@ class Pool:
             )
         self._name = backend
         self._workers = workers
-        self._backend: Backend = create_backend(backend, workers, shared=True, processes=processes)
+        self._backend: Backend = create_backend(
+            backend, workers, shared=True, spare=spare, processes=processes
+        )
         self._state = threading.Condition()
         self._active = 0  # runs begun and not ended
         self._closed = False

@@ -21,6 +21,7 @@ def create_backend(
     timeout: float | None = None,
     own_loop: bool = True,
     shared: bool = False,
+    spare: int = 0,
     processes: dict[str, Any] | None = None,
 ) -> Backend:
     """A new, not yet started backend called ``name`` (validated by the options).
@@ -28,7 +29,8 @@ def create_backend(
     ``timeout``: a private backend's run has a per-call limit. ``own_loop``
     (async): run on a private event loop in a thread, rather than on the
     caller's loop. ``shared``: a Pool's backend, serving many runs (their
-    batches queue in lanes: priority, then fairness). ``processes``:
+    batches queue in lanes: priority, then fairness); ``spare``: its workers
+    kept for work above priority 0 (threads). ``processes``:
     start_method, initializer and initargs for ``"processes"``.
     """
     if name == "processes":
@@ -38,7 +40,7 @@ def create_backend(
     if name == "threads":
         from ._threads import ThreadBackend
 
-        return ThreadBackend(workers, shared=shared)
+        return ThreadBackend(workers, shared=shared, spare=spare)
     if name == "async":
         from ._async import AsyncBackend
 

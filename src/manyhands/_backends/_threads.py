@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import _thread
+import functools
 import sys
 import threading
 from collections.abc import Callable
@@ -54,9 +55,19 @@ class ThreadBackend:
     _start_thread = staticmethod(_thread.start_new_thread)  # (tests inject a failing one)
 
     def __init__(
-        self, workers: int, *, shared: bool = False, abandon_limit: int | None = None
+        self,
+        workers: int,
+        *,
+        shared: bool = False,
+        spare: int = 0,
+        abandon_limit: int | None = None,
     ) -> None:
         self._workers = workers
+        # Spare workers (a shared pool's ``spare=``) take only work above priority 0,
+        # so it starts at once even when every worker is busy with the bulk.
+        self._spare = spare
+        self._spare_queue: SimpleQueue[Any] = SimpleQueue()  # TAKE tokens, or None: exit
+        self._spare_alive: list[_thread.LockType] = []
         self._asked = workers
         self._lanes: Lanes[Batch] | None = Lanes(lambda b: len(b.items)) if shared else None
         self._guard = _thread.allocate_lock()  # a batch finishes or times out, not both
@@ -85,6 +96,10 @@ class ThreadBackend:
         else:
             self._lanes.put(batch, batch.task)
             self._queue.put(TAKE)
+            if self._spare and batch.task.priority > 0:  # whoever is free first takes it
+                self._spare_queue.put(TAKE)
+                if len(self._spare_alive) < self._spare:
+                    self._add_worker(spare=True)
         if len(self._alive) - self._retiring < self._workers:
             self._add_worker()
 
@@ -92,18 +107,23 @@ class ThreadBackend:
         """True when called from one of this backend's worker threads."""
         return getattr(_serving, "backend", None) is self
 
-    def _add_worker(self) -> None:
+    def _add_worker(self, spare: bool = False) -> None:
         alive = _thread.allocate_lock()
         alive.acquire()
         hooks = (threading.gettrace(), threading.getprofile())
-        take = self._lanes.take if self._lanes is not None else _nothing
-        args = (self, self._queue.get, take, alive, hooks, self._guard, self._stuck)
+        take: Callable[[], Batch | None] = _nothing
+        if self._lanes is not None:
+            take = functools.partial(self._lanes.take, 0) if spare else self._lanes.take
+        get = self._spare_queue.get if spare else self._queue.get
+        args = (self, get, take, alive, hooks, self._guard, self._stuck)
         try:
             self._start_thread(_work, args)
         except RuntimeError as exc:  # "can't start new thread": a limit of the system
+            if spare:
+                return  # (the workers will take it)
             self._cannot_start(exc)
             return
-        self._alive.append(alive)
+        (self._spare_alive if spare else self._alive).append(alive)
 
     def _cannot_start(self, error: RuntimeError) -> None:
         """No more threads: go on with those running, or end the run if there are none."""
@@ -188,9 +208,11 @@ class ThreadBackend:
         except Empty:
             pass
         self._retire(len(self._alive) - self._retiring)
+        for _ in self._spare_alive:
+            self._spare_queue.put(None)
         deadline = monotonic() + grace
         busy = 0
-        for alive in self._alive:
+        for alive in [*self._alive, *self._spare_alive]:
             if alive.acquire(timeout=max(deadline - monotonic(), 0.0)):
                 alive.release()
             else:

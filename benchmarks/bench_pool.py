@@ -1,0 +1,289 @@
+"""Several loops on one set of workers: manyhands.Pool against the classic answers.
+
+Responsive lane: a bulk run keeps the workers busy while another thread sends one small,
+urgent call every 100 ms. The classic answers are one shared executor (the urgent call
+queues behind the bulk, first in, first out) and a second executor for the small jobs
+(more threads or processes than workers asked for, and start-up paid twice). Reported:
+the urgent calls' queue wait (from the moment they are sent to the moment they start,
+p50 and p99) and the bulk run's wall time, against the bulk run alone.
+
+Warm pool: ten consecutive runs of CPU-bound items on a process pool that stays up,
+against ten cold ``manyhands.run`` calls and the serial loop.
+
+    python benchmarks/bench_pool.py                      # every case
+    python benchmarks/bench_pool.py --cases threads      # the thread cases only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from _harness import compile_packages, run_isolated
+
+import manyhands
+
+URGENT_EVERY = 0.1  # seconds between urgent calls
+
+# -- the work --------------------------------------------------------------------
+
+
+def io_bulk(x: int) -> int:
+    time.sleep(0.05)
+    return x
+
+
+def spin(seconds: float) -> int:
+    """Pure-Python CPU work for about ``seconds`` (calibrated once per process)."""
+    n = int(seconds * _LOOPS_PER_SECOND)
+    total = 0
+    for i in range(n):
+        total += i * i % 7
+    return total
+
+
+def _calibrate() -> float:
+    n = 200_000
+    started = time.perf_counter()
+    total = 0
+    for i in range(n):
+        total += i * i % 7
+    return n / (time.perf_counter() - started)
+
+
+_LOOPS_PER_SECOND = float(os.environ.get("BENCH_POOL_LOOPS", 0)) or _calibrate()
+os.environ["BENCH_POOL_LOOPS"] = str(_LOOPS_PER_SECOND)  # the same work in every worker
+
+
+def cpu_bulk(x: int) -> int:
+    return spin(0.01)
+
+
+def cpu_urgent(sent: float) -> float:
+    waited = time.time() - sent
+    spin(0.001)
+    return waited
+
+
+def io_urgent(sent: float) -> float:
+    waited = time.time() - sent
+    time.sleep(0.001)
+    return waited
+
+
+# -- the urgent lane ---------------------------------------------------------------
+
+
+def urgent_lane(send: Callable[[float], float], stop: threading.Event) -> list[float]:
+    """Send one urgent call every URGENT_EVERY seconds until ``stop``; their waits."""
+    waits: list[float] = []
+    while not stop.wait(URGENT_EVERY):
+        waits.append(send(time.time()))
+    return waits
+
+
+def responsive(bulk: Callable[[], Any], send: Callable[[float], float]) -> dict[str, Any]:
+    stop = threading.Event()
+    waits: list[float] = []
+    lane = threading.Thread(target=lambda: waits.extend(urgent_lane(send, stop)))
+    started = time.perf_counter()
+    lane.start()
+    bulk()
+    wall = time.perf_counter() - started
+    stop.set()
+    lane.join()
+    waits.sort()
+    return {
+        "wall": wall,
+        "urgent_calls": len(waits),
+        "p50_ms": 1e3 * statistics.median(waits) if waits else None,
+        "p99_ms": 1e3 * waits[min(len(waits) - 1, int(len(waits) * 0.99))] if waits else None,
+    }
+
+
+# -- the cases ---------------------------------------------------------------------
+
+
+def threads_case(kind: str) -> dict[str, Any]:
+    items = range(2000)
+    workers = 20
+    if kind == "bulk alone (Pool)":
+        with manyhands.Pool(workers) as pool:
+            started = time.perf_counter()
+            assert pool.run(io_bulk, items).succeeded == 2000
+            return {"wall": time.perf_counter() - started}
+    if kind == "bulk alone (ThreadPoolExecutor)":
+        with ThreadPoolExecutor(workers) as ex:
+            started = time.perf_counter()
+            assert len(list(ex.map(io_bulk, items))) == 2000
+            return {"wall": time.perf_counter() - started}
+    if kind == "one shared ThreadPoolExecutor":
+        with ThreadPoolExecutor(workers) as ex:
+            return responsive(
+                lambda: list(ex.map(io_bulk, items)),
+                lambda sent: ex.submit(io_urgent, sent).result(),
+            )
+    if kind == "two ThreadPoolExecutors":
+        with ThreadPoolExecutor(workers) as ex, ThreadPoolExecutor(2) as small:
+            return responsive(
+                lambda: list(ex.map(io_bulk, items)),
+                lambda sent: small.submit(io_urgent, sent).result(),
+            )
+    if kind == "manyhands.Pool, pool.run(priority=5)":
+        with manyhands.Pool(workers) as pool:
+            return responsive(
+                lambda: pool.run(io_bulk, items),
+                lambda sent: pool.map(io_urgent, [sent], priority=5).__next__().value,
+            )
+    if kind == "manyhands.Pool, executor(priority=5).submit":
+        with manyhands.Pool(workers) as pool:
+            urgent = pool.executor(priority=5)
+            return responsive(
+                lambda: pool.run(io_bulk, items),
+                lambda sent: urgent.submit(io_urgent, sent).result(),
+            )
+    if kind == "manyhands.Pool(spare=2), pool.run(priority=5)":
+        with manyhands.Pool(workers, spare=2) as pool:
+            return responsive(
+                lambda: pool.run(io_bulk, items),
+                lambda sent: pool.map(io_urgent, [sent], priority=5).__next__().value,
+            )
+    raise KeyError(kind)
+
+
+def processes_case(kind: str) -> dict[str, Any]:
+    items = range(400)
+    workers = 2
+    if kind == "serial":
+        started = time.perf_counter()
+        for x in items:
+            cpu_bulk(x)
+        return {"wall": time.perf_counter() - started}
+    if kind == "one shared ProcessPoolExecutor":
+        with ProcessPoolExecutor(workers) as ex:
+            return responsive(
+                lambda: list(ex.map(cpu_bulk, items)),
+                lambda sent: ex.submit(cpu_urgent, sent).result(),
+            )
+    if kind == "two ProcessPoolExecutors":
+        with ProcessPoolExecutor(workers) as ex, ProcessPoolExecutor(workers) as small:
+            return responsive(
+                lambda: list(ex.map(cpu_bulk, items)),
+                lambda sent: small.submit(cpu_urgent, sent).result(),
+            )
+    if kind == "manyhands.Pool, pool.run(priority=5)":
+        with manyhands.Pool(workers, backend="processes") as pool:
+            return responsive(
+                lambda: pool.run(cpu_bulk, items),
+                lambda sent: pool.map(cpu_urgent, [sent], priority=5).__next__().value,
+            )
+    raise KeyError(kind)
+
+
+def warm_case(kind: str) -> dict[str, Any]:
+    runs, items = 10, range(40)
+    started = time.perf_counter()
+    if kind == "serial":
+        for _ in range(runs):
+            for x in items:
+                cpu_bulk(x)
+    elif kind == "cold manyhands.run x10":
+        for _ in range(runs):
+            assert manyhands.run(cpu_bulk, items, backend="processes").succeeded == 40
+    elif kind == "warm manyhands.Pool x10 (start-up included)":
+        with manyhands.Pool(backend="processes") as pool:
+            for _ in range(runs):
+                assert pool.run(cpu_bulk, items).succeeded == 40
+    elif kind == "ProcessPoolExecutor x10 (start-up included)":
+        ex: Executor
+        with ProcessPoolExecutor() as ex:
+            for _ in range(runs):
+                assert len(list(ex.map(cpu_bulk, items))) == 40
+    else:
+        raise KeyError(kind)
+    return {"wall": time.perf_counter() - started}
+
+
+CASES: dict[str, tuple[Callable[[str], dict[str, Any]], list[str]]] = {
+    "threads": (
+        threads_case,
+        [
+            "bulk alone (Pool)",
+            "bulk alone (ThreadPoolExecutor)",
+            "one shared ThreadPoolExecutor",
+            "two ThreadPoolExecutors",
+            "manyhands.Pool, pool.run(priority=5)",
+            "manyhands.Pool, executor(priority=5).submit",
+            "manyhands.Pool(spare=2), pool.run(priority=5)",
+        ],
+    ),
+    "processes": (
+        processes_case,
+        [
+            "serial",
+            "one shared ProcessPoolExecutor",
+            "two ProcessPoolExecutors",
+            "manyhands.Pool, pool.run(priority=5)",
+        ],
+    ),
+    "warm": (
+        warm_case,
+        [
+            "serial",
+            "cold manyhands.run x10",
+            "warm manyhands.Pool x10 (start-up included)",
+            "ProcessPoolExecutor x10 (start-up included)",
+        ],
+    ),
+}
+
+
+def _table(name: str, rows: dict[str, dict[str, Any]]) -> str:
+    reference = next(iter(rows.values())).get("wall")
+    lines = [f"### {name}", "", "| runner | wall s | vs first row | urgent wait p50 / p99 ms |"]
+    lines.append("| --- | ---: | ---: | --- |")
+    for runner, row in rows.items():
+        if "error" in row:
+            lines.append(f"| {runner} | - | - | {row['error']} |")
+            continue
+        ratio = f"{row['wall'] / reference:.3f}x" if reference else ""
+        waits = (
+            f"{row['p50_ms']:.1f} / {row['p99_ms']:.1f} ({row['urgent_calls']} calls)"
+            if row.get("p50_ms") is not None
+            else ""
+        )
+        lines.append(f"| {runner} | {row['wall']:.3f} | {ratio} | {waits} |")
+    return "\n".join([*lines, ""])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
+    parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds per case")
+    parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        case, runner = args.one
+        print(json.dumps(CASES[case][0](runner)))
+        return
+    compile_packages()
+    for case in args.cases.split(","):
+        rows = {}
+        for runner in CASES[case][1]:
+            rows[runner] = run_isolated(__file__, case, runner, args.timeout)
+            print(f"{case:10} {runner:45} {rows[runner]}", file=sys.stderr, flush=True)
+        print(_table(case, rows))
+
+
+if __name__ == "__main__":
+    main()
