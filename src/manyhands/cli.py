@@ -180,9 +180,12 @@ def _run(fn: Callable[[Any], Any], items: Any, options: dict[str, Any], output: 
     # Without --output nobody reads the values: what finishes is recorded as in run(),
     # calls that finish in the grace period included. With --output, a row is recorded
     # once its outcome was delivered here and its line flushed (before_record).
-    caller = "map" if output else "run"
+    report_only = not output
+    if report_only:
+        options = {name: value for name, value in options.items() if name != "ordered"}
+    caller = "run" if report_only else "map"
     try:
-        run = _api.open_run(caller, _calling(fn), items, options)
+        run = _api.open_run(caller, _calling(fn), items, options, report_only=report_only)
     except (TypeError, ValueError) as exc:
         raise UsageProblem(str(exc)) from exc
     journal: str | None = options.get("journal")
