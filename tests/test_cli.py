@@ -40,6 +40,16 @@ async def shout(line):
 def name_of(row):
     return row["name"].upper()
 
+def double_slowly(line):
+    fd = os.open(os.environ["CALLS_FILE"], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    os.write(fd, line.encode() + b"\\n")
+    os.close(fd)
+    time.sleep(float(os.environ.get("SLEEP", "0.002")))
+    return int(line) * 2
+
+def always_fails(line):
+    raise ValueError(f"no good: {line}")
+
 NOT_CALLABLE = 42
 """
 
@@ -120,7 +130,7 @@ def test_jsonl_with_a_malformed_line_records_it_and_goes_on(workdir: Path) -> No
     out = [json.loads(line) for line in (workdir / "o.jsonl").read_text().splitlines()]
     assert [o["ok"] for o in out] == [True, False, True]
     assert out[1]["item"] == '{"name": '
-    assert out[1]["error"]["type"] == "manyhands._inputs.MalformedLine"
+    assert out[1]["error"]["type"] == "manyhands.cli.MalformedLine"
     assert out[1]["error"]["message"].startswith("line 2 is not valid JSON")
 
 
@@ -170,7 +180,7 @@ def test_csv_rows_are_dicts(workdir: Path) -> None:
         (["run", "target.py:work", "missing.txt"], "cannot read INPUT 'missing.txt'"),
         (["run", "target.py:work", "numbers.txt", "-j", "0"], "'-j' / '--workers'"),
         (["run", "target.py:work", "numbers.txt", "--rate", "fast"], "rate='fast' is not a rate"),
-        (["run", "target.py:work", "numbers.txt", "--key", "id"], "need --journal"),
+        (["run", "target.py:work", "numbers.txt", "--key", "id"], "--key needs --journal"),
         (
             ["run", "target.py:work", "numbers.txt", "--backend", "gpu"],
             "Invalid value for '--backend'",
@@ -190,10 +200,107 @@ def test_bad_input_is_a_one_line_error_with_exit_code_2(
     assert done.stdout == ""
 
 
-def test_help_documents_the_exit_codes(workdir: Path) -> None:
-    done = manyhands("run", "--help", cwd=workdir)
+def test_a_malformed_line_fails_as_the_public_manyhands_cli_malformed_line(workdir: Path) -> None:
+    from manyhands.cli import MalformedLine
+
+    assert MalformedLine.__module__ == "manyhands.cli"
+    done = manyhands("run", "target.py:work", "-", "--jsonl", "--backend", "processes", "-j", "1",
+                     "--output", "-", cwd=workdir, stdin="4\n{bad\n")  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    out = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [o["ok"] for o in out] == [True, False]
+    assert out[1]["error"]["type"] == "manyhands.cli.MalformedLine"  # also from a worker process
+
+
+def test_version_flag(workdir: Path) -> None:
+    import manyhands as package
+
+    for flag in ("--version", "-V"):
+        done = manyhands(flag, cwd=workdir)
+        assert done.returncode == 0
+        assert done.stdout.strip() == f"manyhands {package.__version__}"
+
+
+@pytest.mark.parametrize(
+    ("command", "says", "never"),
+    [
+        ("run", ["0 every item succeeded", "1 some items failed", "130 interrupted",
+                 "143 terminated", "141 stdout was closed"], []),
+        ("status", ["0 the journal was read", "2 no journal"], ["1 some items failed"]),
+        ("failures", ["0 the journal was read", "2 no journal"], ["1 some items failed"]),
+        ("demo", ["0 the demo ran", "130 interrupted"], ["1 some items failed"]),
+        ("report", ["0 the report was written", "2 no journal"], ["1 some items failed"]),
+    ],
+)  # fmt: skip
+def test_each_commands_help_states_its_own_exit_codes(
+    workdir: Path, command: str, says: list[str], never: list[str]
+) -> None:
+    done = manyhands(command, "--help", cwd=workdir)
     assert done.returncode == 0
-    assert "130 interrupted" in done.stdout and "--journal" in done.stdout
+    text = " ".join(done.stdout.split())  # (help text is wrapped to the terminal)
+    assert all(phrase in text for phrase in says), text
+    assert not any(phrase in text for phrase in never), text
+
+
+def test_flags_for_the_library_options(workdir: Path) -> None:
+    done = manyhands(
+        "run", "target.py:work", "numbers.txt", "--grace", "0.5", "--total", "1000",
+        "--batch-size", "7", "--output", "out.jsonl", cwd=workdir,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr  # (items 3, 13, ... fail)
+    assert "1,000 items" in done.stdout
+    stopped = manyhands("run", "target.py:always_fails", "numbers.txt", "-j", "2",
+                        "--stop-after-failure-rate", "0.5,20", cwd=workdir)  # fmt: skip
+    assert stopped.returncode == 1
+    assert "stopped early" in stopped.stdout
+    assert "1,000 items" not in stopped.stdout  # it did not go through the input
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--stop-after-failure-rate", "1.5"], "is not SHARE or SHARE,LAST_N"),
+        (["--stop-after-failure-rate", "0.5,0"], "is not SHARE or SHARE,LAST_N"),
+        (["--grace", "-1"], "'--grace'"),
+        (["--store-results"], "--store-results needs --journal"),
+        (["--changed-items", "rerun", "--retry-failed"], "--retry-failed and --changed-items need"),
+        (["--output", "numbers.txt"], "--output 'numbers.txt' is the INPUT file"),
+        (["--journal", "j.db", "--output", "j.db"], "is the --journal file"),
+    ],
+)
+def test_bad_flags_are_usage_errors(workdir: Path, flags: list[str], message: str) -> None:
+    (workdir / "j.db").write_bytes(b"")
+    before = (workdir / "numbers.txt").read_bytes()
+    done = manyhands("run", "target.py:work", "numbers.txt", *flags, cwd=workdir)
+    assert done.returncode == 2
+    assert message in done.stderr, done.stderr
+    assert (workdir / "numbers.txt").read_bytes() == before  # nothing was overwritten
+
+
+def test_report_refuses_to_write_over_its_journal(workdir: Path) -> None:
+    assert manyhands("run", "target.py:work", "numbers.txt", "--journal", "j.db",
+                     cwd=workdir).returncode == 1  # fmt: skip
+    before = (workdir / "j.db").read_bytes()
+    done = manyhands("report", "j.db", "-o", "j.db", cwd=workdir)
+    assert done.returncode == 2
+    assert "is the journal's file" in done.stderr
+    assert (workdir / "j.db").read_bytes() == before
+
+
+def test_changed_items_flag_reruns_an_edited_item(workdir: Path) -> None:
+    (workdir / "rows.jsonl").write_text('{"id": 1, "name": "a"}\n{"id": 2, "name": "b"}\n')
+    args = ["run", "target.py:name_of", "rows.jsonl", "--jsonl", "--journal", "j.db",
+            "--key", "id", "--output", "out.jsonl"]  # fmt: skip
+    assert manyhands(*args, cwd=workdir).returncode == 0
+    (workdir / "rows.jsonl").write_text('{"id": 1, "name": "a"}\n{"id": 2, "name": "z"}\n')
+    refused = manyhands(*args, cwd=workdir)
+    assert refused.returncode == 2 and "differs" in refused.stderr
+    rerun = manyhands(*args, "--changed-items", "rerun", cwd=workdir)
+    assert rerun.returncode == 0, rerun.stderr
+    values = [
+        json.loads(line)["value"] for line in (workdir / "out.jsonl").read_text().splitlines()
+    ]
+    assert sorted(values) == ["A", "B", "Z"]  # item 2's new line comes last
 
 
 def test_console_script_is_installed(workdir: Path) -> None:
@@ -226,6 +333,34 @@ def test_ctrl_c_exits_130_and_the_rerun_completes_the_rest(workdir: Path) -> Non
     assert sorted(set(first) | set(second), key=int) == [str(n) for n in range(1000)]
     # Only calls cut off by the interrupt (at most one per worker) ran twice.
     assert len(set(first) & set(second)) <= 4
+
+
+def test_demo_with_a_journal_prints_next_steps_that_use_it(tmp_path: Path) -> None:
+    done = manyhands("demo", "--items", "30", "--journal", "my demo.db", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "manyhands failures 'my demo.db'" in done.stdout
+    assert "manyhands status 'my demo.db'" in done.stdout
+    assert "manyhands demo --items 30 --journal 'my demo.db' " in done.stdout  # resumes it
+    assert "manyhands demo --items 30 --journal 'my demo.db' --fresh" in done.stdout
+
+
+def test_demo_fresh_deletes_only_a_journal_not_in_use(tmp_path: Path) -> None:
+    (tmp_path / "precious.db").write_text("not a journal")
+    done = manyhands("demo", "--journal", "precious.db", "--fresh", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "--fresh deletes a manyhands journal only" in done.stderr
+    assert (tmp_path / "precious.db").read_text() == "not a journal"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["precious.db"]
+
+    assert manyhands("demo", "--items", "5", "--journal", "d.db", cwd=tmp_path).returncode == 0
+    if sys.platform != "win32":  # a demo running on it holds its lock
+        import fcntl
+
+        with open(tmp_path / "d.db.lock", "a+") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            busy = manyhands("demo", "--journal", "d.db", "--fresh", cwd=tmp_path)
+        assert busy.returncode == 2 and "in use" in busy.stderr
+        assert "5 items with a final record" in manyhands("status", "d.db", cwd=tmp_path).stdout
 
 
 def test_demo_runs_and_resumes(tmp_path: Path) -> None:

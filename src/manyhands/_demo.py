@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 import time
 from pathlib import Path
 
 from ._api import run
-from ._demo_api import ItemFetcher, flaky_api, is_transient
 from ._retry import Retry
 
-__all__ = ["run_demo"]
+__all__ = ["DEFAULT_ITEMS", "DEFAULT_JOURNAL", "run_demo"]
+
+DEFAULT_ITEMS = 2000
+DEFAULT_JOURNAL = "manyhands-demo.db"
 
 CAPACITY = 200.0  # requests/s the API accepts before it answers 429
 RATE = "250/s"  # what the demo asks for: more than the API takes, so it must slow down
@@ -19,9 +22,10 @@ MISSING_EVERY = 97  # every 97th item is a 404 that no retry fixes
 
 def run_demo(items: int, journal: Path, fresh: bool) -> int:
     """Run the demo; print what happened and what to try next. Returns 0."""
+    from ._demo_api import ItemFetcher, flaky_api, is_transient  # (http.server: only here)
+
     if fresh:
-        for suffix in ("", "-wal", "-shm", ".lock"):
-            Path(f"{journal}{suffix}").unlink(missing_ok=True)
+        _delete_journal(journal)
     resumed = journal.exists()
     out = sys.stdout
     print(
@@ -61,14 +65,45 @@ def run_demo(items: int, journal: Path, fresh: bool) -> int:
             "earlier run were skipped.",
             file=out,
         )
+    path = shlex.quote(str(journal))
+    again = "manyhands demo"  # the same demo: the same items, the same journal
+    if items != DEFAULT_ITEMS:
+        again += f" --items {items}"
+    if str(journal) != DEFAULT_JOURNAL:
+        again += f" --journal {path}"
     steps = [
-        (f"manyhands failures {journal}", "the items that failed, and why"),
-        (f"manyhands status {journal}", "counts, errors by type, the runs"),
-        ("manyhands demo", "again: resumes, skipping what is recorded"),
-        ("manyhands demo --fresh", "start over"),
+        (f"manyhands failures {path}", "the items that failed, and why"),
+        (f"manyhands status {path}", "counts, errors by type, the runs"),
+        (again, "again: resumes, skipping what is recorded"),
+        (f"{again} --fresh", "start over"),
     ]
     width = max(len(command) for command, _ in steps) + 3
     print("\nNext:", file=out)
     for command, what in steps:
         print(f"  {command:<{width}}{what}", file=out)
     return 0
+
+
+def _delete_journal(journal: Path) -> None:
+    """``--fresh``: delete the demo's journal, unless it is in use or not a journal at all."""
+    from ._exceptions import JournalError
+    from ._inspect import read_status
+    from ._journal_file import acquire_lock, lock_path, release_lock
+
+    lock_file = lock_path(journal)
+    had_lock_file = lock_file.exists()
+    lock = acquire_lock(journal)  # a demo running on it: JournalError, nothing deleted
+    deleted = False
+    try:
+        if journal.exists():
+            try:
+                read_status(journal)
+            except JournalError as exc:
+                raise JournalError(f"--fresh deletes a manyhands journal only: {exc}") from None
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{journal}{suffix}").unlink(missing_ok=True)
+        deleted = True
+    finally:
+        release_lock(lock)
+        if deleted or not had_lock_file:
+            lock_file.unlink(missing_ok=True)

@@ -6,6 +6,7 @@ names what is wrong and how to fix it; the CLI prints it and exits with 2.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import importlib
 import importlib.util
@@ -30,7 +31,14 @@ class UsageProblem(Exception):
 
 
 class MalformedLine(ValueError):
-    """An input line that could not be parsed; it fails as its own item."""
+    """An input line that could not be read (not UTF-8, or not JSON); it fails as its own item.
+
+    Recorded as ``"manyhands.cli.MalformedLine"``, with the line number in
+    the message.
+    """
+
+
+MalformedLine.__module__ = "manyhands.cli"  # its public name, importable from there
 
 
 class BadLine:
@@ -102,42 +110,98 @@ def _load_file(path: Path, what: str) -> Any:
     return module
 
 
-def open_input(path: str) -> IO[str]:
-    """The INPUT stream: a file, or standard input for ``-``."""
+def open_input(path: str) -> IO[bytes]:
+    """The INPUT stream, as bytes: a file, or standard input for ``-``.
+
+    Bytes, so that a line that is not UTF-8 fails as its own item with its
+    line number (see :func:`read_items`) instead of stopping the run.
+    """
     if path == "-":
-        return sys.stdin
+        return sys.stdin.buffer
     try:
-        return open(path, encoding="utf-8", newline="")
+        return open(path, "rb")
     except OSError as exc:
         raise UsageProblem(f"cannot read INPUT {path!r}: {exc.strerror or exc}") from exc
 
 
-def read_items(stream: IO[str], form: str) -> Iterator[Any]:
+def read_items(stream: IO[bytes], form: str) -> Iterator[Any]:
     """Items from ``stream``, one at a time: ``lines``, ``jsonl`` or ``csv``.
 
-    Lines lose their line ending; blank lines are skipped. A JSONL line that
-    is not JSON becomes a :class:`BadLine` (the run records it as failed and
-    goes on). CSV rows are dicts keyed by the header row.
+    The input is UTF-8; a byte order mark at its start is dropped. Lines
+    end with ``\\n`` or ``\\r\\n`` and lose it; blank lines are skipped. A
+    line that is not UTF-8, or a JSONL line that is not JSON, becomes a
+    :class:`BadLine`: the run records it as a failed item, with its line
+    number, and goes on. CSV rows are dicts keyed by the header row.
 
     >>> import io
-    >>> list(read_items(io.StringIO("a\\n\\nb\\r\\n"), "lines"))
+    >>> list(read_items(io.BytesIO(b"\\xef\\xbb\\xbfa\\n\\nb\\r\\n"), "lines"))
     ['a', 'b']
-    >>> list(read_items(io.StringIO('{"id": 1}\\nnot json\\n'), "jsonl"))
+    >>> list(read_items(io.BytesIO(b'{"id": 1}\\nnot json\\n'), "jsonl"))
     [{'id': 1}, <line 2: 'not json'>]
-    >>> list(read_items(io.StringIO("id,name\\n1,a\\n"), "csv"))
-    [{'id': '1', 'name': 'a'}]
+    >>> list(read_items(io.BytesIO(b"id,name\\n1,a\\n2,caf\\xe9\\n"), "csv"))
+    [{'id': '1', 'name': 'a'}, <line 3: '2,caf\\\\xe9'>]
     """
+    lines = _decoded(stream)
     if form == "csv":
-        yield from csv.DictReader(stream)
+        yield from _csv_rows(lines)
         return
-    for number, line in enumerate(stream, 1):
+    for number, line, problem in lines:
         text = line.rstrip("\r\n")
         if not text.strip():
             continue
-        if form == "lines":
+        if problem is not None:
+            yield BadLine(number, text, problem)
+        elif form == "lines":
             yield text
-            continue
+        else:
+            try:
+                yield json.loads(text)
+            except ValueError as exc:
+                yield BadLine(number, text, f"line {number} is not valid JSON: {exc}")
+
+
+def _decoded(stream: IO[bytes]) -> Iterator[tuple[int, str, str | None]]:
+    """(line number, text, what is wrong with it or None) for each line of ``stream``.
+
+    A line that is not UTF-8 comes with its bytes shown as ``\\xff`` escapes.
+    """
+    for number, line in enumerate(stream, 1):
+        raw = (
+            line[len(codecs.BOM_UTF8) :]
+            if number == 1 and line.startswith(codecs.BOM_UTF8)
+            else line
+        )
         try:
-            yield json.loads(text)
-        except ValueError as exc:
-            yield BadLine(number, text, f"line {number} is not valid JSON: {exc}")
+            yield number, raw.decode(), None
+        except UnicodeDecodeError as exc:
+            yield (
+                number,
+                raw.decode(errors="backslashreplace"),
+                f"line {number} is not valid UTF-8 (byte 0x{raw[exc.start]:02x} at byte "
+                f"{exc.start + 1} of the line); convert INPUT to UTF-8, e.g. with "
+                "iconv -f latin1 -t utf-8",
+            )
+
+
+def _csv_rows(lines: Iterator[tuple[int, str, str | None]]) -> Iterator[Any]:
+    """CSV rows as dicts; a row with a line that is not UTF-8 as a :class:`BadLine`."""
+    bad: dict[int, tuple[str, str]] = {}  # line number -> (text, problem), for the next row
+
+    def texts() -> Iterator[str]:
+        for number, text, problem in lines:
+            if problem is not None:
+                bad[number] = (text.rstrip("\r\n"), problem)
+            yield text
+
+    rows = csv.DictReader(texts())
+    if rows.fieldnames is not None and bad:
+        number = min(bad)
+        raise UsageProblem(f"the CSV header: {bad[number][1]}")
+    for row in rows:
+        if bad:
+            number = min(bad)
+            text, problem = bad[number]
+            bad.clear()
+            yield BadLine(number, text, problem)
+        else:
+            yield row

@@ -416,12 +416,16 @@ class Run:
             return
         # Interrupted: keep what finished during the grace period, then close
         # without masking the exception on its way out. A consumer never saw
-        # those outcomes: they are kept only if their values are (store_results).
+        # those outcomes: they are kept only if their values are (store_results),
+        # and not for a consumer that writes what it gets (before_record): there,
+        # an outcome it never got has no line, so its item must run again.
         status: str | None = self.exit_status or getattr(sys.exc_info()[1], "run_status", None)
         try:
             # What cannot be written runs again next time.
             with contextlib.suppress(JournalError):
-                if not self._consumer or self._options.store_results:
+                if not self._consumer or (
+                    self._options.store_results and self.before_record is None
+                ):
                     for finished in self._late_batches():
                         journal.record_successes(finished)
                 journal.close(status or "interrupted", stats.counts())

@@ -1,41 +1,84 @@
 """The ``manyhands`` command: run a Python function over a file of items, resumable.
 
-Exit codes (also in ``manyhands --help``): 0 every item succeeded, 1 some
-items failed, 2 usage error (bad TARGET, INPUT or flag), 130 interrupted
-(with ``--journal``, everything finished is saved: rerun to resume).
+Exit codes (also in each subcommand's ``--help``): see ``EXIT_*`` below and
+the README's "The command line".
 """
 
 from __future__ import annotations
 
-import json
+import os
+import shlex
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import click
 
-from . import _api
+from . import __version__, _api, _stream
+from ._demo import DEFAULT_ITEMS, DEFAULT_JOURNAL
+from ._escape import escape_controls, escape_json
 from ._exceptions import InputError, JournalError
 from ._inputs import BadLine, MalformedLine, UsageProblem, load_target, open_input, read_items
 from ._keys import default_key
 from ._options import BACKENDS, DEFAULT_WORKERS
 from ._outcome import Outcome
+from ._output import OutputFile
 from ._rate import parse_rate
+from ._run import Run
+from ._signals import StopSignals, Terminated
 from ._stream import Outcomes
 
-__all__ = ["main"]
+__all__ = ["MalformedLine", "Terminated", "main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OUTPUT_CLOSED = 141  # 128 + SIGPIPE, as `cat` ends when `| head` has read enough
 
-EPILOG = """\b
-Exit codes: 0 every item succeeded, 1 some items failed, 2 usage error,
-130 interrupted (with --journal, what finished is saved: rerun to resume).
+RUN_EPILOG = """\b
+Exit codes: 0 every item succeeded, 1 some items failed, 2 usage error
+(bad TARGET, INPUT or flag), 130 interrupted (Ctrl-C), 143 terminated
+(SIGTERM; 129 for SIGHUP), 141 stdout was closed early (e.g. | head).
+When stopped, what finished is written and, with --journal, saved:
+run the same command again to resume.
+"""
+READ_EPILOG = """\b
+Exit codes: 0 the journal was read (whether or not items failed),
+2 no journal at JOURNAL, or not a readable manyhands journal,
+141 stdout was closed early (e.g. | head).
+"""
+REPORT_EPILOG = """\b
+Exit codes: 0 the report was written, 2 no journal at JOURNAL, not a
+readable one, or --output cannot be written.
+"""
+DEMO_EPILOG = """\b
+Exit codes: 0 the demo ran (a few items fail on purpose), 2 usage error,
+130 interrupted (Ctrl-C), 143 terminated (SIGTERM): run it again to resume.
+"""
+GROUP_EPILOG = """\b
+Exit codes: 0 success, 1 some items failed (run), 2 usage error,
+130 interrupted, 143 terminated; each command's --help lists its own.
 """
 
 
-@click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+class _OutputClosed(Exception):
+    """Stdout was closed by its reader (``| head``): stop quietly, as ``cat`` does."""
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError as exc:  # (before click turns it into a silent exit 1)
+            raise _OutputClosed from exc
+
+
+@click.group(
+    cls=_Group, epilog=GROUP_EPILOG, context_settings={"help_option_names": ["-h", "--help"]}
+)
+@click.version_option(__version__, "-V", "--version", prog_name="manyhands",
+                      message="%(prog)s %(version)s")  # fmt: skip
 def cli() -> None:
     """Run a Python function over many items, many at a time: failures as values,
     bounded memory, prompt Ctrl-C, and resumable with --journal."""
@@ -49,7 +92,26 @@ def _rate(_ctx: click.Context, _param: click.Parameter, value: str | None) -> st
     return value
 
 
-@cli.command(epilog=EPILOG)
+def _failure_rate(
+    _ctx: click.Context, _param: click.Parameter, value: str | None
+) -> float | tuple[float, int] | None:
+    """``SHARE`` or ``SHARE,LAST_N``: 0.5, or 0.5,1000."""
+    if value is None:
+        return None
+    share, _, last = value.partition(",")
+    try:
+        parsed = (float(share), int(last)) if last else float(share)
+        if not 0 <= float(share) < 1 or (last and int(last) < 1):
+            raise ValueError
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is not SHARE or SHARE,LAST_N: a share of failed items in [0, 1) "
+            "over the last 100 (or LAST_N) items, e.g. 0.5 or 0.5,1000"
+        ) from None
+    return parsed
+
+
+@cli.command(epilog=RUN_EPILOG)
 @click.argument("target")
 @click.argument("input_path", metavar="[INPUT]", default="-")
 @click.option("--lines", "form", flag_value="lines", default=True, help="Each line is an item.")
@@ -67,29 +129,35 @@ def _rate(_ctx: click.Context, _param: click.Parameter, value: str | None) -> st
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True),
               help="Seconds a call may run, or the item fails (manyhands.Timeout).")  # fmt: skip
 @click.option("--ordered", is_flag=True, help="Write outcomes in input order.")
+@click.option("--batch-size", type=click.IntRange(min=1),
+              help="Items sent to a worker at once. Default: adapted.")  # fmt: skip
+@click.option("--total", type=click.IntRange(min=0),
+              help="How many items INPUT has, for the progress ETA.")  # fmt: skip
+@click.option("--grace", type=click.FloatRange(min=0), default=2.0, show_default=True,
+              help="Seconds running calls get to finish when the run stops early.")  # fmt: skip
+@click.option("--stop-after-failures", type=click.IntRange(min=1), help="Stop after N failed.")
+@click.option("--stop-after-failure-rate", metavar="SHARE[,LAST_N]", callback=_failure_rate,
+              help="Stop once over SHARE of the last 100 (or LAST_N) items failed.")  # fmt: skip
 @click.option("--journal", type=click.Path(dir_okay=False), help="Resumable SQLite journal.")
 @click.option("--retry-failed", is_flag=True, help="With --journal: rerun recorded failures.")
 @click.option("--key", help="With --journal: a JSON field name, or module:function.")
-@click.option("--stop-after-failures", type=click.IntRange(min=1), help="Stop after N failed.")
+@click.option("--changed-items", type=click.Choice(["refuse", "rerun", "skip"]),
+              help="With --key: what to do with an item that changed under its key "
+                   "(default: refuse).")  # fmt: skip
+@click.option("--store-results/--no-store-results", default=None,
+              help="With --journal: store each value, so that a resumed --output has the "
+                   "values of skipped items. Default: on with --output.")  # fmt: skip
 @click.option("--output", type=click.Path(dir_okay=False, allow_dash=True),
-              help="Write one JSON line per item (- for stdout).")  # fmt: skip
+              help="Write one JSON line per item (- for stdout); a resume appends.")  # fmt: skip
 @click.option("--progress/--no-progress", default=None, help="Default: on a terminal.")
 def run(
     target: str,
     input_path: str,
     form: str,
-    workers: int,
-    backend: str | None,
-    retries: int,
-    rate: str | None,
-    timeout: float | None,
-    ordered: bool,
     journal: str | None,
-    retry_failed: bool,
-    key: str | None,
-    stop_after_failures: int | None,
     output: str | None,
-    progress: bool | None,
+    key: str | None,
+    **flags: Any,
 ) -> int:
     """Call TARGET on every item of INPUT (a file, or - for stdin, the default).
 
@@ -97,62 +165,137 @@ def run(
     are read lazily: lines (default), --jsonl or --csv. Results go to --output
     as they arrive; the summary goes to stdout (stderr with --output -).
     """
-    if (key or retry_failed) and not journal:
-        raise UsageProblem("--key and --retry-failed need --journal")
+    options = _run_options(journal, output, key, flags)
     fn = load_target(target)
+    _check_paths(input_path, output, journal)
     stream = open_input(input_path)
-    options: dict[str, Any] = {
-        "workers": workers,
-        "backend": backend,
-        "ordered": ordered,
-        "retry": retries,
-        "rate": rate,
-        "timeout": timeout,
-        "stop_after_failures": stop_after_failures,
-        "progress": progress,
-    }
-    if journal:
-        options |= {"journal": journal, "retry_failed": retry_failed, "key": _key(key)}
-    summary = sys.stderr if output == "-" else sys.stdout
-    sink = _open_output(output)
-    failed = 0
-    # Without --output nobody reads the values: what finishes is recorded as in run()
-    # (with --output, a journal row is written once the line was).
-    caller = "map" if sink is not None else "run"
-    engine = _api.open_run(caller, _calling(fn), read_items(stream, form), options)
-    if sink is not None:
-        engine.before_record = sink.flush
-    outcomes: Outcomes[Any, Any] = Outcomes(engine)
     try:
-        with outcomes:
-            for outcome in outcomes:
+        return _run(fn, read_items(stream, form), options, output)
+    finally:
+        if stream is not sys.stdin.buffer:
+            stream.close()
+
+
+def _run(fn: Callable[[Any], Any], items: Any, options: dict[str, Any], output: str | None) -> int:
+    # Without --output nobody reads the values: what finishes is recorded as in run(),
+    # calls that finish in the grace period included. With --output, a row is recorded
+    # once its outcome was delivered here and its line flushed (before_record).
+    report_only = not output
+    if report_only:
+        options = {name: value for name, value in options.items() if name != "ordered"}
+    caller = "run" if report_only else "map"
+    try:
+        run = _api.open_run(caller, _calling(fn), items, options, report_only=report_only)
+    except (TypeError, ValueError) as exc:
+        raise UsageProblem(str(exc)) from exc
+    journal: str | None = options.get("journal")
+    # A resume appends to --output; the file is touched only once the run holds the lock.
+    resumed = journal is not None and Path(journal).exists()
+    sink = OutputFile(output, resume=resumed) if output else None
+    if sink is not None:
+        run.before_record = sink.flush  # (a row is never committed before its line)
+    summary = sys.stderr if output == "-" else sys.stdout
+    try:
+        failed = _consume(run, sink)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP (Terminated)
+        if sink is not None and (journal is None or Path(journal).exists()):
+            sink.start()  # (a fresh run stopped before its first outcome)
+        return _stopped(exc, run.report(), journal, summary)
+    except InputError as exc:
+        raise UsageProblem(f"reading INPUT failed: {exc.__cause__ or exc}") from exc
+    finally:
+        if sink is not None:
+            sink.close()
+    _print(run.report(), summary)
+    if failed and journal:
+        _print(f"\nsee the failures: manyhands failures {shlex.quote(journal)}", summary)
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _run_options(
+    journal: str | None, output: str | None, key: str | None, flags: dict[str, Any]
+) -> dict[str, Any]:
+    """The library options of ``run``'s flags; a flag that needs --journal without it is refused."""
+    needs_journal = [
+        name
+        for name, given in (
+            ("--key", key),
+            ("--retry-failed", flags["retry_failed"]),
+            ("--changed-items", flags["changed_items"]),
+            ("--store-results", flags["store_results"]),
+        )
+        if given
+    ]
+    if needs_journal and not journal:
+        verb = "needs" if len(needs_journal) == 1 else "need"
+        raise UsageProblem(f"{' and '.join(needs_journal)} {verb} --journal")
+    options = {name: value for name, value in flags.items() if value is not None}
+    options["retry"] = options.pop("retries")
+    if journal:
+        store = flags["store_results"]
+        options |= {
+            "journal": journal,
+            "key": _key(key),
+            # Stored values complete a resumed output (its skipped items' lines).
+            "store_results": bool(output) if store is None else store,
+        }
+    else:
+        options.pop("retry_failed", None)
+    return options
+
+
+def _check_paths(input_path: str, output: str | None, journal: str | None) -> None:
+    """Refuse an --output that is INPUT or the journal: writing it would destroy it."""
+    if not output or output == "-":
+        return
+    precious = [("INPUT", input_path)] if input_path != "-" else []
+    if journal:
+        precious += [("--journal", journal + suffix) for suffix in ("", "-wal", "-shm", ".lock")]
+    for what, path in precious:
+        try:
+            same = os.path.samefile(output, path)
+        except OSError:  # one of them does not exist: not the same file
+            continue
+        if same:
+            raise UsageProblem(f"--output {output!r} is the {what} file; write to another path")
+
+
+def _consume(run: Run, sink: OutputFile | None) -> int:
+    """Write every outcome; return how many failed."""
+    failed = 0
+    outcomes: Outcomes[Any, Any] = Outcomes(run)
+    # Not interrupted halfway: making an Outcome, recording what was delivered.
+    delivery = (run.delivered, Outcome.__init__, _stream._settled, _stream._skipped)
+    with StopSignals(protect=delivery) as signals, outcomes:
+        try:
+            for outcome in signals.guard(outcomes):
                 failed += outcome.error is not None
                 if sink is not None:
-                    sink.write(_json_line(outcome))
-    except KeyboardInterrupt:
-        print(outcomes.report, file=summary)
+                    sink.write(outcome)
+                signals.done()  # a signal that came while writing stops the run now
+        finally:
+            signals.release()
+    if sink is not None:
+        sink.start()  # (no outcome at all: an empty input still gets a fresh file)
+    return failed
+
+
+def _stopped(exc: KeyboardInterrupt, report: Any, journal: str | None, summary: Any) -> int:
+    """Print what a stopped run did and how to resume; the exit code."""
+    with _quietly():
+        _print(report, summary)
+        how = f"terminated ({exc})" if isinstance(exc, Terminated) else "interrupted"
         saved = (
             f" The journal {journal} is saved: run the same command again to resume."
             if journal
             else ""
         )
-        print(f"\ninterrupted.{saved}", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except InputError as exc:
-        raise UsageProblem(f"reading INPUT failed: {exc.__cause__ or exc}") from exc
-    finally:
-        if sink is not None and sink is not sys.stdout:
-            sink.close()
-        if stream is not sys.stdin:
-            stream.close()
-    print(outcomes.report, file=summary)
-    if failed and journal:
-        print(f"\nsee the failures: manyhands failures {journal}", file=summary)
-    return EXIT_FAILED if failed else EXIT_OK
+        _print(f"\n{how}.{saved}", sys.stderr)
+    return exc.exit_code if isinstance(exc, Terminated) else EXIT_INTERRUPTED
 
 
 def _calling(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """``fn``, except that an unparsable line fails as its own item.
+    """``fn``, except that an unreadable line fails as its own item.
 
     A coroutine function stays one, so that it runs on asyncio.
     """
@@ -198,69 +341,58 @@ def _key(spec: str | None) -> Callable[[Any], Any]:
     return key
 
 
-def _open_output(path: str | None) -> IO[str] | None:
-    if path is None:
+def _print(text: object, file: Any) -> None:
+    """Print text that may hold what a journal or an error message brought: escaped."""
+    print(escape_controls(str(text), keep_newlines=True), file=file)
+
+
+class _quietly:
+    """Suppress OSError: the terminal may be gone (SIGHUP) while a stopped run reports."""
+
+    def __enter__(self) -> None:
         return None
-    if path == "-":
-        return sys.stdout
-    try:
-        return open(path, "w", encoding="utf-8")
-    except OSError as exc:
-        raise UsageProblem(f"cannot write --output {path!r}: {exc.strerror or exc}") from exc
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> bool:
+        return exc_type is not None and issubclass(exc_type, OSError)
 
 
-def _json_line(outcome: Outcome[Any, Any]) -> str:
-    item = outcome.item.text if type(outcome.item) is BadLine else outcome.item
-    record: dict[str, Any] = {"item": item, "ok": outcome.ok}
-    if outcome.error is None:
-        record["value"] = outcome.value
-    else:
-        error = outcome.error
-        record["error"] = {
-            "type": error.error_type,
-            "message": error.message,
-            "attempts": error.attempts,
-        }
-    if outcome.skipped:
-        record["skipped"] = outcome.skipped
-    return json.dumps(record, ensure_ascii=False, default=repr) + "\n"
-
-
-@cli.command(epilog=EPILOG)
+@cli.command(epilog=READ_EPILOG)
 @click.argument("journal", type=click.Path(dir_okay=False))
 def status(journal: str) -> int:
     """Counts by state, errors by type, and the runs recorded in JOURNAL."""
     from ._inspect import read_status
 
     found = read_status(journal)
-    click.echo(f"{journal}: {found.total:,} items with a final record")
-    for state, count in sorted(found.states.items()):
-        click.echo(f"  {count:>10,}  {state}")
+    lines = [f"{journal}: {found.total:,} items with a final record"]
+    lines += [f"  {count:>10,}  {state}" for state, count in sorted(found.states.items())]
     if found.errors_by_type:
-        click.echo("errors by type:")
-        for name, count in found.errors_by_type.items():
-            click.echo(f"  {count:>10,}  {name}")
+        lines.append("errors by type:")
+        lines += [f"  {count:>10,}  {name}" for name, count in found.errors_by_type.items()]
     from ._timeline import throughput_sparkline
 
-    click.echo(throughput_sparkline(journal))
-    click.echo(f"runs: {len(found.runs)}")
+    lines.append(throughput_sparkline(journal))
+    lines.append(f"runs: {len(found.runs)}")
     for run_ in found.runs[-5:]:
         began = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run_["started"] or 0))
         took = f"{run_['finished'] - run_['started']:.1f}s" if run_["finished"] else "?"
-        click.echo(
+        lines.append(
             f"  #{run_['id']} {began} ({took}) {run_['fn']}: {run_['status']}, "
             f"{run_['succeeded'] or 0:,} succeeded, {run_['failed'] or 0:,} failed, "
             f"{run_['skipped'] or 0:,} skipped"
         )
+    for line in lines:  # the journal's text, from whatever code wrote it: escaped
+        click.echo(escape_controls(line))
     return EXIT_OK
 
 
-@cli.command(epilog=EPILOG)
+@cli.command(epilog=READ_EPILOG)
 @click.argument("journal", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @click.option("--traceback", "with_traceback", is_flag=True, help="Show full tracebacks.")
 def failures(journal: str, as_json: bool, with_traceback: bool) -> int:
     """The items that failed in JOURNAL: error type, message and attempts."""
+    import json
+
     from ._inspect import read_failures
 
     found = read_failures(journal)
@@ -269,29 +401,34 @@ def failures(journal: str, as_json: bool, with_traceback: bool) -> int:
         if as_json:
             record = {k: v for k, v in row.items() if k != "traceback" or with_traceback}
             record["item"] = item
-            click.echo(json.dumps(record, ensure_ascii=False))
+            click.echo(escape_json(json.dumps(record, ensure_ascii=False)))
             continue
-        click.echo(f"{item}: {row['error_type']}: {row['message']} (attempts: {row['attempts']})")
+        click.echo(
+            escape_controls(f"{item}: {row['error_type']}: {row['message']}")
+            + f" (attempts: {row['attempts']})"
+        )
         if with_traceback and row["traceback"]:
-            click.echo("    " + row["traceback"].rstrip().replace("\n", "\n    "))
+            text = escape_controls(row["traceback"].rstrip(), keep_newlines=True)
+            click.echo("    " + text.replace("\n", "\n    "))
     if not as_json:
         click.echo(f"{len(found):,} failed items", err=True)
     return EXIT_OK
 
 
-@cli.command(epilog=EPILOG)
-@click.option("--items", type=click.IntRange(min=1), default=2000, show_default=True)
-@click.option("--journal", type=click.Path(dir_okay=False), default="manyhands-demo.db",
+@cli.command(epilog=DEMO_EPILOG)
+@click.option("--items", type=click.IntRange(min=1), default=DEFAULT_ITEMS, show_default=True)
+@click.option("--journal", type=click.Path(dir_okay=False), default=DEFAULT_JOURNAL,
               show_default=True)  # fmt: skip
 @click.option("--fresh", is_flag=True, help="Delete the demo journal first.")
 def demo(items: int, journal: str, fresh: bool) -> int:
     """A self-contained showcase against a flaky, throttled local API."""
     from ._demo import run_demo
 
-    return run_demo(items, Path(journal), fresh)
+    with StopSignals():  # SIGTERM stops it as Ctrl-C does: the journal is closed
+        return run_demo(items, Path(journal), fresh)
 
 
-@cli.command(epilog=EPILOG)
+@cli.command(epilog=REPORT_EPILOG)
 @click.argument("journal", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default="run.html",
               show_default=True, help="The HTML file to write.")  # fmt: skip
@@ -302,6 +439,7 @@ def report(journal: str, output: str) -> int:
     """
     from ._html_report import write_report
 
+    _check_report_path(journal, output)
     try:
         write_report(journal, output)
     except OSError as exc:
@@ -310,8 +448,38 @@ def report(journal: str, output: str) -> int:
     return EXIT_OK
 
 
+def _check_report_path(journal: str, output: str) -> None:
+    """Refuse a report written over the journal it reads (or its companion files)."""
+    for suffix in ("", "-wal", "-shm", ".lock"):
+        try:
+            same = os.path.samefile(output, journal + suffix)
+        except OSError:  # one of them does not exist: not the same file
+            continue
+        if same:
+            raise UsageProblem(f"--output {output!r} is the journal's file; write to another path")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``manyhands`` and ``python -m manyhands``; returns the exit code."""
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        return _main(argv)
+
+
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
+    """A warning as one line, escaped: a JournalWarning quotes what the journal holds."""
+    with _quietly():
+        click.echo(f"manyhands: warning: {escape_controls(str(message))}", err=True)
+
+
+def _main(argv: list[str] | None) -> int:
     try:
         code = cli.main(args=argv, prog_name="manyhands", standalone_mode=False)
     except click.UsageError as exc:
@@ -319,12 +487,29 @@ def main(argv: list[str] | None = None) -> int:
             click.echo(exc.format_message(), err=True)
             return EXIT_USAGE
         hint = f" (see: {exc.ctx.command_path} --help)" if exc.ctx else ""
-        click.echo(f"manyhands: error: {exc.format_message()}{hint}", err=True)
+        click.echo(f"manyhands: error: {escape_controls(exc.format_message())}{hint}", err=True)
         return EXIT_USAGE
     except (UsageProblem, JournalError) as exc:
-        click.echo(f"manyhands: error: {exc}", err=True)
+        click.echo(f"manyhands: error: {escape_controls(str(exc))}", err=True)
         return EXIT_USAGE
-    except click.exceptions.Abort:
-        click.echo("interrupted", err=True)
-        return EXIT_INTERRUPTED
+    except click.exceptions.Abort as exc:
+        stop = exc.__cause__
+        with _quietly():
+            click.echo("terminated" if isinstance(stop, Terminated) else "interrupted", err=True)
+        return stop.exit_code if isinstance(stop, Terminated) else EXIT_INTERRUPTED
+    except _OutputClosed:
+        _silence_stdout()
+        return EXIT_OUTPUT_CLOSED
     return code if isinstance(code, int) else EXIT_OK
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that flushing it at exit cannot fail (and say so)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, sys.stdout.fileno())
+        finally:
+            os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no real stdout (captured): nothing to flush
+        pass

@@ -1,0 +1,174 @@
+"""The ``--output`` of ``manyhands run``: one JSON line per outcome, kept whole across resumes.
+
+What the file holds (the README's "The command line" says the same):
+
+- A run without ``--journal``, or whose journal did not exist yet, writes the
+  file afresh: one line per item of its input.
+- A rerun on an existing journal (a resume) appends. Items the journal skips
+  because an earlier run recorded them get no new line: theirs is already in
+  the file. So after a run that was interrupted (Ctrl-C, SIGTERM) and its
+  rerun, the file holds every item exactly once. After a run that was killed
+  outright (SIGKILL, a crash, a power cut), items that were running or whose
+  rows were not yet committed run again and may have two lines; the last one
+  is the final outcome, as for the items ``--retry-failed`` runs again.
+- A resume into a file that is new or empty (or into stdout, or a pipe)
+  writes every item, the skipped ones with the value the journal stored.
+
+Three mechanisms keep those promises:
+
+- The file is truncated or inspected only once the run holds the journal's
+  lock (:meth:`OutputFile.start`, at the first outcome): a second command on
+  the same journal fails on the lock with the file untouched.
+- :meth:`OutputFile.flush` runs before the journal records the outcomes
+  delivered so far, so no row is committed before its line is in the file.
+- A line cut short by a kill (a buffer flushed mid-line) is an item whose row
+  was never committed; a resume removes it (the item runs again).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import sys
+from typing import IO, Any
+
+from ._escape import escape_json
+from ._inputs import BadLine, UsageProblem
+from ._outcome import SKIPPED_DONE, SKIPPED_FAILED, Outcome, safe_repr
+
+__all__ = ["OutputFile", "json_line"]
+
+_RECORDED_EARLIER = (SKIPPED_DONE, SKIPPED_FAILED)
+_TAIL_CHUNK = 1 << 16
+
+
+class OutputFile:
+    """``--output``: ``path`` or ``-`` (stdout); see the module docstring for what it holds."""
+
+    def __init__(self, path: str, *, resume: bool) -> None:
+        self.path = path
+        self._resume = resume
+        self._started = False
+        self._failed: BaseException | None = None
+        self.write_skipped = True  # lines for items an earlier run recorded
+        if path == "-":
+            self._file: IO[bytes] = sys.stdout.buffer
+            self._regular = False
+            return
+        try:
+            # Appending changes nothing yet: what the file keeps is decided in start().
+            self._file = open(path, "ab")  # noqa: SIM115 - closed by close()
+        except OSError as exc:
+            raise UsageProblem(f"cannot write --output {path!r}: {exc.strerror or exc}") from exc
+        self._regular = stat.S_ISREG(os.fstat(self._file.fileno()).st_mode)
+
+    def start(self) -> None:
+        """Decide what the file keeps; call once the run holds the journal's lock."""
+        if self._started:
+            return
+        self._started = True
+        if not self._regular:  # stdout, a pipe, a terminal: a stream gets every line
+            return
+        if not self._resume:
+            self._file.truncate(0)
+            return
+        size = _drop_cut_line(self.path, self._file)
+        self.write_skipped = size == 0
+
+    def write(self, outcome: Outcome[Any, Any]) -> None:
+        """Write the line of ``outcome`` (unless the file already has it)."""
+        if not self._started:
+            self.start()
+        if outcome.skipped in _RECORDED_EARLIER and not self.write_skipped:
+            return
+        try:
+            self._file.write(json_line(outcome))
+        except BaseException as exc:
+            self._failed = exc
+            raise
+
+    def flush(self) -> None:
+        """Push the lines written so far to the OS; the journal may then record their items.
+
+        Once a write or flush failed, this raises again: the rows of lines
+        that never reached the file must not be recorded.
+        """
+        if self._failed is not None:
+            raise OSError(f"--output {self.path!r} could not be written: {self._failed!r}")
+        try:
+            self._file.flush()
+        except BaseException as exc:
+            self._failed = exc
+            raise
+
+    def close(self) -> None:
+        """Flush and close (stdout is flushed only)."""
+        try:
+            if self._failed is None:
+                self._file.flush()
+        finally:
+            if self._file is not sys.stdout.buffer:
+                self._file.close()
+
+
+def json_line(outcome: Outcome[Any, Any]) -> bytes:
+    """The output line of ``outcome``, UTF-8 with its newline.
+
+    A skipped item has ``"value"`` only when the journal holds one (results
+    are stored by default with ``--output``): never a ``null`` that was not
+    the value. Values JSON cannot hold are written as their ``repr``.
+
+    >>> json_line(Outcome("a", 2, None, 1))
+    b'{"item": "a", "ok": true, "value": 2}\\n'
+    >>> json_line(Outcome("a", None, None, 0, "duplicate key"))
+    b'{"item": "a", "ok": true, "skipped": "duplicate key"}\\n'
+    """
+    item = outcome.item.text if type(outcome.item) is BadLine else outcome.item
+    record: dict[str, Any] = {"item": item, "ok": outcome.ok}
+    if outcome.error is None:
+        if not outcome.skipped or outcome.value is not None:
+            record["value"] = outcome.value
+    else:
+        error = outcome.error
+        record["error"] = {
+            "type": error.error_type,
+            "message": error.message,
+            "attempts": error.attempts,
+        }
+    if outcome.skipped:
+        record["skipped"] = outcome.skipped
+    try:
+        text = json.dumps(record, ensure_ascii=False, default=safe_repr)
+    except (TypeError, ValueError, RecursionError):  # keys JSON cannot hold, a cycle...
+        for name in ("item", "value"):
+            if name in record:
+                record[name] = safe_repr(record[name], limit=10_000)
+        text = json.dumps(record, ensure_ascii=False)
+    return escape_json(text).encode() + b"\n"
+
+
+def _drop_cut_line(path: str, file: IO[bytes]) -> int:
+    """Remove a last line without its newline (written by a killed run); return the new size.
+
+    Its item's row was never committed (rows are committed only after their
+    lines were flushed whole), so the item runs again.
+    """
+    size = os.fstat(file.fileno()).st_size
+    if size == 0:
+        return 0
+    with open(path, "rb") as reader:
+        end = size
+        while end > 0:
+            start = max(end - _TAIL_CHUNK, 0)
+            reader.seek(start)
+            chunk = reader.read(end - start)
+            if end == size and chunk.endswith(b"\n"):
+                return size  # the common case: whole lines
+            newline = chunk.rfind(b"\n")
+            if newline >= 0:
+                end = start + newline + 1
+                break
+            end = start
+    file.truncate(end)
+    return end
