@@ -40,6 +40,7 @@ class SimulatedWorkers:
     """A backend of ``workers`` slots: a batch starts when a slot is free, and finishes
     ``duration(item)`` fake seconds later per item (``completions`` hands it back then)."""
 
+    name = "simulated"
     handles_timeouts = False
     timeout_action = "its worker was given up"
     concurrent_items = False

@@ -44,7 +44,9 @@ print(report.succeeded, report.failed, report.skipped, flush=True)
 def final_records(path: Path) -> dict[str, str]:
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        found = dict(db.execute("SELECT key, state FROM items").fetchall())
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+        # (a kill while the journal was being created leaves no table yet)
+        found = dict(db.execute("SELECT key, state FROM items").fetchall()) if tables else {}
     db.close()
     return found
 
@@ -168,3 +170,29 @@ def test_interrupted_runs_never_lose_or_duplicate_a_final_record(
     ran = [o.item for o in outs if o.skipped is None]
     assert len(ran) == len(set(ran))
     assert all(calls[x] >= 1 for x in set(items))
+
+
+@pytest.mark.parametrize("cut", ["empty file", "wal header only", "tables, no rows"])
+def test_a_journal_whose_creation_was_cut_short_is_taken_as_new(tmp_path: Path, cut: str) -> None:
+    journal = tmp_path / "run.db"
+    if cut == "empty file":
+        journal.touch()
+    else:
+        db = sqlite3.connect(journal)
+        db.execute("PRAGMA journal_mode = WAL")
+        if cut == "tables, no rows":  # an older manyhands made its tables one by one
+            from manyhands._journal_file import _SCHEMA
+
+            for statement in _SCHEMA.split(";")[:2]:  # killed before the third
+                db.execute(statement)
+        db.close()
+    assert manyhands.run(abs, range(10), journal=journal).succeeded == 10
+    assert manyhands.run(abs, range(10), journal=journal).skipped == 10
+    other = tmp_path / "other.db"
+    db = sqlite3.connect(other)
+    db.execute("CREATE TABLE t (x)")
+    db.execute("INSERT INTO t VALUES (1)")
+    db.commit()
+    db.close()
+    with pytest.raises(manyhands.JournalError, match="not a manyhands journal"):
+        manyhands.run(abs, range(10), journal=other)  # someone else's data: refused

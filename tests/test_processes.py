@@ -295,7 +295,7 @@ def test_default_start_method_is_safe_and_can_be_chosen() -> None:
     assert report.succeeded == 10
     with pytest.raises(ValueError, match="start_method='teleport' is not accepted"):
         manyhands.run(abs, [1], backend="processes", start_method="teleport")
-    with pytest.raises(ValueError, match="apply to backend='processes' only"):
+    with pytest.raises(ValueError, match="apply to backend='processes'"):
         manyhands.run(abs, [1], backend="threads", initializer=print)
 
 

@@ -265,6 +265,7 @@ def open_run(
         consumer=not report_only,
         priority=priority,
         async_source=source,
+        auto=opts.backend == "auto" and backend_name == "threads" and owns,
         hooks=pool,
     )
 
@@ -343,7 +344,7 @@ def _backend_for(
             f"{caller}() needs a coroutine function (async def); for a regular function "
             "use manyhands.run() or manyhands.map()"
         )
-    if asked is None:
+    if asked is None or asked == "auto":  # (auto: threads, then measured; see _auto)
         return "async" if is_async else "threads"
     if asked == "async" and not is_async:
         raise TypeError(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from threading import get_ident
-from time import perf_counter
+from time import perf_counter, thread_time
 from typing import Any
 
 from ._outcome import Failure
@@ -17,6 +17,7 @@ __all__ = [
     "Batch",
     "Task",
     "execute",
+    "execute_measured",
     "leave_if_forked",
     "unwatch_this_thread",
     "watch_forks_in_this_thread",
@@ -45,6 +46,8 @@ class Task:
         cost: the run's measured seconds per item (how much ``served`` grows per item).
         waiting: since when (``time.monotonic``) it has had a batch waiting and
             got none, for the scheduler's starvation rule; None when it was just served.
+        measure: the workers measure each batch's CPU time (``batch.cpu``), while
+            the run chooses its backend (``backend="auto"``).
         key: a number of the pool's own for this task (e.g. which function a
             worker process has loaded).
     """
@@ -55,6 +58,7 @@ class Task:
         "done",
         "fn",
         "key",
+        "measure",
         "priority",
         "served",
         "timed",
@@ -81,6 +85,7 @@ class Task:
         self.cost = 0.0
         self.waiting: float | None = None
         self.key = 0
+        self.measure = False  # the workers time each batch's CPU too (backend="auto")
 
 
 class Batch:
@@ -100,6 +105,8 @@ class Batch:
         errors: index in ``items`` -> the exception raised (threads) or its
             already-described Failure (other processes); ``None`` if all succeeded.
         elapsed: seconds the worker spent on the whole batch.
+        cpu: of those, the CPU time of its thread (only while ``task.measure``).
+        via: which of its run's backends it went to (a run on ``auto`` may move).
         failures: index -> final Failure, filled by the engine; ``None`` if none.
         attempts: index -> attempts, for items that took more than ``attempt``.
         pending: items of this batch still waiting for a retry (ordered runs).
@@ -118,6 +125,7 @@ class Batch:
     __slots__ = (
         "attempt",
         "attempts",
+        "cpu",
         "elapsed",
         "errors",
         "failures",
@@ -135,6 +143,7 @@ class Batch:
         "state",
         "task",
         "values",
+        "via",
     )
 
     def __init__(self, seq: int, items: list[Any], task: Task, attempt: int = 1) -> None:
@@ -157,6 +166,8 @@ class Batch:
         self.started: float | None = None
         self.state = RUNNING
         self.owner: Any = None
+        self.cpu = 0.0
+        self.via = 0
 
     def without(self, indices: set[int]) -> Batch:
         """A copy holding every item but those at ``indices`` (sent to be retried)."""
@@ -227,6 +238,14 @@ def execute(fn: Callable[[Any], Any], batch: Batch) -> None:
 
 
 EXECUTE_CODE = execute.__code__
+
+
+def execute_measured(fn: Callable[[Any], Any], batch: Batch) -> None:
+    """:func:`execute`, and the CPU time its thread spent on the batch (``batch.cpu``)."""
+    began = thread_time()
+    execute(fn, batch)
+    batch.cpu = thread_time() - began
+
 
 # -- a call that forks -------------------------------------------------------
 #

@@ -201,7 +201,7 @@ def open_db(path: Path, durability: str) -> sqlite3.Connection:
         db.execute("PRAGMA busy_timeout = 5000")
         db.execute("PRAGMA journal_mode = WAL")
         db.execute(f"PRAGMA synchronous = {'FULL' if durability == 'full' else 'NORMAL'}")
-        db.executescript(_SCHEMA)
+        _create_schema(db)
     except sqlite3.Error as exc:
         db.close()
         raise JournalError(
@@ -212,6 +212,27 @@ def open_db(path: Path, durability: str) -> sqlite3.Connection:
         db.close()
         raise
     return db
+
+
+def _create_schema(db: sqlite3.Connection) -> None:
+    """The tables and what marks the file a journal, all or nothing (one transaction).
+
+    A run killed while it creates its journal leaves an empty database, which the
+    next run takes as new, never a file it would refuse as not a journal.
+    """
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                db.execute(statement)
+        db.execute(
+            "INSERT OR IGNORE INTO meta VALUES ('format', ?), ('version', ?)",
+            (FORMAT, str(VERSION)),
+        )
+    except BaseException:
+        db.rollback()
+        raise
+    db.commit()
 
 
 def _create_private(path: Path) -> None:
@@ -239,9 +260,18 @@ def _check_journal(db: sqlite3.Connection, path: Path) -> None:
     if check != ["ok"]:
         detail = "; ".join(str(line) for line in check[:3])
         raise JournalError(f"the journal {path} is corrupt (quick_check: {detail}); {untouched}")
+    if not tables or (not meta and _never_written(db, tables)):
+        return  # a journal whose creation was cut short (a kill): nothing to lose
     if meta.get("format") != FORMAT:
         raise JournalError(f"{path} is not a manyhands journal; {untouched}")
     check_version(meta.get("version"), path)
+
+
+def _never_written(db: sqlite3.Connection, tables: set[str]) -> bool:
+    """Only a journal's own tables, all empty (an older manyhands, killed while creating it)."""
+    if not tables <= {"meta", "runs", "items"}:
+        return False
+    return all(db.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone() is None for table in tables)
 
 
 def check_version(version: Any, path: Path | str) -> None:

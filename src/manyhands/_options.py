@@ -42,7 +42,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_WORKERS = 32
 
 #: Names accepted by ``backend=``.
-BACKENDS = ("threads", "async", "processes")
+BACKENDS = ("threads", "async", "processes", "auto")
 
 
 class RunOptions(TypedDict, total=False):
@@ -51,8 +51,11 @@ class RunOptions(TypedDict, total=False):
 
     workers: how many calls run at once (default 32; threads accept thousands).
     backend: where calls run: ``"threads"``, ``"async"`` (tasks on an event
-        loop) for a coroutine function, or ``"processes"`` for CPU-bound work
-        (workers default to the number of CPUs). Default: picked from ``fn``.
+        loop) for a coroutine function, ``"processes"`` for CPU-bound work
+        (workers default to the number of CPUs), or ``"auto"``: threads, until
+        the first calls are measured; if they are CPU-bound (and the machine
+        has cores to spare), the rest of the run moves to processes, and the
+        Report says why. Default: picked from ``fn`` (threads or async).
     start_method: with processes: ``"forkserver"`` (default where it exists),
         ``"spawn"`` or ``"fork"``.
     initializer, initargs: with processes: called as ``initializer(*initargs)``
@@ -251,9 +254,10 @@ class Options:
         if not isinstance(self.initargs, tuple):
             raise TypeError(f"initargs must be a tuple, got {self.initargs!r}")
         uses = self.start_method is not None or self.initializer is not None or self.initargs
-        if uses and self.backend not in (None, "processes"):
+        if uses and self.backend not in (None, "processes", "auto"):
             raise ValueError(
-                "start_method, initializer and initargs apply to backend='processes' only"
+                "start_method, initializer and initargs apply to backend='processes' "
+                "(or 'auto', if it moves to processes) only"
             )
 
     def _validate_journal(self) -> None:

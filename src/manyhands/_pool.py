@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._api import POOL_OPTIONS, open_run, run_to_end
 from ._backends import Backend, create_backend
-from ._options import BACKENDS, DEFAULT_WORKERS, check_positive_int, lists_options
+from ._options import DEFAULT_WORKERS, check_positive_int, lists_options
 from ._report import Report
 from ._stream import AsyncOutcomes, Outcomes
 
@@ -36,7 +36,9 @@ if TYPE_CHECKING:
     from ._executor import PoolExecutor
     from ._options import RunOptions
 
-__all__ = ["Pool"]
+__all__ = ["POOL_BACKENDS", "Pool"]
+
+POOL_BACKENDS = ("threads", "processes", "async")
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -90,10 +92,10 @@ class Pool:
         initializer: Callable[..., Any] | None = None,
         initargs: tuple[Any, ...] = (),
     ) -> None:
-        if backend not in BACKENDS:
+        if backend not in POOL_BACKENDS:
             raise ValueError(
                 f"backend={backend!r} is not a backend a Pool has; accepted: "
-                + ", ".join(repr(name) for name in BACKENDS)
+                + ", ".join(repr(name) for name in POOL_BACKENDS)
             )
         if workers is None:
             workers = (os.cpu_count() or 1) if backend == "processes" else DEFAULT_WORKERS

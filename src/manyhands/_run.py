@@ -40,6 +40,7 @@ from queue import Empty, SimpleQueue
 from time import monotonic
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
+from ._auto import Choice, Measure
 from ._backends import Backend
 from ._batch import EXECUTE_CODE, Batch, Task
 from ._checks import check_first_value, discard_coroutines
@@ -108,6 +109,7 @@ class Run:
         consumer: bool = False,
         priority: int = 0,
         async_source: AsyncIterable[Any] | None = None,
+        auto: bool = False,
         hooks: RunHooks | None = None,
         clock: Callable[[], float] = monotonic,
         completions: Completions | None = None,
@@ -142,6 +144,7 @@ class Run:
             timeout=timeout if backend.handles_timeouts else None,
             timed=engine_timeout is not None or not owns_backend,
         )
+        self._init_auto(auto, workers)
         self._reader = Reader(items)
         self._ready: deque[Batch] = deque()  # skipped by the journal: delivered without running
         self._retry = options.retry_policy
@@ -155,15 +158,7 @@ class Run:
         self._asked: float | None = None  # the longest Retry-After among them
         self._deadlines = Deadlines(engine_timeout) if engine_timeout is not None else None
         self._window = options.item_window
-        self._sizer = Sizer(
-            workers,
-            self._window,
-            options.batch_size,
-            one_by_one=self._limiter is not None or self._deadlines is not None,
-            concurrent_items=backend.concurrent_items,
-            remaining=self._remaining,
-            elapsed=lambda: self.elapsed,
-        )
+        self._sizer = self._new_sizer(workers)
         self._timers = RetryTimers()
         self._retries = self._timers.heap  # (its emptiness is tested on the hot path)
         self._delivery = Delivery(options.ordered)
@@ -182,6 +177,28 @@ class Run:
         # Until fn's first value is known not to be a coroutine (see _checks).
         self._values_unchecked = True
         self._returned_coroutines = False
+
+    def _init_auto(self, auto: bool, workers: int) -> None:
+        """backend="auto": on threads until the calls are measured (see _auto)."""
+        self._auto = auto
+        self._workers = workers
+        self._measure: Measure | None = None
+        self.task.measure = self._backend.name == "threads"  # (a plain threads run: a hint)
+        self._via = 0  # the backend's generation: a run on auto may move once
+        self._previous: list[Backend] = []  # backends it moved from (their calls finish)
+        self._in_previous = 0  # batches still out on them
+        self.statistics.backend = self._backend.name
+
+    def _new_sizer(self, workers: int) -> Sizer:
+        return Sizer(
+            workers,
+            self._window,
+            self._options.batch_size,
+            one_by_one=self._limiter is not None or self._deadlines is not None,
+            concurrent_items=self._backend.concurrent_items,
+            remaining=self._remaining,
+            elapsed=lambda: self.elapsed,
+        )
 
     # -- the two drivers -------------------------------------------------
 
@@ -279,7 +296,7 @@ class Run:
             if reader.exhausted and not self._pending_items:
                 return
             if wait is None:
-                if not self._in_backend:  # pragma: no cover - would wait forever
+                if not (self._in_backend or self._in_previous):  # pragma: no cover
                     raise RuntimeError("manyhands: nothing in flight and nothing due")
                 batch = get()
             else:
@@ -308,6 +325,8 @@ class Run:
         if self._open_journal is not None:
             self._journal = self._open_journal()
         self._started = self._clock()
+        if self.task.measure:
+            self._measure = Measure(self._started, self._workers)
         self._slowdown.start(self._started)
         self._sizer.hold(True)  # (while the slowdown watches: see _obey_slowdown)
         if not progress_wanted(self._options.progress):
@@ -327,6 +346,8 @@ class Run:
 
     def _mark_finished(self) -> None:
         self._finished = self._clock()
+        if self._auto and self._measure is not None and self._measure.decided is None:
+            self.statistics.backend = "threads (auto: the run ended before a choice)"
         self.statistics.settled_rate = self._slowdown.settled_rate
         self.statistics.settled_concurrency = self._slowdown.settled_concurrency
         if self._held_since is not None:
@@ -337,7 +358,11 @@ class Run:
         """Stop this run's calls: queued ones dropped, running ones get the grace period."""
         backend = self._backend
         if self._owns_backend:  # a private pool: it goes with the run
-            backend.shutdown(self._options.grace)
+            try:
+                backend.shutdown(self._options.grace)
+            finally:
+                for previous in self._previous:  # (auto: what it moved from)
+                    previous.shutdown(self._options.grace)
             return
         self._drop_queued()
         deadline = self._clock() + (0.0 if backend.concurrent_items else self._options.grace)
@@ -592,7 +617,7 @@ class Run:
         """Time out the batches running past ``timeout``."""
         timeout = deadlines.timeout
         for batch in deadlines.overdue(now):
-            if not self._backend.expire(batch):
+            if not self._backend_of(batch).expire(batch):
                 continue  # it finished meanwhile: it is in the completions queue
             deadlines.back(batch)
             started = batch.started
@@ -614,6 +639,7 @@ class Run:
             self._sent[id(batch)] = batch
         if self._watching:
             batch.sent = self._clock()
+        batch.via = self._via
         self._in_backend += 1
         self._in_flight += len(batch.items)
         self._backend.submit(batch)
@@ -630,7 +656,10 @@ class Run:
 
     def _complete(self, batch: Batch) -> Iterator[Batch]:
         """Settle a batch back from the backend; yield what is ready for delivery."""
-        self._in_backend -= 1
+        if batch.via == self._via:
+            self._in_backend -= 1
+        else:  # (it went out before the run moved to another backend)
+            self._in_previous -= 1
         size = len(batch.items)
         self._in_flight -= size
         if self._values_unchecked:
@@ -651,6 +680,8 @@ class Run:
         if self._stop_rules_on:
             self._rules.note(batch, retried)
         self._sizer.completed(size, batch.elapsed)
+        if self._measure is not None:
+            self._measured(batch)
         if batch.parent is not None and not retried:
             stats.retrying -= 1
         yield from self._delivery.settled(batch, retried)
@@ -660,6 +691,77 @@ class Run:
                 self._stop(reason)
         if stats.stop_reason is not None and self._retries:
             yield from self._give_up_retries()
+
+    # -- backend="auto" -----------------------------------------------------
+
+    def _measured(self, batch: Batch) -> None:
+        """Count a measured batch; once the window is over, choose (auto) or hint."""
+        measure = self._measure
+        assert measure is not None
+        measure.add(len(batch.items), batch.elapsed, batch.cpu)
+        now = self._clock()
+        if not self._auto:  # a plain threads run: a hint if its calls were CPU-bound
+            if measure.ready(now):
+                hint = measure.hint(now)
+                if hint is not None:
+                    self.statistics.notes.append(hint)
+                self._stop_measuring()
+            return
+        choice = measure.choose(now)
+        if choice is not None:
+            self.statistics.backend = str(choice)
+            if choice.backend == "processes":
+                self._move_to_processes(choice, batch)
+        if not measure.measuring:
+            self._stop_measuring()
+
+    def _stop_measuring(self) -> None:
+        self.task.measure = False
+        self._measure = None
+
+    def _move_to_processes(self, choice: Choice, batch: Batch) -> None:
+        """Send the rest of the run to worker processes; running calls finish on threads."""
+        import pickle
+
+        from ._backends import create_backend
+
+        try:
+            pickle.dumps(batch.items[:8], pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:  # (a lock, a connection...): stay where they work
+            self.statistics.backend = f"threads ({choice.why}, but the items do not pickle: {exc})"
+            return
+        options = self._options
+        backend = create_backend(
+            "processes",
+            choice.processes,
+            timeout=options.timeout,
+            processes={
+                "start_method": options.start_method,
+                "initializer": options.initializer,
+                "initargs": options.initargs,
+            },
+        )
+        try:
+            backend.start()
+            backend.attach(self.task)
+        except (TypeError, ManyhandsError) as exc:  # fn cannot travel, or no worker starts
+            self.statistics.backend = f"threads ({choice.why}, but {exc})"
+            return
+        self._backend.wind_down()
+        self._previous.append(self._backend)
+        self._backend = backend
+        self._via += 1
+        self._in_previous += self._in_backend
+        self._in_backend = 0
+        self._workers = choice.processes
+        self._sizer = self._new_sizer(choice.processes)
+        self._sizer.hold(self._watching)
+
+    def _backend_of(self, batch: Batch) -> Backend:
+        """The backend ``batch`` went to (a run on auto may have moved since)."""
+        if batch.via == self._via:
+            return self._backend
+        return self._previous[batch.via]
 
     def _check_first_value(self, batch: Batch) -> None:
         """Stop the run if fn returned a coroutine rather than a value (see _checks)."""

@@ -89,6 +89,7 @@ class RunStatistics:
         self.duplicates = 0  # items not run: their key came earlier in this input
         self.abandoned = 0  # threads left to calls past their timeout
         self.stop_reason: str | None = None
+        self.backend = "threads"  # what ran the calls, and for auto why (Report.backend)
         self.notes: list[str] = []  # one-line facts for the Report (e.g. fewer workers)
         self.failures: list[Failure] = []
         self.first_failure: Failure | None = None  # kept even with keep_failures=0

@@ -44,6 +44,7 @@ class AsyncBackend:
     the next item of the batch the lanes choose.
     """
 
+    name = "async"
     handles_timeouts = True  # the engine leaves timeout= to the worker tasks
     concurrent_items = True  # a batch's items run at the same time, on different tasks
     timeout_action = "it was cancelled"  # (applied in the worker tasks, not by the engine)

@@ -21,6 +21,7 @@ class Backend(Protocol):
     ``task.done`` may be called from any thread, once per submitted batch
     that ran and was not expired.
 
+    ``name``: what the Report calls it (``"threads"``, ``"processes"``...).
     ``handles_timeouts``: True if the backend applies a task's ``timeout``
     to each call itself; else the run times batches out through
     :meth:`expire`, and ``timeout_action`` ends the Timeout's message (what
@@ -32,6 +33,7 @@ class Backend(Protocol):
     than asked because no more could be started).
     """
 
+    name: str
     handles_timeouts: bool
     timeout_action: str
     concurrent_items: bool

@@ -19,6 +19,7 @@ class InlineBackend:
     ``timeout=`` cannot be applied (the caller's own thread runs the call).
     """
 
+    name = "inline"
     handles_timeouts = True  # (nothing to apply it with: documented)
     timeout_action = "it ran inline"
     concurrent_items = False

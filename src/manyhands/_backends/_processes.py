@@ -63,6 +63,7 @@ class _Worker:
 class ProcessBackend:
     """Runs batches on ``workers`` processes; see the module docstring."""
 
+    name = "processes"
     handles_timeouts = False  # the engine times batches out; expire() kills the worker
     concurrent_items = False
     timeout_action = "its worker process was killed and replaced"

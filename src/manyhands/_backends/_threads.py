@@ -11,7 +11,7 @@ from queue import Empty, SimpleQueue
 from time import monotonic
 from typing import Any
 
-from .._batch import FINISHED, RUNNING, TIMED_OUT, Batch, Task, execute
+from .._batch import FINISHED, RUNNING, TIMED_OUT, Batch, Task, execute, execute_measured
 from .._exceptions import WorkerInitError
 from .._lanes import Lanes
 
@@ -49,6 +49,7 @@ class ThreadBackend:
     returns.
     """
 
+    name = "threads"
     handles_timeouts = False  # the engine times batches out through expire()
     timeout_action = "it was left running in an abandoned thread and the item failed"
     concurrent_items = False
@@ -263,14 +264,15 @@ def _work(
                 if batch is None:  # (its run was cancelled meanwhile)
                     continue
             task = batch.task
+            run = execute_measured if task.measure else execute
             if not task.timed:
-                execute(task.fn, batch)
+                run(task.fn, batch)
                 task.done(batch)
                 del batch, task  # an idle worker must not keep its last batch alive
                 continue
             batch.owner = alive
             batch.started = monotonic()
-            execute(task.fn, batch)
+            run(task.fn, batch)
             with guard:
                 finished = batch.state == RUNNING
                 if finished:

@@ -1,0 +1,204 @@
+"""backend="auto": measured calls, a choice made once (and revisited at most once), said why."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import manyhands
+from manyhands import _auto
+from manyhands._auto import ITEMS, WINDOW, Measure
+
+from .conftest import finish, start_python
+
+
+def no_schedstat() -> None:
+    return None
+
+
+# -- the choice, on given measurements ------------------------------------------------
+
+
+def test_cpu_bound_calls_move_to_one_process_per_core() -> None:
+    m = Measure(started=0.0, workers=32, cores=4, demand=no_schedstat)
+    m.add(items=40, seconds=2.0, cpu=0.19)  # 40 calls of ~5 ms CPU in a 0.2 s window
+    choice = m.choose(now=0.2)
+    assert choice is not None and choice.backend == "processes" and choice.processes == 4
+    assert "calls used 95% CPU" in str(choice) and "4 cores" in str(choice)
+    assert not m.measuring  # decided for good: nothing more is measured
+
+
+def test_calls_that_wait_stay_on_threads_and_short_cpu_calls_too() -> None:
+    io = Measure(started=0.0, workers=100, cores=2, demand=no_schedstat)
+    io.add(items=500, seconds=10.0, cpu=0.005)
+    assert "they mostly wait" in str(io.choose(now=0.1))
+    tiny = Measure(started=0.0, workers=8, cores=2, demand=no_schedstat)
+    tiny.add(items=1_000_000, seconds=0.1, cpu=0.1)  # 0.1 us each: the engine's cost
+    assert "too short" in str(tiny.choose(now=0.1))
+
+
+def test_one_core_a_free_threaded_python_or_one_worker_stay_on_threads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def cpu_bound(cores: int, workers: int = 32) -> str:
+        m = Measure(started=0.0, workers=workers, cores=cores, demand=no_schedstat)
+        m.add(items=50, seconds=1.0, cpu=0.5)
+        return str(m.choose(now=0.5))
+
+    assert "1 core" in cpu_bound(cores=1)
+    assert "workers=1" in cpu_bound(cores=8, workers=1)
+    monkeypatch.setattr(sys, "_is_gil_enabled", lambda: False, raising=False)
+    assert "free-threaded" in cpu_bound(cores=8)
+
+
+def test_no_choice_before_the_window_and_a_few_dozen_items() -> None:
+    m = Measure(started=0.0, workers=32, cores=2, demand=no_schedstat)
+    m.add(items=ITEMS - 1, seconds=1.0, cpu=1.0)
+    assert m.choose(now=10.0) is None  # too few items
+    m.add(items=1, seconds=0.01, cpu=0.01)
+    assert m.choose(now=WINDOW / 2) is None  # too soon
+    assert m.choose(now=WINDOW) is not None
+
+
+def test_a_run_whose_calls_change_completely_may_decide_once_more() -> None:
+    m = Measure(started=0.0, workers=32, cores=2, demand=no_schedstat)
+    m.add(items=50, seconds=0.01, cpu=0.0001)  # the first items were cached
+    first = m.choose(now=0.1)
+    assert first is not None and first.backend == "threads" and m.measuring
+    m.add(items=30, seconds=3.0, cpu=0.3)  # then each computes 10 ms
+    second = m.choose(now=0.5)
+    assert second is not None and second.backend == "processes"
+    assert not m.measuring
+    m.add(items=30, seconds=3.0, cpu=0.001)
+    assert m.choose(now=2.0) is None  # at most once more
+
+
+def test_load_from_other_processes_does_not_hide_cpu_bound_calls() -> None:
+    # The machine gives this process 40% of a core, but its threads were ready to
+    # run the whole window, and the calls are what ran.
+    readings = iter([(0.0, 0.0), (0.08, 0.2), (0.08, 0.2)])
+    m = Measure(started=0.0, workers=32, cores=2, demand=lambda: next(readings))
+    m.add(items=30, seconds=3.0, cpu=0.076)
+    choice = m.choose(now=0.2)
+    assert choice is not None and choice.backend == "processes"
+
+
+# -- real runs -------------------------------------------------------------------------
+
+
+def spin(x: int) -> int:
+    total = 0
+    for i in range(40_000):
+        total += i * i % 7
+    return total + x
+
+
+def test_cpu_bound_calls_on_auto_finish_on_processes_and_say_why() -> None:
+    if (__import__("os").cpu_count() or 1) < 2:
+        pytest.skip("one core: auto stays on threads (tested above)")
+    code = textwrap.dedent(
+        """
+        import manyhands
+        from tests.test_auto import spin
+
+        if __name__ == "__main__":
+            outs = list(manyhands.map(spin, range(300), backend="auto", ordered=True))
+            report = outs and manyhands.run(spin, range(300), backend="auto")
+            print([o.value for o in outs] == [spin(x) for x in range(300)])
+            print(report.succeeded, report.backend)
+        """
+    )
+    proc = start_python(code)
+    out, err = finish(proc, timeout=120)
+    assert proc.returncode == 0, err
+    same, summary = out.splitlines()
+    assert same == "True"
+    assert summary.startswith("300 processes (auto: calls used")
+
+
+def test_calls_that_wait_stay_on_threads_on_auto() -> None:
+    report = manyhands.run(time.sleep, [0.01] * 400, backend="auto", workers=50)
+    assert report.succeeded == 400
+    assert report.backend.startswith("threads (auto:")
+    assert "backend: threads (auto:" in str(report)
+
+
+def test_a_function_that_cannot_travel_stays_on_threads_and_the_report_says_why() -> None:
+    if (__import__("os").cpu_count() or 1) < 2:
+        pytest.skip("one core")
+    lock = threading.Lock()
+
+    def spin_locked(x: int) -> int:
+        with lock:  # a lock does not pickle: this function cannot go to a process
+            pass
+        return spin(x)
+
+    report = manyhands.run(spin_locked, range(300), backend="auto")
+    assert report.succeeded == 300
+    assert report.backend.startswith("threads (calls used")
+    assert "cannot be sent to a worker process" in report.backend
+
+
+def test_a_threads_run_of_cpu_bound_calls_ends_with_a_hint() -> None:
+    if (__import__("os").cpu_count() or 1) < 2:
+        pytest.skip("one core: no hint")
+    report = manyhands.run(spin, range(300), workers=8)
+    assert report.backend == "threads"
+    assert any("backend='processes' or 'auto' would use all" in n for n in report.notes)
+    quiet = manyhands.run(time.sleep, [0.005] * 200, workers=50)
+    assert not quiet.notes
+
+
+def test_auto_takes_processes_options_and_the_command_takes_auto(tmp_path: Path) -> None:
+    assert manyhands.run(abs, range(10), backend="auto", start_method="spawn").succeeded == 10
+    with pytest.raises(ValueError, match="backend='fibers' is not a known backend"):
+        manyhands.run(abs, [1], backend="fibers")
+    from manyhands.cli import main
+
+    numbers = tmp_path / "n.txt"
+    numbers.write_text("1\n2\n3\n")
+    assert main(["run", "builtins:len", str(numbers), "--backend", "auto"]) == 0
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(switch_after=st.integers(min_value=1, max_value=60), ordered=st.booleans())
+def test_moving_at_any_point_loses_and_repeats_nothing(switch_after: int, ordered: bool) -> None:
+    """The run moves to processes after ``switch_after`` measured batches (forced)."""
+    seen = []
+
+    def choose_after(self: Measure, now: float) -> _auto.Choice | None:
+        seen.append(now)
+        if len(seen) == switch_after:
+            self.decided = _auto.Choice("processes", "forced by the test", 2)
+            return self.decided
+        return None
+
+    original = Measure.choose
+    Measure.choose = choose_after  # type: ignore[method-assign]
+    try:
+        outs = list(
+            manyhands.map(
+                _fail_some, range(120), backend="auto", ordered=ordered, batch_size=2, retry=1
+            )
+        )
+    finally:
+        Measure.choose = original  # type: ignore[method-assign]
+    assert Counter(o.item for o in outs) == Counter(range(120))  # each exactly once
+    assert sorted(o.item for o in outs if not o.ok) == [x for x in range(120) if x % 17 == 5]
+    assert all(o.value == 2 * o.item for o in outs if o.ok)
+    if ordered:
+        assert [o.item for o in outs] == list(range(120))
+
+
+def _fail_some(x: int) -> int:
+    if x % 17 == 5:
+        raise ValueError(x)
+    return 2 * x
