@@ -42,6 +42,9 @@ class Batch:
             backend's lock, so a batch either finishes or times out, never both.
         owner: with ``timeout=``, the running worker's lifetime lock.
         skipped: for items not run (final in the journal, or duplicates), why.
+        nbytes: (processes) the larger of the batch's items and results as
+            pickles, in bytes; 0 where nothing was pickled. Batches are sized
+            to keep it under the engine's ``BATCH_BYTES``.
     """
 
     __slots__ = (
@@ -55,6 +58,7 @@ class Batch:
         "items",
         "keys",
         "last_failure",
+        "nbytes",
         "owner",
         "parent",
         "pending",
@@ -84,6 +88,7 @@ class Batch:
         self.started: float | None = None
         self.state = RUNNING
         self.owner: Any = None
+        self.nbytes = 0
 
     def without(self, indices: set[int]) -> Batch:
         """A copy holding every item but those at ``indices`` (sent to be retried)."""

@@ -79,6 +79,7 @@ DISPATCH_SECONDS = 4e-6  # GIL time to dispatch and settle one batch, measured o
 LOAD_SHARE = 0.02
 STRAGGLE_SHARE = 0.02  # of the run so far, when the input's length is unknown
 MAX_BATCH = 4096  # (a worker process with 2 batches of 1,024 ahead starved between GIL switches)
+BATCH_BYTES = 1 << 20  # a batch's items or results, pickled (processes): memory per batch sent
 FIRST_WAVE_BATCHES = 512  # (asyncio) batches the first `workers` calls are split into
 
 
@@ -474,8 +475,11 @@ class Engine:
                         f"the call ran past timeout={timeout:g}s; {self._backend.timeout_action}"
                     )
                 }
-                batch.elapsed = now - started
+                batch.elapsed = now - (batch.started or started)
                 self._completions.put(batch)  # settled like any completion
+            elif batch.started is not None and batch.started > started:
+                # It began later than the engine knew (the backend's clock): not over yet.
+                soonest = min(soonest, batch.started + timeout)
         self.statistics.abandoned = self._backend.abandoned
         self._next_check = max(soonest, now + 0.001)
 
@@ -519,7 +523,10 @@ class Engine:
         if self._journal is not None:
             self._journal.record(batch, retried)
         if self._adaptive and size:
-            self._work_fit = max(1, min(self._fit(batch.elapsed / size), 2 * size, self._cap))
+            fit = min(self._fit(batch.elapsed / size), 2 * size, self._cap)
+            if batch.nbytes:  # large items or results: bounded by bytes too
+                fit = min(fit, BATCH_BYTES * size // batch.nbytes)
+            self._work_fit = max(1, fit)
             self._batch_size = min(self._work_fit, self._input_fit)
         yield from self._deliver(batch, retried)
         if self.statistics.stop_reason is None:
