@@ -283,7 +283,7 @@ def test_a_result_that_arrives_as_its_timeout_fires_kills_no_other_item(
 ) -> None:
     from manyhands._backends import _processes
 
-    kill = _processes._kill
+    kill = _processes.kill
     delayed: list[int] = []
 
     def late_kill(worker: Any) -> None:
@@ -294,7 +294,7 @@ def test_a_result_that_arrives_as_its_timeout_fires_kills_no_other_item(
             time.sleep(1.5)
         kill(worker)
 
-    monkeypatch.setattr(_processes, "_kill", late_kill)
+    monkeypatch.setattr(_processes, "kill", late_kill)
     # After the first result, a second batch waits in the backend's queue: item 2.0
     # (well inside the limit) is what the worker would run when the kill lands.
     outs = {

@@ -34,72 +34,36 @@ own, and exit when the parent is gone, however it went.
 from __future__ import annotations
 
 import contextlib
-import errno
 import multiprocessing
-import os
 import pickle
 import selectors
-import signal
 import socket
-import sys
 import threading
 from collections import deque
 from collections.abc import Callable
-from multiprocessing.connection import Connection, wait
 from time import monotonic
 from typing import Any
 
 from .._batch import FINISHED, RUNNING, TIMED_OUT, Batch
 from .._exceptions import WorkerCrashed, WorkerInitError
-from .._outcome import Failure, describe_exception, safe_repr
-from ._process_channel import Channel
-from ._process_worker import BATCH, STARTED, RemoteError, serve
+from .._outcome import describe_exception
+from ._process_batches import blame_crash, fail_items, file_results, pickle_items
+from ._process_spawn import (
+    Worker,
+    await_ready,
+    default_start_method,
+    ensure_forkserver,
+    kill,
+    limit_hint,
+    refuse_while_importing_main,
+    spawn_worker,
+    stop_workers,
+)
+from ._process_worker import BATCH, STARTED, RemoteError
 
 __all__ = ["ProcessBackend", "default_start_method"]
 
-START_SECONDS = 60.0  # a worker that does not report ready by then failed to start
-# Starting a process opens a few fds for a moment (pipes, a socket to the forkserver).
-# Failing there is worse than failing earlier: the forkserver dies when a client that
-# connected to it goes away (CPython 3.11), so a new worker first checks they are free.
-SPARE_FDS = 6
-UNGUARDED_MAIN = 87  # exit status of a worker whose import of the main script started a run
 _READ, _WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
-
-
-def default_start_method() -> str:
-    """forkserver where it exists (fork is unsafe once threads run), else spawn."""
-    methods = multiprocessing.get_all_start_methods()
-    return "forkserver" if "forkserver" in methods else "spawn"
-
-
-class _Worker:
-    __slots__ = (
-        "answered",
-        "channel",
-        "doomed",
-        "lifeline",
-        "process",
-        "progress",
-        "ready",
-        "sent",
-        "stamp",
-    )
-
-    def __init__(
-        self, process: Any, channel: Channel, progress: Any, stamp: Any, lifeline: Connection
-    ) -> None:
-        self.process = process
-        self.channel = channel
-        self.lifeline = lifeline  # never written: the worker exits when it closes
-        self.progress = progress  # index of the item it is running, in shared memory
-        self.stamp = stamp  # the batch it runs (its number) and since when: see serve()
-        # What it was sent and has not answered: (batch, which of its items), oldest
-        # first. Up to two, so that it never waits for the next batch (one with a
-        # timeout: no item waits behind a call that may hang).
-        self.sent: deque[tuple[Batch, list[int]]] = deque()
-        self.answered = 0  # batches it answered: sent[0] is its batch number answered + 1
-        self.ready = False
-        self.doomed = False  # about to be killed (a timeout): it is sent nothing more
 
 
 class ProcessBackend:
@@ -117,7 +81,7 @@ class ProcessBackend:
         initializer: Callable[..., Any] | None = None,
         initargs: tuple[Any, ...] = (),
     ) -> None:
-        _refuse_while_importing_main()
+        refuse_while_importing_main()
         self._workers = workers
         self._depth = 1 if timed else 2  # batches sent ahead to each worker
         self._context = multiprocessing.get_context(start_method or default_start_method())
@@ -145,7 +109,7 @@ class ProcessBackend:
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
         self._selector: selectors.BaseSelector | None = None
-        self._pool: list[_Worker] = []
+        self._pool: list[Worker] = []
         self._stopping = False  # shutdown began: nothing new is sent
         self._closing = False  # the dispatcher must return now
         self._idle = threading.Event()  # stopping, and no batch is out any more
@@ -166,10 +130,10 @@ class ProcessBackend:
         """
         if self._context.get_start_method() == "forkserver":
             try:
-                _ensure_forkserver()  # it boots while fn is pickled here
+                ensure_forkserver()  # it boots while fn is pickled here
             except (OSError, EOFError) as exc:
                 raise WorkerInitError(
-                    f"no worker process could be started: {_limit_hint(exc)}"
+                    f"no worker process could be started: {limit_hint(exc)}"
                 ) from exc
         import cloudpickle  # type: ignore[import-untyped]
 
@@ -186,14 +150,14 @@ class ProcessBackend:
                 self._wake_r, self._wake_w = socket.socketpair()
             except OSError as exc:
                 raise WorkerInitError(
-                    f"no worker process could be started: {_limit_hint(exc)}"
+                    f"no worker process could be started: {limit_hint(exc)}"
                 ) from exc
             self._wake_r.setblocking(False)
             self._wake_w.setblocking(False)
             self._start_workers()
-            self._await_ready(monotonic() + START_SECONDS)
+            await_ready(self._pool)
         except BaseException:
-            self._kill_all()
+            stop_workers(self._pool)
             self._close_own_fds()
             raise
         self.workers_started = len(self._pool)
@@ -209,93 +173,29 @@ class ProcessBackend:
             except (OSError, EOFError) as exc:  # out of file descriptors or processes
                 if not self._pool:
                     raise WorkerInitError(
-                        f"no worker process could be started: {_limit_hint(exc)}"
+                        f"no worker process could be started: {limit_hint(exc)}"
                     ) from exc
                 self.note = (
                     f"ran with {len(self._pool)} of {self._workers} worker processes: "
-                    f"no more could be started ({_limit_hint(exc)})"
+                    f"no more could be started ({limit_hint(exc)})"
                 )
                 return
             self._pool.append(worker)
 
-    def _spawn(self) -> _Worker:
-        """A new worker process; everything it opened is closed again if it fails."""
-        opened: list[Any] = []
-        try:
-            parent, child = socket.socketpair()
-            opened += [parent, child]
-            life_r, life_w = self._context.Pipe(duplex=False)
-            opened += [life_r, life_w]
-            progress = self._context.Value("i", 0, lock=False)
-            stamp = self._context.Array("d", 2, lock=False)
-            child_conn = Connection(child.detach())
-            opened.append(child_conn)
-            _check_spare_fds(parent.fileno())
-            process = self._context.Process(  # type: ignore[attr-defined]
-                target=serve,
-                args=(
-                    child_conn,
-                    self._payload,
-                    progress,
-                    stamp,
-                    life_r,
-                    self._inherited(parent, life_w),
-                ),
-                daemon=True,
-            )
-            process.start()
-        except BaseException:
-            for resource in opened:
-                with contextlib.suppress(OSError):
-                    resource.close()
-            raise
-        child_conn.close()
-        life_r.close()
-        return _Worker(process, Channel(parent), progress, stamp, life_w)
+    def _spawn(self) -> Worker:
+        return spawn_worker(self._context, self._payload, self._own_fds())
 
-    def _inherited(self, parent: socket.socket, lifeline: Connection) -> tuple[int, ...]:
-        """With fork: the fds of this backend that a new worker must close.
-
-        A forked child inherits every fd of the parent, this backend's own ends
-        of its sockets included: while it holds a worker's socket, that worker
-        sees no EOF, so it outlives a killed parent and is not done at
-        shutdown. (Forkserver and spawn children never have them.)
-        """
+    def _own_fds(self) -> list[int]:
+        """The fds a worker forked from this process must close (see ``spawn_worker``)."""
         if self._context.get_start_method() != "fork":
-            return ()
+            return []
         assert self._wake_r is not None and self._wake_w is not None
         assert self._selector is not None
-        fds = [parent.fileno(), lifeline.fileno(), self._wake_r.fileno(), self._wake_w.fileno()]
+        fds = [self._wake_r.fileno(), self._wake_w.fileno()]
         fds.append(self._selector.fileno())  # type: ignore[attr-defined]
         for worker in self._pool:
             fds += [worker.channel.fileno(), worker.lifeline.fileno()]
-        return tuple(fds)
-
-    def _await_ready(self, deadline: float) -> None:
-        """Wait for every worker's "ready" (start-up, in the engine's thread)."""
-        starting = list(self._pool)
-        while starting:
-            remaining = deadline - monotonic()
-            if remaining <= 0:
-                raise WorkerInitError(f"a worker process did not start in {START_SECONDS:.0f}s")
-            watched: list[Any] = [w.channel.sock for w in starting]
-            watched += [w.process.sentinel for w in starting]
-            wait(watched, timeout=remaining)
-            for worker in list(starting):
-                for frame in worker.channel.receive():
-                    message = pickle.loads(frame)
-                    if message[0] == "init_failed":
-                        error_type, text, trace = message[1][0], message[1][1], message[1][2]
-                        raise WorkerInitError(
-                            f"the worker initializer raised {error_type}: {text}; no item was run",
-                            trace,
-                        )
-                    worker.ready = True
-                if worker.ready:
-                    starting.remove(worker)
-                elif worker.channel.closed or not worker.process.is_alive():
-                    worker.process.join(5)
-                    raise WorkerInitError(_died_starting(worker.process.exitcode))
+        return fds
 
     def submit(self, batch: Batch) -> None:
         indices = list(range(len(batch.items)))
@@ -339,7 +239,7 @@ class ProcessBackend:
                 return False
             batch.state = TIMED_OUT
             holder.doomed = True  # the dispatcher sends it nothing more
-        _kill(holder)  # (outside the lock: the worker can start no other item meanwhile)
+        kill(holder)  # (outside the lock: the worker can start no other item meanwhile)
         return True
 
     def shutdown(self, grace: float) -> int:
@@ -367,23 +267,10 @@ class ProcessBackend:
             with self._lock:
                 busy = [w for w in self._pool if w.sent]
             for worker in busy:
-                _kill(worker)  # still running after the grace period
-            self._kill_all()
+                kill(worker)  # still running after the grace period
+            stop_workers(self._pool)
             self._close_own_fds()
         return len(busy)
-
-    def _kill_all(self) -> None:
-        for worker in self._pool:
-            with contextlib.suppress(OSError):
-                worker.channel.close()  # an idle worker exits on EOF
-            with contextlib.suppress(OSError):
-                worker.lifeline.close()  # and any worker, once this is gone
-        for worker in self._pool:
-            worker.process.join(0.2)
-            if worker.process.is_alive():
-                _kill(worker)
-                worker.process.join(5)
-        self._pool.clear()
 
     def _close_own_fds(self) -> None:
         for resource in (self._selector, self._wake_r, self._wake_w):
@@ -445,12 +332,12 @@ class ProcessBackend:
                 else:  # its sentinel: the process ended
                     self._lost(worker)
 
-    def _watch(self, worker: _Worker) -> None:
+    def _watch(self, worker: Worker) -> None:
         assert self._selector is not None
         self._selector.register(worker.channel.sock, _READ, ("socket", worker))
         self._selector.register(worker.process.sentinel, _READ, ("sentinel", worker))
 
-    def _serve(self, worker: _Worker, events: int) -> None:
+    def _serve(self, worker: Worker, events: int) -> None:
         channel = worker.channel
         if events & _WRITE and channel.flush():
             self._listen(worker, _READ)
@@ -460,7 +347,7 @@ class ProcessBackend:
             if channel.closed:  # the process is ending: its sentinel says when
                 self._listen(worker, 0)
 
-    def _listen(self, worker: _Worker, events: int) -> None:
+    def _listen(self, worker: Worker, events: int) -> None:
         assert self._selector is not None
         sock = worker.channel.sock
         with contextlib.suppress(KeyError, ValueError):
@@ -469,11 +356,11 @@ class ProcessBackend:
             else:
                 self._selector.unregister(sock)
 
-    def _handle(self, worker: _Worker, frame: bytearray) -> None:
+    def _handle(self, worker: Worker, frame: bytearray) -> None:
         try:
             reply = pickle.loads(frame)
         except Exception as exc:  # results this process cannot rebuild
-            self._undecodable(worker, exc, len(frame))
+            self._undecodable(worker, exc)
             return
         kind = reply[0]
         if kind == "done":
@@ -484,7 +371,7 @@ class ProcessBackend:
             worker.ready = True
         else:  # its initializer failed this time: run on without it
             self._retire(worker)
-            _kill(worker)
+            kill(worker)
             with self._lock:
                 left = len(self._pool)
             if not left:
@@ -505,8 +392,8 @@ class ProcessBackend:
                         batch, indices = self._inbox.popleft()
                     self._send(worker, batch, indices)
 
-    def _send(self, worker: _Worker, batch: Batch, indices: list[int]) -> None:
-        data, indices = self._pickled(batch, indices)
+    def _send(self, worker: Worker, batch: Batch, indices: list[int]) -> None:
+        data, indices = pickle_items(batch, indices)
         if data is None:  # no item could be pickled: done without a trip
             self._report(batch)
             return
@@ -523,36 +410,7 @@ class ProcessBackend:
         if not worker.channel.send(data):  # the rest when the socket can take it
             self._listen(worker, _READ | _WRITE)
 
-    def _pickled(self, batch: Batch, indices: list[int]) -> tuple[bytes | None, list[int]]:
-        """The items at ``indices`` as one pickle; unpicklable ones fail here, named."""
-        whole = len(indices) == len(batch.items)  # (the common case: no per-item copy)
-        items = batch.items if whole else [batch.items[i] for i in indices]
-        try:
-            return pickle.dumps(items, pickle.HIGHEST_PROTOCOL), indices
-        except Exception:
-            pass
-        kept: list[int] = []
-        for index in indices:
-            item = batch.items[index]
-            try:
-                pickle.dumps(item, pickle.HIGHEST_PROTOCOL)
-            except Exception as exc:
-                batch.errors = batch.errors or {}
-                batch.errors[index] = Failure(
-                    item,
-                    f"{type(exc).__module__}.{type(exc).__qualname__}",
-                    f"item {safe_repr(item, 80)} could not be sent to a worker process: {exc}",
-                    attempts=batch.attempt,
-                )
-            else:
-                kept.append(index)
-        if len(batch.values) != len(batch.items):
-            batch.values = [None] * len(batch.items)
-        if not kept:
-            return None, kept
-        return pickle.dumps([batch.items[i] for i in kept], pickle.HIGHEST_PROTOCOL), kept
-
-    def _answered(self, worker: _Worker) -> tuple[Batch, list[int], bool]:
+    def _answered(self, worker: Worker) -> tuple[Batch, list[int], bool]:
         """The oldest batch the worker was sent, now answered; and whether to report it."""
         with self._lock:
             batch, indices = worker.sent.popleft()
@@ -564,27 +422,15 @@ class ProcessBackend:
                 batch.state = FINISHED  # from here, expire() leaves it alone
         return batch, indices, report
 
-    def _finish(self, worker: _Worker, reply: tuple[Any, ...], size: int) -> None:
+    def _finish(self, worker: Worker, reply: tuple[Any, ...], size: int) -> None:
         _, values, errors, elapsed = reply
         batch, indices, report = self._answered(worker)
-        if not report:
-            return  # timed out: the engine has already settled it
-        if len(indices) == len(batch.items):
-            batch.values = values  # the whole batch, in order
-        else:
-            if len(batch.values) != len(batch.items):
-                batch.values = [None] * len(batch.items)
-            for position, index in enumerate(indices):
-                batch.values[index] = values[position]
-        for position, remote in errors.items():
-            index = indices[position]
-            batch.errors = batch.errors or {}
-            batch.errors[index] = _failure(batch.items[index], remote, batch.attempt)
-        batch.elapsed += elapsed
-        batch.nbytes = max(batch.nbytes, size)
-        self._deliver(batch)
+        if report:  # (else timed out: the engine has already settled it)
+            file_results(batch, indices, values, errors, elapsed)
+            batch.nbytes = max(batch.nbytes, size)
+            self._deliver(batch)
 
-    def _undecodable(self, worker: _Worker, exc: Exception, size: int) -> None:
+    def _undecodable(self, worker: Worker, exc: Exception) -> None:
         """A batch's results came back but cannot be unpickled here: its items fail.
 
         The worker ran them, so they are not sent again. The results travel as one
@@ -595,30 +441,24 @@ class ProcessBackend:
             f"the results of this item's batch ran but could not be unpickled in the "
             f"parent process: {message}"
         )
-        self._fail_answered(worker, (error_type, message, trace, (), None), size)
+        self._fail_answered(worker, (error_type, message, trace, (), None))
 
-    def _unloadable(self, worker: _Worker, remote: RemoteError) -> None:
+    def _unloadable(self, worker: Worker, remote: RemoteError) -> None:
         """The worker could not unpickle the batch: its items fail, none of them ran."""
         error_type, message, trace, lineage, _ = remote
         message = (
             f"this item's batch could not be unpickled in the worker process (an item "
             f"of it cannot be rebuilt there); none of it ran: {message}"
         )
-        self._fail_answered(worker, (error_type, message, trace, lineage, None), 0)
+        self._fail_answered(worker, (error_type, message, trace, lineage, None))
 
-    def _fail_answered(self, worker: _Worker, remote: RemoteError, size: int) -> None:
+    def _fail_answered(self, worker: Worker, remote: RemoteError) -> None:
         batch, indices, report = self._answered(worker)
-        if not report:
-            return
-        if len(batch.values) != len(batch.items):
-            batch.values = [None] * len(batch.items)
-        batch.errors = batch.errors or {}
-        for index in indices:
-            batch.errors[index] = _failure(batch.items[index], remote, batch.attempt)
-        batch.nbytes = max(batch.nbytes, size)
-        self._deliver(batch)
+        if report:
+            fail_items(batch, indices, remote)
+            self._deliver(batch)
 
-    def _retire(self, worker: _Worker) -> list[tuple[Batch, list[int]]]:
+    def _retire(self, worker: Worker) -> list[tuple[Batch, list[int]]]:
         """Take a worker out of the pool, close its ends; return what it was sent."""
         with self._lock:
             if worker in self._pool:
@@ -635,7 +475,7 @@ class ProcessBackend:
             worker.lifeline.close()
         return held
 
-    def _lost(self, worker: _Worker) -> None:
+    def _lost(self, worker: Worker) -> None:
         """A worker died: fail the item it ran, send the rest again, replace it."""
         for frame in worker.channel.receive():  # what it sent before it died counts
             self._handle(worker, frame)
@@ -657,11 +497,11 @@ class ProcessBackend:
                 left = len(self._pool)
             if not left:
                 raise WorkerInitError(
-                    f"no worker process could be started: {_limit_hint(exc)}"
+                    f"no worker process could be started: {limit_hint(exc)}"
                 ) from exc
             self.note = (
                 f"ran on with {left} of {self._workers} worker processes: a worker that "
-                f"died could not be replaced ({_limit_hint(exc)})"
+                f"died could not be replaced ({limit_hint(exc)})"
             )
             return
         with self._lock:
@@ -669,7 +509,7 @@ class ProcessBackend:
         self._watch(replacement)
 
     def _settle_lost(
-        self, worker: _Worker, held: list[tuple[Batch, list[int]]], code: int | None, stopping: bool
+        self, worker: Worker, held: list[tuple[Batch, list[int]]], code: int | None, stopping: bool
     ) -> None:
         """The lost worker's batches: its item fails, the rest go back to the front.
 
@@ -681,13 +521,8 @@ class ProcessBackend:
         with self._lock:
             timed_out = batch.state == TIMED_OUT
         if not timed_out:  # (else the engine killed it, and has settled the batch)
-            position = min(max(worker.progress.value, 0), len(indices) - 1)
-            crashed = indices.pop(position)
-            batch.errors = batch.errors or {}
-            batch.errors[crashed] = WorkerCrashed(
-                f"the worker process running this item died ({_how_it_ended(code)})"
-            )
-            again.insert(0, (batch, indices))  # the rest: not charged an attempt
+            rest = blame_crash(batch, indices, worker.progress.value, code)
+            again.insert(0, (batch, rest))  # the rest: not charged an attempt
         for lost, rest in reversed(again):  # back at the front, in their order
             if not rest:
                 self._report(lost)
@@ -697,11 +532,7 @@ class ProcessBackend:
                     self._inbox.appendleft((lost, rest))
 
     def _fail(self, batch: Batch, indices: list[int], error: BaseException) -> None:
-        if len(batch.values) != len(batch.items):
-            batch.values = [None] * len(batch.items)
-        batch.errors = batch.errors or {}
-        for index in indices:
-            batch.errors[index] = error
+        fail_items(batch, indices, error)
         self._report(batch)
 
     def _report(self, batch: Batch) -> None:
@@ -717,130 +548,3 @@ class ProcessBackend:
             batch.values = [None] * len(batch.items)
         assert self._done is not None
         self._done(batch)  # (never under the lock: see the module docstring)
-
-
-_forkserver_lock = threading.Lock()
-
-
-def _ensure_forkserver() -> None:
-    """Start the forkserver (if it is not running) so that it imports ``__main__`` once.
-
-    See ``_forkserver_main``: what it needs travels in an environment variable
-    that is set only while the forkserver starts.
-    """
-    from multiprocessing import forkserver
-
-    from ._forkserver_main import ENV, main_spec
-
-    with _forkserver_lock:
-        spec = main_spec()
-        if spec is None or ENV in os.environ:
-            forkserver.ensure_running()
-            return
-        os.environ[ENV] = spec
-        try:
-            forkserver.ensure_running()
-        finally:
-            os.environ.pop(ENV, None)
-
-
-def _check_spare_fds(fd: int) -> None:
-    """Raise OSError (EMFILE) unless :data:`SPARE_FDS` more file descriptors can be opened."""
-    probes: list[int] = []
-    try:
-        for _ in range(SPARE_FDS):
-            probes.append(os.dup(fd))
-    finally:
-        for probe in probes:
-            os.close(probe)
-
-
-def _refuse_while_importing_main() -> None:
-    """Stop a run that a worker's import of the main script started (no ``__main__`` guard).
-
-    A worker process imports the main script to find the functions it is
-    sent; a script that starts a run at its top level would start one in
-    every worker. multiprocessing refuses that with a RuntimeError mid-start;
-    this ends the worker with :data:`UNGUARDED_MAIN` instead, which the
-    parent turns into a message that says what to change. In the forkserver
-    (which imports the script once for all workers) it only raises: the
-    forkserver must live on.
-    """
-    process = multiprocessing.current_process()
-    if not getattr(process, "_inheriting", False):  # (multiprocessing's own flag for this)
-        return
-    from ._forkserver_main import importing_main
-
-    if importing_main():
-        raise RuntimeError("the main script started a run while the forkserver imported it")
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    os._exit(UNGUARDED_MAIN)
-
-
-def _died_starting(code: int | None) -> str:
-    if code == UNGUARDED_MAIN:
-        return (
-            "a worker process could not start: your main script starts a run when it is "
-            "imported. Each worker process imports the main script to find the functions "
-            "it is sent (under the name __mp_main__), so whatever the script does at its "
-            "top level runs again in every worker, and a run cannot start there. Put the "
-            'script\'s work under `if __name__ == "__main__":` (that block runs only when '
-            "the script is run, not when a worker imports it)"
-        )
-    return f"a worker process died while starting ({_how_it_ended(code)})"
-
-
-def _limit_hint(exc: BaseException) -> str:
-    """What refused a new worker, and what to change."""
-    text = f"{type(exc).__name__}: {exc}"
-    number = getattr(exc, "errno", None)
-    if number in (errno.EMFILE, errno.ENFILE):
-        try:
-            import resource
-
-            limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        except (ImportError, OSError, ValueError):  # pragma: no cover - not POSIX
-            return f"{text}; raise the open-file limit (ulimit -n) or lower workers"
-        return (
-            f"{text}; the open-file limit (ulimit -n) is {limit} and each worker "
-            "process needs 3 to 4 of it: raise it or lower workers"
-        )
-    if number in (errno.EAGAIN, errno.ENOMEM):
-        return f"{text}; the system refused another process (ulimit -u, memory): lower workers"
-    return text
-
-
-def _failure(item: Any, remote: RemoteError, attempt: int) -> Failure:
-    error_type, message, trace, lineage, retry_after = remote
-    failure = Failure(item, error_type, message, trace, attempt)
-    failure.lineage = lineage
-    failure.retry_after = retry_after
-    return failure
-
-
-def _kill(worker: _Worker) -> None:
-    pid = worker.process.pid
-    if pid is None:
-        return
-    with contextlib.suppress(OSError):
-        if hasattr(os, "killpg"):
-            os.killpg(pid, signal.SIGKILL)  # its process group: children go too
-        else:  # pragma: no cover - Windows
-            worker.process.kill()
-
-
-def _how_it_ended(code: int | None) -> str:
-    """
-    >>> _how_it_ended(-9), _how_it_ended(3), _how_it_ended(None)
-    ('killed by signal SIGKILL', 'exit code 3', 'exit code unknown')
-    """
-    if code is None:
-        return "exit code unknown"
-    if code < 0:
-        try:
-            return f"killed by signal {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit code {code}"
