@@ -1,7 +1,7 @@
 """backend="processes" at the edges: large data, unpicklable items, forks, timeouts, limits.
 
 Each test is one promise of the README's processes section. Every wait is
-bounded (the test's own timeout, and every subprocess wait), so a regression
+bounded (each test's timeout, and every subprocess wait), so a regression
 fails instead of hanging the suite.
 """
 
@@ -26,9 +26,11 @@ import manyhands
 from .conftest import finish, python_subprocess_env, start_python
 from .test_processes import children_after, still_alive, worker_pids
 
+# A hang here blocks the main thread in a lock or a pipe, where the "signal"
+# method's exception does not end it: "thread" dumps the stacks and exits.
 pytestmark = [
     pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and limits"),
-    pytest.mark.timeout(180),
+    pytest.mark.timeout(180, method="thread"),
 ]
 
 
