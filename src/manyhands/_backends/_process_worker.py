@@ -126,12 +126,12 @@ def serve(
         except (EOFError, OSError):  # the parent closed the pipe or died
             return
         number += 1
+        progress.value = 0  # (a crash from here on is the first item's, until the next)
         try:
             items = pickle.loads(message)
         except Exception as exc:  # an item that cannot be rebuilt here: the batch fails
             conn.send_bytes(pickle.dumps(("unloadable", describe_remote(exc))))
             continue
-        progress.value = 0
         stamp[STARTED] = monotonic()
         stamp[BATCH] = number
         outcome = _run(fn, items, progress)
