@@ -120,6 +120,9 @@ class Batch:
             backend's lock, so a batch either finishes or times out, never both.
         owner: with ``task.timed``, the running worker (the backend's own token).
         skipped: for items not run (final in the journal, or duplicates), why.
+        nbytes: (processes) the larger of the batch's items and results as
+            pickles, in bytes; 0 where nothing was pickled. Batches are sized
+            to keep it under the engine's ``BATCH_BYTES``.
     """
 
     __slots__ = (
@@ -133,6 +136,7 @@ class Batch:
         "items",
         "keys",
         "last_failure",
+        "nbytes",
         "owner",
         "parent",
         "pending",
@@ -168,6 +172,7 @@ class Batch:
         self.owner: Any = None
         self.cpu = 0.0
         self.via = 0
+        self.nbytes = 0
 
     def without(self, indices: set[int]) -> Batch:
         """A copy holding every item but those at ``indices`` (sent to be retried)."""

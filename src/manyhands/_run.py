@@ -617,8 +617,13 @@ class Run:
         """Time out the batches running past ``timeout``."""
         timeout = deadlines.timeout
         for batch in deadlines.overdue(now):
+            started = batch.started
             if not self._backend_of(batch).expire(batch):
-                continue  # it finished meanwhile: it is in the completions queue
+                # It finished meanwhile (it is in the completions queue), or it began
+                # later than the run knew (the backend's own clock): not over yet.
+                if batch.started is not None and started is not None and batch.started > started:
+                    deadlines.next_check = min(deadlines.next_check, batch.started + timeout)
+                continue
             deadlines.back(batch)
             started = batch.started
             assert started is not None
@@ -679,7 +684,7 @@ class Run:
         stats.add_batch(size - len(retried), size, batch.elapsed, final)
         if self._stop_rules_on:
             self._rules.note(batch, retried)
-        self._sizer.completed(size, batch.elapsed)
+        self._sizer.completed(size, batch.elapsed, batch.nbytes)
         if self._measure is not None:
             self._measured(batch)
         if batch.parent is not None and not retried:

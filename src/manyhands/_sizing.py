@@ -31,6 +31,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 __all__ = [
+    "BATCH_BYTES",
     "DISPATCH_SECONDS",
     "FIRST_WAVE_BATCHES",
     "MAX_BATCH",
@@ -43,6 +44,7 @@ DISPATCH_SECONDS = 4e-6  # GIL time to dispatch and settle one batch, measured o
 LOAD_SHARE = 0.02
 STRAGGLE_SHARE = 0.02  # of the run so far, when the input's length is unknown
 MAX_BATCH = 4096  # (a worker process with 2 batches of 1,024 ahead starved between GIL switches)
+BATCH_BYTES = 1 << 20  # a batch's items or results, pickled (processes): memory per batch sent
 FIRST_WAVE_BATCHES = 512  # (asyncio) batches the first `workers` calls are split into
 
 
@@ -112,15 +114,21 @@ class Sizer:
             self._input_fit = min(2 * self._input_fit, self.cap)
         self.size = min(self._work_fit, self._input_fit)
 
-    def completed(self, items: int, seconds: float) -> None:
-        """A batch of ``items`` came back after ``seconds`` of work."""
+    def completed(self, items: int, seconds: float, nbytes: int = 0) -> None:
+        """A batch of ``items`` came back after ``seconds`` of work.
+
+        ``nbytes``: the larger of its items and results, pickled (processes; 0
+        when they did not travel): batches are bounded by bytes too.
+        """
         if self._warm_up:
             self._warm_up -= 1
             if not self._warm_up and not self._one_by_one and not self._held:
                 self.max_batches = 2 * self._workers
         if self.adaptive and items:
-            fit = self._fit(seconds / items)
-            self._work_fit = max(1, min(fit, 2 * items, self.cap))
+            fit = min(self._fit(seconds / items), 2 * items, self.cap)
+            if nbytes:  # large items or results: a batch holds about BATCH_BYTES of them
+                fit = min(fit, BATCH_BYTES * items // nbytes)
+            self._work_fit = max(1, fit)
             self.size = min(self._work_fit, self._input_fit)
             self.timed_reads = self._work_fit > 1
 

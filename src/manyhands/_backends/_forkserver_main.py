@@ -22,9 +22,20 @@ import sys
 from multiprocessing import process, spawn
 from typing import Any
 
-__all__ = ["ENV", "main_spec"]
+__all__ = ["ENV", "importing_main", "main_spec"]
 
 ENV = "MANYHANDS_FORKSERVER_MAIN"
+_importing = [False]  # this process is the forkserver, importing the main script now
+
+
+def importing_main() -> bool:
+    """Whether this process is the forkserver, running the main script's import.
+
+    A script without an ``if __name__ == "__main__":`` guard starts a run
+    here; the process backend then refuses quietly (see
+    ``_refuse_while_importing_main``), as the forkserver must live on.
+    """
+    return _importing[0]
 
 
 def main_spec() -> str | None:
@@ -45,12 +56,14 @@ def _import_main(spec: str) -> None:
     sys.path[:] = wanted["sys_path"]
     sys.argv[:] = wanted["sys_argv"]
     process.current_process()._inheriting = True  # type: ignore[attr-defined]
+    _importing[0] = True
     try:
         if "init_main_from_name" in wanted:
             spawn._fixup_main_from_name(wanted["init_main_from_name"])  # type: ignore[attr-defined]
         else:
             spawn.import_main_path(wanted["init_main_from_path"])
     finally:
+        _importing[0] = False
         del process.current_process()._inheriting  # type: ignore[attr-defined]
 
 

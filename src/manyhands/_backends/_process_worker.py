@@ -5,6 +5,13 @@ Errors travel as plain tuples (type name, message, traceback text, the
 type's class hierarchy by name, a ``retry_after`` if it had one), so an
 exception whose class cannot be pickled, or whose ``__str__`` raises, still
 comes back intact.
+
+The worker tells the parent what it is doing through shared memory, without
+a message: ``progress`` holds the index (in its batch) of the item it runs,
+so that a crash fails that item only; ``stamp`` holds the number of the batch
+it runs (0 between batches) and when it began (``time.monotonic``, the same
+clock in every process), so that a timeout is judged by when the call really
+started, not by when the parent sent it.
 """
 
 from __future__ import annotations
@@ -15,17 +22,20 @@ import pickle
 import signal
 import sys
 import threading
+import traceback
 from multiprocessing.connection import Connection
-from time import perf_counter
-from typing import Any
+from time import monotonic, perf_counter
+from typing import Any, ClassVar, NoReturn
 
 from .._outcome import describe_exception, qualified_name, safe_repr
 from .._retry import retry_after_of
 
-__all__ = ["RemoteError", "describe_remote", "serve"]
+__all__ = ["BATCH", "STARTED", "RemoteError", "describe_remote", "serve"]
 
 #: (error_type, message, traceback, class hierarchy names, retry_after)
 RemoteError = tuple[str, str, str, tuple[str, ...], "float | None"]
+
+BATCH, STARTED = 0, 1  # the fields of ``stamp``
 
 
 def describe_remote(exc: BaseException) -> RemoteError:
@@ -35,10 +45,49 @@ def describe_remote(exc: BaseException) -> RemoteError:
     return error_type, message, text, lineage, retry_after_of(exc)
 
 
+class _Forked:
+    """Set in a child that ``fn`` forked: it must not go on as a second worker.
+
+    The items being run are cleared in the child, so its loop ends at the
+    next item; it then leaves (``os._exit``) instead of sending results on
+    the worker's pipe. No per-item check: the fork handler does the work.
+    """
+
+    happened = False
+    items: ClassVar[list[Any]] = []  # the batch being run
+
+
+def _after_fork_in_child() -> None:
+    _Forked.happened = True
+    _Forked.items.clear()
+
+
+def _leave(exc: BaseException | None = None) -> NoReturn:
+    """End a forked child at once, as ``sys.exit`` in it would have (with its code)."""
+    status = 0
+    if isinstance(exc, SystemExit):
+        code = exc.code
+        if code is None or isinstance(code, int):
+            status = code or 0
+        else:  # sys.exit("message"): printed, status 1
+            with contextlib.suppress(Exception):
+                print(code, file=sys.stderr)
+            status = 1
+    elif exc is not None:  # reported as an uncaught exception would have been
+        with contextlib.suppress(Exception):
+            traceback.print_exception(exc)
+        status = 1
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(status)
+
+
 def serve(
     conn: Connection,
     payload: bytes,
     progress: Any,
+    stamp: Any,
     lifeline: Connection,
     inherited: tuple[int, ...] = (),
 ) -> None:
@@ -54,6 +103,8 @@ def serve(
     if hasattr(os, "setsid"):
         os.setsid()  # its own process group: a timeout kills its children too
     _watch_parent(lifeline)
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_after_fork_in_child)
     try:
         import cloudpickle  # type: ignore[import-untyped]
 
@@ -61,34 +112,59 @@ def serve(
         if initializer is not None:
             initializer(*initargs)
     except BaseException as exc:
+        if _Forked.happened:
+            _leave(exc)
         conn.send(("init_failed", describe_remote(exc)))
         return
+    if _Forked.happened:  # the initializer forked, and this is the child
+        _leave()
     conn.send(("ready",))
+    number = 0
     while True:
         try:
             message = conn.recv_bytes()
         except (EOFError, OSError):  # the parent closed the pipe or died
             return
-        batch_id, items = pickle.loads(message)
-        conn.send_bytes(_run(fn, batch_id, items, progress))
+        number += 1
+        progress.value = 0  # (a crash from here on is the first item's, until the next)
+        try:
+            items = pickle.loads(message)
+        except Exception as exc:  # an item that cannot be rebuilt here: the batch fails
+            conn.send_bytes(pickle.dumps(("unloadable", describe_remote(exc))))
+            continue
+        stamp[STARTED] = monotonic()
+        stamp[BATCH] = number
+        outcome = _run(fn, items, progress)
+        stamp[BATCH] = 0
+        conn.send_bytes(_pack(*outcome))
 
 
-def _run(fn: Any, batch_id: int, items: list[Any], progress: Any) -> bytes:
+def _run(
+    fn: Any, items: list[Any], progress: Any
+) -> tuple[list[Any], dict[int, RemoteError], float]:
     values: list[Any] = []
     errors: dict[int, RemoteError] = {}
+    _Forked.items = items
     start = perf_counter()
     for index, item in enumerate(items):
         progress.value = index
         try:
             values.append(fn(item))
         except BaseException as exc:
+            if _Forked.happened:  # e.g. sys.exit() in a child that fn forked
+                _leave(exc)
             if exc.__traceback__ is not None:  # the user's frames only, not this loop
                 exc.__traceback__ = exc.__traceback__.tb_next
             errors[index] = describe_remote(exc)
             values.append(None)
-    elapsed = perf_counter() - start
+    if _Forked.happened:  # a child that fn forked returned here: it is not a worker
+        _leave()
+    return values, errors, perf_counter() - start
+
+
+def _pack(values: list[Any], errors: dict[int, RemoteError], elapsed: float) -> bytes:
     try:
-        return pickle.dumps(("done", batch_id, values, errors, elapsed), pickle.HIGHEST_PROTOCOL)
+        return pickle.dumps(("done", values, errors, elapsed), pickle.HIGHEST_PROTOCOL)
     except Exception:
         pass
     # Some value cannot be pickled: that item fails, the others come back.
@@ -103,7 +179,7 @@ def _run(fn: Any, batch_id: int, items: list[Any], progress: Any) -> bytes:
                 f"process: {message}"
             )
             errors[index] = (error_type, message, text, lineage, None)
-    return pickle.dumps(("done", batch_id, values, errors, elapsed), pickle.HIGHEST_PROTOCOL)
+    return pickle.dumps(("done", values, errors, elapsed), pickle.HIGHEST_PROTOCOL)
 
 
 def _watch_parent(lifeline: Connection) -> None:

@@ -2,15 +2,31 @@
 
 ``fn`` travels to the workers once, with cloudpickle (lambdas, closures and
 functions of ``__main__`` work); items and results use pickle. Each worker
-has its own pipe; one thread of the parent (the *dispatcher*) sends batches
+has its own socket; one thread of the parent (the *dispatcher*) sends batches
 to idle workers and reads what comes back, so the engine never blocks on a
-pipe.
+pipe::
+
+    engine thread                 dispatcher thread (one select loop)      worker processes
+    submit ──▶ inbox ──(wake)──▶  send a batch to a worker with room, ──▶  recv, run fn,
+    expire, shutdown              written as its socket takes it;           send the results
+                                  read results as they arrive ◀─────────   (blocking)
+                                  └──▶ done(batch): the engine's queue
+
+The dispatcher never blocks on a socket: what a worker has not read yet waits
+in a buffer (see ``_process_channel``), so a large batch on its way in never
+stops the results of another from being read. ``_lock`` guards the inbox, the
+pool, what each worker was sent and a batch's state; it is never held across
+I/O, pickling, a kill or a callback, so ``submit``, ``expire`` and
+``shutdown`` never wait behind a socket, and a report of a batch never runs
+inside the lock that reporting takes.
 
 A worker that dies (a segfault, ``os._exit``, the OOM killer's SIGKILL)
 costs only the item it was running, which fails as ``"manyhands.WorkerCrashed"``
 with the exit code or signal; the rest of its batch is sent again without
 being charged an attempt, and a new worker takes its place. A timed-out
-item's worker is killed with its process group, so its children go too.
+item's worker is killed with its process group, so its children go too; a
+call counts as timed out only if the worker's own clock says it ran past the
+limit, and no other item reaches a worker that is about to be killed.
 Workers ignore SIGINT (the parent decides), run in a process group of their
 own, and exit when the parent is gone, however it went.
 """
@@ -19,45 +35,35 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
-import os
 import pickle
-import signal
+import selectors
+import socket
 import threading
 from collections import deque
 from collections.abc import Callable
-from multiprocessing.connection import Connection, wait
 from time import monotonic
 from typing import Any
 
 from .._batch import FINISHED, RUNNING, TIMED_OUT, Batch, Task
 from .._exceptions import WorkerCrashed, WorkerInitError
-from .._outcome import Failure, describe_exception, safe_repr
-from ._process_worker import RemoteError, serve
+from .._outcome import describe_exception
+from ._process_batches import blame_crash, fail_items, file_results, pickle_items
+from ._process_spawn import (
+    Worker,
+    await_ready,
+    default_start_method,
+    ensure_forkserver,
+    kill,
+    limit_hint,
+    refuse_while_importing_main,
+    spawn_worker,
+    stop_workers,
+)
+from ._process_worker import BATCH, STARTED, RemoteError
 
 __all__ = ["ProcessBackend", "default_start_method"]
 
-START_SECONDS = 60.0  # a worker that does not report ready by then failed to start
-
-
-def default_start_method() -> str:
-    """forkserver where it exists (fork is unsafe once threads run), else spawn."""
-    methods = multiprocessing.get_all_start_methods()
-    return "forkserver" if "forkserver" in methods else "spawn"
-
-
-class _Worker:
-    __slots__ = ("conn", "lifeline", "process", "progress", "ready", "sent")
-
-    def __init__(self, process: Any, conn: Connection, progress: Any, lifeline: Connection) -> None:
-        self.process = process
-        self.conn = conn
-        self.lifeline = lifeline  # never written: the worker exits when it closes
-        self.progress = progress  # index of the item it is running, in shared memory
-        # What it was sent and has not answered: (batch, which of its items), oldest
-        # first. Up to two, so that it never waits for the next batch (not with a
-        # timeout: a deadline counts from the send).
-        self.sent: deque[tuple[Batch, list[int]]] = deque()
-        self.ready = False
+_READ, _WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 
 
 class ProcessBackend:
@@ -76,6 +82,7 @@ class ProcessBackend:
         initializer: Callable[..., Any] | None = None,
         initargs: tuple[Any, ...] = (),
     ) -> None:
+        refuse_while_importing_main()
         self._workers = workers
         self._depth = 1 if timed else 2  # batches sent ahead to each worker
         self._context = multiprocessing.get_context(start_method or default_start_method())
@@ -96,15 +103,21 @@ class ProcessBackend:
         self._initializer = initializer
         self._initargs = initargs
         self._payload = b""
-        self._lock = threading.Lock()  # the inbox, and a batch's state
+        self._lock = threading.Lock()  # see the module docstring
         self._inbox: deque[tuple[Batch, list[int]]] = deque()
-        self._wake_r, self._wake_w = multiprocessing.Pipe(duplex=False)
-        self._pool: list[_Worker] = []
-        self._stopping = False
+        self._woken = False  # a wake-up byte is on its way to the dispatcher
+        self._wake_r: socket.socket | None = None
+        self._wake_w: socket.socket | None = None
+        self._selector: selectors.BaseSelector | None = None
+        self._pool: list[Worker] = []
+        self._stopping = False  # shutdown began: nothing new is sent
+        self._closing = False  # the dispatcher must return now
+        self._idle = threading.Event()  # stopping, and no batch is out any more
         self._broken: WorkerCrashed | None = None  # the dispatcher died: every item fails
         self._dispatcher: threading.Thread | None = None
         self.abandoned = 0  # processes are killed, never abandoned
-        self.notes: list[str] = []  # for the Report
+        self.workers_started = 0  # how many of ``workers`` could start
+        self.notes: list[str] = []  # for the Report: why fewer than ``workers`` ran, if so
 
     # -- lifecycle -------------------------------------------------------
 
@@ -125,73 +138,80 @@ class ProcessBackend:
         return dropped
 
     def attach(self, task: Task) -> None:
-        """Start every worker and wait until each is ready (or its initializer failed)."""
+        """Start the workers for ``task`` and wait until each is ready (or its initializer failed).
+
+        If the system refuses more processes or file descriptors, the run goes
+        on with the workers that started (:attr:`notes` says why); if none did,
+        WorkerInitError names the limit.
+        """
+        fn = task.fn
         if self._context.get_start_method() == "forkserver":
-            _ensure_forkserver()  # it boots while fn is pickled here
+            try:
+                ensure_forkserver()  # it boots while fn is pickled here
+            except (OSError, EOFError) as exc:
+                raise WorkerInitError(
+                    f"no worker process could be started: {limit_hint(exc)}"
+                ) from exc
         import cloudpickle  # type: ignore[import-untyped]
 
-        fn = task.fn
         try:
             self._payload = cloudpickle.dumps((fn, self._initializer, self._initargs))
         except Exception as exc:
             raise TypeError(
                 f"fn (or initializer) cannot be sent to a worker process: {exc}"
             ) from exc
-        for _ in range(self._workers):
-            self._pool.append(self._spawn())
-        deadline = monotonic() + START_SECONDS
         try:
-            for worker in self._pool:
-                self._await_ready(worker, deadline)
+            try:
+                self._selector = selectors.DefaultSelector()
+                self._wake_r, self._wake_w = socket.socketpair()
+            except OSError as exc:
+                raise WorkerInitError(
+                    f"no worker process could be started: {limit_hint(exc)}"
+                ) from exc
+            self._wake_r.setblocking(False)
+            self._wake_w.setblocking(False)
+            self._start_workers()
+            await_ready(self._pool)
         except BaseException:
-            self._kill_all()
+            stop_workers(self._pool)
+            self._close_own_fds()
             raise
+        self.workers_started = len(self._pool)
         self._dispatcher = threading.Thread(
             target=self._dispatch_loop, name="manyhands-processes", daemon=True
         )
         self._dispatcher.start()
 
-    def _spawn(self) -> _Worker:
-        parent, child = self._context.Pipe()
-        life_r, life_w = self._context.Pipe(duplex=False)
-        progress = self._context.Value("i", 0, lock=False)
-        # A forked child inherits every fd of the parent, this backend's own ends of
-        # its pipes included: while it holds a worker's pipe end, that worker sees no
-        # EOF, so it outlives a killed parent and is not done at shutdown. The child
-        # closes them (forkserver and spawn children never have them).
-        inherited: list[int] = []
-        if self._context.get_start_method() == "fork":
-            inherited = [parent.fileno(), life_w.fileno(), self._wake_r.fileno()]
-            inherited += [self._wake_w.fileno()]
-            for worker in self._pool:
-                inherited += [worker.conn.fileno(), worker.lifeline.fileno()]
-        process = self._context.Process(  # type: ignore[attr-defined]
-            target=serve,
-            args=(child, self._payload, progress, life_r, tuple(inherited)),
-            daemon=True,
-        )
-        process.start()
-        child.close()
-        life_r.close()
-        return _Worker(process, parent, progress, life_w)
+    def _start_workers(self) -> None:
+        for _ in range(self._workers):
+            try:
+                worker = self._spawn()
+            except (OSError, EOFError) as exc:  # out of file descriptors or processes
+                if not self._pool:
+                    raise WorkerInitError(
+                        f"no worker process could be started: {limit_hint(exc)}"
+                    ) from exc
+                self.notes.append(
+                    f"ran with {len(self._pool)} of {self._workers} worker processes: "
+                    f"no more could be started ({limit_hint(exc)})"
+                )
+                return
+            self._pool.append(worker)
 
-    def _await_ready(self, worker: _Worker, deadline: float) -> None:
-        if not worker.conn.poll(max(deadline - monotonic(), 0.0)):
-            raise WorkerInitError(f"a worker process did not start in {START_SECONDS:.0f}s")
-        try:
-            message = worker.conn.recv()
-        except (EOFError, OSError):
-            code = worker.process.exitcode
-            raise WorkerInitError(
-                f"a worker process died while starting ({_how_it_ended(code)})"
-            ) from None
-        if message[0] == "init_failed":
-            error_type, text, trace = message[1][0], message[1][1], message[1][2]
-            raise WorkerInitError(
-                f"the worker initializer raised {error_type}: {text}; no item was run",
-                trace,
-            )
-        worker.ready = True
+    def _spawn(self) -> Worker:
+        return spawn_worker(self._context, self._payload, self._own_fds())
+
+    def _own_fds(self) -> list[int]:
+        """The fds a worker forked from this process must close (see ``spawn_worker``)."""
+        if self._context.get_start_method() != "fork":
+            return []
+        assert self._wake_r is not None and self._wake_w is not None
+        assert self._selector is not None
+        fds = [self._wake_r.fileno(), self._wake_w.fileno()]
+        fds.append(self._selector.fileno())  # type: ignore[attr-defined]
+        for worker in self._pool:
+            fds += [worker.channel.fileno(), worker.lifeline.fileno()]
+        return fds
 
     def submit(self, batch: Batch) -> None:
         indices = list(range(len(batch.items)))
@@ -199,23 +219,43 @@ class ProcessBackend:
             broken = self._broken
             if broken is None:
                 self._inbox.append((batch, indices))
+                wake, self._woken = not self._woken, True
         if broken is not None:
             self._fail(batch, indices, broken)
-            return
-        self._wake_w.send_bytes(b"")
+        elif wake:
+            self._wake()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):  # full (a wake-up is pending anyway) or closed
+            assert self._wake_w is not None
+            self._wake_w.send(b"\0")
 
     def wind_down(self) -> None:
         pass  # workers are few and started once; shutdown stops them
 
     def expire(self, batch: Batch) -> bool:
-        """Time out a running batch: kill its worker (and process group); a new one follows."""
+        """Time out a running batch, judged by its worker's clock; False if it is not over.
+
+        The engine asks once ``batch.started + timeout`` has passed. If the
+        worker began the batch later than that (the parent was late to see
+        it: busy, or stopped with SIGSTOP), ``batch.started`` moves to the real
+        start and the engine asks again then. If the worker is between batches
+        (the call returned; its results are on their way), it is not a timeout.
+        """
         with self._lock:
             if batch.state != RUNNING:
                 return False
-            batch.state = TIMED_OUT
             holder = next((w for w in self._pool if w.sent and w.sent[0][0] is batch), None)
-        if holder is not None:
-            _kill(holder)
+            if holder is None or holder.doomed:
+                return False  # not sent (queued again after a crash): not running
+            stamp = holder.stamp
+            running, started = stamp[BATCH] == holder.answered + 1, stamp[STARTED]
+            if not running or (batch.started is not None and started > batch.started):
+                batch.started = started if running else monotonic()
+                return False
+            batch.state = TIMED_OUT
+            holder.doomed = True  # the dispatcher sends it nothing more
+        kill(holder)  # (outside the lock: the worker can start no other item meanwhile)
         return True
 
     def shutdown(self, grace: float) -> int:
@@ -223,32 +263,36 @@ class ProcessBackend:
         with self._lock:
             self._inbox.clear()
             self._stopping = True
-        deadline = monotonic() + grace
+        self._wake()
         try:  # a second Ctrl-C here ends the wait at once
-            while monotonic() < deadline and any(w.sent for w in self._pool):
-                wait([w.process.sentinel for w in self._pool], timeout=0.01)
+            if self._dispatcher is not None and self._dispatcher.is_alive():
+                self._idle.wait(grace)
         finally:
-            busy = [w for w in self._pool if w.sent]
-            for worker in busy:
-                _kill(worker)  # still running after the grace period
-            self._wake_w.send_bytes(b"")
+            busy = self._close()
+        return busy
+
+    def _close(self) -> int:
+        """Stop the dispatcher, kill the workers still busy, end the others."""
+        with self._lock:
+            self._closing = True
+        self._wake()
+        try:
             if self._dispatcher is not None:
                 self._dispatcher.join(10)
-            self._kill_all()
+        finally:
+            with self._lock:
+                busy = [w for w in self._pool if w.sent]
+            for worker in busy:
+                kill(worker)  # still running after the grace period
+            stop_workers(self._pool)
+            self._close_own_fds()
         return len(busy)
 
-    def _kill_all(self) -> None:
-        for worker in self._pool:
-            with contextlib.suppress(OSError):
-                worker.conn.close()  # an idle worker exits on EOF
-            with contextlib.suppress(OSError):
-                worker.lifeline.close()  # and any worker, once this is gone
-        for worker in self._pool:
-            worker.process.join(0.2)
-            if worker.process.is_alive():
-                _kill(worker)
-                worker.process.join(5)
-        self._pool.clear()
+    def _close_own_fds(self) -> None:
+        for resource in (self._selector, self._wake_r, self._wake_w):
+            if resource is not None:
+                with contextlib.suppress(OSError):
+                    resource.close()
 
     # -- the dispatcher thread -------------------------------------------
 
@@ -271,250 +315,251 @@ class ProcessBackend:
                 worker.sent.clear()
         for batch, indices in held:
             self._fail(batch, indices, crashed)
-
-    def _fail(self, batch: Batch, indices: list[int], error: BaseException) -> None:
-        if len(batch.values) != len(batch.items):
-            batch.values = [None] * len(batch.items)
-        batch.errors = batch.errors or {}
-        for index in indices:
-            batch.errors[index] = error
-        self._report(batch)
+        self._idle.set()
 
     def _dispatch_forever(self) -> None:
+        selector = self._selector
+        assert selector is not None and self._wake_r is not None
+        selector.register(self._wake_r, _READ)
+        for worker in self._pool:
+            self._watch(worker)
         while True:
             with self._lock:
-                if self._stopping and not any(w.sent for w in self._pool):
+                self._woken = False
+                if self._closing:
                     return
-            self._send_waiting()
-            watched: list[Any] = [self._wake_r]
-            for worker in self._pool:
-                watched += [worker.conn, worker.process.sentinel]
-            for ready in wait(watched, timeout=1.0):
-                if ready is self._wake_r:
-                    with contextlib.suppress(EOFError, OSError):
-                        while self._wake_r.poll():
-                            self._wake_r.recv_bytes()
+                stopping = self._stopping
+            with contextlib.suppress(OSError):
+                while self._wake_r.recv(4096):
+                    pass
+            if stopping:
+                if not any(w.sent for w in self._pool):
+                    self._idle.set()
+            else:
+                self._feed()
+            for key, events in selector.select(timeout=1.0):
+                if key.data is None:  # the wake-up socket
                     continue
-                owner = next((w for w in self._pool if ready in (w.conn, w.process.sentinel)), None)
-                if owner is not None:
-                    self._serve(owner, ready)
+                kind, worker = key.data
+                if worker not in self._pool:  # retired by an earlier event of this round
+                    continue
+                if kind == "socket":
+                    self._serve(worker, events)
+                else:  # its sentinel: the process ended
+                    self._lost(worker)
 
-    def _serve(self, worker: _Worker, ready: Any) -> None:
-        if ready is worker.conn:
-            try:
-                message = worker.conn.recv_bytes()
-            except (EOFError, OSError):
-                message = None
-            if message is not None:
-                try:
-                    reply = pickle.loads(message)
-                except Exception as exc:  # results this process cannot rebuild
-                    self._undecodable(worker, exc)
-                    return
-                if reply[0] == "done":
-                    self._finish(worker, reply)
-                elif reply[0] == "ready":  # a replacement started
-                    worker.ready = True
-                else:  # its initializer failed this time: run on without it
-                    self._pool.remove(worker)
-                    _kill(worker)
-                    if not self._pool:
-                        error_type, text = reply[1][0], reply[1][1]
-                        raise WorkerInitError(
-                            f"no worker process is left: the initializer of every "
-                            f"replacement raised {error_type}: {text}"
-                        )
-                return
-        worker.process.join(1.0)
-        self._lost(worker)
+    def _watch(self, worker: Worker) -> None:
+        assert self._selector is not None
+        self._selector.register(worker.channel.sock, _READ, ("socket", worker))
+        self._selector.register(worker.process.sentinel, _READ, ("sentinel", worker))
 
-    def _send_waiting(self) -> None:
-        with self._lock:
-            if self._stopping:
-                return
-            for worker in self._pool:
-                while worker.ready and len(worker.sent) < self._depth and self._inbox:
-                    batch, indices = self._inbox.popleft()
+    def _serve(self, worker: Worker, events: int) -> None:
+        channel = worker.channel
+        if events & _WRITE and channel.flush():
+            self._listen(worker, _READ)
+        if events & _READ:
+            for frame in channel.receive():
+                self._handle(worker, frame)
+            if channel.closed:  # the process is ending: its sentinel says when
+                self._listen(worker, 0)
+
+    def _listen(self, worker: Worker, events: int) -> None:
+        assert self._selector is not None
+        sock = worker.channel.sock
+        with contextlib.suppress(KeyError, ValueError):
+            if events:
+                self._selector.modify(sock, events, ("socket", worker))
+            else:
+                self._selector.unregister(sock)
+
+    def _handle(self, worker: Worker, frame: bytearray) -> None:
+        try:
+            reply = pickle.loads(frame)
+        except Exception as exc:  # results this process cannot rebuild
+            self._undecodable(worker, exc)
+            return
+        kind = reply[0]
+        if kind == "done":
+            self._finish(worker, reply, len(frame))
+        elif kind == "unloadable":
+            self._unloadable(worker, reply[1])
+        elif kind == "ready":  # a replacement started
+            worker.ready = True
+        else:  # its initializer failed this time: run on without it
+            self._retire(worker)
+            kill(worker)
+            with self._lock:
+                left = len(self._pool)
+            if not left:
+                error_type, text = reply[1][0], reply[1][1]
+                raise WorkerInitError(
+                    f"no worker process is left: the initializer of every "
+                    f"replacement raised {error_type}: {text}"
+                )
+
+    def _feed(self) -> None:
+        """Send queued batches to the workers with room: idle ones first."""
+        for depth in range(self._depth):
+            for worker in list(self._pool):
+                if worker.ready and not worker.doomed and len(worker.sent) == depth:
+                    with self._lock:
+                        if not self._inbox or self._stopping:
+                            return
+                        batch, indices = self._inbox.popleft()
                     self._send(worker, batch, indices)
 
-    def _send(self, worker: _Worker, batch: Batch, indices: list[int]) -> None:
-        whole = len(indices) == len(batch.items)  # (the common case: no per-item copy)
-        items = batch.items if whole else [batch.items[i] for i in indices]
-        try:
-            data = pickle.dumps((id(batch), items), pickle.HIGHEST_PROTOCOL)
-        except Exception:
-            items, indices = self._drop_unpicklable(batch, indices)
-            data = pickle.dumps((id(batch), items), pickle.HIGHEST_PROTOCOL)
-        if len(batch.values) != len(batch.items):
-            batch.values = [None] * len(batch.items)
-        if not indices:  # every item failed to pickle: done without a trip
+    def _send(self, worker: Worker, batch: Batch, indices: list[int]) -> None:
+        data, indices = pickle_items(batch, indices)
+        if data is None:  # no item could be pickled: done without a trip
             self._report(batch)
             return
-        if not worker.sent:
-            batch.started = monotonic()
-        worker.sent.append((batch, indices))
-        with contextlib.suppress(OSError, ValueError):  # it died meanwhile: seen as lost
-            worker.conn.send_bytes(data)
+        with self._lock:
+            if self._stopping:
+                return  # dropped, as shutdown drops what is queued
+            if worker.doomed:  # expire() chose it since _feed looked: another takes it
+                self._inbox.appendleft((batch, indices))
+                return
+            if not worker.sent:
+                batch.started = monotonic()
+            worker.sent.append((batch, indices))
+        batch.nbytes = len(data)
+        if not worker.channel.send(data):  # the rest when the socket can take it
+            self._listen(worker, _READ | _WRITE)
 
-    def _drop_unpicklable(self, batch: Batch, indices: list[int]) -> tuple[list[Any], list[int]]:
-        kept: list[int] = []
-        for index in indices:
-            item = batch.items[index]
-            try:
-                pickle.dumps(item, pickle.HIGHEST_PROTOCOL)
-            except Exception as exc:
-                batch.errors = batch.errors or {}
-                batch.errors[index] = Failure(
-                    item,
-                    f"{type(exc).__module__}.{type(exc).__qualname__}",
-                    f"item {safe_repr(item, 80)} could not be sent to a worker process: {exc}",
-                    attempts=batch.attempt,
-                )
-            else:
-                kept.append(index)
-        return [batch.items[i] for i in kept], kept
+    def _answered(self, worker: Worker) -> tuple[Batch, list[int], bool]:
+        """The oldest batch the worker was sent, now answered; and whether to report it."""
+        with self._lock:
+            batch, indices = worker.sent.popleft()
+            worker.answered += 1
+            if worker.sent:
+                worker.sent[0][0].started = monotonic()  # the next one starts now
+            report = batch.state == RUNNING
+            if report:
+                batch.state = FINISHED  # from here, expire() leaves it alone
+        return batch, indices, report
 
-    def _finish(self, worker: _Worker, message: tuple[Any, ...]) -> None:
-        _, _, values, errors, elapsed = message
-        batch, indices = worker.sent.popleft()
-        if worker.sent:
-            worker.sent[0][0].started = monotonic()  # the next one starts now
-        if len(indices) == len(batch.items):
-            batch.values = values  # the whole batch, in order
-        else:
-            for position, index in enumerate(indices):
-                batch.values[index] = values[position]
-        for position, remote in errors.items():
-            index = indices[position]
-            batch.errors = batch.errors or {}
-            batch.errors[index] = _failure(batch.items[index], remote, batch.attempt)
-        batch.elapsed += elapsed
-        self._report(batch)
+    def _finish(self, worker: Worker, reply: tuple[Any, ...], size: int) -> None:
+        _, values, errors, elapsed = reply
+        batch, indices, report = self._answered(worker)
+        if report:  # (else timed out: the engine has already settled it)
+            file_results(batch, indices, values, errors, elapsed)
+            batch.nbytes = max(batch.nbytes, size)
+            self._deliver(batch)
 
-    def _undecodable(self, worker: _Worker, exc: Exception) -> None:
+    def _undecodable(self, worker: Worker, exc: Exception) -> None:
         """A batch's results came back but cannot be unpickled here: its items fail.
 
         The worker ran them, so they are not sent again. The results travel as one
         pickle, so which value broke it is unknown: every item of the batch fails.
         """
-        batch, indices = worker.sent.popleft()
-        if worker.sent:
-            worker.sent[0][0].started = monotonic()
         error_type, message, trace = describe_exception(exc)
         message = (
-            f"the results of this item's batch ({len(indices)} items) ran but could not be "
-            f"unpickled in the parent process: {message}"
+            f"the results of this item's batch ran but could not be unpickled in the "
+            f"parent process: {message}"
         )
-        batch.errors = batch.errors or {}
-        for index in indices:
-            batch.errors[index] = Failure(
-                batch.items[index], error_type, message, trace, batch.attempt
-            )
-        self._report(batch)
+        self._fail_answered(worker, (error_type, message, trace, (), None))
 
-    def _lost(self, worker: _Worker) -> None:
-        """A worker died: fail the item it ran, send the rest again, replace it."""
-        code = worker.process.exitcode
-        self._pool.remove(worker)
+    def _unloadable(self, worker: Worker, remote: RemoteError) -> None:
+        """The worker could not unpickle the batch: its items fail, none of them ran."""
+        error_type, message, trace, lineage, _ = remote
+        message = (
+            f"this item's batch could not be unpickled in the worker process (an item "
+            f"of it cannot be rebuilt there); none of it ran: {message}"
+        )
+        self._fail_answered(worker, (error_type, message, trace, lineage, None))
+
+    def _fail_answered(self, worker: Worker, remote: RemoteError) -> None:
+        batch, indices, report = self._answered(worker)
+        if report:
+            fail_items(batch, indices, remote)
+            self._deliver(batch)
+
+    def _retire(self, worker: Worker) -> list[tuple[Batch, list[int]]]:
+        """Take a worker out of the pool, close its ends; return what it was sent."""
+        with self._lock:
+            if worker in self._pool:
+                self._pool.remove(worker)
+            held = list(worker.sent)
+            worker.sent.clear()
+        assert self._selector is not None
+        for fileobj in (worker.channel.sock, worker.process.sentinel):
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.unregister(fileobj)
         with contextlib.suppress(OSError):
-            worker.conn.close()
+            worker.channel.close()
         with contextlib.suppress(OSError):
             worker.lifeline.close()
+        return held
+
+    def _lost(self, worker: Worker) -> None:
+        """A worker died: fail the item it ran, send the rest again, replace it."""
+        for frame in worker.channel.receive():  # what it sent before it died counts
+            self._handle(worker, frame)
+        if worker not in self._pool:  # its initializer failed: retired, not replaced
+            return
+        worker.process.join(1.0)  # (it has exited: only its status is read)
+        code = worker.process.exitcode
+        held = self._retire(worker)
         with self._lock:
             stopping = self._stopping
-        if worker.sent:
-            self._settle_lost(worker, code, stopping)
+        if held:
+            self._settle_lost(worker, held, code, stopping)
         if stopping:
             return
         try:  # a new worker; it is sent work once it reports ready
-            self._pool.append(self._spawn())
-        except Exception as exc:  # e.g. out of processes or memory: run on with fewer
-            if not self._pool:
-                raise WorkerInitError(f"no worker process could be started: {exc}") from exc
+            replacement = self._spawn()
+        except Exception as exc:  # e.g. out of processes or fds: run on with fewer
+            with self._lock:
+                left = len(self._pool)
+            if not left:
+                raise WorkerInitError(
+                    f"no worker process could be started: {limit_hint(exc)}"
+                ) from exc
+            self.notes.append(
+                f"ran on with {left} of {self._workers} worker processes: a worker that "
+                f"died could not be replaced ({limit_hint(exc)})"
+            )
+            return
+        with self._lock:
+            self._pool.append(replacement)
+        self._watch(replacement)
 
-    def _settle_lost(self, worker: _Worker, code: int | None, stopping: bool) -> None:
-        """The lost worker's batches: its item fails, the rest go back to the front."""
-        batch, indices = worker.sent.popleft()
-        again = list(worker.sent)  # sent ahead, never started: all of them again
+    def _settle_lost(
+        self, worker: Worker, held: list[tuple[Batch, list[int]]], code: int | None, stopping: bool
+    ) -> None:
+        """The lost worker's batches: its item fails, the rest go back to the front.
+
+        Once the run is stopping, a batch with items that never ran is dropped,
+        not reported: their values would read as results (and be journaled).
+        """
+        batch, indices = held[0]
+        again = held[1:]  # sent ahead, never started: all of them again
         with self._lock:
             timed_out = batch.state == TIMED_OUT
         if not timed_out:  # (else the engine killed it, and has settled the batch)
-            position = min(max(worker.progress.value, 0), len(indices) - 1)
-            crashed = indices.pop(position)
-            batch.errors = batch.errors or {}
-            batch.errors[crashed] = WorkerCrashed(
-                f"the worker process running this item died ({_how_it_ended(code)})"
-            )
-            again.insert(0, (batch, indices))  # the rest: not charged an attempt
+            rest = blame_crash(batch, indices, worker.progress.value, code)
+            again.insert(0, (batch, rest))  # the rest: not charged an attempt
         for lost, rest in reversed(again):  # back at the front, in their order
-            if rest and not stopping:
-                with self._lock:
-                    self._inbox.appendleft((lost, rest))
-            else:
+            if not rest:
                 self._report(lost)
+            elif not stopping:
+                with self._lock:
+                    lost.started = None  # not running: no deadline until it is sent
+                    self._inbox.appendleft((lost, rest))
+
+    def _fail(self, batch: Batch, indices: list[int], error: BaseException) -> None:
+        fail_items(batch, indices, error)
+        self._report(batch)
 
     def _report(self, batch: Batch) -> None:
+        """Hand a batch to the engine, unless it timed out meanwhile."""
         with self._lock:
             if batch.state != RUNNING:
                 return  # timed out: the engine has already settled it
             batch.state = FINISHED
-        batch.task.done(batch)
+        self._deliver(batch)
 
-
-_forkserver_lock = threading.Lock()
-
-
-def _ensure_forkserver() -> None:
-    """Start the forkserver (if it is not running) so that it imports ``__main__`` once.
-
-    See ``_forkserver_main``: what it needs travels in an environment variable
-    that is set only while the forkserver starts.
-    """
-    from multiprocessing import forkserver
-
-    from ._forkserver_main import ENV, main_spec
-
-    with _forkserver_lock:
-        spec = main_spec()
-        if spec is None or ENV in os.environ:
-            forkserver.ensure_running()
-            return
-        os.environ[ENV] = spec
-        try:
-            forkserver.ensure_running()
-        finally:
-            os.environ.pop(ENV, None)
-
-
-def _failure(item: Any, remote: RemoteError, attempt: int) -> Failure:
-    error_type, message, trace, lineage, retry_after = remote
-    failure = Failure(item, error_type, message, trace, attempt)
-    failure.lineage = lineage
-    failure.retry_after = retry_after
-    return failure
-
-
-def _kill(worker: _Worker) -> None:
-    pid = worker.process.pid
-    if pid is None:
-        return
-    with contextlib.suppress(OSError):
-        if hasattr(os, "killpg"):
-            os.killpg(pid, signal.SIGKILL)  # its process group: children go too
-        else:  # pragma: no cover - Windows
-            worker.process.kill()
-
-
-def _how_it_ended(code: int | None) -> str:
-    """
-    >>> _how_it_ended(-9), _how_it_ended(3), _how_it_ended(None)
-    ('killed by signal SIGKILL', 'exit code 3', 'exit code unknown')
-    """
-    if code is None:
-        return "exit code unknown"
-    if code < 0:
-        try:
-            return f"killed by signal {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit code {code}"
+    def _deliver(self, batch: Batch) -> None:
+        if len(batch.values) != len(batch.items):
+            batch.values = [None] * len(batch.items)
+        batch.task.done(batch)  # (never under the lock: see the module docstring)
