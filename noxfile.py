@@ -30,7 +30,7 @@ import nox
 
 ROOT = Path(__file__).resolve().parent
 nox.options.download_python = "never"
-nox.options.default_venv_backend = "venv"
+nox.options.default_venv_backend = "uv|venv"  # uv installs in seconds; venv without it
 nox.options.sessions = ["pythons", "tests", "docs"]
 
 _PROBE = (
