@@ -158,9 +158,12 @@ def test_a_function_that_cannot_travel_stays_on_threads_and_the_report_says_why(
     assert "cannot be sent to a worker process" in report.backend
 
 
-def test_a_threads_run_of_cpu_bound_calls_ends_with_a_hint() -> None:
+def test_a_threads_run_of_cpu_bound_calls_ends_with_a_hint(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     if (__import__("os").cpu_count() or 1) < 2:
         pytest.skip("one core: no hint")
+    monkeypatch.setattr(_auto, "GIL_BOUND", 0.0)  # (see CPU_BOUND_ALWAYS below)
     report = manyhands.run(spin, range(300), workers=8)
     assert report.backend == "threads"
     assert any("backend='processes' or 'auto' would use all" in n for n in report.notes)
