@@ -492,3 +492,22 @@ def test_a_crash_in_one_run_of_a_process_pool_costs_only_its_item() -> None:
     assert report.failures[0].error_type == "manyhands.WorkerCrashed"
     assert calm.succeeded == 300 and calm.failed == 0
     assert after.succeeded == 10
+
+
+def sleep_long_on_3(x: int) -> int:
+    time.sleep(30 if x == 3 else 0.01)
+    return x
+
+
+def test_a_timeout_in_one_run_of_a_process_pool_kills_only_its_call() -> None:
+    with manyhands.Pool(2, backend="processes") as pool:
+        other: dict[str, manyhands.Report] = {}
+        thread = threading.Thread(
+            target=lambda: other.setdefault("r", pool.run(square_where, range(2000)))
+        )
+        thread.start()
+        timed = pool.run(sleep_long_on_3, range(20), timeout=0.5)
+        thread.join()
+    assert [(f.item, f.error_type) for f in timed.failures] == [(3, "manyhands.Timeout")]
+    assert timed.succeeded == 19
+    assert other["r"].succeeded == 2000 and other["r"].failed == 0
