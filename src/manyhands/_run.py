@@ -192,6 +192,11 @@ class Run:
         self._via = 0  # the backend's generation: a run on auto may move once
         self._previous: list[Backend] = []  # backends it moved from (their calls finish)
         self._in_previous = 0  # batches still out on them
+        # What the slowdown's limit on calls in flight counts: on threads and processes
+        # a batch's items run one after another, so the calls at once are the batches
+        # out (the items waiting in a batch are not at the server yet); on asyncio
+        # every item of a batch is a call of its own.
+        self._items_are_calls = self._backend.concurrent_items
         self.statistics.backend = self._backend.name
 
     def _new_sizer(self, workers: int) -> Sizer:
@@ -507,7 +512,8 @@ class Run:
         while (
             timers
             and self._in_backend < self._sizer.max_batches
-            and self._in_flight < self._most_in_flight
+            and (self._in_flight if self._items_are_calls else self._in_backend)
+            < self._most_in_flight
         ):
             wait = timers.wait(now)
             if wait:
@@ -538,7 +544,8 @@ class Run:
         while (
             not reader.exhausted
             and self._in_backend < sizer.max_batches
-            and self._in_flight < self._most_in_flight
+            and (self._in_flight if self._items_are_calls else self._in_backend)
+            < self._most_in_flight
         ):
             room = self._window - self._pending_items  # (a whole batch may pass the limit)
             size = sizer.size
@@ -559,7 +566,8 @@ class Run:
         while (
             not reader.exhausted
             and self._in_backend < self._sizer.max_batches
-            and self._in_flight < self._most_in_flight
+            and (self._in_flight if self._items_are_calls else self._in_backend)
+            < self._most_in_flight
             and self._pending_items < self._window
         ):
             if self._in_backend and not self._completions.empty():
@@ -780,6 +788,7 @@ class Run:
             self._backend.wind_down()
         self._previous.append(self._backend)
         self._backend = backend
+        self._items_are_calls = backend.concurrent_items
         self._slowdown.ignore_latency()
         self._via += 1
         self._in_previous += self._in_backend
