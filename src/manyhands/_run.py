@@ -897,7 +897,7 @@ class Run:
             throttled=throttled,
             latency=batch.elapsed / calls if calls else 0.0,
             retry_after=asked,
-            in_flight=self._in_flight,
+            in_flight=self._in_flight if self._items_are_calls else self._in_backend,
         )
         stats.slowest_rate = self._slowdown.lowest
         self._obey_slowdown()
