@@ -66,6 +66,11 @@ class LatencyLimit:
         self._queued = 0  # samples in a row above QUEUE
 
     @property
+    def rising(self) -> bool:
+        """The last round trip's latency was above ``QUEUE`` times the unloaded one."""
+        return self._queued > 0
+
+    @property
     def latency(self) -> float:
         """The smoothed latency of accepted calls (0.0 before the first)."""
         return self._latency

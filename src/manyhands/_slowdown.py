@@ -175,8 +175,10 @@ class Slowdown:
 
         It watches the opening, the first ``WINDOW`` of a run whose calls take
         ``REMOTE`` or more (they may be a server's, whose budget the first
-        window spends), and from the first refusal or latency limit on. Any
-        other run costs nothing more once its opening is over.
+        window spends), a latency that rose above ``QUEUE`` times the unloaded
+        one until it falls back or is confirmed, and from the first refusal or
+        latency limit on. Any other run costs nothing more once its opening is
+        over.
         """
         latency = self._latency
         remote = not latency.latency or latency.latency >= REMOTE
@@ -184,6 +186,7 @@ class Slowdown:
             latency.opening
             or latency.limit < self.workers
             or self.throttled > 0
+            or latency.rising  # (a queue may be building: see whether it lasts)
             or (remote and self._clock < self._begun + WINDOW)
         )
 
