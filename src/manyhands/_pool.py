@@ -72,8 +72,11 @@ class Pool:
             above 0 also starts on one of N more threads when every worker is
             busy: it never waits behind the bulk, at the cost of up to N more
             calls at once than ``workers`` while it runs.
-        start_method, initializer, initargs: for processes (and auto), as for
-            :func:`manyhands.run`; each worker is set up once, for every run.
+        start_method: for processes (and auto): how workers start, as for
+            :func:`manyhands.run`.
+        initializer: for processes (and auto): called once in each worker, for
+            every run it serves.
+        initargs: the initializer's arguments.
 
     The workers stop at the end of the ``with`` block (or on :meth:`shutdown`).
 
