@@ -1,0 +1,450 @@
+"""Items as commands: ``manyhands run --sh TEMPLATE``, one process per item.
+
+::
+
+    item ──▶ Template.argv(item) ──▶ CommandRunner (in an engine thread)
+             split once with shlex,     Popen in a session of its own (its
+             the item substituted       process group), stdin /dev/null,
+             into arguments; or         stdout/stderr read into bounded buffers
+             /bin/sh -c with the        until the command and its pipes end;
+             item shlex.quote-d         the group killed on --timeout, on the
+                                        command's exit (leftovers), on close()
+                                    ──▶ {"exit_code", "stdout", "stderr"}
+                                        or CommandFailed (Exit75, KilledBySIGSEGV,
+                                        CommandTimedOut) with the stderr tail
+
+Why a session per command: the terminal's Ctrl-C goes to its foreground
+process group, so commands in that group would die at the first Ctrl-C
+instead of finishing in the grace period; and a group is what can be killed
+whole, grandchildren included. The run's engine never sees a process: the
+runner is a plain function on the threads backend, so retries, the rate
+limit, the slowdown, the journal and the Report work as for Python functions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import selectors
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from ._exceptions import ManyhandsError, Timeout
+from ._inputs import UsageProblem
+
+__all__ = [
+    "DEFAULT_CAPTURE",
+    "CommandFailed",
+    "CommandRunner",
+    "CommandTimedOut",
+    "Template",
+    "failure_class",
+]
+
+#: Bytes of each stream kept per command: stdout's first, stderr's last.
+DEFAULT_CAPTURE = 256 * 1024
+TAIL_LINES = 3  # lines of stderr in a failure's message
+TAIL_CHARS = 400
+DRAIN_SECONDS = 1.0  # pipes still open once the group is dead: a process left the group
+POLL_SECONDS = 0.05  # without pidfd, how often the command's exit is looked at
+_READ = 1 << 16
+_PUBLIC_MODULE = "manyhands.cli"
+
+# {} or {field}: a field name is a word (letters, digits, _ or -), so the
+# braces of `awk '{print $1}'` or `${HOME}` stay as they are.
+_PLACEHOLDER = re.compile(r"(?<!\$)\{([A-Za-z_][\w-]*)?\}")
+
+
+class Template:
+    """A command with ``{}`` (the item) and ``{field}`` (a field of a JSONL/CSV item).
+
+    Without ``shell``, the template is split once, like a shell would split
+    it, and each item is substituted into the arguments: an item is never
+    shell code, whatever it holds. With ``shell``, the template is run by
+    ``/bin/sh -c`` with each value quoted by :func:`shlex.quote`.
+
+    >>> Template("echo {} x{}x").argv("; rm -rf ~")
+    ['echo', '; rm -rf ~', 'x; rm -rf ~x']
+    >>> Template("cp {src} {dst}").argv({"src": "a b", "dst": 7})
+    ['cp', 'a b', '7']
+    >>> Template("grep {} | wc -l", shell=True).argv("it's")
+    ['/bin/sh', '-c', "grep 'it'\\"'\\"'s' | wc -l"]
+    >>> Template("awk '{print $1}' {}").argv("f")
+    ['awk', '{print $1}', 'f']
+    """
+
+    def __init__(self, text: str, *, shell: bool = False) -> None:
+        self.text = text
+        self.shell = shell
+        if not text.strip():
+            raise UsageProblem("--sh needs a command, e.g. --sh 'curl -fsS https://host/{}'")
+        try:
+            self._words = [] if shell else shlex.split(text)
+        except ValueError as exc:  # an unclosed quote
+            raise UsageProblem(f"--sh {text!r} cannot be split into words: {exc}") from None
+        self.fields = {m.group(1) for m in _PLACEHOLDER.finditer(text) if m.group(1)}
+        self.has_placeholder = _PLACEHOLDER.search(text) is not None
+
+    def argv(self, item: Any) -> list[str]:
+        """The command line of ``item``."""
+        if self.shell:
+            return ["/bin/sh", "-c", self._fill(self.text, item, shlex.quote)]
+        words = [self._fill(word, item, str) for word in self._words]
+        return words if self.has_placeholder else [*words, _text(item)]
+
+    @staticmethod
+    def _fill(text: str, item: Any, quote: Callable[[str], str]) -> str:
+        def value(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name is None:
+                return quote(_text(item))
+            try:
+                return quote(_text(item[name]))
+            except (KeyError, TypeError, IndexError):
+                raise KeyError(f"the item has no field {name!r} for {{{name}}}") from None
+
+        return _PLACEHOLDER.sub(value, text)
+
+
+def _text(value: Any) -> str:
+    """A value as a command argument: a str as it is, anything else as JSON."""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+# -- failures ------------------------------------------------------------------
+
+
+class CommandFailed(ManyhandsError):
+    """A command exited non-zero or was killed; its item fails with a subclass per cause.
+
+    The error type names the cause: ``manyhands.cli.Exit22`` (exit code 22),
+    ``manyhands.cli.KilledBySIGSEGV``, ``manyhands.cli.CommandTimedOut``. The
+    message ends with the last lines of stderr; the whole captured stdout and
+    stderr are in the attributes, and in the failure's traceback text (what
+    ``manyhands failures --traceback`` shows).
+
+    Attributes:
+        exit_code: the exit status, or ``None`` when a signal ended it.
+        signal: the number of the signal that ended it, or ``None``.
+        stdout, stderr: what it wrote (bounded, see ``--max-output``).
+    """
+
+    exit_code: int | None = None
+    signal: int | None = None
+
+    def __init__(self, message: str, stdout: str = "", stderr: str = "") -> None:
+        super().__init__(message)
+        self.stdout = stdout
+        self.stderr = stderr
+
+
+class CommandTimedOut(CommandFailed, Timeout):
+    """A command ran past ``--timeout``: its whole process group was killed."""
+
+    signal = int(signal.SIGKILL)
+
+
+_classes: dict[tuple[str, int], type[CommandFailed]] = {}
+_classes_lock = threading.Lock()
+
+
+def failure_class(returncode: int) -> type[CommandFailed]:
+    """The error type of a command's ``returncode`` (negative: the signal that ended it).
+
+    >>> failure_class(22).__qualname__, failure_class(22).exit_code
+    ('Exit22', 22)
+    >>> failure_class(-9).__qualname__, failure_class(-9) is failure_class(-9)
+    ('KilledBySIGKILL', True)
+    """
+    kind = ("exit", returncode) if returncode >= 0 else ("signal", -returncode)
+    with _classes_lock:
+        cls = _classes.get(kind)
+        if cls is None:
+            if returncode >= 0:
+                name = f"Exit{returncode}"
+                attrs: dict[str, Any] = {"exit_code": returncode}
+            else:
+                name = f"KilledBy{_signal_name(-returncode)}"
+                attrs = {"signal": -returncode}
+            attrs |= {"__module__": _PUBLIC_MODULE, "__qualname__": name}
+            cls = _classes[kind] = type(name, (CommandFailed,), attrs)
+    return cls
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"Signal{number}"
+
+
+for _cls in (CommandFailed, CommandTimedOut):
+    _cls.__module__ = _PUBLIC_MODULE
+
+
+def _failure(error: type[CommandFailed], cause: str, captured: tuple[str, str]) -> CommandFailed:
+    stdout, stderr = captured
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()][-TAIL_LINES:]
+    tail = " / ".join(lines)
+    if len(tail) > TAIL_CHARS:
+        tail = "..." + tail[-TAIL_CHARS:]
+    exc = error(f"{cause}: {tail}" if tail else f"{cause} (no stderr)", stdout, stderr)
+    if sys.version_info >= (3, 11):  # the whole output, in the traceback text a journal keeps
+        for name, text in (("stdout", stdout), ("stderr", stderr)):
+            if text:
+                exc.add_note(f"--- {name} ---\n{text.rstrip()}")
+    return exc
+
+
+# -- the runner ----------------------------------------------------------------
+
+
+class CommandRunner:
+    """The function the engine calls per item: runs its command, returns what it wrote.
+
+    Returns ``{"exit_code": 0, "stdout": str, "stderr": str}`` (bytes that are
+    not UTF-8 are shown as ``\\xff`` escapes); raises :class:`CommandFailed`.
+    :meth:`close` kills the process groups of the commands still running
+    (the run was stopped), and no command starts after it.
+    """
+
+    def __init__(
+        self,
+        template: Template,
+        *,
+        timeout: float | None = None,
+        capture: int = DEFAULT_CAPTURE,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.template = template
+        self.timeout = timeout
+        self.capture = capture
+        self._clock = clock
+        self._running: dict[int, subprocess.Popen[bytes]] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+        # What the journal records as the run's function (a changed command is warned about).
+        self.__qualname__ = template.text
+        self.__module__ = "manyhands.sh" if template.shell else "manyhands.command"
+
+    def __call__(self, item: Any) -> dict[str, Any]:
+        argv = self.template.argv(item)
+        deadline = None if self.timeout is None else self._clock() + self.timeout
+        proc = self._start(argv)
+        try:
+            timed_out, out, err = _communicate(proc, deadline, self.capture, self._clock)
+        finally:
+            self._forget(proc)
+        captured = (_decoded(out, "stdout"), _decoded(err, "stderr"))
+        if timed_out:
+            cause = f"ran past --timeout={self.timeout:g}s; its process group was killed"
+            raise _failure(CommandTimedOut, cause, captured)
+        code = proc.returncode
+        if code != 0:
+            cause = f"exit code {code}" if code > 0 else f"killed by {_signal_name(-code)}"
+            raise _failure(failure_class(code), cause, captured)
+        return {"exit_code": 0, "stdout": captured[0], "stderr": captured[1]}
+
+    def _start(self, argv: list[str]) -> subprocess.Popen[bytes]:
+        if self._closed:
+            raise RuntimeError("the run is stopping: no new command starts")
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # its own process group, out of the terminal's reach
+        )
+        with self._lock:
+            self._running[proc.pid] = proc
+            closed = self._closed
+        if closed:  # close() ran while it started: it missed this one
+            _kill_group(proc.pid)
+        return proc
+
+    def _forget(self, proc: subprocess.Popen[bytes]) -> None:
+        with self._lock:
+            self._running.pop(proc.pid, None)
+            if proc.returncode is None:  # interrupted while it ran (close())
+                _kill_group(proc.pid)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=DRAIN_SECONDS)  # reaped: no zombie left
+
+    def close(self) -> None:
+        """Kill the process group of every command still running; start no other."""
+        with self._lock:
+            self._closed = True
+            running = list(self._running)
+        for pid in running:
+            _kill_group(pid)
+
+
+def _kill_group(pgid: int) -> None:
+    """SIGKILL the process group ``pgid``: the command and whatever it started."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def _communicate(
+    proc: subprocess.Popen[bytes],
+    deadline: float | None,
+    capture: int,
+    clock: Callable[[], float],
+) -> tuple[bool, Buffer, Buffer]:
+    """Read the command's output until it exits and its pipes close, or the deadline.
+
+    Once the command itself exited, what is left of its group (a background
+    job) is killed, and the pipes are read to their end. Returns (timed out,
+    stdout, stderr).
+    """
+    assert proc.stdout is not None and proc.stderr is not None
+    out, err = Buffer(capture, keep="head"), Buffer(capture, keep="tail")
+    buffers = {proc.stdout.fileno(): out, proc.stderr.fileno(): err}
+    pidfd = _exit_watch(proc)
+    timed_out = False
+    with selectors.DefaultSelector() as selector:
+        for fd in buffers:
+            selector.register(fd, selectors.EVENT_READ)
+        if pidfd is not None:
+            selector.register(pidfd, selectors.EVENT_READ)
+        try:
+            while buffers:
+                wait = None if deadline is None else deadline - clock()
+                if wait is not None and wait <= 0:
+                    if timed_out or proc.poll() is not None:
+                        break  # pipes held by a process that left the group
+                    timed_out = True
+                    _kill_group(proc.pid)
+                    deadline = clock() + DRAIN_SECONDS
+                    continue
+                if proc.returncode is None and pidfd is None:
+                    wait = POLL_SECONDS if wait is None else min(wait, POLL_SECONDS)
+                for key, _ in selector.select(wait):
+                    fd = int(key.fd)  # (a selector key's fd is typed Any)
+                    if fd == pidfd:
+                        selector.unregister(fd)
+                        continue
+                    chunk = os.read(fd, _READ)
+                    if chunk:
+                        buffers[fd].add(chunk)
+                    else:
+                        selector.unregister(fd)
+                        del buffers[fd]
+                if proc.returncode is None and proc.poll() is not None:
+                    _kill_group(proc.pid)  # leftovers: nothing outlives its command
+                    drained = clock() + DRAIN_SECONDS
+                    deadline = drained if deadline is None else min(deadline, drained)
+        finally:
+            if pidfd is not None:
+                os.close(pidfd)
+            proc.stdout.close()
+            proc.stderr.close()
+    if proc.returncode is None and not timed_out:  # it closed its pipes but runs on
+        if deadline is None:
+            proc.wait()
+        else:
+            _wait(proc, deadline, clock)
+        timed_out = proc.returncode is None
+        if timed_out:
+            _kill_group(proc.pid)
+    return timed_out, out, err
+
+
+def _wait(proc: subprocess.Popen[bytes], deadline: float, clock: Callable[[], float]) -> None:
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=max(deadline - clock(), 0))
+
+
+def _exit_watch(proc: subprocess.Popen[bytes]) -> int | None:
+    """A file descriptor readable once ``proc`` exits (Linux pidfd), or None."""
+    pidfd_open = getattr(os, "pidfd_open", None)
+    if pidfd_open is None:
+        return None
+    try:
+        return int(pidfd_open(proc.pid))
+    except OSError:  # an older kernel, or a seccomp profile without it
+        return None
+
+
+class Buffer:
+    """A stream's output, bounded: its first (``head``) or last (``tail``) ``limit`` bytes.
+
+    >>> tail = Buffer(4, keep="tail")
+    >>> for chunk in (b"abc", b"defg", b"h"): tail.add(chunk)
+    >>> tail.kept(), tail.dropped
+    (b'efgh', 4)
+    >>> head = Buffer(4, keep="head")
+    >>> for chunk in (b"abc", b"defg"): head.add(chunk)
+    >>> head.kept(), head.dropped
+    (b'abcd', 3)
+    """
+
+    __slots__ = ("_data", "dropped", "keep", "limit")
+
+    def __init__(self, limit: int, *, keep: str) -> None:
+        self.limit = limit
+        self.keep = keep
+        self._data = bytearray()
+        self.dropped = 0
+
+    def add(self, chunk: bytes) -> None:
+        if self.keep == "head":
+            room = self.limit - len(self._data)
+            self._data += chunk[: max(room, 0)]
+            self.dropped += max(len(chunk) - room, 0)
+            return
+        self._data += chunk
+        over = len(self._data) - self.limit
+        if over > self.limit:  # trimmed now and then, not per chunk
+            del self._data[:over]
+            self.dropped += over
+
+    def kept(self) -> bytes:
+        over = len(self._data) - self.limit
+        if over > 0:
+            del self._data[:over]
+            self.dropped += over
+        return bytes(self._data)
+
+
+def _decoded(buffer: Buffer, name: str) -> str:
+    text = buffer.kept().decode("utf-8", "backslashreplace")
+    if not buffer.dropped:
+        return text
+    where = "end" if buffer.keep == "head" else "start"
+    cut = f"[{buffer.dropped:,} bytes of {name} dropped at the {where}: --max-output]"
+    return f"{text}\n{cut}\n" if buffer.keep == "head" else f"{cut}\n{text}"
+
+
+def exit_codes(text: str, flag: str) -> frozenset[int]:
+    """``75,111`` as a set of exit codes; a bad one is a usage error.
+
+    >>> sorted(exit_codes("75, 111", "--retry-on-exit"))
+    [75, 111]
+    """
+    try:
+        codes = frozenset(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        codes = frozenset({-1})
+    if not codes or not all(1 <= code <= 255 for code in codes):
+        raise UsageProblem(f"{flag} {text!r}: give exit codes from 1 to 255, e.g. 75,111")
+    return codes
+
+
+def exits_with(codes: Iterable[int]) -> Callable[[BaseException], bool]:
+    """A predicate for ``Retry(on=...)``/``throttle_on``: a command exited with one of ``codes``."""
+    wanted = frozenset(codes)
+
+    def matches(error: BaseException) -> bool:
+        return isinstance(error, CommandFailed) and error.exit_code in wanted
+
+    matches.__qualname__ = f"exits_with({sorted(wanted)})"
+    return matches
