@@ -164,7 +164,7 @@ def command_json_line(outcome: Outcome[Any, Any]) -> bytes:
     """The ``--output`` line of a command's outcome (``run --sh``): exit code, stdout, stderr.
 
     >>> command_json_line(Outcome("a", {"exit_code": 0, "stdout": "A\\n", "stderr": ""}, None, 1))
-    b'{"item": "a", "ok": true, "exit_code": 0, "stdout": "A\\n", "stderr": ""}\\n'
+    b'{"item": "a", "ok": true, "exit_code": 0, "stdout": "A\\\\n", "stderr": ""}\\n'
     """
     item = outcome.item.text if type(outcome.item) is BadLine else outcome.item
     record: dict[str, Any] = {"item": item, "ok": outcome.ok}

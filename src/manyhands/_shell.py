@@ -75,8 +75,8 @@ class Template:
     ['echo', '; rm -rf ~', 'x; rm -rf ~x']
     >>> Template("cp {src} {dst}").argv({"src": "a b", "dst": 7})
     ['cp', 'a b', '7']
-    >>> Template("grep {} | wc -l", shell=True).argv("it's")
-    ['/bin/sh', '-c', "grep 'it'\\"'\\"'s' | wc -l"]
+    >>> Template("grep {} | wc -l", shell=True).argv("a b; c")
+    ['/bin/sh', '-c', "grep 'a b; c' | wc -l"]
     >>> Template("awk '{print $1}' {}").argv("f")
     ['awk', '{print $1}', 'f']
     """
