@@ -246,7 +246,7 @@ def test_the_throttled_exit_code_slows_the_run_down_and_is_retried(workdir: Path
         (["--sh", "echo", "--backend", "processes", "-"], "leave out --backend"),
         (["--sh", "echo 'unclosed", "-"], "cannot be split"),
         (["--sh", "echo", "--retry-on-exit", "0,x", "-"], "exit codes from 1 to 255"),
-        ([], "missing TARGET"),
+        ([], "Missing argument 'TARGET'"),
     ],
 )
 def test_mistakes_are_usage_errors(workdir: Path, flags: list[str], message: str) -> None:

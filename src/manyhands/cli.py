@@ -114,7 +114,7 @@ def _failure_rate(
 
 
 @cli.command(epilog=RUN_EPILOG)
-@click.argument("target", required=False)
+@click.argument("target", required=False, metavar="TARGET")
 @click.argument("input_path", metavar="[INPUT]", default="-")
 @click.option("--lines", "form", flag_value="lines", default=True, help="Each line is an item.")
 @click.option("--jsonl", "form", flag_value="jsonl", help="Each line is a JSON value.")
@@ -192,7 +192,9 @@ def run(
     if given:
         raise UsageProblem(f"{' and '.join(given)} need --sh COMMAND")
     if target is None:
-        raise UsageProblem("missing TARGET (module:function or file.py:function), or --sh COMMAND")
+        ctx = click.get_current_context()
+        param = next(p for p in ctx.command.params if p.name == "target")
+        raise click.MissingParameter(ctx=ctx, param=param)
     options = _run_options(journal, output, key, flags)
     fn = load_target(target)
     _check_paths(input_path, output, journal)
