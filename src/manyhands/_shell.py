@@ -46,6 +46,8 @@ __all__ = [
     "CommandRunner",
     "CommandTimedOut",
     "Template",
+    "exit_codes",
+    "exits_with",
     "failure_class",
 ]
 
