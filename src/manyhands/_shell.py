@@ -95,6 +95,16 @@ class Template:
         self.fields = {m.group(1) for m in _PLACEHOLDER.finditer(text) if m.group(1)}
         self.has_placeholder = _PLACEHOLDER.search(text) is not None
 
+    def program(self) -> str | None:
+        """The program every item runs, when the template names it (no shell, no ``{}`` in it).
+
+        >>> Template("curl -fsS {}").program(), Template("{} --help").program()
+        ('curl', None)
+        """
+        if self.shell or not self._words or _PLACEHOLDER.search(self._words[0]):
+            return None
+        return self._words[0]
+
     def argv(self, item: Any) -> list[str]:
         """The command line of ``item``."""
         if self.shell:

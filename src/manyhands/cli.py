@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import sys
 import time
 import warnings
@@ -271,23 +272,16 @@ def _run_commands(
         raise UsageProblem(f"--sh {{{field}}} picks a field of each item: add --jsonl or --csv")
     if flags["backend"] not in (None, "threads"):
         raise UsageProblem("--sh runs each command from a thread: leave out --backend")
+    program = template.program()
+    if program is not None and shutil.which(program) is None:
+        raise UsageProblem(f"--sh: no program {program!r} (not on PATH, or not executable)")
     capture = DEFAULT_CAPTURE if command["max_output"] is None else command["max_output"]
     runner = CommandRunner(template, timeout=flags["timeout"], capture=capture)
     # The runner kills a command's process group at --timeout; the engine's
     # timeout would only abandon the thread waiting for it.
     flags |= {"backend": "threads", "timeout": None, "batch_size": flags["batch_size"] or 1}
     options = _run_options(journal, output, key, flags)
-    retried = (
-        exit_codes(command["retry_on_exit"], "--retry-on-exit")
-        if command["retry_on_exit"]
-        else frozenset()
-    )
-    throttle = command["throttle_exit"]
-    if throttle is not None:
-        options["throttle_on"] = exits_with({throttle})
-        retried |= {throttle}
-    if retried:
-        options["retry"] = Retry(retries=options["retry"] or 3, on=exits_with(retried))
+    _command_retries(options, command["retry_on_exit"], command["throttle_exit"])
     _check_paths(input_path, output, journal)
     stream = open_input(input_path)
     try:
@@ -298,6 +292,22 @@ def _run_commands(
         runner.close()  # (a stopped run: the commands still running are killed)
         if stream is not sys.stdin.buffer:
             stream.close()
+
+
+def _command_retries(options: dict[str, Any], on_exit: str | None, throttle: int | None) -> None:
+    """``--retry-on-exit`` and ``--throttle-exit`` as the run's retry policy and ``throttle_on``.
+
+    ``--retries N`` alone retries every failure; ``--retry-on-exit`` only those
+    exit codes (3 times unless ``--retries`` says); the throttled exit is retried either way.
+    """
+    codes = exit_codes(on_exit, "--retry-on-exit") if on_exit else None
+    if throttle is not None:
+        options["throttle_on"] = exits_with({throttle})
+        if codes is None and not options["retry"]:
+            codes = frozenset()  # (then only the throttled exit is retried)
+    if codes is not None:
+        retried = codes | ({throttle} if throttle is not None else set())
+        options["retry"] = Retry(retries=options["retry"] or 3, on=exits_with(retried))
 
 
 def _run_options(
