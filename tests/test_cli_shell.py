@@ -170,6 +170,37 @@ def test_ctrl_c_twice_kills_every_command_and_its_children(workdir: Path) -> Non
     assert "run the same command again to resume" in err
 
 
+def test_running_commands_are_killed_when_the_grace_period_ends(workdir: Path) -> None:
+    (workdir / "items.txt").write_text("a\nb\n")
+    proc = start("--sh", FAMILY, "-j", "2", "--grace", "0.5", "items.txt", cwd=workdir)
+    wait_for_lines(workdir / "started.txt", 2)
+    proc.send_signal(signal.SIGINT)
+    _, err = finish(proc, 30)
+    assert proc.returncode == 130, err
+    assert gone(workdir / "pids.txt") == []
+
+
+def test_output_is_bounded_stdout_keeps_its_start_and_stderr_its_end(workdir: Path) -> None:
+    script = "seq 1 20000; seq 1 20000 >&2; exit 1"
+    done = manyhands("--sh", f"sh -c '{script}' sh {{}}", "--max-output", "1000",
+                     "--output", "out.jsonl", "--journal", "run.db",
+                     cwd=workdir, stdin="x\n")  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    (line,) = lines_of(workdir / "out.jsonl")
+    stdout, stderr = str(line["stdout"]), str(line["stderr"])
+    assert stdout.startswith("1\n2\n3\n") and "bytes of stdout dropped at the end" in stdout
+    assert stderr.endswith("19999\n20000\n") and "bytes of stderr dropped at the start" in stderr
+    assert len(stdout) < 1100 and len(stderr) < 1100
+    assert line["error"]["message"] == "exit code 1: 19998 / 19999 / 20000"  # type: ignore[index]
+    if sys.version_info >= (3, 11):  # the whole output is in the journal's traceback text
+        failures = subprocess.run(
+            [sys.executable, "-m", "manyhands", "failures", "run.db", "--traceback"],
+            cwd=workdir, capture_output=True, text=True, env=python_subprocess_env(),
+            timeout=60,
+        )  # fmt: skip
+        assert "--- stderr ---" in failures.stdout and "19997" in failures.stdout
+
+
 def test_ctrl_c_once_lets_running_commands_finish_and_the_rerun_completes_the_rest(
     workdir: Path,
 ) -> None:
