@@ -278,6 +278,7 @@ def test_the_throttled_exit_code_slows_the_run_down_and_is_retried(workdir: Path
         (["--sh", "echo 'unclosed", "-"], "cannot be split"),
         (["--sh", "echo", "--retry-on-exit", "0,x", "-"], "exit codes from 1 to 255"),
         ([], "Missing argument 'TARGET'"),
+        (["--sh", "sh -c 'echo {}'", "-"], "would run the item as shell code"),
         (["--sh", "no-such-program-here {}", "-"], "no program 'no-such-program-here'"),
     ],
 )

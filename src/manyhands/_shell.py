@@ -90,6 +90,7 @@ class Template:
             raise UsageProblem(f"--sh {text!r} cannot be split into words: {exc}") from None
         self.fields = {m.group(1) for m in _PLACEHOLDER.finditer(text) if m.group(1)}
         self.has_placeholder = _PLACEHOLDER.search(text) is not None
+        _refuse_item_in_a_script(self._words)
 
     def program(self) -> str | None:
         """The program every item runs, when the template names it (no shell, no ``{}`` in it).
@@ -120,6 +121,34 @@ class Template:
                 raise KeyError(f"the item has no field {name!r} for {{{name}}}") from None
 
         return _PLACEHOLDER.sub(value, text)
+
+
+_SHELLS = frozenset({"sh", "bash", "dash", "zsh", "ksh", "ash"})
+_SCRIPT_FLAG = re.compile(r"-[a-z]*c")  # -c, -ec, -lc...
+
+
+def _refuse_item_in_a_script(words: list[str]) -> None:
+    """Refuse ``sh -c '... {} ...'``: the item would be shell code again (an injection).
+
+    >>> _refuse_item_in_a_script(["sh", "-c", 'echo "$1"', "sh", "{}"])
+    >>> _refuse_item_in_a_script(["bash", "-ec", "echo {}"])  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    manyhands._inputs.UsageProblem: --sh: {} in the script of `bash -c` would run the item as...
+    """
+    for index, word in enumerate(words[:-1]):
+        if word.rsplit("/", 1)[-1] not in _SHELLS:
+            continue
+        for flag, script in zip(words[index + 1 :], words[index + 2 :], strict=False):
+            if not _SCRIPT_FLAG.fullmatch(flag):
+                continue
+            if _PLACEHOLDER.search(script):
+                shell = word.rsplit("/", 1)[-1]
+                raise UsageProblem(
+                    f"--sh: {{}} in the script of `{shell} -c` would run the item as shell "
+                    f"code; pass it as an argument instead ({shell} -c '... \"$1\" ...' "
+                    f"{shell} {{}}), or use --shell, which quotes it"
+                )
+            break
 
 
 def _text(value: Any) -> str:
