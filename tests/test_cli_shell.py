@@ -154,18 +154,21 @@ def test_a_command_leaves_no_background_job_behind(workdir: Path) -> None:
     assert gone(workdir / "pids.txt") == []
 
 
-def test_ctrl_c_twice_kills_every_command_and_its_children(workdir: Path) -> None:
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_second_stop_signal_kills_every_command_and_its_children(
+    workdir: Path, signum: int, code: int
+) -> None:
     (workdir / "items.txt").write_text("a\nb\nc\nd\n")
     proc = start("--sh", FAMILY, "-j", "3", "--grace", "60", "--journal", "run.db",
                  "items.txt", cwd=workdir)  # fmt: skip
     wait_for_lines(workdir / "started.txt", 3)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     with pytest.raises(subprocess.TimeoutExpired):  # once: the commands may finish
         proc.wait(timeout=1)
-    assert len(alive(workdir / "pids.txt")) == 6  # (Ctrl-C reached none of them)
-    proc.send_signal(signal.SIGINT)
+    assert len(alive(workdir / "pids.txt")) == 6  # (the signal reached none of them)
+    proc.send_signal(signum)
     _, err = finish(proc, 30)
-    assert proc.returncode == 130, err
+    assert proc.returncode == code, err
     assert gone(workdir / "pids.txt") == []
     assert "run the same command again to resume" in err
 
