@@ -275,7 +275,7 @@ def test_the_throttled_exit_code_slows_the_run_down_and_is_retried(workdir: Path
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--shell", "target:fn"], "--shell need --sh COMMAND"),
+        (["--shell", "target:fn"], "--shell needs --sh COMMAND"),
         (["--sh", "echo {name}", "-"], "add --jsonl or --csv"),
         (["--sh", "echo", "--backend", "processes", "-"], "leave out --backend"),
         (["--sh", "echo 'unclosed", "-"], "cannot be split"),

@@ -191,7 +191,8 @@ def run(
         return _run_commands((target, input_path), form, journal, output, key, flags, command)
     given = [f"--{name.replace('_', '-')}" for name, value in command.items() if value]
     if given:
-        raise UsageProblem(f"{' and '.join(given)} need --sh COMMAND")
+        verb = "needs" if len(given) == 1 else "need"
+        raise UsageProblem(f"{' and '.join(given)} {verb} --sh COMMAND")
     if target is None:
         ctx = click.get_current_context()
         param = next(p for p in ctx.command.params if p.name == "target")
