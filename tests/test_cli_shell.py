@@ -289,3 +289,17 @@ def test_mistakes_are_usage_errors(workdir: Path, flags: list[str], message: str
     done = manyhands(*flags, cwd=workdir, stdin="")
     assert done.returncode == 2
     assert message in done.stderr
+
+
+def test_a_throttled_command_can_say_how_long_to_wait_on_its_last_stderr_line() -> None:
+    from manyhands._retry import retry_after_of
+    from manyhands._shell import CommandFailed, CommandRunner, Template
+
+    script = 'echo "HTTP 429" >&2; echo "Retry-After: 2.5" >&2; exit "$1"'
+    runner = CommandRunner(Template(f"sh -c '{script}' sh {{}}"), throttle_exit=75)
+    with pytest.raises(CommandFailed) as throttled:
+        runner("75")
+    assert retry_after_of(throttled.value) == 2.5  # what the retries and the slowdown read
+    with pytest.raises(CommandFailed) as other:
+        runner("3")  # another exit code: its stderr is not read for a delay
+    assert retry_after_of(other.value) is None

@@ -176,6 +176,7 @@ class CommandFailed(ManyhandsError):
 
     exit_code: int | None = None
     signal: int | None = None
+    retry_after: float | None = None  # (the engine honours a number here, as for RetryAfter)
 
     def __init__(self, message: str, stdout: str = "", stderr: str = "") -> None:
         super().__init__(message)
@@ -259,11 +260,13 @@ class CommandRunner:
         *,
         timeout: float | None = None,
         capture: int = DEFAULT_CAPTURE,
+        throttle_exit: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.template = template
         self.timeout = timeout
         self.capture = capture
+        self.throttle_exit = throttle_exit
         self._clock = clock
         self._running: dict[int, subprocess.Popen[bytes]] = {}
         self._lock = threading.Lock()
@@ -287,7 +290,10 @@ class CommandRunner:
         code = proc.returncode
         if code != 0:
             cause = f"exit code {code}" if code > 0 else f"killed by {_signal_name(-code)}"
-            raise _failure(failure_class(code), cause, captured)
+            error = _failure(failure_class(code), cause, captured)
+            if code == self.throttle_exit:
+                error.retry_after = retry_after_in(captured[1])
+            raise error
         return {"exit_code": 0, "stdout": captured[0], "stderr": captured[1]}
 
     def _start(self, argv: list[str]) -> subprocess.Popen[bytes]:
@@ -322,6 +328,20 @@ class CommandRunner:
             running = list(self._running)
         for pid in running:
             kill_group(pid)
+
+
+_RETRY_AFTER = re.compile(r"retry-after:\s*([0-9]+(?:\.[0-9]+)?)\s*$", re.IGNORECASE)
+
+
+def retry_after_in(stderr: str) -> float | None:
+    """The seconds a throttled command asked for: a last line of stderr ``Retry-After: N``.
+
+    >>> retry_after_in("HTTP 429\\nRetry-After: 30\\n"), retry_after_in("HTTP 429\\n")
+    (30.0, None)
+    """
+    lines = stderr.rstrip().rsplit("\n", 1)
+    found = _RETRY_AFTER.search(lines[-1])
+    return float(found[1]) if found else None
 
 
 def exit_codes(text: str, flag: str) -> frozenset[int]:

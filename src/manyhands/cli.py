@@ -277,7 +277,9 @@ def _run_commands(
     if program is not None and shutil.which(program) is None:
         raise UsageProblem(f"--sh: no program {program!r} (not on PATH, or not executable)")
     capture = DEFAULT_CAPTURE if command["max_output"] is None else command["max_output"]
-    runner = CommandRunner(template, timeout=flags["timeout"], capture=capture)
+    runner = CommandRunner(
+        template, timeout=flags["timeout"], capture=capture, throttle_exit=command["throttle_exit"]
+    )
     # The runner kills a command's process group at --timeout; the engine's
     # timeout would only abandon the thread waiting for it.
     flags |= {"backend": "threads", "timeout": None, "batch_size": flags["batch_size"] or 1}
