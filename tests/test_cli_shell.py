@@ -303,3 +303,16 @@ def test_a_throttled_command_can_say_how_long_to_wait_on_its_last_stderr_line() 
     with pytest.raises(CommandFailed) as other:
         runner("3")  # another exit code: its stderr is not read for a delay
     assert retry_after_of(other.value) is None
+
+
+def test_a_command_killed_by_a_signal_fails_with_a_type_naming_the_signal() -> None:
+    from manyhands._outcome import Failure
+    from manyhands._shell import CommandFailed, CommandRunner, Template
+
+    runner = CommandRunner(Template("sh -c 'echo dying >&2; kill -SEGV $$' sh {}"))
+    with pytest.raises(CommandFailed) as killed:
+        runner("x")
+    failure = Failure.from_exception("x", killed.value)
+    assert failure.error_type == "manyhands.cli.KilledBySIGSEGV"
+    assert failure.message == "killed by SIGSEGV: dying"
+    assert killed.value.signal == signal.SIGSEGV and killed.value.exit_code is None
