@@ -29,15 +29,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import sys
+from collections.abc import Callable
 from typing import IO, Any
 
 from ._escape import escape_json
 from ._inputs import BadLine, UsageProblem
 from ._outcome import SKIPPED_DONE, SKIPPED_FAILED, Outcome, safe_repr
 
-__all__ = ["OutputFile", "json_line"]
+__all__ = ["OutputFile", "command_json_line", "command_streams", "json_line"]
 
 _RECORDED_EARLIER = (SKIPPED_DONE, SKIPPED_FAILED)
 _TAIL_CHUNK = 1 << 16
@@ -46,8 +48,15 @@ _TAIL_CHUNK = 1 << 16
 class OutputFile:
     """``--output``: ``path`` or ``-`` (stdout); see the module docstring for what it holds."""
 
-    def __init__(self, path: str, *, resume: bool) -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        resume: bool,
+        line: Callable[[Outcome[Any, Any]], bytes] | None = None,
+    ) -> None:
         self.path = path
+        self._line = line or json_line  # what an outcome's line is
         self._resume = resume
         self._started = False
         self._failed: BaseException | None = None
@@ -83,7 +92,7 @@ class OutputFile:
         if outcome.skipped in _RECORDED_EARLIER and not self.write_skipped:
             return
         try:
-            self._file.write(json_line(outcome))
+            self._file.write(self._line(outcome))
         except BaseException as exc:
             self._failed = exc
             raise
@@ -146,6 +155,61 @@ def json_line(outcome: Outcome[Any, Any]) -> bytes:
                 record[name] = safe_repr(record[name], limit=10_000)
         text = json.dumps(record, ensure_ascii=False)
     return escape_json(text).encode() + b"\n"
+
+
+_EXIT_TYPE = re.compile(r"manyhands\.cli\.Exit(\d+)")
+
+
+def command_json_line(outcome: Outcome[Any, Any]) -> bytes:
+    """The ``--output`` line of a command's outcome (``run --sh``): exit code, stdout, stderr.
+
+    >>> command_json_line(Outcome("a", {"exit_code": 0, "stdout": "A\\n", "stderr": ""}, None, 1))
+    b'{"item": "a", "ok": true, "exit_code": 0, "stdout": "A\\\\n", "stderr": ""}\\n'
+    """
+    item = outcome.item.text if type(outcome.item) is BadLine else outcome.item
+    record: dict[str, Any] = {"item": item, "ok": outcome.ok}
+    error = outcome.error
+    if error is None:
+        if isinstance(outcome.value, dict):
+            record |= outcome.value
+    else:
+        exc = error.exception
+        found = _EXIT_TYPE.fullmatch(error.error_type)  # (read back from a journal)
+        record["exit_code"] = getattr(exc, "exit_code", int(found[1]) if found else None)
+        signal = getattr(exc, "signal", None)
+        if signal is not None:
+            record["signal"] = signal
+        for name in ("stdout", "stderr"):
+            if hasattr(exc, name):
+                record[name] = getattr(exc, name)
+        record["error"] = {
+            "type": error.error_type,
+            "message": error.message,
+            "attempts": error.attempts,
+        }
+    if outcome.skipped:
+        record["skipped"] = outcome.skipped
+    text = json.dumps(record, ensure_ascii=False, default=safe_repr)
+    return escape_json(text).encode() + b"\n"
+
+
+def command_streams(outcome: Outcome[Any, Any]) -> bytes:
+    """A command's stdout, for the command's stdout; its stderr goes to stderr at once.
+
+    Each command's output is written whole once it ended (never interleaved
+    with another's), as GNU parallel's default ``--group`` does.
+    """
+    error = outcome.error
+    if error is not None:
+        stdout, stderr = (getattr(error.exception, name, "") for name in ("stdout", "stderr"))
+    elif isinstance(outcome.value, dict):
+        stdout, stderr = outcome.value.get("stdout", ""), outcome.value.get("stderr", "")
+    else:
+        return b""
+    if stderr:
+        sys.stderr.write(stderr)
+        sys.stderr.flush()
+    return str(stdout).encode("utf-8", "surrogateescape")
 
 
 def _drop_cut_line(path: str, file: IO[bytes]) -> int:

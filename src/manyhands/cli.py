@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import sys
 import time
 import warnings
@@ -25,13 +26,15 @@ from ._inputs import BadLine, MalformedLine, UsageProblem, load_target, open_inp
 from ._keys import default_key
 from ._options import BACKENDS, DEFAULT_WORKERS
 from ._outcome import Outcome
-from ._output import OutputFile
+from ._output import OutputFile, command_json_line, command_streams, json_line
 from ._rate import parse_rate
+from ._retry import Retry
 from ._run import Run
+from ._shell import DEFAULT_CAPTURE, CommandFailed, CommandRunner, Template, exit_codes, exits_with
 from ._signals import StopSignals, Terminated
 from ._stream import Outcomes
 
-__all__ = ["MalformedLine", "Terminated", "main"]
+__all__ = ["CommandFailed", "MalformedLine", "Terminated", "main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 EXIT_OUTPUT_CLOSED = 141  # 128 + SIGPIPE, as `cat` ends when `| head` has read enough
@@ -112,7 +115,7 @@ def _failure_rate(
 
 
 @cli.command(epilog=RUN_EPILOG)
-@click.argument("target")
+@click.argument("target", required=False, metavar="TARGET")
 @click.argument("input_path", metavar="[INPUT]", default="-")
 @click.option("--lines", "form", flag_value="lines", default=True, help="Each line is an item.")
 @click.option("--jsonl", "form", flag_value="jsonl", help="Each line is a JSON value.")
@@ -128,7 +131,8 @@ def _failure_rate(
 @click.option("--rate", callback=_rate, help="Most starts per second: 50/s, 300/min, 1000/h.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True),
               help="Seconds a call may run, or the item fails (manyhands.Timeout).")  # fmt: skip
-@click.option("--ordered", is_flag=True, help="Write outcomes in input order.")
+@click.option("--ordered", "--keep-order", "ordered", is_flag=True,
+              help="Write outcomes in input order.")  # fmt: skip
 @click.option("--batch-size", type=click.IntRange(min=1),
               help="Items sent to a worker at once. Default: adapted.")  # fmt: skip
 @click.option("--total", type=click.IntRange(min=0),
@@ -150,8 +154,22 @@ def _failure_rate(
 @click.option("--output", type=click.Path(dir_okay=False, allow_dash=True),
               help="Write one JSON line per item (- for stdout); a resume appends.")  # fmt: skip
 @click.option("--progress/--no-progress", default=None, help="Default: on a terminal.")
+@click.option("--sh", metavar="COMMAND",
+              help="Run COMMAND per item instead of TARGET: {} is the item, {field} a field "
+                   "(--jsonl/--csv); no shell: the item is an argument.")  # fmt: skip
+@click.option("--shell", is_flag=True, help="With --sh: run COMMAND by /bin/sh -c (pipes), "
+              "each {} quoted.")  # fmt: skip
+@click.option("--retry-on-exit", metavar="CODES",
+              help="With --sh: retry (3 times unless --retries) commands that exit with "
+                   "one of CODES, e.g. 75,111.")  # fmt: skip
+@click.option("--throttle-exit", type=click.IntRange(1, 255), metavar="CODE",
+              help="With --sh: a command exiting with CODE means 'slow down': the run "
+                   "slows down and retries it.")  # fmt: skip
+@click.option("--max-output", type=click.IntRange(min=0), metavar="BYTES",
+              help=f"With --sh: bytes of stdout and of stderr kept per command "
+                   f"(default {DEFAULT_CAPTURE}).")  # fmt: skip
 def run(
-    target: str,
+    target: str | None,
     input_path: str,
     form: str,
     journal: str | None,
@@ -164,7 +182,21 @@ def run(
     TARGET is package.module:function or path/to/file.py:function. The items
     are read lazily: lines (default), --jsonl or --csv. Results go to --output
     as they arrive; the summary goes to stdout (stderr with --output -).
+
+    With --sh COMMAND (and no TARGET) each item runs as a command: its stdout
+    and stderr are passed on (or go to --output), the summary to stderr.
     """
+    command = {name: flags.pop(name) for name in _COMMAND_FLAGS}
+    if command["sh"] is not None:
+        return _run_commands((target, input_path), form, journal, output, key, flags, command)
+    given = [f"--{name.replace('_', '-')}" for name, value in command.items() if value]
+    if given:
+        verb = "needs" if len(given) == 1 else "need"
+        raise UsageProblem(f"{' and '.join(given)} {verb} --sh COMMAND")
+    if target is None:
+        ctx = click.get_current_context()
+        param = next(p for p in ctx.command.params if p.name == "target")
+        raise click.MissingParameter(ctx=ctx, param=param)
     options = _run_options(journal, output, key, flags)
     fn = load_target(target)
     _check_paths(input_path, output, journal)
@@ -176,7 +208,13 @@ def run(
             stream.close()
 
 
-def _run(fn: Callable[[Any], Any], items: Any, options: dict[str, Any], output: str | None) -> int:
+def _run(
+    fn: Callable[[Any], Any],
+    items: Any,
+    options: dict[str, Any],
+    output: str | None,
+    line: Callable[[Outcome[Any, Any]], bytes] = json_line,
+) -> int:
     # Without --output nobody reads the values: what finishes is recorded as in run(),
     # calls that finish in the grace period included. With --output, a row is recorded
     # once its outcome was delivered here and its line flushed (before_record).
@@ -191,7 +229,7 @@ def _run(fn: Callable[[Any], Any], items: Any, options: dict[str, Any], output: 
     journal: str | None = options.get("journal")
     # A resume appends to --output; the file is touched only once the run holds the lock.
     resumed = journal is not None and Path(journal).exists()
-    sink = OutputFile(output, resume=resumed) if output else None
+    sink = OutputFile(output, resume=resumed, line=line) if output else None
     if sink is not None:
         run.before_record = sink.flush  # (a row is never committed before its line)
     summary = sys.stderr if output == "-" else sys.stdout
@@ -210,6 +248,69 @@ def _run(fn: Callable[[Any], Any], items: Any, options: dict[str, Any], output: 
     if failed and journal:
         _print(f"\nsee the failures: manyhands failures {shlex.quote(journal)}", summary)
     return EXIT_FAILED if failed else EXIT_OK
+
+
+_COMMAND_FLAGS = ("sh", "shell", "retry_on_exit", "throttle_exit", "max_output")
+
+
+def _run_commands(
+    arguments: tuple[str | None, str],
+    form: str,
+    journal: str | None,
+    output: str | None,
+    key: str | None,
+    flags: dict[str, Any],
+    command: dict[str, Any],
+) -> int:
+    """``run --sh``: each item runs as a command (see ``_shell``), with the same run around it."""
+    target, input_path = arguments
+    if target is not None and input_path != "-":
+        raise UsageProblem(f"with --sh, give only INPUT: {target!r} {input_path!r} is one too many")
+    input_path = target or input_path
+    template = Template(command["sh"], shell=command["shell"])
+    if template.fields and form == "lines":
+        field = sorted(template.fields)[0]
+        raise UsageProblem(f"--sh {{{field}}} picks a field of each item: add --jsonl or --csv")
+    if flags["backend"] not in (None, "threads"):
+        raise UsageProblem("--sh runs each command from a thread: leave out --backend")
+    program = template.program()
+    if program is not None and shutil.which(program) is None:
+        raise UsageProblem(f"--sh: no program {program!r} (not on PATH, or not executable)")
+    capture = DEFAULT_CAPTURE if command["max_output"] is None else command["max_output"]
+    runner = CommandRunner(
+        template, timeout=flags["timeout"], capture=capture, throttle_exit=command["throttle_exit"]
+    )
+    # The runner kills a command's process group at --timeout; the engine's
+    # timeout would only abandon the thread waiting for it.
+    flags |= {"backend": "threads", "timeout": None, "batch_size": flags["batch_size"] or 1}
+    options = _run_options(journal, output, key, flags)
+    _command_retries(options, command["retry_on_exit"], command["throttle_exit"])
+    _check_paths(input_path, output, journal)
+    stream = open_input(input_path)
+    try:
+        if output:
+            return _run(runner, read_items(stream, form), options, output, command_json_line)
+        return _run(runner, read_items(stream, form), options, "-", command_streams)
+    finally:
+        runner.close()  # (a stopped run: the commands still running are killed)
+        if stream is not sys.stdin.buffer:
+            stream.close()
+
+
+def _command_retries(options: dict[str, Any], on_exit: str | None, throttle: int | None) -> None:
+    """``--retry-on-exit`` and ``--throttle-exit`` as the run's retry policy and ``throttle_on``.
+
+    ``--retries N`` alone retries every failure; ``--retry-on-exit`` only those
+    exit codes (3 times unless ``--retries`` says); the throttled exit is retried either way.
+    """
+    codes = exit_codes(on_exit, "--retry-on-exit") if on_exit else None
+    if throttle is not None:
+        options["throttle_on"] = exits_with({throttle})
+        if codes is None and not options["retry"]:
+            codes = frozenset()  # (then only the throttled exit is retried)
+    if codes is not None:
+        retried = codes | ({throttle} if throttle is not None else set())
+        options["retry"] = Retry(retries=options["retry"] or 3, on=exits_with(retried))
 
 
 def _run_options(

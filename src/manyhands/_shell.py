@@ -1,0 +1,370 @@
+"""Items as commands: ``manyhands run --sh TEMPLATE``, one process per item.
+
+::
+
+    item ──▶ Template.argv(item) ──▶ CommandRunner (in an engine thread)
+             split once with shlex,     Popen in a session of its own (its
+             the item substituted       process group), stdin /dev/null,
+             into arguments; or         stdout/stderr read into bounded buffers
+             /bin/sh -c with the        until the command and its pipes end;
+             item shlex.quote-d         the group killed on --timeout, on the
+                                        command's exit (leftovers), on close()
+                                    ──▶ {"exit_code", "stdout", "stderr"}
+                                        or CommandFailed (Exit75, KilledBySIGSEGV,
+                                        CommandTimedOut) with the stderr tail
+
+Why a session per command: the terminal's Ctrl-C goes to its foreground
+process group, so commands in that group would die at the first Ctrl-C
+instead of finishing in the grace period; and a group is what can be killed
+whole, grandchildren included. The run's engine never sees a process: the
+runner is a plain function on the threads backend, so retries, the rate
+limit, the slowdown, the journal and the Report work as for Python functions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from ._exceptions import ManyhandsError, Timeout
+from ._inputs import UsageProblem
+from ._process_group import DRAIN_SECONDS, communicate, decoded, kill_group
+
+__all__ = [
+    "DEFAULT_CAPTURE",
+    "CommandFailed",
+    "CommandRunner",
+    "CommandTimedOut",
+    "Template",
+    "exit_codes",
+    "exits_with",
+    "failure_class",
+]
+
+#: Bytes of each stream kept per command: stdout's first, stderr's last.
+DEFAULT_CAPTURE = 256 * 1024
+TAIL_LINES = 3  # lines of stderr in a failure's message
+TAIL_CHARS = 400
+_PUBLIC_MODULE = "manyhands.cli"
+
+# {} or {field}: a field name is a word (letters, digits, _ or -), so the
+# braces of `awk '{print $1}'` or `${HOME}` stay as they are.
+_PLACEHOLDER = re.compile(r"(?<!\$)\{([A-Za-z_][\w-]*)?\}")
+
+
+class Template:
+    """A command with ``{}`` (the item) and ``{field}`` (a field of a JSONL/CSV item).
+
+    Without ``shell``, the template is split once, like a shell would split
+    it, and each item is substituted into the arguments: an item is never
+    shell code, whatever it holds. With ``shell``, the template is run by
+    ``/bin/sh -c`` with each value quoted by :func:`shlex.quote`.
+
+    >>> Template("echo {} x{}x").argv("; rm -rf ~")
+    ['echo', '; rm -rf ~', 'x; rm -rf ~x']
+    >>> Template("cp {src} {dst}").argv({"src": "a b", "dst": 7})
+    ['cp', 'a b', '7']
+    >>> Template("grep {} | wc -l", shell=True).argv("a b; c")
+    ['/bin/sh', '-c', "grep 'a b; c' | wc -l"]
+    >>> Template("awk '{print $1}' {}").argv("f")
+    ['awk', '{print $1}', 'f']
+    """
+
+    def __init__(self, text: str, *, shell: bool = False) -> None:
+        self.text = text
+        self.shell = shell
+        if not text.strip():
+            raise UsageProblem("--sh needs a command, e.g. --sh 'curl -fsS https://host/{}'")
+        try:
+            self._words = [] if shell else shlex.split(text)
+        except ValueError as exc:  # an unclosed quote
+            raise UsageProblem(f"--sh {text!r} cannot be split into words: {exc}") from None
+        self.fields = {m.group(1) for m in _PLACEHOLDER.finditer(text) if m.group(1)}
+        self.has_placeholder = _PLACEHOLDER.search(text) is not None
+        _refuse_item_in_a_script(self._words)
+
+    def program(self) -> str | None:
+        """The program every item runs, when the template names it (no shell, no ``{}`` in it).
+
+        >>> Template("curl -fsS {}").program(), Template("{} --help").program()
+        ('curl', None)
+        """
+        if self.shell or not self._words or _PLACEHOLDER.search(self._words[0]):
+            return None
+        return self._words[0]
+
+    def argv(self, item: Any) -> list[str]:
+        """The command line of ``item``."""
+        if self.shell:
+            return ["/bin/sh", "-c", self._fill(self.text, item, shlex.quote)]
+        words = [self._fill(word, item, str) for word in self._words]
+        return words if self.has_placeholder else [*words, _text(item)]
+
+    @staticmethod
+    def _fill(text: str, item: Any, quote: Callable[[str], str]) -> str:
+        def value(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name is None:
+                return quote(_text(item))
+            try:
+                return quote(_text(item[name]))
+            except (KeyError, TypeError, IndexError):
+                raise KeyError(f"the item has no field {name!r} for {{{name}}}") from None
+
+        return _PLACEHOLDER.sub(value, text)
+
+
+_SHELLS = frozenset({"sh", "bash", "dash", "zsh", "ksh", "ash"})
+_SCRIPT_FLAG = re.compile(r"-[a-z]*c")  # -c, -ec, -lc...
+
+
+def _refuse_item_in_a_script(words: list[str]) -> None:
+    """Refuse ``sh -c '... {} ...'``: the item would be shell code again (an injection).
+
+    >>> _refuse_item_in_a_script(["sh", "-c", 'echo "$1"', "sh", "{}"])
+    >>> _refuse_item_in_a_script(["bash", "-ec", "echo {}"])  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    manyhands._inputs.UsageProblem: --sh: {} in the script of `bash -c` would run the item as...
+    """
+    for index, word in enumerate(words[:-1]):
+        if word.rsplit("/", 1)[-1] not in _SHELLS:
+            continue
+        for flag, script in zip(words[index + 1 :], words[index + 2 :], strict=False):
+            if not _SCRIPT_FLAG.fullmatch(flag):
+                continue
+            if _PLACEHOLDER.search(script):
+                shell = word.rsplit("/", 1)[-1]
+                raise UsageProblem(
+                    f"--sh: {{}} in the script of `{shell} -c` would run the item as shell "
+                    f"code; pass it as an argument instead ({shell} -c '... \"$1\" ...' "
+                    f"{shell} {{}}), or use --shell, which quotes it"
+                )
+            break
+
+
+def _text(value: Any) -> str:
+    """A value as a command argument: a str as it is, anything else as JSON."""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+# -- failures ------------------------------------------------------------------
+
+
+class CommandFailed(ManyhandsError):
+    """A command exited non-zero or was killed; its item fails with a subclass per cause.
+
+    The error type names the cause: ``manyhands.cli.Exit22`` (exit code 22),
+    ``manyhands.cli.KilledBySIGSEGV``, ``manyhands.cli.CommandTimedOut``. The
+    message ends with the last lines of stderr; the whole captured stdout and
+    stderr are in the attributes, and in the failure's traceback text (what
+    ``manyhands failures --traceback`` shows).
+
+    Attributes:
+        exit_code: the exit status, or ``None`` when a signal ended it.
+        signal: the number of the signal that ended it, or ``None``.
+        stdout, stderr: what it wrote (bounded, see ``--max-output``).
+    """
+
+    exit_code: int | None = None
+    signal: int | None = None
+    retry_after: float | None = None  # (the engine honours a number here, as for RetryAfter)
+
+    def __init__(self, message: str, stdout: str = "", stderr: str = "") -> None:
+        super().__init__(message)
+        self.stdout = stdout
+        self.stderr = stderr
+
+
+class CommandTimedOut(CommandFailed, Timeout):
+    """A command ran past ``--timeout``: its whole process group was killed."""
+
+    signal = int(signal.SIGKILL)
+
+
+_classes: dict[tuple[str, int], type[CommandFailed]] = {}
+_classes_lock = threading.Lock()
+
+
+def failure_class(returncode: int) -> type[CommandFailed]:
+    """The error type of a command's ``returncode`` (negative: the signal that ended it).
+
+    >>> failure_class(22).__qualname__, failure_class(22).exit_code
+    ('Exit22', 22)
+    >>> failure_class(-9).__qualname__, failure_class(-9) is failure_class(-9)
+    ('KilledBySIGKILL', True)
+    """
+    kind = ("exit", returncode) if returncode >= 0 else ("signal", -returncode)
+    with _classes_lock:
+        cls = _classes.get(kind)
+        if cls is None:
+            if returncode >= 0:
+                name = f"Exit{returncode}"
+                attrs: dict[str, Any] = {"exit_code": returncode}
+            else:
+                name = f"KilledBy{_signal_name(-returncode)}"
+                attrs = {"signal": -returncode}
+            attrs |= {"__module__": _PUBLIC_MODULE, "__qualname__": name}
+            cls = _classes[kind] = type(name, (CommandFailed,), attrs)
+    return cls
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"Signal{number}"
+
+
+for _cls in (CommandFailed, CommandTimedOut):
+    _cls.__module__ = _PUBLIC_MODULE
+
+
+def _failure(error: type[CommandFailed], cause: str, captured: tuple[str, str]) -> CommandFailed:
+    stdout, stderr = captured
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()][-TAIL_LINES:]
+    tail = " / ".join(lines)
+    if len(tail) > TAIL_CHARS:
+        tail = "..." + tail[-TAIL_CHARS:]
+    exc = error(f"{cause}: {tail}" if tail else f"{cause} (no stderr)", stdout, stderr)
+    if sys.version_info >= (3, 11):  # the whole output, in the traceback text a journal keeps
+        for name, text in (("stdout", stdout), ("stderr", stderr)):
+            if text:
+                exc.add_note(f"--- {name} ---\n{text.rstrip()}")
+    return exc
+
+
+# -- the runner ----------------------------------------------------------------
+
+
+class CommandRunner:
+    """The function the engine calls per item: runs its command, returns what it wrote.
+
+    Returns ``{"exit_code": 0, "stdout": str, "stderr": str}`` (bytes that are
+    not UTF-8 are shown as ``\\xff`` escapes); raises :class:`CommandFailed`.
+    :meth:`close` kills the process groups of the commands still running
+    (the run was stopped), and no command starts after it.
+    """
+
+    def __init__(
+        self,
+        template: Template,
+        *,
+        timeout: float | None = None,
+        capture: int = DEFAULT_CAPTURE,
+        throttle_exit: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.template = template
+        self.timeout = timeout
+        self.capture = capture
+        self.throttle_exit = throttle_exit
+        self._clock = clock
+        self._running: dict[int, subprocess.Popen[bytes]] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+        # What the journal records as the run's function (a changed command is warned about).
+        self.__qualname__ = template.text
+        self.__module__ = "manyhands.sh" if template.shell else "manyhands.command"
+
+    def __call__(self, item: Any) -> dict[str, Any]:
+        argv = self.template.argv(item)
+        deadline = None if self.timeout is None else self._clock() + self.timeout
+        proc = self._start(argv)
+        try:
+            timed_out, out, err = communicate(proc, deadline, self.capture, self._clock)
+        finally:
+            self._forget(proc)
+        captured = (decoded(out, "stdout"), decoded(err, "stderr"))
+        if timed_out:
+            cause = f"ran past --timeout={self.timeout:g}s; its process group was killed"
+            raise _failure(CommandTimedOut, cause, captured)
+        code = proc.returncode
+        if code != 0:
+            cause = f"exit code {code}" if code > 0 else f"killed by {_signal_name(-code)}"
+            error = _failure(failure_class(code), cause, captured)
+            if code == self.throttle_exit:
+                error.retry_after = retry_after_in(captured[1])
+            raise error
+        return {"exit_code": 0, "stdout": captured[0], "stderr": captured[1]}
+
+    def _start(self, argv: list[str]) -> subprocess.Popen[bytes]:
+        if self._closed:
+            raise RuntimeError("the run is stopping: no new command starts")
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # its own process group, out of the terminal's reach
+        )
+        with self._lock:
+            self._running[proc.pid] = proc
+            closed = self._closed
+        if closed:  # close() ran while it started: it missed this one
+            kill_group(proc.pid)
+        return proc
+
+    def _forget(self, proc: subprocess.Popen[bytes]) -> None:
+        with self._lock:
+            self._running.pop(proc.pid, None)
+            if proc.returncode is None:  # interrupted while it ran (close())
+                kill_group(proc.pid)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=DRAIN_SECONDS)  # reaped: no zombie left
+
+    def close(self) -> None:
+        """Kill the process group of every command still running; start no other."""
+        with self._lock:
+            self._closed = True
+            running = list(self._running)
+        for pid in running:
+            kill_group(pid)
+
+
+_RETRY_AFTER = re.compile(r"retry-after:\s*([0-9]+(?:\.[0-9]+)?)\s*$", re.IGNORECASE)
+
+
+def retry_after_in(stderr: str) -> float | None:
+    """The seconds a throttled command asked for: a last line of stderr ``Retry-After: N``.
+
+    >>> retry_after_in("HTTP 429\\nRetry-After: 30\\n"), retry_after_in("HTTP 429\\n")
+    (30.0, None)
+    """
+    lines = stderr.rstrip().rsplit("\n", 1)
+    found = _RETRY_AFTER.search(lines[-1])
+    return float(found[1]) if found else None
+
+
+def exit_codes(text: str, flag: str) -> frozenset[int]:
+    """``75,111`` as a set of exit codes; a bad one is a usage error.
+
+    >>> sorted(exit_codes("75, 111", "--retry-on-exit"))
+    [75, 111]
+    """
+    try:
+        codes = frozenset(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        codes = frozenset({-1})
+    if not codes or not all(1 <= code <= 255 for code in codes):
+        raise UsageProblem(f"{flag} {text!r}: give exit codes from 1 to 255, e.g. 75,111")
+    return codes
+
+
+def exits_with(codes: Iterable[int]) -> Callable[[BaseException], bool]:
+    """A predicate for ``Retry(on=...)``/``throttle_on``: a command exited with one of ``codes``."""
+    wanted = frozenset(codes)
+
+    def matches(error: BaseException) -> bool:
+        return isinstance(error, CommandFailed) and error.exit_code in wanted
+
+    matches.__qualname__ = f"exits_with({sorted(wanted)})"
+    return matches
