@@ -75,7 +75,9 @@ class Pool:
         start_method: for processes (and auto): how workers start, as for
             :func:`manyhands.run`.
         initializer: for processes (and auto): called once in each worker, for
-            every run it serves.
+            every run it serves. What it sets up must be reachable from the runs'
+            functions through a module (e.g. a global of ``mymodule``): a
+            function of ``__main__`` travels by value, with globals of its own.
         initargs: the initializer's arguments.
 
     The workers stop at the end of the ``with`` block (or on :meth:`shutdown`).

@@ -115,7 +115,7 @@ def serve(
     try:
         import cloudpickle  # type: ignore[import-untyped]
 
-        initializer, initargs = cloudpickle.loads(payload)
+        initializer, initargs, first_key, first_fn = cloudpickle.loads(payload)
         if initializer is not None:
             initializer(*initargs)
     except BaseException as exc:
@@ -126,7 +126,9 @@ def serve(
     if _Forked.happened:  # the initializer forked, and this is the child
         _leave()
     conn.send(("ready",))
-    functions: dict[int, Any] = {}  # the runs' functions, by number
+    # The runs' functions, by number; a run's own workers get its function with the
+    # initializer (one pickle: a function of __main__ shares its globals).
+    functions: dict[int, Any] = {first_key: first_fn} if first_key else {}
     number = 0
     while True:
         try:

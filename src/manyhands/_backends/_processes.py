@@ -114,6 +114,7 @@ class ProcessBackend:
         self._initializer = initializer
         self._initargs = initargs
         self._payload = b""
+        self._first_key = 0  # the function in the payload (a run's own workers)
         self._lock = threading.Lock()  # see the module docstring
         # Batches not yet sent, with which of their items: a lane per run.
         self._inbox: Lanes[tuple[Batch, list[int]]] = Lanes(lambda work: len(work[1]))
@@ -166,12 +167,15 @@ class ProcessBackend:
             code = cloudpickle.dumps(task.fn)
         except Exception as exc:
             raise TypeError(f"fn cannot be sent to a worker process: {exc}") from exc
-        self._start_workers_once()
         with self._lock:
             task.key = next(self._keys)
             self._functions[task.key] = code
+        # A run's own workers get fn with the initializer, in one pickle: a function
+        # of __main__ (pickled by value) then shares its globals with the initializer
+        # (``connection = ...`` set there is seen by fn), as with multiprocessing.
+        self._start_workers_once(first=task)
 
-    def _start_workers_once(self) -> None:
+    def _start_workers_once(self, first: Task | None = None) -> None:
         if self._started:
             return
         if self._context.get_start_method() == "forkserver":
@@ -184,7 +188,15 @@ class ProcessBackend:
         import cloudpickle
 
         try:
-            self._payload = cloudpickle.dumps((self._initializer, self._initargs))
+            self._payload = cloudpickle.dumps(
+                (
+                    self._initializer,
+                    self._initargs,
+                    first.key if first is not None else 0,
+                    first.fn if first is not None else None,
+                )
+            )
+            self._first_key = first.key if first is not None else 0
         except Exception as exc:
             raise TypeError(f"initializer cannot be sent to a worker process: {exc}") from exc
         try:
@@ -227,7 +239,10 @@ class ProcessBackend:
             self._pool.append(worker)
 
     def _spawn(self) -> Worker:
-        return spawn_worker(self._context, self._payload, self._own_fds())
+        worker = spawn_worker(self._context, self._payload, self._own_fds())
+        if self._first_key:  # (it came with the initializer)
+            worker.functions[self._first_key] = None
+        return worker
 
     def _own_fds(self) -> list[int]:
         """The fds a worker forked from this process must close (see ``spawn_worker``)."""
