@@ -253,7 +253,7 @@ RUNNERS: dict[str, Callable[[str, Iterable[Any], int], tuple[int, int]]] = {
     "manyhands.map (private loop)": r_manyhands_run_asyncio,
     "Queue workers": r_queue_workers,
     "manyhands.amap on uvloop": r_manyhands_amap_uvloop,
-    "manyhands.map (private loop, uvloop)": r_manyhands_run,
+    "manyhands.map (private loop on uvloop)": r_manyhands_run,
     "Queue workers on uvloop": r_queue_workers_uvloop,
     "gather+Semaphore": r_gather,
     "aiometer.amap": r_aiometer,

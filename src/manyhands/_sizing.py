@@ -119,6 +119,7 @@ class Sizer:
         elif size >= self._input_fit:
             self._input_fit = min(2 * self._input_fit, self.cap)
         self.size = min(self._work_fit, self._input_fit)
+        self._cover_workers()
 
     def completed(self, items: int, seconds: float, nbytes: int = 0) -> None:
         """A batch of ``items`` came back after ``seconds`` of work.
@@ -137,6 +138,16 @@ class Sizer:
             self._work_fit = max(1, fit)
             self.size = min(self._work_fit, self._input_fit)
             self.timed_reads = self._work_fit > 1
+            self._cover_workers()
+
+    def _cover_workers(self) -> None:
+        """(asyncio) In the first round, enough batches of the current size for every task.
+
+        The first round's limit is counted in batches of the first size: batches
+        that shrink since would leave tasks idle for a whole call.
+        """
+        if self._warm_up and self._concurrent_items and not self._one_by_one:
+            self.max_batches = max(self.max_batches, -(-self._workers // self.size))
 
     def hold(self, held: bool) -> None:
         """No queue in front of the workers while ``held`` (the slowdown watches answers)."""
@@ -162,7 +173,7 @@ class Sizer:
             self._workers * DISPATCH_SECONDS / (LOAD_SHARE * per_item),
         )
         if self._concurrent_items:  # (and a batch no smaller than a share of the calls)
-            return int(max(wanted, self._workers / CONCURRENT_SHARE))
+            return max(int(wanted), -(-self._workers // CONCURRENT_SHARE))
         remaining = self._remaining()
         if remaining >= 0:  # leave every worker several batches of what is left
             return int(min(wanted, remaining / (4 * self._workers)))
