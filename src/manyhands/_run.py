@@ -144,6 +144,9 @@ class Run:
             timeout=timeout if backend.handles_timeouts else None,
             timed=engine_timeout is not None or not owns_backend,
         )
+        # Delivered as completed, a batch's finished items may come back before its
+        # last (asyncio: a few slow calls must not hold the rest in the window).
+        self.task.early = not options.ordered
         self._init_auto(auto, workers)
         self._reader = Reader(items)
         self._ready: deque[Batch] = deque()  # skipped by the journal: delivered without running
@@ -662,7 +665,9 @@ class Run:
 
     def _complete(self, batch: Batch) -> Iterator[Batch]:
         """Settle a batch back from the backend; yield what is ready for delivery."""
-        if batch.via == self._via:
+        if batch.piece:  # (its batch's other items still run)
+            pass
+        elif batch.via == self._via:
             self._in_backend -= 1
         else:  # (it went out before the run moved to another backend)
             self._in_previous -= 1
