@@ -60,3 +60,13 @@ def test_amap_runs_on_the_callers_loop_whichever_it_is() -> None:
     uvloop = pytest.importorskip("uvloop")
     assert asyncio.run(kinds_on_the_callers_loop()) == {"asyncio"}
     assert uvloop.run(kinds_on_the_callers_loop()) == {"uvloop"}
+
+
+def test_amap_without_an_asyncio_loop_says_what_it_needs() -> None:
+    async def main() -> list[str]:
+        return [out.value async for out in manyhands.amap(loop_kind, range(3))]
+
+    driven = main()  # driven by hand, as a loop other than asyncio's (trio) would
+    with pytest.raises(RuntimeError, match=r"asyncio event loop.*trio"):
+        driven.send(None)
+    driven.close()

@@ -90,7 +90,14 @@ class AsyncBackend:
                 ) from exc
             ready.wait()
         else:
-            self._loop = asyncio.get_running_loop()
+            try:
+                self._loop = asyncio.get_running_loop()
+            except RuntimeError:
+                raise RuntimeError(
+                    "manyhands.amap() and arun() run on an asyncio event loop (asyncio.run, "
+                    "uvloop, anyio's asyncio backend), and none runs in this thread; under "
+                    "trio, call manyhands.run() or map() in a thread (trio.to_thread.run_sync)"
+                ) from None
             watch_forks_in_this_thread()  # a call that forks: see _batch
 
     def attach(self, task: Task) -> None:
