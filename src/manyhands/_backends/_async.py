@@ -6,9 +6,12 @@ batch's last item reports the batch. So concurrency is counted in items,
 as a user means it ("10,000 in flight"), while the engine still deals in
 batches, which amortizes its own per-batch work over many items: with
 10,000 calls in flight the event loop thread has no time to spare for a
-few microseconds of bookkeeping per item. The loop is the caller's
-(``amap``), or a private one in a thread the run owns (``run``/``map``
-with a coroutine function), closed when the run ends.
+few microseconds of bookkeeping per item. A batch whose last calls
+straggle sends its finished items back before them, in pieces (a run
+delivered as completed: see :meth:`AsyncBackend._straggle`). The loop is
+the caller's (``amap``), or a private one in a thread the run owns
+(``run``/``map`` with a coroutine function; uvloop's when it is
+installed), closed when the run ends.
 
 Stopping early cancels the running calls at once: unlike a thread, a
 coroutine can be cancelled, so there is no grace period to wait out.
