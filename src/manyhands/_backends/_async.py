@@ -8,7 +8,7 @@ batches, which amortizes its own per-batch work over many items: with
 10,000 calls in flight the event loop thread has no time to spare for a
 few microseconds of bookkeeping per item. A batch whose last calls
 straggle sends its finished items back before them, in pieces (a run
-delivered as completed: see :meth:`AsyncBackend._straggle`). The loop is
+delivered as completed: see :mod:`._async_pieces`). The loop is
 the caller's (``amap``), or a private one in a thread the run owns
 (``run``/``map`` with a coroutine function; uvloop's when it is
 installed), closed when the run ends.
@@ -22,7 +22,6 @@ the run's own cancellation propagates.
 from __future__ import annotations
 
 import asyncio
-import math
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -33,7 +32,7 @@ from .. import _batch
 from .._batch import Batch, Task, leave_if_forked, unwatch_this_thread, watch_forks_in_this_thread
 from .._exceptions import Timeout, WorkerInitError
 from .._lanes import Lanes
-from .._outcome import Failure
+from ._async_pieces import Entry, Stragglers
 
 __all__ = ["AsyncBackend"]
 
@@ -58,15 +57,11 @@ class AsyncBackend:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._own_loop = own_loop
         self._thread: threading.Thread | None = None
-        self._pending: deque[_Entry] = deque()  # batches with items no worker took yet
-        self._lanes: Lanes[_Entry] | None = Lanes() if shared else None  # (shared: instead)
-        self._entries: dict[int, _Entry] = {}  # shared: running batches by id, to abandon
+        self._pending: deque[Entry] = deque()  # batches with items no worker took yet
+        self._lanes: Lanes[Entry] | None = Lanes() if shared else None  # (shared: instead)
+        self._entries: dict[int, Entry] = {}  # shared: running batches by id, to abandon
         self._idle: deque[asyncio.Future[None]] = deque()  # workers waiting for an item
-        # task.early: batches all of whose items started, oldest first, until their
-        # straggling calls are due (then their finished items go back: _straggle)
-        self._running: deque[_Entry] = deque()
-        self._latency = 0.0  # seconds per call, smoothed over finished batches (0: none yet)
-        self._straggle_timer: asyncio.TimerHandle | None = None
+        self._stragglers = Stragglers()  # (task.early) see _async_pieces
         self._tasks: set[asyncio.Task[None]] = set()
         self._retired = False  # no more items expected: idle workers may exit
         self._stopping = False  # our own cancellation, not the user's CancelledError
@@ -128,8 +123,7 @@ class AsyncBackend:
     def _accept(self, batch: Batch) -> None:
         """Queue a batch's items; wake idle workers or start new ones for them."""
         count = len(batch.items)
-        batch.values = [_UNFINISHED] * count
-        entry = _Entry(batch)
+        entry = Entry(batch)
         if self._lanes is None:
             self._pending.append(entry)
         else:
@@ -231,8 +225,7 @@ class AsyncBackend:
         """Cancel every running call and wait until the tasks are gone (on the loop)."""
         del grace  # coroutines are cancelled at once: nothing to wait out
         self._stopping = True
-        if self._straggle_timer is not None:
-            self._straggle_timer.cancel()
+        self._stragglers.cancel()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
@@ -247,14 +240,15 @@ class AsyncBackend:
         # microseconds per hand-off, which 10,000 calls in flight cannot afford.
         # (This is the hot loop of a private backend: everything inline, and one
         # clock read per call: the end of one call is the start of the next.)
-        idle, loop, running = self._idle, self._loop, self._running
+        idle, loop, stragglers = self._idle, self._loop, self._stragglers
+        running = stragglers.running
         assert loop is not None
         start: float | None = None
         while True:
             pending = self._pending  # (cancel() may replace it)
             if not pending:
-                if running:  # no call of ours may finish to check on them
-                    self._watch_stragglers()
+                if running:  # no call of ours may end to check on them
+                    stragglers.watch(loop)
                 if self._retired:
                     return
                 waiter: asyncio.Future[None] = loop.create_future()
@@ -272,8 +266,7 @@ class AsyncBackend:
             if entry.taken == len(batch.items):
                 pending.popleft()
                 if task.early:  # its calls all started: from when they would straggle
-                    entry.due = start + max(STRAGGLING * self._latency, STRAGGLING_AFTER)
-                    running.append(entry)
+                    stragglers.started(entry, start)
             try:
                 if task.timeout is None:
                     batch.values[index] = await task.fn(batch.items[index])
@@ -293,79 +286,10 @@ class AsyncBackend:
             start = end
             entry.left -= 1
             if not entry.left:
-                self._report(entry)
+                task.done(stragglers.finished(entry))
             if running and end > running[0].due:  # (one test per call)
-                self._straggle(end)
+                stragglers.send_pieces(end)
             del batch, entry, task  # an idle worker must not keep its last batch alive
-
-    def _report(self, entry: _Entry) -> None:
-        """A batch's last call finished: send it back (or, if it went in pieces, the rest)."""
-        batch = entry.batch
-        task = batch.task
-        if task.early:
-            calls = len(batch.items) - len(entry.sent)
-            latency = entry.elapsed / calls
-            old = self._latency
-            self._latency = old + (latency - old) / 8 if old else latency
-            running = self._running
-            while running and not running[0].left:  # (batches come back about in order)
-                running.popleft()
-        batch.errors = entry.errors
-        if not entry.sent:
-            batch.elapsed = entry.elapsed
-            task.done(batch)
-            return
-        rest = batch.part([i for i in range(len(batch.items)) if i not in entry.sent])
-        rest.elapsed = entry.elapsed
-        task.done(rest)
-
-    def _watch_stragglers(self) -> None:
-        """Check on the oldest running batch when it is due (no other call may end first)."""
-        running, loop = self._running, self._loop
-        if running and self._straggle_timer is None and loop is not None:
-            delay = max(running[0].due - perf_counter(), 0.0)
-            self._straggle_timer = loop.call_later(delay, self._stragglers_due)
-
-    def _stragglers_due(self) -> None:
-        self._straggle_timer = None
-        self._straggle(perf_counter())
-        if not self._pending:
-            self._watch_stragglers()
-
-    def _straggle(self, now: float) -> None:
-        """Send back the finished items of batches whose other calls straggle (task.early).
-
-        A batch comes back when its last call finishes, and until then its
-        finished items hold room in the run's window: a few slow calls in each
-        batch would hold them all. Once a batch's calls ran ``STRAGGLING``
-        times the usual time per call, its finished items go back as a piece,
-        and so on each time again until its last call ends.
-        """
-        running = self._running
-        again: list[_Entry] = []
-        while running and now > running[0].due:
-            entry = running.popleft()
-            if not entry.left or entry.abandoned:
-                continue  # (it came back whole meanwhile)
-            again.append(entry)
-            batch = entry.batch
-            values, sent = batch.values, entry.sent
-            finished = [
-                i for i in range(len(values)) if values[i] is not _UNFINISHED and i not in sent
-            ]
-            if not finished:
-                continue
-            entry.sent = sent.union(finished)
-            batch.errors = entry.errors
-            piece = batch.part(finished)
-            piece.piece = True
-            piece.elapsed = entry.elapsed
-            entry.elapsed = 0.0  # (the next piece brings back its own calls' time)
-            batch.task.done(piece)
-        due = now + max(STRAGGLING * self._latency, STRAGGLING_AFTER)
-        for entry in again:
-            entry.due = due
-            running.append(entry)
 
     async def _work_shared(self) -> None:
         """:meth:`_work` for a pool: the next item of the batch the lanes choose."""
@@ -396,7 +320,7 @@ class AsyncBackend:
                 entry.runners.discard(runner)
             del entry, task
 
-    async def _call(self, entry: _Entry, index: int) -> None:
+    async def _call(self, entry: Entry, index: int) -> None:
         """Run one item of a batch; the task that finishes the batch's last item reports it."""
         batch = entry.batch
         task = batch.task
@@ -453,47 +377,6 @@ class AsyncBackend:
 
 
 _in_task_timeout: Any = getattr(asyncio, "timeout", None)
-
-# A batch's finished items go back before its last once it ran this many times
-# the usual time per call, and at least STRAGGLING_AFTER seconds (task.early;
-# see AsyncBackend._straggle).
-STRAGGLING = 2.0
-STRAGGLING_AFTER = 0.01
-_UNFINISHED: Any = object()  # a value not in yet
-_NONE_SENT: frozenset[int] = frozenset()
-
-
-class _Entry:
-    """A queued batch: how many of its items were taken, and how many are still out."""
-
-    __slots__ = (
-        "abandoned",
-        "batch",
-        "due",
-        "elapsed",
-        "errors",
-        "left",
-        "runners",
-        "sent",
-        "taken",
-    )
-
-    def __init__(self, batch: Batch) -> None:
-        self.batch = batch
-        self.abandoned = False  # its run ended (a shared pool): it is never reported
-        self.runners: set[asyncio.Task[None]] = set()  # (shared) the tasks running its items
-        self.taken = 0
-        self.left = len(batch.items)
-        self.elapsed = 0.0  # the sum of its items' call times
-        self.errors: dict[int, BaseException | Failure] | None = None
-        self.due = math.inf  # (task.early) when its calls still running straggle
-        self.sent: frozenset[int] = _NONE_SENT  # indices gone back in pieces
-
-    def fail(self, index: int, error: BaseException) -> None:
-        if self.errors is None:
-            self.errors = {}
-        self.errors[index] = error
-        self.batch.values[index] = None
 
 
 def new_private_loop() -> asyncio.AbstractEventLoop:
