@@ -78,6 +78,7 @@ class Task:
         priority: int = 0,
         timeout: float | None = None,
         timed: bool = False,
+        early: bool = False,
     ) -> None:
         self.fn = fn
         self.done = done
@@ -90,7 +91,7 @@ class Task:
         self.waiting: float | None = None
         self.key = 0
         self.measure = False  # the workers time each batch's CPU too (backend="auto")
-        self.early = False  # finished items may come back before their batch's last
+        self.early = early  # finished items may come back before their batch's last
 
 
 class Batch:

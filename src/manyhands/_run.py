@@ -85,6 +85,9 @@ class RunHooks(Protocol):
 
     def run_ends(self) -> None: ...
 
+    def processes_for_auto(self) -> tuple[Backend, int] | None:
+        """A Pool(backend="auto")'s worker processes (started on first use), and their number."""
+
 
 class Run:
     """Runs ``fn`` over ``items`` on ``backend``; iterate :meth:`batches` to drive it.
@@ -143,10 +146,10 @@ class Run:
             priority=priority,
             timeout=timeout if backend.handles_timeouts else None,
             timed=engine_timeout is not None or not owns_backend,
+            # Delivered as completed, a batch's finished items may come back before
+            # its last (asyncio: a few slow calls must not hold the rest in the window).
+            early=not options.ordered,
         )
-        # Delivered as completed, a batch's finished items may come back before its
-        # last (asyncio: a few slow calls must not hold the rest in the window).
-        self.task.early = not options.ordered
         self._init_auto(auto, workers)
         self._reader = Reader(items)
         self._ready: deque[Batch] = deque()  # skipped by the journal: delivered without running
@@ -154,9 +157,11 @@ class Run:
         # The adaptive slowdown sets the start rate, the calls in flight and
         # pauses; while it watches, every answer goes to it (see _slowdown).
         self._slowdown = Slowdown(workers, options.rate_per_second, now=clock())
+        if backend.name == "processes":
+            self._slowdown.ignore_latency()
         self._limiter: RateLimit | None = self._slowdown.limiter
-        self._watching = True
-        self._queueing = False  # items may queue ahead of the workers (see _obey_slowdown)
+        # (the slowdown watches the answers; items may queue ahead of the workers)
+        self._watching, self._queueing = True, False  # (see _obey_slowdown)
         self._most_in_flight = self._slowdown.concurrency
         self._throttled = 0  # calls of the batch being settled that asked to slow down
         self._asked: float | None = None  # the longest Retry-After among them
@@ -191,6 +196,11 @@ class Run:
         self._via = 0  # the backend's generation: a run on auto may move once
         self._previous: list[Backend] = []  # backends it moved from (their calls finish)
         self._in_previous = 0  # batches still out on them
+        # What the slowdown's limit on calls in flight counts: on threads and processes
+        # a batch's items run one after another, so the calls at once are the batches
+        # out (the items waiting in a batch are not at the server yet); on asyncio
+        # every item of a batch is a call of its own.
+        self._items_are_calls = self._backend.concurrent_items
         self.statistics.backend = self._backend.name
 
     def _new_sizer(self, workers: int) -> Sizer:
@@ -372,7 +382,9 @@ class Run:
         deadline = self._clock() + (0.0 if backend.concurrent_items else self._options.grace)
         completions = cast("Completions", self._completions)  # (the sync driver's)
         try:
-            while self._in_backend and (wait := deadline - self._clock()) > 0:
+            while (self._in_backend or self._in_previous) and (
+                wait := deadline - self._clock()
+            ) > 0:
                 with contextlib.suppress(Empty):
                     self._came_back(completions.get(timeout=wait))
         finally:  # (a second Ctrl-C ends the wait at once)
@@ -389,7 +401,9 @@ class Run:
         self._drop_queued()
         deadline = self._clock() + (0.0 if backend.concurrent_items else self._options.grace)
         try:
-            while self._in_backend and (wait := deadline - self._clock()) > 0:
+            while (self._in_backend or self._in_previous) and (
+                wait := deadline - self._clock()
+            ) > 0:
                 batch = await queue.get(wait)
                 if batch is not None:
                     self._came_back(batch)
@@ -398,22 +412,30 @@ class Run:
 
     def _drop_queued(self) -> None:
         """The batches no worker began are dropped (a shared pool's lanes)."""
-        for batch in self._backend.cancel(self.task):
-            self._sent.pop(id(batch), None)
+        for backend in (self._backend, *self._previous):
+            for batch in backend.cancel(self.task):
+                self._sent.pop(id(batch), None)
+                self._count_back(batch)
+
+    def _count_back(self, batch: Batch) -> None:
+        if batch.via == self._via:
             self._in_backend -= 1
+        else:  # (it went out before the run moved to another backend)
+            self._in_previous -= 1
 
     def _came_back(self, batch: Batch) -> None:
         """A batch came back while the run was stopping (kept for the journal)."""
-        self._in_backend -= 1
+        self._count_back(batch)
         self._sent.pop(id(batch), None)
         self._late.append(batch)
 
     def _give_up_calls(self) -> None:
         """The calls still running after the grace period: the pool frees their workers."""
         for batch in list(self._sent.values()):
-            self._backend.expire(batch)
+            self._backend_of(batch).expire(batch)
         self._sent.clear()
-        self._backend.detach(self.task)
+        for backend in (self._backend, *self._previous):
+            backend.detach(self.task)
         self.statistics.abandoned = self.task.abandoned
 
     def _end(self, completed: bool, progress: Progress | None) -> None:
@@ -494,7 +516,8 @@ class Run:
         while (
             timers
             and self._in_backend < self._sizer.max_batches
-            and self._in_flight < self._most_in_flight
+            and (self._in_flight if self._items_are_calls else self._in_backend)
+            < self._most_in_flight
         ):
             wait = timers.wait(now)
             if wait:
@@ -525,7 +548,8 @@ class Run:
         while (
             not reader.exhausted
             and self._in_backend < sizer.max_batches
-            and self._in_flight < self._most_in_flight
+            and (self._in_flight if self._items_are_calls else self._in_backend)
+            < self._most_in_flight
         ):
             room = self._window - self._pending_items  # (a whole batch may pass the limit)
             size = sizer.size
@@ -546,7 +570,8 @@ class Run:
         while (
             not reader.exhausted
             and self._in_backend < self._sizer.max_batches
-            and self._in_flight < self._most_in_flight
+            and (self._in_flight if self._items_are_calls else self._in_backend)
+            < self._most_in_flight
             and self._pending_items < self._window
         ):
             if self._in_backend and not self._completions.empty():
@@ -667,7 +692,7 @@ class Run:
         """Settle a batch back from the backend; yield what is ready for delivery."""
         if batch.piece:  # (its batch's other items still run)
             pass
-        elif batch.via == self._via:
+        elif batch.via == self._via:  # (inline: the hot path)
             self._in_backend -= 1
         else:  # (it went out before the run moved to another backend)
             self._in_previous -= 1
@@ -742,30 +767,40 @@ class Run:
             self.statistics.backend = f"threads ({choice.why}, but the items do not pickle: {exc})"
             return
         options = self._options
-        backend = create_backend(
-            "processes",
-            choice.processes,
-            timeout=options.timeout,
-            processes={
-                "start_method": options.start_method,
-                "initializer": options.initializer,
-                "initargs": options.initargs,
-            },
-        )
+        workers = choice.processes
         try:
-            backend.start()
+            if self._owns_backend:
+                backend = create_backend(
+                    "processes",
+                    workers,
+                    timeout=options.timeout,
+                    processes={
+                        "start_method": options.start_method,
+                        "initializer": options.initializer,
+                        "initargs": options.initargs,
+                    },
+                )
+                backend.start()
+            else:  # a Pool(backend="auto"): its processes, shared with its other runs
+                shared = self._hooks.processes_for_auto() if self._hooks is not None else None
+                if shared is None:
+                    return
+                backend, workers = shared
             backend.attach(self.task)
         except (TypeError, ManyhandsError) as exc:  # fn cannot travel, or no worker starts
             self.statistics.backend = f"threads ({choice.why}, but {exc})"
             return
-        self._backend.wind_down()
+        if self._owns_backend:
+            self._backend.wind_down()
         self._previous.append(self._backend)
         self._backend = backend
+        self._items_are_calls = backend.concurrent_items
+        self._slowdown.ignore_latency()
         self._via += 1
         self._in_previous += self._in_backend
         self._in_backend = 0
-        self._workers = choice.processes
-        self._sizer = self._new_sizer(choice.processes)
+        self._workers = workers
+        self._sizer = self._new_sizer(workers)
         self._sizer.hold(not self._queueing)
 
     def _backend_of(self, batch: Batch) -> Backend:
@@ -868,7 +903,7 @@ class Run:
             throttled=throttled,
             latency=batch.elapsed / calls if calls else 0.0,
             retry_after=asked,
-            in_flight=self._in_flight,
+            in_flight=self._in_flight if self._items_are_calls else self._in_backend,
         )
         stats.slowest_rate = self._slowdown.lowest
         self._obey_slowdown()
