@@ -931,7 +931,7 @@ class Run:
             # asyncio, while nothing has limited the run: items queued ahead of the
             # tasks, as many as run, so a task that finishes a call starts the next
             # at once instead of waiting a round trip through this loop for its
-            # batch (a fifth slower at 10,000 x 0.1 s). The first refusal ends it.
+            # batch (10-15% slower at 10,000 x 0.1 s). The first refusal ends it.
             self._most_in_flight = min(2 * slowdown.concurrency, self._window)
         else:
             self._most_in_flight = slowdown.concurrency

@@ -383,8 +383,8 @@ def new_private_loop() -> asyncio.AbstractEventLoop:
     """A loop for a run's own thread: uvloop's when it is installed, else asyncio's.
 
     uvloop (``pip install manyhands[fast]``) turns each call's timer and
-    wake-up around in C: about a third less of the loop's time per call at
-    10,000 calls in flight. It is imported here, when a private loop starts,
+    wake-up around in C: a fifth to a quarter less CPU per call at 10,000
+    calls in flight (benchmarks/README.md). It is imported here, when a private loop starts,
     never by ``import manyhands``. ``amap`` runs on the caller's own loop,
     whichever it is.
     """
