@@ -7,7 +7,9 @@
 Each (workload, runner) runs in a fresh interpreter (see _harness.py), with
 the event loop's start-up inside the timed region. ``manyhands.amap`` runs on
 the benchmark's own loop; ``manyhands.run`` is called from sync code with the
-coroutine function (a private loop in a thread). The peers get the bare
+coroutine function (a private loop in a thread: asyncio's, and uvloop's,
+which it uses when uvloop is installed). The uvloop rows run the same code on
+``uvloop.run`` (``pip install manyhands[fast]``). The peers get the bare
 coroutine function too (no workload here raises).
 """
 
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +108,19 @@ FN = {"io_many": sleep_50ms, "io_huge": sleep_100ms, "tiny": double, "huge_strea
 # -- runners: (workload name, items, workers) -> (count, sum of values) --------
 
 
-def r_manyhands_amap(name: str, items: Iterable[Any], workers: int) -> tuple[int, int]:
+def _on_uvloop(main: Callable[[], Coroutine[Any, Any, tuple[int, int]]]) -> tuple[int, int]:
+    import uvloop
+
+    return uvloop.run(main())
+
+
+def _without_uvloop() -> None:
+    sys.modules["uvloop"] = None  # type: ignore[assignment]  # (`import uvloop` fails)
+
+
+def _amap_main(
+    name: str, items: Iterable[Any], workers: int
+) -> Callable[[], Coroutine[Any, Any, tuple[int, int]]]:
     import manyhands
 
     async def main() -> tuple[int, int]:
@@ -116,10 +130,24 @@ def r_manyhands_amap(name: str, items: Iterable[Any], workers: int) -> tuple[int
             total += out.value
         return count, total
 
-    return asyncio.run(main())
+    return main
+
+
+def r_manyhands_amap(name: str, items: Iterable[Any], workers: int) -> tuple[int, int]:
+    return asyncio.run(_amap_main(name, items, workers)())
+
+
+def r_manyhands_amap_uvloop(name: str, items: Iterable[Any], workers: int) -> tuple[int, int]:
+    return _on_uvloop(_amap_main(name, items, workers))
+
+
+def r_manyhands_run_asyncio(name: str, items: Iterable[Any], workers: int) -> tuple[int, int]:
+    _without_uvloop()
+    return r_manyhands_run(name, items, workers)
 
 
 def r_manyhands_run(name: str, items: Iterable[Any], workers: int) -> tuple[int, int]:
+    """A private loop in a thread: uvloop's when it is installed (manyhands[fast])."""
     import manyhands
 
     count = total = 0
@@ -130,6 +158,16 @@ def r_manyhands_run(name: str, items: Iterable[Any], workers: int) -> tuple[int,
 
 
 def r_queue_workers(name: str, items: Iterable[Any], workers: int) -> tuple[int, int]:
+    return asyncio.run(_queue_main(name, items, workers)())
+
+
+def r_queue_workers_uvloop(name: str, items: Iterable[Any], workers: int) -> tuple[int, int]:
+    return _on_uvloop(_queue_main(name, items, workers))
+
+
+def _queue_main(
+    name: str, items: Iterable[Any], workers: int
+) -> Callable[[], Coroutine[Any, Any, tuple[int, int]]]:
     """The textbook answer: N worker tasks on a bounded asyncio.Queue."""
     fn = FN[name]
 
@@ -150,7 +188,7 @@ def r_queue_workers(name: str, items: Iterable[Any], workers: int) -> tuple[int,
         await asyncio.gather(*tasks)
         return done[0], done[1]
 
-    return asyncio.run(main())
+    return main
 
 
 def r_gather(name: str, items: Iterable[Any], workers: int) -> tuple[int, int]:
@@ -212,8 +250,11 @@ def r_anyio(name: str, items: Iterable[Any], workers: int) -> tuple[int, int]:
 
 RUNNERS: dict[str, Callable[[str, Iterable[Any], int], tuple[int, int]]] = {
     "manyhands.amap": r_manyhands_amap,
-    "manyhands.map (private loop)": r_manyhands_run,
+    "manyhands.map (private loop)": r_manyhands_run_asyncio,
     "Queue workers": r_queue_workers,
+    "manyhands.amap on uvloop": r_manyhands_amap_uvloop,
+    "manyhands.map (private loop on uvloop)": r_manyhands_run,
+    "Queue workers on uvloop": r_queue_workers_uvloop,
     "gather+Semaphore": r_gather,
     "aiometer.amap": r_aiometer,
     "anyio task group": r_anyio,

@@ -50,12 +50,16 @@ class Task:
             the run chooses its backend (``backend="auto"``).
         key: a number of the pool's own for this task (e.g. which function a
             worker process has loaded).
+        early: the run takes a batch's finished items before its last one
+            (delivered as completed): a backend that runs a batch's items at
+            once (asyncio) may send them back in pieces (``Batch.piece``).
     """
 
     __slots__ = (
         "abandoned",
         "cost",
         "done",
+        "early",
         "fn",
         "key",
         "measure",
@@ -74,6 +78,7 @@ class Task:
         priority: int = 0,
         timeout: float | None = None,
         timed: bool = False,
+        early: bool = False,
     ) -> None:
         self.fn = fn
         self.done = done
@@ -86,6 +91,7 @@ class Task:
         self.waiting: float | None = None
         self.key = 0
         self.measure = False  # the workers time each batch's CPU too (backend="auto")
+        self.early = early  # finished items may come back before their batch's last
 
 
 class Batch:
@@ -123,6 +129,9 @@ class Batch:
         nbytes: (processes) the larger of the batch's items and results as
             pickles, in bytes; 0 where nothing was pickled. Batches are sized
             to keep it under the engine's ``BATCH_BYTES``.
+        piece: the finished items of a batch whose other items still run
+            (``task.early``): the batch is still out, and its last piece
+            (``piece`` False) brings back the rest.
     """
 
     __slots__ = (
@@ -140,6 +149,7 @@ class Batch:
         "owner",
         "parent",
         "pending",
+        "piece",
         "sent",
         "seq",
         "skipped",
@@ -173,6 +183,7 @@ class Batch:
         self.cpu = 0.0
         self.via = 0
         self.nbytes = 0
+        self.piece = False
 
     def without(self, indices: set[int]) -> Batch:
         """A copy holding every item but those at ``indices`` (sent to be retried)."""
@@ -181,6 +192,17 @@ class Batch:
     def prefix(self, count: int) -> Batch:
         """A copy holding the first ``count`` items (those a consumer received)."""
         return self._part(list(range(count)))
+
+    def part(self, keep: list[int]) -> Batch:
+        """A copy holding the items at ``keep``, with their values, errors and keys."""
+        part = self._part(keep)
+        errors = self.errors
+        if errors:
+            moved = {new: errors[old] for new, old in enumerate(keep) if old in errors}
+            part.errors = moved or None
+        part.sent = self.sent
+        part.via = self.via
+        return part
 
     def _part(self, keep: list[int]) -> Batch:
         part = Batch(self.seq, [self.items[i] for i in keep], self.task, self.attempt)

@@ -146,6 +146,9 @@ class Run:
             priority=priority,
             timeout=timeout if backend.handles_timeouts else None,
             timed=engine_timeout is not None or not owns_backend,
+            # Delivered as completed, a batch's finished items may come back before
+            # its last (asyncio: a few slow calls must not hold the rest in the window).
+            early=not options.ordered,
         )
         self._init_auto(auto, workers)
         self._reader = Reader(items)
@@ -157,7 +160,8 @@ class Run:
         if backend.name == "processes":
             self._slowdown.ignore_latency()
         self._limiter: RateLimit | None = self._slowdown.limiter
-        self._watching = True
+        # (the slowdown watches the answers; items may queue ahead of the workers)
+        self._watching, self._queueing = True, False  # (see _obey_slowdown)
         self._most_in_flight = self._slowdown.concurrency
         self._throttled = 0  # calls of the batch being settled that asked to slow down
         self._asked: float | None = None  # the longest Retry-After among them
@@ -414,6 +418,8 @@ class Run:
                 self._count_back(batch)
 
     def _count_back(self, batch: Batch) -> None:
+        if batch.piece:  # (its batch's other items still run: the batch is still out)
+            return
         if batch.via == self._via:
             self._in_backend -= 1
         else:  # (it went out before the run moved to another backend)
@@ -686,7 +692,9 @@ class Run:
 
     def _complete(self, batch: Batch) -> Iterator[Batch]:
         """Settle a batch back from the backend; yield what is ready for delivery."""
-        if batch.via == self._via:  # (inline: the hot path)
+        if batch.piece:  # (its batch's other items still run)
+            pass
+        elif batch.via == self._via:  # (inline: the hot path)
             self._in_backend -= 1
         else:  # (it went out before the run moved to another backend)
             self._in_previous -= 1
@@ -795,7 +803,7 @@ class Run:
         self._in_backend = 0
         self._workers = workers
         self._sizer = self._new_sizer(workers)
-        self._sizer.hold(self._watching)
+        self._sizer.hold(not self._queueing)
 
     def _backend_of(self, batch: Batch) -> Backend:
         """The backend ``batch`` went to (a run on auto may have moved since)."""
@@ -915,18 +923,25 @@ class Run:
 
     def _obey_slowdown(self) -> None:
         slowdown = self._slowdown
-        self._most_in_flight = slowdown.concurrency
         if slowdown.limiter is not self._limiter:  # the first limit on the rate
             self._limiter = slowdown.limiter
             self._sizer.one_by_one()  # starts paced: no queue, batches of one
-        if not slowdown.watching:  # quiet: the slowdown hears only of throttled calls
-            if self._watching:
-                self._watching = False
-                self._most_in_flight = self._window
-                self._sizer.hold(False)
-        elif not self._watching:  # a throttled call woke it
-            self._watching = True
-            self._sizer.hold(True)
+        watching = slowdown.watching  # (else quiet: it hears only of throttled calls)
+        if not watching:
+            self._most_in_flight = self._window
+        elif self._backend.concurrent_items and slowdown.unlimited:
+            # asyncio, while nothing has limited the run: items queued ahead of the
+            # tasks, as many as run, so a task that finishes a call starts the next
+            # at once instead of waiting a round trip through this loop for its
+            # batch (10-15% slower at 10,000 x 0.1 s). The first refusal ends it.
+            self._most_in_flight = min(2 * slowdown.concurrency, self._window)
+        else:
+            self._most_in_flight = slowdown.concurrency
+        queueing = not watching or self._most_in_flight > slowdown.concurrency
+        if queueing != self._queueing:
+            self._queueing = queueing
+            self._sizer.hold(not queueing)
+        self._watching = watching
 
     def _stop(self, reason: str) -> None:
         self.statistics.stop_reason = reason

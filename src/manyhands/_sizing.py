@@ -32,6 +32,7 @@ from collections.abc import Callable
 
 __all__ = [
     "BATCH_BYTES",
+    "CONCURRENT_SHARE",
     "DISPATCH_SECONDS",
     "FIRST_WAVE_BATCHES",
     "MAX_BATCH",
@@ -45,7 +46,12 @@ LOAD_SHARE = 0.02
 STRAGGLE_SHARE = 0.02  # of the run so far, when the input's length is unknown
 MAX_BATCH = 4096  # (a worker process with 2 batches of 1,024 ahead starved between GIL switches)
 BATCH_BYTES = 1 << 20  # a batch's items or results, pickled (processes): memory per batch sent
-FIRST_WAVE_BATCHES = 512  # (asyncio) batches the first `workers` calls are split into
+# (asyncio) a batch carries at least 1/CONCURRENT_SHARE of the calls in flight,
+# whatever they take: at 10,000 in flight the loop's work per batch (~10 us:
+# hand-over, settling, delivery) is then small beside its own work per call
+# (batches of 20 left manyhands 15% behind a plain asyncio.Queue at 10,000 x 0.1 s)
+CONCURRENT_SHARE = 64
+FIRST_WAVE_BATCHES = CONCURRENT_SHARE  # (asyncio) batches the first `workers` calls are split into
 
 
 class Sizer:
@@ -99,7 +105,7 @@ class Sizer:
         if self.adaptive and concurrent_items:
             # Nothing is measured yet, but the first wave is `workers` calls
             # however they are grouped: keep it to FIRST_WAVE_BATCHES batches
-            # (10,000 calls in flight: batches of 20, not 10,000 batches of one).
+            # (10,000 calls in flight: batches of 157, not 10,000 batches of one).
             # The warm-up then counts in those batches: still no queue.
             first = min(self.cap, -(-workers // FIRST_WAVE_BATCHES))
             self.size = self._work_fit = first
@@ -113,6 +119,7 @@ class Sizer:
         elif size >= self._input_fit:
             self._input_fit = min(2 * self._input_fit, self.cap)
         self.size = min(self._work_fit, self._input_fit)
+        self._cover_workers()
 
     def completed(self, items: int, seconds: float, nbytes: int = 0) -> None:
         """A batch of ``items`` came back after ``seconds`` of work.
@@ -131,6 +138,16 @@ class Sizer:
             self._work_fit = max(1, fit)
             self.size = min(self._work_fit, self._input_fit)
             self.timed_reads = self._work_fit > 1
+            self._cover_workers()
+
+    def _cover_workers(self) -> None:
+        """(asyncio) In the first round, enough batches of the current size for every task.
+
+        The first round's limit is counted in batches of the first size: batches
+        that shrink since would leave tasks idle for a whole call.
+        """
+        if self._warm_up and self._concurrent_items and not self._one_by_one:
+            self.max_batches = max(self.max_batches, -(-self._workers // self.size))
 
     def hold(self, held: bool) -> None:
         """No queue in front of the workers while ``held`` (the slowdown watches answers)."""
@@ -155,8 +172,8 @@ class Sizer:
             TARGET_BATCH_SECONDS / per_item,
             self._workers * DISPATCH_SECONDS / (LOAD_SHARE * per_item),
         )
-        if self._concurrent_items:
-            return int(wanted)
+        if self._concurrent_items:  # (and a batch no smaller than a share of the calls)
+            return max(int(wanted), -(-self._workers // CONCURRENT_SHARE))
         remaining = self._remaining()
         if remaining >= 0:  # leave every worker several batches of what is left
             return int(min(wanted, remaining / (4 * self._workers)))

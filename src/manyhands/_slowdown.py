@@ -191,6 +191,16 @@ class Slowdown:
         )
 
     @property
+    def unlimited(self) -> bool:
+        """Nothing has limited the run yet: no refusal, no rate, no cut of the calls in flight."""
+        return (
+            self.throttled == 0
+            and self.limiter is None
+            and self._latency.limit >= self.workers
+            and not self._latency.opening
+        )
+
+    @property
     def settled_rate(self) -> float | None:
         """The start rate in force (calls/s), None if the server never asked for one."""
         if self.limiter is None or self._first_refusal:

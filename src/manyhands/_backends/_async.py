@@ -6,9 +6,12 @@ batch's last item reports the batch. So concurrency is counted in items,
 as a user means it ("10,000 in flight"), while the engine still deals in
 batches, which amortizes its own per-batch work over many items: with
 10,000 calls in flight the event loop thread has no time to spare for a
-few microseconds of bookkeeping per item. The loop is the caller's
-(``amap``), or a private one in a thread the run owns (``run``/``map``
-with a coroutine function), closed when the run ends.
+few microseconds of bookkeeping per item. A batch whose last calls
+straggle sends its finished items back before them, in pieces (a run
+delivered as completed: see :mod:`._async_pieces`). The loop is
+the caller's (``amap``), or a private one in a thread the run owns
+(``run``/``map`` with a coroutine function; uvloop's when it is
+installed), closed when the run ends.
 
 Stopping early cancels the running calls at once: unlike a thread, a
 coroutine can be cancelled, so there is no grace period to wait out.
@@ -29,7 +32,7 @@ from .. import _batch
 from .._batch import Batch, Task, leave_if_forked, unwatch_this_thread, watch_forks_in_this_thread
 from .._exceptions import Timeout, WorkerInitError
 from .._lanes import Lanes
-from .._outcome import Failure
+from ._async_pieces import Entry, Stragglers
 
 __all__ = ["AsyncBackend"]
 
@@ -54,10 +57,11 @@ class AsyncBackend:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._own_loop = own_loop
         self._thread: threading.Thread | None = None
-        self._pending: deque[_Entry] = deque()  # batches with items no worker took yet
-        self._lanes: Lanes[_Entry] | None = Lanes() if shared else None  # (shared: instead)
-        self._entries: dict[int, _Entry] = {}  # shared: running batches by id, to abandon
+        self._pending: deque[Entry] = deque()  # batches with items no worker took yet
+        self._lanes: Lanes[Entry] | None = Lanes() if shared else None  # (shared: instead)
+        self._entries: dict[int, Entry] = {}  # shared: running batches by id, to abandon
         self._idle: deque[asyncio.Future[None]] = deque()  # workers waiting for an item
+        self._stragglers = Stragglers()  # (task.early) see _async_pieces
         self._tasks: set[asyncio.Task[None]] = set()
         self._retired = False  # no more items expected: idle workers may exit
         self._stopping = False  # our own cancellation, not the user's CancelledError
@@ -68,7 +72,7 @@ class AsyncBackend:
 
     def start(self) -> None:
         if self._own_loop:
-            loop = self._loop = asyncio.new_event_loop()
+            loop = self._loop = new_private_loop()
             ready = threading.Event()
             self._thread = threading.Thread(
                 target=_serve, args=(loop, ready), name="manyhands-asyncio", daemon=True
@@ -84,7 +88,14 @@ class AsyncBackend:
                 ) from exc
             ready.wait()
         else:
-            self._loop = asyncio.get_running_loop()
+            try:
+                self._loop = asyncio.get_running_loop()
+            except RuntimeError:
+                raise RuntimeError(
+                    "manyhands.amap() and arun() run on an asyncio event loop (asyncio.run, "
+                    "uvloop, anyio's asyncio backend), and none runs in this thread; under "
+                    "trio, call manyhands.run() or map() in a thread (trio.to_thread.run_sync)"
+                ) from None
             watch_forks_in_this_thread()  # a call that forks: see _batch
 
     def attach(self, task: Task) -> None:
@@ -112,8 +123,7 @@ class AsyncBackend:
     def _accept(self, batch: Batch) -> None:
         """Queue a batch's items; wake idle workers or start new ones for them."""
         count = len(batch.items)
-        batch.values = [None] * count
-        entry = _Entry(batch)
+        entry = Entry(batch)
         if self._lanes is None:
             self._pending.append(entry)
         else:
@@ -215,6 +225,7 @@ class AsyncBackend:
         """Cancel every running call and wait until the tasks are gone (on the loop)."""
         del grace  # coroutines are cancelled at once: nothing to wait out
         self._stopping = True
+        self._stragglers.cancel()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
@@ -227,18 +238,26 @@ class AsyncBackend:
     async def _work(self) -> None:
         # A deque and one future per idle wait: asyncio.Queue costs several
         # microseconds per hand-off, which 10,000 calls in flight cannot afford.
-        # (This is the hot loop of a private backend: everything inline.)
-        idle, loop = self._idle, self._loop
+        # (This is the hot loop of a private backend: everything inline, and one
+        # clock read per call: the end of one call is the start of the next.)
+        idle, loop, stragglers = self._idle, self._loop, self._stragglers
+        running = stragglers.running
         assert loop is not None
+        start: float | None = None
         while True:
             pending = self._pending  # (cancel() may replace it)
             if not pending:
+                if running:  # no call of ours may end to check on them
+                    stragglers.watch(loop)
                 if self._retired:
                     return
                 waiter: asyncio.Future[None] = loop.create_future()
                 idle.append(waiter)
                 await waiter
+                start = None
                 continue
+            if start is None:
+                start = perf_counter()
             entry = pending[0]
             batch = entry.batch
             task = batch.task
@@ -246,7 +265,8 @@ class AsyncBackend:
             entry.taken = index + 1
             if entry.taken == len(batch.items):
                 pending.popleft()
-            start = perf_counter()
+                if task.early:  # its calls all started: from when they would straggle
+                    stragglers.started(entry, start)
             try:
                 if task.timeout is None:
                     batch.values[index] = await task.fn(batch.items[index])
@@ -261,12 +281,14 @@ class AsyncBackend:
                 entry.fail(index, exc)
             if _batch._forked:  # this is a child the call forked: it must not go on
                 leave_if_forked(entry.errors and entry.errors.get(index))
-            entry.elapsed += perf_counter() - start
+            end = perf_counter()
+            entry.elapsed += end - start
+            start = end
             entry.left -= 1
             if not entry.left:
-                batch.elapsed = entry.elapsed
-                batch.errors = entry.errors
-                task.done(batch)
+                task.done(stragglers.finished(entry))
+            if running and end > running[0].due:  # (one test per call)
+                stragglers.send_pieces(end)
             del batch, entry, task  # an idle worker must not keep its last batch alive
 
     async def _work_shared(self) -> None:
@@ -298,7 +320,7 @@ class AsyncBackend:
                 entry.runners.discard(runner)
             del entry, task
 
-    async def _call(self, entry: _Entry, index: int) -> None:
+    async def _call(self, entry: Entry, index: int) -> None:
         """Run one item of a batch; the task that finishes the batch's last item reports it."""
         batch = entry.batch
         task = batch.task
@@ -357,24 +379,21 @@ class AsyncBackend:
 _in_task_timeout: Any = getattr(asyncio, "timeout", None)
 
 
-class _Entry:
-    """A queued batch: how many of its items were taken, and how many are still out."""
+def new_private_loop() -> asyncio.AbstractEventLoop:
+    """A loop for a run's own thread: uvloop's when it is installed, else asyncio's.
 
-    __slots__ = ("abandoned", "batch", "elapsed", "errors", "left", "runners", "taken")
-
-    def __init__(self, batch: Batch) -> None:
-        self.batch = batch
-        self.abandoned = False  # its run ended (a shared pool): it is never reported
-        self.runners: set[asyncio.Task[None]] = set()  # (shared) the tasks running its items
-        self.taken = 0
-        self.left = len(batch.items)
-        self.elapsed = 0.0  # the sum of its items' call times
-        self.errors: dict[int, BaseException | Failure] | None = None
-
-    def fail(self, index: int, error: BaseException) -> None:
-        if self.errors is None:
-            self.errors = {}
-        self.errors[index] = error
+    uvloop (``pip install manyhands[fast]``) turns each call's timer and
+    wake-up around in C: a fifth to a quarter less CPU per call at 10,000
+    calls in flight (benchmarks/README.md). It is imported here, when a private loop starts,
+    never by ``import manyhands``. ``amap`` runs on the caller's own loop,
+    whichever it is.
+    """
+    try:
+        import uvloop  # type: ignore[import-not-found, unused-ignore]
+    except ImportError:
+        return asyncio.new_event_loop()
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    return loop
 
 
 def _serve(loop: asyncio.AbstractEventLoop, ready: threading.Event) -> None:
