@@ -151,6 +151,8 @@ ON_EVERY_PYTHON = [
     "src/manyhands",  # doctests
     "tests/test_versions.py",
     "tests/test_async.py",
+    "tests/test_async_loops.py",  # (uvloop there: see tests())
+    "tests/test_async_pieces.py",
     "tests/test_processes.py",
     "tests/test_processes_faults.py",
     "tests/test_fork_in_a_call.py",
@@ -178,12 +180,15 @@ def tests(session: nox.Session) -> None:
     On the interpreter that runs nox: the whole suite. On the others: ``ON_EVERY_PYTHON``.
     ``nox -s "tests(3.12)" -- tests`` runs the whole suite there too.
     """
-    session.install("-e", ".[test]")
     args = list(session.posargs)
     version = session.run(
         "python", "-c", "import sys; print('%d.%d' % sys.version_info[:2])", silent=True
     )
-    if str(version).strip() != NOX_PYTHON and not args:
+    elsewhere = str(version).strip() != NOX_PYTHON
+    # The main run tests the default asyncio loop (what a plain install gets); the other
+    # Pythons run with the fast extra, so a private loop runs on uvloop there.
+    session.install("-e", ".[test,fast]" if elsewhere else ".[test]")
+    if elsewhere and not args:
         args = list(ON_EVERY_PYTHON)
         for slow in SLOW_ELSEWHERE:
             args += ["--deselect", slow]
