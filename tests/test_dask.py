@@ -208,10 +208,10 @@ def test_timeout_fails_the_item_and_the_worker_goes_on(client: Any) -> None:
 
 def test_the_journal_resumes_a_dask_run(client: Any, tmp_path: Path) -> None:
     journal = tmp_path / "run.db"
-    outcomes = manyhands.map(_seven_fails, range(300), backend=client, journal=journal)
-    for seen, _out in enumerate(outcomes, 1):
-        if seen == 100:
-            break
+    with manyhands.map(_seven_fails, range(300), backend=client, journal=journal) as outcomes:
+        for seen, _out in enumerate(outcomes, 1):
+            if seen == 100:
+                break
     report = manyhands.run(_seven_fails, range(300), backend=client, journal=journal)
     assert report.skipped == 100
     assert report.succeeded + report.failed == 200

@@ -157,7 +157,10 @@ class Run:
         self._throttled = 0  # calls of the batch being settled that asked to slow down
         self._asked: float | None = None  # the longest Retry-After among them
         self._deadlines = Deadlines(engine_timeout) if engine_timeout is not None else None
-        self._window = options.item_window
+        self._window = self._item_window(options, backend, workers)
+        # A cluster's task runs its items one after another: the slowdown's calls in
+        # flight are its tasks, not their items (whose count can be the window).
+        self._batch_is_a_call = hasattr(backend, "sizing")
         self._sizer = self._new_sizer(workers)
         self._timers = RetryTimers()
         self._retries = self._timers.heap  # (its emptiness is tested on the hot path)
@@ -177,6 +180,13 @@ class Run:
         # Until fn's first value is known not to be a coroutine (see _checks).
         self._values_unchecked = True
         self._returned_coroutines = False
+
+    @staticmethod
+    def _item_window(options: Options, backend: Backend, workers: int) -> int:
+        """The window; a backend with costly batches (Dask) holds more items by default."""
+        if options.window is not None:
+            return options.window
+        return max(options.item_window, getattr(backend, "window_per_worker", 0) * workers)
 
     def _init_auto(self, auto: bool, workers: int) -> None:
         """backend="auto": on threads until the calls are measured (see _auto)."""
@@ -198,6 +208,8 @@ class Run:
             concurrent_items=self._backend.concurrent_items,
             remaining=self._remaining,
             elapsed=lambda: self.elapsed,
+            # (a backend whose batches cost more, e.g. a task on a Dask cluster, says so)
+            **getattr(self._backend, "sizing", {}),
         )
 
     # -- the two drivers -------------------------------------------------
@@ -490,7 +502,7 @@ class Run:
         while (
             timers
             and self._in_backend < self._sizer.max_batches
-            and self._in_flight < self._most_in_flight
+            and self._calls_in_flight() < self._most_in_flight
         ):
             wait = timers.wait(now)
             if wait:
@@ -507,6 +519,10 @@ class Run:
             due = _sooner(due, deadlines.wait(self._clock()))
         return due
 
+    def _calls_in_flight(self) -> int:
+        """Calls running or queued now: items, or batches where a batch is one task (Dask)."""
+        return self._in_backend if self._batch_is_a_call else self._in_flight
+
     def _admit(self) -> None:
         """Read and submit batches while the window has room.
 
@@ -521,7 +537,7 @@ class Run:
         while (
             not reader.exhausted
             and self._in_backend < sizer.max_batches
-            and self._in_flight < self._most_in_flight
+            and self._calls_in_flight() < self._most_in_flight
         ):
             room = self._window - self._pending_items  # (a whole batch may pass the limit)
             size = sizer.size
@@ -542,7 +558,7 @@ class Run:
         while (
             not reader.exhausted
             and self._in_backend < self._sizer.max_batches
-            and self._in_flight < self._most_in_flight
+            and self._calls_in_flight() < self._most_in_flight
             and self._pending_items < self._window
         ):
             if self._in_backend and not self._completions.empty():

@@ -6,7 +6,7 @@ progress, Report); the cluster only executes batches::
     engine thread                      Dask scheduler and workers        Dask's callback thread
     attach: fn as one task ─────────▶  loaded once, fetched by each
     submit: a batch, pickled, as ──▶   worker that needs it; runs the
-      one task (key manyhands-...)     batch (_remote_calls.run_items) ─▶ _finished: file the
+      one task (key manyhands-...)     batch (_remote_calls.run_items) ─▶ _collect: fetch the
     cancel/shutdown: cancel the run's                                      answer, task.done(batch)
       tasks on the scheduler
 
@@ -35,13 +35,15 @@ was running finishes on its worker and its result is dropped.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
 import pickle
 import threading
 import uuid
-from typing import Any
+from queue import Empty, SimpleQueue
+from typing import Any, ClassVar
 
 from .._batch import Batch, Task
 from .._exceptions import WorkerCrashed, WorkerInitError
@@ -77,6 +79,17 @@ class DaskBackend:
     handles_timeouts = True  # applied on the worker: see _remote_calls
     timeout_action = ABANDONED_MESSAGE
     concurrent_items = False
+    # A task costs the scheduler about a millisecond and the driver a few hundred
+    # microseconds (submit, gather, file): batches are sized (_sizing.Sizer) so that
+    # a task holds far more work than that, and so that few tasks make the end of a run.
+    sizing: ClassVar[dict[str, float]] = {
+        "batch_seconds": 0.3,  # a batch's work, once the time per item is known
+        "dispatch_seconds": 2e-5,  # the driver's GIL per task (no worker shares it)
+        "spread": 2,  # an input of known length: its first batches, per worker
+        "tail": 1,  # near the end: a batch per worker of what is left...
+        "floor_seconds": 0.1,  # ...but no batch of less work than this
+    }
+    window_per_worker = 512  # items held per thread of the cluster (the default window)
 
     def __init__(self, cluster: Any = None, workers: int | None = None) -> None:
         self._client: Any = None if isinstance(cluster, str) or cluster is None else cluster
@@ -96,6 +109,8 @@ class DaskBackend:
         self._count = itertools.count()
         self.abandoned = 0
         self.notes: list[str] = []
+        self._done: SimpleQueue[Any] = SimpleQueue()  # finished futures; None: stop
+        self._collector: threading.Thread | None = None
         self._deaths = 0  # tasks whose worker died
         self._note = 0  # which note counts them
 
@@ -117,7 +132,12 @@ class DaskBackend:
     def start(self) -> None:
         if self._client is not None:
             self._check_retries()
-            return
+        else:
+            self._start_cluster()
+        self._collector = threading.Thread(target=self._collect, name="manyhands-dask", daemon=True)
+        self._collector.start()
+
+    def _start_cluster(self) -> None:
         import dask
         from distributed import Client, LocalCluster
 
@@ -161,12 +181,17 @@ class DaskBackend:
         except Exception as exc:
             raise TypeError(f"fn cannot be sent to the Dask cluster: {exc}") from exc
         key = f"manyhands-fn-{self._token}-{next(self._count)}"
-        self._fns[id(task)] = self._client.submit(pickle.loads, payload, key=key, pure=False)
+        fn = self._client.submit(pickle.loads, payload, key=key, pure=False)
+        # On every worker now: the scheduler places a task where its inputs are, and
+        # would otherwise crowd the first batches onto the one worker that loaded fn.
+        self._client.replicate([fn])
+        self._fns[id(task)] = fn
 
     def detach(self, task: Task) -> None:
+        """Forget the run's function on the cluster (none of its tasks is out)."""
         fn = self._fns.pop(id(task), None)
         if fn is not None:
-            fn.release()
+            self._client.cancel([fn], force=True)
 
     def wind_down(self) -> None:
         pass  # the cluster's workers wait for other runs; shutdown closes what was opened
@@ -180,10 +205,14 @@ class DaskBackend:
             self._parts.clear()
         try:
             self._cancel(parts)
-            for fn in self._fns.values():
-                fn.release()
+            if self._fns:
+                self._client.cancel(list(self._fns.values()), force=True)
             self._fns.clear()
         finally:
+            if self._collector is not None:
+                self._done.put(None)
+                self._collector.join()
+                self._collector = None
             if self._owns_client and self._client is not None:
                 self._client.close()
             if self._cluster is not None:
@@ -224,7 +253,7 @@ class DaskBackend:
         if dropped:
             self._cancel([part])
             return
-        part.future.add_done_callback(self._finished)
+        part.future.add_done_callback(self._done.put)
 
     def cancel(self, task: Task) -> list[Batch]:
         """Cancel the tasks of ``task`` on the cluster; their batches are dropped."""
@@ -258,9 +287,35 @@ class DaskBackend:
         if parts:
             self._client.cancel([part.future for part in parts], force=True)
 
-    # -- answers (in Dask's callback thread) -----------------------------
+    # -- answers (in the collector thread) -------------------------------
 
-    def _finished(self, future: Any) -> None:
+    def _collect(self) -> None:
+        """Fetch the answers of the tasks that finished, many at once, and file them.
+
+        Dask's callback thread only queues a finished future; the answers are
+        fetched here, those that finished together in one ``gather``, so no
+        round trip to a worker waits behind another.
+        """
+        done = self._done
+        while True:
+            futures = [done.get()]
+            with contextlib.suppress(Empty):
+                while True:
+                    futures.append(done.get_nowait())
+            stop = None in futures
+            futures = [future for future in futures if future is not None]
+            with self._lock:
+                wanted = {
+                    f.key: f for f in futures if f.key in self._out and f.status == "finished"
+                }
+            answers = self._client.gather(wanted, errors="skip", direct=True) if wanted else {}
+            for future in futures:
+                self._finished(future, answers.get(future.key))
+            if stop:
+                return
+            del futures, wanted, answers  # (an idle collector holds no task of a run)
+
+    def _finished(self, future: Any, answer: bytes | None) -> None:
         with self._lock:
             part = self._out.pop(future.key, None)
         if part is None:  # cancelled: its batch was dropped
@@ -268,8 +323,8 @@ class DaskBackend:
         batch, indices = part.batch, part.indices
         status = future.status
         try:
-            if status == "finished":
-                self._file(batch, indices, future.result())
+            if status == "finished" and answer is not None:
+                self._file(batch, indices, answer)
             elif status == "error" and type(future.exception()).__name__ == "KilledWorker":
                 self._crashed(part)
                 return
