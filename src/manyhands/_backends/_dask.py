@@ -83,11 +83,11 @@ class DaskBackend:
     # microseconds (submit, gather, file): batches are sized (_sizing.Sizer) so that
     # a task holds far more work than that, and so that few tasks make the end of a run.
     sizing: ClassVar[dict[str, float]] = {
-        "batch_seconds": 0.3,  # a batch's work, once the time per item is known
+        "batch_seconds": 0.5,  # a batch's work, once the time per item is known
         "dispatch_seconds": 2e-5,  # the driver's GIL per task (no worker shares it)
         "spread": 2,  # an input of known length: its first batches, per worker
         "tail": 1,  # near the end: a batch per worker of what is left...
-        "floor_seconds": 0.1,  # ...but no batch of less work than this
+        "floor_seconds": 0.2,  # ...but no batch of less work than this
     }
     window_per_worker = 512  # items held per thread of the cluster (the default window)
 
