@@ -176,6 +176,13 @@ def test_break_cancels_the_runs_tasks_on_the_cluster(client: Any) -> None:
     assert tasks_of_manyhands(client) == []
 
 
+def test_ctrl_c_in_the_loop_cancels_the_runs_tasks(client: Any) -> None:
+    with pytest.raises(KeyboardInterrupt):
+        for _out in manyhands.map(_slow, range(100_000), backend=client, batch_size=1):
+            raise KeyboardInterrupt
+    assert tasks_of_manyhands(client) == []
+
+
 def test_a_stop_rule_cancels_the_runs_tasks(client: Any) -> None:
     report = manyhands.run(_seven_fails, range(1_000_000), backend=client, stop_after_failures=3)
     assert report.failed >= 3 and report.succeeded < 1_000_000
