@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import logging
 import os
 import pickle
 import threading
@@ -46,7 +45,8 @@ from queue import Empty, SimpleQueue
 from typing import Any, ClassVar
 
 from .._batch import Batch, Task
-from .._exceptions import WorkerCrashed, WorkerInitError
+from .._exceptions import WorkerCrashed
+from ._dask_cluster import connect, retries_note, start_local_cluster
 from ._process_batches import fail_items, file_results, pickle_items
 from ._remote_calls import ABANDONED_MESSAGE, read_progress, run_items
 
@@ -97,7 +97,7 @@ class DaskBackend:
         self._cluster: Any = None  # the LocalCluster started here, if any
         self._owns_client = self._client is None
         if self._address is not None:
-            self._connect()
+            self._client = connect(self._address)
         if workers is None:
             workers = self._threads() if self._client is not None else os.cpu_count() or 1
         self.workers = workers
@@ -116,58 +116,18 @@ class DaskBackend:
 
     # -- lifecycle -------------------------------------------------------
 
-    def _connect(self) -> None:
-        from distributed import Client
-
-        try:
-            self._client = Client(  # type: ignore[no-untyped-call]
-                self._address, set_as_default=False, timeout="10s"
-            )
-        except OSError as exc:
-            raise WorkerInitError(f"no Dask scheduler answered at {self._address}: {exc}") from exc
-
     def _threads(self) -> int:
         return max(1, int(sum(self._client.nthreads().values())))
 
     def start(self) -> None:
         if self._client is not None:
-            self._check_retries()
+            note = retries_note(self._client)
+            if note:
+                self.notes.append(note)
         else:
-            self._start_cluster()
+            self._cluster, self._client = start_local_cluster(self.workers)
         self._collector = threading.Thread(target=self._collect, name="manyhands-dask", daemon=True)
         self._collector.start()
-
-    def _start_cluster(self) -> None:
-        import dask
-        from distributed import Client, LocalCluster
-
-        # Dask must not run a task again when its worker dies: that is the engine's call.
-        with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
-            self._cluster = LocalCluster(  # type: ignore[no-untyped-call]
-                n_workers=self.workers,
-                threads_per_worker=1,
-                processes=True,
-                host="127.0.0.1",
-                dashboard_address=":0",  # (its small HTTP server, on any free port)
-                scheduler_kwargs={"dashboard": False},
-                silence_logs=logging.CRITICAL,  # a dead worker is in the Report
-            )
-        self._client = Client(self._cluster, set_as_default=False)  # type: ignore[no-untyped-call]
-
-    def _check_retries(self) -> None:
-        """Note when the scheduler re-runs the task of a dead worker on its own."""
-        try:
-            allowed = self._client.run_on_scheduler(
-                lambda dask_scheduler: dask_scheduler.allowed_failures
-            )
-        except Exception:  # (a scheduler that will not say: nothing to note)
-            return
-        if allowed:
-            self.notes.append(
-                f"the Dask scheduler runs a task again after its worker died (allowed-failures "
-                f"{allowed}): a batch whose worker died may have run twice; start it with "
-                "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES=0"
-            )
 
     def inside(self) -> bool:
         return False  # (a task on the cluster has no handle on this backend)
@@ -308,12 +268,22 @@ class DaskBackend:
                 wanted = {
                     f.key: f for f in futures if f.key in self._out and f.status == "finished"
                 }
-            answers = self._client.gather(wanted, errors="skip", direct=True) if wanted else {}
+            answers = self._gather(wanted)
             for future in futures:
                 self._finished(future, answers.get(future.key))
             if stop:
                 return
             del futures, wanted, answers  # (an idle collector holds no task of a run)
+
+    def _gather(self, wanted: dict[str, Any]) -> dict[str, bytes]:
+        """The answers of ``wanted`` (by key) that could be fetched; {} if none."""
+        if not wanted:
+            return {}
+        try:
+            answers: dict[str, bytes] = self._client.gather(wanted, errors="skip", direct=True)
+        except Exception:  # (each is then lost, and sent again: _finished)
+            return {}
+        return answers
 
     def _finished(self, future: Any, answer: bytes | None) -> None:
         with self._lock:
@@ -402,7 +372,11 @@ class DaskBackend:
                 return  # dropped meanwhile
             self._parts[id(part.batch)] += len(again) - 1
         for new in again:
-            self._send(new)
+            try:
+                self._send(new)
+            except Exception as exc:  # the cluster is gone (the client closed...)
+                fail_items(new.batch, new.indices, WorkerCrashed(f"the Dask cluster: {exc}"))
+                self._part_done(new.batch)
 
     def _part_done(self, batch: Batch) -> None:
         with self._lock:
