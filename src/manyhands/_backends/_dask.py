@@ -3,12 +3,12 @@
 The run stays in the driver (window, retries, rate, stop rules, journal,
 progress, Report); the cluster only executes batches::
 
-    engine thread                      Dask scheduler and workers        Dask's callback thread
-    attach: fn as one task ─────────▶  loaded once, fetched by each
-    submit: a batch, pickled, as ──▶   worker that needs it; runs the
-      one task (key manyhands-...)     batch (_remote_calls.run_items) ─▶ _collect: fetch the
-    cancel/shutdown: cancel the run's                                      answer, task.done(batch)
-      tasks on the scheduler
+    engine thread                     Dask scheduler and workers         collector thread
+    attach: fn as one task ───────▶   loaded once, copied to every
+    submit: a batch, pickled, as ──▶  worker; runs the batch          ─▶ _collect: the answers
+      one task (key manyhands-...)    (_remote_calls.run_items)          of tasks that finished
+    cancel/shutdown: cancel the run's                                    together, one gather;
+      tasks on the scheduler                                             task.done(batch)
 
 ``fn`` travels once per run (a task whose result is the function, which
 every batch task depends on), not once per task. A batch task is plain
