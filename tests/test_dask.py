@@ -278,6 +278,14 @@ def test_any_executor_is_a_backend_and_stays_the_callers(kind: Any) -> None:
         assert executor.submit(abs, -1).result() == 1  # not shut down by the run
 
 
+def test_a_broken_executor_fails_its_batches_and_the_run_ends() -> None:
+    with ProcessPoolExecutor(max_workers=2) as executor:
+        report = manyhands.run(_dies_on, range(40), backend=executor, workers=2)
+    assert report.succeeded + report.failed == 40
+    assert report.failed >= 1
+    assert "concurrent.futures.process.BrokenProcessPool" in report.errors_by_type
+
+
 def test_cli_runs_on_a_scheduler(client: Any, tmp_path: Path) -> None:
     items = tmp_path / "items.txt"
     items.write_text("a\nb\nc\n")

@@ -50,13 +50,16 @@ def run_items(
     """
     if name is None:
         return _run(fn, payload, timeout, None)
-    path = progress_file(name)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        os.ftruncate(fd, 8)
-        progress = mmap.mmap(fd, 8)
-    finally:
-        os.close(fd)
+        path = progress_file(name)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.ftruncate(fd, 8)
+            progress = mmap.mmap(fd, 8)
+        finally:
+            os.close(fd)
+    except OSError:  # (no room, no permission): untracked, a crash cannot name its item
+        return _run(fn, payload, timeout, None)
     try:
         return _run(fn, payload, timeout, progress)
     finally:
@@ -67,7 +70,8 @@ def run_items(
 
 def progress_file(name: str) -> str:
     """Where a task called ``name`` keeps the index of the item it runs."""
-    folder = os.path.join(tempfile.gettempdir(), "manyhands-progress")
+    user = os.getuid() if hasattr(os, "getuid") else ""  # (a folder of each user's own)
+    folder = os.path.join(tempfile.gettempdir(), f"manyhands-progress-{user}")
     os.makedirs(folder, mode=0o700, exist_ok=True)
     return os.path.join(folder, name)
 
