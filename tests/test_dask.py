@@ -89,23 +89,49 @@ def hands(client: Any) -> Hands:
 
 
 from .test_failures import (  # noqa: E402 - the shared tests, run here on Dask
+    test_builtin_fn_failure_has_a_traceback,
+    test_every_failure_is_in_the_map_stream_beyond_keep_failures,
     test_failures_are_recorded_and_the_run_continues,
     test_raise_for_failures_groups_them,
+    test_report_keeps_a_bounded_number_of_failures_and_counts_all,
+    test_run_report_counts_failures,
     test_traceback_shows_the_users_code_not_the_engine,
 )
 from .test_input import (  # noqa: E402
+    test_endless_generator_with_early_exit,
+    test_items_are_read_lazily,
+    test_never_sizes_the_iterable,
     test_ordered_yields_input_order_despite_uneven_latency,
+    test_run_raises_input_error_with_the_report_of_what_ran,
     test_unordered_delivers_each_item_exactly_once,
 )
-from .test_lifecycle import test_exception_in_the_loop_body_stops_the_workers  # noqa: E402
-from .test_retries import test_programming_errors_are_not_retried_by_default  # noqa: E402
+from .test_lifecycle import (  # noqa: E402
+    test_a_finished_run_leaves_no_thread,
+    test_close_and_context_manager_stop_the_workers,
+    test_exception_in_the_loop_body_stops_the_workers,
+)
+from .test_retries import (  # noqa: E402
+    test_on_exception_still_retries_every_error,
+    test_programming_errors_are_not_retried_by_default,
+)
 
 __all__ = [
+    "test_a_finished_run_leaves_no_thread",
+    "test_builtin_fn_failure_has_a_traceback",
+    "test_close_and_context_manager_stop_the_workers",
+    "test_endless_generator_with_early_exit",
+    "test_every_failure_is_in_the_map_stream_beyond_keep_failures",
     "test_exception_in_the_loop_body_stops_the_workers",
     "test_failures_are_recorded_and_the_run_continues",
+    "test_items_are_read_lazily",
+    "test_never_sizes_the_iterable",
+    "test_on_exception_still_retries_every_error",
     "test_ordered_yields_input_order_despite_uneven_latency",
     "test_programming_errors_are_not_retried_by_default",
     "test_raise_for_failures_groups_them",
+    "test_report_keeps_a_bounded_number_of_failures_and_counts_all",
+    "test_run_raises_input_error_with_the_report_of_what_ran",
+    "test_run_report_counts_failures",
     "test_traceback_shows_the_users_code_not_the_engine",
     "test_unordered_delivers_each_item_exactly_once",
 ]
