@@ -289,6 +289,15 @@ def test_backend_dask_starts_a_local_cluster_and_leaves_no_process() -> None:
     assert not left, "a process of the LocalCluster outlived the run"
 
 
+def test_a_scheduler_that_reruns_dead_workers_tasks_is_noted_in_the_report() -> None:
+    with distributed.LocalCluster(  # allowed-failures: Dask's default, 3
+        n_workers=1, processes=False, dashboard_address=":0", silence_logs=logging.CRITICAL
+    ) as cluster:
+        report = manyhands.run(abs, range(10), backend=cluster.scheduler_address)
+    assert report.succeeded == 10
+    assert any("allowed-failures 3" in note for note in report.notes)
+
+
 def test_import_manyhands_does_not_import_distributed() -> None:
     code = (
         "import sys, manyhands; "
