@@ -63,7 +63,7 @@ class Sizer:
     length is known, the first batches split it into that many per worker;
     ``tail``: batches per worker left of what remains, near the end (fewer:
     fewer small batches at the end); ``floor_seconds``: no batch shrinks, near
-    the end, below that much work.
+    the end (or early in an input of unknown length), below that much work.
 
     >>> sizer = Sizer(8, window=16384, batch_size=None, one_by_one=False, remaining=lambda: 10**5)
     >>> sizer.size, sizer.max_batches
@@ -180,5 +180,6 @@ class Sizer:
         remaining = self._remaining()
         if remaining >= 0:  # leave every worker several batches of what is left
             fit = min(wanted, remaining / (self._tail * self._workers))
-            return int(max(fit, min(wanted, self._floor_seconds / per_item)))
-        return int(min(wanted, STRAGGLE_SHARE * self._elapsed() / per_item))
+        else:  # keep a batch a small part of the run so far
+            fit = min(wanted, STRAGGLE_SHARE * self._elapsed() / per_item)
+        return int(max(fit, min(wanted, self._floor_seconds / per_item)))
