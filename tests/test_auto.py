@@ -110,12 +110,13 @@ def test_cpu_bound_calls_on_auto_finish_on_processes_and_say_why() -> None:
         from tests.test_auto import spin
 
         if __name__ == "__main__":
+            {CPU_BOUND_ALWAYS}
             outs = list(manyhands.map(spin, range(300), backend="auto", ordered=True))
             report = outs and manyhands.run(spin, range(300), backend="auto")
             print([o.value for o in outs] == [spin(x) for x in range(300)])
             print(report.succeeded, report.backend)
         """
-    )
+    ).replace("{CPU_BOUND_ALWAYS}", CPU_BOUND_ALWAYS)
     proc = start_python(code)
     out, err = finish(proc, timeout=120)
     assert proc.returncode == 0, err
@@ -131,9 +132,19 @@ def test_calls_that_wait_stay_on_threads_on_auto() -> None:
     assert "backend: threads (auto:" in str(report)
 
 
-def test_a_function_that_cannot_travel_stays_on_threads_and_the_report_says_why() -> None:
+# The end-to-end tests below are about what a choice does (the move, the fallback, a
+# pool's shared processes), not about measuring: on a machine busy with other work the
+# calls' measured share of CPU varies, so they take every call of 50us CPU or more as
+# CPU-bound (GIL_BOUND = 0). The measurement itself is tested above, on given figures.
+CPU_BOUND_ALWAYS = "import manyhands._auto; manyhands._auto.GIL_BOUND = 0.0"
+
+
+def test_a_function_that_cannot_travel_stays_on_threads_and_the_report_says_why(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     if (__import__("os").cpu_count() or 1) < 2:
         pytest.skip("one core")
+    monkeypatch.setattr(_auto, "GIL_BOUND", 0.0)
     lock = threading.Lock()
 
     def spin_locked(x: int) -> int:
@@ -147,9 +158,12 @@ def test_a_function_that_cannot_travel_stays_on_threads_and_the_report_says_why(
     assert "cannot be sent to a worker process" in report.backend
 
 
-def test_a_threads_run_of_cpu_bound_calls_ends_with_a_hint() -> None:
+def test_a_threads_run_of_cpu_bound_calls_ends_with_a_hint(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     if (__import__("os").cpu_count() or 1) < 2:
         pytest.skip("one core: no hint")
+    monkeypatch.setattr(_auto, "GIL_BOUND", 0.0)  # (see CPU_BOUND_ALWAYS below)
     report = manyhands.run(spin, range(300), workers=8)
     assert report.backend == "threads"
     assert any("backend='processes' or 'auto' would use all" in n for n in report.notes)
@@ -202,3 +216,47 @@ def _fail_some(x: int) -> int:
     if x % 17 == 5:
         raise ValueError(x)
     return 2 * x
+
+
+def pid_of(x: int) -> tuple[int, int]:
+    spin(x)
+    return x, __import__("os").getpid()
+
+
+def test_a_pool_on_auto_moves_cpu_bound_runs_to_processes_it_shares_and_stops() -> None:
+    if (__import__("os").cpu_count() or 1) < 2:
+        pytest.skip("one core: auto stays on threads (tested above)")
+    code = textwrap.dedent(
+        """
+        import os, time
+        import psutil
+        import manyhands
+        from tests.test_auto import pid_of
+
+        if __name__ == "__main__":
+            {CPU_BOUND_ALWAYS}
+            with manyhands.Pool(backend="auto") as pool:
+                io = pool.run(time.sleep, [0.002] * 200)
+                runs = [pool.map(pid_of, range(300), ordered=True) for _ in range(2)]
+                first, second = [list(outs) for outs in runs]
+            me = os.getpid()
+            print(io.succeeded, io.backend.split(" ")[0])
+            for outs, run in zip((first, second), runs):
+                print([o.value[0] for o in outs] == list(range(300)), run.report.backend)
+            workers = lambda outs: {o.value[1] for o in outs} - {me}
+            print(bool(workers(second))
+                  and len(workers(first) | workers(second)) <= (os.cpu_count() or 1))
+            helpers = ("forkserver", "resource_tracker")  # multiprocessing's, not workers
+            print([p.pid for p in psutil.Process().children(recursive=True)
+                   if not any(h in " ".join(p.cmdline()) for h in helpers)])
+        """
+    ).replace("{CPU_BOUND_ALWAYS}", CPU_BOUND_ALWAYS)
+    proc = start_python(code)
+    out, err = finish(proc, timeout=120)
+    assert proc.returncode == 0, err
+    io, first, second, shared, left = out.splitlines()
+    assert io == "200 threads"  # calls that wait stay on the pool's threads
+    for line in (first, second):  # every item once, in order, and the run moved
+        assert line.startswith("True processes (auto: calls used"), line
+    assert shared == "True"  # one set of processes (one per core) served both runs
+    assert left == "[]"  # the with block stopped them

@@ -65,3 +65,14 @@ def test_a_missing_oldest_or_unclassified_newest_python_is_named() -> None:
     assert missing(["3.10", "3.11"], {"3.10": "a", "3.12": "c"}) == [
         "3.12 (the newest present) is not in the classifiers of pyproject.toml"
     ]
+
+
+def test_every_test_the_faults_page_names_exists() -> None:
+    page = (ROOT / "docs" / "faults.md").read_text()
+    named = re.findall(r"`(tests/test_\w+\.py)(?:::(\w+))?`", page)
+    assert len(named) > 40
+    for path, name in named:
+        source = (ROOT / path).read_text()
+        assert not name or re.search(rf"^(async )?def {name}\(", source, re.M), (
+            f"docs/faults.md names {path}::{name}, which does not exist: fix the page"
+        )

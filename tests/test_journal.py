@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sqlite3
 import sys
@@ -184,8 +185,17 @@ def test_a_failing_key_function_names_the_item(tmp_path: Path) -> None:
 def test_changed_code_warns(tmp_path: Path) -> None:
     journal = tmp_path / "run.db"
     manyhands.run(lambda x: x + 1, range(3), journal=journal)
-    with pytest.warns(manyhands.JournalWarning, match="changed code"):
+    with pytest.warns(manyhands.JournalWarning, match="changed code") as caught:
         manyhands.run(lambda x: x + 2, range(3), journal=journal)
+    assert caught[0].filename == __file__  # it points at the user's call
+    with pytest.warns(manyhands.JournalWarning) as caught:
+        for _ in manyhands.map(functools.partial(add, 5), range(3), journal=journal):
+            pass
+    assert caught[0].filename == __file__
+
+
+def add(k: int, x: int) -> int:
+    return x + k
 
 
 def test_a_second_run_on_a_journal_in_use_fails_fast_naming_the_holder(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
 import textwrap
 import threading
 import time
@@ -426,3 +427,87 @@ def test_spare_is_validated() -> None:
         manyhands.Pool(backend="async", spare=1)
     with pytest.raises(ValueError, match="spare must be >= 0"):
         manyhands.Pool(spare=-1)
+
+
+# -- a pool of worker processes ------------------------------------------------------
+
+
+def square_where(x: int) -> tuple[int, int]:
+    return x * x, os.getpid()
+
+
+def negate_where(x: int) -> tuple[int, int]:
+    return -x, os.getpid()
+
+
+def crash_on_13(x: int) -> int:
+    if x == 13:
+        os._exit(7)
+    return x
+
+
+def test_a_process_pool_serves_runs_of_different_functions_at_once_and_in_turn() -> None:
+    from .test_processes import children_after
+
+    with manyhands.Pool(2, backend="processes") as pool:
+        reports: dict[str, Any] = {}
+        squares = threading.Thread(
+            target=lambda: reports.setdefault("squares", list(pool.map(square_where, range(300))))
+        )
+        squares.start()
+        negated = list(pool.map(negate_where, range(300)))
+        squares.join()
+        later = pool.run(abs, range(-50, 0))  # a third function, after the others
+        assert later.succeeded == 50
+    assert sorted(o.value[0] for o in reports["squares"]) == [x * x for x in range(300)]
+    assert sorted(o.value[0] for o in negated) == sorted(-x for x in range(300))
+    pids = {o.value[1] for o in [*reports["squares"], *negated]}
+    assert 1 <= len(pids) <= 2 and os.getpid() not in pids  # the same two workers for both
+    assert children_after() == []  # the with block stopped them
+
+
+def test_a_process_pool_loads_many_functions_in_turn_and_keeps_a_bounded_number() -> None:
+    from manyhands._backends._processes import FUNCTIONS_KEPT
+
+    with manyhands.Pool(1, backend="processes") as pool:
+        for k in range(FUNCTIONS_KEPT + 4):  # more functions than a worker keeps
+            values = [out.value for out in pool.map(lambda x, k=k: x + k, range(5), ordered=True)]
+            assert values == [x + k for x in range(5)], k
+        again = [out.value for out in pool.map(lambda x: x * 10, range(3), ordered=True)]
+        assert again == [0, 10, 20]
+
+
+def test_a_crash_in_one_run_of_a_process_pool_costs_only_its_item() -> None:
+    with manyhands.Pool(2, backend="processes") as pool:
+        crashing: dict[str, manyhands.Report] = {}
+        thread = threading.Thread(
+            target=lambda: crashing.setdefault("r", pool.run(crash_on_13, range(100)))
+        )
+        thread.start()
+        calm = pool.run(square_where, range(300))
+        thread.join()
+        after = pool.run(square_where, range(10))  # the pool goes on with a new worker
+    report = crashing["r"]
+    assert report.succeeded == 99 and [f.item for f in report.failures] == [13]
+    assert report.failures[0].error_type == "manyhands.WorkerCrashed"
+    assert calm.succeeded == 300 and calm.failed == 0
+    assert after.succeeded == 10
+
+
+def sleep_long_on_3(x: int) -> int:
+    time.sleep(30 if x == 3 else 0.01)
+    return x
+
+
+def test_a_timeout_in_one_run_of_a_process_pool_kills_only_its_call() -> None:
+    with manyhands.Pool(2, backend="processes") as pool:
+        other: dict[str, manyhands.Report] = {}
+        thread = threading.Thread(
+            target=lambda: other.setdefault("r", pool.run(square_where, range(2000)))
+        )
+        thread.start()
+        timed = pool.run(sleep_long_on_3, range(20), timeout=0.5)
+        thread.join()
+    assert [(f.item, f.error_type) for f in timed.failures] == [(3, "manyhands.Timeout")]
+    assert timed.succeeded == 19
+    assert other["r"].succeeded == 2000 and other["r"].failed == 0

@@ -1,6 +1,6 @@
 """backend="processes" at the edges: large data, unpicklable items, forks, timeouts, limits.
 
-Each test is one promise of the README's processes section. Every wait is
+Each test is one promise of the processes guide (docs/guide/processes.md). Every wait is
 bounded (each test's timeout, and every subprocess wait), so a regression
 fails instead of hanging the suite.
 """

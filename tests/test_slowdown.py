@@ -153,6 +153,20 @@ def test_a_refusing_server_is_paced_by_the_rate_not_the_latency() -> None:
     assert limit.limit == 100
 
 
+def test_calls_on_worker_processes_are_never_cut_by_their_latency() -> None:
+    # A CPU-bound call slows down when the cores are busy (another run of the pool,
+    # other programs): fewer calls in flight would only leave cores idle.
+    slow = Slowdown(workers=24, now=0.0)
+    slow.ignore_latency()
+    slow.start(0.0)
+    assert slow.concurrency == 24  # no slow start either
+    now = 0.0
+    for latency in [0.01] * 5 + [0.2] * 10:  # latency twenty times the unloaded one
+        now += latency
+        slow.completed(now, started=now - latency, calls=24, latency=latency, in_flight=24)
+    assert slow.concurrency == 24 and slow.settled_concurrency is None
+
+
 # -- simulated runs against the zoo (the CI guard of bench_throttled) ----------
 # 2,000 items, 100 workers, capacity 200/s or 20 in progress, Retry(8, backoff=0.1).
 # The bounds below are what the controller achieves on the simulated clock,

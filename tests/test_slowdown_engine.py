@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import manyhands
 from manyhands._demo_api import fetch, serve
 from manyhands._servers import SlidingWindow
@@ -44,3 +47,25 @@ def test_retry_after_slows_every_worker_down_and_the_report_says_where_it_settle
     )
     assert report.succeeded == 200 and report.throttle_events == 3
     assert report.settled_rate is not None  # a rate limit was set, and reported
+
+
+def test_while_the_slowdown_watches_every_worker_runs_a_call() -> None:
+    # The limit on calls in flight counts calls, not items: on threads a batch's items
+    # run one after another, so 50 items in batches of 9 are 6 calls at once. A run of
+    # short calls (batched to spare the GIL) must still keep every worker busy while the
+    # slowdown watches its first second.
+    lock = threading.Lock()
+    running = [0]
+    seen: list[int] = []
+
+    def call(_: int) -> None:
+        with lock:
+            running[0] += 1
+            seen.append(running[0])
+        time.sleep(0.001)
+        with lock:
+            running[0] -= 1
+
+    report = manyhands.run(call, range(5000), workers=50)
+    assert report.succeeded == 5000
+    assert sum(seen) / len(seen) > 25  # about 45 here; 6 to 9 when items were counted

@@ -266,7 +266,8 @@ def open_run(
         consumer=not report_only,
         priority=priority,
         async_source=source,
-        auto=opts.backend == "auto" and backend_name == "threads" and owns,
+        auto=opts.backend == "auto"
+        and (backend_name == "threads" if pool is None else not owns),  # (not inline)
         hooks=pool,
     )
 

@@ -23,6 +23,8 @@ Invalid options raise the built-in ``TypeError`` or ``ValueError`` at the call.
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -139,6 +141,24 @@ class ItemsFailed(ManyhandsError):
         self.failures: list[Failure] = list(report.failures)
         kinds = ", ".join(f"{name} x{count}" for name, count in report.errors_by_type.items())
         super().__init__(f"{report.failed} of {report.total} items failed: {kinds}")
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` that makes a warning point at the user's line, not manyhands'.
+
+    For ``warnings.warn`` called by the caller of this function: the first frame
+    outside the package (the user's ``run(...)`` call, or the ``for`` line that
+    iterates ``map``), however deep inside the engine the warning is raised.
+    """
+    frame = sys._getframe(1)  # the function that warns: stacklevel 1
+    level = 1
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame = frame.f_back
+        level += 1
+    return level
 
 
 # Users meet these as manyhands.X: in tracebacks, reprs and error_type strings

@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from ._batch import Batch
-from ._exceptions import JournalError, JournalWarning
+from ._exceptions import JournalError, JournalWarning, user_stacklevel
 from ._journal_file import (
     FORMAT,
     VERSION,
@@ -181,7 +181,7 @@ class Journal:
                         + ": items it recorded are still skipped. Use another journal= "
                         "to start afresh, or retry_failed=True to rerun its failures."
                     ),
-                    stacklevel=5,
+                    stacklevel=user_stacklevel(),
                 )
         with db:
             db.executemany(

@@ -29,7 +29,7 @@ import warnings
 from pathlib import Path
 from typing import IO, Any
 
-from ._exceptions import JournalError, JournalWarning
+from ._exceptions import JournalError, JournalWarning, user_stacklevel
 from ._outcome import safe_repr
 
 __all__ = [
@@ -178,7 +178,7 @@ class StoredValues:
 
 
 def _warn(message: str) -> None:
-    warnings.warn(JournalWarning(message), stacklevel=3)
+    warnings.warn(JournalWarning(message), stacklevel=user_stacklevel())
 
 
 # -- opening -------------------------------------------------------------

@@ -62,6 +62,7 @@ class LatencyLimit:
         self._lows: deque[tuple[float, float]] = deque()  # (when, mean) rising: a sliding min
         self._hold_until = -math.inf
         self._refusing = False
+        self.follows = True  # latency may cut the limit (not for CPU work: see Slowdown)
         self._queued = 0  # samples in a row above QUEUE
 
     @property
@@ -102,7 +103,7 @@ class LatencyLimit:
             self._latency = latency
         self._sum += latency * calls
         self._count += calls
-        if now >= self._next_sample and not self._refusing:
+        if now >= self._next_sample and not self._refusing and self.follows:
             self._sample(now, in_flight)
         if self.opening:
             self.limit += calls

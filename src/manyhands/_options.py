@@ -107,7 +107,7 @@ class RunOptions(TypedDict, total=False):
         of a sized collection; an iterator is never consumed to count it).
     journal: path of an SQLite file that records every item's final outcome,
         so that rerunning the same call skips what is already done (default
-        None: no journal). See the README's "Resuming" section.
+        None: no journal). See the docs: guide/journal.md.
     key: with a journal, how an item is identified: a callable returning a
         str (or a JSON-like value). Default: the item itself, for str, bytes,
         numbers and JSON-like lists/tuples/dicts of those.

@@ -1,6 +1,6 @@
 """The ``--output`` of ``manyhands run``: one JSON line per outcome, kept whole across resumes.
 
-What the file holds (the README's "The command line" says the same):
+What the file holds (docs/guide/command-line.md says the same):
 
 - A run without ``--journal``, or whose journal did not exist yet, writes the
   file afresh: one line per item of its input.

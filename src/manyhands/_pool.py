@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 __all__ = ["POOL_BACKENDS", "Pool"]
 
-POOL_BACKENDS = ("threads", "processes", "async", "dask")
+POOL_BACKENDS = ("threads", "processes", "async", "auto", "dask")
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -60,17 +60,21 @@ class Pool:
     Args:
         workers: how many calls run at once, across all runs (default 32 for
             threads and async, the number of CPUs for processes).
-        backend: ``"threads"`` (default), ``"processes"``, ``"dask"`` (a
-            LocalCluster for the pool's life; or pass a scheduler's address or a
-            ``distributed.Client``: the cluster is shared, and left running) or ``"async"``
-            (coroutine functions, on an event loop of the pool's own).
+        backend: ``"threads"`` (default), ``"processes"``, ``"async"``
+            (coroutine functions, on an event loop of the pool's own),
+            ``"auto"``: threads, and each run that measures CPU-bound calls
+            moves to worker processes (one per core) that the pool starts on
+            the first such run and shares between them (see ``backend="auto"``
+            of :func:`manyhands.run`), or ``"dask"``: a LocalCluster for the
+            pool's life (or pass a scheduler's address or a ``distributed.Client``:
+            the cluster is shared, and left running).
         spare: threads kept for urgent work (threads only; default 0). A call
             cannot be interrupted, so urgent work waits for the next worker to
             come free, up to one bulk call. With ``spare=N``, work of priority
             above 0 also starts on one of N more threads when every worker is
             busy: it never waits behind the bulk, at the cost of up to N more
             calls at once than ``workers`` while it runs.
-        start_method, initializer, initargs: for processes, as for
+        start_method, initializer, initargs: for processes (and auto), as for
             :func:`manyhands.run`; each worker is set up once, for every run.
 
     The workers stop at the end of the ``with`` block (or on :meth:`shutdown`).
@@ -109,7 +113,7 @@ class Pool:
         if spare and backend != "threads":
             raise ValueError("spare= applies to backend='threads' only")
         processes = None
-        if backend == "processes":
+        if backend in ("processes", "auto"):
             processes = {
                 "start_method": start_method,
                 "initializer": initializer,
@@ -117,13 +121,22 @@ class Pool:
             }
         elif start_method is not None or initializer is not None or initargs:
             raise ValueError(
-                "start_method, initializer and initargs apply to backend='processes' only"
+                "start_method, initializer and initargs apply to backend='processes' "
+                "(or 'auto') only"
             )
         self._name = backend
         self._backend: Backend = create_backend(
-            backend, workers, shared=True, spare=spare, processes=processes, given=given
+            "threads" if backend == "auto" else backend,
+            workers,
+            shared=True,
+            spare=spare,
+            processes=None if backend == "auto" else processes,
+            given=given,
         )
         self._workers: int = getattr(self._backend, "workers", None) or workers or 1
+        self._processes_options = processes  # auto: the processes CPU-bound runs move to
+        self._processes: Backend | None = None
+        self._process_count = 0
         self._state = threading.Condition()
         self._active = 0  # runs begun and not ended
         self._closed = False
@@ -140,7 +153,7 @@ class Pool:
 
     @property
     def backend(self) -> str:
-        """``"threads"``, ``"processes"`` or ``"async"``."""
+        """``"threads"``, ``"processes"``, ``"async"`` or ``"auto"``."""
         return self._name
 
     @lists_options(leave_out=(*POOL_OPTIONS, "ordered"))
@@ -271,6 +284,22 @@ class Pool:
 
         return InlineBackend(), True
 
+    def processes_for_auto(self) -> tuple[Backend, int] | None:
+        """The processes a run on auto moves to: started by the first, shared by all."""
+        if self._name != "auto":
+            return None
+        with self._state:
+            self._check_open()
+            if self._processes is None:
+                cores = os.cpu_count() or 1
+                backend = create_backend(
+                    "processes", cores, shared=True, processes=self._processes_options
+                )
+                backend.start()  # (raises if no worker starts: the run stays on threads)
+                self._processes = backend
+                self._process_count = cores
+            return self._processes, self._process_count
+
     def run_begins(self) -> None:
         with self._state:
             self._check_open()
@@ -319,7 +348,11 @@ class Pool:
             if self._stopped:
                 return
             self._stopped = True
-        self._backend.shutdown(0.0)
+        try:
+            self._backend.shutdown(0.0)
+        finally:
+            if self._processes is not None:
+                self._processes.shutdown(0.0)
 
 
 def check_int(name: str, value: object) -> None:

@@ -85,6 +85,9 @@ class RunHooks(Protocol):
 
     def run_ends(self) -> None: ...
 
+    def processes_for_auto(self) -> tuple[Backend, int] | None:
+        """A Pool(backend="auto")'s worker processes (started on first use), and their number."""
+
 
 class Run:
     """Runs ``fn`` over ``items`` on ``backend``; iterate :meth:`batches` to drive it.
@@ -151,6 +154,8 @@ class Run:
         # The adaptive slowdown sets the start rate, the calls in flight and
         # pauses; while it watches, every answer goes to it (see _slowdown).
         self._slowdown = Slowdown(workers, options.rate_per_second, now=clock())
+        if backend.name == "processes":
+            self._slowdown.ignore_latency()
         self._limiter: RateLimit | None = self._slowdown.limiter
         self._watching = True
         self._most_in_flight = self._slowdown.concurrency
@@ -158,9 +163,6 @@ class Run:
         self._asked: float | None = None  # the longest Retry-After among them
         self._deadlines = Deadlines(engine_timeout) if engine_timeout is not None else None
         self._window = self._item_window(options, backend, workers)
-        # A cluster's task runs its items one after another: the slowdown's calls in
-        # flight are its tasks, not their items (whose count can be the window).
-        self._batch_is_a_call = hasattr(backend, "sizing")
         self._sizer = self._new_sizer(workers)
         self._timers = RetryTimers()
         self._retries = self._timers.heap  # (its emptiness is tested on the hot path)
@@ -197,6 +199,11 @@ class Run:
         self._via = 0  # the backend's generation: a run on auto may move once
         self._previous: list[Backend] = []  # backends it moved from (their calls finish)
         self._in_previous = 0  # batches still out on them
+        # What the slowdown's limit on calls in flight counts: on threads and processes
+        # a batch's items run one after another, so the calls at once are the batches
+        # out (the items waiting in a batch are not at the server yet); on asyncio
+        # every item of a batch is a call of its own.
+        self._items_are_calls = self._backend.concurrent_items
         self.statistics.backend = self._backend.name
 
     def _new_sizer(self, workers: int) -> Sizer:
@@ -380,7 +387,9 @@ class Run:
         deadline = self._clock() + (0.0 if backend.concurrent_items else self._options.grace)
         completions = cast("Completions", self._completions)  # (the sync driver's)
         try:
-            while self._in_backend and (wait := deadline - self._clock()) > 0:
+            while (self._in_backend or self._in_previous) and (
+                wait := deadline - self._clock()
+            ) > 0:
                 with contextlib.suppress(Empty):
                     self._came_back(completions.get(timeout=wait))
         finally:  # (a second Ctrl-C ends the wait at once)
@@ -397,7 +406,9 @@ class Run:
         self._drop_queued()
         deadline = self._clock() + (0.0 if backend.concurrent_items else self._options.grace)
         try:
-            while self._in_backend and (wait := deadline - self._clock()) > 0:
+            while (self._in_backend or self._in_previous) and (
+                wait := deadline - self._clock()
+            ) > 0:
                 batch = await queue.get(wait)
                 if batch is not None:
                     self._came_back(batch)
@@ -406,22 +417,30 @@ class Run:
 
     def _drop_queued(self) -> None:
         """The batches no worker began are dropped (a shared pool's lanes)."""
-        for batch in self._backend.cancel(self.task):
-            self._sent.pop(id(batch), None)
+        for backend in (self._backend, *self._previous):
+            for batch in backend.cancel(self.task):
+                self._sent.pop(id(batch), None)
+                self._count_back(batch)
+
+    def _count_back(self, batch: Batch) -> None:
+        if batch.via == self._via:
             self._in_backend -= 1
+        else:  # (it went out before the run moved to another backend)
+            self._in_previous -= 1
 
     def _came_back(self, batch: Batch) -> None:
         """A batch came back while the run was stopping (kept for the journal)."""
-        self._in_backend -= 1
+        self._count_back(batch)
         self._sent.pop(id(batch), None)
         self._late.append(batch)
 
     def _give_up_calls(self) -> None:
         """The calls still running after the grace period: the pool frees their workers."""
         for batch in list(self._sent.values()):
-            self._backend.expire(batch)
+            self._backend_of(batch).expire(batch)
         self._sent.clear()
-        self._backend.detach(self.task)
+        for backend in (self._backend, *self._previous):
+            backend.detach(self.task)
         self.statistics.abandoned = self.task.abandoned
 
     def _end(self, completed: bool, progress: Progress | None) -> None:
@@ -502,7 +521,8 @@ class Run:
         while (
             timers
             and self._in_backend < self._sizer.max_batches
-            and self._calls_in_flight() < self._most_in_flight
+            and (self._in_flight if self._items_are_calls else self._in_backend)
+            < self._most_in_flight
         ):
             wait = timers.wait(now)
             if wait:
@@ -519,10 +539,6 @@ class Run:
             due = _sooner(due, deadlines.wait(self._clock()))
         return due
 
-    def _calls_in_flight(self) -> int:
-        """Calls running or queued now: items, or batches where a batch is one task (Dask)."""
-        return self._in_backend if self._batch_is_a_call else self._in_flight
-
     def _admit(self) -> None:
         """Read and submit batches while the window has room.
 
@@ -537,7 +553,8 @@ class Run:
         while (
             not reader.exhausted
             and self._in_backend < sizer.max_batches
-            and self._calls_in_flight() < self._most_in_flight
+            and (self._in_flight if self._items_are_calls else self._in_backend)
+            < self._most_in_flight
         ):
             room = self._window - self._pending_items  # (a whole batch may pass the limit)
             size = sizer.size
@@ -558,7 +575,8 @@ class Run:
         while (
             not reader.exhausted
             and self._in_backend < self._sizer.max_batches
-            and self._calls_in_flight() < self._most_in_flight
+            and (self._in_flight if self._items_are_calls else self._in_backend)
+            < self._most_in_flight
             and self._pending_items < self._window
         ):
             if self._in_backend and not self._completions.empty():
@@ -677,7 +695,7 @@ class Run:
 
     def _complete(self, batch: Batch) -> Iterator[Batch]:
         """Settle a batch back from the backend; yield what is ready for delivery."""
-        if batch.via == self._via:
+        if batch.via == self._via:  # (inline: the hot path)
             self._in_backend -= 1
         else:  # (it went out before the run moved to another backend)
             self._in_previous -= 1
@@ -752,30 +770,40 @@ class Run:
             self.statistics.backend = f"threads ({choice.why}, but the items do not pickle: {exc})"
             return
         options = self._options
-        backend = create_backend(
-            "processes",
-            choice.processes,
-            timeout=options.timeout,
-            processes={
-                "start_method": options.start_method,
-                "initializer": options.initializer,
-                "initargs": options.initargs,
-            },
-        )
+        workers = choice.processes
         try:
-            backend.start()
+            if self._owns_backend:
+                backend = create_backend(
+                    "processes",
+                    workers,
+                    timeout=options.timeout,
+                    processes={
+                        "start_method": options.start_method,
+                        "initializer": options.initializer,
+                        "initargs": options.initargs,
+                    },
+                )
+                backend.start()
+            else:  # a Pool(backend="auto"): its processes, shared with its other runs
+                shared = self._hooks.processes_for_auto() if self._hooks is not None else None
+                if shared is None:
+                    return
+                backend, workers = shared
             backend.attach(self.task)
         except (TypeError, ManyhandsError) as exc:  # fn cannot travel, or no worker starts
             self.statistics.backend = f"threads ({choice.why}, but {exc})"
             return
-        self._backend.wind_down()
+        if self._owns_backend:
+            self._backend.wind_down()
         self._previous.append(self._backend)
         self._backend = backend
+        self._items_are_calls = backend.concurrent_items
+        self._slowdown.ignore_latency()
         self._via += 1
         self._in_previous += self._in_backend
         self._in_backend = 0
-        self._workers = choice.processes
-        self._sizer = self._new_sizer(choice.processes)
+        self._workers = workers
+        self._sizer = self._new_sizer(workers)
         self._sizer.hold(self._watching)
 
     def _backend_of(self, batch: Batch) -> Backend:
@@ -878,7 +906,7 @@ class Run:
             throttled=throttled,
             latency=batch.elapsed / calls if calls else 0.0,
             retry_after=asked,
-            in_flight=self._in_flight,
+            in_flight=self._in_flight if self._items_are_calls else self._in_backend,
         )
         stats.slowest_rate = self._slowdown.lowest
         self._obey_slowdown()

@@ -145,7 +145,22 @@ class Slowdown:
     def start(self, now: float) -> None:
         """The run starts at ``now`` (the opening counts from it)."""
         self._begun = self._clock = now
+        follows = self._latency.follows
         self._latency = LatencyLimit(self.workers, now, slow_start=self._slow_start)
+        if not follows:
+            self.ignore_latency()
+
+    def ignore_latency(self) -> None:
+        """Latency never limits the calls in flight (calls on worker processes).
+
+        A CPU-bound call's latency grows with the load on the cores (other runs
+        of a Pool, other programs), not with a server's queue: fewer calls in
+        flight would only leave cores idle. Refusals still slow the run down.
+        """
+        self._latency.follows = False
+        if self._latency.opening:
+            self._latency.limit = self.workers
+            self._latency.opening = False
 
     # -- what the engine obeys -------------------------------------------
 

@@ -1,7 +1,7 @@
 """The ``manyhands`` command: run a Python function over a file of items, resumable.
 
 Exit codes (also in each subcommand's ``--help``): see ``EXIT_*`` below and
-the README's "The command line".
+docs/guide/command-line.md.
 """
 
 from __future__ import annotations

@@ -81,7 +81,9 @@ def create_backend(
     if name == "processes":
         from ._processes import ProcessBackend
 
-        return ProcessBackend(workers, timed=timeout is not None, **(processes or {}))
+        return ProcessBackend(
+            workers, timed=timeout is not None or shared, shared=shared, **(processes or {})
+        )
     if name == "threads":
         from ._threads import ThreadBackend
 

@@ -63,6 +63,7 @@ class Worker:
         "answered",
         "channel",
         "doomed",
+        "functions",
         "lifeline",
         "process",
         "progress",
@@ -86,6 +87,7 @@ class Worker:
         self.answered = 0  # batches it answered: sent[0] is its batch number answered + 1
         self.ready = False  # it said "ready": its initializer ran
         self.doomed = False  # about to be killed (a timeout): it is sent nothing more
+        self.functions: dict[int, None] = {}  # the runs' functions it has loaded, oldest first
 
 
 def spawn_worker(context: Any, payload: bytes, backend_fds: list[int]) -> Worker:

@@ -20,6 +20,7 @@ import contextlib
 import os
 import pickle
 import signal
+import struct
 import sys
 import threading
 import traceback
@@ -30,12 +31,18 @@ from typing import Any, ClassVar, NoReturn
 from .._outcome import describe_exception, qualified_name, safe_repr
 from .._retry import retry_after_of
 
-__all__ = ["BATCH", "STARTED", "RemoteError", "describe_remote", "serve"]
+__all__ = ["BATCH", "HEADER", "STARTED", "RemoteError", "describe_remote", "serve"]
 
 #: (error_type, message, traceback, class hierarchy names, retry_after)
 RemoteError = tuple[str, str, str, tuple[str, ...], "float | None"]
 
 BATCH, STARTED = 0, 1  # the fields of ``stamp``
+
+#: A batch's frame: this header, the run's pickled function if the worker does not
+#: have it yet (its length in the header), then the pickled items. The header holds
+#: the function's number (``Task.key``), one the worker may drop (0: none), and the
+#: length of the function's pickle (0: the worker has it).
+HEADER = struct.Struct("<QQI")
 
 
 def describe_remote(exc: BaseException) -> RemoteError:
@@ -108,7 +115,7 @@ def serve(
     try:
         import cloudpickle  # type: ignore[import-untyped]
 
-        fn, initializer, initargs = cloudpickle.loads(payload)
+        initializer, initargs = cloudpickle.loads(payload)
         if initializer is not None:
             initializer(*initargs)
     except BaseException as exc:
@@ -119,6 +126,7 @@ def serve(
     if _Forked.happened:  # the initializer forked, and this is the child
         _leave()
     conn.send(("ready",))
+    functions: dict[int, Any] = {}  # the runs' functions, by number
     number = 0
     while True:
         try:
@@ -127,8 +135,17 @@ def serve(
             return
         number += 1
         progress.value = 0  # (a crash from here on is the first item's, until the next)
+        key, forget, size = HEADER.unpack_from(message)
+        functions.pop(forget, None)
+        if size:
+            functions[key] = _load(memoryview(message)[HEADER.size : HEADER.size + size])
+        fn = functions.get(key)
+        if isinstance(fn, _Unloadable) or fn is None:
+            error = fn.error if fn is not None else KeyError(f"no function number {key}")
+            conn.send_bytes(pickle.dumps(("no_fn", describe_remote(error))))
+            continue
         try:
-            items = pickle.loads(message)
+            items = pickle.loads(memoryview(message)[HEADER.size + size :])
         except Exception as exc:  # an item that cannot be rebuilt here: the batch fails
             conn.send_bytes(pickle.dumps(("unloadable", describe_remote(exc))))
             continue
@@ -137,6 +154,24 @@ def serve(
         outcome = _run(fn, items, progress)
         stamp[BATCH] = 0
         conn.send_bytes(_pack(*outcome))
+
+
+class _Unloadable:
+    """A function that could not be unpickled here: each of its batches fails with why."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+def _load(code: memoryview) -> Any:
+    import cloudpickle
+
+    try:
+        return cloudpickle.loads(code)
+    except BaseException as exc:
+        if _Forked.happened:  # (unpickling ran code that forked)
+            _leave(exc)
+        return _Unloadable(exc)
 
 
 def _run(

@@ -20,6 +20,11 @@ I/O, pickling, a kill or a callback, so ``submit``, ``expire`` and
 ``shutdown`` never wait behind a socket, and a report of a batch never runs
 inside the lock that reporting takes.
 
+One backend serves many runs (a Pool's): each run's function travels to a
+worker with the first batch of that run it is sent, and stays loaded there
+(the last ``FUNCTIONS_KEPT`` of them); batches wait in lanes (priority, then
+fairness between runs; see ``_lanes``), not in one queue.
+
 A worker that dies (a segfault, ``os._exit``, the OOM killer's SIGKILL)
 costs only the item it was running, which fails as ``"manyhands.WorkerCrashed"``
 with the exit code or signal; the rest of its batch is sent again without
@@ -34,18 +39,19 @@ own, and exit when the parent is gone, however it went.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import multiprocessing
 import pickle
 import selectors
 import socket
 import threading
-from collections import deque
 from collections.abc import Callable
 from time import monotonic
 from typing import Any
 
 from .._batch import FINISHED, RUNNING, TIMED_OUT, Batch, Task
 from .._exceptions import WorkerCrashed, WorkerInitError
+from .._lanes import Lanes
 from .._outcome import describe_exception
 from ._process_batches import blame_crash, fail_items, file_results, pickle_items
 from ._process_spawn import (
@@ -59,11 +65,14 @@ from ._process_spawn import (
     spawn_worker,
     stop_workers,
 )
-from ._process_worker import BATCH, STARTED, RemoteError
+from ._process_worker import BATCH, HEADER, STARTED, RemoteError
 
 __all__ = ["ProcessBackend", "default_start_method"]
 
 _READ, _WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
+
+#: Functions a worker keeps loaded (a Pool's runs); the oldest is dropped first.
+FUNCTIONS_KEPT = 16
 
 
 class ProcessBackend:
@@ -78,12 +87,14 @@ class ProcessBackend:
         self,
         workers: int,
         timed: bool = False,
+        shared: bool = False,
         start_method: str | None = None,
         initializer: Callable[..., Any] | None = None,
         initargs: tuple[Any, ...] = (),
     ) -> None:
         refuse_while_importing_main()
         self._workers = workers
+        self._shared = shared  # a Pool's: workers start with the pool, serve every run
         self._depth = 1 if timed else 2  # batches sent ahead to each worker
         self._context = multiprocessing.get_context(start_method or default_start_method())
         if self._context.get_start_method() == "forkserver":
@@ -104,7 +115,11 @@ class ProcessBackend:
         self._initargs = initargs
         self._payload = b""
         self._lock = threading.Lock()  # see the module docstring
-        self._inbox: deque[tuple[Batch, list[int]]] = deque()
+        # Batches not yet sent, with which of their items: a lane per run.
+        self._inbox: Lanes[tuple[Batch, list[int]]] = Lanes(lambda work: len(work[1]))
+        self._keys = itertools.count(1)  # a number per run's function (Task.key)
+        self._functions: dict[int, bytes] = {}  # the runs attached: their pickled fn
+        self._started = False
         self._woken = False  # a wake-up byte is on its way to the dispatcher
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
@@ -122,29 +137,43 @@ class ProcessBackend:
     # -- lifecycle -------------------------------------------------------
 
     def start(self) -> None:
-        pass  # workers start when the run attaches: they are sent its function
+        """A Pool's workers start now; a run's own start when it attaches (fn is checked first)."""
+        if self._shared:
+            self._start_workers_once()
 
     def detach(self, task: Task) -> None:
-        pass
+        with self._lock:
+            self._functions.pop(task.key, None)
 
     def inside(self) -> bool:
         return False  # (a worker process has no handle on this backend)
 
     def cancel(self, task: Task) -> list[Batch]:
         """Drop the batches no worker was sent, and return them."""
-        with self._lock:
-            dropped = [batch for batch, _ in self._inbox]
-            self._inbox.clear()
-        return dropped
+        return [batch for batch, _ in self._inbox.cancel(task)]
 
     def attach(self, task: Task) -> None:
-        """Start the workers for ``task`` and wait until each is ready (or its initializer failed).
+        """Take ``task``'s function (it must pickle), then start the workers if not yet started.
 
+        Starting waits until each worker is ready (or its initializer failed).
         If the system refuses more processes or file descriptors, the run goes
         on with the workers that started (:attr:`notes` says why); if none did,
         WorkerInitError names the limit.
         """
-        fn = task.fn
+        import cloudpickle  # type: ignore[import-untyped]
+
+        try:
+            code = cloudpickle.dumps(task.fn)
+        except Exception as exc:
+            raise TypeError(f"fn cannot be sent to a worker process: {exc}") from exc
+        self._start_workers_once()
+        with self._lock:
+            task.key = next(self._keys)
+            self._functions[task.key] = code
+
+    def _start_workers_once(self) -> None:
+        if self._started:
+            return
         if self._context.get_start_method() == "forkserver":
             try:
                 ensure_forkserver()  # it boots while fn is pickled here
@@ -152,14 +181,12 @@ class ProcessBackend:
                 raise WorkerInitError(
                     f"no worker process could be started: {limit_hint(exc)}"
                 ) from exc
-        import cloudpickle  # type: ignore[import-untyped]
+        import cloudpickle
 
         try:
-            self._payload = cloudpickle.dumps((fn, self._initializer, self._initargs))
+            self._payload = cloudpickle.dumps((self._initializer, self._initargs))
         except Exception as exc:
-            raise TypeError(
-                f"fn (or initializer) cannot be sent to a worker process: {exc}"
-            ) from exc
+            raise TypeError(f"initializer cannot be sent to a worker process: {exc}") from exc
         try:
             try:
                 self._selector = selectors.DefaultSelector()
@@ -177,6 +204,7 @@ class ProcessBackend:
             self._close_own_fds()
             raise
         self.workers_started = len(self._pool)
+        self._started = True
         self._dispatcher = threading.Thread(
             target=self._dispatch_loop, name="manyhands-processes", daemon=True
         )
@@ -218,7 +246,7 @@ class ProcessBackend:
         with self._lock:
             broken = self._broken
             if broken is None:
-                self._inbox.append((batch, indices))
+                self._inbox.put((batch, indices), batch.task)
                 wake, self._woken = not self._woken, True
         if broken is not None:
             self._fail(batch, indices, broken)
@@ -308,8 +336,7 @@ class ProcessBackend:
         crashed.__cause__ = error
         with self._lock:
             self._broken = crashed
-            held = list(self._inbox)
-            self._inbox.clear()
+            held = self._inbox.clear()
             for worker in self._pool:
                 held += worker.sent
                 worker.sent.clear()
@@ -385,6 +412,8 @@ class ProcessBackend:
             self._unloadable(worker, reply[1])
         elif kind == "ready":  # a replacement started
             worker.ready = True
+        elif kind == "no_fn":
+            self._no_function(worker, reply[1])
         else:  # its initializer failed this time: run on without it
             self._retire(worker)
             kill(worker)
@@ -403,26 +432,38 @@ class ProcessBackend:
             for worker in list(self._pool):
                 if worker.ready and not worker.doomed and len(worker.sent) == depth:
                     with self._lock:
-                        if not self._inbox or self._stopping:
-                            return
-                        batch, indices = self._inbox.popleft()
-                    self._send(worker, batch, indices)
+                        work = None if self._stopping else self._inbox.take()
+                    if work is None:
+                        return
+                    self._send(worker, *work)
 
     def _send(self, worker: Worker, batch: Batch, indices: list[int]) -> None:
         data, indices = pickle_items(batch, indices)
         if data is None:  # no item could be pickled: done without a trip
             self._report(batch)
             return
+        key = batch.task.key
         with self._lock:
             if self._stopping:
                 return  # dropped, as shutdown drops what is queued
             if worker.doomed:  # expire() chose it since _feed looked: another takes it
-                self._inbox.appendleft((batch, indices))
+                self._inbox.put((batch, indices), batch.task, front=True)
                 return
+            code = b""
+            forget = 0
+            if key not in worker.functions:  # its function goes with its first batch
+                code = self._functions.get(key, b"")
+                if not code:  # its run has ended (detached): nobody waits for it
+                    return
+                worker.functions[key] = None
+                if len(worker.functions) > FUNCTIONS_KEPT:
+                    forget = next(iter(worker.functions))
+                    del worker.functions[forget]
             if not worker.sent:
                 batch.started = monotonic()
             worker.sent.append((batch, indices))
         batch.nbytes = len(data)
+        data = b"".join((HEADER.pack(key, forget, len(code)), code, data))
         if not worker.channel.send(data):  # the rest when the socket can take it
             self._listen(worker, _READ | _WRITE)
 
@@ -466,6 +507,12 @@ class ProcessBackend:
             f"this item's batch could not be unpickled in the worker process (an item "
             f"of it cannot be rebuilt there); none of it ran: {message}"
         )
+        self._fail_answered(worker, (error_type, message, trace, lineage, None))
+
+    def _no_function(self, worker: Worker, remote: RemoteError) -> None:
+        """The worker could not load the run's function: the batch fails, none of it ran."""
+        error_type, message, trace, lineage, _ = remote
+        message = f"fn could not be loaded in the worker process; this item did not run: {message}"
         self._fail_answered(worker, (error_type, message, trace, lineage, None))
 
     def _fail_answered(self, worker: Worker, remote: RemoteError) -> None:
@@ -545,7 +592,7 @@ class ProcessBackend:
             elif not stopping:
                 with self._lock:
                     lost.started = None  # not running: no deadline until it is sent
-                    self._inbox.appendleft((lost, rest))
+                    self._inbox.put((lost, rest), lost.task, front=True)
 
     def _fail(self, batch: Batch, indices: list[int], error: BaseException) -> None:
         fail_items(batch, indices, error)
