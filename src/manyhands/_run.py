@@ -153,7 +153,9 @@ class Run:
         self._retry = options.retry_policy
         # The adaptive slowdown sets the start rate, the calls in flight and
         # pauses; while it watches, every answer goes to it (see _slowdown).
-        self._slowdown = Slowdown(workers, options.rate_per_second, now=clock())
+        self._slowdown = Slowdown(
+            self._batches_at_once(backend, workers), options.rate_per_second, now=clock()
+        )
         if backend.name == "processes":
             self._slowdown.ignore_latency()
         self._limiter: RateLimit | None = self._slowdown.limiter
@@ -182,6 +184,12 @@ class Run:
         # Until fn's first value is known not to be a coroutine (see _checks).
         self._values_unchecked = True
         self._returned_coroutines = False
+
+    @staticmethod
+    def _batches_at_once(backend: Backend, workers: int) -> int:
+        """The slowdown's most calls in flight: a backend that queues a batch per worker
+        from the start (a cluster's) counts those too."""
+        return 2 * workers if getattr(backend, "sizing", {}).get("queue_at_once") else workers
 
     @staticmethod
     def _item_window(options: Options, backend: Backend, workers: int) -> int:

@@ -63,7 +63,10 @@ class Sizer:
     length is known, the first batches split it into that many per worker;
     ``tail``: batches per worker left of what remains, near the end (fewer:
     fewer small batches at the end); ``floor_seconds``: no batch shrinks, near
-    the end (or early in an input of unknown length), below that much work.
+    the end (or early in an input of unknown length), below that much work;
+    ``queue_at_once``: a batch per worker is queued from the start, not once
+    the first round came back (a cluster: its workers must not wait for a
+    round trip between batches).
 
     >>> sizer = Sizer(8, window=16384, batch_size=None, one_by_one=False, remaining=lambda: 10**5)
     >>> sizer.size, sizer.max_batches
@@ -88,6 +91,7 @@ class Sizer:
         spread: int = 0,
         tail: int = 4,
         floor_seconds: float = 0.0,
+        queue_at_once: bool = False,
     ) -> None:
         self._tail = tail
         self._floor_seconds = floor_seconds
@@ -99,8 +103,8 @@ class Sizer:
         self._concurrent_items = concurrent_items
         per_batch = 4 if concurrent_items else 2 * workers
         self.cap = max(1, min(MAX_BATCH, window // per_batch))
-        self.max_batches = workers
-        self._warm_up = workers  # completions to wait for before queueing
+        self.max_batches = 2 * workers if queue_at_once else workers
+        self._warm_up = 0 if queue_at_once else workers  # completions before queueing
         self._held = False  # no queue for now (see hold())
         self._one_by_one = one_by_one
         if one_by_one:

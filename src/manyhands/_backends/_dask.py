@@ -88,6 +88,7 @@ class DaskBackend:
         "spread": 2,  # an input of known length: its first batches, per worker
         "tail": 1,  # near the end: a batch per worker of what is left...
         "floor_seconds": 0.2,  # ...but no batch of less work than this
+        "queue_at_once": True,  # a second batch per thread waits on the cluster from the start
     }
     window_per_worker = 512  # items held per thread of the cluster (the default window)
 
