@@ -14,7 +14,7 @@ import sys
 from collections.abc import AsyncIterable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._backends import Backend, create_backend
+from ._backends import Backend, backend_kind, create_backend
 from ._checks import check_fn, check_items, check_report_only, is_coroutine_function
 from ._exceptions import ManyhandsError
 from ._options import Options, lists_options
@@ -235,7 +235,8 @@ def open_run(
         check_report_only(caller, opts)
     check_fn(caller, fn)
     is_async = is_coroutine_function(fn)
-    backend_name = _backend_for(caller, is_async, opts.backend, on_loop, pool is not None)
+    kind = backend_kind(opts.backend) if opts.backend is not None else None
+    backend_name = _backend_for(caller, is_async, kind, on_loop, pool is not None)
     if backend_name == "async" and not on_loop and _loop_running():
         raise RuntimeError(
             f"manyhands.{caller}() with a coroutine function was called from a running "
@@ -275,8 +276,10 @@ def _private_backend(
     name: str, opts: Options, given: Mapping[str, Any], on_loop: bool
 ) -> tuple[Backend, int]:
     """A backend for one run (``manyhands.run``, ``map``, ``amap``), and its workers."""
-    workers = opts.workers
+    workers: int | None = opts.workers
     processes = None
+    if name == "dask" and "workers" not in given:
+        workers = None  # the cluster's threads
     if name == "processes":
         if "workers" not in given:  # CPU-bound: one worker per CPU
             workers = os.cpu_count() or 1
@@ -286,9 +289,14 @@ def _private_backend(
             "initargs": opts.initargs,
         }
     backend = create_backend(
-        name, workers, timeout=opts.timeout, own_loop=not on_loop, processes=processes
+        name,
+        workers,
+        timeout=opts.timeout,
+        own_loop=not on_loop,
+        processes=processes,
+        given=opts.backend,
     )
-    return backend, workers
+    return backend, getattr(backend, "workers", workers or opts.workers)
 
 
 #: Options that belong to a Pool: its workers serve every run.

@@ -42,7 +42,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_WORKERS = 32
 
 #: Names accepted by ``backend=``.
-BACKENDS = ("threads", "async", "processes", "auto")
+BACKENDS = ("threads", "async", "processes", "auto", "dask")
 
 
 class RunOptions(TypedDict, total=False):
@@ -55,7 +55,11 @@ class RunOptions(TypedDict, total=False):
         (workers default to the number of CPUs), or ``"auto"``: threads, until
         the first calls are measured; if they are CPU-bound (and the machine
         has cores to spare), the rest of the run moves to processes, and the
-        Report says why. Default: picked from ``fn`` (threads or async).
+        Report says why. ``"dask"``: batches as tasks on a Dask cluster (a
+        LocalCluster of one process per CPU, started for the run), or give
+        the cluster: a scheduler address (``"tcp://host:8786"``) or a
+        ``distributed.Client``; any ``concurrent.futures.Executor`` is accepted
+        too. Default: picked from ``fn`` (threads or async).
     start_method: with processes: ``"forkserver"`` (default where it exists),
         ``"spawn"`` or ``"fork"``.
     initializer, initargs: with processes: called as ``initializer(*initargs)``
@@ -123,7 +127,7 @@ class RunOptions(TypedDict, total=False):
     """
 
     workers: int
-    backend: str | None
+    backend: str | Any | None
     ordered: bool
     batch_size: int | None
     window: int | None
@@ -153,7 +157,7 @@ class Options:
     """Validated options; see :class:`RunOptions` for their meaning."""
 
     workers: int = DEFAULT_WORKERS
-    backend: str | None = None
+    backend: str | Any | None = None
     ordered: bool = False
     batch_size: int | None = None
     window: int | None = None
@@ -200,11 +204,15 @@ class Options:
         return options
 
     def _validate(self) -> None:
+        from ._backends import backend_kind
+
         check_positive_int("workers", self.workers, "the number of calls to run at once, e.g. 16")
-        if self.backend is not None and self.backend not in BACKENDS:
+        if self.backend is not None and backend_kind(self.backend) not in (*BACKENDS, "executor"):
             raise ValueError(
                 f"backend={self.backend!r} is not a known backend; accepted: "
                 + ", ".join(repr(name) for name in BACKENDS)
+                + ", a Dask scheduler's address ('tcp://host:8786'), a distributed.Client "
+                "or a concurrent.futures.Executor"
             )
         if not isinstance(self.ordered, bool):
             raise TypeError(f"ordered must be True or False, got {self.ordered!r}")

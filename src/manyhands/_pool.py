@@ -23,7 +23,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._api import POOL_OPTIONS, open_run, run_to_end
-from ._backends import Backend, create_backend
+from ._backends import Backend, backend_kind, create_backend
 from ._options import DEFAULT_WORKERS, check_positive_int, lists_options
 from ._report import Report
 from ._stream import AsyncOutcomes, Outcomes
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 __all__ = ["POOL_BACKENDS", "Pool"]
 
-POOL_BACKENDS = ("threads", "processes", "async", "auto")
+POOL_BACKENDS = ("threads", "processes", "async", "auto", "dask")
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -61,11 +61,13 @@ class Pool:
         workers: how many calls run at once, across all runs (default 32 for
             threads and async, the number of CPUs for processes).
         backend: ``"threads"`` (default), ``"processes"``, ``"async"``
-            (coroutine functions, on an event loop of the pool's own), or
+            (coroutine functions, on an event loop of the pool's own),
             ``"auto"``: threads, and each run that measures CPU-bound calls
             moves to worker processes (one per core) that the pool starts on
             the first such run and shares between them (see ``backend="auto"``
-            of :func:`manyhands.run`).
+            of :func:`manyhands.run`), or ``"dask"``: a LocalCluster for the
+            pool's life (or pass a scheduler's address or a ``distributed.Client``:
+            the cluster is shared, and left running).
         spare: threads kept for urgent work (threads only; default 0). A call
             cannot be interrupted, so urgent work waits for the next worker to
             come free, up to one bulk call. With ``spare=N``, work of priority
@@ -94,21 +96,24 @@ class Pool:
     def __init__(
         self,
         workers: int | None = None,
-        backend: str = "threads",
+        backend: str | Any = "threads",
         *,
         spare: int = 0,
         start_method: str | None = None,
         initializer: Callable[..., Any] | None = None,
         initargs: tuple[Any, ...] = (),
     ) -> None:
+        given, backend = backend, backend_kind(backend) or ""
         if backend not in POOL_BACKENDS:
             raise ValueError(
-                f"backend={backend!r} is not a backend a Pool has; accepted: "
+                f"backend={given!r} is not a backend a Pool has; accepted: "
                 + ", ".join(repr(name) for name in POOL_BACKENDS)
+                + ", a Dask scheduler's address or a distributed.Client"
             )
-        if workers is None:
+        if workers is None and backend != "dask":  # (Dask: the cluster's threads)
             workers = (os.cpu_count() or 1) if backend == "processes" else DEFAULT_WORKERS
-        check_positive_int("workers", workers, "the number of calls to run at once, e.g. 16")
+        if workers is not None:
+            check_positive_int("workers", workers, "the number of calls to run at once, e.g. 16")
         check_positive_int("spare", spare, "threads kept for urgent work, e.g. 2", zero=True)
         if spare and backend != "threads":
             raise ValueError("spare= applies to backend='threads' only")
@@ -125,14 +130,15 @@ class Pool:
                 "(or 'auto') only"
             )
         self._name = backend
-        self._workers = workers
         self._backend: Backend = create_backend(
             "threads" if backend == "auto" else backend,
             workers,
             shared=True,
             spare=spare,
             processes=None if backend == "auto" else processes,
+            given=given,
         )
+        self._workers: int = getattr(self._backend, "workers", None) or workers or 1
         self._processes_options = processes  # auto: the processes CPU-bound runs move to
         self._processes: Backend | None = None
         self._process_count = 0

@@ -156,7 +156,9 @@ class Run:
         self._retry = options.retry_policy
         # The adaptive slowdown sets the start rate, the calls in flight and
         # pauses; while it watches, every answer goes to it (see _slowdown).
-        self._slowdown = Slowdown(workers, options.rate_per_second, now=clock())
+        self._slowdown = Slowdown(
+            self._batches_at_once(backend, workers), options.rate_per_second, now=clock()
+        )
         if backend.name == "processes":
             self._slowdown.ignore_latency()
         self._limiter: RateLimit | None = self._slowdown.limiter
@@ -166,7 +168,7 @@ class Run:
         self._throttled = 0  # calls of the batch being settled that asked to slow down
         self._asked: float | None = None  # the longest Retry-After among them
         self._deadlines = Deadlines(engine_timeout) if engine_timeout is not None else None
-        self._window = options.item_window
+        self._window = self._item_window(options, backend, workers)
         self._sizer = self._new_sizer(workers)
         self._timers = RetryTimers()
         self._retries = self._timers.heap  # (its emptiness is tested on the hot path)
@@ -186,6 +188,19 @@ class Run:
         # Until fn's first value is known not to be a coroutine (see _checks).
         self._values_unchecked = True
         self._returned_coroutines = False
+
+    @staticmethod
+    def _batches_at_once(backend: Backend, workers: int) -> int:
+        """The slowdown's most calls in flight: a backend that queues a batch per worker
+        from the start (a cluster's) counts those too."""
+        return 2 * workers if getattr(backend, "sizing", {}).get("queue_at_once") else workers
+
+    @staticmethod
+    def _item_window(options: Options, backend: Backend, workers: int) -> int:
+        """The window; a backend with costly batches (Dask) holds more items by default."""
+        if options.window is not None:
+            return options.window
+        return max(options.item_window, getattr(backend, "window_per_worker", 0) * workers)
 
     def _init_auto(self, auto: bool, workers: int) -> None:
         """backend="auto": on threads until the calls are measured (see _auto)."""
@@ -212,6 +227,8 @@ class Run:
             concurrent_items=self._backend.concurrent_items,
             remaining=self._remaining,
             elapsed=lambda: self.elapsed,
+            # (a backend whose batches cost more, e.g. a task on a Dask cluster, says so)
+            **getattr(self._backend, "sizing", {}),
         )
 
     # -- the two drivers -------------------------------------------------

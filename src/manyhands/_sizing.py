@@ -63,7 +63,16 @@ class Sizer:
 
     ``remaining``: how many items the input still holds, if it says (-1: it
     does not); ``elapsed``: seconds since the run started. Both are asked
-    only when a batch's size depends on them.
+    only when a batch's size depends on them. ``batch_seconds`` and
+    ``dispatch_seconds``: a backend whose batches cost more than a thread's
+    (a task on a cluster) asks for longer batches; ``spread``: if the input's
+    length is known, the first batches split it into that many per worker;
+    ``tail``: batches per worker left of what remains, near the end (fewer:
+    fewer small batches at the end); ``floor_seconds``: no batch shrinks, near
+    the end (or early in an input of unknown length), below that much work;
+    ``queue_at_once``: a batch per worker is queued from the start, not once
+    the first round came back (a cluster: its workers must not wait for a
+    round trip between batches).
 
     >>> sizer = Sizer(8, window=16384, batch_size=None, one_by_one=False, remaining=lambda: 10**5)
     >>> sizer.size, sizer.max_batches
@@ -83,15 +92,25 @@ class Sizer:
         concurrent_items: bool = False,
         remaining: Callable[[], int] = lambda: -1,
         elapsed: Callable[[], float] = lambda: 0.0,
+        batch_seconds: float = TARGET_BATCH_SECONDS,
+        dispatch_seconds: float = DISPATCH_SECONDS,
+        spread: int = 0,
+        tail: int = 4,
+        floor_seconds: float = 0.0,
+        queue_at_once: bool = False,
     ) -> None:
+        self._tail = tail
+        self._floor_seconds = floor_seconds
         self._workers = workers
+        self._batch_seconds = batch_seconds
+        self._dispatch_seconds = dispatch_seconds
         self._remaining = remaining
         self._elapsed = elapsed
         self._concurrent_items = concurrent_items
         per_batch = 4 if concurrent_items else 2 * workers
         self.cap = max(1, min(MAX_BATCH, window // per_batch))
-        self.max_batches = workers
-        self._warm_up = workers  # completions to wait for before queueing
+        self.max_batches = 2 * workers if queue_at_once else workers
+        self._warm_up = 0 if queue_at_once else workers  # completions before queueing
         self._held = False  # no queue for now (see hold())
         self._one_by_one = one_by_one
         if one_by_one:
@@ -111,6 +130,11 @@ class Sizer:
             self.size = self._work_fit = first
             self.max_batches = self._warm_up = -(-workers // first)
             self.timed_reads = first > 1
+        elif self.adaptive and spread and (total := remaining()) > 0:
+            # Costly batches (a cluster's tasks), and the input's length is known:
+            # start at `spread` batches per worker, not one item doubling per wave.
+            self.size = self._work_fit = max(1, min(self.cap, total // (spread * workers)))
+            self.timed_reads = self.size > 1
 
     def read(self, size: int, seconds: float) -> None:
         """A full batch of ``size`` items took the input ``seconds`` to deliver."""
@@ -169,12 +193,14 @@ class Sizer:
         if per_item <= 0:
             return self.cap
         wanted = max(
-            TARGET_BATCH_SECONDS / per_item,
-            self._workers * DISPATCH_SECONDS / (LOAD_SHARE * per_item),
+            self._batch_seconds / per_item,
+            self._workers * self._dispatch_seconds / (LOAD_SHARE * per_item),
         )
         if self._concurrent_items:  # (and a batch no smaller than a share of the calls)
             return max(int(wanted), -(-self._workers // CONCURRENT_SHARE))
         remaining = self._remaining()
         if remaining >= 0:  # leave every worker several batches of what is left
-            return int(min(wanted, remaining / (4 * self._workers)))
-        return int(min(wanted, STRAGGLE_SHARE * self._elapsed() / per_item))
+            fit = min(wanted, remaining / (self._tail * self._workers))
+        else:  # keep a batch a small part of the run so far
+            fit = min(wanted, STRAGGLE_SHARE * self._elapsed() / per_item)
+        return int(max(fit, min(wanted, self._floor_seconds / per_item)))

@@ -127,6 +127,9 @@ def _failure_rate(
     type=click.Choice(BACKENDS),
     help="Default: async for a coroutine function, else threads.",
 )
+@click.option("--scheduler", metavar="ADDRESS",
+              help="The Dask scheduler to run on (tcp://host:8786); implies --backend dask, "
+              "whose default is a LocalCluster started for the run.")  # fmt: skip
 @click.option("--retries", type=click.IntRange(min=0), default=0, help="Retries per item.")
 @click.option("--rate", callback=_rate, help="Most starts per second: 50/s, 300/min, 1000/h.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True),
@@ -313,6 +316,19 @@ def _command_retries(options: dict[str, Any], on_exit: str | None, throttle: int
         options["retry"] = Retry(retries=options["retry"] or 3, on=exits_with(retried))
 
 
+def _dask_options(options: dict[str, Any]) -> None:
+    """--scheduler is the Dask backend's cluster; Dask's calls at once default to its threads."""
+    scheduler = options.pop("scheduler", None)
+    if scheduler is not None:
+        if options.get("backend", "dask") != "dask":
+            raise UsageProblem(f"--scheduler needs --backend dask, not {options['backend']}")
+        options["backend"] = scheduler
+    source = click.get_current_context().get_parameter_source("workers")
+    dask = options.get("backend") == "dask" or scheduler is not None
+    if dask and source is click.core.ParameterSource.DEFAULT:
+        del options["workers"]
+
+
 def _run_options(
     journal: str | None, output: str | None, key: str | None, flags: dict[str, Any]
 ) -> dict[str, Any]:
@@ -332,6 +348,7 @@ def _run_options(
         raise UsageProblem(f"{' and '.join(needs_journal)} {verb} --journal")
     options = {name: value for name, value in flags.items() if value is not None}
     options["retry"] = options.pop("retries")
+    _dask_options(options)
     if journal:
         store = flags["store_results"]
         options |= {

@@ -7,22 +7,56 @@ optional dependency never slows down ``import manyhands``.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from ._base import Backend
 
-__all__ = ["Backend", "create_backend"]
+__all__ = ["Backend", "backend_kind", "create_backend", "is_dask_client"]
+
+#: How a Dask scheduler's address begins (``backend="tcp://host:8786"``).
+SCHEDULER_PROTOCOLS = ("tcp://", "tls://", "ucx://", "inproc://", "ws://", "wss://")
+
+
+def is_dask_client(value: object) -> bool:
+    """True for a ``distributed.Client`` (told without importing distributed)."""
+    return any(
+        cls.__name__ == "Client" and cls.__module__.startswith("distributed")
+        for cls in type(value).__mro__
+    )
+
+
+def backend_kind(value: object) -> str | None:
+    """The backend ``backend=value`` names, or None if it names none.
+
+    ``"dask"``, a scheduler address or a ``distributed.Client`` are
+    ``"dask"``; a ``concurrent.futures.Executor`` is ``"executor"``; other
+    strings are themselves. Neither distributed nor concurrent.futures is
+    imported to tell.
+
+    >>> backend_kind("threads"), backend_kind("tcp://10.0.0.5:8786"), backend_kind(3)
+    ('threads', 'dask', None)
+    """
+    if isinstance(value, str):
+        return "dask" if value.startswith(SCHEDULER_PROTOCOLS) else value
+    if is_dask_client(value):
+        return "dask"
+    futures = sys.modules.get("concurrent.futures")  # (not imported: no Executor exists)
+    if futures is not None and isinstance(value, futures.Executor):
+        return "executor"
+    return None
 
 
 def create_backend(
     name: str,
-    workers: int,
+    workers: int | None,
     *,
     timeout: float | None = None,
     own_loop: bool = True,
     shared: bool = False,
     spare: int = 0,
     processes: dict[str, Any] | None = None,
+    given: object = None,
 ) -> Backend:
     """A new, not yet started backend called ``name`` (validated by the options).
 
@@ -31,8 +65,19 @@ def create_backend(
     caller's loop. ``shared``: a Pool's backend, serving many runs (their
     batches queue in lanes: priority, then fairness); ``spare``: its workers
     kept for work above priority 0 (threads). ``processes``:
-    start_method, initializer and initargs for ``"processes"``.
+    start_method, initializer and initargs for ``"processes"``. ``given``: what
+    ``backend=`` was, for ``"dask"`` (``"dask"``, an address or a Client) and
+    ``"executor"`` (the Executor).
     """
+    if name == "dask":
+        from ._dask import DaskBackend
+
+        return DaskBackend(None if given == "dask" else given, workers)  # None: the cluster's
+    if name == "executor":
+        from ._executor_backend import ExecutorBackend
+
+        return ExecutorBackend(given)  # type: ignore[arg-type]
+    assert workers is not None  # (only Dask counts its workers itself)
     if name == "processes":
         from ._processes import ProcessBackend
 

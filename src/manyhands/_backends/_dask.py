@@ -1,0 +1,394 @@
+"""The Dask backend: a run's batches as tasks on a Dask distributed cluster.
+
+The run stays in the driver (window, retries, rate, stop rules, journal,
+progress, Report); the cluster only executes batches::
+
+    engine thread                     Dask scheduler and workers         collector thread
+    attach: fn as one task ───────▶   loaded once, copied to every
+    submit: a batch, pickled, as ──▶  worker; runs the batch          ─▶ _collect: the answers
+      one task (key manyhands-...)    (_remote_calls.run_items)          of tasks that finished
+    cancel/shutdown: cancel the run's                                    together, one gather;
+      tasks on the scheduler                                             task.done(batch)
+
+``fn`` travels once per run (a task whose result is the function, which
+every batch task depends on), not once per task. A batch task is plain
+bytes in and out. At most the run's window is on the cluster: the engine
+submits a batch only when one came back, so a generator of any length keeps
+the driver and the scheduler flat.
+
+A worker that dies running a batch fails its task with ``KilledWorker``
+(a LocalCluster started here runs with ``allowed-failures`` 0, so Dask never
+runs the task again behind the engine's back). The task kept the index of
+the item it was calling where the worker's nanny can read it (see
+``_remote_calls``): that item fails as ``manyhands.WorkerCrashed`` (the run's
+retry policy then applies as to any failure), and the others run again,
+uncharged. A task that was only queued on the dead worker runs again whole.
+On a worker with several threads, an item running beside the killer in
+another thread is charged too: the nanny cannot tell which call killed it.
+
+A running Dask task cannot be stopped. ``timeout=`` is applied on the
+worker (see ``_remote_calls``): the call is left running in a thread and its
+item fails, so the worker goes on. Stopping a run (``break``, Ctrl-C, a stop
+rule) cancels every task of the run on the scheduler at once; a call that
+was running finishes on its worker and its result is dropped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import pickle
+import threading
+import uuid
+from queue import Empty, SimpleQueue
+from typing import Any, ClassVar
+
+from .._batch import Batch, Task
+from .._exceptions import WorkerCrashed
+from ._dask_cluster import connect, retries_note, start_local_cluster
+from ._process_batches import fail_items, file_results, pickle_items
+from ._remote_calls import ABANDONED_MESSAGE, read_progress, run_items
+
+__all__ = ["DaskBackend"]
+
+
+class _Part:
+    """Items of a batch out on the cluster as one task."""
+
+    __slots__ = ("batch", "deaths", "future", "indices", "payload")
+
+    def __init__(self, batch: Batch, indices: list[int], payload: bytes, deaths: int = 0):
+        self.batch = batch
+        self.indices = indices
+        self.payload = payload
+        self.deaths = deaths  # workers that died with it queued, and no word of its progress
+        self.future: Any = None
+
+
+class DaskBackend:
+    """Runs batches as tasks on a Dask cluster; see the module docstring.
+
+    ``cluster``: ``None`` (a LocalCluster of one process per CPU, started by
+    :meth:`start` and closed by :meth:`shutdown`), a scheduler address
+    (connected to, and left running), or a ``distributed.Client`` (used, and
+    left open). ``workers``: calls at once; default the cluster's threads.
+    """
+
+    name = "dask"
+    handles_timeouts = True  # applied on the worker: see _remote_calls
+    timeout_action = ABANDONED_MESSAGE
+    concurrent_items = False
+    # A task costs the scheduler about a millisecond and the driver a few hundred
+    # microseconds (submit, gather, file): batches are sized (_sizing.Sizer) so that
+    # a task holds far more work than that, and so that few tasks make the end of a run.
+    sizing: ClassVar[dict[str, float]] = {
+        "batch_seconds": 0.5,  # a batch's work, once the time per item is known
+        "dispatch_seconds": 2e-5,  # the driver's GIL per task (no worker shares it)
+        "spread": 2,  # an input of known length: its first batches, per worker
+        "tail": 1,  # near the end: a batch per worker of what is left...
+        "floor_seconds": 0.2,  # ...but no batch of less work than this
+        "queue_at_once": True,  # a second batch per thread waits on the cluster from the start
+    }
+    window_per_worker = 512  # items held per thread of the cluster (the default window)
+
+    def __init__(self, cluster: Any = None, workers: int | None = None) -> None:
+        self._client: Any = None if isinstance(cluster, str) or cluster is None else cluster
+        self._address = cluster if isinstance(cluster, str) else None
+        self._cluster: Any = None  # the LocalCluster started here, if any
+        self._owns_client = self._client is None
+        if self._address is not None:
+            self._client = connect(self._address)
+        if workers is None:
+            workers = self._threads() if self._client is not None else os.cpu_count() or 1
+        self.workers = workers
+        self._lock = threading.Lock()  # guards _out and _parts
+        self._out: dict[str, _Part] = {}  # by task key: parts on the cluster
+        self._parts: dict[int, int] = {}  # id(batch) -> its parts out; absent: dropped
+        self._fns: dict[int, Any] = {}  # id(task) -> the future of its loaded fn
+        self._token = uuid.uuid4().hex[:12]
+        self._count = itertools.count()
+        self.abandoned = 0
+        self.notes: list[str] = []
+        self._done: SimpleQueue[Any] = SimpleQueue()  # finished futures; None: stop
+        self._collector: threading.Thread | None = None
+        self._deaths = 0  # tasks whose worker died
+        self._note = 0  # which note counts them
+
+    # -- lifecycle -------------------------------------------------------
+
+    def _threads(self) -> int:
+        return max(1, int(sum(self._client.nthreads().values())))
+
+    def start(self) -> None:
+        if self._client is not None:
+            note = retries_note(self._client)
+            if note:
+                self.notes.append(note)
+        else:
+            self._cluster, self._client = start_local_cluster(self.workers)
+        self._collector = threading.Thread(target=self._collect, name="manyhands-dask", daemon=True)
+        self._collector.start()
+
+    def inside(self) -> bool:
+        return False  # (a task on the cluster has no handle on this backend)
+
+    def attach(self, task: Task) -> None:
+        """Ship ``task.fn`` to the cluster once: a task whose result is the function."""
+        import cloudpickle  # type: ignore[import-untyped]
+
+        try:
+            payload = cloudpickle.dumps(task.fn)
+        except Exception as exc:
+            raise TypeError(f"fn cannot be sent to the Dask cluster: {exc}") from exc
+        key = f"manyhands-fn-{self._token}-{next(self._count)}"
+        fn = self._client.submit(pickle.loads, payload, key=key, pure=False)
+        # On every worker now: the scheduler places a task where its inputs are, and
+        # would otherwise crowd the first batches onto the one worker that loaded fn.
+        self._client.replicate([fn])
+        self._fns[id(task)] = fn
+
+    def detach(self, task: Task) -> None:
+        """Forget the run's function on the cluster (none of its tasks is out)."""
+        fn = self._fns.pop(id(task), None)
+        if fn is not None:
+            self._client.cancel([fn], force=True)
+
+    def wind_down(self) -> None:
+        pass  # the cluster's workers wait for other runs; shutdown closes what was opened
+
+    def shutdown(self, grace: float) -> int:
+        """Cancel every task still out, release the functions, close what was opened here."""
+        del grace  # a running Dask task cannot be waited for usefully nor stopped
+        with self._lock:
+            parts = list(self._out.values())
+            self._out.clear()
+            self._parts.clear()
+        try:
+            self._cancel(parts)
+            if self._fns:
+                self._client.cancel(list(self._fns.values()), force=True)
+            self._fns.clear()
+        finally:
+            if self._collector is not None:
+                self._done.put(None)
+                self._collector.join()
+                self._collector = None
+            if self._owns_client and self._client is not None:
+                self._client.close()
+            if self._cluster is not None:
+                self._cluster.close()
+                self._cluster = None
+        return 0
+
+    # -- batches ---------------------------------------------------------
+
+    def submit(self, batch: Batch) -> None:
+        payload, indices = pickle_items(batch, list(range(len(batch.items))))
+        if payload is None:  # no item could be pickled: each failed with why
+            batch.task.done(batch)
+            return
+        batch.nbytes = len(payload)
+        with self._lock:
+            self._parts[id(batch)] = 1
+        self._send(_Part(batch, indices, payload))
+
+    def _send(self, part: _Part) -> None:
+        task = part.batch.task
+        key = f"manyhands-{self._token}-{next(self._count)}"
+        part.future = self._client.submit(
+            run_items,
+            self._fns[id(task)],
+            part.payload,
+            task.timeout,
+            key,
+            key=key,
+            pure=False,
+            retries=0,
+            priority=task.priority,
+        )
+        with self._lock:
+            dropped = id(part.batch) not in self._parts  # (cancelled while it was split)
+            if not dropped:
+                self._out[key] = part
+        if dropped:
+            self._cancel([part])
+            return
+        part.future.add_done_callback(self._done.put)
+
+    def cancel(self, task: Task) -> list[Batch]:
+        """Cancel the tasks of ``task`` on the cluster; their batches are dropped."""
+        with self._lock:
+            parts = [part for part in self._out.values() if part.batch.task is task]
+            batches = self._drop(parts)
+        self._cancel(parts)
+        return batches
+
+    def expire(self, batch: Batch) -> bool:
+        """Cancel a batch's tasks (a shared run ended); False if it had none out."""
+        with self._lock:
+            parts = [part for part in self._out.values() if part.batch is batch]
+            self._drop(parts)
+        self._cancel(parts)
+        if parts:
+            self.abandoned += 1
+            batch.task.abandoned += 1
+        return bool(parts)
+
+    def _drop(self, parts: list[_Part]) -> list[Batch]:
+        """Forget ``parts`` (under the lock); their batches, once each."""
+        batches: dict[int, Batch] = {}
+        for part in parts:
+            del self._out[part.future.key]
+            batches[id(part.batch)] = part.batch
+            self._parts.pop(id(part.batch), None)
+        return list(batches.values())
+
+    def _cancel(self, parts: list[_Part]) -> None:
+        if parts:
+            self._client.cancel([part.future for part in parts], force=True)
+
+    # -- answers (in the collector thread) -------------------------------
+
+    def _collect(self) -> None:
+        """Fetch the answers of the tasks that finished, many at once, and file them.
+
+        Dask's callback thread only queues a finished future; the answers are
+        fetched here, those that finished together in one ``gather``, so no
+        round trip to a worker waits behind another.
+        """
+        done = self._done
+        while True:
+            futures = [done.get()]
+            with contextlib.suppress(Empty):
+                while True:
+                    futures.append(done.get_nowait())
+            stop = None in futures
+            futures = [future for future in futures if future is not None]
+            with self._lock:
+                wanted = {
+                    f.key: f for f in futures if f.key in self._out and f.status == "finished"
+                }
+            answers = self._gather(wanted)
+            for future in futures:
+                self._finished(future, answers.get(future.key))
+            if stop:
+                return
+            del futures, wanted, answers  # (an idle collector holds no task of a run)
+
+    def _gather(self, wanted: dict[str, Any]) -> dict[str, bytes]:
+        """The answers of ``wanted`` (by key) that could be fetched; {} if none."""
+        if not wanted:
+            return {}
+        try:
+            answers: dict[str, bytes] = self._client.gather(wanted, errors="skip", direct=True)
+        except Exception:  # (each is then lost, and sent again: _finished)
+            return {}
+        return answers
+
+    def _finished(self, future: Any, answer: bytes | None) -> None:
+        with self._lock:
+            part = self._out.pop(future.key, None)
+        if part is None:  # cancelled: its batch was dropped
+            return
+        batch, indices = part.batch, part.indices
+        status = future.status
+        try:
+            if status == "finished" and answer is not None:
+                self._file(batch, indices, answer)
+            elif status == "error" and type(future.exception()).__name__ == "KilledWorker":
+                self._crashed(part)
+                return
+            elif status == "error":  # failed outside fn: e.g. fn cannot be loaded there
+                fail_items(batch, indices, future.exception())
+            else:  # lost with a worker that died before the answer was fetched: again
+                self._cancel([part])  # (not Dask's own recomputation)
+                self._resend(part, [_Part(batch, indices, part.payload, part.deaths)])
+                return
+        except BaseException as exc:  # (the answer could not be read): the items fail
+            fail_items(batch, indices, WorkerCrashed(f"the Dask task's answer was lost: {exc}"))
+        self._part_done(batch)
+
+    def _file(self, batch: Batch, indices: list[int], answer: bytes) -> None:
+        kind, *rest = pickle.loads(answer)
+        if kind == "unloadable":
+            fail_items(batch, indices, rest[0])
+            return
+        values, errors, elapsed = rest
+        file_results(batch, indices, values, errors, elapsed)
+        if errors and batch.task.timeout is not None:
+            left = sum(error[1].endswith(ABANDONED_MESSAGE) for error in errors.values())
+            self.abandoned += left
+            batch.task.abandoned += left
+
+    def _crashed(self, part: _Part) -> None:
+        """The worker running ``part`` died: the item it ran fails, the others run again.
+
+        The worker's nanny says which item it was running (``read_progress``);
+        if none, the task had not begun (it was queued on that worker) and all
+        of its items run again. A part that keeps dying without a word from
+        the nanny (a worker without one) blames its first item, at its third death.
+        """
+        batch, indices = part.batch, part.indices
+        self._note_death()
+        at = self._progress(part.future.key)
+        deaths = part.deaths + 1
+        if at is None and deaths < 3:
+            self._resend(part, [_Part(batch, indices, part.payload, deaths)])
+            return
+        at = min(max(at or 0, 0), len(indices) - 1)
+        fail_items(batch, [indices[at]], WorkerCrashed(_DIED))
+        rest = indices[:at] + indices[at + 1 :]
+        if not rest:
+            self._part_done(batch)
+            return
+        payload, rest = pickle_items(batch, rest)
+        assert payload is not None  # (these items pickled before)
+        self._resend(part, [_Part(batch, rest, payload, 0)])
+
+    def _note_death(self) -> None:
+        with self._lock:
+            if not self._deaths:
+                self.notes.append("")
+                self._note = len(self.notes) - 1
+            self._deaths += 1
+            times = f"{self._deaths} time{'s' if self._deaths > 1 else ''}"
+            self.notes[self._note] = (
+                f"a Dask worker process died under this run's tasks ({times}): the item "
+                "it was calling failed (manyhands.WorkerCrashed); the others ran again, uncharged"
+            )
+
+    def _progress(self, key: str) -> int | None:
+        """Which item the task ``key`` was running when its worker died, from the nannies."""
+        try:
+            answers = self._client.run(read_progress, key, nanny=True)
+        except Exception:  # (no nanny to ask)
+            return None
+        found = [at for at in answers.values() if at is not None]
+        return found[0] if found else None
+
+    def _resend(self, part: _Part, again: list[_Part]) -> None:
+        with self._lock:
+            if id(part.batch) not in self._parts:
+                return  # dropped meanwhile
+            self._parts[id(part.batch)] += len(again) - 1
+        for new in again:
+            try:
+                self._send(new)
+            except Exception as exc:  # the cluster is gone (the client closed...)
+                fail_items(new.batch, new.indices, WorkerCrashed(f"the Dask cluster: {exc}"))
+                self._part_done(new.batch)
+
+    def _part_done(self, batch: Batch) -> None:
+        with self._lock:
+            left = self._parts.get(id(batch))
+            if left is None:
+                return  # dropped meanwhile
+            if left > 1:
+                self._parts[id(batch)] = left - 1
+                return
+            del self._parts[id(batch)]
+        batch.task.done(batch)
+
+
+_DIED = "the Dask worker process running this item died"

@@ -1,0 +1,359 @@
+"""backend="dask": a run on a real Dask LocalCluster (2 worker processes, loopback only).
+
+The cluster is started once for the module; the shared behaviour tests
+(``hands``) run on it too, imported below. Any concurrent.futures.Executor
+as a backend is tested here as well.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+import manyhands
+
+from .conftest import Hands, python_subprocess_env
+
+distributed = pytest.importorskip(
+    "distributed", reason="the Dask tests need distributed: pip install 'manyhands[dask]'"
+)
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[Any]:
+    """A Client on a LocalCluster of 2 worker processes, 1 thread each."""
+    import dask
+
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        cluster = distributed.LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=":0",
+            scheduler_kwargs={"dashboard": False},
+            silence_logs=logging.CRITICAL,
+        )
+    dask_client = distributed.Client(cluster, set_as_default=False)
+    manyhands.run(abs, range(10), backend=dask_client)  # (Dask's callback thread starts once)
+    yield dask_client
+    dask_client.close()
+    cluster.close()
+
+
+def tasks_of_manyhands(client: Any, settle: float = 5.0) -> list[str]:
+    """The scheduler's tasks of manyhands, once there are none (or ``settle`` seconds passed)."""
+    deadline = time.monotonic() + settle
+    while True:
+        keys = client.run_on_scheduler(
+            lambda dask_scheduler: [str(key) for key in dask_scheduler.tasks]
+        )
+        left = [key for key in keys if key.startswith("manyhands-")]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.05)
+
+
+class DaskHands(Hands):
+    """The shared behaviour tests on the Dask cluster.
+
+    ``fn`` runs in other processes, as with processes, so the tests that
+    skip processes (they count calls under a lock of this process) skip here.
+    """
+
+    def __init__(self, dask_client: Any) -> None:
+        super().__init__("processes")
+        self.client = dask_client
+
+    def run(self, fn: Any, items: Any, **options: Any) -> Any:
+        return manyhands.run(fn, items, backend=self.client, **options)
+
+    def map(self, fn: Any, items: Any, **options: Any) -> Any:
+        return manyhands.map(fn, items, backend=self.client, **options)
+
+
+@pytest.fixture
+def hands(client: Any) -> Hands:
+    return DaskHands(client)
+
+
+from .test_failures import (  # noqa: E402 - the shared tests, run here on Dask
+    test_builtin_fn_failure_has_a_traceback,
+    test_every_failure_is_in_the_map_stream_beyond_keep_failures,
+    test_failures_are_recorded_and_the_run_continues,
+    test_raise_for_failures_groups_them,
+    test_report_keeps_a_bounded_number_of_failures_and_counts_all,
+    test_run_report_counts_failures,
+    test_traceback_shows_the_users_code_not_the_engine,
+)
+from .test_input import (  # noqa: E402
+    test_endless_generator_with_early_exit,
+    test_items_are_read_lazily,
+    test_never_sizes_the_iterable,
+    test_ordered_yields_input_order_despite_uneven_latency,
+    test_run_raises_input_error_with_the_report_of_what_ran,
+    test_unordered_delivers_each_item_exactly_once,
+)
+from .test_lifecycle import (  # noqa: E402
+    test_a_finished_run_leaves_no_thread,
+    test_close_and_context_manager_stop_the_workers,
+    test_exception_in_the_loop_body_stops_the_workers,
+)
+from .test_retries import (  # noqa: E402
+    test_on_exception_still_retries_every_error,
+    test_programming_errors_are_not_retried_by_default,
+)
+
+__all__ = [
+    "test_a_finished_run_leaves_no_thread",
+    "test_builtin_fn_failure_has_a_traceback",
+    "test_close_and_context_manager_stop_the_workers",
+    "test_endless_generator_with_early_exit",
+    "test_every_failure_is_in_the_map_stream_beyond_keep_failures",
+    "test_exception_in_the_loop_body_stops_the_workers",
+    "test_failures_are_recorded_and_the_run_continues",
+    "test_items_are_read_lazily",
+    "test_never_sizes_the_iterable",
+    "test_on_exception_still_retries_every_error",
+    "test_ordered_yields_input_order_despite_uneven_latency",
+    "test_programming_errors_are_not_retried_by_default",
+    "test_raise_for_failures_groups_them",
+    "test_report_keeps_a_bounded_number_of_failures_and_counts_all",
+    "test_run_raises_input_error_with_the_report_of_what_ran",
+    "test_run_report_counts_failures",
+    "test_traceback_shows_the_users_code_not_the_engine",
+    "test_unordered_delivers_each_item_exactly_once",
+]
+
+
+def _seven_fails(x: int) -> int:
+    if x % 100 == 7:
+        raise ValueError(f"bad item {x}")
+    return x * 2
+
+
+def test_failures_are_values_with_type_message_and_remote_traceback(client: Any) -> None:
+    outcomes = {out.item: out for out in manyhands.map(_seven_fails, range(1000), backend=client)}
+    assert len(outcomes) == 1000
+    failed = sorted(item for item, out in outcomes.items() if not out.ok)
+    assert failed == list(range(7, 1000, 100))
+    failure = outcomes[7].error
+    assert failure is not None
+    assert failure.error_type == "builtins.ValueError"
+    assert failure.message == "bad item 7"
+    assert "_seven_fails" in failure.traceback
+    assert all(out.value == 2 * item for item, out in outcomes.items() if out.ok)
+    assert tasks_of_manyhands(client) == []
+
+
+def _dies_on(x: int) -> int:
+    if x == 13:
+        os._exit(3)  # the worker process dies
+    return x + 1
+
+
+def test_a_killed_worker_costs_only_the_item_that_killed_it(client: Any) -> None:
+    outcomes = {out.item: out for out in manyhands.map(_dies_on, range(200), backend=client)}
+    assert len(outcomes) == 200
+    assert [item for item, out in outcomes.items() if not out.ok] == [13]
+    failure = outcomes[13].error
+    assert failure is not None and failure.error_type == "manyhands.WorkerCrashed"
+    assert all(out.value == item + 1 for item, out in outcomes.items() if item != 13)
+    assert all(out.attempts == 1 for out in outcomes.values())  # nobody else was charged
+    client.wait_for_workers(2, timeout=30)
+
+
+def test_an_item_that_kills_again_and_again_fails_after_its_retries(client: Any) -> None:
+    report = manyhands.run(
+        _dies_on, [12, 13], backend=client, retry=manyhands.Retry(2, on=Exception, backoff=0)
+    )
+    assert (report.succeeded, report.failed) == (1, 1)
+    (failure,) = report.failures
+    assert (failure.item, failure.error_type, failure.attempts) == (
+        13,
+        "manyhands.WorkerCrashed",
+        3,
+    )
+    client.wait_for_workers(2, timeout=30)
+
+
+def _slow(x: int) -> int:
+    time.sleep(0.05)
+    return x
+
+
+def test_break_cancels_the_runs_tasks_on_the_cluster(client: Any) -> None:
+    for seen, _out in enumerate(
+        manyhands.map(_slow, range(100_000), backend=client, batch_size=1), 1
+    ):
+        if seen == 5:
+            break
+    assert tasks_of_manyhands(client) == []
+
+
+def test_ctrl_c_in_the_loop_cancels_the_runs_tasks(client: Any) -> None:
+    with pytest.raises(KeyboardInterrupt):
+        for _out in manyhands.map(_slow, range(100_000), backend=client, batch_size=1):
+            raise KeyboardInterrupt
+    assert tasks_of_manyhands(client) == []
+
+
+def test_a_stop_rule_cancels_the_runs_tasks(client: Any) -> None:
+    report = manyhands.run(_seven_fails, range(1_000_000), backend=client, stop_after_failures=3)
+    assert report.failed >= 3 and report.succeeded < 1_000_000
+    assert tasks_of_manyhands(client) == []
+
+
+def test_a_generator_input_runs_through_with_a_bounded_window(client: Any) -> None:
+    def numbers() -> Iterator[int]:
+        yield from range(20_000)
+
+    total = sum(
+        out.value for out in manyhands.map(_seven_fails, numbers(), backend=client) if out.ok
+    )
+    assert total == sum(2 * x for x in range(20_000) if x % 100 != 7)
+
+
+def _sleeps_on_three(x: int) -> int:
+    if x == 3:
+        time.sleep(3)
+    return x
+
+
+def test_timeout_fails_the_item_and_the_worker_goes_on(client: Any) -> None:
+    report = manyhands.run(_sleeps_on_three, range(8), backend=client, timeout=0.5)
+    assert (report.succeeded, report.failed) == (7, 1)
+    (failure,) = report.failures
+    assert (failure.item, failure.error_type) == (3, "manyhands.Timeout")
+    assert "abandoned thread" in failure.message
+
+
+def test_the_journal_resumes_a_dask_run(client: Any, tmp_path: Path) -> None:
+    journal = tmp_path / "run.db"
+    with manyhands.map(_seven_fails, range(300), backend=client, journal=journal) as outcomes:
+        for seen, _out in enumerate(outcomes, 1):
+            if seen == 100:
+                break
+    report = manyhands.run(_seven_fails, range(300), backend=client, journal=journal)
+    assert report.skipped == 100
+    assert report.succeeded + report.failed == 200
+
+
+def test_an_address_uses_the_cluster_and_leaves_it_running(client: Any) -> None:
+    address = client.scheduler.address
+    report = manyhands.run(_seven_fails, range(100), backend=address)
+    assert (report.succeeded, report.failed) == (99, 1)
+    assert report.backend == "dask"
+    assert len(client.nthreads()) == 2  # still there
+
+
+def test_a_pool_shares_one_cluster_between_runs(client: Any) -> None:
+    with manyhands.Pool(backend=client) as pool:
+        first = pool.run(_seven_fails, range(100))
+        second = pool.map(str.upper, ["a", "b"], ordered=True)
+        assert [out.value for out in second] == ["A", "B"]
+    assert (first.succeeded, first.failed) == (99, 1)
+    assert tasks_of_manyhands(client) == []
+
+
+def _children() -> set[int]:
+    """This process's children, but multiprocessing's resource tracker (one per interpreter)."""
+    pids = set()
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "resource_tracker" not in " ".join(child.cmdline()):
+                pids.add(child.pid)
+        except psutil.Error:  # (it is exiting)
+            pids.add(child.pid)
+    return pids
+
+
+def test_backend_dask_starts_a_local_cluster_and_leaves_no_process() -> None:
+    before = _children()
+    report = manyhands.run(_seven_fails, range(100), backend="dask")
+    assert (report.succeeded, report.failed) == (99, 1)
+    deadline = time.monotonic() + 10
+    while (left := _children() - before) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not left, "a process of the LocalCluster outlived the run"
+
+
+def test_a_scheduler_that_reruns_dead_workers_tasks_is_noted_in_the_report() -> None:
+    with distributed.LocalCluster(  # allowed-failures: Dask's default, 3
+        n_workers=1, processes=False, dashboard_address=":0", silence_logs=logging.CRITICAL
+    ) as cluster:
+        report = manyhands.run(abs, range(10), backend=cluster.scheduler_address)
+    assert report.succeeded == 10
+    assert any("allowed-failures 3" in note for note in report.notes)
+
+
+def test_import_manyhands_does_not_import_distributed() -> None:
+    code = (
+        "import sys, manyhands; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('distributed', 'dask')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=python_subprocess_env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("kind", [ThreadPoolExecutor, ProcessPoolExecutor])
+def test_any_executor_is_a_backend_and_stays_the_callers(kind: Any) -> None:
+    with kind(max_workers=2) as executor:
+        report = manyhands.run(_seven_fails, range(500), backend=executor, workers=2)
+        assert (report.succeeded, report.failed) == (495, 5)
+        assert report.failures[0].error_type == "builtins.ValueError"
+        assert executor.submit(abs, -1).result() == 1  # not shut down by the run
+
+
+def test_a_broken_executor_fails_its_batches_and_the_run_ends() -> None:
+    with ProcessPoolExecutor(max_workers=2) as executor:
+        report = manyhands.run(_dies_on, range(40), backend=executor, workers=2)
+    assert report.succeeded + report.failed == 40
+    assert report.failed >= 1
+    assert "concurrent.futures.process.BrokenProcessPool" in report.errors_by_type
+
+
+def test_cli_runs_on_a_scheduler(client: Any, tmp_path: Path) -> None:
+    items = tmp_path / "items.txt"
+    items.write_text("a\nb\nc\n")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "manyhands",
+            "run",
+            "string:capwords",
+            str(items),
+            "--backend",
+            "dask",
+            "--scheduler",
+            client.scheduler.address,
+            "--ordered",
+            "--output",
+            "-",
+        ],
+        env=python_subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [row["value"] for row in rows] == ["A", "B", "C"]
