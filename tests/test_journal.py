@@ -8,6 +8,7 @@ import os
 import sqlite3
 import sys
 import threading
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -237,8 +238,11 @@ def test_a_lock_left_by_a_killed_run_is_not_in_the_way(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", code], env=python_subprocess_env(), timeout=60)
     assert done.returncode == -9
     assert (tmp_path / "run.db.lock").exists()
-    report = manyhands.run(str, range(100), journal=journal)
+    with warnings.catch_warnings():  # (what the killed run committed was written by fn)
+        warnings.simplefilter("ignore", manyhands.JournalWarning)
+        report = manyhands.run(str, range(100), journal=journal)
     assert report.total == 100 and report.succeeded + report.skipped == 100
+    assert report.skipped <= 50  # recorded: only what finished before the kill
 
 
 def test_a_corrupt_or_foreign_file_is_refused_and_left_untouched(tmp_path: Path) -> None:

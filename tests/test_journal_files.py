@@ -101,14 +101,28 @@ def test_a_journal_replaced_mid_run_stops_the_run_and_the_new_file_is_untouched(
 
 def test_a_lock_file_removed_mid_run_stops_the_run(tmp_path: Path) -> None:
     journal = tmp_path / "run.db"
-    fn = at_item(300, lambda: os.remove(f"{journal}.lock"))
+    called: list[int] = []
+    remove_lock = at_item(300, lambda: os.remove(f"{journal}.lock"))
+
+    def fn(x: int) -> int:
+        called.append(x)
+        return remove_lock(x)
+
     with pytest.raises(
         manyhands.JournalError, match=r"lock file .* was removed .* another run"
     ) as info:
         manyhands.run(fn, range(2000), journal=journal, workers=2, batch_size=10)
     assert "Every finished item was recorded" in str(info.value)
+    ran = set(called)
+    assert 300 in ran
+    with sqlite3.connect(journal) as db:
+        recorded = {int(key) for (key,) in db.execute("SELECT key FROM items")}
+    db.close()
+    assert recorded == ran  # the writer went on recording until the run stopped
+    called.clear()
     resumed = manyhands.run(fn, range(2000), journal=journal)
-    assert (resumed.skipped, resumed.succeeded) == (2000, 0)
+    assert (resumed.skipped, resumed.succeeded) == (len(ran), 2000 - len(ran))
+    assert not ran & set(called)
 
 
 def test_a_journal_in_use_names_its_holder_even_from_a_lock_file_that_is_not_utf8(

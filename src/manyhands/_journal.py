@@ -11,12 +11,14 @@ Resume semantics:
 - skipped items still get an Outcome and are counted in the Report, as are
   duplicate keys within one input (which run once).
 
-Writes are batched: rows collect in memory and are committed every
-``COMMIT_ROWS`` rows or ``COMMIT_SECONDS``, whichever comes first, in WAL
-mode with ``synchronous=NORMAL`` (a process crash loses nothing committed;
-a power cut may lose the last commits) or ``FULL`` (``durability="full"``:
-fsync at every commit). A killed run loses at most its uncommitted rows,
-and those items simply run again.
+Writes go through a writer thread with group commit (:mod:`._journal_writer`):
+it commits whatever outcomes were handed over as soon as its previous commit
+returns, in WAL mode with ``synchronous=NORMAL`` (a process crash loses
+nothing committed; a power cut may lose the last commits) or ``FULL``
+(``durability="full"``: fsync at every commit). A killed run loses at most
+the rows of the commit in progress and those handed over during it, and
+those items simply run again. Lookups read through a second connection,
+so they never wait for a commit.
 
 One run at a time: a lock file next to the journal (``<journal>.lock``) is
 held with an OS lock for the whole run, so the OS releases it when the
@@ -63,23 +65,22 @@ from ._journal_file import (
     acquire_lock,
     from_db,
     open_db,
+    open_reader,
     release_lock,
     to_db,
 )
+from ._journal_writer import ALL_RECORDED, Group, Writer
 from ._keys import KeyTypeError, code_hash, default_key, fingerprint, function_name
 from ._outcome import DUPLICATE, SKIPPED_DONE, SKIPPED_FAILED, Failure, safe_repr
 
 __all__ = ["DONE", "FAILED", "FINAL_STATES", "Journal", "Segment"]
 
 BLOCK = 512  # items read and looked up at once
-COMMIT_ROWS = 2000
-COMMIT_SECONDS = 0.1
 
 DONE = "done"
 FAILED = "failed"
 FINAL_STATES = (DONE, FAILED, "crashed", "timed_out")
 
-_INSERT = "INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 # Done rows name their columns: binding 13 values, most of them NULL, costs
 # more than twice as much per row.
 _DONE = (
@@ -131,26 +132,27 @@ class Journal:
         self._values = StoredValues(pickled=store_results == "pickle")
         self._changed_items = changed_items
         self._lock = acquire_lock(self.path)
+        self._detailed = key is not None or self._store_results  # done rows carry more columns
         db: sqlite3.Connection | None = None
+        reader: sqlite3.Connection | None = None
         try:
             db = self._db = open_db(self.path, durability)
             self.run_id = self._begin(fn, options or {})
             self._watch = Watch(self.path, self._lock)
+            reader = self._reader = open_reader(self.path)
+            done_sql = _DONE_DETAILED if self._detailed else _DONE
+            self._writer = Writer(db, self._watch, self.run_id, done_sql)  # (last: a thread)
         except (sqlite3.Error, OSError) as exc:
-            self._abort_open(db)
+            self._abort_open(db, reader)
             raise JournalError(f"cannot write the journal {path}: {exc}; nothing was run") from exc
         except BaseException:
-            self._abort_open(db)
+            self._abort_open(db, reader)
             raise
         self._source: Iterator[Any] | None = None
         self._buffer: deque[tuple[Any, str, str | None]] = deque()
         self._looked_up: dict[str, tuple[Any, ...]] = {}  # key -> journal row, for the buffer
         self._running: dict[str, int] = {}  # key -> copies admitted to run, not recorded
-        self._done_rows: list[tuple[Any, ...]] = []  # recorded, not yet committed
-        self._failed_rows: list[tuple[Any, ...]] = []
-        self._detailed = key is not None or self._store_results  # done rows carry more columns
-        self._unsaved: set[str] = set()  # their keys
-        self._committed_at = time.monotonic()
+        self._unsaved: set[str] = set()  # keys recorded, not known to be committed
         self.pulled = 0  # items read from the input
         self.error: BaseException | None = None  # why reading stopped early, if it did
         self._ended = False
@@ -158,9 +160,10 @@ class Journal:
 
     # -- opening ---------------------------------------------------------
 
-    def _abort_open(self, db: sqlite3.Connection | None) -> None:
-        if db is not None:
-            db.close()
+    def _abort_open(self, *dbs: sqlite3.Connection | None) -> None:
+        for db in dbs:
+            if db is not None:
+                db.close()
         release_lock(self._lock)
 
     def _begin(self, fn: Callable[..., Any], options: dict[str, Any]) -> int:
@@ -310,6 +313,9 @@ class Journal:
         if self._ended or self._source is None:
             return False
         self._looked_up.clear()  # the buffer is empty: every looked-up row was used
+        committed = self._writer.committed
+        while committed:  # committed before this lookup: it finds them (run == this run)
+            self._unsaved.difference_update(committed.popleft())
         block: list[Any] = []
         try:
             block.extend(islice(self._source, BLOCK))
@@ -346,11 +352,11 @@ class Journal:
         query = f"SELECT {fields} FROM items WHERE key IN ({marks})"
         looked_up = self._looked_up
         if self._key is None:  # default keys are always valid UTF-8 text (see default_key)
-            for row in self._db.execute(query, keys):
+            for row in self._reader.execute(query, keys):
                 looked_up[row[0]] = row[1:]
             return
         # A str from key= may not be: it is stored as bytes (see to_db).
-        for row in self._db.execute(query, [to_db(key) for key in keys]):
+        for row in self._reader.execute(query, [to_db(key) for key in keys]):
             looked_up[from_db(row[0])] = row[1:]
 
     def _stored(self, item: Any, row: tuple[Any, ...] | None) -> tuple[Any, Failure | None]:
@@ -368,32 +374,32 @@ class Journal:
     # -- recording outcomes ----------------------------------------------
 
     def record(self, batch: Batch, retried: set[int]) -> None:
-        """Queue the final outcomes of a settled batch; commit when one is due."""
+        """Hand the final outcomes of a settled batch to the writer.
+
+        Waits while the writer has too many rows pending (back-pressure).
+
+        Raises:
+            JournalError: a commit failed, or the lock file was removed or replaced.
+        """
         keys = batch.keys
         assert keys is not None
         failures = batch.failures
         attempts = batch.attempts or {}
         now = time.time()
         each = batch.elapsed / len(keys) if keys else 0.0
-        run = self.run_id
-        done = self._done_rows
         running = self._running
         if not (failures or retried or attempts or self._detailed or self._looked_up):
             # The common case: every item of the batch succeeded on this attempt.
-            tries = batch.attempt
-            done.extend([(key, tries, each, now, run) for key in keys])
+            group = Group(batches=[(batch.attempt, each, now, keys)], keys=[keys], rows=len(keys))
             self._unsaved.update(keys)
             for key in keys:
                 left = running.pop(key, 1) - 1
                 if left > 0:
                     running[key] = left
         else:
-            self._record_each(batch, retried, keys, failures or {}, attempts, each, now)
-        if (
-            len(done) + len(self._failed_rows) >= COMMIT_ROWS
-            or time.monotonic() - self._committed_at >= COMMIT_SECONDS
-        ):
-            self.commit()
+            group = self._record_each(batch, retried, keys, failures or {}, attempts, each, now)
+        if group.rows:
+            self._writer.hand_over(group)
 
     def _record_each(
         self,
@@ -404,11 +410,13 @@ class Journal:
         attempts: dict[int, int],
         each: float,
         now: float,
-    ) -> None:
+    ) -> Group:
         run = self.run_id
         running = self._running
         looked_up = self._looked_up
         with_prints = self._key is not None  # with key=, the item may change under its key
+        group = Group()
+        recorded: list[str] = []
         for index, key in enumerate(keys):
             if index in retried:
                 continue
@@ -423,25 +431,27 @@ class Journal:
                         if self._store_results
                         else (None, None)
                     )
-                    self._done_rows.append(
-                        (to_db(key), tries, each, now, run, print_, result, form)
-                    )
+                    group.done.append((to_db(key), tries, each, now, run, print_, result, form))
                 else:
-                    self._done_rows.append((key, tries, each, now, run))
+                    group.done.append((key, tries, each, now, run))
             else:
                 texts = (failure.error_type, failure.message, failure.traceback, safe_repr(item))
                 error_type, message, traceback, shown = (
                     None if text is None else to_db(text) for text in texts
                 )
-                self._failed_rows.append((to_db(key), FAILED, failure.attempts, error_type,
-                                          message, traceback, each, now, print_, shown, None,
-                                          None, run))  # fmt: skip
-            self._unsaved.add(key)
+                group.failed.append((to_db(key), FAILED, failure.attempts, error_type,
+                                     message, traceback, each, now, print_, shown, None,
+                                     None, run))  # fmt: skip
+            recorded.append(key)
             if key in looked_up:  # a later copy in the buffer is a duplicate now
                 looked_up[key] = (DONE, run, print_, *looked_up[key][3:])
             left = running.pop(key, 1) - 1
             if left > 0:
                 running[key] = left
+        self._unsaved.update(recorded)
+        group.keys.append(recorded)
+        group.rows = len(recorded)
+        return group
 
     def record_successes(self, batch: Batch) -> None:
         """Record the items of a batch that came back after the run was interrupted.
@@ -455,44 +465,21 @@ class Journal:
         self.record(batch, set(errors))
 
     def commit(self) -> None:
-        """Write the queued rows in one transaction."""
-        done, failed = self._done_rows, self._failed_rows
-        if done or failed:
-            self._stop_if(self._watch.journal_problem(), _not_recorded(len(done) + len(failed)))
-            try:
-                with self._db:
-                    if done:
-                        self._db.executemany(_DONE_DETAILED if self._detailed else _DONE, done)
-                    if failed:
-                        self._db.executemany(_INSERT, failed)
-            except (sqlite3.Error, ValueError, OverflowError) as exc:  # (the last two: binding)
-                raise JournalError(
-                    f"writing the journal {self.path} failed ({exc}); the run stopped."
-                    + _not_recorded(len(done) + len(failed))
-                ) from exc
-            done.clear()
-            failed.clear()
-            self._unsaved.clear()
-            self._stop_if(self._watch.lock_problem(), _ALL_RECORDED)
-        self._committed_at = time.monotonic()
+        """Wait until every outcome recorded so far is committed."""
+        self._writer.flush()
 
     def _stop_if(self, problem: str | None, then: str) -> None:
-        """Stop the run over what happened to the journal's files, if anything did.
-
-        Checked before each write for the journal (never write into a file
-        that is gone or another's) and after it for the lock (the journal is
-        still ours: what finished is recorded first).
-        """
+        """Stop the run over what happened to the journal's files, if anything did."""
         if problem is not None:
             raise JournalError(f"{problem}; the run stopped.{then}")
 
     def close(self, status: str, counts: dict[str, int]) -> None:
-        """Commit what is queued, note how the run ended, release the lock; idempotent."""
+        """Commit what is recorded, note how the run ended, release the lock; idempotent."""
         if self.closed:
             return
         self.closed = True
         try:
-            self.commit()
+            self._writer.close()  # (the connection is this thread's again)
             self._stop_if(self._watch.journal_problem(), "")
             try:
                 with self._db:
@@ -514,18 +501,20 @@ class Journal:
                     f"writing the journal {self.path} failed ({exc}) as the run ended; every "
                     "finished item was recorded, but the run's summary was not"
                 ) from exc
-            self._stop_if(self._watch.lock_problem(), _ALL_RECORDED)
+            self._stop_if(self._watch.lock_problem(), ALL_RECORDED)
         finally:
             self._release()
 
     def _release(self) -> None:
-        with contextlib.suppress(sqlite3.Error):
-            self._db.close()
+        self._writer.stop()  # (stopped already, unless close was interrupted)
+        for db in (self._reader, self._db):
+            with contextlib.suppress(sqlite3.Error):
+                db.close()
         self._watch.tidy_after_close()
         release_lock(self._lock)
 
     def abandon(self) -> None:
-        """Close after a failed write: release everything, write nothing more."""
+        """Close after a failed write: stop the writer, release everything, write nothing more."""
         if self.closed:
             return
         self.closed = True
@@ -533,15 +522,6 @@ class Journal:
 
 
 # -- helpers -------------------------------------------------------------
-
-
-_ALL_RECORDED = " Every finished item was recorded."
-
-
-def _not_recorded(count: int) -> str:
-    if not count:
-        return ""
-    return f" {count:,} finished item(s) were not recorded and will run again when you rerun"
 
 
 def _described(value: object) -> str:

@@ -42,6 +42,7 @@ __all__ = [
     "from_db",
     "lock_path",
     "open_db",
+    "open_reader",
     "release_lock",
     "to_db",
 ]
@@ -208,6 +209,21 @@ def open_db(path: Path, durability: str) -> sqlite3.Connection:
             f"cannot write the journal {path}: {exc}; nothing was run "
             "(is the location writable, and is there free space?)"
         ) from exc
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def open_reader(path: Path) -> sqlite3.Connection:
+    """A second connection to the journal, for lookups while the writer commits.
+
+    In WAL mode it reads the last commit and never waits for the next one.
+    """
+    db = sqlite3.connect(path, check_same_thread=False)
+    try:
+        db.execute("PRAGMA trusted_schema = OFF")
+        db.execute("PRAGMA query_only = ON")
     except BaseException:
         db.close()
         raise

@@ -1,0 +1,273 @@
+"""The journal's writer thread: group commit.
+
+::
+
+    consuming thread                       writer thread
+    Journal.record(batch)                  ┌──────────────────────────────────────────┐
+      └─ hand over ──▶ pending rows ──────▶│ take ALL pending, one transaction, commit │
+         (waits while MAX_PENDING rows     │ then tell the consumer which keys it made │
+          are pending: back-pressure)      │ durable (committed), and loop             │
+                                           └──────────────────────────────────────────┘
+
+The writer commits whatever has been handed over as soon as its previous
+commit returns, so an outcome waits for at most the commit in progress
+and its own: the group grows by itself when outcomes come faster than a
+commit (a database's group commit). A crash of the process loses only the
+rows of those two commits, at most ``2 * MAX_PENDING`` rows plus a batch.
+
+SQLite releases the GIL while it steps, so the work runs beside the
+engine. The common rows (done, default keys, nothing stored) go in one
+statement per group, which reads them from JSON: ``executemany`` releases
+and retakes the GIL for each row, and with busy Python threads around,
+each retake can wait for a switch interval.
+
+A commit that fails stops the writer: what it held and everything handed
+over after is not recorded, and the consumer gets a :class:`JournalError`
+saying how many items will run again. A lock file removed or replaced
+under the run is told once, and the writer goes on recording (the journal
+itself is fine): the run stops with every finished item recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._exceptions import JournalError
+from ._journal_file import Watch
+
+__all__ = ["MAX_PENDING", "Writer", "not_recorded"]
+
+#: Rows handed over and not yet taken by the writer, past which the consumer
+#: waits (a batch bigger than this is still taken whole, once nothing waits).
+MAX_PENDING = 2000
+
+_INSERT = "INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+# A group's done batches as one JSON document: [[attempts, elapsed, finished,
+# [key, ...]], ...]. MATERIALIZED: each batch's fields are read once, not per key.
+_DONE_BATCHES = """
+WITH batch AS MATERIALIZED (
+    SELECT json_extract(value, '$[0]') AS attempts, json_extract(value, '$[1]') AS elapsed,
+           json_extract(value, '$[2]') AS finished, json_extract(value, '$[3]') AS keys
+    FROM json_each(?1)
+)
+INSERT OR REPLACE INTO items (key, state, attempts, elapsed, finished, run)
+SELECT key.value, 'done', attempts, elapsed, finished, ?2 FROM batch, json_each(batch.keys) AS key
+"""
+# Without JSON support in SQLite: one row at a time.
+_DONE = (
+    "INSERT OR REPLACE INTO items (key, state, attempts, elapsed, finished, run) "
+    "VALUES (?, 'done', ?, ?, ?, ?)"
+)
+
+
+@dataclass
+class Group:
+    """Rows handed over together; the writer commits a group in one transaction."""
+
+    #: done batches of default keys: (attempts, elapsed, finished, keys)
+    batches: list[tuple[int, float, float, list[str]]] = field(default_factory=list)
+    done: list[tuple[Any, ...]] = field(default_factory=list)  # other done rows
+    failed: list[tuple[Any, ...]] = field(default_factory=list)
+    keys: list[list[str]] = field(default_factory=list)  # their keys, as the consumer has them
+    rows: int = 0
+
+
+class Writer:
+    """The thread that commits a journal's rows; see the module docstring.
+
+    Args:
+        db: the journal's connection, the writer's alone until :meth:`close`.
+        watch: the identity of the journal's files, checked around each commit.
+        run_id: the run the rows belong to.
+        done_sql: the statement for :attr:`Group.done` rows.
+    """
+
+    def __init__(self, db: sqlite3.Connection, watch: Watch, run_id: int, done_sql: str) -> None:
+        self._db = db
+        self._watch = watch
+        self._run = run_id
+        self._done_sql = done_sql
+        db.isolation_level = None  # transactions are the writer's: BEGIN/COMMIT, or one statement
+        self._json = _supports_json(db, run_id)
+        self._cond = threading.Condition(threading.Lock())
+        self._pending = Group()
+        self._writing = 0  # rows of the commit in progress
+        self._idle = False  # the writer waits for rows
+        self._ending = False  # write what is pending, then stop
+        self._discard = False  # stop without writing more
+        self._failure: tuple[str, BaseException | None] | None = None
+        self._lost = 0  # rows not recorded since the failure
+        self._problem: str | None = None  # a lock problem, told once
+        self.committed: deque[list[str]] = deque()  # keys made durable, for the consumer
+        self.commits = 0
+        self._thread = threading.Thread(target=self._loop, name="manyhands-journal", daemon=True)
+        self._thread.start()
+
+    # -- the consuming thread's side --------------------------------------
+
+    def hand_over(self, group: Group) -> None:
+        """Queue rows for the next commit; wait while too many are pending.
+
+        Raises:
+            JournalError: a commit failed (these rows are not recorded), or,
+                once, the lock file was removed or replaced (these rows are).
+        """
+        with self._cond:
+            while (
+                self._pending.rows
+                and self._pending.rows + group.rows > MAX_PENDING
+                and self._failure is None
+                and not self._discard
+            ):
+                self._cond.wait()
+            if self._failure is not None:
+                self._lost += group.rows
+                raise self._error()
+            pending = self._pending
+            pending.batches += group.batches
+            pending.done += group.done
+            pending.failed += group.failed
+            pending.keys += group.keys
+            pending.rows += group.rows
+            if self._idle:
+                self._cond.notify_all()
+            problem, self._problem = self._problem, None
+        if problem is not None:
+            raise JournalError(problem)
+
+    def flush(self) -> None:
+        """Wait until every row handed over is committed (or a commit failed)."""
+        with self._cond:
+            while (self._pending.rows or self._writing) and self._failure is None:
+                self._cond.wait()
+            if self._failure is not None:
+                raise self._error()
+
+    def close(self) -> None:
+        """Commit what is pending, then stop the thread; raise if a commit failed.
+
+        (A lock problem not told yet is not raised here: the journal checks
+        the lock file itself as it closes.)
+        """
+        with self._cond:
+            self._ending = True
+            self._cond.notify_all()
+        self._thread.join()
+        with self._cond:
+            if self._failure is not None:
+                raise self._error()
+
+    def stop(self) -> None:
+        """Stop the thread without writing more (the commit in progress ends first)."""
+        with self._cond:
+            self._discard = True
+            self._cond.notify_all()
+        self._thread.join()
+
+    def _error(self) -> JournalError:
+        assert self._failure is not None
+        text, cause = self._failure
+        error = JournalError(f"{text}; the run stopped.{not_recorded(self._lost)}")
+        error.__cause__ = cause
+        return error
+
+    # -- the writer thread --------------------------------------------------
+
+    def _loop(self) -> None:
+        cond = self._cond
+        while True:
+            with cond:
+                while not (self._pending.rows or self._ending or self._discard):
+                    self._idle = True
+                    cond.wait()
+                self._idle = False
+                group, self._pending = self._pending, Group()
+                self._writing = group.rows
+                cond.notify_all()  # room for a consumer waiting to hand over
+                if self._discard or not group.rows:
+                    self._writing = 0
+                    return
+            try:
+                self._commit(group)
+            except _Failed as failed:
+                with cond:
+                    self._failure = (failed.text, failed.__cause__)
+                    self._lost = group.rows + self._pending.rows
+                    self._writing = 0
+                    cond.notify_all()
+                return
+            with cond:
+                self.committed.append([key for keys in group.keys for key in keys])
+                self.commits += 1
+                self._writing = 0
+                cond.notify_all()
+
+    def _commit(self, group: Group) -> None:
+        problem = self._watch.journal_problem()
+        if problem is not None:  # never write into a file that is gone or another's
+            raise _Failed(problem)
+        db = self._db
+        try:
+            if group.done or group.failed or not self._json:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    self._insert_batches(group.batches)
+                    if group.done:
+                        db.executemany(self._done_sql, group.done)
+                    if group.failed:
+                        db.executemany(_INSERT, group.failed)
+                    db.execute("COMMIT")
+                except BaseException:
+                    db.rollback()  # nothing half-written
+                    raise
+            else:
+                self._insert_batches(group.batches)  # one statement: its own transaction
+        except (sqlite3.Error, ValueError, OverflowError) as exc:  # (the last two: binding)
+            raise _Failed(f"writing the journal {self._watch.path} failed ({exc})") from exc
+        problem = self._watch.lock_problem()
+        if problem is not None:
+            with self._cond:
+                if self._problem is None:
+                    self._problem = f"{problem}; the run stopped.{ALL_RECORDED}"
+
+    def _insert_batches(self, batches: list[tuple[int, float, float, list[str]]]) -> None:
+        if not batches:
+            return
+        if self._json:
+            self._db.execute(_DONE_BATCHES, (json.dumps(batches, ensure_ascii=False), self._run))
+            return
+        run = self._run
+        self._db.executemany(
+            _DONE,
+            [(key, tries, each, now, run) for tries, each, now, keys in batches for key in keys],
+        )
+
+
+class _Failed(Exception):
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+
+ALL_RECORDED = " Every finished item was recorded."
+
+
+def not_recorded(count: int) -> str:
+    """The end of a JournalError's message: how many finished items will run again."""
+    if not count:
+        return ""
+    return f" {count:,} finished item(s) were not recorded and will run again when you rerun"
+
+
+def _supports_json(db: sqlite3.Connection, run_id: int) -> bool:
+    """Whether this SQLite has the JSON functions and MATERIALIZED (3.35, 2021)."""
+    try:
+        db.execute(_DONE_BATCHES, ("[]", run_id))
+    except sqlite3.OperationalError:
+        return False
+    return True
