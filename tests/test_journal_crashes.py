@@ -92,6 +92,67 @@ def test_sigkill_at_random_moments_loses_and_repeats_nothing(tmp_path: Path) -> 
     assert set(every_call) == set(records)  # at least once each
 
 
+# A user's run: 16 workers, ~2 ms calls, no failures; the input is the items below argv[3].
+FAST_WORKER = """
+import os, sys, time, manyhands
+journal, side = sys.argv[1], sys.argv[2]
+def fn(x):
+    fd = os.open(side, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    os.write(fd, b"%d\\n" % x)
+    os.close(fd)
+    time.sleep(0.002)
+    return x
+manyhands.run(fn, range(int(sys.argv[3])), journal=journal, workers=16)
+"""
+WORKERS = 16
+
+
+def wait_for_growth(side: Path, offset: int, lines: int, proc: subprocess.Popen[bytes]) -> None:
+    """Wait until this run called ``lines`` items (its start-up took what it took)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and proc.poll() is None:
+        data = side.read_bytes() if side.exists() else b""
+        if data.count(b"\n", offset) >= lines:
+            return
+        time.sleep(0.01)
+
+
+def test_a_kill_reruns_only_what_was_running_and_one_commit(tmp_path: Path) -> None:
+    """The documented bound: running items plus those finished within one commit.
+
+    With 16 workers and ~2 ms calls, that is at most 2 x workers per kill on average.
+    """
+    journal, side = tmp_path / "run.db", tmp_path / "calls.txt"
+    script = tmp_path / "worker.py"
+    script.write_text(FAST_WORKER)
+    rng = random.Random(20261204)
+    env = python_subprocess_env()
+    kills, offset = 8, 0
+    for _ in range(kills):
+        before = final_records(journal) if journal.exists() else {}
+        proc = subprocess.Popen([sys.executable, str(script), str(journal), str(side), "100000"],
+                                env=env, stdout=subprocess.DEVNULL)  # fmt: skip
+        wait_for_growth(side, offset, 200, proc)  # under way, then a random moment
+        time.sleep(rng.uniform(0.0, 0.2))
+        assert proc.poll() is None, "the run ended before its kill"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(60)
+        calls, offset = calls_in(side, offset)
+        assert not [key for key in calls if key in before], "a recorded item ran again"
+    # Resume to the last item called, so every item a kill left unrecorded runs again.
+    called = Counter(side.read_text().split())
+    last = max(map(int, called)) + 1
+    resumed = subprocess.run([sys.executable, str(script), str(journal), str(side), str(last)],
+                             env=env, timeout=60)  # fmt: skip
+    assert resumed.returncode == 0
+    assert len(final_records(journal)) == last
+    every_call = Counter(side.read_text().split())
+    reruns = sum(every_call.values()) - len(every_call)
+    per_kill = reruns / kills
+    print(f"re-run per kill: {per_kill:.1f} items ({WORKERS} workers, ~2 ms calls)")
+    assert per_kill <= 2 * WORKERS, (per_kill, reruns)
+
+
 def test_ctrl_c_flushes_the_journal_and_the_rerun_completes(tmp_path: Path) -> None:
     journal, side = tmp_path / "run.db", tmp_path / "calls.txt"
     script = tmp_path / "worker.py"

@@ -1,0 +1,164 @@
+"""The journal's writer thread: group commit, back-pressure, flushed on every way a run ends."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import manyhands
+from manyhands import _journal_writer
+from manyhands._journal_writer import Group, Writer
+from manyhands._keys import default_key
+
+from .conftest import Hands
+
+
+def recorded(journal: Path) -> dict[str, str]:
+    with sqlite3.connect(journal) as db:
+        found = dict(db.execute("SELECT key, state FROM items").fetchall())
+    db.close()
+    return found
+
+
+def fail_at_150(x: int) -> int:
+    if x == 150:
+        raise ValueError(x)
+    return x
+
+
+@pytest.fixture
+def slow_writer(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """Each commit takes 10 ms more (a slow disk); returns the keys of each group written."""
+    groups: list[list[str]] = []
+    commit = Writer._commit
+
+    def slow(self: Writer, group: Group) -> None:
+        time.sleep(0.01)
+        commit(self, group)
+        groups.append([key for keys in group.keys for key in keys])
+
+    monkeypatch.setattr(Writer, "_commit", slow)
+    return groups
+
+
+def test_a_slow_disk_makes_finishing_calls_wait_instead_of_piling_up_rows(
+    tmp_path: Path, slow_writer: list[list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_journal_writer, "MAX_PENDING", 100)
+    journal = tmp_path / "run.db"
+    report = manyhands.run(abs, range(3000), journal=journal, workers=4, batch_size=10)
+    assert report.succeeded == 3000
+    assert len(recorded(journal)) == 3000
+    sizes = [len(group) for group in slow_writer]
+    assert max(sizes) <= 100  # never more rows waiting than the bound ...
+    assert max(sizes) == 100  # ... and the work did wait for the disk
+
+
+ENDINGS = ["end", "break", "stop rule", "input error", "interrupt"]
+
+
+def items_until(n: int, broken_at: int | None) -> Iterator[int]:
+    for x in range(n):
+        if x == broken_at:
+            raise OSError("the input broke")
+        yield x
+
+
+@pytest.mark.parametrize("ending", ENDINGS)
+def test_every_way_a_run_ends_flushes_the_writer_and_leaves_no_thread(
+    tmp_path: Path, hands: Hands, slow_writer: list[list[str]], no_thread_left: None, ending: str
+) -> None:
+    journal = tmp_path / "run.db"
+    options: dict[str, Any] = {"journal": journal, "workers": 3, "batch_size": 5}
+    if ending == "stop rule":
+        options["stop_after_failures"] = 1
+    items = items_until(400, 250 if ending == "input error" else None)
+    seen: list[str] = []
+    try:
+        with hands.map(fail_at_150, items, **options) as outcomes:
+            for outcome in outcomes:
+                seen.append(default_key(outcome.item))
+                if len(seen) == 200 and ending in ("break", "interrupt"):
+                    if ending == "interrupt":
+                        raise KeyboardInterrupt
+                    break
+    except (KeyboardInterrupt, manyhands.InputError):
+        pass
+    assert ending != "end" or len(seen) == 400
+    assert len(seen) >= 150
+    # Every outcome the consumer got is committed by the time the run returned.
+    assert set(recorded(journal)) == set(seen)
+    assert slow_writer, "the writer did the writing"
+
+
+def test_runs_of_a_pool_each_have_their_writer_and_leave_none(
+    tmp_path: Path, no_thread_left: None
+) -> None:
+    with manyhands.Pool(workers=4) as pool:
+        results: dict[str, manyhands.Report] = {}
+
+        def one(name: str) -> None:
+            results[name] = pool.run(abs, range(2000), journal=tmp_path / f"{name}.db")
+
+        threads = [threading.Thread(target=one, args=(name,)) for name in ("a", "b")]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert results["a"].succeeded == results["b"].succeeded == 2000
+    assert len(recorded(tmp_path / "a.db")) == len(recorded(tmp_path / "b.db")) == 2000
+
+
+def test_a_failed_commit_stops_the_run_with_nothing_half_written(
+    tmp_path: Path, slow_writer: list[list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tried: list[list[str]] = []
+    commit = Writer._commit  # (the slow one)
+
+    def watched(self: Writer, group: Group) -> None:
+        tried.append([key for keys in group.keys for key in keys])
+        commit(self, group)
+
+    monkeypatch.setattr(Writer, "_commit", watched)
+    # The failure's row goes in the same transaction as the group's done rows: make it fail.
+    monkeypatch.setattr(_journal_writer, "_INSERT", "INSERT INTO nowhere VALUES (?)")
+    journal = tmp_path / "run.db"
+    with pytest.raises(manyhands.JournalError, match="nowhere") as info:
+        manyhands.run(fail_at_150, range(3000), journal=journal, workers=2, batch_size=10)
+    assert "will run again" in str(info.value)
+    kept = recorded(journal)
+    assert set(kept) == {key for group in slow_writer for key in group}  # the groups committed
+    assert not set(kept) & set(tried[-1])  # the failed group: none of its rows
+    assert "150" in tried[-1] and set(kept.values()) == {"done"}
+    monkeypatch.undo()
+    resumed = manyhands.run(fail_at_150, range(3000), journal=journal, workers=2)
+    assert resumed.skipped == len(kept) and resumed.total == 3000
+
+
+@pytest.mark.parametrize(
+    "items",
+    [
+        ['say "hi"', "back\\slash", "tab\there", "new\nline", "é", "日本", "🎉", "\x00", "\x7f"],
+        [1, -1, 2**70, 1.5, True, None, b"\xff", (1, "a"), {"k": [1, 2]}],
+    ],
+    ids=["text", "other"],
+)
+def test_keys_written_by_the_writer_are_exactly_the_default_keys(
+    tmp_path: Path, items: list[Any]
+) -> None:
+    journal = tmp_path / "run.db"
+    assert manyhands.run(repr, items, journal=journal).succeeded == len(items)
+    assert set(recorded(journal)) == {default_key(item) for item in items}
+    assert manyhands.run(repr, items, journal=journal).skipped == len(items)
+
+
+def test_durability_is_validated_naming_the_choices(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"durability='fsync' is not accepted.*'normal', 'full'"):
+        manyhands.run(abs, [1], journal=tmp_path / "run.db", durability="fsync")
+    assert not (tmp_path / "run.db").exists()
