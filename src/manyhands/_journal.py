@@ -51,7 +51,7 @@ import warnings
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from itertools import islice
+from itertools import islice, repeat
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +70,14 @@ from ._journal_file import (
     to_db,
 )
 from ._journal_writer import ALL_RECORDED, Group, Writer
-from ._keys import KeyTypeError, code_hash, default_key, fingerprint, function_name
+from ._keys import (
+    KeyTypeError,
+    code_hash,
+    default_key,
+    default_keys,
+    fingerprint,
+    function_name,
+)
 from ._outcome import DUPLICATE, SKIPPED_DONE, SKIPPED_FAILED, Failure, safe_repr
 
 __all__ = ["DONE", "FAILED", "FINAL_STATES", "Journal", "Segment"]
@@ -233,6 +240,10 @@ class Journal:
                 break
         items: list[Any] = []
         keys: list[str] = []
+        if first is None and not self._looked_up:
+            self._take_new(items, keys, size)
+            if items:
+                return Segment(items, keys)
         if first is None:
             running, unsaved, looked_up = self._running, self._unsaved, self._looked_up
             while True:
@@ -272,6 +283,36 @@ class Journal:
             if reason is None or not buffer:
                 break
         return Segment(items, keys, reasons, values, failures or None)
+
+    def _take_new(self, items: list[Any], keys: list[str], size: int) -> None:
+        """The common case in bulk: the next items all run (their keys are new).
+
+        New: no record was found for any key of the block (nothing looked
+        up), and none is running, recorded by this run or repeated among
+        them. Takes nothing if that does not hold for the next items.
+        """
+        buffer, running, unsaved = self._buffer, self._running, self._unsaved
+        while buffer and not self._looked_up and len(items) < size:
+            count = min(size - len(items), len(buffer))
+            entries = list(islice(buffer, count))
+            new = [entry[1] for entry in entries]
+            if not (
+                running.keys().isdisjoint(new)
+                and unsaved.isdisjoint(new)
+                and len(set(new)) == count
+            ):
+                return
+            if count == len(buffer):
+                buffer.clear()
+            else:
+                popleft = buffer.popleft
+                for _ in range(count):
+                    popleft()
+            running.update(dict.fromkeys(new, 1))
+            items += [entry[0] for entry in entries]
+            keys += new
+            if not buffer:
+                self._refill()
 
     def _skip_reason(self, item: Any, key: str, print_: str | None) -> str | None:
         if key in self._running or key in self._unsaved:
@@ -326,6 +367,10 @@ class Journal:
             self._ended = True  # (an async input that is only waiting has not ended)
         entries: list[tuple[Any, str, str | None]] = []
         keyfn = self._key
+        if keyfn is None:
+            with contextlib.suppress(Exception):  # (the loop below names the item)
+                entries = list(zip(block, default_keys(block), repeat(None)))
+                block = []
         for item in block:
             try:
                 if keyfn is None:
