@@ -1,24 +1,40 @@
-"""What the journal costs: a run with and without it, and a resume over a big journal.
+"""What the journal costs: a run with and without it, a resume, and what a kill re-runs.
 
-    python benchmarks/bench_journal.py              # everything (about a minute)
-    python benchmarks/bench_journal.py --resume 200000
+    python benchmarks/bench_journal.py              # everything (about two minutes)
+    python benchmarks/bench_journal.py --resume 200000 --kills 5
 
 Each case runs in a fresh interpreter. The overhead cases compare the same
-run without and with ``journal=`` (default durability) on a new file. The
-resume case first writes a journal of N done items, then times a fresh
-process rerunning the same input, which skips them all; its peak RSS is the
-whole process's (``ru_maxrss``).
+run without and with ``journal=`` on a new file, with the default durability
+and with ``durability="full"``; "CPU per item" is the extra CPU time of the
+whole process (all its threads), which a busy machine disturbs less than
+the wall time. The resume case first writes a journal of N done items, then
+times a fresh process rerunning the same input, which skips them all; its
+peak RSS is the whole process's (``ru_maxrss``).
+
+The kill case runs 16 workers on ~2 ms calls that each append their item to
+a side file, SIGKILLs the run at a random moment once it is under way,
+resumes, and so on; then it resumes to the end. The items called more than
+once, divided by the kills, are what a kill re-runs. GNU parallel (if
+installed) does the same with ``--joblog --resume``, its whole process
+group killed (its running jobs die with it, as in a crash).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import random
 import resource
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
+from collections.abc import Callable
+from itertools import pairwise
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
@@ -41,15 +57,19 @@ CASES = {
 }
 
 
-def one(case: str, journal: str | None) -> dict[str, float]:
+def one(case: str, journal: str | None, durability: str = "normal") -> dict[str, float]:
     fn, count, workers, _ = CASES[case]
-    options = {"workers": workers} | ({"journal": journal} if journal else {})
+    options = {"workers": workers}
+    if journal:
+        options |= {"journal": journal, "durability": durability}  # type: ignore[dict-item]
+    cpu = time.process_time()
     started = time.perf_counter()
     report = manyhands.run(fn, range(count), **options)  # type: ignore[arg-type]
     wall = time.perf_counter() - started
+    cpu = time.process_time() - cpu
     assert report.succeeded + report.skipped == count, report
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"wall": wall, "peak_rss_mib": peak, "skipped": report.skipped}
+    return {"wall": wall, "cpu": cpu, "peak_rss_mib": peak, "skipped": report.skipped}
 
 
 def fresh(*args: str) -> dict[str, float]:
@@ -60,46 +80,136 @@ def fresh(*args: str) -> dict[str, float]:
     return result
 
 
+# -- what a kill re-runs -------------------------------------------------
+
+KILLED = """
+import os, sys, time, manyhands
+journal, side = sys.argv[1], sys.argv[2]
+def fn(x):
+    fd = os.open(side, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    os.write(fd, b"%d\\n" % x)
+    os.close(fd)
+    time.sleep(0.002)
+    return x
+manyhands.run(fn, range(int(sys.argv[3])), journal=journal, workers=16)
+"""
+
+
+def manyhands_run(tmp: Path, side: Path, count: int) -> subprocess.Popen[bytes]:
+    script = tmp / "killed.py"
+    script.write_text(KILLED)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+    argv = [sys.executable, str(script), str(tmp / "run.db"), str(side), str(count)]
+    return subprocess.Popen(argv, env=env, start_new_session=True)
+
+
+def parallel_run(tmp: Path, side: Path, count: int) -> subprocess.Popen[bytes]:
+    command = f"seq {count} | parallel -j16 --joblog {tmp / 'joblog'} --resume "
+    command += f"'echo {{}} >> {side}; sleep 0.002'"
+    return subprocess.Popen(["sh", "-c", command], start_new_session=True)
+
+
+def lines(side: Path) -> int:
+    return side.read_bytes().count(b"\n") if side.exists() else 0
+
+
+def reruns_per_kill(start: Callable[[Path, Path, int], subprocess.Popen[bytes]], kills: int,
+                    rng: random.Random) -> tuple[float, int]:  # fmt: skip
+    """Items called again per kill (the mean), and the most one resumed run called again."""
+    with tempfile.TemporaryDirectory() as folder:
+        tmp = Path(folder)
+        side = tmp / "calls.txt"
+        again = [0]  # items called again so far, after each run
+        for _ in range(kills):
+            before = lines(side)
+            proc = start(tmp, side, 1_000_000)
+            deadline = time.monotonic() + 60
+            while lines(side) < before + 100 and time.monotonic() < deadline:
+                time.sleep(0.01)  # under way, then a random moment
+            time.sleep(rng.uniform(0.0, 0.2))
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            calls = Counter(side.read_text().split())
+            again.append(sum(calls.values()) - len(calls))
+        last = max(map(int, calls))  # every item a kill left unrecorded runs again
+        start(tmp, side, last + 1).wait()
+        calls = Counter(side.read_text().split())
+        again.append(sum(calls.values()) - len(calls))
+        most = max(after - before for before, after in pairwise(again))
+        return again[-1] / kills, most
+
+
+def kill_case(kills: int) -> None:
+    rng = random.Random(16)
+    tools = {"manyhands (16 workers)": manyhands_run}
+    if shutil.which("parallel"):
+        tools["GNU parallel -j16 --joblog --resume"] = parallel_run
+    print("\n| re-run per kill, ~2 ms calls | mean items | most in one resumed run |")
+    print("| --- | ---: | ---: |")
+    for name, start in tools.items():
+        mean, worst = reruns_per_kill(start, kills, rng)
+        print(f"| {name} | {mean:.1f} | {worst} |", flush=True)
+
+
+def overhead(tmp: str, repeat: int) -> None:
+    print("| workload | durability | without journal s | with journal s | ratio | cost per item "
+          "| CPU per item |")  # fmt: skip
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    for case, (_, count, _, describe) in CASES.items():
+        plain = [fresh(case, "-") for _ in range(repeat)]
+        for durability in ("normal", "full"):
+            journaled = [
+                fresh(case, str(Path(tmp) / f"{case}{durability}{attempt}.db"), durability)
+                for attempt in range(repeat)
+            ]
+            wall = min(run["wall"] for run in journaled) / min(run["wall"] for run in plain)
+            cost = min(run["wall"] for run in journaled) - min(run["wall"] for run in plain)
+            cpu = min(run["cpu"] for run in journaled) - min(run["cpu"] for run in plain)
+            print(
+                f"| {describe} | {durability} | {min(run['wall'] for run in plain):.3f} | "
+                f"{min(run['wall'] for run in journaled):.3f} | {wall:.2f}x | "
+                f"{cost / count * 1e6:+.2f} us | {cpu / count * 1e6:+.2f} us |",
+                flush=True,
+            )
+
+
+def resume(tmp: str, count: int) -> None:
+    journal = str(Path(tmp) / "resume.db")
+    built = fresh("resume", journal, str(count))
+    size = Path(journal).stat().st_size / 2**20
+    print(f"\nresume: wrote {count:,} done items in {built['wall']:.2f} s ({size:.0f} MiB journal)")
+    again = fresh("resume", journal, str(count))
+    assert again["skipped"] == count
+    print(
+        f"resume: a fresh process skipped all {count:,} in {again['wall']:.2f} s, "
+        f"peak RSS {again['peak_rss_mib']:.0f} MiB"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--one", nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("--resume", type=int, default=1_000_000, help="done items to skip")
     parser.add_argument("--repeat", type=int, default=3, help="runs per overhead case (best)")
+    parser.add_argument("--kills", type=int, default=10, help="kills per tool (0: none)")
+    parser.add_argument("--only", choices=["overhead", "resume", "kills"], help="one part")
     args = parser.parse_args()
     if args.one:
         if args.one[0] == "resume":
             CASES["resume"] = (double, int(args.one[2]), 8, "")
-        print(json.dumps(one(args.one[0], args.one[1] if args.one[1] != "-" else None)))
+        journal = args.one[1] if args.one[1] != "-" else None
+        durability = args.one[2] if journal and args.one[0] != "resume" else "normal"
+        print(json.dumps(one(args.one[0], journal, durability)))
         return
 
     print(f"Python {sys.version.split()[0]}, {time.strftime('%Y-%m-%d')}\n")
-    print("| workload | without journal s | with journal s | ratio | cost per item |")
-    print("| --- | ---: | ---: | ---: | ---: |")
     with tempfile.TemporaryDirectory() as tmp:
-        for case, (_, count, _, describe) in CASES.items():
-            plain = min(fresh(case, "-")["wall"] for _ in range(args.repeat))
-            walls = []
-            for attempt in range(args.repeat):
-                walls.append(fresh(case, str(Path(tmp) / f"{case}{attempt}.db"))["wall"])
-            journaled = min(walls)
-            print(
-                f"| {describe} | {plain:.3f} | {journaled:.3f} | {journaled / plain:.2f}x | "
-                f"{(journaled - plain) / count * 1e6:+.2f} us |",
-                flush=True,
-            )
-        journal = str(Path(tmp) / "resume.db")
-        built = fresh("resume", journal, str(args.resume))
-        size = Path(journal).stat().st_size / 2**20
-        print(
-            f"\nresume: wrote {args.resume:,} done items in {built['wall']:.2f} s "
-            f"({size:.0f} MiB journal)"
-        )
-        again = fresh("resume", journal, str(args.resume))
-        assert again["skipped"] == args.resume
-        print(
-            f"resume: a fresh process skipped all {args.resume:,} in {again['wall']:.2f} s, "
-            f"peak RSS {again['peak_rss_mib']:.0f} MiB"
-        )
+        if args.only in (None, "overhead"):
+            overhead(tmp, args.repeat)
+        if args.only in (None, "resume"):
+            resume(tmp, args.resume)
+    if args.kills and args.only in (None, "kills"):
+        kill_case(args.kills)
 
 
 if __name__ == "__main__":
