@@ -435,14 +435,15 @@ class Journal:
         running = self._running
         if not (failures or retried or attempts or self._detailed or self._looked_up):
             # The common case: every item of the batch succeeded on this attempt.
-            group = Group(batches=[(batch.attempt, each, now, keys)], keys=[keys], rows=len(keys))
             self._unsaved.update(keys)
             for key in keys:
                 left = running.pop(key, 1) - 1
                 if left > 0:
                     running[key] = left
-        else:
-            group = self._record_each(batch, retried, keys, failures or {}, attempts, each, now)
+            if keys:
+                self._writer.hand_over_done(batch.attempt, each, now, keys)
+            return
+        group = self._record_each(batch, retried, keys, failures or {}, attempts, each, now)
         if group.rows:
             self._writer.hand_over(group)
 

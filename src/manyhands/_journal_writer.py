@@ -124,26 +124,45 @@ class Writer:
                 once, the lock file was removed or replaced (these rows are).
         """
         with self._cond:
-            while (
-                self._pending.rows
-                and self._pending.rows + group.rows > MAX_PENDING
-                and self._failure is None
-                and not self._discard
-            ):
-                self._cond.wait()
-            if self._failure is not None:
-                self._lost += group.rows
-                raise self._error()
-            pending = self._pending
+            pending = self._room(group.rows)
             pending.batches += group.batches
             pending.done += group.done
             pending.failed += group.failed
             pending.keys += group.keys
             pending.rows += group.rows
-            if self._idle:
-                self._cond.notify_all()
+            self._handed_over()
+
+    def hand_over_done(
+        self, attempts: int, elapsed: float, finished: float, keys: list[str]
+    ) -> None:
+        """:meth:`hand_over` for the common batch: done, default keys, nothing stored."""
+        with self._cond:
+            pending = self._room(len(keys))
+            pending.batches.append((attempts, elapsed, finished, keys))
+            pending.keys.append(keys)
+            pending.rows += len(keys)
+            self._handed_over()
+
+    def _room(self, rows: int) -> Group:
+        """The pending group, once it has room for ``rows`` more (condition held)."""
+        while (
+            self._pending.rows
+            and self._pending.rows + rows > MAX_PENDING
+            and self._failure is None
+            and not self._discard
+        ):
+            self._cond.wait()
+        if self._failure is not None:
+            self._lost += rows
+            raise self._error()
+        return self._pending
+
+    def _handed_over(self) -> None:
+        """Wake the writer if it waits for rows; tell a lock problem once (condition held)."""
+        if self._idle:
+            self._cond.notify()
+        if self._problem is not None:
             problem, self._problem = self._problem, None
-        if problem is not None:
             raise JournalError(problem)
 
     def flush(self) -> None:
