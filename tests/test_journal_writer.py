@@ -141,6 +141,17 @@ def test_a_failed_commit_stops_the_run_with_nothing_half_written(
     assert resumed.skipped == len(kept) and resumed.total == 3000
 
 
+def test_a_writer_that_breaks_stops_the_run_instead_of_hanging_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_thread_left: None
+) -> None:
+    def broken(self: Writer, group: Group) -> None:
+        raise MemoryError
+
+    monkeypatch.setattr(Writer, "_commit", broken)
+    with pytest.raises(manyhands.JournalError, match=r"writer failed.*will run again"):
+        manyhands.run(abs, range(5000), journal=tmp_path / "run.db", workers=2, batch_size=10)
+
+
 @pytest.mark.parametrize(
     "items",
     [

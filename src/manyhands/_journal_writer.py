@@ -219,9 +219,13 @@ class Writer:
             started = time.monotonic()
             try:
                 self._commit(group)
-            except _Failed as failed:
+            except BaseException as exc:  # (anything: the consumer must never wait in vain)
+                if isinstance(exc, _Failed):
+                    failure = (exc.text, exc.__cause__)
+                else:
+                    failure = (f"the journal's writer failed ({exc!r})", exc)
                 with cond:
-                    self._failure = (failed.text, failed.__cause__)
+                    self._failure = failure
                     self._lost = group.rows + self._pending.rows
                     self._writing = 0
                     cond.notify_all()
