@@ -105,6 +105,7 @@ class Writer:
         self._pending = Group()
         self._writing = 0  # rows of the commit in progress
         self._idle = False  # the writer waits for rows
+        self._full = False  # the consumer waits for room
         self._ending = False  # write what is pending, then stop
         self._discard = False  # stop without writing more
         self._failure: tuple[str, BaseException | None] | None = None
@@ -152,7 +153,10 @@ class Writer:
             and self._failure is None
             and not self._discard
         ):
+            self._full = True  # the writer takes the group now, not at its next interval
+            self._cond.notify_all()
             self._cond.wait()
+        self._full = False
         if self._failure is not None:
             self._lost += rows
             raise self._error()
@@ -249,7 +253,7 @@ class Writer:
                 self._idle = False
                 continue
             early = started + COMMIT_INTERVAL - time.monotonic()
-            if early <= 0 or self._pending.rows >= MAX_PENDING:
+            if early <= 0 or self._full or self._pending.rows >= MAX_PENDING:
                 return
             cond.wait(early)
 
