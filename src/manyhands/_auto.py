@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 __all__ = ["GIL_BOUND", "ITEMS", "MIN_CPU", "WINDOW", "Choice", "Measure", "demand", "gil_enabled"]
@@ -47,16 +47,16 @@ GIL_BOUND = 0.7  # calls' CPU time per second of the run: the GIL is the limit
 MIN_CPU = 50e-6  # seconds of CPU per item for processes to pay
 
 
-def demand() -> tuple[float, float] | None:
+def demand(threads: Iterable[int] | None = None) -> tuple[float, float] | None:
     """(CPU time, time ready to run) of this process's threads so far, in seconds.
 
     Linux only (None elsewhere): each thread's ``schedstat`` holds its time on
     a CPU and its time waiting for one. A thread waiting on I/O or on the GIL
-    is asleep, in neither.
+    is asleep, in neither. ``threads``: only those (native ids), else all.
     """
     ran = waited = 0
     try:
-        tasks = os.listdir("/proc/self/task")
+        tasks = os.listdir("/proc/self/task") if threads is None else list(threads)
     except OSError:
         return None
     for tid in tasks:
@@ -115,11 +115,13 @@ class Measure:
         workers: int,
         cores: int | None = None,
         demand: Callable[[], tuple[float, float] | None] = demand,
+        own_threads: bool = False,
     ) -> None:
         self._window_start = started
         self._workers = workers
         self._cores = cores if cores is not None else (os.cpu_count() or 1)
         self._demand = demand
+        self._own_threads = own_threads  # demand() reads only the run's own workers
         self._demand_start = demand()
         self._items = 0
         self._seconds = 0.0  # the calls' wall time
@@ -167,7 +169,11 @@ class Measure:
         start, end = self._demand_start, self._demand()
         if start is not None and end is not None:
             ran, ready = end[0] - start[0], end[1] - start[1]
-            if ran > 0:  # ready to run (a core's worth at most: one GIL), the calls' share
+            if self._own_threads:  # the run's own workers: their demand is its calls'
+                # (calls still running count too: with many threads taking turns on
+                # the GIL, few calls finish within a window, and their CPU lags)
+                busy = max(busy, min(ready / window, 1.0))
+            elif ran > 0:  # ready to run (a core's worth at most: one GIL), the calls' share
                 busy = max(busy, min(ready / window, 1.0) * min(self._cpu / ran, 1.0))
         return busy
 

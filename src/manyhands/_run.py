@@ -32,6 +32,7 @@ test passes a fake one), so rate, retry and timeout behaviour is exact in tests.
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterable, Callable, Generator, Iterator
@@ -40,7 +41,7 @@ from queue import Empty, SimpleQueue
 from time import monotonic
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
-from ._auto import Choice, Measure
+from ._auto import Choice, Measure, demand
 from ._backends import Backend
 from ._batch import EXECUTE_CODE, Batch, Task
 from ._checks import check_first_value, discard_coroutines
@@ -357,7 +358,7 @@ class Run:
             self._journal = self._open_journal()
         self._started = self._clock()
         if self.task.measure:
-            self._measure = Measure(self._started, self._workers)
+            self._measure = self._new_measure()
         self._slowdown.start(self._started)
         self._sizer.hold(True)  # (while the slowdown watches: see _obey_slowdown)
         if not progress_wanted(self._options.progress):
@@ -769,6 +770,18 @@ class Run:
                 self._move_to_processes(choice, batch)
         if not measure.measuring:
             self._stop_measuring()
+
+    def _new_measure(self) -> Measure:
+        """A run's own threads are measured alone; a shared pool's, by the run's share."""
+        threads = getattr(self._backend, "native_ids", None)
+        if not self._owns_backend or threads is None:
+            return Measure(self._started or 0.0, self._workers)
+        return Measure(
+            self._started or 0.0,
+            self._workers,
+            demand=functools.partial(demand, threads),
+            own_threads=True,
+        )
 
     def _stop_measuring(self) -> None:
         self.task.measure = False

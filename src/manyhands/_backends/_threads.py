@@ -79,6 +79,7 @@ class ThreadBackend:
         self._alive: list[_thread.LockType] = []  # one held lock per worker started
         self._retiring = 0  # exit sentinels queued so far
         self.notes: list[str] = []  # for the Report: e.g. fewer workers than asked
+        self.native_ids: set[int] = set()  # the worker threads' (for backend="auto")
 
     # -- lifecycle -------------------------------------------------------
 
@@ -252,6 +253,8 @@ def _work(
     it, and a batch the engine timed out is dropped (and, if this worker was
     replaced meanwhile, the worker exits).
     """
+    me = threading.get_native_id()
+    backend.native_ids.add(me)
     try:
         _install(hooks)
         _serving.backend = backend
@@ -286,4 +289,5 @@ def _work(
                 return
             del batch, task
     finally:
+        backend.native_ids.discard(me)
         alive.release()
