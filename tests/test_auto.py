@@ -91,6 +91,20 @@ def test_load_from_other_processes_does_not_hide_cpu_bound_calls() -> None:
     assert choice is not None and choice.backend == "processes"
 
 
+def test_a_runs_own_threads_count_the_calls_still_running() -> None:
+    # 32 threads take turns on the GIL: in the window only 30 short calls finished
+    # (0.03 s of CPU), but the run's own workers were ready to run all of it.
+    readings = iter([(0.0, 0.0), (0.2, 0.2), (0.2, 0.2)])
+    shared = Measure(started=0.0, workers=32, cores=2, demand=lambda: next(readings))
+    shared.add(items=30, seconds=3.0, cpu=0.03)
+    assert str(shared.choose(now=0.2)).startswith("threads")  # (another run's calls?)
+    readings = iter([(0.0, 0.0), (0.2, 0.2), (0.2, 0.2)])
+    own = Measure(started=0.0, workers=32, cores=2, demand=lambda: next(readings), own_threads=True)
+    own.add(items=30, seconds=3.0, cpu=0.03)
+    choice = own.choose(now=0.2)
+    assert choice is not None and choice.backend == "processes"
+
+
 # -- real runs -------------------------------------------------------------------------
 
 
