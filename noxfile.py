@@ -160,6 +160,7 @@ ON_EVERY_PYTHON = [
     "tests/test_timeouts.py",
     "tests/test_cli_signals.py",
     "tests/test_journal.py",
+    "tests/test_journal_writer.py",
     "tests/test_keys.py",
     "tests/test_pool.py",
     "tests/test_first_hour.py",

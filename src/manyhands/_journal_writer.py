@@ -61,10 +61,10 @@ _DONE_BATCHES = """
 WITH batch AS MATERIALIZED (
     SELECT json_extract(value, '$[0]') AS attempts, json_extract(value, '$[1]') AS elapsed,
            json_extract(value, '$[2]') AS finished, json_extract(value, '$[3]') AS keys
-    FROM json_each(?1)
+    FROM json_each(?)
 )
 INSERT OR REPLACE INTO items (key, state, attempts, elapsed, finished, run)
-SELECT key.value, 'done', attempts, elapsed, finished, ?2 FROM batch, json_each(batch.keys) AS key
+SELECT key.value, 'done', attempts, elapsed, finished, ? FROM batch, json_each(batch.keys) AS key
 """
 # Without JSON support in SQLite: one row at a time.
 _DONE = (
