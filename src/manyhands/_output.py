@@ -37,7 +37,7 @@ from typing import IO, Any
 
 from ._escape import escape_json
 from ._inputs import BadLine, UsageProblem
-from ._outcome import SKIPPED_DONE, SKIPPED_FAILED, Outcome, safe_repr
+from ._outcome import SKIPPED_DONE, SKIPPED_FAILED, Failure, Outcome, safe_repr
 
 __all__ = ["OutputFile", "command_json_line", "command_streams", "json_line"]
 
@@ -139,12 +139,7 @@ def json_line(outcome: Outcome[Any, Any]) -> bytes:
         if not outcome.skipped or outcome.value is not None:
             record["value"] = outcome.value
     else:
-        error = outcome.error
-        record["error"] = {
-            "type": error.error_type,
-            "message": error.message,
-            "attempts": error.attempts,
-        }
+        record["error"] = _error(outcome.error)
     if outcome.skipped:
         record["skipped"] = outcome.skipped
     try:
@@ -155,6 +150,10 @@ def json_line(outcome: Outcome[Any, Any]) -> bytes:
                 record[name] = safe_repr(record[name], limit=10_000)
         text = json.dumps(record, ensure_ascii=False)
     return escape_json(text).encode() + b"\n"
+
+
+def _error(error: Failure) -> dict[str, Any]:
+    return {"type": error.error_type, "message": error.message, "attempts": error.attempts}
 
 
 _EXIT_TYPE = re.compile(r"manyhands\.cli\.Exit(\d+)")
@@ -182,11 +181,7 @@ def command_json_line(outcome: Outcome[Any, Any]) -> bytes:
         for name in ("stdout", "stderr"):
             if hasattr(exc, name):
                 record[name] = getattr(exc, name)
-        record["error"] = {
-            "type": error.error_type,
-            "message": error.message,
-            "attempts": error.attempts,
-        }
+        record["error"] = _error(error)
     if outcome.skipped:
         record["skipped"] = outcome.skipped
     text = json.dumps(record, ensure_ascii=False, default=safe_repr)
