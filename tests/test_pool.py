@@ -475,6 +475,8 @@ def test_a_process_pool_loads_many_functions_in_turn_and_keeps_a_bounded_number(
             assert values == [x + k for x in range(5)], k
         again = [out.value for out in pool.map(lambda x: x * 10, range(3), ordered=True)]
         assert again == [0, 10, 20]
+        workers = pool._backend._pool  # type: ignore[attr-defined]
+        assert workers and all(len(w.functions) == FUNCTIONS_KEPT for w in workers)
 
 
 def test_a_crash_in_one_run_of_a_process_pool_costs_only_its_item() -> None:

@@ -169,6 +169,12 @@ def raise_odd(kind: str) -> None:
     raise BadStr()
 
 
+def test_a_function_that_cannot_travel_is_refused_naming_fn(no_process_left: None) -> None:
+    lock = threading.Lock()
+    with pytest.raises(TypeError, match=r"fn cannot be sent to a worker process: .*lock"):
+        manyhands.run(lambda x: lock, [1, 2], backend="processes", workers=2)
+
+
 def test_exceptions_that_cannot_travel_still_come_back_described() -> None:
     outs = {o.item: o for o in manyhands.map(raise_odd, ["nopickle", "badstr"],
                                               backend="processes")}  # fmt: skip

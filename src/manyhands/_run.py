@@ -710,12 +710,11 @@ class Run:
 
     def _complete(self, batch: Batch) -> Iterator[Batch]:
         """Settle a batch back from the backend; yield what is ready for delivery."""
-        if batch.piece:  # (its batch's other items still run)
-            pass
-        elif batch.via == self._via:  # (inline: the hot path)
-            self._in_backend -= 1
-        else:  # (it went out before the run moved to another backend)
-            self._in_previous -= 1
+        if not batch.piece:  # (a piece: its batch's other items still run, it is still out)
+            if batch.via == self._via:  # (_count_back inline: the hot path)
+                self._in_backend -= 1
+            else:  # (it went out before the run moved to another backend)
+                self._in_previous -= 1
         size = len(batch.items)
         self._in_flight -= size
         if self._values_unchecked:
@@ -959,7 +958,7 @@ class Run:
         watching = slowdown.watching  # (else quiet: it hears only of throttled calls)
         if not watching:
             self._most_in_flight = self._window
-        elif self._backend.concurrent_items and slowdown.unlimited:
+        elif self._items_are_calls and slowdown.unlimited:
             # asyncio, while nothing has limited the run: items queued ahead of the
             # tasks, as many as run, so a task that finishes a call starts the next
             # at once instead of waiting a round trip through this loop for its

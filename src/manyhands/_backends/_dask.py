@@ -47,7 +47,7 @@ from typing import Any, ClassVar
 from .._batch import Batch, Task
 from .._exceptions import WorkerCrashed
 from ._dask_cluster import connect, retries_note, start_local_cluster
-from ._process_batches import fail_items, file_results, pickle_items
+from ._process_batches import fail_items, file_results, pickle_batch, pickle_items
 from ._remote_calls import ABANDONED_MESSAGE, read_progress, run_items
 
 __all__ = ["DaskBackend"]
@@ -184,11 +184,10 @@ class DaskBackend:
     # -- batches ---------------------------------------------------------
 
     def submit(self, batch: Batch) -> None:
-        payload, indices = pickle_items(batch, list(range(len(batch.items))))
-        if payload is None:  # no item could be pickled: each failed with why
-            batch.task.done(batch)
+        pickled = pickle_batch(batch)
+        if pickled is None:  # no item could be pickled: each failed with why
             return
-        batch.nbytes = len(payload)
+        payload, indices = pickled
         with self._lock:
             self._parts[id(batch)] = 1
         self._send(_Part(batch, indices, payload))

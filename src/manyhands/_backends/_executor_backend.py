@@ -23,7 +23,7 @@ from concurrent.futures import Executor, Future
 from time import monotonic, sleep
 
 from .._batch import Batch, Task
-from ._process_batches import fail_items, file_results, pickle_items
+from ._process_batches import fail_items, file_results, pickle_batch
 from ._remote_calls import ABANDONED_MESSAGE, run_items
 
 __all__ = ["ExecutorBackend"]
@@ -60,11 +60,10 @@ class ExecutorBackend:
         pass
 
     def submit(self, batch: Batch) -> None:
-        payload, indices = pickle_items(batch, list(range(len(batch.items))))
-        if payload is None:  # no item could be pickled: each failed with why
-            batch.task.done(batch)
+        pickled = pickle_batch(batch)
+        if pickled is None:  # no item could be pickled: each failed with why
             return
-        batch.nbytes = len(payload)
+        payload, indices = pickled
         try:
             future = self._executor.submit(run_items, batch.task.fn, payload, batch.task.timeout)
         except Exception as exc:  # shut down, or broken: the batch fails with why

@@ -16,7 +16,21 @@ from .._outcome import Failure, safe_repr
 from ._process_spawn import how_it_ended
 from ._process_worker import RemoteError
 
-__all__ = ["blame_crash", "fail_items", "file_results", "pickle_items"]
+__all__ = ["blame_crash", "fail_items", "file_results", "pickle_batch", "pickle_items"]
+
+
+def pickle_batch(batch: Batch) -> tuple[bytes, list[int]] | None:
+    """A whole batch's items as one pickle (``batch.nbytes`` set), and which they are.
+
+    None when no item could be pickled: each failed with why, and the batch is
+    handed back to its run at once (another engine's backend sends it nowhere).
+    """
+    payload, indices = pickle_items(batch, list(range(len(batch.items))))
+    if payload is None:
+        batch.task.done(batch)
+        return None
+    batch.nbytes = len(payload)
+    return payload, indices
 
 
 def pickle_items(batch: Batch, indices: list[int]) -> tuple[bytes | None, list[int]]:

@@ -75,6 +75,15 @@ _READ, _WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 FUNCTIONS_KEPT = 16
 
 
+def _pickled_fn(fn: Callable[[Any], Any]) -> bytes:
+    import cloudpickle  # type: ignore[import-untyped]
+
+    try:
+        return bytes(cloudpickle.dumps(fn))
+    except Exception as exc:
+        raise TypeError(f"fn cannot be sent to a worker process: {exc}") from exc
+
+
 class ProcessBackend:
     """Runs batches on ``workers`` processes; see the module docstring."""
 
@@ -161,44 +170,40 @@ class ProcessBackend:
         on with the workers that started (:attr:`notes` says why); if none did,
         WorkerInitError names the limit.
         """
-        import cloudpickle  # type: ignore[import-untyped]
-
-        try:
-            code = cloudpickle.dumps(task.fn)
-        except Exception as exc:
-            raise TypeError(f"fn cannot be sent to a worker process: {exc}") from exc
         with self._lock:
             task.key = next(self._keys)
+        if not self._started and not self._shared:
+            # A run's own workers get fn with the initializer, in one pickle: a
+            # function of __main__ (pickled by value) then shares its globals with
+            # the initializer (``connection = ...`` set there is seen by fn), as with
+            # multiprocessing; a replacement worker gets the same payload.
+            self._start_workers_once(first=task)
+            return
+        code = _pickled_fn(task.fn)
+        with self._lock:
             self._functions[task.key] = code
-        # A run's own workers get fn with the initializer, in one pickle: a function
-        # of __main__ (pickled by value) then shares its globals with the initializer
-        # (``connection = ...`` set there is seen by fn), as with multiprocessing.
-        self._start_workers_once(first=task)
+        self._start_workers_once()
 
     def _start_workers_once(self, first: Task | None = None) -> None:
         if self._started:
             return
         if self._context.get_start_method() == "forkserver":
             try:
-                ensure_forkserver()  # it boots while fn is pickled here
+                ensure_forkserver()  # (it boots while the payload is pickled)
             except (OSError, EOFError) as exc:
                 raise WorkerInitError(
                     f"no worker process could be started: {limit_hint(exc)}"
                 ) from exc
         import cloudpickle
 
+        key, fn = (first.key, first.fn) if first is not None else (0, None)
         try:
-            self._payload = cloudpickle.dumps(
-                (
-                    self._initializer,
-                    self._initargs,
-                    first.key if first is not None else 0,
-                    first.fn if first is not None else None,
-                )
-            )
-            self._first_key = first.key if first is not None else 0
+            self._payload = cloudpickle.dumps((self._initializer, self._initargs, key, fn))
         except Exception as exc:
+            if fn is not None:
+                _pickled_fn(fn)  # (raises, naming fn, when fn is what does not pickle)
             raise TypeError(f"initializer cannot be sent to a worker process: {exc}") from exc
+        self._first_key = key
         try:
             try:
                 self._selector = selectors.DefaultSelector()
@@ -306,6 +311,8 @@ class ProcessBackend:
         with self._lock:
             self._inbox.clear()
             self._stopping = True
+            if not self._started:  # (attach failed: fn did not pickle, or no worker started)
+                return 0
         self._wake()
         try:  # a second Ctrl-C here ends the wait at once
             if self._dispatcher is not None and self._dispatcher.is_alive():
