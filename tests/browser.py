@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -106,11 +107,16 @@ def open_page(path: Path, width: int = 1200, height: int = 900) -> Iterator[Page
     """Load ``path`` in headless Chromium (a fresh profile) and yield what happened."""
     executable = chromium()
     assert executable is not None
-    with tempfile.TemporaryDirectory(prefix="manyhands-chromium-") as profile:
+    # (Chromium's helper processes may still write to the profile for a moment
+    # after they are killed: a leftover file there is no failure of the page.)
+    with tempfile.TemporaryDirectory(
+        prefix="manyhands-chromium-", ignore_cleanup_errors=True
+    ) as profile:
         process = subprocess.Popen(
             [executable, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            start_new_session=True,  # its helpers too are stopped at the end
         )
         session = None
         try:
@@ -128,7 +134,8 @@ def open_page(path: Path, width: int = 1200, height: int = 900) -> Iterator[Page
         finally:
             if session is not None:
                 session.close()
-            process.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=30)
 
 

@@ -135,7 +135,8 @@ def test_a_failed_commit_stops_the_run_with_nothing_half_written(
     kept = recorded(journal)
     assert set(kept) == {key for group in slow_writer for key in group}  # the groups committed
     assert not set(kept) & set(tried[-1])  # the failed group: none of its rows
-    assert "150" in tried[-1] and set(kept.values()) == {"done"}
+    # (Under load the first group may already hold item 150: then nothing was committed.)
+    assert "150" in tried[-1] and set(kept.values()) <= {"done"}
     monkeypatch.undo()
     resumed = manyhands.run(fail_at_150, range(3000), journal=journal, workers=2)
     assert resumed.skipped == len(kept) and resumed.total == 3000
