@@ -138,6 +138,31 @@ def test_duplicate_keys_in_one_input_run_once(tmp_path: Path) -> None:
     assert "2 skipped (duplicate keys)" in str(report)
 
 
+@pytest.mark.parametrize("workers", [1, 4])
+def test_blocks_of_new_keys_and_blocks_with_known_ones_take_turns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int
+) -> None:
+    """Input is read in blocks: one of new keys is taken without checks, others item by item."""
+    monkeypatch.setattr(_journal, "BLOCK", 8)
+    journal = tmp_path / "run.db"
+    calls, fn = counting(fail={21})
+    manyhands.run(fn, range(16, 24), journal=journal)  # a block recorded before
+    calls.clear()
+    # Blocks: new; new; new but for 9 and 10 (repeated); recorded; new; repeats of the first.
+    items = [*range(8), *range(8, 16), 9, 10, *range(24, 30), *range(16, 24), *range(30, 38)]
+    items += [*range(8)]
+    outs = list(manyhands.map(fn, items, journal=journal, ordered=True, workers=workers))
+    assert [o.item for o in outs] == items
+    assert calls == Counter(set(items) - set(range(16, 24)))  # each new key once
+    reasons = Counter(o.skipped for o in outs)
+    assert reasons == {
+        None: 30,
+        "duplicate key": 10,
+        "done in the journal": 7,
+        "failed in the journal": 1,
+    }
+
+
 def test_key_function_and_edited_items(tmp_path: Path) -> None:
     journal = tmp_path / "run.db"
     calls: list[str] = []

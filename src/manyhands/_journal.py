@@ -157,8 +157,13 @@ class Journal:
             raise
         self._source: Iterator[Any] | None = None
         self._buffer: deque[tuple[Any, str, str | None]] = deque()
+        # A block whose keys are all new (none recorded, running, pending or
+        # repeated in it) is taken in slices, with nothing more to check.
+        self._new_items: list[Any] = []
+        self._new_keys: list[str] = []
+        self._new_at = 0
         self._looked_up: dict[str, tuple[Any, ...]] = {}  # key -> journal row, for the buffer
-        self._running: dict[str, int] = {}  # key -> copies admitted to run, not recorded
+        self._running: set[str] = set()  # keys admitted to run, not recorded
         self._unsaved: set[str] = set()  # keys recorded, not known to be committed
         self.pulled = 0  # items read from the input
         self.error: BaseException | None = None  # why reading stopped early, if it did
@@ -231,10 +236,14 @@ class Journal:
         repeating a key run by this input.
         """
         self._source = source
+        if self._new_at < len(self._new_keys):
+            return self._take_new_block(size)
         buffer = self._buffer
         while True:
-            if not buffer and not self._refill():
+            if not buffer and not self._refill(new_block=True):
                 return None if self._ended else Segment([], [])
+            if not buffer:  # (a block of new keys)
+                return self._take_new_block(size)
             first = self._skip_reason(*buffer[0])
             if buffer:  # (a refused item empties it)
                 break
@@ -248,7 +257,7 @@ class Journal:
             running, unsaved, looked_up = self._running, self._unsaved, self._looked_up
             while True:
                 item, key, _ = buffer.popleft()
-                running[key] = running.get(key, 0) + 1
+                running.add(key)
                 items.append(item)
                 keys.append(key)
                 if len(items) >= size or (not buffer and not self._refill()):
@@ -284,23 +293,31 @@ class Journal:
                 break
         return Segment(items, keys, reasons, values, failures or None)
 
+    def _take_new_block(self, size: int) -> Segment:
+        """The next ``size`` items (or fewer, at its end) of a block of new keys."""
+        start = self._new_at
+        end = self._new_at = start + size
+        keys = self._new_keys[start:end]
+        items = self._new_items[start:end]
+        if end >= len(self._new_keys):
+            self._new_items, self._new_keys, self._new_at = [], [], 0
+        self._running.update(keys)
+        return Segment(items, keys)
+
     def _take_new(self, items: list[Any], keys: list[str], size: int) -> None:
         """The common case in bulk: the next items all run (their keys are new).
 
         New: no record was found for any key of the block (nothing looked
         up), and none is running, recorded by this run or repeated among
-        them. Takes nothing if that does not hold for the next items.
+        them. Takes nothing if that does not hold for the next items. Stops
+        at the end of the buffer: the next block may be taken whole.
         """
         buffer, running, unsaved = self._buffer, self._running, self._unsaved
         while buffer and not self._looked_up and len(items) < size:
             count = min(size - len(items), len(buffer))
             entries = list(islice(buffer, count))
             new = [entry[1] for entry in entries]
-            if not (
-                running.keys().isdisjoint(new)
-                and unsaved.isdisjoint(new)
-                and len(set(new)) == count
-            ):
+            if not (running.isdisjoint(new) and unsaved.isdisjoint(new) and len(set(new)) == count):
                 return
             if count == len(buffer):
                 buffer.clear()
@@ -308,11 +325,9 @@ class Journal:
                 popleft = buffer.popleft
                 for _ in range(count):
                     popleft()
-            running.update(dict.fromkeys(new, 1))
+            running.update(new)
             items += [entry[0] for entry in entries]
             keys += new
-            if not buffer:
-                self._refill()
 
     def _skip_reason(self, item: Any, key: str, print_: str | None) -> str | None:
         if key in self._running or key in self._unsaved:
@@ -349,8 +364,12 @@ class Journal:
         self._ended = True
         return None
 
-    def _refill(self) -> bool:
-        """Read and look up the next block; False when nothing more comes."""
+    def _refill(self, new_block: bool = False) -> bool:
+        """Read and look up the next block; False when nothing more comes.
+
+        ``new_block``: a block whose keys are all new may go to the slices
+        of :meth:`_take_new_block` instead of the buffer.
+        """
         if self._ended or self._source is None:
             return False
         self._looked_up.clear()  # the buffer is empty: every looked-up row was used
@@ -365,26 +384,41 @@ class Journal:
             self._ended = True
         if len(block) < BLOCK and not getattr(self._source, "waiting", False):
             self._ended = True  # (an async input that is only waiting has not ended)
-        entries: list[tuple[Any, str, str | None]] = []
+        keys: list[str] = []
+        prints: list[str | None] = []  # (with key=: the items' fingerprints)
         keyfn = self._key
         if keyfn is None:
             with contextlib.suppress(Exception):  # (the loop below names the item)
-                entries = list(zip(block, default_keys(block), repeat(None)))
-                block = []
-        for item in block:
-            try:
-                if keyfn is None:
-                    key, print_ = default_key(item), None
-                else:
-                    key, print_ = _as_key(keyfn(item)), fingerprint(item)
-            except Exception as exc:
-                self.error = _key_error(item, self.pulled + len(entries), exc, keyfn)
-                self._ended = True
-                break
-            entries.append((item, key, print_))
-        self.pulled += len(entries)
-        self._lookup([key for _, key, _ in entries])
-        self._buffer.extend(entries)
+                keys = default_keys(block)
+        if len(keys) < len(block):
+            keys = []
+            for item in block:
+                try:
+                    if keyfn is None:
+                        key = default_key(item)
+                    else:
+                        key = _as_key(keyfn(item))
+                        prints.append(fingerprint(item))
+                except Exception as exc:
+                    self.error = _key_error(item, self.pulled + len(keys), exc, keyfn)
+                    self._ended = True
+                    del block[len(keys) :]
+                    break
+                keys.append(key)
+        self.pulled += len(keys)
+        self._lookup(keys)
+        if (
+            new_block
+            and keys
+            and not self._looked_up
+            and len(set(keys)) == len(keys)
+            and self._running.isdisjoint(keys)
+            and self._unsaved.isdisjoint(keys)
+        ):
+            self._new_items, self._new_keys = block, keys
+            return True
+        fingerprints = prints if keyfn is not None else repeat(None)
+        self._buffer.extend(zip(block, keys, fingerprints, strict=False))  # (repeat: endless)
         return bool(self._buffer)
 
     def _lookup(self, keys: list[str]) -> None:
@@ -436,10 +470,7 @@ class Journal:
         if not (failures or retried or attempts or self._detailed or self._looked_up):
             # The common case: every item of the batch succeeded on this attempt.
             self._unsaved.update(keys)
-            for key in keys:
-                left = running.pop(key, 1) - 1
-                if left > 0:
-                    running[key] = left
+            running.difference_update(keys)
             if keys:
                 self._writer.hand_over_done(batch.attempt, each, now, keys)
             return
@@ -491,9 +522,7 @@ class Journal:
             recorded.append(key)
             if key in looked_up:  # a later copy in the buffer is a duplicate now
                 looked_up[key] = (DONE, run, print_, *looked_up[key][3:])
-            left = running.pop(key, 1) - 1
-            if left > 0:
-                running[key] = left
+            running.discard(key)
         self._unsaved.update(recorded)
         group.keys.append(recorded)
         group.rows = len(recorded)
