@@ -542,16 +542,18 @@ class Journal:
         group.rows = len(recorded)
         return group
 
-    def record_successes(self, batch: Batch) -> None:
+    def record_successes(self, batch: Batch) -> int:
         """Record the items of a batch that came back after the run was interrupted.
 
-        Only its successes: a failure there might have been retried.
+        Only its successes (a failure there might have been retried); returns
+        how many were recorded.
         """
         if batch.keys is None or not batch.values:
-            return
+            return 0
         errors = batch.errors or {}
         batch.failures = None
         self.record(batch, set(errors))
+        return len(batch.keys) - len(errors)
 
     def commit(self) -> None:
         """Wait until every outcome recorded so far is committed."""
