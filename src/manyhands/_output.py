@@ -192,19 +192,29 @@ def command_streams(outcome: Outcome[Any, Any]) -> bytes:
     """A command's stdout, for the command's stdout; its stderr goes to stderr at once.
 
     Each command's output is written whole once it ended (never interleaved
-    with another's), as GNU parallel's default ``--group`` does.
+    with another's), as GNU parallel's default ``--group`` does. A stdout
+    passed through (``run --sh`` without ``--output``) is the command's bytes
+    unchanged: it is copied to stdout here, and nothing is added to it.
     """
     error = outcome.error
     if error is not None:
-        stdout, stderr = (getattr(error.exception, name, "") for name in ("stdout", "stderr"))
+        exc = error.exception
+        stdout, stderr = getattr(exc, "passed", None), getattr(exc, "stderr", "")
     elif isinstance(outcome.value, dict):
-        stdout, stderr = outcome.value.get("stdout", ""), outcome.value.get("stderr", "")
+        stdout, stderr = outcome.value.get("stdout"), outcome.value.get("stderr", "")
     else:
         return b""
+    if error is not None and getattr(error.exception, "stdout_dropped", False):
+        stderr += f"manyhands: item {safe_repr(outcome.item, 200)} failed: {error.message}\n"
     if stderr:
         sys.stderr.write(stderr)
         sys.stderr.flush()
-    return str(stdout).encode("utf-8", "surrogateescape")
+    if stdout is None:
+        return b""
+    if hasattr(stdout, "write_to"):  # (the whole stdout, kept in memory or a file)
+        stdout.write_to(sys.stdout.buffer)
+        return b""
+    return str(stdout).encode("utf-8", "surrogateescape")  # (a value a journal stored)
 
 
 def _drop_cut_line(path: str, file: IO[bytes]) -> int:

@@ -30,7 +30,15 @@ from ._output import OutputFile, command_json_line, command_streams, json_line
 from ._rate import parse_rate
 from ._retry import Retry
 from ._run import Run
-from ._shell import DEFAULT_CAPTURE, CommandFailed, CommandRunner, Template, exit_codes, exits_with
+from ._shell import (
+    DEFAULT_CAPTURE,
+    CommandFailed,
+    CommandRunner,
+    Template,
+    commands_at_once,
+    exit_codes,
+    exits_with,
+)
 from ._signals import StopSignals, Terminated
 from ._stream import Outcomes
 
@@ -281,8 +289,12 @@ def _run_commands(
         raise UsageProblem(f"--sh: no program {program!r} (not on PATH, or not executable)")
     capture = DEFAULT_CAPTURE if command["max_output"] is None else command["max_output"]
     runner = CommandRunner(
-        template, timeout=flags["timeout"], capture=capture, throttle_exit=command["throttle_exit"]
-    )
+        template, timeout=flags["timeout"], capture=capture, throttle_exit=command["throttle_exit"],
+        passthrough=not output, stdout_limit=command["max_output"],
+    )  # fmt: skip
+    flags["workers"], notice = commands_at_once(flags["workers"])  # (the open-file limit)
+    if notice is not None:
+        click.echo(notice, err=True)
     # The runner kills a command's process group at --timeout; the engine's
     # timeout would only abandon the thread waiting for it.
     flags |= {"backend": "threads", "timeout": None, "batch_size": flags["batch_size"] or 1}
