@@ -169,3 +169,25 @@ def test_with_no_command_running_to_free_a_file_descriptor_the_error_names_the_l
     assert done.returncode == 0, done.stderr
     assert "a command cannot start (the limit is 32" in done.stdout
     assert "raise it with ulimit -n" in done.stdout
+
+
+# -- the report --------------------------------------------------------------------
+
+
+def test_a_sh_run_never_advises_another_backend(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A command's CPU is its start (fork, exec), and --sh runs on threads only: the
+    # hint of a CPU-bound threads run ("backend='processes' or 'auto'") does not apply.
+    from manyhands._auto import Measure
+    from manyhands.cli import main
+
+    monkeypatch.setattr(Measure, "ready", lambda self, now: True)
+    monkeypatch.setattr(Measure, "hint", lambda self, now: "ADVICE: backend='processes'")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "items.txt").write_text("a\nb\n")
+    (tmp_path / "work.py").write_text("def upper(item):\n    return item.upper()\n")
+    assert main(["run", "--sh", "true", "items.txt", "--output", "out.jsonl"]) == 0
+    assert main(["run", "work.py:upper", "items.txt"]) == 0  # a function's run: advised
+    said = capsys.readouterr()
+    assert said.out.count("ADVICE") + said.err.count("ADVICE") == 1  # the function's run only

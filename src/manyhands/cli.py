@@ -237,6 +237,8 @@ def _run(
         run = _api.open_run(caller, _calling(fn), items, options, report_only=report_only)
     except (TypeError, ValueError) as exc:
         raise UsageProblem(str(exc)) from exc
+    if isinstance(fn, CommandRunner):  # its CPU is starting commands, on threads only
+        run.task.measure = False  # (so no hint of another backend)
     journal: str | None = options.get("journal")
     # A resume appends to --output; the file is touched only once the run holds the lock.
     resumed = journal is not None and Path(journal).exists()
