@@ -177,8 +177,9 @@ def _failure_rate(
               help="With --sh: a command exiting with CODE means 'slow down': the run "
                    "slows down and retries it.")  # fmt: skip
 @click.option("--max-output", type=click.IntRange(min=0), metavar="BYTES",
-              help=f"With --sh: bytes of stdout and of stderr kept per command "
-                   f"(default {DEFAULT_CAPTURE}).")  # fmt: skip
+              help=f"With --sh: bytes of stdout and of stderr kept per command in --output "
+                   f"(default {DEFAULT_CAPTURE}); without --output, a command whose stdout "
+                   f"is longer fails (default: no limit).")  # fmt: skip
 def run(
     target: str | None,
     input_path: str,
