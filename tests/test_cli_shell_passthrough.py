@@ -60,6 +60,19 @@ def test_a_passed_through_stdout_past_max_output_fails_its_item_and_says_so_on_s
     assert "manyhands.cli.OutputTooLarge" in stderr and "2 succeeded, 1 failed" in stderr
 
 
+def test_a_resume_passes_on_the_stdout_of_the_commands_it_runs_and_stores_the_rest(
+    tmp_path: Path,
+) -> None:
+    flags = ("--sh", "echo ran", "--journal", "run.db", "--store-results")
+    first = manyhands(*flags, cwd=tmp_path, stdin="a\n")
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == b"ran a\n" and b"warning" not in first.stderr  # (the value stored)
+    again = manyhands(*flags, cwd=tmp_path, stdin="a\nb\n")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == b"ran b\n"  # "a" ran before: its stdout is not written again
+    assert b"1 skipped" in again.stderr and b"warning" not in again.stderr
+
+
 def test_a_spool_keeps_every_byte_in_memory_then_in_a_file_and_stops_at_its_limit() -> None:
     from manyhands._process_group import Spool
 

@@ -213,8 +213,12 @@ def command_streams(outcome: Outcome[Any, Any]) -> bytes:
         return b""
     if hasattr(stdout, "write_to"):  # (the whole stdout, kept in memory or a file)
         stdout.write_to(sys.stdout.buffer)
+        if isinstance(outcome.value, dict):  # (passed on, not kept: a journal stores the rest)
+            outcome.value["stdout"] = None
         return b""
-    return str(stdout).encode("utf-8", "surrogateescape")  # (a value a journal stored)
+    if outcome.skipped or not stdout:  # (its stdout was passed on by the run that ran it)
+        return b""
+    return str(stdout).encode("utf-8", "surrogateescape")
 
 
 def _drop_cut_line(path: str, file: IO[bytes]) -> int:
