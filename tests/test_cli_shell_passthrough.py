@@ -47,6 +47,14 @@ def test_without_output_the_commands_stdout_is_their_bytes_whole_and_unchanged(
     assert b"2 succeeded" in done.stderr
 
 
+def test_a_failed_commands_stdout_is_passed_on_whole_too(tmp_path: Path) -> None:
+    script = 'head -c 300000 /dev/zero | tr "\\0" y; printf "\\377\\n"; echo oops >&2; exit 3'
+    done = manyhands("--sh", f"sh -c '{script}' sh {{}}", cwd=tmp_path, stdin="a\n")
+    assert done.returncode == 1
+    assert done.stdout == b"y" * 300_000 + b"\xff\n"
+    assert b"oops" in done.stderr and b"manyhands.cli.Exit3" in done.stderr
+
+
 def test_a_passed_through_stdout_past_max_output_fails_its_item_and_says_so_on_stderr(
     tmp_path: Path,
 ) -> None:

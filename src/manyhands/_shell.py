@@ -325,6 +325,7 @@ class CommandRunner:
         finally:
             self._forget(proc)
         stderr = decoded(err, "stderr")
+        code = proc.returncode
         if isinstance(out, Spool):
             if out.over:
                 cause = (
@@ -332,10 +333,11 @@ class CommandRunner:
                     "group was killed and its stdout dropped"
                 )
                 raise _failure(OutputTooLarge, cause, ("", stderr))
-            captured = (head_text(out, self.capture), stderr)
+            if code == 0 and not timed_out:
+                return {"exit_code": 0, "stdout": out, "stderr": stderr}
+            captured = (head_text(out, self.capture), stderr)  # (a failure's text)
         else:
             captured = (decoded(out, "stdout"), stderr)
-        code = proc.returncode
         if timed_out:
             cause = f"ran past --timeout={self.timeout:g}s; its process group was killed"
             error = _failure(CommandTimedOut, cause, captured)
@@ -345,8 +347,7 @@ class CommandRunner:
             if code == self.throttle_exit:
                 error.retry_after = retry_after_in(stderr)
         else:
-            return {"exit_code": 0, "stdout": out if self.passthrough else captured[0],
-                    "stderr": stderr}  # fmt: skip
+            return {"exit_code": 0, "stdout": captured[0], "stderr": stderr}
         if isinstance(out, Spool):
             error.passed = out
         raise error
