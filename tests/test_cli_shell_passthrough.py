@@ -44,7 +44,15 @@ def test_without_output_the_commands_stdout_is_their_bytes_whole_and_unchanged(
                      cwd=tmp_path, stdin="big\nbin\n")  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout == b"x" * BIG + b"END\n" + b"\xff\xfebin\n"  # no notice, no escapes
-    assert b"2 succeeded" in done.stderr
+    assert b"\xff\xfe" not in done.stderr and b"2 succeeded" in done.stderr
+
+
+def test_without_output_the_commands_stderr_is_passed_on_as_written(tmp_path: Path) -> None:
+    script = 'printf "caf\\351 $1\\n" >&2; test "$1" = ok'
+    done = manyhands("--sh", f"sh -c '{script}' sh {{}}", "--keep-order", "-j", "1",
+                     cwd=tmp_path, stdin="ok\nbad\n")  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr.startswith(b"caf\xe9 ok\ncaf\xe9 bad\n")  # Latin-1, not "\\xe9" text
 
 
 def test_a_failed_commands_stdout_is_passed_on_whole_too(tmp_path: Path) -> None:

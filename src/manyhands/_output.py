@@ -206,7 +206,9 @@ def command_streams(outcome: Outcome[Any, Any]) -> bytes:
         return b""
     if error is not None and getattr(error.exception, "stdout_dropped", False):
         stderr += f"manyhands: item {safe_repr(outcome.item, 200)} failed: {error.message}\n"
-    if stderr:
+    if stdout is not None and hasattr(stdout, "write_to"):  # (both streams as written)
+        _write_bytes(sys.stderr, stdout.stderr)
+    elif stderr:
         sys.stderr.write(stderr)
         sys.stderr.flush()
     if stdout is None:
@@ -219,6 +221,19 @@ def command_streams(outcome: Outcome[Any, Any]) -> bytes:
     if outcome.skipped or not stdout:  # (its stdout was passed on by the run that ran it)
         return b""
     return str(stdout).encode("utf-8", "surrogateescape")
+
+
+def _write_bytes(stream: IO[str], data: bytes) -> None:
+    """``data`` to a text stream's bytes (a stream without them gets it as text)."""
+    if not data:
+        return
+    stream.flush()
+    buffer = getattr(stream, "buffer", None)
+    if buffer is None:
+        stream.write(data.decode("utf-8", "backslashreplace"))
+    else:
+        buffer.write(data)
+        buffer.flush()
 
 
 def _drop_cut_line(path: str, file: IO[bytes]) -> int:

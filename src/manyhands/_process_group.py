@@ -25,7 +25,7 @@ import tempfile
 from collections.abc import Callable
 from typing import IO, Protocol
 
-__all__ = ["Buffer", "Spool", "communicate", "decoded", "kill_group"]
+__all__ = ["Buffer", "Spool", "communicate", "decoded", "head_text", "kill_group", "raw"]
 
 DRAIN_SECONDS = 1.0  # pipes still open once the group is dead: a process left the group
 POLL_SECONDS = 0.05  # without pidfd, how often the command's exit is looked at
@@ -194,12 +194,13 @@ class Spool:
     (b'ab\\xff\\xfecd', 6)
     """
 
-    __slots__ = ("_file", "_memory", "_spill", "limit", "over", "size")
+    __slots__ = ("_file", "_memory", "_spill", "limit", "over", "size", "stderr")
 
     def __init__(self, limit: int | None = None, *, memory: int = SPOOL_MEMORY) -> None:
         self.limit = limit
         self.over = False
         self.size = 0
+        self.stderr = b""  # the command's stderr as it wrote it, to pass on with its stdout
         self._memory = bytearray()
         self._spill = memory
         self._file: IO[bytes] | None = None
@@ -266,9 +267,15 @@ def head_text(spool: Spool, size: int) -> str:
 
 
 def decoded(buffer: Buffer, name: str) -> str:
-    text = buffer.kept().decode("utf-8", "backslashreplace")
+    """What ``buffer`` kept, as text (bytes that are not UTF-8 as ``\\xff``), the cut said."""
+    return raw(buffer, name).decode("utf-8", "backslashreplace")
+
+
+def raw(buffer: Buffer, name: str) -> bytes:
+    """What ``buffer`` kept, as it was written, with a line saying what was dropped."""
+    data = buffer.kept()
     if not buffer.dropped:
-        return text
+        return data
     where = "end" if buffer.keep == "head" else "start"
-    cut = f"[{buffer.dropped:,} bytes of {name} dropped at the {where}: --max-output]"
-    return f"{text}\n{cut}\n" if buffer.keep == "head" else f"{cut}\n{text}"
+    cut = f"[{buffer.dropped:,} bytes of {name} dropped at the {where}: --max-output]".encode()
+    return data + b"\n" + cut + b"\n" if buffer.keep == "head" else cut + b"\n" + data

@@ -47,6 +47,7 @@ from ._process_group import (
     decoded,
     head_text,
     kill_group,
+    raw,
 )
 
 __all__ = [
@@ -327,6 +328,7 @@ class CommandRunner:
         stderr = decoded(err, "stderr")
         code = proc.returncode
         if isinstance(out, Spool):
+            out.stderr = raw(err, "stderr")  # (passed on as written)
             if out.over:
                 cause = (
                     f"its stdout went past --max-output={out.limit:,} bytes; its process "
