@@ -454,6 +454,32 @@ def test_a_script_without_the_main_guard_is_told_to_add_it(
     assert "ran" not in done.stdout
 
 
+def test_a_script_without_the_main_guard_starting_a_run_from_a_thread_ends(
+    tmp_path: Path,
+) -> None:
+    """The forkserver imports the script; its thread's run must not wait on that import."""
+    script = tmp_path / "unguarded_thread.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import threading, manyhands
+            def go():
+                report = manyhands.run(abs, range(10), backend="processes", workers=2)
+                print("ran", report.succeeded, flush=True)
+            thread = threading.Thread(target=go)
+            thread.start()
+            thread.join()
+            """
+        )
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+        env=python_subprocess_env(),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines()[-1] == "ran 10"
+
+
 # -- a stop drops half-run batches instead of journaling them as done -------
 
 STOP_DURING_CRASH = textwrap.dedent(

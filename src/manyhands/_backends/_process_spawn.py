@@ -236,9 +236,10 @@ def refuse_while_importing_main() -> None:
     process = multiprocessing.current_process()
     if not getattr(process, "_inheriting", False):  # (multiprocessing's own flag for this)
         return
-    from ._forkserver_main import importing_main
-
-    if importing_main():
+    # Not imported here: in the forkserver that module is still being imported (it
+    # imports the script), and a thread the script started would wait for it forever.
+    forkserver = sys.modules.get(f"{__package__}._forkserver_main")
+    if forkserver is not None and forkserver.importing_main():
         raise RuntimeError("the main script started a run while the forkserver imported it")
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
