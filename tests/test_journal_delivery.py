@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
+import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -38,6 +41,40 @@ def test_break_records_only_the_outcomes_the_consumer_got(tmp_path: Path, ordere
     outs = list(manyhands.map(abs, range(100), workers=20, journal=journal))
     assert sorted(o.item for o in outs if o.skipped) == sorted(seen)
     assert sum(1 for o in outs if not o.skipped and o.ok) == 95
+
+
+def as_list(x: int) -> list[int]:
+    time.sleep(0.005)
+    return [x]
+
+
+def as_set(x: int) -> set[int]:
+    time.sleep(0.005)
+    return {x}
+
+
+@pytest.mark.parametrize("fn", [as_list, as_set])
+def test_break_with_store_results_records_late_outcomes_only_with_their_values(
+    tmp_path: Path, fn: Any
+) -> None:
+    """Outcomes that finished after you left are kept when their value is: a resume gives it."""
+    journal = tmp_path / "j.db"
+    seen = []
+    options: dict[str, Any] = {"workers": 8, "journal": journal, "store_results": True}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", manyhands.JournalWarning)  # (a set is not JSON)
+        for out in manyhands.map(fn, range(300), **options):
+            seen.append(out.item)
+            if len(seen) == 100:
+                break
+        late = set(recorded(journal)) - {str(item) for item in seen}
+        resumed = list(manyhands.map(fn, range(300), **options))
+    if fn is as_set:  # no value to give back: they run again instead
+        assert not late
+    for out in resumed:
+        if str(out.item) in late:
+            assert out.skipped and out.value == [out.item]
+    assert sorted(out.item for out in resumed) == list(range(300))
 
 
 def test_break_after_retries_and_failures_records_what_was_seen(tmp_path: Path) -> None:

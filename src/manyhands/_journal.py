@@ -545,15 +545,24 @@ class Journal:
     def record_successes(self, batch: Batch) -> int:
         """Record the items of a batch that came back after the run was interrupted.
 
-        Only its successes (a failure there might have been retried); returns
-        how many were recorded.
+        Only its successes (a failure there might have been retried), and with
+        ``store_results`` only those whose value can be stored: nobody got
+        these values, and a resume yields them from the journal. Returns how
+        many were recorded.
         """
         if batch.keys is None or not batch.values:
             return 0
-        errors = batch.errors or {}
+        left_out = set(batch.errors or ())
+        if self._store_results:
+            storable = self._values.storable
+            left_out.update(
+                index
+                for index, value in enumerate(batch.values)
+                if index not in left_out and not storable(value)
+            )
         batch.failures = None
-        self.record(batch, set(errors))
-        return len(batch.keys) - len(errors)
+        self.record(batch, left_out)
+        return len(batch.keys) - len(left_out)
 
     def commit(self) -> None:
         """Wait until every outcome recorded so far is committed."""

@@ -133,6 +133,17 @@ class StoredValues:
                 _warn(self._unstored(item, value, exc))
             return None, None
 
+    def storable(self, value: Any) -> bool:
+        """Whether ``value`` can be stored as asked (no warning either way)."""
+        try:
+            if self.pickled:
+                pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+            else:
+                json.dumps(value, ensure_ascii=False, allow_nan=True)
+        except Exception:  # (any error: pickling runs the value's own code)
+            return False
+        return True
+
     def _unstored(self, item: Any, value: Any, exc: Exception) -> str:
         how = "be pickled" if self.pickled else "be stored as JSON"
         hint = "" if self.pickled else ": return JSON-like values, or store_results='pickle'"
