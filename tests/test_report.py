@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from pathlib import Path
+
+import pytest
 
 import manyhands
 from manyhands._stats import LatencyHistogram
@@ -121,3 +124,35 @@ def test_failing_alike_needs_enough_items_all_failed_with_one_error() -> None:
     text = str(report)
     assert "every item failed with builtins.ConnectionRefusedError" in text
     assert "not with the items" in text and "bug" not in text
+
+
+def fails_on_sevens(x: int) -> int:
+    if x % 7 == 0:
+        raise ValueError(x)
+    return x
+
+
+@pytest.mark.parametrize("ordered", [False, True])
+def test_the_report_after_leaving_counts_what_was_delivered(tmp_path: Path, ordered: bool) -> None:
+    """Outcomes settled but not delivered (held for their turn, or the rest of a batch) are
+    not counted: nobody got them, and the journal has no record of them either."""
+    journal = tmp_path / "run.db"
+    got: list[manyhands.Outcome] = []
+    retry = manyhands.Retry(1, backoff=0.0, on=ValueError)  # (items wait for retries too)
+    with manyhands.map(
+        fails_on_sevens, range(1000), workers=8, ordered=ordered, journal=journal, retry=retry
+    ) as outcomes:
+        for outcome in outcomes:
+            got.append(outcome)
+            if len(got) == 151:
+                break
+    report = outcomes.report
+    failed = [o for o in got if o.error is not None]
+    assert (report.total, report.succeeded, report.failed) == (151, 151 - len(failed), len(failed))
+    assert report.errors_by_type == ({"builtins.ValueError": len(failed)} if failed else {})
+    assert sorted(f.item for f in report.failures) == sorted(o.item for o in failed)
+    with sqlite3.connect(journal) as db:
+        row = db.execute("SELECT succeeded, failed FROM runs").fetchone()
+        records = db.execute("SELECT COUNT(*) FROM items").fetchone()[0]
+    db.close()
+    assert row == (report.succeeded, report.failed) and records == 151

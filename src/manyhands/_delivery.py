@@ -54,6 +54,10 @@ class Delivery:
         parent.attempts[index] = batch.attempt
         parent.pending -= 1
 
+    def held(self) -> list[Batch]:
+        """The batches waiting for their turn (in order), which nobody got yet."""
+        return list(self._held.values())
+
     def _release(self) -> Iterator[Batch]:
         held = self._held
         while (batch := held.get(self._turn)) is not None and not batch.pending:

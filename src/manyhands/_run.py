@@ -248,7 +248,7 @@ class Run:
             yield from self._drive()
             completed = True
         finally:
-            self._mark_finished()
+            self._mark_finished(completed)
             try:
                 if self._backend_started:
                     self._stop_backend()
@@ -303,7 +303,7 @@ class Run:
                     yield ready
             completed = True
         finally:
-            self._mark_finished()
+            self._mark_finished(completed)
             try:
                 if self._backend_started:
                     await self._astop_backend(queue)
@@ -376,7 +376,10 @@ class Run:
         self._backend_started = True
         self._backend.attach(self.task)
 
-    def _mark_finished(self) -> None:
+    def _mark_finished(self, completed: bool) -> None:
+        """The run's end: its figures as of now (``completed``: every outcome was delivered)."""
+        if not completed:
+            self._take_back_undelivered()
         self._finished = self._clock()
         if self._auto and self._measure is not None and self._measure.decided is None:
             self.statistics.backend = "threads (auto: the run ended before a choice)"
@@ -987,6 +990,8 @@ class Run:
         during the batch). Called by the consumer's side (or at once by
         ``run``), in the consuming thread, once per delivered batch.
         """
+        if count is not None and count < len(batch.items):
+            self._take_back(batch, count)
         journal = self._journal
         if journal is None or batch.skipped is not None or journal.closed:
             return  # (skipped items are final in the journal already)
@@ -997,6 +1002,24 @@ class Run:
         if self.before_record is not None:
             self.before_record()
         journal.record(batch, set())
+
+    def _take_back(self, batch: Batch, start: int = 0) -> None:
+        """Uncount the outcomes of ``batch`` from ``start`` on: nobody got them.
+
+        A batch held for its turn (ordered) has its items still waiting for a
+        retry uncounted already.
+        """
+        if batch.skipped is not None:
+            self.statistics.take_back(0, [], batch.skipped[start:])
+            return
+        failures = [f for index, f in (batch.failures or {}).items() if index >= start]
+        counted = len(batch.items) - start - batch.pending
+        self.statistics.take_back(counted - len(failures), failures, [])
+
+    def _take_back_undelivered(self) -> None:
+        """The consumer left: uncount what was settled but never delivered."""
+        for batch in (*self._delivery.held(), *self._ready):
+            self._take_back(batch)
 
     # -- results ---------------------------------------------------------
 

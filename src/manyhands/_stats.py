@@ -118,6 +118,27 @@ class RunStatistics:
         self.skipped += len(reasons) - duplicates
         self.skipped_failed += reasons.count(SKIPPED_FAILED)
 
+    def take_back(self, succeeded: int, failures: list[Failure], skipped: list[str]) -> None:
+        """Uncount outcomes the consumer never got (it left with them still undelivered).
+
+        The calls stay counted: they were made.
+        """
+        self.succeeded -= succeeded
+        self.failed -= len(failures)
+        duplicates = skipped.count(DUPLICATE)
+        self.duplicates -= duplicates
+        self.skipped -= len(skipped) - duplicates
+        self.skipped_failed -= skipped.count(SKIPPED_FAILED)
+        if not failures:
+            return
+        gone = {id(failure) for failure in failures}
+        self.failures = [failure for failure in self.failures if id(failure) not in gone]
+        for failure in failures:
+            self.errors_by_type[failure.error_type] -= 1
+            if self.errors_by_type[failure.error_type] <= 0:
+                del self.errors_by_type[failure.error_type]
+                self.examples.pop(failure.error_type, None)
+
     def failing_alike(self) -> Failure | None:
         """The first failure, while every item so far failed with its error type.
 
