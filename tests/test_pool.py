@@ -260,6 +260,18 @@ def test_submit_returns_stdlib_futures_with_results_and_exceptions() -> None:
     assert results == [1, 2, 3]
 
 
+def test_submit_refuses_a_function_the_pools_workers_cannot_call_as_they_call() -> None:
+    async def afn(x: int) -> int:
+        return x
+
+    with manyhands.Pool(workers=2, backend="async") as pool:
+        with pytest.raises(TypeError, match=r"runs coroutine functions.*abs is a regular one"):
+            pool.submit(abs, -1)
+        assert pool.submit(afn, 3).result(10) == 3
+    with manyhands.Pool(workers=2) as pool, pytest.raises(TypeError, match="afn is a coroutine"):
+        pool.submit(afn, 3)
+
+
 def test_futures_cancelled_before_they_start_never_run() -> None:
     ran: list[int] = []
     release = threading.Event()

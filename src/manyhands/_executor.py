@@ -32,7 +32,7 @@ class PoolExecutor(Executor):
     def __init__(self, backend: Backend, priority: int) -> None:
         self._backend = backend
         self._processes = type(backend).__name__ == "ProcessBackend"
-        is_async = type(backend).__name__ == "AsyncBackend"
+        self._async = is_async = type(backend).__name__ == "AsyncBackend"
         call = _call_async if is_async else (_call_pickled if self._processes else _call)
         self._task = Task(call, self._settle, priority=priority, timed=True)
         self._lock = threading.Lock()
@@ -42,6 +42,17 @@ class PoolExecutor(Executor):
         backend.attach(self._task)
 
     def submit(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> Future[R]:
+        from ._checks import is_coroutine_function
+
+        if self._async != is_coroutine_function(fn):
+            raise TypeError(
+                "a Pool of backend='async' runs coroutine functions (async def); "
+                f"{getattr(fn, '__qualname__', 'fn')} is a regular one: submit it to a pool "
+                "of threads, or wrap it in an async def"
+                if self._async
+                else f"{getattr(fn, '__qualname__', 'fn')} is a coroutine function, which "
+                "this pool's workers would not await: use manyhands.Pool(backend='async')"
+            )
         future: Future[R] = Future()
         key = next(_keys)
         with self._lock:
