@@ -7,6 +7,7 @@ import shutil
 import sqlite3
 import stat
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -123,6 +124,29 @@ def test_a_lock_file_removed_mid_run_stops_the_run(tmp_path: Path) -> None:
     resumed = manyhands.run(fn, range(2000), journal=journal)
     assert (resumed.skipped, resumed.succeeded) == (len(ran), 2000 - len(ran))
     assert not ran & set(called)
+
+
+def test_a_journal_locked_a_moment_ago_names_its_holder_once_it_wrote_its_line(
+    tmp_path: Path,
+) -> None:
+    """The holder writes who it is just after it locks: a run between the two waits for it."""
+    import fcntl
+
+    journal = tmp_path / "run.db"
+    with open(f"{journal}.lock", "wb") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+
+        def write_line() -> None:
+            held.write(b"pid 7 on host\n")
+            held.flush()
+
+        late = threading.Timer(0.05, write_line)
+        late.start()
+        try:
+            with pytest.raises(manyhands.JournalError, match="in use by pid 7 on host"):
+                manyhands.run(str, [1], journal=journal)
+        finally:
+            late.join()
 
 
 def test_a_journal_in_use_names_its_holder_even_from_a_lock_file_that_is_not_utf8(

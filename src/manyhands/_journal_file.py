@@ -400,6 +400,9 @@ def lock_path(path: Path) -> Path:
     return path.with_name(path.name + ".lock")
 
 
+HOLDER_WAITS = 50  # tries, 10 ms apart, to read the line of a holder that just locked
+
+
 def acquire_lock(path: Path) -> IO[str]:
     """Lock the journal for this run with an OS lock; name the holder in the error."""
     name = lock_path(path)
@@ -412,8 +415,7 @@ def acquire_lock(path: Path) -> IO[str]:
             f"cannot create the journal's lock file {name}: {exc} (is the directory writable?)"
         ) from exc
     if not _try_lock(handle):
-        handle.seek(0)
-        holder = handle.read(500).strip() or "another process"
+        holder = _holder(handle)
         handle.close()
         raise JournalError(
             f"the journal {path} is in use by {holder}; wait for that run to end (or stop "
@@ -426,6 +428,17 @@ def acquire_lock(path: Path) -> IO[str]:
     )
     handle.flush()
     return handle
+
+
+def _holder(handle: IO[str]) -> str:
+    """Who holds the lock, as its line says; the holder writes it just after locking."""
+    for _ in range(HOLDER_WAITS):
+        handle.seek(0)
+        holder = handle.read(500).strip()
+        if holder:
+            return holder
+        time.sleep(0.01)
+    return "another process"
 
 
 def _try_lock(handle: IO[str]) -> bool:
