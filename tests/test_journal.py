@@ -232,6 +232,14 @@ def test_a_failing_key_function_names_the_item(tmp_path: Path) -> None:
         manyhands.run(str, [{"id": 1}, {}], journal=tmp_path / "j.db", key=lambda r: r["id"])
 
 
+def test_a_key_function_returning_none_is_refused_naming_the_item(tmp_path: Path) -> None:
+    """None for every item (a field's name mistyped) would skip all but the first item."""
+    journal = tmp_path / "j.db"
+    with pytest.raises(manyhands.JournalError, match=r"key= returned None for item 1") as info:
+        manyhands.run(str, [{"id": 1}, {"ID": 2}], journal=journal, key=lambda r: r.get("id"))
+    assert info.value.report is not None and info.value.report.succeeded == 1
+
+
 def test_changed_code_warns(tmp_path: Path) -> None:
     journal = tmp_path / "run.db"
     manyhands.run(lambda x: x + 1, range(3), journal=journal)

@@ -636,7 +636,13 @@ def _as_key(value: Any) -> str:
     """
     if isinstance(value, str):
         return value
+    if value is None:  # (every item would share it: all but the first would be skipped)
+        raise _NoKey
     return default_key(value)
+
+
+class _NoKey(ValueError):
+    """``key=`` returned None."""
 
 
 def _key_error(
@@ -651,6 +657,12 @@ def _key_error(
         error = JournalError(
             f"item {position} ({safe_repr(item, 60)}, a {type(item).__qualname__}) has no "
             f"default journal key: {why}. Pass key=, e.g. key=lambda item: item.id"
+        )
+    elif isinstance(exc, _NoKey):
+        error = JournalError(
+            f"key= returned None for item {position} ({safe_repr(item, 60)}): return a "
+            "value that tells the items apart (an id, a URL), or the items sharing it "
+            "would all be skipped as duplicates but the first"
         )
     else:
         error = JournalError(
