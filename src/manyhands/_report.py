@@ -42,7 +42,9 @@ class Report:
         examples: one failed item per error type.
         latency: per-call latency; items run in a batch each count as the
             batch's mean.
-        attempts: calls made in all, retries included.
+        attempts: calls made in all, retries included. (When a worker process
+            dies, the other items of its batch run again, even those that had
+            finished before it died: those calls are counted once.)
         retried: items that were tried more than once.
         throttle_events: how many calls asked to slow down (``RetryAfter``,
             or an exception with a ``retry_after`` attribute).
