@@ -161,3 +161,42 @@ def test_a_journal_in_use_names_its_holder_even_from_a_lock_file_that_is_not_utf
         fcntl.flock(held.fileno(), fcntl.LOCK_EX)
         with pytest.raises(manyhands.JournalError, match=r"in use by pid 1 on h\\xf6st"):
             manyhands.run(str, [1], journal=journal)
+
+
+@pytest.fixture
+def read_only_folder(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As on read-only storage: SQLite cannot make the -shm file a WAL reader needs.
+
+    (Mounting a read-only folder needs privileges a test does not have; this is what
+    SQLite then raises, and what os.access says.)
+    """
+    from manyhands import _inspect
+
+    meta = _inspect._meta
+    calls = []
+
+    def unable(db: sqlite3.Connection) -> dict[str, str]:
+        calls.append(db)
+        if len(calls) == 1:
+            raise sqlite3.OperationalError("unable to open database file")
+        return meta(db)
+
+    monkeypatch.setattr(_inspect, "_meta", unable)
+    monkeypatch.setattr(_inspect.os, "access", lambda path, mode: False)
+
+
+def test_a_journal_on_read_only_storage_can_be_read(tmp_path: Path, read_only_folder: None) -> None:
+    journal = tmp_path / "run.db"
+    manyhands.run(lambda x: 1 // (x - 3), range(5), journal=journal)
+    status = read_status(journal)
+    assert status.states == {"done": 4, "failed": 1}
+
+
+def test_a_journal_on_read_only_storage_with_unmerged_commits_says_how_to_read_it(
+    tmp_path: Path, read_only_folder: None
+) -> None:
+    journal = tmp_path / "run.db"
+    manyhands.run(abs, range(5), journal=journal)
+    Path(f"{journal}-wal").write_bytes(b"x" * 100)  # (commits SQLite could not merge)
+    with pytest.raises(manyhands.JournalError, match=r"read-only storage.*copy the journal"):
+        read_status(journal)

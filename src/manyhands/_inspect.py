@@ -9,6 +9,7 @@ schema's SQL is not trusted to call functions. Text that was stored as bytes
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -42,15 +43,24 @@ def reading(path: str | Path) -> Iterator[sqlite3.Connection]:
     journal = Path(path)
     if not journal.is_file():
         raise JournalError(f"no journal at {str(journal)!r}")
-    try:
-        db = sqlite3.connect(f"{journal.resolve().as_uri()}?mode=ro", uri=True)
-    except sqlite3.Error as exc:
-        raise JournalError(f"cannot open the journal {str(journal)!r}: {exc}") from exc
+    db = _connect(journal, "mode=ro")
     try:
         try:
-            db.execute("PRAGMA trusted_schema = OFF")
-            meta = dict(db.execute("SELECT name, value FROM meta WHERE name IN (?, ?)",
-                                   ("format", "version")))  # fmt: skip
+            meta = _meta(db)
+        except sqlite3.OperationalError as exc:
+            # A journal on read-only storage: SQLite cannot make its -shm file there.
+            # Nothing can be writing it then, so it is read as an unchanging file.
+            if os.access(journal.parent, os.W_OK):
+                raise JournalError(f"{str(journal)!r} is not a readable journal ({exc})") from exc
+            if _unmerged(journal):
+                raise JournalError(
+                    f"the journal {str(journal)!r} is on read-only storage, and its -wal file "
+                    "holds commits not merged into it yet, which SQLite reads only where it "
+                    "can write: copy the journal with its -wal file to a writable folder"
+                ) from exc
+            db.close()
+            db = _connect(journal, "immutable=1")
+            meta = _meta(db)
         except sqlite3.DatabaseError as exc:
             raise JournalError(f"{str(journal)!r} is not a readable journal ({exc})") from exc
         if meta.get("format") != FORMAT:
@@ -59,6 +69,28 @@ def reading(path: str | Path) -> Iterator[sqlite3.Connection]:
         yield db
     finally:
         db.close()
+
+
+def _connect(journal: Path, mode: str) -> sqlite3.Connection:
+    try:
+        db = sqlite3.connect(f"{journal.resolve().as_uri()}?{mode}", uri=True)
+        db.execute("PRAGMA trusted_schema = OFF")
+    except sqlite3.Error as exc:
+        raise JournalError(f"cannot open the journal {str(journal)!r}: {exc}") from exc
+    return db
+
+
+def _meta(db: sqlite3.Connection) -> dict[str, str]:
+    query = "SELECT name, value FROM meta WHERE name IN (?, ?)"
+    return dict(db.execute(query, ("format", "version")))
+
+
+def _unmerged(journal: Path) -> bool:
+    """Commits still in the journal's -wal file (reading it needs a writable folder)."""
+    try:
+        return Path(f"{journal}-wal").stat().st_size > 0
+    except OSError:
+        return False
 
 
 def read_status(path: str | Path) -> JournalStatus:
