@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import stat
 import sys
 import time
 import warnings
@@ -366,6 +367,10 @@ def _check_paths(input_path: str, output: str | None, journal: str | None) -> No
     """Refuse an --output that is INPUT or the journal: writing it would destroy it."""
     if not output or output == "-":
         return
+    if input_path == "-" and _is_stdin(output):
+        raise UsageProblem(
+            f"--output {output!r} is the file stdin (INPUT -) reads from; write to another path"
+        )
     precious = [("INPUT", input_path)] if input_path != "-" else []
     if journal:
         precious += [("--journal", journal + suffix) for suffix in ("", "-wal", "-shm", ".lock")]
@@ -376,6 +381,16 @@ def _check_paths(input_path: str, output: str | None, journal: str | None) -> No
             continue
         if same:
             raise UsageProblem(f"--output {output!r} is the {what} file; write to another path")
+
+
+def _is_stdin(path: str) -> bool:
+    """Whether ``path`` is the regular file redirected to stdin (``< file``)."""
+    try:
+        stdin, found = os.fstat(0), os.stat(path)
+    except OSError:  # no stdin, or no such file yet: not the same file
+        return False
+    same = (stdin.st_dev, stdin.st_ino) == (found.st_dev, found.st_ino)
+    return same and stat.S_ISREG(stdin.st_mode)
 
 
 def _consume(run: Run, sink: OutputFile | None) -> int:
