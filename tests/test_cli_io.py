@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import python_subprocess_env
-from .test_cli import TARGET
+from .test_cli import TARGET, manyhands
 
 
 @pytest.fixture
@@ -52,3 +52,26 @@ def test_stdin_from_another_file_writes_the_output(workdir: Path) -> None:
     )
     assert done.returncode == 1, done.stderr  # (items 3, 13, ... fail)
     assert len((workdir / "out.jsonl").read_text().splitlines()) == 1000
+
+
+@pytest.mark.parametrize(
+    ("source", "target", "says"),
+    [
+        ('raise RuntimeError("at import")\n', "broken:f", "RuntimeError: at import"),
+        ('raise RuntimeError("at import")\n', "broken.py:f", "RuntimeError: at import"),
+        ("def f(x) return x\n", "broken:f", "SyntaxError: expected ':'"),
+        ("def f(x) return x\n", "broken.py:f", "SyntaxError: expected ':'"),
+        ("import no_such_dependency\n", "broken:f", "No module named 'no_such_dependency'"),
+    ],
+)
+def test_a_target_that_fails_to_import_is_a_usage_error_naming_where(
+    workdir: Path, source: str, target: str, says: str
+) -> None:
+    (workdir / "broken.py").write_text("import os\n" + source + "def f(x):\n    return x\n")
+    done = manyhands("run", target, "numbers.txt", cwd=workdir)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    error = done.stderr.strip()
+    assert error.startswith(f"manyhands: error: TARGET {target!r}: importing broken"), error
+    assert says in error and error.endswith(f"{workdir / 'broken.py'}:2)"), error
+    assert len(error.splitlines()) == 1, error

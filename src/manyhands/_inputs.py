@@ -12,6 +12,7 @@ import importlib
 import importlib.util
 import json
 import sys
+import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -68,17 +69,21 @@ def load_target(target: str, what: str = "TARGET") -> Callable[..., Any]:
     if not sep or not module_name or not attribute:
         raise UsageProblem(f"{what} {target!r} must be module:function or file.py:function")
     if module_name.endswith(".py") or "/" in module_name or "\\" in module_name:
-        module = _load_file(Path(module_name), what)
+        module = _load_file(Path(module_name), what, target)
     else:
         if "" not in sys.path and "." not in sys.path:
             sys.path.insert(0, "")  # like `python -m`: modules in the current directory
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
+            if not _names_target(exc.name, module_name):  # a module it imports is missing
+                raise _import_failed(what, target, module_name, exc) from exc
             raise UsageProblem(
                 f"{what} {target!r}: no module named {exc.name!r} (is it installed, or run "
                 "from the directory that holds it?)"
             ) from exc
+        except Exception as exc:  # raised or did not compile while importing: the user's code
+            raise _import_failed(what, target, module_name, exc) from exc
     value: Any = module
     for part in attribute.split("."):
         try:
@@ -92,7 +97,7 @@ def load_target(target: str, what: str = "TARGET") -> Callable[..., Any]:
     return value  # type: ignore[no-any-return]
 
 
-def _load_file(path: Path, what: str) -> Any:
+def _load_file(path: Path, what: str, target: str) -> Any:
     if not path.is_file():
         raise UsageProblem(f"{what}: no such file {str(path)!r}")
     name = f"manyhands_target_{path.stem}"
@@ -102,12 +107,43 @@ def _load_file(path: Path, what: str) -> Any:
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # so that pickling and tracebacks find it
     sys.path.insert(0, str(path.resolve().parent))  # its own imports of siblings
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # raised or did not compile while importing: the user's code
+        del sys.modules[name]
+        raise _import_failed(what, target, str(path), exc) from exc
     # Worker processes cannot import it under that name: its functions travel by value.
     import cloudpickle  # type: ignore[import-untyped]
 
     cloudpickle.register_pickle_by_value(module)
     return module
+
+
+def _names_target(missing: str | None, module_name: str) -> bool:
+    """Whether the missing module is the TARGET's module or one of its packages."""
+    return missing is not None and (module_name + ".").startswith(missing + ".")
+
+
+def _import_failed(what: str, target: str, module: str, exc: Exception) -> UsageProblem:
+    """One line for a TARGET whose module failed to import: the error and where it was raised.
+
+    >>> try:
+    ...     compile("def f(x) return x", "syn.py", "exec")
+    ... except SyntaxError as exc:
+    ...     print(_import_failed("TARGET", "syn.py:f", "syn.py", exc))
+    TARGET 'syn.py:f': importing syn.py failed: SyntaxError: expected ':' (at syn.py:1)
+    """
+    if isinstance(exc, SyntaxError):  # (where it is, is not a frame of the traceback)
+        message, where = exc.msg, (exc.filename, exc.lineno)
+    else:
+        frames = traceback.extract_tb(exc.__traceback__)
+        ours = [frame for frame in frames if not frame.filename.startswith("<frozen ")]
+        last = (ours or frames or [None])[-1]
+        message, where = str(exc), (last.filename, last.lineno) if last else (None, None)
+    at = f" (at {where[0]}:{where[1]})" if where[0] else ""
+    return UsageProblem(
+        f"{what} {target!r}: importing {module} failed: {type(exc).__qualname__}: {message}{at}"
+    )
 
 
 def open_input(path: str) -> IO[bytes]:
