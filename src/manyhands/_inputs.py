@@ -133,14 +133,14 @@ def _import_failed(what: str, target: str, module: str, exc: Exception) -> Usage
     ...     print(_import_failed("TARGET", "syn.py:f", "syn.py", exc))
     TARGET 'syn.py:f': importing syn.py failed: SyntaxError: expected ':' (at syn.py:1)
     """
+    message, at = str(exc), ""
     if isinstance(exc, SyntaxError):  # (where it is, is not a frame of the traceback)
-        message, where = exc.msg, (exc.filename, exc.lineno)
+        message, at = exc.msg, f" (at {exc.filename}:{exc.lineno})"
     else:
         frames = traceback.extract_tb(exc.__traceback__)
-        ours = [frame for frame in frames if not frame.filename.startswith("<frozen ")]
-        last = (ours or frames or [None])[-1]
-        message, where = str(exc), (last.filename, last.lineno) if last else (None, None)
-    at = f" (at {where[0]}:{where[1]})" if where[0] else ""
+        ours = [frame for frame in frames if not frame.filename.startswith("<frozen ")] or frames
+        if ours:
+            at = f" (at {ours[-1].filename}:{ours[-1].lineno})"
     return UsageProblem(
         f"{what} {target!r}: importing {module} failed: {type(exc).__qualname__}: {message}{at}"
     )
