@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -75,3 +76,52 @@ def test_a_target_that_fails_to_import_is_a_usage_error_naming_where(
     assert error.startswith(f"manyhands: error: TARGET {target!r}: importing broken"), error
     assert says in error and error.endswith(f"{workdir / 'broken.py'}:2)"), error
     assert len(error.splitlines()) == 1, error
+
+
+needs_dev_full = pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full")
+
+
+@needs_dev_full
+@pytest.mark.parametrize("items", [4, 1000])  # (4 lines fail at the last flush, on close)
+@pytest.mark.parametrize("journal", [[], ["--journal", "j.db"]])
+def test_an_output_on_a_full_disk_is_a_one_line_error_with_exit_code_74(
+    workdir: Path, items: int, journal: list[str]
+) -> None:
+    (workdir / "some.txt").write_text("".join(f"{n}\n" for n in range(items)))
+    done = manyhands(
+        "run", "target.py:work", "some.txt", "--output", "/dev/full", *journal, cwd=workdir
+    )
+    assert done.returncode == 74, done.stderr
+    error = done.stderr.strip()
+    assert error.startswith(
+        "manyhands: error: cannot write --output '/dev/full': No space left on device; "
+    ), error
+    assert len(error.splitlines()) == 1, error
+    if journal:
+        assert "run the same command again to resume" in error
+        assert "output error" in manyhands("status", "j.db", cwd=workdir).stdout
+
+
+@needs_dev_full
+def test_after_a_full_disk_the_journal_resumes_with_every_line_written(workdir: Path) -> None:
+    args = ("run", "target.py:work", "numbers.txt", "--journal", "j.db")
+    assert manyhands(*args, "--output", "/dev/full", cwd=workdir).returncode == 74
+    done = manyhands(*args, "--output", "out.jsonl", cwd=workdir)
+    assert done.returncode == 1, done.stderr  # (items 3, 13, ... fail)
+    written = sorted(
+        int(json.loads(line)["item"]) for line in (workdir / "out.jsonl").read_text().splitlines()
+    )
+    assert written == list(range(1000))  # no line lost to the full disk, none twice
+
+
+@needs_dev_full
+def test_stdout_on_a_full_disk_is_named_as_stdout(workdir: Path) -> None:
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [sys.executable, "-m", "manyhands", "run", "--sh", "echo {}", "numbers.txt"],
+            cwd=workdir, stdout=full, stderr=subprocess.PIPE, text=True, timeout=60,
+            env=python_subprocess_env(),
+        )  # fmt: skip
+    assert done.returncode == 74, done.stderr
+    assert done.stderr.startswith("manyhands: error: cannot write stdout: No space left on device")
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr

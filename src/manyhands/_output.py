@@ -33,16 +33,33 @@ import re
 import stat
 import sys
 from collections.abc import Callable
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 
 from ._escape import escape_json
 from ._inputs import BadLine, UsageProblem
 from ._outcome import SKIPPED_DONE, SKIPPED_FAILED, Failure, Outcome, safe_repr
 
-__all__ = ["OutputFile", "command_json_line", "command_streams", "json_line"]
+__all__ = ["OutputFailed", "OutputFile", "command_json_line", "command_streams", "json_line"]
 
 _RECORDED_EARLIER = (SKIPPED_DONE, SKIPPED_FAILED)
 _TAIL_CHUNK = 1 << 16
+
+
+class OutputFailed(Exception):
+    """``--output`` could not be written (a full disk, a lost mount...): the run stops.
+
+    A closed pipe is not one: it raises :class:`BrokenPipeError`, and the
+    command stops quietly as ``cat`` does.
+    """
+
+    run_status = "output error"  # how the journal records the run's end
+
+    def __init__(self, path: str, error: OSError, then: str = "") -> None:
+        where = "stdout" if path == "-" else f"--output {path!r}"
+        what = f"cannot write {where}: {error.strerror or error}"
+        super().__init__(f"{what}; {then}" if then else what)
+        self.path = path
+        self.error = error
 
 
 class OutputFile:
@@ -60,6 +77,7 @@ class OutputFile:
         self._resume = resume
         self._started = False
         self._failed: BaseException | None = None
+        self._closed = False
         self.write_skipped = True  # lines for items an earlier run recorded
         if path == "-":
             self._file: IO[bytes] = sys.stdout.buffer
@@ -79,14 +97,21 @@ class OutputFile:
         self._started = True
         if not self._regular:  # stdout, a pipe, a terminal: a stream gets every line
             return
-        if not self._resume:
-            self._file.truncate(0)
-            return
-        size = _drop_cut_line(self.path, self._file)
+        try:
+            if not self._resume:
+                self._file.truncate(0)
+                return
+            size = _drop_cut_line(self.path, self._file)
+        except OSError as exc:
+            raise OutputFailed(self.path, exc) from exc
         self.write_skipped = size == 0
 
     def write(self, outcome: Outcome[Any, Any]) -> None:
-        """Write the line of ``outcome`` (unless the file already has it)."""
+        """Write the line of ``outcome`` (unless the file already has it).
+
+        Raises:
+            OutputFailed: the file cannot take it (a full disk...).
+        """
         if not self._started:
             self.start()
         if outcome.skipped in _RECORDED_EARLIER and not self.write_skipped:
@@ -95,30 +120,58 @@ class OutputFile:
             self._file.write(self._line(outcome))
         except BaseException as exc:
             self._failed = exc
-            raise
+            self._raise_failed()
 
     def flush(self) -> None:
         """Push the lines written so far to the OS; the journal may then record their items.
 
         Once a write or flush failed, this raises again: the rows of lines
         that never reached the file must not be recorded.
+
+        Raises:
+            OutputFailed: the lines did not all reach the file.
         """
         if self._failed is not None:
-            raise OSError(f"--output {self.path!r} could not be written: {self._failed!r}")
+            self._raise_failed()
         try:
             self._file.flush()
         except BaseException as exc:
             self._failed = exc
-            raise
+            self._raise_failed()
 
     def close(self) -> None:
-        """Flush and close (stdout is flushed only)."""
+        """Flush and close (stdout is flushed only); idempotent.
+
+        Raises:
+            OutputFailed: the last lines did not reach the file (once: a
+                second close, or a close after a failed write, is quiet).
+        """
+        if self._closed:
+            return
+        self._closed = True
         try:
             if self._failed is None:
-                self._file.flush()
+                self.flush()
         finally:
             if self._file is not sys.stdout.buffer:
-                self._file.close()
+                try:
+                    self._file.close()  # (closes the file even when its flush fails)
+                except OSError as exc:  # quiet if it is the failed flush again
+                    if self._failed is None:
+                        self._failed = exc
+                        self._raise_failed()
+
+    def _raise_failed(self) -> NoReturn:
+        """Raise what made lines go missing: an OSError as OutputFailed.
+
+        A closed pipe stays a BrokenPipeError (the reader left: stop quietly),
+        and Ctrl-C stays KeyboardInterrupt.
+        """
+        failed = self._failed
+        assert failed is not None
+        if isinstance(failed, OSError) and not isinstance(failed, BrokenPipeError):
+            raise OutputFailed(self.path, failed) from failed
+        raise failed
 
 
 def json_line(outcome: Outcome[Any, Any]) -> bytes:
