@@ -125,3 +125,59 @@ def test_stdout_on_a_full_disk_is_named_as_stdout(workdir: Path) -> None:
     assert done.returncode == 74, done.stderr
     assert done.stderr.startswith("manyhands: error: cannot write stdout: No space left on device")
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+ROWS = "bucket,key\nb1,k1\nb2\nb3,k3,extra\n"  # a row without its last cell, one with a cell more
+
+
+def test_a_csv_row_without_a_cell_fails_where_the_field_is_used_never_as_null(
+    workdir: Path,
+) -> None:
+    (workdir / "objs.csv").write_text(ROWS)
+    done = manyhands(
+        "run", "--sh", "echo cp s3://{bucket}/{key}", "objs.csv", "--csv", "--output", "-",
+        cwd=workdir,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    lines = {line["item"]["bucket"] if isinstance(line["item"], dict) else line["item"]: line
+             for line in map(json.loads, done.stdout.splitlines())}  # fmt: skip
+    assert lines["b1"]["stdout"] == "cp s3://b1/k1\n"
+    assert lines["b2"]["item"] == {"bucket": "b2"}  # no "key": null
+    assert lines["b2"]["error"]["type"] == "builtins.KeyError"
+    assert "'key'" in lines["b2"]["error"]["message"]
+    assert lines["b3,k3,extra"]["error"] == {
+        "type": "manyhands.cli.MalformedLine",
+        "message": "line 4 has 3 cells, the header 2: quote a cell that holds a comma",
+        "attempts": 1,
+    }
+    assert "s3://b2/null" not in done.stdout  # (no command ran with a made-up key)
+
+
+@pytest.mark.parametrize("backend", ["threads", "processes"])
+def test_a_function_reading_the_missing_cell_fails_naming_the_field_and_line(
+    workdir: Path, backend: str
+) -> None:
+    (workdir / "objs.csv").write_text(ROWS)
+    (workdir / "rows.py").write_text("def key(row):\n    return row['key']\n")
+    done = manyhands(
+        "run", "rows.py:key", "objs.csv", "--csv", "--output", "-", "--backend", backend,
+        "--ordered", cwd=workdir,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    short = json.loads(done.stdout.splitlines()[1])
+    assert short["item"] == {"bucket": "b2"}
+    assert short["error"]["type"] == "builtins.KeyError"
+    assert "line 3 has no cell for field 'key'" in short["error"]["message"]
+
+
+def test_a_short_row_keeps_what_it_is_through_pickle() -> None:
+    import pickle
+
+    from manyhands._inputs import ShortRow
+
+    row = pickle.loads(pickle.dumps(ShortRow({"a": "1"}, line=7, missing=["b"])))
+    assert row == {"a": "1"} and row.get("b") is None
+    with pytest.raises(KeyError, match="line 7 has no cell for field 'b'"):
+        row["b"]
+    with pytest.raises(KeyError, match=r"^'c'$"):
+        row["c"]  # (not a field of the header: a plain KeyError)

@@ -20,6 +20,7 @@ from typing import IO, Any
 __all__ = [
     "BadLine",
     "MalformedLine",
+    "ShortRow",
     "UsageProblem",
     "load_target",
     "open_input",
@@ -220,24 +221,79 @@ def _decoded(stream: IO[bytes]) -> Iterator[tuple[int, str, str | None]]:
 
 
 def _csv_rows(lines: Iterator[tuple[int, str, str | None]]) -> Iterator[Any]:
-    """CSV rows as dicts; a row with a line that is not UTF-8 as a :class:`BadLine`."""
+    """CSV rows as dicts keyed by the header row; a row that cannot be one as a :class:`BadLine`.
+
+    A row with a line that is not UTF-8, or with more cells than the header
+    (a cell that holds an unquoted comma: the rest are shifted), is a BadLine.
+    A row with fewer cells is a :class:`ShortRow`, without the missing fields:
+    it fails only where one is read, as a JSONL item without that field does.
+    """
     bad: dict[int, tuple[str, str]] = {}  # line number -> (text, problem), for the next row
+    record: list[str] = []  # the lines of the row being read
 
     def texts() -> Iterator[str]:
         for number, text, problem in lines:
             if problem is not None:
                 bad[number] = (text.rstrip("\r\n"), problem)
+            record.append(text)
             yield text
 
-    rows = csv.DictReader(texts())
-    if rows.fieldnames is not None and bad:
-        number = min(bad)
-        raise UsageProblem(f"the CSV header: {bad[number][1]}")
-    for row in rows:
+    reader = csv.reader(texts())
+    header = next(reader, None)
+    if header is None:
+        return
+    if bad:
+        raise UsageProblem(f"the CSV header: {bad[min(bad)][1]}")
+    record.clear()
+    end = reader.line_num
+    for cells in reader:
+        number, end = end + 1, reader.line_num  # (a quoted cell may span lines)
         if bad:
-            number = min(bad)
-            text, problem = bad[number]
+            yield BadLine(min(bad), *bad[min(bad)])
             bad.clear()
-            yield BadLine(number, text, problem)
-        else:
-            yield row
+        elif len(cells) == len(header):
+            yield dict(zip(header, cells, strict=True))
+        elif len(cells) > len(header):
+            yield BadLine(
+                number,
+                "".join(record).rstrip("\r\n"),
+                f"line {number} has {len(cells)} cells, the header {len(header)}: "
+                "quote a cell that holds a comma",
+            )
+        elif cells:  # (none: a blank line)
+            missing = header[len(cells) :]
+            yield ShortRow(zip(header, cells, strict=False), line=number, missing=missing)
+        record.clear()
+
+
+class ShortRow(dict[str, str]):
+    """A CSV row with fewer cells than the header: its missing fields are absent, never None.
+
+    Reading one raises KeyError naming the field and the line:
+
+    >>> row = ShortRow({"bucket": "b2"}, line=3, missing=["key"])
+    >>> row["bucket"], row.get("key")
+    ('b2', None)
+    >>> row["key"]
+    Traceback (most recent call last):
+    KeyError: "line 3 has no cell for field 'key' (the row ends before it)"
+    """
+
+    def __init__(self, cells: Any, *, line: int, missing: list[str]) -> None:
+        super().__init__(cells)
+        self.line = line
+        self.missing = missing
+
+    def __missing__(self, name: str) -> str:
+        if name in self.missing:
+            raise KeyError(
+                f"line {self.line} has no cell for field {name!r} (the row ends before it)"
+            )
+        raise KeyError(name)
+
+    def __reduce__(self) -> Any:  # (a dict subclass with keyword arguments: pickled by hand)
+        return (_short_row, (dict(self), self.line, self.missing))
+
+
+def _short_row(cells: dict[str, str], line: int, missing: list[str]) -> ShortRow:
+    return ShortRow(cells, line=line, missing=missing)
