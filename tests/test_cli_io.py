@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -9,7 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import python_subprocess_env
+from manyhands._outcome import Outcome
+from manyhands._output import OutputFile
+
+from .conftest import finish, python_subprocess_env, wait_for_lines
 from .test_cli import TARGET, manyhands
 
 
@@ -181,3 +185,54 @@ def test_a_short_row_keeps_what_it_is_through_pickle() -> None:
         row["b"]
     with pytest.raises(KeyError, match=r"^'c'$"):
         row["c"]  # (not a field of the header: a plain KeyError)
+
+
+def test_lines_of_a_slow_input_reach_the_output_before_it_ends(workdir: Path) -> None:
+    (workdir / "note.py").write_text(
+        "import os\n"
+        "def note(line):\n"
+        "    with open(os.environ['CALLS_FILE'], 'a') as calls:\n"
+        "        calls.write(line + '\\n')\n"
+        "    return line\n"
+    )
+    env = python_subprocess_env() | {"CALLS_FILE": str(workdir / "calls.txt")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "manyhands", "run", "note.py:note", "--output", "out.jsonl",
+         "--batch-size", "1"],
+        cwd=workdir, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=env,
+    )  # fmt: skip
+    assert proc.stdin is not None
+    written = 0
+    try:
+        # One line at a time, each once the last one ran, as a slow producer writes them;
+        # the input stays open. An item is delivered once it finished and the next line
+        # was read: its line must then reach the file, not wait for the end of the run.
+        for written in range(1, 11):
+            proc.stdin.write(f"{written}\n".encode())
+            proc.stdin.flush()
+            wait_for_lines(workdir / "calls.txt", written, timeout=10)
+            with contextlib.suppress(AssertionError):
+                wait_for_lines(workdir / "out.jsonl", 1, timeout=1)
+                break
+        else:
+            raise AssertionError("no line reached --output while the input was open")
+    finally:
+        _, err = finish(proc, timeout=60)  # (closes the input: the run ends)
+    assert proc.returncode == 0, err
+    assert len((workdir / "out.jsonl").read_text().splitlines()) == written
+
+
+def test_a_line_is_flushed_soon_and_lines_written_together_share_a_flush(
+    tmp_path: Path, no_thread_left: None
+) -> None:
+    soon = OutputFile(str(tmp_path / "soon.jsonl"), resume=False, flush_within=0.05)
+    soon.write(Outcome("a", 1, None, 1))
+    wait_for_lines(tmp_path / "soon.jsonl", 1, timeout=10)  # no close, journal or next line
+    soon.close()
+    late = OutputFile(str(tmp_path / "late.jsonl"), resume=False, flush_within=3600)
+    for n in range(100):
+        late.write(Outcome(n, n, None, 1))
+    assert (tmp_path / "late.jsonl").read_bytes() == b""  # not a flush per line
+    late.close()
+    assert len((tmp_path / "late.jsonl").read_text().splitlines()) == 100

@@ -32,6 +32,7 @@ import os
 import re
 import stat
 import sys
+import threading
 from collections.abc import Callable
 from typing import IO, Any, NoReturn
 
@@ -43,6 +44,7 @@ __all__ = ["OutputFailed", "OutputFile", "command_json_line", "command_streams",
 
 _RECORDED_EARLIER = (SKIPPED_DONE, SKIPPED_FAILED)
 _TAIL_CHUNK = 1 << 16
+FLUSH_WITHIN = 0.5  # seconds a line may wait in the buffer (see OutputFile._flush_soon)
 
 
 class OutputFailed(Exception):
@@ -71,13 +73,20 @@ class OutputFile:
         *,
         resume: bool,
         line: Callable[[Outcome[Any, Any]], bytes] | None = None,
+        flush_within: float = FLUSH_WITHIN,
     ) -> None:
         self.path = path
         self._line = line or json_line  # what an outcome's line is
         self._resume = resume
         self._started = False
-        self._failed: BaseException | None = None
+        self._failed: BaseException | None = None  # (set by the flushing thread too)
+        self._raised = False  # the failure was raised to the caller
         self._closed = False
+        self._flush_within = flush_within
+        self._pending = False  # lines written that the flushing thread has not flushed
+        self._wake = threading.Event()
+        self._closing = threading.Event()
+        self._flusher: threading.Thread | None = None
         self.write_skipped = True  # lines for items an earlier run recorded
         if path == "-":
             self._file: IO[bytes] = sys.stdout.buffer
@@ -116,11 +125,15 @@ class OutputFile:
             self.start()
         if outcome.skipped in _RECORDED_EARLIER and not self.write_skipped:
             return
+        if self._failed is not None:  # (the flushing thread failed)
+            self._raise_failed()
         try:
             self._file.write(self._line(outcome))
         except BaseException as exc:
             self._failed = exc
             self._raise_failed()
+        if not self._pending:
+            self._flush_soon()
 
     def flush(self) -> None:
         """Push the lines written so far to the OS; the journal may then record their items.
@@ -149,8 +162,12 @@ class OutputFile:
         if self._closed:
             return
         self._closed = True
+        self._closing.set()
+        self._wake.set()
+        if self._flusher is not None:
+            self._flusher.join()
         try:
-            if self._failed is None:
+            if not self._raised:
                 self.flush()
         finally:
             if self._file is not sys.stdout.buffer:
@@ -169,9 +186,40 @@ class OutputFile:
         """
         failed = self._failed
         assert failed is not None
+        self._raised = True
         if isinstance(failed, OSError) and not isinstance(failed, BrokenPipeError):
             raise OutputFailed(self.path, failed) from failed
         raise failed
+
+    def _flush_soon(self) -> None:
+        """Have the line just written flushed within ``flush_within`` seconds, from a thread.
+
+        Without it a slow run's lines would sit in the buffer until it fills
+        or the run ends (a journal flushes them before recording their items,
+        but nothing else does). Lines that come meanwhile share that flush, so
+        a fast run flushes twice a second, not once a line.
+        """
+        self._pending = True
+        if self._flusher is None:  # (started at the first line: after any worker forked)
+            self._flusher = threading.Thread(
+                target=self._flush_lines, name="manyhands-output-flush", daemon=True
+            )
+            self._flusher.start()
+        self._wake.set()
+
+    def _flush_lines(self) -> None:
+        """The flushing thread: once woken by a line, wait ``flush_within``, then flush."""
+        while True:
+            self._wake.wait()
+            if self._closing.wait(self._flush_within):
+                return  # (close() flushes what is left)
+            self._wake.clear()
+            self._pending = False  # (before flushing: a line written now wakes it again)
+            try:
+                self._file.flush()
+            except BaseException as exc:  # raised by the next write, flush or close
+                self._failed = exc
+                return
 
 
 def json_line(outcome: Outcome[Any, Any]) -> bytes:
