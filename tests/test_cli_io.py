@@ -236,3 +236,45 @@ def test_a_line_is_flushed_soon_and_lines_written_together_share_a_flush(
     assert (tmp_path / "late.jsonl").read_bytes() == b""  # not a flush per line
     late.close()
     assert len((tmp_path / "late.jsonl").read_text().splitlines()) == 100
+
+
+def test_report_to_stdout_writes_the_page_there_not_to_a_file_named_dash(
+    workdir: Path,
+) -> None:
+    manyhands("run", "target.py:work", "numbers.txt", "--journal", "j.db", cwd=workdir)
+    done = manyhands("report", "j.db", "-o", "-", cwd=workdir)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("<!DOCTYPE html>") and "</html>" in done.stdout
+    assert not (workdir / "-").exists()
+
+
+def test_a_run_refused_on_a_busy_journal_creates_no_output_file(workdir: Path) -> None:
+    env = python_subprocess_env() | {"CALLS_FILE": str(workdir / "calls.txt")}
+    first = subprocess.Popen(
+        [sys.executable, "-m", "manyhands", "run", "target.py:slow", "numbers.txt", "-j", "1",
+         "--journal", "j.db"],
+        cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_for_lines(workdir / "calls.txt", 1)  # it holds the journal
+        second = manyhands(
+            "run", "target.py:work", "numbers.txt", "--journal", "j.db", "--output", "new.jsonl",
+            cwd=workdir,
+        )  # fmt: skip
+    finally:
+        first.terminate()
+        finish(first, timeout=60)
+    assert second.returncode == 2 and "in use by" in second.stderr, second.stderr
+    assert not (workdir / "new.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+    ("output", "says"),
+    [("nodir/out.jsonl", "No such file or directory"), ("numbers.txt/out", "Not a directory")],
+)
+def test_an_output_that_cannot_be_created_is_refused_before_the_run(
+    workdir: Path, output: str, says: str
+) -> None:
+    done = manyhands("run", "target.py:work", "numbers.txt", "--output", output, cwd=workdir)
+    assert done.returncode == 2
+    assert done.stderr == f"manyhands: error: cannot write --output {output!r}: {says}\n"

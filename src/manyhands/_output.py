@@ -27,6 +27,7 @@ Three mechanisms keep those promises:
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -88,13 +89,18 @@ class OutputFile:
         self._closing = threading.Event()
         self._flusher: threading.Thread | None = None
         self.write_skipped = True  # lines for items an earlier run recorded
+        self._file: IO[bytes]  # (a file that does not exist yet: set by start())
+        self._regular = True
         if path == "-":
-            self._file: IO[bytes] = sys.stdout.buffer
+            self._file = sys.stdout.buffer
             self._regular = False
             return
         try:
             # Appending changes nothing yet: what the file keeps is decided in start().
-            self._file = open(path, "ab")  # noqa: SIM115 - closed by close()
+            self._file = open(os.open(path, os.O_WRONLY | os.O_APPEND), "ab")  # noqa: SIM115
+        except FileNotFoundError:
+            _check_creatable(path)  # (created by start(): a refused run creates nothing)
+            return
         except OSError as exc:
             raise UsageProblem(f"cannot write --output {path!r}: {exc.strerror or exc}") from exc
         self._regular = stat.S_ISREG(os.fstat(self._file.fileno()).st_mode)
@@ -107,6 +113,9 @@ class OutputFile:
         if not self._regular:  # stdout, a pipe, a terminal: a stream gets every line
             return
         try:
+            if not hasattr(self, "_file"):
+                self._file = open(self.path, "ab")  # noqa: SIM115 - closed by close()
+                return
             if not self._resume:
                 self._file.truncate(0)
                 return
@@ -146,6 +155,8 @@ class OutputFile:
         """
         if self._failed is not None:
             self._raise_failed()
+        if not self._started:  # (nothing written: a file not created yet stays so)
+            return
         try:
             self._file.flush()
         except BaseException as exc:
@@ -170,13 +181,16 @@ class OutputFile:
             if not self._raised:
                 self.flush()
         finally:
-            if self._file is not sys.stdout.buffer:
+            if self._file_opened() and self._file is not sys.stdout.buffer:
                 try:
                     self._file.close()  # (closes the file even when its flush fails)
                 except OSError as exc:  # quiet if it is the failed flush again
                     if self._failed is None:
                         self._failed = exc
                         self._raise_failed()
+
+    def _file_opened(self) -> bool:
+        return hasattr(self, "_file")
 
     def _raise_failed(self) -> NoReturn:
         """Raise what made lines go missing: an OSError as OutputFailed.
@@ -306,6 +320,22 @@ def command_streams(outcome: Outcome[Any, Any]) -> bytes:
         sys.stderr.write(stderr)
         sys.stderr.flush()
     return str(stdout).encode("utf-8", "surrogateescape")
+
+
+def _check_creatable(path: str) -> None:
+    """Refuse an --output that could not be created, without creating it."""
+    folder = os.path.dirname(path) or "."
+    problem = (
+        errno.ENOENT
+        if not os.path.exists(folder)
+        else errno.ENOTDIR
+        if not os.path.isdir(folder)
+        else errno.EACCES
+        if not os.access(folder, os.W_OK | os.X_OK)
+        else None
+    )
+    if problem is not None:
+        raise UsageProblem(f"cannot write --output {path!r}: {os.strerror(problem)}")
 
 
 def _drop_cut_line(path: str, file: IO[bytes]) -> int:

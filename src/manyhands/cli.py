@@ -594,19 +594,31 @@ def demo(items: int, journal: str, fresh: bool) -> int:
 
 @cli.command(epilog=REPORT_EPILOG)
 @click.argument("journal", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", type=click.Path(dir_okay=False), default="run.html",
-              show_default=True, help="The HTML file to write.")  # fmt: skip
+@click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True),
+              default="run.html", show_default=True,
+              help="The HTML file to write (- for stdout).")  # fmt: skip
 def report(journal: str, output: str) -> int:
     """Write an HTML report of JOURNAL: throughput, latency, failures and runs over time.
 
     One self-contained file (no network needed to view it), read from the journal alone.
     """
-    from ._html_report import write_report
+    from ._html_report import render_html, write_report
 
-    _check_report_path(journal, output)
+    if output != "-":
+        _check_report_path(journal, output)
     try:
+        if output == "-":
+            from ._timeline import read_timeline
+
+            sys.stdout.buffer.write(render_html(read_timeline(journal)).encode())
+            sys.stdout.buffer.flush()
+            return EXIT_OK
         write_report(journal, output)
+    except BrokenPipeError:
+        raise  # (stdout closed early: exit 141, as for `run`)
     except OSError as exc:
+        if output == "-":
+            _silence_stdout()  # (flushing the rest at exit would fail again)
         raise UsageProblem(f"cannot write --output {output!r}: {exc.strerror or exc}") from exc
     click.echo(f"wrote {output}")
     return EXIT_OK
