@@ -3,6 +3,12 @@
     apt-get install parallel        # GNU parallel; xargs is in findutils
     python benchmarks/bench_shell.py            # 2,000 x /bin/sleep 0.01, 50 at once, 3 rounds
     python benchmarks/bench_shell.py --jobs 500 --rounds 1
+    python benchmarks/bench_shell.py --stdout-mb 50 --jobs 20 --workers 4   # big stdouts
+
+With ``--stdout-mb N`` each job writes N MB to stdout instead of sleeping
+(``head -c``), so the runners pass 20 x 50 MB through: manyhands and GNU
+parallel keep each job's stdout whole (in memory, then a temporary file),
+``xargs`` lets the jobs write to the pipe directly, mixed.
 
 Every runner gets the same input file (one ``0.01000001``, ``0.01000002``...
 per line: distinct items, as a journal keys them) and the same command,
@@ -34,7 +40,15 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 SLEEP = 0.01
 
 
-def runners(items: str, workers: int, journal: str) -> dict[str, list[str]]:
+def runners(items: str, workers: int, journal: str, mb: int = 0) -> dict[str, list[str]]:
+    if mb:
+        script = f"head -c {mb * 1_000_000} /dev/zero; : {{}}"
+        return {
+            "manyhands run --sh": [sys.executable, "-m", "manyhands", "run", "--shell",
+                                   "--sh", script, "-j", str(workers), "--no-progress", items],
+            "xargs -P": ["xargs", "-P", str(workers), "-I{}", "-a", items, "sh", "-c", script],
+            "GNU parallel": ["parallel", "--will-cite", "-j", str(workers), "-a", items, script],
+        }  # fmt: skip
     manyhands = [sys.executable, "-m", "manyhands", "run", "--sh", "/bin/sleep",
                  "-j", str(workers), "--no-progress", items]  # fmt: skip
     return {
@@ -64,18 +78,19 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2000)
     parser.add_argument("--workers", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--stdout-mb", type=int, default=0, help="MB each job writes")
     args = parser.parse_args()
     import compileall  # as an install would: no compiling inside the timed region
 
     compileall.compile_dir(str(SRC / "manyhands"), quiet=1)
     env = dict(os.environ, PYTHONPATH=str(SRC))
     env.pop("PYTHONDONTWRITEBYTECODE", None)
-    ideal = args.jobs * SLEEP / args.workers
+    ideal = 0.0 if args.stdout_mb else args.jobs * SLEEP / args.workers
     with tempfile.TemporaryDirectory() as tmp:
         items = os.path.join(tmp, "items.txt")
         Path(items).write_text("".join(f"{SLEEP:.2f}{n:06d}\n" for n in range(args.jobs)))
         journal = os.path.join(tmp, "run.db")
-        commands = runners(items, args.workers, journal)
+        commands = runners(items, args.workers, journal, args.stdout_mb)
         missing = [name for name, cmd in commands.items() if shutil.which(cmd[0]) is None]
         for name in missing:
             print(f"(skipped {name}: {commands.pop(name)[0]} is not installed)")
@@ -89,7 +104,8 @@ def main() -> None:
                 walls[name].append(wall)
                 cpus[name].append(cpu)
     ours = statistics.median(walls["manyhands run --sh"])
-    print(f"{args.jobs:,} x /bin/sleep {SLEEP}, {args.workers} at once; ideal {ideal:.2f} s; "
+    job = f"{args.stdout_mb} MB to stdout" if args.stdout_mb else f"/bin/sleep {SLEEP}"
+    print(f"{args.jobs:,} x {job}, {args.workers} at once; ideal {ideal:.2f} s; "
           f"median of {args.rounds}; Python {sys.version.split()[0]}, {os.cpu_count()} CPUs, "
           f"{time.strftime('%Y-%m-%d')}")  # fmt: skip
     print()

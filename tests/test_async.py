@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import signal
 import textwrap
+import threading
 import time
 import tracemalloc
 from collections.abc import AsyncIterator, Iterator
@@ -80,6 +82,55 @@ def test_run_with_thousands_in_flight_from_sync_code(no_thread_left: None) -> No
     report = manyhands.run(peak.wait_for(4500, patience=20), range(10_000), workers=5000)
     assert report.succeeded == 10_000
     assert 4500 <= peak.peak <= 5000  # thousands at once, never more than workers
+
+
+def test_a_retry_that_comes_back_as_the_workers_retire_is_run() -> None:
+    """The input ended, idle workers were leaving, and then a call failed and was retried."""
+
+    async def afn(x: int) -> int:
+        time.sleep(0.002)  # (blocking: the others finish and retire meanwhile)
+        if x == 3:
+            raise ConnectionError(x)
+        return x
+
+    def one(done: list[list[manyhands.Outcome]]) -> None:
+        retry = manyhands.Retry(1, backoff=0.0)
+        done.append(list(manyhands.map(afn, range(6), workers=4, retry=retry)))
+
+    for attempt in range(5):  # (it hung 9 runs in 10)
+        done: list[list[manyhands.Outcome]] = []
+        runner = threading.Thread(target=one, args=(done,), daemon=True)
+        runner.start()
+        runner.join(30)
+        assert done, f"run {attempt} never returned"
+        failed = [o for o in done[0] if o.error is not None]
+        assert len(done[0]) == 6 and [(o.item, o.attempts) for o in failed] == [(3, 2)]
+
+
+def test_small_runs_with_retries_all_end() -> None:
+    """Workers that retire as the input ends and come back for a retry are woken again."""
+    rng = random.Random(1)
+
+    async def afn(item: tuple[int, bool]) -> int:
+        await asyncio.sleep(rng.choice([0, 0.001, 0.003]))
+        if item[1]:
+            raise ConnectionError(item[0])
+        return item[0]
+
+    def many(ended: list[int]) -> None:
+        for _ in range(400):
+            items = [(i, rng.random() < 0.3) for i in range(rng.randint(2, 12))]
+            report = manyhands.run(
+                afn, items, workers=rng.randint(1, 6), retry=manyhands.Retry(1, backoff=0.0)
+            )
+            assert report.total == len(items)
+            ended.append(1)
+
+    ended: list[int] = []
+    runner = threading.Thread(target=many, args=(ended,), daemon=True)
+    runner.start()
+    runner.join(60)
+    assert len(ended) == 400, f"run {len(ended)} never returned (it hung 1 run in ~100)"
 
 
 def test_map_with_a_coroutine_function_keeps_order_and_failures() -> None:

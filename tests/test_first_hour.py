@@ -317,6 +317,26 @@ def test_coroutines_are_not_recorded_as_done_in_the_journal(tmp_path: Path) -> N
     assert (report.succeeded, report.skipped) == (50, 0)
 
 
+def test_a_generator_function_as_fn_stops_the_run_and_records_nothing(tmp_path: Path) -> None:
+    ran: list[int] = []
+
+    def lines(x: int) -> Any:
+        ran.append(x)  # (never: nothing iterates the generator)
+        yield x
+
+    async def alines(x: int) -> Any:
+        yield x
+
+    journal = tmp_path / "run.db"
+    with pytest.raises(TypeError, match="returned a generator") as error:
+        manyhands.run(lines, range(50), workers=4, journal=journal)
+    assert "lambda x: list(lines(x))" in str(error.value) and ran == []
+    with pytest.raises(TypeError, match="returned an async generator"):
+        list(manyhands.map(alines, range(50), workers=4, backend="threads"))
+    report = manyhands.run(abs, range(50), journal=journal)
+    assert (report.succeeded, report.skipped) == (50, 0)  # nothing was recorded as done
+
+
 def test_a_value_after_failures_is_checked_and_plain_values_pass() -> None:
     def fn(x: int) -> int:
         if x < 3:

@@ -8,6 +8,7 @@ import os
 import sqlite3
 import sys
 import threading
+import time
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -136,6 +137,29 @@ def test_duplicate_keys_in_one_input_run_once(tmp_path: Path) -> None:
     report = manyhands.run(fn, [7, 7, 7], journal=journal)
     assert (report.succeeded, report.duplicates, report.total) == (1, 2, 3)
     assert "2 skipped (duplicate keys)" in str(report)
+
+
+@pytest.mark.parametrize("resumed", [False, True])
+def test_a_slow_input_runs_items_as_they_come(tmp_path: Path, resumed: bool) -> None:
+    """Lines from a pipe or a queue: items run while the input is still giving more."""
+    journal = tmp_path / "run.db"
+    calls, fn = counting()
+    if resumed:  # (items looked up in the journal take another path)
+        manyhands.run(fn, range(0, 20, 2), journal=journal)
+        calls.clear()
+    called_by_the_last: list[int] = []
+
+    def source() -> Any:
+        for item in range(20):
+            time.sleep(0.05)  # (a producer: one item every 50 ms)
+            if item == 19:
+                called_by_the_last.append(sum(calls.values()))
+            yield item
+
+    report = manyhands.run(fn, source(), journal=journal, workers=4)
+    assert (report.succeeded, report.skipped) == ((10, 10) if resumed else (20, 0))
+    # Before, the journal read 512 items (or the whole input) before running any.
+    assert called_by_the_last[0] >= (5 if resumed else 10)
 
 
 @pytest.mark.parametrize("workers", [1, 4])

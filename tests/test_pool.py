@@ -18,7 +18,7 @@ import manyhands
 from manyhands._batch import Task
 from manyhands._lanes import STARVATION, Lanes
 
-from .conftest import finish, start_python, wait_for_threads
+from .conftest import finish, os_thread_count, start_python, wait_for_threads
 
 # -- the lanes: which run a free worker serves next -----------------------------
 
@@ -289,6 +289,29 @@ def test_shutdown_with_cancel_futures_cancels_what_has_not_started() -> None:
     pool.shutdown(wait=True, cancel_futures=True)
     assert running.result(1) is True
     assert all(f.cancelled() for f in waiting)
+
+
+def test_ctrl_c_in_a_with_block_does_not_wait_for_other_threads_runs() -> None:
+    before = os_thread_count()
+    release = threading.Event()
+    guard = threading.Timer(10, release.set)  # (the old code waited for this)
+    guard.start()
+    results: list[manyhands.Report] = []
+    try:
+        with pytest.raises(KeyboardInterrupt), manyhands.Pool(workers=2) as pool:
+            other = threading.Thread(
+                target=lambda: results.append(pool.run(release.wait, [10] * 4)), daemon=True
+            )
+            other.start()
+            raise KeyboardInterrupt
+        assert not results, "the with block waited for the other thread's run"
+    finally:
+        release.set()
+        guard.cancel()
+    other.join(10)
+    assert results[0].succeeded == 4  # it went on, and the pool stopped once it was done
+    guard.join()
+    assert wait_for_threads(before) <= before
 
 
 def test_run_in_executor_uses_the_pools_workers() -> None:

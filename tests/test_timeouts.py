@@ -77,6 +77,20 @@ def test_abandoned_threads_are_capped_then_capacity_waits(backend: str) -> None:
     assert released_at, "the run could not finish without the hung call returning"
 
 
+def test_a_run_ends_without_waiting_for_calls_past_their_timeout(backend: str) -> None:
+    """Their items failed already: the grace period is for calls still on time."""
+    release = threading.Event()
+    fn = hanging_on({0, 1, 2, 3}, release, [])
+    began = time.monotonic()
+    try:  # two workers: the first two calls' are abandoned, the next two are kept (the cap)
+        report = manyhands.run(fn, range(4), backend=backend, workers=2, timeout=0.05, grace=60)
+        waited = time.monotonic() - began
+    finally:
+        release.set()
+    assert report.failed == 4 and report.abandoned == 2
+    assert waited < 30, f"the run waited {waited:.0f}s of grace=60 for calls that had failed"
+
+
 def test_a_timed_out_item_is_retried(backend: str) -> None:
     release = threading.Event()
     tries: list[int] = []

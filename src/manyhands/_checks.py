@@ -8,7 +8,7 @@ only (:func:`check_first_value`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import AsyncGenerator, Callable, Coroutine, Generator, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ._outcome import safe_repr
@@ -167,14 +167,18 @@ def check_first_value(fn: object, batch: Batch) -> bool:
     Looks at the first value of the batch (False: it is a plain value, no
     need to look again). Raises TypeError if it is a coroutine: ``fn``
     returned one instead of a value (``lambda x: afn(x)``, or an ``async def``
-    that forgot an ``await``). The batch's coroutines are closed first, so
+    that forgot an ``await``); or a generator: ``fn`` is a generator function,
+    whose body never ran. The batch's coroutines are closed first, so
     none warns that it was never awaited.
     """
     errors = batch.errors
     for index, value in enumerate(batch.values):
         if errors is not None and index in errors:
             continue
-        if not issubclass(type(value), Coroutine):
+        kind = type(value)
+        if issubclass(kind, (Generator, AsyncGenerator)):
+            raise TypeError(_why_not_a_generator(fn, kind))
+        if not issubclass(kind, Coroutine):
             return False
         _close(batch)
         name = _name(fn)
@@ -191,6 +195,18 @@ def check_first_value(fn: object, batch: Batch) -> bool:
             f"value: {fix}. The run was stopped"
         )
     return True  # every item of the batch failed: no value to look at yet
+
+
+def _why_not_a_generator(fn: object, kind: type) -> str:
+    name = _name(fn)
+    what = "an async generator" if issubclass(kind, AsyncGenerator) else "a generator"
+    short = getattr(fn, "__name__", None) or "fn"  # (what the fix's code would call)
+    fix = f"lambda x: list({short}(x))" if what == "a generator" else "an async def collecting it"
+    return (
+        f"fn {name} returned {what} instead of a value: its body runs only when something "
+        f"iterates it, so no work was done in the workers. Return the values (e.g. a list: "
+        f"pass {fix}). The run was stopped"
+    )
 
 
 def discard_coroutines(completions: Completions | LoopQueue[Batch]) -> None:

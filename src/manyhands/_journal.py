@@ -82,7 +82,10 @@ from ._outcome import DUPLICATE, SKIPPED_DONE, SKIPPED_FAILED, Failure, safe_rep
 
 __all__ = ["DONE", "FAILED", "FINAL_STATES", "Journal", "Segment"]
 
-BLOCK = 512  # items read and looked up at once
+BLOCK = 512  # items read and looked up at once, at most
+#: A block that took longer than this to read is followed by a smaller one: a
+#: slow input (lines from a pipe, a queue) is not held back to fill a block.
+READ_SECONDS = 0.01
 
 DONE = "done"
 FAILED = "failed"
@@ -162,6 +165,7 @@ class Journal:
         self._new_items: list[Any] = []
         self._new_keys: list[str] = []
         self._new_at = 0
+        self._block = 1  # items the next block reads (doubles while the input keeps up)
         self._looked_up: dict[str, tuple[Any, ...]] = {}  # key -> journal row, for the buffer
         self._running: set[str] = set()  # keys admitted to run, not recorded
         self._unsaved: set[str] = set()  # keys recorded, not known to be committed
@@ -240,7 +244,7 @@ class Journal:
             return self._take_new_block(size)
         buffer = self._buffer
         while True:
-            if not buffer and not self._refill(new_block=True):
+            if not buffer and not self._refill(size):
                 return None if self._ended else Segment([], [])
             if not buffer:  # (a block of new keys)
                 return self._take_new_block(size)
@@ -260,7 +264,7 @@ class Journal:
                 running.add(key)
                 items.append(item)
                 keys.append(key)
-                if len(items) >= size or (not buffer and not self._refill()):
+                if len(items) >= size or not buffer:  # (the next block is read next time)
                     break
                 upcoming = buffer[0][1]
                 if (
@@ -286,7 +290,7 @@ class Journal:
             keys.append(key)
             reasons.append(reason)
             values.append(value)
-            if len(items) >= room or (not buffer and not self._refill()):
+            if len(items) >= room or not buffer:
                 break
             reason = self._skip_reason(*buffer[0])
             if reason is None or not buffer:
@@ -364,11 +368,14 @@ class Journal:
         self._ended = True
         return None
 
-    def _refill(self, new_block: bool = False) -> bool:
+    def _refill(self, size: int) -> bool:
         """Read and look up the next block; False when nothing more comes.
 
-        ``new_block``: a block whose keys are all new may go to the slices
-        of :meth:`_take_new_block` instead of the buffer.
+        The block holds ``size`` items or more: as many as the input gave
+        in ``READ_SECONDS`` last time, up to ``BLOCK``. A block whose keys
+        are all new goes to the slices of :meth:`_take_new_block`, any other
+        to the buffer. Called only when both are empty: a segment never
+        waits for the input with items already taken.
         """
         if self._ended or self._source is None:
             return False
@@ -377,13 +384,21 @@ class Journal:
         while committed:  # committed before this lookup: it finds them (run == this run)
             self._unsaved.difference_update(committed.popleft())
         block: list[Any] = []
+        wanted = min(max(self._block, size), BLOCK)
+        began = time.monotonic()
         try:
-            block.extend(islice(self._source, BLOCK))
+            block.extend(islice(self._source, wanted))
         except Exception as exc:  # the user's iterable broke: the engine raises InputError
             self.error = exc
             self._ended = True
-        if len(block) < BLOCK and not getattr(self._source, "waiting", False):
+        if len(block) < wanted and not getattr(self._source, "waiting", False):
             self._ended = True  # (an async input that is only waiting has not ended)
+        elif len(block) == wanted:
+            seconds = time.monotonic() - began
+            if seconds > READ_SECONDS:
+                self._block = max(1, int(wanted * READ_SECONDS / seconds))
+            else:
+                self._block = min(2 * wanted, BLOCK)
         keys: list[str] = []
         prints: list[str | None] = []  # (with key=: the items' fingerprints)
         keyfn = self._key
@@ -408,8 +423,7 @@ class Journal:
         self.pulled += len(keys)
         self._lookup(keys)
         if (
-            new_block
-            and keys
+            keys
             and not self._looked_up
             and len(set(keys)) == len(keys)
             and self._running.isdisjoint(keys)
@@ -528,16 +542,18 @@ class Journal:
         group.rows = len(recorded)
         return group
 
-    def record_successes(self, batch: Batch) -> None:
+    def record_successes(self, batch: Batch) -> int:
         """Record the items of a batch that came back after the run was interrupted.
 
-        Only its successes: a failure there might have been retried.
+        Only its successes (a failure there might have been retried); returns
+        how many were recorded.
         """
         if batch.keys is None or not batch.values:
-            return
+            return 0
         errors = batch.errors or {}
         batch.failures = None
         self.record(batch, set(errors))
+        return len(batch.keys) - len(errors)
 
     def commit(self) -> None:
         """Wait until every outcome recorded so far is committed."""

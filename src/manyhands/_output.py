@@ -307,18 +307,34 @@ def command_streams(outcome: Outcome[Any, Any]) -> bytes:
     """A command's stdout, for the command's stdout; its stderr goes to stderr at once.
 
     Each command's output is written whole once it ended (never interleaved
-    with another's), as GNU parallel's default ``--group`` does.
+    with another's), as GNU parallel's default ``--group`` does. A stdout
+    passed through (``run --sh`` without ``--output``) is the command's bytes
+    unchanged: it is copied to stdout here, and nothing is added to it.
     """
     error = outcome.error
     if error is not None:
-        stdout, stderr = (getattr(error.exception, name, "") for name in ("stdout", "stderr"))
+        exc = error.exception
+        stdout, stderr = getattr(exc, "passed", None), getattr(exc, "stderr", "")
     elif isinstance(outcome.value, dict):
-        stdout, stderr = outcome.value.get("stdout", ""), outcome.value.get("stderr", "")
+        stdout, stderr = outcome.value.get("stdout"), outcome.value.get("stderr", "")
     else:
         return b""
-    if stderr:
+    if error is not None and getattr(error.exception, "stdout_dropped", False):
+        stderr += f"manyhands: item {safe_repr(outcome.item, 200)} failed: {error.message}\n"
+    if stdout is not None and hasattr(stdout, "write_to"):  # (both streams as written)
+        _write_bytes(sys.stderr, stdout.stderr)
+    elif stderr:
         sys.stderr.write(stderr)
         sys.stderr.flush()
+    if stdout is None:
+        return b""
+    if hasattr(stdout, "write_to"):  # (the whole stdout, kept in memory or a file)
+        stdout.write_to(sys.stdout.buffer)
+        if isinstance(outcome.value, dict):  # (passed on, not kept: a journal stores the rest)
+            outcome.value["stdout"] = None
+        return b""
+    if outcome.skipped or not stdout:  # (its stdout was passed on by the run that ran it)
+        return b""
     return str(stdout).encode("utf-8", "surrogateescape")
 
 
@@ -336,6 +352,19 @@ def _check_creatable(path: str) -> None:
     )
     if problem is not None:
         raise UsageProblem(f"cannot write --output {path!r}: {os.strerror(problem)}")
+
+
+def _write_bytes(stream: IO[str], data: bytes) -> None:
+    """``data`` to a text stream's bytes (a stream without them gets it as text)."""
+    if not data:
+        return
+    stream.flush()
+    buffer = getattr(stream, "buffer", None)
+    if buffer is None:
+        stream.write(data.decode("utf-8", "backslashreplace"))
+    else:
+        buffer.write(data)
+        buffer.flush()
 
 
 def _drop_cut_line(path: str, file: IO[bytes]) -> int:

@@ -263,7 +263,10 @@ class Pool:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.shutdown(wait=True, cancel_futures=exc is not None)
+        # Ctrl-C (or SystemExit) on its way out does not wait for the other runs:
+        # they go on in the background, and the pool stops once they are done.
+        stopping = isinstance(exc, (KeyboardInterrupt, SystemExit))
+        self.shutdown(wait=not stopping, cancel_futures=exc is not None)
 
     def __repr__(self) -> str:
         state = "shut down" if self._closed else f"{self._active} runs"

@@ -6,6 +6,11 @@ is watched through a Linux pidfd where there is one (polled otherwise), so
 that a background job still holding the pipes open does not keep its item
 running: once the command exits, its group is killed and the pipes read to
 their end.
+
+Where the output goes: :class:`Buffer` keeps a bounded part of a stream (the
+``--output`` line, a failure's message); :class:`Spool` keeps the whole of
+it, byte for byte, in memory and then in a temporary file, for the stdout
+that is passed through.
 """
 
 from __future__ import annotations
@@ -13,15 +18,29 @@ from __future__ import annotations
 import contextlib
 import os
 import selectors
+import shutil
 import signal
 import subprocess
+import tempfile
 from collections.abc import Callable
+from typing import IO, Protocol
 
-__all__ = ["Buffer", "communicate", "decoded", "kill_group"]
+__all__ = ["Buffer", "Spool", "communicate", "decoded", "head_text", "kill_group", "raw"]
 
 DRAIN_SECONDS = 1.0  # pipes still open once the group is dead: a process left the group
 POLL_SECONDS = 0.05  # without pidfd, how often the command's exit is looked at
 _READ = 1 << 16
+SPOOL_MEMORY = 1 << 20  # a passed-through stdout past this goes to a temporary file
+# poll() needs no file descriptor of its own (epoll does: one more per command running).
+_Selector = getattr(selectors, "PollSelector", selectors.SelectSelector)
+
+
+class Sink(Protocol):
+    """Where a stream's chunks go; ``over`` once it took more than it may."""
+
+    over: bool
+
+    def add(self, chunk: bytes) -> None: ...
 
 
 def kill_group(pgid: int) -> None:
@@ -33,21 +52,22 @@ def kill_group(pgid: int) -> None:
 def communicate(
     proc: subprocess.Popen[bytes],
     deadline: float | None,
-    capture: int,
+    out: Sink,
+    err: Sink,
     clock: Callable[[], float],
-) -> tuple[bool, Buffer, Buffer]:
-    """Read the command's output until it exits and its pipes close, or the deadline.
+) -> bool:
+    """Read the command's output into ``out`` and ``err`` until it exits and its pipes close.
 
     Once the command itself exited, what is left of its group (a background
-    job) is killed, and the pipes are read to their end. Returns (timed out,
-    stdout, stderr).
+    job) is killed, and the pipes are read to their end. A sink that took
+    more than it may (``over``) gets the group killed too. Returns whether
+    the deadline passed (the group was killed).
     """
     assert proc.stdout is not None and proc.stderr is not None
-    out, err = Buffer(capture, keep="head"), Buffer(capture, keep="tail")
-    buffers = {proc.stdout.fileno(): out, proc.stderr.fileno(): err}
+    buffers: dict[int, Sink] = {proc.stdout.fileno(): out, proc.stderr.fileno(): err}
     pidfd = _exit_watch(proc)
-    timed_out = False
-    with selectors.DefaultSelector() as selector:
+    timed_out = killed = False
+    with _Selector() as selector:
         for fd in buffers:
             selector.register(fd, selectors.EVENT_READ)
         if pidfd is not None:
@@ -69,12 +89,9 @@ def communicate(
                     if fd == pidfd:
                         selector.unregister(fd)
                         continue
-                    chunk = os.read(fd, _READ)
-                    if chunk:
-                        buffers[fd].add(chunk)
-                    else:
-                        selector.unregister(fd)
-                        del buffers[fd]
+                    if _read(fd, buffers, selector) and not killed:
+                        killed = True
+                        kill_group(proc.pid)  # (its pipes close: read to their end)
                 if proc.returncode is None and proc.poll() is not None:
                     kill_group(proc.pid)  # leftovers: nothing outlives its command
                     drained = clock() + DRAIN_SECONDS
@@ -92,7 +109,19 @@ def communicate(
         timed_out = proc.returncode is None
         if timed_out:
             kill_group(proc.pid)
-    return timed_out, out, err
+    return timed_out
+
+
+def _read(fd: int, sinks: dict[int, Sink], selector: selectors.BaseSelector) -> bool:
+    """Move a chunk of ``fd`` to its sink (at its end, forget it); True if the sink is over."""
+    chunk = os.read(fd, _READ)
+    if not chunk:
+        selector.unregister(fd)
+        del sinks[fd]
+        return False
+    sink = sinks[fd]
+    sink.add(chunk)
+    return sink.over
 
 
 def _wait(proc: subprocess.Popen[bytes], deadline: float, clock: Callable[[], float]) -> None:
@@ -125,6 +154,7 @@ class Buffer:
     """
 
     __slots__ = ("_data", "dropped", "keep", "limit")
+    over = False  # (it keeps its part, whatever comes)
 
     def __init__(self, limit: int, *, keep: str) -> None:
         self.limit = limit
@@ -152,10 +182,100 @@ class Buffer:
         return bytes(self._data)
 
 
+class Spool:
+    """A stream's whole output, unchanged: in memory, then in a temporary file.
+
+    ``limit`` (bytes, or None): past it, ``over`` is set and nothing more is
+    kept. :meth:`write_to` copies it out once, then frees it.
+
+    >>> spool = Spool(memory=4)
+    >>> for chunk in (b"ab", b"\\xff\\xfe", b"cd"): spool.add(chunk)
+    >>> import io; copy = io.BytesIO(); spool.write_to(copy); copy.getvalue(), spool.size
+    (b'ab\\xff\\xfecd', 6)
+    """
+
+    __slots__ = ("_file", "_memory", "_spill", "limit", "over", "size", "stderr")
+
+    def __init__(self, limit: int | None = None, *, memory: int = SPOOL_MEMORY) -> None:
+        self.limit = limit
+        self.over = False
+        self.size = 0
+        self.stderr = b""  # the command's stderr as it wrote it, to pass on with its stdout
+        self._memory = bytearray()
+        self._spill = memory
+        self._file: IO[bytes] | None = None
+
+    def add(self, chunk: bytes) -> None:
+        if self.over:
+            return
+        if self.limit is not None and self.size + len(chunk) > self.limit:
+            self.over = True
+            self.close()
+            return
+        self.size += len(chunk)
+        if self._file is None:
+            self._memory += chunk
+            if len(self._memory) > self._spill:
+                self._to_file()
+        else:
+            self._file.write(chunk)
+
+    def _to_file(self) -> None:
+        try:
+            self._file = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
+        except OSError:  # no file to be had (the open-file limit, a full /tmp): memory then
+            self._spill = 1 << 62
+            return
+        self._file.write(self._memory)
+        self._memory = bytearray()
+
+    def head(self, size: int) -> tuple[bytes, int]:
+        """Its first ``size`` bytes, and how many bytes follow them."""
+        if self._file is None:
+            data = bytes(self._memory[:size])
+        else:
+            self._file.flush()
+            data = os.pread(self._file.fileno(), size, 0)
+        return data, self.size - len(data)
+
+    def write_to(self, out: IO[bytes]) -> None:
+        """Copy the whole output to ``out``, then free it."""
+        try:
+            if self._file is None:
+                out.write(self._memory)
+            else:
+                self._file.seek(0)
+                shutil.copyfileobj(self._file, out, _READ * 16)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._memory = bytearray()
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __repr__(self) -> str:  # (what a stored or printed value shows)
+        return f"<stdout: {self.size:,} bytes, passed through>"
+
+
+def head_text(spool: Spool, size: int) -> str:
+    """The start of a passed-through stdout, as text for a failure's message and notes."""
+    data, more = spool.head(size)
+    text = data.decode("utf-8", "backslashreplace")
+    return f"{text}\n[{more:,} more bytes of stdout, passed through]\n" if more else text
+
+
 def decoded(buffer: Buffer, name: str) -> str:
-    text = buffer.kept().decode("utf-8", "backslashreplace")
+    """What ``buffer`` kept, as text (bytes that are not UTF-8 as ``\\xff``), the cut said."""
+    return raw(buffer, name).decode("utf-8", "backslashreplace")
+
+
+def raw(buffer: Buffer, name: str) -> bytes:
+    """What ``buffer`` kept, as it was written, with a line saying what was dropped."""
+    data = buffer.kept()
     if not buffer.dropped:
-        return text
+        return data
     where = "end" if buffer.keep == "head" else "start"
-    cut = f"[{buffer.dropped:,} bytes of {name} dropped at the {where}: --max-output]"
-    return f"{text}\n{cut}\n" if buffer.keep == "head" else f"{cut}\n{text}"
+    cut = f"[{buffer.dropped:,} bytes of {name} dropped at the {where}: --max-output]".encode()
+    return data + b"\n" + cut + b"\n" if buffer.keep == "head" else cut + b"\n" + data

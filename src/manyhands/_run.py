@@ -498,7 +498,8 @@ class Run:
                     self._options.store_results and self.before_record is None
                 ):
                     for finished in self._late_batches():
-                        journal.record_successes(finished)
+                        # (counted: the Report and the journal's run row say the same)
+                        stats.succeeded += journal.record_successes(finished)
                 journal.close(status or "interrupted", stats.counts())
         finally:
             journal.abandon()  # no-op once closed: the lock is released whatever happened

@@ -24,7 +24,9 @@ limit, the slowdown, the journal and the Report work as for Python functions.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import os
 import re
 import shlex
 import signal
@@ -37,14 +39,25 @@ from typing import Any
 
 from ._exceptions import ManyhandsError, Timeout
 from ._inputs import UsageProblem
-from ._process_group import DRAIN_SECONDS, communicate, decoded, kill_group
+from ._process_group import (
+    DRAIN_SECONDS,
+    Buffer,
+    Spool,
+    communicate,
+    decoded,
+    head_text,
+    kill_group,
+    raw,
+)
 
 __all__ = [
     "DEFAULT_CAPTURE",
     "CommandFailed",
     "CommandRunner",
     "CommandTimedOut",
+    "OutputTooLarge",
     "Template",
+    "commands_at_once",
     "exit_codes",
     "exits_with",
     "failure_class",
@@ -177,6 +190,7 @@ class CommandFailed(ManyhandsError):
     exit_code: int | None = None
     signal: int | None = None
     retry_after: float | None = None  # (the engine honours a number here, as for RetryAfter)
+    passed: Spool | None = None  # (run --sh without --output: the stdout to pass through)
 
     def __init__(self, message: str, stdout: str = "", stderr: str = "") -> None:
         super().__init__(message)
@@ -188,6 +202,13 @@ class CommandTimedOut(CommandFailed, Timeout):
     """A command ran past ``--timeout``: its whole process group was killed."""
 
     signal = int(signal.SIGKILL)
+
+
+class OutputTooLarge(CommandFailed):
+    """A command's passed-through stdout went past ``--max-output``: its group was killed."""
+
+    signal = int(signal.SIGKILL)
+    stdout_dropped = True  # (run --sh says so on stderr: its stdout is missing)
 
 
 _classes: dict[tuple[str, int], type[CommandFailed]] = {}
@@ -224,7 +245,7 @@ def _signal_name(number: int) -> str:
         return f"Signal{number}"
 
 
-for _cls in (CommandFailed, CommandTimedOut):
+for _cls in (CommandFailed, CommandTimedOut, OutputTooLarge):
     _cls.__module__ = _PUBLIC_MODULE
 
 
@@ -250,8 +271,16 @@ class CommandRunner:
 
     Returns ``{"exit_code": 0, "stdout": str, "stderr": str}`` (bytes that are
     not UTF-8 are shown as ``\\xff`` escapes); raises :class:`CommandFailed`.
+    With ``passthrough``, ``"stdout"`` is a :class:`Spool` instead: the
+    command's whole stdout, byte for byte, for the command's own stdout (a
+    failure carries it as ``passed``); past ``stdout_limit`` bytes the
+    command is killed and fails with :class:`OutputTooLarge`.
     :meth:`close` kills the process groups of the commands still running
     (the run was stopped), and no command starts after it.
+
+    A command that cannot start for want of file descriptors (the open-file
+    limit, ``ulimit -n``) waits for another command of the run to end and
+    starts then: it is not a failure of its item.
     """
 
     def __init__(
@@ -261,15 +290,20 @@ class CommandRunner:
         timeout: float | None = None,
         capture: int = DEFAULT_CAPTURE,
         throttle_exit: int | None = None,
+        passthrough: bool = False,
+        stdout_limit: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.template = template
         self.timeout = timeout
         self.capture = capture
         self.throttle_exit = throttle_exit
+        self.passthrough = passthrough
+        self.stdout_limit = stdout_limit
         self._clock = clock
         self._running: dict[int, subprocess.Popen[bytes]] = {}
         self._lock = threading.Lock()
+        self._ended = threading.Condition(self._lock)  # a command ended: its fds are free
         self._closed = False
         # What the journal records as the run's function (a changed command is warned about).
         self.__qualname__ = template.text
@@ -277,35 +311,72 @@ class CommandRunner:
 
     def __call__(self, item: Any) -> dict[str, Any]:
         argv = self.template.argv(item)
-        deadline = None if self.timeout is None else self._clock() + self.timeout
         proc = self._start(argv)
+        deadline = None if self.timeout is None else self._clock() + self.timeout
+        out: Buffer | Spool = (
+            Spool(self.stdout_limit) if self.passthrough else Buffer(self.capture, keep="head")
+        )
+        err = Buffer(self.capture, keep="tail")
         try:
-            timed_out, out, err = communicate(proc, deadline, self.capture, self._clock)
+            timed_out = communicate(proc, deadline, out, err, self._clock)
+        except BaseException:
+            if isinstance(out, Spool):
+                out.close()
+            raise
         finally:
             self._forget(proc)
-        captured = (decoded(out, "stdout"), decoded(err, "stderr"))
+        stderr = decoded(err, "stderr")
+        code = proc.returncode
+        if isinstance(out, Spool):
+            out.stderr = raw(err, "stderr")  # (passed on as written)
+            if out.over:
+                cause = (
+                    f"its stdout went past --max-output={out.limit:,} bytes; its process "
+                    "group was killed and its stdout dropped"
+                )
+                raise _failure(OutputTooLarge, cause, ("", stderr))
+            if code == 0 and not timed_out:
+                return {"exit_code": 0, "stdout": out, "stderr": stderr}
+            captured = (head_text(out, self.capture), stderr)  # (a failure's text)
+        else:
+            captured = (decoded(out, "stdout"), stderr)
         if timed_out:
             cause = f"ran past --timeout={self.timeout:g}s; its process group was killed"
-            raise _failure(CommandTimedOut, cause, captured)
-        code = proc.returncode
-        if code != 0:
+            error = _failure(CommandTimedOut, cause, captured)
+        elif code != 0:
             cause = f"exit code {code}" if code > 0 else f"killed by {_signal_name(-code)}"
             error = _failure(failure_class(code), cause, captured)
             if code == self.throttle_exit:
-                error.retry_after = retry_after_in(captured[1])
-            raise error
-        return {"exit_code": 0, "stdout": captured[0], "stderr": captured[1]}
+                error.retry_after = retry_after_in(stderr)
+        else:
+            return {"exit_code": 0, "stdout": captured[0], "stderr": stderr}
+        if isinstance(out, Spool):
+            error.passed = out
+        raise error
 
     def _start(self, argv: list[str]) -> subprocess.Popen[bytes]:
-        if self._closed:
-            raise RuntimeError("the run is stopping: no new command starts")
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,  # its own process group, out of the terminal's reach
-        )
+        alone = 0.0  # seconds waited for file descriptors with no other command running
+        while True:
+            if self._closed:
+                raise RuntimeError("the run is stopping: no new command starts")
+            try:
+                proc = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    start_new_session=True,  # its own process group, out of the terminal's reach
+                )
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EMFILE, errno.ENFILE):
+                    raise
+                with self._ended:
+                    others = bool(self._running)
+                    if not others and alone >= FD_WAIT_SECONDS:
+                        raise OSError(exc.errno, _no_fds(exc)) from exc
+                    self._ended.wait(FD_RETRY_SECONDS)  # (woken when a command ends)
+                alone = 0.0 if others else alone + FD_RETRY_SECONDS
         with self._lock:
             self._running[proc.pid] = proc
             closed = self._closed
@@ -318,6 +389,7 @@ class CommandRunner:
             self._running.pop(proc.pid, None)
             if proc.returncode is None:  # interrupted while it ran (close())
                 kill_group(proc.pid)
+            self._ended.notify()
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=DRAIN_SECONDS)  # reaped: no zombie left
 
@@ -326,8 +398,65 @@ class CommandRunner:
         with self._lock:
             self._closed = True
             running = list(self._running)
+            self._ended.notify_all()
         for pid in running:
             kill_group(pid)
+
+
+# -- the open-file limit ---------------------------------------------------------
+
+FD_RETRY_SECONDS = 0.05  # a command short of fds tries again this often (or when one ends)
+FD_WAIT_SECONDS = 5.0  # ...and fails once it waited this long with no other command running
+FDS_PER_COMMAND = 4  # its stdout and stderr pipes and its exit watch, and a spilled stdout
+FDS_SPARE = 16  # the journal, the input and output files, and commands as they start
+
+
+def open_file_limit() -> int | None:
+    """The soft limit on open files (``ulimit -n``), or None when there is none."""
+    try:
+        import resource
+    except ImportError:  # (not POSIX)
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return None if soft == resource.RLIM_INFINITY else int(soft)
+
+
+def open_files() -> int:
+    """How many file descriptors this process has open (3 when that cannot be read)."""
+    for folder in ("/proc/self/fd", "/dev/fd"):
+        with contextlib.suppress(OSError):
+            return max(len(os.listdir(folder)) - 1, 3)  # (less the listing's own)
+    return 3
+
+
+def commands_at_once(workers: int) -> tuple[int, str | None]:
+    """How many of ``workers`` commands fit in the open-file limit, and a notice if fewer.
+
+    Each running command holds ~:data:`FDS_PER_COMMAND` file descriptors; past
+    the limit, starting one fails with EMFILE. So ``-j`` is capped to what fits.
+    """
+    limit = open_file_limit()
+    if limit is None:
+        return workers, None
+    used = open_files() + FDS_SPARE
+    need = used + workers * FDS_PER_COMMAND
+    if need <= limit:
+        return workers, None
+    fit = max((limit - used) // FDS_PER_COMMAND, 1)
+    notice = (
+        f"-j {workers} needs ~{need} open files, the limit is {limit}: running {fit} "
+        f"at once; raise it with ulimit -n"
+    )
+    return fit, notice
+
+
+def _no_fds(exc: OSError) -> str:
+    limit = open_file_limit()
+    said = f"the limit is {limit}" if limit is not None else "at the system's limit"
+    return (
+        f"{exc.strerror}: a command cannot start ({said}, and no other command of the run "
+        f"is running to free some); raise it with ulimit -n"
+    )
 
 
 _RETRY_AFTER = re.compile(r"retry-after:\s*([0-9]+(?:\.[0-9]+)?)\s*$", re.IGNORECASE)

@@ -31,7 +31,15 @@ from ._output import OutputFailed, OutputFile, command_json_line, command_stream
 from ._rate import parse_rate
 from ._retry import Retry
 from ._run import Run
-from ._shell import DEFAULT_CAPTURE, CommandFailed, CommandRunner, Template, exit_codes, exits_with
+from ._shell import (
+    DEFAULT_CAPTURE,
+    CommandFailed,
+    CommandRunner,
+    Template,
+    commands_at_once,
+    exit_codes,
+    exits_with,
+)
 from ._signals import StopSignals, Terminated
 from ._stream import Outcomes
 
@@ -172,8 +180,9 @@ def _failure_rate(
               help="With --sh: a command exiting with CODE means 'slow down': the run "
                    "slows down and retries it.")  # fmt: skip
 @click.option("--max-output", type=click.IntRange(min=0), metavar="BYTES",
-              help=f"With --sh: bytes of stdout and of stderr kept per command "
-                   f"(default {DEFAULT_CAPTURE}).")  # fmt: skip
+              help=f"With --sh: bytes of stdout and of stderr kept per command in --output "
+                   f"(default {DEFAULT_CAPTURE}); without --output, a command whose stdout "
+                   f"is longer fails (default: no limit).")  # fmt: skip
 def run(
     target: str | None,
     input_path: str,
@@ -232,6 +241,8 @@ def _run(
         run = _api.open_run(caller, _calling(fn), items, options, report_only=report_only)
     except (TypeError, ValueError) as exc:
         raise UsageProblem(str(exc)) from exc
+    if isinstance(fn, CommandRunner):  # its CPU is starting commands, on threads only
+        run.task.measure = False  # (so no hint of another backend)
     journal: str | None = options.get("journal")
     # A resume appends to --output; the file is touched only once the run holds the lock.
     resumed = journal is not None and Path(journal).exists()
@@ -288,8 +299,12 @@ def _run_commands(
         raise UsageProblem(f"--sh: no program {program!r} (not on PATH, or not executable)")
     capture = DEFAULT_CAPTURE if command["max_output"] is None else command["max_output"]
     runner = CommandRunner(
-        template, timeout=flags["timeout"], capture=capture, throttle_exit=command["throttle_exit"]
-    )
+        template, timeout=flags["timeout"], capture=capture, throttle_exit=command["throttle_exit"],
+        passthrough=not output, stdout_limit=command["max_output"],
+    )  # fmt: skip
+    flags["workers"], notice = commands_at_once(flags["workers"])  # (the open-file limit)
+    if notice is not None:
+        click.echo(notice, err=True)
     # The runner kills a command's process group at --timeout; the engine's
     # timeout would only abandon the thread waiting for it.
     flags |= {"backend": "threads", "timeout": None, "batch_size": flags["batch_size"] or 1}

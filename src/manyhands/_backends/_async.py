@@ -155,7 +155,8 @@ class AsyncBackend:
 
     def _retire(self) -> None:
         self._retired = True
-        idle, self._idle = self._idle, deque()
+        idle = list(self._idle)
+        self._idle.clear()  # (in place: each worker holds the deque)
         for waiter in idle:
             if not waiter.done():
                 waiter.set_result(None)
@@ -250,7 +251,7 @@ class AsyncBackend:
                 if running:  # no call of ours may end to check on them
                     stragglers.watch(loop)
                 if self._retired:
-                    return
+                    return self._leave()
                 waiter: asyncio.Future[None] = loop.create_future()
                 idle.append(waiter)
                 await waiter
@@ -290,6 +291,14 @@ class AsyncBackend:
             if running and end > running[0].due:  # (one test per call)
                 stragglers.send_pieces(end)
             del batch, entry, task  # an idle worker must not keep its last batch alive
+
+    def _leave(self) -> None:
+        """A retired worker leaves ``_tasks`` now, not at its done callback.
+
+        A batch accepted before that callback (a retry that came back as the
+        workers retired) must find room to start a worker in its place.
+        """
+        self._tasks.discard(asyncio.current_task())
 
     async def _work_shared(self) -> None:
         """:meth:`_work` for a pool: the next item of the batch the lanes choose."""

@@ -75,6 +75,9 @@ class ThreadBackend:
         self.abandoned = 0  # threads left to a call past its timeout, and replaced
         self.abandon_limit = workers if abandon_limit is None else abandon_limit
         self._stuck = [0]  # abandoned threads still in their call (they count themselves out)
+        # Workers kept in a call past its timeout (the abandon limit was reached):
+        # their item has failed already, so shutdown does not wait for them.
+        self._overdue: set[_thread.LockType] = set()
         self._queue: SimpleQueue[Any] = SimpleQueue()  # batches, TAKE tokens, or None: exit
         self._alive: list[_thread.LockType] = []  # one held lock per worker started
         self._retiring = 0  # exit sentinels queued so far
@@ -117,7 +120,7 @@ class ThreadBackend:
         if self._lanes is not None:
             take = functools.partial(self._lanes.take, 0) if spare else self._lanes.take
         get = self._spare_queue.get if spare else self._queue.get
-        args = (self, get, take, alive, hooks, self._guard, self._stuck)
+        args = (self, get, take, alive, hooks, self._guard, self._stuck, self._overdue)
         try:
             self._start_thread(_work, args)
         except RuntimeError as exc:  # "can't start new thread": a limit of the system
@@ -157,6 +160,8 @@ class ThreadBackend:
             batch.state = TIMED_OUT
             owner = batch.owner
             if owner is None or self._stuck[0] >= self.abandon_limit:
+                if owner is not None:
+                    self._overdue.add(owner)
                 return True  # the worker stays ours: it goes on once the call returns
             batch.owner = None  # tells the worker it was replaced
             self._stuck[0] += 1
@@ -215,7 +220,9 @@ class ThreadBackend:
         deadline = monotonic() + grace
         busy = 0
         for alive in [*self._alive, *self._spare_alive]:
-            if alive.acquire(timeout=max(deadline - monotonic(), 0.0)):
+            with self._guard:
+                overdue = alive in self._overdue  # (its item failed: nothing to wait for)
+            if alive.acquire(timeout=0.0 if overdue else max(deadline - monotonic(), 0.0)):
                 alive.release()
             else:
                 busy += 1
@@ -246,6 +253,7 @@ def _work(
     hooks: tuple[Any, Any],
     guard: _thread.LockType,
     stuck: list[int],
+    overdue: set[_thread.LockType],
 ) -> None:
     """A worker's loop: take a batch, run it, hand it back to its run; until told to exit.
 
@@ -280,6 +288,8 @@ def _work(
                 finished = batch.state == RUNNING
                 if finished:
                     batch.state = FINISHED
+                else:
+                    overdue.discard(alive)
                 replaced = batch.owner is None
                 if replaced:
                     stuck[0] -= 1
