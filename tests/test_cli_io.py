@@ -6,6 +6,7 @@ import contextlib
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -278,3 +279,37 @@ def test_an_output_that_cannot_be_created_is_refused_before_the_run(
     done = manyhands("run", "target.py:work", "numbers.txt", "--output", output, cwd=workdir)
     assert done.returncode == 2
     assert done.stderr == f"manyhands: error: cannot write --output {output!r}: {says}\n"
+
+
+class _LateClear(threading.Event):
+    """The flushing thread's wake-up event, cleared just after close() set it: the race."""
+
+    def __init__(self, closing: threading.Event) -> None:
+        super().__init__()
+        self.closing = closing
+        self.clearing = threading.Event()  # the thread is about to clear
+        self.closed = threading.Event()  # close() has set the event
+
+    def set(self) -> None:
+        super().set()
+        if self.closing.is_set():
+            self.closed.set()
+
+    def clear(self) -> None:
+        self.clearing.set()
+        self.closed.wait(10)
+        super().clear()
+
+
+def test_close_right_before_the_flushing_thread_clears_its_wake_up_does_not_hang(
+    tmp_path: Path,
+) -> None:
+    out = OutputFile(str(tmp_path / "out.jsonl"), resume=False, flush_within=0)
+    wake = out._wake = _LateClear(out._closing)
+    out.write(Outcome("a", 1, None, 1))  # (starts the flushing thread)
+    assert wake.clearing.wait(10)
+    closer = threading.Thread(target=out.close, daemon=True)
+    closer.start()
+    closer.join(timeout=10)
+    assert not closer.is_alive(), "close() waits for a flushing thread that never ends"
+    assert (tmp_path / "out.jsonl").read_text() == '{"item": "a", "ok": true, "value": 1}\n'

@@ -222,8 +222,12 @@ class OutputFile:
         self._wake.set()
 
     def _flush_lines(self) -> None:
-        """The flushing thread: once woken by a line, wait ``flush_within``, then flush."""
-        while True:
+        """The flushing thread: once woken by a line, wait ``flush_within``, then flush.
+
+        close() sets ``_closing`` then ``_wake``; the loop checks ``_closing``
+        after each flush, since clearing ``_wake`` may have dropped that wake-up.
+        """
+        while not self._closing.is_set():
             self._wake.wait()
             if self._closing.wait(self._flush_within):
                 return  # (close() flushes what is left)
