@@ -12,6 +12,7 @@ import importlib
 import importlib.util
 import json
 import sys
+import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -19,6 +20,7 @@ from typing import IO, Any
 __all__ = [
     "BadLine",
     "MalformedLine",
+    "ShortRow",
     "UsageProblem",
     "load_target",
     "open_input",
@@ -68,17 +70,21 @@ def load_target(target: str, what: str = "TARGET") -> Callable[..., Any]:
     if not sep or not module_name or not attribute:
         raise UsageProblem(f"{what} {target!r} must be module:function or file.py:function")
     if module_name.endswith(".py") or "/" in module_name or "\\" in module_name:
-        module = _load_file(Path(module_name), what)
+        module = _load_file(Path(module_name), what, target)
     else:
         if "" not in sys.path and "." not in sys.path:
             sys.path.insert(0, "")  # like `python -m`: modules in the current directory
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
+            if not _names_target(exc.name, module_name):  # a module it imports is missing
+                raise _import_failed(what, target, module_name, exc) from exc
             raise UsageProblem(
                 f"{what} {target!r}: no module named {exc.name!r} (is it installed, or run "
                 "from the directory that holds it?)"
             ) from exc
+        except Exception as exc:  # raised or did not compile while importing: the user's code
+            raise _import_failed(what, target, module_name, exc) from exc
     value: Any = module
     for part in attribute.split("."):
         try:
@@ -92,7 +98,7 @@ def load_target(target: str, what: str = "TARGET") -> Callable[..., Any]:
     return value  # type: ignore[no-any-return]
 
 
-def _load_file(path: Path, what: str) -> Any:
+def _load_file(path: Path, what: str, target: str) -> Any:
     if not path.is_file():
         raise UsageProblem(f"{what}: no such file {str(path)!r}")
     name = f"manyhands_target_{path.stem}"
@@ -102,12 +108,43 @@ def _load_file(path: Path, what: str) -> Any:
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # so that pickling and tracebacks find it
     sys.path.insert(0, str(path.resolve().parent))  # its own imports of siblings
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # raised or did not compile while importing: the user's code
+        del sys.modules[name]
+        raise _import_failed(what, target, str(path), exc) from exc
     # Worker processes cannot import it under that name: its functions travel by value.
     import cloudpickle  # type: ignore[import-untyped]
 
     cloudpickle.register_pickle_by_value(module)
     return module
+
+
+def _names_target(missing: str | None, module_name: str) -> bool:
+    """Whether the missing module is the TARGET's module or one of its packages."""
+    return missing is not None and (module_name + ".").startswith(missing + ".")
+
+
+def _import_failed(what: str, target: str, module: str, exc: Exception) -> UsageProblem:
+    """One line for a TARGET whose module failed to import: the error and where it was raised.
+
+    >>> try:
+    ...     compile("def f(x) return x", "syn.py", "exec")
+    ... except SyntaxError as exc:
+    ...     print(_import_failed("TARGET", "syn.py:f", "syn.py", exc))
+    TARGET 'syn.py:f': importing syn.py failed: SyntaxError: expected ':' (at syn.py:1)
+    """
+    message, at = str(exc), ""
+    if isinstance(exc, SyntaxError):  # (where it is, is not a frame of the traceback)
+        message, at = exc.msg, f" (at {exc.filename}:{exc.lineno})"
+    else:
+        frames = traceback.extract_tb(exc.__traceback__)
+        ours = [frame for frame in frames if not frame.filename.startswith("<frozen ")] or frames
+        if ours:
+            at = f" (at {ours[-1].filename}:{ours[-1].lineno})"
+    return UsageProblem(
+        f"{what} {target!r}: importing {module} failed: {type(exc).__qualname__}: {message}{at}"
+    )
 
 
 def open_input(path: str) -> IO[bytes]:
@@ -184,24 +221,79 @@ def _decoded(stream: IO[bytes]) -> Iterator[tuple[int, str, str | None]]:
 
 
 def _csv_rows(lines: Iterator[tuple[int, str, str | None]]) -> Iterator[Any]:
-    """CSV rows as dicts; a row with a line that is not UTF-8 as a :class:`BadLine`."""
+    """CSV rows as dicts keyed by the header row; a row that cannot be one as a :class:`BadLine`.
+
+    A row with a line that is not UTF-8, or with more cells than the header
+    (a cell that holds an unquoted comma: the rest are shifted), is a BadLine.
+    A row with fewer cells is a :class:`ShortRow`, without the missing fields:
+    it fails only where one is read, as a JSONL item without that field does.
+    """
     bad: dict[int, tuple[str, str]] = {}  # line number -> (text, problem), for the next row
+    record: list[str] = []  # the lines of the row being read
 
     def texts() -> Iterator[str]:
         for number, text, problem in lines:
             if problem is not None:
                 bad[number] = (text.rstrip("\r\n"), problem)
+            record.append(text)
             yield text
 
-    rows = csv.DictReader(texts())
-    if rows.fieldnames is not None and bad:
-        number = min(bad)
-        raise UsageProblem(f"the CSV header: {bad[number][1]}")
-    for row in rows:
+    reader = csv.reader(texts())
+    header = next(reader, None)
+    if header is None:
+        return
+    if bad:
+        raise UsageProblem(f"the CSV header: {bad[min(bad)][1]}")
+    record.clear()
+    end = reader.line_num
+    for cells in reader:
+        number, end = end + 1, reader.line_num  # (a quoted cell may span lines)
         if bad:
-            number = min(bad)
-            text, problem = bad[number]
+            yield BadLine(min(bad), *bad[min(bad)])
             bad.clear()
-            yield BadLine(number, text, problem)
-        else:
-            yield row
+        elif len(cells) == len(header):
+            yield dict(zip(header, cells, strict=True))
+        elif len(cells) > len(header):
+            yield BadLine(
+                number,
+                "".join(record).rstrip("\r\n"),
+                f"line {number} has {len(cells)} cells, the header {len(header)}: "
+                "quote a cell that holds a comma",
+            )
+        elif cells:  # (none: a blank line)
+            missing = header[len(cells) :]
+            yield ShortRow(zip(header, cells, strict=False), line=number, missing=missing)
+        record.clear()
+
+
+class ShortRow(dict[str, str]):
+    """A CSV row with fewer cells than the header: its missing fields are absent, never None.
+
+    Reading one raises KeyError naming the field and the line:
+
+    >>> row = ShortRow({"bucket": "b2"}, line=3, missing=["key"])
+    >>> row["bucket"], row.get("key")
+    ('b2', None)
+    >>> row["key"]
+    Traceback (most recent call last):
+    KeyError: "line 3 has no cell for field 'key' (the row ends before it)"
+    """
+
+    def __init__(self, cells: Any, *, line: int, missing: list[str]) -> None:
+        super().__init__(cells)
+        self.line = line
+        self.missing = missing
+
+    def __missing__(self, name: str) -> str:
+        if name in self.missing:
+            raise KeyError(
+                f"line {self.line} has no cell for field {name!r} (the row ends before it)"
+            )
+        raise KeyError(name)
+
+    def __reduce__(self) -> Any:  # (a dict subclass with keyword arguments: pickled by hand)
+        return (_short_row, (dict(self), self.line, self.missing))
+
+
+def _short_row(cells: dict[str, str], line: int, missing: list[str]) -> ShortRow:
+    return ShortRow(cells, line=line, missing=missing)

@@ -27,22 +27,42 @@ Three mechanisms keep those promises:
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
 import stat
 import sys
+import threading
 from collections.abc import Callable
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 
 from ._escape import escape_json
 from ._inputs import BadLine, UsageProblem
 from ._outcome import SKIPPED_DONE, SKIPPED_FAILED, Failure, Outcome, safe_repr
 
-__all__ = ["OutputFile", "command_json_line", "command_streams", "json_line"]
+__all__ = ["OutputFailed", "OutputFile", "command_json_line", "command_streams", "json_line"]
 
 _RECORDED_EARLIER = (SKIPPED_DONE, SKIPPED_FAILED)
 _TAIL_CHUNK = 1 << 16
+FLUSH_WITHIN = 0.5  # seconds a line may wait in the buffer (see OutputFile._flush_soon)
+
+
+class OutputFailed(Exception):
+    """``--output`` could not be written (a full disk, a lost mount...): the run stops.
+
+    A closed pipe is not one: it raises :class:`BrokenPipeError`, and the
+    command stops quietly as ``cat`` does.
+    """
+
+    run_status = "output error"  # how the journal records the run's end
+
+    def __init__(self, path: str, error: OSError, then: str = "") -> None:
+        where = "stdout" if path == "-" else f"--output {path!r}"
+        what = f"cannot write {where}: {error.strerror or error}"
+        super().__init__(f"{what}; {then}" if then else what)
+        self.path = path
+        self.error = error
 
 
 class OutputFile:
@@ -54,20 +74,33 @@ class OutputFile:
         *,
         resume: bool,
         line: Callable[[Outcome[Any, Any]], bytes] | None = None,
+        flush_within: float = FLUSH_WITHIN,
     ) -> None:
         self.path = path
         self._line = line or json_line  # what an outcome's line is
         self._resume = resume
         self._started = False
-        self._failed: BaseException | None = None
+        self._failed: BaseException | None = None  # (set by the flushing thread too)
+        self._raised = False  # the failure was raised to the caller
+        self._closed = False
+        self._flush_within = flush_within
+        self._pending = False  # lines written that the flushing thread has not flushed
+        self._wake = threading.Event()
+        self._closing = threading.Event()
+        self._flusher: threading.Thread | None = None
         self.write_skipped = True  # lines for items an earlier run recorded
+        self._file: IO[bytes]  # (a file that does not exist yet: set by start())
+        self._regular = True
         if path == "-":
-            self._file: IO[bytes] = sys.stdout.buffer
+            self._file = sys.stdout.buffer
             self._regular = False
             return
         try:
             # Appending changes nothing yet: what the file keeps is decided in start().
-            self._file = open(path, "ab")  # noqa: SIM115 - closed by close()
+            self._file = open(os.open(path, os.O_WRONLY | os.O_APPEND), "ab")  # noqa: SIM115
+        except FileNotFoundError:
+            _check_creatable(path)  # (created by start(): a refused run creates nothing)
+            return
         except OSError as exc:
             raise UsageProblem(f"cannot write --output {path!r}: {exc.strerror or exc}") from exc
         self._regular = stat.S_ISREG(os.fstat(self._file.fileno()).st_mode)
@@ -79,46 +112,132 @@ class OutputFile:
         self._started = True
         if not self._regular:  # stdout, a pipe, a terminal: a stream gets every line
             return
-        if not self._resume:
-            self._file.truncate(0)
-            return
-        size = _drop_cut_line(self.path, self._file)
+        try:
+            if not hasattr(self, "_file"):
+                self._file = open(self.path, "ab")  # noqa: SIM115 - closed by close()
+                return
+            if not self._resume:
+                self._file.truncate(0)
+                return
+            size = _drop_cut_line(self.path, self._file)
+        except OSError as exc:
+            raise OutputFailed(self.path, exc) from exc
         self.write_skipped = size == 0
 
     def write(self, outcome: Outcome[Any, Any]) -> None:
-        """Write the line of ``outcome`` (unless the file already has it)."""
+        """Write the line of ``outcome`` (unless the file already has it).
+
+        Raises:
+            OutputFailed: the file cannot take it (a full disk...).
+        """
         if not self._started:
             self.start()
         if outcome.skipped in _RECORDED_EARLIER and not self.write_skipped:
             return
+        if self._failed is not None:  # (the flushing thread failed)
+            self._raise_failed()
         try:
             self._file.write(self._line(outcome))
         except BaseException as exc:
             self._failed = exc
-            raise
+            self._raise_failed()
+        if not self._pending:
+            self._flush_soon()
 
     def flush(self) -> None:
         """Push the lines written so far to the OS; the journal may then record their items.
 
         Once a write or flush failed, this raises again: the rows of lines
         that never reached the file must not be recorded.
+
+        Raises:
+            OutputFailed: the lines did not all reach the file.
         """
         if self._failed is not None:
-            raise OSError(f"--output {self.path!r} could not be written: {self._failed!r}")
+            self._raise_failed()
+        if not self._started:  # (nothing written: a file not created yet stays so)
+            return
         try:
             self._file.flush()
         except BaseException as exc:
             self._failed = exc
-            raise
+            self._raise_failed()
 
     def close(self) -> None:
-        """Flush and close (stdout is flushed only)."""
+        """Flush and close (stdout is flushed only); idempotent.
+
+        Raises:
+            OutputFailed: the last lines did not reach the file (once: a
+                second close, or a close after a failed write, is quiet).
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._closing.set()
+        self._wake.set()
+        if self._flusher is not None:
+            self._flusher.join()
         try:
-            if self._failed is None:
-                self._file.flush()
+            if not self._raised:
+                self.flush()
         finally:
-            if self._file is not sys.stdout.buffer:
-                self._file.close()
+            if self._file_opened() and self._file is not sys.stdout.buffer:
+                try:
+                    self._file.close()  # (closes the file even when its flush fails)
+                except OSError as exc:  # quiet if it is the failed flush again
+                    if self._failed is None:
+                        self._failed = exc
+                        self._raise_failed()
+
+    def _file_opened(self) -> bool:
+        return hasattr(self, "_file")
+
+    def _raise_failed(self) -> NoReturn:
+        """Raise what made lines go missing: an OSError as OutputFailed.
+
+        A closed pipe stays a BrokenPipeError (the reader left: stop quietly),
+        and Ctrl-C stays KeyboardInterrupt.
+        """
+        failed = self._failed
+        assert failed is not None
+        self._raised = True
+        if isinstance(failed, OSError) and not isinstance(failed, BrokenPipeError):
+            raise OutputFailed(self.path, failed) from failed
+        raise failed
+
+    def _flush_soon(self) -> None:
+        """Have the line just written flushed within ``flush_within`` seconds, from a thread.
+
+        Without it a slow run's lines would sit in the buffer until it fills
+        or the run ends (a journal flushes them before recording their items,
+        but nothing else does). Lines that come meanwhile share that flush, so
+        a fast run flushes twice a second, not once a line.
+        """
+        self._pending = True
+        if self._flusher is None:  # (started at the first line: after any worker forked)
+            self._flusher = threading.Thread(
+                target=self._flush_lines, name="manyhands-output-flush", daemon=True
+            )
+            self._flusher.start()
+        self._wake.set()
+
+    def _flush_lines(self) -> None:
+        """The flushing thread: once woken by a line, wait ``flush_within``, then flush.
+
+        close() sets ``_closing`` then ``_wake``; the loop checks ``_closing``
+        after each flush, since clearing ``_wake`` may have dropped that wake-up.
+        """
+        while not self._closing.is_set():
+            self._wake.wait()
+            if self._closing.wait(self._flush_within):
+                return  # (close() flushes what is left)
+            self._wake.clear()
+            self._pending = False  # (before flushing: a line written now wakes it again)
+            try:
+                self._file.flush()
+            except BaseException as exc:  # raised by the next write, flush or close
+                self._failed = exc
+                return
 
 
 def json_line(outcome: Outcome[Any, Any]) -> bytes:
@@ -221,6 +340,22 @@ def command_streams(outcome: Outcome[Any, Any]) -> bytes:
     if outcome.skipped or not stdout:  # (its stdout was passed on by the run that ran it)
         return b""
     return str(stdout).encode("utf-8", "surrogateescape")
+
+
+def _check_creatable(path: str) -> None:
+    """Refuse an --output that could not be created, without creating it."""
+    folder = os.path.dirname(path) or "."
+    problem = (
+        errno.ENOENT
+        if not os.path.exists(folder)
+        else errno.ENOTDIR
+        if not os.path.isdir(folder)
+        else errno.EACCES
+        if not os.access(folder, os.W_OK | os.X_OK)
+        else None
+    )
+    if problem is not None:
+        raise UsageProblem(f"cannot write --output {path!r}: {os.strerror(problem)}")
 
 
 def _write_bytes(stream: IO[str], data: bytes) -> None:

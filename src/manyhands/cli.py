@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import stat
 import sys
 import time
 import warnings
@@ -26,7 +27,7 @@ from ._inputs import BadLine, MalformedLine, UsageProblem, load_target, open_inp
 from ._keys import default_key
 from ._options import BACKENDS, DEFAULT_WORKERS
 from ._outcome import Outcome
-from ._output import OutputFile, command_json_line, command_streams, json_line
+from ._output import OutputFailed, OutputFile, command_json_line, command_streams, json_line
 from ._rate import parse_rate
 from ._retry import Retry
 from ._run import Run
@@ -46,11 +47,13 @@ __all__ = ["CommandFailed", "MalformedLine", "Terminated", "main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 EXIT_OUTPUT_CLOSED = 141  # 128 + SIGPIPE, as `cat` ends when `| head` has read enough
+EXIT_OUTPUT_FAILED = 74  # EX_IOERR of sysexits.h: --output could not be written (disk full)
 
 RUN_EPILOG = """\b
 Exit codes: 0 every item succeeded, 1 some items failed, 2 usage error
-(bad TARGET, INPUT or flag), 130 interrupted (Ctrl-C), 143 terminated
-(SIGTERM; 129 for SIGHUP), 141 stdout was closed early (e.g. | head).
+(bad TARGET, INPUT or flag), 74 --output could not be written (disk
+full), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM; 129 for
+SIGHUP), 141 stdout was closed early (e.g. | head).
 When stopped, what finished is written and, with --journal, saved:
 run the same command again to resume.
 """
@@ -245,19 +248,23 @@ def _run(
     resumed = journal is not None and Path(journal).exists()
     sink = OutputFile(output, resume=resumed, line=line) if output else None
     if sink is not None:
-        run.before_record = sink.flush  # (a row is never committed before its line)
+        run.before_record = _flushing(sink, run)  # (a row is never committed before its line)
     summary = sys.stderr if output == "-" else sys.stdout
     try:
         failed = _consume(run, sink)
+        if sink is not None:
+            sink.close()  # (its last lines reach the file now: a full disk may show here)
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP (Terminated)
         if sink is not None and (journal is None or Path(journal).exists()):
             sink.start()  # (a fresh run stopped before its first outcome)
         return _stopped(exc, run.report(), journal, summary)
     except InputError as exc:
         raise UsageProblem(f"reading INPUT failed: {exc.__cause__ or exc}") from exc
+    except OutputFailed as exc:
+        raise _output_failed(exc, journal) from exc
     finally:
         if sink is not None:
-            sink.close()
+            sink.close()  # (once more, or after a failure: quiet)
     _print(run.report(), summary)
     if failed and journal:
         _print(f"\nsee the failures: manyhands failures {shlex.quote(journal)}", summary)
@@ -381,6 +388,10 @@ def _check_paths(input_path: str, output: str | None, journal: str | None) -> No
     """Refuse an --output that is INPUT or the journal: writing it would destroy it."""
     if not output or output == "-":
         return
+    if input_path == "-" and _is_stdin(output):
+        raise UsageProblem(
+            f"--output {output!r} is the file stdin (INPUT -) reads from; write to another path"
+        )
     precious = [("INPUT", input_path)] if input_path != "-" else []
     if journal:
         precious += [("--journal", journal + suffix) for suffix in ("", "-wal", "-shm", ".lock")]
@@ -391,6 +402,16 @@ def _check_paths(input_path: str, output: str | None, journal: str | None) -> No
             continue
         if same:
             raise UsageProblem(f"--output {output!r} is the {what} file; write to another path")
+
+
+def _is_stdin(path: str) -> bool:
+    """Whether ``path`` is the regular file redirected to stdin (``< file``)."""
+    try:
+        stdin, found = os.fstat(0), os.stat(path)
+    except OSError:  # no stdin, or no such file yet: not the same file
+        return False
+    same = (stdin.st_dev, stdin.st_ino) == (found.st_dev, found.st_ino)
+    return same and stat.S_ISREG(stdin.st_mode)
 
 
 def _consume(run: Run, sink: OutputFile | None) -> int:
@@ -425,6 +446,31 @@ def _stopped(exc: KeyboardInterrupt, report: Any, journal: str | None, summary: 
         )
         _print(f"\n{how}.{saved}", sys.stderr)
     return exc.exit_code if isinstance(exc, Terminated) else EXIT_INTERRUPTED
+
+
+def _flushing(sink: OutputFile, run: Run) -> Callable[[], None]:
+    """``sink.flush``, which ends the journal's run as an "output error" when it fails."""
+
+    def flush() -> None:
+        try:
+            sink.flush()
+        except OutputFailed as exc:
+            run.exit_status = exc.run_status
+            raise
+
+    return flush
+
+
+def _output_failed(exc: OutputFailed, journal: str | None) -> OutputFailed:
+    """The error of a run whose --output could not be written: what was kept, and what next."""
+    if journal:
+        kept = (
+            f"the journal {journal} recorded only the items whose lines were written: "
+            "make room and run the same command again to resume"
+        )
+    else:
+        kept = "the run stopped (without --journal, a rerun starts over)"
+    return OutputFailed(exc.path, exc.error, kept)
 
 
 def _calling(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -563,19 +609,31 @@ def demo(items: int, journal: str, fresh: bool) -> int:
 
 @cli.command(epilog=REPORT_EPILOG)
 @click.argument("journal", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", type=click.Path(dir_okay=False), default="run.html",
-              show_default=True, help="The HTML file to write.")  # fmt: skip
+@click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True),
+              default="run.html", show_default=True,
+              help="The HTML file to write (- for stdout).")  # fmt: skip
 def report(journal: str, output: str) -> int:
     """Write an HTML report of JOURNAL: throughput, latency, failures and runs over time.
 
     One self-contained file (no network needed to view it), read from the journal alone.
     """
-    from ._html_report import write_report
+    from ._html_report import render_html, write_report
 
-    _check_report_path(journal, output)
+    if output != "-":
+        _check_report_path(journal, output)
     try:
+        if output == "-":
+            from ._timeline import read_timeline
+
+            sys.stdout.buffer.write(render_html(read_timeline(journal)).encode())
+            sys.stdout.buffer.flush()
+            return EXIT_OK
         write_report(journal, output)
+    except BrokenPipeError:
+        raise  # (stdout closed early: exit 141, as for `run`)
     except OSError as exc:
+        if output == "-":
+            _silence_stdout()  # (flushing the rest at exit would fail again)
         raise UsageProblem(f"cannot write --output {output!r}: {exc.strerror or exc}") from exc
     click.echo(f"wrote {output}")
     return EXIT_OK
@@ -633,6 +691,12 @@ def _main(argv: list[str] | None) -> int:
     except _OutputClosed:
         _silence_stdout()
         return EXIT_OUTPUT_CLOSED
+    except OutputFailed as exc:
+        with _quietly():
+            click.echo(f"manyhands: error: {escape_controls(str(exc))}", err=True)
+        if exc.path == "-":
+            _silence_stdout()  # (flushing what is left of it at exit would fail again)
+        return EXIT_OUTPUT_FAILED
     return code if isinstance(code, int) else EXIT_OK
 
 
