@@ -224,6 +224,32 @@ def test_lines_of_a_slow_input_reach_the_output_before_it_ends(workdir: Path) ->
     assert len((workdir / "out.jsonl").read_text().splitlines()) == written
 
 
+@pytest.mark.parametrize("journal", [False, True])
+def test_each_line_of_a_piped_input_reaches_the_output_before_the_next_comes(
+    workdir: Path, journal: bool
+) -> None:
+    """tail -f | manyhands run ...: the input is read in a thread, so an outcome that
+    finished never waits for the next line (before, it waited for it, or for the end)."""
+    more = ["--journal", "run.db"] if journal else []
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "manyhands", "run", "--sh", "echo {}", "--output", "out.jsonl",
+         *more],
+        cwd=workdir, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=python_subprocess_env(),
+    )  # fmt: skip
+    assert proc.stdin is not None
+    try:
+        for count in range(1, 6):
+            proc.stdin.write(f"{count}\n".encode())
+            proc.stdin.flush()
+            wait_for_lines(workdir / "out.jsonl", count, timeout=20)
+    finally:
+        _, err = finish(proc, timeout=60)  # (closes the input: the run ends)
+    assert proc.returncode == 0, err
+    lines = [json.loads(line) for line in (workdir / "out.jsonl").read_text().splitlines()]
+    assert [line["item"] for line in lines] == ["1", "2", "3", "4", "5"]
+
+
 def test_a_line_is_flushed_soon_and_lines_written_together_share_a_flush(
     tmp_path: Path, no_thread_left: None
 ) -> None:

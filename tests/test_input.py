@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import threading
 import time
 from collections.abc import Iterator
 
@@ -109,3 +110,55 @@ def test_unordered_delivers_each_item_exactly_once(hands: Hands) -> None:
     items = [f"item-{i}" for i in range(20_000)]
     got = [out.value for out in hands.map(str.upper, items, workers=16)]
     assert sorted(got) == sorted(i.upper() for i in items)
+
+
+def test_an_input_read_in_a_thread_never_holds_back_finished_outcomes(
+    no_thread_left: None,
+) -> None:
+    """A producer that blocks (a pipe): the outcomes of what it gave come out meanwhile."""
+    from manyhands._thread_feed import ThreadFeed
+
+    delivered = threading.Event()
+
+    def producer() -> Iterator[int]:
+        yield 1
+        yield 2
+        # Blocks until the consumer got both outcomes: read in the consuming thread,
+        # it would wait here for them forever (they wait for the read to return).
+        assert delivered.wait(10), "the outcomes waited for the input"
+        yield 3
+
+    got = []
+    for outcome in manyhands.map(abs, ThreadFeed(producer()), workers=2):
+        got.append(outcome.value)
+        if len(got) == 2:
+            delivered.set()
+    assert sorted(got) == [1, 2, 3]
+
+
+def test_an_input_read_in_a_thread_that_breaks_raises_input_error_after_the_rest() -> None:
+    from manyhands._thread_feed import ThreadFeed
+
+    def producer() -> Iterator[int]:
+        yield from range(5)
+        raise OSError("the pipe broke")
+
+    with pytest.raises(manyhands.InputError) as info:
+        manyhands.run(abs, ThreadFeed(producer()), workers=2)
+    assert info.value.report is not None and info.value.report.succeeded == 5
+    assert isinstance(info.value.__cause__, OSError)
+
+
+def test_leaving_a_run_whose_input_is_read_in_a_thread_stops_the_reading(
+    no_thread_left: None,
+) -> None:
+    from manyhands._thread_feed import ThreadFeed
+
+    feed = ThreadFeed(itertools.count())
+    for seen, _ in enumerate(manyhands.map(abs, feed, workers=2)):
+        if seen == 100:
+            break
+    deadline = time.monotonic() + 5  # (the reader notices within its wait for room)
+    while not feed.finished and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert feed.finished, "the thread reading an endless input went on after the run"

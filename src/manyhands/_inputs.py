@@ -11,6 +11,8 @@ import csv
 import importlib
 import importlib.util
 import json
+import os
+import stat
 import sys
 import traceback
 from collections.abc import Callable, Iterator
@@ -159,6 +161,26 @@ def open_input(path: str) -> IO[bytes]:
         return open(path, "rb")
     except OSError as exc:
         raise UsageProblem(f"cannot read INPUT {path!r}: {exc.strerror or exc}") from exc
+
+
+def input_items(stream: IO[bytes], form: str) -> Iterator[Any]:
+    """:func:`read_items`, read in a thread of its own when ``stream`` may block.
+
+    A pipe or a terminal (``producer | manyhands run ...``) gives lines when
+    it has them: read in the consuming thread, waiting for the next line
+    would hold back the outcomes that finished meanwhile. A file is read as
+    it is.
+    """
+    items = read_items(stream, form)
+    try:
+        regular = stat.S_ISREG(os.fstat(stream.fileno()).st_mode)
+    except (OSError, ValueError):  # (no file descriptor: an in-memory stream)
+        return items
+    if regular:
+        return items
+    from ._thread_feed import ThreadFeed
+
+    return ThreadFeed(items)
 
 
 def read_items(stream: IO[bytes], form: str) -> Iterator[Any]:

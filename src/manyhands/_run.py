@@ -58,6 +58,7 @@ from ._sizing import Sizer
 from ._slowdown import Slowdown
 from ._stats import RunStatistics
 from ._stoprules import StopRules
+from ._thread_feed import ThreadFeed
 from ._timers import Deadlines, RetryTimers
 
 if TYPE_CHECKING:
@@ -70,11 +71,11 @@ __all__ = ["Completions", "Run", "RunHooks"]
 class Completions(Protocol):
     """The queue a run's finished batches come back through (a ``queue.SimpleQueue``)."""
 
-    def put(self, batch: Batch) -> None: ...
+    def put(self, batch: Batch | None) -> None: ...  # (None: a wake-up, see ThreadFeed)
 
-    def get(self, block: bool = True, timeout: float | None = None) -> Batch: ...
+    def get(self, block: bool = True, timeout: float | None = None) -> Batch | None: ...
 
-    def get_nowait(self) -> Batch: ...
+    def get_nowait(self) -> Batch | None: ...
 
     def empty(self) -> bool: ...
 
@@ -243,6 +244,9 @@ class Run:
         """
         progress = self._begin()
         completed = False
+        feed = self._reader.items
+        if isinstance(feed, ThreadFeed):  # (woken through the completions, as by a batch)
+            feed.attach(functools.partial(cast("Completions", self._completions).put, None))
         try:
             self._start_backend()
             yield from self._drive()
@@ -255,6 +259,8 @@ class Run:
                 if self._returned_coroutines:  # none is recorded, none warns
                     discard_coroutines(self._completions)
             finally:
+                if isinstance(feed, ThreadFeed):
+                    feed.stop()
                 self._end(completed, progress)
         self._raise_input_error()
 
@@ -328,14 +334,16 @@ class Run:
             if reader.exhausted and not self._pending_items:
                 return
             if wait is None:
-                if not (self._in_backend or self._in_previous):  # pragma: no cover
-                    raise RuntimeError("manyhands: nothing in flight and nothing due")
+                if not (self._in_backend or self._in_previous or reader.waiting):
+                    raise RuntimeError("nothing in flight and nothing due")  # pragma: no cover
                 batch = get()
             else:
                 try:
                     batch = get(timeout=wait)
                 except Empty:
                     continue
+            if batch is None:  # (an input read in a thread has more)
+                continue
             for ready in self._complete(batch):
                 self._pending_items -= len(ready.items)
                 yield ready
@@ -407,7 +415,9 @@ class Run:
                 wait := deadline - self._clock()
             ) > 0:
                 with contextlib.suppress(Empty):
-                    self._came_back(completions.get(timeout=wait))
+                    batch = completions.get(timeout=wait)
+                    if batch is not None:
+                        self._came_back(batch)
         finally:  # (a second Ctrl-C ends the wait at once)
             self._give_up_calls()
 

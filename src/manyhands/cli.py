@@ -23,7 +23,7 @@ from . import __version__, _api, _stream
 from ._demo import DEFAULT_ITEMS, DEFAULT_JOURNAL
 from ._escape import escape_controls, escape_json
 from ._exceptions import InputError, JournalError
-from ._inputs import BadLine, MalformedLine, UsageProblem, load_target, open_input, read_items
+from ._inputs import BadLine, MalformedLine, UsageProblem, input_items, load_target, open_input
 from ._keys import default_key
 from ._options import BACKENDS, DEFAULT_WORKERS
 from ._outcome import Outcome
@@ -217,7 +217,7 @@ def run(
     _check_paths(input_path, output, journal)
     stream = open_input(input_path)
     try:
-        return _run(fn, read_items(stream, form), options, output)
+        return _run(fn, input_items(stream, form), options, output)
     finally:
         if stream is not sys.stdin.buffer:
             stream.close()
@@ -314,8 +314,8 @@ def _run_commands(
     stream = open_input(input_path)
     try:
         if output:
-            return _run(runner, read_items(stream, form), options, output, command_json_line)
-        return _run(runner, read_items(stream, form), options, "-", command_streams)
+            return _run(runner, input_items(stream, form), options, output, command_json_line)
+        return _run(runner, input_items(stream, form), options, "-", command_streams)
     finally:
         runner.close()  # (a stopped run: the commands still running are killed)
         if stream is not sys.stdin.buffer:
