@@ -150,6 +150,7 @@ def test_a_csv_row_without_a_cell_fails_where_the_field_is_used_never_as_null(
     assert lines["b2"]["item"] == {"bucket": "b2"}  # no "key": null
     assert lines["b2"]["error"]["type"] == "builtins.KeyError"
     assert "'key'" in lines["b2"]["error"]["message"]
+    assert "line 3: the row ends before it" in lines["b2"]["error"]["message"]
     assert lines["b3,k3,extra"]["error"] == {
         "type": "manyhands.cli.MalformedLine",
         "message": "line 4 has 3 cells, the header 2: quote a cell that holds a comma",

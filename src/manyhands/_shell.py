@@ -130,8 +130,10 @@ class Template:
                 return quote(_text(item))
             try:
                 return quote(_text(item[name]))
-            except (KeyError, TypeError, IndexError):
-                raise KeyError(f"the item has no field {name!r} for {{{name}}}") from None
+            except (KeyError, TypeError, IndexError) as exc:
+                short = name in getattr(item, "missing", ())  # (a CSV row with too few cells)
+                where = f" (line {item.line}: the row ends before it)" if short else ""
+                raise KeyError(f"the item has no field {name!r} for {{{name}}}{where}") from exc
 
         return _PLACEHOLDER.sub(value, text)
 
