@@ -340,3 +340,20 @@ def test_close_right_before_the_flushing_thread_clears_its_wake_up_does_not_hang
     closer.join(timeout=10)
     assert not closer.is_alive(), "close() waits for a flushing thread that never ends"
     assert (tmp_path / "out.jsonl").read_text() == '{"item": "a", "ok": true, "value": 1}\n'
+
+
+def test_a_journal_left_by_a_run_that_recorded_nothing_writes_the_output_afresh(
+    workdir: Path,
+) -> None:
+    """A first run that stopped before its first item (a bad --key) left its journal:
+    the corrected run is no resume, and an old --output file is replaced, not appended to."""
+    (workdir / "rows.jsonl").write_text('{"id": 1, "name": "a"}\n{"id": 2, "name": "b"}\n')
+    (workdir / "out.jsonl").write_text('{"old": "a line of another run"}\n')
+    common = ["run", "target.py:name_of", "rows.jsonl", "--jsonl", "--journal", "run.db",
+              "--output", "out.jsonl"]  # fmt: skip
+    first = manyhands(*common, "--key", "nope", cwd=workdir)
+    assert first.returncode == 2 and (workdir / "run.db").exists()
+    second = manyhands(*common, "--key", "id", cwd=workdir)
+    assert second.returncode == 0, second.stderr
+    lines = [json.loads(line) for line in (workdir / "out.jsonl").read_text().splitlines()]
+    assert [line["value"] for line in lines] == ["A", "B"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import sqlite3
 import stat
 import sys
 import time
@@ -245,7 +246,7 @@ def _run(
         run.task.measure = False  # (so no hint of another backend)
     journal: str | None = options.get("journal")
     # A resume appends to --output; the file is touched only once the run holds the lock.
-    resumed = journal is not None and Path(journal).exists()
+    resumed = journal is not None and _has_records(journal)
     sink = OutputFile(output, resume=resumed, line=line) if output else None
     if sink is not None:
         run.before_record = _flushing(sink, run)  # (a row is never committed before its line)
@@ -446,6 +447,23 @@ def _stopped(exc: KeyboardInterrupt, report: Any, journal: str | None, summary: 
         )
         _print(f"\n{how}.{saved}", sys.stderr)
     return exc.exit_code if isinstance(exc, Terminated) else EXIT_INTERRUPTED
+
+
+def _has_records(journal: str) -> bool:
+    """Whether an earlier run recorded items in ``journal`` (a rerun is then a resume).
+
+    A journal left by a run that stopped before its first item (a bad ``--key``)
+    holds none: its output is written afresh.
+    """
+    if not Path(journal).exists():
+        return False
+    from ._inspect import reading
+
+    try:
+        with reading(journal) as db:
+            return db.execute("SELECT 1 FROM items LIMIT 1").fetchone() is not None
+    except (JournalError, sqlite3.Error):  # (the run itself says what is wrong with it)
+        return True
 
 
 def _flushing(sink: OutputFile, run: Run) -> Callable[[], None]:
