@@ -179,7 +179,7 @@ def test_csv_rows_are_dicts(workdir: Path) -> None:
         (["run", "work", "numbers.txt"], "must be module:function or file.py:function"),
         (["run", "target.py:work", "missing.txt"], "cannot read INPUT 'missing.txt'"),
         (["run", "target.py:work", "numbers.txt", "-j", "0"], "'-j' / '--workers'"),
-        (["run", "target.py:work", "numbers.txt", "--rate", "fast"], "rate='fast' is not a rate"),
+        (["run", "target.py:work", "numbers.txt", "--rate", "fast"], "--rate fast is not a rate"),
         (["run", "target.py:work", "numbers.txt", "--key", "id"], "--key needs --journal"),
         (
             ["run", "target.py:work", "numbers.txt", "--backend", "gpu"],

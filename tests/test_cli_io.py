@@ -357,3 +357,21 @@ def test_a_journal_left_by_a_run_that_recorded_nothing_writes_the_output_afresh(
     assert second.returncode == 0, second.stderr
     lines = [json.loads(line) for line in (workdir / "out.jsonl").read_text().splitlines()]
     assert [line["value"] for line in lines] == ["A", "B"]
+
+
+def test_messages_name_the_flags_of_the_command_line_not_the_librarys_options(
+    workdir: Path,
+) -> None:
+    missing = manyhands("run", "target.py:work", "numbers.txt", "--journal", "nodir/j.db",
+                        cwd=workdir)  # fmt: skip
+    assert missing.returncode == 2
+    assert "--journal nodir/j.db" in missing.stderr and "journal=" not in missing.stderr
+    manyhands("run", "target.py:work", "numbers.txt", "--journal", "run.db", cwd=workdir)
+    again = manyhands("run", "target.py:work", "numbers.txt", "--journal", "run.db", cwd=workdir)
+    assert "--retry-failed runs them again" in again.stdout and "retry_failed" not in again.stdout
+
+
+def test_a_rate_given_as_a_number_is_starts_per_second(workdir: Path) -> None:
+    (workdir / "few.txt").write_text("1\n2\n")
+    done = manyhands("run", "target.py:work", "few.txt", "--rate", "50", cwd=workdir)
+    assert done.returncode == 0, done.stderr

@@ -6,7 +6,9 @@ docs/guide/command-line.md.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shlex
 import shutil
 import sqlite3
@@ -99,12 +101,52 @@ def cli() -> None:
     bounded memory, prompt Ctrl-C, and resumable with --journal."""
 
 
-def _rate(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+def _rate(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | float | None:
+    """``--rate``: ``50/s``, ``300/min``, ``1000/h``, or a number of starts per second."""
+    with contextlib.suppress(TypeError, ValueError):
+        return float(value)  # type: ignore[arg-type]
     try:
         parse_rate(value)
     except (TypeError, ValueError) as exc:
-        raise click.BadParameter(str(exc)) from None
+        raise click.BadParameter(in_cli_terms(str(exc))) from None
     return value
+
+
+#: What the library's messages call an option, and its flag here.
+_FLAGS = {
+    "journal": "--journal",
+    "retry_failed": "--retry-failed",
+    "changed_items": "--changed-items",
+    "stop_after_failures": "--stop-after-failures",
+    "stop_after_failure_rate": "--stop-after-failure-rate",
+    "timeout": "--timeout",
+    "workers": "-j",
+    "backend": "--backend",
+    "key": "--key",
+    "store_results": "--store-results",
+    "rate": "--rate",
+    "grace": "--grace",
+    "batch_size": "--batch-size",
+}
+_OPTION = re.compile(r"\b(" + "|".join(_FLAGS) + r")=('[^']*'|True\b|[0-9][0-9.]*)?")
+
+
+def in_cli_terms(text: str) -> str:
+    """A library message as the command line says it: ``journal='a.db'`` is ``--journal a.db``.
+
+    >>> in_cli_terms("use another journal= to start afresh, or retry_failed=True")
+    'use another --journal to start afresh, or --retry-failed'
+    >>> in_cli_terms("Pass changed_items='rerun'; ran past timeout=0.3s; settled on workers=8")
+    'Pass --changed-items rerun; ran past --timeout 0.3s; settled on -j 8'
+    """
+
+    def flag(found: re.Match[str]) -> str:
+        name, value = found.group(1), found.group(2)
+        if value is None or value == "True":
+            return _FLAGS[name]
+        return f"{_FLAGS[name]} {value.strip(chr(39))}"
+
+    return _OPTION.sub(flag, text)
 
 
 def _failure_rate(
@@ -540,7 +582,7 @@ def _key(spec: str | None) -> Callable[[Any], Any]:
 
 def _print(text: object, file: Any) -> None:
     """Print text that may hold what a journal or an error message brought: escaped."""
-    print(escape_controls(str(text), keep_newlines=True), file=file)
+    print(escape_controls(in_cli_terms(str(text)), keep_newlines=True), file=file)
 
 
 class _quietly:
@@ -685,7 +727,7 @@ def _show_warning(
 ) -> None:
     """A warning as one line, escaped: a JournalWarning quotes what the journal holds."""
     with _quietly():
-        click.echo(f"manyhands: warning: {escape_controls(str(message))}", err=True)
+        click.echo(f"manyhands: warning: {escape_controls(in_cli_terms(str(message)))}", err=True)
 
 
 def _main(argv: list[str] | None) -> int:
@@ -699,7 +741,7 @@ def _main(argv: list[str] | None) -> int:
         click.echo(f"manyhands: error: {escape_controls(exc.format_message())}{hint}", err=True)
         return EXIT_USAGE
     except (UsageProblem, JournalError) as exc:
-        click.echo(f"manyhands: error: {escape_controls(str(exc))}", err=True)
+        click.echo(f"manyhands: error: {escape_controls(in_cli_terms(str(exc)))}", err=True)
         return EXIT_USAGE
     except click.exceptions.Abort as exc:
         stop = exc.__cause__
