@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -55,17 +56,25 @@ NOT_CALLABLE = 42
 
 
 def manyhands(
-    *args: str, cwd: Path, stdin: str | None = None, env: dict[str, str] | None = None
+    *args: str,
+    cwd: Path,
+    stdin: str | None = None,
+    env: dict[str, str] | None = None,
+    stdin_file: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "manyhands", *args],
-        cwd=cwd,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env or python_subprocess_env(),
-    )
+    """``manyhands ARGS``; ``stdin``: text piped in, ``stdin_file``: a file as stdin itself."""
+    with contextlib.ExitStack() as files:
+        given = files.enter_context(open(stdin_file, "rb")) if stdin_file else None
+        return subprocess.run(
+            [sys.executable, "-m", "manyhands", *args],
+            cwd=cwd,
+            input=stdin,
+            stdin=given,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env or python_subprocess_env(),
+        )
 
 
 @pytest.fixture

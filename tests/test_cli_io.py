@@ -27,16 +27,7 @@ def workdir(tmp_path: Path) -> Path:
 
 def manyhands_reading(path: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     """``manyhands ARGS < path``: stdin is the file itself, not a pipe."""
-    with open(path, "rb") as stdin:
-        return subprocess.run(
-            [sys.executable, "-m", "manyhands", *args],
-            cwd=cwd,
-            stdin=stdin,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env=python_subprocess_env(),
-        )
+    return manyhands(*args, cwd=cwd, stdin_file=path)
 
 
 @pytest.mark.parametrize("command", [["target.py:work"], ["--sh", "echo {}"]])
