@@ -366,3 +366,25 @@ def test_a_rate_given_as_a_number_is_starts_per_second(workdir: Path) -> None:
     (workdir / "few.txt").write_text("1\n2\n")
     done = manyhands("run", "target.py:work", "few.txt", "--rate", "50", cwd=workdir)
     assert done.returncode == 0, done.stderr
+
+
+def test_a_run_that_stops_while_its_pipe_is_still_open_exits_cleanly(workdir: Path) -> None:
+    """The thread reading the pipe is blocked in a read when the run stops: the command
+    must still exit with its own code (it aborted: 'could not acquire lock for stdin')."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "manyhands", "run", "target.py:work", "--stop-after-failures",
+         "1"],
+        cwd=workdir, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=python_subprocess_env(),
+    )  # fmt: skip
+    assert proc.stdin is not None
+    proc.stdin.write(b"3\n")  # (fails: the stop rule ends the run; the pipe stays open)
+    proc.stdin.flush()
+    try:
+        proc.wait(timeout=30)  # (the pipe stays open: communicate() would close it)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        _, err = proc.communicate()
+    assert proc.returncode == 1, err
+    assert b"Fatal Python error" not in err

@@ -162,3 +162,28 @@ def test_leaving_a_run_whose_input_is_read_in_a_thread_stops_the_reading(
     while not feed.finished and time.monotonic() < deadline:
         time.sleep(0.01)
     assert feed.finished, "the thread reading an endless input went on after the run"
+
+
+def test_an_input_read_in_a_thread_that_ends_as_the_run_asks_loses_nothing() -> None:
+    """The last item arrives, and the input ends, just as the run asks whether more may come."""
+    from collections import deque
+
+    from manyhands._thread_feed import ThreadFeed
+
+    feed = ThreadFeed(iter(()))
+    feed._threaded = True  # (as attached, its thread between two steps)
+
+    class LastArrives(deque):  # type: ignore[type-arg]
+        def __len__(self) -> int:
+            empty = super().__len__() == 0
+            if empty and not feed.finished:  # the thread: one more item, then the end
+                self.append(3)
+                feed.finished = True
+                return 0
+            return super().__len__()
+
+    feed._buffer = LastArrives()
+    assert feed.waiting, "the input was taken as ended with an item still in the buffer"
+    if not feed.finished:  # (the thread's step, if asking did not happen to meet it)
+        len(feed._buffer)
+    assert list(feed) == [3] and not feed.waiting

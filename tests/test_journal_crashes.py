@@ -179,8 +179,10 @@ def test_ctrl_c_flushes_the_journal_and_the_rerun_completes(tmp_path: Path) -> N
     db.close()
     assert status == "interrupted"
     # The run's counts (its Report, the journal's run row) include the calls that
-    # finished during the grace period: they are recorded.
-    assert succeeded == done_rows
+    # finished during the grace period: they are recorded (before, 7 of them were not
+    # counted here). The interrupt may land between counting a batch and recording it:
+    # that batch (an item or two on these calls) is counted and runs again.
+    assert done_rows <= succeeded <= done_rows + 2
 
     done = subprocess.run(args, env=python_subprocess_env(), capture_output=True, timeout=60)
     assert done.returncode == 0

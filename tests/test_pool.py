@@ -265,9 +265,11 @@ def test_submit_refuses_a_function_the_pools_workers_cannot_call_as_they_call() 
         return x
 
     with manyhands.Pool(workers=2, backend="async") as pool:
-        with pytest.raises(TypeError, match=r"runs coroutine functions.*abs is a regular one"):
-            pool.submit(abs, -1)
+        plain = pool.submit(abs, -1)  # (what it returns tells: a lambda may return a coroutine)
+        with pytest.raises(TypeError, match=r"awaits what it is given, and abs returned int"):
+            plain.result(10)
         assert pool.submit(afn, 3).result(10) == 3
+        assert pool.submit(lambda x: afn(x), 4).result(10) == 4
     with manyhands.Pool(workers=2) as pool, pytest.raises(TypeError, match="afn is a coroutine"):
         pool.submit(afn, 3)
 

@@ -10,6 +10,7 @@ semantics: a Future cancelled before a worker took it never runs.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import itertools
 import threading
 from collections.abc import Callable
@@ -44,14 +45,10 @@ class PoolExecutor(Executor):
     def submit(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> Future[R]:
         from ._checks import is_coroutine_function
 
-        if self._async != is_coroutine_function(fn):
+        if not self._async and is_coroutine_function(fn):
             raise TypeError(
-                "a Pool of backend='async' runs coroutine functions (async def); "
-                f"{getattr(fn, '__qualname__', 'fn')} is a regular one: submit it to a pool "
-                "of threads, or wrap it in an async def"
-                if self._async
-                else f"{getattr(fn, '__qualname__', 'fn')} is a coroutine function, which "
-                "this pool's workers would not await: use manyhands.Pool(backend='async')"
+                f"{getattr(fn, '__qualname__', 'fn')} is a coroutine function, which this "
+                "pool's workers would not await: use manyhands.Pool(backend='async')"
             )
         future: Future[R] = Future()
         key = next(_keys)
@@ -139,7 +136,15 @@ async def _call_async(
     if not future.set_running_or_notify_cancel():
         return None
     try:
-        return True, await fn(*args, **kwargs)
+        call = fn(*args, **kwargs)
+        # (Checked on the value: a lambda or a decorator may well return a coroutine.)
+        if not inspect.isawaitable(call):
+            raise TypeError(
+                "a Pool of backend='async' awaits what it is given, and "
+                f"{getattr(fn, '__qualname__', 'fn')} returned {type(call).__qualname__}: "
+                "submit a coroutine function, or a regular one to a pool of threads"
+            )
+        return True, await call
     except asyncio.CancelledError as exc:  # the pool stops: the call is cancelled
         future.set_exception(exc)
         raise

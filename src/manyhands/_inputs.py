@@ -171,16 +171,20 @@ def input_items(stream: IO[bytes], form: str) -> Iterator[Any]:
     would hold back the outcomes that finished meanwhile. A file is read as
     it is.
     """
-    items = read_items(stream, form)
     try:
-        regular = stat.S_ISREG(os.fstat(stream.fileno()).st_mode)
+        fd = stream.fileno()
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)
     except (OSError, ValueError):  # (no file descriptor: an in-memory stream)
-        return items
+        return read_items(stream, form)
     if regular:
-        return items
+        return read_items(stream, form)
     from ._thread_feed import ThreadFeed
 
-    return ThreadFeed(items)
+    # The thread reads a reader of its own, on a copy of the descriptor: blocked in a
+    # read, it holds that reader's lock, and the interpreter's exit (stdin) or the
+    # command's close of INPUT must never wait for that lock.
+    own = open(os.dup(fd), "rb")  # noqa: SIM115 - the thread's, for the process's life
+    return ThreadFeed(read_items(own, form))
 
 
 def read_items(stream: IO[bytes], form: str) -> Iterator[Any]:

@@ -60,7 +60,10 @@ def reading(path: str | Path) -> Iterator[sqlite3.Connection]:
                 ) from exc
             db.close()
             db = _connect(journal, "immutable=1")
-            meta = _meta(db)
+            try:
+                meta = _meta(db)
+            except sqlite3.DatabaseError as again:
+                raise _unreadable(journal, again) from again
         except sqlite3.DatabaseError as exc:
             raise JournalError(f"{str(journal)!r} is not a readable journal ({exc})") from exc
         if meta.get("format") != FORMAT:
@@ -69,6 +72,10 @@ def reading(path: str | Path) -> Iterator[sqlite3.Connection]:
         yield db
     finally:
         db.close()
+
+
+def _unreadable(journal: Path, exc: sqlite3.Error) -> JournalError:
+    return JournalError(f"{str(journal)!r} is not a readable journal ({exc})")
 
 
 def _connect(journal: Path, mode: str) -> sqlite3.Connection:

@@ -306,6 +306,7 @@ class CommandRunner:
         self._running: dict[int, subprocess.Popen[bytes]] = {}
         self._lock = threading.Lock()
         self._ended = threading.Condition(self._lock)  # a command ended: its fds are free
+        self._scarce = threading.Lock()  # held by the command retrying a start (fds short)
         self._closed = False
         # What the journal records as the run's function (a changed command is warned about).
         self.__qualname__ = template.text
@@ -357,34 +358,49 @@ class CommandRunner:
         raise error
 
     def _start(self, argv: list[str]) -> subprocess.Popen[bytes]:
-        alone = 0.0  # seconds waited for file descriptors with no other command running
-        while True:
-            if self._closed:
-                raise RuntimeError("the run is stopping: no new command starts")
-            try:
-                proc = subprocess.Popen(
-                    argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    start_new_session=True,  # its own process group, out of the terminal's reach
-                )
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EMFILE, errno.ENFILE):
-                    raise
-                with self._ended:
-                    others = bool(self._running)
-                    if not others and alone >= FD_WAIT_SECONDS:
-                        raise OSError(exc.errno, _no_fds(exc)) from exc
-                    self._ended.wait(FD_RETRY_SECONDS)  # (woken when a command ends)
-                alone = 0.0 if others else alone + FD_RETRY_SECONDS
+        try:
+            proc = self._popen(argv)
+        except OSError as exc:
+            if exc.errno not in (errno.EMFILE, errno.ENFILE):
+                raise
+            # Short of file descriptors: the commands that wait try again one at a
+            # time, or each would take a few and all would fail together, again.
+            with self._scarce:
+                proc = self._start_when_free(argv, exc)
         with self._lock:
             self._running[proc.pid] = proc
             closed = self._closed
         if closed:  # close() ran while it started: it missed this one
             kill_group(proc.pid)
         return proc
+
+    def _popen(self, argv: list[str]) -> subprocess.Popen[bytes]:
+        if self._closed:
+            raise RuntimeError("the run is stopping: no new command starts")
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # its own process group, out of the terminal's reach
+        )
+
+    def _start_when_free(self, argv: list[str], exc: OSError) -> subprocess.Popen[bytes]:
+        """Start once another command ended and freed file descriptors (``exc``: EMFILE)."""
+        alone = 0.0  # seconds waited with no other command running
+        while True:
+            with self._ended:
+                others = bool(self._running)
+                if not others and alone >= FD_WAIT_SECONDS:
+                    raise OSError(exc.errno, _no_fds(exc)) from exc
+                self._ended.wait(FD_RETRY_SECONDS)  # (woken when a command ends)
+            alone = 0.0 if others else alone + FD_RETRY_SECONDS
+            try:
+                return self._popen(argv)
+            except OSError as again:
+                if again.errno not in (errno.EMFILE, errno.ENFILE):
+                    raise
+                exc = again
 
     def _forget(self, proc: subprocess.Popen[bytes]) -> None:
         with self._lock:

@@ -98,7 +98,8 @@ class ThreadFeed:
         (An item may arrive between a read that came up short and this
         question: it is then in the buffer, and a wake-up is on its way.)
         """
-        return self._threaded and (bool(self._buffer) or not self.finished)
+        finished = self.finished  # (first: once it is set, every item is in the buffer)
+        return self._threaded and (not finished or bool(self._buffer))
 
     def stop(self) -> None:
         """Read no more (the run ended); an item being read is the last."""

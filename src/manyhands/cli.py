@@ -128,7 +128,7 @@ _FLAGS = {
     "grace": "--grace",
     "batch_size": "--batch-size",
 }
-_OPTION = re.compile(r"\b(" + "|".join(_FLAGS) + r")=('[^']*'|True\b|[0-9][0-9.]*)?")
+_OPTION = re.compile(r"\b(" + "|".join(_FLAGS) + r")=('[^']*'|[^\s:;,)']+)?")
 
 
 def in_cli_terms(text: str) -> str:
@@ -138,6 +138,8 @@ def in_cli_terms(text: str) -> str:
     'use another --journal to start afresh, or --retry-failed'
     >>> in_cli_terms("Pass changed_items='rerun'; ran past timeout=0.3s; settled on workers=8")
     'Pass --changed-items rerun; ran past --timeout 0.3s; settled on -j 8'
+    >>> in_cli_terms("rate=nan must be more than 0, and rate=-3.0 too")
+    '--rate nan must be more than 0, and --rate -3.0 too'
     """
 
     def flag(found: re.Match[str]) -> str:
