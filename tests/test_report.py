@@ -151,6 +151,7 @@ def test_the_report_after_leaving_counts_what_was_delivered(tmp_path: Path, orde
     assert (report.total, report.succeeded, report.failed) == (151, 151 - len(failed), len(failed))
     assert report.errors_by_type == ({"builtins.ValueError": len(failed)} if failed else {})
     assert sorted(f.item for f in report.failures) == sorted(o.item for o in failed)
+    assert set(report.examples.values()) <= {o.item for o in failed}  # (examples it got)
     with sqlite3.connect(journal) as db:
         row = db.execute("SELECT succeeded, failed FROM runs").fetchone()
         records = db.execute("SELECT COUNT(*) FROM items").fetchone()[0]

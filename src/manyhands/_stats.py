@@ -133,11 +133,19 @@ class RunStatistics:
             return
         gone = {id(failure) for failure in failures}
         self.failures = [failure for failure in self.failures if id(failure) not in gone]
+        items = {id(failure.item) for failure in failures}
         for failure in failures:
-            self.errors_by_type[failure.error_type] -= 1
-            if self.errors_by_type[failure.error_type] <= 0:
-                del self.errors_by_type[failure.error_type]
-                self.examples.pop(failure.error_type, None)
+            kind = failure.error_type
+            self.errors_by_type[kind] -= 1
+            if self.errors_by_type[kind] <= 0:
+                del self.errors_by_type[kind]
+                self.examples.pop(kind, None)
+            elif id(self.examples.get(kind)) in items:  # an example nobody got: another
+                kept = next((f.item for f in self.failures if f.error_type == kind), None)
+                if kept is None:
+                    self.examples.pop(kind, None)
+                else:
+                    self.examples[kind] = kept
 
     def failing_alike(self) -> Failure | None:
         """The first failure, while every item so far failed with its error type.
