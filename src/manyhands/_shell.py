@@ -375,15 +375,37 @@ class CommandRunner:
         return proc
 
     def _popen(self, argv: list[str]) -> subprocess.Popen[bytes]:
+        """Start a command, its stdout and stderr on pipes of its own.
+
+        The pipes are made here, not by subprocess (``PIPE``): on a start that
+        fails for lack of file descriptors, Python 3.11.2's subprocess leaves
+        the pipes it made open, and short of descriptors each failure then
+        made it worse, until nothing could start at all.
+        """
         if self._closed:
             raise RuntimeError("the run is stopping: no new command starts")
-        return subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,  # its own process group, out of the terminal's reach
-        )
+        stdin = _devnull()  # (one for every command: DEVNULL opens one per start)
+        made: list[int] = []
+        try:
+            made += os.pipe()
+            made += os.pipe()
+            out_read, out_write, err_read, err_write = made
+            proc = subprocess.Popen(
+                argv,
+                stdin=stdin,
+                stdout=out_write,
+                stderr=err_write,
+                start_new_session=True,  # its own process group, out of the terminal's reach
+            )
+        except BaseException:
+            for fd in made:
+                os.close(fd)
+            raise
+        os.close(out_write)  # (the command's now: at its end, reading them ends)
+        os.close(err_write)
+        proc.stdout = open(out_read, "rb")  # noqa: SIM115 - closed by communicate()
+        proc.stderr = open(err_read, "rb")  # noqa: SIM115
+        return proc
 
     def _start_when_free(self, argv: list[str], exc: OSError) -> subprocess.Popen[bytes]:
         """Start once another command ended and freed file descriptors (``exc``: EMFILE)."""
@@ -424,6 +446,18 @@ class CommandRunner:
 # -- the open-file limit ---------------------------------------------------------
 
 FD_RETRY_SECONDS = 0.05  # a command short of fds tries again this often (or when one ends)
+_DEVNULL: list[int] = []
+_DEVNULL_LOCK = threading.Lock()
+
+
+def _devnull() -> int:
+    """A descriptor of os.devnull for reading, shared by every command of the process."""
+    with _DEVNULL_LOCK:
+        if not _DEVNULL:
+            _DEVNULL.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+        return _DEVNULL[0]
+
+
 FD_WAIT_SECONDS = 5.0  # ...and fails once it waited this long with no other command running
 FDS_PER_COMMAND = 4  # its stdout and stderr pipes and its exit watch, and a spilled stdout
 FDS_SPARE = 16  # the journal, the input and output files, and commands as they start
