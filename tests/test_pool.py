@@ -311,12 +311,19 @@ def test_ctrl_c_in_a_with_block_does_not_wait_for_other_threads_runs() -> None:
     guard = threading.Timer(10, release.set)  # (the old code waited for this)
     guard.start()
     results: list[manyhands.Report] = []
+    started = threading.Event()
+
+    def held(seconds: float) -> bool:
+        started.set()
+        return release.wait(seconds)
+
     try:
         with pytest.raises(KeyboardInterrupt), manyhands.Pool(workers=2) as pool:
             other = threading.Thread(
-                target=lambda: results.append(pool.run(release.wait, [10] * 4)), daemon=True
+                target=lambda: results.append(pool.run(held, [10] * 4)), daemon=True
             )
             other.start()
+            assert started.wait(10)  # (the other run is under way)
             raise KeyboardInterrupt
         assert not results, "the with block waited for the other thread's run"
     finally:
