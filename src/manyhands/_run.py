@@ -1000,12 +1000,13 @@ class Run:
         during the batch). Called by the consumer's side (or at once by
         ``run``), in the consuming thread, once per delivered batch.
         """
-        if count is not None and count < len(batch.items):
-            self._take_back(batch, count)
+        cut = count is not None and count < len(batch.items)  # (the consumer left in it)
+        if cut:
+            self._take_back(batch, count or 0)
         journal = self._journal
         if journal is None or batch.skipped is not None or journal.closed:
             return  # (skipped items are final in the journal already)
-        if count is not None and count < len(batch.items):
+        if cut:
             if not count:
                 return
             batch = batch.prefix(count)
