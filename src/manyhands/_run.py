@@ -53,7 +53,7 @@ from ._progress import Progress, progress_wanted
 from ._rate import RateLimit
 from ._reader import Reader
 from ._report import Report
-from ._retry import matches, retry_after_of
+from ._retry import MAX_RETRY_AFTER, matches, retry_after_of
 from ._sizing import Sizer
 from ._slowdown import Slowdown
 from ._stats import RunStatistics
@@ -874,6 +874,7 @@ class Run:
         assert batch.errors is not None
         retry = self._retry if self.statistics.stop_reason is None else None
         throttle_on = self._options.throttle_on
+        longest = self._retry.max_retry_after if self._retry is not None else MAX_RETRY_AFTER
         retried: set[int] = set()
         final: dict[int, Failure] = {}
         for index, error in batch.errors.items():
@@ -881,16 +882,20 @@ class Run:
             failure.history = batch.history
             exception = failure.exception
             if exception is None:  # from another process: described, not an object
-                if failure.retry_after is not None:
-                    self._throttle(failure.retry_after)
+                asked = failure.retry_after
+                throttled = asked is not None
                 retryable = retry is not None and retry.retries_failure(failure)
             else:
                 asked = retry_after_of(exception)
-                if asked is not None or (
+                throttled = asked is not None or (
                     throttle_on is not None and matches(throttle_on, exception)
-                ):
-                    self._throttle(asked)
+                )
                 retryable = retry is not None and retry.retries_error(exception)
+            if asked is not None and asked > longest:  # not obeyed: the item fails now
+                self.statistics.asked_too_long(asked, longest)
+                asked, retryable = None, False
+            if throttled:
+                self._throttle(asked)
             if retryable and retry is not None and batch.attempt <= retry.retries:
                 delay = retry.delay(batch.attempt, exception, failure.retry_after)
                 self._schedule_retry(batch, index, failure, delay)
