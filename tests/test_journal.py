@@ -139,6 +139,78 @@ def test_duplicate_keys_in_one_input_run_once(tmp_path: Path) -> None:
     assert "2 skipped (duplicate keys)" in str(report)
 
 
+@pytest.mark.parametrize("ordered", [False, True])
+def test_a_duplicate_has_its_first_copys_outcome(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ordered: bool
+) -> None:
+    """A later copy of a key says what happened to the first: ok, or its Failure.
+
+    Before, every copy said ok, even of an item that failed. Copies come while
+    the first still runs, once it is final but not committed, and (after the
+    pause) once it is committed and looked up again: each path gives the same.
+    """
+    monkeypatch.setattr(_journal, "BLOCK", 8)
+    failing = {3, 6, 13}
+    calls, counted = counting(fail=failing)
+
+    def fn(x: int) -> int:
+        time.sleep(0.002 * (x % 4))  # (first copies still running when later ones come)
+        return int(counted(x))
+
+    def items() -> Any:
+        yield from [1, 3, 3, 2, 6, 1, 6, 4, 3, 13, 5, 13, *range(20, 30), 6, 1]
+        time.sleep(0.1)  # (the first copies are committed by now)
+        yield from [3, 1, 13, 2]
+
+    listed = list(items())
+    once = manyhands.Retry(retries=1, backoff=0.001)
+    outcomes = manyhands.map(
+        fn, items(), journal=tmp_path / "run.db", ordered=ordered, workers=4, retry=once
+    )
+    outs = list(outcomes)
+    assert sorted(o.item for o in outs) == sorted(listed)
+    if ordered:
+        assert [o.item for o in outs] == listed
+    assert calls == Counter(dict.fromkeys(set(listed), 1)) + Counter(dict.fromkeys(failing, 1))
+    firsts = {o.item: o for o in outs if o.skipped is None}
+    copies = [o for o in outs if o.skipped == "duplicate key"]
+    assert len(firsts) == len(set(listed)) and len(copies) == len(listed) - len(set(listed))
+    for copy in copies:
+        first = firsts[copy.item]
+        assert copy.ok == first.ok == (copy.item not in failing), copy
+        assert copy.attempts == 0 and copy.value is None
+        if not copy.ok:
+            assert copy.error is not None and first.error is not None
+            assert (copy.error.error_type, copy.error.message, copy.error.attempts) == (
+                "builtins.ValueError",
+                f"bad {copy.item}",
+                2,
+            )
+            assert copy.error.item == copy.item and copy.error.traceback == first.error.traceback
+    report = outcomes.report
+    assert (report.failed, report.duplicates) == (len(failing), len(copies))
+
+
+def test_duplicates_waiting_for_their_first_copy_when_the_consumer_leaves(
+    tmp_path: Path,
+) -> None:
+    release = threading.Event()
+
+    def fn(x: int) -> int:
+        if x == 0:
+            release.wait(5)
+        return x
+
+    outs = manyhands.map(fn, [0, 0, 0, 1, 2], journal=tmp_path / "run.db", workers=2)
+    for outcome in outs:
+        assert outcome.item in (1, 2)  # the copies of 0 wait for it, and it waits
+        break
+    release.set()
+    outs.close()
+    report = outs.report
+    assert (report.total, report.duplicates) == (1, 0)  # counted: what the consumer got
+
+
 @pytest.mark.parametrize("resumed", [False, True])
 def test_a_slow_input_runs_items_as_they_come(tmp_path: Path, resumed: bool) -> None:
     """Lines from a pipe or a queue: items run while the input is still giving more."""

@@ -78,7 +78,14 @@ from ._keys import (
     fingerprint,
     function_name,
 )
-from ._outcome import DUPLICATE, SKIPPED_DONE, SKIPPED_FAILED, Failure, safe_repr
+from ._outcome import (
+    DUPLICATE,
+    SKIPPED_DONE,
+    SKIPPED_FAILED,
+    Failure,
+    duplicate_failure,
+    safe_repr,
+)
 
 __all__ = ["DONE", "FAILED", "FINAL_STATES", "Journal", "Segment"]
 
@@ -118,6 +125,7 @@ class Segment:
     reasons: list[str] | None = None
     values: list[Any] | None = None
     failures: dict[int, Failure] | None = None
+    waiting: list[int] | None = None  # duplicates whose first copy still runs: by index
 
 
 class Journal:
@@ -169,6 +177,7 @@ class Journal:
         self._looked_up: dict[str, tuple[Any, ...]] = {}  # key -> journal row, for the buffer
         self._running: set[str] = set()  # keys admitted to run, not recorded
         self._unsaved: set[str] = set()  # keys recorded, not known to be committed
+        self._unsaved_failed: dict[str, Failure] = {}  # of those, the failed ones
         self.pulled = 0  # items read from the input
         self.error: BaseException | None = None  # why reading stopped early, if it did
         self._ended = False
@@ -273,19 +282,31 @@ class Journal:
                 ) or not buffer:
                     break
             return Segment(items, keys)
+        return self._take_skipped(first, room)
+
+    def _take_skipped(self, first: str, room: int) -> Segment:
+        """A skip segment: at most ``room`` items, the first one skipped as ``first``."""
+        buffer = self._buffer
+        items: list[Any] = []
+        keys: list[str] = []
         reasons: list[str] = []
         values: list[Any] = []
         failures: dict[int, Failure] = {}
+        waiting: list[int] = []
         reason: str | None = first
         while True:
             item, key, _ = buffer.popleft()
             assert reason is not None
+            value: Any = None
             if reason != DUPLICATE:
                 value, failure = self._stored(item, self._looked_up.get(key))
-                if failure is not None:
-                    failures[len(items)] = failure
+            elif key in self._running:  # its outcome is the first copy's, not known yet
+                waiting.append(len(items))
+                failure = None
             else:
-                value = None
+                failure = self._first_copys_failure(item, key)
+            if failure is not None:
+                failures[len(items)] = failure
             items.append(item)
             keys.append(key)
             reasons.append(reason)
@@ -295,7 +316,14 @@ class Journal:
             reason = self._skip_reason(*buffer[0])
             if reason is None or not buffer:
                 break
-        return Segment(items, keys, reasons, values, failures or None)
+        return Segment(items, keys, reasons, values, failures or None, waiting or None)
+
+    def _first_copys_failure(self, item: Any, key: str) -> Failure | None:
+        """The Failure of a key this run made final (None: it succeeded), for a later copy."""
+        failure = self._unsaved_failed.get(key)
+        if failure is None and key not in self._unsaved:
+            _, failure = self._stored(item, self._looked_up.get(key))  # (committed: looked up)
+        return None if failure is None else duplicate_failure(item, failure)
 
     def _take_new_block(self, size: int) -> Segment:
         """The next ``size`` items (or fewer, at its end) of a block of new keys."""
@@ -382,7 +410,7 @@ class Journal:
         self._looked_up.clear()  # the buffer is empty: every looked-up row was used
         committed = self._writer.committed
         while committed:  # committed before this lookup: it finds them (run == this run)
-            self._unsaved.difference_update(committed.popleft())
+            self._forget_unsaved(committed.popleft())
         block: list[Any] = []
         wanted = min(max(self._block, size), BLOCK)
         began = time.monotonic()
@@ -434,6 +462,13 @@ class Journal:
         fingerprints = prints if keyfn is not None else repeat(None)
         self._buffer.extend(zip(block, keys, fingerprints, strict=False))  # (repeat: endless)
         return bool(self._buffer)
+
+    def _forget_unsaved(self, keys: list[str]) -> None:
+        """``keys`` were committed: a lookup finds them from now on."""
+        self._unsaved.difference_update(keys)
+        if self._unsaved_failed:
+            for key in keys:
+                self._unsaved_failed.pop(key, None)
 
     def _lookup(self, keys: list[str]) -> None:
         if not keys:
@@ -533,9 +568,11 @@ class Journal:
                 group.failed.append((to_db(key), FAILED, failure.attempts, error_type,
                                      message, traceback, each, now, print_, shown, None,
                                      None, run))  # fmt: skip
+                self._unsaved_failed[key] = failure  # (for a later copy, until committed)
             recorded.append(key)
             if key in looked_up:  # a later copy in the buffer is a duplicate now
-                looked_up[key] = (DONE, run, print_, *looked_up[key][3:])
+                looked_up[key] = (DONE if failure is None else FAILED, run, print_,
+                                  *looked_up[key][3:])  # fmt: skip
             running.discard(key)
         self._unsaved.update(recorded)
         group.keys.append(recorded)

@@ -48,7 +48,7 @@ from ._checks import check_first_value, discard_coroutines
 from ._delivery import Delivery
 from ._exceptions import InputError, JournalError, ManyhandsError, Timeout
 from ._options import Options
-from ._outcome import Failure
+from ._outcome import Failure, duplicate_failure
 from ._progress import Progress, progress_wanted
 from ._rate import RateLimit
 from ._reader import Reader
@@ -155,6 +155,8 @@ class Run:
         self._init_auto(auto, workers)
         self._reader = Reader(items)
         self._ready: deque[Batch] = deque()  # skipped by the journal: delivered without running
+        #: Duplicates held for their first copy's outcome, by key (see _park).
+        self._parked: dict[str, list[tuple[Batch, int]]] = {}
         self._retry = options.retry_policy
         # The adaptive slowdown sets the start rate, the calls in flight and
         # pauses; while it watches, every answer goes to it (see _slowdown).
@@ -178,8 +180,7 @@ class Run:
         self._rules = StopRules(options)
         self._stop_rules_on = self._rules.watching  # (tested per batch)
         self._held_since: float | None = None  # since when the rate limit holds a start back
-        self._in_backend = 0  # batches submitted and not yet back
-        self._in_flight = 0  # items in those batches
+        self._in_backend = self._in_flight = 0  # batches submitted and not yet back, their items
         self._pending_items = 0  # items admitted and not yet delivered
         self._next_seq = 0
         self._sent: dict[int, Batch] = {}  # shared pool: batches out, to give up at the end
@@ -656,10 +657,44 @@ class Run:
             batch.values = segment.values or []
             batch.failures = segment.failures
             stats.add_skipped(segment.reasons)
-            self._ready.append(batch)
+            if segment.waiting:
+                self._park(batch, segment.waiting)
+            else:
+                self._ready.append(batch)
         if reader.exhausted and not self._retries:
             self._wind_down()
         return []
+
+    def _park(self, batch: Batch, waiting: list[int]) -> None:
+        """Hold a batch of duplicates until the first copies of its keys are final.
+
+        A later copy of a key is given its first copy's outcome (ok, or its
+        Failure), so it waits for it; ``pending`` counts what it waits for.
+        """
+        keys = batch.keys
+        assert keys is not None
+        parked = self._parked
+        for index in waiting:
+            parked.setdefault(keys[index], []).append((batch, index))
+        batch.pending = len(waiting)
+
+    def _unpark(self, batch: Batch) -> None:
+        """The outcomes of ``batch`` reached the consumer: duplicates waiting on them are ready."""
+        parked = self._parked
+        failures = batch.failures or {}
+        for index, key in enumerate(batch.keys or ()):
+            waiting = parked.pop(key, None)
+            if waiting is None:
+                continue
+            failure = failures.get(index)
+            for duplicate, at in waiting:
+                if failure is not None:
+                    if duplicate.failures is None:
+                        duplicate.failures = {}
+                    duplicate.failures[at] = duplicate_failure(duplicate.items[at], failure)
+                duplicate.pending -= 1
+                if not duplicate.pending:
+                    self._ready.append(duplicate)
 
     def _wind_down(self) -> None:
         if self._owns_backend:  # (a shared pool's workers wait for other runs)
@@ -1009,12 +1044,16 @@ class Run:
         if cut:
             self._take_back(batch, count or 0)
         journal = self._journal
-        if journal is None or batch.skipped is not None or journal.closed:
+        if journal is None or batch.skipped is not None:
             return  # (skipped items are final in the journal already)
         if cut:
             if not count:
                 return
             batch = batch.prefix(count)
+        if self._parked:
+            self._unpark(batch)
+        if journal.closed:
+            return
         if self.before_record is not None:
             self.before_record()
         journal.record(batch, set())
@@ -1034,7 +1073,8 @@ class Run:
 
     def _take_back_undelivered(self) -> None:
         """The consumer left: uncount what was settled but never delivered."""
-        for batch in (*self._delivery.held(), *self._ready):
+        parked = {id(batch): batch for waiting in self._parked.values() for batch, _ in waiting}
+        for batch in (*self._delivery.held(), *self._ready, *parked.values()):
             self._take_back(batch)
 
     # -- results ---------------------------------------------------------
