@@ -41,7 +41,8 @@ from queue import Empty, SimpleQueue
 from time import monotonic
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
-from ._auto import Choice, Measure, demand
+from ._auto import WINDOW as AUTO_WINDOW
+from ._auto import Choice, Measure, demand, threads_cpu
 from ._backends import Backend
 from ._batch import EXECUTE_CODE, Batch, Task
 from ._checks import check_first_value, discard_coroutines
@@ -212,6 +213,10 @@ class Run:
         self._measure: Measure | None = None
         self.task.measure = self._backend.name == "threads"  # (a plain threads run: a hint)
         self._via = 0  # the backend's generation: a run on auto may move once
+        # auto: when the window is over, choose even if no call finished (calls taking
+        # turns on the GIL all finish late), and a few items to check they pickle.
+        self._choose_at: float | None = None
+        self._sample: list[Any] | None = None if auto else []
         self._previous: list[Backend] = []  # backends it moved from (their calls finish)
         self._in_previous = 0  # batches still out on them
         # What the slowdown's limit on calls in flight counts: on threads and processes
@@ -368,6 +373,8 @@ class Run:
         self._started = self._clock()
         if self.task.measure:
             self._measure = self._new_measure()
+            if self._auto:
+                self._choose_at = self._started + AUTO_WINDOW
         self._slowdown.start(self._started)
         self._sizer.hold(True)  # (while the slowdown watches: see _obey_slowdown)
         if not progress_wanted(self._options.progress):
@@ -536,15 +543,26 @@ class Run:
         counted after admission: what was just sent may be the only one running.
         """
         deadlines = self._deadlines
-        if not (self._retries or self._limiter or deadlines is not None or self._watching):
+        if not (
+            self._retries
+            or self._limiter
+            or deadlines is not None
+            or self._watching
+            or self._choose_at is not None
+        ):
             self._admit()  # the common case: no clock read
             return None
         now = self._clock()
         due: float | None = None
+        if self._choose_at is not None:
+            if now >= self._choose_at:
+                self._choose_in_time(now)
+            if self._choose_at is not None:
+                due = self._choose_at - now
         if deadlines and now >= deadlines.next_check:
             self._expire_overdue(deadlines, now)
         if self._watching:
-            due = self._follow_slowdown(now)
+            due = _sooner(due, self._follow_slowdown(now))
             if now < self._slowdown.paused_until:  # everyone waits out a Retry-After
                 return _sooner(due, deadlines.wait(now)) if deadlines else due
         timers = self._timers
@@ -743,6 +761,8 @@ class Run:
         if self._watching:
             batch.sent = self._clock()
         batch.via = self._via
+        if self._sample is None:  # (auto: items to check they pickle before a move)
+            self._sample = batch.items[:8]
         self._in_backend += 1
         self._in_flight += len(batch.items)
         self._backend.submit(batch)
@@ -803,7 +823,21 @@ class Run:
         measure = self._measure
         assert measure is not None
         measure.add(len(batch.items), batch.elapsed, batch.cpu)
-        now = self._clock()
+        self._choose(self._clock())
+
+    def _choose_in_time(self, now: float) -> None:
+        """auto's window is over and no finished call has chosen yet: choose now.
+
+        Calls running count (threads taking turns on the GIL finish late); not
+        enough calls seen yet: look again a little later.
+        """
+        self._choose_at = now + AUTO_WINDOW / 5
+        self._choose(now)
+
+    def _choose(self, now: float) -> None:
+        measure = self._measure
+        if measure is None:
+            return
         if not self._auto:  # a plain threads run: a hint if its calls were CPU-bound
             if measure.ready(now):
                 hint = measure.hint(now)
@@ -811,11 +845,13 @@ class Run:
                     self.statistics.notes.append(hint)
                 self._stop_measuring()
             return
-        choice = measure.choose(now)
+        choice = measure.choose(now, running=min(self._in_backend, self._workers))
         if choice is not None:
             self.statistics.backend = str(choice)
             if choice.backend == "processes":
-                self._move_to_processes(choice, batch)
+                self._move_to_processes(choice, self._sample or [])
+            else:
+                self._choose_at = now + AUTO_WINDOW  # (a revisit's window)
         if not measure.measuring:
             self._stop_measuring()
 
@@ -824,25 +860,29 @@ class Run:
         threads = getattr(self._backend, "native_ids", None)
         if not self._owns_backend or threads is None:
             return Measure(self._started or 0.0, self._workers)
+        clocks = getattr(self._backend, "cpu_clocks", None)
         return Measure(
             self._started or 0.0,
             self._workers,
             demand=functools.partial(demand, threads),
             own_threads=True,
+            cpu=functools.partial(threads_cpu, clocks) if clocks is not None else None,
         )
 
     def _stop_measuring(self) -> None:
         self.task.measure = False
         self._measure = None
+        self._choose_at = None
+        self._sample = []
 
-    def _move_to_processes(self, choice: Choice, batch: Batch) -> None:
+    def _move_to_processes(self, choice: Choice, sample: list[Any]) -> None:
         """Send the rest of the run to worker processes; running calls finish on threads."""
         import pickle
 
         from ._backends import create_backend
 
         try:
-            pickle.dumps(batch.items[:8], pickle.HIGHEST_PROTOCOL)
+            pickle.dumps(sample, pickle.HIGHEST_PROTOCOL)
         except Exception as exc:  # (a lock, a connection...): stay where they work
             self.statistics.backend = f"threads ({choice.why}, but the items do not pickle: {exc})"
             return
