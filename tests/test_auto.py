@@ -326,3 +326,71 @@ def test_auto_chooses_when_its_window_ends_even_if_no_call_has_finished(
     on_threads = [end for pid, end in ends if pid == os.getpid()]
     assert on_threads and len(moved) == 1
     assert moved[0] < min(on_threads)  # chosen before any CPU-bound call ended here
+
+
+_calls_here = {"now": 0, "most": 0}
+_calls_lock = threading.Lock()
+
+
+def spin_counted(x: int) -> int:
+    """spin, counting the calls at once in this process (the main one: on threads)."""
+    with _calls_lock:
+        _calls_here["now"] += 1
+        _calls_here["most"] = max(_calls_here["most"], _calls_here["now"])
+    try:
+        return spin(x)
+    finally:
+        with _calls_lock:
+            _calls_here["now"] -= 1
+
+
+def test_auto_runs_few_calls_at_once_on_threads_until_they_are_seen_to_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """CPU-bound calls started on threads all finish there, late: auto starts few.
+
+    Before, all 32 workers started a call at once, and the engine waited in
+    line for the GIL behind them to make its choice.
+    """
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("one core: auto stays on threads (tested above)")
+    monkeypatch.setattr(_auto, "GIL_BOUND", 0.0)  # (see CPU_BOUND_ALWAYS)
+    _calls_here["most"] = 0
+    report = manyhands.run(spin_counted, range(200), backend="auto", workers=32)
+    assert report.succeeded == 200 and report.backend.startswith("processes")
+    assert 1 <= _calls_here["most"] <= 4 * (os.cpu_count() or 1)
+
+
+def test_calls_that_wait_on_auto_soon_run_as_many_at_once_as_workers() -> None:
+    at_once = {"now": 0, "most": 0}
+    lock = threading.Lock()
+
+    def wait(x: int) -> int:
+        with lock:
+            at_once["now"] += 1
+            at_once["most"] = max(at_once["most"], at_once["now"])
+        time.sleep(0.05)
+        with lock:
+            at_once["now"] -= 1
+        return x
+
+    report = manyhands.run(wait, range(300), backend="auto", workers=50)
+    assert report.succeeded == 300 and report.backend.startswith("threads (auto:")
+    assert at_once["most"] == 50  # the few calls at first were lifted to all workers
+
+
+def test_a_run_on_auto_whose_calls_wait_starts_no_process() -> None:
+    """A forkserver imports the main script: a run that stays on threads must not start one
+    (an unguarded script's top level would run again there)."""
+    code = textwrap.dedent(
+        """
+        import time, psutil, manyhands
+
+        report = manyhands.run(time.sleep, [0.02] * 200, backend="auto", workers=20)
+        print(report.backend.split(" ")[0], len(psutil.Process().children(recursive=True)))
+        """
+    )
+    proc = start_python(code)
+    out, err = finish(proc, timeout=60)
+    assert proc.returncode == 0, err
+    assert out.split() == ["threads", "0"]

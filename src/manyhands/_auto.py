@@ -47,6 +47,7 @@ __all__ = [
     "GIL_BOUND",
     "ITEMS",
     "MIN_CPU",
+    "WAIT_SEEN",
     "WINDOW",
     "Choice",
     "Measure",
@@ -59,6 +60,7 @@ WINDOW = 0.1  # seconds of the run before the choice
 ITEMS = 24  # items at least before the choice
 GIL_BOUND = 0.7  # calls' CPU time per second of the run: the GIL is the limit
 MIN_CPU = 50e-6  # seconds of CPU per item for processes to pay
+WAIT_SEEN = 0.02  # seconds of the run before its threads can be seen to wait
 
 
 def demand(threads: Iterable[int] | None = None) -> tuple[float, float] | None:
@@ -167,6 +169,34 @@ class Measure:
         self._items += items
         self._seconds += seconds
         self._cpu += cpu
+
+    @property
+    def can_tell_waiting(self) -> bool:
+        """Whether :meth:`waiting` can say (the run's own threads' CPU clocks are read)."""
+        return self._threads_cpu is not None
+
+    def waiting(self, now: float) -> bool:
+        """Whether the run's threads have mostly waited so far in this window (calls on I/O).
+
+        Too early to tell (under ``WAIT_SEEN`` seconds) or without their clocks: False.
+        Threads that had little CPU were either asleep (I/O) or waiting for a
+        core (a busy machine): their time ready to run tells which, if known.
+        """
+        if self._threads_cpu is None:
+            return False
+        seconds = now - self._window_start
+        if seconds < WAIT_SEEN or self._threads_cpu() - self._cpu_start >= GIL_BOUND * seconds:
+            return False
+        # Little CPU: waiting on I/O, or for a CPU (a busy machine): ready time tells.
+        start, end = self._demand_start, self._demand()
+        return start is None or end is None or end[1] - start[1] < GIL_BOUND * seconds
+
+    def busy(self, now: float) -> bool:
+        """Whether the run's threads have kept the GIL busy so far in this window."""
+        if self._threads_cpu is None:
+            return False
+        seconds = now - self._window_start
+        return seconds >= WAIT_SEEN and self._threads_cpu() - self._cpu_start >= GIL_BOUND * seconds
 
     @property
     def measuring(self) -> bool:

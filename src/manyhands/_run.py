@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import sys
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterable, Callable, Generator, Iterator
@@ -41,9 +42,9 @@ from queue import Empty, SimpleQueue
 from time import monotonic
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
+from ._auto import WAIT_SEEN, Choice, Measure, demand, gil_enabled, threads_cpu
 from ._auto import WINDOW as AUTO_WINDOW
-from ._auto import Choice, Measure, demand, threads_cpu
-from ._backends import Backend
+from ._backends import Backend, prepare_processes
 from ._batch import EXECUTE_CODE, Batch, Task
 from ._checks import check_first_value, discard_coroutines
 from ._delivery import Delivery
@@ -217,6 +218,8 @@ class Run:
         # turns on the GIL all finish late), and a few items to check they pickle.
         self._choose_at: float | None = None
         self._sample: list[Any] | None = None if auto else []
+        self._auto_cap: int | None = None  # calls at once until then (see _cap_auto)
+        self._booting: bool | None = None  # the processes prepared, their start begun
         self._previous: list[Backend] = []  # backends it moved from (their calls finish)
         self._in_previous = 0  # batches still out on them
         # What the slowdown's limit on calls in flight counts: on threads and processes
@@ -373,10 +376,11 @@ class Run:
         self._started = self._clock()
         if self.task.measure:
             self._measure = self._new_measure()
-            if self._auto:
-                self._choose_at = self._started + AUTO_WINDOW
         self._slowdown.start(self._started)
         self._sizer.hold(True)  # (while the slowdown watches: see _obey_slowdown)
+        if self._auto and self._measure is not None:
+            self._choose_at = self._started + WAIT_SEEN
+            self._cap_auto(self._measure)
         if not progress_wanted(self._options.progress):
             return None
         try:
@@ -823,7 +827,31 @@ class Run:
         measure = self._measure
         assert measure is not None
         measure.add(len(batch.items), batch.elapsed, batch.cpu)
-        self._choose(self._clock())
+        now = self._clock()
+        if self._auto_cap is not None and measure.waiting(now):
+            self._lift_auto_cap()
+        self._choose(now)
+
+    def _cap_auto(self, measure: Measure) -> None:
+        """auto: few calls at once until they are seen to wait (or the choice is made).
+
+        CPU-bound calls started on threads finish there, all late, taking turns
+        on the GIL (32 calls of 10 ms: a third of a second on one core, and
+        the engine itself waits in that line for its turn to choose). Calls
+        that wait lift the cap at their first answer, or when the window
+        ends without one.
+        """
+        cap = 4 * (os.cpu_count() or 1)
+        if measure.can_tell_waiting and cap > 4 and gil_enabled():
+            prepare_processes(self._options.start_method)
+            self._booting = False  # (the forkserver: once the calls look CPU-bound)
+            if cap < self._workers:
+                self._auto_cap = cap
+                self._obey_slowdown()
+
+    def _lift_auto_cap(self) -> None:
+        self._auto_cap = None
+        self._obey_slowdown()
 
     def _choose_in_time(self, now: float) -> None:
         """auto's window is over and no finished call has chosen yet: choose now.
@@ -832,6 +860,13 @@ class Run:
         enough calls seen yet: look again a little later.
         """
         self._choose_at = now + AUTO_WINDOW / 5
+        measure = self._measure
+        if measure is not None:
+            if self._auto_cap is not None and measure.waiting(now):
+                self._lift_auto_cap()  # (long calls that wait: no need to see one end)
+            elif self._booting is False and measure.busy(now):
+                self._booting = True  # started now, the processes are ready at the choice
+                prepare_processes(self._options.start_method, boot=True)
         self._choose(now)
 
     def _choose(self, now: float) -> None:
@@ -847,6 +882,8 @@ class Run:
             return
         choice = measure.choose(now, running=min(self._in_backend, self._workers))
         if choice is not None:
+            if self._auto_cap is not None:
+                self._lift_auto_cap()
             self.statistics.backend = str(choice)
             if choice.backend == "processes":
                 self._move_to_processes(choice, self._sample or [])
@@ -900,7 +937,12 @@ class Run:
                         "initargs": options.initargs,
                     },
                 )
-                backend.start()
+                interval = sys.getswitchinterval()
+                sys.setswitchinterval(min(interval, 1e-4))  # (see above)
+                try:
+                    backend.start()
+                finally:
+                    sys.setswitchinterval(interval)
             else:  # a Pool(backend="auto"): its processes, shared with its other runs
                 shared = self._hooks.processes_for_auto() if self._hooks is not None else None
                 if shared is None:
@@ -1060,6 +1102,8 @@ class Run:
             self._most_in_flight = min(2 * slowdown.concurrency, self._window)
         else:
             self._most_in_flight = slowdown.concurrency
+        if self._auto_cap is not None:  # (auto, until the calls are seen to wait or chosen)
+            self._most_in_flight = min(self._most_in_flight, self._auto_cap)
         queueing = not watching or self._most_in_flight > slowdown.concurrency
         if queueing != self._queueing:
             self._queueing = queueing
