@@ -302,6 +302,7 @@ def test_a_throttled_command_can_say_how_long_to_wait_on_its_last_stderr_line() 
     assert retry_after_of(throttled.value) == 2.5  # what the retries and the slowdown read
     with pytest.raises(CommandFailed) as other:
         runner("3")  # another exit code: its stderr is not read for a delay
+    runner.close()
     assert retry_after_of(other.value) is None
 
 
@@ -312,7 +313,21 @@ def test_a_command_killed_by_a_signal_fails_with_a_type_naming_the_signal() -> N
     runner = CommandRunner(Template("sh -c 'echo dying >&2; kill -SEGV $$' sh {}"))
     with pytest.raises(CommandFailed) as killed:
         runner("x")
+    runner.close()
     failure = Failure.from_exception("x", killed.value)
     assert failure.error_type == "manyhands.cli.KilledBySIGSEGV"
     assert failure.message == "killed by SIGSEGV: dying"
     assert killed.value.signal == signal.SIGSEGV and killed.value.exit_code is None
+
+
+def test_the_watchdog_of_a_runs_commands_ends_with_the_run_and_kills_nothing() -> None:
+    """The commands' watchdog (see _orphans) leaves no process behind at a normal end."""
+    from manyhands._shell import CommandRunner, Template
+
+    runner = CommandRunner(Template("echo {}"))
+    assert runner("a")["stdout"] == "a\n"
+    watchdog = psutil.Process().children()
+    assert [child.cmdline()[1:3] for child in watchdog] == [["-I", "-S"]]  # (the watchdog)
+    runner.close()
+    assert psutil.Process().children() == []
+    assert not watchdog[0].is_running() or watchdog[0].status() == psutil.STATUS_ZOMBIE

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from .conftest import finish, python_subprocess_env, wait_for_lines
@@ -120,3 +123,39 @@ def test_failures_into_a_closed_pipe_stops_quietly(workdir: Path) -> None:
     assert "builtins.ValueError: no good" in first
     assert code == 141
     assert err == ""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_commands_end_when_manyhands_itself_is_killed(tmp_path: Path) -> None:
+    """A SIGKILL (the OOM killer, a CI timeout) leaves no command running on, orphaned."""
+    (tmp_path / "items.txt").write_text("a\nb\nc\n")
+    (tmp_path / "pids").mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "manyhands", "run", "--shell", "--sh",
+         "sleep 60 & echo $! > pids/{}.child; echo $$ > pids/{}; wait", "items.txt", "-j", "3"],
+        cwd=tmp_path, env=python_subprocess_env(), stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while len(list((tmp_path / "pids").iterdir())) < 6 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.1)  # (the last pid written whole)
+        pids = [int(path.read_text()) for path in (tmp_path / "pids").iterdir()]
+        assert len(pids) == 6 and all(map(_alive, pids))  # commands and their children
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + 10
+    while any(map(_alive, pids)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = [pid for pid in pids if _alive(pid)]
+    for pid in left:  # (the old code: clean up after it)
+        os.killpg(pid, signal.SIGKILL)
+    assert not left  # before, they ran on for their whole minute

@@ -39,6 +39,7 @@ from typing import Any
 
 from ._exceptions import ManyhandsError, Timeout
 from ._inputs import UsageProblem
+from ._orphans import Watchdog
 from ._process_group import (
     DRAIN_SECONDS,
     Buffer,
@@ -308,6 +309,7 @@ class CommandRunner:
         self._ended = threading.Condition(self._lock)  # a command ended: its fds are free
         self._scarce = threading.Lock()  # held by the command retrying a start (fds short)
         self._closed = False
+        self._watchdog = Watchdog()  # (kills the commands if manyhands is killed)
         # What the journal records as the run's function (a changed command is warned about).
         self.__qualname__ = template.text
         self.__module__ = "manyhands.sh" if template.shell else "manyhands.command"
@@ -370,6 +372,7 @@ class CommandRunner:
         with self._lock:
             self._running[proc.pid] = proc
             closed = self._closed
+        self._watchdog.watch(proc.pid)
         if closed:  # close() ran while it started: it missed this one
             kill_group(proc.pid)
         return proc
@@ -430,6 +433,7 @@ class CommandRunner:
             if proc.returncode is None:  # interrupted while it ran (close())
                 kill_group(proc.pid)
             self._ended.notify()
+        self._watchdog.forget(proc.pid)  # (its group is dead: communicate() killed it)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=DRAIN_SECONDS)  # reaped: no zombie left
 
@@ -441,6 +445,7 @@ class CommandRunner:
             self._ended.notify_all()
         for pid in running:
             kill_group(pid)
+        self._watchdog.close()
 
 
 # -- the open-file limit ---------------------------------------------------------
