@@ -18,6 +18,7 @@ import pytest
 
 import manyhands
 from manyhands import _journal
+from manyhands._batch import Batch
 
 from .conftest import python_subprocess_env
 
@@ -185,6 +186,58 @@ def test_blocks_of_new_keys_and_blocks_with_known_ones_take_turns(
         "done in the journal": 7,
         "failed in the journal": 1,
     }
+
+
+def taken(journal: _journal.Journal, source: Any, size: int = 8) -> list[_journal.Segment]:
+    """Every segment ``journal.take`` gives for ``source``; the run ones recorded as done."""
+    segments = []
+    while (segment := journal.take(source, size, size)) is not None:
+        segments.append(segment)
+        if segment.reasons is None and segment.items:
+            batch = Batch(len(segments), segment.items, None)  # type: ignore[arg-type]
+            batch.keys, batch.values = segment.keys, list(segment.items)
+            journal.record(batch, set())
+            journal.commit()  # (committed: a lookup, if any, finds them)
+    return segments
+
+
+@pytest.mark.parametrize("fresh_keys", [10_000, 20, 0])
+def test_a_journal_new_to_the_run_skips_lookups_up_to_a_bound_and_repeats_still_skip(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_keys: int
+) -> None:
+    """A journal with no record keeps the run's keys in memory, up to FRESH_KEYS.
+
+    Within the bound nothing is looked up; past it, committed keys leave memory
+    and lookups find them: either way a repeated key is skipped, once.
+    """
+    monkeypatch.setattr(_journal, "FRESH_KEYS", fresh_keys)
+    journal = _journal.Journal(tmp_path / "run.db", str)
+    reader = journal._reader
+    looked_up: list[int] = []
+
+    class Reader:  # (counts the lookups)
+        def execute(self, query: str, keys: list[str]) -> Any:
+            looked_up.append(len(keys))
+            return reader.execute(query, keys)
+
+        def close(self) -> None:
+            reader.close()
+
+    journal._reader = Reader()  # type: ignore[assignment]
+    try:
+        segments = taken(journal, iter([*range(40), *range(40), *range(40, 48)]))
+        kept = len(journal._unsaved)
+    finally:
+        journal.close("finished", {})
+    ran = [item for segment in segments if segment.reasons is None for item in segment.items]
+    skipped = [reason for segment in segments for reason in segment.reasons or ()]
+    assert sorted(ran) == list(range(48))
+    assert skipped == ["duplicate key"] * 40
+    if fresh_keys == 10_000:
+        assert (looked_up, kept) == ([], 48)  # no lookup; every key in memory
+    else:
+        assert sum(looked_up) > 0
+        assert kept < 48 - fresh_keys  # the committed ones left memory
 
 
 def test_key_function_and_edited_items(tmp_path: Path) -> None:

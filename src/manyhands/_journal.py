@@ -83,6 +83,11 @@ from ._outcome import DUPLICATE, SKIPPED_DONE, SKIPPED_FAILED, Failure, safe_rep
 __all__ = ["DONE", "FAILED", "FINAL_STATES", "Journal", "Segment"]
 
 BLOCK = 512  # items read and looked up at once, at most
+#: While the journal held no record when the run began, the keys this run
+#: records stay in memory, up to this many (a few tens of MB), and reading
+#: needs no lookup: nothing else can be in the file. Past it, committed keys
+#: leave memory and blocks are looked up again.
+FRESH_KEYS = 250_000
 #: A block that took longer than this to read is followed by a smaller one: a
 #: slow input (lines from a pipe, a queue) is not held back to fill a block.
 READ_SECONDS = 0.01
@@ -148,6 +153,8 @@ class Journal:
         try:
             db = self._db = open_db(self.path, durability)
             self.run_id = self._begin(fn, options or {})
+            # (this run holds the lock: no other can write records into it now)
+            self._fresh = db.execute("SELECT 1 FROM items LIMIT 1").fetchone() is None
             self._watch = Watch(self.path, self._lock)
             reader = self._reader = open_reader(self.path)
             done_sql = _DONE_DETAILED if self._detailed else _DONE
@@ -168,7 +175,9 @@ class Journal:
         self._block = 1  # items the next block reads (doubles while the input keeps up)
         self._looked_up: dict[str, tuple[Any, ...]] = {}  # key -> journal row, for the buffer
         self._running: set[str] = set()  # keys admitted to run, not recorded
-        self._unsaved: set[str] = set()  # keys recorded, not known to be committed
+        # Keys recorded that a lookup may not find: not known to be committed,
+        # or, while the journal is fresh (nothing is looked up), all of them.
+        self._unsaved: set[str] = set()
         self.pulled = 0  # items read from the input
         self.error: BaseException | None = None  # why reading stopped early, if it did
         self._ended = False
@@ -380,9 +389,7 @@ class Journal:
         if self._ended or self._source is None:
             return False
         self._looked_up.clear()  # the buffer is empty: every looked-up row was used
-        committed = self._writer.committed
-        while committed:  # committed before this lookup: it finds them (run == this run)
-            self._unsaved.difference_update(committed.popleft())
+        self._forget_committed()
         block: list[Any] = []
         wanted = min(max(self._block, size), BLOCK)
         began = time.monotonic()
@@ -435,8 +442,17 @@ class Journal:
         self._buffer.extend(zip(block, keys, fingerprints, strict=False))  # (repeat: endless)
         return bool(self._buffer)
 
+    def _forget_committed(self) -> None:
+        """Keep in memory only the recorded keys the next lookup may not find."""
+        if self._fresh and len(self._unsaved) > FRESH_KEYS:
+            self._fresh = False  # (memory: the keys committed by now leave it below)
+        if not self._fresh:
+            committed = self._writer.committed
+            while committed:  # committed before this lookup: it finds them (run == this run)
+                self._unsaved.difference_update(committed.popleft())
+
     def _lookup(self, keys: list[str]) -> None:
-        if not keys:
+        if not keys or self._fresh:  # (fresh: every record is this run's, in _unsaved)
             return
         fields = "key, state, run, fingerprint, attempts, error_type, message, traceback"
         if self._store_results:

@@ -112,7 +112,7 @@ class Writer:
         self._failure: tuple[str, BaseException | None] | None = None
         self._lost = 0  # rows not recorded since the failure
         self._problem: str | None = None  # a lock problem, told once
-        self.committed: deque[list[str]] = deque()  # keys made durable, for the consumer
+        self.committed: deque[list[str]] = deque()  # lists of keys made durable, for the consumer
         self.commits = 0
         self._thread = threading.Thread(target=self._loop, name="manyhands-journal", daemon=True)
         self._thread.start()
@@ -236,7 +236,7 @@ class Writer:
                     cond.notify_all()
                 return
             with cond:
-                self.committed.append([key for keys in group.keys for key in keys])
+                self.committed.extend(group.keys)
                 self.commits += 1
                 self._writing = 0
                 cond.notify_all()
