@@ -143,11 +143,14 @@ class Writer:
     ) -> None:
         """:meth:`hand_over` for the common batch: done, default keys, nothing stored."""
         with self._cond:
-            pending = self._room(len(keys))
+            pending = self._pending
+            if pending.rows + len(keys) > MAX_PENDING or self._failure is not None:
+                pending = self._room(len(keys))  # (the uncommon case: wait, or raise)
             pending.batches.append((attempts, elapsed, finished, keys))
             pending.keys.append(keys)
             pending.rows += len(keys)
-            self._handed_over()
+            if self._idle or self._problem is not None:
+                self._handed_over()
 
     def _room(self, rows: int) -> Group:
         """The pending group, once it has room for ``rows`` more (condition held)."""
