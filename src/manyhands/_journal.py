@@ -27,7 +27,9 @@ way. The file names the holder (pid, host) for the error a second run gets.
 
 Reading the input goes through :meth:`Journal.take`, which reads blocks of
 items, computes their keys, looks them all up in one query, and hands the
-engine consecutive segments of items to run or to skip, in input order.
+engine consecutive segments of items to run or to skip, in input order. A
+journal that held no record when the run began needs no lookup: the keys
+the run records stay in memory instead (up to ``FRESH_KEYS``).
 
 Values (``store_results``) are stored as JSON: reading a journal must never
 run code from it. ``store_results="pickle"`` stores any picklable value and
