@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import textwrap
 import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -16,6 +18,7 @@ from hypothesis import strategies as st
 import manyhands
 from manyhands import _auto
 from manyhands._auto import ITEMS, WINDOW, Measure
+from manyhands._run import Run
 
 from .conftest import finish, start_python
 
@@ -103,6 +106,19 @@ def test_a_runs_own_threads_count_the_calls_still_running() -> None:
     own.add(items=30, seconds=3.0, cpu=0.03)
     choice = own.choose(now=0.2)
     assert choice is not None and choice.backend == "processes"
+
+
+def test_calls_still_running_count_toward_the_items_and_their_cpu() -> None:
+    # The first 50 items were cached (no CPU); then 32 threads took turns on the GIL
+    # with calls of 10 ms that had not finished when the window ended.
+    readings = iter([(0.0, 0.0), (0.1, 0.1), (0.1, 0.1)])
+    m = Measure(started=0.0, workers=32, cores=2, demand=lambda: next(readings), own_threads=True)
+    m.add(items=50, seconds=0.005, cpu=0.0001)
+    choice = m.choose(now=0.1, running=32)
+    assert choice is not None and choice.backend == "processes"
+    assert "1.2ms each" in choice.why  # 0.1 s of CPU over 50 finished + 32 running calls
+    none_finished = Measure(started=0.0, workers=32, cores=2, demand=no_schedstat)
+    assert none_finished.choose(now=0.1, running=ITEMS) is not None  # enough calls seen
 
 
 # -- real runs -------------------------------------------------------------------------
@@ -202,7 +218,7 @@ def test_moving_at_any_point_loses_and_repeats_nothing(switch_after: int, ordere
     """The run moves to processes after ``switch_after`` measured batches (forced)."""
     seen = []
 
-    def choose_after(self: Measure, now: float) -> _auto.Choice | None:
+    def choose_after(self: Measure, now: float, running: int = 0) -> _auto.Choice | None:
         seen.append(now)
         if len(seen) == switch_after:
             self.decided = _auto.Choice("processes", "forced by the test", 2)
@@ -274,3 +290,107 @@ def test_a_pool_on_auto_moves_cpu_bound_runs_to_processes_it_shares_and_stops() 
         assert line.startswith("True processes (auto: calls used"), line
     assert shared == "True"  # one set of processes (one per core) served both runs
     assert left == "[]"  # the with block stopped them
+
+
+def cached_then_spin(x: int) -> tuple[int, float]:
+    """The first 30 items are cached; the rest compute ~50 times as long as spin."""
+    if x >= 30:
+        for _ in range(50):
+            spin(x)
+    return os.getpid(), time.monotonic()
+
+
+def test_auto_chooses_when_its_window_ends_even_if_no_call_has_finished(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Threads taking turns on the GIL all finish late: auto does not wait for one.
+
+    Before, the choice came with the first call finished after the window, so
+    after the cached items the run stayed on threads until a whole round of
+    CPU-bound calls had finished there (all of them at about the same time).
+    """
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("one core: auto stays on threads (tested above)")
+    monkeypatch.setattr(_auto, "GIL_BOUND", 0.0)  # (see CPU_BOUND_ALWAYS)
+    moved: list[float] = []
+    move = Run._move_to_processes
+
+    def timed_move(self: Run, choice: _auto.Choice, sample: list[Any]) -> None:
+        moved.append(time.monotonic())
+        move(self, choice, sample)
+
+    monkeypatch.setattr(Run, "_move_to_processes", timed_move)
+    outs = manyhands.map(cached_then_spin, range(42), backend="auto", workers=4)
+    ends = [outcome.value for outcome in outs if outcome.item >= 30]
+    assert outs.report.succeeded == 42 and outs.report.backend.startswith("processes")
+    on_threads = [end for pid, end in ends if pid == os.getpid()]
+    assert on_threads and len(moved) == 1
+    assert moved[0] < min(on_threads)  # chosen before any CPU-bound call ended here
+
+
+_calls_here = {"now": 0, "most": 0}
+_calls_lock = threading.Lock()
+
+
+def spin_counted(x: int) -> int:
+    """spin, counting the calls at once in this process (the main one: on threads)."""
+    with _calls_lock:
+        _calls_here["now"] += 1
+        _calls_here["most"] = max(_calls_here["most"], _calls_here["now"])
+    try:
+        return spin(x)
+    finally:
+        with _calls_lock:
+            _calls_here["now"] -= 1
+
+
+def test_auto_runs_few_calls_at_once_on_threads_until_they_are_seen_to_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """CPU-bound calls started on threads all finish there, late: auto starts few.
+
+    Before, all 32 workers started a call at once, and the engine waited in
+    line for the GIL behind them to make its choice.
+    """
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("one core: auto stays on threads (tested above)")
+    monkeypatch.setattr(_auto, "GIL_BOUND", 0.0)  # (see CPU_BOUND_ALWAYS)
+    _calls_here["most"] = 0
+    report = manyhands.run(spin_counted, range(200), backend="auto", workers=32)
+    assert report.succeeded == 200 and report.backend.startswith("processes")
+    assert 1 <= _calls_here["most"] <= 4 * (os.cpu_count() or 1)
+
+
+def test_calls_that_wait_on_auto_soon_run_as_many_at_once_as_workers() -> None:
+    at_once = {"now": 0, "most": 0}
+    lock = threading.Lock()
+
+    def wait(x: int) -> int:
+        with lock:
+            at_once["now"] += 1
+            at_once["most"] = max(at_once["most"], at_once["now"])
+        time.sleep(0.05)
+        with lock:
+            at_once["now"] -= 1
+        return x
+
+    report = manyhands.run(wait, range(300), backend="auto", workers=50)
+    assert report.succeeded == 300 and report.backend.startswith("threads (auto:")
+    assert at_once["most"] == 50  # the few calls at first were lifted to all workers
+
+
+def test_a_run_on_auto_whose_calls_wait_starts_no_process() -> None:
+    """A forkserver imports the main script: a run that stays on threads must not start one
+    (an unguarded script's top level would run again there)."""
+    code = textwrap.dedent(
+        """
+        import time, psutil, manyhands
+
+        report = manyhands.run(time.sleep, [0.02] * 200, backend="auto", workers=20)
+        print(report.backend.split(" ")[0], len(psutil.Process().children(recursive=True)))
+        """
+    )
+    proc = start_python(code)
+    out, err = finish(proc, timeout=60)
+    assert proc.returncode == 0, err
+    assert out.split() == ["threads", "0"]

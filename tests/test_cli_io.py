@@ -388,3 +388,22 @@ def test_a_run_that_stops_while_its_pipe_is_still_open_exits_cleanly(workdir: Pa
         _, err = proc.communicate()
     assert proc.returncode == 1, err
     assert b"Fatal Python error" not in err
+
+
+def test_a_repeated_line_whose_first_copy_failed_says_so_in_the_output(workdir: Path) -> None:
+    (workdir / "lines.txt").write_text("3\n1\n3\n13\n1\n3\n")
+    done = manyhands(
+        "run", "target.py:work", "lines.txt", "--output", "out.jsonl", "--journal", "j.db",
+        cwd=workdir,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    lines = [json.loads(line) for line in (workdir / "out.jsonl").read_text().splitlines()]
+    copies = [line for line in lines if line.get("skipped") == "duplicate key"]
+    assert sorted(line["item"] for line in copies) == ["1", "3", "3"]
+    for line in copies:  # before, every copy said "ok": true
+        assert line["ok"] is (line["item"] == "1")
+        if line["item"] == "3":
+            assert line["error"] == {
+                "type": "builtins.ValueError", "message": "no good: 3", "attempts": 1
+            }  # fmt: skip
+    assert "3 skipped (duplicate keys), 3 run" in done.stdout  # (the summary)

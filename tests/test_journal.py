@@ -19,6 +19,7 @@ import pytest
 import manyhands
 from manyhands import _journal
 from manyhands._batch import Batch
+from manyhands._outcome import Failure
 
 from .conftest import python_subprocess_env
 
@@ -140,6 +141,81 @@ def test_duplicate_keys_in_one_input_run_once(tmp_path: Path) -> None:
     assert "2 skipped (duplicate keys)" in str(report)
 
 
+@pytest.mark.parametrize(("ordered", "fresh_keys"), [(False, 0), (True, 0), (True, 250_000)])
+def test_a_duplicate_has_its_first_copys_outcome(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ordered: bool, fresh_keys: int
+) -> None:
+    """A later copy of a key says what happened to the first: ok, or its Failure.
+
+    Before, every copy said ok, even of an item that failed. Copies come while
+    the first still runs, once it is final but not committed, and (after the
+    pause) once it is committed and looked up again: each path gives the same.
+    (With fresh_keys, the journal is new to the run: committed keys stay in
+    memory and their failures are read from the file.)
+    """
+    monkeypatch.setattr(_journal, "BLOCK", 8)
+    monkeypatch.setattr(_journal, "FRESH_KEYS", fresh_keys)
+    failing = {3, 6, 13}
+    calls, counted = counting(fail=failing)
+
+    def fn(x: int) -> int:
+        time.sleep(0.002 * (x % 4))  # (first copies still running when later ones come)
+        return int(counted(x))
+
+    def items() -> Any:
+        yield from [1, 3, 3, 2, 6, 1, 6, 4, 3, 13, 5, 13, *range(20, 30), 6, 1]
+        time.sleep(0.1)  # (the first copies are committed by now)
+        yield from [3, 1, 13, 2]
+
+    listed = list(items())
+    once = manyhands.Retry(retries=1, backoff=0.001)
+    outcomes = manyhands.map(
+        fn, items(), journal=tmp_path / "run.db", ordered=ordered, workers=4, retry=once
+    )
+    outs = list(outcomes)
+    assert sorted(o.item for o in outs) == sorted(listed)
+    if ordered:
+        assert [o.item for o in outs] == listed
+    assert calls == Counter(dict.fromkeys(set(listed), 1)) + Counter(dict.fromkeys(failing, 1))
+    firsts = {o.item: o for o in outs if o.skipped is None}
+    copies = [o for o in outs if o.skipped == "duplicate key"]
+    assert len(firsts) == len(set(listed)) and len(copies) == len(listed) - len(set(listed))
+    for copy in copies:
+        first = firsts[copy.item]
+        assert copy.ok == first.ok == (copy.item not in failing), copy
+        assert copy.attempts == 0 and copy.value is None
+        if not copy.ok:
+            assert copy.error is not None and first.error is not None
+            assert (copy.error.error_type, copy.error.message, copy.error.attempts) == (
+                "builtins.ValueError",
+                f"bad {copy.item}",
+                2,
+            )
+            assert copy.error.item == copy.item and copy.error.traceback == first.error.traceback
+    report = outcomes.report
+    assert (report.failed, report.duplicates) == (len(failing), len(copies))
+
+
+def test_duplicates_waiting_for_their_first_copy_when_the_consumer_leaves(
+    tmp_path: Path,
+) -> None:
+    release = threading.Event()
+
+    def fn(x: int) -> int:
+        if x == 0:
+            release.wait(5)
+        return x
+
+    outs = manyhands.map(fn, [0, 0, 0, 1, 2], journal=tmp_path / "run.db", workers=2)
+    for outcome in outs:
+        assert outcome.item in (1, 2)  # the copies of 0 wait for it, and it waits
+        break
+    release.set()
+    outs.close()
+    report = outs.report
+    assert (report.total, report.duplicates) == (1, 0)  # counted: what the consumer got
+
+
 @pytest.mark.parametrize("resumed", [False, True])
 def test_a_slow_input_runs_items_as_they_come(tmp_path: Path, resumed: bool) -> None:
     """Lines from a pipe or a queue: items run while the input is still giving more."""
@@ -188,14 +264,24 @@ def test_blocks_of_new_keys_and_blocks_with_known_ones_take_turns(
     }
 
 
-def taken(journal: _journal.Journal, source: Any, size: int = 8) -> list[_journal.Segment]:
-    """Every segment ``journal.take`` gives for ``source``; the run ones recorded as done."""
+def taken(
+    journal: _journal.Journal, source: Any, size: int = 8, fail: frozenset[int] = frozenset()
+) -> list[_journal.Segment]:
+    """Every segment ``journal.take`` gives for ``source``; the run ones recorded as done.
+
+    Or as failed: the items in ``fail``.
+    """
     segments = []
     while (segment := journal.take(source, size, size)) is not None:
         segments.append(segment)
         if segment.reasons is None and segment.items:
             batch = Batch(len(segments), segment.items, None)  # type: ignore[arg-type]
             batch.keys, batch.values = segment.keys, list(segment.items)
+            batch.failures = {
+                index: Failure(item, "builtins.ValueError", f"bad {item}", "Traceback", 1)
+                for index, item in enumerate(segment.items)
+                if item in fail
+            }
             journal.record(batch, set())
             journal.commit()  # (committed: a lookup, if any, finds them)
     return segments
@@ -207,8 +293,8 @@ def test_a_journal_new_to_the_run_skips_lookups_up_to_a_bound_and_repeats_still_
 ) -> None:
     """A journal with no record keeps the run's keys in memory, up to FRESH_KEYS.
 
-    Within the bound nothing is looked up; past it, committed keys leave memory
-    and lookups find them: either way a repeated key is skipped, once.
+    Within the bound nothing is looked up; past it, no more committed keys are
+    kept and lookups find them: either way a repeated key is skipped, once.
     """
     monkeypatch.setattr(_journal, "FRESH_KEYS", fresh_keys)
     journal = _journal.Journal(tmp_path / "run.db", str)
@@ -237,7 +323,34 @@ def test_a_journal_new_to_the_run_skips_lookups_up_to_a_bound_and_repeats_still_
         assert (looked_up, kept) == ([], 48)  # no lookup; every key in memory
     else:
         assert sum(looked_up) > 0
-        assert kept < 48 - fresh_keys  # the committed ones left memory
+        assert kept < 48  # past the bound, committed keys are not kept
+
+
+@pytest.mark.parametrize("fresh_keys", [10_000, 0])
+def test_a_repeat_of_a_failed_key_committed_gets_its_failure_from_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_keys: int
+) -> None:
+    """Its first copy's Failure, whether the key stayed in memory (fresh) or is looked up."""
+    monkeypatch.setattr(_journal, "FRESH_KEYS", fresh_keys)
+    journal = _journal.Journal(tmp_path / "run.db", str)
+    try:
+        # (blocks of 8 then 16: the repeats come once the first copies are committed)
+        segments = taken(journal, iter([*range(16), *range(8)]), fail=frozenset({3}))
+    finally:
+        journal.close("finished", {})
+    copies = [segment for segment in segments if segment.reasons is not None]
+    assert [item for segment in copies for item in segment.items] == list(range(8))
+    failures = {
+        segment.items[index]: failure
+        for segment in copies
+        for index, failure in (segment.failures or {}).items()
+    }
+    assert list(failures) == [3]
+    assert (failures[3].item, failures[3].message, failures[3].traceback) == (
+        3,
+        "bad 3",
+        "Traceback",
+    )
 
 
 def test_key_function_and_edited_items(tmp_path: Path) -> None:

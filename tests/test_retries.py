@@ -247,3 +247,50 @@ def test_on_exception_still_retries_every_error(hands: Hands) -> None:
     everything = manyhands.Retry(retries=2, on=Exception, backoff=0.001, max_backoff=0.001)
     report = hands.run(buggy, range(30), retry=everything)
     assert report.failed == 30 and report.attempts == 30 * 3
+
+
+class _QuotaSpent(Exception):
+    """A daily quota used up: the server asks to come back tomorrow."""
+
+    retry_after = 86_400.0
+
+
+def _odd_items_hit_a_spent_quota(item: int) -> int:
+    if item % 2:
+        raise _QuotaSpent(f"HTTP 429 for {item}, Retry-After: 86400")
+    return item
+
+
+@pytest.mark.timeout(120)  # the old engine obeyed: every item waited a day
+@pytest.mark.parametrize("backend", ["threads", "processes"])  # (the wait asked travels back)
+def test_a_wait_longer_than_max_retry_after_fails_the_item_at_once(backend: str) -> None:
+    report = manyhands.run(
+        _odd_items_hit_a_spent_quota, range(10), backend=backend, workers=4, retry=FAST
+    )
+    assert report.succeeded == 5 and report.failed == 5
+    assert sorted(failure.item for failure in report.failures) == [1, 3, 5, 7, 9]
+    assert {failure.attempts for failure in report.failures} == {1}  # never retried
+    assert report.failures[0].message.startswith("HTTP 429 for")  # the server's own words
+    (note,) = (note for note in report.notes if "max_retry_after" in note)
+    assert note.startswith("5 calls asked to wait longer than max_retry_after=300s")
+    assert "up to 86,400s" in note and "retry_failed=True" in note
+
+
+def test_max_retry_after_is_the_longest_wait_obeyed() -> None:
+    calls: Counter[int] = Counter()
+
+    def fn(item: int) -> int:
+        calls[item] += 1
+        raise manyhands.RetryAfter(0.05)
+
+    short = manyhands.Retry(retries=2, backoff=0.001, max_retry_after=0.01)
+    report = manyhands.run(fn, range(2), workers=1, retry=short)
+    assert report.failed == 2 and dict(calls) == {0: 1, 1: 1}  # asked 0.05 s: not obeyed
+    assert "max_retry_after=0.01s (up to 0.05s)" in report.notes[0]
+    assert "max_retry_after=0.01" in repr(short) and "max_retry_after" not in repr(FAST)
+
+
+@pytest.mark.parametrize("bad", [-1, float("nan"), "60", True])
+def test_max_retry_after_must_be_seconds(bad: Any) -> None:
+    with pytest.raises(ValueError, match="max_retry_after must be a number of seconds >= 0"):
+        manyhands.Retry(max_retry_after=bad)

@@ -3,7 +3,10 @@
 A run on ``auto`` starts on threads, and the workers measure the CPU time of
 each batch (``time.thread_time`` around it, once per batch) beside its wall
 time. The choice is made once, early: after ``WINDOW`` seconds of the run or
-``ITEMS`` items, whichever comes later.
+``ITEMS`` calls, whichever comes later. Calls still running count, and with
+the run's own threads measured alone so does their CPU so far: threads taking
+turns on the GIL all finish late, and the run does not wait for one of them
+(it chooses when the window ends, not when a call finishes after it).
 
 The rest of the run moves to worker processes when all of these hold:
 
@@ -36,15 +39,28 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-__all__ = ["GIL_BOUND", "ITEMS", "MIN_CPU", "WINDOW", "Choice", "Measure", "demand", "gil_enabled"]
+__all__ = [
+    "GIL_BOUND",
+    "ITEMS",
+    "MIN_CPU",
+    "WAIT_SEEN",
+    "WINDOW",
+    "Choice",
+    "Measure",
+    "demand",
+    "gil_enabled",
+    "threads_cpu",
+]
 
 WINDOW = 0.1  # seconds of the run before the choice
 ITEMS = 24  # items at least before the choice
 GIL_BOUND = 0.7  # calls' CPU time per second of the run: the GIL is the limit
 MIN_CPU = 50e-6  # seconds of CPU per item for processes to pay
+WAIT_SEEN = 0.02  # seconds of the run before its threads can be seen to wait
 
 
 def demand(threads: Iterable[int] | None = None) -> tuple[float, float] | None:
@@ -68,6 +84,22 @@ def demand(threads: Iterable[int] | None = None) -> tuple[float, float] | None:
         ran += int(fields[0])
         waited += int(fields[1])
     return ran / 1e9, (ran + waited) / 1e9
+
+
+def threads_cpu(clocks: dict[int, int]) -> float:
+    """CPU time so far of the threads whose CPU clocks (``clock_gettime`` ids) are given.
+
+    Unlike reading ``/proc``, which gives up the GIL at each file, this keeps
+    it: with dozens of threads taking turns on the GIL, every release costs
+    the reader a wait in line.
+    """
+    total = 0.0
+    for clock in list(clocks.values()):
+        try:
+            total += time.clock_gettime(clock)
+        except OSError:  # (a thread that just ended)
+            continue
+    return total
 
 
 def gil_enabled() -> bool:
@@ -116,6 +148,7 @@ class Measure:
         cores: int | None = None,
         demand: Callable[[], tuple[float, float] | None] = demand,
         own_threads: bool = False,
+        cpu: Callable[[], float] | None = None,
     ) -> None:
         self._window_start = started
         self._workers = workers
@@ -123,6 +156,8 @@ class Measure:
         self._demand = demand
         self._own_threads = own_threads  # demand() reads only the run's own workers
         self._demand_start = demand()
+        self._threads_cpu = cpu  # (own threads: their CPU so far, read keeping the GIL)
+        self._cpu_start = cpu() if cpu is not None else 0.0
         self._items = 0
         self._seconds = 0.0  # the calls' wall time
         self._cpu = 0.0  # their CPU time
@@ -136,19 +171,51 @@ class Measure:
         self._cpu += cpu
 
     @property
+    def can_tell_waiting(self) -> bool:
+        """Whether :meth:`waiting` can say (the run's own threads' CPU clocks are read)."""
+        return self._threads_cpu is not None
+
+    def waiting(self, now: float) -> bool:
+        """Whether the run's threads have mostly waited so far in this window (calls on I/O).
+
+        Too early to tell (under ``WAIT_SEEN`` seconds) or without their clocks: False.
+        Threads that had little CPU were either asleep (I/O) or waiting for a
+        core (a busy machine): their time ready to run tells which, if known.
+        """
+        if self._threads_cpu is None:
+            return False
+        seconds = now - self._window_start
+        if seconds < WAIT_SEEN or self._threads_cpu() - self._cpu_start >= GIL_BOUND * seconds:
+            return False
+        # Little CPU: waiting on I/O, or for a CPU (a busy machine): ready time tells.
+        start, end = self._demand_start, self._demand()
+        return start is None or end is None or end[1] - start[1] < GIL_BOUND * seconds
+
+    def busy(self, now: float) -> bool:
+        """Whether the run's threads have kept the GIL busy so far in this window."""
+        if self._threads_cpu is None:
+            return False
+        seconds = now - self._window_start
+        return seconds >= WAIT_SEEN and self._threads_cpu() - self._cpu_start >= GIL_BOUND * seconds
+
+    @property
     def measuring(self) -> bool:
         """Whether the workers should still measure (a choice, or a second one, is due)."""
         return self.decided is None or (self.decided.backend == "threads" and not self._revisited)
 
-    def ready(self, now: float) -> bool:
-        """Whether the window is over: enough time and items to judge the calls."""
-        return now - self._window_start >= WINDOW and self._items >= ITEMS
+    def ready(self, now: float, running: int = 0) -> bool:
+        """Whether the window is over: enough time and calls (``running`` too) to judge."""
+        return now - self._window_start >= WINDOW and self._items + running >= ITEMS
 
-    def choose(self, now: float) -> Choice | None:
-        """The choice once the window is over (None before, or if it does not change)."""
-        if not self.ready(now):
+    def choose(self, now: float, running: int = 0) -> Choice | None:
+        """The choice once the window is over (None before, or if it does not change).
+
+        ``running``: calls started and not finished; with the run's own
+        threads measured alone, their CPU so far counts for them.
+        """
+        if not self.ready(now, running):
             return None
-        choice = self._judge(now - self._window_start)
+        choice = self._judge(now - self._window_start, running)
         if self.decided is None:
             self.decided = choice
         elif not self._revisited:  # the calls changed completely: once more
@@ -161,11 +228,19 @@ class Measure:
         self._items, self._seconds, self._cpu = 0, 0.0, 0.0  # a fresh window for a revisit
         self._window_start = now
         self._demand_start = self._demand()
+        if self._threads_cpu is not None:
+            self._cpu_start = self._threads_cpu()
         return choice
 
-    def _busy(self, window: float) -> float:
-        """How busy the calls kept the GIL over the window (1.0: all of it)."""
+    def _busy(self, window: float) -> tuple[float, float]:
+        """How busy the calls kept the GIL over the window (1.0: all of it), and
+        their CPU time, the calls still running included where it is known."""
         busy = self._cpu / window  # their CPU time
+        cpu = self._cpu
+        if self._threads_cpu is not None:  # plainly GIL-bound: no need to read /proc
+            ran = self._threads_cpu() - self._cpu_start
+            if ran >= GIL_BOUND * window:
+                return min(ran / window, 1.0), max(cpu, ran)
         start, end = self._demand_start, self._demand()
         if start is not None and end is not None:
             ran, ready = end[0] - start[0], end[1] - start[1]
@@ -173,13 +248,16 @@ class Measure:
                 # (calls still running count too: with many threads taking turns on
                 # the GIL, few calls finish within a window, and their CPU lags)
                 busy = max(busy, min(ready / window, 1.0))
+                cpu = max(cpu, ran)
             elif ran > 0:  # ready to run (a core's worth at most: one GIL), the calls' share
                 busy = max(busy, min(ready / window, 1.0) * min(self._cpu / ran, 1.0))
-        return busy
+        return busy, cpu
 
-    def _judge(self, window: float) -> Choice:
-        busy = self._busy(window)
-        per_item = self._cpu / self._items
+    def _judge(self, window: float, running: int = 0) -> Choice:
+        busy, cpu = self._busy(window)
+        if cpu == self._cpu:  # (the finished calls' alone: so are the items)
+            running = 0
+        per_item = cpu / max(self._items + running, 1)
         said = f"calls used {min(busy, 1.0):.0%} CPU"
         if busy < GIL_BOUND:
             return Choice("threads", f"{said}: they mostly wait")
@@ -206,6 +284,6 @@ class Measure:
         if choice.backend != "processes":
             return None
         return (
-            f"calls used {min(self._busy(window), 1.0):.0%} CPU: backend='processes' or "
+            f"calls used {min(self._busy(window)[0], 1.0):.0%} CPU: backend='processes' or "
             f"'auto' would use all {self._cores} cores"
         )

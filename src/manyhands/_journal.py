@@ -80,7 +80,14 @@ from ._keys import (
     fingerprint,
     function_name,
 )
-from ._outcome import DUPLICATE, SKIPPED_DONE, SKIPPED_FAILED, Failure, safe_repr
+from ._outcome import (
+    DUPLICATE,
+    SKIPPED_DONE,
+    SKIPPED_FAILED,
+    Failure,
+    duplicate_failure,
+    safe_repr,
+)
 
 __all__ = ["DONE", "FAILED", "FINAL_STATES", "Journal", "Segment"]
 
@@ -125,6 +132,7 @@ class Segment:
     reasons: list[str] | None = None
     values: list[Any] | None = None
     failures: dict[int, Failure] | None = None
+    waiting: list[int] | None = None  # duplicates whose first copy still runs: by index
 
 
 class Journal:
@@ -178,8 +186,12 @@ class Journal:
         self._looked_up: dict[str, tuple[Any, ...]] = {}  # key -> journal row, for the buffer
         self._running: set[str] = set()  # keys admitted to run, not recorded
         # Keys recorded that a lookup may not find: not known to be committed,
-        # or, while the journal is fresh (nothing is looked up), all of them.
+        # or recorded while the journal was fresh (nothing was looked up then).
         self._unsaved: set[str] = set()
+        self._unsaved_failed: dict[str, Failure] = {}  # the failed ones not known committed
+        # Failed keys recorded while fresh and committed since: their Failure is
+        # read from the file when a later copy needs it.
+        self._failed_kept: set[str] = set()
         self.pulled = 0  # items read from the input
         self.error: BaseException | None = None  # why reading stopped early, if it did
         self._ended = False
@@ -284,19 +296,31 @@ class Journal:
                 ) or not buffer:
                     break
             return Segment(items, keys)
+        return self._take_skipped(first, room)
+
+    def _take_skipped(self, first: str, room: int) -> Segment:
+        """A skip segment: at most ``room`` items, the first one skipped as ``first``."""
+        buffer = self._buffer
+        items: list[Any] = []
+        keys: list[str] = []
         reasons: list[str] = []
         values: list[Any] = []
         failures: dict[int, Failure] = {}
+        waiting: list[int] = []
         reason: str | None = first
         while True:
             item, key, _ = buffer.popleft()
             assert reason is not None
+            value: Any = None
             if reason != DUPLICATE:
                 value, failure = self._stored(item, self._looked_up.get(key))
-                if failure is not None:
-                    failures[len(items)] = failure
+            elif key in self._running:  # its outcome is the first copy's, not known yet
+                waiting.append(len(items))
+                failure = None
             else:
-                value = None
+                failure = self._first_copys_failure(item, key)
+            if failure is not None:
+                failures[len(items)] = failure
             items.append(item)
             keys.append(key)
             reasons.append(reason)
@@ -306,7 +330,16 @@ class Journal:
             reason = self._skip_reason(*buffer[0])
             if reason is None or not buffer:
                 break
-        return Segment(items, keys, reasons, values, failures or None)
+        return Segment(items, keys, reasons, values, failures or None, waiting or None)
+
+    def _first_copys_failure(self, item: Any, key: str) -> Failure | None:
+        """The Failure of a key this run made final (None: it succeeded), for a later copy."""
+        failure = self._unsaved_failed.get(key)
+        if failure is None and key not in self._unsaved:
+            _, failure = self._stored(item, self._looked_up.get(key))  # (committed: looked up)
+        elif failure is None and key in self._failed_kept:  # (recorded while fresh)
+            _, failure = self._stored(item, self._rows([key]).get(key))
+        return None if failure is None else duplicate_failure(item, failure)
 
     def _take_new_block(self, size: int) -> Segment:
         """The next ``size`` items (or fewer, at its end) of a block of new keys."""
@@ -445,30 +478,42 @@ class Journal:
         return bool(self._buffer)
 
     def _forget_committed(self) -> None:
-        """Keep in memory only the recorded keys the next lookup may not find."""
+        """Keep in memory only the recorded keys (and failures) the next lookup may not find.
+
+        Keys recorded while the journal was fresh stay (at most FRESH_KEYS and
+        a block): nothing looks them up. Their failures, once committed, are
+        read from the file when needed.
+        """
         if self._fresh and len(self._unsaved) > FRESH_KEYS:
-            self._fresh = False  # (memory: the keys committed by now leave it below)
-        if not self._fresh:
-            committed = self._writer.committed
-            while committed:  # committed before this lookup: it finds them (run == this run)
-                self._unsaved.difference_update(committed.popleft())
+            self._fresh = False  # (memory: no more keys are kept)
+        committed = self._writer.committed
+        while committed:  # committed before this lookup: it finds them (run == this run)
+            keys = committed.popleft()
+            if not self._fresh:
+                self._unsaved.difference_update(keys)
+            failed = self._unsaved_failed
+            if failed:
+                for key in keys:
+                    if failed.pop(key, None) is not None and key in self._unsaved:
+                        self._failed_kept.add(key)
 
     def _lookup(self, keys: list[str]) -> None:
         if not keys or self._fresh:  # (fresh: every record is this run's, in _unsaved)
             return
+        self._looked_up.update(self._rows(keys))
+
+    def _rows(self, keys: list[str]) -> dict[str, tuple[Any, ...]]:
+        """key -> the journal's row for it (state, run, fingerprint, ...), for those it has."""
         fields = "key, state, run, fingerprint, attempts, error_type, message, traceback"
         if self._store_results:
             fields += ", result, result_format"
         marks = ",".join("?" * len(keys))
         query = f"SELECT {fields} FROM items WHERE key IN ({marks})"
-        looked_up = self._looked_up
         if self._key is None:  # default keys are always valid UTF-8 text (see default_key)
-            for row in self._reader.execute(query, keys):
-                looked_up[row[0]] = row[1:]
-            return
+            return {row[0]: row[1:] for row in self._reader.execute(query, keys)}
         # A str from key= may not be: it is stored as bytes (see to_db).
-        for row in self._reader.execute(query, [to_db(key) for key in keys]):
-            looked_up[from_db(row[0])] = row[1:]
+        found = self._reader.execute(query, [to_db(key) for key in keys])
+        return {from_db(row[0]): row[1:] for row in found}
 
     def _stored(self, item: Any, row: tuple[Any, ...] | None) -> tuple[Any, Failure | None]:
         """The value (with store_results) or Failure the journal holds for an item."""
@@ -551,9 +596,11 @@ class Journal:
                 group.failed.append((to_db(key), FAILED, failure.attempts, error_type,
                                      message, traceback, each, now, print_, shown, None,
                                      None, run))  # fmt: skip
+                self._unsaved_failed[key] = failure  # (for a later copy, until committed)
             recorded.append(key)
             if key in looked_up:  # a later copy in the buffer is a duplicate now
-                looked_up[key] = (DONE, run, print_, *looked_up[key][3:])
+                looked_up[key] = (DONE if failure is None else FAILED, run, print_,
+                                  *looked_up[key][3:])  # fmt: skip
             running.discard(key)
         self._unsaved.update(recorded)
         group.keys.append(recorded)

@@ -12,6 +12,7 @@ __all__ = [
     "Failure",
     "Outcome",
     "describe_exception",
+    "duplicate_failure",
     "qualified_name",
     "safe_repr",
 ]
@@ -193,6 +194,18 @@ class Failure:
         )
 
 
+def duplicate_failure(item: Any, first: Failure) -> Failure:
+    """The Failure given to a later copy of a key: its first copy's, under its own item.
+
+    >>> first = Failure("a", "builtins.ValueError", "bad", "Traceback ...", attempts=3)
+    >>> duplicate_failure("a", first)
+    Failure(item='a', error_type='builtins.ValueError', message='bad', attempts=3)
+    """
+    copy = Failure(item, first.error_type, first.message, first.traceback, first.attempts)
+    copy.history = first.history
+    return copy
+
+
 class Outcome(Generic[T, R]):
     """The result of one item: its value, or the :class:`Failure` that stopped it.
 
@@ -204,7 +217,9 @@ class Outcome(Generic[T, R]):
         skipped: why the item did not run in this run, or ``None`` if it ran:
             ``"done in the journal"`` (``value`` is the stored result with
             ``store_results=True``), ``"failed in the journal"`` (``error`` is
-            the recorded Failure) or ``"duplicate key"``.
+            the recorded Failure) or ``"duplicate key"`` (a later copy of a
+            key in this input: it has the first copy's ``ok`` and Failure,
+            not its value).
 
     >>> out = Outcome(2, 4, None, 1)
     >>> out.ok, out.value

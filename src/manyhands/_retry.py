@@ -12,6 +12,7 @@ from ._exceptions import ManyhandsError
 from ._outcome import Failure, qualified_name
 
 __all__ = [
+    "MAX_RETRY_AFTER",
     "PROGRAMMING_ERRORS",
     "ErrorMatcher",
     "Retry",
@@ -36,6 +37,12 @@ PROGRAMMING_ERRORS: tuple[type[Exception], ...] = (
 )
 # The same by qualified name, for errors that come back from another process.
 _PROGRAMMING_ERROR_NAMES = frozenset(qualified_name(cls) for cls in PROGRAMMING_ERRORS)
+
+#: The longest wait a call may ask for (``retry_after``, a Retry-After header)
+#: that the run obeys unless told otherwise (``Retry(max_retry_after=...)``).
+#: A server asking for more (a daily quota spent: ``Retry-After: 86400``)
+#: gets its item failed at once, not a run that sleeps silently for a day.
+MAX_RETRY_AFTER = 300.0
 
 #: Which errors a rule applies to: a class, a tuple of classes, or a predicate.
 ErrorMatcher = (
@@ -136,6 +143,10 @@ class Retry:
     jitter": retries of many items spread out instead of arriving together),
     or at least what the error asked for through ``retry_after``.
 
+    A call that asks for more than ``max_retry_after`` is not retried: its
+    item fails at once with that error, the run does not pause for it, and
+    the Report says what was asked (resume later with ``retry_failed=True``).
+
     Attributes:
         retries: how many times an item is tried again after its first
             attempt (``retry=3`` on ``run``/``map`` is ``Retry(retries=3)``).
@@ -150,6 +161,10 @@ class Retry:
         backoff: the ceiling of the first delay, in seconds.
         multiplier: how much the ceiling grows per attempt.
         max_backoff: the cap of the ceiling, in seconds.
+        max_retry_after: the longest wait a call may ask for (through
+            ``retry_after``: :class:`RetryAfter`, a Retry-After header) that
+            is obeyed, in seconds (default 300; ``math.inf`` waits however
+            long the server says). The cap holds for the run's pause too.
         random: a function returning a float in [0, 1) that draws the jitter
             (default ``None``: ``random.random``); tests pass a fixed one.
 
@@ -171,6 +186,7 @@ class Retry:
     backoff: float = 0.5
     multiplier: float = 2.0
     max_backoff: float = 60.0
+    max_retry_after: float = MAX_RETRY_AFTER
     random: Callable[[], float] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -182,6 +198,12 @@ class Retry:
                 raise ValueError(
                     f"Retry {name} must be a finite number of seconds >= 0, got {value!r}"
                 )
+        longest = self.max_retry_after
+        if not isinstance(longest, (int, float)) or isinstance(longest, bool) or not longest >= 0:
+            raise ValueError(
+                "Retry max_retry_after must be a number of seconds >= 0 (math.inf: no cap), "
+                f"got {longest!r}"
+            )
         if not isinstance(self.multiplier, (int, float)) or not (1 <= self.multiplier < math.inf):
             raise ValueError(f"Retry multiplier must be a number >= 1, got {self.multiplier!r}")
         if self.on is not None:
@@ -200,6 +222,8 @@ class Retry:
             f"multiplier={self.multiplier!r}",
             f"max_backoff={self.max_backoff!r}",
         ]
+        if self.max_retry_after != MAX_RETRY_AFTER:
+            parts.append(f"max_retry_after={self.max_retry_after!r}")
         if self.random is not None:
             parts.append(f"random={_spelled(self.random)}")
         return f"Retry({', '.join(parts)})"

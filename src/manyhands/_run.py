@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import sys
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterable, Callable, Generator, Iterator
@@ -41,19 +42,20 @@ from queue import Empty, SimpleQueue
 from time import monotonic
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
-from ._auto import Choice, Measure, demand
-from ._backends import Backend
+from ._auto import WAIT_SEEN, Choice, Measure, demand, gil_enabled, threads_cpu
+from ._auto import WINDOW as AUTO_WINDOW
+from ._backends import Backend, prepare_processes
 from ._batch import EXECUTE_CODE, Batch, Task
 from ._checks import check_first_value, discard_coroutines
 from ._delivery import Delivery
 from ._exceptions import InputError, JournalError, ManyhandsError, Timeout
 from ._options import Options
-from ._outcome import Failure
+from ._outcome import Failure, duplicate_failure
 from ._progress import Progress, progress_wanted
 from ._rate import RateLimit
 from ._reader import Reader
 from ._report import Report
-from ._retry import matches, retry_after_of
+from ._retry import MAX_RETRY_AFTER, matches, retry_after_of
 from ._sizing import Sizer
 from ._slowdown import Slowdown
 from ._stats import RunStatistics
@@ -155,6 +157,8 @@ class Run:
         self._init_auto(auto, workers)
         self._reader = Reader(items)
         self._ready: deque[Batch] = deque()  # skipped by the journal: delivered without running
+        #: Duplicates held for their first copy's outcome, by key (see _park).
+        self._parked: dict[str, list[tuple[Batch, int]]] = {}
         self._retry = options.retry_policy
         # The adaptive slowdown sets the start rate, the calls in flight and
         # pauses; while it watches, every answer goes to it (see _slowdown).
@@ -178,8 +182,7 @@ class Run:
         self._rules = StopRules(options)
         self._stop_rules_on = self._rules.watching  # (tested per batch)
         self._held_since: float | None = None  # since when the rate limit holds a start back
-        self._in_backend = 0  # batches submitted and not yet back
-        self._in_flight = 0  # items in those batches
+        self._in_backend = self._in_flight = 0  # batches submitted and not yet back, their items
         self._pending_items = 0  # items admitted and not yet delivered
         self._next_seq = 0
         self._sent: dict[int, Batch] = {}  # shared pool: batches out, to give up at the end
@@ -211,6 +214,12 @@ class Run:
         self._measure: Measure | None = None
         self.task.measure = self._backend.name == "threads"  # (a plain threads run: a hint)
         self._via = 0  # the backend's generation: a run on auto may move once
+        # auto: when the window is over, choose even if no call finished (calls taking
+        # turns on the GIL all finish late), and a few items to check they pickle.
+        self._choose_at: float | None = None
+        self._sample: list[Any] | None = None if auto else []
+        self._auto_cap: int | None = None  # calls at once until then (see _cap_auto)
+        self._booting: bool | None = None  # the processes prepared, their start begun
         self._previous: list[Backend] = []  # backends it moved from (their calls finish)
         self._in_previous = 0  # batches still out on them
         # What the slowdown's limit on calls in flight counts: on threads and processes
@@ -369,6 +378,9 @@ class Run:
             self._measure = self._new_measure()
         self._slowdown.start(self._started)
         self._sizer.hold(True)  # (while the slowdown watches: see _obey_slowdown)
+        if self._auto and self._measure is not None:
+            self._choose_at = self._started + WAIT_SEEN
+            self._cap_auto(self._measure)
         if not progress_wanted(self._options.progress):
             return None
         try:
@@ -535,15 +547,26 @@ class Run:
         counted after admission: what was just sent may be the only one running.
         """
         deadlines = self._deadlines
-        if not (self._retries or self._limiter or deadlines is not None or self._watching):
+        if not (
+            self._retries
+            or self._limiter
+            or deadlines is not None
+            or self._watching
+            or self._choose_at is not None
+        ):
             self._admit()  # the common case: no clock read
             return None
         now = self._clock()
         due: float | None = None
+        if self._choose_at is not None:
+            if now >= self._choose_at:
+                self._choose_in_time(now)
+            if self._choose_at is not None:
+                due = self._choose_at - now
         if deadlines and now >= deadlines.next_check:
             self._expire_overdue(deadlines, now)
         if self._watching:
-            due = self._follow_slowdown(now)
+            due = _sooner(due, self._follow_slowdown(now))
             if now < self._slowdown.paused_until:  # everyone waits out a Retry-After
                 return _sooner(due, deadlines.wait(now)) if deadlines else due
         timers = self._timers
@@ -656,10 +679,44 @@ class Run:
             batch.values = segment.values or []
             batch.failures = segment.failures
             stats.add_skipped(segment.reasons)
-            self._ready.append(batch)
+            if segment.waiting:
+                self._park(batch, segment.waiting)
+            else:
+                self._ready.append(batch)
         if reader.exhausted and not self._retries:
             self._wind_down()
         return []
+
+    def _park(self, batch: Batch, waiting: list[int]) -> None:
+        """Hold a batch of duplicates until the first copies of its keys are final.
+
+        A later copy of a key is given its first copy's outcome (ok, or its
+        Failure), so it waits for it; ``pending`` counts what it waits for.
+        """
+        keys = batch.keys
+        assert keys is not None
+        parked = self._parked
+        for index in waiting:
+            parked.setdefault(keys[index], []).append((batch, index))
+        batch.pending = len(waiting)
+
+    def _unpark(self, batch: Batch) -> None:
+        """The outcomes of ``batch`` reached the consumer: duplicates waiting on them are ready."""
+        parked = self._parked
+        failures = batch.failures or {}
+        for index, key in enumerate(batch.keys or ()):
+            waiting = parked.pop(key, None)
+            if waiting is None:
+                continue
+            failure = failures.get(index)
+            for duplicate, at in waiting:
+                if failure is not None:
+                    if duplicate.failures is None:
+                        duplicate.failures = {}
+                    duplicate.failures[at] = duplicate_failure(duplicate.items[at], failure)
+                duplicate.pending -= 1
+                if not duplicate.pending:
+                    self._ready.append(duplicate)
 
     def _wind_down(self) -> None:
         if self._owns_backend:  # (a shared pool's workers wait for other runs)
@@ -708,6 +765,8 @@ class Run:
         if self._watching:
             batch.sent = self._clock()
         batch.via = self._via
+        if self._sample is None:  # (auto: items to check they pickle before a move)
+            self._sample = batch.items[:8]
         self._in_backend += 1
         self._in_flight += len(batch.items)
         self._backend.submit(batch)
@@ -769,6 +828,51 @@ class Run:
         assert measure is not None
         measure.add(len(batch.items), batch.elapsed, batch.cpu)
         now = self._clock()
+        if self._auto_cap is not None and measure.waiting(now):
+            self._lift_auto_cap()
+        self._choose(now)
+
+    def _cap_auto(self, measure: Measure) -> None:
+        """auto: few calls at once until they are seen to wait (or the choice is made).
+
+        CPU-bound calls started on threads finish there, all late, taking turns
+        on the GIL (32 calls of 10 ms: a third of a second on one core, and
+        the engine itself waits in that line for its turn to choose). Calls
+        that wait lift the cap at their first answer, or when the window
+        ends without one.
+        """
+        cap = 4 * (os.cpu_count() or 1)
+        if measure.can_tell_waiting and cap > 4 and gil_enabled():
+            prepare_processes(self._options.start_method)
+            self._booting = False  # (the forkserver: once the calls look CPU-bound)
+            if cap < self._workers:
+                self._auto_cap = cap
+                self._obey_slowdown()
+
+    def _lift_auto_cap(self) -> None:
+        self._auto_cap = None
+        self._obey_slowdown()
+
+    def _choose_in_time(self, now: float) -> None:
+        """auto's window is over and no finished call has chosen yet: choose now.
+
+        Calls running count (threads taking turns on the GIL finish late); not
+        enough calls seen yet: look again a little later.
+        """
+        self._choose_at = now + AUTO_WINDOW / 5
+        measure = self._measure
+        if measure is not None:
+            if self._auto_cap is not None and measure.waiting(now):
+                self._lift_auto_cap()  # (long calls that wait: no need to see one end)
+            elif self._booting is False and measure.busy(now):
+                self._booting = True  # started now, the processes are ready at the choice
+                prepare_processes(self._options.start_method, boot=True)
+        self._choose(now)
+
+    def _choose(self, now: float) -> None:
+        measure = self._measure
+        if measure is None:
+            return
         if not self._auto:  # a plain threads run: a hint if its calls were CPU-bound
             if measure.ready(now):
                 hint = measure.hint(now)
@@ -776,11 +880,15 @@ class Run:
                     self.statistics.notes.append(hint)
                 self._stop_measuring()
             return
-        choice = measure.choose(now)
+        choice = measure.choose(now, running=min(self._in_backend, self._workers))
         if choice is not None:
+            if self._auto_cap is not None:
+                self._lift_auto_cap()
             self.statistics.backend = str(choice)
             if choice.backend == "processes":
-                self._move_to_processes(choice, batch)
+                self._move_to_processes(choice, self._sample or [])
+            else:
+                self._choose_at = now + AUTO_WINDOW  # (a revisit's window)
         if not measure.measuring:
             self._stop_measuring()
 
@@ -789,25 +897,29 @@ class Run:
         threads = getattr(self._backend, "native_ids", None)
         if not self._owns_backend or threads is None:
             return Measure(self._started or 0.0, self._workers)
+        clocks = getattr(self._backend, "cpu_clocks", None)
         return Measure(
             self._started or 0.0,
             self._workers,
             demand=functools.partial(demand, threads),
             own_threads=True,
+            cpu=functools.partial(threads_cpu, clocks) if clocks is not None else None,
         )
 
     def _stop_measuring(self) -> None:
         self.task.measure = False
         self._measure = None
+        self._choose_at = None
+        self._sample = []
 
-    def _move_to_processes(self, choice: Choice, batch: Batch) -> None:
+    def _move_to_processes(self, choice: Choice, sample: list[Any]) -> None:
         """Send the rest of the run to worker processes; running calls finish on threads."""
         import pickle
 
         from ._backends import create_backend
 
         try:
-            pickle.dumps(batch.items[:8], pickle.HIGHEST_PROTOCOL)
+            pickle.dumps(sample, pickle.HIGHEST_PROTOCOL)
         except Exception as exc:  # (a lock, a connection...): stay where they work
             self.statistics.backend = f"threads ({choice.why}, but the items do not pickle: {exc})"
             return
@@ -825,7 +937,12 @@ class Run:
                         "initargs": options.initargs,
                     },
                 )
-                backend.start()
+                interval = sys.getswitchinterval()
+                sys.setswitchinterval(min(interval, 1e-4))  # (see above)
+                try:
+                    backend.start()
+                finally:
+                    sys.setswitchinterval(interval)
             else:  # a Pool(backend="auto"): its processes, shared with its other runs
                 shared = self._hooks.processes_for_auto() if self._hooks is not None else None
                 if shared is None:
@@ -874,6 +991,7 @@ class Run:
         assert batch.errors is not None
         retry = self._retry if self.statistics.stop_reason is None else None
         throttle_on = self._options.throttle_on
+        longest = self._retry.max_retry_after if self._retry is not None else MAX_RETRY_AFTER
         retried: set[int] = set()
         final: dict[int, Failure] = {}
         for index, error in batch.errors.items():
@@ -881,16 +999,20 @@ class Run:
             failure.history = batch.history
             exception = failure.exception
             if exception is None:  # from another process: described, not an object
-                if failure.retry_after is not None:
-                    self._throttle(failure.retry_after)
+                asked = failure.retry_after
+                throttled = asked is not None
                 retryable = retry is not None and retry.retries_failure(failure)
             else:
                 asked = retry_after_of(exception)
-                if asked is not None or (
+                throttled = asked is not None or (
                     throttle_on is not None and matches(throttle_on, exception)
-                ):
-                    self._throttle(asked)
+                )
                 retryable = retry is not None and retry.retries_error(exception)
+            if asked is not None and asked > longest:  # not obeyed: the item fails now
+                self.statistics.asked_too_long(asked, longest)
+                asked, retryable = None, False
+            if throttled:
+                self._throttle(asked)
             if retryable and retry is not None and batch.attempt <= retry.retries:
                 delay = retry.delay(batch.attempt, exception, failure.retry_after)
                 self._schedule_retry(batch, index, failure, delay)
@@ -980,6 +1102,8 @@ class Run:
             self._most_in_flight = min(2 * slowdown.concurrency, self._window)
         else:
             self._most_in_flight = slowdown.concurrency
+        if self._auto_cap is not None:  # (auto, until the calls are seen to wait or chosen)
+            self._most_in_flight = min(self._most_in_flight, self._auto_cap)
         queueing = not watching or self._most_in_flight > slowdown.concurrency
         if queueing != self._queueing:
             self._queueing = queueing
@@ -1004,12 +1128,16 @@ class Run:
         if cut:
             self._take_back(batch, count or 0)
         journal = self._journal
-        if journal is None or batch.skipped is not None or journal.closed:
+        if journal is None or batch.skipped is not None:
             return  # (skipped items are final in the journal already)
         if cut:
             if not count:
                 return
             batch = batch.prefix(count)
+        if self._parked:
+            self._unpark(batch)
+        if journal.closed:
+            return
         if self.before_record is not None:
             self.before_record()
         journal.record(batch, set())
@@ -1029,7 +1157,8 @@ class Run:
 
     def _take_back_undelivered(self) -> None:
         """The consumer left: uncount what was settled but never delivered."""
-        for batch in (*self._delivery.held(), *self._ready):
+        parked = {id(batch): batch for waiting in self._parked.values() for batch, _ in waiting}
+        for batch in (*self._delivery.held(), *self._ready, *parked.values()):
             self._take_back(batch)
 
     # -- results ---------------------------------------------------------

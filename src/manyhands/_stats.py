@@ -91,6 +91,7 @@ class RunStatistics:
         self.stop_reason: str | None = None
         self.backend = "threads"  # what ran the calls, and for auto why (Report.backend)
         self.notes: list[str] = []  # one-line facts for the Report (e.g. fewer workers)
+        self._too_long: tuple[int, float, int] | None = None  # (calls, longest asked, note's index)
         self.failures: list[Failure] = []
         self.first_failure: Failure | None = None  # kept even with keep_failures=0
         self.errors_by_type: Counter[str] = Counter()
@@ -110,6 +111,30 @@ class RunStatistics:
             "skipped": self.skipped,
             "duplicates": self.duplicates,
         }
+
+    def asked_too_long(self, asked: float, longest: float) -> None:
+        """A call asked to wait ``asked`` seconds, over ``max_retry_after``: say so once.
+
+        >>> stats = RunStatistics(keep_failures=10)
+        >>> stats.asked_too_long(86400.0, 300.0); stats.asked_too_long(3600.0, 300.0)
+        >>> print(stats.notes[0])
+        2 calls asked to wait longer than max_retry_after=300s (up to 86,400s): their items \
+failed without waiting (pass manyhands.Retry(max_retry_after=...) to wait that long, or \
+rerun later with retry_failed=True)
+        """
+        calls, most, index = self._too_long or (0, 0.0, len(self.notes))
+        calls, most = calls + 1, max(most, asked)
+        note = (
+            f"{calls:,} call{'s' if calls > 1 else ''} asked to wait longer than "
+            f"max_retry_after={longest:g}s (up to {_seconds(most)}): their items failed without "
+            "waiting (pass manyhands.Retry(max_retry_after=...) to wait that long, or rerun "
+            "later with retry_failed=True)"
+        )
+        if index == len(self.notes):
+            self.notes.append(note)
+        else:
+            self.notes[index] = note
+        self._too_long = (calls, most, index)
 
     def add_skipped(self, reasons: list[str]) -> None:
         """Account for items the journal skipped, by why (``Outcome.skipped``)."""
@@ -180,3 +205,12 @@ class RunStatistics:
             for failure in failures:
                 self.errors_by_type[failure.error_type] += 1
                 self.examples.setdefault(failure.error_type, failure.item)
+
+
+def _seconds(value: float) -> str:
+    """Seconds as a user reads them: ``86,400s``, ``2.5s``.
+
+    >>> _seconds(86400.0), _seconds(2.5), _seconds(0.05)
+    ('86,400s', '2.5s', '0.05s')
+    """
+    return f"{value:,.0f}s" if value >= 100 else f"{value:.3g}s"

@@ -12,7 +12,7 @@ from typing import Any
 
 from ._base import Backend
 
-__all__ = ["Backend", "backend_kind", "create_backend", "is_dask_client"]
+__all__ = ["Backend", "backend_kind", "create_backend", "is_dask_client", "prepare_processes"]
 
 #: How a Dask scheduler's address begins (``backend="tcp://host:8786"``).
 SCHEDULER_PROTOCOLS = ("tcp://", "tls://", "ucx://", "inproc://", "ws://", "wss://")
@@ -45,6 +45,29 @@ def backend_kind(value: object) -> str | None:
     if futures is not None and isinstance(value, futures.Executor):
         return "executor"
     return None
+
+
+def prepare_processes(start_method: str | None, *, boot: bool = False) -> None:
+    """Make a later start of worker processes quick (``backend="auto"``).
+
+    Imports what they need now, while the GIL is free: once many threads take
+    turns on it, each file an import looks at waits in line (a quarter of a
+    second here). ``boot``: also start the forkserver, which imports the
+    main script; only once the calls look CPU-bound, since a run that stays
+    on threads must not run the script's top level in another process.
+    """
+    import contextlib
+
+    import cloudpickle  # type: ignore[import-untyped]  # noqa: F401
+
+    from . import _processes  # noqa: F401
+
+    if boot:
+        from ._process_spawn import default_start_method, ensure_forkserver
+
+        if (start_method or default_start_method()) == "forkserver":
+            with contextlib.suppress(OSError, EOFError):  # (the move says what went wrong)
+                ensure_forkserver()
 
 
 def create_backend(

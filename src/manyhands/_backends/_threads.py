@@ -6,6 +6,7 @@ import _thread
 import functools
 import sys
 import threading
+import time
 from collections.abc import Callable
 from queue import Empty, SimpleQueue
 from time import monotonic
@@ -14,6 +15,9 @@ from typing import Any
 from .._batch import FINISHED, RUNNING, TIMED_OUT, Batch, Task, execute, execute_measured
 from .._exceptions import WorkerInitError
 from .._lanes import Lanes
+
+#: Each thread's CPU clock can be read without giving up the GIL (backend="auto").
+_CPU_CLOCKS = hasattr(time, "pthread_getcpuclockid")
 
 __all__ = ["ThreadBackend"]
 
@@ -83,6 +87,7 @@ class ThreadBackend:
         self._retiring = 0  # exit sentinels queued so far
         self.notes: list[str] = []  # for the Report: e.g. fewer workers than asked
         self.native_ids: set[int] = set()  # the worker threads' (for backend="auto")
+        self.cpu_clocks: dict[int, int] | None = {} if _CPU_CLOCKS else None  # theirs, by id
 
     # -- lifecycle -------------------------------------------------------
 
@@ -263,6 +268,9 @@ def _work(
     """
     me = threading.get_native_id()
     backend.native_ids.add(me)
+    clocks = backend.cpu_clocks
+    if clocks is not None:
+        clocks[me] = time.pthread_getcpuclockid(threading.get_ident())
     try:
         _install(hooks)
         _serving.backend = backend
@@ -300,4 +308,6 @@ def _work(
             del batch, task
     finally:
         backend.native_ids.discard(me)
+        if clocks is not None:
+            clocks.pop(me, None)
         alive.release()
