@@ -94,8 +94,8 @@ __all__ = ["DONE", "FAILED", "FINAL_STATES", "Journal", "Segment"]
 BLOCK = 512  # items read and looked up at once, at most
 #: While the journal held no record when the run began, the keys this run
 #: records stay in memory, up to this many (a few tens of MB), and reading
-#: needs no lookup: nothing else can be in the file. Past it, committed keys
-#: leave memory and blocks are looked up again.
+#: needs no lookup: nothing else can be in the file. Past it, blocks are
+#: looked up again and no more keys are kept (those kept stay).
 FRESH_KEYS = 250_000
 #: A block that took longer than this to read is followed by a smaller one: a
 #: slow input (lines from a pipe, a queue) is not held back to fill a block.
