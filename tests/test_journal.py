@@ -18,6 +18,8 @@ import pytest
 
 import manyhands
 from manyhands import _journal
+from manyhands._batch import Batch
+from manyhands._outcome import Failure
 
 from .conftest import python_subprocess_env
 
@@ -139,17 +141,20 @@ def test_duplicate_keys_in_one_input_run_once(tmp_path: Path) -> None:
     assert "2 skipped (duplicate keys)" in str(report)
 
 
-@pytest.mark.parametrize("ordered", [False, True])
+@pytest.mark.parametrize(("ordered", "fresh_keys"), [(False, 0), (True, 0), (True, 250_000)])
 def test_a_duplicate_has_its_first_copys_outcome(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ordered: bool
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ordered: bool, fresh_keys: int
 ) -> None:
     """A later copy of a key says what happened to the first: ok, or its Failure.
 
     Before, every copy said ok, even of an item that failed. Copies come while
     the first still runs, once it is final but not committed, and (after the
     pause) once it is committed and looked up again: each path gives the same.
+    (With fresh_keys, the journal is new to the run: committed keys stay in
+    memory and their failures are read from the file.)
     """
     monkeypatch.setattr(_journal, "BLOCK", 8)
+    monkeypatch.setattr(_journal, "FRESH_KEYS", fresh_keys)
     failing = {3, 6, 13}
     calls, counted = counting(fail=failing)
 
@@ -257,6 +262,95 @@ def test_blocks_of_new_keys_and_blocks_with_known_ones_take_turns(
         "done in the journal": 7,
         "failed in the journal": 1,
     }
+
+
+def taken(
+    journal: _journal.Journal, source: Any, size: int = 8, fail: frozenset[int] = frozenset()
+) -> list[_journal.Segment]:
+    """Every segment ``journal.take`` gives for ``source``; the run ones recorded as done.
+
+    Or as failed: the items in ``fail``.
+    """
+    segments = []
+    while (segment := journal.take(source, size, size)) is not None:
+        segments.append(segment)
+        if segment.reasons is None and segment.items:
+            batch = Batch(len(segments), segment.items, None)  # type: ignore[arg-type]
+            batch.keys, batch.values = segment.keys, list(segment.items)
+            batch.failures = {
+                index: Failure(item, "builtins.ValueError", f"bad {item}", "Traceback", 1)
+                for index, item in enumerate(segment.items)
+                if item in fail
+            }
+            journal.record(batch, set())
+            journal.commit()  # (committed: a lookup, if any, finds them)
+    return segments
+
+
+@pytest.mark.parametrize("fresh_keys", [10_000, 20, 0])
+def test_a_journal_new_to_the_run_skips_lookups_up_to_a_bound_and_repeats_still_skip(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_keys: int
+) -> None:
+    """A journal with no record keeps the run's keys in memory, up to FRESH_KEYS.
+
+    Within the bound nothing is looked up; past it, no more committed keys are
+    kept and lookups find them: either way a repeated key is skipped, once.
+    """
+    monkeypatch.setattr(_journal, "FRESH_KEYS", fresh_keys)
+    journal = _journal.Journal(tmp_path / "run.db", str)
+    reader = journal._reader
+    looked_up: list[int] = []
+
+    class Reader:  # (counts the lookups)
+        def execute(self, query: str, keys: list[str]) -> Any:
+            looked_up.append(len(keys))
+            return reader.execute(query, keys)
+
+        def close(self) -> None:
+            reader.close()
+
+    journal._reader = Reader()  # type: ignore[assignment]
+    try:
+        segments = taken(journal, iter([*range(40), *range(40), *range(40, 48)]))
+        kept = len(journal._unsaved)
+    finally:
+        journal.close("finished", {})
+    ran = [item for segment in segments if segment.reasons is None for item in segment.items]
+    skipped = [reason for segment in segments for reason in segment.reasons or ()]
+    assert sorted(ran) == list(range(48))
+    assert skipped == ["duplicate key"] * 40
+    if fresh_keys == 10_000:
+        assert (looked_up, kept) == ([], 48)  # no lookup; every key in memory
+    else:
+        assert sum(looked_up) > 0
+        assert kept < 48  # past the bound, committed keys are not kept
+
+
+@pytest.mark.parametrize("fresh_keys", [10_000, 0])
+def test_a_repeat_of_a_failed_key_committed_gets_its_failure_from_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_keys: int
+) -> None:
+    """Its first copy's Failure, whether the key stayed in memory (fresh) or is looked up."""
+    monkeypatch.setattr(_journal, "FRESH_KEYS", fresh_keys)
+    journal = _journal.Journal(tmp_path / "run.db", str)
+    try:
+        # (blocks of 8 then 16: the repeats come once the first copies are committed)
+        segments = taken(journal, iter([*range(16), *range(8)]), fail=frozenset({3}))
+    finally:
+        journal.close("finished", {})
+    copies = [segment for segment in segments if segment.reasons is not None]
+    assert [item for segment in copies for item in segment.items] == list(range(8))
+    failures = {
+        segment.items[index]: failure
+        for segment in copies
+        for index, failure in (segment.failures or {}).items()
+    }
+    assert list(failures) == [3]
+    assert (failures[3].item, failures[3].message, failures[3].traceback) == (
+        3,
+        "bad 3",
+        "Traceback",
+    )
 
 
 def test_key_function_and_edited_items(tmp_path: Path) -> None:

@@ -27,7 +27,9 @@ way. The file names the holder (pid, host) for the error a second run gets.
 
 Reading the input goes through :meth:`Journal.take`, which reads blocks of
 items, computes their keys, looks them all up in one query, and hands the
-engine consecutive segments of items to run or to skip, in input order.
+engine consecutive segments of items to run or to skip, in input order. A
+journal that held no record when the run began needs no lookup: the keys
+the run records stay in memory instead (up to ``FRESH_KEYS``).
 
 Values (``store_results``) are stored as JSON: reading a journal must never
 run code from it. ``store_results="pickle"`` stores any picklable value and
@@ -90,6 +92,11 @@ from ._outcome import (
 __all__ = ["DONE", "FAILED", "FINAL_STATES", "Journal", "Segment"]
 
 BLOCK = 512  # items read and looked up at once, at most
+#: While the journal held no record when the run began, the keys this run
+#: records stay in memory, up to this many (a few tens of MB), and reading
+#: needs no lookup: nothing else can be in the file. Past it, blocks are
+#: looked up again and no more keys are kept (those kept stay).
+FRESH_KEYS = 250_000
 #: A block that took longer than this to read is followed by a smaller one: a
 #: slow input (lines from a pipe, a queue) is not held back to fill a block.
 READ_SECONDS = 0.01
@@ -156,6 +163,8 @@ class Journal:
         try:
             db = self._db = open_db(self.path, durability)
             self.run_id = self._begin(fn, options or {})
+            # (this run holds the lock: no other can write records into it now)
+            self._fresh = db.execute("SELECT 1 FROM items LIMIT 1").fetchone() is None
             self._watch = Watch(self.path, self._lock)
             reader = self._reader = open_reader(self.path)
             done_sql = _DONE_DETAILED if self._detailed else _DONE
@@ -176,8 +185,13 @@ class Journal:
         self._block = 1  # items the next block reads (doubles while the input keeps up)
         self._looked_up: dict[str, tuple[Any, ...]] = {}  # key -> journal row, for the buffer
         self._running: set[str] = set()  # keys admitted to run, not recorded
-        self._unsaved: set[str] = set()  # keys recorded, not known to be committed
-        self._unsaved_failed: dict[str, Failure] = {}  # of those, the failed ones
+        # Keys recorded that a lookup may not find: not known to be committed,
+        # or recorded while the journal was fresh (nothing was looked up then).
+        self._unsaved: set[str] = set()
+        self._unsaved_failed: dict[str, Failure] = {}  # the failed ones not known committed
+        # Failed keys recorded while fresh and committed since: their Failure is
+        # read from the file when a later copy needs it.
+        self._failed_kept: set[str] = set()
         self.pulled = 0  # items read from the input
         self.error: BaseException | None = None  # why reading stopped early, if it did
         self._ended = False
@@ -323,6 +337,8 @@ class Journal:
         failure = self._unsaved_failed.get(key)
         if failure is None and key not in self._unsaved:
             _, failure = self._stored(item, self._looked_up.get(key))  # (committed: looked up)
+        elif failure is None and key in self._failed_kept:  # (recorded while fresh)
+            _, failure = self._stored(item, self._rows([key]).get(key))
         return None if failure is None else duplicate_failure(item, failure)
 
     def _take_new_block(self, size: int) -> Segment:
@@ -408,9 +424,7 @@ class Journal:
         if self._ended or self._source is None:
             return False
         self._looked_up.clear()  # the buffer is empty: every looked-up row was used
-        committed = self._writer.committed
-        while committed:  # committed before this lookup: it finds them (run == this run)
-            self._forget_unsaved(committed.popleft())
+        self._forget_committed()
         block: list[Any] = []
         wanted = min(max(self._block, size), BLOCK)
         began = time.monotonic()
@@ -463,29 +477,43 @@ class Journal:
         self._buffer.extend(zip(block, keys, fingerprints, strict=False))  # (repeat: endless)
         return bool(self._buffer)
 
-    def _forget_unsaved(self, keys: list[str]) -> None:
-        """``keys`` were committed: a lookup finds them from now on."""
-        self._unsaved.difference_update(keys)
-        if self._unsaved_failed:
-            for key in keys:
-                self._unsaved_failed.pop(key, None)
+    def _forget_committed(self) -> None:
+        """Keep in memory only the recorded keys (and failures) the next lookup may not find.
+
+        Keys recorded while the journal was fresh stay (at most FRESH_KEYS and
+        a block): nothing looks them up. Their failures, once committed, are
+        read from the file when needed.
+        """
+        if self._fresh and len(self._unsaved) > FRESH_KEYS:
+            self._fresh = False  # (memory: no more keys are kept)
+        committed = self._writer.committed
+        while committed:  # committed before this lookup: it finds them (run == this run)
+            keys = committed.popleft()
+            if not self._fresh:
+                self._unsaved.difference_update(keys)
+            failed = self._unsaved_failed
+            if failed:
+                for key in keys:
+                    if failed.pop(key, None) is not None and key in self._unsaved:
+                        self._failed_kept.add(key)
 
     def _lookup(self, keys: list[str]) -> None:
-        if not keys:
+        if not keys or self._fresh:  # (fresh: every record is this run's, in _unsaved)
             return
+        self._looked_up.update(self._rows(keys))
+
+    def _rows(self, keys: list[str]) -> dict[str, tuple[Any, ...]]:
+        """key -> the journal's row for it (state, run, fingerprint, ...), for those it has."""
         fields = "key, state, run, fingerprint, attempts, error_type, message, traceback"
         if self._store_results:
             fields += ", result, result_format"
         marks = ",".join("?" * len(keys))
         query = f"SELECT {fields} FROM items WHERE key IN ({marks})"
-        looked_up = self._looked_up
         if self._key is None:  # default keys are always valid UTF-8 text (see default_key)
-            for row in self._reader.execute(query, keys):
-                looked_up[row[0]] = row[1:]
-            return
+            return {row[0]: row[1:] for row in self._reader.execute(query, keys)}
         # A str from key= may not be: it is stored as bytes (see to_db).
-        for row in self._reader.execute(query, [to_db(key) for key in keys]):
-            looked_up[from_db(row[0])] = row[1:]
+        found = self._reader.execute(query, [to_db(key) for key in keys])
+        return {from_db(row[0]): row[1:] for row in found}
 
     def _stored(self, item: Any, row: tuple[Any, ...] | None) -> tuple[Any, Failure | None]:
         """The value (with store_results) or Failure the journal holds for an item."""
