@@ -39,12 +39,16 @@ import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from ._records import Record
+
 __all__ = ["GIL_BOUND", "ITEMS", "MIN_CPU", "WINDOW", "Choice", "Measure", "demand", "gil_enabled"]
 
 WINDOW = 0.1  # seconds of the run before the choice
 ITEMS = 24  # items at least before the choice
 GIL_BOUND = 0.7  # calls' CPU time per second of the run: the GIL is the limit
 MIN_CPU = 50e-6  # seconds of CPU per item for processes to pay
+
+_set = object.__setattr__
 
 
 def demand(threads: Iterable[int] | None = None) -> tuple[float, float] | None:
@@ -76,8 +80,8 @@ def gil_enabled() -> bool:
     return True if check is None else bool(check())
 
 
-@dataclass(frozen=True)
-class Choice:
+@dataclass(frozen=True, init=False, repr=False, eq=False)  # (see _records)
+class Choice(Record):
     """What auto chose, and why, in words for the Report.
 
     >>> print(Choice("processes", "calls used 97% CPU, 2 cores", 2))
@@ -87,6 +91,16 @@ class Choice:
     backend: str  # "threads" or "processes"
     why: str
     processes: int = 0
+
+    def __init__(
+        self,
+        backend: str,
+        why: str,
+        processes: int = 0,
+    ) -> None:
+        _set(self, "backend", backend)
+        _set(self, "why", why)
+        _set(self, "processes", processes)
 
     def __str__(self) -> str:
         return f"{self.backend} (auto: {self.why})"

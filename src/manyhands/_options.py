@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypedDict, TypeVar, cast
 
 from ._exceptions import JournalError
 from ._rate import parse_rate
+from ._records import Record
 from ._retry import ErrorMatcher, Retry, check_matcher
 
 if TYPE_CHECKING:
@@ -152,8 +153,11 @@ class RunOptions(TypedDict, total=False):
     changed_items: str
 
 
-@dataclass(frozen=True)
-class Options:
+_set = object.__setattr__
+
+
+@dataclass(frozen=True, init=False, repr=False, eq=False)  # (see _records)
+class Options(Record):
     """Validated options; see :class:`RunOptions` for their meaning."""
 
     workers: int = DEFAULT_WORKERS
@@ -180,6 +184,58 @@ class Options:
     store_results: bool | Literal["pickle"] = False
     durability: str = "normal"
     changed_items: str = "refuse"
+
+    def __init__(
+        self,
+        workers: int = DEFAULT_WORKERS,
+        backend: str | Any | None = None,
+        ordered: bool = False,
+        batch_size: int | None = None,
+        window: int | None = None,
+        keep_failures: int = 1000,
+        grace: float = 2.0,
+        retry: Retry | int | None = None,
+        rate: str | float | None = None,
+        stop_after_failures: int | None = None,
+        stop_after_failure_rate: float | tuple[float, int] | None = None,
+        throttle_on: ErrorMatcher | None = None,
+        timeout: float | None = None,
+        start_method: str | None = None,
+        initializer: Callable[..., Any] | None = None,
+        initargs: tuple[Any, ...] = (),
+        progress: bool | None = None,
+        total: int | None = None,
+        journal: str | os.PathLike[str] | None = None,
+        key: Callable[[Any], Any] | None = None,
+        retry_failed: bool = False,
+        store_results: bool | Literal["pickle"] = False,
+        durability: str = "normal",
+        changed_items: str = "refuse",
+    ) -> None:
+        _set(self, "workers", workers)
+        _set(self, "backend", backend)
+        _set(self, "ordered", ordered)
+        _set(self, "batch_size", batch_size)
+        _set(self, "window", window)
+        _set(self, "keep_failures", keep_failures)
+        _set(self, "grace", grace)
+        _set(self, "retry", retry)
+        _set(self, "rate", rate)
+        _set(self, "stop_after_failures", stop_after_failures)
+        _set(self, "stop_after_failure_rate", stop_after_failure_rate)
+        _set(self, "throttle_on", throttle_on)
+        _set(self, "timeout", timeout)
+        _set(self, "start_method", start_method)
+        _set(self, "initializer", initializer)
+        _set(self, "initargs", initargs)
+        _set(self, "progress", progress)
+        _set(self, "total", total)
+        _set(self, "journal", journal)
+        _set(self, "key", key)
+        _set(self, "retry_failed", retry_failed)
+        _set(self, "store_results", store_results)
+        _set(self, "durability", durability)
+        _set(self, "changed_items", changed_items)
 
     @classmethod
     def from_kwargs(cls, caller: str, kwargs: dict[str, Any]) -> Options:

@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 
 from ._exceptions import ManyhandsError
 from ._outcome import Failure, qualified_name
+from ._records import Record
 
 __all__ = [
     "PROGRAMMING_ERRORS",
@@ -126,8 +127,11 @@ def retry_after_of(error: BaseException) -> float | None:
     return None
 
 
-@dataclass(frozen=True, repr=False)
-class Retry:
+_set = object.__setattr__
+
+
+@dataclass(frozen=True, init=False, repr=False, eq=False)  # (see _records)
+class Retry(Record):
     """How failed items are tried again: a small value the engine reads.
 
     A failed item waits in the engine's timer queue (it does not hold a
@@ -172,6 +176,23 @@ class Retry:
     multiplier: float = 2.0
     max_backoff: float = 60.0
     random: Callable[[], float] | None = field(default=None, compare=False)
+
+    def __init__(
+        self,
+        retries: int = 3,
+        on: RetryOn | None = None,
+        backoff: float = 0.5,
+        multiplier: float = 2.0,
+        max_backoff: float = 60.0,
+        random: Callable[[], float] | None = None,
+    ) -> None:
+        _set(self, "retries", retries)
+        _set(self, "on", on)
+        _set(self, "backoff", backoff)
+        _set(self, "multiplier", multiplier)
+        _set(self, "max_backoff", max_backoff)
+        _set(self, "random", random)
+        self.__post_init__()
 
     def __post_init__(self) -> None:
         if not isinstance(self.retries, int) or isinstance(self.retries, bool) or self.retries < 0:
