@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -279,7 +278,7 @@ class Retry(Record):
 
         ``asked``: a delay the error asked for, when there is no exception object.
         """
-        wait = (self.random or random.random)() * self.ceiling(attempt)
+        wait = (self.random or _uniform)() * self.ceiling(attempt)
         if error is not None:
             asked = retry_after_of(error)
         return max(wait, asked) if asked is not None else wait
@@ -298,3 +297,10 @@ def _spelled(value: object) -> str:
         return value.__qualname__ if value.__module__ == "builtins" else qualified_name(value)
     name = getattr(value, "__qualname__", None)
     return name if isinstance(name, str) else repr(value)
+
+
+def _uniform() -> float:
+    """``random.random()``; ``random`` is imported only by a run that retries."""
+    import random
+
+    return random.random()

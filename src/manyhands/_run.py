@@ -37,11 +37,9 @@ import sys
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterable, Callable, Generator, Iterator
 from operator import length_hint
-from queue import Empty, SimpleQueue
 from time import monotonic
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
-from ._auto import Choice, Measure, demand
 from ._backends import Backend
 from ._batch import EXECUTE_CODE, Batch, Task
 from ._checks import check_first_value, discard_coroutines
@@ -61,8 +59,14 @@ from ._stoprules import StopRules
 from ._thread_feed import ThreadFeed
 from ._timers import Deadlines, RetryTimers
 
+try:  # (what `queue` re-exports; importing `queue` itself costs 0.3 ms of `import manyhands`)
+    from _queue import Empty, SimpleQueue
+except ImportError:  # pragma: no cover (Pythons without the C module)
+    from queue import Empty, SimpleQueue
+
 if TYPE_CHECKING:
     from ._aio import LoopQueue
+    from ._auto import Choice, Measure
     from ._journal import Journal
 
 __all__ = ["Completions", "Run", "RunHooks"]
@@ -786,6 +790,8 @@ class Run:
 
     def _new_measure(self) -> Measure:
         """A run's own threads are measured alone; a shared pool's, by the run's share."""
+        from ._auto import Measure, demand  # (threads and auto runs only)
+
         threads = getattr(self._backend, "native_ids", None)
         if not self._owns_backend or threads is None:
             return Measure(self._started or 0.0, self._workers)
