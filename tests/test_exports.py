@@ -61,9 +61,10 @@ def test_import_is_light() -> None:
 
 
 def test_import_leaves_out_what_only_some_runs_need() -> None:
-    """Pool, the journal, the CLI, backend="auto", retries' jitter: imported when used."""
+    """Pool, RunOptions, the journal, the CLI, backend="auto", retries' jitter: when used."""
     lazy = (
         "manyhands._pool",
+        "manyhands._run_options",
         "manyhands._journal",
         "manyhands.cli",
         "manyhands._auto",
@@ -82,10 +83,11 @@ def test_import_leaves_out_what_only_some_runs_need() -> None:
         "import sys, manyhands; "
         f"print([m for m in {lazy!r} if m in sys.modules]); "
         "print(manyhands.Pool.__module__, 'Pool' in dir(manyhands)); "
-        "from manyhands import Pool; print(Pool is manyhands.Pool)"
+        "from manyhands import Pool, RunOptions; print(Pool is manyhands.Pool); "
+        "print(sorted(RunOptions.__annotations__) == sorted(manyhands.RunOptions.__annotations__))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.splitlines() == ["[]", "manyhands._pool True", "True"]
+    assert out.stdout.splitlines() == ["[]", "manyhands._pool True", "True", "True"]
 
 
 def test_an_unknown_name_is_still_an_attribute_error() -> None:

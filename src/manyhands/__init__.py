@@ -23,7 +23,7 @@ from ._exceptions import (
     WorkerCrashed,
     WorkerInitError,
 )
-from ._options import DEFAULT_WORKERS, RunOptions
+from ._options import DEFAULT_WORKERS
 from ._outcome import Failure, Outcome
 from ._report import Latency, Report
 from ._retry import Retry, RetryAfter
@@ -31,6 +31,7 @@ from ._stream import AsyncOutcomes, Outcomes
 
 if TYPE_CHECKING:
     from ._pool import Pool
+    from ._run_options import RunOptions
 
 __all__ = [
     "DEFAULT_WORKERS",
@@ -61,14 +62,20 @@ __all__ = [
 __version__ = "0.1.0"
 
 
-def __getattr__(name: str) -> Any:
-    """Import what only some programs use when it is first asked for (PEP 562)."""
-    if name == "Pool":  # (a run on its own does not need it)
-        from ._pool import Pool
+#: What only some programs use, imported when first asked for (PEP 562): a Pool,
+#: and RunOptions, which only type checkers read (see _run_options).
+_LAZY = {"Pool": "._pool", "RunOptions": "._run_options"}
 
-        globals()["Pool"] = Pool
-        return Pool
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
 
 
 def __dir__() -> list[str]:
