@@ -122,3 +122,17 @@ def test_a_recursive_value_does_not_recurse_forever() -> None:
     report = Report(0, 0, 0, 0.0, examples=examples)
     examples["self"] = report
     assert "examples={'self': ...}" in repr(report)
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda cls: cls.__name__)
+def test_instances_survive_pickle_and_copy(cls: type) -> None:
+    import copy
+    import pickle
+
+    for kwargs in _examples(cls):
+        if any(callable(v) and getattr(v, "__name__", "") == "<lambda>" for v in kwargs.values()):
+            continue  # (a lambda does not pickle)
+        record = cls(**kwargs)
+        for again in (pickle.loads(pickle.dumps(record)), copy.deepcopy(record)):
+            assert type(again) is cls
+            assert repr(dataclasses.asdict(again)) == repr(dataclasses.asdict(record))
