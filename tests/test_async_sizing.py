@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from manyhands._sizing import CONCURRENT_SHARE, Sizer
+from manyhands._sizing import ASYNC_BATCH, ASYNC_BATCH_SHARE, CONCURRENT_SHARE, Sizer
 
 
 def asyncio_sizer(workers: int) -> Sizer:
@@ -29,3 +29,22 @@ def test_the_first_round_has_a_batch_for_every_task_when_batches_shrink() -> Non
     sizer.read(sizer.size, seconds=1.0)  # a slow input: smaller batches from now on
     assert sizer.size < -(-1000 // CONCURRENT_SHARE)
     assert sizer.max_batches * sizer.size >= 1000  # no task left without an item
+
+
+def test_once_calls_come_back_a_batch_carries_enough_calls_to_pay_for_itself() -> None:
+    # 1,000 x 50 ms: the first round goes in batches of 16, then they grow (twofold
+    # per batch back) to 125, 1/8 of the calls in flight, where the loop's work per
+    # batch is small beside its work per call
+    sizer = asyncio_sizer(1000)
+    assert sizer.size == -(-1000 // CONCURRENT_SHARE)
+    for _ in range(6):
+        sizer.completed(items=sizer.size, seconds=sizer.size * 0.05)
+    assert sizer.size == min(ASYNC_BATCH, 1000 // ASYNC_BATCH_SHARE) == 125
+
+
+def test_few_calls_in_flight_keep_batches_a_small_share_of_them() -> None:
+    for workers, expected in [(8, 1), (100, 12), (4000, ASYNC_BATCH)]:
+        sizer = asyncio_sizer(workers)
+        for _ in range(12):
+            sizer.completed(items=sizer.size, seconds=sizer.size * 0.05)
+        assert sizer.size == expected, workers

@@ -3,6 +3,8 @@ import pkgutil
 import subprocess
 import sys
 
+import pytest
+
 import manyhands
 
 
@@ -56,3 +58,38 @@ def test_import_is_light() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_import_leaves_out_what_only_some_runs_need() -> None:
+    """Pool, RunOptions, the journal, the CLI, backend="auto", retries' jitter: when used."""
+    lazy = (
+        "manyhands._pool",
+        "manyhands._run_options",
+        "manyhands._journal",
+        "manyhands.cli",
+        "manyhands._auto",
+        "manyhands._backends._threads",
+        "manyhands._backends._processes",
+        "manyhands._backends._async",
+        "random",
+        "queue",
+        "sqlite3",
+        "multiprocessing",
+        "csv",
+        "json",
+        "argparse",
+    )
+    code = (
+        "import sys, manyhands; "
+        f"print([m for m in {lazy!r} if m in sys.modules]); "
+        "print(manyhands.Pool.__module__, 'Pool' in dir(manyhands)); "
+        "from manyhands import Pool, RunOptions; print(Pool is manyhands.Pool); "
+        "print(sorted(RunOptions.__annotations__) == sorted(manyhands.RunOptions.__annotations__))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.splitlines() == ["[]", "manyhands._pool True", "True", "True"]
+
+
+def test_an_unknown_name_is_still_an_attribute_error() -> None:
+    with pytest.raises(AttributeError, match="no attribute 'Poll'"):
+        manyhands.Poll  # type: ignore[attr-defined]  # noqa: B018

@@ -27,8 +27,8 @@ if TYPE_CHECKING:
     from typing_extensions import Never, Unpack
 
     from ._journal import Journal
-    from ._options import RunOptions
     from ._pool import Pool
+    from ._run_options import RunOptions
 
 __all__ = [
     "POOL_OPTIONS",

@@ -43,6 +43,8 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from ._records import Record
+
 __all__ = [
     "GIL_BOUND",
     "ITEMS",
@@ -61,6 +63,8 @@ ITEMS = 24  # items at least before the choice
 GIL_BOUND = 0.7  # calls' CPU time per second of the run: the GIL is the limit
 MIN_CPU = 50e-6  # seconds of CPU per item for processes to pay
 WAIT_SEEN = 0.02  # seconds of the run before its threads can be seen to wait
+
+_set = object.__setattr__
 
 
 def demand(threads: Iterable[int] | None = None) -> tuple[float, float] | None:
@@ -108,8 +112,8 @@ def gil_enabled() -> bool:
     return True if check is None else bool(check())
 
 
-@dataclass(frozen=True)
-class Choice:
+@dataclass(frozen=True, init=False, repr=False, eq=False)  # (see _records)
+class Choice(Record):
     """What auto chose, and why, in words for the Report.
 
     >>> print(Choice("processes", "calls used 97% CPU, 2 cores", 2))
@@ -119,6 +123,16 @@ class Choice:
     backend: str  # "threads" or "processes"
     why: str
     processes: int = 0
+
+    def __init__(
+        self,
+        backend: str,
+        why: str,
+        processes: int = 0,
+    ) -> None:
+        _set(self, "backend", backend)
+        _set(self, "why", why)
+        _set(self, "processes", processes)
 
     def __str__(self) -> str:
         return f"{self.backend} (auto: {self.why})"
@@ -169,6 +183,11 @@ class Measure:
         self._items += items
         self._seconds += seconds
         self._cpu += cpu
+
+    @property
+    def window(self) -> float:
+        """Seconds a window lasts at least (``WINDOW``)."""
+        return WINDOW
 
     @property
     def can_tell_waiting(self) -> bool:

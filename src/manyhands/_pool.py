@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from typing_extensions import Unpack
 
     from ._executor import PoolExecutor
-    from ._options import RunOptions
+    from ._run_options import RunOptions
 
 __all__ = ["POOL_BACKENDS", "Pool"]
 

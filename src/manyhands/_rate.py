@@ -17,7 +17,8 @@ _UNITS = {
     "h": 3600.0,
     "hour": 3600.0,
 }
-_RATE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*/\s*([a-z]+)\s*$")
+# (compiled by `re` on first use, into its cache: not at `import manyhands`)
+_RATE = r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*/\s*([a-z]+)\s*$"
 
 
 def parse_rate(value: object) -> float | None:
@@ -30,7 +31,7 @@ def parse_rate(value: object) -> float | None:
         return None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         per_second = float(value)
-    elif isinstance(value, str) and (match := _RATE.match(value.lower())):
+    elif isinstance(value, str) and (match := re.match(_RATE, value.lower())):
         count, unit = match.groups()
         if unit not in _UNITS:
             raise ValueError(f"rate={value!r}: unknown unit {unit!r}; use /s, /min or /h")

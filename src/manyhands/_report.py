@@ -7,14 +7,18 @@ from typing import Any
 
 from ._exceptions import ItemsFailed
 from ._outcome import Failure, safe_repr
+from ._records import FACTORY, Record
 from ._retry import is_programming_error
 from ._stats import ALIKE_AFTER, RunStatistics
 
 __all__ = ["Latency", "Report"]
 
 
-@dataclass(frozen=True)
-class Latency:
+_set = object.__setattr__
+
+
+@dataclass(frozen=True, init=False, repr=False, eq=False)  # (see _records)
+class Latency(Record):
     """Per-item latency figures, in seconds (see ``LatencyHistogram``)."""
 
     mean: float = 0.0
@@ -22,9 +26,17 @@ class Latency:
     p95: float = 0.0
     p99: float = 0.0
 
+    def __init__(
+        self, mean: float = 0.0, p50: float = 0.0, p95: float = 0.0, p99: float = 0.0
+    ) -> None:
+        _set(self, "mean", mean)
+        _set(self, "p50", p50)
+        _set(self, "p95", p95)
+        _set(self, "p99", p99)
 
-@dataclass(frozen=True)
-class Report:
+
+@dataclass(frozen=True, init=False, repr=False, eq=False)  # (see _records)
+class Report(Record):
     """What a run did.
 
     ``failures`` keeps the full details of the first ``keep_failures`` failed
@@ -96,6 +108,54 @@ class Report:
     backend: str = "threads"
     notes: tuple[str, ...] = ()
     skipped_failed: int = 0
+
+    def __init__(
+        self,
+        total: int,
+        succeeded: int,
+        failed: int,
+        elapsed: float,
+        failures: list[Failure] = FACTORY,
+        errors_by_type: dict[str, int] = FACTORY,
+        examples: dict[str, Any] = FACTORY,
+        latency: Latency = FACTORY,
+        attempts: int = 0,
+        retried: int = 0,
+        throttle_events: int = 0,
+        slowest_rate: float | None = None,
+        rate_limited: float = 0.0,
+        settled_rate: float | None = None,
+        settled_workers: int | None = None,
+        stopped: str | None = None,
+        skipped: int = 0,
+        duplicates: int = 0,
+        abandoned: int = 0,
+        backend: str = "threads",
+        notes: tuple[str, ...] = (),
+        skipped_failed: int = 0,
+    ) -> None:
+        _set(self, "total", total)
+        _set(self, "succeeded", succeeded)
+        _set(self, "failed", failed)
+        _set(self, "elapsed", elapsed)
+        _set(self, "failures", [] if failures is FACTORY else failures)
+        _set(self, "errors_by_type", {} if errors_by_type is FACTORY else errors_by_type)
+        _set(self, "examples", {} if examples is FACTORY else examples)
+        _set(self, "latency", Latency() if latency is FACTORY else latency)
+        _set(self, "attempts", attempts)
+        _set(self, "retried", retried)
+        _set(self, "throttle_events", throttle_events)
+        _set(self, "slowest_rate", slowest_rate)
+        _set(self, "rate_limited", rate_limited)
+        _set(self, "settled_rate", settled_rate)
+        _set(self, "settled_workers", settled_workers)
+        _set(self, "stopped", stopped)
+        _set(self, "skipped", skipped)
+        _set(self, "duplicates", duplicates)
+        _set(self, "abandoned", abandoned)
+        _set(self, "backend", backend)
+        _set(self, "notes", notes)
+        _set(self, "skipped_failed", skipped_failed)
 
     @classmethod
     def from_statistics(cls, stats: RunStatistics, elapsed: float) -> Report:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ._exceptions import ManyhandsError
 from ._outcome import Failure, qualified_name
+from ._records import Record
 
 __all__ = [
     "MAX_RETRY_AFTER",
@@ -133,8 +133,11 @@ def retry_after_of(error: BaseException) -> float | None:
     return None
 
 
-@dataclass(frozen=True, repr=False)
-class Retry:
+_set = object.__setattr__
+
+
+@dataclass(frozen=True, init=False, repr=False, eq=False)  # (see _records)
+class Retry(Record):
     """How failed items are tried again: a small value the engine reads.
 
     A failed item waits in the engine's timer queue (it does not hold a
@@ -188,6 +191,25 @@ class Retry:
     max_backoff: float = 60.0
     max_retry_after: float = MAX_RETRY_AFTER
     random: Callable[[], float] | None = field(default=None, compare=False)
+
+    def __init__(
+        self,
+        retries: int = 3,
+        on: RetryOn | None = None,
+        backoff: float = 0.5,
+        multiplier: float = 2.0,
+        max_backoff: float = 60.0,
+        max_retry_after: float = MAX_RETRY_AFTER,
+        random: Callable[[], float] | None = None,
+    ) -> None:
+        _set(self, "retries", retries)
+        _set(self, "on", on)
+        _set(self, "backoff", backoff)
+        _set(self, "multiplier", multiplier)
+        _set(self, "max_backoff", max_backoff)
+        _set(self, "max_retry_after", max_retry_after)
+        _set(self, "random", random)
+        self.__post_init__()
 
     def __post_init__(self) -> None:
         if not isinstance(self.retries, int) or isinstance(self.retries, bool) or self.retries < 0:
@@ -282,7 +304,7 @@ class Retry:
 
         ``asked``: a delay the error asked for, when there is no exception object.
         """
-        wait = (self.random or random.random)() * self.ceiling(attempt)
+        wait = (self.random or _uniform)() * self.ceiling(attempt)
         if error is not None:
             asked = retry_after_of(error)
         return max(wait, asked) if asked is not None else wait
@@ -301,3 +323,10 @@ def _spelled(value: object) -> str:
         return value.__qualname__ if value.__module__ == "builtins" else qualified_name(value)
     name = getattr(value, "__qualname__", None)
     return name if isinstance(name, str) else repr(value)
+
+
+def _uniform() -> float:
+    """``random.random()``; ``random`` is imported only by a run that retries."""
+    import random
+
+    return random.random()

@@ -38,12 +38,9 @@ import sys
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterable, Callable, Generator, Iterator
 from operator import length_hint
-from queue import Empty, SimpleQueue
 from time import monotonic
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
-from ._auto import WAIT_SEEN, Choice, Measure, demand, gil_enabled, threads_cpu
-from ._auto import WINDOW as AUTO_WINDOW
 from ._backends import Backend, prepare_processes
 from ._batch import EXECUTE_CODE, Batch, Task
 from ._checks import check_first_value, discard_coroutines
@@ -63,8 +60,14 @@ from ._stoprules import StopRules
 from ._thread_feed import ThreadFeed
 from ._timers import Deadlines, RetryTimers
 
+try:  # (what `queue` re-exports; importing `queue` itself costs 0.3 ms of `import manyhands`)
+    from _queue import Empty, SimpleQueue
+except ImportError:  # pragma: no cover (Pythons without the C module)
+    from queue import Empty, SimpleQueue
+
 if TYPE_CHECKING:
     from ._aio import LoopQueue
+    from ._auto import Choice, Measure
     from ._journal import Journal
 
 __all__ = ["Completions", "Run", "RunHooks"]
@@ -379,6 +382,8 @@ class Run:
         self._slowdown.start(self._started)
         self._sizer.hold(True)  # (while the slowdown watches: see _obey_slowdown)
         if self._auto and self._measure is not None:
+            from ._auto import WAIT_SEEN
+
             self._choose_at = self._started + WAIT_SEEN
             self._cap_auto(self._measure)
         if not progress_wanted(self._options.progress):
@@ -842,6 +847,8 @@ class Run:
         ends without one.
         """
         cap = 4 * (os.cpu_count() or 1)
+        from ._auto import gil_enabled
+
         if measure.can_tell_waiting and cap > 4 and gil_enabled():
             prepare_processes(self._options.start_method)
             self._booting = False  # (the forkserver: once the calls look CPU-bound)
@@ -859,14 +866,17 @@ class Run:
         Calls running count (threads taking turns on the GIL finish late); not
         enough calls seen yet: look again a little later.
         """
-        self._choose_at = now + AUTO_WINDOW / 5
+        from ._auto import WINDOW
+
+        self._choose_at = now + WINDOW / 5
         measure = self._measure
         if measure is not None:
             if self._auto_cap is not None and measure.waiting(now):
                 self._lift_auto_cap()  # (long calls that wait: no need to see one end)
             elif self._booting is False and measure.busy(now):
                 self._booting = True  # started now, the processes are ready at the choice
-                prepare_processes(self._options.start_method, boot=True)
+                with _first_in_line():
+                    prepare_processes(self._options.start_method, boot=True)
         self._choose(now)
 
     def _choose(self, now: float) -> None:
@@ -886,14 +896,17 @@ class Run:
                 self._lift_auto_cap()
             self.statistics.backend = str(choice)
             if choice.backend == "processes":
-                self._move_to_processes(choice, self._sample or [])
+                with _first_in_line():
+                    self._move_to_processes(choice, self._sample or [])
             else:
-                self._choose_at = now + AUTO_WINDOW  # (a revisit's window)
+                self._choose_at = now + measure.window  # (a revisit's window)
         if not measure.measuring:
             self._stop_measuring()
 
     def _new_measure(self) -> Measure:
         """A run's own threads are measured alone; a shared pool's, by the run's share."""
+        from ._auto import Measure, demand, threads_cpu  # (threads and auto runs only)
+
         threads = getattr(self._backend, "native_ids", None)
         if not self._owns_backend or threads is None:
             return Measure(self._started or 0.0, self._workers)
@@ -937,12 +950,7 @@ class Run:
                         "initargs": options.initargs,
                     },
                 )
-                interval = sys.getswitchinterval()
-                sys.setswitchinterval(min(interval, 1e-4))  # (see above)
-                try:
-                    backend.start()
-                finally:
-                    sys.setswitchinterval(interval)
+                backend.start()
             else:  # a Pool(backend="auto"): its processes, shared with its other runs
                 shared = self._hooks.processes_for_auto() if self._hooks is not None else None
                 if shared is None:
@@ -1190,6 +1198,22 @@ class Run:
     def report(self) -> Report:
         """A Report of everything delivered so far."""
         return Report.from_statistics(self.statistics, self.elapsed)
+
+
+@contextlib.contextmanager
+def _first_in_line() -> Iterator[None]:
+    """This thread's waits for the GIL kept short, for a moment (auto's move).
+
+    Threads taking turns on the GIL hold it for the switch interval (5 ms)
+    each; starting processes gives it up at every system call, and waited a
+    turn each time: a quarter to half a second in all, here.
+    """
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(min(interval, 1e-4))
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(interval)
 
 
 def _sooner(a: float | None, b: float | None) -> float | None:

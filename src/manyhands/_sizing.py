@@ -31,6 +31,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 __all__ = [
+    "ASYNC_BATCH",
+    "ASYNC_BATCH_SHARE",
     "BATCH_BYTES",
     "CONCURRENT_SHARE",
     "DISPATCH_SECONDS",
@@ -51,6 +53,12 @@ BATCH_BYTES = 1 << 20  # a batch's items or results, pickled (processes): memory
 # hand-over, settling, delivery) is then small beside its own work per call
 # (batches of 20 left manyhands 15% behind a plain asyncio.Queue at 10,000 x 0.1 s)
 CONCURRENT_SHARE = 64
+# (asyncio) and, once calls came back, at least ASYNC_BATCH calls, or 1/ASYNC_BATCH_SHARE
+# of those in flight if fewer: the engine's work per batch on the loop (~20 us) beside
+# the loop's own ~8 us per call. At 1,000 calls in flight batches of 16 cost manyhands
+# ~1 us of the loop per call more than a plain asyncio.Queue; batches of 125, 0.1-0.4 us.
+ASYNC_BATCH = 128
+ASYNC_BATCH_SHARE = 8
 FIRST_WAVE_BATCHES = CONCURRENT_SHARE  # (asyncio) batches the first `workers` calls are split into
 
 
@@ -197,7 +205,11 @@ class Sizer:
             self._workers * self._dispatch_seconds / (LOAD_SHARE * per_item),
         )
         if self._concurrent_items:  # (and a batch no smaller than a share of the calls)
-            return max(int(wanted), -(-self._workers // CONCURRENT_SHARE))
+            workers = self._workers
+            floor = max(
+                -(-workers // CONCURRENT_SHARE), min(ASYNC_BATCH, workers // ASYNC_BATCH_SHARE)
+            )
+            return max(int(wanted), floor)
         remaining = self._remaining()
         if remaining >= 0:  # leave every worker several batches of what is left
             fit = min(wanted, remaining / (self._tail * self._workers))

@@ -58,7 +58,6 @@ models of :mod:`._servers`.
 from __future__ import annotations
 
 import math
-import random as _random
 from collections.abc import Callable
 
 from ._latency_limit import LatencyLimit
@@ -110,7 +109,7 @@ class Slowdown:
         *,
         now: float = 0.0,
         slow_start: bool = SLOW_START,
-        random: Callable[[], float] = _random.random,
+        random: Callable[[], float] | None = None,
     ) -> None:
         self.workers = workers
         self._slow_start = slow_start
@@ -120,7 +119,7 @@ class Slowdown:
         self.throttled = 0  # calls that asked to slow down
         self.pauses = 0
         self.lowest: float | None = None  # the lowest rate a cut went to
-        self._random = random
+        self._random = random  # (None: random.random, imported when first needed)
         self._latency = LatencyLimit(workers, now, slow_start=slow_start)
         self._begun = self._clock = now
         self._log = StartLog()
@@ -382,7 +381,8 @@ class Slowdown:
         self.pauses += 1
         if self.limiter is None:
             self.limiter = RateLimit(1.0)
-        pause = (retry_after if retry_after is not None else WINDOW) * (1 + JITTER * self._random())
+        jitter = (self._random or _uniform)()
+        pause = (retry_after if retry_after is not None else WINDOW) * (1 + JITTER * jitter)
         after = self._pause[1] if self._pause is not None else self.limiter.per_second
         self._pause = (now + pause, after)
         self.paused_until = now + pause / PROBES
@@ -451,3 +451,10 @@ def _sooner(a: float | None, b: float | None) -> float | None:
     if a is None:
         return b
     return a if b is None else min(a, b)
+
+
+def _uniform() -> float:
+    """``random.random()``; ``random`` is imported only by a run that needs it."""
+    import random
+
+    return random.random()

@@ -57,10 +57,12 @@ def prepare_processes(start_method: str | None, *, boot: bool = False) -> None:
     on threads must not run the script's top level in another process.
     """
     import contextlib
+    import multiprocessing.forkserver
+    import multiprocessing.popen_forkserver  # noqa: F401
 
     import cloudpickle  # type: ignore[import-untyped]  # noqa: F401
 
-    from . import _processes  # noqa: F401
+    from . import _forkserver_main, _processes  # noqa: F401
 
     if boot:
         from ._process_spawn import default_start_method, ensure_forkserver
