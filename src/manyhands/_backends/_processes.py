@@ -408,7 +408,7 @@ class ProcessBackend:
             self._listen(worker, _READ)
         if events & _READ:
             for frame in channel.receive():
-                self._handle(worker, frame)
+                self._handle(worker, frame, refill=True)
             if channel.closed:  # the process is ending: its sentinel says when
                 self._listen(worker, 0)
 
@@ -421,7 +421,9 @@ class ProcessBackend:
             else:
                 self._selector.unregister(sock)
 
-    def _handle(self, worker: Worker, frame: bytearray) -> None:
+    def _handle(self, worker: Worker, frame: bytearray, refill: bool = False) -> None:
+        """One message from ``worker``; ``refill``: it is alive, and may be sent its next batch
+        before the results go to their run (the worker waits for no thread of this process)."""
         try:
             reply = pickle.loads(frame)
         except Exception as exc:  # results this process cannot rebuild
@@ -429,7 +431,7 @@ class ProcessBackend:
             return
         kind = reply[0]
         if kind == "done":
-            self._finish(worker, reply, len(frame))
+            self._finish(worker, reply, len(frame), refill)
         elif kind == "unloadable":
             self._unloadable(worker, reply[1])
         elif kind == "ready":  # a replacement started
@@ -501,9 +503,11 @@ class ProcessBackend:
                 batch.state = FINISHED  # from here, expire() leaves it alone
         return batch, indices, report
 
-    def _finish(self, worker: Worker, reply: tuple[Any, ...], size: int) -> None:
+    def _finish(self, worker: Worker, reply: tuple[Any, ...], size: int, refill: bool) -> None:
         _, values, errors, elapsed = reply
         batch, indices, report = self._answered(worker)
+        if refill and not worker.channel.closed:
+            self._feed()  # the worker's next batch first: its run's thread may take the GIL
         if report:  # (else timed out: the engine has already settled it)
             file_results(batch, indices, values, errors, elapsed)
             batch.nbytes = max(batch.nbytes, size)
