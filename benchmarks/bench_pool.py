@@ -12,6 +12,7 @@ against ten cold ``manyhands.run`` calls and the serial loop.
 
     python benchmarks/bench_pool.py                      # every case
     python benchmarks/bench_pool.py --cases threads      # the thread cases only
+    python benchmarks/bench_pool.py --cases warm --repeat 3   # each row 3 times: medians
 """
 
 from __future__ import annotations
@@ -204,6 +205,11 @@ def warm_case(kind: str) -> dict[str, Any]:
         with manyhands.Pool(backend="processes") as pool:
             for _ in range(runs):
                 assert pool.run(cpu_bulk, items).succeeded == 40
+    elif kind == "warm manyhands.Pool(start_method='fork') x10 (start-up included)":
+        # (as ProcessPoolExecutor starts its workers on Linux; not the default: see README)
+        with manyhands.Pool(backend="processes", start_method="fork") as pool:
+            for _ in range(runs):
+                assert pool.run(cpu_bulk, items).succeeded == 40
     elif kind == "ProcessPoolExecutor x10 (start-up included)":
         ex: Executor
         with ProcessPoolExecutor() as ex:
@@ -242,6 +248,7 @@ CASES: dict[str, tuple[Callable[[str], dict[str, Any]], list[str]]] = {
             "serial",
             "cold manyhands.run x10",
             "warm manyhands.Pool x10 (start-up included)",
+            "warm manyhands.Pool(start_method='fork') x10 (start-up included)",
             "ProcessPoolExecutor x10 (start-up included)",
         ],
     ),
@@ -270,6 +277,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per case")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run each row this many times, in turns, and report the median wall "
+        "(a shared machine's noise)",
+    )
     parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -278,11 +292,21 @@ def main() -> None:
         return
     compile_packages()
     for case in args.cases.split(","):
-        rows = {}
-        for runner in CASES[case][1]:
-            rows[runner] = run_isolated(__file__, case, runner, args.timeout)
-            print(f"{case:10} {runner:45} {rows[runner]}", file=sys.stderr, flush=True)
-        print(_table(case, rows))
+        tries: dict[str, list[dict[str, Any]]] = {runner: [] for runner in CASES[case][1]}
+        for _ in range(args.repeat):
+            for runner in CASES[case][1]:
+                row = run_isolated(__file__, case, runner, args.timeout)
+                tries[runner].append(row)
+                print(f"{case:10} {runner:45} {row}", file=sys.stderr, flush=True)
+        print(_table(case, {runner: _median(rows) for runner, rows in tries.items()}))
+
+
+def _median(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The row of median wall time (an error if any try failed)."""
+    for row in rows:
+        if "error" in row:
+            return row
+    return sorted(rows, key=lambda row: row["wall"])[len(rows) // 2]
 
 
 if __name__ == "__main__":
