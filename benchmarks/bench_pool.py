@@ -12,7 +12,7 @@ against ten cold ``manyhands.run`` calls and the serial loop.
 
     python benchmarks/bench_pool.py                      # every case
     python benchmarks/bench_pool.py --cases threads      # the thread cases only
-    python benchmarks/bench_pool.py --cases warm --repeat 3   # each row 3 times: medians
+    python benchmarks/bench_pool.py --cases warm --repeat 3   # each row 3 times: the best
 """
 
 from __future__ import annotations
@@ -281,8 +281,8 @@ def main() -> None:
         "--repeat",
         type=int,
         default=1,
-        help="run each row this many times, in turns, and report the median wall "
-        "(a shared machine's noise)",
+        help="run each row this many times, in turns, and report the best wall "
+        "(on a shared machine, other programs only ever add time)",
     )
     parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -298,15 +298,15 @@ def main() -> None:
                 row = run_isolated(__file__, case, runner, args.timeout)
                 tries[runner].append(row)
                 print(f"{case:10} {runner:45} {row}", file=sys.stderr, flush=True)
-        print(_table(case, {runner: _median(rows) for runner, rows in tries.items()}))
+        print(_table(case, {runner: _best(rows) for runner, rows in tries.items()}))
 
 
-def _median(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The row of median wall time (an error if any try failed)."""
+def _best(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The try of least wall time (an error if any try failed)."""
     for row in rows:
         if "error" in row:
             return row
-    return sorted(rows, key=lambda row: row["wall"])[len(rows) // 2]
+    return min(rows, key=lambda row: row["wall"])
 
 
 if __name__ == "__main__":
