@@ -56,3 +56,14 @@ def test_import_is_light() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_import_leaves_the_engine_until_a_name_is_used() -> None:
+    # A worker process's forkserver imports manyhands before it can start a worker:
+    # the engine is imported on the first use of a public name, not by the import.
+    code = (
+        "import sys, manyhands; before = 'manyhands._run' in sys.modules; "
+        "manyhands.run; print(before, 'manyhands._run' in sys.modules, 'run' in dir(manyhands))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "True", "True"]
