@@ -73,6 +73,8 @@ _READ, _WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 
 #: Functions a worker keeps loaded (a Pool's runs); the oldest is dropped first.
 FUNCTIONS_KEPT = 16
+#: The dispatcher's longest sleep with nothing to do (everything that changes wakes it).
+IDLE_SECONDS = 1.0
 
 
 def _pickled_fn(fn: Callable[[Any], Any]) -> bytes:
@@ -373,20 +375,23 @@ class ProcessBackend:
         for worker in self._pool:
             self._watch(worker)
         while True:
+            # The wake-ups are read before the state they announce: read after it, a
+            # wake-up sent in between (shutdown's) was read and lost, and the run's
+            # end waited out the select's timeout (1 s, at the end of ~1 run in 10).
+            with contextlib.suppress(OSError):
+                while self._wake_r.recv(4096):
+                    pass
             with self._lock:
                 self._woken = False
                 if self._closing:
                     return
                 stopping = self._stopping
-            with contextlib.suppress(OSError):
-                while self._wake_r.recv(4096):
-                    pass
             if stopping:
                 if not any(w.sent for w in self._pool):
                     self._idle.set()
             else:
                 self._feed()
-            for key, events in selector.select(timeout=1.0):
+            for key, events in selector.select(timeout=IDLE_SECONDS):
                 if key.data is None:  # the wake-up socket
                     continue
                 kind, worker = key.data
