@@ -10,6 +10,11 @@ p50 and p99) and the bulk run's wall time, against the bulk run alone.
 Warm pool: ten consecutive runs of CPU-bound items on a process pool that stays up,
 against ten cold ``manyhands.run`` calls and the serial loop.
 
+The last column is the mean number of runnable tasks on the machine during the try
+(Linux): about 1 for a serial try and 2 for a try on 2 workers; more means that other
+programs took CPU from it. ``BENCH_POOL_LOOPS`` fixes the CPU work's loops per second
+(else calibrated at the start) so that runs on different days do the same work.
+
     python benchmarks/bench_pool.py                      # every case
     python benchmarks/bench_pool.py --cases threads      # the thread cases only
     python benchmarks/bench_pool.py --cases warm --repeat 3   # each row 3 times: the best
@@ -261,13 +266,49 @@ CASES: dict[str, tuple[Callable[[str], dict[str, Any]], list[str]]] = {
 }
 
 
+class Runnable:
+    """The machine's runnable tasks while a try runs (Linux: ``procs_running`` of
+    /proc/stat, sampled every 10 ms; this sampler not counted), to tell a try that
+    other programs slowed down: a serial try runs 1, a try on 2 workers about 2."""
+
+    def __init__(self) -> None:
+        self.mean: float | None = None
+        self._samples: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> Runnable:
+        if os.path.exists("/proc/stat"):
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        if self._samples:
+            self.mean = round(sum(self._samples) / len(self._samples), 2)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.01):
+            with open("/proc/stat") as stat:
+                for line in stat:
+                    if line.startswith("procs_running"):
+                        self._samples.append(int(line.split()[1]) - 1)
+                        break
+
+
 def _table(name: str, rows: dict[str, dict[str, Any]]) -> str:
     reference = next(iter(rows.values())).get("wall")
-    lines = [f"### {name}", "", "| runner | wall s | vs first row | urgent wait p50 / p99 ms |"]
-    lines.append("| --- | ---: | ---: | --- |")
+    lines = [
+        f"### {name}",
+        "",
+        "| runner | wall s | vs first row | urgent wait p50 / p99 ms | runnable |",
+        "| --- | ---: | ---: | --- | ---: |",
+    ]
     for runner, row in rows.items():
         if "error" in row:
-            lines.append(f"| {runner} | - | - | {row['error']} |")
+            lines.append(f"| {runner} | - | - | {row['error']} | |")
             continue
         ratio = f"{row['wall'] / reference:.3f}x" if reference else ""
         waits = (
@@ -275,7 +316,8 @@ def _table(name: str, rows: dict[str, dict[str, Any]]) -> str:
             if row.get("p50_ms") is not None
             else ""
         )
-        lines.append(f"| {runner} | {row['wall']:.3f} | {ratio} | {waits} |")
+        runnable = f"{row['runnable']:.2f}" if "runnable" in row else ""
+        lines.append(f"| {runner} | {row['wall']:.3f} | {ratio} | {waits} | {runnable} |")
     return "\n".join([*lines, ""])
 
 
@@ -301,7 +343,10 @@ def main() -> None:
         tries: dict[str, list[dict[str, Any]]] = {runner: [] for runner in CASES[case][1]}
         for _ in range(args.repeat):
             for runner in CASES[case][1]:
-                row = run_isolated(__file__, case, runner, args.timeout)
+                with Runnable() as runnable:
+                    row = run_isolated(__file__, case, runner, args.timeout)
+                if runnable.mean is not None:
+                    row["runnable"] = runnable.mean
                 tries[runner].append(row)
                 print(f"{case:10} {runner:45} {row}", file=sys.stderr, flush=True)
         print(_table(case, {runner: _best(rows) for runner, rows in tries.items()}))
