@@ -18,6 +18,7 @@ programs took CPU from it. ``BENCH_POOL_LOOPS`` fixes the CPU work's loops per s
     python benchmarks/bench_pool.py                      # every case
     python benchmarks/bench_pool.py --cases threads      # the thread cases only
     python benchmarks/bench_pool.py --cases warm --repeat 3   # each row 3 times: the best
+    python benchmarks/bench_pool.py --cases warm --repeat 5 --when-idle   # a shared machine
 """
 
 from __future__ import annotations
@@ -298,6 +299,17 @@ class Runnable:
                         break
 
 
+def _wait_until_idle(limit: float = 60.0) -> None:
+    """Until the machine runs fewer than 0.3 tasks on average over half a second."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        with Runnable() as runnable:
+            time.sleep(0.5)
+        if runnable.mean is None or runnable.mean < 0.3:
+            return
+        time.sleep(0.5)
+
+
 def _table(name: str, rows: dict[str, dict[str, Any]]) -> str:
     reference = next(iter(rows.values())).get("wall")
     lines = [
@@ -332,6 +344,12 @@ def main() -> None:
         help="run each row this many times, in turns, and report the best wall "
         "(on a shared machine, other programs only ever add time)",
     )
+    parser.add_argument(
+        "--when-idle",
+        action="store_true",
+        help="start each round of tries once the machine is idle (Linux: fewer than 0.3 "
+        "runnable tasks over half a second; waits at most a minute)",
+    )
     parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -342,6 +360,8 @@ def main() -> None:
     for case in args.cases.split(","):
         tries: dict[str, list[dict[str, Any]]] = {runner: [] for runner in CASES[case][1]}
         for _ in range(args.repeat):
+            if args.when_idle:
+                _wait_until_idle()
             for runner in CASES[case][1]:
                 with Runnable() as runnable:
                     row = run_isolated(__file__, case, runner, args.timeout)
