@@ -345,6 +345,9 @@ def main() -> None:
         "(on a shared machine, other programs only ever add time)",
     )
     parser.add_argument(
+        "--runners", help="comma-separated beginnings of the rows to run (default: all)"
+    )
+    parser.add_argument(
         "--when-idle",
         action="store_true",
         help="start each round of tries once the machine is idle (Linux: fewer than 0.3 "
@@ -358,11 +361,16 @@ def main() -> None:
         return
     compile_packages()
     for case in args.cases.split(","):
-        tries: dict[str, list[dict[str, Any]]] = {runner: [] for runner in CASES[case][1]}
+        runners = [
+            runner
+            for runner in CASES[case][1]
+            if not args.runners or runner.startswith(tuple(args.runners.split(",")))
+        ]
+        tries: dict[str, list[dict[str, Any]]] = {runner: [] for runner in runners}
         for _ in range(args.repeat):
             if args.when_idle:
                 _wait_until_idle()
-            for runner in CASES[case][1]:
+            for runner in runners:
                 with Runnable() as runnable:
                     row = run_isolated(__file__, case, runner, args.timeout)
                 if runnable.mean is not None:
