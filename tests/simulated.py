@@ -45,7 +45,15 @@ class SimulatedWorkers:
     timeout_action = "its worker was given up"
     concurrent_items = False
 
-    def __init__(self, clock: FakeClock, workers: int, duration: Callable[[Any], float]) -> None:
+    def __init__(
+        self,
+        clock: FakeClock,
+        workers: int,
+        duration: Callable[[Any], float],
+        name: str = "simulated",
+    ) -> None:
+        self.name = name  # (a run treats calls on "processes" as CPU-bound)
+        self.most_out = 0  # the most batches submitted and not yet finished at once
         self.clock = clock
         self.free = [0.0] * workers  # when each slot is free again
         self.duration = duration
@@ -80,6 +88,8 @@ class SimulatedWorkers:
         batch.owner = slot
         self.free[slot] = moment
         heapq.heappush(self.events, (moment, next(self.tiebreak), batch))
+        out = sum(1 for finish, _, _ in self.events if finish > self.clock.now)
+        self.most_out = max(self.most_out, out)
 
     def cancel(self, task: Task) -> list[Batch]:
         return []
@@ -144,10 +154,12 @@ class SimulatedCompletions:
 class Simulation:
     """Runs ``fn`` over ``items`` on ``workers`` simulated workers; see the module docstring."""
 
-    def __init__(self, workers: int = 4) -> None:
+    def __init__(self, workers: int = 4, name: str = "simulated") -> None:
         self.clock = FakeClock()
         self.workers = workers
+        self.name = name  # the backend's name
         self.starts: list[tuple[float, Any]] = []
+        self.most_out = 0  # the most batches out at once (running or queued ahead)
 
     def run(
         self,
@@ -156,7 +168,7 @@ class Simulation:
         duration: Callable[[Any], float] = lambda item: 0.0,
         **options: Any,
     ) -> Report:
-        backend = SimulatedWorkers(self.clock, self.workers, duration)
+        backend = SimulatedWorkers(self.clock, self.workers, duration, self.name)
         completions = SimulatedCompletions(self.clock, backend)
         run = Run(
             fn,
@@ -171,4 +183,5 @@ class Simulation:
         for _ in run.batches():
             pass
         self.starts = backend.starts
+        self.most_out = backend.most_out
         return run.report()

@@ -93,3 +93,14 @@ def test_import_leaves_out_what_only_some_runs_need() -> None:
 def test_an_unknown_name_is_still_an_attribute_error() -> None:
     with pytest.raises(AttributeError, match="no attribute 'Poll'"):
         manyhands.Poll  # type: ignore[attr-defined]  # noqa: B018
+
+
+def test_import_leaves_the_engine_until_a_name_is_used() -> None:
+    # A worker process's forkserver imports manyhands before it can start a worker:
+    # the engine is imported on the first use of a public name, not by the import.
+    code = (
+        "import sys, manyhands; before = 'manyhands._run' in sys.modules; "
+        "manyhands.run; print(before, 'manyhands._run' in sys.modules, 'run' in dir(manyhands))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "True", "True"]

@@ -471,3 +471,54 @@ def test_workers_exit_when_the_parent_is_killed(start_method: str) -> None:
     proc.kill()
     proc.communicate(timeout=30)
     assert still_alive(workers) == []
+
+
+class _WakeUpsWithShutdownInBetween:
+    """The dispatcher's wake-up socket; the first read lets shutdown begin first (its
+    state change and its wake-up), as another thread may at any moment."""
+
+    def __init__(self, sock: Any, backend: Any) -> None:
+        self.sock, self.backend, self.first = sock, backend, True
+
+    def fileno(self) -> int:
+        return int(self.sock.fileno())
+
+    def recv(self, size: int) -> bytes:
+        if self.first:
+            self.first = False
+            with self.backend._lock:
+                self.backend._stopping = True
+            self.backend._wake()
+        return bytes(self.sock.recv(size))
+
+
+def test_the_dispatcher_never_misses_the_wake_up_of_a_shutdown(monkeypatch: Any) -> None:
+    # A wake-up read after the dispatcher looked at the state was lost: shutdown then
+    # waited for the dispatcher's idle timeout (1 s, at the end of ~1 run in 10). Here
+    # that timeout is an hour, so a lost wake-up cannot go unseen.
+    import selectors
+    import socket
+
+    from manyhands._backends import _processes
+
+    monkeypatch.setattr(_processes, "IDLE_SECONDS", 3600.0)
+    backend = _processes.ProcessBackend(1)
+    wake_r, wake_w = socket.socketpair()
+    for sock in (wake_r, wake_w):
+        sock.setblocking(False)
+    backend._selector = selectors.DefaultSelector()
+    backend._wake_r = _WakeUpsWithShutdownInBetween(wake_r, backend)  # type: ignore[assignment]
+    backend._wake_w = wake_w
+    dispatcher = threading.Thread(target=backend._dispatch_forever, daemon=True)
+    dispatcher.start()
+    try:
+        assert backend._idle.wait(10), "the shutdown's wake-up was lost"
+    finally:
+        with backend._lock:
+            backend._closing = True
+        backend._wake()
+        dispatcher.join(30)
+        backend._selector.close()
+        wake_r.close()
+        wake_w.close()
+    assert not dispatcher.is_alive()

@@ -73,6 +73,8 @@ _READ, _WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 
 #: Functions a worker keeps loaded (a Pool's runs); the oldest is dropped first.
 FUNCTIONS_KEPT = 16
+#: The dispatcher's longest sleep with nothing to do (everything that changes wakes it).
+IDLE_SECONDS = 1.0
 
 
 def _pickled_fn(fn: Callable[[Any], Any]) -> bytes:
@@ -373,20 +375,23 @@ class ProcessBackend:
         for worker in self._pool:
             self._watch(worker)
         while True:
+            # The wake-ups are read before the state they announce: read after it, a
+            # wake-up sent in between (shutdown's) was read and lost, and the run's
+            # end waited out the select's timeout (1 s, at the end of ~1 run in 10).
+            with contextlib.suppress(OSError):
+                while self._wake_r.recv(4096):
+                    pass
             with self._lock:
                 self._woken = False
                 if self._closing:
                     return
                 stopping = self._stopping
-            with contextlib.suppress(OSError):
-                while self._wake_r.recv(4096):
-                    pass
             if stopping:
                 if not any(w.sent for w in self._pool):
                     self._idle.set()
             else:
                 self._feed()
-            for key, events in selector.select(timeout=1.0):
+            for key, events in selector.select(timeout=IDLE_SECONDS):
                 if key.data is None:  # the wake-up socket
                     continue
                 kind, worker = key.data
@@ -408,7 +413,7 @@ class ProcessBackend:
             self._listen(worker, _READ)
         if events & _READ:
             for frame in channel.receive():
-                self._handle(worker, frame)
+                self._handle(worker, frame, refill=True)
             if channel.closed:  # the process is ending: its sentinel says when
                 self._listen(worker, 0)
 
@@ -421,7 +426,9 @@ class ProcessBackend:
             else:
                 self._selector.unregister(sock)
 
-    def _handle(self, worker: Worker, frame: bytearray) -> None:
+    def _handle(self, worker: Worker, frame: bytearray, refill: bool = False) -> None:
+        """One message from ``worker``; ``refill``: it is alive, and may be sent its next batch
+        before the results go to their run (the worker waits for no thread of this process)."""
         try:
             reply = pickle.loads(frame)
         except Exception as exc:  # results this process cannot rebuild
@@ -429,7 +436,7 @@ class ProcessBackend:
             return
         kind = reply[0]
         if kind == "done":
-            self._finish(worker, reply, len(frame))
+            self._finish(worker, reply, len(frame), refill)
         elif kind == "unloadable":
             self._unloadable(worker, reply[1])
         elif kind == "ready":  # a replacement started
@@ -501,9 +508,11 @@ class ProcessBackend:
                 batch.state = FINISHED  # from here, expire() leaves it alone
         return batch, indices, report
 
-    def _finish(self, worker: Worker, reply: tuple[Any, ...], size: int) -> None:
+    def _finish(self, worker: Worker, reply: tuple[Any, ...], size: int, refill: bool) -> None:
         _, values, errors, elapsed = reply
         batch, indices, report = self._answered(worker)
+        if refill and not worker.channel.closed:
+            self._feed()  # the worker's next batch first: its run's thread may take the GIL
         if report:  # (else timed out: the engine has already settled it)
             file_results(batch, indices, values, errors, elapsed)
             batch.nbytes = max(batch.nbytes, size)
