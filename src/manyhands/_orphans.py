@@ -19,6 +19,8 @@ import os
 import subprocess
 import sys
 import threading
+import weakref
+from typing import Any
 
 __all__ = ["WATCHDOG_CODE", "Watchdog"]
 
@@ -49,9 +51,9 @@ class Watchdog:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._process: subprocess.Popen[bytes] | None = None
         self._pipe: int | None = None
         self._off = False  # it could not start, or it is gone: commands go on without it
+        self._end: weakref.finalize[Any, Watchdog] | None = None  # (also if never closed)
 
     def watch(self, pgid: int) -> None:
         """The process group ``pgid`` is running."""
@@ -80,7 +82,7 @@ class Watchdog:
             self._off = True
             return False
         try:
-            self._process = subprocess.Popen(
+            process = subprocess.Popen(
                 [sys.executable, "-I", "-S", "-c", WATCHDOG_CODE],
                 stdin=read,
                 stdout=subprocess.DEVNULL,
@@ -95,16 +97,20 @@ class Watchdog:
         finally:
             os.close(read)
         self._pipe = write  # (not inherited: a command holding it would hide the end)
+        self._end = weakref.finalize(self, _end, write, process)
         return True
 
     def close(self) -> None:
         """End the watchdog (it kills the groups still listed, if any, and exits)."""
         with self._lock:
             self._off = True
-            pipe, self._pipe = self._pipe, None
-            process, self._process = self._process, None
-        if pipe is not None:
-            os.close(pipe)
-        if process is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=5)  # (reaped: no zombie left)
+            self._pipe = None
+            end = self._end
+        if end is not None:
+            end()  # (once: a finalizer runs at most once)
+
+
+def _end(pipe: int, process: subprocess.Popen[bytes]) -> None:
+    os.close(pipe)  # its end of the input: it kills what is listed and exits
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=5)  # (reaped: no zombie left)
