@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from ._records import Record
 
 __all__ = [
+    "CALLS_PER_CORE",
     "GIL_BOUND",
     "ITEMS",
     "MIN_CPU",
@@ -59,10 +60,11 @@ __all__ = [
 ]
 
 WINDOW = 0.1  # seconds of the run before the choice
-ITEMS = 24  # items at least before the choice
+ITEMS = 16  # calls at least (finished or running) before the choice
 GIL_BOUND = 0.7  # calls' CPU time per second of the run: the GIL is the limit
 MIN_CPU = 50e-6  # seconds of CPU per item for processes to pay
 WAIT_SEEN = 0.02  # seconds of the run before its threads can be seen to wait
+CALLS_PER_CORE = 4  # calls at once until they are seen to wait (or the choice is made)
 
 _set = object.__setattr__
 
@@ -210,12 +212,18 @@ class Measure:
         start, end = self._demand_start, self._demand()
         return start is None or end is None or end[1] - start[1] < GIL_BOUND * seconds
 
-    def busy(self, now: float) -> bool:
-        """Whether the run's threads have kept the GIL busy so far in this window."""
+    def busy(self, now: float, running: int = 0) -> bool:
+        """Whether the calls so far in this window look CPU-bound enough for processes:
+        the run's threads kept the GIL busy, ``MIN_CPU`` or more per call."""
         if self._threads_cpu is None:
             return False
         seconds = now - self._window_start
-        return seconds >= WAIT_SEEN and self._threads_cpu() - self._cpu_start >= GIL_BOUND * seconds
+        ran = self._threads_cpu() - self._cpu_start
+        return (
+            seconds >= WAIT_SEEN
+            and ran >= GIL_BOUND * seconds
+            and ran >= MIN_CPU * (self._items + running)
+        )
 
     @property
     def measuring(self) -> bool:

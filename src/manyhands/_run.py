@@ -846,12 +846,12 @@ class Run:
         that wait lift the cap at their first answer, or when the window
         ends without one.
         """
-        cap = 4 * (os.cpu_count() or 1)
-        from ._auto import gil_enabled
+        from ._auto import CALLS_PER_CORE, gil_enabled
 
-        if measure.can_tell_waiting and cap > 4 and gil_enabled():
-            prepare_processes(self._options.start_method)
-            self._booting = False  # (the forkserver: once the calls look CPU-bound)
+        cores = os.cpu_count() or 1
+        cap = CALLS_PER_CORE * cores
+        if measure.can_tell_waiting and cores > 1 and gil_enabled():
+            self._booting = False  # (the processes: once the calls look CPU-bound)
             if cap < self._workers:
                 self._auto_cap = cap
                 self._obey_slowdown()
@@ -873,7 +873,7 @@ class Run:
         if measure is not None:
             if self._auto_cap is not None and measure.waiting(now):
                 self._lift_auto_cap()  # (long calls that wait: no need to see one end)
-            elif self._booting is False and measure.busy(now):
+            elif self._booting is False and measure.busy(now, min(self._in_backend, self._workers)):
                 self._booting = True  # started now, the processes are ready at the choice
                 with _first_in_line():
                     prepare_processes(self._options.start_method, boot=True)
