@@ -394,3 +394,17 @@ def test_a_run_on_auto_whose_calls_wait_starts_no_process() -> None:
     out, err = finish(proc, timeout=60)
     assert proc.returncode == 0, err
     assert out.split() == ["threads", "0"]
+
+
+def test_the_switch_interval_is_restored_after_moves_that_overlap() -> None:
+    from manyhands._run import _first_in_line
+
+    before = sys.getswitchinterval()
+    first, second = _first_in_line(), _first_in_line()
+    first.__enter__()
+    second.__enter__()
+    assert sys.getswitchinterval() < before
+    first.__exit__(None, None, None)  # (the first run's move ends before the second's)
+    assert sys.getswitchinterval() < before
+    second.__exit__(None, None, None)
+    assert sys.getswitchinterval() == before

@@ -35,6 +35,7 @@ import contextlib
 import functools
 import os
 import sys
+import threading
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterable, Callable, Generator, Iterator
 from operator import length_hint
@@ -1212,12 +1213,22 @@ def _first_in_line() -> Iterator[None]:
     each; starting processes gives it up at every system call, and waited a
     turn each time: a quarter to half a second in all, here.
     """
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(min(interval, 1e-4))
+    with _IN_LINE_LOCK:  # (runs moving at once: the first sets it, the last restores it)
+        if not _IN_LINE:
+            _IN_LINE.append(sys.getswitchinterval())
+            sys.setswitchinterval(min(_IN_LINE[0], 1e-4))
+        _IN_LINE.append(0.0)
     try:
         yield
     finally:
-        sys.setswitchinterval(interval)
+        with _IN_LINE_LOCK:
+            _IN_LINE.pop()
+            if len(_IN_LINE) == 1:
+                sys.setswitchinterval(_IN_LINE.pop())
+
+
+_IN_LINE: list[float] = []  # the interval to restore, then one entry per run in line
+_IN_LINE_LOCK = threading.Lock()
 
 
 def _sooner(a: float | None, b: float | None) -> float | None:
