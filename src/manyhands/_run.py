@@ -878,6 +878,7 @@ class Run:
                 self._booting = True  # started now, the processes are ready at the choice
                 with _first_in_line():
                     prepare_processes(self._options.start_method, boot=True)
+                measure.exclude(self._clock() - now)
         self._choose(now)
 
     def _choose(self, now: float) -> None:
