@@ -333,7 +333,7 @@ def _watchdogs() -> list[psutil.Process]:
     return found
 
 
-def test_the_watchdog_of_a_runs_commands_ends_with_the_run_and_kills_nothing() -> None:
+def test_the_watchdog_of_a_runs_commands_ends_with_the_run() -> None:
     """The commands' watchdog (see _orphans) leaves no process behind at a normal end."""
     from manyhands._shell import CommandRunner, Template
 

@@ -334,11 +334,15 @@ class Journal:
 
     def _first_copys_failure(self, item: Any, key: str) -> Failure | None:
         """The Failure of a key this run made final (None: it succeeded), for a later copy."""
-        failure = self._unsaved_failed.get(key)
-        if failure is None and key not in self._unsaved:
-            _, failure = self._stored(item, self._looked_up.get(key))  # (committed: looked up)
-        elif failure is None and key in self._failed_kept:  # (recorded while fresh)
-            _, failure = self._stored(item, self._rows([key]).get(key))
+        failure = self._unsaved_failed.get(key)  # (recorded, not known to be committed)
+        if failure is None:
+            if key not in self._unsaved:  # committed: looked up with its block
+                row = self._looked_up.get(key)
+            elif key in self._failed_kept:  # failed while the journal was fresh
+                row = self._rows([key]).get(key)
+            else:  # it succeeded
+                return None
+            _, failure = self._stored(item, row)
         return None if failure is None else duplicate_failure(item, failure)
 
     def _take_new_block(self, size: int) -> Segment:

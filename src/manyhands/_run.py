@@ -862,24 +862,30 @@ class Run:
         self._obey_slowdown()
 
     def _choose_in_time(self, now: float) -> None:
-        """auto's window is over and no finished call has chosen yet: choose now.
+        """auto, on a timer: lift the cap, boot the processes or choose, as the calls show.
 
-        Calls running count (threads taking turns on the GIL finish late); not
-        enough calls seen yet: look again a little later.
+        The choice does not wait for a finished call (threads taking turns on
+        the GIL all finish late); not enough calls seen yet: look again a
+        little later.
         """
-        from ._auto import WINDOW
-
-        self._choose_at = now + WINDOW / 5
         measure = self._measure
-        if measure is not None:
-            if self._auto_cap is not None and measure.waiting(now):
-                self._lift_auto_cap()  # (long calls that wait: no need to see one end)
-            elif self._booting is False and measure.busy(now, min(self._in_backend, self._workers)):
-                self._booting = True  # started now, the processes are ready at the choice
-                with _first_in_line():
-                    prepare_processes(self._options.start_method, boot=True)
-                measure.exclude(self._clock() - now)
+        if measure is None:
+            self._choose_at = None
+            return
+        self._choose_at = now + measure.window / 5
+        if self._auto_cap is not None and measure.waiting(now):
+            self._lift_auto_cap()  # (long calls that wait: no need to see one end)
+        elif self._booting is False and measure.busy(now, self._calls_running):
+            self._booting = True  # started now, the processes are ready at the choice
+            with _first_in_line():
+                prepare_processes(self._options.start_method, boot=True)
+            measure.exclude(self._clock() - now)
         self._choose(now)
+
+    @property
+    def _calls_running(self) -> int:
+        """Calls started and not finished, about (on threads, a batch out is a call)."""
+        return min(self._in_backend, self._workers)
 
     def _choose(self, now: float) -> None:
         measure = self._measure
@@ -892,7 +898,7 @@ class Run:
                     self.statistics.notes.append(hint)
                 self._stop_measuring()
             return
-        choice = measure.choose(now, running=min(self._in_backend, self._workers))
+        choice = measure.choose(now, running=self._calls_running)
         if choice is not None:
             if self._auto_cap is not None:
                 self._lift_auto_cap()
@@ -1214,22 +1220,30 @@ def _first_in_line() -> Iterator[None]:
     each; starting processes gives it up at every system call, and waited a
     turn each time: a quarter to half a second in all, here.
     """
-    with _IN_LINE_LOCK:  # (runs moving at once: the first sets it, the last restores it)
-        if not _IN_LINE:
-            _IN_LINE.append(sys.getswitchinterval())
-            sys.setswitchinterval(min(_IN_LINE[0], 1e-4))
-        _IN_LINE.append(0.0)
+    with _in_line.lock:  # (runs moving at once: the first sets it, the last restores it)
+        if not _in_line.runs:
+            _in_line.saved = sys.getswitchinterval()
+            sys.setswitchinterval(min(_in_line.saved, 1e-4))
+        _in_line.runs += 1
     try:
         yield
     finally:
-        with _IN_LINE_LOCK:
-            _IN_LINE.pop()
-            if len(_IN_LINE) == 1:
-                sys.setswitchinterval(_IN_LINE.pop())
+        with _in_line.lock:
+            _in_line.runs -= 1
+            if not _in_line.runs:
+                sys.setswitchinterval(_in_line.saved)
 
 
-_IN_LINE: list[float] = []  # the interval to restore, then one entry per run in line
-_IN_LINE_LOCK = threading.Lock()
+class _InLine:
+    """The runs in :func:`_first_in_line`, and the switch interval to restore after them."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.runs = 0
+        self.saved = 0.0
+
+
+_in_line = _InLine()
 
 
 def _sooner(a: float | None, b: float | None) -> float | None:
