@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 import manyhands
 from manyhands import _auto
-from manyhands._auto import ITEMS, WINDOW, Measure
+from manyhands._auto import ITEMS, PROCESSES_PER_CORE, WINDOW, Measure, Sizing
 from manyhands._run import Run
 
 from .conftest import finish, start_python
@@ -46,6 +46,30 @@ def test_calls_that_wait_stay_on_threads_and_short_cpu_calls_too() -> None:
     tiny = Measure(started=0.0, workers=8, cores=2, demand=no_schedstat)
     tiny.add(items=1_000_000, seconds=0.1, cpu=0.1)  # 0.1 us each: the engine's cost
     assert "too short" in str(tiny.choose(now=0.1))
+
+
+def test_on_processes_calls_that_also_wait_get_more_processes_once() -> None:
+    def grown(cpu: float, waited: float = 0.0, workers: int = 32, cores: int = 2) -> int | None:
+        """8 batches of 0.1 s on 2 processes, ``cpu`` of each computing."""
+        waits = iter([0.0, waited])
+        sizing = Sizing(0.0, processes=2, workers=workers, cores=cores, waited=lambda: next(waits))
+        for _ in range(8):
+            sizing.add(seconds=0.1, cpu=cpu)
+        return sizing.grow_to(now=WINDOW)
+
+    assert grown(cpu=0.05) == 8  # half of the time waiting: twice the fit, 4 per core
+    assert grown(cpu=0.08) == 5  # 80%: 2 x 2 / 0.8
+    assert grown(cpu=0.095) is None  # CPU-bound: one process per core is right
+    assert grown(cpu=0.05, waited=0.35) is None  # they waited for a core, not on I/O
+    assert grown(cpu=0.01, workers=6) == 6  # never more than the run's workers
+    assert grown(cpu=0.001, cores=3) == 3 * PROCESSES_PER_CORE  # nor 4 per core
+    sizing = Sizing(0.0, processes=2, workers=32, cores=2)
+    for _ in range(3):
+        sizing.add(seconds=0.1, cpu=0.01)
+    assert sizing.grow_to(now=1.0) is None and not sizing.done  # two batches per process first
+    sizing.add(seconds=0.1, cpu=0.01)
+    assert sizing.grow_to(now=1.0) == 8 and sizing.done
+    assert sizing.grow_to(now=2.0) is None  # once
 
 
 def test_one_core_a_free_threaded_python_or_one_worker_stay_on_threads(
@@ -251,6 +275,48 @@ def _fail_some(x: int) -> int:
 def pid_of(x: int) -> tuple[int, int]:
     spin(x)
     return x, __import__("os").getpid()
+
+
+def nap_then_spin(x: int) -> tuple[int, int]:
+    """Waits 20 ms, then computes a little (spin's share of the call is small)."""
+    time.sleep(0.02)
+    spin(x)
+    return x, os.getpid()
+
+
+def test_calls_that_also_wait_move_to_more_processes_than_cores() -> None:
+    cores = os.cpu_count() or 1
+    if cores < 2:
+        pytest.skip("one core: auto stays on threads (tested above)")
+    code = textwrap.dedent(
+        """
+        import os
+        import psutil
+        import manyhands
+        from tests.test_auto import nap_then_spin
+
+        if __name__ == "__main__":
+            {CPU_BOUND_ALWAYS}
+            run = manyhands.map(nap_then_spin, range(400), backend="auto", ordered=True)
+            outs = list(run)
+            print([o.value[0] for o in outs] == list(range(400)))
+            print(len({o.value[1] for o in outs} - {os.getpid()}))
+            print(run.report.backend)
+            helpers = ("forkserver", "resource_tracker")  # multiprocessing's, not workers
+            print([p.pid for p in psutil.Process().children(recursive=True)
+                   if not any(h in " ".join(p.cmdline()) for h in helpers)])
+        """
+    ).replace("{CPU_BOUND_ALWAYS}", CPU_BOUND_ALWAYS)
+    proc = start_python(code)
+    out, err = finish(proc, timeout=120)
+    assert proc.returncode == 0, err
+    same, processes, backend, left = out.splitlines()
+    assert same == "True"  # every item once, in order
+    assert "; then " in backend and "processes: calls computed" in backend, backend
+    grown_to = int(backend.split("; then ")[1].split(" ")[0])
+    assert cores < grown_to <= PROCESSES_PER_CORE * cores
+    assert cores < int(processes) <= grown_to  # the added processes ran calls
+    assert left == "[]"  # and stopped with the run
 
 
 def test_a_pool_on_auto_moves_cpu_bound_runs_to_processes_it_shares_and_stops() -> None:

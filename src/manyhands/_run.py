@@ -68,7 +68,7 @@ except ImportError:  # pragma: no cover (Pythons without the C module)
 
 if TYPE_CHECKING:
     from ._aio import LoopQueue
-    from ._auto import Choice, Measure
+    from ._auto import Choice, Measure, Sizing
     from ._journal import Journal
 
 __all__ = ["Completions", "Run", "RunHooks"]
@@ -224,6 +224,7 @@ class Run:
         self._sample: list[Any] | None = None if auto else []
         self._auto_cap: int | None = None  # calls at once until then (see _cap_auto)
         self._booting: bool | None = None  # the processes prepared, their start begun
+        self._sizing: Sizing | None = None  # on the processes it moved to: how many fit
         self._previous: list[Backend] = []  # backends it moved from (their calls finish)
         self._in_previous = 0  # batches still out on them
         # What the slowdown's limit on calls in flight counts: on threads and processes
@@ -816,6 +817,8 @@ class Run:
         self._sizer.completed(size, batch.elapsed, batch.nbytes)
         if self._measure is not None:
             self._measured(batch)
+        elif self._sizing is not None and batch.via == self._via:
+            self._size_processes(batch)
         if batch.parent is not None and not retried:
             stats.retrying -= 1
         yield from self._delivery.settled(batch, retried)
@@ -946,6 +949,7 @@ class Run:
             return
         options = self._options
         workers = choice.processes
+        allowed = self._workers  # (the run's workers=, as threads)
         try:
             if self._owns_backend:
                 backend = create_backend(
@@ -980,6 +984,37 @@ class Run:
         self._workers = workers
         self._sizer = self._new_sizer(workers)
         self._sizer.hold(not self._queueing)
+        if self._owns_backend and workers < allowed:
+            from ._auto import Sizing, waited_for_cpu
+
+            pids = cast("list[int]", getattr(backend, "pids", []))
+            self._sizing = Sizing(
+                self._clock(), workers, allowed, waited=lambda: waited_for_cpu(pids)
+            )
+
+    def _size_processes(self, batch: Batch) -> None:
+        """auto, on its own processes: more of them if the calls also wait (see _auto)."""
+        sizing = self._sizing
+        assert sizing is not None
+        sizing.add(batch.elapsed, batch.cpu)
+        count = sizing.grow_to(self._clock())
+        if sizing.done:
+            self._sizing = None
+        if count is None:
+            return
+        grow = getattr(self._backend, "grow", None)
+        if grow is None:
+            return
+        grow(count - self._workers)
+        self._workers = count
+        self._sizer = self._new_sizer(count)
+        self._sizer.hold(not self._queueing)
+        self._obey_slowdown()
+        said = self.statistics.backend  # "processes (auto: ...)": the growth goes inside
+        inside = said.endswith(")")
+        self.statistics.backend = f"{said[:-1] if inside else said}; then {sizing.why}" + (
+            ")" if inside else ""
+        )
 
     def _backend_of(self, batch: Batch) -> Backend:
         """The backend ``batch`` went to (a run on auto may have moved since)."""
