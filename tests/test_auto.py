@@ -55,21 +55,22 @@ def test_on_processes_calls_that_also_wait_get_more_processes_once() -> None:
         sizing = Sizing(0.0, processes=2, workers=workers, cores=cores, waited=lambda: next(waits))
         for _ in range(8):
             sizing.add(seconds=0.1, cpu=cpu)
-        return sizing.grow_to(now=WINDOW)
+        return sizing.judge(now=WINDOW)
 
     assert grown(cpu=0.05) == 8  # half of the time waiting: twice the fit, 4 per core
     assert grown(cpu=0.08) == 5  # 80%: 2 x 2 / 0.8
     assert grown(cpu=0.095) is None  # CPU-bound: one process per core is right
     assert grown(cpu=0.05, waited=0.35) is None  # they waited for a core, not on I/O
+    assert grown(cpu=0.004) == 0  # 4%: they mostly wait, the move was wrong: back to threads
     assert grown(cpu=0.01, workers=6) == 6  # never more than the run's workers
-    assert grown(cpu=0.001, cores=3) == 3 * PROCESSES_PER_CORE  # nor 4 per core
+    assert grown(cpu=0.02, cores=3) == 3 * PROCESSES_PER_CORE  # nor 4 per core
     sizing = Sizing(0.0, processes=2, workers=32, cores=2)
     for _ in range(3):
         sizing.add(seconds=0.1, cpu=0.01)
-    assert sizing.grow_to(now=1.0) is None and not sizing.done  # two batches per process first
+    assert sizing.judge(now=1.0) is None and not sizing.done  # two batches per process first
     sizing.add(seconds=0.1, cpu=0.01)
-    assert sizing.grow_to(now=1.0) == 8 and sizing.done
-    assert sizing.grow_to(now=2.0) is None  # once
+    assert sizing.judge(now=1.0) == 8 and sizing.done
+    assert sizing.judge(now=2.0) is None  # once
 
 
 def test_one_core_a_free_threaded_python_or_one_worker_stay_on_threads(
@@ -317,6 +318,46 @@ def test_calls_that_also_wait_move_to_more_processes_than_cores() -> None:
     assert cores < grown_to <= PROCESSES_PER_CORE * cores
     assert cores < int(processes) <= grown_to  # the added processes ran calls
     assert left == "[]"  # and stopped with the run
+
+
+def nap_where(x: int) -> tuple[int, int]:
+    time.sleep(0.02)
+    return x, os.getpid()
+
+
+def test_calls_that_wait_moved_to_processes_by_mistake_go_back_to_threads() -> None:
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("one core: auto stays on threads (tested above)")
+    # A machine busy with other work can make threads that wait on I/O look CPU-bound
+    # (their time waiting for a core); here every call is taken as CPU-bound.
+    code = textwrap.dedent(
+        """
+        import os
+        import psutil
+        import manyhands, manyhands._auto
+        from tests.test_auto import nap_where
+
+        if __name__ == "__main__":
+            manyhands._auto.GIL_BOUND = manyhands._auto.MIN_CPU = 0.0
+            run = manyhands.map(nap_where, range(400), backend="auto", workers=50)
+            outs = sorted(o.value for o in run)
+            print([x for x, _ in outs] == list(range(400)))
+            print(sum(pid == os.getpid() for _, pid in outs))
+            print(run.report.backend)
+            helpers = ("forkserver", "resource_tracker")  # multiprocessing's, not workers
+            print([p.pid for p in psutil.Process().children(recursive=True)
+                   if not any(h in " ".join(p.cmdline()) for h in helpers)])
+        """
+    )
+    proc = start_python(code)
+    out, err = finish(proc, timeout=120)
+    assert proc.returncode == 0, err
+    same, on_threads, backend, left = out.splitlines()
+    assert same == "True"  # every item once
+    assert backend.startswith("threads (auto: calls used"), backend
+    assert "on processes the calls computed" in backend and "back to threads" in backend
+    assert int(on_threads) >= 300  # the processes ran a few calls, the threads the rest
+    assert left == "[]"
 
 
 def test_a_pool_on_auto_moves_cpu_bound_runs_to_processes_it_shares_and_stops() -> None:

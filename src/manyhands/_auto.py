@@ -34,7 +34,11 @@ two batches per process have come back, if the calls computed less than
 ``GROW_BELOW`` of their time (they also wait: a fetch, then a parse), more
 processes start, once: twice as many as would just keep the cores busy
 (processes divided by that share), at most ``PROCESSES_PER_CORE`` per core and the run's
-``workers`` (see :class:`Sizing`).
+``workers`` (see :class:`Sizing`). If they computed less than
+``RETURN_BELOW`` of their time, the move was a mistake (on a machine busy
+with other work, the time many threads that wait on I/O spend waiting for a
+core can look like a GIL kept busy): the rest of the run goes back to
+threads, for good.
 
 A run whose first calls were not like the rest (the first items were cached,
 say) may decide once more: if, after staying on threads, the calls of a later
@@ -61,6 +65,7 @@ __all__ = [
     "ITEMS",
     "MIN_CPU",
     "PROCESSES_PER_CORE",
+    "RETURN_BELOW",
     "WAIT_SEEN",
     "WINDOW",
     "Choice",
@@ -79,6 +84,7 @@ WAIT_SEEN = 0.02  # seconds of the run before its threads can be seen to wait
 CALLS_PER_CORE = 4  # calls at once until they are seen to wait (or the choice is made)
 GROW_BELOW = 0.85  # on processes, calls computing less of their time than this: more processes
 PROCESSES_PER_CORE = 4  # the most processes auto grows to, per core
+RETURN_BELOW = 0.05  # on processes, calls computing less of their time: back to threads
 
 _set = object.__setattr__
 
@@ -365,12 +371,17 @@ class Sizing:
     >>> sizing = Sizing(started=0.0, processes=2, workers=32, cores=2, waited=lambda: 0.0)
     >>> for _ in range(4):
     ...     sizing.add(seconds=0.1, cpu=0.05)  # ten 10 ms calls, half of each computing
-    >>> sizing.grow_to(now=0.05) is None  # not yet: the window is 0.1 s
+    >>> sizing.judge(now=0.05) is None  # not yet: the window is 0.1 s
     True
-    >>> sizing.grow_to(now=0.2), sizing.why
-    (8, '8 processes: calls computed 50% of their time')
-    >>> sizing.grow_to(now=0.3) is None  # once
+    >>> sizing.judge(now=0.2), sizing.why
+    (8, 'then 8 processes: calls computed 50% of their time')
+    >>> sizing.judge(now=0.3) is None  # once
     True
+    >>> io = Sizing(started=0.0, processes=2, workers=100, cores=2, waited=lambda: 0.0)
+    >>> for _ in range(4):
+    ...     io.add(seconds=0.2, cpu=0.001)  # ten 20 ms calls that wait on I/O
+    >>> io.judge(now=0.2), io.why
+    (0, 'but on processes the calls computed 0% of their time: back to threads')
     """
 
     def __init__(
@@ -399,8 +410,9 @@ class Sizing:
         self._seconds += seconds
         self._cpu += cpu
 
-    def grow_to(self, now: float) -> int | None:
-        """How many processes to run from now on, once the window is over (None: as many).
+    def judge(self, now: float) -> int | None:
+        """How many processes from now on, once the window is over: None for as many
+        as now, 0 for none (back to threads). :attr:`why` says why, for the Report.
 
         Judged once: after ``WINDOW`` seconds and two batches per process.
         """
@@ -412,6 +424,11 @@ class Sizing:
         if start is not None and end is not None:  # (waiting for a core is not the calls')
             seconds -= end - start
         share = self._cpu / max(seconds, self._cpu, 1e-9)
+        if share < RETURN_BELOW:
+            self.why = f"but on processes the calls computed {share:.0%} of their time: " + (
+                "back to threads"
+            )
+            return 0
         if share >= GROW_BELOW:
             return None
         # Twice the count that would just fit: the calls' waits do not line up, and
@@ -421,5 +438,5 @@ class Sizing:
         count = min(self._workers, PROCESSES_PER_CORE * self._cores, math.ceil(2 * fit))
         if count <= self._processes:
             return None
-        self.why = f"{count} processes: calls computed {share:.0%} of their time"
+        self.why = f"then {count} processes: calls computed {share:.0%} of their time"
         return count

@@ -225,6 +225,7 @@ class Run:
         self._auto_cap: int | None = None  # calls at once until then (see _cap_auto)
         self._booting: bool | None = None  # the processes prepared, their start begun
         self._sizing: Sizing | None = None  # on the processes it moved to: how many fit
+        self._threads_wanted = workers  # (the run's workers= on threads, to move back)
         self._previous: list[Backend] = []  # backends it moved from (their calls finish)
         self._in_previous = 0  # batches still out on them
         # What the slowdown's limit on calls in flight counts: on threads and processes
@@ -974,33 +975,46 @@ class Run:
             return
         if self._owns_backend:
             self._backend.wind_down()
+        self._slowdown.ignore_latency()
+        self._switch_to(backend, workers)
+        if self._owns_backend:
+            from ._auto import Sizing, waited_for_cpu
+
+            self._threads_wanted = allowed
+            pids = cast("list[int]", getattr(backend, "pids", []))
+            self._sizing = Sizing(
+                self._clock(), workers, allowed, waited=lambda: waited_for_cpu(pids)
+            )
+
+    def _switch_to(self, backend: Backend, workers: int) -> None:
+        """New batches go to ``backend`` (``workers``); those out finish where they are."""
         self._previous.append(self._backend)
         self._backend = backend
         self._items_are_calls = backend.concurrent_items
-        self._slowdown.ignore_latency()
         self._via += 1
         self._in_previous += self._in_backend
         self._in_backend = 0
         self._workers = workers
         self._sizer = self._new_sizer(workers)
         self._sizer.hold(not self._queueing)
-        if self._owns_backend and workers < allowed:
-            from ._auto import Sizing, waited_for_cpu
-
-            pids = cast("list[int]", getattr(backend, "pids", []))
-            self._sizing = Sizing(
-                self._clock(), workers, allowed, waited=lambda: waited_for_cpu(pids)
-            )
 
     def _size_processes(self, batch: Batch) -> None:
-        """auto, on its own processes: more of them if the calls also wait (see _auto)."""
+        """auto, on its own processes: more of them if the calls also wait, or back to
+        threads if they mostly wait (see _auto)."""
         sizing = self._sizing
         assert sizing is not None
         sizing.add(batch.elapsed, batch.cpu)
-        count = sizing.grow_to(self._clock())
+        count = sizing.judge(self._clock())
         if sizing.done:
             self._sizing = None
         if count is None:
+            return
+        said = self.statistics.backend  # "processes (auto: ...)": what follows goes inside
+        if said.endswith(")"):
+            said = f"{said[:-1]}; {sizing.why})"
+        if count == 0:
+            with _first_in_line():
+                self._move_back_to_threads(said.replace("processes", "threads", 1))
             return
         grow = getattr(self._backend, "grow", None)
         if grow is None:
@@ -1010,11 +1024,19 @@ class Run:
         self._sizer = self._new_sizer(count)
         self._sizer.hold(not self._queueing)
         self._obey_slowdown()
-        said = self.statistics.backend  # "processes (auto: ...)": the growth goes inside
-        inside = said.endswith(")")
-        self.statistics.backend = f"{said[:-1] if inside else said}; then {sizing.why}" + (
-            ")" if inside else ""
-        )
+        self.statistics.backend = said
+
+    def _move_back_to_threads(self, said: str) -> None:
+        """auto: the calls on the processes mostly waited; the rest of the run goes back
+        to threads (``_threads_wanted`` of them). Calls running on processes finish there."""
+        from ._backends import create_backend
+
+        backend = create_backend("threads", self._threads_wanted, timeout=self._options.timeout)
+        backend.start()
+        backend.attach(self.task)
+        self._backend.wind_down()
+        self._switch_to(backend, self._threads_wanted)
+        self.statistics.backend = said
 
     def _backend_of(self, batch: Batch) -> Backend:
         """The backend ``batch`` went to (a run on auto may have moved since)."""
