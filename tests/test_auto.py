@@ -73,6 +73,26 @@ def test_on_processes_calls_that_also_wait_get_more_processes_once() -> None:
     assert sizing.judge(now=2.0) is None  # once
 
 
+def test_whether_calls_wait_is_looked_at_every_few_ms_not_after_every_batch() -> None:
+    reads = Counter[str]()
+
+    def demand() -> tuple[float, float]:
+        reads["ready time"] += 1  # a file per thread
+        return 0.0, 0.0
+
+    def cpu() -> float:
+        reads["clocks"] += 1  # a clock per thread
+        return 0.0
+
+    m = Measure(started=0.0, workers=32, cores=2, demand=demand, own_threads=True, cpu=cpu)
+    reads.clear()
+    # 1,000 batches of tiny calls come back within 20 ms, after WAIT_SEEN
+    answers = [m.waiting(_auto.WAIT_SEEN + n * 2e-5) for n in range(1000)]
+    assert answers[0] is True  # little CPU, no time ready to run: they wait
+    looks = 1 + int(1000 * 2e-5 / _auto.LOOK_EVERY)
+    assert reads["clocks"] <= looks and reads["ready time"] <= looks, reads
+
+
 def test_one_core_a_free_threaded_python_or_one_worker_stay_on_threads(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

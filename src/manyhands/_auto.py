@@ -82,6 +82,7 @@ GIL_BOUND = 0.7  # calls' CPU time per second of the run: the GIL is the limit
 MIN_CPU = 50e-6  # seconds of CPU per item for processes to pay
 WAIT_SEEN = 0.02  # seconds of the run before its threads can be seen to wait
 CALLS_PER_CORE = 4  # calls at once until they are seen to wait (or the choice is made)
+LOOK_EVERY = 0.005  # seconds between reads of the threads' ready time while calls may wait
 GROW_BELOW = 0.85  # on processes, calls computing less of their time than this: more processes
 PROCESSES_PER_CORE = 4  # the most processes auto grows to, per core
 RETURN_BELOW = 0.05  # on processes, calls computing less of their time: back to threads
@@ -217,6 +218,7 @@ class Measure:
         self._cpu = 0.0  # their CPU time
         self.decided: Choice | None = None
         self._revisited = False
+        self._next_look = -math.inf  # (see waiting)
 
     def add(self, items: int, seconds: float, cpu: float) -> None:
         """A batch of ``items`` calls took ``seconds``, ``cpu`` of them computing."""
@@ -246,10 +248,15 @@ class Measure:
         Threads that had little CPU were either asleep (I/O) or waiting for a
         core (a busy machine): their time ready to run tells which, if known.
         """
-        if self._threads_cpu is None:
+        if self._threads_cpu is None or now < self._next_look:
             return False
         seconds = now - self._window_start
-        if seconds < WAIT_SEEN or self._threads_cpu() - self._cpu_start >= GIL_BOUND * seconds:
+        if seconds < WAIT_SEEN:
+            return False
+        # Looked at most every LOOK_EVERY: asked after each batch of tiny calls, reading
+        # every thread's clock (and their ready time) took a sixth of the run's CPU.
+        self._next_look = now + LOOK_EVERY
+        if self._threads_cpu() - self._cpu_start >= GIL_BOUND * seconds:
             return False
         # Little CPU: waiting on I/O, or for a CPU (a busy machine): ready time tells.
         start, end = self._demand_start, self._demand()
