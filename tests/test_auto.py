@@ -263,7 +263,9 @@ def test_moving_at_any_point_loses_and_repeats_nothing(switch_after: int, ordere
     """The run moves to processes after ``switch_after`` measured batches (forced)."""
     seen = []
 
-    def choose_after(self: Measure, now: float, running: int = 0) -> _auto.Choice | None:
+    def choose_after(
+        self: Measure, now: float, running: int = 0, early: bool = False
+    ) -> _auto.Choice | None:
         seen.append(now)
         if len(seen) == switch_after:
             self.decided = _auto.Choice("processes", "forced by the test", 2)
@@ -453,6 +455,75 @@ def test_auto_chooses_when_its_window_ends_even_if_no_call_has_finished(
     on_threads = [end for pid, end in ends if pid == os.getpid()]
     assert on_threads and len(moved) == 1
     assert moved[0] < min(on_threads)  # chosen before any CPU-bound call ended here
+
+
+def test_the_processes_start_once_calls_look_cpu_bound_and_the_move_takes_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("one core: auto stays on threads (tested above)")
+    monkeypatch.setattr(_auto, "GIL_BOUND", 0.0)  # (see CPU_BOUND_ALWAYS)
+    events: list[str] = []
+    own, move = Run._own_processes, Run._move_to_processes
+
+    def started(self: Run, workers: int) -> Any:
+        events.append("processes started")
+        return own(self, workers)
+
+    def moved(self: Run, choice: _auto.Choice, sample: list[Any]) -> None:
+        events.append("moved")
+        move(self, choice, sample)
+
+    monkeypatch.setattr(Run, "_own_processes", started)
+    monkeypatch.setattr(Run, "_move_to_processes", moved)
+    outs = manyhands.map(pid_of, range(200), backend="auto", workers=8)
+    assert sorted(o.value[0] for o in outs) == list(range(200))
+    assert outs.report.backend.startswith("processes (auto:")
+    assert events == ["processes started", "moved"]  # started before the choice, once
+
+
+def worker_processes() -> list[int]:
+    """This process's children that are workers (not multiprocessing's own helpers)."""
+    import psutil
+
+    helpers = ("forkserver", "resource_tracker")
+    children = psutil.Process().children(recursive=True)
+    return [p.pid for p in children if not any(h in " ".join(p.cmdline()) for h in helpers)]
+
+
+def test_processes_started_for_a_move_that_does_not_come_are_stopped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("one core: auto stays on threads (tested above)")
+    monkeypatch.setattr(_auto, "GIL_BOUND", 0.0)  # the calls look CPU-bound: processes start
+    started: list[Run] = []
+    own = Run._own_processes
+
+    def counted(self: Run, workers: int) -> Any:
+        started.append(self)
+        return own(self, workers)
+
+    monkeypatch.setattr(Run, "_own_processes", counted)
+    stay = _auto.Choice("threads", "kept by the test")
+    monkeypatch.setattr(Measure, "_judge", lambda self, window, running=0: stay)
+    report = manyhands.run(spin, range(200), backend="auto", workers=8)
+    assert report.succeeded == 200 and report.backend.startswith("threads (auto: kept")
+    assert len(started) == 1
+    deadline = time.monotonic() + 10
+    while worker_processes() and time.monotonic() < deadline:
+        time.sleep(0.05)  # (a process killed a moment ago may still be reaped)
+    assert worker_processes() == []
+
+
+def test_with_its_processes_started_auto_chooses_before_the_window_ends() -> None:
+    clock = {"cpu": 0.0}
+    m = Measure(started=0.0, workers=32, cores=2, demand=no_schedstat, own_threads=True,
+                cpu=lambda: clock["cpu"])  # fmt: skip
+    clock["cpu"] = 0.04  # 8 calls running for 40 ms on one GIL: CPU-bound
+    assert m.choose(now=0.04, running=8) is None  # the window is not over
+    choice = m.choose(now=0.04, running=8, early=True)  # but the processes are ready
+    assert choice is not None and choice.backend == "processes"
 
 
 _calls_here = {"now": 0, "most": 0}

@@ -3,7 +3,9 @@
 A run on ``auto`` starts on threads, and the workers measure the CPU time of
 each batch (``time.thread_time`` around it, once per batch) beside its wall
 time. The choice is made once, early: after ``WINDOW`` seconds of the run or
-``ITEMS`` calls, whichever comes later. Calls still running count, and with
+``ITEMS`` calls, whichever comes later; or sooner, once calls that look
+CPU-bound (:meth:`Measure.busy`) have had the run's worker processes started
+(the engine starts them then), from ``ITEMS // 2`` calls on. Calls still running count, and with
 the run's own threads measured alone so does their CPU so far: threads taking
 turns on the GIL all finish late, and the run does not wait for one of them
 (it chooses when the window ends, not when a call finishes after it).
@@ -284,13 +286,21 @@ class Measure:
         """Whether the window is over: enough time and calls (``running`` too) to judge."""
         return now - self._window_start >= WINDOW and self._items + running >= ITEMS
 
-    def choose(self, now: float, running: int = 0) -> Choice | None:
+    def choose(self, now: float, running: int = 0, early: bool = False) -> Choice | None:
         """The choice once the window is over (None before, or if it does not change).
 
         ``running``: calls started and not finished; with the run's own
-        threads measured alone, their CPU so far counts for them.
+        threads measured alone, their CPU so far counts for them. ``early``:
+        the processes are started already; calls that look CPU-bound
+        (:meth:`busy`) move at once, from ``ITEMS // 2`` calls on, rather than
+        at the window's end.
         """
-        if not self.ready(now, running):
+        if not self.ready(now, running) and not (
+            early
+            and self.decided is None
+            and self._items + running >= ITEMS // 2
+            and self.busy(now, running)
+        ):
             return None
         choice = self._judge(now - self._window_start, running)
         if self.decided is None:

@@ -224,6 +224,8 @@ class Run:
         self._sample: list[Any] | None = None if auto else []
         self._auto_cap: int | None = None  # calls at once until then (see _cap_auto)
         self._booting: bool | None = None  # the processes prepared, their start begun
+        # auto: its own processes, started once the calls looked CPU-bound (or why not)
+        self._early: tuple[Backend, int] | BaseException | None = None
         self._sizing: Sizing | None = None  # on the processes it moved to: how many fit
         self._threads_wanted = workers  # (the run's workers= on threads, to move back)
         self._previous: list[Backend] = []  # backends it moved from (their calls finish)
@@ -426,6 +428,7 @@ class Run:
             finally:
                 for previous in self._previous:  # (auto: what it moved from)
                     previous.shutdown(self._options.grace)
+                self._drop_early_processes()
             return
         self._drop_queued()
         deadline = self._clock() + (0.0 if backend.concurrent_items else self._options.grace)
@@ -883,7 +886,11 @@ class Run:
             self._booting = True  # started now, the processes are ready at the choice
             with _first_in_line():
                 prepare_processes(self._options.start_method, boot=True)
-            measure.exclude(self._clock() - now)
+                if self._owns_backend:
+                    self._start_processes_early()
+            booted = self._clock()
+            measure.exclude(booted - now)
+            now = booted
         self._choose(now)
 
     @property
@@ -902,7 +909,8 @@ class Run:
                     self.statistics.notes.append(hint)
                 self._stop_measuring()
             return
-        choice = measure.choose(now, running=self._calls_running)
+        ready = self._early is not None and not isinstance(self._early, BaseException)
+        choice = measure.choose(now, running=self._calls_running, early=ready)
         if choice is not None:
             if self._auto_cap is not None:
                 self._lift_auto_cap()
@@ -912,6 +920,7 @@ class Run:
                     self._move_to_processes(choice, self._sample or [])
             else:
                 self._choose_at = now + measure.window  # (a revisit's window)
+            self._drop_early_processes()  # (unless the move took them)
         if not measure.measuring:
             self._stop_measuring()
 
@@ -941,35 +950,23 @@ class Run:
         """Send the rest of the run to worker processes; running calls finish on threads."""
         import pickle
 
-        from ._backends import create_backend
 
         try:
             pickle.dumps(sample, pickle.HIGHEST_PROTOCOL)
         except Exception as exc:  # (a lock, a connection...): stay where they work
             self.statistics.backend = f"threads ({choice.why}, but the items do not pickle: {exc})"
             return
-        options = self._options
         workers = choice.processes
         allowed = self._workers  # (the run's workers=, as threads)
         try:
             if self._owns_backend:
-                backend = create_backend(
-                    "processes",
-                    workers,
-                    timeout=options.timeout,
-                    processes={
-                        "start_method": options.start_method,
-                        "initializer": options.initializer,
-                        "initargs": options.initargs,
-                    },
-                )
-                backend.start()
+                backend, workers = self._take_early_processes() or self._own_processes(workers)
             else:  # a Pool(backend="auto"): its processes, shared with its other runs
                 shared = self._hooks.processes_for_auto() if self._hooks is not None else None
                 if shared is None:
                     return
                 backend, workers = shared
-            backend.attach(self.task)
+                backend.attach(self.task)
         except (TypeError, ManyhandsError) as exc:  # fn cannot travel, or no worker starts
             self.statistics.backend = f"threads ({choice.why}, but {exc})"
             return
@@ -985,6 +982,50 @@ class Run:
             self._sizing = Sizing(
                 self._clock(), workers, allowed, waited=lambda: waited_for_cpu(pids)
             )
+
+    def _own_processes(self, workers: int) -> tuple[Backend, int]:
+        """The run's own worker processes, started, with fn sent (TypeError if it cannot go)."""
+        from ._backends import create_backend
+
+        options = self._options
+        backend = create_backend(
+            "processes",
+            workers,
+            timeout=options.timeout,
+            processes={
+                "start_method": options.start_method,
+                "initializer": options.initializer,
+                "initargs": options.initargs,
+            },
+        )
+        backend.start()
+        try:
+            backend.attach(self.task)
+        except BaseException:
+            backend.shutdown(0.0)
+            raise
+        return backend, workers
+
+    def _start_processes_early(self) -> None:
+        """auto: the calls look CPU-bound; the run's own processes start now, so that the
+        choice finds them ready (starting them at the move kept the run on one core
+        0.1-0.2 s longer). Kept for the move, or shut down (see _drop_early_processes)."""
+        try:
+            self._early = self._own_processes(min(os.cpu_count() or 1, self._workers))
+        except (TypeError, ManyhandsError) as exc:
+            self._early = exc  # (the move says why it stayed on threads)
+
+    def _take_early_processes(self) -> tuple[Backend, int] | None:
+        early, self._early = self._early, None
+        if isinstance(early, BaseException):
+            raise early
+        return early
+
+    def _drop_early_processes(self) -> None:
+        """Processes started early for a move that did not come (stayed on threads, or ended)."""
+        early, self._early = self._early, None
+        if early is not None and not isinstance(early, BaseException):
+            early[0].shutdown(0.0)
 
     def _switch_to(self, backend: Backend, workers: int) -> None:
         """New batches go to ``backend`` (``workers``); those out finish where they are."""
