@@ -84,13 +84,32 @@ def test_whether_calls_wait_is_looked_at_every_few_ms_not_after_every_batch() ->
         reads["clocks"] += 1  # a clock per thread
         return 0.0
 
-    m = Measure(started=0.0, workers=32, cores=2, demand=demand, own_threads=True, cpu=cpu)
+    m = Measure(started=0.0, workers=32, cores=2, demand=demand, own_threads=True, cpu=cpu,
+                process_cpu=lambda: 0.0)  # fmt: skip
     reads.clear()
     # 1,000 batches of tiny calls come back within 20 ms, after WAIT_SEEN
     answers = [m.waiting(_auto.WAIT_SEEN + n * 2e-5) for n in range(1000)]
     assert answers[0] is True  # little CPU, no time ready to run: they wait
     looks = 1 + int(1000 * 2e-5 / _auto.LOOK_EVERY)
     assert reads["clocks"] <= looks and reads["ready time"] <= looks, reads
+
+
+def test_calls_are_not_waiting_while_the_engine_keeps_the_gil_busy() -> None:
+    """Tiny calls: the workers' own CPU is low (the engine's thread takes the GIL most of
+    the time), but the process is busy: no need to read every thread's ready time."""
+    reads = Counter[str]()
+
+    def demand() -> tuple[float, float]:
+        reads["ready time"] += 1
+        return 0.0, 0.0
+
+    process = {"cpu": 0.0}
+    m = Measure(started=0.0, workers=32, cores=2, demand=demand, own_threads=True,
+                cpu=lambda: 0.005, process_cpu=lambda: process["cpu"])  # fmt: skip
+    reads.clear()
+    process["cpu"] = 0.025  # the whole process computed 25 ms of the first 25 ms
+    assert m.waiting(0.025) is False
+    assert reads["ready time"] == 0
 
 
 def test_one_core_a_free_threaded_python_or_one_worker_stay_on_threads(

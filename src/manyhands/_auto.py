@@ -206,6 +206,7 @@ class Measure:
         demand: Callable[[], tuple[float, float] | None] = demand,
         own_threads: bool = False,
         cpu: Callable[[], float] | None = None,
+        process_cpu: Callable[[], float] = time.process_time,
     ) -> None:
         self._window_start = started
         self._workers = workers
@@ -215,6 +216,8 @@ class Measure:
         self._demand_start = demand()
         self._threads_cpu = cpu  # (own threads: their CPU so far, read keeping the GIL)
         self._cpu_start = cpu() if cpu is not None else 0.0
+        self._process_cpu = process_cpu  # (the engine's threads too)
+        self._process_start = process_cpu()
         self._items = 0
         self._seconds = 0.0  # the calls' wall time
         self._cpu = 0.0  # their CPU time
@@ -260,6 +263,8 @@ class Measure:
         self._next_look = now + LOOK_EVERY
         if self._threads_cpu() - self._cpu_start >= GIL_BOUND * seconds:
             return False
+        if self._process_cpu() - self._process_start >= GIL_BOUND * seconds:
+            return False  # the engine's own threads kept the GIL busy (tiny calls)
         # Little CPU: waiting on I/O, or for a CPU (a busy machine): ready time tells.
         start, end = self._demand_start, self._demand()
         return start is None or end is None or end[1] - start[1] < GIL_BOUND * seconds
@@ -314,6 +319,7 @@ class Measure:
             return None
         self._items, self._seconds, self._cpu = 0, 0.0, 0.0  # a fresh window for a revisit
         self._window_start = now
+        self._process_start = self._process_cpu()
         self._demand_start = self._demand()
         if self._threads_cpu is not None:
             self._cpu_start = self._threads_cpu()

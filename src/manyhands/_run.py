@@ -950,7 +950,6 @@ class Run:
         """Send the rest of the run to worker processes; running calls finish on threads."""
         import pickle
 
-
         try:
             pickle.dumps(sample, pickle.HIGHEST_PROTOCOL)
         except Exception as exc:  # (a lock, a connection...): stay where they work
