@@ -112,6 +112,20 @@ def test_calls_are_not_waiting_while_the_engine_keeps_the_gil_busy() -> None:
     assert reads["ready time"] == 0
 
 
+def test_calls_too_short_for_processes_lift_the_cap_on_calls_at_once() -> None:
+    def lifted(items: int, cpu: float) -> bool:
+        clock["cpu"] = 0.0
+        m = Measure(started=0.0, workers=32, cores=2, demand=no_schedstat, own_threads=True,
+                    cpu=lambda: clock["cpu"], process_cpu=lambda: clock["cpu"])  # fmt: skip
+        m.add(items=items, seconds=cpu, cpu=cpu)
+        clock["cpu"] = cpu
+        return m.waiting(0.025)
+
+    clock = {"cpu": 0.0}
+    assert lifted(items=20_000, cpu=0.024)  # 1.2 us each: they stay on threads anyway
+    assert not lifted(items=50, cpu=0.024)  # 50 cached, then CPU-bound calls running
+
+
 def test_one_core_a_free_threaded_python_or_one_worker_stay_on_threads(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

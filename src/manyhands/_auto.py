@@ -247,7 +247,9 @@ class Measure:
         return self._threads_cpu is not None
 
     def waiting(self, now: float) -> bool:
-        """Whether the run's threads have mostly waited so far in this window (calls on I/O).
+        """Whether the cap on calls at once (``CALLS_PER_CORE``) can go: the run's threads
+        have mostly waited so far in this window (calls on I/O), or their calls are too
+        short for processes to pay (``MIN_CPU``: tiny calls, the engine's cost).
 
         Too early to tell (under ``WAIT_SEEN`` seconds) or without their clocks: False.
         Threads that had little CPU were either asleep (I/O) or waiting for a
@@ -261,7 +263,10 @@ class Measure:
         # Looked at most every LOOK_EVERY: asked after each batch of tiny calls, reading
         # every thread's clock (and their ready time) took a sixth of the run's CPU.
         self._next_look = now + LOOK_EVERY
-        if self._threads_cpu() - self._cpu_start >= GIL_BOUND * seconds:
+        ran = self._threads_cpu() - self._cpu_start
+        if self._items >= ITEMS and ran < MIN_CPU * self._items:
+            return True  # too short: they stay on threads whatever they do
+        if ran >= GIL_BOUND * seconds:
             return False
         if self._process_cpu() - self._process_start >= GIL_BOUND * seconds:
             return False  # the engine's own threads kept the GIL busy (tiny calls)
