@@ -639,3 +639,29 @@ def test_the_switch_interval_is_restored_after_moves_that_overlap() -> None:
     assert sys.getswitchinterval() < before
     second.__exit__(None, None, None)
     assert sys.getswitchinterval() == before
+
+
+def test_while_auto_measures_the_engine_waits_short_turns_for_the_gil() -> None:
+    """Behind CPU-bound calls taking 5 ms turns, the engine was 4-57 ms late to look."""
+    from manyhands._run import MEASURING_TURNS, _first_in_line
+
+    if (os.cpu_count() or 1) < 2 or not _auto.gil_enabled():
+        pytest.skip("auto does not cap the calls here: nothing to measure")
+    before = sys.getswitchinterval()
+    seen: list[float] = []
+
+    def spin_seen(x: int) -> int:
+        seen.append(sys.getswitchinterval())
+        return spin(x)
+
+    report = manyhands.run(spin_seen, range(50), backend="auto", workers=32)
+    assert report.succeeded == 50
+    assert seen[0] <= MEASURING_TURNS < before  # the first calls run while it measures
+    assert sys.getswitchinterval() == before  # and it is restored after
+    with _first_in_line(1e-4):  # a move inside the window: the shortest asked holds
+        inner = _first_in_line(MEASURING_TURNS)
+        inner.__enter__()
+        assert sys.getswitchinterval() == pytest.approx(1e-4)
+    assert sys.getswitchinterval() == pytest.approx(MEASURING_TURNS)
+    inner.__exit__(None, None, None)
+    assert sys.getswitchinterval() == before

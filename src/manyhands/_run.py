@@ -73,6 +73,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Completions", "Run", "RunHooks"]
 
+MEASURING_TURNS = 1e-3  # auto: the switch interval while it measures (see _cap_auto)
+
 
 class Completions(Protocol):
     """The queue a run's finished batches come back through (a ``queue.SimpleQueue``)."""
@@ -227,6 +229,7 @@ class Run:
         # auto: its own processes, started once the calls looked CPU-bound (or why not)
         self._early: tuple[Backend, int] | BaseException | None = None
         self._sizing: Sizing | None = None  # on the processes it moved to: how many fit
+        self._short_turns = False  # the switch interval lowered while auto measures
         self._threads_wanted = workers  # (the run's workers= on threads, to move back)
         self._previous: list[Backend] = []  # backends it moved from (their calls finish)
         self._in_previous = 0  # batches still out on them
@@ -495,6 +498,7 @@ class Run:
         self.statistics.abandoned = self.task.abandoned
 
     def _end(self, completed: bool, progress: Progress | None) -> None:
+        self._end_short_turns()
         try:
             if self._journal is not None:
                 self._close_journal(self._journal, completed)
@@ -863,10 +867,21 @@ class Run:
             if cap < self._workers:
                 self._auto_cap = cap
                 self._obey_slowdown()
+            # The engine's own turns on the GIL kept short while it measures: with the
+            # default 5 ms, it waited 0.1-0.25 s in line behind the CPU-bound calls to
+            # start the processes or choose at all.
+            _in_line.enter(MEASURING_TURNS)
+            self._short_turns = True
 
     def _lift_auto_cap(self) -> None:
         self._auto_cap = None
         self._obey_slowdown()
+        self._end_short_turns()
+
+    def _end_short_turns(self) -> None:
+        if self._short_turns:
+            self._short_turns = False
+            _in_line.leave(MEASURING_TURNS)
 
     def _choose_in_time(self, now: float) -> None:
         """auto, on a timer: lift the cap, boot the processes or choose, as the calls show.
@@ -884,12 +899,12 @@ class Run:
             self._lift_auto_cap()  # (long calls that wait: no need to see one end)
         elif self._booting is False and measure.busy(now, self._calls_running):
             self._booting = True  # started now, the processes are ready at the choice
-            with _first_in_line():
+            with _first_in_line():  # (each import's system calls wait a short turn)
                 prepare_processes(self._options.start_method, boot=True)
                 if self._owns_backend:
                     self._start_processes_early()
             booted = self._clock()
-            measure.exclude(booted - now)
+            measure.exclude(booted - now)  # (the calls had the GIL less meanwhile)
             now = booted
         self._choose(now)
 
@@ -941,6 +956,7 @@ class Run:
         )
 
     def _stop_measuring(self) -> None:
+        self._end_short_turns()
         self.task.measure = False
         self._measure = None
         self._choose_at = None
@@ -1310,34 +1326,39 @@ class Run:
 
 
 @contextlib.contextmanager
-def _first_in_line() -> Iterator[None]:
+def _first_in_line(interval: float = 1e-4) -> Iterator[None]:
     """This thread's waits for the GIL kept short, for a moment (auto's move).
 
     Threads taking turns on the GIL hold it for the switch interval (5 ms)
     each; starting processes gives it up at every system call, and waited a
     turn each time: a quarter to half a second in all, here.
     """
-    with _in_line.lock:  # (runs moving at once: the first sets it, the last restores it)
-        if not _in_line.runs:
-            _in_line.saved = sys.getswitchinterval()
-            sys.setswitchinterval(min(_in_line.saved, 1e-4))
-        _in_line.runs += 1
+    _in_line.enter(interval)
     try:
         yield
     finally:
-        with _in_line.lock:
-            _in_line.runs -= 1
-            if not _in_line.runs:
-                sys.setswitchinterval(_in_line.saved)
+        _in_line.leave(interval)
 
 
 class _InLine:
-    """The runs in :func:`_first_in_line`, and the switch interval to restore after them."""
+    """The switch intervals asked for now (the shortest holds), and the one to restore."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.runs = 0
+        self.asked: list[float] = []
         self.saved = 0.0
+
+    def enter(self, interval: float) -> None:
+        with self.lock:  # (runs at once: the first saves it, the last restores it)
+            if not self.asked:
+                self.saved = sys.getswitchinterval()
+            self.asked.append(interval)
+            sys.setswitchinterval(min([self.saved, *self.asked]))
+
+    def leave(self, interval: float) -> None:
+        with self.lock:
+            self.asked.remove(interval)
+            sys.setswitchinterval(min([self.saved, *self.asked]))
 
 
 _in_line = _InLine()
