@@ -5,10 +5,11 @@ each batch (``time.thread_time`` around it, once per batch) beside its wall
 time. The choice is made once, early: after ``WINDOW`` seconds of the run or
 ``ITEMS`` calls, whichever comes later; or sooner, once calls that look
 CPU-bound (:meth:`Measure.busy`) have had the run's worker processes started
-(the engine starts them then), from ``ITEMS // 2`` calls on. Calls still running count, and with
-the run's own threads measured alone so does their CPU so far: threads taking
-turns on the GIL all finish late, and the run does not wait for one of them
-(it chooses when the window ends, not when a call finishes after it).
+(the engine starts them then), from ``ITEMS // 2`` calls on. Calls still
+running count, and with the run's own threads measured alone so does their
+CPU so far: threads taking turns on the GIL all finish late, and the run does
+not wait for one of them (it chooses when the window ends, not when a call
+finishes after it).
 
 The rest of the run moves to worker processes when all of these hold:
 
@@ -35,8 +36,8 @@ batches' CPU beside their wall time, and the time it waited for a core
 two batches per process have come back, if the calls computed less than
 ``GROW_BELOW`` of their time (they also wait: a fetch, then a parse), more
 processes start, once: twice as many as would just keep the cores busy
-(processes divided by that share), at most ``PROCESSES_PER_CORE`` per core and the run's
-``workers`` (see :class:`Sizing`). If they computed less than
+(processes divided by that share), at most ``PROCESSES_PER_CORE`` per core
+and the run's ``workers`` (see :class:`Sizing`). If they computed less than
 ``RETURN_BELOW`` of their time, the move was a mistake (on a machine busy
 with other work, the time many threads that wait on I/O spend waiting for a
 core can look like a GIL kept busy): the rest of the run goes back to
@@ -84,7 +85,7 @@ GIL_BOUND = 0.7  # calls' CPU time per second of the run: the GIL is the limit
 MIN_CPU = 50e-6  # seconds of CPU per item for processes to pay
 WAIT_SEEN = 0.02  # seconds of the run before its threads can be seen to wait
 CALLS_PER_CORE = 4  # calls at once until they are seen to wait (or the choice is made)
-LOOK_EVERY = 0.005  # seconds between reads of the threads' ready time while calls may wait
+LOOK_EVERY = 0.005  # seconds between looks at whether the calls wait (see Measure.waiting)
 GROW_BELOW = 0.85  # on processes, calls computing less of their time than this: more processes
 PROCESSES_PER_CORE = 4  # the most processes auto grows to, per core
 RETURN_BELOW = 0.05  # on processes, calls computing less of their time: back to threads
@@ -392,9 +393,9 @@ class Sizing:
 
     Calls that compute half their time and wait the other half keep a core
     busy with two processes on it; it gets four, as the waits of two do not
-    line up. Processes report each batch's wall and CPU
-    time (:meth:`add`); the time they waited for a core is left out of the
-    wall, so a machine busy with other work does not pass for calls that wait.
+    line up. Processes report each batch's wall and CPU time (:meth:`add`);
+    the time they waited for a core is left out of the wall, so a machine
+    busy with other work does not pass for calls that wait.
 
     >>> sizing = Sizing(started=0.0, processes=2, workers=32, cores=2, waited=lambda: 0.0)
     >>> for _ in range(4):
