@@ -665,3 +665,60 @@ def test_while_auto_measures_the_engine_waits_short_turns_for_the_gil() -> None:
     assert sys.getswitchinterval() == pytest.approx(MEASURING_TURNS)
     inner.__exit__(None, None, None)
     assert sys.getswitchinterval() == before
+
+
+SETUP: dict[str, Any] = {}
+
+
+def remember(value: int) -> None:
+    SETUP["value"] = value
+
+
+def set_up_value(x: int) -> tuple[Any, int]:
+    spin(x)
+    return SETUP.get("value"), os.getpid()
+
+
+def test_on_auto_the_initializer_also_runs_here_for_the_calls_on_threads() -> None:
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("one core: auto stays on threads (tested above)")
+    code = textwrap.dedent(
+        """
+        import os
+        import manyhands
+        from tests.test_auto import remember, set_up_value
+
+        if __name__ == "__main__":
+            {CPU_BOUND_ALWAYS}
+            outs = list(manyhands.map(set_up_value, range(300), backend="auto",
+                                      initializer=remember, initargs=(42,)))
+            print(sorted({o.value[0] for o in outs}))
+            print(any(o.value[1] == os.getpid() for o in outs),
+                  any(o.value[1] != os.getpid() for o in outs))
+        """
+    ).replace("{CPU_BOUND_ALWAYS}", CPU_BOUND_ALWAYS)
+    proc = start_python(code)
+    out, err = finish(proc, timeout=120)
+    assert proc.returncode == 0, err
+    values, where = out.splitlines()
+    assert values == "[42]"  # every call saw it, on threads and on processes
+    assert where == "True True"  # (calls ran in both places)
+
+
+def test_on_auto_an_initializer_that_raises_runs_no_item(no_thread_left: None) -> None:
+    def broken() -> None:
+        raise OSError("no database")
+
+    ran: list[int] = []
+    with pytest.raises(manyhands.WorkerInitError, match="OSError: no database"):
+        manyhands.run(ran.append, range(10), backend="auto", initializer=broken)
+    assert ran == []
+    with pytest.raises(manyhands.WorkerInitError, match="OSError: no database"):
+        manyhands.Pool(backend="auto", initializer=broken)
+
+
+def test_a_pool_on_auto_runs_its_initializer_here_for_its_threads() -> None:
+    SETUP.clear()
+    with manyhands.Pool(backend="auto", initializer=remember, initargs=(7,)) as pool:
+        report = pool.run(lambda x: SETUP["value"], range(20))
+    assert report.succeeded == 20
