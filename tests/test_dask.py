@@ -215,6 +215,50 @@ def test_a_stop_rule_cancels_the_runs_tasks(client: Any) -> None:
     assert tasks_of_manyhands(client) == []
 
 
+class Sent:
+    """The tasks a run submits through ``client``, counted per call to ``client.map``."""
+
+    def __init__(self, client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls: list[int] = []
+        submit_many = client.map
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.calls.append(len(kwargs["key"]))
+            return submit_many(*args, **kwargs)
+
+        monkeypatch.setattr(client, "map", counted)
+
+
+def _naps(x: int) -> int:
+    time.sleep(0.002)
+    return x
+
+
+def test_a_known_length_that_fits_a_round_goes_out_as_one_batch_per_thread(
+    client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # (a task more per thread costs it a start on its worker: see DaskBackend.sizing)
+    sent = Sent(client, monkeypatch)
+    report = manyhands.run(_naps, range(40), backend=client)
+    assert report.succeeded == 40
+    assert sum(sent.calls) == 2  # the cluster's 2 threads
+
+
+def test_a_second_batch_per_thread_waits_on_the_cluster_from_the_start(
+    client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 1,000 items, a window of 1,024: batches of 256 (a quarter of the window, on 2
+    # threads), ~0.5 s each. All four go out before the first comes back: no thread
+    # waits for its next batch through the driver and the scheduler.
+    sent = Sent(client, monkeypatch)
+    with manyhands.map(_naps, range(1000), backend=client, window=1024) as outcomes:
+        first = next(outcomes)
+        out_before_the_first_came_back = sum(sent.calls)
+        assert sum(out.ok for out in outcomes) == 999
+    assert first.ok
+    assert out_before_the_first_came_back == 4
+
+
 def test_a_generator_input_runs_through_with_a_bounded_window(client: Any) -> None:
     def numbers() -> Iterator[int]:
         yield from range(20_000)
