@@ -1,7 +1,8 @@
 """manyhands on Dask against Dask's own front doors, on one LocalCluster, one run.
 
     pip install -e ".[bench,dask]"
-    python benchmarks/bench_dask.py
+    python benchmarks/bench_dask.py              # every case, once
+    python benchmarks/bench_dask.py --case io --runs 3
 
 The cluster: 2 worker processes x 50 threads, loopback, started once and
 shared by every case (its start-up is outside the timed regions), with
@@ -12,7 +13,8 @@ shared by every case (its start-up is outside the timed regions), with
   compared by throughput) and against dask.bag (map + compute).
 - io: 20,000 x sleep(0.01), efficiency = ideal / wall with ideal = 20,000 x
   10 ms / 100 threads = 2 s. client.map beside it, on 5,000 items (ideal 0.5 s),
-  and, for how busy the machine is, the same run on 100 threads of the driver.
+  the same items from a generator (no length known), and, for how busy the
+  machine is, the same run on 100 threads of the driver.
 - stream: a 1,000,000-item generator through manyhands.map: the driver's RSS
   growth (sampled every 10 ms) and the most tasks the scheduler held at once.
   client.map refuses an iterator: the size of the list it needs first is
@@ -21,7 +23,9 @@ shared by every case (its start-up is outside the timed regions), with
 
 from __future__ import annotations
 
+import argparse
 import logging
+import os
 import sys
 import threading
 import time
@@ -111,14 +115,18 @@ def io(client: Any) -> list[str]:
     count, mapped = 20_000, 5_000
     ours = timed(lambda: manyhands.run(nap, range(count), backend=client))
     theirs = timed(lambda: client_map(client, nap, mapped))
+    streamed = timed(lambda: manyhands.run(nap, numbers(count), backend=client))
     local = timed(lambda: manyhands.run(nap, range(count), workers=threads))
     ideal, ideal_mapped = count * 0.01 / threads, mapped * 0.01 / threads
     return [
-        f"| io: sleep(0.01) on {threads} threads | wall | efficiency (ideal / wall) |",
+        f"| io: sleep(0.01) on {threads} threads, load {os.getloadavg()[0]:.1f} | wall | "
+        "efficiency (ideal / wall) |",
         "| --- | ---: | ---: |",
         f"| manyhands.run(backend=client), 20,000 items | {ours:.2f} s | {ideal / ours:.2f} |",
         f"| client.map + as_completed, 5,000 items | {theirs:.2f} s | "
         f"{ideal_mapped / theirs:.2f} |",
+        f"| manyhands.run(backend=client), a generator of 20,000 | {streamed:.2f} s | "
+        f"{ideal / streamed:.2f} |",
         f"| (reference: manyhands on {threads} threads of the driver, no Dask) | {local:.2f} s | "
         f"{ideal / local:.2f} |",
     ]
@@ -149,7 +157,14 @@ def stream(client: Any) -> list[str]:
     ]
 
 
+CASES = {"tiny": tiny, "io": io, "stream": stream}
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--case", choices=CASES, action="append", help="(default: all)")
+    parser.add_argument("--runs", type=int, default=1, help="each case this many times")
+    args = parser.parse_args()
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
         cluster = distributed.LocalCluster(
             n_workers=2,
@@ -166,8 +181,9 @@ def main() -> None:
         client_map(client, double, 100)
         print(f"Python, {psutil.cpu_count()} CPUs, dask {dask.__version__}, LocalCluster 2 x "
               f"{THREADS} threads, {time.strftime('%Y-%m-%d')}\n")  # fmt: skip
-        for case in (tiny, io, stream):
-            print("\n".join(case(client)), end="\n\n", flush=True)
+        for _ in range(args.runs):
+            for name in args.case or CASES:
+                print("\n".join(CASES[name](client)), end="\n\n", flush=True)
     finally:
         client.close()
         cluster.close()
