@@ -259,6 +259,32 @@ def test_a_second_batch_per_thread_waits_on_the_cluster_from_the_start(
     assert out_before_the_first_came_back == 4
 
 
+def _dask_sizer(workers: int = 100) -> Any:
+    """The batch sizes of a run on a Dask cluster of ``workers`` threads, on a generator."""
+    from manyhands._backends._dask import DaskBackend
+    from manyhands._sizing import Sizer
+
+    window = DaskBackend.window_per_worker * workers
+    return Sizer(workers, window, batch_size=None, one_by_one=False, **DaskBackend.sizing)
+
+
+def test_a_generators_batches_reach_their_size_after_one_round_trip() -> None:
+    # A generator starts at one item per batch; doubling per round trip took
+    # ~0.8 s of a cluster's 100 threads to reach batches of 0.35 s.
+    sizer = _dask_sizer()
+    assert sizer.size == 1
+    sizer.completed(items=1, seconds=0.01)
+    assert sizer.size >= 16
+
+
+def test_a_generator_that_delivers_a_batch_in_milliseconds_is_not_held_to_small_batches() -> None:
+    # (reading 16 items in 5 ms, a busy driver: a cluster's batch of 0.35 s holds them)
+    sizer = _dask_sizer()
+    sizer.completed(items=1, seconds=0.01)
+    sizer.read(size=16, seconds=0.005)
+    assert sizer.size >= 16
+
+
 def test_a_generator_input_runs_through_with_a_bounded_window(client: Any) -> None:
     def numbers() -> Iterator[int]:
         yield from range(20_000)
