@@ -12,6 +12,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -307,6 +308,27 @@ def test_timeout_fails_the_item_and_the_worker_goes_on(client: Any) -> None:
     (failure,) = report.failures
     assert (failure.item, failure.error_type) == (3, "manyhands.Timeout")
     assert "abandoned thread" in failure.message
+
+
+_this_thread = threading.local()
+
+
+def _calls_in_this_thread(x: int) -> int:
+    _this_thread.calls = getattr(_this_thread, "calls", 0) + 1
+    if x == 3:
+        time.sleep(3)
+    return int(_this_thread.calls)
+
+
+def test_timed_calls_share_a_thread_until_one_overruns(client: Any) -> None:
+    # (a thread per call cost ~150 us a call on a busy worker)
+    with manyhands.map(
+        _calls_in_this_thread, range(40), backend=client, timeout=0.5, ordered=True
+    ) as outcomes:
+        calls = [out.value for out in outcomes]
+    assert calls[3] is None  # it overran: abandoned with its thread
+    assert max(calls[:3]) == 3  # items 0-2 in one thread (of a batch of 20: 2 threads)
+    assert calls[4] == 1  # the next call in a new thread
 
 
 def test_the_journal_resumes_a_dask_run(client: Any, tmp_path: Path) -> None:
