@@ -230,6 +230,19 @@ class Sent:
         monkeypatch.setattr(client, "map", counted)
 
 
+def test_a_submission_the_cluster_refuses_fails_its_items_and_the_run_ends(
+    client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refused(*args: Any, **kwargs: Any) -> Any:
+        raise OSError("the scheduler went away")
+
+    monkeypatch.setattr(client, "map", refused)
+    report = manyhands.run(abs, range(10), backend=client)
+    assert (report.succeeded, report.failed) == (0, 10)
+    assert {failure.error_type for failure in report.failures} == {"manyhands.WorkerCrashed"}
+    assert "the scheduler went away" in report.failures[0].message
+
+
 def _naps(x: int) -> int:
     time.sleep(0.002)
     return x

@@ -232,15 +232,18 @@ class DaskBackend:
         """(the sender thread) Submit the parts handed over, all those waiting at once."""
         waiting = self._to_send
         while True:
-            parts = [waiting.get()]
+            handed = [waiting.get()]
             with contextlib.suppress(Empty):
                 while True:
-                    parts.append(waiting.get_nowait())
-            stop = None in parts
-            self._submit([part for part in parts if part is not None])
-            if stop:
+                    handed.append(waiting.get_nowait())
+            parts = [part for part in handed if part is not None]
+            try:
+                self._submit(parts)
+            except Exception as exc:  # (a thread that died here would leave the run waiting)
+                self._lost(parts, exc)
+            if None in handed:
                 return
-            del parts  # (an idle sender holds no task of a run)
+            del handed, parts  # (an idle sender holds no task of a run)
 
     def _submit(self, parts: list[_Part]) -> None:
         """Submit ``parts`` as tasks: one message to the scheduler per run, not one per task.
@@ -285,7 +288,7 @@ class DaskBackend:
                     part.future.add_done_callback(self._done.put)
 
     def _lost(self, parts: list[_Part], exc: Exception) -> None:
-        """``parts`` could not be submitted: their items fail."""
+        """``parts`` could not be submitted: the items of those still out fail."""
         with self._lock:
             parts = [part for part in parts if self._out.pop(part.key, None) is not None]
         for part in parts:
