@@ -87,20 +87,20 @@ class DaskBackend:
     # microseconds (submit, gather, file): batches are sized (_sizing.Sizer) so that
     # a task holds far more work than that, and so that few tasks make the end of a run.
     # An input of known length that fits in a round (at most `cap` items per thread)
-    # goes out at once as one batch per thread: each further task costs a thread
-    # 20-40 ms on a Dask worker where many tasks end together (the worker's event
-    # loop starts the next one). 20,000 x 10 ms on 100 threads: 0.91-0.94 of the
-    # ideal speed, 0.88-0.92 with two batches per thread (paired runs). The price:
-    # no thread takes over another's items, so a batch of slow items is waited for.
-    # A larger input is balanced at its end (`tail`). An input of unknown length
-    # starts at one item per batch: batches that double per round trip took ~0.8 s
-    # to reach their size, and batches of 0.2 s (the floor) made 1,800 tasks of
-    # 20,000 x 10 ms: 0.54-0.57 of the ideal speed; 0.68-0.70 growing 16-fold,
-    # floored at 0.35 s (~1,000 tasks; paired runs, load 5.5).
+    # goes out at once as two batches per thread, so that a thread whose first batch
+    # was quick takes over a waiting one. One batch per thread would spare each thread
+    # a task start on its worker (20-40 ms where many tasks end together): paired runs
+    # of 20,000 x 10 ms on 100 threads, 0.87-0.94 of the ideal speed (median 0.93)
+    # against 0.88-0.92 (median 0.91); but items sorted by cost (the first quarter 3x
+    # slower) ran at 0.48 against 0.88. A larger input is balanced at its end (`tail`).
+    # An input of unknown length starts at one item per batch: batches that doubled
+    # per round trip took ~0.8 s to reach their size, and batches of 0.2 s (the old
+    # floor) made 1,800 tasks of 20,000 x 10 ms: 0.54-0.57 of the ideal speed;
+    # 0.68-0.70 growing 16-fold, floored at 0.35 s (~1,000 tasks; paired, load 5.5).
     sizing: ClassVar[dict[str, float]] = {
         "batch_seconds": 0.5,  # a batch's work, once the time per item is known
         "dispatch_seconds": 2e-5,  # the driver's GIL per task (no worker shares it)
-        "spread": 1,  # an input of known length: its first batches, per worker (see below)
+        "spread": 2,  # an input of known length: its first batches, per worker (see above)
         "tail": 1,  # near the end: a batch per worker of what is left...
         "floor_seconds": 0.35,  # ...but no batch of less work than this
         "queue_at_once": True,  # a second batch per thread waits on the cluster from the start
