@@ -110,11 +110,15 @@ def one_run(client: Any, generator: bool) -> None:
         if key in called_back and key in filed:
             to_callback.append(called_back[key] - ended)
             to_filed.append(filed[key] - called_back[key])
+    per_process: dict[int, int] = {}
+    for call in calls:
+        per_process[call[1]] = per_process.get(call[1], 0) + 1
     ideal = COUNT * 0.01 / len(threads)
     sizes = sorted({len(items_of) for _, items_of in sent.values()})
     print(
         f"wall {wall:.3f} s, efficiency {ideal / wall:.3f}, load {os.getloadavg()[0]:.1f}; "
-        f"{len(sent)} tasks of {sizes[0]}-{sizes[-1]} items on {len(threads)} threads"
+        f"{len(sent)} tasks of {sizes[0]}-{sizes[-1]} items on {len(threads)} threads; "
+        f"items per worker process {sorted(per_process.values())}"
     )
     print(
         f"  call: mean {statistics.mean(c[4] - c[3] for c in calls) * 1000:.2f} ms; "
