@@ -20,11 +20,14 @@ shared by every case (its start-up is outside the timed regions), with
   growth (sampled every 10 ms) and the most tasks the scheduler held at once.
   client.map refuses an iterator: the size of the list it needs first is
   shown beside it (sys.getsizeof of the list and its ints).
+
+Every timed run starts once the driver and the cluster are idle (settle()).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -83,7 +86,31 @@ class Peak:
         self.most = max(self.most, self._sample())
 
 
+def settle(most: float = 5.0) -> float:
+    """Wait (at most ``most`` s) until this process and the cluster's are idle; seconds waited.
+
+    A run leaves the cluster busy for seconds after its last answer (Dask forgets its
+    tasks: 10,000 of client.map's cost the next io run 0.1-0.15 of its efficiency,
+    the same run 5 s later nothing), so every timed run starts on an idle cluster.
+    """
+    started = time.perf_counter()
+    mine = psutil.Process()
+    processes = [mine, *mine.children(recursive=True)]
+    for process in processes:
+        process.cpu_percent()
+    while time.perf_counter() - started < most:
+        time.sleep(0.25)
+        busy = 0.0
+        for process in processes:
+            with contextlib.suppress(psutil.Error):
+                busy += process.cpu_percent()
+        if busy < 10:  # (% of one core, all of them together)
+            break
+    return time.perf_counter() - started
+
+
 def timed(fn: Callable[[], Any]) -> float:
+    settle()
     started = time.perf_counter()
     fn()
     return time.perf_counter() - started
@@ -149,6 +176,7 @@ def stream(client: Any) -> list[str]:
     def scheduler_tasks() -> float:
         return float(client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks)))
 
+    settle()
     with Peak(lambda: process.memory_info().rss) as rss, Peak(scheduler_tasks, 0.1) as tasks:
         started = time.perf_counter()
         total = sum(out.value for out in manyhands.map(double, numbers(count), backend=client))
