@@ -262,9 +262,9 @@ def test_a_known_length_that_fits_a_round_goes_out_at_once_as_two_batches_per_th
 def test_a_second_batch_per_thread_waits_on_the_cluster_from_the_start(
     client: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # 1,000 items, a window of 1,024: batches of 256 (a quarter of the window, on 2
-    # threads), ~0.5 s each. All four go out before the first comes back: no thread
-    # waits for its next batch through the driver and the scheduler.
+    # 1,000 items on 2 threads: batches of 250 (two per thread; the window of 1,024
+    # allows 256), ~0.5 s each. All four go out before the first comes back: no
+    # thread waits for its next batch through the driver and the scheduler.
     sent = Sent(client, monkeypatch)
     with manyhands.map(_naps, range(1000), backend=client, window=1024) as outcomes:
         first = next(outcomes)
@@ -341,7 +341,7 @@ def test_timed_calls_share_a_thread_until_one_overruns(client: Any) -> None:
     ) as outcomes:
         calls = [out.value for out in outcomes]
     assert calls[3] is None  # it overran: abandoned with its thread
-    assert max(calls[:3]) == 3  # items 0-2 in one thread (of a batch of 20: 2 threads)
+    assert max(calls[:3]) == 3  # items 0-2 in one thread (a batch of 10: 2 per thread)
     assert calls[4] == 1  # the next call in a new thread
 
 
