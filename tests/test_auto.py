@@ -557,6 +557,14 @@ def test_with_its_processes_started_auto_chooses_before_the_window_ends() -> Non
     assert m.choose(now=0.04, running=8) is None  # the window is not over
     choice = m.choose(now=0.04, running=8, early=True)  # but the processes are ready
     assert choice is not None and choice.backend == "processes"
+    # Calls of seconds: two running, none finished, after the window's time. Without the
+    # processes started, the choice waits for ITEMS calls (seconds each, on one core).
+    slow = Measure(started=0.0, workers=32, cores=2, demand=no_schedstat, own_threads=True,
+                   cpu=lambda: clock["cpu"])  # fmt: skip
+    clock["cpu"] += 0.3
+    assert slow.choose(now=0.3, running=2) is None
+    choice = slow.choose(now=0.3, running=2, early=True)
+    assert choice is not None and choice.backend == "processes"
 
 
 _calls_here = {"now": 0, "most": 0}

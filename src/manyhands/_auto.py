@@ -5,7 +5,9 @@ each batch (``time.thread_time`` around it, once per batch) beside its wall
 time. The choice is made once, early: after ``WINDOW`` seconds of the run or
 ``ITEMS`` calls, whichever comes later; or sooner, once calls that look
 CPU-bound (:meth:`Measure.busy`) have had the run's worker processes started
-(the engine starts them then), from ``ITEMS // 2`` calls on. Calls still
+(the engine starts them then), from ``EARLY_CALLS`` calls on (calls of a
+second each would otherwise keep the run on one core for ``ITEMS`` seconds
+or more: their CPU time so far is the evidence). Calls still
 running count, and with the run's own threads measured alone so does their
 CPU so far: threads taking turns on the GIL all finish late, and the run does
 not wait for one of them (it chooses when the window ends, not when a call
@@ -63,6 +65,7 @@ from ._records import Record
 
 __all__ = [
     "CALLS_PER_CORE",
+    "EARLY_CALLS",
     "GIL_BOUND",
     "GROW_BELOW",
     "ITEMS",
@@ -81,10 +84,14 @@ __all__ = [
 
 WINDOW = 0.1  # seconds of the run before the choice
 ITEMS = 16  # calls at least (finished or running) before the choice
+EARLY_CALLS = 2  # the same, once the processes are started for calls that look CPU-bound
 GIL_BOUND = 0.7  # calls' CPU time per second of the run: the GIL is the limit
 MIN_CPU = 50e-6  # seconds of CPU per item for processes to pay
 WAIT_SEEN = 0.02  # seconds of the run before its threads can be seen to wait
-CALLS_PER_CORE = 4  # calls at once until they are seen to wait (or the choice is made)
+# Calls at once until they are seen to wait (or the choice is made): more GIL-bound
+# threads than cores only add to the line the engine's own thread waits in (importing
+# what the processes need took 135-165 ms behind 8 of them, 28-37 ms behind 2).
+CALLS_PER_CORE = 1
 LOOK_EVERY = 0.005  # seconds between looks at whether the calls wait (see Measure.waiting)
 GROW_BELOW = 0.85  # on processes, calls computing less of their time than this: more processes
 PROCESSES_PER_CORE = 4  # the most processes auto grows to, per core
@@ -303,13 +310,13 @@ class Measure:
         ``running``: calls started and not finished; with the run's own
         threads measured alone, their CPU so far counts for them. ``early``:
         the processes are started already; calls that look CPU-bound
-        (:meth:`busy`) move at once, from ``ITEMS // 2`` calls on, rather than
+        (:meth:`busy`) move at once, from ``EARLY_CALLS`` calls on, rather than
         at the window's end.
         """
         if not self.ready(now, running) and not (
             early
             and self.decided is None
-            and self._items + running >= ITEMS // 2
+            and self._items + running >= EARLY_CALLS
             and self.busy(now, running)
         ):
             return None

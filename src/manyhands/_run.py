@@ -853,10 +853,10 @@ class Run:
         """auto: few calls at once until they are seen to wait (or the choice is made).
 
         CPU-bound calls started on threads finish there, all late, taking turns
-        on the GIL (32 calls of 10 ms: a third of a second on one core, and
-        the engine itself waits in that line for its turn to choose). Calls
-        that wait lift the cap at their first answer, or when the window
-        ends without one.
+        on the GIL (32 calls of 10 ms: a third of a second on one core), and
+        the engine itself waits in that line for its turn to choose or to
+        start the processes. Calls that wait lift the cap at their first
+        answer, or when the window ends without one.
         """
         from ._auto import CALLS_PER_CORE, gil_enabled
 
