@@ -455,9 +455,11 @@ def test_a_pool_on_auto_moves_cpu_bound_runs_to_processes_it_shares_and_stops() 
 
 
 def cached_then_spin(x: int) -> tuple[int, float]:
-    """The first 30 items are cached; the rest compute ~150 times as long as spin."""
+    """The first 30 items are cached; the rest compute ~400 times as long as spin (a
+    second or more on threads: longer than the processes take to start, even on a
+    busy machine, where 150 times was not)."""
     if x >= 30:
-        for _ in range(150):
+        for _ in range(400):
             spin(x)
     return os.getpid(), time.monotonic()
 
