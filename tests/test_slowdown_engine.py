@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 
@@ -69,3 +70,30 @@ def test_while_the_slowdown_watches_every_worker_runs_a_call() -> None:
     report = manyhands.run(call, range(5000), workers=50)
     assert report.succeeded == 5000
     assert sum(seen) / len(seen) > 25  # about 45 here; 6 to 9 when items were counted
+
+
+def test_asyncio_opens_slowly_so_a_server_is_not_sent_a_first_wave_of_thousands() -> None:
+    # A server that takes 50 calls at a time and refuses the rest at once. On
+    # asyncio every task is a call at once: 1,000 tasks used to send 1,000 calls
+    # before the first answer, and 950 were refused. The opening starts with a
+    # few and doubles them while no refusal came back.
+    busy = [0]
+    answered = {"ok": 0, "refused": 0}
+
+    async def call(x: int) -> int:
+        if busy[0] >= 50:
+            answered["refused"] += 1
+            raise manyhands.RetryAfter(0.02)
+        busy[0] += 1
+        try:
+            await asyncio.sleep(0.02)
+        finally:
+            busy[0] -= 1
+        answered["ok"] += 1
+        return x
+
+    report = manyhands.run(
+        call, range(1000), workers=1000, retry=manyhands.Retry(20, backoff=0.01), progress=False
+    )
+    assert report.succeeded == 1000, report
+    assert answered["refused"] < 0.25 * (answered["ok"] + answered["refused"]), answered

@@ -4,12 +4,20 @@ A server that slows down instead of refusing (a queue in front of a few
 workers) only tells its clients through latency. This limit keeps the calls
 in flight near what the server turns around without a queue:
 
-- *Opening* (``slow_start=True``): the run starts with ``OPENING`` calls in
-  flight. The limit doubles every ``DOUBLING`` seconds, at most once per look
-  (a client too busy to look has not seen the answers that may be in), and
-  each accepted call lets one more start (TCP's slow start: twice as many per
-  round trip), until the server refuses a call, the latency rises (HyStart),
-  or the limit reaches ``workers``.
+- *Opening* (``slow_start=True``, asyncio's thousands of tasks): the run
+  starts with ``OPENING`` calls in flight. Until the first answer, time
+  doubles the limit every ``DOUBLING`` seconds, so a run that no server
+  limits is held back by its own CPU, not by the opening; but only at a look
+  that comes on time: a look later than ``LATE`` means the client is busy
+  (its event loop holds the interpreter), so the calls sent may not have
+  left yet, and their refusals cannot have come back. From the first
+  answer on, the answers pace it: each accepted call lets ``GROWTH`` more
+  start (1.5 times as many per round trip). A first answer that came late
+  (the opening older than ``LATE_ANSWER`` times its latency: the client or
+  the server lagged, and the blind doublings outran the answers) cuts the
+  limit back to twice the calls answered. The opening ends at the first
+  refusal (the rate takes it from there), when the latency rises (HyStart),
+  at a first answer under ``LOCAL`` (not a server's), or at ``workers``.
 - *Samples* (for a server that never refused a call): once per round trip
   the mean latency of the calls that came back is compared with the unloaded
   latency (the lowest mean over ``UNLOADED``
@@ -30,7 +38,12 @@ from collections import deque
 __all__ = ["OPENING", "LatencyLimit"]
 
 OPENING = 16  # calls in flight before any call came back
-DOUBLING = 0.01  # seconds per doubling of the opening, before any call came back
+DOUBLING = 0.003  # seconds per doubling of the opening, before any call came back
+LATE = 0.001  # seconds: a look this late means a busy client (no doubling at it)
+RECHECK = 0.001  # seconds: after a late look, look again this soon
+GROWTH = 0.5  # more calls per accepted call, once the answers pace the opening
+LATE_ANSWER = 1.5  # a first answer later than this many times its latency came late
+LOCAL = 1e-3  # seconds: calls faster than this are not a server's
 QUEUE = 2.0  # latency above this many times the unloaded one: a queue is building
 HEADROOM = 1.2  # calls in flight per call the server turns around unloaded
 GROW_BELOW = 1.25  # latency below this many times the unloaded one: room to grow
@@ -42,11 +55,13 @@ SUSTAINED = 3  # round trips in a row above QUEUE before the limit is cut
 class LatencyLimit:
     """How many calls may be in flight (``limit``), from the opening and the latency.
 
-    >>> limit = LatencyLimit(workers=100, now=0.0)
-    >>> limit.limit, round(limit.tick(0.025), 6), limit.limit  # time doubles it...
-    (16, 0.005, 32)
-    >>> limit.accepted(0.1, calls=1, latency=0.1, in_flight=31)
-    >>> limit.limit  # ...and each accepted call lets one more start
+    >>> limit = LatencyLimit(workers=1000, now=0.0)
+    >>> limit.limit, limit.tick(0.003), limit.limit  # time doubles it...
+    (16, 0.003, 32)
+    >>> limit.tick(0.0075), limit.limit  # ...at a look on time only
+    (0.001, 32)
+    >>> limit.accepted(0.012, calls=2, latency=0.01, in_flight=30)
+    >>> limit.limit  # then each accepted call lets half a call more start
     33
     """
 
@@ -64,6 +79,9 @@ class LatencyLimit:
         self._refusing = False
         self.follows = True  # latency may cut the limit (not for CPU work: see Slowdown)
         self._queued = 0  # samples in a row above QUEUE
+        self._wake = now + DOUBLING  # the opening's next doubling
+        self._answered = False  # a call came back: the answers pace the opening
+        self._credit = 0.0  # (GROWTH's fractions of a call)
 
     @property
     def rising(self) -> bool:
@@ -77,16 +95,19 @@ class LatencyLimit:
 
     def tick(self, now: float) -> float | None:
         """Grow the opening with time; seconds until it grows again (None: it no longer does)."""
-        if not self.opening:
+        if not self.opening or self._answered:
             return None
-        # At most twice as many per look: a client too busy to look (its own
-        # first wave keeps it busy) has not seen the answers that may be in.
-        doublings = min((now - self._begun) / DOUBLING, 60.0)
-        self.limit = max(self.limit, min(2 * self.limit, math.floor(OPENING * 2**doublings)))
+        if now < self._wake:
+            return self._wake - now
+        if now > self._wake + LATE:  # a busy client: the calls sent may not have left
+            self._wake = now + RECHECK
+            return RECHECK
+        self.limit = min(2 * self.limit, self.workers)
+        self._wake = now + DOUBLING
         if self.limit >= self.workers:
             self._end_opening()
             return None
-        return DOUBLING - (now - self._begun) % DOUBLING
+        return DOUBLING
 
     def refused(self) -> None:
         """The server refused a call: it says its limit, and the rate takes it from here.
@@ -111,9 +132,24 @@ class LatencyLimit:
         if now >= self._next_sample and not self._refusing and self.follows:
             self._sample(now, in_flight)
         if self.opening:
-            self.limit += calls
-            if self.limit >= self.workers:
-                self._end_opening()
+            self._pace(now, calls, latency)
+
+    def _pace(self, now: float, calls: int, latency: float) -> None:
+        """The opening, once calls come back: the answers pace it (see the module)."""
+        if not self._answered:
+            self._answered = True
+            if latency < LOCAL:
+                self._end_opening()  # (and the limit: workers)
+                self.limit = self.workers
+                return
+            if now - self._begun > LATE_ANSWER * latency:
+                self.limit = min(self.limit, max(OPENING, 2 * calls))
+        self._credit += calls * GROWTH
+        grow = int(self._credit)
+        self._credit -= grow
+        self.limit += grow
+        if self.limit >= self.workers:
+            self._end_opening()
 
     def hold(self, until: float) -> None:
         """Do not grow before ``until`` (the rate was just cut)."""

@@ -73,6 +73,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Completions", "Run", "RunHooks"]
 
+OPENING_SHARE = 8  # the slowdown's opening (asyncio): a batch is at most this share of it
+
 
 class Completions(Protocol):
     """The queue a run's finished batches come back through (a ``queue.SimpleQueue``)."""
@@ -105,6 +107,10 @@ class Run:
     the backend runs at once. ``consumer``: outcomes go to a consumer (``map``,
     ``amap``), and are recorded in the journal once it got them.
     """
+
+    # The slowdown's opening (asyncio): batches at most this big, and room for
+    # more of them out, as they are small (see _obey_slowdown).
+    _opening_batch = _opening_room = 0
 
     def __init__(
         self,
@@ -167,7 +173,10 @@ class Run:
         # The adaptive slowdown sets the start rate, the calls in flight and
         # pauses; while it watches, every answer goes to it (see _slowdown).
         self._slowdown = Slowdown(
-            self._batches_at_once(backend, workers), options.rate_per_second, now=clock()
+            self._batches_at_once(backend, workers),
+            options.rate_per_second,
+            now=clock(),
+            slow_start=self._items_are_calls,  # (asyncio: thousands of calls at once)
         )
         if backend.name == "processes":
             self._slowdown.ignore_latency()
@@ -610,12 +619,14 @@ class Run:
         reader = self._reader
         while (
             not reader.exhausted
-            and self._in_backend < sizer.max_batches
+            and self._in_backend < sizer.max_batches + self._opening_room
             and (self._in_flight if self._items_are_calls else self._in_backend)
             < self._most_in_flight
         ):
             room = self._window - self._pending_items  # (a whole batch may pass the limit)
             size = sizer.size
+            if self._opening_batch and size > self._opening_batch:
+                size = self._opening_batch
             if room <= 0 or (self._in_backend and (room < size or not completions.empty())):
                 return
             size = min(size, room)
@@ -1122,6 +1133,13 @@ class Run:
             self._most_in_flight = min(2 * slowdown.concurrency, self._window)
         else:
             self._most_in_flight = slowdown.concurrency
+        if slowdown.opening and self._items_are_calls:
+            # The opening (asyncio): a batch is at most an eighth of the calls allowed,
+            # so the first answers come back, and are heard, before the next doubling.
+            self._opening_batch = max(1, slowdown.concurrency // OPENING_SHARE)
+            self._opening_room = 8 * OPENING_SHARE
+        else:
+            self._opening_batch = 0
         if self._auto_cap is not None:  # (auto, until the calls are seen to wait or chosen)
             self._most_in_flight = min(self._most_in_flight, self._auto_cap)
         queueing = not watching or self._most_in_flight > slowdown.concurrency
