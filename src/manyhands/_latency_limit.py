@@ -93,12 +93,18 @@ class LatencyLimit:
         """The smoothed latency of accepted calls (0.0 before the first)."""
         return self._latency
 
-    def tick(self, now: float) -> float | None:
-        """Grow the opening with time; seconds until it grows again (None: it no longer does)."""
+    def tick(self, now: float, waiting: int = 0) -> float | None:
+        """Grow the opening with time; seconds until it grows again (None: it no longer does).
+
+        ``waiting``: batches sent whose calls the workers have not all started
+        (a busy event loop): no doubling until they have.
+        """
         if not self.opening or self._answered:
             return None
         if now < self._wake:
             return self._wake - now
+        if waiting:
+            return RECHECK
         if now > self._wake + LATE:  # a busy client: the calls sent may not have left
             self._wake = now + RECHECK
             return RECHECK

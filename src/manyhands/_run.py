@@ -110,7 +110,7 @@ class Run:
 
     # The slowdown's opening (asyncio): batches at most this big, and room for
     # more of them out, as they are small (see _obey_slowdown).
-    _opening_batch = _opening_room = 0
+    _opening_batch = _opening_room = _batches_sent = 0
 
     def __init__(
         self,
@@ -785,6 +785,7 @@ class Run:
         if self._sample is None:  # (auto: items to check they pickle before a move)
             self._sample = batch.items[:8]
         self._in_backend += 1
+        self._batches_sent += 1
         self._in_flight += len(batch.items)
         self._backend.submit(batch)
 
@@ -1107,11 +1108,16 @@ class Run:
         slowdown = self._slowdown
         if self._reader.exhausted:
             slowdown.ending()
-        due = slowdown.due(now)
+        due = slowdown.due(now, self._not_started() if slowdown.opening else 0)
         self._obey_slowdown()
         if now < slowdown.paused_until:
             return _sooner(due, slowdown.paused_until - now)
         return due
+
+    def _not_started(self) -> int:
+        """Batches sent whose calls a private event loop has not all started (its backlog)."""
+        taken = getattr(self._backend, "taken", None)
+        return 0 if taken is None or not self._owns_backend else self._batches_sent - taken
 
     def _obey_slowdown(self) -> None:
         slowdown = self._slowdown

@@ -289,10 +289,13 @@ class Slowdown:
         """No more input: only the calls in flight and the retries are left."""
         self._ending = True
 
-    def due(self, now: float) -> float | None:
-        """Apply the timed changes; seconds until the next one (None: none planned)."""
+    def due(self, now: float, waiting: int = 0) -> float | None:
+        """Apply the timed changes; seconds until the next one (None: none planned).
+
+        ``waiting``: batches sent whose calls have not all started yet.
+        """
         self._clock = now
-        wake = self._latency.tick(now)
+        wake = self._latency.tick(now, waiting)
         if self._pause is not None and now >= self._pause[0]:
             self._end_pause(now)
         if self._pending is not None:
