@@ -123,13 +123,15 @@ def test_no_probing_once_the_input_is_exhausted() -> None:
 def test_latency_limit_opening_doubles_by_time_at_looks_on_time_only() -> None:
     limit = LatencyLimit(workers=1000, now=0.0)
     assert limit.limit == OPENING and limit.opening
-    assert limit.tick(0.002) == pytest.approx(0.001)  # not yet
-    limit.tick(0.003)
+    assert limit.tick(DOUBLING - 0.001) == pytest.approx(0.001)  # not yet
+    limit.tick(DOUBLING)
     assert limit.limit == 2 * OPENING
+    # Calls sent that the event loop has not started yet: they have not left.
+    assert limit.tick(2 * DOUBLING, waiting=1) == RECHECK and limit.limit == 2 * OPENING
     # A look long after it was due: the client was busy (its event loop held the
     # interpreter), the calls it was given may not have left. No doubling...
     assert limit.tick(1.0) == RECHECK and limit.limit == 2 * OPENING
-    limit.tick(1.0 + RECHECK)  # ...until a look comes on time
+    limit.tick(1.0 + RECHECK)  # ...until a look comes on time, every call started
     assert limit.limit == 4 * OPENING
     limit.refused()  # the server names its limit: the rate takes it from here
     assert not limit.opening and limit.limit == 1000 and limit.tick(2.0) is None

@@ -38,7 +38,7 @@ from collections import deque
 __all__ = ["OPENING", "LatencyLimit"]
 
 OPENING = 16  # calls in flight before any call came back
-DOUBLING = 0.003  # seconds per doubling of the opening, before any call came back
+DOUBLING = 0.005  # seconds per doubling of the opening, before any call came back
 LATE = 0.001  # seconds: a look this late means a busy client (no doubling at it)
 RECHECK = 0.001  # seconds: after a late look, look again this soon
 GROWTH = 0.5  # more calls per accepted call, once the answers pace the opening
@@ -56,9 +56,9 @@ class LatencyLimit:
     """How many calls may be in flight (``limit``), from the opening and the latency.
 
     >>> limit = LatencyLimit(workers=1000, now=0.0)
-    >>> limit.limit, limit.tick(0.003), limit.limit  # time doubles it...
-    (16, 0.003, 32)
-    >>> limit.tick(0.0075), limit.limit  # ...at a look on time only
+    >>> limit.limit, limit.tick(0.005), limit.limit  # time doubles it...
+    (16, 0.005, 32)
+    >>> limit.tick(0.0115), limit.limit  # ...at a look on time only
     (0.001, 32)
     >>> limit.accepted(0.012, calls=2, latency=0.01, in_flight=30)
     >>> limit.limit  # then each accepted call lets half a call more start
