@@ -9,6 +9,9 @@ import time
 import manyhands
 from manyhands._demo_api import fetch, serve
 from manyhands._servers import SlidingWindow
+from manyhands._slowdown import PROVEN
+
+from .simulated import Simulation
 
 
 def test_a_window_that_counts_refusals_is_spent_once_not_hammered() -> None:
@@ -97,3 +100,32 @@ def test_asyncio_opens_slowly_so_a_server_is_not_sent_a_first_wave_of_thousands(
     )
     assert report.succeeded == 1000, report
     assert answered["refused"] < 0.25 * (answered["ok"] + answered["refused"]), answered
+
+
+def test_threads_queue_a_batch_ahead_once_the_first_round_trips_met_no_limit() -> None:
+    # Fake clock, 2 workers, 10 ms calls. A server's limit shows in the first round
+    # trips of a run that exceeds it; after PROVEN of them without a refusal a batch
+    # per worker waits ahead, so a worker that finishes a call starts the next
+    # without waiting for the run's thread (50 threads on 1 ms calls: 10-25% of the
+    # wall). Before, nothing waited ahead for the whole first second.
+    calls = 4 * PROVEN  # 2 workers: 2 * PROVEN round trips, well inside a second
+    quiet = Simulation(workers=2)
+    report = quiet.run(lambda x: x, range(calls), duration=lambda item: 0.01)
+    assert report.succeeded == calls and quiet.clock.now < 1.0
+    assert quiet.most_out == 4  # a batch per worker running, one more each waiting
+
+    # A refusal in the first round trips: nothing ever waits ahead.
+    refused: list[int] = []
+
+    def first_refused(x: int) -> int:
+        if not refused:
+            refused.append(x)
+            raise manyhands.RetryAfter(0.01)
+        return x
+
+    limited = Simulation(workers=2)
+    report = limited.run(
+        first_refused, range(calls), duration=lambda item: 0.01, retry=manyhands.Retry(2)
+    )
+    assert report.succeeded == calls and report.throttle_events == 1
+    assert limited.most_out == 2

@@ -81,6 +81,7 @@ WINDOWED_RISE = 0.05  # the same, once a lockout was seen
 MIN_EPISODE = 10  # calls answered at the current rate before a new cut is judged
 MIN_RATE = 0.1  # calls per second
 REMOTE = 1e-3  # seconds: calls this slow may be a server's
+PROVEN = 10  # round trips without a refusal before threads queue a batch ahead
 # The opening's slow start spares a server a first wave of thousands of calls
 # (2,000 asyncio tasks against 200/s: 2-4% refused in most runs instead of
 # 48%); the engine asks for it on asyncio, where every task is a call at once.
@@ -203,6 +204,17 @@ class Slowdown:
             and self._latency.limit >= self.workers
             and not self._latency.opening
         )
+
+    @property
+    def proven(self) -> bool:
+        """``PROVEN`` round trips came back and nothing limited the run (see ``unlimited``).
+
+        A server's limit shows in the first few round trips of a run that
+        exceeds it; from here on a batch per worker may wait ahead of the
+        workers (threads), and the first refusal ends that.
+        """
+        latency = self._latency.latency
+        return latency > 0 and self._clock - self._begun >= PROVEN * latency and self.unlimited
 
     @property
     def settled_rate(self) -> float | None:
