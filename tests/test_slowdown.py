@@ -166,7 +166,7 @@ def test_latency_limit_opening_cut_back_when_the_first_answer_came_late() -> Non
 
 def test_latency_limit_opening_keeps_the_ramp_of_slow_calls_answered_on_time() -> None:
     # 10,000 x 0.1 s: a busy client reached 8,192 when the first answers came,
-    # 0.1 s after their start: on time, so no cut; the answers take it from there.
+    # 0.1 s after their start: on time, so no cut.
     limit = LatencyLimit(workers=10_000, now=0.0)
     now = 0.0
     while limit.limit < 8192:
@@ -174,6 +174,10 @@ def test_latency_limit_opening_keeps_the_ramp_of_slow_calls_answered_on_time() -
         limit.tick(now)
     limit.accepted(0.104, calls=157, latency=0.1, in_flight=8192)
     assert limit.limit == 8192 + 78 and limit.opening
+    # Answers 0.1 s apart would take seconds to ramp up: time goes on doubling.
+    limit.tick(0.104)  # (this look is the first since 0.05: late, so not this one)
+    limit.tick(0.104 + RECHECK)
+    assert not limit.opening and limit.limit == 10_000
 
 
 def test_latency_limit_opening_ends_at_calls_no_server_answers_so_fast() -> None:

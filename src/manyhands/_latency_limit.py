@@ -15,7 +15,8 @@ in flight near what the server turns around without a queue:
   start (1.5 times as many per round trip). A first answer that came late
   (the opening older than ``LATE_ANSWER`` times its latency: the client or
   the server lagged, and the blind doublings outran the answers) cuts the
-  limit back to twice the calls answered. The opening ends at the first
+  limit back to twice the calls answered; one that came on time after
+  ``SLOW_CALL`` or more leaves time doubling on. The opening ends at the first
   refusal (the rate takes it from there), when the latency rises (HyStart),
   at a first answer under ``LOCAL`` (not a server's), or at ``workers``.
 - *Samples* (for a server that never refused a call): once per round trip
@@ -43,6 +44,7 @@ LATE = 0.001  # seconds: a look this late means a busy client (no doubling at it
 RECHECK = 0.001  # seconds: after a late look, look again this soon
 GROWTH = 0.5  # more calls per accepted call, once the answers pace the opening
 LATE_ANSWER = 1.5  # a first answer later than this many times its latency came late
+SLOW_CALL = 0.05  # seconds: answered on time, calls this slow leave time doubling on
 LOCAL = 1e-3  # seconds: calls faster than this are not a server's
 QUEUE = 2.0  # latency above this many times the unloaded one: a queue is building
 HEADROOM = 1.2  # calls in flight per call the server turns around unloaded
@@ -81,6 +83,7 @@ class LatencyLimit:
         self._queued = 0  # samples in a row above QUEUE
         self._wake = now + DOUBLING  # the opening's next doubling
         self._answered = False  # a call came back: the answers pace the opening
+        self._doubling = True  # time doubles it (until the first answer, see _pace)
         self._credit = 0.0  # (GROWTH's fractions of a call)
 
     @property
@@ -99,7 +102,7 @@ class LatencyLimit:
         ``waiting``: batches sent whose calls the workers have not all started
         (a busy event loop): no doubling until they have.
         """
-        if not self.opening or self._answered:
+        if not self.opening or not self._doubling:
             return None
         if now < self._wake:
             return self._wake - now
@@ -148,8 +151,13 @@ class LatencyLimit:
                 self._end_opening()  # (and the limit: workers)
                 self.limit = self.workers
                 return
-            if now - self._begun > LATE_ANSWER * latency:
+            late = now - self._begun > LATE_ANSWER * latency
+            if late:
                 self.limit = min(self.limit, max(OPENING, 2 * calls))
+            # Slow calls answered on time: the server kept up with the blind
+            # doublings, and answers a round trip apart would take seconds to
+            # ramp up: time goes on doubling (a refusal still ends it).
+            self._doubling = not late and latency >= SLOW_CALL
         self._credit += calls * GROWTH
         grow = int(self._credit)
         self._credit -= grow
