@@ -55,7 +55,7 @@ from ._reader import Reader
 from ._report import Report
 from ._retry import MAX_RETRY_AFTER, matches, retry_after_of
 from ._sizing import Sizer
-from ._slowdown import Slowdown
+from ._slowdown import OPENING_SHARE, Slowdown
 from ._stats import RunStatistics
 from ._stoprules import StopRules
 from ._thread_feed import ThreadFeed
@@ -72,8 +72,6 @@ if TYPE_CHECKING:
     from ._journal import Journal
 
 __all__ = ["Completions", "Run", "RunHooks"]
-
-OPENING_SHARE = 8  # the slowdown's opening (asyncio): a batch is at most this share of it
 
 
 class Completions(Protocol):

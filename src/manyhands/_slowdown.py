@@ -64,7 +64,7 @@ from ._latency_limit import LatencyLimit
 from ._rate import RateLimit
 from ._starts import SLOT, StartLog
 
-__all__ = ["Slowdown"]
+__all__ = ["OPENING_SHARE", "Slowdown"]
 
 WINDOW = 1.0  # seconds over which a server counts its budget, unless it says otherwise
 MARGIN = 0.95  # pace at this share of the estimated budget
@@ -81,6 +81,7 @@ WINDOWED_RISE = 0.05  # the same, once a lockout was seen
 MIN_EPISODE = 10  # calls answered at the current rate before a new cut is judged
 MIN_RATE = 0.1  # calls per second
 REMOTE = 1e-3  # seconds: calls this slow may be a server's
+OPENING_SHARE = 8  # the opening (asyncio): a batch is at most this share of the limit
 PROVEN = 10  # round trips without a refusal before threads queue a batch ahead
 # The opening's slow start spares a server a first wave of thousands of calls
 # (2,000 asyncio tasks against 200/s: 2-4% refused in most runs instead of
