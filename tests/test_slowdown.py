@@ -146,9 +146,14 @@ def test_latency_limit_opening_is_paced_by_the_answers_once_they_come() -> None:
     # from now on each accepted call lets half a call more start; time no longer doubles.
     limit.accepted(0.012, calls=4, latency=0.01, in_flight=60)
     assert limit.limit == 4 * OPENING + 2
-    assert limit.tick(0.05) is None and limit.limit == 4 * OPENING + 2
-    limit.accepted(0.013, calls=3, latency=0.01, in_flight=60)
+    limit.tick(0.02)
+    assert limit.limit == 4 * OPENING + 2
+    limit.accepted(0.021, calls=3, latency=0.01, in_flight=60)
     assert limit.limit == 4 * OPENING + 3  # (half calls add up)
+    # No answer for two latencies (the calls out may all wait for something):
+    # time doubles it again, so the opening never stalls a run.
+    limit.tick(0.0415)
+    assert limit.limit == 2 * (4 * OPENING + 3)
 
 
 def test_latency_limit_opening_cut_back_when_the_first_answer_came_late() -> None:

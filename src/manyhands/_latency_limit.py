@@ -16,9 +16,12 @@ in flight near what the server turns around without a queue:
   (the opening older than ``LATE_ANSWER`` times its latency: the client or
   the server lagged, and the blind doublings outran the answers) cuts the
   limit back to twice the calls answered; one that came on time after
-  ``SLOW_CALL`` or more leaves time doubling on. The opening ends at the first
-  refusal (the rate takes it from there), when the latency rises (HyStart),
-  at a first answer under ``LOCAL`` (not a server's), or at ``workers``.
+  ``SLOW_CALL`` or more leaves time doubling on, and so do two latencies
+  without an answer (the calls out may all wait for something: the opening
+  never stalls a run). The opening ends at the first refusal (the rate takes
+  it from there), at a first answer under ``LOCAL`` (not a server's), or at
+  ``workers``. Latency is sampled only after it: under a light opening the
+  client's own load is not yet in it, so it is no measure of "unloaded".
 - *Samples* (for a server that never refused a call): once per round trip
   the mean latency of the calls that came back is compared with the unloaded
   latency (the lowest mean over ``UNLOADED``
@@ -84,6 +87,7 @@ class LatencyLimit:
         self._wake = now + DOUBLING  # the opening's next doubling
         self._answered = False  # a call came back: the answers pace the opening
         self._doubling = True  # time doubles it (until the first answer, see _pace)
+        self._last_answer = now
         self._credit = 0.0  # (GROWTH's fractions of a call)
 
     @property
@@ -102,8 +106,15 @@ class LatencyLimit:
         ``waiting``: batches sent whose calls the workers have not all started
         (a busy event loop): no doubling until they have.
         """
-        if not self.opening or not self._doubling:
+        if not self.opening:
             return None
+        if not self._doubling:
+            # Paced by the answers; none for two latencies (the calls out may all
+            # wait for something): time doubles it again, the run never stalls here.
+            quiet = max(2 * self._latency, DOUBLING)
+            if now - self._last_answer < quiet:
+                return quiet - (now - self._last_answer)
+            self._wake = max(self._wake, now)  # (a quiet client: this look is on time)
         if now < self._wake:
             return self._wake - now
         if waiting:
@@ -138,10 +149,11 @@ class LatencyLimit:
             self._latency = latency
         self._sum += latency * calls
         self._count += calls
-        if now >= self._next_sample and not self._refusing and self.follows:
-            self._sample(now, in_flight)
-        if self.opening:
+        if self.opening:  # (no samples: the latency of a light opening is not "unloaded")
+            self._last_answer = now
             self._pace(now, calls, latency)
+        elif now >= self._next_sample and not self._refusing and self.follows:
+            self._sample(now, in_flight)
 
     def _pace(self, now: float, calls: int, latency: float) -> None:
         """The opening, once calls come back: the answers pace it (see the module)."""
@@ -172,6 +184,7 @@ class LatencyLimit:
     def _end_opening(self) -> None:
         self.opening = False
         self.limit = min(self.limit, self.workers)
+        self._sum, self._count = 0.0, 0  # (latency samples begin now)
 
     def _sample(self, now: float, in_flight: int) -> None:
         """Once per round trip: does the latency rise with the calls in flight?"""
