@@ -12,7 +12,7 @@ import math
 
 import pytest
 
-from manyhands._latency_limit import DOUBLING, LOCAL, OPENING, RECHECK, LatencyLimit
+from manyhands._latency_limit import DOUBLING, LOCAL, OPENING, QUIET, RECHECK, LatencyLimit
 from manyhands._servers import MODELS, Overload, SlidingWindow, TokenBucket, Unlimited
 from manyhands._slowdown import MARGIN, MIN_RATE, PROBES, Slowdown
 
@@ -150,9 +150,11 @@ def test_latency_limit_opening_is_paced_by_the_answers_once_they_come() -> None:
     assert limit.limit == 4 * OPENING + 2
     limit.accepted(0.021, calls=3, latency=0.01, in_flight=60)
     assert limit.limit == 4 * OPENING + 3  # (half calls add up)
-    # No answer for two latencies (the calls out may all wait for something):
-    # time doubles it again, so the opening never stalls a run.
-    limit.tick(0.0415)
+    # No answer for QUIET (the calls out may all wait for something): time
+    # doubles it again, so the opening never stalls a run.
+    limit.tick(0.021 + QUIET / 2)
+    assert limit.limit == 4 * OPENING + 3
+    limit.tick(0.021 + QUIET)
     assert limit.limit == 2 * (4 * OPENING + 3)
 
 
@@ -201,6 +203,13 @@ def test_latency_limit_cuts_to_what_the_server_turns_around_unloaded() -> None:
         now += 0.5
         limit.accepted(now, calls=100, latency=0.5, in_flight=100)
     assert limit.limit == math.ceil(200 * 0.1 * 1.2)
+    # The calls out may all wait for something only more calls bring: a limit that
+    # no answer eased for a while doubles, so it never holds a run still.
+    quiet = max(4 * limit.latency, QUIET)
+    assert limit.tick(now + quiet / 2) == pytest.approx(quiet / 2)
+    assert limit.limit == math.ceil(200 * 0.1 * 1.2)
+    limit.tick(now + quiet)
+    assert limit.limit == 2 * math.ceil(200 * 0.1 * 1.2)
 
 
 def test_a_refusing_server_is_paced_by_the_rate_not_the_latency() -> None:

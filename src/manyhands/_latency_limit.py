@@ -16,12 +16,11 @@ in flight near what the server turns around without a queue:
   (the opening older than ``LATE_ANSWER`` times its latency: the client or
   the server lagged, and the blind doublings outran the answers) cuts the
   limit back to twice the calls answered; one that came on time after
-  ``SLOW_CALL`` or more leaves time doubling on, and so do two latencies
+  ``SLOW_CALL`` or more leaves time doubling on, and so does ``QUIET``
   without an answer (the calls out may all wait for something: the opening
   never stalls a run). The opening ends at the first refusal (the rate takes
-  it from there), at a first answer under ``LOCAL`` (not a server's), or at
-  ``workers``. Latency is sampled only after it: under a light opening the
-  client's own load is not yet in it, so it is no measure of "unloaded".
+  it from there), when the latency rises (HyStart), at a first answer under
+  ``LOCAL`` (not a server's), or at ``workers``.
 - *Samples* (for a server that never refused a call): once per round trip
   the mean latency of the calls that came back is compared with the unloaded
   latency (the lowest mean over ``UNLOADED``
@@ -30,6 +29,8 @@ in flight near what the server turns around without a queue:
   bandwidth-delay product of TCP BBR), times ``HEADROOM``. Below
   ``GROW_BELOW`` times it, a limit that binds grows by a quarter per round
   trip (a path that got faster, or a cut the latency did not bear out).
+  A limit that no answer eased for ``QUIET`` doubles: the calls out may all
+  wait for something only more calls bring.
 
 Every method takes the time, so tests drive it exactly.
 """
@@ -48,6 +49,8 @@ RECHECK = 0.001  # seconds: after a late look, look again this soon
 GROWTH = 0.5  # more calls per accepted call, once the answers pace the opening
 LATE_ANSWER = 1.5  # a first answer later than this many times its latency came late
 SLOW_CALL = 0.05  # seconds: answered on time, calls this slow leave time doubling on
+QUIET = 0.1  # seconds without an answer (and 4 latencies) before time doubles it again
+QUIET_LATENCIES = 4
 LOCAL = 1e-3  # seconds: calls faster than this are not a server's
 QUEUE = 2.0  # latency above this many times the unloaded one: a queue is building
 HEADROOM = 1.2  # calls in flight per call the server turns around unloaded
@@ -107,11 +110,11 @@ class LatencyLimit:
         (a busy event loop): no doubling until they have.
         """
         if not self.opening:
-            return None
+            return self._unstall(now)
         if not self._doubling:
-            # Paced by the answers; none for two latencies (the calls out may all
+            # Paced by the answers; none for a while (the calls out may all
             # wait for something): time doubles it again, the run never stalls here.
-            quiet = max(2 * self._latency, DOUBLING)
+            quiet = max(QUIET_LATENCIES * self._latency, QUIET)
             if now - self._last_answer < quiet:
                 return quiet - (now - self._last_answer)
             self._wake = max(self._wake, now)  # (a quiet client: this look is on time)
@@ -128,6 +131,23 @@ class LatencyLimit:
             self._end_opening()
             return None
         return DOUBLING
+
+    def _unstall(self, now: float) -> float | None:
+        """A limit below ``workers`` that no answer eased for ``QUIET``: it doubles.
+
+        The calls in flight may all wait for something only more calls bring
+        (a call that waits for the others' results): a limit must never hold
+        a run still.
+        """
+        if self.limit >= self.workers:
+            return None
+        quiet = max(QUIET_LATENCIES * self._latency, QUIET)
+        idle = now - self._last_answer
+        if idle < quiet:
+            return quiet - idle
+        self.limit = min(2 * self.limit, self.workers)
+        self._last_answer = now
+        return quiet
 
     def refused(self) -> None:
         """The server refused a call: it says its limit, and the rate takes it from here.
@@ -149,11 +169,11 @@ class LatencyLimit:
             self._latency = latency
         self._sum += latency * calls
         self._count += calls
-        if self.opening:  # (no samples: the latency of a light opening is not "unloaded")
-            self._last_answer = now
-            self._pace(now, calls, latency)
-        elif now >= self._next_sample and not self._refusing and self.follows:
+        self._last_answer = now
+        if now >= self._next_sample and not self._refusing and self.follows:
             self._sample(now, in_flight)
+        if self.opening:
+            self._pace(now, calls, latency)
 
     def _pace(self, now: float, calls: int, latency: float) -> None:
         """The opening, once calls come back: the answers pace it (see the module)."""
@@ -184,7 +204,6 @@ class LatencyLimit:
     def _end_opening(self) -> None:
         self.opening = False
         self.limit = min(self.limit, self.workers)
-        self._sum, self._count = 0.0, 0  # (latency samples begin now)
 
     def _sample(self, now: float, in_flight: int) -> None:
         """Once per round trip: does the latency rise with the calls in flight?"""
