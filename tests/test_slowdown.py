@@ -295,3 +295,20 @@ def test_simulation_is_deterministic() -> None:
         again.rejected,
     )
     assert simulate(TokenBucket(200), seed=3).requests != 0
+
+
+def test_latency_counts_from_the_calls_started_after_the_opening() -> None:
+    # 10,000 tasks on one event loop: the calls started early in the ramp met a
+    # light client (0.1 s calls back in 0.1 s), those started once all run wait
+    # for the loop too (0.25 s). That is the client's load, not a server's queue:
+    # the early ones are no measure of "unloaded", and nothing is cut.
+    limit = LatencyLimit(workers=10_000, now=0.0)
+    now = 0.0
+    while limit.opening:
+        now += DOUBLING
+        limit.tick(now)
+    for k in range(5):
+        limit.accepted(0.1 + k * 0.005, calls=100, latency=0.1, in_flight=10_000)
+    for k in range(10):
+        limit.accepted(0.4 + k * 0.3, calls=1000, latency=0.25, in_flight=10_000)
+    assert limit.limit == 10_000 and not limit.rising

@@ -91,6 +91,8 @@ class LatencyLimit:
         self._answered = False  # a call came back: the answers pace the opening
         self._doubling = True  # time doubles it (until the first answer, see _pace)
         self._last_answer = now
+        self._opened = -math.inf  # when the opening ended (see _end_opening)
+        self._clock = now
         self._credit = 0.0  # (GROWTH's fractions of a call)
 
     @property
@@ -109,6 +111,7 @@ class LatencyLimit:
         ``waiting``: batches sent whose calls the workers have not all started
         (a busy event loop): no doubling until they have.
         """
+        self._clock = now
         if not self.opening:
             return self._unstall(now)
         if not self._doubling:
@@ -163,6 +166,7 @@ class LatencyLimit:
 
     def accepted(self, now: float, calls: int, latency: float, in_flight: int) -> None:
         """``calls`` calls came back accepted, taking ``latency`` seconds each."""
+        self._clock = now
         if self._latency:
             self._latency = 0.8 * self._latency + 0.2 * latency
         else:
@@ -170,7 +174,12 @@ class LatencyLimit:
         self._sum += latency * calls
         self._count += calls
         self._last_answer = now
-        if now >= self._next_sample and not self._refusing and self.follows:
+        if (
+            now >= self._next_sample
+            and not self._refusing
+            and self.follows
+            and now - latency >= self._opened  # (see _end_opening)
+        ):
             self._sample(now, in_flight)
         if self.opening:
             self._pace(now, calls, latency)
@@ -202,8 +211,15 @@ class LatencyLimit:
         self._hold_until = max(self._hold_until, until)
 
     def _end_opening(self) -> None:
+        """The opening is over; latency counts from the calls started after it.
+
+        The calls started during a ramp met a lighter client than those after
+        it (10,000 tasks on one event loop: 0.1 s calls answered in 0.1 s
+        early, 0.2 s once all run): their latency is no measure of "unloaded".
+        """
         self.opening = False
         self.limit = min(self.limit, self.workers)
+        self._opened = self._clock
 
     def _sample(self, now: float, in_flight: int) -> None:
         """Once per round trip: does the latency rise with the calls in flight?"""
