@@ -1,7 +1,8 @@
 """manyhands on Dask against Dask's own front doors, on one LocalCluster, one run.
 
     pip install -e ".[bench,dask]"
-    python benchmarks/bench_dask.py
+    python benchmarks/bench_dask.py              # every case, once
+    python benchmarks/bench_dask.py --case io --runs 3
 
 The cluster: 2 worker processes x 50 threads, loopback, started once and
 shared by every case (its start-up is outside the timed regions), with
@@ -12,16 +13,23 @@ shared by every case (its start-up is outside the timed regions), with
   compared by throughput) and against dask.bag (map + compute).
 - io: 20,000 x sleep(0.01), efficiency = ideal / wall with ideal = 20,000 x
   10 ms / 100 threads = 2 s. client.map beside it, on 5,000 items (ideal 0.5 s),
-  and, for how busy the machine is, the same run on 100 threads of the driver.
+  the same items from a generator (no length known), items sorted by cost
+  (the first quarter 20 ms, the rest 6.7 ms: the same 2 s ideal) and, for how
+  busy the machine is, the same run on 100 threads of the driver.
 - stream: a 1,000,000-item generator through manyhands.map: the driver's RSS
   growth (sampled every 10 ms) and the most tasks the scheduler held at once.
   client.map refuses an iterator: the size of the list it needs first is
   shown beside it (sys.getsizeof of the list and its ints).
+
+Every timed run starts once the driver and the cluster are idle (settle()).
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import logging
+import os
 import sys
 import threading
 import time
@@ -44,6 +52,12 @@ def double(x: int) -> int:
 
 def nap(x: int) -> int:
     time.sleep(0.01)
+    return x
+
+
+def sorted_nap(x: int) -> int:
+    """The first quarter of 20,000 items 3x slower than the rest: 200 s of sleep in all."""
+    time.sleep(0.02 if x < 5000 else 0.02 / 3)
     return x
 
 
@@ -72,7 +86,31 @@ class Peak:
         self.most = max(self.most, self._sample())
 
 
+def settle(most: float = 5.0) -> float:
+    """Wait (at most ``most`` s) until this process and the cluster's are idle; seconds waited.
+
+    A run leaves the cluster busy for seconds after its last answer (Dask forgets its
+    tasks: 10,000 of client.map's cost the next io run 0.1-0.15 of its efficiency,
+    the same run 5 s later nothing), so every timed run starts on an idle cluster.
+    """
+    started = time.perf_counter()
+    mine = psutil.Process()
+    processes = [mine, *mine.children(recursive=True)]
+    for process in processes:
+        process.cpu_percent()
+    while time.perf_counter() - started < most:
+        time.sleep(0.25)
+        busy = 0.0
+        for process in processes:
+            with contextlib.suppress(psutil.Error):
+                busy += process.cpu_percent()
+        if busy < 10:  # (% of one core, all of them together)
+            break
+    return time.perf_counter() - started
+
+
 def timed(fn: Callable[[], Any]) -> float:
+    settle()
     started = time.perf_counter()
     fn()
     return time.perf_counter() - started
@@ -111,14 +149,21 @@ def io(client: Any) -> list[str]:
     count, mapped = 20_000, 5_000
     ours = timed(lambda: manyhands.run(nap, range(count), backend=client))
     theirs = timed(lambda: client_map(client, nap, mapped))
+    streamed = timed(lambda: manyhands.run(nap, numbers(count), backend=client))
+    uneven = timed(lambda: manyhands.run(sorted_nap, range(count), backend=client))
     local = timed(lambda: manyhands.run(nap, range(count), workers=threads))
     ideal, ideal_mapped = count * 0.01 / threads, mapped * 0.01 / threads
     return [
-        f"| io: sleep(0.01) on {threads} threads | wall | efficiency (ideal / wall) |",
+        f"| io: sleep(0.01) on {threads} threads, load {os.getloadavg()[0]:.1f} | wall | "
+        "efficiency (ideal / wall) |",
         "| --- | ---: | ---: |",
         f"| manyhands.run(backend=client), 20,000 items | {ours:.2f} s | {ideal / ours:.2f} |",
         f"| client.map + as_completed, 5,000 items | {theirs:.2f} s | "
         f"{ideal_mapped / theirs:.2f} |",
+        f"| manyhands.run(backend=client), a generator of 20,000 | {streamed:.2f} s | "
+        f"{ideal / streamed:.2f} |",
+        f"| manyhands.run(backend=client), 20,000 sorted by cost (the first quarter 3x "
+        f"slower) | {uneven:.2f} s | {ideal / uneven:.2f} |",
         f"| (reference: manyhands on {threads} threads of the driver, no Dask) | {local:.2f} s | "
         f"{ideal / local:.2f} |",
     ]
@@ -131,6 +176,7 @@ def stream(client: Any) -> list[str]:
     def scheduler_tasks() -> float:
         return float(client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks)))
 
+    settle()
     with Peak(lambda: process.memory_info().rss) as rss, Peak(scheduler_tasks, 0.1) as tasks:
         started = time.perf_counter()
         total = sum(out.value for out in manyhands.map(double, numbers(count), backend=client))
@@ -149,7 +195,14 @@ def stream(client: Any) -> list[str]:
     ]
 
 
+CASES = {"tiny": tiny, "io": io, "stream": stream}
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--case", choices=CASES, action="append", help="(default: all)")
+    parser.add_argument("--runs", type=int, default=1, help="each case this many times")
+    args = parser.parse_args()
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
         cluster = distributed.LocalCluster(
             n_workers=2,
@@ -166,8 +219,9 @@ def main() -> None:
         client_map(client, double, 100)
         print(f"Python, {psutil.cpu_count()} CPUs, dask {dask.__version__}, LocalCluster 2 x "
               f"{THREADS} threads, {time.strftime('%Y-%m-%d')}\n")  # fmt: skip
-        for case in (tiny, io, stream):
-            print("\n".join(case(client)), end="\n\n", flush=True)
+        for _ in range(args.runs):
+            for name in args.case or CASES:
+                print("\n".join(CASES[name](client)), end="\n\n", flush=True)
     finally:
         client.close()
         cluster.close()

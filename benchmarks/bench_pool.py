@@ -24,6 +24,7 @@ programs took CPU from it. ``BENCH_POOL_LOOPS`` fixes the CPU work's loops per s
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import statistics
@@ -204,7 +205,12 @@ def processes_case(kind: str) -> dict[str, Any]:
 
 def warm_case(kind: str) -> dict[str, Any]:
     runs, items = 10, range(40)
-    _ = manyhands.Pool, manyhands.run  # (imported before the clock starts, as ProcessPoolExecutor)
+    # Modules are imported before the clock starts, for every row: ProcessPoolExecutor's
+    # (concurrent.futures.process, multiprocessing) at the top of this file, and the
+    # process backend's that manyhands imports on a Pool's first use (it, cloudpickle,
+    # multiprocessing's forkserver client: 9-19 ms here), which are not the pool's start.
+    _ = manyhands.Pool, manyhands.run
+    importlib.import_module("manyhands._backends").prepare_processes(None)  # (imports only)
     started = time.perf_counter()
     if kind == "serial":
         for _ in range(runs):

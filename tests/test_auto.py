@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 import manyhands
 from manyhands import _auto
-from manyhands._auto import ITEMS, WINDOW, Measure
+from manyhands._auto import ITEMS, PROCESSES_PER_CORE, WINDOW, Measure, Sizing
 from manyhands._run import Run
 
 from .conftest import finish, start_python
@@ -46,6 +46,84 @@ def test_calls_that_wait_stay_on_threads_and_short_cpu_calls_too() -> None:
     tiny = Measure(started=0.0, workers=8, cores=2, demand=no_schedstat)
     tiny.add(items=1_000_000, seconds=0.1, cpu=0.1)  # 0.1 us each: the engine's cost
     assert "too short" in str(tiny.choose(now=0.1))
+
+
+def test_on_processes_calls_that_also_wait_get_more_processes_once() -> None:
+    def grown(cpu: float, waited: float = 0.0, workers: int = 32, cores: int = 2) -> int | None:
+        """8 batches of 0.1 s on 2 processes, ``cpu`` of each computing."""
+        waits = iter([0.0, waited])
+        sizing = Sizing(0.0, processes=2, workers=workers, cores=cores, waited=lambda: next(waits))
+        for _ in range(8):
+            sizing.add(seconds=0.1, cpu=cpu)
+        return sizing.judge(now=WINDOW)
+
+    assert grown(cpu=0.05) == 8  # half of the time waiting: twice the fit, 4 per core
+    assert grown(cpu=0.08) == 5  # 80%: 2 x 2 / 0.8
+    assert grown(cpu=0.095) is None  # CPU-bound: one process per core is right
+    assert grown(cpu=0.05, waited=0.35) is None  # they waited for a core, not on I/O
+    assert grown(cpu=0.004) == 0  # 4%: they mostly wait, the move was wrong: back to threads
+    assert grown(cpu=0.01, workers=6) == 6  # never more than the run's workers
+    assert grown(cpu=0.02, cores=3) == 3 * PROCESSES_PER_CORE  # nor 4 per core
+    sizing = Sizing(0.0, processes=2, workers=32, cores=2)
+    for _ in range(3):
+        sizing.add(seconds=0.1, cpu=0.01)
+    assert sizing.judge(now=1.0) is None and not sizing.done  # two batches per process first
+    sizing.add(seconds=0.1, cpu=0.01)
+    assert sizing.judge(now=1.0) == 8 and sizing.done
+    assert sizing.judge(now=2.0) is None  # once
+
+
+def test_whether_calls_wait_is_looked_at_every_few_ms_not_after_every_batch() -> None:
+    reads = Counter[str]()
+
+    def demand() -> tuple[float, float]:
+        reads["ready time"] += 1  # a file per thread
+        return 0.0, 0.0
+
+    def cpu() -> float:
+        reads["clocks"] += 1  # a clock per thread
+        return 0.0
+
+    m = Measure(started=0.0, workers=32, cores=2, demand=demand, own_threads=True, cpu=cpu,
+                process_cpu=lambda: 0.0)  # fmt: skip
+    reads.clear()
+    # 1,000 batches of tiny calls come back within 20 ms, after WAIT_SEEN
+    answers = [m.waiting(_auto.WAIT_SEEN + n * 2e-5) for n in range(1000)]
+    assert answers[0] is True  # little CPU, no time ready to run: they wait
+    looks = 1 + int(1000 * 2e-5 / _auto.LOOK_EVERY)
+    assert reads["clocks"] <= looks and reads["ready time"] <= looks, reads
+
+
+def test_calls_are_not_waiting_while_the_engine_keeps_the_gil_busy() -> None:
+    """Tiny calls: the workers' own CPU is low (the engine's thread takes the GIL most of
+    the time), but the process is busy: no need to read every thread's ready time."""
+    reads = Counter[str]()
+
+    def demand() -> tuple[float, float]:
+        reads["ready time"] += 1
+        return 0.0, 0.0
+
+    process = {"cpu": 0.0}
+    m = Measure(started=0.0, workers=32, cores=2, demand=demand, own_threads=True,
+                cpu=lambda: 0.005, process_cpu=lambda: process["cpu"])  # fmt: skip
+    reads.clear()
+    process["cpu"] = 0.025  # the whole process computed 25 ms of the first 25 ms
+    assert m.waiting(0.025) is False
+    assert reads["ready time"] == 0
+
+
+def test_calls_too_short_for_processes_lift_the_cap_on_calls_at_once() -> None:
+    def lifted(items: int, cpu: float) -> bool:
+        clock["cpu"] = 0.0
+        m = Measure(started=0.0, workers=32, cores=2, demand=no_schedstat, own_threads=True,
+                    cpu=lambda: clock["cpu"], process_cpu=lambda: clock["cpu"])  # fmt: skip
+        m.add(items=items, seconds=cpu, cpu=cpu)
+        clock["cpu"] = cpu
+        return m.waiting(0.025)
+
+    clock = {"cpu": 0.0}
+    assert lifted(items=20_000, cpu=0.024)  # 1.2 us each: they stay on threads anyway
+    assert not lifted(items=50, cpu=0.024)  # 50 cached, then CPU-bound calls running
 
 
 def test_one_core_a_free_threaded_python_or_one_worker_stay_on_threads(
@@ -218,7 +296,9 @@ def test_moving_at_any_point_loses_and_repeats_nothing(switch_after: int, ordere
     """The run moves to processes after ``switch_after`` measured batches (forced)."""
     seen = []
 
-    def choose_after(self: Measure, now: float, running: int = 0) -> _auto.Choice | None:
+    def choose_after(
+        self: Measure, now: float, running: int = 0, early: bool = False
+    ) -> _auto.Choice | None:
         seen.append(now)
         if len(seen) == switch_after:
             self.decided = _auto.Choice("processes", "forced by the test", 2)
@@ -251,6 +331,88 @@ def _fail_some(x: int) -> int:
 def pid_of(x: int) -> tuple[int, int]:
     spin(x)
     return x, __import__("os").getpid()
+
+
+def nap_then_spin(x: int) -> tuple[int, int]:
+    """Waits 20 ms, then computes a little (spin's share of the call is small)."""
+    time.sleep(0.02)
+    spin(x)
+    return x, os.getpid()
+
+
+def test_calls_that_also_wait_move_to_more_processes_than_cores() -> None:
+    cores = os.cpu_count() or 1
+    if cores < 2:
+        pytest.skip("one core: auto stays on threads (tested above)")
+    code = textwrap.dedent(
+        """
+        import os
+        import psutil
+        import manyhands
+        from tests.test_auto import nap_then_spin
+
+        if __name__ == "__main__":
+            {CPU_BOUND_ALWAYS}
+            run = manyhands.map(nap_then_spin, range(400), backend="auto", ordered=True)
+            outs = list(run)
+            print([o.value[0] for o in outs] == list(range(400)))
+            print(len({o.value[1] for o in outs} - {os.getpid()}))
+            print(run.report.backend)
+            helpers = ("forkserver", "resource_tracker")  # multiprocessing's, not workers
+            print([p.pid for p in psutil.Process().children(recursive=True)
+                   if not any(h in " ".join(p.cmdline()) for h in helpers)])
+        """
+    ).replace("{CPU_BOUND_ALWAYS}", CPU_BOUND_ALWAYS)
+    proc = start_python(code)
+    out, err = finish(proc, timeout=120)
+    assert proc.returncode == 0, err
+    same, processes, backend, left = out.splitlines()
+    assert same == "True"  # every item once, in order
+    assert "; then " in backend and "processes: calls computed" in backend, backend
+    grown_to = int(backend.split("; then ")[1].split(" ")[0])
+    assert cores < grown_to <= PROCESSES_PER_CORE * cores
+    assert cores < int(processes) <= grown_to  # the added processes ran calls
+    assert left == "[]"  # and stopped with the run
+
+
+def nap_where(x: int) -> tuple[int, int]:
+    time.sleep(0.02)
+    return x, os.getpid()
+
+
+def test_calls_that_wait_moved_to_processes_by_mistake_go_back_to_threads() -> None:
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("one core: auto stays on threads (tested above)")
+    # A machine busy with other work can make threads that wait on I/O look CPU-bound
+    # (their time waiting for a core); here every call is taken as CPU-bound.
+    code = textwrap.dedent(
+        """
+        import os
+        import psutil
+        import manyhands, manyhands._auto
+        from tests.test_auto import nap_where
+
+        if __name__ == "__main__":
+            manyhands._auto.GIL_BOUND = manyhands._auto.MIN_CPU = 0.0
+            run = manyhands.map(nap_where, range(400), backend="auto", workers=50)
+            outs = sorted(o.value for o in run)
+            print([x for x, _ in outs] == list(range(400)))
+            print(sum(pid == os.getpid() for _, pid in outs))
+            print(run.report.backend)
+            helpers = ("forkserver", "resource_tracker")  # multiprocessing's, not workers
+            print([p.pid for p in psutil.Process().children(recursive=True)
+                   if not any(h in " ".join(p.cmdline()) for h in helpers)])
+        """
+    )
+    proc = start_python(code)
+    out, err = finish(proc, timeout=120)
+    assert proc.returncode == 0, err
+    same, on_threads, backend, left = out.splitlines()
+    assert same == "True"  # every item once
+    assert backend.startswith("threads (auto: calls used"), backend
+    assert "on processes the calls computed" in backend and "back to threads" in backend
+    assert int(on_threads) >= 300  # the processes ran a few calls, the threads the rest
+    assert left == "[]"
 
 
 def test_a_pool_on_auto_moves_cpu_bound_runs_to_processes_it_shares_and_stops() -> None:
@@ -326,6 +488,83 @@ def test_auto_chooses_when_its_window_ends_even_if_no_call_has_finished(
     on_threads = [end for pid, end in ends if pid == os.getpid()]
     assert on_threads and len(moved) == 1
     assert moved[0] < min(on_threads)  # chosen before any CPU-bound call ended here
+
+
+def test_the_processes_start_once_calls_look_cpu_bound_and_the_move_takes_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("one core: auto stays on threads (tested above)")
+    monkeypatch.setattr(_auto, "GIL_BOUND", 0.0)  # (see CPU_BOUND_ALWAYS)
+    events: list[str] = []
+    own, move = Run._own_processes, Run._move_to_processes
+
+    def started(self: Run, workers: int) -> Any:
+        events.append("processes started")
+        return own(self, workers)
+
+    def moved(self: Run, choice: _auto.Choice, sample: list[Any]) -> None:
+        events.append("moved")
+        move(self, choice, sample)
+
+    monkeypatch.setattr(Run, "_own_processes", started)
+    monkeypatch.setattr(Run, "_move_to_processes", moved)
+    outs = manyhands.map(pid_of, range(200), backend="auto", workers=8)
+    assert sorted(o.value[0] for o in outs) == list(range(200))
+    assert outs.report.backend.startswith("processes (auto:")
+    assert events == ["processes started", "moved"]  # started before the choice, once
+
+
+def worker_processes() -> list[int]:
+    """This process's children that are workers (not multiprocessing's own helpers)."""
+    import psutil
+
+    helpers = ("forkserver", "resource_tracker")
+    children = psutil.Process().children(recursive=True)
+    return [p.pid for p in children if not any(h in " ".join(p.cmdline()) for h in helpers)]
+
+
+def test_processes_started_for_a_move_that_does_not_come_are_stopped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("one core: auto stays on threads (tested above)")
+    monkeypatch.setattr(_auto, "GIL_BOUND", 0.0)  # the calls look CPU-bound: processes start
+    started: list[Run] = []
+    own = Run._own_processes
+
+    def counted(self: Run, workers: int) -> Any:
+        started.append(self)
+        return own(self, workers)
+
+    monkeypatch.setattr(Run, "_own_processes", counted)
+    stay = _auto.Choice("threads", "kept by the test")
+    monkeypatch.setattr(Measure, "_judge", lambda self, window, running=0: stay)
+    report = manyhands.run(spin, range(200), backend="auto", workers=8)
+    assert report.succeeded == 200 and report.backend.startswith("threads (auto: kept")
+    assert len(started) == 1
+    deadline = time.monotonic() + 10
+    while worker_processes() and time.monotonic() < deadline:
+        time.sleep(0.05)  # (a process killed a moment ago may still be reaped)
+    assert worker_processes() == []
+
+
+def test_with_its_processes_started_auto_chooses_before_the_window_ends() -> None:
+    clock = {"cpu": 0.0}
+    m = Measure(started=0.0, workers=32, cores=2, demand=no_schedstat, own_threads=True,
+                cpu=lambda: clock["cpu"])  # fmt: skip
+    clock["cpu"] = 0.04  # 8 calls running for 40 ms on one GIL: CPU-bound
+    assert m.choose(now=0.04, running=8) is None  # the window is not over
+    choice = m.choose(now=0.04, running=8, early=True)  # but the processes are ready
+    assert choice is not None and choice.backend == "processes"
+    # Calls of seconds: two running, none finished, after the window's time. Without the
+    # processes started, the choice waits for ITEMS calls (seconds each, on one core).
+    slow = Measure(started=0.0, workers=32, cores=2, demand=no_schedstat, own_threads=True,
+                   cpu=lambda: clock["cpu"])  # fmt: skip
+    clock["cpu"] += 0.3
+    assert slow.choose(now=0.3, running=2) is None
+    choice = slow.choose(now=0.3, running=2, early=True)
+    assert choice is not None and choice.backend == "processes"
 
 
 _calls_here = {"now": 0, "most": 0}
@@ -408,3 +647,86 @@ def test_the_switch_interval_is_restored_after_moves_that_overlap() -> None:
     assert sys.getswitchinterval() < before
     second.__exit__(None, None, None)
     assert sys.getswitchinterval() == before
+
+
+def test_while_auto_measures_the_engine_waits_short_turns_for_the_gil() -> None:
+    """Behind CPU-bound calls taking 5 ms turns, the engine was 4-57 ms late to look."""
+    from manyhands._run import MEASURING_TURNS, _first_in_line
+
+    if (os.cpu_count() or 1) < 2 or not _auto.gil_enabled():
+        pytest.skip("auto does not cap the calls here: nothing to measure")
+    before = sys.getswitchinterval()
+    seen: list[float] = []
+
+    def spin_seen(x: int) -> int:
+        seen.append(sys.getswitchinterval())
+        return spin(x)
+
+    report = manyhands.run(spin_seen, range(50), backend="auto", workers=32)
+    assert report.succeeded == 50
+    assert seen[0] <= MEASURING_TURNS < before  # the first calls run while it measures
+    assert sys.getswitchinterval() == before  # and it is restored after
+    with _first_in_line(1e-4):  # a move inside the window: the shortest asked holds
+        inner = _first_in_line(MEASURING_TURNS)
+        inner.__enter__()
+        assert sys.getswitchinterval() == pytest.approx(1e-4)
+    assert sys.getswitchinterval() == pytest.approx(MEASURING_TURNS)
+    inner.__exit__(None, None, None)
+    assert sys.getswitchinterval() == before
+
+
+SETUP: dict[str, Any] = {}
+
+
+def remember(value: int) -> None:
+    SETUP["value"] = value
+
+
+def set_up_value(x: int) -> tuple[Any, int]:
+    spin(x)
+    return SETUP.get("value"), os.getpid()
+
+
+def test_on_auto_the_initializer_also_runs_here_for_the_calls_on_threads() -> None:
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("one core: auto stays on threads (tested above)")
+    code = textwrap.dedent(
+        """
+        import os
+        import manyhands
+        from tests.test_auto import remember, set_up_value
+
+        if __name__ == "__main__":
+            {CPU_BOUND_ALWAYS}
+            outs = list(manyhands.map(set_up_value, range(300), backend="auto",
+                                      initializer=remember, initargs=(42,)))
+            print(sorted({o.value[0] for o in outs}))
+            print(any(o.value[1] == os.getpid() for o in outs),
+                  any(o.value[1] != os.getpid() for o in outs))
+        """
+    ).replace("{CPU_BOUND_ALWAYS}", CPU_BOUND_ALWAYS)
+    proc = start_python(code)
+    out, err = finish(proc, timeout=120)
+    assert proc.returncode == 0, err
+    values, where = out.splitlines()
+    assert values == "[42]"  # every call saw it, on threads and on processes
+    assert where == "True True"  # (calls ran in both places)
+
+
+def test_on_auto_an_initializer_that_raises_runs_no_item(no_thread_left: None) -> None:
+    def broken() -> None:
+        raise OSError("no database")
+
+    ran: list[int] = []
+    with pytest.raises(manyhands.WorkerInitError, match="OSError: no database"):
+        manyhands.run(ran.append, range(10), backend="auto", initializer=broken)
+    assert ran == []
+    with pytest.raises(manyhands.WorkerInitError, match="OSError: no database"):
+        manyhands.Pool(backend="auto", initializer=broken)
+
+
+def test_a_pool_on_auto_runs_its_initializer_here_for_its_threads() -> None:
+    SETUP.clear()
+    with manyhands.Pool(backend="auto", initializer=remember, initargs=(7,)) as pool:
+        report = pool.run(lambda x: SETUP["value"], range(20))
+    assert report.succeeded == 20

@@ -12,6 +12,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -215,6 +216,90 @@ def test_a_stop_rule_cancels_the_runs_tasks(client: Any) -> None:
     assert tasks_of_manyhands(client) == []
 
 
+class Sent:
+    """The tasks a run submits through ``client``, counted per call to ``client.map``."""
+
+    def __init__(self, client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls: list[int] = []
+        submit_many = client.map
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.calls.append(len(kwargs["key"]))
+            return submit_many(*args, **kwargs)
+
+        monkeypatch.setattr(client, "map", counted)
+
+
+def test_a_submission_the_cluster_refuses_fails_its_items_and_the_run_ends(
+    client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refused(*args: Any, **kwargs: Any) -> Any:
+        raise OSError("the scheduler went away")
+
+    monkeypatch.setattr(client, "map", refused)
+    report = manyhands.run(abs, range(10), backend=client)
+    assert (report.succeeded, report.failed) == (0, 10)
+    assert {failure.error_type for failure in report.failures} == {"manyhands.WorkerCrashed"}
+    assert "the scheduler went away" in report.failures[0].message
+
+
+def _naps(x: int) -> int:
+    time.sleep(0.002)
+    return x
+
+
+def test_a_known_length_that_fits_a_round_goes_out_at_once_as_two_batches_per_thread(
+    client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two, so that a thread whose first batch was quick takes over a waiting one
+    # (one per thread ran items sorted by cost at half the speed: see DaskBackend.sizing).
+    sent = Sent(client, monkeypatch)
+    report = manyhands.run(_naps, range(40), backend=client)
+    assert report.succeeded == 40
+    assert sum(sent.calls) == 4  # the cluster's 2 threads, 2 each
+
+
+def test_a_second_batch_per_thread_waits_on_the_cluster_from_the_start(
+    client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 1,000 items on 2 threads: batches of 250 (two per thread; the window of 1,024
+    # allows 256), ~0.5 s each. All four go out before the first comes back: no
+    # thread waits for its next batch through the driver and the scheduler.
+    sent = Sent(client, monkeypatch)
+    with manyhands.map(_naps, range(1000), backend=client, window=1024) as outcomes:
+        first = next(outcomes)
+        out_before_the_first_came_back = sum(sent.calls)
+        assert sum(out.ok for out in outcomes) == 999
+    assert first.ok
+    assert out_before_the_first_came_back == 4
+
+
+def _dask_sizer(workers: int = 100) -> Any:
+    """The batch sizes of a run on a Dask cluster of ``workers`` threads, on a generator."""
+    from manyhands._backends._dask import DaskBackend
+    from manyhands._sizing import Sizer
+
+    window = DaskBackend.window_per_worker * workers
+    return Sizer(workers, window, batch_size=None, one_by_one=False, **DaskBackend.sizing)
+
+
+def test_a_generators_batches_reach_their_size_after_one_round_trip() -> None:
+    # A generator starts at one item per batch; doubling per round trip took
+    # ~0.8 s of a cluster's 100 threads to reach batches of 0.35 s.
+    sizer = _dask_sizer()
+    assert sizer.size == 1
+    sizer.completed(items=1, seconds=0.01)
+    assert sizer.size >= 16
+
+
+def test_a_generator_that_delivers_a_batch_in_milliseconds_is_not_held_to_small_batches() -> None:
+    # (reading 16 items in 5 ms, a busy driver: a cluster's batch of 0.35 s holds them)
+    sizer = _dask_sizer()
+    sizer.completed(items=1, seconds=0.01)
+    sizer.read(size=16, seconds=0.005)
+    assert sizer.size >= 16
+
+
 def test_a_generator_input_runs_through_with_a_bounded_window(client: Any) -> None:
     def numbers() -> Iterator[int]:
         yield from range(20_000)
@@ -237,6 +322,27 @@ def test_timeout_fails_the_item_and_the_worker_goes_on(client: Any) -> None:
     (failure,) = report.failures
     assert (failure.item, failure.error_type) == (3, "manyhands.Timeout")
     assert "abandoned thread" in failure.message
+
+
+_this_thread = threading.local()
+
+
+def _calls_in_this_thread(x: int) -> int:
+    _this_thread.calls = getattr(_this_thread, "calls", 0) + 1
+    if x == 3:
+        time.sleep(3)
+    return int(_this_thread.calls)
+
+
+def test_timed_calls_share_a_thread_until_one_overruns(client: Any) -> None:
+    # (a thread per call cost ~150 us a call on a busy worker)
+    with manyhands.map(
+        _calls_in_this_thread, range(40), backend=client, timeout=0.5, ordered=True
+    ) as outcomes:
+        calls = [out.value for out in outcomes]
+    assert calls[3] is None  # it overran: abandoned with its thread
+    assert max(calls[:3]) == 3  # items 0-2 in one thread (a batch of 10: 2 per thread)
+    assert calls[4] == 1  # the next call in a new thread
 
 
 def test_the_journal_resumes_a_dask_run(client: Any, tmp_path: Path) -> None:

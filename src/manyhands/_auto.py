@@ -3,10 +3,15 @@
 A run on ``auto`` starts on threads, and the workers measure the CPU time of
 each batch (``time.thread_time`` around it, once per batch) beside its wall
 time. The choice is made once, early: after ``WINDOW`` seconds of the run or
-``ITEMS`` calls, whichever comes later. Calls still running count, and with
-the run's own threads measured alone so does their CPU so far: threads taking
-turns on the GIL all finish late, and the run does not wait for one of them
-(it chooses when the window ends, not when a call finishes after it).
+``ITEMS`` calls, whichever comes later; or sooner, once calls that look
+CPU-bound (:meth:`Measure.busy`) have had the run's worker processes started
+(the engine starts them then), from ``EARLY_CALLS`` calls on (calls of a
+second each would otherwise keep the run on one core for ``ITEMS`` seconds
+or more: their CPU time so far is the evidence). Calls still
+running count, and with the run's own threads measured alone so does their
+CPU so far: threads taking turns on the GIL all finish late, and the run does
+not wait for one of them (it chooses when the window ends, not when a call
+finishes after it).
 
 The rest of the run moves to worker processes when all of these hold:
 
@@ -24,9 +29,21 @@ The rest of the run moves to worker processes when all of these hold:
 - the function pickles, and so do the items sampled.
 
 How many processes: one per core (at most the run's ``workers``), as for
-``backend="processes"``. (A call's wall time on threads includes its wait for
-the GIL, so the share of it spent computing cannot be told from waiting on I/O.)
-Calls already running on threads finish there.
+``backend="processes"``, to begin with. (A call's wall time on threads
+includes its wait for the GIL, so the share of it spent computing cannot be
+told from waiting on I/O there.) Calls already running on threads finish
+there. On the processes the share can be told: each worker times its
+batches' CPU beside their wall time, and the time it waited for a core
+(``/proc/<pid>/schedstat``, Linux) is left out. Once ``WINDOW`` seconds and
+two batches per process have come back, if the calls computed less than
+``GROW_BELOW`` of their time (they also wait: a fetch, then a parse), more
+processes start, once: twice as many as would just keep the cores busy
+(processes divided by that share), at most ``PROCESSES_PER_CORE`` per core
+and the run's ``workers`` (see :class:`Sizing`). If they computed less than
+``RETURN_BELOW`` of their time, the move was a mistake (on a machine busy
+with other work, the time many threads that wait on I/O spend waiting for a
+core can look like a GIL kept busy): the rest of the run goes back to
+threads, for good.
 
 A run whose first calls were not like the rest (the first items were cached,
 say) may decide once more: if, after staying on threads, the calls of a later
@@ -37,6 +54,7 @@ Everything takes the time as an argument, so tests drive it exactly.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -47,13 +65,18 @@ from ._records import Record
 
 __all__ = [
     "CALLS_PER_CORE",
+    "EARLY_CALLS",
     "GIL_BOUND",
+    "GROW_BELOW",
     "ITEMS",
     "MIN_CPU",
+    "PROCESSES_PER_CORE",
+    "RETURN_BELOW",
     "WAIT_SEEN",
     "WINDOW",
     "Choice",
     "Measure",
+    "Sizing",
     "demand",
     "gil_enabled",
     "threads_cpu",
@@ -61,10 +84,18 @@ __all__ = [
 
 WINDOW = 0.1  # seconds of the run before the choice
 ITEMS = 16  # calls at least (finished or running) before the choice
+EARLY_CALLS = 2  # the same, once the processes are started for calls that look CPU-bound
 GIL_BOUND = 0.7  # calls' CPU time per second of the run: the GIL is the limit
 MIN_CPU = 50e-6  # seconds of CPU per item for processes to pay
 WAIT_SEEN = 0.02  # seconds of the run before its threads can be seen to wait
-CALLS_PER_CORE = 4  # calls at once until they are seen to wait (or the choice is made)
+# Calls at once until they are seen to wait (or the choice is made): more GIL-bound
+# threads than cores only add to the line the engine's own thread waits in (importing
+# what the processes need took 135-165 ms behind 8 of them, 28-37 ms behind 2).
+CALLS_PER_CORE = 1
+LOOK_EVERY = 0.005  # seconds between looks at whether the calls wait (see Measure.waiting)
+GROW_BELOW = 0.85  # on processes, calls computing less of their time than this: more processes
+PROCESSES_PER_CORE = 4  # the most processes auto grows to, per core
+RETURN_BELOW = 0.05  # on processes, calls computing less of their time: back to threads
 
 _set = object.__setattr__
 
@@ -90,6 +121,24 @@ def demand(threads: Iterable[int] | None = None) -> tuple[float, float] | None:
         ran += int(fields[0])
         waited += int(fields[1])
     return ran / 1e9, (ran + waited) / 1e9
+
+
+def waited_for_cpu(pids: Iterable[int]) -> float | None:
+    """Seconds the main threads of processes ``pids`` have waited for a core so far.
+
+    Linux only (None elsewhere): ``/proc/<pid>/schedstat``'s second field.
+    A process that has ended counts nothing.
+    """
+    if not os.path.isdir("/proc/self"):
+        return None
+    waited = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/schedstat", "rb") as stats:
+                waited += int(stats.read().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return waited / 1e9
 
 
 def threads_cpu(clocks: dict[int, int]) -> float:
@@ -165,6 +214,7 @@ class Measure:
         demand: Callable[[], tuple[float, float] | None] = demand,
         own_threads: bool = False,
         cpu: Callable[[], float] | None = None,
+        process_cpu: Callable[[], float] = time.process_time,
     ) -> None:
         self._window_start = started
         self._workers = workers
@@ -174,11 +224,14 @@ class Measure:
         self._demand_start = demand()
         self._threads_cpu = cpu  # (own threads: their CPU so far, read keeping the GIL)
         self._cpu_start = cpu() if cpu is not None else 0.0
+        self._process_cpu = process_cpu  # (the engine's threads too)
+        self._process_start = process_cpu()
         self._items = 0
         self._seconds = 0.0  # the calls' wall time
         self._cpu = 0.0  # their CPU time
         self.decided: Choice | None = None
         self._revisited = False
+        self._next_look = -math.inf  # (see waiting)
 
     def add(self, items: int, seconds: float, cpu: float) -> None:
         """A batch of ``items`` calls took ``seconds``, ``cpu`` of them computing."""
@@ -202,17 +255,29 @@ class Measure:
         return self._threads_cpu is not None
 
     def waiting(self, now: float) -> bool:
-        """Whether the run's threads have mostly waited so far in this window (calls on I/O).
+        """Whether the cap on calls at once (``CALLS_PER_CORE``) can go: the run's threads
+        have mostly waited so far in this window (calls on I/O), or their calls are too
+        short for processes to pay (``MIN_CPU``: tiny calls, the engine's cost).
 
         Too early to tell (under ``WAIT_SEEN`` seconds) or without their clocks: False.
         Threads that had little CPU were either asleep (I/O) or waiting for a
         core (a busy machine): their time ready to run tells which, if known.
         """
-        if self._threads_cpu is None:
+        if self._threads_cpu is None or now < self._next_look:
             return False
         seconds = now - self._window_start
-        if seconds < WAIT_SEEN or self._threads_cpu() - self._cpu_start >= GIL_BOUND * seconds:
+        if seconds < WAIT_SEEN:
             return False
+        # Looked at most every LOOK_EVERY: asked after each batch of tiny calls, reading
+        # every thread's clock (and their ready time) took a sixth of the run's CPU.
+        self._next_look = now + LOOK_EVERY
+        ran = self._threads_cpu() - self._cpu_start
+        if self._items >= ITEMS and ran < MIN_CPU * self._items:
+            return True  # too short: they stay on threads whatever they do
+        if ran >= GIL_BOUND * seconds:
+            return False
+        if self._process_cpu() - self._process_start >= GIL_BOUND * seconds:
+            return False  # the engine's own threads kept the GIL busy (tiny calls)
         # Little CPU: waiting on I/O, or for a CPU (a busy machine): ready time tells.
         start, end = self._demand_start, self._demand()
         return start is None or end is None or end[1] - start[1] < GIL_BOUND * seconds
@@ -239,13 +304,21 @@ class Measure:
         """Whether the window is over: enough time and calls (``running`` too) to judge."""
         return now - self._window_start >= WINDOW and self._items + running >= ITEMS
 
-    def choose(self, now: float, running: int = 0) -> Choice | None:
+    def choose(self, now: float, running: int = 0, early: bool = False) -> Choice | None:
         """The choice once the window is over (None before, or if it does not change).
 
         ``running``: calls started and not finished; with the run's own
-        threads measured alone, their CPU so far counts for them.
+        threads measured alone, their CPU so far counts for them. ``early``:
+        the processes are started already; calls that look CPU-bound
+        (:meth:`busy`) move at once, from ``EARLY_CALLS`` calls on, rather than
+        at the window's end.
         """
-        if not self.ready(now, running):
+        if not self.ready(now, running) and not (
+            early
+            and self.decided is None
+            and self._items + running >= EARLY_CALLS
+            and self.busy(now, running)
+        ):
             return None
         choice = self._judge(now - self._window_start, running)
         if self.decided is None:
@@ -259,6 +332,7 @@ class Measure:
             return None
         self._items, self._seconds, self._cpu = 0, 0.0, 0.0  # a fresh window for a revisit
         self._window_start = now
+        self._process_start = self._process_cpu()
         self._demand_start = self._demand()
         if self._threads_cpu is not None:
             self._cpu_start = self._threads_cpu()
@@ -319,3 +393,86 @@ class Measure:
             f"calls used {min(self._busy(window)[0], 1.0):.0%} CPU: backend='processes' or "
             f"'auto' would use all {self._cores} cores"
         )
+
+
+class Sizing:
+    """auto, once on processes: how many processes the calls' share of CPU fits.
+
+    Calls that compute half their time and wait the other half keep a core
+    busy with two processes on it; it gets four, as the waits of two do not
+    line up. Processes report each batch's wall and CPU time (:meth:`add`);
+    the time they waited for a core is left out of the wall, so a machine
+    busy with other work does not pass for calls that wait.
+
+    >>> sizing = Sizing(started=0.0, processes=2, workers=32, cores=2, waited=lambda: 0.0)
+    >>> for _ in range(4):
+    ...     sizing.add(seconds=0.1, cpu=0.05)  # ten 10 ms calls, half of each computing
+    >>> sizing.judge(now=0.05) is None  # not yet: the window is 0.1 s
+    True
+    >>> sizing.judge(now=0.2), sizing.why
+    (8, 'then 8 processes: calls computed 50% of their time')
+    >>> sizing.judge(now=0.3) is None  # once
+    True
+    >>> io = Sizing(started=0.0, processes=2, workers=100, cores=2, waited=lambda: 0.0)
+    >>> for _ in range(4):
+    ...     io.add(seconds=0.2, cpu=0.001)  # ten 20 ms calls that wait on I/O
+    >>> io.judge(now=0.2), io.why
+    (0, 'but on processes the calls computed 0% of their time: back to threads')
+    """
+
+    def __init__(
+        self,
+        started: float,
+        processes: int,
+        workers: int,
+        cores: int | None = None,
+        waited: Callable[[], float | None] = lambda: None,
+    ) -> None:
+        self._started = started
+        self._processes = processes
+        self._workers = workers
+        self._cores = cores if cores is not None else (os.cpu_count() or 1)
+        self._waited = waited  # the processes' time waiting for a core so far
+        self._waited_start = waited()
+        self._batches = 0
+        self._seconds = 0.0
+        self._cpu = 0.0
+        self.done = False
+        self.why = ""
+
+    def add(self, seconds: float, cpu: float) -> None:
+        """A batch took ``seconds`` on its process, ``cpu`` of them computing."""
+        self._batches += 1
+        self._seconds += seconds
+        self._cpu += cpu
+
+    def judge(self, now: float) -> int | None:
+        """How many processes from now on, once the window is over: None for as many
+        as now, 0 for none (back to threads). :attr:`why` says why, for the Report.
+
+        Judged once: after ``WINDOW`` seconds and two batches per process.
+        """
+        if self.done or now - self._started < WINDOW or self._batches < 2 * self._processes:
+            return None
+        self.done = True
+        seconds = self._seconds
+        start, end = self._waited_start, self._waited()
+        if start is not None and end is not None:  # (waiting for a core is not the calls')
+            seconds -= end - start
+        share = self._cpu / max(seconds, self._cpu, 1e-9)
+        if share < RETURN_BELOW:
+            self.why = f"but on processes the calls computed {share:.0%} of their time: " + (
+                "back to threads"
+            )
+            return 0
+        if share >= GROW_BELOW:
+            return None
+        # Twice the count that would just fit: the calls' waits do not line up, and
+        # with just enough processes a core often idles (50% CPU: 4 processes on 2
+        # cores took 1.64 s where 8 took 1.47-1.51 s and the fixed 2 took 2.2 s).
+        fit = self._processes / max(share, 1e-3)
+        count = min(self._workers, PROCESSES_PER_CORE * self._cores, math.ceil(2 * fit))
+        if count <= self._processes:
+            return None
+        self.why = f"then {count} processes: calls computed {share:.0%} of their time"
+        return count

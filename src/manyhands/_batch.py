@@ -111,7 +111,8 @@ class Batch:
         errors: index in ``items`` -> the exception raised (threads) or its
             already-described Failure (other processes); ``None`` if all succeeded.
         elapsed: seconds the worker spent on the whole batch.
-        cpu: of those, the CPU time of its thread (only while ``task.measure``).
+        cpu: of those, the CPU time of its thread (threads: only while
+            ``task.measure``), or of its worker process (processes: always).
         via: which of its run's backends it went to (a run on ``auto`` may move).
         failures: index -> final Failure, filled by the engine; ``None`` if none.
         attempts: index -> attempts, for items that took more than ``attempt``.

@@ -77,7 +77,8 @@ class Pool:
         start_method: for processes (and auto): how workers start, as for
             :func:`manyhands.run`.
         initializer: for processes (and auto): called once in each worker, for
-            every run it serves. What it sets up must be reachable from the runs'
+            every run it serves (on auto, also once in this process, whose
+            threads run calls until a run moves). What it sets up must be reachable from the runs'
             functions through a module (e.g. a global of ``mymodule``): a
             function of ``__main__`` travels by value, with globals of its own.
         initargs: the initializer's arguments.
@@ -129,6 +130,10 @@ class Pool:
                 "start_method, initializer and initargs apply to backend='processes' "
                 "(or 'auto') only"
             )
+        if backend == "auto" and initializer is not None:
+            from ._api import initialize_here
+
+            initialize_here(initializer, initargs)  # (the pool's threads run calls here)
         self._name = backend
         self._backend: Backend = create_backend(
             "threads" if backend == "auto" else backend,

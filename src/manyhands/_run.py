@@ -68,10 +68,12 @@ except ImportError:  # pragma: no cover (Pythons without the C module)
 
 if TYPE_CHECKING:
     from ._aio import LoopQueue
-    from ._auto import Choice, Measure
+    from ._auto import Choice, Measure, Sizing
     from ._journal import Journal
 
 __all__ = ["Completions", "Run", "RunHooks"]
+
+MEASURING_TURNS = 1e-3  # auto: the switch interval while it measures (see _cap_auto)
 
 
 class Completions(Protocol):
@@ -231,6 +233,11 @@ class Run:
         self._sample: list[Any] | None = None if auto else []
         self._auto_cap: int | None = None  # calls at once until then (see _cap_auto)
         self._booting: bool | None = None  # the processes prepared, their start begun
+        # auto: its own processes, started once the calls looked CPU-bound (or why not)
+        self._early: tuple[Backend, int] | BaseException | None = None
+        self._sizing: Sizing | None = None  # on the processes it moved to: how many fit
+        self._short_turns = False  # the switch interval lowered while auto measures
+        self._threads_wanted = workers  # (the run's workers= on threads, to move back)
         self._previous: list[Backend] = []  # backends it moved from (their calls finish)
         self._in_previous = 0  # batches still out on them
         # What the slowdown's limit on calls in flight counts: on threads and processes
@@ -431,6 +438,7 @@ class Run:
             finally:
                 for previous in self._previous:  # (auto: what it moved from)
                     previous.shutdown(self._options.grace)
+                self._drop_early_processes()
             return
         self._drop_queued()
         deadline = self._clock() + (0.0 if backend.concurrent_items else self._options.grace)
@@ -497,6 +505,7 @@ class Run:
         self.statistics.abandoned = self.task.abandoned
 
     def _end(self, completed: bool, progress: Progress | None) -> None:
+        self._end_short_turns()
         try:
             if self._journal is not None:
                 self._close_journal(self._journal, completed)
@@ -826,6 +835,8 @@ class Run:
         self._sizer.completed(size, batch.elapsed, batch.nbytes)
         if self._measure is not None:
             self._measured(batch)
+        elif self._sizing is not None and batch.via == self._via:
+            self._size_processes(batch)
         if batch.parent is not None and not retried:
             stats.retrying -= 1
         yield from self._delivery.settled(batch, retried)
@@ -852,10 +863,10 @@ class Run:
         """auto: few calls at once until they are seen to wait (or the choice is made).
 
         CPU-bound calls started on threads finish there, all late, taking turns
-        on the GIL (32 calls of 10 ms: a third of a second on one core, and
-        the engine itself waits in that line for its turn to choose). Calls
-        that wait lift the cap at their first answer, or when the window
-        ends without one.
+        on the GIL (32 calls of 10 ms: a third of a second on one core), and
+        the engine itself waits in that line for its turn to choose or to
+        start the processes. Calls that wait lift the cap at their first
+        answer, or when the window ends without one.
         """
         from ._auto import CALLS_PER_CORE, gil_enabled
 
@@ -866,10 +877,21 @@ class Run:
             if cap < self._workers:
                 self._auto_cap = cap
                 self._obey_slowdown()
+            # The engine's own turns on the GIL kept short while it measures: with the
+            # default 5 ms, it waited 0.1-0.25 s in line behind the CPU-bound calls to
+            # start the processes or choose at all.
+            _in_line.enter(MEASURING_TURNS)
+            self._short_turns = True
 
     def _lift_auto_cap(self) -> None:
         self._auto_cap = None
         self._obey_slowdown()
+        self._end_short_turns()
+
+    def _end_short_turns(self) -> None:
+        if self._short_turns:
+            self._short_turns = False
+            _in_line.leave(MEASURING_TURNS)
 
     def _choose_in_time(self, now: float) -> None:
         """auto, on a timer: lift the cap, boot the processes or choose, as the calls show.
@@ -887,9 +909,13 @@ class Run:
             self._lift_auto_cap()  # (long calls that wait: no need to see one end)
         elif self._booting is False and measure.busy(now, self._calls_running):
             self._booting = True  # started now, the processes are ready at the choice
-            with _first_in_line():
+            with _first_in_line():  # (each import's system calls wait a short turn)
                 prepare_processes(self._options.start_method, boot=True)
-            measure.exclude(self._clock() - now)
+                if self._owns_backend:
+                    self._start_processes_early()
+            booted = self._clock()
+            measure.exclude(booted - now)  # (the calls had the GIL less meanwhile)
+            now = booted
         self._choose(now)
 
     @property
@@ -908,7 +934,8 @@ class Run:
                     self.statistics.notes.append(hint)
                 self._stop_measuring()
             return
-        choice = measure.choose(now, running=self._calls_running)
+        ready = self._early is not None and not isinstance(self._early, BaseException)
+        choice = measure.choose(now, running=self._calls_running, early=ready)
         if choice is not None:
             if self._auto_cap is not None:
                 self._lift_auto_cap()
@@ -918,6 +945,7 @@ class Run:
                     self._move_to_processes(choice, self._sample or [])
             else:
                 self._choose_at = now + measure.window  # (a revisit's window)
+            self._drop_early_processes()  # (unless the move took them)
         if not measure.measuring:
             self._stop_measuring()
 
@@ -938,6 +966,7 @@ class Run:
         )
 
     def _stop_measuring(self) -> None:
+        self._end_short_turns()
         self.task.measure = False
         self._measure = None
         self._choose_at = None
@@ -947,49 +976,133 @@ class Run:
         """Send the rest of the run to worker processes; running calls finish on threads."""
         import pickle
 
-        from ._backends import create_backend
-
         try:
             pickle.dumps(sample, pickle.HIGHEST_PROTOCOL)
         except Exception as exc:  # (a lock, a connection...): stay where they work
             self.statistics.backend = f"threads ({choice.why}, but the items do not pickle: {exc})"
             return
-        options = self._options
         workers = choice.processes
+        allowed = self._workers  # (the run's workers=, as threads)
         try:
             if self._owns_backend:
-                backend = create_backend(
-                    "processes",
-                    workers,
-                    timeout=options.timeout,
-                    processes={
-                        "start_method": options.start_method,
-                        "initializer": options.initializer,
-                        "initargs": options.initargs,
-                    },
-                )
-                backend.start()
+                backend, workers = self._take_early_processes() or self._own_processes(workers)
             else:  # a Pool(backend="auto"): its processes, shared with its other runs
                 shared = self._hooks.processes_for_auto() if self._hooks is not None else None
                 if shared is None:
                     return
                 backend, workers = shared
-            backend.attach(self.task)
+                backend.attach(self.task)
         except (TypeError, ManyhandsError) as exc:  # fn cannot travel, or no worker starts
             self.statistics.backend = f"threads ({choice.why}, but {exc})"
             return
         if self._owns_backend:
             self._backend.wind_down()
+        self._slowdown.ignore_latency()
+        self._switch_to(backend, workers)
+        if self._owns_backend:
+            from ._auto import Sizing, waited_for_cpu
+
+            self._threads_wanted = allowed
+            pids = cast("list[int]", getattr(backend, "pids", []))
+            self._sizing = Sizing(
+                self._clock(), workers, allowed, waited=lambda: waited_for_cpu(pids)
+            )
+
+    def _own_processes(self, workers: int) -> tuple[Backend, int]:
+        """The run's own worker processes, started, with fn sent (TypeError if it cannot go)."""
+        from ._backends import create_backend
+
+        options = self._options
+        backend = create_backend(
+            "processes",
+            workers,
+            timeout=options.timeout,
+            processes={
+                "start_method": options.start_method,
+                "initializer": options.initializer,
+                "initargs": options.initargs,
+            },
+        )
+        backend.start()
+        try:
+            backend.attach(self.task)
+        except BaseException:
+            backend.shutdown(0.0)
+            raise
+        return backend, workers
+
+    def _start_processes_early(self) -> None:
+        """auto: the calls look CPU-bound; the run's own processes start now, so that the
+        choice finds them ready (starting them at the move kept the run on one core
+        0.1-0.2 s longer). Kept for the move, or shut down (see _drop_early_processes)."""
+        try:
+            self._early = self._own_processes(min(os.cpu_count() or 1, self._workers))
+        except (TypeError, ManyhandsError) as exc:
+            self._early = exc  # (the move says why it stayed on threads)
+
+    def _take_early_processes(self) -> tuple[Backend, int] | None:
+        early, self._early = self._early, None
+        if isinstance(early, BaseException):
+            raise early
+        return early
+
+    def _drop_early_processes(self) -> None:
+        """Processes started early for a move that did not come (stayed on threads, or ended)."""
+        early, self._early = self._early, None
+        if early is not None and not isinstance(early, BaseException):
+            early[0].shutdown(0.0)
+
+    def _switch_to(self, backend: Backend, workers: int) -> None:
+        """New batches go to ``backend`` (``workers``); those out finish where they are."""
         self._previous.append(self._backend)
         self._backend = backend
         self._items_are_calls = backend.concurrent_items
-        self._slowdown.ignore_latency()
         self._via += 1
         self._in_previous += self._in_backend
         self._in_backend = 0
         self._workers = workers
         self._sizer = self._new_sizer(workers)
         self._sizer.hold(not self._queueing)
+
+    def _size_processes(self, batch: Batch) -> None:
+        """auto, on its own processes: more of them if the calls also wait, or back to
+        threads if they mostly wait (see _auto)."""
+        sizing = self._sizing
+        assert sizing is not None
+        sizing.add(batch.elapsed, batch.cpu)
+        count = sizing.judge(self._clock())
+        if sizing.done:
+            self._sizing = None
+        if count is None:
+            return
+        said = self.statistics.backend  # "processes (auto: ...)": what follows goes inside
+        if said.endswith(")"):
+            said = f"{said[:-1]}; {sizing.why})"
+        if count == 0:
+            with _first_in_line():
+                self._move_back_to_threads(said.replace("processes", "threads", 1))
+            return
+        grow = getattr(self._backend, "grow", None)
+        if grow is None:
+            return
+        grow(count - self._workers)
+        self._workers = count
+        self._sizer = self._new_sizer(count)
+        self._sizer.hold(not self._queueing)
+        self._obey_slowdown()
+        self.statistics.backend = said
+
+    def _move_back_to_threads(self, said: str) -> None:
+        """auto: the calls on the processes mostly waited; the rest of the run goes back
+        to threads (``_threads_wanted`` of them). Calls running on processes finish there."""
+        from ._backends import create_backend
+
+        backend = create_backend("threads", self._threads_wanted, timeout=self._options.timeout)
+        backend.start()
+        backend.attach(self.task)
+        self._backend.wind_down()
+        self._switch_to(backend, self._threads_wanted)
+        self.statistics.backend = said
 
     def _backend_of(self, batch: Batch) -> Backend:
         """The backend ``batch`` went to (a run on auto may have moved since)."""
@@ -1126,7 +1239,7 @@ class Run:
         if not watching:
             self._most_in_flight = self._window
         elif slowdown.unlimited and (
-            self._items_are_calls or self._backend.name == "processes" or slowdown.proven
+            self._items_are_calls or self._backend.name in ("processes", "dask") or slowdown.proven
         ):
             # asyncio, while nothing has limited the run: items queued ahead of the
             # tasks, as many as run, so a task that finishes a call starts the next
@@ -1136,6 +1249,9 @@ class Run:
             # a Pool), so a worker that finishes one is sent the next by the
             # dispatcher at once (a round trip through this thread cost a 2-worker
             # run of 40 x 10 ms calls 5-10%); CPU-bound calls rarely meet a server.
+            # Dask too: a cluster's thread that waits for its next task through the
+            # driver and the scheduler idles (20,000 x 10 ms on 100 threads: 10-15 of
+            # ~235 thread-seconds between batches; ~1 with a second batch queued).
             # Threads once PROVEN round trips came back without a refusal (a server
             # limit is met in the first few: 100 threads spend 200 a second in two).
             self._most_in_flight = min(2 * slowdown.concurrency, self._window)
@@ -1239,34 +1355,39 @@ class Run:
 
 
 @contextlib.contextmanager
-def _first_in_line() -> Iterator[None]:
+def _first_in_line(interval: float = 1e-4) -> Iterator[None]:
     """This thread's waits for the GIL kept short, for a moment (auto's move).
 
     Threads taking turns on the GIL hold it for the switch interval (5 ms)
     each; starting processes gives it up at every system call, and waited a
     turn each time: a quarter to half a second in all, here.
     """
-    with _in_line.lock:  # (runs moving at once: the first sets it, the last restores it)
-        if not _in_line.runs:
-            _in_line.saved = sys.getswitchinterval()
-            sys.setswitchinterval(min(_in_line.saved, 1e-4))
-        _in_line.runs += 1
+    _in_line.enter(interval)
     try:
         yield
     finally:
-        with _in_line.lock:
-            _in_line.runs -= 1
-            if not _in_line.runs:
-                sys.setswitchinterval(_in_line.saved)
+        _in_line.leave(interval)
 
 
 class _InLine:
-    """The runs in :func:`_first_in_line`, and the switch interval to restore after them."""
+    """The switch intervals asked for now (the shortest holds), and the one to restore."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.runs = 0
+        self.asked: list[float] = []
         self.saved = 0.0
+
+    def enter(self, interval: float) -> None:
+        with self.lock:  # (runs at once: the first saves it, the last restores it)
+            if not self.asked:
+                self.saved = sys.getswitchinterval()
+            self.asked.append(interval)
+            sys.setswitchinterval(min([self.saved, *self.asked]))
+
+    def leave(self, interval: float) -> None:
+        with self.lock:
+            self.asked.remove(interval)
+            sys.setswitchinterval(min([self.saved, *self.asked]))
 
 
 _in_line = _InLine()

@@ -12,12 +12,13 @@ Batch size adapts to the measured time per item. Two costs pull it up:
   size keeps that share near ``LOAD_SHARE``.
 
 Three limits hold it down: it grows at most twofold per finished batch (slow
-items after fast ones cost little); it never outgrows what the input delivers
-in ``TARGET_BATCH_SECONDS`` (a trickling stream is not held back to fill a
-batch); and it shrinks near the end so that the last batches do not straggle,
-judged from the input's ``__length_hint__`` when it offers one (lists,
-ranges) and otherwise by keeping a batch's duration a small part of the run
-so far.
+items after fast ones cost little; a backend may allow more); it never
+outgrows what the input delivers in ``TARGET_BATCH_SECONDS`` (a trickling
+stream is not held back to fill a batch; a backend's longer batches may wait
+that much longer); and it shrinks near the end so that the last batches do
+not straggle, judged from the input's ``__length_hint__`` when it offers one
+(lists, ranges) and otherwise by keeping a batch's duration a small part of
+the run so far.
 
 How many batches may be out: none queued in front of the workers until the
 first round of calls is back (if the first answers say "slow down", no queued
@@ -80,7 +81,9 @@ class Sizer:
     the end (or early in an input of unknown length), below that much work;
     ``queue_at_once``: a batch per worker is queued from the start, not once
     the first round came back (a cluster: its workers must not wait for a
-    round trip between batches).
+    round trip between batches); ``growth``: a batch grows at most that many
+    times over the one that just finished (a cluster, whose every task costs
+    a thread a round trip: faster).
 
     >>> sizer = Sizer(8, window=16384, batch_size=None, one_by_one=False, remaining=lambda: 10**5)
     >>> sizer.size, sizer.max_batches
@@ -106,7 +109,9 @@ class Sizer:
         tail: int = 4,
         floor_seconds: float = 0.0,
         queue_at_once: bool = False,
+        growth: float = 2.0,
     ) -> None:
+        self._growth = growth
         self._tail = tail
         self._floor_seconds = floor_seconds
         self._workers = workers
@@ -146,8 +151,8 @@ class Sizer:
 
     def read(self, size: int, seconds: float) -> None:
         """A full batch of ``size`` items took the input ``seconds`` to deliver."""
-        if seconds > TARGET_BATCH_SECONDS:
-            self._input_fit = max(1, int(size * TARGET_BATCH_SECONDS / seconds))
+        if seconds > self._batch_seconds:  # (a batch's work: it may take as long to read)
+            self._input_fit = max(1, int(size * self._batch_seconds / seconds))
         elif size >= self._input_fit:
             self._input_fit = min(2 * self._input_fit, self.cap)
         self.size = min(self._work_fit, self._input_fit)
@@ -164,7 +169,7 @@ class Sizer:
             if not self._warm_up and not self._one_by_one and not self._held:
                 self.max_batches = 2 * self._workers
         if self.adaptive and items:
-            fit = min(self._fit(seconds / items), 2 * items, self.cap)
+            fit = min(self._fit(seconds / items), int(self._growth * items), self.cap)
             if nbytes:  # large items or results: a batch holds about BATCH_BYTES of them
                 fit = min(fit, BATCH_BYTES * items // nbytes)
             self._work_fit = max(1, fit)

@@ -25,7 +25,7 @@ import sys
 import threading
 import traceback
 from multiprocessing.connection import Connection
-from time import monotonic, perf_counter
+from time import monotonic, perf_counter, process_time
 from typing import Any, ClassVar, NoReturn
 
 from .._outcome import describe_exception, qualified_name, safe_repr
@@ -178,10 +178,12 @@ def _load(code: memoryview) -> Any:
 
 def _run(
     fn: Any, items: list[Any], progress: Any
-) -> tuple[list[Any], dict[int, RemoteError], float]:
+) -> tuple[list[Any], dict[int, RemoteError], float, float]:
+    """Call ``fn`` on each item: (values, errors by index, wall seconds, CPU seconds)."""
     values: list[Any] = []
     errors: dict[int, RemoteError] = {}
     _Forked.items = items
+    cpu = process_time()
     start = perf_counter()
     for index, item in enumerate(items):
         progress.value = index
@@ -196,12 +198,13 @@ def _run(
             values.append(None)
     if _Forked.happened:  # a child that fn forked returned here: it is not a worker
         _leave()
-    return values, errors, perf_counter() - start
+    return values, errors, perf_counter() - start, process_time() - cpu
 
 
-def _pack(values: list[Any], errors: dict[int, RemoteError], elapsed: float) -> bytes:
+def _pack(values: list[Any], errors: dict[int, RemoteError], elapsed: float, *cpu: float) -> bytes:
+    """The "done" message (``cpu``: the batch's CPU seconds, where the sender measures it)."""
     try:
-        return pickle.dumps(("done", values, errors, elapsed), pickle.HIGHEST_PROTOCOL)
+        return pickle.dumps(("done", values, errors, elapsed, *cpu), pickle.HIGHEST_PROTOCOL)
     except Exception:
         pass
     # Some value cannot be pickled: that item fails, the others come back.
@@ -216,7 +219,7 @@ def _pack(values: list[Any], errors: dict[int, RemoteError], elapsed: float) -> 
                 f"process: {message}"
             )
             errors[index] = (error_type, message, text, lineage, None)
-    return pickle.dumps(("done", values, errors, elapsed), pickle.HIGHEST_PROTOCOL)
+    return pickle.dumps(("done", values, errors, elapsed, *cpu), pickle.HIGHEST_PROTOCOL)
 
 
 def _watch_parent(lifeline: Connection) -> None:

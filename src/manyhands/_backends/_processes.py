@@ -141,6 +141,7 @@ class ProcessBackend:
         self._closing = False  # the dispatcher must return now
         self._idle = threading.Event()  # stopping, and no batch is out any more
         self._broken: WorkerCrashed | None = None  # the dispatcher died: every item fails
+        self._more = 0  # workers to add (grow), started by the dispatcher
         self._dispatcher: threading.Thread | None = None
         self.abandoned = 0  # processes are killed, never abandoned
         self.workers_started = 0  # how many of ``workers`` could start
@@ -244,6 +245,37 @@ class ProcessBackend:
                 )
                 return
             self._pool.append(worker)
+
+    def grow(self, count: int) -> None:
+        """Start ``count`` more workers (a run of its own on ``auto``: calls that wait too).
+
+        The dispatcher starts them; each is sent work once it reports ready.
+        """
+        with self._lock:
+            if self._shared or self._stopping or not self._started or count <= 0:
+                return
+            self._more += count
+            self._workers += count
+            wake, self._woken = not self._woken, True
+        if wake:
+            self._wake()
+
+    @property
+    def pids(self) -> list[int]:
+        """The worker processes' ids."""
+        with self._lock:
+            return [worker.process.pid for worker in self._pool]
+
+    def _add_workers(self, count: int) -> None:
+        for _ in range(count):
+            try:
+                worker = self._spawn()
+            except Exception as exc:  # out of processes or fds: run on with those there are
+                self.notes.append(f"could not start more worker processes: {limit_hint(exc)}")
+                return
+            with self._lock:
+                self._pool.append(worker)
+            self._watch(worker)
 
     def _spawn(self) -> Worker:
         worker = spawn_worker(self._context, self._payload, self._own_fds())
@@ -386,6 +418,9 @@ class ProcessBackend:
                 if self._closing:
                     return
                 stopping = self._stopping
+                more, self._more = self._more, 0
+            if more and not stopping:
+                self._add_workers(more)
             if stopping:
                 if not any(w.sent for w in self._pool):
                     self._idle.set()
@@ -509,12 +544,13 @@ class ProcessBackend:
         return batch, indices, report
 
     def _finish(self, worker: Worker, reply: tuple[Any, ...], size: int, refill: bool) -> None:
-        _, values, errors, elapsed = reply
+        _, values, errors, elapsed, cpu = reply
         batch, indices, report = self._answered(worker)
         if refill and not worker.channel.closed:
             self._feed()  # the worker's next batch first: its run's thread may take the GIL
         if report:  # (else timed out: the engine has already settled it)
             file_results(batch, indices, values, errors, elapsed)
+            batch.cpu += cpu
             batch.nbytes = max(batch.nbytes, size)
             self._deliver(batch)
 
