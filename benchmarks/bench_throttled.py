@@ -15,6 +15,11 @@ fresh for each runner. 2,000 items, no rate given:
   of 100 threads, and aiometer with ``max_at_once=2000``, each retrying up to
   8 times in the worker, sleeping out a Retry-After (or 0.1 s without one).
 
+``--first-wave`` adds, per row, what the client saw of the run's opening (each
+call timed inside the function): when the first refusal came back, how many
+calls had started by then, and the refusals' latency in the first half second
+against later ones.
+
 "bound" is the capacity bound (for the changing limit it follows the
 capacity over time); "refused" counts the requests the server refused for its
 limit; "p95" is the 95th percentile of the accepted requests' latency
@@ -27,6 +32,7 @@ import argparse
 import asyncio
 import functools
 import math
+import statistics
 import sys
 import time
 import urllib.error
@@ -46,22 +52,49 @@ POLICY = manyhands.Retry(RETRIES, backoff=0.1)
 
 
 class Timed:
-    """Wraps a fetch and keeps each accepted request's latency."""
+    """Wraps a fetch and keeps each accepted request's latency (and every call's times)."""
 
     def __init__(self) -> None:
         self.latencies: list[float] = []
+        self.calls: list[tuple[float, float, bool]] = []  # (start, end, accepted)
 
     def sync(self, url: str) -> str:
         began = time.perf_counter()
-        body = fetch(url)
+        try:
+            body = fetch(url)
+        except Exception:
+            self.calls.append((began, time.perf_counter(), False))
+            raise
         self.latencies.append(time.perf_counter() - began)
+        self.calls.append((began, time.perf_counter(), True))
         return body
 
     async def aio(self, url: str) -> str:
         began = time.perf_counter()
-        body = await afetch(url)
+        try:
+            body = await afetch(url)
+        except Exception:
+            self.calls.append((began, time.perf_counter(), False))
+            raise
         self.latencies.append(time.perf_counter() - began)
+        self.calls.append((began, time.perf_counter(), True))
         return body
+
+    def first_wave(self, started: float) -> str:
+        """When the first refusal came back, the calls started by then, refusal latencies."""
+        refused = [(begin - started, end - begin) for begin, end, ok in self.calls if not ok]
+        if not refused:
+            return "no refusal"
+        back = min(begin + took for begin, took in refused)
+        sent = sum(begin - started <= back for begin, _, _ in self.calls)
+        early = [took for begin, took in refused if begin < 0.5]
+        late = [took for begin, took in refused if begin >= 0.5]
+        parts = [f"first refusal back at {back * 1000:.0f} ms, {sent} calls started by then"]
+        if early:
+            parts.append(f"refusals' latency {statistics.median(early) * 1000:.1f} ms")
+        if late:
+            parts.append(f"later {statistics.median(late) * 1000:.1f} ms")
+        return "; ".join(parts)
 
 
 def _delay(error: Exception) -> float | None:
@@ -166,6 +199,7 @@ def bench(model: str, runner: str) -> dict[str, Any]:
         "succeeded": succeeded,
         "p95": _p95(timed.latencies),
         "settled": settled,
+        "first_wave": timed.first_wave(started),
     }
 
 
@@ -173,6 +207,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", help="comma-separated parts of model names (default: all)")
     parser.add_argument("--runners", help="comma-separated runner names (default: all)")
+    parser.add_argument(
+        "--first-wave", action="store_true", help="say what the client saw of the opening"
+    )
     args = parser.parse_args()
     models = [
         name
@@ -196,6 +233,8 @@ def main() -> None:
                 f"| {row['p95'] * 1000:.0f} | {row['settled']} |",
                 flush=True,
             )
+            if args.first_wave:
+                print(f"|  | {row['first_wave']} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import math
 
 import pytest
 
-from manyhands._latency_limit import OPENING, LatencyLimit
+from manyhands._latency_limit import DOUBLING, LOCAL, OPENING, QUIET, RECHECK, LatencyLimit
 from manyhands._servers import MODELS, Overload, SlidingWindow, TokenBucket, Unlimited
 from manyhands._slowdown import MARGIN, MIN_RATE, PROBES, Slowdown
 
@@ -120,15 +120,77 @@ def test_no_probing_once_the_input_is_exhausted() -> None:
     assert slow.limiter.per_second == rate
 
 
-def test_latency_limit_opening_doubles_by_time_and_answers_until_a_refusal() -> None:
+def test_latency_limit_opening_doubles_by_time_at_looks_on_time_only() -> None:
     limit = LatencyLimit(workers=1000, now=0.0)
     assert limit.limit == OPENING and limit.opening
-    limit.tick(1.0)  # a long time without a look: at most twice per look
+    assert limit.tick(DOUBLING - 0.001) == pytest.approx(0.001)  # not yet
+    limit.tick(DOUBLING)
     assert limit.limit == 2 * OPENING
-    limit.accepted(1.1, calls=10, latency=0.1, in_flight=20)
-    assert limit.limit == 2 * OPENING + 10  # one more per accepted call
+    # Calls sent that the event loop has not started yet: they have not left.
+    assert limit.tick(2 * DOUBLING, waiting=1) == RECHECK and limit.limit == 2 * OPENING
+    # A look long after it was due: the client was busy (its event loop held the
+    # interpreter), the calls it was given may not have left. No doubling...
+    assert limit.tick(1.0) == RECHECK and limit.limit == 2 * OPENING
+    limit.tick(1.0 + RECHECK)  # ...until a look comes on time, every call started
+    assert limit.limit == 4 * OPENING
     limit.refused()  # the server names its limit: the rate takes it from here
     assert not limit.opening and limit.limit == 1000 and limit.tick(2.0) is None
+
+
+def test_latency_limit_opening_is_paced_by_the_answers_once_they_come() -> None:
+    limit = LatencyLimit(workers=1000, now=0.0)
+    for n in range(1, 3):
+        limit.tick(n * DOUBLING)
+    assert limit.limit == 4 * OPENING
+    # The first answers, on time (10 ms calls back after 12 ms): no cut, and
+    # from now on each accepted call lets half a call more start; time no longer doubles.
+    limit.accepted(0.012, calls=4, latency=0.01, in_flight=60)
+    assert limit.limit == 4 * OPENING + 2
+    limit.tick(0.02)
+    assert limit.limit == 4 * OPENING + 2
+    limit.accepted(0.021, calls=3, latency=0.01, in_flight=60)
+    assert limit.limit == 4 * OPENING + 3  # (half calls add up)
+    # No answer for QUIET (the calls out may all wait for something): time
+    # doubles it again, so the opening never stalls a run.
+    limit.tick(0.021 + QUIET / 2)
+    assert limit.limit == 4 * OPENING + 3
+    limit.tick(0.021 + QUIET)
+    assert limit.limit == 2 * (4 * OPENING + 3)
+
+
+def test_latency_limit_opening_cut_back_when_the_first_answer_came_late() -> None:
+    # 10 ms calls whose first answers came back after 60 ms: the client or the
+    # server lagged, and the blind doublings outran them (512 calls sent). The
+    # limit falls back to twice the calls answered.
+    limit = LatencyLimit(workers=2000, now=0.0)
+    now = 0.0
+    while limit.limit < 512:
+        now += DOUBLING
+        limit.tick(now)
+    limit.accepted(0.06, calls=16, latency=0.01, in_flight=500)
+    assert limit.limit == 2 * 16 + 8 and limit.opening
+
+
+def test_latency_limit_opening_keeps_the_ramp_of_slow_calls_answered_on_time() -> None:
+    # 10,000 x 0.1 s: a busy client reached 8,192 when the first answers came,
+    # 0.1 s after their start: on time, so no cut.
+    limit = LatencyLimit(workers=10_000, now=0.0)
+    now = 0.0
+    while limit.limit < 8192:
+        now += DOUBLING
+        limit.tick(now)
+    limit.accepted(0.104, calls=157, latency=0.1, in_flight=8192)
+    assert limit.limit == 8192 + 78 and limit.opening
+    # Answers 0.1 s apart would take seconds to ramp up: time goes on doubling.
+    limit.tick(0.104)  # (this look is the first since 0.05: late, so not this one)
+    limit.tick(0.104 + RECHECK)
+    assert not limit.opening and limit.limit == 10_000
+
+
+def test_latency_limit_opening_ends_at_calls_no_server_answers_so_fast() -> None:
+    limit = LatencyLimit(workers=1000, now=0.0)
+    limit.accepted(0.001, calls=16, latency=LOCAL / 10, in_flight=0)
+    assert not limit.opening and limit.limit == 1000
 
 
 def test_latency_limit_cuts_to_what_the_server_turns_around_unloaded() -> None:
@@ -141,6 +203,13 @@ def test_latency_limit_cuts_to_what_the_server_turns_around_unloaded() -> None:
         now += 0.5
         limit.accepted(now, calls=100, latency=0.5, in_flight=100)
     assert limit.limit == math.ceil(200 * 0.1 * 1.2)
+    # The calls out may all wait for something only more calls bring: a limit that
+    # no answer eased for a while doubles, so it never holds a run still.
+    quiet = max(4 * limit.latency, QUIET)
+    assert limit.tick(now + quiet / 2) == pytest.approx(quiet / 2)
+    assert limit.limit == math.ceil(200 * 0.1 * 1.2)
+    limit.tick(now + quiet)
+    assert limit.limit == 2 * math.ceil(200 * 0.1 * 1.2)
 
 
 def test_a_refusing_server_is_paced_by_the_rate_not_the_latency() -> None:
@@ -208,7 +277,7 @@ def test_simulated_slow_start_spares_the_server_a_first_wave_of_thousands(model:
     slow = simulate(MODELS[model](), workers=2000, start=1000.37, slow_start=True)
     assert plain.rejected_share > 0.4  # 2,000 calls before the first answer
     assert slow.rejected_share <= 0.05, slow
-    assert slow.vs_bound <= 1.25, slow
+    assert slow.vs_bound <= 1.3, slow  # (the cap of 20: 1.26x; the windows 1.05-1.1x)
 
 
 def test_simulated_run_without_limits_costs_nothing() -> None:
@@ -226,3 +295,20 @@ def test_simulation_is_deterministic() -> None:
         again.rejected,
     )
     assert simulate(TokenBucket(200), seed=3).requests != 0
+
+
+def test_latency_counts_from_the_calls_started_after_the_opening() -> None:
+    # 10,000 tasks on one event loop: the calls started early in the ramp met a
+    # light client (0.1 s calls back in 0.1 s), those started once all run wait
+    # for the loop too (0.25 s). That is the client's load, not a server's queue:
+    # the early ones are no measure of "unloaded", and nothing is cut.
+    limit = LatencyLimit(workers=10_000, now=0.0)
+    now = 0.0
+    while limit.opening:
+        now += DOUBLING
+        limit.tick(now)
+    for k in range(5):
+        limit.accepted(0.1 + k * 0.005, calls=100, latency=0.1, in_flight=10_000)
+    for k in range(10):
+        limit.accepted(0.4 + k * 0.3, calls=1000, latency=0.25, in_flight=10_000)
+    assert limit.limit == 10_000 and not limit.rising

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 
 import manyhands
 from manyhands._demo_api import fetch, serve
 from manyhands._servers import SlidingWindow
+from manyhands._slowdown import PROVEN
+
+from .simulated import Simulation
 
 
 def test_a_window_that_counts_refusals_is_spent_once_not_hammered() -> None:
@@ -69,3 +73,59 @@ def test_while_the_slowdown_watches_every_worker_runs_a_call() -> None:
     report = manyhands.run(call, range(5000), workers=50)
     assert report.succeeded == 5000
     assert sum(seen) / len(seen) > 25  # about 45 here; 6 to 9 when items were counted
+
+
+def test_asyncio_opens_slowly_so_a_server_is_not_sent_a_first_wave_of_thousands() -> None:
+    # A server that takes 50 calls at a time and refuses the rest at once. On
+    # asyncio every task is a call at once: 1,000 tasks used to send 1,000 calls
+    # before the first answer, and 950 were refused. The opening starts with a
+    # few and doubles them while no refusal came back.
+    busy = [0]
+    answered = {"ok": 0, "refused": 0}
+
+    async def call(x: int) -> int:
+        if busy[0] >= 50:
+            answered["refused"] += 1
+            raise manyhands.RetryAfter(0.02)
+        busy[0] += 1
+        try:
+            await asyncio.sleep(0.02)
+        finally:
+            busy[0] -= 1
+        answered["ok"] += 1
+        return x
+
+    report = manyhands.run(
+        call, range(1000), workers=1000, retry=manyhands.Retry(20, backoff=0.01), progress=False
+    )
+    assert report.succeeded == 1000, report
+    assert answered["refused"] < 0.25 * (answered["ok"] + answered["refused"]), answered
+
+
+def test_threads_queue_a_batch_ahead_once_the_first_round_trips_met_no_limit() -> None:
+    # Fake clock, 2 workers, 10 ms calls. A server's limit shows in the first round
+    # trips of a run that exceeds it; after PROVEN of them without a refusal a batch
+    # per worker waits ahead, so a worker that finishes a call starts the next
+    # without waiting for the run's thread (50 threads on 1 ms calls: 10-25% of the
+    # wall). Before, nothing waited ahead for the whole first second.
+    calls = 4 * PROVEN  # 2 workers: 2 * PROVEN round trips, well inside a second
+    quiet = Simulation(workers=2)
+    report = quiet.run(lambda x: x, range(calls), duration=lambda item: 0.01)
+    assert report.succeeded == calls and quiet.clock.now < 1.0
+    assert quiet.most_out == 4  # a batch per worker running, one more each waiting
+
+    # A refusal in the first round trips: nothing ever waits ahead.
+    refused: list[int] = []
+
+    def first_refused(x: int) -> int:
+        if not refused:
+            refused.append(x)
+            raise manyhands.RetryAfter(0.01)
+        return x
+
+    limited = Simulation(workers=2)
+    report = limited.run(
+        first_refused, range(calls), duration=lambda item: 0.01, retry=manyhands.Retry(2)
+    )
+    assert report.succeeded == calls and report.throttle_events == 1
+    assert limited.most_out == 2

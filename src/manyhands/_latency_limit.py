@@ -4,12 +4,23 @@ A server that slows down instead of refusing (a queue in front of a few
 workers) only tells its clients through latency. This limit keeps the calls
 in flight near what the server turns around without a queue:
 
-- *Opening* (``slow_start=True``): the run starts with ``OPENING`` calls in
-  flight. The limit doubles every ``DOUBLING`` seconds, at most once per look
-  (a client too busy to look has not seen the answers that may be in), and
-  each accepted call lets one more start (TCP's slow start: twice as many per
-  round trip), until the server refuses a call, the latency rises (HyStart),
-  or the limit reaches ``workers``.
+- *Opening* (``slow_start=True``, asyncio's thousands of tasks): the run
+  starts with ``OPENING`` calls in flight. Until the first answer, time
+  doubles the limit every ``DOUBLING`` seconds, so a run that no server
+  limits is held back by its own CPU, not by the opening; but only at a look
+  that comes on time: a look later than ``LATE`` means the client is busy
+  (its event loop holds the interpreter), so the calls sent may not have
+  left yet, and their refusals cannot have come back. From the first
+  answer on, the answers pace it: each accepted call lets ``GROWTH`` more
+  start (1.5 times as many per round trip). A first answer that came late
+  (the opening older than ``LATE_ANSWER`` times its latency: the client or
+  the server lagged, and the blind doublings outran the answers) cuts the
+  limit back to twice the calls answered; one that came on time after
+  ``SLOW_CALL`` or more leaves time doubling on, and so does ``QUIET``
+  without an answer (the calls out may all wait for something: the opening
+  never stalls a run). The opening ends at the first refusal (the rate takes
+  it from there), when the latency rises (HyStart), at a first answer under
+  ``LOCAL`` (not a server's), or at ``workers``.
 - *Samples* (for a server that never refused a call): once per round trip
   the mean latency of the calls that came back is compared with the unloaded
   latency (the lowest mean over ``UNLOADED``
@@ -18,6 +29,8 @@ in flight near what the server turns around without a queue:
   bandwidth-delay product of TCP BBR), times ``HEADROOM``. Below
   ``GROW_BELOW`` times it, a limit that binds grows by a quarter per round
   trip (a path that got faster, or a cut the latency did not bear out).
+  A limit that no answer eased for ``QUIET`` doubles: the calls out may all
+  wait for something only more calls bring.
 
 Every method takes the time, so tests drive it exactly.
 """
@@ -30,7 +43,15 @@ from collections import deque
 __all__ = ["OPENING", "LatencyLimit"]
 
 OPENING = 16  # calls in flight before any call came back
-DOUBLING = 0.01  # seconds per doubling of the opening, before any call came back
+DOUBLING = 0.005  # seconds per doubling of the opening, before any call came back
+LATE = 0.001  # seconds: a look this late means a busy client (no doubling at it)
+RECHECK = 0.001  # seconds: after a late look, look again this soon
+GROWTH = 0.5  # more calls per accepted call, once the answers pace the opening
+LATE_ANSWER = 1.5  # a first answer later than this many times its latency came late
+SLOW_CALL = 0.05  # seconds: answered on time, calls this slow leave time doubling on
+QUIET = 0.1  # seconds without an answer (and 4 latencies) before time doubles it again
+QUIET_LATENCIES = 4
+LOCAL = 1e-3  # seconds: calls faster than this are not a server's
 QUEUE = 2.0  # latency above this many times the unloaded one: a queue is building
 HEADROOM = 1.2  # calls in flight per call the server turns around unloaded
 GROW_BELOW = 1.25  # latency below this many times the unloaded one: room to grow
@@ -42,11 +63,13 @@ SUSTAINED = 3  # round trips in a row above QUEUE before the limit is cut
 class LatencyLimit:
     """How many calls may be in flight (``limit``), from the opening and the latency.
 
-    >>> limit = LatencyLimit(workers=100, now=0.0)
-    >>> limit.limit, round(limit.tick(0.025), 6), limit.limit  # time doubles it...
+    >>> limit = LatencyLimit(workers=1000, now=0.0)
+    >>> limit.limit, limit.tick(0.005), limit.limit  # time doubles it...
     (16, 0.005, 32)
-    >>> limit.accepted(0.1, calls=1, latency=0.1, in_flight=31)
-    >>> limit.limit  # ...and each accepted call lets one more start
+    >>> limit.tick(0.0115), limit.limit  # ...at a look on time only
+    (0.001, 32)
+    >>> limit.accepted(0.012, calls=2, latency=0.01, in_flight=30)
+    >>> limit.limit  # then each accepted call lets half a call more start
     33
     """
 
@@ -64,6 +87,13 @@ class LatencyLimit:
         self._refusing = False
         self.follows = True  # latency may cut the limit (not for CPU work: see Slowdown)
         self._queued = 0  # samples in a row above QUEUE
+        self._wake = now + DOUBLING  # the opening's next doubling
+        self._answered = False  # a call came back: the answers pace the opening
+        self._doubling = True  # time doubles it (until the first answer, see _pace)
+        self._last_answer = now
+        self._opened = -math.inf  # when the opening ended (see _end_opening)
+        self._clock = now
+        self._credit = 0.0  # (GROWTH's fractions of a call)
 
     @property
     def rising(self) -> bool:
@@ -75,18 +105,52 @@ class LatencyLimit:
         """The smoothed latency of accepted calls (0.0 before the first)."""
         return self._latency
 
-    def tick(self, now: float) -> float | None:
-        """Grow the opening with time; seconds until it grows again (None: it no longer does)."""
+    def tick(self, now: float, waiting: int = 0) -> float | None:
+        """Grow the opening with time; seconds until it grows again (None: it no longer does).
+
+        ``waiting``: batches sent whose calls the workers have not all started
+        (a busy event loop): no doubling until they have.
+        """
+        self._clock = now
         if not self.opening:
-            return None
-        # At most twice as many per look: a client too busy to look (its own
-        # first wave keeps it busy) has not seen the answers that may be in.
-        doublings = min((now - self._begun) / DOUBLING, 60.0)
-        self.limit = max(self.limit, min(2 * self.limit, math.floor(OPENING * 2**doublings)))
+            return self._unstall(now)
+        if not self._doubling:
+            # Paced by the answers; none for a while (the calls out may all
+            # wait for something): time doubles it again, the run never stalls here.
+            quiet = max(QUIET_LATENCIES * self._latency, QUIET)
+            if now - self._last_answer < quiet:
+                return quiet - (now - self._last_answer)
+            self._wake = max(self._wake, now)  # (a quiet client: this look is on time)
+        if now < self._wake:
+            return self._wake - now
+        if waiting:
+            return RECHECK
+        if now > self._wake + LATE:  # a busy client: the calls sent may not have left
+            self._wake = now + RECHECK
+            return RECHECK
+        self.limit = min(2 * self.limit, self.workers)
+        self._wake = now + DOUBLING
         if self.limit >= self.workers:
             self._end_opening()
             return None
-        return DOUBLING - (now - self._begun) % DOUBLING
+        return DOUBLING
+
+    def _unstall(self, now: float) -> float | None:
+        """A limit below ``workers`` that no answer eased for ``QUIET``: it doubles.
+
+        The calls in flight may all wait for something only more calls bring
+        (a call that waits for the others' results): a limit must never hold
+        a run still.
+        """
+        if self.limit >= self.workers:
+            return None
+        quiet = max(QUIET_LATENCIES * self._latency, QUIET)
+        idle = now - self._last_answer
+        if idle < quiet:
+            return quiet - idle
+        self.limit = min(2 * self.limit, self.workers)
+        self._last_answer = now
+        return quiet
 
     def refused(self) -> None:
         """The server refused a call: it says its limit, and the rate takes it from here.
@@ -102,26 +166,60 @@ class LatencyLimit:
 
     def accepted(self, now: float, calls: int, latency: float, in_flight: int) -> None:
         """``calls`` calls came back accepted, taking ``latency`` seconds each."""
+        self._clock = now
         if self._latency:
             self._latency = 0.8 * self._latency + 0.2 * latency
         else:
             self._latency = latency
         self._sum += latency * calls
         self._count += calls
-        if now >= self._next_sample and not self._refusing and self.follows:
+        self._last_answer = now
+        if (
+            now >= self._next_sample
+            and not self._refusing
+            and self.follows
+            and now - latency >= self._opened  # (see _end_opening)
+        ):
             self._sample(now, in_flight)
         if self.opening:
-            self.limit += calls
-            if self.limit >= self.workers:
-                self._end_opening()
+            self._pace(now, calls, latency)
+
+    def _pace(self, now: float, calls: int, latency: float) -> None:
+        """The opening, once calls come back: the answers pace it (see the module)."""
+        if not self._answered:
+            self._answered = True
+            if latency < LOCAL:
+                self._end_opening()  # (and the limit: workers)
+                self.limit = self.workers
+                return
+            late = now - self._begun > LATE_ANSWER * latency
+            if late:
+                self.limit = min(self.limit, max(OPENING, 2 * calls))
+            # Slow calls answered on time: the server kept up with the blind
+            # doublings, and answers a round trip apart would take seconds to
+            # ramp up: time goes on doubling (a refusal still ends it).
+            self._doubling = not late and latency >= SLOW_CALL
+        self._credit += calls * GROWTH
+        grow = int(self._credit)
+        self._credit -= grow
+        self.limit += grow
+        if self.limit >= self.workers:
+            self._end_opening()
 
     def hold(self, until: float) -> None:
         """Do not grow before ``until`` (the rate was just cut)."""
         self._hold_until = max(self._hold_until, until)
 
     def _end_opening(self) -> None:
+        """The opening is over; latency counts from the calls started after it.
+
+        The calls started during a ramp met a lighter client than those after
+        it (10,000 tasks on one event loop: 0.1 s calls answered in 0.1 s
+        early, 0.2 s once all run): their latency is no measure of "unloaded".
+        """
         self.opening = False
         self.limit = min(self.limit, self.workers)
+        self._opened = self._clock
 
     def _sample(self, now: float, in_flight: int) -> None:
         """Once per round trip: does the latency rise with the calls in flight?"""

@@ -55,7 +55,7 @@ from ._reader import Reader
 from ._report import Report
 from ._retry import MAX_RETRY_AFTER, matches, retry_after_of
 from ._sizing import Sizer
-from ._slowdown import Slowdown
+from ._slowdown import OPENING_SHARE, Slowdown
 from ._stats import RunStatistics
 from ._stoprules import StopRules
 from ._thread_feed import ThreadFeed
@@ -107,6 +107,10 @@ class Run:
     the backend runs at once. ``consumer``: outcomes go to a consumer (``map``,
     ``amap``), and are recorded in the journal once it got them.
     """
+
+    # The slowdown's opening (asyncio): batches at most this big, and room for
+    # more of them out, as they are small (see _obey_slowdown).
+    _opening_batch = _opening_room = _batches_sent = 0
 
     def __init__(
         self,
@@ -169,7 +173,10 @@ class Run:
         # The adaptive slowdown sets the start rate, the calls in flight and
         # pauses; while it watches, every answer goes to it (see _slowdown).
         self._slowdown = Slowdown(
-            self._batches_at_once(backend, workers), options.rate_per_second, now=clock()
+            self._batches_at_once(backend, workers),
+            options.rate_per_second,
+            now=clock(),
+            slow_start=self._items_are_calls,  # (asyncio: thousands of calls at once)
         )
         if backend.name == "processes":
             self._slowdown.ignore_latency()
@@ -619,12 +626,14 @@ class Run:
         reader = self._reader
         while (
             not reader.exhausted
-            and self._in_backend < sizer.max_batches
+            and self._in_backend < sizer.max_batches + self._opening_room
             and (self._in_flight if self._items_are_calls else self._in_backend)
             < self._most_in_flight
         ):
             room = self._window - self._pending_items  # (a whole batch may pass the limit)
             size = sizer.size
+            if self._opening_batch and size > self._opening_batch:
+                size = self._opening_batch
             if room <= 0 or (self._in_backend and (room < size or not completions.empty())):
                 return
             size = min(size, room)
@@ -783,6 +792,7 @@ class Run:
         if self._sample is None:  # (auto: items to check they pickle before a move)
             self._sample = batch.items[:8]
         self._in_backend += 1
+        self._batches_sent += 1
         self._in_flight += len(batch.items)
         self._backend.submit(batch)
 
@@ -1209,11 +1219,16 @@ class Run:
         slowdown = self._slowdown
         if self._reader.exhausted:
             slowdown.ending()
-        due = slowdown.due(now)
+        due = slowdown.due(now, self._not_started() if slowdown.opening else 0)
         self._obey_slowdown()
         if now < slowdown.paused_until:
             return _sooner(due, slowdown.paused_until - now)
         return due
+
+    def _not_started(self) -> int:
+        """Batches sent whose calls a private event loop has not all started (its backlog)."""
+        taken = getattr(self._backend, "taken", None)
+        return 0 if taken is None or not self._owns_backend else self._batches_sent - taken
 
     def _obey_slowdown(self) -> None:
         slowdown = self._slowdown
@@ -1224,7 +1239,7 @@ class Run:
         if not watching:
             self._most_in_flight = self._window
         elif slowdown.unlimited and (
-            self._items_are_calls or self._backend.name in ("processes", "dask")
+            self._items_are_calls or self._backend.name in ("processes", "dask") or slowdown.proven
         ):
             # asyncio, while nothing has limited the run: items queued ahead of the
             # tasks, as many as run, so a task that finishes a call starts the next
@@ -1237,9 +1252,18 @@ class Run:
             # Dask too: a cluster's thread that waits for its next task through the
             # driver and the scheduler idles (20,000 x 10 ms on 100 threads: 10-15 of
             # ~235 thread-seconds between batches; ~1 with a second batch queued).
+            # Threads once PROVEN round trips came back without a refusal (a server
+            # limit is met in the first few: 100 threads spend 200 a second in two).
             self._most_in_flight = min(2 * slowdown.concurrency, self._window)
         else:
             self._most_in_flight = slowdown.concurrency
+        if slowdown.opening and self._items_are_calls:
+            # The opening (asyncio): a batch is at most an eighth of the calls allowed,
+            # so the first answers come back, and are heard, before the next doubling.
+            self._opening_batch = max(1, slowdown.concurrency // OPENING_SHARE)
+            self._opening_room = 8 * OPENING_SHARE
+        else:
+            self._opening_batch = 0
         if self._auto_cap is not None:  # (auto, until the calls are seen to wait or chosen)
             self._most_in_flight = min(self._most_in_flight, self._auto_cap)
         queueing = not watching or self._most_in_flight > slowdown.concurrency

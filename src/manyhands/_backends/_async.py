@@ -65,6 +65,7 @@ class AsyncBackend:
         self._tasks: set[asyncio.Task[None]] = set()
         self._retired = False  # no more items expected: idle workers may exit
         self._stopping = False  # our own cancellation, not the user's CancelledError
+        self.taken = 0  # batches whose calls have all started (the slowdown's opening)
         self.abandoned = 0  # always 0: a timed-out coroutine is cancelled, not abandoned
         self.notes: list[str] = []
 
@@ -265,7 +266,7 @@ class AsyncBackend:
             index = entry.taken
             entry.taken = index + 1
             if entry.taken == len(batch.items):
-                pending.popleft()
+                self._all_started(pending)
                 if task.early:  # its calls all started: from when they would straggle
                     stragglers.started(entry, start)
             try:
@@ -292,6 +293,11 @@ class AsyncBackend:
                 stragglers.send_pieces(end)
             del batch, entry, task  # an idle worker must not keep its last batch alive
 
+    def _all_started(self, pending: deque[Entry]) -> None:
+        """The first pending batch's calls have all started: it leaves the queue."""
+        pending.popleft()
+        self.taken += 1
+
     def _leave(self) -> None:
         """A retired worker leaves ``_tasks`` now, not at its done callback.
 
@@ -316,6 +322,7 @@ class AsyncBackend:
             entry.taken = index + 1
             if entry.taken == len(entry.batch.items):
                 lanes.pop(task)
+                self.taken += 1
             lanes.charge(task, 1)
             runner = asyncio.current_task()
             assert runner is not None
