@@ -119,11 +119,11 @@ def test_calls_too_short_for_processes_lift_the_cap_on_calls_at_once() -> None:
                     cpu=lambda: clock["cpu"], process_cpu=lambda: clock["cpu"])  # fmt: skip
         m.add(items=items, seconds=cpu, cpu=cpu)
         clock["cpu"] = cpu
-        return m.waiting(0.025)
+        return m.waiting(0.006)  # (a few ms in: a 50 ms run of them is not held long)
 
     clock = {"cpu": 0.0}
-    assert lifted(items=20_000, cpu=0.024)  # 1.2 us each: they stay on threads anyway
-    assert not lifted(items=50, cpu=0.024)  # 50 cached, then CPU-bound calls running
+    assert lifted(items=5_000, cpu=0.006)  # 1.2 us each: they stay on threads anyway
+    assert not lifted(items=50, cpu=0.006)  # 50 cached, then CPU-bound calls running
 
 
 def test_one_core_a_free_threaded_python_or_one_worker_stay_on_threads(

@@ -259,14 +259,15 @@ class Measure:
         have mostly waited so far in this window (calls on I/O), or their calls are too
         short for processes to pay (``MIN_CPU``: tiny calls, the engine's cost).
 
-        Too early to tell (under ``WAIT_SEEN`` seconds) or without their clocks: False.
+        Too early to tell (short calls: under ``LOOK_EVERY`` seconds, calls that
+        wait: under ``WAIT_SEEN``) or without their clocks: False.
         Threads that had little CPU were either asleep (I/O) or waiting for a
         core (a busy machine): their time ready to run tells which, if known.
         """
         if self._threads_cpu is None or now < self._next_look:
             return False
         seconds = now - self._window_start
-        if seconds < WAIT_SEEN:
+        if seconds < LOOK_EVERY:
             return False
         # Looked at most every LOOK_EVERY: asked after each batch of tiny calls, reading
         # every thread's clock (and their ready time) took a sixth of the run's CPU.
@@ -274,7 +275,7 @@ class Measure:
         ran = self._threads_cpu() - self._cpu_start
         if self._items >= ITEMS and ran < MIN_CPU * self._items:
             return True  # too short: they stay on threads whatever they do
-        if ran >= GIL_BOUND * seconds:
+        if seconds < WAIT_SEEN or ran >= GIL_BOUND * seconds:
             return False
         if self._process_cpu() - self._process_start >= GIL_BOUND * seconds:
             return False  # the engine's own threads kept the GIL busy (tiny calls)
