@@ -27,6 +27,15 @@ def no_schedstat() -> None:
     return None
 
 
+def worker_processes() -> list[int]:
+    """This process's children that are workers (not multiprocessing's own helpers)."""
+    import psutil
+
+    helpers = ("forkserver", "resource_tracker")
+    children = psutil.Process().children(recursive=True)
+    return [p.pid for p in children if not any(h in " ".join(p.cmdline()) for h in helpers)]
+
+
 # -- the choice, on given measurements ------------------------------------------------
 
 
@@ -347,9 +356,8 @@ def test_calls_that_also_wait_move_to_more_processes_than_cores() -> None:
     code = textwrap.dedent(
         """
         import os
-        import psutil
         import manyhands
-        from tests.test_auto import nap_then_spin
+        from tests.test_auto import nap_then_spin, worker_processes
 
         if __name__ == "__main__":
             {CPU_BOUND_ALWAYS}
@@ -358,9 +366,7 @@ def test_calls_that_also_wait_move_to_more_processes_than_cores() -> None:
             print([o.value[0] for o in outs] == list(range(400)))
             print(len({o.value[1] for o in outs} - {os.getpid()}))
             print(run.report.backend)
-            helpers = ("forkserver", "resource_tracker")  # multiprocessing's, not workers
-            print([p.pid for p in psutil.Process().children(recursive=True)
-                   if not any(h in " ".join(p.cmdline()) for h in helpers)])
+            print(worker_processes())
         """
     ).replace("{CPU_BOUND_ALWAYS}", CPU_BOUND_ALWAYS)
     proc = start_python(code)
@@ -388,9 +394,8 @@ def test_calls_that_wait_moved_to_processes_by_mistake_go_back_to_threads() -> N
     code = textwrap.dedent(
         """
         import os
-        import psutil
         import manyhands, manyhands._auto
-        from tests.test_auto import nap_where
+        from tests.test_auto import nap_where, worker_processes
 
         if __name__ == "__main__":
             manyhands._auto.GIL_BOUND = manyhands._auto.MIN_CPU = 0.0
@@ -399,9 +404,7 @@ def test_calls_that_wait_moved_to_processes_by_mistake_go_back_to_threads() -> N
             print([x for x, _ in outs] == list(range(400)))
             print(sum(pid == os.getpid() for _, pid in outs))
             print(run.report.backend)
-            helpers = ("forkserver", "resource_tracker")  # multiprocessing's, not workers
-            print([p.pid for p in psutil.Process().children(recursive=True)
-                   if not any(h in " ".join(p.cmdline()) for h in helpers)])
+            print(worker_processes())
         """
     )
     proc = start_python(code)
@@ -421,9 +424,8 @@ def test_a_pool_on_auto_moves_cpu_bound_runs_to_processes_it_shares_and_stops() 
     code = textwrap.dedent(
         """
         import os, time
-        import psutil
         import manyhands
-        from tests.test_auto import pid_of
+        from tests.test_auto import pid_of, worker_processes
 
         if __name__ == "__main__":
             {CPU_BOUND_ALWAYS}
@@ -438,9 +440,7 @@ def test_a_pool_on_auto_moves_cpu_bound_runs_to_processes_it_shares_and_stops() 
             workers = lambda outs: {o.value[1] for o in outs} - {me}
             print(bool(workers(second))
                   and len(workers(first) | workers(second)) <= (os.cpu_count() or 1))
-            helpers = ("forkserver", "resource_tracker")  # multiprocessing's, not workers
-            print([p.pid for p in psutil.Process().children(recursive=True)
-                   if not any(h in " ".join(p.cmdline()) for h in helpers)])
+            print(worker_processes())
         """
     ).replace("{CPU_BOUND_ALWAYS}", CPU_BOUND_ALWAYS)
     proc = start_python(code)
@@ -515,15 +515,6 @@ def test_the_processes_start_once_calls_look_cpu_bound_and_the_move_takes_them(
     assert sorted(o.value[0] for o in outs) == list(range(200))
     assert outs.report.backend.startswith("processes (auto:")
     assert events == ["processes started", "moved"]  # started before the choice, once
-
-
-def worker_processes() -> list[int]:
-    """This process's children that are workers (not multiprocessing's own helpers)."""
-    import psutil
-
-    helpers = ("forkserver", "resource_tracker")
-    children = psutil.Process().children(recursive=True)
-    return [p.pid for p in children if not any(h in " ".join(p.cmdline()) for h in helpers)]
 
 
 def test_processes_started_for_a_move_that_does_not_come_are_stopped(
