@@ -198,13 +198,10 @@ def stream(client: Any) -> list[str]:
 CASES = {"tiny": tiny, "io": io, "stream": stream}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--case", choices=CASES, action="append", help="(default: all)")
-    parser.add_argument("--runs", type=int, default=1, help="each case this many times")
-    args = parser.parse_args()
+def local_cluster() -> distributed.LocalCluster:
+    """The benchmarks' cluster: 2 worker processes x THREADS threads, on loopback."""
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
-        cluster = distributed.LocalCluster(
+        return distributed.LocalCluster(
             n_workers=2,
             threads_per_worker=THREADS,
             processes=True,
@@ -213,6 +210,14 @@ def main() -> None:
             scheduler_kwargs={"dashboard": False},
             silence_logs=logging.ERROR,
         )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--case", choices=CASES, action="append", help="(default: all)")
+    parser.add_argument("--runs", type=int, default=1, help="each case this many times")
+    args = parser.parse_args()
+    cluster = local_cluster()
     client = distributed.Client(cluster)  # (the default client: dask.bag runs on it)
     try:
         manyhands.run(double, range(1000), backend=client)  # warm-up: imports on the workers

@@ -18,9 +18,9 @@ tail (each thread's last call before the run's end), the calls' time beyond
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import statistics
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -28,13 +28,15 @@ from itertools import pairwise
 from queue import SimpleQueue
 from typing import Any
 
-import dask
 import distributed
 
 import manyhands
 from manyhands._backends import _dask
 
-THREADS = 50
+sys.path.insert(0, os.path.dirname(__file__))
+
+from bench_dask import local_cluster
+
 COUNT = 20_000
 
 sent: dict[str, tuple[float, list[int]]] = {}  # task key: (when, its items)
@@ -140,16 +142,7 @@ def main() -> None:
     parser.add_argument("--generator", action="store_true", help="items of unknown length")
     args = parser.parse_args()
     watch()
-    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
-        cluster = distributed.LocalCluster(
-            n_workers=2,
-            threads_per_worker=THREADS,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=":0",
-            scheduler_kwargs={"dashboard": False},
-            silence_logs=logging.ERROR,
-        )
+    cluster = local_cluster()  # (the same as bench_dask.py's)
     client = distributed.Client(cluster)
     try:
         manyhands.run(abs, range(1000), backend=client)  # warm-up: imports on the workers
