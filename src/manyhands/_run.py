@@ -878,8 +878,8 @@ class Run:
                 self._auto_cap = cap
                 self._obey_slowdown()
             # The engine's own turns on the GIL kept short while it measures: with the
-            # default 5 ms, it waited 0.1-0.25 s in line behind the CPU-bound calls to
-            # start the processes or choose at all.
+            # default 5 ms, its timed looks (to start the processes, to choose) came
+            # 4-57 ms late behind the CPU-bound calls; with 1 ms, 0.8-2.1 ms.
             _in_line.enter(MEASURING_TURNS)
             self._short_turns = True
 
