@@ -97,7 +97,7 @@ def test_whether_calls_wait_is_looked_at_every_few_ms_not_after_every_batch() ->
                 process_cpu=lambda: 0.0)  # fmt: skip
     reads.clear()
     # 1,000 batches of tiny calls come back within 20 ms, after WAIT_SEEN
-    answers = [m.waiting(_auto.WAIT_SEEN + n * 2e-5) for n in range(1000)]
+    answers = [m.lifts_cap(_auto.WAIT_SEEN + n * 2e-5) for n in range(1000)]
     assert answers[0] is True  # little CPU, no time ready to run: they wait
     looks = 1 + int(1000 * 2e-5 / _auto.LOOK_EVERY)
     assert reads["clocks"] <= looks and reads["ready time"] <= looks, reads
@@ -117,7 +117,7 @@ def test_calls_are_not_waiting_while_the_engine_keeps_the_gil_busy() -> None:
                 cpu=lambda: 0.005, process_cpu=lambda: process["cpu"])  # fmt: skip
     reads.clear()
     process["cpu"] = 0.025  # the whole process computed 25 ms of the first 25 ms
-    assert m.waiting(0.025) is False
+    assert m.lifts_cap(0.025) is False
     assert reads["ready time"] == 0
 
 
@@ -128,7 +128,7 @@ def test_calls_too_short_for_processes_lift_the_cap_on_calls_at_once() -> None:
                     cpu=lambda: clock["cpu"], process_cpu=lambda: clock["cpu"])  # fmt: skip
         m.add(items=items, seconds=cpu, cpu=cpu)
         clock["cpu"] = cpu
-        return m.waiting(0.006)  # (a few ms in: a 50 ms run of them is not held long)
+        return m.lifts_cap(0.006)  # (a few ms in: a 50 ms run of them is not held long)
 
     clock = {"cpu": 0.0}
     assert lifted(items=5_000, cpu=0.006)  # 1.2 us each: they stay on threads anyway
@@ -560,20 +560,30 @@ def test_with_its_processes_started_auto_chooses_before_the_window_ends() -> Non
     assert choice is not None and choice.backend == "processes"
 
 
-_calls_here = {"now": 0, "most": 0}
-_calls_lock = threading.Lock()
+class AtOnce:
+    """Counts the calls running at once (``with at_once:`` around each), and the most."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.now = self.most = 0
+
+    def __enter__(self) -> None:
+        with self._lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self.now -= 1
+
+
+_spinning = AtOnce()  # (module-level: spin_counted must pickle by reference)
 
 
 def spin_counted(x: int) -> int:
     """spin, counting the calls at once in this process (the main one: on threads)."""
-    with _calls_lock:
-        _calls_here["now"] += 1
-        _calls_here["most"] = max(_calls_here["most"], _calls_here["now"])
-    try:
+    with _spinning:
         return spin(x)
-    finally:
-        with _calls_lock:
-            _calls_here["now"] -= 1
 
 
 def test_auto_runs_few_calls_at_once_on_threads_until_they_are_seen_to_wait(
@@ -587,28 +597,23 @@ def test_auto_runs_few_calls_at_once_on_threads_until_they_are_seen_to_wait(
     if (os.cpu_count() or 1) < 2:
         pytest.skip("one core: auto stays on threads (tested above)")
     monkeypatch.setattr(_auto, "GIL_BOUND", 0.0)  # (see CPU_BOUND_ALWAYS)
-    _calls_here["most"] = 0
+    _spinning.most = 0
     report = manyhands.run(spin_counted, range(200), backend="auto", workers=32)
     assert report.succeeded == 200 and report.backend.startswith("processes")
-    assert 1 <= _calls_here["most"] <= 4 * (os.cpu_count() or 1)
+    assert 1 <= _spinning.most <= _auto.CALLS_PER_CORE * (os.cpu_count() or 1)
 
 
 def test_calls_that_wait_on_auto_soon_run_as_many_at_once_as_workers() -> None:
-    at_once = {"now": 0, "most": 0}
-    lock = threading.Lock()
+    at_once = AtOnce()
 
     def wait(x: int) -> int:
-        with lock:
-            at_once["now"] += 1
-            at_once["most"] = max(at_once["most"], at_once["now"])
-        time.sleep(0.05)
-        with lock:
-            at_once["now"] -= 1
+        with at_once:
+            time.sleep(0.05)
         return x
 
     report = manyhands.run(wait, range(300), backend="auto", workers=50)
     assert report.succeeded == 300 and report.backend.startswith("threads (auto:")
-    assert at_once["most"] == 50  # the few calls at first were lifted to all workers
+    assert at_once.most == 50  # the few calls at first were lifted to all workers
 
 
 def test_a_run_on_auto_whose_calls_wait_starts_no_process() -> None:

@@ -158,15 +158,21 @@ def test_latency_limit_opening_is_paced_by_the_answers_once_they_come() -> None:
     assert limit.limit == 2 * (4 * OPENING + 3)
 
 
+def double_until(limit: LatencyLimit, calls: int) -> float:
+    """Time (looks on time, no answer) doubles the opening to ``calls``; returns the time."""
+    now = 0.0
+    while limit.limit < calls:
+        now += DOUBLING
+        limit.tick(now)
+    return now
+
+
 def test_latency_limit_opening_cut_back_when_the_first_answer_came_late() -> None:
     # 10 ms calls whose first answers came back after 60 ms: the client or the
     # server lagged, and the blind doublings outran them (512 calls sent). The
     # limit falls back to twice the calls answered.
     limit = LatencyLimit(workers=2000, now=0.0)
-    now = 0.0
-    while limit.limit < 512:
-        now += DOUBLING
-        limit.tick(now)
+    double_until(limit, 512)
     limit.accepted(0.06, calls=16, latency=0.01, in_flight=500)
     assert limit.limit == 2 * 16 + 8 and limit.opening
 
@@ -175,10 +181,7 @@ def test_latency_limit_opening_keeps_the_ramp_of_slow_calls_answered_on_time() -
     # 10,000 x 0.1 s: a busy client reached 8,192 when the first answers came,
     # 0.1 s after their start: on time, so no cut.
     limit = LatencyLimit(workers=10_000, now=0.0)
-    now = 0.0
-    while limit.limit < 8192:
-        now += DOUBLING
-        limit.tick(now)
+    double_until(limit, 8192)
     limit.accepted(0.104, calls=157, latency=0.1, in_flight=8192)
     assert limit.limit == 8192 + 78 and limit.opening
     # Answers 0.1 s apart would take seconds to ramp up: time goes on doubling.

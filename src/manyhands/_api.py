@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._backends import Backend, backend_kind, create_backend
 from ._checks import check_fn, check_items, check_report_only, is_coroutine_function
-from ._exceptions import ManyhandsError, WorkerInitError
+from ._exceptions import ManyhandsError
 from ._options import Options, lists_options
 from ._progress import progress_wanted
 from ._report import Report
@@ -253,6 +253,8 @@ def open_run(
         workers = pool.workers
     else:
         if opts.backend == "auto" and backend_name == "threads" and opts.initializer:
+            from ._auto import initialize_here
+
             initialize_here(opts.initializer, opts.initargs)  # (its first calls run here)
         backend, workers = _private_backend(backend_name, opts, options, on_loop)
         owns = True
@@ -272,25 +274,6 @@ def open_run(
         and (backend_name == "threads" if pool is None else not owns),  # (not inline)
         hooks=pool,
     )
-
-
-def initialize_here(initializer: Callable[..., Any], initargs: tuple[Any, ...]) -> None:
-    """``backend="auto"``: calls run on this process's threads until a move to worker
-    processes (or for good), so the initializer runs here once too, as in each worker.
-
-    Raises:
-        WorkerInitError: it raised; no item was run.
-    """
-    try:
-        initializer(*initargs)
-    except Exception as exc:
-        import traceback
-
-        raise WorkerInitError(
-            f"the initializer raised {type(exc).__qualname__}: {exc} (backend='auto' runs "
-            "it in this process too, for the calls on its threads); no item was run",
-            "".join(traceback.format_exception(exc)),
-        ) from exc
 
 
 def _private_backend(

@@ -60,7 +60,9 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
+from ._exceptions import WorkerInitError
 from ._records import Record
 
 __all__ = [
@@ -79,6 +81,7 @@ __all__ = [
     "Sizing",
     "demand",
     "gil_enabled",
+    "initialize_here",
     "threads_cpu",
 ]
 
@@ -92,7 +95,7 @@ WAIT_SEEN = 0.02  # seconds of the run before its threads can be seen to wait
 # threads than cores only add to the line the engine's own thread waits in (importing
 # what the processes need took 135-165 ms behind 8 of them, 28-37 ms behind 2).
 CALLS_PER_CORE = 1
-LOOK_EVERY = 0.005  # seconds between looks at whether the calls wait (see Measure.waiting)
+LOOK_EVERY = 0.005  # seconds between looks at whether the calls wait (see Measure.lifts_cap)
 GROW_BELOW = 0.85  # on processes, calls computing less of their time than this: more processes
 PROCESSES_PER_CORE = 4  # the most processes auto grows to, per core
 RETURN_BELOW = 0.05  # on processes, calls computing less of their time: back to threads
@@ -139,6 +142,25 @@ def waited_for_cpu(pids: Iterable[int]) -> float | None:
         except (OSError, IndexError, ValueError):
             continue
     return waited / 1e9
+
+
+def initialize_here(initializer: Callable[..., Any], initargs: tuple[Any, ...]) -> None:
+    """``backend="auto"``: calls run on this process's threads until a move to worker
+    processes (or for good), so the initializer runs here once too, as in each worker.
+
+    Raises:
+        WorkerInitError: it raised; no item was run.
+    """
+    try:
+        initializer(*initargs)
+    except Exception as exc:
+        import traceback
+
+        raise WorkerInitError(
+            f"the initializer raised {type(exc).__qualname__}: {exc} (backend='auto' runs "
+            "it in this process too, for the calls on its threads); no item was run",
+            "".join(traceback.format_exception(exc)),
+        ) from exc
 
 
 def threads_cpu(clocks: dict[int, int]) -> float:
@@ -231,7 +253,7 @@ class Measure:
         self._cpu = 0.0  # their CPU time
         self.decided: Choice | None = None
         self._revisited = False
-        self._next_look = -math.inf  # (see waiting)
+        self._next_look = -math.inf  # (see lifts_cap)
 
     def add(self, items: int, seconds: float, cpu: float) -> None:
         """A batch of ``items`` calls took ``seconds``, ``cpu`` of them computing."""
@@ -251,10 +273,10 @@ class Measure:
 
     @property
     def can_tell_waiting(self) -> bool:
-        """Whether :meth:`waiting` can say (the run's own threads' CPU clocks are read)."""
+        """Whether :meth:`lifts_cap` can tell calls that wait (the threads' clocks are read)."""
         return self._threads_cpu is not None
 
-    def waiting(self, now: float) -> bool:
+    def lifts_cap(self, now: float) -> bool:
         """Whether the cap on calls at once (``CALLS_PER_CORE``) can go: the run's threads
         have mostly waited so far in this window (calls on I/O), or their calls are too
         short for processes to pay (``MIN_CPU``: tiny calls, the engine's cost).

@@ -131,7 +131,7 @@ class Pool:
                 "(or 'auto') only"
             )
         if backend == "auto" and initializer is not None:
-            from ._api import initialize_here
+            from ._auto import initialize_here
 
             initialize_here(initializer, initargs)  # (the pool's threads run calls here)
         self._name = backend

@@ -69,6 +69,7 @@ except ImportError:  # pragma: no cover (Pythons without the C module)
 if TYPE_CHECKING:
     from ._aio import LoopQueue
     from ._auto import Choice, Measure, Sizing
+    from ._backends._processes import ProcessBackend
     from ._journal import Journal
 
 __all__ = ["Completions", "Run", "RunHooks"]
@@ -236,6 +237,7 @@ class Run:
         # auto: its own processes, started once the calls looked CPU-bound (or why not)
         self._early: tuple[Backend, int] | BaseException | None = None
         self._sizing: Sizing | None = None  # on the processes it moved to: how many fit
+        self._chosen: Choice | None = None  # what it moved for (and then, how many)
         self._short_turns = False  # the switch interval lowered while auto measures
         self._threads_wanted = workers  # (the run's workers= on threads, to move back)
         self._previous: list[Backend] = []  # backends it moved from (their calls finish)
@@ -855,7 +857,7 @@ class Run:
         assert measure is not None
         measure.add(len(batch.items), batch.elapsed, batch.cpu)
         now = self._clock()
-        if self._auto_cap is not None and measure.waiting(now):
+        if self._auto_cap is not None and measure.lifts_cap(now):
             self._lift_auto_cap()
         self._choose(now)
 
@@ -905,7 +907,7 @@ class Run:
             self._choose_at = None
             return
         self._choose_at = now + measure.window / 5
-        if self._auto_cap is not None and measure.waiting(now):
+        if self._auto_cap is not None and measure.lifts_cap(now):
             self._lift_auto_cap()  # (long calls that wait: no need to see one end)
         elif self._booting is False and measure.busy(now, self._calls_running):
             self._booting = True  # started now, the processes are ready at the choice
@@ -1002,6 +1004,7 @@ class Run:
         if self._owns_backend:
             from ._auto import Sizing, waited_for_cpu
 
+            self._chosen = choice
             self._threads_wanted = allowed
             pids = cast("list[int]", getattr(backend, "pids", []))
             self._sizing = Sizing(
@@ -1075,24 +1078,23 @@ class Run:
             self._sizing = None
         if count is None:
             return
-        said = self.statistics.backend  # "processes (auto: ...)": what follows goes inside
-        if said.endswith(")"):
-            said = f"{said[:-1]}; {sizing.why})"
+        from ._auto import Choice
+
+        assert self._chosen is not None
+        went = "threads" if count == 0 else "processes"
+        self._chosen = Choice(went, f"{self._chosen.why}; {sizing.why}", count)
+        self.statistics.backend = str(self._chosen)
         if count == 0:
             with _first_in_line():
-                self._move_back_to_threads(said.replace("processes", "threads", 1))
+                self._move_back_to_threads()
             return
-        grow = getattr(self._backend, "grow", None)
-        if grow is None:
-            return
-        grow(count - self._workers)
+        cast("ProcessBackend", self._backend).grow(count - self._workers)
         self._workers = count
         self._sizer = self._new_sizer(count)
         self._sizer.hold(not self._queueing)
         self._obey_slowdown()
-        self.statistics.backend = said
 
-    def _move_back_to_threads(self, said: str) -> None:
+    def _move_back_to_threads(self) -> None:
         """auto: the calls on the processes mostly waited; the rest of the run goes back
         to threads (``_threads_wanted`` of them). Calls running on processes finish there."""
         from ._backends import create_backend
@@ -1102,7 +1104,6 @@ class Run:
         backend.attach(self.task)
         self._backend.wind_down()
         self._switch_to(backend, self._threads_wanted)
-        self.statistics.backend = said
 
     def _backend_of(self, batch: Batch) -> Backend:
         """The backend ``batch`` went to (a run on auto may have moved since)."""
