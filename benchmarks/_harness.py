@@ -108,9 +108,17 @@ Runner = Callable[[str, Iterable[Any], int], Any]  # (workload name, items, work
 
 
 def one(
-    workload: Workload, runner: Runner, summarize: Callable[[Any], Any] = lambda result: result
+    workload: Workload,
+    runner: Runner,
+    summarize: Callable[[Any], Any] = lambda result: result,
+    prepare: Callable[[], None] = lambda: None,
 ) -> None:
-    """Run one case in this process and print its row as JSON (``--one``)."""
+    """Run one case in this process and print its row as JSON (``--one``).
+
+    ``prepare`` runs before the clock starts (e.g. the runner's imports: a
+    library is imported once per program, not once per loop it runs).
+    """
+    prepare()
     items = workload.items()
     row = measure(lambda: summarize(runner(workload.name, items, workload.workers)))
     summary = row.pop("result")
@@ -144,8 +152,12 @@ def main(
     skip: Callable[[str, str], bool] = lambda workload, runner: False,
     timeout: float = 150.0,
     summarize: Callable[[Any], Any] = lambda result: result,
+    prepare: Callable[[str], None] = lambda runner: None,
 ) -> None:
-    """The command line of a benchmark script: every (workload, runner), then the table."""
+    """The command line of a benchmark script: every (workload, runner), then the table.
+
+    ``prepare(runner)`` runs in the case's process before its clock starts.
+    """
     import argparse
 
     parser = argparse.ArgumentParser(description=doc.split("\n", maxsplit=1)[0])
@@ -155,7 +167,7 @@ def main(
     parser.add_argument("--one", nargs=2, metavar=("WORKLOAD", "RUNNER"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        one(workloads[args.one[0]], runners[args.one[1]], summarize)
+        one(workloads[args.one[0]], runners[args.one[1]], summarize, lambda: prepare(args.one[1]))
         return
     chosen = [workloads[name] for name in args.workloads.split(",")]
     compile_packages()
