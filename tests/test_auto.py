@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 import manyhands
 from manyhands import _auto
 from manyhands._auto import ITEMS, PROCESSES_PER_CORE, WINDOW, Measure, Sizing
-from manyhands._run import Run
+from manyhands._autopilot import Autopilot
 
 from .conftest import finish, start_python
 
@@ -477,13 +477,13 @@ def test_auto_chooses_when_its_window_ends_even_if_no_call_has_finished(
         pytest.skip("one core: auto stays on threads (tested above)")
     monkeypatch.setattr(_auto, "GIL_BOUND", 0.0)  # (see CPU_BOUND_ALWAYS)
     moved: list[float] = []
-    move = Run._move_to_processes
+    move = Autopilot._move_to_processes
 
-    def timed_move(self: Run, choice: _auto.Choice, sample: list[Any]) -> None:
+    def timed_move(self: Autopilot, choice: _auto.Choice, sample: list[Any]) -> None:
         moved.append(time.monotonic())
         move(self, choice, sample)
 
-    monkeypatch.setattr(Run, "_move_to_processes", timed_move)
+    monkeypatch.setattr(Autopilot, "_move_to_processes", timed_move)
     outs = manyhands.map(cached_then_spin, range(36), backend="auto", workers=4)
     ends = [outcome.value for outcome in outs if outcome.item >= 30]
     assert outs.report.succeeded == 36 and outs.report.backend.startswith("processes")
@@ -499,18 +499,18 @@ def test_the_processes_start_once_calls_look_cpu_bound_and_the_move_takes_them(
         pytest.skip("one core: auto stays on threads (tested above)")
     monkeypatch.setattr(_auto, "GIL_BOUND", 0.0)  # (see CPU_BOUND_ALWAYS)
     events: list[str] = []
-    own, move = Run._own_processes, Run._move_to_processes
+    own, move = Autopilot._own_processes, Autopilot._move_to_processes
 
-    def started(self: Run, workers: int) -> Any:
+    def started(self: Autopilot, workers: int) -> Any:
         events.append("processes started")
         return own(self, workers)
 
-    def moved(self: Run, choice: _auto.Choice, sample: list[Any]) -> None:
+    def moved(self: Autopilot, choice: _auto.Choice, sample: list[Any]) -> None:
         events.append("moved")
         move(self, choice, sample)
 
-    monkeypatch.setattr(Run, "_own_processes", started)
-    monkeypatch.setattr(Run, "_move_to_processes", moved)
+    monkeypatch.setattr(Autopilot, "_own_processes", started)
+    monkeypatch.setattr(Autopilot, "_move_to_processes", moved)
     outs = manyhands.map(pid_of, range(200), backend="auto", workers=8)
     assert sorted(o.value[0] for o in outs) == list(range(200))
     assert outs.report.backend.startswith("processes (auto:")
@@ -523,14 +523,14 @@ def test_processes_started_for_a_move_that_does_not_come_are_stopped(
     if (os.cpu_count() or 1) < 2:
         pytest.skip("one core: auto stays on threads (tested above)")
     monkeypatch.setattr(_auto, "GIL_BOUND", 0.0)  # the calls look CPU-bound: processes start
-    started: list[Run] = []
-    own = Run._own_processes
+    started: list[Autopilot] = []
+    own = Autopilot._own_processes
 
-    def counted(self: Run, workers: int) -> Any:
+    def counted(self: Autopilot, workers: int) -> Any:
         started.append(self)
         return own(self, workers)
 
-    monkeypatch.setattr(Run, "_own_processes", counted)
+    monkeypatch.setattr(Autopilot, "_own_processes", counted)
     stay = _auto.Choice("threads", "kept by the test")
     monkeypatch.setattr(Measure, "_judge", lambda self, window, running=0: stay)
     report = manyhands.run(spin, range(200), backend="auto", workers=8)
@@ -634,10 +634,10 @@ def test_a_run_on_auto_whose_calls_wait_starts_no_process() -> None:
 
 
 def test_the_switch_interval_is_restored_after_moves_that_overlap() -> None:
-    from manyhands._run import _first_in_line
+    from manyhands._autopilot import first_in_line
 
     before = sys.getswitchinterval()
-    first, second = _first_in_line(), _first_in_line()
+    first, second = first_in_line(), first_in_line()
     first.__enter__()
     second.__enter__()
     assert sys.getswitchinterval() < before
@@ -649,7 +649,7 @@ def test_the_switch_interval_is_restored_after_moves_that_overlap() -> None:
 
 def test_while_auto_measures_the_engine_waits_short_turns_for_the_gil() -> None:
     """Behind CPU-bound calls taking 5 ms turns, the engine was 4-57 ms late to look."""
-    from manyhands._run import MEASURING_TURNS, _first_in_line
+    from manyhands._autopilot import MEASURING_TURNS, first_in_line
 
     if (os.cpu_count() or 1) < 2 or not _auto.gil_enabled():
         pytest.skip("auto does not cap the calls here: nothing to measure")
@@ -664,8 +664,8 @@ def test_while_auto_measures_the_engine_waits_short_turns_for_the_gil() -> None:
     assert report.succeeded == 50
     assert seen[0] <= MEASURING_TURNS < before  # the first calls run while it measures
     assert sys.getswitchinterval() == before  # and it is restored after
-    with _first_in_line(1e-4):  # a move inside the window: the shortest asked holds
-        inner = _first_in_line(MEASURING_TURNS)
+    with first_in_line(1e-4):  # a move inside the window: the shortest asked holds
+        inner = first_in_line(MEASURING_TURNS)
         inner.__enter__()
         assert sys.getswitchinterval() == pytest.approx(1e-4)
     assert sys.getswitchinterval() == pytest.approx(MEASURING_TURNS)

@@ -33,16 +33,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import sys
-import threading
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterable, Callable, Generator, Iterator
 from operator import length_hint
 from time import monotonic
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
-from ._backends import Backend, prepare_processes
+from ._backends import Backend
 from ._batch import EXECUTE_CODE, Batch, Task
 from ._checks import check_first_value, discard_coroutines
 from ._delivery import Delivery
@@ -68,13 +66,10 @@ except ImportError:  # pragma: no cover (Pythons without the C module)
 
 if TYPE_CHECKING:
     from ._aio import LoopQueue
-    from ._auto import Choice, Measure, Sizing
-    from ._backends._processes import ProcessBackend
+    from ._autopilot import Autopilot
     from ._journal import Journal
 
 __all__ = ["Completions", "Run", "RunHooks"]
-
-MEASURING_TURNS = 1e-3  # auto: the switch interval while it measures (see _cap_auto)
 
 
 class Completions(Protocol):
@@ -222,24 +217,13 @@ class Run:
         return max(options.item_window, getattr(backend, "window_per_worker", 0) * workers)
 
     def _init_auto(self, auto: bool, workers: int) -> None:
-        """backend="auto": on threads until the calls are measured (see _auto)."""
-        self._auto = auto
+        """backend="auto": on threads until the calls are measured (see _autopilot)."""
         self._workers = workers
-        self._measure: Measure | None = None
         self.task.measure = self._backend.name == "threads"  # (a plain threads run: a hint)
+        # Made when the run begins, if its calls are measured; dropped once idle.
+        self._pilot: Autopilot | None = None
+        self._auto = auto
         self._via = 0  # the backend's generation: a run on auto may move once
-        # auto: when the window is over, choose even if no call finished (calls taking
-        # turns on the GIL all finish late), and a few items to check they pickle.
-        self._choose_at: float | None = None
-        self._sample: list[Any] | None = None if auto else []
-        self._auto_cap: int | None = None  # calls at once until then (see _cap_auto)
-        self._booting: bool | None = None  # the processes prepared, their start begun
-        # auto: its own processes, started once the calls looked CPU-bound (or why not)
-        self._early: tuple[Backend, int] | BaseException | None = None
-        self._sizing: Sizing | None = None  # on the processes it moved to: how many fit
-        self._chosen: Choice | None = None  # what it moved for (and then, how many)
-        self._short_turns = False  # the switch interval lowered while auto measures
-        self._threads_wanted = workers  # (the run's workers= on threads, to move back)
         self._previous: list[Backend] = []  # backends it moved from (their calls finish)
         self._in_previous = 0  # batches still out on them
         # What the slowdown's limit on calls in flight counts: on threads and processes
@@ -394,15 +378,13 @@ class Run:
         if self._open_journal is not None:
             self._journal = self._open_journal()
         self._started = self._clock()
-        if self.task.measure:
-            self._measure = self._new_measure()
         self._slowdown.start(self._started)
         self._sizer.hold(True)  # (while the slowdown watches: see _obey_slowdown)
-        if self._auto and self._measure is not None:
-            from ._auto import WAIT_SEEN
+        if self.task.measure:
+            from ._autopilot import Autopilot
 
-            self._choose_at = self._started + WAIT_SEEN
-            self._cap_auto(self._measure)
+            self._pilot = Autopilot(self, auto=self._auto, workers=self._workers)
+            self._pilot.begin(self._started)
         if not progress_wanted(self._options.progress):
             return None
         try:
@@ -423,8 +405,8 @@ class Run:
         if not completed:
             self._take_back_undelivered()
         self._finished = self._clock()
-        if self._auto and self._measure is not None and self._measure.decided is None:
-            self.statistics.backend = "threads (auto: the run ended before a choice)"
+        if self._pilot is not None:
+            self._pilot.ended()
         self.statistics.settled_rate = self._slowdown.settled_rate
         self.statistics.settled_concurrency = self._slowdown.settled_concurrency
         if self._held_since is not None:
@@ -440,7 +422,8 @@ class Run:
             finally:
                 for previous in self._previous:  # (auto: what it moved from)
                     previous.shutdown(self._options.grace)
-                self._drop_early_processes()
+                if self._pilot is not None:
+                    self._pilot.stop()
             return
         self._drop_queued()
         deadline = self._clock() + (0.0 if backend.concurrent_items else self._options.grace)
@@ -507,7 +490,8 @@ class Run:
         self.statistics.abandoned = self.task.abandoned
 
     def _end(self, completed: bool, progress: Progress | None) -> None:
-        self._end_short_turns()
+        if self._pilot is not None:
+            self._pilot.end_short_turns()
         try:
             if self._journal is not None:
                 self._close_journal(self._journal, completed)
@@ -576,17 +560,12 @@ class Run:
             or self._limiter
             or deadlines is not None
             or self._watching
-            or self._choose_at is not None
+            or (self._pilot is not None and self._pilot.choose_at is not None)
         ):
             self._admit()  # the common case: no clock read
             return None
         now = self._clock()
-        due: float | None = None
-        if self._choose_at is not None:
-            if now >= self._choose_at:
-                self._choose_in_time(now)
-            if self._choose_at is not None:
-                due = self._choose_at - now
+        due = self._pilot.look(now) if self._pilot is not None else None
         if deadlines and now >= deadlines.next_check:
             self._expire_overdue(deadlines, now)
         if self._watching:
@@ -791,8 +770,9 @@ class Run:
         if self._watching:
             batch.sent = self._clock()
         batch.via = self._via
-        if self._sample is None:  # (auto: items to check they pickle before a move)
-            self._sample = batch.items[:8]
+        pilot = self._pilot
+        if pilot is not None and pilot.sample is None:  # (auto: items that must pickle)
+            pilot.sample = batch.items[:8]
         self._in_backend += 1
         self._batches_sent += 1
         self._in_flight += len(batch.items)
@@ -835,10 +815,11 @@ class Run:
         if self._stop_rules_on:
             self._rules.note(batch, retried)
         self._sizer.completed(size, batch.elapsed, batch.nbytes)
-        if self._measure is not None:
-            self._measured(batch)
-        elif self._sizing is not None and batch.via == self._via:
-            self._size_processes(batch)
+        pilot = self._pilot
+        if pilot is not None:
+            pilot.completed(batch)
+            if pilot.idle:
+                self._pilot = None
         if batch.parent is not None and not retried:
             stats.retrying -= 1
         yield from self._delivery.settled(batch, retried)
@@ -849,211 +830,12 @@ class Run:
         if stats.stop_reason is not None and self._retries:
             yield from self._give_up_retries()
 
-    # -- backend="auto" -----------------------------------------------------
-
-    def _measured(self, batch: Batch) -> None:
-        """Count a measured batch; once the window is over, choose (auto) or hint."""
-        measure = self._measure
-        assert measure is not None
-        measure.add(len(batch.items), batch.elapsed, batch.cpu)
-        now = self._clock()
-        if self._auto_cap is not None and measure.lifts_cap(now):
-            self._lift_auto_cap()
-        self._choose(now)
-
-    def _cap_auto(self, measure: Measure) -> None:
-        """auto: few calls at once until they are seen to wait (or the choice is made).
-
-        CPU-bound calls started on threads finish there, all late, taking turns
-        on the GIL (32 calls of 10 ms: a third of a second on one core), and
-        the engine itself waits in that line for its turn to choose or to
-        start the processes. Calls that wait lift the cap at their first
-        answer, or when the window ends without one.
-        """
-        from ._auto import CALLS_PER_CORE, gil_enabled
-
-        cores = os.cpu_count() or 1
-        cap = CALLS_PER_CORE * cores
-        if measure.can_tell_waiting and cores > 1 and gil_enabled():
-            self._booting = False  # (the processes: once the calls look CPU-bound)
-            if cap < self._workers:
-                self._auto_cap = cap
-                self._obey_slowdown()
-            # The engine's own turns on the GIL kept short while it measures: with the
-            # default 5 ms, its timed looks (to start the processes, to choose) came
-            # 4-57 ms late behind the CPU-bound calls; with 1 ms, 0.8-2.1 ms.
-            _in_line.enter(MEASURING_TURNS)
-            self._short_turns = True
-
-    def _lift_auto_cap(self) -> None:
-        self._auto_cap = None
-        self._obey_slowdown()
-        self._end_short_turns()
-
-    def _end_short_turns(self) -> None:
-        if self._short_turns:
-            self._short_turns = False
-            _in_line.leave(MEASURING_TURNS)
-
-    def _choose_in_time(self, now: float) -> None:
-        """auto, on a timer: lift the cap, boot the processes or choose, as the calls show.
-
-        The choice does not wait for a finished call (threads taking turns on
-        the GIL all finish late); not enough calls seen yet: look again a
-        little later.
-        """
-        measure = self._measure
-        if measure is None:
-            self._choose_at = None
-            return
-        self._choose_at = now + measure.window / 5
-        if self._auto_cap is not None and measure.lifts_cap(now):
-            self._lift_auto_cap()  # (long calls that wait: no need to see one end)
-        elif self._booting is False and measure.busy(now, self._calls_running):
-            self._booting = True  # started now, the processes are ready at the choice
-            with _first_in_line():  # (each import's system calls wait a short turn)
-                prepare_processes(self._options.start_method, boot=True)
-                if self._owns_backend:
-                    self._start_processes_early()
-            booted = self._clock()
-            measure.exclude(booted - now)  # (the calls had the GIL less meanwhile)
-            now = booted
-        self._choose(now)
+    # -- backend="auto" (see _autopilot) ------------------------------------
 
     @property
     def _calls_running(self) -> int:
         """Calls started and not finished, about (on threads, a batch out is a call)."""
         return min(self._in_backend, self._workers)
-
-    def _choose(self, now: float) -> None:
-        measure = self._measure
-        if measure is None:
-            return
-        if not self._auto:  # a plain threads run: a hint if its calls were CPU-bound
-            if measure.ready(now):
-                hint = measure.hint(now)
-                if hint is not None:
-                    self.statistics.notes.append(hint)
-                self._stop_measuring()
-            return
-        ready = self._early is not None and not isinstance(self._early, BaseException)
-        choice = measure.choose(now, running=self._calls_running, early=ready)
-        if choice is not None:
-            if self._auto_cap is not None:
-                self._lift_auto_cap()
-            self.statistics.backend = str(choice)
-            if choice.backend == "processes":
-                with _first_in_line():
-                    self._move_to_processes(choice, self._sample or [])
-            else:
-                self._choose_at = now + measure.window  # (a revisit's window)
-            self._drop_early_processes()  # (unless the move took them)
-        if not measure.measuring:
-            self._stop_measuring()
-
-    def _new_measure(self) -> Measure:
-        """A run's own threads are measured alone; a shared pool's, by the run's share."""
-        from ._auto import Measure, demand, threads_cpu  # (threads and auto runs only)
-
-        threads = getattr(self._backend, "native_ids", None)
-        if not self._owns_backend or threads is None:
-            return Measure(self._started or 0.0, self._workers)
-        clocks = getattr(self._backend, "cpu_clocks", None)
-        return Measure(
-            self._started or 0.0,
-            self._workers,
-            demand=functools.partial(demand, threads),
-            own_threads=True,
-            cpu=functools.partial(threads_cpu, clocks) if clocks is not None else None,
-        )
-
-    def _stop_measuring(self) -> None:
-        self._end_short_turns()
-        self.task.measure = False
-        self._measure = None
-        self._choose_at = None
-        self._sample = []
-
-    def _move_to_processes(self, choice: Choice, sample: list[Any]) -> None:
-        """Send the rest of the run to worker processes; running calls finish on threads."""
-        import pickle
-
-        try:
-            pickle.dumps(sample, pickle.HIGHEST_PROTOCOL)
-        except Exception as exc:  # (a lock, a connection...): stay where they work
-            self.statistics.backend = f"threads ({choice.why}, but the items do not pickle: {exc})"
-            return
-        workers = choice.processes
-        allowed = self._workers  # (the run's workers=, as threads)
-        try:
-            if self._owns_backend:
-                backend, workers = self._take_early_processes() or self._own_processes(workers)
-            else:  # a Pool(backend="auto"): its processes, shared with its other runs
-                shared = self._hooks.processes_for_auto() if self._hooks is not None else None
-                if shared is None:
-                    return
-                backend, workers = shared
-                backend.attach(self.task)
-        except (TypeError, ManyhandsError) as exc:  # fn cannot travel, or no worker starts
-            self.statistics.backend = f"threads ({choice.why}, but {exc})"
-            return
-        if self._owns_backend:
-            self._backend.wind_down()
-        self._slowdown.ignore_latency()
-        self._switch_to(backend, workers)
-        if self._owns_backend:
-            from ._auto import Sizing, waited_for_cpu
-
-            self._chosen = choice
-            self._threads_wanted = allowed
-            pids = cast("list[int]", getattr(backend, "pids", []))
-            self._sizing = Sizing(
-                self._clock(), workers, allowed, waited=lambda: waited_for_cpu(pids)
-            )
-
-    def _own_processes(self, workers: int) -> tuple[Backend, int]:
-        """The run's own worker processes, started, with fn sent (TypeError if it cannot go)."""
-        from ._backends import create_backend
-
-        options = self._options
-        backend = create_backend(
-            "processes",
-            workers,
-            timeout=options.timeout,
-            processes={
-                "start_method": options.start_method,
-                "initializer": options.initializer,
-                "initargs": options.initargs,
-            },
-        )
-        backend.start()
-        try:
-            backend.attach(self.task)
-        except BaseException:
-            backend.shutdown(0.0)
-            raise
-        return backend, workers
-
-    def _start_processes_early(self) -> None:
-        """auto: the calls look CPU-bound; the run's own processes start now, so that the
-        choice finds them ready (starting them at the move kept the run on one core
-        0.1-0.2 s longer). Kept for the move, or shut down (see _drop_early_processes)."""
-        try:
-            self._early = self._own_processes(min(os.cpu_count() or 1, self._workers))
-        except (TypeError, ManyhandsError) as exc:
-            self._early = exc  # (the move says why it stayed on threads)
-
-    def _take_early_processes(self) -> tuple[Backend, int] | None:
-        early, self._early = self._early, None
-        if isinstance(early, BaseException):
-            raise early
-        return early
-
-    def _drop_early_processes(self) -> None:
-        """Processes started early for a move that did not come (stayed on threads, or ended)."""
-        early, self._early = self._early, None
-        if early is not None and not isinstance(early, BaseException):
-            early[0].shutdown(0.0)
 
     def _switch_to(self, backend: Backend, workers: int) -> None:
         """New batches go to ``backend`` (``workers``); those out finish where they are."""
@@ -1063,47 +845,13 @@ class Run:
         self._via += 1
         self._in_previous += self._in_backend
         self._in_backend = 0
+        self._resize(workers)
+
+    def _resize(self, workers: int) -> None:
+        """The run's batches now go to ``workers`` workers."""
         self._workers = workers
         self._sizer = self._new_sizer(workers)
         self._sizer.hold(not self._queueing)
-
-    def _size_processes(self, batch: Batch) -> None:
-        """auto, on its own processes: more of them if the calls also wait, or back to
-        threads if they mostly wait (see _auto)."""
-        sizing = self._sizing
-        assert sizing is not None
-        sizing.add(batch.elapsed, batch.cpu)
-        count = sizing.judge(self._clock())
-        if sizing.done:
-            self._sizing = None
-        if count is None:
-            return
-        from ._auto import Choice
-
-        assert self._chosen is not None
-        went = "threads" if count == 0 else "processes"
-        self._chosen = Choice(went, f"{self._chosen.why}; {sizing.why}", count)
-        self.statistics.backend = str(self._chosen)
-        if count == 0:
-            with _first_in_line():
-                self._move_back_to_threads()
-            return
-        cast("ProcessBackend", self._backend).grow(count - self._workers)
-        self._workers = count
-        self._sizer = self._new_sizer(count)
-        self._sizer.hold(not self._queueing)
-        self._obey_slowdown()
-
-    def _move_back_to_threads(self) -> None:
-        """auto: the calls on the processes mostly waited; the rest of the run goes back
-        to threads (``_threads_wanted`` of them). Calls running on processes finish there."""
-        from ._backends import create_backend
-
-        backend = create_backend("threads", self._threads_wanted, timeout=self._options.timeout)
-        backend.start()
-        backend.attach(self.task)
-        self._backend.wind_down()
-        self._switch_to(backend, self._threads_wanted)
 
     def _backend_of(self, batch: Batch) -> Backend:
         """The backend ``batch`` went to (a run on auto may have moved since)."""
@@ -1265,8 +1013,9 @@ class Run:
             self._opening_room = 8 * OPENING_SHARE
         else:
             self._opening_batch = 0
-        if self._auto_cap is not None:  # (auto, until the calls are seen to wait or chosen)
-            self._most_in_flight = min(self._most_in_flight, self._auto_cap)
+        pilot = self._pilot
+        if pilot is not None and pilot.cap is not None:  # (auto, while it measures)
+            self._most_in_flight = min(self._most_in_flight, pilot.cap)
         queueing = not watching or self._most_in_flight > slowdown.concurrency
         if queueing != self._queueing:
             self._queueing = queueing
@@ -1353,45 +1102,6 @@ class Run:
     def report(self) -> Report:
         """A Report of everything delivered so far."""
         return Report.from_statistics(self.statistics, self.elapsed)
-
-
-@contextlib.contextmanager
-def _first_in_line(interval: float = 1e-4) -> Iterator[None]:
-    """This thread's waits for the GIL kept short, for a moment (auto's move).
-
-    Threads taking turns on the GIL hold it for the switch interval (5 ms)
-    each; starting processes gives it up at every system call, and waited a
-    turn each time: a quarter to half a second in all, here.
-    """
-    _in_line.enter(interval)
-    try:
-        yield
-    finally:
-        _in_line.leave(interval)
-
-
-class _InLine:
-    """The switch intervals asked for now (the shortest holds), and the one to restore."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.asked: list[float] = []
-        self.saved = 0.0
-
-    def enter(self, interval: float) -> None:
-        with self.lock:  # (runs at once: the first saves it, the last restores it)
-            if not self.asked:
-                self.saved = sys.getswitchinterval()
-            self.asked.append(interval)
-            sys.setswitchinterval(min([self.saved, *self.asked]))
-
-    def leave(self, interval: float) -> None:
-        with self.lock:
-            self.asked.remove(interval)
-            sys.setswitchinterval(min([self.saved, *self.asked]))
-
-
-_in_line = _InLine()
 
 
 def _sooner(a: float | None, b: float | None) -> float | None:

@@ -1,0 +1,390 @@
+"""backend="auto" inside a run: measure the first calls on threads, then move the run.
+
+The decisions are :mod:`._auto`'s (``Measure``: which backend; ``Sizing``: how
+many processes fit); this module is the run's side of them. A
+:class:`~._run.Run` whose calls are measured (on auto, or a plain threads run
+that may print a hint) makes an :class:`Autopilot`, tells it of each batch
+sent and back and of the time, and drops it once it has nothing left to watch.
+
+On auto, while it measures, the autopilot caps the calls at once (CPU-bound
+calls on threads take turns on the GIL and all finish late) and shortens the
+interpreter's switch interval so that its own looks come on time; once the
+calls look CPU-bound it starts the run's worker processes, so that they are
+ready when it chooses; it then moves the rest of the run to them (calls out
+finish where they are), grows them while the calls also wait, or moves the
+run back to threads if the calls mostly wait after all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import pickle
+import sys
+import threading
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, cast
+
+from ._backends import Backend, prepare_processes
+from ._exceptions import ManyhandsError
+
+if TYPE_CHECKING:
+    from ._auto import Choice, Measure, Sizing
+    from ._backends._processes import ProcessBackend
+    from ._batch import Batch
+    from ._run import Run
+
+__all__ = ["MEASURING_TURNS", "Autopilot", "first_in_line"]
+
+MEASURING_TURNS = 1e-3  # the switch interval while auto measures (see Autopilot.cap_calls)
+
+
+class Autopilot:
+    """A run's measuring, and on auto its choice and moves between backends.
+
+    ``auto``: the run may move (else its calls are only measured, for the
+    Report's hint). ``workers``: the run's ``workers=``, as threads.
+    """
+
+    def __init__(self, run: Run, *, auto: bool, workers: int) -> None:
+        self.run = run
+        self.auto = auto
+        self.measure: Measure | None = None
+        # When the window is over, choose even if no call finished (calls taking
+        # turns on the GIL all finish late); and a few items, to check they pickle.
+        self.choose_at: float | None = None
+        self.sample: list[Any] | None = None if auto else []
+        self.cap: int | None = None  # calls at once until the calls are seen to wait
+        self._booting: bool | None = None  # the processes prepared, their start begun
+        # Its own processes, started once the calls looked CPU-bound (or why not).
+        self._early: tuple[Backend, int] | BaseException | None = None
+        self._sizing: Sizing | None = None  # on the processes it moved to: how many fit
+        self._chosen: Choice | None = None  # what it moved for (and then, how many)
+        self._short_turns = False  # the switch interval lowered while it measures
+        self._threads_wanted = workers  # (the run's workers= on threads, to move back)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing left to measure, size or clean up: the run may drop it."""
+        return (
+            self.measure is None
+            and self._sizing is None
+            and self._early is None
+            and not self._short_turns
+        )
+
+    # -- what the run tells it -------------------------------------------
+
+    def begin(self, started: float) -> None:
+        """The run's clock started: measuring begins (on auto, with the calls capped)."""
+        self.measure = measure = self._new_measure(started)
+        if self.auto:
+            from ._auto import WAIT_SEEN
+
+            self.choose_at = started + WAIT_SEEN
+            self.cap_calls(measure)
+
+    def completed(self, batch: Batch) -> None:
+        """A batch came back from the backend."""
+        if self.measure is not None:
+            self._measured(batch)
+        elif self._sizing is not None and batch.via == self.run._via:
+            self._size_processes(batch)
+
+    def look(self, now: float) -> float | None:
+        """Its timer: seconds until it looks again (None: no look due)."""
+        if self.choose_at is None:
+            return None
+        if now >= self.choose_at:
+            self._choose_in_time(now)
+        return None if self.choose_at is None else self.choose_at - now
+
+    def ended(self) -> None:
+        """The run ended: the Report says so if it ended before a choice."""
+        measure = self.measure
+        if self.auto and measure is not None and measure.decided is None:
+            self.run.statistics.backend = "threads (auto: the run ended before a choice)"
+
+    def stop(self) -> None:
+        """Processes started early for a move that did not come are shut down."""
+        early, self._early = self._early, None
+        if early is not None and not isinstance(early, BaseException):
+            early[0].shutdown(0.0)
+
+    def end_short_turns(self) -> None:
+        if self._short_turns:
+            self._short_turns = False
+            _in_line.leave(MEASURING_TURNS)
+
+    # -- measuring -------------------------------------------------------
+
+    def _measured(self, batch: Batch) -> None:
+        """Count a measured batch; once the window is over, choose (auto) or hint."""
+        measure = self.measure
+        assert measure is not None
+        measure.add(len(batch.items), batch.elapsed, batch.cpu)
+        now = self.run._clock()
+        if self.cap is not None and measure.lifts_cap(now):
+            self._lift_cap()
+        self._choose(now)
+
+    def cap_calls(self, measure: Measure) -> None:
+        """Few calls at once until they are seen to wait (or the choice is made).
+
+        CPU-bound calls started on threads finish there, all late, taking turns
+        on the GIL (32 calls of 10 ms: a third of a second on one core), and
+        the engine itself waits in that line for its turn to choose or to
+        start the processes. Calls that wait lift the cap at their first
+        answer, or when the window ends without one.
+        """
+        from ._auto import CALLS_PER_CORE, gil_enabled
+
+        cores = os.cpu_count() or 1
+        cap = CALLS_PER_CORE * cores
+        if measure.can_tell_waiting and cores > 1 and gil_enabled():
+            self._booting = False  # (the processes: once the calls look CPU-bound)
+            if cap < self._threads_wanted:
+                self.cap = cap
+                self.run._obey_slowdown()
+            # The engine's own turns on the GIL kept short while it measures: with the
+            # default 5 ms, its timed looks (to start the processes, to choose) came
+            # 4-57 ms late behind the CPU-bound calls; with 1 ms, 0.8-2.1 ms.
+            _in_line.enter(MEASURING_TURNS)
+            self._short_turns = True
+
+    def _lift_cap(self) -> None:
+        self.cap = None
+        self.run._obey_slowdown()
+        self.end_short_turns()
+
+    def _choose_in_time(self, now: float) -> None:
+        """On a timer: lift the cap, boot the processes or choose, as the calls show.
+
+        The choice does not wait for a finished call (threads taking turns on
+        the GIL all finish late); not enough calls seen yet: look again a
+        little later.
+        """
+        measure = self.measure
+        if measure is None:
+            self.choose_at = None
+            return
+        run = self.run
+        self.choose_at = now + measure.window / 5
+        if self.cap is not None and measure.lifts_cap(now):
+            self._lift_cap()  # (long calls that wait: no need to see one end)
+        elif self._booting is False and measure.busy(now, run._calls_running):
+            self._booting = True  # started now, the processes are ready at the choice
+            with first_in_line():  # (each import's system calls wait a short turn)
+                prepare_processes(run._options.start_method, boot=True)
+                if run._owns_backend:
+                    self._start_processes_early()
+            booted = run._clock()
+            measure.exclude(booted - now)  # (the calls had the GIL less meanwhile)
+            now = booted
+        self._choose(now)
+
+    def _choose(self, now: float) -> None:
+        measure = self.measure
+        if measure is None:
+            return
+        run = self.run
+        if not self.auto:  # a plain threads run: a hint if its calls were CPU-bound
+            if measure.ready(now):
+                hint = measure.hint(now)
+                if hint is not None:
+                    run.statistics.notes.append(hint)
+                self._stop_measuring()
+            return
+        ready = self._early is not None and not isinstance(self._early, BaseException)
+        choice = measure.choose(now, running=run._calls_running, early=ready)
+        if choice is not None:
+            if self.cap is not None:
+                self._lift_cap()
+            run.statistics.backend = str(choice)
+            if choice.backend == "processes":
+                with first_in_line():
+                    self._move_to_processes(choice, self.sample or [])
+            else:
+                self.choose_at = now + measure.window  # (a revisit's window)
+            self.stop()  # (the processes started early, unless the move took them)
+        if not measure.measuring:
+            self._stop_measuring()
+
+    def _new_measure(self, started: float) -> Measure:
+        """A run's own threads are measured alone; a shared pool's, by the run's share."""
+        from ._auto import Measure, demand, threads_cpu  # (threads and auto runs only)
+
+        run = self.run
+        threads = getattr(run._backend, "native_ids", None)
+        if not run._owns_backend or threads is None:
+            return Measure(started, self._threads_wanted)
+        clocks = getattr(run._backend, "cpu_clocks", None)
+        return Measure(
+            started,
+            self._threads_wanted,
+            demand=functools.partial(demand, threads),
+            own_threads=True,
+            cpu=functools.partial(threads_cpu, clocks) if clocks is not None else None,
+        )
+
+    def _stop_measuring(self) -> None:
+        self.end_short_turns()
+        self.run.task.measure = False
+        self.measure = None
+        self.choose_at = None
+        self.sample = []
+
+    # -- moving ----------------------------------------------------------
+
+    def _move_to_processes(self, choice: Choice, sample: list[Any]) -> None:
+        """Send the rest of the run to worker processes; running calls finish on threads."""
+        run = self.run
+        try:
+            pickle.dumps(sample, pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:  # (a lock, a connection...): stay where they work
+            run.statistics.backend = f"threads ({choice.why}, but the items do not pickle: {exc})"
+            return
+        workers = choice.processes
+        try:
+            if run._owns_backend:
+                backend, workers = self._take_early_processes() or self._own_processes(workers)
+            else:  # a Pool(backend="auto"): its processes, shared with its other runs
+                hooks = run._hooks
+                shared = hooks.processes_for_auto() if hooks is not None else None
+                if shared is None:
+                    return
+                backend, workers = shared
+                backend.attach(run.task)
+        except (TypeError, ManyhandsError) as exc:  # fn cannot travel, or no worker starts
+            run.statistics.backend = f"threads ({choice.why}, but {exc})"
+            return
+        if run._owns_backend:
+            run._backend.wind_down()
+        run._slowdown.ignore_latency()
+        run._switch_to(backend, workers)
+        if run._owns_backend:
+            from ._auto import Sizing, waited_for_cpu
+
+            self._chosen = choice
+            pids = cast("list[int]", getattr(backend, "pids", []))
+            self._sizing = Sizing(
+                run._clock(), workers, self._threads_wanted, waited=lambda: waited_for_cpu(pids)
+            )
+
+    def _own_processes(self, workers: int) -> tuple[Backend, int]:
+        """The run's own worker processes, started, with fn sent (TypeError if it cannot go)."""
+        from ._backends import create_backend
+
+        run = self.run
+        options = run._options
+        backend = create_backend(
+            "processes",
+            workers,
+            timeout=options.timeout,
+            processes={
+                "start_method": options.start_method,
+                "initializer": options.initializer,
+                "initargs": options.initargs,
+            },
+        )
+        backend.start()
+        try:
+            backend.attach(run.task)
+        except BaseException:
+            backend.shutdown(0.0)
+            raise
+        return backend, workers
+
+    def _start_processes_early(self) -> None:
+        """The calls look CPU-bound; the run's own processes start now, so that the
+        choice finds them ready (starting them at the move kept the run on one core
+        0.1-0.2 s longer). Kept for the move, or shut down (see stop)."""
+        try:
+            self._early = self._own_processes(min(os.cpu_count() or 1, self._threads_wanted))
+        except (TypeError, ManyhandsError) as exc:
+            self._early = exc  # (the move says why it stayed on threads)
+
+    def _take_early_processes(self) -> tuple[Backend, int] | None:
+        early, self._early = self._early, None
+        if isinstance(early, BaseException):
+            raise early
+        return early
+
+    def _size_processes(self, batch: Batch) -> None:
+        """On its own processes: more of them if the calls also wait, or back to
+        threads if they mostly wait (see _auto)."""
+        sizing = self._sizing
+        assert sizing is not None
+        run = self.run
+        sizing.add(batch.elapsed, batch.cpu)
+        count = sizing.judge(run._clock())
+        if sizing.done:
+            self._sizing = None
+        if count is None:
+            return
+        from ._auto import Choice
+
+        assert self._chosen is not None
+        went = "threads" if count == 0 else "processes"
+        self._chosen = Choice(went, f"{self._chosen.why}; {sizing.why}", count)
+        run.statistics.backend = str(self._chosen)
+        if count == 0:
+            with first_in_line():
+                self._move_back_to_threads()
+            return
+        cast("ProcessBackend", run._backend).grow(count - run._workers)
+        run._resize(count)
+        run._obey_slowdown()
+
+    def _move_back_to_threads(self) -> None:
+        """The calls on the processes mostly waited; the rest of the run goes back
+        to threads (``workers=`` of them). Calls running on processes finish there."""
+        from ._backends import create_backend
+
+        run = self.run
+        wanted = self._threads_wanted
+        backend = create_backend("threads", wanted, timeout=run._options.timeout)
+        backend.start()
+        backend.attach(run.task)
+        run._backend.wind_down()
+        run._switch_to(backend, wanted)
+
+
+@contextlib.contextmanager
+def first_in_line(interval: float = 1e-4) -> Iterator[None]:
+    """This thread's waits for the GIL kept short, for a moment (auto's move).
+
+    Threads taking turns on the GIL hold it for the switch interval (5 ms)
+    each; starting processes gives it up at every system call, and waited a
+    turn each time: a quarter to half a second in all, here.
+    """
+    _in_line.enter(interval)
+    try:
+        yield
+    finally:
+        _in_line.leave(interval)
+
+
+class _InLine:
+    """The switch intervals asked for now (the shortest holds), and the one to restore."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.asked: list[float] = []
+        self.saved = 0.0
+
+    def enter(self, interval: float) -> None:
+        with self.lock:  # (runs at once: the first saves it, the last restores it)
+            if not self.asked:
+                self.saved = sys.getswitchinterval()
+            self.asked.append(interval)
+            sys.setswitchinterval(min([self.saved, *self.asked]))
+
+    def leave(self, interval: float) -> None:
+        with self.lock:
+            self.asked.remove(interval)
+            sys.setswitchinterval(min([self.saved, *self.asked]))
+
+
+_in_line = _InLine()
