@@ -234,6 +234,15 @@ def warm_case(kind: str) -> dict[str, Any]:
         with ProcessPoolExecutor() as ex:
             for _ in range(runs):
                 assert len(list(ex.map(cpu_bulk, items))) == 40
+    elif kind == "warm manyhands.Pool x10 (start-up included, forkserver running)":
+        # The forkserver is multiprocessing's, one per program, started by the first
+        # pool or run on processes and shared by all that follow: here started before
+        # the clock, as in a program that used processes before.
+        importlib.import_module("manyhands._backends").prepare_processes(None, boot=True)
+        started = time.perf_counter()
+        with manyhands.Pool(backend="processes") as pool:
+            for _ in range(runs):
+                assert pool.run(cpu_bulk, items).succeeded == 40
     elif kind == "warm manyhands.Pool x10 (started pool)":
         with manyhands.Pool(backend="processes") as pool:  # (returns with its workers up)
             started = time.perf_counter()
@@ -286,6 +295,7 @@ CASES: dict[str, tuple[Callable[[str], dict[str, Any]], list[str]]] = {
             "warm manyhands.Pool x10 (start-up included)",
             "warm manyhands.Pool(start_method='fork') x10 (start-up included)",
             "ProcessPoolExecutor x10 (start-up included)",
+            "warm manyhands.Pool x10 (start-up included, forkserver running)",
             "warm manyhands.Pool x10 (started pool)",
             "ProcessPoolExecutor x10 (started pool)",
         ],

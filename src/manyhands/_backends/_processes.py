@@ -108,20 +108,6 @@ class ProcessBackend:
         self._shared = shared  # a Pool's: workers start with the pool, serve every run
         self._depth = 1 if timed else 2  # batches sent ahead to each worker
         self._context = multiprocessing.get_context(start_method or default_start_method())
-        if self._context.get_start_method() == "forkserver":
-            # Import what every worker needs once, in the forkserver: each new worker
-            # (a replacement after a crash, too) then starts in a few milliseconds.
-            # (sharedctypes brings ctypes, which the worker's progress value needs:
-            # 4 ms per worker otherwise; _forkserver_main imports __main__.)
-            self._context.set_forkserver_preload(
-                [
-                    "__main__",
-                    "manyhands._backends._forkserver_main",
-                    "manyhands._backends._process_worker",
-                    "cloudpickle",
-                    "multiprocessing.sharedctypes",
-                ]
-            )
         self._initializer = initializer
         self._initargs = initargs
         self._payload = b""
