@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import multiprocessing
 import os
 import statistics
 import sys
@@ -239,6 +240,9 @@ def warm_case(kind: str) -> dict[str, Any]:
         # pool or run on processes and shared by all that follow: here started before
         # the clock, as in a program that used processes before.
         importlib.import_module("manyhands._backends").prepare_processes(None, boot=True)
+        probe = multiprocessing.get_context("forkserver").Process(target=os.getpid)
+        probe.start()  # (returns once the forkserver is up and has forked it)
+        probe.join()
         started = time.perf_counter()
         with manyhands.Pool(backend="processes") as pool:
             for _ in range(runs):
