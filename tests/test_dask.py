@@ -248,15 +248,15 @@ def _naps(x: int) -> int:
     return x
 
 
-def test_a_known_length_that_fits_a_round_goes_out_at_once_as_two_batches_per_thread(
+def test_a_known_length_that_fits_a_round_goes_out_at_once_as_one_batch_per_thread(
     client: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Two, so that a thread whose first batch was quick takes over a waiting one
-    # (one per thread ran items sorted by cost at half the speed: see DaskBackend.sizing).
+    # One task per thread spares each thread a task start; a thread whose batch was
+    # quick calls the unstarted items of the others on its worker (_remote_calls).
     sent = Sent(client, monkeypatch)
     report = manyhands.run(_naps, range(40), backend=client)
     assert report.succeeded == 40
-    assert sum(sent.calls) == 4  # the cluster's 2 threads, 2 each
+    assert sum(sent.calls) == 2  # the cluster's 2 threads
 
 
 def test_a_second_batch_per_thread_waits_on_the_cluster_from_the_start(
@@ -463,3 +463,74 @@ def test_cli_runs_on_a_scheduler(client: Any, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert [row["value"] for row in rows] == ["A", "B", "C"]
+
+
+def test_a_workers_threads_call_each_others_unstarted_items() -> None:
+    # (in this process, as on a Dask worker's threads) Batch A's first call waits for
+    # its second, which only another thread can call: the thread of batch B, once
+    # its own item is done. A's answer has every item, in order.
+    import pickle
+
+    from manyhands._backends._remote_calls import run_items
+
+    first_called, second_called = threading.Event(), threading.Event()
+
+    def call(item: str) -> str:
+        if item == "a0":
+            first_called.set()
+            second_called.wait(10)  # (without sharing: a1 waits behind it)
+        if item == "a1":
+            second_called.set()
+        return f"{item} in {threading.current_thread().name}"
+
+    answers: dict[str, Any] = {}
+
+    def task(name: str, items: list[str]) -> None:
+        answers[name] = pickle.loads(run_items(call, pickle.dumps(items), shared=True))
+
+    threads = [threading.Thread(target=task, args=("a", ["a0", "a1", "a2"]), name="A")]
+    threads[0].start()
+    assert first_called.wait(10)
+    threads.append(threading.Thread(target=task, args=("b", ["b0"]), name="B"))
+    threads[1].start()
+    for thread in threads:
+        thread.join(20)
+    kind, values, errors, _elapsed = answers["a"]
+    assert (kind, errors) == ("done", {})
+    assert [value.split()[0] for value in values] == ["a0", "a1", "a2"]
+    assert values[1] == "a1 in B"
+    assert answers["b"][1] == ["b0 in B"]
+
+
+def test_a_crash_names_every_item_its_threads_were_calling() -> None:
+    # Two threads call batch A's items (its own, and B's once B's item is done):
+    # both are marked in A's progress file, which the nanny reads once the worker died.
+    import pickle
+
+    from manyhands._backends._remote_calls import read_progress, run_items
+
+    running = {item: threading.Event() for item in ("a0", "a2")}
+    release = threading.Event()
+
+    def call(item: str) -> str:
+        if item in running:
+            running[item].set()
+            release.wait(10)
+        return item
+
+    def task(items: list[str], name: str | None) -> None:
+        run_items(call, pickle.dumps(items), name=name, shared=True)
+
+    name = f"manyhands-test-{os.getpid()}-{time.monotonic_ns()}"
+    threads = [threading.Thread(target=task, args=(["a0", "a1", "a2"], name))]
+    threads[0].start()
+    try:
+        assert running["a0"].wait(10)
+        threads.append(threading.Thread(target=task, args=(["b0"], None)))
+        threads[1].start()
+        assert running["a2"].wait(10)
+        assert read_progress(name) == [0, 2]  # (a1 was called and returned)
+    finally:
+        release.set()
+        for thread in threads:
+            thread.join(20)

@@ -26,8 +26,11 @@ the item it was calling where the worker's nanny can read it (see
 ``_remote_calls``): that item fails as ``manyhands.WorkerCrashed`` (the run's
 retry policy then applies as to any failure), and the others run again,
 uncharged. A task that was only queued on the dead worker runs again whole.
-On a worker with several threads, an item running beside the killer in
-another thread is charged too: the nanny cannot tell which call killed it.
+A worker's threads share its running batches' unstarted items (a thread
+whose batch is done calls the others'); each call is marked in its batch's
+file, whichever thread makes it. On a worker with several threads, an item
+running beside the killer in another thread is charged too: the nanny
+cannot tell which call killed it.
 
 A running Dask task cannot be stopped. ``timeout=`` is applied on the
 worker (see ``_remote_calls``): the call is left running in a thread and its
@@ -87,12 +90,12 @@ class DaskBackend:
     # microseconds (submit, gather, file): batches are sized (_sizing.Sizer) so that
     # a task holds far more work than that, and so that few tasks make the end of a run.
     # An input of known length that fits in a round (at most `cap` items per thread)
-    # goes out at once as two batches per thread, so that a thread whose first batch
-    # was quick takes over a waiting one. One batch per thread would spare each thread
-    # a task start on its worker (20-40 ms where many tasks end together): paired runs
-    # of 20,000 x 10 ms on 100 threads, 0.87-0.94 of the ideal speed (median 0.93)
-    # against 0.88-0.92 (median 0.91); but items sorted by cost (the first quarter 3x
-    # slower) ran at 0.48 against 0.88. A larger input is balanced at its end (`tail`).
+    # goes out at once as one batch per thread: no thread waits 20-40 ms for a second
+    # task to start where many tasks end together. A thread whose batch was quick
+    # calls the unstarted items of the other batches on its worker (_remote_calls:
+    # _Shared), so an uneven input does not leave it idle (without that, items sorted
+    # by cost ran at 0.48 of the ideal speed against 0.88 with two batches per thread).
+    # A larger input is balanced at its end (`tail`).
     # An input of unknown length starts at one item per batch: batches that doubled
     # per round trip took ~0.8 s to reach their size, and batches of 0.2 s (the old
     # floor) made 1,800 tasks of 20,000 x 10 ms: 0.54-0.57 of the ideal speed;
@@ -100,13 +103,14 @@ class DaskBackend:
     sizing: ClassVar[dict[str, float]] = {
         "batch_seconds": 0.5,  # a batch's work, once the time per item is known
         "dispatch_seconds": 2e-5,  # the driver's GIL per task (no worker shares it)
-        "spread": 2,  # an input of known length: its first batches, per worker (see above)
+        "spread": 1,  # an input of known length: its first batches, per worker (see above)
         "tail": 1,  # near the end: a batch per worker of what is left...
         "floor_seconds": 0.35,  # ...but no batch of less work than this
         "queue_at_once": True,  # a second batch per thread waits on the cluster from the start
         "growth": 16,  # from the first batches of one item (a generator) to full ones at once
     }
     window_per_worker = 512  # items held per thread of the cluster (the default window)
+    _share = True  # a worker's threads call each other's unstarted items (_remote_calls._Shared)
 
     def __init__(self, cluster: Any = None, workers: int | None = None) -> None:
         self._client: Any = None if isinstance(cluster, str) or cluster is None else cluster
@@ -271,6 +275,7 @@ class DaskBackend:
                         [part.payload for part in mine],
                         [task.timeout] * len(mine),
                         keys,
+                        [self._share] * len(mine),  # threads share the batches: _remote_calls
                         key=keys,
                         pure=False,
                         retries=0,
@@ -403,23 +408,24 @@ class DaskBackend:
             batch.task.abandoned += left
 
     def _crashed(self, part: _Part) -> None:
-        """The worker running ``part`` died: the item it ran fails, the others run again.
+        """The worker running ``part`` died: the items it was calling fail, the others run again.
 
-        The worker's nanny says which item it was running (``read_progress``);
-        if none, the task had not begun (it was queued on that worker) and all
+        The worker's nanny says which items were running (``read_progress``:
+        several when threads of its worker shared them); if none, the task had
+        not begun (it was queued on that worker) or was between items, and all
         of its items run again. A part that keeps dying without a word from
         the nanny (a worker without one) blames its first item, at its third death.
         """
         batch, indices = part.batch, part.indices
         self._note_death()
-        at = self._progress(part.key)
+        running = self._progress(part.key)
         deaths = part.deaths + 1
-        if at is None and deaths < 3:
+        if not running and deaths < 3:
             self._resend(part, [_Part(batch, indices, part.payload, deaths)])
             return
-        at = min(max(at or 0, 0), len(indices) - 1)
-        fail_items(batch, [indices[at]], WorkerCrashed(_DIED))
-        rest = indices[:at] + indices[at + 1 :]
+        killers = {min(max(at, 0), len(indices) - 1) for at in running or [0]}
+        fail_items(batch, [indices[at] for at in sorted(killers)], WorkerCrashed(_DIED))
+        rest = [index for at, index in enumerate(indices) if at not in killers]
         if not rest:
             self._part_done(batch)
             return
@@ -439,8 +445,8 @@ class DaskBackend:
                 "it was calling failed (manyhands.WorkerCrashed); the others ran again, uncharged"
             )
 
-    def _progress(self, key: str) -> int | None:
-        """Which item the task ``key`` was running when its worker died, from the nannies."""
+    def _progress(self, key: str) -> list[int] | None:
+        """The items the task ``key`` was running when its worker died, from the nannies."""
         try:
             answers = self._client.run(read_progress, key, nanny=True)
         except Exception:  # (no nanny to ask)
