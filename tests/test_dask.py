@@ -534,3 +534,42 @@ def test_a_crash_names_every_item_its_threads_were_calling() -> None:
         release.set()
         for thread in threads:
             thread.join(20)
+
+
+def _dies_on_2_while_0_runs(x: int) -> int:
+    time.sleep(1 if x == 0 else 0.01)
+    if x == 2:
+        os._exit(3)  # the worker process dies
+    return x + 1
+
+
+def test_a_crash_on_a_shared_batch_costs_only_the_calls_running_then() -> None:
+    # 2 workers x 2 threads, batches of 5: the thread beside batch 0-4's, done with
+    # its own batch, calls 1, 2... while the first is in 0; 2 kills the worker. Charged:
+    # 2, and 0 which was running beside it (a nanny cannot tell which call killed); the
+    # others run again uncharged.
+    import dask
+
+    with (
+        dask.config.set({"distributed.scheduler.allowed-failures": 0}),
+        distributed.LocalCluster(
+            n_workers=2,
+            threads_per_worker=2,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=":0",
+            scheduler_kwargs={"dashboard": False},
+            silence_logs=logging.CRITICAL,
+        ) as cluster,
+        distributed.Client(cluster, set_as_default=False) as two_threads,
+    ):
+        outcomes = list(
+            manyhands.map(_dies_on_2_while_0_runs, range(20), backend=two_threads, batch_size=5)
+        )
+    failed = {out.item: out.error for out in outcomes if not out.ok}
+    assert 2 in failed and set(failed) <= {0, 2}
+    assert {error.error_type for error in failed.values() if error} == {"manyhands.WorkerCrashed"}
+    assert sorted(out.value for out in outcomes if out.ok) == [
+        x + 1 for x in range(20) if x not in failed
+    ]
+    assert all(out.attempts == 1 for out in outcomes)  # nobody else was charged
