@@ -573,3 +573,38 @@ def test_a_crash_on_a_shared_batch_costs_only_the_calls_running_then() -> None:
         x + 1 for x in range(20) if x not in failed
     ]
     assert all(out.attempts == 1 for out in outcomes)  # nobody else was charged
+
+
+def test_a_small_fn_travels_with_its_tasks_and_a_large_one_once(
+    client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A task for the function, copied to every worker, costs a run's start two round
+    # trips to the scheduler; most functions pickle to their name.
+    submitted: list[str] = []
+    submit = client.submit
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        submitted.append(kwargs["key"])
+        return submit(*args, **kwargs)
+
+    monkeypatch.setattr(client, "submit", counted)
+    assert manyhands.run(_naps, range(40), backend=client).succeeded == 40
+    assert submitted == []
+    ballast = os.urandom(8192)
+    assert manyhands.run(lambda x: x + len(ballast), range(40), backend=client).succeeded == 40
+    assert len(submitted) == 1 and submitted[0].startswith("manyhands-fn-")
+
+
+def test_a_shipped_fn_is_loaded_once_per_process() -> None:
+    # (the same object for every task of a run: a worker's threads share the batches
+    # of one function)
+    import pickle
+
+    import cloudpickle
+
+    from manyhands._backends._remote_calls import Shipped
+
+    payload = cloudpickle.dumps(lambda x: x * 3)  # (by value: each load, a new function)
+    first = pickle.loads(pickle.dumps(Shipped("manyhands-fn-test-0", payload))).load()
+    assert Shipped("manyhands-fn-test-0", payload).load() is first
+    assert first(2) == 6

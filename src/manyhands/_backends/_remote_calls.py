@@ -36,13 +36,48 @@ from typing import Any
 from .._exceptions import Timeout
 from ._process_worker import RemoteError, _pack, describe_remote
 
-__all__ = ["ABANDONED_MESSAGE", "call_batch", "progress_file", "read_progress", "run_items"]
+__all__ = [
+    "ABANDONED_MESSAGE",
+    "Shipped",
+    "call_batch",
+    "progress_file",
+    "read_progress",
+    "run_items",
+]
 
 ABANDONED_MESSAGE = "it was left running in an abandoned thread on its worker"
 
 
+class Shipped:
+    """A run's ``fn``, pickled, travelling with each of its tasks; loaded once per process."""
+
+    __slots__ = ("key", "payload")
+
+    def __init__(self, key: str, payload: bytes) -> None:
+        self.key = key
+        self.payload = payload
+
+    def __getstate__(self) -> tuple[str, bytes]:
+        return self.key, self.payload
+
+    def __setstate__(self, state: tuple[str, bytes]) -> None:
+        self.key, self.payload = state
+
+    def load(self) -> Callable[[Any], Any]:
+        """The function, the same object for every task of the run in this process."""
+        with _lock:
+            fn = _loaded.get(self.key)
+        if fn is None:
+            fn = pickle.loads(self.payload)
+            with _lock:
+                fn = _loaded.setdefault(self.key, fn)
+                while len(_loaded) > 16:  # (the oldest runs' first)
+                    del _loaded[next(iter(_loaded))]
+        return fn
+
+
 def run_items(
-    fn: Callable[[Any], Any],
+    fn: Callable[[Any], Any] | Shipped,
     payload: bytes,
     timeout: float | None = None,
     name: str | None = None,
@@ -55,8 +90,10 @@ def run_items(
     and this one theirs once its own are taken (see ``_Shared``).
     """
     try:
+        if isinstance(fn, Shipped):
+            fn = fn.load()
         items = pickle.loads(payload)
-    except Exception as exc:  # an item that cannot be rebuilt here: the batch fails
+    except Exception as exc:  # fn or an item cannot be rebuilt here: the batch fails
         return pickle.dumps(("unloadable", describe_remote(exc)))
     path, progress = _open_progress(name, len(items)) if name is not None else ("", None)
     try:
@@ -277,6 +314,7 @@ def _tasks_waiting() -> Callable[[], bool]:
 _lock = threading.Lock()  # guards _running and each _Shared's helpers and elapsed
 _helped = threading.Condition(_lock)  # a helper left a batch
 _running: list[_Shared] = []  # this process's shared batches with items maybe unstarted
+_loaded: dict[str, Callable[[Any], Any]] = {}  # Shipped functions, by key (guarded by _lock)
 
 
 class _Timed:
