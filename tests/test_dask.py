@@ -502,6 +502,45 @@ def test_a_workers_threads_call_each_others_unstarted_items() -> None:
     assert answers["b"][1] == ["b0 in B"]
 
 
+def test_a_thread_leaves_the_others_items_while_a_task_waits_on_its_worker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A task waiting for a thread goes first: its items are work nobody else can take.
+    import pickle
+
+    from manyhands._backends import _remote_calls
+
+    monkeypatch.setattr(_remote_calls, "_tasks_waiting", lambda: lambda: True)
+    first_called, release = threading.Event(), threading.Event()
+
+    def call(item: str) -> str:
+        if item == "a0":
+            first_called.set()
+            release.wait(10)
+        return threading.current_thread().name
+
+    answers: dict[str, Any] = {}
+
+    def task(name: str, items: list[str]) -> None:
+        answers[name] = pickle.loads(
+            _remote_calls.run_items(call, pickle.dumps(items), shared=True)
+        )
+
+    threads = [threading.Thread(target=task, args=("a", ["a0", "a1"]), name="A")]
+    threads[0].start()
+    try:
+        assert first_called.wait(10)
+        threads.append(threading.Thread(target=task, args=("b", ["b0"]), name="B"))
+        threads[1].start()
+        threads[1].join(10)
+        assert answers["b"][1] == ["B"]  # B answered at once, a1 untouched
+    finally:
+        release.set()
+        for thread in threads:
+            thread.join(20)
+    assert answers["a"][1] == ["A", "A"]
+
+
 def test_a_crash_names_every_item_its_threads_were_calling() -> None:
     # Two threads call batch A's items (its own, and B's once B's item is done):
     # both are marked in A's progress file, which the nanny reads once the worker died.
