@@ -647,3 +647,39 @@ def test_a_shipped_fn_is_loaded_once_per_process() -> None:
     first = pickle.loads(pickle.dumps(Shipped("manyhands-fn-test-0", payload))).load()
     assert Shipped("manyhands-fn-test-0", payload).load() is first
     assert first(2) == 6
+
+
+def test_a_shared_batchs_timeout_applies_in_the_thread_that_calls_it() -> None:
+    # B's thread calls A's a1 (A's own is in a0 until then), which overruns: a1 fails
+    # with Timeout in A's answer, and the rest of A is called.
+    import pickle
+
+    from manyhands._backends._remote_calls import ABANDONED_MESSAGE, run_items
+
+    first_called, second_called = threading.Event(), threading.Event()
+
+    def call(item: str) -> str:
+        if item == "a0":
+            first_called.set()
+            second_called.wait(10)
+        if item == "a1":
+            second_called.set()
+            time.sleep(1.5)  # (past the timeout: left to its thread)
+        return item
+
+    answers: dict[str, Any] = {}
+
+    def task(name: str, items: list[str], timeout: float | None) -> None:
+        answers[name] = pickle.loads(run_items(call, pickle.dumps(items), timeout, shared=True))
+
+    threads = [threading.Thread(target=task, args=("a", ["a0", "a1", "a2"], 1.0))]
+    threads[0].start()
+    assert first_called.wait(10)
+    threads.append(threading.Thread(target=task, args=("b", ["b0"], None)))
+    threads[1].start()
+    for thread in threads:
+        thread.join(20)
+    _kind, values, errors, _elapsed = answers["a"]
+    assert values == ["a0", None, "a2"]
+    assert list(errors) == [1] and errors[1][1].endswith(ABANDONED_MESSAGE)
+    assert answers["b"][1] == ["b0"]

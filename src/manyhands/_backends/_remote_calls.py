@@ -195,12 +195,12 @@ def _call(
 class _Shared:
     """A batch on a worker whose unstarted items any thread of the process may call.
 
-    One task per thread would leave a thread whose items were quick idle while
-    another still has a long queue; one task per thread's share and a few more
-    costs each thread a task start on its worker between them. Here a thread
+    With one task per thread, a thread whose items were quick would sit idle
+    while another still has a long queue; with more tasks than threads, each
+    thread waits for its next task to start on the worker. Instead, a thread
     that has taken its own batch's last item takes, one at a time, the
     unstarted items of the other running batches of the same ``fn`` (those with
-    the most left first), while its worker has no task waiting to start; a
+    the most left first), while its worker has no task waiting to start. A
     task answers once every item of its batch was called, by whichever thread.
     A crash names every item that was running (a byte per item in the
     progress file, set by whoever calls it).
