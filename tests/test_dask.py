@@ -248,15 +248,33 @@ def _naps(x: int) -> int:
     return x
 
 
-def test_a_known_length_that_fits_a_round_goes_out_at_once_as_one_batch_per_thread(
+def test_a_known_length_that_fits_a_round_goes_out_at_once_as_two_batches_per_thread(
     client: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # One task per thread spares each thread a task start; a thread whose batch was
-    # quick calls the unstarted items of the others on its worker (_remote_calls).
+    # Two on workers of one thread, so that a thread whose first batch was quick takes
+    # over a waiting one (one per thread ran items sorted by cost at half the speed).
     sent = Sent(client, monkeypatch)
     report = manyhands.run(_naps, range(40), backend=client)
     assert report.succeeded == 40
-    assert sum(sent.calls) == 2  # the cluster's 2 threads
+    assert sum(sent.calls) == 4  # the cluster's 2 threads, 2 each
+
+
+def test_workers_of_several_threads_get_one_batch_per_thread() -> None:
+    # Their threads share their batches (_remote_calls): no thread waits for a second
+    # task to start, and a quick one calls the others' items.
+    from manyhands._backends._dask import DaskBackend
+
+    class Threads:
+        def __init__(self, *threads: int) -> None:
+            self.threads = threads
+
+        def nthreads(self) -> dict[str, int]:
+            return {f"tcp://127.0.0.1:{port}": n for port, n in enumerate(self.threads)}
+
+    assert DaskBackend(Threads(50, 50)).sizing["spread"] == 1
+    assert DaskBackend(Threads(1, 1)).sizing["spread"] == 2
+    assert DaskBackend(Threads(50, 1)).sizing["spread"] == 2  # (a thread alone shares not)
+    assert DaskBackend().sizing["spread"] == 2  # (the LocalCluster it starts: a thread each)
 
 
 def test_a_second_batch_per_thread_waits_on_the_cluster_from_the_start(
@@ -280,7 +298,7 @@ def _dask_sizer(workers: int = 100) -> Any:
     from manyhands._sizing import Sizer
 
     window = DaskBackend.window_per_worker * workers
-    return Sizer(workers, window, batch_size=None, one_by_one=False, **DaskBackend.sizing)
+    return Sizer(workers, window, batch_size=None, one_by_one=False, **DaskBackend.default_sizing)
 
 
 def test_a_generators_batches_reach_their_size_after_one_round_trip() -> None:

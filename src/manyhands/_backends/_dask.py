@@ -91,20 +91,23 @@ class DaskBackend:
     # microseconds (submit, gather, file): batches are sized (_sizing.Sizer) so that
     # a task holds far more work than that, and so that few tasks make the end of a run.
     # An input of known length that fits in a round (at most `cap` items per thread)
-    # goes out at once as one batch per thread: no thread waits 20-40 ms for a second
-    # task to start where many tasks end together. A thread whose batch was quick
-    # calls the unstarted items of the other batches on its worker (_remote_calls:
-    # _Shared), so an uneven input does not leave it idle (without that, items sorted
-    # by cost ran at 0.48 of the ideal speed against 0.88 with two batches per thread).
-    # A larger input is balanced at its end (`tail`).
+    # goes out at once as one batch per thread where the workers have several threads
+    # (`_spread`): no thread waits 20-40 ms for a second task to start where many
+    # tasks end together. A thread whose batch was quick calls the unstarted items of
+    # the other batches on its worker (_remote_calls: _Shared), so an uneven input does
+    # not leave it idle (without that, items sorted by cost ran at 0.48 of the ideal
+    # speed against 0.88 with two batches per thread). A worker of one thread has no
+    # other to share with: two batches per thread there, so that a thread whose first
+    # batch was quick takes over a waiting one. A larger input is balanced at its end
+    # (`tail`).
     # An input of unknown length starts at one item per batch: batches that doubled
     # per round trip took ~0.8 s to reach their size, and batches of 0.2 s (the old
     # floor) made 1,800 tasks of 20,000 x 10 ms: 0.54-0.57 of the ideal speed;
     # 0.68-0.70 growing 16-fold, floored at 0.35 s (~1,000 tasks; paired, load 5.5).
-    sizing: ClassVar[dict[str, float]] = {
+    default_sizing: ClassVar[dict[str, float]] = {
         "batch_seconds": 0.5,  # a batch's work, once the time per item is known
         "dispatch_seconds": 2e-5,  # the driver's GIL per task (no worker shares it)
-        "spread": 1,  # an input of known length: its first batches, per worker (see above)
+        "spread": 2,  # an input of known length: its first batches, per worker (see above)
         "tail": 1,  # near the end: a batch per worker of what is left...
         "floor_seconds": 0.35,  # ...but no batch of less work than this
         "queue_at_once": True,  # a second batch per thread waits on the cluster from the start
@@ -123,6 +126,8 @@ class DaskBackend:
         if workers is None:
             workers = self._threads() if self._client is not None else os.cpu_count() or 1
         self.workers = workers
+        spread = self._spread() if self._client is not None else 2  # (a LocalCluster of ours)
+        self.sizing = {**self.default_sizing, "spread": spread}  # (read by _sizing.Sizer)
         self._lock = threading.Lock()  # guards _out and _parts
         self._sending = threading.Lock()  # held while the sender submits (see _submit)
         self._out: dict[str, _Part] = {}  # by task key: parts on the cluster or about to be
@@ -143,6 +148,11 @@ class DaskBackend:
 
     def _threads(self) -> int:
         return max(1, int(sum(self._client.nthreads().values())))
+
+    def _spread(self) -> int:
+        """The first batches per thread: 1 where every worker has threads to share them."""
+        threads = self._client.nthreads().values()
+        return 1 if self._share and threads and min(threads) > 1 else 2
 
     def start(self) -> None:
         if self._client is not None:
