@@ -22,16 +22,16 @@ the driver and the scheduler flat.
 
 A worker that dies running a batch fails its task with ``KilledWorker``
 (a LocalCluster started here runs with ``allowed-failures`` 0, so Dask never
-runs the task again behind the engine's back). The task kept the index of
-the item it was calling where the worker's nanny can read it (see
-``_remote_calls``): that item fails as ``manyhands.WorkerCrashed`` (the run's
-retry policy then applies as to any failure), and the others run again,
-uncharged. A task that was only queued on the dead worker runs again whole.
-A worker's threads share its running batches' unstarted items (a thread
-whose batch is done calls the others'); each call is marked in its batch's
-file, whichever thread makes it. On a worker with several threads, an item
-running beside the killer in another thread is charged too: the nanny
-cannot tell which call killed it.
+runs the task again behind the engine's back). The task marked the items
+being called where the worker's nanny can read them (see ``_remote_calls``):
+those fail as ``manyhands.WorkerCrashed`` (the run's retry policy then
+applies as to any failure), and the others run again, uncharged. A task
+that was only queued on the dead worker (or between two calls) runs again
+whole. A worker's threads share its running batches' unstarted items (a
+thread whose batch is done calls the others'); each call is marked in its
+batch's file, whichever thread makes it. On a worker with several threads,
+an item running beside the killer in another thread is charged too: the
+nanny cannot tell which call killed it.
 
 A running Dask task cannot be stopped. ``timeout=`` is applied on the
 worker (see ``_remote_calls``): the call is left running in a thread and its
