@@ -123,11 +123,16 @@ class DaskBackend:
         self._owns_client = self._client is None
         if self._address is not None:
             self._client = connect(self._address)
+        threads = self._client.nthreads() if self._client is not None else {}  # by worker
         if workers is None:
-            workers = self._threads() if self._client is not None else os.cpu_count() or 1
+            workers = (
+                max(1, int(sum(threads.values())))
+                if self._client is not None
+                else os.cpu_count() or 1
+            )
         self.workers = workers
-        spread = self._spread() if self._client is not None else 2  # (a LocalCluster of ours)
-        self.sizing = {**self.default_sizing, "spread": spread}  # (read by _sizing.Sizer)
+        # (read by _sizing.Sizer; a LocalCluster started here has a thread a worker: 2)
+        self.sizing = {**self.default_sizing, "spread": self._spread(list(threads.values()))}
         self._lock = threading.Lock()  # guards _out and _parts
         self._sending = threading.Lock()  # held while the sender submits (see _submit)
         self._out: dict[str, _Part] = {}  # by task key: parts on the cluster or about to be
@@ -146,12 +151,8 @@ class DaskBackend:
 
     # -- lifecycle -------------------------------------------------------
 
-    def _threads(self) -> int:
-        return max(1, int(sum(self._client.nthreads().values())))
-
-    def _spread(self) -> int:
+    def _spread(self, threads: list[int]) -> int:
         """The first batches per thread: 1 where every worker has threads to share them."""
-        threads = self._client.nthreads().values()
         return 1 if self._share and threads and min(threads) > 1 else 2
 
     def start(self) -> None:
