@@ -126,6 +126,13 @@ def one_run(client: Any, generator: bool) -> None:
         f"  call: mean {statistics.mean(c[4] - c[3] for c in calls) * 1000:.2f} ms; "
         f"a thread's first call at {quantiles(firsts)}; its last end at {quantiles(lasts)}"
     )
+    for pid in sorted(per_process):
+        mine = [calls for (process, _), calls in threads.items() if process == pid]
+        print(
+            f"  worker process {pid}: a thread's first call at "
+            f"{statistics.median(c[0][3] - began for c in mine) * 1000:.1f} ms, its last end "
+            f"at {statistics.median(c[-1][4] - began for c in mine) * 1000:.1f} ms (medians)"
+        )
     print(f"  a task, sent -> its first call starts: {quantiles(to_start)}")
     print(f"  its last call ends -> Dask's callback in the driver: {quantiles(to_callback)}")
     print(f"  Dask's callback -> the answer fetched, filing begins: {quantiles(to_filed)}")

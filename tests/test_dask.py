@@ -251,12 +251,30 @@ def _naps(x: int) -> int:
 def test_a_known_length_that_fits_a_round_goes_out_at_once_as_two_batches_per_thread(
     client: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Two, so that a thread whose first batch was quick takes over a waiting one
-    # (one per thread ran items sorted by cost at half the speed: see DaskBackend.sizing).
+    # Two on workers of one thread, so that a thread whose first batch was quick takes
+    # over a waiting one (one per thread ran items sorted by cost at half the speed).
     sent = Sent(client, monkeypatch)
     report = manyhands.run(_naps, range(40), backend=client)
     assert report.succeeded == 40
     assert sum(sent.calls) == 4  # the cluster's 2 threads, 2 each
+
+
+def test_workers_of_several_threads_get_one_batch_per_thread() -> None:
+    # Their threads share their batches (_remote_calls): no thread waits for a second
+    # task to start, and a quick one calls the others' items.
+    from manyhands._backends._dask import DaskBackend
+
+    class Threads:
+        def __init__(self, *threads: int) -> None:
+            self.threads = threads
+
+        def nthreads(self) -> dict[str, int]:
+            return {f"tcp://127.0.0.1:{port}": n for port, n in enumerate(self.threads)}
+
+    assert DaskBackend(Threads(50, 50)).sizing["spread"] == 1
+    assert DaskBackend(Threads(1, 1)).sizing["spread"] == 2
+    assert DaskBackend(Threads(50, 1)).sizing["spread"] == 2  # (a thread alone shares not)
+    assert DaskBackend().sizing["spread"] == 2  # (the LocalCluster it starts: a thread each)
 
 
 def test_a_second_batch_per_thread_waits_on_the_cluster_from_the_start(
@@ -280,7 +298,7 @@ def _dask_sizer(workers: int = 100) -> Any:
     from manyhands._sizing import Sizer
 
     window = DaskBackend.window_per_worker * workers
-    return Sizer(workers, window, batch_size=None, one_by_one=False, **DaskBackend.sizing)
+    return Sizer(workers, window, batch_size=None, one_by_one=False, **DaskBackend.default_sizing)
 
 
 def test_a_generators_batches_reach_their_size_after_one_round_trip() -> None:
@@ -463,3 +481,223 @@ def test_cli_runs_on_a_scheduler(client: Any, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert [row["value"] for row in rows] == ["A", "B", "C"]
+
+
+def test_a_workers_threads_call_each_others_unstarted_items() -> None:
+    # (in this process, as on a Dask worker's threads) Batch A's first call waits for
+    # its second, which only another thread can call: the thread of batch B, once
+    # its own item is done. A's answer has every item, in order.
+    import pickle
+
+    from manyhands._backends._remote_calls import run_items
+
+    first_called, second_called = threading.Event(), threading.Event()
+
+    def call(item: str) -> str:
+        if item == "a0":
+            first_called.set()
+            second_called.wait(10)  # (without sharing: a1 waits behind it)
+        if item == "a1":
+            second_called.set()
+        return f"{item} in {threading.current_thread().name}"
+
+    answers: dict[str, Any] = {}
+
+    def task(name: str, items: list[str]) -> None:
+        answers[name] = pickle.loads(run_items(call, pickle.dumps(items), shared=True))
+
+    threads = [threading.Thread(target=task, args=("a", ["a0", "a1", "a2"]), name="A")]
+    threads[0].start()
+    assert first_called.wait(10)
+    threads.append(threading.Thread(target=task, args=("b", ["b0"]), name="B"))
+    threads[1].start()
+    for thread in threads:
+        thread.join(20)
+    kind, values, errors, _elapsed = answers["a"]
+    assert (kind, errors) == ("done", {})
+    assert [value.split()[0] for value in values] == ["a0", "a1", "a2"]
+    assert values[1] == "a1 in B"
+    assert answers["b"][1] == ["b0 in B"]
+
+
+def test_a_thread_leaves_the_others_items_while_a_task_waits_on_its_worker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A task waiting for a thread goes first: its items are work nobody else can take.
+    import pickle
+
+    from manyhands._backends import _remote_calls
+
+    monkeypatch.setattr(_remote_calls, "_tasks_waiting", lambda: lambda: True)
+    first_called, release = threading.Event(), threading.Event()
+
+    def call(item: str) -> str:
+        if item == "a0":
+            first_called.set()
+            release.wait(10)
+        return threading.current_thread().name
+
+    answers: dict[str, Any] = {}
+
+    def task(name: str, items: list[str]) -> None:
+        answers[name] = pickle.loads(
+            _remote_calls.run_items(call, pickle.dumps(items), shared=True)
+        )
+
+    threads = [threading.Thread(target=task, args=("a", ["a0", "a1"]), name="A")]
+    threads[0].start()
+    try:
+        assert first_called.wait(10)
+        threads.append(threading.Thread(target=task, args=("b", ["b0"]), name="B"))
+        threads[1].start()
+        threads[1].join(10)
+        assert answers["b"][1] == ["B"]  # B answered at once, a1 untouched
+    finally:
+        release.set()
+        for thread in threads:
+            thread.join(20)
+    assert answers["a"][1] == ["A", "A"]
+
+
+def test_a_crash_names_every_item_its_threads_were_calling() -> None:
+    # Two threads call batch A's items (its own, and B's once B's item is done):
+    # both are marked in A's progress file, which the nanny reads once the worker died.
+    import pickle
+
+    from manyhands._backends._remote_calls import read_progress, run_items
+
+    running = {item: threading.Event() for item in ("a0", "a2")}
+    release = threading.Event()
+
+    def call(item: str) -> str:
+        if item in running:
+            running[item].set()
+            release.wait(10)
+        return item
+
+    def task(items: list[str], name: str | None) -> None:
+        run_items(call, pickle.dumps(items), name=name, shared=True)
+
+    name = f"manyhands-test-{os.getpid()}-{time.monotonic_ns()}"
+    threads = [threading.Thread(target=task, args=(["a0", "a1", "a2"], name))]
+    threads[0].start()
+    try:
+        assert running["a0"].wait(10)
+        threads.append(threading.Thread(target=task, args=(["b0"], None)))
+        threads[1].start()
+        assert running["a2"].wait(10)
+        assert read_progress(name) == [0, 2]  # (a1 was called and returned)
+    finally:
+        release.set()
+        for thread in threads:
+            thread.join(20)
+
+
+def _dies_on_2_while_0_runs(x: int) -> int:
+    time.sleep(1 if x == 0 else 0.01)
+    if x == 2:
+        os._exit(3)  # the worker process dies
+    return x + 1
+
+
+def test_a_crash_on_a_shared_batch_costs_only_the_calls_running_then() -> None:
+    # 2 workers x 2 threads, batches of 5: the thread beside batch 0-4's, done with
+    # its own batch, calls 1, 2... while the first is in 0; 2 kills the worker. Charged:
+    # 2, and 0 which was running beside it (a nanny cannot tell which call killed); the
+    # others run again uncharged.
+    import dask
+
+    with (
+        dask.config.set({"distributed.scheduler.allowed-failures": 0}),
+        distributed.LocalCluster(
+            n_workers=2,
+            threads_per_worker=2,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=":0",
+            scheduler_kwargs={"dashboard": False},
+            silence_logs=logging.CRITICAL,
+        ) as cluster,
+        distributed.Client(cluster, set_as_default=False) as two_threads,
+    ):
+        outcomes = list(
+            manyhands.map(_dies_on_2_while_0_runs, range(20), backend=two_threads, batch_size=5)
+        )
+    failed = {out.item: out.error for out in outcomes if not out.ok}
+    assert 2 in failed and set(failed) <= {0, 2}
+    assert {error.error_type for error in failed.values() if error} == {"manyhands.WorkerCrashed"}
+    assert sorted(out.value for out in outcomes if out.ok) == [
+        x + 1 for x in range(20) if x not in failed
+    ]
+    assert all(out.attempts == 1 for out in outcomes)  # nobody else was charged
+
+
+def test_a_small_fn_travels_with_its_tasks_and_a_large_one_once(
+    client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A task for the function, copied to every worker, costs a run's start two round
+    # trips to the scheduler; most functions pickle to their name.
+    submitted: list[str] = []
+    submit = client.submit
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        submitted.append(kwargs["key"])
+        return submit(*args, **kwargs)
+
+    monkeypatch.setattr(client, "submit", counted)
+    assert manyhands.run(_naps, range(40), backend=client).succeeded == 40
+    assert submitted == []
+    ballast = os.urandom(8192)
+    assert manyhands.run(lambda x: x + len(ballast), range(40), backend=client).succeeded == 40
+    assert len(submitted) == 1 and submitted[0].startswith("manyhands-fn-")
+
+
+def test_a_shipped_fn_is_loaded_once_per_process() -> None:
+    # (the same object for every task of a run: a worker's threads share the batches
+    # of one function)
+    import pickle
+
+    import cloudpickle
+
+    from manyhands._backends._remote_calls import Shipped
+
+    payload = cloudpickle.dumps(lambda x: x * 3)  # (by value: each load, a new function)
+    first = pickle.loads(pickle.dumps(Shipped("manyhands-fn-test-0", payload))).load()
+    assert Shipped("manyhands-fn-test-0", payload).load() is first
+    assert first(2) == 6
+
+
+def test_a_shared_batchs_timeout_applies_in_the_thread_that_calls_it() -> None:
+    # B's thread calls A's a1 (A's own is in a0 until then), which overruns: a1 fails
+    # with Timeout in A's answer, and the rest of A is called.
+    import pickle
+
+    from manyhands._backends._remote_calls import ABANDONED_MESSAGE, run_items
+
+    first_called, second_called = threading.Event(), threading.Event()
+
+    def call(item: str) -> str:
+        if item == "a0":
+            first_called.set()
+            second_called.wait(10)
+        if item == "a1":
+            second_called.set()
+            time.sleep(1.5)  # (past the timeout: left to its thread)
+        return item
+
+    answers: dict[str, Any] = {}
+
+    def task(name: str, items: list[str], timeout: float | None) -> None:
+        answers[name] = pickle.loads(run_items(call, pickle.dumps(items), timeout, shared=True))
+
+    threads = [threading.Thread(target=task, args=("a", ["a0", "a1", "a2"], 1.0))]
+    threads[0].start()
+    assert first_called.wait(10)
+    threads.append(threading.Thread(target=task, args=("b", ["b0"], None)))
+    threads[1].start()
+    for thread in threads:
+        thread.join(20)
+    _kind, values, errors, _elapsed = answers["a"]
+    assert values == ["a0", None, "a2"]
+    assert list(errors) == [1] and errors[1][1].endswith(ABANDONED_MESSAGE)
+    assert answers["b"][1] == ["b0"]

@@ -4,30 +4,34 @@ The run stays in the driver (window, retries, rate, stop rules, journal,
 progress, Report); the cluster only executes batches::
 
     engine thread                     Dask scheduler and workers         collector thread
-    attach: fn as one task ───────▶   loaded once, copied to every
-    submit: a batch, pickled; the ──▶ worker; runs the batch          ─▶ _collect: the answers
+    attach: fn, pickled ──────────▶   loaded once per worker process
+    submit: a batch, pickled; the ──▶ runs the batch                  ─▶ _collect: the answers
       sender thread sends it as one   (_remote_calls.run_items)          of tasks that finished
       task (key manyhands-...)                                           together, one gather;
     cancel/shutdown: cancel the run's                                    task.done(batch)
       tasks on the scheduler
 
-``fn`` travels once per run (a task whose result is the function, which
-every batch task depends on), not once per task. A batch task is plain
-bytes in and out; the batches are handed to a sender thread, which submits
-those waiting together (one message to the scheduler, not one per task). At
-most the run's window is on the cluster: the engine submits a batch only
-when one came back, so a generator of any length keeps the driver and the
-scheduler flat.
+``fn`` is loaded once per worker process: a small one (most functions
+pickle to their name) travels with each task; a larger one once per run (a
+task whose result is the function, which every batch task depends on). A
+batch task is plain bytes in and out; the batches are handed to a sender
+thread, which submits those waiting together (one message to the scheduler,
+not one per task). At most the run's window is on the cluster: the engine
+submits a batch only when one came back, so a generator of any length keeps
+the driver and the scheduler flat.
 
 A worker that dies running a batch fails its task with ``KilledWorker``
 (a LocalCluster started here runs with ``allowed-failures`` 0, so Dask never
-runs the task again behind the engine's back). The task kept the index of
-the item it was calling where the worker's nanny can read it (see
-``_remote_calls``): that item fails as ``manyhands.WorkerCrashed`` (the run's
-retry policy then applies as to any failure), and the others run again,
-uncharged. A task that was only queued on the dead worker runs again whole.
-On a worker with several threads, an item running beside the killer in
-another thread is charged too: the nanny cannot tell which call killed it.
+runs the task again behind the engine's back). The task marked the items
+being called where the worker's nanny can read them (see ``_remote_calls``):
+those fail as ``manyhands.WorkerCrashed`` (the run's retry policy then
+applies as to any failure), and the others run again, uncharged. A task
+that was only queued on the dead worker (or between two calls) runs again
+whole. A worker's threads share its running batches' unstarted items (a
+thread whose batch is done calls the others'); each call is marked in its
+batch's file, whichever thread makes it. On a worker with several threads,
+an item running beside the killer in another thread is charged too: the
+nanny cannot tell which call killed it.
 
 A running Dask task cannot be stopped. ``timeout=`` is applied on the
 worker (see ``_remote_calls``): the call is left running in a thread and its
@@ -51,7 +55,7 @@ from .._batch import Batch, Task
 from .._exceptions import WorkerCrashed
 from ._dask_cluster import connect, retries_note, start_local_cluster
 from ._process_batches import fail_items, file_results, pickle_batch, pickle_items
-from ._remote_calls import ABANDONED_MESSAGE, read_progress, run_items
+from ._remote_calls import ABANDONED_MESSAGE, Shipped, read_progress, run_items
 
 __all__ = ["DaskBackend"]
 
@@ -87,17 +91,20 @@ class DaskBackend:
     # microseconds (submit, gather, file): batches are sized (_sizing.Sizer) so that
     # a task holds far more work than that, and so that few tasks make the end of a run.
     # An input of known length that fits in a round (at most `cap` items per thread)
-    # goes out at once as two batches per thread, so that a thread whose first batch
-    # was quick takes over a waiting one. One batch per thread would spare each thread
-    # a task start on its worker (20-40 ms where many tasks end together): paired runs
-    # of 20,000 x 10 ms on 100 threads, 0.87-0.94 of the ideal speed (median 0.93)
-    # against 0.88-0.92 (median 0.91); but items sorted by cost (the first quarter 3x
-    # slower) ran at 0.48 against 0.88. A larger input is balanced at its end (`tail`).
+    # goes out at once as one batch per thread where the workers have several threads
+    # (`_spread`): no thread waits 20-40 ms for a second task to start where many
+    # tasks end together. A thread whose batch was quick calls the unstarted items of
+    # the other batches on its worker (_remote_calls: _Shared), so an uneven input does
+    # not leave it idle (without that, items sorted by cost ran at 0.48 of the ideal
+    # speed against 0.88 with two batches per thread). A worker of one thread has no
+    # other to share with: two batches per thread there, so that a thread whose first
+    # batch was quick takes over a waiting one. A larger input is balanced at its end
+    # (`tail`).
     # An input of unknown length starts at one item per batch: batches that doubled
     # per round trip took ~0.8 s to reach their size, and batches of 0.2 s (the old
     # floor) made 1,800 tasks of 20,000 x 10 ms: 0.54-0.57 of the ideal speed;
     # 0.68-0.70 growing 16-fold, floored at 0.35 s (~1,000 tasks; paired, load 5.5).
-    sizing: ClassVar[dict[str, float]] = {
+    default_sizing: ClassVar[dict[str, float]] = {
         "batch_seconds": 0.5,  # a batch's work, once the time per item is known
         "dispatch_seconds": 2e-5,  # the driver's GIL per task (no worker shares it)
         "spread": 2,  # an input of known length: its first batches, per worker (see above)
@@ -107,6 +114,7 @@ class DaskBackend:
         "growth": 16,  # from the first batches of one item (a generator) to full ones at once
     }
     window_per_worker = 512  # items held per thread of the cluster (the default window)
+    _share = True  # a worker's threads call each other's unstarted items (_remote_calls._Shared)
 
     def __init__(self, cluster: Any = None, workers: int | None = None) -> None:
         self._client: Any = None if isinstance(cluster, str) or cluster is None else cluster
@@ -115,14 +123,21 @@ class DaskBackend:
         self._owns_client = self._client is None
         if self._address is not None:
             self._client = connect(self._address)
+        threads = self._client.nthreads() if self._client is not None else {}  # by worker
         if workers is None:
-            workers = self._threads() if self._client is not None else os.cpu_count() or 1
+            workers = (
+                max(1, int(sum(threads.values())))
+                if self._client is not None
+                else os.cpu_count() or 1
+            )
         self.workers = workers
+        # (read by _sizing.Sizer; a LocalCluster started here has a thread a worker: 2)
+        self.sizing = {**self.default_sizing, "spread": self._spread(list(threads.values()))}
         self._lock = threading.Lock()  # guards _out and _parts
         self._sending = threading.Lock()  # held while the sender submits (see _submit)
         self._out: dict[str, _Part] = {}  # by task key: parts on the cluster or about to be
         self._parts: dict[int, int] = {}  # id(batch) -> its parts out; absent: dropped
-        self._fns: dict[int, Any] = {}  # id(task) -> the future of its loaded fn
+        self._fns: dict[int, Any] = {}  # id(task) -> its fn: Shipped, or the future of it
         self._token = uuid.uuid4().hex[:12]
         self._count = itertools.count()
         self.abandoned = 0
@@ -136,8 +151,9 @@ class DaskBackend:
 
     # -- lifecycle -------------------------------------------------------
 
-    def _threads(self) -> int:
-        return max(1, int(sum(self._client.nthreads().values())))
+    def _spread(self, threads: list[int]) -> int:
+        """The first batches per thread: 1 where every worker has threads to share them."""
+        return 1 if self._share and threads and min(threads) > 1 else 2
 
     def start(self) -> None:
         if self._client is not None:
@@ -157,7 +173,14 @@ class DaskBackend:
         return False  # (a task on the cluster has no handle on this backend)
 
     def attach(self, task: Task) -> None:
-        """Ship ``task.fn`` to the cluster once: a task whose result is the function."""
+        """Ship ``task.fn`` to the cluster once, or with each task if it is small.
+
+        A function of a few KiB pickled (most: a module's function pickles to its
+        name) travels in every task and is loaded once per worker process: the
+        run's first tasks go out at once. A larger one is a task whose result is
+        the function, copied to every worker before the first batch (two round
+        trips to the scheduler: 8-36 ms of a run's start on a busy machine).
+        """
         import cloudpickle  # type: ignore[import-untyped]
 
         try:
@@ -165,6 +188,9 @@ class DaskBackend:
         except Exception as exc:
             raise TypeError(f"fn cannot be sent to the Dask cluster: {exc}") from exc
         key = f"manyhands-fn-{self._token}-{next(self._count)}"
+        if len(payload) <= _SHIPPED_BYTES:
+            self._fns[id(task)] = Shipped(key, payload)
+            return
         fn = self._client.submit(pickle.loads, payload, key=key, pure=False)
         # On every worker now: the scheduler places a task where its inputs are, and
         # would otherwise crowd the first batches onto the one worker that loaded fn.
@@ -174,7 +200,7 @@ class DaskBackend:
     def detach(self, task: Task) -> None:
         """Forget the run's function on the cluster (none of its tasks is out)."""
         fn = self._fns.pop(id(task), None)
-        if fn is not None:
+        if fn is not None and not isinstance(fn, Shipped):
             self._client.cancel([fn], force=True)
 
     def wind_down(self) -> None:
@@ -189,8 +215,9 @@ class DaskBackend:
             self._parts.clear()
         try:
             self._cancel(parts)
-            if self._fns:
-                self._client.cancel(list(self._fns.values()), force=True)
+            loaded = [fn for fn in self._fns.values() if not isinstance(fn, Shipped)]
+            if loaded:
+                self._client.cancel(loaded, force=True)
             self._fns.clear()
         finally:
             if self._sender is not None:  # (what it still holds was dropped above)
@@ -271,6 +298,7 @@ class DaskBackend:
                         [part.payload for part in mine],
                         [task.timeout] * len(mine),
                         keys,
+                        [self._share] * len(mine),  # threads share the batches: _remote_calls
                         key=keys,
                         pure=False,
                         retries=0,
@@ -403,23 +431,24 @@ class DaskBackend:
             batch.task.abandoned += left
 
     def _crashed(self, part: _Part) -> None:
-        """The worker running ``part`` died: the item it ran fails, the others run again.
+        """The worker running ``part`` died: the items it was calling fail, the others run again.
 
-        The worker's nanny says which item it was running (``read_progress``);
-        if none, the task had not begun (it was queued on that worker) and all
+        The worker's nanny says which items were running (``read_progress``:
+        several when threads of its worker shared them); if none, the task had
+        not begun (it was queued on that worker) or was between items, and all
         of its items run again. A part that keeps dying without a word from
         the nanny (a worker without one) blames its first item, at its third death.
         """
         batch, indices = part.batch, part.indices
         self._note_death()
-        at = self._progress(part.key)
+        running = self._progress(part.key)
         deaths = part.deaths + 1
-        if at is None and deaths < 3:
+        if not running and deaths < 3:
             self._resend(part, [_Part(batch, indices, part.payload, deaths)])
             return
-        at = min(max(at or 0, 0), len(indices) - 1)
-        fail_items(batch, [indices[at]], WorkerCrashed(_DIED))
-        rest = indices[:at] + indices[at + 1 :]
+        killers = {min(max(at, 0), len(indices) - 1) for at in running or [0]}
+        fail_items(batch, [indices[at] for at in sorted(killers)], WorkerCrashed(_DIED))
+        rest = [index for at, index in enumerate(indices) if at not in killers]
         if not rest:
             self._part_done(batch)
             return
@@ -439,8 +468,8 @@ class DaskBackend:
                 "it was calling failed (manyhands.WorkerCrashed); the others ran again, uncharged"
             )
 
-    def _progress(self, key: str) -> int | None:
-        """Which item the task ``key`` was running when its worker died, from the nannies."""
+    def _progress(self, key: str) -> list[int] | None:
+        """The items the task ``key`` was running when its worker died, from the nannies."""
         try:
             answers = self._client.run(read_progress, key, nanny=True)
         except Exception:  # (no nanny to ask)
@@ -469,3 +498,4 @@ class DaskBackend:
 
 
 _DIED = "the Dask worker process running this item died"
+_SHIPPED_BYTES = 4096  # a function pickled to this much or less travels with each task

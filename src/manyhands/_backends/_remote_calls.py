@@ -6,10 +6,11 @@ process worker's ``_pack``: a value that cannot be pickled fails its item
 only), so the other engine moves bytes and never serializes an item of ours
 with rules of its own. Errors travel as plain tuples (see ``RemoteError``).
 
-On Dask, the task keeps the index of the item it is calling in a small
-file that the worker's nanny (which outlives it, on the same host) can read
-once the worker died: ``progress_file``. Which item killed a worker is then
-known, and the task's other items run again uncharged.
+On Dask, the task marks the items being called (a byte per item) in a
+small file that the worker's nanny (which outlives it, on the same host) can
+read once the worker died: ``progress_file``. Which item killed a worker is
+then known, and the task's other items run again uncharged. A Dask worker's
+threads share the unstarted items of its running batches (``_Shared``).
 
 With a ``timeout``, the calls run in a thread of their own that the task
 waits for up to ``timeout`` seconds a call; past that the item fails with
@@ -21,10 +22,10 @@ cannot be stopped).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import mmap
 import os
 import pickle
-import struct
 import tempfile
 import threading
 from collections.abc import Callable
@@ -35,70 +36,111 @@ from typing import Any
 from .._exceptions import Timeout
 from ._process_worker import RemoteError, _pack, describe_remote
 
-__all__ = ["ABANDONED_MESSAGE", "call_batch", "progress_file", "read_progress", "run_items"]
+__all__ = [
+    "ABANDONED_MESSAGE",
+    "Shipped",
+    "call_batch",
+    "progress_file",
+    "read_progress",
+    "run_items",
+]
 
 ABANDONED_MESSAGE = "it was left running in an abandoned thread on its worker"
 
 
+class Shipped:
+    """A run's ``fn``, pickled, travelling with each of its tasks; loaded once per process."""
+
+    __slots__ = ("key", "payload")
+
+    def __init__(self, key: str, payload: bytes) -> None:
+        self.key = key
+        self.payload = payload
+
+    def __getstate__(self) -> tuple[str, bytes]:
+        return self.key, self.payload
+
+    def __setstate__(self, state: tuple[str, bytes]) -> None:
+        self.key, self.payload = state
+
+    def load(self) -> Callable[[Any], Any]:
+        """The function, the same object for every task of the run in this process."""
+        with _lock:
+            fn = _loaded.get(self.key)
+        if fn is None:
+            fn = pickle.loads(self.payload)
+            with _lock:
+                fn = _loaded.setdefault(self.key, fn)
+                while len(_loaded) > 16:  # (the oldest runs' first)
+                    del _loaded[next(iter(_loaded))]
+        return fn
+
+
 def run_items(
-    fn: Callable[[Any], Any],
+    fn: Callable[[Any], Any] | Shipped,
     payload: bytes,
     timeout: float | None = None,
     name: str | None = None,
+    shared: bool = False,
 ) -> bytes:
     """Unpickle the items, call ``fn`` on each, and return the answer as one pickle.
 
-    ``name``: keep the progress in :func:`progress_file` ``(name)`` meanwhile.
+    ``name``: mark the items running in :func:`progress_file` ``(name)``.
+    ``shared``: the other threads of this process may call its unstarted items,
+    and this one theirs once its own are taken (see ``_Shared``).
     """
-    if name is None:
-        return _run(fn, payload, timeout, None)
+    try:
+        if isinstance(fn, Shipped):
+            fn = fn.load()
+        items = pickle.loads(payload)
+    except Exception as exc:  # fn or an item cannot be rebuilt here: the batch fails
+        return pickle.dumps(("unloadable", describe_remote(exc)))
+    path, progress = _open_progress(name, len(items)) if name is not None else ("", None)
+    try:
+        if shared:
+            values, errors, elapsed = _Shared(fn, items, timeout, progress).run()
+        else:
+            values, errors, elapsed = call_batch(fn, items, timeout, progress)
+    finally:
+        if progress is not None:
+            progress.close()
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+    return _pack(values, errors, elapsed)
+
+
+def _open_progress(name: str, count: int) -> tuple[str, mmap.mmap | None]:
+    """The task's progress file, a byte per item (1: running), mapped; None if it cannot be."""
     try:
         path = progress_file(name)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            os.ftruncate(fd, 8)
-            progress = mmap.mmap(fd, 8)
+            os.ftruncate(fd, max(1, count))
+            return path, mmap.mmap(fd, max(1, count))
         finally:
             os.close(fd)
     except OSError:  # (no room, no permission): untracked, a crash cannot name its item
-        return _run(fn, payload, timeout, None)
-    try:
-        return _run(fn, payload, timeout, progress)
-    finally:
-        progress.close()
-        with contextlib.suppress(OSError):
-            os.unlink(path)
+        return "", None
 
 
 def progress_file(name: str) -> str:
-    """Where a task called ``name`` keeps the index of the item it runs."""
+    """Where a task called ``name`` marks the items it runs."""
     user = os.getuid() if hasattr(os, "getuid") else ""  # (a folder of each user's own)
     folder = os.path.join(tempfile.gettempdir(), f"manyhands-progress-{user}")
     os.makedirs(folder, mode=0o700, exist_ok=True)
     return os.path.join(folder, name)
 
 
-def read_progress(name: str) -> int | None:
-    """The item the task ``name`` was running when its worker died; None if it never began."""
+def read_progress(name: str) -> list[int] | None:
+    """The items of the task ``name`` running when its worker died; None if it never began."""
     path = progress_file(name)
     try:
         with open(path, "rb") as file:
-            data = file.read(8)
+            data = file.read()
         os.unlink(path)
     except OSError:
         return None
-    return int(struct.unpack("q", data)[0]) if len(data) == 8 else 0
-
-
-def _run(
-    fn: Callable[[Any], Any], payload: bytes, timeout: float | None, progress: mmap.mmap | None
-) -> bytes:
-    try:
-        items = pickle.loads(payload)
-    except Exception as exc:  # an item that cannot be rebuilt here: the batch fails
-        return pickle.dumps(("unloadable", describe_remote(exc)))
-    values, errors, elapsed = call_batch(fn, items, timeout, progress)
-    return _pack(values, errors, elapsed)
+    return [index for index, running in enumerate(data) if running]
 
 
 def call_batch(
@@ -108,27 +150,171 @@ def call_batch(
     progress: mmap.mmap | None = None,
 ) -> tuple[list[Any], dict[int, RemoteError], float]:
     """Call ``fn`` on each item: (values, errors by index, seconds)."""
-    values: list[Any] = []
+    values: list[Any] = [None] * len(items)
     errors: dict[int, RemoteError] = {}
     timed = None if timeout is None else _Timed(fn, timeout)
-    call = fn if timed is None else timed
-    mark = struct.Struct("q").pack_into
-    start = perf_counter()
     try:
-        for index, item in enumerate(items):
-            if progress is not None:
-                mark(progress, 0, index)
-            try:
-                values.append(call(item))
-            except BaseException as exc:
-                if exc.__traceback__ is not None:  # the user's frames only, not this loop
-                    exc.__traceback__ = exc.__traceback__.tb_next
-                errors[index] = describe_remote(exc)
-                values.append(None)
+        elapsed = _call(timed or fn, items, itertools.count().__next__, values, errors, progress)
     finally:
         if timed is not None:
             timed.close()
-    return values, errors, perf_counter() - start
+    return values, errors, elapsed
+
+
+def _call(
+    call: Callable[[Any], Any],
+    items: list[Any],
+    take: Callable[[], int],
+    values: list[Any],
+    errors: dict[int, RemoteError],
+    progress: mmap.mmap | None,
+    quit: Callable[[], bool] | None = None,
+) -> float:
+    """Call the items ``take`` hands out until it gives one past the end (or ``quit``).
+
+    Each result goes at its item's index; the seconds spent are returned.
+    """
+    count = len(items)
+    start = perf_counter()
+    while (index := take()) < count:
+        if progress is not None:
+            progress[index] = 1
+        try:
+            values[index] = call(items[index])
+        except BaseException as exc:
+            if exc.__traceback__ is not None:  # the user's frames only, not this loop
+                exc.__traceback__ = exc.__traceback__.tb_next
+            errors[index] = describe_remote(exc)
+        if progress is not None:
+            progress[index] = 0
+        if quit is not None and quit():
+            break
+    return perf_counter() - start
+
+
+class _Shared:
+    """A batch on a worker whose unstarted items any thread of the process may call.
+
+    With one task per thread, a thread whose items were quick would sit idle
+    while another still has a long queue; with more tasks than threads, each
+    thread waits for its next task to start on the worker. Instead, a thread
+    that has taken its own batch's last item takes, one at a time, the
+    unstarted items of the other running batches of the same ``fn`` (those with
+    the most left first), while its worker has no task waiting to start. A
+    task answers once every item of its batch was called, by whichever thread.
+    A crash names every item that was running (a byte per item in the
+    progress file, set by whoever calls it).
+    """
+
+    __slots__ = (
+        "_next",
+        "elapsed",
+        "errors",
+        "fn",
+        "helpers",
+        "items",
+        "progress",
+        "taken",
+        "timeout",
+        "values",
+    )
+
+    def __init__(
+        self,
+        fn: Callable[[Any], Any],
+        items: list[Any],
+        timeout: float | None,
+        progress: mmap.mmap | None,
+    ) -> None:
+        self.fn = fn
+        self.items = items
+        self.timeout = timeout
+        self.progress = progress
+        self.values: list[Any] = [None] * len(items)
+        self.errors: dict[int, RemoteError] = {}
+        self._next = itertools.count().__next__  # the next unstarted item (atomic)
+        self.taken = 0  # at most how many were taken (never fewer): see left()
+        self.helpers = 0  # threads of other tasks calling its items now (under _lock)
+        self.elapsed = 0.0  # their seconds on its items
+
+    def run(self) -> tuple[list[Any], dict[int, RemoteError], float]:
+        """(the batch's own task) Call its items, help the others, answer once all were called."""
+        with _lock:
+            _running.append(self)
+        try:
+            elapsed = self.call(None)
+        finally:
+            with _lock:
+                _running.remove(self)
+        _help(self.fn)
+        with _lock:
+            while self.helpers:
+                _helped.wait()
+            return self.values, self.errors, elapsed + self.elapsed
+
+    def call(self, quit: Callable[[], bool] | None) -> float:
+        """Call this batch's unstarted items (until none is left, or ``quit``); seconds."""
+        timed = None if self.timeout is None else _Timed(self.fn, self.timeout)
+        try:
+            return _call(
+                timed or self.fn,
+                self.items,
+                self.take,
+                self.values,
+                self.errors,
+                self.progress,
+                quit,
+            )
+        finally:
+            if timed is not None:
+                timed.close()
+
+    def take(self) -> int:
+        """The index of an unstarted item, each once; past the end once all were taken."""
+        index = self._next()
+        self.taken = index + 1  # (racing threads may set it lower: never past the truth)
+        return index
+
+    def left(self) -> int:
+        """How many items nobody took yet, or more (never fewer)."""
+        return len(self.items) - self.taken
+
+
+def _help(fn: Callable[[Any], Any]) -> None:
+    """Call other running batches' unstarted items of ``fn`` while no task waits to start."""
+    waiting = _tasks_waiting()
+    while not waiting():
+        with _lock:
+            open_ = [(shared.left(), shared) for shared in _running if shared.fn is fn]
+            most, victim = max(open_, default=(0, None), key=lambda pair: pair[0])
+            if victim is None or most <= 0:
+                return
+            victim.helpers += 1
+        spent = 0.0
+        try:
+            spent = victim.call(waiting)
+        finally:
+            with _lock:
+                victim.elapsed += spent
+                victim.helpers -= 1
+                _helped.notify_all()
+
+
+def _tasks_waiting() -> Callable[[], bool]:
+    """Whether a task waits for a thread of this Dask worker (never, outside one)."""
+    try:
+        from distributed import get_worker
+
+        state = get_worker().state
+    except Exception:  # (not on a Dask worker)
+        return lambda: False
+    return lambda: bool(state.ready) or bool(state.constrained)
+
+
+_lock = threading.Lock()  # guards _running and each _Shared's helpers and elapsed
+_helped = threading.Condition(_lock)  # a helper left a batch
+_running: list[_Shared] = []  # this process's shared batches with items maybe unstarted
+_loaded: dict[str, Callable[[Any], Any]] = {}  # Shipped functions, by key (guarded by _lock)
 
 
 class _Timed:
