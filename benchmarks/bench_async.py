@@ -139,6 +139,18 @@ def r_manyhands_amap(name: str, items: Iterable[Any], workers: int) -> tuple[int
     return asyncio.run(_amap_main(name, items, workers)())
 
 
+def r_manyhands_amap_no_opening(name: str, items: Iterable[Any], workers: int) -> tuple[int, int]:
+    """Diagnostic: ``amap`` with every call allowed from the start (no opening).
+
+    What issue 17's opening (16 calls, doubling every 5 ms until the first
+    answers) costs a run that no server limits; not an option users have.
+    """
+    from manyhands import _latency_limit
+
+    _latency_limit.OPENING = workers
+    return r_manyhands_amap(name, items, workers)
+
+
 def r_manyhands_amap_uvloop(name: str, items: Iterable[Any], workers: int) -> tuple[int, int]:
     return _on_uvloop(_amap_main(name, items, workers))
 
@@ -268,6 +280,7 @@ def import_libraries(runner: str) -> None:
 
 RUNNERS: dict[str, Callable[[str, Iterable[Any], int], tuple[int, int]]] = {
     "manyhands.amap": r_manyhands_amap,
+    "manyhands.amap (no opening)": r_manyhands_amap_no_opening,
     "manyhands.map (private loop)": r_manyhands_run_asyncio,
     "Queue workers": r_queue_workers,
     "manyhands.amap on uvloop": r_manyhands_amap_uvloop,
