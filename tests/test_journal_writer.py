@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 import threading
 import time
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 
 import manyhands
-from manyhands import _journal_writer
+from manyhands import _journal_file, _journal_writer
 from manyhands._journal_writer import Group, Writer
 from manyhands._keys import default_key
 
@@ -174,3 +175,94 @@ def test_durability_is_validated_naming_the_choices(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"durability='fsync' is not accepted.*'normal', 'full'"):
         manyhands.run(abs, [1], journal=tmp_path / "run.db", durability="fsync")
     assert not (tmp_path / "run.db").exists()
+
+
+@pytest.fixture
+def writers(monkeypatch: pytest.MonkeyPatch) -> list[Writer]:
+    """The writers made while the test runs."""
+    made: list[Writer] = []
+    init = Writer.__init__
+
+    def keep(self: Writer, *args: Any) -> None:
+        made.append(self)
+        init(self, *args)
+
+    monkeypatch.setattr(Writer, "__init__", keep)
+    return made
+
+
+def test_the_files_are_checked_once_per_interval_not_before_every_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, writers: list[Writer]
+) -> None:
+    checked: list[str] = []
+    journal_problem = _journal_file.Watch.journal_problem
+
+    def counted(self: _journal_file.Watch) -> str | None:
+        checked.append(threading.current_thread().name)
+        return journal_problem(self)
+
+    monkeypatch.setattr(_journal_file.Watch, "journal_problem", counted)
+    monkeypatch.setattr(_journal_writer, "WATCH_INTERVAL", 3600.0)
+    slow = slowed(0.003)
+    manyhands.run(slow, range(400), journal=tmp_path / "run.db", workers=4, batch_size=2)
+    [writer] = writers
+    assert writer.commits > 5
+    # The writer checked before its first commit only; the journal again as it closed.
+    assert checked.count("manyhands-journal") == writer.checks == 1
+    assert len(checked) == 2
+
+
+def test_a_journal_removed_between_checks_still_stops_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_journal_writer, "WATCH_INTERVAL", 3600.0)
+    folder = tmp_path / "state"
+    folder.mkdir()
+    journal = folder / "run.db"
+
+    def fn(x: int) -> int:
+        if x == 300:
+            shutil.rmtree(folder)
+        return x
+
+    with pytest.raises(manyhands.JournalError, match="was removed during the run"):
+        manyhands.run(fn, range(2000), journal=journal, workers=2, batch_size=10)
+    assert not folder.exists(), "nothing was written where the journal was"
+
+
+def test_each_time_the_writer_waits_for_rows_one_hand_over_wakes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, writers: list[Writer]
+) -> None:
+    waits: list[int] = []  # the writer's waits for rows
+    notified: list[int] = []  # the consumer's wake-ups of it
+    wait, notify = threading.Condition.wait, threading.Condition.notify
+
+    def counted_wait(self: threading.Condition, timeout: float | None = None) -> bool:
+        writer = threading.current_thread().name == "manyhands-journal"
+        if writer and self is writers[0]._cond and timeout is None:
+            waits.append(1)
+        return wait(self, timeout)
+
+    def counted_notify(self: threading.Condition, n: int = 1) -> None:
+        if writers and self is writers[0]._cond:
+            notified.append(1)
+        notify(self, n)
+
+    def notify_all(self: threading.Condition) -> None:  # (not counted: not a hand-over's)
+        notify(self, len(self._waiters))  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(threading.Condition, "wait", counted_wait)
+    monkeypatch.setattr(threading.Condition, "notify", counted_notify)
+    monkeypatch.setattr(threading.Condition, "notify_all", notify_all)
+    report = manyhands.run(slowed(0.001), range(3000), journal=tmp_path / "run.db", workers=16)
+    assert report.succeeded == 3000
+    assert waits, "the writer waited for rows"
+    assert len(notified) <= len(waits)  # (before: a wake-up per hand-over while it woke)
+
+
+def slowed(seconds: float) -> Any:
+    def fn(x: int) -> int:
+        time.sleep(seconds)
+        return x
+
+    return fn

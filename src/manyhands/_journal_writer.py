@@ -42,7 +42,15 @@ from typing import Any
 from ._exceptions import JournalError
 from ._journal_file import Watch
 
-__all__ = ["ALL_RECORDED", "COMMIT_INTERVAL", "MAX_PENDING", "Group", "Writer", "not_recorded"]
+__all__ = [
+    "ALL_RECORDED",
+    "COMMIT_INTERVAL",
+    "MAX_PENDING",
+    "WATCH_INTERVAL",
+    "Group",
+    "Writer",
+    "not_recorded",
+]
 
 #: Rows handed over and not yet taken by the writer, past which the consumer
 #: waits (a batch bigger than this is still taken whole, once nothing waits).
@@ -56,6 +64,14 @@ MAX_PENDING = 8000
 #: (At 1 ms, a kill of 16 workers on ~2 ms calls re-ran as many items, ~20, and
 #: the writer used a third more CPU.)
 COMMIT_INTERVAL = 0.002
+#: The journal's files are checked (:class:`Watch`) before a commit at most this
+#: often, and once more as the journal closes. Each check is an ``os.stat``,
+#: which gives up the GIL and then waits behind the busy threads to take it back:
+#: checked around every commit, the writer spent 17-77 ms of a half-second run
+#: (tiny or io items, bench_journal.py) waiting there. A file removed or replaced
+#: under the run is told at the next check; what was committed since went with it
+#: (as everything before it did).
+WATCH_INTERVAL = 0.05
 
 _INSERT = "INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 # A group's done batches as one JSON document: [[attempts, elapsed, finished,
@@ -93,7 +109,7 @@ class Writer:
 
     Args:
         db: the journal's connection, the writer's alone until :meth:`close`.
-        watch: the identity of the journal's files, checked around each commit.
+        watch: the identity of the journal's files, checked every ``WATCH_INTERVAL``.
         run_id: the run the rows belong to.
         done_sql: the statement for :attr:`Group.done` rows.
     """
@@ -117,6 +133,8 @@ class Writer:
         self._problem: str | None = None  # a lock problem, told once
         self.committed: deque[list[str]] = deque()  # lists of keys made durable, for the consumer
         self.commits = 0
+        self.checks = 0  # times the files were checked
+        self._checked = -WATCH_INTERVAL  # when, last (time.monotonic)
         self._thread = threading.Thread(target=self._loop, name="manyhands-journal", daemon=True)
         self._thread.start()
 
@@ -172,6 +190,7 @@ class Writer:
     def _handed_over(self) -> None:
         """Wake the writer if it waits for rows; tell a lock problem once (condition held)."""
         if self._idle:
+            self._idle = False  # (one wake-up: the hand-overs until it runs need none)
             self._cond.notify()
         if self._problem is not None:
             problem, self._problem = self._problem, None
@@ -265,9 +284,14 @@ class Writer:
             cond.wait(early)
 
     def _commit(self, group: Group) -> None:
-        problem = self._watch.journal_problem()
-        if problem is not None:  # never write into a file that is gone or another's
-            raise _Failed(problem)
+        now = time.monotonic()
+        check = now - self._checked >= WATCH_INTERVAL
+        if check:
+            self._checked = now
+            self.checks += 1
+            problem = self._watch.journal_problem()
+            if problem is not None:  # stop writing into a file that is gone or another's
+                raise _Failed(problem)
         db = self._db
         try:
             if group.done or group.failed or not self._json:
@@ -286,7 +310,7 @@ class Writer:
                 self._insert_batches(group.batches)  # one statement: its own transaction
         except (sqlite3.Error, ValueError, OverflowError) as exc:  # (the last two: binding)
             raise _Failed(f"writing the journal {self._watch.path} failed ({exc})") from exc
-        problem = self._watch.lock_problem()
+        problem = self._watch.lock_problem() if check else None
         if problem is not None:
             with self._cond:
                 if self._problem is None:
