@@ -266,3 +266,22 @@ def slowed(seconds: float) -> Any:
         return x
 
     return fn
+
+
+@pytest.mark.parametrize("json_in_sqlite", [True, False])
+def test_done_rows_hold_each_items_seconds_and_when_it_finished(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, json_in_sqlite: bool
+) -> None:
+    if not json_in_sqlite:
+        monkeypatch.setattr(_journal_writer, "_supports_json", lambda db, run_id: False)
+    journal = tmp_path / "run.db"
+    began = time.time()
+    manyhands.run(slowed(0.02), range(6), journal=journal, workers=2, batch_size=3)
+    ended = time.time()
+    with sqlite3.connect(journal) as db:
+        rows = db.execute("SELECT key, elapsed, finished FROM items").fetchall()
+    db.close()
+    assert len(rows) == 6
+    for _, elapsed, finished in rows:
+        assert 0.02 <= elapsed < 5  # seconds per item
+        assert began + 0.06 <= finished <= ended  # seconds since the epoch

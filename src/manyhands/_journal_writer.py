@@ -74,12 +74,14 @@ COMMIT_INTERVAL = 0.002
 WATCH_INTERVAL = 0.05
 
 _INSERT = "INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-# A group's done batches as one JSON document: [[attempts, elapsed, finished,
-# [key, ...]], ...]. MATERIALIZED: each batch's fields are read once, not per key.
+# A group's done batches as one JSON document: [[attempts, elapsed ns, finished us,
+# [key, ...]], ...] (whole numbers: encoding a float takes twice as long, and a
+# group's encoding holds the GIL). MATERIALIZED: each batch's fields are read
+# once, not per key.
 _DONE_BATCHES = """
 WITH batch AS MATERIALIZED (
-    SELECT json_extract(value, '$[0]') AS attempts, json_extract(value, '$[1]') AS elapsed,
-           json_extract(value, '$[2]') AS finished, json_extract(value, '$[3]') AS keys
+    SELECT json_extract(value, '$[0]') AS attempts, json_extract(value, '$[1]') / 1e9 AS elapsed,
+           json_extract(value, '$[2]') / 1e6 AS finished, json_extract(value, '$[3]') AS keys
     FROM json_each(?)
 )
 INSERT OR REPLACE INTO items (key, state, attempts, elapsed, finished, run)
@@ -96,8 +98,8 @@ _DONE = (
 class Group:
     """Rows handed over together; the writer commits a group in one transaction."""
 
-    #: done batches of default keys: (attempts, elapsed, finished, keys)
-    batches: list[tuple[int, float, float, list[str]]] = field(default_factory=list)
+    #: done batches of default keys: (attempts, elapsed in ns, finished in us since the epoch, keys)
+    batches: list[tuple[int, int, int, list[str]]] = field(default_factory=list)
     done: list[tuple[Any, ...]] = field(default_factory=list)  # other done rows
     failed: list[tuple[Any, ...]] = field(default_factory=list)
     keys: list[list[str]] = field(default_factory=list)  # their keys, as the consumer has them
@@ -121,7 +123,8 @@ class Writer:
         self._done_sql = done_sql
         db.isolation_level = None  # transactions are the writer's: BEGIN/COMMIT, or one statement
         self._json = _supports_json(db, run_id)
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()  # (taken as is where nothing waits: a Condition's
+        self._cond = threading.Condition(self._lock)  # with costs twice as much)
         self._pending = Group()
         self._writing = 0  # rows of the commit in progress
         self._idle = False  # the writer waits for rows
@@ -160,11 +163,11 @@ class Writer:
         self, attempts: int, elapsed: float, finished: float, keys: list[str]
     ) -> None:
         """:meth:`hand_over` for the common batch: done, default keys, nothing stored."""
-        with self._cond:
+        with self._lock:  # (the condition's)
             pending = self._pending
             if pending.rows + len(keys) > MAX_PENDING or self._failure is not None:
                 pending = self._room(len(keys))  # (the uncommon case: wait, or raise)
-            pending.batches.append((attempts, elapsed, finished, keys))
+            pending.batches.append((attempts, int(elapsed * 1e9), int(finished * 1e6), keys))
             pending.keys.append(keys)
             pending.rows += len(keys)
             if self._idle or self._problem is not None:
@@ -316,7 +319,7 @@ class Writer:
                 if self._problem is None:
                     self._problem = f"{problem}; the run stopped.{ALL_RECORDED}"
 
-    def _insert_batches(self, batches: list[tuple[int, float, float, list[str]]]) -> None:
+    def _insert_batches(self, batches: list[tuple[int, int, int, list[str]]]) -> None:
         if not batches:
             return
         if self._json:
@@ -325,7 +328,11 @@ class Writer:
         run = self._run
         self._db.executemany(
             _DONE,
-            [(key, tries, each, now, run) for tries, each, now, keys in batches for key in keys],
+            [
+                (key, tries, each / 1e9, now / 1e6, run)
+                for tries, each, now, keys in batches
+                for key in keys
+            ],
         )
 
 
