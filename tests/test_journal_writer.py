@@ -285,3 +285,35 @@ def test_done_rows_hold_each_items_seconds_and_when_it_finished(
     for _, elapsed, finished in rows:
         assert 0.02 <= elapsed < 5  # seconds per item
         assert began + 0.06 <= finished <= ended  # seconds since the epoch
+
+
+@pytest.mark.parametrize("json_in_sqlite", [True, False])
+def test_each_key_of_a_group_gets_its_own_batchs_fields(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, json_in_sqlite: bool
+) -> None:
+    if not json_in_sqlite:
+        monkeypatch.setattr(_journal_writer, "_supports_json", lambda db, run_id: False)
+    path = tmp_path / "run.db"
+    lock = _journal_file.acquire_lock(path)
+    db = _journal_file.open_db(path, "normal")
+    run_id = db.execute("INSERT INTO runs (status) VALUES ('running')").lastrowid
+    db.commit()
+    assert run_id is not None
+    writer = Writer(db, _journal_file.Watch(path, lock), run_id, "unused")
+    batches = [
+        (1, 1_000, 1_000_000, ["a", "b"]),
+        (3, 2_000_000, 2_500_000, ["c"]),
+        (2, 5, 7, ["d"]),
+    ]
+    # (attempts, elapsed in ns, finished in us): one group, so one statement
+    writer.hand_over(Group(batches=batches, keys=[keys for *_, keys in batches], rows=4))
+    writer.close()
+    rows = db.execute("SELECT key, state, attempts, elapsed, finished, run FROM items ORDER BY key")
+    assert rows.fetchall() == [
+        ("a", "done", 1, 1e-6, 1.0, run_id),
+        ("b", "done", 1, 1e-6, 1.0, run_id),
+        ("c", "done", 3, 0.002, 2.5, run_id),
+        ("d", "done", 2, 5e-9, 7e-6, run_id),
+    ]
+    db.close()
+    _journal_file.release_lock(lock)

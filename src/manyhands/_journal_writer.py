@@ -74,18 +74,22 @@ COMMIT_INTERVAL = 0.002
 WATCH_INTERVAL = 0.05
 
 _INSERT = "INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-# A group's done batches as one JSON document: [[attempts, elapsed ns, finished us,
-# [key, ...]], ...] (whole numbers: encoding a float takes twice as long, and a
-# group's encoding holds the GIL). MATERIALIZED: each batch's fields are read
-# once, not per key.
+# A group's done batches as two JSON documents: their fields, [[attempts, elapsed
+# ns, finished us], ...], and their keys, [[key, ...], ...], matched by position.
+# Whole numbers: encoding a float takes twice as long, under the GIL. Keys apart:
+# each is parsed twice, not four times (taken out of one document, a batch's keys
+# are written out and read again), which made a group of tiny items ~5% faster.
+# MATERIALIZED: each batch's fields are read once, not per key.
 _DONE_BATCHES = """
-WITH batch AS MATERIALIZED (
-    SELECT json_extract(value, '$[0]') AS attempts, json_extract(value, '$[1]') / 1e9 AS elapsed,
-           json_extract(value, '$[2]') / 1e6 AS finished, json_extract(value, '$[3]') AS keys
-    FROM json_each(?)
-)
+WITH fields AS MATERIALIZED (
+    SELECT key AS batch, json_extract(value, '$[0]') AS attempts,
+           json_extract(value, '$[1]') / 1e9 AS elapsed,
+           json_extract(value, '$[2]') / 1e6 AS finished
+    FROM json_each(?1)
+), keys AS MATERIALIZED (SELECT key AS batch, value AS keys FROM json_each(?2))
 INSERT OR REPLACE INTO items (key, state, attempts, elapsed, finished, run)
-SELECT key.value, 'done', attempts, elapsed, finished, ? FROM batch, json_each(batch.keys) AS key
+SELECT key.value, 'done', attempts, elapsed, finished, ?3
+FROM keys JOIN fields USING (batch), json_each(keys.keys) AS key
 """
 # Without JSON support in SQLite: one row at a time.
 _DONE = (
@@ -323,7 +327,9 @@ class Writer:
         if not batches:
             return
         if self._json:
-            self._db.execute(_DONE_BATCHES, (json.dumps(batches, ensure_ascii=False), self._run))
+            fields = json.dumps([batch[:3] for batch in batches])
+            keys = json.dumps([batch[3] for batch in batches], ensure_ascii=False)
+            self._db.execute(_DONE_BATCHES, (fields, keys, self._run))
             return
         run = self._run
         self._db.executemany(
@@ -355,7 +361,7 @@ def not_recorded(count: int) -> str:
 def _supports_json(db: sqlite3.Connection, run_id: int) -> bool:
     """Whether this SQLite has the JSON functions and MATERIALIZED (3.35, 2021)."""
     try:
-        db.execute(_DONE_BATCHES, ("[]", run_id))
+        db.execute(_DONE_BATCHES, ("[]", "[]", run_id))
     except sqlite3.OperationalError:
         return False
     return True
