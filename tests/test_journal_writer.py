@@ -317,3 +317,38 @@ def test_each_key_of_a_group_gets_its_own_batchs_fields(
     ]
     db.close()
     _journal_file.release_lock(lock)
+
+
+def test_rows_handed_over_during_the_interval_wait_for_it_without_waking_the_writer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_journal_writer, "COMMIT_INTERVAL", 30.0)
+    path = tmp_path / "run.db"
+    lock = _journal_file.acquire_lock(path)
+    db = _journal_file.open_db(path, "normal")
+    run_id = db.execute("INSERT INTO runs (status) VALUES ('running')").lastrowid
+    db.commit()
+    assert run_id is not None
+    writer = Writer(db, _journal_file.Watch(path, lock), run_id, "unused")
+    woken: list[int] = []
+    notify = writer._cond.notify
+
+    def counted(n: int = 1) -> None:
+        if threading.current_thread() is threading.main_thread():  # (the writer's own: not)
+            woken.append(n)
+        notify(n)
+
+    writer._cond.notify = counted  # type: ignore[method-assign]
+    writer.hand_over_done(1, 0.001, time.time(), ["a"])  # an idle writer: woken
+    deadline = time.monotonic() + 10
+    while not writer.commits and time.monotonic() < deadline:
+        time.sleep(0.001)
+    time.sleep(0.05)  # (the writer waits for its next interval by now)
+    writer.hand_over_done(1, 0.001, time.time(), ["b"])  # within the interval: not woken
+    assert len(woken) == 1
+    writer.close()  # (the end commits at once, whatever the interval)
+    assert writer.commits == 2
+    keys = [key for (key,) in db.execute("SELECT key FROM items ORDER BY key")]
+    assert keys == ["a", "b"]
+    db.close()
+    _journal_file.release_lock(lock)

@@ -280,12 +280,18 @@ class Writer:
         """
         cond = self._cond
         while not (self._ending or self._discard):
+            early = started + COMMIT_INTERVAL - time.monotonic()
             if not self._pending.rows:
+                if early > 0:
+                    # Rows are likely to come before the next commit may begin: look
+                    # then, unwoken (a wake-up costs the consumer a notify, and this
+                    # thread one more wait for the GIL).
+                    cond.wait(early)
+                    continue
                 self._idle = True  # (a hand-over wakes it)
                 cond.wait()
                 self._idle = False
                 continue
-            early = started + COMMIT_INTERVAL - time.monotonic()
             if early <= 0 or self._full or self._pending.rows >= MAX_PENDING:
                 return
             cond.wait(early)
