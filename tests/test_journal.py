@@ -569,8 +569,9 @@ def test_runs_table_records_what_ran(tmp_path: Path) -> None:
 
 
 def test_the_end_of_a_block_of_new_keys_is_never_a_small_batch_of_its_own(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(_journal, "READ_SECONDS", 3600.0)  # (blocks of 512, however loaded)
     journal = _journal.Journal(tmp_path / "run.db", abs)
     try:
         source = iter(range(5000))
