@@ -566,3 +566,61 @@ def test_runs_table_records_what_ran(tmp_path: Path) -> None:
     assert runs[0][:5] == ("builtins.str", "finished", 10, 0, 0)
     assert runs[1][:5] == ("builtins.str", "finished", 2, 0, 10)
     assert '"workers": 3' in runs[1][5]
+
+
+def test_the_end_of_a_block_of_new_keys_is_never_a_small_batch_of_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_journal, "READ_SECONDS", 3600.0)  # (blocks of 512, however loaded)
+    journal = _journal.Journal(tmp_path / "run.db", abs)
+    try:
+        source = iter(range(5000))
+        sizes: list[int] = []
+        while (segment := journal.take(source, 7, 1000)) is not None:
+            assert segment.reasons is None  # (a fresh journal: every item runs)
+            sizes.append(len(segment.items))
+            journal._running.difference_update(segment.keys)
+    finally:
+        journal.close("finished", {})
+    assert sum(sizes) == 5000
+    # Blocks of 512 leave 1 item after the 73rd slice of 7: it goes with that slice.
+    assert all(3 <= size <= 7 + 2 for size in sizes[:-1]), Counter(sizes)
+    assert 8 in sizes
+    # ... and never past the room the run has.
+    journal = _journal.Journal(tmp_path / "other.db", abs)
+    try:
+        source = iter(range(600))
+        while (segment := journal.take(source, 7, 7)) is not None:
+            assert len(segment.items) <= 7
+    finally:
+        journal.close("finished", {})
+
+
+def test_items_the_journal_read_ahead_count_as_still_to_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch size shrinks near the input's end, judged from what is left in it:
+    the items of the journal's block are left too (or the last block of a range,
+    up to 512 items, would run one by one)."""
+    from manyhands import _reader, _run
+
+    taken = [0]
+    seen: list[tuple[int, int]] = []
+    segment, remaining = _reader.Reader.segment, _run.Run._remaining
+
+    def counted(self: Any, journal: Any, size: int, room: int) -> Any:
+        found = segment(self, journal, size, room)
+        taken[0] += len(found.items) if found is not None else 0
+        return found
+
+    def watched(self: Any) -> int:
+        left = remaining(self)
+        seen.append((left, 3000 - taken[0]))
+        return left
+
+    monkeypatch.setattr(_reader.Reader, "segment", counted)
+    monkeypatch.setattr(_run.Run, "_remaining", watched)
+    report = manyhands.run(abs, range(3000), journal=tmp_path / "run.db", workers=4)
+    assert report.succeeded == 3000
+    assert seen and all(left == untaken for left, untaken in seen), seen[-5:]
+    assert any(untaken < 512 for _, untaken in seen)  # (asked near the end too)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 import threading
 import time
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 
 import manyhands
-from manyhands import _journal_writer
+from manyhands import _journal_file, _journal_writer
 from manyhands._journal_writer import Group, Writer
 from manyhands._keys import default_key
 
@@ -174,3 +175,181 @@ def test_durability_is_validated_naming_the_choices(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"durability='fsync' is not accepted.*'normal', 'full'"):
         manyhands.run(abs, [1], journal=tmp_path / "run.db", durability="fsync")
     assert not (tmp_path / "run.db").exists()
+
+
+@pytest.fixture
+def writers(monkeypatch: pytest.MonkeyPatch) -> list[Writer]:
+    """The writers made while the test runs."""
+    made: list[Writer] = []
+    init = Writer.__init__
+
+    def keep(self: Writer, *args: Any) -> None:
+        made.append(self)
+        init(self, *args)
+
+    monkeypatch.setattr(Writer, "__init__", keep)
+    return made
+
+
+def test_the_files_are_checked_once_per_interval_not_before_every_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, writers: list[Writer]
+) -> None:
+    checked: list[str] = []
+    journal_problem = _journal_file.Watch.journal_problem
+
+    def counted(self: _journal_file.Watch) -> str | None:
+        checked.append(threading.current_thread().name)
+        return journal_problem(self)
+
+    monkeypatch.setattr(_journal_file.Watch, "journal_problem", counted)
+    monkeypatch.setattr(_journal_writer, "WATCH_INTERVAL", 3600.0)
+    slow = slowed(0.003)
+    manyhands.run(slow, range(400), journal=tmp_path / "run.db", workers=4, batch_size=2)
+    [writer] = writers
+    assert writer.commits > 5
+    # The writer checked before its first commit only; the journal again as it closed.
+    assert checked.count("manyhands-journal") == writer.checks == 1
+    assert len(checked) == 2
+
+
+def test_a_journal_removed_between_checks_still_stops_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_journal_writer, "WATCH_INTERVAL", 3600.0)
+    folder = tmp_path / "state"
+    folder.mkdir()
+    journal = folder / "run.db"
+
+    def fn(x: int) -> int:
+        if x == 300:
+            shutil.rmtree(folder)
+        return x
+
+    with pytest.raises(manyhands.JournalError, match="was removed during the run"):
+        manyhands.run(fn, range(2000), journal=journal, workers=2, batch_size=10)
+    assert not folder.exists(), "nothing was written where the journal was"
+
+
+def test_each_time_the_writer_waits_for_rows_one_hand_over_wakes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, writers: list[Writer]
+) -> None:
+    waits: list[int] = []  # the writer's waits for rows
+    notified: list[int] = []  # the consumer's wake-ups of it
+    wait, notify = threading.Condition.wait, threading.Condition.notify
+
+    def counted_wait(self: threading.Condition, timeout: float | None = None) -> bool:
+        writer = threading.current_thread().name == "manyhands-journal"
+        if writer and self is writers[0]._cond and timeout is None:
+            waits.append(1)
+        return wait(self, timeout)
+
+    def counted_notify(self: threading.Condition, n: int = 1) -> None:
+        if writers and self is writers[0]._cond:
+            notified.append(1)
+        notify(self, n)
+
+    def notify_all(self: threading.Condition) -> None:  # (not counted: not a hand-over's)
+        notify(self, len(self._waiters))  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(threading.Condition, "wait", counted_wait)
+    monkeypatch.setattr(threading.Condition, "notify", counted_notify)
+    monkeypatch.setattr(threading.Condition, "notify_all", notify_all)
+    report = manyhands.run(slowed(0.001), range(3000), journal=tmp_path / "run.db", workers=16)
+    assert report.succeeded == 3000
+    assert len(notified) <= len(waits)  # (before: a wake-up per hand-over while it woke)
+
+
+def slowed(seconds: float) -> Any:
+    def fn(x: int) -> int:
+        time.sleep(seconds)
+        return x
+
+    return fn
+
+
+@pytest.mark.parametrize("json_in_sqlite", [True, False])
+def test_done_rows_hold_each_items_seconds_and_when_it_finished(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, json_in_sqlite: bool
+) -> None:
+    if not json_in_sqlite:
+        monkeypatch.setattr(_journal_writer, "_supports_json", lambda db, run_id: False)
+    journal = tmp_path / "run.db"
+    began = time.time()
+    manyhands.run(slowed(0.02), range(6), journal=journal, workers=2, batch_size=3)
+    ended = time.time()
+    with sqlite3.connect(journal) as db:
+        rows = db.execute("SELECT key, elapsed, finished FROM items").fetchall()
+    db.close()
+    assert len(rows) == 6
+    for _, elapsed, finished in rows:
+        assert 0.02 <= elapsed < 5  # seconds per item
+        assert began + 0.06 <= finished <= ended  # seconds since the epoch
+
+
+@pytest.mark.parametrize("json_in_sqlite", [True, False])
+def test_each_key_of_a_group_gets_its_own_batchs_fields(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, json_in_sqlite: bool
+) -> None:
+    if not json_in_sqlite:
+        monkeypatch.setattr(_journal_writer, "_supports_json", lambda db, run_id: False)
+    path = tmp_path / "run.db"
+    lock = _journal_file.acquire_lock(path)
+    db = _journal_file.open_db(path, "normal")
+    run_id = db.execute("INSERT INTO runs (status) VALUES ('running')").lastrowid
+    db.commit()
+    assert run_id is not None
+    writer = Writer(db, _journal_file.Watch(path, lock), run_id, "unused")
+    batches = [
+        (1, 1_000, 1_000_000, ["a", "b"]),
+        (3, 2_000_000, 2_500_000, ["c"]),
+        (2, 5, 7, ["d"]),
+    ]
+    # (attempts, elapsed in ns, finished in us): one group, so one statement
+    writer.hand_over(Group(batches=batches, keys=[keys for *_, keys in batches], rows=4))
+    writer.close()
+    rows = db.execute("SELECT key, state, attempts, elapsed, finished, run FROM items ORDER BY key")
+    assert rows.fetchall() == [
+        ("a", "done", 1, 1e-6, 1.0, run_id),
+        ("b", "done", 1, 1e-6, 1.0, run_id),
+        ("c", "done", 3, 0.002, 2.5, run_id),
+        ("d", "done", 2, 5e-9, 7e-6, run_id),
+    ]
+    db.close()
+    _journal_file.release_lock(lock)
+
+
+def test_rows_handed_over_during_the_interval_wait_for_it_without_waking_the_writer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_journal_writer, "COMMIT_INTERVAL", 30.0)
+    path = tmp_path / "run.db"
+    lock = _journal_file.acquire_lock(path)
+    db = _journal_file.open_db(path, "normal")
+    run_id = db.execute("INSERT INTO runs (status) VALUES ('running')").lastrowid
+    db.commit()
+    assert run_id is not None
+    writer = Writer(db, _journal_file.Watch(path, lock), run_id, "unused")
+    woken: list[int] = []
+    notify = writer._cond.notify
+
+    def counted(n: int = 1) -> None:
+        if threading.current_thread() is threading.main_thread():  # (the writer's own: not)
+            woken.append(n)
+        notify(n)
+
+    writer._cond.notify = counted  # type: ignore[method-assign]
+    deadline = time.monotonic() + 10
+    while not writer._idle and time.monotonic() < deadline:
+        time.sleep(0.001)
+    writer.hand_over_done(1, 0.001, time.time(), ["a"])  # an idle writer: woken
+    while not writer.commits and time.monotonic() < deadline:
+        time.sleep(0.001)
+    time.sleep(0.05)  # (the writer waits for its next interval by now)
+    writer.hand_over_done(1, 0.001, time.time(), ["b"])  # within the interval: not woken
+    assert len(woken) == 1
+    writer.close()  # (the end commits at once, whatever the interval)
+    assert writer.commits == 2
+    keys = [key for (key,) in db.execute("SELECT key FROM items ORDER BY key")]
+    assert keys == ["a", "b"]
+    db.close()
+    _journal_file.release_lock(lock)

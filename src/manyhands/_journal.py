@@ -256,7 +256,8 @@ class Journal:
     def take(self, source: Iterator[Any], size: int, room: int) -> Segment | None:
         """The next segment: at most ``size`` items to run or ``room`` to skip.
 
-        None once the input is done.
+        None once the input is done. (A run segment may hold the last few
+        items of a block of new keys more, within ``room``.)
 
         A run segment holds items with no final record (or failed ones, with
         ``retry_failed``); a skip segment holds items with a final record, or
@@ -264,13 +265,13 @@ class Journal:
         """
         self._source = source
         if self._new_at < len(self._new_keys):
-            return self._take_new_block(size)
+            return self._take_new_block(size, room)
         buffer = self._buffer
         while True:
             if not buffer and not self._refill(size):
                 return None if self._ended else Segment([], [])
             if not buffer:  # (a block of new keys)
-                return self._take_new_block(size)
+                return self._take_new_block(size, room)
             first = self._skip_reason(*buffer[0])
             if buffer:  # (a refused item empties it)
                 break
@@ -297,6 +298,11 @@ class Journal:
                     break
             return Segment(items, keys)
         return self._take_skipped(first, room)
+
+    @property
+    def read_ahead(self) -> int:
+        """Items read from the input and not taken yet (those of the current block)."""
+        return len(self._new_keys) - self._new_at + len(self._buffer)
 
     def _take_skipped(self, first: str, room: int) -> Segment:
         """A skip segment: at most ``room`` items, the first one skipped as ``first``."""
@@ -345,10 +351,20 @@ class Journal:
             _, failure = self._stored(item, row)
         return None if failure is None else duplicate_failure(item, failure)
 
-    def _take_new_block(self, size: int) -> Segment:
-        """The next ``size`` items (or fewer, at its end) of a block of new keys."""
+    def _take_new_block(self, size: int, room: int) -> Segment:
+        """The next ``size`` items (or fewer, at its end) of a block of new keys.
+
+        The block's last few items (fewer than half a batch) go with the
+        slice before them, within ``room``: a batch of their own would be
+        small, and the batches after a small one are small too (a batch
+        grows at most twofold over the last that finished).
+        """
         start = self._new_at
-        end = self._new_at = start + size
+        end = start + size
+        left = len(self._new_keys) - end
+        if 0 < left < size // 2 and size + left <= room:
+            end += left
+        self._new_at = end
         keys = self._new_keys[start:end]
         items = self._new_items[start:end]
         if end >= len(self._new_keys):

@@ -6,7 +6,8 @@
 - A file that is corrupt, not a journal, or written by a newer manyhands is
   refused and left untouched. Version 1 journals are read as they are (see
   ``VERSION``).
-- :class:`Watch` notices, before each write, that the journal or its lock
+- :class:`Watch` notices (before a write, at most every 50 ms, and as the
+  journal closes) that the journal or its lock
   file was removed or replaced under the run: SQLite would go on writing
   into a file that no path leads to any more, and the run would "succeed"
   with its journal gone.
@@ -318,7 +319,7 @@ def check_version(version: Any, path: Path | str) -> None:
 
 
 class Watch:
-    """The identity of the journal's files, checked around each write.
+    """The identity of the journal's files, checked around writes (see ``WATCH_INTERVAL``).
 
     SQLite holds the journal open: once its path is removed or leads to
     another file, every commit "succeeds" into a file nobody will find. A

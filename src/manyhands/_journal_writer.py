@@ -42,7 +42,15 @@ from typing import Any
 from ._exceptions import JournalError
 from ._journal_file import Watch
 
-__all__ = ["ALL_RECORDED", "COMMIT_INTERVAL", "MAX_PENDING", "Group", "Writer", "not_recorded"]
+__all__ = [
+    "ALL_RECORDED",
+    "COMMIT_INTERVAL",
+    "MAX_PENDING",
+    "WATCH_INTERVAL",
+    "Group",
+    "Writer",
+    "not_recorded",
+]
 
 #: Rows handed over and not yet taken by the writer, past which the consumer
 #: waits (a batch bigger than this is still taken whole, once nothing waits).
@@ -56,18 +64,32 @@ MAX_PENDING = 8000
 #: (At 1 ms, a kill of 16 workers on ~2 ms calls re-ran as many items, ~20, and
 #: the writer used a third more CPU.)
 COMMIT_INTERVAL = 0.002
+#: The journal's files are checked (:class:`Watch`) before a commit at most this
+#: often, and once more as the journal closes. Each check is an ``os.stat``,
+#: which gives up the GIL and then waits behind the busy threads to take it back:
+#: checked around every commit, the writer spent 17-77 ms of a half-second run
+#: (tiny or io items, bench_journal.py) waiting there. A file removed or replaced
+#: under the run is told at the next check; what was committed since went with it
+#: (as everything before it did).
+WATCH_INTERVAL = 0.05
 
 _INSERT = "INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-# A group's done batches as one JSON document: [[attempts, elapsed, finished,
-# [key, ...]], ...]. MATERIALIZED: each batch's fields are read once, not per key.
+# A group's done batches as two JSON documents: their fields, [[attempts, elapsed
+# ns, finished us], ...], and their keys, [[key, ...], ...], matched by position.
+# Whole numbers: encoding a float takes twice as long, under the GIL. Keys apart:
+# each is parsed twice, not four times (taken out of one document, a batch's keys
+# are written out and read again), which made a group of tiny items ~5% faster.
+# MATERIALIZED: each batch's fields are read once, not per key.
 _DONE_BATCHES = """
-WITH batch AS MATERIALIZED (
-    SELECT json_extract(value, '$[0]') AS attempts, json_extract(value, '$[1]') AS elapsed,
-           json_extract(value, '$[2]') AS finished, json_extract(value, '$[3]') AS keys
-    FROM json_each(?)
-)
+WITH fields AS MATERIALIZED (
+    SELECT key AS batch, json_extract(value, '$[0]') AS attempts,
+           json_extract(value, '$[1]') / 1e9 AS elapsed,
+           json_extract(value, '$[2]') / 1e6 AS finished
+    FROM json_each(?1)
+), keys AS MATERIALIZED (SELECT key AS batch, value AS keys FROM json_each(?2))
 INSERT OR REPLACE INTO items (key, state, attempts, elapsed, finished, run)
-SELECT key.value, 'done', attempts, elapsed, finished, ? FROM batch, json_each(batch.keys) AS key
+SELECT key.value, 'done', attempts, elapsed, finished, ?3
+FROM keys JOIN fields USING (batch), json_each(keys.keys) AS key
 """
 # Without JSON support in SQLite: one row at a time.
 _DONE = (
@@ -80,8 +102,8 @@ _DONE = (
 class Group:
     """Rows handed over together; the writer commits a group in one transaction."""
 
-    #: done batches of default keys: (attempts, elapsed, finished, keys)
-    batches: list[tuple[int, float, float, list[str]]] = field(default_factory=list)
+    #: done batches of default keys: (attempts, elapsed in ns, finished in us since the epoch, keys)
+    batches: list[tuple[int, int, int, list[str]]] = field(default_factory=list)
     done: list[tuple[Any, ...]] = field(default_factory=list)  # other done rows
     failed: list[tuple[Any, ...]] = field(default_factory=list)
     keys: list[list[str]] = field(default_factory=list)  # their keys, as the consumer has them
@@ -93,7 +115,7 @@ class Writer:
 
     Args:
         db: the journal's connection, the writer's alone until :meth:`close`.
-        watch: the identity of the journal's files, checked around each commit.
+        watch: the identity of the journal's files, checked every ``WATCH_INTERVAL``.
         run_id: the run the rows belong to.
         done_sql: the statement for :attr:`Group.done` rows.
     """
@@ -105,7 +127,8 @@ class Writer:
         self._done_sql = done_sql
         db.isolation_level = None  # transactions are the writer's: BEGIN/COMMIT, or one statement
         self._json = _supports_json(db, run_id)
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()  # (taken as is where nothing waits: a Condition's
+        self._cond = threading.Condition(self._lock)  # with costs twice as much)
         self._pending = Group()
         self._writing = 0  # rows of the commit in progress
         self._idle = False  # the writer waits for rows
@@ -117,6 +140,8 @@ class Writer:
         self._problem: str | None = None  # a lock problem, told once
         self.committed: deque[list[str]] = deque()  # lists of keys made durable, for the consumer
         self.commits = 0
+        self.checks = 0  # times the files were checked
+        self._checked = -WATCH_INTERVAL  # when, last (time.monotonic)
         self._thread = threading.Thread(target=self._loop, name="manyhands-journal", daemon=True)
         self._thread.start()
 
@@ -142,11 +167,11 @@ class Writer:
         self, attempts: int, elapsed: float, finished: float, keys: list[str]
     ) -> None:
         """:meth:`hand_over` for the common batch: done, default keys, nothing stored."""
-        with self._cond:
+        with self._lock:  # (the condition's)
             pending = self._pending
             if pending.rows + len(keys) > MAX_PENDING or self._failure is not None:
                 pending = self._room(len(keys))  # (the uncommon case: wait, or raise)
-            pending.batches.append((attempts, elapsed, finished, keys))
+            pending.batches.append((attempts, int(elapsed * 1e9), int(finished * 1e6), keys))
             pending.keys.append(keys)
             pending.rows += len(keys)
             if self._idle or self._problem is not None:
@@ -172,6 +197,7 @@ class Writer:
     def _handed_over(self) -> None:
         """Wake the writer if it waits for rows; tell a lock problem once (condition held)."""
         if self._idle:
+            self._idle = False  # (one wake-up: the hand-overs until it runs need none)
             self._cond.notify()
         if self._problem is not None:
             problem, self._problem = self._problem, None
@@ -254,20 +280,31 @@ class Writer:
         """
         cond = self._cond
         while not (self._ending or self._discard):
+            early = started + COMMIT_INTERVAL - time.monotonic()
             if not self._pending.rows:
+                if early > 0:
+                    # Rows are likely to come before the next commit may begin: look
+                    # then, unwoken (a wake-up costs the consumer a notify, and this
+                    # thread one more wait for the GIL).
+                    cond.wait(early)
+                    continue
                 self._idle = True  # (a hand-over wakes it)
                 cond.wait()
                 self._idle = False
                 continue
-            early = started + COMMIT_INTERVAL - time.monotonic()
             if early <= 0 or self._full or self._pending.rows >= MAX_PENDING:
                 return
             cond.wait(early)
 
     def _commit(self, group: Group) -> None:
-        problem = self._watch.journal_problem()
-        if problem is not None:  # never write into a file that is gone or another's
-            raise _Failed(problem)
+        now = time.monotonic()
+        check = now - self._checked >= WATCH_INTERVAL
+        if check:
+            self._checked = now
+            self.checks += 1
+            problem = self._watch.journal_problem()
+            if problem is not None:  # stop writing into a file that is gone or another's
+                raise _Failed(problem)
         db = self._db
         try:
             if group.done or group.failed or not self._json:
@@ -286,22 +323,28 @@ class Writer:
                 self._insert_batches(group.batches)  # one statement: its own transaction
         except (sqlite3.Error, ValueError, OverflowError) as exc:  # (the last two: binding)
             raise _Failed(f"writing the journal {self._watch.path} failed ({exc})") from exc
-        problem = self._watch.lock_problem()
+        problem = self._watch.lock_problem() if check else None
         if problem is not None:
             with self._cond:
                 if self._problem is None:
                     self._problem = f"{problem}; the run stopped.{ALL_RECORDED}"
 
-    def _insert_batches(self, batches: list[tuple[int, float, float, list[str]]]) -> None:
+    def _insert_batches(self, batches: list[tuple[int, int, int, list[str]]]) -> None:
         if not batches:
             return
         if self._json:
-            self._db.execute(_DONE_BATCHES, (json.dumps(batches, ensure_ascii=False), self._run))
+            fields = json.dumps([batch[:3] for batch in batches])
+            keys = json.dumps([batch[3] for batch in batches], ensure_ascii=False)
+            self._db.execute(_DONE_BATCHES, (fields, keys, self._run))
             return
         run = self._run
         self._db.executemany(
             _DONE,
-            [(key, tries, each, now, run) for tries, each, now, keys in batches for key in keys],
+            [
+                (key, tries, each / 1e9, now / 1e6, run)
+                for tries, each, now, keys in batches
+                for key in keys
+            ],
         )
 
 
@@ -324,7 +367,7 @@ def not_recorded(count: int) -> str:
 def _supports_json(db: sqlite3.Connection, run_id: int) -> bool:
     """Whether this SQLite has the JSON functions and MATERIALIZED (3.35, 2021)."""
     try:
-        db.execute(_DONE_BATCHES, ("[]", run_id))
+        db.execute(_DONE_BATCHES, ("[]", "[]", run_id))
     except sqlite3.OperationalError:
         return False
     return True

@@ -870,9 +870,12 @@ class Run:
     def _remaining(self) -> int:
         """Items the input still holds, if it says (lists, ranges); else -1."""
         try:
-            return length_hint(self._reader.items, -1)
+            left = length_hint(self._reader.items, -1)
         except Exception:  # a broken __length_hint__ only costs the hint
             return -1
+        if left >= 0 and self._journal is not None:
+            left += self._journal.read_ahead  # (its block: read, not run yet)
+        return left
 
     def _settle_errors(self, batch: Batch) -> tuple[set[int], list[Failure]]:
         """Turn errors into Failures; schedule the retryable ones; return (retried, final)."""
