@@ -85,10 +85,10 @@ WITH fields AS MATERIALIZED (
     SELECT key AS batch, json_extract(value, '$[0]') AS attempts,
            json_extract(value, '$[1]') / 1e9 AS elapsed,
            json_extract(value, '$[2]') / 1e6 AS finished
-    FROM json_each(?1)
-), keys AS MATERIALIZED (SELECT key AS batch, value AS keys FROM json_each(?2))
+    FROM json_each(?)
+), keys AS MATERIALIZED (SELECT key AS batch, value AS keys FROM json_each(?))
 INSERT OR REPLACE INTO items (key, state, attempts, elapsed, finished, run)
-SELECT key.value, 'done', attempts, elapsed, finished, ?3
+SELECT key.value, 'done', attempts, elapsed, finished, ?
 FROM keys JOIN fields USING (batch), json_each(keys.keys) AS key
 """
 # Without JSON support in SQLite: one row at a time.
