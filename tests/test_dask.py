@@ -277,6 +277,29 @@ def test_workers_of_several_threads_get_one_batch_per_thread() -> None:
     assert DaskBackend().sizing["spread"] == 2  # (the LocalCluster it starts: a thread each)
 
 
+def test_a_part_none_of_whose_items_was_running_is_never_charged_for_a_death(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The nanny's word "none running" (the task between items, or its thread calling
+    # other batches' items) sends the part again uncharged, however often its worker
+    # dies; only a part with no word at all blames its first item at its third death.
+    from manyhands._backends import _dask
+    from manyhands._batch import Batch, Task
+
+    backend = _dask.DaskBackend()
+    resent: list[Any] = []
+    monkeypatch.setattr(backend, "_note_death", lambda: None)
+    monkeypatch.setattr(backend, "_resend", lambda part, again: resent.extend(again))
+    batch = Batch(0, [10, 11, 12], Task(abs, lambda batch: None))
+    for word, charged in (([], []), (None, [0])):
+        resent.clear()
+        batch.errors = {}
+        monkeypatch.setattr(backend, "_progress", lambda key, word=word: word)
+        backend._crashed(_dask._Part(batch, [0, 1, 2], b"", deaths=2))
+        assert sorted(batch.errors or {}) == charged
+        assert [part.indices for part in resent] == [[0, 1, 2] if word == [] else [1, 2]]
+
+
 def test_a_second_batch_per_thread_waits_on_the_cluster_from_the_start(
     client: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

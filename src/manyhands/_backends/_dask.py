@@ -434,14 +434,19 @@ class DaskBackend:
         """The worker running ``part`` died: the items it was calling fail, the others run again.
 
         The worker's nanny says which items were running (``read_progress``:
-        several when threads of its worker shared them); if none, the task had
-        not begun (it was queued on that worker) or was between items, and all
-        of its items run again. A part that keeps dying without a word from
-        the nanny (a worker without one) blames its first item, at its third death.
+        several when threads of its worker shared them). None running (the
+        task was between items, or its thread was calling other batches'
+        items): all of them run again, uncharged. No word at all (the task had
+        not begun, queued on that worker; or a worker without a nanny): they
+        run again too, and a part that dies that way a third time blames its
+        first item.
         """
         batch, indices = part.batch, part.indices
         self._note_death()
         running = self._progress(part.key)
+        if running == []:  # (the nanny's word: none of them was running)
+            self._resend(part, [_Part(batch, indices, part.payload, part.deaths)])
+            return
         deaths = part.deaths + 1
         if not running and deaths < 3:
             self._resend(part, [_Part(batch, indices, part.payload, deaths)])

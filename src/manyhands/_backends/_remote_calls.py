@@ -28,11 +28,12 @@ import os
 import pickle
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from queue import Empty, SimpleQueue
 from time import perf_counter
 from typing import Any
 
+from .._auto import gil_enabled
 from .._exceptions import Timeout
 from ._process_worker import RemoteError, _pack, describe_remote
 
@@ -232,7 +233,9 @@ class _Shared:
         self.progress = progress
         self.values: list[Any] = [None] * len(items)
         self.errors: dict[int, RemoteError] = {}
-        self._next = itertools.count().__next__  # the next unstarted item (atomic)
+        # The next unstarted item: count's __next__ is atomic under the GIL; a
+        # free-threaded build takes a lock for it.
+        self._next = itertools.count().__next__ if gil_enabled() else _locked(itertools.count())
         self.taken = 0  # at most how many were taken (never fewer): see left()
         self.helpers = 0  # threads of other tasks calling its items now (under _lock)
         self.elapsed = 0.0  # their seconds on its items
@@ -242,15 +245,17 @@ class _Shared:
         with _lock:
             _running.append(self)
         try:
-            elapsed = self.call(None)
-        finally:
+            try:
+                elapsed = self.call(None)
+            finally:
+                with _lock:
+                    _running.remove(self)
+            _help(self.fn)
+        finally:  # (even if this thread failed: its progress file closes after this)
             with _lock:
-                _running.remove(self)
-        _help(self.fn)
-        with _lock:
-            while self.helpers:
-                _helped.wait()
-            return self.values, self.errors, elapsed + self.elapsed
+                while self.helpers:
+                    _helped.wait()
+        return self.values, self.errors, elapsed + self.elapsed
 
     def call(self, quit: Callable[[], bool] | None) -> float:
         """Call this batch's unstarted items (until none is left, or ``quit``); seconds."""
@@ -278,6 +283,17 @@ class _Shared:
     def left(self) -> int:
         """How many items nobody took yet, or more (never fewer)."""
         return len(self.items) - self.taken
+
+
+def _locked(counter: Iterator[int]) -> Callable[[], int]:
+    """``next(counter)`` under a lock of its own."""
+    lock = threading.Lock()
+
+    def take() -> int:
+        with lock:
+            return next(counter)
+
+    return take
 
 
 def _help(fn: Callable[[Any], Any]) -> None:
