@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -737,6 +738,8 @@ def test_the_processes_auto_starts_early_import_the_main_script_once(tmp_path: P
     as a process backend's start does (it did not: each worker imported the script)."""
     if (os.cpu_count() or 1) < 2 or not _auto.gil_enabled():
         pytest.skip("auto stays on threads here")
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no forkserver here: each spawned worker imports the script")
     script, log = tmp_path / "job.py", tmp_path / "imports.log"
     script.write_text(
         textwrap.dedent(
