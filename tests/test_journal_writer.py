@@ -267,12 +267,17 @@ def slowed(seconds: float) -> Any:
     return fn
 
 
-@pytest.mark.parametrize("json_in_sqlite", [True, False])
-def test_done_rows_hold_each_items_seconds_and_when_it_finished(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, json_in_sqlite: bool
-) -> None:
-    if not json_in_sqlite:
+@pytest.fixture(params=[True, False], ids=["json in sqlite", "row by row"])
+def json_in_sqlite(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Both ways the writer records done batches: one JSON statement, or a row at a time."""
+    if not request.param:
         monkeypatch.setattr(_journal_writer, "_supports_json", lambda db, run_id: False)
+    return bool(request.param)
+
+
+def test_done_rows_hold_each_items_seconds_and_when_it_finished(
+    tmp_path: Path, json_in_sqlite: bool
+) -> None:
     journal = tmp_path / "run.db"
     began = time.time()
     manyhands.run(slowed(0.02), range(6), journal=journal, workers=2, batch_size=3)
@@ -286,12 +291,9 @@ def test_done_rows_hold_each_items_seconds_and_when_it_finished(
         assert began + 0.06 <= finished <= ended  # seconds since the epoch
 
 
-@pytest.mark.parametrize("json_in_sqlite", [True, False])
 def test_each_key_of_a_group_gets_its_own_batchs_fields(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, json_in_sqlite: bool
+    tmp_path: Path, json_in_sqlite: bool
 ) -> None:
-    if not json_in_sqlite:
-        monkeypatch.setattr(_journal_writer, "_supports_json", lambda db, run_id: False)
     path = tmp_path / "run.db"
     lock = _journal_file.acquire_lock(path)
     db = _journal_file.open_db(path, "normal")
