@@ -5,9 +5,11 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -116,6 +118,24 @@ def python_subprocess_env() -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+def run_main_script(folder: Path, body: str) -> tuple[list[str], list[str]]:
+    """Run ``body`` as a main script; (its output's words, each ``__name__`` it ran under).
+
+    The script logs its ``__name__`` each time a process imports it: ``__main__``
+    for the run itself, ``__mp_main__`` in each worker process (or forkserver) that
+    imports it to find the functions it is sent.
+    """
+    script, log = folder / "job.py", folder / "imports.log"
+    header = 'import sys\nwith open(sys.argv[1], "a") as file:\n    file.write(__name__ + "\\n")\n'
+    script.write_text(header + textwrap.dedent(body))
+    done = subprocess.run(
+        [sys.executable, str(script), str(log)], capture_output=True, text=True, timeout=60,
+        env=python_subprocess_env(),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split(), log.read_text().split()
 
 
 def start_python(code: str) -> subprocess.Popen[str]:

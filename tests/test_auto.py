@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import subprocess
 import sys
 import textwrap
 import threading
@@ -22,7 +21,7 @@ from manyhands import _auto
 from manyhands._auto import ITEMS, PROCESSES_PER_CORE, WINDOW, Measure, Sizing
 from manyhands._autopilot import Autopilot
 
-from .conftest import finish, python_subprocess_env, start_python
+from .conftest import finish, run_main_script, start_python
 
 
 def no_schedstat() -> None:
@@ -740,30 +739,21 @@ def test_the_processes_auto_starts_early_import_the_main_script_once(tmp_path: P
         pytest.skip("auto stays on threads here")
     if "forkserver" not in multiprocessing.get_all_start_methods():
         pytest.skip("no forkserver here: each spawned worker imports the script")
-    script, log = tmp_path / "job.py", tmp_path / "imports.log"
-    script.write_text(
-        textwrap.dedent(
-            """
-            import os, sys, time, manyhands
-            with open(sys.argv[1], "a") as file:
-                file.write(__name__ + "\\n")
-            def spin(x):
-                end = time.process_time() + 0.01
-                while time.process_time() < end:
-                    pass
-                return os.getpid()
-            if __name__ == "__main__":
-                from manyhands import _auto
-                _auto.GIL_BOUND = 0.0  # (the calls look CPU-bound at once)
-                report = manyhands.run(spin, range(200), backend="auto", workers=8)
-                print(report.backend.split()[0], report.succeeded)
-            """
-        )
+    out, imports = run_main_script(
+        tmp_path,
+        """
+        import os, time, manyhands
+        def spin(x):
+            end = time.process_time() + 0.01
+            while time.process_time() < end:
+                pass
+            return os.getpid()
+        if __name__ == "__main__":
+            from manyhands import _auto
+            _auto.GIL_BOUND = 0.0  # (the calls look CPU-bound at once)
+            report = manyhands.run(spin, range(200), backend="auto", workers=8)
+            print(report.backend.split()[0], report.succeeded)
+        """,
     )
-    done = subprocess.run(
-        [sys.executable, str(script), str(log)], capture_output=True, text=True, timeout=60,
-        env=python_subprocess_env(),
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["processes", "200"]
-    assert log.read_text().split() == ["__main__", "__mp_main__"]  # once, in the forkserver
+    assert out == ["processes", "200"]
+    assert imports == ["__main__", "__mp_main__"]  # once, in the forkserver

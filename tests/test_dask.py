@@ -31,21 +31,26 @@ distributed = pytest.importorskip(
 )
 
 
+def two_workers(threads: int) -> Any:
+    """A LocalCluster of 2 worker processes of ``threads`` threads each, on loopback, quiet."""
+    return distributed.LocalCluster(
+        n_workers=2,
+        threads_per_worker=threads,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=":0",
+        scheduler_kwargs={"dashboard": False},
+        silence_logs=logging.CRITICAL,
+    )
+
+
 @pytest.fixture(scope="module")
 def client() -> Iterator[Any]:
     """A Client on a LocalCluster of 2 worker processes, 1 thread each."""
     import dask
 
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
-        cluster = distributed.LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=":0",
-            scheduler_kwargs={"dashboard": False},
-            silence_logs=logging.CRITICAL,
-        )
+        cluster = two_workers(threads=1)
     dask_client = distributed.Client(cluster, set_as_default=False)
     manyhands.run(abs, range(10), backend=dask_client)  # (Dask's callback thread starts once)
     yield dask_client
@@ -632,15 +637,7 @@ def test_a_crash_on_a_shared_batch_costs_only_the_calls_running_then() -> None:
 
     with (
         dask.config.set({"distributed.scheduler.allowed-failures": 0}),
-        distributed.LocalCluster(
-            n_workers=2,
-            threads_per_worker=2,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=":0",
-            scheduler_kwargs={"dashboard": False},
-            silence_logs=logging.CRITICAL,
-        ) as cluster,
+        two_workers(threads=2) as cluster,
         distributed.Client(cluster, set_as_default=False) as two_threads,
     ):
         outcomes = list(

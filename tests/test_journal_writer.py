@@ -6,7 +6,7 @@ import shutil
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -291,16 +291,28 @@ def test_done_rows_hold_each_items_seconds_and_when_it_finished(
         assert began + 0.06 <= finished <= ended  # seconds since the epoch
 
 
-def test_each_key_of_a_group_gets_its_own_batchs_fields(
-    tmp_path: Path, json_in_sqlite: bool
-) -> None:
+@pytest.fixture
+def new_writer(tmp_path: Path) -> Iterator[Callable[[], tuple[Writer, sqlite3.Connection, int]]]:
+    """Makes a writer on a fresh journal of a run of its own: (writer, its db, the run's id)."""
     path = tmp_path / "run.db"
     lock = _journal_file.acquire_lock(path)
     db = _journal_file.open_db(path, "normal")
-    run_id = db.execute("INSERT INTO runs (status) VALUES ('running')").lastrowid
-    db.commit()
-    assert run_id is not None
-    writer = Writer(db, _journal_file.Watch(path, lock), run_id, "unused")
+
+    def make() -> tuple[Writer, sqlite3.Connection, int]:
+        run_id = db.execute("INSERT INTO runs (status) VALUES ('running')").lastrowid
+        db.commit()
+        assert run_id is not None
+        return Writer(db, _journal_file.Watch(path, lock), run_id, "unused"), db, run_id
+
+    yield make
+    db.close()
+    _journal_file.release_lock(lock)
+
+
+def test_each_key_of_a_group_gets_its_own_batchs_fields(
+    new_writer: Callable[[], tuple[Writer, sqlite3.Connection, int]], json_in_sqlite: bool
+) -> None:
+    writer, db, run_id = new_writer()
     batches = [
         (1, 1_000, 1_000_000, ["a", "b"]),
         (3, 2_000_000, 2_500_000, ["c"]),
@@ -316,21 +328,14 @@ def test_each_key_of_a_group_gets_its_own_batchs_fields(
         ("c", "done", 3, 0.002, 2.5, run_id),
         ("d", "done", 2, 5e-9, 7e-6, run_id),
     ]
-    db.close()
-    _journal_file.release_lock(lock)
 
 
 def test_rows_handed_over_during_the_interval_wait_for_it_without_waking_the_writer(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    new_writer: Callable[[], tuple[Writer, sqlite3.Connection, int]],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(_journal_writer, "COMMIT_INTERVAL", 30.0)
-    path = tmp_path / "run.db"
-    lock = _journal_file.acquire_lock(path)
-    db = _journal_file.open_db(path, "normal")
-    run_id = db.execute("INSERT INTO runs (status) VALUES ('running')").lastrowid
-    db.commit()
-    assert run_id is not None
-    writer = Writer(db, _journal_file.Watch(path, lock), run_id, "unused")
+    writer, db, _ = new_writer()
     woken: list[int] = []
     notify = writer._cond.notify
 
@@ -353,5 +358,3 @@ def test_rows_handed_over_during_the_interval_wait_for_it_without_waking_the_wri
     assert writer.commits == 2
     keys = [key for (key,) in db.execute("SELECT key FROM items ORDER BY key")]
     assert keys == ["a", "b"]
-    db.close()
-    _journal_file.release_lock(lock)

@@ -17,7 +17,7 @@ import pytest
 
 import manyhands
 
-from .conftest import finish, python_subprocess_env, start_python
+from .conftest import finish, python_subprocess_env, run_main_script, start_python
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX process groups")
 
@@ -309,30 +309,21 @@ def test_the_main_script_is_imported_once_not_by_every_worker(tmp_path: Path) ->
     # Workers need the parent's main script (its functions unpickle by name);
     # the forkserver imports it once, so new workers, replacements after a crash
     # included, start without running it again.
-    script, log = tmp_path / "job.py", tmp_path / "imports.log"
-    script.write_text(
-        textwrap.dedent(
-            """
-            import os, sys, manyhands
-            with open(sys.argv[1], "a") as file:
-                file.write(__name__ + "\\n")
-            def crash(x):
-                if x == 3:
-                    os._exit(1)
-                return x
-            if __name__ == "__main__":
-                report = manyhands.run(crash, range(40), backend="processes", workers=2)
-                print(report.succeeded, report.failed)
-            """
-        )
+    out, imports = run_main_script(
+        tmp_path,
+        """
+        import os, manyhands
+        def crash(x):
+            if x == 3:
+                os._exit(1)
+            return x
+        if __name__ == "__main__":
+            report = manyhands.run(crash, range(40), backend="processes", workers=2)
+            print(report.succeeded, report.failed)
+        """,
     )
-    done = subprocess.run(
-        [sys.executable, str(script), str(log)], capture_output=True, text=True, timeout=60,
-        env=python_subprocess_env(),
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["39", "1"]  # three workers ran: two, then a replacement
-    assert log.read_text().split() == ["__main__", "__mp_main__"]
+    assert out == ["39", "1"]  # three workers ran: two, then a replacement
+    assert imports == ["__main__", "__mp_main__"]
 
 
 @pytest.mark.parametrize("crashing", [{0}, {0, 1}])

@@ -49,7 +49,7 @@ import pickle
 import threading
 import uuid
 from queue import Empty, SimpleQueue
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from .._batch import Batch, Task
 from .._exceptions import WorkerCrashed
@@ -58,6 +58,8 @@ from ._process_batches import fail_items, file_results, pickle_batch, pickle_ite
 from ._remote_calls import ABANDONED_MESSAGE, Shipped, read_progress, run_items
 
 __all__ = ["DaskBackend"]
+
+T = TypeVar("T")
 
 
 class _Part:
@@ -259,10 +261,7 @@ class DaskBackend:
         """(the sender thread) Submit the parts handed over, all those waiting at once."""
         waiting = self._to_send
         while True:
-            handed = [waiting.get()]
-            with contextlib.suppress(Empty):
-                while True:
-                    handed.append(waiting.get_nowait())
+            handed = _all_of(waiting)
             parts = [part for part in handed if part is not None]
             try:
                 self._submit(parts)
@@ -368,10 +367,7 @@ class DaskBackend:
         """
         done = self._done
         while True:
-            futures = [done.get()]
-            with contextlib.suppress(Empty):
-                while True:
-                    futures.append(done.get_nowait())
+            futures = _all_of(done)
             stop = None in futures
             futures = [future for future in futures if future is not None]
             with self._lock:
@@ -504,3 +500,12 @@ class DaskBackend:
 
 _DIED = "the Dask worker process running this item died"
 _SHIPPED_BYTES = 4096  # a function pickled to this much or less travels with each task
+
+
+def _all_of(queue: SimpleQueue[T]) -> list[T]:
+    """What ``queue`` holds, waiting for the first if it is empty."""
+    taken = [queue.get()]
+    with contextlib.suppress(Empty):
+        while True:
+            taken.append(queue.get_nowait())
+    return taken
