@@ -16,7 +16,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import psutil
+# psutil is imported where it is used, not here: the forkserver imports the main
+# script (a benchmark) once more, and psutil would add ~8 ms to every process
+# pool's start-up that a program without it does not pay.
 
 
 @dataclass
@@ -33,6 +35,8 @@ class Workload:
 
 def measure(run_case: Callable[[], Any]) -> dict[str, Any]:
     """Time one case in this process; report wall time and peak RSS growth."""
+    import psutil
+
     base = psutil.Process().memory_info().rss
     started = time.perf_counter()
     result = run_case()
@@ -72,6 +76,8 @@ def table(
     ours: tuple[str, ...] = ("manyhands.map", "manyhands.run"),
 ) -> str:
     """Markdown: each runner's figure, its ratio to manyhands (the first of ``ours``), RSS."""
+    import psutil
+
     lines = [
         f"Python {platform.python_version()}, {psutil.cpu_count()} CPUs, "
         f"{time.strftime('%Y-%m-%d')}",

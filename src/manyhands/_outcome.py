@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import traceback as _tb
 from typing import Any, Generic, TypeVar
 
@@ -14,6 +15,7 @@ __all__ = [
     "describe_exception",
     "duplicate_failure",
     "qualified_name",
+    "retry_after_of",
     "safe_repr",
 ]
 
@@ -61,6 +63,23 @@ def _safe_message(exc: BaseException) -> str:
         return str(exc)
     except BaseException:  # an exception whose __str__ raises
         return f"<unprintable {type(exc).__qualname__} message>"
+
+
+def retry_after_of(error: BaseException) -> float | None:
+    """The delay an exception asks for through a ``retry_after`` attribute, if any.
+
+    (Here, not in ``_retry``, for the worker processes: they import this module
+    and not the retry policy's.)
+
+    >>> class Throttled(Exception):
+    ...     retry_after = 3
+    >>> retry_after_of(Throttled()), retry_after_of(ValueError())
+    (3.0, None)
+    """
+    value = getattr(error, "retry_after", None)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return max(float(value), 0.0)
+    return None
 
 
 def describe_exception(exc: BaseException) -> tuple[str, str, str]:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ._exceptions import ManyhandsError
-from ._outcome import Failure, qualified_name
+from ._outcome import Failure, qualified_name, retry_after_of
 from ._records import Record
 
 __all__ = [
@@ -117,20 +117,6 @@ class RetryAfter(ManyhandsError):
 
 
 RetryAfter.__module__ = "manyhands"  # error_type "manyhands.RetryAfter"
-
-
-def retry_after_of(error: BaseException) -> float | None:
-    """The delay an exception asks for through a ``retry_after`` attribute, if any.
-
-    >>> class Throttled(Exception):
-    ...     retry_after = 3
-    >>> retry_after_of(Throttled()), retry_after_of(ValueError())
-    (3.0, None)
-    """
-    value = getattr(error, "retry_after", None)
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return max(float(value), 0.0)
-    return None
 
 
 _set = object.__setattr__

@@ -83,7 +83,9 @@ class Sizer:
     the first round came back (a cluster: its workers must not wait for a
     round trip between batches); ``growth``: a batch grows at most that many
     times over the one that just finished (a cluster, whose every task costs
-    a thread a round trip: faster).
+    a thread a round trip: faster); ``ahead``: batches per worker out at once,
+    once the first round came back (the process backend: one more than it
+    sends ahead to each worker, so that its next one waits at hand).
 
     >>> sizer = Sizer(8, window=16384, batch_size=None, one_by_one=False, remaining=lambda: 10**5)
     >>> sizer.size, sizer.max_batches
@@ -110,8 +112,10 @@ class Sizer:
         floor_seconds: float = 0.0,
         queue_at_once: bool = False,
         growth: float = 2.0,
+        ahead: int = 2,
     ) -> None:
         self._growth = growth
+        self._ahead = ahead
         self._tail = tail
         self._floor_seconds = floor_seconds
         self._workers = workers
@@ -122,7 +126,7 @@ class Sizer:
         self._concurrent_items = concurrent_items
         per_batch = 4 if concurrent_items else 2 * workers
         self.cap = max(1, min(MAX_BATCH, window // per_batch))
-        self.max_batches = 2 * workers if queue_at_once else workers
+        self.max_batches = ahead * workers if queue_at_once else workers
         self._warm_up = 0 if queue_at_once else workers  # completions before queueing
         self._held = False  # no queue for now (see hold())
         self._one_by_one = one_by_one
@@ -167,7 +171,7 @@ class Sizer:
         if self._warm_up:
             self._warm_up -= 1
             if not self._warm_up and not self._one_by_one and not self._held:
-                self.max_batches = 2 * self._workers
+                self.max_batches = self._ahead * self._workers
         if self.adaptive and items:
             fit = min(self._fit(seconds / items), int(self._growth * items), self.cap)
             if nbytes:  # large items or results: a batch holds about BATCH_BYTES of them
@@ -192,7 +196,7 @@ class Sizer:
         if held:
             self.max_batches = min(self.max_batches, self._workers)
         elif not self._warm_up and not self._one_by_one:
-            self.max_batches = 2 * self._workers
+            self.max_batches = self._ahead * self._workers
 
     def one_by_one(self) -> None:
         """From now on: batches of one item, and no queue (a rate limit began)."""

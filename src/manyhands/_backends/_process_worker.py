@@ -28,8 +28,7 @@ from multiprocessing.connection import Connection
 from time import monotonic, perf_counter, process_time
 from typing import Any, ClassVar, NoReturn
 
-from .._outcome import describe_exception, qualified_name, safe_repr
-from .._retry import retry_after_of
+from .._outcome import describe_exception, qualified_name, retry_after_of, safe_repr
 
 __all__ = ["BATCH", "HEADER", "STARTED", "RemoteError", "describe_remote", "serve"]
 

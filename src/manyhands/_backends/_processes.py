@@ -107,6 +107,10 @@ class ProcessBackend:
         self._workers = workers
         self._shared = shared  # a Pool's: workers start with the pool, serve every run
         self._depth = 1 if timed else 2  # batches sent ahead to each worker
+        # A run keeps a batch per worker waiting here beyond those sent ahead, for
+        # the dispatcher to send as an answer comes in, not after a round trip to
+        # the run's thread (see submit).
+        self.sizing = {"ahead": self._depth + 1}
         self._context = multiprocessing.get_context(start_method or default_start_method())
         self._initializer = initializer
         self._initargs = initargs
@@ -286,8 +290,15 @@ class ProcessBackend:
         with self._lock:
             broken = self._broken
             if broken is None:
-                self._inbox.put((batch, indices), batch.task)
-                wake, self._woken = not self._woken, True
+                # A wake-up only if the dispatcher may be asleep with a worker's room
+                # empty: after its last look, work left waiting means every worker
+                # was full, and the next answer makes it look again (one wake-up
+                # fewer per batch: a context switch on a machine the workers keep busy).
+                inbox = self._inbox
+                idle = not inbox
+                inbox.put((batch, indices), batch.task)
+                wake = idle and not self._woken
+                self._woken = self._woken or wake
         if broken is not None:
             self._fail(batch, indices, broken)
         elif wake:
