@@ -545,12 +545,14 @@ def nap_2ms(x: int) -> int:
     return x
 
 
+@pytest.mark.parametrize("where", ["pool", "run"])
 def test_a_process_pools_next_batches_wait_at_hand_not_behind_a_wake_up(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, where: str
 ) -> None:
     """A run keeps a batch per worker waiting beyond those sent ahead: as an answer
     comes in, the dispatcher sends it at once, and the run's next batch need not
-    wake the dispatcher (one context switch fewer per batch, on busy cores)."""
+    wake the dispatcher (one context switch fewer per batch, on busy cores). A
+    pool's runs and a run's own workers alike."""
     from manyhands._backends._processes import ProcessBackend
 
     calls = Counter[str]()
@@ -562,8 +564,12 @@ def test_a_process_pools_next_batches_wait_at_hand_not_behind_a_wake_up(
             return _original(self, *args)
 
         monkeypatch.setattr(ProcessBackend, name, counted)
-    with manyhands.Pool(2, backend="processes") as pool:
-        values = sorted(out.value for out in pool.map(nap_2ms, range(300)))
+    if where == "pool":
+        with manyhands.Pool(2, backend="processes") as pool:
+            values = sorted(out.value for out in pool.map(nap_2ms, range(300)))
+    else:  # a run's own workers (watched by the slowdown for its first second)
+        outcomes = manyhands.map(nap_2ms, range(300), workers=2, backend="processes")
+        values = sorted(out.value for out in outcomes)
     assert values == list(range(300))
     assert calls["submit"] >= 100  # (small batches: else the test shows nothing)
     assert calls["_wake"] * 4 < calls["submit"], calls

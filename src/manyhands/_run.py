@@ -997,16 +997,18 @@ class Run:
             # tasks, as many as run, so a task that finishes a call starts the next
             # at once instead of waiting a round trip through this loop for its
             # batch (10-15% slower at 10,000 x 0.1 s). The first refusal ends it.
-            # Processes too: a batch per worker waits in the backend (its lanes, for
-            # a Pool), so a worker that finishes one is sent the next by the
-            # dispatcher at once (a round trip through this thread cost a 2-worker
-            # run of 40 x 10 ms calls 5-10%); CPU-bound calls rarely meet a server.
+            # Processes too: a batch per worker is sent ahead and one more waits in
+            # the backend (its lanes, for a Pool), so a worker that finishes one starts
+            # the next at once and the dispatcher sends it another without a round
+            # trip through this thread (which cost a 2-worker run of 40 x 10 ms calls
+            # 5-10%); CPU-bound calls rarely meet a server.
             # Dask too: a cluster's thread that waits for its next task through the
             # driver and the scheduler idles (20,000 x 10 ms on 100 threads: 10-15 of
             # ~235 thread-seconds between batches; ~1 with a second batch queued).
             # Threads once PROVEN round trips came back without a refusal (a server
             # limit is met in the first few: 100 threads spend 200 a second in two).
-            self._most_in_flight = min(2 * slowdown.concurrency, self._window)
+            ahead = getattr(self._backend, "sizing", {}).get("ahead", 2)  # (processes: 3)
+            self._most_in_flight = min(int(ahead) * slowdown.concurrency, self._window)
         else:
             self._most_in_flight = slowdown.concurrency
         if slowdown.opening and self._items_are_calls:
