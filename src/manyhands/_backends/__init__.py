@@ -58,7 +58,8 @@ def prepare_processes(start_method: str | None, *, boot: bool = False) -> None:
     """
     import contextlib
     import multiprocessing.forkserver
-    import multiprocessing.popen_forkserver  # noqa: F401
+    import multiprocessing.popen_forkserver
+    import multiprocessing.sharedctypes  # noqa: F401  (each worker's progress value: ctypes)
 
     import cloudpickle  # type: ignore[import-untyped]  # noqa: F401
 
