@@ -12,6 +12,13 @@ pipe::
                                   read results as they arrive ◀─────────   (blocking)
                                   └──▶ done(batch): the engine's queue
 
+The engine wakes the dispatcher (a byte on a socket pair) only when the inbox
+was empty: a batch waiting there means every worker had work when the
+dispatcher last looked, and the next answer makes it look again. A run keeps
+a batch per worker waiting in the inbox (``sizing["ahead"]``), so a worker's
+next batch goes out as its answer comes in, without a round trip through the
+run's thread.
+
 The dispatcher never blocks on a socket: what a worker has not read yet waits
 in a buffer (see ``_process_channel``), so a large batch on its way in never
 stops the results of another from being read. ``_lock`` guards the inbox, the
