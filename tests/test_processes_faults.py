@@ -168,6 +168,37 @@ def test_every_mix_of_picklable_and_unpicklable_items(
             assert outcome.ok and outcome.value == n * 10
 
 
+def test_a_worker_whose_batch_never_left_is_sent_the_next_at_once() -> None:
+    """A batch none of whose items pickle never reaches its worker: the worker's room
+    goes to the next batch waiting, in the same look. (Nothing else would send it:
+    a run's next batch does not wake the dispatcher while work waits, and the
+    dispatcher looks again at the next answer or after its select's timeout.)"""
+    from manyhands._backends._process_spawn import Worker
+    from manyhands._backends._processes import ProcessBackend
+    from manyhands._batch import Batch, Task
+
+    class Channel:
+        closed = False
+
+        def send(self, data: bytes) -> bool:
+            return True
+
+    backend = ProcessBackend(1)
+    done: list[Batch] = []
+    task = Task(abs, done.append)
+    task.key = 1
+    backend._functions[1] = b"fn"
+    worker = Worker(None, Channel(), None, None, None)  # type: ignore[arg-type]
+    worker.ready = True
+    backend._pool.append(worker)
+    unsendable, sendable = Batch(0, [Unpicklable(0)], task), Batch(1, [1], task)
+    for batch in (unsendable, sendable):
+        backend._inbox.put((batch, [0]), task)
+    backend._feed()
+    assert done == [unsendable]  # failed without a trip
+    assert [batch for batch, _ in worker.sent] == [sendable]  # the same look sent the next
+
+
 def refuse_in_a_worker(parent: int) -> int:
     if os.getpid() != parent:
         raise RuntimeError("this item cannot be rebuilt in a worker")

@@ -498,7 +498,10 @@ class ProcessBackend:
         """Send queued batches to the workers with room: idle ones first."""
         for depth in range(self._depth):
             for worker in list(self._pool):
-                if worker.ready and not worker.doomed and len(worker.sent) == depth:
+                # (while: a batch that never reaches it, e.g. none of its items
+                # pickled, leaves its room for the next; nothing would wake this
+                # thread for it while other work waits: see submit)
+                while worker.ready and not worker.doomed and len(worker.sent) == depth:
                     with self._lock:
                         work = None if self._stopping else self._inbox.take()
                     if work is None:
