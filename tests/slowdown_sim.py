@@ -64,10 +64,13 @@ def simulate(
     horizon: float = 120.0,
     trace: list[tuple[float, str, float | None, int, float]] | None = None,
     slow_start: bool = False,
+    ramp_loads: bool = True,
 ) -> Outcome:
     """Run ``items`` calls through a Slowdown against ``model``; ``network`` is the RTT."""
     rng = random.Random(seed)
-    slowdown = Slowdown(workers, now=start, slow_start=slow_start, random=rng.random)
+    slowdown = Slowdown(
+        workers, now=start, slow_start=slow_start, ramp_loads=ramp_loads, random=rng.random
+    )
     now = start
     fresh = iter(range(items))
     ready: deque[tuple[int, int]] = deque()  # (item, attempt) due for a retry

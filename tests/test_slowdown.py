@@ -315,3 +315,90 @@ def test_latency_counts_from_the_calls_started_after_the_opening() -> None:
     for k in range(10):
         limit.accepted(0.4 + k * 0.3, calls=1000, latency=0.25, in_flight=10_000)
     assert limit.limit == 10_000 and not limit.rising
+
+
+# -- issue 17 (5): threads' first wave, the settle, the slow climb, the queue --
+
+
+def test_the_first_cut_settles_a_round_trip_and_a_half_after_the_refused_call() -> None:
+    # 100 ms calls: the refusal comes back at once, the accepted calls started
+    # with it only 0.1 s later. The window estimate is known once they are in
+    # (1.5 round trips after the refused call's start), not twice as long after
+    # the first accepted answer (0.3 s), which cost a concurrency-capped run 0.15 s.
+    slow = Slowdown(workers=100, now=0.0)
+    slow.completed(0.002, started=0.001, throttled=1, retry_after=1.0)
+    slow.due(0.002)
+    assert slow.limiter is not None and slow.limiter.per_second < 1.0  # (provisional)
+    for n in range(20):
+        slow.completed(0.1 + n * 1e-4, started=0.0, latency=0.1, in_flight=80 - n)
+    slow.due(0.17)
+    assert slow.limiter.per_second == pytest.approx(MARGIN * 20)
+
+
+def test_the_climb_after_a_young_cut_doubles_every_round_trip_of_slow_calls() -> None:
+    # 100 ms calls and a young window: the rate climbs from 19/s. The answers of
+    # a step were started a round trip before it, at half the rate: counted
+    # against the rate in force, the climb doubled only every other round trip
+    # (a second of ramp before a server of 200/s was used).
+    slow = Slowdown(workers=100, now=0.0)
+    slow.completed(0.002, started=0.001, throttled=1, retry_after=1.0)
+    for n in range(20):
+        slow.completed(0.1 + n * 1e-4, started=0.0, latency=0.1, in_flight=80 - n)
+    now = 0.17
+    slow.due(now)
+    assert slow.limiter is not None
+    rates = [slow.limiter.per_second]
+    while now < 0.6:
+        # Each call comes back 0.1 s after it starts, at the rate of a step ago.
+        step_start = now
+        now += 0.01
+        slow.due(now)
+        rate = rates[-1] if len(rates) < 2 else rates[-2]
+        for k in range(max(1, round(rate * 0.01))):
+            slow.completed(now, started=now - 0.1, latency=0.1, in_flight=10)
+        if slow.limiter.per_second != rates[-1]:
+            rates.append(slow.limiter.per_second)
+        assert now > step_start
+    # 19/s doubles each 0.1 s: above 150/s within four round trips.
+    assert rates[-1] >= 150, rates
+
+
+def test_latency_limit_samples_once_per_unloaded_round_trip() -> None:
+    # A queue in front of the server: each answer waits longer. Sampled once
+    # per *loaded* round trip (0.3, 0.4, 0.5 s...), three samples above twice
+    # the unloaded latency took a second; once per unloaded one (0.1 s), 0.3 s.
+    limit = LatencyLimit(workers=100, now=0.0, slow_start=False)
+    now = 0.1
+    limit.accepted(now, calls=20, latency=0.1, in_flight=80)
+    latency = 0.1
+    while limit.limit == 100 and now < 2.0:
+        now += 0.1
+        latency += 0.1
+        limit.accepted(now, calls=20, latency=latency, in_flight=100)
+    assert limit.limit < 100 and now <= 0.5 + 1e-9, now
+
+
+def test_simulated_threads_open_small_against_a_first_wave_of_refusals() -> None:
+    # 100 threads against a token bucket of 200/s with bursts of 10: a first
+    # wave of 100 calls is refused 90 times (4.5% of the 2,000 items by
+    # itself); the opening sends 16 and doubles them while nothing refuses.
+    plain = simulate(MODELS["token-bucket"](), workers=100, start=1000.37)
+    opening = simulate(
+        MODELS["token-bucket"](), workers=100, start=1000.37, slow_start=True, ramp_loads=False
+    )
+    assert plain.rejected >= 90
+    assert opening.rejected <= 50 and opening.rejected_share <= 0.03, opening
+    assert opening.vs_bound <= 1.1, opening
+
+
+def test_simulated_overload_threads_keep_the_opening_as_the_unloaded_latency() -> None:
+    # Threads' opening ends when time doubled it to 100 workers, before any
+    # answer. Its calls' latency is the unloaded one (the first 20 did not
+    # queue): counting only later calls (as asyncio must, its ramp loads its
+    # own event loop) took a queued 0.3 s for "unloaded" and cut nothing.
+    threads = simulate(
+        Overload(20, 0.1), workers=100, start=1000.37, slow_start=True, ramp_loads=False
+    )
+    assert threads.concurrency is not None and threads.concurrency <= 40, threads
+    latencies = sorted(threads.latencies)
+    assert latencies[int(0.85 * len(latencies))] <= 2 * 0.1

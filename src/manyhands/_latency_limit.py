@@ -73,8 +73,11 @@ class LatencyLimit:
     33
     """
 
-    def __init__(self, workers: int, now: float, *, slow_start: bool = True) -> None:
+    def __init__(
+        self, workers: int, now: float, *, slow_start: bool = True, ramp_loads: bool = True
+    ) -> None:
         self.workers = workers
+        self._ramp_loads = ramp_loads  # (see _end_opening)
         self.limit = min(workers, OPENING) if slow_start else workers
         self.opening = self.limit < workers
         self._begun = now
@@ -216,10 +219,15 @@ class LatencyLimit:
         The calls started during a ramp met a lighter client than those after
         it (10,000 tasks on one event loop: 0.1 s calls answered in 0.1 s
         early, 0.2 s once all run): their latency is no measure of "unloaded".
+        Threads (``ramp_loads=False``) wait in the OS, not on one event loop:
+        a call's latency does not grow with the calls started, and the first
+        answers, from calls started in the opening, are the unloaded latency
+        (against a queue, the only answers that did not wait in it).
         """
         self.opening = False
         self.limit = min(self.limit, self.workers)
-        self._opened = self._clock
+        if self._ramp_loads:
+            self._opened = self._clock
 
     def _sample(self, now: float, in_flight: int) -> None:
         """Once per round trip: does the latency rise with the calls in flight?"""
@@ -227,7 +235,6 @@ class LatencyLimit:
         mean = self._sum / self._count
         delivered = self._count
         self._sum, self._count = 0.0, 0
-        self._next_sample = now + max(mean, MIN_SAMPLE)
         lows = self._lows
         while lows and lows[-1][1] >= mean:
             lows.pop()
@@ -235,6 +242,9 @@ class LatencyLimit:
         while lows[0][0] < now - UNLOADED:
             lows.popleft()
         unloaded = lows[0][1]
+        # Once per unloaded round trip: a queue that builds shows within a few
+        # of them, not of the (longer and longer) loaded ones.
+        self._next_sample = now + max(unloaded, MIN_SAMPLE)
         ratio = mean / unloaded if unloaded > 0 else 1.0
         self._queued = self._queued + 1 if ratio > QUEUE else 0
         if self._queued >= SUSTAINED and now > began:

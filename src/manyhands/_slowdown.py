@@ -89,6 +89,7 @@ PROVEN = 10  # round trips without a refusal before threads queue a batch ahead
 # Threads keep their first wave of ``workers`` calls (see _latency_limit).
 SLOW_START = False
 YOUNG_FLOOR = 1.0  # calls per second: the least a young window's estimate starts at
+SLOW_CLIMB = 0.05  # seconds: the climb counts answers a round trip late for calls this slow
 
 
 class Slowdown:
@@ -111,10 +112,12 @@ class Slowdown:
         *,
         now: float = 0.0,
         slow_start: bool = SLOW_START,
+        ramp_loads: bool = True,
         random: Callable[[], float] | None = None,
     ) -> None:
         self.workers = workers
         self._slow_start = slow_start
+        self._ramp_loads = ramp_loads  # the opening's ramp loads the client (asyncio)
         self.ceiling = ceiling  # the user's rate=, if any
         self.limiter: RateLimit | None = RateLimit(ceiling) if ceiling else None
         self.paused_until = -math.inf
@@ -122,7 +125,7 @@ class Slowdown:
         self.pauses = 0
         self.lowest: float | None = None  # the lowest rate a cut went to
         self._random = random  # (None: random.random, imported when first needed)
-        self._latency = LatencyLimit(workers, now, slow_start=slow_start)
+        self._latency = self._new_latency_limit(now)
         self._begun = self._clock = now
         self._log = StartLog()
         self._first_refusal = True
@@ -141,15 +144,21 @@ class Slowdown:
         self._clock = now
         self._delivered = 0  # accepted answers since the last change of the rate
         self._last_step = now
+        self._previous_rate = math.inf  # the climb's rate a step ago
         self._reacted_call = now  # when the call the last cut answered started
 
     def start(self, now: float) -> None:
         """The run starts at ``now`` (the opening counts from it)."""
         self._begun = self._clock = now
         follows = self._latency.follows
-        self._latency = LatencyLimit(self.workers, now, slow_start=self._slow_start)
+        self._latency = self._new_latency_limit(now)
         if not follows:
             self.ignore_latency()
+
+    def _new_latency_limit(self, now: float) -> LatencyLimit:
+        return LatencyLimit(
+            self.workers, now, slow_start=self._slow_start, ramp_loads=self._ramp_loads
+        )
 
     def ignore_latency(self) -> None:
         """Latency never limits the calls in flight (calls on worker processes).
@@ -283,7 +292,9 @@ class Slowdown:
                 self._end_pause(now)  # a trickle call got through: the limit lifted
         pending = self._pending
         if not had_latency and pending is not None:  # the first round trip is known now
-            self._pending = (self._settle_time(now, pending[1]), *pending[1:])
+            # (counted from when the refusal came back, as if it had been known then)
+            settle = max(now, self._settle_time(self._reacted, pending[1]))
+            self._pending = (settle, *pending[1:])
 
     def _refused(self, now: float, started: float, calls: int, retry_after: float | None) -> None:
         self.throttled += calls
@@ -375,6 +386,7 @@ class Slowdown:
         begin = max(now, self.paused_until)
         if self._climbing:
             self._next_step = begin + max(self._latency.latency, SLOT)
+            self._previous_rate = self._pause[1] if self._pause is not None else self._rate()
         else:
             self._next_step = begin + (WINDOWED_HOLD if self._windowed else HOLD)
         self._log.forget(now - 2 * WINDOW)
@@ -435,8 +447,16 @@ class Slowdown:
         if self._climbing:
             # Clocked by the answers, as TCP's slow start: at most twice the
             # rate the server was seen to accept during the last step.
-            step = max(self._latency.latency, SLOT)
-            delivered = self._delivered / max(now - self._last_step, step)
+            latency = self._latency.latency
+            step = max(latency, SLOT)
+            delivered = self._delivered / step
+            if latency >= SLOW_CLIMB:
+                # Slow calls: what came back in this step was started a round
+                # trip ago, at the last step's rate (half this one while it
+                # doubles). Counting it against this rate would double every
+                # other round trip: seconds of ramp at 100 ms a call.
+                delivered *= rate / self._previous_rate
+            self._previous_rate = rate
             self._set(max(rate, min(rate * CLIMB, CLIMB * delivered)), now)
             self._next_step = now + step
         else:
