@@ -354,7 +354,7 @@ def test_the_climb_after_a_young_cut_doubles_every_round_trip_of_slow_calls() ->
         now += 0.01
         slow.due(now)
         rate = rates[-1] if len(rates) < 2 else rates[-2]
-        for k in range(max(1, round(rate * 0.01))):
+        for _ in range(max(1, round(rate * 0.01))):
             slow.completed(now, started=now - 0.1, latency=0.1, in_flight=10)
         if slow.limiter.per_second != rates[-1]:
             rates.append(slow.limiter.per_second)
