@@ -120,8 +120,10 @@ def simulate(
             requests += 1
             throttled = not answer.accepted
             rejected += throttled
+            # The round trip varies by ``jitter`` of it, but an answer never comes
+            # back before the server is done with its call.
             spread = 1.0 + jitter * (rng.random() - 0.5)
-            end = now + (network + answer.latency) * spread
+            end = now + max((network + answer.latency) * spread, network / 2 + answer.latency)
             serial += 1
             if trace is not None:
                 rate = None if slowdown.limiter is None else slowdown.limiter.per_second

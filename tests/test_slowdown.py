@@ -8,6 +8,7 @@ the capacity bound that ``benchmarks/bench_throttled.py`` measures for real.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -403,3 +404,80 @@ def test_simulated_overload_threads_keep_the_opening_as_the_unloaded_latency() -
     assert threads.concurrency is not None and threads.concurrency <= 40, threads
     latencies = sorted(threads.latencies)
     assert latencies[int(0.85 * len(latencies))] <= 2 * 0.1
+
+
+def test_a_cap_on_calls_in_flight_learned_from_refusals_that_come_only_at_it() -> None:
+    # A server that takes 20 calls at a time: the first wave's refusals come
+    # back while 99, 98, ... 20 calls are still out. The calls it holds are
+    # out at the client too, so 20 out at most can never be refused.
+    slow = Slowdown(workers=100, now=0.0)
+    for n in range(80):
+        slow.completed(0.001 + n * 1e-5, started=0.0, throttled=1, in_flight=99 - n)
+    for n in range(20):
+        slow.completed(0.1 + n * 1e-4, started=0.0, latency=0.1, in_flight=19 - n)
+    slow.due(0.2)
+    assert slow.concurrency == 20 and slow.settled_concurrency == 20
+    assert slow.limiter is not None
+    rate = slow.limiter.per_second
+    # A refusal while the cap binds (19 others out) is the cap's: one off it,
+    # and the rate is not cut.
+    slow.completed(1.0, started=0.999, throttled=1, in_flight=19)
+    slow.due(1.01)
+    assert slow.concurrency == 19 and slow.limiter.per_second >= rate
+    # HOLD later, still binding, it grows back by one.
+    slow.completed(2.1, started=2.0, latency=0.1, in_flight=18)
+    slow.due(2.1)
+    assert slow.concurrency == 20
+    # A refusal with 3 calls out is a rate's: the cap goes, the rate is cut.
+    slow.completed(2.6, started=2.599, throttled=1, in_flight=3)
+    assert slow.concurrency == 100 and slow.settled_concurrency is None
+
+
+def test_a_rate_limit_whose_first_wave_refusals_come_back_to_no_call_out_learns_no_cap() -> None:
+    # A token bucket's burst of 10 in a first wave of 100 calls that leaves
+    # over 30 ms: the refusals come back as the calls leave, the accepted ones
+    # 10 ms after theirs, and the last refusals find no call out.
+    slow = Slowdown(workers=100, now=0.0)
+    answers = [(0.01 + n * 1e-4, False) for n in range(10)]
+    answers += [(0.0003 * (n + 10), True) for n in range(90)]
+    out = 100
+    for when, refused in sorted(answers):
+        out -= 1
+        slow.completed(when, started=when - 0.0003, throttled=int(refused), in_flight=out)
+    slow.due(0.2)
+    assert slow.concurrency == 100 and slow.settled_concurrency is None
+
+
+def test_simulated_concurrency_cap_is_held_by_a_cap_not_a_rate() -> None:
+    # 20 calls in progress at most, 100 ms each: paced by a rate, the calls in
+    # flight wander above 20 (refused) and below (idle): 1.15-1.2x the bound.
+    for model in ["concurrency 20, 429", "concurrency 20, 503 no Retry-After"]:
+        outcome = simulate(
+            MODELS[model](), workers=100, start=1000.37, slow_start=True, ramp_loads=False
+        )
+        assert outcome.concurrency == 20, outcome
+        assert outcome.rejected_share <= 0.02 and outcome.vs_bound <= 1.15, outcome
+
+
+def test_latency_limit_grows_once_per_two_round_trips() -> None:
+    # After a cut, the latency is back to unloaded: the limit grows by a
+    # quarter, then waits for the answers of the calls that lets start before
+    # judging again (growing at every sample took it from 21 to 40 in three,
+    # and the queue back to twice the unloaded latency).
+    limit = LatencyLimit(workers=100, now=0.0, slow_start=False)
+    now = 0.0
+    for _ in range(3):
+        now += 0.1
+        limit.accepted(now, calls=20, latency=0.1, in_flight=20)
+    for latency in (0.3, 0.4, 0.5):
+        now += 0.1
+        limit.accepted(now, calls=20, latency=latency, in_flight=100)
+    cut = limit.limit
+    assert cut < 30
+    limits = []
+    while now < 3.0:
+        now += 0.1
+        limit.accepted(now, calls=20, latency=0.1, in_flight=limit.limit)
+        limits.append(limit.limit)
+    grew = [b > a for a, b in itertools.pairwise([cut, *limits])]
+    assert any(grew) and not any(a and b for a, b in itertools.pairwise(grew)), limits

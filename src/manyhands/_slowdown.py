@@ -89,6 +89,7 @@ PROVEN = 10  # round trips without a refusal before threads queue a batch ahead
 # Threads keep their first wave of ``workers`` calls (see _latency_limit).
 SLOW_START = False
 YOUNG_FLOOR = 1.0  # calls per second: the least a young window's estimate starts at
+MIN_CAP = 4  # calls in flight: the least a cap on them learned from refusals holds
 SLOW_CLIMB = 0.05  # seconds: the climb counts answers a round trip late for calls this slow
 
 
@@ -146,6 +147,12 @@ class Slowdown:
         self._last_step = now
         self._previous_rate = math.inf  # the climb's rate a step ago
         self._reacted_call = now  # when the call the last cut answered started
+        # A cap on the calls in flight, learned from refusals (see _cap_refusal).
+        self._cap = workers
+        self._cap_learning: int | None = workers  # (the first episode's fewest out at a refusal)
+        self._cap_cut = -math.inf  # when the cap was last cut
+        self._cap_raise = math.inf  # when it may grow by one
+        self._in_flight = 0
 
     def start(self, now: float) -> None:
         """The run starts at ``now`` (the opening counts from it)."""
@@ -177,7 +184,7 @@ class Slowdown:
     @property
     def concurrency(self) -> int:
         """How many calls may be in flight."""
-        return min(self._latency.limit, self._concurrency_cap)
+        return min(self._latency.limit, self._concurrency_cap, self._cap)
 
     @property
     def watching(self) -> bool:
@@ -236,8 +243,9 @@ class Slowdown:
     @property
     def settled_concurrency(self) -> int | None:
         """The calls in flight allowed, None if no limit below ``workers`` was needed."""
-        limit = self._latency.limit
-        return None if limit >= self.workers or self._latency.opening else limit
+        limit = self.workers if self._latency.opening else self._latency.limit
+        limit = min(limit, self._cap)
+        return None if limit >= self.workers else limit
 
     def summary(self) -> str:
         """A few words for the progress line: what the slowdown holds the run to now."""
@@ -270,6 +278,7 @@ class Slowdown:
         largest delay a refusal asked for, ``in_flight`` the calls still out.
         """
         self._clock = now
+        self._in_flight = in_flight
         accepted = calls - throttled
         self._log.add(started, accepted, throttled)
         if started >= self._changed:
@@ -299,6 +308,8 @@ class Slowdown:
     def _refused(self, now: float, started: float, calls: int, retry_after: float | None) -> None:
         self.throttled += calls
         self._latency.refused()
+        if self._cap_refusal(now, started):
+            return
         if started < self._reacted:
             return  # an answer to a call started before the last cut
         self._streak += calls
@@ -308,6 +319,33 @@ class Slowdown:
             self._first_refusal or self._climbing or sum(self._episode) >= MIN_EPISODE
         ):
             self._cut(now, started)
+
+    def _cap_refusal(self, now: float, started: float) -> bool:
+        """Was the refusal the cap's (the server caps the calls in progress)? It cuts it.
+
+        The first episode's refusals give the cap: the fewest calls still out
+        when one came back. A single client's calls in progress at the server
+        are also out at the client, so a server that caps them at C refuses
+        only while C or more are out: a cap there holds them under its limit
+        whatever the rate (and the rate, no longer cut for them, probes up
+        harmlessly). A refusal while the cap binds (``cap - 1`` others out)
+        takes one off it, at most once per round trip; ``HOLD`` seconds later
+        it grows by one if it binds. A refusal with fewer out, or a cap under
+        ``MIN_CAP``, is a rate's: the cap goes, and the rate takes it from there.
+        """
+        if self._cap_learning is not None:
+            self._cap_learning = min(self._cap_learning, self._in_flight)
+            return False
+        if self._cap >= self.workers:
+            return False
+        if self._in_flight >= self._cap - 1 and self._cap > MIN_CAP:
+            if started >= self._cap_cut:
+                self._cap = max(MIN_CAP, min(self._cap - 1, self._in_flight))
+                self._cap_cut = now
+                self._cap_raise = now + HOLD
+            return True
+        self._cap, self._cap_raise = self.workers, math.inf
+        return False
 
     def ending(self) -> None:
         """No more input: only the calls in flight and the retries are left."""
@@ -320,6 +358,12 @@ class Slowdown:
         """
         self._clock = now
         wake = self._latency.tick(now, waiting)
+        if now >= self._cap_raise:
+            if self._in_flight >= self._cap - 1:  # (it binds: try one more)
+                self._cap = min(self._cap + 1, self.workers)
+            self._cap_raise = now + HOLD if self._cap < self.workers else math.inf
+        if self._cap_raise < math.inf:
+            wake = _sooner(wake, self._cap_raise - now)
         if self._pause is not None and now >= self._pause[0]:
             self._end_pause(now)
         if self._pending is not None:
@@ -374,6 +418,11 @@ class Slowdown:
 
     def _settle(self, now: float, started: float, rate: float | None, since: float) -> None:
         """The answers to the calls started before the refused one are in: refine the cut."""
+        if self._cap_learning is not None:
+            if MIN_CAP <= self._cap_learning < self.workers:
+                self._cap = self._cap_learning
+                self._cap_raise = now + HOLD
+            self._cap_learning = None
         if rate is None or self._windowed:
             young = started - max(started - WINDOW, self._begun) < 0.9 * WINDOW
             self._climbing = young and not self._windowed
