@@ -481,3 +481,19 @@ def test_latency_limit_grows_once_per_two_round_trips() -> None:
         limits.append(limit.limit)
     grew = [b > a for a, b in itertools.pairwise([cut, *limits])]
     assert any(grew) and not any(a and b for a, b in itertools.pairwise(grew)), limits
+
+
+def test_latency_limit_cut_counts_the_server_rate_over_several_samples() -> None:
+    # The answers of a queue come in bunches: samples of 0.1 s hold 4, then
+    # 36 (200 per second). Cut at every sample while the queue drains, one
+    # sample's rate ratcheted the limit down to the fewest (5 calls for 20
+    # servers: 2.4x the capacity bound on the benchmark's overload).
+    limit = LatencyLimit(workers=100, now=0.0, slow_start=False)
+    now = 0.0
+    for _ in range(3):
+        now += 0.1
+        limit.accepted(now, calls=20, latency=0.1, in_flight=100)
+    for n in range(10):
+        now += 0.1
+        limit.accepted(now, calls=4 if n % 2 else 36, latency=0.5, in_flight=100)
+    assert limit.limit == math.ceil(200 * 0.1 * 1.2)

@@ -86,6 +86,7 @@ class LatencyLimit:
         self._next_sample = -math.inf
         self._sum, self._count = 0.0, 0
         self._lows: deque[tuple[float, float]] = deque()  # (when, mean) rising: a sliding min
+        self._delivery: deque[tuple[float, int]] = deque(maxlen=2 * SUSTAINED)  # (began, calls)
         self._hold_until = -math.inf
         self._refusing = False
         self.follows = True  # latency may cut the limit (not for CPU work: see Slowdown)
@@ -247,8 +248,16 @@ class LatencyLimit:
         self._next_sample = now + max(unloaded, MIN_SAMPLE)
         ratio = mean / unloaded if unloaded > 0 else 1.0
         self._queued = self._queued + 1 if ratio > QUEUE else 0
-        if self._queued >= SUSTAINED and now > began:
-            fit = max(1, math.ceil(delivered / (now - began) * unloaded * HEADROOM))
+        if now > began:
+            self._delivery.append((began, delivered))
+        if self._queued >= SUSTAINED and self._delivery:
+            # The server's rate: the calls delivered over the last few samples.
+            # One sample's answers come in bunches (a short one may hold few
+            # or two bunches), and the cut, repeated at every sample while the
+            # queue drains, would ratchet down to the fewest.
+            since = self._delivery[0][0]
+            rate = sum(calls for _, calls in self._delivery) / (now - since)
+            fit = max(1, math.ceil(rate * unloaded * HEADROOM))
             self.limit = min(self.limit, fit)
             if self.opening:
                 self._end_opening()
