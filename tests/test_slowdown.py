@@ -265,14 +265,18 @@ def test_simulated_windows_are_spent_once_not_locked_out(model: str) -> None:
 
 
 def test_simulated_overload_settles_near_the_servers_concurrency() -> None:
-    outcome = simulate(Overload(20, 0.1), workers=100, start=1000.37)
+    # (as on threads: the opening, counted toward the unloaded latency)
+    outcome = simulate(
+        Overload(20, 0.1), workers=100, start=1000.37, slow_start=True, ramp_loads=False
+    )
     assert outcome.vs_bound <= 1.05
-    assert outcome.concurrency is not None and 20 <= outcome.concurrency <= 40
-    # The first waves queue (100 calls for 20 servers: 0.5 s) until three round
-    # trips in a row confirm the queue; from then on calls wait less than one
-    # service time. (The target, p95 within 2x, is not met: p85 is.)
+    assert outcome.concurrency is not None and 20 <= outcome.concurrency <= 30
+    # The first waves queue (100 calls for 20 servers: 0.5 s) until three
+    # samples in a row confirm the queue; from then on calls wait less than one
+    # service time. (The target, p95 within 2x, is not met: p90 is.)
     latencies = sorted(outcome.latencies)
-    assert latencies[int(0.85 * len(latencies))] <= 2 * 0.1
+    assert latencies[len(latencies) // 2] <= 1.2 * 0.1
+    assert latencies[int(0.9 * len(latencies))] <= 2 * 0.1
 
 
 @pytest.mark.parametrize("model", ["token-bucket", "sliding-window", "concurrency 20, 429"])
@@ -365,11 +369,11 @@ def test_the_climb_after_a_young_cut_doubles_every_round_trip_of_slow_calls() ->
     assert slow.limiter.per_second >= 300
 
 
-def test_latency_limit_samples_once_per_unloaded_round_trip() -> None:
+def test_latency_limit_on_threads_samples_by_the_unloaded_round_trip() -> None:
     # A queue in front of the server: each answer waits longer. Sampled once
     # per *loaded* round trip (0.3, 0.4, 0.5 s...), three samples above twice
-    # the unloaded latency took a second; once per unloaded one (0.1 s), 0.3 s.
-    limit = LatencyLimit(workers=100, now=0.0, slow_start=False)
+    # the unloaded latency took a second; by the unloaded one (0.1 s), 0.3 s.
+    limit = LatencyLimit(workers=100, now=0.0, slow_start=False, ramp_loads=False)
     now = 0.1
     limit.accepted(now, calls=20, latency=0.1, in_flight=80)
     latency = 0.1
@@ -464,7 +468,7 @@ def test_latency_limit_grows_once_per_two_round_trips() -> None:
     # quarter, then waits for the answers of the calls that lets start before
     # judging again (growing at every sample took it from 21 to 40 in three,
     # and the queue back to twice the unloaded latency).
-    limit = LatencyLimit(workers=100, now=0.0, slow_start=False)
+    limit = LatencyLimit(workers=100, now=0.0, slow_start=False, ramp_loads=False)
     now = 0.0
     for _ in range(3):
         now += 0.1
@@ -488,7 +492,7 @@ def test_latency_limit_cut_counts_the_server_rate_over_several_samples() -> None
     # 36 (200 per second). Cut at every sample while the queue drains, one
     # sample's rate ratcheted the limit down to the fewest (5 calls for 20
     # servers: 2.4x the capacity bound on the benchmark's overload).
-    limit = LatencyLimit(workers=100, now=0.0, slow_start=False)
+    limit = LatencyLimit(workers=100, now=0.0, slow_start=False, ramp_loads=False)
     now = 0.0
     for _ in range(3):
         now += 0.1

@@ -21,14 +21,16 @@ in flight near what the server turns around without a queue:
   never stalls a run). The opening ends at the first refusal (the rate takes
   it from there), when the latency rises (HyStart), at a first answer under
   ``LOCAL`` (not a server's), or at ``workers``.
-- *Samples* (for a server that never refused a call): once per round trip
-  the mean latency of the calls that came back is compared with the unloaded
-  latency (the lowest mean over ``UNLOADED``
-  seconds). Above ``QUEUE`` times it, a queue is building: the limit becomes
-  the calls the server delivered per second times the unloaded latency (the
-  bandwidth-delay product of TCP BBR), times ``HEADROOM``. Below
-  ``GROW_BELOW`` times it, a limit that binds grows by a quarter per round
-  trip (a path that got faster, or a cut the latency did not bear out).
+- *Samples* (for a server that never refused a call): twice per unloaded
+  round trip (threads; once per round trip on an event loop) the mean latency
+  of the calls that came back is compared with the unloaded latency (the
+  lowest mean over ``UNLOADED`` seconds). ``SUSTAINED`` samples in a row above
+  ``QUEUE`` times it: a queue is building, and the limit becomes the calls
+  the server delivered per second over the last samples times the unloaded
+  latency (the bandwidth-delay product of TCP BBR), times ``HEADROOM``. Below
+  ``GROW_BELOW`` times it, a limit that binds grows by a quarter, then waits
+  two round trips for the answers of the calls that lets start (a path that
+  got faster, or a cut the latency did not bear out).
   A limit that no answer eased for ``QUIET`` doubles: the calls out may all
   wait for something only more calls bring.
 
@@ -54,7 +56,7 @@ QUIET_LATENCIES = 4
 LOCAL = 1e-3  # seconds: calls faster than this are not a server's
 QUEUE = 2.0  # latency above this many times the unloaded one: a queue is building
 HEADROOM = 1.2  # calls in flight per call the server turns around unloaded
-GROW_BELOW = 1.25  # latency below this many times the unloaded one: room to grow
+GROW_BELOW = 1.15  # latency below this many times the unloaded one: room to grow
 UNLOADED = 10.0  # seconds over which the lowest latency counts as the unloaded one
 MIN_SAMPLE = 0.02  # seconds, the shortest sampling interval
 SUSTAINED = 3  # round trips in a row above QUEUE before the limit is cut
@@ -243,9 +245,12 @@ class LatencyLimit:
         while lows[0][0] < now - UNLOADED:
             lows.popleft()
         unloaded = lows[0][1]
-        # Once per unloaded round trip: a queue that builds shows within a few
-        # of them, not of the (longer and longer) loaded ones.
-        self._next_sample = now + max(unloaded, MIN_SAMPLE)
+        # Twice per unloaded round trip: a queue that builds shows within a few
+        # of them, not of the (longer and longer) loaded ones. Not on one event
+        # loop (``ramp_loads``): there a busy loop's own latency rises and falls
+        # with its load, and a sample per loaded round trip rides that out.
+        every = mean if self._ramp_loads else unloaded / 2
+        self._next_sample = now + max(every, MIN_SAMPLE)
         ratio = mean / unloaded if unloaded > 0 else 1.0
         self._queued = self._queued + 1 if ratio > QUEUE else 0
         if now > began:
