@@ -4,7 +4,7 @@ A server that slows down instead of refusing (a queue in front of a few
 workers) only tells its clients through latency. This limit keeps the calls
 in flight near what the server turns around without a queue:
 
-- *Opening* (``slow_start=True``, asyncio's thousands of tasks): the run
+- *Opening* (``slow_start=True``: asyncio's thousands of tasks, and threads): the run
   starts with ``OPENING`` calls in flight. Until the first answer, time
   doubles the limit every ``DOUBLING`` seconds, so a run that no server
   limits is held back by its own CPU, not by the opening; but only at a look

@@ -16,7 +16,11 @@ starts before it            server's window is spent): everyone waits out its
 ``limiter``: the start      refusals (429, or ``throttle_on=``): cut to the
 rate (GCRA)                 server's budget, then probe above it
 ``concurrency``: calls in   the opening's slow start, then latency
-flight                      (:mod:`._latency_limit`)
+flight                      (:mod:`._latency_limit`); and refusals that
+                            come only while a given number of calls is out
+                            (a server that caps the calls in progress): a
+                            cap there, which they cut instead of the rate
+                            (see ``_cap_refusal``)
 ==========================  ===============================================
 
 The rate, as the field learned it (TCP, Google SRE's client-side throttling,
@@ -85,8 +89,9 @@ OPENING_SHARE = 8  # the opening (asyncio): a batch is at most this share of the
 PROVEN = 10  # round trips without a refusal before threads queue a batch ahead
 # The opening's slow start spares a server a first wave of thousands of calls
 # (2,000 asyncio tasks against 200/s: 2-4% refused in most runs instead of
-# 48%); the engine asks for it on asyncio, where every task is a call at once.
-# Threads keep their first wave of ``workers`` calls (see _latency_limit).
+# 48%); the engine asks for it on asyncio, where every task is a call at once,
+# and on threads (100 threads against a token bucket's burst of 10: 90 calls
+# refused at once, 4.5% of a 2,000-item run by itself).
 SLOW_START = False
 YOUNG_FLOOR = 1.0  # calls per second: the least a young window's estimate starts at
 MIN_CAP = 4  # calls in flight: the least a cap on them learned from refusals holds
