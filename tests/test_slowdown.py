@@ -501,3 +501,12 @@ def test_latency_limit_cut_counts_the_server_rate_over_several_samples() -> None
         now += 0.1
         limit.accepted(now, calls=4 if n % 2 else 36, latency=0.5, in_flight=100)
     assert limit.limit == math.ceil(200 * 0.1 * 1.2)
+
+
+def test_threads_open_with_an_eighth_of_a_pool_of_hundreds() -> None:
+    # 1,000 threads at 16 calls would take 6 doublings (30 ms) to all run: ~3%
+    # of a one-second run that no server limits. An event loop's opening stays
+    # at 16 (its thousands of tasks are one first wave).
+    assert LatencyLimit(workers=1000, now=0.0, ramp_loads=False).limit == 125
+    assert LatencyLimit(workers=100, now=0.0, ramp_loads=False).limit == OPENING
+    assert LatencyLimit(workers=1000, now=0.0).limit == OPENING
