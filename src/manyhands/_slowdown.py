@@ -509,7 +509,7 @@ class Slowdown:
                 # trip ago, at the last step's rate (half this one while it
                 # doubles). Counting it against this rate would double every
                 # other round trip: seconds of ramp at 100 ms a call.
-                delivered *= rate / self._previous_rate
+                delivered *= min(rate / self._previous_rate, CLIMB)
             self._previous_rate = rate
             self._set(max(rate, min(rate * CLIMB, CLIMB * delivered)), now)
             self._next_step = now + step
