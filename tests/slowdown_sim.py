@@ -64,10 +64,13 @@ def simulate(
     horizon: float = 120.0,
     trace: list[tuple[float, str, float | None, int, float]] | None = None,
     slow_start: bool = False,
+    ramp_loads: bool = True,
 ) -> Outcome:
     """Run ``items`` calls through a Slowdown against ``model``; ``network`` is the RTT."""
     rng = random.Random(seed)
-    slowdown = Slowdown(workers, now=start, slow_start=slow_start, random=rng.random)
+    slowdown = Slowdown(
+        workers, now=start, slow_start=slow_start, ramp_loads=ramp_loads, random=rng.random
+    )
     now = start
     fresh = iter(range(items))
     ready: deque[tuple[int, int]] = deque()  # (item, attempt) due for a retry
@@ -117,8 +120,10 @@ def simulate(
             requests += 1
             throttled = not answer.accepted
             rejected += throttled
+            # The round trip varies by ``jitter`` of it, but an answer never comes
+            # back before the server is done with its call.
             spread = 1.0 + jitter * (rng.random() - 0.5)
-            end = now + (network + answer.latency) * spread
+            end = now + max((network + answer.latency) * spread, network / 2 + answer.latency)
             serial += 1
             if trace is not None:
                 rate = None if slowdown.limiter is None else slowdown.limiter.per_second

@@ -8,6 +8,7 @@ the capacity bound that ``benchmarks/bench_throttled.py`` measures for real.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -264,14 +265,18 @@ def test_simulated_windows_are_spent_once_not_locked_out(model: str) -> None:
 
 
 def test_simulated_overload_settles_near_the_servers_concurrency() -> None:
-    outcome = simulate(Overload(20, 0.1), workers=100, start=1000.37)
+    # (as on threads: the opening, counted toward the unloaded latency)
+    outcome = simulate(
+        Overload(20, 0.1), workers=100, start=1000.37, slow_start=True, ramp_loads=False
+    )
     assert outcome.vs_bound <= 1.05
-    assert outcome.concurrency is not None and 20 <= outcome.concurrency <= 40
-    # The first waves queue (100 calls for 20 servers: 0.5 s) until three round
-    # trips in a row confirm the queue; from then on calls wait less than one
-    # service time. (The issue's target, p95 within 2x, is not met: p85 is.)
+    assert outcome.concurrency is not None and 20 <= outcome.concurrency <= 30
+    # The first waves queue (100 calls for 20 servers: 0.5 s) until three
+    # samples in a row confirm the queue; from then on calls wait less than one
+    # service time. (The issue's target, p95 within 2x, is not met: p90 is.)
     latencies = sorted(outcome.latencies)
-    assert latencies[int(0.85 * len(latencies))] <= 2 * 0.1
+    assert latencies[len(latencies) // 2] <= 1.2 * 0.1
+    assert latencies[int(0.9 * len(latencies))] <= 2 * 0.1
 
 
 @pytest.mark.parametrize("model", ["token-bucket", "sliding-window", "concurrency 20, 429"])
@@ -315,3 +320,193 @@ def test_latency_counts_from_the_calls_started_after_the_opening() -> None:
     for k in range(10):
         limit.accepted(0.4 + k * 0.3, calls=1000, latency=0.25, in_flight=10_000)
     assert limit.limit == 10_000 and not limit.rising
+
+
+# -- issue 17 (5): threads' first wave, the settle, the slow climb, the queue --
+
+
+def test_the_first_cut_settles_a_round_trip_and_a_half_after_the_refused_call() -> None:
+    # 100 ms calls: the refusal comes back at once, the accepted calls started
+    # with it only 0.1 s later. The window estimate is known once they are in
+    # (1.5 round trips after the refused call's start), not twice as long after
+    # the first accepted answer (0.3 s), which cost a concurrency-capped run 0.15 s.
+    slow = Slowdown(workers=100, now=0.0)
+    slow.completed(0.002, started=0.001, throttled=1, retry_after=1.0)
+    slow.due(0.002)
+    assert slow.limiter is not None and slow.limiter.per_second < 1.0  # (provisional)
+    for n in range(20):
+        slow.completed(0.1 + n * 1e-4, started=0.0, latency=0.1, in_flight=80 - n)
+    slow.due(0.17)
+    assert slow.limiter.per_second == pytest.approx(MARGIN * 20)
+
+
+def test_the_climb_after_a_young_cut_doubles_every_round_trip_of_slow_calls() -> None:
+    # 100 ms calls and a young window: the rate climbs from 19/s. The answers of
+    # a step were started a round trip before it, at half the rate: counted
+    # against the rate in force, the climb doubled only every other round trip
+    # (80/s after 0.6 s instead of 320/s: a second of ramp before a server of
+    # 200/s was used).
+    slow = Slowdown(workers=100, now=0.0)
+    slow.completed(0.002, started=0.001, throttled=1, retry_after=1.0)
+    for n in range(20):
+        slow.completed(0.1 + n * 1e-4, started=0.0, latency=0.1, in_flight=80 - n)
+    now = 0.17
+    slow.due(now)
+    assert slow.limiter is not None
+    out: list[float] = []  # start times of the calls in flight
+    credit = 0.0
+    while now < 0.77:
+        now += 0.01
+        credit += slow.limiter.per_second * 0.01  # calls start at the rate in force...
+        while credit >= 1:
+            credit -= 1
+            out.append(now)
+        back = [began for began in out if began + 0.1 <= now]  # ...and answer 0.1 s later
+        out = out[len(back) :]
+        for began in back:
+            slow.completed(now, started=began, latency=0.1, in_flight=len(out))
+        slow.due(now)
+    assert slow.limiter.per_second >= 300
+
+
+def test_latency_limit_on_threads_samples_by_the_unloaded_round_trip() -> None:
+    # A queue in front of the server: each answer waits longer. Sampled once
+    # per *loaded* round trip (0.3, 0.4, 0.5 s...), three samples above twice
+    # the unloaded latency took a second; by the unloaded one (0.1 s), 0.3 s.
+    limit = LatencyLimit(workers=100, now=0.0, slow_start=False, ramp_loads=False)
+    now = 0.1
+    limit.accepted(now, calls=20, latency=0.1, in_flight=80)
+    latency = 0.1
+    while limit.limit == 100 and now < 2.0:
+        now += 0.1
+        latency += 0.1
+        limit.accepted(now, calls=20, latency=latency, in_flight=100)
+    assert limit.limit < 100 and now <= 0.5 + 1e-9, now
+
+
+def test_simulated_threads_open_small_against_a_first_wave_of_refusals() -> None:
+    # 100 threads against a token bucket of 200/s with bursts of 10: a first
+    # wave of 100 calls is refused 90 times (4.5% of the 2,000 items by
+    # itself); the opening sends 16 and doubles them while nothing refuses.
+    plain = simulate(MODELS["token-bucket"](), workers=100, start=1000.37)
+    opening = simulate(
+        MODELS["token-bucket"](), workers=100, start=1000.37, slow_start=True, ramp_loads=False
+    )
+    assert plain.rejected >= 90
+    assert opening.rejected <= 50 and opening.rejected_share <= 0.03, opening
+    assert opening.vs_bound <= 1.1, opening
+
+
+def test_simulated_overload_threads_keep_the_opening_as_the_unloaded_latency() -> None:
+    # Threads' opening ends when time doubled it to 100 workers, before any
+    # answer. Its calls' latency is the unloaded one (the first 20 did not
+    # queue): counting only later calls (as asyncio must, its ramp loads its
+    # own event loop) took a queued 0.3 s for "unloaded" and cut nothing.
+    threads = simulate(
+        Overload(20, 0.1), workers=100, start=1000.37, slow_start=True, ramp_loads=False
+    )
+    assert threads.concurrency is not None and threads.concurrency <= 40, threads
+    latencies = sorted(threads.latencies)
+    assert latencies[int(0.85 * len(latencies))] <= 2 * 0.1
+
+
+def test_a_cap_on_calls_in_flight_learned_from_refusals_that_come_only_at_it() -> None:
+    # A server that takes 20 calls at a time: the first wave's refusals come
+    # back while 99, 98, ... 20 calls are still out. The calls it holds are
+    # out at the client too, so 20 out at most can never be refused.
+    slow = Slowdown(workers=100, now=0.0)
+    for n in range(80):
+        slow.completed(0.001 + n * 1e-5, started=0.0, throttled=1, in_flight=99 - n)
+    for n in range(20):
+        slow.completed(0.1 + n * 1e-4, started=0.0, latency=0.1, in_flight=19 - n)
+    slow.due(0.2)
+    assert slow.concurrency == 20 and slow.settled_concurrency == 20
+    assert slow.limiter is not None
+    rate = slow.limiter.per_second
+    # A refusal while the cap binds (19 others out) is the cap's: one off it,
+    # and the rate is not cut.
+    slow.completed(1.0, started=0.999, throttled=1, in_flight=19)
+    slow.due(1.01)
+    assert slow.concurrency == 19 and slow.limiter.per_second >= rate
+    # HOLD later, still binding, it grows back by one.
+    slow.completed(2.1, started=2.0, latency=0.1, in_flight=18)
+    slow.due(2.1)
+    assert slow.concurrency == 20
+    # A refusal with 3 calls out is a rate's: the cap goes, the rate is cut.
+    slow.completed(2.6, started=2.599, throttled=1, in_flight=3)
+    assert slow.concurrency == 100 and slow.settled_concurrency is None
+
+
+def test_a_rate_limit_whose_first_wave_refusals_come_back_to_no_call_out_learns_no_cap() -> None:
+    # A token bucket's burst of 10 in a first wave of 100 calls that leaves
+    # over 30 ms: the refusals come back as the calls leave, the accepted ones
+    # 10 ms after theirs, and the last refusals find no call out.
+    slow = Slowdown(workers=100, now=0.0)
+    answers = [(0.01 + n * 1e-4, False) for n in range(10)]
+    answers += [(0.0003 * (n + 10), True) for n in range(90)]
+    out = 100
+    for when, refused in sorted(answers):
+        out -= 1
+        slow.completed(when, started=when - 0.0003, throttled=int(refused), in_flight=out)
+    slow.due(0.2)
+    assert slow.concurrency == 100 and slow.settled_concurrency is None
+
+
+def test_simulated_concurrency_cap_is_held_by_a_cap_not_a_rate() -> None:
+    # 20 calls in progress at most, 100 ms each: paced by a rate, the calls in
+    # flight wander above 20 (refused) and below (idle): 1.15-1.2x the bound.
+    for model in ["concurrency 20, 429", "concurrency 20, 503 no Retry-After"]:
+        outcome = simulate(
+            MODELS[model](), workers=100, start=1000.37, slow_start=True, ramp_loads=False
+        )
+        assert outcome.concurrency == 20, outcome
+        assert outcome.rejected_share <= 0.02 and outcome.vs_bound <= 1.15, outcome
+
+
+def test_latency_limit_grows_once_per_two_round_trips() -> None:
+    # After a cut, the latency is back to unloaded: the limit grows by a
+    # quarter, then waits for the answers of the calls that lets start before
+    # judging again (growing at every sample took it from 21 to 40 in three,
+    # and the queue back to twice the unloaded latency).
+    limit = LatencyLimit(workers=100, now=0.0, slow_start=False, ramp_loads=False)
+    now = 0.0
+    for _ in range(3):
+        now += 0.1
+        limit.accepted(now, calls=20, latency=0.1, in_flight=20)
+    for latency in (0.3, 0.4, 0.5):
+        now += 0.1
+        limit.accepted(now, calls=20, latency=latency, in_flight=100)
+    cut = limit.limit
+    assert cut < 30
+    limits = []
+    while now < 3.0:
+        now += 0.1
+        limit.accepted(now, calls=20, latency=0.1, in_flight=limit.limit)
+        limits.append(limit.limit)
+    grew = [b > a for a, b in itertools.pairwise([cut, *limits])]
+    assert any(grew) and not any(a and b for a, b in itertools.pairwise(grew)), limits
+
+
+def test_latency_limit_cut_counts_the_server_rate_over_several_samples() -> None:
+    # The answers of a queue come in bunches: samples of 0.1 s hold 4, then
+    # 36 (200 per second). Cut at every sample while the queue drains, one
+    # sample's rate ratcheted the limit down to the fewest (5 calls for 20
+    # servers: 2.4x the capacity bound on the benchmark's overload).
+    limit = LatencyLimit(workers=100, now=0.0, slow_start=False, ramp_loads=False)
+    now = 0.0
+    for _ in range(3):
+        now += 0.1
+        limit.accepted(now, calls=20, latency=0.1, in_flight=100)
+    for n in range(10):
+        now += 0.1
+        limit.accepted(now, calls=4 if n % 2 else 36, latency=0.5, in_flight=100)
+    assert limit.limit == math.ceil(200 * 0.1 * 1.2)
+
+
+def test_threads_open_with_an_eighth_of_a_pool_of_hundreds() -> None:
+    # 1,000 threads at 16 calls would take 6 doublings (30 ms) to all run: ~3%
+    # of a one-second run that no server limits. An event loop's opening stays
+    # at 16 (its thousands of tasks are one first wave).
+    assert LatencyLimit(workers=1000, now=0.0, ramp_loads=False).limit == 125
+    assert LatencyLimit(workers=100, now=0.0, ramp_loads=False).limit == OPENING
+    assert LatencyLimit(workers=1000, now=0.0).limit == OPENING

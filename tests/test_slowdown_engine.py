@@ -8,7 +8,8 @@ import time
 
 import manyhands
 from manyhands._demo_api import fetch, serve
-from manyhands._servers import SlidingWindow
+from manyhands._latency_limit import OPENING
+from manyhands._servers import SlidingWindow, TokenBucket
 from manyhands._slowdown import PROVEN
 
 from .simulated import Simulation
@@ -129,3 +130,26 @@ def test_threads_queue_a_batch_ahead_once_the_first_round_trips_met_no_limit() -
     )
     assert report.succeeded == calls and report.throttle_events == 1
     assert limited.most_out == 2
+
+
+def test_threads_open_with_a_few_calls_so_a_burst_limit_refuses_few() -> None:
+    # Fake clock, 100 threads, 5 ms calls against a token bucket of 200/s with
+    # bursts of 10. The first wave of 100 calls before any answer was refused
+    # 90 times; the opening sends 16 and doubles them every 5 ms until a
+    # refusal comes back, and the rate takes it from there.
+    sim = Simulation(workers=100, name="threads")
+    bucket = TokenBucket(200, burst=10)
+
+    def call(x: int) -> int:
+        answer = bucket.request(sim.clock.now)
+        if not answer.accepted:
+            raise manyhands.RetryAfter(answer.retry_after or 1.0)
+        return x
+
+    report = sim.run(
+        call, range(400), duration=lambda item: 0.005, retry=manyhands.Retry(8), progress=False
+    )
+    assert report.succeeded == 400
+    first_wave = [item for began, item in sim.starts if began == 0.0]
+    assert len(first_wave) == OPENING, len(first_wave)  # (100 without the opening)
+    assert report.throttle_events <= 40, report.throttle_events  # (90 or more without it)

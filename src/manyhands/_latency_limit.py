@@ -4,7 +4,7 @@ A server that slows down instead of refusing (a queue in front of a few
 workers) only tells its clients through latency. This limit keeps the calls
 in flight near what the server turns around without a queue:
 
-- *Opening* (``slow_start=True``, asyncio's thousands of tasks): the run
+- *Opening* (``slow_start=True``: asyncio's thousands of tasks, and threads): the run
   starts with ``OPENING`` calls in flight. Until the first answer, time
   doubles the limit every ``DOUBLING`` seconds, so a run that no server
   limits is held back by its own CPU, not by the opening; but only at a look
@@ -21,14 +21,16 @@ in flight near what the server turns around without a queue:
   never stalls a run). The opening ends at the first refusal (the rate takes
   it from there), when the latency rises (HyStart), at a first answer under
   ``LOCAL`` (not a server's), or at ``workers``.
-- *Samples* (for a server that never refused a call): once per round trip
-  the mean latency of the calls that came back is compared with the unloaded
-  latency (the lowest mean over ``UNLOADED``
-  seconds). Above ``QUEUE`` times it, a queue is building: the limit becomes
-  the calls the server delivered per second times the unloaded latency (the
-  bandwidth-delay product of TCP BBR), times ``HEADROOM``. Below
-  ``GROW_BELOW`` times it, a limit that binds grows by a quarter per round
-  trip (a path that got faster, or a cut the latency did not bear out).
+- *Samples* (for a server that never refused a call): twice per unloaded
+  round trip (threads; once per round trip on an event loop) the mean latency
+  of the calls that came back is compared with the unloaded latency (the
+  lowest mean over ``UNLOADED`` seconds). ``SUSTAINED`` samples in a row above
+  ``QUEUE`` times it: a queue is building, and the limit becomes the calls
+  the server delivered per second over the last samples times the unloaded
+  latency (the bandwidth-delay product of TCP BBR), times ``HEADROOM``. Below
+  ``GROW_BELOW`` times it, a limit that binds grows by a quarter, then waits
+  two round trips for the answers of the calls that lets start (a path that
+  got faster, or a cut the latency did not bear out).
   A limit that no answer eased for ``QUIET`` doubles: the calls out may all
   wait for something only more calls bring.
 
@@ -54,7 +56,7 @@ QUIET_LATENCIES = 4
 LOCAL = 1e-3  # seconds: calls faster than this are not a server's
 QUEUE = 2.0  # latency above this many times the unloaded one: a queue is building
 HEADROOM = 1.2  # calls in flight per call the server turns around unloaded
-GROW_BELOW = 1.25  # latency below this many times the unloaded one: room to grow
+GROW_BELOW = 1.15  # latency below this many times the unloaded one: room to grow
 UNLOADED = 10.0  # seconds over which the lowest latency counts as the unloaded one
 MIN_SAMPLE = 0.02  # seconds, the shortest sampling interval
 SUSTAINED = 3  # round trips in a row above QUEUE before the limit is cut
@@ -73,9 +75,15 @@ class LatencyLimit:
     33
     """
 
-    def __init__(self, workers: int, now: float, *, slow_start: bool = True) -> None:
+    def __init__(
+        self, workers: int, now: float, *, slow_start: bool = True, ramp_loads: bool = True
+    ) -> None:
         self.workers = workers
-        self.limit = min(workers, OPENING) if slow_start else workers
+        self._ramp_loads = ramp_loads  # (see _end_opening)
+        # Threads open with an eighth of a pool of hundreds: 1,000 threads reach
+        # all in 3 doublings, not 6 (30 ms of ramp cost a 1 s run ~3%).
+        first = OPENING if ramp_loads else max(OPENING, workers // 8)
+        self.limit = min(workers, first) if slow_start else workers
         self.opening = self.limit < workers
         self._begun = now
         self._latency = 0.0  # smoothed latency of accepted calls
@@ -83,6 +91,7 @@ class LatencyLimit:
         self._next_sample = -math.inf
         self._sum, self._count = 0.0, 0
         self._lows: deque[tuple[float, float]] = deque()  # (when, mean) rising: a sliding min
+        self._delivery: deque[tuple[float, int]] = deque(maxlen=2 * SUSTAINED)  # (began, calls)
         self._hold_until = -math.inf
         self._refusing = False
         self.follows = True  # latency may cut the limit (not for CPU work: see Slowdown)
@@ -216,10 +225,15 @@ class LatencyLimit:
         The calls started during a ramp met a lighter client than those after
         it (10,000 tasks on one event loop: 0.1 s calls answered in 0.1 s
         early, 0.2 s once all run): their latency is no measure of "unloaded".
+        Threads (``ramp_loads=False``) wait in the OS, not on one event loop:
+        a call's latency does not grow with the calls started, and the first
+        answers, from calls started in the opening, are the unloaded latency
+        (against a queue, the only answers that did not wait in it).
         """
         self.opening = False
         self.limit = min(self.limit, self.workers)
-        self._opened = self._clock
+        if self._ramp_loads:
+            self._opened = self._clock
 
     def _sample(self, now: float, in_flight: int) -> None:
         """Once per round trip: does the latency rise with the calls in flight?"""
@@ -227,7 +241,6 @@ class LatencyLimit:
         mean = self._sum / self._count
         delivered = self._count
         self._sum, self._count = 0.0, 0
-        self._next_sample = now + max(mean, MIN_SAMPLE)
         lows = self._lows
         while lows and lows[-1][1] >= mean:
             lows.pop()
@@ -235,10 +248,24 @@ class LatencyLimit:
         while lows[0][0] < now - UNLOADED:
             lows.popleft()
         unloaded = lows[0][1]
+        # Twice per unloaded round trip: a queue that builds shows within a few
+        # of them, not of the (longer and longer) loaded ones. Not on one event
+        # loop (``ramp_loads``): there a busy loop's own latency rises and falls
+        # with its load, and a sample per loaded round trip rides that out.
+        every = mean if self._ramp_loads else unloaded / 2
+        self._next_sample = now + max(every, MIN_SAMPLE)
         ratio = mean / unloaded if unloaded > 0 else 1.0
         self._queued = self._queued + 1 if ratio > QUEUE else 0
-        if self._queued >= SUSTAINED and now > began:
-            fit = max(1, math.ceil(delivered / (now - began) * unloaded * HEADROOM))
+        if now > began:
+            self._delivery.append((began, delivered))
+        if self._queued >= SUSTAINED and self._delivery:
+            # The server's rate: the calls delivered over the last few samples.
+            # One sample's answers come in bunches (a short one may hold few
+            # or two bunches), and the cut, repeated at every sample while the
+            # queue drains, would ratchet down to the fewest.
+            since = self._delivery[0][0]
+            rate = sum(calls for _, calls in self._delivery) / (now - since)
+            fit = max(1, math.ceil(rate * unloaded * HEADROOM))
             self.limit = min(self.limit, fit)
             if self.opening:
                 self._end_opening()
@@ -251,3 +278,8 @@ class LatencyLimit:
             and in_flight >= 0.9 * self.limit
         ):
             self.limit = min(self.workers, self.limit + max(1, self.limit // 4))
+            # Its effect shows in the answers of the calls it lets start: a
+            # round trip on, sampled a round trip later. (Growing at every
+            # sample, once per unloaded round trip, outran them: 21 -> 40 in
+            # three samples, back to twice the unloaded latency.)
+            self._hold_until = now + 2 * mean

@@ -172,7 +172,8 @@ class Run:
             self._batches_at_once(backend, workers),
             options.rate_per_second,
             now=clock(),
-            slow_start=self._items_are_calls,  # (asyncio: thousands of calls at once)
+            slow_start=self._items_are_calls or backend.name == "threads",
+            ramp_loads=self._items_are_calls,  # (thousands of tasks on one event loop)
         )
         if backend.name == "processes":
             self._slowdown.ignore_latency()

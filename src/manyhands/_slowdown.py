@@ -16,7 +16,11 @@ starts before it            server's window is spent): everyone waits out its
 ``limiter``: the start      refusals (429, or ``throttle_on=``): cut to the
 rate (GCRA)                 server's budget, then probe above it
 ``concurrency``: calls in   the opening's slow start, then latency
-flight                      (:mod:`._latency_limit`)
+flight                      (:mod:`._latency_limit`); and refusals that
+                            come only while a given number of calls is out
+                            (a server that caps the calls in progress): a
+                            cap there, which they cut instead of the rate
+                            (see ``_cap_refusal``)
 ==========================  ===============================================
 
 The rate, as the field learned it (TCP, Google SRE's client-side throttling,
@@ -76,7 +80,7 @@ HOLD = 1.0  # seconds at a new rate before probing above it
 WINDOWED_HOLD = 3.0  # the same, once a lockout was seen
 PROBE_STEP = 0.25  # seconds between probe steps
 PROBE_FIRST = 0.02  # the first probe step's rise
-MAX_RISE = 0.25  # the largest probe step's rise
+MAX_RISE = 0.5  # the largest probe step's rise (a capacity that doubled back: 6 steps)
 WINDOWED_RISE = 0.05  # the same, once a lockout was seen
 MIN_EPISODE = 10  # calls answered at the current rate before a new cut is judged
 MIN_RATE = 0.1  # calls per second
@@ -85,10 +89,13 @@ OPENING_SHARE = 8  # the opening (asyncio): a batch is at most this share of the
 PROVEN = 10  # round trips without a refusal before threads queue a batch ahead
 # The opening's slow start spares a server a first wave of thousands of calls
 # (2,000 asyncio tasks against 200/s: 2-4% refused in most runs instead of
-# 48%); the engine asks for it on asyncio, where every task is a call at once.
-# Threads keep their first wave of ``workers`` calls (see _latency_limit).
+# 48%); the engine asks for it on asyncio, where every task is a call at once,
+# and on threads (100 threads against a token bucket's burst of 10: 90 calls
+# refused at once, 4.5% of a 2,000-item run by itself).
 SLOW_START = False
 YOUNG_FLOOR = 1.0  # calls per second: the least a young window's estimate starts at
+MIN_CAP = 4  # calls in flight: the least a cap on them learned from refusals holds
+SLOW_CLIMB = 0.05  # seconds: the climb counts answers a round trip late for calls this slow
 
 
 class Slowdown:
@@ -111,10 +118,12 @@ class Slowdown:
         *,
         now: float = 0.0,
         slow_start: bool = SLOW_START,
+        ramp_loads: bool = True,
         random: Callable[[], float] | None = None,
     ) -> None:
         self.workers = workers
         self._slow_start = slow_start
+        self._ramp_loads = ramp_loads  # the opening's ramp loads the client (asyncio)
         self.ceiling = ceiling  # the user's rate=, if any
         self.limiter: RateLimit | None = RateLimit(ceiling) if ceiling else None
         self.paused_until = -math.inf
@@ -122,7 +131,7 @@ class Slowdown:
         self.pauses = 0
         self.lowest: float | None = None  # the lowest rate a cut went to
         self._random = random  # (None: random.random, imported when first needed)
-        self._latency = LatencyLimit(workers, now, slow_start=slow_start)
+        self._latency = self._new_latency_limit(now)
         self._begun = self._clock = now
         self._log = StartLog()
         self._first_refusal = True
@@ -141,15 +150,27 @@ class Slowdown:
         self._clock = now
         self._delivered = 0  # accepted answers since the last change of the rate
         self._last_step = now
+        self._previous_rate = math.inf  # the climb's rate a step ago
         self._reacted_call = now  # when the call the last cut answered started
+        # A cap on the calls in flight, learned from refusals (see _cap_refusal).
+        self._cap = workers
+        self._cap_learning: int | None = workers  # (the first episode's fewest out at a refusal)
+        self._cap_cut = -math.inf  # when the cap was last cut
+        self._cap_raise = math.inf  # when it may grow by one
+        self._in_flight = 0
 
     def start(self, now: float) -> None:
         """The run starts at ``now`` (the opening counts from it)."""
         self._begun = self._clock = now
         follows = self._latency.follows
-        self._latency = LatencyLimit(self.workers, now, slow_start=self._slow_start)
+        self._latency = self._new_latency_limit(now)
         if not follows:
             self.ignore_latency()
+
+    def _new_latency_limit(self, now: float) -> LatencyLimit:
+        return LatencyLimit(
+            self.workers, now, slow_start=self._slow_start, ramp_loads=self._ramp_loads
+        )
 
     def ignore_latency(self) -> None:
         """Latency never limits the calls in flight (calls on worker processes).
@@ -168,7 +189,7 @@ class Slowdown:
     @property
     def concurrency(self) -> int:
         """How many calls may be in flight."""
-        return min(self._latency.limit, self._concurrency_cap)
+        return min(self._latency.limit, self._concurrency_cap, self._cap)
 
     @property
     def watching(self) -> bool:
@@ -227,8 +248,9 @@ class Slowdown:
     @property
     def settled_concurrency(self) -> int | None:
         """The calls in flight allowed, None if no limit below ``workers`` was needed."""
-        limit = self._latency.limit
-        return None if limit >= self.workers or self._latency.opening else limit
+        limit = self.workers if self._latency.opening else self._latency.limit
+        limit = min(limit, self._cap)
+        return None if limit >= self.workers else limit
 
     def summary(self) -> str:
         """A few words for the progress line: what the slowdown holds the run to now."""
@@ -261,6 +283,7 @@ class Slowdown:
         largest delay a refusal asked for, ``in_flight`` the calls still out.
         """
         self._clock = now
+        self._in_flight = in_flight
         accepted = calls - throttled
         self._log.add(started, accepted, throttled)
         if started >= self._changed:
@@ -283,11 +306,15 @@ class Slowdown:
                 self._end_pause(now)  # a trickle call got through: the limit lifted
         pending = self._pending
         if not had_latency and pending is not None:  # the first round trip is known now
-            self._pending = (self._settle_time(now, pending[1]), *pending[1:])
+            # (counted from when the refusal came back, as if it had been known then)
+            settle = max(now, self._settle_time(self._reacted, pending[1]))
+            self._pending = (settle, *pending[1:])
 
     def _refused(self, now: float, started: float, calls: int, retry_after: float | None) -> None:
         self.throttled += calls
         self._latency.refused()
+        if self._cap_refusal(now, started):
+            return
         if started < self._reacted:
             return  # an answer to a call started before the last cut
         self._streak += calls
@@ -297,6 +324,33 @@ class Slowdown:
             self._first_refusal or self._climbing or sum(self._episode) >= MIN_EPISODE
         ):
             self._cut(now, started)
+
+    def _cap_refusal(self, now: float, started: float) -> bool:
+        """Was the refusal the cap's (the server caps the calls in progress)? It cuts it.
+
+        The first episode's refusals give the cap: the fewest calls still out
+        when one came back. A single client's calls in progress at the server
+        are also out at the client, so a server that caps them at C refuses
+        only while C or more are out: a cap there holds them under its limit
+        whatever the rate (and the rate, no longer cut for them, probes up
+        harmlessly). A refusal while the cap binds (``cap - 1`` others out)
+        takes one off it, at most once per round trip; ``HOLD`` seconds later
+        it grows by one if it binds. A refusal with fewer out, or a cap under
+        ``MIN_CAP``, is a rate's: the cap goes, and the rate takes it from there.
+        """
+        if self._cap_learning is not None:
+            self._cap_learning = min(self._cap_learning, self._in_flight)
+            return False
+        if self._cap >= self.workers:
+            return False
+        if self._in_flight >= self._cap - 1 and self._cap > MIN_CAP:
+            if started >= self._cap_cut:
+                self._cap = max(MIN_CAP, min(self._cap - 1, self._in_flight))
+                self._cap_cut = now
+                self._cap_raise = now + HOLD
+            return True
+        self._cap, self._cap_raise = self.workers, math.inf
+        return False
 
     def ending(self) -> None:
         """No more input: only the calls in flight and the retries are left."""
@@ -309,6 +363,12 @@ class Slowdown:
         """
         self._clock = now
         wake = self._latency.tick(now, waiting)
+        if now >= self._cap_raise:
+            if self._in_flight >= self._cap - 1:  # (it binds: try one more)
+                self._cap = min(self._cap + 1, self.workers)
+            self._cap_raise = now + HOLD if self._cap < self.workers else math.inf
+        if self._cap_raise < math.inf:
+            wake = _sooner(wake, self._cap_raise - now)
         if self._pause is not None and now >= self._pause[0]:
             self._end_pause(now)
         if self._pending is not None:
@@ -363,6 +423,11 @@ class Slowdown:
 
     def _settle(self, now: float, started: float, rate: float | None, since: float) -> None:
         """The answers to the calls started before the refused one are in: refine the cut."""
+        if self._cap_learning is not None:
+            if MIN_CAP <= self._cap_learning < self.workers:
+                self._cap = self._cap_learning
+                self._cap_raise = now + HOLD
+            self._cap_learning = None
         if rate is None or self._windowed:
             young = started - max(started - WINDOW, self._begun) < 0.9 * WINDOW
             self._climbing = young and not self._windowed
@@ -375,6 +440,7 @@ class Slowdown:
         begin = max(now, self.paused_until)
         if self._climbing:
             self._next_step = begin + max(self._latency.latency, SLOT)
+            self._previous_rate = self._pause[1] if self._pause is not None else self._rate()
         else:
             self._next_step = begin + (WINDOWED_HOLD if self._windowed else HOLD)
         self._log.forget(now - 2 * WINDOW)
@@ -435,8 +501,16 @@ class Slowdown:
         if self._climbing:
             # Clocked by the answers, as TCP's slow start: at most twice the
             # rate the server was seen to accept during the last step.
-            step = max(self._latency.latency, SLOT)
-            delivered = self._delivered / max(now - self._last_step, step)
+            latency = self._latency.latency
+            step = max(latency, SLOT)
+            delivered = self._delivered / step
+            if latency >= SLOW_CLIMB:
+                # Slow calls: what came back in this step was started a round
+                # trip ago, at the last step's rate (half this one while it
+                # doubles). Counting it against this rate would double every
+                # other round trip: seconds of ramp at 100 ms a call.
+                delivered *= min(rate / self._previous_rate, CLIMB)
+            self._previous_rate = rate
             self._set(max(rate, min(rate * CLIMB, CLIMB * delivered)), now)
             self._next_step = now + step
         else:
