@@ -20,6 +20,13 @@ the rows of the commit in progress and those handed over during it, and
 those items simply run again. Lookups read through a second connection,
 so they never wait for a commit.
 
+A new journal (no file, and no WAL a killed run left) is opened by the
+writer thread as the run starts: nothing in it can be looked up, so the
+first items need not wait for it (2-4 ms). The consumer waits for it only
+where it needs the file (a lookup, a row naming the run, the end); a
+failure to open it stops the run like a failed commit. An existing journal
+is opened before the run: its records decide what runs.
+
 One run at a time: a lock file next to the journal (``<journal>.lock``) is
 held with an OS lock for the whole run, so the OS releases it when the
 process dies, however it dies: a lock left by a killed run is never in the
