@@ -365,7 +365,7 @@ def test_rows_handed_over_during_the_interval_wait_for_it_without_waking_the_wri
     assert keys == ["a", "b"]
 
 
-# -- a new journal opens beside the run's start; the WAL is copied during the run --
+# -- a new journal opens beside the run's start --
 
 
 def test_a_new_journal_is_opened_by_the_writer_and_an_existing_one_before_the_run(
@@ -436,24 +436,3 @@ def test_a_new_journal_replaced_as_it_opens_stops_the_run_and_the_other_file_is_
     with pytest.raises(manyhands.JournalError, match="was replaced by another file"):
         manyhands.run(str, range(1000), journal=journal, workers=2)
     assert journal.read_bytes() == before
-
-
-def test_the_wal_is_copied_into_the_journal_file_during_the_run(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """So the run's end has little left to copy (it took 3-5 ms of every run)."""
-    monkeypatch.setattr(_journal_writer, "WATCH_INTERVAL", 0.0)  # (at every commit)
-    journal = tmp_path / "run.db"
-    copy = tmp_path / "copy.db"
-
-    def fn(x: int) -> int:
-        if x == 300:  # (commits of the items before it have been made)
-            shutil.copyfile(journal, copy)  # the journal file alone, without its WAL
-        time.sleep(0.002)
-        return x
-
-    manyhands.run(fn, range(400), journal=journal, workers=4, batch_size=2)
-    with sqlite3.connect(copy) as db:
-        (count,) = db.execute("SELECT count(*) FROM items").fetchone()
-    db.close()
-    assert count > 0

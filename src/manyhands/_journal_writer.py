@@ -31,7 +31,6 @@ itself is fine): the run stops with every finished item recorded.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sqlite3
 import threading
@@ -150,7 +149,6 @@ class Writer:
         self.committed: deque[list[str]] = deque()  # lists of keys made durable, for the consumer
         self.commits = 0
         self.checks = 0  # times the files were checked
-        self.checkpoints = 0
         self._checked = -WATCH_INTERVAL  # when, last (time.monotonic)
         self._thread = threading.Thread(target=self._loop, name="manyhands-journal", daemon=True)
         self._thread.start()
@@ -376,28 +374,11 @@ class Writer:
                 self._insert_batches(group.batches)  # one statement: its own transaction
         except (sqlite3.Error, ValueError, OverflowError) as exc:  # (the last two: binding)
             raise _Failed(f"writing the journal {self._watch.path} failed ({exc})") from exc
-        if check:
-            self._checkpoint()
         problem = self._watch.lock_problem() if check else None
         if problem is not None:
             with self._cond:
                 if self._problem is None:
                     self._problem = f"{problem}; the run stopped.{ALL_RECORDED}"
-
-    def _checkpoint(self) -> None:
-        """Copy what was committed into the journal file itself (the WAL's frames).
-
-        Every ``WATCH_INTERVAL``, beside the run: left to the close, it took
-        the run's end 3-5 ms (two syncs and a WAL of up to 4 MB to copy).
-        PASSIVE: it never waits for the reader, and a frame it cannot copy
-        yet is copied at the next one (or by the close).
-        """
-        assert self._db is not None
-        # (a failure loses nothing: what was committed is in the WAL, and the next
-        # commit, or the close, says what is wrong)
-        with contextlib.suppress(sqlite3.Error):
-            self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        self.checkpoints += 1
 
     def _insert_batches(self, batches: list[tuple[int, int, int, list[str]]]) -> None:
         if not batches:
