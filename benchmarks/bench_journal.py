@@ -2,6 +2,7 @@
 
     python benchmarks/bench_journal.py              # everything (about two minutes)
     python benchmarks/bench_journal.py --resume 200000 --kills 5
+    python benchmarks/bench_journal.py --only overhead --case io --repeat 5
 
 Each case runs in a fresh interpreter. The overhead cases compare the same
 run without and with ``journal=`` on a new file, with the default durability
@@ -168,12 +169,14 @@ def kill_case(kills: int) -> None:
         print(f"| {name} | {mean:.1f} | {worst} |", flush=True)
 
 
-def overhead(tmp: str, repeat: int) -> None:
+def overhead(tmp: str, repeat: int, cases: list[str] | None = None) -> None:
     print("| workload | durability | without journal s | with journal s | ratio | cost per item "
           "| CPU per item |")  # fmt: skip
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
     imports = []
     for case, (_, count, _, describe) in CASES.items():
+        if cases and case not in cases:
+            continue
         # In turn (without, normal, full, without, ...): a machine whose load changes
         # during the minute weighs on all three alike.
         plain: list[dict[str, float]] = []
@@ -195,7 +198,8 @@ def overhead(tmp: str, repeat: int) -> None:
                 flush=True,
             )
             imports.append(min(run["import"] for run in runs))
-    print(f"\nimporting the journal's modules, once per process: {min(imports) * 1e3:.0f} ms")
+    if imports:
+        print(f"\nimporting the journal's modules, once per process: {min(imports) * 1e3:.0f} ms")
 
 
 def resume(tmp: str, count: int) -> None:
@@ -218,6 +222,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="runs per overhead case (best)")
     parser.add_argument("--kills", type=int, default=10, help="kills per tool (0: none)")
     parser.add_argument("--only", choices=["overhead", "resume", "kills"], help="one part")
+    parser.add_argument(
+        "--case", action="append", choices=list(CASES), help="overhead: this workload only"
+    )
     args = parser.parse_args()
     if args.one:
         if args.one[0] == "resume":
@@ -230,7 +237,7 @@ def main() -> None:
     print(f"Python {sys.version.split()[0]}, {time.strftime('%Y-%m-%d')}\n")
     with tempfile.TemporaryDirectory() as tmp:
         if args.only in (None, "overhead"):
-            overhead(tmp, args.repeat)
+            overhead(tmp, args.repeat, args.case)
         if args.only in (None, "resume"):
             resume(tmp, args.resume)
     if args.kills and args.only in (None, "kills"):

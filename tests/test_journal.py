@@ -298,7 +298,7 @@ def test_a_journal_new_to_the_run_skips_lookups_up_to_a_bound_and_repeats_still_
     """
     monkeypatch.setattr(_journal, "FRESH_KEYS", fresh_keys)
     journal = _journal.Journal(tmp_path / "run.db", str)
-    reader = journal._reader
+    reader = journal._opened()
     looked_up: list[int] = []
 
     class Reader:  # (counts the lookups)
@@ -523,7 +523,9 @@ def test_a_full_disk_stops_the_run_and_records_nothing_false(
 
     def small_disk(path: Path, durability: str) -> sqlite3.Connection:
         db = opened(path, durability)
-        db.execute("PRAGMA max_page_count = 40")  # about 160 KiB: "database or disk is full"
+        # about 800 KiB: the first group (at most MAX_PENDING rows) fits, 200,000 rows
+        # do not: "database or disk is full"
+        db.execute("PRAGMA max_page_count = 200")
         return db
 
     monkeypatch.setattr(_journal, "open_db", small_disk)
@@ -544,12 +546,16 @@ def test_a_full_disk_stops_the_run_and_records_nothing_false(
 def test_durability_full_fsyncs_every_commit(tmp_path: Path) -> None:
     open_journal = _journal.Journal(tmp_path / "a.db", str, durability="full")
     try:
+        open_journal.commit()  # (a new journal is opened beside the run's start)
+        assert open_journal._db is not None
         assert open_journal._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
         assert open_journal._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     finally:
         open_journal.close("finished", {})
     normal = _journal.Journal(tmp_path / "b.db", str)
     try:
+        normal.commit()
+        assert normal._db is not None
         assert normal._db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
     finally:
         normal.close("finished", {})

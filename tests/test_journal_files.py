@@ -8,6 +8,7 @@ import sqlite3
 import stat
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,28 @@ def at_item(n: int, action: Callable[[], Any]) -> Callable[[int], int]:
     return fn
 
 
+def once_open(journal: Path, action: Callable[[], Any]) -> Callable[[], Any]:
+    """``action``, once the run has opened its new journal (the writer opens it beside
+    the run's start: fast items may run before it is)."""
+
+    def then() -> Any:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if os.path.exists(f"{journal}-shm"):
+                db = sqlite3.connect(f"file:{journal}?mode=ro", uri=True)
+                try:
+                    if db.execute("SELECT count(*) FROM runs").fetchone()[0]:
+                        break
+                except sqlite3.Error:
+                    pass  # (not created yet)
+                finally:
+                    db.close()
+            time.sleep(0.001)
+        return action()
+
+    return then
+
+
 def modes(journal: Path) -> dict[str, int]:
     return {
         suffix: stat.S_IMODE(os.stat(f"{journal}{suffix}").st_mode)
@@ -53,7 +76,8 @@ def test_the_journal_its_wal_shm_and_lock_files_are_created_private(
 ) -> None:
     journal = tmp_path / "run.db"
     seen: dict[str, int] = {}
-    manyhands.run(at_item(500, lambda: seen.update(modes(journal))), range(1000),
+    snapshot = once_open(journal, lambda: seen.update(modes(journal)))
+    manyhands.run(at_item(500, snapshot), range(1000),
                   journal=journal, workers=2, batch_size=10)  # fmt: skip
     assert seen == dict.fromkeys(SUFFIXES, 0o600)  # while it runs, all four exist
     assert modes(journal) == {"": 0o600, ".lock": 0o600}
@@ -74,7 +98,7 @@ def test_a_journal_removed_with_its_directory_mid_run_stops_the_run(tmp_path: Pa
     folder = tmp_path / "state"
     folder.mkdir()
     journal = folder / "run.db"
-    fn = at_item(300, lambda: shutil.rmtree(folder))
+    fn = at_item(300, once_open(journal, lambda: shutil.rmtree(folder)))
     with pytest.raises(manyhands.JournalError, match="was removed during the run") as info:
         manyhands.run(fn, range(2000), journal=journal, workers=2, batch_size=10)
     assert "the run stopped" in str(info.value)
@@ -90,7 +114,7 @@ def test_a_journal_replaced_mid_run_stops_the_run_and_the_new_file_is_untouched(
     os.remove(f"{other}.lock")
     before = other.read_bytes()
     journal = tmp_path / "run.db"
-    fn = at_item(300, lambda: os.replace(other, journal))
+    fn = at_item(300, once_open(journal, lambda: os.replace(other, journal)))
     with pytest.raises(manyhands.JournalError, match="was replaced by another file"):
         manyhands.run(fn, range(2000), journal=journal, workers=2, batch_size=10)
     assert journal.read_bytes() == before
@@ -103,7 +127,7 @@ def test_a_journal_replaced_mid_run_stops_the_run_and_the_new_file_is_untouched(
 def test_a_lock_file_removed_mid_run_stops_the_run(tmp_path: Path) -> None:
     journal = tmp_path / "run.db"
     called: list[int] = []
-    remove_lock = at_item(300, lambda: os.remove(f"{journal}.lock"))
+    remove_lock = at_item(300, once_open(journal, lambda: os.remove(f"{journal}.lock")))
 
     def fn(x: int) -> int:
         called.append(x)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sqlite3
 import threading
@@ -18,6 +19,7 @@ from manyhands._journal_writer import Group, Writer
 from manyhands._keys import default_key
 
 from .conftest import Hands
+from .test_journal_files import once_open
 
 
 def recorded(journal: Path) -> dict[str, str]:
@@ -207,9 +209,11 @@ def test_the_files_are_checked_once_per_interval_not_before_every_commit(
     manyhands.run(slow, range(400), journal=tmp_path / "run.db", workers=4, batch_size=2)
     [writer] = writers
     assert writer.commits > 5
-    # The writer checked before its first commit only; the journal again as it closed.
-    assert checked.count("manyhands-journal") == writer.checks == 1
-    assert len(checked) == 2
+    # The writer checked before it opened the new journal and before its first commit
+    # only; the journal again as it closed.
+    assert writer.checks == 1
+    assert checked.count("manyhands-journal") == 2
+    assert len(checked) == 3
 
 
 def test_a_journal_removed_between_checks_still_stops_the_run(
@@ -222,7 +226,7 @@ def test_a_journal_removed_between_checks_still_stops_the_run(
 
     def fn(x: int) -> int:
         if x == 300:
-            shutil.rmtree(folder)
+            once_open(journal, lambda: shutil.rmtree(folder))()
         return x
 
     with pytest.raises(manyhands.JournalError, match="was removed during the run"):
@@ -302,7 +306,8 @@ def new_writer(tmp_path: Path) -> Iterator[Callable[[], tuple[Writer, sqlite3.Co
         run_id = db.execute("INSERT INTO runs (status) VALUES ('running')").lastrowid
         db.commit()
         assert run_id is not None
-        return Writer(db, _journal_file.Watch(path, lock), run_id, "unused"), db, run_id
+        watch = _journal_file.Watch(path, lock)
+        return Writer(lambda: (db, watch, run_id), "unused"), db, run_id
 
     yield make
     db.close()
@@ -358,3 +363,76 @@ def test_rows_handed_over_during_the_interval_wait_for_it_without_waking_the_wri
     assert writer.commits == 2
     keys = [key for (key,) in db.execute("SELECT key FROM items ORDER BY key")]
     assert keys == ["a", "b"]
+
+
+# -- a new journal opens beside the run's start --
+
+
+def test_a_new_journal_is_opened_by_the_writer_and_an_existing_one_before_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from manyhands import _journal
+
+    opened_in: list[str] = []
+    open_db = _journal.open_db
+
+    def noted(path: Path, durability: str) -> sqlite3.Connection:
+        opened_in.append(threading.current_thread().name)
+        return open_db(path, durability)
+
+    monkeypatch.setattr(_journal, "open_db", noted)
+    journal = tmp_path / "run.db"
+    first = manyhands.run(str, range(100), journal=journal, workers=2)
+    # (an existing journal: its records decide what runs, so it is read first)
+    second = manyhands.run(str, range(120), journal=journal, workers=2)
+    assert opened_in == ["manyhands-journal", "MainThread"]
+    assert (first.succeeded, second.skipped, second.succeeded) == (100, 100, 20)
+    assert len(recorded(journal)) == 120
+
+
+def test_a_new_journal_that_cannot_be_opened_stops_the_run_at_its_first_outcome(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_thread_left: None
+) -> None:
+    from manyhands import _journal
+
+    def broken(path: Path, durability: str) -> sqlite3.Connection:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(_journal, "open_db", broken)
+    calls: list[int] = []
+
+    def fn(x: int) -> int:
+        calls.append(x)
+        time.sleep(0.001)
+        return x
+
+    with pytest.raises(manyhands.JournalError, match="cannot write the journal") as info:
+        manyhands.run(fn, range(10_000), journal=tmp_path / "run.db", workers=2)
+    message = str(info.value)
+    assert "disk I/O error; the run stopped" in message  # (not "nothing was run": items ran)
+    assert "will run again" in message
+    assert 0 < len(calls) < 10_000  # it stopped at the first outcome it could not record
+    monkeypatch.undo()
+    resumed = manyhands.run(str, range(10), journal=tmp_path / "run.db")
+    assert resumed.succeeded == 10  # nothing was recorded; the lock was released
+
+
+def test_a_new_journal_replaced_as_it_opens_stops_the_run_and_the_other_file_is_untouched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from manyhands import _journal
+
+    other = tmp_path / "other.db"
+    manyhands.run(str, ["a", "b"], journal=other)
+    before = other.read_bytes()
+    journal = tmp_path / "run.db"
+    open_db = _journal.open_db
+
+    def replaced_first(path: Path, durability: str) -> sqlite3.Connection:
+        os.replace(other, journal)  # (another file put where the new journal was created)
+        return open_db(path, durability)
+
+    monkeypatch.setattr(_journal, "open_db", replaced_first)
+    with pytest.raises(manyhands.JournalError, match="was replaced by another file"):
+        manyhands.run(str, range(1000), journal=journal, workers=2)
+    assert journal.read_bytes() == before

@@ -20,6 +20,13 @@ the rows of the commit in progress and those handed over during it, and
 those items simply run again. Lookups read through a second connection,
 so they never wait for a commit.
 
+A new journal (no file, and no WAL a killed run left) is opened by the
+writer thread as the run starts: nothing in it can be looked up, so the
+first items need not wait for it (2-4 ms). The consumer waits for it only
+where it needs the file (a lookup, a row naming the run, the end); a
+failure to open it stops the run like a failed commit. An existing journal
+is opened before the run: its records decide what runs.
+
 One run at a time: a lock file next to the journal (``<journal>.lock``) is
 held with an OS lock for the whole run, so the OS releases it when the
 process dies, however it dies: a lock left by a killed run is never in the
@@ -61,10 +68,12 @@ from ._batch import Batch
 from ._exceptions import JournalError, JournalWarning, user_stacklevel
 from ._journal_file import (
     FORMAT,
+    NOTHING_RUN,
     VERSION,
     StoredValues,
     Watch,
     acquire_lock,
+    create_private,
     from_db,
     open_db,
     open_reader,
@@ -158,23 +167,12 @@ class Journal:
         self._changed_items = changed_items
         self._lock = acquire_lock(self.path)
         self._detailed = key is not None or self._store_results  # done rows carry more columns
-        db: sqlite3.Connection | None = None
-        reader: sqlite3.Connection | None = None
-        try:
-            db = self._db = open_db(self.path, durability)
-            self.run_id = self._begin(fn, options or {})
-            # (this run holds the lock: no other can write records into it now)
-            self._fresh = db.execute("SELECT 1 FROM items LIMIT 1").fetchone() is None
-            self._watch = Watch(self.path, self._lock)
-            reader = self._reader = open_reader(self.path)
-            done_sql = _DONE_DETAILED if self._detailed else _DONE
-            self._writer = Writer(db, self._watch, self.run_id, done_sql)  # (last: a thread)
-        except (sqlite3.Error, OSError) as exc:
-            self._abort_open(db, reader)
-            raise JournalError(f"cannot write the journal {path}: {exc}; nothing was run") from exc
-        except BaseException:
-            self._abort_open(db, reader)
-            raise
+        done_sql = _DONE_DETAILED if self._detailed else _DONE
+        self._db: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
+        self._watch: Watch | None = None
+        self.run_id = 0  # (known once the journal is open: see _opened)
+        self._start(fn, options or {}, durability, done_sql)
         self._source: Iterator[Any] | None = None
         self._buffer: deque[tuple[Any, str, str | None]] = deque()
         # A block whose keys are all new (none recorded, running, pending or
@@ -199,14 +197,102 @@ class Journal:
 
     # -- opening ---------------------------------------------------------
 
-    def _abort_open(self, *dbs: sqlite3.Connection | None) -> None:
-        for db in dbs:
-            if db is not None:
-                db.close()
-        release_lock(self._lock)
+    def _start(
+        self, fn: Callable[..., Any], options: dict[str, Any], durability: str, done_sql: str
+    ) -> None:
+        """Open the journal (a new one in the writer's thread) and start the writer."""
+        path = self.path
+        # New: no journal yet (this run holds the lock: no other run can create it
+        # now), and no WAL a killed run left beside it (opening that brings back
+        # its records).
+        try:
+            new = not _holds_data(self.path) and not _holds_data(Path(f"{self.path}-wal"))
+        except OSError:
+            new = False  # (opening it says what is wrong)
+        if new:
+            try:
+                create_private(self.path)
+                self._watch = Watch(self.path, self._lock)  # (the file this run created)
+            except OSError as exc:
+                release_lock(self._lock)
+                raise JournalError(f"cannot write the journal {path}: {exc}{NOTHING_RUN}") from exc
+            except BaseException:
+                release_lock(self._lock)
+                raise
 
-    def _begin(self, fn: Callable[..., Any], options: dict[str, Any]) -> int:
-        db = self._db
+        def open_files() -> tuple[sqlite3.Connection, Watch, int]:
+            return self._open_files(fn, options, durability, new)
+
+        if new:
+            # Nothing to look up, nothing to warn about: the writer's thread opens it
+            # while the run starts, and the consumer waits for it only where it needs
+            # the file (a commit, a lookup, the end). A failure to open it (or the
+            # file removed or replaced meanwhile) stops the run at the next outcome.
+            self._fresh = True
+            self._writer = Writer(open_files, done_sql)
+        else:
+            try:
+                files = open_files()
+            except BaseException:
+                release_lock(self._lock)
+                raise
+            self._fresh = (
+                self._db is not None
+                and self._db.execute("SELECT 1 FROM items LIMIT 1").fetchone() is None
+            )
+            self._writer = Writer(lambda: files, done_sql)  # (last: a thread)
+
+    def _open_files(
+        self, fn: Callable[..., Any], options: dict[str, Any], durability: str, new: bool
+    ) -> tuple[sqlite3.Connection, Watch, int]:
+        """Open the journal and a reader, record the run's start; raise JournalError if not.
+
+        Leaves nothing open if it fails (the lock is the caller's).
+        """
+        db: sqlite3.Connection | None = None
+        reader: sqlite3.Connection | None = None
+        watch = self._watch
+        try:
+            db = open_db(self.path, durability)
+            if watch is not None:  # (new: never write into another file put in its place)
+                watch.note_sidecars()  # (ours: removed as the journal closes, if it moved)
+                problem = watch.journal_problem()
+                if problem is not None:
+                    raise JournalError(problem)
+            run_id = self._begin(db, fn, options)
+            if watch is None:
+                watch = Watch(self.path, self._lock)
+            reader = open_reader(self.path)
+        except BaseException as exc:
+            for each in (db, reader):
+                if each is not None:
+                    each.close()
+            problem = watch.journal_problem() if new and watch is not None else None
+            if problem is not None:  # (removed or replaced as it was opened)
+                raise JournalError(problem) from exc.__cause__
+            if new and isinstance(exc, JournalError):  # (opened beside the run's start)
+                raise JournalError(str(exc).replace(NOTHING_RUN, "")) from exc.__cause__
+            if not isinstance(exc, (sqlite3.Error, OSError)):
+                raise
+            then = "" if new else NOTHING_RUN
+            raise JournalError(f"cannot write the journal {self.path}: {exc}{then}") from exc
+        self._db, self._reader, self._watch, self.run_id = db, reader, watch, run_id
+        return db, watch, run_id
+
+    def _opened(self) -> sqlite3.Connection:
+        """The reader, once the journal is open (a new one opens beside the run's start).
+
+        Raises:
+            JournalError: it could not be opened (or a commit failed).
+        """
+        if self._reader is None:
+            self._writer.wait_open()
+        assert self._reader is not None
+        return self._reader
+
+    def _begin(
+        self, db: sqlite3.Connection, fn: Callable[..., Any], options: dict[str, Any]
+    ) -> int:
         name, digest = function_name(fn), code_hash(fn)
         meta = {field: from_db(value) for field, value in db.execute("SELECT * FROM meta")}
         if meta.get("fn") is not None and (meta.get("fn"), meta.get("code_hash")) != (
@@ -530,9 +616,9 @@ class Journal:
         marks = ",".join("?" * len(keys))
         query = f"SELECT {fields} FROM items WHERE key IN ({marks})"
         if self._key is None:  # default keys are always valid UTF-8 text (see default_key)
-            return {row[0]: row[1:] for row in self._reader.execute(query, keys)}
+            return {row[0]: row[1:] for row in self._opened().execute(query, keys)}
         # A str from key= may not be: it is stored as bytes (see to_db).
-        found = self._reader.execute(query, [to_db(key) for key in keys])
+        found = self._opened().execute(query, [to_db(key) for key in keys])
         return {from_db(row[0]): row[1:] for row in found}
 
     def _stored(self, item: Any, row: tuple[Any, ...] | None) -> tuple[Any, Failure | None]:
@@ -585,6 +671,7 @@ class Journal:
         each: float,
         now: float,
     ) -> Group:
+        self._opened()  # (the run's id)
         run = self.run_id
         running = self._running
         looked_up = self._looked_up
@@ -665,10 +752,11 @@ class Journal:
         self.closed = True
         try:
             self._writer.close()  # (the connection is this thread's again)
-            self._stop_if(self._watch.journal_problem(), "")
+            db, watch, _ = self._writer.wait_open()  # (open: the writer would have raised)
+            self._stop_if(watch.journal_problem(), "")
             try:
-                with self._db:
-                    self._db.execute(
+                with db:
+                    db.execute(
                         "UPDATE runs SET finished = ?, status = ?, succeeded = ?, failed = ?, "
                         "skipped = ?, duplicates = ? WHERE id = ?",
                         (
@@ -686,16 +774,18 @@ class Journal:
                     f"writing the journal {self.path} failed ({exc}) as the run ended; every "
                     "finished item was recorded, but the run's summary was not"
                 ) from exc
-            self._stop_if(self._watch.lock_problem(), ALL_RECORDED)
+            self._stop_if(watch.lock_problem(), ALL_RECORDED)
         finally:
             self._release()
 
     def _release(self) -> None:
         self._writer.stop()  # (stopped already, unless close was interrupted)
         for db in (self._reader, self._db):
-            with contextlib.suppress(sqlite3.Error):
-                db.close()
-        self._watch.tidy_after_close()
+            if db is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    db.close()
+        if self._watch is not None:
+            self._watch.tidy_after_close()
         release_lock(self._lock)
 
     def abandon(self) -> None:
@@ -707,6 +797,11 @@ class Journal:
 
 
 # -- helpers -------------------------------------------------------------
+
+
+def _holds_data(path: Path) -> bool:
+    """Whether ``path`` exists and is not empty."""
+    return path.exists() and path.stat().st_size > 0
 
 
 def _described(value: object) -> str:

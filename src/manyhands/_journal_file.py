@@ -35,11 +35,13 @@ from ._outcome import safe_repr
 
 __all__ = [
     "FORMAT",
+    "NOTHING_RUN",
     "VERSION",
     "StoredValues",
     "Watch",
     "acquire_lock",
     "check_version",
+    "create_private",
     "from_db",
     "lock_path",
     "open_db",
@@ -54,6 +56,8 @@ FORMAT = "manyhands-journal"
 #: 1). A version 1 journal is read as it is: those rare items run once more.
 VERSION = 2  # (stored as text)
 MODE = 0o600
+#: How an error opening the journal ends when it stops the run before it starts.
+NOTHING_RUN = "; nothing was run"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID;
@@ -200,7 +204,7 @@ def _warn(message: str) -> None:
 def open_db(path: Path, durability: str) -> sqlite3.Connection:
     """Open (or create, private) the journal; refuse, never replace, a file that is not one."""
     existed = path.exists() and path.stat().st_size > 0
-    _create_private(path)
+    create_private(path)
     try:
         db = sqlite3.connect(path, check_same_thread=False)
     except sqlite3.Error as exc:
@@ -218,7 +222,7 @@ def open_db(path: Path, durability: str) -> sqlite3.Connection:
     except sqlite3.Error as exc:
         db.close()
         raise JournalError(
-            f"cannot write the journal {path}: {exc}; nothing was run "
+            f"cannot write the journal {path}: {exc}{NOTHING_RUN} "
             "(is the location writable, and is there free space?)"
         ) from exc
     except BaseException:
@@ -263,7 +267,7 @@ def _create_schema(db: sqlite3.Connection) -> None:
     db.commit()
 
 
-def _create_private(path: Path) -> None:
+def create_private(path: Path) -> None:
     """Create the journal 0600 if it does not exist (SQLite's -wal and -shm follow it)."""
     try:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, MODE))
@@ -325,7 +329,8 @@ class Watch:
     another file, every commit "succeeds" into a file nobody will find. A
     removed lock file lets another run lock a new one and run the same items.
 
-    Made once the run's first write created the ``-wal`` and ``-shm`` files.
+    Made once the journal file exists; :meth:`note_sidecars` once the run's
+    first write created the ``-wal`` and ``-shm`` files.
     """
 
     def __init__(self, path: Path, lock: IO[str]) -> None:
@@ -333,10 +338,15 @@ class Watch:
         self.lock_path = lock_path(path)
         self._journal = _identity(os.stat(path))
         self._lock = _identity(os.fstat(lock.fileno()))
+        self._sidecars: dict[Path, tuple[int, int]] = {}
+        self.note_sidecars()
+
+    def note_sidecars(self) -> None:
+        """Note the identity of the journal's ``-wal`` and ``-shm`` files, once they exist."""
         self._sidecars = {
-            Path(f"{path}{suffix}"): _identity(os.stat(f"{path}{suffix}"))
+            Path(f"{self.path}{suffix}"): _identity(os.stat(f"{self.path}{suffix}"))
             for suffix in ("-wal", "-shm")
-            if os.path.exists(f"{path}{suffix}")
+            if os.path.exists(f"{self.path}{suffix}")
         }
 
     def journal_problem(self) -> str | None:

@@ -36,6 +36,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,23 +111,30 @@ class Group:
     rows: int = 0
 
 
+#: What opens the journal for the writer: its connection, the identity of its
+#: files and the run's id. Raises JournalError if it cannot.
+Opener = Callable[[], tuple[sqlite3.Connection, Watch, int]]
+
+
 class Writer:
     """The thread that commits a journal's rows; see the module docstring.
 
     Args:
-        db: the journal's connection, the writer's alone until :meth:`close`.
-        watch: the identity of the journal's files, checked every ``WATCH_INTERVAL``.
-        run_id: the run the rows belong to.
+        open_files: opens the journal, first thing in the writer's thread, so
+            a new journal is created beside the run's start (the consumer may
+            hand over rows meanwhile: they wait for it). The connection is the
+            writer's alone until :meth:`close`.
         done_sql: the statement for :attr:`Group.done` rows.
     """
 
-    def __init__(self, db: sqlite3.Connection, watch: Watch, run_id: int, done_sql: str) -> None:
-        self._db = db
-        self._watch = watch
-        self._run = run_id
+    def __init__(self, open_files: Opener, done_sql: str) -> None:
+        self._open_files = open_files
         self._done_sql = done_sql
-        db.isolation_level = None  # transactions are the writer's: BEGIN/COMMIT, or one statement
-        self._json = _supports_json(db, run_id)
+        self._db: sqlite3.Connection | None = None
+        self._watch: Watch | None = None
+        self._run = 0
+        self._json = False
+        self._opened = threading.Event()  # set once the journal is open, or failed to
         self._lock = threading.Lock()  # (taken as is where nothing waits: a Condition's
         self._cond = threading.Condition(self._lock)  # with costs twice as much)
         self._pending = Group()
@@ -146,6 +154,19 @@ class Writer:
         self._thread.start()
 
     # -- the consuming thread's side --------------------------------------
+
+    def wait_open(self) -> tuple[sqlite3.Connection, Watch, int]:
+        """What ``open_files`` returned, once it did.
+
+        Raises:
+            JournalError: the journal could not be opened, or a commit failed.
+        """
+        self._opened.wait()
+        with self._cond:
+            if self._failure is not None:
+                raise self._error()
+        assert self._db is not None and self._watch is not None
+        return self._db, self._watch, self._run
 
     def hand_over(self, group: Group) -> None:
         """Queue rows for the next commit; wait while too many are pending.
@@ -205,6 +226,7 @@ class Writer:
 
     def flush(self) -> None:
         """Wait until every row handed over is committed (or a commit failed)."""
+        self._opened.wait()
         with self._cond:
             while (self._pending.rows or self._writing) and self._failure is None:
                 self._cond.wait()
@@ -241,7 +263,34 @@ class Writer:
 
     # -- the writer thread --------------------------------------------------
 
+    def _open(self) -> bool:
+        """Open the journal (``open_files``); False, the failure noted, if it cannot."""
+        try:
+            db, self._watch, self._run = self._open_files()
+            db.isolation_level = (
+                None  # transactions are the writer's: BEGIN/COMMIT, or one statement
+            )
+            self._json = _supports_json(db, self._run)
+            self._db = db
+        except BaseException as exc:  # (anything: the consumer must never wait in vain)
+            text = (
+                str(exc)
+                if isinstance(exc, JournalError)
+                else f"opening the journal failed ({exc!r})"
+            )
+            with self._cond:
+                self._failure = (text, exc.__cause__ if isinstance(exc, JournalError) else exc)
+                self._lost = self._pending.rows
+                self._pending = Group()
+                self._cond.notify_all()
+            return False
+        finally:
+            self._opened.set()
+        return True
+
     def _loop(self) -> None:
+        if not self._open():
+            return
         cond = self._cond
         started = -COMMIT_INTERVAL
         while True:
@@ -302,10 +351,12 @@ class Writer:
         if check:
             self._checked = now
             self.checks += 1
+            assert self._watch is not None
             problem = self._watch.journal_problem()
             if problem is not None:  # stop writing into a file that is gone or another's
                 raise _Failed(problem)
         db = self._db
+        assert db is not None and self._watch is not None
         try:
             if group.done or group.failed or not self._json:
                 db.execute("BEGIN IMMEDIATE")
@@ -332,6 +383,7 @@ class Writer:
     def _insert_batches(self, batches: list[tuple[int, int, int, list[str]]]) -> None:
         if not batches:
             return
+        assert self._db is not None
         if self._json:
             fields = json.dumps([batch[:3] for batch in batches])
             keys = json.dumps([batch[3] for batch in batches], ensure_ascii=False)
