@@ -276,7 +276,8 @@ class Journal:
                 raise
             then = "" if new else NOTHING_RUN
             raise JournalError(f"cannot write the journal {self.path}: {exc}{then}") from exc
-        self._db, self._reader, self._watch, self.run_id = db, reader, watch, run_id
+        # (the reader last: the consumer reads it without waiting once it is set)
+        self._db, self._watch, self.run_id, self._reader = db, watch, run_id, reader
         return db, watch, run_id
 
     def _opened(self) -> sqlite3.Connection:

@@ -267,9 +267,8 @@ class Writer:
         """Open the journal (``open_files``); False, the failure noted, if it cannot."""
         try:
             db, self._watch, self._run = self._open_files()
-            db.isolation_level = (
-                None  # transactions are the writer's: BEGIN/COMMIT, or one statement
-            )
+            # Transactions are the writer's: BEGIN/COMMIT, or one statement.
+            db.isolation_level = None
             self._json = _supports_json(db, self._run)
             self._db = db
         except BaseException as exc:  # (anything: the consumer must never wait in vain)
