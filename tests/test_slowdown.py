@@ -463,16 +463,23 @@ def test_simulated_concurrency_cap_is_held_by_a_cap_not_a_rate() -> None:
         assert outcome.rejected_share <= 0.02 and outcome.vs_bound <= 1.15, outcome
 
 
+def threads_limit_after_unloaded_samples(in_flight: int) -> tuple[LatencyLimit, float]:
+    """A threads run's latency limit (100 workers) after three samples of 20 calls
+    answered in the unloaded 0.1 s, ``in_flight`` out; and the time then."""
+    limit = LatencyLimit(workers=100, now=0.0, slow_start=False, ramp_loads=False)
+    now = 0.0
+    for _ in range(3):
+        now += 0.1
+        limit.accepted(now, calls=20, latency=0.1, in_flight=in_flight)
+    return limit, now
+
+
 def test_latency_limit_grows_once_per_two_round_trips() -> None:
     # After a cut, the latency is back to unloaded: the limit grows by a
     # quarter, then waits for the answers of the calls that lets start before
     # judging again (growing at every sample took it from 21 to 40 in three,
     # and the queue back to twice the unloaded latency).
-    limit = LatencyLimit(workers=100, now=0.0, slow_start=False, ramp_loads=False)
-    now = 0.0
-    for _ in range(3):
-        now += 0.1
-        limit.accepted(now, calls=20, latency=0.1, in_flight=20)
+    limit, now = threads_limit_after_unloaded_samples(in_flight=20)
     for latency in (0.3, 0.4, 0.5):
         now += 0.1
         limit.accepted(now, calls=20, latency=latency, in_flight=100)
@@ -492,11 +499,7 @@ def test_latency_limit_cut_counts_the_server_rate_over_several_samples() -> None
     # 36 (200 per second). Cut at every sample while the queue drains, one
     # sample's rate ratcheted the limit down to the fewest (5 calls for 20
     # servers: 2.4x the capacity bound on the benchmark's overload).
-    limit = LatencyLimit(workers=100, now=0.0, slow_start=False, ramp_loads=False)
-    now = 0.0
-    for _ in range(3):
-        now += 0.1
-        limit.accepted(now, calls=20, latency=0.1, in_flight=100)
+    limit, now = threads_limit_after_unloaded_samples(in_flight=100)
     for n in range(10):
         now += 0.1
         limit.accepted(now, calls=4 if n % 2 else 36, latency=0.5, in_flight=100)
