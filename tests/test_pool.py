@@ -540,39 +540,52 @@ def test_a_crash_in_one_run_of_a_process_pool_costs_only_its_item() -> None:
     assert after.succeeded == 10
 
 
-def nap_2ms(x: int) -> int:
-    time.sleep(0.002)
+def nap_20ms(x: int) -> int:
+    time.sleep(0.02)
     return x
 
 
-@pytest.mark.parametrize("where", ["pool", "run"])
-def test_a_process_pools_next_batches_wait_at_hand_not_behind_a_wake_up(
-    monkeypatch: pytest.MonkeyPatch, where: str
+def test_a_batch_submitted_while_others_wait_does_not_wake_the_dispatcher() -> None:
+    """Work waiting in the inbox means every worker had some when the dispatcher
+    last looked, and the next answer makes it look again: only a batch that finds
+    the inbox empty wakes it (a byte on a socket pair, a context switch)."""
+    from manyhands._backends._processes import ProcessBackend
+    from manyhands._batch import Batch, Task
+
+    backend = ProcessBackend(2)
+    woken: list[None] = []
+    backend._wake = lambda: woken.append(None)  # type: ignore[method-assign]
+    task = Task(abs, lambda batch: None)
+    backend.submit(Batch(0, [1], task))
+    assert len(woken) == 1  # the inbox was empty: the dispatcher may be asleep
+    backend._woken = False  # it looked, and left the batch waiting: every worker was full
+    backend.submit(Batch(1, [2], task))
+    assert len(woken) == 1  # work waits already: the next answer makes it look again
+    backend._inbox.clear()  # (it looked again, and sent both)
+    backend.submit(Batch(2, [3], task))
+    assert len(woken) == 2
+
+
+def test_a_runs_own_worker_processes_have_a_batch_waiting_beyond_those_sent_ahead(
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A run keeps a batch per worker waiting beyond those sent ahead: as an answer
-    comes in, the dispatcher sends it at once, and the run's next batch need not
-    wake the dispatcher (one context switch fewer per batch, on busy cores). A
-    pool's runs and a run's own workers alike."""
+    """Two batches are sent ahead to each worker, and a third waits in the backend, for
+    the dispatcher to send as an answer comes in (not after a round trip through the
+    run's thread): up to three per worker out at once (two before)."""
     from manyhands._backends._processes import ProcessBackend
 
-    calls = Counter[str]()
-    for name in ("submit", "_wake"):
-        original = getattr(ProcessBackend, name)
+    most = [0]
+    original = ProcessBackend.submit
 
-        def counted(self: Any, *args: Any, _name: str = name, _original: Any = original) -> Any:
-            calls[_name] += 1
-            return _original(self, *args)
+    def submit(self: Any, batch: Any) -> None:
+        original(self, batch)
+        out = len(self._inbox) + sum(len(worker.sent) for worker in self._pool)
+        most[0] = max(most[0], out)
 
-        monkeypatch.setattr(ProcessBackend, name, counted)
-    if where == "pool":
-        with manyhands.Pool(2, backend="processes") as pool:
-            values = sorted(out.value for out in pool.map(nap_2ms, range(300)))
-    else:  # a run's own workers (watched by the slowdown for its first second)
-        outcomes = manyhands.map(nap_2ms, range(300), workers=2, backend="processes")
-        values = sorted(out.value for out in outcomes)
-    assert values == list(range(300))
-    assert calls["submit"] >= 100  # (small batches: else the test shows nothing)
-    assert calls["_wake"] * 4 < calls["submit"], calls
+    monkeypatch.setattr(ProcessBackend, "submit", submit)
+    outcomes = manyhands.map(nap_20ms, range(40), workers=2, backend="processes")
+    assert sorted(out.value for out in outcomes) == list(range(40))
+    assert most[0] > 2 * 2  # (a batch answered meanwhile may leave it one short of 6)
 
 
 def sleep_long_on_3(x: int) -> int:
