@@ -75,6 +75,7 @@ from ._journal_file import (
     acquire_lock,
     create_private,
     from_db,
+    holds_data,
     open_db,
     open_reader,
     release_lock,
@@ -206,7 +207,7 @@ class Journal:
         # now), and no WAL a killed run left beside it (opening that brings back
         # its records).
         try:
-            new = not _holds_data(self.path) and not _holds_data(Path(f"{self.path}-wal"))
+            new = not holds_data(self.path) and not holds_data(Path(f"{self.path}-wal"))
         except OSError:
             new = False  # (opening it says what is wrong)
         if new:
@@ -798,11 +799,6 @@ class Journal:
 
 
 # -- helpers -------------------------------------------------------------
-
-
-def _holds_data(path: Path) -> bool:
-    """Whether ``path`` exists and is not empty."""
-    return path.exists() and path.stat().st_size > 0
 
 
 def _described(value: object) -> str:

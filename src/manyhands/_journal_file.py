@@ -43,6 +43,7 @@ __all__ = [
     "check_version",
     "create_private",
     "from_db",
+    "holds_data",
     "lock_path",
     "open_db",
     "open_reader",
@@ -203,7 +204,7 @@ def _warn(message: str) -> None:
 
 def open_db(path: Path, durability: str) -> sqlite3.Connection:
     """Open (or create, private) the journal; refuse, never replace, a file that is not one."""
-    existed = path.exists() and path.stat().st_size > 0
+    existed = holds_data(path)
     create_private(path)
     try:
         db = sqlite3.connect(path, check_same_thread=False)
@@ -265,6 +266,11 @@ def _create_schema(db: sqlite3.Connection) -> None:
         db.rollback()
         raise
     db.commit()
+
+
+def holds_data(path: Path) -> bool:
+    """Whether ``path`` exists and is not empty."""
+    return path.exists() and path.stat().st_size > 0
 
 
 def create_private(path: Path) -> None:

@@ -1008,8 +1008,7 @@ class Run:
             # ~235 thread-seconds between batches; ~1 with a second batch queued).
             # Threads once PROVEN round trips came back without a refusal (a server
             # limit is met in the first few: 100 threads spend 200 a second in two).
-            ahead = getattr(self._backend, "sizing", {}).get("ahead", 2)  # (processes: 3)
-            self._most_in_flight = min(int(ahead) * slowdown.concurrency, self._window)
+            self._most_in_flight = min(self._sizer.ahead * slowdown.concurrency, self._window)
         else:
             self._most_in_flight = slowdown.concurrency
         if slowdown.opening and self._items_are_calls:

@@ -115,7 +115,7 @@ class Sizer:
         ahead: int = 2,
     ) -> None:
         self._growth = growth
-        self._ahead = ahead
+        self.ahead = ahead  # (read by the run: the most batches out while it watches)
         self._tail = tail
         self._floor_seconds = floor_seconds
         self._workers = workers
@@ -171,7 +171,7 @@ class Sizer:
         if self._warm_up:
             self._warm_up -= 1
             if not self._warm_up and not self._one_by_one and not self._held:
-                self.max_batches = self._ahead * self._workers
+                self.max_batches = self.ahead * self._workers
         if self.adaptive and items:
             fit = min(self._fit(seconds / items), int(self._growth * items), self.cap)
             if nbytes:  # large items or results: a batch holds about BATCH_BYTES of them
@@ -196,7 +196,7 @@ class Sizer:
         if held:
             self.max_batches = min(self.max_batches, self._workers)
         elif not self._warm_up and not self._one_by_one:
-            self.max_batches = self._ahead * self._workers
+            self.max_batches = self.ahead * self._workers
 
     def one_by_one(self) -> None:
         """From now on: batches of one item, and no queue (a rate limit began)."""
