@@ -420,6 +420,7 @@ def test_a_cap_on_calls_in_flight_learned_from_refusals_that_come_only_at_it() -
     for n in range(20):
         slow.completed(0.1 + n * 1e-4, started=0.0, latency=0.1, in_flight=19 - n)
     slow.due(0.2)
+    slow.completed(0.25, started=0.15, latency=0.1, in_flight=19)  # (it binds)
     assert slow.concurrency == 20 and slow.settled_concurrency == 20
     assert slow.limiter is not None
     rate = slow.limiter.per_second
@@ -435,6 +436,29 @@ def test_a_cap_on_calls_in_flight_learned_from_refusals_that_come_only_at_it() -
     # A refusal with 3 calls out is a rate's: the cap goes, the rate is cut.
     slow.completed(2.6, started=2.599, throttled=1, in_flight=3)
     assert slow.concurrency == 100 and slow.settled_concurrency is None
+
+
+def test_a_cap_the_calls_in_flight_never_reach_is_not_reported_as_settled() -> None:
+    # A window of 200 a second: the first wave's refusals come back while
+    # 99 ... 77 calls are out, which leaves a cap of 77; then the rate paces
+    # the run at ~190/s with 10 ms calls, 2-3 calls out. The Report must not
+    # tell the user to pass workers=77: nothing held the run to it.
+    slow = Slowdown(workers=100, now=0.0)
+    for n in range(200):
+        slow.completed(0.01 + n * 1e-4, started=n * 1e-4, latency=0.01, in_flight=99)
+    for n in range(23):
+        slow.completed(0.031 + n * 1e-5, started=0.02, throttled=1, in_flight=99 - n)
+    for n in range(76):
+        slow.completed(0.04 + n * 1e-4, started=0.03, latency=0.01, in_flight=76 - n)
+    slow.due(0.2)
+    assert slow.concurrency == 77 and slow.settled_rate is not None
+    for n in range(50):
+        slow.due(0.3 + n * 0.005)
+        slow.completed(0.31 + n * 0.005, started=0.3 + n * 0.005, latency=0.01, in_flight=2)
+    assert slow.settled_concurrency is None
+    # Once the calls in flight reach it, it is what the run settled on.
+    slow.completed(0.6, started=0.59, latency=0.01, in_flight=76)
+    assert slow.settled_concurrency == 77
 
 
 def test_a_rate_limit_whose_first_wave_refusals_come_back_to_no_call_out_learns_no_cap() -> None:

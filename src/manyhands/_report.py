@@ -67,8 +67,9 @@ class Report(Record):
         settled_rate: the start rate (calls/s) the adaptive slowdown settled
             on, to pass as ``rate=`` next time; ``None`` if none was needed.
         settled_workers: the calls in flight it settled on (a server that
-            slows down under load), to pass as ``workers=``; ``None`` if
-            ``workers`` never had to be lowered.
+            slows down under load, or caps the calls in progress), to pass as
+            ``workers=``; ``None`` if ``workers`` never had to be lowered, or
+            the calls in flight never reached the limit it learned.
         stopped: why a stop rule ended the run early, else ``None``; calls
             already running then were let finish, so ``failed`` may be more
             than the rule's limit.

@@ -157,6 +157,7 @@ class Slowdown:
         self._cap_learning: int | None = workers  # (the first episode's fewest out at a refusal)
         self._cap_cut = -math.inf  # when the cap was last cut
         self._cap_raise = math.inf  # when it may grow by one
+        self._cap_bound = False  # calls in flight reached the cap since it was set
         self._in_flight = 0
 
     def start(self, now: float) -> None:
@@ -247,9 +248,15 @@ class Slowdown:
 
     @property
     def settled_concurrency(self) -> int | None:
-        """The calls in flight allowed, None if no limit below ``workers`` was needed."""
+        """The calls in flight allowed, None if no limit below ``workers`` was needed.
+
+        A cap learned from refusals counts once the calls in flight reached it:
+        a window server's first refusals may leave one (the fewest calls out
+        when one came back) that the rate then keeps the run well under.
+        """
         limit = self.workers if self._latency.opening else self._latency.limit
-        limit = min(limit, self._cap)
+        if self._cap_bound:
+            limit = min(limit, self._cap)
         return None if limit >= self.workers else limit
 
     def summary(self) -> str:
@@ -284,6 +291,8 @@ class Slowdown:
         """
         self._clock = now
         self._in_flight = in_flight
+        if in_flight >= self._cap - 1:  # (it binds: this call left cap - 1 others out)
+            self._cap_bound = self._cap < self.workers
         accepted = calls - throttled
         self._log.add(started, accepted, throttled)
         if started >= self._changed:
@@ -349,7 +358,7 @@ class Slowdown:
                 self._cap_cut = now
                 self._cap_raise = now + HOLD
             return True
-        self._cap, self._cap_raise = self.workers, math.inf
+        self._cap, self._cap_raise, self._cap_bound = self.workers, math.inf, False
         return False
 
     def ending(self) -> None:
