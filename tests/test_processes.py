@@ -513,3 +513,49 @@ def test_the_dispatcher_never_misses_the_wake_up_of_a_shutdown(monkeypatch: Any)
         wake_r.close()
         wake_w.close()
     assert not dispatcher.is_alive()
+
+
+class _CountedWakeUps:
+    """The dispatcher's wake-up socket, counting its reads."""
+
+    def __init__(self, sock: Any) -> None:
+        self.sock, self.reads = sock, 0
+
+    def fileno(self) -> int:
+        return int(self.sock.fileno())
+
+    def recv(self, size: int) -> bytes:
+        self.reads += 1
+        return bytes(self.sock.recv(size))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_the_dispatcher_reads_its_wake_up_socket_only_after_a_wake_up(monkeypatch: Any) -> None:
+    # Reading it at every turn of its loop cost a system call per answer (a read that
+    # finds nothing), on the thread that stands between a worker and its next batch.
+    from manyhands._backends import _processes
+
+    wake_ups: list[int] = []
+    sockets: list[_CountedWakeUps] = []
+    dispatch, wake = _processes.ProcessBackend._dispatch_forever, _processes.ProcessBackend._wake
+
+    def counted_dispatch(self: Any) -> None:
+        self._wake_r = _CountedWakeUps(self._wake_r)
+        sockets.append(self._wake_r)
+        dispatch(self)
+
+    def counted_wake(self: Any) -> None:
+        wake_ups.append(1)
+        wake(self)
+
+    monkeypatch.setattr(_processes.ProcessBackend, "_dispatch_forever", counted_dispatch)
+    monkeypatch.setattr(_processes.ProcessBackend, "_wake", counted_wake)
+    outcomes = manyhands.map(abs, range(-100, 0), workers=2, backend="processes", batch_size=1)
+    assert sorted(out.value for out in outcomes) == list(range(1, 101))
+    (socket,) = sockets
+    # Once at the start, then at most twice per wake-up (it reads until a read finds
+    # nothing: the bytes of several wake-ups may come in one read); before, at least
+    # once per answer, 100 here.
+    assert socket.reads <= 1 + 2 * len(wake_ups) < 100

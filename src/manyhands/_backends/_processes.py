@@ -130,6 +130,7 @@ class ProcessBackend:
         self._functions: dict[int, bytes] = {}  # the runs attached: their pickled fn
         self._started = False
         self._woken = False  # a wake-up byte is on its way to the dispatcher
+        self._look = False  # (dispatcher) a worker may have room that no answer filled
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
         self._selector: selectors.BaseSelector | None = None
@@ -406,39 +407,54 @@ class ProcessBackend:
 
     def _dispatch_forever(self) -> None:
         selector = self._selector
-        assert selector is not None and self._wake_r is not None
-        selector.register(self._wake_r, _READ)
+        wake_r = self._wake_r
+        assert selector is not None and wake_r is not None
+        selector.register(wake_r, _READ)
         for worker in self._pool:
             self._watch(worker)
+        select = selector.select
+        woken = True  # (the first round reads the wake-up socket and looks at everything)
+        stopping = False
         while True:
-            # The wake-ups are read before the state they announce: read after it, a
-            # wake-up sent in between (shutdown's) was read and lost, and the run's
-            # end waited out the select's timeout (1 s, at the end of ~1 run in 10).
-            with contextlib.suppress(OSError):
-                while self._wake_r.recv(4096):
-                    pass
-            with self._lock:
-                self._woken = False
-                if self._closing:
-                    return
-                stopping = self._stopping
-                more, self._more = self._more, 0
-            if more and not stopping:
-                self._add_workers(more)
+            if woken:
+                # The wake-ups are read before the state they announce: read after it, a
+                # wake-up sent in between (shutdown's) was read and lost, and the run's
+                # end waited out the select's timeout (1 s, at the end of ~1 run in 10).
+                # Read only when the select said a byte came: a read that finds none is
+                # a system call per answer for nothing.
+                with contextlib.suppress(OSError):
+                    while wake_r.recv(4096):
+                        pass
+                with self._lock:
+                    self._woken = False
+                    if self._closing:
+                        return
+                    stopping = self._stopping
+                    more, self._more = self._more, 0
+                if more and not stopping:
+                    self._add_workers(more)
+                self._look = True
             if stopping:
                 if not any(w.sent for w in self._pool):
                     self._idle.set()
-            else:
+            elif self._look:
+                # Something other than an answer came (a wake-up, a worker ready, lost
+                # or added): look at every worker. An answer fed its worker already.
+                self._look = False
                 self._feed()
-            for key, events in selector.select(timeout=IDLE_SECONDS):
-                if key.data is None:  # the wake-up socket
+            woken = False
+            for key, events in select(timeout=IDLE_SECONDS):
+                data = key.data
+                if data is None:  # the wake-up socket
+                    woken = True
                     continue
-                kind, worker = key.data
+                kind, worker = data
                 if worker not in self._pool:  # retired by an earlier event of this round
                     continue
                 if kind == "socket":
                     self._serve(worker, events)
                 else:  # its sentinel: the process ended
+                    self._look = True
                     self._lost(worker)
 
     def _watch(self, worker: Worker) -> None:
@@ -480,6 +496,7 @@ class ProcessBackend:
             self._unloadable(worker, reply[1])
         elif kind == "ready":  # a replacement started
             worker.ready = True
+            self._look = True
         elif kind == "no_fn":
             self._no_function(worker, reply[1])
         else:  # its initializer failed this time: run on without it
@@ -519,6 +536,7 @@ class ProcessBackend:
                 return  # dropped, as shutdown drops what is queued
             if worker.doomed:  # expire() chose it since _feed looked: another takes it
                 self._inbox.put((batch, indices), batch.task, front=True)
+                self._look = True
                 return
             code = b""
             forget = 0
@@ -555,6 +573,8 @@ class ProcessBackend:
         batch, indices, report = self._answered(worker)
         if refill and not worker.channel.closed:
             self._feed()  # the worker's next batch first: its run's thread may take the GIL
+        else:
+            self._look = True
         if report:  # (else timed out: the engine has already settled it)
             file_results(batch, indices, values, errors, elapsed)
             batch.cpu += cpu
@@ -591,6 +611,7 @@ class ProcessBackend:
 
     def _fail_answered(self, worker: Worker, remote: RemoteError) -> None:
         batch, indices, report = self._answered(worker)
+        self._look = True  # (its room: the next round fills it)
         if report:
             fail_items(batch, indices, remote)
             self._deliver(batch)
