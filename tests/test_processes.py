@@ -559,3 +559,60 @@ def test_the_dispatcher_reads_its_wake_up_socket_only_after_a_wake_up(monkeypatc
     # nothing: the bytes of several wake-ups may come in one read); before, at least
     # once per answer, 100 here.
     assert socket.reads <= 1 + 2 * len(wake_ups) < 100
+
+
+_SENT_BEFORE_READ: list[int] = []
+
+
+class _Probe:
+    """A value whose unpickling notes how many batches its worker's channel had sent."""
+
+    channel: Any = None
+
+    def __reduce__(self) -> tuple[Any, tuple[()]]:
+        return (_probe_loaded, ())
+
+
+def _probe_loaded() -> str:
+    _SENT_BEFORE_READ.append(len(_Probe.channel.frames))
+    return "probed"
+
+
+def test_an_answer_sends_its_worker_the_next_batch_before_it_is_read() -> None:
+    # The worker waits for its next batch; the answer's unpickling, its filing and its
+    # hand-over to the run (whose thread then wants the GIL) come after.
+    import pickle
+
+    from manyhands._backends._process_spawn import Worker
+    from manyhands._backends._processes import ProcessBackend
+    from manyhands._batch import Batch, Task
+
+    class Channel:
+        closed = False
+
+        def __init__(self) -> None:
+            self.frames: list[bytes] = []
+
+        def send(self, data: bytes) -> bool:
+            self.frames.append(data)
+            return True
+
+    backend = ProcessBackend(1, timed=True)  # (one batch at a time per worker: a Pool's)
+    done: list[Batch] = []
+    task = Task(abs, done.append)
+    task.key = 1
+    backend._functions[1] = b"fn"
+    _Probe.channel = channel = Channel()
+    worker = Worker(None, channel, None, None, None)  # type: ignore[arg-type]
+    worker.ready = True
+    worker.functions[1] = None
+    backend._pool.append(worker)
+    first, second = Batch(0, [-1], task), Batch(1, [-2], task)
+    worker.sent.append((first, [0]))
+    backend._inbox.put((second, [0]), task)
+    answer = pickle.dumps(("done", [_Probe()], {}, 0.01, 0.01))
+    _SENT_BEFORE_READ.clear()
+    backend._handle(worker, bytearray(answer), refill=True)
+    assert _SENT_BEFORE_READ == [1]  # the next batch had gone when the answer was read
+    assert [batch for batch, _ in worker.sent] == [second]
+    assert done == [first] and first.values == ["probed"]
