@@ -616,3 +616,34 @@ def test_an_answer_sends_its_worker_the_next_batch_before_it_is_read() -> None:
     assert _SENT_BEFORE_READ == [1]  # the next batch had gone when the answer was read
     assert [batch for batch, _ in worker.sent] == [second]
     assert done == [first] and first.values == ["probed"]
+
+
+def crash_on_2(x: int) -> int:
+    if x == 2:
+        os._exit(1)
+    return x
+
+
+def test_a_replacement_worker_is_sent_work_once_ready_without_an_answer_to_prompt_it(
+    monkeypatch: Any,
+) -> None:
+    # The only worker dies: no answer will come to make the dispatcher look again, and
+    # the run's next batches find work waiting, so they do not wake it. Its
+    # replacement saying "ready" must be enough (the select's idle timeout, the last
+    # resort, is an hour here).
+    from manyhands._backends import _processes
+
+    monkeypatch.setattr(_processes, "IDLE_SECONDS", 3600.0)
+    reports: list[manyhands.Report] = []
+    thread = threading.Thread(
+        target=lambda: reports.append(
+            manyhands.run(crash_on_2, range(8), backend="processes", workers=1, batch_size=1)
+        ),
+        daemon=True,
+    )
+    thread.start()
+    thread.join(60)
+    assert not thread.is_alive(), "the replacement worker was never sent the rest"
+    (report,) = reports
+    assert report.succeeded == 7
+    assert report.errors_by_type == {"manyhands.WorkerCrashed": 1}

@@ -19,6 +19,13 @@ a batch per worker waiting in the inbox (``sizing["ahead"]``), so a worker's
 next batch goes out as its answer comes in, without a round trip through the
 run's thread.
 
+Per answer the dispatcher does the least it can, since a worker waits for
+it (and shares a core with it): it sends that worker its next batch before it
+even unpickles the answer, looks at no other worker (each was full if work
+waited), reads the wake-up socket only when the select says a byte came, and
+hands the batch to its run last. Looking at every worker is for what else can
+make room: a wake-up, a worker ready, lost or added (``_look``).
+
 The dispatcher never blocks on a socket: what a worker has not read yet waits
 in a buffer (see ``_process_channel``), so a large batch on its way in never
 stops the results of another from being read. ``_lock`` guards the inbox, the
@@ -444,7 +451,10 @@ class ProcessBackend:
                 self._look = False
                 self._feed()
             woken = False
-            for key, events in select(timeout=IDLE_SECONDS):
+            ready = select(timeout=IDLE_SECONDS)
+            if not ready:  # (idle a while: look anyway, whatever may have been missed)
+                self._look = True
+            for key, events in ready:
                 data = key.data
                 if data is None:  # the wake-up socket
                     woken = True
