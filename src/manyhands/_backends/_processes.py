@@ -310,9 +310,7 @@ class ProcessBackend:
                 # empty: after its last look, work left waiting means every worker
                 # was full, and the next answer makes it look again (one wake-up
                 # fewer per batch: a context switch on a machine the workers keep busy).
-                inbox = self._inbox
-                idle = not inbox
-                inbox.put((batch, indices), batch.task)
+                idle = self._inbox.put((batch, indices), batch.task)  # (nothing waited)
                 wake = idle and not self._woken
                 self._woken = self._woken or wake
         if broken is not None:
