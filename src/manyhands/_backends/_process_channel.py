@@ -17,12 +17,12 @@ from __future__ import annotations
 import socket
 import struct
 from collections import deque
-from typing import Union
+from typing import TypeAlias
 
 __all__ = ["Channel", "Frame", "frame_header"]
 
 #: A received frame: a bytearray, or a view of the one read it came whole in.
-Frame = Union[bytearray, memoryview]  # noqa: UP007  (a runtime alias on Python 3.10 too)
+Frame: TypeAlias = bytearray | memoryview
 
 # Bytes read per recv while frames are small (a larger frame is read straight into
 # its own buffer). Under malloc's mmap threshold (128 KiB): a recv of 256 KiB cost
