@@ -513,3 +513,143 @@ def test_the_dispatcher_never_misses_the_wake_up_of_a_shutdown(monkeypatch: Any)
         wake_r.close()
         wake_w.close()
     assert not dispatcher.is_alive()
+
+
+class _CountedWakeUps:
+    """The dispatcher's wake-up socket, counting its reads."""
+
+    def __init__(self, sock: Any) -> None:
+        self.sock, self.reads = sock, 0
+
+    def fileno(self) -> int:
+        return int(self.sock.fileno())
+
+    def recv(self, size: int) -> bytes:
+        self.reads += 1
+        return bytes(self.sock.recv(size))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def nap_5ms(x: int) -> int:
+    time.sleep(0.005)
+    return x
+
+
+def test_the_dispatcher_reads_its_wake_up_socket_only_after_a_wake_up(monkeypatch: Any) -> None:
+    # Reading it at every turn of its loop cost a system call per answer (a read that
+    # finds nothing), on the thread that stands between a worker and its next batch.
+    from manyhands._backends import _processes
+
+    wake_ups: list[int] = []
+    sockets: list[_CountedWakeUps] = []
+    dispatch, wake = _processes.ProcessBackend._dispatch_forever, _processes.ProcessBackend._wake
+
+    def counted_dispatch(self: Any) -> None:
+        self._wake_r = _CountedWakeUps(self._wake_r)
+        sockets.append(self._wake_r)
+        dispatch(self)
+
+    def counted_wake(self: Any) -> None:
+        wake_ups.append(1)
+        wake(self)
+
+    monkeypatch.setattr(_processes.ProcessBackend, "_dispatch_forever", counted_dispatch)
+    monkeypatch.setattr(_processes.ProcessBackend, "_wake", counted_wake)
+    outcomes = manyhands.map(nap_5ms, range(40), workers=2, backend="processes", batch_size=1)
+    assert sorted(out.value for out in outcomes) == list(range(40))
+    (socket,) = sockets
+    # Once at the start, then at most twice per wake-up (it reads until a read finds
+    # nothing: the bytes of several wake-ups may come in one read). Before, at least
+    # once per answer (40 here), while the run's batches found work waiting in the
+    # backend and woke it a few times only.
+    assert socket.reads <= 1 + 2 * len(wake_ups)
+
+
+_SENT_BEFORE_READ: list[int] = []
+
+
+class _Probe:
+    """A value whose unpickling notes how many batches its worker's channel had sent."""
+
+    channel: Any = None
+
+    def __reduce__(self) -> tuple[Any, tuple[()]]:
+        return (_probe_loaded, ())
+
+
+def _probe_loaded() -> str:
+    _SENT_BEFORE_READ.append(len(_Probe.channel.frames))
+    return "probed"
+
+
+def test_an_answer_sends_its_worker_the_next_batch_before_it_is_read() -> None:
+    # The worker waits for its next batch; the answer's unpickling, its filing and its
+    # hand-over to the run (whose thread then wants the GIL) come after.
+    import pickle
+
+    from manyhands._backends._process_spawn import Worker
+    from manyhands._backends._processes import ProcessBackend
+    from manyhands._batch import Batch, Task
+
+    class Channel:
+        closed = False
+
+        def __init__(self) -> None:
+            self.frames: list[bytes] = []
+
+        def send(self, data: bytes) -> bool:
+            self.frames.append(data)
+            return True
+
+    backend = ProcessBackend(1, timed=True)  # (one batch at a time per worker: a Pool's)
+    done: list[Batch] = []
+    task = Task(abs, done.append)
+    task.key = 1
+    backend._functions[1] = b"fn"
+    _Probe.channel = channel = Channel()
+    worker = Worker(None, channel, None, None, None)  # type: ignore[arg-type]
+    worker.ready = True
+    worker.functions[1] = None
+    backend._pool.append(worker)
+    first, second = Batch(0, [-1], task), Batch(1, [-2], task)
+    worker.sent.append((first, [0]))
+    backend._inbox.put((second, [0]), task)
+    answer = pickle.dumps(("done", [_Probe()], {}, 0.01, 0.01))
+    _SENT_BEFORE_READ.clear()
+    backend._handle(worker, bytearray(answer), refill=True)
+    assert _SENT_BEFORE_READ == [1]  # the next batch had gone when the answer was read
+    assert [batch for batch, _ in worker.sent] == [second]
+    assert done == [first] and first.values == ["probed"]
+
+
+def crash_on_2(x: int) -> int:
+    if x == 2:
+        os._exit(1)
+    return x
+
+
+def test_a_replacement_worker_is_sent_work_once_ready_without_an_answer_to_prompt_it(
+    monkeypatch: Any,
+) -> None:
+    # The only worker dies: no answer will come to make the dispatcher look again, and
+    # the run's next batches find work waiting, so they do not wake it. Its
+    # replacement saying "ready" must be enough (the select's idle timeout, the last
+    # resort, is an hour here).
+    from manyhands._backends import _processes
+
+    monkeypatch.setattr(_processes, "IDLE_SECONDS", 3600.0)
+    reports: list[manyhands.Report] = []
+    thread = threading.Thread(
+        target=lambda: reports.append(
+            manyhands.run(crash_on_2, range(8), backend="processes", workers=1, batch_size=1)
+        ),
+        daemon=True,
+    )
+    thread.start()
+    thread.join(60)
+    assert not thread.is_alive(), "the replacement worker was never sent the rest"
+    (report,) = reports
+    assert report.succeeded == 7
+    assert report.errors_by_type == {"manyhands.WorkerCrashed": 1}

@@ -69,3 +69,24 @@ def test_a_peer_that_is_gone_ends_reading_and_drops_writes() -> None:
     assert channel.send(b"x" * (3 * CHUNK))  # dropped, not an error, never blocking
     assert not channel.pending
     channel.close()
+
+
+@pytest.mark.parametrize("size", [0, 1, 5, 1000, CHUNK - 5, CHUNK - 4])
+def test_a_frame_that_arrives_alone_is_read_whole_in_one_read(size: int) -> None:
+    # (the common case, an answer read as it comes: used in place, not copied through
+    # the buffer; the next frame still starts from an empty buffer)
+    mine, theirs = socket.socketpair()
+    channel, peer = Channel(mine), Connection(theirs.detach())
+    frame, after = bytes([size % 251]) * size, b"next"
+    with selectors.DefaultSelector() as selector:
+        selector.register(channel.sock, selectors.EVENT_READ)
+        for sent in (frame, after):
+            peer.send_bytes(sent)
+            received: list[bytes] = []
+            while not received:
+                assert selector.select(30), "the channel stalled"
+                received += [bytes(f) for f in channel.receive()]
+            assert received == [sent]
+    assert not channel.closed
+    channel.close()
+    peer.close()

@@ -43,7 +43,8 @@ class Lanes(Generic[T]):
 
     >>> fast, slow = Task(abs, print), Task(abs, print, priority=5)
     >>> lanes: Lanes[str] = Lanes(clock=lambda: 0.0)
-    >>> lanes.put("bulk 1", fast); lanes.put("bulk 2", fast); lanes.put("urgent", slow)
+    >>> lanes.put("bulk 1", fast), lanes.put("bulk 2", fast), lanes.put("urgent", slow)
+    (True, False, False)
     >>> [lanes.take() for _ in range(4)]
     ['urgent', 'bulk 1', 'bulk 2', None]
     """
@@ -62,9 +63,13 @@ class Lanes(Generic[T]):
         """How many tasks have work queued."""
         return len(self._queues)
 
-    def put(self, work: T, task: Task, *, front: bool = False) -> None:
-        """Queue ``work`` in ``task``'s lane (at its head with ``front``: work given back)."""
+    def put(self, work: T, task: Task, *, front: bool = False) -> bool:
+        """Queue ``work`` in ``task``'s lane (at its head with ``front``: work given back).
+
+        Returns whether nothing was queued before (a backend may have to wake a worker).
+        """
         with self._lock:
+            empty = not self._queues
             queue = self._queues.get(task)
             if queue is None:
                 peers = [t.served for t in self._queues if t.priority == task.priority]
@@ -76,6 +81,7 @@ class Lanes(Generic[T]):
                 queue.appendleft(work)
             else:
                 queue.append(work)
+            return empty
 
     def take(self, above: int | None = None) -> T | None:
         """The head of the lane served next, removed; None when nothing is queued.

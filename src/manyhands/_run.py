@@ -948,7 +948,7 @@ class Run:
             self._asked = asked
 
     def _tell_slowdown(self, batch: Batch) -> None:
-        """Report a batch's answers to the slowdown, then obey what it says."""
+        """Report a batch's answers to the slowdown; what it says is obeyed before more start."""
         now = self._clock()
         calls = len(batch.items)
         throttled, self._throttled = self._throttled, 0
@@ -965,7 +965,8 @@ class Run:
             in_flight=self._in_flight if self._items_are_calls else self._in_backend,
         )
         stats.slowest_rate = self._slowdown.lowest
-        self._obey_slowdown()
+        if not self._watching:  # (watching: the next _dispatch obeys, before it admits)
+            self._obey_slowdown()
 
     def _follow_slowdown(self, now: float) -> float | None:
         """The slowdown's timed changes; seconds until the next one or the pause's end."""

@@ -219,6 +219,8 @@ class Sizer:
                 -(-workers // CONCURRENT_SHARE), min(ASYNC_BATCH, workers // ASYNC_BATCH_SHARE)
             )
             return max(int(wanted), floor)
+        if wanted < 2:  # slow items: one per batch, whatever is left (no need to ask)
+            return 1
         remaining = self._remaining()
         if remaining >= 0:  # leave every worker several batches of what is left
             fit = min(wanted, remaining / (self._tail * self._workers))

@@ -19,6 +19,13 @@ a batch per worker waiting in the inbox (``sizing["ahead"]``), so a worker's
 next batch goes out as its answer comes in, without a round trip through the
 run's thread.
 
+Per answer the dispatcher does the least it can, since a worker waits for
+it (and shares a core with it): it sends that worker its next batch before it
+even unpickles the answer, looks at no other worker (each was full if work
+waited), reads the wake-up socket only when the select says a byte came, and
+hands the batch to its run last. Looking at every worker is for what else can
+make room: a wake-up, a worker ready, lost or added (``_look``).
+
 The dispatcher never blocks on a socket: what a worker has not read yet waits
 in a buffer (see ``_process_channel``), so a large batch on its way in never
 stops the results of another from being read. ``_lock`` guards the inbox, the
@@ -61,6 +68,7 @@ from .._exceptions import WorkerCrashed, WorkerInitError
 from .._lanes import Lanes
 from .._outcome import describe_exception
 from ._process_batches import blame_crash, fail_items, file_results, pickle_items
+from ._process_channel import Frame
 from ._process_spawn import (
     Worker,
     await_ready,
@@ -130,6 +138,7 @@ class ProcessBackend:
         self._functions: dict[int, bytes] = {}  # the runs attached: their pickled fn
         self._started = False
         self._woken = False  # a wake-up byte is on its way to the dispatcher
+        self._look = False  # (dispatcher) a worker may have room that no answer filled
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
         self._selector: selectors.BaseSelector | None = None
@@ -301,9 +310,7 @@ class ProcessBackend:
                 # empty: after its last look, work left waiting means every worker
                 # was full, and the next answer makes it look again (one wake-up
                 # fewer per batch: a context switch on a machine the workers keep busy).
-                inbox = self._inbox
-                idle = not inbox
-                inbox.put((batch, indices), batch.task)
+                idle = self._inbox.put((batch, indices), batch.task)  # (nothing waited)
                 wake = idle and not self._woken
                 self._woken = self._woken or wake
         if broken is not None:
@@ -406,39 +413,57 @@ class ProcessBackend:
 
     def _dispatch_forever(self) -> None:
         selector = self._selector
-        assert selector is not None and self._wake_r is not None
-        selector.register(self._wake_r, _READ)
+        wake_r = self._wake_r
+        assert selector is not None and wake_r is not None
+        selector.register(wake_r, _READ)
         for worker in self._pool:
             self._watch(worker)
+        select = selector.select
+        woken = True  # (the first round reads the wake-up socket and looks at everything)
+        stopping = False
         while True:
-            # The wake-ups are read before the state they announce: read after it, a
-            # wake-up sent in between (shutdown's) was read and lost, and the run's
-            # end waited out the select's timeout (1 s, at the end of ~1 run in 10).
-            with contextlib.suppress(OSError):
-                while self._wake_r.recv(4096):
-                    pass
-            with self._lock:
-                self._woken = False
-                if self._closing:
-                    return
-                stopping = self._stopping
-                more, self._more = self._more, 0
-            if more and not stopping:
-                self._add_workers(more)
+            if woken:
+                # The wake-ups are read before the state they announce: read after it, a
+                # wake-up sent in between (shutdown's) was read and lost, and the run's
+                # end waited out the select's timeout (1 s, at the end of ~1 run in 10).
+                # Read only when the select said a byte came: a read that finds none is
+                # a system call per answer for nothing.
+                with contextlib.suppress(OSError):
+                    while wake_r.recv(4096):
+                        pass
+                with self._lock:
+                    self._woken = False
+                    if self._closing:
+                        return
+                    stopping = self._stopping
+                    more, self._more = self._more, 0
+                if more and not stopping:
+                    self._add_workers(more)
+                self._look = True
             if stopping:
                 if not any(w.sent for w in self._pool):
                     self._idle.set()
-            else:
+            elif self._look:
+                # Something other than an answer came (a wake-up, a worker ready, lost
+                # or added): look at every worker. An answer fed its worker already.
+                self._look = False
                 self._feed()
-            for key, events in selector.select(timeout=IDLE_SECONDS):
-                if key.data is None:  # the wake-up socket
+            woken = False
+            ready = select(timeout=IDLE_SECONDS)
+            if not ready:  # (idle a while: look anyway, whatever may have been missed)
+                self._look = True
+            for key, events in ready:
+                data = key.data
+                if data is None:  # the wake-up socket
+                    woken = True
                     continue
-                kind, worker = key.data
+                kind, worker = data
                 if worker not in self._pool:  # retired by an earlier event of this round
                     continue
                 if kind == "socket":
                     self._serve(worker, events)
                 else:  # its sentinel: the process ended
+                    self._look = True
                     self._lost(worker)
 
     def _watch(self, worker: Worker) -> None:
@@ -465,34 +490,91 @@ class ProcessBackend:
             else:
                 self._selector.unregister(sock)
 
-    def _handle(self, worker: Worker, frame: bytearray, refill: bool = False) -> None:
+    def _handle(self, worker: Worker, frame: Frame, refill: bool = False) -> None:
         """One message from ``worker``; ``refill``: it is alive, and may be sent its next batch
         before the results go to their run (the worker waits for no thread of this process)."""
+        if worker.ready:  # an answer to its oldest batch (all a ready worker sends)
+            self._answer(worker, frame, refill)
+            return
+        reply = pickle.loads(frame)
+        if reply[0] == "ready":  # a worker started
+            worker.ready = True
+            self._look = True
+            return
+        # Its initializer failed this time (a replacement): run on without it.
+        self._retire(worker)
+        kill(worker)
+        with self._lock:
+            left = len(self._pool)
+        if not left:
+            error_type, text = reply[1][0], reply[1][1]
+            raise WorkerInitError(
+                f"no worker process is left: the initializer of every "
+                f"replacement raised {error_type}: {text}"
+            )
+
+    def _answer(self, worker: Worker, frame: Frame, refill: bool) -> None:
+        """The worker answered its oldest batch: send it its next one, then read the answer.
+
+        The next batch goes first, before even the answer is unpickled: the worker
+        waits for it, and once this thread hands the batch to its run, the run's
+        thread wants the GIL.
+        """
+        with self._lock:
+            batch, indices = worker.sent.popleft()
+            worker.answered += 1
+            if worker.sent:
+                worker.sent[0][0].started = monotonic()  # the next one starts now
+            report = batch.state == RUNNING
+            if report:
+                batch.state = FINISHED  # from here, expire() leaves it alone
+        if refill and not worker.channel.closed:
+            # Only this worker's room changed: any other worker was full if work
+            # waited (the rule that _feed keeps; see submit).
+            while worker.ready and not worker.doomed and len(worker.sent) < self._depth:
+                with self._lock:
+                    work = None if self._stopping else self._inbox.take()
+                if work is None:
+                    break
+                self._send(worker, *work)
+        else:
+            self._look = True
         try:
             reply = pickle.loads(frame)
         except Exception as exc:  # results this process cannot rebuild
-            self._undecodable(worker, exc)
+            # The worker ran them, so they are not sent again. The results travel as
+            # one pickle, so which value broke it is unknown: every item fails.
+            error_type, message, trace = describe_exception(exc)
+            message = (
+                f"the results of this item's batch ran but could not be unpickled in the "
+                f"parent process: {message}"
+            )
+            reply = ("failed", (error_type, message, trace, (), None))
+        if not report:  # timed out: the engine has already settled it
             return
         kind = reply[0]
         if kind == "done":
-            self._finish(worker, reply, len(frame), refill)
-        elif kind == "unloadable":
-            self._unloadable(worker, reply[1])
-        elif kind == "ready":  # a replacement started
-            worker.ready = True
-        elif kind == "no_fn":
-            self._no_function(worker, reply[1])
-        else:  # its initializer failed this time: run on without it
-            self._retire(worker)
-            kill(worker)
-            with self._lock:
-                left = len(self._pool)
-            if not left:
-                error_type, text = reply[1][0], reply[1][1]
-                raise WorkerInitError(
-                    f"no worker process is left: the initializer of every "
-                    f"replacement raised {error_type}: {text}"
-                )
+            _, values, errors, elapsed, cpu = reply
+            file_results(batch, indices, values, errors, elapsed)
+            batch.cpu += cpu
+            batch.nbytes = max(batch.nbytes, len(frame))
+        else:
+            remote: RemoteError = reply[1]
+            if kind != "failed":
+                error_type, message, trace, lineage, _ = remote
+                if kind == "unloadable":  # the worker could not unpickle the batch
+                    message = (
+                        f"this item's batch could not be unpickled in the worker process (an "
+                        f"item of it cannot be rebuilt there); none of it ran: {message}"
+                    )
+                else:  # "no_fn": the worker could not load the run's function
+                    message = (
+                        f"fn could not be loaded in the worker process; this item did not "
+                        f"run: {message}"
+                    )
+                remote = (error_type, message, trace, lineage, None)
+            fail_items(batch, indices, remote)
+        self._deliver(batch)
 
     def _feed(self) -> None:
         """Send queued batches to the workers with room: idle ones first."""
@@ -519,6 +601,7 @@ class ProcessBackend:
                 return  # dropped, as shutdown drops what is queued
             if worker.doomed:  # expire() chose it since _feed looked: another takes it
                 self._inbox.put((batch, indices), batch.task, front=True)
+                self._look = True
                 return
             code = b""
             forget = 0
@@ -537,63 +620,6 @@ class ProcessBackend:
         data = b"".join((HEADER.pack(key, forget, len(code)), code, data))
         if not worker.channel.send(data):  # the rest when the socket can take it
             self._listen(worker, _READ | _WRITE)
-
-    def _answered(self, worker: Worker) -> tuple[Batch, list[int], bool]:
-        """The oldest batch the worker was sent, now answered; and whether to report it."""
-        with self._lock:
-            batch, indices = worker.sent.popleft()
-            worker.answered += 1
-            if worker.sent:
-                worker.sent[0][0].started = monotonic()  # the next one starts now
-            report = batch.state == RUNNING
-            if report:
-                batch.state = FINISHED  # from here, expire() leaves it alone
-        return batch, indices, report
-
-    def _finish(self, worker: Worker, reply: tuple[Any, ...], size: int, refill: bool) -> None:
-        _, values, errors, elapsed, cpu = reply
-        batch, indices, report = self._answered(worker)
-        if refill and not worker.channel.closed:
-            self._feed()  # the worker's next batch first: its run's thread may take the GIL
-        if report:  # (else timed out: the engine has already settled it)
-            file_results(batch, indices, values, errors, elapsed)
-            batch.cpu += cpu
-            batch.nbytes = max(batch.nbytes, size)
-            self._deliver(batch)
-
-    def _undecodable(self, worker: Worker, exc: Exception) -> None:
-        """A batch's results came back but cannot be unpickled here: its items fail.
-
-        The worker ran them, so they are not sent again. The results travel as one
-        pickle, so which value broke it is unknown: every item of the batch fails.
-        """
-        error_type, message, trace = describe_exception(exc)
-        message = (
-            f"the results of this item's batch ran but could not be unpickled in the "
-            f"parent process: {message}"
-        )
-        self._fail_answered(worker, (error_type, message, trace, (), None))
-
-    def _unloadable(self, worker: Worker, remote: RemoteError) -> None:
-        """The worker could not unpickle the batch: its items fail, none of them ran."""
-        error_type, message, trace, lineage, _ = remote
-        message = (
-            f"this item's batch could not be unpickled in the worker process (an item "
-            f"of it cannot be rebuilt there); none of it ran: {message}"
-        )
-        self._fail_answered(worker, (error_type, message, trace, lineage, None))
-
-    def _no_function(self, worker: Worker, remote: RemoteError) -> None:
-        """The worker could not load the run's function: the batch fails, none of it ran."""
-        error_type, message, trace, lineage, _ = remote
-        message = f"fn could not be loaded in the worker process; this item did not run: {message}"
-        self._fail_answered(worker, (error_type, message, trace, lineage, None))
-
-    def _fail_answered(self, worker: Worker, remote: RemoteError) -> None:
-        batch, indices, report = self._answered(worker)
-        if report:
-            fail_items(batch, indices, remote)
-            self._deliver(batch)
 
     def _retire(self, worker: Worker) -> list[tuple[Batch, list[int]]]:
         """Take a worker out of the pool, close its ends; return what it was sent."""
