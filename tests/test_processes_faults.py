@@ -8,6 +8,7 @@ fails instead of hanging the suite.
 from __future__ import annotations
 
 import os
+import pickle
 import selectors
 import signal
 import sqlite3
@@ -197,6 +198,43 @@ def test_a_worker_whose_batch_never_left_is_sent_the_next_at_once() -> None:
     backend._feed()
     assert done == [unsendable]  # failed without a trip
     assert [batch for batch, _ in worker.sent] == [sendable]  # the same look sent the next
+
+
+@pytest.mark.parametrize("when", ["starting", "answering"])
+def test_a_worker_whose_parent_is_gone_ends_quietly(when: str, capfd: Any) -> None:
+    """A worker can outlive its run's interest in it: a replacement that starts as the
+    run ends finds the parent's end closed when it says "ready" (seen at the end of
+    crash-heavy runs), and so does a worker whose last answer comes after it. It ends
+    quietly, as when a read finds the parent gone, with no BrokenPipeError traceback
+    on the program's stderr."""
+    import multiprocessing
+
+    import cloudpickle
+
+    from manyhands._backends._process_worker import HEADER, serve
+
+    context = multiprocessing.get_context("spawn")  # (its stderr is this test's)
+    ours, theirs = context.Pipe()
+    lifeline_r, lifeline_w = context.Pipe(duplex=False)  # (kept open: the parent lives)
+    payload = cloudpickle.dumps((None, (), 1, time.sleep))
+    stamp = context.Array("d", 2, lock=False)
+    progress = context.Value("i", 0, lock=False)
+    worker = context.Process(target=serve, args=(theirs, payload, progress, stamp, lifeline_r))
+    if when == "starting":
+        ours.close()  # gone before the worker says "ready"
+        worker.start()
+    else:
+        worker.start()
+        assert ours.poll(60) and ours.recv_bytes()  # "ready"
+        ours.send_bytes(HEADER.pack(1, 0, 0) + pickle.dumps([0.5]))
+        time.sleep(0.05)  # (the worker is in sleep(0.5))
+        ours.close()  # gone before its answer comes
+    theirs.close()
+    worker.join(60)
+    lifeline_w.close()
+    assert worker.exitcode == 0
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
 
 
 def refuse_in_a_worker(parent: int) -> int:

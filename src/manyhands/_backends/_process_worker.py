@@ -120,11 +120,12 @@ def serve(
     except BaseException as exc:
         if _Forked.happened:
             _leave(exc)
-        conn.send(("init_failed", describe_remote(exc)))
+        _tell(conn, pickle.dumps(("init_failed", describe_remote(exc))))
         return
     if _Forked.happened:  # the initializer forked, and this is the child
         _leave()
-    conn.send(("ready",))
+    if not _tell(conn, pickle.dumps(("ready",))):
+        return
     # The runs' functions, by number; a run's own workers get its function with the
     # initializer (one pickle: a function of __main__ shares its globals).
     functions: dict[int, Any] = {first_key: first_fn} if first_key else {}
@@ -143,18 +144,35 @@ def serve(
         fn = functions.get(key)
         if isinstance(fn, _Unloadable) or fn is None:
             error = fn.error if fn is not None else KeyError(f"no function number {key}")
-            conn.send_bytes(pickle.dumps(("no_fn", describe_remote(error))))
-            continue
-        try:
-            items = pickle.loads(memoryview(message)[HEADER.size + size :])
-        except Exception as exc:  # an item that cannot be rebuilt here: the batch fails
-            conn.send_bytes(pickle.dumps(("unloadable", describe_remote(exc))))
-            continue
-        stamp[STARTED] = monotonic()
-        stamp[BATCH] = number
-        outcome = _run(fn, items, progress)
-        stamp[BATCH] = 0
-        conn.send_bytes(_pack(*outcome))
+            answer = pickle.dumps(("no_fn", describe_remote(error)))
+        else:
+            try:
+                items = pickle.loads(memoryview(message)[HEADER.size + size :])
+            except Exception as exc:  # an item that cannot be rebuilt here: the batch fails
+                answer = pickle.dumps(("unloadable", describe_remote(exc)))
+            else:
+                stamp[STARTED] = monotonic()
+                stamp[BATCH] = number
+                outcome = _run(fn, items, progress)
+                stamp[BATCH] = 0
+                answer = _pack(*outcome)
+        if not _tell(conn, answer):
+            return
+
+
+def _tell(conn: Connection, message: bytes) -> bool:
+    """Send ``message`` to the parent; False if it is gone (closed its end, or died).
+
+    A worker can outlive its run's interest in it (the run ended while this
+    worker started, or while it ran its last batch): it then ends quietly, as
+    it does when a read finds the parent gone, not with a traceback on the
+    program's stderr.
+    """
+    try:
+        conn.send_bytes(message)
+    except OSError:  # (BrokenPipeError, ConnectionResetError: the other end is closed)
+        return False
+    return True
 
 
 class _Unloadable:
