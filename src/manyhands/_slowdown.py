@@ -291,8 +291,8 @@ class Slowdown:
         """
         self._clock = now
         self._in_flight = in_flight
-        if in_flight >= self._cap - 1:  # (it binds: this call left cap - 1 others out)
-            self._cap_bound = self._cap < self.workers
+        if self._cap < self.workers and in_flight >= self._cap - 1:
+            self._cap_bound = True  # (it binds: this call left cap - 1 others out)
         accepted = calls - throttled
         self._log.add(started, accepted, throttled)
         if started >= self._changed:

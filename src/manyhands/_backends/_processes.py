@@ -531,12 +531,7 @@ class ProcessBackend:
         if refill and not worker.channel.closed:
             # Only this worker's room changed: any other worker was full if work
             # waited (the rule that _feed keeps; see submit).
-            while worker.ready and not worker.doomed and len(worker.sent) < self._depth:
-                with self._lock:
-                    work = None if self._stopping else self._inbox.take()
-                if work is None:
-                    break
-                self._send(worker, *work)
+            self._fill(worker, self._depth)
         else:
             self._look = True
         try:
@@ -578,17 +573,25 @@ class ProcessBackend:
 
     def _feed(self) -> None:
         """Send queued batches to the workers with room: idle ones first."""
-        for depth in range(self._depth):
+        for depth in range(1, self._depth + 1):
             for worker in list(self._pool):
-                # (while: a batch that never reaches it, e.g. none of its items
-                # pickled, leaves its room for the next; nothing would wake this
-                # thread for it while other work waits: see submit)
-                while worker.ready and not worker.doomed and len(worker.sent) == depth:
-                    with self._lock:
-                        work = None if self._stopping else self._inbox.take()
-                    if work is None:
-                        return
-                    self._send(worker, *work)
+                if not self._fill(worker, depth):
+                    return
+
+    def _fill(self, worker: Worker, depth: int) -> bool:
+        """Send ``worker`` queued batches until it holds ``depth``; False once none is left.
+
+        (A loop: a batch that never reaches it, e.g. none of its items pickled,
+        leaves its room for the next; nothing would wake this thread for it
+        while other work waits: see submit.)
+        """
+        while worker.ready and not worker.doomed and len(worker.sent) < depth:
+            with self._lock:
+                work = None if self._stopping else self._inbox.take()
+            if work is None:
+                return False
+            self._send(worker, *work)
+        return True
 
     def _send(self, worker: Worker, batch: Batch, indices: list[int]) -> None:
         data, indices = pickle_items(batch, indices)
