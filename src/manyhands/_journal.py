@@ -68,6 +68,7 @@ from ._batch import Batch
 from ._exceptions import JournalError, JournalWarning, user_stacklevel
 from ._journal_file import (
     FORMAT,
+    LENGTH_LIMIT,
     NOTHING_RUN,
     VERSION,
     StoredValues,
@@ -76,11 +77,13 @@ from ._journal_file import (
     create_private,
     from_db,
     holds_data,
+    length_limit,
     open_db,
     open_reader,
     release_lock,
     to_db,
 )
+from ._journal_rows import FAILED, Unrecordable, failed_row, room_for
 from ._journal_writer import ALL_RECORDED, Group, Writer
 from ._keys import (
     KeyTypeError,
@@ -112,7 +115,6 @@ FRESH_KEYS = 250_000
 READ_SECONDS = 0.01
 
 DONE = "done"
-FAILED = "failed"
 FINAL_STATES = (DONE, FAILED, "crashed", "timed_out")
 
 # Done rows name their columns: binding 13 values, most of them NULL, costs
@@ -173,6 +175,8 @@ class Journal:
         self._reader: sqlite3.Connection | None = None
         self._watch: Watch | None = None
         self.run_id = 0  # (known once the journal is open: see _opened)
+        self._limit = LENGTH_LIMIT  # bytes in a row (SQLite's; read as the journal opens)
+        self._unrecordable = Unrecordable()  # keys too long to record
         self._start(fn, options or {}, durability, done_sql)
         self._source: Iterator[Any] | None = None
         self._buffer: deque[tuple[Any, str, str | None]] = deque()
@@ -260,6 +264,7 @@ class Journal:
                 problem = watch.journal_problem()
                 if problem is not None:
                     raise JournalError(problem)
+            self._limit = length_limit(db)
             run_id = self._begin(db, fn, options)
             if watch is None:
                 watch = Watch(self.path, self._lock)
@@ -680,17 +685,22 @@ class Journal:
         with_prints = self._key is not None  # with key=, the item may change under its key
         group = Group()
         recorded: list[str] = []
+        limit = self._limit
         for index, key in enumerate(keys):
             if index in retried:
                 continue
             item = batch.items[index]
             print_ = fingerprint(item) if with_prints else None
             failure = failures.get(index)
-            if failure is None:
+            room = room_for(key, limit)  # (a row longer than SQLite's limit fails its commit)
+            if room < 0:  # the key alone is too long: the item runs again on a resume
+                self._unrecordable.add(item, key, limit)
+                self._unsaved.add(key)  # (kept, as never committed: for a later copy)
+            elif failure is None:
                 tries = attempts.get(index, batch.attempt)
                 if self._detailed:
                     result, form = (
-                        self._values.write(item, batch.values[index])
+                        self._values.write(item, batch.values[index], room)
                         if self._store_results
                         else (None, None)
                     )
@@ -698,15 +708,12 @@ class Journal:
                 else:
                     group.done.append((key, tries, each, now, run))
             else:
-                texts = (failure.error_type, failure.message, failure.traceback, safe_repr(item))
-                error_type, message, traceback, shown = (
-                    None if text is None else to_db(text) for text in texts
-                )
-                group.failed.append((to_db(key), FAILED, failure.attempts, error_type,
-                                     message, traceback, each, now, print_, shown, None,
-                                     None, run))  # fmt: skip
+                fields = (each, now, print_, run)
+                group.failed.append(failed_row(key, failure, safe_repr(item), room, fields))
+            if failure is not None:
                 self._unsaved_failed[key] = failure  # (for a later copy, until committed)
-            recorded.append(key)
+            if room >= 0:
+                recorded.append(key)
             if key in looked_up:  # a later copy in the buffer is a duplicate now
                 looked_up[key] = (DONE if failure is None else FAILED, run, print_,
                                   *looked_up[key][3:])  # fmt: skip
@@ -728,11 +735,12 @@ class Journal:
             return 0
         left_out = set(batch.errors or ())
         if self._store_results:
-            storable = self._values.storable
+            self._opened()  # (SQLite's length limit)
+            storable, keys, limit = self._values.storable, batch.keys, self._limit
             left_out.update(
                 index
                 for index, value in enumerate(batch.values)
-                if index not in left_out and not storable(value)
+                if index not in left_out and not storable(value, room_for(keys[index], limit))
             )
         batch.failures = None
         self.record(batch, left_out)

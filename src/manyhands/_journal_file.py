@@ -14,6 +14,11 @@
 - Text is stored losslessly: a str that UTF-8 cannot encode (a lone
   surrogate, from a file name that is not UTF-8) is stored as a BLOB of its
   ``surrogatepass`` bytes, and read back as the same str.
+- A row never exceeds SQLite's length limit (:func:`length_limit`): a commit
+  that held one would fail whole, and every resume would fail there again.
+  A value that does not fit is not stored (its item is done, without its
+  value), a failure's texts are cut (:func:`cut_text`), and a row whose key
+  alone does not fit is not written (see ``Journal``).
 """
 
 from __future__ import annotations
@@ -42,8 +47,11 @@ __all__ = [
     "acquire_lock",
     "check_version",
     "create_private",
+    "cut_text",
+    "db_size",
     "from_db",
     "holds_data",
+    "length_limit",
     "lock_path",
     "open_db",
     "open_reader",
@@ -59,6 +67,16 @@ VERSION = 2  # (stored as text)
 MODE = 0o600
 #: How an error opening the journal ends when it stops the run before it starts.
 NOTHING_RUN = "; nothing was run"
+#: SQLite's limit on the length of a string, a BLOB and a whole row, in bytes
+#: (SQLITE_MAX_LENGTH, unless the build set another). Python 3.11+ reads the
+#: connection's own limit, which can only be lower (:func:`length_limit`).
+LENGTH_LIMIT = 1_000_000_000
+#: Bytes of a row kept for its record header and its numbers (state, attempts,
+#: times, run, fingerprint, value format), beside its key, value and texts.
+ROW_MARGIN = 1024
+#: A failure's message and traceback (and error type, and the item's repr) are
+#: stored cut to this many characters (the middle is left out, and says so).
+MAX_TEXT = 1_000_000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID;
@@ -111,6 +129,41 @@ def from_db(value: Any) -> Any:
         return value.decode("utf-8", "backslashreplace")
 
 
+def length_limit(db: sqlite3.Connection) -> int:
+    """The most bytes a string, a BLOB or a row may hold in ``db`` (see ``LENGTH_LIMIT``)."""
+    if sys.version_info < (3, 11):  # (no getlimit)
+        return LENGTH_LIMIT
+    return min(LENGTH_LIMIT, db.getlimit(sqlite3.SQLITE_LIMIT_LENGTH))
+
+
+def db_size(data: str | bytes) -> int:
+    """The bytes SQLite stores for ``data`` (a str as :func:`to_db` binds it).
+
+    >>> db_size("abc"), db_size("café"), db_size(b"\\x00")
+    (3, 5, 1)
+    """
+    if isinstance(data, bytes) or data.isascii():
+        return len(data)
+    return len(data.encode("utf-8", "surrogatepass"))
+
+
+def cut_text(text: str, limit: int) -> str:
+    """``text`` if it has at most ``limit`` characters; else its start and end, and a note.
+
+    The end of a traceback says what was raised, so both ends are kept.
+
+    >>> cut_text("abc", 10)
+    'abc'
+    >>> cut_text("a" * 100 + "z" * 100, 120)
+    'aaaaaaaaaaaaaaaaaaaa\\n[... 160 of 200 characters not stored ...]\\nzzzzzzzzzzzzzzzzzzzz'
+    """
+    if len(text) <= limit:
+        return text
+    keep = max(limit - 80, 0) // 2  # (the note takes fewer than 80)
+    note = f"\n[... {len(text) - 2 * keep:,} of {len(text):,} characters not stored ...]\n"
+    return text[:keep] + note + text[len(text) - keep :]
+
+
 # -- values ---------------------------------------------------------------
 
 
@@ -127,38 +180,53 @@ class StoredValues:
         self.unstored = 0  # values this run could not store (the first is warned about)
         self._told: set[str] = set()  # reading problems already warned about
 
-    def write(self, item: Any, value: Any) -> tuple[Any, str | None]:
-        """The stored form of ``value`` and its format; (None, None) if it cannot be stored."""
-        try:
-            if self.pickled:
-                return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL), "pickle"
-            return to_db(json.dumps(value, ensure_ascii=False, allow_nan=True)), "json"
-        except Exception as exc:  # (any error: pickling runs the value's own code)
-            self.unstored += 1
-            if self.unstored == 1:
-                _warn(self._unstored(item, value, exc))
-            return None, None
+    def write(self, item: Any, value: Any, room: int) -> tuple[Any, str | None]:
+        """The stored form of ``value`` and its format; (None, None) if it cannot be stored.
 
-    def storable(self, value: Any) -> bool:
-        """Whether ``value`` can be stored as asked (no warning either way)."""
+        ``room``: the bytes its row has left for it (SQLite refuses a longer row).
+        """
         try:
-            if self.pickled:
-                pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-            else:
-                json.dumps(value, ensure_ascii=False, allow_nan=True)
+            data, form = self._encode(value)
+        except Exception as exc:  # (any error: pickling runs the value's own code)
+            why = f"cannot {self._how} ({type(exc).__qualname__}: {safe_repr(exc, 100)})"
+            hint = "" if self.pickled else ": return JSON-like values, or store_results='pickle'"
+            return self._unstored(item, value, why, hint)
+        if 4 * len(data) > room and (size := db_size(data)) > room:  # (4: bytes a character)
+            why = (
+                f"is {size:,} bytes {'pickled' if self.pickled else 'as JSON'}, more "
+                f"than its row in the journal holds ({max(room, 0):,} bytes: SQLite's limit on "
+                "a row, less its key)"
+            )
+            return self._unstored(item, value, why)
+        return data, form
+
+    def storable(self, value: Any, room: int) -> bool:
+        """Whether ``value`` can be stored as asked, in ``room`` bytes (no warning either way)."""
+        try:
+            data, _ = self._encode(value)
         except Exception:  # (any error: pickling runs the value's own code)
             return False
-        return True
+        return 4 * len(data) <= room or db_size(data) <= room
 
-    def _unstored(self, item: Any, value: Any, exc: Exception) -> str:
-        how = "be pickled" if self.pickled else "be stored as JSON"
-        hint = "" if self.pickled else ": return JSON-like values, or store_results='pickle'"
-        return (
-            f"store_results: the value of item {safe_repr(item, 60)}, a "
-            f"{type(value).__qualname__}, cannot {how} ({type(exc).__qualname__}: "
-            f"{safe_repr(exc, 100)}). The item is done, and its value was not stored, so a "
-            f"resumed run yields None for it (the same for any other such value){hint}"
-        )
+    @property
+    def _how(self) -> str:
+        return "be pickled" if self.pickled else "be stored as JSON"
+
+    def _encode(self, value: Any) -> tuple[str | bytes, str]:
+        if self.pickled:
+            return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL), "pickle"
+        return to_db(json.dumps(value, ensure_ascii=False, allow_nan=True)), "json"
+
+    def _unstored(self, item: Any, value: Any, why: str, hint: str = "") -> tuple[None, None]:
+        self.unstored += 1
+        if self.unstored == 1:
+            _warn(
+                f"store_results: the value of item {safe_repr(item, 60)}, a "
+                f"{type(value).__qualname__}, {why}. The item is done, and its value was not "
+                "stored, so a resumed run yields None for it (the same for any other such "
+                f"value){hint}"
+            )
+        return None, None
 
     def read(self, item: Any, data: Any, form: Any) -> Any:
         """The value stored for a done item; None (with a warning) if there is none to read."""

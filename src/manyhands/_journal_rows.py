@@ -1,0 +1,86 @@
+"""One item's row in the journal, kept within SQLite's length limit.
+
+SQLite refuses a string, a BLOB or a whole row longer than its length limit
+(:func:`._journal_file.length_limit`, 1e9 bytes by default), and it refuses
+the whole commit that holds it: every item of that commit would run again,
+and so would every resume, at the same item. So a row is made to fit before
+it is handed to the writer:
+
+- a value that does not fit beside its key is not stored
+  (:meth:`._journal_file.StoredValues.write`): the item is done, without
+  its value;
+- a failure's texts (error type, message, traceback, the item's repr) are
+  cut to ``MAX_TEXT`` characters each, and less if the row needs it;
+- a key that alone does not fit (a ``key=`` returning hundreds of MB) cannot
+  be recorded at all: its item is left out of the journal, so it runs again
+  on a resume, and a JournalWarning names the first such item.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+from ._exceptions import JournalWarning, user_stacklevel
+from ._journal_file import MAX_TEXT, ROW_MARGIN, cut_text, db_size, to_db
+from ._outcome import Failure, safe_repr
+
+__all__ = ["FAILED", "Unrecordable", "failed_row", "room_for"]
+
+FAILED = "failed"
+#: The texts of a failed row: error type, message, traceback, the item's repr.
+_TEXTS = 4
+_BYTES_PER_CHARACTER = 4  # (at most, in UTF-8)
+
+
+def room_for(key: str, limit: int) -> int:
+    """The bytes a row whose key is ``key`` has left for its value or texts (< 0: none).
+
+    >>> room_for("k", 10_000)
+    8975
+    """
+    return limit - ROW_MARGIN - db_size(key)
+
+
+def failed_row(
+    key: str,
+    failure: Failure,
+    shown: str,
+    room: int,
+    fields: tuple[float, float, str | None, int],
+) -> tuple[Any, ...]:
+    """The row of a failed item, its texts cut to fit ``room`` bytes.
+
+    ``shown`` is the item's repr; ``fields`` are (elapsed, finished,
+    fingerprint, run).
+    """
+    elapsed, finished, print_, run = fields
+    most = min(MAX_TEXT, room // (_TEXTS * _BYTES_PER_CHARACTER))
+    error_type, message, traceback, item = (
+        None if text is None else to_db(cut_text(text, most))
+        for text in (failure.error_type, failure.message, failure.traceback, shown)
+    )
+    return (to_db(key), FAILED, failure.attempts, error_type, message, traceback,
+            elapsed, finished, print_, item, None, None, run)  # fmt: skip
+
+
+class Unrecordable:
+    """Keys too long for a row: counted, and the first one's item named in a warning."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def add(self, item: Any, key: str, limit: int) -> None:
+        self.count += 1
+        if self.count > 1:
+            return
+        warnings.warn(
+            JournalWarning(
+                f"the key of item {safe_repr(item, 60)} is {db_size(key):,} bytes, more than "
+                f"a row of the journal holds (SQLite's limit on a row: {limit:,} bytes), so "
+                "its outcome is not recorded and it runs again when you rerun (the same for "
+                "any other such item). Return a shorter key from key=, e.g. an id, or a "
+                "digest of the item"
+            ),
+            stacklevel=user_stacklevel(),
+        )
