@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
+import sqlite3
 import tracemalloc
 import weakref
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 import manyhands
+from manyhands import _journal_writer
 
 
 def numbers(n: int) -> Iterator[int]:
@@ -88,3 +92,31 @@ def test_kept_failures_do_not_pin_the_frames_of_their_calls(kind: str) -> None:
     assert "ValueError: item" in failure.traceback and "in body" in failure.traceback
     assert failure.exception is not None and failure.exception.__traceback__ is None
     assert isinstance(failure.exception.__cause__, KeyError)
+
+
+def test_long_keys_from_key_fn_are_not_kept_whole_in_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A new journal keeps the keys it records in memory (up to FRESH_KEYS): a key=
+    # returning 4 KB (a whole row) kept 4 KB an item, 61 MB here. Now long keys are
+    # kept as 16-byte digests (and the file still holds each key whole).
+    monkeypatch.setattr(_journal_writer, "MAX_PENDING", 500)  # (rows waiting for a commit)
+    n = 15_000
+
+    def key(x: int) -> str:
+        return f"{x:08d}" + "x" * 4096
+
+    tracemalloc.start()
+    try:
+        outs = manyhands.map(abs, [*range(n), 5, 7], journal=tmp_path / "run.db", key=key)
+        copies = sum(out.skipped == "duplicate key" for out in outs)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 30 * 1024 * 1024, peak  # (~8 MB; keeping the keys: 61 MB more)
+    assert copies == 2  # (a long key repeated is still told by its digest)
+    with contextlib.closing(sqlite3.connect(tmp_path / "run.db")) as db:
+        (longest,) = db.execute("SELECT max(length(key)) FROM items").fetchone()
+    assert longest == 8 + 4096
+    again = manyhands.run(abs, range(n), journal=tmp_path / "run.db", key=key)
+    assert again.skipped == n

@@ -58,7 +58,7 @@ import sqlite3
 import time
 import warnings
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice, repeat
 from pathlib import Path
@@ -92,6 +92,7 @@ from ._keys import (
     default_keys,
     fingerprint,
     function_name,
+    memory_key,
 )
 from ._outcome import (
     DUPLICATE,
@@ -103,6 +104,8 @@ from ._outcome import (
 )
 
 __all__ = ["DONE", "FAILED", "FINAL_STATES", "Journal", "Segment"]
+
+Memo = str | bytes  # a key as the sets in memory hold it (see memory_key)
 
 BLOCK = 512  # items read and looked up at once, at most
 #: While the journal held no record when the run began, the keys this run
@@ -187,14 +190,16 @@ class Journal:
         self._new_at = 0
         self._block = 1  # items the next block reads (doubles while the input keeps up)
         self._looked_up: dict[str, tuple[Any, ...]] = {}  # key -> journal row, for the buffer
-        self._running: set[str] = set()  # keys admitted to run, not recorded
+        # The sets of keys below hold them as memory_key has them: a long key
+        # (from key=) as its digest. Segments, batches and rows hold the keys.
+        self._running: set[Memo] = set()  # keys admitted to run, not recorded
         # Keys recorded that a lookup may not find: not known to be committed,
         # or recorded while the journal was fresh (nothing was looked up then).
-        self._unsaved: set[str] = set()
-        self._unsaved_failed: dict[str, Failure] = {}  # the failed ones not known committed
+        self._unsaved: set[Memo] = set()
+        self._unsaved_failed: dict[Memo, Failure] = {}  # the failed ones not known committed
         # Failed keys recorded while fresh and committed since: their Failure is
         # read from the file when a later copy needs it.
-        self._failed_kept: set[str] = set()
+        self._failed_kept: set[Memo] = set()
         self.pulled = 0  # items read from the input
         self.error: BaseException | None = None  # why reading stopped early, if it did
         self._ended = False
@@ -378,14 +383,15 @@ class Journal:
             running, unsaved, looked_up = self._running, self._unsaved, self._looked_up
             while True:
                 item, key, _ = buffer.popleft()
-                running.add(key)
+                running.add(memory_key(key))
                 items.append(item)
                 keys.append(key)
                 if len(items) >= size or not buffer:  # (the next block is read next time)
                     break
                 upcoming = buffer[0][1]
+                held = memory_key(upcoming)
                 if (
-                    (upcoming in running or upcoming in unsaved or upcoming in looked_up)
+                    (held in running or held in unsaved or upcoming in looked_up)
                     and self._skip_reason(*buffer[0]) is not None
                 ) or not buffer:
                     break
@@ -413,7 +419,7 @@ class Journal:
             value: Any = None
             if reason != DUPLICATE:
                 value, failure = self._stored(item, self._looked_up.get(key))
-            elif key in self._running:  # its outcome is the first copy's, not known yet
+            elif memory_key(key) in self._running:  # its outcome is the first copy's, not known
                 waiting.append(len(items))
                 failure = None
             else:
@@ -433,11 +439,12 @@ class Journal:
 
     def _first_copys_failure(self, item: Any, key: str) -> Failure | None:
         """The Failure of a key this run made final (None: it succeeded), for a later copy."""
-        failure = self._unsaved_failed.get(key)  # (recorded, not known to be committed)
+        held = memory_key(key)
+        failure = self._unsaved_failed.get(held)  # (recorded, not known to be committed)
         if failure is None:
-            if key not in self._unsaved:  # committed: looked up with its block
+            if held not in self._unsaved:  # committed: looked up with its block
                 row = self._looked_up.get(key)
-            elif key in self._failed_kept:  # failed while the journal was fresh
+            elif held in self._failed_kept:  # failed while the journal was fresh
                 row = self._rows([key]).get(key)
             else:  # it succeeded
                 return None
@@ -462,7 +469,7 @@ class Journal:
         items = self._new_items[start:end]
         if end >= len(self._new_keys):
             self._new_items, self._new_keys, self._new_at = [], [], 0
-        self._running.update(keys)
+        self._running.update(self._held(keys))
         return Segment(items, keys)
 
     def _take_new(self, items: list[Any], keys: list[str], size: int) -> None:
@@ -478,7 +485,10 @@ class Journal:
             count = min(size - len(items), len(buffer))
             entries = list(islice(buffer, count))
             new = [entry[1] for entry in entries]
-            if not (running.isdisjoint(new) and unsaved.isdisjoint(new) and len(set(new)) == count):
+            held = self._held(new)
+            if not (
+                running.isdisjoint(held) and unsaved.isdisjoint(held) and len(set(new)) == count
+            ):
                 return
             if count == len(buffer):
                 buffer.clear()
@@ -486,12 +496,13 @@ class Journal:
                 popleft = buffer.popleft
                 for _ in range(count):
                     popleft()
-            running.update(new)
+            running.update(held)
             items += [entry[0] for entry in entries]
             keys += new
 
     def _skip_reason(self, item: Any, key: str, print_: str | None) -> str | None:
-        if key in self._running or key in self._unsaved:
+        held = memory_key(key)
+        if held in self._running or held in self._unsaved:
             return DUPLICATE
         row = self._looked_up.get(key)
         if row is None:
@@ -581,14 +592,20 @@ class Journal:
             keys
             and not self._looked_up
             and len(set(keys)) == len(keys)
-            and self._running.isdisjoint(keys)
-            and self._unsaved.isdisjoint(keys)
+            and self._running.isdisjoint(held := self._held(keys))
+            and self._unsaved.isdisjoint(held)
         ):
             self._new_items, self._new_keys = block, keys
             return True
         fingerprints = prints if keyfn is not None else repeat(None)
         self._buffer.extend(zip(block, keys, fingerprints, strict=False))  # (repeat: endless)
         return bool(self._buffer)
+
+    def _held(self, keys: list[str]) -> Sequence[Memo]:
+        """The keys as the sets in memory hold them (default keys are short: as they are)."""
+        if self._key is None:
+            return keys
+        return list(map(memory_key, keys))
 
     def _forget_committed(self) -> None:
         """Keep in memory only the recorded keys (and failures) the next lookup may not find.
@@ -684,7 +701,7 @@ class Journal:
         looked_up = self._looked_up
         with_prints = self._key is not None  # with key=, the item may change under its key
         group = Group()
-        recorded: list[str] = []
+        recorded: list[Memo] = []  # (as memory_key has them)
         limit = self._limit
         for index, key in enumerate(keys):
             if index in retried:
@@ -692,10 +709,11 @@ class Journal:
             item = batch.items[index]
             print_ = fingerprint(item) if with_prints else None
             failure = failures.get(index)
+            held = memory_key(key)
             room = room_for(key, limit)  # (a row longer than SQLite's limit fails its commit)
             if room < 0:  # the key alone is too long: the item runs again on a resume
                 self._unrecordable.add(item, key, limit)
-                self._unsaved.add(key)  # (kept, as never committed: for a later copy)
+                self._unsaved.add(held)  # (kept, as never committed: for a later copy)
             elif failure is None:
                 tries = attempts.get(index, batch.attempt)
                 if self._detailed:
@@ -711,13 +729,13 @@ class Journal:
                 fields = (each, now, print_, run)
                 group.failed.append(failed_row(key, failure, safe_repr(item), room, fields))
             if failure is not None:
-                self._unsaved_failed[key] = failure  # (for a later copy, until committed)
+                self._unsaved_failed[held] = failure  # (for a later copy, until committed)
             if room >= 0:
-                recorded.append(key)
+                recorded.append(held)
             if key in looked_up:  # a later copy in the buffer is a duplicate now
                 looked_up[key] = (DONE if failure is None else FAILED, run, print_,
                                   *looked_up[key][3:])  # fmt: skip
-            running.discard(key)
+            running.discard(held)
         self._unsaved.update(recorded)
         group.keys.append(recorded)
         group.rows = len(recorded)

@@ -36,7 +36,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,7 +107,7 @@ class Group:
     batches: list[tuple[int, int, int, list[str]]] = field(default_factory=list)
     done: list[tuple[Any, ...]] = field(default_factory=list)  # other done rows
     failed: list[tuple[Any, ...]] = field(default_factory=list)
-    keys: list[list[str]] = field(default_factory=list)  # their keys, as the consumer has them
+    keys: list[Sequence[str | bytes]] = field(default_factory=list)  # as the consumer holds them
     rows: int = 0
 
 
@@ -146,7 +146,9 @@ class Writer:
         self._failure: tuple[str, BaseException | None] | None = None
         self._lost = 0  # rows not recorded since the failure
         self._problem: str | None = None  # a lock problem, told once
-        self.committed: deque[list[str]] = deque()  # lists of keys made durable, for the consumer
+        self.committed: deque[Sequence[str | bytes]] = (
+            deque()
+        )  # keys made durable, for the consumer
         self.commits = 0
         self.checks = 0  # times the files were checked
         self._checked = -WATCH_INTERVAL  # when, last (time.monotonic)

@@ -25,6 +25,7 @@ __all__ = [
     "default_keys",
     "fingerprint",
     "function_name",
+    "memory_key",
     "tagged",
 ]
 
@@ -37,6 +38,29 @@ TAGS = ("$bytes", "$dict")
 
 _PLAIN = frozenset({str, int, float, bool, type(None), bytes})  # need no tag
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def memory_key(key: str) -> str | bytes:
+    """What a run keeps in memory for ``key``: the key, or a 16-byte digest of a long one.
+
+    A run keeps up to ``FRESH_KEYS`` keys in memory (see ``_journal``); a
+    ``key=`` may return a whole row as its key, kilobytes each. The journal
+    still stores and looks up the key itself: only the sets in memory hold
+    the digest. A default key is never longer than ``MAX_KEY_TEXT`` (a
+    longer one is already a SHA-256 text), so it is kept as it is.
+
+    Two keys are told apart in memory exactly as in the file, but for two
+    long keys sharing a BLAKE2b-128 digest: a digest is bytes and a key is
+    a str, so a short key never equals a digest; among ``n`` long keys the
+    chance that any two share one is below ``n**2 / 2**129`` (1e-20 for a
+    billion keys), far below the chance of a memory error.
+
+    >>> memory_key("id-1"), len(memory_key("x" * 201))
+    ('id-1', 16)
+    """
+    if len(key) <= MAX_KEY_TEXT:
+        return key
+    return hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
 class KeyTypeError(TypeError):
