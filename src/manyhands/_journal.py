@@ -9,7 +9,11 @@ Resume semantics:
   (``retry_failed=True`` runs the failed ones again); items that were in
   flight when a run died have no record, so they run again;
 - skipped items still get an Outcome and are counted in the Report, as are
-  duplicate keys within one input (which run once).
+  duplicate keys within one input (which run once);
+- with ``key=``, a later copy of a key that is a different item (its
+  fingerprint differs from the first copy's) is refused, on the first run and
+  on every rerun alike (``changed_items="skip"``: a duplicate), so that an
+  input whose key= collides never turns into "the input was edited" on resume.
 
 Writes go through a writer thread with group commit (:mod:`._journal_writer`):
 it commits whatever outcomes were handed over as soon as its previous commit
@@ -187,6 +191,7 @@ class Journal:
         # repeated in it) is taken in slices, with nothing more to check.
         self._new_items: list[Any] = []
         self._new_keys: list[str] = []
+        self._new_prints: list[str | None] = []  # (with key=)
         self._new_at = 0
         self._block = 1  # items the next block reads (doubles while the input keeps up)
         self._looked_up: dict[str, tuple[Any, ...]] = {}  # key -> journal row, for the buffer
@@ -200,6 +205,12 @@ class Journal:
         # Failed keys recorded while fresh and committed since: their Failure is
         # read from the file when a later copy needs it.
         self._failed_kept: set[Memo] = set()
+        # With key=: where the first copy of each key this run took was, and what
+        # it was (see _first), so that a later copy that differs is told apart
+        # from a plain duplicate: while the key runs or is unsaved, and for up to
+        # FRESH_KEYS keys skipped as recorded (their later copies, here, are not
+        # edits of the input).
+        self._firsts: dict[Memo, int] = {}
         self.pulled = 0  # items read from the input
         self.error: BaseException | None = None  # why reading stopped early, if it did
         self._ended = False
@@ -382,14 +393,17 @@ class Journal:
         if first is None:
             running, unsaved, looked_up = self._running, self._unsaved, self._looked_up
             while True:
-                item, key, _ = buffer.popleft()
-                running.add(memory_key(key))
+                position = self.pulled - len(buffer)
+                item, key, print_ = buffer.popleft()
+                running.add(held := memory_key(key))
+                if print_ is not None:
+                    self._firsts[held] = _first(position, print_)
                 items.append(item)
                 keys.append(key)
                 if len(items) >= size or not buffer:  # (the next block is read next time)
                     break
                 upcoming = buffer[0][1]
-                held = memory_key(upcoming)
+                held = memory_key(upcoming)  # (the next item's)
                 if (
                     (held in running or held in unsaved or upcoming in looked_up)
                     and self._skip_reason(*buffer[0]) is not None
@@ -413,12 +427,16 @@ class Journal:
         failures: dict[int, Failure] = {}
         waiting: list[int] = []
         reason: str | None = first
+        firsts = self._firsts
         while True:
-            item, key, _ = buffer.popleft()
+            position = self.pulled - len(buffer)
+            item, key, print_ = buffer.popleft()
             assert reason is not None
             value: Any = None
             if reason != DUPLICATE:
                 value, failure = self._stored(item, self._looked_up.get(key))
+                if print_ is not None and len(firsts) < FRESH_KEYS:
+                    firsts.setdefault(memory_key(key), _first(position, print_))
             elif memory_key(key) in self._running:  # its outcome is the first copy's, not known
                 waiting.append(len(items))
                 failure = None
@@ -467,10 +485,22 @@ class Journal:
         self._new_at = end
         keys = self._new_keys[start:end]
         items = self._new_items[start:end]
+        held = self._held(keys)
+        if self._new_prints:  # (key=)
+            at = self.pulled - len(self._new_keys) + start
+            self._note_firsts(at, held, self._new_prints[start:end])
         if end >= len(self._new_keys):
-            self._new_items, self._new_keys, self._new_at = [], [], 0
-        self._running.update(self._held(keys))
+            self._new_items, self._new_keys, self._new_prints = [], [], []
+            self._new_at = 0
+        self._running.update(held)
         return Segment(items, keys)
+
+    def _note_firsts(self, at: int, held: Sequence[Memo], prints: list[str | None]) -> None:
+        """Note where and what the first copies of keys are (from position ``at`` on)."""
+        firsts = self._firsts
+        for position, key, print_ in zip(range(at, at + len(held)), held, prints, strict=True):
+            if print_ is not None:
+                firsts[key] = _first(position, print_)
 
     def _take_new(self, items: list[Any], keys: list[str], size: int) -> None:
         """The common case in bulk: the next items all run (their keys are new).
@@ -482,6 +512,7 @@ class Journal:
         """
         buffer, running, unsaved = self._buffer, self._running, self._unsaved
         while buffer and not self._looked_up and len(items) < size:
+            at = self.pulled - len(buffer)
             count = min(size - len(items), len(buffer))
             entries = list(islice(buffer, count))
             new = [entry[1] for entry in entries]
@@ -497,23 +528,63 @@ class Journal:
                 for _ in range(count):
                     popleft()
             running.update(held)
+            if self._key is not None:
+                self._note_firsts(at, held, [entry[2] for entry in entries])
             items += [entry[0] for entry in entries]
             keys += new
 
     def _skip_reason(self, item: Any, key: str, print_: str | None) -> str | None:
         held = memory_key(key)
         if held in self._running or held in self._unsaved:
-            return DUPLICATE
+            return self._copy(item, key, print_, None)
         row = self._looked_up.get(key)
         if row is None:
             return None
         state, run, stored_print = row[0], row[1], row[2]
         if run == self.run_id:
-            return DUPLICATE
+            return self._copy(item, key, print_, stored_print)
         if print_ is not None and stored_print is not None and print_ != stored_print:
+            if held in self._firsts:  # a copy of an item of this input, skipped as recorded
+                return self._copy(item, key, print_, stored_print)
             return self._changed(item, key)
         if state == DONE or not self._retry_failed:
             return SKIPPED_DONE if state == DONE else SKIPPED_FAILED
+        return None
+
+    def _copy(
+        self, item: Any, key: str, print_: str | None, stored_print: str | None
+    ) -> str | None:
+        """A later copy of a key this input had: a duplicate, or a different item (None).
+
+        A different item under the same key (key= does not tell them apart) is
+        refused, with the default changed_items="refuse" and with "rerun" (the
+        two would replace each other's record at every run and never settle),
+        or skipped as a duplicate with "skip". The same on the first run and
+        on every rerun.
+        """
+        if print_ is None:
+            return DUPLICATE
+        first = self._firsts.get(memory_key(key))
+        if first is not None:
+            same = first & _PRINT == hash(print_) & _PRINT
+        else:
+            same = stored_print is None or stored_print == print_
+        if same or self._changed_items == "skip":
+            return DUPLICATE
+        position = self.pulled - len(self._buffer)
+        earlier = f"item {first >> 64}" if first is not None else "an earlier item"
+        again = ", and 'rerun' would run them in turn at every run" * (
+            self._changed_items == "rerun"
+        )
+        self.error = JournalError(
+            f"item {position} ({safe_repr(item, 80)}) and {earlier} have the same key "
+            f"{safe_repr(key, 80)} but differ: key= must tell different items apart (key on "
+            f"what identifies an item, e.g. its id, or pass no key=). Items before {position} "
+            f"ran; it and the items after it did not. Pass changed_items='skip' to run only "
+            f"the first item of each key{again}"
+        )
+        self._buffer.clear()
+        self._ended = True
         return None
 
     def _changed(self, item: Any, key: str) -> str | None:
@@ -527,7 +598,8 @@ class Journal:
         position = self.pulled - len(self._buffer)
         self.error = JournalError(
             f"item {position} ({safe_repr(item, 80)}, key {safe_repr(key, 80)}) differs "
-            f"from the item recorded under that key in {self.path}: the input was edited. "
+            f"from the item recorded under that key in {self.path}: the input was edited "
+            "(or key= gives it and an earlier item the same key). "
             f"Items before {position} ran; it and the items after it did not. Pass "
             "changed_items='rerun' to run such items again, 'skip' to keep their old "
             "record, or use a new journal"
@@ -595,7 +667,7 @@ class Journal:
             and self._running.isdisjoint(held := self._held(keys))
             and self._unsaved.isdisjoint(held)
         ):
-            self._new_items, self._new_keys = block, keys
+            self._new_items, self._new_keys, self._new_prints = block, keys, prints
             return True
         fingerprints = prints if keyfn is not None else repeat(None)
         self._buffer.extend(zip(block, keys, fingerprints, strict=False))  # (repeat: endless)
@@ -621,6 +693,9 @@ class Journal:
             keys = committed.popleft()
             if not self._fresh:
                 self._unsaved.difference_update(keys)
+                if self._firsts:  # (a later copy compares with the row it looks up)
+                    for key in keys:
+                        self._firsts.pop(key, None)
             failed = self._unsaved_failed
             if failed:
                 for key in keys:
@@ -825,6 +900,20 @@ class Journal:
 
 
 # -- helpers -------------------------------------------------------------
+
+
+_PRINT = (1 << 64) - 1
+
+
+def _first(position: int, print_: str) -> int:
+    """Where a key's first copy is in the input, and a hash of its fingerprint, in one int.
+
+    One int (36 bytes) rather than a tuple of the two (~150): up to FRESH_KEYS
+    of them are kept. The hash is compared within this process only. Two
+    different items share one with probability 2**-64: the later is then taken
+    for a plain duplicate.
+    """
+    return position << 64 | (hash(print_) & _PRINT)
 
 
 def _described(value: object) -> str:

@@ -1,0 +1,133 @@
+"""Different items under one ``key=``: one rule on the first run and on every rerun.
+
+Items 0 and 10 under ``key=lambda x: x % 10`` share a key. Before, the first
+run yielded item 10 as a duplicate (its call never ran), and the rerun of the
+unchanged input stopped with "the input was edited": an interrupted run over
+such data could never be resumed, and ``changed_items="rerun"`` ran one copy
+again at every rerun, forever.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import manyhands
+
+from .conftest import python_subprocess_env
+
+
+def counting() -> tuple[Counter[int], Any]:
+    calls: Counter[int] = Counter()
+
+    def fn(x: int) -> int:
+        calls[x] += 1
+        return x
+
+    return calls, fn
+
+
+def last_digit(x: int) -> int:
+    return x % 10
+
+
+@pytest.mark.parametrize("changed_items", ["refuse", "rerun"])
+def test_different_items_under_one_key_are_refused_on_every_run(
+    tmp_path: Path, changed_items: str
+) -> None:
+    journal = tmp_path / "run.db"
+    calls, fn = counting()
+    refused = r"item 10 \(10\) and item 0 have the same key '0' but differ: key= must tell"
+    for _ in range(3):
+        with pytest.raises(manyhands.JournalError, match=refused) as raised:
+            manyhands.run(
+                fn, range(20), journal=journal, key=last_digit, changed_items=changed_items
+            )
+        assert "changed_items='skip'" in str(raised.value)
+        assert ("'rerun' would run them in turn" in str(raised.value)) == (changed_items == "rerun")
+    assert calls == Counter(range(10))  # once each, on the first run; item 10 never
+
+
+def test_with_skip_the_later_items_are_duplicates_and_a_rerun_settles(tmp_path: Path) -> None:
+    journal = tmp_path / "run.db"
+    calls, fn = counting()
+    first = manyhands.run(fn, range(20), journal=journal, key=last_digit, changed_items="skip")
+    assert (first.succeeded, first.duplicates, first.skipped) == (10, 10, 0)
+    for _ in range(2):
+        again = manyhands.run(fn, range(20), journal=journal, key=last_digit, changed_items="skip")
+        assert (again.succeeded, again.duplicates, again.skipped) == (0, 10, 10)
+    assert calls == Counter(range(10))
+    outs = list(manyhands.map(fn, range(20), journal=journal, key=last_digit, changed_items="skip"))
+    assert {out.item: out.skipped for out in outs}[13] == "duplicate key"
+
+
+def test_equal_copies_stay_plain_duplicates(tmp_path: Path) -> None:
+    journal = tmp_path / "run.db"
+    rows = [{"id": 1, "v": "a"}, {"id": 2, "v": "b"}, {"v": "a", "id": 1}]
+    first = manyhands.run(str, rows, journal=journal, key=lambda row: row["id"])
+    assert (first.succeeded, first.duplicates) == (2, 1)
+    again = manyhands.run(str, rows, journal=journal, key=lambda row: row["id"])
+    assert (again.succeeded, again.skipped) == (0, 3)  # (the copy: as its first, recorded)
+
+
+@pytest.mark.parametrize("changed_items", ["refuse", "rerun"])
+def test_a_resume_tells_a_second_item_under_a_key_from_an_edit(
+    tmp_path: Path, changed_items: str
+) -> None:
+    # The first run stopped (a crash, a Ctrl-C) after item 0 and before item 10:
+    # the rerun skips item 0 as recorded, then meets item 10.
+    journal = tmp_path / "run.db"
+    calls, fn = counting()
+    manyhands.run(fn, range(10), journal=journal, key=last_digit)
+    with pytest.raises(manyhands.JournalError, match=r"item 10 .* and item 0 have the same key"):
+        manyhands.run(fn, range(20), journal=journal, key=last_digit, changed_items=changed_items)
+    assert calls == Counter(range(10))
+
+
+def test_an_edited_item_still_follows_changed_items(tmp_path: Path) -> None:
+    journal = tmp_path / "run.db"
+    manyhands.run(str, [{"id": 1, "v": "a"}], journal=journal, key=lambda row: row["id"])
+    edited = [{"id": 1, "v": "b"}]
+    with pytest.raises(manyhands.JournalError, match="the input was edited"):
+        manyhands.run(str, edited, journal=journal, key=lambda row: row["id"])
+    rerun = manyhands.run(
+        str, edited, journal=journal, key=lambda row: row["id"], changed_items="rerun"
+    )
+    assert rerun.succeeded == 1
+
+
+def test_a_copy_of_a_key_committed_earlier_in_the_run_is_compared_too(tmp_path: Path) -> None:
+    # A journal with records is looked up: a key this run recorded and committed
+    # is found in the file, and its row's fingerprint is compared.
+    journal = tmp_path / "run.db"
+    calls, fn = counting()
+
+    def key(x: int) -> int:
+        return x % 3000 if x <= 3000 else x
+
+    manyhands.run(fn, [10**6], journal=journal, key=key)
+    with pytest.raises(manyhands.JournalError, match=r"item 3000 \(3000\) and (item 0|an earl)"):
+        manyhands.run(fn, range(3001), journal=journal, key=key)
+    assert calls == Counter([*range(3000), 10**6])
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="a POSIX shell command")
+def test_the_command_line_refuses_two_rows_with_one_key_on_every_run(tmp_path: Path) -> None:
+    rows = '{"id": 1, "v": "a"}\n{"id": 2, "v": "b"}\n{"id": 1, "v": "c"}\n'
+    (tmp_path / "in.jsonl").write_text(rows)
+    command = [sys.executable, "-m", "manyhands", "run", "--sh", "echo {v}", "in.jsonl",
+               "--jsonl", "--key", "id", "--journal", "j.db", "--no-progress"]  # fmt: skip
+    for _ in range(2):
+        done = subprocess.run(
+            command, cwd=tmp_path, env=python_subprocess_env(), capture_output=True,
+            text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 2, done.stderr
+        assert "item 2 ({'id': 1, 'v': 'c'}) and item 0 have the same key '1'" in done.stderr
+        assert "--key must tell different items apart" in done.stderr
+        assert "--changed-items skip" in done.stderr
