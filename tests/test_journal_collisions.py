@@ -131,3 +131,11 @@ def test_the_command_line_refuses_two_rows_with_one_key_on_every_run(tmp_path: P
         assert "item 2 ({'id': 1, 'v': 'c'}) and item 0 have the same key '1'" in done.stderr
         assert "--key must tell different items apart" in done.stderr
         assert "--changed-items skip" in done.stderr
+
+
+def test_an_item_without_a_fingerprint_cannot_be_told_apart_so_its_copies_are_duplicates(
+    tmp_path: Path,
+) -> None:
+    items = [object(), {"id": 1}, object()]  # (an object has no fingerprint: not JSON-like)
+    report = manyhands.run(str, items, journal=tmp_path / "run.db", key=lambda item: 1)
+    assert (report.succeeded, report.duplicates) == (1, 2)

@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import operator
 import os
 import socket
 import sqlite3
@@ -74,11 +75,13 @@ from ._journal_file import (
     FORMAT,
     LENGTH_LIMIT,
     NOTHING_RUN,
+    ROW_MARGIN,
     VERSION,
     StoredValues,
     Watch,
     acquire_lock,
     create_private,
+    db_size,
     from_db,
     holds_data,
     length_limit,
@@ -90,6 +93,7 @@ from ._journal_file import (
 from ._journal_rows import FAILED, Unrecordable, failed_row, room_for
 from ._journal_writer import ALL_RECORDED, Group, Writer
 from ._keys import (
+    MAX_KEY_TEXT,
     KeyTypeError,
     code_hash,
     default_key,
@@ -429,13 +433,13 @@ class Journal:
         reason: str | None = first
         firsts = self._firsts
         while True:
-            position = self.pulled - len(buffer)
             item, key, print_ = buffer.popleft()
             assert reason is not None
             value: Any = None
             if reason != DUPLICATE:
                 value, failure = self._stored(item, self._looked_up.get(key))
                 if print_ is not None and len(firsts) < FRESH_KEYS:
+                    position = self.pulled - len(buffer) - 1
                     firsts.setdefault(memory_key(key), _first(position, print_))
             elif memory_key(key) in self._running:  # its outcome is the first copy's, not known
                 waiting.append(len(items))
@@ -497,10 +501,11 @@ class Journal:
 
     def _note_firsts(self, at: int, held: Sequence[Memo], prints: list[str | None]) -> None:
         """Note where and what the first copies of keys are (from position ``at`` on)."""
-        firsts = self._firsts
-        for position, key, print_ in zip(range(at, at + len(held)), held, prints, strict=True):
-            if print_ is not None:
-                firsts[key] = _first(position, print_)
+        # _first of each, in map and zip: no Python code per item, on the path of
+        # every item with key= (a None print, unknown, is hash(None): see _copy).
+        positions = map(_SHIFTED, range(at, at + len(held)))
+        hashes = map(_PRINT.__and__, map(hash, prints))
+        self._firsts.update(zip(held, map(operator.or_, positions, hashes), strict=True))
 
     def _take_new(self, items: list[Any], keys: list[str], size: int) -> None:
         """The common case in bulk: the next items all run (their keys are new).
@@ -534,7 +539,7 @@ class Journal:
             keys += new
 
     def _skip_reason(self, item: Any, key: str, print_: str | None) -> str | None:
-        held = memory_key(key)
+        held = key if self._key is None else memory_key(key)  # (default keys are short)
         if held in self._running or held in self._unsaved:
             return self._copy(item, key, print_, None)
         row = self._looked_up.get(key)
@@ -565,7 +570,7 @@ class Journal:
         if print_ is None:
             return DUPLICATE
         first = self._firsts.get(memory_key(key))
-        if first is not None:
+        if first is not None and first & _PRINT != _NO_PRINT:
             same = first & _PRINT == hash(print_) & _PRINT
         else:
             same = stored_print is None or stored_print == print_
@@ -675,8 +680,8 @@ class Journal:
 
     def _held(self, keys: list[str]) -> Sequence[Memo]:
         """The keys as the sets in memory hold them (default keys are short: as they are)."""
-        if self._key is None:
-            return keys
+        if self._key is None or max(map(len, keys), default=0) <= MAX_KEY_TEXT:
+            return keys  # (memory_key keeps these as they are)
         return list(map(memory_key, keys))
 
     def _forget_committed(self) -> None:
@@ -784,8 +789,9 @@ class Journal:
             item = batch.items[index]
             print_ = fingerprint(item) if with_prints else None
             failure = failures.get(index)
-            held = memory_key(key)
-            room = room_for(key, limit)  # (a row longer than SQLite's limit fails its commit)
+            held = key if len(key) <= MAX_KEY_TEXT else memory_key(key)
+            # (room_for, inlined: a row longer than SQLite's limit fails its commit)
+            room = limit - ROW_MARGIN - (len(key) if key.isascii() else db_size(key))
             if room < 0:  # the key alone is too long: the item runs again on a resume
                 self._unrecordable.add(item, key, limit)
                 self._unsaved.add(held)  # (kept, as never committed: for a later copy)
@@ -903,6 +909,8 @@ class Journal:
 
 
 _PRINT = (1 << 64) - 1
+_SHIFTED = (64).__rlshift__  # position -> position << 64
+_NO_PRINT = hash(None) & _PRINT  # (an item with no fingerprint: nothing to compare)
 
 
 def _first(position: int, print_: str) -> int:

@@ -18,6 +18,7 @@ from typing import Any
 from ._outcome import qualified_name
 
 __all__ = [
+    "MAX_KEY_TEXT",
     "TAGS",
     "KeyTypeError",
     "code_hash",
