@@ -46,7 +46,7 @@ from ._checks import check_first_value, discard_coroutines
 from ._delivery import Delivery
 from ._exceptions import InputError, JournalError, ManyhandsError, Timeout
 from ._options import Options
-from ._outcome import Failure, duplicate_failure
+from ._outcome import Failure, Outcome, duplicate_failure
 from ._progress import Progress, progress_wanted
 from ._rate import RateLimit
 from ._reader import Reader
@@ -107,6 +107,11 @@ class Run:
     # The slowdown's opening (asyncio): batches at most this big, and room for
     # more of them out, as they are small (see _obey_slowdown).
     _opening_batch = _opening_room = _batches_sent = 0
+    #: Given the successes of calls that finished in the grace period of a
+    #: stopped run, before they are recorded (the command writes their lines
+    #: there, so that what a call did is kept, not run again). If it raises,
+    #: these and the later ones are not recorded: they run again.
+    on_late: Callable[[list[Outcome[Any, Any]]], None] | None = None
 
     def __init__(
         self,
@@ -496,6 +501,9 @@ class Run:
         try:
             if self._journal is not None:
                 self._close_journal(self._journal, completed)
+            elif not completed and self.on_late is not None:
+                for _ in self._handed_late():  # (no journal: the lines are all that is kept)
+                    pass
         finally:
             try:
                 if progress is not None:
@@ -521,9 +529,10 @@ class Run:
             return
         # Interrupted: keep what finished during the grace period, then close
         # without masking the exception on its way out. A consumer never saw
-        # those outcomes: they are kept only if their values are (store_results),
-        # and not for a consumer that writes what it gets (before_record): there,
-        # an outcome it never got has no line, so its item must run again.
+        # those outcomes: they are kept if their values are (store_results), or
+        # once a consumer that writes what it gets (before_record) wrote them
+        # (on_late); otherwise an outcome it never got has no line, so its item
+        # must run again.
         status: str | None = self.exit_status or getattr(sys.exc_info()[1], "run_status", None)
         try:
             # What cannot be written runs again next time.
@@ -531,12 +540,39 @@ class Run:
                 if not self._consumer or (
                     self._options.store_results and self.before_record is None
                 ):
-                    for finished in self._late_batches():
-                        # (counted: the Report and the journal's run row say the same)
-                        stats.succeeded += journal.record_successes(finished)
+                    late: Iterator[Batch] = self._late_batches()
+                else:
+                    late = self._handed_late()
+                for finished in late:
+                    # (counted: the Report and the journal's run row say the same)
+                    stats.succeeded += journal.record_successes(finished)
                 journal.close(status or "interrupted", stats.counts())
         finally:
             journal.abandon()  # no-op once closed: the lock is released whatever happened
+
+    def _handed_late(self) -> Iterator[Batch]:
+        """The late batches whose successes ``on_late`` took (none without it).
+
+        Without a journal they are counted here; with one, once recorded.
+        """
+        if self.on_late is None:
+            return
+        for finished in self._late_batches():
+            errors = finished.errors or {}
+            successes = [
+                Outcome(item, finished.values[index], None, finished.attempt)
+                for index, item in enumerate(finished.items)
+                if index not in errors
+            ] if finished.values else []  # fmt: skip
+            if not successes:
+                continue
+            try:
+                self.on_late(successes)
+            except Exception:  # (a full disk: these run again; the run's error is on its way)
+                return
+            if self._journal is None:
+                self.statistics.succeeded += len(successes)
+            yield finished
 
     def _late_batches(self) -> Iterator[Batch]:
         """Batches that came back after the run stopped delivering."""

@@ -294,6 +294,7 @@ def _run(
     sink = OutputFile(output, resume=resumed, line=line) if output else None
     if sink is not None:
         run.before_record = _flushing(sink, run)  # (a row is never committed before its line)
+        run.on_late = _late_lines(sink)  # (calls that finish in --grace after Ctrl-C)
     summary = sys.stderr if output == "-" else sys.stdout
     try:
         failed = _consume(run, sink)
@@ -521,6 +522,22 @@ def _flushing(sink: OutputFile, run: Run) -> Callable[[], None]:
             raise
 
     return flush
+
+
+def _late_lines(sink: OutputFile) -> Callable[[list[Outcome[Any, Any]]], None]:
+    """Write the lines of calls that finished in the grace period of a stopped run.
+
+    The run records their items once this returns: what a command did in
+    ``--grace`` is written and kept, not run again. A failed write raises,
+    and those items run again.
+    """
+
+    def write(outcomes: list[Outcome[Any, Any]]) -> None:
+        for outcome in outcomes:
+            sink.write(outcome)
+        sink.flush()
+
+    return write
 
 
 def _output_failed(exc: OutputFailed, journal: str | None) -> OutputFailed:
