@@ -1141,6 +1141,11 @@ class Run:
             "slowdown": self._slowdown.summary(),
         }
 
+    @property
+    def journal_run(self) -> int:
+        """The journal's id of this run (0: no journal, or not opened)."""
+        return self._journal.run_id if self._journal is not None else 0
+
     def report(self) -> Report:
         """A Report of everything delivered so far."""
         return Report.from_statistics(self.statistics, self.elapsed)

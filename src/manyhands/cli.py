@@ -31,6 +31,7 @@ from ._keys import default_key
 from ._options import BACKENDS, DEFAULT_WORKERS
 from ._outcome import Outcome
 from ._output import OutputFailed, OutputFile, command_json_line, command_streams, json_line
+from ._output_marks import Marks
 from ._rate import parse_rate
 from ._retry import Retry
 from ._run import Run
@@ -291,15 +292,18 @@ def _run(
     journal: str | None = options.get("journal")
     # A resume appends to --output; the file is touched only once the run holds the lock.
     resumed = journal is not None and _has_records(journal)
-    sink = OutputFile(output, resume=resumed, line=line) if output else None
+    marks = _marks(journal, output, options)
+    sink = OutputFile(output, resume=resumed, line=line, marks=marks) if output else None
     if sink is not None:
         run.before_record = _flushing(sink, run)  # (a row is never committed before its line)
         run.on_late = _late_lines(sink)  # (calls that finish in --grace after Ctrl-C)
     summary = sys.stderr if output == "-" else sys.stdout
+    whole_input = False
     try:
         failed = _consume(run, sink)
         if sink is not None:
             sink.close()  # (its last lines reach the file now: a full disk may show here)
+        whole_input = run.report().stopped is None
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP (Terminated)
         if sink is not None and (journal is None or Path(journal).exists()):
             sink.start()  # (a fresh run stopped before its first outcome)
@@ -311,6 +315,8 @@ def _run(
     finally:
         if sink is not None:
             sink.close()  # (once more, or after a failure: quiet)
+        if marks is not None:  # (what the file holds now, for the next resume into it)
+            marks.ended(run.journal_run, whole_input=whole_input)
     _print(run.report(), summary)
     if failed and journal:
         _print(f"\nsee the failures: manyhands failures {shlex.quote(journal)}", summary)
@@ -492,6 +498,19 @@ def _stopped(exc: KeyboardInterrupt, report: Any, journal: str | None, summary: 
         )
         _print(f"\n{how}.{saved}", sys.stderr)
     return exc.exit_code if isinstance(exc, Terminated) else EXIT_INTERRUPTED
+
+
+def _marks(journal: str | None, output: str | None, options: dict[str, Any]) -> Marks | None:
+    """The marks of which recorded items a regular ``--output`` file holds (with a journal)."""
+    if journal is None or output is None or output == "-":
+        return None
+    with contextlib.suppress(OSError):
+        if not stat.S_ISREG(os.stat(output).st_mode):
+            return None  # (a pipe or a device takes every line)
+    from ._journal import _as_key
+
+    keyfn: Callable[[Any], Any] = options.get("key") or default_key
+    return Marks(journal, output, lambda item: _as_key(keyfn(item)))
 
 
 def _has_records(journal: str) -> bool:
