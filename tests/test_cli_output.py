@@ -187,6 +187,31 @@ def test_a_file_another_runs_lines_went_elsewhere_gets_them_on_its_next_resume(
     assert lines_of(workdir / "out.jsonl") == lines
 
 
+@posix_only
+def test_status_says_a_killed_run_ended_without_closing_rather_than_running(
+    workdir: Path,
+) -> None:
+    proc = start(workdir)
+    wait_for_lines(workdir / "calls.txt", 100)
+    proc.send_signal(signal.SIGKILL)
+    finish(proc, 60)
+    shown = manyhands("status", "run.db", cwd=workdir)
+    assert shown.returncode == 0, shown.stderr
+    assert "#1" in shown.stdout and "ended without closing" in shown.stdout
+    assert ": running," not in shown.stdout
+
+
+@posix_only
+def test_a_journal_removed_under_the_run_exits_74_after_saying_what_ran(workdir: Path) -> None:
+    proc = start(workdir, "-j", "2", sleep="0.01")
+    wait_for_lines(workdir / "out.jsonl", 20)
+    (workdir / "run.db").unlink()
+    out, err = finish(proc, 60)
+    assert proc.returncode == 74, err  # an I/O error, not a usage error (2)
+    assert "succeeded" in out  # the summary of what ran came first
+    assert "manyhands: error:" in err and "run.db" in err
+
+
 def test_without_stored_results_a_skipped_line_has_no_value_rather_than_null(
     workdir: Path,
 ) -> None:

@@ -115,9 +115,13 @@ class JournalError(ManyhandsError):
 
     Attributes:
         report: for :func:`manyhands.run` once items ran, their Report; else ``None``.
+        writing: True when writing the journal failed during the run (a full
+            disk, the file removed or replaced under it): the command exits 74
+            then, as for an ``--output`` it cannot write.
     """
 
     report: Report | None = None
+    writing = False
 
 
 class JournalWarning(UserWarning):

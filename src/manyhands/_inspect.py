@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -114,12 +115,30 @@ def read_status(path: str | Path) -> JournalStatus:
                 "GROUP BY error_type ORDER BY n DESC"
             )
         }
-        columns = ("id", "fn", "started", "finished", "status", "succeeded", "failed", "skipped")
+        columns = ("id", "fn", "started", "finished", "status", "succeeded", "failed", "skipped",
+                   "pid", "host")  # fmt: skip
         runs = [
             dict(zip(columns, map(from_db, row), strict=True))
             for row in db.execute(f"SELECT {', '.join(columns)} FROM runs ORDER BY id")
         ]
+    for run, later in zip(runs, [*runs[1:], None], strict=True):
+        if run["status"] == "running" and (later is not None or _gone(run["pid"], run["host"])):
+            # (its process ended without closing the journal: killed, or writing failed)
+            run["status"] = "ended without closing (killed, or the journal could not be written)"
     return JournalStatus(Path(path), states, errors, runs)
+
+
+def _gone(pid: Any, host: Any) -> bool:
+    """Whether process ``pid`` of ``host`` is known to have ended (only on this host)."""
+    if host != socket.gethostname() or not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # (alive, another user's)
+        return False
+    return False
 
 
 def read_failures(path: str | Path) -> list[dict[str, Any]]:

@@ -745,7 +745,9 @@ class Journal:
     def _stop_if(self, problem: str | None, then: str) -> None:
         """Stop the run over what happened to the journal's files, if anything did."""
         if problem is not None:
-            raise JournalError(f"{problem}; the run stopped.{then}")
+            error = JournalError(f"{problem}; the run stopped.{then}")
+            error.writing = True
+            raise error
 
     def close(self, status: str, counts: dict[str, int]) -> None:
         """Commit what is recorded, note how the run ended, release the lock; idempotent."""
@@ -772,10 +774,12 @@ class Journal:
                         ),
                     )
             except sqlite3.Error as exc:
-                raise JournalError(
+                error = JournalError(
                     f"writing the journal {self.path} failed ({exc}) as the run ended; every "
                     "finished item was recorded, but the run's summary was not"
-                ) from exc
+                )
+                error.writing = True
+                raise error from exc
             self._stop_if(watch.lock_problem(), ALL_RECORDED)
         finally:
             self._release()

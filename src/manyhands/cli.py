@@ -51,13 +51,13 @@ __all__ = ["CommandFailed", "MalformedLine", "Terminated", "main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 EXIT_OUTPUT_CLOSED = 141  # 128 + SIGPIPE, as `cat` ends when `| head` has read enough
-EXIT_OUTPUT_FAILED = 74  # EX_IOERR of sysexits.h: --output could not be written (disk full)
+EXIT_OUTPUT_FAILED = 74  # EX_IOERR of sysexits.h: --output or the journal could not be written
 
 RUN_EPILOG = """\b
 Exit codes: 0 every item succeeded, 1 some items failed, 2 usage error
-(bad TARGET, INPUT or flag), 74 --output could not be written (disk
-full), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM; 129 for
-SIGHUP), 141 stdout was closed early (e.g. | head).
+(bad TARGET, INPUT or flag), 74 --output or the journal could not be
+written (disk full), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM;
+129 for SIGHUP), 141 stdout was closed early (e.g. | head).
 When stopped, what finished is written and, with --journal, saved:
 run the same command again to resume.
 """
@@ -312,6 +312,12 @@ def _run(
         raise UsageProblem(f"reading INPUT failed: {exc.__cause__ or exc}") from exc
     except OutputFailed as exc:
         raise _output_failed(exc, journal) from exc
+    except JournalError:
+        report = run.report()
+        if report.total:  # (items ran: say what they did before the error's line)
+            with _quietly():
+                _print(report, summary)
+        raise
     finally:
         if sink is not None:
             sink.close()  # (once more, or after a failure: quiet)
@@ -780,7 +786,7 @@ def _main(argv: list[str] | None) -> int:
         return EXIT_USAGE
     except (UsageProblem, JournalError) as exc:
         click.echo(f"manyhands: error: {escape_controls(in_cli_terms(str(exc)))}", err=True)
-        return EXIT_USAGE
+        return EXIT_OUTPUT_FAILED if getattr(exc, "writing", False) else EXIT_USAGE
     except click.exceptions.Abort as exc:
         stop = exc.__cause__
         with _quietly():
