@@ -98,6 +98,7 @@ from ._outcome import (
     duplicate_failure,
     safe_repr,
 )
+from ._reader import input_broke
 
 __all__ = ["DONE", "FAILED", "FINAL_STATES", "Journal", "Segment"]
 
@@ -538,7 +539,9 @@ class Journal:
         began = time.monotonic()
         try:
             block.extend(islice(self._source, wanted))
-        except Exception as exc:  # the user's iterable broke: the engine raises InputError
+        except BaseException as exc:  # the user's iterable broke: the engine raises InputError
+            if not input_broke(exc):
+                raise
             self.error = exc
             self._ended = True
         if len(block) < wanted and not getattr(self._source, "waiting", False):

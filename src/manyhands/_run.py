@@ -304,7 +304,7 @@ class Run:
         progress = self._begin()
         feed: AsyncFeed | None = None
         if self._async_source is not None:
-            limit = max(self._window // 4, 1024)
+            limit = max(self._window // 4, 1)  # (read ahead of the window, a share of it)
             feed = AsyncFeed(self._async_source, limit, lambda: queue.put(None))
             self._reader.items = feed
         completed = False
