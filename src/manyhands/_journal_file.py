@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import pickle
@@ -306,22 +307,50 @@ def _check_journal(db: sqlite3.Connection, path: Path) -> None:
 
 
 def _never_written(db: sqlite3.Connection, tables: set[str]) -> bool:
-    """Only a journal's own tables, all empty (an older manyhands, killed while creating it)."""
-    if not tables <= {"meta", "runs", "items"}:
+    """Only a journal's own tables, with its columns, all empty (an older manyhands, killed
+    while creating it); never another program's empty ``items`` table."""
+    ours = _our_columns()
+    if not tables <= ours.keys():
         return False
+    for table in tables:
+        if [row[1] for row in db.execute(f"PRAGMA table_info({table})")] != ours[table]:
+            return False
     return all(db.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone() is None for table in tables)
 
 
-def check_version(version: Any, path: Path | str) -> None:
-    """Refuse a journal written by a newer manyhands, whose records this one may misread."""
+@functools.cache
+def _our_columns() -> dict[str, list[str]]:
+    """Each of a journal's tables and its columns, in order, as ``_SCHEMA`` creates them."""
+    db = sqlite3.connect(":memory:")
     try:
-        number = int(version)
+        db.executescript(_SCHEMA)
+        tables = [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        return {t: [row[1] for row in db.execute(f"PRAGMA table_info({t})")] for t in tables}
+    finally:
+        db.close()
+
+
+def check_version(version: Any, path: Path | str) -> None:
+    """Refuse a journal whose format version this manyhands does not read (1 to ``VERSION``).
+
+    A newer one may hold records this one would misread; no version, or one
+    that is not a number, is no journal this manyhands wrote.
+    """
+    text = from_db(version)
+    try:
+        number = int(text)
     except (TypeError, ValueError):
-        number = VERSION + 1
+        number = 0
     if number > VERSION:
         raise JournalError(
-            f"the journal {path} has format version {from_db(version)!r}, newer than this "
+            f"the journal {path} has format version {text!r}, newer than this "
             f"manyhands reads ({VERSION}); it was left untouched. Upgrade manyhands to use it"
+        )
+    if number < 1:
+        found = "no format version" if version is None else f"format version {text!r}"
+        raise JournalError(
+            f"the journal {path} has {found}, which is not a version this manyhands knows "
+            f"(it reads 1 to {VERSION}); it was left untouched"
         )
 
 
