@@ -516,6 +516,7 @@ def test_another_programs_empty_tables_named_like_ours_are_refused_untouched(
             manyhands.run(fn, range(5), journal=app)
     assert not calls
     assert app.read_bytes() == before  # no table added, no format stamped
+    assert sorted(os.listdir(tmp_path)) == ["app.db"]
 
 
 def test_an_unwritable_location_fails_before_anything_runs(tmp_path: Path) -> None:
