@@ -208,7 +208,7 @@ def _warn(message: str) -> None:
 
 
 def one_name(path: str | os.PathLike[str]) -> Path:
-    """The journal's one name: ``path`` with every symlink resolved.
+    """The journal's one name: ``path`` with every symlink resolved (as given if it has none).
 
     The lock is a file next to the journal, and SQLite names ``-wal`` and
     ``-shm`` after the path it opened: a run through ``link.db -> run.db``
@@ -216,7 +216,8 @@ def one_name(path: str | os.PathLike[str]) -> Path:
     same items at once. A file with other hard links has no one name, so it
     is refused before anything is written.
     """
-    real = Path(os.path.realpath(path))
+    resolved = os.path.realpath(path)
+    real = Path(path) if resolved == os.path.abspath(path) else Path(resolved)
     try:
         links = os.stat(real).st_nlink
     except OSError:
