@@ -30,9 +30,10 @@ HOLDER_WAITS = 50  # tries, 10 ms apart, to read the line of a holder that just 
 #: How an error opening the journal ends when it stops the run before it starts.
 NOTHING_RUN = "; nothing was run"
 
-#: Lock files this process holds, and its pid when it took them (a forked
-#: child inherits the table, not the holding).
-_held: dict[Path, int] = {}
+#: The lock files this process holds, by identity (device, inode: whatever
+#: name reached them), and its pid when it took them (a forked child inherits
+#: the table, not the holding).
+_held: dict[tuple[int, int], int] = {}
 
 
 class Lock:
@@ -79,8 +80,9 @@ def acquire_lock(path: Path) -> Lock:
     lock = Lock(name, handle, created)
     if not _try_lock(handle):
         holder = _holder(handle)
+        ours = _held.get(_identity(fd)) == os.getpid()
         handle.close()
-        raise JournalError(_in_use(path, name, holder))
+        raise JournalError(_in_use(path, holder, ours))
     try:
         # Written past the buffer: a failed write leaves nothing to flush at close.
         since = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -96,7 +98,7 @@ def acquire_lock(path: Path) -> Lock:
             f"cannot write the journal's lock file {name}: {exc}{NOTHING_RUN} "
             "(is there free space?)"
         ) from exc
-    _held[name] = os.getpid()
+    _held[_identity(fd)] = os.getpid()
     return lock
 
 
@@ -107,8 +109,9 @@ def release_lock(lock: Lock, *, unused: bool = False) -> None:
     could not be opened), a lock file this run created is removed, still
     held, so that a refused path leaves nothing behind.
     """
-    if _held.get(lock.path) == os.getpid():
-        del _held[lock.path]
+    with contextlib.suppress(OSError):
+        if _held.get(_identity(lock.fileno())) == os.getpid():
+            del _held[_identity(lock.fileno())]
     with contextlib.suppress(OSError):
         if unused and lock.created:
             os.remove(lock.path)
@@ -124,8 +127,13 @@ def _open(name: Path) -> tuple[int, bool]:
         return os.open(name, os.O_RDWR | os.O_CREAT, MODE), False
 
 
-def _in_use(path: Path, name: Path, holder: str) -> str:
-    if _held.get(name) != os.getpid():
+def _identity(fd: int) -> tuple[int, int]:
+    found = os.fstat(fd)
+    return found.st_dev, found.st_ino
+
+
+def _in_use(path: Path, holder: str, ours: bool) -> str:
+    if not ours:
         return (
             f"the journal {path} is in use by {holder}; wait for that run to end (or stop "
             "it), or pass another journal= path"
