@@ -44,7 +44,7 @@ def reading(path: str | Path) -> Iterator[sqlite3.Connection]:
     journal = Path(path)
     if not journal.is_file():
         raise JournalError(f"no journal at {str(journal)!r}")
-    db = _connect(journal, "mode=ro")
+    db = _connect(journal, _mode(journal))
     try:
         try:
             meta = _meta(db)
@@ -79,10 +79,26 @@ def _unreadable(journal: Path, exc: sqlite3.Error) -> JournalError:
     return JournalError(f"{str(journal)!r} is not a readable journal ({exc})")
 
 
+def _mode(journal: Path) -> str:
+    """How to open the journal: read-only while it has a ``-wal`` or ``-shm`` file; else
+    read-write, every write refused (``query_only``).
+
+    Reading a WAL journal needs its ``-wal`` and ``-shm`` files, which SQLite
+    creates if they are missing; only a read-write connection, the last to
+    close, removes them. A journal that has them is in use (its reader sees
+    the latest commits either way), or was left by a killed run: it is read
+    as it is, its commits not merged into it.
+    """
+    if any(os.path.exists(f"{journal}{suffix}") for suffix in ("-wal", "-shm")):
+        return "mode=ro"
+    return "mode=rw"
+
+
 def _connect(journal: Path, mode: str) -> sqlite3.Connection:
     try:
         db = sqlite3.connect(f"{journal.resolve().as_uri()}?{mode}", uri=True)
         db.execute("PRAGMA trusted_schema = OFF")
+        db.execute("PRAGMA query_only = ON")  # (read-write only to tidy up as it closes)
     except sqlite3.Error as exc:
         raise JournalError(f"cannot open the journal {str(journal)!r}: {exc}") from exc
     return db

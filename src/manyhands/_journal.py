@@ -76,6 +76,7 @@ from ._journal_file import (
     create_private,
     from_db,
     holds_data,
+    one_name,
     open_db,
     open_reader,
     release_lock,
@@ -161,7 +162,7 @@ class Journal:
         changed_items: str = "refuse",
         options: dict[str, Any] | None = None,
     ) -> None:
-        self.path = Path(path)
+        self.path = one_name(path)  # (symlinks resolved: one lock, one -wal, for one file)
         self._key = key
         self._retry_failed = retry_failed
         self._store_results = bool(store_results)
@@ -216,10 +217,10 @@ class Journal:
                 create_private(self.path)
                 self._watch = Watch(self.path, self._lock)  # (the file this run created)
             except OSError as exc:
-                release_lock(self._lock)
+                release_lock(self._lock, unused=True)
                 raise JournalError(f"cannot write the journal {path}: {exc}{NOTHING_RUN}") from exc
             except BaseException:
-                release_lock(self._lock)
+                release_lock(self._lock, unused=True)
                 raise
 
         def open_files() -> tuple[sqlite3.Connection, Watch, int]:
@@ -236,7 +237,7 @@ class Journal:
             try:
                 files = open_files()
             except BaseException:
-                release_lock(self._lock)
+                release_lock(self._lock, unused=True)  # (a refused file: no lock file left)
                 raise
             self._fresh = (
                 self._db is not None

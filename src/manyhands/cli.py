@@ -423,13 +423,13 @@ def _run_options(
         )
         if given
     ]
-    if needs_journal and not journal:
+    if needs_journal and journal is None:
         verb = "needs" if len(needs_journal) == 1 else "need"
         raise UsageProblem(f"{' and '.join(needs_journal)} {verb} --journal")
     options = {name: value for name, value in flags.items() if value is not None}
     options["retry"] = options.pop("retries")
     _dask_options(options)
-    if journal:
+    if journal is not None:  # ("": refused by the run, naming --journal)
         store = flags["store_results"]
         options |= {
             "journal": journal,
