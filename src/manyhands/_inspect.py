@@ -44,6 +44,9 @@ def reading(path: str | Path) -> Iterator[sqlite3.Connection]:
     journal = Path(path)
     if not journal.is_file():
         raise JournalError(f"no journal at {str(journal)!r}")
+    # (through a symlink: by the file's own name, as a run names its -wal and -shm)
+    resolved = os.path.realpath(journal)
+    journal = journal if resolved == os.path.abspath(journal) else Path(resolved)
     db = _connect(journal, _mode(journal))
     try:
         try:

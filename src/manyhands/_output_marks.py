@@ -140,7 +140,8 @@ class _connect:
     """A short connection to the journal (closed on leaving, unlike sqlite3's own ``with``)."""
 
     def __init__(self, journal: str, *, write: bool = False) -> None:
-        self._db = sqlite3.connect(journal, timeout=_BUSY_SECONDS)
+        # (by the name the run uses: SQLite names the -wal and -shm after it)
+        self._db = sqlite3.connect(os.path.realpath(journal), timeout=_BUSY_SECONDS)
         if not write:
             self._db.execute("PRAGMA query_only = ON")
 
