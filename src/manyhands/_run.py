@@ -975,6 +975,8 @@ class Run:
             batch.values = [None]
             self.statistics.add_batch(1, 0, 0.0, [final])
             self.statistics.retrying -= 1
+            if batch.attempt == 1:  # (never tried more than once after all)
+                self.statistics.retried -= 1
             yield from self._delivery.settled(batch, set())
 
     # -- policies --------------------------------------------------------
