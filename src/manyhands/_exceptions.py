@@ -71,12 +71,14 @@ class InputError(ManyhandsError):
     def __init__(self, position: int, cause: BaseException, report: Report | None = None):
         self.position = position
         self.report = report
-        before = (
-            f"items 0..{position - 1} got their outcomes" if position else "no item was read"
+        what = (
+            f"items 0..{position - 1} got their outcomes, nothing from {position} on was read"
+            if position
+            else "no item was read"
         )
         super().__init__(
             f"reading item {position} from the items iterable raised "
-            f"{type(cause).__qualname__}; {before}, nothing from {position} on was read"
+            f"{type(cause).__qualname__}; {what}"
         )
 
 
