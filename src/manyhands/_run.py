@@ -46,7 +46,7 @@ from ._checks import check_first_value, discard_coroutines
 from ._delivery import Delivery
 from ._exceptions import InputError, JournalError, ManyhandsError, Timeout
 from ._options import Options
-from ._outcome import Failure, duplicate_failure
+from ._outcome import Failure, Outcome, duplicate_failure
 from ._progress import Progress, progress_wanted
 from ._rate import RateLimit
 from ._reader import Reader
@@ -107,6 +107,11 @@ class Run:
     # The slowdown's opening (asyncio): batches at most this big, and room for
     # more of them out, as they are small (see _obey_slowdown).
     _opening_batch = _opening_room = _batches_sent = 0
+    #: Given the successes of calls that finished in the grace period of a
+    #: stopped run, before they are recorded (the command writes their lines
+    #: there, so that what a call did is kept, not run again). If it raises,
+    #: these and the later ones are not recorded: they run again.
+    on_late: Callable[[list[Outcome[Any, Any]]], None] | None = None
 
     def __init__(
         self,
@@ -299,7 +304,7 @@ class Run:
         progress = self._begin()
         feed: AsyncFeed | None = None
         if self._async_source is not None:
-            limit = max(self._window // 4, 1024)
+            limit = max(self._window // 4, 1)  # (read ahead of the window, a share of it)
             feed = AsyncFeed(self._async_source, limit, lambda: queue.put(None))
             self._reader.items = feed
         completed = False
@@ -496,6 +501,9 @@ class Run:
         try:
             if self._journal is not None:
                 self._close_journal(self._journal, completed)
+            elif not completed and self.on_late is not None:
+                for _ in self._handed_late():  # (no journal: the lines are all that is kept)
+                    pass
         finally:
             try:
                 if progress is not None:
@@ -521,9 +529,10 @@ class Run:
             return
         # Interrupted: keep what finished during the grace period, then close
         # without masking the exception on its way out. A consumer never saw
-        # those outcomes: they are kept only if their values are (store_results),
-        # and not for a consumer that writes what it gets (before_record): there,
-        # an outcome it never got has no line, so its item must run again.
+        # those outcomes: they are kept if their values are (store_results), or
+        # once a consumer that writes what it gets (before_record) wrote them
+        # (on_late); otherwise an outcome it never got has no line, so its item
+        # must run again.
         status: str | None = self.exit_status or getattr(sys.exc_info()[1], "run_status", None)
         try:
             # What cannot be written runs again next time.
@@ -531,12 +540,39 @@ class Run:
                 if not self._consumer or (
                     self._options.store_results and self.before_record is None
                 ):
-                    for finished in self._late_batches():
-                        # (counted: the Report and the journal's run row say the same)
-                        stats.succeeded += journal.record_successes(finished)
+                    late: Iterator[Batch] = self._late_batches()
+                else:
+                    late = self._handed_late()
+                for finished in late:
+                    # (counted: the Report and the journal's run row say the same)
+                    stats.succeeded += journal.record_successes(finished)
                 journal.close(status or "interrupted", stats.counts())
         finally:
             journal.abandon()  # no-op once closed: the lock is released whatever happened
+
+    def _handed_late(self) -> Iterator[Batch]:
+        """The late batches whose successes ``on_late`` took (none without it).
+
+        Without a journal they are counted here; with one, once recorded.
+        """
+        if self.on_late is None:
+            return
+        for finished in self._late_batches():
+            errors = finished.errors or {}
+            successes = [
+                Outcome(item, finished.values[index], None, finished.attempt)
+                for index, item in enumerate(finished.items)
+                if index not in errors
+            ] if finished.values else []  # fmt: skip
+            if not successes:
+                continue
+            try:
+                self.on_late(successes)
+            except Exception:  # (a full disk: these run again; the run's error is on its way)
+                return
+            if self._journal is None:
+                self.statistics.succeeded += len(successes)
+            yield finished
 
     def _late_batches(self) -> Iterator[Batch]:
         """Batches that came back after the run stopped delivering."""
@@ -807,10 +843,12 @@ class Run:
             self.task.cost = self.statistics.latency.mean  # (a shared pool's fairness)
         retried: set[int] = set()
         final: list[Failure] | None = None
+        timed_out = False
         if batch.errors:
+            timed_out = _timed_out(batch.errors)
             retried, final = self._settle_errors(batch)
         if self._watching or self._throttled:
-            self._tell_slowdown(batch)
+            self._tell_slowdown(batch, timed_out)
         stats = self.statistics
         stats.add_batch(size - len(retried), size, batch.elapsed, final)
         if self._stop_rules_on:
@@ -937,6 +975,8 @@ class Run:
             batch.values = [None]
             self.statistics.add_batch(1, 0, 0.0, [final])
             self.statistics.retrying -= 1
+            if batch.attempt == 1:  # (never tried more than once after all)
+                self.statistics.retried -= 1
             yield from self._delivery.settled(batch, set())
 
     # -- policies --------------------------------------------------------
@@ -947,10 +987,15 @@ class Run:
         if asked is not None and (self._asked is None or asked > self._asked):
             self._asked = asked
 
-    def _tell_slowdown(self, batch: Batch) -> None:
+    def _tell_slowdown(self, batch: Batch, timed_out: bool = False) -> None:
         """Report a batch's answers to the slowdown; what it says is obeyed before more start."""
         now = self._clock()
         calls = len(batch.items)
+        if timed_out:
+            # A call cut off at timeout= (a hung one) is no sample of the server's
+            # latency, and its batch's time is the timeout's: not a sample either.
+            # (Taken for one, 1% of calls hanging cut 200 calls in flight to 1.)
+            calls = self._throttled
         throttled, self._throttled = self._throttled, 0
         asked, self._asked = self._asked, None
         stats = self.statistics
@@ -1105,6 +1150,11 @@ class Run:
             "slowdown": self._slowdown.summary(),
         }
 
+    @property
+    def journal_run(self) -> int:
+        """The journal's id of this run (0: no journal, or not opened)."""
+        return self._journal.run_id if self._journal is not None else 0
+
     def report(self) -> Report:
         """A Report of everything delivered so far."""
         return Report.from_statistics(self.statistics, self.elapsed)
@@ -1128,3 +1178,12 @@ def _as_failure(item: Any, error: BaseException | Failure, attempt: int) -> Fail
         tb.tb_frame.clear()
         error.__traceback__ = tb.tb_next
     return Failure.from_exception(item, error, attempt)
+
+
+def _timed_out(errors: dict[int, BaseException | Failure]) -> bool:
+    """Whether a call of the batch was cut off at ``timeout=`` (here or in a worker process)."""
+    return any(
+        isinstance(error, Timeout)
+        or (isinstance(error, Failure) and error.error_type == "manyhands.Timeout")
+        for error in errors.values()
+    )
