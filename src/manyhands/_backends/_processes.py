@@ -73,7 +73,9 @@ from ._process_spawn import (
     Worker,
     await_ready,
     default_start_method,
+    died_starting,
     ensure_forkserver,
+    hung_starting,
     kill,
     limit_hint,
     refuse_while_importing_main,
@@ -85,11 +87,16 @@ from ._process_worker import BATCH, HEADER, STARTED, RemoteError
 __all__ = ["ProcessBackend", "default_start_method"]
 
 _READ, _WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
+_NEVER = float("inf")
 
 #: Functions a worker keeps loaded (a Pool's runs); the oldest is dropped first.
 FUNCTIONS_KEPT = 16
 #: The dispatcher's longest sleep with nothing to do (everything that changes wakes it).
 IDLE_SECONDS = 1.0
+#: A worker that dies or hangs before it is ready (killed from outside while it
+#: started, say) is replaced this many times in a row at most; after that, one that
+#: fails to start is not replaced, and the run goes on with fewer workers.
+START_RETRIES = 1
 
 
 def _pickled_fn(fn: Callable[[Any], Any]) -> bytes:
@@ -148,6 +155,10 @@ class ProcessBackend:
         self._idle = threading.Event()  # stopping, and no batch is out any more
         self._broken: WorkerCrashed | None = None  # the dispatcher died: every item fails
         self._more = 0  # workers to add (grow), started by the dispatcher
+        # (dispatcher) workers that failed to start since one last became ready, and
+        # the earliest time a starting worker is due to be ready (inf: none starting).
+        self._failed_starts = 0
+        self._start_due = _NEVER
         self._dispatcher: threading.Thread | None = None
         self.abandoned = 0  # processes are killed, never abandoned
         self.workers_started = 0  # how many of ``workers`` could start
@@ -225,6 +236,7 @@ class ProcessBackend:
             self._wake_w.setblocking(False)
             self._start_workers()
             await_ready(self._pool)
+            self._start_due = _NEVER  # (all ready: the dispatcher has no start to watch)
         except BaseException:
             stop_workers(self._pool)
             self._close_own_fds()
@@ -287,6 +299,7 @@ class ProcessBackend:
         worker = spawn_worker(self._context, self._payload, self._own_fds())
         if self._first_key:  # (it came with the initializer)
             worker.functions[self._first_key] = None
+        self._start_due = min(self._start_due, worker.start_by)
         return worker
 
     def _own_fds(self) -> list[int]:
@@ -449,6 +462,8 @@ class ProcessBackend:
                 self._look = False
                 self._feed()
             woken = False
+            if self._start_due != _NEVER and monotonic() >= self._start_due:
+                self._expire_starts()
             ready = select(timeout=IDLE_SECONDS)
             if not ready:  # (idle a while: look anyway, whatever may have been missed)
                 self._look = True
@@ -499,19 +514,56 @@ class ProcessBackend:
         reply = pickle.loads(frame)
         if reply[0] == "ready":  # a worker started
             worker.ready = True
+            self._failed_starts = 0
             self._look = True
             return
-        # Its initializer failed this time (a replacement): run on without it.
+        # Its initializer raised this time (a replacement): run on without it.
+        error_type, text = reply[1][0], reply[1][1]
+        self._start_failed(
+            worker, f"the initializer of every replacement raised {error_type}: {text}", False
+        )
+
+    def _start_failed(self, worker: Worker, why: str, again: bool) -> None:
+        """``worker`` failed to start (``why``): kill it; replace it if ``again`` allows.
+
+        A worker that died or hung while starting may have been killed from
+        outside: it is replaced, up to ``START_RETRIES`` times in a row (until
+        a worker is ready again), never in an endless loop. An initializer
+        that raised is not tried again. With no worker left, every item
+        queued or to come fails (see ``_break``).
+        """
         self._retire(worker)
         kill(worker)
+        self._failed_starts += 1
         with self._lock:
+            stopping = self._stopping
             left = len(self._pool)
+        if stopping:
+            return
+        if again and self._failed_starts <= START_RETRIES:
+            self._replace()
+            return
         if not left:
-            error_type, text = reply[1][0], reply[1][1]
-            raise WorkerInitError(
-                f"no worker process is left: the initializer of every "
-                f"replacement raised {error_type}: {text}"
-            )
+            raise WorkerInitError(f"no worker process is left: {why}")
+        note = f"ran on with fewer worker processes: a replacement failed to start ({why})"
+        if note not in self.notes:
+            self.notes.append(note)
+
+    def _expire_starts(self) -> None:
+        """Kill the workers that were due to be ready by now (their initializer hangs)."""
+        now = monotonic()
+        self._start_due = _NEVER
+        for worker in list(self._pool):
+            if worker.ready:
+                continue
+            for frame in worker.channel.receive():  # ("ready" may have just come)
+                self._handle(worker, frame)
+            if worker.ready or worker not in self._pool:
+                continue
+            if worker.start_by <= now:
+                self._start_failed(worker, hung_starting(), True)
+            else:
+                self._start_due = min(self._start_due, worker.start_by)
 
     def _answer(self, worker: Worker, frame: Frame, refill: bool) -> None:
         """The worker answered its oldest batch: send it its next one, then read the answer.
@@ -645,17 +697,23 @@ class ProcessBackend:
         """A worker died: fail the item it ran, send the rest again, replace it."""
         for frame in worker.channel.receive():  # what it sent before it died counts
             self._handle(worker, frame)
-        if worker not in self._pool:  # its initializer failed: retired, not replaced
+        if worker not in self._pool:  # its initializer raised: retired, not replaced
             return
         worker.process.join(1.0)  # (it has exited: only its status is read)
         code = worker.process.exitcode
+        if not worker.ready:  # it died while starting (in its initializer): no item ran
+            self._start_failed(worker, died_starting(code), True)
+            return
         held = self._retire(worker)
         with self._lock:
             stopping = self._stopping
         if held:
             self._settle_lost(worker, held, code, stopping)
-        if stopping:
-            return
+        if not stopping:
+            self._replace()
+
+    def _replace(self) -> None:
+        """Start a worker in place of one that was lost (or run on without, if none can start)."""
         try:  # a new worker; it is sent work once it reports ready
             replacement = self._spawn()
         except Exception as exc:  # e.g. out of processes or fds: run on with fewer
