@@ -12,14 +12,17 @@ instead of hanging the suite.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import manyhands
 from manyhands._backends._processes import START_RETRIES
 
 from .conftest import finish, start_python
@@ -163,3 +166,38 @@ def test_a_replacement_that_hangs_starting_is_killed_and_the_run_ends(tmp_path: 
     check_ended_without_workers(ended, "did not start in 1s")
     assert ended["starts"] <= 2 + 2 + START_RETRIES
     assert refused["error"].startswith("a worker process did not start in 1s")
+
+
+def test_items_failed_by_a_stopped_backend_are_not_retried_nor_counted_as_calls(
+    tmp_path: Path,
+) -> None:
+    """Once no worker is left, the items still queued fail at once: retrying them
+    would only fail again, so they are not retried, and no call is counted for
+    them (before the fix: "112 attempts in all, 36 items retried")."""
+    started, calls = tmp_path / "started", tmp_path / "calls"
+
+    def setup() -> None:
+        if started.exists():
+            raise RuntimeError("the license server is gone")
+        started.write_text("")
+
+    def crash(x: int) -> int:
+        with open(calls, "a") as log:
+            log.write(f"{x}\n")
+        if x in (3, 9):
+            os._exit(1)
+        return x
+
+    with manyhands.Pool(workers=1, backend="processes", initializer=setup) as pool:
+        outs = list(pool.map(crash, range(20), retry=2, batch_size=1))
+        report = pool.run(crash, range(20, 30), retry=2)  # the pool is broken
+    made = Counter(int(line) for line in calls.read_text().split())
+    assert sorted(o.item for o in outs) == list(range(20))
+    assert {o.item: o.attempts for o in outs} == {n: made[n] for n in range(20)}
+    # Item 3 crashed the only worker, whose replacement could not start: every item
+    # not done by then failed at once, item 3's retry too.
+    assert sorted(o.item for o in outs if o.ok) == [0, 1, 2]
+    failed = [o.error for o in outs if o.error is not None]
+    assert all("the process backend stopped" in e.message for e in failed)
+    assert all(e.exception is not None and not e.exception.ran for e in failed)
+    assert (report.failed, report.attempts, report.retried) == (10, 0, 0)

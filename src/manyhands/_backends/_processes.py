@@ -411,16 +411,25 @@ class ProcessBackend:
             self._break(exc)
 
     def _break(self, error: BaseException) -> None:
-        """Fail what is queued or running, and every batch submitted from now on."""
-        crashed = WorkerCrashed(f"the process backend stopped: {type(error).__name__}: {error}")
-        crashed.__cause__ = error
+        """Fail what is queued or running, and every batch submitted from now on.
+
+        What never reached a worker fails with ``ran`` False: the run does not
+        retry it, nor count a call for it.
+        """
+        why = f"the process backend stopped: {type(error).__name__}: {error}"
+        crashed, unsent = WorkerCrashed(why), WorkerCrashed(why)
+        crashed.__cause__ = unsent.__cause__ = error
+        unsent.ran = False
         with self._lock:
-            self._broken = crashed
-            held = self._inbox.clear()
+            self._broken = unsent
+            queued = self._inbox.clear()
+            held: list[tuple[Batch, list[int]]] = []
             for worker in self._pool:
                 held += worker.sent
                 worker.sent.clear()
-        for batch, indices in held:
+        for batch, indices in queued:
+            self._fail(batch, indices, unsent)
+        for batch, indices in held:  # (they may have run, in part)
             self._fail(batch, indices, crashed)
         self._idle.set()
 
@@ -520,7 +529,7 @@ class ProcessBackend:
         # Its initializer raised this time (a replacement): run on without it.
         error_type, text = reply[1][0], reply[1][1]
         self._start_failed(
-            worker, f"the initializer of every replacement raised {error_type}: {text}", False
+            worker, f"the initializer of a replacement raised {error_type}: {text}", False
         )
 
     def _start_failed(self, worker: Worker, why: str, again: bool) -> None:
@@ -545,7 +554,7 @@ class ProcessBackend:
             return
         if not left:
             raise WorkerInitError(f"no worker process is left: {why}")
-        note = f"ran on with fewer worker processes: a replacement failed to start ({why})"
+        note = f"ran on with fewer worker processes: {why}"
         if note not in self.notes:
             self.notes.append(note)
 
