@@ -52,13 +52,16 @@ own, and exit when the parent is gone, however it went.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import functools
 import itertools
 import multiprocessing
 import pickle
 import selectors
 import socket
 import threading
+import weakref
 from collections.abc import Callable
 from time import monotonic
 from typing import Any
@@ -97,6 +100,37 @@ IDLE_SECONDS = 1.0
 #: started, say) is replaced this many times in a row at most; after that, one that
 #: fails to start is not replaced, and the run goes on with fewer workers.
 START_RETRIES = 1
+
+
+#: The backends whose dispatcher runs, for the interpreter's exit (see _stop_at_exit).
+_running: weakref.WeakSet[ProcessBackend] = weakref.WeakSet()
+_exit_lock = threading.Lock()
+
+
+def _stop_at_exit() -> None:
+    """At the interpreter's exit, stop the dispatchers before multiprocessing ends the workers.
+
+    Registered after multiprocessing's own exit handler, so it runs first. That
+    handler terminates the (daemonic) workers of a pool never shut down; a
+    dispatcher still running took each for a crash and started a replacement
+    as the interpreter went, and the forkserver's half-started child printed
+    an EOFError traceback.
+    """
+    for backend in list(_running):
+        backend.stop_dispatcher(timeout=1.0)
+
+
+def _watch_exit(backend: ProcessBackend) -> None:
+    with _exit_lock:
+        _register_exit_handler()
+        _running.add(backend)
+
+
+@functools.cache
+def _register_exit_handler() -> None:  # (once)
+    import multiprocessing.util  # noqa: F401 (its exit handler is registered first)
+
+    atexit.register(_stop_at_exit)  # (so this one runs before it)
 
 
 def _pickled_fn(fn: Callable[[Any], Any]) -> bytes:
@@ -247,6 +281,7 @@ class ProcessBackend:
             target=self._dispatch_loop, name="manyhands-processes", daemon=True
         )
         self._dispatcher.start()
+        _watch_exit(self)
 
     def _start_workers(self) -> None:
         for _ in range(self._workers):
@@ -379,14 +414,19 @@ class ProcessBackend:
             busy = self._close()
         return busy
 
+    def stop_dispatcher(self, timeout: float) -> None:
+        """Stop the dispatcher (waiting up to ``timeout``): no batch is sent, no worker started."""
+        with self._lock:
+            self._stopping = self._closing = True
+        self._wake()
+        if self._dispatcher is not None:
+            self._dispatcher.join(timeout)
+        _running.discard(self)
+
     def _close(self) -> int:
         """Stop the dispatcher, kill the workers still busy, end the others."""
-        with self._lock:
-            self._closing = True
-        self._wake()
         try:
-            if self._dispatcher is not None:
-                self._dispatcher.join(10)
+            self.stop_dispatcher(timeout=10)
         finally:
             with self._lock:
                 busy = [w for w in self._pool if w.sent]
