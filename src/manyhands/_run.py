@@ -44,7 +44,7 @@ from ._backends import Backend
 from ._batch import EXECUTE_CODE, Batch, Task
 from ._checks import check_first_value, discard_coroutines
 from ._delivery import Delivery
-from ._exceptions import InputError, JournalError, ManyhandsError, Timeout
+from ._exceptions import InputError, JournalError, ManyhandsError, Timeout, WorkerCrashed
 from ._options import Options
 from ._outcome import Failure, Outcome, duplicate_failure
 from ._progress import Progress, progress_wanted
@@ -941,7 +941,7 @@ class Run:
                     throttle_on is not None and matches(throttle_on, exception)
                 )
                 retryable = retry is not None and retry.retries_error(exception)
-            if not getattr(exception, "ran", True):  # the backend stopped: no call, no retry
+            if isinstance(exception, WorkerCrashed) and not exception.ran:  # (backend stopped)
                 failure.attempts -= 1
                 uncalled += 1
                 retryable = False
