@@ -72,6 +72,7 @@ class Worker:
         "process",
         "progress",
         "ready",
+        "retries",
         "sent",
         "stamp",
         "start_by",
@@ -92,6 +93,7 @@ class Worker:
         self.answered = 0  # batches it answered: sent[0] is its batch number answered + 1
         self.ready = False  # it said "ready": its initializer ran
         self.start_by = monotonic() + START_SECONDS  # not ready by then: it failed to start
+        self.retries = 0  # replacements in its place that failed to start before it
         self.doomed = False  # about to be killed (a timeout): it is sent nothing more
         self.functions: dict[int, None] = {}  # the runs' functions it has loaded, oldest first
 

@@ -97,8 +97,8 @@ FUNCTIONS_KEPT = 16
 #: The dispatcher's longest sleep with nothing to do (everything that changes wakes it).
 IDLE_SECONDS = 1.0
 #: A worker that dies or hangs before it is ready (killed from outside while it
-#: started, say) is replaced this many times in a row at most; after that, one that
-#: fails to start is not replaced, and the run goes on with fewer workers.
+#: started, say) is replaced this many times in a row at most; after that, the
+#: one that failed to start is not replaced, and the run goes on with fewer workers.
 START_RETRIES = 1
 
 
@@ -189,9 +189,7 @@ class ProcessBackend:
         self._idle = threading.Event()  # stopping, and no batch is out any more
         self._broken: WorkerCrashed | None = None  # the dispatcher died: every item fails
         self._more = 0  # workers to add (grow), started by the dispatcher
-        # (dispatcher) workers that failed to start since one last became ready, and
-        # the earliest time a starting worker is due to be ready (inf: none starting).
-        self._failed_starts = 0
+        # (dispatcher) the earliest time a starting worker is due to be ready (inf: none).
         self._start_due = _NEVER
         self._dispatcher: threading.Thread | None = None
         self.abandoned = 0  # processes are killed, never abandoned
@@ -563,7 +561,6 @@ class ProcessBackend:
         reply = pickle.loads(frame)
         if reply[0] == "ready":  # a worker started
             worker.ready = True
-            self._failed_starts = 0
             self._look = True
             return
         # Its initializer raised this time (a replacement): run on without it.
@@ -576,21 +573,19 @@ class ProcessBackend:
         """``worker`` failed to start (``why``): kill it; replace it if ``again`` allows.
 
         A worker that died or hung while starting may have been killed from
-        outside: it is replaced, up to ``START_RETRIES`` times in a row (until
-        a worker is ready again), never in an endless loop. An initializer
-        that raised is not tried again. With no worker left, every item
-        queued or to come fails (see ``_break``).
+        outside: it is replaced, up to ``START_RETRIES`` times in a row, never
+        in an endless loop. An initializer that raised is not tried again.
+        With no worker left, every item queued or to come fails (see ``_break``).
         """
         self._retire(worker)
         kill(worker)
-        self._failed_starts += 1
         with self._lock:
             stopping = self._stopping
             left = len(self._pool)
         if stopping:
             return
-        if again and self._failed_starts <= START_RETRIES:
-            self._replace()
+        if again and worker.retries < START_RETRIES:
+            self._replace(worker.retries + 1)
             return
         if not left:
             raise WorkerInitError(f"no worker process is left: {why}")
@@ -761,10 +756,14 @@ class ProcessBackend:
         if not stopping:
             self._replace()
 
-    def _replace(self) -> None:
-        """Start a worker in place of one that was lost (or run on without, if none can start)."""
+    def _replace(self, retries: int = 0) -> None:
+        """Start a worker in place of one that was lost (or run on without, if none can start).
+
+        ``retries``: how many in a row failed to start in that place before it.
+        """
         try:  # a new worker; it is sent work once it reports ready
             replacement = self._spawn()
+            replacement.retries = retries
         except Exception as exc:  # e.g. out of processes or fds: run on with fewer
             with self._lock:
                 left = len(self._pool)
