@@ -562,6 +562,8 @@ class ProcessBackend:
         if reply[0] == "ready":  # a worker started
             worker.ready = True
             self._look = True
+            starting = (w.start_by for w in self._pool if not w.ready)
+            self._start_due = min(starting, default=_NEVER)  # (none: no clock read per round)
             return
         # Its initializer raised this time (a replacement): run on without it.
         error_type, text = reply[1][0], reply[1][1]
