@@ -48,6 +48,13 @@ call counts as timed out only if the worker's own clock says it ran past the
 limit, and no other item reaches a worker that is about to be killed.
 Workers ignore SIGINT (the parent decides), run in a process group of their
 own, and exit when the parent is gone, however it went.
+
+A worker that fails to start (its initializer raises, dies, or is not done
+in ``START_SECONDS``) ran no item. A replacement that dies or hangs is tried
+``START_RETRIES`` more times in its place (a kill from outside may be a
+one-off); then the backend runs on with fewer workers, never restarting one
+in a loop, and with none left it stops: every item queued or to come fails
+(``_break``).
 """
 
 from __future__ import annotations
