@@ -358,6 +358,68 @@ def test_async_input_that_breaks_is_an_input_error() -> None:
     assert asyncio.run(main()) == [1, 2]
 
 
+@pytest.mark.parametrize("journal", [False, True])
+@pytest.mark.parametrize("source", ["async", "sync"])
+def test_an_input_that_raises_cancelled_error_itself_is_an_input_error(
+    tmp_path: Any, journal: bool, source: str
+) -> None:
+    # Nobody cancelled the run: the input's own CancelledError must not read as
+    # the end of the input (50 items silently never run) or a bare cancellation.
+    async def fn(x: int) -> int:
+        return x
+
+    async def arows() -> AsyncIterator[int]:
+        for n in range(100):
+            if n == 50:
+                raise asyncio.CancelledError("the input's stream was cancelled")
+            await asyncio.sleep(0)
+            yield n
+
+    def rows() -> Iterator[int]:
+        for n in range(100):
+            if n == 50:
+                raise asyncio.CancelledError("the input's stream was cancelled")
+            yield n
+
+    options: dict[str, Any] = {"journal": str(tmp_path / "run.db")} if journal else {}
+
+    async def main() -> None:
+        with pytest.raises(manyhands.InputError) as info:
+            await manyhands.arun(fn, arows() if source == "async" else rows(), **options)
+        assert info.value.position == 50
+        assert isinstance(info.value.__cause__, asyncio.CancelledError)
+        report = info.value.report
+        assert report is not None and report.succeeded == 50
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("window", [4, 64])
+def test_window_bounds_how_far_an_async_input_is_read_ahead(window: int) -> None:
+    read = 0
+
+    async def rows() -> AsyncIterator[int]:
+        nonlocal read
+        for n in range(100_000):
+            read += 1
+            yield n
+
+    async def fn(x: int) -> int:
+        return x
+
+    async def main() -> None:
+        taken = 0
+        async for _ in manyhands.amap(fn, rows(), workers=2, window=window):
+            taken += 1
+            await asyncio.sleep(0.001)  # a slow consumer: the input must wait for it
+            if taken == 3 * window:
+                break
+        # The window, and at most a quarter of it more read ahead (it was 1,024 more).
+        assert read <= taken + window + window // 4 + 1
+
+    asyncio.run(main())
+
+
 def test_amap_with_a_journal_resumes(tmp_path: Any) -> None:
     journal = tmp_path / "run.db"
     calls: list[int] = []

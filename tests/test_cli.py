@@ -190,6 +190,11 @@ def test_csv_rows_are_dicts(workdir: Path) -> None:
         (["run", "target.py:work", "numbers.txt", "-j", "0"], "'-j' / '--workers'"),
         (["run", "target.py:work", "numbers.txt", "--rate", "fast"], "--rate fast is not a rate"),
         (["run", "target.py:work", "numbers.txt", "--key", "id"], "--key needs --journal"),
+        (["run", "target.py:work", "numbers.txt", "--journal", ""], "--journal got an empty path"),
+        (
+            ["run", "target.py:work", "numbers.txt", "--journal", "", "--retry-failed"],
+            "--journal got an empty path",
+        ),
         (
             ["run", "target.py:work", "numbers.txt", "--backend", "gpu"],
             "Invalid value for '--backend'",

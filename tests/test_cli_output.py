@@ -145,6 +145,73 @@ def test_a_resume_into_a_new_output_writes_the_stored_values_of_skipped_items(
     assert all(line["skipped"] == "done in the journal" for line in skipped)
 
 
+@posix_only
+def test_a_resume_into_a_new_output_stopped_midway_then_rerun_holds_every_item_once(
+    workdir: Path,
+) -> None:
+    # The even items are done before; the resume into a new file writes each item in
+    # input order, the even ones from the journal, and is stopped midway.
+    (workdir / "numbers.txt").write_text("".join(f"{n}\n" for n in range(0, ITEMS, 2)))
+    assert rerun(workdir, "--output", "first.jsonl").returncode == 0
+    (workdir / "numbers.txt").write_text("".join(f"{n}\n" for n in range(ITEMS)))
+    proc = start(workdir, "-j", "2", sleep="0.01")
+    wait_for_lines(workdir / "calls.txt", ITEMS // 2 + 100)
+    proc.send_signal(signal.SIGINT)
+    _, err = finish(proc, 60)
+    assert proc.returncode == 130, err
+    assert len(lines_of(workdir / "out.jsonl")) < ITEMS * 3 // 4  # (stopped midway)
+
+    done = rerun(workdir)  # the same command again: the rest, skipped items included
+    assert done.returncode == 0, done.stderr
+    found = values_by_item(lines_of(workdir / "out.jsonl"))
+    assert found == {str(n): [n * 2] for n in range(ITEMS)}  # each exactly once, with its value
+
+
+def test_a_file_another_runs_lines_went_elsewhere_gets_them_on_its_next_resume(
+    workdir: Path,
+) -> None:
+    (workdir / "numbers.txt").write_text("".join(f"{n}\n" for n in range(100)))
+    assert rerun(workdir).returncode == 0
+    (workdir / "numbers.txt").write_text("".join(f"{n}\n" for n in range(150)))
+    assert rerun(workdir, "--output", "other.jsonl").returncode == 0  # 100-149 went there
+    done = rerun(workdir)  # back to out.jsonl, which lacks them
+    assert done.returncode == 0, done.stderr
+    assert "150 skipped" in done.stdout
+    lines = lines_of(workdir / "out.jsonl")
+    assert values_by_item(lines) == {str(n): [n * 2] for n in range(150)}
+    assert [line["item"] for line in lines if line.get("skipped")] == [
+        str(n) for n in range(100, 150)
+    ]
+    again = rerun(workdir)  # and then it holds them all: nothing more is written
+    assert again.returncode == 0, again.stderr
+    assert lines_of(workdir / "out.jsonl") == lines
+
+
+@posix_only
+def test_status_says_a_killed_run_ended_without_closing_rather_than_running(
+    workdir: Path,
+) -> None:
+    proc = start(workdir)
+    wait_for_lines(workdir / "calls.txt", 100)
+    proc.send_signal(signal.SIGKILL)
+    finish(proc, 60)
+    shown = manyhands("status", "run.db", cwd=workdir)
+    assert shown.returncode == 0, shown.stderr
+    assert "#1" in shown.stdout and "ended without closing" in shown.stdout
+    assert ": running," not in shown.stdout
+
+
+@posix_only
+def test_a_journal_removed_under_the_run_exits_74_after_saying_what_ran(workdir: Path) -> None:
+    proc = start(workdir, "-j", "2", sleep="0.01")
+    wait_for_lines(workdir / "out.jsonl", 20)
+    (workdir / "run.db").unlink()
+    out, err = finish(proc, 60)
+    assert proc.returncode == 74, err  # an I/O error, not a usage error (2)
+    assert "succeeded" in out  # the summary of what ran came first
+    assert "manyhands: error:" in err and "run.db" in err
+
+
 def test_without_stored_results_a_skipped_line_has_no_value_rather_than_null(
     workdir: Path,
 ) -> None:

@@ -143,3 +143,38 @@ def test_every_failure_is_in_the_map_stream_beyond_keep_failures(hands: Hands) -
     failed = [out.item for out in stream if not out.ok]
     assert len(failed) == 1000
     assert len(stream.report.failures) == 5 and stream.report.failed == 1000
+
+
+@pytest.mark.parametrize("where", ["format_exception", "str"])
+def test_a_ctrl_c_that_lands_while_a_failure_is_described_stops_the_run(
+    monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    # Describing a failure (its message, its traceback) takes a while; a Ctrl-C that
+    # lands in the consuming thread then must stop the run, never be taken for a
+    # broken __str__ and dropped.
+    from manyhands import _outcome
+
+    main = threading.main_thread()
+    landed = threading.Event()
+
+    def interrupted(*args: object, **kwargs: object) -> list[str]:
+        if threading.current_thread() is main and not landed.is_set():
+            landed.set()
+            raise KeyboardInterrupt
+        return ["Traceback: (formatted)\n"]
+
+    class Odd(Exception):
+        def __str__(self) -> str:
+            return str(interrupted())
+
+    def fail(item: int) -> int:
+        raise (Odd() if where == "str" else ValueError(item))
+
+    if where == "format_exception":
+        monkeypatch.setattr(_outcome._tb, "format_exception", interrupted)
+    ran = 0
+    with pytest.raises(KeyboardInterrupt):
+        for outcome in manyhands.map(fail, range(10_000), workers=4):
+            ran += 1
+            _ = outcome.error and outcome.error.traceback
+    assert landed.is_set() and ran < 10_000

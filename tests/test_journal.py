@@ -494,6 +494,31 @@ def test_a_corrupt_or_foreign_file_is_refused_and_left_untouched(tmp_path: Path)
     assert damaged.read_bytes() == bytes(data)
 
 
+@pytest.mark.parametrize(
+    "tables",
+    [
+        ["CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT)"],
+        ["CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT)", "CREATE TABLE runs (id)"],
+    ],
+)
+def test_another_programs_empty_tables_named_like_ours_are_refused_untouched(
+    tmp_path: Path, tables: list[str]
+) -> None:
+    app = tmp_path / "app.db"
+    with contextlib.closing(sqlite3.connect(app)) as db:
+        for table in tables:
+            db.execute(table)
+        db.commit()
+    before = app.read_bytes()
+    calls, fn = counting()
+    for _ in range(2):
+        with pytest.raises(manyhands.JournalError, match="not a manyhands journal"):
+            manyhands.run(fn, range(5), journal=app)
+    assert not calls
+    assert app.read_bytes() == before  # no table added, no format stamped
+    assert sorted(os.listdir(tmp_path)) == ["app.db"]
+
+
 def test_an_unwritable_location_fails_before_anything_runs(tmp_path: Path) -> None:
     calls, fn = counting()
     with pytest.raises(manyhands.JournalError, match=r"directory .* does not exist"):

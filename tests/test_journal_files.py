@@ -224,3 +224,35 @@ def test_a_journal_on_read_only_storage_with_unmerged_commits_says_how_to_read_i
     Path(f"{journal}-wal").write_bytes(b"x" * 100)  # (commits SQLite could not merge)
     with pytest.raises(manyhands.JournalError, match=r"read-only storage.*copy the journal"):
         read_status(journal)
+
+
+def test_reading_a_finished_journal_leaves_no_wal_or_shm_file_behind(tmp_path: Path) -> None:
+    from manyhands._inspect import read_failures
+
+    journal = tmp_path / "run.db"
+    manyhands.run(lambda x: 1 // (x - 3), range(5), journal=journal)
+    before = journal.read_bytes()
+    assert sorted(os.listdir(tmp_path)) == ["run.db", "run.db.lock"]
+    assert read_status(journal).states == {"done": 4, "failed": 1}
+    assert len(read_failures(journal)) == 1
+    assert sorted(os.listdir(tmp_path)) == ["run.db", "run.db.lock"]
+    assert journal.read_bytes() == before
+
+
+def test_reading_a_journal_in_use_sees_its_latest_commits_and_leaves_its_files(
+    tmp_path: Path,
+) -> None:
+    journal = tmp_path / "run.db"
+    with manyhands.map(abs, range(1000), journal=journal, workers=1, batch_size=1) as outcomes:
+        got = [next(outcomes) for _ in range(100)]
+        # Recorded once delivered (the last batch as the next is asked for), committed
+        # by the writer a moment later.
+        delivered = len(got) - 1
+        deadline = time.monotonic() + 10
+        while read_status(journal).total < delivered and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert read_status(journal).total >= delivered
+        assert os.path.exists(f"{journal}-wal") and os.path.exists(f"{journal}-shm")
+        got += list(outcomes)
+    assert len(got) == 1000
+    assert read_status(journal).states == {"done": 1000}

@@ -8,6 +8,7 @@ memoryview with the same bytes. A float NaN is one item, whatever ``==`` says.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -211,4 +212,24 @@ def test_a_version_1_journal_resumes_and_a_newer_one_is_refused_untouched(
 
     with pytest.raises(manyhands.JournalError, match="newer than"):
         read_status(journal)
+    assert journal.read_bytes() == before
+
+
+@pytest.mark.parametrize("version", ["abc", None, "0"])
+def test_a_journal_with_no_version_or_an_unknown_one_is_refused_untouched(
+    tmp_path: Path, version: str | None
+) -> None:
+    journal = tmp_path / "run.db"
+    manyhands.run(str, ["a"], journal=journal)
+    with contextlib.closing(sqlite3.connect(journal)) as db, db:
+        if version is None:
+            db.execute("DELETE FROM meta WHERE name = 'version'")
+        else:
+            db.execute("UPDATE meta SET value = ? WHERE name = 'version'", (version,))
+    before = journal.read_bytes()
+    from manyhands._inspect import read_status
+
+    for read in (lambda: manyhands.run(str, ["a"], journal=journal), lambda: read_status(journal)):
+        with pytest.raises(manyhands.JournalError, match="not a version this manyhands knows"):
+            read()
     assert journal.read_bytes() == before

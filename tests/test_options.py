@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from typing import Any
@@ -40,6 +41,8 @@ from .conftest import PeakConcurrency
         ({"throttle_on": (ValueError, "x")}, TypeError, "throttle_on must name exception classes"),
         ({"total": -1}, ValueError, "total must be >= 0"),
         ({"total": 2.5}, TypeError, "total must be an int >= 0"),
+        ({"journal": ""}, ValueError, "journal= got an empty path (an unset variable?)"),
+        ({"journal": "run.db\x00"}, ValueError, "journal='run.db\\x00' holds a NUL byte"),
     ],
 )
 @pytest.mark.parametrize("front", [manyhands.run, manyhands.map])
@@ -50,6 +53,15 @@ def test_bad_option_is_refused_at_the_call(
     with pytest.raises(error) as caught:
         front(calls.append, [1, 2, 3], **kwargs)
     assert message in str(caught.value)
+    assert calls == []
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="a POSIX device file")
+@pytest.mark.parametrize("front", [manyhands.run, manyhands.map])
+def test_a_journal_that_is_not_a_regular_file_is_refused_at_the_call(front: Any) -> None:
+    calls = []
+    with pytest.raises(manyhands.JournalError, match=r"journal='/dev/null' is not a regular file"):
+        front(calls.append, [1, 2, 3], journal="/dev/null")
     assert calls == []
 
 

@@ -206,6 +206,10 @@ def test_stop_ends_waiting_retries_with_their_last_failure(backend: str) -> None
     assert report.failed == report.total and report.total >= 21
     assert report.errors_by_type["builtins.ValueError"] == 1
     assert all(f.attempts == 1 for f in report.failures)
+    # None was tried more than once: a retry given up before it ran is not one.
+    assert report.retried == 0 and report.attempts == report.total
+    assert "stop_after_failures=1: 1 item had failed" in str(report)
+    assert "items waiting for a retry, which ended with their last failure" in str(report)
 
 
 def test_flaky_throttled_http_api_end_to_end(backend: str) -> None:

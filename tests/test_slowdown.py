@@ -537,3 +537,15 @@ def test_threads_open_with_an_eighth_of_a_pool_of_hundreds() -> None:
     assert LatencyLimit(workers=1000, now=0.0, ramp_loads=False).limit == 125
     assert LatencyLimit(workers=100, now=0.0, ramp_loads=False).limit == OPENING
     assert LatencyLimit(workers=1000, now=0.0).limit == OPENING
+
+
+def test_the_lowest_rate_counts_the_first_one_set() -> None:
+    # The first cut creates the rate limit: it is a rate the run went down to, and
+    # the Report's "slowed to X calls/s at the lowest" must not skip it.
+    slow = Slowdown(workers=100, now=0.0)
+    for n in range(200):  # 200 calls accepted in the first 20 ms
+        slow.completed(0.02 + n * 1e-4, started=n * 1e-4, latency=0.01, in_flight=50)
+    slow.completed(0.0401, started=0.04, throttled=1, retry_after=1.0)
+    slow.due(0.2)
+    assert slow.limiter is not None
+    assert slow.lowest == slow.limiter.per_second == 190.0

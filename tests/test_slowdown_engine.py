@@ -153,3 +153,17 @@ def test_threads_open_with_a_few_calls_so_a_burst_limit_refuses_few() -> None:
     first_wave = [item for began, item in sim.starts if began == 0.0]
     assert len(first_wave) == OPENING, len(first_wave)  # (100 without the opening)
     assert report.throttle_events <= 40, report.throttle_events  # (90 or more without it)
+
+
+def test_calls_cut_off_at_their_timeout_are_no_sample_of_the_latency() -> None:
+    # Every 25th call hangs (it times out at each of its attempts), the rest are
+    # quick; nothing refuses and nothing slows with load. A timed-out call's time
+    # is the timeout's: taken for a latency, it cut 100 calls in flight to 1.
+    async def call(n: int) -> int:
+        await asyncio.sleep(5 if n % 25 == 0 else 0.002)
+        return n
+
+    report = manyhands.run(call, range(500), workers=100, timeout=0.2, retry=2, progress=False)
+    assert (report.succeeded, report.failed) == (480, 20)
+    # (None here; a very busy machine might slow the quick calls a little)
+    assert report.settled_workers is None or report.settled_workers >= 25, report

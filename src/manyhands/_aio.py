@@ -54,6 +54,13 @@ class LoopQueue(Generic[T]):
         return self._items.popleft()
 
 
+def _cancelling() -> bool:
+    """Whether the current task was asked to cancel (Python 3.11+; before: not known)."""
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return bool(cancelling()) if cancelling is not None else False
+
+
 class AsyncFeed:
     """Reads an async iterable into a bounded buffer that the engine drains synchronously.
 
@@ -72,6 +79,7 @@ class AsyncFeed:
         self._room = asyncio.Event()
         self.finished = False
         self.error: BaseException | None = None
+        self._closing = False  # aclose() cancels the reading task
         self._task = asyncio.get_running_loop().create_task(self._fill())
 
     async def _fill(self) -> None:
@@ -86,6 +94,10 @@ class AsyncFeed:
                     await self._room.wait()
         except Exception as exc:  # the user's async iterable broke: an InputError later
             self.error = exc
+        except asyncio.CancelledError as exc:
+            if self._closing or _cancelling():
+                raise  # (the run stops reading, or the loop is ending)
+            self.error = exc  # raised by the input itself: an InputError too, not its end
         finally:
             self.finished = True
             self._wake()
@@ -112,6 +124,7 @@ class AsyncFeed:
     async def aclose(self) -> None:
         """Stop reading; close the source if it is an async generator."""
         if not self._task.done():
+            self._closing = True
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task

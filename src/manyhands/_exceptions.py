@@ -71,10 +71,14 @@ class InputError(ManyhandsError):
     def __init__(self, position: int, cause: BaseException, report: Report | None = None):
         self.position = position
         self.report = report
+        what = (
+            f"items 0..{position - 1} got their outcomes, nothing from {position} on was read"
+            if position
+            else "no item was read"
+        )
         super().__init__(
             f"reading item {position} from the items iterable raised "
-            f"{type(cause).__qualname__}; items 0..{position - 1} were run, "
-            f"nothing from {position} on was read"
+            f"{type(cause).__qualname__}; {what}"
         )
 
 
@@ -123,9 +127,13 @@ class JournalError(ManyhandsError):
 
     Attributes:
         report: for :func:`manyhands.run` once items ran, their Report; else ``None``.
+        writing: True when writing the journal failed during the run (a full
+            disk, the file removed or replaced under it): the command exits 74
+            then, as for an ``--output`` it cannot write.
     """
 
     report: Report | None = None
+    writing = False
 
 
 class JournalWarning(UserWarning):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -43,7 +44,10 @@ def reading(path: str | Path) -> Iterator[sqlite3.Connection]:
     journal = Path(path)
     if not journal.is_file():
         raise JournalError(f"no journal at {str(journal)!r}")
-    db = _connect(journal, "mode=ro")
+    # (through a symlink: by the file's own name, as a run names its -wal and -shm)
+    resolved = os.path.realpath(journal)
+    journal = journal if resolved == os.path.abspath(journal) else Path(resolved)
+    db = _connect(journal, _mode(journal))
     try:
         try:
             meta = _meta(db)
@@ -78,10 +82,26 @@ def _unreadable(journal: Path, exc: sqlite3.Error) -> JournalError:
     return JournalError(f"{str(journal)!r} is not a readable journal ({exc})")
 
 
+def _mode(journal: Path) -> str:
+    """How to open the journal: read-only while it has a ``-wal`` or ``-shm`` file; else
+    read-write, every write refused (``query_only``).
+
+    Reading a WAL journal needs its ``-wal`` and ``-shm`` files, which SQLite
+    creates if they are missing; only a read-write connection, the last to
+    close, removes them. A journal that has them is in use (its reader sees
+    the latest commits either way), or was left by a killed run: it is read
+    as it is, its commits not merged into it.
+    """
+    if any(os.path.exists(f"{journal}{suffix}") for suffix in ("-wal", "-shm")):
+        return "mode=ro"
+    return "mode=rw"
+
+
 def _connect(journal: Path, mode: str) -> sqlite3.Connection:
     try:
         db = sqlite3.connect(f"{journal.resolve().as_uri()}?{mode}", uri=True)
         db.execute("PRAGMA trusted_schema = OFF")
+        db.execute("PRAGMA query_only = ON")  # (read-write only to tidy up as it closes)
     except sqlite3.Error as exc:
         raise JournalError(f"cannot open the journal {str(journal)!r}: {exc}") from exc
     return db
@@ -114,12 +134,30 @@ def read_status(path: str | Path) -> JournalStatus:
                 "GROUP BY error_type ORDER BY n DESC"
             )
         }
-        columns = ("id", "fn", "started", "finished", "status", "succeeded", "failed", "skipped")
+        columns = ("id", "fn", "started", "finished", "status", "succeeded", "failed", "skipped",
+                   "pid", "host")  # fmt: skip
         runs = [
             dict(zip(columns, map(from_db, row), strict=True))
             for row in db.execute(f"SELECT {', '.join(columns)} FROM runs ORDER BY id")
         ]
+    for run, later in zip(runs, [*runs[1:], None], strict=True):
+        if run["status"] == "running" and (later is not None or _gone(run["pid"], run["host"])):
+            # (its process ended without closing the journal: killed, or writing failed)
+            run["status"] = "ended without closing (killed, or the journal could not be written)"
     return JournalStatus(Path(path), states, errors, runs)
+
+
+def _gone(pid: Any, host: Any) -> bool:
+    """Whether process ``pid`` of ``host`` is known to have ended (only on this host)."""
+    if host != socket.gethostname() or not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # (alive, another user's)
+        return False
+    return False
 
 
 def read_failures(path: str | Path) -> list[dict[str, Any]]:

@@ -76,6 +76,7 @@ from ._journal_file import (
     create_private,
     from_db,
     holds_data,
+    one_name,
     open_db,
     open_reader,
     release_lock,
@@ -98,6 +99,7 @@ from ._outcome import (
     duplicate_failure,
     safe_repr,
 )
+from ._reader import input_broke
 
 __all__ = ["DONE", "FAILED", "FINAL_STATES", "Journal", "Segment"]
 
@@ -160,7 +162,7 @@ class Journal:
         changed_items: str = "refuse",
         options: dict[str, Any] | None = None,
     ) -> None:
-        self.path = Path(path)
+        self.path = one_name(path)  # (symlinks resolved: one lock, one -wal, for one file)
         self._key = key
         self._retry_failed = retry_failed
         self._store_results = bool(store_results)
@@ -215,10 +217,10 @@ class Journal:
                 create_private(self.path)
                 self._watch = Watch(self.path, self._lock)  # (the file this run created)
             except OSError as exc:
-                release_lock(self._lock)
+                release_lock(self._lock, unused=True)
                 raise JournalError(f"cannot write the journal {path}: {exc}{NOTHING_RUN}") from exc
             except BaseException:
-                release_lock(self._lock)
+                release_lock(self._lock, unused=True)
                 raise
 
         def open_files() -> tuple[sqlite3.Connection, Watch, int]:
@@ -235,7 +237,7 @@ class Journal:
             try:
                 files = open_files()
             except BaseException:
-                release_lock(self._lock)
+                release_lock(self._lock, unused=True)  # (a refused file: no lock file left)
                 raise
             self._fresh = (
                 self._db is not None
@@ -538,7 +540,9 @@ class Journal:
         began = time.monotonic()
         try:
             block.extend(islice(self._source, wanted))
-        except Exception as exc:  # the user's iterable broke: the engine raises InputError
+        except BaseException as exc:  # the user's iterable broke: the engine raises InputError
+            if not input_broke(exc):
+                raise
             self.error = exc
             self._ended = True
         if len(block) < wanted and not getattr(self._source, "waiting", False):
@@ -745,7 +749,9 @@ class Journal:
     def _stop_if(self, problem: str | None, then: str) -> None:
         """Stop the run over what happened to the journal's files, if anything did."""
         if problem is not None:
-            raise JournalError(f"{problem}; the run stopped.{then}")
+            error = JournalError(f"{problem}; the run stopped.{then}")
+            error.writing = True
+            raise error
 
     def close(self, status: str, counts: dict[str, int]) -> None:
         """Commit what is recorded, note how the run ended, release the lock; idempotent."""
@@ -772,10 +778,12 @@ class Journal:
                         ),
                     )
             except sqlite3.Error as exc:
-                raise JournalError(
+                error = JournalError(
                     f"writing the journal {self.path} failed ({exc}) as the run ended; every "
                     "finished item was recorded, but the run's summary was not"
-                ) from exc
+                )
+                error.writing = True
+                raise error from exc
             self._stop_if(watch.lock_problem(), ALL_RECORDED)
         finally:
             self._release()

@@ -1,8 +1,12 @@
-"""The journal's files: created private, checked when opened, locked, watched.
+"""The journal's files: named once, created private, checked when opened, locked, watched.
 
 - The journal, its ``-wal`` and ``-shm`` files (SQLite gives them the
   journal's mode) and its ``.lock`` file are created ``0600``: they hold
   items, error messages and tracebacks. An existing file keeps its mode.
+- The journal has one name: its path with every symlink resolved
+  (:func:`one_name`), so a run through a link and a run through the file
+  take the same lock, and SQLite names ``-wal`` and ``-shm`` after one path.
+  A file with other hard links cannot be given one name, and is refused.
 - A file that is corrupt, not a journal, or written by a newer manyhands is
   refused and left untouched. Version 1 journals are read as they are (see
   ``VERSION``).
@@ -11,6 +15,8 @@
   file was removed or replaced under the run: SQLite would go on writing
   into a file that no path leads to any more, and the run would "succeed"
   with its journal gone.
+- The lock (one run at a time) is :mod:`._journal_lock`'s; its names are
+  re-exported here.
 - Text is stored losslessly: a str that UTF-8 cannot encode (a lone
   surrogate, from a file name that is not UTF-8) is stored as a BLOB of its
   ``surrogatepass`` bytes, and read back as the same str.
@@ -19,24 +25,24 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import pickle
-import socket
 import sqlite3
-import sys
-import time
 import warnings
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from ._exceptions import JournalError, JournalWarning, user_stacklevel
+from ._journal_lock import NOTHING_RUN, Lock, acquire_lock, lock_path, release_lock
 from ._outcome import safe_repr
 
 __all__ = [
     "FORMAT",
     "NOTHING_RUN",
     "VERSION",
+    "Lock",
     "StoredValues",
     "Watch",
     "acquire_lock",
@@ -45,6 +51,7 @@ __all__ = [
     "from_db",
     "holds_data",
     "lock_path",
+    "one_name",
     "open_db",
     "open_reader",
     "release_lock",
@@ -57,8 +64,6 @@ FORMAT = "manyhands-journal"
 #: 1). A version 1 journal is read as it is: those rare items run once more.
 VERSION = 2  # (stored as text)
 MODE = 0o600
-#: How an error opening the journal ends when it stops the run before it starts.
-NOTHING_RUN = "; nothing was run"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID;
@@ -202,6 +207,31 @@ def _warn(message: str) -> None:
 # -- opening -------------------------------------------------------------
 
 
+def one_name(path: str | os.PathLike[str]) -> Path:
+    """The journal's one name: ``path`` with every symlink resolved (as given if it has none).
+
+    The lock is a file next to the journal, and SQLite names ``-wal`` and
+    ``-shm`` after the path it opened: a run through ``link.db -> run.db``
+    and a run through ``run.db`` must use the same names, or both run the
+    same items at once. A file with other hard links has no one name, so it
+    is refused before anything is written.
+    """
+    resolved = os.path.realpath(path)
+    real = Path(path) if resolved == os.path.abspath(path) else Path(resolved)
+    try:
+        links = os.stat(real).st_nlink
+    except OSError:
+        return real  # no file yet, or opening it says what is wrong
+    if links > 1:
+        raise JournalError(
+            f"the journal {os.fspath(path)} is a file with {links} names (hard links): a run "
+            "through one name cannot lock out a run through another, and both would run the "
+            "same items. Give it one name: remove the other links, or copy the file to a new "
+            f"path and use that; it was left untouched{NOTHING_RUN}"
+        )
+    return real
+
+
 def open_db(path: Path, durability: str) -> sqlite3.Connection:
     """Open (or create, private) the journal; refuse, never replace, a file that is not one."""
     existed = holds_data(path)
@@ -306,22 +336,50 @@ def _check_journal(db: sqlite3.Connection, path: Path) -> None:
 
 
 def _never_written(db: sqlite3.Connection, tables: set[str]) -> bool:
-    """Only a journal's own tables, all empty (an older manyhands, killed while creating it)."""
-    if not tables <= {"meta", "runs", "items"}:
+    """Only a journal's own tables, with its columns, all empty (an older manyhands, killed
+    while creating it); never another program's empty ``items`` table."""
+    ours = _our_columns()
+    if not tables <= ours.keys():
         return False
+    for table in tables:
+        if [row[1] for row in db.execute(f"PRAGMA table_info({table})")] != ours[table]:
+            return False
     return all(db.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone() is None for table in tables)
 
 
-def check_version(version: Any, path: Path | str) -> None:
-    """Refuse a journal written by a newer manyhands, whose records this one may misread."""
+@functools.cache
+def _our_columns() -> dict[str, list[str]]:
+    """Each of a journal's tables and its columns, in order, as ``_SCHEMA`` creates them."""
+    db = sqlite3.connect(":memory:")
     try:
-        number = int(version)
+        db.executescript(_SCHEMA)
+        tables = [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        return {t: [row[1] for row in db.execute(f"PRAGMA table_info({t})")] for t in tables}
+    finally:
+        db.close()
+
+
+def check_version(version: Any, path: Path | str) -> None:
+    """Refuse a journal whose format version this manyhands does not read (1 to ``VERSION``).
+
+    A newer one may hold records this one would misread; no version, or one
+    that is not a number, is no journal this manyhands wrote.
+    """
+    text = from_db(version)
+    try:
+        number = int(text)
     except (TypeError, ValueError):
-        number = VERSION + 1
+        number = 0
     if number > VERSION:
         raise JournalError(
-            f"the journal {path} has format version {from_db(version)!r}, newer than this "
+            f"the journal {path} has format version {text!r}, newer than this "
             f"manyhands reads ({VERSION}); it was left untouched. Upgrade manyhands to use it"
+        )
+    if number < 1:
+        found = "no format version" if version is None else f"format version {text!r}"
+        raise JournalError(
+            f"the journal {path} has {found}, which is not a version this manyhands knows "
+            f"(it reads 1 to {VERSION}); it was left untouched"
         )
 
 
@@ -339,7 +397,7 @@ class Watch:
     first write created the ``-wal`` and ``-shm`` files.
     """
 
-    def __init__(self, path: Path, lock: IO[str]) -> None:
+    def __init__(self, path: Path, lock: Lock) -> None:
         self.path = path
         self.lock_path = lock_path(path)
         self._journal = _identity(os.stat(path))
@@ -407,78 +465,3 @@ def _changed(path: Path, identity: tuple[int, int]) -> str | None:
     except OSError:
         return None  # cannot tell (e.g. permissions): the write itself will say
     return None if _identity(found) == identity else "replaced"
-
-
-# -- one run at a time ---------------------------------------------------
-
-
-def lock_path(path: Path) -> Path:
-    """The lock file next to a journal."""
-    return path.with_name(path.name + ".lock")
-
-
-HOLDER_WAITS = 50  # tries, 10 ms apart, to read the line of a holder that just locked
-
-
-def acquire_lock(path: Path) -> IO[str]:
-    """Lock the journal for this run with an OS lock; name the holder in the error."""
-    name = lock_path(path)
-    try:
-        fd = os.open(name, os.O_RDWR | os.O_CREAT, MODE)
-        # (backslashreplace: a host name or an old lock's text is never a reason to fail)
-        handle = open(fd, "r+", encoding="utf-8", errors="backslashreplace")  # noqa: SIM115
-    except OSError as exc:
-        raise JournalError(
-            f"cannot create the journal's lock file {name}: {exc} (is the directory writable?)"
-        ) from exc
-    if not _try_lock(handle):
-        holder = _holder(handle)
-        handle.close()
-        raise JournalError(
-            f"the journal {path} is in use by {holder}; wait for that run to end (or stop "
-            "it), or pass another journal= path"
-        )
-    handle.seek(0)
-    handle.truncate()
-    handle.write(
-        f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
-    )
-    handle.flush()
-    return handle
-
-
-def _holder(handle: IO[str]) -> str:
-    """Who holds the lock, as its line says; the holder writes it just after locking."""
-    for _ in range(HOLDER_WAITS):
-        handle.seek(0)
-        holder = handle.read(500).strip()
-        if holder:
-            return holder
-        time.sleep(0.01)
-    return "another process"
-
-
-def _try_lock(handle: IO[str]) -> bool:
-    if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
-        import msvcrt
-
-        try:
-            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
-        except OSError:
-            return False
-        return True
-    import fcntl
-
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return False
-    return True
-
-
-def release_lock(handle: IO[str]) -> None:
-    """Empty the lock file and close it, which releases the OS lock."""
-    with contextlib.suppress(OSError):
-        handle.seek(0)
-        handle.truncate()
-    handle.close()

@@ -222,7 +222,7 @@ class Writer:
             self._cond.notify()
         if self._problem is not None:
             problem, self._problem = self._problem, None
-            raise JournalError(problem)
+            raise _writing(JournalError(problem))
 
     def flush(self) -> None:
         """Wait until every row handed over is committed (or a commit failed)."""
@@ -257,7 +257,7 @@ class Writer:
     def _error(self) -> JournalError:
         assert self._failure is not None
         text, cause = self._failure
-        error = JournalError(f"{text}; the run stopped.{not_recorded(self._lost)}")
+        error = _writing(JournalError(f"{text}; the run stopped.{not_recorded(self._lost)}"))
         error.__cause__ = cause
         return error
 
@@ -406,6 +406,12 @@ class _Failed(Exception):
 
 
 ALL_RECORDED = " Every finished item was recorded."
+
+
+def _writing(error: JournalError) -> JournalError:
+    """``error``, marked as a failure to write the journal during the run."""
+    error.writing = True
+    return error
 
 
 def not_recorded(count: int) -> str:

@@ -12,9 +12,11 @@ mistake is fixed from the message alone.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, fields, is_dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
@@ -357,7 +359,16 @@ def _option_parameters() -> tuple[inspect.Parameter, ...]:
 
 
 def _check_journal_location(path: str) -> None:
-    """Refuse a journal whose directory is missing, before anything runs."""
+    """Refuse a journal path that names no file one can be, before anything runs."""
+    if not path:
+        raise ValueError(
+            "journal= got an empty path (an unset variable?); pass a file path, e.g. "
+            "journal='run.db', or leave it out for no journal"
+        )
+    if "\x00" in path:
+        raise ValueError(
+            f"journal={path!r} holds a NUL byte, which no file path can; pass the path without it"
+        )
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         problem = "is not a directory" if os.path.exists(folder) else "does not exist"
@@ -370,6 +381,12 @@ def _check_journal_location(path: str) -> None:
             f"journal={path!r} is a directory; pass a file path, e.g. "
             f"{os.path.join(path, 'run.db')!r}"
         )
+    with contextlib.suppress(OSError):  # (no such file yet: the run creates it)
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise JournalError(
+                f"journal={path!r} is not a regular file (a device, a pipe or a socket): "
+                "a journal is an SQLite file; pass a file path, e.g. 'run.db'"
+            )
 
 
 def _choice(name: str, value: object, accepted: tuple[str, ...]) -> None:

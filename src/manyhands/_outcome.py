@@ -51,6 +51,8 @@ def safe_repr(obj: object, limit: int = _REPR_LIMIT) -> str:
     """
     try:
         text = repr(obj)
+    except KeyboardInterrupt:  # Ctrl-C landing here: never swallowed
+        raise
     except BaseException:  # a broken __repr__ must not break a report
         return f"<unrepresentable {type(obj).__qualname__} object>"
     if len(text) > limit:
@@ -61,6 +63,8 @@ def safe_repr(obj: object, limit: int = _REPR_LIMIT) -> str:
 def _safe_message(exc: BaseException) -> str:
     try:
         return str(exc)
+    except KeyboardInterrupt:  # Ctrl-C landing here: never swallowed
+        raise
     except BaseException:  # an exception whose __str__ raises
         return f"<unprintable {type(exc).__qualname__} message>"
 
@@ -92,6 +96,8 @@ def describe_exception(exc: BaseException) -> tuple[str, str, str]:
     message = _safe_message(exc)
     try:
         text = "".join(_tb.format_exception(type(exc), exc, exc.__traceback__))
+    except KeyboardInterrupt:  # Ctrl-C landing here (formatting takes a while): never swallowed
+        raise
     except BaseException:
         frames = "".join(_tb.format_tb(exc.__traceback__)) if exc.__traceback__ else ""
         text = f"Traceback (most recent call last):\n{frames}{error_type}: {message}\n"

@@ -12,7 +12,10 @@ What the file holds (docs/guide/command-line.md says the same):
   rows were not yet committed run again and may have two lines; the last one
   is the final outcome, as for the items ``--retry-failed`` runs again.
 - A resume into a file that is new or empty (or into stdout, or a pipe)
-  writes every item, the skipped ones with the value the journal stored.
+  writes every item, the skipped ones with the value the journal stored. If
+  it is stopped before the end of its input, or a run in between wrote its
+  lines elsewhere, the next resume into the file writes the skipped items it
+  lacks (``_output_marks``).
 
 Three mechanisms keep those promises:
 
@@ -40,6 +43,7 @@ from typing import IO, Any, NoReturn
 from ._escape import escape_json
 from ._inputs import BadLine, UsageProblem
 from ._outcome import SKIPPED_DONE, SKIPPED_FAILED, Failure, Outcome, safe_repr
+from ._output_marks import Marks
 
 __all__ = ["OutputFailed", "OutputFile", "command_json_line", "command_streams", "json_line"]
 
@@ -75,8 +79,11 @@ class OutputFile:
         resume: bool,
         line: Callable[[Outcome[Any, Any]], bytes] | None = None,
         flush_within: float = FLUSH_WITHIN,
+        marks: Marks | None = None,
     ) -> None:
         self.path = path
+        self._marks = marks  # (with a journal: which recorded items the file holds)
+        self._held: set[str] | None = None  # keys of skipped items it has lines for
         self._line = line or json_line  # what an outcome's line is
         self._resume = resume
         self._started = False
@@ -115,14 +122,17 @@ class OutputFile:
         try:
             if not hasattr(self, "_file"):
                 self._file = open(self.path, "ab")  # noqa: SIM115 - closed by close()
-                return
-            if not self._resume:
+                size = 0
+            elif not self._resume:
                 self._file.truncate(0)
                 return
-            size = _drop_cut_line(self.path, self._file)
+            else:
+                size = _drop_cut_line(self.path, self._file)
+            if self._resume and self._marks is not None:
+                self._held = self._marks.started(size)
         except OSError as exc:
             raise OutputFailed(self.path, exc) from exc
-        self.write_skipped = size == 0
+        self.write_skipped = size == 0 if self._marks is None else self._held is not None
 
     def write(self, outcome: Outcome[Any, Any]) -> None:
         """Write the line of ``outcome`` (unless the file already has it).
@@ -132,7 +142,9 @@ class OutputFile:
         """
         if not self._started:
             self.start()
-        if outcome.skipped in _RECORDED_EARLIER and not self.write_skipped:
+        if outcome.skipped in _RECORDED_EARLIER and (
+            not self.write_skipped or (self._held and self._has_line(outcome))
+        ):
             return
         if self._failed is not None:  # (the flushing thread failed)
             self._raise_failed()
@@ -143,6 +155,14 @@ class OutputFile:
             self._raise_failed()
         if not self._pending:
             self._flush_soon()
+
+    def _has_line(self, outcome: Outcome[Any, Any]) -> bool:
+        """Whether the file held a line for this skipped item when the run began."""
+        assert self._held is not None and self._marks is not None
+        try:
+            return self._marks.key(outcome.item) in self._held
+        except Exception:  # (the journal made its key: this never fails in practice)
+            return False
 
     def flush(self) -> None:
         """Push the lines written so far to the OS; the journal may then record their items.

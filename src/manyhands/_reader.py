@@ -9,6 +9,7 @@ run and segments to skip (done before, or duplicate keys).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from itertools import islice
 from typing import TYPE_CHECKING, Any
@@ -16,7 +17,21 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ._journal import Journal, Segment
 
-__all__ = ["Reader"]
+__all__ = ["Reader", "input_broke"]
+
+
+def input_broke(exc: BaseException) -> bool:
+    """Whether ``exc``, raised by the user's input, ends it with an InputError.
+
+    Any Exception, and asyncio's CancelledError: raised by an iterator's own
+    ``next``, it is the input's error, not a cancellation of the run (nothing
+    awaits there), and taken for one it would end the run quietly, as if
+    the input had ended. KeyboardInterrupt and SystemExit go on as they are.
+    """
+    if isinstance(exc, Exception):
+        return True
+    asyncio = sys.modules.get("asyncio")  # (not imported: nothing raised its CancelledError)
+    return asyncio is not None and isinstance(exc, asyncio.CancelledError)
 
 
 class Reader:
@@ -44,7 +59,9 @@ class Reader:
         chunk: list[Any] = []
         try:
             chunk.extend(islice(self.items, size))  # keeps the items read before an exception
-        except Exception as exc:  # the user's iterable broke: InputError at the end
+        except BaseException as exc:  # the user's iterable broke: InputError at the end
+            if not input_broke(exc):
+                raise
             self.error = exc
             self.exhausted = True
         self.pulled += len(chunk)

@@ -71,7 +71,8 @@ class Report(Record):
             ``workers=``; ``None`` if ``workers`` never had to be lowered, or
             the calls in flight never reached the limit it learned.
         stopped: why a stop rule ended the run early, else ``None``; calls
-            already running then were let finish, so ``failed`` may be more
+            already running then were let finish, and items waiting for a
+            retry ended with their last failure, so ``failed`` may be more
             than the rule's limit.
         skipped: items not run because the journal has their final outcome.
         skipped_failed: of ``skipped``, those recorded as failed
@@ -255,7 +256,8 @@ class Report(Record):
         if self.stopped:
             lines.append(
                 f"stopped early: {self.stopped}; {self.failed:,} failed in all, counting "
-                "the calls already running then, which were let finish"
+                "the calls already running then, which were let finish, and the items "
+                "waiting for a retry, which ended with their last failure"
             )
         if "auto" in self.backend:
             lines.append(f"backend: {self.backend}")

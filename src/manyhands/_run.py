@@ -304,7 +304,7 @@ class Run:
         progress = self._begin()
         feed: AsyncFeed | None = None
         if self._async_source is not None:
-            limit = max(self._window // 4, 1024)
+            limit = max(self._window // 4, 1)  # (read ahead of the window, a share of it)
             feed = AsyncFeed(self._async_source, limit, lambda: queue.put(None))
             self._reader.items = feed
         completed = False
@@ -843,11 +843,13 @@ class Run:
             self.task.cost = self.statistics.latency.mean  # (a shared pool's fairness)
         retried: set[int] = set()
         final: list[Failure] | None = None
+        timed_out = False
         uncalled = 0
         if batch.errors:
+            timed_out = _timed_out(batch.errors)
             retried, final, uncalled = self._settle_errors(batch)
         if self._watching or self._throttled:
-            self._tell_slowdown(batch)
+            self._tell_slowdown(batch, timed_out)
         stats = self.statistics
         stats.add_batch(size - len(retried), size - uncalled, batch.elapsed, final)
         if self._stop_rules_on:
@@ -982,6 +984,8 @@ class Run:
             batch.values = [None]
             self.statistics.add_batch(1, 0, 0.0, [final])
             self.statistics.retrying -= 1
+            if batch.attempt == 1:  # (never tried more than once after all)
+                self.statistics.retried -= 1
             yield from self._delivery.settled(batch, set())
 
     # -- policies --------------------------------------------------------
@@ -992,10 +996,15 @@ class Run:
         if asked is not None and (self._asked is None or asked > self._asked):
             self._asked = asked
 
-    def _tell_slowdown(self, batch: Batch) -> None:
+    def _tell_slowdown(self, batch: Batch, timed_out: bool = False) -> None:
         """Report a batch's answers to the slowdown; what it says is obeyed before more start."""
         now = self._clock()
         calls = len(batch.items)
+        if timed_out:
+            # A call cut off at timeout= (a hung one) is no sample of the server's
+            # latency, and its batch's time is the timeout's: not a sample either.
+            # (Taken for one, 1% of calls hanging cut 200 calls in flight to 1.)
+            calls = self._throttled
         throttled, self._throttled = self._throttled, 0
         asked, self._asked = self._asked, None
         stats = self.statistics
@@ -1150,6 +1159,11 @@ class Run:
             "slowdown": self._slowdown.summary(),
         }
 
+    @property
+    def journal_run(self) -> int:
+        """The journal's id of this run (0: no journal, or not opened)."""
+        return self._journal.run_id if self._journal is not None else 0
+
     def report(self) -> Report:
         """A Report of everything delivered so far."""
         return Report.from_statistics(self.statistics, self.elapsed)
@@ -1173,3 +1187,12 @@ def _as_failure(item: Any, error: BaseException | Failure, attempt: int) -> Fail
         tb.tb_frame.clear()
         error.__traceback__ = tb.tb_next
     return Failure.from_exception(item, error, attempt)
+
+
+def _timed_out(errors: dict[int, BaseException | Failure]) -> bool:
+    """Whether a call of the batch was cut off at ``timeout=`` (here or in a worker process)."""
+    return any(
+        isinstance(error, Timeout)
+        or (isinstance(error, Failure) and error.error_type == "manyhands.Timeout")
+        for error in errors.values()
+    )

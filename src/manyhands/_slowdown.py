@@ -536,11 +536,11 @@ class Slowdown:
         rate = max(MIN_RATE, rate)
         if self.ceiling is not None:
             rate = min(rate, self.ceiling)
+        if not provisional:  # (the first rate, a cut, a refined cut: whichever is lowest)
+            self.lowest = rate if self.lowest is None else min(self.lowest, rate)
         if self.limiter is None:
             self.limiter = RateLimit(rate)
         else:
-            if rate < self.limiter.per_second and not provisional:
-                self.lowest = min(self.lowest or rate, rate)
             self.limiter.set_rate(rate)
         self._changed = now
         self._episode = [0, 0]

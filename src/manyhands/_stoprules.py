@@ -54,7 +54,8 @@ class StopRules:
     def reason(self, failed: int) -> str | None:
         """Why the run must stop now (``failed``: items failed for good so far), or None."""
         if self._max_failures is not None and failed >= self._max_failures:
-            return f"stop_after_failures={self._max_failures}: {failed:,} items had failed"
+            items = "item had" if failed == 1 else "items had"
+            return f"stop_after_failures={self._max_failures}: {failed:,} {items} failed"
         recent = self._recent
         if recent is not None and len(recent) == recent.maxlen:
             assert self._share is not None

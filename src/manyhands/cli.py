@@ -31,6 +31,7 @@ from ._keys import default_key
 from ._options import BACKENDS, DEFAULT_WORKERS
 from ._outcome import Outcome
 from ._output import OutputFailed, OutputFile, command_json_line, command_streams, json_line
+from ._output_marks import Marks
 from ._rate import parse_rate
 from ._retry import Retry
 from ._run import Run
@@ -50,13 +51,13 @@ __all__ = ["CommandFailed", "MalformedLine", "Terminated", "main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 EXIT_OUTPUT_CLOSED = 141  # 128 + SIGPIPE, as `cat` ends when `| head` has read enough
-EXIT_OUTPUT_FAILED = 74  # EX_IOERR of sysexits.h: --output could not be written (disk full)
+EXIT_OUTPUT_FAILED = 74  # EX_IOERR of sysexits.h: --output or the journal could not be written
 
 RUN_EPILOG = """\b
 Exit codes: 0 every item succeeded, 1 some items failed, 2 usage error
-(bad TARGET, INPUT or flag), 74 --output could not be written (disk
-full), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM; 129 for
-SIGHUP), 141 stdout was closed early (e.g. | head).
+(bad TARGET, INPUT or flag), 74 --output or the journal could not be
+written (disk full), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM;
+129 for SIGHUP), 141 stdout was closed early (e.g. | head).
 When stopped, what finished is written and, with --journal, saved:
 run the same command again to resume.
 """
@@ -291,15 +292,18 @@ def _run(
     journal: str | None = options.get("journal")
     # A resume appends to --output; the file is touched only once the run holds the lock.
     resumed = journal is not None and _has_records(journal)
-    sink = OutputFile(output, resume=resumed, line=line) if output else None
+    marks = _marks(journal, output, options)
+    sink = OutputFile(output, resume=resumed, line=line, marks=marks) if output else None
     if sink is not None:
         run.before_record = _flushing(sink, run)  # (a row is never committed before its line)
         run.on_late = _late_lines(sink)  # (calls that finish in --grace after Ctrl-C)
     summary = sys.stderr if output == "-" else sys.stdout
+    whole_input = False
     try:
         failed = _consume(run, sink)
         if sink is not None:
             sink.close()  # (its last lines reach the file now: a full disk may show here)
+        whole_input = run.report().stopped is None
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP (Terminated)
         if sink is not None and (journal is None or Path(journal).exists()):
             sink.start()  # (a fresh run stopped before its first outcome)
@@ -308,9 +312,17 @@ def _run(
         raise UsageProblem(f"reading INPUT failed: {exc.__cause__ or exc}") from exc
     except OutputFailed as exc:
         raise _output_failed(exc, journal) from exc
+    except JournalError:
+        report = run.report()
+        if report.total:  # (items ran: say what they did before the error's line)
+            with _quietly():
+                _print(report, summary)
+        raise
     finally:
         if sink is not None:
             sink.close()  # (once more, or after a failure: quiet)
+        if marks is not None:  # (what the file holds now, for the next resume into it)
+            marks.ended(run.journal_run, whole_input=whole_input)
     _print(run.report(), summary)
     if failed and journal:
         _print(f"\nsee the failures: manyhands failures {shlex.quote(journal)}", summary)
@@ -411,13 +423,13 @@ def _run_options(
         )
         if given
     ]
-    if needs_journal and not journal:
+    if needs_journal and journal is None:
         verb = "needs" if len(needs_journal) == 1 else "need"
         raise UsageProblem(f"{' and '.join(needs_journal)} {verb} --journal")
     options = {name: value for name, value in flags.items() if value is not None}
     options["retry"] = options.pop("retries")
     _dask_options(options)
-    if journal:
+    if journal is not None:  # ("": refused by the run, naming --journal)
         store = flags["store_results"]
         options |= {
             "journal": journal,
@@ -492,6 +504,19 @@ def _stopped(exc: KeyboardInterrupt, report: Any, journal: str | None, summary: 
         )
         _print(f"\n{how}.{saved}", sys.stderr)
     return exc.exit_code if isinstance(exc, Terminated) else EXIT_INTERRUPTED
+
+
+def _marks(journal: str | None, output: str | None, options: dict[str, Any]) -> Marks | None:
+    """The marks of which recorded items a regular ``--output`` file holds (with a journal)."""
+    if journal is None or output is None or output == "-":
+        return None
+    with contextlib.suppress(OSError):
+        if not stat.S_ISREG(os.stat(output).st_mode):
+            return None  # (a pipe or a device takes every line)
+    from ._journal import _as_key
+
+    keyfn: Callable[[Any], Any] = options.get("key") or default_key
+    return Marks(journal, output, lambda item: _as_key(keyfn(item)))
 
 
 def _has_records(journal: str) -> bool:
@@ -761,7 +786,7 @@ def _main(argv: list[str] | None) -> int:
         return EXIT_USAGE
     except (UsageProblem, JournalError) as exc:
         click.echo(f"manyhands: error: {escape_controls(in_cli_terms(str(exc)))}", err=True)
-        return EXIT_USAGE
+        return EXIT_OUTPUT_FAILED if getattr(exc, "writing", False) else EXIT_USAGE
     except click.exceptions.Abort as exc:
         stop = exc.__cause__
         with _quietly():
