@@ -337,6 +337,35 @@ def test_a_generator_function_as_fn_stops_the_run_and_records_nothing(tmp_path: 
     assert (report.succeeded, report.skipped) == (50, 0)  # nothing was recorded as done
 
 
+@pytest.mark.parametrize("backend", ["threads", "processes"])
+def test_a_generator_or_a_coroutine_returned_stops_the_run_on_every_backend(
+    tmp_path: Path, backend: str
+) -> None:
+    """On processes too, the run stops with the TypeError that says what to change,
+    and records nothing (a generator cannot leave a worker process: each item
+    used to fail with a pickle error, recorded, and blamed on a bug in fn)."""
+
+    def lines(x: int) -> Any:
+        yield x
+
+    async def alines(x: int) -> Any:
+        yield x
+
+    async def fetch(x: int) -> int:
+        return x
+
+    journal = tmp_path / "run.db"
+    with pytest.raises(TypeError, match="returned a generator") as error:
+        manyhands.run(lines, range(50), workers=2, backend=backend, journal=journal)
+    assert "lambda x: list(lines(x))" in str(error.value)
+    with pytest.raises(TypeError, match="returned an async generator"):
+        list(manyhands.map(alines, range(50), workers=2, backend=backend))
+    with pytest.raises(TypeError, match="returned a coroutine"):
+        manyhands.run(lambda x: fetch(x), range(50), workers=2, backend=backend)
+    report = manyhands.run(abs, range(50), journal=journal)
+    assert (report.succeeded, report.skipped) == (50, 0)  # nothing was recorded as done
+
+
 def test_a_value_after_failures_is_checked_and_plain_values_pass() -> None:
     def fn(x: int) -> int:
         if x < 3:

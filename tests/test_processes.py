@@ -464,6 +464,49 @@ def test_workers_exit_when_the_parent_is_killed(start_method: str) -> None:
     assert still_alive(workers) == []
 
 
+EXIT_SCRIPT = textwrap.dedent(
+    """
+    import atexit, time
+
+    def count_starts_after_exit():  # runs after multiprocessing's exit handler
+        time.sleep(0.5)  # (a dispatcher still running has seen its workers end by now)
+        print("started at exit:", len(starts) - started, flush=True)
+
+    atexit.register(count_starts_after_exit)  # (first: it runs last)
+
+    import manyhands
+    from manyhands._backends import _processes
+
+    starts = []
+    spawn = _processes.ProcessBackend._spawn
+
+    def counted(self):
+        starts.append(1)
+        return spawn(self)
+
+    _processes.ProcessBackend._spawn = counted
+
+    if __name__ == "__main__":
+        pool = manyhands.Pool(workers=2, backend="processes")
+        print(pool.run(abs, range(10)).succeeded, flush=True)
+        started = len(starts)
+        # the pool is never shut down: the interpreter's exit ends its workers
+    """
+)
+
+
+def test_a_pool_left_open_at_exit_starts_no_worker_as_the_interpreter_goes() -> None:
+    """multiprocessing's exit handler terminates the workers of a pool never shut
+    down; the dispatcher took each for a crash and started a replacement as the
+    interpreter went (the forkserver's half-started child then printed an EOFError
+    traceback, now and then). It is stopped first now."""
+    proc = start_python(EXIT_SCRIPT)
+    out, err = finish(proc, timeout=60)
+    assert proc.returncode == 0, err
+    assert out.split("\n")[:2] == ["10", "started at exit: 0"], (out, err)
+    assert "Traceback" not in err, err
+
+
 class _WakeUpsWithShutdownInBetween:
     """The dispatcher's wake-up socket; the first read lets shutdown begin first (its
     state change and its wake-up), as another thread may at any moment."""

@@ -22,13 +22,26 @@ if TYPE_CHECKING:
     from ._run import Completions
 
 __all__ = [
+    "NOT_A_VALUE",
     "check_first_value",
     "check_fn",
     "check_items",
     "check_report_only",
     "discard_coroutines",
     "is_coroutine_function",
+    "not_a_value",
 ]
+
+#: The first name of the lineage of a worker process's error for a result that
+#: ``fn`` must not return (see :func:`not_a_value`): it cannot be sent back, and
+#: the run stops for it as on threads (:func:`check_first_value`).
+NOT_A_VALUE = "manyhands:not-a-value"
+_NOT_VALUES = (Coroutine, Generator, AsyncGenerator)
+_IN_WORDS = {
+    "Coroutine": "a coroutine",
+    "Generator": "a generator",
+    "AsyncGenerator": "an async generator",
+}
 
 
 def is_coroutine_function(fn: Any) -> bool:
@@ -165,7 +178,8 @@ def check_first_value(fn: object, batch: Batch) -> bool:
     """Whether ``fn``'s values are still to be checked after ``batch`` came back.
 
     Looks at the first value of the batch (False: it is a plain value, no
-    need to look again). Raises TypeError if it is a coroutine: ``fn``
+    need to look again), or the error a worker process sent instead of it
+    (see :func:`not_a_value`). Raises TypeError if it is a coroutine: ``fn``
     returned one instead of a value (``lambda x: afn(x)``, or an ``async def``
     that forgot an ``await``); or a generator: ``fn`` is a generator function,
     whose body never ran. The batch's coroutines are closed first, so
@@ -173,9 +187,13 @@ def check_first_value(fn: object, batch: Batch) -> bool:
     """
     errors = batch.errors
     for index, value in enumerate(batch.values):
-        if errors is not None and index in errors:
-            continue
         kind = type(value)
+        if errors is not None and index in errors:
+            # (from a worker process, such a value comes back as an error: see not_a_value)
+            lineage: tuple[str, ...] = getattr(errors[index], "lineage", ())
+            if lineage[:1] != (NOT_A_VALUE,):
+                continue
+            kind = next(k for k in _NOT_VALUES if lineage[1] == k.__name__)
         if issubclass(kind, (Generator, AsyncGenerator)):
             raise TypeError(_why_not_a_generator(fn, kind))
         if not issubclass(kind, Coroutine):
@@ -195,6 +213,19 @@ def check_first_value(fn: object, batch: Batch) -> bool:
             f"value: {fix}. The run was stopped"
         )
     return True  # every item of the batch failed: no value to look at yet
+
+
+def not_a_value(value: object) -> tuple[str, str] | None:
+    """What ``value`` is (its kind, in words), if it does its work only once awaited or
+    iterated (then ``fn`` returned it by mistake); else None.
+
+    >>> async def later(): pass
+    >>> not_a_value(x for x in ()), not_a_value(later), not_a_value([1])
+    (('Generator', 'a generator'), None, None)
+    """
+    kind = type(value)
+    name = next((k.__name__ for k in _NOT_VALUES if issubclass(kind, k)), None)
+    return None if name is None else (name, _IN_WORDS[name])
 
 
 def _why_not_a_generator(fn: object, kind: type) -> str:

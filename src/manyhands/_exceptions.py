@@ -94,7 +94,15 @@ class WorkerCrashed(ManyhandsError):
 
     Recorded as ``"manyhands.WorkerCrashed"``, with the exit code or signal
     in the message. Never raised by ``run`` or ``map``.
+
+    Attributes:
+        ran: ``False`` when the item never reached a worker: the process
+            backend had stopped (no worker was left, or none could be
+            started), as the message says. Such an item is not retried, and
+            that attempt made no call (it is not counted in ``attempts``).
     """
+
+    ran = True
 
 
 class WorkerInitError(ManyhandsError):

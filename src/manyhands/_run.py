@@ -44,7 +44,7 @@ from ._backends import Backend
 from ._batch import EXECUTE_CODE, Batch, Task
 from ._checks import check_first_value, discard_coroutines
 from ._delivery import Delivery
-from ._exceptions import InputError, JournalError, ManyhandsError, Timeout
+from ._exceptions import InputError, JournalError, ManyhandsError, Timeout, WorkerCrashed
 from ._options import Options
 from ._outcome import Failure, Outcome, duplicate_failure
 from ._progress import Progress, progress_wanted
@@ -844,13 +844,14 @@ class Run:
         retried: set[int] = set()
         final: list[Failure] | None = None
         timed_out = False
+        uncalled = 0
         if batch.errors:
             timed_out = _timed_out(batch.errors)
-            retried, final = self._settle_errors(batch)
+            retried, final, uncalled = self._settle_errors(batch)
         if self._watching or self._throttled:
             self._tell_slowdown(batch, timed_out)
         stats = self.statistics
-        stats.add_batch(size - len(retried), size, batch.elapsed, final)
+        stats.add_batch(size - len(retried), size - uncalled, batch.elapsed, final)
         if self._stop_rules_on:
             self._rules.note(batch, retried)
         self._sizer.completed(size, batch.elapsed, batch.nbytes)
@@ -916,14 +917,18 @@ class Run:
             left += self._journal.read_ahead  # (its block: read, not run yet)
         return left
 
-    def _settle_errors(self, batch: Batch) -> tuple[set[int], list[Failure]]:
-        """Turn errors into Failures; schedule the retryable ones; return (retried, final)."""
+    def _settle_errors(self, batch: Batch) -> tuple[set[int], list[Failure], int]:
+        """Turn errors into Failures; schedule the retryable ones.
+
+        Returns (retried, final, how many of the errors made no call).
+        """
         assert batch.errors is not None
         retry = self._retry if self.statistics.stop_reason is None else None
         throttle_on = self._options.throttle_on
         longest = self._retry.max_retry_after if self._retry is not None else MAX_RETRY_AFTER
         retried: set[int] = set()
         final: dict[int, Failure] = {}
+        uncalled = 0
         for index, error in batch.errors.items():
             failure = _as_failure(batch.items[index], error, batch.attempt)
             failure.history = batch.history
@@ -938,6 +943,10 @@ class Run:
                     throttle_on is not None and matches(throttle_on, exception)
                 )
                 retryable = retry is not None and retry.retries_error(exception)
+            if isinstance(exception, WorkerCrashed) and not exception.ran:  # (backend stopped)
+                failure.attempts -= 1
+                uncalled += 1
+                retryable = False
             if asked is not None and asked > longest:  # not obeyed: the item fails now
                 self.statistics.asked_too_long(asked, longest)
                 asked, retryable = None, False
@@ -951,7 +960,7 @@ class Run:
                 final[index] = failure
         batch.errors = None
         batch.failures = final or None
-        return retried, list(final.values())
+        return retried, list(final.values()), uncalled
 
     def _schedule_retry(self, batch: Batch, index: int, failure: Failure, delay: float) -> None:
         again = Batch(-1, [batch.items[index]], self.task, batch.attempt + 1)

@@ -36,6 +36,7 @@ __all__ = [
     "died_starting",
     "ensure_forkserver",
     "how_it_ended",
+    "hung_starting",
     "kill",
     "limit_hint",
     "refuse_while_importing_main",
@@ -43,7 +44,9 @@ __all__ = [
     "stop_workers",
 ]
 
-START_SECONDS = 60.0  # a worker that does not report ready by then failed to start
+#: A worker that does not report ready this long after it was started (its initializer
+#: hangs) failed to start: it is killed.
+START_SECONDS = 60.0
 # Starting a process opens a few fds for a moment (pipes, a socket to the forkserver).
 # Failing there is worse than failing earlier: the forkserver dies when a client that
 # connected to it goes away (CPython 3.11), so a new worker first checks they are free.
@@ -69,8 +72,10 @@ class Worker:
         "process",
         "progress",
         "ready",
+        "retries",
         "sent",
         "stamp",
+        "start_by",
     )
 
     def __init__(
@@ -87,6 +92,8 @@ class Worker:
         self.sent: deque[tuple[Batch, list[int]]] = deque()
         self.answered = 0  # batches it answered: sent[0] is its batch number answered + 1
         self.ready = False  # it said "ready": its initializer ran
+        self.start_by = monotonic() + START_SECONDS  # not ready by then: it failed to start
+        self.retries = 0  # replacements in its place that failed to start before it
         self.doomed = False  # about to be killed (a timeout): it is sent nothing more
         self.functions: dict[int, None] = {}  # the runs' functions it has loaded, oldest first
 
@@ -131,12 +138,12 @@ def spawn_worker(context: Any, payload: bytes, backend_fds: list[int]) -> Worker
 
 def await_ready(workers: list[Worker]) -> None:
     """Wait for every worker's "ready"; WorkerInitError if one cannot start (or initialize)."""
-    deadline = monotonic() + START_SECONDS
+    deadline = max((worker.start_by for worker in workers), default=0.0)
     starting = list(workers)
     while starting:
         remaining = deadline - monotonic()
         if remaining <= 0:
-            raise WorkerInitError(f"a worker process did not start in {START_SECONDS:.0f}s")
+            raise WorkerInitError(hung_starting())
         watched: list[Any] = [w.channel.sock for w in starting]
         watched += [w.process.sentinel for w in starting]
         wait(watched, timeout=remaining)
@@ -274,6 +281,14 @@ def died_starting(code: int | None) -> str:
             "the script is run, not when a worker imports it)"
         )
     return f"a worker process died while starting ({how_it_ended(code)})"
+
+
+def hung_starting() -> str:
+    """Why a worker that never reported ready failed, in words."""
+    return (
+        f"a worker process did not start in {START_SECONDS:.0f}s: its initializer did not "
+        "return (it was killed)"
+    )
 
 
 def limit_hint(exc: BaseException) -> str:

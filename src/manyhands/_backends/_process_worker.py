@@ -28,6 +28,7 @@ from multiprocessing.connection import Connection
 from time import monotonic, perf_counter, process_time
 from typing import Any, ClassVar, NoReturn
 
+from .._checks import NOT_A_VALUE, not_a_value
 from .._outcome import describe_exception, qualified_name, retry_after_of, safe_repr
 
 __all__ = ["BATCH", "HEADER", "STARTED", "RemoteError", "describe_remote", "serve"]
@@ -230,13 +231,34 @@ def _pack(values: list[Any], errors: dict[int, RemoteError], elapsed: float, *cp
             pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
         except Exception as exc:
             values[index] = None
-            error_type, message, text, lineage, _ = describe_remote(exc)
-            message = (
-                f"the result {safe_repr(value, 80)} could not be sent back from the worker "
-                f"process: {message}"
-            )
-            errors[index] = (error_type, message, text, lineage, None)
+            errors[index] = _unsendable(value, exc)
     return pickle.dumps(("done", values, errors, elapsed, *cpu), pickle.HIGHEST_PROTOCOL)
+
+
+def _unsendable(value: Any, exc: Exception) -> RemoteError:
+    """The error of an item whose result ``value`` could not be pickled (``exc``).
+
+    A generator or a coroutine is fn's mistake, not the item's: its lineage
+    starts with NOT_A_VALUE and its kind, and the run stops for it, as on
+    threads (see ``_checks.check_first_value``).
+    """
+    mistake = not_a_value(value)
+    if mistake is None:
+        error_type, message, text, lineage, _ = describe_remote(exc)
+        message = (
+            f"the result {safe_repr(value, 80)} could not be sent back from the worker "
+            f"process: {message}"
+        )
+        return error_type, message, text, lineage, None
+    kind, what = mistake
+    with contextlib.suppress(Exception):
+        value.close()  # (a coroutine never awaited would warn on this worker's stderr)
+    message = (
+        f"fn returned {what} ({safe_repr(value, 80)}) instead of a value: its body runs "
+        "only when something iterates or awaits it, so no work was done"
+    )
+    error_type, _, text, lineage, _ = describe_remote(TypeError(message))
+    return error_type, message, text, (NOT_A_VALUE, kind, *lineage), None
 
 
 def _watch_parent(lifeline: Connection) -> None:

@@ -48,17 +48,27 @@ call counts as timed out only if the worker's own clock says it ran past the
 limit, and no other item reaches a worker that is about to be killed.
 Workers ignore SIGINT (the parent decides), run in a process group of their
 own, and exit when the parent is gone, however it went.
+
+A worker that fails to start (its initializer raises, dies, or is not done
+in ``START_SECONDS``) ran no item. A replacement that dies or hangs is tried
+``START_RETRIES`` more times in its place (a kill from outside may be a
+one-off); then the backend runs on with fewer workers, never restarting one
+in a loop, and with none left it stops: every item queued or to come fails
+(``_break``).
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import functools
 import itertools
 import multiprocessing
 import pickle
 import selectors
 import socket
 import threading
+import weakref
 from collections.abc import Callable
 from time import monotonic
 from typing import Any
@@ -73,7 +83,9 @@ from ._process_spawn import (
     Worker,
     await_ready,
     default_start_method,
+    died_starting,
     ensure_forkserver,
+    hung_starting,
     kill,
     limit_hint,
     refuse_while_importing_main,
@@ -85,11 +97,47 @@ from ._process_worker import BATCH, HEADER, STARTED, RemoteError
 __all__ = ["ProcessBackend", "default_start_method"]
 
 _READ, _WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
+_NEVER = float("inf")
 
 #: Functions a worker keeps loaded (a Pool's runs); the oldest is dropped first.
 FUNCTIONS_KEPT = 16
 #: The dispatcher's longest sleep with nothing to do (everything that changes wakes it).
 IDLE_SECONDS = 1.0
+#: A worker that dies or hangs before it is ready (killed from outside while it
+#: started, say) is replaced this many times in a row at most; after that, the
+#: one that failed to start is not replaced, and the run goes on with fewer workers.
+START_RETRIES = 1
+
+
+#: The backends whose dispatcher runs, for the interpreter's exit (see _stop_at_exit).
+_running: weakref.WeakSet[ProcessBackend] = weakref.WeakSet()
+_exit_lock = threading.Lock()
+
+
+def _stop_at_exit() -> None:
+    """At the interpreter's exit, stop the dispatchers before multiprocessing ends the workers.
+
+    Registered after multiprocessing's own exit handler, so it runs first. That
+    handler terminates the (daemonic) workers of a pool never shut down; a
+    dispatcher still running took each for a crash and started a replacement
+    as the interpreter went, and the forkserver's half-started child printed
+    an EOFError traceback.
+    """
+    for backend in list(_running):
+        backend.stop_dispatcher(timeout=1.0)
+
+
+def _watch_exit(backend: ProcessBackend) -> None:
+    with _exit_lock:
+        _register_exit_handler()
+        _running.add(backend)
+
+
+@functools.cache
+def _register_exit_handler() -> None:  # (once)
+    import multiprocessing.util  # noqa: F401 (its exit handler is registered first)
+
+    atexit.register(_stop_at_exit)  # (so this one runs before it)
 
 
 def _pickled_fn(fn: Callable[[Any], Any]) -> bytes:
@@ -148,6 +196,8 @@ class ProcessBackend:
         self._idle = threading.Event()  # stopping, and no batch is out any more
         self._broken: WorkerCrashed | None = None  # the dispatcher died: every item fails
         self._more = 0  # workers to add (grow), started by the dispatcher
+        # (dispatcher) the earliest time a starting worker is due to be ready (inf: none).
+        self._start_due = _NEVER
         self._dispatcher: threading.Thread | None = None
         self.abandoned = 0  # processes are killed, never abandoned
         self.workers_started = 0  # how many of ``workers`` could start
@@ -225,6 +275,7 @@ class ProcessBackend:
             self._wake_w.setblocking(False)
             self._start_workers()
             await_ready(self._pool)
+            self._start_due = _NEVER  # (all ready: the dispatcher has no start to watch)
         except BaseException:
             stop_workers(self._pool)
             self._close_own_fds()
@@ -235,6 +286,7 @@ class ProcessBackend:
             target=self._dispatch_loop, name="manyhands-processes", daemon=True
         )
         self._dispatcher.start()
+        _watch_exit(self)
 
     def _start_workers(self) -> None:
         for _ in range(self._workers):
@@ -287,6 +339,7 @@ class ProcessBackend:
         worker = spawn_worker(self._context, self._payload, self._own_fds())
         if self._first_key:  # (it came with the initializer)
             worker.functions[self._first_key] = None
+        self._start_due = min(self._start_due, worker.start_by)
         return worker
 
     def _own_fds(self) -> list[int]:
@@ -366,14 +419,19 @@ class ProcessBackend:
             busy = self._close()
         return busy
 
+    def stop_dispatcher(self, timeout: float) -> None:
+        """Stop the dispatcher (waiting up to ``timeout``): no batch is sent, no worker started."""
+        with self._lock:
+            self._stopping = self._closing = True
+        self._wake()
+        if self._dispatcher is not None:
+            self._dispatcher.join(timeout)
+        _running.discard(self)
+
     def _close(self) -> int:
         """Stop the dispatcher, kill the workers still busy, end the others."""
-        with self._lock:
-            self._closing = True
-        self._wake()
         try:
-            if self._dispatcher is not None:
-                self._dispatcher.join(10)
+            self.stop_dispatcher(timeout=10)
         finally:
             with self._lock:
                 busy = [w for w in self._pool if w.sent]
@@ -398,16 +456,25 @@ class ProcessBackend:
             self._break(exc)
 
     def _break(self, error: BaseException) -> None:
-        """Fail what is queued or running, and every batch submitted from now on."""
-        crashed = WorkerCrashed(f"the process backend stopped: {type(error).__name__}: {error}")
-        crashed.__cause__ = error
+        """Fail what is queued or running, and every batch submitted from now on.
+
+        What never reached a worker fails with ``ran`` False: the run does not
+        retry it, nor count a call for it.
+        """
+        why = f"the process backend stopped: {type(error).__name__}: {error}"
+        crashed, unsent = WorkerCrashed(why), WorkerCrashed(why)
+        crashed.__cause__ = unsent.__cause__ = error
+        unsent.ran = False
         with self._lock:
-            self._broken = crashed
-            held = self._inbox.clear()
+            self._broken = unsent
+            queued = self._inbox.clear()
+            held: list[tuple[Batch, list[int]]] = []
             for worker in self._pool:
                 held += worker.sent
                 worker.sent.clear()
-        for batch, indices in held:
+        for batch, indices in queued:
+            self._fail(batch, indices, unsent)
+        for batch, indices in held:  # (they may have run, in part)
             self._fail(batch, indices, crashed)
         self._idle.set()
 
@@ -449,6 +516,8 @@ class ProcessBackend:
                 self._look = False
                 self._feed()
             woken = False
+            if self._start_due != _NEVER and monotonic() >= self._start_due:
+                self._expire_starts()
             ready = select(timeout=IDLE_SECONDS)
             if not ready:  # (idle a while: look anyway, whatever may have been missed)
                 self._look = True
@@ -500,18 +569,54 @@ class ProcessBackend:
         if reply[0] == "ready":  # a worker started
             worker.ready = True
             self._look = True
+            starting = (w.start_by for w in self._pool if not w.ready)
+            self._start_due = min(starting, default=_NEVER)  # (none: no clock read per round)
             return
-        # Its initializer failed this time (a replacement): run on without it.
+        # Its initializer raised this time (a replacement): run on without it.
+        error_type, text = reply[1][0], reply[1][1]
+        self._start_failed(
+            worker, f"the initializer of a replacement raised {error_type}: {text}", False
+        )
+
+    def _start_failed(self, worker: Worker, why: str, again: bool) -> None:
+        """``worker`` failed to start (``why``): kill it; replace it if ``again`` allows.
+
+        A worker that died or hung while starting may have been killed from
+        outside: it is replaced, up to ``START_RETRIES`` times in a row, never
+        in an endless loop. An initializer that raised is not tried again.
+        With no worker left, every item queued or to come fails (see ``_break``).
+        """
         self._retire(worker)
         kill(worker)
         with self._lock:
+            stopping = self._stopping
             left = len(self._pool)
+        if stopping:
+            return
+        if again and worker.retries < START_RETRIES:
+            self._replace(worker.retries + 1)
+            return
         if not left:
-            error_type, text = reply[1][0], reply[1][1]
-            raise WorkerInitError(
-                f"no worker process is left: the initializer of every "
-                f"replacement raised {error_type}: {text}"
-            )
+            raise WorkerInitError(f"no worker process is left: {why}")
+        note = f"ran on with fewer worker processes: {why}"
+        if note not in self.notes:
+            self.notes.append(note)
+
+    def _expire_starts(self) -> None:
+        """Kill the workers that were due to be ready by now (their initializer hangs)."""
+        now = monotonic()
+        self._start_due = _NEVER
+        for worker in list(self._pool):
+            if worker.ready:
+                continue
+            for frame in worker.channel.receive():  # ("ready" may have just come)
+                self._handle(worker, frame)
+            if worker.ready or worker not in self._pool:
+                continue
+            if worker.start_by <= now:
+                self._start_failed(worker, hung_starting(), True)
+            else:
+                self._start_due = min(self._start_due, worker.start_by)
 
     def _answer(self, worker: Worker, frame: Frame, refill: bool) -> None:
         """The worker answered its oldest batch: send it its next one, then read the answer.
@@ -645,19 +750,29 @@ class ProcessBackend:
         """A worker died: fail the item it ran, send the rest again, replace it."""
         for frame in worker.channel.receive():  # what it sent before it died counts
             self._handle(worker, frame)
-        if worker not in self._pool:  # its initializer failed: retired, not replaced
+        if worker not in self._pool:  # its initializer raised: retired, not replaced
             return
         worker.process.join(1.0)  # (it has exited: only its status is read)
         code = worker.process.exitcode
+        if not worker.ready:  # it died while starting (in its initializer): no item ran
+            self._start_failed(worker, died_starting(code), True)
+            return
         held = self._retire(worker)
         with self._lock:
             stopping = self._stopping
         if held:
             self._settle_lost(worker, held, code, stopping)
-        if stopping:
-            return
+        if not stopping:
+            self._replace()
+
+    def _replace(self, retries: int = 0) -> None:
+        """Start a worker in place of one that was lost (or run on without, if none can start).
+
+        ``retries``: how many in a row failed to start in that place before it.
+        """
         try:  # a new worker; it is sent work once it reports ready
             replacement = self._spawn()
+            replacement.retries = retries
         except Exception as exc:  # e.g. out of processes or fds: run on with fewer
             with self._lock:
                 left = len(self._pool)
