@@ -17,16 +17,18 @@ runs on a private pool of their own.
 from __future__ import annotations
 
 import os
+import sys
 import threading
-from collections.abc import AsyncIterable, Callable, Iterable, Mapping
-from types import TracebackType
+import weakref
+from collections.abc import AsyncIterable, Callable, Generator, Iterable, Mapping
+from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._api import POOL_OPTIONS, open_run, run_to_end
 from ._backends import Backend, backend_kind, create_backend
 from ._options import DEFAULT_WORKERS, check_positive_int, lists_options
 from ._report import Report
-from ._stream import AsyncOutcomes, Outcomes
+from ._stream import AsyncOutcomes, Outcomes, Reader, reading
 
 if TYPE_CHECKING:
     from concurrent.futures import Executor, Future
@@ -151,7 +153,12 @@ class Pool:
         self._active = 0  # runs begun and not ended
         self._closed = False
         self._stopped = False
-        self._executors: dict[int, PoolExecutor] = {}  # pool.submit's, by priority
+        self._executors: dict[int, PoolExecutor] = {}  # the open faces, by priority
+        self._faces: list[PoolExecutor] = []  # every face with calls the pool waits for
+        # The pool.map runs handed out, by their generator (held weakly: a run
+        # nobody holds is closed by its finalizer), and who reads each.
+        self._maps: weakref.WeakKeyDictionary[Generator[Any, None, None], Reader]
+        self._maps = weakref.WeakKeyDictionary()
         self._backend.start()
 
     # -- what a Pool offers ------------------------------------------------
@@ -193,8 +200,16 @@ class Pool:
         priority: int = 0,
         **options: Unpack[RunOptions],
     ) -> Outcomes[T, R]:
-        """:func:`manyhands.map` on the pool's workers: an iterator of Outcomes."""
-        return Outcomes(self._open("pool.map", fn, items, options, priority))
+        """:func:`manyhands.map` on the pool's workers: an iterator of Outcomes.
+
+        Leaving the ``with`` block of the pool (or ``pool.shutdown()``) from
+        the thread that reads it, before its end, stops it as a ``break`` would.
+        """
+        outcomes: Outcomes[T, R] = Outcomes(self._open("pool.map", fn, items, options, priority))
+        generator, reader = reading(outcomes)
+        with self._state:
+            self._maps[generator] = reader
+        return outcomes
 
     @lists_options(leave_out=POOL_OPTIONS)
     def amap(
@@ -217,7 +232,13 @@ class Pool:
         """Call ``fn(*args, **kwargs)`` on a worker; a ``concurrent.futures.Future``.
 
         Stdlib semantics: ``result()``/``exception()``, ``cancel()`` before
-        it starts; no retries. Same as ``pool.executor().submit(...)``.
+        it starts (on processes: before it is sent to a worker process); no
+        retries. Same as ``pool.executor().submit(...)``.
+
+        Raises:
+            TypeError: on processes, for a call that does not pickle (the
+                message names the argument).
+            RuntimeError: once the pool is shut down.
         """
         return self.executor().submit(fn, *args, **kwargs)
 
@@ -226,16 +247,21 @@ class Pool:
 
         Its ``submit`` runs calls on the pool's workers at ``priority``; its
         ``shutdown`` stops only that face (its calls finish, or are cancelled
-        with ``cancel_futures=True``), not the pool.
+        with ``cancel_futures=True``), not the pool: the next ``executor()``
+        (or ``pool.submit``) is a new face.
         """
         check_int("priority", priority)
         with self._state:
             self._check_open()
             face = self._executors.get(priority)
-            if face is None:
+            if face is None or face.closed:
                 from ._executor import PoolExecutor
 
                 face = self._executors[priority] = PoolExecutor(self._backend, priority)
+                for old in [f for f in self._faces if f.finished]:
+                    old.shutdown()  # (nothing to wait for: it lets the workers forget it)
+                    self._faces.remove(old)
+                self._faces.append(face)
             return face
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -244,15 +270,27 @@ class Pool:
         No new run or call is accepted after it. ``wait=False`` returns at
         once and lets what is under way finish in the background;
         ``cancel_futures=True`` cancels the submitted calls no worker began.
+
+        A ``pool.map`` that this thread reads and has not read to its end is
+        stopped (as a ``break`` would), not waited for: nobody else would
+        read it. Runs read by other threads are waited for.
+
+        Raises:
+            RuntimeError: with ``wait=True``, from one of the pool's own calls
+                (or while reading a ``pool.map``'s input): it would wait for
+                itself. Nothing is shut down then; ``wait=False`` works there.
         """
+        if wait:
+            self._check_not_inside("pool.shutdown()")
         with self._state:
             self._closed = True
-            faces = list(self._executors.values())
+            faces = list(self._faces)
         for face in faces:
             face.shutdown(wait=False, cancel_futures=cancel_futures)
         if not wait:
             threading.Thread(target=self._stop_when_idle, daemon=True).start()
             return
+        self._stop_runs_read_here()
         self._stop_when_idle()
 
     def close(self) -> None:
@@ -271,6 +309,8 @@ class Pool:
         # Ctrl-C (or SystemExit) on its way out does not wait for the other runs:
         # they go on in the background, and the pool stops once they are done.
         stopping = isinstance(exc, (KeyboardInterrupt, SystemExit))
+        if stopping:  # (this thread's own runs stop as it leaves, as with wait=True)
+            self._stop_runs_read_here()
         self.shutdown(wait=not stopping, cancel_futures=exc is not None)
 
     def __repr__(self) -> str:
@@ -351,10 +391,41 @@ class Pool:
         if self._closed:
             raise RuntimeError("this manyhands.Pool is shut down: it accepts no new run or call")
 
+    def _read_here(self) -> list[Generator[Any, None, None]]:
+        """The ``pool.map`` runs this thread reads (begun, maybe ended)."""
+        me = threading.get_ident()
+        with self._state:
+            return [run for run, reader in list(self._maps.items()) if reader.thread == me]
+
+    def _check_not_inside(self, call: str) -> None:
+        """Refuse to wait from where the wait could never end."""
+        if self._backend.inside():
+            raise RuntimeError(
+                f"{call} was called from one of the pool's own calls, and would wait for "
+                "that call forever: use shutdown(wait=False) there (the pool stops once "
+                "what is under way is done), or shut it down from the thread that made it"
+            )
+        frames = set()
+        frame: FrameType | None = sys._getframe(1)
+        while frame is not None:
+            frames.add(frame)
+            frame = frame.f_back
+        if any(getattr(run, "gi_frame", None) in frames for run in self._read_here()):
+            raise RuntimeError(
+                f"{call} was called while a pool.map of this thread was reading its input "
+                "(or delivering), and would wait for that run forever: use "
+                "shutdown(wait=False) there"
+            )
+
+    def _stop_runs_read_here(self) -> None:
+        """Stop the runs this thread reads: they could never end while it waits for them."""
+        for run in self._read_here():
+            run.close()  # (a run already ended, or never begun: nothing happens)
+
     def _stop_when_idle(self) -> None:
         with self._state:
             self._state.wait_for(lambda: not self._active)
-            faces = list(self._executors.values())
+            faces = list(self._faces)
         for face in faces:
             face.shutdown(wait=True)
         with self._state:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
 from itertools import repeat
 from operator import length_hint
+from threading import get_ident
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar
 
@@ -13,7 +14,7 @@ from ._outcome import Outcome
 from ._report import Report
 from ._run import Run
 
-__all__ = ["AsyncOutcomes", "Outcomes"]
+__all__ = ["AsyncOutcomes", "Outcomes", "Reader", "reading"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -30,7 +31,8 @@ class Outcomes(Generic[T, R]):
 
     def __init__(self, run: Run) -> None:
         self._run = run
-        self._outcomes = _outcomes(run)
+        self._reader = Reader()
+        self._outcomes = _outcomes(run, self._reader)
 
     def __iter__(self) -> Iterator[Outcome[T, R]]:
         return self._outcomes  # the generator itself: no extra call per item
@@ -59,6 +61,30 @@ class Outcomes(Generic[T, R]):
     def report(self) -> Report:
         """A Report of the outcomes delivered so far (final once exhausted)."""
         return self._run.report()
+
+
+class Reader:
+    """Which thread reads a map's Outcomes (0 until it is first read).
+
+    Set when the run starts and each time it waits for a batch: a thread that
+    waits for the run's next batch is the one reading it. A Pool shut down by
+    that thread stops such a run, since it could never end while its only
+    reader waits for it.
+    """
+
+    __slots__ = ("thread",)
+
+    def __init__(self) -> None:
+        self.thread = 0
+
+
+def reading(outcomes: Outcomes[Any, Any]) -> tuple[Generator[Any, None, None], Reader]:
+    """The generator behind ``outcomes`` (closing it stops the run) and its Reader.
+
+    A Pool keeps these (weakly: the generator), not the Outcomes, which a
+    ``for`` loop drops once it holds the generator itself.
+    """
+    return outcomes._outcomes, outcomes._reader
 
 
 class AsyncOutcomes(Generic[T, R]):
@@ -119,12 +145,13 @@ _ASYNC_ONLY = (
 )
 
 
-def _outcomes(run: Run) -> Generator[Outcome[Any, Any], None, None]:
+def _outcomes(run: Run, reader: Reader) -> Generator[Outcome[Any, Any], None, None]:
     """The Outcomes of the run; a batch is recorded in the journal once you got it.
 
     Leaving during a batch records the outcomes you received, and no more:
     how many is read off the batch's item iterator, at no cost per item.
     """
+    reader.thread = get_ident()
     batches = run.batches()
     delivered = run.delivered
     try:
@@ -136,6 +163,7 @@ def _outcomes(run: Run) -> Generator[Outcome[Any, Any], None, None]:
                 delivered(batch, len(batch.items) - length_hint(items))
                 raise
             delivered(batch)
+            reader.thread = get_ident()  # (this thread now waits for the next batch)
     finally:
         batches.close()
 
