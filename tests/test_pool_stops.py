@@ -6,6 +6,7 @@ fails the test instead of stopping the suite.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import threading
 import time
@@ -161,6 +162,69 @@ def test_shutdown_from_a_maps_own_input_is_refused_not_a_hang() -> None:
     with pytest.raises(manyhands.InputError) as caught:
         within(scenario)
     assert "reading its input" in str(caught.value.__cause__)
+
+
+# -- a pool.amap, read on the event loop that leaves the pool ------------------------
+
+
+@pytest.mark.parametrize("held", [True, False], ids=["held", "temporary"])
+def test_leaving_async_with_stops_an_amap_this_task_did_not_read_to_the_end(held: bool) -> None:
+    kept: list[Any] = []
+
+    async def main() -> None:
+        async with manyhands.Pool(workers=2) as pool:
+            outs = pool.amap(same, range(100_000))
+            if held:
+                kept.append(outs)
+            async for out in outs:
+                if out.item == 5:
+                    break
+            del outs
+        assert "shut down" in repr(pool)
+
+    within(lambda: asyncio.run(main()))
+    if held:
+        assert 1 <= kept[0].report.total < 100_000
+
+
+def test_async_with_waits_for_the_amap_of_another_task() -> None:
+    async def main() -> list[int]:
+        values: list[int] = []
+        first = asyncio.Event()
+
+        async def reader(outs: Any) -> None:
+            async for out in outs:
+                values.append(out.value)
+                first.set()
+                await asyncio.sleep(0.002)  # (the other task leaves the pool meanwhile)
+
+        async with manyhands.Pool(workers=2) as pool:
+            task = asyncio.create_task(reader(pool.amap(same, range(50), ordered=True)))
+            await first.wait()
+        await task
+        return values
+
+    assert within(lambda: asyncio.run(main())) == list(range(50))
+
+
+def test_a_plain_with_on_the_event_loop_does_not_wait_for_that_loops_amap() -> None:
+    """Waiting there would block the loop the amap needs: the old code hung."""
+
+    async def main() -> str:
+        with manyhands.Pool(workers=2) as pool:
+            async for out in pool.amap(same, range(100_000)):
+                if out.item == 5:
+                    break
+            outs = pool.amap(same, range(100_000))
+            async for _ in outs:
+                break
+            with pytest.raises(RuntimeError, match="would block the loop"):
+                pool.shutdown()  # (asked to wait: it says why it cannot)
+        await outs.aclose()
+        await asyncio.to_thread(pool._stop_when_idle)  # (the pool stops once they end)
+        return repr(pool)
+
+    assert "shut down" in within(lambda: asyncio.run(main()))
 
 
 # -- shutdown from inside the pool ----------------------------------------------

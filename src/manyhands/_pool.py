@@ -20,7 +20,7 @@ import os
 import sys
 import threading
 import weakref
-from collections.abc import AsyncIterable, Callable, Generator, Iterable, Mapping
+from collections.abc import AsyncIterable, Callable, Iterable, Mapping
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -28,7 +28,7 @@ from ._api import POOL_OPTIONS, open_run, run_to_end
 from ._backends import Backend, backend_kind, create_backend
 from ._options import DEFAULT_WORKERS, check_positive_int, lists_options
 from ._report import Report
-from ._stream import AsyncOutcomes, Outcomes, Reader, reading
+from ._stream import AsyncOutcomes, Outcomes, Reader, reader_of
 
 if TYPE_CHECKING:
     from concurrent.futures import Executor, Future
@@ -155,10 +155,9 @@ class Pool:
         self._stopped = False
         self._executors: dict[int, PoolExecutor] = {}  # the open faces, by priority
         self._faces: list[PoolExecutor] = []  # every face with calls the pool waits for
-        # The pool.map runs handed out, by their generator (held weakly: a run
-        # nobody holds is closed by its finalizer), and who reads each.
-        self._maps: weakref.WeakKeyDictionary[Generator[Any, None, None], Reader]
-        self._maps = weakref.WeakKeyDictionary()
+        # Who reads each pool.map and pool.amap handed out (held weakly: a run
+        # nobody holds is closed by its finalizer).
+        self._readers: weakref.WeakSet[Reader] = weakref.WeakSet()
         self._backend.start()
 
     # -- what a Pool offers ------------------------------------------------
@@ -206,9 +205,8 @@ class Pool:
         the thread that reads it, before its end, stops it as a ``break`` would.
         """
         outcomes: Outcomes[T, R] = Outcomes(self._open("pool.map", fn, items, options, priority))
-        generator, reader = reading(outcomes)
         with self._state:
-            self._maps[generator] = reader
+            self._readers.add(reader_of(outcomes))
         return outcomes
 
     @lists_options(leave_out=POOL_OPTIONS)
@@ -226,7 +224,10 @@ class Pool:
         ``backend="async"``); the Outcomes come to your event loop.
         """
         run = self._open("pool.amap", fn, items, options, priority, on_loop=True)
-        return AsyncOutcomes(run)
+        outcomes: AsyncOutcomes[T, Any] = AsyncOutcomes(run)
+        with self._state:
+            self._readers.add(reader_of(outcomes))
+        return outcomes
 
     def submit(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> Future[R]:
         """Call ``fn(*args, **kwargs)`` on a worker; a ``concurrent.futures.Future``.
@@ -308,10 +309,45 @@ class Pool:
     ) -> None:
         # Ctrl-C (or SystemExit) on its way out does not wait for the other runs:
         # they go on in the background, and the pool stops once they are done.
+        #
+        # On an event loop that reads a pool.amap not ended, waiting would block
+        # the loop that run needs: the pool stops once it ends (async with waits).
         stopping = isinstance(exc, (KeyboardInterrupt, SystemExit))
-        if stopping:  # (this thread's own runs stop as it leaves, as with wait=True)
-            self._stop_runs_read_here()
+        if stopping or any(reader.on_loop for reader in self._read_here()):
+            self._stop_runs_read_here()  # (this thread's own maps, as with wait=True)
+            stopping = True
         self.shutdown(wait=not stopping, cancel_futures=exc is not None)
+
+    async def __aenter__(self) -> Pool:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """``async with``: as ``with``, and the event loop goes on while the runs end.
+
+        The ``pool.amap`` runs this task reads and left unfinished stop first (as
+        the ``pool.map`` runs this thread reads do); those of other tasks, and
+        of other threads, are waited for.
+        """
+        import asyncio
+
+        task = asyncio.current_task()
+        for reader in self._read_here():
+            run = reader.generator()
+            if run is None or (reader.on_loop and reader.task is not task):
+                continue  # (no longer held: its finalizer closes it on the loop)
+            if reader.on_loop:
+                await run.aclose()
+            else:
+                run.close()
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):  # (as __exit__: no wait)
+            self.shutdown(wait=False, cancel_futures=True)
+            return
+        await asyncio.to_thread(self.shutdown, cancel_futures=exc is not None)
 
     def __repr__(self) -> str:
         state = "shut down" if self._closed else f"{self._active} runs"
@@ -391,11 +427,11 @@ class Pool:
         if self._closed:
             raise RuntimeError("this manyhands.Pool is shut down: it accepts no new run or call")
 
-    def _read_here(self) -> list[Generator[Any, None, None]]:
-        """The ``pool.map`` runs this thread reads (begun, maybe ended)."""
+    def _read_here(self) -> list[Reader]:
+        """The readers of the ``pool.map``/``pool.amap`` runs this thread reads (not ended)."""
         me = threading.get_ident()
         with self._state:
-            return [run for run, reader in list(self._maps.items()) if reader.thread == me]
+            return [reader for reader in list(self._readers) if reader.thread == me]
 
     def _check_not_inside(self, call: str) -> None:
         """Refuse to wait from where the wait could never end."""
@@ -410,7 +446,15 @@ class Pool:
         while frame is not None:
             frames.add(frame)
             frame = frame.f_back
-        if any(getattr(run, "gi_frame", None) in frames for run in self._read_here()):
+        readers = self._read_here()
+        if any(reader.on_loop for reader in readers):
+            raise RuntimeError(
+                f"{call} was called on an event loop that reads a pool.amap not ended, and "
+                "would block the loop that run needs: in async code use `async with "
+                "manyhands.Pool(...)`, or `await asyncio.to_thread(pool.shutdown)`"
+            )
+        running = (getattr(reader.generator(), "gi_frame", None) for reader in readers)
+        if any(frame is not None and frame in frames for frame in running):
             raise RuntimeError(
                 f"{call} was called while a pool.map of this thread was reading its input "
                 "(or delivering), and would wait for that run forever: use "
@@ -419,8 +463,10 @@ class Pool:
 
     def _stop_runs_read_here(self) -> None:
         """Stop the runs this thread reads: they could never end while it waits for them."""
-        for run in self._read_here():
-            run.close()  # (a run already ended, or never begun: nothing happens)
+        for reader in self._read_here():
+            run = reader.generator()
+            if run is not None and not reader.on_loop:
+                run.close()
 
     def _stop_when_idle(self) -> None:
         with self._state:

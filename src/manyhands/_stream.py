@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator
 from itertools import repeat
 from operator import length_hint
 from threading import get_ident
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar
+from weakref import ref
 
 from ._batch import Batch
 from ._outcome import Outcome
 from ._report import Report
 from ._run import Run
 
-__all__ = ["AsyncOutcomes", "Outcomes", "Reader", "reading"]
+__all__ = ["AsyncOutcomes", "Outcomes", "Reader", "reader_of"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -31,8 +32,9 @@ class Outcomes(Generic[T, R]):
 
     def __init__(self, run: Run) -> None:
         self._run = run
-        self._reader = Reader()
+        self._reader = Reader(on_loop=False)
         self._outcomes = _outcomes(run, self._reader)
+        self._reader.generator = ref(self._outcomes)
 
     def __iter__(self) -> Iterator[Outcome[T, R]]:
         return self._outcomes  # the generator itself: no extra call per item
@@ -64,27 +66,30 @@ class Outcomes(Generic[T, R]):
 
 
 class Reader:
-    """Which thread reads a map's Outcomes (0 until it is first read).
+    """Who reads a map's (or amap's) Outcomes, for a Pool that must not wait for it.
 
-    Set when the run starts and each time it waits for a batch: a thread that
-    waits for the run's next batch is the one reading it. A Pool shut down by
-    that thread stops such a run, since it could never end while its only
-    reader waits for it.
+    ``thread``: the thread that reads it, set when the run starts and each
+    time it waits for a batch (a thread that waits for the run's next batch
+    is the one reading it); 0 before and after the run. A Pool shut down by
+    that thread could never see such a run end while it waits: it stops the
+    run instead (or, for an amap, whose loop it would block, says so).
+    ``generator``: a weak reference to the generator (closing it stops the
+    run); a ``for`` loop drops the Outcomes once it holds the generator.
+    ``task``: for an amap, the asyncio task that reads it, likewise.
     """
 
-    __slots__ = ("thread",)
+    __slots__ = ("__weakref__", "generator", "on_loop", "task", "thread")
 
-    def __init__(self) -> None:
+    def __init__(self, on_loop: bool) -> None:
         self.thread = 0
+        self.on_loop = on_loop  # an amap: read on an event loop, closed by awaiting
+        self.task: object = None  # (an amap) the asyncio task that reads it
+        self.generator: Callable[[], Any] = lambda: None
 
 
-def reading(outcomes: Outcomes[Any, Any]) -> tuple[Generator[Any, None, None], Reader]:
-    """The generator behind ``outcomes`` (closing it stops the run) and its Reader.
-
-    A Pool keeps these (weakly: the generator), not the Outcomes, which a
-    ``for`` loop drops once it holds the generator itself.
-    """
-    return outcomes._outcomes, outcomes._reader
+def reader_of(outcomes: Outcomes[Any, Any] | AsyncOutcomes[Any, Any]) -> Reader:
+    """The Reader of ``outcomes``."""
+    return outcomes._reader
 
 
 class AsyncOutcomes(Generic[T, R]):
@@ -98,7 +103,9 @@ class AsyncOutcomes(Generic[T, R]):
 
     def __init__(self, run: Run) -> None:
         self._run = run
-        self._outcomes = _aoutcomes(run)
+        self._reader = Reader(on_loop=True)
+        self._outcomes = _aoutcomes(run, self._reader)
+        self._reader.generator = ref(self._outcomes)
 
     def __aiter__(self) -> AsyncIterator[Outcome[T, R]]:
         return self._outcomes
@@ -165,10 +172,15 @@ def _outcomes(run: Run, reader: Reader) -> Generator[Outcome[Any, Any], None, No
             delivered(batch)
             reader.thread = get_ident()  # (this thread now waits for the next batch)
     finally:
-        batches.close()
+        try:
+            batches.close()
+        finally:
+            reader.thread = 0
 
 
-async def _aoutcomes(run: Run) -> AsyncGenerator[Outcome[Any, Any], None]:
+async def _aoutcomes(run: Run, reader: Reader) -> AsyncGenerator[Outcome[Any, Any], None]:
+    reader.thread = get_ident()  # (the event loop's thread)
+    reader.task = _current_task()
     batches = run.abatches()
     delivered = run.delivered
     try:
@@ -181,8 +193,23 @@ async def _aoutcomes(run: Run) -> AsyncGenerator[Outcome[Any, Any], None]:
                 delivered(batch, len(batch.items) - length_hint(items))
                 raise
             delivered(batch)
+            reader.task = _current_task()
     finally:
-        await batches.aclose()
+        try:
+            await batches.aclose()
+        finally:
+            reader.thread = 0
+            reader.task = None
+
+
+def _current_task() -> object:
+    """The asyncio task running, if any (else the run says what loop it needs)."""
+    import asyncio
+
+    try:
+        return asyncio.current_task()
+    except RuntimeError:
+        return None
 
 
 def _unpack(batch: Batch, items: Iterator[Any]) -> Iterator[Outcome[Any, Any]]:
