@@ -17,18 +17,17 @@ runs on a private pool of their own.
 from __future__ import annotations
 
 import os
-import sys
 import threading
-import weakref
 from collections.abc import AsyncIterable, Callable, Iterable, Mapping
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._api import POOL_OPTIONS, open_run, run_to_end
 from ._backends import Backend, backend_kind, create_backend
 from ._options import DEFAULT_WORKERS, check_positive_int, lists_options
+from ._readers import Readers
 from ._report import Report
-from ._stream import AsyncOutcomes, Outcomes, Reader, reader_of
+from ._stream import AsyncOutcomes, Outcomes, reader_of
 
 if TYPE_CHECKING:
     from concurrent.futures import Executor, Future
@@ -85,7 +84,8 @@ class Pool:
             function of ``__main__`` travels by value, with globals of its own.
         initargs: the initializer's arguments.
 
-    The workers stop at the end of the ``with`` block (or on :meth:`shutdown`).
+    The workers stop at the end of the ``with`` block (``async with`` in async
+    code: the event loop goes on while the runs end), or on :meth:`shutdown`.
 
     >>> import manyhands
     >>> with manyhands.Pool(workers=8) as pool:
@@ -155,9 +155,7 @@ class Pool:
         self._stopped = False
         self._executors: dict[int, PoolExecutor] = {}  # the open faces, by priority
         self._faces: list[PoolExecutor] = []  # every face with calls the pool waits for
-        # Who reads each pool.map and pool.amap handed out (held weakly: a run
-        # nobody holds is closed by its finalizer).
-        self._readers: weakref.WeakSet[Reader] = weakref.WeakSet()
+        self._readers = Readers()  # who reads each pool.map and pool.amap
         self._backend.start()
 
     # -- what a Pool offers ------------------------------------------------
@@ -205,8 +203,7 @@ class Pool:
         the thread that reads it, before its end, stops it as a ``break`` would.
         """
         outcomes: Outcomes[T, R] = Outcomes(self._open("pool.map", fn, items, options, priority))
-        with self._state:
-            self._readers.add(reader_of(outcomes))
+        self._readers.add(reader_of(outcomes))
         return outcomes
 
     @lists_options(leave_out=POOL_OPTIONS)
@@ -225,8 +222,7 @@ class Pool:
         """
         run = self._open("pool.amap", fn, items, options, priority, on_loop=True)
         outcomes: AsyncOutcomes[T, Any] = AsyncOutcomes(run)
-        with self._state:
-            self._readers.add(reader_of(outcomes))
+        self._readers.add(reader_of(outcomes))
         return outcomes
 
     def submit(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> Future[R]:
@@ -282,7 +278,7 @@ class Pool:
                 itself. Nothing is shut down then; ``wait=False`` works there.
         """
         if wait:
-            self._check_not_inside("pool.shutdown()")
+            self._check_can_wait("pool.shutdown()")
         with self._state:
             self._closed = True
             faces = list(self._faces)
@@ -291,7 +287,7 @@ class Pool:
         if not wait:
             threading.Thread(target=self._stop_when_idle, daemon=True).start()
             return
-        self._stop_runs_read_here()
+        self._readers.stop_here()
         self._stop_when_idle()
 
     def close(self) -> None:
@@ -313,8 +309,8 @@ class Pool:
         # On an event loop that reads a pool.amap not ended, waiting would block
         # the loop that run needs: the pool stops once it ends (async with waits).
         stopping = isinstance(exc, (KeyboardInterrupt, SystemExit))
-        if stopping or any(reader.on_loop for reader in self._read_here()):
-            self._stop_runs_read_here()  # (this thread's own maps, as with wait=True)
+        if stopping or self._readers.loop_here():
+            self._readers.stop_here()  # (this thread's own maps, as with wait=True)
             stopping = True
         self.shutdown(wait=not stopping, cancel_futures=exc is not None)
 
@@ -335,15 +331,7 @@ class Pool:
         """
         import asyncio
 
-        task = asyncio.current_task()
-        for reader in self._read_here():
-            run = reader.generator()
-            if run is None or (reader.on_loop and reader.task is not task):
-                continue  # (no longer held: its finalizer closes it on the loop)
-            if reader.on_loop:
-                await run.aclose()
-            else:
-                run.close()
+        await self._readers.astop_here()
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):  # (as __exit__: no wait)
             self.shutdown(wait=False, cancel_futures=True)
             return
@@ -427,13 +415,7 @@ class Pool:
         if self._closed:
             raise RuntimeError("this manyhands.Pool is shut down: it accepts no new run or call")
 
-    def _read_here(self) -> list[Reader]:
-        """The readers of the ``pool.map``/``pool.amap`` runs this thread reads (not ended)."""
-        me = threading.get_ident()
-        with self._state:
-            return [reader for reader in list(self._readers) if reader.thread == me]
-
-    def _check_not_inside(self, call: str) -> None:
+    def _check_can_wait(self, call: str) -> None:
         """Refuse to wait from where the wait could never end."""
         if self._backend.inside():
             raise RuntimeError(
@@ -441,32 +423,7 @@ class Pool:
                 "that call forever: use shutdown(wait=False) there (the pool stops once "
                 "what is under way is done), or shut it down from the thread that made it"
             )
-        frames = set()
-        frame: FrameType | None = sys._getframe(1)
-        while frame is not None:
-            frames.add(frame)
-            frame = frame.f_back
-        readers = self._read_here()
-        if any(reader.on_loop for reader in readers):
-            raise RuntimeError(
-                f"{call} was called on an event loop that reads a pool.amap not ended, and "
-                "would block the loop that run needs: in async code use `async with "
-                "manyhands.Pool(...)`, or `await asyncio.to_thread(pool.shutdown)`"
-            )
-        running = (getattr(reader.generator(), "gi_frame", None) for reader in readers)
-        if any(frame is not None and frame in frames for frame in running):
-            raise RuntimeError(
-                f"{call} was called while a pool.map of this thread was reading its input "
-                "(or delivering), and would wait for that run forever: use "
-                "shutdown(wait=False) there"
-            )
-
-    def _stop_runs_read_here(self) -> None:
-        """Stop the runs this thread reads: they could never end while it waits for them."""
-        for reader in self._read_here():
-            run = reader.generator()
-            if run is not None and not reader.on_loop:
-                run.close()
+        self._readers.check_can_wait(call)
 
     def _stop_when_idle(self) -> None:
         with self._state:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
 from itertools import repeat
 from operator import length_hint
 from threading import get_ident
@@ -12,10 +12,11 @@ from weakref import ref
 
 from ._batch import Batch
 from ._outcome import Outcome
+from ._readers import Reader
 from ._report import Report
 from ._run import Run
 
-__all__ = ["AsyncOutcomes", "Outcomes", "Reader", "reader_of"]
+__all__ = ["AsyncOutcomes", "Outcomes", "reader_of"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -63,28 +64,6 @@ class Outcomes(Generic[T, R]):
     def report(self) -> Report:
         """A Report of the outcomes delivered so far (final once exhausted)."""
         return self._run.report()
-
-
-class Reader:
-    """Who reads a map's (or amap's) Outcomes, for a Pool that must not wait for it.
-
-    ``thread``: the thread that reads it, set when the run starts and each
-    time it waits for a batch (a thread that waits for the run's next batch
-    is the one reading it); 0 before and after the run. A Pool shut down by
-    that thread could never see such a run end while it waits: it stops the
-    run instead (or, for an amap, whose loop it would block, says so).
-    ``generator``: a weak reference to the generator (closing it stops the
-    run); a ``for`` loop drops the Outcomes once it holds the generator.
-    ``task``: for an amap, the asyncio task that reads it, likewise.
-    """
-
-    __slots__ = ("__weakref__", "generator", "on_loop", "task", "thread")
-
-    def __init__(self, on_loop: bool) -> None:
-        self.thread = 0
-        self.on_loop = on_loop  # an amap: read on an event loop, closed by awaiting
-        self.task: object = None  # (an amap) the asyncio task that reads it
-        self.generator: Callable[[], Any] = lambda: None
 
 
 def reader_of(outcomes: Outcomes[Any, Any] | AsyncOutcomes[Any, Any]) -> Reader:
