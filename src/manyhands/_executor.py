@@ -32,7 +32,8 @@ __all__ = ["PoolExecutor"]
 R = TypeVar("R")
 
 _keys = itertools.count()
-#: The Future whose call runs here (a worker thread, or a task on the pool's loop).
+#: The Future whose call runs in this worker thread (asyncio: any wait on the
+#: pool's loop is refused, see _check_not_inside).
 _calling: contextvars.ContextVar[Future[Any] | None] = contextvars.ContextVar(
     "manyhands_calling", default=None
 )
@@ -239,7 +240,6 @@ async def _call_async(
     future, fn, args, kwargs = item[1]
     if not future.set_running_or_notify_cancel():
         return None
-    _calling.set(future)  # (the task's own context)
     try:
         call = fn(*args, **kwargs)
         # (Checked on the value: a lambda or a decorator may well return a coroutine.)
