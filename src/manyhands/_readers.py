@@ -89,8 +89,8 @@ class Readers:
         """Stop the maps this thread reads: they could never end while it waits for them."""
         for reader in self.here():
             run = reader.generator()
-            if run is not None and not reader.on_loop:
-                run.close()
+            if run is not None and not reader.on_loop and not run.gi_running:
+                run.close()  # (running: another thread reads it now, so it may end)
 
     async def astop_here(self) -> None:
         """:meth:`stop_here`, and the amaps the running task reads (those of other tasks go on)."""
@@ -103,5 +103,5 @@ class Readers:
                 continue  # (no longer held: its finalizer closes it on the loop)
             if reader.on_loop:
                 await run.aclose()
-            else:
+            elif not run.gi_running:
                 run.close()
