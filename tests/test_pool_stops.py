@@ -364,6 +364,15 @@ def _unpicklable_error() -> None:
     raise Unpicklable("kept as text")
 
 
+class TwoArguments(Exception):
+    def __init__(self, a: int, b: int) -> None:
+        super().__init__(a)
+
+
+def _two_arguments() -> None:
+    raise TwoArguments(1, 2)
+
+
 def test_a_process_pools_futures_carry_the_calls_own_errors() -> None:
     def scenario() -> list[BaseException | None]:
         with manyhands.Pool(workers=1, backend="processes") as pool:
@@ -372,17 +381,21 @@ def test_a_process_pools_futures_carry_the_calls_own_errors() -> None:
                 _quiet,
                 _lock,
                 _unpicklable_error,
+                _two_arguments,
             ]
             return [pool.submit(call).exception(10) for call in calls]
 
-    exit_, quiet, lock, unpicklable = within(scenario)
+    exit_, quiet, lock, unpicklable, rebuilt = within(scenario)
     assert isinstance(exit_, SystemExit) and exit_.code == 3  # (was a RuntimeError)
     assert isinstance(quiet, ValueError) and str(quiet) == ""  # (was an internal repr)
     assert isinstance(lock, TypeError)
     assert "value (a lock) could not be sent back" in str(lock)  # (was an internal tuple)
     assert isinstance(unpicklable, RuntimeError)
     assert "Unpicklable" in str(unpicklable) and "kept as text" in str(unpicklable)
-    assert "_unpicklable_error" in str(unpicklable)  # its traceback in the worker
+    for error, where in ((quiet, "_quiet"), (unpicklable, "_unpicklable_error")):
+        assert f"in {where}" in str(error.__cause__)  # its traceback in the worker
+    assert isinstance(rebuilt, RuntimeError)  # (it pickles, but cannot be made again)
+    assert "TwoArguments: 1" in str(rebuilt)
 
 
 # -- the options of the pool's runs ----------------------------------------------------

@@ -284,8 +284,8 @@ def _call_pickled(item: tuple[int, bytes]) -> Any:
 
     The outcome is pickled here, so that one that cannot be sent back is told
     as such: a value that does not pickle fails the call with a TypeError; an
-    exception that does not pickle comes back as a RuntimeError with its type,
-    message and traceback.
+    exception that does not pickle comes back as a RuntimeError with its type
+    and message. An exception comes with its traceback here, as text.
     """
     import cloudpickle
 
@@ -301,28 +301,27 @@ def _call_pickled(item: tuple[int, bytes]) -> Any:
             f"the call's value (a {type(value).__qualname__}) could not be sent back from "
             f"the worker process: {exc}"
         )
-        return False, cloudpickle.dumps(error)
+        return False, (cloudpickle.dumps(error), "")
 
 
-def _pickled_exception(exc: BaseException) -> bytes:
+def _pickled_exception(exc: BaseException) -> tuple[bytes, str]:
+    """``exc`` pickled (or a RuntimeError naming it, if it cannot travel), and its traceback."""
+    import traceback
+
     import cloudpickle
 
+    text = "".join(traceback.format_exception(exc))
     try:
-        return cast("bytes", cloudpickle.dumps(exc))
+        data: bytes = cloudpickle.dumps(exc)
+        cloudpickle.loads(data)  # (e.g. an __init__ of its own: it pickles, and fails here)
     except Exception:
-        import traceback
-
         kind = type(exc)
-        text = "".join(traceback.format_exception(exc))
-        return cast(
-            "bytes",
-            cloudpickle.dumps(
-                RuntimeError(
-                    f"{kind.__module__}.{kind.__qualname__} (it could not be sent back from "
-                    f"the worker process): {_safe_str(exc)}\n\nIts traceback there:\n{text}"
-                )
-            ),
+        error = RuntimeError(
+            f"{kind.__module__}.{kind.__qualname__}: {_safe_str(exc)} (it could not be sent "
+            "back from the worker process as it is)"
         )
+        data = cloudpickle.dumps(error)
+    return data, text
 
 
 def _safe_str(exc: BaseException) -> str:
@@ -332,8 +331,26 @@ def _safe_str(exc: BaseException) -> str:
         return "<str() of the exception failed>"
 
 
-def _unpickled_outcome(outcome: tuple[bool, bytes]) -> tuple[bool, Any]:
+def _unpickled_outcome(outcome: tuple[bool, Any]) -> tuple[bool, Any]:
+    """What ``_call_pickled`` sent back; an exception's cause is its traceback in the worker."""
     import cloudpickle
 
     ok, data = outcome
-    return ok, cloudpickle.loads(data)
+    if ok:
+        return True, cloudpickle.loads(data)
+    pickled, text = data
+    error = cloudpickle.loads(pickled)
+    if text:
+        error.__cause__ = RemoteTraceback(text)
+    return False, error
+
+
+class RemoteTraceback(Exception):
+    """The traceback of a call's exception in its worker process (set as its ``__cause__``)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text
