@@ -227,10 +227,12 @@ def open_run(
     Without ``pool``, the run gets a private pool: a backend of its own,
     started and shut down with it.
     """
+    refused: tuple[str, ...] = ()
     if pool is not None:
         _refuse_pool_options(caller, options)
+        refused = (*POOL_OPTIONS, "ordered") if report_only else POOL_OPTIONS
         options = {**options, "backend": pool.backend}
-    opts = Options.from_kwargs(caller, dict(options))
+    opts = Options.from_kwargs(caller, dict(options), refused)
     if report_only:
         check_report_only(caller, opts)
     check_fn(caller, fn)

@@ -53,6 +53,11 @@ class Task:
         early: the run takes a batch's finished items before its last one
             (delivered as completed): a backend that runs a batch's items at
             once (asyncio) may send them back in pieces (``Batch.piece``).
+        leaving: if set, told of each piece of work a worker takes from the
+            pool's lanes, as the backend queued it (a Batch, or for processes a
+            ``(Batch, indices)`` pair), under the lanes' lock; False drops it
+            (never run, never reported). The Executor face's Futures on
+            processes run from then on, or are cancelled before.
     """
 
     __slots__ = (
@@ -62,6 +67,7 @@ class Task:
         "early",
         "fn",
         "key",
+        "leaving",
         "measure",
         "priority",
         "served",
@@ -92,6 +98,7 @@ class Task:
         self.key = 0
         self.measure = False  # the workers time each batch's CPU too (backend="auto")
         self.early = early  # finished items may come back before their batch's last
+        self.leaving: Callable[[object], bool] | None = None
 
 
 class Batch:

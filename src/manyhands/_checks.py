@@ -167,7 +167,8 @@ def _several_iterables(caller: str, more: tuple[Any, ...]) -> str:
 def check_report_only(caller: str, options: Options) -> None:
     """Refuse what has no effect on a front door that yields nothing (``run``, ``arun``)."""
     if options.ordered:
-        stream = "async for outcome in manyhands.amap" if caller == "arun" else "manyhands.map"
+        streams = {"arun": "async for outcome in manyhands.amap", "pool.run": "pool.map"}
+        stream = streams.get(caller, "manyhands.map")
         raise ValueError(
             f"ordered=True has no effect on {caller}(), which returns only a Report; to "
             f"get outcomes in input order, use {stream}(fn, items, ordered=True)"

@@ -88,17 +88,20 @@ class Lanes(Generic[T]):
 
         ``above``: only from a lane whose priority is higher than that (a spare
         worker, kept for work more urgent than the pool's base priority).
+        Work its task's ``leaving`` refuses is dropped, and the next is taken.
         """
         with self._lock:
-            task = self._choose(above)
-            if task is None:
-                return None
-            queue = self._queues[task]
-            work = queue.popleft()
-            if not queue:
-                del self._queues[task]
-            task.served += self._size(work) * (task.cost or DEFAULT_COST)
-            return work
+            while True:
+                task = self._choose(above)
+                if task is None:
+                    return None
+                queue = self._queues[task]
+                work = queue.popleft()
+                if not queue:
+                    del self._queues[task]
+                if task.leaving is None or task.leaving(work):  # (else: dropped)
+                    task.served += self._size(work) * (task.cost or DEFAULT_COST)
+                    return work
 
     def peek(self) -> tuple[Task, T] | None:
         """The task served next and the head of its lane, left in place."""

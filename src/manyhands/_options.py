@@ -132,8 +132,13 @@ class Options(Record):
         _set(self, "changed_items", changed_items)
 
     @classmethod
-    def from_kwargs(cls, caller: str, kwargs: dict[str, Any]) -> Options:
+    def from_kwargs(
+        cls, caller: str, kwargs: dict[str, Any], refused: tuple[str, ...] = ()
+    ) -> Options:
         """Validate user keyword arguments, raising TypeError/ValueError that name them.
+
+        ``refused``: options the caller does not take (e.g. a Pool's own, on
+        ``pool.run``), left out of the names an unknown one is compared with.
 
         >>> Options.from_kwargs("run", {"workers": 8}).workers
         8
@@ -146,8 +151,9 @@ class Options(Record):
             if name not in known:
                 import difflib  # (only for this message: it slows down `import manyhands`)
 
-                close = difflib.get_close_matches(name, sorted(known), n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else f"; accepted: {sorted(known)}"
+                accepted = sorted(known.difference(refused))
+                close = difflib.get_close_matches(name, accepted, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else f"; accepted: {accepted}"
                 raise TypeError(f"{caller}() got an unexpected keyword argument {name!r}{hint}")
         options = cls(**kwargs)
         options._validate()

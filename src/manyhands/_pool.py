@@ -25,8 +25,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ._api import POOL_OPTIONS, open_run, run_to_end
 from ._backends import Backend, backend_kind, create_backend
 from ._options import DEFAULT_WORKERS, check_positive_int, lists_options
+from ._readers import Readers
 from ._report import Report
-from ._stream import AsyncOutcomes, Outcomes
+from ._stream import AsyncOutcomes, Outcomes, reader_of
 
 if TYPE_CHECKING:
     from concurrent.futures import Executor, Future
@@ -83,7 +84,8 @@ class Pool:
             function of ``__main__`` travels by value, with globals of its own.
         initargs: the initializer's arguments.
 
-    The workers stop at the end of the ``with`` block (or on :meth:`shutdown`).
+    The workers stop at the end of the ``with`` block (``async with`` in async
+    code: the event loop goes on while the runs end), or on :meth:`shutdown`.
 
     >>> import manyhands
     >>> with manyhands.Pool(workers=8) as pool:
@@ -151,7 +153,9 @@ class Pool:
         self._active = 0  # runs begun and not ended
         self._closed = False
         self._stopped = False
-        self._executors: dict[int, PoolExecutor] = {}  # pool.submit's, by priority
+        self._executors: dict[int, PoolExecutor] = {}  # the open faces, by priority
+        self._faces: list[PoolExecutor] = []  # every face with calls the pool waits for
+        self._readers = Readers()  # who reads each pool.map and pool.amap
         self._backend.start()
 
     # -- what a Pool offers ------------------------------------------------
@@ -193,8 +197,14 @@ class Pool:
         priority: int = 0,
         **options: Unpack[RunOptions],
     ) -> Outcomes[T, R]:
-        """:func:`manyhands.map` on the pool's workers: an iterator of Outcomes."""
-        return Outcomes(self._open("pool.map", fn, items, options, priority))
+        """:func:`manyhands.map` on the pool's workers: an iterator of Outcomes.
+
+        Leaving the ``with`` block of the pool (or ``pool.shutdown()``) from
+        the thread that reads it, before its end, stops it as a ``break`` would.
+        """
+        outcomes: Outcomes[T, R] = Outcomes(self._open("pool.map", fn, items, options, priority))
+        self._readers.add(reader_of(outcomes))
+        return outcomes
 
     @lists_options(leave_out=POOL_OPTIONS)
     def amap(
@@ -211,13 +221,21 @@ class Pool:
         ``backend="async"``); the Outcomes come to your event loop.
         """
         run = self._open("pool.amap", fn, items, options, priority, on_loop=True)
-        return AsyncOutcomes(run)
+        outcomes: AsyncOutcomes[T, Any] = AsyncOutcomes(run)
+        self._readers.add(reader_of(outcomes))
+        return outcomes
 
     def submit(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> Future[R]:
         """Call ``fn(*args, **kwargs)`` on a worker; a ``concurrent.futures.Future``.
 
         Stdlib semantics: ``result()``/``exception()``, ``cancel()`` before
-        it starts; no retries. Same as ``pool.executor().submit(...)``.
+        it starts (on processes: before it is sent to a worker process); no
+        retries. Same as ``pool.executor().submit(...)``.
+
+        Raises:
+            TypeError: on processes, for a call that does not pickle (the
+                message names the argument).
+            RuntimeError: once the pool is shut down.
         """
         return self.executor().submit(fn, *args, **kwargs)
 
@@ -226,16 +244,21 @@ class Pool:
 
         Its ``submit`` runs calls on the pool's workers at ``priority``; its
         ``shutdown`` stops only that face (its calls finish, or are cancelled
-        with ``cancel_futures=True``), not the pool.
+        with ``cancel_futures=True``), not the pool: the next ``executor()``
+        (or ``pool.submit``) is a new face.
         """
         check_int("priority", priority)
         with self._state:
             self._check_open()
             face = self._executors.get(priority)
-            if face is None:
+            if face is None or face.closed:
                 from ._executor import PoolExecutor
 
                 face = self._executors[priority] = PoolExecutor(self._backend, priority)
+                for old in [f for f in self._faces if f.finished]:
+                    old.shutdown()  # (nothing to wait for: it lets the workers forget it)
+                    self._faces.remove(old)
+                self._faces.append(face)
             return face
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -244,15 +267,27 @@ class Pool:
         No new run or call is accepted after it. ``wait=False`` returns at
         once and lets what is under way finish in the background;
         ``cancel_futures=True`` cancels the submitted calls no worker began.
+
+        A ``pool.map`` that this thread reads and has not read to its end is
+        stopped (as a ``break`` would), not waited for: nobody else would
+        read it. Runs read by other threads are waited for.
+
+        Raises:
+            RuntimeError: with ``wait=True``, from one of the pool's own calls
+                (or while reading a ``pool.map``'s input): it would wait for
+                itself. Nothing is shut down then; ``wait=False`` works there.
         """
+        if wait:
+            self._check_can_wait("pool.shutdown()")
         with self._state:
             self._closed = True
-            faces = list(self._executors.values())
+            faces = list(self._faces)
         for face in faces:
             face.shutdown(wait=False, cancel_futures=cancel_futures)
         if not wait:
             threading.Thread(target=self._stop_when_idle, daemon=True).start()
             return
+        self._readers.stop_here()
         self._stop_when_idle()
 
     def close(self) -> None:
@@ -270,8 +305,37 @@ class Pool:
     ) -> None:
         # Ctrl-C (or SystemExit) on its way out does not wait for the other runs:
         # they go on in the background, and the pool stops once they are done.
+        #
+        # On an event loop that reads a pool.amap not ended, waiting would block
+        # the loop that run needs: the pool stops once it ends (async with waits).
         stopping = isinstance(exc, (KeyboardInterrupt, SystemExit))
+        if stopping or self._readers.loop_here():
+            self._readers.stop_here()  # (this thread's own maps, as with wait=True)
+            stopping = True
         self.shutdown(wait=not stopping, cancel_futures=exc is not None)
+
+    async def __aenter__(self) -> Pool:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """``async with``: as ``with``, and the event loop goes on while the runs end.
+
+        The ``pool.amap`` runs this task reads and left unfinished stop first (as
+        the ``pool.map`` runs this thread reads do); those of other tasks, and
+        of other threads, are waited for.
+        """
+        import asyncio
+
+        await self._readers.astop_here()
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):  # (as __exit__: no wait)
+            self.shutdown(wait=False, cancel_futures=True)
+            return
+        await asyncio.to_thread(self.shutdown, cancel_futures=exc is not None)
 
     def __repr__(self) -> str:
         state = "shut down" if self._closed else f"{self._active} runs"
@@ -351,10 +415,20 @@ class Pool:
         if self._closed:
             raise RuntimeError("this manyhands.Pool is shut down: it accepts no new run or call")
 
+    def _check_can_wait(self, call: str) -> None:
+        """Refuse to wait from where the wait could never end."""
+        if self._backend.inside():
+            raise RuntimeError(
+                f"{call} was called from one of the pool's own calls, and would wait for "
+                "that call forever: use shutdown(wait=False) there (the pool stops once "
+                "what is under way is done), or shut it down from the thread that made it"
+            )
+        self._readers.check_can_wait(call)
+
     def _stop_when_idle(self) -> None:
         with self._state:
             self._state.wait_for(lambda: not self._active)
-            faces = list(self._executors.values())
+            faces = list(self._faces)
         for face in faces:
             face.shutdown(wait=True)
         with self._state:

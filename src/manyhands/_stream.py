@@ -5,15 +5,18 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
 from itertools import repeat
 from operator import length_hint
+from threading import get_ident
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar
+from weakref import ref
 
 from ._batch import Batch
 from ._outcome import Outcome
+from ._readers import Reader
 from ._report import Report
 from ._run import Run
 
-__all__ = ["AsyncOutcomes", "Outcomes"]
+__all__ = ["AsyncOutcomes", "Outcomes", "reader_of"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -30,7 +33,9 @@ class Outcomes(Generic[T, R]):
 
     def __init__(self, run: Run) -> None:
         self._run = run
-        self._outcomes = _outcomes(run)
+        self._reader = Reader(on_loop=False)
+        self._outcomes = _outcomes(run, self._reader)
+        self._reader.generator = ref(self._outcomes)
 
     def __iter__(self) -> Iterator[Outcome[T, R]]:
         return self._outcomes  # the generator itself: no extra call per item
@@ -61,6 +66,11 @@ class Outcomes(Generic[T, R]):
         return self._run.report()
 
 
+def reader_of(outcomes: Outcomes[Any, Any] | AsyncOutcomes[Any, Any]) -> Reader:
+    """The Reader of ``outcomes``."""
+    return outcomes._reader
+
+
 class AsyncOutcomes(Generic[T, R]):
     """An async iterator of :class:`Outcome`, one per item, that also reports on the run.
 
@@ -72,7 +82,9 @@ class AsyncOutcomes(Generic[T, R]):
 
     def __init__(self, run: Run) -> None:
         self._run = run
-        self._outcomes = _aoutcomes(run)
+        self._reader = Reader(on_loop=True)
+        self._outcomes = _aoutcomes(run, self._reader)
+        self._reader.generator = ref(self._outcomes)
 
     def __aiter__(self) -> AsyncIterator[Outcome[T, R]]:
         return self._outcomes
@@ -119,12 +131,13 @@ _ASYNC_ONLY = (
 )
 
 
-def _outcomes(run: Run) -> Generator[Outcome[Any, Any], None, None]:
+def _outcomes(run: Run, reader: Reader) -> Generator[Outcome[Any, Any], None, None]:
     """The Outcomes of the run; a batch is recorded in the journal once you got it.
 
     Leaving during a batch records the outcomes you received, and no more:
     how many is read off the batch's item iterator, at no cost per item.
     """
+    reader.thread = get_ident()
     batches = run.batches()
     delivered = run.delivered
     try:
@@ -136,11 +149,17 @@ def _outcomes(run: Run) -> Generator[Outcome[Any, Any], None, None]:
                 delivered(batch, len(batch.items) - length_hint(items))
                 raise
             delivered(batch)
+            reader.thread = get_ident()  # (this thread now waits for the next batch)
     finally:
-        batches.close()
+        try:
+            batches.close()
+        finally:
+            reader.thread = 0
 
 
-async def _aoutcomes(run: Run) -> AsyncGenerator[Outcome[Any, Any], None]:
+async def _aoutcomes(run: Run, reader: Reader) -> AsyncGenerator[Outcome[Any, Any], None]:
+    reader.thread = get_ident()  # (the event loop's thread)
+    reader.task = _current_task()
     batches = run.abatches()
     delivered = run.delivered
     try:
@@ -153,8 +172,23 @@ async def _aoutcomes(run: Run) -> AsyncGenerator[Outcome[Any, Any], None]:
                 delivered(batch, len(batch.items) - length_hint(items))
                 raise
             delivered(batch)
+            reader.task = _current_task()
     finally:
-        await batches.aclose()
+        try:
+            await batches.aclose()
+        finally:
+            reader.thread = 0
+            reader.task = None
+
+
+def _current_task() -> object:
+    """The asyncio task running, if any (else the run says what loop it needs)."""
+    import asyncio
+
+    try:
+        return asyncio.current_task()
+    except RuntimeError:
+        return None
 
 
 def _unpack(batch: Batch, items: Iterator[Any]) -> Iterator[Outcome[Any, Any]]:
