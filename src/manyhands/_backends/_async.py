@@ -34,16 +34,16 @@ until they end (it does not keep the program alive).
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections import deque
 from collections.abc import Callable
 from time import perf_counter
 from typing import Any
 
 from .. import _batch
-from .._batch import Batch, Task, leave_if_forked, unwatch_this_thread, watch_forks_in_this_thread
-from .._exceptions import Timeout, WorkerInitError
+from .._batch import Batch, Task, leave_if_forked, watch_forks_in_this_thread
+from .._exceptions import Timeout
 from .._lanes import Lanes
+from ._async_loop import LoopThread
 from ._async_pieces import Entry, Stragglers
 
 __all__ = ["AsyncBackend"]
@@ -68,7 +68,7 @@ class AsyncBackend:
         self._workers = workers
         self._loop: asyncio.AbstractEventLoop | None = None
         self._own_loop = own_loop
-        self._thread: threading.Thread | None = None
+        self._private: LoopThread | None = None  # (own_loop) the loop's thread
         self._pending: deque[Entry] = deque()  # batches with items no worker took yet
         self._lanes: Lanes[Entry] | None = Lanes() if shared else None  # (shared: instead)
         self._entries: dict[int, Entry] = {}  # shared: running batches by id, to abandon
@@ -78,7 +78,6 @@ class AsyncBackend:
         # Tasks given up (a call past its deadline, or its run ended) whose call has not
         # ended yet, with their run's Task until counted as abandoned (then None).
         self._left: dict[asyncio.Task[None], Task | None] = {}
-        self._running_on = 0  # (shutdown) tasks still running that the loop waits for
         self._retired = False  # no more items expected: idle workers may exit
         self._stopping = False  # our own cancellation, not the user's CancelledError
         self.taken = 0  # batches whose calls have all started (the slowdown's opening)
@@ -89,21 +88,9 @@ class AsyncBackend:
 
     def start(self) -> None:
         if self._own_loop:
-            loop = self._loop = new_private_loop()
-            ready = threading.Event()
-            self._thread = threading.Thread(
-                target=_serve, args=(loop, ready), name="manyhands-asyncio", daemon=True
-            )
-            try:
-                self._thread.start()
-            except RuntimeError as exc:  # "can't start new thread": a limit of the system
-                loop.close()
-                raise WorkerInitError(
-                    f"the event loop's thread could not be started ({exc}): the system's "
-                    "limit on threads or memory is reached (ulimit -u, ulimit -v, a "
-                    "container's pids limit)"
-                ) from exc
-            ready.wait()
+            private = self._private = LoopThread()
+            self._loop = private.loop
+            private.start()
         else:
             try:
                 self._loop = asyncio.get_running_loop()
@@ -142,7 +129,7 @@ class AsyncBackend:
 
     def inside(self) -> bool:
         """True when called from this backend's event loop thread."""
-        return self._thread is not None and threading.current_thread() is self._thread
+        return self._private is not None and self._private.inside()
 
     def submit(self, batch: Batch) -> None:
         if self._own_loop:
@@ -249,15 +236,14 @@ class AsyncBackend:
 
     def _on_loop(self, call: Callable[[Any], Any], argument: Any) -> Any:
         """``call(argument)`` on the loop, from any thread; its result."""
-        loop = self._loop
-        assert loop is not None
-        if not self._own_loop or self.inside():
+        private = self._private
+        if private is None or private.inside():
             return call(argument)
 
         async def run() -> Any:
             return call(argument)
 
-        return asyncio.run_coroutine_threadsafe(run(), loop).result()
+        return private.call(run())
 
     def shutdown(self, grace: float) -> int:
         """Stop from another thread (a private loop): cancel, wait, stop the loop.
@@ -266,19 +252,17 @@ class AsyncBackend:
         calls did not end when cancelled, once they end (the thread is a
         daemon: it does not keep the program alive meanwhile).
         """
-        loop, thread = self._loop, self._thread
-        assert loop is not None and thread is not None and self._own_loop
+        private = self._private
+        assert private is not None
         try:
-            busy: int = asyncio.run_coroutine_threadsafe(self.ashutdown(grace), loop).result()
+            busy = private.call(self.ashutdown(grace))
         except BaseException:  # (a second Ctrl-C: stop now)
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join()
+            private.stop()
             raise
         if busy:
-            loop.call_soon_threadsafe(self._stop_when_left_end)
+            private.stop_once_ended(self._still_running)
         else:
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join()
+            private.stop()
         return busy
 
     async def ashutdown(self, grace: float) -> int:
@@ -304,25 +288,10 @@ class AsyncBackend:
         else:
             await asyncio.sleep(0)  # (the cancellations land)
         self._count_left(None)
-        return sum(not t.done() for t in (*self._tasks, *self._left))
+        return len(self._still_running())
 
-    def _stop_when_left_end(self) -> None:
-        """(On the loop, after shutdown) stop the loop once the tasks still running end."""
-        running = [t for t in (*self._tasks, *self._left) if not t.done()]
-        self._running_on = len(running)
-        for task in running:
-            task.add_done_callback(self._one_ended)
-        if not running:
-            self._stop()
-
-    def _one_ended(self, task: asyncio.Task[None]) -> None:
-        self._running_on -= 1
-        if not self._running_on:
-            self._stop()
-
-    def _stop(self) -> None:
-        assert self._loop is not None
-        self._loop.stop()
+    def _still_running(self) -> list[asyncio.Task[None]]:
+        return [task for task in (*self._tasks, *self._left) if not task.done()]
 
     # -- the worker tasks --------------------------------------------------
 
@@ -518,32 +487,3 @@ class AsyncBackend:
         running = stragglers.running
         if running and now > running[0].due:
             stragglers.send_pieces(now)
-
-
-def new_private_loop() -> asyncio.AbstractEventLoop:
-    """A loop for a run's own thread: uvloop's when it is installed, else asyncio's.
-
-    uvloop (``pip install manyhands[fast]``) turns each call's timer and
-    wake-up around in C: a fifth to a quarter less CPU per call at 10,000
-    calls in flight (benchmarks/README.md). It is imported here, when a private loop starts,
-    never by ``import manyhands``. ``amap`` runs on the caller's own loop,
-    whichever it is.
-    """
-    try:
-        import uvloop  # type: ignore[import-not-found, unused-ignore]
-    except ImportError:
-        return asyncio.new_event_loop()
-    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
-    return loop
-
-
-def _serve(loop: asyncio.AbstractEventLoop, ready: threading.Event) -> None:
-    asyncio.set_event_loop(loop)
-    watch_forks_in_this_thread()  # a call that forks: see _batch
-    loop.call_soon(ready.set)
-    try:
-        loop.run_forever()
-        loop.run_until_complete(loop.shutdown_asyncgens())
-    finally:
-        loop.close()
-        unwatch_this_thread()
