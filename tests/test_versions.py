@@ -1,7 +1,7 @@
 """Behaviour that depends on the CPython version, tested on every version (``nox``).
 
-- per-call timeouts on asyncio use ``asyncio.timeout`` (3.11+) or a task and
-  ``asyncio.wait`` (3.10): either way a run that is cancelled cancels its calls;
+- per-call timeouts on asyncio (a timer per call, the same on every version): a run
+  that is cancelled cancels its calls;
 - a multi-threaded process that forks gets CPython's ``DeprecationWarning`` on 3.12+
   (``start_method="fork"``): the run is still complete, and the warning reaches the user.
 
@@ -20,18 +20,13 @@ import textwrap
 import pytest
 
 import manyhands
-from manyhands._backends import _async
 
 from .conftest import finish, start_python
 
 
-def test_the_timeout_mechanism_is_the_one_this_python_has() -> None:
-    assert (_async._in_task_timeout is not None) == (sys.version_info >= (3, 11))
-
-
 def test_cancelling_a_run_with_timeouts_cancels_its_calls_and_leaves_no_task() -> None:
-    # On 3.10 each call runs as a task of its own under asyncio.wait: cancelling the run
-    # must cancel those tasks too, and wait for them.
+    # Each call has a timer of its own: cancelling the run must cancel the calls too, and
+    # wait for them.
     started: list[int] = []
     cancelled: list[int] = []
 

@@ -79,7 +79,10 @@ class Report(Record):
             (``retry_failed=True`` runs them again).
         duplicates: items not run because their key came earlier in the input.
         abandoned: worker threads left to calls that ran past ``timeout=``
-            (Python cannot stop a thread; each was replaced by a new one).
+            (Python cannot stop a thread; each was replaced by a new one). On
+            asyncio: calls past ``timeout=`` that had not ended on their
+            cancellation when the run ended (a coroutine that catches it and
+            goes on), left running on the event loop.
         backend: what ran the calls (``"threads"``, ``"processes"``, ``"async"``...);
             with ``backend="auto"``, what it chose and why, e.g.
             ``"processes (auto: calls used 97% CPU, 10.2ms each, 2 cores)"``.
@@ -249,10 +252,7 @@ class Report(Record):
                 settled.append(f"workers={self.settled_workers}")
             lines.append(f"settled on {', '.join(settled)} (pass them next time to start there)")
         if self.abandoned:
-            lines.append(
-                f"timeouts: {self.abandoned:,} threads abandoned to calls still running past "
-                "the timeout (Python cannot stop a thread)"
-            )
+            lines.append(_abandoned(self.abandoned, self.backend))
         if self.stopped:
             lines.append(
                 f"stopped early: {self.stopped}; {self.failed:,} failed in all, counting "
@@ -294,6 +294,18 @@ class Report(Record):
             not_run.append(f"{self.duplicates:,} skipped (duplicate keys)")
         line = f"{head}: {', '.join(not_run)}, {self.ran:,} run"
         return f"{line} {ran}" if self.ran else line
+
+
+def _abandoned(count: int, backend: str) -> str:
+    if backend.startswith("async"):
+        return (
+            f"timeouts: {count:,} calls past the timeout did not end when cancelled, and "
+            "were left running on the event loop"
+        )
+    return (
+        f"timeouts: {count:,} threads abandoned to calls still running past "
+        "the timeout (Python cannot stop a thread)"
+    )
 
 
 def _duration(seconds: float) -> str:

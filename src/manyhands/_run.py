@@ -496,6 +496,7 @@ class Run:
         self.statistics.abandoned = self.task.abandoned
 
     def _end(self, completed: bool, progress: Progress | None) -> None:
+        self.statistics.abandoned = self.task.abandoned  # (asyncio counts them as it stops)
         if self._pilot is not None:
             self._pilot.end_short_turns()
         try:

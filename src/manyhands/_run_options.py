@@ -48,6 +48,8 @@ class RunOptions(TypedDict, total=False):
         all are counted.
     grace: seconds that running calls get to finish when a run stops early
         (break, error, Ctrl-C) before their threads are abandoned (default 2.0).
+        ``async def`` calls are cancelled at once; one that goes on all the
+        same gets the grace period, then is left running on the event loop.
     retry: a :class:`manyhands.Retry` policy, or a number of retries per item
         with the default policy (default None: no retry). The default policy
         retries any Exception but programming errors (TypeError,
@@ -66,7 +68,10 @@ class RunOptions(TypedDict, total=False):
         fails with ``"manyhands.Timeout"`` and its worker is freed. Python
         cannot stop a thread: the call goes on in an abandoned thread, which a
         new one replaces (at most ``workers`` of them; the Report counts
-        them). Items then travel one per batch. Default None: no limit.
+        them). Items then travel one per batch. An ``async def`` call is
+        cancelled instead; its item fails at the deadline even if it catches
+        the cancellation and goes on (then it is left running on the event
+        loop, and counted too). Default None: no limit.
     throttle_on: which failures also mean "slow down" for the adaptive
         slowdown (an exception class, a tuple of them, or a predicate), besides
         ``RetryAfter`` and any exception with a ``retry_after`` attribute,

@@ -14,24 +14,36 @@ the caller's (``amap``), or a private one in a thread the run owns
 installed), closed when the run ends.
 
 Stopping early cancels the running calls at once: unlike a thread, a
-coroutine can be cancelled, so there is no grace period to wait out.
-A ``CancelledError`` raised by the user's own code fails its item; only
-the run's own cancellation propagates.
+coroutine can be cancelled, so the grace period is only waited out for a
+call that does not end when cancelled; such a call is then left running
+on the loop (the run does not wait for it). A ``CancelledError`` raised by
+the user's own code fails its item; only the run's own cancellation
+propagates.
+
+With ``timeout=``, each call has a timer on the loop (one ``call_later``,
+as ``asyncio.timeout`` has): at the deadline its item fails as
+:class:`~manyhands.Timeout` and its task is cancelled and *given up*: a
+new task takes its place, and the old one leaves once its call ends. A
+coroutine may catch its cancellation and go on awaiting; its item, the
+run and the other calls do not wait for it. Given-up tasks still running
+when their run ends are cancelled once more, counted in the Report's
+``abandoned``, and left on the loop; a private loop's thread runs on
+until they end (it does not keep the program alive).
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections import deque
 from collections.abc import Callable
 from time import perf_counter
 from typing import Any
 
 from .. import _batch
-from .._batch import Batch, Task, leave_if_forked, unwatch_this_thread, watch_forks_in_this_thread
-from .._exceptions import Timeout, WorkerInitError
+from .._batch import Batch, Task, leave_if_forked, watch_forks_in_this_thread
+from .._exceptions import Timeout
 from .._lanes import Lanes
+from ._async_loop import LoopThread
 from ._async_pieces import Entry, Stragglers
 
 __all__ = ["AsyncBackend"]
@@ -56,38 +68,29 @@ class AsyncBackend:
         self._workers = workers
         self._loop: asyncio.AbstractEventLoop | None = None
         self._own_loop = own_loop
-        self._thread: threading.Thread | None = None
+        self._private: LoopThread | None = None  # (own_loop) the loop's thread
         self._pending: deque[Entry] = deque()  # batches with items no worker took yet
         self._lanes: Lanes[Entry] | None = Lanes() if shared else None  # (shared: instead)
         self._entries: dict[int, Entry] = {}  # shared: running batches by id, to abandon
         self._idle: deque[asyncio.Future[None]] = deque()  # workers waiting for an item
         self._stragglers = Stragglers()  # (task.early) see _async_pieces
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()  # the workers
+        # Tasks given up (a call past its deadline, or its run ended) whose call has not
+        # ended yet, with their run's Task until counted as abandoned (then None).
+        self._left: dict[asyncio.Task[None], Task | None] = {}
         self._retired = False  # no more items expected: idle workers may exit
         self._stopping = False  # our own cancellation, not the user's CancelledError
         self.taken = 0  # batches whose calls have all started (the slowdown's opening)
-        self.abandoned = 0  # always 0: a timed-out coroutine is cancelled, not abandoned
+        self.abandoned = 0  # given-up tasks still in their call when their run ended
         self.notes: list[str] = []
 
     # -- lifecycle -------------------------------------------------------
 
     def start(self) -> None:
         if self._own_loop:
-            loop = self._loop = new_private_loop()
-            ready = threading.Event()
-            self._thread = threading.Thread(
-                target=_serve, args=(loop, ready), name="manyhands-asyncio", daemon=True
-            )
-            try:
-                self._thread.start()
-            except RuntimeError as exc:  # "can't start new thread": a limit of the system
-                loop.close()
-                raise WorkerInitError(
-                    f"the event loop's thread could not be started ({exc}): the system's "
-                    "limit on threads or memory is reached (ulimit -u, ulimit -v, a "
-                    "container's pids limit)"
-                ) from exc
-            ready.wait()
+            private = self._private = LoopThread()
+            self._loop = private.loop
+            private.start()
         else:
             try:
                 self._loop = asyncio.get_running_loop()
@@ -103,7 +106,21 @@ class AsyncBackend:
         pass
 
     def detach(self, task: Task) -> None:
-        pass
+        """A run of a shared pool ended: its given-up calls still running are counted."""
+        if self._left:  # (set on the loop before the run's last batch came back or expired)
+            self._on_loop(self._count_left, task)
+
+    def _count_left(self, task: Task | None) -> None:
+        """Cancel once more the given-up calls (of ``task``, or all) still running; count them."""
+        left = self._left
+        for runner, run in list(left.items()):
+            if runner.done() or (task is not None and run is not task):
+                continue
+            runner.cancel()
+            if run is not None:
+                run.abandoned += 1
+                self.abandoned += 1
+                left[runner] = None
 
     @property
     def runs_on_caller_loop(self) -> bool:
@@ -112,7 +129,7 @@ class AsyncBackend:
 
     def inside(self) -> bool:
         """True when called from this backend's event loop thread."""
-        return self._thread is not None and threading.current_thread() is self._thread
+        return self._private is not None and self._private.inside()
 
     def submit(self, batch: Batch) -> None:
         if self._own_loop:
@@ -137,13 +154,34 @@ class AsyncBackend:
             if not waiter.done():  # (a cancelled worker leaves a cancelled waiter)
                 waiter.set_result(None)
                 count -= 1
+        while count and len(self._tasks) < self._workers:
+            self._add_worker()
+            count -= 1
+
+    def _add_worker(self) -> None:
         loop = self._loop
         assert loop is not None
-        while count and len(self._tasks) < self._workers:
-            task = loop.create_task(self._work() if self._lanes is None else self._work_shared())
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-            count -= 1
+        task = loop.create_task(self._work() if self._lanes is None else self._work_shared())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _give_up(self, runner: asyncio.Task[None], task: Task) -> None:
+        """Cancel ``runner``'s call and stop waiting for it: a new worker takes its place.
+
+        The runner leaves once its call ends, whatever it returns (a
+        coroutine may catch its cancellation and go on).
+        """
+        runner.cancel()
+        if runner in self._left:
+            return  # (given up already: cancelled once more)
+        self._left[runner] = task
+        runner.add_done_callback(self._forget)
+        self._tasks.discard(runner)
+        if not self._stopping and (self._pending or self._lanes is not None):
+            self._add_worker()
+
+    def _forget(self, runner: asyncio.Task[None]) -> None:
+        self._left.pop(runner, None)
 
     def wind_down(self) -> None:
         if self._lanes is not None:
@@ -192,48 +230,68 @@ class AsyncBackend:
         entry.abandoned = True
         if self._lanes is not None:
             self._lanes.cancel(batch.task)  # (its untaken items, if any, never start)
-        for runner in list(entry.runners):
-            runner.cancel()
-        batch.task.abandoned += len(entry.runners)
+        for runner in list(entry.runners):  # (counted at detach if still running then)
+            self._give_up(runner, batch.task)
         return True
 
     def _on_loop(self, call: Callable[[Any], Any], argument: Any) -> Any:
         """``call(argument)`` on the loop, from any thread; its result."""
-        loop = self._loop
-        assert loop is not None
-        if not self._own_loop or self.inside():
+        private = self._private
+        if private is None or private.inside():
             return call(argument)
 
         async def run() -> Any:
             return call(argument)
 
-        return asyncio.run_coroutine_threadsafe(run(), loop).result()
+        return private.call(run())
 
     def shutdown(self, grace: float) -> int:
-        """Stop from another thread (a private loop): cancel, wait, close the loop."""
-        loop = self._loop
-        assert loop is not None and self._own_loop
+        """Stop from another thread (a private loop): cancel, wait, stop the loop.
+
+        The loop's thread closes the loop once it stops: at once, or, if
+        calls did not end when cancelled, once they end (the thread is a
+        daemon: it does not keep the program alive meanwhile).
+        """
+        private = self._private
+        assert private is not None
         try:
-            future = asyncio.run_coroutine_threadsafe(self.ashutdown(grace), loop)
-            return future.result()
-        finally:
-            loop.call_soon_threadsafe(loop.stop)
-            assert self._thread is not None
-            self._thread.join()
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.close()
+            busy = private.call(self.ashutdown(grace))
+        except BaseException:  # (a second Ctrl-C: stop now)
+            private.stop()
+            raise
+        if busy:
+            private.stop_once_ended(self._still_running)
+        else:
+            private.stop()
+        return busy
 
     async def ashutdown(self, grace: float) -> int:
-        """Cancel every running call and wait until the tasks are gone (on the loop)."""
-        del grace  # coroutines are cancelled at once: nothing to wait out
+        """Cancel every running call; wait up to ``grace`` for them to end (on the loop).
+
+        Most calls end as soon as they are cancelled. Those that do not (a
+        coroutine that catches its cancellation and goes on) are left
+        running, and returned: how many. Given-up calls (past their
+        deadline) are cancelled once more but not waited for.
+        """
         self._stopping = True
         self._stragglers.cancel()
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks)
-        return 0
+        self._pending = deque()  # (a call that ends late takes no new item)
+        if self._lanes is not None:
+            self._lanes.clear()
+        workers = list(self._tasks)
+        for worker in workers:
+            worker.cancel()
+        for runner in self._left:
+            runner.cancel()
+        if workers:
+            await asyncio.wait(workers, timeout=grace)
+        else:
+            await asyncio.sleep(0)  # (the cancellations land)
+        self._count_left(None)
+        return len(self._still_running())
+
+    def _still_running(self) -> list[asyncio.Task[None]]:
+        return [task for task in (*self._tasks, *self._left) if not task.done()]
 
     # -- the worker tasks --------------------------------------------------
 
@@ -245,13 +303,15 @@ class AsyncBackend:
         idle, loop, stragglers = self._idle, self._loop, self._stragglers
         running = stragglers.running
         assert loop is not None
+        me = asyncio.current_task()
+        assert me is not None
         start: float | None = None
         while True:
             pending = self._pending  # (cancel() may replace it)
             if not pending:
                 if running:  # no call of ours may end to check on them
                     stragglers.watch(loop)
-                if self._retired:
+                if self._retired or self._stopping:
                     return self._leave()
                 waiter: asyncio.Future[None] = loop.create_future()
                 idle.append(waiter)
@@ -272,9 +332,8 @@ class AsyncBackend:
             try:
                 if task.timeout is None:
                     batch.values[index] = await task.fn(batch.items[index])
-                else:
-                    call = task.fn(batch.items[index])
-                    batch.values[index] = await self._within(call, task.timeout)
+                elif not await self._timed(entry, index, start, me):
+                    return  # given up at its deadline: a new task took this one's place
             except asyncio.CancelledError as exc:
                 if self._stopping:
                     raise  # the run is stopping: this is our cancellation
@@ -310,9 +369,13 @@ class AsyncBackend:
         """:meth:`_work` for a pool: the next item of the batch the lanes choose."""
         lanes, idle, loop = self._lanes, self._idle, self._loop
         assert lanes is not None and loop is not None
+        runner = asyncio.current_task()
+        assert runner is not None
         while True:
             chosen = lanes.peek()
             if chosen is None:
+                if self._stopping:
+                    return
                 waiter: asyncio.Future[None] = loop.create_future()
                 idle.append(waiter)
                 await waiter
@@ -324,19 +387,19 @@ class AsyncBackend:
                 lanes.pop(task)
                 self.taken += 1
             lanes.charge(task, 1)
-            runner = asyncio.current_task()
-            assert runner is not None
             entry.runners.add(runner)
             try:
-                await self._call(entry, index)
+                await self._call(entry, index, runner)
             except asyncio.CancelledError:
                 if self._stopping or not entry.abandoned:
                     raise
             finally:
                 entry.runners.discard(runner)
             del entry, task
+            if runner in self._left:
+                return  # given up (past its deadline, or its run ended): replaced
 
-    async def _call(self, entry: Entry, index: int) -> None:
+    async def _call(self, entry: Entry, index: int, runner: asyncio.Task[None]) -> None:
         """Run one item of a batch; the task that finishes the batch's last item reports it."""
         batch = entry.batch
         task = batch.task
@@ -344,8 +407,8 @@ class AsyncBackend:
         try:
             if task.timeout is None:
                 batch.values[index] = await task.fn(batch.items[index])
-            else:
-                batch.values[index] = await self._within(task.fn(batch.items[index]), task.timeout)
+            elif not await self._timed(entry, index, start, runner):
+                return  # given up at its deadline (its item failed then)
         except asyncio.CancelledError as exc:
             if self._stopping or entry.abandoned:
                 raise  # the run is stopping: this is our cancellation
@@ -356,67 +419,71 @@ class AsyncBackend:
             leave_if_forked(entry.errors and entry.errors.get(index))
         entry.elapsed += perf_counter() - start
         entry.left -= 1
-        if not entry.left and not entry.abandoned:
-            batch.elapsed = entry.elapsed
-            batch.errors = entry.errors
-            self._entries.pop(id(batch), None)
-            task.done(batch)
+        if not entry.left:
+            self._report_shared(entry)
 
-    @staticmethod
-    async def _within(call: Any, timeout: float) -> Any:
-        """Await ``call``, cancelling it past ``timeout`` seconds (then: Timeout)."""
-        if _in_task_timeout is not None:  # Python 3.11+: no extra task per call
-            scope = _in_task_timeout(timeout)
-            try:
-                async with scope:
-                    return await call
-            except TimeoutError:
-                if scope.expired():
-                    raise Timeout(
-                        f"the call ran past timeout={timeout:g}s and was cancelled"
-                    ) from None
-                raise  # the call's own TimeoutError
-        task = asyncio.ensure_future(call)  # pragma: no cover - Python 3.10
-        try:  # pragma: no cover
-            finished, _ = await asyncio.wait((task,), timeout=timeout)
-        except asyncio.CancelledError:  # pragma: no cover - the run stops: the call too
-            task.cancel()
-            await asyncio.wait((task,))
-            raise
-        if finished:  # pragma: no cover
-            return task.result()
-        task.cancel()  # pragma: no cover
-        await asyncio.wait((task,))  # pragma: no cover
-        raise Timeout(  # pragma: no cover
-            f"the call ran past timeout={timeout:g}s and was cancelled"
-        )
+    def _report_shared(self, entry: Entry) -> None:
+        """(A shared pool) the last item of a batch ended: the batch goes back to its run."""
+        if entry.abandoned:
+            return  # its run ended
+        batch = entry.batch
+        batch.elapsed = entry.elapsed
+        batch.errors = entry.errors
+        self._entries.pop(id(batch), None)
+        batch.task.done(batch)
 
+    async def _timed(
+        self, entry: Entry, index: int, start: float, runner: asyncio.Task[None]
+    ) -> bool:
+        """Run item ``index`` of ``entry`` under its run's ``timeout``; store its value or error.
 
-_in_task_timeout: Any = getattr(asyncio, "timeout", None)
+        False if the call was given up at its deadline (:meth:`_overdue`):
+        its item failed then, whatever the call did later is dropped, and
+        ``runner`` is no longer a worker (it must leave).
+        """
+        batch = entry.batch
+        task = batch.task
+        assert self._loop is not None and task.timeout is not None
+        deadline = self._loop.call_later(task.timeout, self._overdue, entry, index, start, runner)
+        try:
+            value = await task.fn(batch.items[index])
+        except BaseException as exc:
+            deadline.cancel()
+            if runner in self._left:
+                return False
+            if isinstance(exc, asyncio.CancelledError) and (self._stopping or entry.abandoned):
+                raise  # the run is stopping: this is our cancellation
+            entry.fail(index, exc)
+            return True
+        deadline.cancel()
+        if runner in self._left:
+            return False
+        batch.values[index] = value
+        return True
 
+    def _overdue(self, entry: Entry, index: int, start: float, runner: asyncio.Task[None]) -> None:
+        """A call's deadline: its item fails as Timeout now, and its task is given up.
 
-def new_private_loop() -> asyncio.AbstractEventLoop:
-    """A loop for a run's own thread: uvloop's when it is installed, else asyncio's.
-
-    uvloop (``pip install manyhands[fast]``) turns each call's timer and
-    wake-up around in C: a fifth to a quarter less CPU per call at 10,000
-    calls in flight (benchmarks/README.md). It is imported here, when a private loop starts,
-    never by ``import manyhands``. ``amap`` runs on the caller's own loop,
-    whichever it is.
-    """
-    try:
-        import uvloop  # type: ignore[import-not-found, unused-ignore]
-    except ImportError:
-        return asyncio.new_event_loop()
-    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
-    return loop
-
-
-def _serve(loop: asyncio.AbstractEventLoop, ready: threading.Event) -> None:
-    asyncio.set_event_loop(loop)
-    watch_forks_in_this_thread()  # a call that forks: see _batch
-    loop.call_soon(ready.set)
-    try:
-        loop.run_forever()
-    finally:
-        unwatch_this_thread()
+        Now, not once the call accepts its cancellation: a coroutine may
+        catch it and go on awaiting, and neither its run nor its worker's
+        place waits for it.
+        """
+        if self._stopping or entry.abandoned:
+            return  # (the run ended: its calls are cancelled already)
+        batch = entry.batch
+        task = batch.task
+        self._give_up(runner, task)
+        entry.fail(index, Timeout(f"the call ran past timeout={task.timeout:g}s and was cancelled"))
+        now = perf_counter()
+        entry.elapsed += now - start
+        entry.left -= 1
+        if self._lanes is not None:
+            if not entry.left:
+                self._report_shared(entry)
+            return
+        stragglers = self._stragglers
+        if not entry.left:
+            task.done(stragglers.finished(entry))
+        running = stragglers.running
+        if running and now > running[0].due:
+            stragglers.send_pieces(now)
