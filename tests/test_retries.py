@@ -117,7 +117,9 @@ def test_retry_after_delays_the_item_and_slows_everyone(backend: str) -> None:
     # worker when the signal came, and a couple let through by the rising rate.
     after = [t for t, item in starts if item != 5 and tries[0] < t < tries[0] + 0.030]
     assert len(after) <= 4 + 3, after
-    assert report.slowest_rate is None  # slow start only: never cut below a level
+    # The lowest rate is that first one (the success rate seen so far), which the
+    # Report names: slow start only raised it from there.
+    assert report.slowest_rate is not None and report.slowest_rate < 100
     assert "asked to slow down 1 times" in str(report)
 
 
