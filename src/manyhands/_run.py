@@ -36,6 +36,7 @@ import functools
 import sys
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterable, Callable, Generator, Iterator
+from itertools import islice
 from operator import length_hint
 from time import monotonic
 from typing import TYPE_CHECKING, Any, Protocol, cast
@@ -70,6 +71,8 @@ if TYPE_CHECKING:
     from ._journal import Journal
 
 __all__ = ["Completions", "Run", "RunHooks"]
+
+_NEVER = object()  # (a sentinel no completion is)
 
 
 class Completions(Protocol):
@@ -112,6 +115,8 @@ class Run:
     #: there, so that what a call did is kept, not run again). If it raises,
     #: these and the later ones are not recorded: they run again.
     on_late: Callable[[list[Outcome[Any, Any]]], None] | None = None
+    _late: list[Batch]
+    _caught: deque[Batch | None]
 
     def __init__(
         self,
@@ -201,7 +206,8 @@ class Run:
         self._pending_items = 0  # items admitted and not yet delivered
         self._next_seq = 0
         self._sent: dict[int, Batch] = {}  # shared pool: batches out, to give up at the end
-        self._late: list[Batch] = []  # came back while the run was stopping
+        # Came back while the run was stopping; taken off the completions (see _drive).
+        self._late, self._caught = [], deque()
         self._backend_started = False
         self._started: float | None = None
         self._finished: float | None = None
@@ -343,6 +349,7 @@ class Run:
     def _drive(self) -> Iterator[Batch]:
         completions = cast("Completions", self._completions)  # (the sync driver's)
         get = completions.get
+        caught = self._caught
         skipped = self._ready
         reader = self._reader
         while True:
@@ -352,15 +359,21 @@ class Run:
                 continue
             if reader.exhausted and not self._pending_items:
                 return
+            # The wait moves the batch into `caught` in C, with no Python between
+            # (SimpleQueue.get under deque.extend): a Ctrl-C that came while the
+            # thread waited, handled as soon as it wakes, finds the batch there,
+            # where the run's end takes it (_late_batches); raised as `get()`
+            # returned, it lost the batch, whose calls had run.
             if wait is None:
                 if not (self._in_backend or self._in_previous or reader.waiting):
                     raise RuntimeError("nothing in flight and nothing due")  # pragma: no cover
-                batch = get()
+                caught.extend(islice(iter(get, _NEVER), 1))
             else:
                 try:
-                    batch = get(timeout=wait)
+                    caught.extend(islice(iter(functools.partial(get, True, wait), _NEVER), 1))
                 except Empty:
                     continue
+            batch = caught.popleft()
             if batch is None:  # (an input read in a thread has more)
                 continue
             for ready in self._complete(batch):
@@ -577,6 +590,11 @@ class Run:
 
     def _late_batches(self) -> Iterator[Batch]:
         """Batches that came back after the run stopped delivering."""
+        caught = self._caught
+        while caught:  # (taken off the completions just as the run was stopped)
+            finished = caught.popleft()
+            if finished is not None:
+                yield finished
         yield from self._late
         completions = self._completions
         while not completions.empty():
