@@ -16,7 +16,6 @@ from .conftest import (
     Hands,
     PeakConcurrency,
     finish,
-    os_thread_count,
     start_python,
     wait_for_threads,
 )
@@ -25,7 +24,8 @@ from .conftest import (
 def test_break_stops_the_workers(hands: Hands) -> None:
     if hands.backend == "processes":
         pytest.skip("counts calls under a lock of this process (processes: test_processes.py)")
-    before = os_thread_count()
+    # (an earlier test's workers may still be ending as OS threads: not this run's)
+    before = wait_for_threads(threading.active_count())
     calls = 0
     lock = threading.Lock()
 
@@ -47,7 +47,7 @@ def test_break_stops_the_workers(hands: Hands) -> None:
 
 
 def test_exception_in_the_loop_body_stops_the_workers(hands: Hands) -> None:
-    before = os_thread_count()
+    before = wait_for_threads(threading.active_count())  # (see test_break_stops_the_workers)
     with pytest.raises(RuntimeError, match="consumer broke"):
         for _out in hands.map(lambda x: time.sleep(0.001), range(10_000)):
             raise RuntimeError("consumer broke")
@@ -55,7 +55,7 @@ def test_exception_in_the_loop_body_stops_the_workers(hands: Hands) -> None:
 
 
 def test_close_and_context_manager_stop_the_workers(hands: Hands) -> None:
-    before = os_thread_count()
+    before = wait_for_threads(threading.active_count())  # (see test_break_stops_the_workers)
     stream = hands.map(lambda x: time.sleep(0.001), range(10_000))
     next(stream)
     stream.close()
