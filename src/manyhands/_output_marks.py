@@ -56,6 +56,12 @@ def needs_catch_up(journal: str, output: str) -> bool:
             if not mark.startswith(_THROUGH):
                 return False
             run = int(mark[len(_THROUGH) :])
+            # Runs since: this one (its row is there, it recorded nothing yet) and
+            # any other, whose items, if it recorded some, went elsewhere. Only
+            # then are the items read (a scan of the table): not on a plain resume.
+            (since,) = db.execute("SELECT count(*) FROM runs WHERE id > ?", (run,)).fetchone()
+            if since <= 1:
+                return False
             later = db.execute("SELECT 1 FROM items WHERE run > ? LIMIT 1", (run,)).fetchone()
             return later is not None
     except (sqlite3.Error, ValueError, OSError):
