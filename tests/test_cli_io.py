@@ -344,6 +344,8 @@ def test_a_journal_left_by_a_run_that_recorded_nothing_writes_the_output_afresh(
               "--output", "out.jsonl"]  # fmt: skip
     first = manyhands(*common, "--key", "nope", cwd=workdir)
     assert first.returncode == 2 and (workdir / "run.db").exists()
+    # The command's own words, not the library's ("--key raised UsageProblem"):
+    assert "item 0: --key 'nope': item {'id': 1, 'name': 'a'} has no field 'nope'" in first.stderr
     second = manyhands(*common, "--key", "id", cwd=workdir)
     assert second.returncode == 0, second.stderr
     lines = [json.loads(line) for line in (workdir / "out.jsonl").read_text().splitlines()]

@@ -608,8 +608,8 @@ class Journal:
             f"from the item recorded under that key in {self.path}: the input was edited "
             "(or key= gives it and an earlier item the same key). "
             f"Items before {position} ran; it and the items after it did not. Pass "
-            "changed_items='rerun' to run such items again, 'skip' to keep their old "
-            "record, or use a new journal"
+            "changed_items='rerun' to run such items again, changed_items='skip' to keep "
+            "their old record, or use a new journal"
         )
         self._buffer.clear()
         self._ended = True
@@ -972,6 +972,8 @@ def _key_error(
             "value that tells the items apart (an id, a URL), or the items sharing it "
             "would all be skipped as duplicates but the first"
         )
+    elif type(exc).__name__ == "UsageProblem":  # (the command's --key FIELD: it says what)
+        error = JournalError(f"item {position}: {exc}")
     else:
         error = JournalError(
             f"key= raised {type(exc).__qualname__} for item {position} "
