@@ -218,11 +218,15 @@ def fingerprint(item: Any) -> str | None:
 def function_name(fn: Callable[..., Any]) -> str:
     """The qualified name of what ``fn`` calls, for the journal's metadata.
 
-    >>> function_name(len)
-    'builtins.len'
+    >>> function_name(len), function_name([].append)
+    ('builtins.len', 'builtins.list.append')
     """
     target = _unwrap(fn)
-    module = getattr(target, "__module__", None) or "?"
+    module = getattr(target, "__module__", None)
+    owner = getattr(target, "__self__", None)
+    if module is None and owner is not None:  # a builtin object's method: its type's module
+        module = type(owner).__module__
+    module = module or "?"
     name = getattr(target, "__qualname__", None)
     if name is None:
         return qualified_name(type(target))
