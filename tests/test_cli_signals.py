@@ -159,3 +159,23 @@ def test_commands_end_when_manyhands_itself_is_killed(tmp_path: Path) -> None:
     for pid in left:  # (the old code: clean up after it)
         os.killpg(pid, signal.SIGKILL)
     assert not left  # before, they ran on for their whole minute
+
+
+def test_a_second_signal_as_the_stopped_command_exits_leaves_its_exit_status(
+    workdir: Path,
+) -> None:
+    # Once the run stopped, the command writes its summary, closes its output and
+    # journal and exits: a signal then (a second Ctrl-C, a supervisor's SIGTERM)
+    # must not end it by the signal, with the journal's and the shell's 130 lost.
+    for second in (signal.SIGTERM, signal.SIGINT, signal.SIGTERM):
+        proc = start(workdir, "--journal", "run.db", "--output", "out.jsonl")
+        wait_for_lines(workdir / "calls.txt", 40)
+        proc.send_signal(signal.SIGINT)
+        assert proc.stderr is not None
+        while "interrupted." not in proc.stderr.readline():  # (it is exiting now)
+            pass
+        proc.send_signal(second)
+        finish(proc, 60)
+        assert proc.returncode == 130
+        for left in [*workdir.glob("run.db*"), workdir / "out.jsonl", workdir / "calls.txt"]:
+            left.unlink()

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Iterator
 from types import FrameType, TracebackType
 from typing import Any, TypeVar
 
-__all__ = ["StopSignals", "Terminated"]
+__all__ = ["StopSignals", "Terminated", "hold_stop_signals", "release_stop_signals"]
 
 T = TypeVar("T")
 
@@ -41,6 +41,38 @@ RECHECK_SECONDS = 0.005  # how soon a signal noted in a protected function is lo
 _STOPPING = tuple(
     getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
 )
+
+
+_held: dict[int, Any] = {}  # the stop signals' handlers before hold_stop_signals
+
+
+def hold_stop_signals() -> None:
+    """After a stop signal: the command reports and exits; more stop signals do nothing.
+
+    Stopped by a signal, ``manyhands run`` still prints its summary, closes its
+    output and exits 130 or 143. A second signal sent just after the first found
+    Python's own handlers back (or, as the interpreter tears down, the default
+    action) and ended the process by the signal: exit -2 or -15. Until
+    :func:`release_stop_signals`, the stopping signals do nothing.
+    """
+    if not _held:
+        _held.update({signum: signal.getsignal(signum) for signum in _STOPPING})
+    for signum in _STOPPING:
+        signal.signal(signum, _ignore)
+
+
+def release_stop_signals(*, exiting: bool) -> None:
+    """End :func:`hold_stop_signals`: ignored for good if the process is ``exiting``
+    (``SIG_IGN`` survives the interpreter's teardown, which puts the default
+    action back for handlers it set), else as they were (a caller in-process).
+    """
+    for signum, handler in _held.items():
+        signal.signal(signum, signal.SIG_IGN if exiting else handler)
+    _held.clear()
+
+
+def _ignore(signum: int, frame: FrameType | None) -> None:
+    return None
 
 
 class Terminated(KeyboardInterrupt):

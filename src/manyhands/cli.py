@@ -44,7 +44,7 @@ from ._shell import (
     exit_codes,
     exits_with,
 )
-from ._signals import StopSignals, Terminated
+from ._signals import StopSignals, Terminated, hold_stop_signals, release_stop_signals
 from ._stream import Outcomes
 
 __all__ = ["CommandFailed", "MalformedLine", "Terminated", "main"]
@@ -305,6 +305,7 @@ def _run(
             sink.close()  # (its last lines reach the file now: a full disk may show here)
         whole_input = run.report().stopped is None
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP (Terminated)
+        hold_stop_signals()  # (until main returns: the summary, the output's close)
         if sink is not None and (journal is None or Path(journal).exists()):
             sink.start()  # (a fresh run stopped before its first outcome)
         return _stopped(exc, run.report(), journal, summary)
@@ -758,7 +759,10 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``manyhands`` and ``python -m manyhands``; returns the exit code."""
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
-        return _main(argv)
+        try:
+            return _main(argv)
+        finally:
+            release_stop_signals(exiting=argv is None)  # (if a stop signal held them)
 
 
 def _show_warning(
