@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import time
 
 import pytest
 
-from manyhands._signals import StopSignals
+from manyhands._signals import StopSignals, hold_stop_signals, release_stop_signals
 from manyhands.cli import Terminated
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
@@ -63,3 +64,14 @@ def test_the_handlers_are_restored_and_an_ignored_signal_stays_ignored() -> None
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGTERM, before)
+
+
+def test_held_stop_signals_do_nothing_then_come_back_for_an_in_process_caller() -> None:
+    before = signal.getsignal(signal.SIGINT)
+    hold_stop_signals()
+    try:
+        os.kill(os.getpid(), signal.SIGINT)  # (nothing happens: no KeyboardInterrupt)
+        time.sleep(0.01)
+    finally:
+        release_stop_signals(exiting=False)
+    assert signal.getsignal(signal.SIGINT) is before

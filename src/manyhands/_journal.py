@@ -826,18 +826,20 @@ class Journal:
         group.rows = len(recorded)
         return group
 
-    def record_successes(self, batch: Batch) -> int:
+    def record_successes(self, batch: Batch, *, handed: bool = False) -> int:
         """Record the items of a batch that came back after the run was interrupted.
 
         Only its successes (a failure there might have been retried), and with
         ``store_results`` only those whose value can be stored: nobody got
-        these values, and a resume yields them from the journal. Returns how
-        many were recorded.
+        these values, and a resume yields them from the journal; unless they
+        were ``handed`` to the consumer after all (the command wrote their
+        lines), which records them as delivered ones are. Returns how many
+        were recorded.
         """
         if batch.keys is None or not batch.values:
             return 0
         left_out = set(batch.errors or ())
-        if self._store_results:
+        if self._store_results and not handed:
             self._opened()  # (SQLite's length limit)
             storable, keys, limit = self._values.storable, batch.keys, self._limit
             left_out.update(

@@ -551,15 +551,14 @@ class Run:
         try:
             # What cannot be written runs again next time.
             with contextlib.suppress(JournalError):
-                if not self._consumer or (
-                    self._options.store_results and self.before_record is None
-                ):
-                    late: Iterator[Batch] = self._late_batches()
-                else:
-                    late = self._handed_late()
+                handed = not (
+                    not self._consumer
+                    or (self._options.store_results and self.before_record is None)
+                )
+                late = self._handed_late() if handed else self._late_batches()
                 for finished in late:
                     # (counted: the Report and the journal's run row say the same)
-                    stats.succeeded += journal.record_successes(finished)
+                    stats.succeeded += journal.record_successes(finished, handed=handed)
                 journal.close(status or "interrupted", stats.counts())
         finally:
             journal.abandon()  # no-op once closed: the lock is released whatever happened

@@ -67,7 +67,8 @@ def release_stop_signals(*, exiting: bool) -> None:
     action back for handlers it set), else as they were (a caller in-process).
     """
     for signum, handler in _held.items():
-        signal.signal(signum, signal.SIG_IGN if exiting else handler)
+        # (None: a handler not set from Python, which cannot be put back: the default)
+        signal.signal(signum, signal.SIG_IGN if exiting else handler or signal.SIG_DFL)
     _held.clear()
 
 
