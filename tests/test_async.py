@@ -463,3 +463,29 @@ def test_concurrency_is_counted_in_items_even_within_one_batch() -> None:
     peak = Peak()
     manyhands.run(peak.wrap(0.01), range(100), workers=3, batch_size=50)
     assert peak.peak == 3  # and never more than workers
+
+
+def test_an_async_input_raising_keyboard_interrupt_reaches_the_caller_and_nothing_else() -> None:
+    # As a Ctrl-C landing in the input's own code would: it reaches the caller as
+    # it is, and no "Task exception was never retrieved" is printed at exit.
+    code = textwrap.dedent(
+        """
+        import asyncio, manyhands
+        async def rows():
+            for n in range(100):
+                if n == 50:
+                    raise KeyboardInterrupt
+                await asyncio.sleep(0)
+                yield n
+        async def fn(x):
+            return x
+        try:
+            asyncio.run(manyhands.arun(fn, rows(), workers=8))
+        except KeyboardInterrupt:
+            print("reached the caller")
+        """
+    )
+    proc = start_python(code)
+    out, err = finish(proc, 60)
+    assert "reached the caller" in out, err
+    assert "never retrieved" not in err and "Traceback" not in err, err

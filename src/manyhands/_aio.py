@@ -98,6 +98,10 @@ class AsyncFeed:
             if self._closing or _cancelling():
                 raise  # (the run stops reading, or the loop is ending)
             self.error = exc  # raised by the input itself: an InputError too, not its end
+        except (KeyboardInterrupt, SystemExit) as exc:
+            # Raised where the run reads the input, as they are: out of this task
+            # they would also leave a "Task exception was never retrieved" at exit.
+            self.error = exc
         finally:
             self.finished = True
             self._wake()
