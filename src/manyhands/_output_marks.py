@@ -26,11 +26,14 @@ small transactions beside the run's writer, which SQLite serializes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
 from collections.abc import Callable
 from typing import Any
+
+from ._exceptions import JournalError
 
 __all__ = ["Marks", "keys_held", "needs_catch_up", "set_mark", "through"]
 
@@ -45,8 +48,10 @@ def _name(output: str) -> str:
 
 def needs_catch_up(journal: str, output: str) -> bool:
     """Whether ``output`` (a file with lines) lacks lines of items the journal recorded."""
+    from ._inspect import reading
+
     try:
-        with _connect(journal) as db:
+        with reading(journal) as db:
             row = db.execute("SELECT value FROM meta WHERE name = ?", (_name(output),)).fetchone()
             if row is None:
                 return False  # (unmarked: taken as whole, as before marks)
@@ -64,7 +69,7 @@ def needs_catch_up(journal: str, output: str) -> bool:
                 return False
             later = db.execute("SELECT 1 FROM items WHERE run > ? LIMIT 1", (run,)).fetchone()
             return later is not None
-    except (sqlite3.Error, ValueError, OSError):
+    except (JournalError, sqlite3.Error, ValueError, OSError):
         return False  # (the run itself says what is wrong with the journal)
 
 
@@ -75,8 +80,10 @@ def set_mark(journal: str, output: str, mark: str) -> None:
     than the file holds, or none (then a later resume into the file may miss
     lines, as before marks).
     """
+    # (by the name the run uses: SQLite names the -wal and -shm after it)
+    path = os.path.realpath(journal)
     try:
-        with _connect(journal, write=True) as db, db:
+        with contextlib.closing(sqlite3.connect(path, timeout=_BUSY_SECONDS)) as db, db:
             db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (_name(output), mark))
     except (sqlite3.Error, OSError):
         pass
@@ -140,19 +147,3 @@ class Marks:
         """
         if run_id and (whole_input or not self._catching_up):
             set_mark(self._journal, self._output, through(run_id))
-
-
-class _connect:
-    """A short connection to the journal (closed on leaving, unlike sqlite3's own ``with``)."""
-
-    def __init__(self, journal: str, *, write: bool = False) -> None:
-        # (by the name the run uses: SQLite names the -wal and -shm after it)
-        self._db = sqlite3.connect(os.path.realpath(journal), timeout=_BUSY_SECONDS)
-        if not write:
-            self._db.execute("PRAGMA query_only = ON")
-
-    def __enter__(self) -> sqlite3.Connection:
-        return self._db
-
-    def __exit__(self, *exc: object) -> None:
-        self._db.close()
