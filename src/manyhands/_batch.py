@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from threading import get_ident
 from time import perf_counter, thread_time
 from typing import Any
 
-from ._outcome import Failure
+from ._outcome import Failure, set_traceback
 
 __all__ = [
     "FINISHED",
@@ -243,6 +244,14 @@ def execute(fn: Callable[[Any], Any], batch: Batch) -> None:
     ``sys.exit()`` in a daemon's child), the child must not go on as a second
     worker: :func:`_stop_in_forked_child` empties the list being iterated in
     the child, and the child leaves once the call is over.
+
+    An error becomes its item's :class:`Failure` here, with the traceback of
+    this call: one exception object may be raised by many calls at once (a
+    module's constant, a failed Future's ``result()`` in every call), and its
+    ``__traceback__`` is only the last raise's. It is read as the handler
+    starts, before anything can let another thread run (``sys.exc_info``: on
+    3.10 this thread's own copy), and taken off the object, which would
+    otherwise chain every call's frames onto the next raise of it.
     """
     values: list[Any] = []
     append = values.append
@@ -252,14 +261,19 @@ def execute(fn: Callable[[Any], Any], batch: Batch) -> None:
     ident = get_ident()
     outer = running.get(ident)  # (a run nested in a call: inline in this thread)
     running[ident] = items  # (per batch: what a fork in this thread must stop)
+    caught = Failure.from_exception
+    exc_info = sys.exc_info
+    attempt = batch.attempt
     start = perf_counter()
     for item in items:
         try:
             append(fn(item))
         except BaseException as exc:
+            frames = exc_info()[2]  # (first: see the docstring)
+            set_traceback(exc, None)
             if errors is None:
                 errors = {}
-            errors[len(values)] = exc
+            errors[len(values)] = caught(item, exc, attempt, frames)
             append(None)
     batch.elapsed = perf_counter() - start
     if outer is None:
@@ -269,7 +283,8 @@ def execute(fn: Callable[[Any], Any], batch: Batch) -> None:
     batch.values = values
     batch.errors = errors
     if _forked:
-        leave_if_forked(errors and errors.get(len(values) - 1))
+        last = errors and errors.get(len(values) - 1)
+        leave_if_forked(last.exception if isinstance(last, Failure) else last)
 
 
 EXECUTE_CODE = execute.__code__

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, Callable, Coroutine, Generator, Iterator
 from typing import TYPE_CHECKING, Any
 
-from ._outcome import safe_repr
+from ._outcome import Failure, safe_repr
 
 if TYPE_CHECKING:
     import inspect
@@ -190,8 +190,10 @@ def check_first_value(fn: object, batch: Batch) -> bool:
     for index, value in enumerate(batch.values):
         kind = type(value)
         if errors is not None and index in errors:
-            # (from a worker process, such a value comes back as an error: see not_a_value)
-            lineage: tuple[str, ...] = getattr(errors[index], "lineage", ())
+            # (from a worker process, such a value comes back as an error: see
+            # not_a_value; a user's exception may have a ``lineage`` of its own)
+            error = errors[index]
+            lineage = error.lineage if isinstance(error, Failure) else ()
             if lineage[:1] != (NOT_A_VALUE,):
                 continue
             kind = next(k for k in _NOT_VALUES if lineage[1] == k.__name__)

@@ -26,6 +26,7 @@ from typing import Any, TypeVar, cast
 
 from ._backends import Backend
 from ._batch import Batch, Task
+from ._outcome import Failure
 
 __all__ = ["PoolExecutor"]
 
@@ -134,6 +135,8 @@ class PoolExecutor(Executor):
             return
         error = batch.errors.get(0) if batch.errors else None
         if error is not None:  # the call could not even be made (or not sent back)
+            if isinstance(error, Failure) and error.exception is not None:
+                error = error.exception  # (caught in a worker thread)
             if isinstance(error, BaseException):
                 future.set_exception(error)
             else:

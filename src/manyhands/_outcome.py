@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import traceback as _tb
+from types import CodeType, TracebackType
 from typing import Any, Generic, TypeVar
 
 __all__ = [
@@ -17,6 +19,7 @@ __all__ = [
     "qualified_name",
     "retry_after_of",
     "safe_repr",
+    "set_traceback",
 ]
 
 # Why an item was not run (Outcome.skipped).
@@ -36,7 +39,21 @@ def qualified_name(cls: type) -> str:
     >>> qualified_name(ValueError)
     'builtins.ValueError'
     """
-    return f"{cls.__module__}.{cls.__qualname__}"
+    try:
+        return f"{cls.__module__}.{cls.__qualname__}"
+    except KeyboardInterrupt:  # Ctrl-C landing here: never swallowed
+        raise
+    except BaseException:  # a metaclass whose __module__ raises: the name alone
+        return f"?.{type.__dict__['__qualname__'].__get__(cls)}"
+
+
+#: Read and write an exception's own fields through BaseException's descriptors, so a
+#: class that overrides them (a property, ``__getattr__``, a frozen dataclass's
+#: ``__setattr__``) cannot break the run: the engine sees what the interpreter set.
+_CAUSE = BaseException.__dict__["__cause__"].__get__
+_CONTEXT = BaseException.__dict__["__context__"].__get__
+_TRACEBACK = BaseException.__dict__["__traceback__"].__get__
+set_traceback = BaseException.__dict__["__traceback__"].__set__
 
 
 def safe_repr(obj: object, limit: int = _REPR_LIMIT) -> str:
@@ -79,29 +96,78 @@ def retry_after_of(error: BaseException) -> float | None:
     ...     retry_after = 3
     >>> retry_after_of(Throttled()), retry_after_of(ValueError())
     (3.0, None)
+
+    A broken attribute counts as absent: one whose reading raises (a property,
+    a ``__getattr__`` that raises KeyError), or a number that is no finite float
+    (NaN, infinity, an int too large for a float: ``int("9" * 400)``).
+
+    >>> class Broken(Exception):
+    ...     def __getattr__(self, name): raise KeyError(name)
+    >>> class Huge(Exception):
+    ...     retry_after = int("9" * 400)
+    >>> retry_after_of(Broken()), retry_after_of(Huge())
+    (None, None)
     """
-    value = getattr(error, "retry_after", None)
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return max(float(value), 0.0)
+    try:
+        value = getattr(error, "retry_after", None)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            seconds = float(value)  # (OverflowError: an int too large)
+            if math.isfinite(seconds):
+                return max(seconds, 0.0)
+    except KeyboardInterrupt:  # Ctrl-C landing here: never swallowed
+        raise
+    except BaseException:  # a broken attribute counts as absent
+        pass
     return None
 
 
-def describe_exception(exc: BaseException) -> tuple[str, str, str]:
+def describe_exception(
+    exc: BaseException, frames: TracebackType | bool | None = True
+) -> tuple[str, str, str]:
     """(error_type, message, formatted traceback) of ``exc``, never raising.
 
     Used where the exception object cannot travel (another process), and
-    lazily by :attr:`Failure.traceback` otherwise.
+    lazily by :attr:`Failure.traceback` otherwise. ``frames``: the traceback
+    to show, when it is not ``exc.__traceback__`` (True).
     """
     error_type = qualified_name(type(exc))
     message = _safe_message(exc)
+    if frames is True:
+        frames = _TRACEBACK(exc)
+    tb = frames if isinstance(frames, TracebackType) else None
     try:
-        text = "".join(_tb.format_exception(type(exc), exc, exc.__traceback__))
+        text = "".join(_tb.format_exception(type(exc), exc, tb))
     except KeyboardInterrupt:  # Ctrl-C landing here (formatting takes a while): never swallowed
         raise
-    except BaseException:
-        frames = "".join(_tb.format_tb(exc.__traceback__)) if exc.__traceback__ else ""
-        text = f"Traceback (most recent call last):\n{frames}{error_type}: {message}\n"
+    except BaseException:  # (e.g. a __notes__ or a chained exception that raises when read)
+        try:
+            lines = "".join(_tb.format_tb(tb)) if tb is not None else ""
+        except KeyboardInterrupt:
+            raise
+        except BaseException:
+            lines = ""
+        text = f"Traceback (most recent call last):\n{lines}{error_type}: {message}\n"
     return error_type, message, text
+
+
+def _linked(error: BaseException) -> list[BaseException]:
+    """The exceptions ``error`` links to: its cause, its context, a group's members.
+
+    Read through BaseException's own fields. ``exceptions`` (a group's members;
+    any exception class may have an attribute by that name, e.g. None or a
+    count) counts only when it is a tuple or list; one whose reading raises is
+    absent.
+    """
+    linked = [e for e in (_CAUSE(error), _CONTEXT(error)) if e is not None]
+    try:
+        members = getattr(error, "exceptions", ())
+        if isinstance(members, (tuple, list)):
+            linked.extend(e for e in members if isinstance(e, BaseException))
+    except KeyboardInterrupt:  # Ctrl-C landing here: never swallowed
+        raise
+    except BaseException:  # a broken attribute counts as absent
+        pass
+    return linked
 
 
 def _drop_tracebacks(exc: BaseException) -> None:
@@ -113,9 +179,8 @@ def _drop_tracebacks(exc: BaseException) -> None:
         if id(error) in seen:
             continue
         seen.add(id(error))
-        error.__traceback__ = None
-        todo.extend(e for e in (error.__cause__, error.__context__) if e is not None)
-        todo.extend(e for e in getattr(error, "exceptions", ()) if isinstance(e, BaseException))
+        set_traceback(error, None)
+        todo.extend(_linked(error))
 
 
 class Failure:
@@ -128,14 +193,18 @@ class Failure:
         attempts: how many times the item was tried.
         exception: the exception object itself when it was raised in this
             process, else ``None`` (e.g. it came back from a worker process).
-            The Failures a Report keeps hold it without its traceback (the
-            frames, and every local variable in them): the text is in
-            :attr:`traceback`.
+            Caught by a worker thread, it is held without its traceback (one
+            object raised by many calls, a module's constant or a failed
+            Future's ``result()``, would otherwise hold a chain of every
+            call's frames): the text of this call's traceback is in
+            :attr:`traceback`. So do the Failures a Report keeps (their
+            frames, and every local variable in them, are let go).
         history: the error types of the earlier attempts, oldest first
             (empty when the item was tried once).
     """
 
     __slots__ = (
+        "_frames",
         "_traceback",
         "attempts",
         "error_type",
@@ -167,16 +236,61 @@ class Failure:
         # by name, for retry matching, and the delay it asked for, if any.
         self.lineage: tuple[str, ...] = ()
         self.retry_after: float | None = None
+        self._frames: TracebackType | None = None  # this call's, until formatted
 
     @classmethod
-    def from_exception(cls, item: Any, exc: BaseException, attempts: int = 1) -> Failure:
+    def from_exception(
+        cls,
+        item: Any,
+        exc: BaseException,
+        attempts: int = 1,
+        frames: TracebackType | bool | None = True,
+    ) -> Failure:
         """A Failure for ``exc``; its traceback text is formatted on first access.
+
+        ``frames``: the traceback of this call, as the worker caught it (an
+        exception object raised by several calls at once holds only one of
+        theirs); by default, ``exc.__traceback__`` now.
 
         >>> f = Failure.from_exception(3, ValueError("bad item"))
         >>> f.error_type, f.message, f.attempts
         ('builtins.ValueError', 'bad item', 1)
         """
-        return cls(item, qualified_name(type(exc)), _safe_message(exc), None, attempts, exc)
+        failure = cls(item, qualified_name(type(exc)), _safe_message(exc), None, attempts, exc)
+        if frames is True:
+            frames = _TRACEBACK(exc)
+        failure._frames = frames if isinstance(frames, TracebackType) else None
+        return failure
+
+    def leave_out_caller(self, code: CodeType) -> None:
+        """Leave the first frame out of the traceback if it runs ``code``, cleared.
+
+        For the frame of the worker's loop that caught the error (``code``):
+        the user's frames link back to it (``f_back``), and through it to the
+        whole batch, so it is cleared, that a Failure kept or delivered does
+        not keep its batch alive. Called once that loop returned; a frame
+        still executing is never cleared (``frame.clear()`` refuses it).
+
+        Frames after another frame running ``code`` are another call's: the
+        same exception object raised in another thread in the instant before
+        that call's loop took its traceback off it. They are left out too.
+        """
+        head = self._frames
+        if head is None or head.tb_frame.f_code is not code:
+            return
+        with contextlib.suppress(RuntimeError):  # (still executing: left as it is)
+            head.tb_frame.clear()
+        frames = head.tb_next
+        last, entry = None, frames
+        while entry is not None:
+            if entry.tb_frame.f_code is code:  # (never cleared here: it is not ours)
+                if last is None:
+                    frames = None
+                else:
+                    last.tb_next = None
+                break
+            last, entry = entry, entry.tb_next
+        self._frames = frames
 
     @property
     def traceback(self) -> str:
@@ -185,7 +299,7 @@ class Failure:
             if self.exception is None:
                 self._traceback = f"{self.error_type}: {self.message}\n"
             else:
-                self._traceback = describe_exception(self.exception)[2]
+                self._traceback = describe_exception(self.exception, self._frames)[2]
         return self._traceback
 
     def release_frames(self) -> None:
@@ -210,6 +324,7 @@ class Failure:
         if self.exception is None:
             return
         _ = self.traceback  # formatted while the frames are still there
+        self._frames = None
         _drop_tracebacks(self.exception)
 
     def __repr__(self) -> str:

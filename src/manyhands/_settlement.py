@@ -156,13 +156,10 @@ def timed_out(errors: dict[int, BaseException | Failure]) -> bool:
 
 
 def _as_failure(item: Any, error: BaseException | Failure, attempt: int) -> Failure:
-    if isinstance(error, Failure):
+    if isinstance(error, Failure):  # (a worker thread's, or described in another process)
+        # The worker's own frame is left out: the user sees only their code. It is
+        # cleared (the batch's loop returned before it came back), so a kept
+        # Failure does not keep the whole batch alive through its frames.
+        error.leave_out_caller(EXECUTE_CODE)
         return error
-    tb = error.__traceback__
-    if tb is not None and tb.tb_frame.f_code is EXECUTE_CODE:
-        # Drop the worker's own frame: the user sees only their code, and the
-        # finished frame no longer keeps the whole batch alive through the
-        # traceback of a kept Failure.
-        tb.tb_frame.clear()
-        error.__traceback__ = tb.tb_next
     return Failure.from_exception(item, error, attempt)

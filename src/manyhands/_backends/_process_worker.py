@@ -29,7 +29,13 @@ from time import monotonic, perf_counter, process_time
 from typing import Any, ClassVar, NoReturn
 
 from .._checks import NOT_A_VALUE, not_a_value
-from .._outcome import describe_exception, qualified_name, retry_after_of, safe_repr
+from .._outcome import (
+    describe_exception,
+    qualified_name,
+    retry_after_of,
+    safe_repr,
+    set_traceback,
+)
 
 __all__ = ["BATCH", "HEADER", "STARTED", "RemoteError", "describe_remote", "serve"]
 
@@ -45,9 +51,14 @@ BATCH, STARTED = 0, 1  # the fields of ``stamp``
 HEADER = struct.Struct("<QQI")
 
 
-def describe_remote(exc: BaseException) -> RemoteError:
-    """An exception as plain data that any process can unpickle."""
-    error_type, message, text = describe_exception(exc)
+def describe_remote(exc: BaseException, frames: Any = True) -> RemoteError:
+    """An exception as plain data that any process can unpickle, never raising.
+
+    ``frames``: the traceback to show, when it is not ``exc.__traceback__``.
+    Whatever the exception's class does (a ``__getattr__`` that raises, a
+    ``retry_after`` that is no number), it is described, and the worker goes on.
+    """
+    error_type, message, text = describe_exception(exc, frames)
     lineage = tuple(qualified_name(cls) for cls in type(exc).__mro__)
     return error_type, message, text, lineage, retry_after_of(exc)
 
@@ -210,9 +221,13 @@ def _run(
         except BaseException as exc:
             if _Forked.happened:  # e.g. sys.exit() in a child that fn forked
                 _leave(exc)
-            if exc.__traceback__ is not None:  # the user's frames only, not this loop
-                exc.__traceback__ = exc.__traceback__.tb_next
-            errors[index] = describe_remote(exc)
+            frames = sys.exc_info()[2]
+            # Taken off the object: raised again (a module's constant, a failed Future's
+            # result()), it would chain every call's frames, and each description
+            # would format them all.
+            set_traceback(exc, None)
+            # (the user's frames only, not this loop's)
+            errors[index] = describe_remote(exc, frames.tb_next if frames else None)
             values.append(None)
     if _Forked.happened:  # a child that fn forked returned here: it is not a worker
         _leave()
