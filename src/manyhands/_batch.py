@@ -283,8 +283,7 @@ def execute(fn: Callable[[Any], Any], batch: Batch) -> None:
     batch.values = values
     batch.errors = errors
     if _forked:
-        last = errors and errors.get(len(values) - 1)
-        leave_if_forked(last.exception if isinstance(last, Failure) else last)
+        leave_if_forked(errors and errors.get(len(values) - 1))
 
 
 EXECUTE_CODE = execute.__code__
@@ -338,10 +337,12 @@ def leave_if_forked(error: object = None) -> None:
     """In a child forked from inside a call: exit now, with the child's own exit code.
 
     ``error``: what the call raised in the child, if anything (``sys.exit(3)``
-    exits 3; any other exception 1; a call that returned exits 0).
+    exits 3; any other exception 1; a call that returned exits 0), or its Failure.
     """
     if not _forked:
         return
+    if isinstance(error, Failure):
+        error = error.exception
     code = 0
     if isinstance(error, SystemExit):
         code = error.code if isinstance(error.code, int) else (0 if error.code is None else 1)

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import traceback as _tb
-from types import CodeType, TracebackType
+from types import CodeType, FrameType, TracebackType
 from typing import Any, Generic, TypeVar
 
 __all__ = [
@@ -16,6 +15,7 @@ __all__ = [
     "Outcome",
     "describe_exception",
     "duplicate_failure",
+    "exception_traceback",
     "qualified_name",
     "retry_after_of",
     "safe_repr",
@@ -54,6 +54,7 @@ _CAUSE = BaseException.__dict__["__cause__"].__get__
 _CONTEXT = BaseException.__dict__["__context__"].__get__
 _TRACEBACK = BaseException.__dict__["__traceback__"].__get__
 set_traceback = BaseException.__dict__["__traceback__"].__set__
+exception_traceback = _TRACEBACK
 
 
 def safe_repr(obj: object, limit: int = _REPR_LIMIT) -> str:
@@ -262,14 +263,12 @@ class Failure:
         failure._frames = frames if isinstance(frames, TracebackType) else None
         return failure
 
-    def leave_out_caller(self, code: CodeType) -> None:
-        """Leave the first frame out of the traceback if it runs ``code``, cleared.
+    def leave_out_caller(self, code: CodeType) -> FrameType | None:
+        """Leave the first frame out of the traceback if it runs ``code``; return it.
 
         For the frame of the worker's loop that caught the error (``code``):
-        the user's frames link back to it (``f_back``), and through it to the
-        whole batch, so it is cleared, that a Failure kept or delivered does
-        not keep its batch alive. Called once that loop returned; a frame
-        still executing is never cleared (``frame.clear()`` refuses it).
+        the user sees only their code. The caller clears it once that loop
+        returned (see ``_settlement``): the user's frames link back to it.
 
         Frames after another frame running ``code`` are another call's: the
         same exception object raised in another thread in the instant before
@@ -277,13 +276,11 @@ class Failure:
         """
         head = self._frames
         if head is None or head.tb_frame.f_code is not code:
-            return
-        with contextlib.suppress(RuntimeError):  # (still executing: left as it is)
-            head.tb_frame.clear()
+            return None
         frames = head.tb_next
         last, entry = None, frames
         while entry is not None:
-            if entry.tb_frame.f_code is code:  # (never cleared here: it is not ours)
+            if entry.tb_frame.f_code is code:
                 if last is None:
                     frames = None
                 else:
@@ -291,6 +288,7 @@ class Failure:
                 break
             last, entry = entry, entry.tb_next
         self._frames = frames
+        return head.tb_frame
 
     @property
     def traceback(self) -> str:
@@ -300,6 +298,7 @@ class Failure:
                 self._traceback = f"{self.error_type}: {self.message}\n"
             else:
                 self._traceback = describe_exception(self.exception, self._frames)[2]
+                self._frames = None  # (the text is all a Failure shows of them)
         return self._traceback
 
     def release_frames(self) -> None:
@@ -324,7 +323,6 @@ class Failure:
         if self.exception is None:
             return
         _ = self.traceback  # formatted while the frames are still there
-        self._frames = None
         _drop_tracebacks(self.exception)
 
     def __repr__(self) -> str:

@@ -15,7 +15,7 @@ slowdown about the batch.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from types import FrameType
 
 from ._batch import EXECUTE_CODE, Batch, Task
 from ._exceptions import Timeout, WorkerCrashed
@@ -70,8 +70,16 @@ class Settlement:
         retried: set[int] = set()
         final: dict[int, Failure] = {}
         uncalled = 0
+        released = None
         for index, error in batch.errors.items():
-            failure = _as_failure(batch.items[index], error, batch.attempt)
+            if isinstance(error, Failure):  # (a worker thread's, or described in another process)
+                failure = error
+                loop = failure.leave_out_caller(EXECUTE_CODE)  # the user sees only their code
+                if loop is not None and loop is not released:
+                    _release(loop)
+                    released = loop
+            else:
+                failure = Failure.from_exception(batch.items[index], error, batch.attempt)
             failure.history = batch.history
             exception = failure.exception
             if exception is None:  # from another process: described, not an object
@@ -155,11 +163,25 @@ def timed_out(errors: dict[int, BaseException | Failure]) -> bool:
     )
 
 
-def _as_failure(item: Any, error: BaseException | Failure, attempt: int) -> Failure:
-    if isinstance(error, Failure):  # (a worker thread's, or described in another process)
-        # The worker's own frame is left out: the user sees only their code. It is
-        # cleared (the batch's loop returned before it came back), so a kept
-        # Failure does not keep the whole batch alive through its frames.
-        error.leave_out_caller(EXECUTE_CODE)
-        return error
-    return Failure.from_exception(item, error, attempt)
+def _release(frame: FrameType | None) -> None:
+    """Clear the frame of a worker's loop that returned, and the finished frames that called it.
+
+    The user's frames in a Failure's traceback link back to the loop's frame
+    (``f_back``), and it to its callers, whose variables hold the batch (the
+    measured loop's, an inline backend's, the run's own calls): cleared, a
+    Failure kept or delivered does not keep its batch alive. ``frame.clear()``
+    leaves ``f_back``, so each caller is cleared in turn, until one that still
+    runs (it refuses: a worker's own loop, or the run's) or a generator's or a
+    coroutine's (clearing one that is suspended would close it).
+    """
+    while frame is not None and not frame.f_code.co_flags & _SUSPENDABLE:
+        try:
+            frame.clear()
+        except RuntimeError:  # still executing: left as it is
+            return
+        frame = frame.f_back
+
+
+#: inspect's CO_GENERATOR | CO_COROUTINE | CO_ITERABLE_COROUTINE | CO_ASYNC_GENERATOR
+#: (inspect itself is a heavy import).
+_SUSPENDABLE = 0x20 | 0x80 | 0x100 | 0x200

@@ -19,7 +19,7 @@ from time import perf_counter
 from typing import Any
 
 from .._batch import Batch
-from .._outcome import Failure
+from .._outcome import Failure, exception_traceback, set_traceback
 
 __all__ = ["STRAGGLING", "STRAGGLING_AFTER", "UNFINISHED", "Entry", "Stragglers"]
 
@@ -57,10 +57,23 @@ class Entry:
         self.sent: frozenset[int] = _NONE_SENT  # indices gone back in pieces
 
     def fail(self, index: int, error: BaseException) -> None:
+        """Item ``index`` failed with ``error``, just caught by the caller.
+
+        Its Failure is made now, with this call's traceback (the catching frame
+        left out), taken off the exception object: one object raised by many
+        calls would otherwise show, and chain, another call's frames (see
+        ``_batch.execute``).
+        """
+        frames = exception_traceback(error)
+        set_traceback(error, None)
+        batch = self.batch
+        failure = Failure.from_exception(
+            batch.items[index], error, batch.attempt, frames.tb_next if frames else None
+        )
         if self.errors is None:
             self.errors = {}
-        self.errors[index] = error
-        self.batch.values[index] = None
+        self.errors[index] = failure
+        batch.values[index] = None
 
 
 class Stragglers:
