@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable
 from threading import get_ident
 from time import perf_counter, thread_time
+from types import TracebackType
 from typing import Any
 
 from ._outcome import Failure, set_traceback
@@ -116,8 +117,11 @@ class Batch:
         task: the run it belongs to: its function, and where it goes back.
         attempt: which attempt this is for its items (1 for the first).
         values: one result per item (``None`` where the item failed).
-        errors: index in ``items`` -> the exception raised (threads) or its
-            already-described Failure (other processes); ``None`` if all succeeded.
+        errors: index in ``items`` -> the exception raised (threads), its
+            Failure (asyncio), or its already-described Failure (other
+            processes); ``None`` if all succeeded.
+        frames: (threads) index -> the traceback of the call that raised that
+            error, as the worker caught it (see :func:`execute`).
         elapsed: seconds the worker spent on the whole batch.
         cpu: of those, the CPU time of its thread (threads: only while
             ``task.measure``), or of its worker process (processes: always).
@@ -150,6 +154,7 @@ class Batch:
         "elapsed",
         "errors",
         "failures",
+        "frames",
         "history",
         "items",
         "keys",
@@ -176,6 +181,7 @@ class Batch:
         self.attempt = attempt
         self.values: list[Any] = []
         self.errors: dict[int, BaseException | Failure] | None = None
+        self.frames: dict[int, TracebackType | None] | None = None
         self.elapsed = 0.0
         self.failures: dict[int, Failure] | None = None
         self.attempts: dict[int, int] | None = None
@@ -209,6 +215,9 @@ class Batch:
         if errors:
             moved = {new: errors[old] for new, old in enumerate(keep) if old in errors}
             part.errors = moved or None
+        if self.frames:
+            traces = {new: self.frames[old] for new, old in enumerate(keep) if old in self.frames}
+            part.frames = traces or None
         part.sent = self.sent
         part.via = self.via
         return part
@@ -245,9 +254,9 @@ def execute(fn: Callable[[Any], Any], batch: Batch) -> None:
     worker: :func:`_stop_in_forked_child` empties the list being iterated in
     the child, and the child leaves once the call is over.
 
-    An error becomes its item's :class:`Failure` here, with the traceback of
-    this call: one exception object may be raised by many calls at once (a
-    module's constant, a failed Future's ``result()`` in every call), and its
+    An error's traceback is kept apart (``batch.frames``), as this call's:
+    one exception object may be raised by many calls at once (a module's
+    constant, a failed Future's ``result()`` in every call), and its
     ``__traceback__`` is only the last raise's. It is read as the handler
     starts, before anything can let another thread run (``sys.exc_info``: on
     3.10 this thread's own copy), and taken off the object, which would
@@ -261,19 +270,18 @@ def execute(fn: Callable[[Any], Any], batch: Batch) -> None:
     ident = get_ident()
     outer = running.get(ident)  # (a run nested in a call: inline in this thread)
     running[ident] = items  # (per batch: what a fork in this thread must stop)
-    caught = Failure.from_exception
+    frames: dict[int, TracebackType | None] = {}
     exc_info = sys.exc_info
-    attempt = batch.attempt
     start = perf_counter()
     for item in items:
         try:
             append(fn(item))
         except BaseException as exc:
-            frames = exc_info()[2]  # (first: see the docstring)
+            frames[len(values)] = exc_info()[2]  # (first: see the docstring)
             set_traceback(exc, None)
             if errors is None:
                 errors = {}
-            errors[len(values)] = caught(item, exc, attempt, frames)
+            errors[len(values)] = exc
             append(None)
     batch.elapsed = perf_counter() - start
     if outer is None:
@@ -282,6 +290,7 @@ def execute(fn: Callable[[Any], Any], batch: Batch) -> None:
         running[ident] = outer
     batch.values = values
     batch.errors = errors
+    batch.frames = frames or None
     if _forked:
         leave_if_forked(errors and errors.get(len(values) - 1))
 

@@ -71,15 +71,17 @@ class Settlement:
         final: dict[int, Failure] = {}
         uncalled = 0
         released = None
+        frames = batch.frames or {}  # (each call's own traceback, as a worker thread caught it)
         for index, error in batch.errors.items():
-            if isinstance(error, Failure):  # (a worker thread's, or described in another process)
+            if isinstance(error, Failure):  # (asyncio's, or described in another process)
                 failure = error
-                loop = failure.leave_out_caller(EXECUTE_CODE)  # the user sees only their code
-                if loop is not None and loop is not released:
-                    _release(loop)
-                    released = loop
             else:
-                failure = Failure.from_exception(batch.items[index], error, batch.attempt)
+                trace = frames.get(index, True)
+                failure = Failure.from_exception(batch.items[index], error, batch.attempt, trace)
+            loop = failure.leave_out_caller(EXECUTE_CODE)  # the user sees only their code
+            if loop is not None and loop is not released:
+                _release(loop)
+                released = loop
             failure.history = batch.history
             exception = failure.exception
             if exception is None:  # from another process: described, not an object
@@ -107,7 +109,7 @@ class Settlement:
                 retried.add(index)
             else:
                 final[index] = failure
-        batch.errors = None
+        batch.errors = batch.frames = None
         batch.failures = final or None
         return retried, list(final.values()), uncalled
 
