@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import gc
 import weakref
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -164,3 +164,10 @@ def test_failures_kept_by_the_caller_keep_no_batch_alive(backend: str) -> None:
     wait_for_threads(threads)  # (a worker lets go of its last batch as it leaves)
     gc.collect()
     assert len(alive) == 0, f"{len(alive)} values of finished batches are still alive"
+
+
+def test_hostile_exceptions_on_an_executor_fail_only_their_items() -> None:
+    with ThreadPoolExecutor(2) as pool:
+        report = manyhands.run(raise_hostile, range(len(HOSTILE) + 5), backend=pool)
+    assert report.succeeded == 5
+    assert sorted(failure.error_type for failure in report.failures) == sorted(HOSTILE_TYPES)

@@ -26,6 +26,7 @@ import itertools
 import mmap
 import os
 import pickle
+import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -35,6 +36,7 @@ from typing import Any
 
 from .._auto import gil_enabled
 from .._exceptions import Timeout
+from .._outcome import set_traceback
 from ._process_worker import RemoteError, _pack, describe_remote
 
 __all__ = [
@@ -183,9 +185,10 @@ def _call(
         try:
             values[index] = call(items[index])
         except BaseException as exc:
-            if exc.__traceback__ is not None:  # the user's frames only, not this loop
-                exc.__traceback__ = exc.__traceback__.tb_next
-            errors[index] = describe_remote(exc)
+            frames = sys.exc_info()[2]  # this call's (see _batch.execute), taken off the object
+            set_traceback(exc, None)
+            # (the user's frames only, not this loop's)
+            errors[index] = describe_remote(exc, frames.tb_next if frames else None)
         if progress is not None:
             progress[index] = 0
         if quit is not None and quit():
