@@ -194,12 +194,12 @@ class Failure:
         attempts: how many times the item was tried.
         exception: the exception object itself when it was raised in this
             process, else ``None`` (e.g. it came back from a worker process).
-            Caught by a worker thread, it is held without its traceback (one
-            object raised by many calls, a module's constant or a failed
-            Future's ``result()``, would otherwise hold a chain of every
-            call's frames): the text of this call's traceback is in
-            :attr:`traceback`. So do the Failures a Report keeps (their
-            frames, and every local variable in them, are let go).
+            It is held without its traceback (one object raised by many
+            calls, a module's constant or a failed Future's ``result()``,
+            would otherwise hold a chain of every call's frames): this
+            call's traceback is in :attr:`traceback`, as text. The Failures
+            a Report keeps let go of the frames too (and every local
+            variable in them).
         history: the error types of the earlier attempts, oldest first
             (empty when the item was tried once).
     """
