@@ -5,6 +5,11 @@ came from). Delivered as completed, it goes out on its own; in input order,
 its outcome is written back into its parent, which waits in the buffer until
 none of its items is still being retried and every earlier batch went out.
 The buffer holds at most what the run's window admits.
+
+A Failure that waits in the buffer lets go of its traceback's frames (each
+with its call's local variables: 10,000 failed calls that each held a 200 KB
+buffer pinned 1.7 GB while the first item ran); it keeps the traceback as
+text, and its exception object.
 """
 
 from __future__ import annotations
@@ -32,16 +37,26 @@ class Delivery:
             if not self._ordered:
                 yield batch
                 return
-            self._fill_parent(batch)
+            parent = self._fill_parent(batch)
+            if batch.failures and self._waits(parent):
+                batch.failures[0].release_frames()
             yield from self._release()
         elif self._ordered:
             batch.pending = len(retried)
             self._held[batch.seq] = batch
+            if batch.failures and self._waits(batch):
+                for failure in batch.failures.values():
+                    failure.release_frames()
             yield from self._release()
         else:
             yield batch.without(retried) if retried else batch
 
-    def _fill_parent(self, batch: Batch) -> None:
+    def _waits(self, batch: Batch) -> bool:
+        """Whether ``batch`` (held) waits: for a retry of one of its items, or for its turn."""
+        return bool(batch.pending) or batch.seq != self._turn
+
+    def _fill_parent(self, batch: Batch) -> Batch:
+        """Write a retried item's outcome back into the batch it came from; that batch."""
         assert batch.parent is not None
         parent, index = batch.parent
         parent.values[index] = batch.values[0] if batch.values else None
@@ -53,10 +68,15 @@ class Delivery:
         parent.attempts = parent.attempts or {}
         parent.attempts[index] = batch.attempt
         parent.pending -= 1
+        return parent
 
     def held(self) -> list[Batch]:
         """The batches waiting for their turn (in order), which nobody got yet."""
         return list(self._held.values())
+
+    def drop(self) -> None:
+        """Let go of the batches waiting for their turn (the consumer left without them)."""
+        self._held.clear()
 
     def _release(self) -> Iterator[Batch]:
         held = self._held

@@ -155,6 +155,10 @@ class Run:
         #: How the journal's run ends when the consumer stopped it early (set by the
         #: consumer's ``with`` block from its exception's ``run_status``).
         self.exit_status: str | None = None
+        #: The batch the consumer is taking Outcomes from, and its iterator of items
+        #: (what is left in it did not reach the consumer): set by ``map``/``amap``
+        #: for each batch, cleared by :meth:`delivered`.
+        self.receiving: tuple[Batch, Iterator[Any]] | None = None
         self.statistics = RunStatistics(options.keep_failures)
         self.statistics.notes = backend.notes  # (the same list: read at report time)
         # Where workers put finished batches: a SimpleQueue (a test may pass a queue
@@ -421,7 +425,9 @@ class Run:
     def _mark_finished(self, completed: bool) -> None:
         """The run's end: its figures as of now (``completed``: every outcome was delivered)."""
         if not completed:
-            self._take_back_undelivered()
+            self._take_back_undelivered(self.statistics)
+            self.statistics.retrying = 0
+            self._let_go()
         self._finished = self._clock()
         if self._pilot is not None:
             self._pilot.ended()
@@ -521,6 +527,11 @@ class Run:
                 for _ in self._handed_late():  # (no journal: the lines are all that is kept)
                     pass
         finally:
+            if not completed:  # (what came back after the run stopped delivering: not kept)
+                self._late = []
+                self._caught.clear()
+                for _ in self._late_batches():
+                    pass
             try:
                 if progress is not None:
                     progress.close()
@@ -1000,15 +1011,19 @@ class Run:
     # -- the journal -----------------------------------------------------
 
     def delivered(self, batch: Batch, count: int | None = None) -> None:
-        """Record in the journal the outcomes of ``batch`` that reached the consumer.
+        """The consumer got the outcomes of ``batch``: count them for the Report, and
+        record them in the journal.
 
-        ``count``: only the first ``count`` of them did (the consumer left
+        ``count``: only the first ``count`` of them reached it (the consumer left
         during the batch). Called by the consumer's side (or at once by
         ``run``), in the consuming thread, once per delivered batch.
         """
+        self.receiving = None
         cut = count is not None and count < len(batch.items)  # (the consumer left in it)
         if cut:
-            self._take_back(batch, count or 0)
+            self._take_back(batch, count or 0, self.statistics)
+        if batch.failures and batch.skipped is None:
+            self._got_failures(batch, len(batch.items) if count is None else count, self.statistics)
         journal = self._journal
         if journal is None or batch.skipped is not None:
             return  # (skipped items are final in the journal already)
@@ -1024,23 +1039,51 @@ class Run:
             self.before_record()
         journal.record(batch, set())
 
-    def _take_back(self, batch: Batch, start: int = 0) -> None:
+    @staticmethod
+    def _got_failures(batch: Batch, count: int, stats: RunStatistics) -> None:
+        """The failures among the first ``count`` outcomes of ``batch`` reached the consumer."""
+        assert batch.failures is not None
+        failures = sorted(batch.failures.items())  # (a retried item's may come last)
+        stats.delivered([failure for index, failure in failures if index < count])
+
+    @staticmethod
+    def _take_back(batch: Batch, start: int, stats: RunStatistics) -> None:
         """Uncount the outcomes of ``batch`` from ``start`` on: nobody got them.
 
         A batch held for its turn (ordered) has its items still waiting for a
-        retry uncounted already.
+        retry uncounted already: they are among ``stats.retrying``.
         """
         if batch.skipped is not None:
-            self.statistics.take_back(0, [], batch.skipped[start:])
+            stats.take_back(0, [], batch.skipped[start:])
             return
         failures = [f for index, f in (batch.failures or {}).items() if index >= start]
         counted = len(batch.items) - start - batch.pending
-        self.statistics.take_back(counted - len(failures), failures, [])
+        if batch.attempts:  # (in order: the items that were retried)
+            retried = sum(tries > 1 for index, tries in batch.attempts.items() if index >= start)
+        else:  # (as completed: a retried item is a batch of its own)
+            retried = counted if batch.attempt > 1 else 0
+        stats.take_back(counted - len(failures), failures, [], retried)
 
-    def _take_back_undelivered(self) -> None:
-        """The consumer left: uncount what was settled but never delivered."""
+    def _take_back_undelivered(self, stats: RunStatistics) -> None:
+        """Uncount what settled but was not delivered (yet: or ever, once the consumer left)."""
+        receiving = self.receiving  # (the consumer is in this batch, or left it)
+        if receiving is not None:
+            batch, items = receiving
+            got = len(batch.items) - length_hint(items)
+            self._take_back(batch, got, stats)
+            if batch.failures and batch.skipped is None:
+                self._got_failures(batch, got, stats)
         for batch in (*self._delivery.held(), *self._ready, *self._parked.batches()):
-            self._take_back(batch)
+            self._take_back(batch, 0, stats)
+        stats.take_back_retrying()
+
+    def _let_go(self) -> None:
+        """The consumer left: drop the outcomes it will never get (values, Failures)."""
+        self.receiving = None
+        self._delivery.drop()
+        self._ready.clear()
+        self._parked = Parking()
+        self._timers.heap.clear()  # (retries that will not run)
 
     # -- results ---------------------------------------------------------
 
@@ -1075,7 +1118,11 @@ class Run:
 
     def report(self) -> Report:
         """A Report of everything delivered so far."""
-        return Report.from_statistics(self.statistics, self.elapsed)
+        stats = self.statistics
+        if self._started is not None and self._finished is None:  # (still going)
+            stats = stats.copy()
+            self._take_back_undelivered(stats)
+        return Report.from_statistics(stats, self.elapsed)
 
 
 def _sooner(a: float | None, b: float | None) -> float | None:
