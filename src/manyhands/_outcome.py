@@ -128,9 +128,9 @@ class Failure:
         attempts: how many times the item was tried.
         exception: the exception object itself when it was raised in this
             process, else ``None`` (e.g. it came back from a worker process).
-            The Failures a Report keeps hold it without its traceback (the
-            frames, and every local variable in them): the text is in
-            :attr:`traceback`.
+            The Failures a Report keeps, and those that waited for their turn
+            (``ordered=True``), hold it without its traceback (the frames, and
+            every local variable in them): the text is in :attr:`traceback`.
         history: the error types of the earlier attempts, oldest first
             (empty when the item was tried once).
     """

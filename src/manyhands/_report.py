@@ -37,7 +37,8 @@ class Latency(Record):
 
 @dataclass(frozen=True, init=False, repr=False, eq=False)  # (see _records)
 class Report(Record):
-    """What a run did.
+    """What a run did: the outcomes delivered (for ``map``/``amap``, the ones the
+    loop got so far).
 
     ``failures`` keeps the full details of the first ``keep_failures`` failed
     items (an option of ``run``/``map``, 1,000 by default); ``failed`` and
@@ -49,7 +50,8 @@ class Report(Record):
         succeeded: items whose call returned.
         failed: items whose call raised (for good: after their retries).
         elapsed: wall time of the run, in seconds.
-        failures: Failure details, in order of completion, at most ``keep_failures``.
+        failures: Failure details of the first ``keep_failures`` failures, in the
+            order they were delivered (input order with ``ordered=True``).
         errors_by_type: failed items per error type, most frequent first.
         examples: one failed item per error type.
         latency: per-call latency; items run in a batch each count as the
@@ -57,7 +59,7 @@ class Report(Record):
         attempts: calls made in all, retries included. (When a worker process
             dies, the other items of its batch run again, even those that had
             finished before it died: those calls are counted once.)
-        retried: items that were tried more than once.
+        retried: items delivered that were tried more than once.
         throttle_events: how many calls asked to slow down (``RetryAfter``,
             or an exception with a ``retry_after`` attribute).
         slowest_rate: the lowest start rate (calls/s) the adaptive slowdown
