@@ -337,6 +337,15 @@ class Pool:
             return
         await asyncio.to_thread(self.shutdown, cancel_futures=exc is not None)
 
+    def __reduce__(self) -> Any:
+        # (Pickling is how a value reaches a worker process, where this pool's workers
+        # are out of reach: refused with why, rather than a lock's "cannot pickle".)
+        raise TypeError(
+            "a manyhands.Pool cannot be pickled (sent to a worker process, say): its "
+            "workers belong to the process that made it. Call it from this process, or "
+            "make a Pool of its own in the worker"
+        )
+
     def __repr__(self) -> str:
         state = "shut down" if self._closed else f"{self._active} runs"
         return f"<manyhands.Pool {self._name}, {self._workers} workers, {state}>"

@@ -85,6 +85,7 @@ class ThreadBackend:
         self._queue: SimpleQueue[Any] = SimpleQueue()  # batches, TAKE tokens, or None: exit
         self._alive: list[_thread.LockType] = []  # one held lock per worker started
         self._retiring = 0  # exit sentinels queued so far
+        self._waiting: list[None] = []  # one entry per worker waiting for work (atomic ops)
         self.notes: list[str] = []  # for the Report: e.g. fewer workers than asked
         self.native_ids: set[int] = set()  # the worker threads' (for backend="auto")
         self.cpu_clocks: dict[int, int] | None = {} if _CPU_CLOCKS else None  # theirs, by id
@@ -117,6 +118,15 @@ class ThreadBackend:
         """True when called from one of this backend's worker threads."""
         return getattr(_serving, "backend", None) is self
 
+    def free_workers(self) -> int:
+        """About how many workers would take a batch submitted now without waiting.
+
+        Those waiting for work and those not started yet, less the batches
+        queued for them. (Spare threads are left out: they take urgent work only.)
+        """
+        unstarted = self._workers - (len(self._alive) - self._retiring)
+        return max(unstarted, 0) + len(self._waiting) - self._queue.qsize()
+
     def _add_worker(self, spare: bool = False) -> None:
         alive = _thread.allocate_lock()
         alive.acquire()
@@ -125,7 +135,8 @@ class ThreadBackend:
         if self._lanes is not None:
             take = functools.partial(self._lanes.take, 0) if spare else self._lanes.take
         get = self._spare_queue.get if spare else self._queue.get
-        args = (self, get, take, alive, hooks, self._guard, self._stuck, self._overdue)
+        waiting: list[None] = [] if spare else self._waiting
+        args = (self, get, take, alive, hooks, self._guard, self._stuck, self._overdue, waiting)
         try:
             self._start_thread(_work, args)
         except RuntimeError as exc:  # "can't start new thread": a limit of the system
@@ -259,9 +270,11 @@ def _work(
     guard: _thread.LockType,
     stuck: list[int],
     overdue: set[_thread.LockType],
+    waiting: list[None],
 ) -> None:
     """A worker's loop: take a batch, run it, hand it back to its run; until told to exit.
 
+    ``waiting`` holds an entry while it waits for work (see ``free_workers``).
     For a timed task each batch says when it started and which worker runs
     it, and a batch the engine timed out is dropped (and, if this worker was
     replaced meanwhile, the worker exits).
@@ -275,7 +288,9 @@ def _work(
         _install(hooks)
         _serving.backend = backend
         while True:
+            waiting.append(None)
             batch = get()
+            waiting.pop()
             if batch is None:
                 return
             if batch is TAKE:
