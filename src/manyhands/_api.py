@@ -293,6 +293,7 @@ def _private_backend(
             "start_method": opts.start_method,
             "initializer": opts.initializer,
             "initargs": opts.initargs,
+            "start_timeout": opts.start_timeout,
         }
     backend = create_backend(
         name,
@@ -306,7 +307,7 @@ def _private_backend(
 
 
 #: Options that belong to a Pool: its workers serve every run.
-POOL_OPTIONS = ("workers", "backend", "start_method", "initializer", "initargs")
+POOL_OPTIONS = ("workers", "backend", "start_method", "initializer", "initargs", "start_timeout")
 
 
 def _refuse_pool_options(caller: str, given: Mapping[str, Any]) -> None:

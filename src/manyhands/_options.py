@@ -34,6 +34,7 @@ __all__ = [
     "DEFAULT_WORKERS",
     "Options",
     "check_positive_int",
+    "check_start_timeout",
     "lists_options",
 ]
 
@@ -70,6 +71,7 @@ class Options(Record):
     start_method: str | None = None
     initializer: Callable[..., Any] | None = None
     initargs: tuple[Any, ...] = ()
+    start_timeout: float | None = None
     progress: bool | None = None
     total: int | None = None
     journal: str | os.PathLike[str] | None = None
@@ -97,6 +99,7 @@ class Options(Record):
         start_method: str | None = None,
         initializer: Callable[..., Any] | None = None,
         initargs: tuple[Any, ...] = (),
+        start_timeout: float | None = None,
         progress: bool | None = None,
         total: int | None = None,
         journal: str | os.PathLike[str] | None = None,
@@ -122,6 +125,7 @@ class Options(Record):
         _set(self, "start_method", start_method)
         _set(self, "initializer", initializer)
         _set(self, "initargs", initargs)
+        _set(self, "start_timeout", start_timeout)
         _set(self, "progress", progress)
         _set(self, "total", total)
         _set(self, "journal", journal)
@@ -217,11 +221,14 @@ class Options(Record):
             raise TypeError(f"initializer must be callable, got {self.initializer!r}")
         if not isinstance(self.initargs, tuple):
             raise TypeError(f"initargs must be a tuple, got {self.initargs!r}")
-        uses = self.start_method is not None or self.initializer is not None or self.initargs
+        if self.start_timeout is not None:
+            check_start_timeout(self.start_timeout)
+        given = (self.start_method, self.initializer, self.start_timeout)
+        uses = any(value is not None for value in given) or bool(self.initargs)
         if uses and self.backend not in (None, "processes", "auto"):
             raise ValueError(
-                "start_method, initializer and initargs apply to backend='processes' "
-                "(or 'auto', if it moves to processes) only"
+                "start_method, initializer, initargs and start_timeout apply to "
+                "backend='processes' (or 'auto', if it moves to processes) only"
             )
 
     def _validate_journal(self) -> None:
@@ -416,3 +423,17 @@ def _non_negative_float(name: str, value: object) -> None:
         raise TypeError(f"{name} must be a number of seconds >= 0, got {value!r}")
     if not (value >= 0 and math.isfinite(value)):
         raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
+
+
+def check_start_timeout(value: object) -> None:
+    """Refuse a ``start_timeout`` that is not a positive, finite number of seconds."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise TypeError(
+            f"start_timeout must be a number of seconds (how long a worker process may "
+            f"take to start, its initializer included), got {value!r}"
+        )
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(
+            f"start_timeout must be a finite number of seconds > 0 (how long a worker "
+            f"process may take to start, its initializer included), got {value!r}"
+        )

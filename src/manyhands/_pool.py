@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._api import POOL_OPTIONS, open_run, run_to_end
 from ._backends import Backend, backend_kind, create_backend
-from ._options import DEFAULT_WORKERS, check_positive_int, lists_options
+from ._options import DEFAULT_WORKERS, check_positive_int, check_start_timeout, lists_options
 from ._readers import Readers
 from ._report import Report
 from ._stream import AsyncOutcomes, Outcomes, reader_of
@@ -83,6 +83,9 @@ class Pool:
             functions through a module (e.g. a global of ``mymodule``): a
             function of ``__main__`` travels by value, with globals of its own.
         initargs: the initializer's arguments.
+        start_timeout: for processes (and auto): seconds a worker process may
+            take to start, its initializer included (default 60); one that
+            does not report ready by then is killed.
 
     The workers stop at the end of the ``with`` block (``async with`` in async
     code: the event loop goes on while the runs end), or on :meth:`shutdown`.
@@ -105,6 +108,7 @@ class Pool:
         start_method: str | None = None,
         initializer: Callable[..., Any] | None = None,
         initargs: tuple[Any, ...] = (),
+        start_timeout: float | None = None,
     ) -> None:
         given, backend = backend, backend_kind(backend) or ""
         if backend not in POOL_BACKENDS:
@@ -126,11 +130,19 @@ class Pool:
                 "start_method": start_method,
                 "initializer": initializer,
                 "initargs": initargs,
+                "start_timeout": start_timeout,
             }
-        elif start_method is not None or initializer is not None or initargs:
+            if start_timeout is not None:
+                check_start_timeout(start_timeout)
+        elif (
+            start_method is not None
+            or initializer is not None
+            or initargs
+            or start_timeout is not None
+        ):
             raise ValueError(
-                "start_method, initializer and initargs apply to backend='processes' "
-                "(or 'auto') only"
+                "start_method, initializer, initargs and start_timeout apply to "
+                "backend='processes' (or 'auto') only"
             )
         if backend == "auto" and initializer is not None:
             from ._auto import initialize_here
