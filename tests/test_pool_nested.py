@@ -201,3 +201,15 @@ def test_a_pool_sent_to_a_worker_process_is_refused_with_why() -> None:
         with pytest.raises(TypeError, match="its workers belong to the process that made it"):
             pickle.dumps(pool)
         assert pool.submit(abs, -3).result(timeout=30) == 3  # (the pool goes on)
+
+
+def _runs_processes_inside(x: int) -> int:
+    return manyhands.run(abs, range(3), backend="processes", workers=1).succeeded
+
+
+def test_a_run_of_processes_inside_a_worker_process_is_refused_with_why() -> None:
+    report = manyhands.run(_runs_processes_inside, [1], backend="processes", workers=1)
+    assert report.failed == 1
+    failure = report.failures[0]
+    assert failure.error_type == "manyhands.WorkerInitError"
+    assert "daemonic process" in failure.message and "backend='threads'" in failure.message

@@ -169,6 +169,14 @@ class ProcessBackend:
         start_timeout: float | None = None,
     ) -> None:
         refuse_while_importing_main()
+        if multiprocessing.current_process().daemon:
+            # (multiprocessing would fail the first start with an AssertionError)
+            raise WorkerInitError(
+                "no worker process can be started from this process: it is a daemonic "
+                "process (a worker process of manyhands, or of a multiprocessing.Pool), "
+                "which multiprocessing forbids to have children. Make the inner calls in "
+                "the call itself, or on threads (backend='threads')"
+            )
         self._start_timeout = start_timeout  # (None: START_SECONDS)
         self._workers = workers
         self._shared = shared  # a Pool's: workers start with the pool, serve every run
