@@ -10,7 +10,8 @@ semantics: a Future cancelled before a worker took it never runs, and
 On processes the call travels pickled (refused at ``submit``, naming what does
 not pickle), and its Future runs from when a worker process is sent it, told
 by the lanes (``Task.leaving``), as with ``ProcessPoolExecutor``'s call queue;
-the outcome is pickled in the worker, so one that cannot come back says so.
+the outcome is pickled in the worker, so one that cannot come back says so
+(:mod:`._executor_pickles`).
 
 A worker that waits for a call of its own pool (the nested-submit hang of
 ``ThreadPoolExecutor``, where every worker waits for calls no worker is free
@@ -36,6 +37,7 @@ from typing import Any, TypeVar, cast
 
 from ._backends import Backend
 from ._batch import Batch, Task
+from ._executor_pickles import call_pickled, pickled_call, unpickled_outcome
 
 __all__ = ["PoolExecutor", "PoolFuture"]
 
@@ -91,7 +93,7 @@ class PoolExecutor(Executor):
         self._async = is_async = type(backend).__name__ == "AsyncBackend"
         # (threads: how many workers are free, to run a nested call at once when none is)
         self._free_workers: Callable[[], int] | None = getattr(backend, "free_workers", None)
-        call = _call_async if is_async else (_call_pickled if self._processes else _call)
+        call = _call_async if is_async else (call_pickled if self._processes else _call)
         self._task = Task(call, self._settle, priority=priority, timed=True)
         if self._processes:  # (threads and asyncio: the call itself checks its Future)
             self._task.leaving = self._leaving
@@ -126,7 +128,7 @@ class PoolExecutor(Executor):
             raise RuntimeError("cannot schedule new futures after shutdown")
         # (On processes the call travels by value: pickled first, so a call that
         # cannot travel is refused before it has a Future to settle.)
-        call = _pickled_call(fn, args, kwargs) if self._processes else None
+        call = pickled_call(fn, args, kwargs) if self._processes else None
         key = next(_keys)
         future: PoolFuture[R] = PoolFuture(self, key, None if call else (fn, args, kwargs))
         free = self._free_workers
@@ -259,7 +261,7 @@ class PoolExecutor(Executor):
             return
         if self._processes:
             try:
-                outcome = _unpickled_outcome(outcome)
+                outcome = unpickled_outcome(outcome)
             except Exception as exc:  # e.g. of a class this process cannot import
                 future.set_exception(
                     RuntimeError(f"what the call gave could not be read back here: {exc!r}")
@@ -380,102 +382,3 @@ async def _call_async(item: tuple[int, PoolFuture[Any]]) -> Any:
         raise
     except BaseException as exc:  # the call's own error settles its Future
         return False, exc
-
-
-def _pickled_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Any) -> bytes:
-    """``(fn, args, kwargs)`` pickled to go to a worker process; TypeError names what does not."""
-    import cloudpickle  # type: ignore[import-untyped]
-
-    try:
-        return cast("bytes", cloudpickle.dumps((fn, args, kwargs)))
-    except Exception as exc:
-        parts = [("fn", fn)] + [(f"argument {n}", arg) for n, arg in enumerate(args, 1)]
-        parts += [(f"keyword argument {name}=", arg) for name, arg in kwargs.items()]
-        what = "the call"
-        for name, part in parts:
-            try:
-                cloudpickle.dumps(part)
-            except Exception:
-                what = f"{name} ({type(part).__qualname__})"
-                break
-        raise TypeError(
-            f"{what} cannot be sent to a worker process: {exc}. The pool's workers are "
-            "processes: what a call takes must pickle (or use a pool of threads)"
-        ) from exc
-
-
-def _call_pickled(item: tuple[int, bytes]) -> Any:
-    """In a worker process: unpack the call, make it, and pickle what it gave.
-
-    The outcome is pickled here, so that one that cannot be sent back is told
-    as such: a value that does not pickle fails the call with a TypeError; an
-    exception that does not pickle comes back as a RuntimeError with its type
-    and message. An exception comes with its traceback here, as text.
-    """
-    import cloudpickle
-
-    fn, args, kwargs = cloudpickle.loads(item[1])
-    try:
-        value = fn(*args, **kwargs)
-    except BaseException as exc:  # sent back as the Future's exception
-        return False, _pickled_exception(exc)
-    try:
-        return True, cloudpickle.dumps(value)
-    except Exception as exc:
-        error = TypeError(
-            f"the call's value (a {type(value).__qualname__}) could not be sent back from "
-            f"the worker process: {exc}"
-        )
-        return False, (cloudpickle.dumps(error), "")
-
-
-def _pickled_exception(exc: BaseException) -> tuple[bytes, str]:
-    """``exc`` pickled (or a RuntimeError naming it, if it cannot travel), and its traceback."""
-    import traceback
-
-    import cloudpickle
-
-    text = "".join(traceback.format_exception(exc))
-    try:
-        data: bytes = cloudpickle.dumps(exc)
-        cloudpickle.loads(data)  # (e.g. an __init__ of its own: it pickles, and fails here)
-    except Exception:
-        kind = type(exc)
-        error = RuntimeError(
-            f"{kind.__module__}.{kind.__qualname__}: {_safe_str(exc)} (it could not be sent "
-            "back from the worker process as it is)"
-        )
-        data = cloudpickle.dumps(error)
-    return data, text
-
-
-def _safe_str(exc: BaseException) -> str:
-    try:
-        return str(exc)
-    except Exception:
-        return "<str() of the exception failed>"
-
-
-def _unpickled_outcome(outcome: tuple[bool, Any]) -> tuple[bool, Any]:
-    """What ``_call_pickled`` sent back; an exception's cause is its traceback in the worker."""
-    import cloudpickle
-
-    ok, data = outcome
-    if ok:
-        return True, cloudpickle.loads(data)
-    pickled, text = data
-    error = cloudpickle.loads(pickled)
-    if text:
-        error.__cause__ = RemoteTraceback(text)
-    return False, error
-
-
-class RemoteTraceback(Exception):
-    """The traceback of a call's exception in its worker process (set as its ``__cause__``)."""
-
-    def __init__(self, text: str) -> None:
-        super().__init__(text)
-        self.text = text
-
-    def __str__(self) -> str:
-        return self.text
