@@ -213,3 +213,29 @@ def test_a_run_of_processes_inside_a_worker_process_is_refused_with_why() -> Non
     failure = report.failures[0]
     assert failure.error_type == "manyhands.WorkerInitError"
     assert "daemonic process" in failure.message and "backend='threads'" in failure.message
+
+
+def test_a_process_pools_callback_that_waits_for_the_pool_does_not_hang() -> None:
+    # Its Futures' callbacks run on the thread that reads the workers' results: a
+    # wait there is refused at once, and a run started there is made right there.
+    def scenario() -> list[Any]:
+        seen: list[Any] = []
+        finished = threading.Event()
+        with manyhands.Pool(workers=2, backend="processes") as pool:
+
+            def callback(future: concurrent.futures.Future[int]) -> None:
+                try:
+                    pool.submit(abs, -1).result()
+                except RuntimeError as exc:
+                    seen.append(exc)
+                seen.append(pool.run(abs, range(-3, 0)).succeeded)
+                finished.set()
+
+            pool.submit(abs, 1).add_done_callback(callback)
+            finished.wait(BOUND)
+            seen.append(pool.submit(abs, -2).result())
+        return seen
+
+    error, succeeded, later = within(scenario)
+    assert isinstance(error, RuntimeError) and "in a callback of the pool" in str(error)
+    assert succeeded == 3 and later == 2

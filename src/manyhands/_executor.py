@@ -187,6 +187,13 @@ class PoolExecutor(Executor):
                 "runs its call: the wait would block it forever. Await it instead: "
                 "`await asyncio.wrap_future(future)`"
             )
+        if self._processes:
+            raise RuntimeError(
+                "a Future of a process pool was waited for in a callback of the pool (its "
+                "Futures' done callbacks run on the thread that reads the worker processes' "
+                "results), which the wait would block forever: wait for it elsewhere, or "
+                "chain it with add_done_callback"
+            )
         if timeout is None and self._free_workers is not None:
             self._run_here(future)  # (if no worker began it; else wait as usual)
 

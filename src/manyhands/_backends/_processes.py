@@ -226,7 +226,14 @@ class ProcessBackend:
             self._functions.pop(task.key, None)
 
     def inside(self) -> bool:
-        return False  # (a worker process has no handle on this backend)
+        """True on the dispatcher thread (a callback of a batch's run, or of a Future).
+
+        A worker process has no handle on this backend; the dispatcher is the
+        thread that reads the workers' results, so anything there that waits
+        for them (a nested run, a Future's result, shutdown) would wait forever.
+        """
+        dispatcher = self._dispatcher
+        return dispatcher is not None and threading.current_thread() is dispatcher
 
     def cancel(self, task: Task) -> list[Batch]:
         """Drop the batches no worker was sent, and return them."""
