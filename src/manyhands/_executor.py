@@ -62,6 +62,8 @@ class PoolFuture(Future[R]):
     RuntimeError. Anywhere else, the stdlib's Future.
     """
 
+    __slots__ = ("call", "claimed", "face", "key")
+
     def __init__(self, face: PoolExecutor, key: int, call: Call | None) -> None:
         super().__init__()
         self.face = face
