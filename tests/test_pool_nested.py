@@ -10,9 +10,11 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import pickle
+import sys
 import textwrap
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -239,3 +241,44 @@ def test_a_process_pools_callback_that_waits_for_the_pool_does_not_hang() -> Non
     error, succeeded, later = within(scenario)
     assert isinstance(error, RuntimeError) and "in a callback of the pool" in str(error)
     assert succeeded == 3 and later == 2
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the fork start method")
+def test_a_forked_copy_of_a_pool_refuses_calls_instead_of_hanging(tmp_path: Path) -> None:
+    # A module's Pool, used by the parent, is copied into worker processes forked
+    # from it, without its worker threads: a call there waited forever.
+    (tmp_path / "shared_pool.py").write_text(
+        textwrap.dedent(
+            """
+            import manyhands
+
+            pool = manyhands.Pool(workers=2)
+
+            def submits(x):
+                return pool.submit(abs, x).result()
+
+            def runs(x):
+                return pool.run(abs, [x]).succeeded
+            """
+        )
+    )
+    failed = outcome_of(
+        f"""
+        import json, sys
+        sys.path.insert(0, {str(tmp_path)!r})
+        import manyhands, shared_pool
+
+        if __name__ == "__main__":
+            shared_pool.pool.run(abs, range(100))  # (its threads start, here)
+            messages = []
+            for fn in (shared_pool.submits, shared_pool.runs):
+                report = manyhands.run(fn, [1], backend="processes", workers=1,
+                                       start_method="fork", timeout=20)
+                messages += [f.message for f in report.failures]
+            shared_pool.pool.shutdown()
+            print(json.dumps(messages))
+        """
+    )
+    assert len(failed) == 2
+    for message in failed:
+        assert "has a copy of it" in message and "the pool's workers are not here" in message

@@ -149,6 +149,7 @@ class Pool:
 
             initialize_here(initializer, initargs)  # (the pool's threads run calls here)
         self._name = backend
+        self._pid = os.getpid()  # (a forked child has a copy of the pool, not its workers)
         self._backend: Backend = create_backend(
             "threads" if backend == "auto" else backend,
             workers,
@@ -289,6 +290,8 @@ class Pool:
                 (or while reading a ``pool.map``'s input): it would wait for
                 itself. Nothing is shut down then; ``wait=False`` works there.
         """
+        if os.getpid() != self._pid:
+            return  # a forked copy: none of the pool's workers is in this process
         if wait:
             self._check_can_wait("pool.shutdown()")
         with self._state:
@@ -433,6 +436,13 @@ class Pool:
         )
 
     def _check_open(self) -> None:
+        if os.getpid() != self._pid:
+            raise RuntimeError(
+                f"this manyhands.Pool was made in process {self._pid}, and this process "
+                f"({os.getpid()}) has a copy of it (it was forked, a worker process with "
+                "the fork start method, say): the pool's workers are not here. Make a "
+                "Pool in this process, or use the pool from the process that made it"
+            )
         if self._closed:
             raise RuntimeError("this manyhands.Pool is shut down: it accepts no new run or call")
 
