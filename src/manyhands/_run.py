@@ -75,6 +75,7 @@ if TYPE_CHECKING:
 __all__ = ["Completions", "Run", "RunHooks"]
 
 _NEVER = object()  # (a sentinel no completion is)
+_LONGEST_WAIT = 3600.0  # (a Retry-After of years, obeyed: the run wakes hourly to look)
 
 
 class Completions(Protocol):
@@ -368,6 +369,7 @@ class Run:
                     raise RuntimeError("nothing in flight and nothing due")  # pragma: no cover
                 caught.extend(islice(iter(get, _NEVER), 1))
             else:
+                wait = min(wait, _LONGEST_WAIT)  # (a wait longer than a thread can do)
                 try:
                     caught.extend(islice(iter(functools.partial(get, True, wait), _NEVER), 1))
                 except Empty:

@@ -16,6 +16,7 @@ import stat
 import sys
 import time
 import warnings
+from _thread import TIMEOUT_MAX
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -189,7 +190,7 @@ def _failure_rate(
               "whose default is a LocalCluster started for the run.")  # fmt: skip
 @click.option("--retries", type=click.IntRange(min=0), default=0, help="Retries per item.")
 @click.option("--rate", callback=_rate, help="Most starts per second: 50/s, 300/min, 1000/h.")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True),
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True, max=TIMEOUT_MAX),
               help="Seconds a call may run, or the item fails (manyhands.Timeout).")  # fmt: skip
 @click.option("--ordered", "--keep-order", "ordered", is_flag=True,
               help="Write outcomes in input order.")  # fmt: skip
@@ -197,7 +198,8 @@ def _failure_rate(
               help="Items sent to a worker at once. Default: adapted.")  # fmt: skip
 @click.option("--total", type=click.IntRange(min=0),
               help="How many items INPUT has, for the progress ETA.")  # fmt: skip
-@click.option("--grace", type=click.FloatRange(min=0), default=2.0, show_default=True,
+@click.option("--grace", type=click.FloatRange(min=0, max=TIMEOUT_MAX), default=2.0,
+              show_default=True,
               help="Seconds running calls get to finish when the run stops early.")  # fmt: skip
 @click.option("--stop-after-failures", type=click.IntRange(min=1), help="Stop after N failed.")
 @click.option("--stop-after-failure-rate", metavar="SHARE[,LAST_N]", callback=_failure_rate,
