@@ -221,6 +221,7 @@ class Journal:
         self.error: BaseException | None = None  # why reading stopped early, if it did
         self._ended = False
         self.closed = False
+        self.closed_as: str | None = None  # the status close() wrote in the run's row
 
     # -- opening ---------------------------------------------------------
 
@@ -893,6 +894,7 @@ class Journal:
                 )
                 error.writing = True
                 raise error from exc
+            self.closed_as = status
             self._stop_if(watch.lock_problem(), ALL_RECORDED)
         finally:
             self._release()

@@ -312,12 +312,11 @@ def _run(
     except InputError as exc:
         raise UsageProblem(f"reading INPUT failed: {exc.__cause__ or exc}") from exc
     except OutputFailed as exc:
-        raise _output_failed(exc, journal) from exc
+        with _quietly():  # (what ran: with a journal, what it recorded)
+            _print(run.report(), summary)
+        raise _output_failed(exc, journal, run.journal_closed_as) from exc
     except JournalError:
-        report = run.report()
-        if report.total:  # (items ran: say what they did before the error's line)
-            with _quietly():
-                _print(report, summary)
+        _before_journal_error(run.report(), sink, summary)
         raise
     finally:
         if sink is not None:
@@ -566,15 +565,38 @@ def _late_lines(sink: OutputFile) -> Callable[[list[Outcome[Any, Any]]], None]:
     return write
 
 
-def _output_failed(exc: OutputFailed, journal: str | None) -> OutputFailed:
-    """The error of a run whose --output could not be written: what was kept, and what next."""
-    if journal:
+def _before_journal_error(report: Any, sink: OutputFile | None, summary: Any) -> None:
+    """Say what ran before a JournalError's line, and close the output quietly.
+
+    (If its last lines fail too, its error must not take the journal's place.)
+    """
+    if report.total:
+        with _quietly():
+            _print(report, summary)
+    if sink is not None:
+        with contextlib.suppress(OutputFailed):
+            sink.close()
+
+
+def _output_failed(exc: OutputFailed, journal: str | None, closed_as: str | None) -> OutputFailed:
+    """The error of a run whose --output could not be written: what was kept, and what next.
+
+    ``closed_as``: how the journal recorded the run's end (None: it could not be
+    written either, a full disk filling both at once).
+    """
+    if not journal:
+        kept = "the run stopped (without --journal, a rerun starts over)"
+    elif closed_as is not None:
         kept = (
             f"the journal {journal} recorded only the items whose lines were written: "
             "make room and run the same command again to resume"
         )
     else:
-        kept = "the run stopped (without --journal, a rerun starts over)"
+        kept = (
+            f"nor could the journal {journal} be written: it recorded some of the items "
+            "whose lines were written, not all (the others run again, and get a second "
+            "line): make room and run the same command again to resume"
+        )
     return OutputFailed(exc.path, exc.error, kept)
 
 
