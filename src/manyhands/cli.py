@@ -678,17 +678,32 @@ def status(journal: str) -> int:
 
     lines.append(throughput_sparkline(journal))
     lines.append(f"runs: {len(found.runs)}")
-    for run_ in found.runs[-5:]:
-        began = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run_["started"] or 0))
-        took = f"{run_['finished'] - run_['started']:.1f}s" if run_["finished"] else "?"
-        lines.append(
-            f"  #{run_['id']} {began} ({took}) {run_['fn']}: {run_['status']}, "
-            f"{run_['succeeded'] or 0:,} succeeded, {run_['failed'] or 0:,} failed, "
-            f"{run_['skipped'] or 0:,} skipped"
-        )
+    lines += [_run_line(run_) for run_ in found.runs[-5:]]
     for line in lines:  # the journal's text, from whatever code wrote it: escaped
         click.echo(escape_controls(line))
     return EXIT_OK
+
+
+def _run_line(run_: dict[str, Any]) -> str:
+    """A run of ``status``: when, how long, how it ended, and its counts.
+
+    A run that ended without closing has no counts in its row: those of the
+    items it recorded are shown, and how long it ran until its last record.
+    """
+    began = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run_["started"] or 0))
+    counts = f"{run_['succeeded'] or 0:,} succeeded, {run_['failed'] or 0:,} failed"
+    if run_["finished"]:
+        took = f"{run_['finished'] - run_['started']:.1f}s"
+    elif run_.get("last_record") and run_["started"]:
+        took = f"{run_['last_record'] - run_['started']:.1f}s+"  # (until its last record)
+    else:
+        took = "?"
+    if "last_record" in run_:  # (ended without closing: what it recorded)
+        return f"  #{run_['id']} {began} ({took}) {run_['fn']}: {run_['status']}; recorded {counts}"
+    return (
+        f"  #{run_['id']} {began} ({took}) {run_['fn']}: {run_['status']}, "
+        f"{counts}, {run_['skipped'] or 0:,} skipped"
+    )
 
 
 @cli.command(epilog=READ_EPILOG)
