@@ -126,7 +126,11 @@ def test_a_disk_filling_mid_run_records_counts_and_says_only_what_was_written(
     (status, succeeded, failed), states, keys = recorded(workdir / "j.db")
     assert 0 < len(keys) < ITEMS  # (the disk filled mid-run)
     # Nothing is recorded whose line is not whole in the file: a resume runs it again.
-    assert keys <= {default_key(item) for item in lines_of(workdir / "out.jsonl")}
+    written = [default_key(item) for item in lines_of(workdir / "out.jsonl")]
+    assert keys <= set(written)
+    if not both:  # and the file was cut back to the lines of the recorded items, each once
+        assert sorted(written) == sorted(keys)
+        assert (workdir / "out.jsonl").read_bytes().endswith(b"\n")  # (no line cut short)
     if both:  # the journal could not record the run's end, and the line does not claim it did
         assert status == "running"
         assert "nor could the journal j.db be written" in error, error
@@ -137,4 +141,7 @@ def test_a_disk_filling_mid_run_records_counts_and_says_only_what_was_written(
         assert "the journal j.db recorded only the items whose lines were written" in error
     resumed = manyhands(*RUN, cwd=workdir)  # room made: the same command
     assert resumed.returncode == 1, resumed.stderr  # (items 3, 13, ... fail)
-    assert set(lines_of(workdir / "out.jsonl")) == {str(n) for n in range(ITEMS)}
+    items = lines_of(workdir / "out.jsonl")
+    assert set(items) == {str(n) for n in range(ITEMS)}
+    if not both:  # every item once (with both, those written but not recorded have two)
+        assert len(items) == ITEMS

@@ -312,6 +312,8 @@ def _run(
     except InputError as exc:
         raise UsageProblem(f"reading INPUT failed: {exc.__cause__ or exc}") from exc
     except OutputFailed as exc:
+        if sink is not None and journal is not None:
+            sink.drop_unrecorded()  # (so a resume writes each of their lines once)
         with _quietly():  # (what ran: with a journal, what it recorded)
             _print(run.report(), summary)
         raise _output_failed(exc, journal, run.journal_closed_as) from exc
