@@ -8,6 +8,7 @@ write(2) does), and with ``both`` the journal's disk fills at the same moment
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import subprocess
@@ -105,7 +106,7 @@ def lines_of(path: Path) -> list[str]:
 
 def recorded(journal: Path) -> tuple[tuple[object, ...], dict[str, int], set[str]]:
     """The first run's row (status, succeeded, failed), its items by state, and their keys."""
-    with sqlite3.connect(journal) as db:
+    with contextlib.closing(sqlite3.connect(journal)) as db:
         row = db.execute("SELECT status, succeeded, failed FROM runs WHERE id = 1").fetchone()
         states = dict(db.execute("SELECT state, count(*) FROM items GROUP BY state").fetchall())
         keys = {key for (key,) in db.execute("SELECT key FROM items")}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sqlite3
@@ -209,7 +210,7 @@ def test_status_counts_what_a_killed_run_recorded_rather_than_nothing(workdir: P
     wait_for_lines(workdir / "calls.txt", 300)
     proc.send_signal(signal.SIGKILL)
     finish(proc, 60)
-    with sqlite3.connect(workdir / "run.db") as db:
+    with contextlib.closing(sqlite3.connect(workdir / "run.db")) as db:
         (recorded,) = db.execute("SELECT count(*) FROM items WHERE run = 1").fetchone()
     assert recorded > 0
     shown = manyhands("status", "run.db", cwd=workdir)
