@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import signal
 import sqlite3
 import subprocess
@@ -219,6 +220,22 @@ def test_status_counts_what_a_killed_run_recorded_rather_than_nothing(workdir: P
     assert line.endswith(f"ended without closing (killed, or the journal could not be written); "
                          f"recorded {recorded:,} succeeded, 0 failed"), line  # fmt: skip
     assert "(?)" not in line  # (how long: until its last record)
+
+
+@posix_only
+def test_status_counts_what_a_running_run_recorded_so_far(workdir: Path) -> None:
+    proc = start(workdir, sleep="0.01")
+    try:
+        wait_for_lines(workdir / "calls.txt", 200)
+        shown = manyhands("status", "run.db", cwd=workdir)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        finish(proc, 60)
+    assert shown.returncode == 0, shown.stderr
+    (line,) = [line for line in shown.stdout.splitlines() if line.strip().startswith("#1 ")]
+    found = re.search(r": running; recorded ([\d,]+) succeeded, 0 failed so far$", line)
+    assert found is not None, line
+    assert int(found[1].replace(",", "")) > 0  # (not "0 succeeded" for a run at work)
 
 
 @posix_only

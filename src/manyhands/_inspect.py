@@ -147,7 +147,8 @@ def read_status(path: str | Path) -> JournalStatus:
         ]
         for run in unclosed:  # (its process ended without closing the journal)
             run["status"] = _UNCLOSED
-        _count_records(db, unclosed)
+        running = [run for run in runs if run["status"] == "running"]  # (still at it)
+        _count_records(db, unclosed + running)
     return JournalStatus(Path(path), states, errors, runs)
 
 
@@ -156,7 +157,9 @@ _UNCLOSED = "ended without closing (killed, or the journal could not be written)
 
 
 def _count_records(db: sqlite3.Connection, runs: list[dict[str, Any]]) -> None:
-    """Count what runs that ended without closing recorded, which their rows never got.
+    """Count what runs that ended without closing, or are running, recorded.
+
+    (Their rows get their counts only as they end.)
 
     Their ``succeeded`` and ``failed`` are then the items still recorded
     under their ids, ``skipped`` is None (not known), and ``last_record``

@@ -689,8 +689,9 @@ def status(journal: str) -> int:
 def _run_line(run_: dict[str, Any]) -> str:
     """A run of ``status``: when, how long, how it ended, and its counts.
 
-    A run that ended without closing has no counts in its row: those of the
-    items it recorded are shown, and how long it ran until its last record.
+    A run that ended without closing, or is running, has no counts in its
+    row yet: those of the items it recorded are shown, and how long it ran
+    until its last record.
     """
     began = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run_["started"] or 0))
     counts = f"{run_['succeeded'] or 0:,} succeeded, {run_['failed'] or 0:,} failed"
@@ -700,8 +701,12 @@ def _run_line(run_: dict[str, Any]) -> str:
         took = f"{run_['last_record'] - run_['started']:.1f}s+"  # (until its last record)
     else:
         took = "?"
-    if "last_record" in run_:  # (ended without closing: what it recorded)
-        return f"  #{run_['id']} {began} ({took}) {run_['fn']}: {run_['status']}; recorded {counts}"
+    if "last_record" in run_:  # (ended without closing, or running: what it recorded)
+        so_far = " so far" if run_["status"] == "running" else ""
+        return (
+            f"  #{run_['id']} {began} ({took}) {run_['fn']}: {run_['status']}; "
+            f"recorded {counts}{so_far}"
+        )
     return (
         f"  #{run_['id']} {began} ({took}) {run_['fn']}: {run_['status']}, "
         f"{counts}, {run_['skipped'] or 0:,} skipped"
