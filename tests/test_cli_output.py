@@ -296,3 +296,12 @@ def test_values_json_cannot_hold_are_written_as_text(workdir: Path) -> None:
     assert raw.count(b"\n") == 4  # U+2028 is escaped: a line per item, even for splitlines()
     values = [line["value"] for line in lines_of(workdir / "out.jsonl")]
     assert values == ["{(1, 2): 'x'}", "\udcff", "\x9b2J", "a\u2028b"]
+
+
+def test_status_says_it_lists_only_the_last_five_runs(workdir: Path) -> None:
+    (workdir / "numbers.txt").write_text("1\n")
+    for _ in range(6):
+        assert rerun(workdir).returncode == 0
+    shown = manyhands("status", "run.db", cwd=workdir).stdout
+    assert "runs: 6 (the last 5)" in shown, shown
+    assert "#1 " not in shown and "#6 " in shown

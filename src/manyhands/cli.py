@@ -679,7 +679,8 @@ def status(journal: str) -> int:
     from ._timeline import throughput_sparkline
 
     lines.append(throughput_sparkline(journal))
-    lines.append(f"runs: {len(found.runs)}")
+    shown = " (the last 5)" if len(found.runs) > 5 else ""  # (not read as all of them)
+    lines.append(f"runs: {len(found.runs)}{shown}")
     lines += [_run_line(run_) for run_ in found.runs[-5:]]
     for line in lines:  # the journal's text, from whatever code wrote it: escaped
         click.echo(escape_controls(line))
