@@ -1023,7 +1023,11 @@ class Run:
         if journal.closed:
             return
         if self.before_record is not None:
-            self.before_record()
+            try:
+                self.before_record()
+            except BaseException:  # (the command's lines did not reach its file: not recorded)
+                self._take_back(batch)  # nor counted, so the run's row says what it recorded
+                raise
         journal.record(batch, set())
 
     def _take_back(self, batch: Batch, start: int = 0) -> None:
@@ -1074,6 +1078,11 @@ class Run:
     def journal_run(self) -> int:
         """The journal's id of this run (0: no journal, or not opened)."""
         return self._journal.run_id if self._journal is not None else 0
+
+    @property
+    def journal_closed_as(self) -> str | None:
+        """How the journal recorded this run's end (None: no journal, or it could not)."""
+        return self._journal.closed_as if self._journal is not None else None
 
     def report(self) -> Report:
         """A Report of everything delivered so far."""
