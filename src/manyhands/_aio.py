@@ -1,6 +1,9 @@
-"""asyncio plumbing for the engine's async driver: its completions queue, and async inputs.
+"""asyncio plumbing for the engine's async driver: its completions queue, and its input.
 
-Both live on the caller's event loop and are touched only from it.
+Both live on the caller's event loop and are touched only from it. An async
+input is read by a task (:class:`AsyncFeed`); a sync one that is not a
+collection in memory, by a thread (:func:`open_feed`), so that the loop
+never waits for it.
 """
 
 from __future__ import annotations
@@ -8,12 +11,36 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import AsyncIterable, Callable
+from collections.abc import AsyncIterable, Callable, Iterator
 from typing import Any, Generic, TypeVar
 
-__all__ = ["AsyncFeed", "LoopQueue"]
+from ._thread_feed import ThreadFeed
+
+__all__ = ["AsyncFeed", "LoopFeed", "LoopQueue", "open_feed"]
 
 T = TypeVar("T")
+
+#: Iterators over collections in memory: their next item is at hand, so they are
+#: read on the loop (a thread's hand-off per item would only cost). Anything
+#: else (a generator, a file, a cursor, a map over a function) may wait.
+_SAMPLES: tuple[Iterator[Any], ...] = (
+    iter([]),
+    iter(()),
+    iter(range(0)),
+    iter(range(1 << 64)),
+    iter(""),
+    iter("\u20ac"),
+    iter(b""),
+    iter(bytearray()),
+    iter({}),
+    iter({}.values()),
+    iter({}.items()),
+    iter(set()),
+    iter(deque()),
+    reversed([]),
+    reversed({}),
+)
+IN_MEMORY = frozenset(type(iterator) for iterator in _SAMPLES)
 
 
 class LoopQueue(Generic[T]):
@@ -136,3 +163,48 @@ class AsyncFeed:
         if aclose is not None:
             with contextlib.suppress(Exception):  # a source that breaks while closing
                 await aclose()
+
+
+class LoopFeed(ThreadFeed):
+    """A sync input read in a thread of its own for a run on an event loop (``amap``).
+
+    The loop never waits for the input's next item: the run takes what the
+    thread has read, and the thread wakes the loop (thread-safely) when items
+    arrive in an empty buffer and when the input ends. So the first calls
+    start as soon as their items come, and the caller's other tasks go on
+    meanwhile.
+    """
+
+    def attach_to_loop(self, wake: Callable[[], None]) -> None:
+        """Start reading; ``wake()`` runs on the running loop (not once it closed)."""
+        loop = asyncio.get_running_loop()
+
+        def wake_the_loop() -> None:
+            with contextlib.suppress(RuntimeError):  # (the loop closed: nobody waits)
+                loop.call_soon_threadsafe(wake)
+
+        self.attach(wake_the_loop)
+
+    async def aclose(self) -> None:
+        """Read no more; the thread leaves at its next item (or at once if full)."""
+        self.stop()
+
+
+def open_feed(
+    items: Iterator[Any], source: AsyncIterable[Any] | None, limit: int, wake: Callable[[], None]
+) -> AsyncFeed | LoopFeed | None:
+    """What reads a run's input on the running loop, if not the run itself.
+
+    An async ``source``: a task. A sync input that is not a collection in
+    memory (see ``IN_MEMORY``): a thread. Either reads up to ``limit`` items
+    ahead and calls ``wake`` (on the loop) when items arrive in an empty
+    buffer and when the input ends. A collection in memory: None (the run
+    reads it itself: it never waits).
+    """
+    if source is not None:
+        return AsyncFeed(source, limit, wake)
+    if type(items) in IN_MEMORY:
+        return None
+    feed = LoopFeed(items, limit)
+    feed.attach_to_loop(wake)
+    return feed
