@@ -25,7 +25,10 @@ as ``asyncio.timeout`` has): at the deadline its item fails as
 :class:`~manyhands.Timeout` and its task is cancelled and *given up*: a
 new task takes its place, and the old one leaves once its call ends. A
 coroutine may catch its cancellation and go on awaiting; its item, the
-run and the other calls do not wait for it. Given-up tasks still running
+run and the other calls do not wait for it. At most ``workers`` given-up
+tasks run on at once, as at most ``workers`` threads are abandoned: past
+that, the task of a call past its deadline is kept (its item fails all the
+same) and takes the next item once the call ends. Given-up tasks still running
 when their run ends are cancelled once more, counted in the Report's
 ``abandoned``, and left on the loop; a private loop's thread runs on
 until they end (it does not keep the program alive).
@@ -78,6 +81,10 @@ class AsyncBackend:
         # Tasks given up (a call past its deadline, or its run ended) whose call has not
         # ended yet, with their run's Task until counted as abandoned (then None).
         self._left: dict[asyncio.Task[None], Task | None] = {}
+        # Tasks whose call ran past its deadline once ``workers`` given-up tasks were
+        # still in theirs (the cap, as threads have): not replaced, they stay workers
+        # and take the next item once the call ends (its item failed at the deadline).
+        self._kept: dict[asyncio.Task[None], Task] = {}
         self._retired = False  # no more items expected: idle workers may exit
         self._stopping = False  # our own cancellation, not the user's CancelledError
         self.taken = 0  # batches whose calls have all started (the slowdown's opening)
@@ -111,8 +118,19 @@ class AsyncBackend:
             self._on_loop(self._count_left, task)
 
     def _count_left(self, task: Task | None) -> None:
-        """Cancel once more the given-up calls (of ``task``, or all) still running; count them."""
+        """Cancel once more the given-up calls (of ``task``, or all) still running; count them.
+
+        A worker kept in a call past its deadline (the cap) is given up now:
+        its run no longer waits for it.
+        """
         left = self._left
+        for runner, owner in list(self._kept.items()):
+            if task is None or owner is task:
+                del self._kept[runner]
+                if not runner.done():
+                    left[runner] = owner
+                    runner.add_done_callback(self._forget)
+                    self._tasks.discard(runner)
         for runner, run in list(left.items()):
             if runner.done() or (task is not None and run is not task):
                 continue
@@ -169,11 +187,18 @@ class AsyncBackend:
         """Cancel ``runner``'s call and stop waiting for it: a new worker takes its place.
 
         The runner leaves once its call ends, whatever it returns (a
-        coroutine may catch its cancellation and go on).
+        coroutine may catch its cancellation and go on). At most ``workers``
+        given-up tasks are still in their calls, as at most ``workers``
+        threads are abandoned: past that, the runner is kept, not replaced
+        (its run has a worker less until the call ends), so calls that
+        ignore their cancellation cannot pile up on the loop without bound.
         """
         runner.cancel()
-        if runner in self._left:
+        if runner in self._left or runner in self._kept:
             return  # (given up already: cancelled once more)
+        if len(self._left) >= self._workers:
+            self._kept[runner] = task
+            return
         self._left[runner] = task
         runner.add_done_callback(self._forget)
         self._tasks.discard(runner)
@@ -283,6 +308,8 @@ class AsyncBackend:
             worker.cancel()
         for runner in self._left:
             runner.cancel()
+        # (a worker kept in a call past its deadline: its item failed, no grace for it)
+        workers = [worker for worker in workers if worker not in self._kept]
         if workers:
             await asyncio.wait(workers, timeout=grace)
         else:
@@ -333,7 +360,7 @@ class AsyncBackend:
                 if task.timeout is None:
                     batch.values[index] = await task.fn(batch.items[index])
                 elif not await self._timed(entry, index, start, me):
-                    return  # given up at its deadline: a new task took this one's place
+                    return  # past its deadline: a new task took (or takes) this one's place
             except asyncio.CancelledError as exc:
                 if self._stopping:
                     raise  # the run is stopping: this is our cancellation
@@ -395,6 +422,7 @@ class AsyncBackend:
                     raise
             finally:
                 entry.runners.discard(runner)
+                self._kept.pop(runner, None)  # (kept past its call's end: a worker again)
             del entry, task
             if runner in self._left:
                 return  # given up (past its deadline, or its run ended): replaced
@@ -437,9 +465,10 @@ class AsyncBackend:
     ) -> bool:
         """Run item ``index`` of ``entry`` under its run's ``timeout``; store its value or error.
 
-        False if the call was given up at its deadline (:meth:`_overdue`):
-        its item failed then, whatever the call did later is dropped, and
-        ``runner`` is no longer a worker (it must leave).
+        False if the call ran past its deadline (:meth:`_overdue`): its item
+        failed then, whatever the call did later is dropped, and ``runner``
+        is no longer a worker of a private backend (it must leave; if it was
+        kept, see :meth:`_kept_call_ended`).
         """
         batch = entry.batch
         task = batch.task
@@ -449,16 +478,31 @@ class AsyncBackend:
             value = await task.fn(batch.items[index])
         except BaseException as exc:
             deadline.cancel()
-            if runner in self._left:
+            if runner in self._left or (self._kept and self._kept_call_ended(runner)):
                 return False
             if isinstance(exc, asyncio.CancelledError) and (self._stopping or entry.abandoned):
                 raise  # the run is stopping: this is our cancellation
             entry.fail(index, exc)
             return True
         deadline.cancel()
-        if runner in self._left:
+        if runner in self._left or (self._kept and self._kept_call_ended(runner)):
             return False
         batch.values[index] = value
+        return True
+
+    def _kept_call_ended(self, runner: asyncio.Task[None]) -> bool:
+        """Whether ``runner`` was kept in a call past its deadline (the cap), which just ended.
+
+        A pool's worker goes on to its next item; a private backend's leaves,
+        and a new task takes its place (its loop has no way back to the top
+        for a call whose item was settled at the deadline).
+        """
+        if self._kept.pop(runner, None) is None:
+            return False
+        if self._lanes is None:
+            self._tasks.discard(runner)
+            if not self._stopping and self._pending:
+                self._add_worker()
         return True
 
     def _overdue(self, entry: Entry, index: int, start: float, runner: asyncio.Task[None]) -> None:
