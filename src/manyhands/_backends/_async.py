@@ -37,6 +37,7 @@ until they end (it does not keep the program alive).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 from collections import deque
 from collections.abc import Callable
 from time import perf_counter
@@ -49,7 +50,11 @@ from .._lanes import Lanes
 from ._async_loop import LoopThread
 from ._async_pieces import Entry, Stragglers
 
-__all__ = ["AsyncBackend"]
+__all__ = ["LOOP_SLACK", "AsyncBackend"]
+
+#: Seconds past the grace period a private loop has to answer a shutdown before it
+#: is given up as blocked (a call that does not await: ``time.sleep`` in a coroutine).
+LOOP_SLACK = 1.0
 
 
 class AsyncBackend:
@@ -276,13 +281,21 @@ class AsyncBackend:
         The loop's thread closes the loop once it stops: at once, or, if
         calls did not end when cancelled, once they end (the thread is a
         daemon: it does not keep the program alive meanwhile).
+
+        A call that blocks the loop (``time.sleep`` in a coroutine) keeps it
+        from even starting to cancel: the wait gives up on the loop after
+        ``grace`` (and ``LOOP_SLACK``), or at once on a second Ctrl-C, as on
+        a hung thread. The loop then cancels everything and stops, once that
+        call returns, in its own time.
         """
         private = self._private
         assert private is not None
         try:
-            busy = private.call(self.ashutdown(grace))
-        except BaseException:  # (a second Ctrl-C: stop now)
-            private.stop()
+            busy = private.call(self.ashutdown(grace), timeout=grace + LOOP_SLACK)
+        except BaseException as exc:  # (a second Ctrl-C, or the loop blocked: stop now)
+            private.loop.call_soon_threadsafe(self._stop_all)
+            if isinstance(exc, concurrent.futures.TimeoutError):
+                return len(self._tasks) or 1  # (read from here: the loop is stuck)
             raise
         if busy:
             private.stop_once_ended(self._still_running)
@@ -298,6 +311,18 @@ class AsyncBackend:
         running, and returned: how many. Given-up calls (past their
         deadline) are cancelled once more but not waited for.
         """
+        workers = self._cancel_all()
+        # (a worker kept in a call past its deadline: its item failed, no grace for it)
+        workers = [worker for worker in workers if worker not in self._kept]
+        if workers:
+            await asyncio.wait(workers, timeout=grace)
+        else:
+            await asyncio.sleep(0)  # (the cancellations land)
+        self._count_left(None)
+        return len(self._still_running())
+
+    def _cancel_all(self) -> list[asyncio.Task[None]]:
+        """(On the loop) cancel every call and drop what is queued; the workers."""
         self._stopping = True
         self._stragglers.cancel()
         self._pending = deque()  # (a call that ends late takes no new item)
@@ -308,14 +333,14 @@ class AsyncBackend:
             worker.cancel()
         for runner in self._left:
             runner.cancel()
-        # (a worker kept in a call past its deadline: its item failed, no grace for it)
-        workers = [worker for worker in workers if worker not in self._kept]
-        if workers:
-            await asyncio.wait(workers, timeout=grace)
-        else:
-            await asyncio.sleep(0)  # (the cancellations land)
+        return workers
+
+    def _stop_all(self) -> None:
+        """(On the loop, once free) :meth:`shutdown` gave up on it: cancel all, stop once ended."""
+        self._cancel_all()
         self._count_left(None)
-        return len(self._still_running())
+        assert self._private is not None
+        self._private.stop_when_ended(self._still_running)
 
     def _still_running(self) -> list[asyncio.Task[None]]:
         return [task for task in (*self._tasks, *self._left) if not task.done()]
