@@ -89,7 +89,7 @@ class ThreadFeed:
         popleft = buffer.popleft
         taken = min(size, len(buffer))
         chunk.extend([popleft() for _ in range(taken)])
-        if self._full:
+        if self._full and len(buffer) <= self._limit // 2:  # (woken once per half: not per take)
             self._full = False
             self._room.set()
         if taken < size and self.finished and not buffer and self.error is not None:
