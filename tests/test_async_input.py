@@ -119,3 +119,35 @@ def test_leaving_amap_early_stops_reading_an_endless_sync_input(no_thread_left: 
         return seen
 
     assert asyncio.run(main()) == 100  # (no_thread_left: the reading thread left too)
+
+
+def test_an_item_that_comes_alone_after_a_burst_is_taken_at_once(no_thread_left: None) -> None:
+    """Read in growing chunks while it is fast, the input's chunk after a burst waits for
+    more items than come: the one that came is taken all the same (the loop looks again),
+    with nothing in flight to wake the run."""
+    burst = 1000
+    out = [threading.Event(), threading.Event()]  # the burst's outcomes, then the lone item's
+    waited: list[bool] = []
+
+    def lines() -> Iterator[int]:
+        yield from range(burst)
+        waited.append(out[0].wait(PATIENCE))
+        yield burst  # alone: its chunk waits for more
+        waited.append(out[1].wait(PATIENCE))
+        yield burst + 1
+
+    async def double(item: int) -> int:
+        return 2 * item
+
+    async def main() -> int:
+        seen = 0
+        async for outcome in manyhands.amap(double, lines(), workers=8):
+            seen += 1
+            if seen == burst:
+                out[0].set()
+            if outcome.item == burst:
+                out[1].set()
+        return seen
+
+    assert asyncio.run(main()) == burst + 2
+    assert waited == [True, True], "an item that came waited for the input's next one"

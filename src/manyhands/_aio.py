@@ -2,8 +2,8 @@
 
 Both live on the caller's event loop and are touched only from it. An async
 input is read by a task (:class:`AsyncFeed`); a sync one that is not a
-collection in memory, by a thread (:func:`open_feed`), so that the loop
-never waits for it.
+collection in memory, by a thread (:func:`open_feed`, :mod:`._aio_input`),
+so that the loop never waits for it.
 """
 
 from __future__ import annotations
@@ -12,11 +12,12 @@ import asyncio
 import contextlib
 from collections import deque
 from collections.abc import AsyncIterable, Callable, Iterator
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from ._thread_feed import ThreadFeed
+if TYPE_CHECKING:
+    from ._aio_input import LoopFeed
 
-__all__ = ["AsyncFeed", "LoopFeed", "LoopQueue", "open_feed"]
+__all__ = ["AsyncFeed", "LoopQueue", "open_feed"]
 
 T = TypeVar("T")
 
@@ -165,31 +166,6 @@ class AsyncFeed:
                 await aclose()
 
 
-class LoopFeed(ThreadFeed):
-    """A sync input read in a thread of its own for a run on an event loop (``amap``).
-
-    The loop never waits for the input's next item: the run takes what the
-    thread has read, and the thread wakes the loop (thread-safely) when items
-    arrive in an empty buffer and when the input ends. So the first calls
-    start as soon as their items come, and the caller's other tasks go on
-    meanwhile.
-    """
-
-    def attach_to_loop(self, wake: Callable[[], None]) -> None:
-        """Start reading; ``wake()`` runs on the running loop (not once it closed)."""
-        loop = asyncio.get_running_loop()
-
-        def wake_the_loop() -> None:
-            with contextlib.suppress(RuntimeError):  # (the loop closed: nobody waits)
-                loop.call_soon_threadsafe(wake)
-
-        self.attach(wake_the_loop)
-
-    async def aclose(self) -> None:
-        """Read no more; the thread leaves at its next item (or at once if full)."""
-        self.stop()
-
-
 def open_feed(
     items: Iterator[Any], source: AsyncIterable[Any] | None, limit: int, wake: Callable[[], None]
 ) -> AsyncFeed | LoopFeed | None:
@@ -205,6 +181,8 @@ def open_feed(
         return AsyncFeed(source, limit, wake)
     if type(items) in IN_MEMORY:
         return None
+    from ._aio_input import LoopFeed
+
     feed = LoopFeed(items, limit)
-    feed.attach_to_loop(wake)
+    feed.attach(wake)
     return feed

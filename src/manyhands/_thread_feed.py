@@ -16,12 +16,9 @@ iterator it wraps.
 
 from __future__ import annotations
 
-import contextvars
-import functools
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from itertools import islice
 from typing import Any
 
 __all__ = ["ThreadFeed"]
@@ -53,10 +50,7 @@ class ThreadFeed:
         """A run reads it: start the thread; ``wake()`` when items arrive or the input ends."""
         self._wake = wake
         self._threaded = True
-        # In the caller's context: an input that reads a context variable sees
-        # what it would see read where the run was made.
-        fill = functools.partial(contextvars.copy_context().run, self._fill)
-        threading.Thread(target=fill, name="manyhands-input", daemon=True).start()
+        threading.Thread(target=self._fill, name="manyhands-input", daemon=True).start()
 
     def __iter__(self) -> ThreadFeed:
         return self
@@ -76,51 +70,26 @@ class ThreadFeed:
             self._room.set()
         return item
 
-    def take(self, chunk: list[Any], size: int) -> None:
-        """Add up to ``size`` items read so far to ``chunk``, at once (no call per item).
-
-        Adds none when none is there yet. Raises what the input raised once
-        it is drained (the items taken before it stay in ``chunk``).
-        """
-        if not self._threaded:  # (not a run's input yet: read it here)
-            chunk.extend(islice(self._source, size))
-            return
-        buffer = self._buffer
-        popleft = buffer.popleft
-        taken = min(size, len(buffer))
-        chunk.extend([popleft() for _ in range(taken)])
-        if self._full and len(buffer) <= self._limit // 2:  # (woken once per half: not per take)
-            self._full = False
-            self._room.set()
-        if taken < size and self.finished and not buffer and self.error is not None:
-            error, self.error = self.error, None  # (finished first: then every item is in)
-            raise error from None
-
     def _fill(self) -> None:
-        buffer, room, wake, limit = self._buffer, self._room, self._wake, self._limit
-        append = buffer.append
+        buffer, room, wake = self._buffer, self._room, self._wake
         assert wake is not None
-        try:  # (per item: the least Python, as a fast input pays it on every item)
+        try:
             for item in self._source:
-                append(item)
-                held = len(buffer)
-                if held == 1:
+                buffer.append(item)
+                if len(buffer) == 1:
                     wake()
-                elif held >= limit:
-                    while len(buffer) >= limit and not self._stopped:
-                        room.clear()
-                        self._full = True
-                        if len(buffer) >= limit:  # (taken from meanwhile: go on)
-                            room.wait(0.1)
+                while len(buffer) >= self._limit and not self._stopped:
+                    room.clear()
+                    self._full = True
+                    if len(buffer) >= self._limit:  # (taken from meanwhile: go on)
+                        room.wait(0.1)
                 if self._stopped:
                     return
-        except BaseException as exc:  # the user's iterable broke: an InputError later
-            # (or, raised as they are where the run reads: KeyboardInterrupt, SystemExit)
+        except Exception as exc:  # the user's iterable broke: an InputError later
             self.error = exc
         finally:
             self.finished = True
-            if not self._stopped:
-                wake()
+            wake()
 
     @property
     def waiting(self) -> bool:
