@@ -21,9 +21,9 @@ __all__ = ["AsyncFeed", "LoopQueue", "open_feed"]
 
 T = TypeVar("T")
 
-#: Iterators over collections in memory: their next item is at hand, so they are
-#: read on the loop (a thread's hand-off per item would only cost). Anything
-#: else (a generator, a file, a cursor, a map over a function) may wait.
+# Iterators over collections in memory (IN_MEMORY): their next item is at hand, so
+# they are read on the loop (a thread would only cost). Anything else (a generator,
+# a file, a cursor, a map over a function) may wait: it is read in a thread.
 _SAMPLES: tuple[Iterator[Any], ...] = (
     iter([]),
     iter(()),
