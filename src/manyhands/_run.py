@@ -293,7 +293,7 @@ class Run:
         """:meth:`batches` on the running event loop (``amap``)."""
         import asyncio
 
-        from ._aio import AsyncFeed, LoopQueue
+        from ._aio import LoopQueue, open_feed
 
         queue: LoopQueue[Batch] = LoopQueue()
         self._completions = queue
@@ -308,11 +308,10 @@ class Run:
 
             self.task.done = hand_over
         progress = self._begin()
-        feed: AsyncFeed | None = None
-        if self._async_source is not None:
-            limit = max(self._window // 4, 1)  # (read ahead of the window, a share of it)
-            feed = AsyncFeed(self._async_source, limit, lambda: queue.put(None))
-            self._reader.items = feed
+        # An async input is read by a task, a slow sync one by a thread (see _aio).
+        limit = max(self._window // 4, 1)  # (read ahead of the window, a share of it)
+        feed = open_feed(self._reader.items, self._async_source, limit, lambda: queue.put(None))
+        self._reader.items = feed or self._reader.items
         completed = False
         try:
             self._start_backend()
