@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
@@ -151,3 +151,35 @@ def test_an_item_that_comes_alone_after_a_burst_is_taken_at_once(no_thread_left:
 
     assert asyncio.run(main()) == burst + 2
     assert waited == [True, True], "an item that came waited for the input's next one"
+
+
+def test_a_thread_bound_iterable_is_refused_with_the_way_out_which_works() -> None:
+    """A sqlite cursor made on the loop: read in a thread it raises, and the error says
+    what to do; an async generator over it, as told, runs every item."""
+    import sqlite3
+
+    async def main() -> tuple[str, list[int]]:
+        db = sqlite3.connect(":memory:")
+        db.execute("create table t(x)")
+        db.executemany("insert into t values (?)", [(i,) for i in range(20)])
+
+        async def same(x: int) -> int:
+            return x
+
+        told = ""
+        try:
+            async for _ in manyhands.amap(same, (row[0] for row in db.execute("select x from t"))):
+                pass
+        except manyhands.InputError as error:
+            told = str(error)
+
+        async def rows() -> AsyncIterator[int]:
+            for row in db.execute("select x from t"):
+                yield row[0]
+
+        got = [out.value async for out in manyhands.amap(same, rows())]
+        return told, sorted(got)
+
+    told, got = asyncio.run(main())
+    assert "pass an async generator over it" in told
+    assert got == list(range(20))

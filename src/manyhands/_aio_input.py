@@ -47,6 +47,13 @@ class LoopFeed:
     is there; ``waiting`` says whether more may come.
     """
 
+    #: Said with an error the input raised (it may be one bound to the loop's thread).
+    hint = (
+        "amap reads a sync iterable in a thread of its own, so as not to block the event "
+        "loop; for one bound to the loop's thread, such as a sqlite cursor, pass an async "
+        "generator over it"
+    )
+
     def __init__(self, source: Iterator[Any], limit: int) -> None:
         self._source = source
         self._limit = max(limit, 2)
