@@ -1065,6 +1065,7 @@ class Run:
         latency = stats.latency
         return {
             "done": stats.total,
+            "skipped": stats.skipped + stats.duplicates,  # (done, not run: no part of a rate)
             "failed": stats.failed,
             "retrying": stats.retrying,
             "in_flight": self._in_flight,

@@ -673,7 +673,9 @@ def status(journal: str) -> int:
     from ._inspect import read_status
 
     found = read_status(journal)
-    lines = [f"{journal}: {found.total:,} items with a final record"]
+    lines = [
+        f"{journal}: {found.total:,} item{'' if found.total == 1 else 's'} with a final record"
+    ]
     lines += [f"  {count:>10,}  {state}" for state, count in sorted(found.states.items())]
     if found.errors_by_type:
         lines.append("errors by type:")
