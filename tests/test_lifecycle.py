@@ -87,6 +87,27 @@ def test_hung_call_is_abandoned_after_the_grace_period(backend: str) -> None:
         release.set()
 
 
+def test_the_report_after_break_includes_the_grace_period(backend: str) -> None:
+    """A run stopped by `break` lasts until its calls stopped: its Report says so."""
+    release = threading.Event()
+    try:
+        began = time.monotonic()
+        stream = manyhands.map(
+            lambda x: release.wait(30) if x == 0 else x, range(100), backend=backend, grace=0.5
+        )
+        for out in stream:
+            if out.item == 99:
+                break
+        stream.close()  # waits out the grace period for the call still running
+        waited = time.monotonic() - began
+        report = stream.report
+    finally:
+        release.set()
+    assert waited >= 0.5
+    assert report.elapsed >= 0.5, f"the Report says {report.elapsed:.3f}s of {waited:.3f}s"
+    assert report.elapsed <= waited
+
+
 def test_more_than_a_thousand_workers(backend: str, no_thread_left: None) -> None:
     probe = PeakConcurrency()
     work = probe.wrap(lambda x: time.sleep(0.2) or x)

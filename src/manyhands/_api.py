@@ -149,10 +149,12 @@ def amap(
     ``fn`` is a coroutine function; the calls run as tasks on the caller's
     event loop, at most ``workers`` at once. ``items`` may be a sync or an
     async iterable; either is read lazily, so memory stays bounded by the
-    window. Leaving the loop early (``break``, an exception), ``aclose()`` or
-    the end of an ``async with`` block cancels the running calls and leaves
-    no task behind. Options are those of :func:`run`. For the Report alone,
-    ``await`` :func:`arun`.
+    window, and never makes the loop wait (a sync one that is not a
+    collection in memory, a generator say, is read in a thread). Leaving
+    the loop early (``break``, an exception), ``aclose()`` or the end of an
+    ``async with`` block cancels the running calls and leaves no task behind.
+    Options are those of :func:`run`. For the Report alone, ``await``
+    :func:`arun`.
 
     >>> import asyncio, manyhands
     >>> async def double(x):

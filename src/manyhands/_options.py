@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
 import os
 import stat
+from _thread import TIMEOUT_MAX
 from collections.abc import Callable
 from dataclasses import dataclass, fields, is_dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
@@ -181,7 +181,7 @@ class Options(Record):
         if self.window is not None:
             check_positive_int("window", self.window, "or None for the default")
         check_positive_int("keep_failures", self.keep_failures, "0 keeps only counts", zero=True)
-        _non_negative_float("grace", self.grace)
+        check_seconds("grace", self.grace)
         Retry.coerce(self.retry)
         parse_rate(self.rate)
         if self.stop_after_failures is not None:
@@ -195,9 +195,7 @@ class Options(Record):
                 )
             check_positive_int("stop_after_failure_rate's last_n", last, "e.g. (0.5, 100)")
         if self.timeout is not None:
-            _non_negative_float("timeout", self.timeout)
-            if self.timeout == 0:
-                raise ValueError("timeout must be more than 0 seconds (or None for no limit)")
+            check_seconds("timeout", self.timeout, positive=True, hint="None: no limit")
         if self.throttle_on is not None:
             check_matcher("throttle_on", self.throttle_on)
         if self.progress is not None and not isinstance(self.progress, bool):
@@ -418,22 +416,32 @@ def check_positive_int(name: str, value: object, hint: str, *, zero: bool = Fals
         raise ValueError(f"{name} must be >= {lowest} ({hint}), got {value!r}")
 
 
-def _non_negative_float(name: str, value: object) -> None:
+def check_seconds(name: str, value: object, *, positive: bool = False, hint: str = "") -> None:
+    """Refuse anything but a number of seconds >= 0 (> 0 with ``positive``) that a
+    thread can wait for (``threading.TIMEOUT_MAX``: ~292 years on Linux, 49 days on
+    Windows), naming ``name``.
+
+    >>> check_seconds("grace", 1e300)
+    Traceback (most recent call last):
+    ...
+    ValueError: grace must be a number of seconds >= 0, at most ... got 1e+300
+    """
+    lowest = "> 0" if positive else ">= 0"
+    said = f" ({hint})" if hint else ""
     if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise TypeError(f"{name} must be a number of seconds >= 0, got {value!r}")
-    if not (value >= 0 and math.isfinite(value)):
-        raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
+        raise TypeError(f"{name} must be a number of seconds {lowest}{said}, got {value!r}")
+    if not ((value > 0 if positive else value >= 0) and value <= TIMEOUT_MAX):
+        raise ValueError(
+            f"{name} must be a number of seconds {lowest}{said}, at most {TIMEOUT_MAX:.0f} "
+            f"(the longest a thread can wait), got {value!r}"
+        )
 
 
 def check_start_timeout(value: object) -> None:
-    """Refuse a ``start_timeout`` that is not a positive, finite number of seconds."""
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise TypeError(
-            f"start_timeout must be a number of seconds (how long a worker process may "
-            f"take to start, its initializer included), got {value!r}"
-        )
-    if not (value > 0 and math.isfinite(value)):
-        raise ValueError(
-            f"start_timeout must be a finite number of seconds > 0 (how long a worker "
-            f"process may take to start, its initializer included), got {value!r}"
-        )
+    """Refuse a ``start_timeout`` that is not a number of seconds > 0, naming it."""
+    check_seconds(
+        "start_timeout",
+        value,
+        positive=True,
+        hint="how long a worker process may take to start, its initializer included",
+    )

@@ -42,17 +42,19 @@ from time import monotonic
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from ._backends import Backend
-from ._batch import EXECUTE_CODE, Batch, Task
+from ._batch import Batch, Task
 from ._checks import check_first_value, discard_coroutines
 from ._delivery import Delivery
-from ._exceptions import InputError, JournalError, ManyhandsError, Timeout, WorkerCrashed
+from ._exceptions import InputError, JournalError, ManyhandsError, Timeout
 from ._options import Options
-from ._outcome import Failure, Outcome, duplicate_failure
+from ._outcome import Failure, Outcome
+from ._parking import Parking
 from ._progress import Progress, progress_wanted
 from ._rate import RateLimit
 from ._reader import Reader
 from ._report import Report
-from ._retry import MAX_RETRY_AFTER, matches, retry_after_of
+from ._settlement import Settlement
+from ._settlement import timed_out as timed_out_in
 from ._sizing import Sizer
 from ._slowdown import OPENING_SHARE, Slowdown
 from ._stats import RunStatistics
@@ -73,6 +75,7 @@ if TYPE_CHECKING:
 __all__ = ["Completions", "Run", "RunHooks"]
 
 _NEVER = object()  # (a sentinel no completion is)
+_LONGEST_WAIT = 3600.0  # (a Retry-After of years, obeyed: the run wakes hourly to look)
 
 
 class Completions(Protocol):
@@ -173,9 +176,7 @@ class Run:
         self._init_auto(auto, workers)
         self._reader = Reader(items)
         self._ready: deque[Batch] = deque()  # skipped by the journal: delivered without running
-        #: Duplicates held for their first copy's outcome, by key (see _park).
-        self._parked: dict[str, list[tuple[Batch, int]]] = {}
-        self._retry = options.retry_policy
+        self._parked = Parking()  # duplicates held for their first copy's outcome
         # The adaptive slowdown sets the start rate, the calls in flight and
         # pauses; while it watches, every answer goes to it (see _slowdown).
         self._slowdown = Slowdown(
@@ -191,13 +192,12 @@ class Run:
         # (the slowdown watches the answers; items may queue ahead of the workers)
         self._watching, self._queueing = True, False  # (see _obey_slowdown)
         self._most_in_flight = self._slowdown.concurrency
-        self._throttled = 0  # calls of the batch being settled that asked to slow down
-        self._asked: float | None = None  # the longest Retry-After among them
         self._deadlines = Deadlines(engine_timeout) if engine_timeout is not None else None
         self._window = self._item_window(options, backend, workers)
         self._sizer = self._new_sizer(workers)
         self._timers = RetryTimers()
         self._retries = self._timers.heap  # (its emptiness is tested on the hot path)
+        self._settlement = Settlement(options, self.statistics, self._timers, self.task, clock)
         self._delivery = Delivery(options.ordered)
         self._rules = StopRules(options)
         self._stop_rules_on = self._rules.watching  # (tested per batch)
@@ -293,7 +293,7 @@ class Run:
         """:meth:`batches` on the running event loop (``amap``)."""
         import asyncio
 
-        from ._aio import AsyncFeed, LoopQueue
+        from ._aio import LoopQueue, open_feed
 
         queue: LoopQueue[Batch] = LoopQueue()
         self._completions = queue
@@ -308,11 +308,10 @@ class Run:
 
             self.task.done = hand_over
         progress = self._begin()
-        feed: AsyncFeed | None = None
-        if self._async_source is not None:
-            limit = max(self._window // 4, 1)  # (read ahead of the window, a share of it)
-            feed = AsyncFeed(self._async_source, limit, lambda: queue.put(None))
-            self._reader.items = feed
+        # An async input is read by a task, a slow sync one by a thread (see _aio).
+        limit = max(self._window // 4, 1)  # (read ahead of the window, a share of it)
+        feed = open_feed(self._reader.items, self._async_source, limit, lambda: queue.put(None))
+        self._reader.items = feed or self._reader.items
         completed = False
         try:
             self._start_backend()
@@ -369,6 +368,7 @@ class Run:
                     raise RuntimeError("nothing in flight and nothing due")  # pragma: no cover
                 caught.extend(islice(iter(get, _NEVER), 1))
             else:
+                wait = min(wait, _LONGEST_WAIT)  # (a wait longer than a thread can do)
                 try:
                     caught.extend(islice(iter(functools.partial(get, True, wait), _NEVER), 1))
                 except Empty:
@@ -509,6 +509,9 @@ class Run:
         self.statistics.abandoned = self.task.abandoned
 
     def _end(self, completed: bool, progress: Progress | None) -> None:
+        # The run ends once its calls stopped: a Report after Ctrl-C or `break`
+        # includes the grace period the caller waited through.
+        self._finished = self._clock()
         self.statistics.abandoned = self.task.abandoned  # (asyncio counts them as it stops)
         if self._pilot is not None:
             self._pilot.end_short_turns()
@@ -531,7 +534,8 @@ class Run:
         if isinstance(error, ManyhandsError):  # from the journal: raised as it is
             raise error
         if error is not None:
-            raise InputError(self._reader.pulled, error) from error
+            hint = getattr(self._reader.items, "hint", "")  # (read in a thread: say so)
+            raise InputError(self._reader.pulled, error, hint=hint) from error
 
     def _close_journal(self, journal: Journal, completed: bool) -> None:
         stats = self.statistics
@@ -740,43 +744,12 @@ class Run:
             batch.failures = segment.failures
             stats.add_skipped(segment.reasons)
             if segment.waiting:
-                self._park(batch, segment.waiting)
+                self._parked.park(batch, segment.waiting)
             else:
                 self._ready.append(batch)
         if reader.exhausted and not self._retries:
             self._wind_down()
         return []
-
-    def _park(self, batch: Batch, waiting: list[int]) -> None:
-        """Hold a batch of duplicates until the first copies of its keys are final.
-
-        A later copy of a key is given its first copy's outcome (ok, or its
-        Failure), so it waits for it; ``pending`` counts what it waits for.
-        """
-        keys = batch.keys
-        assert keys is not None
-        parked = self._parked
-        for index in waiting:
-            parked.setdefault(keys[index], []).append((batch, index))
-        batch.pending = len(waiting)
-
-    def _unpark(self, batch: Batch) -> None:
-        """The outcomes of ``batch`` reached the consumer: duplicates waiting on them are ready."""
-        parked = self._parked
-        failures = batch.failures or {}
-        for index, key in enumerate(batch.keys or ()):
-            waiting = parked.pop(key, None)
-            if waiting is None:
-                continue
-            failure = failures.get(index)
-            for duplicate, at in waiting:
-                if failure is not None:
-                    if duplicate.failures is None:
-                        duplicate.failures = {}
-                    duplicate.failures[at] = duplicate_failure(duplicate.items[at], failure)
-                duplicate.pending -= 1
-                if not duplicate.pending:
-                    self._ready.append(duplicate)
 
     def _wind_down(self) -> None:
         if self._owns_backend:  # (a shared pool's workers wait for other runs)
@@ -864,9 +837,9 @@ class Run:
         timed_out = False
         uncalled = 0
         if batch.errors:
-            timed_out = _timed_out(batch.errors)
-            retried, final, uncalled = self._settle_errors(batch)
-        if self._watching or self._throttled:
+            timed_out = timed_out_in(batch.errors)
+            retried, final, uncalled = self._settlement.settle(batch)
+        if self._watching or self._settlement.throttled:
             self._tell_slowdown(batch, timed_out)
         stats = self.statistics
         stats.add_batch(size - len(retried), size - uncalled, batch.elapsed, final)
@@ -886,7 +859,8 @@ class Run:
             if reason is not None:
                 self._stop(reason)
         if stats.stop_reason is not None and self._retries:
-            yield from self._give_up_retries()
+            for given_up in self._settlement.give_up():
+                yield from self._delivery.settled(given_up, set())
 
     # -- backend="auto" (see _autopilot) ------------------------------------
 
@@ -935,96 +909,16 @@ class Run:
             left += self._journal.read_ahead  # (its block: read, not run yet)
         return left
 
-    def _settle_errors(self, batch: Batch) -> tuple[set[int], list[Failure], int]:
-        """Turn errors into Failures; schedule the retryable ones.
-
-        Returns (retried, final, how many of the errors made no call).
-        """
-        assert batch.errors is not None
-        retry = self._retry if self.statistics.stop_reason is None else None
-        throttle_on = self._options.throttle_on
-        longest = self._retry.max_retry_after if self._retry is not None else MAX_RETRY_AFTER
-        retried: set[int] = set()
-        final: dict[int, Failure] = {}
-        uncalled = 0
-        for index, error in batch.errors.items():
-            failure = _as_failure(batch.items[index], error, batch.attempt)
-            failure.history = batch.history
-            exception = failure.exception
-            if exception is None:  # from another process: described, not an object
-                asked = failure.retry_after
-                throttled = asked is not None
-                retryable = retry is not None and retry.retries_failure(failure)
-            else:
-                asked = retry_after_of(exception)
-                throttled = asked is not None or (
-                    throttle_on is not None and matches(throttle_on, exception)
-                )
-                retryable = retry is not None and retry.retries_error(exception)
-            if isinstance(exception, WorkerCrashed) and not exception.ran:  # (backend stopped)
-                failure.attempts -= 1
-                uncalled += 1
-                retryable = False
-            if asked is not None and asked > longest:  # not obeyed: the item fails now
-                self.statistics.asked_too_long(asked, longest)
-                asked, retryable = None, False
-            if throttled:
-                self._throttle(asked)
-            if retryable and retry is not None and batch.attempt <= retry.retries:
-                delay = retry.delay(batch.attempt, exception, failure.retry_after)
-                self._schedule_retry(batch, index, failure, delay)
-                retried.add(index)
-            else:
-                final[index] = failure
-        batch.errors = None
-        batch.failures = final or None
-        return retried, list(final.values()), uncalled
-
-    def _schedule_retry(self, batch: Batch, index: int, failure: Failure, delay: float) -> None:
-        again = Batch(-1, [batch.items[index]], self.task, batch.attempt + 1)
-        again.parent = batch.parent or (batch, index)
-        again.history = (*batch.history, failure.error_type)
-        again.last_failure = failure
-        if batch.keys is not None:
-            again.keys = [batch.keys[index]]
-        if batch.attempt == 1:  # the item starts waiting for retries (once)
-            self.statistics.retried += 1
-            self.statistics.retrying += 1
-        self._timers.add(self._clock() + delay, again)
-
-    def _give_up_retries(self) -> Iterator[Batch]:
-        """A stop rule fired: items waiting to be retried end with their last failure."""
-        for batch in self._timers.drain():
-            assert batch.last_failure is not None
-            final = batch.last_failure
-            batch.failures = {0: final}
-            batch.attempt -= 1  # the planned attempt never ran
-            batch.values = [None]
-            self.statistics.add_batch(1, 0, 0.0, [final])
-            self.statistics.retrying -= 1
-            if batch.attempt == 1:  # (never tried more than once after all)
-                self.statistics.retried -= 1
-            yield from self._delivery.settled(batch, set())
-
     # -- policies --------------------------------------------------------
-
-    def _throttle(self, asked: float | None) -> None:
-        """A call asked to slow down (Retry-After ``asked``, if it said): noted for the slowdown."""
-        self._throttled += 1
-        if asked is not None and (self._asked is None or asked > self._asked):
-            self._asked = asked
 
     def _tell_slowdown(self, batch: Batch, timed_out: bool = False) -> None:
         """Report a batch's answers to the slowdown; what it says is obeyed before more start."""
         now = self._clock()
-        calls = len(batch.items)
-        if timed_out:
-            # A call cut off at timeout= (a hung one) is no sample of the server's
-            # latency, and its batch's time is the timeout's: not a sample either.
-            # (Taken for one, 1% of calls hanging cut 200 calls in flight to 1.)
-            calls = self._throttled
-        throttled, self._throttled = self._throttled, 0
-        asked, self._asked = self._asked, None
+        throttled, asked = self._settlement.take_throttled()
+        # A call cut off at timeout= (a hung one) is no sample of the server's
+        # latency, and its batch's time is the timeout's: not a sample either.
+        # (Taken for one, 1% of calls hanging cut 200 calls in flight to 1.)
+        calls = throttled if timed_out else len(batch.items)
         stats = self.statistics
         stats.throttle_events += throttled
         self._slowdown.completed(
@@ -1125,11 +1019,15 @@ class Run:
                 return
             batch = batch.prefix(count)
         if self._parked:
-            self._unpark(batch)
+            self._ready.extend(self._parked.release(batch))
         if journal.closed:
             return
         if self.before_record is not None:
-            self.before_record()
+            try:
+                self.before_record()
+            except BaseException:  # (the command's lines did not reach its file: not recorded)
+                self._take_back(batch)  # nor counted, so the run's row says what it recorded
+                raise
         journal.record(batch, set())
 
     def _take_back(self, batch: Batch, start: int = 0) -> None:
@@ -1147,8 +1045,7 @@ class Run:
 
     def _take_back_undelivered(self) -> None:
         """The consumer left: uncount what was settled but never delivered."""
-        parked = {id(batch): batch for waiting in self._parked.values() for batch, _ in waiting}
-        for batch in (*self._delivery.held(), *self._ready, *parked.values()):
+        for batch in (*self._delivery.held(), *self._ready, *self._parked.batches()):
             self._take_back(batch)
 
     # -- results ---------------------------------------------------------
@@ -1168,6 +1065,7 @@ class Run:
         latency = stats.latency
         return {
             "done": stats.total,
+            "skipped": stats.skipped + stats.duplicates,  # (done, not run: no part of a rate)
             "failed": stats.failed,
             "retrying": stats.retrying,
             "in_flight": self._in_flight,
@@ -1182,6 +1080,11 @@ class Run:
         """The journal's id of this run (0: no journal, or not opened)."""
         return self._journal.run_id if self._journal is not None else 0
 
+    @property
+    def journal_closed_as(self) -> str | None:
+        """How the journal recorded this run's end (None: no journal, or it could not)."""
+        return self._journal.closed_as if self._journal is not None else None
+
     def report(self) -> Report:
         """A Report of everything delivered so far."""
         return Report.from_statistics(self.statistics, self.elapsed)
@@ -1192,25 +1095,3 @@ def _sooner(a: float | None, b: float | None) -> float | None:
     if a is None:
         return b
     return a if b is None else min(a, b)
-
-
-def _as_failure(item: Any, error: BaseException | Failure, attempt: int) -> Failure:
-    if isinstance(error, Failure):
-        return error
-    tb = error.__traceback__
-    if tb is not None and tb.tb_frame.f_code is EXECUTE_CODE:
-        # Drop the worker's own frame: the user sees only their code, and the
-        # finished frame no longer keeps the whole batch alive through the
-        # traceback of a kept Failure.
-        tb.tb_frame.clear()
-        error.__traceback__ = tb.tb_next
-    return Failure.from_exception(item, error, attempt)
-
-
-def _timed_out(errors: dict[int, BaseException | Failure]) -> bool:
-    """Whether a call of the batch was cut off at ``timeout=`` (here or in a worker process)."""
-    return any(
-        isinstance(error, Timeout)
-        or (isinstance(error, Failure) and error.error_type == "manyhands.Timeout")
-        for error in errors.values()
-    )

@@ -1,0 +1,168 @@
+"""What a batch's errors become: Failures, retries on their timers, and throttling.
+
+A :class:`~._run.Run` hands every batch that came back with errors to its
+:class:`Settlement`, which decides item by item::
+
+    error ──▶ Failure ──▶ retryable, attempts left? ──yes──▶ a retry Batch on RetryTimers
+                 │                                   no ───▶ final (the batch's failures)
+                 └──▶ asked to slow down (Retry-After, throttle_on)? ──▶ noted for the slowdown
+
+It owns no thread and reads time only through ``clock``; the run asks it for
+the throttling it noted (:meth:`Settlement.take_throttled`) when it tells the
+slowdown about the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from ._batch import EXECUTE_CODE, Batch, Task
+from ._exceptions import Timeout, WorkerCrashed
+from ._options import Options
+from ._outcome import Failure
+from ._retry import MAX_RETRY_AFTER, matches, retry_after_of
+from ._stats import RunStatistics
+from ._timers import RetryTimers
+
+__all__ = ["Settlement", "timed_out"]
+
+
+class Settlement:
+    """Settles the errors of one run's batches (see the module docstring).
+
+    Args:
+        options: the run's options (its retry policy and ``throttle_on``).
+        statistics: the run's counts (retried items; a stop reason ends retrying).
+        timers: where retries wait for their time.
+        task: the run's task (a retry is a batch of it).
+        clock: the run's clock.
+    """
+
+    def __init__(
+        self,
+        options: Options,
+        statistics: RunStatistics,
+        timers: RetryTimers,
+        task: Task,
+        clock: Callable[[], float],
+    ) -> None:
+        self._retry = options.retry_policy
+        self._throttle_on = options.throttle_on
+        self._longest = self._retry.max_retry_after if self._retry is not None else MAX_RETRY_AFTER
+        self._statistics = statistics
+        self._timers = timers
+        self._task = task
+        self._clock = clock
+        #: Calls of the batch being settled that asked to slow down.
+        self.throttled = 0
+        self._asked: float | None = None  # the longest Retry-After among them
+
+    def settle(self, batch: Batch) -> tuple[set[int], list[Failure], int]:
+        """Turn ``batch``'s errors into Failures; schedule the retryable ones.
+
+        Returns (the indexes retried, the final failures, how many of the errors
+        made no call). Sets ``batch.failures`` and clears ``batch.errors``.
+        """
+        assert batch.errors is not None
+        stats = self._statistics
+        retry = self._retry if stats.stop_reason is None else None
+        retried: set[int] = set()
+        final: dict[int, Failure] = {}
+        uncalled = 0
+        for index, error in batch.errors.items():
+            failure = _as_failure(batch.items[index], error, batch.attempt)
+            failure.history = batch.history
+            exception = failure.exception
+            if exception is None:  # from another process: described, not an object
+                asked = failure.retry_after
+                throttled = asked is not None
+                retryable = retry is not None and retry.retries_failure(failure)
+            else:
+                asked = retry_after_of(exception)
+                throttled = asked is not None or (
+                    self._throttle_on is not None and matches(self._throttle_on, exception)
+                )
+                retryable = retry is not None and retry.retries_error(exception)
+            if isinstance(exception, WorkerCrashed) and not exception.ran:  # (backend stopped)
+                failure.attempts -= 1
+                uncalled += 1
+                retryable = False
+            if asked is not None and asked > self._longest:  # not obeyed: the item fails now
+                stats.asked_too_long(asked, self._longest)
+                asked, retryable = None, False
+            if throttled:
+                self._throttle(asked)
+            if retryable and retry is not None and batch.attempt <= retry.retries:
+                delay = retry.delay(batch.attempt, exception, failure.retry_after)
+                self._schedule_retry(batch, index, failure, delay)
+                retried.add(index)
+            else:
+                final[index] = failure
+        batch.errors = None
+        batch.failures = final or None
+        return retried, list(final.values()), uncalled
+
+    def take_throttled(self) -> tuple[int, float | None]:
+        """The calls that asked to slow down since the last call, and the longest Retry-After."""
+        throttled, self.throttled = self.throttled, 0
+        asked, self._asked = self._asked, None
+        return throttled, asked
+
+    def give_up(self) -> Iterator[Batch]:
+        """A stop rule fired: the items waiting to be retried end with their last failure.
+
+        Yields each as a settled batch of one, counted, for delivery.
+        """
+        stats = self._statistics
+        for batch in self._timers.drain():
+            assert batch.last_failure is not None
+            final = batch.last_failure
+            batch.failures = {0: final}
+            batch.attempt -= 1  # the planned attempt never ran
+            batch.values = [None]
+            stats.add_batch(1, 0, 0.0, [final])
+            stats.retrying -= 1
+            if batch.attempt == 1:  # (never tried more than once after all)
+                stats.retried -= 1
+            yield batch
+
+    def _throttle(self, asked: float | None) -> None:
+        """A call asked to slow down (Retry-After ``asked``, if it said): noted for the slowdown."""
+        self.throttled += 1
+        if asked is not None and (self._asked is None or asked > self._asked):
+            self._asked = asked
+
+    def _schedule_retry(self, batch: Batch, index: int, failure: Failure, delay: float) -> None:
+        again = Batch(-1, [batch.items[index]], self._task, batch.attempt + 1)
+        again.parent = batch.parent or (batch, index)
+        again.history = (*batch.history, failure.error_type)
+        again.last_failure = failure
+        if batch.keys is not None:
+            again.keys = [batch.keys[index]]
+        if batch.attempt == 1:  # the item starts waiting for retries (once)
+            self._statistics.retried += 1
+            self._statistics.retrying += 1
+        self._timers.add(self._clock() + delay, again)
+
+
+def timed_out(errors: dict[int, BaseException | Failure]) -> bool:
+    """Whether a call of the batch was cut off at ``timeout=`` (here or in a worker process)."""
+    return any(
+        isinstance(error, Timeout)
+        or (isinstance(error, Failure) and error.error_type == "manyhands.Timeout")
+        for error in errors.values()
+    )
+
+
+def _as_failure(item: Any, error: BaseException | Failure, attempt: int) -> Failure:
+    if isinstance(error, Failure):
+        return error
+    tb = error.__traceback__
+    if tb is not None and tb.tb_frame.f_code is EXECUTE_CODE:
+        # Drop the worker's own frame: the user sees only their code, and the
+        # finished frame no longer keeps the whole batch alive through the
+        # traceback of a kept Failure.
+        tb.tb_frame.clear()
+        error.__traceback__ = tb.tb_next
+    return Failure.from_exception(item, error, attempt)
