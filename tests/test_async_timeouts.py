@@ -102,7 +102,7 @@ def test_run_and_map_end_with_the_call_failed_as_timeout_while_it_still_runs(
     assert (report.succeeded, report.failed) == (4, 1)
     assert report.errors_by_type == {"manyhands.Timeout": 1}
     assert report.abandoned == 1
-    assert "1 calls past the timeout did not end when cancelled" in str(report)
+    assert "abandoned: 1 call past timeout= or the grace period did not end" in str(report)
 
     outs = bounded(lambda: by_item(manyhands.map(stubborn, range(5), workers=1, timeout=0.2)))
     assert_timed_out_alone(outs, 5)
