@@ -183,3 +183,32 @@ def test_a_thread_bound_iterable_is_refused_with_the_way_out_which_works() -> No
     told, got = asyncio.run(main())
     assert "pass an async generator over it" in told
     assert got == list(range(20))
+
+
+def test_closing_amap_leaves_the_input_to_its_owner() -> None:
+    """After `aclose()`, no thread of the run is inside the generator: it reads on, and
+    closes, from the caller's thread."""
+    import time
+
+    def slow() -> Iterator[int]:
+        for i in range(1000):
+            time.sleep(0.01)
+            yield i
+
+    async def same(x: int) -> int:
+        return x
+
+    async def main() -> tuple[int, int]:
+        source = slow()
+        outs = manyhands.amap(same, source, workers=4)
+        async for _ in outs:
+            break
+        await outs.aclose()
+        readers = [t for t in threading.enumerate() if t.name == "manyhands-input"]
+        assert not readers, readers
+        following = next(source)  # (raised "generator already executing" while read)
+        source.close()
+        return following, len(readers)
+
+    following, _ = asyncio.run(main())
+    assert following >= 1

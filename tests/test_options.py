@@ -113,3 +113,16 @@ def test_explicit_batch_size_is_honoured() -> None:
         for block in blocks:  # each batch is 25 consecutive items, run by one worker
             assert block == list(range(block[0], block[0] + 25))
             assert block[0] % 25 == 0
+
+
+@pytest.mark.parametrize("backend", ["threads", "async"])
+def test_the_longest_grace_accepted_is_one_a_run_can_end_with(backend: str) -> None:
+    import asyncio
+
+    async def same_async(x: int) -> int:
+        await asyncio.sleep(0)
+        return x
+
+    fn: Any = same_async if backend == "async" else (lambda x: x)
+    report = manyhands.run(fn, range(3), backend=backend, grace=threading.TIMEOUT_MAX)
+    assert report.succeeded == 3

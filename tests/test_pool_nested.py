@@ -282,3 +282,24 @@ def test_a_forked_copy_of_a_pool_refuses_calls_instead_of_hanging(tmp_path: Path
     assert len(failed) == 2
     for message in failed:
         assert "has a copy of it" in message and "the pool's workers are not here" in message
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_shutdown_from_a_call_run_at_its_submit_is_refused_not_a_hang(workers: int) -> None:
+    """With no worker free, a nested submit runs at once in the submitting call; a
+    shutdown(wait=True) from there would wait for its caller forever: refused."""
+    with manyhands.Pool(workers=workers) as pool:
+        executor = pool.executor()
+
+        def inner() -> str:
+            try:
+                executor.shutdown(wait=True)
+            except RuntimeError as error:
+                return str(error)
+            return "returned"
+
+        def outer() -> str:
+            return executor.submit(inner).result()
+
+        told = executor.submit(outer).result(timeout=30)
+        assert "called from one of its own calls" in told

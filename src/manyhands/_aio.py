@@ -14,6 +14,8 @@ from collections import deque
 from collections.abc import AsyncIterable, Callable, Iterator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from ._reader import Feed
+
 if TYPE_CHECKING:
     from ._aio_input import LoopFeed
 
@@ -89,7 +91,7 @@ def _cancelling() -> bool:
     return bool(cancelling()) if cancelling is not None else False
 
 
-class AsyncFeed:
+class AsyncFeed(Feed):
     """Reads an async iterable into a bounded buffer that the engine drains synchronously.
 
     A task fills the buffer up to ``limit`` items ahead; ``wake`` is called

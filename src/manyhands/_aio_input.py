@@ -31,14 +31,17 @@ from itertools import chain, islice
 from time import perf_counter
 from typing import Any
 
+from ._reader import Feed
+
 __all__ = ["LoopFeed"]
 
 CHUNK_MAX = 1024  # items the thread reads in one go, at most
 FAST_CHUNK = 200e-6  # a chunk read within this: the next may be twice as long
 POLL, POLL_MAX = 0.001, 0.05  # seconds before a hungry run looks again, and at most
+CLOSE_WAIT = 1.0  # seconds a closing run waits for the thread to leave the input, at most
 
 
-class LoopFeed:
+class LoopFeed(Feed):
     """Reads a sync iterable in a thread, up to ``limit`` items ahead of the run.
 
     Started by :meth:`attach` on the running loop; ``wake`` is then called on
@@ -47,8 +50,8 @@ class LoopFeed:
     is there; ``waiting`` says whether more may come.
     """
 
-    #: Said with an error the input raised (it may be one bound to the loop's thread).
-    hint = (
+    #: Said with an error of the input that mentions threads (a sqlite cursor's).
+    thread_hint = (
         "amap reads a sync iterable in a thread of its own, so as not to block the event "
         "loop; for one bound to the loop's thread, such as a sqlite cursor, pass an async "
         "generator over it"
@@ -70,17 +73,19 @@ class LoopFeed:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._poll: asyncio.TimerHandle | None = None
         self._poll_wait = POLL
+        self._thread: threading.Thread | None = None
 
     def attach(self, wake: Callable[[], None]) -> None:
         """Start the thread (in the caller's context variables); ``wake()`` runs on this loop."""
         self._wake = wake
         self._loop = asyncio.get_running_loop()
         fill = functools.partial(contextvars.copy_context().run, self._fill)
-        threading.Thread(target=fill, name="manyhands-input", daemon=True).start()
+        self._thread = threading.Thread(target=fill, name="manyhands-input", daemon=True)
+        self._thread.start()
 
     # -- the run's side (on the loop) -------------------------------------
 
-    def take(self, chunk: list[Any], size: int) -> None:
+    def take(self, chunk: list[Any], size: int) -> bool:
         """Add up to ``size`` items read so far to ``chunk``, at once.
 
         Adds none when none is there yet. Raises what the input raised once
@@ -91,14 +96,18 @@ class LoopFeed:
             chunk.extend(items[at : at + got])
             at += got
             if at >= CHUNK_MAX:
-                del items[:at]  # (the thread only appends meanwhile)
-                at = 0
-            self._at = at
+                # The place first, then the items: meanwhile the thread (which only
+                # appends) sees less room than there is, never more than its limit.
+                self._at = 0
+                del items[:at]
+            else:
+                self._at = at
             if self._full and len(items) - at <= self._limit // 2:
                 self._full = False
                 self._room.set()
         if got < size:
             self._came_up_short(chunk)
+        return True
 
     def _came_up_short(self, chunk: list[Any]) -> None:
         if self.finished and len(self._items) == self._at:  # (finished first: all is in)
@@ -143,12 +152,23 @@ class LoopFeed:
         return not finished or len(self._items) > self._at
 
     async def aclose(self) -> None:
-        """Read no more; the thread leaves once its chunk is read (at once if full)."""
+        """Read no more, and wait for the thread to leave the input (``CLOSE_WAIT`` at most).
+
+        The thread leaves once the chunk it is reading is in (at once if it
+        waits for room), so the caller may read on from its iterator or close
+        it. An input whose next item takes longer than ``CLOSE_WAIT`` keeps the
+        thread until that item comes (it cannot be interrupted); the thread
+        then leaves without reading more.
+        """
         self._stopped = True
         self._room.set()
         if self._poll is not None:
             self._poll.cancel()
             self._poll = None
+        thread, waited = self._thread, 0.0
+        while thread is not None and thread.is_alive() and waited < CLOSE_WAIT:
+            await asyncio.sleep(0.002)
+            waited += 0.002
 
     # -- the thread's side --------------------------------------------------
 

@@ -333,10 +333,10 @@ class PoolExecutor(Executor):
         if self._async and self._backend.inside():
             where = "on the pool's event loop, which its calls need"
         else:
+            # (the call of this thread, if one of this face's: a worker's, or one run
+            # inline at its submit, which is in no list of this face's calls)
             calling = _calling.get()
-            with self._lock:
-                own = any(future is calling for future in self._futures.values())
-            if not own:
+            if not (isinstance(calling, PoolFuture) and calling.face is self):
                 return
             where = "from one of its own calls"
         raise RuntimeError(

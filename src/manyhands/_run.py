@@ -534,7 +534,7 @@ class Run:
         if isinstance(error, ManyhandsError):  # from the journal: raised as it is
             raise error
         if error is not None:
-            hint = getattr(self._reader.items, "hint", "")  # (read in a thread: say so)
+            hint = self._reader.hint(error)
             raise InputError(self._reader.pulled, error, hint=hint) from error
 
     def _close_journal(self, journal: Journal, completed: bool) -> None:

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+from _thread import TIMEOUT_MAX
 from collections import deque
 from collections.abc import Callable
 from time import perf_counter
@@ -291,7 +292,7 @@ class AsyncBackend:
         private = self._private
         assert private is not None
         try:
-            busy = private.call(self.ashutdown(grace), timeout=grace + LOOP_SLACK)
+            busy = private.call(self.ashutdown(grace), timeout=min(grace + LOOP_SLACK, TIMEOUT_MAX))
         except BaseException as exc:  # (a second Ctrl-C, or the loop blocked: stop now)
             private.loop.call_soon_threadsafe(self._stop_all)
             if isinstance(exc, concurrent.futures.TimeoutError):
