@@ -13,7 +13,7 @@ from time import monotonic
 from typing import Any
 
 from .._batch import FINISHED, RUNNING, TIMED_OUT, Batch, Task, execute, execute_measured
-from .._exceptions import WorkerInitError
+from .._exceptions import Timeout, WorkerInitError
 from .._lanes import Lanes
 
 #: Each thread's CPU clock can be read without giving up the GIL (backend="auto").
@@ -21,7 +21,23 @@ _CPU_CLOCKS = hasattr(time, "pthread_getcpuclockid")
 
 __all__ = ["ThreadBackend"]
 
+ABANDONED = "it was left running in an abandoned thread and the item failed"
+
 TAKE = object()  # a queued token: take the next batch from the lanes
+
+
+class _Exit:
+    """A queued token: the worker that takes it exits, if the token is still valid.
+
+    ``wind_down`` queues one per worker behind the last batches; a batch
+    submitted after it makes those tokens stale (workers pass them by), so
+    it never waits behind a busy worker's exit for a worker to come free.
+    """
+
+    __slots__ = ()
+
+
+STOP = _Exit()  # shutdown's token: always obeyed
 
 
 class ThreadBackend:
@@ -49,13 +65,18 @@ class ThreadBackend:
     :meth:`expire` frees the worker of a running batch: the worker is
     abandoned to its call and a new one takes its place, so capacity is kept,
     while fewer than ``abandon_limit`` abandoned threads are still in their
-    calls; past that the worker is kept and capacity is lost until its call
-    returns.
+    calls (the number of threads stays bounded). Past that the worker is kept
+    by its call ("held"), and is abandoned and replaced as soon as an
+    abandoned thread's call returns. Once every worker is held, no batch can
+    start: the queued ones, and those submitted while it lasts, fail at once
+    with a :class:`~manyhands.Timeout` whose ``ran`` is False (a run never
+    hangs on calls that never return).
     """
 
     name = "threads"
     handles_timeouts = False  # the engine times batches out through expire()
-    timeout_action = "it was left running in an abandoned thread and the item failed"
+    #: What became of the call :meth:`expire` gave up last (the Timeout's message ends so).
+    timeout_action = ABANDONED
     concurrent_items = False
     _start_thread = staticmethod(_thread.start_new_thread)  # (tests inject a failing one)
 
@@ -79,12 +100,15 @@ class ThreadBackend:
         self.abandoned = 0  # threads left to a call past its timeout, and replaced
         self.abandon_limit = workers if abandon_limit is None else abandon_limit
         self._stuck = [0]  # abandoned threads still in their call (they count themselves out)
-        # Workers kept in a call past its timeout (the abandon limit was reached):
-        # their item has failed already, so shutdown does not wait for them.
-        self._overdue: set[_thread.LockType] = set()
-        self._queue: SimpleQueue[Any] = SimpleQueue()  # batches, TAKE tokens, or None: exit
+        # Workers held by a call past its timeout (the abandon limit was reached), with
+        # that call's batch: its item has failed already, so shutdown does not wait.
+        self._overdue: dict[_thread.LockType, Batch] = {}
+        self._queue: SimpleQueue[Any] = SimpleQueue()  # batches, TAKE or _Exit tokens
         self._alive: list[_thread.LockType] = []  # one held lock per worker started
-        self._retiring = 0  # exit sentinels queued so far
+        self._exit: _Exit | None = None  # the valid exit token, once wind_down queued some
+        self._retiring = 0  # workers told to exit (by a valid token) so far
+        self._exited = 0  # workers that took a valid token and exited
+        self._bounded: set[Task] = set()  # the runs with a timeout (they never wait on a jam)
         self.notes: list[str] = []  # for the Report: e.g. fewer workers than asked
         self.native_ids: set[int] = set()  # the worker threads' (for backend="auto")
         self.cpu_clocks: dict[int, int] | None = {} if _CPU_CLOCKS else None  # theirs, by id
@@ -95,12 +119,18 @@ class ThreadBackend:
         pass  # workers start as batches arrive
 
     def attach(self, task: Task) -> None:
-        pass
+        if task.bounded:
+            self._bounded.add(task)
 
     def detach(self, task: Task) -> None:
-        pass
+        self._bounded.discard(task)
 
     def submit(self, batch: Batch) -> None:
+        if self._exit is not None:  # a batch after the wind-down: it needs a worker now
+            self._unwind()
+        if self._overdue and batch.task.bounded and self._jammed(batch.task.priority):
+            self._fail_unstarted([batch])
+            return
         if self._lanes is None:
             self._queue.put(batch)
         else:
@@ -112,6 +142,22 @@ class ThreadBackend:
                     self._add_worker(spare=True)
         if len(self._alive) - self._retiring < self._workers:
             self._add_worker()
+
+    def _unwind(self) -> None:
+        """The exit tokens queued so far become stale: every worker not gone stays."""
+        with self._guard:
+            self._exit = None
+            self._retiring = self._exited
+
+    def _leaves(self, token: _Exit) -> bool:
+        """A worker took ``token``: True if it exits (else the token was stale)."""
+        if token is STOP:
+            return True
+        with self._guard:
+            if token is not self._exit:
+                return False
+            self._exited += 1
+            return True
 
     def inside(self) -> bool:
         """True when called from one of this backend's worker threads."""
@@ -164,44 +210,134 @@ class ThreadBackend:
                 return False
             batch.state = TIMED_OUT
             owner = batch.owner
-            if owner is None or self._stuck[0] >= self.abandon_limit:
-                if owner is not None:
-                    self._overdue.add(owner)
-                return True  # the worker stays ours: it goes on once the call returns
-            batch.owner = None  # tells the worker it was replaced
-            self._stuck[0] += 1
+            held = owner is not None and self._stuck[0] >= self.abandon_limit
+            if held:
+                self._overdue[owner] = batch  # it goes on once the call returns
+            elif owner is not None:
+                self._abandon(owner, batch)
+        if owner is None:
+            self.timeout_action = ABANDONED
+            return True
+        if held:
+            self.timeout_action = self._held_message()
+            if self._jammed(0):
+                self._fail_unstarted(self._take_queued())
+            return True
+        self.timeout_action = ABANDONED
+        self._replace(owner)
+        return True
+
+    def _abandon(self, owner: _thread.LockType, batch: Batch) -> None:
+        """Leave ``owner`` to the call of ``batch`` (under the guard): it exits after it."""
+        batch.owner = None  # tells the worker it was replaced
+        self._stuck[0] += 1
         self.abandoned += 1
         batch.task.abandoned += 1
-        self._alive.remove(owner)  # shutdown does not wait for it
-        self._add_worker()
+
+    def _replace(self, owner: _thread.LockType) -> None:
+        """A new worker takes the place of ``owner``, abandoned (shutdown does not wait for it)."""
+        spare = owner in self._spare_alive
+        self._add_worker(spare)  # (first: the count of workers never dips, for submit)
+        (self._spare_alive if spare else self._alive).remove(owner)
+
+    def _relieve(self) -> None:
+        """An abandoned thread's call returned: abandon and replace held workers, to the cap.
+
+        Called from that thread.
+        """
+        while True:
+            with self._guard:
+                if not self._overdue or self._stuck[0] >= self.abandon_limit:
+                    return
+                owner, batch = self._overdue.popitem()
+                self._abandon(owner, batch)
+            self._replace(owner)
+
+    def _held_message(self) -> str:
+        cap = self.abandon_limit
+        return (
+            "the item failed, and the call holds its worker until it returns (or an abandoned "
+            f"thread's call does): {cap} abandoned thread{'s are' if cap > 1 else ' is'} "
+            "still in their calls, the most allowed (one per worker)"
+        )
+
+    def _jammed(self, priority: int) -> bool:
+        """True when no batch of ``priority`` can start: every worker is held past a timeout.
+
+        (No more thread may be abandoned, and no worker may be added.)
+        """
+        if self._stuck[0] < self.abandon_limit:
+            return False
+        spares = self._spare_alive
+        held = sum(owner not in spares for owner in self._overdue)
+        live = len(self._alive) - self._exited
+        if live < self._workers or held < live:
+            return False
+        if priority > 0 and self._spare:  # the spare workers may take it
+            return len(spares) >= self._spare and len(self._overdue) - held >= len(spares)
         return True
+
+    def _take_queued(self) -> list[Batch]:
+        """The queued batches no worker can start (every worker is held)."""
+        if self._lanes is None:
+            return self._drain()  # (one run, and it has a timeout: it timed this call out)
+        taken: list[Batch] = []
+        for task in list(self._bounded):  # (a run without one waits for a worker)
+            if self._jammed(task.priority):  # (else a spare worker may take its batches)
+                taken += self._lanes.cancel(task)
+        return taken
+
+    def _fail_unstarted(self, batches: list[Batch]) -> None:
+        """Fail ``batches`` at once: no worker can start them (they made no call)."""
+        if not batches:
+            return
+        hung = len(self._overdue) + self._stuck[0]
+        why = (
+            f"not started: every worker is held by a call that ran past its timeout and has "
+            f"not returned ({hung} such calls; the cap of {self.abandon_limit} abandoned "
+            "threads, one per worker, is reached). Raise workers= or fix the calls that hang"
+        )
+        for batch in batches:
+            error = Timeout(why)
+            error.ran = False
+            batch.values = [None] * len(batch.items)
+            batch.errors = dict.fromkeys(range(len(batch.items)), error)
+            batch.elapsed = 0.0
+            batch.state = FINISHED  # (not to be expired: it never ran)
+            batch.task.done(batch)
 
     def cancel(self, task: Task) -> list[Batch]:
         """Drop the batches of ``task`` no worker has taken, and return them."""
         if self._lanes is not None:
             return self._lanes.cancel(task)
-        dropped: list[Batch] = []  # one run: everything queued is its
+        return self._drain()  # one run: everything queued is its
+
+    def _drain(self) -> list[Batch]:
+        """Empty the private queue: its batches (exit tokens are counted out)."""
+        batches: list[Batch] = []
         try:
             while True:
                 work = self._queue.get_nowait()
-                if work is None:
+                if work.__class__ is not _Exit:
+                    batches.append(work)
+                elif work is self._exit or work is STOP:
                     self._retiring -= 1
-                else:
-                    dropped.append(work)
         except Empty:
             pass
-        return dropped
+        return batches
 
     def wind_down(self) -> None:
         # Exit sentinels queue behind the remaining batches: each worker exits
         # as soon as it runs out of work, instead of all of them being woken
         # at the end (~50 us each, serialized on the GIL).
         if self._lanes is None:
-            self._retire(len(self._alive) - self._retiring)
+            if self._exit is None:
+                self._exit = _Exit()
+            self._retire(len(self._alive) - self._retiring, self._exit)
 
-    def _retire(self, count: int) -> None:
+    def _retire(self, count: int, token: _Exit) -> None:
         for _ in range(count):
-            self._queue.put(None)
+            self._queue.put(token)
         self._retiring += count
 
     def shutdown(self, grace: float) -> int:
@@ -213,21 +349,21 @@ class ThreadBackend:
         """
         if self._lanes is not None:
             self._lanes.clear()
-        try:
-            while True:  # batches nobody has started are dropped, not run
-                if self._queue.get_nowait() is None:
-                    self._retiring -= 1
-        except Empty:
-            pass
-        self._retire(len(self._alive) - self._retiring)
+        self._drain()  # batches nobody has started are dropped, not run
+        self._retire(len(self._alive) - self._retiring, STOP)
         for _ in self._spare_alive:
-            self._spare_queue.put(None)
+            self._spare_queue.put(STOP)
+        with self._guard:  # held workers' items failed: nothing to wait for; left to their calls
+            held = list(self._overdue.items())
+            self._overdue.clear()
+            for owner, batch in held:
+                self._abandon(owner, batch)
+        for owner, _batch in held:
+            (self._spare_alive if owner in self._spare_alive else self._alive).remove(owner)
         deadline = monotonic() + grace
-        busy = 0
+        busy = len(held)
         for alive in [*self._alive, *self._spare_alive]:
-            with self._guard:
-                overdue = alive in self._overdue  # (its item failed: nothing to wait for)
-            if alive.acquire(timeout=0.0 if overdue else max(deadline - monotonic(), 0.0)):
+            if alive.acquire(timeout=max(deadline - monotonic(), 0.0)):
                 alive.release()
             else:
                 busy += 1
@@ -258,7 +394,7 @@ def _work(
     hooks: tuple[Any, Any],
     guard: _thread.LockType,
     stuck: list[int],
-    overdue: set[_thread.LockType],
+    overdue: dict[_thread.LockType, Batch],
 ) -> None:
     """A worker's loop: take a batch, run it, hand it back to its run; until told to exit.
 
@@ -276,12 +412,14 @@ def _work(
         _serving.backend = backend
         while True:
             batch = get()
-            if batch is None:
-                return
             if batch is TAKE:
                 batch = take()
                 if batch is None:  # (its run was cancelled meanwhile)
                     continue
+            elif batch.__class__ is _Exit:
+                if backend._leaves(batch):
+                    return
+                continue  # (stale: a batch came after the wind-down)
             task = batch.task
             run = execute_measured if task.measure else execute
             if not task.timed:
@@ -297,13 +435,14 @@ def _work(
                 if finished:
                     batch.state = FINISHED
                 else:
-                    overdue.discard(alive)
+                    overdue.pop(alive, None)
                 replaced = batch.owner is None
                 if replaced:
                     stuck[0] -= 1
             if finished:
                 task.done(batch)
             elif replaced:
+                backend._relieve()  # (one abandoned thread fewer: a held worker may go)
                 return
             del batch, task
     finally:
