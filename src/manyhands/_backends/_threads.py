@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import _thread
 import functools
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -12,9 +11,10 @@ from queue import Empty, SimpleQueue
 from time import monotonic
 from typing import Any
 
-from .._batch import FINISHED, RUNNING, TIMED_OUT, Batch, Task, execute, execute_measured
+from .._batch import FINISHED, RUNNING, TIMED_OUT, Batch, Task
 from .._exceptions import Timeout, WorkerInitError
 from .._lanes import Lanes
+from ._thread_worker import STOP, TAKE, Exit, nothing, serving, work
 
 #: Each thread's CPU clock can be read without giving up the GIL (backend="auto").
 _CPU_CLOCKS = hasattr(time, "pthread_getcpuclockid")
@@ -22,22 +22,6 @@ _CPU_CLOCKS = hasattr(time, "pthread_getcpuclockid")
 __all__ = ["ThreadBackend"]
 
 ABANDONED = "it was left running in an abandoned thread and the item failed"
-
-TAKE = object()  # a queued token: take the next batch from the lanes
-
-
-class _Exit:
-    """A queued token: the worker that takes it exits, if the token is still valid.
-
-    ``wind_down`` queues one per worker behind the last batches; a batch
-    submitted after it makes those tokens stale (workers pass them by), so
-    it never waits behind a busy worker's exit for a worker to come free.
-    """
-
-    __slots__ = ()
-
-
-STOP = _Exit()  # shutdown's token: always obeyed
 
 
 class ThreadBackend:
@@ -103,9 +87,9 @@ class ThreadBackend:
         # Workers held by a call past its timeout (the abandon limit was reached), with
         # that call's batch: its item has failed already, so shutdown does not wait.
         self._overdue: dict[_thread.LockType, Batch] = {}
-        self._queue: SimpleQueue[Any] = SimpleQueue()  # batches, TAKE or _Exit tokens
+        self._queue: SimpleQueue[Any] = SimpleQueue()  # batches, TAKE or Exit tokens
         self._alive: list[_thread.LockType] = []  # one held lock per worker started
-        self._exit: _Exit | None = None  # the valid exit token, once wind_down queued some
+        self._exit: Exit | None = None  # the valid exit token, once wind_down queued some
         self._retiring = 0  # workers told to exit (by a valid token) so far
         self._exited = 0  # workers that took a valid token and exited
         self._bounded: set[Task] = set()  # the runs with a timeout (they never wait on a jam)
@@ -149,7 +133,7 @@ class ThreadBackend:
             self._exit = None
             self._retiring = self._exited
 
-    def _leaves(self, token: _Exit) -> bool:
+    def _leaves(self, token: Exit) -> bool:
         """A worker took ``token``: True if it exits (else the token was stale)."""
         if token is STOP:
             return True
@@ -161,19 +145,19 @@ class ThreadBackend:
 
     def inside(self) -> bool:
         """True when called from one of this backend's worker threads."""
-        return getattr(_serving, "backend", None) is self
+        return getattr(serving, "backend", None) is self
 
     def _add_worker(self, spare: bool = False) -> None:
         alive = _thread.allocate_lock()
         alive.acquire()
         hooks = (threading.gettrace(), threading.getprofile())
-        take: Callable[[], Batch | None] = _nothing
+        take: Callable[[], Batch | None] = nothing
         if self._lanes is not None:
             take = functools.partial(self._lanes.take, 0) if spare else self._lanes.take
         get = self._spare_queue.get if spare else self._queue.get
         args = (self, get, take, alive, hooks, self._guard, self._stuck, self._overdue)
         try:
-            self._start_thread(_work, args)
+            self._start_thread(work, args)
         except RuntimeError as exc:  # "can't start new thread": a limit of the system
             if spare:
                 return  # (the workers will take it)
@@ -251,7 +235,10 @@ class ThreadBackend:
                     return
                 owner, batch = self._overdue.popitem()
                 self._abandon(owner, batch)
-            self._replace(owner)
+            try:
+                self._replace(owner)
+            except WorkerInitError:  # (no thread could be started: the others go on)
+                return
 
     def _held_message(self) -> str:
         cap = self.abandon_limit
@@ -266,15 +253,17 @@ class ThreadBackend:
 
         (No more thread may be abandoned, and no worker may be added.)
         """
-        if self._stuck[0] < self.abandon_limit:
-            return False
         spares = self._spare_alive
-        held = sum(owner not in spares for owner in self._overdue)
+        with self._guard:  # (the held workers' calls return in their own threads)
+            if self._stuck[0] < self.abandon_limit:
+                return False
+            held = sum(owner not in spares for owner in self._overdue)
+            held_spares = len(self._overdue) - held
         live = len(self._alive) - self._exited
         if live < self._workers or held < live:
             return False
         if priority > 0 and self._spare:  # the spare workers may take it
-            return len(spares) >= self._spare and len(self._overdue) - held >= len(spares)
+            return len(spares) >= self._spare and held_spares >= len(spares)
         return True
 
     def _take_queued(self) -> list[Batch]:
@@ -318,7 +307,7 @@ class ThreadBackend:
         try:
             while True:
                 work = self._queue.get_nowait()
-                if work.__class__ is not _Exit:
+                if work.__class__ is not Exit:
                     batches.append(work)
                 elif work is self._exit or work is STOP:
                     self._retiring -= 1
@@ -332,10 +321,10 @@ class ThreadBackend:
         # at the end (~50 us each, serialized on the GIL).
         if self._lanes is None:
             if self._exit is None:
-                self._exit = _Exit()
+                self._exit = Exit()
             self._retire(len(self._alive) - self._retiring, self._exit)
 
-    def _retire(self, count: int, token: _Exit) -> None:
+    def _retire(self, count: int, token: Exit) -> None:
         for _ in range(count):
             self._queue.put(token)
         self._retiring += count
@@ -368,85 +357,3 @@ class ThreadBackend:
             else:
                 busy += 1
         return busy
-
-
-_serving = threading.local()  # in a worker thread: the backend it serves
-
-
-def _nothing() -> None:
-    return None
-
-
-def _install(hooks: tuple[Any, Any]) -> None:
-    """The tracing and profiling hooks ``threading.Thread`` would install."""
-    trace, profile = hooks
-    if trace is not None:
-        sys.settrace(trace)
-    if profile is not None:
-        sys.setprofile(profile)
-
-
-def _work(
-    backend: ThreadBackend,
-    get: Callable[[], Any],
-    take: Callable[[], Batch | None],
-    alive: _thread.LockType,
-    hooks: tuple[Any, Any],
-    guard: _thread.LockType,
-    stuck: list[int],
-    overdue: dict[_thread.LockType, Batch],
-) -> None:
-    """A worker's loop: take a batch, run it, hand it back to its run; until told to exit.
-
-    For a timed task each batch says when it started and which worker runs
-    it, and a batch the engine timed out is dropped (and, if this worker was
-    replaced meanwhile, the worker exits).
-    """
-    me = threading.get_native_id()
-    backend.native_ids.add(me)
-    clocks = backend.cpu_clocks
-    if clocks is not None:
-        clocks[me] = time.pthread_getcpuclockid(threading.get_ident())
-    try:
-        _install(hooks)
-        _serving.backend = backend
-        while True:
-            batch = get()
-            if batch is TAKE:
-                batch = take()
-                if batch is None:  # (its run was cancelled meanwhile)
-                    continue
-            elif batch.__class__ is _Exit:
-                if backend._leaves(batch):
-                    return
-                continue  # (stale: a batch came after the wind-down)
-            task = batch.task
-            run = execute_measured if task.measure else execute
-            if not task.timed:
-                run(task.fn, batch)
-                task.done(batch)
-                del batch, task  # an idle worker must not keep its last batch alive
-                continue
-            batch.owner = alive
-            batch.started = monotonic()
-            run(task.fn, batch)
-            with guard:
-                finished = batch.state == RUNNING
-                if finished:
-                    batch.state = FINISHED
-                else:
-                    overdue.pop(alive, None)
-                replaced = batch.owner is None
-                if replaced:
-                    stuck[0] -= 1
-            if finished:
-                task.done(batch)
-            elif replaced:
-                backend._relieve()  # (one abandoned thread fewer: a held worker may go)
-                return
-            del batch, task
-    finally:
-        backend.native_ids.discard(me)
-        if clocks is not None:
-            clocks.pop(me, None)
-        alive.release()
