@@ -85,6 +85,7 @@ def test_when_every_worker_is_held_the_items_left_fail_at_once(backend: str) -> 
         assert "workers=" in failure.message
         assert isinstance(failure.exception, manyhands.Timeout) and not failure.exception.ran
     assert report.abandoned == 4  # the two held threads were left too when the run ended
+    assert any(note.startswith("4 items never started") for note in report.notes)
 
 
 def test_a_held_worker_is_replaced_once_an_abandoned_thread_returns() -> None:

@@ -93,6 +93,8 @@ class ThreadBackend:
         self._retiring = 0  # workers told to exit (by a valid token) so far
         self._exited = 0  # workers that took a valid token and exited
         self._bounded: set[Task] = set()  # the runs with a timeout (they never wait on a jam)
+        self._unstarted = 0  # items failed because every worker was held (and their note)
+        self._unstarted_note = 0
         self.notes: list[str] = []  # for the Report: e.g. fewer workers than asked
         self.native_ids: set[int] = set()  # the worker threads' (for backend="auto")
         self.cpu_clocks: dict[int, int] | None = {} if _CPU_CLOCKS else None  # theirs, by id
@@ -286,6 +288,8 @@ class ThreadBackend:
             f"not returned ({hung} such calls; the cap of {self.abandon_limit} abandoned "
             "threads, one per worker, is reached). Raise workers= or fix the calls that hang"
         )
+        if self._lanes is None:  # (a pool's notes would reach every run's Report)
+            self._note_unstarted(sum(len(batch.items) for batch in batches))
         for batch in batches:
             error = Timeout(why)
             error.ran = False
@@ -294,6 +298,19 @@ class ThreadBackend:
             batch.elapsed = 0.0
             batch.state = FINISHED  # (not to be expired: it never ran)
             batch.task.done(batch)
+
+    def _note_unstarted(self, items: int) -> None:
+        """Say in the Report how many items never started, and why (one note, kept up to date)."""
+        if self._unstarted == 0:
+            self.notes.append("")
+            self._unstarted_note = len(self.notes) - 1
+        self._unstarted += items
+        self.notes[self._unstarted_note] = (
+            f"{self._unstarted:,} item{'s' if self._unstarted > 1 else ''} never started "
+            "and failed as manyhands.Timeout: every worker was held by a call past its "
+            "timeout, and no more threads could be abandoned (one per worker). Raise "
+            "workers= or fix the calls that hang"
+        )
 
     def cancel(self, task: Task) -> list[Batch]:
         """Drop the batches of ``task`` no worker has taken, and return them."""
