@@ -54,7 +54,7 @@ def test_report_counts_abandoned_threads_and_says_so(backend: str) -> None:
     release.set()
     assert report.abandoned == 1 and report.failed == 1
     assert report.errors_by_type == {"manyhands.Timeout": 1}
-    assert "1 threads abandoned" in str(report)
+    assert "abandoned: 1 thread left to calls still running past timeout=" in str(report)
 
 
 def test_when_every_worker_is_held_the_items_left_fail_at_once(backend: str) -> None:

@@ -286,6 +286,7 @@ class Autopilot:
                 "start_method": options.start_method,
                 "initializer": options.initializer,
                 "initargs": options.initargs,
+                "start_timeout": options.start_timeout,
             },
         )
         backend.start()

@@ -68,7 +68,9 @@ class InputError(ManyhandsError):
             (the outcomes were already yielded).
     """
 
-    def __init__(self, position: int, cause: BaseException, report: Report | None = None):
+    def __init__(
+        self, position: int, cause: BaseException, report: Report | None = None, hint: str = ""
+    ):
         self.position = position
         self.report = report
         what = (
@@ -78,7 +80,7 @@ class InputError(ManyhandsError):
         )
         super().__init__(
             f"reading item {position} from the items iterable raised "
-            f"{type(cause).__qualname__}; {what}"
+            f"{type(cause).__qualname__}; {what}{f' ({hint})' if hint else ''}"
         )
 
 

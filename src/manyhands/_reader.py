@@ -10,7 +10,7 @@ run and segments to skip (done before, or duplicate keys).
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from itertools import islice
 from typing import TYPE_CHECKING, Any
 
@@ -44,10 +44,20 @@ class Reader:
     """
 
     def __init__(self, items: Iterator[Any]) -> None:
+        self.take: Callable[[list[Any], int], None] | None = None
         self.items = items
         self.pulled = 0
         self.exhausted = False
         self.error: BaseException | None = None
+
+    @property
+    def items(self) -> Iterator[Any]:
+        return self._items
+
+    @items.setter
+    def items(self, items: Iterator[Any]) -> None:  # (a feed that reads it instead)
+        self._items = items
+        self.take = getattr(items, "take", None)
 
     @property
     def waiting(self) -> bool:
@@ -58,7 +68,10 @@ class Reader:
         """Up to ``size`` items (fewer at the end, or from an async input for now)."""
         chunk: list[Any] = []
         try:
-            chunk.extend(islice(self.items, size))  # keeps the items read before an exception
+            if self.take is not None:  # an input read in a thread: what it has, at once
+                self.take(chunk, size)
+            else:
+                chunk.extend(islice(self.items, size))  # keeps the items before an exception
         except BaseException as exc:  # the user's iterable broke: InputError at the end
             if not input_broke(exc):
                 raise

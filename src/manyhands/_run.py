@@ -75,6 +75,7 @@ if TYPE_CHECKING:
 __all__ = ["Completions", "Run", "RunHooks"]
 
 _NEVER = object()  # (a sentinel no completion is)
+_LONGEST_WAIT = 3600.0  # (a Retry-After of years, obeyed: the run wakes hourly to look)
 
 
 class Completions(Protocol):
@@ -293,7 +294,7 @@ class Run:
         """:meth:`batches` on the running event loop (``amap``)."""
         import asyncio
 
-        from ._aio import AsyncFeed, LoopQueue
+        from ._aio import LoopQueue, open_feed
 
         queue: LoopQueue[Batch] = LoopQueue()
         self._completions = queue
@@ -308,11 +309,10 @@ class Run:
 
             self.task.done = hand_over
         progress = self._begin()
-        feed: AsyncFeed | None = None
-        if self._async_source is not None:
-            limit = max(self._window // 4, 1)  # (read ahead of the window, a share of it)
-            feed = AsyncFeed(self._async_source, limit, lambda: queue.put(None))
-            self._reader.items = feed
+        # An async input is read by a task, a slow sync one by a thread (see _aio).
+        limit = max(self._window // 4, 1)  # (read ahead of the window, a share of it)
+        feed = open_feed(self._reader.items, self._async_source, limit, lambda: queue.put(None))
+        self._reader.items = feed or self._reader.items
         completed = False
         try:
             self._start_backend()
@@ -369,6 +369,7 @@ class Run:
                     raise RuntimeError("nothing in flight and nothing due")  # pragma: no cover
                 caught.extend(islice(iter(get, _NEVER), 1))
             else:
+                wait = min(wait, _LONGEST_WAIT)  # (a wait longer than a thread can do)
                 try:
                     caught.extend(islice(iter(functools.partial(get, True, wait), _NEVER), 1))
                 except Empty:
@@ -534,7 +535,8 @@ class Run:
         if isinstance(error, ManyhandsError):  # from the journal: raised as it is
             raise error
         if error is not None:
-            raise InputError(self._reader.pulled, error) from error
+            hint = getattr(self._reader.items, "hint", "")  # (read in a thread: say so)
+            raise InputError(self._reader.pulled, error, hint=hint) from error
 
     def _close_journal(self, journal: Journal, completed: bool) -> None:
         stats = self.statistics
@@ -1023,7 +1025,11 @@ class Run:
         if journal.closed:
             return
         if self.before_record is not None:
-            self.before_record()
+            try:
+                self.before_record()
+            except BaseException:  # (the command's lines did not reach its file: not recorded)
+                self._take_back(batch)  # nor counted, so the run's row says what it recorded
+                raise
         journal.record(batch, set())
 
     def _take_back(self, batch: Batch, start: int = 0) -> None:
@@ -1061,6 +1067,7 @@ class Run:
         latency = stats.latency
         return {
             "done": stats.total,
+            "skipped": stats.skipped + stats.duplicates,  # (done, not run: no part of a rate)
             "failed": stats.failed,
             "retrying": stats.retrying,
             "in_flight": self._in_flight,
@@ -1074,6 +1081,11 @@ class Run:
     def journal_run(self) -> int:
         """The journal's id of this run (0: no journal, or not opened)."""
         return self._journal.run_id if self._journal is not None else 0
+
+    @property
+    def journal_closed_as(self) -> str | None:
+        """How the journal recorded this run's end (None: no journal, or it could not)."""
+        return self._journal.closed_as if self._journal is not None else None
 
     def report(self) -> Report:
         """A Report of everything delivered so far."""

@@ -38,6 +38,9 @@ class RunOptions(TypedDict, total=False):
         once in each worker process before any item (a DB connection, a
         model); if it raises, the run fails with WorkerInitError before any
         item runs.
+    start_timeout: with processes: seconds a worker process may take to
+        start, its initializer included (default ``None``: 60); one that does
+        not report ready by then is killed.
     ordered: ``map``/``amap`` yield outcomes in input order (default False: as
         completed). ``run``/``arun`` yield nothing, so they refuse ``ordered=True``.
     batch_size: items sent to a worker at once; ``None`` (default) adapts it to
@@ -121,6 +124,7 @@ class RunOptions(TypedDict, total=False):
     start_method: str | None
     initializer: Callable[..., Any] | None
     initargs: tuple[Any, ...]
+    start_timeout: float | None
     progress: bool | None
     total: int | None
     journal: str | os.PathLike[str] | None

@@ -59,9 +59,11 @@ def work(
     guard: _thread.LockType,
     stuck: list[int],
     overdue: dict[_thread.LockType, Batch],
+    waiting: list[None],
 ) -> None:
     """A worker's loop: take a batch, run it, hand it back to its run; until told to exit.
 
+    ``waiting`` holds an entry while it waits for work (see ``free_workers``).
     For a timed task each batch says when it started and which worker runs
     it, and a batch the engine timed out is dropped (and, if this worker was
     replaced meanwhile, the worker exits).
@@ -75,7 +77,9 @@ def work(
         install(hooks)
         serving.backend = backend
         while True:
+            waiting.append(None)
             batch = get()
+            waiting.pop()
             if batch is TAKE:
                 batch = take()
                 if batch is None:  # (its run was cancelled meanwhile)

@@ -92,6 +92,7 @@ class ThreadBackend:
         self._exit: Exit | None = None  # the valid exit token, once wind_down queued some
         self._retiring = 0  # workers told to exit (by a valid token) so far
         self._exited = 0  # workers that took a valid token and exited
+        self._waiting: list[None] = []  # one entry per worker waiting for work (atomic ops)
         self._bounded: set[Task] = set()  # the runs with a timeout (they never wait on a jam)
         self._unstarted = 0  # items failed because every worker was held (and their note)
         self._unstarted_note = 0
@@ -149,6 +150,15 @@ class ThreadBackend:
         """True when called from one of this backend's worker threads."""
         return getattr(serving, "backend", None) is self
 
+    def free_workers(self) -> int:
+        """About how many workers would take a batch submitted now without waiting.
+
+        Those waiting for work and those not started yet, less the batches
+        queued for them. (Spare threads are left out: they take urgent work only.)
+        """
+        unstarted = self._workers - (len(self._alive) - self._retiring)
+        return max(unstarted, 0) + len(self._waiting) - self._queue.qsize()
+
     def _add_worker(self, spare: bool = False) -> None:
         alive = _thread.allocate_lock()
         alive.acquire()
@@ -157,7 +167,8 @@ class ThreadBackend:
         if self._lanes is not None:
             take = functools.partial(self._lanes.take, 0) if spare else self._lanes.take
         get = self._spare_queue.get if spare else self._queue.get
-        args = (self, get, take, alive, hooks, self._guard, self._stuck, self._overdue)
+        waiting: list[None] = [] if spare else self._waiting
+        args = (self, get, take, alive, hooks, self._guard, self._stuck, self._overdue, waiting)
         try:
             self._start_thread(work, args)
         except RuntimeError as exc:  # "can't start new thread": a limit of the system
