@@ -88,7 +88,16 @@ class Timeout(ManyhandsError, TimeoutError):
     """An item's call ran longer than ``timeout=``; its Failure has this error type.
 
     Recorded as ``"manyhands.Timeout"``. Never raised by ``run`` or ``map``.
+
+    Attributes:
+        ran: ``False`` when the item's call never started: on threads, every
+            worker was held by a call past its timeout that had not returned,
+            and no more thread could be abandoned (at most one per worker), as
+            the message says. Such an item is not retried, and that attempt
+            made no call (it is not counted in ``attempts``).
     """
+
+    ran = True
 
 
 class WorkerCrashed(ManyhandsError):

@@ -169,6 +169,7 @@ class Run:
             priority=priority,
             timeout=timeout if backend.handles_timeouts else None,
             timed=engine_timeout is not None or not owns_backend,
+            bounded=timeout is not None,
             # Delivered as completed, a batch's finished items may come back before
             # its last (asyncio: a few slow calls must not hold the rest in the window).
             early=not options.ordered,
@@ -783,7 +784,8 @@ class Run:
             batch.values = [None] * len(batch.items)
             batch.errors = {
                 0: Timeout(
-                    f"the call ran past timeout={timeout:g}s; {self._backend.timeout_action}"
+                    f"the call ran past timeout={timeout:g}s; "
+                    f"{self._backend_of(batch).timeout_action}"  # (read after expire)
                 )
             }
             batch.elapsed = now - started

@@ -70,8 +70,10 @@ class RunOptions(TypedDict, total=False):
     timeout: seconds an item's call may run (each attempt); past it the item
         fails with ``"manyhands.Timeout"`` and its worker is freed. Python
         cannot stop a thread: the call goes on in an abandoned thread, which a
-        new one replaces (at most ``workers`` of them; the Report counts
-        them). Items then travel one per batch. An ``async def`` call is
+        new one replaces (at most ``workers`` of them at once; the Report
+        counts them). Past that a call holds its worker, and once every worker
+        is held the items left fail at once (``ran`` False: not started).
+        Items then travel one per batch. An ``async def`` call is
         cancelled instead; its item fails at the deadline even if it catches
         the cancellation and goes on (then it is left running on the event
         loop, and counted too). Default None: no limit.
