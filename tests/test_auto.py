@@ -757,3 +757,70 @@ def test_the_processes_auto_starts_early_import_the_main_script_once(tmp_path: P
     )
     assert out == ["processes", "200"]
     assert imports == ["__main__", "__mp_main__"]  # once, in the forkserver
+
+
+# -- faults around the move -------------------------------------------------------------
+
+
+def chosen_at_a_completion(monkeypatch: pytest.MonkeyPatch, after: int = 3) -> None:
+    """auto chooses processes as its ``after``-th measured batch comes back (forced)."""
+    measured = Autopilot._measured
+    batches: list[int] = []
+
+    def counted(self: Autopilot, batch: Any) -> None:
+        batches.append(len(batch.items))
+        measured(self, batch)
+
+    def choose(
+        self: Measure, now: float, running: int = 0, early: bool = False
+    ) -> _auto.Choice | None:
+        if len(batches) < after:
+            return None
+        self.decided = _auto.Choice("processes", "forced by the test", 2)
+        return self.decided
+
+    monkeypatch.setattr(Autopilot, "_measured", counted)
+    monkeypatch.setattr(Measure, "choose", choose)
+
+
+def recorded_keys(journal: Path) -> set[str]:
+    import sqlite3
+
+    db = sqlite3.connect(journal)
+    try:
+        return {row[0] for row in db.execute("SELECT key FROM items")}
+    finally:
+        db.close()
+
+
+def test_a_ctrl_c_during_the_move_to_processes_loses_no_finished_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Starting the processes takes 100 ms or more; a Ctrl-C then landed in the move.
+
+    Before, the move was made while the batch that chose it was being settled, before it
+    reached delivery: that batch was lost (its calls had run, the journal did not have
+    them, and a resume ran them again).
+    """
+    chosen_at_a_completion(monkeypatch)
+    monkeypatch.setattr(Autopilot, "_start_processes_early", lambda self: None)
+
+    def interrupted(self: Autopilot, workers: int) -> Any:
+        raise KeyboardInterrupt  # (as if Ctrl-C came while the processes start)
+
+    monkeypatch.setattr(Autopilot, "_own_processes", interrupted)
+    finished: list[int] = []
+
+    def call(x: int) -> int:
+        finished.append(x)  # (the call is over: only the engine is left to do)
+        return x
+
+    journal = tmp_path / "j.db"
+    with pytest.raises(KeyboardInterrupt):
+        manyhands.run(call, range(200), backend="auto", batch_size=1, journal=journal)
+    assert len(finished) >= 3
+    assert recorded_keys(journal) == {str(x) for x in finished}  # every finished call
+    monkeypatch.undo()
+    report = manyhands.run(call, range(200), backend="threads", journal=journal)
+    assert report.succeeded + report.skipped == 200
+    assert sorted(finished) == list(range(200))  # the resume ran the rest, none twice

@@ -61,6 +61,10 @@ class Autopilot:
         self._early: tuple[Backend, int] | BaseException | None = None
         self._sizing: Sizing | None = None  # on the processes it moved to: how many fit
         self._chosen: Choice | None = None  # what it moved for (and then, how many)
+        # A choice of processes, made as a batch came back: the move starts processes
+        # (100 ms or more), so it waits for the run's next dispatch (see look), once
+        # that batch has reached delivery: a Ctrl-C in the move then loses nothing.
+        self._move: Choice | None = None
         self._short_turns = False  # the switch interval lowered while it measures
         self._threads_wanted = workers  # (the run's workers= on threads, to move back)
 
@@ -69,6 +73,7 @@ class Autopilot:
         """Nothing left to measure, size or clean up: the run may drop it."""
         return (
             self.measure is None
+            and self._move is None
             and self._sizing is None
             and self._early is None
             and not self._short_turns
@@ -97,13 +102,20 @@ class Autopilot:
         if self.choose_at is None:
             return None
         if now >= self.choose_at:
-            self._choose_in_time(now)
+            if self._move is None:
+                self._choose_in_time(now)
+            if self._move is not None:
+                self._make_move(self._move)
         return None if self.choose_at is None else self.choose_at - now
 
     def ended(self) -> None:
-        """The run ended: the Report says so if it ended before a choice."""
+        """The run ended: the Report says so if it ended before a choice (or its move)."""
         measure = self.measure
-        if self.auto and measure is not None and measure.decided is None:
+        if self._move is not None:
+            self.run.statistics.backend = (
+                f"threads ({self._move.why}; the run ended before the move)"
+            )
+        elif self.auto and measure is not None and measure.decided is None:
             self.run.statistics.backend = "threads (auto: the run ended before a choice)"
 
     def stop(self) -> None:
@@ -201,15 +213,16 @@ class Autopilot:
         if choice is not None:
             if self.cap is not None:
                 self._lift_cap()
-            run.statistics.backend = str(choice)
             if choice.backend == "processes":
-                with first_in_line():
-                    self._move_to_processes(choice, self.sample or [])
+                self._move = choice  # (made at the run's next dispatch: see look)
             else:
+                run.statistics.backend = str(choice)
                 self.choose_at = now + measure.window  # (a revisit's window)
-            self.stop()  # (the processes started early, unless the move took them)
+                self.stop()  # (the processes started early)
         if not measure.measuring:
             self._stop_measuring()
+        if self._move is not None:
+            self.choose_at = now  # (due at once)
 
     def _new_measure(self, started: float) -> Measure:
         """A run's own threads are measured alone; a shared pool's, by the run's share."""
@@ -237,9 +250,18 @@ class Autopilot:
 
     # -- moving ----------------------------------------------------------
 
+    def _make_move(self, choice: Choice) -> None:
+        """The move chosen: made from the run's dispatch, with no batch in hand."""
+        self.choose_at = None
+        with first_in_line():
+            self._move_to_processes(choice, self.sample or [])
+        self._move = None  # (not before: a Ctrl-C in the move leaves the run on threads)
+        self.stop()  # (the processes started early, unless the move took them)
+
     def _move_to_processes(self, choice: Choice, sample: list[Any]) -> None:
         """Send the rest of the run to worker processes; running calls finish on threads."""
         run = self.run
+        run.statistics.backend = str(choice)  # (unless it stays on threads: why, below)
         try:
             pickle.dumps(sample, pickle.HIGHEST_PROTOCOL)
         except Exception as exc:  # (a lock, a connection...): stay where they work
