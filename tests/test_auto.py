@@ -824,3 +824,22 @@ def test_a_ctrl_c_during_the_move_to_processes_loses_no_finished_call(
     report = manyhands.run(call, range(200), backend="threads", journal=journal)
     assert report.succeeded + report.skipped == 200
     assert sorted(finished) == list(range(200))  # the resume ran the rest, none twice
+
+
+def in_a_worker_process() -> None:
+    if multiprocessing.parent_process() is not None:
+        raise RuntimeError("no database in a worker")
+
+
+def test_an_initializer_that_fails_only_in_worker_processes_keeps_the_run_on_threads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The Report said "...the worker initializer raised ...; no item was run" while
+    every item had run, on threads."""
+    chosen_at_a_completion(monkeypatch, after=1)
+    report = manyhands.run(spin, range(100), backend="auto", initializer=in_a_worker_process)
+    assert report.succeeded == 100
+    assert report.backend.startswith("threads (forced by the test, but"), report.backend
+    assert "initializer raised builtins.RuntimeError: no database in a worker" in report.backend
+    assert "no item was run" not in report.backend
+    assert report.backend.endswith("the items ran on threads)"), report.backend

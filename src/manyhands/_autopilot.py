@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, cast
 
 from ._backends import Backend, prepare_processes
-from ._exceptions import ManyhandsError
+from ._exceptions import ManyhandsError, WorkerInitError
 
 if TYPE_CHECKING:
     from ._auto import Choice, Measure, Sizing
@@ -279,7 +279,7 @@ class Autopilot:
                 backend, workers = shared
                 backend.attach(run.task)
         except (TypeError, ManyhandsError) as exc:  # fn cannot travel, or no worker starts
-            run.statistics.backend = f"threads ({choice.why}, but {exc})"
+            run.statistics.backend = f"threads ({choice.why}, but {_not_moved(exc)})"
             return
         if run._owns_backend:
             run._backend.wind_down()
@@ -371,6 +371,19 @@ class Autopilot:
         backend.attach(run.task)
         run._backend.wind_down()
         run._switch_to(backend, wanted)
+
+
+def _not_moved(exc: BaseException) -> str:
+    """Why the run stayed on threads, for the Report."""
+    if not isinstance(exc, WorkerInitError):
+        return str(exc)  # (fn or the initializer does not pickle)
+    # Its "no item was run" is a processes run's: this one goes on, on its threads
+    # (where the initializer ran without error).
+    text = str(exc).removesuffix("; no item was run")
+    text = text.replace(
+        "the worker initializer raised", "in a worker process the initializer raised"
+    )
+    return f"{text}; the items ran on threads"
 
 
 @contextlib.contextmanager
