@@ -843,3 +843,90 @@ def test_an_initializer_that_fails_only_in_worker_processes_keeps_the_run_on_thr
     assert "initializer raised builtins.RuntimeError: no database in a worker" in report.backend
     assert "no item was run" not in report.backend
     assert report.backend.endswith("the items ran on threads)"), report.backend
+
+
+class Locked:
+    """An item that cannot go to another process (it holds a lock)."""
+
+    def __init__(self, n: int, path: str = "") -> None:
+        self.n = n
+        self.path = path  # (where logged writes its calls down)
+        self.lock = threading.Lock()
+
+
+def number_and_pid(x: int | Locked) -> tuple[int, int]:
+    return (x.n if isinstance(x, Locked) else x), os.getpid()
+
+
+@pytest.mark.parametrize("how", ["as completed", "ordered", "in a pool"])
+def test_an_item_that_cannot_go_to_a_process_after_the_move_runs_on_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """Before, it failed: "could not be sent to a worker process" (only the first items
+    were checked at the move), though it would have run on threads."""
+    chosen_at_a_completion(monkeypatch, after=1)
+    locked = {60, 61, 150}
+    items = [Locked(i) if i in locked else i for i in range(200)]
+    journal = tmp_path / "j.db"
+    ordered = how == "ordered"
+    options: dict[str, Any] = dict(window=8, ordered=ordered, journal=journal,
+                                   key=lambda x: str(number_and_pid(x)[0]))  # fmt: skip
+    if how == "in a pool":
+        with manyhands.Pool(backend="auto") as pool:
+            outs = pool.map(number_and_pid, items, **options)
+            got = list(outs)
+    else:
+        outs = manyhands.map(number_and_pid, items, backend="auto", **options)
+        got = list(outs)
+    assert all(o.ok for o in got), [o.error for o in got if not o.ok]
+    numbers = [o.value[0] for o in got]
+    assert sorted(numbers) == list(range(200))
+    if ordered:
+        assert numbers == list(range(200))
+    here = {o.value[0] for o in got if o.value[1] == os.getpid()}
+    assert locked <= here and len(here) < 100  # they ran on threads, the rest mostly not
+    report = outs.report
+    assert report.backend.startswith("processes (auto: forced by the test")
+    assert any("3 items could not be sent to a worker process" in n for n in report.notes)
+    assert recorded_keys(journal) == {str(i) for i in range(200)}
+
+
+def logged(item: tuple[str, int] | Locked) -> int:
+    """Writes down each call (in whichever process it runs)."""
+    path, n = (item.path, item.n) if isinstance(item, Locked) else item
+    with open(path, "a") as calls:
+        calls.write(f"{n}\n")
+    return n
+
+
+def test_a_ctrl_c_while_an_item_runs_on_threads_after_the_move_loses_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its batch waits for it: a Ctrl-C then keeps the batch's other finished calls."""
+    from manyhands._run import Run
+
+    chosen_at_a_completion(monkeypatch, after=1)
+    send = Run._send_back_to
+
+    def interrupted(self: Run, via: int, batch: Any) -> None:
+        send(self, via, batch)
+        raise KeyboardInterrupt  # (as if Ctrl-C came just after)
+
+    monkeypatch.setattr(Run, "_send_back_to", interrupted)
+    log = tmp_path / "calls"
+    items: list[Any] = [(str(log), i) for i in range(100)]
+    items[40] = Locked(40, str(log))
+    journal = tmp_path / "j.db"
+
+    def key(item: Any) -> str:
+        return str(item.n if isinstance(item, Locked) else item[1])
+
+    with pytest.raises(KeyboardInterrupt):
+        manyhands.run(logged, items, backend="auto", window=8, journal=journal, key=key)
+    ran = log.read_text().split()
+    assert "40" in ran and len(ran) < 100
+    assert recorded_keys(journal) == set(ran)  # every finished call, its batch's too
+    monkeypatch.undo()
+    report = manyhands.run(logged, items, backend="threads", journal=journal, key=key)
+    assert report.succeeded + report.skipped == 100
+    assert sorted(map(int, log.read_text().split())) == list(range(100))  # none twice

@@ -12,7 +12,10 @@ interpreter's switch interval so that its own looks come on time; once the
 calls look CPU-bound it starts the run's worker processes, so that they are
 ready when it chooses; it then moves the rest of the run to them (calls out
 finish where they are), grows them while the calls also wait, or moves the
-run back to threads if the calls mostly wait after all.
+run back to threads if the calls mostly wait after all. A choice made as a
+batch comes back is moved on at the run's next dispatch, once that batch has
+reached delivery. Once on processes, an item that cannot be sent to them runs
+on threads (:mod:`._unsent`).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from ._backends import Backend, prepare_processes
 from ._exceptions import ManyhandsError, WorkerInitError
+from ._unsent import Unsent
 
 if TYPE_CHECKING:
     from ._auto import Choice, Measure, Sizing
@@ -65,6 +69,9 @@ class Autopilot:
         # (100 ms or more), so it waits for the run's next dispatch (see look), once
         # that batch has reached delivery: a Ctrl-C in the move then loses nothing.
         self._move: Choice | None = None
+        # Once on processes (it stays, for the rest of the run): items that cannot be
+        # sent to them run on threads.
+        self.unsent: Unsent | None = None
         self._short_turns = False  # the switch interval lowered while it measures
         self._threads_wanted = workers  # (the run's workers= on threads, to move back)
 
@@ -74,6 +81,7 @@ class Autopilot:
         return (
             self.measure is None
             and self._move is None
+            and self.unsent is None
             and self._sizing is None
             and self._early is None
             and not self._short_turns
@@ -108,8 +116,33 @@ class Autopilot:
                 self._make_move(self._move)
         return None if self.choose_at is None else self.choose_at - now
 
+    @property
+    def rerouted(self) -> bool:
+        """Some items run on threads, their batches waiting (see came_back)."""
+        return self.unsent is not None and bool(self.unsent.waiting)
+
+    def came_back(self, batch: Batch) -> Batch | None:
+        """``batch`` (it has errors, or its items ran on threads) as the run settles it
+        now; None while those a worker process could not be sent run on threads."""
+        return batch if self.unsent is None else self.unsent.came_back(batch)
+
     def ended(self) -> None:
-        """The run ended: the Report says so if it ended before a choice (or its move)."""
+        """The run ended: the Report says so if it ended before a choice (or its move).
+
+        A batch waiting for its items on threads is one that came back late (its
+        other items' calls ran: kept if the run was interrupted).
+        """
+        run = self.run
+        unsent = self.unsent
+        if unsent is not None:
+            run._late.extend(unsent.held())
+        if unsent is not None and unsent.count:
+            items = f"{unsent.count} item{'s' if unsent.count > 1 else ''}"
+            _note(
+                run,
+                f"{items} could not be sent to a worker process (they do not pickle): "
+                "they ran on threads",
+            )
         measure = self.measure
         if self._move is not None:
             self.run.statistics.backend = (
@@ -205,7 +238,7 @@ class Autopilot:
             if measure.ready(now):
                 hint = measure.hint(now)
                 if hint is not None:
-                    run.statistics.notes.append(hint)
+                    _note(run, hint)
                 self._stop_measuring()
             return
         ready = self._early is not None and not isinstance(self._early, BaseException)
@@ -285,6 +318,7 @@ class Autopilot:
             run._backend.wind_down()
         run._slowdown.ignore_latency()
         run._switch_to(backend, workers)
+        self.unsent = Unsent(functools.partial(run._send_back_to, 0))  # (0: its threads)
         if run._owns_backend:
             from ._auto import Sizing, waited_for_cpu
 
@@ -371,6 +405,16 @@ class Autopilot:
         backend.attach(run.task)
         run._backend.wind_down()
         run._switch_to(backend, wanted)
+
+
+def _note(run: Run, note: str) -> None:
+    """A note in the run's Report (not in those of a shared pool's other runs: its
+    statistics' notes are the backend's own list, where the backend's notes go)."""
+    stats = run.statistics
+    if run._owns_backend:
+        stats.notes.append(note)
+    else:
+        stats.notes = [*stats.notes, note]
 
 
 def _not_moved(exc: BaseException) -> str:
