@@ -793,22 +793,36 @@ def recorded_keys(journal: Path) -> set[str]:
         db.close()
 
 
+@pytest.mark.parametrize("where", ["in the move", "while measuring"])
 def test_a_ctrl_c_during_the_move_to_processes_loses_no_finished_call(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
 ) -> None:
     """Starting the processes takes 100 ms or more; a Ctrl-C then landed in the move.
 
     Before, the move was made while the batch that chose it was being settled, before it
     reached delivery: that batch was lost (its calls had run, the journal did not have
-    them, and a resume ran them again).
+    them, and a resume ran them again). Measuring a batch takes milliseconds too behind
+    CPU-bound calls (each file or clock read waits for the GIL): the same held there.
     """
-    chosen_at_a_completion(monkeypatch)
-    monkeypatch.setattr(Autopilot, "_start_processes_early", lambda self: None)
 
-    def interrupted(self: Autopilot, workers: int) -> Any:
-        raise KeyboardInterrupt  # (as if Ctrl-C came while the processes start)
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        raise KeyboardInterrupt  # (as if Ctrl-C came just then)
 
-    monkeypatch.setattr(Autopilot, "_own_processes", interrupted)
+    if where == "in the move":
+        chosen_at_a_completion(monkeypatch)
+        monkeypatch.setattr(Autopilot, "_start_processes_early", lambda self: None)
+        monkeypatch.setattr(Autopilot, "_own_processes", interrupted)
+    else:
+        measured = Autopilot._measured
+        batches: list[Any] = []
+
+        def measuring(self: Autopilot, batch: Any) -> None:
+            batches.append(batch)
+            if len(batches) == 3:
+                interrupted()
+            measured(self, batch)
+
+        monkeypatch.setattr(Autopilot, "_measured", measuring)
     finished: list[int] = []
 
     def call(x: int) -> int:

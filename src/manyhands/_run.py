@@ -851,13 +851,15 @@ class Run:
         if self._stop_rules_on:
             self._rules.note(batch, retried)
         self._sizer.completed(size, batch.elapsed, batch.nbytes)
-        if pilot is not None:
-            pilot.completed(batch)
-            if pilot.idle:
-                self._pilot = None
         if batch.parent is not None and not retried:
             stats.retrying -= 1
         yield from self._delivery.settled(batch, retried)
+        if pilot is not None:
+            # (once the batch reached delivery: measuring reads files and clocks, each
+            # a wait for the GIL behind CPU-bound calls, and a Ctrl-C there lost it)
+            pilot.completed(batch)
+            if pilot.idle:
+                self._pilot = None
         if stats.stop_reason is None and self._stop_rules_on:
             reason = self._rules.reason(stats.failed)
             if reason is not None:
