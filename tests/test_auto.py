@@ -944,3 +944,18 @@ def test_a_ctrl_c_while_an_item_runs_on_threads_after_the_move_loses_nothing(
     report = manyhands.run(logged, items, backend="threads", journal=journal, key=key)
     assert report.succeeded + report.skipped == 100
     assert sorted(map(int, log.read_text().split())) == list(range(100))  # none twice
+
+
+def test_a_note_in_a_pool_runs_report_is_not_in_the_next_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A run's statistics hold the pool's backend notes (the same list): a run's own
+    note went into it, and every later run of the pool showed it too."""
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("one core: no hint")
+    monkeypatch.setattr(_auto, "GIL_BOUND", 0.0)  # (see CPU_BOUND_ALWAYS)
+    with manyhands.Pool(workers=8) as pool:
+        first = pool.run(spin, range(300))
+        second = pool.run(time.sleep, [0.001] * 20)
+    assert any("backend='processes' or 'auto' would use all" in n for n in first.notes)
+    assert second.notes == ()
