@@ -825,8 +825,7 @@ class Run:
                 self._in_backend -= 1
             else:  # (it went out before the run moved to another backend)
                 self._in_previous -= 1
-        size = len(batch.items)
-        self._in_flight -= size
+        self._in_flight -= len(batch.items)
         if self._values_unchecked:
             self._check_first_value(batch)
         if self._deadlines is not None:
@@ -834,6 +833,14 @@ class Run:
         if self._sent:
             self._sent.pop(id(batch), None)
             self.task.cost = self.statistics.latency.mean  # (a shared pool's fairness)
+        pilot = self._pilot
+        if pilot is not None and (batch.errors or pilot.rerouted):
+            # (auto: its items that could not go to a worker process run on threads first)
+            settled = pilot.came_back(batch)
+            if settled is None:
+                return
+            batch = settled
+        size = len(batch.items)
         retried: set[int] = set()
         final: list[Failure] | None = None
         timed_out = False
@@ -848,14 +855,15 @@ class Run:
         if self._stop_rules_on:
             self._rules.note(batch, retried)
         self._sizer.completed(size, batch.elapsed, batch.nbytes)
-        pilot = self._pilot
-        if pilot is not None:
-            pilot.completed(batch)
-            if pilot.idle:
-                self._pilot = None
         if batch.parent is not None and not retried:
             stats.retrying -= 1
         yield from self._delivery.settled(batch, retried)
+        if pilot is not None:
+            # (once the batch reached delivery: measuring reads files and clocks, each
+            # a wait for the GIL behind CPU-bound calls, and a Ctrl-C there lost it)
+            pilot.completed(batch)
+            if pilot.idle:
+                self._pilot = None
         if stats.stop_reason is None and self._stop_rules_on:
             reason = self._rules.reason(stats.failed)
             if reason is not None:
@@ -880,6 +888,18 @@ class Run:
         self._in_previous += self._in_backend
         self._in_backend = 0
         self._resize(workers)
+
+    def _send_back_to(self, via: int, batch: Batch) -> None:
+        """Send ``batch`` to a backend the run moved from (``via``: which; its threads
+        run the items a worker process could not be sent)."""
+        batch.via = via
+        if self._deadlines is not None:
+            self._deadlines.sent(batch, self._clock())
+        if not self._owns_backend:
+            self._sent[id(batch)] = batch
+        self._in_previous += 1
+        self._in_flight += len(batch.items)
+        self._previous[via].submit(batch)
 
     def _resize(self, workers: int) -> None:
         """The run's batches now go to ``workers`` workers."""
