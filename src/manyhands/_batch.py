@@ -39,6 +39,8 @@ class Task:
             (asyncio); ``None`` for no limit.
         timed: the backend must know when each batch started and who runs it
             (``timeout=``, or a shared pool, which may have to abandon a run's calls).
+        bounded: the run has a ``timeout``: a batch that no worker can start (each
+            is held by a call past its timeout) fails at once rather than waits.
         abandoned: workers this run's calls were left to (a timeout, or the end
             of a run in a shared pool), counted for its Report.
         served: the scheduler's account of the workers' time this run had, for
@@ -62,6 +64,7 @@ class Task:
 
     __slots__ = (
         "abandoned",
+        "bounded",
         "cost",
         "done",
         "early",
@@ -84,6 +87,7 @@ class Task:
         priority: int = 0,
         timeout: float | None = None,
         timed: bool = False,
+        bounded: bool = False,
         early: bool = False,
     ) -> None:
         self.fn = fn
@@ -91,6 +95,7 @@ class Task:
         self.priority = priority
         self.timeout = timeout
         self.timed = timed
+        self.bounded = bounded
         self.abandoned = 0
         self.served = 0.0
         self.cost = 0.0

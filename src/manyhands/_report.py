@@ -237,7 +237,10 @@ class Report(Record):
                 f"p95 {_duration(self.latency.p95)}, p99 {_duration(self.latency.p99)}"
             )
         if self.retried or self.throttle_events:
-            lines.append(f"{self.attempts:,} attempts in all, {self.retried:,} items retried")
+            lines.append(
+                f"{self.attempts:,} {_plural(self.attempts, 'attempt')} in all, "
+                f"{self.retried:,} {_plural(self.retried, 'item')} retried"
+            )
         if self.throttle_events or self.rate_limited:
             parts = []
             if self.throttle_events:
@@ -279,7 +282,7 @@ class Report(Record):
     def _headline(self) -> str:
         """``2,000 items in 1.49s (1,339.3/s): 1,900 succeeded, 100 failed``, with what
         was not run first when the journal skipped items."""
-        head = f"{self.total:,} items in {_duration(self.elapsed)}"
+        head = f"{self.total:,} {_plural(self.total, 'item')} in {_duration(self.elapsed)}"
         ran = f"({self.throughput:,.1f}/s): {self.succeeded:,} succeeded, {self.failed:,} failed"
         if not (self.skipped or self.duplicates):
             return f"{head} {ran}"
@@ -299,15 +302,20 @@ class Report(Record):
 
 
 def _abandoned(count: int, backend: str) -> str:
+    """Calls left running: past ``timeout=``, or at the end of a stopped run's grace period."""
     if backend.startswith("async"):
         return (
-            f"timeouts: {count:,} calls past the timeout did not end when cancelled, and "
-            "were left running on the event loop"
+            f"abandoned: {count:,} {_plural(count, 'call')} past timeout= or the grace period "
+            "did not end when cancelled, and were left running on the event loop"
         )
     return (
-        f"timeouts: {count:,} threads abandoned to calls still running past "
-        "the timeout (Python cannot stop a thread)"
+        f"abandoned: {count:,} {_plural(count, 'thread')} left to calls still running past "
+        "timeout= or the grace period (Python cannot stop a thread)"
     )
+
+
+def _plural(count: int, word: str) -> str:
+    return word if count == 1 else f"{word}s"
 
 
 def _duration(seconds: float) -> str:
@@ -328,6 +336,28 @@ def _duration(seconds: float) -> str:
     return f"{hours}h{rest // 60:02d}m{rest % 60:02d}s"
 
 
+#: The most of a traceback a Report prints (its head and its end, which names the error).
+TRACEBACK_SHOWN = 4000
+
+
+def _shown(trace: str) -> str:
+    """A traceback as a Report prints it: its control characters escaped (an error
+    message may hold terminal escapes), and at most ``TRACEBACK_SHOWN`` characters.
+
+    >>> _shown("Traceback\\nValueError: \\x1b]0;title\\x07")
+    'Traceback\\nValueError: \\\\x1b]0;title\\\\x07'
+    >>> len(_shown("x" * 1_000_000)) < TRACEBACK_SHOWN + 100
+    True
+    """
+    from ._escape import escape_controls
+
+    if len(trace) > TRACEBACK_SHOWN:
+        head, tail = TRACEBACK_SHOWN // 4, TRACEBACK_SHOWN * 3 // 4
+        cut = len(trace) - head - tail
+        trace = f"{trace[:head]}\n[... {cut:,} characters not shown ...]\n{trace[-tail:]}"
+    return escape_controls(trace, keep_newlines=True)
+
+
 def _alike_text(failure: Failure) -> str:
     """Every item failed with one error type: say what that suggests, with one traceback."""
     if is_programming_error(failure):
@@ -336,7 +366,7 @@ def _alike_text(failure: Failure) -> str:
         )
     else:
         verdict = "this looks like a problem with fn or what it calls, not with the items"
-    trace = failure.traceback.rstrip().replace("\n", "\n    ")
+    trace = _shown(failure.traceback.rstrip()).replace("\n", "\n    ")
     return (
         f"every item failed with {failure.error_type}: {verdict}. The first one "
         f"(item {safe_repr(failure.item, 60)}):\n    {trace}"

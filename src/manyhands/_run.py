@@ -75,6 +75,7 @@ if TYPE_CHECKING:
 __all__ = ["Completions", "Run", "RunHooks"]
 
 _NEVER = object()  # (a sentinel no completion is)
+_LONGEST_WAIT = 3600.0  # (a Retry-After of years, obeyed: the run wakes hourly to look)
 
 
 class Completions(Protocol):
@@ -172,6 +173,7 @@ class Run:
             priority=priority,
             timeout=timeout if backend.handles_timeouts else None,
             timed=engine_timeout is not None or not owns_backend,
+            bounded=timeout is not None,
             # Delivered as completed, a batch's finished items may come back before
             # its last (asyncio: a few slow calls must not hold the rest in the window).
             early=not options.ordered,
@@ -296,7 +298,7 @@ class Run:
         """:meth:`batches` on the running event loop (``amap``)."""
         import asyncio
 
-        from ._aio import AsyncFeed, LoopQueue
+        from ._aio import LoopQueue, open_feed
 
         queue: LoopQueue[Batch] = LoopQueue()
         self._completions = queue
@@ -311,11 +313,10 @@ class Run:
 
             self.task.done = hand_over
         progress = self._begin()
-        feed: AsyncFeed | None = None
-        if self._async_source is not None:
-            limit = max(self._window // 4, 1)  # (read ahead of the window, a share of it)
-            feed = AsyncFeed(self._async_source, limit, lambda: queue.put(None))
-            self._reader.items = feed
+        # An async input is read by a task, a slow sync one by a thread (see _aio).
+        limit = max(self._window // 4, 1)  # (read ahead of the window, a share of it)
+        feed = open_feed(self._reader.items, self._async_source, limit, lambda: queue.put(None))
+        self._reader.items = feed or self._reader.items
         completed = False
         try:
             self._start_backend()
@@ -372,6 +373,7 @@ class Run:
                     raise RuntimeError("nothing in flight and nothing due")  # pragma: no cover
                 caught.extend(islice(iter(get, _NEVER), 1))
             else:
+                wait = min(wait, _LONGEST_WAIT)  # (a wait longer than a thread can do)
                 try:
                     caught.extend(islice(iter(functools.partial(get, True, wait), _NEVER), 1))
                 except Empty:
@@ -544,7 +546,8 @@ class Run:
         if isinstance(error, ManyhandsError):  # from the journal: raised as it is
             raise error
         if error is not None:
-            raise InputError(self._reader.pulled, error) from error
+            hint = self._reader.hint(error)
+            raise InputError(self._reader.pulled, error, hint=hint) from error
 
     def _close_journal(self, journal: Journal, completed: bool) -> None:
         stats = self.statistics
@@ -792,7 +795,8 @@ class Run:
             batch.values = [None] * len(batch.items)
             batch.errors = {
                 0: Timeout(
-                    f"the call ran past timeout={timeout:g}s; {self._backend.timeout_action}"
+                    f"the call ran past timeout={timeout:g}s; "
+                    f"{self._backend_of(batch).timeout_action}"  # (read after expire)
                 )
             }
             batch.elapsed = now - started
@@ -832,8 +836,7 @@ class Run:
                 self._in_backend -= 1
             else:  # (it went out before the run moved to another backend)
                 self._in_previous -= 1
-        size = len(batch.items)
-        self._in_flight -= size
+        self._in_flight -= len(batch.items)
         if self._values_unchecked:
             self._check_first_value(batch)
         if self._deadlines is not None:
@@ -841,6 +844,14 @@ class Run:
         if self._sent:
             self._sent.pop(id(batch), None)
             self.task.cost = self.statistics.latency.mean  # (a shared pool's fairness)
+        pilot = self._pilot
+        if pilot is not None and (batch.errors or pilot.rerouted):
+            # (auto: its items that could not go to a worker process run on threads first)
+            settled = pilot.came_back(batch)
+            if settled is None:
+                return
+            batch = settled
+        size = len(batch.items)
         retried: set[int] = set()
         final: list[Failure] | None = None
         timed_out = False
@@ -855,14 +866,15 @@ class Run:
         if self._stop_rules_on:
             self._rules.note(batch, retried)
         self._sizer.completed(size, batch.elapsed, batch.nbytes)
-        pilot = self._pilot
-        if pilot is not None:
-            pilot.completed(batch)
-            if pilot.idle:
-                self._pilot = None
         if batch.parent is not None and not retried:
             stats.retrying -= 1
         yield from self._delivery.settled(batch, retried)
+        if pilot is not None:
+            # (once the batch reached delivery: measuring reads files and clocks, each
+            # a wait for the GIL behind CPU-bound calls, and a Ctrl-C there lost it)
+            pilot.completed(batch)
+            if pilot.idle:
+                self._pilot = None
         if stats.stop_reason is None and self._stop_rules_on:
             reason = self._rules.reason(stats.failed)
             if reason is not None:
@@ -887,6 +899,18 @@ class Run:
         self._in_previous += self._in_backend
         self._in_backend = 0
         self._resize(workers)
+
+    def _send_back_to(self, via: int, batch: Batch) -> None:
+        """Send ``batch`` to a backend the run moved from (``via``: which; its threads
+        run the items a worker process could not be sent)."""
+        batch.via = via
+        if self._deadlines is not None:
+            self._deadlines.sent(batch, self._clock())
+        if not self._owns_backend:
+            self._sent[id(batch)] = batch
+        self._in_previous += 1
+        self._in_flight += len(batch.items)
+        self._previous[via].submit(batch)
 
     def _resize(self, workers: int) -> None:
         """The run's batches now go to ``workers`` workers."""
@@ -1036,7 +1060,13 @@ class Run:
         if journal.closed:
             return
         if self.before_record is not None:
-            self.before_record()
+            try:
+                self.before_record()
+            except BaseException:  # (the command's lines did not reach its file: not recorded,
+                # nor counted, so the run's row says what it recorded)
+                self._take_back(batch, 0, self.statistics)
+                self.statistics.forget(list((batch.failures or {}).values()))
+                raise
         journal.record(batch, set())
 
     @staticmethod
@@ -1102,6 +1132,7 @@ class Run:
         latency = stats.latency
         return {
             "done": stats.total,
+            "skipped": stats.skipped + stats.duplicates,  # (done, not run: no part of a rate)
             "failed": stats.failed,
             "retrying": stats.retrying,
             "in_flight": self._in_flight,
@@ -1115,6 +1146,11 @@ class Run:
     def journal_run(self) -> int:
         """The journal's id of this run (0: no journal, or not opened)."""
         return self._journal.run_id if self._journal is not None else 0
+
+    @property
+    def journal_closed_as(self) -> str | None:
+        """How the journal recorded this run's end (None: no journal, or it could not)."""
+        return self._journal.closed_as if self._journal is not None else None
 
     def report(self) -> Report:
         """A Report of everything delivered so far."""

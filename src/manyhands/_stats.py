@@ -188,6 +188,21 @@ rerun later with retry_failed=True)
                 failure.release_frames()
             self.failures.extend(kept)
 
+    def forget(self, failures: list[Failure]) -> None:
+        """Delivered ``failures`` taken back after all (the command could not write them):
+        neither kept nor examples (call after :meth:`take_back`)."""
+        gone = {id(failure) for failure in failures}
+        self.failures = [failure for failure in self.failures if id(failure) not in gone]
+        items = {id(failure.item) for failure in failures}
+        for kind, item in list(self.examples.items()):
+            if id(item) not in items:
+                continue
+            kept = next((f.item for f in self.failures if f.error_type == kind), None)
+            if kept is None or kind not in self.errors_by_type:
+                del self.examples[kind]
+            else:
+                self.examples[kind] = kept
+
     def copy(self) -> RunStatistics:
         """A copy to take back from, leaving these counts as they are."""
         copied = shallow_copy(self)
