@@ -41,7 +41,7 @@ def test_break_stops_the_workers(hands: Hands) -> None:
     for out in hands.map(work, range(100_000), workers=64):
         if out.item >= 0 and calls > 300:
             break
-    assert wait_for_threads(before) == before
+    assert wait_for_threads(before) <= before  # (an earlier test's may end meanwhile)
     settled = calls
     time.sleep(0.1)
     assert calls == settled, "calls kept starting after the loop was left"
@@ -53,7 +53,7 @@ def test_exception_in_the_loop_body_stops_the_workers(hands: Hands) -> None:
     with pytest.raises(RuntimeError, match="consumer broke"):
         for _out in hands.map(lambda x: time.sleep(0.001), range(10_000)):
             raise RuntimeError("consumer broke")
-    assert wait_for_threads(before) == before
+    assert wait_for_threads(before) <= before  # (an earlier test's may end meanwhile)
 
 
 def test_close_and_context_manager_stop_the_workers(hands: Hands) -> None:
@@ -62,10 +62,10 @@ def test_close_and_context_manager_stop_the_workers(hands: Hands) -> None:
     next(stream)
     stream.close()
     stream.close()  # idempotent
-    assert wait_for_threads(before) == before
+    assert wait_for_threads(before) <= before  # (an earlier test's may end meanwhile)
     with hands.map(abs, range(10_000)) as outcomes:
         next(outcomes)
-    assert wait_for_threads(before) == before
+    assert wait_for_threads(before) <= before  # (an earlier test's may end meanwhile)
 
 
 def test_a_finished_run_leaves_no_thread(hands: Hands, no_thread_left: None) -> None:
@@ -147,6 +147,10 @@ def test_the_report_after_break_includes_the_grace_period(backend: str) -> None:
     assert waited >= 0.5
     assert report.elapsed >= 0.5, f"the Report says {report.elapsed:.3f}s of {waited:.3f}s"
     assert report.elapsed <= waited
+    assert report.abandoned == 1  # (the thread left to the call still running)
+    assert "abandoned: 1 thread left to calls still running past timeout= or the grace" in str(
+        report
+    )
 
 
 def test_more_than_a_thousand_workers(backend: str, no_thread_left: None) -> None:

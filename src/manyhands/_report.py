@@ -80,11 +80,12 @@ class Report(Record):
         skipped_failed: of ``skipped``, those recorded as failed
             (``retry_failed=True`` runs them again).
         duplicates: items not run because their key came earlier in the input.
-        abandoned: worker threads left to calls that ran past ``timeout=``
-            (Python cannot stop a thread; each was replaced by a new one). On
-            asyncio: calls past ``timeout=`` that had not ended on their
-            cancellation when the run ended (a coroutine that catches it and
-            goes on), left running on the event loop.
+        abandoned: worker threads left to calls that ran past ``timeout=``, or
+            that still ran at the end of a stopped run's grace period (Python
+            cannot stop a thread; each was replaced by a new one). On asyncio:
+            calls that had not ended on their cancellation (past ``timeout=``,
+            or when the run ended: a coroutine that catches it and goes on),
+            left running on the event loop. Worker processes are killed instead.
         backend: what ran the calls (``"threads"``, ``"processes"``, ``"async"``...);
             with ``backend="auto"``, what it chose and why, e.g.
             ``"processes (auto: calls used 97% CPU, 10.2ms each, 2 cores)"``.

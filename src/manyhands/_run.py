@@ -444,7 +444,10 @@ class Run:
         backend = self._backend
         if self._owns_backend:  # a private pool: it goes with the run
             try:
-                backend.shutdown(self._options.grace)
+                counted = self.task.abandoned
+                busy = backend.shutdown(self._options.grace)
+                if backend.name == "threads":  # (still in a call after the grace: left to it)
+                    self.task.abandoned += max(busy - (self.task.abandoned - counted), 0)
             finally:
                 for previous in self._previous:  # (auto: what it moved from)
                     previous.shutdown(self._options.grace)
