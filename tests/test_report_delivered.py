@@ -212,3 +212,22 @@ def test_the_report_keeps_the_first_failures_delivered_in_order() -> None:
     report = outcomes.report
     assert [f.item for f in report.failures] == [0] and report.failed == 1
     assert report.retried == 1 and report.examples == {"builtins.ConnectionError": 0}
+
+
+def test_failures_taken_back_after_delivery_are_neither_kept_nor_examples() -> None:
+    """The command could not write a delivered batch's lines: its outcomes are uncounted,
+    and the Report neither keeps its failures nor names their items as examples."""
+    from manyhands._outcome import Failure
+    from manyhands._stats import RunStatistics
+
+    stats = RunStatistics(keep_failures=10)
+    first, second = Failure("a", "builtins.ValueError", "x"), Failure("b", "builtins.KeyError", "y")
+    stats.add_batch(2, 2, 0.1, [first])
+    stats.delivered([first])
+    stats.add_batch(2, 2, 0.1, [second])
+    stats.delivered([second])
+    stats.take_back(1, [second], [])
+    stats.forget([second])
+    assert stats.failures == [first] and stats.examples == {"builtins.ValueError": "a"}
+    counts = (stats.succeeded, stats.failed, dict(stats.errors_by_type))
+    assert counts == (1, 1, {"builtins.ValueError": 1})
