@@ -285,24 +285,87 @@ def test_workers_of_several_threads_get_one_batch_per_thread() -> None:
 def test_a_part_none_of_whose_items_was_running_is_never_charged_for_a_death(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # The nanny's word "none running" (the task between items, or its thread calling
-    # other batches' items) sends the part again uncharged, however often its worker
-    # dies; only a part with no word at all blames its first item at its third death.
+    # The word "none running" (the task between items, or its thread calling other
+    # batches' items) sends the part again uncharged, however often its worker dies;
+    # a part with no word at all is split in two at its second death, and an item
+    # fails only as the one item of a part that died a third time with no word.
     from manyhands._backends import _dask
     from manyhands._batch import Batch, Task
 
     backend = _dask.DaskBackend()
     resent: list[Any] = []
-    monkeypatch.setattr(backend, "_note_death", lambda: None)
+    monkeypatch.setattr(backend, "_note_death", lambda worker: None)
     monkeypatch.setattr(backend, "_resend", lambda part, again: resent.extend(again))
+    monkeypatch.setattr(backend, "_part_done", lambda batch: None)
     batch = Batch(0, [10, 11, 12], Task(abs, lambda batch: None))
-    for word, charged in (([], []), (None, [0])):
+    for word, indices, expected in (
+        ([], [0, 1, 2], [[0, 1, 2]]),
+        (None, [0, 1, 2], [[0], [1, 2]]),
+        (None, [1], []),
+    ):
         resent.clear()
         batch.errors = {}
-        monkeypatch.setattr(backend, "_progress", lambda key, word=word: word)
-        backend._crashed(_dask._Part(batch, [0, 1, 2], b"", deaths=2))
-        assert sorted(batch.errors or {}) == charged
-        assert [part.indices for part in resent] == [[0, 1, 2] if word == [] else [1, 2]]
+        monkeypatch.setattr(backend, "_progress", lambda key, nanny, word=word: word)
+        backend._crashed(_dask._Part(batch, indices, b"", deaths=2), RuntimeError())
+        assert sorted(batch.errors or {}) == ([] if expected or word == [] else indices)
+        assert [part.indices for part in resent] == expected
+
+
+def _dies_on_7_and_50(item: tuple[int, str]) -> int:
+    x, calls = item
+    with open(calls, "a") as file:
+        file.write(f"{x}\n")
+    if x in (7, 50):
+        os._exit(1)  # the worker process dies
+    time.sleep(0.01)
+    return x
+
+
+def test_only_the_items_that_killed_a_worker_fail_and_each_ran_once(
+    client: Any, tmp_path: Path
+) -> None:
+    # Two workers dying close together: the scheduler knows a dead worker's nanny
+    # again only once it restarted its worker. Each killer was known as the item
+    # running (not a part sent again whole, killer included, until its first item
+    # was blamed), and the note counts worker deaths, not the tasks they took.
+    calls = tmp_path / "calls"
+    report = manyhands.run(_dies_on_7_and_50, [(x, str(calls)) for x in range(80)], backend=client)
+    assert sorted(failure.item[0] for failure in report.failures) == [7, 50]
+    called = calls.read_text().split()
+    assert (called.count("7"), called.count("50")) == (1, 1)
+    assert any("(2 times)" in note for note in report.notes)
+    client.wait_for_workers(2, timeout=30)
+
+
+def test_a_dead_workers_nanny_is_asked_again_until_it_is_back() -> None:
+    from manyhands._backends import _dask
+
+    class Restarting:
+        """Its nanny answers only at the third time of asking."""
+
+        def __init__(self) -> None:
+            self.asked = 0
+
+        def nthreads(self) -> dict[str, int]:
+            return {"tcp://10.0.0.2:1": 1}
+
+        def run(self, fn: Any, key: str, nanny: bool) -> dict[str, Any]:
+            self.asked += 1
+            if self.asked < 3:
+                return {}  # (restarting its worker: unknown to the scheduler)
+            return {"tcp://10.0.0.2:2": ("tcp://10.0.0.2:9", [4])}
+
+    cluster = Restarting()
+    backend = _dask.DaskBackend(cluster)
+    assert backend._progress("manyhands-not-here", "tcp://10.0.0.2:9") == [4]
+    assert cluster.asked == 3
+
+
+def test_pool_submit_runs_the_call_on_the_cluster(client: Any) -> None:
+    with manyhands.Pool(backend=client) as pool:
+        assert pool.submit(_seven_fails, 3).result(timeout=30) == 6
+        with pytest.raises(ValueError, match="bad item 7"):
+            pool.submit(_seven_fails, 7).result(timeout=30)
 
 
 def test_a_second_batch_per_thread_waits_on_the_cluster_from_the_start(

@@ -23,11 +23,13 @@ the driver and the scheduler flat.
 A worker that dies running a batch fails its task with ``KilledWorker``
 (a LocalCluster started here runs with ``allowed-failures`` 0, so Dask never
 runs the task again behind the engine's back). The task marked the items
-being called where the worker's nanny can read them (see ``_remote_calls``):
-those fail as ``manyhands.WorkerCrashed`` (the run's retry policy then
-applies as to any failure), and the others run again, uncharged. A task
-that was only queued on the dead worker (or between two calls) runs again
-whole. A worker's threads share its running batches' unstarted items (a
+being called in a file (see ``_remote_calls``), read here when the worker
+was on this host, else by the worker's nanny once it is back: those items
+fail as ``manyhands.WorkerCrashed`` (the run's retry policy then applies as
+to any failure), and the others run again, uncharged. A task that was only
+queued on the dead worker (or between two calls) runs again whole; one with
+no word of its progress is split in two at its second death (see
+``_crashed``). A worker's threads share its running batches' unstarted items (a
 thread whose batch is done calls the others'); each call is marked in its
 batch's file, whichever thread makes it. On a worker with several threads,
 an item running beside the killer in another thread is charged too: the
@@ -47,6 +49,7 @@ import itertools
 import os
 import pickle
 import threading
+import time
 import uuid
 from queue import Empty, SimpleQueue
 from typing import Any, ClassVar, TypeVar
@@ -55,7 +58,7 @@ from .._batch import Batch, Task
 from .._exceptions import WorkerCrashed
 from ._dask_cluster import connect, retries_note, start_local_cluster
 from ._process_batches import fail_items, file_results, pickle_batch, pickle_items
-from ._remote_calls import ABANDONED_MESSAGE, Shipped, read_progress, run_items
+from ._remote_calls import ABANDONED_MESSAGE, Shipped, nanny_progress, read_progress, run_items
 
 __all__ = ["DaskBackend"]
 
@@ -148,7 +151,8 @@ class DaskBackend:
         self._collector: threading.Thread | None = None
         self._to_send: SimpleQueue[_Part | None] = SimpleQueue()  # None: stop
         self._sender: threading.Thread | None = None
-        self._deaths = 0  # tasks whose worker died
+        self._deaths = 0  # worker processes that died under the run's tasks
+        self._dead: set[tuple[Any, Any]] = set()  # those: (address, pid)
         self._note = 0  # which note counts them
 
     # -- lifecycle -------------------------------------------------------
@@ -402,7 +406,7 @@ class DaskBackend:
             if status == "finished" and answer is not None:
                 self._file(batch, indices, answer)
             elif status == "error" and type(future.exception()).__name__ == "KilledWorker":
-                self._crashed(part)
+                self._crashed(part, future.exception())
                 return
             elif status == "error":  # failed outside fn: e.g. fn cannot be loaded there
                 fail_items(batch, indices, future.exception())
@@ -426,28 +430,35 @@ class DaskBackend:
             self.abandoned += left
             batch.task.abandoned += left
 
-    def _crashed(self, part: _Part) -> None:
+    def _crashed(self, part: _Part, error: BaseException) -> None:
         """The worker running ``part`` died: the items it was calling fail, the others run again.
 
-        The worker's nanny says which items were running (``read_progress``:
-        several when threads of its worker shared them). None running (the
-        task was between items, or its thread was calling other batches'
-        items): all of them run again, uncharged. No word at all (the task had
-        not begun, queued on that worker; or a worker without a nanny): they
-        run again too, and a part that dies that way a third time blames its
-        first item.
+        Which items were running is read from the task's progress file: here
+        when the worker was on this host (a LocalCluster), else from the dead
+        worker's nanny once it answers again (``read_progress``: several items
+        when threads of its worker shared them). None running (the task was
+        between items, or its thread was calling other batches' items): all
+        of them run again, uncharged. No word at all (the task had not begun,
+        queued on that worker; or a worker without a nanny): they run again
+        too; a part that dies that way twice is split in two, and only a part
+        of one item that dies that way a third time fails: an item is charged
+        only when it is known to be the one running.
         """
         batch, indices = part.batch, part.indices
-        self._note_death()
-        running = self._progress(part.key)
-        if running == []:  # (the nanny's word: none of them was running)
+        worker = getattr(error, "last_worker", None)
+        self._note_death(worker)
+        running = self._progress(part.key, getattr(worker, "nanny", None))
+        if running == []:  # (the word: none of them was running)
             self._resend(part, [_Part(batch, indices, part.payload, part.deaths)])
             return
-        deaths = part.deaths + 1
-        if not running and deaths < 3:
-            self._resend(part, [_Part(batch, indices, part.payload, deaths)])
+        if running is None:
+            again = self._again(part)
+            if again:
+                self._resend(part, again)
+            else:
+                self._part_done(batch)
             return
-        killers = {min(max(at, 0), len(indices) - 1) for at in running or [0]}
+        killers = {min(max(at, 0), len(indices) - 1) for at in running}
         fail_items(batch, [indices[at] for at in sorted(killers)], WorkerCrashed(_DIED))
         rest = [index for at, index in enumerate(indices) if at not in killers]
         if not rest:
@@ -457,8 +468,34 @@ class DaskBackend:
         assert payload is not None  # (these items pickled before)
         self._resend(part, [_Part(batch, rest, payload, 0)])
 
-    def _note_death(self) -> None:
+    def _again(self, part: _Part) -> list[_Part]:
+        """A part that died with no word of its progress, to send again: whole, or split in two.
+
+        Its only item fails at its third such death (then returns ``[]``).
+        """
+        batch, indices = part.batch, part.indices
+        deaths = part.deaths + 1
+        if deaths < 2 or (len(indices) == 1 and deaths < 3):
+            return [_Part(batch, indices, part.payload, deaths)]
+        if len(indices) == 1:
+            fail_items(batch, indices, WorkerCrashed(_DIED))
+            return []
+        halves = []
+        middle = len(indices) // 2
+        for half in (indices[:middle], indices[middle:]):
+            payload, kept = pickle_items(batch, half)
+            assert payload is not None  # (these items pickled before)
+            halves.append(_Part(batch, kept, payload, 0))
+        return halves
+
+    def _note_death(self, worker: Any) -> None:
+        """Count a death: a worker process (its address and pid) once, whatever it ran."""
+        who = (getattr(worker, "address", None), getattr(worker, "pid", None))
         with self._lock:
+            if who[0] is not None:
+                if who in self._dead:
+                    return
+                self._dead.add(who)
             if not self._deaths:
                 self.notes.append("")
                 self._note = len(self.notes) - 1
@@ -469,14 +506,29 @@ class DaskBackend:
                 "it was calling failed (manyhands.WorkerCrashed); the others ran again, uncharged"
             )
 
-    def _progress(self, key: str) -> list[int] | None:
-        """The items the task ``key`` was running when its worker died, from the nannies."""
-        try:
-            answers = self._client.run(read_progress, key, nanny=True)
-        except Exception:  # (no nanny to ask)
-            return None
-        found = [at for at in answers.values() if at is not None]
-        return found[0] if found else None
+    def _progress(self, key: str, nanny: str | None) -> list[int] | None:
+        """The items the task ``key`` was running when its worker died; None: no word of it.
+
+        A worker on this host left its file here. Otherwise the worker's nanny
+        (``nanny``) is asked once it is back (it restarts its worker first, and
+        the scheduler knows it again only then): up to ``_NANNY_WAIT`` seconds.
+        """
+        running = read_progress(key)
+        if running is not None or self._cluster is not None:  # (all its workers are here)
+            return running
+        deadline = time.monotonic() + _NANNY_WAIT
+        while True:
+            try:
+                answers = self._client.run(nanny_progress, key, nanny=True)
+            except Exception:  # (no nanny to ask)
+                return None
+            found = [at for _, at in answers.values() if at is not None]
+            if found:
+                return list(found[0])
+            heard = {address for address, _ in answers.values()}
+            if nanny is None or nanny in heard or time.monotonic() > deadline:
+                return None
+            time.sleep(0.1)
 
     def _resend(self, part: _Part, again: list[_Part]) -> None:
         with self._lock:
@@ -499,6 +551,7 @@ class DaskBackend:
 
 
 _DIED = "the Dask worker process running this item died"
+_NANNY_WAIT = 10.0  # seconds to wait for a dead worker's nanny to answer again
 _SHIPPED_BYTES = 4096  # a function pickled to this much or less travels with each task
 
 

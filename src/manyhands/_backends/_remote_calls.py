@@ -41,6 +41,7 @@ __all__ = [
     "ABANDONED_MESSAGE",
     "Shipped",
     "call_batch",
+    "nanny_progress",
     "progress_file",
     "read_progress",
     "run_items",
@@ -142,6 +143,11 @@ def read_progress(name: str) -> list[int] | None:
     except OSError:
         return None
     return [index for index, running in enumerate(data) if running]
+
+
+def nanny_progress(name: str, dask_worker: Any = None) -> tuple[str, list[int] | None]:
+    """(run in a Dask nanny) Its address, and :func:`read_progress` ``(name)``."""
+    return str(getattr(dask_worker, "address", "")), read_progress(name)
 
 
 def call_batch(
