@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -463,6 +464,41 @@ def test_the_journal_resumes_a_dask_run(client: Any, tmp_path: Path) -> None:
     report = manyhands.run(_seven_fails, range(300), backend=client, journal=journal)
     assert report.skipped == 100
     assert report.succeeded + report.failed == 200
+
+
+def _logs_its_call(item: tuple[int, str]) -> int:
+    x, calls = item
+    time.sleep(0.02)
+    with open(calls, "a") as file:
+        file.write(f"{x}\n")
+    return x
+
+
+def test_ctrl_c_keeps_the_calls_that_finished_and_resume_runs_only_the_rest(
+    client: Any, tmp_path: Path
+) -> None:
+    # The run's tasks stop after their running calls (grace=) and answer with the
+    # items they called: the journal keeps those (it kept none: the tasks were
+    # cancelled, and a task answers only once all its items were called).
+    calls, journal = tmp_path / "calls", tmp_path / "run.db"
+    items = [(x, str(calls)) for x in range(200)]
+    finished_before: list[int] = []
+
+    def interrupt_after_20_calls() -> None:
+        while not calls.exists() or len(calls.read_text().split()) < 20:
+            time.sleep(0.01)
+        finished_before.append(len(calls.read_text().split()))
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt_after_20_calls, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        manyhands.run(_logs_its_call, items, backend=client, journal=journal, grace=30)
+    first = len(calls.read_text().split())
+    report = manyhands.run(_logs_its_call, items, backend=client, journal=journal)
+    assert report.skipped >= finished_before[0]
+    assert report.skipped == first  # every call made was kept, and none is made again
+    assert report.succeeded == 200 - first
+    assert tasks_of_manyhands(client) == []
 
 
 def test_an_address_uses_the_cluster_and_leaves_it_running(client: Any) -> None:

@@ -38,8 +38,10 @@ nanny cannot tell which call killed it.
 A running Dask task cannot be stopped. ``timeout=`` is applied on the
 worker (see ``_remote_calls``): the call is left running in a thread and its
 item fails, so the worker goes on. Stopping a run (``break``, Ctrl-C, a stop
-rule) cancels every task of the run on the scheduler at once; a call that
-was running finishes on its worker and its result is dropped.
+rule) tells the workers that its tasks call no further item; a running task
+answers with the items it called, waited for up to ``grace`` (see
+``shutdown``); then every task of the run still out is cancelled on the
+scheduler: a call still running finishes on its worker, its result dropped.
 """
 
 from __future__ import annotations
@@ -58,7 +60,14 @@ from .._batch import Batch, Task
 from .._exceptions import WorkerCrashed
 from ._dask_cluster import connect, retries_note, start_local_cluster
 from ._process_batches import fail_items, file_results, pickle_batch, pickle_items
-from ._remote_calls import ABANDONED_MESSAGE, Shipped, nanny_progress, read_progress, run_items
+from ._remote_calls import (
+    ABANDONED_MESSAGE,
+    Shipped,
+    nanny_progress,
+    read_progress,
+    run_items,
+    stop_tasks,
+)
 
 __all__ = ["DaskBackend"]
 
@@ -138,7 +147,8 @@ class DaskBackend:
         self.workers = workers
         # (read by _sizing.Sizer; a LocalCluster started here has a thread a worker: 2)
         self.sizing = {**self.default_sizing, "spread": self._spread(list(threads.values()))}
-        self._lock = threading.Lock()  # guards _out and _parts
+        self._lock = threading.Lock()  # guards _out, _parts and _stopping
+        self._emptied = threading.Condition(self._lock)  # _out has no part left
         self._sending = threading.Lock()  # held while the sender submits (see _submit)
         self._out: dict[str, _Part] = {}  # by task key: parts on the cluster or about to be
         self._parts: dict[int, int] = {}  # id(batch) -> its parts out; absent: dropped
@@ -151,6 +161,7 @@ class DaskBackend:
         self._collector: threading.Thread | None = None
         self._to_send: SimpleQueue[_Part | None] = SimpleQueue()  # None: stop
         self._sender: threading.Thread | None = None
+        self._stopping = False  # shutdown: answers are handed back as they are, nothing is sent
         self._deaths = 0  # worker processes that died under the run's tasks
         self._dead: set[tuple[Any, Any]] = set()  # those: (address, pid)
         self._note = 0  # which note counts them
@@ -213,8 +224,39 @@ class DaskBackend:
         pass  # the cluster's workers wait for other runs; shutdown closes what was opened
 
     def shutdown(self, grace: float) -> int:
+        """Stop the run's tasks after their running calls; keep what they called; close.
+
+        The workers are told that the run's tasks call no further item
+        (``stop_tasks``): each running task answers once its running call
+        returned, with the items it called, and a task yet to start calls none.
+        Those answers are waited for up to ``grace`` seconds, and the items
+        called are handed back (the journal keeps them); then every task
+        still out is cancelled (a call still running finishes on its worker,
+        its result dropped), and what was opened here is closed.
+        """
+        with self._sending, self._lock:
+            self._stopping = True
+            waiting = bool(self._out)
+        try:
+            if waiting and grace > 0:
+                self._stop_running(grace)
+        finally:
+            self._close()
+        return 0
+
+    def _stop_running(self, grace: float) -> None:
+        """Tell the workers to stop the run's tasks; wait up to ``grace`` for their answers."""
+        try:
+            self._client.run(stop_tasks, f"manyhands-{self._token}-", on_error="ignore")
+        except Exception:  # (the cluster is gone: nothing will answer)
+            return
+        deadline = time.monotonic() + grace
+        with self._lock:
+            while self._out and (left := deadline - time.monotonic()) > 0:
+                self._emptied.wait(left)
+
+    def _close(self) -> None:
         """Cancel every task still out, release the functions, close what was opened here."""
-        del grace  # a running Dask task cannot be waited for usefully nor stopped
         with self._sending, self._lock:
             parts = list(self._out.values())
             self._out.clear()
@@ -239,7 +281,6 @@ class DaskBackend:
             if self._cluster is not None:
                 self._cluster.close()
                 self._cluster = None
-        return 0
 
     # -- batches ---------------------------------------------------------
 
@@ -256,7 +297,7 @@ class DaskBackend:
         """Hand ``part`` to the sender thread (see _submit): out from now on."""
         part.key = f"manyhands-{self._token}-{next(self._count)}"
         with self._lock:
-            if id(part.batch) not in self._parts:  # (dropped meanwhile)
+            if id(part.batch) not in self._parts or self._stopping:  # (dropped meanwhile)
                 return
             self._out[part.key] = part
         self._to_send.put(part)
@@ -398,10 +439,16 @@ class DaskBackend:
     def _finished(self, future: Any, answer: bytes | None) -> None:
         with self._lock:
             part = self._out.pop(future.key, None)
+            stopping = self._stopping
+            if not self._out:
+                self._emptied.notify_all()
         if part is None:  # cancelled: its batch was dropped
             return
         batch, indices = part.batch, part.indices
         status = future.status
+        if stopping:  # (shutdown) what it called goes back; nothing runs again
+            self._hand_back(part, answer if status == "finished" else None)
+            return
         try:
             if status == "finished" and answer is not None:
                 self._file(batch, indices, answer)
@@ -418,17 +465,45 @@ class DaskBackend:
             fail_items(batch, indices, WorkerCrashed(f"the Dask task's answer was lost: {exc}"))
         self._part_done(batch)
 
-    def _file(self, batch: Batch, indices: list[int], answer: bytes) -> None:
+    def _hand_back(self, part: _Part, answer: bytes | None) -> None:
+        """(shutdown) The items ``part`` called go back to the run, as a batch of their own."""
+        batch = part.batch
+        with self._lock:
+            if id(batch) not in self._parts:
+                return  # dropped meanwhile
+        called: list[int] = []
+        if answer is not None:
+            with contextlib.suppress(Exception):  # (an answer that cannot be read: none)
+                called = self._file(batch, part.indices, answer)
+        if not called:
+            return
+        if len(called) == len(batch.items):
+            batch.task.done(batch)
+        else:
+            batch.task.done(batch.part(called))
+
+    def _file(self, batch: Batch, indices: list[int], answer: bytes) -> list[int]:
+        """File a task's answer for the items at ``indices``; return the items it called."""
         kind, *rest = pickle.loads(answer)
+        called: list[int] | None = None
+        if kind == "stopped":  # (shutdown: stop_tasks) it called only these
+            called, answer = rest
+            indices = [indices[at] for at in called]
+            kind, *rest = pickle.loads(answer)
         if kind == "unloadable":
             fail_items(batch, indices, rest[0])
-            return
+            return indices
         values, errors, elapsed = rest
+        if called is not None:
+            position = {at: new for new, at in enumerate(called)}
+            values = [values[at] for at in called]
+            errors = {position[at]: error for at, error in errors.items()}
         file_results(batch, indices, values, errors, elapsed)
         if errors and batch.task.timeout is not None:
             left = sum(error[1].endswith(ABANDONED_MESSAGE) for error in errors.values())
             self.abandoned += left
             batch.task.abandoned += left
+        return indices
 
     def _crashed(self, part: _Part, error: BaseException) -> None:
         """The worker running ``part`` died: the items it was calling fail, the others run again.
