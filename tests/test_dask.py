@@ -501,6 +501,35 @@ def test_ctrl_c_keeps_the_calls_that_finished_and_resume_runs_only_the_rest(
     assert tasks_of_manyhands(client) == []
 
 
+def _logs_and_fails(item: tuple[int, str]) -> int:
+    _logs_its_call(item)
+    raise ConnectionError("the API is down")
+
+
+def test_a_stop_rule_stops_a_list_that_went_out_at_once_and_a_resume_runs_the_rest(
+    client: Any, tmp_path: Path
+) -> None:
+    # 400 items fit one round: they went out at once, and a task answers only once
+    # all its items were called, so the rule fired once every item had run. Now a
+    # run with a stop rule sends its first batches in parts, the smallest first, and
+    # the items its tasks had not called when the rule fired fail as never called:
+    # not retried, not in the journal.
+    calls, journal = tmp_path / "calls", tmp_path / "run.db"
+    items = [(x, str(calls)) for x in range(400)]
+    report = manyhands.run(
+        _logs_and_fails, items, backend=client, journal=journal, stop_after_failures=5
+    )
+    assert report.stopped is not None
+    called = len(calls.read_text().split())
+    assert called < 200
+    uncalled = [f for f in report.failures if f.message.startswith("not called")]
+    assert {f.attempts for f in uncalled} == {0}
+    assert tasks_of_manyhands(client) == []
+    again = manyhands.run(_logs_and_fails, items, backend=client, journal=journal)
+    assert again.skipped + again.failed == 400
+    assert again.skipped <= called  # (a call made more than once is recorded once)
+
+
 def test_an_address_uses_the_cluster_and_leaves_it_running(client: Any) -> None:
     address = client.scheduler.address
     report = manyhands.run(_seven_fails, range(100), backend=address)

@@ -77,13 +77,16 @@ T = TypeVar("T")
 class _Part:
     """Items of a batch out on the cluster as one task."""
 
-    __slots__ = ("batch", "deaths", "future", "indices", "key", "payload")
+    __slots__ = ("batch", "deaths", "future", "indices", "key", "payload", "tier")
 
-    def __init__(self, batch: Batch, indices: list[int], payload: bytes, deaths: int = 0):
+    def __init__(
+        self, batch: Batch, indices: list[int], payload: bytes, deaths: int = 0, tier: int = 0
+    ):
         self.batch = batch
         self.indices = indices
         self.payload = payload
         self.deaths = deaths  # workers that died with it queued, and no word of its progress
+        self.tier = tier  # (a batch sent in parts: _in_parts) the smaller parts go first
         self.key = ""  # its task's key, once sent
         self.future: Any = None  # its task, once the sender submitted it
 
@@ -152,7 +155,11 @@ class DaskBackend:
         self._sending = threading.Lock()  # held while the sender submits (see _submit)
         self._out: dict[str, _Part] = {}  # by task key: parts on the cluster or about to be
         self._parts: dict[int, int] = {}  # id(batch) -> its parts out; absent: dropped
+        # id(batch) -> the items handed back in pieces (task.early), and their seconds
+        self._pieces: dict[int, tuple[set[int], list[float]]] = {}
+        self._heard: set[int] = set()  # id(task): a task of the run answered
         self._fns: dict[int, Any] = {}  # id(task) -> its fn: Shipped, or the future of it
+        self._prefixes: dict[int, str] = {}  # id(task) -> how its tasks' keys begin
         self._token = uuid.uuid4().hex[:12]
         self._count = itertools.count()
         self.abandoned = 0
@@ -205,6 +212,7 @@ class DaskBackend:
         except Exception as exc:
             raise TypeError(f"fn cannot be sent to the Dask cluster: {exc}") from exc
         key = f"manyhands-fn-{self._token}-{next(self._count)}"
+        self._prefixes[id(task)] = f"manyhands-{self._token}-{next(self._count)}-"
         if len(payload) <= _SHIPPED_BYTES:
             self._fns[id(task)] = Shipped(key, payload)
             return
@@ -216,12 +224,26 @@ class DaskBackend:
 
     def detach(self, task: Task) -> None:
         """Forget the run's function on the cluster (none of its tasks is out)."""
+        self._heard.discard(id(task))
+        self._prefixes.pop(id(task), None)
         fn = self._fns.pop(id(task), None)
         if fn is not None and not isinstance(fn, Shipped):
             self._client.cancel([fn], force=True)
 
     def wind_down(self) -> None:
         pass  # the cluster's workers wait for other runs; shutdown closes what was opened
+
+    def halt(self, task: Task) -> None:
+        """(a stop rule fired) The run's tasks call no further item once their running calls end.
+
+        The items a task did not call come back failed, as never called
+        (``WorkerCrashed`` with ``ran`` False: not retried, no attempt counted).
+        """
+        prefix = self._prefixes.get(id(task))
+        if prefix is None:
+            return
+        with contextlib.suppress(Exception):  # (the cluster is gone: its tasks fail anyway)
+            self._client.run(stop_tasks, prefix, on_error="ignore")
 
     def shutdown(self, grace: float) -> int:
         """Stop the run's tasks after their running calls; keep what they called; close.
@@ -261,6 +283,7 @@ class DaskBackend:
             parts = list(self._out.values())
             self._out.clear()
             self._parts.clear()
+            self._pieces.clear()
         try:
             self._cancel(parts)
             loaded = [fn for fn in self._fns.values() if not isinstance(fn, Shipped)]
@@ -285,6 +308,15 @@ class DaskBackend:
     # -- batches ---------------------------------------------------------
 
     def submit(self, batch: Batch) -> None:
+        task = batch.task
+        if (
+            task.stops
+            and task.early
+            and id(task) not in self._heard
+            and len(batch.items) >= _PARTS_FROM
+        ):
+            self._in_parts(batch)
+            return
         pickled = pickle_batch(batch)
         if pickled is None:  # no item could be pickled: each failed with why
             return
@@ -293,9 +325,32 @@ class DaskBackend:
             self._parts[id(batch)] = 1
         self._send(_Part(batch, indices, payload))
 
+    def _in_parts(self, batch: Batch) -> None:
+        """Send a batch of the run's first round as parts growing fourfold, the smallest first.
+
+        With a stop rule, a run's first batches are not sent whole: the time an
+        item takes is unknown yet, a run whose input fits a round goes out at
+        once, and a task answers only once all its items were called, so a stop
+        rule could fire only once every item had run. Each part's items go back
+        as a piece of their batch (``Batch.piece``) as soon as it answers.
+        """
+        parts: list[_Part] = []
+        for tier, indices in enumerate(_growing(len(batch.items))):
+            payload, kept = pickle_items(batch, indices)
+            if payload is not None:
+                parts.append(_Part(batch, kept, payload, tier=tier))
+        batch.nbytes = max((len(part.payload) for part in parts), default=0)
+        if not parts:  # no item could be pickled: each failed with why
+            batch.task.done(batch)
+            return
+        with self._lock:
+            self._parts[id(batch)] = len(parts)
+        for part in parts:
+            self._send(part)
+
     def _send(self, part: _Part) -> None:
         """Hand ``part`` to the sender thread (see _submit): out from now on."""
-        part.key = f"manyhands-{self._token}-{next(self._count)}"
+        part.key = f"{self._prefixes.get(id(part.batch.task), 'manyhands-')}{next(self._count)}"
         with self._lock:
             if id(part.batch) not in self._parts or self._stopping:  # (dropped meanwhile)
                 return
@@ -329,6 +384,7 @@ class DaskBackend:
         with self._sending:
             with self._lock:
                 parts = [part for part in parts if part.key in self._out]
+            parts.sort(key=lambda part: part.tier)  # (a batch's smaller parts first: _in_parts)
             runs: dict[int, list[_Part]] = {}
             for part in parts:
                 runs.setdefault(id(part.batch.task), []).append(part)
@@ -393,6 +449,7 @@ class DaskBackend:
             del self._out[part.key]
             batches[id(part.batch)] = part.batch
             self._parts.pop(id(part.batch), None)
+            self._pieces.pop(id(part.batch), None)
         return list(batches.values())
 
     def _cancel(self, parts: list[_Part]) -> None:
@@ -451,6 +508,7 @@ class DaskBackend:
             return
         try:
             if status == "finished" and answer is not None:
+                self._heard.add(id(batch.task))
                 self._file(batch, indices, answer)
             elif status == "error" and type(future.exception()).__name__ == "KilledWorker":
                 self._crashed(part, future.exception())
@@ -463,7 +521,7 @@ class DaskBackend:
                 return
         except BaseException as exc:  # (the answer could not be read): the items fail
             fail_items(batch, indices, WorkerCrashed(f"the Dask task's answer was lost: {exc}"))
-        self._part_done(batch)
+        self._part_done(batch, indices)
 
     def _hand_back(self, part: _Part, answer: bytes | None) -> None:
         """(shutdown) The items ``part`` called go back to the run, as a batch of their own."""
@@ -486,8 +544,10 @@ class DaskBackend:
         """File a task's answer for the items at ``indices``; return the items it called."""
         kind, *rest = pickle.loads(answer)
         called: list[int] | None = None
-        if kind == "stopped":  # (shutdown: stop_tasks) it called only these
+        if kind == "stopped":  # (stop_tasks: the run stopped) it called only these
             called, answer = rest
+            uncalled = sorted(set(range(len(indices))) - set(called))
+            fail_items(batch, [indices[at] for at in uncalled], _not_called())
             indices = [indices[at] for at in called]
             kind, *rest = pickle.loads(answer)
         if kind == "unloadable":
@@ -613,21 +673,62 @@ class DaskBackend:
         for new in again:
             self._send(new)
 
-    def _part_done(self, batch: Batch) -> None:
+    def _part_done(self, batch: Batch, indices: list[int] | None = None) -> None:
+        """A part of ``batch`` is done (``indices``: its items, filed); the last hands it back.
+
+        In a run delivered as completed (``task.early``), the items of a part
+        that is not the last go back at once, as a piece of their batch.
+        """
         with self._lock:
             left = self._parts.get(id(batch))
             if left is None:
                 return  # dropped meanwhile
             if left > 1:
                 self._parts[id(batch)] = left - 1
-                return
-            del self._parts[id(batch)]
-        batch.task.done(batch)
+                if indices is None or not batch.task.early:
+                    return
+                sent, seconds = self._pieces.setdefault(id(batch), (set(), [0.0]))
+                sent.update(indices)
+            else:
+                del self._parts[id(batch)]
+                sent, seconds = self._pieces.pop(id(batch), (set(), [0.0]))
+                indices = None
+        if indices is not None:  # (a piece)
+            piece = batch.part(indices)
+            piece.piece = True
+            piece.elapsed, seconds[0] = batch.elapsed - seconds[0], batch.elapsed
+            batch.task.done(piece)
+        elif sent:
+            rest = batch.part([index for index in range(len(batch.items)) if index not in sent])
+            rest.elapsed = batch.elapsed - seconds[0]
+            batch.task.done(rest)
+        else:
+            batch.task.done(batch)
 
 
 _DIED = "the Dask worker process running this item died"
+_PARTS_FROM = 32  # (with a stop rule) a first batch of this many items or more goes in parts
 _NANNY_WAIT = 10.0  # seconds to wait for a dead worker's nanny to answer again
 _SHIPPED_BYTES = 4096  # a function pickled to this much or less travels with each task
+
+
+def _not_called() -> WorkerCrashed:
+    """The error of an item its task did not call: the run stopped first."""
+    error = WorkerCrashed("not called: the run stopped before its Dask task reached it")
+    error.ran = False  # (not retried, no attempt counted)
+    return error
+
+
+def _growing(count: int) -> list[list[int]]:
+    """``range(count)`` in parts growing fourfold from about 1/64 of it; the last takes the rest."""
+    parts: list[list[int]] = []
+    start, size = 0, max(1, count // 64)
+    while start < count:
+        take = count - start if count - start < 2 * size else size
+        parts.append(list(range(start, start + take)))
+        start += take
+        size *= 4
+    return parts
 
 
 def _all_of(queue: SimpleQueue[T]) -> list[T]:
