@@ -569,6 +569,74 @@ def test_backend_dask_starts_a_local_cluster_and_leaves_no_process() -> None:
     assert not left, "a process of the LocalCluster outlived the run"
 
 
+def test_ctrl_c_while_the_local_cluster_starts_leaves_no_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A Ctrl-C in LocalCluster() left its worker processes and its event loop thread
+    # running, unreachable (and an AssertionError at exit). Now the start ends, the
+    # cluster closes, and the Ctrl-C is raised.
+    from manyhands._backends import _dask_cluster
+
+    new_cluster = _dask_cluster._new_cluster
+
+    def interrupted_while_starting(workers: int) -> Any:
+        started = new_cluster(workers)
+        os.kill(os.getpid(), signal.SIGINT)  # (the main thread waits for the start)
+        time.sleep(0.2)
+        return started
+
+    monkeypatch.setattr(_dask_cluster, "_new_cluster", interrupted_while_starting)
+    before = _children()
+    threads = set(threading.enumerate())
+    with pytest.raises(KeyboardInterrupt):
+        manyhands.run(_seven_fails, range(10), backend="dask", workers=2)
+    deadline = time.monotonic() + 10
+    while (left := _children() - before) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not left, "a process of the LocalCluster outlived the Ctrl-C"
+    assert not [t.name for t in set(threading.enumerate()) - threads if t.name == "IO loop"]
+
+
+def _calls_then_sleeps(item: tuple[int, str]) -> int:
+    _logs_its_call((item[0], item[1]))
+    time.sleep(60)
+    return item[0]
+
+
+def test_calls_running_past_the_grace_period_do_not_hold_the_close_of_the_cluster(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Dask gives a worker 4 s to end its running calls before it kills it, on top of
+    # the run's grace=; the run's own workers are killed once the grace is over.
+    timeouts: list[float] = []
+    kill = distributed.Nanny.kill
+
+    async def spied(self: Any, timeout: float = 5, **kwargs: Any) -> None:
+        timeouts.append(timeout)
+        await kill(self, timeout=timeout, **kwargs)
+
+    monkeypatch.setattr(distributed.Nanny, "kill", spied)
+    calls = tmp_path / "calls"
+
+    def interrupt_once_called() -> None:
+        while not calls.exists() or len(calls.read_text().split()) < 2:
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt_once_called, daemon=True).start()
+    before = _children()
+    with pytest.raises(KeyboardInterrupt):
+        manyhands.run(
+            _calls_then_sleeps, [(x, str(calls)) for x in range(4)], backend="dask", workers=2,
+            grace=0,
+        )  # fmt: skip
+    assert timeouts and timeouts[0] < 1  # (not Dask's 5 s, 4 of them for the calls)
+    deadline = time.monotonic() + 10
+    while (left := _children() - before) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not left
+
+
 def test_a_scheduler_that_reruns_dead_workers_tasks_is_noted_in_the_report() -> None:
     with distributed.LocalCluster(  # allowed-failures: Dask's default, 3
         n_workers=1, processes=False, dashboard_address=":0", silence_logs=logging.CRITICAL

@@ -58,7 +58,7 @@ from typing import Any, ClassVar, TypeVar
 
 from .._batch import Batch, Task
 from .._exceptions import WorkerCrashed
-from ._dask_cluster import connect, retries_note, start_local_cluster
+from ._dask_cluster import close_local_cluster, connect, retries_note, start_local_cluster
 from ._process_batches import fail_items, file_results, pickle_batch, pickle_items
 from ._remote_calls import (
     ABANDONED_MESSAGE,
@@ -302,8 +302,8 @@ class DaskBackend:
             if self._owns_client and self._client is not None:
                 self._client.close()
             if self._cluster is not None:
-                self._cluster.close()
-                self._cluster = None
+                cluster, self._cluster = self._cluster, None
+                close_local_cluster(cluster, busy=bool(parts))
 
     # -- batches ---------------------------------------------------------
 
