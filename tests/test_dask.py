@@ -917,3 +917,27 @@ def test_a_shared_batchs_timeout_applies_in_the_thread_that_calls_it() -> None:
     assert values == ["a0", None, "a2"]
     assert list(errors) == [1] and errors[1][1].endswith(ABANDONED_MESSAGE)
     assert answers["b"][1] == ["b0"]
+
+
+@pytest.mark.parametrize("address", ["foo", "tcp://127.0.0.1:1"])
+def test_cli_a_wrong_scheduler_is_a_one_line_error(
+    address: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # "--scheduler foo" said "--backend foo is not a known backend", and a scheduler
+    # that did not answer printed a 40-line traceback.
+    from manyhands.cli import _main
+
+    def refused(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(f"Timed out trying to connect to {args[0]} after 10 s")
+
+    monkeypatch.setattr(distributed, "Client", refused)  # (not 10 s of trying)
+    items = tmp_path / "items.txt"
+    items.write_text("a\n")
+    code = _main(["run", "string:capwords", str(items), "--scheduler", address])
+    assert code == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith("manyhands: error: ")
+    assert f"--scheduler {address}" in error or f"no Dask scheduler answered at {address}" in error

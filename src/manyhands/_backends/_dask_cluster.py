@@ -26,7 +26,9 @@ def connect(address: str) -> Any:
     try:
         return Client(address, set_as_default=False, timeout="10s")  # type: ignore[no-untyped-call]
     except OSError as exc:
-        raise WorkerInitError(f"no Dask scheduler answered at {address}: {exc}") from exc
+        error = WorkerInitError(f"no Dask scheduler answered at {address}: {exc}")
+        error.usage = True  # type: ignore[attr-defined]  # (the CLI: one line, exit 2)
+        raise error from exc
 
 
 def start_local_cluster(workers: int) -> tuple[Any, Any]:
