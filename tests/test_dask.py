@@ -941,3 +941,46 @@ def test_cli_a_wrong_scheduler_is_a_one_line_error(
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and error.startswith("manyhands: error: ")
     assert f"--scheduler {address}" in error or f"no Dask scheduler answered at {address}" in error
+
+
+_LOGS_ITS_CALL = """
+import sys, time
+
+def f(x):
+    with open(sys.argv[-1] + ".calls", "a") as file:
+        file.write(x + "\\n")
+    time.sleep(0.1)
+    return x
+"""
+
+
+def test_a_terminals_ctrl_c_is_the_commands_not_its_workers(tmp_path: Path) -> None:
+    # A Ctrl-C reaches every process of the terminal's group: the LocalCluster's
+    # worker processes died of it, each printing a KeyboardInterrupt traceback, and
+    # their running calls could not finish in the grace period.
+    (tmp_path / "calls_mod.py").write_text(_LOGS_ITS_CALL)
+    items = tmp_path / "items.txt"
+    items.write_text("".join(f"{x}\n" for x in range(1000)))
+    calls = tmp_path / "items.txt.calls"
+    command = subprocess.Popen(
+        [sys.executable, "-m", "manyhands", "run", "--backend", "dask", "--workers", "2",
+         f"{tmp_path / 'calls_mod.py'}:f", str(items)],
+        env=python_subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # (a group of its own, as a terminal gives a command)
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while (not calls.exists() or len(calls.read_text().split()) < 4) and (
+            time.monotonic() < deadline
+        ):
+            time.sleep(0.01)
+        os.killpg(command.pid, signal.SIGINT)
+        _, stderr = command.communicate(timeout=30)
+    finally:
+        if command.poll() is None:
+            command.kill()
+    assert command.returncode == 130, stderr
+    assert "Traceback" not in stderr, stderr

@@ -8,13 +8,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from .._exceptions import WorkerInitError
 
-__all__ = ["close_local_cluster", "connect", "retries_note", "start_local_cluster"]
+__all__ = [
+    "close_local_cluster",
+    "connect",
+    "dask_setup",
+    "retries_note",
+    "start_local_cluster",
+]
 
 T = TypeVar("T")
 
@@ -60,6 +67,7 @@ def _new_cluster(workers: int) -> tuple[Any, Any]:
             dashboard_address=":0",  # (its small HTTP server, on any free port)
             scheduler_kwargs={"dashboard": False},
             silence_logs=logging.CRITICAL,  # a dead worker is in the Report
+            preload=[__name__],  # (dask_setup: a Ctrl-C is the run's, not its workers')
         )
     try:
         return cluster, Client(cluster, set_as_default=False)  # type: ignore[no-untyped-call]
@@ -122,6 +130,17 @@ def _uninterrupted(fn: Callable[[], T]) -> tuple[T, KeyboardInterrupt | None]:
     if "error" in box:
         raise box["error"]
     return box["value"], interrupted
+
+
+def dask_setup(worker: Any) -> None:
+    """(a Dask preload, in each worker process of a LocalCluster started here) Ignore SIGINT.
+
+    A Ctrl-C in a terminal reaches every process of its group: the workers
+    died of it, each printing a KeyboardInterrupt traceback, and their running
+    calls could not finish in the run's grace period. The run stops them.
+    """
+    with contextlib.suppress(ValueError):  # (not the process's main thread: left as it is)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def retries_note(client: Any) -> str | None:
