@@ -240,10 +240,23 @@ class DaskBackend:
         (``WorkerCrashed`` with ``ran`` False: not retried, no attempt counted).
         """
         prefix = self._prefixes.get(id(task))
-        if prefix is None:
-            return
-        with contextlib.suppress(Exception):  # (the cluster is gone: its tasks fail anyway)
-            self._client.run(stop_tasks, prefix, on_error="ignore")
+        if prefix is not None:
+            self._tell_stop(prefix)
+
+    def _tell_stop(self, prefix: str) -> threading.Thread:
+        """Tell every worker that the tasks ``prefix...`` call no further item (a thread's job).
+
+        A worker answers from its event loop; one that does not (its loop held by
+        a call that keeps the GIL) holds this thread, never the run.
+        """
+
+        def tell() -> None:
+            with contextlib.suppress(Exception):  # (the cluster is gone: its tasks fail anyway)
+                self._client.run(stop_tasks, prefix, on_error="ignore")
+
+        thread = threading.Thread(target=tell, name="manyhands-dask-stop", daemon=True)
+        thread.start()
+        return thread
 
     def shutdown(self, grace: float) -> int:
         """Stop the run's tasks after their running calls; keep what they called; close.
@@ -268,11 +281,8 @@ class DaskBackend:
 
     def _stop_running(self, grace: float) -> None:
         """Tell the workers to stop the run's tasks; wait up to ``grace`` for their answers."""
-        try:
-            self._client.run(stop_tasks, f"manyhands-{self._token}-", on_error="ignore")
-        except Exception:  # (the cluster is gone: nothing will answer)
-            return
         deadline = time.monotonic() + grace
+        self._tell_stop(f"manyhands-{self._token}-")
         with self._lock:
             while self._out and (left := deadline - time.monotonic()) > 0:
                 self._emptied.wait(left)

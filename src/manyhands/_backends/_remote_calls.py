@@ -11,6 +11,9 @@ small file that the worker's nanny (which outlives it, on the same host) can
 read once the worker died: ``progress_file``. Which item killed a worker is
 then known, and the task's other items run again uncharged. A Dask worker's
 threads share the unstarted items of its running batches (``_Shared``).
+A run that stops tells its tasks to call no further item (``stop_tasks``): a
+running task then answers with the items it called, once its running call
+returned, and one that starts later calls none.
 
 With a ``timeout``, the calls run in a thread of their own that the task
 waits for up to ``timeout`` seconds a call; past that the item fails with
