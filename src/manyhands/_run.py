@@ -174,6 +174,8 @@ class Run:
             # its last (asyncio: a few slow calls must not hold the rest in the window).
             early=not options.ordered,
         )
+        rules = (options.stop_after_failures, options.stop_after_failure_rate)
+        self.task.stops = any(rule is not None for rule in rules)
         self._init_auto(auto, workers)
         self._reader = Reader(items)
         self._ready: deque[Batch] = deque()  # skipped by the journal: delivered without running
@@ -1022,6 +1024,9 @@ class Run:
     def _stop(self, reason: str) -> None:
         self.statistics.stop_reason = reason
         self._reader.stop()  # nothing more is read; what is in flight finishes
+        halt = getattr(self._backend, "halt", None)  # (Dask: its tasks' unstarted items)
+        if halt is not None:
+            halt(self.task)
         self._wind_down()
 
     # -- the journal -----------------------------------------------------
