@@ -74,6 +74,7 @@ class Task:
         "measure",
         "priority",
         "served",
+        "stops",
         "timed",
         "timeout",
         "waiting",
@@ -104,6 +105,7 @@ class Task:
         self.measure = False  # the workers time each batch's CPU too (backend="auto")
         self.early = early  # finished items may come back before their batch's last
         self.leaving: Callable[[object], bool] | None = None
+        self.stops = False  # a stop rule watches the failures (Dask: first batches in parts)
 
 
 class Batch:

@@ -91,14 +91,15 @@ class PoolExecutor(Executor):
 
     def __init__(self, backend: Backend, priority: int) -> None:
         self._backend = backend
-        self._processes = type(backend).__name__ == "ProcessBackend"
+        # (another process runs the calls: they travel pickled, and come back so)
+        self._processes = type(backend).__name__ in ("ProcessBackend", "DaskBackend")
         self._async = is_async = type(backend).__name__ == "AsyncBackend"
         # (threads: how many workers are free, to run a nested call at once when none is)
         self._free_workers: Callable[[], int] | None = getattr(backend, "free_workers", None)
         call = _call_async if is_async else (call_pickled if self._processes else _call)
         self._task = Task(call, self._settle, priority=priority, timed=True)
-        if self._processes:  # (threads and asyncio: the call itself checks its Future)
-            self._task.leaving = self._leaving
+        if type(backend).__name__ == "ProcessBackend":  # (threads, asyncio: the call checks)
+            self._task.leaving = self._leaving  # (Dask: a Future is pending until settled)
         self._lock = threading.Lock()
         self._futures: dict[int, PoolFuture[Any]] = {}  # submitted and not settled, by key
         self._idle = threading.Condition(self._lock)
@@ -269,6 +270,8 @@ class PoolExecutor(Executor):
         if outcome is None:  # cancelled before it started
             return
         if self._processes:
+            if not future.running() and not future.set_running_or_notify_cancel():
+                return  # (Dask: cancelled while its task was out; what it gave is dropped)
             try:
                 outcome = unpickled_outcome(outcome)
             except Exception as exc:  # e.g. of a class this process cannot import

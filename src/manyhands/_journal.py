@@ -804,6 +804,9 @@ class Journal:
             failure = failures.get(index)
             held = key if len(key) <= MAX_KEY_TEXT else memory_key(key)
             print_ = prints.pop(held, None) if with_prints else None  # (as it was read)
+            if failure is not None and not getattr(failure.exception, "ran", True):
+                running.discard(held)  # never called (the run stopped): a resume runs it
+                continue
             # (room_for, inlined: a row longer than SQLite's limit fails its commit)
             room = limit - ROW_MARGIN - (len(key) if key.isascii() else db_size(key))
             if room < 0:  # the key alone is too long: the item runs again on a resume

@@ -118,6 +118,10 @@ class Run:
     #: there, so that what a call did is kept, not run again). If it raises,
     #: these and the later ones are not recorded: they run again.
     on_late: Callable[[list[Outcome[Any, Any]]], None] | None = None
+    #: The batch the consumer is taking Outcomes from, and its iterator of items
+    #: (what is left in it did not reach the consumer): set by ``map``/``amap``
+    #: for each batch, cleared by :meth:`delivered`.
+    receiving: tuple[Batch, Iterator[Any]] | None = None
     _late: list[Batch]
     _caught: deque[Batch | None]
 
@@ -156,10 +160,6 @@ class Run:
         #: How the journal's run ends when the consumer stopped it early (set by the
         #: consumer's ``with`` block from its exception's ``run_status``).
         self.exit_status: str | None = None
-        #: The batch the consumer is taking Outcomes from, and its iterator of items
-        #: (what is left in it did not reach the consumer): set by ``map``/``amap``
-        #: for each batch, cleared by :meth:`delivered`.
-        self.receiving: tuple[Batch, Iterator[Any]] | None = None
         self.statistics = RunStatistics(options.keep_failures)
         self.statistics.notes = backend.notes  # (the same list: read at report time)
         # Where workers put finished batches: a SimpleQueue (a test may pass a queue
@@ -178,6 +178,8 @@ class Run:
             # its last (asyncio: a few slow calls must not hold the rest in the window).
             early=not options.ordered,
         )
+        rules = (options.stop_after_failures, options.stop_after_failure_rate)
+        self.task.stops = any(rule is not None for rule in rules)
         self._init_auto(auto, workers)
         self._reader = Reader(items)
         self._ready: deque[Batch] = deque()  # skipped by the journal: delivered without running
@@ -1033,6 +1035,9 @@ class Run:
     def _stop(self, reason: str) -> None:
         self.statistics.stop_reason = reason
         self._reader.stop()  # nothing more is read; what is in flight finishes
+        halt = getattr(self._backend, "halt", None)  # (Dask: its tasks' unstarted items)
+        if halt is not None:
+            halt(self.task)
         self._wind_down()
 
     # -- the journal -----------------------------------------------------

@@ -26,7 +26,7 @@ import click
 from . import __version__, _api, _stream
 from ._demo import DEFAULT_ITEMS, DEFAULT_JOURNAL
 from ._escape import escape_controls, escape_json
-from ._exceptions import InputError, JournalError
+from ._exceptions import InputError, JournalError, WorkerInitError
 from ._inputs import BadLine, MalformedLine, UsageProblem, input_items, load_target, open_input
 from ._keys import default_key
 from ._options import BACKENDS, DEFAULT_WORKERS
@@ -406,6 +406,13 @@ def _dask_options(options: dict[str, Any]) -> None:
     if scheduler is not None:
         if options.get("backend", "dask") != "dask":
             raise UsageProblem(f"--scheduler needs --backend dask, not {options['backend']}")
+        from ._backends import SCHEDULER_PROTOCOLS
+
+        if not scheduler.startswith(SCHEDULER_PROTOCOLS):
+            raise UsageProblem(
+                f"--scheduler {scheduler} is not a Dask scheduler's address: give it as "
+                "tcp://host:8786"
+            )
         options["backend"] = scheduler
     source = click.get_current_context().get_parameter_source("workers")
     dask = options.get("backend") == "dask" or scheduler is not None
@@ -840,6 +847,11 @@ def _main(argv: list[str] | None) -> int:
     except (UsageProblem, JournalError) as exc:
         click.echo(f"manyhands: error: {escape_controls(in_cli_terms(str(exc)))}", err=True)
         return EXIT_OUTPUT_FAILED if getattr(exc, "writing", False) else EXIT_USAGE
+    except WorkerInitError as exc:
+        if not getattr(exc, "usage", False):  # (an initializer's failure: its traceback)
+            raise
+        click.echo(f"manyhands: error: {escape_controls(str(exc))}", err=True)  # (--scheduler)
+        return EXIT_USAGE
     except click.exceptions.Abort as exc:
         stop = exc.__cause__
         with _quietly():
