@@ -323,7 +323,8 @@ class PoolExecutor(Executor):
                 # (so that wait() sees it cancelled; None: a waiter claimed it first)
                 if self._claim(future) is not None:
                     self._forget(key)
-            else:  # started (sent to a worker process that died before it began it)
+            else:  # started: sent to a worker process that died before it began it, or
+                # taken back by a waiting worker (the worker that takes it skips it)
                 again.append(batch)
         for batch in again:
             self._backend.submit(batch)
