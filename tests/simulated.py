@@ -180,8 +180,8 @@ class Simulation:
             completions=completions,
         )
         run.task.done = completions.put
-        for _ in run.batches():
-            pass
+        for batch in run.batches():
+            run.delivered(batch)  # (as run() does: the Report keeps the failures delivered)
         self.starts = backend.starts
         self.most_out = backend.most_out
         return run.report()

@@ -757,3 +757,205 @@ def test_the_processes_auto_starts_early_import_the_main_script_once(tmp_path: P
     )
     assert out == ["processes", "200"]
     assert imports == ["__main__", "__mp_main__"]  # once, in the forkserver
+
+
+# -- faults around the move -------------------------------------------------------------
+
+
+def chosen_at_a_completion(monkeypatch: pytest.MonkeyPatch, after: int = 3) -> None:
+    """auto chooses processes as its ``after``-th measured batch comes back (forced)."""
+    measured = Autopilot._measured
+    batches: list[int] = []
+
+    def counted(self: Autopilot, batch: Any) -> None:
+        batches.append(len(batch.items))
+        measured(self, batch)
+
+    def choose(
+        self: Measure, now: float, running: int = 0, early: bool = False
+    ) -> _auto.Choice | None:
+        if len(batches) < after:
+            return None
+        self.decided = _auto.Choice("processes", "forced by the test", 2)
+        return self.decided
+
+    monkeypatch.setattr(Autopilot, "_measured", counted)
+    monkeypatch.setattr(Measure, "choose", choose)
+
+
+def recorded_keys(journal: Path) -> set[str]:
+    import sqlite3
+
+    db = sqlite3.connect(journal)
+    try:
+        return {row[0] for row in db.execute("SELECT key FROM items")}
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize("where", ["in the move", "while measuring"])
+def test_a_ctrl_c_during_the_move_to_processes_loses_no_finished_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """Starting the processes takes 100 ms or more; a Ctrl-C then landed in the move.
+
+    Before, the move was made while the batch that chose it was being settled, before it
+    reached delivery: that batch was lost (its calls had run, the journal did not have
+    them, and a resume ran them again). Measuring a batch takes milliseconds too behind
+    CPU-bound calls (each file or clock read waits for the GIL): the same held there.
+    """
+
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        raise KeyboardInterrupt  # (as if Ctrl-C came just then)
+
+    if where == "in the move":
+        chosen_at_a_completion(monkeypatch)
+        monkeypatch.setattr(Autopilot, "_start_processes_early", lambda self: None)
+        monkeypatch.setattr(Autopilot, "_own_processes", interrupted)
+    else:
+        measured = Autopilot._measured
+        batches: list[Any] = []
+
+        def measuring(self: Autopilot, batch: Any) -> None:
+            batches.append(batch)
+            if len(batches) == 3:
+                interrupted()
+            measured(self, batch)
+
+        monkeypatch.setattr(Autopilot, "_measured", measuring)
+    finished: list[int] = []
+
+    def call(x: int) -> int:
+        finished.append(x)  # (the call is over: only the engine is left to do)
+        return x
+
+    journal = tmp_path / "j.db"
+    with pytest.raises(KeyboardInterrupt):
+        manyhands.run(call, range(200), backend="auto", batch_size=1, journal=journal)
+    assert len(finished) >= 3
+    assert recorded_keys(journal) == {str(x) for x in finished}  # every finished call
+    monkeypatch.undo()
+    report = manyhands.run(call, range(200), backend="threads", journal=journal)
+    assert report.succeeded + report.skipped == 200
+    assert sorted(finished) == list(range(200))  # the resume ran the rest, none twice
+
+
+def in_a_worker_process() -> None:
+    if multiprocessing.parent_process() is not None:
+        raise RuntimeError("no database in a worker")
+
+
+def test_an_initializer_that_fails_only_in_worker_processes_keeps_the_run_on_threads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The Report said "...the worker initializer raised ...; no item was run" while
+    every item had run, on threads."""
+    chosen_at_a_completion(monkeypatch, after=1)
+    report = manyhands.run(spin, range(100), backend="auto", initializer=in_a_worker_process)
+    assert report.succeeded == 100
+    assert report.backend.startswith("threads (forced by the test, but"), report.backend
+    assert "initializer raised builtins.RuntimeError: no database in a worker" in report.backend
+    assert "no item was run" not in report.backend
+    assert report.backend.endswith("the items ran on threads)"), report.backend
+
+
+class Locked:
+    """An item that cannot go to another process (it holds a lock)."""
+
+    def __init__(self, n: int, path: str = "") -> None:
+        self.n = n
+        self.path = path  # (where logged writes its calls down)
+        self.lock = threading.Lock()
+
+
+def number_and_pid(x: int | Locked) -> tuple[int, int]:
+    return (x.n if isinstance(x, Locked) else x), os.getpid()
+
+
+@pytest.mark.parametrize("how", ["as completed", "ordered", "in a pool"])
+def test_an_item_that_cannot_go_to_a_process_after_the_move_runs_on_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """Before, it failed: "could not be sent to a worker process" (only the first items
+    were checked at the move), though it would have run on threads."""
+    chosen_at_a_completion(monkeypatch, after=1)
+    locked = {60, 61, 150}
+    items = [Locked(i) if i in locked else i for i in range(200)]
+    journal = tmp_path / "j.db"
+    ordered = how == "ordered"
+    options: dict[str, Any] = dict(window=8, ordered=ordered, journal=journal,
+                                   key=lambda x: str(number_and_pid(x)[0]))  # fmt: skip
+    if how == "in a pool":
+        with manyhands.Pool(backend="auto") as pool:
+            outs = pool.map(number_and_pid, items, **options)
+            got = list(outs)
+    else:
+        outs = manyhands.map(number_and_pid, items, backend="auto", **options)
+        got = list(outs)
+    assert all(o.ok for o in got), [o.error for o in got if not o.ok]
+    numbers = [o.value[0] for o in got]
+    assert sorted(numbers) == list(range(200))
+    if ordered:
+        assert numbers == list(range(200))
+    here = {o.value[0] for o in got if o.value[1] == os.getpid()}
+    assert locked <= here and len(here) < 100  # they ran on threads, the rest mostly not
+    report = outs.report
+    assert report.backend.startswith("processes (auto: forced by the test")
+    assert any("3 items could not be sent to a worker process" in n for n in report.notes)
+    assert recorded_keys(journal) == {str(i) for i in range(200)}
+
+
+def logged(item: tuple[str, int] | Locked) -> int:
+    """Writes down each call (in whichever process it runs)."""
+    path, n = (item.path, item.n) if isinstance(item, Locked) else item
+    with open(path, "a") as calls:
+        calls.write(f"{n}\n")
+    return n
+
+
+def test_a_ctrl_c_while_an_item_runs_on_threads_after_the_move_loses_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its batch waits for it: a Ctrl-C then keeps the batch's other finished calls."""
+    from manyhands._run import Run
+
+    chosen_at_a_completion(monkeypatch, after=1)
+    send = Run._send_back_to
+
+    def interrupted(self: Run, via: int, batch: Any) -> None:
+        send(self, via, batch)
+        raise KeyboardInterrupt  # (as if Ctrl-C came just after)
+
+    monkeypatch.setattr(Run, "_send_back_to", interrupted)
+    log = tmp_path / "calls"
+    items: list[Any] = [(str(log), i) for i in range(100)]
+    items[40] = Locked(40, str(log))
+    journal = tmp_path / "j.db"
+
+    def key(item: Any) -> str:
+        return str(item.n if isinstance(item, Locked) else item[1])
+
+    with pytest.raises(KeyboardInterrupt):
+        manyhands.run(logged, items, backend="auto", window=8, journal=journal, key=key)
+    ran = log.read_text().split()
+    assert "40" in ran and len(ran) < 100
+    assert recorded_keys(journal) == set(ran)  # every finished call, its batch's too
+    monkeypatch.undo()
+    report = manyhands.run(logged, items, backend="threads", journal=journal, key=key)
+    assert report.succeeded + report.skipped == 100
+    assert sorted(map(int, log.read_text().split())) == list(range(100))  # none twice
+
+
+def test_a_note_in_a_pool_runs_report_is_not_in_the_next_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A run's statistics hold the pool's backend notes (the same list): a run's own
+    note went into it, and every later run of the pool showed it too."""
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("one core: no hint")
+    monkeypatch.setattr(_auto, "GIL_BOUND", 0.0)  # (see CPU_BOUND_ALWAYS)
+    with manyhands.Pool(workers=8) as pool:
+        first = pool.run(spin, range(300))
+        second = pool.run(time.sleep, [0.001] * 20)
+    assert any("backend='processes' or 'auto' would use all" in n for n in first.notes)
+    assert second.notes == ()

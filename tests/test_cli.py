@@ -276,6 +276,10 @@ def test_flags_for_the_library_options(workdir: Path) -> None:
         (["--stop-after-failure-rate", "1.5"], "is not SHARE or SHARE,LAST_N"),
         (["--stop-after-failure-rate", "0.5,0"], "is not SHARE or SHARE,LAST_N"),
         (["--grace", "-1"], "'--grace'"),
+        # Past what a thread can wait: a usage error, not a traceback after the run.
+        (["--grace", "1e300"], "'--grace'"),
+        (["--timeout", "1e10"], "'--timeout'"),
+        (["--rate", "1e-300"], "--rate 1e-300 is too slow"),
         (["--store-results"], "--store-results needs --journal"),
         (["--changed-items", "rerun", "--retry-failed"], "--retry-failed and --changed-items need"),
         (["--output", "numbers.txt"], "--output 'numbers.txt' is the INPUT file"),

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -202,6 +205,40 @@ def test_status_says_a_killed_run_ended_without_closing_rather_than_running(
 
 
 @posix_only
+def test_status_counts_what_a_killed_run_recorded_rather_than_nothing(workdir: Path) -> None:
+    # Its row never got its counts: "0 succeeded, 0 failed" read as a run that did nothing.
+    proc = start(workdir)
+    wait_for_lines(workdir / "calls.txt", 300)
+    proc.send_signal(signal.SIGKILL)
+    finish(proc, 60)
+    with contextlib.closing(sqlite3.connect(workdir / "run.db")) as db:
+        (recorded,) = db.execute("SELECT count(*) FROM items WHERE run = 1").fetchone()
+    assert recorded > 0
+    shown = manyhands("status", "run.db", cwd=workdir)
+    assert shown.returncode == 0, shown.stderr
+    (line,) = [line for line in shown.stdout.splitlines() if line.strip().startswith("#1 ")]
+    assert line.endswith(f"ended without closing (killed, or the journal could not be written); "
+                         f"recorded {recorded:,} succeeded, 0 failed"), line  # fmt: skip
+    assert "(?)" not in line  # (how long: until its last record)
+
+
+@posix_only
+def test_status_counts_what_a_running_run_recorded_so_far(workdir: Path) -> None:
+    proc = start(workdir, sleep="0.01")
+    try:
+        wait_for_lines(workdir / "calls.txt", 200)
+        shown = manyhands("status", "run.db", cwd=workdir)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        finish(proc, 60)
+    assert shown.returncode == 0, shown.stderr
+    (line,) = [line for line in shown.stdout.splitlines() if line.strip().startswith("#1 ")]
+    found = re.search(r": running; recorded ([\d,]+) succeeded, 0 failed so far$", line)
+    assert found is not None, line
+    assert int(found[1].replace(",", "")) > 0  # (not "0 succeeded" for a run at work)
+
+
+@posix_only
 def test_a_journal_removed_under_the_run_exits_74_after_saying_what_ran(workdir: Path) -> None:
     proc = start(workdir, "-j", "2", sleep="0.01")
     wait_for_lines(workdir / "out.jsonl", 20)
@@ -210,6 +247,7 @@ def test_a_journal_removed_under_the_run_exits_74_after_saying_what_ran(workdir:
     assert proc.returncode == 74, err  # an I/O error, not a usage error (2)
     assert "succeeded" in out  # the summary of what ran came first
     assert "manyhands: error:" in err and "run.db" in err
+    assert not (workdir / "run.db").exists()  # (no empty file made in its place)
 
 
 def test_without_stored_results_a_skipped_line_has_no_value_rather_than_null(
@@ -258,3 +296,12 @@ def test_values_json_cannot_hold_are_written_as_text(workdir: Path) -> None:
     assert raw.count(b"\n") == 4  # U+2028 is escaped: a line per item, even for splitlines()
     values = [line["value"] for line in lines_of(workdir / "out.jsonl")]
     assert values == ["{(1, 2): 'x'}", "\udcff", "\x9b2J", "a\u2028b"]
+
+
+def test_status_says_it_lists_only_the_last_five_runs(workdir: Path) -> None:
+    (workdir / "numbers.txt").write_text("1\n")
+    for _ in range(6):
+        assert rerun(workdir).returncode == 0
+    shown = manyhands("status", "run.db", cwd=workdir).stdout
+    assert "runs: 6 (the last 5)" in shown, shown
+    assert "#1 " not in shown and "#6 " in shown

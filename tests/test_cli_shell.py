@@ -367,6 +367,10 @@ def test_the_watchdog_of_a_runs_commands_ends_with_the_run() -> None:
     runner = CommandRunner(Template("echo {}"))
     try:
         assert runner("a")["stdout"] == "a\n"
+        # (just started, it may not have exec'd its code yet: a busy machine)
+        deadline = time.monotonic() + 10
+        while not _watchdogs() and time.monotonic() < deadline:
+            time.sleep(0.02)
         assert len(_watchdogs()) == 1
     finally:
         runner.close()

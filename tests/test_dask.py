@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -285,24 +286,87 @@ def test_workers_of_several_threads_get_one_batch_per_thread() -> None:
 def test_a_part_none_of_whose_items_was_running_is_never_charged_for_a_death(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # The nanny's word "none running" (the task between items, or its thread calling
-    # other batches' items) sends the part again uncharged, however often its worker
-    # dies; only a part with no word at all blames its first item at its third death.
+    # The word "none running" (the task between items, or its thread calling other
+    # batches' items) sends the part again uncharged, however often its worker dies;
+    # a part with no word at all is split in two at its second death, and an item
+    # fails only as the one item of a part that died a third time with no word.
     from manyhands._backends import _dask
     from manyhands._batch import Batch, Task
 
     backend = _dask.DaskBackend()
     resent: list[Any] = []
-    monkeypatch.setattr(backend, "_note_death", lambda: None)
+    monkeypatch.setattr(backend, "_note_death", lambda worker: None)
     monkeypatch.setattr(backend, "_resend", lambda part, again: resent.extend(again))
+    monkeypatch.setattr(backend, "_part_done", lambda batch: None)
     batch = Batch(0, [10, 11, 12], Task(abs, lambda batch: None))
-    for word, charged in (([], []), (None, [0])):
+    for word, indices, expected in (
+        ([], [0, 1, 2], [[0, 1, 2]]),
+        (None, [0, 1, 2], [[0], [1, 2]]),
+        (None, [1], []),
+    ):
         resent.clear()
         batch.errors = {}
-        monkeypatch.setattr(backend, "_progress", lambda key, word=word: word)
-        backend._crashed(_dask._Part(batch, [0, 1, 2], b"", deaths=2))
-        assert sorted(batch.errors or {}) == charged
-        assert [part.indices for part in resent] == [[0, 1, 2] if word == [] else [1, 2]]
+        monkeypatch.setattr(backend, "_progress", lambda key, nanny, word=word: word)
+        backend._crashed(_dask._Part(batch, indices, b"", deaths=2), RuntimeError())
+        assert sorted(batch.errors or {}) == ([] if expected or word == [] else indices)
+        assert [part.indices for part in resent] == expected
+
+
+def _dies_on_7_and_50(item: tuple[int, str]) -> int:
+    x, calls = item
+    with open(calls, "a") as file:
+        file.write(f"{x}\n")
+    if x in (7, 50):
+        os._exit(1)  # the worker process dies
+    time.sleep(0.01)
+    return x
+
+
+def test_only_the_items_that_killed_a_worker_fail_and_each_ran_once(
+    client: Any, tmp_path: Path
+) -> None:
+    # Two workers dying close together: the scheduler knows a dead worker's nanny
+    # again only once it restarted its worker. Each killer was known as the item
+    # running (not a part sent again whole, killer included, until its first item
+    # was blamed), and the note counts worker deaths, not the tasks they took.
+    calls = tmp_path / "calls"
+    report = manyhands.run(_dies_on_7_and_50, [(x, str(calls)) for x in range(80)], backend=client)
+    assert sorted(failure.item[0] for failure in report.failures) == [7, 50]
+    called = calls.read_text().split()
+    assert (called.count("7"), called.count("50")) == (1, 1)
+    assert any("(2 times)" in note for note in report.notes)
+    client.wait_for_workers(2, timeout=30)
+
+
+def test_a_dead_workers_nanny_is_asked_again_until_it_is_back() -> None:
+    from manyhands._backends import _dask
+
+    class Restarting:
+        """Its nanny answers only at the third time of asking."""
+
+        def __init__(self) -> None:
+            self.asked = 0
+
+        def nthreads(self) -> dict[str, int]:
+            return {"tcp://10.0.0.2:1": 1}
+
+        def run(self, fn: Any, key: str, nanny: bool) -> dict[str, Any]:
+            self.asked += 1
+            if self.asked < 3:
+                return {}  # (restarting its worker: unknown to the scheduler)
+            return {"tcp://10.0.0.2:2": ("tcp://10.0.0.2:9", [4])}
+
+    cluster = Restarting()
+    backend = _dask.DaskBackend(cluster)
+    assert backend._progress("manyhands-not-here", "tcp://10.0.0.2:9") == [4]
+    assert cluster.asked == 3
+
+
+def test_pool_submit_runs_the_call_on_the_cluster(client: Any) -> None:
+    with manyhands.Pool(backend=client) as pool:
+        assert pool.submit(_seven_fails, 3).result(timeout=30) == 6
+        with pytest.raises(ValueError, match="bad item 7"):
+            pool.submit(_seven_fails, 7).result(timeout=30)
 
 
 def test_a_second_batch_per_thread_waits_on_the_cluster_from_the_start(
@@ -402,6 +466,70 @@ def test_the_journal_resumes_a_dask_run(client: Any, tmp_path: Path) -> None:
     assert report.succeeded + report.failed == 200
 
 
+def _logs_its_call(item: tuple[int, str]) -> int:
+    x, calls = item
+    time.sleep(0.02)
+    with open(calls, "a") as file:
+        file.write(f"{x}\n")
+    return x
+
+
+def test_ctrl_c_keeps_the_calls_that_finished_and_resume_runs_only_the_rest(
+    client: Any, tmp_path: Path
+) -> None:
+    # The run's tasks stop after their running calls (grace=) and answer with the
+    # items they called: the journal keeps those (it kept none: the tasks were
+    # cancelled, and a task answers only once all its items were called).
+    calls, journal = tmp_path / "calls", tmp_path / "run.db"
+    items = [(x, str(calls)) for x in range(200)]
+    finished_before: list[int] = []
+
+    def interrupt_after_20_calls() -> None:
+        while not calls.exists() or len(calls.read_text().split()) < 20:
+            time.sleep(0.01)
+        finished_before.append(len(calls.read_text().split()))
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt_after_20_calls, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        manyhands.run(_logs_its_call, items, backend=client, journal=journal, grace=30)
+    first = len(calls.read_text().split())
+    report = manyhands.run(_logs_its_call, items, backend=client, journal=journal)
+    assert report.skipped >= finished_before[0]
+    assert report.skipped == first  # every call made was kept, and none is made again
+    assert report.succeeded == 200 - first
+    assert tasks_of_manyhands(client) == []
+
+
+def _logs_and_fails(item: tuple[int, str]) -> int:
+    _logs_its_call(item)
+    raise ConnectionError("the API is down")
+
+
+def test_a_stop_rule_stops_a_list_that_went_out_at_once_and_a_resume_runs_the_rest(
+    client: Any, tmp_path: Path
+) -> None:
+    # 400 items fit one round: they went out at once, and a task answers only once
+    # all its items were called, so the rule fired once every item had run. Now a
+    # run with a stop rule sends its first batches in parts, the smallest first, and
+    # the items its tasks had not called when the rule fired fail as never called:
+    # not retried, not in the journal.
+    calls, journal = tmp_path / "calls", tmp_path / "run.db"
+    items = [(x, str(calls)) for x in range(400)]
+    report = manyhands.run(
+        _logs_and_fails, items, backend=client, journal=journal, stop_after_failures=5
+    )
+    assert report.stopped is not None
+    called = len(calls.read_text().split())
+    assert called < 200
+    uncalled = [f for f in report.failures if f.message.startswith("not called")]
+    assert {f.attempts for f in uncalled} == {0}
+    assert tasks_of_manyhands(client) == []
+    again = manyhands.run(_logs_and_fails, items, backend=client, journal=journal)
+    assert again.skipped + again.failed == 400
+    assert again.skipped <= called  # (a call made more than once is recorded once)
+
+
 def test_an_address_uses_the_cluster_and_leaves_it_running(client: Any) -> None:
     address = client.scheduler.address
     report = manyhands.run(_seven_fails, range(100), backend=address)
@@ -439,6 +567,74 @@ def test_backend_dask_starts_a_local_cluster_and_leaves_no_process() -> None:
     while (left := _children() - before) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not left, "a process of the LocalCluster outlived the run"
+
+
+def test_ctrl_c_while_the_local_cluster_starts_leaves_no_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A Ctrl-C in LocalCluster() left its worker processes and its event loop thread
+    # running, unreachable (and an AssertionError at exit). Now the start ends, the
+    # cluster closes, and the Ctrl-C is raised.
+    from manyhands._backends import _dask_cluster
+
+    new_cluster = _dask_cluster._new_cluster
+
+    def interrupted_while_starting(workers: int) -> Any:
+        started = new_cluster(workers)
+        os.kill(os.getpid(), signal.SIGINT)  # (the main thread waits for the start)
+        time.sleep(0.2)
+        return started
+
+    monkeypatch.setattr(_dask_cluster, "_new_cluster", interrupted_while_starting)
+    before = _children()
+    threads = set(threading.enumerate())
+    with pytest.raises(KeyboardInterrupt):
+        manyhands.run(_seven_fails, range(10), backend="dask", workers=2)
+    deadline = time.monotonic() + 10
+    while (left := _children() - before) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not left, "a process of the LocalCluster outlived the Ctrl-C"
+    assert not [t.name for t in set(threading.enumerate()) - threads if t.name == "IO loop"]
+
+
+def _calls_then_sleeps(item: tuple[int, str]) -> int:
+    _logs_its_call((item[0], item[1]))
+    time.sleep(60)
+    return item[0]
+
+
+def test_calls_running_past_the_grace_period_do_not_hold_the_close_of_the_cluster(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Dask gives a worker 4 s to end its running calls before it kills it, on top of
+    # the run's grace=; the run's own workers are killed once the grace is over.
+    timeouts: list[float] = []
+    kill = distributed.Nanny.kill
+
+    async def spied(self: Any, timeout: float = 5, **kwargs: Any) -> None:
+        timeouts.append(timeout)
+        await kill(self, timeout=timeout, **kwargs)
+
+    monkeypatch.setattr(distributed.Nanny, "kill", spied)
+    calls = tmp_path / "calls"
+
+    def interrupt_once_called() -> None:
+        while not calls.exists() or len(calls.read_text().split()) < 2:
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt_once_called, daemon=True).start()
+    before = _children()
+    with pytest.raises(KeyboardInterrupt):
+        manyhands.run(
+            _calls_then_sleeps, [(x, str(calls)) for x in range(4)], backend="dask", workers=2,
+            grace=0,
+        )  # fmt: skip
+    assert timeouts and timeouts[0] < 1  # (not Dask's 5 s, 4 of them for the calls)
+    deadline = time.monotonic() + 10
+    while (left := _children() - before) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not left
 
 
 def test_a_scheduler_that_reruns_dead_workers_tasks_is_noted_in_the_report() -> None:
@@ -721,3 +917,70 @@ def test_a_shared_batchs_timeout_applies_in_the_thread_that_calls_it() -> None:
     assert values == ["a0", None, "a2"]
     assert list(errors) == [1] and errors[1][1].endswith(ABANDONED_MESSAGE)
     assert answers["b"][1] == ["b0"]
+
+
+@pytest.mark.parametrize("address", ["foo", "tcp://127.0.0.1:1"])
+def test_cli_a_wrong_scheduler_is_a_one_line_error(
+    address: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # "--scheduler foo" said "--backend foo is not a known backend", and a scheduler
+    # that did not answer printed a 40-line traceback.
+    from manyhands.cli import _main
+
+    def refused(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(f"Timed out trying to connect to {args[0]} after 10 s")
+
+    monkeypatch.setattr(distributed, "Client", refused)  # (not 10 s of trying)
+    items = tmp_path / "items.txt"
+    items.write_text("a\n")
+    code = _main(["run", "string:capwords", str(items), "--scheduler", address])
+    assert code == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith("manyhands: error: ")
+    assert f"--scheduler {address}" in error or f"no Dask scheduler answered at {address}" in error
+
+
+_LOGS_ITS_CALL = """
+import sys, time
+
+def f(x):
+    with open(sys.argv[-1] + ".calls", "a") as file:
+        file.write(x + "\\n")
+    time.sleep(0.1)
+    return x
+"""
+
+
+def test_a_terminals_ctrl_c_is_the_commands_not_its_workers(tmp_path: Path) -> None:
+    # A Ctrl-C reaches every process of the terminal's group: the LocalCluster's
+    # worker processes died of it, each printing a KeyboardInterrupt traceback, and
+    # their running calls could not finish in the grace period.
+    (tmp_path / "calls_mod.py").write_text(_LOGS_ITS_CALL)
+    items = tmp_path / "items.txt"
+    items.write_text("".join(f"{x}\n" for x in range(1000)))
+    calls = tmp_path / "items.txt.calls"
+    command = subprocess.Popen(
+        [sys.executable, "-m", "manyhands", "run", "--backend", "dask", "--workers", "2",
+         f"{tmp_path / 'calls_mod.py'}:f", str(items)],
+        env=python_subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # (a group of its own, as a terminal gives a command)
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while (not calls.exists() or len(calls.read_text().split()) < 4) and (
+            time.monotonic() < deadline
+        ):
+            time.sleep(0.01)
+        os.killpg(command.pid, signal.SIGINT)
+        _, stderr = command.communicate(timeout=30)
+    finally:
+        if command.poll() is None:
+            command.kill()
+    assert command.returncode == 130, stderr
+    assert "Traceback" not in stderr, stderr

@@ -232,7 +232,7 @@ def test_status_shows_a_throughput_sparkline(
 
     empty = tmp_path / "empty.db"
     manyhands.run(str, [], journal=empty)
-    assert throughput_sparkline(empty) == "throughput: no item recorded yet"
+    assert throughput_sparkline(empty) == "throughput: no item recorded"
 
 
 def test_report_of_a_missing_or_foreign_file_is_a_usage_error(

@@ -187,3 +187,29 @@ def test_an_input_read_in_a_thread_that_ends_as_the_run_asks_loses_nothing() -> 
     if not feed.finished:  # (the thread's step, if asking did not happen to meet it)
         len(feed._buffer)
     assert list(feed) == [3] and not feed.waiting
+
+
+class Taking:
+    """A user's iterator that happens to have a ``take`` and a ``waiting`` of its own."""
+
+    waiting = True
+
+    def __init__(self, count: int) -> None:
+        self._items = iter(range(count))
+
+    def __iter__(self) -> Taking:
+        return self
+
+    def __next__(self) -> int:
+        return next(self._items)
+
+    def take(self, n: int) -> list[int]:  # (not manyhands' business)
+        return list(itertools.islice(self._items, n))
+
+
+def test_an_input_with_take_and_waiting_attributes_is_read_as_any_iterator(
+    hands: Hands,
+) -> None:
+    report = hands.run(lambda x: x, Taking(500))
+    assert report.succeeded == 500
+    assert sorted(out.value for out in hands.map(lambda x: x, Taking(300))) == list(range(300))

@@ -139,3 +139,34 @@ def test_an_item_without_a_fingerprint_cannot_be_told_apart_so_its_copies_are_du
     items = [object(), {"id": 1}, object()]  # (an object has no fingerprint: not JSON-like)
     report = manyhands.run(str, items, journal=tmp_path / "run.db", key=lambda item: 1)
     assert (report.succeeded, report.duplicates) == (1, 2)
+
+
+@pytest.mark.parametrize("earlier", [False, True], ids=["new-journal", "journal-with-records"])
+def test_an_item_its_call_changes_in_place_is_recorded_as_it_was_read(
+    tmp_path: Path, earlier: bool
+) -> None:
+    # Its fingerprint is the one taken as the input was read: recorded after the
+    # call, it was the changed item's, and the rerun of the same input refused
+    # every item as edited.
+    journal = tmp_path / "run.db"
+    tries: Counter[int] = Counter()
+
+    def mark(row: dict[str, Any]) -> int:
+        row["seen"] = True  # (the function's own business)
+        tries[row["id"]] += 1
+        if row["id"] % 7 == 0 and tries[row["id"]] == 1:
+            raise ValueError("once")  # (retried: recorded at its second attempt)
+        return int(row["id"])
+
+    def rows() -> list[dict[str, Any]]:
+        return [{"id": n} for n in range(3000)]
+
+    def by_id(row: dict[str, Any]) -> Any:
+        return row["id"]
+
+    if earlier:  # (then a block holding id 5 is looked up, and taken item by item)
+        manyhands.run(mark, [{"id": 5}], journal=journal, key=by_id)
+    first = manyhands.run(mark, rows(), journal=journal, key=by_id, retry=1)
+    assert (first.succeeded, first.skipped) == (3000 - earlier, earlier)
+    rerun = manyhands.run(mark, rows(), journal=journal, key=by_id)
+    assert rerun.skipped == 3000 and rerun.succeeded == 0

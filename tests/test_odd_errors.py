@@ -55,6 +55,12 @@ class WithExceptionCount(Exception):
     exceptions = 3
 
 
+class WithRan(Exception):
+    """An attribute named as one manyhands' own errors have (a call that never ran)."""
+
+    ran = False
+
+
 class BrokenNotes(Exception):
     @property
     def __notes__(self) -> list[str]:
@@ -81,6 +87,7 @@ HOSTILE: list[BaseException] = [
     WithLineage("lineage"),
     WithExceptions("exceptions"),
     WithExceptionCount("a count"),
+    WithRan("ran"),
     BrokenNotes("notes"),
     BrokenCause("cause"),
     FrozenError(7),

@@ -31,8 +31,16 @@ from .conftest import PeakConcurrency
         ({"batch_size": 0}, ValueError, "batch_size must be >= 1"),
         ({"window": 0}, ValueError, "window must be >= 1"),
         ({"keep_failures": -1}, ValueError, "keep_failures must be >= 0"),
-        ({"grace": -1}, ValueError, "grace must be a finite number of seconds >= 0"),
-        ({"grace": float("inf")}, ValueError, "grace must be a finite number"),
+        ({"grace": -1}, ValueError, "grace must be a number of seconds >= 0"),
+        ({"grace": float("inf")}, ValueError, "grace must be a number of seconds >= 0"),
+        ({"grace": float("nan")}, ValueError, "grace must be a number of seconds >= 0"),
+        # Past what a thread can wait: refused here, not an OverflowError after the run.
+        ({"grace": 1e300}, ValueError, "(the longest a thread can wait), got 1e+300"),
+        ({"timeout": 1e10}, ValueError, "timeout must be a number of seconds > 0 (None: no"),
+        ({"timeout": 0}, ValueError, "timeout must be a number of seconds > 0"),
+        ({"timeout": -1}, ValueError, "timeout must be a number of seconds > 0"),
+        ({"rate": 1e-300}, ValueError, "rate=1e-300 is too slow: at least one item per"),
+        ({"rate": 5e-324}, ValueError, "rate=5e-324 is too slow"),
         ({"grace": "1s"}, TypeError, "grace must be a number of seconds"),
         ({"worker": 4}, TypeError, "unexpected keyword argument 'worker'; did you mean 'workers'?"),
         ({"zzz": 4}, TypeError, "unexpected keyword argument 'zzz'; accepted: ["),
@@ -105,3 +113,16 @@ def test_explicit_batch_size_is_honoured() -> None:
         for block in blocks:  # each batch is 25 consecutive items, run by one worker
             assert block == list(range(block[0], block[0] + 25))
             assert block[0] % 25 == 0
+
+
+@pytest.mark.parametrize("backend", ["threads", "async"])
+def test_the_longest_grace_accepted_is_one_a_run_can_end_with(backend: str) -> None:
+    import asyncio
+
+    async def same_async(x: int) -> int:
+        await asyncio.sleep(0)
+        return x
+
+    fn: Any = same_async if backend == "async" else (lambda x: x)
+    report = manyhands.run(fn, range(3), backend=backend, grace=threading.TIMEOUT_MAX)
+    assert report.succeeded == 3

@@ -63,7 +63,10 @@ def test_which_errors_are_retried() -> None:
     ("kwargs", "message"),
     [
         ({"retries": -1}, "retries must be an int >= 0"),
-        ({"backoff": -1}, "backoff must be a finite number"),
+        ({"backoff": -1}, "backoff must be a number of seconds >= 0"),
+        ({"max_backoff": 1e300}, "max_backoff must be a number of seconds >= 0 and at most"),
+        # Never retried: refused rather than silently never matching.
+        ({"on": KeyboardInterrupt}, "on=KeyboardInterrupt: an exception that is not an Exc"),
         ({"multiplier": 0.5}, "multiplier must be a number >= 1"),
         ({"on": 3}, "on must be an exception class"),
         ({"on": (ValueError, int)}, "on must name exception classes"),
@@ -155,3 +158,21 @@ def test_the_default_policy_leaves_out_programming_errors_also_from_other_proces
         ImportError,
         NotImplementedError,
     }
+
+
+def test_a_broken_jitter_source_is_clamped_not_a_crash_mid_run() -> None:
+    """A `random=` returning NaN or out of range: the retries still run, within backoff."""
+    calls: list[int] = []
+
+    def flaky(x: int) -> int:
+        calls.append(x)
+        if len(calls) < 3:
+            raise ConnectionError("again")
+        return x
+
+    for drawn in (float("nan"), -5.0, 7.0):
+        calls.clear()
+        policy = manyhands.Retry(retries=3, backoff=0.01, random=lambda d=drawn: d)
+        assert 0.0 <= policy.delay(1) <= 0.01
+        report = manyhands.run(flaky, [1], retry=policy)
+        assert report.succeeded == 1 and len(calls) == 3

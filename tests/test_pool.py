@@ -605,3 +605,45 @@ def test_a_timeout_in_one_run_of_a_process_pool_kills_only_its_call() -> None:
     assert [(f.item, f.error_type) for f in timed.failures] == [(3, "manyhands.Timeout")]
     assert timed.succeeded == 19
     assert other["r"].succeeded == 2000 and other["r"].failed == 0
+
+
+def test_a_spare_worker_past_the_timeout_is_replaced_by_a_spare(no_thread_left: None) -> None:
+    """An urgent run on the spare worker (the others busy): its hung call is abandoned."""
+    release, bulk_began = threading.Event(), threading.Event()
+
+    def bulk() -> bool:
+        bulk_began.set()
+        return release.wait(30)
+
+    try:
+        with manyhands.Pool(workers=1, spare=1) as pool:
+            held = pool.submit(bulk)
+            assert bulk_began.wait(10)
+            fn = lambda x: release.wait(30) if x == 0 else x  # noqa: E731
+            report = pool.run(fn, range(3), priority=1, timeout=0.2, progress=False)
+            release.set()
+            assert held.result(timeout=10) is True
+    finally:
+        release.set()
+    assert report.failed == 1 and report.succeeded == 2 and report.abandoned == 1
+    assert report.failures[0].item == 0 and "abandoned thread" in report.failures[0].message
+
+
+def test_a_pool_with_every_worker_held_fails_timed_runs_and_others_wait() -> None:
+    """Hung calls hold the pool's one worker: a run with timeout= ends, one without waits."""
+    release = threading.Event()
+    hang = lambda x: release.wait(30)  # noqa: E731
+    try:
+        with manyhands.Pool(workers=1) as pool:
+            timed = pool.run(hang, range(4), timeout=0.05, progress=False)
+            assert not release.is_set(), "the timed run waited for a hung call"
+            threading.Timer(0.3, release.set).start()  # (the held worker's call returns)
+            patient = pool.run(abs, range(-4, 0), progress=False)
+    finally:
+        release.set()
+    # One worker: the first hung call is abandoned and replaced, the second holds the
+    # worker, and the two items left cannot start: they fail at once, without a call.
+    assert timed.failed == 4 and timed.abandoned == 1
+    assert sorted(f.attempts for f in timed.failures) == [0, 0, 1, 1]
+    assert all(f.message.startswith("not started") for f in timed.failures if not f.attempts)
+    assert patient.succeeded == 4 and patient.failed == 0

@@ -56,6 +56,9 @@ def setup(how, ok, flaky=0):
         ctypes.string_at(0)
     if how == "hang":
         time.sleep(3600)
+    if how == "kill":  # (as a kill from outside would)
+        import signal
+        os.kill(os.getpid(), signal.SIGKILL)
     if how == "raise":
         raise RuntimeError("the license server is gone")
 
@@ -201,3 +204,83 @@ def test_items_failed_by_a_stopped_backend_are_not_retried_nor_counted_as_calls(
     assert all("the process backend stopped" in e.message for e in failed)
     assert all(e.exception is not None and not e.exception.ran for e in failed)
     assert (report.failed, report.attempts, report.retried) == (10, 0, 0)
+
+
+def test_a_first_worker_killed_while_starting_is_tried_once_more(tmp_path: Path) -> None:
+    """A kill from outside during the very first start costs one more start, as it
+    does for a replacement (before the fix: the run failed); a worker that exits
+    on its own while starting is not tried again, and every start killed ends the
+    start after a bounded number of tries."""
+    body = """
+    if __name__ == "__main__":
+        for front in ("run", "pool"):
+            os.remove(COUNT) if os.path.exists(COUNT) else None
+            kwargs = dict(backend="processes", workers=2, initializer=setup,
+                          initargs=("kill", 0, 1))
+            if front == "run":
+                summary(manyhands.run(abs, range(40), **kwargs))
+            else:
+                kwargs.pop("backend")
+                with manyhands.Pool(backend="processes", **kwargs) as pool:
+                    summary(pool.run(abs, range(40)))
+        for how in ("exit", "kill"):
+            os.remove(COUNT)
+            try:
+                manyhands.run(crash, range(5), backend="processes", workers=2,
+                              initializer=setup, initargs=(how, 0))
+            except manyhands.WorkerInitError as exc:
+                with open(COUNT) as file:
+                    starts = len(file.read())
+                print(json.dumps({"error": str(exc), "starts": starts}), flush=True)
+    """
+    by_run, by_pool, exited, killed = run_child(tmp_path, body)
+    for result in (by_run, by_pool):
+        assert result["ok"] == 40
+        assert result["starts"] == 3  # two, and one more in place of the one killed
+    assert "died while starting (exit code 13)" in exited["error"]
+    assert "killed by signal SIGKILL" in killed["error"]
+    assert killed["starts"] <= 2 * (1 + START_RETRIES)
+
+
+def test_start_timeout_is_an_option_checked_where_it_is_given(tmp_path: Path) -> None:
+    for bad in (0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match=r"start_timeout must be a number of seconds > 0"):
+            manyhands.Pool(workers=1, backend="processes", start_timeout=bad)
+        with pytest.raises(ValueError, match=r"start_timeout must be a number of seconds > 0"):
+            manyhands.run(abs, [1], backend="processes", start_timeout=bad)
+    for wrong in ("60", True):
+        with pytest.raises(
+            TypeError, match=r"start_timeout must be a number of seconds > 0 \(how long"
+        ):
+            manyhands.Pool(workers=1, backend="processes", start_timeout=wrong)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="start_timeout apply to backend='processes'"):
+        manyhands.Pool(workers=1, start_timeout=5)
+    with pytest.raises(ValueError, match="start_timeout apply to backend='processes'"):
+        manyhands.run(abs, [1], backend="threads", start_timeout=5)
+
+
+def test_a_worker_not_ready_within_start_timeout_is_killed(tmp_path: Path) -> None:
+    """The start limit is the caller's: 1 s here, for the Pool and for a run."""
+    body = """
+    if __name__ == "__main__":
+        for front in ("pool", "run"):
+            try:
+                if front == "pool":
+                    manyhands.Pool(workers=1, backend="processes", initializer=setup,
+                                   initargs=("hang", 0), start_timeout=1)
+                else:
+                    manyhands.run(crash, range(5), backend="processes", workers=1,
+                                  initializer=setup, initargs=("hang", 0), start_timeout=1)
+            except manyhands.WorkerInitError as exc:
+                print(json.dumps({"error": str(exc)}), flush=True)
+        os.remove(COUNT)
+        with manyhands.Pool(workers=1, backend="processes", initializer=setup,
+                            initargs=("hang", 1), start_timeout=1.5) as pool:
+            summary(pool.run(crash, range(10), timeout=5))  # (replacements hang too)
+    """
+    by_pool, by_run, replaced = run_child(tmp_path, body, timeout=40)
+    for refused in (by_pool, by_run):
+        assert refused["error"].startswith("a worker process did not start in 1s")
+        assert "start_timeout=" in refused["error"]
+    assert replaced["ok"] == 3 and replaced["failed"] == 7  # 3 crashed its only worker
+    assert any("did not start in 1.5s" in m for m in replaced["messages"])

@@ -133,6 +133,14 @@ def drawn(width: int, live: dict[str, Any] = LIVE, total: int | None = 2_000_000
     return final_line(out.getvalue())
 
 
+def test_a_resumes_skipped_items_are_not_part_of_its_rate() -> None:
+    """1,000,000 of the 1,234,567 done were skipped (final in the journal): the rate and
+    the ETA are those of the 234,567 run in 3,725 s, not of items that took no time."""
+    line = drawn(250, LIVE | {"skipped": 1_000_000})
+    assert f"{234_567 / 3725:,.1f} items/s" in line, line
+    assert f"{RATE:,.1f} items/s" not in line
+
+
 @pytest.mark.parametrize("width", [20, 30, 40, 60, 80, 100, 120, 160, 250])
 def test_the_line_fits_the_terminal_and_never_cuts_a_number(width: int) -> None:
     line = drawn(width)

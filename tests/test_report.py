@@ -157,3 +157,17 @@ def test_the_report_after_leaving_counts_what_was_delivered(tmp_path: Path, orde
         records = db.execute("SELECT COUNT(*) FROM items").fetchone()[0]
     db.close()
     assert row == (report.succeeded, report.failed) and records == 151
+
+
+def test_a_report_prints_a_huge_or_hostile_traceback_escaped_and_cut() -> None:
+    """A 1 MB error message, or one with terminal escapes, every item failing alike."""
+
+    def fail(x: int) -> None:
+        raise ValueError("\x1b]0;owned\x07" + "m" * 1_000_000)
+
+    text = str(manyhands.run(fail, range(20), workers=2))
+    assert "every item failed with builtins.ValueError" in text
+    assert len(text) < 10_000
+    assert "\x1b" not in text and "\x07" not in text
+    assert "\\x1b]0;owned\\x07" in text
+    assert "characters not shown" in text

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
+from queue import SimpleQueue
 
 import pytest
 
 import manyhands
+from manyhands._backends._threads import ThreadBackend
+from manyhands._batch import Batch, Task
 
 from .conftest import os_thread_count, wait_for_threads
 
@@ -50,31 +54,77 @@ def test_report_counts_abandoned_threads_and_says_so(backend: str) -> None:
     release.set()
     assert report.abandoned == 1 and report.failed == 1
     assert report.errors_by_type == {"manyhands.Timeout": 1}
-    assert "1 threads abandoned" in str(report)
+    assert "abandoned: 1 thread left to calls still running past timeout=" in str(report)
 
 
-def test_abandoned_threads_are_capped_then_capacity_waits(backend: str) -> None:
+def test_when_every_worker_is_held_the_items_left_fail_at_once(backend: str) -> None:
+    """A run never hangs on calls that never return, and the thread count stays bounded."""
     release = threading.Event()
-    finished: list[int] = []
-    fn = hanging_on({0, 1}, release, finished)
-    released_at: list[float] = []
-
-    def let_go() -> None:
-        released_at.append(time.monotonic())
-        release.set()
-
-    timer = threading.Timer(1.0, let_go)
+    released: list[bool] = []
+    fn = hanging_on(set(range(8)), release, [])
+    timer = threading.Timer(8.0, lambda: (released.append(True), release.set()))
     timer.start()
     try:
-        report = manyhands.run(fn, range(6), backend=backend, workers=1, timeout=0.1)
+        report = manyhands.run(fn, range(8), backend=backend, workers=2, timeout=0.05)
+        ended_on_its_own = not released
     finally:
         timer.cancel()
-    # One worker: one thread may be abandoned and replaced; the second over-time
-    # call still fails at its deadline, but its worker is kept (the cap), so the
-    # remaining items wait for that call to return.
-    assert report.abandoned == 1
-    assert report.failed == 2 and report.succeeded == 4
-    assert released_at, "the run could not finish without the hung call returning"
+        release.set()
+    # Two workers: the first two hung calls are abandoned and replaced, the next two hold
+    # their workers (the cap: one abandoned thread per worker), and the four items left
+    # cannot start: they fail at once, without a call, instead of waiting for a hung one.
+    assert ended_on_its_own, "the run waited for hung calls to return"
+    assert report.failed == 8 and report.errors_by_type == {"manyhands.Timeout": 8}
+    ran = [f for f in report.failures if f.attempts == 1]
+    unstarted = [f for f in report.failures if f.attempts == 0]
+    assert len(ran) == 4 and len(unstarted) == 4
+    assert sum("abandoned thread and the item failed" in f.message for f in ran) == 2
+    assert sum("holds its worker" in f.message for f in ran) == 2
+    for failure in unstarted:
+        assert failure.message.startswith("not started: every worker is held")
+        assert "workers=" in failure.message
+        assert isinstance(failure.exception, manyhands.Timeout) and not failure.exception.ran
+    assert report.abandoned == 4  # the two held threads were left too when the run ended
+    assert any(note.startswith("4 items never started") for note in report.notes)
+
+
+def test_a_held_worker_is_replaced_once_an_abandoned_thread_returns() -> None:
+    """Past the cap a call holds its worker; capacity comes back when a thread is free."""
+    first, second = threading.Event(), threading.Event()
+    done: SimpleQueue[Batch] = SimpleQueue()
+    task = Task(lambda call: call(), done.put, timed=True, bounded=True)
+    backend = ThreadBackend(1)  # one worker: at most one abandoned thread
+
+    def started(call: Callable[[], object]) -> Batch:
+        batch = Batch(0, [call], task)
+        backend.submit(batch)
+        deadline = time.monotonic() + 10
+        while batch.started is None and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert batch.started is not None
+        return batch
+
+    try:
+        assert backend.expire(started(lambda: first.wait(30)))
+        assert "abandoned thread" in backend.timeout_action and backend.abandoned == 1
+        assert backend.expire(started(lambda: second.wait(30)))
+        assert "holds its worker" in backend.timeout_action and backend.abandoned == 1
+        backend.submit(Batch(1, [lambda: "never called"], task))  # every worker is held
+        unstarted = done.get(timeout=10)
+        assert unstarted.errors is not None and unstarted.values == [None]
+        error = unstarted.errors[0]
+        assert isinstance(error, manyhands.Timeout) and not error.ran
+        first.set()  # the abandoned thread's call returns: the held worker is replaced
+        deadline = time.monotonic() + 10
+        while backend.abandoned < 2 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert backend.abandoned == 2
+        backend.submit(Batch(2, [lambda: "ran"], task))
+        assert done.get(timeout=10).values == ["ran"]
+    finally:
+        first.set()
+        second.set()
+        backend.shutdown(10)
 
 
 def test_a_run_ends_without_waiting_for_calls_past_their_timeout(backend: str) -> None:
@@ -87,7 +137,7 @@ def test_a_run_ends_without_waiting_for_calls_past_their_timeout(backend: str) -
         waited = time.monotonic() - began
     finally:
         release.set()
-    assert report.failed == 4 and report.abandoned == 2
+    assert report.failed == 4 and report.abandoned == 4  # (two held their workers to the end)
     assert waited < 30, f"the run waited {waited:.0f}s of grace=60 for calls that had failed"
 
 

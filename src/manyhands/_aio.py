@@ -1,6 +1,9 @@
-"""asyncio plumbing for the engine's async driver: its completions queue, and async inputs.
+"""asyncio plumbing for the engine's async driver: its completions queue, and its input.
 
-Both live on the caller's event loop and are touched only from it.
+Both live on the caller's event loop and are touched only from it. An async
+input is read by a task (:class:`AsyncFeed`); a sync one that is not a
+collection in memory, by a thread (:func:`open_feed`, :mod:`._aio_input`),
+so that the loop never waits for it.
 """
 
 from __future__ import annotations
@@ -8,12 +11,39 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import AsyncIterable, Callable
-from typing import Any, Generic, TypeVar
+from collections.abc import AsyncIterable, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-__all__ = ["AsyncFeed", "LoopQueue"]
+from ._reader import Feed
+
+if TYPE_CHECKING:
+    from ._aio_input import LoopFeed
+
+__all__ = ["AsyncFeed", "LoopQueue", "open_feed"]
 
 T = TypeVar("T")
+
+# Iterators over collections in memory (IN_MEMORY): their next item is at hand, so
+# they are read on the loop (a thread would only cost). Anything else (a generator,
+# a file, a cursor, a map over a function) may wait: it is read in a thread.
+_SAMPLES: tuple[Iterator[Any], ...] = (
+    iter([]),
+    iter(()),
+    iter(range(0)),
+    iter(range(1 << 64)),
+    iter(""),
+    iter("\u20ac"),
+    iter(b""),
+    iter(bytearray()),
+    iter({}),
+    iter({}.values()),
+    iter({}.items()),
+    iter(set()),
+    iter(deque()),
+    reversed([]),
+    reversed({}),
+)
+IN_MEMORY = frozenset(type(iterator) for iterator in _SAMPLES)
 
 
 class LoopQueue(Generic[T]):
@@ -61,7 +91,7 @@ def _cancelling() -> bool:
     return bool(cancelling()) if cancelling is not None else False
 
 
-class AsyncFeed:
+class AsyncFeed(Feed):
     """Reads an async iterable into a bounded buffer that the engine drains synchronously.
 
     A task fills the buffer up to ``limit`` items ahead; ``wake`` is called
@@ -136,3 +166,25 @@ class AsyncFeed:
         if aclose is not None:
             with contextlib.suppress(Exception):  # a source that breaks while closing
                 await aclose()
+
+
+def open_feed(
+    items: Iterator[Any], source: AsyncIterable[Any] | None, limit: int, wake: Callable[[], None]
+) -> AsyncFeed | LoopFeed | None:
+    """What reads a run's input on the running loop, if not the run itself.
+
+    An async ``source``: a task. A sync input that is not a collection in
+    memory (see ``IN_MEMORY``): a thread. Either reads up to ``limit`` items
+    ahead and calls ``wake`` (on the loop) when items arrive in an empty
+    buffer and when the input ends. A collection in memory: None (the run
+    reads it itself: it never waits).
+    """
+    if source is not None:
+        return AsyncFeed(source, limit, wake)
+    if type(items) in IN_MEMORY:
+        return None
+    from ._aio_input import LoopFeed
+
+    feed = LoopFeed(items, limit)
+    feed.attach(wake)
+    return feed

@@ -149,10 +149,12 @@ def amap(
     ``fn`` is a coroutine function; the calls run as tasks on the caller's
     event loop, at most ``workers`` at once. ``items`` may be a sync or an
     async iterable; either is read lazily, so memory stays bounded by the
-    window. Leaving the loop early (``break``, an exception), ``aclose()`` or
-    the end of an ``async with`` block cancels the running calls and leaves
-    no task behind. Options are those of :func:`run`. For the Report alone,
-    ``await`` :func:`arun`.
+    window, and never makes the loop wait (a sync one that is not a
+    collection in memory, a generator say, is read in a thread). Leaving
+    the loop early (``break``, an exception), ``aclose()`` or the end of an
+    ``async with`` block cancels the running calls and leaves no task behind.
+    Options are those of :func:`run`. For the Report alone, ``await``
+    :func:`arun`.
 
     >>> import asyncio, manyhands
     >>> async def double(x):
@@ -293,6 +295,7 @@ def _private_backend(
             "start_method": opts.start_method,
             "initializer": opts.initializer,
             "initargs": opts.initargs,
+            "start_timeout": opts.start_timeout,
         }
     backend = create_backend(
         name,
@@ -306,7 +309,7 @@ def _private_backend(
 
 
 #: Options that belong to a Pool: its workers serve every run.
-POOL_OPTIONS = ("workers", "backend", "start_method", "initializer", "initargs")
+POOL_OPTIONS = ("workers", "backend", "start_method", "initializer", "initargs", "start_timeout")
 
 
 def _refuse_pool_options(caller: str, given: Mapping[str, Any]) -> None:

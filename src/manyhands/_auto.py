@@ -26,7 +26,8 @@ The rest of the run moves to worker processes when all of these hold:
   the call's, is what the time goes to);
 - the machine has more than one core, and Python threads hold the GIL (a
   free-threaded build runs CPU-bound threads in parallel already);
-- the function pickles, and so do the items sampled.
+- the function pickles, and so do the items sampled (a later item that does
+  not runs on threads: see :mod:`._unsent`).
 
 How many processes: one per core (at most the run's ``workers``), as for
 ``backend="processes"``, to begin with. (A call's wall time on threads

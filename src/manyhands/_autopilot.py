@@ -12,7 +12,10 @@ interpreter's switch interval so that its own looks come on time; once the
 calls look CPU-bound it starts the run's worker processes, so that they are
 ready when it chooses; it then moves the rest of the run to them (calls out
 finish where they are), grows them while the calls also wait, or moves the
-run back to threads if the calls mostly wait after all.
+run back to threads if the calls mostly wait after all. A choice made as a
+batch comes back is moved on at the run's next dispatch, once that batch has
+reached delivery. Once on processes, an item that cannot be sent to them runs
+on threads (:mod:`._unsent`).
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, cast
 
 from ._backends import Backend, prepare_processes
-from ._exceptions import ManyhandsError
+from ._exceptions import ManyhandsError, WorkerInitError
+from ._unsent import Unsent
 
 if TYPE_CHECKING:
     from ._auto import Choice, Measure, Sizing
@@ -61,6 +65,13 @@ class Autopilot:
         self._early: tuple[Backend, int] | BaseException | None = None
         self._sizing: Sizing | None = None  # on the processes it moved to: how many fit
         self._chosen: Choice | None = None  # what it moved for (and then, how many)
+        # A choice of processes, made as a batch came back: the move starts processes
+        # (100 ms or more), so it waits for the run's next dispatch (see look), once
+        # that batch has reached delivery: a Ctrl-C in the move then loses nothing.
+        self._move: Choice | None = None
+        # Once on processes (it stays, for the rest of the run): items that cannot be
+        # sent to them run on threads.
+        self.unsent: Unsent | None = None
         self._short_turns = False  # the switch interval lowered while it measures
         self._threads_wanted = workers  # (the run's workers= on threads, to move back)
 
@@ -69,6 +80,8 @@ class Autopilot:
         """Nothing left to measure, size or clean up: the run may drop it."""
         return (
             self.measure is None
+            and self._move is None
+            and self.unsent is None
             and self._sizing is None
             and self._early is None
             and not self._short_turns
@@ -97,13 +110,45 @@ class Autopilot:
         if self.choose_at is None:
             return None
         if now >= self.choose_at:
-            self._choose_in_time(now)
+            if self._move is None:
+                self._choose_in_time(now)
+            if self._move is not None:
+                self._make_move(self._move)
         return None if self.choose_at is None else self.choose_at - now
 
+    @property
+    def rerouted(self) -> bool:
+        """Some items run on threads, their batches waiting (see came_back)."""
+        return self.unsent is not None and bool(self.unsent.waiting)
+
+    def came_back(self, batch: Batch) -> Batch | None:
+        """``batch`` (it has errors, or its items ran on threads) as the run settles it
+        now; None while those a worker process could not be sent run on threads."""
+        return batch if self.unsent is None else self.unsent.came_back(batch)
+
     def ended(self) -> None:
-        """The run ended: the Report says so if it ended before a choice."""
+        """The run ended: the Report says so if it ended before a choice (or its move).
+
+        A batch waiting for its items on threads is one that came back late (its
+        other items' calls ran: kept if the run was interrupted).
+        """
+        run = self.run
+        unsent = self.unsent
+        if unsent is not None:
+            run._late.extend(unsent.held())
+        if unsent is not None and unsent.count:
+            items = f"{unsent.count} item{'s' if unsent.count > 1 else ''}"
+            _note(
+                run,
+                f"{items} could not be sent to a worker process (they do not pickle): "
+                "they ran on threads",
+            )
         measure = self.measure
-        if self.auto and measure is not None and measure.decided is None:
+        if self._move is not None:
+            self.run.statistics.backend = (
+                f"threads ({self._move.why}; the run ended before the move)"
+            )
+        elif self.auto and measure is not None and measure.decided is None:
             self.run.statistics.backend = "threads (auto: the run ended before a choice)"
 
     def stop(self) -> None:
@@ -193,7 +238,7 @@ class Autopilot:
             if measure.ready(now):
                 hint = measure.hint(now)
                 if hint is not None:
-                    run.statistics.notes.append(hint)
+                    _note(run, hint)
                 self._stop_measuring()
             return
         ready = self._early is not None and not isinstance(self._early, BaseException)
@@ -201,15 +246,16 @@ class Autopilot:
         if choice is not None:
             if self.cap is not None:
                 self._lift_cap()
-            run.statistics.backend = str(choice)
             if choice.backend == "processes":
-                with first_in_line():
-                    self._move_to_processes(choice, self.sample or [])
+                self._move = choice  # (made at the run's next dispatch: see look)
             else:
+                run.statistics.backend = str(choice)
                 self.choose_at = now + measure.window  # (a revisit's window)
-            self.stop()  # (the processes started early, unless the move took them)
+                self.stop()  # (the processes started early)
         if not measure.measuring:
             self._stop_measuring()
+        if self._move is not None:
+            self.choose_at = now  # (due at once)
 
     def _new_measure(self, started: float) -> Measure:
         """A run's own threads are measured alone; a shared pool's, by the run's share."""
@@ -237,9 +283,18 @@ class Autopilot:
 
     # -- moving ----------------------------------------------------------
 
+    def _make_move(self, choice: Choice) -> None:
+        """The move chosen: made from the run's dispatch, with no batch in hand."""
+        self.choose_at = None
+        with first_in_line():
+            self._move_to_processes(choice, self.sample or [])
+        self._move = None  # (not before: a Ctrl-C in the move leaves the run on threads)
+        self.stop()  # (the processes started early, unless the move took them)
+
     def _move_to_processes(self, choice: Choice, sample: list[Any]) -> None:
         """Send the rest of the run to worker processes; running calls finish on threads."""
         run = self.run
+        run.statistics.backend = str(choice)  # (unless it stays on threads: why, below)
         try:
             pickle.dumps(sample, pickle.HIGHEST_PROTOCOL)
         except Exception as exc:  # (a lock, a connection...): stay where they work
@@ -257,12 +312,13 @@ class Autopilot:
                 backend, workers = shared
                 backend.attach(run.task)
         except (TypeError, ManyhandsError) as exc:  # fn cannot travel, or no worker starts
-            run.statistics.backend = f"threads ({choice.why}, but {exc})"
+            run.statistics.backend = f"threads ({choice.why}, but {_not_moved(exc)})"
             return
         if run._owns_backend:
             run._backend.wind_down()
         run._slowdown.ignore_latency()
         run._switch_to(backend, workers)
+        self.unsent = Unsent(functools.partial(run._send_back_to, 0))  # (0: its threads)
         if run._owns_backend:
             from ._auto import Sizing, waited_for_cpu
 
@@ -286,6 +342,7 @@ class Autopilot:
                 "start_method": options.start_method,
                 "initializer": options.initializer,
                 "initargs": options.initargs,
+                "start_timeout": options.start_timeout,
             },
         )
         backend.start()
@@ -349,6 +406,29 @@ class Autopilot:
         backend.attach(run.task)
         run._backend.wind_down()
         run._switch_to(backend, wanted)
+
+
+def _note(run: Run, note: str) -> None:
+    """A note in the run's Report (not in those of a shared pool's other runs: its
+    statistics' notes are the backend's own list, where the backend's notes go)."""
+    stats = run.statistics
+    if run._owns_backend:
+        stats.notes.append(note)
+    else:
+        stats.notes = [*stats.notes, note]
+
+
+def _not_moved(exc: BaseException) -> str:
+    """Why the run stayed on threads, for the Report."""
+    if not isinstance(exc, WorkerInitError):
+        return str(exc)  # (fn or the initializer does not pickle)
+    # Its "no item was run" is a processes run's: this one goes on, on its threads
+    # (where the initializer ran without error).
+    text = str(exc).removesuffix("; no item was run")
+    text = text.replace(
+        "the worker initializer raised", "in a worker process the initializer raised"
+    )
+    return f"{text}; the items ran on threads"
 
 
 @contextlib.contextmanager

@@ -41,6 +41,8 @@ class Task:
             (asyncio); ``None`` for no limit.
         timed: the backend must know when each batch started and who runs it
             (``timeout=``, or a shared pool, which may have to abandon a run's calls).
+        bounded: the run has a ``timeout``: a batch that no worker can start (each
+            is held by a call past its timeout) fails at once rather than waits.
         abandoned: workers this run's calls were left to (a timeout, or the end
             of a run in a shared pool), counted for its Report.
         served: the scheduler's account of the workers' time this run had, for
@@ -64,6 +66,7 @@ class Task:
 
     __slots__ = (
         "abandoned",
+        "bounded",
         "cost",
         "done",
         "early",
@@ -73,6 +76,7 @@ class Task:
         "measure",
         "priority",
         "served",
+        "stops",
         "timed",
         "timeout",
         "waiting",
@@ -86,6 +90,7 @@ class Task:
         priority: int = 0,
         timeout: float | None = None,
         timed: bool = False,
+        bounded: bool = False,
         early: bool = False,
     ) -> None:
         self.fn = fn
@@ -93,6 +98,7 @@ class Task:
         self.priority = priority
         self.timeout = timeout
         self.timed = timed
+        self.bounded = bounded
         self.abandoned = 0
         self.served = 0.0
         self.cost = 0.0
@@ -101,6 +107,7 @@ class Task:
         self.measure = False  # the workers time each batch's CPU too (backend="auto")
         self.early = early  # finished items may come back before their batch's last
         self.leaving: Callable[[object], bool] | None = None
+        self.stops = False  # a stop rule watches the failures (Dask: first batches in parts)
 
 
 class Batch:

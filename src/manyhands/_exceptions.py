@@ -68,7 +68,9 @@ class InputError(ManyhandsError):
             (the outcomes were already yielded).
     """
 
-    def __init__(self, position: int, cause: BaseException, report: Report | None = None):
+    def __init__(
+        self, position: int, cause: BaseException, report: Report | None = None, hint: str = ""
+    ):
         self.position = position
         self.report = report
         what = (
@@ -78,7 +80,7 @@ class InputError(ManyhandsError):
         )
         super().__init__(
             f"reading item {position} from the items iterable raised "
-            f"{type(cause).__qualname__}; {what}"
+            f"{type(cause).__qualname__}; {what}{f' ({hint})' if hint else ''}"
         )
 
 
@@ -86,7 +88,16 @@ class Timeout(ManyhandsError, TimeoutError):
     """An item's call ran longer than ``timeout=``; its Failure has this error type.
 
     Recorded as ``"manyhands.Timeout"``. Never raised by ``run`` or ``map``.
+
+    Attributes:
+        ran: ``False`` when the item's call never started: on threads, every
+            worker was held by a call past its timeout that had not returned,
+            and no more thread could be abandoned (at most one per worker), as
+            the message says. Such an item is not retried, and that attempt
+            made no call (it is not counted in ``attempts``).
     """
+
+    ran = True
 
 
 class WorkerCrashed(ManyhandsError):

@@ -10,7 +10,18 @@ semantics: a Future cancelled before a worker took it never runs, and
 On processes the call travels pickled (refused at ``submit``, naming what does
 not pickle), and its Future runs from when a worker process is sent it, told
 by the lanes (``Task.leaving``), as with ``ProcessPoolExecutor``'s call queue;
-the outcome is pickled in the worker, so one that cannot come back says so.
+the outcome is pickled in the worker, so one that cannot come back says so
+(:mod:`._executor_pickles`).
+
+A worker that waits for a call of its own pool (the nested-submit hang of
+``ThreadPoolExecutor``, where every worker waits for calls no worker is free
+to start) never waits for a worker: on threads, a call submitted from one of
+the pool's calls while no worker is free runs at once, in the submitting
+call, and ``result()``/``exception()`` (with no timeout) called in a worker
+on a call not started yet take it back and run it there; either way each
+call runs once (its Future is claimed once, see ``_claim``). On asyncio,
+blocking on such a Future from the pool's event loop is refused: the loop
+would wait for itself.
 """
 
 from __future__ import annotations
@@ -26,11 +37,14 @@ from typing import Any, TypeVar, cast
 
 from ._backends import Backend
 from ._batch import Batch, Task
+from ._executor_pickles import call_pickled, pickled_call, unpickled_outcome
 from ._outcome import Failure
 
-__all__ = ["PoolExecutor"]
+__all__ = ["PoolExecutor", "PoolFuture"]
 
 R = TypeVar("R")
+Call = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+_TAKEN = object()  # what a worker gives back for a call another worker took first
 
 _keys = itertools.count()
 #: The Future whose call runs in this worker thread (asyncio: any wait on the
@@ -38,6 +52,33 @@ _keys = itertools.count()
 _calling: contextvars.ContextVar[Future[Any] | None] = contextvars.ContextVar(
     "manyhands_calling", default=None
 )
+
+
+class PoolFuture(Future[R]):
+    """A Future of the pool's: a wait from one of the pool's own workers cannot hang.
+
+    ``result()``/``exception()`` without a timeout, called in one of the
+    pool's worker threads on a call no worker has started, run the call
+    there (work stealing); on an async pool's event loop they raise
+    RuntimeError. Anywhere else, the stdlib's Future.
+    """
+
+    __slots__ = ("call", "claimed", "face", "key")
+
+    def __init__(self, face: PoolExecutor, key: int, call: Call | None) -> None:
+        super().__init__()
+        self.face = face
+        self.key = key
+        self.call = call  # (threads, asyncio) what to call; None once it is made
+        self.claimed = False  # a worker (or a waiter) took it: it is run, or found cancelled
+
+    def result(self, timeout: float | None = None) -> R:
+        self.face.before_wait(self, timeout)
+        return super().result(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        self.face.before_wait(self, timeout)
+        return super().exception(timeout)
 
 
 class PoolExecutor(Executor):
@@ -51,17 +92,21 @@ class PoolExecutor(Executor):
 
     def __init__(self, backend: Backend, priority: int) -> None:
         self._backend = backend
-        self._processes = type(backend).__name__ == "ProcessBackend"
+        # (another process runs the calls: they travel pickled, and come back so)
+        self._processes = type(backend).__name__ in ("ProcessBackend", "DaskBackend")
         self._async = is_async = type(backend).__name__ == "AsyncBackend"
-        call = _call_async if is_async else (_call_pickled if self._processes else _call)
+        # (threads: how many workers are free, to run a nested call at once when none is)
+        self._free_workers: Callable[[], int] | None = getattr(backend, "free_workers", None)
+        call = _call_async if is_async else (call_pickled if self._processes else _call)
         self._task = Task(call, self._settle, priority=priority, timed=True)
-        if self._processes:  # (threads and asyncio: the call itself checks its Future)
-            self._task.leaving = self._leaving
+        if type(backend).__name__ == "ProcessBackend":  # (threads, asyncio: the call checks)
+            self._task.leaving = self._leaving  # (Dask: a Future is pending until settled)
         self._lock = threading.Lock()
-        self._futures: dict[int, Future[Any]] = {}  # submitted and not settled, by key
+        self._futures: dict[int, PoolFuture[Any]] = {}  # submitted and not settled, by key
         self._idle = threading.Condition(self._lock)
         self._closed = False
         self._detached = False
+        self._tasks: set[asyncio.Task[None]] = set()  # (asyncio) calls submitted on the loop
         backend.attach(self._task)
 
     @property
@@ -87,14 +132,28 @@ class PoolExecutor(Executor):
             raise RuntimeError("cannot schedule new futures after shutdown")
         # (On processes the call travels by value: pickled first, so a call that
         # cannot travel is refused before it has a Future to settle.)
-        call = _pickled_call(fn, args, kwargs) if self._processes else None
-        future: Future[R] = Future()
+        call = pickled_call(fn, args, kwargs) if self._processes else None
         key = next(_keys)
+        future: PoolFuture[R] = PoolFuture(self, key, None if call else (fn, args, kwargs))
+        free = self._free_workers
+        if free is not None and self._backend.inside() and free() <= 0:
+            # From one of the pool's calls, with no worker free: run now, here. (Queued,
+            # it could wait forever for workers that all wait for calls like it.)
+            self._run_here(future)
+            return future
         with self._lock:
             if self._closed:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             self._futures[key] = future
-        item: Any = (key, call) if self._processes else (key, (future, fn, args, kwargs))
+        item: Any = (key, call) if self._processes else (key, future)
+        if self._async and self._backend.inside():
+            # From the pool's own loop (a call of the pool's, say, that awaits it): a
+            # task of its own, as a nested run is, not a worker's place it could wait
+            # for forever while every worker awaits a call like it.
+            task = asyncio.get_running_loop().create_task(self._run_on_loop(future))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return future
         try:
             self._backend.submit(Batch(-1, [item], self._task))
         except BaseException:
@@ -102,13 +161,76 @@ class PoolExecutor(Executor):
             raise
         return future
 
-    def _forget(self, key: int) -> Future[Any] | None:
+    def _forget(self, key: int) -> PoolFuture[Any] | None:
         """The Future of ``key`` is settled (or never will be): the face stops waiting for it."""
         with self._lock:
             future = self._futures.pop(key, None)
             if not self._futures:
                 self._idle.notify_all()
         return future
+
+    def _claim(self, future: PoolFuture[Any]) -> bool | None:
+        """Take ``future``'s call to run it: True; False if it was cancelled; None if taken.
+
+        A call is claimed once: by the worker that takes its batch, by a worker
+        that waits for it (``before_wait``), or by ``shutdown`` cancelling it.
+        """
+        with self._lock:
+            if future.claimed:
+                return None
+            future.claimed = True
+        return future.set_running_or_notify_cancel()
+
+    def before_wait(self, future: PoolFuture[Any], timeout: float | None) -> None:
+        """A wait on ``future`` begins: from one of the pool's own workers it must not hang."""
+        if future.done() or not self._backend.inside():
+            return
+        if self._async:
+            raise RuntimeError(
+                "a Future of the pool was waited for on the pool's own event loop, which "
+                "runs its call: the wait would block it forever. Await it instead: "
+                "`await asyncio.wrap_future(future)`"
+            )
+        if self._processes:
+            raise RuntimeError(
+                "a Future of a process pool was waited for in a callback of the pool (its "
+                "Futures' done callbacks run on the thread that reads the worker processes' "
+                "results), which the wait would block forever: wait for it elsewhere, or "
+                "chain it with add_done_callback"
+            )
+        if timeout is None and self._free_workers is not None:
+            self._run_here(future)  # (if no worker began it; else wait as usual)
+
+    def _run_here(self, future: PoolFuture[Any]) -> None:
+        """Make ``future``'s call in this thread, unless it was claimed (or cancelled) already.
+
+        Its batch, if queued, stays queued: the worker that takes it finds it
+        claimed and gives back ``_TAKEN``.
+        """
+        claimed = self._claim(future)
+        if claimed is None:
+            return  # a worker runs it (or ran it): wait for it as usual
+        outcome = _make(future) if claimed else None
+        self._forget(future.key)
+        if outcome is not None:
+            ok, value = outcome
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+
+    async def _run_on_loop(self, future: PoolFuture[Any]) -> None:
+        """(asyncio) Await ``future``'s call in a task of its own, and settle it."""
+        try:
+            outcome = await _call_async((future.key, future))
+        finally:
+            self._forget(future.key)
+        if outcome is not None and not future.done():
+            ok, value = outcome
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
 
     def _leaving(self, work: object) -> bool:
         """(processes, under the lanes' lock) A worker process is sent a call: it runs now.
@@ -123,20 +245,24 @@ class PoolExecutor(Executor):
             return False
         if future.running():  # sent again: the worker it went to died before it began
             return True
-        if future.set_running_or_notify_cancel():
+        claimed = self._claim(future)
+        if claimed:
             return True
-        self._forget(key)
+        if claimed is False:  # (None: claimed by shutdown, which forgets it)
+            self._forget(key)
         return False
 
     def _settle(self, batch: Batch) -> None:
         """A call came back (or failed to run): settle its Future."""
+        if batch.values and batch.values[0] is _TAKEN:
+            return  # its waiter runs it, and settles it
         future = self._forget(batch.items[0][0])
         if future is None or future.done():
             return
         error = batch.errors.get(0) if batch.errors else None
         if error is not None:  # the call could not even be made (or not sent back)
             if isinstance(error, Failure) and error.exception is not None:
-                error = error.exception  # (caught in a worker thread)
+                error = error.exception  # (caught by an asyncio worker)
             if isinstance(error, BaseException):
                 future.set_exception(error)
             else:
@@ -147,8 +273,10 @@ class PoolExecutor(Executor):
         if outcome is None:  # cancelled before it started
             return
         if self._processes:
+            if not future.running() and not future.set_running_or_notify_cancel():
+                return  # (Dask: cancelled while its task was out; what it gave is dropped)
             try:
-                outcome = _unpickled_outcome(outcome)
+                outcome = unpickled_outcome(outcome)
             except Exception as exc:  # e.g. of a class this process cannot import
                 future.set_exception(
                     RuntimeError(f"what the call gave could not be read back here: {exc!r}")
@@ -195,9 +323,11 @@ class PoolExecutor(Executor):
             if future is None:
                 continue
             if future.cancel():
-                future.set_running_or_notify_cancel()  # (so that wait() sees it cancelled)
-                self._forget(key)
-            else:  # started (sent to a worker process that died before it began it)
+                # (so that wait() sees it cancelled; None: a waiter claimed it first)
+                if self._claim(future) is not None:
+                    self._forget(key)
+            else:  # started: sent to a worker process that died before it began it, or
+                # taken back by a waiting worker (the worker that takes it skips it)
                 again.append(batch)
         for batch in again:
             self._backend.submit(batch)
@@ -210,10 +340,10 @@ class PoolExecutor(Executor):
         if self._async and self._backend.inside():
             where = "on the pool's event loop, which its calls need"
         else:
+            # (the call of this thread, if one of this face's: a worker's, or one run
+            # inline at its submit, which is in no list of this face's calls)
             calling = _calling.get()
-            with self._lock:
-                own = any(future is calling for future in self._futures.values())
-            if not own:
+            if not (isinstance(calling, PoolFuture) and calling.face is self):
                 return
             where = "from one of its own calls"
         raise RuntimeError(
@@ -222,11 +352,20 @@ class PoolExecutor(Executor):
         )
 
 
-def _call(item: tuple[int, tuple[Future[Any], Callable[..., Any], tuple[Any, ...], Any]]) -> Any:
-    """In a worker thread: make the call unless its Future was cancelled."""
-    future, fn, args, kwargs = item[1]
-    if not future.set_running_or_notify_cancel():
-        return None
+def _call(item: tuple[int, PoolFuture[Any]]) -> Any:
+    """In a worker thread: make the call unless its Future was cancelled (or taken)."""
+    future = item[1]
+    claimed = future.face._claim(future)
+    if claimed is None:
+        return _TAKEN
+    return _make(future) if claimed else None
+
+
+def _make(future: PoolFuture[Any]) -> tuple[bool, Any]:
+    """Make ``future``'s call here: ``(True, value)`` or ``(False, exception)``."""
+    call, future.call = future.call, None
+    assert call is not None
+    fn, args, kwargs = call
     calling = _calling.set(future)
     try:
         return True, fn(*args, **kwargs)
@@ -236,13 +375,14 @@ def _call(item: tuple[int, tuple[Future[Any], Callable[..., Any], tuple[Any, ...
         _calling.reset(calling)
 
 
-async def _call_async(
-    item: tuple[int, tuple[Future[Any], Callable[..., Any], tuple[Any, ...], Any]],
-) -> Any:
+async def _call_async(item: tuple[int, PoolFuture[Any]]) -> Any:
     """On the pool's event loop: await the call unless its Future was cancelled."""
-    future, fn, args, kwargs = item[1]
-    if not future.set_running_or_notify_cancel():
+    future = item[1]
+    if not future.face._claim(future):
         return None
+    call, future.call = future.call, None
+    assert call is not None
+    fn, args, kwargs = call
     try:
         call = fn(*args, **kwargs)
         # (Checked on the value: a lambda or a decorator may well return a coroutine.)
@@ -258,102 +398,3 @@ async def _call_async(
         raise
     except BaseException as exc:  # the call's own error settles its Future
         return False, exc
-
-
-def _pickled_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Any) -> bytes:
-    """``(fn, args, kwargs)`` pickled to go to a worker process; TypeError names what does not."""
-    import cloudpickle  # type: ignore[import-untyped]
-
-    try:
-        return cast("bytes", cloudpickle.dumps((fn, args, kwargs)))
-    except Exception as exc:
-        parts = [("fn", fn)] + [(f"argument {n}", arg) for n, arg in enumerate(args, 1)]
-        parts += [(f"keyword argument {name}=", arg) for name, arg in kwargs.items()]
-        what = "the call"
-        for name, part in parts:
-            try:
-                cloudpickle.dumps(part)
-            except Exception:
-                what = f"{name} ({type(part).__qualname__})"
-                break
-        raise TypeError(
-            f"{what} cannot be sent to a worker process: {exc}. The pool's workers are "
-            "processes: what a call takes must pickle (or use a pool of threads)"
-        ) from exc
-
-
-def _call_pickled(item: tuple[int, bytes]) -> Any:
-    """In a worker process: unpack the call, make it, and pickle what it gave.
-
-    The outcome is pickled here, so that one that cannot be sent back is told
-    as such: a value that does not pickle fails the call with a TypeError; an
-    exception that does not pickle comes back as a RuntimeError with its type
-    and message. An exception comes with its traceback here, as text.
-    """
-    import cloudpickle
-
-    fn, args, kwargs = cloudpickle.loads(item[1])
-    try:
-        value = fn(*args, **kwargs)
-    except BaseException as exc:  # sent back as the Future's exception
-        return False, _pickled_exception(exc)
-    try:
-        return True, cloudpickle.dumps(value)
-    except Exception as exc:
-        error = TypeError(
-            f"the call's value (a {type(value).__qualname__}) could not be sent back from "
-            f"the worker process: {exc}"
-        )
-        return False, (cloudpickle.dumps(error), "")
-
-
-def _pickled_exception(exc: BaseException) -> tuple[bytes, str]:
-    """``exc`` pickled (or a RuntimeError naming it, if it cannot travel), and its traceback."""
-    import traceback
-
-    import cloudpickle
-
-    text = "".join(traceback.format_exception(exc))
-    try:
-        data: bytes = cloudpickle.dumps(exc)
-        cloudpickle.loads(data)  # (e.g. an __init__ of its own: it pickles, and fails here)
-    except Exception:
-        kind = type(exc)
-        error = RuntimeError(
-            f"{kind.__module__}.{kind.__qualname__}: {_safe_str(exc)} (it could not be sent "
-            "back from the worker process as it is)"
-        )
-        data = cloudpickle.dumps(error)
-    return data, text
-
-
-def _safe_str(exc: BaseException) -> str:
-    try:
-        return str(exc)
-    except Exception:
-        return "<str() of the exception failed>"
-
-
-def _unpickled_outcome(outcome: tuple[bool, Any]) -> tuple[bool, Any]:
-    """What ``_call_pickled`` sent back; an exception's cause is its traceback in the worker."""
-    import cloudpickle
-
-    ok, data = outcome
-    if ok:
-        return True, cloudpickle.loads(data)
-    pickled, text = data
-    error = cloudpickle.loads(pickled)
-    if text:
-        error.__cause__ = RemoteTraceback(text)
-    return False, error
-
-
-class RemoteTraceback(Exception):
-    """The traceback of a call's exception in its worker process (set as its ``__cause__``)."""
-
-    def __init__(self, text: str) -> None:
-        super().__init__(text)
-        self.text = text
-
-    def __str__(self) -> str:
-        return self.text

@@ -140,11 +140,45 @@ def read_status(path: str | Path) -> JournalStatus:
             dict(zip(columns, map(from_db, row), strict=True))
             for row in db.execute(f"SELECT {', '.join(columns)} FROM runs ORDER BY id")
         ]
-    for run, later in zip(runs, [*runs[1:], None], strict=True):
-        if run["status"] == "running" and (later is not None or _gone(run["pid"], run["host"])):
-            # (its process ended without closing the journal: killed, or writing failed)
-            run["status"] = "ended without closing (killed, or the journal could not be written)"
+        unclosed = [
+            run
+            for run, later in zip(runs, [*runs[1:], None], strict=True)
+            if run["status"] == "running" and (later is not None or _gone(run["pid"], run["host"]))
+        ]
+        for run in unclosed:  # (its process ended without closing the journal)
+            run["status"] = _UNCLOSED
+        running = [run for run in runs if run["status"] == "running"]  # (still at it)
+        _count_records(db, unclosed + running)
     return JournalStatus(Path(path), states, errors, runs)
+
+
+#: How ``status`` shows a run whose process ended without recording its end.
+_UNCLOSED = "ended without closing (killed, or the journal could not be written)"
+
+
+def _count_records(db: sqlite3.Connection, runs: list[dict[str, Any]]) -> None:
+    """Count what runs that ended without closing, or are running, recorded.
+
+    (Their rows get their counts only as they end.)
+
+    Their ``succeeded`` and ``failed`` are then the items still recorded
+    under their ids, ``skipped`` is None (not known), and ``last_record``
+    is when the last of them was recorded (None: none is).
+    """
+    if not runs:
+        return
+    by_id = {run["id"]: run for run in runs}
+    for run in runs:
+        run.update(succeeded=0, failed=0, skipped=None, last_record=None)
+    marks = ",".join("?" * len(by_id))
+    query = (
+        "SELECT run, state = 'done', count(*), max(finished) FROM items "
+        f"WHERE run IN ({marks}) GROUP BY run, state = 'done'"
+    )
+    for run_id, done, count, last in db.execute(query, list(by_id)):
+        run = by_id[run_id]
+        run["succeeded" if done else "failed"] += count
+        run["last_record"] = max(run["last_record"] or 0.0, last or 0.0) or None
 
 
 def _gone(pid: Any, host: Any) -> bool:

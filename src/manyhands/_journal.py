@@ -70,7 +70,7 @@ from pathlib import Path
 from typing import Any
 
 from ._batch import Batch
-from ._exceptions import JournalError, JournalWarning, user_stacklevel
+from ._exceptions import JournalError, JournalWarning, Timeout, WorkerCrashed, user_stacklevel
 from ._journal_file import (
     FORMAT,
     LENGTH_LIMIT,
@@ -217,10 +217,14 @@ class Journal:
         # FRESH_KEYS keys skipped as recorded (their later copies, here, are not
         # edits of the input).
         self._firsts: dict[Memo, int] = {}
+        # With key=: the fingerprint of each running item, taken as it was read,
+        # which is the one recorded (the call may change the item in place).
+        self._prints: dict[Memo, str | None] = {}
         self.pulled = 0  # items read from the input
         self.error: BaseException | None = None  # why reading stopped early, if it did
         self._ended = False
         self.closed = False
+        self.closed_as: str | None = None  # the status close() wrote in the run's row
 
     # -- opening ---------------------------------------------------------
 
@@ -404,6 +408,7 @@ class Journal:
                 running.add(held := memory_key(key))
                 if print_ is not None:
                     self._firsts[held] = _first(position, print_)
+                    self._prints[held] = print_
                 items.append(item)
                 keys.append(key)
                 if len(items) >= size or not buffer:  # (the next block is read next time)
@@ -502,7 +507,11 @@ class Journal:
         return Segment(items, keys)
 
     def _note_firsts(self, at: int, held: Sequence[Memo], prints: list[str | None]) -> None:
-        """Note where and what the first copies of keys are (from position ``at`` on)."""
+        """Note where and what the first copies of keys are (from position ``at`` on).
+
+        Their fingerprints are kept too, to be recorded with them.
+        """
+        self._prints.update(zip(held, prints, strict=True))
         # _first of each, in map and zip: no Python code per item, on the path of
         # every item with key= (a None print, unknown, is hash(None): see _copy).
         positions = map(_SHIFTED, range(at, at + len(held)))
@@ -784,6 +793,7 @@ class Journal:
         running = self._running
         looked_up = self._looked_up
         with_prints = self._key is not None  # with key=, the item may change under its key
+        prints = self._prints
         group = Group()
         recorded: list[Memo] = []  # (as memory_key has them)
         limit = self._limit
@@ -791,9 +801,12 @@ class Journal:
             if index in retried:
                 continue
             item = batch.items[index]
-            print_ = fingerprint(item) if with_prints else None
             failure = failures.get(index)
             held = key if len(key) <= MAX_KEY_TEXT else memory_key(key)
+            print_ = prints.pop(held, None) if with_prints else None  # (as it was read)
+            if failure is not None and _never_called(failure.exception):
+                running.discard(held)  # never called (the run stopped): a resume runs it
+                continue
             # (room_for, inlined: a row longer than SQLite's limit fails its commit)
             room = limit - ROW_MARGIN - (len(key) if key.isascii() else db_size(key))
             if room < 0:  # the key alone is too long: the item runs again on a resume
@@ -893,6 +906,7 @@ class Journal:
                 )
                 error.writing = True
                 raise error from exc
+            self.closed_as = status
             self._stop_if(watch.lock_problem(), ALL_RECORDED)
         finally:
             self._release()
@@ -983,3 +997,12 @@ def _key_error(
         )
     error.__cause__ = exc
     return error
+
+
+def _never_called(error: BaseException | None) -> bool:
+    """Whether an item failed without its call (the run stopped before it was made).
+
+    Told by manyhands' own errors only: a user's exception may have any
+    attribute named ``ran``, or one that raises when read.
+    """
+    return isinstance(error, (WorkerCrashed, Timeout)) and not error.ran

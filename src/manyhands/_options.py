@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
 import os
 import stat
+from _thread import TIMEOUT_MAX
 from collections.abc import Callable
 from dataclasses import dataclass, fields, is_dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
@@ -34,6 +34,7 @@ __all__ = [
     "DEFAULT_WORKERS",
     "Options",
     "check_positive_int",
+    "check_start_timeout",
     "lists_options",
 ]
 
@@ -70,6 +71,7 @@ class Options(Record):
     start_method: str | None = None
     initializer: Callable[..., Any] | None = None
     initargs: tuple[Any, ...] = ()
+    start_timeout: float | None = None
     progress: bool | None = None
     total: int | None = None
     journal: str | os.PathLike[str] | None = None
@@ -97,6 +99,7 @@ class Options(Record):
         start_method: str | None = None,
         initializer: Callable[..., Any] | None = None,
         initargs: tuple[Any, ...] = (),
+        start_timeout: float | None = None,
         progress: bool | None = None,
         total: int | None = None,
         journal: str | os.PathLike[str] | None = None,
@@ -122,6 +125,7 @@ class Options(Record):
         _set(self, "start_method", start_method)
         _set(self, "initializer", initializer)
         _set(self, "initargs", initargs)
+        _set(self, "start_timeout", start_timeout)
         _set(self, "progress", progress)
         _set(self, "total", total)
         _set(self, "journal", journal)
@@ -177,7 +181,7 @@ class Options(Record):
         if self.window is not None:
             check_positive_int("window", self.window, "or None for the default")
         check_positive_int("keep_failures", self.keep_failures, "0 keeps only counts", zero=True)
-        _non_negative_float("grace", self.grace)
+        check_seconds("grace", self.grace)
         Retry.coerce(self.retry)
         parse_rate(self.rate)
         if self.stop_after_failures is not None:
@@ -191,9 +195,7 @@ class Options(Record):
                 )
             check_positive_int("stop_after_failure_rate's last_n", last, "e.g. (0.5, 100)")
         if self.timeout is not None:
-            _non_negative_float("timeout", self.timeout)
-            if self.timeout == 0:
-                raise ValueError("timeout must be more than 0 seconds (or None for no limit)")
+            check_seconds("timeout", self.timeout, positive=True, hint="None: no limit")
         if self.throttle_on is not None:
             check_matcher("throttle_on", self.throttle_on)
         if self.progress is not None and not isinstance(self.progress, bool):
@@ -217,11 +219,14 @@ class Options(Record):
             raise TypeError(f"initializer must be callable, got {self.initializer!r}")
         if not isinstance(self.initargs, tuple):
             raise TypeError(f"initargs must be a tuple, got {self.initargs!r}")
-        uses = self.start_method is not None or self.initializer is not None or self.initargs
+        if self.start_timeout is not None:
+            check_start_timeout(self.start_timeout)
+        given = (self.start_method, self.initializer, self.start_timeout)
+        uses = any(value is not None for value in given) or bool(self.initargs)
         if uses and self.backend not in (None, "processes", "auto"):
             raise ValueError(
-                "start_method, initializer and initargs apply to backend='processes' "
-                "(or 'auto', if it moves to processes) only"
+                "start_method, initializer, initargs and start_timeout apply to "
+                "backend='processes' (or 'auto', if it moves to processes) only"
             )
 
     def _validate_journal(self) -> None:
@@ -411,8 +416,32 @@ def check_positive_int(name: str, value: object, hint: str, *, zero: bool = Fals
         raise ValueError(f"{name} must be >= {lowest} ({hint}), got {value!r}")
 
 
-def _non_negative_float(name: str, value: object) -> None:
+def check_seconds(name: str, value: object, *, positive: bool = False, hint: str = "") -> None:
+    """Refuse anything but a number of seconds >= 0 (> 0 with ``positive``) that a
+    thread can wait for (``threading.TIMEOUT_MAX``: ~292 years on Linux, 49 days on
+    Windows), naming ``name``.
+
+    >>> check_seconds("grace", 1e300)
+    Traceback (most recent call last):
+    ...
+    ValueError: grace must be a number of seconds >= 0, at most ... got 1e+300
+    """
+    lowest = "> 0" if positive else ">= 0"
+    said = f" ({hint})" if hint else ""
     if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise TypeError(f"{name} must be a number of seconds >= 0, got {value!r}")
-    if not (value >= 0 and math.isfinite(value)):
-        raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
+        raise TypeError(f"{name} must be a number of seconds {lowest}{said}, got {value!r}")
+    if not ((value > 0 if positive else value >= 0) and value <= TIMEOUT_MAX):
+        raise ValueError(
+            f"{name} must be a number of seconds {lowest}{said}, at most {TIMEOUT_MAX:.0f} "
+            f"(the longest a thread can wait), got {value!r}"
+        )
+
+
+def check_start_timeout(value: object) -> None:
+    """Refuse a ``start_timeout`` that is not a number of seconds > 0, naming it."""
+    check_seconds(
+        "start_timeout",
+        value,
+        positive=True,
+        hint="how long a worker process may take to start, its initializer included",
+    )

@@ -198,7 +198,8 @@ class Failure:
             calls, a module's constant or a failed Future's ``result()``,
             would otherwise hold a chain of every call's frames): this
             call's traceback is in :attr:`traceback`, as text. The Failures
-            a Report keeps let go of the frames too (and every local
+            a Report keeps, and those that waited for their turn
+            (``ordered=True``), let go of the frames too (and every local
             variable in them).
         history: the error types of the earlier attempts, oldest first
             (empty when the item was tried once).

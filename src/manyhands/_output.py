@@ -17,7 +17,7 @@ What the file holds (docs/guide/command-line.md says the same):
   lines elsewhere, the next resume into the file writes the skipped items it
   lacks (``_output_marks``).
 
-Three mechanisms keep those promises:
+Four mechanisms keep those promises:
 
 - The file is truncated or inspected only once the run holds the journal's
   lock (:meth:`OutputFile.start`, at the first outcome): a second command on
@@ -26,10 +26,13 @@ Three mechanisms keep those promises:
   delivered so far, so no row is committed before its line is in the file.
 - A line cut short by a kill (a buffer flushed mid-line) is an item whose row
   was never committed; a resume removes it (the item runs again).
+- A file that fails (a full disk) is cut back to its lines when last flushed
+  (:meth:`OutputFile.drop_unrecorded`): those of the items recorded.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -98,6 +101,9 @@ class OutputFile:
         self.write_skipped = True  # lines for items an earlier run recorded
         self._file: IO[bytes]  # (a file that does not exist yet: set by start())
         self._regular = True
+        # The file's size when all its lines were last flushed (a regular file):
+        # the lines after it are of items not recorded yet (see drop_unrecorded).
+        self._flushed_at: int | None = None
         if path == "-":
             self._file = sys.stdout.buffer
             self._regular = False
@@ -125,9 +131,11 @@ class OutputFile:
                 size = 0
             elif not self._resume:
                 self._file.truncate(0)
+                self._flushed_at = 0
                 return
             else:
                 size = _drop_cut_line(self.path, self._file)
+            self._flushed_at = size
             if self._resume and self._marks is not None:
                 self._held = self._marks.started(size)
         except OSError as exc:
@@ -182,6 +190,40 @@ class OutputFile:
         except BaseException as exc:
             self._failed = exc
             self._raise_failed()
+        if self._flushed_at is not None:  # (its size, not tell(): appended, after a truncate)
+            try:
+                self._flushed_at = os.fstat(self._file.fileno()).st_size
+            except (OSError, ValueError):
+                self._flushed_at = None  # (never cut back, then)
+
+    def drop_unrecorded(self) -> None:
+        """Close, and cut a file that failed back to its lines when last flushed; never raises.
+
+        With a journal, a line's item is recorded only after :meth:`flush`
+        pushed the line to the file, so the lines written since (some may
+        have reached the file before the disk filled, the last one cut short)
+        are of items that run again on a resume: it writes their lines once.
+        """
+        at = self._flushed_at
+        if at is None or self._failed is None or not self._file_opened():
+            self._quiet_close()
+            return
+        try:
+            kept = os.dup(self._file.fileno())  # (closing flushes what it holds, if it can)
+        except (OSError, ValueError):
+            self._quiet_close()
+            return
+        try:
+            self._quiet_close()
+            os.ftruncate(kept, at)
+        except OSError:
+            pass  # (a resume drops a line cut short; the others get a second line)
+        finally:
+            os.close(kept)
+
+    def _quiet_close(self) -> None:
+        with contextlib.suppress(OutputFailed, OSError):
+            self.close()
 
     def close(self) -> None:
         """Flush and close (stdout is flushed only); idempotent.

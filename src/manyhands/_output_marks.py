@@ -31,6 +31,7 @@ import json
 import os
 import sqlite3
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ._exceptions import JournalError
@@ -80,10 +81,11 @@ def set_mark(journal: str, output: str, mark: str) -> None:
     than the file holds, or none (then a later resume into the file may miss
     lines, as before marks).
     """
-    # (by the name the run uses: SQLite names the -wal and -shm after it)
-    path = os.path.realpath(journal)
+    # (by the name the run uses: SQLite names the -wal and -shm after it; mode=rw: a
+    # journal removed during the run is not made again, as an empty file, here)
+    uri = f"{Path(os.path.realpath(journal)).as_uri()}?mode=rw"
     try:
-        with contextlib.closing(sqlite3.connect(path, timeout=_BUSY_SECONDS)) as db, db:
+        with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=_BUSY_SECONDS)) as db, db:
             db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (_name(output), mark))
     except (sqlite3.Error, OSError):
         pass

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._api import POOL_OPTIONS, open_run, run_to_end
 from ._backends import Backend, backend_kind, create_backend
-from ._options import DEFAULT_WORKERS, check_positive_int, lists_options
+from ._options import DEFAULT_WORKERS, check_positive_int, check_start_timeout, lists_options
 from ._readers import Readers
 from ._report import Report
 from ._stream import AsyncOutcomes, Outcomes, reader_of
@@ -83,6 +83,9 @@ class Pool:
             functions through a module (e.g. a global of ``mymodule``): a
             function of ``__main__`` travels by value, with globals of its own.
         initargs: the initializer's arguments.
+        start_timeout: for processes (and auto): seconds a worker process may
+            take to start, its initializer included (default 60); one that
+            does not report ready by then is killed.
 
     The workers stop at the end of the ``with`` block (``async with`` in async
     code: the event loop goes on while the runs end), or on :meth:`shutdown`.
@@ -105,6 +108,7 @@ class Pool:
         start_method: str | None = None,
         initializer: Callable[..., Any] | None = None,
         initargs: tuple[Any, ...] = (),
+        start_timeout: float | None = None,
     ) -> None:
         given, backend = backend, backend_kind(backend) or ""
         if backend not in POOL_BACKENDS:
@@ -126,17 +130,26 @@ class Pool:
                 "start_method": start_method,
                 "initializer": initializer,
                 "initargs": initargs,
+                "start_timeout": start_timeout,
             }
-        elif start_method is not None or initializer is not None or initargs:
+            if start_timeout is not None:
+                check_start_timeout(start_timeout)
+        elif (
+            start_method is not None
+            or initializer is not None
+            or initargs
+            or start_timeout is not None
+        ):
             raise ValueError(
-                "start_method, initializer and initargs apply to backend='processes' "
-                "(or 'auto') only"
+                "start_method, initializer, initargs and start_timeout apply to "
+                "backend='processes' (or 'auto') only"
             )
         if backend == "auto" and initializer is not None:
             from ._auto import initialize_here
 
             initialize_here(initializer, initargs)  # (the pool's threads run calls here)
         self._name = backend
+        self._pid = os.getpid()  # (a forked child has a copy of the pool, not its workers)
         self._backend: Backend = create_backend(
             "threads" if backend == "auto" else backend,
             workers,
@@ -277,6 +290,8 @@ class Pool:
                 (or while reading a ``pool.map``'s input): it would wait for
                 itself. Nothing is shut down then; ``wait=False`` works there.
         """
+        if os.getpid() != self._pid:
+            return  # a forked copy: none of the pool's workers is in this process
         if wait:
             self._check_can_wait("pool.shutdown()")
         with self._state:
@@ -336,6 +351,15 @@ class Pool:
             self.shutdown(wait=False, cancel_futures=True)
             return
         await asyncio.to_thread(self.shutdown, cancel_futures=exc is not None)
+
+    def __reduce__(self) -> Any:
+        # (Pickling is how a value reaches a worker process, where this pool's workers
+        # are out of reach: refused with why, rather than a lock's "cannot pickle".)
+        raise TypeError(
+            "a manyhands.Pool cannot be pickled (sent to a worker process, say): its "
+            "workers belong to the process that made it. Call it from this process, or "
+            "make a Pool of its own in the worker"
+        )
 
     def __repr__(self) -> str:
         state = "shut down" if self._closed else f"{self._active} runs"
@@ -412,6 +436,13 @@ class Pool:
         )
 
     def _check_open(self) -> None:
+        if os.getpid() != self._pid:
+            raise RuntimeError(
+                f"this manyhands.Pool was made in process {self._pid}, and this process "
+                f"({os.getpid()}) has a copy of it (it was forked, a worker process with "
+                "the fork start method, say): the pool's workers are not here. Make a "
+                "Pool in this process, or use the pool from the process that made it"
+            )
         if self._closed:
             raise RuntimeError("this manyhands.Pool is shut down: it accepts no new run or call")
 

@@ -96,22 +96,23 @@ class Progress:
         live = self._source.live
         now = self._clock()
         done = live["done"]
+        ran = done - live.get("skipped", 0)  # (a resume's skipped items take no time)
         elapsed = now - self._started
-        rate = self._measure(now, done)
+        rate = self._measure(now, ran)
         if final and elapsed > 0:
-            rate = done / elapsed  # the summary: the whole run's rate
+            rate = ran / elapsed  # the summary: the whole run's rate
         bar = self._bar
         bar.bar_format = progress_line(live, self._total, elapsed, rate, _width(bar))
         bar.n = done
         bar.refresh()
 
-    def _measure(self, now: float, done: int) -> float | None:
+    def _measure(self, now: float, ran: int) -> float | None:
         """The rate since the last redraw, smoothed as tqdm does (weight 0.3)."""
         seconds = now - self._last_time
         if seconds >= MEASURED:
-            recent = (done - self._last_done) / seconds
+            recent = (ran - self._last_done) / seconds
             self._rate = recent if self._rate is None else 0.3 * recent + 0.7 * self._rate
-            self._last_time, self._last_done = now, done
+            self._last_time, self._last_done = now, ran
         return self._rate
 
     def close(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from _thread import TIMEOUT_MAX
 
 __all__ = ["RateLimit", "parse_rate"]
 
@@ -43,6 +44,10 @@ def parse_rate(value: object) -> float | None:
         )
     if not (per_second > 0 and math.isfinite(per_second)):
         raise ValueError(f"rate={value!r} must be more than 0 items per second")
+    if 1.0 / per_second > TIMEOUT_MAX:  # (its interval is more than a thread can wait)
+        raise ValueError(
+            f"rate={value!r} is too slow: at least one item per {TIMEOUT_MAX:.0f} seconds"
+        )
     return per_second
 
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ._journal import Journal, Segment
 
-__all__ = ["Reader", "input_broke"]
+__all__ = ["Feed", "Reader", "input_broke"]
 
 
 def input_broke(exc: BaseException) -> bool:
@@ -34,6 +34,29 @@ def input_broke(exc: BaseException) -> bool:
     return asyncio is not None and isinstance(exc, asyncio.CancelledError)
 
 
+class Feed:
+    """What reads a run's input in a thread or a task of its own (``ThreadFeed``,
+    ``AsyncFeed``, ``LoopFeed``), in the user's iterable's place.
+
+    Only a Feed is asked whether more may come (``waiting``) or handed a chunk
+    to fill (``take``): the user's own iterator is never asked, whatever
+    attributes it has.
+    """
+
+    #: Said with an error of the input whose text mentions threads (read in a
+    #: thread, an input bound to its creator's thread fails: say what to do).
+    thread_hint = ""
+
+    @property
+    def waiting(self) -> bool:
+        """Nothing to take for now, and more may come."""
+        return False
+
+    def take(self, chunk: list[Any], size: int) -> bool:
+        """Fill ``chunk`` with up to ``size`` items there now; False: not supported."""
+        return False
+
+
 class Reader:
     """The input of one run.
 
@@ -44,21 +67,43 @@ class Reader:
     """
 
     def __init__(self, items: Iterator[Any]) -> None:
+        self._feed: Feed | None = None
         self.items = items
         self.pulled = 0
         self.exhausted = False
         self.error: BaseException | None = None
 
     @property
+    def items(self) -> Iterator[Any]:
+        return self._items
+
+    @items.setter
+    def items(self, items: Iterator[Any]) -> None:  # (a feed that reads it instead)
+        self._items = items
+        self._feed = items if isinstance(items, Feed) else None
+
+    @property
     def waiting(self) -> bool:
-        """An async input with nothing for now, which has not ended."""
-        return bool(getattr(self.items, "waiting", False))
+        """An input read by a feed, with nothing for now, which has not ended."""
+        return self._feed is not None and self._feed.waiting
+
+    def hint(self, error: BaseException) -> str:
+        """What to say with the InputError of ``error`` (a thread-bound input read in a thread)."""
+        if self._feed is None or not self._feed.thread_hint:
+            return ""
+        try:
+            told = str(error)
+        except Exception:  # (a broken __str__: no hint)
+            return ""
+        return self._feed.thread_hint if "thread" in told.lower() else ""
 
     def read(self, size: int) -> list[Any]:
         """Up to ``size`` items (fewer at the end, or from an async input for now)."""
         chunk: list[Any] = []
         try:
-            chunk.extend(islice(self.items, size))  # keeps the items read before an exception
+            feed = self._feed
+            if feed is None or not feed.take(chunk, size):  # (a feed's: what it has, at once)
+                chunk.extend(islice(self.items, size))  # keeps the items before an exception
         except BaseException as exc:  # the user's iterable broke: InputError at the end
             if not input_broke(exc):
                 raise

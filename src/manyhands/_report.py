@@ -37,7 +37,8 @@ class Latency(Record):
 
 @dataclass(frozen=True, init=False, repr=False, eq=False)  # (see _records)
 class Report(Record):
-    """What a run did.
+    """What a run did: the outcomes delivered (for ``map``/``amap``, the ones the
+    loop got so far).
 
     ``failures`` keeps the full details of the first ``keep_failures`` failed
     items (an option of ``run``/``map``, 1,000 by default); ``failed`` and
@@ -49,7 +50,8 @@ class Report(Record):
         succeeded: items whose call returned.
         failed: items whose call raised (for good: after their retries).
         elapsed: wall time of the run, in seconds.
-        failures: Failure details, in order of completion, at most ``keep_failures``.
+        failures: Failure details of the first ``keep_failures`` failures, in the
+            order they were delivered (input order with ``ordered=True``).
         errors_by_type: failed items per error type, most frequent first.
         examples: one failed item per error type.
         latency: per-call latency; items run in a batch each count as the
@@ -57,7 +59,7 @@ class Report(Record):
         attempts: calls made in all, retries included. (When a worker process
             dies, the other items of its batch run again, even those that had
             finished before it died: those calls are counted once.)
-        retried: items that were tried more than once.
+        retried: items delivered that were tried more than once.
         throttle_events: how many calls asked to slow down (``RetryAfter``,
             or an exception with a ``retry_after`` attribute).
         slowest_rate: the lowest start rate (calls/s) the adaptive slowdown
@@ -78,11 +80,12 @@ class Report(Record):
         skipped_failed: of ``skipped``, those recorded as failed
             (``retry_failed=True`` runs them again).
         duplicates: items not run because their key came earlier in the input.
-        abandoned: worker threads left to calls that ran past ``timeout=``
-            (Python cannot stop a thread; each was replaced by a new one). On
-            asyncio: calls past ``timeout=`` that had not ended on their
-            cancellation when the run ended (a coroutine that catches it and
-            goes on), left running on the event loop.
+        abandoned: worker threads left to calls that ran past ``timeout=``, or
+            that still ran at the end of a stopped run's grace period (Python
+            cannot stop a thread; each was replaced by a new one). On asyncio:
+            calls that had not ended on their cancellation (past ``timeout=``,
+            or when the run ended: a coroutine that catches it and goes on),
+            left running on the event loop. Worker processes are killed instead.
         backend: what ran the calls (``"threads"``, ``"processes"``, ``"async"``...);
             with ``backend="auto"``, what it chose and why, e.g.
             ``"processes (auto: calls used 97% CPU, 10.2ms each, 2 cores)"``.
@@ -235,7 +238,10 @@ class Report(Record):
                 f"p95 {_duration(self.latency.p95)}, p99 {_duration(self.latency.p99)}"
             )
         if self.retried or self.throttle_events:
-            lines.append(f"{self.attempts:,} attempts in all, {self.retried:,} items retried")
+            lines.append(
+                f"{self.attempts:,} {_plural(self.attempts, 'attempt')} in all, "
+                f"{self.retried:,} {_plural(self.retried, 'item')} retried"
+            )
         if self.throttle_events or self.rate_limited:
             parts = []
             if self.throttle_events:
@@ -277,7 +283,7 @@ class Report(Record):
     def _headline(self) -> str:
         """``2,000 items in 1.49s (1,339.3/s): 1,900 succeeded, 100 failed``, with what
         was not run first when the journal skipped items."""
-        head = f"{self.total:,} items in {_duration(self.elapsed)}"
+        head = f"{self.total:,} {_plural(self.total, 'item')} in {_duration(self.elapsed)}"
         ran = f"({self.throughput:,.1f}/s): {self.succeeded:,} succeeded, {self.failed:,} failed"
         if not (self.skipped or self.duplicates):
             return f"{head} {ran}"
@@ -297,15 +303,20 @@ class Report(Record):
 
 
 def _abandoned(count: int, backend: str) -> str:
+    """Calls left running: past ``timeout=``, or at the end of a stopped run's grace period."""
     if backend.startswith("async"):
         return (
-            f"timeouts: {count:,} calls past the timeout did not end when cancelled, and "
-            "were left running on the event loop"
+            f"abandoned: {count:,} {_plural(count, 'call')} past timeout= or the grace period "
+            "did not end when cancelled, and were left running on the event loop"
         )
     return (
-        f"timeouts: {count:,} threads abandoned to calls still running past "
-        "the timeout (Python cannot stop a thread)"
+        f"abandoned: {count:,} {_plural(count, 'thread')} left to calls still running past "
+        "timeout= or the grace period (Python cannot stop a thread)"
     )
+
+
+def _plural(count: int, word: str) -> str:
+    return word if count == 1 else f"{word}s"
 
 
 def _duration(seconds: float) -> str:
@@ -326,6 +337,28 @@ def _duration(seconds: float) -> str:
     return f"{hours}h{rest // 60:02d}m{rest % 60:02d}s"
 
 
+#: The most of a traceback a Report prints (its head and its end, which names the error).
+TRACEBACK_SHOWN = 4000
+
+
+def _shown(trace: str) -> str:
+    """A traceback as a Report prints it: its control characters escaped (an error
+    message may hold terminal escapes), and at most ``TRACEBACK_SHOWN`` characters.
+
+    >>> _shown("Traceback\\nValueError: \\x1b]0;title\\x07")
+    'Traceback\\nValueError: \\\\x1b]0;title\\\\x07'
+    >>> len(_shown("x" * 1_000_000)) < TRACEBACK_SHOWN + 100
+    True
+    """
+    from ._escape import escape_controls
+
+    if len(trace) > TRACEBACK_SHOWN:
+        head, tail = TRACEBACK_SHOWN // 4, TRACEBACK_SHOWN * 3 // 4
+        cut = len(trace) - head - tail
+        trace = f"{trace[:head]}\n[... {cut:,} characters not shown ...]\n{trace[-tail:]}"
+    return escape_controls(trace, keep_newlines=True)
+
+
 def _alike_text(failure: Failure) -> str:
     """Every item failed with one error type: say what that suggests, with one traceback."""
     if is_programming_error(failure):
@@ -334,7 +367,7 @@ def _alike_text(failure: Failure) -> str:
         )
     else:
         verdict = "this looks like a problem with fn or what it calls, not with the items"
-    trace = failure.traceback.rstrip().replace("\n", "\n    ")
+    trace = _shown(failure.traceback.rstrip()).replace("\n", "\n    ")
     return (
         f"every item failed with {failure.error_type}: {verdict}. The first one "
         f"(item {safe_repr(failure.item, 60)}):\n    {trace}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from _thread import TIMEOUT_MAX
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -146,7 +147,8 @@ class Retry(Record):
             ``NameError``, ``SyntaxError``, ``ImportError``,
             ``NotImplementedError``), which fail the same way every time.
             ``on=Exception`` retries those too. Never retried:
-            ``KeyboardInterrupt``/``SystemExit``-like BaseExceptions.
+            ``KeyboardInterrupt``/``SystemExit``-like BaseExceptions (naming
+            one in ``on`` is refused).
         backoff: the ceiling of the first delay, in seconds.
         multiplier: how much the ceiling grows per attempt.
         max_backoff: the cap of the ceiling, in seconds.
@@ -155,7 +157,8 @@ class Retry(Record):
             is obeyed, in seconds (default 300; ``math.inf`` waits however
             long the server says). The cap holds for the run's pause too.
         random: a function returning a float in [0, 1) that draws the jitter
-            (default ``None``: ``random.random``); tests pass a fixed one.
+            (default ``None``: ``random.random``); tests pass a fixed one. A
+            value outside [0, 1] (or NaN) is clamped into it.
 
     >>> policy = Retry(retries=5, on=(ConnectionError, TimeoutError), backoff=0.5)
     >>> policy.retries_error(ConnectionResetError()), policy.retries_error(ValueError())
@@ -202,9 +205,10 @@ class Retry(Record):
             raise ValueError(f"Retry retries must be an int >= 0, got {self.retries!r}")
         for name in ("backoff", "max_backoff"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not (0 <= value < math.inf):
+            if not isinstance(value, (int, float)) or not (0 <= value <= TIMEOUT_MAX):
                 raise ValueError(
-                    f"Retry {name} must be a finite number of seconds >= 0, got {value!r}"
+                    f"Retry {name} must be a number of seconds >= 0 and at most "
+                    f"{TIMEOUT_MAX:.0f} (the longest a thread can wait), got {value!r}"
                 )
         longest = self.max_retry_after
         if not isinstance(longest, (int, float)) or isinstance(longest, bool) or not longest >= 0:
@@ -216,6 +220,15 @@ class Retry(Record):
             raise ValueError(f"Retry multiplier must be a number >= 1, got {self.multiplier!r}")
         if self.on is not None:
             check_matcher("Retry on", self.on)
+            named = self.on if isinstance(self.on, tuple) else (self.on,)
+            for cls in (each for each in named if isinstance(each, type)):
+                # (BaseException itself names every Exception too)
+                if not issubclass(cls, Exception) and cls is not BaseException:
+                    raise ValueError(
+                        f"Retry on={cls.__name__}: an exception that is not an Exception "
+                        "(like KeyboardInterrupt and SystemExit) stops the run and is never "
+                        "retried; name Exception subclasses"
+                    )
         if self.random is not None and not callable(self.random):
             raise TypeError(f"Retry random must be a function returning [0, 1): {self.random!r}")
 
@@ -290,7 +303,10 @@ class Retry(Record):
 
         ``asked``: a delay the error asked for, when there is no exception object.
         """
-        wait = (self.random or _uniform)() * self.ceiling(attempt)
+        drawn = (self.random or _uniform)()
+        if not 0.0 <= drawn <= 1.0:  # (a broken `random`: NaN or out of range, clamped)
+            drawn = 1.0 if drawn > 1.0 else 0.0
+        wait = drawn * self.ceiling(attempt)
         if error is not None:
             asked = retry_after_of(error)
         return max(wait, asked) if asked is not None else wait

@@ -75,6 +75,7 @@ if TYPE_CHECKING:
 __all__ = ["Completions", "Run", "RunHooks"]
 
 _NEVER = object()  # (a sentinel no completion is)
+_LONGEST_WAIT = 3600.0  # (a Retry-After of years, obeyed: the run wakes hourly to look)
 
 
 class Completions(Protocol):
@@ -117,6 +118,10 @@ class Run:
     #: there, so that what a call did is kept, not run again). If it raises,
     #: these and the later ones are not recorded: they run again.
     on_late: Callable[[list[Outcome[Any, Any]]], None] | None = None
+    #: The batch the consumer is taking Outcomes from, and its iterator of items
+    #: (what is left in it did not reach the consumer): set by ``map``/``amap``
+    #: for each batch, cleared by :meth:`delivered`.
+    receiving: tuple[Batch, Iterator[Any]] | None = None
     _late: list[Batch]
     _caught: deque[Batch | None]
 
@@ -168,10 +173,13 @@ class Run:
             priority=priority,
             timeout=timeout if backend.handles_timeouts else None,
             timed=engine_timeout is not None or not owns_backend,
+            bounded=timeout is not None,
             # Delivered as completed, a batch's finished items may come back before
             # its last (asyncio: a few slow calls must not hold the rest in the window).
             early=not options.ordered,
         )
+        rules = (options.stop_after_failures, options.stop_after_failure_rate)
+        self.task.stops = any(rule is not None for rule in rules)
         self._init_auto(auto, workers)
         self._reader = Reader(items)
         self._ready: deque[Batch] = deque()  # skipped by the journal: delivered without running
@@ -292,7 +300,7 @@ class Run:
         """:meth:`batches` on the running event loop (``amap``)."""
         import asyncio
 
-        from ._aio import AsyncFeed, LoopQueue
+        from ._aio import LoopQueue, open_feed
 
         queue: LoopQueue[Batch] = LoopQueue()
         self._completions = queue
@@ -307,11 +315,10 @@ class Run:
 
             self.task.done = hand_over
         progress = self._begin()
-        feed: AsyncFeed | None = None
-        if self._async_source is not None:
-            limit = max(self._window // 4, 1)  # (read ahead of the window, a share of it)
-            feed = AsyncFeed(self._async_source, limit, lambda: queue.put(None))
-            self._reader.items = feed
+        # An async input is read by a task, a slow sync one by a thread (see _aio).
+        limit = max(self._window // 4, 1)  # (read ahead of the window, a share of it)
+        feed = open_feed(self._reader.items, self._async_source, limit, lambda: queue.put(None))
+        self._reader.items = feed or self._reader.items
         completed = False
         try:
             self._start_backend()
@@ -368,6 +375,7 @@ class Run:
                     raise RuntimeError("nothing in flight and nothing due")  # pragma: no cover
                 caught.extend(islice(iter(get, _NEVER), 1))
             else:
+                wait = min(wait, _LONGEST_WAIT)  # (a wait longer than a thread can do)
                 try:
                     caught.extend(islice(iter(functools.partial(get, True, wait), _NEVER), 1))
                 except Empty:
@@ -421,7 +429,9 @@ class Run:
     def _mark_finished(self, completed: bool) -> None:
         """The run's end: its figures as of now (``completed``: every outcome was delivered)."""
         if not completed:
-            self._take_back_undelivered()
+            self._take_back_undelivered(self.statistics)
+            self.statistics.retrying = 0
+            self._let_go()
         self._finished = self._clock()
         if self._pilot is not None:
             self._pilot.ended()
@@ -436,7 +446,10 @@ class Run:
         backend = self._backend
         if self._owns_backend:  # a private pool: it goes with the run
             try:
-                backend.shutdown(self._options.grace)
+                counted = self.task.abandoned
+                busy = backend.shutdown(self._options.grace)
+                if backend.name == "threads":  # (still in a call after the grace: left to it)
+                    self.task.abandoned += max(busy - (self.task.abandoned - counted), 0)
             finally:
                 for previous in self._previous:  # (auto: what it moved from)
                     previous.shutdown(self._options.grace)
@@ -521,6 +534,11 @@ class Run:
                 for _ in self._handed_late():  # (no journal: the lines are all that is kept)
                     pass
         finally:
+            if not completed:  # (what came back after the run stopped delivering: not kept)
+                self._late = []
+                self._caught.clear()
+                for _ in self._late_batches():
+                    pass
             try:
                 if progress is not None:
                     progress.close()
@@ -533,7 +551,8 @@ class Run:
         if isinstance(error, ManyhandsError):  # from the journal: raised as it is
             raise error
         if error is not None:
-            raise InputError(self._reader.pulled, error) from error
+            hint = self._reader.hint(error)
+            raise InputError(self._reader.pulled, error, hint=hint) from error
 
     def _close_journal(self, journal: Journal, completed: bool) -> None:
         stats = self.statistics
@@ -781,7 +800,8 @@ class Run:
             batch.values = [None] * len(batch.items)
             batch.errors = {
                 0: Timeout(
-                    f"the call ran past timeout={timeout:g}s; {self._backend.timeout_action}"
+                    f"the call ran past timeout={timeout:g}s; "
+                    f"{self._backend_of(batch).timeout_action}"  # (read after expire)
                 )
             }
             batch.elapsed = now - started
@@ -821,8 +841,7 @@ class Run:
                 self._in_backend -= 1
             else:  # (it went out before the run moved to another backend)
                 self._in_previous -= 1
-        size = len(batch.items)
-        self._in_flight -= size
+        self._in_flight -= len(batch.items)
         if self._values_unchecked:
             self._check_first_value(batch)
         if self._deadlines is not None:
@@ -830,6 +849,14 @@ class Run:
         if self._sent:
             self._sent.pop(id(batch), None)
             self.task.cost = self.statistics.latency.mean  # (a shared pool's fairness)
+        pilot = self._pilot
+        if pilot is not None and (batch.errors or pilot.rerouted):
+            # (auto: its items that could not go to a worker process run on threads first)
+            settled = pilot.came_back(batch)
+            if settled is None:
+                return
+            batch = settled
+        size = len(batch.items)
         retried: set[int] = set()
         final: list[Failure] | None = None
         timed_out = False
@@ -844,14 +871,15 @@ class Run:
         if self._stop_rules_on:
             self._rules.note(batch, retried)
         self._sizer.completed(size, batch.elapsed, batch.nbytes)
-        pilot = self._pilot
-        if pilot is not None:
-            pilot.completed(batch)
-            if pilot.idle:
-                self._pilot = None
         if batch.parent is not None and not retried:
             stats.retrying -= 1
         yield from self._delivery.settled(batch, retried)
+        if pilot is not None:
+            # (once the batch reached delivery: measuring reads files and clocks, each
+            # a wait for the GIL behind CPU-bound calls, and a Ctrl-C there lost it)
+            pilot.completed(batch)
+            if pilot.idle:
+                self._pilot = None
         if stats.stop_reason is None and self._stop_rules_on:
             reason = self._rules.reason(stats.failed)
             if reason is not None:
@@ -876,6 +904,18 @@ class Run:
         self._in_previous += self._in_backend
         self._in_backend = 0
         self._resize(workers)
+
+    def _send_back_to(self, via: int, batch: Batch) -> None:
+        """Send ``batch`` to a backend the run moved from (``via``: which; its threads
+        run the items a worker process could not be sent)."""
+        batch.via = via
+        if self._deadlines is not None:
+            self._deadlines.sent(batch, self._clock())
+        if not self._owns_backend:
+            self._sent[id(batch)] = batch
+        self._in_previous += 1
+        self._in_flight += len(batch.items)
+        self._previous[via].submit(batch)
 
     def _resize(self, workers: int) -> None:
         """The run's batches now go to ``workers`` workers."""
@@ -995,20 +1035,27 @@ class Run:
     def _stop(self, reason: str) -> None:
         self.statistics.stop_reason = reason
         self._reader.stop()  # nothing more is read; what is in flight finishes
+        halt = getattr(self._backend, "halt", None)  # (Dask: its tasks' unstarted items)
+        if halt is not None:
+            halt(self.task)
         self._wind_down()
 
     # -- the journal -----------------------------------------------------
 
     def delivered(self, batch: Batch, count: int | None = None) -> None:
-        """Record in the journal the outcomes of ``batch`` that reached the consumer.
+        """The consumer got the outcomes of ``batch``: count them for the Report, and
+        record them in the journal.
 
-        ``count``: only the first ``count`` of them did (the consumer left
+        ``count``: only the first ``count`` of them reached it (the consumer left
         during the batch). Called by the consumer's side (or at once by
         ``run``), in the consuming thread, once per delivered batch.
         """
+        self.receiving = None
         cut = count is not None and count < len(batch.items)  # (the consumer left in it)
         if cut:
-            self._take_back(batch, count or 0)
+            self._take_back(batch, count or 0, self.statistics)
+        if batch.failures and batch.skipped is None:
+            self._got_failures(batch, len(batch.items) if count is None else count, self.statistics)
         journal = self._journal
         if journal is None or batch.skipped is not None:
             return  # (skipped items are final in the journal already)
@@ -1021,26 +1068,60 @@ class Run:
         if journal.closed:
             return
         if self.before_record is not None:
-            self.before_record()
+            try:
+                self.before_record()
+            except BaseException:  # (the command's lines did not reach its file: not recorded,
+                # nor counted, so the run's row says what it recorded)
+                self._take_back(batch, 0, self.statistics)
+                self.statistics.forget(list((batch.failures or {}).values()))
+                raise
         journal.record(batch, set())
 
-    def _take_back(self, batch: Batch, start: int = 0) -> None:
+    @staticmethod
+    def _got_failures(batch: Batch, count: int, stats: RunStatistics) -> None:
+        """The failures among the first ``count`` outcomes of ``batch`` reached the consumer."""
+        assert batch.failures is not None
+        failures = sorted(batch.failures.items())  # (a retried item's may come last)
+        stats.delivered([failure for index, failure in failures if index < count])
+
+    @staticmethod
+    def _take_back(batch: Batch, start: int, stats: RunStatistics) -> None:
         """Uncount the outcomes of ``batch`` from ``start`` on: nobody got them.
 
         A batch held for its turn (ordered) has its items still waiting for a
-        retry uncounted already.
+        retry uncounted already: they are among ``stats.retrying``.
         """
         if batch.skipped is not None:
-            self.statistics.take_back(0, [], batch.skipped[start:])
+            stats.take_back(0, [], batch.skipped[start:])
             return
         failures = [f for index, f in (batch.failures or {}).items() if index >= start]
         counted = len(batch.items) - start - batch.pending
-        self.statistics.take_back(counted - len(failures), failures, [])
+        if batch.attempts:  # (in order: the items that were retried)
+            retried = sum(tries > 1 for index, tries in batch.attempts.items() if index >= start)
+        else:  # (as completed: a retried item is a batch of its own)
+            retried = counted if batch.attempt > 1 else 0
+        stats.take_back(counted - len(failures), failures, [], retried)
 
-    def _take_back_undelivered(self) -> None:
-        """The consumer left: uncount what was settled but never delivered."""
+    def _take_back_undelivered(self, stats: RunStatistics) -> None:
+        """Uncount what settled but was not delivered (yet: or ever, once the consumer left)."""
+        receiving = self.receiving  # (the consumer is in this batch, or left it)
+        if receiving is not None:
+            batch, items = receiving
+            got = len(batch.items) - length_hint(items)
+            self._take_back(batch, got, stats)
+            if batch.failures and batch.skipped is None:
+                self._got_failures(batch, got, stats)
         for batch in (*self._delivery.held(), *self._ready, *self._parked.batches()):
-            self._take_back(batch)
+            self._take_back(batch, 0, stats)
+        stats.take_back_retrying()
+
+    def _let_go(self) -> None:
+        """The consumer left: drop the outcomes it will never get (values, Failures)."""
+        self.receiving = None
+        self._delivery.drop()
+        self._ready.clear()
+        self._parked = Parking()
+        self._timers.heap.clear()  # (retries that will not run)
 
     # -- results ---------------------------------------------------------
 
@@ -1059,6 +1140,7 @@ class Run:
         latency = stats.latency
         return {
             "done": stats.total,
+            "skipped": stats.skipped + stats.duplicates,  # (done, not run: no part of a rate)
             "failed": stats.failed,
             "retrying": stats.retrying,
             "in_flight": self._in_flight,
@@ -1073,9 +1155,18 @@ class Run:
         """The journal's id of this run (0: no journal, or not opened)."""
         return self._journal.run_id if self._journal is not None else 0
 
+    @property
+    def journal_closed_as(self) -> str | None:
+        """How the journal recorded this run's end (None: no journal, or it could not)."""
+        return self._journal.closed_as if self._journal is not None else None
+
     def report(self) -> Report:
         """A Report of everything delivered so far."""
-        return Report.from_statistics(self.statistics, self.elapsed)
+        stats = self.statistics
+        if self._started is not None and self._finished is None:  # (still going)
+            stats = stats.copy()
+            self._take_back_undelivered(stats)
+        return Report.from_statistics(stats, self.elapsed)
 
 
 def _sooner(a: float | None, b: float | None) -> float | None:

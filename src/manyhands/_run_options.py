@@ -38,6 +38,9 @@ class RunOptions(TypedDict, total=False):
         once in each worker process before any item (a DB connection, a
         model); if it raises, the run fails with WorkerInitError before any
         item runs.
+    start_timeout: with processes: seconds a worker process may take to
+        start, its initializer included (default ``None``: 60); one that does
+        not report ready by then is killed.
     ordered: ``map``/``amap`` yield outcomes in input order (default False: as
         completed). ``run``/``arun`` yield nothing, so they refuse ``ordered=True``.
     batch_size: items sent to a worker at once; ``None`` (default) adapts it to
@@ -67,8 +70,10 @@ class RunOptions(TypedDict, total=False):
     timeout: seconds an item's call may run (each attempt); past it the item
         fails with ``"manyhands.Timeout"`` and its worker is freed. Python
         cannot stop a thread: the call goes on in an abandoned thread, which a
-        new one replaces (at most ``workers`` of them; the Report counts
-        them). Items then travel one per batch. An ``async def`` call is
+        new one replaces (at most ``workers`` of them at once; the Report
+        counts them). Past that a call holds its worker, and once every worker
+        is held the items left fail at once (``ran`` False: not started).
+        Items then travel one per batch. An ``async def`` call is
         cancelled instead; its item fails at the deadline even if it catches
         the cancellation and goes on (then it is left running on the event
         loop, and counted too). Default None: no limit.
@@ -119,6 +124,7 @@ class RunOptions(TypedDict, total=False):
     start_method: str | None
     initializer: Callable[..., Any] | None
     initargs: tuple[Any, ...]
+    start_timeout: float | None
     progress: bool | None
     total: int | None
     journal: str | os.PathLike[str] | None

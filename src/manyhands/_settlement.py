@@ -94,7 +94,7 @@ class Settlement:
                     self._throttle_on is not None and matches(self._throttle_on, exception)
                 )
                 retryable = retry is not None and retry.retries_error(exception)
-            if isinstance(exception, WorkerCrashed) and not exception.ran:  # (backend stopped)
+            if isinstance(exception, (WorkerCrashed, Timeout)) and not exception.ran:  # (unsent)
                 failure.attempts -= 1
                 uncalled += 1
                 retryable = False

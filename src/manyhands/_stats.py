@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from copy import copy as shallow_copy
 from typing import Any
 
 from ._outcome import DUPLICATE, SKIPPED_FAILED, Failure
@@ -68,8 +69,11 @@ class LatencyHistogram:
 class RunStatistics:
     """Counters the engine updates once per completed batch.
 
-    Keeps full :class:`Failure` details for the first ``keep_failures``
-    failures and counts for all of them.
+    Outcomes count as they settle (the progress line and the stop rules read
+    them); a Report counts what was delivered, so the run takes back what
+    its consumer did not get (:meth:`take_back`). Keeps full :class:`Failure`
+    details for the first ``keep_failures`` failures delivered (:meth:`delivered`)
+    and counts all of them.
     """
 
     def __init__(self, keep_failures: int) -> None:
@@ -143,34 +147,69 @@ rerun later with retry_failed=True)
         self.skipped += len(reasons) - duplicates
         self.skipped_failed += reasons.count(SKIPPED_FAILED)
 
-    def take_back(self, succeeded: int, failures: list[Failure], skipped: list[str]) -> None:
-        """Uncount outcomes the consumer never got (it left with them still undelivered).
+    def take_back(
+        self, succeeded: int, failures: list[Failure], skipped: list[str], retried: int = 0
+    ) -> None:
+        """Uncount outcomes the consumer did not get (yet, or ever: it left without them).
 
-        The calls stay counted: they were made.
+        ``retried``: how many of those items were tried more than once. The
+        calls stay counted: they were made.
         """
         self.succeeded -= succeeded
         self.failed -= len(failures)
+        self.retried -= retried
         duplicates = skipped.count(DUPLICATE)
         self.duplicates -= duplicates
         self.skipped -= len(skipped) - duplicates
         self.skipped_failed -= skipped.count(SKIPPED_FAILED)
-        if not failures:
-            return
+        errors = self.errors_by_type
+        for failure in failures:
+            kind = failure.error_type
+            errors[kind] -= 1
+            if errors[kind] <= 0:
+                del errors[kind]
+
+    def take_back_retrying(self) -> None:
+        """Uncount the items waiting for a retry (or in one) from ``retried``: nobody
+        got their outcome yet."""
+        self.retried -= self.retrying
+
+    def delivered(self, failures: list[Failure]) -> None:
+        """The consumer got ``failures`` (in this order): the Report keeps the first
+        ``keep_failures`` failures delivered, and one item per error type as an example."""
+        examples = self.examples
+        for failure in failures:
+            if failure.error_type not in examples:
+                examples[failure.error_type] = failure.item
+        room = self.keep_failures - len(self.failures)
+        if room > 0:
+            kept = failures[:room]
+            for failure in kept:  # kept for the Report: as text, not as frames
+                failure.release_frames()
+            self.failures.extend(kept)
+
+    def forget(self, failures: list[Failure]) -> None:
+        """Delivered ``failures`` taken back after all (the command could not write them):
+        neither kept nor examples (call after :meth:`take_back`)."""
         gone = {id(failure) for failure in failures}
         self.failures = [failure for failure in self.failures if id(failure) not in gone]
         items = {id(failure.item) for failure in failures}
-        for failure in failures:
-            kind = failure.error_type
-            self.errors_by_type[kind] -= 1
-            if self.errors_by_type[kind] <= 0:
-                del self.errors_by_type[kind]
-                self.examples.pop(kind, None)
-            elif id(self.examples.get(kind)) in items:  # an example nobody got: another
-                kept = next((f.item for f in self.failures if f.error_type == kind), None)
-                if kept is None:
-                    self.examples.pop(kind, None)
-                else:
-                    self.examples[kind] = kept
+        for kind, item in list(self.examples.items()):
+            if id(item) not in items:
+                continue
+            kept = next((f.item for f in self.failures if f.error_type == kind), None)
+            if kept is None or kind not in self.errors_by_type:
+                del self.examples[kind]
+            else:
+                self.examples[kind] = kept
+
+    def copy(self) -> RunStatistics:
+        """A copy to take back from, leaving these counts as they are."""
+        copied = shallow_copy(self)
+        copied.failures = list(self.failures)
+        copied.errors_by_type = Counter(self.errors_by_type)
+        copied.examples = dict(self.examples)
+        return copied
 
     def failing_alike(self) -> Failure | None:
         """The first failure, while every item so far failed with its error type.
@@ -196,15 +235,8 @@ rerun later with retry_failed=True)
             self.failed += failed
             if self.first_failure is None:
                 self.first_failure = failures[0]
-            room = self.keep_failures - len(self.failures)
-            if room > 0:
-                kept = failures[:room]
-                for failure in kept:  # kept for the Report: as text, not as frames
-                    failure.release_frames()
-                self.failures.extend(kept)
             for failure in failures:
                 self.errors_by_type[failure.error_type] += 1
-                self.examples.setdefault(failure.error_type, failure.item)
 
 
 def _seconds(value: float) -> str:

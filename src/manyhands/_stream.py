@@ -143,6 +143,7 @@ def _outcomes(run: Run, reader: Reader) -> Generator[Outcome[Any, Any], None, No
     try:
         for batch in batches:
             items = iter(batch.items)
+            run.receiving = batch, items  # (what is left in items is not delivered yet)
             try:
                 yield from _unpack(batch, items)
             except BaseException:  # you left during this batch (break, close, an error)
@@ -165,6 +166,7 @@ async def _aoutcomes(run: Run, reader: Reader) -> AsyncGenerator[Outcome[Any, An
     try:
         async for batch in batches:
             items = iter(batch.items)
+            run.receiving = batch, items
             try:
                 for outcome in _unpack(batch, items):
                     yield outcome

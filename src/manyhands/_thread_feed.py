@@ -21,12 +21,14 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from ._reader import Feed
+
 __all__ = ["ThreadFeed"]
 
 LIMIT = 1024  # items read ahead of the run, at most
 
 
-class ThreadFeed:
+class ThreadFeed(Feed):
     """An iterable that a run reads in a thread of its own.
 
     >>> feed = ThreadFeed(iter("ab"))

@@ -145,7 +145,7 @@ def throughput_sparkline(path: str | Path, cells: int = 40) -> str:
     """
     timeline = read_timeline(path, max_bins=cells, max_types=0)
     if not timeline.total:
-        return "throughput: no item recorded yet"
+        return "throughput: no item recorded"
     totals = [s + f for s, f in zip(timeline.succeeded, timeline.failed, strict=True)]
     peak = max(totals)
     spark = "".join(

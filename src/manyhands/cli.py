@@ -16,6 +16,7 @@ import stat
 import sys
 import time
 import warnings
+from _thread import TIMEOUT_MAX
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ import click
 from . import __version__, _api, _stream
 from ._demo import DEFAULT_ITEMS, DEFAULT_JOURNAL
 from ._escape import escape_controls, escape_json
-from ._exceptions import InputError, JournalError
+from ._exceptions import InputError, JournalError, WorkerInitError
 from ._inputs import BadLine, MalformedLine, UsageProblem, input_items, load_target, open_input
 from ._keys import default_key
 from ._options import BACKENDS, DEFAULT_WORKERS
@@ -189,7 +190,7 @@ def _failure_rate(
               "whose default is a LocalCluster started for the run.")  # fmt: skip
 @click.option("--retries", type=click.IntRange(min=0), default=0, help="Retries per item.")
 @click.option("--rate", callback=_rate, help="Most starts per second: 50/s, 300/min, 1000/h.")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True),
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True, max=TIMEOUT_MAX),
               help="Seconds a call may run, or the item fails (manyhands.Timeout).")  # fmt: skip
 @click.option("--ordered", "--keep-order", "ordered", is_flag=True,
               help="Write outcomes in input order.")  # fmt: skip
@@ -197,7 +198,8 @@ def _failure_rate(
               help="Items sent to a worker at once. Default: adapted.")  # fmt: skip
 @click.option("--total", type=click.IntRange(min=0),
               help="How many items INPUT has, for the progress ETA.")  # fmt: skip
-@click.option("--grace", type=click.FloatRange(min=0), default=2.0, show_default=True,
+@click.option("--grace", type=click.FloatRange(min=0, max=TIMEOUT_MAX), default=2.0,
+              show_default=True,
               help="Seconds running calls get to finish when the run stops early.")  # fmt: skip
 @click.option("--stop-after-failures", type=click.IntRange(min=1), help="Stop after N failed.")
 @click.option("--stop-after-failure-rate", metavar="SHARE[,LAST_N]", callback=_failure_rate,
@@ -312,12 +314,13 @@ def _run(
     except InputError as exc:
         raise UsageProblem(f"reading INPUT failed: {exc.__cause__ or exc}") from exc
     except OutputFailed as exc:
-        raise _output_failed(exc, journal) from exc
+        if sink is not None and journal is not None:
+            sink.drop_unrecorded()  # (so a resume writes each of their lines once)
+        with _quietly():  # (what ran: with a journal, what it recorded)
+            _print(run.report(), summary)
+        raise _output_failed(exc, journal, run.journal_closed_as) from exc
     except JournalError:
-        report = run.report()
-        if report.total:  # (items ran: say what they did before the error's line)
-            with _quietly():
-                _print(report, summary)
+        _before_journal_error(run.report(), sink, summary)
         raise
     finally:
         if sink is not None:
@@ -403,6 +406,13 @@ def _dask_options(options: dict[str, Any]) -> None:
     if scheduler is not None:
         if options.get("backend", "dask") != "dask":
             raise UsageProblem(f"--scheduler needs --backend dask, not {options['backend']}")
+        from ._backends import SCHEDULER_PROTOCOLS
+
+        if not scheduler.startswith(SCHEDULER_PROTOCOLS):
+            raise UsageProblem(
+                f"--scheduler {scheduler} is not a Dask scheduler's address: give it as "
+                "tcp://host:8786"
+            )
         options["backend"] = scheduler
     source = click.get_current_context().get_parameter_source("workers")
     dask = options.get("backend") == "dask" or scheduler is not None
@@ -566,15 +576,38 @@ def _late_lines(sink: OutputFile) -> Callable[[list[Outcome[Any, Any]]], None]:
     return write
 
 
-def _output_failed(exc: OutputFailed, journal: str | None) -> OutputFailed:
-    """The error of a run whose --output could not be written: what was kept, and what next."""
-    if journal:
+def _before_journal_error(report: Any, sink: OutputFile | None, summary: Any) -> None:
+    """Say what ran before a JournalError's line, and close the output quietly.
+
+    (If its last lines fail too, its error must not take the journal's place.)
+    """
+    if report.total:
+        with _quietly():
+            _print(report, summary)
+    if sink is not None:
+        with contextlib.suppress(OutputFailed):
+            sink.close()
+
+
+def _output_failed(exc: OutputFailed, journal: str | None, closed_as: str | None) -> OutputFailed:
+    """The error of a run whose --output could not be written: what was kept, and what next.
+
+    ``closed_as``: how the journal recorded the run's end (None: it could not be
+    written either, a full disk filling both at once).
+    """
+    if not journal:
+        kept = "the run stopped (without --journal, a rerun starts over)"
+    elif closed_as is not None:
         kept = (
             f"the journal {journal} recorded only the items whose lines were written: "
             "make room and run the same command again to resume"
         )
     else:
-        kept = "the run stopped (without --journal, a rerun starts over)"
+        kept = (
+            f"nor could the journal {journal} be written: it recorded some of the items "
+            "whose lines were written, not all (the others run again, and get a second "
+            "line): make room and run the same command again to resume"
+        )
     return OutputFailed(exc.path, exc.error, kept)
 
 
@@ -647,7 +680,9 @@ def status(journal: str) -> int:
     from ._inspect import read_status
 
     found = read_status(journal)
-    lines = [f"{journal}: {found.total:,} items with a final record"]
+    lines = [
+        f"{journal}: {found.total:,} item{'' if found.total == 1 else 's'} with a final record"
+    ]
     lines += [f"  {count:>10,}  {state}" for state, count in sorted(found.states.items())]
     if found.errors_by_type:
         lines.append("errors by type:")
@@ -655,18 +690,39 @@ def status(journal: str) -> int:
     from ._timeline import throughput_sparkline
 
     lines.append(throughput_sparkline(journal))
-    lines.append(f"runs: {len(found.runs)}")
-    for run_ in found.runs[-5:]:
-        began = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run_["started"] or 0))
-        took = f"{run_['finished'] - run_['started']:.1f}s" if run_["finished"] else "?"
-        lines.append(
-            f"  #{run_['id']} {began} ({took}) {run_['fn']}: {run_['status']}, "
-            f"{run_['succeeded'] or 0:,} succeeded, {run_['failed'] or 0:,} failed, "
-            f"{run_['skipped'] or 0:,} skipped"
-        )
+    shown = " (the last 5)" if len(found.runs) > 5 else ""  # (not read as all of them)
+    lines.append(f"runs: {len(found.runs)}{shown}")
+    lines += [_run_line(run_) for run_ in found.runs[-5:]]
     for line in lines:  # the journal's text, from whatever code wrote it: escaped
         click.echo(escape_controls(line))
     return EXIT_OK
+
+
+def _run_line(run_: dict[str, Any]) -> str:
+    """A run of ``status``: when, how long, how it ended, and its counts.
+
+    A run that ended without closing, or is running, has no counts in its
+    row yet: those of the items it recorded are shown, and how long it ran
+    until its last record.
+    """
+    began = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run_["started"] or 0))
+    counts = f"{run_['succeeded'] or 0:,} succeeded, {run_['failed'] or 0:,} failed"
+    if run_["finished"]:
+        took = f"{run_['finished'] - run_['started']:.1f}s"
+    elif run_.get("last_record") and run_["started"]:
+        took = f"{run_['last_record'] - run_['started']:.1f}s+"  # (until its last record)
+    else:
+        took = "?"
+    if "last_record" in run_:  # (ended without closing, or running: what it recorded)
+        so_far = " so far" if run_["status"] == "running" else ""
+        return (
+            f"  #{run_['id']} {began} ({took}) {run_['fn']}: {run_['status']}; "
+            f"recorded {counts}{so_far}"
+        )
+    return (
+        f"  #{run_['id']} {began} ({took}) {run_['fn']}: {run_['status']}, "
+        f"{counts}, {run_['skipped'] or 0:,} skipped"
+    )
 
 
 @cli.command(epilog=READ_EPILOG)
@@ -791,6 +847,11 @@ def _main(argv: list[str] | None) -> int:
     except (UsageProblem, JournalError) as exc:
         click.echo(f"manyhands: error: {escape_controls(in_cli_terms(str(exc)))}", err=True)
         return EXIT_OUTPUT_FAILED if getattr(exc, "writing", False) else EXIT_USAGE
+    except WorkerInitError as exc:
+        if not getattr(exc, "usage", False):  # (an initializer's failure: its traceback)
+            raise
+        click.echo(f"manyhands: error: {escape_controls(str(exc))}", err=True)  # (--scheduler)
+        return EXIT_USAGE
     except click.exceptions.Abort as exc:
         stop = exc.__cause__
         with _quietly():

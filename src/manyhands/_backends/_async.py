@@ -25,7 +25,10 @@ as ``asyncio.timeout`` has): at the deadline its item fails as
 :class:`~manyhands.Timeout` and its task is cancelled and *given up*: a
 new task takes its place, and the old one leaves once its call ends. A
 coroutine may catch its cancellation and go on awaiting; its item, the
-run and the other calls do not wait for it. Given-up tasks still running
+run and the other calls do not wait for it. At most ``workers`` given-up
+tasks run on at once, as at most ``workers`` threads are abandoned: past
+that, the task of a call past its deadline is kept (its item fails all the
+same) and takes the next item once the call ends. Given-up tasks still running
 when their run ends are cancelled once more, counted in the Report's
 ``abandoned``, and left on the loop; a private loop's thread runs on
 until they end (it does not keep the program alive).
@@ -34,6 +37,8 @@ until they end (it does not keep the program alive).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+from _thread import TIMEOUT_MAX
 from collections import deque
 from collections.abc import Callable
 from time import perf_counter
@@ -46,7 +51,11 @@ from .._lanes import Lanes
 from ._async_loop import LoopThread
 from ._async_pieces import Entry, Stragglers
 
-__all__ = ["AsyncBackend"]
+__all__ = ["LOOP_SLACK", "AsyncBackend"]
+
+#: Seconds past the grace period a private loop has to answer a shutdown before it
+#: is given up as blocked (a call that does not await: ``time.sleep`` in a coroutine).
+LOOP_SLACK = 1.0
 
 
 class AsyncBackend:
@@ -78,6 +87,10 @@ class AsyncBackend:
         # Tasks given up (a call past its deadline, or its run ended) whose call has not
         # ended yet, with their run's Task until counted as abandoned (then None).
         self._left: dict[asyncio.Task[None], Task | None] = {}
+        # Tasks whose call ran past its deadline once ``workers`` given-up tasks were
+        # still in theirs (the cap, as threads have): not replaced, they stay workers
+        # and take the next item once the call ends (its item failed at the deadline).
+        self._kept: dict[asyncio.Task[None], Task] = {}
         self._retired = False  # no more items expected: idle workers may exit
         self._stopping = False  # our own cancellation, not the user's CancelledError
         self.taken = 0  # batches whose calls have all started (the slowdown's opening)
@@ -111,8 +124,19 @@ class AsyncBackend:
             self._on_loop(self._count_left, task)
 
     def _count_left(self, task: Task | None) -> None:
-        """Cancel once more the given-up calls (of ``task``, or all) still running; count them."""
+        """Cancel once more the given-up calls (of ``task``, or all) still running; count them.
+
+        A worker kept in a call past its deadline (the cap) is given up now:
+        its run no longer waits for it.
+        """
         left = self._left
+        for runner, owner in list(self._kept.items()):
+            if task is None or owner is task:
+                del self._kept[runner]
+                if not runner.done():
+                    left[runner] = owner
+                    runner.add_done_callback(self._forget)
+                    self._tasks.discard(runner)
         for runner, run in list(left.items()):
             if runner.done() or (task is not None and run is not task):
                 continue
@@ -169,11 +193,18 @@ class AsyncBackend:
         """Cancel ``runner``'s call and stop waiting for it: a new worker takes its place.
 
         The runner leaves once its call ends, whatever it returns (a
-        coroutine may catch its cancellation and go on).
+        coroutine may catch its cancellation and go on). At most ``workers``
+        given-up tasks are still in their calls, as at most ``workers``
+        threads are abandoned: past that, the runner is kept, not replaced
+        (its run has a worker less until the call ends), so calls that
+        ignore their cancellation cannot pile up on the loop without bound.
         """
         runner.cancel()
-        if runner in self._left:
+        if runner in self._left or runner in self._kept:
             return  # (given up already: cancelled once more)
+        if len(self._left) >= self._workers:
+            self._kept[runner] = task
+            return
         self._left[runner] = task
         runner.add_done_callback(self._forget)
         self._tasks.discard(runner)
@@ -251,13 +282,21 @@ class AsyncBackend:
         The loop's thread closes the loop once it stops: at once, or, if
         calls did not end when cancelled, once they end (the thread is a
         daemon: it does not keep the program alive meanwhile).
+
+        A call that blocks the loop (``time.sleep`` in a coroutine) keeps it
+        from even starting to cancel: the wait gives up on the loop after
+        ``grace`` (and ``LOOP_SLACK``), or at once on a second Ctrl-C, as on
+        a hung thread. The loop then cancels everything and stops, once that
+        call returns, in its own time.
         """
         private = self._private
         assert private is not None
         try:
-            busy = private.call(self.ashutdown(grace))
-        except BaseException:  # (a second Ctrl-C: stop now)
-            private.stop()
+            busy = private.call(self.ashutdown(grace), timeout=min(grace + LOOP_SLACK, TIMEOUT_MAX))
+        except BaseException as exc:  # (a second Ctrl-C, or the loop blocked: stop now)
+            private.loop.call_soon_threadsafe(self._stop_all)
+            if isinstance(exc, concurrent.futures.TimeoutError):
+                return len(self._tasks) or 1  # (read from here: the loop is stuck)
             raise
         if busy:
             private.stop_once_ended(self._still_running)
@@ -273,6 +312,18 @@ class AsyncBackend:
         running, and returned: how many. Given-up calls (past their
         deadline) are cancelled once more but not waited for.
         """
+        workers = self._cancel_all()
+        # (a worker kept in a call past its deadline: its item failed, no grace for it)
+        workers = [worker for worker in workers if worker not in self._kept]
+        if workers:
+            await asyncio.wait(workers, timeout=grace)
+        else:
+            await asyncio.sleep(0)  # (the cancellations land)
+        self._count_left(None)
+        return len(self._still_running())
+
+    def _cancel_all(self) -> list[asyncio.Task[None]]:
+        """(On the loop) cancel every call and drop what is queued; the workers."""
         self._stopping = True
         self._stragglers.cancel()
         self._pending = deque()  # (a call that ends late takes no new item)
@@ -283,12 +334,14 @@ class AsyncBackend:
             worker.cancel()
         for runner in self._left:
             runner.cancel()
-        if workers:
-            await asyncio.wait(workers, timeout=grace)
-        else:
-            await asyncio.sleep(0)  # (the cancellations land)
+        return workers
+
+    def _stop_all(self) -> None:
+        """(On the loop, once free) :meth:`shutdown` gave up on it: cancel all, stop once ended."""
+        self._cancel_all()
         self._count_left(None)
-        return len(self._still_running())
+        assert self._private is not None
+        self._private.stop_when_ended(self._still_running)
 
     def _still_running(self) -> list[asyncio.Task[None]]:
         return [task for task in (*self._tasks, *self._left) if not task.done()]
@@ -333,7 +386,7 @@ class AsyncBackend:
                 if task.timeout is None:
                     batch.values[index] = await task.fn(batch.items[index])
                 elif not await self._timed(entry, index, start, me):
-                    return  # given up at its deadline: a new task took this one's place
+                    return  # past its deadline: a new task took (or takes) this one's place
             except asyncio.CancelledError as exc:
                 if self._stopping:
                     raise  # the run is stopping: this is our cancellation
@@ -395,6 +448,7 @@ class AsyncBackend:
                     raise
             finally:
                 entry.runners.discard(runner)
+                self._kept.pop(runner, None)  # (kept past its call's end: a worker again)
             del entry, task
             if runner in self._left:
                 return  # given up (past its deadline, or its run ended): replaced
@@ -437,9 +491,10 @@ class AsyncBackend:
     ) -> bool:
         """Run item ``index`` of ``entry`` under its run's ``timeout``; store its value or error.
 
-        False if the call was given up at its deadline (:meth:`_overdue`):
-        its item failed then, whatever the call did later is dropped, and
-        ``runner`` is no longer a worker (it must leave).
+        False if the call ran past its deadline (:meth:`_overdue`): its item
+        failed then, whatever the call did later is dropped, and ``runner``
+        is no longer a worker of a private backend (it must leave; if it was
+        kept, see :meth:`_kept_call_ended`).
         """
         batch = entry.batch
         task = batch.task
@@ -449,16 +504,31 @@ class AsyncBackend:
             value = await task.fn(batch.items[index])
         except BaseException as exc:
             deadline.cancel()
-            if runner in self._left:
+            if runner in self._left or (self._kept and self._kept_call_ended(runner)):
                 return False
             if isinstance(exc, asyncio.CancelledError) and (self._stopping or entry.abandoned):
                 raise  # the run is stopping: this is our cancellation
             entry.fail(index, exc)
             return True
         deadline.cancel()
-        if runner in self._left:
+        if runner in self._left or (self._kept and self._kept_call_ended(runner)):
             return False
         batch.values[index] = value
+        return True
+
+    def _kept_call_ended(self, runner: asyncio.Task[None]) -> bool:
+        """Whether ``runner`` was kept in a call past its deadline (the cap), which just ended.
+
+        A pool's worker goes on to its next item; a private backend's leaves,
+        and a new task takes its place (its loop has no way back to the top
+        for a call whose item was settled at the deadline).
+        """
+        if self._kept.pop(runner, None) is None:
+            return False
+        if self._lanes is None:
+            self._tasks.discard(runner)
+            if not self._stopping and self._pending:
+                self._add_worker()
         return True
 
     def _overdue(self, entry: Entry, index: int, start: float, runner: asyncio.Task[None]) -> None:

@@ -50,9 +50,18 @@ class LoopThread:
         """True when called from the loop's thread."""
         return threading.current_thread() is self._thread
 
-    def call(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        """Run ``coroutine`` on the loop, from another thread; its result."""
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
+    def call(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run ``coroutine`` on the loop, from another thread; its result.
+
+        Past ``timeout`` seconds (or on an exception in the wait: Ctrl-C) it is
+        cancelled, and the error raised (``concurrent.futures.TimeoutError``).
+        """
+        future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+        try:
+            return future.result(timeout)
+        except BaseException:
+            future.cancel()  # (the loop drops it when it gets to it)
+            raise
 
     def stop(self) -> None:
         """Stop the loop now, and wait for its thread to close it."""
@@ -65,6 +74,10 @@ class LoopThread:
         Returns at once: the thread closes the loop then.
         """
         self.loop.call_soon_threadsafe(self._stop_once_ended, running)
+
+    def stop_when_ended(self, running: Callable[[], list[asyncio.Task[None]]]) -> None:
+        """(On the loop) :meth:`stop_once_ended`, called there."""
+        self._stop_once_ended(running)
 
     def _stop_once_ended(self, running: Callable[[], list[asyncio.Task[None]]]) -> None:
         tasks = running()

@@ -24,8 +24,9 @@ class Backend(Protocol):
     ``name``: what the Report calls it (``"threads"``, ``"processes"``...).
     ``handles_timeouts``: True if the backend applies a task's ``timeout``
     to each call itself; else the run times batches out through
-    :meth:`expire`, and ``timeout_action`` ends the Timeout's message (what
-    became of the call). ``concurrent_items``: True if a batch's items run at
+    :meth:`expire`, and ``timeout_action``, read right after ``expire``
+    returned True, ends the Timeout's message (what became of that call).
+    ``concurrent_items``: True if a batch's items run at
     the same time (asyncio), so a batch per worker is not needed, the last
     batches cannot straggle, and stopping cancels calls at once (no grace
     period). ``abandoned``: workers left to calls past their deadline, so far.

@@ -23,11 +23,13 @@ the driver and the scheduler flat.
 A worker that dies running a batch fails its task with ``KilledWorker``
 (a LocalCluster started here runs with ``allowed-failures`` 0, so Dask never
 runs the task again behind the engine's back). The task marked the items
-being called where the worker's nanny can read them (see ``_remote_calls``):
-those fail as ``manyhands.WorkerCrashed`` (the run's retry policy then
-applies as to any failure), and the others run again, uncharged. A task
-that was only queued on the dead worker (or between two calls) runs again
-whole. A worker's threads share its running batches' unstarted items (a
+being called in a file (see ``_remote_calls``), read here when the worker
+was on this host, else by the worker's nanny once it is back: those items
+fail as ``manyhands.WorkerCrashed`` (the run's retry policy then applies as
+to any failure), and the others run again, uncharged. A task that was only
+queued on the dead worker (or between two calls) runs again whole; one with
+no word of its progress is split in two at its second death (see
+``_crashed``). A worker's threads share its running batches' unstarted items (a
 thread whose batch is done calls the others'); each call is marked in its
 batch's file, whichever thread makes it. On a worker with several threads,
 an item running beside the killer in another thread is charged too: the
@@ -36,8 +38,10 @@ nanny cannot tell which call killed it.
 A running Dask task cannot be stopped. ``timeout=`` is applied on the
 worker (see ``_remote_calls``): the call is left running in a thread and its
 item fails, so the worker goes on. Stopping a run (``break``, Ctrl-C, a stop
-rule) cancels every task of the run on the scheduler at once; a call that
-was running finishes on its worker and its result is dropped.
+rule) tells the workers that its tasks call no further item; a running task
+answers with the items it called, waited for up to ``grace`` (see
+``shutdown``); then every task of the run still out is cancelled on the
+scheduler: a call still running finishes on its worker, its result dropped.
 """
 
 from __future__ import annotations
@@ -47,15 +51,23 @@ import itertools
 import os
 import pickle
 import threading
+import time
 import uuid
 from queue import Empty, SimpleQueue
 from typing import Any, ClassVar, TypeVar
 
 from .._batch import Batch, Task
 from .._exceptions import WorkerCrashed
-from ._dask_cluster import connect, retries_note, start_local_cluster
+from ._dask_cluster import close_local_cluster, connect, retries_note, start_local_cluster
 from ._process_batches import fail_items, file_results, pickle_batch, pickle_items
-from ._remote_calls import ABANDONED_MESSAGE, Shipped, read_progress, run_items
+from ._remote_calls import (
+    ABANDONED_MESSAGE,
+    Shipped,
+    nanny_progress,
+    read_progress,
+    run_items,
+    stop_tasks,
+)
 
 __all__ = ["DaskBackend"]
 
@@ -65,13 +77,16 @@ T = TypeVar("T")
 class _Part:
     """Items of a batch out on the cluster as one task."""
 
-    __slots__ = ("batch", "deaths", "future", "indices", "key", "payload")
+    __slots__ = ("batch", "deaths", "future", "indices", "key", "payload", "tier")
 
-    def __init__(self, batch: Batch, indices: list[int], payload: bytes, deaths: int = 0):
+    def __init__(
+        self, batch: Batch, indices: list[int], payload: bytes, deaths: int = 0, tier: int = 0
+    ):
         self.batch = batch
         self.indices = indices
         self.payload = payload
         self.deaths = deaths  # workers that died with it queued, and no word of its progress
+        self.tier = tier  # (a batch sent in parts: _in_parts) the smaller parts go first
         self.key = ""  # its task's key, once sent
         self.future: Any = None  # its task, once the sender submitted it
 
@@ -135,11 +150,16 @@ class DaskBackend:
         self.workers = workers
         # (read by _sizing.Sizer; a LocalCluster started here has a thread a worker: 2)
         self.sizing = {**self.default_sizing, "spread": self._spread(list(threads.values()))}
-        self._lock = threading.Lock()  # guards _out and _parts
+        self._lock = threading.Lock()  # guards _out, _parts and _stopping
+        self._emptied = threading.Condition(self._lock)  # _out has no part left
         self._sending = threading.Lock()  # held while the sender submits (see _submit)
         self._out: dict[str, _Part] = {}  # by task key: parts on the cluster or about to be
         self._parts: dict[int, int] = {}  # id(batch) -> its parts out; absent: dropped
+        # id(batch) -> the items handed back in pieces (task.early), and their seconds
+        self._pieces: dict[int, tuple[set[int], list[float]]] = {}
+        self._heard: set[int] = set()  # id(task): a task of the run answered
         self._fns: dict[int, Any] = {}  # id(task) -> its fn: Shipped, or the future of it
+        self._prefixes: dict[int, str] = {}  # id(task) -> how its tasks' keys begin
         self._token = uuid.uuid4().hex[:12]
         self._count = itertools.count()
         self.abandoned = 0
@@ -148,7 +168,9 @@ class DaskBackend:
         self._collector: threading.Thread | None = None
         self._to_send: SimpleQueue[_Part | None] = SimpleQueue()  # None: stop
         self._sender: threading.Thread | None = None
-        self._deaths = 0  # tasks whose worker died
+        self._stopping = False  # shutdown: answers are handed back as they are, nothing is sent
+        self._deaths = 0  # worker processes that died under the run's tasks
+        self._dead: set[tuple[Any, Any]] = set()  # those: (address, pid)
         self._note = 0  # which note counts them
 
     # -- lifecycle -------------------------------------------------------
@@ -190,6 +212,7 @@ class DaskBackend:
         except Exception as exc:
             raise TypeError(f"fn cannot be sent to the Dask cluster: {exc}") from exc
         key = f"manyhands-fn-{self._token}-{next(self._count)}"
+        self._prefixes[id(task)] = f"manyhands-{self._token}-{next(self._count)}-"
         if len(payload) <= _SHIPPED_BYTES:
             self._fns[id(task)] = Shipped(key, payload)
             return
@@ -201,6 +224,8 @@ class DaskBackend:
 
     def detach(self, task: Task) -> None:
         """Forget the run's function on the cluster (none of its tasks is out)."""
+        self._heard.discard(id(task))
+        self._prefixes.pop(id(task), None)
         fn = self._fns.pop(id(task), None)
         if fn is not None and not isinstance(fn, Shipped):
             self._client.cancel([fn], force=True)
@@ -208,13 +233,67 @@ class DaskBackend:
     def wind_down(self) -> None:
         pass  # the cluster's workers wait for other runs; shutdown closes what was opened
 
+    def halt(self, task: Task) -> None:
+        """(a stop rule fired) The run's tasks call no further item once their running calls end.
+
+        The items a task did not call come back failed, as never called
+        (``WorkerCrashed`` with ``ran`` False: not retried, no attempt counted).
+        """
+        prefix = self._prefixes.get(id(task))
+        if prefix is not None:
+            self._tell_stop(prefix)
+
+    def _tell_stop(self, prefix: str) -> threading.Thread:
+        """Tell every worker that the tasks ``prefix...`` call no further item (a thread's job).
+
+        A worker answers from its event loop; one that does not (its loop held by
+        a call that keeps the GIL) holds this thread, never the run.
+        """
+
+        def tell() -> None:
+            with contextlib.suppress(Exception):  # (the cluster is gone: its tasks fail anyway)
+                self._client.run(stop_tasks, prefix, on_error="ignore")
+
+        thread = threading.Thread(target=tell, name="manyhands-dask-stop", daemon=True)
+        thread.start()
+        return thread
+
     def shutdown(self, grace: float) -> int:
+        """Stop the run's tasks after their running calls; keep what they called; close.
+
+        The workers are told that the run's tasks call no further item
+        (``stop_tasks``): each running task answers once its running call
+        returned, with the items it called, and a task yet to start calls none.
+        Those answers are waited for up to ``grace`` seconds, and the items
+        called are handed back (the journal keeps them); then every task
+        still out is cancelled (a call still running finishes on its worker,
+        its result dropped), and what was opened here is closed.
+        """
+        with self._sending, self._lock:
+            self._stopping = True
+            waiting = bool(self._out)
+        try:
+            if waiting and grace > 0:
+                self._stop_running(grace)
+        finally:
+            self._close()
+        return 0
+
+    def _stop_running(self, grace: float) -> None:
+        """Tell the workers to stop the run's tasks; wait up to ``grace`` for their answers."""
+        deadline = time.monotonic() + grace
+        self._tell_stop(f"manyhands-{self._token}-")
+        with self._lock:
+            while self._out and (left := deadline - time.monotonic()) > 0:
+                self._emptied.wait(left)
+
+    def _close(self) -> None:
         """Cancel every task still out, release the functions, close what was opened here."""
-        del grace  # a running Dask task cannot be waited for usefully nor stopped
         with self._sending, self._lock:
             parts = list(self._out.values())
             self._out.clear()
             self._parts.clear()
+            self._pieces.clear()
         try:
             self._cancel(parts)
             loaded = [fn for fn in self._fns.values() if not isinstance(fn, Shipped)]
@@ -233,13 +312,21 @@ class DaskBackend:
             if self._owns_client and self._client is not None:
                 self._client.close()
             if self._cluster is not None:
-                self._cluster.close()
-                self._cluster = None
-        return 0
+                cluster, self._cluster = self._cluster, None
+                close_local_cluster(cluster, busy=bool(parts))
 
     # -- batches ---------------------------------------------------------
 
     def submit(self, batch: Batch) -> None:
+        task = batch.task
+        if (
+            task.stops
+            and task.early
+            and id(task) not in self._heard
+            and len(batch.items) >= _PARTS_FROM
+        ):
+            self._in_parts(batch)
+            return
         pickled = pickle_batch(batch)
         if pickled is None:  # no item could be pickled: each failed with why
             return
@@ -248,11 +335,34 @@ class DaskBackend:
             self._parts[id(batch)] = 1
         self._send(_Part(batch, indices, payload))
 
+    def _in_parts(self, batch: Batch) -> None:
+        """Send a batch of the run's first round as parts growing fourfold, the smallest first.
+
+        With a stop rule, a run's first batches are not sent whole: the time an
+        item takes is unknown yet, a run whose input fits a round goes out at
+        once, and a task answers only once all its items were called, so a stop
+        rule could fire only once every item had run. Each part's items go back
+        as a piece of their batch (``Batch.piece``) as soon as it answers.
+        """
+        parts: list[_Part] = []
+        for tier, indices in enumerate(_growing(len(batch.items))):
+            payload, kept = pickle_items(batch, indices)
+            if payload is not None:
+                parts.append(_Part(batch, kept, payload, tier=tier))
+        batch.nbytes = max((len(part.payload) for part in parts), default=0)
+        if not parts:  # no item could be pickled: each failed with why
+            batch.task.done(batch)
+            return
+        with self._lock:
+            self._parts[id(batch)] = len(parts)
+        for part in parts:
+            self._send(part)
+
     def _send(self, part: _Part) -> None:
         """Hand ``part`` to the sender thread (see _submit): out from now on."""
-        part.key = f"manyhands-{self._token}-{next(self._count)}"
+        part.key = f"{self._prefixes.get(id(part.batch.task), 'manyhands-')}{next(self._count)}"
         with self._lock:
-            if id(part.batch) not in self._parts:  # (dropped meanwhile)
+            if id(part.batch) not in self._parts or self._stopping:  # (dropped meanwhile)
                 return
             self._out[part.key] = part
         self._to_send.put(part)
@@ -284,6 +394,7 @@ class DaskBackend:
         with self._sending:
             with self._lock:
                 parts = [part for part in parts if part.key in self._out]
+            parts.sort(key=lambda part: part.tier)  # (a batch's smaller parts first: _in_parts)
             runs: dict[int, list[_Part]] = {}
             for part in parts:
                 runs.setdefault(id(part.batch.task), []).append(part)
@@ -348,6 +459,7 @@ class DaskBackend:
             del self._out[part.key]
             batches[id(part.batch)] = part.batch
             self._parts.pop(id(part.batch), None)
+            self._pieces.pop(id(part.batch), None)
         return list(batches.values())
 
     def _cancel(self, parts: list[_Part]) -> None:
@@ -394,15 +506,22 @@ class DaskBackend:
     def _finished(self, future: Any, answer: bytes | None) -> None:
         with self._lock:
             part = self._out.pop(future.key, None)
+            stopping = self._stopping
+            if not self._out:
+                self._emptied.notify_all()
         if part is None:  # cancelled: its batch was dropped
             return
         batch, indices = part.batch, part.indices
         status = future.status
+        if stopping:  # (shutdown) what it called goes back; nothing runs again
+            self._hand_back(part, answer if status == "finished" else None)
+            return
         try:
             if status == "finished" and answer is not None:
+                self._heard.add(id(batch.task))
                 self._file(batch, indices, answer)
             elif status == "error" and type(future.exception()).__name__ == "KilledWorker":
-                self._crashed(part)
+                self._crashed(part, future.exception())
                 return
             elif status == "error":  # failed outside fn: e.g. fn cannot be loaded there
                 fail_items(batch, indices, future.exception())
@@ -412,42 +531,79 @@ class DaskBackend:
                 return
         except BaseException as exc:  # (the answer could not be read): the items fail
             fail_items(batch, indices, WorkerCrashed(f"the Dask task's answer was lost: {exc}"))
-        self._part_done(batch)
+        self._part_done(batch, indices)
 
-    def _file(self, batch: Batch, indices: list[int], answer: bytes) -> None:
+    def _hand_back(self, part: _Part, answer: bytes | None) -> None:
+        """(shutdown) The items ``part`` called go back to the run, as a batch of their own."""
+        batch = part.batch
+        with self._lock:
+            if id(batch) not in self._parts:
+                return  # dropped meanwhile
+        called: list[int] = []
+        if answer is not None:
+            with contextlib.suppress(Exception):  # (an answer that cannot be read: none)
+                called = self._file(batch, part.indices, answer)
+        if not called:
+            return
+        if len(called) == len(batch.items):
+            batch.task.done(batch)
+        else:
+            batch.task.done(batch.part(called))
+
+    def _file(self, batch: Batch, indices: list[int], answer: bytes) -> list[int]:
+        """File a task's answer for the items at ``indices``; return the items it called."""
         kind, *rest = pickle.loads(answer)
+        called: list[int] | None = None
+        if kind == "stopped":  # (stop_tasks: the run stopped) it called only these
+            called, answer = rest
+            uncalled = sorted(set(range(len(indices))) - set(called))
+            fail_items(batch, [indices[at] for at in uncalled], _not_called())
+            indices = [indices[at] for at in called]
+            kind, *rest = pickle.loads(answer)
         if kind == "unloadable":
             fail_items(batch, indices, rest[0])
-            return
+            return indices
         values, errors, elapsed = rest
+        if called is not None:
+            position = {at: new for new, at in enumerate(called)}
+            values = [values[at] for at in called]
+            errors = {position[at]: error for at, error in errors.items()}
         file_results(batch, indices, values, errors, elapsed)
         if errors and batch.task.timeout is not None:
             left = sum(error[1].endswith(ABANDONED_MESSAGE) for error in errors.values())
             self.abandoned += left
             batch.task.abandoned += left
+        return indices
 
-    def _crashed(self, part: _Part) -> None:
+    def _crashed(self, part: _Part, error: BaseException) -> None:
         """The worker running ``part`` died: the items it was calling fail, the others run again.
 
-        The worker's nanny says which items were running (``read_progress``:
-        several when threads of its worker shared them). None running (the
-        task was between items, or its thread was calling other batches'
-        items): all of them run again, uncharged. No word at all (the task had
-        not begun, queued on that worker; or a worker without a nanny): they
-        run again too, and a part that dies that way a third time blames its
-        first item.
+        Which items were running is read from the task's progress file: here
+        when the worker was on this host (a LocalCluster), else from the dead
+        worker's nanny once it answers again (``read_progress``: several items
+        when threads of its worker shared them). None running (the task was
+        between items, or its thread was calling other batches' items): all
+        of them run again, uncharged. No word at all (the task had not begun,
+        queued on that worker; or a worker without a nanny): they run again
+        too; a part that dies that way twice is split in two, and only a part
+        of one item that dies that way a third time fails: an item is charged
+        only when it is known to be the one running.
         """
         batch, indices = part.batch, part.indices
-        self._note_death()
-        running = self._progress(part.key)
-        if running == []:  # (the nanny's word: none of them was running)
+        worker = getattr(error, "last_worker", None)
+        self._note_death(worker)
+        running = self._progress(part.key, getattr(worker, "nanny", None))
+        if running == []:  # (the word: none of them was running)
             self._resend(part, [_Part(batch, indices, part.payload, part.deaths)])
             return
-        deaths = part.deaths + 1
-        if not running and deaths < 3:
-            self._resend(part, [_Part(batch, indices, part.payload, deaths)])
+        if running is None:
+            again = self._again(part)
+            if again:
+                self._resend(part, again)
+            else:
+                self._part_done(batch)
             return
-        killers = {min(max(at, 0), len(indices) - 1) for at in running or [0]}
+        killers = {min(max(at, 0), len(indices) - 1) for at in running}
         fail_items(batch, [indices[at] for at in sorted(killers)], WorkerCrashed(_DIED))
         rest = [index for at, index in enumerate(indices) if at not in killers]
         if not rest:
@@ -457,8 +613,34 @@ class DaskBackend:
         assert payload is not None  # (these items pickled before)
         self._resend(part, [_Part(batch, rest, payload, 0)])
 
-    def _note_death(self) -> None:
+    def _again(self, part: _Part) -> list[_Part]:
+        """A part that died with no word of its progress, to send again: whole, or split in two.
+
+        Its only item fails at its third such death (then returns ``[]``).
+        """
+        batch, indices = part.batch, part.indices
+        deaths = part.deaths + 1
+        if deaths < 2 or (len(indices) == 1 and deaths < 3):
+            return [_Part(batch, indices, part.payload, deaths)]
+        if len(indices) == 1:
+            fail_items(batch, indices, WorkerCrashed(_DIED))
+            return []
+        halves = []
+        middle = len(indices) // 2
+        for half in (indices[:middle], indices[middle:]):
+            payload, kept = pickle_items(batch, half)
+            assert payload is not None  # (these items pickled before)
+            halves.append(_Part(batch, kept, payload, 0))
+        return halves
+
+    def _note_death(self, worker: Any) -> None:
+        """Count a death: a worker process (its address and pid) once, whatever it ran."""
+        who = (getattr(worker, "address", None), getattr(worker, "pid", None))
         with self._lock:
+            if who[0] is not None:
+                if who in self._dead:
+                    return
+                self._dead.add(who)
             if not self._deaths:
                 self.notes.append("")
                 self._note = len(self.notes) - 1
@@ -469,14 +651,29 @@ class DaskBackend:
                 "it was calling failed (manyhands.WorkerCrashed); the others ran again, uncharged"
             )
 
-    def _progress(self, key: str) -> list[int] | None:
-        """The items the task ``key`` was running when its worker died, from the nannies."""
-        try:
-            answers = self._client.run(read_progress, key, nanny=True)
-        except Exception:  # (no nanny to ask)
-            return None
-        found = [at for at in answers.values() if at is not None]
-        return found[0] if found else None
+    def _progress(self, key: str, nanny: str | None) -> list[int] | None:
+        """The items the task ``key`` was running when its worker died; None: no word of it.
+
+        A worker on this host left its file here. Otherwise the worker's nanny
+        (``nanny``) is asked once it is back (it restarts its worker first, and
+        the scheduler knows it again only then): up to ``_NANNY_WAIT`` seconds.
+        """
+        running = read_progress(key)
+        if running is not None or self._cluster is not None:  # (all its workers are here)
+            return running
+        deadline = time.monotonic() + _NANNY_WAIT
+        while True:
+            try:
+                answers = self._client.run(nanny_progress, key, nanny=True)
+            except Exception:  # (no nanny to ask)
+                return None
+            found = [at for _, at in answers.values() if at is not None]
+            if found:
+                return list(found[0])
+            heard = {address for address, _ in answers.values()}
+            if nanny is None or nanny in heard or time.monotonic() > deadline:
+                return None
+            time.sleep(0.1)
 
     def _resend(self, part: _Part, again: list[_Part]) -> None:
         with self._lock:
@@ -486,20 +683,62 @@ class DaskBackend:
         for new in again:
             self._send(new)
 
-    def _part_done(self, batch: Batch) -> None:
+    def _part_done(self, batch: Batch, indices: list[int] | None = None) -> None:
+        """A part of ``batch`` is done (``indices``: its items, filed); the last hands it back.
+
+        In a run delivered as completed (``task.early``), the items of a part
+        that is not the last go back at once, as a piece of their batch.
+        """
         with self._lock:
             left = self._parts.get(id(batch))
             if left is None:
                 return  # dropped meanwhile
             if left > 1:
                 self._parts[id(batch)] = left - 1
-                return
-            del self._parts[id(batch)]
-        batch.task.done(batch)
+                if indices is None or not batch.task.early:
+                    return
+                sent, seconds = self._pieces.setdefault(id(batch), (set(), [0.0]))
+                sent.update(indices)
+            else:
+                del self._parts[id(batch)]
+                sent, seconds = self._pieces.pop(id(batch), (set(), [0.0]))
+                indices = None
+        if indices is not None:  # (a piece)
+            piece = batch.part(indices)
+            piece.piece = True
+            piece.elapsed, seconds[0] = batch.elapsed - seconds[0], batch.elapsed
+            batch.task.done(piece)
+        elif sent:
+            rest = batch.part([index for index in range(len(batch.items)) if index not in sent])
+            rest.elapsed = batch.elapsed - seconds[0]
+            batch.task.done(rest)
+        else:
+            batch.task.done(batch)
 
 
 _DIED = "the Dask worker process running this item died"
+_PARTS_FROM = 32  # (with a stop rule) a first batch of this many items or more goes in parts
+_NANNY_WAIT = 10.0  # seconds to wait for a dead worker's nanny to answer again
 _SHIPPED_BYTES = 4096  # a function pickled to this much or less travels with each task
+
+
+def _not_called() -> WorkerCrashed:
+    """The error of an item its task did not call: the run stopped first."""
+    error = WorkerCrashed("not called: the run stopped before its Dask task reached it")
+    error.ran = False  # (not retried, no attempt counted)
+    return error
+
+
+def _growing(count: int) -> list[list[int]]:
+    """``range(count)`` in parts growing fourfold from about 1/64 of it; the last takes the rest."""
+    parts: list[list[int]] = []
+    start, size = 0, max(1, count // 64)
+    while start < count:
+        take = count - start if count - start < 2 * size else size
+        parts.append(list(range(start, start + take)))
+        start += take
+        size *= 4
+    return parts
 
 
 def _all_of(queue: SimpleQueue[T]) -> list[T]:

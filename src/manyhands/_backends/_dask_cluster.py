@@ -5,12 +5,25 @@ Imported only by the Dask backend, which imports distributed.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from typing import Any
+import signal
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from .._exceptions import WorkerInitError
 
-__all__ = ["connect", "retries_note", "start_local_cluster"]
+__all__ = [
+    "close_local_cluster",
+    "connect",
+    "dask_setup",
+    "retries_note",
+    "start_local_cluster",
+]
+
+T = TypeVar("T")
 
 
 def connect(address: str) -> Any:
@@ -20,11 +33,27 @@ def connect(address: str) -> Any:
     try:
         return Client(address, set_as_default=False, timeout="10s")  # type: ignore[no-untyped-call]
     except OSError as exc:
-        raise WorkerInitError(f"no Dask scheduler answered at {address}: {exc}") from exc
+        error = WorkerInitError(f"no Dask scheduler answered at {address}: {exc}")
+        error.usage = True  # type: ignore[attr-defined]  # (the CLI: one line, exit 2)
+        raise error from exc
 
 
 def start_local_cluster(workers: int) -> tuple[Any, Any]:
-    """A LocalCluster of ``workers`` processes (a thread each, loopback, no dashboard), a Client."""
+    """A LocalCluster of ``workers`` processes (a thread each, loopback, no dashboard), a Client.
+
+    A Ctrl-C while it starts waits for the start to end, closes the cluster, and
+    is raised then: a cluster half started would otherwise be left running (its
+    worker processes and its event loop thread), unreachable.
+    """
+    (cluster, client), interrupted = _uninterrupted(lambda: _new_cluster(workers))
+    if interrupted is not None:
+        client.close()
+        close_local_cluster(cluster, busy=False)
+        raise interrupted
+    return cluster, client
+
+
+def _new_cluster(workers: int) -> tuple[Any, Any]:
     import dask
     from distributed import Client, LocalCluster
 
@@ -38,12 +67,80 @@ def start_local_cluster(workers: int) -> tuple[Any, Any]:
             dashboard_address=":0",  # (its small HTTP server, on any free port)
             scheduler_kwargs={"dashboard": False},
             silence_logs=logging.CRITICAL,  # a dead worker is in the Report
+            preload=[__name__],  # (dask_setup: a Ctrl-C is the run's, not its workers')
         )
     try:
         return cluster, Client(cluster, set_as_default=False)  # type: ignore[no-untyped-call]
     except BaseException:
         cluster.close()
         raise
+
+
+def close_local_cluster(cluster: Any, busy: bool) -> None:
+    """Close a LocalCluster started here; a Ctrl-C meanwhile is raised once it is closed.
+
+    ``busy``: calls still run on its workers past the run's grace period, and
+    their results are not wanted: its worker processes are killed first (Dask
+    would give each 4 s to end its calls, then kill it).
+    """
+
+    def close() -> None:
+        if busy:
+            with contextlib.suppress(Exception):  # (then closed the usual way)
+                cluster.sync(_kill_workers, cluster)
+        cluster.close()
+
+    _, interrupted = _uninterrupted(close)
+    if interrupted is not None:
+        raise interrupted
+
+
+async def _kill_workers(cluster: Any) -> None:
+    """Kill the worker processes of ``cluster``'s nannies (each given 0.1 s to end)."""
+    nannies = [worker for worker in cluster.workers.values() if hasattr(worker, "kill")]
+    await asyncio.gather(*(nanny.kill(timeout=_KILL_SECONDS) for nanny in nannies))
+
+
+_KILL_SECONDS = 0.2  # Nanny.kill: 0.8 of it for the process to end, then SIGKILL
+
+
+def _uninterrupted(fn: Callable[[], T]) -> tuple[T, KeyboardInterrupt | None]:
+    """``fn()`` in a thread of its own, waited for even through Ctrl-C (returned, not raised).
+
+    Only a start or a close of a cluster, each bounded by Dask's own timeouts.
+    """
+    box: dict[str, Any] = {}
+    done = threading.Event()  # (not Thread.join: one interrupted may say a live thread ended)
+
+    def call() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:
+            box["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=call, name="manyhands-dask-cluster", daemon=True).start()
+    interrupted: KeyboardInterrupt | None = None
+    while not done.is_set():
+        try:
+            done.wait()
+        except KeyboardInterrupt as exc:  # (what it does must end first: it is raised after)
+            interrupted = interrupted or exc
+    if "error" in box:
+        raise box["error"]
+    return box["value"], interrupted
+
+
+def dask_setup(worker: Any) -> None:
+    """(a Dask preload, in each worker process of a LocalCluster started here) Ignore SIGINT.
+
+    A Ctrl-C in a terminal reaches every process of its group: the workers
+    died of it, each printing a KeyboardInterrupt traceback, and their running
+    calls could not finish in the run's grace period. The run stops them.
+    """
+    with contextlib.suppress(ValueError):  # (not the process's main thread: left as it is)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def retries_note(client: Any) -> str | None:

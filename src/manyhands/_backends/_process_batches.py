@@ -16,7 +16,16 @@ from .._outcome import Failure, safe_repr
 from ._process_spawn import how_it_ended
 from ._process_worker import RemoteError
 
-__all__ = ["blame_crash", "fail_items", "file_results", "pickle_batch", "pickle_items"]
+__all__ = [
+    "NOT_SENT",
+    "blame_crash",
+    "fail_items",
+    "file_results",
+    "pickle_batch",
+    "pickle_items",
+]
+
+NOT_SENT = "could not be sent to a worker process"  # (auto runs such an item on threads)
 
 
 def pickle_batch(batch: Batch) -> tuple[bytes, list[int]] | None:
@@ -55,7 +64,7 @@ def pickle_items(batch: Batch, indices: list[int]) -> tuple[bytes | None, list[i
             batch.errors[index] = Failure(
                 item,
                 f"{type(exc).__module__}.{type(exc).__qualname__}",
-                f"item {safe_repr(item, 80)} could not be sent to a worker process: {exc}",
+                f"item {safe_repr(item, 80)} {NOT_SENT}: {exc}",
                 attempts=batch.attempt,
             )
         else:

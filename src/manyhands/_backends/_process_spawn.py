@@ -18,6 +18,7 @@ import socket
 import sys
 import threading
 from collections import deque
+from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
 from time import monotonic
 from typing import Any
@@ -45,7 +46,7 @@ __all__ = [
 ]
 
 #: A worker that does not report ready this long after it was started (its initializer
-#: hangs) failed to start: it is killed.
+#: hangs) failed to start: it is killed. The default of ``start_timeout=``.
 START_SECONDS = 60.0
 # Starting a process opens a few fds for a moment (pipes, a socket to the forkserver).
 # Failing there is worse than failing earlier: the forkserver dies when a client that
@@ -79,7 +80,13 @@ class Worker:
     )
 
     def __init__(
-        self, process: Any, channel: Channel, progress: Any, stamp: Any, lifeline: Connection
+        self,
+        process: Any,
+        channel: Channel,
+        progress: Any,
+        stamp: Any,
+        lifeline: Connection,
+        start_timeout: float | None = None,
     ) -> None:
         self.process = process
         self.channel = channel
@@ -92,14 +99,19 @@ class Worker:
         self.sent: deque[tuple[Batch, list[int]]] = deque()
         self.answered = 0  # batches it answered: sent[0] is its batch number answered + 1
         self.ready = False  # it said "ready": its initializer ran
-        self.start_by = monotonic() + START_SECONDS  # not ready by then: it failed to start
+        seconds = START_SECONDS if start_timeout is None else start_timeout
+        self.start_by = monotonic() + seconds  # not ready by then: it failed to start
         self.retries = 0  # replacements in its place that failed to start before it
         self.doomed = False  # about to be killed (a timeout): it is sent nothing more
         self.functions: dict[int, None] = {}  # the runs' functions it has loaded, oldest first
 
 
-def spawn_worker(context: Any, payload: bytes, backend_fds: list[int]) -> Worker:
+def spawn_worker(
+    context: Any, payload: bytes, backend_fds: list[int], start_timeout: float | None = None
+) -> Worker:
     """Start a worker process; everything opened for it is closed again if that fails.
+
+    ``start_timeout``: seconds it has to report ready (default ``START_SECONDS``).
 
     ``backend_fds``: with the fork start method, the fds of the backend that a
     forked child inherits and must close. While a child holds a worker's
@@ -133,17 +145,24 @@ def spawn_worker(context: Any, payload: bytes, backend_fds: list[int]) -> Worker
         raise
     child_conn.close()
     life_r.close()
-    return Worker(process, Channel(parent), progress, stamp, life_w)
+    return Worker(process, Channel(parent), progress, stamp, life_w, start_timeout)
 
 
-def await_ready(workers: list[Worker]) -> None:
-    """Wait for every worker's "ready"; WorkerInitError if one cannot start (or initialize)."""
-    deadline = max((worker.start_by for worker in workers), default=0.0)
+def await_ready(
+    workers: list[Worker],
+    start_timeout: float | None = None,
+    again: Callable[[Worker], Worker | None] | None = None,
+) -> None:
+    """Wait for every worker's "ready"; WorkerInitError if one cannot start (or initialize).
+
+    ``again``: called with a worker that died before it was ready; the worker
+    started in its place (waited for in turn), or None: the start fails.
+    """
     starting = list(workers)
     while starting:
-        remaining = deadline - monotonic()
+        remaining = min(worker.start_by for worker in starting) - monotonic()
         if remaining <= 0:
-            raise WorkerInitError(hung_starting())
+            raise WorkerInitError(hung_starting(start_timeout))
         watched: list[Any] = [w.channel.sock for w in starting]
         watched += [w.process.sentinel for w in starting]
         wait(watched, timeout=remaining)
@@ -161,7 +180,10 @@ def await_ready(workers: list[Worker]) -> None:
                 starting.remove(worker)
             elif worker.channel.closed or not worker.process.is_alive():
                 worker.process.join(5)
-                raise WorkerInitError(died_starting(worker.process.exitcode))
+                replacement = again(worker) if again is not None else None
+                if replacement is None:
+                    raise WorkerInitError(died_starting(worker.process.exitcode))
+                starting[starting.index(worker)] = replacement
 
 
 def stop_workers(workers: list[Worker]) -> None:
@@ -283,11 +305,16 @@ def died_starting(code: int | None) -> str:
     return f"a worker process died while starting ({how_it_ended(code)})"
 
 
-def hung_starting() -> str:
-    """Why a worker that never reported ready failed, in words."""
+def hung_starting(start_timeout: float | None = None) -> str:
+    """Why a worker that never reported ready failed, in words.
+
+    >>> hung_starting(2.5).split(":")[0]
+    'a worker process did not start in 2.5s'
+    """
+    seconds = START_SECONDS if start_timeout is None else start_timeout
     return (
-        f"a worker process did not start in {START_SECONDS:.0f}s: its initializer did not "
-        "return (it was killed)"
+        f"a worker process did not start in {seconds:g}s: its initializer did not "
+        "return (it was killed; start_timeout= gives it longer)"
     )
 
 

@@ -50,9 +50,10 @@ Workers ignore SIGINT (the parent decides), run in a process group of their
 own, and exit when the parent is gone, however it went.
 
 A worker that fails to start (its initializer raises, dies, or is not done
-in ``START_SECONDS``) ran no item. A replacement that dies or hangs is tried
-``START_RETRIES`` more times in its place (a kill from outside may be a
-one-off); then the backend runs on with fewer workers, never restarting one
+in ``start_timeout`` seconds, 60 by default) ran no item. A replacement that
+dies or hangs is tried ``START_RETRIES`` more times in its place (a kill from
+outside may be a one-off), and so is one of the first workers killed by a
+signal while the backend starts; then the backend runs on with fewer workers, never restarting one
 in a loop, and with none left it stops: every item queued or to come fails
 (``_break``).
 """
@@ -165,8 +166,18 @@ class ProcessBackend:
         start_method: str | None = None,
         initializer: Callable[..., Any] | None = None,
         initargs: tuple[Any, ...] = (),
+        start_timeout: float | None = None,
     ) -> None:
         refuse_while_importing_main()
+        if multiprocessing.current_process().daemon:
+            # (multiprocessing would fail the first start with an AssertionError)
+            raise WorkerInitError(
+                "no worker process can be started from this process: it is a daemonic "
+                "process (a worker process of manyhands, or of a multiprocessing.Pool), "
+                "which multiprocessing forbids to have children. Make the inner calls in "
+                "the call itself, or on threads (backend='threads')"
+            )
+        self._start_timeout = start_timeout  # (None: START_SECONDS)
         self._workers = workers
         self._shared = shared  # a Pool's: workers start with the pool, serve every run
         self._depth = 1 if timed else 2  # batches sent ahead to each worker
@@ -215,7 +226,14 @@ class ProcessBackend:
             self._functions.pop(task.key, None)
 
     def inside(self) -> bool:
-        return False  # (a worker process has no handle on this backend)
+        """True on the dispatcher thread (a callback of a batch's run, or of a Future).
+
+        A worker process has no handle on this backend; the dispatcher is the
+        thread that reads the workers' results, so anything there that waits
+        for them (a nested run, a Future's result, shutdown) would wait forever.
+        """
+        dispatcher = self._dispatcher
+        return dispatcher is not None and threading.current_thread() is dispatcher
 
     def cancel(self, task: Task) -> list[Batch]:
         """Drop the batches no worker was sent, and return them."""
@@ -274,7 +292,7 @@ class ProcessBackend:
             self._wake_r.setblocking(False)
             self._wake_w.setblocking(False)
             self._start_workers()
-            await_ready(self._pool)
+            await_ready(self._pool, self._start_timeout, self._start_again)
             self._start_due = _NEVER  # (all ready: the dispatcher has no start to watch)
         except BaseException:
             stop_workers(self._pool)
@@ -287,6 +305,26 @@ class ProcessBackend:
         )
         self._dispatcher.start()
         _watch_exit(self)
+
+    def _start_again(self, worker: Worker) -> Worker | None:
+        """One of the first workers died before it was ready: the one started in its place.
+
+        Only for a death by a signal (a kill from outside, the OOM killer: it
+        may be a one-off), ``START_RETRIES`` times in a row at most; an exit of
+        its own (its initializer's) is not tried again: None.
+        """
+        code = worker.process.exitcode
+        if code is None or code >= 0 or worker.retries >= START_RETRIES:
+            return None
+        self._pool.remove(worker)
+        stop_workers([worker])
+        try:
+            replacement = self._spawn()
+        except (OSError, EOFError):  # out of processes or fds: the start fails as it died
+            return None
+        replacement.retries = worker.retries + 1
+        self._pool.append(replacement)
+        return replacement
 
     def _start_workers(self) -> None:
         for _ in range(self._workers):
@@ -336,7 +374,7 @@ class ProcessBackend:
             self._watch(worker)
 
     def _spawn(self) -> Worker:
-        worker = spawn_worker(self._context, self._payload, self._own_fds())
+        worker = spawn_worker(self._context, self._payload, self._own_fds(), self._start_timeout)
         if self._first_key:  # (it came with the initializer)
             worker.functions[self._first_key] = None
         self._start_due = min(self._start_due, worker.start_by)
@@ -614,7 +652,7 @@ class ProcessBackend:
             if worker.ready or worker not in self._pool:
                 continue
             if worker.start_by <= now:
-                self._start_failed(worker, hung_starting(), True)
+                self._start_failed(worker, hung_starting(self._start_timeout), True)
             else:
                 self._start_due = min(self._start_due, worker.start_by)
 

@@ -11,6 +11,9 @@ small file that the worker's nanny (which outlives it, on the same host) can
 read once the worker died: ``progress_file``. Which item killed a worker is
 then known, and the task's other items run again uncharged. A Dask worker's
 threads share the unstarted items of its running batches (``_Shared``).
+A run that stops tells its tasks to call no further item (``stop_tasks``): a
+running task then answers with the items it called, once its running call
+returned, and one that starts later calls none.
 
 With a ``timeout``, the calls run in a thread of their own that the task
 waits for up to ``timeout`` seconds a call; past that the item fails with
@@ -43,9 +46,11 @@ __all__ = [
     "ABANDONED_MESSAGE",
     "Shipped",
     "call_batch",
+    "nanny_progress",
     "progress_file",
     "read_progress",
     "run_items",
+    "stop_tasks",
 ]
 
 ABANDONED_MESSAGE = "it was left running in an abandoned thread on its worker"
@@ -99,17 +104,46 @@ def run_items(
     except Exception as exc:  # fn or an item cannot be rebuilt here: the batch fails
         return pickle.dumps(("unloadable", describe_remote(exc)))
     path, progress = _open_progress(name, len(items)) if name is not None else ("", None)
+    stopped = _stopped_check(name)
+    called: list[int] = []
     try:
         if shared:
-            values, errors, elapsed = _Shared(fn, items, timeout, progress).run()
+            shared_ = _Shared(fn, items, timeout, progress, stopped, called)
+            values, errors, elapsed = shared_.run()
         else:
-            values, errors, elapsed = call_batch(fn, items, timeout, progress)
+            values, errors, elapsed = call_batch(fn, items, timeout, progress, stopped, called)
     finally:
         if progress is not None:
             progress.close()
             with contextlib.suppress(OSError):
                 os.unlink(path)
-    return _pack(values, errors, elapsed)
+    packed = _pack(values, errors, elapsed)
+    if len(called) < len(items):  # told to stop (stop_tasks): which were called
+        return pickle.dumps(("stopped", sorted(called), packed))
+    return packed
+
+
+def stop_tasks(prefix: str) -> None:
+    """(run on each Dask worker) Its tasks named ``prefix...`` call no further item.
+
+    A task stopped so answers with the items it called (``("stopped", their
+    indices, its answer)``); one that starts later calls none.
+    """
+    with _lock:
+        _stopping[prefix] = None
+        while len(_stopping) > 256:  # (the oldest runs' first)
+            del _stopping[next(iter(_stopping))]
+
+
+def _stopped_check(name: str | None) -> Callable[[], bool] | None:
+    """Whether the task ``name`` was told to stop (None: it never can be)."""
+    if name is None:
+        return None
+
+    def stopped() -> bool:
+        return bool(_stopping) and any(name.startswith(prefix) for prefix in list(_stopping))
+
+    return stopped
 
 
 def _open_progress(name: str, count: int) -> tuple[str, mmap.mmap | None]:
@@ -146,18 +180,29 @@ def read_progress(name: str) -> list[int] | None:
     return [index for index, running in enumerate(data) if running]
 
 
+def nanny_progress(name: str, dask_worker: Any = None) -> tuple[str, list[int] | None]:
+    """(run in a Dask nanny) Its address, and :func:`read_progress` ``(name)``."""
+    return str(getattr(dask_worker, "address", "")), read_progress(name)
+
+
 def call_batch(
     fn: Callable[[Any], Any],
     items: list[Any],
     timeout: float | None,
     progress: mmap.mmap | None = None,
+    stopped: Callable[[], bool] | None = None,
+    called: list[int] | None = None,
 ) -> tuple[list[Any], dict[int, RemoteError], float]:
-    """Call ``fn`` on each item: (values, errors by index, seconds)."""
+    """Call ``fn`` on each item (until ``stopped``): (values, errors by index, seconds).
+
+    ``called``: the indices of the items called are added to it.
+    """
     values: list[Any] = [None] * len(items)
     errors: dict[int, RemoteError] = {}
     timed = None if timeout is None else _Timed(fn, timeout)
     try:
-        elapsed = _call(timed or fn, items, itertools.count().__next__, values, errors, progress)
+        take = itertools.count().__next__
+        elapsed = _call(timed or fn, items, take, values, errors, progress, stopped, called)
     finally:
         if timed is not None:
             timed.close()
@@ -172,13 +217,17 @@ def _call(
     errors: dict[int, RemoteError],
     progress: mmap.mmap | None,
     quit: Callable[[], bool] | None = None,
+    called: list[int] | None = None,
 ) -> float:
     """Call the items ``take`` hands out until it gives one past the end (or ``quit``).
 
-    Each result goes at its item's index; the seconds spent are returned.
+    Each result goes at its item's index, and the index in ``called``; the
+    seconds spent are returned.
     """
     count = len(items)
     start = perf_counter()
+    if quit is not None and quit():
+        return 0.0
     while (index := take()) < count:
         if progress is not None:
             progress[index] = 1
@@ -191,6 +240,8 @@ def _call(
             errors[index] = describe_remote(exc, frames.tb_next if frames else None)
         if progress is not None:
             progress[index] = 0
+        if called is not None:
+            called.append(index)
         if quit is not None and quit():
             break
     return perf_counter() - start
@@ -212,12 +263,14 @@ class _Shared:
 
     __slots__ = (
         "_next",
+        "called",
         "elapsed",
         "errors",
         "fn",
         "helpers",
         "items",
         "progress",
+        "stopped",
         "taken",
         "timeout",
         "values",
@@ -229,8 +282,12 @@ class _Shared:
         items: list[Any],
         timeout: float | None,
         progress: mmap.mmap | None,
+        stopped: Callable[[], bool] | None = None,
+        called: list[int] | None = None,
     ) -> None:
         self.fn = fn
+        self.stopped = stopped  # told to stop (stop_tasks): nobody calls its items then
+        self.called = called  # the indices of the items called, by whichever thread
         self.items = items
         self.timeout = timeout
         self.progress = progress
@@ -262,6 +319,9 @@ class _Shared:
 
     def call(self, quit: Callable[[], bool] | None) -> float:
         """Call this batch's unstarted items (until none is left, or ``quit``); seconds."""
+        stopped = self.stopped
+        if stopped is not None:
+            quit = stopped if quit is None else _either(quit, stopped)
         timed = None if self.timeout is None else _Timed(self.fn, self.timeout)
         try:
             return _call(
@@ -272,6 +332,7 @@ class _Shared:
                 self.errors,
                 self.progress,
                 quit,
+                self.called,
             )
         finally:
             if timed is not None:
@@ -286,6 +347,10 @@ class _Shared:
     def left(self) -> int:
         """How many items nobody took yet, or more (never fewer)."""
         return len(self.items) - self.taken
+
+
+def _either(first: Callable[[], bool], second: Callable[[], bool]) -> Callable[[], bool]:
+    return lambda: first() or second()
 
 
 def _locked(counter: Iterator[int]) -> Callable[[], int]:
@@ -304,7 +369,11 @@ def _help(fn: Callable[[Any], Any]) -> None:
     waiting = _tasks_waiting()
     while not waiting():
         with _lock:
-            open_ = [(shared.left(), shared) for shared in _running if shared.fn is fn]
+            open_ = [
+                (shared.left(), shared)
+                for shared in _running
+                if shared.fn is fn and not (shared.stopped is not None and shared.stopped())
+            ]
             most, victim = max(open_, default=(0, None), key=lambda pair: pair[0])
             if victim is None or most <= 0:
                 return
@@ -334,6 +403,7 @@ _lock = threading.Lock()  # guards _running and each _Shared's helpers and elaps
 _helped = threading.Condition(_lock)  # a helper left a batch
 _running: list[_Shared] = []  # this process's shared batches with items maybe unstarted
 _loaded: dict[str, Callable[[Any], Any]] = {}  # Shipped functions, by key (guarded by _lock)
+_stopping: dict[str, None] = {}  # prefixes of the tasks told to stop (stop_tasks), oldest first
 
 
 class _Timed:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import _thread
 import functools
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -12,16 +11,17 @@ from queue import Empty, SimpleQueue
 from time import monotonic
 from typing import Any
 
-from .._batch import FINISHED, RUNNING, TIMED_OUT, Batch, Task, execute, execute_measured
-from .._exceptions import WorkerInitError
+from .._batch import FINISHED, RUNNING, TIMED_OUT, Batch, Task
+from .._exceptions import Timeout, WorkerInitError
 from .._lanes import Lanes
+from ._thread_worker import STOP, TAKE, Exit, nothing, serving, work
 
 #: Each thread's CPU clock can be read without giving up the GIL (backend="auto").
 _CPU_CLOCKS = hasattr(time, "pthread_getcpuclockid")
 
 __all__ = ["ThreadBackend"]
 
-TAKE = object()  # a queued token: take the next batch from the lanes
+ABANDONED = "it was left running in an abandoned thread and the item failed"
 
 
 class ThreadBackend:
@@ -49,13 +49,18 @@ class ThreadBackend:
     :meth:`expire` frees the worker of a running batch: the worker is
     abandoned to its call and a new one takes its place, so capacity is kept,
     while fewer than ``abandon_limit`` abandoned threads are still in their
-    calls; past that the worker is kept and capacity is lost until its call
-    returns.
+    calls (the number of threads stays bounded). Past that the worker is kept
+    by its call ("held"), and is abandoned and replaced as soon as an
+    abandoned thread's call returns. Once every worker is held, no batch can
+    start: the queued ones, and those submitted while it lasts, fail at once
+    with a :class:`~manyhands.Timeout` whose ``ran`` is False (a run never
+    hangs on calls that never return).
     """
 
     name = "threads"
     handles_timeouts = False  # the engine times batches out through expire()
-    timeout_action = "it was left running in an abandoned thread and the item failed"
+    #: What became of the call :meth:`expire` gave up last (the Timeout's message ends so).
+    timeout_action = ABANDONED
     concurrent_items = False
     _start_thread = staticmethod(_thread.start_new_thread)  # (tests inject a failing one)
 
@@ -79,12 +84,18 @@ class ThreadBackend:
         self.abandoned = 0  # threads left to a call past its timeout, and replaced
         self.abandon_limit = workers if abandon_limit is None else abandon_limit
         self._stuck = [0]  # abandoned threads still in their call (they count themselves out)
-        # Workers kept in a call past its timeout (the abandon limit was reached):
-        # their item has failed already, so shutdown does not wait for them.
-        self._overdue: set[_thread.LockType] = set()
-        self._queue: SimpleQueue[Any] = SimpleQueue()  # batches, TAKE tokens, or None: exit
+        # Workers held by a call past its timeout (the abandon limit was reached), with
+        # that call's batch: its item has failed already, so shutdown does not wait.
+        self._overdue: dict[_thread.LockType, Batch] = {}
+        self._queue: SimpleQueue[Any] = SimpleQueue()  # batches, TAKE or Exit tokens
         self._alive: list[_thread.LockType] = []  # one held lock per worker started
-        self._retiring = 0  # exit sentinels queued so far
+        self._exit: Exit | None = None  # the valid exit token, once wind_down queued some
+        self._retiring = 0  # workers told to exit (by a valid token) so far
+        self._exited = 0  # workers that took a valid token and exited
+        self._waiting: list[None] = []  # one entry per worker waiting for work (atomic ops)
+        self._bounded: set[Task] = set()  # the runs with a timeout (they never wait on a jam)
+        self._unstarted = 0  # items failed because every worker was held (and their note)
+        self._unstarted_note = 0
         self.notes: list[str] = []  # for the Report: e.g. fewer workers than asked
         self.native_ids: set[int] = set()  # the worker threads' (for backend="auto")
         self.cpu_clocks: dict[int, int] | None = {} if _CPU_CLOCKS else None  # theirs, by id
@@ -95,12 +106,18 @@ class ThreadBackend:
         pass  # workers start as batches arrive
 
     def attach(self, task: Task) -> None:
-        pass
+        if task.bounded:
+            self._bounded.add(task)
 
     def detach(self, task: Task) -> None:
-        pass
+        self._bounded.discard(task)
 
     def submit(self, batch: Batch) -> None:
+        if self._exit is not None:  # a batch after the wind-down: it needs a worker now
+            self._unwind()
+        if self._overdue and batch.task.bounded and self._jammed(batch.task.priority):
+            self._fail_unstarted([batch])
+            return
         if self._lanes is None:
             self._queue.put(batch)
         else:
@@ -113,21 +130,47 @@ class ThreadBackend:
         if len(self._alive) - self._retiring < self._workers:
             self._add_worker()
 
+    def _unwind(self) -> None:
+        """The exit tokens queued so far become stale: every worker not gone stays."""
+        with self._guard:
+            self._exit = None
+            self._retiring = self._exited
+
+    def _leaves(self, token: Exit) -> bool:
+        """A worker took ``token``: True if it exits (else the token was stale)."""
+        if token is STOP:
+            return True
+        with self._guard:
+            if token is not self._exit:
+                return False
+            self._exited += 1
+            return True
+
     def inside(self) -> bool:
         """True when called from one of this backend's worker threads."""
-        return getattr(_serving, "backend", None) is self
+        return getattr(serving, "backend", None) is self
+
+    def free_workers(self) -> int:
+        """About how many workers would take a batch submitted now without waiting.
+
+        Those waiting for work and those not started yet, less the batches
+        queued for them. (Spare threads are left out: they take urgent work only.)
+        """
+        unstarted = self._workers - (len(self._alive) - self._retiring)
+        return max(unstarted, 0) + len(self._waiting) - self._queue.qsize()
 
     def _add_worker(self, spare: bool = False) -> None:
         alive = _thread.allocate_lock()
         alive.acquire()
         hooks = (threading.gettrace(), threading.getprofile())
-        take: Callable[[], Batch | None] = _nothing
+        take: Callable[[], Batch | None] = nothing
         if self._lanes is not None:
             take = functools.partial(self._lanes.take, 0) if spare else self._lanes.take
         get = self._spare_queue.get if spare else self._queue.get
-        args = (self, get, take, alive, hooks, self._guard, self._stuck, self._overdue)
+        waiting: list[None] = [] if spare else self._waiting
+        args = (self, get, take, alive, hooks, self._guard, self._stuck, self._overdue, waiting)
         try:
-            self._start_thread(_work, args)
+            self._start_thread(work, args)
         except RuntimeError as exc:  # "can't start new thread": a limit of the system
             if spare:
                 return  # (the workers will take it)
@@ -164,44 +207,154 @@ class ThreadBackend:
                 return False
             batch.state = TIMED_OUT
             owner = batch.owner
-            if owner is None or self._stuck[0] >= self.abandon_limit:
-                if owner is not None:
-                    self._overdue.add(owner)
-                return True  # the worker stays ours: it goes on once the call returns
-            batch.owner = None  # tells the worker it was replaced
-            self._stuck[0] += 1
+            held = owner is not None and self._stuck[0] >= self.abandon_limit
+            if held:
+                self._overdue[owner] = batch  # it goes on once the call returns
+            elif owner is not None:
+                self._abandon(owner, batch)
+        if owner is None:
+            self.timeout_action = ABANDONED
+            return True
+        if held:
+            self.timeout_action = self._held_message()
+            if self._jammed(0):
+                self._fail_unstarted(self._take_queued())
+            return True
+        self.timeout_action = ABANDONED
+        self._replace(owner)
+        return True
+
+    def _abandon(self, owner: _thread.LockType, batch: Batch) -> None:
+        """Leave ``owner`` to the call of ``batch`` (under the guard): it exits after it."""
+        batch.owner = None  # tells the worker it was replaced
+        self._stuck[0] += 1
         self.abandoned += 1
         batch.task.abandoned += 1
-        self._alive.remove(owner)  # shutdown does not wait for it
-        self._add_worker()
+
+    def _replace(self, owner: _thread.LockType) -> None:
+        """A new worker takes the place of ``owner``, abandoned (shutdown does not wait for it)."""
+        spare = owner in self._spare_alive
+        self._add_worker(spare)  # (first: the count of workers never dips, for submit)
+        (self._spare_alive if spare else self._alive).remove(owner)
+
+    def _relieve(self) -> None:
+        """An abandoned thread's call returned: abandon and replace held workers, to the cap.
+
+        Called from that thread.
+        """
+        while True:
+            with self._guard:
+                if not self._overdue or self._stuck[0] >= self.abandon_limit:
+                    return
+                owner, batch = self._overdue.popitem()
+                self._abandon(owner, batch)
+            try:
+                self._replace(owner)
+            except WorkerInitError:  # (no thread could be started: the others go on)
+                return
+
+    def _held_message(self) -> str:
+        cap = self.abandon_limit
+        return (
+            "the item failed, and the call holds its worker until it returns (or an abandoned "
+            f"thread's call does): {cap} abandoned thread{'s are' if cap > 1 else ' is'} "
+            "still in their calls, the most allowed (one per worker)"
+        )
+
+    def _jammed(self, priority: int) -> bool:
+        """True when no batch of ``priority`` can start: every worker is held past a timeout.
+
+        (No more thread may be abandoned, and no worker may be added.)
+        """
+        spares = self._spare_alive
+        with self._guard:  # (the held workers' calls return in their own threads)
+            if self._stuck[0] < self.abandon_limit:
+                return False
+            held = sum(owner not in spares for owner in self._overdue)
+            held_spares = len(self._overdue) - held
+        live = len(self._alive) - self._exited
+        if live < self._workers or held < live:
+            return False
+        if priority > 0 and self._spare:  # the spare workers may take it
+            return len(spares) >= self._spare and held_spares >= len(spares)
         return True
+
+    def _take_queued(self) -> list[Batch]:
+        """The queued batches no worker can start (every worker is held)."""
+        if self._lanes is None:
+            return self._drain()  # (one run, and it has a timeout: it timed this call out)
+        taken: list[Batch] = []
+        for task in list(self._bounded):  # (a run without one waits for a worker)
+            if self._jammed(task.priority):  # (else a spare worker may take its batches)
+                taken += self._lanes.cancel(task)
+        return taken
+
+    def _fail_unstarted(self, batches: list[Batch]) -> None:
+        """Fail ``batches`` at once: no worker can start them (they made no call)."""
+        if not batches:
+            return
+        hung = len(self._overdue) + self._stuck[0]
+        why = (
+            f"not started: every worker is held by a call that ran past its timeout and has "
+            f"not returned ({hung} such calls; the cap of {self.abandon_limit} abandoned "
+            "threads, one per worker, is reached). Raise workers= or fix the calls that hang"
+        )
+        if self._lanes is None:  # (a pool's notes would reach every run's Report)
+            self._note_unstarted(sum(len(batch.items) for batch in batches))
+        for batch in batches:
+            error = Timeout(why)
+            error.ran = False
+            batch.values = [None] * len(batch.items)
+            batch.errors = dict.fromkeys(range(len(batch.items)), error)
+            batch.elapsed = 0.0
+            batch.state = FINISHED  # (not to be expired: it never ran)
+            batch.task.done(batch)
+
+    def _note_unstarted(self, items: int) -> None:
+        """Say in the Report how many items never started, and why (one note, kept up to date)."""
+        if self._unstarted == 0:
+            self.notes.append("")
+            self._unstarted_note = len(self.notes) - 1
+        self._unstarted += items
+        self.notes[self._unstarted_note] = (
+            f"{self._unstarted:,} item{'s' if self._unstarted > 1 else ''} never started "
+            "and failed as manyhands.Timeout: every worker was held by a call past its "
+            "timeout, and no more threads could be abandoned (one per worker). Raise "
+            "workers= or fix the calls that hang"
+        )
 
     def cancel(self, task: Task) -> list[Batch]:
         """Drop the batches of ``task`` no worker has taken, and return them."""
         if self._lanes is not None:
             return self._lanes.cancel(task)
-        dropped: list[Batch] = []  # one run: everything queued is its
+        return self._drain()  # one run: everything queued is its
+
+    def _drain(self) -> list[Batch]:
+        """Empty the private queue: its batches (exit tokens are counted out)."""
+        batches: list[Batch] = []
         try:
             while True:
                 work = self._queue.get_nowait()
-                if work is None:
+                if work.__class__ is not Exit:
+                    batches.append(work)
+                elif work is self._exit or work is STOP:
                     self._retiring -= 1
-                else:
-                    dropped.append(work)
         except Empty:
             pass
-        return dropped
+        return batches
 
     def wind_down(self) -> None:
         # Exit sentinels queue behind the remaining batches: each worker exits
         # as soon as it runs out of work, instead of all of them being woken
         # at the end (~50 us each, serialized on the GIL).
         if self._lanes is None:
-            self._retire(len(self._alive) - self._retiring)
+            if self._exit is None:
+                self._exit = Exit()
+            self._retire(len(self._alive) - self._retiring, self._exit)
 
-    def _retire(self, count: int) -> None:
+    def _retire(self, count: int, token: Exit) -> None:
         for _ in range(count):
-            self._queue.put(None)
+            self._queue.put(token)
         self._retiring += count
 
     def shutdown(self, grace: float) -> int:
@@ -213,101 +366,22 @@ class ThreadBackend:
         """
         if self._lanes is not None:
             self._lanes.clear()
-        try:
-            while True:  # batches nobody has started are dropped, not run
-                if self._queue.get_nowait() is None:
-                    self._retiring -= 1
-        except Empty:
-            pass
-        self._retire(len(self._alive) - self._retiring)
+        self._drain()  # batches nobody has started are dropped, not run
+        self._retire(len(self._alive) - self._retiring, STOP)
         for _ in self._spare_alive:
-            self._spare_queue.put(None)
+            self._spare_queue.put(STOP)
+        with self._guard:  # held workers' items failed: nothing to wait for; left to their calls
+            held = list(self._overdue.items())
+            self._overdue.clear()
+            for owner, batch in held:
+                self._abandon(owner, batch)
+        for owner, _batch in held:
+            (self._spare_alive if owner in self._spare_alive else self._alive).remove(owner)
         deadline = monotonic() + grace
-        busy = 0
+        busy = len(held)
         for alive in [*self._alive, *self._spare_alive]:
-            with self._guard:
-                overdue = alive in self._overdue  # (its item failed: nothing to wait for)
-            if alive.acquire(timeout=0.0 if overdue else max(deadline - monotonic(), 0.0)):
+            if alive.acquire(timeout=max(deadline - monotonic(), 0.0)):
                 alive.release()
             else:
                 busy += 1
         return busy
-
-
-_serving = threading.local()  # in a worker thread: the backend it serves
-
-
-def _nothing() -> None:
-    return None
-
-
-def _install(hooks: tuple[Any, Any]) -> None:
-    """The tracing and profiling hooks ``threading.Thread`` would install."""
-    trace, profile = hooks
-    if trace is not None:
-        sys.settrace(trace)
-    if profile is not None:
-        sys.setprofile(profile)
-
-
-def _work(
-    backend: ThreadBackend,
-    get: Callable[[], Any],
-    take: Callable[[], Batch | None],
-    alive: _thread.LockType,
-    hooks: tuple[Any, Any],
-    guard: _thread.LockType,
-    stuck: list[int],
-    overdue: set[_thread.LockType],
-) -> None:
-    """A worker's loop: take a batch, run it, hand it back to its run; until told to exit.
-
-    For a timed task each batch says when it started and which worker runs
-    it, and a batch the engine timed out is dropped (and, if this worker was
-    replaced meanwhile, the worker exits).
-    """
-    me = threading.get_native_id()
-    backend.native_ids.add(me)
-    clocks = backend.cpu_clocks
-    if clocks is not None:
-        clocks[me] = time.pthread_getcpuclockid(threading.get_ident())
-    try:
-        _install(hooks)
-        _serving.backend = backend
-        while True:
-            batch = get()
-            if batch is None:
-                return
-            if batch is TAKE:
-                batch = take()
-                if batch is None:  # (its run was cancelled meanwhile)
-                    continue
-            task = batch.task
-            run = execute_measured if task.measure else execute
-            if not task.timed:
-                run(task.fn, batch)
-                task.done(batch)
-                del batch, task  # an idle worker must not keep its last batch alive
-                continue
-            batch.owner = alive
-            batch.started = monotonic()
-            run(task.fn, batch)
-            with guard:
-                finished = batch.state == RUNNING
-                if finished:
-                    batch.state = FINISHED
-                else:
-                    overdue.discard(alive)
-                replaced = batch.owner is None
-                if replaced:
-                    stuck[0] -= 1
-            if finished:
-                task.done(batch)
-            elif replaced:
-                return
-            del batch, task
-    finally:
-        backend.native_ids.discard(me)
-        if clocks is not None:
-            clocks.pop(me, None)
-        alive.release()

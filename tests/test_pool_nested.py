@@ -1,0 +1,305 @@
+"""A call of a Pool that submits calls to the same pool and waits for them never hangs.
+
+The classic nested-submit hang (every worker waits for a call that no worker
+is free to start) is run in a child process with a bound, so that a hang
+fails the test instead of hanging the suite.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import pickle
+import sys
+import textwrap
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+import manyhands
+
+from .conftest import finish, start_python
+
+T = TypeVar("T")
+
+BOUND = 60.0  # seconds a child process may take before it counts as a hang
+
+
+def within(scenario: Callable[[], T], seconds: float = BOUND) -> T:
+    """Run ``scenario`` in a thread; its value, or its exception; fail if it hangs."""
+    result: list[Any] = []
+
+    def call() -> None:
+        try:
+            result.append((True, scenario()))
+        except BaseException as exc:  # (handed back to the test's thread)
+            result.append((False, exc))
+
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if not result:
+        pytest.fail(f"hung: still waiting after {seconds} s")
+    ok, value = result[0]
+    if not ok:
+        raise value
+    return value  # type: ignore[no-any-return]
+
+
+def outcome_of(code: str) -> Any:
+    """Run ``code`` in a child python; what it printed last, as JSON. Fails on a hang."""
+    proc = start_python(textwrap.dedent(code))
+    try:
+        out, err = finish(proc, BOUND)
+    except Exception:
+        pytest.fail(f"hung: the child process was still running after {BOUND} s")
+    assert proc.returncode == 0, err
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_calls_that_wait_for_calls_of_their_own_thread_pool_do_not_hang() -> None:
+    # Each of the pool's calls submits to the same pool and waits, in each way
+    # the stdlib offers, while every worker does the same.
+    done = outcome_of(
+        """
+        import concurrent.futures as cf, json, manyhands
+
+        with manyhands.Pool(workers=2) as pool:
+            def leaf(x):
+                return x * 2
+
+            def by_result(x):
+                return sum(pool.submit(leaf, x + i).result() for i in range(5))
+
+            def by_wait(x):
+                futures = [pool.submit(leaf, x + i) for i in range(5)]
+                cf.wait(futures)
+                return sum(f.result() for f in futures)
+
+            def by_as_completed(x):
+                futures = [pool.executor().submit(leaf, x + i) for i in range(5)]
+                return sum(f.result() for f in cf.as_completed(futures))
+
+            def by_exception(x):
+                return pool.submit(leaf, x).exception() is None
+
+            def deep(x):
+                return 0 if x <= 0 else 1 + pool.submit(deep, x - 1).result()
+
+            print(json.dumps([
+                pool.run(by_result, range(20)).succeeded,
+                pool.run(by_wait, range(20)).succeeded,
+                pool.run(by_as_completed, range(20)).succeeded,
+                pool.run(by_exception, range(20)).succeeded,
+                [o.value for o in pool.map(deep, [5, 30], ordered=True)],
+                list(pool.executor().map(deep, [3, 4])),
+                pool.submit(by_wait, 1).result(),
+            ]))
+        """
+    )
+    assert done == [20, 20, 20, 20, [5, 30], [3, 4], 30]
+
+
+def test_an_async_pools_calls_that_await_its_calls_do_not_hang() -> None:
+    # On the pool's event loop, a blocking wait is refused at once (the loop would
+    # wait for itself); awaiting works, even while every worker awaits the same way.
+    done = outcome_of(
+        """
+        import asyncio, json, manyhands
+
+        with manyhands.Pool(workers=2, backend="async") as pool:
+            async def leaf(x):
+                return x * 2
+
+            async def blocking(x):
+                return pool.submit(leaf, x).result()
+
+            async def awaiting(x):
+                return await asyncio.wrap_future(pool.submit(leaf, x))
+
+            refused = pool.run(blocking, range(3))
+            print(json.dumps([
+                refused.failed,
+                refused.failures[0].message,
+                [o.value for o in pool.map(awaiting, range(6), ordered=True)],
+            ]))
+        """
+    )
+    failed, message, values = done
+    assert failed == 3
+    assert "pool's own event loop" in message and "asyncio.wrap_future" in message
+    assert values == [0, 2, 4, 6, 8, 10]
+
+
+def test_each_nested_call_runs_once_and_its_callbacks_fire_once() -> None:
+    # Workers free to take the nested calls race with the callers that wait for
+    # them (and take back those not started): each call still runs exactly once.
+    calls: dict[int, int] = {}
+    callbacks: dict[int, int] = {}
+    lock = threading.Lock()
+
+    def leaf(n: int) -> int:
+        with lock:
+            calls[n] = calls.get(n, 0) + 1
+        return n
+
+    def noted(n: int) -> Any:
+        def callback(future: concurrent.futures.Future[int]) -> None:
+            with lock:
+                callbacks[n] = callbacks.get(n, 0) + 1
+
+        return callback
+
+    def scenario() -> manyhands.Report:
+        with manyhands.Pool(workers=4) as pool:
+
+            def outer(x: int) -> int:
+                futures = []
+                for i in range(10):
+                    future = pool.submit(leaf, x * 10 + i)
+                    future.add_done_callback(noted(x * 10 + i))
+                    futures.append(future)
+                return sum(f.result() for f in futures)
+
+            return pool.run(outer, range(40))
+
+    report = within(scenario)
+    assert report.succeeded == 40
+    assert calls == dict.fromkeys(range(400), 1)
+    assert callbacks == dict.fromkeys(range(400), 1)
+
+
+def test_waits_from_outside_the_pool_keep_the_stdlib_semantics() -> None:
+    release = threading.Event()
+    ran: list[int] = []
+    with manyhands.Pool(workers=1) as pool:
+        busy = pool.submit(release.wait, 30)
+        queued = pool.submit(ran.append, 1)
+        with pytest.raises(concurrent.futures.TimeoutError):
+            queued.result(timeout=0.05)  # (not run here: this thread is not a worker)
+        assert queued.cancel()
+        release.set()
+        assert busy.result(timeout=30) is True
+        assert queued.cancelled()
+        with pytest.raises(concurrent.futures.CancelledError):
+            queued.result()
+        assert pool.submit(len, "ab").result(timeout=30) == 2
+    assert ran == []
+
+
+def test_a_pool_sent_to_a_worker_process_is_refused_with_why() -> None:
+    with manyhands.Pool(workers=1, backend="processes") as pool:
+
+        def outer(x: int) -> int:
+            return pool.submit(abs, x).result()
+
+        with pytest.raises(TypeError, match=r"fn \(function\) cannot be sent.*Pool cannot be"):
+            pool.submit(outer, 1)
+        with pytest.raises(TypeError, match="Pool cannot be pickled"):
+            pool.run(outer, range(3))
+        with pytest.raises(TypeError, match="its workers belong to the process that made it"):
+            pickle.dumps(pool)
+        assert pool.submit(abs, -3).result(timeout=30) == 3  # (the pool goes on)
+
+
+def _runs_processes_inside(x: int) -> int:
+    return manyhands.run(abs, range(3), backend="processes", workers=1).succeeded
+
+
+def test_a_run_of_processes_inside_a_worker_process_is_refused_with_why() -> None:
+    report = manyhands.run(_runs_processes_inside, [1], backend="processes", workers=1)
+    assert report.failed == 1
+    failure = report.failures[0]
+    assert failure.error_type == "manyhands.WorkerInitError"
+    assert "daemonic process" in failure.message and "backend='threads'" in failure.message
+
+
+def test_a_process_pools_callback_that_waits_for_the_pool_does_not_hang() -> None:
+    # Its Futures' callbacks run on the thread that reads the workers' results: a
+    # wait there is refused at once, and a run started there is made right there.
+    def scenario() -> list[Any]:
+        seen: list[Any] = []
+        finished = threading.Event()
+        with manyhands.Pool(workers=2, backend="processes") as pool:
+
+            def callback(future: concurrent.futures.Future[int]) -> None:
+                try:
+                    pool.submit(abs, -1).result()
+                except RuntimeError as exc:
+                    seen.append(exc)
+                seen.append(pool.run(abs, range(-3, 0)).succeeded)
+                finished.set()
+
+            pool.submit(abs, 1).add_done_callback(callback)
+            finished.wait(BOUND)
+            seen.append(pool.submit(abs, -2).result())
+        return seen
+
+    error, succeeded, later = within(scenario)
+    assert isinstance(error, RuntimeError) and "in a callback of the pool" in str(error)
+    assert succeeded == 3 and later == 2
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the fork start method")
+def test_a_forked_copy_of_a_pool_refuses_calls_instead_of_hanging(tmp_path: Path) -> None:
+    # A module's Pool, used by the parent, is copied into worker processes forked
+    # from it, without its worker threads: a call there waited forever.
+    (tmp_path / "shared_pool.py").write_text(
+        textwrap.dedent(
+            """
+            import manyhands
+
+            pool = manyhands.Pool(workers=2)
+
+            def submits(x):
+                return pool.submit(abs, x).result()
+
+            def runs(x):
+                return pool.run(abs, [x]).succeeded
+            """
+        )
+    )
+    failed = outcome_of(
+        f"""
+        import json, sys
+        sys.path.insert(0, {str(tmp_path)!r})
+        import manyhands, shared_pool
+
+        if __name__ == "__main__":
+            shared_pool.pool.run(abs, range(100))  # (its threads start, here)
+            messages = []
+            for fn in (shared_pool.submits, shared_pool.runs):
+                report = manyhands.run(fn, [1], backend="processes", workers=1,
+                                       start_method="fork", timeout=20)
+                messages += [f.message for f in report.failures]
+            shared_pool.pool.shutdown()
+            print(json.dumps(messages))
+        """
+    )
+    assert len(failed) == 2
+    for message in failed:
+        assert "has a copy of it" in message and "the pool's workers are not here" in message
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_shutdown_from_a_call_run_at_its_submit_is_refused_not_a_hang(workers: int) -> None:
+    """With no worker free, a nested submit runs at once in the submitting call; a
+    shutdown(wait=True) from there would wait for its caller forever: refused."""
+    with manyhands.Pool(workers=workers) as pool:
+        executor = pool.executor()
+
+        def inner() -> str:
+            try:
+                executor.shutdown(wait=True)
+            except RuntimeError as error:
+                return str(error)
+            return "returned"
+
+        def outer() -> str:
+            return executor.submit(inner).result()
+
+        told = executor.submit(outer).result(timeout=30)
+        assert "called from one of its own calls" in told
