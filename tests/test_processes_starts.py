@@ -236,7 +236,9 @@ def test_a_first_worker_killed_while_starting_is_tried_once_more(tmp_path: Path)
     by_run, by_pool, exited, killed = run_child(tmp_path, body)
     for result in (by_run, by_pool):
         assert result["ok"] == 40
-        assert result["starts"] == 3  # two, and one more in place of the one killed
+        # Two, and one more in place of the one killed (unless the run, served by the
+        # other worker, ended before that start: a busy machine).
+        assert result["starts"] in (2, 3)
     assert "died while starting (exit code 13)" in exited["error"]
     assert "killed by signal SIGKILL" in killed["error"]
     assert killed["starts"] <= 2 * (1 + START_RETRIES)
