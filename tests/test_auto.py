@@ -905,6 +905,30 @@ def test_an_item_that_cannot_go_to_a_process_after_the_move_runs_on_threads(
     assert recorded_keys(journal) == {str(i) for i in range(200)}
 
 
+def fail_if_locked(x: int | Locked) -> int:
+    if isinstance(x, Locked):
+        raise_from_a_frame_of_its_own(x.n)
+    return x  # type: ignore[return-value]
+
+
+def raise_from_a_frame_of_its_own(n: int) -> None:
+    raise ValueError(f"bad {n}")
+
+
+def test_an_item_run_on_threads_after_the_move_that_fails_keeps_its_traceback(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its call's traceback came back apart from the error and was dropped: the Failure
+    said only "ValueError: bad 60"."""
+    chosen_at_a_completion(monkeypatch, after=1)
+    items = [Locked(i) if i in (60, 150) else i for i in range(200)]
+    report = manyhands.run(fail_if_locked, items, backend="auto", window=8)
+    assert report.backend.startswith("processes (auto: forced by the test")
+    assert report.failed == 2
+    for failure in report.failures:
+        assert "in raise_from_a_frame_of_its_own" in failure.traceback, failure.traceback
+
+
 def logged(item: tuple[str, int] | Locked) -> int:
     """Writes down each call (in whichever process it runs)."""
     path, n = (item.path, item.n) if isinstance(item, Locked) else item

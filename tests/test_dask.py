@@ -984,3 +984,29 @@ def test_a_terminals_ctrl_c_is_the_commands_not_its_workers(tmp_path: Path) -> N
             command.kill()
     assert command.returncode == 130, stderr
     assert "Traceback" not in stderr, stderr
+
+
+def test_a_tasks_stop_check_looks_at_the_stopped_runs_only_when_they_change(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After runs stopped on a worker, a later task's items pay no scan of their names
+    each (it grew to 20 us per item after 256 stopped runs)."""
+    from manyhands._backends import _remote_calls
+
+    class Counted(dict[str, None]):
+        scans = 0
+
+        def __iter__(self) -> Iterator[str]:
+            Counted.scans += 1
+            return super().__iter__()
+
+    monkeypatch.setattr(_remote_calls, "_stopping", Counted())
+    for run in range(256):
+        _remote_calls.stop_tasks(f"manyhands-run{run}-")
+    stopped = _remote_calls._stopped_check("manyhands-run999-0")
+    assert stopped is not None
+    before = Counted.scans
+    assert not any(stopped() for _ in range(10_000))
+    assert Counted.scans - before <= 1
+    _remote_calls.stop_tasks("manyhands-run999-")
+    assert stopped() and stopped()

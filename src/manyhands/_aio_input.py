@@ -100,6 +100,7 @@ class LoopFeed(Feed):
                 # appends) sees less room than there is, never more than its limit.
                 self._at = 0
                 del items[:at]
+                at = 0
             else:
                 self._at = at
             if self._full and len(items) - at <= self._limit // 2:

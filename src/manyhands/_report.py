@@ -48,7 +48,11 @@ class Report(Record):
     Attributes:
         total: items that got an outcome (skipped and duplicates included).
         succeeded: items whose call returned.
-        failed: items whose call raised (for good: after their retries).
+        failed: items whose call raised (for good: after their retries), and
+            items a stopped backend never called (``WorkerCrashed`` or
+            ``Timeout`` with ``ran`` False: a Dask run's stop rule, threads all
+            held past ``timeout=``, worker processes lost): not retried, not
+            recorded in a journal, so a resume runs them.
         elapsed: wall time of the run, in seconds.
         failures: Failure details of the first ``keep_failures`` failures, in the
             order they were delivered (input order with ``ordered=True``).

@@ -75,6 +75,7 @@ def _merged(batch: Batch, indices: list[int], part: Batch) -> Batch:
     errors = batch.errors
     assert errors is not None
     failed = part.errors or {}
+    traces = part.frames or {}
     for position, index in enumerate(indices):
         batch.values[index] = part.values[position] if part.values else None
         error = failed.get(position)
@@ -82,6 +83,10 @@ def _merged(batch: Batch, indices: list[int], part: Batch) -> Batch:
             del errors[index]
         else:
             errors[index] = error
+            if position in traces:  # (its call's traceback, kept apart: see _batch.execute)
+                if batch.frames is None:
+                    batch.frames = {}
+                batch.frames[index] = traces[position]
     batch.errors = errors or None
     batch.elapsed += part.elapsed
     return batch

@@ -128,6 +128,8 @@ def _uninterrupted(fn: Callable[[], T]) -> tuple[T, KeyboardInterrupt | None]:
         except KeyboardInterrupt as exc:  # (what it does must end first: it is raised after)
             interrupted = interrupted or exc
     if "error" in box:
+        if interrupted is not None:  # (the user's Ctrl-C first; what failed meanwhile, its cause)
+            raise interrupted from box["error"]
         raise box["error"]
     return box["value"], interrupted
 

@@ -133,6 +133,7 @@ def stop_tasks(prefix: str) -> None:
         _stopping[prefix] = None
         while len(_stopping) > 256:  # (the oldest runs' first)
             del _stopping[next(iter(_stopping))]
+        _stopped_since[0] += 1
 
 
 def _stopped_check(name: str | None) -> Callable[[], bool] | None:
@@ -140,8 +141,14 @@ def _stopped_check(name: str | None) -> Callable[[], bool] | None:
     if name is None:
         return None
 
+    looked, told = [-1], [False]  # (the prefixes are looked at again only once they changed)
+
     def stopped() -> bool:
-        return bool(_stopping) and any(name.startswith(prefix) for prefix in list(_stopping))
+        since = _stopped_since[0]
+        if since != looked[0]:
+            looked[0] = since
+            told[0] = told[0] or any(name.startswith(prefix) for prefix in list(_stopping))
+        return told[0]
 
     return stopped
 
@@ -404,6 +411,7 @@ _helped = threading.Condition(_lock)  # a helper left a batch
 _running: list[_Shared] = []  # this process's shared batches with items maybe unstarted
 _loaded: dict[str, Callable[[Any], Any]] = {}  # Shipped functions, by key (guarded by _lock)
 _stopping: dict[str, None] = {}  # prefixes of the tasks told to stop (stop_tasks), oldest first
+_stopped_since = [0]  # how many times stop_tasks changed _stopping (see _stopped_check)
 
 
 class _Timed:
