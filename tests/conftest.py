@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 import pytest
@@ -177,3 +177,27 @@ class PeakConcurrency:
                     self.running -= 1
 
         return counted
+
+
+T = TypeVar("T")
+
+
+def within(scenario: Callable[[], T], seconds: float = 20.0) -> T:
+    """Run ``scenario`` in a thread; its value, or its exception; fail if it hangs."""
+    result: list[Any] = []
+
+    def call() -> None:
+        try:
+            result.append((True, scenario()))
+        except BaseException as exc:  # (handed back to the test's thread)
+            result.append((False, exc))
+
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if not result:
+        pytest.fail(f"hung: still waiting after {seconds} s")
+    ok, value = result[0]
+    if not ok:
+        raise value
+    return value  # type: ignore[no-any-return]

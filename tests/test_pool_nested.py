@@ -13,40 +13,16 @@ import pickle
 import sys
 import textwrap
 import threading
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
 import manyhands
 
-from .conftest import finish, start_python
-
-T = TypeVar("T")
+from .conftest import finish, start_python, within
 
 BOUND = 60.0  # seconds a child process may take before it counts as a hang
-
-
-def within(scenario: Callable[[], T], seconds: float = BOUND) -> T:
-    """Run ``scenario`` in a thread; its value, or its exception; fail if it hangs."""
-    result: list[Any] = []
-
-    def call() -> None:
-        try:
-            result.append((True, scenario()))
-        except BaseException as exc:  # (handed back to the test's thread)
-            result.append((False, exc))
-
-    thread = threading.Thread(target=call, daemon=True)
-    thread.start()
-    thread.join(seconds)
-    if not result:
-        pytest.fail(f"hung: still waiting after {seconds} s")
-    ok, value = result[0]
-    if not ok:
-        raise value
-    return value  # type: ignore[no-any-return]
 
 
 def outcome_of(code: str) -> Any:
@@ -166,7 +142,7 @@ def test_each_nested_call_runs_once_and_its_callbacks_fire_once() -> None:
 
             return pool.run(outer, range(40))
 
-    report = within(scenario)
+    report = within(scenario, BOUND)
     assert report.succeeded == 40
     assert calls == dict.fromkeys(range(400), 1)
     assert callbacks == dict.fromkeys(range(400), 1)
@@ -238,7 +214,7 @@ def test_a_process_pools_callback_that_waits_for_the_pool_does_not_hang() -> Non
             seen.append(pool.submit(abs, -2).result())
         return seen
 
-    error, succeeded, later = within(scenario)
+    error, succeeded, later = within(scenario, BOUND)
     assert isinstance(error, RuntimeError) and "in a callback of the pool" in str(error)
     assert succeeded == 3 and later == 2
 

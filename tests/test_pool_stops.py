@@ -11,36 +11,13 @@ import concurrent.futures
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
 import manyhands
 
-T = TypeVar("T")
-
-BOUND = 20.0  # seconds a scenario may take before it counts as a hang
-
-
-def within(scenario: Callable[[], T], seconds: float = BOUND) -> T:
-    """Run ``scenario`` in a thread; its value, or its exception; fail if it hangs."""
-    result: list[Any] = []
-
-    def call() -> None:
-        try:
-            result.append((True, scenario()))
-        except BaseException as exc:  # (handed back to the test's thread)
-            result.append((False, exc))
-
-    thread = threading.Thread(target=call, daemon=True)
-    thread.start()
-    thread.join(seconds)
-    if not result:
-        pytest.fail(f"hung: still waiting after {seconds} s")
-    ok, value = result[0]
-    if not ok:
-        raise value
-    return value  # type: ignore[no-any-return]
+from .conftest import within
 
 
 def same(x: int) -> int:
