@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import pickle
 import threading
 
@@ -143,6 +144,20 @@ def test_every_failure_is_in_the_map_stream_beyond_keep_failures(hands: Hands) -
     failed = [out.item for out in stream if not out.ok]
     assert len(failed) == 1000
     assert len(stream.report.failures) == 5 and stream.report.failed == 1000
+
+
+def test_every_failure_pickles_and_copies_with_its_traceback(hands: Hands) -> None:
+    """A Failure the Report does not keep still holds its call's frames (the traceback is
+    formatted when read); pickled or copied, it carries the text instead."""
+    for outcome in hands.map(explode, range(6), keep_failures=0):
+        if outcome.error is None:
+            continue
+        clone = pickle.loads(pickle.dumps(outcome))  # (before the text was read)
+        text = outcome.error.traceback
+        assert "in explode" in text and "ValueError: bad item" in text
+        assert clone.error is not None and clone.error.traceback == text
+        assert (clone.error.item, clone.error.message) == (outcome.item, outcome.error.message)
+        assert copy.copy(outcome.error).traceback == text
 
 
 @pytest.mark.parametrize("where", ["format_exception", "str"])

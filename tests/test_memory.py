@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import pickle
 import sqlite3
 import tracemalloc
 import weakref
@@ -69,15 +70,20 @@ class Buffer:
     """Stands for a large local (a response body, an image) in a call that fails."""
 
 
+@pytest.mark.parametrize("chained", [True, False], ids=["chained", "alone"])
 @pytest.mark.parametrize("kind", ["threads", "async"])
-def test_kept_failures_do_not_pin_the_frames_of_their_calls(kind: str) -> None:
+def test_kept_failures_do_not_pin_the_frames_of_their_calls(kind: str, chained: bool) -> None:
+    """Alone, a kept failure keeps its frames emptied of their locals (its text formatted
+    when read); with a chain (``raise ... from``), the text now and no frame at all."""
     alive: weakref.WeakSet[Buffer] = weakref.WeakSet()
 
     def body(x: int) -> int:
         buffer = Buffer()  # a local of the failing frame
         alive.add(buffer)
-        if x % 2:
+        if x % 2 and chained:
             raise ValueError(f"item {x} failed") from KeyError(x)
+        if x % 2:
+            raise ValueError(f"item {x} failed")
         return x
 
     async def abody(x: int) -> int:
@@ -91,7 +97,8 @@ def test_kept_failures_do_not_pin_the_frames_of_their_calls(kind: str) -> None:
     failure = report.failures[0]
     assert "ValueError: item" in failure.traceback and "in body" in failure.traceback
     assert failure.exception is not None and failure.exception.__traceback__ is None
-    assert isinstance(failure.exception.__cause__, KeyError)
+    assert isinstance(failure.exception.__cause__, KeyError) == chained
+    assert pickle.loads(pickle.dumps(failure)).traceback == failure.traceback
 
 
 def test_long_keys_from_key_fn_are_not_kept_whole_in_memory(

@@ -8,11 +8,9 @@ The buffer holds at most what the run's window admits.
 
 Failures that wait in the buffer keep their tracebacks' frames (each with
 its call's local variables) up to ``FRAMES_HELD`` of them; past that, a
-Failure that waits lets go of its frames (10,000 failed calls that each held
-a 200 KB buffer pinned 1.7 GB while the first item ran), keeping the
-traceback as text and its exception object. (Formatting the text costs
-~28 us a failure: letting go of every waiting one's frames made a run whose
-every item fails, ordered, 1.7-2x slower.)
+Failure that waits lets go of its frames' local variables (10,000 failed
+calls that each held a 200 KB buffer pinned 1.7 GB while the first item
+ran; see ``Failure.release_frames``).
 """
 
 from __future__ import annotations

@@ -303,12 +303,16 @@ class Failure:
         return self._traceback
 
     def release_frames(self) -> None:
-        """Keep the traceback as text and let go of the frames (for a Failure that is kept).
+        """Let go of the frames' local variables (for a Failure that is kept or waits).
 
         A traceback holds every frame of the call, and each frame its local
         variables: a Report that kept 1,000 failures of calls that each held a
         4 MB buffer would pin 4 GB. The exception object stays, without its
         traceback (nor those of its ``__cause__``/``__context__`` chain).
+        Without such a chain, the frames stay, emptied of their variables, and
+        the text is formatted when it is first read (formatting costs ~15-30 us
+        a failure, which a run whose every item fails would pay for each);
+        with one, the text is formatted now and every frame let go of.
 
         >>> def fail():
         ...     big = bytearray(10)
@@ -321,10 +325,34 @@ class Failure:
         >>> failure.exception.__traceback__ is None, "in fail" in failure.traceback
         (True, True)
         """
-        if self.exception is None:
+        exception = self.exception
+        if exception is None:
             return
-        _ = self.traceback  # formatted while the frames are still there
-        _drop_tracebacks(self.exception)
+        frames = self._frames
+        if self._traceback is None and frames is not None and not _linked(exception):
+            _tb.clear_frames(frames)  # (a frame still running is left as it is)
+        else:
+            _ = self.traceback  # formatted while the frames are still there
+        _drop_tracebacks(exception)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Its fields for pickle and copy: the traceback as text (frames do not pickle).
+
+        >>> import pickle
+        >>> try:
+        ...     1 / 0
+        ... except ZeroDivisionError as exc:
+        ...     failure = Failure.from_exception(1, exc)
+        >>> "1 / 0" in pickle.loads(pickle.dumps(failure)).traceback
+        True
+        """
+        _ = self.traceback
+        return {name: getattr(self, name) for name in self.__slots__ if name != "_frames"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for name, value in state.items():
+            setattr(self, name, value)
+        self._frames = None
 
     def __repr__(self) -> str:
         return (
