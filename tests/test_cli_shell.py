@@ -253,6 +253,29 @@ def test_a_call_that_ends_in_the_grace_period_gets_its_output_line(
         assert items == ["fast", "slow", "never"]
 
 
+def test_a_call_that_fails_in_the_grace_period_gets_its_line_and_its_record(
+    workdir: Path,
+) -> None:
+    script = 'echo "$1" >> started.txt; [ "$1" = slow ] && sleep 1 && exit 3; echo "did $1"'
+    command = ["--sh", f"sh -c '{script}' sh {{}}", "--output", "out.jsonl", "items.txt"]
+    command += ["--journal", "run.db"]
+    (workdir / "items.txt").write_text("fast\nslow\nnever\n")
+    proc = start(*command, "-j", "1", "--grace", "30", cwd=workdir)
+    wait_for_lines(workdir / "started.txt", 2)
+    proc.send_signal(signal.SIGINT)
+    out, err = finish(proc, 60)
+    assert proc.returncode == 130, err
+    assert "1 succeeded" in out and "1 failed" in out  # (the Report counts it)
+    lines = lines_of(workdir / "out.jsonl")
+    assert [(line["item"], line["ok"]) for line in lines] == [("fast", True), ("slow", False)]
+    # The rerun runs only what never ran, and adds only its line: nothing twice.
+    rerun = manyhands(*command, cwd=workdir)
+    assert rerun.returncode == 1, rerun.stderr  # (the failure recorded in the journal)
+    assert (workdir / "started.txt").read_text().split() == ["fast", "slow", "never"]
+    items = [line["item"] for line in lines_of(workdir / "out.jsonl")]
+    assert items == ["fast", "slow", "never"]
+
+
 def test_resume_is_keyed_by_item_so_an_edited_input_reruns_only_new_items(workdir: Path) -> None:
     command = ["--sh", "sh -c 'echo \"$1\" >> calls.txt' sh {}", "--journal", "run.db"]
     items = workdir / "items.txt"

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -264,3 +266,49 @@ def test_a_journal_whose_creation_was_cut_short_is_taken_as_new(tmp_path: Path, 
     db.close()
     with pytest.raises(manyhands.JournalError, match="not a manyhands journal"):
         manyhands.run(abs, range(10), journal=other)  # someone else's data: refused
+
+
+@pytest.mark.parametrize("retry", [0, 2])
+def test_calls_that_fail_in_the_grace_period_after_ctrl_c_are_recorded_as_failed(
+    tmp_path: Path, retry: int
+) -> None:
+    # Four calls run when Ctrl-C lands; they end in the grace period, the odd
+    # ones raising. A final failure is recorded as a success is (it does not run
+    # again); one that would have been retried is not final: it runs again.
+    journal = tmp_path / "run.db"
+    started, release = threading.Semaphore(0), threading.Event()
+    calls: list[int] = []
+
+    def fn(x: int) -> int:
+        calls.append(x)
+        started.release()
+        release.wait(30)
+        if x % 2:
+            raise ValueError(f"odd {x}")
+        return x
+
+    def interrupt() -> None:
+        for _ in range(4):
+            started.acquire(timeout=30)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.3)  # (the run is stopped: these calls end in its grace period)
+        release.set()
+
+    stopper = threading.Thread(target=interrupt, daemon=True)
+    stopper.start()
+    with pytest.raises(KeyboardInterrupt):
+        manyhands.run(fn, range(4), workers=4, journal=journal, retry=retry, grace=30)
+    stopper.join()
+    with sqlite3.connect(journal) as db:
+        rows = db.execute("SELECT key, state FROM items ORDER BY key").fetchall()
+        run_row = db.execute("SELECT status, succeeded, failed FROM runs").fetchone()
+    db.close()
+    if retry:
+        assert rows == [("0", "done"), ("2", "done")]
+        assert run_row == ("interrupted", 2, 0)
+    else:
+        assert rows == [("0", "done"), ("1", "failed"), ("2", "done"), ("3", "failed")]
+        assert run_row == ("interrupted", 2, 2)
+    report = manyhands.run(fn, range(4), journal=journal, retry=retry)
+    assert sorted(set(calls[4:])) == ([1, 3] if retry else [])  # (retried again, and failed)
+    assert report.skipped == (2 if retry else 4)

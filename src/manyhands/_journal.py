@@ -839,30 +839,39 @@ class Journal:
         group.rows = len(recorded)
         return group
 
-    def record_successes(self, batch: Batch, *, handed: bool = False) -> int:
+    def record_late(
+        self, batch: Batch, not_final: set[int], *, handed: bool = False
+    ) -> tuple[int, list[Failure]]:
         """Record the items of a batch that came back after the run was interrupted.
 
-        Only its successes (a failure there might have been retried), and with
-        ``store_results`` only those whose value can be stored: nobody got
-        these values, and a resume yields them from the journal; unless they
-        were ``handed`` to the consumer after all (the command wrote their
-        lines), which records them as delivered ones are. Returns how many
-        were recorded.
+        Its final outcomes: not those in ``not_final`` (a failure that would
+        have been retried, a call never made), and with ``store_results``
+        only the successes whose value can be stored: nobody got these values,
+        and a resume yields them from the journal; unless they were ``handed``
+        to the consumer after all (the command wrote their lines), which
+        records them as delivered ones are. Its final failures
+        (``batch.failures``) are recorded as any. Returns how many successes,
+        and which failures, were recorded.
         """
-        if batch.keys is None or not batch.values:
-            return 0
-        left_out = set(batch.errors or ())
-        if self._store_results and not handed:
+        if batch.keys is None:
+            return 0, []
+        failures = batch.failures or {}
+        left_out = set(not_final)
+        if self._store_results and not handed and batch.values:
             self._opened()  # (SQLite's length limit)
             storable, keys, limit = self._values.storable, batch.keys, self._limit
             left_out.update(
                 index
                 for index, value in enumerate(batch.values)
-                if index not in left_out and not storable(value, room_for(keys[index], limit))
+                if index not in left_out
+                and index not in failures
+                and not storable(value, room_for(keys[index], limit))
             )
-        batch.failures = None
+        recorded = [failure for index, failure in failures.items() if index not in left_out]
+        if left_out:
+            batch.failures = {i: f for i, f in failures.items() if i not in left_out} or None
         self.record(batch, left_out)
-        return len(batch.keys) - len(left_out)
+        return len(batch.keys) - len(left_out) - len(recorded), recorded
 
     def commit(self) -> None:
         """Wait until every outcome recorded so far is committed."""

@@ -113,10 +113,11 @@ class Run:
     # The slowdown's opening (asyncio): batches at most this big, and room for
     # more of them out, as they are small (see _obey_slowdown).
     _opening_batch = _opening_room = _batches_sent = 0
-    #: Given the successes of calls that finished in the grace period of a
-    #: stopped run, before they are recorded (the command writes their lines
-    #: there, so that what a call did is kept, not run again). If it raises,
-    #: these and the later ones are not recorded: they run again.
+    #: Given the final outcomes (successes, and failures that would not have
+    #: been retried) of calls that finished in the grace period of a stopped
+    #: run, before they are recorded (the command writes their lines there, so
+    #: that what a call did is kept, not run again). If it raises, these and
+    #: the later ones are not recorded: they run again.
     on_late: Callable[[list[Outcome[Any, Any]]], None] | None = None
     #: The batch the consumer is taking Outcomes from, and its iterator of items
     #: (what is left in it did not reach the consumer): set by ``map``/``amap``
@@ -576,37 +577,61 @@ class Run:
                     not self._consumer
                     or (self._options.store_results and self.before_record is None)
                 )
-                late = self._handed_late() if handed else self._late_batches()
-                for finished in late:
+                late = self._handed_late() if handed else self._settled_late()
+                for finished, not_final in late:
                     # (counted: the Report and the journal's run row say the same)
-                    stats.succeeded += journal.record_successes(finished, handed=handed)
+                    succeeded, failures = journal.record_late(finished, not_final, handed=handed)
+                    self._count_late(succeeded, failures)
                 journal.close(status or "interrupted", stats.counts())
         finally:
             journal.abandon()  # no-op once closed: the lock is released whatever happened
 
-    def _handed_late(self) -> Iterator[Batch]:
-        """The late batches whose successes ``on_late`` took (none without it).
+    def _count_late(self, succeeded: int, failures: list[Failure]) -> None:
+        """Count final outcomes of the grace period (the Report keeps the failures too)."""
+        self.statistics.add_batch(succeeded + len(failures), 0, 0.0, failures or None)
+        if failures:
+            self.statistics.delivered(failures)
+
+    def _settled_late(self) -> Iterator[tuple[Batch, set[int]]]:
+        """The late batches, their errors settled: each with its items whose outcome
+        is not final (a failure that would have been retried, a call never made)."""
+        for finished in self._late_batches():
+            not_final = self._settlement.settle_late(finished)
+            if not finished.values:  # (no value came back: nothing is known of its items)
+                failures = finished.failures or {}
+                not_final.update(i for i in range(len(finished.items)) if i not in failures)
+            yield finished, not_final
+
+    def _handed_late(self) -> Iterator[tuple[Batch, set[int]]]:
+        """The late batches whose final outcomes ``on_late`` took (none without it).
 
         Without a journal they are counted here; with one, once recorded.
         """
         if self.on_late is None:
             return
-        for finished in self._late_batches():
-            errors = finished.errors or {}
-            successes = [
-                Outcome(item, finished.values[index], None, finished.attempt)
+        for finished, not_final in self._settled_late():
+            failures = finished.failures or {}
+            attempts = finished.attempts or {}
+            outcomes = [
+                Outcome(
+                    item,
+                    None if index in failures else finished.values[index],
+                    failures.get(index),
+                    attempts.get(index, finished.attempt),
+                )
                 for index, item in enumerate(finished.items)
-                if index not in errors
-            ] if finished.values else []  # fmt: skip
-            if not successes:
+                if index not in not_final
+            ]
+            if not outcomes:
                 continue
             try:
-                self.on_late(successes)
+                self.on_late(outcomes)
             except Exception:  # (a full disk: these run again; the run's error is on its way)
                 return
             if self._journal is None:
-                self.statistics.succeeded += len(successes)
-            yield finished
+                final = [outcome.error for outcome in outcomes if outcome.error is not None]
+                self._count_late(len(outcomes) - len(final), final)
+            yield finished, not_final
 
     def _late_batches(self) -> Iterator[Batch]:
         """Batches that came back after the run stopped delivering."""

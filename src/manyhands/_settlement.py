@@ -113,6 +113,49 @@ class Settlement:
         batch.failures = final or None
         return retried, list(final.values()), uncalled
 
+    def settle_late(self, batch: Batch) -> set[int]:
+        """Turn the errors of a batch that came back after the run stopped into Failures.
+
+        Nothing is retried now: a failure that would have been retried is not
+        final (its item runs again on a resume), nor is one whose call was never
+        made. Returns the indexes of those; the final failures are left in
+        ``batch.failures``. Nothing is counted, scheduled or throttled.
+        """
+        if not batch.errors:
+            return set()
+        retry = self._retry if self._statistics.stop_reason is None else None
+        not_final: set[int] = set()
+        final: dict[int, Failure] = {}
+        frames = batch.frames or {}
+        for index, error in batch.errors.items():
+            if isinstance(error, Failure):
+                failure = error
+            else:
+                trace = frames.get(index, True)
+                failure = Failure.from_exception(batch.items[index], error, batch.attempt, trace)
+            loop = failure.leave_out_caller(EXECUTE_CODE)
+            if loop is not None:
+                _release(loop)
+            failure.history = batch.history
+            exception = failure.exception
+            if isinstance(exception, (WorkerCrashed, Timeout)) and not exception.ran:
+                not_final.add(index)  # (never called)
+                continue
+            asked = failure.retry_after if exception is None else retry_after_of(exception)
+            if asked is not None and asked > self._longest:  # (would fail at once)
+                retryable = False
+            elif exception is None:
+                retryable = retry is not None and retry.retries_failure(failure)
+            else:
+                retryable = retry is not None and retry.retries_error(exception)
+            if retryable and retry is not None and batch.attempt <= retry.retries:
+                not_final.add(index)
+            else:
+                final[index] = failure
+        batch.errors = batch.frames = None
+        batch.failures = final or None
+        return not_final
+
     def take_throttled(self) -> tuple[int, float | None]:
         """The calls that asked to slow down since the last call, and the longest Retry-After."""
         throttled, self.throttled = self.throttled, 0
