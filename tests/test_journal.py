@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
+import decimal
 import functools
 import os
 import sqlite3
 import sys
 import threading
 import time
+import uuid
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -404,6 +407,25 @@ def test_a_key_function_returning_none_is_refused_naming_the_item(tmp_path: Path
     with pytest.raises(manyhands.JournalError, match=r"key= returned None for item 1") as info:
         manyhands.run(str, [{"id": 1}, {"ID": 2}], journal=journal, key=lambda r: r.get("id"))
     assert info.value.report is not None and info.value.report.succeeded == 1
+
+
+@pytest.mark.parametrize(
+    ("key", "said"),
+    [
+        (lambda r: uuid.UUID(int=r["id"]), r"returned UUID\('[-0]+1'\) \(type UUID\) .*str\(\) of"),
+        (lambda r: datetime.date(2020, 1, r["id"]), r"\(type date\) .*str\(\) of the date"),
+        (lambda r: decimal.Decimal(r["id"]), r"\(type Decimal\) .*str\(\) of the Decimal"),
+        (lambda r: {r["id"]}, r"key= returned \{1\} \(type set\) .*sorted list"),
+        (lambda r: (r["id"], object()), r"\(type tuple, holding a value of type object\)"),
+    ],
+)
+def test_a_key_function_returning_no_key_type_says_what_it_returned_and_the_fix(
+    tmp_path: Path, key: Any, said: str
+) -> None:
+    """Not "key= raised KeyTypeError": key= raised nothing, it returned a value with no key."""
+    with pytest.raises(manyhands.JournalError, match=said) as info:
+        manyhands.run(str, [{"id": 1}], journal=tmp_path / "j.db", key=key)
+    assert "raised" not in str(info.value) and "for item 0" in str(info.value)
 
 
 def test_changed_code_warns(tmp_path: Path) -> None:

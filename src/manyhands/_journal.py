@@ -971,11 +971,23 @@ def _as_key(value: Any) -> str:
         return value
     if value is None:  # (every item would share it: all but the first would be skipped)
         raise _NoKey
-    return default_key(value)
+    try:
+        return default_key(value)
+    except KeyTypeError as exc:  # (not raised by key=: it returned what has no key)
+        raise _BadKeyType(value, str(exc)) from None
 
 
 class _NoKey(ValueError):
     """``key=`` returned None."""
+
+
+class _BadKeyType(TypeError):
+    """``key=`` returned a value that is no key (a UUID, a date, a set, an object)."""
+
+    def __init__(self, value: Any, kind: str) -> None:
+        super().__init__(kind)
+        self.value = value
+        self.kind = kind  # (the type that has no key: the value's, or one inside it)
 
 
 def _key_error(
@@ -996,6 +1008,19 @@ def _key_error(
             f"key= returned None for item {position} ({safe_repr(item, 60)}): return a "
             "value that tells the items apart (an id, a URL), or the items sharing it "
             "would all be skipped as duplicates but the first"
+        )
+    elif isinstance(exc, _BadKeyType):
+        kind = type(exc.value).__qualname__
+        inside = f", holding a value of type {exc.kind}" if exc.kind != kind else ""
+        fix = (
+            f"a sorted list of the {exc.kind}'s elements (a {exc.kind}'s order changes)"
+            if exc.kind in ("set", "frozenset")
+            else f"str() of the {exc.kind}, e.g. key=lambda item: str(item.id)"
+        )
+        error = JournalError(
+            f"key= returned {safe_repr(exc.value, 60)} (type {kind}{inside}) for item "
+            f"{position} ({safe_repr(item, 60)}): a key is a str or an int (or a float, "
+            f"bool, bytes, or a list, tuple or dict of those). Return one instead: {fix}"
         )
     elif type(exc).__name__ == "UsageProblem":  # (the command's --key FIELD: it says what)
         error = JournalError(f"item {position}: {exc}")
