@@ -98,7 +98,11 @@ def test_values_that_are_not_json_are_not_stored_and_their_items_stay_done(
         calls[x] += 1
         return {x} if x % 2 else [x, "ok"]
 
-    with pytest.warns(manyhands.JournalWarning, match=r"item 1, a set, cannot be stored as JSON"):
+    with pytest.warns(
+        manyhands.JournalWarning,
+        match=r"item 1, a set, cannot be stored as JSON "
+        r"\(TypeError: Object of type set is not JSON serializable\)\.",
+    ):
         outs = list(manyhands.map(fn, range(4), journal=journal, store_results=True))
     assert all(o.ok for o in outs) and {o.item: o.value for o in outs}[1] == {1}
     with pytest.warns(manyhands.JournalWarning, match=r"of 1, done in the journal, was not stored"):
