@@ -9,8 +9,13 @@ again at every rerun, forever.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import datetime
+import decimal
 import subprocess
 import sys
+import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -136,9 +141,80 @@ def test_the_command_line_refuses_two_rows_with_one_key_on_every_run(tmp_path: P
 def test_an_item_without_a_fingerprint_cannot_be_told_apart_so_its_copies_are_duplicates(
     tmp_path: Path,
 ) -> None:
-    items = [object(), {"id": 1}, object()]  # (an object has no fingerprint: not JSON-like)
+    items = [object(), {"id": 1}, object()]  # (an object has no fingerprint: no stable state)
     report = manyhands.run(str, items, journal=tmp_path / "run.db", key=lambda item: 1)
     assert (report.succeeded, report.duplicates) == (1, 2)
+
+
+@dataclasses.dataclass
+class Row:
+    id: int
+    v: Any
+
+
+def _pairs() -> list[tuple[Any, Any]]:
+    """Two different items of each kind that has a fingerprint, with the same id."""
+    day = datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc)
+    return [
+        (Row(1, "a"), Row(1, "b")),
+        ({"id": 1, "t": day}, {"id": 1, "t": day + datetime.timedelta(days=1)}),
+        (Row(1, decimal.Decimal("1.5")), Row(1, decimal.Decimal("2.5"))),
+        (Row(1, uuid.UUID(int=1)), Row(1, uuid.UUID(int=2))),
+        (Row(1, frozenset({"a", "b"})), Row(1, frozenset({"a", "c"}))),
+        ((1, {"x", "y"}), (1, {"x", "z"})),
+        (Row(1, datetime.date(2020, 1, 1)), Row(1, datetime.time(1))),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("first", "second"), _pairs(), ids=["dataclass", "datetime", "decimal", "uuid", "set",
+                                         "tuple-set", "date-time"]
+)  # fmt: skip
+def test_items_that_are_not_json_like_are_told_apart_under_one_key(
+    tmp_path: Path, first: Any, second: Any
+) -> None:
+    # Before, they had no fingerprint: the second was skipped as a duplicate of
+    # the first, and an edited item was skipped as done.
+    journal = tmp_path / "run.db"
+
+    def key(item: Any) -> int:
+        return int(item.id if isinstance(item, Row) else item["id"] if isinstance(item, dict)
+                   else item[0])  # fmt: skip
+
+    with pytest.raises(manyhands.JournalError, match="have the same key '1' but differ"):
+        manyhands.run(str, [first, second], journal=journal, key=key)
+    # An equal copy (made anew, not the same object) is a plain duplicate, and the
+    # rerun skips both; the edited item is refused as edited.
+    report = manyhands.run(str, [first, copy.deepcopy(first)], journal=journal, key=key)
+    assert report.skipped == 2  # (done in the journal, both)
+    other = tmp_path / "other.db"
+    report = manyhands.run(str, [first, copy.deepcopy(first)], journal=other, key=key)
+    assert (report.succeeded, report.duplicates) == (1, 1)
+    with pytest.raises(manyhands.JournalError, match="the input was edited"):
+        manyhands.run(str, [second], journal=journal, key=key)
+
+
+def test_a_fingerprint_is_the_same_in_every_process() -> None:
+    # (a set's order and str hashes change with PYTHONHASHSEED: not its fingerprint)
+    code = (
+        "import dataclasses, datetime, decimal, uuid\n"
+        "from manyhands._keys import fingerprint\n"
+        "@dataclasses.dataclass\n"
+        "class Row:\n"
+        "    id: int\n"
+        "    v: object\n"
+        "print(fingerprint([Row(1, {'a', 'b', 'c', 'd'}), {'t': datetime.date(2020, 1, 1)},"
+        " decimal.Decimal('1.5'), uuid.UUID(int=7), frozenset({'x', 'yy', 'zzz'})]))\n"
+    )
+    prints = set()
+    for seed in ("1", "2", "3"):
+        env = {**python_subprocess_env(), "PYTHONHASHSEED": seed}
+        done = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, done.stderr
+        prints.add(done.stdout.strip())
+    assert len(prints) == 1 and "None" not in prints
 
 
 @pytest.mark.parametrize("earlier", [False, True], ids=["new-journal", "journal-with-records"])

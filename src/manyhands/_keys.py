@@ -11,6 +11,7 @@ import functools
 import hashlib
 import json
 import re
+import sys
 from collections.abc import Callable
 from types import CodeType
 from typing import Any
@@ -193,26 +194,85 @@ def _spelled_out(mapping: dict[Any, Any]) -> dict[str, Any]:
 
 
 def fingerprint(item: Any) -> str | None:
-    """A short stable digest of the whole item; None when it is not JSON-like.
+    """A short stable digest of the whole item; None when none can be had.
 
     It tells whether the item recorded under a ``key=`` changed, so it keeps
-    the plain JSON of journals written before :func:`tagged` existed.
+    the plain JSON of journals written before :func:`tagged` existed. An item
+    that is not JSON-like gets one when all it holds is JSON-like or of the
+    kinds :func:`_spelled` knows (dataclasses, dates and times, ``Decimal``,
+    ``UUID``, sets, enums, paths...): their value, the same in every process
+    and on every machine. Anything else (an object of any other class, whose
+    state manyhands cannot know to be stable) has none: None.
 
     >>> fingerprint({"id": 1, "name": "a"}) == fingerprint({"name": "a", "id": 1})
     True
     >>> fingerprint({"id": 1, "name": "a"}) == fingerprint({"id": 1, "name": "b"})
     False
+    >>> import datetime
+    >>> day = datetime.date(2020, 1, 1)
+    >>> fingerprint({"t": day}) == fingerprint({"t": day + datetime.timedelta(1)})
+    False
+    >>> fingerprint({"t": day}) == fingerprint({"t": datetime.date(2020, 1, 1)})
+    True
+    >>> fingerprint(object()) is None
+    True
     """
     try:
         try:
             text = _encode(item)
         except KeyTypeError:
-            raise
+            text = _encode_spelled(tagged(item))  # (not JSON-like: a second try, for those)
         except TypeError:  # dict keys of mixed types, which only the tagged form sorts
             text = _encode(tagged(item))
-    except (TypeError, ValueError, RecursionError):  # no key type, a cycle, a huge int
+    except (TypeError, ValueError, RecursionError):  # no fingerprint, a cycle, a huge int
         return None
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
+
+
+#: The tag of a value spelled out by :func:`_spelled` (no JSON-like item is a
+#: dict with this key: it holds a NUL).
+_KIND = "\x00kind"
+
+
+def _spelled(value: object) -> object:
+    """A value of a kind with a stable identity, as JSON-like data (for fingerprints).
+
+    Its kind's name and what tells two of them apart: the fields of a
+    dataclass (declared order), the ISO text of a date or time, the text of a
+    ``Decimal``, ``UUID`` or ``Fraction``, the sorted fingerprint texts of a
+    set's elements, an enum member's name. Anything else raises KeyTypeError:
+    no fingerprint.
+    """
+    kind = type(value)
+    name = kind.__qualname__
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {"$bytes": bytes(value).hex()}
+    if hasattr(kind, "__dataclass_fields__") and not isinstance(value, type):
+        import dataclasses
+
+        fields = {f.name: tagged(getattr(value, f.name)) for f in dataclasses.fields(value)}  # type: ignore[arg-type]
+        return {_KIND: name, "fields": fields}
+    if isinstance(value, (set, frozenset)):
+        return {_KIND: name, "elements": sorted(map(_encode_spelled, value))}
+    module = kind.__module__
+    if module == "datetime" or (module == "uuid" and name == "UUID"):
+        text = value.isoformat() if hasattr(value, "isoformat") else str(value)
+        return {_KIND: name, "text": text}
+    if module in ("decimal", "fractions", "pathlib") or kind is complex:
+        return {_KIND: name, "text": str(value)}
+    if _is_enum(kind):
+        return {_KIND: name, "member": value.name}  # type: ignore[attr-defined]
+    raise KeyTypeError(name)
+
+
+def _is_enum(kind: type) -> bool:
+    enum = sys.modules.get("enum")  # (an Enum member's module imported it)
+    return enum is not None and issubclass(kind, enum.Enum)
+
+
+_encode_spelled = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_spelled
+).encode
 
 
 def function_name(fn: Callable[..., Any]) -> str:
