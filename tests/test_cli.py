@@ -143,6 +143,19 @@ def test_jsonl_with_a_malformed_line_records_it_and_goes_on(workdir: Path) -> No
     assert out[1]["error"]["message"].startswith("line 2 is not valid JSON")
 
 
+def test_a_changed_key_flag_warns_that_the_recorded_items_run_again(workdir: Path) -> None:
+    (workdir / "rows.jsonl").write_text('{"name": "a", "id": 1}\n{"name": "c", "id": 2}\n')
+    command = ["run", "target.py:name_of", "rows.jsonl", "--jsonl", "--journal", "j.db"]
+    said = []
+    for key in (["--key", "name"], ["--key", "name"], ["--key", "id"], []):
+        done = manyhands(*command, *key, cwd=workdir)
+        assert done.returncode == 0, done.stderr
+        said.append(done.stderr)
+    assert "warning" not in said[0] + said[1]
+    assert "written with --key name and this run has --key id" in said[2]
+    assert "written with --key id and this run has no --key (default keys)" in said[3]
+
+
 def test_timeout_flag_fails_the_hung_item_only(workdir: Path) -> None:
     started = time.monotonic()
     done = manyhands("run", "target.py:hang_on_5", "-", "--timeout", "0.5", "--output", "-",

@@ -6,6 +6,8 @@ import contextlib
 import datetime
 import decimal
 import functools
+import json
+import operator
 import os
 import sqlite3
 import sys
@@ -430,6 +432,31 @@ def test_a_key_function_returning_no_key_type_says_what_it_returned_and_the_fix(
     with pytest.raises(manyhands.JournalError, match=said) as info:
         manyhands.run(str, [{"id": 1}], journal=tmp_path / "j.db", key=key)
     assert "raised" not in str(info.value) and "for item 0" in str(info.value)
+
+
+def test_a_changed_key_function_warns_and_is_recorded(tmp_path: Path) -> None:
+    # Before, a changed key= reran every item with no word; the runs table did not
+    # even say which key= a run had.
+    journal = tmp_path / "run.db"
+    rows = [{"id": i, "name": f"n{i}"} for i in range(3)]
+    manyhands.run(str, rows, journal=journal, key=lambda r: r["id"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same key= again: no warning
+        assert manyhands.run(str, rows, journal=journal, key=lambda r: r["id"]).skipped == 3
+    with pytest.warns(manyhands.JournalWarning, match=r"same name, changed code.*run again"):
+        manyhands.run(str, rows, journal=journal, key=lambda r: r["name"])
+    with pytest.warns(manyhands.JournalWarning, match=r"has no key= \(default keys\)"):
+        manyhands.run(str, rows, journal=journal)
+    with pytest.warns(manyhands.JournalWarning, match=r"written with no key=.*has key=.*getter"):
+        manyhands.run(str, rows, journal=journal, key=operator.itemgetter("id"))
+    with pytest.warns(manyhands.JournalWarning, match=r"key=operator.itemgetter"):
+        manyhands.run(str, rows, journal=journal, key=operator.itemgetter("name"))
+    with sqlite3.connect(journal) as db:
+        keys = [json.loads(options).get("key") for (options,) in db.execute(
+            "SELECT options FROM runs ORDER BY id")]  # fmt: skip
+    db.close()
+    name = f"{__name__}.test_a_changed_key_function_warns_and_is_recorded.<locals>.<lambda>"
+    assert keys == [name, name, name, None, "operator.itemgetter", "operator.itemgetter"]
 
 
 def test_changed_code_warns(tmp_path: Path) -> None:

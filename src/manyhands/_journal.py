@@ -327,7 +327,9 @@ class Journal:
         self, db: sqlite3.Connection, fn: Callable[..., Any], options: dict[str, Any]
     ) -> int:
         name, digest = function_name(fn), code_hash(fn)
+        key_name, key_digest = _key_identity(self._key)
         meta = {field: from_db(value) for field, value in db.execute("SELECT * FROM meta")}
+        has_items: bool | None = None  # (looked up once, if a warning may be due)
         if meta.get("fn") is not None and (meta.get("fn"), meta.get("code_hash")) != (
             name,
             digest,
@@ -344,6 +346,15 @@ class Journal:
                     ),
                     stacklevel=user_stacklevel(),
                 )
+        # (a journal from before key= was recorded has no "key": nothing to compare)
+        if meta.get("key") is not None and (meta.get("key"), meta.get("key_hash")) != (
+            key_name,
+            key_digest,
+        ):
+            if has_items is None:
+                has_items = db.execute("SELECT 1 FROM items LIMIT 1").fetchone() is not None
+            if has_items:
+                warnings.warn(_key_changed(self.path, meta, key_name), stacklevel=user_stacklevel())
         with db:
             db.executemany(
                 "INSERT OR REPLACE INTO meta VALUES (?, ?)",
@@ -352,6 +363,8 @@ class Journal:
                     ("version", str(VERSION)),
                     ("fn", to_db(name)),
                     ("code_hash", digest),
+                    ("key", to_db(key_name)),
+                    ("key_hash", to_db(key_digest)),
                 ],
             )
             cursor = db.execute(
@@ -955,6 +968,39 @@ def _first(position: int, print_: str) -> int:
     for a plain duplicate.
     """
     return position << 64 | (hash(print_) & _PRINT)
+
+
+def _key_identity(keyfn: Callable[[Any], Any] | None) -> tuple[str, str]:
+    """What tells one ``key=`` from another: its qualified name and a hash of its code.
+
+    ("", "") without key= (default keys). A callable with no Python code
+    (``operator.itemgetter("id")``) is told by its repr, which names its fields.
+    A key function may say what it is by a ``journal_identity`` attribute (the
+    command's ``--key FIELD``: one function for every field).
+    """
+    if keyfn is None:
+        return "", ""
+    told = getattr(keyfn, "journal_identity", None)  # (the command's --key: its FIELD)
+    if isinstance(told, tuple) and len(told) == 2 and all(isinstance(t, str) for t in told):
+        return told
+    digest = code_hash(keyfn)
+    if digest is None and type(keyfn).__module__ == "operator":
+        digest = safe_repr(keyfn, 200)
+    return function_name(keyfn), digest or ""
+
+
+def _key_changed(path: object, meta: dict[str, Any], key_name: str) -> JournalWarning:
+    def named(name: str) -> str:
+        return f"key={name}" if name else "no key= (default keys)"
+
+    before = meta.get("key") or ""
+    same = " (same name, changed code)" if before == key_name else ""
+    return JournalWarning(
+        f"journal {path} was written with {named(before)} and this run has "
+        f"{named(key_name)}{same}: where the keys differ, the items recorded are not "
+        "found, so they run again. Pass the same key= to resume, or use another journal= "
+        "to start afresh."
+    )
 
 
 def _described(value: object) -> str:

@@ -289,7 +289,7 @@ class Options(Record):
         return {
             f.name: "set" if f.name in secret else _plain(getattr(self, f.name))
             for f in fields(self)
-            if getattr(self, f.name) != getattr(defaults, f.name) and f.name != "key"
+            if getattr(self, f.name) != getattr(defaults, f.name)
         }
 
     @property

@@ -28,7 +28,7 @@ from ._demo import DEFAULT_ITEMS, DEFAULT_JOURNAL
 from ._escape import escape_controls, escape_json
 from ._exceptions import InputError, JournalError, WorkerInitError
 from ._inputs import BadLine, MalformedLine, UsageProblem, input_items, load_target, open_input
-from ._keys import default_key
+from ._keys import code_hash, default_key
 from ._options import BACKENDS, DEFAULT_WORKERS
 from ._outcome import Outcome
 from ._output import OutputFailed, OutputFile, command_json_line, command_streams, json_line
@@ -655,6 +655,8 @@ def _key(spec: str | None) -> Callable[[Any], Any]:
             return f"<line {item.number}>"
         return base(item)
 
+    # (what the journal records of it, to warn when --key changes between runs)
+    key.journal_identity = (spec or "", "" if spec is None else code_hash(base) or "")  # type: ignore[attr-defined]
     return key
 
 
