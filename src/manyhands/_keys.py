@@ -7,11 +7,12 @@ the next.
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import functools
 import hashlib
 import json
 import re
-import sys
 from collections.abc import Callable
 from types import CodeType
 from typing import Any
@@ -229,8 +230,8 @@ def fingerprint(item: Any) -> str | None:
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
 
 
-#: The tag of a value spelled out by :func:`_spelled` (no JSON-like item is a
-#: dict with this key: it holds a NUL).
+#: The tag of a value spelled out by :func:`_spelled` (a NUL first: not a key
+#: an item's own dict is likely to have).
 _KIND = "\x00kind"
 
 
@@ -248,26 +249,19 @@ def _spelled(value: object) -> object:
     if isinstance(value, (bytes, bytearray, memoryview)):
         return {"$bytes": bytes(value).hex()}
     if hasattr(kind, "__dataclass_fields__") and not isinstance(value, type):
-        import dataclasses
-
         fields = {f.name: tagged(getattr(value, f.name)) for f in dataclasses.fields(value)}  # type: ignore[arg-type]
         return {_KIND: name, "fields": fields}
     if isinstance(value, (set, frozenset)):
         return {_KIND: name, "elements": sorted(map(_encode_spelled, value))}
-    module = kind.__module__
+    module = kind.__module__.partition(".")[0]  # (pathlib._local on 3.13)
     if module == "datetime" or (module == "uuid" and name == "UUID"):
         text = value.isoformat() if hasattr(value, "isoformat") else str(value)
         return {_KIND: name, "text": text}
     if module in ("decimal", "fractions", "pathlib") or kind is complex:
         return {_KIND: name, "text": str(value)}
-    if _is_enum(kind):
+    if issubclass(kind, enum.Enum):
         return {_KIND: name, "member": value.name}  # type: ignore[attr-defined]
     raise KeyTypeError(name)
-
-
-def _is_enum(kind: type) -> bool:
-    enum = sys.modules.get("enum")  # (an Enum member's module imported it)
-    return enum is not None and issubclass(kind, enum.Enum)
 
 
 _encode_spelled = json.JSONEncoder(
