@@ -282,6 +282,7 @@ def test_flags_for_the_library_options(workdir: Path) -> None:
         (["--rate", "1e-300"], "--rate 1e-300 is too slow"),
         (["--store-results"], "--store-results needs --journal"),
         (["--changed-items", "rerun", "--retry-failed"], "--retry-failed and --changed-items need"),
+        (["--journal", "j2.db", "--changed-items", "skip"], "--changed-items needs --key"),
         (["--output", "numbers.txt"], "--output 'numbers.txt' is the INPUT file"),
         (["--journal", "j.db", "--output", "j.db"], "is the --journal file"),
     ],
