@@ -390,7 +390,14 @@ def _backend_for(
     if on_loop and not is_async:
         raise TypeError(
             f"{caller}() needs a coroutine function (async def); for a regular function "
-            "use manyhands.run() or manyhands.map()"
+            "use manyhands.run() or manyhands.map(), or, from async code, "
+            + (
+                "the amap() of a pool of threads (`async with manyhands.Pool() as pool:` "
+                "then `async for out in pool.amap(fn, items)`), which calls it in the "
+                "pool's threads"
+                if caller == "amap"
+                else "`report = await asyncio.to_thread(manyhands.run, fn, items)`"
+            )
         )
     if asked is None or asked == "auto":  # (auto: threads, then measured; see _auto)
         return "async" if is_async else "threads"

@@ -625,6 +625,7 @@ def _calling(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
     if _api.is_coroutine_function(fn):
 
         async def call(item: Any) -> Any:
+            __tracebackhide__ = True  # (a traceback starts at fn: see _outcome._past_wrappers)
             if type(item) is BadLine:
                 raise MalformedLine(item.error)
             return await fn(item)
@@ -632,6 +633,7 @@ def _calling(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
     else:
 
         def call(item: Any) -> Any:
+            __tracebackhide__ = True  # (a traceback starts at fn: see _outcome._past_wrappers)
             if type(item) is BadLine:
                 raise MalformedLine(item.error)
             return fn(item)
