@@ -208,3 +208,12 @@ def test_changed_items_needs_a_key(tmp_path: Any) -> None:
 def test_a_pool_refuses_initargs_without_an_initializer() -> None:
     with pytest.raises(ValueError, match="initargs= is passed to initializer="):
         manyhands.Pool(workers=1, backend="processes", initargs=("x",))
+
+
+def test_a_pools_runs_refuse_journal_options_without_a_journal() -> None:
+    with manyhands.Pool(workers=1) as pool:
+        with pytest.raises(ValueError, match="durability='full' applies to a journal"):
+            pool.run(abs, [1], durability="full")
+        with pytest.raises(ValueError, match="changed_items='skip' applies to a journal"):
+            pool.map(abs, [1], changed_items="skip")
+        assert pool.run(abs, [-1]).succeeded == 1
