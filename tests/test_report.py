@@ -93,7 +93,25 @@ def test_a_stop_rule_says_why_it_stopped_and_how_many_failed_in_all() -> None:
     assert 8 <= report.failed == report.total < 1000
     text = str(report)
     assert "stop_after_failures=3: 3 items had failed" in text  # why it stopped
-    assert f"{report.failed} failed in all" in text and "already running" in text  # the cost
+    assert f"{report.failed} failed in all" in text and "already handed to" in text  # the cost
+
+
+def test_a_stop_rule_counts_every_call_made_and_says_they_were_handed_out() -> None:
+    # Quick failing calls on 2 workers: a worker takes several at a time, and
+    # finishes a few batches before the run reads the third failure (10 calls
+    # were made). The summary must not call them "running" (2 workers cannot run
+    # 10 calls at once): it counts every item handed out, each called once.
+    calls: list[int] = []
+
+    def fn(x: int) -> int:
+        calls.append(x)
+        raise ValueError(x)
+
+    report = manyhands.run(fn, range(100_000), workers=2, stop_after_failures=3)
+    assert report.failed == report.total == len(calls) == len(set(calls)) < 100_000
+    text = str(report)
+    assert f"{report.failed} failed in all, counting the items already handed to workers" in text
+    assert "calls already running" not in text
 
 
 def bug(x: int) -> int:

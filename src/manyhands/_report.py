@@ -76,10 +76,12 @@ class Report(Record):
             slows down under load, or caps the calls in progress), to pass as
             ``workers=``; ``None`` if ``workers`` never had to be lowered, or
             the calls in flight never reached the limit it learned.
-        stopped: why a stop rule ended the run early, else ``None``; calls
-            already running then were let finish, and items waiting for a
-            retry ended with their last failure, so ``failed`` may be more
-            than the rule's limit.
+        stopped: why a stop rule ended the run early, else ``None``; the
+            items already handed to workers then (quick calls go several to a
+            batch, and a worker may finish a few batches before the run reads
+            their outcomes) were let finish, and items waiting for a retry
+            ended with their last failure, so ``failed`` may be more than the
+            rule's limit.
         skipped: items not run because the journal has their final outcome.
         skipped_failed: of ``skipped``, those recorded as failed
             (``retry_failed=True`` runs them again).
@@ -266,8 +268,9 @@ class Report(Record):
         if self.stopped:
             lines.append(
                 f"stopped early: {self.stopped}; {self.failed:,} failed in all, counting "
-                "the calls already running then, which were let finish, and the items "
-                "waiting for a retry, which ended with their last failure"
+                "the items already handed to workers then, whose calls were let finish (a "
+                "worker takes quick calls several at a time), and the items waiting for a "
+                "retry, which ended with their last failure"
             )
         if "auto" in self.backend:
             lines.append(f"backend: {self.backend}")
