@@ -91,16 +91,20 @@ class Settlement:
             else:
                 asked = retry_after_of(exception)
                 throttled = asked is not None or (
-                    self._throttle_on is not None and matches(self._throttle_on, exception)
+                    self._throttle_on is not None
+                    and matches(self._throttle_on, exception, self._broken("throttle_on", failure))
                 )
-                retryable = retry is not None and retry.retries_error(exception)
+                retryable = retry is not None and retry.retries_error(
+                    exception, self._broken("retry", failure)
+                )
             if isinstance(exception, (WorkerCrashed, Timeout)) and not exception.ran:  # (unsent)
                 failure.attempts -= 1
                 uncalled += 1
                 retryable = False
             if asked is not None and asked > self._longest:  # not obeyed: the item fails now
                 stats.asked_too_long(asked, self._longest)
-                asked, retryable = None, False
+                # (nor does the run slow down for it: its rate would be no server's)
+                asked, retryable, throttled = None, False, False
             if throttled:
                 self._throttle(asked)
             if retryable and retry is not None and batch.attempt <= retry.retries:
@@ -112,6 +116,16 @@ class Settlement:
         batch.errors = batch.frames = None
         batch.failures = final or None
         return retried, list(final.values()), uncalled
+
+    def _broken(self, option: str, failure: Failure) -> Callable[[Exception], None]:
+        """What hears that ``option``'s predicate raised on ``failure``'s error (a note)."""
+
+        def broken(raised: Exception) -> None:
+            on = self._throttle_on if option == "throttle_on" else getattr(self._retry, "on", None)
+            assert failure.exception is not None
+            self._statistics.predicate_raised(option, on, failure.item, failure.exception, raised)
+
+        return broken
 
     def take_throttled(self) -> tuple[int, float | None]:
         """The calls that asked to slow down since the last call, and the longest Retry-After."""

@@ -96,6 +96,7 @@ class RunStatistics:
         self.backend = "threads"  # what ran the calls, and for auto why (Report.backend)
         self.notes: list[str] = []  # one-line facts for the Report (e.g. fewer workers)
         self._too_long: tuple[int, float, int] | None = None  # (calls, longest asked, note's index)
+        self._broken: dict[str, tuple[int, str, int]] = {}  # option: (errors, note, note's index)
         self.failures: list[Failure] = []
         self.first_failure: Failure | None = None  # kept even with keep_failures=0
         self.errors_by_type: Counter[str] = Counter()
@@ -139,6 +140,56 @@ rerun later with retry_failed=True)
         else:
             self.notes[index] = note
         self._too_long = (calls, most, index)
+
+    def predicate_raised(
+        self, option: str, predicate: object, item: Any, error: BaseException, raised: Exception
+    ) -> None:
+        """``option``'s predicate raised ``raised`` on ``error`` (of ``item``): taken as no.
+
+        Said once per option, its first occurrence in full, with a count.
+
+        >>> stats = RunStatistics(keep_failures=10)
+        >>> def on(e): return e.response.status_code >= 500
+        >>> for item in range(3):
+        ...     stats.predicate_raised("retry", on, item, ConnectionError("reset"), AttributeError(
+        ...         "'ConnectionError' object has no attribute 'response'"))
+        >>> print(stats.notes[0])
+        Retry(on=on) raised AttributeError: 'ConnectionError' object has no attribute \
+'response', on the ConnectionError of item 0 ('reset'), and on 2 more errors: each taken as \
+"no" (not retried); make it return False for errors it does not expect
+        """
+        from ._outcome import safe_repr
+        from ._retry import predicate_name
+
+        count, first, index = self._broken.get(option, (0, "", len(self.notes)))
+        count += 1
+        if not first:
+            named = (
+                f"Retry(on={predicate_name(predicate)})"
+                if option == "retry"
+                else (f"throttle_on={predicate_name(predicate)}")
+            )
+            message = " ".join(str(raised).split())  # (one line)
+            message = message if len(message) <= 120 else message[:117] + "..."
+            first = (
+                f"{named} raised {type(raised).__qualname__}: {message}, on the "
+                f"{type(error).__qualname__} of item {safe_repr(item, limit=60)} "
+                f"({safe_repr(str(error), limit=60)})"
+            )
+        more = f", and on {count - 1:,} more error{'s' if count > 2 else ''}" if count > 1 else ""
+        effect = "not retried" if option == "retry" else "no slowdown"
+        note = (
+            f'{first}{more}: each taken as "no" ({effect}); make it return False for errors it '
+            "does not expect"
+        )
+        notes = list(self.notes)  # (a Pool's runs: the backend's list is not this run's)
+        if index >= len(notes) or option not in self._broken:
+            index = len(notes)
+            notes.append(note)
+        else:
+            notes[index] = note
+        self.notes = notes
+        self._broken[option] = (count, first, index)
 
     def add_skipped(self, reasons: list[str]) -> None:
         """Account for items the journal skipped, by why (``Outcome.skipped``)."""
