@@ -340,3 +340,39 @@ def test_a_predicate_that_raises_says_no_and_the_report_says_so(backend: str) ->
     assert throttle_note.startswith("throttle_on=<lambda> (test_retries.py:")
     assert "(no slowdown)" in throttle_note
     assert retry_note in str(report).replace("note: ", "")
+
+
+def _refused_or_reset(item: int) -> int:
+    if item == 7:
+        raise PermissionError(f"HTTP 429 for {item}")  # no retry_after attribute
+    if item == 8:
+        raise ConnectionError(f"reset {item}")
+    return item
+
+
+def _is_reset(error: BaseException) -> bool:
+    return isinstance(error, ConnectionError)
+
+
+def test_errors_from_worker_processes_meet_throttle_on_classes_and_predicates_say_so() -> None:
+    """A worker process's error comes back described: classes match it by name, and a
+    predicate, which cannot judge a description, says no and the Report says why."""
+    report = manyhands.run(
+        _refused_or_reset, range(20), backend="processes", workers=2, retry=FAST,
+        throttle_on=PermissionError,
+    )  # fmt: skip
+    assert report.throttle_events == FAST.retries + 1  # each attempt of item 7
+    policy = manyhands.Retry(3, on=_is_reset, backoff=0.001)
+    report = manyhands.run(
+        _refused_or_reset, range(20), backend="processes", workers=2, retry=policy,
+        throttle_on=_is_reset,
+    )  # fmt: skip
+    assert {failure.item: failure.attempts for failure in report.failures} == {7: 1, 8: 1}
+    assert report.throttle_events == 0
+    retry_note, throttle_note = (
+        next(note for note in report.notes if note.startswith(start))
+        for start in ("Retry(on=_is_reset) could not be applied to the ", "throttle_on=_is_reset")
+    )
+    assert "an error from a worker process comes back described" in retry_note
+    assert "(not retried); pass exception classes instead" in retry_note
+    assert "could not be applied" in throttle_note and "(no slowdown)" in throttle_note

@@ -21,6 +21,7 @@ __all__ = [
     "check_matcher",
     "is_programming_error",
     "matches",
+    "matches_described",
     "predicate_name",
     "retry_after_of",
 ]
@@ -90,6 +91,25 @@ def matches(
         if broken is not None:
             broken(exc)
         return False
+
+
+def matches_described(on: ErrorMatcher, failure: Any) -> bool:
+    """Whether a failure described in another process is one ``on`` names.
+
+    Classes are matched by name against its error's class hierarchy (so
+    subclasses match, as with isinstance); a predicate cannot be applied to a
+    description and says no.
+
+    >>> failure = Failure(1, "builtins.ConnectionError", "reset", attempts=1)
+    >>> failure.lineage = ("builtins.ConnectionError", "builtins.OSError", "builtins.Exception")
+    >>> matches_described(OSError, failure), matches_described(lambda e: True, failure)
+    (True, False)
+    """
+    if not isinstance(on, (type, tuple)):
+        return False
+    lineage = failure.lineage or (failure.error_type,)
+    classes = on if isinstance(on, tuple) else (on,)
+    return any(f"{cls.__module__}.{cls.__qualname__}" in lineage for cls in classes)
 
 
 def predicate_name(on: object) -> str:
@@ -314,10 +334,7 @@ class Retry(Record):
             return False
         if self.on is None:
             return _PROGRAMMING_ERROR_NAMES.isdisjoint(lineage)
-        if not isinstance(self.on, (type, tuple)):
-            return False
-        classes = self.on if isinstance(self.on, tuple) else (self.on,)
-        return any(f"{cls.__module__}.{cls.__qualname__}" in lineage for cls in classes)
+        return matches_described(self.on, failure)
 
     def ceiling(self, attempt: int) -> float:
         """The largest delay after the ``attempt``-th try (1-based)."""

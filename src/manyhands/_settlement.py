@@ -21,7 +21,7 @@ from ._batch import EXECUTE_CODE, Batch, Task
 from ._exceptions import Timeout, WorkerCrashed
 from ._options import Options
 from ._outcome import Failure
-from ._retry import MAX_RETRY_AFTER, matches, retry_after_of
+from ._retry import MAX_RETRY_AFTER, Retry, matches, matches_described, retry_after_of
 from ._stats import RunStatistics
 from ._timers import RetryTimers
 
@@ -86,8 +86,11 @@ class Settlement:
             exception = failure.exception
             if exception is None:  # from another process: described, not an object
                 asked = failure.retry_after
-                throttled = asked is not None
+                throttled = asked is not None or (
+                    self._throttle_on is not None and matches_described(self._throttle_on, failure)
+                )
                 retryable = retry is not None and retry.retries_failure(failure)
+                self._unapplied(retry, failure)
             else:
                 asked = retry_after_of(exception)
                 throttled = asked is not None or (
@@ -122,10 +125,21 @@ class Settlement:
 
         def broken(raised: Exception) -> None:
             on = self._throttle_on if option == "throttle_on" else getattr(self._retry, "on", None)
-            assert failure.exception is not None
-            self._statistics.predicate_raised(option, on, failure.item, failure.exception, raised)
+            self._statistics.predicate_raised(option, on, failure, raised)
 
         return broken
+
+    def _unapplied(self, retry: Retry | None, failure: Failure) -> None:
+        """A predicate cannot judge an error described in another process: a note says so."""
+        stats = self._statistics
+        if (
+            retry is not None
+            and _is_predicate(retry.on)
+            and "builtins.Exception" in (failure.lineage)
+        ):
+            stats.predicate_raised("retry", retry.on, failure, None)
+        if _is_predicate(self._throttle_on) and failure.retry_after is None:
+            stats.predicate_raised("throttle_on", self._throttle_on, failure, None)
 
     def take_throttled(self) -> tuple[int, float | None]:
         """The calls that asked to slow down since the last call, and the longest Retry-After."""
@@ -168,6 +182,10 @@ class Settlement:
             self._statistics.retried += 1
             self._statistics.retrying += 1
         self._timers.add(self._clock() + delay, again)
+
+
+def _is_predicate(on: object) -> bool:
+    return on is not None and not isinstance(on, (type, tuple))
 
 
 def timed_out(errors: dict[int, BaseException | Failure]) -> bool:
