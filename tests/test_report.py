@@ -189,3 +189,16 @@ def test_a_report_prints_a_huge_or_hostile_traceback_escaped_and_cut() -> None:
     assert "\x1b" not in text and "\x07" not in text
     assert "\\x1b]0;owned\\x07" in text
     assert "characters not shown" in text
+
+
+def test_the_settled_advice_names_the_signal_it_answers() -> None:
+    refused = manyhands.Report(100, 100, 0, 1.0, throttle_events=12, settled_rate=4.75)
+    (line,) = (line for line in str(refused).splitlines() if line.startswith("settled on"))
+    assert line == "settled on rate=4.75 (after 12 refusals: pass it next time to start there)"
+    queue = manyhands.Report(100, 100, 0, 1.0, settled_workers=6)
+    (line,) = (line for line in str(queue).splitlines() if line.startswith("settled on"))
+    assert line.startswith("settled on workers=6 (latency rose with the calls in flight")
+    both = manyhands.Report(100, 100, 0, 1.0, throttle_events=1, settled_rate=9.5,
+                            settled_workers=20)  # fmt: skip
+    assert "settled on rate=9.5, workers=20 (after 1 refusal: pass them next time" in str(both)
+    assert "settled" not in str(manyhands.Report(100, 100, 0, 1.0))

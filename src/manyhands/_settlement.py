@@ -21,7 +21,7 @@ from ._batch import EXECUTE_CODE, Batch, Task
 from ._exceptions import Timeout, WorkerCrashed
 from ._options import Options
 from ._outcome import Failure
-from ._retry import MAX_RETRY_AFTER, matches, retry_after_of
+from ._retry import MAX_RETRY_AFTER, Retry, matches, matches_described, retry_after_of
 from ._stats import RunStatistics
 from ._timers import RetryTimers
 
@@ -86,21 +86,28 @@ class Settlement:
             exception = failure.exception
             if exception is None:  # from another process: described, not an object
                 asked = failure.retry_after
-                throttled = asked is not None
+                throttled = asked is not None or (
+                    self._throttle_on is not None and matches_described(self._throttle_on, failure)
+                )
                 retryable = retry is not None and retry.retries_failure(failure)
+                self._unapplied(retry, failure)
             else:
                 asked = retry_after_of(exception)
                 throttled = asked is not None or (
-                    self._throttle_on is not None and matches(self._throttle_on, exception)
+                    self._throttle_on is not None
+                    and matches(self._throttle_on, exception, self._broken("throttle_on", failure))
                 )
-                retryable = retry is not None and retry.retries_error(exception)
+                retryable = retry is not None and retry.retries_error(
+                    exception, self._broken("retry", failure)
+                )
             if isinstance(exception, (WorkerCrashed, Timeout)) and not exception.ran:  # (unsent)
                 failure.attempts -= 1
                 uncalled += 1
                 retryable = False
             if asked is not None and asked > self._longest:  # not obeyed: the item fails now
                 stats.asked_too_long(asked, self._longest)
-                asked, retryable = None, False
+                # (nor does the run slow down for it: its rate would be no server's)
+                asked, retryable, throttled = None, False, False
             if throttled:
                 self._throttle(asked)
             if retryable and retry is not None and batch.attempt <= retry.retries:
@@ -112,6 +119,27 @@ class Settlement:
         batch.errors = batch.frames = None
         batch.failures = final or None
         return retried, list(final.values()), uncalled
+
+    def _broken(self, option: str, failure: Failure) -> Callable[[Exception], None]:
+        """What hears that ``option``'s predicate raised on ``failure``'s error (a note)."""
+
+        def broken(raised: Exception) -> None:
+            on = self._throttle_on if option == "throttle_on" else getattr(self._retry, "on", None)
+            self._statistics.predicate_raised(option, on, failure, raised)
+
+        return broken
+
+    def _unapplied(self, retry: Retry | None, failure: Failure) -> None:
+        """A predicate cannot judge an error described in another process: a note says so."""
+        stats = self._statistics
+        if (
+            retry is not None
+            and _is_predicate(retry.on)
+            and "builtins.Exception" in (failure.lineage)
+        ):
+            stats.predicate_raised("retry", retry.on, failure, None)
+        if _is_predicate(self._throttle_on) and failure.retry_after is None:
+            stats.predicate_raised("throttle_on", self._throttle_on, failure, None)
 
     def take_throttled(self) -> tuple[int, float | None]:
         """The calls that asked to slow down since the last call, and the longest Retry-After."""
@@ -154,6 +182,10 @@ class Settlement:
             self._statistics.retried += 1
             self._statistics.retrying += 1
         self._timers.add(self._clock() + delay, again)
+
+
+def _is_predicate(on: object) -> bool:
+    return on is not None and not isinstance(on, (type, tuple))
 
 
 def timed_out(errors: dict[int, BaseException | Failure]) -> bool:
