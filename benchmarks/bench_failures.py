@@ -11,6 +11,9 @@ catching it, its Failure, the Report's counts (and the traceback text of the
 kept failures, ``keep_failures`` of them). The peers get a try/except wrapper
 (``ThreadPoolExecutor.map`` stops at the first exception otherwise).
 
+``manyhands.map(ordered)`` delivers in input order: the failures that wait for
+their turn behind a batch still running let go of their frames' variables.
+
 Cases: ``fresh`` raises a new ValueError per item; ``shared`` re-raises one
 module-level exception object (a constant, or ``Future.result()`` of a failed
 setup call) from every worker at once.
@@ -64,10 +67,15 @@ def manyhands_run(fn: Callable[[int], int], n: int, workers: int) -> int:
     return report.failed
 
 
+def manyhands_map_ordered(fn: Callable[[int], int], n: int, workers: int) -> int:
+    return sum(not o.ok for o in manyhands.map(fn, range(n), workers=workers, ordered=True))
+
+
 RUNNERS = {
     "plain loop": plain_loop,
     "ThreadPoolExecutor.map": executor_map,
     "manyhands.run": manyhands_run,
+    "manyhands.map(ordered)": manyhands_map_ordered,
 }
 
 

@@ -169,8 +169,16 @@ def test_backend_and_function_must_agree() -> None:
         manyhands.run(abs, [1], backend="async")
 
     async def main() -> None:
-        with pytest.raises(TypeError, match=r"amap\(\) needs a coroutine function"):
+        with pytest.raises(TypeError, match=r"amap\(\) needs a coroutine function") as caught:
             manyhands.amap(abs, [1])
+        assert "pool.amap(fn, items)" in str(caught.value)  # which takes a regular function
+        async with manyhands.Pool(workers=2) as pool:
+            assert [out.value async for out in pool.amap(abs, [-1])] == [1]
+        with pytest.raises(TypeError, match=r"arun\(\) needs a coroutine function") as caught:
+            await manyhands.arun(abs, [1])
+        assert "await asyncio.to_thread(manyhands.run, fn, items)" in str(caught.value)
+        report = await asyncio.to_thread(manyhands.run, abs, [-1])
+        assert report.succeeded == 1
 
     asyncio.run(main())
 

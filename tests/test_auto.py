@@ -983,3 +983,14 @@ def test_a_note_in_a_pool_runs_report_is_not_in_the_next_runs(
         second = pool.run(time.sleep, [0.001] * 20)
     assert any("backend='processes' or 'auto' would use all" in n for n in first.notes)
     assert second.notes == ()
+
+
+def test_calls_that_kept_the_gil_busy_hold_the_cpu() -> None:
+    clock = {"cpu": 0.0}
+    m = Measure(started=0.0, workers=32, cores=2, demand=no_schedstat, own_threads=True,
+                cpu=lambda: clock["cpu"], process_cpu=lambda: clock["cpu"])  # fmt: skip
+    clock["cpu"] = 0.09  # the workers computed 90 ms of the first 100
+    assert m.seen(0.1) and m.holds_cpu(0.1)
+    clock["cpu"] = 0.02  # 20 ms of 100: they mostly wait
+    assert not m.holds_cpu(0.1)
+    assert not m.seen(_auto.WAIT_SEEN / 2)

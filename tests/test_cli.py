@@ -295,6 +295,7 @@ def test_flags_for_the_library_options(workdir: Path) -> None:
         (["--rate", "1e-300"], "--rate 1e-300 is too slow"),
         (["--store-results"], "--store-results needs --journal"),
         (["--changed-items", "rerun", "--retry-failed"], "--retry-failed and --changed-items need"),
+        (["--journal", "j2.db", "--changed-items", "skip"], "--changed-items needs --key"),
         (["--output", "numbers.txt"], "--output 'numbers.txt' is the INPUT file"),
         (["--journal", "j.db", "--output", "j.db"], "is the --journal file"),
     ],
@@ -406,3 +407,17 @@ def test_demo_runs_and_resumes(tmp_path: Path) -> None:
     assert fresh.returncode == 0
     assert "50 items" in fresh.stdout  # started over: nothing skipped
     assert "not run" not in fresh.stdout and "earlier run" not in fresh.stdout
+
+
+@pytest.mark.parametrize("backend", ["threads", "processes"])
+def test_a_failures_traceback_starts_at_the_users_code(workdir: Path, backend: str) -> None:
+    # The command wraps fn (an unreadable line fails as its item); its frame, like
+    # the worker's loop, is not the user's code and is left out.
+    run = manyhands("run", "target.py:always_fails", "-", "--journal", "j.db",
+                    "--backend", backend, cwd=workdir, stdin="7\n")  # fmt: skip
+    assert run.returncode == 1, run.stderr
+    traced = manyhands("failures", "j.db", "--traceback", cwd=workdir).stdout
+    first = traced.split("Traceback (most recent call last):\n", 1)[1].splitlines()[0]
+    assert "in always_fails" in first, traced
+    assert "cli.py" not in traced and "in call" not in traced
+    assert "ValueError: no good: 7" in traced

@@ -1010,3 +1010,26 @@ def test_a_tasks_stop_check_looks_at_the_stopped_runs_only_when_they_change(
     assert Counted.scans - before <= 1
     _remote_calls.stop_tasks("manyhands-run999-")
     assert stopped() and stopped()
+
+
+def test_a_script_without_a_main_guard_gets_the_fix_not_pages_of_dask_tracebacks(
+    tmp_path: Path,
+) -> None:
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "import manyhands\n"
+        "print('top level')\n"
+        "report = manyhands.run(lambda x: x * 2, range(10), backend='dask', workers=2)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60,
+        env={**python_subprocess_env(), "TMPDIR": str(tmp_path)}, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("manyhands.WorkerInitError: a Dask worker process could not start: ")
+    assert 'if __name__ == "__main__":' in last
+    # The workers end quietly: no traceback of theirs (Dask's Nanny, multiprocessing's refusal).
+    assert "Nanny" not in done.stderr and "_check_not_importing_main" not in done.stderr
+    assert done.stderr.count("Traceback") == 1, done.stderr
+    assert not list(tmp_path.glob("manyhands-unguarded-*"))  # (the workers' mark: removed)

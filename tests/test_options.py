@@ -126,3 +126,94 @@ def test_the_longest_grace_accepted_is_one_a_run_can_end_with(backend: str) -> N
     fn: Any = same_async if backend == "async" else (lambda x: x)
     report = manyhands.run(fn, range(3), backend=backend, grace=threading.TIMEOUT_MAX)
     assert report.succeeded == 3
+
+
+def _init(tag: str) -> None:
+    raise AssertionError("an initializer must not run where it is refused")
+
+
+async def _async_identity(x: int) -> int:
+    return x
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"initializer": _init, "initargs": ("x",)},
+        {"initializer": _init},
+        {"start_method": "spawn"},
+        {"start_timeout": 5},
+        {"initializer": _init, "backend": "threads"},
+    ],
+)
+@pytest.mark.parametrize("front", [manyhands.run, manyhands.map])
+def test_worker_process_options_are_refused_on_threads(front: Any, kwargs: dict[str, Any]) -> None:
+    # Left out backend= runs threads: an initializer there ran nothing, and every
+    # call then failed on what it should have set up (50 of 50 AttributeErrors).
+    calls: list[int] = []
+    with pytest.raises(ValueError, match="to worker processes only") as caught:
+        front(calls.append, [1, 2, 3], **kwargs)
+    named = next(name for name in kwargs if name != "backend")
+    assert f"{named}=" in str(caught.value)
+    assert "backend='processes'" in str(caught.value)
+    assert calls == []
+
+
+def test_worker_process_options_are_refused_on_asyncio() -> None:
+    import asyncio
+
+    async def main() -> None:
+        with pytest.raises(ValueError, match=r"amap\(\) got initializer= which applies"):
+            manyhands.amap(_async_identity, [1], initializer=_init)
+        with pytest.raises(ValueError, match=r"arun\(\) got initializer= which applies"):
+            await manyhands.arun(_async_identity, [1], initializer=_init)
+        with pytest.raises(ValueError, match=r"as asyncio tasks"):
+            manyhands.amap(_async_identity, [1], initializer=_init, backend="auto")
+
+    asyncio.run(main())
+    with pytest.raises(ValueError, match=r"run\(\) got initializer= which applies"):
+        manyhands.run(_async_identity, [1], initializer=_init)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"initargs": ("x",)}, "initargs= is passed to initializer=, and none was given"),
+        ({"initargs": ("x",), "backend": "processes"}, "initargs= is passed to initializer="),
+        ({"durability": "full"}, "durability='full' applies to a journal, and there is none"),
+        ({"changed_items": "skip"}, "changed_items='skip' applies to a journal"),
+    ],
+)
+@pytest.mark.parametrize("front", [manyhands.run, manyhands.map])
+def test_an_option_that_means_nothing_without_another_is_refused(
+    front: Any, kwargs: dict[str, Any], message: str
+) -> None:
+    calls: list[int] = []
+    with pytest.raises(ValueError) as caught:
+        front(calls.append, [1, 2, 3], **kwargs)
+    assert message in str(caught.value)
+    assert calls == []
+
+
+def test_changed_items_needs_a_key(tmp_path: Any) -> None:
+    # Without key= an item's key is the item itself: it cannot change under it.
+    with pytest.raises(ValueError, match=r"changed_items='rerun' applies with key= only"):
+        manyhands.run(abs, [1], journal=str(tmp_path / "j.db"), changed_items="rerun")
+    report = manyhands.run(
+        abs, [1], journal=str(tmp_path / "j.db"), changed_items="rerun", key=lambda x: x
+    )
+    assert report.succeeded == 1
+
+
+def test_a_pool_refuses_initargs_without_an_initializer() -> None:
+    with pytest.raises(ValueError, match="initargs= is passed to initializer="):
+        manyhands.Pool(workers=1, backend="processes", initargs=("x",))
+
+
+def test_a_pools_runs_refuse_journal_options_without_a_journal() -> None:
+    with manyhands.Pool(workers=1) as pool:
+        with pytest.raises(ValueError, match="durability='full' applies to a journal"):
+            pool.run(abs, [1], durability="full")
+        with pytest.raises(ValueError, match="changed_items='skip' applies to a journal"):
+            pool.map(abs, [1], changed_items="skip")
+        assert pool.run(abs, [-1]).succeeded == 1

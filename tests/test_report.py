@@ -93,7 +93,25 @@ def test_a_stop_rule_says_why_it_stopped_and_how_many_failed_in_all() -> None:
     assert 8 <= report.failed == report.total < 1000
     text = str(report)
     assert "stop_after_failures=3: 3 items had failed" in text  # why it stopped
-    assert f"{report.failed} failed in all" in text and "already running" in text  # the cost
+    assert f"{report.failed} failed in all" in text and "already handed to" in text  # the cost
+
+
+def test_a_stop_rule_counts_every_call_made_and_says_they_were_handed_out() -> None:
+    # Quick failing calls on 2 workers: a worker takes several at a time, and
+    # finishes a few batches before the run reads the third failure (10 calls
+    # were made). The summary must not call them "running" (2 workers cannot run
+    # 10 calls at once): it counts every item handed out, each called once.
+    calls: list[int] = []
+
+    def fn(x: int) -> int:
+        calls.append(x)
+        raise ValueError(x)
+
+    report = manyhands.run(fn, range(100_000), workers=2, stop_after_failures=3)
+    assert report.failed == report.total == len(calls) == len(set(calls)) < 100_000
+    text = str(report)
+    assert f"{report.failed} failed in all, counting the items already handed to workers" in text
+    assert "calls already running" not in text
 
 
 def bug(x: int) -> int:
@@ -171,3 +189,16 @@ def test_a_report_prints_a_huge_or_hostile_traceback_escaped_and_cut() -> None:
     assert "\x1b" not in text and "\x07" not in text
     assert "\\x1b]0;owned\\x07" in text
     assert "characters not shown" in text
+
+
+def test_the_settled_advice_names_the_signal_it_answers() -> None:
+    refused = manyhands.Report(100, 100, 0, 1.0, throttle_events=12, settled_rate=4.75)
+    (line,) = (line for line in str(refused).splitlines() if line.startswith("settled on"))
+    assert line == "settled on rate=4.75 (after 12 refusals: pass it next time to start there)"
+    queue = manyhands.Report(100, 100, 0, 1.0, settled_workers=6)
+    (line,) = (line for line in str(queue).splitlines() if line.startswith("settled on"))
+    assert line.startswith("settled on workers=6 (latency rose with the calls in flight")
+    both = manyhands.Report(100, 100, 0, 1.0, throttle_events=1, settled_rate=9.5,
+                            settled_workers=20)  # fmt: skip
+    assert "settled on rate=9.5, workers=20 (after 1 refusal: pass them next time" in str(both)
+    assert "settled" not in str(manyhands.Report(100, 100, 0, 1.0))

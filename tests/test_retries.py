@@ -280,6 +280,9 @@ def test_a_wait_longer_than_max_retry_after_fails_the_item_at_once(backend: str)
     (note,) = (note for note in report.notes if "max_retry_after" in note)
     assert note.startswith("5 calls asked to wait longer than max_retry_after=300s")
     assert "up to 86,400s" in note and "retry_failed=True" in note
+    # Not obeyed, so no slowdown either: no rate to advise for the next run.
+    assert report.throttle_events == 0 and report.settled_rate is None
+    assert "settled on" not in str(report)
 
 
 def test_max_retry_after_is_the_longest_wait_obeyed() -> None:
@@ -300,3 +303,76 @@ def test_max_retry_after_is_the_longest_wait_obeyed() -> None:
 def test_max_retry_after_must_be_seconds(bad: Any) -> None:
     with pytest.raises(ValueError, match="max_retry_after must be a number of seconds >= 0"):
         manyhands.Retry(max_retry_after=bad)
+
+
+def _reset(item: int) -> int:
+    raise ConnectionError(f"reset {item}")
+
+
+@pytest.mark.parametrize("backend", ["threads", "async"])
+def test_a_predicate_that_raises_says_no_and_the_report_says_so(backend: str) -> None:
+    def server_error(error: BaseException) -> bool:
+        return bool(error.response.status_code >= 500)  # type: ignore[attr-defined]
+
+    fn: Any = _reset
+    if backend == "async":
+
+        async def fn(item: int) -> int:
+            return _reset(item)
+
+    policy = manyhands.Retry(3, on=server_error, backoff=0.001)
+    report = manyhands.run(
+        fn, range(5), backend=backend, retry=policy, throttle_on=lambda e: e.response.status == 429
+    )
+    assert report.failed == 5 and {failure.attempts for failure in report.failures} == {1}
+    assert report.throttle_events == 0  # "no", as before: the run goes on
+    retry_note, throttle_note = (
+        next(note for note in report.notes if note.startswith(start))
+        for start in ("Retry(on=", "throttle_on=")
+    )
+    assert len(report.notes) == 2  # once per predicate, however many errors it broke on
+    assert retry_note.startswith("Retry(on=test_a_predicate_that_raises_says_no")
+    assert "server_error) raised AttributeError: 'ConnectionError' object has no attribute " in (
+        retry_note
+    )
+    assert "'response', on the ConnectionError of item " in retry_note
+    assert "and on 4 more errors" in retry_note and "(not retried)" in retry_note
+    assert throttle_note.startswith("throttle_on=<lambda> (test_retries.py:")
+    assert "(no slowdown)" in throttle_note
+    assert retry_note in str(report).replace("note: ", "")
+
+
+def _refused_or_reset(item: int) -> int:
+    if item == 7:
+        raise PermissionError(f"HTTP 429 for {item}")  # no retry_after attribute
+    if item == 8:
+        raise ConnectionError(f"reset {item}")
+    return item
+
+
+def _is_reset(error: BaseException) -> bool:
+    return isinstance(error, ConnectionError)
+
+
+def test_errors_from_worker_processes_meet_throttle_on_classes_and_predicates_say_so() -> None:
+    """A worker process's error comes back described: classes match it by name, and a
+    predicate, which cannot judge a description, says no and the Report says why."""
+    report = manyhands.run(
+        _refused_or_reset, range(20), backend="processes", workers=2, retry=FAST,
+        throttle_on=PermissionError,
+    )  # fmt: skip
+    assert report.throttle_events == FAST.retries + 1  # each attempt of item 7
+    policy = manyhands.Retry(3, on=_is_reset, backoff=0.001)
+    report = manyhands.run(
+        _refused_or_reset, range(20), backend="processes", workers=2, retry=policy,
+        throttle_on=_is_reset,
+    )  # fmt: skip
+    assert {failure.item: failure.attempts for failure in report.failures} == {7: 1, 8: 1}
+    assert report.throttle_events == 0
+    retry_note, throttle_note = (
+        next(note for note in report.notes if note.startswith(start))
+        for start in ("Retry(on=_is_reset) could not be applied to the ", "throttle_on=_is_reset")
+    )
+    assert "an error from a worker process comes back described" in retry_note
+    assert "(not retried); pass exception classes instead" in retry_note
+    assert "could not be applied" in throttle_note and "(no slowdown)" in throttle_note

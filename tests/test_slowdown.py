@@ -549,3 +549,23 @@ def test_the_lowest_rate_counts_the_first_one_set() -> None:
     slow.due(0.2)
     assert slow.limiter is not None
     assert slow.lowest == slow.limiter.per_second == 190.0
+
+
+def test_calls_seen_to_hold_the_gil_are_no_longer_cut_by_their_latency() -> None:
+    # CPU-bound calls on threads take turns on the GIL: the more are out, the later
+    # each finishes, as at a server's queue. Once the calls are seen to hold the CPU
+    # (the run measures it), the limit that latency set goes, and none comes back.
+    slow = Slowdown(workers=32, now=0.0, slow_start=True, ramp_loads=False)
+    now = 0.0
+    for latency in [0.004] * 10 + [0.1] * 10:  # the GIL's line: 25 times the first calls'
+        now += latency
+        slow.completed(now, started=now - latency, calls=8, latency=latency, in_flight=32)
+    assert slow.concurrency < 32 and slow.settled_concurrency is not None  # read as a queue
+    slow.ignore_latency()  # (the run saw its calls keep the GIL busy)
+    assert slow.concurrency == 32 and slow.settled_concurrency is None
+    for _ in range(20):
+        now += 0.1
+        slow.completed(now, started=now - 0.1, calls=32, latency=0.1, in_flight=32)
+        slow.due(now)
+    assert slow.concurrency == 32 and slow.settled_concurrency is None
+    assert not slow.watching  # (nothing left to watch each answer for)

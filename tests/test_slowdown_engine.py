@@ -167,3 +167,18 @@ def test_calls_cut_off_at_their_timeout_are_no_sample_of_the_latency() -> None:
     assert (report.succeeded, report.failed) == (480, 20)
     # (None here; a very busy machine might slow the quick calls a little)
     assert report.settled_workers is None or report.settled_workers >= 25, report
+
+
+def _checksum(page: int) -> int:
+    return sum(i * i for i in range(50_000 + page)) % 1_000_003  # ~3-4 ms, all CPU
+
+
+def test_cpu_bound_calls_on_threads_are_not_advised_as_a_slow_server() -> None:
+    """Calls taking turns on the GIL slow down as the calls in flight grow, as at a
+    server's queue; but no server was met, and fewer calls would not go faster."""
+    report = manyhands.run(_checksum, range(200), progress=False)
+    assert report.succeeded == 200 and report.throttle_events == 0
+    text = str(report)
+    cpu_note = any("CPU" in note for note in report.notes)
+    assert not (cpu_note and "settled on" in text), text  # the two would contradict
+    assert report.settled_workers is None and report.settled_rate is None, text

@@ -241,6 +241,8 @@ def open_run(
     is_async = is_coroutine_function(fn)
     kind = backend_kind(opts.backend) if opts.backend is not None else None
     backend_name = _backend_for(caller, is_async, kind, on_loop, pool is not None)
+    if pool is None:
+        _refuse_process_options(caller, opts, backend_name)
     if backend_name == "async" and not on_loop and _loop_running():
         raise RuntimeError(
             f"manyhands.{caller}() with a coroutine function was called from a running "
@@ -322,6 +324,34 @@ def _refuse_pool_options(caller: str, given: Mapping[str, Any]) -> None:
             )
 
 
+def _refuse_process_options(caller: str, opts: Options, backend_name: str) -> None:
+    """Refuse worker-process options on a run that starts no worker process.
+
+    Left unchecked, ``initializer=`` on threads runs nothing, and every call
+    then fails on what it should have set up.
+    """
+    if backend_name == "processes" or (opts.backend == "auto" and backend_name == "threads"):
+        return
+    given = [
+        name
+        for name in ("start_method", "initializer", "initargs", "start_timeout")
+        if getattr(opts, name) not in (None, ())
+    ]
+    if not given:
+        return
+    names = ", ".join(f"{name}=" for name in given)
+    apply = "applies" if len(given) == 1 else "apply"
+    if backend_name == "async":
+        where, fix = "as asyncio tasks", ""
+    else:
+        where, fix = "in threads", "pass backend='processes' (or 'auto'), or "
+    raise ValueError(
+        f"{caller}() got {names} which {apply} to worker processes only, and this run's "
+        f"calls run {where}, which start none: {fix}set up what fn needs before the run "
+        f"(e.g. in a module-level global) and leave {names} out"
+    )
+
+
 def _journal_opener(fn: Any, opts: Options) -> Callable[[], Journal] | None:
     if opts.journal is None:
         return None
@@ -360,7 +390,14 @@ def _backend_for(
     if on_loop and not is_async:
         raise TypeError(
             f"{caller}() needs a coroutine function (async def); for a regular function "
-            "use manyhands.run() or manyhands.map()"
+            "use manyhands.run() or manyhands.map(), or, from async code, "
+            + (
+                "the amap() of a pool of threads (`async with manyhands.Pool() as pool:` "
+                "then `async for out in pool.amap(fn, items)`), which calls it in the "
+                "pool's threads"
+                if caller == "amap"
+                else "`report = await asyncio.to_thread(manyhands.run, fn, items)`"
+            )
         )
     if asked is None or asked == "auto":  # (auto: threads, then measured; see _auto)
         return "async" if is_async else "threads"

@@ -306,6 +306,15 @@ class Measure:
         start, end = self._demand_start, self._demand()
         return start is None or end is None or end[1] - start[1] < GIL_BOUND * seconds
 
+    def seen(self, now: float) -> bool:
+        """Whether enough of the run was seen to tell calls that hold the GIL."""
+        return now - self._window_start >= WAIT_SEEN
+
+    def holds_cpu(self, now: float) -> bool:
+        """Whether the calls so far in this window kept the GIL busy (``GIL_BOUND``)."""
+        window = now - self._window_start
+        return window > 0 and self._busy(window)[0] >= GIL_BOUND
+
     def busy(self, now: float, running: int = 0) -> bool:
         """Whether the calls so far in this window look CPU-bound enough for processes:
         the run's threads kept the GIL busy, ``MIN_CPU`` or more per call."""

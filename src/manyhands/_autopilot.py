@@ -74,6 +74,7 @@ class Autopilot:
         self.unsent: Unsent | None = None
         self._short_turns = False  # the switch interval lowered while it measures
         self._threads_wanted = workers  # (the run's workers= on threads, to move back)
+        self._cpu_seen = False  # the calls were seen to hold the GIL (see _watch_cpu)
 
     @property
     def idle(self) -> bool:
@@ -144,6 +145,8 @@ class Autopilot:
                 "they ran on threads",
             )
         measure = self.measure
+        if measure is not None and measure.seen(run._clock()):  # (a run shorter than a window)
+            self._watch_cpu(measure, run._clock())
         if self._move is not None:
             self.run.statistics.backend = (
                 f"threads ({self._move.why}; the run ended before the move)"
@@ -234,6 +237,8 @@ class Autopilot:
         if measure is None:
             return
         run = self.run
+        if measure.ready(now):
+            self._watch_cpu(measure, now)
         if not self.auto:  # a plain threads run: a hint if its calls were CPU-bound
             if measure.ready(now):
                 hint = measure.hint(now)
@@ -256,6 +261,21 @@ class Autopilot:
             self._stop_measuring()
         if self._move is not None:
             self.choose_at = now  # (due at once)
+
+    def _watch_cpu(self, measure: Measure, now: float) -> None:
+        """Calls that hold the GIL: their latency is no server's, and no longer limits them.
+
+        Calls that take turns on the GIL finish later the more of them are
+        out, as calls in a server's queue do; the latency limit would read
+        that as a slow server and cut the calls in flight (to 1-7 for a
+        CPU-bound run), and the Report would advise that as ``workers=``.
+        Fewer calls in flight only leave the GIL idle when a call waits.
+        Refusals still slow the run down.
+        """
+        if not self._cpu_seen and measure.holds_cpu(now):
+            self._cpu_seen = True
+            self.run._slowdown.ignore_latency()
+            self.run._obey_slowdown()
 
     def _new_measure(self, started: float) -> Measure:
         """A run's own threads are measured alone; a shared pool's, by the run's share."""

@@ -161,6 +161,13 @@ class LatencyLimit:
         self._last_answer = now
         return quiet
 
+    def let_go(self) -> None:
+        """Latency no longer limits the calls in flight (calls that hold the CPU)."""
+        self.follows = False
+        self._queued = 0
+        self.limit = self.workers
+        self.opening = False
+
     def refused(self) -> None:
         """The server refused a call: it says its limit, and the rate takes it from here.
 

@@ -219,14 +219,27 @@ class Options(Record):
             raise TypeError(f"initializer must be callable, got {self.initializer!r}")
         if not isinstance(self.initargs, tuple):
             raise TypeError(f"initargs must be a tuple, got {self.initargs!r}")
+        if self.initargs and self.initializer is None:
+            raise ValueError(
+                "initargs= is passed to initializer=, and none was given: pass "
+                "initializer=fn as well (it runs once in each worker process), or leave "
+                "initargs out"
+            )
         if self.start_timeout is not None:
             check_start_timeout(self.start_timeout)
-        given = (self.start_method, self.initializer, self.start_timeout)
-        uses = any(value is not None for value in given) or bool(self.initargs)
-        if uses and self.backend not in (None, "processes", "auto"):
+        given = [
+            name
+            for name in ("start_method", "initializer", "initargs", "start_timeout")
+            if getattr(self, name) not in (None, ())
+        ]
+        if given and self.backend not in (None, "processes", "auto"):
+            names = ", ".join(f"{name}=" for name in given)
             raise ValueError(
+                f"{names} {'applies' if len(given) == 1 else 'apply'} to worker processes "
+                f"only, and backend={self.backend!r} starts none: "
                 "start_method, initializer, initargs and start_timeout apply to "
-                "backend='processes' (or 'auto', if it moves to processes) only"
+                "backend='processes' (or 'auto', if it moves to processes) only; pass one "
+                f"of those, or leave {names} out"
             )
 
     def _validate_journal(self) -> None:
@@ -253,6 +266,18 @@ class Options(Record):
             for name in ("key", "retry_failed", "store_results"):
                 if getattr(self, name):
                     raise ValueError(f"{name}= needs a journal: pass journal='run.db' as well")
+            for name, default in (("durability", "normal"), ("changed_items", "refuse")):
+                if getattr(self, name) != default:
+                    raise ValueError(
+                        f"{name}={getattr(self, name)!r} applies to a journal, and there is "
+                        "none: pass journal='run.db' as well, or leave it out"
+                    )
+        if self.changed_items != "refuse" and self.key is None:
+            raise ValueError(
+                f"changed_items={self.changed_items!r} applies with key= only: without it "
+                "an item's key is the item itself, which cannot change under its key. Pass "
+                "key=lambda row: row['id'] (what identifies an item), or leave changed_items out"
+            )
 
     def _failure_rate(self) -> tuple[float, int]:
         rule = self.stop_after_failure_rate

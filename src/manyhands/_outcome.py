@@ -135,7 +135,7 @@ def describe_exception(
     message = _safe_message(exc)
     if frames is True:
         frames = _TRACEBACK(exc)
-    tb = frames if isinstance(frames, TracebackType) else None
+    tb = _past_wrappers(frames) if isinstance(frames, TracebackType) else None
     try:
         text = "".join(_tb.format_exception(type(exc), exc, tb))
     except KeyboardInterrupt:  # Ctrl-C landing here (formatting takes a while): never swallowed
@@ -149,6 +149,20 @@ def describe_exception(
             lines = ""
         text = f"Traceback (most recent call last):\n{lines}{error_type}: {message}\n"
     return error_type, message, text
+
+
+def _past_wrappers(frames: TracebackType) -> TracebackType:
+    """``frames`` without the leading frames of manyhands' own wrappers around fn.
+
+    A wrapper (the command's, which fails an unreadable line as its item)
+    marks itself with a local ``__tracebackhide__``, as pytest's helpers do:
+    a traceback starts at the user's code. The mark is in the code object,
+    so it holds for a wrapper pickled by value into a worker process. A
+    wrapper's frame that raised (no frame after it) is kept.
+    """
+    while frames.tb_next is not None and "__tracebackhide__" in frames.tb_frame.f_code.co_varnames:
+        frames = frames.tb_next
+    return frames
 
 
 def _linked(error: BaseException) -> list[BaseException]:

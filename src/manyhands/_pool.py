@@ -124,6 +124,12 @@ class Pool:
         check_positive_int("spare", spare, "threads kept for urgent work, e.g. 2", zero=True)
         if spare and backend != "threads":
             raise ValueError("spare= applies to backend='threads' only")
+        if initargs and initializer is None:
+            raise ValueError(
+                "initargs= is passed to initializer=, and none was given: pass "
+                "initializer=fn as well (it runs once in each worker process), or leave "
+                "initargs out"
+            )
         processes = None
         if backend in ("processes", "auto"):
             processes = {

@@ -75,11 +75,17 @@ class Report(Record):
         settled_workers: the calls in flight it settled on (a server that
             slows down under load, or caps the calls in progress), to pass as
             ``workers=``; ``None`` if ``workers`` never had to be lowered, or
-            the calls in flight never reached the limit it learned.
-        stopped: why a stop rule ended the run early, else ``None``; calls
-            already running then were let finish, and items waiting for a
-            retry ended with their last failure, so ``failed`` may be more
-            than the rule's limit.
+            the calls in flight never reached the limit it learned. Only a
+            server's signal sets these two: refusals it obeyed, or (with none)
+            a latency that rose with the calls in flight while the calls did
+            not hold the CPU (calls taking turns on the GIL slow down too,
+            and fewer of them would not go faster).
+        stopped: why a stop rule ended the run early, else ``None``; the
+            items already handed to workers then (quick calls go several to a
+            batch, and a worker may finish a few batches before the run reads
+            their outcomes) were let finish, and items waiting for a retry
+            ended with their last failure, so ``failed`` may be more than the
+            rule's limit.
         skipped: items not run because the journal has their final outcome.
         skipped_failed: of ``skipped``, those recorded as failed
             (``retry_failed=True`` runs them again).
@@ -260,14 +266,15 @@ class Report(Record):
                 settled.append(f"rate={self.settled_rate:.4g}")
             if self.settled_workers is not None:
                 settled.append(f"workers={self.settled_workers}")
-            lines.append(f"settled on {', '.join(settled)} (pass them next time to start there)")
+            lines.append(f"settled on {', '.join(settled)} ({self._settled_why()})")
         if self.abandoned:
             lines.append(_abandoned(self.abandoned, self.backend))
         if self.stopped:
             lines.append(
                 f"stopped early: {self.stopped}; {self.failed:,} failed in all, counting "
-                "the calls already running then, which were let finish, and the items "
-                "waiting for a retry, which ended with their last failure"
+                "the items already handed to workers then, whose calls were let finish (a "
+                "worker takes quick calls several at a time), and the items waiting for a "
+                "retry, which ended with their last failure"
             )
         if "auto" in self.backend:
             lines.append(f"backend: {self.backend}")
@@ -283,6 +290,22 @@ class Report(Record):
         if alike is not None:
             lines.append(_alike_text(alike))
         return "\n".join(lines)
+
+    def _settled_why(self) -> str:
+        """What the run met that the settled values answer, and the advice.
+
+        >>> Report(9, 9, 0, 1.0, throttle_events=12, settled_rate=4.75)._settled_why()
+        'after 12 refusals: pass it next time to start there'
+        >>> Report(9, 9, 0, 1.0, settled_workers=6)._settled_why()
+        'latency rose with the calls in flight, as at a server with a queue: pass it next \
+time to start there'
+        """
+        both = self.settled_rate is not None and self.settled_workers is not None
+        advice = f"pass {'them' if both else 'it'} next time to start there"
+        if self.throttle_events:  # (the first refusal ends the latency's limit)
+            refusals = _plural(self.throttle_events, "refusal")
+            return f"after {self.throttle_events:,} {refusals}: {advice}"
+        return f"latency rose with the calls in flight, as at a server with a queue: {advice}"
 
     def _headline(self) -> str:
         """``2,000 items in 1.49s (1,339.3/s): 1,900 succeeded, 100 failed``, with what

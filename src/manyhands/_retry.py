@@ -21,6 +21,8 @@ __all__ = [
     "check_matcher",
     "is_programming_error",
     "matches",
+    "matches_described",
+    "predicate_name",
     "retry_after_of",
 ]
 
@@ -64,20 +66,67 @@ def check_matcher(name: str, on: object) -> None:
                 raise TypeError(f"{name} must name exception classes, got {cls!r}")
 
 
-def matches(on: ErrorMatcher, error: BaseException) -> bool:
+def matches(
+    on: ErrorMatcher,
+    error: BaseException,
+    broken: Callable[[Exception], None] | None = None,
+) -> bool:
     """Whether ``error`` is one ``on`` names; a predicate that raises says no.
+
+    ``broken`` hears what such a predicate raised (the run says so in its Report).
 
     >>> matches((KeyError, IndexError), KeyError("k"))
     True
     >>> matches(lambda e: "429" in str(e), OSError("HTTP 503"))
+    False
+    >>> matches(lambda e: e.response.status_code == 429, OSError("reset"), print)
+    'OSError' object has no attribute 'response'
     False
     """
     if isinstance(on, (type, tuple)):
         return isinstance(error, on)
     try:
         return bool(on(error))
-    except Exception:  # a broken predicate must not break the run
+    except Exception as exc:  # a broken predicate must not break the run
+        if broken is not None:
+            broken(exc)
         return False
+
+
+def matches_described(on: ErrorMatcher, failure: Any) -> bool:
+    """Whether a failure described in another process is one ``on`` names.
+
+    Classes are matched by name against its error's class hierarchy (so
+    subclasses match, as with isinstance); a predicate cannot be applied to a
+    description and says no.
+
+    >>> failure = Failure(1, "builtins.ConnectionError", "reset", attempts=1)
+    >>> failure.lineage = ("builtins.ConnectionError", "builtins.OSError", "builtins.Exception")
+    >>> matches_described(OSError, failure), matches_described(lambda e: True, failure)
+    (True, False)
+    """
+    if not isinstance(on, (type, tuple)):
+        return False
+    lineage = failure.lineage or (failure.error_type,)
+    classes = on if isinstance(on, tuple) else (on,)
+    return any(f"{cls.__module__}.{cls.__qualname__}" in lineage for cls in classes)
+
+
+def predicate_name(on: object) -> str:
+    """A predicate as a note names it: its name, and where a lambda was written.
+
+    >>> predicate_name(lambda e: True)  # doctest: +ELLIPSIS
+    '<lambda> (<doctest ...>:1)'
+    >>> predicate_name(str.isdigit)
+    'str.isdigit'
+    """
+    name = getattr(on, "__qualname__", None) or type(on).__qualname__
+    code = getattr(on, "__code__", None)
+    if name.endswith("<lambda>") and code is not None:
+        import os
+
+        return f"<lambda> ({os.path.basename(code.co_filename)}:{code.co_firstlineno})"
+    return str(name)
 
 
 def is_programming_error(failure: Failure) -> bool:
@@ -262,13 +311,15 @@ class Retry(Record):
             f"retry must be an int (retries per item) or a manyhands.Retry, got {value!r}"
         )
 
-    def retries_error(self, error: BaseException) -> bool:
-        """Whether this policy retries ``error`` (attempts aside)."""
+    def retries_error(
+        self, error: BaseException, broken: Callable[[Exception], None] | None = None
+    ) -> bool:
+        """Whether this policy retries ``error`` (attempts aside); ``broken``: see matches."""
         if not isinstance(error, Exception):
             return False
         if self.on is None:
             return not isinstance(error, PROGRAMMING_ERRORS)
-        return matches(self.on, error)
+        return matches(self.on, error, broken)
 
     def retries_failure(self, failure: Any) -> bool:
         """Whether this policy retries a failure that came from another process.
@@ -283,10 +334,7 @@ class Retry(Record):
             return False
         if self.on is None:
             return _PROGRAMMING_ERROR_NAMES.isdisjoint(lineage)
-        if not isinstance(self.on, (type, tuple)):
-            return False
-        classes = self.on if isinstance(self.on, tuple) else (self.on,)
-        return any(f"{cls.__module__}.{cls.__qualname__}" in lineage for cls in classes)
+        return matches_described(self.on, failure)
 
     def ceiling(self, attempt: int) -> float:
         """The largest delay after the ``attempt``-th try (1-based)."""

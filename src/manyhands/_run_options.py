@@ -21,7 +21,8 @@ class RunOptions(TypedDict, total=False):
     """The keyword options of :func:`manyhands.run`, :func:`manyhands.map`,
     :func:`manyhands.amap` and :func:`manyhands.arun`, with their defaults.
 
-    workers: how many calls run at once (default 32; threads accept thousands).
+    workers: how many calls run at once (default 32; threads accept thousands;
+        with ``backend="processes"``, the number of CPUs).
     backend: where calls run: ``"threads"``, ``"async"`` (tasks on an event
         loop) for a coroutine function, ``"processes"`` for CPU-bound work
         (workers default to the number of CPUs), or ``"auto"``: threads, until
@@ -34,7 +35,8 @@ class RunOptions(TypedDict, total=False):
         too. Default: picked from ``fn`` (threads or async).
     start_method: with processes: ``"forkserver"`` (default where it exists),
         ``"spawn"`` or ``"fork"``.
-    initializer, initargs: with processes: called as ``initializer(*initargs)``
+    initializer, initargs: with processes only (refused on threads and async,
+        as are ``start_method`` and ``start_timeout``): called as ``initializer(*initargs)``
         once in each worker process before any item (a DB connection, a
         model); if it raises, the run fails with WorkerInitError before any
         item runs.
@@ -101,9 +103,9 @@ class RunOptions(TypedDict, total=False):
         still done); ``"pickle"`` stores any picklable value, and resuming
         unpickles it, which runs code from the file: only for journals you
         trust. Default False.
-    durability: ``"normal"`` (default: survives a crash of the process) or
+    durability: with a journal: ``"normal"`` (default: survives a crash of the process) or
         ``"full"`` (fsync at every commit: survives a power cut too).
-    changed_items: with ``key=``, what to do with an item whose content
+    changed_items: with a journal and ``key=``, what to do with an item whose content
         differs from the one recorded under its key: ``"refuse"`` (default:
         stop with JournalError), ``"rerun"`` or ``"skip"``.
     """

@@ -21,7 +21,7 @@ from ._batch import EXECUTE_CODE, Batch, Task
 from ._exceptions import Timeout, WorkerCrashed
 from ._options import Options
 from ._outcome import Failure
-from ._retry import MAX_RETRY_AFTER, matches, retry_after_of
+from ._retry import MAX_RETRY_AFTER, Retry, matches, matches_described, retry_after_of
 from ._stats import RunStatistics
 from ._timers import RetryTimers
 
@@ -58,11 +58,16 @@ class Settlement:
         self.throttled = 0
         self._asked: float | None = None  # the longest Retry-After among them
 
-    def settle(self, batch: Batch) -> tuple[set[int], list[Failure], int]:
+    def settle(self, batch: Batch, *, late: bool = False) -> tuple[set[int], list[Failure], int]:
         """Turn ``batch``'s errors into Failures; schedule the retryable ones.
 
         Returns (the indexes retried, the final failures, how many of the errors
         made no call). Sets ``batch.failures`` and clears ``batch.errors``.
+
+        ``late``: the batch came back after the run stopped (the grace period).
+        Nothing is scheduled, throttled or counted then: the indexes returned as
+        retried are those not final, the failures that would have been retried
+        and the errors that made no call (their items run again on a resume).
         """
         assert batch.errors is not None
         stats = self._statistics
@@ -84,23 +89,25 @@ class Settlement:
                 released = loop
             failure.history = batch.history
             exception = failure.exception
-            if exception is None:  # from another process: described, not an object
-                asked = failure.retry_after
-                throttled = asked is not None
-                retryable = retry is not None and retry.retries_failure(failure)
-            else:
-                asked = retry_after_of(exception)
-                throttled = asked is not None or (
-                    self._throttle_on is not None and matches(self._throttle_on, exception)
-                )
-                retryable = retry is not None and retry.retries_error(exception)
-            if isinstance(exception, (WorkerCrashed, Timeout)) and not exception.ran:  # (unsent)
+            asked, throttled, retryable = self._judged(failure, retry)
+            never_called = isinstance(exception, (WorkerCrashed, Timeout)) and not exception.ran
+            if never_called:  # (unsent)
                 failure.attempts -= 1
                 uncalled += 1
                 retryable = False
             if asked is not None and asked > self._longest:  # not obeyed: the item fails now
-                stats.asked_too_long(asked, self._longest)
-                asked, retryable = None, False
+                if not late:
+                    stats.asked_too_long(asked, self._longest)
+                # (nor does the run slow down for it: its rate would be no server's)
+                asked, retryable, throttled = None, False, False
+            if late:
+                if never_called or (
+                    retryable and retry is not None and batch.attempt <= retry.retries
+                ):
+                    retried.add(index)
+                else:
+                    final[index] = failure
+                continue
             if throttled:
                 self._throttle(asked)
             if retryable and retry is not None and batch.attempt <= retry.retries:
@@ -113,48 +120,46 @@ class Settlement:
         batch.failures = final or None
         return retried, list(final.values()), uncalled
 
-    def settle_late(self, batch: Batch) -> set[int]:
-        """Turn the errors of a batch that came back after the run stopped into Failures.
+    def _judged(self, failure: Failure, retry: Retry | None) -> tuple[float | None, bool, bool]:
+        """What ``failure``'s error asks: (the Retry-After, to slow down, to be retried)."""
+        exception = failure.exception
+        if exception is None:  # from another process: described, not an object
+            asked = failure.retry_after
+            throttled = asked is not None or (
+                self._throttle_on is not None and matches_described(self._throttle_on, failure)
+            )
+            self._unapplied(retry, failure)
+            return asked, throttled, retry is not None and retry.retries_failure(failure)
+        asked = retry_after_of(exception)
+        throttled = asked is not None or (
+            self._throttle_on is not None
+            and matches(self._throttle_on, exception, self._broken("throttle_on", failure))
+        )
+        retryable = retry is not None and retry.retries_error(
+            exception, self._broken("retry", failure)
+        )
+        return asked, throttled, retryable
 
-        Nothing is retried now: a failure that would have been retried is not
-        final (its item runs again on a resume), nor is one whose call was never
-        made. Returns the indexes of those; the final failures are left in
-        ``batch.failures``. Nothing is counted, scheduled or throttled.
-        """
-        if not batch.errors:
-            return set()
-        retry = self._retry if self._statistics.stop_reason is None else None
-        not_final: set[int] = set()
-        final: dict[int, Failure] = {}
-        frames = batch.frames or {}
-        for index, error in batch.errors.items():
-            if isinstance(error, Failure):
-                failure = error
-            else:
-                trace = frames.get(index, True)
-                failure = Failure.from_exception(batch.items[index], error, batch.attempt, trace)
-            loop = failure.leave_out_caller(EXECUTE_CODE)
-            if loop is not None:
-                _release(loop)
-            failure.history = batch.history
-            exception = failure.exception
-            if isinstance(exception, (WorkerCrashed, Timeout)) and not exception.ran:
-                not_final.add(index)  # (never called)
-                continue
-            asked = failure.retry_after if exception is None else retry_after_of(exception)
-            if asked is not None and asked > self._longest:  # (would fail at once)
-                retryable = False
-            elif exception is None:
-                retryable = retry is not None and retry.retries_failure(failure)
-            else:
-                retryable = retry is not None and retry.retries_error(exception)
-            if retryable and retry is not None and batch.attempt <= retry.retries:
-                not_final.add(index)
-            else:
-                final[index] = failure
-        batch.errors = batch.frames = None
-        batch.failures = final or None
-        return not_final
+    def _broken(self, option: str, failure: Failure) -> Callable[[Exception], None]:
+        """What hears that ``option``'s predicate raised on ``failure``'s error (a note)."""
+
+        def broken(raised: Exception) -> None:
+            on = self._throttle_on if option == "throttle_on" else getattr(self._retry, "on", None)
+            self._statistics.predicate_raised(option, on, failure, raised)
+
+        return broken
+
+    def _unapplied(self, retry: Retry | None, failure: Failure) -> None:
+        """A predicate cannot judge an error described in another process: a note says so."""
+        stats = self._statistics
+        if (
+            retry is not None
+            and _is_predicate(retry.on)
+            and "builtins.Exception" in (failure.lineage)
+        ):
+            stats.predicate_raised("retry", retry.on, failure, None)
+        if _is_predicate(self._throttle_on) and failure.retry_after is None:
+            stats.predicate_raised("throttle_on", self._throttle_on, failure, None)
 
     def take_throttled(self) -> tuple[int, float | None]:
         """The calls that asked to slow down since the last call, and the longest Retry-After."""
@@ -197,6 +202,10 @@ class Settlement:
             self._statistics.retried += 1
             self._statistics.retrying += 1
         self._timers.add(self._clock() + delay, again)
+
+
+def _is_predicate(on: object) -> bool:
+    return on is not None and not isinstance(on, (type, tuple))
 
 
 def timed_out(errors: dict[int, BaseException | Failure]) -> bool:

@@ -177,13 +177,12 @@ class Slowdown:
         """Latency never limits the calls in flight (calls on worker processes).
 
         A CPU-bound call's latency grows with the load on the cores (other runs
-        of a Pool, other programs), not with a server's queue: fewer calls in
-        flight would only leave cores idle. Refusals still slow the run down.
+        of a Pool, other programs), or on threads with the calls taking turns on
+        the GIL, not with a server's queue: fewer calls in flight would only
+        leave cores idle. A limit the latency set goes; refusals still slow the
+        run down.
         """
-        self._latency.follows = False
-        if self._latency.opening:
-            self._latency.limit = self.workers
-            self._latency.opening = False
+        self._latency.let_go()
 
     # -- what the engine obeys -------------------------------------------
 

@@ -96,6 +96,7 @@ class RunStatistics:
         self.backend = "threads"  # what ran the calls, and for auto why (Report.backend)
         self.notes: list[str] = []  # one-line facts for the Report (e.g. fewer workers)
         self._too_long: tuple[int, float, int] | None = None  # (calls, longest asked, note's index)
+        self._broken: dict[str, tuple[int, str, int]] = {}  # option: (errors, note, note's index)
         self.failures: list[Failure] = []
         self.first_failure: Failure | None = None  # kept even with keep_failures=0
         self.errors_by_type: Counter[str] = Counter()
@@ -139,6 +140,74 @@ rerun later with retry_failed=True)
         else:
             self.notes[index] = note
         self._too_long = (calls, most, index)
+
+    def predicate_raised(
+        self, option: str, predicate: object, failure: Failure, raised: Exception | None
+    ) -> None:
+        """``option``'s predicate raised ``raised`` on ``failure``'s error: taken as no.
+
+        ``raised`` None: it could not be applied (an error from a worker process
+        comes back described, not as an object). Said once per option and
+        case, its first occurrence in full, with a count.
+
+        >>> stats = RunStatistics(keep_failures=10)
+        >>> def on(e): return e.response.status_code >= 500
+        >>> for item in range(3):
+        ...     stats.predicate_raised("retry", on, Failure.from_exception(
+        ...         item, ConnectionError("reset")), AttributeError(
+        ...         "'ConnectionError' object has no attribute 'response'"))
+        >>> print(stats.notes[0])
+        Retry(on=on) raised AttributeError: 'ConnectionError' object has no attribute \
+'response', on the ConnectionError of item 0 ('reset'), and on 2 more errors: each taken as \
+"no" (not retried); make it return False for errors it does not expect
+        >>> stats.predicate_raised("throttle_on", on, Failure(7, "builtins.OSError", "x", 1), None)
+        >>> print(stats.notes[1])
+        throttle_on=on could not be applied to the OSError of item 7 ('x'): an error from a \
+worker process comes back described, not as an object: taken as "no" (no slowdown); pass \
+exception classes instead (matched by name)
+        """
+        from ._outcome import safe_repr
+        from ._retry import predicate_name
+
+        key = option if raised is not None else f"{option} unapplied"
+        count, first, index = self._broken.get(key, (0, "", len(self.notes)))
+        count += 1
+        if not first:
+            name = predicate_name(predicate)
+            named = f"Retry(on={name})" if option == "retry" else f"throttle_on={name}"
+            error = (
+                f"the {failure.error_type.rsplit('.', 1)[-1]} of item "
+                f"{safe_repr(failure.item, limit=60)} ({safe_repr(failure.message, limit=60)})"
+            )
+            if raised is None:
+                first = f"{named} could not be applied to {error}"
+            else:
+                message = " ".join(str(raised).split())  # (one line)
+                message = message if len(message) <= 120 else message[:117] + "..."
+                first = f"{named} raised {type(raised).__qualname__}: {message}, on {error}"
+        more = ""
+        if count > 1:
+            more = f", and {'on' if raised else 'to'} {count - 1:,} more error{'s' * (count > 2)}"
+        effect = "not retried" if option == "retry" else "no slowdown"
+        if raised is None:
+            note = (
+                f"{first}{more}: an error from a worker process comes back described, not as "
+                f'an object: taken as "no" ({effect}); pass exception classes instead (matched '
+                "by name)"
+            )
+        else:
+            note = (
+                f'{first}{more}: each taken as "no" ({effect}); make it return False for errors '
+                "it does not expect"
+            )
+        notes = list(self.notes)  # (a Pool's runs: the backend's list is not this run's)
+        if key not in self._broken or index >= len(notes):
+            index = len(notes)
+            notes.append(note)
+        else:
+            notes[index] = note
+        self.notes = notes
+        self._broken[key] = (count, first, index)
 
     def add_skipped(self, reasons: list[str]) -> None:
         """Account for items the journal skipped, by why (``Outcome.skipped``)."""

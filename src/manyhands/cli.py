@@ -437,6 +437,11 @@ def _run_options(
     if needs_journal and journal is None:
         verb = "needs" if len(needs_journal) == 1 else "need"
         raise UsageProblem(f"{' and '.join(needs_journal)} {verb} --journal")
+    if flags["changed_items"] and key is None:
+        raise UsageProblem(
+            "--changed-items needs --key: without it an item's key is the item itself, "
+            "which cannot change under it"
+        )
     options = {name: value for name, value in flags.items() if value is not None}
     options["retry"] = options.pop("retries")
     _dask_options(options)
@@ -620,6 +625,7 @@ def _calling(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
     if _api.is_coroutine_function(fn):
 
         async def call(item: Any) -> Any:
+            __tracebackhide__ = True  # (a traceback starts at fn: see _outcome._past_wrappers)
             if type(item) is BadLine:
                 raise MalformedLine(item.error)
             return await fn(item)
@@ -627,6 +633,7 @@ def _calling(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
     else:
 
         def call(item: Any) -> Any:
+            __tracebackhide__ = True  # (a traceback starts at fn: see _outcome._past_wrappers)
             if type(item) is BadLine:
                 raise MalformedLine(item.error)
             return fn(item)

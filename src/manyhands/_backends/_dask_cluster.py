@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import tempfile
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -54,26 +56,70 @@ def start_local_cluster(workers: int) -> tuple[Any, Any]:
 
 
 def _new_cluster(workers: int) -> tuple[Any, Any]:
+    _refuse_unguarded_main()
     import dask
     from distributed import Client, LocalCluster
 
     # Dask must not run a task again when its worker dies: that is the engine's call.
-    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
-        cluster = LocalCluster(  # type: ignore[no-untyped-call]
-            n_workers=workers,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=":0",  # (its small HTTP server, on any free port)
-            scheduler_kwargs={"dashboard": False},
-            silence_logs=logging.CRITICAL,  # a dead worker is in the Report
-            preload=[__name__],  # (dask_setup: a Ctrl-C is the run's, not its workers')
-        )
+    mark = os.path.join(tempfile.gettempdir(), f"manyhands-unguarded-{os.getpid()}-{id(mark_env)}")
+    os.environ[UNGUARDED_MARK] = mark
+    try:
+        with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+            cluster = LocalCluster(  # type: ignore[no-untyped-call]
+                n_workers=workers,
+                threads_per_worker=1,
+                processes=True,
+                host="127.0.0.1",
+                dashboard_address=":0",  # (its small HTTP server, on any free port)
+                scheduler_kwargs={"dashboard": False},
+                silence_logs=logging.CRITICAL,  # a dead worker is in the Report
+                preload=[__name__],  # (dask_setup: a Ctrl-C is the run's, not its workers')
+            )
+    except Exception:
+        if os.path.exists(mark):  # a worker's import of the script started a run
+            from ._process_spawn import UNGUARDED_MAIN, died_starting
+
+            raise WorkerInitError(
+                died_starting(UNGUARDED_MAIN).replace("worker process", "Dask worker process", 1)
+            ) from None
+        raise
+    finally:
+        os.environ.pop(UNGUARDED_MARK, None)
+        with contextlib.suppress(OSError):
+            os.remove(mark)
     try:
         return cluster, Client(cluster, set_as_default=False)  # type: ignore[no-untyped-call]
     except BaseException:
         cluster.close()
         raise
+
+
+#: Where a LocalCluster's worker process marks that its import of the main script
+#: started a run (a script without ``if __name__ == "__main__":``).
+UNGUARDED_MARK = "MANYHANDS_DASK_UNGUARDED"
+mark_env = object()  # (its id tells this process's marks apart)
+
+
+def _refuse_unguarded_main() -> None:
+    """In a worker process of a LocalCluster started here, importing the main script (its
+    top level starts a run): mark it for the parent, then end this process quietly.
+
+    Dask starts its worker processes as multiprocessing does, and each imports the
+    main script; a run started there would try a cluster of its own, which
+    multiprocessing refuses mid-start, with pages of tracebacks from every worker
+    and a parent told only that a Nanny failed to start.
+    """
+    import multiprocessing
+
+    if not getattr(multiprocessing.current_process(), "_inheriting", False):
+        return
+    mark = os.environ.get(UNGUARDED_MARK)
+    if mark:
+        with contextlib.suppress(OSError), open(mark, "a"):
+            pass
+    from ._process_spawn import refuse_while_importing_main
+
+    refuse_while_importing_main()
 
 
 def close_local_cluster(cluster: Any, busy: bool) -> None:
