@@ -492,11 +492,18 @@ class Run:
             self._give_up_calls()
 
     def _drop_queued(self) -> None:
-        """The batches no worker began are dropped (a shared pool's lanes)."""
+        """The batches no worker began are dropped (a shared pool's lanes).
+
+        Those sent ahead to a worker are not begun either, where the backend can
+        tell its workers so (``halt``): they come back as never called.
+        """
         for backend in (self._backend, *self._previous):
             for batch in backend.cancel(self.task):
                 self._sent.pop(id(batch), None)
                 self._count_back(batch)
+            halt = getattr(backend, "halt", None)  # (processes, Dask)
+            if halt is not None:
+                halt(self.task)
 
     def _count_back(self, batch: Batch) -> None:
         if batch.piece:  # (its batch's other items still run: the batch is still out)

@@ -26,7 +26,7 @@ from typing import Any
 from .._batch import Batch
 from .._exceptions import WorkerInitError
 from ._process_channel import Channel
-from ._process_worker import serve
+from ._process_worker import STAMP_SIZE, serve
 
 __all__ = [
     "FORKSERVER_PRELOAD",
@@ -125,7 +125,7 @@ def spawn_worker(
         life_r, life_w = context.Pipe(duplex=False)
         opened += [life_r, life_w]
         progress = context.Value("i", 0, lock=False)
-        stamp = context.Array("d", 2, lock=False)
+        stamp = context.Array("d", STAMP_SIZE, lock=False)
         child_conn = Connection(child.detach())
         opened.append(child_conn)
         inherited: tuple[int, ...] = ()

@@ -11,7 +11,11 @@ a message: ``progress`` holds the index (in its batch) of the item it runs,
 so that a crash fails that item only; ``stamp`` holds the number of the batch
 it runs (0 between batches) and when it began (``time.monotonic``, the same
 clock in every process), so that a timeout is judged by when the call really
-started, not by when the parent sent it.
+started, not by when the parent sent it. The parent writes there too: the
+number of a batch sent ahead that the worker must not begin (its run
+stopped), in the slot ``SKIP + number % SKIP_SLOTS``; the worker answers
+``("not_begun",)`` for it, calling nothing (one read of shared memory per
+batch, no message).
 """
 
 from __future__ import annotations
@@ -37,12 +41,26 @@ from .._outcome import (
     set_traceback,
 )
 
-__all__ = ["BATCH", "HEADER", "STARTED", "RemoteError", "describe_remote", "serve"]
+__all__ = [
+    "BATCH",
+    "HEADER",
+    "SKIP",
+    "SKIP_SLOTS",
+    "STAMP_SIZE",
+    "STARTED",
+    "RemoteError",
+    "describe_remote",
+    "serve",
+]
 
 #: (error_type, message, traceback, class hierarchy names, retry_after)
 RemoteError = tuple[str, str, str, tuple[str, ...], "float | None"]
 
 BATCH, STARTED = 0, 1  # the fields of ``stamp``
+#: Then the batches not to begin, one slot per batch a worker may hold (the
+#: parent sends at most ``SKIP_SLOTS`` ahead): ``stamp[SKIP + n % SKIP_SLOTS] == n``.
+SKIP, SKIP_SLOTS = 2, 2
+STAMP_SIZE = SKIP + SKIP_SLOTS
 
 #: A batch's frame: this header, the run's pickled function if the worker does not
 #: have it yet (its length in the header), then the pickled items. The header holds
@@ -148,28 +166,38 @@ def serve(
         except (EOFError, OSError):  # the parent closed the pipe or died
             return
         number += 1
-        progress.value = 0  # (a crash from here on is the first item's, until the next)
-        key, forget, size = HEADER.unpack_from(message)
-        functions.pop(forget, None)
-        if size:
-            functions[key] = _load(memoryview(message)[HEADER.size : HEADER.size + size])
-        fn = functions.get(key)
-        if isinstance(fn, _Unloadable) or fn is None:
-            error = fn.error if fn is not None else KeyError(f"no function number {key}")
-            answer = pickle.dumps(("no_fn", describe_remote(error)))
-        else:
-            try:
-                items = pickle.loads(memoryview(message)[HEADER.size + size :])
-            except Exception as exc:  # an item that cannot be rebuilt here: the batch fails
-                answer = pickle.dumps(("unloadable", describe_remote(exc)))
-            else:
-                stamp[STARTED] = monotonic()
-                stamp[BATCH] = number
-                outcome = _run(fn, items, progress)
-                stamp[BATCH] = 0
-                answer = _pack(*outcome)
+        answer = _answer(message, number, functions, progress, stamp)
         if not _tell(conn, answer):
             return
+
+
+def _answer(
+    message: bytes, number: int, functions: dict[int, Any], progress: Any, stamp: Any
+) -> bytes:
+    """Run the batch ``message`` (the ``number``-th this worker got); the answer to send back."""
+    progress.value = 0  # (a crash from here on is the first item's, until the next)
+    key, forget, size = HEADER.unpack_from(message)
+    functions.pop(forget, None)
+    if size:
+        functions[key] = _load(memoryview(message)[HEADER.size : HEADER.size + size])
+    if stamp[SKIP + number % SKIP_SLOTS] == number:  # its run stopped: not begun
+        return _NOT_BEGUN
+    fn = functions.get(key)
+    if isinstance(fn, _Unloadable) or fn is None:
+        error = fn.error if fn is not None else KeyError(f"no function number {key}")
+        return pickle.dumps(("no_fn", describe_remote(error)))
+    try:
+        items = pickle.loads(memoryview(message)[HEADER.size + size :])
+    except Exception as exc:  # an item that cannot be rebuilt here: the batch fails
+        return pickle.dumps(("unloadable", describe_remote(exc)))
+    stamp[STARTED] = monotonic()
+    stamp[BATCH] = number
+    outcome = _run(fn, items, progress)
+    stamp[BATCH] = 0
+    return _pack(*outcome)
+
+
+_NOT_BEGUN = pickle.dumps(("not_begun",))
 
 
 def _tell(conn: Connection, message: bytes) -> bool:

@@ -93,7 +93,7 @@ from ._process_spawn import (
     spawn_worker,
     stop_workers,
 )
-from ._process_worker import BATCH, HEADER, STARTED, RemoteError
+from ._process_worker import BATCH, HEADER, SKIP, SKIP_SLOTS, STARTED, RemoteError
 
 __all__ = ["ProcessBackend", "default_start_method"]
 
@@ -181,6 +181,7 @@ class ProcessBackend:
         self._workers = workers
         self._shared = shared  # a Pool's: workers start with the pool, serve every run
         self._depth = 1 if timed else 2  # batches sent ahead to each worker
+        assert self._depth <= SKIP_SLOTS  # (a worker can be told to skip each of them)
         # A run keeps a batch per worker waiting here beyond those sent ahead, for
         # the dispatcher to send as an answer comes in, not after a round trip to
         # the run's thread (see submit).
@@ -195,6 +196,7 @@ class ProcessBackend:
         self._inbox: Lanes[tuple[Batch, list[int]]] = Lanes(lambda work: len(work[1]))
         self._keys = itertools.count(1)  # a number per run's function (Task.key)
         self._functions: dict[int, bytes] = {}  # the runs attached: their pickled fn
+        self._halted: set[int] = set()  # the runs stopped (Task.key): no batch of theirs begins
         self._started = False
         self._woken = False  # a wake-up byte is on its way to the dispatcher
         self._look = False  # (dispatcher) a worker may have room that no answer filled
@@ -224,6 +226,7 @@ class ProcessBackend:
     def detach(self, task: Task) -> None:
         with self._lock:
             self._functions.pop(task.key, None)
+            self._halted.discard(task.key)
 
     def inside(self) -> bool:
         """True on the dispatcher thread (a callback of a batch's run, or of a Future).
@@ -238,6 +241,34 @@ class ProcessBackend:
     def cancel(self, task: Task) -> list[Batch]:
         """Drop the batches no worker was sent, and return them."""
         return [batch for batch, _ in self._inbox.cancel(task)]
+
+    def halt(self, task: Task) -> None:
+        """The run stopped (a stop rule, Ctrl-C): none of its batches begins from now.
+
+        Its running calls finish. Its batches queued here, and those sent ahead
+        to a worker that has not begun them, come back failed as never called
+        (``WorkerCrashed`` with ``ran`` False: not retried, no call counted, not
+        recorded in a journal, so a resume runs them); so does any batch it
+        submits from now on. The workers hold their batches in their pipes: each
+        is told, in shared memory, the numbers of those it must not begin.
+        """
+        with self._lock:
+            self._halted.add(task.key)
+            queued = self._inbox.cancel(task)
+            self._skip_sent(lambda batch: batch.task is task)
+        for batch, indices in queued:
+            self._fail(batch, indices, _not_begun())
+
+    def _skip_sent(self, chosen: Callable[[Batch], bool]) -> None:
+        """(under the lock) Tell the workers not to begin the batches sent them that are ``chosen``.
+
+        One that a worker began already runs on; its answer says which it was.
+        """
+        for worker in self._pool:
+            stamp = worker.stamp
+            for number, (batch, _) in enumerate(worker.sent, worker.answered + 1):
+                if chosen(batch):
+                    stamp[SKIP + number % SKIP_SLOTS] = number
 
     def attach(self, task: Task) -> None:
         """Take ``task``'s function (it must pickle), then start the workers if not yet started.
@@ -443,12 +474,17 @@ class ProcessBackend:
         return True
 
     def shutdown(self, grace: float) -> int:
-        """Drop queued batches; wait up to ``grace`` for running ones; then kill every worker."""
+        """Drop queued batches; wait up to ``grace`` for running ones; then kill every worker.
+
+        The batches sent ahead to a worker that has not begun them are not begun
+        (see :meth:`halt`): the wait is for the calls running, not for those.
+        """
         with self._lock:
             self._inbox.clear()
             self._stopping = True
             if not self._started:  # (attach failed: fn did not pickle, or no worker started)
                 return 0
+            self._skip_sent(lambda batch: True)
         self._wake()
         try:  # a second Ctrl-C here ends the wait at once
             if self._dispatcher is not None and self._dispatcher.is_alive():
@@ -691,7 +727,9 @@ class ProcessBackend:
         if not report:  # timed out: the engine has already settled it
             return
         kind = reply[0]
-        if kind == "done":
+        if kind == "not_begun":  # its run stopped before the worker began it (halt)
+            fail_items(batch, indices, _not_begun())
+        elif kind == "done":
             _, values, errors, elapsed, cpu = reply
             file_results(batch, indices, values, errors, elapsed)
             batch.cpu += cpu
@@ -745,27 +783,41 @@ class ProcessBackend:
         with self._lock:
             if self._stopping:
                 return  # dropped, as shutdown drops what is queued
-            if worker.doomed:  # expire() chose it since _feed looked: another takes it
-                self._inbox.put((batch, indices), batch.task, front=True)
-                self._look = True
-                return
-            code = b""
-            forget = 0
-            if key not in worker.functions:  # its function goes with its first batch
-                code = self._functions.get(key, b"")
-                if not code:  # its run has ended (detached): nobody waits for it
+            halted = key in self._halted  # its run stopped since it was queued (see halt)
+            if not halted:
+                if worker.doomed:  # expire() chose it since _feed looked: another takes it
+                    self._inbox.put((batch, indices), batch.task, front=True)
+                    self._look = True
                     return
-                worker.functions[key] = None
-                if len(worker.functions) > FUNCTIONS_KEPT:
-                    forget = next(iter(worker.functions))
-                    del worker.functions[forget]
-            if not worker.sent:
-                batch.started = monotonic()
-            worker.sent.append((batch, indices))
+                code, forget = b"", 0
+                if key not in worker.functions:  # its function goes with its first batch
+                    function = self._function_for(worker, key)
+                    if function is None:  # its run has ended (detached): nobody waits for it
+                        return
+                    code, forget = function
+                if not worker.sent:
+                    batch.started = monotonic()
+                worker.sent.append((batch, indices))
+        if halted:
+            self._fail(batch, indices, _not_begun())
+            return
         batch.nbytes = len(data)
         data = b"".join((HEADER.pack(key, forget, len(code)), code, data))
         if not worker.channel.send(data):  # the rest when the socket can take it
             self._listen(worker, _READ | _WRITE)
+
+    def _function_for(self, worker: Worker, key: int) -> tuple[bytes, int] | None:
+        """(under the lock) Run ``key``'s pickled function, for ``worker`` to load, and the
+        function it may drop (0: none); None if the run has ended (detached)."""
+        code = self._functions.get(key, b"")
+        if not code:
+            return None
+        worker.functions[key] = None
+        forget = 0
+        if len(worker.functions) > FUNCTIONS_KEPT:
+            forget = next(iter(worker.functions))
+            del worker.functions[forget]
+        return code, forget
 
     def _retire(self, worker: Worker) -> list[tuple[Batch, list[int]]]:
         """Take a worker out of the pool, close its ends; return what it was sent."""
@@ -866,3 +918,10 @@ class ProcessBackend:
         if len(batch.values) != len(batch.items):
             batch.values = [None] * len(batch.items)
         batch.task.done(batch)  # (never under the lock: see the module docstring)
+
+
+def _not_begun() -> WorkerCrashed:
+    """The error of an item whose batch no worker began: its run stopped first."""
+    error = WorkerCrashed("not called: the run stopped before a worker process began its batch")
+    error.ran = False  # (not retried, no attempt counted, not journaled)
+    return error

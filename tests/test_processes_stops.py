@@ -1,0 +1,207 @@
+"""A stopped run on processes starts no further call: Ctrl-C, an exception in the loop, a stop rule.
+
+A worker holds the next batch in its pipe before it finishes the one it runs
+(that keeps a warm pool fast). When the run stops, the workers are told not to
+begin those: the calls running finish (``grace=``), the batches never begun come
+back as never called (not counted as calls, not journaled, so a resume runs them).
+
+Each call leaves a marker file named after its item. The first items return at
+once, so the run learns to keep its workers' pipes full; every later call takes
+``SLOW`` seconds, long after the stop. So each of the 2 workers can have begun
+one slow call before the stop, and none after it: a worker that finishes its
+slow call during the grace period must not begin the batch waiting in its pipe.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import manyhands
+
+from .conftest import finish, python_subprocess_env
+from .test_processes_faults import read_line
+
+pytestmark = [
+    pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals"),
+    pytest.mark.timeout(120, method="thread"),
+]
+
+ITEMS = 24
+FAST = 4  # items 0-3 return at once
+SLOW = 1.5  # seconds a later call takes: the stop comes long before
+WORKERS = 2
+
+
+def _slow_after_the_first(folder: str, x: int) -> int:
+    """Leave a marker; the first ``FAST`` items return at once, the others after ``SLOW``."""
+    Path(folder, str(x)).touch()
+    if x >= FAST:
+        time.sleep(SLOW)
+    return x
+
+
+def _fails_after_the_first(folder: str, x: int) -> int:
+    """As ``_slow_after_the_first``, but item ``FAST`` fails at once."""
+    Path(folder, str(x)).touch()
+    if x == FAST:
+        raise ValueError("the first slow one fails")
+    if x > FAST:
+        time.sleep(SLOW)
+    return x
+
+
+def _marks(folder: str, x: int) -> int:
+    Path(folder, str(x)).touch()
+    return x
+
+
+def marking(fn: Callable[[str, int], int], folder: Path) -> Callable[[int], int]:
+    """``fn`` leaving its markers in ``folder``."""
+    return functools.partial(fn, str(folder))
+
+
+def started(folder: Path) -> set[int]:
+    return {int(marker.name) for marker in folder.iterdir()}
+
+
+def journaled(journal: Path) -> dict[int, str]:
+    with sqlite3.connect(journal) as db:
+        rows = {int(key): state for key, state in db.execute("SELECT key, state FROM items")}
+    db.close()
+    return rows
+
+
+def resume_runs(folder: Path, journal: Path) -> set[int]:
+    """Resume the journal (on threads, quick): the items that ran this time."""
+    again = folder.parent / "again"
+    again.mkdir()
+    with warnings.catch_warnings():  # (another function than the journal's: on purpose)
+        warnings.simplefilter("ignore", manyhands.JournalWarning)
+        manyhands.run(marking(_marks, again), range(ITEMS), journal=journal)
+    return started(again)
+
+
+def assert_no_call_began_after_the_stop(ran: set[int], slow_from: int = FAST) -> None:
+    # A worker can have begun one slow call before the stop; one more means a
+    # worker began the batch waiting in its pipe after the stop. (Before the fix:
+    # each began the next one once its slow call returned, in the grace period;
+    # after a stop rule, every item read ran.)
+    slow = sorted(x for x in ran if x >= slow_from)
+    assert len(slow) <= WORKERS, f"calls began after the stop: {slow}"
+
+
+CTRL_C = textwrap.dedent(
+    """
+    import sys
+    import time
+    from pathlib import Path
+
+    import manyhands
+    from tests.test_processes_stops import FAST, ITEMS, WORKERS, _slow_after_the_first, marking
+
+    if __name__ == "__main__":
+        folder, journal = Path(sys.argv[1]), sys.argv[2]
+        with manyhands.map(marking(_slow_after_the_first, folder), range(ITEMS),
+                           backend="processes", workers=WORKERS, batch_size=1,
+                           journal=journal, grace=30) as outs:
+            for outcome in outs:
+                if outcome.item == FAST - 1:  # the slow calls run now
+                    print("ready", flush=True)
+                    time.sleep(60)  # the Ctrl-C lands here
+    """
+)
+
+
+def test_ctrl_c_lets_the_running_calls_finish_and_begins_none_sent_ahead(tmp_path: Path) -> None:
+    folder, journal = tmp_path / "calls", tmp_path / "run.db"
+    folder.mkdir()
+    root = str(Path(__file__).resolve().parents[1])
+    env = python_subprocess_env()
+    env["PYTHONPATH"] = os.pathsep.join((root, env["PYTHONPATH"]))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CTRL_C, str(folder), str(journal)], env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert read_line(proc, 60) == "ready"
+        proc.send_signal(signal.SIGINT)
+        _, err = finish(proc, 60)
+    finally:
+        proc.kill()
+    assert "KeyboardInterrupt" in err
+    assert_no_call_began_after_the_stop(started(folder))
+    states = journaled(journal)
+    assert set(states.values()) == {"done"}  # never begun: neither done nor failed
+    assert resume_runs(folder, journal) == set(range(ITEMS)) - set(states)
+
+
+@pytest.mark.parametrize("where", ["run", "pool"])
+def test_an_exception_in_the_loop_begins_no_batch_sent_ahead(tmp_path: Path, where: str) -> None:
+    folder, journal = tmp_path / "calls", tmp_path / "run.db"
+    folder.mkdir()
+    fn = marking(_slow_after_the_first, folder)
+    options: dict[str, Any] = {"batch_size": 1, "journal": journal, "grace": 30}
+    with pytest.raises(RuntimeError, match="the consumer stops"):
+        if where == "pool":
+            with (
+                manyhands.Pool(backend="processes", workers=WORKERS) as pool,
+                pool.map(fn, range(ITEMS), **options) as outs,
+            ):
+                for outcome in outs:
+                    if outcome.item == FAST - 1:
+                        raise RuntimeError("the consumer stops")
+        else:
+            with manyhands.map(
+                fn, range(ITEMS), backend="processes", workers=WORKERS, **options
+            ) as outs:
+                for outcome in outs:
+                    if outcome.item == FAST - 1:
+                        raise RuntimeError("the consumer stops")
+    assert_no_call_began_after_the_stop(started(folder))
+    states = journaled(journal)
+    assert set(states) <= set(range(FAST))  # what the consumer got
+    assert set(states.values()) == {"done"}
+    assert resume_runs(folder, journal) == set(range(ITEMS)) - set(states)
+
+
+@pytest.mark.parametrize("where", ["run", "pool"])
+def test_a_stop_rule_begins_no_further_call_and_the_report_counts_only_calls_made(
+    tmp_path: Path, where: str
+) -> None:
+    folder, journal = tmp_path / "calls", tmp_path / "run.db"
+    folder.mkdir()
+    fn = marking(_fails_after_the_first, folder)
+    options: dict[str, Any] = {"batch_size": 1, "journal": journal, "stop_after_failures": 1}
+    if where == "pool":
+        with manyhands.Pool(backend="processes", workers=WORKERS) as pool:
+            report = pool.run(fn, range(ITEMS), **options)
+    else:
+        report = manyhands.run(fn, range(ITEMS), backend="processes", workers=WORKERS, **options)
+    assert report.stopped is not None
+    ran = started(folder)
+    assert_no_call_began_after_the_stop(ran, slow_from=FAST + 1)
+    assert FAST in ran
+    # Only the calls made count as calls; the items read and never begun fail as
+    # never called (not retried), and the journal leaves them for a resume.
+    assert report.attempts == len(ran)
+    assert report.succeeded == len(ran) - 1
+    never = [f for f in report.failures if f.message.startswith("not called")]
+    assert all(f.attempts == 0 and f.error_type == "manyhands.WorkerCrashed" for f in never)
+    assert report.failed == 1 + len(never)
+    assert report.total == len(ran) + len(never)
+    states = journaled(journal)
+    assert states == {x: "failed" if x == FAST else "done" for x in ran}
+    assert resume_runs(folder, journal) == set(range(ITEMS)) - ran
