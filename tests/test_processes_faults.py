@@ -211,13 +211,13 @@ def test_a_worker_whose_parent_is_gone_ends_quietly(when: str, capfd: Any) -> No
 
     import cloudpickle
 
-    from manyhands._backends._process_worker import HEADER, serve
+    from manyhands._backends._process_worker import HEADER, STAMP_SIZE, serve
 
     context = multiprocessing.get_context("spawn")  # (its stderr is this test's)
     ours, theirs = context.Pipe()
     lifeline_r, lifeline_w = context.Pipe(duplex=False)  # (kept open: the parent lives)
     payload = cloudpickle.dumps((None, (), 1, time.sleep))
-    stamp = context.Array("d", 2, lock=False)
+    stamp = context.Array("d", STAMP_SIZE, lock=False)
     progress = context.Value("i", 0, lock=False)
     worker = context.Process(target=serve, args=(theirs, payload, progress, stamp, lifeline_r))
     if when == "starting":
