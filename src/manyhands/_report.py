@@ -50,7 +50,7 @@ class Report(Record):
         succeeded: items whose call returned.
         failed: items whose call raised (for good: after their retries), and
             items a stopped backend never called (``WorkerCrashed`` or
-            ``Timeout`` with ``ran`` False: a Dask run's stop rule, threads all
+            ``Timeout`` with ``ran`` False: a stop rule on processes or Dask, threads all
             held past ``timeout=``, worker processes lost): not retried, not
             recorded in a journal, so a resume runs them.
         elapsed: wall time of the run, in seconds.
