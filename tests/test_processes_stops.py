@@ -79,7 +79,10 @@ def started(folder: Path) -> set[int]:
 
 def journaled(journal: Path) -> dict[int, str]:
     with sqlite3.connect(journal) as db:
-        rows = {int(key): state for key, state in db.execute("SELECT key, state FROM items")}
+        rows = {
+            int(key.strip('"')): state  # (the command's keys are JSON: '"7"')
+            for key, state in db.execute("SELECT key, state FROM items")
+        }
     db.close()
     return rows
 
@@ -205,3 +208,44 @@ def test_a_stop_rule_begins_no_further_call_and_the_report_counts_only_calls_mad
     states = journaled(journal)
     assert states == {x: "failed" if x == FAST else "done" for x in ran}
     assert resume_runs(folder, journal) == set(range(ITEMS)) - ran
+
+
+def _a_line(line: str) -> str:
+    """The command's call: as ``_slow_after_the_first``, its markers where the test says."""
+    x = int(line)
+    Path(os.environ["MANYHANDS_TEST_MARKERS"], str(x)).touch()
+    if x >= FAST:
+        time.sleep(SLOW)
+    return line
+
+
+def test_the_commands_ctrl_c_begins_no_batch_sent_ahead(tmp_path: Path) -> None:
+    folder, journal, lines = tmp_path / "calls", tmp_path / "run.db", tmp_path / "items.txt"
+    folder.mkdir()
+    lines.write_text("".join(f"{x}\n" for x in range(ITEMS)))
+    env = python_subprocess_env()
+    env["PYTHONPATH"] = os.pathsep.join(
+        (str(Path(__file__).resolve().parents[1]), env["PYTHONPATH"])
+    )
+    env["MANYHANDS_TEST_MARKERS"] = str(folder)
+    command = [
+        sys.executable, "-m", "manyhands", "run", "tests.test_processes_stops:_a_line",
+        str(lines), "--backend", "processes", "-j", str(WORKERS), "--batch-size", "1",
+        "--journal", str(journal), "--grace", "30",
+    ]  # fmt: skip
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not any(x >= FAST for x in started(folder)):  # a slow call runs
+            assert time.monotonic() < deadline and proc.poll() is None, "no slow call began"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        finish(proc, 60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+    ran = started(folder)
+    assert_no_call_began_after_the_stop(ran)
+    states = journaled(journal)
+    assert set(states.values()) <= {"done"}  # never begun: neither done nor failed
+    assert set(states) <= ran
