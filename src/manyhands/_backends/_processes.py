@@ -49,6 +49,15 @@ limit, and no other item reaches a worker that is about to be killed.
 Workers ignore SIGINT (the parent decides), run in a process group of their
 own, and exit when the parent is gone, however it went.
 
+A run that stops (Ctrl-C, an exception in its loop, ``break``: ``shutdown``, or
+a Pool's run through ``halt``; a stop rule: ``halt``) begins no further batch:
+its batches queued here are dropped, and those a worker holds in its pipe and
+has not begun are marked, in the worker's shared ``stamp``, for it to answer
+``"not_begun"`` without a call; they come back failed as never called
+(``ran`` False: not retried, no call counted, not journaled). Its running calls
+finish. (Sending ahead is what keeps a busy worker from waiting for work, so a
+stop cannot simply take those batches back.)
+
 A worker that fails to start (its initializer raises, dies, or is not done
 in ``start_timeout`` seconds, 60 by default) ran no item. A replacement that
 dies or hangs is tried ``START_RETRIES`` more times in its place (a kill from
