@@ -495,15 +495,15 @@ class Run:
         """The batches no worker began are dropped (a shared pool's lanes).
 
         Those sent ahead to a worker are not begun either, where the backend can
-        tell its workers so (``halt``): they come back as never called.
+        tell its workers so (``cancel_sent``): they come back as never called.
         """
         for backend in (self._backend, *self._previous):
             for batch in backend.cancel(self.task):
                 self._sent.pop(id(batch), None)
                 self._count_back(batch)
-            halt = getattr(backend, "halt", None)  # (processes, Dask)
-            if halt is not None:
-                halt(self.task)
+            cancel_sent = getattr(backend, "cancel_sent", None)  # (processes)
+            if cancel_sent is not None:
+                cancel_sent(self.task)
 
     def _count_back(self, batch: Batch) -> None:
         if batch.piece:  # (its batch's other items still run: the batch is still out)

@@ -50,7 +50,7 @@ Workers ignore SIGINT (the parent decides), run in a process group of their
 own, and exit when the parent is gone, however it went.
 
 A run that stops (Ctrl-C, an exception in its loop, ``break``: ``shutdown``, or
-a Pool's run through ``halt``; a stop rule: ``halt``) begins no further batch:
+``cancel_sent`` for a Pool's run; a stop rule: ``halt``) begins no further batch:
 its batches queued here are dropped, and those a worker holds in its pipe and
 has not begun are marked, in the worker's shared ``stamp``, for it to answer
 ``"not_begun"`` without a call; they come back failed as never called
@@ -267,6 +267,11 @@ class ProcessBackend:
             self._skip_sent(lambda batch: batch.task is task)
         for batch, indices in queued:
             self._fail(batch, indices, _not_begun())
+
+    def cancel_sent(self, task: Task) -> None:
+        """(a Pool's run stopped: Ctrl-C, an exception, ``break``) Its batches that a worker
+        holds and has not begun are not begun (see :meth:`halt`); ``cancel`` took the rest."""
+        self.halt(task)
 
     def _skip_sent(self, chosen: Callable[[Batch], bool]) -> None:
         """(under the lock) Tell the workers not to begin the batches sent them that are ``chosen``.
