@@ -33,6 +33,7 @@ import itertools
 import threading
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
+from concurrent.futures._base import CANCELLED_AND_NOTIFIED
 from typing import Any, TypeVar, cast
 
 from ._backends import Backend
@@ -52,6 +53,47 @@ _keys = itertools.count()
 _calling: contextvars.ContextVar[Future[Any] | None] = contextvars.ContextVar(
     "manyhands_calling", default=None
 )
+
+
+#: This thread runs the done callbacks of a Future of the pool's (it settles it).
+_settling = threading.local()
+
+
+def _set(future: Future[Any], ok: bool, value: Any) -> None:
+    """Settle ``future``; its done callbacks run here, told apart by ``in_callback``."""
+    _settling.depth = getattr(_settling, "depth", 0) + 1
+    try:
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+    finally:
+        _settling.depth -= 1
+
+
+def _cancel_running(future: Future[Any]) -> None:
+    """Settle a running ``future`` as cancelled (``cancel()`` refuses once it runs).
+
+    As ``set_running_or_notify_cancel`` does for a cancelled one: waiters
+    (``concurrent.futures.wait``) see it cancelled, its callbacks run.
+    """
+    with future._condition:
+        if future.done():
+            return
+        future._state = CANCELLED_AND_NOTIFIED
+        for waiter in future._waiters:
+            waiter.add_cancelled(future)
+        future._condition.notify_all()
+    _settling.depth = getattr(_settling, "depth", 0) + 1
+    try:
+        future._invoke_callbacks()  # type: ignore[attr-defined]
+    finally:
+        _settling.depth -= 1
+
+
+def in_callback() -> bool:
+    """This thread runs the done callbacks of one of a pool's Futures."""
+    return getattr(_settling, "depth", 0) > 0
 
 
 class PoolFuture(Future[R]):
@@ -213,11 +255,7 @@ class PoolExecutor(Executor):
         outcome = _make(future) if claimed else None
         self._forget(future.key)
         if outcome is not None:
-            ok, value = outcome
-            if ok:
-                future.set_result(value)
-            else:
-                future.set_exception(value)
+            _set(future, *outcome)
 
     async def _run_on_loop(self, future: PoolFuture[Any]) -> None:
         """(asyncio) Await ``future``'s call in a task of its own, and settle it."""
@@ -226,11 +264,7 @@ class PoolExecutor(Executor):
         finally:
             self._forget(future.key)
         if outcome is not None and not future.done():
-            ok, value = outcome
-            if ok:
-                future.set_result(value)
-            else:
-                future.set_exception(value)
+            _set(future, *outcome)
 
     def _leaving(self, work: object) -> bool:
         """(processes, under the lanes' lock) A worker process is sent a call: it runs now.
@@ -263,11 +297,10 @@ class PoolExecutor(Executor):
         if error is not None:  # the call could not even be made (or not sent back)
             if isinstance(error, Failure) and error.exception is not None:
                 error = error.exception  # (caught by an asyncio worker)
-            if isinstance(error, BaseException):
-                future.set_exception(error)
-            else:
+            if not isinstance(error, BaseException):
                 text = f"{error.error_type}: {error.message}" if error.message else error.error_type
-                future.set_exception(RuntimeError(text))
+                error = RuntimeError(text)
+            _set(future, False, error)
             return
         outcome = batch.values[0]
         if outcome is None:  # cancelled before it started
@@ -278,15 +311,13 @@ class PoolExecutor(Executor):
             try:
                 outcome = unpickled_outcome(outcome)
             except Exception as exc:  # e.g. of a class this process cannot import
-                future.set_exception(
-                    RuntimeError(f"what the call gave could not be read back here: {exc!r}")
+                _set(
+                    future,
+                    False,
+                    RuntimeError(f"what the call gave could not be read back here: {exc!r}"),
                 )
                 return
-        ok, value = outcome
-        if ok:
-            future.set_result(value)
-        else:
-            future.set_exception(value)
+        _set(future, *outcome)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Accept no new call; ``cancel_futures``: cancel those not started; ``wait``: for the rest.
@@ -339,6 +370,23 @@ class PoolExecutor(Executor):
     def _check_not_inside(self) -> None:
         if self._async and self._backend.inside():
             where = "on the pool's event loop, which its calls need"
+        elif self._backend.inside():
+            # One of the pool's own threads (a worker, the thread that reads the worker
+            # processes' results, where done callbacks run): a call of this face may
+            # need it to end. Nothing left to wait for: nothing to refuse.
+            with self._lock:
+                if not self._futures:
+                    return
+            calling = _calling.get()
+            if isinstance(calling, PoolFuture) and calling.face is self:
+                where = "from one of its own calls"
+            else:
+                where = (
+                    "in a done callback of one of the pool's Futures (run by the pool's "
+                    "thread that settled it)"
+                    if in_callback()
+                    else "in one of the pool's own threads (a call of the pool's)"
+                ) + ", while calls of this executor that may need that thread have not ended"
         else:
             # (the call of this thread, if one of this face's: a worker's, or one run
             # inline at its submit, which is in no list of this face's calls)
@@ -347,9 +395,14 @@ class PoolExecutor(Executor):
                 return
             where = "from one of its own calls"
         raise RuntimeError(
-            f"executor.shutdown() was called {where}, and would wait for it forever: "
+            f"executor.shutdown() was called {where}, and would wait forever: "
             "use shutdown(wait=False) there"
         )
+
+
+def calling_a_call() -> bool:
+    """This thread is in a call submitted to a pool (``pool.submit``, an executor's)."""
+    return _calling.get() is not None
 
 
 def _call(item: tuple[int, PoolFuture[Any]]) -> Any:
@@ -393,8 +446,8 @@ async def _call_async(item: tuple[int, PoolFuture[Any]]) -> Any:
                 "submit a coroutine function, or a regular one to a pool of threads"
             )
         return True, await call
-    except asyncio.CancelledError as exc:  # the pool stops: the call is cancelled
-        future.set_exception(exc)
+    except asyncio.CancelledError:  # the pool stops, or the call was: its Future is
+        _cancel_running(future)  # cancelled, as asyncio.run_coroutine_threadsafe's is
         raise
     except BaseException as exc:  # the call's own error settles its Future
         return False, exc

@@ -41,6 +41,9 @@ __all__ = ["POOL_BACKENDS", "Pool"]
 
 POOL_BACKENDS = ("threads", "processes", "async", "auto", "dask")
 
+#: Seconds between checks, while the pool waits for its runs, for maps whose reader ended.
+_CHECK_READERS = 0.5
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -306,7 +309,9 @@ class Pool:
         for face in faces:
             face.shutdown(wait=False, cancel_futures=cancel_futures)
         if not wait:
-            threading.Thread(target=self._stop_when_idle, daemon=True).start()
+            threading.Thread(
+                target=self._stop_when_idle, args=(True,), name="manyhands-pool-stop", daemon=True
+            ).start()
             return
         self._readers.stop_here()
         self._stop_when_idle()
@@ -456,18 +461,41 @@ class Pool:
         """Refuse to wait from where the wait could never end."""
         if self._backend.inside():
             raise RuntimeError(
-                f"{call} was called from one of the pool's own calls, and would wait for "
-                "that call forever: use shutdown(wait=False) there (the pool stops once "
+                f"{call} was called {_where_inside(self._name)}, and would wait for "
+                "that thread forever: use shutdown(wait=False) there (the pool stops once "
                 "what is under way is done), or shut it down from the thread that made it"
             )
         self._readers.check_can_wait(call)
 
-    def _stop_when_idle(self) -> None:
-        with self._state:
-            self._state.wait_for(lambda: not self._active)
-            faces = list(self._faces)
-        for face in faces:
-            face.shutdown(wait=True)
+    def _wait_idle(self) -> None:
+        """Wait until no run is under way; a map whose reading thread ended is stopped."""
+        while True:
+            self._readers.stop_orphans()
+            with self._state:
+                if self._state.wait_for(lambda: not self._active, _CHECK_READERS):
+                    return
+
+    def _stop_when_idle(self, background: bool = False) -> None:
+        """Wait for the runs and calls under way, then stop the workers.
+
+        Interrupted (Ctrl-C), the wait goes on in a thread of its own, which
+        stops the workers once they are done: the pool never stays up for good.
+        """
+        try:
+            self._wait_idle()
+            with self._state:
+                faces = list(self._faces)
+            for face in faces:
+                face.shutdown(wait=True)
+        except BaseException:
+            if not background:
+                threading.Thread(
+                    target=self._stop_when_idle,
+                    args=(True,),
+                    name="manyhands-pool-stop",
+                    daemon=True,
+                ).start()
+            raise
         with self._state:
             if self._stopped:
                 return
@@ -477,6 +505,24 @@ class Pool:
         finally:
             if self._processes is not None:
                 self._processes.shutdown(0.0)
+
+
+def _where_inside(backend: str) -> str:
+    """Which of the pool's own threads this is, for a refusal to wait there."""
+    from ._executor import calling_a_call, in_callback
+
+    if calling_a_call():
+        return "from one of the pool's own calls"
+    if in_callback():
+        return (
+            "in a done callback of one of the pool's Futures (run by the pool's own "
+            "thread that settled it)"
+        )
+    if backend == "async":
+        return "on the pool's event loop (in one of its calls, or a callback there)"
+    if backend == "processes":
+        return "on the thread that reads the pool's worker processes' results (in a callback there)"
+    return "from one of the pool's own calls"
 
 
 def check_int(name: str, value: object) -> None:

@@ -85,6 +85,25 @@ class Readers:
                 "shutdown(wait=False) there"
             )
 
+    def stop_orphans(self) -> None:
+        """Stop the maps whose reading thread has ended: nobody is left to read them.
+
+        (As a map nobody holds is closed by its finalizer; one kept in a list
+        by a thread that read it once and ended would otherwise be waited for
+        forever.)
+        """
+        alive = {thread.ident for thread in threading.enumerate()}
+        with self._lock:
+            readers = [
+                reader
+                for reader in list(self._readers)
+                if reader.thread and not reader.on_loop and reader.thread not in alive
+            ]
+        for reader in readers:
+            run = reader.generator()
+            if run is not None and not run.gi_running:
+                run.close()
+
     def stop_here(self) -> None:
         """Stop the maps this thread reads: they could never end while it waits for them."""
         for reader in self.here():
