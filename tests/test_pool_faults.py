@@ -193,3 +193,38 @@ def test_ctrl_c_during_the_wait_for_another_threads_run_still_stops_the_workers(
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[:2] == ["interrupted", "100 []"], done.stdout
+
+
+# -- 5. each pool.executor() is an executor of its own --------------------------
+
+
+def test_each_executor_shuts_down_alone() -> None:
+    def part(x: int) -> int:
+        return x
+
+    def scenario() -> tuple[Any, ...]:
+        release = threading.Event()
+        with manyhands.Pool(workers=4) as pool:
+
+            def item(x: int) -> int:
+                with pool.executor() as face:  # (as a library given an Executor would)
+                    return sum(face.map(part, range(5)))
+
+            report = pool.run(item, range(40))
+            other = pool.submit(release.wait, BOUND)  # (a user who is not done)
+            queued = [pool.submit(nap, x) for x in range(8)]
+            with pool.executor() as mine:  # must not wait for the other user's calls
+                mine_value = mine.submit(part, 7).result(BOUND)
+            still_running = not other.done()
+            cancelling = pool.executor()
+            cancelling.submit(nap, 0)
+            cancelling.shutdown(cancel_futures=True)
+            cancelled = sum(future.cancelled() for future in queued)
+            release.set()
+            values = [future.result(BOUND) for future in queued]
+        return report.succeeded, report.failed, mine_value, still_running, cancelled, values
+
+    succeeded, failed, mine_value, still_running, cancelled, values = within(scenario, BOUND)
+    assert (succeeded, failed) == (40, 0)
+    assert mine_value == 7 and still_running
+    assert cancelled == 0 and values == list(range(8))

@@ -41,7 +41,7 @@ from ._batch import Batch, Task
 from ._executor_pickles import call_pickled, pickled_call, unpickled_outcome
 from ._outcome import Failure
 
-__all__ = ["PoolExecutor", "PoolFuture"]
+__all__ = ["PoolCalls", "PoolExecutor", "PoolFuture"]
 
 R = TypeVar("R")
 Call = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
@@ -105,11 +105,12 @@ class PoolFuture(Future[R]):
     RuntimeError. Anywhere else, the stdlib's Future.
     """
 
-    __slots__ = ("call", "claimed", "face", "key")
+    __slots__ = ("call", "claimed", "face", "key", "owner")
 
-    def __init__(self, face: PoolExecutor, key: int, call: Call | None) -> None:
+    def __init__(self, face: PoolCalls, owner: PoolExecutor, key: int, call: Call | None) -> None:
         super().__init__()
         self.face = face
+        self.owner = owner  # the executor it was submitted to (its shutdown waits for it)
         self.key = key
         self.call = call  # (threads, asyncio) what to call; None once it is made
         self.claimed = False  # a worker (or a waiter) took it: it is run, or found cancelled
@@ -129,7 +130,49 @@ class PoolExecutor(Executor):
     A Future is pending until its call starts (on processes: until a worker
     process is sent it, as with ``ProcessPoolExecutor``), and ``cancel()``
     works until then. Every Future ends settled: with a value, an exception,
-    or cancelled.
+    or cancelled. Each ``pool.executor()`` is one of its own: its
+    ``shutdown`` waits for (or cancels) its own calls only, and the others go on.
+    """
+
+    def __init__(self, calls: PoolCalls) -> None:
+        self._calls = calls
+        self._keys: set[int] = set()  # its calls not settled (under calls._lock)
+        self._closed = False
+
+    def submit(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> Future[R]:
+        if self._closed:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        return self._calls.submit_for(self, fn, args, kwargs)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Accept no new call; ``cancel_futures``: cancel those not started; ``wait``: for the rest.
+
+        Only this executor's calls: those of other executors of the pool, and
+        of ``pool.submit``, go on.
+
+        Raises:
+            RuntimeError: with ``wait=True``, where the wait could never end:
+                from one of its own calls, from another of the pool's own
+                threads while its calls have not ended (a done callback), or
+                on an async pool's event loop. Nothing is shut down then;
+                ``wait=False`` works there.
+        """
+        calls = self._calls
+        if wait:
+            calls.check_not_inside(self)
+        self._closed = True
+        if cancel_futures:
+            calls.cancel_of(self)
+        if wait:
+            with calls._lock:
+                calls._idle.wait_for(lambda: not self._keys)
+
+
+class PoolCalls:
+    """The calls of a Pool's executors at one priority: one task of the pool's workers.
+
+    Every ``pool.executor(priority)`` and ``pool.submit`` share it; each
+    executor keeps its own calls (``PoolExecutor``). Shut down with the pool.
     """
 
     def __init__(self, backend: Backend, priority: int) -> None:
@@ -150,19 +193,20 @@ class PoolExecutor(Executor):
         self._detached = False
         self._tasks: set[asyncio.Task[None]] = set()  # (asyncio) calls submitted on the loop
         backend.attach(self._task)
+        self.shared = PoolExecutor(self)  # pool.submit's: no user shuts it down
 
     @property
     def closed(self) -> bool:
         """``shutdown`` was called: it accepts no new call."""
         return self._closed
 
-    @property
-    def finished(self) -> bool:
-        """Shut down, and every call it had is settled."""
-        with self._lock:
-            return self._closed and not self._futures
-
-    def submit(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> Future[R]:
+    def submit_for(
+        self,
+        owner: PoolExecutor,
+        fn: Callable[..., R],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Future[R]:
         from ._checks import is_coroutine_function
 
         if not self._async and is_coroutine_function(fn):
@@ -176,7 +220,7 @@ class PoolExecutor(Executor):
         # cannot travel is refused before it has a Future to settle.)
         call = pickled_call(fn, args, kwargs) if self._processes else None
         key = next(_keys)
-        future: PoolFuture[R] = PoolFuture(self, key, None if call else (fn, args, kwargs))
+        future: PoolFuture[R] = PoolFuture(self, owner, key, None if call else (fn, args, kwargs))
         free = self._free_workers
         if free is not None and self._backend.inside() and free() <= 0:
             # From one of the pool's calls, with no worker free: run now, here. (Queued,
@@ -184,9 +228,10 @@ class PoolExecutor(Executor):
             self._run_here(future)
             return future
         with self._lock:
-            if self._closed:
+            if self._closed or owner._closed:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             self._futures[key] = future
+            owner._keys.add(key)
         item: Any = (key, call) if self._processes else (key, future)
         if self._async and self._backend.inside():
             # From the pool's own loop (a call of the pool's, say, that awaits it): a
@@ -207,8 +252,11 @@ class PoolExecutor(Executor):
         """The Future of ``key`` is settled (or never will be): the face stops waiting for it."""
         with self._lock:
             future = self._futures.pop(key, None)
-            if not self._futures:
-                self._idle.notify_all()
+            if future is not None:
+                keys = future.owner._keys
+                keys.discard(key)
+                if not keys or not self._futures:
+                    self._idle.notify_all()
         return future
 
     def _claim(self, future: PoolFuture[Any]) -> bool | None:
@@ -328,7 +376,7 @@ class PoolExecutor(Executor):
                 Nothing is shut down then; ``wait=False`` works there.
         """
         if wait:
-            self._check_not_inside()
+            self.check_not_inside(None)
         with self._lock:
             self._closed = True
         if cancel_futures:
@@ -367,7 +415,20 @@ class PoolExecutor(Executor):
         for future in pending:
             future.cancel()  # (False for a call already running)
 
-    def _check_not_inside(self) -> None:
+    def cancel_of(self, owner: PoolExecutor) -> None:
+        """Cancel the calls of ``owner`` no worker began (those of other executors go on).
+
+        Their batches stay queued: the worker (or ``_leaving``) that takes one
+        finds it claimed, and skips it.
+        """
+        with self._lock:
+            pending = [self._futures[key] for key in owner._keys if key in self._futures]
+        for future in pending:
+            if future.cancel() and self._claim(future) is not None:
+                self._forget(future.key)  # (None: a worker claimed it first, and forgets it)
+
+    def check_not_inside(self, owner: PoolExecutor | None) -> None:
+        """Refuse a waiting shutdown (of ``owner``, or None: every call) that could never end."""
         if self._async and self._backend.inside():
             where = "on the pool's event loop, which its calls need"
         elif self._backend.inside():
@@ -375,10 +436,10 @@ class PoolExecutor(Executor):
             # processes' results, where done callbacks run): a call of this face may
             # need it to end. Nothing left to wait for: nothing to refuse.
             with self._lock:
-                if not self._futures:
+                if not (self._futures if owner is None else owner._keys):
                     return
             calling = _calling.get()
-            if isinstance(calling, PoolFuture) and calling.face is self:
+            if isinstance(calling, PoolFuture) and (owner is None or calling.owner is owner):
                 where = "from one of its own calls"
             else:
                 where = (
@@ -391,7 +452,11 @@ class PoolExecutor(Executor):
             # (the call of this thread, if one of this face's: a worker's, or one run
             # inline at its submit, which is in no list of this face's calls)
             calling = _calling.get()
-            if not (isinstance(calling, PoolFuture) and calling.face is self):
+            if not (
+                isinstance(calling, PoolFuture)
+                and calling.face is self
+                and (owner is None or calling.owner is owner)
+            ):
                 return
             where = "from one of its own calls"
         raise RuntimeError(

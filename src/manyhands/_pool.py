@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
     from typing_extensions import Unpack
 
-    from ._executor import PoolExecutor
+    from ._executor import PoolCalls
     from ._run_options import RunOptions
 
 __all__ = ["POOL_BACKENDS", "Pool"]
@@ -175,8 +175,8 @@ class Pool:
         self._active = 0  # runs begun and not ended
         self._closed = False
         self._stopped = False
-        self._executors: dict[int, PoolExecutor] = {}  # the open faces, by priority
-        self._faces: list[PoolExecutor] = []  # every face with calls the pool waits for
+        self._executors: dict[int, PoolCalls] = {}  # the executors' calls, by priority
+        self._faces: list[PoolCalls] = []  # the same, in the order made
         self._readers = Readers()  # who reads each pool.map and pool.amap
         self._backend.start()
 
@@ -259,29 +259,32 @@ class Pool:
                 message names the argument).
             RuntimeError: once the pool is shut down.
         """
-        return self.executor().submit(fn, *args, **kwargs)
+        return self._calls(0).shared.submit(fn, *args, **kwargs)
 
     def executor(self, priority: int = 0) -> Executor:
         """The pool as a ``concurrent.futures.Executor`` (e.g. for ``loop.run_in_executor``).
 
-        Its ``submit`` runs calls on the pool's workers at ``priority``; its
-        ``shutdown`` stops only that face (its calls finish, or are cancelled
-        with ``cancel_futures=True``), not the pool: the next ``executor()``
-        (or ``pool.submit``) is a new face.
+        Its ``submit`` runs calls on the pool's workers at ``priority``. Each
+        call returns an executor of its own: its ``shutdown`` stops only that
+        one (its calls finish, or are cancelled with ``cancel_futures=True``),
+        not the pool, nor the other executors and ``pool.submit``.
         """
         check_int("priority", priority)
+        from ._executor import PoolExecutor
+
+        return PoolExecutor(self._calls(priority))
+
+    def _calls(self, priority: int) -> PoolCalls:
+        """The calls of the executors at ``priority`` (a task of the workers), made once."""
         with self._state:
             self._check_open()
-            face = self._executors.get(priority)
-            if face is None or face.closed:
-                from ._executor import PoolExecutor
+            calls = self._executors.get(priority)
+            if calls is None:
+                from ._executor import PoolCalls
 
-                face = self._executors[priority] = PoolExecutor(self._backend, priority)
-                for old in [f for f in self._faces if f.finished]:
-                    old.shutdown()  # (nothing to wait for: it lets the workers forget it)
-                    self._faces.remove(old)
-                self._faces.append(face)
-            return face
+                calls = self._executors[priority] = PoolCalls(self._backend, priority)
+                self._faces.append(calls)
+            return calls
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop the workers once the runs and calls under way are done.
