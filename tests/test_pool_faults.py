@@ -228,3 +228,79 @@ def test_each_executor_shuts_down_alone() -> None:
     assert (succeeded, failed) == (40, 0)
     assert mine_value == 7 and still_running
     assert cancelled == 0 and values == list(range(8))
+
+
+# -- 6. calls submitted to a pool still open when the script ends ----------------
+
+
+@pytest.mark.parametrize("backend", ["threads", "async"])
+def test_calls_submitted_to_an_open_pool_are_made_before_the_interpreter_exits(
+    backend: str, tmp_path: Any
+) -> None:
+    out = tmp_path / "out.txt"
+    done = script(
+        f"""
+        import asyncio, time, manyhands
+
+        def write(i):
+            time.sleep(0.1)
+            with open({str(out)!r}, "a") as file:
+                file.write(f"{{i}}\\n")
+
+        async def awrite(i):
+            await asyncio.sleep(0.1)
+            write(i)
+
+        pool = manyhands.Pool(workers=2, backend={backend!r})
+        for i in range(6):
+            pool.submit(awrite if {backend!r} == "async" else write, i)
+        """
+    )
+    assert done.returncode == 0, done.stderr
+    assert sorted(out.read_text().split()) == [str(i) for i in range(6)]
+    assert "destroyed but it is pending" not in done.stderr  # (9: an async pool's exit)
+
+
+# -- 7. a pool dropped without being closed ---------------------------------------
+
+
+def double(x: int) -> int:
+    return 2 * x
+
+
+async def double_async(x: int) -> int:
+    return 2 * x
+
+
+@pytest.mark.parametrize("backend", ["processes", "async"])
+def test_a_pool_dropped_without_closing_stops_its_workers(backend: str) -> None:
+    def names() -> list[str]:
+        return sorted(t.name for t in threading.enumerate() if t.name.startswith("manyhands"))
+
+    def scenario() -> tuple[bool, list[str]]:
+        import gc
+
+        before = names()
+        pool = manyhands.Pool(workers=2, backend=backend)
+        assert pool.run(double_async if backend == "async" else double, range(4)).succeeded == 4
+        future = pool.submit(double_async if backend == "async" else double, 5)
+        del pool
+        gc.collect()
+        assert future.result(BOUND) == 10  # (its submitted call is made first)
+        for _ in range(200):
+            if names() == before:
+                break
+            time.sleep(0.05)
+        return names() == before, names()
+
+    stopped, left = within(scenario, BOUND)
+    assert stopped, left
+
+
+# -- 9. the options a pool's run accepts -------------------------------------------
+
+
+def test_an_unknown_option_of_a_pools_run_lists_priority_among_those_accepted() -> None:
+    with manyhands.Pool(workers=1) as pool, pytest.raises(TypeError) as told:
+        pool.run(abs, [1], bogus=1)
+    assert "'priority'" in str(told.value)

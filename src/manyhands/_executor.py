@@ -415,6 +415,11 @@ class PoolCalls:
         for future in pending:
             future.cancel()  # (False for a call already running)
 
+    def wait_settled(self) -> None:
+        """Wait until every call submitted is settled (accepting new ones meanwhile)."""
+        with self._lock:
+            self._idle.wait_for(lambda: not self._futures)
+
     def cancel_of(self, owner: PoolExecutor) -> None:
         """Cancel the calls of ``owner`` no worker began (those of other executors go on).
 

@@ -16,8 +16,10 @@ runs on a private pool of their own.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+import weakref
 from collections.abc import AsyncIterable, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -174,11 +176,15 @@ class Pool:
         self._state = threading.Condition()
         self._active = 0  # runs begun and not ended
         self._closed = False
-        self._stopped = False
         self._executors: dict[int, PoolCalls] = {}  # the executors' calls, by priority
-        self._faces: list[PoolCalls] = []  # the same, in the order made
         self._readers = Readers()  # who reads each pool.map and pool.amap
         self._backend.start()
+        # What must stop with the pool, also when it is dropped without being closed
+        # (the finalizer holds it, not the pool: nothing of it refers to the pool).
+        self._life = life = _Life(self._backend, self._pid)
+        self._faces: list[PoolCalls] = life.calls  # the executors' calls, in the order made
+        weakref.finalize(self, life.dropped)
+        _watch(life)
 
     # -- what a Pool offers ------------------------------------------------
 
@@ -411,7 +417,7 @@ class Pool:
                     "processes", cores, shared=True, processes=self._processes_options
                 )
                 backend.start()  # (raises if no worker starts: the run stays on threads)
-                self._processes = backend
+                self._processes = self._life.processes = backend
                 self._process_count = cores
             return self._processes, self._process_count
 
@@ -419,10 +425,12 @@ class Pool:
         with self._state:
             self._check_open()
             self._active += 1
+            self._life.active = self._active
 
     def run_ends(self) -> None:
         with self._state:
             self._active -= 1
+            self._life.active = self._active
             self._state.notify_all()
 
     # -- inside --------------------------------------------------------------
@@ -499,15 +507,109 @@ class Pool:
                     daemon=True,
                 ).start()
             raise
-        with self._state:
+        self._life.stop_workers()
+
+
+class _Life:
+    """The workers of a Pool, and its executors' calls: what must stop with it.
+
+    A Pool dropped without ``shutdown`` stops them once its submitted calls are
+    settled (its finalizer). At interpreter exit, the calls submitted to the
+    pools still open are made before the program ends, as the standard
+    library's executors do; then the workers of the pools with no run under
+    way stop (an async pool's loop, worker processes).
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_lock",
+        "_stopped",
+        "active",
+        "backend",
+        "calls",
+        "pid",
+        "processes",
+    )
+
+    def __init__(self, backend: Backend, pid: int) -> None:
+        self.backend = backend
+        self.processes: Backend | None = None  # (auto) the processes runs moved to
+        self.calls: list[PoolCalls] = []
+        self.pid = pid
+        self.active = 0  # runs under way (a copy of the pool's count)
+        self._lock = threading.Lock()
+        self._stopped = False
+
+    def stop_workers(self) -> None:
+        with self._lock:
             if self._stopped:
                 return
             self._stopped = True
         try:
-            self._backend.shutdown(0.0)
+            self.backend.shutdown(0.0)
         finally:
-            if self._processes is not None:
-                self._processes.shutdown(0.0)
+            if self.processes is not None:
+                self.processes.shutdown(0.0)
+
+    def finish_calls(self) -> None:
+        """Wait until every submitted call is settled (the interpreter exits)."""
+        if self.pid != os.getpid() or self._stopped:
+            return
+        for calls in list(self.calls):
+            calls.wait_settled()
+
+    def dropped(self) -> None:
+        """(The Pool's finalizer) it was collected, or the interpreter exits, unclosed."""
+        if self.pid != os.getpid():  # a forked copy: its workers are the parent's
+            quiet = getattr(self.backend, "forget_copied_tasks", None)
+            if quiet is not None:
+                quiet()
+            return
+        if self._stopped:
+            return
+        if _Exit.exiting:  # (threading's exit hook made the submitted calls already)
+            # (A run left unread ends as the interpreter exits: its workers stay for
+            # it, but an event loop's, which it no longer waits for.)
+            if not self.active or self.backend.name == "async":
+                self.stop_workers()
+            return
+        for calls in list(self.calls):
+            calls.shutdown(wait=False)
+        # (Not here: the collection may run in any thread, one of the pool's own too.)
+        threading.Thread(target=self._stop_later, name="manyhands-pool-stop", daemon=True).start()
+
+    def _stop_later(self) -> None:
+        for calls in list(self.calls):
+            calls.shutdown(wait=True)
+        self.stop_workers()
+
+
+class _Exit:
+    """The interpreter's exit, as the pools see it."""
+
+    hooked = False  # the hook is registered (once, by the first Pool)
+    exiting = False  # it ran: the submitted calls were made
+
+
+_lives: weakref.WeakSet[_Life] = weakref.WeakSet()  # the pools of this process, not collected
+
+
+def _watch(life: _Life) -> None:
+    """Register ``life`` for the interpreter's exit (the hook, once)."""
+    _lives.add(life)
+    if not _Exit.hooked:
+        _Exit.hooked = True
+        # (before the threads are joined, where the stdlib's executors finish; not at
+        # all once the interpreter is exiting already)
+        with contextlib.suppress(AttributeError, RuntimeError):
+            threading._register_atexit(_at_exit)  # type: ignore[attr-defined]
+
+
+def _at_exit() -> None:
+    """The interpreter exits: the calls submitted to open pools are made first."""
+    for life in list(_lives):
+        life.finish_calls()
+    _Exit.exiting = True
 
 
 def _where_inside(backend: str) -> str:

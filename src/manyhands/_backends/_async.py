@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 from _thread import TIMEOUT_MAX
 from collections import deque
 from collections.abc import Callable
@@ -122,6 +123,12 @@ class AsyncBackend:
         """A run of a shared pool ended: its given-up calls still running are counted."""
         if self._left:  # (set on the loop before the run's last batch came back or expired)
             self._on_loop(self._count_left, task)
+
+    def forget_copied_tasks(self) -> None:
+        """(A forked child's copy) its tasks never run here: none is reported destroyed pending."""
+        for task in [*self._tasks, *self._left, *self._kept]:
+            with contextlib.suppress(AttributeError):
+                task._log_destroy_pending = False  # type: ignore[attr-defined]
 
     def _count_left(self, task: Task | None) -> None:
         """Cancel once more the given-up calls (of ``task``, or all) still running; count them.
