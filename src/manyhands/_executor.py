@@ -164,6 +164,7 @@ class PoolExecutor(Executor):
         if cancel_futures:
             calls.cancel_of(self)
         if wait:
+            calls.take_back(self)
             with calls._lock:
                 calls._idle.wait_for(lambda: not self._keys)
 
@@ -420,6 +421,20 @@ class PoolCalls:
         with self._lock:
             self._idle.wait_for(lambda: not self._futures)
 
+    def take_back(self, owner: PoolExecutor) -> None:
+        """(Threads, in one of the pool's workers) make here ``owner``'s calls no worker began.
+
+        So that its shutdown, waiting there (in a done callback, or in a
+        call of the pool's that used an executor), waits only for calls that
+        run: never for a worker that may be this very thread.
+        """
+        if self._free_workers is None or not self._backend.inside():
+            return
+        with self._lock:
+            pending = [self._futures[key] for key in owner._keys if key in self._futures]
+        for future in pending:
+            self._run_here(future)  # (claimed already: a worker runs it)
+
     def cancel_of(self, owner: PoolExecutor) -> None:
         """Cancel the calls of ``owner`` no worker began (those of other executors go on).
 
@@ -446,6 +461,8 @@ class PoolCalls:
             calling = _calling.get()
             if isinstance(calling, PoolFuture) and (owner is None or calling.owner is owner):
                 where = "from one of its own calls"
+            elif self._free_workers is not None and owner is not None:
+                return  # (threads: the wait makes here the calls no worker began)
             else:
                 where = (
                     "in a done callback of one of the pool's Futures (run by the pool's "
