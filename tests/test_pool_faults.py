@@ -333,3 +333,26 @@ def test_an_executor_closed_in_a_call_of_the_pool_waits_for_its_calls() -> None:
     succeeded, made = within(scenario, BOUND)
     assert succeeded == 6
     assert made == sorted(x * 10 + i for x in range(6) for i in range(3))
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="os.fork")
+def test_a_forked_copy_of_an_async_pool_exits_without_destroyed_task_messages() -> None:
+    done = script(
+        """
+        import os, sys, manyhands
+
+        async def double(x):
+            return 2 * x
+
+        pool = manyhands.Pool(workers=2, backend="async")
+        print(pool.run(double, range(4)).succeeded, flush=True)
+        pid = os.fork()
+        if pid == 0:
+            pool.close()  # (a copy: nothing to close here)
+            sys.exit(0)
+        os.waitpid(pid, 0)
+        pool.close()
+        """
+    )
+    assert done.returncode == 0, done.stderr
+    assert "destroyed but it is pending" not in done.stderr, done.stderr
