@@ -12,6 +12,7 @@ thread; a blocking wait on that loop is refused.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 import weakref
@@ -102,7 +103,8 @@ class Readers:
         for reader in readers:
             run = reader.generator()
             if run is not None and not run.gi_running:
-                run.close()
+                with contextlib.suppress(ValueError):  # (its finalizer closes it meanwhile)
+                    run.close()
 
     def stop_here(self) -> None:
         """Stop the maps this thread reads: they could never end while it waits for them."""
