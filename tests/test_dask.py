@@ -7,6 +7,7 @@ as a backend is tested here as well.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -63,6 +64,9 @@ def tasks_of_manyhands(client: Any, settle: float = 5.0) -> list[str]:
     """The scheduler's tasks of manyhands, once there are none (or ``settle`` seconds passed)."""
     deadline = time.monotonic() + settle
     while True:
+        # (A Dask Future is held by the traceback of an error it raised, which an
+        # earlier test's Future may keep in a cycle until the garbage is collected.)
+        gc.collect()
         keys = client.run_on_scheduler(
             lambda dask_scheduler: [str(key) for key in dask_scheduler.tasks]
         )

@@ -216,13 +216,15 @@ def test_shutdown_from_one_of_the_pools_calls_raises_at_once() -> None:
                     pool.shutdown()
                 return x
 
+            face = pool.executor()
+
             def stop_face(x: int) -> int:
                 if x == 3:
-                    pool.executor().shutdown()
+                    face.shutdown()
                 return x
 
             report = pool.run(stop_pool, range(6))
-            futures = [pool.submit(stop_face, x) for x in range(6)]
+            futures = [face.submit(stop_face, x) for x in range(6)]
             errors = [f.exception(10) for f in futures]
             return report, errors, pool.run(same, range(4)).succeeded  # (still open)
 

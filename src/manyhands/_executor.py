@@ -33,6 +33,7 @@ import itertools
 import threading
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
+from concurrent.futures._base import CANCELLED_AND_NOTIFIED
 from typing import Any, TypeVar, cast
 
 from ._backends import Backend
@@ -40,7 +41,7 @@ from ._batch import Batch, Task
 from ._executor_pickles import call_pickled, pickled_call, unpickled_outcome
 from ._outcome import Failure
 
-__all__ = ["PoolExecutor", "PoolFuture"]
+__all__ = ["PoolCalls", "PoolExecutor", "PoolFuture"]
 
 R = TypeVar("R")
 Call = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
@@ -54,6 +55,47 @@ _calling: contextvars.ContextVar[Future[Any] | None] = contextvars.ContextVar(
 )
 
 
+#: This thread runs the done callbacks of a Future of the pool's (it settles it).
+_settling = threading.local()
+
+
+def _set(future: Future[Any], ok: bool, value: Any) -> None:
+    """Settle ``future``; its done callbacks run here, told apart by ``in_callback``."""
+    _settling.depth = getattr(_settling, "depth", 0) + 1
+    try:
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+    finally:
+        _settling.depth -= 1
+
+
+def _cancel_running(future: Future[Any]) -> None:
+    """Settle a running ``future`` as cancelled (``cancel()`` refuses once it runs).
+
+    As ``set_running_or_notify_cancel`` does for a cancelled one: waiters
+    (``concurrent.futures.wait``) see it cancelled, its callbacks run.
+    """
+    with future._condition:
+        if future.done():
+            return
+        future._state = CANCELLED_AND_NOTIFIED
+        for waiter in future._waiters:
+            waiter.add_cancelled(future)
+        future._condition.notify_all()
+    _settling.depth = getattr(_settling, "depth", 0) + 1
+    try:
+        future._invoke_callbacks()  # type: ignore[attr-defined]
+    finally:
+        _settling.depth -= 1
+
+
+def in_callback() -> bool:
+    """This thread runs the done callbacks of one of a pool's Futures."""
+    return getattr(_settling, "depth", 0) > 0
+
+
 class PoolFuture(Future[R]):
     """A Future of the pool's: a wait from one of the pool's own workers cannot hang.
 
@@ -63,11 +105,12 @@ class PoolFuture(Future[R]):
     RuntimeError. Anywhere else, the stdlib's Future.
     """
 
-    __slots__ = ("call", "claimed", "face", "key")
+    __slots__ = ("call", "claimed", "face", "key", "owner")
 
-    def __init__(self, face: PoolExecutor, key: int, call: Call | None) -> None:
+    def __init__(self, face: PoolCalls, owner: PoolExecutor, key: int, call: Call | None) -> None:
         super().__init__()
         self.face = face
+        self.owner = owner  # the executor it was submitted to (its shutdown waits for it)
         self.key = key
         self.call = call  # (threads, asyncio) what to call; None once it is made
         self.claimed = False  # a worker (or a waiter) took it: it is run, or found cancelled
@@ -87,7 +130,50 @@ class PoolExecutor(Executor):
     A Future is pending until its call starts (on processes: until a worker
     process is sent it, as with ``ProcessPoolExecutor``), and ``cancel()``
     works until then. Every Future ends settled: with a value, an exception,
-    or cancelled.
+    or cancelled. Each ``pool.executor()`` is one of its own: its
+    ``shutdown`` waits for (or cancels) its own calls only, and the others go on.
+    """
+
+    def __init__(self, calls: PoolCalls) -> None:
+        self._calls = calls
+        self._keys: set[int] = set()  # its calls not settled (under calls._lock)
+        self._closed = False
+
+    def submit(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> Future[R]:
+        if self._closed:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        return self._calls.submit_for(self, fn, args, kwargs)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Accept no new call; ``cancel_futures``: cancel those not started; ``wait``: for the rest.
+
+        Only this executor's calls: those of other executors of the pool, and
+        of ``pool.submit``, go on.
+
+        Raises:
+            RuntimeError: with ``wait=True``, where the wait could never end:
+                from one of its own calls, from another of the pool's own
+                threads while its calls have not ended (a done callback), or
+                on an async pool's event loop. Nothing is shut down then;
+                ``wait=False`` works there.
+        """
+        calls = self._calls
+        if wait:
+            calls.check_not_inside(self)
+        self._closed = True
+        if cancel_futures:
+            calls.cancel_of(self)
+        if wait:
+            calls.take_back(self)
+            with calls._lock:
+                calls._idle.wait_for(lambda: not self._keys)
+
+
+class PoolCalls:
+    """The calls of a Pool's executors at one priority: one task of the pool's workers.
+
+    Every ``pool.executor(priority)`` and ``pool.submit`` share it; each
+    executor keeps its own calls (``PoolExecutor``). Shut down with the pool.
     """
 
     def __init__(self, backend: Backend, priority: int) -> None:
@@ -108,19 +194,20 @@ class PoolExecutor(Executor):
         self._detached = False
         self._tasks: set[asyncio.Task[None]] = set()  # (asyncio) calls submitted on the loop
         backend.attach(self._task)
+        self.shared = PoolExecutor(self)  # pool.submit's: no user shuts it down
 
     @property
     def closed(self) -> bool:
         """``shutdown`` was called: it accepts no new call."""
         return self._closed
 
-    @property
-    def finished(self) -> bool:
-        """Shut down, and every call it had is settled."""
-        with self._lock:
-            return self._closed and not self._futures
-
-    def submit(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> Future[R]:
+    def submit_for(
+        self,
+        owner: PoolExecutor,
+        fn: Callable[..., R],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Future[R]:
         from ._checks import is_coroutine_function
 
         if not self._async and is_coroutine_function(fn):
@@ -134,7 +221,7 @@ class PoolExecutor(Executor):
         # cannot travel is refused before it has a Future to settle.)
         call = pickled_call(fn, args, kwargs) if self._processes else None
         key = next(_keys)
-        future: PoolFuture[R] = PoolFuture(self, key, None if call else (fn, args, kwargs))
+        future: PoolFuture[R] = PoolFuture(self, owner, key, None if call else (fn, args, kwargs))
         free = self._free_workers
         if free is not None and self._backend.inside() and free() <= 0:
             # From one of the pool's calls, with no worker free: run now, here. (Queued,
@@ -142,9 +229,10 @@ class PoolExecutor(Executor):
             self._run_here(future)
             return future
         with self._lock:
-            if self._closed:
+            if self._closed or owner._closed:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             self._futures[key] = future
+            owner._keys.add(key)
         item: Any = (key, call) if self._processes else (key, future)
         if self._async and self._backend.inside():
             # From the pool's own loop (a call of the pool's, say, that awaits it): a
@@ -165,8 +253,11 @@ class PoolExecutor(Executor):
         """The Future of ``key`` is settled (or never will be): the face stops waiting for it."""
         with self._lock:
             future = self._futures.pop(key, None)
-            if not self._futures:
-                self._idle.notify_all()
+            if future is not None:
+                keys = future.owner._keys
+                keys.discard(key)
+                if not keys or not self._futures:
+                    self._idle.notify_all()
         return future
 
     def _claim(self, future: PoolFuture[Any]) -> bool | None:
@@ -213,11 +304,7 @@ class PoolExecutor(Executor):
         outcome = _make(future) if claimed else None
         self._forget(future.key)
         if outcome is not None:
-            ok, value = outcome
-            if ok:
-                future.set_result(value)
-            else:
-                future.set_exception(value)
+            _set(future, *outcome)
 
     async def _run_on_loop(self, future: PoolFuture[Any]) -> None:
         """(asyncio) Await ``future``'s call in a task of its own, and settle it."""
@@ -226,11 +313,7 @@ class PoolExecutor(Executor):
         finally:
             self._forget(future.key)
         if outcome is not None and not future.done():
-            ok, value = outcome
-            if ok:
-                future.set_result(value)
-            else:
-                future.set_exception(value)
+            _set(future, *outcome)
 
     def _leaving(self, work: object) -> bool:
         """(processes, under the lanes' lock) A worker process is sent a call: it runs now.
@@ -263,11 +346,10 @@ class PoolExecutor(Executor):
         if error is not None:  # the call could not even be made (or not sent back)
             if isinstance(error, Failure) and error.exception is not None:
                 error = error.exception  # (caught by an asyncio worker)
-            if isinstance(error, BaseException):
-                future.set_exception(error)
-            else:
+            if not isinstance(error, BaseException):
                 text = f"{error.error_type}: {error.message}" if error.message else error.error_type
-                future.set_exception(RuntimeError(text))
+                error = RuntimeError(text)
+            _set(future, False, error)
             return
         outcome = batch.values[0]
         if outcome is None:  # cancelled before it started
@@ -278,15 +360,13 @@ class PoolExecutor(Executor):
             try:
                 outcome = unpickled_outcome(outcome)
             except Exception as exc:  # e.g. of a class this process cannot import
-                future.set_exception(
-                    RuntimeError(f"what the call gave could not be read back here: {exc!r}")
+                _set(
+                    future,
+                    False,
+                    RuntimeError(f"what the call gave could not be read back here: {exc!r}"),
                 )
                 return
-        ok, value = outcome
-        if ok:
-            future.set_result(value)
-        else:
-            future.set_exception(value)
+        _set(future, *outcome)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Accept no new call; ``cancel_futures``: cancel those not started; ``wait``: for the rest.
@@ -297,7 +377,7 @@ class PoolExecutor(Executor):
                 Nothing is shut down then; ``wait=False`` works there.
         """
         if wait:
-            self._check_not_inside()
+            self.check_not_inside(None)
         with self._lock:
             self._closed = True
         if cancel_futures:
@@ -336,20 +416,80 @@ class PoolExecutor(Executor):
         for future in pending:
             future.cancel()  # (False for a call already running)
 
-    def _check_not_inside(self) -> None:
+    def wait_settled(self) -> None:
+        """Wait until every call submitted is settled (accepting new ones meanwhile)."""
+        with self._lock:
+            self._idle.wait_for(lambda: not self._futures)
+
+    def take_back(self, owner: PoolExecutor) -> None:
+        """(Threads, in one of the pool's workers) make here ``owner``'s calls no worker began.
+
+        So that its shutdown, waiting there (in a done callback, or in a
+        call of the pool's that used an executor), waits only for calls that
+        run: never for a worker that may be this very thread.
+        """
+        if self._free_workers is None or not self._backend.inside():
+            return
+        with self._lock:
+            pending = [self._futures[key] for key in owner._keys if key in self._futures]
+        for future in pending:
+            self._run_here(future)  # (claimed already: a worker runs it)
+
+    def cancel_of(self, owner: PoolExecutor) -> None:
+        """Cancel the calls of ``owner`` no worker began (those of other executors go on).
+
+        Their batches stay queued: the worker (or ``_leaving``) that takes one
+        finds it claimed, and skips it.
+        """
+        with self._lock:
+            pending = [self._futures[key] for key in owner._keys if key in self._futures]
+        for future in pending:
+            if future.cancel() and self._claim(future) is not None:
+                self._forget(future.key)  # (None: a worker claimed it first, and forgets it)
+
+    def check_not_inside(self, owner: PoolExecutor | None) -> None:
+        """Refuse a waiting shutdown (of ``owner``, or None: every call) that could never end."""
         if self._async and self._backend.inside():
             where = "on the pool's event loop, which its calls need"
+        elif self._backend.inside():
+            # One of the pool's own threads (a worker, the thread that reads the worker
+            # processes' results, where done callbacks run): a call of this face may
+            # need it to end. Nothing left to wait for: nothing to refuse.
+            with self._lock:
+                if not (self._futures if owner is None else owner._keys):
+                    return
+            calling = _calling.get()
+            if isinstance(calling, PoolFuture) and (owner is None or calling.owner is owner):
+                where = "from one of its own calls"
+            elif self._free_workers is not None and owner is not None:
+                return  # (threads: the wait makes here the calls no worker began)
+            else:
+                where = (
+                    "in a done callback of one of the pool's Futures (run by the pool's "
+                    "thread that settled it)"
+                    if in_callback()
+                    else "in one of the pool's own threads (a call of the pool's)"
+                ) + ", while calls of this executor that may need that thread have not ended"
         else:
             # (the call of this thread, if one of this face's: a worker's, or one run
             # inline at its submit, which is in no list of this face's calls)
             calling = _calling.get()
-            if not (isinstance(calling, PoolFuture) and calling.face is self):
+            if not (
+                isinstance(calling, PoolFuture)
+                and calling.face is self
+                and (owner is None or calling.owner is owner)
+            ):
                 return
             where = "from one of its own calls"
         raise RuntimeError(
-            f"executor.shutdown() was called {where}, and would wait for it forever: "
+            f"executor.shutdown() was called {where}, and would wait forever: "
             "use shutdown(wait=False) there"
         )
+
+
+def calling_a_call() -> bool:
+    """This thread is in a call submitted to a pool (``pool.submit``, an executor's)."""
+    return _calling.get() is not None
 
 
 def _call(item: tuple[int, PoolFuture[Any]]) -> Any:
@@ -393,8 +533,8 @@ async def _call_async(item: tuple[int, PoolFuture[Any]]) -> Any:
                 "submit a coroutine function, or a regular one to a pool of threads"
             )
         return True, await call
-    except asyncio.CancelledError as exc:  # the pool stops: the call is cancelled
-        future.set_exception(exc)
+    except asyncio.CancelledError:  # the pool stops, or the call was: its Future is
+        _cancel_running(future)  # cancelled, as asyncio.run_coroutine_threadsafe's is
         raise
     except BaseException as exc:  # the call's own error settles its Future
         return False, exc

@@ -155,7 +155,8 @@ class Options(Record):
             if name not in known:
                 import difflib  # (only for this message: it slows down `import manyhands`)
 
-                accepted = sorted(known.difference(refused))
+                own = {"priority"} if caller.startswith("pool.") else set()  # (a Pool's runs)
+                accepted = sorted(known.difference(refused) | own)
                 close = difflib.get_close_matches(name, accepted, n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else f"; accepted: {accepted}"
                 raise TypeError(f"{caller}() got an unexpected keyword argument {name!r}{hint}")

@@ -16,8 +16,10 @@ runs on a private pool of their own.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+import weakref
 from collections.abc import AsyncIterable, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -34,12 +36,15 @@ if TYPE_CHECKING:
 
     from typing_extensions import Unpack
 
-    from ._executor import PoolExecutor
+    from ._executor import PoolCalls
     from ._run_options import RunOptions
 
 __all__ = ["POOL_BACKENDS", "Pool"]
 
 POOL_BACKENDS = ("threads", "processes", "async", "auto", "dask")
+
+#: Seconds between checks, while the pool waits for its runs, for maps whose reader ended.
+_CHECK_READERS = 0.5
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -171,11 +176,15 @@ class Pool:
         self._state = threading.Condition()
         self._active = 0  # runs begun and not ended
         self._closed = False
-        self._stopped = False
-        self._executors: dict[int, PoolExecutor] = {}  # the open faces, by priority
-        self._faces: list[PoolExecutor] = []  # every face with calls the pool waits for
+        self._executors: dict[int, PoolCalls] = {}  # the executors' calls, by priority
         self._readers = Readers()  # who reads each pool.map and pool.amap
         self._backend.start()
+        # What must stop with the pool, also when it is dropped without being closed
+        # (the finalizer holds it, not the pool: nothing of it refers to the pool).
+        self._life = life = _Life(self._backend, self._pid)
+        self._faces: list[PoolCalls] = life.calls  # the executors' calls, in the order made
+        weakref.finalize(self, life.dropped)
+        _watch(life)
 
     # -- what a Pool offers ------------------------------------------------
 
@@ -256,29 +265,32 @@ class Pool:
                 message names the argument).
             RuntimeError: once the pool is shut down.
         """
-        return self.executor().submit(fn, *args, **kwargs)
+        return self._calls(0).shared.submit(fn, *args, **kwargs)
 
     def executor(self, priority: int = 0) -> Executor:
         """The pool as a ``concurrent.futures.Executor`` (e.g. for ``loop.run_in_executor``).
 
-        Its ``submit`` runs calls on the pool's workers at ``priority``; its
-        ``shutdown`` stops only that face (its calls finish, or are cancelled
-        with ``cancel_futures=True``), not the pool: the next ``executor()``
-        (or ``pool.submit``) is a new face.
+        Its ``submit`` runs calls on the pool's workers at ``priority``. Each
+        call returns an executor of its own: its ``shutdown`` stops only that
+        one (its calls finish, or are cancelled with ``cancel_futures=True``),
+        not the pool, nor the other executors and ``pool.submit``.
         """
         check_int("priority", priority)
+        from ._executor import PoolExecutor
+
+        return PoolExecutor(self._calls(priority))
+
+    def _calls(self, priority: int) -> PoolCalls:
+        """The calls of the executors at ``priority`` (a task of the workers), made once."""
         with self._state:
             self._check_open()
-            face = self._executors.get(priority)
-            if face is None or face.closed:
-                from ._executor import PoolExecutor
+            calls = self._executors.get(priority)
+            if calls is None:
+                from ._executor import PoolCalls
 
-                face = self._executors[priority] = PoolExecutor(self._backend, priority)
-                for old in [f for f in self._faces if f.finished]:
-                    old.shutdown()  # (nothing to wait for: it lets the workers forget it)
-                    self._faces.remove(old)
-                self._faces.append(face)
-            return face
+                calls = self._executors[priority] = PoolCalls(self._backend, priority)
+                self._faces.append(calls)
+            return calls
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop the workers once the runs and calls under way are done.
@@ -306,7 +318,9 @@ class Pool:
         for face in faces:
             face.shutdown(wait=False, cancel_futures=cancel_futures)
         if not wait:
-            threading.Thread(target=self._stop_when_idle, daemon=True).start()
+            threading.Thread(
+                target=self._stop_when_idle, args=(True,), name="manyhands-pool-stop", daemon=True
+            ).start()
             return
         self._readers.stop_here()
         self._stop_when_idle()
@@ -403,7 +417,7 @@ class Pool:
                     "processes", cores, shared=True, processes=self._processes_options
                 )
                 backend.start()  # (raises if no worker starts: the run stays on threads)
-                self._processes = backend
+                self._processes = self._life.processes = backend
                 self._process_count = cores
             return self._processes, self._process_count
 
@@ -411,10 +425,12 @@ class Pool:
         with self._state:
             self._check_open()
             self._active += 1
+            self._life.active = self._active
 
     def run_ends(self) -> None:
         with self._state:
             self._active -= 1
+            self._life.active = self._active
             self._state.notify_all()
 
     # -- inside --------------------------------------------------------------
@@ -456,27 +472,162 @@ class Pool:
         """Refuse to wait from where the wait could never end."""
         if self._backend.inside():
             raise RuntimeError(
-                f"{call} was called from one of the pool's own calls, and would wait for "
-                "that call forever: use shutdown(wait=False) there (the pool stops once "
+                f"{call} was called {_where_inside(self._name)}, and would wait for "
+                "that thread forever: use shutdown(wait=False) there (the pool stops once "
                 "what is under way is done), or shut it down from the thread that made it"
             )
         self._readers.check_can_wait(call)
 
-    def _stop_when_idle(self) -> None:
-        with self._state:
-            self._state.wait_for(lambda: not self._active)
-            faces = list(self._faces)
-        for face in faces:
-            face.shutdown(wait=True)
-        with self._state:
+    def _wait_idle(self) -> None:
+        """Wait until no run is under way; a map whose reading thread ended is stopped."""
+        while True:
+            self._readers.stop_orphans()
+            with self._state:
+                if self._state.wait_for(lambda: not self._active, _CHECK_READERS):
+                    return
+
+    def _stop_when_idle(self, background: bool = False) -> None:
+        """Wait for the runs and calls under way, then stop the workers.
+
+        Interrupted (Ctrl-C), the wait goes on in a thread of its own, which
+        stops the workers once they are done: the pool never stays up for good.
+        """
+        try:
+            self._wait_idle()
+            with self._state:
+                faces = list(self._faces)
+            for face in faces:
+                face.shutdown(wait=True)
+        except BaseException:
+            if not background:
+                threading.Thread(
+                    target=self._stop_when_idle,
+                    args=(True,),
+                    name="manyhands-pool-stop",
+                    daemon=True,
+                ).start()
+            raise
+        self._life.stop_workers()
+
+
+class _Life:
+    """The workers of a Pool, and its executors' calls: what must stop with it.
+
+    A Pool dropped without ``shutdown`` stops them once its submitted calls are
+    settled (its finalizer). At interpreter exit, the calls submitted to the
+    pools still open are made before the program ends, as the standard
+    library's executors do; then the workers of the pools with no run under
+    way stop (an async pool's loop, worker processes).
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_lock",
+        "_stopped",
+        "active",
+        "backend",
+        "calls",
+        "pid",
+        "processes",
+    )
+
+    def __init__(self, backend: Backend, pid: int) -> None:
+        self.backend = backend
+        self.processes: Backend | None = None  # (auto) the processes runs moved to
+        self.calls: list[PoolCalls] = []
+        self.pid = pid
+        self.active = 0  # runs under way (a copy of the pool's count)
+        self._lock = threading.Lock()
+        self._stopped = False
+
+    def stop_workers(self) -> None:
+        with self._lock:
             if self._stopped:
                 return
             self._stopped = True
         try:
-            self._backend.shutdown(0.0)
+            self.backend.shutdown(0.0)
         finally:
-            if self._processes is not None:
-                self._processes.shutdown(0.0)
+            if self.processes is not None:
+                self.processes.shutdown(0.0)
+
+    def finish_calls(self) -> None:
+        """Wait until every submitted call is settled (the interpreter exits)."""
+        if self.pid != os.getpid() or self._stopped:
+            return
+        for calls in list(self.calls):
+            calls.wait_settled()
+
+    def dropped(self) -> None:
+        """(The Pool's finalizer) it was collected, or the interpreter exits, unclosed."""
+        if self.pid != os.getpid():  # a forked copy: its workers are the parent's
+            quiet = getattr(self.backend, "forget_copied_tasks", None)
+            if quiet is not None:
+                quiet()
+            return
+        if self._stopped:
+            return
+        if _Exit.exiting:  # (threading's exit hook made the submitted calls already)
+            # (A run left unread ends as the interpreter exits: its workers stay for
+            # it, but an event loop's, which it no longer waits for.)
+            if not self.active or self.backend.name == "async":
+                self.stop_workers()
+            return
+        for calls in list(self.calls):
+            calls.shutdown(wait=False)
+        # (Not here: the collection may run in any thread, one of the pool's own too.)
+        threading.Thread(target=self._stop_later, name="manyhands-pool-stop", daemon=True).start()
+
+    def _stop_later(self) -> None:
+        for calls in list(self.calls):
+            calls.shutdown(wait=True)
+        self.stop_workers()
+
+
+class _Exit:
+    """The interpreter's exit, as the pools see it."""
+
+    hooked = False  # the hook is registered (once, by the first Pool)
+    exiting = False  # it ran: the submitted calls were made
+
+
+_lives: weakref.WeakSet[_Life] = weakref.WeakSet()  # the pools of this process, not collected
+
+
+def _watch(life: _Life) -> None:
+    """Register ``life`` for the interpreter's exit (the hook, once)."""
+    _lives.add(life)
+    if not _Exit.hooked:
+        _Exit.hooked = True
+        # (before the threads are joined, where the stdlib's executors finish; not at
+        # all once the interpreter is exiting already)
+        with contextlib.suppress(AttributeError, RuntimeError):
+            threading._register_atexit(_at_exit)  # type: ignore[attr-defined]
+
+
+def _at_exit() -> None:
+    """The interpreter exits: the calls submitted to open pools are made first."""
+    for life in list(_lives):
+        life.finish_calls()
+    _Exit.exiting = True
+
+
+def _where_inside(backend: str) -> str:
+    """Which of the pool's own threads this is, for a refusal to wait there."""
+    from ._executor import calling_a_call, in_callback
+
+    if calling_a_call():
+        return "from one of the pool's own calls"
+    if in_callback():
+        return (
+            "in a done callback of one of the pool's Futures (run by the pool's own "
+            "thread that settled it)"
+        )
+    if backend == "async":
+        return "on the pool's event loop (in one of its calls, or a callback there)"
+    if backend == "processes":
+        return "on the thread that reads the pool's worker processes' results (in a callback there)"
+    return "from one of the pool's own calls"
 
 
 def check_int(name: str, value: object) -> None:

@@ -12,6 +12,7 @@ thread; a blocking wait on that loop is refused.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 import weakref
@@ -84,6 +85,26 @@ class Readers:
                 "(or delivering), and would wait for that run forever: use "
                 "shutdown(wait=False) there"
             )
+
+    def stop_orphans(self) -> None:
+        """Stop the maps whose reading thread has ended: nobody is left to read them.
+
+        (As a map nobody holds is closed by its finalizer; one kept in a list
+        by a thread that read it once and ended would otherwise be waited for
+        forever.)
+        """
+        alive = {thread.ident for thread in threading.enumerate()}
+        with self._lock:
+            readers = [
+                reader
+                for reader in list(self._readers)
+                if reader.thread and not reader.on_loop and reader.thread not in alive
+            ]
+        for reader in readers:
+            run = reader.generator()
+            if run is not None and not run.gi_running:
+                with contextlib.suppress(ValueError):  # (its finalizer closes it meanwhile)
+                    run.close()
 
     def stop_here(self) -> None:
         """Stop the maps this thread reads: they could never end while it waits for them."""

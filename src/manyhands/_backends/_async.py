@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 from _thread import TIMEOUT_MAX
 from collections import deque
 from collections.abc import Callable
@@ -48,7 +49,7 @@ from .. import _batch
 from .._batch import Batch, Task, leave_if_forked, watch_forks_in_this_thread
 from .._exceptions import Timeout
 from .._lanes import Lanes
-from ._async_loop import LoopThread
+from ._async_loop import LoopGone, LoopThread
 from ._async_pieces import Entry, Stragglers
 
 __all__ = ["LOOP_SLACK", "AsyncBackend"]
@@ -122,6 +123,12 @@ class AsyncBackend:
         """A run of a shared pool ended: its given-up calls still running are counted."""
         if self._left:  # (set on the loop before the run's last batch came back or expired)
             self._on_loop(self._count_left, task)
+
+    def forget_copied_tasks(self) -> None:
+        """(A forked child's copy) its tasks never run here: none is reported destroyed pending."""
+        for task in [*self._tasks, *self._left, *self._kept]:
+            with contextlib.suppress(AttributeError):
+                task._log_destroy_pending = False  # type: ignore[attr-defined]
 
     def _count_left(self, task: Task | None) -> None:
         """Cancel once more the given-up calls (of ``task``, or all) still running; count them.
@@ -233,7 +240,7 @@ class AsyncBackend:
 
     def cancel(self, task: Task) -> list[Batch]:
         """Drop the queued batches of ``task`` no worker began, and return them."""
-        dropped: list[Batch] = self._on_loop(self._cancel, task)
+        dropped: list[Batch] = self._on_loop(self._cancel, task, [])
         return dropped
 
     def _cancel(self, task: Task) -> list[Batch]:
@@ -252,7 +259,7 @@ class AsyncBackend:
 
     def expire(self, batch: Batch) -> bool:
         """Cancel the running calls of a batch whose run ended (a shared pool)."""
-        return bool(self._on_loop(self._expire, batch))
+        return bool(self._on_loop(self._expire, batch, False))
 
     def _expire(self, batch: Batch) -> bool:
         entry = self._entries.pop(id(batch), None)
@@ -265,8 +272,11 @@ class AsyncBackend:
             self._give_up(runner, batch.task)
         return True
 
-    def _on_loop(self, call: Callable[[Any], Any], argument: Any) -> Any:
-        """``call(argument)`` on the loop, from any thread; its result."""
+    def _on_loop(self, call: Callable[[Any], Any], argument: Any, default: Any = None) -> Any:
+        """``call(argument)`` on the loop, from any thread; its result.
+
+        ``default`` if the loop's thread no longer runs (at interpreter exit).
+        """
         private = self._private
         if private is None or private.inside():
             return call(argument)
@@ -274,7 +284,10 @@ class AsyncBackend:
         async def run() -> Any:
             return call(argument)
 
-        return private.call(run())
+        try:
+            return private.call(run())
+        except LoopGone:  # (interpreter exit: nothing runs there any more)
+            return default
 
     def shutdown(self, grace: float) -> int:
         """Stop from another thread (a private loop): cancel, wait, stop the loop.
@@ -293,6 +306,8 @@ class AsyncBackend:
         assert private is not None
         try:
             busy = private.call(self.ashutdown(grace), timeout=min(grace + LOOP_SLACK, TIMEOUT_MAX))
+        except LoopGone:  # (stopped already, or the interpreter is exiting)
+            return 0
         except BaseException as exc:  # (a second Ctrl-C, or the loop blocked: stop now)
             private.loop.call_soon_threadsafe(self._stop_all)
             if isinstance(exc, concurrent.futures.TimeoutError):

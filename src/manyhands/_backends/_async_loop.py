@@ -11,6 +11,8 @@ abandoned worker thread does not. The thread closes its loop once it stops.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import sys
 import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -18,9 +20,16 @@ from typing import Any, TypeVar
 from .._batch import unwatch_this_thread, watch_forks_in_this_thread
 from .._exceptions import WorkerInitError
 
-__all__ = ["LoopThread", "new_private_loop"]
+__all__ = ["LoopGone", "LoopThread", "new_private_loop"]
 
 T = TypeVar("T")
+
+#: Seconds between checks that the loop's thread still runs, in an unbounded wait for it.
+_CHECK_EVERY = 0.5
+
+
+class LoopGone(RuntimeError):
+    """The loop's thread no longer runs (stopped, or the interpreter is exiting)."""
 
 
 class LoopThread:
@@ -56,12 +65,30 @@ class LoopThread:
         Past ``timeout`` seconds (or on an exception in the wait: Ctrl-C) it is
         cancelled, and the error raised (``concurrent.futures.TimeoutError``).
         """
+        if not self.answers():
+            coroutine.close()
+            raise LoopGone("the pool's event loop thread is gone (the interpreter is exiting)")
         future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
         try:
-            return future.result(timeout)
+            if timeout is not None:
+                return future.result(timeout)
+            # Never without bound: the loop's thread (a daemon) stops at interpreter
+            # exit, where a run left unread is closed by its finalizer and asks it here.
+            while True:
+                try:
+                    return future.result(_CHECK_EVERY)
+                except concurrent.futures.TimeoutError:
+                    if not self.answers():
+                        raise LoopGone(
+                            "the pool's event loop thread is gone (the interpreter is exiting)"
+                        ) from None
         except BaseException:
             future.cancel()  # (the loop drops it when it gets to it)
             raise
+
+    def answers(self) -> bool:
+        """The loop's thread runs, and can (not once the interpreter is finalizing)."""
+        return self._thread.is_alive() and not sys.is_finalizing() and not self.loop.is_closed()
 
     def stop(self) -> None:
         """Stop the loop now, and wait for its thread to close it."""
