@@ -73,8 +73,8 @@ class Buffer:
 @pytest.mark.parametrize("chained", [True, False], ids=["chained", "alone"])
 @pytest.mark.parametrize("kind", ["threads", "async"])
 def test_kept_failures_do_not_pin_the_frames_of_their_calls(kind: str, chained: bool) -> None:
-    """Alone, a kept failure keeps its frames emptied of their locals (its text formatted
-    when read); with a chain (``raise ... from``), the text now and no frame at all."""
+    """A kept failure keeps its traceback as text and lets go of every frame, with a chain
+    (``raise ... from``) or without."""
     alive: weakref.WeakSet[Buffer] = weakref.WeakSet()
 
     def body(x: int) -> int:

@@ -12,6 +12,7 @@ import gc
 import threading
 import time
 import weakref
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -232,3 +233,46 @@ def test_failures_taken_back_after_delivery_are_neither_kept_nor_examples() -> N
     assert stats.failures == [first] and stats.examples == {"builtins.ValueError": "a"}
     counts = (stats.succeeded, stats.failed, dict(stats.errors_by_type))
     assert counts == (1, 1, {"builtins.ValueError": 1})
+
+
+def test_failures_held_for_their_turn_leave_the_users_generators_running(
+    no_thread_left: None,
+) -> None:
+    """The errors of a generator the calls share (a connection's last error, yielded) hold
+    its suspended frame: a failure that waits for its turn lets go of its calls' locals,
+    never of that frame (clearing it would close the generator under the user's code)."""
+    count = FRAMES_HELD + 40  # (past the failures that keep their frames whole)
+    lock = threading.Lock()
+    failed = [0]
+
+    def last_errors() -> Iterator[ConnectionError]:
+        n = 0
+        while True:
+            n += 1
+            try:
+                raise ConnectionError(f"down #{n}")
+            except ConnectionError as error:
+                yield error  # suspended here: the error's traceback holds this frame
+
+    errors = last_errors()
+
+    def body(x: int) -> int:
+        if x == 0:  # runs until the others failed and settled, or 10 s
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                with lock:
+                    if failed[0] == count - 1:
+                        break
+                time.sleep(0.01)
+            return 0
+        with lock:
+            error = next(errors)
+            failed[0] += 1
+        raise error
+
+    options: dict[str, Any] = dict(workers=4, batch_size=1, ordered=True, keep_failures=0)
+    outcomes = list(manyhands.map(body, range(count), **options))
+    assert [o.ok for o in outcomes] == [True] + [False] * (count - 1)
+    assert all("ConnectionError: down #" in o.error.traceback for o in outcomes[1:] if o.error)
+    with lock:
+        assert str(next(errors)) == f"down #{count}"  # (closed, it would raise StopIteration)

@@ -10,7 +10,7 @@ Failures that wait in the buffer keep their tracebacks' frames (each with
 its call's local variables) up to ``FRAMES_HELD`` of them; past that, a
 Failure that waits lets go of its frames' local variables (10,000 failed
 calls that each held a 200 KB buffer pinned 1.7 GB while the first item
-ran; see ``Failure.release_frames``).
+ran; see ``Failure.clear_locals``).
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ class Delivery:
             self._framed_in[seq] = self._framed_in.get(seq, 0) + len(failures)
             return
         for failure in failures:
-            failure.release_frames()
+            failure.clear_locals()
 
     def _release(self) -> Iterator[Batch]:
         held = self._held

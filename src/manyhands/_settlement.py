@@ -20,7 +20,7 @@ from types import FrameType
 from ._batch import EXECUTE_CODE, Batch, Task
 from ._exceptions import Timeout, WorkerCrashed
 from ._options import Options
-from ._outcome import Failure
+from ._outcome import SUSPENDABLE, Failure
 from ._retry import MAX_RETRY_AFTER, Retry, matches, matches_described, retry_after_of
 from ._stats import RunStatistics
 from ._timers import RetryTimers
@@ -228,14 +228,9 @@ def _release(frame: FrameType | None) -> None:
     runs (it refuses: a worker's own loop, or the run's) or a generator's or a
     coroutine's (clearing one that is suspended would close it).
     """
-    while frame is not None and not frame.f_code.co_flags & _SUSPENDABLE:
+    while frame is not None and not frame.f_code.co_flags & SUSPENDABLE:
         try:
             frame.clear()
         except RuntimeError:  # still executing: left as it is
             return
         frame = frame.f_back
-
-
-#: inspect's CO_GENERATOR | CO_COROUTINE | CO_ITERABLE_COROUTINE | CO_ASYNC_GENERATOR
-#: (inspect itself is a heavy import).
-_SUSPENDABLE = 0x20 | 0x80 | 0x100 | 0x200
