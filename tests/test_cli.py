@@ -335,6 +335,16 @@ def test_changed_items_flag_reruns_an_edited_item(workdir: Path) -> None:
     assert sorted(values) == ["A", "B", "Z"]  # item 2's new line comes last
 
 
+@pytest.mark.parametrize("journal", [[], ["--journal", "j.db"]])
+def test_changed_items_refuse_given_explicitly_is_the_default(
+    workdir: Path, journal: list[str]
+) -> None:
+    (workdir / "rows.txt").write_text("1\n2\n")
+    done = manyhands("run", "target.py:work", "rows.txt", *journal, "--changed-items", "refuse",
+                     cwd=workdir)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+
+
 def test_console_script_is_installed(workdir: Path) -> None:
     script = Path(sys.executable).with_name("manyhands")
     if not script.exists():

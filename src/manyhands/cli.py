@@ -429,7 +429,8 @@ def _run_options(
         for name, given in (
             ("--key", key),
             ("--retry-failed", flags["retry_failed"]),
-            ("--changed-items", flags["changed_items"]),
+            # "refuse" is the default: given explicitly, it asks for nothing more.
+            ("--changed-items", flags["changed_items"] not in (None, "refuse")),
             ("--store-results", flags["store_results"]),
         )
         if given
@@ -437,7 +438,7 @@ def _run_options(
     if needs_journal and journal is None:
         verb = "needs" if len(needs_journal) == 1 else "need"
         raise UsageProblem(f"{' and '.join(needs_journal)} {verb} --journal")
-    if flags["changed_items"] and key is None:
+    if flags["changed_items"] not in (None, "refuse") and key is None:
         raise UsageProblem(
             "--changed-items needs --key: without it an item's key is the item itself, "
             "which cannot change under it"
