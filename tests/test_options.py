@@ -159,6 +159,29 @@ def test_worker_process_options_are_refused_on_threads(front: Any, kwargs: dict[
     assert calls == []
 
 
+@pytest.mark.parametrize("backend", ["dask", "tcp://127.0.0.1:8786"])
+def test_worker_process_options_on_dask_say_where_they_apply(backend: str) -> None:
+    # A Dask cluster does start worker processes: "starts none" was false there.
+    with pytest.raises(ValueError) as caught:
+        manyhands.run(_init, [1], backend=backend, initializer=_init, start_timeout=5)
+    message = str(caught.value)
+    assert "starts none" not in message
+    assert message.count("initializer=, start_timeout=") == 2  # what was given; leave it out
+    assert "backend='processes' only" in message and "Dask cluster's workers" in message
+
+
+def test_worker_process_options_on_an_executor_point_to_its_own() -> None:
+    import concurrent.futures
+
+    message = r"ProcessPoolExecutor\(initializer="
+    with (
+        concurrent.futures.ThreadPoolExecutor(1) as executor,
+        pytest.raises(ValueError, match=message) as caught,
+    ):
+        manyhands.run(_init, [1], backend=executor, initializer=_init)
+    assert "0x" not in str(caught.value)  # (not the executor's repr)
+
+
 def test_worker_process_options_are_refused_on_asyncio() -> None:
     import asyncio
 

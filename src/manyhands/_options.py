@@ -234,14 +234,7 @@ class Options(Record):
             if getattr(self, name) not in (None, ())
         ]
         if given and self.backend not in (None, "processes", "auto"):
-            names = ", ".join(f"{name}=" for name in given)
-            raise ValueError(
-                f"{names} {'applies' if len(given) == 1 else 'apply'} to worker processes "
-                f"only, and backend={self.backend!r} starts none: "
-                "start_method, initializer, initargs and start_timeout apply to "
-                "backend='processes' (or 'auto', if it moves to processes) only; pass one "
-                f"of those, or leave {names} out"
-            )
+            raise ValueError(_process_options_refused(given, self.backend))
 
     def _validate_journal(self) -> None:
         if self.journal is not None:
@@ -392,6 +385,32 @@ def _option_parameters() -> tuple[inspect.Parameter, ...]:
     return tuple(
         inspect.Parameter(f.name, keyword, default=f.default, annotation=f.type)
         for f in fields(Options)
+    )
+
+
+def _process_options_refused(given: list[str], backend: Any) -> str:
+    """What refuses worker-process options given with a backend they do not apply to."""
+    from ._backends import backend_kind
+
+    names = ", ".join(f"{name}=" for name in given)
+    apply = "applies" if len(given) == 1 else "apply"
+    kind = backend_kind(backend)
+    if kind == "dask":
+        return (
+            f"{names} {apply} to the worker processes of backend='processes' only, not to "
+            "a Dask cluster's workers, which Dask starts and sets up: set up what fn needs "
+            f"on the cluster (e.g. a worker plugin) or on first use in fn, and leave {names} out"
+        )
+    if kind not in ("threads", "async"):  # (an Executor)
+        return (
+            f"{names} {apply} to the worker processes manyhands starts only, and backend= is "
+            "an executor, which starts its own: set them up on it (e.g. "
+            f"ProcessPoolExecutor(initializer=...)), and leave {names} out"
+        )
+    where = "in threads" if kind == "threads" else "as asyncio tasks"
+    return (
+        f"{names} {apply} to worker processes only, and backend={backend!r} runs calls "
+        f"{where}: pass backend='processes' (or 'auto'), or leave {names} out"
     )
 
 
