@@ -459,6 +459,54 @@ def test_a_changed_key_function_warns_and_is_recorded(tmp_path: Path) -> None:
     assert keys == [name, name, name, None, "operator.itemgetter", "operator.itemgetter"]
 
 
+def _by(field: str) -> Any:
+    return lambda row: row[field]
+
+
+class _Getter:
+    def __init__(self, field: str) -> None:
+        self.field = field
+
+    def __repr__(self) -> str:
+        return f"<_Getter at {id(self):#x}>"  # (another text in every run)
+
+    def get(self, row: dict[str, Any]) -> Any:
+        return row[self.field]
+
+
+def _get(getter: _Getter, row: dict[str, Any]) -> Any:
+    return getter.get(row)
+
+
+def test_a_key_told_by_its_captured_values_not_by_addresses(tmp_path: Path) -> None:
+    # A closure's captured field was not compared: key=_by("id") then _by("name")
+    # reran every item with no word. A partial's argument counted by its repr, which
+    # held its address: an unchanged key warned on every resume.
+    rows = [{"id": i, "name": f"n{i}"} for i in range(3)]
+    journal = tmp_path / "closure.db"
+    manyhands.run(str, rows, journal=journal, key=_by("id"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert manyhands.run(str, rows, journal=journal, key=_by("id")).skipped == 3
+    with pytest.warns(manyhands.JournalWarning, match="captured values.*run again"):
+        manyhands.run(str, rows, journal=journal, key=_by("name"))
+    journal = tmp_path / "partial.db"
+    manyhands.run(str, rows, journal=journal, key=functools.partial(_get, _Getter("id")))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # another _Getter, the same field: no warning
+        key = functools.partial(_get, _Getter("id"))
+        assert manyhands.run(str, rows, journal=journal, key=key).skipped == 3
+    with pytest.warns(manyhands.JournalWarning, match="run again"):
+        manyhands.run(str, rows, journal=journal, key=functools.partial(_get, _Getter("name")))
+    journal = tmp_path / "opaque.db"  # a captured value with no stable text: left out
+    lock, other = threading.Lock(), threading.Lock()
+    manyhands.run(str, rows, journal=journal, key=lambda row: (lock, row["id"])[1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        key = lambda row: (other, row["id"])[1]  # noqa: E731
+        assert manyhands.run(str, rows, journal=journal, key=key).skipped == 3
+
+
 def test_changed_code_warns(tmp_path: Path) -> None:
     journal = tmp_path / "run.db"
     manyhands.run(lambda x: x + 1, range(3), journal=journal)

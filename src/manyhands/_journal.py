@@ -983,7 +983,7 @@ def _key_identity(keyfn: Callable[[Any], Any] | None) -> tuple[str, str]:
     told = getattr(keyfn, "journal_identity", None)  # (the command's --key: its FIELD)
     if isinstance(told, tuple) and len(told) == 2 and all(isinstance(t, str) for t in told):
         return told
-    digest = code_hash(keyfn)
+    digest = code_hash(keyfn, state=True)
     if digest is None and type(keyfn).__module__ == "operator":
         digest = safe_repr(keyfn, 200)
     return function_name(keyfn), digest or ""
@@ -994,7 +994,7 @@ def _key_changed(path: object, meta: dict[str, Any], key_name: str) -> JournalWa
         return f"key={name}" if name else "no key= (default keys)"
 
     before = meta.get("key") or ""
-    same = " (same name, changed code)" if before == key_name else ""
+    same = " (same name, changed code or captured values)" if before == key_name else ""
     return JournalWarning(
         f"journal {path} was written with {named(before)} and this run has "
         f"{named(key_name)}{same}: where the keys differ, the items recorded are not "

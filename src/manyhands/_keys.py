@@ -29,6 +29,7 @@ __all__ = [
     "fingerprint",
     "function_name",
     "memory_key",
+    "state_text",
     "tagged",
 ]
 
@@ -287,30 +288,105 @@ def function_name(fn: Callable[..., Any]) -> str:
     return f"{module}.{name}"
 
 
-def code_hash(fn: Callable[..., Any]) -> str | None:
+def code_hash(fn: Callable[..., Any], *, state: bool = False) -> str | None:
     """A digest of ``fn``'s bytecode and constants, nested functions included.
 
     None for callables without Python code (builtins, C extensions): their
-    changes cannot be seen.
+    changes cannot be seen. A ``functools.partial``'s arguments count by their
+    stable text (:func:`state_text`), or by their type where they have none
+    (an object whose repr holds its address would change the digest on every
+    run). With ``state=True`` (for ``key=``), what the code reads besides its
+    arguments counts too, where it has a stable text: a closure's captured
+    values, a callable object's or bound method's object's attributes.
 
     >>> def f(x): return x + 1
     >>> def g(x): return x + 1
     >>> def h(x): return x + 2
     >>> code_hash(f) == code_hash(g), code_hash(f) == code_hash(h), code_hash(len)
     (True, False, None)
+    >>> def by(field): return lambda row: row[field]
+    >>> code_hash(by("id"), state=True) == code_hash(by("name"), state=True)
+    False
+    >>> code_hash(by("id"), state=True) == code_hash(by("id"), state=True)
+    True
     """
     target = _unwrap(fn)
     code = getattr(target, "__code__", None)
+    owner: object = getattr(fn, "__self__", None)  # a bound method's object
     if code is None:
         call = type(target).__dict__.get("__call__")  # a callable object's method
         code = getattr(call, "__code__", None)
+        owner = target
     if not isinstance(code, CodeType):
         return None
     digest = hashlib.blake2b(digest_size=12)
     _feed_code(digest, code)
     if isinstance(fn, functools.partial):
-        digest.update(repr((fn.args, sorted(fn.keywords.items()))).encode())
+        digest.update(_partial_text(fn).encode("utf-8", "surrogatepass"))
+    if state:
+        cells = getattr(target, "__closure__", None) or ()
+        texts = [_cell_text(cell) for cell in cells]
+        if owner is not None and not isinstance(owner, type):
+            texts.append(_attributes_text(owner))
+        if any(text is not None for text in texts):  # (none: the digest of before)
+            digest.update(repr(texts).encode("utf-8", "surrogatepass"))
     return digest.hexdigest()
+
+
+def state_text(value: object, depth: int = 0) -> str | None:
+    """A text of ``value`` that is the same in every run while the value is, or None.
+
+    JSON-like values and the kinds :func:`fingerprint` knows: their fingerprint;
+    a function: its :func:`code_hash` (with its own state); anything else:
+    None (its repr may hold its address: nothing stable to compare).
+
+    >>> state_text(object()) is None, state_text("id") == state_text("id")
+    (True, True)
+    """
+    if callable(value) and not isinstance(value, type):
+        if depth > 3:  # (a function that captures itself, or a long chain)
+            return None
+        digest = _code_hash_at(value, depth + 1)
+        return None if digest is None else f"code:{digest}"
+    return fingerprint(value)
+
+
+def _code_hash_at(fn: Callable[..., Any], depth: int) -> str | None:
+    target = _unwrap(fn)
+    code = getattr(target, "__code__", None)
+    if not isinstance(code, CodeType):
+        return None if type(fn).__module__ != "operator" else repr(fn)  # (itemgetter: its fields)
+    digest = hashlib.blake2b(digest_size=12)
+    _feed_code(digest, code)
+    cells = getattr(target, "__closure__", None) or ()
+    digest.update(repr([_cell_text(cell, depth) for cell in cells]).encode())
+    return digest.hexdigest()
+
+
+def _cell_text(cell: Any, depth: int = 0) -> str | None:
+    try:
+        value = cell.cell_contents
+    except ValueError:  # (an empty cell: a name not yet bound)
+        return None
+    return state_text(value, depth)
+
+
+def _attributes_text(owner: object) -> str | None:
+    attributes = getattr(owner, "__dict__", None)
+    return fingerprint(dict(attributes)) if isinstance(attributes, dict) else None
+
+
+def _partial_text(fn: functools.partial[Any]) -> str:
+    """A partial's arguments: each one's stable text, or its type where it has none."""
+
+    def text(value: object) -> str:
+        stable = state_text(value)
+        if stable is None and hasattr(value, "__dict__") and not callable(value):
+            stable = _attributes_text(value)
+        return stable if stable is not None else f"<{qualified_name(type(value))}>"
+
+    keywords = sorted((name, text(value)) for name, value in fn.keywords.items())
+    return repr(([text(value) for value in fn.args], keywords))
 
 
 def _unwrap(fn: Any) -> Any:
