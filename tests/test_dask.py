@@ -1037,3 +1037,37 @@ def test_a_script_without_a_main_guard_gets_the_fix_not_pages_of_dask_tracebacks
     assert "Nanny" not in done.stderr and "_check_not_importing_main" not in done.stderr
     assert done.stderr.count("Traceback") == 1, done.stderr
     assert not list(tmp_path.glob("manyhands-unguarded-*"))  # (the workers' mark: removed)
+
+
+def test_two_local_clusters_started_at_once_each_keep_their_mark(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The mark that a worker's import of an unguarded script started a run is in
+    # os.environ while a LocalCluster starts: one start's cleanup took it away from
+    # another starting meanwhile in another thread (its workers lost it).
+    from manyhands._backends import _dask_cluster
+
+    inside, second_started = threading.Event(), threading.Event()
+    seen: dict[int, Any] = {}
+
+    class FakeCluster:
+        def __init__(self, n_workers: int, **_: Any) -> None:
+            if n_workers == 1:  # the first start: the second starts meanwhile
+                inside.set()
+                second_started.wait(2)  # (never, while a start cannot overlap another)
+            else:
+                second_started.set()
+            seen[n_workers] = os.environ.get(_dask_cluster.UNGUARDED_MARK)
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(distributed, "LocalCluster", FakeCluster)
+    monkeypatch.setattr(distributed, "Client", lambda cluster, **_: cluster)
+    first = threading.Thread(target=_dask_cluster._new_cluster, args=(1,))
+    first.start()
+    assert inside.wait(10)
+    _dask_cluster._new_cluster(2)
+    first.join(10)
+    assert seen[1] and seen[2] and seen[1] != seen[2]  # each its own, while it started
+    assert _dask_cluster.UNGUARDED_MARK not in os.environ

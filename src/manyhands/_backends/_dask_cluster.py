@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import signal
 import tempfile
 import threading
@@ -60,33 +61,39 @@ def _new_cluster(workers: int) -> tuple[Any, Any]:
     import dask
     from distributed import Client, LocalCluster
 
-    # Dask must not run a task again when its worker dies: that is the engine's call.
-    mark = os.path.join(tempfile.gettempdir(), f"manyhands-unguarded-{os.getpid()}-{id(mark_env)}")
-    os.environ[UNGUARDED_MARK] = mark
-    try:
-        with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
-            cluster = LocalCluster(  # type: ignore[no-untyped-call]
-                n_workers=workers,
-                threads_per_worker=1,
-                processes=True,
-                host="127.0.0.1",
-                dashboard_address=":0",  # (its small HTTP server, on any free port)
-                scheduler_kwargs={"dashboard": False},
-                silence_logs=logging.CRITICAL,  # a dead worker is in the Report
-                preload=[__name__],  # (dask_setup: a Ctrl-C is the run's, not its workers')
-            )
-    except Exception:
-        if os.path.exists(mark):  # a worker's import of the script started a run
-            from ._process_spawn import UNGUARDED_MAIN, died_starting
+    # The mark reaches the worker processes only through the environment they are
+    # spawned with (they import the main script before any env= of Dask's applies):
+    # one start at a time, so a start's cleanup never takes another's mark away.
+    mark = os.path.join(tempfile.gettempdir(), f"manyhands-unguarded-{secrets.token_hex(8)}")
+    with _START_LOCK:
+        os.environ[UNGUARDED_MARK] = mark
+        try:
+            # Dask must not run a task again when its worker dies: that is the engine's call.
+            with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+                cluster = LocalCluster(  # type: ignore[no-untyped-call]
+                    n_workers=workers,
+                    threads_per_worker=1,
+                    processes=True,
+                    host="127.0.0.1",
+                    dashboard_address=":0",  # (its small HTTP server, on any free port)
+                    scheduler_kwargs={"dashboard": False},
+                    silence_logs=logging.CRITICAL,  # a dead worker is in the Report
+                    preload=[__name__],  # (dask_setup: a Ctrl-C is the run's, not its workers')
+                )
+        except Exception:
+            if os.path.exists(mark):  # a worker's import of the script started a run
+                from ._process_spawn import UNGUARDED_MAIN, died_starting
 
-            raise WorkerInitError(
-                died_starting(UNGUARDED_MAIN).replace("worker process", "Dask worker process", 1)
-            ) from None
-        raise
-    finally:
-        os.environ.pop(UNGUARDED_MARK, None)
-        with contextlib.suppress(OSError):
-            os.remove(mark)
+                raise WorkerInitError(
+                    died_starting(UNGUARDED_MAIN).replace(
+                        "worker process", "Dask worker process", 1
+                    )
+                ) from None
+            raise
+        finally:
+            os.environ.pop(UNGUARDED_MARK, None)
+            with contextlib.suppress(OSError):
+                os.remove(mark)
     try:
         return cluster, Client(cluster, set_as_default=False)  # type: ignore[no-untyped-call]
     except BaseException:
@@ -97,7 +104,7 @@ def _new_cluster(workers: int) -> tuple[Any, Any]:
 #: Where a LocalCluster's worker process marks that its import of the main script
 #: started a run (a script without ``if __name__ == "__main__":``).
 UNGUARDED_MARK = "MANYHANDS_DASK_UNGUARDED"
-mark_env = object()  # (its id tells this process's marks apart)
+_START_LOCK = threading.Lock()  # (the mark is process-wide: one LocalCluster starts at a time)
 
 
 def _refuse_unguarded_main() -> None:
