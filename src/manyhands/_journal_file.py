@@ -42,7 +42,7 @@ from typing import Any
 
 from ._exceptions import JournalError, JournalWarning, user_stacklevel
 from ._journal_lock import NOTHING_RUN, Lock, acquire_lock, lock_path, release_lock
-from ._outcome import _safe_message, safe_repr
+from ._outcome import safe_message, safe_repr
 
 __all__ = [
     "FORMAT",
@@ -194,8 +194,7 @@ class StoredValues:
         try:
             data, form = self._encode(value)
         except Exception as exc:  # (any error: pickling runs the value's own code)
-            message = _safe_message(exc)
-            message = message if len(message) <= 100 else message[:97] + "..."
+            message = safe_message(exc, 100)
             why = f"cannot {self._how} ({type(exc).__qualname__}: {message})"
             hint = "" if self.pickled else ": return JSON-like values, or store_results='pickle'"
             return self._unstored(item, value, why, hint)

@@ -20,6 +20,7 @@ __all__ = [
     "exception_traceback",
     "qualified_name",
     "retry_after_of",
+    "safe_message",
     "safe_repr",
     "set_traceback",
 ]
@@ -469,3 +470,13 @@ class Outcome(Generic[T, R]):
         if self.error is None:
             return f"Outcome(item={safe_repr(self.item)}, value={safe_repr(self.value)}{skipped})"
         return f"Outcome(item={safe_repr(self.item)}, error={self.error!r}{skipped})"
+
+
+def safe_message(exc: BaseException, limit: int = _REPR_LIMIT) -> str:
+    """``str(exc)`` cut to ``limit`` characters, never raising (but for a Ctrl-C).
+
+    >>> safe_message(ValueError("x" * 500), limit=12)
+    'xxxxxxxxx...'
+    """
+    message = _safe_message(exc)
+    return message if len(message) <= limit else message[: max(limit - 3, 0)] + "..."

@@ -603,9 +603,7 @@ class Run:
         """The late batches, their errors settled: each with its items whose outcome
         is not final (a failure that would have been retried, a call never made)."""
         for finished in self._late_batches():
-            not_final = (
-                self._settlement.settle(finished, late=True)[0] if finished.errors else set()
-            )
+            not_final = self._settlement.judge_late(finished) if finished.errors else set()
             if not finished.values:  # (no value came back: nothing is known of its items)
                 failures = finished.failures or {}
                 not_final.update(i for i in range(len(finished.items)) if i not in failures)

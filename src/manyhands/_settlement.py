@@ -58,17 +58,25 @@ class Settlement:
         self.throttled = 0
         self._asked: float | None = None  # the longest Retry-After among them
 
-    def settle(self, batch: Batch, *, late: bool = False) -> tuple[set[int], list[Failure], int]:
+    def settle(self, batch: Batch) -> tuple[set[int], list[Failure], int]:
         """Turn ``batch``'s errors into Failures; schedule the retryable ones.
 
         Returns (the indexes retried, the final failures, how many of the errors
         made no call). Sets ``batch.failures`` and clears ``batch.errors``.
-
-        ``late``: the batch came back after the run stopped (the grace period).
-        Nothing is scheduled, throttled or counted then: the indexes returned as
-        retried are those not final, the failures that would have been retried
-        and the errors that made no call (their items run again on a resume).
         """
+        return self._settle(batch, late=False)
+
+    def judge_late(self, batch: Batch) -> set[int]:
+        """Settle a batch that came back after the run stopped (the grace period).
+
+        Nothing is scheduled, throttled or counted: returns the indexes whose
+        outcome is not final (a failure that would have been retried, an error
+        that made no call: their items run again on a resume). Sets
+        ``batch.failures`` to the final ones and clears ``batch.errors``.
+        """
+        return self._settle(batch, late=True)[0]
+
+    def _settle(self, batch: Batch, *, late: bool) -> tuple[set[int], list[Failure], int]:
         assert batch.errors is not None
         stats = self._statistics
         retry = self._retry if stats.stop_reason is None else None
@@ -131,20 +139,25 @@ class Settlement:
             self._unapplied(retry, failure)
             return asked, throttled, retry is not None and retry.retries_failure(failure)
         asked = retry_after_of(exception)
+        throttle_on = self._throttle_on
         throttled = asked is not None or (
-            self._throttle_on is not None
-            and matches(self._throttle_on, exception, self._broken("throttle_on", failure))
+            throttle_on is not None
+            and matches(throttle_on, exception, self._broken("throttle_on", throttle_on, failure))
         )
         retryable = retry is not None and retry.retries_error(
-            exception, self._broken("retry", failure)
+            exception, self._broken("retry", retry.on, failure)
         )
         return asked, throttled, retryable
 
-    def _broken(self, option: str, failure: Failure) -> Callable[[Exception], None]:
-        """What hears that ``option``'s predicate raised on ``failure``'s error (a note)."""
+    def _broken(
+        self, option: str, on: object, failure: Failure
+    ) -> Callable[[Exception], None] | None:
+        """What hears that ``option``'s predicate raised on ``failure``'s error (a note);
+        None when ``on`` is no predicate (exception types cannot raise)."""
+        if not _is_predicate(on):
+            return None
 
         def broken(raised: Exception) -> None:
-            on = self._throttle_on if option == "throttle_on" else getattr(self._retry, "on", None)
             self._statistics.predicate_raised(option, on, failure, raised)
 
         return broken
@@ -157,9 +170,9 @@ class Settlement:
             and _is_predicate(retry.on)
             and "builtins.Exception" in (failure.lineage)
         ):
-            stats.predicate_raised("retry", retry.on, failure, None)
+            stats.predicate_unapplied("retry", retry.on, failure)
         if _is_predicate(self._throttle_on) and failure.retry_after is None:
-            stats.predicate_raised("throttle_on", self._throttle_on, failure, None)
+            stats.predicate_unapplied("throttle_on", self._throttle_on, failure)
 
     def take_throttled(self) -> tuple[int, float | None]:
         """The calls that asked to slow down since the last call, and the longest Retry-After."""

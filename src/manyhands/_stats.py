@@ -142,13 +142,11 @@ rerun later with retry_failed=True)
         self._too_long = (calls, most, index)
 
     def predicate_raised(
-        self, option: str, predicate: object, failure: Failure, raised: Exception | None
+        self, option: str, predicate: object, failure: Failure, raised: Exception
     ) -> None:
         """``option``'s predicate raised ``raised`` on ``failure``'s error: taken as no.
 
-        ``raised`` None: it could not be applied (an error from a worker process
-        comes back described, not as an object). Said once per option and
-        case, its first occurrence in full, with a count.
+        Said once per option, its first occurrence in full, with a count.
 
         >>> stats = RunStatistics(keep_failures=10)
         >>> def on(e): return e.response.status_code >= 500
@@ -160,12 +158,28 @@ rerun later with retry_failed=True)
         Retry(on=on) raised AttributeError: 'ConnectionError' object has no attribute \
 'response', on the ConnectionError of item 0 ('reset'), and on 2 more errors: each taken as \
 "no" (not retried); make it return False for errors it does not expect
-        >>> stats.predicate_raised("throttle_on", on, Failure(7, "builtins.OSError", "x", 1), None)
-        >>> print(stats.notes[1])
+        """
+        self._predicate_note(option, predicate, failure, raised)
+
+    def predicate_unapplied(self, option: str, predicate: object, failure: Failure) -> None:
+        """``option``'s predicate could not be applied to ``failure``'s error: taken as no.
+
+        An error from a worker process comes back described, not as an object.
+        Said once per option, its first occurrence in full, with a count.
+
+        >>> stats = RunStatistics(keep_failures=10)
+        >>> def on(e): return e.response.status_code >= 500
+        >>> stats.predicate_unapplied("throttle_on", on, Failure(7, "builtins.OSError", "x", 1))
+        >>> print(stats.notes[0])
         throttle_on=on could not be applied to the OSError of item 7 ('x'): an error from a \
 worker process comes back described, not as an object: taken as "no" (no slowdown); pass \
 exception classes instead (matched by name)
         """
+        self._predicate_note(option, predicate, failure, None)
+
+    def _predicate_note(
+        self, option: str, predicate: object, failure: Failure, raised: Exception | None
+    ) -> None:
         from ._outcome import safe_repr
         from ._retry import predicate_name
 
