@@ -48,10 +48,12 @@ Call = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
 _TAKEN = object()  # what a worker gives back for a call another worker took first
 
 _keys = itertools.count()
-#: The Future whose call runs in this worker thread (asyncio: any wait on the
-#: pool's loop is refused, see _check_not_inside).
-_calling: contextvars.ContextVar[Future[Any] | None] = contextvars.ContextVar(
-    "manyhands_calling", default=None
+#: The Futures whose calls run in this worker thread, outermost first: a call
+#: made inline (at a nested submit, or taken back by a wait) runs on top of the
+#: call that waits for it (asyncio: any wait on the pool's loop is refused, see
+#: check_not_inside).
+_calling: contextvars.ContextVar[tuple[PoolFuture[Any], ...]] = contextvars.ContextVar(
+    "manyhands_calling", default=()
 )
 
 
@@ -134,8 +136,11 @@ class PoolExecutor(Executor):
     ``shutdown`` waits for (or cancels) its own calls only, and the others go on.
     """
 
-    def __init__(self, calls: PoolCalls) -> None:
+    def __init__(self, calls: PoolCalls, pool: object = None) -> None:
         self._calls = calls
+        # The Pool it came from, kept alive while the executor is: a pool collected
+        # stops its workers (``Pool(...).executor()``, its Pool dropped at once, must work).
+        self._pool = pool
         self._keys: set[int] = set()  # its calls not settled (under calls._lock)
         self._closed = False
 
@@ -191,15 +196,11 @@ class PoolCalls:
         self._futures: dict[int, PoolFuture[Any]] = {}  # submitted and not settled, by key
         self._idle = threading.Condition(self._lock)
         self._closed = False
+        self._exited = False  # the interpreter's exit hook made its calls: none is accepted
         self._detached = False
         self._tasks: set[asyncio.Task[None]] = set()  # (asyncio) calls submitted on the loop
         backend.attach(self._task)
         self.shared = PoolExecutor(self)  # pool.submit's: no user shuts it down
-
-    @property
-    def closed(self) -> bool:
-        """``shutdown`` was called: it accepts no new call."""
-        return self._closed
 
     def submit_for(
         self,
@@ -229,6 +230,8 @@ class PoolCalls:
             self._run_here(future)
             return future
         with self._lock:
+            if self._exited:
+                raise RuntimeError("cannot schedule new futures after interpreter shutdown")
             if self._closed or owner._closed:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             self._futures[key] = future
@@ -416,10 +419,17 @@ class PoolCalls:
         for future in pending:
             future.cancel()  # (False for a call already running)
 
-    def wait_settled(self) -> None:
-        """Wait until every call submitted is settled (accepting new ones meanwhile)."""
+    def finish_at_exit(self) -> None:
+        """(The interpreter exits) make every call submitted, then accept no new one.
+
+        New calls are accepted while the wait lasts (a call may submit another),
+        and refused from the moment none is left, under the same lock: a call
+        submitted later (by a thread still running) would never be made, as the
+        workers stop next, so it is refused as the stdlib's executors do.
+        """
         with self._lock:
             self._idle.wait_for(lambda: not self._futures)
+            self._exited = True
 
     def take_back(self, owner: PoolExecutor) -> None:
         """(Threads, in one of the pool's workers) make here ``owner``'s calls no worker began.
@@ -458,8 +468,7 @@ class PoolCalls:
             with self._lock:
                 if not (self._futures if owner is None else owner._keys):
                     return
-            calling = _calling.get()
-            if isinstance(calling, PoolFuture) and (owner is None or calling.owner is owner):
+            if self._calls_here(owner):
                 where = "from one of its own calls"
             elif self._free_workers is not None and owner is not None:
                 return  # (threads: the wait makes here the calls no worker began)
@@ -471,14 +480,9 @@ class PoolCalls:
                     else "in one of the pool's own threads (a call of the pool's)"
                 ) + ", while calls of this executor that may need that thread have not ended"
         else:
-            # (the call of this thread, if one of this face's: a worker's, or one run
-            # inline at its submit, which is in no list of this face's calls)
-            calling = _calling.get()
-            if not (
-                isinstance(calling, PoolFuture)
-                and calling.face is self
-                and (owner is None or calling.owner is owner)
-            ):
+            # (the calls of this thread, if one is of this face's: a worker's, or one
+            # run inline at its submit, which is in no list of this face's calls)
+            if not self._calls_here(owner):
                 return
             where = "from one of its own calls"
         raise RuntimeError(
@@ -486,10 +490,21 @@ class PoolCalls:
             "use shutdown(wait=False) there"
         )
 
+    def _calls_here(self, owner: PoolExecutor | None) -> bool:
+        """One of the calls this thread runs (any of its stack) is ``owner``'s (None: this face's).
+
+        Not only the innermost: a call of ``owner``'s that waits for a nested
+        call made here (inline) ends only after it, up this same stack.
+        """
+        return any(
+            future.face is self and (owner is None or future.owner is owner)
+            for future in _calling.get()
+        )
+
 
 def calling_a_call() -> bool:
     """This thread is in a call submitted to a pool (``pool.submit``, an executor's)."""
-    return _calling.get() is not None
+    return bool(_calling.get())
 
 
 def _call(item: tuple[int, PoolFuture[Any]]) -> Any:
@@ -506,7 +521,7 @@ def _make(future: PoolFuture[Any]) -> tuple[bool, Any]:
     call, future.call = future.call, None
     assert call is not None
     fn, args, kwargs = call
-    calling = _calling.set(future)
+    calling = _calling.set((*_calling.get(), future))
     try:
         return True, fn(*args, **kwargs)
     except BaseException as exc:  # the call's own error settles its Future

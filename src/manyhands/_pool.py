@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 import weakref
 from collections.abc import AsyncIterable, Callable, Iterable, Mapping
 from types import TracebackType
@@ -278,7 +279,7 @@ class Pool:
         check_int("priority", priority)
         from ._executor import PoolExecutor
 
-        return PoolExecutor(self._calls(priority))
+        return PoolExecutor(self._calls(priority), self)
 
     def _calls(self, priority: int) -> PoolCalls:
         """The calls of the executors at ``priority`` (a task of the workers), made once."""
@@ -286,6 +287,8 @@ class Pool:
             self._check_open()
             calls = self._executors.get(priority)
             if calls is None:
+                if _Exit.exiting:  # (its calls would never be made: the workers stop next)
+                    raise RuntimeError("cannot schedule new futures after interpreter shutdown")
                 from ._executor import PoolCalls
 
                 calls = self._executors[priority] = PoolCalls(self._backend, priority)
@@ -481,7 +484,7 @@ class Pool:
     def _wait_idle(self) -> None:
         """Wait until no run is under way; a map whose reading thread ended is stopped."""
         while True:
-            self._readers.stop_orphans()
+            self._readers.stop_orphans(time.monotonic())
             with self._state:
                 if self._state.wait_for(lambda: not self._active, _CHECK_READERS):
                     return
@@ -552,11 +555,11 @@ class _Life:
                 self.processes.shutdown(0.0)
 
     def finish_calls(self) -> None:
-        """Wait until every submitted call is settled (the interpreter exits)."""
+        """Make every submitted call, then accept no new one (the interpreter exits)."""
         if self.pid != os.getpid() or self._stopped:
             return
         for calls in list(self.calls):
-            calls.wait_settled()
+            calls.finish_at_exit()
 
     def dropped(self) -> None:
         """(The Pool's finalizer) it was collected, or the interpreter exits, unclosed."""

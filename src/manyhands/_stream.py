@@ -137,7 +137,7 @@ def _outcomes(run: Run, reader: Reader) -> Generator[Outcome[Any, Any], None, No
     Leaving during a batch records the outcomes you received, and no more:
     how many is read off the batch's item iterator, at no cost per item.
     """
-    reader.thread = get_ident()
+    reader.read_here()
     batches = run.batches()
     delivered = run.delivered
     try:
@@ -145,12 +145,15 @@ def _outcomes(run: Run, reader: Reader) -> Generator[Outcome[Any, Any], None, No
             items = iter(batch.items)
             run.receiving = batch, items  # (what is left in items is not delivered yet)
             try:
-                yield from _unpack(batch, items)
+                for outcome in _unpack(batch, items):
+                    yield outcome
+                    if get_ident() != reader.thread:  # (handed to another thread)
+                        reader.read_here()
             except BaseException:  # you left during this batch (break, close, an error)
                 delivered(batch, len(batch.items) - length_hint(items))
                 raise
             delivered(batch)
-            reader.thread = get_ident()  # (this thread now waits for the next batch)
+            reader.read_here()  # (this thread now waits for the next batch)
     finally:
         try:
             batches.close()
