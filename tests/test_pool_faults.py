@@ -483,3 +483,54 @@ def test_a_call_submitted_after_the_exit_hook_is_refused_or_made() -> None:
     assert all(word in ("made", "refused") for word, _ in told)
     if any(word == "refused" for word, _ in told):
         assert "after interpreter shutdown" in done.stdout
+
+
+def test_a_dask_executors_cancelled_calls_are_not_made() -> None:
+    pytest.importorskip("distributed", reason="the Dask extra (manyhands[dask])")
+    done = script(
+        """
+        import os, tempfile, time, manyhands
+        from distributed import Client, LocalCluster
+
+        def call(folder, i):
+            open(os.path.join(folder, f"started-{i}"), "w").close()
+            for _ in range(1000):  # (until the test says go)
+                if os.path.exists(os.path.join(folder, "go")):
+                    break
+                time.sleep(0.01)
+            open(os.path.join(folder, f"made-{i}"), "w").close()
+
+        if __name__ == "__main__":
+            folder = tempfile.mkdtemp()
+            cluster = LocalCluster(
+                n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+            )
+            client = Client(cluster)
+            pool = manyhands.Pool(backend=client)
+            executor = pool.executor()
+            futures = [executor.submit(call, folder, i) for i in range(6)]
+            while not any(name.startswith("started") for name in os.listdir(folder)):
+                time.sleep(0.01)
+            executor.shutdown(wait=True, cancel_futures=True)
+            print("cancelled", sum(future.cancelled() for future in futures))
+            open(os.path.join(folder, "go"), "w").close()
+            pool.submit(call, folder, "last").result()
+
+            def made():
+                return sorted(name for name in os.listdir(folder) if name.startswith("made"))
+
+            for _ in range(300):  # (3 s for the cancelled calls to be made, were they not)
+                if len(made()) == 7:
+                    break
+                time.sleep(0.01)
+            print("made", made())
+            pool.shutdown()
+            client.close()
+            cluster.close()
+        """,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "cancelled 6" in done.stdout
+    made = done.stdout.split("made", 1)[1]
+    assert made.count("made-") <= 2, made  # (the one running when cancelled, and "last")

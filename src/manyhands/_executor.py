@@ -192,6 +192,11 @@ class PoolCalls:
         self._task = Task(call, self._settle, priority=priority, timed=True)
         if type(backend).__name__ == "ProcessBackend":  # (threads, asyncio: the call checks)
             self._task.leaving = self._leaving  # (Dask: a Future is pending until settled)
+        # (Dask: a call is a task on the cluster from its submit, which nothing checks
+        # before it runs: a cancelled one's task is cancelled there, by its batch.)
+        self._sent: dict[int, Batch] | None = (
+            {} if type(backend).__name__ == "DaskBackend" else None
+        )
         self._lock = threading.Lock()
         self._futures: dict[int, PoolFuture[Any]] = {}  # submitted and not settled, by key
         self._idle = threading.Condition(self._lock)
@@ -245,8 +250,12 @@ class PoolCalls:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
             return future
+        batch = Batch(-1, [item], self._task)
+        if self._sent is not None:
+            with self._lock:
+                self._sent[key] = batch
         try:
-            self._backend.submit(Batch(-1, [item], self._task))
+            self._backend.submit(batch)
         except BaseException:
             self._forget(key)
             raise
@@ -256,6 +265,8 @@ class PoolCalls:
         """The Future of ``key`` is settled (or never will be): the face stops waiting for it."""
         with self._lock:
             future = self._futures.pop(key, None)
+            if self._sent is not None:
+                self._sent.pop(key, None)
             if future is not None:
                 keys = future.owner._keys
                 keys.discard(key)
@@ -449,13 +460,18 @@ class PoolCalls:
         """Cancel the calls of ``owner`` no worker began (those of other executors go on).
 
         Their batches stay queued: the worker (or ``_leaving``) that takes one
-        finds it claimed, and skips it.
+        finds it claimed, and skips it. On Dask, where nothing checks a call
+        before it runs, the cancelled calls' tasks are cancelled on the cluster
+        (each its own batch: the other executors' calls go on).
         """
         with self._lock:
             pending = [self._futures[key] for key in owner._keys if key in self._futures]
         for future in pending:
             if future.cancel() and self._claim(future) is not None:
+                batch = self._sent.get(future.key) if self._sent is not None else None
                 self._forget(future.key)  # (None: a worker claimed it first, and forgets it)
+                if batch is not None:
+                    self._backend.expire(batch)
 
     def check_not_inside(self, owner: PoolExecutor | None) -> None:
         """Refuse a waiting shutdown (of ``owner``, or None: every call) that could never end."""
