@@ -534,3 +534,20 @@ def test_a_dask_executors_cancelled_calls_are_not_made() -> None:
     assert "cancelled 6" in done.stdout
     made = done.stdout.split("made", 1)[1]
     assert made.count("made-") <= 2, made  # (the one running when cancelled, and "last")
+
+
+def test_a_call_to_a_loop_closed_just_after_the_check_raises_loop_gone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from manyhands._backends._async_loop import LoopGone, LoopThread
+
+    async def nothing() -> None:
+        pass
+
+    thread = LoopThread()
+    thread.start()
+    thread.stop()  # (its loop is closed now)
+    # Another thread closed the loop between the check that it answers and the call:
+    monkeypatch.setattr(thread, "answers", lambda: True)
+    with pytest.raises(LoopGone, match="it was stopped"):
+        thread.call(nothing())
