@@ -551,3 +551,24 @@ def test_a_call_to_a_loop_closed_just_after_the_check_raises_loop_gone(
     monkeypatch.setattr(thread, "answers", lambda: True)
     with pytest.raises(LoopGone, match="it was stopped"):
         thread.call(nothing())
+
+
+def test_the_stdlib_internals_a_cancelled_running_call_relies_on_still_behave() -> None:
+    # (_cancel_running settles a running Future as cancelled through the stdlib's
+    # Future internals, and the exit hook is threading._register_atexit: if either
+    # changes, this says so before users do.)
+    from manyhands._executor import _cancel_running
+
+    assert callable(getattr(threading, "_register_atexit", None))
+    future: concurrent.futures.Future[None] = concurrent.futures.Future()
+    told: list[bool] = []
+    future.add_done_callback(lambda done: told.append(done.cancelled()))
+    assert future.set_running_or_notify_cancel()
+    waiting = threading.Thread(target=concurrent.futures.wait, args=([future],))
+    waiting.start()
+    _cancel_running(future)
+    waiting.join(BOUND)
+    assert not waiting.is_alive()  # (wait() saw it done)
+    assert future.cancelled() and future.done() and told == [True]
+    with pytest.raises(concurrent.futures.CancelledError):
+        future.result(timeout=0)

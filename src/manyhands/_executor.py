@@ -78,6 +78,15 @@ def _cancel_running(future: Future[Any]) -> None:
 
     As ``set_running_or_notify_cancel`` does for a cancelled one: waiters
     (``concurrent.futures.wait``) see it cancelled, its callbacks run.
+
+    No public API settles a running Future as cancelled (``cancel()`` refuses,
+    and ``set_exception(CancelledError())`` leaves ``cancelled()`` False), yet
+    asyncio's ``run_coroutine_threadsafe`` does it for a coroutine that ends
+    in CancelledError. So this reads the stdlib's Future internals, as
+    ``Future.cancel`` itself does: its ``_condition`` (the lock), ``_state``,
+    ``_waiters`` (those of ``wait``/``as_completed``) and
+    ``_invoke_callbacks``; ``tests/test_pool_faults.py`` checks that they
+    still behave so.
     """
     with future._condition:
         if future.done():
@@ -107,22 +116,22 @@ class PoolFuture(Future[R]):
     RuntimeError. Anywhere else, the stdlib's Future.
     """
 
-    __slots__ = ("call", "claimed", "face", "key", "owner")
+    __slots__ = ("call", "calls", "claimed", "key", "owner")
 
-    def __init__(self, face: PoolCalls, owner: PoolExecutor, key: int, call: Call | None) -> None:
+    def __init__(self, calls: PoolCalls, owner: PoolExecutor, key: int, call: Call | None) -> None:
         super().__init__()
-        self.face = face
+        self.calls = calls  # the PoolCalls that runs it
         self.owner = owner  # the executor it was submitted to (its shutdown waits for it)
         self.key = key
         self.call = call  # (threads, asyncio) what to call; None once it is made
         self.claimed = False  # a worker (or a waiter) took it: it is run, or found cancelled
 
     def result(self, timeout: float | None = None) -> R:
-        self.face.before_wait(self, timeout)
+        self.calls.before_wait(self, timeout)
         return super().result(timeout)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
-        self.face.before_wait(self, timeout)
+        self.calls.before_wait(self, timeout)
         return super().exception(timeout)
 
 
@@ -262,7 +271,7 @@ class PoolCalls:
         return future
 
     def _forget(self, key: int) -> PoolFuture[Any] | None:
-        """The Future of ``key`` is settled (or never will be): the face stops waiting for it."""
+        """The Future of ``key`` is settled (or never will be): nobody waits for it now."""
         with self._lock:
             future = self._futures.pop(key, None)
             if self._sent is not None:
@@ -386,9 +395,12 @@ class PoolCalls:
         """Accept no new call; ``cancel_futures``: cancel those not started; ``wait``: for the rest.
 
         Raises:
-            RuntimeError: with ``wait=True``, from one of its own calls (or, on
-                an async pool, from its event loop): it would wait for itself.
-                Nothing is shut down then; ``wait=False`` works there.
+            RuntimeError: with ``wait=True``, where the wait could never end:
+                from one of its own calls, from another of the pool's own
+                threads while calls are not settled (a done callback, run by
+                a worker or by the thread that reads the worker processes'
+                results), or on an async pool's event loop. Nothing is shut
+                down then; ``wait=False`` works there.
         """
         if wait:
             self.check_not_inside(None)
@@ -479,7 +491,7 @@ class PoolCalls:
             where = "on the pool's event loop, which its calls need"
         elif self._backend.inside():
             # One of the pool's own threads (a worker, the thread that reads the worker
-            # processes' results, where done callbacks run): a call of this face may
+            # processes' results, where done callbacks run): a call of these may
             # need it to end. Nothing left to wait for: nothing to refuse.
             with self._lock:
                 if not (self._futures if owner is None else owner._keys):
@@ -496,8 +508,8 @@ class PoolCalls:
                     else "in one of the pool's own threads (a call of the pool's)"
                 ) + ", while calls of this executor that may need that thread have not ended"
         else:
-            # (the calls of this thread, if one is of this face's: a worker's, or one
-            # run inline at its submit, which is in no list of this face's calls)
+            # (the calls of this thread, if one is of these: a worker's, or one run
+            # inline at its submit, which is in no list of these calls)
             if not self._calls_here(owner):
                 return
             where = "from one of its own calls"
@@ -507,13 +519,13 @@ class PoolCalls:
         )
 
     def _calls_here(self, owner: PoolExecutor | None) -> bool:
-        """One of the calls this thread runs (any of its stack) is ``owner``'s (None: this face's).
+        """One of the calls this thread runs (any of its stack) is ``owner``'s (None: any of these).
 
         Not only the innermost: a call of ``owner``'s that waits for a nested
         call made here (inline) ends only after it, up this same stack.
         """
         return any(
-            future.face is self and (owner is None or future.owner is owner)
+            future.calls is self and (owner is None or future.owner is owner)
             for future in _calling.get()
         )
 
@@ -526,7 +538,7 @@ def calling_a_call() -> bool:
 def _call(item: tuple[int, PoolFuture[Any]]) -> Any:
     """In a worker thread: make the call unless its Future was cancelled (or taken)."""
     future = item[1]
-    claimed = future.face._claim(future)
+    claimed = future.calls._claim(future)
     if claimed is None:
         return _TAKEN
     return _make(future) if claimed else None
@@ -549,7 +561,7 @@ def _make(future: PoolFuture[Any]) -> tuple[bool, Any]:
 async def _call_async(item: tuple[int, PoolFuture[Any]]) -> Any:
     """On the pool's event loop: await the call unless its Future was cancelled."""
     future = item[1]
-    if not future.face._claim(future):
+    if not future.calls._claim(future):
         return None
     call, future.call = future.call, None
     assert call is not None

@@ -177,13 +177,13 @@ class Pool:
         self._state = threading.Condition()
         self._active = 0  # runs begun and not ended
         self._closed = False
-        self._executors: dict[int, PoolCalls] = {}  # the executors' calls, by priority
+        self._calls_by_priority: dict[int, PoolCalls] = {}  # the executors' calls, by priority
         self._readers = Readers()  # who reads each pool.map and pool.amap
         self._backend.start()
         # What must stop with the pool, also when it is dropped without being closed
         # (the finalizer holds it, not the pool: nothing of it refers to the pool).
         self._life = life = _Life(self._backend, self._pid)
-        self._faces: list[PoolCalls] = life.calls  # the executors' calls, in the order made
+        self._all_calls: list[PoolCalls] = life.calls  # the executors' calls, in the order made
         weakref.finalize(self, life.dropped)
         _watch(life)
 
@@ -285,14 +285,14 @@ class Pool:
         """The calls of the executors at ``priority`` (a task of the workers), made once."""
         with self._state:
             self._check_open()
-            calls = self._executors.get(priority)
+            calls = self._calls_by_priority.get(priority)
             if calls is None:
                 if _Exit.exiting:  # (its calls would never be made: the workers stop next)
                     raise RuntimeError("cannot schedule new futures after interpreter shutdown")
                 from ._executor import PoolCalls
 
-                calls = self._executors[priority] = PoolCalls(self._backend, priority)
-                self._faces.append(calls)
+                calls = self._calls_by_priority[priority] = PoolCalls(self._backend, priority)
+                self._all_calls.append(calls)
             return calls
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -317,9 +317,9 @@ class Pool:
             self._check_can_wait("pool.shutdown()")
         with self._state:
             self._closed = True
-            faces = list(self._faces)
-        for face in faces:
-            face.shutdown(wait=False, cancel_futures=cancel_futures)
+            all_calls = list(self._all_calls)
+        for calls in all_calls:
+            calls.shutdown(wait=False, cancel_futures=cancel_futures)
         if not wait:
             threading.Thread(
                 target=self._stop_when_idle, args=(True,), name="manyhands-pool-stop", daemon=True
@@ -498,9 +498,9 @@ class Pool:
         try:
             self._wait_idle()
             with self._state:
-                faces = list(self._faces)
-            for face in faces:
-                face.shutdown(wait=True)
+                all_calls = list(self._all_calls)
+            for calls in all_calls:
+                calls.shutdown(wait=True)
         except BaseException:
             if not background:
                 threading.Thread(
@@ -603,7 +603,11 @@ def _watch(life: _Life) -> None:
     if not _Exit.hooked:
         _Exit.hooked = True
         # (before the threads are joined, where the stdlib's executors finish; not at
-        # all once the interpreter is exiting already)
+        # all once the interpreter is exiting already). threading._register_atexit is
+        # private, yet the only hook that runs there: atexit runs after the non-daemon
+        # threads are joined, too late for a thread that waits for a call; the
+        # stdlib's own executors use it. Its test: the calls made at exit
+        # (tests/test_pool_faults.py).
         with contextlib.suppress(AttributeError, RuntimeError):
             threading._register_atexit(_at_exit)  # type: ignore[attr-defined]
 
