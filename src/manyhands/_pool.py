@@ -304,7 +304,8 @@ class Pool:
 
         A ``pool.map`` that this thread reads and has not read to its end is
         stopped (as a ``break`` would), not waited for: nobody else would
-        read it. Runs read by other threads are waited for.
+        read it. Runs read by other threads are waited for (one whose reading
+        thread ended is stopped once nobody read from it for 5 s).
 
         Raises:
             RuntimeError: with ``wait=True``, from one of the pool's own calls

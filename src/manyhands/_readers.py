@@ -31,19 +31,23 @@ class Reader:
     """Who reads one map's (or amap's) Outcomes.
 
     ``thread``: the thread that reads it (its ident), set when the run
-    starts, at each batch, and whenever another thread takes the next
-    Outcome (a map handed over); 0 before and after the run. ``reading``:
-    that thread's object, to tell whether it ended. ``task``: for an
+    starts and each time it waits for a batch (a thread that waits for the
+    run's next batch is the one reading it); 0 before and after the run.
+    ``reading``: that thread's object, to tell whether it ended.
+    ``position``: how far the map was read (a thread it was handed to may
+    read the rest of a batch, and the reader stays the one that began it).
+    ``task``: for an
     amap, the asyncio task that reads it, likewise. ``generator``: a weak
     reference to the generator (closing it stops the run); a ``for`` loop
     drops the Outcomes once it holds the generator.
     """
 
-    __slots__ = ("__weakref__", "generator", "on_loop", "reading", "task", "thread")
+    __slots__ = ("__weakref__", "generator", "on_loop", "position", "reading", "task", "thread")
 
     def __init__(self, on_loop: bool) -> None:
         self.thread = 0
         self.reading: threading.Thread | None = None
+        self.position: Callable[[], object] = lambda: None
         self.on_loop = on_loop  # an amap: read on an event loop, closed by awaiting
         self.task: object = None
         self.generator: Callable[[], Any] = lambda: None
@@ -68,8 +72,8 @@ class Readers:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._readers: weakref.WeakSet[Reader] = weakref.WeakSet()
-        # (the maps whose reader was seen ended: since when, and which thread it was)
-        self._orphans: dict[Reader, tuple[float, int]] = {}
+        # (the maps whose reader was seen ended: since when, and where they were then)
+        self._orphans: dict[Reader, tuple[float, object]] = {}
 
     def add(self, reader: Reader) -> None:
         with self._lock:
@@ -108,23 +112,24 @@ class Readers:
             )
 
     def stop_orphans(self, now: float) -> None:
-        """Stop the maps whose reading thread ended ``ORPHANED_FOR`` seconds ago, at least.
+        """Stop the maps whose reading thread ended, and not read for ``ORPHANED_FOR`` s since.
 
         (As a map nobody holds is closed by its finalizer; one kept in a list
         by a thread that read it and ended would otherwise be waited for
-        forever.) A map its ended reader handed to another thread is not
-        stopped once that thread reads it (it becomes the reader), if it
-        does within ``ORPHANED_FOR`` seconds of the first look; ``now`` is
-        the time (``time.monotonic``) of this look.
+        forever.) A map its ended reader handed to another thread goes on if
+        that thread reads from it within ``ORPHANED_FOR`` seconds of the
+        first look, then each time it reads; ``now`` is the time
+        (``time.monotonic``) of this look, made every fraction of a second.
         """
         with self._lock:
             ended = [
                 reader for reader in list(self._readers) if not reader.on_loop and reader.ended()
             ]
-            orphans = {}
-            for reader in ended:  # (seen ended with another thread before: seen anew)
-                since, thread = self._orphans.get(reader, (now, reader.thread))
-                orphans[reader] = (since if thread == reader.thread else now, reader.thread)
+            orphans: dict[Reader, tuple[float, object]] = {}
+            for reader in ended:  # (read since the last look: its time starts anew)
+                where = (reader.thread, reader.position())
+                since, seen = self._orphans.get(reader, (now, where))
+                orphans[reader] = (since if seen == where else now, where)
             self._orphans = orphans
             readers = [
                 reader for reader, (since, _) in orphans.items() if now - since >= ORPHANED_FOR

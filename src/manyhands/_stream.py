@@ -138,6 +138,7 @@ def _outcomes(run: Run, reader: Reader) -> Generator[Outcome[Any, Any], None, No
     how many is read off the batch's item iterator, at no cost per item.
     """
     reader.read_here()
+    reader.position = lambda: _position(run)
     batches = run.batches()
     delivered = run.delivered
     try:
@@ -145,10 +146,7 @@ def _outcomes(run: Run, reader: Reader) -> Generator[Outcome[Any, Any], None, No
             items = iter(batch.items)
             run.receiving = batch, items  # (what is left in items is not delivered yet)
             try:
-                for outcome in _unpack(batch, items):
-                    yield outcome
-                    if get_ident() != reader.thread:  # (handed to another thread)
-                        reader.read_here()
+                yield from _unpack(batch, items)
             except BaseException:  # you left during this batch (break, close, an error)
                 delivered(batch, len(batch.items) - length_hint(items))
                 raise
@@ -184,6 +182,15 @@ async def _aoutcomes(run: Run, reader: Reader) -> AsyncGenerator[Outcome[Any, An
         finally:
             reader.thread = 0
             reader.task = None
+
+
+def _position(run: Run) -> object:
+    """How far a map was read: changes with each Outcome taken (read at no cost per item)."""
+    receiving = run.receiving
+    if receiving is None:
+        return None
+    batch, items = receiving
+    return id(batch), length_hint(items)
 
 
 def _current_task() -> object:
