@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 import manyhands
+from manyhands import _readers
 
 from .conftest import python_subprocess_env, within
 
@@ -144,7 +145,11 @@ def test_an_async_call_ending_in_cancelled_error_leaves_its_future_cancelled() -
 # -- 3. a map read once by a thread that ended --------------------------------
 
 
-def test_a_map_whose_reading_thread_ended_is_stopped_not_waited_for() -> None:
+def test_a_map_whose_reading_thread_ended_is_stopped_not_waited_for(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_readers, "ORPHANED_FOR", 0.5)  # (the time a reader has)
+
     def scenario() -> tuple[Any, str]:
         kept: list[Any] = []
         with manyhands.Pool(workers=2) as pool:
@@ -356,3 +361,214 @@ def test_a_forked_copy_of_an_async_pool_exits_without_destroyed_task_messages() 
     )
     assert done.returncode == 0, done.stderr
     assert "destroyed but it is pending" not in done.stderr, done.stderr
+
+
+# -- 11. a review of the executors per executor() ---------------------------------
+
+
+def test_an_executor_shut_down_from_a_call_nested_in_its_own_call_is_refused() -> None:
+    # The executor's call waits for a nested call run inline in the same worker,
+    # which shuts the executor down: its call is further up this thread's stack.
+    def scenario() -> str:
+        with manyhands.Pool(workers=1) as pool:
+            executor = pool.executor()
+
+            def inner() -> str:
+                executor.shutdown(wait=True)
+                return "returned"
+
+            def outer() -> str:
+                return pool.submit(inner).result()
+
+            try:
+                return executor.submit(outer).result(timeout=BOUND)
+            except RuntimeError as exc:
+                return str(exc)
+
+    said = within(scenario, BOUND)
+    assert "from one of its own calls" in said
+
+
+def test_a_map_handed_to_another_thread_by_a_thread_that_ended_is_read_to_its_end() -> None:
+    def scenario() -> list[Any]:
+        handed: list[Any] = []
+        got: list[Any] = []
+        ready = threading.Event()
+        with manyhands.Pool(workers=2) as pool:
+
+            def starter() -> None:
+                outcomes = iter(pool.map(lambda x: x, range(200)))
+                got.append(next(outcomes).value)
+                handed.append(outcomes)  # (then this thread ends)
+                ready.set()
+
+            def consumer() -> None:
+                ready.wait()
+                time.sleep(1.0)  # (the pool's shutdown waits meanwhile)
+                got.extend(outcome.value for outcome in handed[0])
+
+            reading = threading.Thread(target=consumer)
+            reading.start()
+            first = threading.Thread(target=starter)
+            first.start()
+            first.join()
+        reading.join()
+        return got
+
+    assert within(scenario, BOUND) == list(range(200))
+
+
+def test_a_map_read_by_a_thread_threading_does_not_list_is_waited_for() -> None:
+    import _thread
+
+    def scenario() -> list[Any]:
+        got: list[Any] = []
+        done = threading.Event()
+        pool = manyhands.Pool(workers=2)
+
+        def reader() -> None:
+            try:
+                for outcome in pool.map(lambda x: x, range(100)):
+                    got.append(outcome.value)
+                    time.sleep(0.01)
+            finally:
+                done.set()
+
+        _thread.start_new_thread(reader, ())
+        while not got:
+            time.sleep(0.01)
+        pool.shutdown()
+        done.wait(BOUND)
+        return got
+
+    assert within(scenario, BOUND) == list(range(100))
+
+
+def test_an_executor_works_on_once_its_pool_object_is_dropped() -> None:
+    import gc
+
+    executor = manyhands.Pool(workers=2).executor()  # (as loop.set_default_executor(...))
+    gc.collect()
+    assert executor.submit(lambda: 42).result(timeout=BOUND) == 42
+    executor.shutdown()
+    del executor
+    gc.collect()  # (now the pool goes, and its finalizer stops its workers)
+
+
+def test_a_call_submitted_after_the_exit_hook_is_refused_or_made() -> None:
+    done = script(
+        """
+        import threading, time, manyhands
+
+        pool = manyhands.Pool(workers=2)
+
+        def call(i):
+            time.sleep(0.1)
+            print("made", i, flush=True)
+
+        def late():
+            time.sleep(0.5)  # (the main thread has ended: the pool's exit hook ran)
+            for i in range(4):
+                try:
+                    pool.submit(call, i)
+                except RuntimeError as exc:
+                    print("refused", i, exc, flush=True)
+
+        threading.Thread(target=late).start()
+        """
+    )
+    assert done.returncode == 0, done.stderr
+    told = sorted(line.split()[:2] for line in done.stdout.splitlines())
+    assert [i for _, i in told] == ["0", "1", "2", "3"], done.stdout
+    assert all(word in ("made", "refused") for word, _ in told)
+    if any(word == "refused" for word, _ in told):
+        assert "after interpreter shutdown" in done.stdout
+
+
+def test_a_dask_executors_cancelled_calls_are_not_made() -> None:
+    pytest.importorskip("distributed", reason="the Dask extra (manyhands[dask])")
+    done = script(
+        """
+        import os, tempfile, time, manyhands
+        from distributed import Client, LocalCluster
+
+        def call(folder, i):
+            open(os.path.join(folder, f"started-{i}"), "w").close()
+            for _ in range(1000):  # (until the test says go)
+                if os.path.exists(os.path.join(folder, "go")):
+                    break
+                time.sleep(0.01)
+            open(os.path.join(folder, f"made-{i}"), "w").close()
+
+        if __name__ == "__main__":
+            folder = tempfile.mkdtemp()
+            cluster = LocalCluster(
+                n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+            )
+            client = Client(cluster)
+            pool = manyhands.Pool(backend=client)
+            executor = pool.executor()
+            futures = [executor.submit(call, folder, i) for i in range(6)]
+            while not any(name.startswith("started") for name in os.listdir(folder)):
+                time.sleep(0.01)
+            executor.shutdown(wait=True, cancel_futures=True)
+            print("cancelled", sum(future.cancelled() for future in futures))
+            open(os.path.join(folder, "go"), "w").close()
+            pool.submit(call, folder, "last").result()
+
+            def made():
+                return sorted(name for name in os.listdir(folder) if name.startswith("made"))
+
+            for _ in range(300):  # (3 s for the cancelled calls to be made, were they not)
+                if len(made()) == 7:
+                    break
+                time.sleep(0.01)
+            print("made", made())
+            pool.shutdown()
+            client.close()
+            cluster.close()
+        """,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "cancelled 6" in done.stdout
+    made = done.stdout.split("made", 1)[1]
+    assert made.count("made-") <= 2, made  # (the one running when cancelled, and "last")
+
+
+def test_a_call_to_a_loop_closed_just_after_the_check_raises_loop_gone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from manyhands._backends._async_loop import LoopGone, LoopThread
+
+    async def nothing() -> None:
+        pass
+
+    thread = LoopThread()
+    thread.start()
+    thread.stop()  # (its loop is closed now)
+    # Another thread closed the loop between the check that it answers and the call:
+    monkeypatch.setattr(thread, "answers", lambda: True)
+    with pytest.raises(LoopGone, match="it was stopped"):
+        thread.call(nothing())
+
+
+def test_the_stdlib_internals_a_cancelled_running_call_relies_on_still_behave() -> None:
+    # (_cancel_running settles a running Future as cancelled through the stdlib's
+    # Future internals, and the exit hook is threading._register_atexit: if either
+    # changes, this says so before users do.)
+    from manyhands._executor import _cancel_running
+
+    assert callable(getattr(threading, "_register_atexit", None))
+    future: concurrent.futures.Future[None] = concurrent.futures.Future()
+    told: list[bool] = []
+    future.add_done_callback(lambda done: told.append(done.cancelled()))
+    assert future.set_running_or_notify_cancel()
+    waiting = threading.Thread(target=concurrent.futures.wait, args=([future],))
+    waiting.start()
+    _cancel_running(future)
+    waiting.join(BOUND)
+    assert not waiting.is_alive()  # (wait() saw it done)
+    assert future.cancelled() and future.done() and told == [True]
+    with pytest.raises(concurrent.futures.CancelledError):
+        future.result(timeout=0)

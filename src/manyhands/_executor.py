@@ -48,10 +48,12 @@ Call = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
 _TAKEN = object()  # what a worker gives back for a call another worker took first
 
 _keys = itertools.count()
-#: The Future whose call runs in this worker thread (asyncio: any wait on the
-#: pool's loop is refused, see _check_not_inside).
-_calling: contextvars.ContextVar[Future[Any] | None] = contextvars.ContextVar(
-    "manyhands_calling", default=None
+#: The Futures whose calls run in this worker thread, outermost first: a call
+#: made inline (at a nested submit, or taken back by a wait) runs on top of the
+#: call that waits for it (asyncio: any wait on the pool's loop is refused, see
+#: check_not_inside).
+_calling: contextvars.ContextVar[tuple[PoolFuture[Any], ...]] = contextvars.ContextVar(
+    "manyhands_calling", default=()
 )
 
 
@@ -76,6 +78,15 @@ def _cancel_running(future: Future[Any]) -> None:
 
     As ``set_running_or_notify_cancel`` does for a cancelled one: waiters
     (``concurrent.futures.wait``) see it cancelled, its callbacks run.
+
+    No public API settles a running Future as cancelled (``cancel()`` refuses,
+    and ``set_exception(CancelledError())`` leaves ``cancelled()`` False), yet
+    asyncio's ``run_coroutine_threadsafe`` does it for a coroutine that ends
+    in CancelledError. So this reads the stdlib's Future internals, as
+    ``Future.cancel`` itself does: its ``_condition`` (the lock), ``_state``,
+    ``_waiters`` (those of ``wait``/``as_completed``) and
+    ``_invoke_callbacks``; ``tests/test_pool_faults.py`` checks that they
+    still behave so.
     """
     with future._condition:
         if future.done():
@@ -105,22 +116,22 @@ class PoolFuture(Future[R]):
     RuntimeError. Anywhere else, the stdlib's Future.
     """
 
-    __slots__ = ("call", "claimed", "face", "key", "owner")
+    __slots__ = ("call", "calls", "claimed", "key", "owner")
 
-    def __init__(self, face: PoolCalls, owner: PoolExecutor, key: int, call: Call | None) -> None:
+    def __init__(self, calls: PoolCalls, owner: PoolExecutor, key: int, call: Call | None) -> None:
         super().__init__()
-        self.face = face
+        self.calls = calls  # the PoolCalls that runs it
         self.owner = owner  # the executor it was submitted to (its shutdown waits for it)
         self.key = key
         self.call = call  # (threads, asyncio) what to call; None once it is made
         self.claimed = False  # a worker (or a waiter) took it: it is run, or found cancelled
 
     def result(self, timeout: float | None = None) -> R:
-        self.face.before_wait(self, timeout)
+        self.calls.before_wait(self, timeout)
         return super().result(timeout)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
-        self.face.before_wait(self, timeout)
+        self.calls.before_wait(self, timeout)
         return super().exception(timeout)
 
 
@@ -134,8 +145,11 @@ class PoolExecutor(Executor):
     ``shutdown`` waits for (or cancels) its own calls only, and the others go on.
     """
 
-    def __init__(self, calls: PoolCalls) -> None:
+    def __init__(self, calls: PoolCalls, pool: object = None) -> None:
         self._calls = calls
+        # The Pool it came from, kept alive while the executor is: a pool collected
+        # stops its workers (``Pool(...).executor()``, its Pool dropped at once, must work).
+        self._pool = pool
         self._keys: set[int] = set()  # its calls not settled (under calls._lock)
         self._closed = False
 
@@ -187,19 +201,20 @@ class PoolCalls:
         self._task = Task(call, self._settle, priority=priority, timed=True)
         if type(backend).__name__ == "ProcessBackend":  # (threads, asyncio: the call checks)
             self._task.leaving = self._leaving  # (Dask: a Future is pending until settled)
+        # (Dask: a call is a task on the cluster from its submit, which nothing checks
+        # before it runs: a cancelled one's task is cancelled there, by its batch.)
+        self._sent: dict[int, Batch] | None = (
+            {} if type(backend).__name__ == "DaskBackend" else None
+        )
         self._lock = threading.Lock()
         self._futures: dict[int, PoolFuture[Any]] = {}  # submitted and not settled, by key
         self._idle = threading.Condition(self._lock)
         self._closed = False
+        self._exited = False  # the interpreter's exit hook made its calls: none is accepted
         self._detached = False
         self._tasks: set[asyncio.Task[None]] = set()  # (asyncio) calls submitted on the loop
         backend.attach(self._task)
         self.shared = PoolExecutor(self)  # pool.submit's: no user shuts it down
-
-    @property
-    def closed(self) -> bool:
-        """``shutdown`` was called: it accepts no new call."""
-        return self._closed
 
     def submit_for(
         self,
@@ -229,6 +244,8 @@ class PoolCalls:
             self._run_here(future)
             return future
         with self._lock:
+            if self._exited:
+                raise RuntimeError("cannot schedule new futures after interpreter shutdown")
             if self._closed or owner._closed:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             self._futures[key] = future
@@ -242,17 +259,23 @@ class PoolCalls:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
             return future
+        batch = Batch(-1, [item], self._task)
+        if self._sent is not None:
+            with self._lock:
+                self._sent[key] = batch
         try:
-            self._backend.submit(Batch(-1, [item], self._task))
+            self._backend.submit(batch)
         except BaseException:
             self._forget(key)
             raise
         return future
 
     def _forget(self, key: int) -> PoolFuture[Any] | None:
-        """The Future of ``key`` is settled (or never will be): the face stops waiting for it."""
+        """The Future of ``key`` is settled (or never will be): nobody waits for it now."""
         with self._lock:
             future = self._futures.pop(key, None)
+            if self._sent is not None:
+                self._sent.pop(key, None)
             if future is not None:
                 keys = future.owner._keys
                 keys.discard(key)
@@ -372,9 +395,12 @@ class PoolCalls:
         """Accept no new call; ``cancel_futures``: cancel those not started; ``wait``: for the rest.
 
         Raises:
-            RuntimeError: with ``wait=True``, from one of its own calls (or, on
-                an async pool, from its event loop): it would wait for itself.
-                Nothing is shut down then; ``wait=False`` works there.
+            RuntimeError: with ``wait=True``, where the wait could never end:
+                from one of its own calls, from another of the pool's own
+                threads while calls are not settled (a done callback, run by
+                a worker or by the thread that reads the worker processes'
+                results), or on an async pool's event loop. Nothing is shut
+                down then; ``wait=False`` works there.
         """
         if wait:
             self.check_not_inside(None)
@@ -416,10 +442,17 @@ class PoolCalls:
         for future in pending:
             future.cancel()  # (False for a call already running)
 
-    def wait_settled(self) -> None:
-        """Wait until every call submitted is settled (accepting new ones meanwhile)."""
+    def finish_at_exit(self) -> None:
+        """(The interpreter exits) make every call submitted, then accept no new one.
+
+        New calls are accepted while the wait lasts (a call may submit another),
+        and refused from the moment none is left, under the same lock: a call
+        submitted later (by a thread still running) would never be made, as the
+        workers stop next, so it is refused as the stdlib's executors do.
+        """
         with self._lock:
             self._idle.wait_for(lambda: not self._futures)
+            self._exited = True
 
     def take_back(self, owner: PoolExecutor) -> None:
         """(Threads, in one of the pool's workers) make here ``owner``'s calls no worker began.
@@ -439,13 +472,18 @@ class PoolCalls:
         """Cancel the calls of ``owner`` no worker began (those of other executors go on).
 
         Their batches stay queued: the worker (or ``_leaving``) that takes one
-        finds it claimed, and skips it.
+        finds it claimed, and skips it. On Dask, where nothing checks a call
+        before it runs, the cancelled calls' tasks are cancelled on the cluster
+        (each its own batch: the other executors' calls go on).
         """
         with self._lock:
             pending = [self._futures[key] for key in owner._keys if key in self._futures]
         for future in pending:
             if future.cancel() and self._claim(future) is not None:
+                batch = self._sent.get(future.key) if self._sent is not None else None
                 self._forget(future.key)  # (None: a worker claimed it first, and forgets it)
+                if batch is not None:
+                    self._backend.expire(batch)
 
     def check_not_inside(self, owner: PoolExecutor | None) -> None:
         """Refuse a waiting shutdown (of ``owner``, or None: every call) that could never end."""
@@ -453,13 +491,12 @@ class PoolCalls:
             where = "on the pool's event loop, which its calls need"
         elif self._backend.inside():
             # One of the pool's own threads (a worker, the thread that reads the worker
-            # processes' results, where done callbacks run): a call of this face may
+            # processes' results, where done callbacks run): a call of these may
             # need it to end. Nothing left to wait for: nothing to refuse.
             with self._lock:
                 if not (self._futures if owner is None else owner._keys):
                     return
-            calling = _calling.get()
-            if isinstance(calling, PoolFuture) and (owner is None or calling.owner is owner):
+            if self._calls_here(owner):
                 where = "from one of its own calls"
             elif self._free_workers is not None and owner is not None:
                 return  # (threads: the wait makes here the calls no worker began)
@@ -471,14 +508,9 @@ class PoolCalls:
                     else "in one of the pool's own threads (a call of the pool's)"
                 ) + ", while calls of this executor that may need that thread have not ended"
         else:
-            # (the call of this thread, if one of this face's: a worker's, or one run
-            # inline at its submit, which is in no list of this face's calls)
-            calling = _calling.get()
-            if not (
-                isinstance(calling, PoolFuture)
-                and calling.face is self
-                and (owner is None or calling.owner is owner)
-            ):
+            # (the calls of this thread, if one is of these: a worker's, or one run
+            # inline at its submit, which is in no list of these calls)
+            if not self._calls_here(owner):
                 return
             where = "from one of its own calls"
         raise RuntimeError(
@@ -486,16 +518,27 @@ class PoolCalls:
             "use shutdown(wait=False) there"
         )
 
+    def _calls_here(self, owner: PoolExecutor | None) -> bool:
+        """One of the calls this thread runs (any of its stack) is ``owner``'s (None: any of these).
+
+        Not only the innermost: a call of ``owner``'s that waits for a nested
+        call made here (inline) ends only after it, up this same stack.
+        """
+        return any(
+            future.calls is self and (owner is None or future.owner is owner)
+            for future in _calling.get()
+        )
+
 
 def calling_a_call() -> bool:
     """This thread is in a call submitted to a pool (``pool.submit``, an executor's)."""
-    return _calling.get() is not None
+    return bool(_calling.get())
 
 
 def _call(item: tuple[int, PoolFuture[Any]]) -> Any:
     """In a worker thread: make the call unless its Future was cancelled (or taken)."""
     future = item[1]
-    claimed = future.face._claim(future)
+    claimed = future.calls._claim(future)
     if claimed is None:
         return _TAKEN
     return _make(future) if claimed else None
@@ -506,7 +549,7 @@ def _make(future: PoolFuture[Any]) -> tuple[bool, Any]:
     call, future.call = future.call, None
     assert call is not None
     fn, args, kwargs = call
-    calling = _calling.set(future)
+    calling = _calling.set((*_calling.get(), future))
     try:
         return True, fn(*args, **kwargs)
     except BaseException as exc:  # the call's own error settles its Future
@@ -518,7 +561,7 @@ def _make(future: PoolFuture[Any]) -> tuple[bool, Any]:
 async def _call_async(item: tuple[int, PoolFuture[Any]]) -> Any:
     """On the pool's event loop: await the call unless its Future was cancelled."""
     future = item[1]
-    if not future.face._claim(future):
+    if not future.calls._claim(future):
         return None
     call, future.call = future.call, None
     assert call is not None

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 import weakref
 from collections.abc import AsyncIterable, Callable, Iterable, Mapping
 from types import TracebackType
@@ -176,13 +177,13 @@ class Pool:
         self._state = threading.Condition()
         self._active = 0  # runs begun and not ended
         self._closed = False
-        self._executors: dict[int, PoolCalls] = {}  # the executors' calls, by priority
+        self._calls_by_priority: dict[int, PoolCalls] = {}  # the executors' calls, by priority
         self._readers = Readers()  # who reads each pool.map and pool.amap
         self._backend.start()
         # What must stop with the pool, also when it is dropped without being closed
         # (the finalizer holds it, not the pool: nothing of it refers to the pool).
         self._life = life = _Life(self._backend, self._pid)
-        self._faces: list[PoolCalls] = life.calls  # the executors' calls, in the order made
+        self._all_calls: list[PoolCalls] = life.calls  # the executors' calls, in the order made
         weakref.finalize(self, life.dropped)
         _watch(life)
 
@@ -278,18 +279,20 @@ class Pool:
         check_int("priority", priority)
         from ._executor import PoolExecutor
 
-        return PoolExecutor(self._calls(priority))
+        return PoolExecutor(self._calls(priority), self)
 
     def _calls(self, priority: int) -> PoolCalls:
         """The calls of the executors at ``priority`` (a task of the workers), made once."""
         with self._state:
             self._check_open()
-            calls = self._executors.get(priority)
+            calls = self._calls_by_priority.get(priority)
             if calls is None:
+                if _Exit.exiting:  # (its calls would never be made: the workers stop next)
+                    raise RuntimeError("cannot schedule new futures after interpreter shutdown")
                 from ._executor import PoolCalls
 
-                calls = self._executors[priority] = PoolCalls(self._backend, priority)
-                self._faces.append(calls)
+                calls = self._calls_by_priority[priority] = PoolCalls(self._backend, priority)
+                self._all_calls.append(calls)
             return calls
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -301,7 +304,8 @@ class Pool:
 
         A ``pool.map`` that this thread reads and has not read to its end is
         stopped (as a ``break`` would), not waited for: nobody else would
-        read it. Runs read by other threads are waited for.
+        read it. Runs read by other threads are waited for (one whose reading
+        thread ended is stopped once nobody read from it for 5 s).
 
         Raises:
             RuntimeError: with ``wait=True``, from one of the pool's own calls
@@ -314,9 +318,9 @@ class Pool:
             self._check_can_wait("pool.shutdown()")
         with self._state:
             self._closed = True
-            faces = list(self._faces)
-        for face in faces:
-            face.shutdown(wait=False, cancel_futures=cancel_futures)
+            all_calls = list(self._all_calls)
+        for calls in all_calls:
+            calls.shutdown(wait=False, cancel_futures=cancel_futures)
         if not wait:
             threading.Thread(
                 target=self._stop_when_idle, args=(True,), name="manyhands-pool-stop", daemon=True
@@ -481,7 +485,7 @@ class Pool:
     def _wait_idle(self) -> None:
         """Wait until no run is under way; a map whose reading thread ended is stopped."""
         while True:
-            self._readers.stop_orphans()
+            self._readers.stop_orphans(time.monotonic())
             with self._state:
                 if self._state.wait_for(lambda: not self._active, _CHECK_READERS):
                     return
@@ -495,9 +499,9 @@ class Pool:
         try:
             self._wait_idle()
             with self._state:
-                faces = list(self._faces)
-            for face in faces:
-                face.shutdown(wait=True)
+                all_calls = list(self._all_calls)
+            for calls in all_calls:
+                calls.shutdown(wait=True)
         except BaseException:
             if not background:
                 threading.Thread(
@@ -552,11 +556,11 @@ class _Life:
                 self.processes.shutdown(0.0)
 
     def finish_calls(self) -> None:
-        """Wait until every submitted call is settled (the interpreter exits)."""
+        """Make every submitted call, then accept no new one (the interpreter exits)."""
         if self.pid != os.getpid() or self._stopped:
             return
         for calls in list(self.calls):
-            calls.wait_settled()
+            calls.finish_at_exit()
 
     def dropped(self) -> None:
         """(The Pool's finalizer) it was collected, or the interpreter exits, unclosed."""
@@ -600,7 +604,11 @@ def _watch(life: _Life) -> None:
     if not _Exit.hooked:
         _Exit.hooked = True
         # (before the threads are joined, where the stdlib's executors finish; not at
-        # all once the interpreter is exiting already)
+        # all once the interpreter is exiting already). threading._register_atexit is
+        # private, yet the only hook that runs there: atexit runs after the non-daemon
+        # threads are joined, too late for a thread that waits for a call; the
+        # stdlib's own executors use it. Its test: the calls made at exit
+        # (tests/test_pool_faults.py).
         with contextlib.suppress(AttributeError, RuntimeError):
             threading._register_atexit(_at_exit)  # type: ignore[attr-defined]
 

@@ -20,27 +20,50 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-__all__ = ["Reader", "Readers"]
+__all__ = ["ORPHANED_FOR", "Reader", "Readers"]
+
+#: How long (seconds) a waiting shutdown gives a map whose reading thread ended
+#: before it stops it: time for the thread it was handed to to begin reading it.
+ORPHANED_FOR = 5.0
 
 
 class Reader:
     """Who reads one map's (or amap's) Outcomes.
 
-    ``thread``: the thread that reads it, set when the run starts and each
-    time it waits for a batch (a thread that waits for the run's next batch
-    is the one reading it); 0 before and after the run. ``task``: for an
+    ``thread``: the thread that reads it (its ident), set when the run
+    starts and each time it waits for a batch (a thread that waits for the
+    run's next batch is the one reading it); 0 before and after the run.
+    ``reading``: that thread's object, to tell whether it ended.
+    ``position``: how far the map was read (a thread it was handed to may
+    read the rest of a batch, and the reader stays the one that began it).
+    ``task``: for an
     amap, the asyncio task that reads it, likewise. ``generator``: a weak
     reference to the generator (closing it stops the run); a ``for`` loop
     drops the Outcomes once it holds the generator.
     """
 
-    __slots__ = ("__weakref__", "generator", "on_loop", "task", "thread")
+    __slots__ = ("__weakref__", "generator", "on_loop", "position", "reading", "task", "thread")
 
     def __init__(self, on_loop: bool) -> None:
         self.thread = 0
+        self.reading: threading.Thread | None = None
+        self.position: Callable[[], object] = lambda: None
         self.on_loop = on_loop  # an amap: read on an event loop, closed by awaiting
         self.task: object = None
         self.generator: Callable[[], Any] = lambda: None
+
+    def read_here(self) -> None:
+        """This thread reads the map now."""
+        self.thread = threading.get_ident()
+        # (A thread not started by threading, e.g. by a C extension, gets a dummy
+        # Thread object here, which counts as alive: such a reader is never
+        # taken for ended.)
+        self.reading = threading.current_thread()
+
+    def ended(self) -> bool:
+        """The map's reading thread has ended (and the map has not)."""
+        reading = self.reading
+        return bool(self.thread) and reading is not None and not reading.is_alive()
 
 
 class Readers:
@@ -49,6 +72,8 @@ class Readers:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._readers: weakref.WeakSet[Reader] = weakref.WeakSet()
+        # (the maps whose reader was seen ended: since when, and where they were then)
+        self._orphans: dict[Reader, tuple[float, object]] = {}
 
     def add(self, reader: Reader) -> None:
         with self._lock:
@@ -86,19 +111,28 @@ class Readers:
                 "shutdown(wait=False) there"
             )
 
-    def stop_orphans(self) -> None:
-        """Stop the maps whose reading thread has ended: nobody is left to read them.
+    def stop_orphans(self, now: float) -> None:
+        """Stop the maps whose reading thread ended, and not read for ``ORPHANED_FOR`` s since.
 
         (As a map nobody holds is closed by its finalizer; one kept in a list
-        by a thread that read it once and ended would otherwise be waited for
-        forever.)
+        by a thread that read it and ended would otherwise be waited for
+        forever.) A map its ended reader handed to another thread goes on if
+        that thread reads from it within ``ORPHANED_FOR`` seconds of the
+        first look, then each time it reads; ``now`` is the time
+        (``time.monotonic``) of this look, made every fraction of a second.
         """
-        alive = {thread.ident for thread in threading.enumerate()}
         with self._lock:
+            ended = [
+                reader for reader in list(self._readers) if not reader.on_loop and reader.ended()
+            ]
+            orphans: dict[Reader, tuple[float, object]] = {}
+            for reader in ended:  # (read since the last look: its time starts anew)
+                where = (reader.thread, reader.position())
+                since, seen = self._orphans.get(reader, (now, where))
+                orphans[reader] = (since if seen == where else now, where)
+            self._orphans = orphans
             readers = [
-                reader
-                for reader in list(self._readers)
-                if reader.thread and not reader.on_loop and reader.thread not in alive
+                reader for reader, (since, _) in orphans.items() if now - since >= ORPHANED_FOR
             ]
         for reader in readers:
             run = reader.generator()

@@ -137,7 +137,8 @@ def _outcomes(run: Run, reader: Reader) -> Generator[Outcome[Any, Any], None, No
     Leaving during a batch records the outcomes you received, and no more:
     how many is read off the batch's item iterator, at no cost per item.
     """
-    reader.thread = get_ident()
+    reader.read_here()
+    reader.position = lambda: _position(run)
     batches = run.batches()
     delivered = run.delivered
     try:
@@ -150,7 +151,7 @@ def _outcomes(run: Run, reader: Reader) -> Generator[Outcome[Any, Any], None, No
                 delivered(batch, len(batch.items) - length_hint(items))
                 raise
             delivered(batch)
-            reader.thread = get_ident()  # (this thread now waits for the next batch)
+            reader.read_here()  # (this thread now waits for the next batch)
     finally:
         try:
             batches.close()
@@ -181,6 +182,15 @@ async def _aoutcomes(run: Run, reader: Reader) -> AsyncGenerator[Outcome[Any, An
         finally:
             reader.thread = 0
             reader.task = None
+
+
+def _position(run: Run) -> object:
+    """How far a map was read: changes with each Outcome taken (read at no cost per item)."""
+    receiving = run.receiving
+    if receiving is None:
+        return None
+    batch, items = receiving
+    return id(batch), length_hint(items)
 
 
 def _current_task() -> object:

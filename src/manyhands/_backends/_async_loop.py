@@ -32,6 +32,12 @@ class LoopGone(RuntimeError):
     """The loop's thread no longer runs (stopped, or the interpreter is exiting)."""
 
 
+def _gone() -> LoopGone:
+    """The error of a call to a loop whose thread no longer runs, saying why if known."""
+    why = "the interpreter is exiting" if sys.is_finalizing() else "it was stopped"
+    return LoopGone(f"the pool's event loop thread is gone ({why})")
+
+
 class LoopThread:
     """An event loop served by a thread, driven from other threads."""
 
@@ -67,8 +73,14 @@ class LoopThread:
         """
         if not self.answers():
             coroutine.close()
-            raise LoopGone("the pool's event loop thread is gone (the interpreter is exiting)")
-        future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+            raise _gone()
+        try:
+            future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+        except RuntimeError:  # (another thread closed the loop since: "Event loop is closed")
+            if not self.loop.is_closed():
+                raise
+            coroutine.close()
+            raise _gone() from None
         try:
             if timeout is not None:
                 return future.result(timeout)
@@ -79,9 +91,7 @@ class LoopThread:
                     return future.result(_CHECK_EVERY)
                 except concurrent.futures.TimeoutError:
                     if not self.answers():
-                        raise LoopGone(
-                            "the pool's event loop thread is gone (the interpreter is exiting)"
-                        ) from None
+                        raise _gone() from None
         except BaseException:
             future.cancel()  # (the loop drops it when it gets to it)
             raise
