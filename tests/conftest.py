@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import selectors
 import signal
 import subprocess
 import sys
@@ -155,6 +156,32 @@ def finish(proc: subprocess.Popen[Any], timeout: float) -> tuple[Any, Any]:
         return proc.communicate(timeout=timeout)
     finally:
         proc.kill()  # (a no-op once it has exited)
+
+
+def read_line(proc: subprocess.Popen[str], timeout: float) -> str:
+    """The next line of a child's stdout, or AssertionError after ``timeout`` seconds."""
+    assert proc.stdout is not None
+    with selectors.DefaultSelector() as selector:
+        selector.register(proc.stdout, selectors.EVENT_READ)
+        if not selector.select(timeout):
+            raise AssertionError(f"no line from the child in {timeout}s")
+    return proc.stdout.readline().strip()
+
+
+def interrupt_when_ready(argv: list[str], env: dict[str, str] | None = None) -> str:
+    """Start ``argv`` (a Python child that prints "ready" once under way), send it SIGINT
+    at that line, and return its stderr once it ended (killed if it takes over a minute)."""
+    proc = subprocess.Popen(
+        argv, env=env or python_subprocess_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert read_line(proc, 60) == "ready"
+        proc.send_signal(signal.SIGINT)
+        _, err = finish(proc, 60)
+    finally:
+        proc.kill()
+    return str(err)
 
 
 class PeakConcurrency:

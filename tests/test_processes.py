@@ -301,7 +301,7 @@ def test_default_start_method_is_safe_and_can_be_chosen() -> None:
     assert report.succeeded == 10
     with pytest.raises(ValueError, match="start_method='teleport' is not accepted"):
         manyhands.run(abs, [1], backend="processes", start_method="teleport")
-    with pytest.raises(ValueError, match="apply to backend='processes'"):
+    with pytest.raises(ValueError, match="applies to worker processes only"):
         manyhands.run(abs, [1], backend="threads", initializer=print)
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import selectors
 import signal
 import sqlite3
 import subprocess
@@ -24,7 +23,13 @@ import pytest
 
 import manyhands
 
-from .conftest import finish, python_subprocess_env, start_python
+from .conftest import (
+    finish,
+    interrupt_when_ready,
+    python_subprocess_env,
+    read_line,
+    start_python,
+)
 from .test_processes import children_after, still_alive, worker_pids
 
 # A hang here blocks the main thread in a lock or a pipe, where the "signal"
@@ -39,16 +44,6 @@ pytestmark = [
 def no_process_left() -> Any:
     yield
     assert [p.pid for p in children_after()] == [], "a worker process outlived the run"
-
-
-def read_line(proc: subprocess.Popen[str], timeout: float) -> str:
-    """The next line of a child's stdout, or AssertionError after ``timeout`` seconds."""
-    assert proc.stdout is not None
-    with selectors.DefaultSelector() as selector:
-        selector.register(proc.stdout, selectors.EVENT_READ)
-        if not selector.select(timeout):
-            raise AssertionError(f"no line from the child in {timeout}s")
-    return proc.stdout.readline().strip()
 
 
 def normalize(doc: str) -> str:
@@ -573,16 +568,7 @@ def test_a_crash_during_the_grace_period_journals_no_item_that_did_not_run(
     tmp_path: Path,
 ) -> None:
     journal = tmp_path / "run.db"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", STOP_DURING_CRASH, str(journal)], env=python_subprocess_env(),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert read_line(proc, 60) == "ready"
-        proc.send_signal(signal.SIGINT)
-        _, err = finish(proc, 60)
-    finally:
-        proc.kill()
+    err = interrupt_when_ready([sys.executable, "-c", STOP_DURING_CRASH, str(journal)])
     assert "KeyboardInterrupt" in err
     with sqlite3.connect(journal) as db:
         done = [key for (key,) in db.execute("SELECT key FROM items WHERE state = 'done'")]

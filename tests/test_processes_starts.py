@@ -257,7 +257,7 @@ def test_start_timeout_is_an_option_checked_where_it_is_given(tmp_path: Path) ->
             manyhands.Pool(workers=1, backend="processes", start_timeout=wrong)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="start_timeout apply to backend='processes'"):
         manyhands.Pool(workers=1, start_timeout=5)
-    with pytest.raises(ValueError, match="start_timeout apply to backend='processes'"):
+    with pytest.raises(ValueError, match="start_timeout= applies to worker processes only"):
         manyhands.run(abs, [1], backend="threads", start_timeout=5)
 
 

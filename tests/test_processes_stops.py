@@ -31,8 +31,7 @@ import pytest
 
 import manyhands
 
-from .conftest import finish, python_subprocess_env
-from .test_processes_faults import read_line
+from .conftest import finish, interrupt_when_ready, python_subprocess_env
 
 pytestmark = [
     pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals"),
@@ -134,16 +133,7 @@ def test_ctrl_c_lets_the_running_calls_finish_and_begins_none_sent_ahead(tmp_pat
     root = str(Path(__file__).resolve().parents[1])
     env = python_subprocess_env()
     env["PYTHONPATH"] = os.pathsep.join((root, env["PYTHONPATH"]))
-    proc = subprocess.Popen(
-        [sys.executable, "-c", CTRL_C, str(folder), str(journal)], env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert read_line(proc, 60) == "ready"
-        proc.send_signal(signal.SIGINT)
-        _, err = finish(proc, 60)
-    finally:
-        proc.kill()
+    err = interrupt_when_ready([sys.executable, "-c", CTRL_C, str(folder), str(journal)], env)
     assert "KeyboardInterrupt" in err
     assert_no_call_began_after_the_stop(started(folder))
     states = journaled(journal)
