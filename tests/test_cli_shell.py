@@ -227,11 +227,9 @@ def test_ctrl_c_once_lets_running_commands_finish_and_the_rerun_completes_the_re
     assert sorted(finished, key=int) == [str(n) for n in range(20)]  # none ran twice
 
 
-@pytest.mark.parametrize("journal", [True, False])
-def test_a_call_that_ends_in_the_grace_period_gets_its_output_line(
-    workdir: Path, journal: bool
-) -> None:
-    script = 'echo "$1" >> started.txt; [ "$1" = slow ] && sleep 1; echo "did $1"'
+def interrupted_while_slow_runs(workdir: Path, script: str, journal: bool) -> tuple[list[str], str]:
+    """Items fast, slow, never, one at a time, with ``--output`` (and a journal): Ctrl-C
+    once "slow" began, with a grace period it ends in. The command, and its stdout."""
     command = ["--sh", f"sh -c '{script}' sh {{}}", "--output", "out.jsonl", "items.txt"]
     command += ["--journal", "run.db"] if journal else []
     (workdir / "items.txt").write_text("fast\nslow\nnever\n")
@@ -240,6 +238,15 @@ def test_a_call_that_ends_in_the_grace_period_gets_its_output_line(
     proc.send_signal(signal.SIGINT)
     out, err = finish(proc, 60)
     assert proc.returncode == 130, err
+    return command, str(out)
+
+
+@pytest.mark.parametrize("journal", [True, False])
+def test_a_call_that_ends_in_the_grace_period_gets_its_output_line(
+    workdir: Path, journal: bool
+) -> None:
+    script = 'echo "$1" >> started.txt; [ "$1" = slow ] && sleep 1; echo "did $1"'
+    command, out = interrupted_while_slow_runs(workdir, script, journal)
     assert "2 succeeded" in out  # (the Report counts it)
     lines = lines_of(workdir / "out.jsonl")
     assert [(line["item"], line["stdout"]) for line in lines] == [
@@ -257,14 +264,7 @@ def test_a_call_that_fails_in_the_grace_period_gets_its_line_and_its_record(
     workdir: Path,
 ) -> None:
     script = 'echo "$1" >> started.txt; [ "$1" = slow ] && sleep 1 && exit 3; echo "did $1"'
-    command = ["--sh", f"sh -c '{script}' sh {{}}", "--output", "out.jsonl", "items.txt"]
-    command += ["--journal", "run.db"]
-    (workdir / "items.txt").write_text("fast\nslow\nnever\n")
-    proc = start(*command, "-j", "1", "--grace", "30", cwd=workdir)
-    wait_for_lines(workdir / "started.txt", 2)
-    proc.send_signal(signal.SIGINT)
-    out, err = finish(proc, 60)
-    assert proc.returncode == 130, err
+    command, out = interrupted_while_slow_runs(workdir, script, journal=True)
     assert "1 succeeded" in out and "1 failed" in out  # (the Report counts it)
     lines = lines_of(workdir / "out.jsonl")
     assert [(line["item"], line["ok"]) for line in lines] == [("fast", True), ("slow", False)]

@@ -12,7 +12,7 @@ import gc
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -109,6 +109,14 @@ def test_retried_counts_only_the_items_delivered() -> None:
         assert report.attempts >= 2  # (the calls were made all the same)
 
 
+def until(done: Callable[[], bool], limit: float = 10.0) -> None:
+    """Wait until ``done()`` (a counter read under the GIL), or ``limit`` seconds: the
+    first item's call, holding its turn while the calls after it settle."""
+    deadline = time.monotonic() + limit
+    while not done() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 class Buffer:
     """Stands for a large local (a response body, an image) of a call."""
 
@@ -125,13 +133,7 @@ def test_failures_held_for_their_turn_let_go_of_their_frames(no_thread_left: Non
 
     def body(x: int) -> int:
         if x == 0:  # runs until the others failed and settled, or 10 s
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                with lock:
-                    done = failed[0] == count - 1
-                if done and len(alive) <= FRAMES_HELD:
-                    break
-                time.sleep(0.01)
+            until(lambda: failed[0] == count - 1 and len(alive) <= FRAMES_HELD)
             left.append(len(alive))
             return 0
         buffer = Buffer()  # a local of the failing frame
@@ -161,12 +163,7 @@ def test_a_closed_map_lets_go_of_the_outcomes_it_held(no_thread_left: None) -> N
 
     def body(x: int) -> Buffer | None:
         if x == 0:  # runs until the others returned, or 10 s
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                with lock:
-                    if returned[0] == count - 1:
-                        break
-                time.sleep(0.01)
+            until(lambda: returned[0] == count - 1)
             return None
         value = Buffer()
         alive.add(value)
@@ -257,13 +254,8 @@ def test_failures_held_for_their_turn_leave_the_users_generators_running(
     errors = last_errors()
 
     def body(x: int) -> int:
-        if x == 0:  # runs until the others failed and settled, or 10 s
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                with lock:
-                    if failed[0] == count - 1:
-                        break
-                time.sleep(0.01)
+        if x == 0:  # runs until the others failed, or 10 s
+            until(lambda: failed[0] == count - 1)
             return 0
         with lock:
             error = next(errors)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ._backends import Backend, backend_kind, create_backend
 from ._checks import check_fn, check_items, check_report_only, is_coroutine_function
 from ._exceptions import ManyhandsError
-from ._options import Options, lists_options
+from ._options import Options, lists_options, process_options_refused
 from ._progress import progress_wanted
 from ._report import Report
 from ._run import Run
@@ -332,24 +332,9 @@ def _refuse_process_options(caller: str, opts: Options, backend_name: str) -> No
     """
     if backend_name == "processes" or (opts.backend == "auto" and backend_name == "threads"):
         return
-    given = [
-        name
-        for name in ("start_method", "initializer", "initargs", "start_timeout")
-        if getattr(opts, name) not in (None, ())
-    ]
-    if not given:
-        return
-    names = ", ".join(f"{name}=" for name in given)
-    apply = "applies" if len(given) == 1 else "apply"
-    if backend_name == "async":
-        where, fix = "as asyncio tasks", ""
-    else:
-        where, fix = "in threads", "pass backend='processes' (or 'auto'), or "
-    raise ValueError(
-        f"{caller}() got {names} which {apply} to worker processes only, and this run's "
-        f"calls run {where}, which start none: {fix}set up what fn needs before the run "
-        f"(e.g. in a module-level global) and leave {names} out"
-    )
+    given = opts.process_options_given()
+    if given:
+        raise ValueError(process_options_refused(given, backend_name, caller))
 
 
 def _journal_opener(fn: Any, opts: Options) -> Callable[[], Journal] | None:

@@ -228,13 +228,13 @@ class Options(Record):
             )
         if self.start_timeout is not None:
             check_start_timeout(self.start_timeout)
-        given = [
-            name
-            for name in ("start_method", "initializer", "initargs", "start_timeout")
-            if getattr(self, name) not in (None, ())
-        ]
+        given = self.process_options_given()
         if given and self.backend not in (None, "processes", "auto"):
-            raise ValueError(_process_options_refused(given, self.backend))
+            raise ValueError(process_options_refused(given, self.backend))
+
+    def process_options_given(self) -> list[str]:
+        """The worker-process options given, which apply to ``backend='processes'`` only."""
+        return [name for name in _PROCESS_OPTIONS if getattr(self, name) not in (None, ())]
 
     def _validate_journal(self) -> None:
         if self.journal is not None:
@@ -388,29 +388,39 @@ def _option_parameters() -> tuple[inspect.Parameter, ...]:
     )
 
 
-def _process_options_refused(given: list[str], backend: Any) -> str:
-    """What refuses worker-process options given with a backend they do not apply to."""
+_PROCESS_OPTIONS = ("start_method", "initializer", "initargs", "start_timeout")
+
+
+def process_options_refused(given: list[str], backend: Any, caller: str | None = None) -> str:
+    """What refuses worker-process options ``given`` with a backend they do not apply to.
+
+    ``caller``: the function called, when ``backend`` is the one its run got
+    without ``backend=`` (threads for a function, asyncio for a coroutine function).
+    """
     from ._backends import backend_kind
 
     names = ", ".join(f"{name}=" for name in given)
     apply = "applies" if len(given) == 1 else "apply"
+    head = f"{caller}() got {names} which {apply}" if caller else f"{names} {apply}"
     kind = backend_kind(backend)
     if kind == "dask":
         return (
-            f"{names} {apply} to the worker processes of backend='processes' only, not to "
+            f"{head} to the worker processes of backend='processes' only, not to "
             "a Dask cluster's workers, which Dask starts and sets up: set up what fn needs "
             f"on the cluster (e.g. a worker plugin) or on first use in fn, and leave {names} out"
         )
     if kind not in ("threads", "async"):  # (an Executor)
         return (
-            f"{names} {apply} to the worker processes manyhands starts only, and backend= is "
+            f"{head} to the worker processes manyhands starts only, and backend= is "
             "an executor, which starts its own: set them up on it (e.g. "
             f"ProcessPoolExecutor(initializer=...)), and leave {names} out"
         )
     where = "in threads" if kind == "threads" else "as asyncio tasks"
+    runs = f"this run's calls run {where}" if caller else f"backend={backend!r} runs calls {where}"
+    fix = "pass backend='processes' (or 'auto'), or " if kind == "threads" else ""
     return (
-        f"{names} {apply} to worker processes only, and backend={backend!r} runs calls "
-        f"{where}: pass backend='processes' (or 'auto'), or leave {names} out"
+        f"{head} to worker processes only, and {runs}, which start none: {fix}set up what "
+        f"fn needs before the run (e.g. in a module-level global) and leave {names} out"
     )
 
 
