@@ -485,7 +485,11 @@ def test_a_call_submitted_after_the_exit_hook_is_refused_or_made() -> None:
         assert "after interpreter shutdown" in done.stdout
 
 
-def test_a_dask_executors_cancelled_calls_are_not_made() -> None:
+def test_a_dask_executors_cancelled_futures_settle_and_the_pool_goes_on() -> None:
+    """On Dask, shutdown(cancel_futures=True) cancels every Future of the executor and the
+    pool's other calls go on. (That the cancelled calls are then not made is not checked:
+    Dask cancels a task the cluster holds asynchronously, and one may still start; see
+    docs/faults.md, "Faults it does not survive".)"""
     pytest.importorskip("distributed", reason="the Dask extra (manyhands[dask])")
     done = script(
         """
@@ -533,7 +537,7 @@ def test_a_dask_executors_cancelled_calls_are_not_made() -> None:
     assert done.returncode == 0, done.stderr
     assert "cancelled 6" in done.stdout
     made = done.stdout.split("made", 1)[1]
-    assert made.count("made-") <= 2, made  # (the one running when cancelled, and "last")
+    assert "made-last" in made, made  # (pool.submit's call, after the executor's shutdown)
 
 
 def test_a_call_to_a_loop_closed_just_after_the_check_raises_loop_gone(
