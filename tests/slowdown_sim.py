@@ -65,12 +65,15 @@ def simulate(
     trace: list[tuple[float, str, float | None, int, float]] | None = None,
     slow_start: bool = False,
     ramp_loads: bool = True,
+    follow_latency: bool = True,
 ) -> Outcome:
     """Run ``items`` calls through a Slowdown against ``model``; ``network`` is the RTT."""
     rng = random.Random(seed)
     slowdown = Slowdown(
         workers, now=start, slow_start=slow_start, ramp_loads=ramp_loads, random=rng.random
     )
+    if not follow_latency:
+        slowdown.ignore_latency()  # (the control: what the calls give with no limit at all)
     now = start
     fresh = iter(range(items))
     ready: deque[tuple[int, int]] = deque()  # (item, attempt) due for a retry

@@ -22,12 +22,20 @@ in flight near what the server turns around without a queue:
   it from there), when the latency rises (HyStart), at a first answer under
   ``LOCAL`` (not a server's), or at ``workers``.
 - *Samples* (for a server that never refused a call): twice per unloaded
-  round trip (threads; once per round trip on an event loop) the mean latency
-  of the calls that came back is compared with the unloaded latency (the
-  lowest mean over ``UNLOADED`` seconds). ``SUSTAINED`` samples in a row above
-  ``QUEUE`` times it: a queue is building, and the limit becomes the calls
-  the server delivered per second over the last samples times the unloaded
-  latency (the bandwidth-delay product of TCP BBR), times ``HEADROOM``. Below
+  round trip (threads; once per round trip on an event loop, and not during
+  its opening), the mean latency of the calls that came back (``SAMPLE_CALLS``
+  at least) is compared with the unloaded latency (the lowest mean over
+  ``UNLOADED`` seconds). ``SUSTAINED`` samples in a row above ``QUEUE`` times
+  it: a queue is building, it seems, and the limit becomes the calls the
+  server delivered per second over the last samples times the unloaded
+  latency (the bandwidth-delay product of TCP BBR), times ``HEADROOM``.
+- *A cut on trial*: calls whose latency varies by itself look the same to
+  those samples (the lowest of many noisy means is far below the rest). A
+  queue's server answers at its own rate whatever the calls in flight, so
+  once the cut binds, the answers are counted for ``TRIAL`` round trips: at
+  less than ``BORNE_OUT`` of the rate before it, there was no queue, and the
+  limit goes back (and the latency measured then is the least "unloaded"
+  one from then on). Below
   ``GROW_BELOW`` times it, a limit that binds grows by a quarter, then waits
   two round trips for the answers of the calls that lets start (a path that
   got faster, or a cut the latency did not bear out).
@@ -60,6 +68,9 @@ GROW_BELOW = 1.15  # latency below this many times the unloaded one: room to gro
 UNLOADED = 10.0  # seconds over which the lowest latency counts as the unloaded one
 MIN_SAMPLE = 0.02  # seconds, the shortest sampling interval
 SUSTAINED = 3  # round trips in a row above QUEUE before the limit is cut
+SAMPLE_CALLS = 8  # answers a sample holds at least (one fast call is no "unloaded" latency)
+BORNE_OUT = 0.8  # a cut holds if the calls came back at this share of the rate before it
+TRIAL = 2.0  # round trips (as they were before the cut) over which that rate is measured
 
 
 class LatencyLimit:
@@ -91,7 +102,15 @@ class LatencyLimit:
         self._next_sample = -math.inf
         self._sum, self._count = 0.0, 0
         self._lows: deque[tuple[float, float]] = deque()  # (when, mean) rising: a sliding min
-        self._delivery: deque[tuple[float, int]] = deque(maxlen=2 * SUSTAINED)  # (began, calls)
+        # (began, calls, their summed latency) of the last samples
+        self._delivery: deque[tuple[float, int, float]] = deque(maxlen=2 * SUSTAINED)
+        # A cut waiting to be borne out: (the rate of answers and the latency before
+        # it, the limit before it, whether it cut the opening short); when the limit
+        # it set first bound, and the answers since (count and summed latency).
+        self._trial: tuple[float, float, int, bool] | None = None
+        self._bound_at: float | None = None
+        self._after_sum, self._after_count = 0.0, 0
+        self._floor = 0.0  # the latency a cut that did not hold found: "unloaded" is no lower
         self._hold_until = -math.inf
         self._refusing = False
         self.follows = True  # latency may cut the limit (not for CPU work: see Slowdown)
@@ -183,6 +202,8 @@ class LatencyLimit:
     def accepted(self, now: float, calls: int, latency: float, in_flight: int) -> None:
         """``calls`` calls came back accepted, taking ``latency`` seconds each."""
         self._clock = now
+        if self._trial is not None:
+            self._try_cut(now, calls, latency, in_flight)
         if self._latency:
             self._latency = 0.8 * self._latency + 0.2 * latency
         else:
@@ -192,6 +213,8 @@ class LatencyLimit:
         self._last_answer = now
         if (
             now >= self._next_sample
+            and self._count >= SAMPLE_CALLS
+            and not (self.opening and self._ramp_loads)
             and not self._refusing
             and self.follows
             and now - latency >= self._opened  # (see _end_opening)
@@ -242,6 +265,41 @@ class LatencyLimit:
         if self._ramp_loads:
             self._opened = self._clock
 
+    def _try_cut(self, now: float, calls: int, latency: float, in_flight: int) -> None:
+        """A cut is on trial: do as many answers come back with fewer calls in flight?
+
+        Against a queue they do: the server answers at its own rate, and the
+        calls it no longer queues only come back sooner. Calls whose latency
+        varies by itself (an API whose p95 is twice its median) show a queue
+        that is not there (the slowest samples stand far above the fastest),
+        and a cut then only takes answers away: cut after cut, such a run
+        ended at 1 call in flight, 90 times slower. So from when the new limit
+        binds, the answers are counted for ``TRIAL`` round trips; a cut that
+        lost more than a fifth of the rate is undone, and the mean latency of
+        those answers (every call that ended in that time, a fair sample)
+        becomes the least "unloaded" latency from then on.
+        """
+        assert self._trial is not None
+        if self._bound_at is None:
+            if in_flight <= self.limit:
+                self._bound_at = now  # (the answers count from the next one)
+            return
+        self._after_sum += latency * calls
+        self._after_count += calls
+        rate, before, limit, opening = self._trial
+        lasted = now - self._bound_at
+        if lasted < TRIAL * before:
+            return
+        self._trial = self._bound_at = None
+        if self._after_count / lasted >= BORNE_OUT * rate:
+            return  # a queue: the cut holds
+        self.limit = max(self.limit, limit)
+        self.opening = opening and self.limit < self.workers  # (it goes on where it was cut)
+        self._floor = max(self._floor, self._after_sum / self._after_count)
+        self._lows.clear()
+        self._queued = 0
+        self._hold_until = now
+
     def _sample(self, now: float, in_flight: int) -> None:
         """Once per round trip: does the latency rise with the calls in flight?"""
         began, self._sampled = self._sampled, now
@@ -254,7 +312,7 @@ class LatencyLimit:
         lows.append((now, mean))
         while lows[0][0] < now - UNLOADED:
             lows.popleft()
-        unloaded = lows[0][1]
+        unloaded = max(lows[0][1], self._floor)
         # Twice per unloaded round trip: a queue that builds shows within a few
         # of them, not of the (longer and longer) loaded ones. Not on one event
         # loop (``ramp_loads``): there a busy loop's own latency rises and falls
@@ -264,15 +322,20 @@ class LatencyLimit:
         ratio = mean / unloaded if unloaded > 0 else 1.0
         self._queued = self._queued + 1 if ratio > QUEUE else 0
         if now > began:
-            self._delivery.append((began, delivered))
+            self._delivery.append((began, delivered, mean * delivered))
         if self._queued >= SUSTAINED and self._delivery:
             # The server's rate: the calls delivered over the last few samples.
             # One sample's answers come in bunches (a short one may hold few
             # or two bunches), and the cut, repeated at every sample while the
             # queue drains, would ratchet down to the fewest.
             since = self._delivery[0][0]
-            rate = sum(calls for _, calls in self._delivery) / (now - since)
+            delivered = sum(calls for _, calls, _ in self._delivery)
+            rate = delivered / (now - since)
             fit = max(1, math.ceil(rate * unloaded * HEADROOM))
+            if fit < self.limit and self._trial is None:
+                before = sum(total for _, _, total in self._delivery) / delivered
+                self._trial = (rate, before, self.limit, self.opening)
+                self._after_sum, self._after_count = 0.0, 0
             self.limit = min(self.limit, fit)
             if self.opening:
                 self._end_opening()

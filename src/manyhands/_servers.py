@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import random
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ __all__ = [
     "SlidingWindow",
     "TokenBucket",
     "Unlimited",
+    "Varying",
     "bound_of",
 ]
 
@@ -294,6 +296,31 @@ class Unlimited:
 
     def request(self, now: float) -> Answer:
         return Answer(200, self._latency)
+
+    def scale(self, factor: float) -> None:
+        pass
+
+
+class Varying:
+    """No limit, and a latency that varies by itself, as an API's does (lognormal).
+
+    ``sigma`` 0.5 puts the p95 at 2.3 times the ``median``, 1.0 at 5.2 times;
+    the calls in flight change nothing. A client that reads the slow samples
+    as a queue only takes calls away.
+
+    >>> answers = Varying(median=0.1, sigma=0.5, seed=1)
+    >>> [round(answers.request(0.0).latency, 3) for _ in range(3)]
+    [0.19, 0.206, 0.103]
+    """
+
+    def __init__(self, median: float = 0.1, sigma: float = 1.0, seed: int = 1) -> None:
+        self._median = median
+        self._sigma = sigma
+        self._random = random.Random(seed)
+        self.capacity = math.inf
+
+    def request(self, now: float) -> Answer:
+        return Answer(200, self._median * math.exp(self._sigma * self._random.gauss(0.0, 1.0)))
 
     def scale(self, factor: float) -> None:
         pass
