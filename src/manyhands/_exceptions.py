@@ -121,11 +121,18 @@ class WorkerInitError(ManyhandsError):
 
     Attributes:
         traceback: the formatted traceback from the worker process.
+        run_status: how a journal records the run's end: ``"failed to
+            start: "`` and the first line of the message.
     """
 
     def __init__(self, message: str, traceback: str = "") -> None:
         super().__init__(message)
         self.traceback = traceback
+
+    @property
+    def run_status(self) -> str:
+        """How a journal records the run this error ended (see the class docstring)."""
+        return ended_by("failed to start", self)
 
 
 class JournalError(ManyhandsError):
@@ -168,6 +175,32 @@ class ItemsFailed(ManyhandsError):
         self.failures: list[Failure] = list(report.failures)
         kinds = ", ".join(f"{name} x{count}" for name, count in report.errors_by_type.items())
         super().__init__(f"{report.failed} of {report.total} items failed: {kinds}")
+
+
+#: Characters of an error's first line that a journal's row of a run keeps.
+_REASON_LIMIT = 200
+
+
+def ended_by(how: str, error: BaseException) -> str:
+    """How a run ended, as its row in a journal says: ``how``, and the first line of ``error``.
+
+    An error of manyhands' own says what happened; any other is named by its type too.
+
+    >>> ended_by("input error", ValueError("line 3 is not JSON\\nat column 7"))
+    'input error: ValueError: line 3 is not JSON'
+    >>> ended_by("failed to start", WorkerInitError("no worker process could be started"))
+    'failed to start: no worker process could be started'
+    """
+    try:
+        lines = str(error).strip().splitlines()
+    except Exception:  # (a broken __str__: its type says what it can)
+        lines = []
+    why = lines[0] if lines else ""
+    if not isinstance(error, ManyhandsError):
+        why = f"{type(error).__qualname__}: {why}" if why else type(error).__qualname__
+    if len(why) > _REASON_LIMIT:
+        why = why[: _REASON_LIMIT - 3] + "..."
+    return f"{how}: {why}"
 
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep

@@ -45,7 +45,7 @@ from ._backends import Backend
 from ._batch import Batch, Task
 from ._checks import check_first_value, discard_coroutines
 from ._delivery import Delivery
-from ._exceptions import InputError, JournalError, ManyhandsError, Timeout
+from ._exceptions import InputError, JournalError, ManyhandsError, Timeout, ended_by
 from ._options import Options
 from ._outcome import Failure, Outcome
 from ._parking import Parking
@@ -567,7 +567,7 @@ class Run:
         if completed:
             ended = "stopped" if stats.stop_reason else "finished"
             if self._reader.error is not None:
-                ended = "input error"
+                ended = ended_by("input error", self._reader.error)
             journal.close(ended, stats.counts())
             return
         # Interrupted: keep what finished during the grace period, then close

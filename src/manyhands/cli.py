@@ -702,18 +702,19 @@ def status(journal: str) -> int:
     lines.append(throughput_sparkline(journal))
     shown = " (the last 5)" if len(found.runs) > 5 else ""  # (not read as all of them)
     lines.append(f"runs: {len(found.runs)}{shown}")
-    lines += [_run_line(run_) for run_ in found.runs[-5:]]
+    lines += [line for run_ in found.runs[-5:] for line in _run_lines(run_)]
     for line in lines:  # the journal's text, from whatever code wrote it: escaped
         click.echo(escape_controls(line))
     return EXIT_OK
 
 
-def _run_line(run_: dict[str, Any]) -> str:
+def _run_lines(run_: dict[str, Any]) -> list[str]:
     """A run of ``status``: when, how long, how it ended, and its counts.
 
     A run that ended without closing, or is running, has no counts in its
     row yet: those of the items it recorded are shown, and how long it ran
-    until its last record.
+    until its last record. A run that ended on an error ("failed to start:
+    ...", "input error: ...") has the error on a line of its own.
     """
     began = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run_["started"] or 0))
     counts = f"{run_['succeeded'] or 0:,} succeeded, {run_['failed'] or 0:,} failed"
@@ -725,14 +726,13 @@ def _run_line(run_: dict[str, Any]) -> str:
         took = "?"
     if "last_record" in run_:  # (ended without closing, or running: what it recorded)
         so_far = " so far" if run_["status"] == "running" else ""
-        return (
+        return [
             f"  #{run_['id']} {began} ({took}) {run_['fn']}: {run_['status']}; "
             f"recorded {counts}{so_far}"
-        )
-    return (
-        f"  #{run_['id']} {began} ({took}) {run_['fn']}: {run_['status']}, "
-        f"{counts}, {run_['skipped'] or 0:,} skipped"
-    )
+        ]
+    how, _, why = str(run_["status"]).partition(": ")
+    line = f"  #{run_['id']} {began} ({took}) {run_['fn']}: {how}, {counts}, "
+    return [f"{line}{run_['skipped'] or 0:,} skipped", *([f"      {why}"] if why else [])]
 
 
 @cli.command(epilog=READ_EPILOG)
