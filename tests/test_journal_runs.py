@@ -1,4 +1,4 @@
-"""A journal's row of each run: how the run ended, and why."""
+"""A journal's row of each run: how the run ended and why, and its options as they were given."""
 
 from __future__ import annotations
 
@@ -98,3 +98,17 @@ def test_the_command_shows_a_run_that_failed_to_start_and_why(tmp_path: Path) ->
     shown = manyhands_("status", "j.db").stdout.splitlines()
     assert shown[-2].endswith("parent_only.work: failed to start, 0 succeeded, 0 failed, 0 skipped")
     assert shown[-1] == f"      {MISSING}; no item was run"
+
+
+def test_the_command_records_its_key_flag_as_given(tmp_path: Path) -> None:
+    # The run's options named the command's own key function:
+    # "manyhands.cli._key.<locals>.key", with --key id and without --key alike.
+    (tmp_path / "rows.jsonl").write_text('{"id": 1}\n{"id": 2}\n')
+    command = [sys.executable, "-m", "manyhands", "run", "json:dumps", "rows.jsonl", "--jsonl"]
+    for key in (["--key", "id"], ["--key", "json:dumps"], []):
+        subprocess.run(
+            [*command, "--journal", "j.db", *key], cwd=tmp_path, capture_output=True,
+            timeout=120, env=python_subprocess_env(), check=True,
+        )  # fmt: skip
+    keys = [options.get("key", "(none)") for *_, options in runs(tmp_path / "j.db")]
+    assert keys == ["--key id", "--key json:dumps", "(none)"]

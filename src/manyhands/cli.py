@@ -665,6 +665,8 @@ def _key(spec: str | None) -> Callable[[Any], Any]:
 
     # (what the journal records of it, to warn when --key changes between runs)
     key.journal_identity = (spec or "", "" if spec is None else code_hash(base) or "")  # type: ignore[attr-defined]
+    # (how the run's options name it: as the user wrote it; none with default keys)
+    key.journal_label = f"--key {spec}" if spec is not None else ""  # type: ignore[attr-defined]
     return key
 
 
