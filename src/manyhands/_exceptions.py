@@ -9,7 +9,7 @@ Every exception of manyhands' own derives from one root::
      ├── WorkerInitError   the worker initializer failed: the run did not start
      ├── JournalError      the journal cannot be used (in use, corrupt, unwritable,
      │                     an item without a key, an edited item)
-     ├── ItemsFailed       Report.raise_for_failures(): some items failed
+     ├── ItemsFailed       Report.raise_for_failures(): some items failed (or were not run)
      └── RetryAfter        raised by your function: "try this item again later"
                            (defined with the retry policy, in ``_retry.py``)
 
@@ -94,7 +94,8 @@ class Timeout(ManyhandsError, TimeoutError):
             worker was held by a call past its timeout that had not returned,
             and no more thread could be abandoned (at most one per worker), as
             the message says. Such an item is not retried, and that attempt
-            made no call (it is not counted in ``attempts``).
+            made no call (it is not counted in ``attempts``); the Report counts
+            it in ``not_run``, not in ``failed``.
     """
 
     ran = True
@@ -107,10 +108,12 @@ class WorkerCrashed(ManyhandsError):
     in the message. Never raised by ``run`` or ``map``.
 
     Attributes:
-        ran: ``False`` when the item never reached a worker: the process
-            backend had stopped (no worker was left, or none could be
-            started), as the message says. Such an item is not retried, and
-            that attempt made no call (it is not counted in ``attempts``).
+        ran: ``False`` when the item was never called, as the message says:
+            the run stopped before a worker process (or a Dask task) began it
+            ("not called: ..."), or the process backend had stopped (no
+            worker was left, or none could be started). Such an item is not
+            retried, and that attempt made no call (it is not counted in
+            ``attempts``); the Report counts it in ``not_run``, not in ``failed``.
     """
 
     ran = True
@@ -163,7 +166,7 @@ class JournalWarning(UserWarning):
 
 
 class ItemsFailed(ManyhandsError):
-    """Raised by :meth:`Report.raise_for_failures` when any item failed.
+    """Raised by :meth:`Report.raise_for_failures` when any item failed or was not run.
 
     Attributes:
         report: the whole Report.
@@ -171,10 +174,19 @@ class ItemsFailed(ManyhandsError):
     """
 
     def __init__(self, report: Report):
+        from ._report_text import not_run_why
+
         self.report = report
         self.failures: list[Failure] = list(report.failures)
-        kinds = ", ".join(f"{name} x{count}" for name, count in report.errors_by_type.items())
-        super().__init__(f"{report.failed} of {report.total} items failed: {kinds}")
+        said = []
+        if report.failed:
+            kinds = ", ".join(f"{name} x{count}" for name, count in report.errors_by_type.items())
+            said.append(f"{report.failed} of {report.total} items failed: {kinds}")
+        if report.not_run:
+            of = "" if said else f" of {report.total} items"
+            why = not_run_why(report.not_run_causes, report.not_run)
+            said.append(f"{report.not_run}{of} not run ({why})")
+        super().__init__("; ".join(said))
 
 
 #: Characters of an error's first line that a journal's row of a run keeps.

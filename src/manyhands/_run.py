@@ -1174,6 +1174,7 @@ class Run:
             "done": stats.total,
             "skipped": stats.skipped + stats.duplicates,  # (done, not run: no part of a rate)
             "failed": stats.failed,
+            "not_run": stats.not_run,
             "retrying": stats.retrying,
             "in_flight": self._in_flight,
             "failing_alike": stats.failing_alike(),

@@ -55,10 +55,11 @@ EXIT_OUTPUT_CLOSED = 141  # 128 + SIGPIPE, as `cat` ends when `| head` has read 
 EXIT_OUTPUT_FAILED = 74  # EX_IOERR of sysexits.h: --output or the journal could not be written
 
 RUN_EPILOG = """\b
-Exit codes: 0 every item succeeded, 1 some items failed, 2 usage error
-(bad TARGET, INPUT or flag), 74 --output or the journal could not be
-written (disk full), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM;
-129 for SIGHUP), 141 stdout was closed early (e.g. | head).
+Exit codes: 0 every item succeeded, 1 some items failed or were not
+run, 2 usage error (bad TARGET, INPUT or flag), 74 --output or the
+journal could not be written (disk full), 130 interrupted (Ctrl-C),
+143 terminated (SIGTERM; 129 for SIGHUP), 141 stdout was closed early
+(e.g. | head).
 When stopped, what finished is written and, with --journal, saved:
 run the same command again to resume.
 """
@@ -327,8 +328,9 @@ def _run(
             sink.close()  # (once more, or after a failure: quiet)
         if marks is not None:  # (what the file holds now, for the next resume into it)
             marks.ended(run.journal_run, whole_input=whole_input)
-    _print(run.report(), summary)
-    if failed and journal:
+    report = run.report()
+    _print(report, summary)
+    if report.failed and journal:  # (items not run are not in the journal: a resume runs them)
         _print(f"\nsee the failures: manyhands failures {shlex.quote(journal)}", summary)
     return EXIT_FAILED if failed else EXIT_OK
 
@@ -490,7 +492,7 @@ def _is_stdin(path: str) -> bool:
 
 
 def _consume(run: Run, sink: OutputFile | None) -> int:
-    """Write every outcome; return how many failed."""
+    """Write every outcome; return how many did not succeed (failed, or not run)."""
     failed = 0
     outcomes: Outcomes[Any, Any] = Outcomes(run)
     # Not interrupted halfway: making an Outcome, recording what was delivered.

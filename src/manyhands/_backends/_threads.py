@@ -318,7 +318,7 @@ class ThreadBackend:
         self._unstarted += items
         self.notes[self._unstarted_note] = (
             f"{self._unstarted:,} item{'s' if self._unstarted > 1 else ''} never started "
-            "and failed as manyhands.Timeout: every worker was held by a call past its "
+            "(not run, ended as manyhands.Timeout): every worker was held by a call past its "
             "timeout, and no more threads could be abandoned (one per worker). Raise "
             "workers= or fix the calls that hang"
         )
