@@ -62,6 +62,9 @@ class Task:
             ``(Batch, indices)`` pair), under the lanes' lock; False drops it
             (never run, never reported). The Executor face's Futures on
             processes run from then on, or are cancelled before.
+        withdrawable: its batches may be taken back one by one until a worker
+            begins one (the Executor face's ``cancel()`` on Dask: a backend's
+            optional ``withdraw``); a Dask task of it checks in before its first call.
     """
 
     __slots__ = (
@@ -80,6 +83,7 @@ class Task:
         "timed",
         "timeout",
         "waiting",
+        "withdrawable",
     )
 
     def __init__(
@@ -108,6 +112,7 @@ class Task:
         self.early = early  # finished items may come back before their batch's last
         self.leaving: Callable[[object], bool] | None = None
         self.stops = False  # a stop rule watches the failures (Dask: first batches in parts)
+        self.withdrawable = False
 
 
 class Batch:
