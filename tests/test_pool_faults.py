@@ -485,6 +485,35 @@ def test_a_call_submitted_after_the_exit_hook_is_refused_or_made() -> None:
         assert "after interpreter shutdown" in done.stdout
 
 
+@pytest.mark.parametrize("backend", ["threads", "processes"])
+def test_a_run_started_after_the_exit_hook_is_refused(backend: str) -> None:
+    # (The script's own hook is registered before the pool's, so it runs after it:
+    # the hooks run last registered first. The late thread starts its runs then.)
+    done = script(
+        f"""
+        import threading, manyhands
+
+        exited = threading.Event()
+        threading._register_atexit(exited.set)
+        pool = manyhands.Pool(workers=2, backend={backend!r})
+
+        def late():
+            exited.wait()
+            for start in (lambda: pool.run(abs, [-1]), lambda: list(pool.map(abs, [-1]))):
+                try:
+                    print("ran", start(), flush=True)
+                except RuntimeError as exc:
+                    print("refused:", exc, flush=True)
+
+        threading.Thread(target=late).start()
+        """
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 2 and all(line.startswith("refused:") for line in lines), lines
+    assert "after interpreter shutdown" in lines[0]
+
+
 def test_a_dask_executors_cancelled_calls_are_not_made_and_the_pool_goes_on() -> None:
     """On Dask, shutdown(cancel_futures=True) cancels the executor's calls no worker began,
     and they are never made (the cluster holds them, and Dask cancels a task

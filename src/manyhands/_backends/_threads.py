@@ -150,6 +150,10 @@ class ThreadBackend:
         """True when called from one of this backend's worker threads."""
         return getattr(serving, "backend", None) is self
 
+    def waiting_below(self, priority: int) -> bool:
+        """(A pool's) whether work of a lower priority than ``priority`` waits for a worker."""
+        return self._lanes is not None and self._lanes.waiting_below(priority)
+
     def free_workers(self) -> int:
         """About how many workers would take a batch submitted now without waiting.
 
