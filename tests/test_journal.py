@@ -450,7 +450,7 @@ def test_a_changed_key_function_warns_and_is_recorded(tmp_path: Path) -> None:
     with pytest.warns(manyhands.JournalWarning, match=r"written with no key=.*has key=.*getter"):
         manyhands.run(str, rows, journal=journal, key=operator.itemgetter("id"))
     with pytest.warns(manyhands.JournalWarning, match=r"key=operator.itemgetter"):
-        manyhands.run(str, rows, journal=journal, key=operator.itemgetter("name"))
+        manyhands.run(str, rows, journal=journal, key=operator.itemgetter("name", "id"))
     with sqlite3.connect(journal) as db:
         keys = [json.loads(options).get("key") for (options,) in db.execute(
             "SELECT options FROM runs ORDER BY id")]  # fmt: skip
@@ -505,6 +505,41 @@ def test_a_key_told_by_its_captured_values_not_by_addresses(tmp_path: Path) -> N
         warnings.simplefilter("error")
         key = lambda row: (other, row["id"])[1]  # noqa: E731
         assert manyhands.run(str, rows, journal=journal, key=key).skipped == 3
+
+
+def test_a_key_function_rewritten_to_give_the_same_keys_does_not_warn(tmp_path: Path) -> None:
+    # Its code differed, so a resume warned that the items recorded would run again,
+    # and none did: the functions were compared, not the keys they give.
+    rows = [{"id": i, "name": f"n{i}"} for i in range(300)]
+    journal = tmp_path / "key.db"
+    manyhands.run(str, rows, journal=journal, key=lambda r: r["id"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for key in (lambda row: int(row["id"]), operator.itemgetter("id"), _by("id")):
+            assert manyhands.run(str, rows, journal=journal, key=key).skipped == 300
+    journal = tmp_path / "default.db"  # written with default keys, resumed with key=
+    manyhands.run(str, range(300), journal=journal)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert manyhands.run(str, range(300), journal=journal, key=lambda x: x).skipped == 300
+        assert manyhands.run(str, range(300), journal=journal, key=str).skipped == 300
+        assert manyhands.run(str, range(300), journal=journal).skipped == 300
+
+
+def test_a_key_function_that_gives_other_keys_still_warns(tmp_path: Path) -> None:
+    rows = [{"id": i, "name": f"n{i}"} for i in range(300)]
+    journal = tmp_path / "j.db"
+    manyhands.run(str, rows, journal=journal, key=lambda r: r["id"])
+    # Other keys for some of the first items read only (from the 50th on).
+    with pytest.warns(manyhands.JournalWarning, match="changed code.*run again"):
+        report = manyhands.run(
+            str, rows, journal=journal, key=lambda r: r["id"] if r["id"] < 50 else r["name"]
+        )
+    assert (report.skipped, report.succeeded) == (50, 250)
+    # Items the journal has no record of tell nothing: a changed key= warns, as it did.
+    new = [{"id": i, "name": f"n{i}"} for i in range(1000, 1100)]
+    with pytest.warns(manyhands.JournalWarning, match="run again"):
+        manyhands.run(str, new, journal=journal, key=lambda r: r["name"])
 
 
 def test_changed_code_warns(tmp_path: Path) -> None:

@@ -72,8 +72,8 @@ def summary(report):
     with open(COUNT) as file:
         starts = len(file.read())
     print(json.dumps({{"total": report.total, "ok": report.succeeded, "failed": report.failed,
-                      "messages": messages, "starts": starts, "attempts": report.attempts,
-                      "retried": report.retried}}), flush=True)
+                      "not_run": report.not_run, "messages": messages, "starts": starts,
+                      "attempts": report.attempts, "retried": report.retried}}), flush=True)
 """
 
 
@@ -94,7 +94,8 @@ def run_child(tmp_path: Path, body: str, timeout: float = 60) -> list[Any]:
 
 def check_ended_without_workers(result: dict[str, Any], how_it_died: str) -> None:
     assert result["total"] == 40
-    assert result["ok"] + result["failed"] == 40
+    assert result["ok"] + result["failed"] + result["not_run"] == 40
+    assert result["not_run"] > 0  # (never called: the backend had stopped)
     crashed = "the worker process running this item died (exit code 1)"
     stopped = [m for m in result["messages"] if m != crashed]
     assert stopped, result
@@ -130,7 +131,8 @@ def test_replacements_that_die_starting_end_the_run_after_a_bounded_number_of_st
     assert results[0]["starts"] == 2 + 2 * (1 + START_RETRIES)
     if front == "pool":
         later = results[1]
-        assert later["failed"] == 40 and later["starts"] == results[0]["starts"]
+        assert later["not_run"] == 40 and later["failed"] == 0
+        assert later["starts"] == results[0]["starts"]
         assert all("no worker process is left" in m for m in later["messages"])
 
 
@@ -198,12 +200,14 @@ def test_items_failed_by_a_stopped_backend_are_not_retried_nor_counted_as_calls(
     assert sorted(o.item for o in outs) == list(range(20))
     assert {o.item: o.attempts for o in outs} == {n: made[n] for n in range(20)}
     # Item 3 crashed the only worker, whose replacement could not start: every item
-    # not done by then failed at once, item 3's retry too.
+    # not done by then ended at once, never called; item 3's retry, never made, ends
+    # with its crash (its call was made).
     assert sorted(o.item for o in outs if o.ok) == [0, 1, 2]
-    failed = [o.error for o in outs if o.error is not None]
-    assert all("the process backend stopped" in e.message for e in failed)
-    assert all(e.exception is not None and not e.exception.ran for e in failed)
-    assert (report.failed, report.attempts, report.retried) == (10, 0, 0)
+    failed = {o.item: o.error for o in outs if o.error is not None}
+    assert "the worker process running this item died" in failed.pop(3).message
+    assert all("the process backend stopped" in e.message for e in failed.values())
+    assert all(e.exception is not None and not e.exception.ran for e in failed.values())
+    assert (report.failed, report.not_run, report.attempts, report.retried) == (0, 10, 0, 0)
 
 
 def test_a_first_worker_killed_while_starting_is_tried_once_more(tmp_path: Path) -> None:
@@ -284,5 +288,6 @@ def test_a_worker_not_ready_within_start_timeout_is_killed(tmp_path: Path) -> No
     for refused in (by_pool, by_run):
         assert refused["error"].startswith("a worker process did not start in 1s")
         assert "start_timeout=" in refused["error"]
-    assert replaced["ok"] == 3 and replaced["failed"] == 7  # 3 crashed its only worker
+    # 3 crashed its only worker; the items left were never called
+    assert (replaced["ok"], replaced["failed"], replaced["not_run"]) == (3, 1, 6)
     assert any("did not start in 1.5s" in m for m in replaced["messages"])

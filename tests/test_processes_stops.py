@@ -62,6 +62,17 @@ def _fails_after_the_first(folder: str, x: int) -> int:
     return x
 
 
+def _fails_behind_the_slow_ones(folder: str, x: int) -> int:
+    """As ``_slow_after_the_first``, but item ``FAST + 2`` fails at once: it begins once
+    a slow call returned, when the run has batches sent ahead behind it."""
+    Path(folder, str(x)).touch()
+    if x == FAST + 2:
+        raise ValueError("a failure behind the slow ones")
+    if x >= FAST:
+        time.sleep(SLOW)
+    return x
+
+
 def _marks(folder: str, x: int) -> int:
     Path(folder, str(x)).touch()
     return x
@@ -193,11 +204,45 @@ def test_a_stop_rule_begins_no_further_call_and_the_report_counts_only_calls_mad
     assert report.succeeded == len(ran) - 1
     never = [f for f in report.failures if f.message.startswith("not called")]
     assert all(f.attempts == 0 and f.error_type == "manyhands.WorkerCrashed" for f in never)
-    assert report.failed == 1 + len(never)
+    assert report.failed == 1 and report.not_run == len(never)
     assert report.total == len(ran) + len(never)
     states = journaled(journal)
     assert states == {x: "failed" if x == FAST else "done" for x in ran}
     assert resume_runs(folder, journal) == set(range(ITEMS)) - ran
+
+
+def test_items_a_stop_rule_left_not_begun_are_not_run_not_failed(tmp_path: Path) -> None:
+    """The Report, its text, ``raise_for_failures`` and the journal's row count the items
+    never called as not run: the function failed once, not once per item left."""
+    folder, journal = tmp_path / "calls", tmp_path / "run.db"
+    folder.mkdir()
+    report = manyhands.run(
+        marking(_fails_behind_the_slow_ones, folder), range(ITEMS), backend="processes",
+        workers=WORKERS, batch_size=1, journal=journal, stop_after_failures=1,
+    )  # fmt: skip
+    ran = started(folder)
+    never = [f for f in report.failures if f.error_type == "manyhands.WorkerCrashed"]
+    assert never, "no batch was sent ahead when the failure came back"
+    assert all(f.message.startswith("not called") and f.attempts == 0 for f in never)
+    assert {f.item for f in never}.isdisjoint(ran)
+    assert report.failed == 1 and report.errors_by_type == {"builtins.ValueError": 1}
+    assert report.not_run == len(never) and report.not_run_causes == {"run stopped": len(never)}
+    assert report.succeeded == len(ran) - 1 and report.ran == len(ran) == report.attempts
+    assert report.total == len(ran) + len(never) and not report.ok
+    them = "it" if len(never) == 1 else "them"
+    stopped = f"the run stopped before calling {them}; with journal=, a resume runs {them}"
+    assert f": {len(never)} not run ({stopped}), {len(ran)} run (" in str(report)
+    assert str(report).endswith("errors by type:\n         1  builtins.ValueError  (e.g. item 6)")
+    with pytest.raises(manyhands.ItemsFailed) as raised:
+        report.raise_for_failures()
+    assert str(raised.value) == (
+        f"1 of {report.total} items failed: builtins.ValueError x1; {len(never)} not run "
+        f"(the run stopped before calling {them})"
+    )
+    with sqlite3.connect(journal) as db:
+        row = db.execute("SELECT succeeded, failed FROM runs").fetchone()
+    db.close()
+    assert row == (len(ran) - 1, 1)
 
 
 def _a_line(line: str) -> str:

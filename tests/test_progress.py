@@ -168,12 +168,14 @@ def test_fields_are_dropped_in_a_fixed_order() -> None:
         "time": "<",
         "percent": "62%",
         "alike": "all failed",
+        "not_run": "not run 40",
         "failed": "failed 12,345",
     }
     live = {
         **LIVE,
         "failing_alike": Failure.from_exception(1, TypeError("x")),
         "slowdown": "rate 180/s",
+        "not_run": 40,
     }
     dropped_before: set[str] = set()
     for width in range(200, 18, -1):
@@ -192,6 +194,12 @@ def test_a_line_without_a_total_or_a_known_width_keeps_everything() -> None:
         "p50 12.3ms · p95 250.0ms"
     )
     assert "{bar}" in progress_line(LIVE, 2_000_000, 5.0, None, None)  # a notebook widget
+
+
+def test_items_never_called_are_shown_apart_from_the_failed_ones() -> None:
+    line = progress_line({**LIVE, "retrying": 0, "not_run": 40}, None, 5.0, None, None)
+    assert "· failed 12,345 · not run 40 · in flight 1,000 ·" in line
+    assert "not run" not in progress_line({**LIVE, "not_run": 0}, None, 5.0, None, None)
 
 
 def test_retrying_counts_the_items_in_their_retries_now(

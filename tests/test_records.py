@@ -41,7 +41,9 @@ def _examples(cls: type) -> list[dict[str, Any]]:
             {"total": 1, "succeeded": 1, "failed": 0, "elapsed": 0.5},
             {"total": 2, "succeeded": 1, "failed": 1, "elapsed": 1.0, "failures": [failure]},
             {"total": 2, "succeeded": 1, "failed": 1, "elapsed": 1.0, "notes": ("a",)},
-        ]
+            {"total": 3, "succeeded": 1, "failed": 1, "elapsed": 1.0, "not_run": 1,
+             "not_run_causes": {"run stopped": 1}},
+        ]  # fmt: skip
     if cls is Choice:
         return [{"backend": "threads", "why": "x"}, {"backend": "processes", "why": "y"}]
     if cls is Retry:
@@ -100,6 +102,8 @@ def test_instances_behave_as_the_dataclass_would(cls: type) -> None:
 
 def test_each_field_is_compared() -> None:
     assert Report(1, 1, 0, 0.5) != Report(1, 1, 0, 0.5, skipped_failed=1)
+    assert Report(2, 1, 0, 0.5, not_run=1) != Report(2, 1, 1, 0.5)
+    assert Report(2, 1, 0, 0.5, not_run_causes={"run stopped": 1}) != Report(2, 1, 0, 0.5)
     assert Options() != Options(changed_items="rerun")
     assert Retry(random=lambda: 0.1) == Retry(random=lambda: 0.9)  # (compare=False)
     assert Latency(p99=1.0) != Latency()
@@ -109,6 +113,7 @@ def test_default_factories_give_each_instance_its_own() -> None:
     one, two = Report(0, 0, 0, 0.0), Report(0, 0, 0, 0.0)
     assert one.failures == [] and one.failures is not two.failures
     assert one.examples is not two.examples and one.errors_by_type is not two.errors_by_type
+    assert one.not_run_causes == {} and one.not_run_causes is not two.not_run_causes
     assert one.latency == Latency()
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 import manyhands
-from manyhands._stats import LatencyHistogram
+from manyhands._outcome import Failure
+from manyhands._stats import LatencyHistogram, RunStatistics
 
 
 def flaky(x: int) -> int:
@@ -202,3 +203,66 @@ def test_the_settled_advice_names_the_signal_it_answers() -> None:
                             settled_workers=20)  # fmt: skip
     assert "settled on rate=9.5, workers=20 (after 1 refusal: pass them next time" in str(both)
     assert "settled" not in str(manyhands.Report(100, 100, 0, 1.0))
+
+
+def _never_called(item: int, error: manyhands.WorkerCrashed | manyhands.Timeout) -> Failure:
+    error.ran = False
+    failure = Failure.from_exception(item, error)
+    failure.attempts = 0  # (as the run settles it: that attempt made no call)
+    return failure
+
+
+def test_items_never_called_are_not_run_not_failed_in_the_report_and_its_text() -> None:
+    """A user reading the Report must not think fn failed once per item the run never called."""
+    stats = RunStatistics(keep_failures=100)
+    stopped = [
+        _never_called(x, manyhands.WorkerCrashed("not called: the run stopped first"))
+        for x in range(10, 13)
+    ]
+    held = _never_called(13, manyhands.Timeout("not started: every worker is held"))
+    crashed = Failure.from_exception(9, manyhands.WorkerCrashed("killed by signal 9"))
+    failures = [*stopped[:1], Failure.from_exception(1, ValueError("bad")), crashed]
+    stats.add_batch(finished=5, calls=3, elapsed=0.3, failures=failures)  # 2 succeeded
+    stats.add_batch(finished=3, calls=0, elapsed=0.0, failures=[*stopped[1:], held])
+    stats.delivered([*failures, stopped[1], held])
+    stats.take_back(0, [stopped[2]], [])  # (one the consumer did not get)
+    report = manyhands.Report.from_statistics(stats, elapsed=2.0)
+
+    assert (report.total, report.succeeded, report.failed, report.not_run) == (7, 2, 2, 3)
+    assert report.not_run_causes == {"run stopped": 2, "workers held": 1}
+    assert report.errors_by_type == {"builtins.ValueError": 1, "manyhands.WorkerCrashed": 1}
+    assert report.examples == {"builtins.ValueError": 1, "manyhands.WorkerCrashed": 9}
+    assert report.ran == 4 and report.attempts == 3 and not report.ok
+    assert stopped[0] in report.failures and held in report.failures  # (nothing is lost)
+    assert str(report).splitlines()[0] == (
+        "7 items in 2.00s: 3 not run (2: the run stopped before calling them, 1: every worker "
+        "was held by a call past its timeout; with journal=, a resume runs them), 4 run "
+        "(2.0/s): 2 succeeded, 2 failed"
+    )
+    with pytest.raises(manyhands.ItemsFailed) as raised:
+        report.raise_for_failures()
+    assert str(raised.value) == (
+        "2 of 7 items failed: builtins.ValueError x1, manyhands.WorkerCrashed x1; 3 not run "
+        "(2: the run stopped before calling them, 1: every worker was held by a call past "
+        "its timeout)"
+    )
+
+    only = manyhands.Report(4, 3, 0, 1.0, not_run=1, not_run_causes={"run stopped": 1})
+    assert not only.ok and str(only).startswith(
+        "4 items in 1.00s: 1 not run (the run stopped before calling it; with journal=, a "
+        "resume runs it), 3 run (3.0/s): 3 succeeded, 0 failed"
+    )
+    with pytest.raises(manyhands.ItemsFailed, match=r"^1 of 4 items not run \(the run stopped"):
+        only.raise_for_failures()
+
+
+def test_failing_alike_is_about_calls_made_not_items_never_called() -> None:
+    stats = RunStatistics(keep_failures=100)
+    first = _never_called(0, manyhands.WorkerCrashed("not called: the run stopped first"))
+    calls = [Failure.from_exception(x, KeyError(x)) for x in range(1, 11)]
+    stats.add_batch(finished=11, calls=10, elapsed=1.0, failures=[first, *calls])
+    stats.delivered([first, *calls])
+    assert stats.failing_alike() is calls[0]
+    report = manyhands.Report.from_statistics(stats, elapsed=1.0)
+    assert report.failing_alike is calls[0] and report.failures[0] is first
+    assert "every item failed with builtins.KeyError" in str(report)

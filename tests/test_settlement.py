@@ -83,3 +83,25 @@ def test_safe_message_never_raises_and_is_cut() -> None:
     assert safe_message(Unprintable()).startswith("<unprintable ")
     assert safe_message(ValueError("x" * 300), 100) == "x" * 97 + "..."
     assert safe_message(ValueError("short"), 100) == "short"
+
+
+def test_a_retry_never_made_ends_with_its_last_failure_not_as_not_run() -> None:
+    """The item was called (and failed): a retry no worker began (the run stopped) ends it
+    with that failure, as a retry given up while it waited does; it is no item not run."""
+    settlement = _settlement_of(retry=manyhands.Retry(retries=2, on=(OSError,)))
+    stats = settlement._statistics
+    first = Failure.from_exception("a", OSError("reset"))
+    retry = Batch(-1, ["a"], Task(str, lambda batch: None), attempt=2)
+    retry.last_failure = first
+    stats.retried = stats.retrying = 1  # (as when the retry was scheduled)
+    not_called = manyhands.WorkerCrashed("not called: the run stopped first")
+    not_called.ran = False
+    retry.values, retry.errors = [None], {0: not_called}
+    retried, final, uncalled = settlement.settle(retry)
+    assert (retried, final, uncalled) == (set(), [first], 1)
+    assert retry.failures == {0: first} and first.attempts == 1
+    assert retry.attempt == 1 and stats.retried == 0  # (never tried more than once after all)
+    stats.add_batch(1, 0, 0.0, final)
+    assert (stats.failed, stats.not_run, dict(stats.errors_by_type)) == (
+        1, 0, {"builtins.OSError": 1}
+    )  # fmt: skip

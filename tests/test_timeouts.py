@@ -57,8 +57,12 @@ def test_report_counts_abandoned_threads_and_says_so(backend: str) -> None:
     assert "abandoned: 1 thread left to calls still running past timeout=" in str(report)
 
 
-def test_when_every_worker_is_held_the_items_left_fail_at_once(backend: str) -> None:
-    """A run never hangs on calls that never return, and the thread count stays bounded."""
+def test_when_every_worker_is_held_the_items_left_end_at_once_not_run(backend: str) -> None:
+    """A run never hangs on calls that never return, and the thread count stays bounded.
+
+    The items no worker could start are delivered at once, and counted as not run
+    (their function never ran), not as failed.
+    """
     release = threading.Event()
     released: list[bool] = []
     fn = hanging_on(set(range(8)), release, [])
@@ -72,9 +76,15 @@ def test_when_every_worker_is_held_the_items_left_fail_at_once(backend: str) -> 
         release.set()
     # Two workers: the first two hung calls are abandoned and replaced, the next two hold
     # their workers (the cap: one abandoned thread per worker), and the four items left
-    # cannot start: they fail at once, without a call, instead of waiting for a hung one.
+    # cannot start: they end at once, without a call, instead of waiting for a hung one.
     assert ended_on_its_own, "the run waited for hung calls to return"
-    assert report.failed == 8 and report.errors_by_type == {"manyhands.Timeout": 8}
+    assert report.failed == 4 and report.errors_by_type == {"manyhands.Timeout": 4}
+    assert report.not_run == 4 and report.not_run_causes == {"workers held": 4}
+    assert report.total == 8 and report.ran == 4 and report.attempts == 4 and not report.ok
+    headline = str(report).splitlines()[0]
+    held = "every worker was held by a call past its timeout; with journal=, a resume runs them"
+    assert f": 4 not run ({held}), 4 run (" in headline
+    assert headline.startswith("8 items in ") and headline.endswith("0 succeeded, 4 failed")
     ran = [f for f in report.failures if f.attempts == 1]
     unstarted = [f for f in report.failures if f.attempts == 0]
     assert len(ran) == 4 and len(unstarted) == 4
@@ -86,6 +96,21 @@ def test_when_every_worker_is_held_the_items_left_fail_at_once(backend: str) -> 
         assert isinstance(failure.exception, manyhands.Timeout) and not failure.exception.ran
     assert report.abandoned == 4  # the two held threads were left too when the run ended
     assert any(note.startswith("4 items never started") for note in report.notes)
+
+
+def test_items_no_worker_could_start_count_toward_no_stop_rule(backend: str) -> None:
+    """Only calls that failed count toward ``stop_after_failures``: the four items never
+    started (as above) are no failure of fn, and the four calls timed out stay under 5."""
+    release = threading.Event()
+    fn = hanging_on(set(range(8)), release, [])
+    try:
+        report = manyhands.run(
+            fn, range(8), backend=backend, workers=2, timeout=0.05, stop_after_failures=5
+        )
+    finally:
+        release.set()
+    assert report.failed == 4 and report.not_run == 4
+    assert report.stopped is None
 
 
 def test_a_held_worker_is_replaced_once_an_abandoned_thread_returns() -> None:

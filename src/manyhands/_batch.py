@@ -57,11 +57,19 @@ class Task:
         early: the run takes a batch's finished items before its last one
             (delivered as completed): a backend that runs a batch's items at
             once (asyncio) may send them back in pieces (``Batch.piece``).
+        expecting: the run has more work to queue (a Pool's run on threads or
+            processes, its input not read to the end).
+        passed_over: how many times a worker took work of a lower priority
+            while this ``expecting`` run had none queued (counted by the
+            lanes; the run then queues that much more ahead).
         leaving: if set, told of each piece of work a worker takes from the
             pool's lanes, as the backend queued it (a Batch, or for processes a
             ``(Batch, indices)`` pair), under the lanes' lock; False drops it
             (never run, never reported). The Executor face's Futures on
             processes run from then on, or are cancelled before.
+        withdrawable: its batches may be taken back one by one until a worker
+            begins one (the Executor face's ``cancel()`` on Dask: a backend's
+            optional ``withdraw``); a Dask task of it checks in before its first call.
     """
 
     __slots__ = (
@@ -70,16 +78,19 @@ class Task:
         "cost",
         "done",
         "early",
+        "expecting",
         "fn",
         "key",
         "leaving",
         "measure",
+        "passed_over",
         "priority",
         "served",
         "stops",
         "timed",
         "timeout",
         "waiting",
+        "withdrawable",
     )
 
     def __init__(
@@ -107,7 +118,10 @@ class Task:
         self.measure = False  # the workers time each batch's CPU too (backend="auto")
         self.early = early  # finished items may come back before their batch's last
         self.leaving: Callable[[object], bool] | None = None
+        self.expecting = False  # (see the docstring; set and cleared by the run)
+        self.passed_over = 0  # (counted by the lanes, under their lock)
         self.stops = False  # a stop rule watches the failures (Dask: first batches in parts)
+        self.withdrawable = False
 
 
 class Batch:

@@ -9,7 +9,7 @@ Every exception of manyhands' own derives from one root::
      ├── WorkerInitError   the worker initializer failed: the run did not start
      ├── JournalError      the journal cannot be used (in use, corrupt, unwritable,
      │                     an item without a key, an edited item)
-     ├── ItemsFailed       Report.raise_for_failures(): some items failed
+     ├── ItemsFailed       Report.raise_for_failures(): some items failed (or were not run)
      └── RetryAfter        raised by your function: "try this item again later"
                            (defined with the retry policy, in ``_retry.py``)
 
@@ -94,7 +94,8 @@ class Timeout(ManyhandsError, TimeoutError):
             worker was held by a call past its timeout that had not returned,
             and no more thread could be abandoned (at most one per worker), as
             the message says. Such an item is not retried, and that attempt
-            made no call (it is not counted in ``attempts``).
+            made no call (it is not counted in ``attempts``); the Report counts
+            it in ``not_run``, not in ``failed``.
     """
 
     ran = True
@@ -107,10 +108,12 @@ class WorkerCrashed(ManyhandsError):
     in the message. Never raised by ``run`` or ``map``.
 
     Attributes:
-        ran: ``False`` when the item never reached a worker: the process
-            backend had stopped (no worker was left, or none could be
-            started), as the message says. Such an item is not retried, and
-            that attempt made no call (it is not counted in ``attempts``).
+        ran: ``False`` when the item was never called, as the message says:
+            the run stopped before a worker process (or a Dask task) began it
+            ("not called: ..."), or the process backend had stopped (no
+            worker was left, or none could be started). Such an item is not
+            retried, and that attempt made no call (it is not counted in
+            ``attempts``); the Report counts it in ``not_run``, not in ``failed``.
     """
 
     ran = True
@@ -121,11 +124,18 @@ class WorkerInitError(ManyhandsError):
 
     Attributes:
         traceback: the formatted traceback from the worker process.
+        run_status: how a journal records the run's end: ``"failed to
+            start: "`` and the first line of the message.
     """
 
     def __init__(self, message: str, traceback: str = "") -> None:
         super().__init__(message)
         self.traceback = traceback
+
+    @property
+    def run_status(self) -> str:
+        """How a journal records the run this error ended (see the class docstring)."""
+        return ended_by("failed to start", self)
 
 
 class JournalError(ManyhandsError):
@@ -156,7 +166,7 @@ class JournalWarning(UserWarning):
 
 
 class ItemsFailed(ManyhandsError):
-    """Raised by :meth:`Report.raise_for_failures` when any item failed.
+    """Raised by :meth:`Report.raise_for_failures` when any item failed or was not run.
 
     Attributes:
         report: the whole Report.
@@ -164,10 +174,45 @@ class ItemsFailed(ManyhandsError):
     """
 
     def __init__(self, report: Report):
+        from ._report_text import not_run_why
+
         self.report = report
         self.failures: list[Failure] = list(report.failures)
-        kinds = ", ".join(f"{name} x{count}" for name, count in report.errors_by_type.items())
-        super().__init__(f"{report.failed} of {report.total} items failed: {kinds}")
+        said = []
+        if report.failed:
+            kinds = ", ".join(f"{name} x{count}" for name, count in report.errors_by_type.items())
+            said.append(f"{report.failed} of {report.total} items failed: {kinds}")
+        if report.not_run:
+            of = "" if said else f" of {report.total} items"
+            why = not_run_why(report.not_run_causes, report.not_run)
+            said.append(f"{report.not_run}{of} not run ({why})")
+        super().__init__("; ".join(said))
+
+
+#: Characters of an error's first line that a journal's row of a run keeps.
+_REASON_LIMIT = 200
+
+
+def ended_by(how: str, error: BaseException) -> str:
+    """How a run ended, as its row in a journal says: ``how``, and the first line of ``error``.
+
+    An error of manyhands' own says what happened; any other is named by its type too.
+
+    >>> ended_by("input error", ValueError("line 3 is not JSON\\nat column 7"))
+    'input error: ValueError: line 3 is not JSON'
+    >>> ended_by("failed to start", WorkerInitError("no worker process could be started"))
+    'failed to start: no worker process could be started'
+    """
+    try:
+        lines = str(error).strip().splitlines()
+    except Exception:  # (a broken __str__: its type says what it can)
+        lines = []
+    why = lines[0] if lines else ""
+    if not isinstance(error, ManyhandsError):
+        why = f"{type(error).__qualname__}: {why}" if why else type(error).__qualname__
+    if len(why) > _REASON_LIMIT:
+        why = why[: _REASON_LIMIT - 3] + "..."
+    return f"{how}: {why}"
 
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep

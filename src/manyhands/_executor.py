@@ -22,6 +22,13 @@ on a call not started yet take it back and run it there; either way each
 call runs once (its Future is claimed once, see ``_claim``). On asyncio,
 blocking on such a Future from the pool's event loop is refused: the loop
 would wait for itself.
+
+On Dask a call is a task on the cluster from its submit, and nothing in this
+process sees it begin: its Future is pending until it settles, and
+``cancel()`` asks the workers (``DaskBackend.withdraw``, one round trip for
+all the calls ``shutdown(cancel_futures=True)`` cancels). A call no worker
+began is taken back and never made (True); one a worker began is running from
+then on (False), as the stdlib's are.
 """
 
 from __future__ import annotations
@@ -134,6 +141,17 @@ class PoolFuture(Future[R]):
         self.calls.before_wait(self, timeout)
         return super().exception(timeout)
 
+    def cancel(self) -> bool:
+        """Cancel the call unless a worker began it; True if it is cancelled (never made).
+
+        On Dask, the cluster's workers are asked first (a round trip): a call
+        a worker began is running from then on, and this returns False.
+        """
+        if self.calls.withdraws:
+            self.calls.withdraw([self])
+            return self.cancelled()
+        return super().cancel()
+
 
 class PoolExecutor(Executor):
     """``concurrent.futures.Executor`` over a Pool's workers at one priority.
@@ -201,11 +219,15 @@ class PoolCalls:
         self._task = Task(call, self._settle, priority=priority, timed=True)
         if type(backend).__name__ == "ProcessBackend":  # (threads, asyncio: the call checks)
             self._task.leaving = self._leaving  # (Dask: a Future is pending until settled)
-        # (Dask: a call is a task on the cluster from its submit, which nothing checks
-        # before it runs: a cancelled one's task is cancelled there, by its batch.)
-        self._sent: dict[int, Batch] | None = (
-            {} if type(backend).__name__ == "DaskBackend" else None
+        # (Dask: a call is a task on the cluster from its submit, begun out of sight: a
+        # Future is cancelled only once the workers said none began it, see withdraw.)
+        self._withdraw: Callable[[list[Batch]], list[Batch]] | None = getattr(
+            backend, "withdraw", None
         )
+        self.withdraws = self._withdraw is not None
+        self._task.withdrawable = self.withdraws
+        self._sent: dict[int, Batch] = {}  # (Dask) the batch of each call not settled, by key
+        self._withdrawing = threading.RLock()  # (Dask) held by a withdraw, see there
         self._lock = threading.Lock()
         self._futures: dict[int, PoolFuture[Any]] = {}  # submitted and not settled, by key
         self._idle = threading.Condition(self._lock)
@@ -243,6 +265,8 @@ class PoolCalls:
             # it could wait forever for workers that all wait for calls like it.)
             self._run_here(future)
             return future
+        item: Any = (key, call) if self._processes else (key, future)
+        batch = Batch(-1, [item], self._task)
         with self._lock:
             if self._exited:
                 raise RuntimeError("cannot schedule new futures after interpreter shutdown")
@@ -250,7 +274,8 @@ class PoolCalls:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             self._futures[key] = future
             owner._keys.add(key)
-        item: Any = (key, call) if self._processes else (key, future)
+            if self.withdraws:
+                self._sent[key] = batch
         if self._async and self._backend.inside():
             # From the pool's own loop (a call of the pool's, say, that awaits it): a
             # task of its own, as a nested run is, not a worker's place it could wait
@@ -259,10 +284,6 @@ class PoolCalls:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
             return future
-        batch = Batch(-1, [item], self._task)
-        if self._sent is not None:
-            with self._lock:
-                self._sent[key] = batch
         try:
             self._backend.submit(batch)
         except BaseException:
@@ -274,8 +295,7 @@ class PoolCalls:
         """The Future of ``key`` is settled (or never will be): nobody waits for it now."""
         with self._lock:
             future = self._futures.pop(key, None)
-            if self._sent is not None:
-                self._sent.pop(key, None)
+            self._sent.pop(key, None)
             if future is not None:
                 keys = future.owner._keys
                 keys.discard(key)
@@ -293,7 +313,9 @@ class PoolCalls:
             if future.claimed:
                 return None
             future.claimed = True
-        return future.set_running_or_notify_cancel()
+            # (Under the lock: on Dask the one that finds it claimed settles it, only
+            # once it runs. This runs no callback: a cancelled one's ran at cancel().)
+            return future.set_running_or_notify_cancel()
 
     def before_wait(self, future: PoolFuture[Any], timeout: float | None) -> None:
         """A wait on ``future`` begins: from one of the pool's own workers it must not hang."""
@@ -365,6 +387,9 @@ class PoolCalls:
         future = self._forget(batch.items[0][0])
         if future is None or future.done():
             return
+        if self.withdraws and self._claim(future) is False:
+            return  # (Dask: never so, as a cancelled call's batch was taken back; None:
+            # a cancel found it begun and claimed it, running)
         error = batch.errors.get(0) if batch.errors else None
         if error is not None:  # the call could not even be made (or not sent back)
             if isinstance(error, Failure) and error.exception is not None:
@@ -379,7 +404,7 @@ class PoolCalls:
             return
         if self._processes:
             if not future.running() and not future.set_running_or_notify_cancel():
-                return  # (Dask: cancelled while its task was out; what it gave is dropped)
+                return  # (cancelled meanwhile)
             try:
                 outcome = unpickled_outcome(outcome)
             except Exception as exc:  # e.g. of a class this process cannot import
@@ -419,8 +444,14 @@ class PoolCalls:
         """Cancel every call not started; those no worker will take are settled here.
 
         The others (on their way to a worker) are settled by the worker, or
-        by ``_leaving``, which find them cancelled.
+        by ``_leaving``, which find them cancelled. On Dask, those no worker
+        began are taken back (``withdraw``).
         """
+        if self.withdraws:
+            with self._lock:
+                pending = list(self._futures.values())
+            self.withdraw(pending)
+            return
         again = []
         for batch in self._backend.cancel(self._task):  # taken back: no worker will see them
             key = batch.items[0][0]
@@ -472,18 +503,49 @@ class PoolCalls:
         """Cancel the calls of ``owner`` no worker began (those of other executors go on).
 
         Their batches stay queued: the worker (or ``_leaving``) that takes one
-        finds it claimed, and skips it. On Dask, where nothing checks a call
-        before it runs, the cancelled calls' tasks are cancelled on the cluster
-        (each its own batch: the other executors' calls go on).
+        finds it claimed, and skips it. On Dask, those no worker began are
+        taken back (``withdraw``: each its own batch, the other executors'
+        calls go on).
         """
         with self._lock:
             pending = [self._futures[key] for key in owner._keys if key in self._futures]
+        if self.withdraws:
+            self.withdraw(pending)
+            return
         for future in pending:
             if future.cancel() and self._claim(future) is not None:
-                batch = self._sent.get(future.key) if self._sent is not None else None
                 self._forget(future.key)  # (None: a worker claimed it first, and forgets it)
-                if batch is not None:
-                    self._backend.expire(batch)
+
+    def withdraw(self, futures: list[PoolFuture[Any]]) -> None:
+        """(Dask) Cancel those of ``futures`` whose calls no worker began; the others run on.
+
+        The cluster is asked once for all of them (``DaskBackend.withdraw``):
+        a call taken back is never made, and its Future is cancelled; one a
+        worker began (or that came back meanwhile) is running from now on, and
+        settles with what it gives. One at a time (a cancel in a done
+        callback of the Futures it cancels comes in): two never decide a call apart.
+        """
+        assert self._withdraw is not None
+        with self._withdrawing:
+            with self._lock:
+                sent = [
+                    (future, self._sent[future.key])
+                    for future in futures
+                    if not future.claimed and future.key in self._sent
+                ]
+            batches = [batch for _, batch in sent]
+            taken = {id(batch) for batch in self._withdraw(batches)} if sent else set()
+            cancelled = [future for future, batch in sent if id(batch) in taken]
+            with self._lock:
+                for future in cancelled:
+                    future.claimed = True  # (before any callback runs: see below)
+            for future in futures:
+                if not future.claimed:
+                    self._claim(future)  # begun: running from now on
+            for future in cancelled:  # (their callbacks may cancel others: claimed, these
+                Future.cancel(future)  # are left alone by a withdraw there)
+                future.set_running_or_notify_cancel()
+                self._forget(future.key)
 
     def check_not_inside(self, owner: PoolExecutor | None) -> None:
         """Refuse a waiting shutdown (of ``owner``, or None: every call) that could never end."""

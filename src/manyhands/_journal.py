@@ -93,6 +93,7 @@ from ._journal_file import (
 )
 from ._journal_rows import FAILED, Unrecordable, failed_row, room_for
 from ._journal_writer import ALL_RECORDED, Group, Writer
+from ._key_check import KeyCheck, key_changed, key_identity
 from ._keys import (
     MAX_KEY_TEXT,
     KeyTypeError,
@@ -190,6 +191,9 @@ class Journal:
         self.run_id = 0  # (known once the journal is open: see _opened)
         self._limit = LENGTH_LIMIT  # bytes in a row (SQLite's; read as the journal opens)
         self._unrecordable = Unrecordable()  # keys too long to record
+        # With a key= other than the journal's: whether it changed the keys, told by
+        # the first items read (see _key_check).
+        self._key_check: KeyCheck | None = None
         self._start(fn, options or {}, durability, done_sql)
         self._source: Iterator[Any] | None = None
         self._buffer: deque[tuple[Any, str, str | None]] = deque()
@@ -327,7 +331,7 @@ class Journal:
         self, db: sqlite3.Connection, fn: Callable[..., Any], options: dict[str, Any]
     ) -> int:
         name, digest = function_name(fn), code_hash(fn)
-        key_name, key_digest = _key_identity(self._key)
+        key_name, key_digest = key_identity(self._key)
         meta = {field: from_db(value) for field, value in db.execute("SELECT * FROM meta")}
         has_items: bool | None = None  # (looked up once, if a warning may be due)
         if meta.get("fn") is not None and (meta.get("fn"), meta.get("code_hash")) != (
@@ -353,8 +357,10 @@ class Journal:
         ):
             if has_items is None:
                 has_items = db.execute("SELECT 1 FROM items LIMIT 1").fetchone() is not None
-            if has_items:
-                warnings.warn(_key_changed(self.path, meta, key_name), stacklevel=user_stacklevel())
+            if has_items:  # (the warning waits for the first items: same keys need none)
+                before = meta.get("key") or ""
+                warning = key_changed(self.path, before, key_name)
+                self._key_check = KeyCheck(warning, default_before=not before)
         with db:
             db.executemany(
                 "INSERT OR REPLACE INTO meta VALUES (?, ?)",
@@ -690,6 +696,8 @@ class Journal:
                     break
                 keys.append(key)
         self.pulled += len(keys)
+        if self._key_check is not None:
+            self._check_keys(block, keys, prints)
         self._lookup(keys)
         if (
             keys
@@ -703,6 +711,19 @@ class Journal:
         fingerprints = prints if keyfn is not None else repeat(None)
         self._buffer.extend(zip(block, keys, fingerprints, strict=False))  # (repeat: endless)
         return bool(self._buffer)
+
+    def _check_keys(self, items: list[Any], keys: list[str], prints: list[str | None]) -> None:
+        """Note the keys of the first items read; once there are enough, or the input
+        ended, warn if they show that the changed key= changed the keys."""
+        assert self._key_check is not None
+        self._key_check.add(items, keys, prints)
+        if self._key_check.full or self._ended:
+            self._settle_key_check()
+
+    def _settle_key_check(self) -> None:
+        check, self._key_check = self._key_check, None
+        if check is not None and check.changed(self._opened(), self.run_id):
+            warnings.warn(check.warning, stacklevel=user_stacklevel())
 
     def _held(self, keys: list[str]) -> Sequence[Memo]:
         """The keys as the sets in memory hold them (default keys are short: as they are)."""
@@ -901,6 +922,9 @@ class Journal:
         """Commit what is recorded, note how the run ended, release the lock; idempotent."""
         if self.closed:
             return
+        if self._key_check is not None and self._reader is not None:  # (fewer items read)
+            with contextlib.suppress(sqlite3.Error):
+                self._settle_key_check()
         self.closed = True
         try:
             self._writer.close()  # (the connection is this thread's again)
@@ -968,39 +992,6 @@ def _first(position: int, print_: str) -> int:
     for a plain duplicate.
     """
     return position << 64 | (hash(print_) & _PRINT)
-
-
-def _key_identity(keyfn: Callable[[Any], Any] | None) -> tuple[str, str]:
-    """What tells one ``key=`` from another: its qualified name and a hash of its code.
-
-    ("", "") without key= (default keys). A callable with no Python code
-    (``operator.itemgetter("id")``) is told by its repr, which names its fields.
-    A key function may say what it is by a ``journal_identity`` attribute (the
-    command's ``--key FIELD``: one function for every field).
-    """
-    if keyfn is None:
-        return "", ""
-    told = getattr(keyfn, "journal_identity", None)  # (the command's --key: its FIELD)
-    if isinstance(told, tuple) and len(told) == 2 and all(isinstance(t, str) for t in told):
-        return told
-    digest = code_hash(keyfn, state=True)
-    if digest is None and type(keyfn).__module__ == "operator":
-        digest = safe_repr(keyfn, 200)
-    return function_name(keyfn), digest or ""
-
-
-def _key_changed(path: object, meta: dict[str, Any], key_name: str) -> JournalWarning:
-    def named(name: str) -> str:
-        return f"key={name}" if name else "no key= (default keys)"
-
-    before = meta.get("key") or ""
-    same = " (same name, changed code or captured values)" if before == key_name else ""
-    return JournalWarning(
-        f"journal {path} was written with {named(before)} and this run has "
-        f"{named(key_name)}{same}: where the keys differ, the items recorded are not "
-        "found, so they run again. Pass the same key= to resume, or use another journal= "
-        "to start afresh."
-    )
 
 
 def _described(value: object) -> str:

@@ -10,6 +10,10 @@ worker that comes free takes the head of one lane:
   each get half of the workers, not the same number of items; a run that
   arrives starts level with the least-served run of its priority, so it gets
   its share from then on and no catch-up burst;
+- a run that ``expects`` more work (its input has more) and whose lane was
+  empty when a worker took lower-priority work is told so
+  (``Task.passed_over``): it queues that much more ahead of its running
+  calls, so that its lane stops running dry (see ``_run.Run._outrank``);
 - a lane that has waited ``STARVATION`` seconds with work queued goes next,
   whatever its priority: a low-priority run is slowed down by busier lanes,
   never stopped (it gets at least one batch every ``STARVATION`` seconds).
@@ -56,12 +60,25 @@ class Lanes(Generic[T]):
     ) -> None:
         self._lock = threading.Lock()
         self._queues: dict[Task, deque[T]] = {}  # only lanes with work queued
+        self._expecting: set[Task] = set()  # tasks that had work queued, and expect more
         self._size = size  # items in a piece of work, charged when it is taken
         self._clock = clock
 
     def __len__(self) -> int:
         """How many tasks have work queued."""
         return len(self._queues)
+
+    def waiting_below(self, priority: int) -> bool:
+        """Whether a lane of lower priority than ``priority`` has work queued.
+
+        >>> lanes: Lanes[str] = Lanes()
+        >>> lanes.put("bulk", Task(abs, print))
+        True
+        >>> lanes.waiting_below(5), lanes.waiting_below(0)
+        (True, False)
+        """
+        with self._lock:
+            return any(task.priority < priority for task in self._queues)
 
     def put(self, work: T, task: Task, *, front: bool = False) -> bool:
         """Queue ``work`` in ``task``'s lane (at its head with ``front``: work given back).
@@ -81,6 +98,8 @@ class Lanes(Generic[T]):
                 queue.appendleft(work)
             else:
                 queue.append(work)
+            if task.expecting:
+                self._expecting.add(task)
             return empty
 
     def take(self, above: int | None = None) -> T | None:
@@ -99,9 +118,19 @@ class Lanes(Generic[T]):
                 work = queue.popleft()
                 if not queue:
                     del self._queues[task]
+                if self._expecting:
+                    self._pass_over(task)
                 if task.leaving is None or task.leaving(work):  # (else: dropped)
                     task.served += self._size(work) * (task.cost or DEFAULT_COST)
                     return work
+
+    def _pass_over(self, taken: Task) -> None:
+        """Tell the runs that expect more work and have none queued that ``taken``'s went first."""
+        for task in list(self._expecting):
+            if not task.expecting:
+                self._expecting.discard(task)
+            elif task.priority > taken.priority and task not in self._queues:
+                task.passed_over += 1
 
     def peek(self) -> tuple[Task, T] | None:
         """The task served next and the head of its lane, left in place."""

@@ -305,11 +305,12 @@ class Options(Record):
         """
         defaults = Options()
         secret = ("initializer", "initargs")
-        return {
+        found = {
             f.name: "set" if f.name in secret else _plain(getattr(self, f.name))
             for f in fields(self)
             if getattr(self, f.name) != getattr(defaults, f.name)
         }
+        return {name: value for name, value in found.items() if value is not None}
 
     @property
     def retry_policy(self) -> Retry | None:
@@ -330,6 +331,10 @@ class Options(Record):
 def _plain(value: object) -> object:
     """An option's value as plain data, without what a repr or a closure could reveal.
 
+    A callable that says how a journal should name it (a ``journal_label``:
+    the command's ``--key id``, as the user wrote it) is named so, and one
+    whose label is empty (the command's default keys) is not recorded (None).
+
     >>> _plain((ValueError, "x", 2)), _plain(len)
     (['builtins.ValueError', 'x', 2], 'builtins.len')
     """
@@ -344,6 +349,9 @@ def _plain(value: object) -> object:
     if is_dataclass(value):
         return {f.name: _plain(getattr(value, f.name)) for f in fields(value) if f.repr}
     if callable(value):
+        label = getattr(value, "journal_label", None)
+        if isinstance(label, str):
+            return label or None
         from ._keys import function_name
 
         return function_name(value)

@@ -213,6 +213,10 @@ class Pool:
         ``priority``: higher runs first (default 0). The options are those of
         :func:`manyhands.run` but the pool's own (``workers``, ``backend``,
         ``start_method``, ``initializer``, ``initargs``).
+
+        Raises:
+            RuntimeError: once the pool is shut down, or the interpreter's exit
+                began (a thread still running after the main thread ended).
         """
         run = self._open("pool.run", fn, items, options, priority, report_only=True)
         return run_to_end(run)
@@ -230,6 +234,9 @@ class Pool:
 
         Leaving the ``with`` block of the pool (or ``pool.shutdown()``) from
         the thread that reads it, before its end, stops it as a ``break`` would.
+
+        Raises:
+            RuntimeError: as :meth:`run`.
         """
         outcomes: Outcomes[T, R] = Outcomes(self._open("pool.map", fn, items, options, priority))
         self._readers.add(reader_of(outcomes))
@@ -397,11 +404,19 @@ class Pool:
         A run started from one of the pool's own workers cannot wait for the
         pool's workers (they may all be waiting the same way): on threads it
         runs inline in that worker; on asyncio, as tasks of its own on the
-        pool's loop.
+        pool's loop. Any other run is refused once the interpreter's exit
+        began, as a call submitted then is: the workers stop with it.
         """
         with self._state:
             self._check_open()
         if not self._backend.inside():
+            if _Exit.exiting:
+                raise RuntimeError(
+                    "cannot start a run on a manyhands.Pool after interpreter shutdown "
+                    "began (the main thread has ended): the pool's workers stop as it "
+                    "exits. Start the run before the main thread returns, or join the "
+                    "thread that starts it there"
+                )
             return self._backend, False
         if self._name == "async":
             return create_backend("async", self._workers, own_loop=not on_loop), True

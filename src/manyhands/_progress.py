@@ -29,7 +29,7 @@ class Source(Protocol):
 
     @property
     def live(self) -> dict[str, Any]:
-        """done, failed, retrying, in_flight, p50, p95 (seconds), and failing_alike
+        """done, failed, not_run, retrying, in_flight, p50, p95 (seconds), and failing_alike
         (the first Failure while every item failed with its error type, else None)."""
 
 
@@ -142,11 +142,14 @@ DROP_ORDER = (
     "time",
     "percent",
     "alike",
+    "not_run",
     "failed",
 )
 MIN_BAR = 10
 _BAR = "\x00"  # where the bar goes, until the text is escaped for tqdm's format
-_TAIL = ("time", "rate", "failed", "retrying", "in_flight", "slowdown", "alike", "p50", "p95")
+_TAIL = (
+    "time", "rate", "failed", "not_run", "retrying", "in_flight", "slowdown", "alike", "p50", "p95"
+)  # fmt: skip
 
 
 def progress_line(
@@ -197,6 +200,8 @@ def _fields(
     if rate is not None:
         fields["rate"] = f"{rate:,.1f} items/s"
     fields["failed"] = f"failed {live['failed']:,}"
+    if live.get("not_run"):  # (items never called: not failures of fn)
+        fields["not_run"] = f"not run {live['not_run']:,}"
     if live["retrying"]:
         fields["retrying"] = f"retrying {live['retrying']:,}"
     fields["in_flight"] = f"in flight {live['in_flight']:,}"

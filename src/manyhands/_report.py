@@ -8,8 +8,8 @@ from typing import Any
 from ._exceptions import ItemsFailed
 from ._outcome import Failure, safe_repr
 from ._records import FACTORY, Record
-from ._retry import is_programming_error
-from ._stats import ALIKE_AFTER, RunStatistics
+from ._report_text import abandoned_text, alike_text, duration, not_run_why, plural
+from ._stats import ALIKE_AFTER, RunStatistics, not_run_cause
 
 __all__ = ["Latency", "Report"]
 
@@ -45,18 +45,20 @@ class Report(Record):
     ``errors_by_type`` count all of them. Every failure, without limit, is
     in the stream of Outcomes that :func:`manyhands.map` yields.
 
+    An item the run never called (``not_run``) is delivered with a Failure
+    too, whose error says why (``WorkerCrashed`` or ``Timeout`` with ``ran``
+    False), but it is not counted as failed: its function never ran.
+
     Attributes:
-        total: items that got an outcome (skipped and duplicates included).
+        total: items that got an outcome (skipped, duplicates and not run included).
         succeeded: items whose call returned.
-        failed: items whose call raised (for good: after their retries), and
-            items a stopped backend never called (``WorkerCrashed`` or
-            ``Timeout`` with ``ran`` False: a stop rule on processes or Dask, threads all
-            held past ``timeout=``, worker processes lost): not retried, not
-            recorded in a journal, so a resume runs them.
+        failed: items whose call raised (for good: after their retries).
         elapsed: wall time of the run, in seconds.
-        failures: Failure details of the first ``keep_failures`` failures, in the
-            order they were delivered (input order with ``ordered=True``).
-        errors_by_type: failed items per error type, most frequent first.
+        failures: Failure details of the first ``keep_failures`` items that
+            failed or were not run, in the order they were delivered (input
+            order with ``ordered=True``).
+        errors_by_type: failed items per error type, most frequent first (not
+            the items not run).
         examples: one failed item per error type.
         latency: per-call latency; items run in a batch each count as the
             batch's mean.
@@ -85,7 +87,8 @@ class Report(Record):
             batch, and a worker may finish a few batches before the run reads
             their outcomes) were let finish, and items waiting for a retry
             ended with their last failure, so ``failed`` may be more than the
-            rule's limit.
+            rule's limit. (On processes and Dask, the items handed out that no
+            worker had begun are not called: they count in ``not_run``.)
         skipped: items not run because the journal has their final outcome.
         skipped_failed: of ``skipped``, those recorded as failed
             (``retry_failed=True`` runs them again).
@@ -102,6 +105,14 @@ class Report(Record):
         notes: one-line facts about how the run went that a user should know,
             e.g. that it ran on fewer workers than asked because the system's
             limit on threads was reached.
+        not_run: items delivered without their call ever being made (their
+            error's ``ran`` is False): not retried, no attempt counted, not
+            recorded in a journal, so a resume runs them.
+        not_run_causes: ``not_run`` by why: ``"run stopped"`` (a stop rule,
+            Ctrl-C, an exception or ``break`` stopped the run before a worker
+            process or a Dask task began them), ``"workers held"`` (on
+            threads, every worker was held by a call past ``timeout=``), or
+            ``"backend stopped"`` (the process backend could not go on).
     """
 
     total: int
@@ -126,6 +137,8 @@ class Report(Record):
     backend: str = "threads"
     notes: tuple[str, ...] = ()
     skipped_failed: int = 0
+    not_run: int = 0
+    not_run_causes: dict[str, int] = field(default_factory=dict)
 
     def __init__(
         self,
@@ -151,6 +164,8 @@ class Report(Record):
         backend: str = "threads",
         notes: tuple[str, ...] = (),
         skipped_failed: int = 0,
+        not_run: int = 0,
+        not_run_causes: dict[str, int] = FACTORY,
     ) -> None:
         _set(self, "total", total)
         _set(self, "succeeded", succeeded)
@@ -174,6 +189,8 @@ class Report(Record):
         _set(self, "backend", backend)
         _set(self, "notes", notes)
         _set(self, "skipped_failed", skipped_failed)
+        _set(self, "not_run", not_run)
+        _set(self, "not_run_causes", {} if not_run_causes is FACTORY else not_run_causes)
 
     @classmethod
     def from_statistics(cls, stats: RunStatistics, elapsed: float) -> Report:
@@ -204,16 +221,18 @@ class Report(Record):
             backend=stats.backend,
             notes=tuple(stats.notes),
             skipped_failed=stats.skipped_failed,
+            not_run=stats.not_run,
+            not_run_causes=dict(stats.not_run_causes.most_common()),
         )
 
     @property
     def ok(self) -> bool:
-        """True when no item failed."""
-        return self.failed == 0
+        """True when no item failed and none was left not run."""
+        return self.failed == 0 and self.not_run == 0
 
     @property
     def ran(self) -> int:
-        """Items that ran in this run: ``succeeded + failed`` (not the skipped ones)."""
+        """Items called in this run: ``succeeded + failed`` (not the skipped nor the not run)."""
         return self.succeeded + self.failed
 
     @property
@@ -230,27 +249,32 @@ class Report(Record):
         """
         if self.succeeded or self.failed < ALIKE_AFTER or len(self.errors_by_type) != 1:
             return None
-        return self.failures[0] if self.failures else None
+        return next((f for f in self.failures if not_run_cause(f) is None), None)
 
     def raise_for_failures(self) -> None:
-        """Raise :class:`manyhands.ItemsFailed` if any item failed; else do nothing.
+        """Raise :class:`manyhands.ItemsFailed` if any item failed or was not run; else
+        do nothing.
 
         >>> Report(total=2, succeeded=2, failed=0, elapsed=1.0).raise_for_failures()
+        >>> Report(3, 2, 0, 1.0, not_run=1, not_run_causes={"run stopped": 1}).raise_for_failures()
+        Traceback (most recent call last):
+        ...
+        manyhands.ItemsFailed: 1 of 3 items not run (the run stopped before calling it)
         """
-        if self.failed:
+        if self.failed or self.not_run:
             raise ItemsFailed(self)
 
     def __str__(self) -> str:
         lines = [self._headline()]
         if self.attempts:
             lines.append(
-                f"latency per call: p50 {_duration(self.latency.p50)}, "
-                f"p95 {_duration(self.latency.p95)}, p99 {_duration(self.latency.p99)}"
+                f"latency per call: p50 {duration(self.latency.p50)}, "
+                f"p95 {duration(self.latency.p95)}, p99 {duration(self.latency.p99)}"
             )
         if self.retried or self.throttle_events:
             lines.append(
-                f"{self.attempts:,} {_plural(self.attempts, 'attempt')} in all, "
-                f"{self.retried:,} {_plural(self.retried, 'item')} retried"
+                f"{self.attempts:,} {plural(self.attempts, 'attempt')} in all, "
+                f"{self.retried:,} {plural(self.retried, 'item')} retried"
             )
         if self.throttle_events or self.rate_limited:
             parts = []
@@ -258,7 +282,7 @@ class Report(Record):
                 parts.append(f"asked to slow down {self.throttle_events:,} times")
             if self.slowest_rate is not None:
                 parts.append(f"slowed to {self.slowest_rate:,.1f} calls/s at the lowest")
-            parts.append(f"starts held back by the rate limit for {_duration(self.rate_limited)}")
+            parts.append(f"starts held back by the rate limit for {duration(self.rate_limited)}")
             lines.append("throttling: " + ", ".join(parts))
         if self.settled_rate is not None or self.settled_workers is not None:
             settled = []
@@ -268,7 +292,7 @@ class Report(Record):
                 settled.append(f"workers={self.settled_workers}")
             lines.append(f"settled on {', '.join(settled)} ({self._settled_why()})")
         if self.abandoned:
-            lines.append(_abandoned(self.abandoned, self.backend))
+            lines.append(abandoned_text(self.abandoned, self.backend))
         if self.stopped:
             lines.append(
                 f"stopped early: {self.stopped}; {self.failed:,} failed in all, counting "
@@ -288,7 +312,7 @@ class Report(Record):
                 lines.append(f"  ... and {len(self.errors_by_type) - 10} more error types")
         alike = self.failing_alike
         if alike is not None:
-            lines.append(_alike_text(alike))
+            lines.append(alike_text(alike))
         return "\n".join(lines)
 
     def _settled_why(self) -> str:
@@ -303,99 +327,36 @@ time to start there'
         both = self.settled_rate is not None and self.settled_workers is not None
         advice = f"pass {'them' if both else 'it'} next time to start there"
         if self.throttle_events:  # (the first refusal ends the latency's limit)
-            refusals = _plural(self.throttle_events, "refusal")
+            refusals = plural(self.throttle_events, "refusal")
             return f"after {self.throttle_events:,} {refusals}: {advice}"
         return f"latency rose with the calls in flight, as at a server with a queue: {advice}"
 
     def _headline(self) -> str:
         """``2,000 items in 1.49s (1,339.3/s): 1,900 succeeded, 100 failed``, with what
-        was not run first when the journal skipped items."""
-        head = f"{self.total:,} {_plural(self.total, 'item')} in {_duration(self.elapsed)}"
+        was not run first when the journal skipped items or the run did not call some.
+
+        >>> print(Report(1000, 900, 60, 2.0, not_run=40, not_run_causes={"run stopped": 40}))
+        1,000 items in 2.00s: 40 not run (the run stopped before calling them; with \
+journal=, a resume runs them), 960 run (480.0/s): 900 succeeded, 60 failed
+        """
+        head = f"{self.total:,} {plural(self.total, 'item')} in {duration(self.elapsed)}"
         ran = f"({self.throughput:,.1f}/s): {self.succeeded:,} succeeded, {self.failed:,} failed"
-        if not (self.skipped or self.duplicates):
+        if not (self.skipped or self.duplicates or self.not_run):
             return f"{head} {ran}"
-        not_run = []
+        left = []
         done = self.skipped - self.skipped_failed
         if done:
-            not_run.append(f"{done:,} skipped (done in the journal)")
+            left.append(f"{done:,} skipped (done in the journal)")
         if self.skipped_failed:
-            not_run.append(
+            left.append(
                 f"{self.skipped_failed:,} skipped (failed in the journal; "
                 "retry_failed=True runs them again)"
             )
         if self.duplicates:
-            not_run.append(f"{self.duplicates:,} skipped (duplicate keys)")
-        line = f"{head}: {', '.join(not_run)}, {self.ran:,} run"
+            left.append(f"{self.duplicates:,} skipped (duplicate keys)")
+        if self.not_run:
+            why = not_run_why(self.not_run_causes, self.not_run)
+            them = "it" if self.not_run == 1 else "them"
+            left.append(f"{self.not_run:,} not run ({why}; with journal=, a resume runs {them})")
+        line = f"{head}: {', '.join(left)}, {self.ran:,} run"
         return f"{line} {ran}" if self.ran else line
-
-
-def _abandoned(count: int, backend: str) -> str:
-    """Calls left running: past ``timeout=``, or at the end of a stopped run's grace period."""
-    if backend.startswith("async"):
-        return (
-            f"abandoned: {count:,} {_plural(count, 'call')} past timeout= or the grace period "
-            "did not end when cancelled, and were left running on the event loop"
-        )
-    return (
-        f"abandoned: {count:,} {_plural(count, 'thread')} left to calls still running past "
-        "timeout= or the grace period (Python cannot stop a thread)"
-    )
-
-
-def _plural(count: int, word: str) -> str:
-    return word if count == 1 else f"{word}s"
-
-
-def _duration(seconds: float) -> str:
-    """A short human duration.
-
-    >>> _duration(0.0000123), _duration(0.25), _duration(75.0), _duration(7322.0)
-    ('12.3us', '250.0ms', '1m15.0s', '2h02m02s')
-    """
-    if seconds < 1e-3:
-        return f"{seconds * 1e6:.1f}us"
-    if seconds < 1:
-        return f"{seconds * 1e3:.1f}ms"
-    if seconds < 60:
-        return f"{seconds:.2f}s"
-    if seconds < 3600:
-        return f"{int(seconds // 60)}m{seconds % 60:04.1f}s"
-    hours, rest = divmod(int(seconds), 3600)
-    return f"{hours}h{rest // 60:02d}m{rest % 60:02d}s"
-
-
-#: The most of a traceback a Report prints (its head and its end, which names the error).
-TRACEBACK_SHOWN = 4000
-
-
-def _shown(trace: str) -> str:
-    """A traceback as a Report prints it: its control characters escaped (an error
-    message may hold terminal escapes), and at most ``TRACEBACK_SHOWN`` characters.
-
-    >>> _shown("Traceback\\nValueError: \\x1b]0;title\\x07")
-    'Traceback\\nValueError: \\\\x1b]0;title\\\\x07'
-    >>> len(_shown("x" * 1_000_000)) < TRACEBACK_SHOWN + 100
-    True
-    """
-    from ._escape import escape_controls
-
-    if len(trace) > TRACEBACK_SHOWN:
-        head, tail = TRACEBACK_SHOWN // 4, TRACEBACK_SHOWN * 3 // 4
-        cut = len(trace) - head - tail
-        trace = f"{trace[:head]}\n[... {cut:,} characters not shown ...]\n{trace[-tail:]}"
-    return escape_controls(trace, keep_newlines=True)
-
-
-def _alike_text(failure: Failure) -> str:
-    """Every item failed with one error type: say what that suggests, with one traceback."""
-    if is_programming_error(failure):
-        verdict = (
-            "this looks like a bug in fn (a programming error, so it was not retried by default)"
-        )
-    else:
-        verdict = "this looks like a problem with fn or what it calls, not with the items"
-    trace = _shown(failure.traceback.rstrip()).replace("\n", "\n    ")
-    return (
-        f"every item failed with {failure.error_type}: {verdict}. The first one "
-        f"(item {safe_repr(failure.item, 60)}):\n    {trace}"
-    )

@@ -45,7 +45,7 @@ from ._backends import Backend
 from ._batch import Batch, Task
 from ._checks import check_first_value, discard_coroutines
 from ._delivery import Delivery
-from ._exceptions import InputError, JournalError, ManyhandsError, Timeout
+from ._exceptions import InputError, JournalError, ManyhandsError, Timeout, ended_by
 from ._options import Options
 from ._outcome import Failure, Outcome
 from ._parking import Parking
@@ -113,6 +113,10 @@ class Run:
     # The slowdown's opening (asyncio): batches at most this big, and room for
     # more of them out, as they are small (see _obey_slowdown).
     _opening_batch = _opening_room = _batches_sent = 0
+    # (A Pool's run) whether it looks out for lower-priority work that workers take while
+    # its input has more, and whether it found some and queues ahead of it (see _outrank).
+    _claiming = _outranking = False
+    _passes_seen = 0  # of task.passed_over, already queued for
     #: Given the final outcomes (successes, and failures that would not have
     #: been retried) of calls that finished in the grace period of a stopped
     #: run, before they are recorded (the command writes their lines there, so
@@ -407,6 +411,7 @@ class Run:
         self._started = self._clock()
         self._slowdown.start(self._started)
         self._sizer.hold(True)  # (while the slowdown watches: see _obey_slowdown)
+        self._claiming = self.task.expecting = self._may_outrank()
         if self.task.measure:
             from ._autopilot import Autopilot
 
@@ -429,6 +434,7 @@ class Run:
 
     def _mark_finished(self, completed: bool) -> None:
         """The run's end: its figures as of now (``completed``: every outcome was delivered)."""
+        self.task.expecting = False
         if not completed:
             self._take_back_undelivered(self.statistics)
             self.statistics.retrying = 0
@@ -567,7 +573,7 @@ class Run:
         if completed:
             ended = "stopped" if stats.stop_reason else "finished"
             if self._reader.error is not None:
-                ended = "input error"
+                ended = ended_by("input error", self._reader.error)
             journal.close(ended, stats.counts())
             return
         # Interrupted: keep what finished during the grace period, then close
@@ -668,10 +674,13 @@ class Run:
             or self._limiter
             or deadlines is not None
             or self._watching
+            or self._claiming
             or (self._pilot is not None and self._pilot.choose_at is not None)
         ):
             self._admit()  # the common case: no clock read
             return None
+        if self._claiming:
+            self._outrank()
         now = self._clock()
         due = self._pilot.look(now) if self._pilot is not None else None
         if deadlines and now >= deadlines.next_check:
@@ -801,6 +810,7 @@ class Run:
         return []
 
     def _wind_down(self) -> None:
+        self.task.expecting = False  # (its input is read: what is left is queued or out)
         if self._owns_backend:  # (a shared pool's workers wait for other runs)
             self._backend.wind_down()
 
@@ -954,6 +964,55 @@ class Run:
         self._workers = workers
         self._sizer = self._new_sizer(workers)
         self._sizer.hold(not self._queueing)
+        if self._outranking:
+            self._sizer.queue_ahead()
+        self._claiming = self.task.expecting and self._may_outrank()
+
+    def _may_outrank(self) -> bool:
+        """Whether the run shares its workers with runs it may outrank (a Pool's threads or
+        processes; on asyncio a batch's items are handed out one by one, each at once)."""
+        return (
+            not self._owns_backend
+            and not self._items_are_calls
+            and hasattr(self._backend, "waiting_below")
+        )
+
+    def _outrank(self) -> None:
+        """(A Pool's run, while its input has more) queue ahead of lower-priority work.
+
+        A free worker takes the head of the highest-priority lane with work.
+        Until its first round came back (the sizer) and its round trips
+        proved no server limits it (the slowdown), a run keeps no batch
+        queued ahead of the workers; and once it does, a batch per worker
+        covers this thread's turnaround of a batch only if the calls last
+        longer than that (a thread that waits for the GIL behind CPU-bound
+        calls, or for a core, falls behind short ones). Either way a worker
+        that ends one of its calls finds its lane empty and takes the
+        lower-priority work waiting there, before this thread sends the
+        next. So the run queues ahead at once when it finds such work
+        waiting as it warms up, and a batch more for each time the lanes
+        saw a worker take it while its lane was empty (``Task.passed_over``;
+        the window bounds the queue, and a refusal or a rate limit still
+        ends it).
+        """
+        task = self.task
+        missed = task.passed_over - self._passes_seen
+        if missed:
+            self._passes_seen += missed
+            self._outranking = True
+            self._sizer.queue_ahead()
+            self._sizer.deepen(missed)
+            self._obey_slowdown()
+        elif (
+            not self._outranking
+            and (self._sizer.warming or not self._queueing)
+            and self._backend.waiting_below(task.priority)  # type: ignore[attr-defined]
+        ):
+            self._outranking = True
+            self._sizer.queue_ahead()
+            self._obey_slowdown()
+        if not task.expecting:
+            self._claiming = False
 
     def _backend_of(self, batch: Batch) -> Backend:
         """The backend ``batch`` went to (a run on auto may have moved since)."""
@@ -1029,7 +1088,10 @@ class Run:
         if not watching:
             self._most_in_flight = self._window
         elif slowdown.unlimited and (
-            self._items_are_calls or self._backend.name in ("processes", "dask") or slowdown.proven
+            self._items_are_calls
+            or self._backend.name in ("processes", "dask")
+            or slowdown.proven
+            or self._outranking
         ):
             # asyncio, while nothing has limited the run: items queued ahead of the
             # tasks, as many as run, so a task that finishes a call starts the next
@@ -1045,7 +1107,11 @@ class Run:
             # ~235 thread-seconds between batches; ~1 with a second batch queued).
             # Threads once PROVEN round trips came back without a refusal (a server
             # limit is met in the first few: 100 threads spend 200 a second in two).
-            self._most_in_flight = min(self._sizer.ahead * slowdown.concurrency, self._window)
+            # A Pool's run that outranks work waiting for the workers, at once (_outrank).
+            sizer = self._sizer
+            self._most_in_flight = min(
+                sizer.ahead * slowdown.concurrency + sizer.deeper, self._window
+            )
         else:
             self._most_in_flight = slowdown.concurrency
         if slowdown.opening and self._items_are_calls:
@@ -1174,6 +1240,7 @@ class Run:
             "done": stats.total,
             "skipped": stats.skipped + stats.duplicates,  # (done, not run: no part of a rate)
             "failed": stats.failed,
+            "not_run": stats.not_run,
             "retrying": stats.retrying,
             "in_flight": self._in_flight,
             "failing_alike": stats.failing_alike(),

@@ -100,9 +100,12 @@ class Settlement:
             asked, throttled, retryable = self._judged(failure, retry)
             never_called = isinstance(exception, (WorkerCrashed, Timeout)) and not exception.ran
             if never_called:  # (unsent)
-                failure.attempts -= 1
                 uncalled += 1
                 retryable = False
+                if batch.last_failure is not None and not late:
+                    failure = self._retry_not_made(batch)
+                else:
+                    failure.attempts -= 1
             if asked is not None and asked > self._longest:  # not obeyed: the item fails now
                 if not late:
                     stats.asked_too_long(asked, self._longest)
@@ -197,6 +200,15 @@ class Settlement:
             if batch.attempt == 1:  # (never tried more than once after all)
                 stats.retried -= 1
             yield batch
+
+    def _retry_not_made(self, batch: Batch) -> Failure:
+        """A retry no worker began (the run stopped, or no worker could start it): its item
+        was called, and ends with its last failure, as one given up while it waited."""
+        assert batch.last_failure is not None
+        batch.attempt -= 1
+        if batch.attempt == 1:  # (never tried more than once after all)
+            self._statistics.retried -= 1
+        return batch.last_failure
 
     def _throttle(self, asked: float | None) -> None:
         """A call asked to slow down (Retry-After ``asked``, if it said): noted for the slowdown."""

@@ -22,7 +22,9 @@ the run so far.
 
 How many batches may be out: none queued in front of the workers until the
 first round of calls is back (if the first answers say "slow down", no queued
-burst follows them), then a batch per worker more. A rate limit or a timeout
+burst follows them), then a batch per worker more; a Pool's run queues them
+at once when lower-priority work waits for the workers (``queue_ahead``: else
+a worker would take that work whenever its lane ran dry). A rate limit or a timeout
 makes every batch one item and keeps no queue (an item must start when it is
 admitted, and has its own deadline).
 """
@@ -129,6 +131,7 @@ class Sizer:
         self.max_batches = ahead * workers if queue_at_once else workers
         self._warm_up = 0 if queue_at_once else workers  # completions before queueing
         self._held = False  # no queue for now (see hold())
+        self.deeper = 0  # batches queued ahead beyond a batch per worker (see deepen())
         self._one_by_one = one_by_one
         if one_by_one:
             self.cap = 1
@@ -171,7 +174,7 @@ class Sizer:
         if self._warm_up:
             self._warm_up -= 1
             if not self._warm_up and not self._one_by_one and not self._held:
-                self.max_batches = self.ahead * self._workers
+                self.max_batches = self.ahead * self._workers + self.deeper
         if self.adaptive and items:
             fit = min(self._fit(seconds / items), int(self._growth * items), self.cap)
             if nbytes:  # large items or results: a batch holds about BATCH_BYTES of them
@@ -190,13 +193,36 @@ class Sizer:
         if self._warm_up and self._concurrent_items and not self._one_by_one:
             self.max_batches = max(self.max_batches, -(-self._workers // self.size))
 
+    @property
+    def warming(self) -> bool:
+        """The first round is not back yet: no batch queued ahead of the workers for now."""
+        return self._warm_up > 0
+
+    def queue_ahead(self) -> None:
+        """A batch per worker may wait ahead of the workers from now, first round back or not.
+
+        (A Pool's run that outranks work waiting for the workers: kept to a
+        batch per worker, its lane would run dry between its batches, and a
+        worker that came free then would take the lower-priority work.)
+        """
+        self._warm_up = 0
+        if not self._held and not self._one_by_one:
+            self.max_batches = self.ahead * self._workers + self.deeper
+
+    def deepen(self, batches: int) -> None:
+        """``batches`` more may wait ahead of the workers (a Pool's run whose lane ran dry
+        while it outranked the work a worker took instead)."""
+        self.deeper += batches
+        if not self._held and not self._one_by_one and not self._warm_up:
+            self.max_batches = self.ahead * self._workers + self.deeper
+
     def hold(self, held: bool) -> None:
         """No queue in front of the workers while ``held`` (the slowdown watches answers)."""
         self._held = held
         if held:
             self.max_batches = min(self.max_batches, self._workers)
         elif not self._warm_up and not self._one_by_one:
-            self.max_batches = self.ahead * self._workers
+            self.max_batches = self.ahead * self._workers + self.deeper
 
     def one_by_one(self) -> None:
         """From now on: batches of one item, and no queue (a rate limit began)."""

@@ -7,18 +7,54 @@ from collections import Counter
 from copy import copy as shallow_copy
 from typing import Any
 
+from ._exceptions import Timeout, WorkerCrashed
 from ._outcome import DUPLICATE, SKIPPED_FAILED, Failure
 
-__all__ = ["ALIKE_AFTER", "LatencyHistogram", "RunStatistics"]
+__all__ = [
+    "ALIKE_AFTER",
+    "BACKEND_STOPPED",
+    "RUN_STOPPED",
+    "WORKERS_HELD",
+    "LatencyHistogram",
+    "RunStatistics",
+    "not_run_cause",
+]
 
 #: Failed items, none succeeded, all with one error type: from then on the
 #: progress line and the Report say "every item failed alike" (a bug in fn?).
 ALIKE_AFTER = 10
 
+# Why an item was delivered without its call (``Report.not_run_causes``).
+RUN_STOPPED = "run stopped"  # a stop rule, Ctrl-C, an exception or break: not begun
+WORKERS_HELD = "workers held"  # threads: every worker held by a call past its timeout
+BACKEND_STOPPED = "backend stopped"  # processes: the backend could not go on
+
 # Log-scale buckets: 16 per power of two (about 4.4% apart), from ~1 ns up.
 _STEPS_PER_OCTAVE = 16
 _OFFSET = 30 * _STEPS_PER_OCTAVE  # bucket 0 is 2**-30 s, about 1 ns
 _log2 = math.log2
+
+
+def not_run_cause(failure: Failure) -> str | None:
+    """Why ``failure``'s item was delivered without its call being made; None if it was made.
+
+    Told by manyhands' own errors with ``ran`` False only (a user's exception
+    may have any attribute named ``ran``); the run's stop says "not called: ..."
+
+    >>> from manyhands._exceptions import WorkerCrashed
+    >>> error = WorkerCrashed("not called: the run stopped first")
+    >>> error.ran = False
+    >>> not_run_cause(Failure.from_exception(1, error))
+    'run stopped'
+    >>> not_run_cause(Failure.from_exception(1, WorkerCrashed("killed by signal 9"))) is None
+    True
+    """
+    error = failure.exception
+    if not isinstance(error, (WorkerCrashed, Timeout)) or error.ran:
+        return None
+    if isinstance(error, Timeout):
+        return WORKERS_HELD
+    return RUN_STOPPED if failure.message.startswith("not called") else BACKEND_STOPPED
 
 
 class LatencyHistogram:
@@ -79,7 +115,9 @@ class RunStatistics:
     def __init__(self, keep_failures: int) -> None:
         self.keep_failures = keep_failures
         self.succeeded = 0
-        self.failed = 0
+        self.failed = 0  # items whose call failed (for good)
+        self.not_run = 0  # items delivered without their call (Report.not_run)
+        self.not_run_causes: Counter[str] = Counter()
         self.calls = 0  # attempts, retries included
         self.retried = 0  # items tried more than once
         self.retrying = 0  # items that failed and wait for (or run) a retry now
@@ -106,13 +144,14 @@ class RunStatistics:
     @property
     def total(self) -> int:
         """Items with an outcome so far, skipped ones included."""
-        return self.succeeded + self.failed + self.skipped + self.duplicates
+        return self.succeeded + self.failed + self.not_run + self.skipped + self.duplicates
 
     def counts(self) -> dict[str, int]:
         """The outcome counts by kind."""
         return {
             "succeeded": self.succeeded,
             "failed": self.failed,
+            "not_run": self.not_run,
             "skipped": self.skipped,
             "duplicates": self.duplicates,
         }
@@ -239,18 +278,19 @@ exception classes instead (matched by name)
         calls stay counted: they were made.
         """
         self.succeeded -= succeeded
-        self.failed -= len(failures)
         self.retried -= retried
         duplicates = skipped.count(DUPLICATE)
         self.duplicates -= duplicates
         self.skipped -= len(skipped) - duplicates
         self.skipped_failed -= skipped.count(SKIPPED_FAILED)
-        errors = self.errors_by_type
         for failure in failures:
-            kind = failure.error_type
-            errors[kind] -= 1
-            if errors[kind] <= 0:
-                del errors[kind]
+            cause = not_run_cause(failure)
+            if cause is None:
+                self.failed -= 1
+                _uncount(self.errors_by_type, failure.error_type)
+            else:
+                self.not_run -= 1
+                _uncount(self.not_run_causes, cause)
 
     def take_back_retrying(self) -> None:
         """Uncount the items waiting for a retry (or in one) from ``retried``: nobody
@@ -259,10 +299,11 @@ exception classes instead (matched by name)
 
     def delivered(self, failures: list[Failure]) -> None:
         """The consumer got ``failures`` (in this order): the Report keeps the first
-        ``keep_failures`` failures delivered, and one item per error type as an example."""
+        ``keep_failures`` failures delivered (items not run among them: nothing is lost),
+        and one item per error type as an example (of a call that failed)."""
         examples = self.examples
         for failure in failures:
-            if failure.error_type not in examples:
+            if failure.error_type not in examples and not_run_cause(failure) is None:
                 examples[failure.error_type] = failure.item
         room = self.keep_failures - len(self.failures)
         if room > 0:
@@ -291,6 +332,7 @@ exception classes instead (matched by name)
         copied = shallow_copy(self)
         copied.failures = list(self.failures)
         copied.errors_by_type = Counter(self.errors_by_type)
+        copied.not_run_causes = Counter(self.not_run_causes)
         copied.examples = dict(self.examples)
         return copied
 
@@ -308,18 +350,32 @@ exception classes instead (matched by name)
         self, finished: int, calls: int, elapsed: float, failures: list[Failure] | None
     ) -> None:
         """Account for a batch: ``finished`` final outcomes (``failures`` among them)
-        from ``calls`` calls that took ``elapsed`` seconds in all."""
-        failed = len(failures) if failures else 0
-        self.succeeded += finished - failed
+        from ``calls`` calls that took ``elapsed`` seconds in all.
+
+        A failure whose call was never made (:func:`not_run_cause`) counts in
+        ``not_run``, by why, not in ``failed`` nor ``errors_by_type``.
+        """
+        self.succeeded += finished - (len(failures) if failures else 0)
         if calls:
             self.calls += calls
             self.latency.record(elapsed / calls, calls)
         if failures:
-            self.failed += failed
-            if self.first_failure is None:
-                self.first_failure = failures[0]
             for failure in failures:
+                cause = not_run_cause(failure)
+                if cause is not None:
+                    self.not_run += 1
+                    self.not_run_causes[cause] += 1
+                    continue
+                self.failed += 1
                 self.errors_by_type[failure.error_type] += 1
+                if self.first_failure is None:
+                    self.first_failure = failure
+
+
+def _uncount(counts: Counter[str], kind: str) -> None:
+    counts[kind] -= 1
+    if counts[kind] <= 0:
+        del counts[kind]
 
 
 def _seconds(value: float) -> str:

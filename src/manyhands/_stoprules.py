@@ -10,6 +10,7 @@ from collections import deque
 
 from ._batch import Batch
 from ._options import Options
+from ._stats import not_run_cause
 
 __all__ = ["StopRules"]
 
@@ -37,7 +38,8 @@ class StopRules:
         return self._max_failures is not None or self._recent is not None
 
     def note(self, batch: Batch, retried: set[int]) -> None:
-        """Count the final outcomes of a settled batch (not the items tried again)."""
+        """Count the final outcomes of a settled batch (not the items tried again, nor
+        the items never called: their function did not fail)."""
         recent = self._recent
         if recent is None:
             return
@@ -45,14 +47,18 @@ class StopRules:
         for index in range(len(batch.items)):
             if index in retried:
                 continue
+            failure = failures.get(index)
+            if failure is not None and not_run_cause(failure) is not None:
+                continue
             if len(recent) == recent.maxlen and recent[0]:
                 self._recent_failed -= 1
-            failed = index in failures
+            failed = failure is not None
             recent.append(failed)
             self._recent_failed += failed
 
     def reason(self, failed: int) -> str | None:
-        """Why the run must stop now (``failed``: items failed for good so far), or None."""
+        """Why the run must stop now (``failed``: items whose call failed for good so
+        far, not those never called), or None."""
         if self._max_failures is not None and failed >= self._max_failures:
             items = "item had" if failed == 1 else "items had"
             return f"stop_after_failures={self._max_failures}: {failed:,} {items} failed"

@@ -55,10 +55,11 @@ EXIT_OUTPUT_CLOSED = 141  # 128 + SIGPIPE, as `cat` ends when `| head` has read 
 EXIT_OUTPUT_FAILED = 74  # EX_IOERR of sysexits.h: --output or the journal could not be written
 
 RUN_EPILOG = """\b
-Exit codes: 0 every item succeeded, 1 some items failed, 2 usage error
-(bad TARGET, INPUT or flag), 74 --output or the journal could not be
-written (disk full), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM;
-129 for SIGHUP), 141 stdout was closed early (e.g. | head).
+Exit codes: 0 every item succeeded, 1 some items failed or were not
+run, 2 usage error (bad TARGET, INPUT or flag), 74 --output or the
+journal could not be written (disk full), 130 interrupted (Ctrl-C),
+143 terminated (SIGTERM; 129 for SIGHUP), 141 stdout was closed early
+(e.g. | head).
 When stopped, what finished is written and, with --journal, saved:
 run the same command again to resume.
 """
@@ -327,8 +328,9 @@ def _run(
             sink.close()  # (once more, or after a failure: quiet)
         if marks is not None:  # (what the file holds now, for the next resume into it)
             marks.ended(run.journal_run, whole_input=whole_input)
-    _print(run.report(), summary)
-    if failed and journal:
+    report = run.report()
+    _print(report, summary)
+    if report.failed and journal:  # (items not run are not in the journal: a resume runs them)
         _print(f"\nsee the failures: manyhands failures {shlex.quote(journal)}", summary)
     return EXIT_FAILED if failed else EXIT_OK
 
@@ -490,7 +492,7 @@ def _is_stdin(path: str) -> bool:
 
 
 def _consume(run: Run, sink: OutputFile | None) -> int:
-    """Write every outcome; return how many failed."""
+    """Write every outcome; return how many did not succeed (failed, or not run)."""
     failed = 0
     outcomes: Outcomes[Any, Any] = Outcomes(run)
     # Not interrupted halfway: making an Outcome, recording what was delivered.
@@ -665,6 +667,8 @@ def _key(spec: str | None) -> Callable[[Any], Any]:
 
     # (what the journal records of it, to warn when --key changes between runs)
     key.journal_identity = (spec or "", "" if spec is None else code_hash(base) or "")  # type: ignore[attr-defined]
+    # (how the run's options name it: as the user wrote it; none with default keys)
+    key.journal_label = f"--key {spec}" if spec is not None else ""  # type: ignore[attr-defined]
     return key
 
 
@@ -702,18 +706,19 @@ def status(journal: str) -> int:
     lines.append(throughput_sparkline(journal))
     shown = " (the last 5)" if len(found.runs) > 5 else ""  # (not read as all of them)
     lines.append(f"runs: {len(found.runs)}{shown}")
-    lines += [_run_line(run_) for run_ in found.runs[-5:]]
+    lines += [line for run_ in found.runs[-5:] for line in _run_lines(run_)]
     for line in lines:  # the journal's text, from whatever code wrote it: escaped
         click.echo(escape_controls(line))
     return EXIT_OK
 
 
-def _run_line(run_: dict[str, Any]) -> str:
+def _run_lines(run_: dict[str, Any]) -> list[str]:
     """A run of ``status``: when, how long, how it ended, and its counts.
 
     A run that ended without closing, or is running, has no counts in its
     row yet: those of the items it recorded are shown, and how long it ran
-    until its last record.
+    until its last record. A run that ended on an error ("failed to start:
+    ...", "input error: ...") has the error on a line of its own.
     """
     began = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run_["started"] or 0))
     counts = f"{run_['succeeded'] or 0:,} succeeded, {run_['failed'] or 0:,} failed"
@@ -725,14 +730,13 @@ def _run_line(run_: dict[str, Any]) -> str:
         took = "?"
     if "last_record" in run_:  # (ended without closing, or running: what it recorded)
         so_far = " so far" if run_["status"] == "running" else ""
-        return (
+        return [
             f"  #{run_['id']} {began} ({took}) {run_['fn']}: {run_['status']}; "
             f"recorded {counts}{so_far}"
-        )
-    return (
-        f"  #{run_['id']} {began} ({took}) {run_['fn']}: {run_['status']}, "
-        f"{counts}, {run_['skipped'] or 0:,} skipped"
-    )
+        ]
+    how, _, why = str(run_["status"]).partition(": ")
+    line = f"  #{run_['id']} {began} ({took}) {run_['fn']}: {how}, {counts}, "
+    return [f"{line}{run_['skipped'] or 0:,} skipped", *([f"      {why}"] if why else [])]
 
 
 @cli.command(epilog=READ_EPILOG)

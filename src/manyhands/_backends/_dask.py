@@ -42,6 +42,8 @@ rule) tells the workers that its tasks call no further item; a running task
 answers with the items it called, waited for up to ``grace`` (see
 ``shutdown``); then every task of the run still out is cancelled on the
 scheduler: a call still running finishes on its worker, its result dropped.
+A Pool's call cancelled alone is taken back only if no worker began it
+(``withdraw``): never both cancelled and made.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ from typing import Any, ClassVar, TypeVar
 from .._batch import Batch, Task
 from .._exceptions import WorkerCrashed
 from ._dask_cluster import close_local_cluster, connect, retries_note, start_local_cluster
+from ._dask_withdraw import began_on_cluster
 from ._process_batches import fail_items, file_results, pickle_batch, pickle_items
 from ._remote_calls import (
     ABANDONED_MESSAGE,
@@ -409,6 +412,7 @@ class DaskBackend:
                         [task.timeout] * len(mine),
                         keys,
                         [self._share] * len(mine),  # threads share the batches: _remote_calls
+                        [task.withdrawable] * len(mine),  # (see withdraw)
                         key=keys,
                         pure=False,
                         retries=0,
@@ -452,6 +456,36 @@ class DaskBackend:
             batch.task.abandoned += 1
         return bool(parts)
 
+    def withdraw(self, batches: list[Batch]) -> list[Batch]:
+        """Take back those of ``batches`` (of a ``withdrawable`` task) no worker began.
+
+        Those are never called: every worker is asked at once, and marks the
+        tasks it did not begin never to begin (``_dask_withdraw``); a batch
+        whose tasks none began, and which is still out, is dropped and its
+        tasks cancelled on the scheduler. The others go on: begun, answered
+        meanwhile, or on a worker that did not answer.
+        """
+        wanted = {id(batch) for batch in batches}
+        with self._lock:
+            parts = [part for part in self._out.values() if id(part.batch) in wanted]
+        if not parts:
+            return []
+        began = began_on_cluster(self._client, [part.key for part in parts])
+        if began is None:
+            return []
+        with self._sending, self._lock:
+            taken = [
+                part
+                for part in parts
+                if self._parts.get(id(part.batch)) == 1  # (not split in parts, not resent)
+                and part.key in self._out
+                and part.key not in began
+            ]
+            batches = self._drop(taken)
+        with contextlib.suppress(Exception):  # (every worker bars them already)
+            self._cancel(taken)
+        return batches
+
     def _drop(self, parts: list[_Part]) -> list[Batch]:
         """Forget ``parts`` (under the lock); their batches, once each."""
         batches: dict[int, Batch] = {}
@@ -491,7 +525,8 @@ class DaskBackend:
                 self._finished(future, answers.get(future.key))
             if stop:
                 return
-            del futures, wanted, answers  # (an idle collector holds no task of a run)
+            future = None  # (an idle collector holds no task of a run: not the last one either)
+            del futures, wanted, answers
 
     def _gather(self, wanted: dict[str, Any]) -> dict[str, bytes]:
         """The answers of ``wanted`` (by key) that could be fetched; {} if none."""
@@ -723,8 +758,10 @@ _SHIPPED_BYTES = 4096  # a function pickled to this much or less travels with ea
 
 
 def _not_called() -> WorkerCrashed:
-    """The error of an item its task did not call: the run stopped first."""
-    error = WorkerCrashed("not called: the run stopped before its Dask task reached it")
+    """The error of an item its task did not call: told to stop first."""
+    error = WorkerCrashed(
+        "not called: its Dask task was told to stop first (the run stopped, or it was cancelled)"
+    )
     error.ran = False  # (not retried, no attempt counted)
     return error
 

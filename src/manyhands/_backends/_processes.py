@@ -454,6 +454,10 @@ class ProcessBackend:
         elif wake:
             self._wake()
 
+    def waiting_below(self, priority: int) -> bool:
+        """Whether work of a lower priority than ``priority`` waits to be sent to a worker."""
+        return self._inbox.waiting_below(priority)
+
     def _wake(self) -> None:
         with contextlib.suppress(OSError):  # full (a wake-up is pending anyway) or closed
             assert self._wake_w is not None

@@ -13,7 +13,9 @@ then known, and the task's other items run again uncharged. A Dask worker's
 threads share the unstarted items of its running batches (``_Shared``).
 A run that stops tells its tasks to call no further item (``stop_tasks``): a
 running task then answers with the items it called, once its running call
-returned, and one that starts later calls none.
+returned, and one that starts later calls none. A task that may be taken back
+(a Pool's cancellable call) checks in right before its first call, and calls
+none if it was (``_dask_withdraw``).
 
 With a ``timeout``, the calls run in a thread of their own that the task
 waits for up to ``timeout`` seconds a call; past that the item fails with
@@ -40,6 +42,7 @@ from typing import Any
 from .._auto import gil_enabled
 from .._exceptions import Timeout
 from .._outcome import set_traceback
+from ._dask_withdraw import begin
 from ._process_worker import RemoteError, _pack, describe_remote
 
 __all__ = [
@@ -90,12 +93,15 @@ def run_items(
     timeout: float | None = None,
     name: str | None = None,
     shared: bool = False,
+    withdrawable: bool = False,
 ) -> bytes:
     """Unpickle the items, call ``fn`` on each, and return the answer as one pickle.
 
     ``name``: mark the items running in :func:`progress_file` ``(name)``.
     ``shared``: the other threads of this process may call its unstarted items,
     and this one theirs once its own are taken (see ``_Shared``).
+    ``withdrawable``: the task ``name`` may be taken back until it begins
+    (``_dask_withdraw.begin``): then it calls none of its items.
     """
     try:
         if isinstance(fn, Shipped):
@@ -103,6 +109,9 @@ def run_items(
         items = pickle.loads(payload)
     except Exception as exc:  # fn or an item cannot be rebuilt here: the batch fails
         return pickle.dumps(("unloadable", describe_remote(exc)))
+    if withdrawable and name is not None and not begin(name):
+        # (taken back: its items come back never called, though the driver dropped it)
+        return pickle.dumps(("stopped", [], _pack([None] * len(items), {}, 0.0)))
     path, progress = _open_progress(name, len(items)) if name is not None else ("", None)
     stopped = _stopped_check(name)
     called: list[int] = []

@@ -150,6 +150,10 @@ class ThreadBackend:
         """True when called from one of this backend's worker threads."""
         return getattr(serving, "backend", None) is self
 
+    def waiting_below(self, priority: int) -> bool:
+        """(A pool's) whether work of a lower priority than ``priority`` waits for a worker."""
+        return self._lanes is not None and self._lanes.waiting_below(priority)
+
     def free_workers(self) -> int:
         """About how many workers would take a batch submitted now without waiting.
 
@@ -318,7 +322,7 @@ class ThreadBackend:
         self._unstarted += items
         self.notes[self._unstarted_note] = (
             f"{self._unstarted:,} item{'s' if self._unstarted > 1 else ''} never started "
-            "and failed as manyhands.Timeout: every worker was held by a call past its "
+            "(not run, ended as manyhands.Timeout): every worker was held by a call past its "
             "timeout, and no more threads could be abandoned (one per worker). Raise "
             "workers= or fix the calls that hang"
         )

@@ -1,0 +1,114 @@
+"""A journal's row of each run: how the run ended and why, and its options as they were given."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import manyhands
+
+from .conftest import Hands, python_subprocess_env
+
+MISSING = "the worker initializer raised builtins.ModuleNotFoundError: No module named 'missingdep'"
+
+
+def runs(journal: Path) -> list[tuple[Any, ...]]:
+    """(status, succeeded, failed, skipped, options) of each run, oldest first."""
+    with contextlib.closing(sqlite3.connect(journal)) as db:
+        query = "SELECT status, succeeded, failed, skipped, options FROM runs ORDER BY id"
+        return [(*row[:4], json.loads(row[4])) for row in db.execute(query)]
+
+
+def needs_missingdep() -> None:
+    raise ModuleNotFoundError("No module named 'missingdep'")
+
+
+def test_a_run_whose_worker_processes_cannot_start_is_recorded_as_failed_to_start(
+    tmp_path: Path,
+) -> None:
+    # Its row read "interrupted, 0, 0": as if someone had pressed Ctrl-C.
+    journal = tmp_path / "j.db"
+    with pytest.raises(manyhands.WorkerInitError, match="missingdep"):
+        manyhands.run(abs, range(5), backend="processes", initializer=needs_missingdep,
+                      journal=journal)  # fmt: skip
+    with (
+        pytest.raises(manyhands.WorkerInitError),
+        manyhands.map(
+            abs, range(5), backend="processes", initializer=needs_missingdep, journal=journal
+        ) as outcomes,
+    ):
+        list(outcomes)
+    ended = f"failed to start: {MISSING}; no item was run"
+    assert [row[:4] for row in runs(journal)] == [(ended, 0, 0, 0)] * 2
+    assert manyhands.run(abs, range(5), backend="processes", journal=journal).succeeded == 5
+
+
+def broken_input() -> Iterator[int]:
+    raise OSError("the disk went away\nwhile reading")
+    yield 0  # (a generator)
+
+
+def test_an_input_that_breaks_before_its_first_item_is_recorded_with_its_error(
+    hands: Hands, tmp_path: Path
+) -> None:
+    journal = tmp_path / "j.db"
+    with pytest.raises(manyhands.InputError, match="no item was read"):
+        hands.run(abs, broken_input(), journal=journal)
+    ended = "input error: OSError: the disk went away"  # (its first line)
+    assert [row[:4] for row in runs(journal)] == [(ended, 0, 0, 0)]
+
+
+PARENT_ONLY = textwrap.dedent(
+    """
+    import multiprocessing
+    if multiprocessing.parent_process() is not None:  # (in a worker process only)
+        import missingdep  # noqa: F401
+
+    def work(line):
+        return line
+    """
+)
+
+
+def test_the_command_shows_a_run_that_failed_to_start_and_why(tmp_path: Path) -> None:
+    (tmp_path / "parent_only.py").write_text(PARENT_ONLY)
+    (tmp_path / "items.txt").write_text("1\n2\n")
+    env = python_subprocess_env()
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env["PYTHONPATH"]])
+
+    def manyhands_(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "manyhands", *args], cwd=tmp_path, capture_output=True,
+            text=True, timeout=120, env=env,
+        )  # fmt: skip
+
+    done = manyhands_("run", "parent_only:work", "items.txt", "--backend", "processes",
+                      "--journal", "j.db")  # fmt: skip
+    assert done.returncode == 1 and "missingdep" in done.stderr.splitlines()[-1]
+    shown = manyhands_("status", "j.db").stdout.splitlines()
+    assert shown[-2].endswith("parent_only.work: failed to start, 0 succeeded, 0 failed, 0 skipped")
+    assert shown[-1] == f"      {MISSING}; no item was run"
+
+
+def test_the_command_records_its_key_flag_as_given(tmp_path: Path) -> None:
+    # The run's options named the command's own key function:
+    # "manyhands.cli._key.<locals>.key", with --key id and without --key alike.
+    (tmp_path / "rows.jsonl").write_text('{"id": 1}\n{"id": 2}\n')
+    command = [sys.executable, "-m", "manyhands", "run", "json:dumps", "rows.jsonl", "--jsonl"]
+    for key in (["--key", "id"], ["--key", "json:dumps"], []):
+        subprocess.run(
+            [*command, "--journal", "j.db", *key], cwd=tmp_path, capture_output=True,
+            timeout=120, env=python_subprocess_env(), check=True,
+        )  # fmt: skip
+    keys = [options.get("key", "(none)") for *_, options in runs(tmp_path / "j.db")]
+    assert keys == ["--key id", "--key json:dumps", "(none)"]
