@@ -985,6 +985,26 @@ def test_a_note_in_a_pool_runs_report_is_not_in_the_next_runs(
     assert second.notes == ()
 
 
+def test_many_threads_woken_at_once_do_not_pass_for_a_gil_held() -> None:
+    """100 threads whose answers came back together wait for a core in turn: their
+    waits summed to 92% of the first 0.12 s while their CPU was 17% of it (HTTP calls
+    to a server with a queue). Read as a GIL held, it released the latency limit, so
+    the run never slowed down for the server, and advised processes for I/O."""
+    schedstat = {"ran": 0.0, "ready": 0.0}
+    m = Measure(started=0.0, workers=100, cores=2, own_threads=True,
+                demand=lambda: (schedstat["ran"], schedstat["ready"]),
+                cpu=lambda: schedstat["ran"], process_cpu=lambda: schedstat["ran"])  # fmt: skip
+    for _ in range(16):
+        m.add(1, 0.1, 0.001)  # the first answers: 1 ms of CPU each
+    schedstat.update(ran=0.02, ready=0.11)
+    assert not m.holds_cpu(0.119)
+    assert m.hint(0.119) is None
+    # A GIL held by a thread that waits for a core (other programs' load): 40% of
+    # the time on a core, and as long again waiting for one, still counts.
+    schedstat.update(ran=0.048, ready=0.11)
+    assert m.holds_cpu(0.119)
+
+
 def test_calls_that_kept_the_gil_busy_hold_the_cpu() -> None:
     clock = {"cpu": 0.0}
     m = Measure(started=0.0, workers=32, cores=2, demand=no_schedstat, own_threads=True,

@@ -583,10 +583,14 @@ def test_latency_limit_cut_counts_the_server_rate_over_several_samples() -> None
     # servers: 2.4x the capacity bound on the benchmark's overload).
     # (A sample holds SAMPLE_CALLS answers at least: here a bunch of 4 joins the
     # next one, and samples span 0.2 s; the last six span only the queue's answers.)
+    # Once cut, the calls in flight come down to the limit, and the server's
+    # answers go on at its rate: the cut holds (it is on trial until then), and
+    # the later samples count only the queue's answers.
     limit, now = threads_limit_after_unloaded_samples(in_flight=100)
-    for n in range(16):
+    for n in range(30):
         now += 0.1
-        limit.accepted(now, calls=4 if n % 2 else 36, latency=0.5, in_flight=100)
+        out = 100 if limit.limit == 100 else limit.limit
+        limit.accepted(now, calls=4 if n % 2 else 36, latency=0.5, in_flight=out)
     assert limit.limit == math.ceil(200 * 0.1 * 1.2)
 
 

@@ -90,6 +90,12 @@ WINDOW = 0.1  # seconds of the run before the choice
 ITEMS = 16  # calls at least (finished or running) before the choice
 EARLY_CALLS = 2  # the same, once the processes are started for calls that look CPU-bound
 GIL_BOUND = 0.7  # calls' CPU time per second of the run: the GIL is the limit
+# Calls computing less than this share of the run's time mostly wait (I/O, sleeps):
+# their threads' waits for a core are many threads woken at once (100 threads
+# whose answers came back together: ten times their CPU time, read as a GIL held
+# 92% of the time), not a GIL held by a thread that waits for a core on a busy
+# machine. Only from this share on do the waits count toward the GIL's use.
+WAITS_COUNT = GIL_BOUND / 2
 MIN_CPU = 50e-6  # seconds of CPU per item for processes to pay
 WAIT_SEEN = 0.02  # seconds of the run before its threads can be seen to wait
 # Calls at once until they are seen to wait (or the choice is made): more GIL-bound
@@ -386,9 +392,11 @@ class Measure:
             if self._own_threads:  # the run's own workers: their demand is its calls'
                 # (calls still running count too: with many threads taking turns on
                 # the GIL, few calls finish within a window, and their CPU lags)
-                busy = max(busy, min(ready / window, 1.0))
                 cpu = max(cpu, ran)
-            elif ran > 0:  # ready to run (a core's worth at most: one GIL), the calls' share
+                if ran >= WAITS_COUNT * window:
+                    busy = max(busy, min(ready / window, 1.0))
+            elif ran > 0 and self._cpu >= WAITS_COUNT * window:
+                # ready to run (a core's worth at most: one GIL), the calls' share
                 busy = max(busy, min(ready / window, 1.0) * min(self._cpu / ran, 1.0))
         return busy, cpu
 

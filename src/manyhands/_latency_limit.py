@@ -323,7 +323,9 @@ class LatencyLimit:
         self._queued = self._queued + 1 if ratio > QUEUE else 0
         if now > began:
             self._delivery.append((began, delivered, mean * delivered))
-        if self._queued >= SUSTAINED and self._delivery:
+        if self._trial is not None:
+            pass  # (a cut on trial: the limit stays as it is until it is judged)
+        elif self._queued >= SUSTAINED and self._delivery:
             # The server's rate: the calls delivered over the last few samples.
             # One sample's answers come in bunches (a short one may hold few
             # or two bunches), and the cut, repeated at every sample while the
@@ -332,7 +334,7 @@ class LatencyLimit:
             delivered = sum(calls for _, calls, _ in self._delivery)
             rate = delivered / (now - since)
             fit = max(1, math.ceil(rate * unloaded * HEADROOM))
-            if fit < self.limit and self._trial is None:
+            if fit < self.limit:
                 before = sum(total for _, _, total in self._delivery) / delivered
                 self._trial = (rate, before, self.limit, self.opening)
                 self._after_sum, self._after_count = 0.0, 0
