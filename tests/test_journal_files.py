@@ -199,7 +199,7 @@ def read_only_folder(monkeypatch: pytest.MonkeyPatch) -> None:
     meta = _inspect._meta
     calls = []
 
-    def unable(db: sqlite3.Connection) -> dict[str, str]:
+    def unable(db: sqlite3.Connection) -> dict[str, str] | None:
         calls.append(db)
         if len(calls) == 1:
             raise sqlite3.OperationalError("unable to open database file")
@@ -239,20 +239,89 @@ def test_reading_a_finished_journal_leaves_no_wal_or_shm_file_behind(tmp_path: P
     assert journal.read_bytes() == before
 
 
+@pytest.fixture
+def committed(monkeypatch: pytest.MonkeyPatch) -> Callable[[int], None]:
+    """Waits until the journal's writer has committed at least ``n`` rows."""
+    from manyhands._journal_writer import Group, Writer
+
+    rows = [0]
+    changed = threading.Condition()
+    commit = Writer._commit
+
+    def counted(self: Writer, group: Group) -> None:
+        commit(self, group)
+        with changed:
+            rows[0] += group.rows
+            changed.notify_all()
+
+    monkeypatch.setattr(Writer, "_commit", counted)
+
+    def wait(n: int) -> None:
+        with changed:
+            assert changed.wait_for(lambda: rows[0] >= n, timeout=60), rows[0]
+
+    return wait
+
+
 def test_reading_a_journal_in_use_sees_its_latest_commits_and_leaves_its_files(
-    tmp_path: Path,
+    tmp_path: Path, committed: Callable[[int], None]
 ) -> None:
     journal = tmp_path / "run.db"
     with manyhands.map(abs, range(1000), journal=journal, workers=1, batch_size=1) as outcomes:
         got = [next(outcomes) for _ in range(100)]
         # Recorded once delivered (the last batch as the next is asked for), committed
-        # by the writer a moment later.
+        # by the writer, which creates a new journal beside the run's start.
         delivered = len(got) - 1
-        deadline = time.monotonic() + 10
-        while read_status(journal).total < delivered and time.monotonic() < deadline:
-            time.sleep(0.01)
+        committed(delivered)
         assert read_status(journal).total >= delivered
         assert os.path.exists(f"{journal}-wal") and os.path.exists(f"{journal}-shm")
         got += list(outcomes)
     assert len(got) == 1000
     assert read_status(journal).states == {"done": 1000}
+
+
+@pytest.mark.parametrize("held", ["empty file", "no tables yet"])
+def test_a_journal_a_starting_run_creates_reads_as_none_yet_never_as_an_sqlite_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], held: str
+) -> None:
+    """The writer creates a new journal beside the run's start: the file exists before its
+    tables do. Read then (``status``, ``failures``), it is not there yet, with a clear
+    message; once created, it is whole."""
+    from manyhands import _journal, _journal_file
+    from manyhands._inspect import read_failures
+    from manyhands.cli import main
+
+    reached, go_on = threading.Event(), threading.Event()
+    # (before SQLite opens the file the run created; or once in WAL mode, before its tables)
+    module, name = (
+        (_journal, "open_db") if held == "empty file" else (_journal_file, "_create_schema")
+    )
+    create = getattr(module, name)
+
+    def holding(*args: Any) -> Any:
+        reached.set()
+        assert go_on.wait(60)
+        return create(*args)
+
+    monkeypatch.setattr(module, name, holding)
+    journal = tmp_path / "run.db"
+    reports: list[manyhands.Report] = []
+    run = threading.Thread(
+        target=lambda: reports.append(manyhands.run(abs, range(10), journal=journal))
+    )
+    run.start()
+    try:
+        assert reached.wait(60)
+        for read in (read_status, read_failures):
+            with pytest.raises(manyhands.JournalError, match=r"^no journal at '.*run.db' yet: "):
+                read(journal)
+        capsys.readouterr()
+        assert main(["status", str(journal)]) == 2
+        shown = capsys.readouterr()
+        assert shown.err.startswith("manyhands: error: no journal at") and " yet: " in shown.err
+        assert "no such table" not in shown.err
+    finally:
+        go_on.set()
+        run.join()
+    assert reports[0].succeeded == 10
+    assert read_status(journal).states == {"done": 10}

@@ -138,8 +138,11 @@ def test_one_exception_object_raised_by_every_call_fails_only_their_items(hands:
     for failure in report.failures:
         assert failure.message == "login failed"
         # This call's traceback, once: not another call's, nor every call's chained.
+        # (Its innermost frames may be missing: ``Future.result`` re-raises through a
+        # ``finally``, which sets the shared object's traceback, and another thread's
+        # raise of it meanwhile resets it; 1 run in the suite on a loaded machine.)
         assert failure.traceback.count("in raise_shared") == 1, failure.traceback
-        assert failure.traceback.count("raise self._exception") == 1, failure.traceback
+        assert failure.traceback.count("raise self._exception") <= 1, failure.traceback
 
 
 class Value:

@@ -70,6 +70,8 @@ def reading(path: str | Path) -> Iterator[sqlite3.Connection]:
                 raise _unreadable(journal, again) from again
         except sqlite3.DatabaseError as exc:
             raise JournalError(f"{str(journal)!r} is not a readable journal ({exc})") from exc
+        if meta is None:
+            raise JournalError(_not_created(journal))
         if meta.get("format") != FORMAT:
             raise JournalError(f"{str(journal)!r} is not a manyhands journal")
         check_version(meta.get("version"), repr(str(journal)))
@@ -107,9 +109,24 @@ def _connect(journal: Path, mode: str) -> sqlite3.Connection:
     return db
 
 
-def _meta(db: sqlite3.Connection) -> dict[str, str]:
+def _meta(db: sqlite3.Connection) -> dict[str, str] | None:
+    """The journal's format and version; None while it has no tables at all.
+
+    A run creates a new journal beside its start: the file exists, empty, then
+    its tables and its format come in one transaction. So the tables are looked
+    for first: once they are seen, every later read sees the format too.
+    """
+    if db.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone() is None:
+        return None
     query = "SELECT name, value FROM meta WHERE name IN (?, ?)"
     return dict(db.execute(query, ("format", "version")))
+
+
+def _not_created(journal: Path) -> str:
+    return (
+        f"no journal at {str(journal)!r} yet: the file has no tables, which a run creates as "
+        "it starts (or one stopped before it could); try again in a moment"
+    )
 
 
 def _unmerged(journal: Path) -> bool:

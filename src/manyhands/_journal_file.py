@@ -351,7 +351,8 @@ def _create_schema(db: sqlite3.Connection) -> None:
     """The tables and what marks the file a journal, all or nothing (one transaction).
 
     A run killed while it creates its journal leaves an empty database, which the
-    next run takes as new, never a file it would refuse as not a journal.
+    next run takes as new, never a file it would refuse as not a journal. A reader
+    sees no tables (the journal is not there yet) or every table and the format.
     """
     db.execute("BEGIN IMMEDIATE")
     try:
