@@ -21,9 +21,12 @@ calls had started by then, and the refusals' latency in the first half second
 against later ones.
 
 "bound" is the capacity bound (for the changing limit it follows the
-capacity over time); "refused" counts the requests the server refused for its
-limit; "p95" is the 95th percentile of the accepted requests' latency
-(unloaded: 10 ms, 100 ms for the concurrency models).
+capacity over time). The controls (``CONTROLS``: no limit, a latency that
+varies by itself as an API's does) have none: there manyhands must keep pace
+with the hand-written rows, which never slow down; "refused" counts the
+requests the server refused for its limit; "p95" is the 95th percentile of
+the accepted requests' latency (unloaded: 10 ms, 100 ms for the concurrency
+models, a median of 100 ms for the controls).
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import manyhands
 from manyhands._demo_api import afetch, fetch, is_throttle, serve_elsewhere
-from manyhands._servers import MODELS, bound_of
+from manyhands._servers import CONTROLS, MODELS, bound_of
 
 ITEMS, THREADS, TASKS, RETRIES = 2000, 100, 2000, 8
 POLICY = manyhands.Retry(RETRIES, backoff=0.1)
@@ -190,7 +193,7 @@ def bench(model: str, runner: str) -> dict[str, Any]:
         started = time.perf_counter()
         succeeded, settled = RUNNERS[runner](urls, timed)
         wall = time.perf_counter() - started
-    bound = bound_of(MODELS[model](), ITEMS)
+    bound = bound_of(MODELS[model](), ITEMS) if model in MODELS else math.nan
     return {
         "wall": wall,
         "bound": bound,
@@ -203,6 +206,11 @@ def bench(model: str, runner: str) -> dict[str, Any]:
     }
 
 
+def _versus(row: dict[str, Any]) -> str:
+    """The wall against the capacity bound; a control has none (see its hand-written rows)."""
+    return "-" if math.isnan(row["bound"]) else f"{row['wall'] / row['bound']:.2f}x"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", help="comma-separated parts of model names (default: all)")
@@ -213,7 +221,7 @@ def main() -> None:
     args = parser.parse_args()
     models = [
         name
-        for name in MODELS
+        for name in (*MODELS, *CONTROLS)
         if not args.models or any(part in name for part in args.models.split(","))
     ]
     runners = args.runners.split(",") if args.runners else list(RUNNERS)
@@ -228,7 +236,7 @@ def main() -> None:
             row = bench(model, runner)
             share = row["refused"] / max(row["requests"], 1)
             print(
-                f"| {runner} | {row['wall']:.2f} | {row['wall'] / row['bound']:.2f}x "
+                f"| {runner} | {row['wall']:.2f} | {_versus(row)} "
                 f"| {row['requests']} | {row['refused']} | {share:.1%} | {row['succeeded']} "
                 f"| {row['p95'] * 1000:.0f} | {row['settled']} |",
                 flush=True,

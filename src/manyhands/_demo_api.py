@@ -174,9 +174,9 @@ def serve_main(name: str) -> None:  # pragma: no cover - runs in a child process
     """Serve ``MODELS[name]``; print the base URL; stop when standard input closes."""
     import sys
 
-    from ._servers import MODELS
+    from ._servers import CONTROLS, MODELS
 
-    with serve(MODELS[name]()) as (base, _):
+    with serve({**MODELS, **CONTROLS}[name]()) as (base, _):
         print(base, flush=True)
         sys.stdin.read()
 

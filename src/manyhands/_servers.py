@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 __all__ = [
+    "CONTROLS",
     "MODELS",
     "Answer",
     "Changing",
@@ -398,4 +399,11 @@ MODELS: dict[str, Callable[[], Model]] = {
     "concurrency 20, 503 no Retry-After": lambda: ConcurrencyCap(20, status=503, retry_after=None),
     "overload, no 429": lambda: Overload(20, 0.1),
     "changing: halves at 3 s, back at 6 s": lambda: Changing(TokenBucket(200, burst=10)),
+}
+
+#: Servers with no limit, whose answers a client must not slow down for (the benchmark's
+#: controls, beside the hand-written rows): latency that varies by itself is no queue.
+CONTROLS: dict[str, Callable[[], Model]] = {
+    "no limit, latency varies (p95 2.3x the median)": lambda: Varying(0.1, 0.5),
+    "no limit, latency varies (p95 5.2x the median)": lambda: Varying(0.1, 1.0),
 }
