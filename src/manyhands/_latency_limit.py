@@ -184,6 +184,7 @@ class LatencyLimit:
         """Latency no longer limits the calls in flight (calls that hold the CPU)."""
         self.follows = False
         self._queued = 0
+        self._trial = self._bound_at = None
         self.limit = self.workers
         self.opening = False
 
@@ -196,6 +197,7 @@ class LatencyLimit:
         that the rate already paces.
         """
         self._refusing = True
+        self._trial = self._bound_at = None  # (a cut on trial: the rate judges from here)
         self.limit = self.workers
         self.opening = False
 
