@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import manyhands
+from manyhands._exceptions import not_called
 from manyhands._outcome import Failure
 from manyhands._stats import LatencyHistogram, RunStatistics
 
@@ -215,10 +216,7 @@ def _never_called(item: int, error: manyhands.WorkerCrashed | manyhands.Timeout)
 def test_items_never_called_are_not_run_not_failed_in_the_report_and_its_text() -> None:
     """A user reading the Report must not think fn failed once per item the run never called."""
     stats = RunStatistics(keep_failures=100)
-    stopped = [
-        _never_called(x, manyhands.WorkerCrashed("not called: the run stopped first"))
-        for x in range(10, 13)
-    ]
+    stopped = [_never_called(x, not_called("the run stopped first")) for x in range(10, 13)]
     held = _never_called(13, manyhands.Timeout("not started: every worker is held"))
     crashed = Failure.from_exception(9, manyhands.WorkerCrashed("killed by signal 9"))
     failures = [*stopped[:1], Failure.from_exception(1, ValueError("bad")), crashed]
@@ -258,7 +256,7 @@ def test_items_never_called_are_not_run_not_failed_in_the_report_and_its_text() 
 
 def test_failing_alike_is_about_calls_made_not_items_never_called() -> None:
     stats = RunStatistics(keep_failures=100)
-    first = _never_called(0, manyhands.WorkerCrashed("not called: the run stopped first"))
+    first = _never_called(0, not_called("the run stopped first"))
     calls = [Failure.from_exception(x, KeyError(x)) for x in range(1, 11)]
     stats.add_batch(finished=11, calls=10, elapsed=1.0, failures=[first, *calls])
     stats.delivered([first, *calls])

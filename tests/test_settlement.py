@@ -9,6 +9,7 @@ import pytest
 import manyhands
 from manyhands import _retry, _settlement
 from manyhands._batch import Batch, Task
+from manyhands._exceptions import not_called
 from manyhands._options import Options
 from manyhands._outcome import Failure, safe_message
 from manyhands._stats import RunStatistics
@@ -94,9 +95,7 @@ def test_a_retry_never_made_ends_with_its_last_failure_not_as_not_run() -> None:
     retry = Batch(-1, ["a"], Task(str, lambda batch: None), attempt=2)
     retry.last_failure = first
     stats.retried = stats.retrying = 1  # (as when the retry was scheduled)
-    not_called = manyhands.WorkerCrashed("not called: the run stopped first")
-    not_called.ran = False
-    retry.values, retry.errors = [None], {0: not_called}
+    retry.values, retry.errors = [None], {0: not_called("the run stopped first")}
     retried, final, uncalled = settlement.settle(retry)
     assert (retried, final, uncalled) == (set(), [first], 1)
     assert retry.failures == {0: first} and first.attempts == 1

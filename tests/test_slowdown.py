@@ -326,7 +326,7 @@ def test_a_cut_the_answers_do_not_bear_out_is_undone() -> None:
     queue.accepted(now + 0.01, calls=1, latency=0.3, in_flight=kept)  # (it binds)
     for k in range(1, 20):
         queue.accepted(now + 0.01 + 0.05 * k, calls=20, latency=0.12, in_flight=kept)
-    assert queue.limit <= kept
+    assert queue.limit <= kept and queue._trial is None  # (judged, and it held)
     # Calls as slow with fewer out: the answers came at a fraction of the rate.
     varying = LatencyLimit(workers=100, now=0.0, slow_start=False, ramp_loads=False)
     now = cut(varying)

@@ -114,9 +114,26 @@ class WorkerCrashed(ManyhandsError):
             worker was left, or none could be started). Such an item is not
             retried, and that attempt made no call (it is not counted in
             ``attempts``); the Report counts it in ``not_run``, not in ``failed``.
+        stopped: ``True`` when ``ran`` is False because the run stopped first
+            (a stop rule, Ctrl-C, an exception or ``break``), not because the
+            backend could not go on.
     """
 
     ran = True
+    stopped = False
+
+
+def not_called(why: str) -> WorkerCrashed:
+    """The error of an item whose call the run stopped before it was made.
+
+    >>> error = not_called("the run stopped first")
+    >>> error.ran, error.stopped, str(error)
+    (False, True, 'not called: the run stopped first')
+    """
+    error = WorkerCrashed(f"not called: {why}")
+    error.ran = False  # (not retried, no attempt counted, not journaled)
+    error.stopped = True
+    return error
 
 
 class WorkerInitError(ManyhandsError):

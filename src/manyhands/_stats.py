@@ -39,12 +39,10 @@ def not_run_cause(failure: Failure) -> str | None:
     """Why ``failure``'s item was delivered without its call being made; None if it was made.
 
     Told by manyhands' own errors with ``ran`` False only (a user's exception
-    may have any attribute named ``ran``); the run's stop says "not called: ..."
+    may have any attribute named ``ran``).
 
-    >>> from manyhands._exceptions import WorkerCrashed
-    >>> error = WorkerCrashed("not called: the run stopped first")
-    >>> error.ran = False
-    >>> not_run_cause(Failure.from_exception(1, error))
+    >>> from manyhands._exceptions import WorkerCrashed, not_called
+    >>> not_run_cause(Failure.from_exception(1, not_called("the run stopped first")))
     'run stopped'
     >>> not_run_cause(Failure.from_exception(1, WorkerCrashed("killed by signal 9"))) is None
     True
@@ -54,7 +52,7 @@ def not_run_cause(failure: Failure) -> str | None:
         return None
     if isinstance(error, Timeout):
         return WORKERS_HELD
-    return RUN_STOPPED if failure.message.startswith("not called") else BACKEND_STOPPED
+    return RUN_STOPPED if error.stopped else BACKEND_STOPPED
 
 
 class LatencyHistogram:

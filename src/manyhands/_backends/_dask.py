@@ -59,7 +59,7 @@ from queue import Empty, SimpleQueue
 from typing import Any, ClassVar, TypeVar
 
 from .._batch import Batch, Task
-from .._exceptions import WorkerCrashed
+from .._exceptions import WorkerCrashed, not_called
 from ._dask_cluster import close_local_cluster, connect, retries_note, start_local_cluster
 from ._dask_withdraw import began_on_cluster
 from ._process_batches import fail_items, file_results, pickle_batch, pickle_items
@@ -592,7 +592,13 @@ class DaskBackend:
         if kind == "stopped":  # (stop_tasks: the run stopped) it called only these
             called, answer = rest
             uncalled = sorted(set(range(len(indices))) - set(called))
-            fail_items(batch, [indices[at] for at in uncalled], _not_called())
+            fail_items(
+                batch,
+                [indices[at] for at in uncalled],
+                not_called(
+                    "its Dask task was told to stop first (the run stopped, or it was cancelled)"
+                ),
+            )
             indices = [indices[at] for at in called]
             kind, *rest = pickle.loads(answer)
         if kind == "unloadable":
@@ -755,15 +761,6 @@ _DIED = "the Dask worker process running this item died"
 _PARTS_FROM = 32  # (with a stop rule) a first batch of this many items or more goes in parts
 _NANNY_WAIT = 10.0  # seconds to wait for a dead worker's nanny to answer again
 _SHIPPED_BYTES = 4096  # a function pickled to this much or less travels with each task
-
-
-def _not_called() -> WorkerCrashed:
-    """The error of an item its task did not call: told to stop first."""
-    error = WorkerCrashed(
-        "not called: its Dask task was told to stop first (the run stopped, or it was cancelled)"
-    )
-    error.ran = False  # (not retried, no attempt counted)
-    return error
 
 
 def _growing(count: int) -> list[list[int]]:

@@ -84,7 +84,7 @@ from time import monotonic
 from typing import Any
 
 from .._batch import FINISHED, RUNNING, TIMED_OUT, Batch, Task
-from .._exceptions import WorkerCrashed, WorkerInitError
+from .._exceptions import WorkerCrashed, WorkerInitError, not_called
 from .._lanes import Lanes
 from .._outcome import describe_exception
 from ._process_batches import blame_crash, fail_items, file_results, pickle_items
@@ -940,6 +940,4 @@ class ProcessBackend:
 
 def _not_begun() -> WorkerCrashed:
     """The error of an item whose batch no worker began: its run stopped first."""
-    error = WorkerCrashed("not called: the run stopped before a worker process began its batch")
-    error.ran = False  # (not retried, no attempt counted, not journaled)
-    return error
+    return not_called("the run stopped before a worker process began its batch")
