@@ -155,7 +155,9 @@ def finish(proc: subprocess.Popen[Any], timeout: float) -> tuple[Any, Any]:
     try:
         return proc.communicate(timeout=timeout)
     finally:
-        proc.kill()  # (a no-op once it has exited)
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()  # (reaped, its pipes closed: no warning lands on a later test)
 
 
 def read_line(proc: subprocess.Popen[str], timeout: float) -> str:

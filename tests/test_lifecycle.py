@@ -18,6 +18,7 @@ from .conftest import (
     Hands,
     PeakConcurrency,
     finish,
+    read_line,
     start_python,
     wait_for_threads,
 )
@@ -223,6 +224,50 @@ def test_second_ctrl_c_during_grace_stops_at_once(backend: str) -> None:
     finish(proc, 10)
     assert time.monotonic() - sent < 2.0
     assert proc.returncode != 0
+
+
+# The kernel hands a signal sent to the process to any thread that does not block
+# it; when a thread other than the main one takes it, Python only notes it, and the
+# main thread sees it when it next runs Python code: a wait on a lock never ends for
+# it. Here a thread of the child takes Ctrl-C as it would (pthread_kill to itself).
+TAKEN_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, signal, sys, threading, time, manyhands
+    def ctrl_c(first_to_main):
+        time.sleep(0.5)
+        if first_to_main:  # (the first Ctrl-C reaches the main thread; the grace begins)
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+            time.sleep(0.5)
+        print("sent", flush=True)
+        signal.pthread_kill(threading.get_ident(), signal.SIGINT)
+    threading.Thread(target=ctrl_c, args=({first_to_main},), daemon=True).start()
+    try:
+        sleep = asyncio.sleep if {backend!r} == "async" else time.sleep
+        manyhands.run(sleep, [1000] * 100, backend={backend!r}, workers=8, grace={grace})
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+        raise
+    """
+)
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="POSIX threads' signals")
+@pytest.mark.parametrize("on", ["threads", "processes", "async"])
+@pytest.mark.parametrize(
+    ("first_to_main", "grace"), [(False, 0.2), (True, 60)], ids=["ctrl-c", "second-ctrl-c"]
+)
+def test_a_ctrl_c_another_thread_took_stops_the_run(
+    on: str, first_to_main: bool, grace: float
+) -> None:
+    if on == "async" and first_to_main:
+        pytest.skip("the first Ctrl-C cancels coroutines at once: no grace to cut short")
+    # Before: the run waited for a call to end (1,000 s here), or for the whole grace.
+    proc = start_python(TAKEN_SCRIPT.format(first_to_main=first_to_main, backend=on, grace=grace))
+    assert read_line(proc, 30) == "sent"
+    sent = time.monotonic()
+    out, err = finish(proc, 30)
+    assert "interrupted" in out and "KeyboardInterrupt" in err, err
+    assert time.monotonic() - sent < 10  # (a hang is 60 s or more)
 
 
 @pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="POSIX threads' signals")

@@ -40,6 +40,7 @@ import itertools
 import threading
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
+from concurrent.futures import wait as futures_wait
 from concurrent.futures._base import CANCELLED_AND_NOTIFIED
 from typing import Any, TypeVar, cast
 
@@ -47,6 +48,7 @@ from ._backends import Backend
 from ._batch import Batch, Task
 from ._executor_pickles import call_pickled, pickled_call, unpickled_outcome
 from ._outcome import Failure
+from ._signal_waits import wait_sliced
 
 __all__ = ["PoolCalls", "PoolExecutor", "PoolFuture"]
 
@@ -135,11 +137,22 @@ class PoolFuture(Future[R]):
 
     def result(self, timeout: float | None = None) -> R:
         self.calls.before_wait(self, timeout)
-        return super().result(timeout)
+        return super().result(self._wait_sliced(timeout))
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         self.calls.before_wait(self, timeout)
-        return super().exception(timeout)
+        return super().exception(self._wait_sliced(timeout))
+
+    def _wait_sliced(self, timeout: float | None) -> float | None:
+        """The main thread waits in slices (Ctrl-C that a worker thread took: see
+        _signal_waits); the timeout left for the stdlib's wait: 0 once waited."""
+        if self.done() or threading.current_thread() is not threading.main_thread():
+            return timeout
+        wait_sliced(self._done_within, timeout)
+        return 0.0
+
+    def _done_within(self, seconds: float) -> bool:
+        return bool(futures_wait((self,), seconds).done)
 
     def cancel(self) -> bool:
         """Cancel the call unless a worker began it; True if it is cancelled (never made).

@@ -55,6 +55,7 @@ from ._reader import Reader
 from ._report import Report
 from ._settlement import Settlement
 from ._settlement import timed_out as timed_out_in
+from ._signal_waits import LOOK_EVERY
 from ._sizing import Sizer
 from ._slowdown import OPENING_SHARE, Slowdown
 from ._stats import RunStatistics
@@ -75,7 +76,6 @@ if TYPE_CHECKING:
 __all__ = ["Completions", "Run", "RunHooks"]
 
 _NEVER = object()  # (a sentinel no completion is)
-_LONGEST_WAIT = 3600.0  # (a Retry-After of years, obeyed: the run wakes hourly to look)
 
 
 class Completions(Protocol):
@@ -360,6 +360,7 @@ class Run:
     def _drive(self) -> Iterator[Batch]:
         completions = cast("Completions", self._completions)  # (the sync driver's)
         get = completions.get
+        look = functools.partial(get, True, LOOK_EVERY)
         caught = self._caught
         skipped = self._ready
         reader = self._reader
@@ -375,16 +376,17 @@ class Run:
             # thread waited, handled as soon as it wakes, finds the batch there,
             # where the run's end takes it (_late_batches); raised as `get()`
             # returned, it lost the batch, whose calls had run.
-            if wait is None:
-                if not (self._in_backend or self._in_previous or reader.waiting):
-                    raise RuntimeError("nothing in flight and nothing due")  # pragma: no cover
-                caught.extend(islice(iter(get, _NEVER), 1))
-            else:
-                wait = min(wait, _LONGEST_WAIT)  # (a wait longer than a thread can do)
-                try:
+            # The wait is a slice at most (_signal_waits: a signal another thread
+            # took is seen as the slice ends), then the loop looks again.
+            if wait is None and not (self._in_backend or self._in_previous or reader.waiting):
+                raise RuntimeError("nothing in flight and nothing due")  # pragma: no cover
+            try:
+                if wait is None or wait >= LOOK_EVERY:
+                    caught.extend(islice(iter(look, _NEVER), 1))
+                else:
                     caught.extend(islice(iter(functools.partial(get, True, wait), _NEVER), 1))
-                except Empty:
-                    continue
+            except Empty:
+                continue
             batch = caught.popleft()
             if batch is None:  # (an input read in a thread has more)
                 continue
@@ -471,7 +473,7 @@ class Run:
                 wait := deadline - self._clock()
             ) > 0:
                 with contextlib.suppress(Empty):
-                    batch = completions.get(timeout=wait)
+                    batch = completions.get(timeout=min(wait, LOOK_EVERY))
                     if batch is not None:
                         self._came_back(batch)
         finally:  # (a second Ctrl-C ends the wait at once)

@@ -15,17 +15,16 @@ import concurrent.futures
 import sys
 import threading
 from collections.abc import Callable, Coroutine
+from time import monotonic
 from typing import Any, TypeVar
 
 from .._batch import unwatch_this_thread, watch_forks_in_this_thread
 from .._exceptions import WorkerInitError
+from .._signal_waits import LOOK_EVERY
 
 __all__ = ["LoopGone", "LoopThread", "new_private_loop"]
 
 T = TypeVar("T")
-
-#: Seconds between checks that the loop's thread still runs, in an unbounded wait for it.
-_CHECK_EVERY = 0.5
 
 
 class LoopGone(RuntimeError):
@@ -82,14 +81,18 @@ class LoopThread:
             coroutine.close()
             raise _gone() from None
         try:
-            if timeout is not None:
-                return future.result(timeout)
-            # Never without bound: the loop's thread (a daemon) stops at interpreter
-            # exit, where a run left unread is closed by its finalizer and asks it here.
+            # In slices (a signal another thread took: see _signal_waits), each
+            # looking that the loop's thread still runs: it is a daemon, which stops
+            # at interpreter exit, where a run left unread is closed by its
+            # finalizer and asks it here.
+            deadline = None if timeout is None else monotonic() + timeout
             while True:
+                left = LOOK_EVERY if deadline is None else deadline - monotonic()
                 try:
-                    return future.result(_CHECK_EVERY)
+                    return future.result(min(max(left, 0.0), LOOK_EVERY))
                 except concurrent.futures.TimeoutError:
+                    if future.done() or (deadline is not None and left <= LOOK_EVERY):
+                        raise  # (the coroutine's own TimeoutError, or the time is up)
                     if not self.answers():
                         raise _gone() from None
         except BaseException:

@@ -87,6 +87,7 @@ from .._batch import FINISHED, RUNNING, TIMED_OUT, Batch, Task
 from .._exceptions import WorkerCrashed, WorkerInitError, not_called
 from .._lanes import Lanes
 from .._outcome import describe_exception
+from .._signal_waits import wait_sliced
 from ._process_batches import blame_crash, fail_items, file_results, pickle_items
 from ._process_channel import Frame
 from ._process_spawn import (
@@ -506,7 +507,7 @@ class ProcessBackend:
         self._wake()
         try:  # a second Ctrl-C here ends the wait at once
             if self._dispatcher is not None and self._dispatcher.is_alive():
-                self._idle.wait(grace)
+                wait_sliced(self._idle.wait, grace)
         finally:
             busy = self._close()
         return busy

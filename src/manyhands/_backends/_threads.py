@@ -14,6 +14,7 @@ from typing import Any
 from .._batch import FINISHED, RUNNING, TIMED_OUT, Batch, Task
 from .._exceptions import Timeout, WorkerInitError
 from .._lanes import Lanes
+from .._signal_waits import wait_sliced
 from ._thread_worker import STOP, TAKE, Exit, nothing, serving, work
 
 #: Each thread's CPU clock can be read without giving up the GIL (backend="auto").
@@ -384,7 +385,8 @@ class ThreadBackend:
         deadline = monotonic() + grace
         busy = len(held)
         for alive in [*self._alive, *self._spare_alive]:
-            if alive.acquire(timeout=max(deadline - monotonic(), 0.0)):
+            # (acquire(True, seconds): a wait of up to seconds)
+            if wait_sliced(functools.partial(alive.acquire, True), deadline - monotonic()):
                 alive.release()
             else:
                 busy += 1
