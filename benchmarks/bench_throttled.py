@@ -214,7 +214,10 @@ def _versus(row: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", help="comma-separated parts of model names (default: all)")
-    parser.add_argument("--runners", help="comma-separated runner names (default: all)")
+    parser.add_argument(
+        "--runners",
+        help="comma-separated parts of runner names, e.g. asyncio,aiometer (default: all)",
+    )
     parser.add_argument(
         "--first-wave", action="store_true", help="say what the client saw of the opening"
     )
@@ -224,7 +227,11 @@ def main() -> None:
         for name in (*MODELS, *CONTROLS)
         if not args.models or any(part in name for part in args.models.split(","))
     ]
-    runners = args.runners.split(",") if args.runners else list(RUNNERS)
+    runners = [
+        name
+        for name in RUNNERS
+        if not args.runners or any(part in name for part in args.runners.split(","))
+    ]
     for model in models:
         print(f"\n### {model}\n")
         print(

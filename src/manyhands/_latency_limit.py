@@ -13,14 +13,21 @@ in flight near what the server turns around without a queue:
   left yet, and their refusals cannot have come back. From the first
   answer on, the answers pace it: each accepted call lets ``GROWTH`` more
   start (1.5 times as many per round trip). A first answer that came late
-  (the opening older than ``LATE_ANSWER`` times its latency: the client or
-  the server lagged, and the blind doublings outran the answers) cuts the
-  limit back to twice the calls answered; one that came on time after
-  ``SLOW_CALL`` or more leaves time doubling on, and so does ``QUIET``
-  without an answer (the calls out may all wait for something: the opening
-  never stalls a run). The opening ends at the first refusal (the rate takes
-  it from there), when the latency rises (HyStart), at a first answer under
-  ``LOCAL`` (not a server's), or at ``workers``.
+  (more than ``LATE_ANSWER`` times its latency after its calls were let
+  start: they waited to run, the client lagged, and the blind doublings
+  outran the answers) cuts the limit back to twice the calls answered.
+  One that came on time after ``SLOW_CALL`` or more leaves time doubling
+  on (answers a round trip apart would take seconds to ramp up), and so
+  does, once per its round trip, the answer of a call let start after the
+  first ones, which are still out: the latency varies by itself, and the
+  first answer is the fastest of many (judged from the opening's start,
+  such an answer came "late", cut the run to a few dozen calls, and the
+  answers paced it up again: 1.3x the time of the run with no limit).
+  ``QUIET`` without an answer doubles it too (the calls out may all wait
+  for something: the opening never stalls a run). The opening ends at the
+  first refusal (the rate takes it from there), when the latency rises
+  (HyStart), at a first answer under ``LOCAL`` (not a server's), or at
+  ``workers``.
 - *Samples* (for a server that never refused a call): twice per unloaded
   round trip (threads; once per round trip on an event loop, and not during
   its opening), the mean latency of the calls that came back (``SAMPLE_CALLS``
@@ -40,7 +47,10 @@ in flight near what the server turns around without a queue:
   two round trips for the answers of the calls that lets start (a path that
   got faster, or a cut the latency did not bear out).
   A limit that no answer eased for ``QUIET`` doubles: the calls out may all
-  wait for something only more calls bring.
+  wait for something only more calls bring. Once the input ended, no cut:
+  only the calls out and retries are left, and the last calls out are the
+  slowest (the fast ones came back), which reads as a queue. A cut still on
+  trial is not one the run settled on (``settled``).
 
 Every method takes the time, so tests drive it exactly.
 """
@@ -116,6 +126,8 @@ class LatencyLimit:
         self.follows = True  # latency may cut the limit (not for CPU work: see Slowdown)
         self._queued = 0  # samples in a row above QUEUE
         self._wake = now + DOUBLING  # the opening's next doubling
+        self._period = DOUBLING  # seconds per doubling by time (see _pace)
+        self.input_ended = False  # only the calls out and retries are left: nothing to cut
         self._answered = False  # a call came back: the answers pace the opening
         self._doubling = True  # time doubles it (until the first answer, see _pace)
         self._last_answer = now
@@ -127,6 +139,11 @@ class LatencyLimit:
     def rising(self) -> bool:
         """The last round trip's latency was above ``QUEUE`` times the unloaded one."""
         return self._queued > 0
+
+    @property
+    def settled(self) -> int:
+        """The limit, except a cut still on trial: not borne out, it is not one to keep."""
+        return self.limit if self._trial is None else max(self.limit, self._trial[2])
 
     @property
     def latency(self) -> float:
@@ -157,11 +174,11 @@ class LatencyLimit:
             self._wake = now + RECHECK
             return RECHECK
         self.limit = min(2 * self.limit, self.workers)
-        self._wake = now + DOUBLING
+        self._wake = now + self._period
         if self.limit >= self.workers:
             self._end_opening()
             return None
-        return DOUBLING
+        return self._period
 
     def _unstall(self, now: float) -> float | None:
         """A limit below ``workers`` that no answer eased for ``QUIET``: it doubles.
@@ -201,8 +218,13 @@ class LatencyLimit:
         self.limit = self.workers
         self.opening = False
 
-    def accepted(self, now: float, calls: int, latency: float, in_flight: int) -> None:
-        """``calls`` calls came back accepted, taking ``latency`` seconds each."""
+    def accepted(
+        self, now: float, calls: int, latency: float, in_flight: int, started: float | None = None
+    ) -> None:
+        """``calls`` calls came back accepted, taking ``latency`` seconds each.
+
+        ``started``: when they were let start (None: ``latency`` before ``now``).
+        """
         self._clock = now
         if self._trial is not None:
             self._try_cut(now, calls, latency, in_flight)
@@ -223,9 +245,9 @@ class LatencyLimit:
         ):
             self._sample(now, in_flight)
         if self.opening:
-            self._pace(now, calls, latency)
+            self._pace(now, calls, latency, now - latency if started is None else started)
 
-    def _pace(self, now: float, calls: int, latency: float) -> None:
+    def _pace(self, now: float, calls: int, latency: float, started: float) -> None:
         """The opening, once calls come back: the answers pace it (see the module)."""
         if not self._answered:
             self._answered = True
@@ -233,13 +255,24 @@ class LatencyLimit:
                 self._end_opening()  # (and the limit: workers)
                 self.limit = self.workers
                 return
-            late = now - self._begun > LATE_ANSWER * latency
+            # Late: these calls waited to run after they were let start (the
+            # client lagged). Not: calls let start later than the first ones,
+            # which answer first when latency varies (the fastest of many).
+            late = now - started > LATE_ANSWER * latency
             if late:
                 self.limit = min(self.limit, max(OPENING, 2 * calls))
             # Slow calls answered on time: the server kept up with the blind
             # doublings, and answers a round trip apart would take seconds to
-            # ramp up: time goes on doubling (a refusal still ends it).
-            self._doubling = not late and latency >= SLOW_CALL
+            # ramp up: time goes on doubling (a refusal still ends it). So it
+            # does, once per round trip of this answer, for an answer of a call
+            # let start after the first ones, which are still out: the latency
+            # varies, and this one was the fastest of many (paced by the
+            # answers alone, such a run took 1.3x the time it took unlimited).
+            varies = started >= self._begun + DOUBLING
+            self._doubling = not late and (latency >= SLOW_CALL or varies)
+            if latency < SLOW_CALL:  # (what a refusal takes to come back)
+                self._period = max(latency, DOUBLING)
+                self._wake = max(self._wake, now + self._period)
         self._credit += calls * GROWTH
         grow = int(self._credit)
         self._credit -= grow
@@ -327,7 +360,7 @@ class LatencyLimit:
             self._delivery.append((began, delivered, mean * delivered))
         if self._trial is not None:
             pass  # (a cut on trial: the limit stays as it is until it is judged)
-        elif self._queued >= SUSTAINED and self._delivery:
+        elif self._queued >= SUSTAINED and self._delivery and not self.input_ended:
             # The server's rate: the calls delivered over the last few samples.
             # One sample's answers come in bunches (a short one may hold few
             # or two bunches), and the cut, repeated at every sample while the

@@ -253,7 +253,7 @@ class Slowdown:
         a window server's first refusals may leave one (the fewest calls out
         when one came back) that the rate then keeps the run well under.
         """
-        limit = self.workers if self._latency.opening else self._latency.limit
+        limit = self.workers if self._latency.opening else self._latency.settled
         if self._cap_bound:
             limit = min(limit, self._cap)
         return None if limit >= self.workers else limit
@@ -307,7 +307,7 @@ class Slowdown:
     ) -> None:
         self._delivered += calls
         had_latency = self._latency.latency
-        self._latency.accepted(now, calls, latency, in_flight)
+        self._latency.accepted(now, calls, latency, in_flight, started)
         if started >= self._reacted:
             self._streak = 0
             if self._pause is not None:
@@ -363,6 +363,7 @@ class Slowdown:
     def ending(self) -> None:
         """No more input: only the calls in flight and the retries are left."""
         self._ending = True
+        self._latency.input_ended = True
 
     def due(self, now: float, waiting: int = 0) -> float | None:
         """Apply the timed changes; seconds until the next one (None: none planned).
