@@ -859,6 +859,38 @@ def test_an_initializer_that_fails_only_in_worker_processes_keeps_the_run_on_thr
     assert report.backend.endswith("the items ran on threads)"), report.backend
 
 
+def spin_rebuilt_here() -> SpinHere:
+    if multiprocessing.parent_process() is not None:
+        raise RuntimeError("a SpinHere cannot be rebuilt in a worker process")
+    return SpinHere()
+
+
+class SpinHere:
+    """spin, as a callable whose pickle calls what raises in a worker process."""
+
+    def __call__(self, x: int) -> int:
+        return spin(x)
+
+    def __reduce__(self) -> tuple[Any, tuple[()]]:
+        return spin_rebuilt_here, ()
+
+
+def test_a_function_that_cannot_be_loaded_in_worker_processes_keeps_the_run_on_threads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The Report said "...in a worker process the initializer raised ..." though no
+    initializer was given: it names fn, and why it could not be loaded."""
+    chosen_at_a_completion(monkeypatch, after=1)
+    report = manyhands.run(SpinHere(), range(100), backend="auto")
+    assert report.succeeded == 100
+    assert report.backend.startswith(
+        "threads (forced by the test, but fn could not be loaded in a worker process: "
+        "builtins.RuntimeError: a SpinHere cannot be rebuilt in a worker process ("
+    ), report.backend
+    assert "initializer" not in report.backend and "no item was run" not in report.backend
+    assert report.backend.endswith("the items ran on threads)"), report.backend
+
+
 class Locked:
     """An item that cannot go to another process (it holds a lock)."""
 

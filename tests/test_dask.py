@@ -174,6 +174,19 @@ def _dies_on(x: int) -> int:
     return x + 1
 
 
+def test_a_function_that_cannot_be_loaded_on_the_workers_fails_its_items_saying_so(
+    client: Any,
+) -> None:
+    """Before, they failed with the loading's error alone, as if fn's call had raised it."""
+    from .test_processes_loading import REBUILD, OnlyHere
+
+    report = manyhands.run(OnlyHere(), range(3), backend=client)
+    assert report.failed == 3
+    (message,) = {failure.message for failure in report.failures}
+    assert message.startswith(f"fn could not be loaded in a Dask worker process: {REBUILD} (")
+    assert message.endswith("; or use backend='threads'); this item did not run")
+
+
 def test_a_killed_worker_costs_only_the_item_that_killed_it(client: Any) -> None:
     outcomes = {out.item: out for out in manyhands.map(_dies_on, range(200), backend=client)}
     assert len(outcomes) == 200

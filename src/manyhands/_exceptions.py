@@ -6,7 +6,8 @@ Every exception of manyhands' own derives from one root::
      ├── InputError        the user's iterable of items raised while it was read
      ├── Timeout           an item's call ran past ``timeout=`` (recorded, not raised)
      ├── WorkerCrashed     a worker process died running the item (recorded, not raised)
-     ├── WorkerInitError   the worker initializer failed: the run did not start
+     ├── WorkerInitError   no worker could start (the initializer failed, fn could not
+     │                     be loaded in a worker process): the run did not start
      ├── JournalError      the journal cannot be used (in use, corrupt, unwritable,
      │                     an item without a key, an edited item)
      ├── ItemsFailed       Report.raise_for_failures(): some items failed (or were not run)
@@ -137,7 +138,11 @@ def not_called(why: str) -> WorkerCrashed:
 
 
 class WorkerInitError(ManyhandsError):
-    """The ``initializer`` failed in a worker process; no item was run.
+    """No worker could start; no item was run.
+
+    The ``initializer`` raised in a worker process, or ``fn`` (or the
+    initializer) could not be loaded there (its module fails to import in a
+    new process), or the system refused the process; the message says which.
 
     Attributes:
         traceback: the formatted traceback from the worker process.

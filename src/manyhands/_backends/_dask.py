@@ -63,6 +63,7 @@ from .._exceptions import WorkerCrashed, not_called
 from .._signal_waits import LOOK_EVERY
 from ._dask_cluster import close_local_cluster, connect, retries_note, start_local_cluster
 from ._dask_withdraw import began_on_cluster
+from ._not_loaded import fn_not_loaded
 from ._process_batches import fail_items, file_results, pickle_batch, pickle_items
 from ._remote_calls import (
     ABANDONED_MESSAGE,
@@ -602,8 +603,11 @@ class DaskBackend:
             )
             indices = [indices[at] for at in called]
             kind, *rest = pickle.loads(answer)
-        if kind == "unloadable":
-            fail_items(batch, indices, rest[0])
+        if kind in ("unloadable", "no_fn"):
+            error = rest[0]
+            if kind == "no_fn":  # (not fn's call: its loading, that a worker's imports failed)
+                error = fn_not_loaded(error, batch.task.fn, "a Dask worker process")
+            fail_items(batch, indices, error)
             return indices
         values, errors, elapsed = rest
         if called is not None:

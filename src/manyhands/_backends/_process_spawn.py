@@ -18,13 +18,14 @@ import socket
 import sys
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from multiprocessing.connection import Connection, wait
 from time import monotonic
 from typing import Any
 
 from .._batch import Batch
 from .._exceptions import WorkerInitError
+from ._not_loaded import not_loaded
 from ._process_channel import Channel
 from ._process_worker import STAMP_SIZE, serve
 
@@ -152,11 +153,14 @@ def await_ready(
     workers: list[Worker],
     start_timeout: float | None = None,
     again: Callable[[Worker], Worker | None] | None = None,
+    modules: Mapping[str, str | None] | None = None,
 ) -> None:
     """Wait for every worker's "ready"; WorkerInitError if one cannot start (or initialize).
 
     ``again``: called with a worker that died before it was ready; the worker
     started in its place (waited for in turn), or None: the start fails.
+    ``modules``: the modules of ``"fn"`` and ``"initializer"``, for the words
+    when one of them cannot be loaded in a worker (see ``_not_loaded``).
     """
     starting = list(workers)
     while starting:
@@ -169,12 +173,8 @@ def await_ready(
         for worker in list(starting):
             for frame in worker.channel.receive():
                 message = pickle.loads(frame)
-                if message[0] == "init_failed":
-                    error_type, text, trace = message[1][0], message[1][1], message[1][2]
-                    raise WorkerInitError(
-                        f"the worker initializer raised {error_type}: {text}; no item was run",
-                        trace,
-                    )
+                if message[0] != "ready":
+                    raise _start_error(message, modules or {})
                 worker.ready = True
             if worker.ready:
                 starting.remove(worker)
@@ -184,6 +184,17 @@ def await_ready(
                 if replacement is None:
                     raise WorkerInitError(died_starting(worker.process.exitcode))
                 starting[starting.index(worker)] = replacement
+
+
+def _start_error(message: tuple[Any, ...], modules: Mapping[str, str | None]) -> WorkerInitError:
+    """A worker's answer to its start that is not "ready", as the error that ends the start."""
+    remote = message[1]
+    if message[0] == "load_failed":  # (fn or the initializer could not be unpickled there)
+        what = message[2]
+        why = not_loaded(what, remote, modules.get(what))
+    else:  # "init_failed"
+        why = f"the worker initializer raised {remote[0]}: {remote[1]}"
+    return WorkerInitError(f"{why}; no item was run", remote[2])
 
 
 def stop_workers(workers: list[Worker]) -> None:

@@ -28,6 +28,7 @@ import struct
 import sys
 import threading
 import traceback
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from time import monotonic, perf_counter, process_time
 from typing import Any, ClassVar, NoReturn
@@ -48,6 +49,7 @@ __all__ = [
     "SKIP_SLOTS",
     "STAMP_SIZE",
     "STARTED",
+    "FnFollows",
     "RemoteError",
     "describe_remote",
     "serve",
@@ -144,7 +146,13 @@ def serve(
     try:
         import cloudpickle  # type: ignore[import-untyped]
 
-        initializer, initargs, first_key, first_fn = cloudpickle.loads(payload)
+        initializer, initargs, _, first_key, first_fn = cloudpickle.loads(payload)
+    except BaseException as exc:  # (no initializer ran: what could not be loaded, and why)
+        if _Forked.happened:
+            _leave(exc)
+        _tell(conn, pickle.dumps(("load_failed", describe_remote(exc), _loading[0])))
+        return
+    try:
         if initializer is not None:
             initializer(*initargs)
     except BaseException as exc:
@@ -213,6 +221,26 @@ def _tell(conn: Connection, message: bytes) -> bool:
     except OSError:  # (BrokenPipeError, ConnectionResetError: the other end is closed)
         return False
     return True
+
+
+class FnFollows:
+    """Put between the initializer and fn in a worker's start payload (see ``serve``).
+
+    Unpickled in the worker, it notes that what is loaded from there on is fn:
+    a payload that cannot be loaded then says whether fn or the initializer
+    could not (a module that fails to import there, a ``__reduce__`` that
+    raises), instead of passing for an initializer that raised.
+    """
+
+    def __reduce__(self) -> tuple[Callable[[], None], tuple[()]]:
+        return _loading_fn, ()
+
+
+_loading = ["initializer"]  # what the start payload's unpickling is rebuilding now
+
+
+def _loading_fn() -> None:
+    _loading[0] = "fn"
 
 
 class _Unloadable:

@@ -88,6 +88,7 @@ from .._exceptions import WorkerCrashed, WorkerInitError, not_called
 from .._lanes import Lanes
 from .._outcome import describe_exception
 from .._signal_waits import wait_sliced
+from ._not_loaded import fn_not_loaded, module_of, not_loaded
 from ._process_batches import blame_crash, fail_items, file_results, pickle_items
 from ._process_channel import Frame
 from ._process_spawn import (
@@ -103,7 +104,7 @@ from ._process_spawn import (
     spawn_worker,
     stop_workers,
 )
-from ._process_worker import BATCH, HEADER, SKIP, SKIP_SLOTS, STARTED, RemoteError
+from ._process_worker import BATCH, HEADER, SKIP, SKIP_SLOTS, STARTED, FnFollows, RemoteError
 
 __all__ = ["ProcessBackend", "default_start_method"]
 
@@ -201,6 +202,8 @@ class ProcessBackend:
         self._initargs = initargs
         self._payload = b""
         self._first_key = 0  # the function in the payload (a run's own workers)
+        # fn's (the payload's) and the initializer's modules: words if one cannot be loaded.
+        self._modules: dict[str, str | None] = {"fn": None, "initializer": module_of(initializer)}
         self._lock = threading.Lock()  # see the module docstring
         # Batches not yet sent, with which of their items: a lane per run.
         self._inbox: Lanes[tuple[Batch, list[int]]] = Lanes(lambda work: len(work[1]))
@@ -321,12 +324,14 @@ class ProcessBackend:
 
         key, fn = (first.key, first.fn) if first is not None else (0, None)
         try:
-            self._payload = cloudpickle.dumps((self._initializer, self._initargs, key, fn))
+            payload = (self._initializer, self._initargs, FnFollows(), key, fn)
+            self._payload = cloudpickle.dumps(payload)
         except Exception as exc:
             if fn is not None:
                 _pickled_fn(fn)  # (raises, naming fn, when fn is what does not pickle)
             raise TypeError(f"initializer cannot be sent to a worker process: {exc}") from exc
         self._first_key = key
+        self._modules["fn"] = module_of(fn)
         try:
             try:
                 self._selector = selectors.DefaultSelector()
@@ -338,7 +343,7 @@ class ProcessBackend:
             self._wake_r.setblocking(False)
             self._wake_w.setblocking(False)
             self._start_workers()
-            await_ready(self._pool, self._start_timeout, self._start_again)
+            await_ready(self._pool, self._start_timeout, self._start_again, self._modules)
             self._start_due = _NEVER  # (all ready: the dispatcher has no start to watch)
         except BaseException:
             stop_workers(self._pool)
@@ -665,11 +670,14 @@ class ProcessBackend:
             starting = (w.start_by for w in self._pool if not w.ready)
             self._start_due = min(starting, default=_NEVER)  # (none: no clock read per round)
             return
-        # Its initializer raised this time (a replacement): run on without it.
+        # Its initializer raised this time (or its payload could not be loaded: a
+        # module removed since), a replacement: run on without it.
         error_type, text = reply[1][0], reply[1][1]
-        self._start_failed(
-            worker, f"the initializer of a replacement raised {error_type}: {text}", False
-        )
+        why = f"the initializer of a replacement raised {error_type}: {text}"
+        if reply[0] == "load_failed":
+            where = "a replacement worker process"
+            why = not_loaded(reply[2], reply[1], self._modules[reply[2]], where)
+        self._start_failed(worker, why, False)
 
     def _start_failed(self, worker: Worker, why: str, again: bool) -> None:
         """``worker`` failed to start (``why``): kill it; replace it if ``again`` allows.
@@ -755,19 +763,15 @@ class ProcessBackend:
             batch.nbytes = max(batch.nbytes, len(frame))
         else:
             remote: RemoteError = reply[1]
-            if kind != "failed":
+            if kind == "unloadable":  # the worker could not unpickle the batch
                 error_type, message, trace, lineage, _ = remote
-                if kind == "unloadable":  # the worker could not unpickle the batch
-                    message = (
-                        f"this item's batch could not be unpickled in the worker process (an "
-                        f"item of it cannot be rebuilt there); none of it ran: {message}"
-                    )
-                else:  # "no_fn": the worker could not load the run's function
-                    message = (
-                        f"fn could not be loaded in the worker process; this item did not "
-                        f"run: {message}"
-                    )
+                message = (
+                    f"this item's batch could not be unpickled in the worker process (an "
+                    f"item of it cannot be rebuilt there); none of it ran: {message}"
+                )
                 remote = (error_type, message, trace, lineage, None)
+            elif kind == "no_fn":  # the worker could not load the run's function
+                remote = fn_not_loaded(remote, batch.task.fn, "a worker process")
             fail_items(batch, indices, remote)
         self._deliver(batch)
 

@@ -106,8 +106,11 @@ def run_items(
     try:
         if isinstance(fn, Shipped):
             fn = fn.load()
+    except Exception as exc:  # fn cannot be rebuilt here: the batch fails, saying so
+        return pickle.dumps(("no_fn", describe_remote(exc)))
+    try:
         items = pickle.loads(payload)
-    except Exception as exc:  # fn or an item cannot be rebuilt here: the batch fails
+    except Exception as exc:  # an item cannot be rebuilt here: the batch fails
         return pickle.dumps(("unloadable", describe_remote(exc)))
     if withdrawable and name is not None and not begin(name):
         # (taken back: its items come back never called, though the driver dropped it)
