@@ -244,7 +244,7 @@ def test_report_of_a_missing_or_foreign_file_is_a_usage_error(
     with contextlib.closing(sqlite3.connect(foreign)) as db:
         db.execute("CREATE TABLE customers (id INTEGER)")
     assert main(["report", str(foreign), "-o", str(tmp_path / "x.html")]) == 2
-    assert "not a readable journal" in capsys.readouterr().err
+    assert "is not a manyhands journal" in capsys.readouterr().err  # (not "no such table")
     assert not (tmp_path / "x.html").exists()
 
 
