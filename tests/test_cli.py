@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -403,6 +404,36 @@ def test_demo_fresh_deletes_only_a_journal_not_in_use(tmp_path: Path) -> None:
             busy = manyhands("demo", "--journal", "d.db", "--fresh", cwd=tmp_path)
         assert busy.returncode == 2 and "in use" in busy.stderr
         assert "5 items with a final record" in manyhands("status", "d.db", cwd=tmp_path).stdout
+
+
+def cut_short_journal(path: Path, tables: str) -> None:
+    """A file as a run killed while creating its journal left it: empty, or no tables."""
+    path.write_bytes(b"")
+    if tables != "(empty file)":
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            db.execute("PRAGMA journal_mode = WAL")
+            db.executescript(tables)
+
+
+@pytest.mark.parametrize("tables", ["(empty file)", "CREATE TABLE t (x); DROP TABLE t;"])
+def test_demo_fresh_deletes_a_journal_whose_creation_was_cut_short(
+    tmp_path: Path, tables: str
+) -> None:
+    # It was refused as "not a manyhands journal": --fresh could not start over.
+    cut_short_journal(tmp_path / "d.db", tables)
+    done = manyhands("demo", "--items", "5", "--journal", "d.db", "--fresh", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "5 items" in done.stdout
+    assert "5 items with a final record" in manyhands("status", "d.db", cwd=tmp_path).stdout
+
+
+def test_demo_fresh_refuses_another_programs_database(tmp_path: Path) -> None:
+    cut_short_journal(tmp_path / "app.db", "CREATE TABLE items (name TEXT);")
+    done = manyhands("demo", "--journal", "app.db", "--fresh", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "'app.db' is not a manyhands journal" in done.stderr  # (not "no such table: meta")
+    with contextlib.closing(sqlite3.connect(tmp_path / "app.db")) as db:
+        assert db.execute("SELECT name FROM sqlite_master").fetchall() == [("items",)]
 
 
 def test_demo_runs_and_resumes(tmp_path: Path) -> None:

@@ -44,11 +44,11 @@ def work(n: int) -> int:
 
 
 def make_journal(path: Path) -> None:
-    """10,000 items, three error types; interrupted, resumed, then failures retried."""
+    """10,000 items, three error types; left early, resumed, then failures retried."""
     with manyhands.map(work, range(ITEMS), workers=8, journal=path) as outcomes:
         for seen, _ in enumerate(outcomes):
             if seen == 4000:
-                break  # the first run ends early, as after a Ctrl-C
+                break  # the first run ends early
     manyhands.run(work, range(ITEMS), workers=8, journal=path)
     manyhands.run(work, range(ITEMS), workers=8, journal=path, retry_failed=True)
 
@@ -138,7 +138,7 @@ def test_timeline_counts_every_item_and_each_run(journal: Path) -> None:
     assert sum(timeline.succeeded) == states["done"]
     assert sum(timeline.failed) == states["failed"]
     assert sum(n for _, _, n in timeline.histogram) == ITEMS
-    assert [run.status for run in timeline.runs] == ["interrupted", "finished", "finished"]
+    assert [run.status for run in timeline.runs] == ["left early", "finished", "finished"]
     by_type = {error.error_type: error.count for error in timeline.errors}
     assert by_type == {
         "builtins.ValueError": sum(1 for n in range(ITEMS) if n % 31 == 0),
@@ -244,7 +244,7 @@ def test_report_of_a_missing_or_foreign_file_is_a_usage_error(
     with contextlib.closing(sqlite3.connect(foreign)) as db:
         db.execute("CREATE TABLE customers (id INTEGER)")
     assert main(["report", str(foreign), "-o", str(tmp_path / "x.html")]) == 2
-    assert "not a readable journal" in capsys.readouterr().err
+    assert "is not a manyhands journal" in capsys.readouterr().err  # (not "no such table")
     assert not (tmp_path / "x.html").exists()
 
 

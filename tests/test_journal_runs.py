@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -119,3 +120,119 @@ def test_the_command_records_its_key_flag_as_given(tmp_path: Path) -> None:
         )  # fmt: skip
     keys = [options.get("key", "(none)") for *_, options in runs(tmp_path / "j.db")]
     assert keys == ["--key id", "--key json:dumps", "(none)"]
+
+
+def statuses(journal: Path) -> list[str]:
+    return [row[0] for row in runs(journal)]
+
+
+def ctrl_c_after(count: int) -> Iterator[int]:
+    """An input whose reading gets a Ctrl-C: it lands in the run, as while it waits."""
+    yield from range(count)
+    raise KeyboardInterrupt
+
+
+def leave_with_break(outcomes: Any) -> None:
+    for _ in outcomes:
+        break
+
+
+def leave_with_close(outcomes: Any) -> None:
+    next(outcomes)
+    outcomes.close()
+
+
+def leave_on_an_exception(outcomes: Any) -> None:
+    with contextlib.suppress(RuntimeError):
+        for _ in outcomes:
+            raise RuntimeError("enough\nfor today")
+
+
+def leave_a_with_block_on_an_exception(outcomes: Any) -> None:
+    with contextlib.suppress(RuntimeError), outcomes:
+        for _ in outcomes:
+            raise RuntimeError("enough\nfor today")
+
+
+def test_a_map_its_reader_left_is_recorded_as_left_early_not_interrupted(
+    hands: Hands, tmp_path: Path
+) -> None:
+    # All of them read "interrupted", as after a Ctrl-C.
+    journal = tmp_path / "j.db"
+    leaves = (leave_with_break, leave_with_close, leave_on_an_exception)
+    for leave in (*leaves, leave_a_with_block_on_an_exception):
+        leave(hands.map(abs, range(1000), journal=journal))
+    # (a bare `for` loop's exception never reaches the run: only a `with` block sees it)
+    assert statuses(journal) == ["left early"] * 3 + ["left early: RuntimeError: enough"]
+
+
+def test_ctrl_c_is_recorded_as_interrupted_in_the_run_or_in_a_with_block(tmp_path: Path) -> None:
+    journal = tmp_path / "j.db"
+    with pytest.raises(KeyboardInterrupt):
+        manyhands.run(abs, ctrl_c_after(50), journal=journal)
+    with pytest.raises(KeyboardInterrupt), manyhands.map(abs, range(50), journal=journal) as outs:
+        for _ in outs:
+            raise KeyboardInterrupt
+    assert statuses(journal) == ["interrupted"] * 2
+
+
+def test_an_amap_its_reader_left_is_recorded_as_left_early(tmp_path: Path) -> None:
+    journal = tmp_path / "j.db"
+
+    async def double(x: int) -> int:
+        return 2 * x
+
+    async def leave() -> None:
+        async with manyhands.amap(double, range(1000), journal=journal) as outcomes:
+            async for _ in outcomes:
+                break
+        outcomes = manyhands.amap(double, range(1000), journal=journal)
+        await outcomes.__anext__()
+        await outcomes.aclose()
+        with contextlib.suppress(RuntimeError):
+            async with manyhands.amap(double, range(1000), journal=journal) as outcomes:
+                async for _ in outcomes:
+                    raise RuntimeError("enough")
+
+    asyncio.run(leave())
+    assert statuses(journal) == ["left early"] * 2 + ["left early: RuntimeError: enough"]
+
+
+def fails_3_and_5(x: int) -> int:
+    if x in (3, 5):
+        raise ValueError(x)
+    return x
+
+
+def test_a_stop_rule_is_recorded_with_its_reason_and_a_pools_break_as_left_early(
+    tmp_path: Path,
+) -> None:
+    journal, kept = tmp_path / "j.db", tmp_path / "k.db"
+    stopped = "stopped: stop_after_failures=2: 2 items had failed"
+    manyhands.run(fails_3_and_5, range(10), journal=journal, stop_after_failures=2)
+    with manyhands.Pool(2) as pool:
+        pool.run(fails_3_and_5, range(10), journal=kept, stop_after_failures=2)
+        leave_with_break(pool.map(fails_3_and_5, range(1000), journal=kept))
+    assert statuses(journal) == [stopped]  # (it read "stopped": which rule, and why?)
+    assert statuses(kept) == [stopped, "left early"]
+
+
+def test_status_tells_each_ending_apart_and_reads_an_older_journals_interrupted(
+    tmp_path: Path,
+) -> None:
+    journal = tmp_path / "j.db"
+    manyhands.run(fails_3_and_5, range(10), journal=journal, stop_after_failures=2)
+    leave_with_break(manyhands.map(fails_3_and_5, range(1000), journal=journal))
+    leave_a_with_block_on_an_exception(manyhands.map(fails_3_and_5, range(1000), journal=journal))
+    with contextlib.closing(sqlite3.connect(journal)) as db, db:  # (as an older version wrote)
+        db.execute("UPDATE runs SET status = 'interrupted' WHERE id = 2")
+    done = subprocess.run(
+        [sys.executable, "-m", "manyhands", "status", str(journal)], capture_output=True,
+        text=True, timeout=120, env=python_subprocess_env(), check=True,
+    )  # fmt: skip
+    told = [
+        line.split("fails_3_and_5: ")[1].split(",")[0] if " #" in line else line.strip()
+        for line in done.stdout.splitlines()[-5:]
+    ]
+    assert told == ["stopped", "stop_after_failures=2: 2 items had failed", "interrupted",
+                    "left early", "RuntimeError: enough"]  # fmt: skip

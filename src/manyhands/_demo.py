@@ -85,9 +85,13 @@ def run_demo(items: int, journal: Path, fresh: bool) -> int:
 
 
 def _delete_journal(journal: Path) -> None:
-    """``--fresh``: delete the demo's journal, unless it is in use or not a journal at all."""
+    """``--fresh``: delete the demo's journal, unless it is in use or not a journal at all.
+
+    A journal whose creation was cut short (the demo killed as it began) is
+    deleted too: it holds nothing, and is no other program's file.
+    """
     from ._exceptions import JournalError
-    from ._inspect import read_status
+    from ._inspect import creation_cut_short, read_status
     from ._journal_file import acquire_lock, lock_path, release_lock
 
     lock_file = lock_path(journal)
@@ -95,7 +99,7 @@ def _delete_journal(journal: Path) -> None:
     lock = acquire_lock(journal)  # a demo running on it: JournalError, nothing deleted
     deleted = False
     try:
-        if journal.exists():
+        if journal.exists() and not creation_cut_short(journal):
             try:
                 read_status(journal)
             except JournalError as exc:

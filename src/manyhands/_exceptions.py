@@ -237,6 +237,38 @@ def ended_by(how: str, error: BaseException) -> str:
     return f"{how}: {why}"
 
 
+#: How a journal's row records a run its consumer left (``break``, ``close()``, the
+#: iterator dropped, a ``Pool`` closed around it): the consumer chose to stop.
+LEFT_EARLY = "left early"
+
+
+def ended_early(error: BaseException | None, *, in_loop: bool = False) -> str:
+    """How a journal's row records a run that ``error`` ended before its last item.
+
+    ``error`` was raised in the run, or (``in_loop``) in the body of the loop that
+    reads its outcomes. Ctrl-C is "interrupted" (an ``amap`` gets it as its task's
+    cancellation); an error that names its own ``run_status`` (the command's
+    SIGTERM) is that; leaving the loop is "left early", with the first line of
+    the exception that left it.
+
+    >>> ended_early(KeyboardInterrupt()), ended_early(GeneratorExit())
+    ('interrupted', 'left early')
+    >>> ended_early(RuntimeError("no more\\nof this"), in_loop=True)
+    'left early: RuntimeError: no more'
+    """
+    status = getattr(error, "run_status", None)
+    if isinstance(status, str):
+        return status
+    if error is None or isinstance(error, GeneratorExit):
+        return LEFT_EARLY
+    asyncio = sys.modules.get("asyncio")  # (not imported: no task was cancelled)
+    if isinstance(error, KeyboardInterrupt) or (
+        asyncio is not None and isinstance(error, asyncio.CancelledError)
+    ):
+        return "interrupted"
+    return ended_by(LEFT_EARLY if in_loop else "error", error)
+
+
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 

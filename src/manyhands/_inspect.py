@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from ._exceptions import JournalError
-from ._journal_file import FORMAT, check_version, from_db
+from ._journal_file import FORMAT, check_version, cut_short, from_db
 
-__all__ = ["JournalStatus", "read_failures", "read_status", "reading"]
+__all__ = ["JournalStatus", "creation_cut_short", "read_failures", "read_status", "reading"]
 
 
 @dataclass
@@ -80,6 +80,31 @@ def reading(path: str | Path) -> Iterator[sqlite3.Connection]:
         db.close()
 
 
+def creation_cut_short(path: str | Path) -> bool:
+    """Whether ``path`` is a journal whose creation was cut short, which a run takes as new.
+
+    The process was killed as it created the file: it is empty, or an SQLite
+    database with no tables, or only a journal's own tables, empty. Another
+    program's database, or a file that is no database at all, is not.
+    """
+    journal = Path(path)
+    if not journal.is_file():
+        return False
+    if journal.stat().st_size == 0:
+        return True
+    try:
+        db = _connect(journal, _mode(journal))
+    except JournalError:
+        return False
+    try:
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+        return cut_short(db, tables)
+    except sqlite3.Error:  # (not a database, or a damaged one: not to be taken for new)
+        return False
+    finally:
+        db.close()
+
+
 def _unreadable(journal: Path, exc: sqlite3.Error) -> JournalError:
     return JournalError(f"{str(journal)!r} is not a readable journal ({exc})")
 
@@ -110,14 +135,18 @@ def _connect(journal: Path, mode: str) -> sqlite3.Connection:
 
 
 def _meta(db: sqlite3.Connection) -> dict[str, str] | None:
-    """The journal's format and version; None while it has no tables at all.
+    """The journal's format and version; None while it has no tables at all (empty for
+    a database without a journal's ``meta`` table).
 
     A run creates a new journal beside its start: the file exists, empty, then
     its tables and its format come in one transaction. So the tables are looked
     for first: once they are seen, every later read sees the format too.
     """
-    if db.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone() is None:
+    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+    if not tables:
         return None
+    if "meta" not in tables:  # (another program's database)
+        return {}
     query = "SELECT name, value FROM meta WHERE name IN (?, ?)"
     return dict(db.execute(query, ("format", "version")))
 

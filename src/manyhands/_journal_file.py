@@ -54,6 +54,7 @@ __all__ = [
     "acquire_lock",
     "check_version",
     "create_private",
+    "cut_short",
     "cut_text",
     "db_size",
     "from_db",
@@ -399,11 +400,17 @@ def _check_journal(db: sqlite3.Connection, path: Path) -> None:
     if check != ["ok"]:
         detail = "; ".join(str(line) for line in check[:3])
         raise JournalError(f"the journal {path} is corrupt (quick_check: {detail}); {untouched}")
-    if not tables or (not meta and _never_written(db, tables)):
-        return  # a journal whose creation was cut short (a kill): nothing to lose
+    if cut_short(db, tables):
+        return  # nothing to lose
     if meta.get("format") != FORMAT:
         raise JournalError(f"{path} is not a manyhands journal; {untouched}")
     check_version(meta.get("version"), path)
+
+
+def cut_short(db: sqlite3.Connection, tables: set[str]) -> bool:
+    """Whether the database (its ``tables``) is a journal whose creation was cut short (a
+    kill): no tables at all, or only a journal's own, empty and without its format."""
+    return not tables or _never_written(db, tables)
 
 
 def _never_written(db: sqlite3.Connection, tables: set[str]) -> bool:

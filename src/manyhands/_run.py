@@ -45,7 +45,7 @@ from ._backends import Backend
 from ._batch import Batch, Task
 from ._checks import check_first_value, discard_coroutines
 from ._delivery import Delivery
-from ._exceptions import InputError, JournalError, ManyhandsError, Timeout, ended_by
+from ._exceptions import InputError, JournalError, ManyhandsError, Timeout, ended_by, ended_early
 from ._options import Options
 from ._outcome import Failure, Outcome
 from ._parking import Parking
@@ -163,7 +163,7 @@ class Run:
         #: outcomes go to the journal (the command flushes its output file there).
         self.before_record: Callable[[], None] | None = None
         #: How the journal's run ends when the consumer stopped it early (set by the
-        #: consumer's ``with`` block from its exception's ``run_status``).
+        #: consumer's ``with`` block from the exception that left it: ``ended_early``).
         self.exit_status: str | None = None
         self.statistics = RunStatistics(options.keep_failures)
         self.statistics.notes = backend.notes  # (the same list: read at report time)
@@ -573,7 +573,7 @@ class Run:
     def _close_journal(self, journal: Journal, completed: bool) -> None:
         stats = self.statistics
         if completed:
-            ended = "stopped" if stats.stop_reason else "finished"
+            ended = f"stopped: {stats.stop_reason}" if stats.stop_reason else "finished"
             if self._reader.error is not None:
                 ended = ended_by("input error", self._reader.error)
             journal.close(ended, stats.counts())
@@ -584,7 +584,9 @@ class Run:
         # once a consumer that writes what it gets (before_record) wrote them
         # (on_late); otherwise an outcome it never got has no line, so its item
         # must run again.
-        status: str | None = self.exit_status or getattr(sys.exc_info()[1], "run_status", None)
+        # (A `break`, or an exception in a bare `for` loop's body, reaches the run as
+        # GeneratorExit: "left early". Only a `with` block sees the body's exception.)
+        status = self.exit_status or ended_early(sys.exc_info()[1])
         try:
             # What cannot be written runs again next time.
             with contextlib.suppress(JournalError):
@@ -597,7 +599,7 @@ class Run:
                     # (counted: the Report and the journal's run row say the same)
                     succeeded, failures = journal.record_late(finished, not_final, handed=handed)
                     self._count_late(succeeded, failures)
-                journal.close(status or "interrupted", stats.counts())
+                journal.close(status, stats.counts())
         finally:
             journal.abandon()  # no-op once closed: the lock is released whatever happened
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar
 from weakref import ref
 
 from ._batch import Batch
+from ._exceptions import ended_early
 from ._outcome import Outcome
 from ._readers import Reader
 from ._report import Report
@@ -28,7 +29,9 @@ class Outcomes(Generic[T, R]):
     Nothing runs until the first item is requested. Leaving the loop early
     (``break``, an exception) or calling :meth:`close` stops the run: queued
     items are dropped and running calls get the grace period to finish.
-    Using it as a context manager closes it on exit.
+    Using it as a context manager closes it on exit. A journal records such a
+    run as "left early" (with the exception's first line, when one left the
+    ``with`` block), and a Ctrl-C as "interrupted".
     """
 
     def __init__(self, run: Run) -> None:
@@ -56,8 +59,8 @@ class Outcomes(Generic[T, R]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if exc is not None:  # how the journal's run ends: e.g. "terminated"
-            self._run.exit_status = getattr(exc, "run_status", None)
+        if exc is not None:  # how the journal's run ends: "interrupted", "left early: ..."
+            self._run.exit_status = ended_early(exc, in_loop=True)
         self.close()
 
     @property
@@ -105,8 +108,8 @@ class AsyncOutcomes(Generic[T, R]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if exc is not None:  # how the journal's run ends: e.g. "terminated"
-            self._run.exit_status = getattr(exc, "run_status", None)
+        if exc is not None:  # how the journal's run ends: "interrupted", "left early: ..."
+            self._run.exit_status = ended_early(exc, in_loop=True)
         await self.aclose()
 
     @property

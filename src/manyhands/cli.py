@@ -773,7 +773,8 @@ def failures(journal: str, as_json: bool, with_traceback: bool) -> int:
 @click.option("--items", type=click.IntRange(min=1), default=DEFAULT_ITEMS, show_default=True)
 @click.option("--journal", type=click.Path(dir_okay=False), default=DEFAULT_JOURNAL,
               show_default=True)  # fmt: skip
-@click.option("--fresh", is_flag=True, help="Delete the demo journal first.")
+@click.option("--fresh", is_flag=True,
+              help="Delete the demo journal first (a manyhands journal only).")  # fmt: skip
 def demo(items: int, journal: str, fresh: bool) -> int:
     """A self-contained showcase against a flaky, throttled local API."""
     from ._demo import run_demo
