@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 from ._backends import Backend, prepare_processes
 from ._exceptions import ManyhandsError, WorkerInitError
+from ._run_moves import calls_running, resize, switch_to
+from ._run_slowdown import obey_slowdown
 from ._unsent import Unsent
 
 if TYPE_CHECKING:
@@ -194,7 +196,7 @@ class Autopilot:
             self._booting = False  # (the processes: once the calls look CPU-bound)
             if cap < self._threads_wanted:
                 self.cap = cap
-                self.run._obey_slowdown()
+                obey_slowdown(self.run)
             # The engine's own turns on the GIL kept short while it measures: with the
             # default 5 ms, its timed looks (to start the processes, to choose) came
             # 4-57 ms late behind the CPU-bound calls; with 1 ms, 0.8-2.1 ms.
@@ -203,7 +205,7 @@ class Autopilot:
 
     def _lift_cap(self) -> None:
         self.cap = None
-        self.run._obey_slowdown()
+        obey_slowdown(self.run)
         self.end_short_turns()
 
     def _choose_in_time(self, now: float) -> None:
@@ -221,7 +223,7 @@ class Autopilot:
         self.choose_at = now + measure.window / 5
         if self.cap is not None and measure.lifts_cap(now):
             self._lift_cap()  # (long calls that wait: no need to see one end)
-        elif self._booting is False and measure.busy(now, run._calls_running):
+        elif self._booting is False and measure.busy(now, calls_running(run)):
             self._booting = True  # started now, the processes are ready at the choice
             with first_in_line():  # (each import's system calls wait a short turn)
                 prepare_processes(run._options.start_method, boot=True)
@@ -247,7 +249,7 @@ class Autopilot:
                 self._stop_measuring()
             return
         ready = self._early is not None and not isinstance(self._early, BaseException)
-        choice = measure.choose(now, running=run._calls_running, early=ready)
+        choice = measure.choose(now, running=calls_running(run), early=ready)
         if choice is not None:
             if self.cap is not None:
                 self._lift_cap()
@@ -275,7 +277,7 @@ class Autopilot:
         if not self._cpu_seen and measure.holds_cpu(now):
             self._cpu_seen = True
             self.run._slowdown.ignore_latency()
-            self.run._obey_slowdown()
+            obey_slowdown(self.run)
 
     def _new_measure(self, started: float) -> Measure:
         """A run's own threads are measured alone; a shared pool's, by the run's share."""
@@ -337,7 +339,7 @@ class Autopilot:
         if run._owns_backend:
             run._backend.wind_down()
         run._slowdown.ignore_latency()
-        run._switch_to(backend, workers)
+        switch_to(run, backend, workers)
         self.unsent = Unsent(functools.partial(run._send_back_to, 0))  # (0: its threads)
         if run._owns_backend:
             from ._auto import Sizing, waited_for_cpu
@@ -411,8 +413,8 @@ class Autopilot:
                 self._move_back_to_threads()
             return
         cast("ProcessBackend", run._backend).grow(count - run._workers)
-        run._resize(count)
-        run._obey_slowdown()
+        resize(run, count)
+        obey_slowdown(run)
 
     def _move_back_to_threads(self) -> None:
         """The calls on the processes mostly waited; the rest of the run goes back
@@ -425,7 +427,7 @@ class Autopilot:
         backend.start()
         backend.attach(run.task)
         run._backend.wind_down()
-        run._switch_to(backend, wanted)
+        switch_to(run, backend, wanted)
 
 
 def _note(run: Run, note: str) -> None:

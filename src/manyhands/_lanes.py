@@ -13,7 +13,7 @@ worker that comes free takes the head of one lane:
 - a run that ``expects`` more work (its input has more) and whose lane was
   empty when a worker took lower-priority work is told so
   (``Task.passed_over``): it queues that much more ahead of its running
-  calls, so that its lane stops running dry (see ``_run.Run._outrank``);
+  calls, so that its lane stops running dry (see ``_run_outrank``);
 - a lane that has waited ``STARVATION`` seconds with work queued goes next,
   whatever its priority: a low-priority run is slowed down by busier lanes,
   never stopped (it gets at least one batch every ``STARVATION`` seconds).

@@ -27,13 +27,20 @@ the run asks the iterable for more.
 
 Everything that depends on time reads ``clock`` (``time.monotonic`` unless a
 test passes a fake one), so rate, retry and timeout behaviour is exact in tests.
+
+This module holds the run's state, its two drivers, admission, dispatch and
+completion: the hot path. Its other parts are functions that take the run, in
+modules of their own, and keep their state in its attributes (read on the hot
+path with no indirection): how it obeys the adaptive slowdown
+(:mod:`._run_slowdown`), how a Pool's run queues ahead of lower-priority work
+(:mod:`._run_outrank`), how a run on auto moves (:mod:`._run_moves`), how it
+times out calls (:mod:`._run_timeouts`), what settled and did not reach the
+consumer (:mod:`._run_undelivered`), and how it stops and ends (:mod:`._run_end`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import sys
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterable, Callable, Generator, Iterator
 from itertools import islice
@@ -45,7 +52,7 @@ from ._backends import Backend
 from ._batch import Batch, Task
 from ._checks import check_first_value, discard_coroutines
 from ._delivery import Delivery
-from ._exceptions import InputError, JournalError, ManyhandsError, Timeout, ended_by, ended_early
+from ._exceptions import InputError, ManyhandsError
 from ._options import Options
 from ._outcome import Failure, Outcome
 from ._parking import Parking
@@ -53,11 +60,16 @@ from ._progress import Progress, progress_wanted
 from ._rate import RateLimit
 from ._reader import Reader
 from ._report import Report
+from ._run_end import astop_backend, end_run, mark_finished, stop_backend
+from ._run_outrank import may_outrank, outrank
+from ._run_slowdown import follow_slowdown, sooner, tell_slowdown
+from ._run_timeouts import expire_overdue
+from ._run_undelivered import delivered_failures, take_back, take_back_undelivered
 from ._settlement import Settlement
 from ._settlement import timed_out as timed_out_in
 from ._signal_waits import LOOK_EVERY
 from ._sizing import Sizer
-from ._slowdown import OPENING_SHARE, Slowdown
+from ._slowdown import Slowdown
 from ._stats import RunStatistics
 from ._stoprules import StopRules
 from ._thread_feed import ThreadFeed
@@ -111,10 +123,10 @@ class Run:
     """
 
     # The slowdown's opening (asyncio): batches at most this big, and room for
-    # more of them out, as they are small (see _obey_slowdown).
+    # more of them out, as they are small (see _run_slowdown).
     _opening_batch = _opening_room = _batches_sent = 0
     # (A Pool's run) whether it looks out for lower-priority work that workers take while
-    # its input has more, and whether it found some and queues ahead of it (see _outrank).
+    # its input has more, and whether it found some and queues ahead of it (see _run_outrank).
     _claiming = _outranking = False
     _passes_seen = 0  # of task.passed_over, already queued for
     #: Given the final outcomes (successes, and failures that would not have
@@ -202,7 +214,7 @@ class Run:
             self._slowdown.ignore_latency()
         self._limiter: RateLimit | None = self._slowdown.limiter
         # (the slowdown watches the answers; items may queue ahead of the workers)
-        self._watching, self._queueing = True, False  # (see _obey_slowdown)
+        self._watching, self._queueing = True, False  # (see _run_slowdown)
         self._most_in_flight = self._slowdown.concurrency
         self._deadlines = Deadlines(engine_timeout) if engine_timeout is not None else None
         self._window = self._item_window(options, backend, workers)
@@ -289,16 +301,16 @@ class Run:
             yield from self._drive()
             completed = True
         finally:
-            self._mark_finished(completed)
+            mark_finished(self, completed)
             try:
                 if self._backend_started:
-                    self._stop_backend()
+                    stop_backend(self)
                 if self._returned_coroutines:  # none is recorded, none warns
                     discard_coroutines(self._completions)
             finally:
                 if isinstance(feed, ThreadFeed):
                     feed.stop()
-                self._end(completed, progress)
+                end_run(self, completed, progress)
         self._raise_input_error()
 
     async def abatches(self) -> AsyncGenerator[Batch, None]:
@@ -345,16 +357,16 @@ class Run:
                     yield ready
             completed = True
         finally:
-            self._mark_finished(completed)
+            mark_finished(self, completed)
             try:
                 if self._backend_started:
-                    await self._astop_backend(queue)
+                    await astop_backend(self, queue)
                 if self._returned_coroutines:  # none is recorded, none warns
                     discard_coroutines(self._completions)
                 if feed is not None:
                     await feed.aclose()
             finally:
-                self._end(completed, progress)
+                end_run(self, completed, progress)
         self._raise_input_error()
 
     def _drive(self) -> Iterator[Batch]:
@@ -374,7 +386,7 @@ class Run:
             # The wait moves the batch into `caught` in C, with no Python between
             # (SimpleQueue.get under deque.extend): a Ctrl-C that came while the
             # thread waited, handled as soon as it wakes, finds the batch there,
-            # where the run's end takes it (_late_batches); raised as `get()`
+            # where the run's end takes it (_run_end); raised as `get()`
             # returned, it lost the batch, whose calls had run.
             # The wait is a slice at most (_signal_waits: a signal another thread
             # took is seen as the slice ends), then the loop looks again.
@@ -394,7 +406,7 @@ class Run:
                 self._pending_items -= len(ready.items)
                 yield ready
 
-    # -- lifecycle -------------------------------------------------------
+    # -- lifecycle (its end: see _run_end) -------------------------------
 
     def _begin(self) -> Progress | None:
         """Open the journal, start the clock and the progress display (if shown)."""
@@ -412,8 +424,8 @@ class Run:
             self._journal = self._open_journal()
         self._started = self._clock()
         self._slowdown.start(self._started)
-        self._sizer.hold(True)  # (while the slowdown watches: see _obey_slowdown)
-        self._claiming = self.task.expecting = self._may_outrank()
+        self._sizer.hold(True)  # (while the slowdown watches: see _run_slowdown)
+        self._claiming = self.task.expecting = may_outrank(self)
         if self.task.measure:
             from ._autopilot import Autopilot
 
@@ -434,134 +446,6 @@ class Run:
         self._backend_started = True
         self._backend.attach(self.task)
 
-    def _mark_finished(self, completed: bool) -> None:
-        """The run's end: its figures as of now (``completed``: every outcome was delivered)."""
-        self.task.expecting = False
-        if not completed:
-            self._take_back_undelivered(self.statistics)
-            self.statistics.retrying = 0
-            self._let_go()
-        self._finished = self._clock()
-        if self._pilot is not None:
-            self._pilot.ended()
-        self.statistics.settled_rate = self._slowdown.settled_rate
-        self.statistics.settled_concurrency = self._slowdown.settled_concurrency
-        if self._held_since is not None:
-            self.statistics.rate_limited += self._finished - self._held_since
-        self._reader.stop()
-
-    def _stop_backend(self) -> None:
-        """Stop this run's calls: queued ones dropped, running ones get the grace period."""
-        backend = self._backend
-        if self._owns_backend:  # a private pool: it goes with the run
-            try:
-                counted = self.task.abandoned
-                busy = backend.shutdown(self._options.grace)
-                if backend.name == "threads":  # (still in a call after the grace: left to it)
-                    self.task.abandoned += max(busy - (self.task.abandoned - counted), 0)
-            finally:
-                for previous in self._previous:  # (auto: what it moved from)
-                    previous.shutdown(self._options.grace)
-                if self._pilot is not None:
-                    self._pilot.stop()
-            return
-        self._drop_queued()
-        deadline = self._clock() + (0.0 if backend.concurrent_items else self._options.grace)
-        completions = cast("Completions", self._completions)  # (the sync driver's)
-        try:
-            while (self._in_backend or self._in_previous) and (
-                wait := deadline - self._clock()
-            ) > 0:
-                with contextlib.suppress(Empty):
-                    batch = completions.get(timeout=min(wait, LOOK_EVERY))
-                    if batch is not None:
-                        self._came_back(batch)
-        finally:  # (a second Ctrl-C ends the wait at once)
-            self._give_up_calls()
-
-    async def _astop_backend(self, queue: LoopQueue[Batch]) -> None:
-        backend = self._backend
-        if self._owns_backend:
-            if getattr(backend, "runs_on_caller_loop", False):
-                await backend.ashutdown(self._options.grace)  # type: ignore[attr-defined]
-            else:
-                backend.shutdown(self._options.grace)
-            return
-        self._drop_queued()
-        deadline = self._clock() + (0.0 if backend.concurrent_items else self._options.grace)
-        try:
-            while (self._in_backend or self._in_previous) and (
-                wait := deadline - self._clock()
-            ) > 0:
-                batch = await queue.get(wait)
-                if batch is not None:
-                    self._came_back(batch)
-        finally:
-            self._give_up_calls()
-
-    def _drop_queued(self) -> None:
-        """The batches no worker began are dropped (a shared pool's lanes).
-
-        Those sent ahead to a worker are not begun either, where the backend can
-        tell its workers so (``cancel_sent``): they come back as never called.
-        """
-        for backend in (self._backend, *self._previous):
-            for batch in backend.cancel(self.task):
-                self._sent.pop(id(batch), None)
-                self._count_back(batch)
-            cancel_sent = getattr(backend, "cancel_sent", None)  # (processes)
-            if cancel_sent is not None:
-                cancel_sent(self.task)
-
-    def _count_back(self, batch: Batch) -> None:
-        if batch.piece:  # (its batch's other items still run: the batch is still out)
-            return
-        if batch.via == self._via:
-            self._in_backend -= 1
-        else:  # (it went out before the run moved to another backend)
-            self._in_previous -= 1
-
-    def _came_back(self, batch: Batch) -> None:
-        """A batch came back while the run was stopping (kept for the journal)."""
-        self._count_back(batch)
-        self._sent.pop(id(batch), None)
-        self._late.append(batch)
-
-    def _give_up_calls(self) -> None:
-        """The calls still running after the grace period: the pool frees their workers."""
-        for batch in list(self._sent.values()):
-            self._backend_of(batch).expire(batch)
-        self._sent.clear()
-        for backend in (self._backend, *self._previous):
-            backend.detach(self.task)
-        self.statistics.abandoned = self.task.abandoned
-
-    def _end(self, completed: bool, progress: Progress | None) -> None:
-        # The run ends once its calls stopped: a Report after Ctrl-C or `break`
-        # includes the grace period the caller waited through.
-        self._finished = self._clock()
-        self.statistics.abandoned = self.task.abandoned  # (asyncio counts them as it stops)
-        if self._pilot is not None:
-            self._pilot.end_short_turns()
-        try:
-            if self._journal is not None:
-                self._close_journal(self._journal, completed)
-            elif not completed and self.on_late is not None:
-                for _ in self._handed_late():  # (no journal: the lines are all that is kept)
-                    pass
-        finally:
-            if not completed:  # (what came back after the run stopped delivering: not kept)
-                self._late = []
-                self._caught.clear()
-                for _ in self._late_batches():
-                    pass
-            try:
-                if progress is not None:
-                    progress.close()
-            finally:
-                if self._hooks is not None:
-                    self._hooks.run_ends()
-
     def _raise_input_error(self) -> None:
         error = self._reader.error
         if isinstance(error, ManyhandsError):  # from the journal: raised as it is
@@ -569,100 +453,6 @@ class Run:
         if error is not None:
             hint = self._reader.hint(error)
             raise InputError(self._reader.pulled, error, hint=hint) from error
-
-    def _close_journal(self, journal: Journal, completed: bool) -> None:
-        stats = self.statistics
-        if completed:
-            ended = f"stopped: {stats.stop_reason}" if stats.stop_reason else "finished"
-            if self._reader.error is not None:
-                ended = ended_by("input error", self._reader.error)
-            journal.close(ended, stats.counts())
-            return
-        # Interrupted: keep what finished during the grace period, then close
-        # without masking the exception on its way out. A consumer never saw
-        # those outcomes: they are kept if their values are (store_results), or
-        # once a consumer that writes what it gets (before_record) wrote them
-        # (on_late); otherwise an outcome it never got has no line, so its item
-        # must run again.
-        # (A `break`, or an exception in a bare `for` loop's body, reaches the run as
-        # GeneratorExit: "left early". Only a `with` block sees the body's exception.)
-        status = self.exit_status or ended_early(sys.exc_info()[1])
-        try:
-            # What cannot be written runs again next time.
-            with contextlib.suppress(JournalError):
-                handed = not (
-                    not self._consumer
-                    or (self._options.store_results and self.before_record is None)
-                )
-                late = self._handed_late() if handed else self._settled_late()
-                for finished, not_final in late:
-                    # (counted: the Report and the journal's run row say the same)
-                    succeeded, failures = journal.record_late(finished, not_final, handed=handed)
-                    self._count_late(succeeded, failures)
-                journal.close(status, stats.counts())
-        finally:
-            journal.abandon()  # no-op once closed: the lock is released whatever happened
-
-    def _count_late(self, succeeded: int, failures: list[Failure]) -> None:
-        """Count final outcomes of the grace period (the Report keeps the failures too)."""
-        self.statistics.add_batch(succeeded + len(failures), 0, 0.0, failures or None)
-        if failures:
-            self.statistics.delivered(failures)
-
-    def _settled_late(self) -> Iterator[tuple[Batch, set[int]]]:
-        """The late batches, their errors settled: each with its items whose outcome
-        is not final (a failure that would have been retried, a call never made)."""
-        for finished in self._late_batches():
-            not_final = self._settlement.judge_late(finished) if finished.errors else set()
-            if not finished.values:  # (no value came back: nothing is known of its items)
-                failures = finished.failures or {}
-                not_final.update(i for i in range(len(finished.items)) if i not in failures)
-            yield finished, not_final
-
-    def _handed_late(self) -> Iterator[tuple[Batch, set[int]]]:
-        """The late batches whose final outcomes ``on_late`` took (none without it).
-
-        Without a journal they are counted here; with one, once recorded.
-        """
-        if self.on_late is None:
-            return
-        for finished, not_final in self._settled_late():
-            failures = finished.failures or {}
-            attempts = finished.attempts or {}
-            outcomes = [
-                Outcome(
-                    item,
-                    None if index in failures else finished.values[index],
-                    failures.get(index),
-                    attempts.get(index, finished.attempt),
-                )
-                for index, item in enumerate(finished.items)
-                if index not in not_final
-            ]
-            if not outcomes:
-                continue
-            try:
-                self.on_late(outcomes)
-            except Exception:  # (a full disk: these run again; the run's error is on its way)
-                return
-            if self._journal is None:
-                final = [outcome.error for outcome in outcomes if outcome.error is not None]
-                self._count_late(len(outcomes) - len(final), final)
-            yield finished, not_final
-
-    def _late_batches(self) -> Iterator[Batch]:
-        """Batches that came back after the run stopped delivering."""
-        caught = self._caught
-        while caught:  # (taken off the completions just as the run was stopped)
-            finished = caught.popleft()
-            if finished is not None:
-                yield finished
-        yield from self._late
-        completions = self._completions
-        while not completions.empty():
-            finished = completions.get_nowait()
-            if finished is not None:
-                yield finished
 
     # -- dispatch --------------------------------------------------------
 
@@ -684,15 +474,15 @@ class Run:
             self._admit()  # the common case: no clock read
             return None
         if self._claiming:
-            self._outrank()
+            outrank(self)
         now = self._clock()
         due = self._pilot.look(now) if self._pilot is not None else None
         if deadlines and now >= deadlines.next_check:
-            self._expire_overdue(deadlines, now)
+            expire_overdue(self, deadlines, now)
         if self._watching:
-            due = _sooner(due, self._follow_slowdown(now))
+            due = sooner(due, follow_slowdown(self, now))
             if now < self._slowdown.paused_until:  # everyone waits out a Retry-After
-                return _sooner(due, deadlines.wait(now)) if deadlines else due
+                return sooner(due, deadlines.wait(now)) if deadlines else due
         timers = self._timers
         while (
             timers
@@ -702,17 +492,17 @@ class Run:
         ):
             wait = timers.wait(now)
             if wait:
-                due = _sooner(due, wait)
+                due = sooner(due, wait)
                 break
             if self._limiter is not None and (slot := self._slot(self._limiter, now)):
-                return _sooner(due, slot)
+                return sooner(due, slot)
             self._send(timers.pop())
         if self._limiter is None:
             self._admit()
         else:
-            due = _sooner(due, self._admit_limited(self._limiter))
+            due = sooner(due, self._admit_limited(self._limiter))
         if deadlines:
-            due = _sooner(due, deadlines.wait(self._clock()))
+            due = sooner(due, deadlines.wait(self._clock()))
         return due
 
     def _admit(self) -> None:
@@ -829,31 +619,6 @@ class Run:
             self._held_since = None
         return wait
 
-    def _expire_overdue(self, deadlines: Deadlines, now: float) -> None:
-        """Time out the batches running past ``timeout``."""
-        timeout = deadlines.timeout
-        for batch in deadlines.overdue(now):
-            started = batch.started
-            if not self._backend_of(batch).expire(batch):
-                # It finished meanwhile (it is in the completions queue), or it began
-                # later than the run knew (the backend's own clock): not over yet.
-                if batch.started is not None and started is not None and batch.started > started:
-                    deadlines.next_check = min(deadlines.next_check, batch.started + timeout)
-                continue
-            deadlines.back(batch)
-            started = batch.started
-            assert started is not None
-            batch.values = [None] * len(batch.items)
-            batch.errors = {
-                0: Timeout(
-                    f"the call ran past timeout={timeout:g}s; "
-                    f"{self._backend_of(batch).timeout_action}"  # (read after expire)
-                )
-            }
-            batch.elapsed = now - started
-            self._completions.put(batch)  # settled like any completion
-        self.statistics.abandoned = self.task.abandoned
-
     def _send(self, batch: Batch) -> None:
         if self._deadlines is not None:
             self._deadlines.sent(batch, self._clock())
@@ -870,6 +635,18 @@ class Run:
         self._in_flight += len(batch.items)
         self._backend.submit(batch)
 
+    def _send_back_to(self, via: int, batch: Batch) -> None:
+        """Send ``batch`` to a backend the run moved from (``via``: which; its threads
+        run the items a worker process could not be sent)."""
+        batch.via = via
+        if self._deadlines is not None:
+            self._deadlines.sent(batch, self._clock())
+        if not self._owns_backend:
+            self._sent[id(batch)] = batch
+        self._in_previous += 1
+        self._in_flight += len(batch.items)
+        self._previous[via].submit(batch)
+
     # -- completion ------------------------------------------------------
 
     def _deliver_skipped(self) -> Iterator[Batch]:
@@ -883,7 +660,7 @@ class Run:
     def _complete(self, batch: Batch) -> Iterator[Batch]:
         """Settle a batch back from the backend; yield what is ready for delivery."""
         if not batch.piece:  # (a piece: its batch's other items still run, it is still out)
-            if batch.via == self._via:  # (_count_back inline: the hot path)
+            if batch.via == self._via:  # (_run_end's _count_back inline: the hot path)
                 self._in_backend -= 1
             else:  # (it went out before the run moved to another backend)
                 self._in_previous -= 1
@@ -911,7 +688,7 @@ class Run:
             timed_out = timed_out_in(batch.errors)
             retried, final, uncalled = self._settlement.settle(batch)
         if self._watching or self._settlement.throttled:
-            self._tell_slowdown(batch, timed_out)
+            tell_slowdown(self, batch, timed_out)
         stats = self.statistics
         stats.add_batch(size - len(retried), size - uncalled, batch.elapsed, final)
         if self._stop_rules_on:
@@ -933,90 +710,6 @@ class Run:
         if stats.stop_reason is not None and self._retries:
             for given_up in self._settlement.give_up():
                 yield from self._delivery.settled(given_up, set())
-
-    # -- backend="auto" (see _autopilot) ------------------------------------
-
-    @property
-    def _calls_running(self) -> int:
-        """Calls started and not finished, about (on threads, a batch out is a call)."""
-        return min(self._in_backend, self._workers)
-
-    def _switch_to(self, backend: Backend, workers: int) -> None:
-        """New batches go to ``backend`` (``workers``); those out finish where they are."""
-        self._previous.append(self._backend)
-        self._backend = backend
-        self._items_are_calls = backend.concurrent_items
-        self._via += 1
-        self._in_previous += self._in_backend
-        self._in_backend = 0
-        self._resize(workers)
-
-    def _send_back_to(self, via: int, batch: Batch) -> None:
-        """Send ``batch`` to a backend the run moved from (``via``: which; its threads
-        run the items a worker process could not be sent)."""
-        batch.via = via
-        if self._deadlines is not None:
-            self._deadlines.sent(batch, self._clock())
-        if not self._owns_backend:
-            self._sent[id(batch)] = batch
-        self._in_previous += 1
-        self._in_flight += len(batch.items)
-        self._previous[via].submit(batch)
-
-    def _resize(self, workers: int) -> None:
-        """The run's batches now go to ``workers`` workers."""
-        self._workers = workers
-        self._sizer = self._new_sizer(workers)
-        self._sizer.hold(not self._queueing)
-        if self._outranking:
-            self._sizer.queue_ahead()
-        self._claiming = self.task.expecting and self._may_outrank()
-
-    def _may_outrank(self) -> bool:
-        """Whether the run shares its workers with runs it may outrank (a Pool's threads or
-        processes; on asyncio a batch's items are handed out one by one, each at once)."""
-        return (
-            not self._owns_backend
-            and not self._items_are_calls
-            and hasattr(self._backend, "waiting_below")
-        )
-
-    def _outrank(self) -> None:
-        """(A Pool's run, while its input has more) queue ahead of lower-priority work.
-
-        A free worker takes the head of the highest-priority lane with work.
-        Until its first round came back (the sizer) and its round trips
-        proved no server limits it (the slowdown), a run keeps no batch
-        queued ahead of the workers; and once it does, a batch per worker
-        covers this thread's turnaround of a batch only if the calls last
-        longer than that (a thread that waits for the GIL behind CPU-bound
-        calls, or for a core, falls behind short ones). Either way a worker
-        that ends one of its calls finds its lane empty and takes the
-        lower-priority work waiting there, before this thread sends the
-        next. So the run queues ahead at once when it finds such work
-        waiting as it warms up, and a batch more for each time the lanes
-        saw a worker take it while its lane was empty (``Task.passed_over``;
-        the window bounds the queue, and a refusal or a rate limit still
-        ends it).
-        """
-        task = self.task
-        missed = task.passed_over - self._passes_seen
-        if missed:
-            self._passes_seen += missed
-            self._outranking = True
-            self._sizer.queue_ahead()
-            self._sizer.deepen(missed)
-            self._obey_slowdown()
-        elif (
-            not self._outranking
-            and (self._sizer.warming or not self._queueing)
-            and self._backend.waiting_below(task.priority)  # type: ignore[attr-defined]
-        ):
-            self._outranking = True
-            self._sizer.queue_ahead()
-            self._obey_slowdown()
-        if not task.expecting:
-            self._claiming = False
 
     def _backend_of(self, batch: Batch) -> Backend:
         """The backend ``batch`` went to (a run on auto may have moved since)."""
@@ -1042,99 +735,10 @@ class Run:
             left += self._journal.read_ahead  # (its block: read, not run yet)
         return left
 
-    # -- policies --------------------------------------------------------
-
-    def _tell_slowdown(self, batch: Batch, timed_out: bool = False) -> None:
-        """Report a batch's answers to the slowdown; what it says is obeyed before more start."""
-        now = self._clock()
-        throttled, asked = self._settlement.take_throttled()
-        # A call cut off at timeout= (a hung one) is no sample of the server's
-        # latency, and its batch's time is the timeout's: not a sample either.
-        # (Taken for one, 1% of calls hanging cut 200 calls in flight to 1.)
-        calls = throttled if timed_out else len(batch.items)
-        stats = self.statistics
-        stats.throttle_events += throttled
-        self._slowdown.completed(
-            now,
-            started=batch.sent or now - batch.elapsed,
-            calls=calls,
-            throttled=throttled,
-            latency=batch.elapsed / calls if calls else 0.0,
-            retry_after=asked,
-            in_flight=self._in_flight if self._items_are_calls else self._in_backend,
-        )
-        stats.slowest_rate = self._slowdown.lowest
-        if not self._watching:  # (watching: the next _dispatch obeys, before it admits)
-            self._obey_slowdown()
-
-    def _follow_slowdown(self, now: float) -> float | None:
-        """The slowdown's timed changes; seconds until the next one or the pause's end."""
-        slowdown = self._slowdown
-        if self._reader.exhausted:
-            slowdown.ending()
-        due = slowdown.due(now, self._not_started() if slowdown.opening else 0)
-        self._obey_slowdown()
-        if now < slowdown.paused_until:
-            return _sooner(due, slowdown.paused_until - now)
-        return due
-
-    def _not_started(self) -> int:
-        """Batches sent whose calls a private event loop has not all started (its backlog)."""
-        taken = getattr(self._backend, "taken", None)
-        return 0 if taken is None or not self._owns_backend else self._batches_sent - taken
-
-    def _obey_slowdown(self) -> None:
-        slowdown = self._slowdown
-        if slowdown.limiter is not self._limiter:  # the first limit on the rate
-            self._limiter = slowdown.limiter
-            self._sizer.one_by_one()  # starts paced: no queue, batches of one
-        watching = slowdown.watching  # (else quiet: it hears only of throttled calls)
-        if not watching:
-            self._most_in_flight = self._window
-        elif slowdown.unlimited and (
-            self._items_are_calls
-            or self._backend.name in ("processes", "dask")
-            or slowdown.proven
-            or self._outranking
-        ):
-            # asyncio, while nothing has limited the run: items queued ahead of the
-            # tasks, as many as run, so a task that finishes a call starts the next
-            # at once instead of waiting a round trip through this loop for its
-            # batch (10-15% slower at 10,000 x 0.1 s). The first refusal ends it.
-            # Processes too: a batch per worker is sent ahead and one more waits in
-            # the backend (its lanes, for a Pool), so a worker that finishes one starts
-            # the next at once and the dispatcher sends it another without a round
-            # trip through this thread (which cost a 2-worker run of 40 x 10 ms calls
-            # 5-10%); CPU-bound calls rarely meet a server.
-            # Dask too: a cluster's thread that waits for its next task through the
-            # driver and the scheduler idles (20,000 x 10 ms on 100 threads: 10-15 of
-            # ~235 thread-seconds between batches; ~1 with a second batch queued).
-            # Threads once PROVEN round trips came back without a refusal (a server
-            # limit is met in the first few: 100 threads spend 200 a second in two).
-            # A Pool's run that outranks work waiting for the workers, at once (_outrank).
-            sizer = self._sizer
-            self._most_in_flight = min(
-                sizer.ahead * slowdown.concurrency + sizer.deeper, self._window
-            )
-        else:
-            self._most_in_flight = slowdown.concurrency
-        if slowdown.opening and self._items_are_calls:
-            # The opening (asyncio): a batch is at most an eighth of the calls allowed,
-            # so the first answers come back, and are heard, before the next doubling.
-            self._opening_batch = max(1, slowdown.concurrency // OPENING_SHARE)
-            self._opening_room = 8 * OPENING_SHARE
-        else:
-            self._opening_batch = 0
-        pilot = self._pilot
-        if pilot is not None and pilot.cap is not None:  # (auto, while it measures)
-            self._most_in_flight = min(self._most_in_flight, pilot.cap)
-        queueing = not watching or self._most_in_flight > slowdown.concurrency
-        if queueing != self._queueing:
-            self._queueing = queueing
-            self._sizer.hold(not queueing)
-        self._watching = watching
+    # -- a stop rule (the slowdown: see _run_slowdown) --------------------
 
     def _stop(self, reason: str) -> None:
+        """A stop rule fired: nothing more is read or started; the calls out finish."""
         self.statistics.stop_reason = reason
         self._reader.stop()  # nothing more is read; what is in flight finishes
         halt = getattr(self._backend, "halt", None)  # (Dask: its tasks' unstarted items)
@@ -1155,9 +759,9 @@ class Run:
         self.receiving = None
         cut = count is not None and count < len(batch.items)  # (the consumer left in it)
         if cut:
-            self._take_back(batch, count or 0, self.statistics)
+            take_back(batch, count or 0, self.statistics)
         if batch.failures and batch.skipped is None:
-            self._got_failures(batch, len(batch.items) if count is None else count, self.statistics)
+            delivered_failures(batch, len(batch.items) if count is None else count, self.statistics)
         journal = self._journal
         if journal is None or batch.skipped is not None:
             return  # (skipped items are final in the journal already)
@@ -1174,48 +778,10 @@ class Run:
                 self.before_record()
             except BaseException:  # (the command's lines did not reach its file: not recorded,
                 # nor counted, so the run's row says what it recorded)
-                self._take_back(batch, 0, self.statistics)
+                take_back(batch, 0, self.statistics)
                 self.statistics.forget(list((batch.failures or {}).values()))
                 raise
         journal.record(batch, set())
-
-    @staticmethod
-    def _got_failures(batch: Batch, count: int, stats: RunStatistics) -> None:
-        """The failures among the first ``count`` outcomes of ``batch`` reached the consumer."""
-        assert batch.failures is not None
-        failures = sorted(batch.failures.items())  # (a retried item's may come last)
-        stats.delivered([failure for index, failure in failures if index < count])
-
-    @staticmethod
-    def _take_back(batch: Batch, start: int, stats: RunStatistics) -> None:
-        """Uncount the outcomes of ``batch`` from ``start`` on: nobody got them.
-
-        A batch held for its turn (ordered) has its items still waiting for a
-        retry uncounted already: they are among ``stats.retrying``.
-        """
-        if batch.skipped is not None:
-            stats.take_back(0, [], batch.skipped[start:])
-            return
-        failures = [f for index, f in (batch.failures or {}).items() if index >= start]
-        counted = len(batch.items) - start - batch.pending
-        if batch.attempts:  # (in order: the items that were retried)
-            retried = sum(tries > 1 for index, tries in batch.attempts.items() if index >= start)
-        else:  # (as completed: a retried item is a batch of its own)
-            retried = counted if batch.attempt > 1 else 0
-        stats.take_back(counted - len(failures), failures, [], retried)
-
-    def _take_back_undelivered(self, stats: RunStatistics) -> None:
-        """Uncount what settled but was not delivered (yet: or ever, once the consumer left)."""
-        receiving = self.receiving  # (the consumer is in this batch, or left it)
-        if receiving is not None:
-            batch, items = receiving
-            got = len(batch.items) - length_hint(items)
-            self._take_back(batch, got, stats)
-            if batch.failures and batch.skipped is None:
-                self._got_failures(batch, got, stats)
-        for batch in (*self._delivery.held(), *self._ready, *self._parked.batches()):
-            self._take_back(batch, 0, stats)
-        stats.take_back_retrying()
 
     def _let_go(self) -> None:
         """The consumer left: drop the outcomes it will never get (values, Failures)."""
@@ -1268,12 +834,5 @@ class Run:
         stats = self.statistics
         if self._started is not None and self._finished is None:  # (still going)
             stats = stats.copy()
-            self._take_back_undelivered(stats)
+            take_back_undelivered(self, stats)
         return Report.from_statistics(stats, self.elapsed)
-
-
-def _sooner(a: float | None, b: float | None) -> float | None:
-    """The nearer of two waits, None meaning "no wait due"."""
-    if a is None:
-        return b
-    return a if b is None else min(a, b)
