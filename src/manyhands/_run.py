@@ -62,14 +62,14 @@ from ._reader import Reader
 from ._report import Report
 from ._run_end import astop_backend, end_run, mark_finished, stop_backend
 from ._run_outrank import may_outrank, outrank
-from ._run_slowdown import follow_slowdown, sooner, tell_slowdown
+from ._run_slowdown import follow_slowdown, tell_slowdown
 from ._run_timeouts import expire_overdue
 from ._run_undelivered import delivered_failures, take_back, take_back_undelivered
 from ._settlement import Settlement
 from ._settlement import timed_out as timed_out_in
 from ._signal_waits import LOOK_EVERY
 from ._sizing import Sizer
-from ._slowdown import Slowdown
+from ._slowdown import Slowdown, sooner
 from ._stats import RunStatistics
 from ._stoprules import StopRules
 from ._thread_feed import ThreadFeed

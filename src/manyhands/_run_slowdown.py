@@ -14,13 +14,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ._slowdown import OPENING_SHARE
+from ._slowdown import OPENING_SHARE, sooner
 
 if TYPE_CHECKING:
     from ._batch import Batch
     from ._run import Run
 
-__all__ = ["follow_slowdown", "obey_slowdown", "sooner", "tell_slowdown"]
+__all__ = ["follow_slowdown", "obey_slowdown", "tell_slowdown"]
 
 
 def tell_slowdown(run: Run, batch: Batch, timed_out: bool = False) -> None:
@@ -114,10 +114,3 @@ def obey_slowdown(run: Run) -> None:
         run._queueing = queueing
         run._sizer.hold(not queueing)
     run._watching = watching
-
-
-def sooner(a: float | None, b: float | None) -> float | None:
-    """The nearer of two waits, None meaning "no wait due"."""
-    if a is None:
-        return b
-    return a if b is None else min(a, b)

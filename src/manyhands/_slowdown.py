@@ -68,7 +68,7 @@ from ._latency_limit import LatencyLimit
 from ._rate import RateLimit
 from ._starts import SLOT, StartLog
 
-__all__ = ["OPENING_SHARE", "Slowdown"]
+__all__ = ["OPENING_SHARE", "Slowdown", "sooner"]
 
 WINDOW = 1.0  # seconds over which a server counts its budget, unless it says otherwise
 MARGIN = 0.95  # pace at this share of the estimated budget
@@ -377,17 +377,17 @@ class Slowdown:
                 self._cap = min(self._cap + 1, self.workers)
             self._cap_raise = now + HOLD if self._cap < self.workers else math.inf
         if self._cap_raise < math.inf:
-            wake = _sooner(wake, self._cap_raise - now)
+            wake = sooner(wake, self._cap_raise - now)
         if self._pause is not None and now >= self._pause[0]:
             self._end_pause(now)
         if self._pending is not None:
             when, started, rate, since = self._pending
             if now < when:
-                return _sooner(wake, when - now if when < math.inf else None)
+                return sooner(wake, when - now if when < math.inf else None)
             self._pending = None
             self._settle(now, started, rate, since)
         if self._pause is not None:
-            return _sooner(wake, self._pause[0] - now)
+            return sooner(wake, self._pause[0] - now)
         if self.limiter is None or self._next_step == math.inf:
             return wake
         if now >= self._next_step:
@@ -395,7 +395,7 @@ class Slowdown:
                 self._next_step = math.inf
                 return wake
             self._step(now)
-        return _sooner(wake, self._next_step - now)
+        return sooner(wake, self._next_step - now)
 
     # -- the rate ----------------------------------------------------------
 
@@ -551,7 +551,8 @@ class Slowdown:
         return self._log.counts(started - WINDOW + SLOT, started)[0] / WINDOW
 
 
-def _sooner(a: float | None, b: float | None) -> float | None:
+def sooner(a: float | None, b: float | None) -> float | None:
+    """The nearer of two waits, None meaning "no wait due"."""
     if a is None:
         return b
     return a if b is None else min(a, b)
