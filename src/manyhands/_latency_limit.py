@@ -16,13 +16,12 @@ in flight near what the server turns around without a queue:
   (more than ``LATE_ANSWER`` times its latency after its calls were let
   start: they waited to run, the client lagged, and the blind doublings
   outran the answers) cuts the limit back to twice the calls answered.
-  One that came on time after ``SLOW_CALL`` or more leaves time doubling
-  on (answers a round trip apart would take seconds to ramp up), and so
-  does, once per its round trip, the answer of a call let start after the
-  first ones, which are still out: the latency varies by itself, and the
-  first answer is the fastest of many (judged from the opening's start,
-  such an answer came "late", cut the run to a few dozen calls, and the
-  answers paced it up again: 1.3x the time of the run with no limit).
+  Lateness is the answered calls' own: when latency varies by itself, the
+  first answer is the fastest of many, often of a call let start after the
+  first ones, which are still out (judged from the opening's start, such
+  an answer was "late" and cut the run to a few dozen calls). One that
+  came on time after ``SLOW_CALL`` or more leaves time doubling on
+  (answers a round trip apart would take seconds to ramp up).
   ``QUIET`` without an answer doubles it too (the calls out may all wait
   for something: the opening never stalls a run). The opening ends at the
   first refusal (the rate takes it from there), when the latency rises
@@ -126,7 +125,6 @@ class LatencyLimit:
         self.follows = True  # latency may cut the limit (not for CPU work: see Slowdown)
         self._queued = 0  # samples in a row above QUEUE
         self._wake = now + DOUBLING  # the opening's next doubling
-        self._period = DOUBLING  # seconds per doubling by time (see _pace)
         self.input_ended = False  # only the calls out and retries are left: nothing to cut
         self._answered = False  # a call came back: the answers pace the opening
         self._doubling = True  # time doubles it (until the first answer, see _pace)
@@ -174,11 +172,11 @@ class LatencyLimit:
             self._wake = now + RECHECK
             return RECHECK
         self.limit = min(2 * self.limit, self.workers)
-        self._wake = now + self._period
+        self._wake = now + DOUBLING
         if self.limit >= self.workers:
             self._end_opening()
             return None
-        return self._period
+        return DOUBLING
 
     def _unstall(self, now: float) -> float | None:
         """A limit below ``workers`` that no answer eased for ``QUIET``: it doubles.
@@ -263,16 +261,8 @@ class LatencyLimit:
                 self.limit = min(self.limit, max(OPENING, 2 * calls))
             # Slow calls answered on time: the server kept up with the blind
             # doublings, and answers a round trip apart would take seconds to
-            # ramp up: time goes on doubling (a refusal still ends it). So it
-            # does, once per round trip of this answer, for an answer of a call
-            # let start after the first ones, which are still out: the latency
-            # varies, and this one was the fastest of many (paced by the
-            # answers alone, such a run took 1.3x the time it took unlimited).
-            varies = started >= self._begun + DOUBLING
-            self._doubling = not late and (latency >= SLOW_CALL or varies)
-            if latency < SLOW_CALL:  # (what a refusal takes to come back)
-                self._period = max(latency, DOUBLING)
-                self._wake = max(self._wake, now + self._period)
+            # ramp up: time goes on doubling (a refusal still ends it).
+            self._doubling = not late and latency >= SLOW_CALL
         self._credit += calls * GROWTH
         grow = int(self._credit)
         self._credit -= grow
