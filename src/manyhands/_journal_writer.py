@@ -42,7 +42,7 @@ from typing import Any
 
 from ._exceptions import JournalError
 from ._journal_file import Watch
-from ._signal_waits import LOOK_EVERY
+from ._signal_waits import WAIT_SLICE
 
 __all__ = [
     "ALL_RECORDED",
@@ -211,7 +211,7 @@ class Writer:
         ):
             self._full = True  # the writer takes the group now, not at its next interval
             self._cond.notify_all()
-            self._cond.wait(LOOK_EVERY)  # (in slices: see _signal_waits)
+            self._cond.wait(WAIT_SLICE)  # (in slices: see _signal_waits)
         self._full = False
         if self._failure is not None:
             self._lost += rows
@@ -232,7 +232,7 @@ class Writer:
         self._opened.wait()
         with self._cond:
             while (self._pending.rows or self._writing) and self._failure is None:
-                self._cond.wait(LOOK_EVERY)
+                self._cond.wait(WAIT_SLICE)
             if self._failure is not None:
                 raise self._error()
 
@@ -260,7 +260,7 @@ class Writer:
     def _join(self) -> None:
         """Wait for the thread to end, in slices (a signal: see _signal_waits)."""
         while self._thread.is_alive():
-            self._thread.join(LOOK_EVERY)
+            self._thread.join(WAIT_SLICE)
 
     def _error(self) -> JournalError:
         assert self._failure is not None

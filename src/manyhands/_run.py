@@ -67,7 +67,7 @@ from ._run_timeouts import expire_overdue
 from ._run_undelivered import delivered_failures, take_back, take_back_undelivered
 from ._settlement import Settlement
 from ._settlement import timed_out as timed_out_in
-from ._signal_waits import LOOK_EVERY
+from ._signal_waits import WAIT_SLICE
 from ._sizing import Sizer
 from ._slowdown import Slowdown, sooner
 from ._stats import RunStatistics
@@ -372,7 +372,7 @@ class Run:
     def _drive(self) -> Iterator[Batch]:
         completions = cast("Completions", self._completions)  # (the sync driver's)
         get = completions.get
-        look = functools.partial(get, True, LOOK_EVERY)
+        look = functools.partial(get, True, WAIT_SLICE)
         caught = self._caught
         skipped = self._ready
         reader = self._reader
@@ -393,7 +393,7 @@ class Run:
             if wait is None and not (self._in_backend or self._in_previous or reader.waiting):
                 raise RuntimeError("nothing in flight and nothing due")  # pragma: no cover
             try:
-                if wait is None or wait >= LOOK_EVERY:
+                if wait is None or wait >= WAIT_SLICE:
                     caught.extend(islice(iter(look, _NEVER), 1))
                 else:
                     caught.extend(islice(iter(functools.partial(get, True, wait), _NEVER), 1))

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, cast
 from ._exceptions import JournalError, ended_by, ended_early
 from ._outcome import Failure, Outcome
 from ._run_undelivered import take_back_undelivered
-from ._signal_waits import LOOK_EVERY
+from ._signal_waits import WAIT_SLICE
 
 try:  # (what `queue` re-exports; importing `queue` itself costs 0.3 ms of `import manyhands`)
     from _queue import Empty
@@ -82,7 +82,7 @@ def stop_backend(run: Run) -> None:
     try:
         while (run._in_backend or run._in_previous) and (wait := deadline - run._clock()) > 0:
             with contextlib.suppress(Empty):
-                batch = completions.get(timeout=min(wait, LOOK_EVERY))
+                batch = completions.get(timeout=min(wait, WAIT_SLICE))
                 if batch is not None:
                     _came_back(run, batch)
     finally:  # (a second Ctrl-C ends the wait at once)

@@ -11,7 +11,7 @@ about one run in twenty on a loaded two-core machine; a first Ctrl-C during a
 run of long calls is lost the same way until a call returns.
 
 So every wait of the main thread that can last is cut into slices of
-:data:`LOOK_EVERY` seconds: a signal's handler runs at most that long after
+:data:`WAIT_SLICE` seconds: a signal's handler runs at most that long after
 the signal, wherever the kernel delivered it.
 """
 
@@ -20,10 +20,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from time import monotonic
 
-__all__ = ["LOOK_EVERY", "wait_sliced"]
+__all__ = ["WAIT_SLICE", "wait_sliced"]
 
 #: The longest a wait lasts before the thread looks for a signal that another thread took.
-LOOK_EVERY = 0.1
+WAIT_SLICE = 0.1
 
 
 def wait_sliced(wait: Callable[[float], bool | None], timeout: float | None) -> bool:
@@ -39,13 +39,13 @@ def wait_sliced(wait: Callable[[float], bool | None], timeout: float | None) -> 
     True
     """
     if timeout is None:
-        while not wait(LOOK_EVERY):
+        while not wait(WAIT_SLICE):
             pass
         return True
     deadline = monotonic() + timeout
     while True:
         left = deadline - monotonic()
-        if wait(min(max(left, 0.0), LOOK_EVERY)):
+        if wait(min(max(left, 0.0), WAIT_SLICE)):
             return True
-        if left <= LOOK_EVERY:
+        if left <= WAIT_SLICE:
             return False

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from .._batch import unwatch_this_thread, watch_forks_in_this_thread
 from .._exceptions import WorkerInitError
-from .._signal_waits import LOOK_EVERY
+from .._signal_waits import WAIT_SLICE
 
 __all__ = ["LoopGone", "LoopThread", "new_private_loop"]
 
@@ -87,11 +87,11 @@ class LoopThread:
             # finalizer and asks it here.
             deadline = None if timeout is None else monotonic() + timeout
             while True:
-                left = LOOK_EVERY if deadline is None else deadline - monotonic()
+                left = WAIT_SLICE if deadline is None else deadline - monotonic()
                 try:
-                    return future.result(min(max(left, 0.0), LOOK_EVERY))
+                    return future.result(min(max(left, 0.0), WAIT_SLICE))
                 except concurrent.futures.TimeoutError:
-                    if future.done() or (deadline is not None and left <= LOOK_EVERY):
+                    if future.done() or (deadline is not None and left <= WAIT_SLICE):
                         raise  # (the coroutine's own TimeoutError, or the time is up)
                     if not self.answers():
                         raise _gone() from None

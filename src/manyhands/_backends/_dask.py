@@ -60,7 +60,7 @@ from typing import Any, ClassVar, TypeVar
 
 from .._batch import Batch, Task
 from .._exceptions import WorkerCrashed, not_called
-from .._signal_waits import LOOK_EVERY
+from .._signal_waits import WAIT_SLICE
 from ._dask_cluster import close_local_cluster, connect, retries_note, start_local_cluster
 from ._dask_withdraw import began_on_cluster
 from ._not_loaded import fn_not_loaded
@@ -290,7 +290,7 @@ class DaskBackend:
         self._tell_stop(f"manyhands-{self._token}-")
         with self._lock:
             while self._out and (left := deadline - time.monotonic()) > 0:
-                self._emptied.wait(min(left, LOOK_EVERY))  # (see _signal_waits)
+                self._emptied.wait(min(left, WAIT_SLICE))  # (see _signal_waits)
 
     def _close(self) -> None:
         """Cancel every task still out, release the functions, close what was opened here."""
