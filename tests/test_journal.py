@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 import manyhands
-from manyhands import _journal
+from manyhands import _journal, _journal_read
 from manyhands._batch import Batch
 from manyhands._outcome import Failure
 
@@ -162,8 +162,8 @@ def test_a_duplicate_has_its_first_copys_outcome(
     (With fresh_keys, the journal is new to the run: committed keys stay in
     memory and their failures are read from the file.)
     """
-    monkeypatch.setattr(_journal, "BLOCK", 8)
-    monkeypatch.setattr(_journal, "FRESH_KEYS", fresh_keys)
+    monkeypatch.setattr(_journal_read, "BLOCK", 8)
+    monkeypatch.setattr(_journal_read, "FRESH_KEYS", fresh_keys)
     failing = {3, 6, 13}
     calls, counted = counting(fail=failing)
 
@@ -253,7 +253,7 @@ def test_blocks_of_new_keys_and_blocks_with_known_ones_take_turns(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int
 ) -> None:
     """Input is read in blocks: one of new keys is taken without checks, others item by item."""
-    monkeypatch.setattr(_journal, "BLOCK", 8)
+    monkeypatch.setattr(_journal_read, "BLOCK", 8)
     journal = tmp_path / "run.db"
     calls, fn = counting(fail={21})
     manyhands.run(fn, range(16, 24), journal=journal)  # a block recorded before
@@ -305,7 +305,7 @@ def test_a_journal_new_to_the_run_skips_lookups_up_to_a_bound_and_repeats_still_
     Within the bound nothing is looked up; past it, no more committed keys are
     kept and lookups find them: either way a repeated key is skipped, once.
     """
-    monkeypatch.setattr(_journal, "FRESH_KEYS", fresh_keys)
+    monkeypatch.setattr(_journal_read, "FRESH_KEYS", fresh_keys)
     journal = _journal.Journal(tmp_path / "run.db", str)
     reader = journal._opened()
     looked_up: list[int] = []
@@ -340,7 +340,7 @@ def test_a_repeat_of_a_failed_key_committed_gets_its_failure_from_the_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_keys: int
 ) -> None:
     """Its first copy's Failure, whether the key stayed in memory (fresh) or is looked up."""
-    monkeypatch.setattr(_journal, "FRESH_KEYS", fresh_keys)
+    monkeypatch.setattr(_journal_read, "FRESH_KEYS", fresh_keys)
     journal = _journal.Journal(tmp_path / "run.db", str)
     try:
         # (blocks of 8 then 16: the repeats come once the first copies are committed)
@@ -738,7 +738,7 @@ def test_runs_table_records_what_ran(tmp_path: Path) -> None:
 def test_the_end_of_a_block_of_new_keys_is_never_a_small_batch_of_its_own(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_journal, "READ_SECONDS", 3600.0)  # (blocks of 512, however loaded)
+    monkeypatch.setattr(_journal_read, "READ_SECONDS", 3600.0)  # (blocks of 512, however loaded)
     journal = _journal.Journal(tmp_path / "run.db", abs)
     try:
         source = iter(range(5000))

@@ -47,7 +47,7 @@ _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 def memory_key(key: str) -> str | bytes:
     """What a run keeps in memory for ``key``: the key, or a 16-byte digest of a long one.
 
-    A run keeps up to ``FRESH_KEYS`` keys in memory (see ``_journal``); a
+    A run keeps up to ``FRESH_KEYS`` keys in memory (see ``_journal_read``); a
     ``key=`` may return a whole row as its key, kilobytes each. The journal
     still stores and looks up the key itself: only the sets in memory hold
     the digest. A default key is never longer than ``MAX_KEY_TEXT`` (a

@@ -532,10 +532,10 @@ def _marks(journal: str | None, output: str | None, options: dict[str, Any]) -> 
     with contextlib.suppress(OSError):
         if not stat.S_ISREG(os.stat(output).st_mode):
             return None  # (a pipe or a device takes every line)
-    from ._journal import _as_key
+    from ._key_fn import as_key
 
     keyfn: Callable[[Any], Any] = options.get("key") or default_key
-    return Marks(journal, output, lambda item: _as_key(keyfn(item)))
+    return Marks(journal, output, lambda item: as_key(keyfn(item)))
 
 
 def _has_records(journal: str) -> bool:
