@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 import manyhands
+from manyhands._run import Run
 
 from .conftest import Hands, python_subprocess_env
 
@@ -174,6 +175,35 @@ def test_ctrl_c_is_recorded_as_interrupted_in_the_run_or_in_a_with_block(tmp_pat
         for _ in outs:
             raise KeyboardInterrupt
     assert statuses(journal) == ["interrupted"] * 2
+
+
+def test_a_ctrl_c_between_two_batches_of_run_is_recorded_as_interrupted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # run() takes each batch from the run and hands it on; a Ctrl-C that lands
+    # there (between two waits) closed the run as a loop left early: "left early".
+    journal = tmp_path / "j.db"
+    handed = Run.delivered
+
+    def delivered(self: Run, batch: Any) -> None:
+        handed(self, batch)
+        if self.statistics.succeeded >= 10:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Run, "delivered", delivered)
+    with pytest.raises(KeyboardInterrupt):
+        manyhands.run(abs, range(1000), journal=journal, batch_size=1, workers=2)
+
+    async def double(x: int) -> int:
+        return 2 * x
+
+    async def main() -> None:
+        await manyhands.arun(double, range(1000), journal=other, batch_size=1, workers=2)
+
+    other = tmp_path / "other.db"
+    with pytest.raises(KeyboardInterrupt):
+        asyncio.run(main())
+    assert statuses(journal) == statuses(other) == ["interrupted"]
 
 
 def test_an_amap_its_reader_left_is_recorded_as_left_early(tmp_path: Path) -> None:

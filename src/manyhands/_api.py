@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._backends import Backend, backend_kind, create_backend
 from ._checks import check_fn, check_items, check_report_only, is_coroutine_function
-from ._exceptions import ManyhandsError
+from ._exceptions import ManyhandsError, ended_early
 from ._options import Options, lists_options, process_options_refused
 from ._progress import progress_wanted
 from ._report import Report
@@ -92,11 +92,16 @@ def run(
 def run_to_end(run: Run) -> Report:
     """Drive ``run`` to its end; its Report (also on the ManyhandsError that ends it early)."""
     delivered = run.delivered
+    batches = run.batches()
     try:
-        for batch in run.batches():
+        for batch in batches:
             delivered(batch)
     except ManyhandsError as exc:  # the run ended early (input, journal, workers)
         exc.report = run.report()
+        raise
+    except BaseException as exc:  # a Ctrl-C between two batches: no loop of the caller's left
+        run.exit_status = run.exit_status or ended_early(exc)
+        batches.close()  # (now, with that status: not "left early" when collected)
         raise
     return run.report()
 
@@ -202,8 +207,13 @@ async def arun_to_end(run: Run) -> Report:
     batches = run.abatches()
     try:
         async with contextlib.aclosing(batches):
-            async for batch in batches:
-                delivered(batch)
+            try:
+                async for batch in batches:
+                    delivered(batch)
+            except BaseException as exc:  # (as in run_to_end: before aclosing closes it)
+                if not isinstance(exc, ManyhandsError):
+                    run.exit_status = run.exit_status or ended_early(exc)
+                raise
     except ManyhandsError as exc:  # the run ended early (input, journal, workers)
         exc.report = run.report()
         raise
