@@ -96,12 +96,14 @@ def run_to_end(run: Run) -> Report:
     try:
         for batch in batches:
             delivered(batch)
-    except ManyhandsError as exc:  # the run ended early (input, journal, workers)
-        exc.report = run.report()
-        raise
-    except BaseException as exc:  # a Ctrl-C between two batches: no loop of the caller's left
+    except BaseException as exc:
+        # Raised here (a Ctrl-C between two batches, a record that failed) or in
+        # the run: it ends now, saying why, not "left early" once it is collected
+        # (the traceback keeps this frame, and the run in it, alive).
         run.exit_status = run.exit_status or ended_early(exc)
-        batches.close()  # (now, with that status: not "left early" when collected)
+        batches.close()
+        if isinstance(exc, ManyhandsError):  # the run ended early (input, journal, workers)
+            exc.report = run.report()
         raise
     return run.report()
 
@@ -211,8 +213,7 @@ async def arun_to_end(run: Run) -> Report:
                 async for batch in batches:
                     delivered(batch)
             except BaseException as exc:  # (as in run_to_end: before aclosing closes it)
-                if not isinstance(exc, ManyhandsError):
-                    run.exit_status = run.exit_status or ended_early(exc)
+                run.exit_status = run.exit_status or ended_early(exc)
                 raise
     except ManyhandsError as exc:  # the run ended early (input, journal, workers)
         exc.report = run.report()
