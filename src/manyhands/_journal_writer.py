@@ -42,7 +42,7 @@ from typing import Any
 
 from ._exceptions import JournalError
 from ._journal_file import Watch
-from ._signal_waits import WAIT_SLICE
+from ._signal_waits import WAIT_SLICE, wait_sliced
 
 __all__ = [
     "ALL_RECORDED",
@@ -164,7 +164,7 @@ class Writer:
         Raises:
             JournalError: the journal could not be opened, or a commit failed.
         """
-        self._opened.wait()
+        wait_sliced(self._opened.wait, None)  # (opening checks the file: it may take a while)
         with self._cond:
             if self._failure is not None:
                 raise self._error()
@@ -229,7 +229,7 @@ class Writer:
 
     def flush(self) -> None:
         """Wait until every row handed over is committed (or a commit failed)."""
-        self._opened.wait()
+        wait_sliced(self._opened.wait, None)
         with self._cond:
             while (self._pending.rows or self._writing) and self._failure is None:
                 self._cond.wait(WAIT_SLICE)
