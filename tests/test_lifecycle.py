@@ -270,6 +270,39 @@ def test_a_ctrl_c_another_thread_took_stops_the_run(
     assert time.monotonic() - sent < 10  # (a hang is 60 s or more)
 
 
+# The same for a Pool's shutdown(wait=True), which waits for the calls submitted to it.
+POOL_TAKEN_SCRIPT = textwrap.dedent(
+    """
+    import os, signal, threading, time, manyhands
+    def ctrl_c():
+        time.sleep(0.5)
+        print("sent", flush=True)
+        signal.pthread_kill(threading.get_ident(), signal.SIGINT)
+    pool = manyhands.Pool(workers=2)
+    executor = pool.executor() if {how!r} == "executor" else pool
+    executor.submit(time.sleep, 30)
+    threading.Thread(target=ctrl_c, daemon=True).start()
+    try:
+        executor.shutdown(wait=True)
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+        os._exit(0)  # (not the exit's wait for the call, as the stdlib's executors make it)
+    """
+)
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="POSIX threads' signals")
+@pytest.mark.parametrize("how", ["pool", "executor"])
+def test_a_ctrl_c_another_thread_took_ends_a_pools_wait_for_its_calls(how: str) -> None:
+    # Before: shutdown waited for the call to end (30 s) before the Ctrl-C was seen.
+    proc = start_python(POOL_TAKEN_SCRIPT.format(how=how))
+    try:
+        assert read_line(proc, 30) == "sent"
+        assert read_line(proc, 10) == "interrupted"
+    finally:
+        finish(proc, 10)
+
+
 @pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="POSIX threads' signals")
 def test_a_ctrl_c_handled_as_the_run_wakes_for_a_batch_keeps_that_batch(tmp_path: Path) -> None:
     # The signal reaches a worker thread (the kernel picks any thread), so Python

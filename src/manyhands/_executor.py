@@ -210,8 +210,10 @@ class PoolExecutor(Executor):
             calls.cancel_of(self)
         if wait:
             calls.take_back(self)
-            with calls._lock:
-                calls._idle.wait_for(lambda: not self._keys)
+            with calls._lock:  # (in slices: a Ctrl-C another thread took ends it)
+                wait_sliced(
+                    lambda seconds: calls._idle.wait_for(lambda: not self._keys, seconds), None
+                )
 
 
 class PoolCalls:
@@ -448,7 +450,7 @@ class PoolCalls:
             self._cancel_queued()
         if wait:
             with self._lock:
-                self._idle.wait_for(lambda: not self._futures)
+                self._wait_settled()
                 detach, self._detached = not self._detached, True
             if detach:
                 self._backend.detach(self._task)
@@ -495,8 +497,12 @@ class PoolCalls:
         workers stop next, so it is refused as the stdlib's executors do.
         """
         with self._lock:
-            self._idle.wait_for(lambda: not self._futures)
+            self._wait_settled()
             self._exited = True
+
+    def _wait_settled(self) -> None:
+        """(Under the lock) wait until every call is settled, in slices (see ``_signal_waits``)."""
+        wait_sliced(lambda seconds: self._idle.wait_for(lambda: not self._futures, seconds), None)
 
     def take_back(self, owner: PoolExecutor) -> None:
         """(Threads, in one of the pool's workers) make here ``owner``'s calls no worker began.

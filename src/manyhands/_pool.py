@@ -30,6 +30,7 @@ from ._backends import Backend, backend_kind, create_backend
 from ._options import DEFAULT_WORKERS, check_positive_int, check_start_timeout, lists_options
 from ._readers import Readers
 from ._report import Report
+from ._signal_waits import WAIT_SLICE
 from ._stream import AsyncOutcomes, Outcomes, reader_of
 
 if TYPE_CHECKING:
@@ -43,9 +44,6 @@ if TYPE_CHECKING:
 __all__ = ["POOL_BACKENDS", "Pool"]
 
 POOL_BACKENDS = ("threads", "processes", "async", "auto", "dask")
-
-#: Seconds between checks, while the pool waits for its runs, for maps whose reader ended.
-_CHECK_READERS = 0.5
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -498,11 +496,15 @@ class Pool:
         self._readers.check_can_wait(call)
 
     def _wait_idle(self) -> None:
-        """Wait until no run is under way; a map whose reading thread ended is stopped."""
+        """Wait until no run is under way; a map whose reading thread ended is stopped.
+
+        (In slices, which also look for such maps: a Ctrl-C another thread took
+        ends the wait, see ``_signal_waits``.)
+        """
         while True:
             self._readers.stop_orphans(time.monotonic())
             with self._state:
-                if self._state.wait_for(lambda: not self._active, _CHECK_READERS):
+                if self._state.wait_for(lambda: not self._active, WAIT_SLICE):
                     return
 
     def _stop_when_idle(self, background: bool = False) -> None:
