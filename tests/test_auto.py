@@ -891,6 +891,30 @@ def test_a_function_that_cannot_be_loaded_in_worker_processes_keeps_the_run_on_t
     assert report.backend.endswith("the items ran on threads)"), report.backend
 
 
+@pytest.mark.parametrize("ordered", [False, True])
+def test_a_pools_run_whose_function_cannot_be_loaded_in_its_processes_goes_back_to_threads(
+    monkeypatch: pytest.MonkeyPatch, ordered: bool
+) -> None:
+    """A Pool's processes load a run's fn with its first batch, after the move: the
+    items failed "fn could not be loaded in a worker process" (84 of 100 here),
+    though on threads they ran. Now they run on threads, as does the rest of the run."""
+    chosen_at_a_completion(monkeypatch, after=1)
+    with manyhands.Pool(backend="auto") as pool:
+        outcomes = list(pool.map(SpinHere(), range(100), ordered=ordered))
+        report = pool.run(SpinHere(), range(100, 150))  # (the pool goes on)
+    assert [out.error for out in outcomes if not out.ok] == []
+    assert sorted(out.value for out in outcomes) == [spin(x) for x in range(100)]
+    if ordered:
+        assert [out.item for out in outcomes] == list(range(100))
+    assert report.succeeded == 50 and report.failed == 0
+    assert report.backend.startswith(
+        "threads (forced by the test, but fn could not be loaded in a worker process: "
+        "builtins.RuntimeError: a SpinHere cannot be rebuilt in a worker process ("
+    ), report.backend
+    assert report.backend.endswith("the items ran on threads)"), report.backend
+    assert "could not be sent" not in " ".join(report.notes)  # (they pickle)
+
+
 class Locked:
     """An item that cannot go to another process (it holds a lock)."""
 

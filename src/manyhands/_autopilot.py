@@ -67,6 +67,7 @@ class Autopilot:
         self._early: tuple[Backend, int] | BaseException | None = None
         self._sizing: Sizing | None = None  # on the processes it moved to: how many fit
         self._chosen: Choice | None = None  # what it moved for (and then, how many)
+        self._moved_for: str | None = None  # why it is on processes (None: it is not)
         # A choice of processes, made as a batch came back: the move starts processes
         # (100 ms or more), so it waits for the run's next dispatch (see look), once
         # that batch has reached delivery: a Ctrl-C in the move then loses nothing.
@@ -127,7 +128,27 @@ class Autopilot:
     def came_back(self, batch: Batch) -> Batch | None:
         """``batch`` (it has errors, or its items ran on threads) as the run settles it
         now; None while those a worker process could not be sent run on threads."""
-        return batch if self.unsent is None else self.unsent.came_back(batch)
+        unsent = self.unsent
+        if unsent is None:
+            return batch
+        settled = unsent.came_back(batch)
+        if unsent.fn_not_loaded is not None and self._moved_for is not None:
+            self._back_for_good(self._moved_for, unsent.fn_not_loaded)
+        return settled
+
+    def _back_for_good(self, why: str, not_loaded: str) -> None:
+        """A worker process could not load fn: the rest of the run goes back to threads
+        (where it worked), and the Report says why, as when the move itself failed.
+
+        (A Pool's processes load a run's fn with its first batch, after the move.)
+        """
+        self._moved_for = None
+        self._sizing = None
+        run = self.run
+        run.statistics.backend = f"threads ({why}, but {not_loaded}; the items ran on threads)"
+        if run._owns_backend:
+            run._backend.wind_down()
+        switch_to(run, run._previous[0], self._threads_wanted)
 
     def ended(self) -> None:
         """The run ended: the Report says so if it ended before a choice (or its move).
@@ -340,6 +361,7 @@ class Autopilot:
             run._backend.wind_down()
         run._slowdown.ignore_latency()
         switch_to(run, backend, workers)
+        self._moved_for = choice.why
         self.unsent = Unsent(functools.partial(run._send_back_to, 0))  # (0: its threads)
         if run._owns_backend:
             from ._auto import Sizing, waited_for_cpu
@@ -422,6 +444,7 @@ class Autopilot:
         from ._backends import create_backend
 
         run = self.run
+        self._moved_for = None
         wanted = self._threads_wanted
         backend = create_backend("threads", wanted, timeout=run._options.timeout)
         backend.start()

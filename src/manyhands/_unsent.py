@@ -8,6 +8,11 @@ have run: it runs there, on the threads the run started on (they are still
 the run's). Its batch waits here meanwhile, and is settled whole once they
 are back, so ordered delivery, the journal and the counts see one batch, as
 for any other.
+
+The same for the items of a batch whose worker process could not load fn
+(``FN_NOT_LOADED``: a Pool's processes load a run's fn when its first batch
+comes, not at their start, so the move cannot find out before): they run on
+threads, and the run goes back to threads (see ``_autopilot``).
 """
 
 from __future__ import annotations
@@ -32,7 +37,8 @@ class Unsent:
         self._send = send
         # The part sent to the threads (by id) -> (its batch, the indices of its items).
         self.waiting: dict[int, tuple[Batch, list[int]]] = {}
-        self.count = 0  # items sent to the threads so far, for the Report
+        self.count = 0  # items that did not pickle sent to the threads so far, for the Report
+        self.fn_not_loaded: str | None = None  # why a worker process could not load fn
 
     def came_back(self, batch: Batch) -> Batch | None:
         """``batch`` as the run settles it now; None while some of its items run on threads.
@@ -43,21 +49,27 @@ class Unsent:
         held = self.waiting.pop(id(batch), None)
         if held is not None:
             return _merged(*held, batch)
+        from ._backends._not_loaded import DID_NOT_RUN, FN_NOT_LOADED
         from ._backends._process_batches import NOT_SENT
 
-        errors = batch.errors or {}
-        unsent = [
-            index
-            for index, error in errors.items()
-            if isinstance(error, Failure) and NOT_SENT in error.message
-        ]
+        unsent, not_loaded = [], []
+        for index, error in (batch.errors or {}).items():
+            if not isinstance(error, Failure):
+                continue
+            if NOT_SENT in error.message:
+                unsent.append(index)
+            elif error.message.startswith(FN_NOT_LOADED):
+                not_loaded.append(index)
+                if self.fn_not_loaded is None:
+                    self.fn_not_loaded = error.message.removesuffix(DID_NOT_RUN)
+        self.count += len(unsent)
+        unsent = sorted(unsent + not_loaded)
         if not unsent:
             return batch
         part = Batch(batch.seq, [batch.items[i] for i in unsent], batch.task, batch.attempt)
         if batch.keys is not None:
             part.keys = [batch.keys[i] for i in unsent]
         self.waiting[id(part)] = (batch, unsent)
-        self.count += len(unsent)
         self._send(part)
         return None
 

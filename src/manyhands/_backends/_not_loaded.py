@@ -18,7 +18,13 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from ._process_worker import RemoteError
 
-__all__ = ["fn_not_loaded", "module_of", "not_loaded"]
+__all__ = ["FN_NOT_LOADED", "fn_not_loaded", "module_of", "not_loaded"]
+
+#: How the Failure of an item whose fn a worker process could not load begins
+#: (``backend="auto"`` runs such items on threads: see ``_unsent``).
+FN_NOT_LOADED = "fn could not be loaded in a worker process: "
+#: How that Failure ends.
+DID_NOT_RUN = "; this item did not run"
 
 
 def module_of(fn: object) -> str | None:
@@ -71,4 +77,4 @@ def fn_not_loaded(remote: RemoteError, fn: object, where: str) -> RemoteError:
     """The error of a batch's items whose ``fn`` could not be loaded ``where`` (``remote``)."""
     error_type, _, trace, lineage, _ = remote
     why = not_loaded("fn", remote[:2], module_of(fn), where)
-    return error_type, f"{why}; this item did not run", trace, lineage, None
+    return error_type, f"{why}{DID_NOT_RUN}", trace, lineage, None
