@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -185,6 +186,41 @@ def test_a_function_that_cannot_be_loaded_on_the_workers_fails_its_items_saying_
     (message,) = {failure.message for failure in report.failures}
     assert message.startswith(f"fn could not be loaded in a Dask worker process: {REBUILD} (")
     assert message.endswith("; or use backend='threads'); this item did not run")
+
+
+class _BigOnlyHere:
+    """A callable of ~20 KiB pickled (sent to the cluster as a task of its own, not with
+    each batch) whose pickle calls what raises in a worker process."""
+
+    def __init__(self) -> None:
+        self.data = os.urandom(20_000)
+
+    def __call__(self, x: int) -> int:
+        return x
+
+    def __reduce__(self) -> tuple[Any, tuple[bytes]]:
+        return _big_rebuilt_here, (self.data,)
+
+
+def _big_rebuilt_here(data: bytes) -> _BigOnlyHere:
+    if multiprocessing.parent_process() is not None:
+        raise RuntimeError("a _BigOnlyHere cannot be rebuilt in a worker process")
+    return _BigOnlyHere()
+
+
+def test_a_large_function_that_cannot_be_loaded_on_the_workers_fails_its_items_saying_so(
+    client: Any,
+) -> None:
+    """Before: the loading's bare error (a task the batches needed had failed)."""
+    report = manyhands.run(_BigOnlyHere(), range(3), backend=client)
+    assert report.failed == 3
+    (message,) = {failure.message for failure in report.failures}
+    assert message.startswith(
+        "fn could not be loaded in a Dask worker process: builtins.RuntimeError: a "
+        "_BigOnlyHere cannot be rebuilt in a worker process ("
+    ), message
+    assert message.endswith("; or use backend='threads'); this item did not run")
+    assert manyhands.run(_seven_fails, range(10), backend=client).succeeded == 9  # (goes on)
 
 
 def test_a_killed_worker_costs_only_the_item_that_killed_it(client: Any) -> None:

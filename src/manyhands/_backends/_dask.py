@@ -68,6 +68,7 @@ from ._process_batches import fail_items, file_results, pickle_batch, pickle_ite
 from ._remote_calls import (
     ABANDONED_MESSAGE,
     Shipped,
+    load_fn,
     nanny_progress,
     read_progress,
     run_items,
@@ -221,7 +222,7 @@ class DaskBackend:
         if len(payload) <= _SHIPPED_BYTES:
             self._fns[id(task)] = Shipped(key, payload)
             return
-        fn = self._client.submit(pickle.loads, payload, key=key, pure=False)
+        fn = self._client.submit(load_fn, payload, key=key, pure=False)  # (or why not)
         # On every worker now: the scheduler places a task where its inputs are, and
         # would otherwise crowd the first batches onto the one worker that loaded fn.
         self._client.replicate([fn])

@@ -37,7 +37,7 @@ import threading
 from collections.abc import Callable, Iterator
 from queue import Empty, SimpleQueue
 from time import perf_counter
-from typing import Any
+from typing import Any, cast
 
 from .._auto import gil_enabled
 from .._exceptions import Timeout
@@ -47,8 +47,10 @@ from ._process_worker import RemoteError, _pack, describe_remote
 
 __all__ = [
     "ABANDONED_MESSAGE",
+    "NotLoaded",
     "Shipped",
     "call_batch",
+    "load_fn",
     "nanny_progress",
     "progress_file",
     "read_progress",
@@ -87,8 +89,35 @@ class Shipped:
         return fn
 
 
+class NotLoaded:
+    """What :func:`load_fn` gives for a function that cannot be rebuilt in this process."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: RemoteError) -> None:
+        self.error = error
+
+    def __getstate__(self) -> RemoteError:
+        return self.error
+
+    def __setstate__(self, error: RemoteError) -> None:
+        self.error = error
+
+
+def load_fn(payload: bytes) -> Callable[[Any], Any] | NotLoaded:
+    """A run's large ``fn``, rebuilt once on the cluster (or why it cannot be).
+
+    A task's failure would reach every batch that needs it as the loading's
+    bare error, as if fn's call had raised it; ``run_items`` says what it is.
+    """
+    try:
+        return cast("Callable[[Any], Any]", pickle.loads(payload))
+    except Exception as exc:
+        return NotLoaded(describe_remote(exc))
+
+
 def run_items(
-    fn: Callable[[Any], Any] | Shipped,
+    fn: Callable[[Any], Any] | Shipped | NotLoaded,
     payload: bytes,
     timeout: float | None = None,
     name: str | None = None,
@@ -103,6 +132,8 @@ def run_items(
     ``withdrawable``: the task ``name`` may be taken back until it begins
     (``_dask_withdraw.begin``): then it calls none of its items.
     """
+    if isinstance(fn, NotLoaded):  # (a large fn, which load_fn could not rebuild)
+        return pickle.dumps(("no_fn", fn.error))
     try:
         if isinstance(fn, Shipped):
             fn = fn.load()
