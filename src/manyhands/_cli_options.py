@@ -1,0 +1,154 @@
+"""``manyhands run``'s flags as the library's options.
+
+What the flags need of each other (``--key`` needs ``--journal``), the journal
+key of ``--key`` (a field, or a function; an unreadable line by its number),
+``--scheduler``, the retries of ``--sh`` commands by exit code, and the paths
+``--output`` must not write over.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from ._inputs import BadLine, UsageProblem, load_target
+from ._keys import code_hash, default_key
+from ._retry import Retry
+from ._shell import exit_codes, exits_with
+
+__all__ = ["check_paths", "command_retries", "run_options"]
+
+
+def run_options(
+    journal: str | None, output: str | None, key: str | None, flags: dict[str, Any]
+) -> dict[str, Any]:
+    """The library options of ``run``'s flags; a flag that needs --journal without it is refused."""
+    needs_journal = [
+        name
+        for name, given in (
+            ("--key", key),
+            ("--retry-failed", flags["retry_failed"]),
+            # "refuse" is the default: given explicitly, it asks for nothing more.
+            ("--changed-items", flags["changed_items"] not in (None, "refuse")),
+            ("--store-results", flags["store_results"]),
+        )
+        if given
+    ]
+    if needs_journal and journal is None:
+        verb = "needs" if len(needs_journal) == 1 else "need"
+        raise UsageProblem(f"{' and '.join(needs_journal)} {verb} --journal")
+    if flags["changed_items"] not in (None, "refuse") and key is None:
+        raise UsageProblem(
+            "--changed-items needs --key: without it an item's key is the item itself, "
+            "which cannot change under it"
+        )
+    options = {name: value for name, value in flags.items() if value is not None}
+    options["retry"] = options.pop("retries")
+    _dask_options(options)
+    if journal is not None:  # ("": refused by the run, naming --journal)
+        store = flags["store_results"]
+        options |= {
+            "journal": journal,
+            "key": _key(key),
+            # Stored values complete a resumed output (its skipped items' lines).
+            "store_results": bool(output) if store is None else store,
+        }
+    else:
+        options.pop("retry_failed", None)
+    return options
+
+
+def _dask_options(options: dict[str, Any]) -> None:
+    """--scheduler is the Dask backend's cluster; Dask's calls at once default to its threads."""
+    scheduler = options.pop("scheduler", None)
+    if scheduler is not None:
+        if options.get("backend", "dask") != "dask":
+            raise UsageProblem(f"--scheduler needs --backend dask, not {options['backend']}")
+        from ._backends import SCHEDULER_PROTOCOLS
+
+        if not scheduler.startswith(SCHEDULER_PROTOCOLS):
+            raise UsageProblem(
+                f"--scheduler {scheduler} is not a Dask scheduler's address: give it as "
+                "tcp://host:8786"
+            )
+        options["backend"] = scheduler
+    source = click.get_current_context().get_parameter_source("workers")
+    dask = options.get("backend") == "dask" or scheduler is not None
+    if dask and source is click.core.ParameterSource.DEFAULT:
+        del options["workers"]
+
+
+def _key(spec: str | None) -> Callable[[Any], Any]:
+    """The journal key: --key as a field or a function; a bad line by its number."""
+    if spec is None:
+        base: Callable[[Any], Any] = default_key
+    elif ":" in spec:
+        base = load_target(spec, "--key")
+    else:
+
+        def base(item: Any) -> Any:
+            try:
+                return item[spec]
+            except (KeyError, TypeError, IndexError):
+                raise UsageProblem(f"--key {spec!r}: item {item!r} has no field {spec!r}") from None
+
+    def key(item: Any) -> Any:
+        if type(item) is BadLine:
+            return f"<line {item.number}>"
+        return base(item)
+
+    # (what the journal records of it, to warn when --key changes between runs)
+    key.journal_identity = (spec or "", "" if spec is None else code_hash(base) or "")  # type: ignore[attr-defined]
+    # (how the run's options name it: as the user wrote it; none with default keys)
+    key.journal_label = f"--key {spec}" if spec is not None else ""  # type: ignore[attr-defined]
+    return key
+
+
+def command_retries(options: dict[str, Any], on_exit: str | None, throttle: int | None) -> None:
+    """``--retry-on-exit`` and ``--throttle-exit`` as the run's retry policy and ``throttle_on``.
+
+    ``--retries N`` alone retries every failure; ``--retry-on-exit`` only those
+    exit codes (3 times unless ``--retries`` says); the throttled exit is retried either way.
+    """
+    codes = exit_codes(on_exit, "--retry-on-exit") if on_exit else None
+    if throttle is not None:
+        options["throttle_on"] = exits_with({throttle})
+        if codes is None and not options["retry"]:
+            codes = frozenset()  # (then only the throttled exit is retried)
+    if codes is not None:
+        retried = codes | ({throttle} if throttle is not None else set())
+        options["retry"] = Retry(retries=options["retry"] or 3, on=exits_with(retried))
+
+
+def check_paths(input_path: str, output: str | None, journal: str | None) -> None:
+    """Refuse an --output that is INPUT or the journal: writing it would destroy it."""
+    if not output or output == "-":
+        return
+    if input_path == "-" and _is_stdin(output):
+        raise UsageProblem(
+            f"--output {output!r} is the file stdin (INPUT -) reads from; write to another path"
+        )
+    precious = [("INPUT", input_path)] if input_path != "-" else []
+    if journal:
+        precious += [("--journal", journal + suffix) for suffix in ("", "-wal", "-shm", ".lock")]
+    for what, path in precious:
+        try:
+            same = os.path.samefile(output, path)
+        except OSError:  # one of them does not exist: not the same file
+            continue
+        if same:
+            raise UsageProblem(f"--output {output!r} is the {what} file; write to another path")
+
+
+def _is_stdin(path: str) -> bool:
+    """Whether ``path`` is the regular file redirected to stdin (``< file``)."""
+    try:
+        stdin, found = os.fstat(0), os.stat(path)
+    except OSError:  # no stdin, or no such file yet: not the same file
+        return False
+    same = (stdin.st_dev, stdin.st_ino) == (found.st_dev, found.st_ino)
+    return same and stat.S_ISREG(stdin.st_mode)
