@@ -511,7 +511,7 @@ def test_a_process_pool_serves_runs_of_different_functions_at_once_and_in_turn()
 
 
 def test_a_process_pool_loads_many_functions_in_turn_and_keeps_a_bounded_number() -> None:
-    from manyhands._backends._processes import FUNCTIONS_KEPT
+    from manyhands._backends._process_dispatcher import FUNCTIONS_KEPT
 
     with manyhands.Pool(1, backend="processes") as pool:
         for k in range(FUNCTIONS_KEPT + 4):  # more functions than a worker keeps

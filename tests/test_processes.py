@@ -533,9 +533,9 @@ def test_the_dispatcher_never_misses_the_wake_up_of_a_shutdown(monkeypatch: Any)
     import selectors
     import socket
 
-    from manyhands._backends import _processes
+    from manyhands._backends import _process_dispatcher, _processes
 
-    monkeypatch.setattr(_processes, "IDLE_SECONDS", 3600.0)
+    monkeypatch.setattr(_process_dispatcher, "IDLE_SECONDS", 3600.0)
     backend = _processes.ProcessBackend(1)
     wake_r, wake_w = socket.socketpair()
     for sock in (wake_r, wake_w):
@@ -680,9 +680,9 @@ def test_a_replacement_worker_is_sent_work_once_ready_without_an_answer_to_promp
     # the run's next batches find work waiting, so they do not wake it. Its
     # replacement saying "ready" must be enough (the select's idle timeout, the last
     # resort, is an hour here).
-    from manyhands._backends import _processes
+    from manyhands._backends import _process_dispatcher
 
-    monkeypatch.setattr(_processes, "IDLE_SECONDS", 3600.0)
+    monkeypatch.setattr(_process_dispatcher, "IDLE_SECONDS", 3600.0)
     reports: list[manyhands.Report] = []
     thread = threading.Thread(
         target=lambda: reports.append(

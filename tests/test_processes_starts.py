@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 import manyhands
-from manyhands._backends._processes import START_RETRIES
+from manyhands._backends._process_starts import START_RETRIES
 
 from .conftest import finish, start_python
 
