@@ -30,7 +30,7 @@ inside the lock that reporting takes.
 
 One backend serves many runs (a Pool's): each run's function travels to a
 worker with the first batch of that run it is sent, and stays loaded there
-(the last ``FUNCTIONS_KEPT`` of them); batches wait in lanes (priority, then
+(the last ``_process_dispatcher.FUNCTIONS_KEPT`` of them); batches wait in lanes (priority, then
 fairness between runs; see ``_lanes``), not in one queue.
 
 A worker that dies (a segfault, ``os._exit``, the OOM killer's SIGKILL)
@@ -54,7 +54,7 @@ stop cannot simply take those batches back.)
 
 A worker that fails to start (its initializer raises, dies, or is not done
 in ``start_timeout`` seconds, 60 by default) ran no item. A replacement that
-dies or hangs is tried ``START_RETRIES`` more times in its place (a kill from
+dies or hangs is tried ``_process_starts.START_RETRIES`` more times in its place (a kill from
 outside may be a one-off), and so is one of the first workers killed by a
 signal while the backend starts; then the backend runs on with fewer workers, never restarting one
 in a loop, and with none left it stops: every item queued or to come fails
