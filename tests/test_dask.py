@@ -344,6 +344,7 @@ def test_a_part_none_of_whose_items_was_running_is_never_charged_for_a_death(
     # a part with no word at all is split in two at its second death, and an item
     # fails only as the one item of a part that died a third time with no word.
     from manyhands._backends import _dask
+    from manyhands._backends._dask_parts import Part
     from manyhands._batch import Batch, Task
 
     backend = _dask.DaskBackend()
@@ -360,7 +361,7 @@ def test_a_part_none_of_whose_items_was_running_is_never_charged_for_a_death(
         resent.clear()
         batch.errors = {}
         monkeypatch.setattr(backend, "_progress", lambda key, nanny, word=word: word)
-        backend._crashed(_dask._Part(batch, indices, b"", deaths=2), RuntimeError())
+        backend._crashed(Part(batch, indices, b"", deaths=2), RuntimeError())
         assert sorted(batch.errors or {}) == ([] if expected or word == [] else indices)
         assert [part.indices for part in resent] == expected
 
