@@ -7,6 +7,8 @@ import random
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -134,6 +136,106 @@ def test_an_input_read_in_a_thread_never_holds_back_finished_outcomes(
         if len(got) == 2:
             delivered.set()
     assert sorted(got) == [1, 2, 3]
+
+
+@pytest.mark.parametrize("where", ["map", "pool.map"])
+def test_input_thread_delivers_what_finished_while_the_input_blocks(
+    where: str, no_thread_left: None
+) -> None:
+    """A generator over a queue or a socket: read in the consuming thread, the outcomes
+    of what it gave waited for its next item (they come out meanwhile, with the option)."""
+    delivered = threading.Event()
+
+    def producer() -> Iterator[int]:
+        yield 1
+        yield 2
+        assert delivered.wait(10), "the outcomes waited for the input"
+        yield 3
+
+    got = []
+    with manyhands.Pool(workers=2) as pool:
+        open_map = pool.map if where == "pool.map" else manyhands.map
+        for outcome in open_map(abs, producer(), input_thread=True):
+            got.append(outcome.value)
+            if len(got) == 2:
+                delivered.set()
+    assert sorted(got) == [1, 2, 3]
+
+
+def test_input_thread_journals_what_ran_before_a_loop_left_while_the_input_blocked(
+    tmp_path: Path, no_thread_left: None
+) -> None:
+    journal = tmp_path / "run.db"
+    release = threading.Event()
+
+    def producer() -> Iterator[int]:
+        yield from range(5)
+        release.wait(10)  # (a stream with nothing more for now)
+        yield from range(5, 8)
+
+    for got, _ in enumerate(manyhands.map(abs, producer(), journal=journal, input_thread=True)):
+        if got == 4:
+            break  # (read in the consuming thread, the 5th outcome never came)
+    release.set()
+    again = manyhands.run(abs, range(8), journal=journal)
+    assert (again.skipped, again.succeeded) == (5, 3)
+
+
+class _Here:
+    """A sync iterable that notes the threads that read it (a thread-bound cursor)."""
+
+    def __init__(self, n: int) -> None:
+        self.left = n
+        self.readers: set[int] = set()
+
+    def __iter__(self) -> _Here:
+        return self
+
+    def __next__(self) -> int:
+        self.readers.add(threading.get_ident())
+        if not self.left:
+            raise StopIteration
+        self.left -= 1
+        return self.left
+
+
+@pytest.mark.parametrize("input_thread", [None, False])
+def test_amap_reads_a_sync_iterable_on_the_loop_with_input_thread_false(
+    input_thread: bool | None,
+) -> None:
+    import asyncio
+
+    async def double(x: int) -> int:
+        await asyncio.sleep(0)
+        return 2 * x
+
+    async def main() -> tuple[list[int], _Here]:
+        items = _Here(20)
+        outs = manyhands.amap(double, items, input_thread=input_thread)
+        return sorted([out.value async for out in outs]), items
+
+    values, items = asyncio.run(main())
+    assert values == [2 * x for x in range(20)]
+    on_loop = items.readers == {threading.get_ident()}  # (asyncio.run's loop: this thread)
+    assert on_loop == (input_thread is False)
+
+
+def test_input_thread_is_refused_where_it_means_nothing() -> None:
+    import asyncio
+
+    async def numbers() -> Any:
+        yield 1
+
+    async def one(x: int) -> int:
+        return x
+
+    async def main() -> None:
+        with pytest.raises(ValueError, match="input_thread= applies to a sync iterable"):
+            manyhands.amap(one, numbers(), input_thread=True)
+
+    asyncio.run(main())
+    with pytest.raises(TypeError, match="input_thread must be True"):
+        manyhands.run(abs, [1], input_thread="yes")  # type: ignore[typeddict-item]
 
 
 def test_an_input_read_in_a_thread_that_breaks_raises_input_error_after_the_rest() -> None:

@@ -169,7 +169,11 @@ class AsyncFeed(Feed):
 
 
 def open_feed(
-    items: Iterator[Any], source: AsyncIterable[Any] | None, limit: int, wake: Callable[[], None]
+    items: Iterator[Any],
+    source: AsyncIterable[Any] | None,
+    limit: int,
+    wake: Callable[[], None],
+    in_thread: bool | None = None,
 ) -> AsyncFeed | LoopFeed | None:
     """What reads a run's input on the running loop, if not the run itself.
 
@@ -177,11 +181,12 @@ def open_feed(
     memory (see ``IN_MEMORY``): a thread. Either reads up to ``limit`` items
     ahead and calls ``wake`` (on the loop) when items arrive in an empty
     buffer and when the input ends. A collection in memory: None (the run
-    reads it itself: it never waits).
+    reads it itself: it never waits). ``in_thread`` (the ``input_thread=``
+    option): True, a thread whatever the input; False, the run reads it.
     """
     if source is not None:
         return AsyncFeed(source, limit, wake)
-    if type(items) in IN_MEMORY:
+    if in_thread is False or (type(items) in IN_MEMORY and not in_thread):
         return None
     from ._aio_input import LoopFeed
 

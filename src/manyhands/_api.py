@@ -262,6 +262,15 @@ def open_run(
             "`async for outcome in manyhands.amap(fn, items)`."
         )
     source, iterator = check_items(caller, items, more, on_loop)
+    if opts.input_thread is not None and source is not None:
+        raise ValueError(
+            f"input_thread= applies to a sync iterable; items is an async iterable, which "
+            f"{caller}() reads in a task on the event loop: leave input_thread out"
+        )
+    if opts.input_thread and not on_loop:
+        from ._thread_feed import ThreadFeed
+
+        iterator = iterator if isinstance(iterator, ThreadFeed) else ThreadFeed(iterator)
     total = opts.total
     if total is None and source is None and progress_wanted(opts.progress):
         total = _length(items)

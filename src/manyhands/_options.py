@@ -80,6 +80,7 @@ class Options(Record):
     store_results: bool | Literal["pickle"] = False
     durability: str = "normal"
     changed_items: str = "refuse"
+    input_thread: bool | None = None
 
     def __init__(
         self,
@@ -108,6 +109,7 @@ class Options(Record):
         store_results: bool | Literal["pickle"] = False,
         durability: str = "normal",
         changed_items: str = "refuse",
+        input_thread: bool | None = None,
     ) -> None:
         _set(self, "workers", workers)
         _set(self, "backend", backend)
@@ -134,6 +136,7 @@ class Options(Record):
         _set(self, "store_results", store_results)
         _set(self, "durability", durability)
         _set(self, "changed_items", changed_items)
+        _set(self, "input_thread", input_thread)
 
     @classmethod
     def from_kwargs(
@@ -206,6 +209,11 @@ class Options(Record):
             )
         if self.total is not None:
             check_positive_int("total", self.total, "the number of items, for the ETA", zero=True)
+        if self.input_thread is not None and not isinstance(self.input_thread, bool):
+            raise TypeError(
+                "input_thread must be True (read the items in a thread of their own), False "
+                f"(in the thread that consumes the outcomes) or None, got {self.input_thread!r}"
+            )
         self._validate_journal()
         self._validate_processes()
 

@@ -334,7 +334,13 @@ class Run:
         progress = self._begin()
         # An async input is read by a task, a slow sync one by a thread (see _aio).
         limit = max(self._window // 4, 1)  # (read ahead of the window, a share of it)
-        feed = open_feed(self._reader.items, self._async_source, limit, lambda: queue.put(None))
+        feed = open_feed(
+            self._reader.items,
+            self._async_source,
+            limit,
+            lambda: queue.put(None),
+            self._options.input_thread,
+        )
         self._reader.items = feed or self._reader.items
         completed = False
         try:

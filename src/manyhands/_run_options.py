@@ -108,6 +108,15 @@ class RunOptions(TypedDict, total=False):
     changed_items: with a journal and ``key=``, what to do with an item whose content
         differs from the one recorded under its key: ``"refuse"`` (default:
         stop with JournalError), ``"rerun"`` or ``"skip"``.
+    input_thread: ``True``: read ``items`` in a thread of their own (an input
+        that blocks: a pipe, a socket, a queue), so that each item is called
+        as soon as it comes and the outcomes that finished are delivered (and
+        journaled) while the input waits. ``run``/``map`` otherwise read it
+        in the thread that consumes the outcomes (default ``None``), which a
+        thread-bound input (a sqlite cursor) needs. ``amap``/``arun`` read a
+        sync iterable that is not a collection in memory in a thread anyway;
+        ``False`` reads it on the event loop instead (a thread-bound one, that
+        never blocks).
     """
 
     workers: int
@@ -135,3 +144,4 @@ class RunOptions(TypedDict, total=False):
     store_results: bool | Literal["pickle"]
     durability: str
     changed_items: str
+    input_thread: bool | None
