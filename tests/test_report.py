@@ -12,6 +12,7 @@ import pytest
 import manyhands
 from manyhands._exceptions import not_called
 from manyhands._outcome import Failure
+from manyhands._report import Latency
 from manyhands._stats import LatencyHistogram, RunStatistics
 
 
@@ -264,3 +265,20 @@ def test_failing_alike_is_about_calls_made_not_items_never_called() -> None:
     report = manyhands.Report.from_statistics(stats, elapsed=1.0)
     assert report.failing_alike is calls[0] and report.failures[0] is first
     assert "every item failed with builtins.KeyError" in str(report)
+
+
+def test_the_latency_line_says_on_dask_that_it_reads_batch_means() -> None:
+    """A Dask task times its batch (about 0.5 s of work), not each call: a 3 s call among
+    quick ones is averaged away, so the line must not read as each call's own latency."""
+    latency = Latency(0.3, 0.26, 0.5, 0.5)
+    lines = {
+        backend: str(
+            manyhands.Report(50, 50, 0, 9.9, latency=latency, attempts=50, backend=backend)
+        )
+        for backend in ("threads", "dask")
+    }
+    assert "\nlatency per call: p50 260.0ms, p95 500.0ms, p99 500.0ms" in lines["threads"]
+    assert (
+        "\nlatency per call (batch means: a Dask task times its batch, not each call): "
+        "p50 260.0ms, p95 500.0ms" in lines["dask"]
+    )

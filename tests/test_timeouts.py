@@ -98,6 +98,29 @@ def test_when_every_worker_is_held_the_items_left_end_at_once_not_run(backend: s
     assert any(note.startswith("4 items never started") for note in report.notes)
 
 
+def test_the_note_counts_apart_the_retries_no_worker_could_start(backend: str) -> None:
+    """Work no worker could start: items never called are not run; a retry's item was
+    called, and fails with its last failure. The note counts each as the Report does."""
+    release = threading.Event()
+    fn = hanging_on(set(range(5)), release, [])
+    retry = manyhands.Retry(2, backoff=0.001)
+    try:  # one worker: one call abandoned, the next holds it, and nothing more can start
+        report = manyhands.run(fn, range(5), backend=backend, workers=1, timeout=0.05, retry=retry)
+    finally:
+        release.set()
+    # Two calls: items 0 and 1, or item 0 twice (its retry came first); each item called
+    # has a retry left, which never started, and ends failed; the others are not run.
+    assert report.attempts == 2 and report.failed in (1, 2)
+    assert report.not_run == 5 - report.failed and report.total == 5
+    retries = "retries" if report.failed > 1 else "retry"
+    (note,) = [note for note in report.notes if "never started" in note]
+    assert note.startswith(
+        f"{report.not_run} items never started (not run, ended as manyhands.Timeout) and "
+        f"{report.failed} {retries} never started ("
+    ), note
+    assert f": {report.not_run} not run (" in str(report).splitlines()[0]
+
+
 def test_items_no_worker_could_start_count_toward_no_stop_rule(backend: str) -> None:
     """Only calls that failed count toward ``stop_after_failures``: the four items never
     started (as above) are no failure of fn, and the four calls timed out stay under 5."""

@@ -11,6 +11,7 @@ __all__ = [
     "abandoned_text",
     "alike_text",
     "duration",
+    "latency_label",
     "not_run_why",
     "plural",
     "shown_traceback",
@@ -42,6 +43,22 @@ def not_run_why(causes: dict[str, int], count: int) -> str:
 
 def _why(cause: str, count: int) -> str:
     return _NOT_RUN_WHY.get(cause, cause).format(them="it" if count == 1 else "them")
+
+
+def latency_label(backend: str) -> str:
+    """What the latency line measures: each call's own time, or on Dask its batch's mean.
+
+    A Dask task runs a batch of about half a second of work, and times it whole: a
+    slow call among quick ones is averaged with them, and its percentiles do not show it.
+
+    >>> latency_label("threads")
+    'latency per call'
+    >>> latency_label("dask")
+    'latency per call (batch means: a Dask task times its batch, not each call)'
+    """
+    if backend == "dask":
+        return "latency per call (batch means: a Dask task times its batch, not each call)"
+    return "latency per call"
 
 
 def abandoned_text(count: int, backend: str) -> str:

@@ -15,14 +15,13 @@ from .._batch import FINISHED, RUNNING, TIMED_OUT, Batch, Task
 from .._exceptions import Timeout, WorkerInitError
 from .._lanes import Lanes
 from .._signal_waits import wait_sliced
+from ._thread_jam import ABANDONED, held_message, unstarted_note, unstarted_why
 from ._thread_worker import STOP, TAKE, Exit, nothing, serving, work
 
 #: Each thread's CPU clock can be read without giving up the GIL (backend="auto").
 _CPU_CLOCKS = hasattr(time, "pthread_getcpuclockid")
 
 __all__ = ["ThreadBackend"]
-
-ABANDONED = "it was left running in an abandoned thread and the item failed"
 
 
 class ThreadBackend:
@@ -95,7 +94,8 @@ class ThreadBackend:
         self._exited = 0  # workers that took a valid token and exited
         self._waiting: list[None] = []  # one entry per worker waiting for work (atomic ops)
         self._bounded: set[Task] = set()  # the runs with a timeout (they never wait on a jam)
-        self._unstarted = 0  # items failed because every worker was held (and their note)
+        self._unstarted = 0  # items failed uncalled as every worker was held (and their note)
+        self._unstarted_retries = 0  # retries failed so: their items were called before
         self._unstarted_note = 0
         self.notes: list[str] = []  # for the Report: e.g. fewer workers than asked
         self.native_ids: set[int] = set()  # the worker threads' (for backend="auto")
@@ -221,7 +221,7 @@ class ThreadBackend:
             self.timeout_action = ABANDONED
             return True
         if held:
-            self.timeout_action = self._held_message()
+            self.timeout_action = held_message(self.abandon_limit)
             if self._jammed(0):
                 self._fail_unstarted(self._take_queued())
             return True
@@ -258,14 +258,6 @@ class ThreadBackend:
             except WorkerInitError:  # (no thread could be started: the others go on)
                 return
 
-    def _held_message(self) -> str:
-        cap = self.abandon_limit
-        return (
-            "the item failed, and the call holds its worker until it returns (or an abandoned "
-            f"thread's call does): {cap} abandoned thread{'s are' if cap > 1 else ' is'} "
-            "still in their calls, the most allowed (one per worker)"
-        )
-
     def _jammed(self, priority: int) -> bool:
         """True when no batch of ``priority`` can start: every worker is held past a timeout.
 
@@ -298,14 +290,9 @@ class ThreadBackend:
         """Fail ``batches`` at once: no worker can start them (they made no call)."""
         if not batches:
             return
-        hung = len(self._overdue) + self._stuck[0]
-        why = (
-            f"not started: every worker is held by a call that ran past its timeout and has "
-            f"not returned ({hung} such calls; the cap of {self.abandon_limit} abandoned "
-            "threads, one per worker, is reached). Raise workers= or fix the calls that hang"
-        )
+        why = unstarted_why(len(self._overdue) + self._stuck[0], self.abandon_limit)
         if self._lanes is None:  # (a pool's notes would reach every run's Report)
-            self._note_unstarted(sum(len(batch.items) for batch in batches))
+            self._note_unstarted(batches)
         for batch in batches:
             error = Timeout(why)
             error.ran = False
@@ -315,18 +302,22 @@ class ThreadBackend:
             batch.state = FINISHED  # (not to be expired: it never ran)
             batch.task.done(batch)
 
-    def _note_unstarted(self, items: int) -> None:
-        """Say in the Report how many items never started, and why (one note, kept up to date)."""
-        if self._unstarted == 0:
+    def _note_unstarted(self, batches: list[Batch]) -> None:
+        """Say in the Report how many items and retries never started, and why (one note,
+        kept up to date).
+
+        A retry's item was called before: it fails with its last failure (it counts in
+        the Report's ``failed``), while an item never called counts in ``not_run``.
+        """
+        if not (self._unstarted or self._unstarted_retries):
             self.notes.append("")
             self._unstarted_note = len(self.notes) - 1
-        self._unstarted += items
-        self.notes[self._unstarted_note] = (
-            f"{self._unstarted:,} item{'s' if self._unstarted > 1 else ''} never started "
-            "(not run, ended as manyhands.Timeout): every worker was held by a call past its "
-            "timeout, and no more threads could be abandoned (one per worker). Raise "
-            "workers= or fix the calls that hang"
-        )
+        for batch in batches:
+            if batch.last_failure is None:
+                self._unstarted += len(batch.items)
+            else:
+                self._unstarted_retries += len(batch.items)
+        self.notes[self._unstarted_note] = unstarted_note(self._unstarted, self._unstarted_retries)
 
     def cancel(self, task: Task) -> list[Batch]:
         """Drop the batches of ``task`` no worker has taken, and return them."""
