@@ -310,13 +310,28 @@ def test_bad_flags_are_usage_errors(workdir: Path, flags: list[str], message: st
     assert (workdir / "numbers.txt").read_bytes() == before  # nothing was overwritten
 
 
+@pytest.mark.parametrize("output", ["new.db", "./new.db", "new.db-wal", "new.db.lock", "link.db"])
+def test_an_output_that_would_be_a_journal_not_created_yet_is_refused(
+    workdir: Path, output: str
+) -> None:
+    """Not only an existing journal: one the run would create, under --output's path too."""
+    (workdir / "link.db").symlink_to("new.db")  # (dangling until the journal exists)
+    done = manyhands("run", "target.py:work", "numbers.txt", "--journal", "new.db",
+                     "--output", output, cwd=workdir)  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert f"--output {output!r} is the --journal file" in done.stderr
+    assert not (workdir / "new.db").exists()  # refused before anything was created
+
+
 def test_report_refuses_to_write_over_its_journal(workdir: Path) -> None:
     assert manyhands("run", "target.py:work", "numbers.txt", "--journal", "j.db",
                      cwd=workdir).returncode == 1  # fmt: skip
     before = (workdir / "j.db").read_bytes()
-    done = manyhands("report", "j.db", "-o", "j.db", cwd=workdir)
-    assert done.returncode == 2
-    assert "is the journal's file" in done.stderr
+    for output in ("j.db", "j.db-wal"):  # (its -wal file not there while no run is open)
+        done = manyhands("report", "j.db", "-o", output, cwd=workdir)
+        assert done.returncode == 2
+        assert "is the journal's file" in done.stderr
+        assert not (workdir / "j.db-wal").exists()
     assert (workdir / "j.db").read_bytes() == before
 
 

@@ -337,16 +337,16 @@ def test_close_right_before_the_flushing_thread_clears_its_wake_up_does_not_hang
 def test_a_journal_left_by_a_run_that_recorded_nothing_writes_the_output_afresh(
     workdir: Path,
 ) -> None:
-    """A first run that stopped before its first item (a bad --key) left its journal:
-    the corrected run is no resume, and an old --output file is replaced, not appended to."""
+    """A first run that stopped before its first item (a --key function that raises) left its
+    journal: the corrected run is no resume, and an old --output file is replaced, not
+    appended to."""
     (workdir / "rows.jsonl").write_text('{"id": 1, "name": "a"}\n{"id": 2, "name": "b"}\n')
     (workdir / "out.jsonl").write_text('{"old": "a line of another run"}\n')
     common = ["run", "target.py:name_of", "rows.jsonl", "--jsonl", "--journal", "run.db",
               "--output", "out.jsonl"]  # fmt: skip
-    first = manyhands(*common, "--key", "nope", cwd=workdir)
+    first = manyhands(*common, "--key", "json:loads", cwd=workdir)
     assert first.returncode == 2 and (workdir / "run.db").exists()
-    # The command's own words, not the library's ("--key raised UsageProblem"):
-    assert "item 0: --key 'nope': item {'id': 1, 'name': 'a'} has no field 'nope'" in first.stderr
+    assert "--key raised TypeError for item 0" in first.stderr, first.stderr
     second = manyhands(*common, "--key", "id", cwd=workdir)
     assert second.returncode == 0, second.stderr
     lines = [json.loads(line) for line in (workdir / "out.jsonl").read_text().splitlines()]
@@ -363,6 +363,23 @@ def test_messages_name_the_flags_of_the_command_line_not_the_librarys_options(
     manyhands("run", "target.py:work", "numbers.txt", "--journal", "run.db", cwd=workdir)
     again = manyhands("run", "target.py:work", "numbers.txt", "--journal", "run.db", cwd=workdir)
     assert "--retry-failed runs them again" in again.stdout and "retry_failed" not in again.stdout
+
+
+@pytest.mark.parametrize(
+    ("journal", "message"),
+    [
+        ("nodir/j.db", "the directory nodir does not exist; create it first (mkdir -p nodir)"),
+        ("no dir/sub/j.db", "create it first (mkdir -p 'no dir/sub')"),
+        ("numbers.txt/j.db", "--journal numbers.txt/j.db: numbers.txt is not a directory"),
+    ],
+)
+def test_a_journal_in_no_directory_says_how_to_make_it_in_shell_words(
+    workdir: Path, journal: str, message: str
+) -> None:
+    done = manyhands("run", "target.py:work", "numbers.txt", "--journal", journal, cwd=workdir)
+    assert done.returncode == 2
+    assert message in done.stderr, done.stderr
+    assert "os.makedirs" not in done.stderr
 
 
 def test_a_rate_given_as_a_number_is_starts_per_second(workdir: Path) -> None:

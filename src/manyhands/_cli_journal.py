@@ -123,10 +123,9 @@ def write_html_report(journal: str, output: str) -> int:
 
 def _check_report_path(journal: str, output: str) -> None:
     """Refuse a report written over the journal it reads (or its companion files)."""
-    for suffix in ("", "-wal", "-shm", ".lock"):
-        try:
-            same = os.path.samefile(output, journal + suffix)
-        except OSError:  # one of them does not exist: not the same file
-            continue
-        if same:
+    from ._cli_options import same_file
+
+    real = os.path.realpath(journal)
+    for path in (journal, *(real + suffix for suffix in ("-wal", "-shm", ".lock"))):
+        if same_file(output, path):
             raise UsageProblem(f"--output {output!r} is the journal's file; write to another path")

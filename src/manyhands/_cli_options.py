@@ -1,14 +1,17 @@
 """``manyhands run``'s flags as the library's options.
 
 What the flags need of each other (``--key`` needs ``--journal``), the journal
-key of ``--key`` (a field, or a function; an unreadable line by its number),
-``--scheduler``, the retries of ``--sh`` commands by exit code, and the paths
-``--output`` must not write over.
+key of ``--key`` (a field, or a function; an unreadable line by its number) and
+the field INPUT's reader checks each item for, ``--scheduler``, the retries of
+``--sh`` commands by exit code, the journal's directory, and the paths
+``--output`` must not write over (INPUT, the journal and its companion files,
+whether they exist yet or not).
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import stat
 from collections.abc import Callable
 from typing import Any
@@ -20,7 +23,7 @@ from ._keys import code_hash, default_key
 from ._retry import Retry
 from ._shell import exit_codes, exits_with
 
-__all__ = ["check_paths", "command_retries", "run_options"]
+__all__ = ["check_paths", "command_retries", "key_field", "run_options", "same_file"]
 
 
 def run_options(
@@ -82,6 +85,21 @@ def _dask_options(options: dict[str, Any]) -> None:
         del options["workers"]
 
 
+def key_field(key: str | None, form: str) -> str | None:
+    """The field ``--key`` names (none for a function): INPUT's reader fails an item without it.
+
+    Lines have no fields: ``--key FIELD`` without --jsonl or --csv is refused.
+    """
+    if key is None or ":" in key:
+        return None
+    if form == "lines":
+        raise UsageProblem(
+            f"--key {key} names a field of each item: add --jsonl or --csv, or give a "
+            "function (module:function) that makes a line's key"
+        )
+    return key
+
+
 def _key(spec: str | None) -> Callable[[Any], Any]:
     """The journal key: --key as a field or a function; a bad line by its number."""
     if spec is None:
@@ -125,7 +143,12 @@ def command_retries(options: dict[str, Any], on_exit: str | None, throttle: int 
 
 
 def check_paths(input_path: str, output: str | None, journal: str | None) -> None:
-    """Refuse an --output that is INPUT or the journal: writing it would destroy it."""
+    """Refuse a journal in no directory, and an --output that is INPUT or the journal.
+
+    Writing over INPUT or the journal would destroy it.
+    """
+    if journal:
+        _check_journal_folder(journal)
     if not output or output == "-":
         return
     if input_path == "-" and _is_stdin(output):
@@ -133,15 +156,41 @@ def check_paths(input_path: str, output: str | None, journal: str | None) -> Non
             f"--output {output!r} is the file stdin (INPUT -) reads from; write to another path"
         )
     precious = [("INPUT", input_path)] if input_path != "-" else []
-    if journal:
-        precious += [("--journal", journal + suffix) for suffix in ("", "-wal", "-shm", ".lock")]
+    if journal:  # (its companions sit next to its file, every symlink resolved)
+        real = os.path.realpath(journal)
+        precious += [("--journal", journal)]
+        precious += [("--journal", real + suffix) for suffix in ("-wal", "-shm", ".lock")]
     for what, path in precious:
-        try:
-            same = os.path.samefile(output, path)
-        except OSError:  # one of them does not exist: not the same file
-            continue
-        if same:
+        if same_file(output, path):
             raise UsageProblem(f"--output {output!r} is the {what} file; write to another path")
+
+
+def _check_journal_folder(journal: str) -> None:
+    """Refuse a journal whose directory does not exist, saying how to make it (the run would)."""
+    folder = os.path.dirname(journal)
+    if not folder or os.path.isdir(folder):
+        return
+    if os.path.exists(folder):
+        raise UsageProblem(
+            f"--journal {journal}: {folder} is not a directory; pass a path in a directory"
+        )
+    raise UsageProblem(
+        f"--journal {journal}: the directory {folder} does not exist; create it first "
+        f"(mkdir -p {shlex.quote(folder)}), or pass a path in an existing directory"
+    )
+
+
+def same_file(path: str, other: str) -> bool:
+    """Whether two paths name one file, or would once created.
+
+    Both existing: the same file (a hard link, a symlink to it). Else the same
+    path once every symlink is resolved (``./new.db`` and ``new.db``, neither
+    created yet: the journal would be created, then written over).
+    """
+    try:
+        return os.path.samefile(path, other)
+    except OSError:  # one of them does not exist (yet)
+        return os.path.realpath(path) == os.path.realpath(other)
 
 
 def _is_stdin(path: str) -> bool:

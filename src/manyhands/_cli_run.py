@@ -24,7 +24,7 @@ from typing import Any
 import click
 
 from . import _api, _stream
-from ._cli_options import check_paths, command_retries, run_options
+from ._cli_options import check_paths, command_retries, key_field, run_options
 from ._cli_output import (
     before_journal_error,
     flushing,
@@ -70,11 +70,12 @@ def run_command(
         param = next(p for p in ctx.command.params if p.name == "target")
         raise click.MissingParameter(ctx=ctx, param=param)
     options = run_options(journal, output, key, flags)
+    field = key_field(key, form)
     fn = load_target(target)
     check_paths(input_path, output, journal)
     stream = open_input(input_path)
     try:
-        return _run_items(fn, input_items(stream, form), options, output)
+        return _run_items(fn, input_items(stream, form, field), options, output)
     finally:
         if stream is not sys.stdin.buffer:
             stream.close()
@@ -179,12 +180,14 @@ def _run_commands(
     flags |= {"backend": "threads", "timeout": None, "batch_size": flags["batch_size"] or 1}
     options = run_options(journal, output, key, flags)
     command_retries(options, command["retry_on_exit"], command["throttle_exit"])
+    field = key_field(key, form)
     check_paths(input_path, output, journal)
     stream = open_input(input_path)
     try:
+        items = input_items(stream, form, field)
         if output:
-            return _run_items(runner, input_items(stream, form), options, output, command_json_line)
-        return _run_items(runner, input_items(stream, form), options, "-", command_streams)
+            return _run_items(runner, items, options, output, command_json_line)
+        return _run_items(runner, items, options, "-", command_streams)
     finally:
         runner.close()  # (a stopped run: the commands still running are killed)
         if stream is not sys.stdin.buffer:

@@ -7,7 +7,6 @@ names what is wrong and how to fix it; the CLI prints it and exits with 2.
 from __future__ import annotations
 
 import codecs
-import csv
 import importlib
 import importlib.util
 import json
@@ -163,7 +162,7 @@ def open_input(path: str) -> IO[bytes]:
         raise UsageProblem(f"cannot read INPUT {path!r}: {exc.strerror or exc}") from exc
 
 
-def input_items(stream: IO[bytes], form: str) -> Iterator[Any]:
+def input_items(stream: IO[bytes], form: str, key_field: str | None = None) -> Iterator[Any]:
     """:func:`read_items`, read in a thread of its own when ``stream`` may block.
 
     A pipe or a terminal (``producer | manyhands run ...``) gives lines when
@@ -175,26 +174,30 @@ def input_items(stream: IO[bytes], form: str) -> Iterator[Any]:
         fd = stream.fileno()
         regular = stat.S_ISREG(os.fstat(fd).st_mode)
     except (OSError, ValueError):  # (no file descriptor: an in-memory stream)
-        return read_items(stream, form)
+        return read_items(stream, form, key_field)
     if regular:
-        return read_items(stream, form)
+        return read_items(stream, form, key_field)
     from ._thread_feed import ThreadFeed
 
     # The thread reads a reader of its own, on a copy of the descriptor: blocked in a
     # read, it holds that reader's lock, and the interpreter's exit (stdin) or the
     # command's close of INPUT must never wait for that lock.
     own = open(os.dup(fd), "rb")  # noqa: SIM115 - the thread's, for the process's life
-    return ThreadFeed(read_items(own, form))
+    return ThreadFeed(read_items(own, form, key_field))
 
 
-def read_items(stream: IO[bytes], form: str) -> Iterator[Any]:
+def read_items(stream: IO[bytes], form: str, key_field: str | None = None) -> Iterator[Any]:
     """Items from ``stream``, one at a time: ``lines``, ``jsonl`` or ``csv``.
 
     The input is UTF-8; a byte order mark at its start is dropped. Lines
     end with ``\\n`` or ``\\r\\n`` and lose it; blank lines are skipped. A
-    line that is not UTF-8, or a JSONL line that is not JSON, becomes a
-    :class:`BadLine`: the run records it as a failed item, with its line
+    line that is not UTF-8, a JSONL line that is not JSON (or nested too
+    deeply to read), a CSV row the csv module cannot read: each becomes a
+    :class:`BadLine`, which the run records as a failed item, with its line
     number, and goes on. CSV rows are dicts keyed by the header row.
+
+    With ``key_field`` (``--key FIELD``), an item without that field (or
+    with ``null`` in it) is a BadLine too: it has no key to be recorded under.
 
     >>> import io
     >>> list(read_items(io.BytesIO(b"\\xef\\xbb\\xbfa\\n\\nb\\r\\n"), "lines"))
@@ -203,10 +206,14 @@ def read_items(stream: IO[bytes], form: str) -> Iterator[Any]:
     [{'id': 1}, <line 2: 'not json'>]
     >>> list(read_items(io.BytesIO(b"id,name\\n1,a\\n2,caf\\xe9\\n"), "csv"))
     [{'id': '1', 'name': 'a'}, <line 3: '2,caf\\\\xe9'>]
+    >>> [item.error for item in read_items(io.BytesIO(b'{"ID": 2}\\n'), "jsonl", "id")]
+    ["line 1 has no field 'id' (--key id)"]
     """
     lines = _decoded(stream)
     if form == "csv":
-        yield from _csv_rows(lines)
+        from ._input_csv import csv_rows
+
+        yield from csv_rows(lines, key_field)
         return
     for number, line, problem in lines:
         text = line.rstrip("\r\n")
@@ -217,10 +224,31 @@ def read_items(stream: IO[bytes], form: str) -> Iterator[Any]:
         elif form == "lines":
             yield text
         else:
-            try:
-                yield json.loads(text)
-            except ValueError as exc:
-                yield BadLine(number, text, f"line {number} is not valid JSON: {exc}")
+            yield _json_item(number, text, key_field)
+
+
+def _json_item(number: int, text: str, key_field: str | None) -> Any:
+    """The JSON value of line ``number``, or a :class:`BadLine` saying why it is none."""
+    try:
+        item = json.loads(text)
+    except ValueError as exc:
+        return BadLine(number, text, f"line {number} is not valid JSON: {exc}")
+    except RecursionError as exc:  # ([[[[... nested past the interpreter's stack)
+        return BadLine(number, text, f"line {number} is JSON nested too deeply to read: {exc}")
+    except Exception as exc:  # (whatever else json raises on one line fails that line only)
+        problem = f"{type(exc).__qualname__}: {exc}"
+        return BadLine(number, text, f"line {number} could not be read as JSON: {problem}")
+    if key_field is None:
+        return item
+    if not isinstance(item, dict) or key_field not in item:
+        return BadLine(
+            number, text, f"line {number} has no field {key_field!r} (--key {key_field})"
+        )
+    if item[key_field] is None:
+        return BadLine(
+            number, text, f"line {number} has null in field {key_field!r}, which is no --key"
+        )
+    return item
 
 
 def _decoded(stream: IO[bytes]) -> Iterator[tuple[int, str, str | None]]:
@@ -244,52 +272,6 @@ def _decoded(stream: IO[bytes]) -> Iterator[tuple[int, str, str | None]]:
                 f"{exc.start + 1} of the line); convert INPUT to UTF-8, e.g. with "
                 "iconv -f latin1 -t utf-8",
             )
-
-
-def _csv_rows(lines: Iterator[tuple[int, str, str | None]]) -> Iterator[Any]:
-    """CSV rows as dicts keyed by the header row; a row that cannot be one as a :class:`BadLine`.
-
-    A row with a line that is not UTF-8, or with more cells than the header
-    (a cell that holds an unquoted comma: the rest are shifted), is a BadLine.
-    A row with fewer cells is a :class:`ShortRow`, without the missing fields:
-    it fails only where one is read, as a JSONL item without that field does.
-    """
-    bad: dict[int, tuple[str, str]] = {}  # line number -> (text, problem), for the next row
-    record: list[str] = []  # the lines of the row being read
-
-    def texts() -> Iterator[str]:
-        for number, text, problem in lines:
-            if problem is not None:
-                bad[number] = (text.rstrip("\r\n"), problem)
-            record.append(text)
-            yield text
-
-    reader = csv.reader(texts())
-    header = next(reader, None)
-    if header is None:
-        return
-    if bad:
-        raise UsageProblem(f"the CSV header: {bad[min(bad)][1]}")
-    record.clear()
-    end = reader.line_num
-    for cells in reader:
-        number, end = end + 1, reader.line_num  # (a quoted cell may span lines)
-        if bad:
-            yield BadLine(min(bad), *bad[min(bad)])
-            bad.clear()
-        elif len(cells) == len(header):
-            yield dict(zip(header, cells, strict=True))
-        elif len(cells) > len(header):
-            yield BadLine(
-                number,
-                "".join(record).rstrip("\r\n"),
-                f"line {number} has {len(cells)} cells, the header {len(header)}: "
-                "quote a cell that holds a comma",
-            )
-        elif cells:  # (none: a blank line)
-            missing = header[len(cells) :]
-            yield ShortRow(zip(header, cells, strict=False), line=number, missing=missing)
-        record.clear()
 
 
 class ShortRow(dict[str, str]):

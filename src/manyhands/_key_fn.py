@@ -76,8 +76,8 @@ def key_error(
             f"{position} ({safe_repr(item, 60)}): a key is a str or an int (or a float, "
             f"bool, bytes, or a list, tuple or dict of those). Return one instead: {fix}"
         )
-    elif type(exc).__name__ == "UsageProblem":  # (the command's --key FIELD: it says what)
-        error = JournalError(f"item {position}: {exc}")
+    elif type(exc).__name__ == "UsageProblem":  # (the command's --key FIELD: it names the item)
+        error = JournalError(str(exc))
     else:
         error = JournalError(
             f"key= raised {type(exc).__qualname__} for item {position} "

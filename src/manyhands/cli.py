@@ -157,7 +157,8 @@ def _failure_rate(
               help="Stop once over SHARE of the last 100 (or LAST_N) items failed.")  # fmt: skip
 @click.option("--journal", type=click.Path(dir_okay=False), help="Resumable SQLite journal.")
 @click.option("--retry-failed", is_flag=True, help="With --journal: rerun recorded failures.")
-@click.option("--key", help="With --journal: a JSON field name, or module:function.")
+@click.option("--key", help="With --journal: a field of each item (--jsonl/--csv; an item "
+              "without it fails as its own item), or module:function.")  # fmt: skip
 @click.option("--changed-items", type=click.Choice(["refuse", "rerun", "skip"]),
               help="With --key: what to do with an item that changed under its key "
                    "(default: refuse).")  # fmt: skip

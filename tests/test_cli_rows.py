@@ -1,0 +1,146 @@
+"""Rows the command cannot read, or key: each fails as its own item, and the run goes on."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from manyhands._inputs import BadLine, read_items
+
+from .test_cli import TARGET, manyhands
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    (tmp_path / "target.py").write_text(TARGET)
+    (tmp_path / "keyed.py").write_text("def name(row):\n    return str(row)\n")
+    return tmp_path
+
+
+def output_of(path: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+KEYLESS = {
+    # form: (INPUT, the rows' items in the output, the failed row's line and message)
+    "jsonl": (
+        '{"id": 1}\n{"ID": 2}\n{"id": null}\n[3]\n{"id": 5}\n',
+        [{"id": 1}, '{"ID": 2}', '{"id": null}', "[3]", {"id": 5}],
+        {
+            2: "line 2 has no field 'id' (--key id)",
+            3: "line 3 has null in field 'id', which is no --key",
+            4: "line 4 has no field 'id' (--key id)",
+        },
+    ),
+    "csv": (
+        "name,id\na,1\nb\nc,3\n",
+        [{"name": "a", "id": "1"}, "b", {"name": "c", "id": "3"}],
+        {3: "line 3 has no cell for field 'id' (--key id): the row ends before it"},
+    ),
+}
+
+
+@pytest.mark.parametrize("form", ["jsonl", "csv"])
+def test_a_row_without_the_key_field_fails_as_its_own_item_and_reruns_go_on(
+    workdir: Path, form: str
+) -> None:
+    text, items, errors = KEYLESS[form]
+    (workdir / f"rows.{form}").write_text(text)
+    command = ["run", "keyed.py:name", f"rows.{form}", f"--{form}", "--key", "id",
+               "--journal", "j.db", "--ordered"]  # fmt: skip
+    done = manyhands(*command, "--output", "out.jsonl", cwd=workdir)
+    assert done.returncode == 1, done.stderr  # (not 2: the run went on past the row)
+    out = output_of(workdir / "out.jsonl")
+    assert [line["item"] for line in out] == items  # the rows after it ran
+    failed = {line["item"]: line["error"] for line in out if not line["ok"]}
+    assert sorted(
+        (error["type"], error["message"]) for error in failed.values() if isinstance(error, dict)
+    ) == sorted(("manyhands.cli.MalformedLine", message) for message in errors.values())
+    status = manyhands("status", "j.db", cwd=workdir)
+    assert f"{len(errors)}  manyhands.cli.MalformedLine" in status.stdout, status.stdout
+    failures = manyhands("failures", "j.db", cwd=workdir).stdout
+    for line, message in errors.items():
+        assert f"<line {line}: " in failures and f"MalformedLine: {message} (" in failures
+    again = manyhands(*command, cwd=workdir)  # a rerun skips them, as recorded failures
+    assert again.returncode == 1, again.stderr
+    assert f"{len(errors)} skipped (failed in the journal" in again.stdout, again.stdout
+    retried = manyhands(*command, "--retry-failed", cwd=workdir)  # and runs them: they fail
+    assert retried.returncode == 1, retried.stderr
+    assert f"{len(items) - len(errors)} skipped (done" in retried.stdout, retried.stdout
+
+
+@pytest.mark.parametrize(
+    ("form", "text", "message"),
+    [
+        ("csv", "name,ID\na,1\n", "--key id: the CSV header has no field 'id' ('name', 'ID')"),
+        ("lines", "a\n", "--key id names a field of each item: add --jsonl or --csv"),
+    ],
+)
+def test_a_key_field_no_row_can_have_is_a_usage_error(
+    workdir: Path, form: str, text: str, message: str
+) -> None:
+    (workdir / "rows.in").write_text(text)
+    done = manyhands("run", "keyed.py:name", "rows.in", f"--{form}", "--key", "id",
+                     "--journal", "j.db", cwd=workdir)  # fmt: skip
+    assert done.returncode == 2
+    assert message in done.stderr, done.stderr
+
+
+def test_rows_the_csv_module_cannot_read_fail_as_their_own_items(workdir: Path) -> None:
+    """A field past the csv module's 131,072 characters is read; a stray \\r fails its row."""
+    long = "x" * 200_000
+    (workdir / "rows.csv").write_text(f"id,text\n1,a\n2,{long}\n3,c\rd\n4,e\n", newline="")
+    done = manyhands("run", "json:dumps", "rows.csv", "--csv", "--ordered",
+                     "--output", "out.jsonl", cwd=workdir)  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    out = output_of(workdir / "out.jsonl")
+    assert [line["ok"] for line in out] == [True, True, False, True]
+    assert out[1]["item"] == {"id": "2", "text": long}
+    assert out[2]["item"] == "3,c\rd"
+    assert out[2]["error"] == {
+        "type": "manyhands.cli.MalformedLine",
+        "message": "line 4 could not be read as CSV: a carriage return (\\r) in a cell that is "
+        "not quoted: quote the cell",
+        "attempts": 1,
+    }
+
+
+def test_reading_a_long_csv_field_leaves_the_csv_modules_limit_as_it_was() -> None:
+    before = csv.field_size_limit()
+    rows = list(read_items(io.BytesIO(b"a\n" + b"x" * 200_000 + b"\n"), "csv"))
+    assert rows == [{"a": "x" * 200_000}]
+    assert csv.field_size_limit() == before  # (the user's own csv reading is unchanged)
+
+
+@pytest.mark.parametrize("source", ["file", "stdin"])
+def test_a_jsonl_line_nested_too_deeply_fails_as_its_own_item(workdir: Path, source: str) -> None:
+    text = '{"id": 1}\n' + "[" * 100_000 + '\n{"id": 3}\n'
+    (workdir / "rows.jsonl").write_text(text)
+    path = "rows.jsonl" if source == "file" else "-"
+    done = manyhands("run", "json:dumps", path, "--jsonl", "--ordered", "--output", "-",
+                     cwd=workdir, stdin=text if source == "stdin" else None)  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    out = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [line["ok"] for line in out] == [True, False, True]
+    error = out[1]["error"]
+    assert isinstance(error, dict) and error["type"] == "manyhands.cli.MalformedLine"
+    assert str(error["message"]).startswith("line 2 is JSON nested too deeply to read")
+
+
+def test_any_error_json_raises_on_a_line_makes_it_a_bad_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def loads(text: str) -> object:
+        if text == "boom":
+            raise OverflowError("too big")
+        return json.JSONDecoder().decode(text)
+
+    monkeypatch.setattr(json, "loads", loads)
+    items = list(read_items(io.BytesIO(b"1\nboom\n3\n"), "jsonl"))
+    assert items[0] == 1 and items[2] == 3
+    assert isinstance(items[1], BadLine)
+    assert items[1].error == "line 2 could not be read as JSON: OverflowError: too big"
