@@ -183,6 +183,23 @@ def test_running_commands_are_killed_when_the_grace_period_ends(workdir: Path) -
     assert gone(workdir / "pids.txt") == []
 
 
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_commands_killed_as_the_grace_period_ends_leave_no_thread_to_them(
+    workdir: Path, signum: int, code: int
+) -> None:
+    (workdir / "items.txt").write_text("a\nb\nc\n")
+    proc = start("--sh", FAMILY, "-j", "2", "--grace", "0.5", "--journal", "run.db",
+                 "items.txt", cwd=workdir)  # fmt: skip
+    wait_for_lines(workdir / "started.txt", 2)
+    proc.send_signal(signum)
+    out, err = finish(proc, 30)
+    assert proc.returncode == code, err
+    assert gone(workdir / "pids.txt") == []
+    summary = out + err
+    assert "abandoned" not in summary  # (no thread is left to a command: they were killed)
+    assert "0 failed" in summary and "KilledBySIGKILL" not in summary  # (stopped, not failed)
+
+
 def test_output_is_bounded_stdout_keeps_its_start_and_stderr_its_end(workdir: Path) -> None:
     script = "seq 1 20000; seq 1 20000 >&2; exit 1"
     done = manyhands("--sh", f"sh -c '{script}' sh {{}}", "--max-output", "1000",
@@ -195,7 +212,7 @@ def test_output_is_bounded_stdout_keeps_its_start_and_stderr_its_end(workdir: Pa
     assert stderr.endswith("19999\n20000\n") and "bytes of stderr dropped at the start" in stderr
     assert len(stdout) < 1100 and len(stderr) < 1100
     assert line["error"]["message"] == "exit code 1: 19998 / 19999 / 20000"  # type: ignore[index]
-    if sys.version_info >= (3, 11):  # the whole output is in the journal's traceback text
+    if sys.version_info >= (3, 11):  # the output's end is in the journal's traceback text
         failures = subprocess.run(
             [sys.executable, "-m", "manyhands", "failures", "run.db", "--traceback"],
             cwd=workdir, capture_output=True, text=True, env=python_subprocess_env(),

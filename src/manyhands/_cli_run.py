@@ -99,8 +99,8 @@ def _run_items(
         run = _api.open_run(caller, _calling(fn), items, options, report_only=report_only)
     except (TypeError, ValueError) as exc:
         raise UsageProblem(str(exc)) from exc
-    if isinstance(fn, CommandRunner):  # its CPU is starting commands, on threads only
-        run.task.measure = False  # (so no hint of another backend)
+    if isinstance(fn, CommandRunner):
+        _running_commands(run, fn)
     journal: str | None = options.get("journal")
     # A resume appends to --output; the file is touched only once the run holds the lock.
     resumed = journal is not None and has_records(journal)
@@ -192,6 +192,14 @@ def _run_commands(
         runner.close()  # (a stopped run: the commands still running are killed)
         if stream is not sys.stdin.buffer:
             stream.close()
+
+
+def _running_commands(run: Run, runner: CommandRunner) -> None:
+    """A run of ``runner``'s commands: its CPU starts them, on threads only (so no hint
+    of another backend); when a stopped run's grace period ends, they are killed, and no
+    thread is left to them."""
+    run.task.measure = False
+    run.end_calls = runner.close
 
 
 def _consume(run: Run, sink: OutputFile | None) -> int:

@@ -47,6 +47,7 @@ from ._escape import escape_json
 from ._inputs import BadLine, UsageProblem
 from ._outcome import SKIPPED_DONE, SKIPPED_FAILED, Failure, Outcome, safe_repr
 from ._output_marks import Marks
+from ._shell_failures import CommandFailed
 
 __all__ = ["OutputFailed", "OutputFile", "command_json_line", "command_streams", "json_line"]
 
@@ -359,9 +360,8 @@ def command_json_line(outcome: Outcome[Any, Any]) -> bytes:
         signal = getattr(exc, "signal", None)
         if signal is not None:
             record["signal"] = signal
-        for name in ("stdout", "stderr"):
-            if hasattr(exc, name):
-                record[name] = getattr(exc, name)
+        if isinstance(exc, CommandFailed):  # (the whole captured output, let go once written)
+            record["stdout"], record["stderr"] = exc.written()
         record["error"] = _error(error)
     if outcome.skipped:
         record["skipped"] = outcome.skipped
@@ -380,7 +380,9 @@ def command_streams(outcome: Outcome[Any, Any]) -> bytes:
     error = outcome.error
     if error is not None:
         exc = error.exception
-        stdout, stderr = getattr(exc, "passed", None), getattr(exc, "stderr", "")
+        stdout, stderr = None, ""
+        if isinstance(exc, CommandFailed):  # (its stderr, passed on once: then let go)
+            stdout, stderr = exc.passed, exc.written()[1]
     elif isinstance(outcome.value, dict):
         stdout, stderr = outcome.value.get("stdout"), outcome.value.get("stderr", "")
     else:

@@ -8,9 +8,9 @@ running: once the command exits, its group is killed and the pipes read to
 their end.
 
 Where the output goes: :class:`Buffer` keeps a bounded part of a stream (the
-``--output`` line, a failure's message); :class:`Spool` keeps the whole of
-it, byte for byte, in memory and then in a temporary file, for the stdout
-that is passed through.
+``--output`` line; the end a failure keeps, beside it through a :class:`Tee`);
+:class:`Spool` keeps the whole of it, byte for byte, in memory and then in a
+temporary file, for the stdout that is passed through.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import tempfile
 from collections.abc import Callable
 from typing import IO, Protocol
 
-__all__ = ["Buffer", "Spool", "communicate", "decoded", "head_text", "kill_group", "raw"]
+__all__ = ["Buffer", "Spool", "Tee", "communicate", "decoded", "kill_group", "raw"]
 
 DRAIN_SECONDS = 1.0  # pipes still open once the group is dead: a process left the group
 POLL_SECONDS = 0.05  # without pidfd, how often the command's exit is looked at
@@ -38,7 +38,8 @@ _Selector = getattr(selectors, "PollSelector", selectors.SelectSelector)
 class Sink(Protocol):
     """Where a stream's chunks go; ``over`` once it took more than it may."""
 
-    over: bool
+    @property
+    def over(self) -> bool: ...
 
     def add(self, chunk: bytes) -> None: ...
 
@@ -168,6 +169,10 @@ class Buffer:
             self._data += chunk[: max(room, 0)]
             self.dropped += max(len(chunk) - room, 0)
             return
+        if len(chunk) >= self.limit:  # (a long chunk's end is all it keeps)
+            self.dropped += len(self._data) + len(chunk) - self.limit
+            self._data = bytearray(chunk[len(chunk) - self.limit :])
+            return
         self._data += chunk
         over = len(self._data) - self.limit
         if over > self.limit:  # trimmed now and then, not per chunk
@@ -251,6 +256,7 @@ class Spool:
 
     def close(self) -> None:
         self._memory = bytearray()
+        self.stderr = b""
         if self._file is not None:
             self._file.close()
             self._file = None
@@ -259,16 +265,33 @@ class Spool:
         return f"<stdout: {self.size:,} bytes, passed through>"
 
 
-def head_text(spool: Spool, size: int) -> str:
-    """The start of a passed-through stdout, as text for a failure's message and notes."""
-    data, more = spool.head(size)
-    text = data.decode("utf-8", "backslashreplace")
-    return f"{text}\n[{more:,} more bytes of stdout, passed through]\n" if more else text
-
-
 def decoded(buffer: Buffer, name: str) -> str:
     """What ``buffer`` kept, as text (bytes that are not UTF-8 as ``\\xff``), the cut said."""
     return raw(buffer, name).decode("utf-8", "backslashreplace")
+
+
+class Tee:
+    """A stream's chunks to ``sink`` and to ``end`` (what a failure keeps); over when ``sink`` is.
+
+    >>> head, end = Buffer(2, keep="head"), Buffer(2, keep="tail")
+    >>> both = Tee(head, end)
+    >>> both.add(b"abc"); head.kept(), end.kept(), both.over
+    (b'ab', b'bc', False)
+    """
+
+    __slots__ = ("end", "sink")
+
+    def __init__(self, sink: Sink, end: Buffer) -> None:
+        self.sink = sink
+        self.end = end
+
+    @property
+    def over(self) -> bool:
+        return self.sink.over
+
+    def add(self, chunk: bytes) -> None:
+        self.sink.add(chunk)
+        self.end.add(chunk)
 
 
 def raw(buffer: Buffer, name: str) -> bytes:

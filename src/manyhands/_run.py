@@ -135,6 +135,10 @@ class Run:
     #: that what a call did is kept, not run again). If it raises, these and
     #: the later ones are not recorded: they run again.
     on_late: Callable[[list[Outcome[Any, Any]]], None] | None = None
+    #: Ends the calls still running once the grace period of a stopped run is
+    #: over, so that their threads return instead of being left to them (the
+    #: command kills its commands' process groups). Its own backend only.
+    end_calls: Callable[[], None] | None = None
     #: The batch the consumer is taking Outcomes from, and its iterator of items
     #: (what is left in it did not reach the consumer): set by ``map``/``amap``
     #: for each batch, cleared by :meth:`delivered`.

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, cast
 
 from ._exceptions import JournalError, ended_by, ended_early
@@ -42,6 +42,8 @@ if TYPE_CHECKING:
     from ._run import Completions, Run
 
 __all__ = ["astop_backend", "end_run", "mark_finished", "stop_backend"]
+
+ENDED_CALLS_WAIT = 5.0  # seconds the calls ended by Run.end_calls may take to return
 
 
 def mark_finished(run: Run, completed: bool) -> None:
@@ -69,6 +71,8 @@ def stop_backend(run: Run) -> None:
             counted = run.task.abandoned
             busy = backend.shutdown(run._options.grace)
             if backend.name == "threads":  # (still in a call after the grace: left to it)
+                if busy and run.end_calls is not None:
+                    busy = _end_calls(run, run.end_calls)
                 run.task.abandoned += max(busy - (run.task.abandoned - counted), 0)
         finally:
             for previous in run._previous:  # (auto: what it moved from)
@@ -87,6 +91,24 @@ def stop_backend(run: Run) -> None:
                     _came_back(run, batch)
     finally:  # (a second Ctrl-C ends the wait at once)
         _give_up_calls(run)
+
+
+def _end_calls(run: Run, end_calls: Callable[[], None]) -> int:
+    """End the calls still running after the grace period; how many threads are still in one.
+
+    What came back in the grace period is kept as late; what comes back once
+    ended is not: those items were stopped, and run again next time.
+    """
+    completions = run._completions
+    while not completions.empty():  # (finished in the grace period)
+        finished = completions.get_nowait()
+        if finished is not None:
+            run._late.append(finished)
+    end_calls()
+    busy = run._backend.shutdown(ENDED_CALLS_WAIT)
+    while not completions.empty():  # (ended: not kept)
+        completions.get_nowait()
+    return busy
 
 
 async def astop_backend(run: Run, queue: LoopQueue[Batch]) -> None:

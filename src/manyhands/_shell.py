@@ -11,7 +11,8 @@
                                         command's exit (leftovers), on close()
                                     ──▶ {"exit_code", "stdout", "stderr"}
                                         or CommandFailed (Exit75, KilledBySIGSEGV,
-                                        CommandTimedOut) with the stderr tail
+                                        CommandTimedOut: see _shell_failures), which
+                                        keeps the ends of stdout and stderr
 
 Why a session per command: the terminal's Ctrl-C goes to its foreground
 process group, so commands in that group would die at the first Ctrl-C
@@ -29,26 +30,23 @@ import json
 import os
 import re
 import shlex
-import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ._exceptions import ManyhandsError, Timeout
 from ._inputs import UsageProblem
 from ._orphans import Watchdog
-from ._process_group import (
-    DRAIN_SECONDS,
-    Buffer,
-    Spool,
-    communicate,
-    decoded,
-    head_text,
-    kill_group,
-    raw,
+from ._process_group import DRAIN_SECONDS, Buffer, Spool, Tee, communicate, decoded, kill_group, raw
+from ._shell_failures import (
+    KEPT_CHARS,
+    CommandFailed,
+    CommandTimedOut,
+    OutputTooLarge,
+    command_failed,
+    failure_class,
+    signal_name,
 )
 
 __all__ = [
@@ -64,11 +62,9 @@ __all__ = [
     "failure_class",
 ]
 
-#: Bytes of each stream kept per command: stdout's first, stderr's last.
+#: Bytes of each stream kept per command for its ``--output`` line: stdout's first,
+#: stderr's last (a failure keeps only their ends, see ``_shell_failures``).
 DEFAULT_CAPTURE = 256 * 1024
-TAIL_LINES = 3  # lines of stderr in a failure's message
-TAIL_CHARS = 400
-_PUBLIC_MODULE = "manyhands.cli"
 
 # {} or {field}: a field name is a word (letters, digits, _ or -), so the
 # braces of `awk '{print $1}'` or `${HOME}` stay as they are.
@@ -172,100 +168,6 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
-# -- failures ------------------------------------------------------------------
-
-
-class CommandFailed(ManyhandsError):
-    """A command exited non-zero or was killed; its item fails with a subclass per cause.
-
-    The error type names the cause: ``manyhands.cli.Exit22`` (exit code 22),
-    ``manyhands.cli.KilledBySIGSEGV``, ``manyhands.cli.CommandTimedOut``. The
-    message ends with the last lines of stderr; the whole captured stdout and
-    stderr are in the attributes, and in the failure's traceback text (what
-    ``manyhands failures --traceback`` shows).
-
-    Attributes:
-        exit_code: the exit status, or ``None`` when a signal ended it.
-        signal: the number of the signal that ended it, or ``None``.
-        stdout, stderr: what it wrote (bounded, see ``--max-output``).
-    """
-
-    exit_code: int | None = None
-    signal: int | None = None
-    retry_after: float | None = None  # (the engine honours a number here, as for RetryAfter)
-    passed: Spool | None = None  # (run --sh without --output: the stdout to pass through)
-
-    def __init__(self, message: str, stdout: str = "", stderr: str = "") -> None:
-        super().__init__(message)
-        self.stdout = stdout
-        self.stderr = stderr
-
-
-class CommandTimedOut(CommandFailed, Timeout):
-    """A command ran past ``--timeout``: its whole process group was killed."""
-
-    signal = int(signal.SIGKILL)
-
-
-class OutputTooLarge(CommandFailed):
-    """A command's passed-through stdout went past ``--max-output``: its group was killed."""
-
-    signal = int(signal.SIGKILL)
-    stdout_dropped = True  # (run --sh says so on stderr: its stdout is missing)
-
-
-_classes: dict[tuple[str, int], type[CommandFailed]] = {}
-_classes_lock = threading.Lock()
-
-
-def failure_class(returncode: int) -> type[CommandFailed]:
-    """The error type of a command's ``returncode`` (negative: the signal that ended it).
-
-    >>> failure_class(22).__qualname__, failure_class(22).exit_code
-    ('Exit22', 22)
-    >>> failure_class(-9).__qualname__, failure_class(-9) is failure_class(-9)
-    ('KilledBySIGKILL', True)
-    """
-    kind = ("exit", returncode) if returncode >= 0 else ("signal", -returncode)
-    with _classes_lock:
-        cls = _classes.get(kind)
-        if cls is None:
-            if returncode >= 0:
-                name = f"Exit{returncode}"
-                attrs: dict[str, Any] = {"exit_code": returncode}
-            else:
-                name = f"KilledBy{_signal_name(-returncode)}"
-                attrs = {"signal": -returncode}
-            attrs |= {"__module__": _PUBLIC_MODULE, "__qualname__": name}
-            cls = _classes[kind] = type(name, (CommandFailed,), attrs)
-    return cls
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"Signal{number}"
-
-
-for _cls in (CommandFailed, CommandTimedOut, OutputTooLarge):
-    _cls.__module__ = _PUBLIC_MODULE
-
-
-def _failure(error: type[CommandFailed], cause: str, captured: tuple[str, str]) -> CommandFailed:
-    stdout, stderr = captured
-    lines = [line.strip() for line in stderr.splitlines() if line.strip()][-TAIL_LINES:]
-    tail = " / ".join(lines)
-    if len(tail) > TAIL_CHARS:
-        tail = "..." + tail[-TAIL_CHARS:]
-    exc = error(f"{cause}: {tail}" if tail else f"{cause} (no stderr)", stdout, stderr)
-    if sys.version_info >= (3, 11):  # the whole output, in the traceback text a journal keeps
-        for name, text in (("stdout", stdout), ("stderr", stderr)):
-            if text:
-                exc.add_note(f"--- {name} ---\n{text.rstrip()}")
-    return exc
-
-
 # -- the runner ----------------------------------------------------------------
 
 
@@ -322,42 +224,55 @@ class CommandRunner:
             Spool(self.stdout_limit) if self.passthrough else Buffer(self.capture, keep="head")
         )
         err = Buffer(self.capture, keep="tail")
+        out_end = Buffer(min(self.capture, KEPT_CHARS), keep="tail")  # (what a failure keeps)
         try:
-            timed_out = communicate(proc, deadline, out, err, self._clock)
+            timed_out = communicate(proc, deadline, Tee(out, out_end), err, self._clock)
         except BaseException:
             if isinstance(out, Spool):
                 out.close()
             raise
         finally:
             self._forget(proc)
-        stderr = decoded(err, "stderr")
         code = proc.returncode
         if isinstance(out, Spool):
-            out.stderr = raw(err, "stderr")  # (passed on as written)
             if out.over:
                 cause = (
                     f"its stdout went past --max-output={out.limit:,} bytes; its process "
                     "group was killed and its stdout dropped"
                 )
-                raise _failure(OutputTooLarge, cause, ("", stderr))
+                captured = ("", decoded(err, "stderr"))  # (its stderr, for stderr)
+                raise command_failed(OutputTooLarge, cause, (None, err), captured)
+            out.stderr = raw(err, "stderr")  # (passed on as written)
             if code == 0 and not timed_out:
-                return {"exit_code": 0, "stdout": out, "stderr": stderr}
-            captured = (head_text(out, self.capture), stderr)  # (a failure's text)
-        else:
-            captured = (decoded(out, "stdout"), stderr)
+                return {"exit_code": 0, "stdout": out, "stderr": decoded(err, "stderr")}
+        elif code == 0 and not timed_out:
+            return {
+                "exit_code": 0,
+                "stdout": decoded(out, "stdout"),
+                "stderr": decoded(err, "stderr"),
+            }
+        raise self._failed(code, timed_out, out, (out_end, err))
+
+    def _failed(
+        self, code: int, timed_out: bool, out: Buffer | Spool, ends: tuple[Buffer, Buffer]
+    ) -> CommandFailed:
+        """The error of a command that ran past its timeout or exited non-zero."""
         if timed_out:
+            error: type[CommandFailed] = CommandTimedOut
             cause = f"ran past --timeout={self.timeout:g}s; its process group was killed"
-            error = _failure(CommandTimedOut, cause, captured)
-        elif code != 0:
-            cause = f"exit code {code}" if code > 0 else f"killed by {_signal_name(-code)}"
-            error = _failure(failure_class(code), cause, captured)
-            if code == self.throttle_exit:
-                error.retry_after = retry_after_in(stderr)
         else:
-            return {"exit_code": 0, "stdout": captured[0], "stderr": stderr}
-        if isinstance(out, Spool):
-            error.passed = out
-        raise error
+            error = failure_class(code)
+            cause = f"exit code {code}" if code > 0 else f"killed by {signal_name(-code)}"
+        if isinstance(out, Spool):  # (passed on whole: its stderr with it)
+            failed = command_failed(error, cause, ends)
+            failed.passed = out
+        else:  # (the whole captured output is for its --output line)
+            failed = command_failed(
+                error, cause, ends, (decoded(out, "stdout"), decoded(ends[1], "stderr"))
+            )
+        if not timed_out and code == self.throttle_exit:
+            failed.retry_after = retry_after_in(failed.stderr)
+        return failed
 
     def _start(self, argv: list[str]) -> subprocess.Popen[bytes]:
         try:

@@ -358,7 +358,8 @@ class ThreadBackend:
 
         Returns how many workers were still busy after the grace period (they
         are abandoned: each exits once its call returns). A KeyboardInterrupt
-        during the wait ends it at once.
+        during the wait ends it at once. Called again, it waits again (for the
+        calls that were told to end since: ``Run.end_calls``).
         """
         if self._lanes is not None:
             self._lanes.clear()
