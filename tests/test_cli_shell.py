@@ -349,6 +349,9 @@ def test_the_throttled_exit_code_slows_the_run_down_and_is_retried(workdir: Path
         (["--sh", "echo", "--retry-on-exit", "0,x", "-"], "exit codes from 1 to 255"),
         ([], "Missing argument 'TARGET'"),
         (["--sh", "sh -c 'echo {}'", "-"], "would run the item as shell code"),
+        # (the quotes --shell adds would sit inside these: an item's quote ends them)
+        (["--shell", "--sh", 'echo "got {}"', "-"], '{} is inside quotes ("...")'),
+        (["--shell", "--sh", "echo '{}'", "-"], "{} is inside quotes ('...')"),
         (["--sh", "no-such-program-here {}", "-"], "no program 'no-such-program-here'"),
     ],
 )

@@ -101,6 +101,8 @@ class Template:
         self.fields = {m.group(1) for m in _PLACEHOLDER.finditer(text) if m.group(1)}
         self.has_placeholder = _PLACEHOLDER.search(text) is not None
         _refuse_item_in_a_script(self._words)
+        if shell:
+            _refuse_quoted_placeholder(text)
 
     def program(self) -> str | None:
         """The program every item runs, when the template names it (no shell, no ``{}`` in it).
@@ -161,6 +163,45 @@ def _refuse_item_in_a_script(words: list[str]) -> None:
                     f"{shell} {{}}), or use --shell, which quotes it"
                 )
             break
+
+
+def _refuse_quoted_placeholder(text: str) -> None:
+    """Refuse ``--shell`` with ``"{}"`` or ``'{}'``: the quotes added to each value would
+    sit inside the template's, and an item holding a quote would end them (an injection).
+
+    >>> _refuse_quoted_placeholder("grep {} | wc -l && echo 'done: {'")
+    >>> _refuse_quoted_placeholder('echo "got {name}"')  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    manyhands._inputs.UsageProblem: --shell: {name} is inside quotes ("...") in the command...
+    """
+    quote: str | None = None  # the quote the scan is inside, if any
+    outer: list[str | None] = []  # the quotes around each $( ... ) it is inside
+    escaped = False
+    inside: dict[int, str] = {}
+    for at, char in enumerate(text):
+        if escaped:
+            escaped = False
+        elif char == "\\" and quote != "'":
+            escaped = True
+        elif char == "(" and quote != "'" and text[at - 1 : at] == "$":
+            outer.append(quote)  # (a command substitution quotes afresh)
+            quote = None
+        elif char == ")" and quote is None and outer:
+            quote = outer.pop()
+        elif quote is None and char in "'\"":
+            quote = char
+        elif char == quote:
+            quote = None
+        inside[at] = quote or ""
+    for match in _PLACEHOLDER.finditer(text):
+        quote = inside.get(match.start(), "")
+        if quote:
+            raise UsageProblem(
+                f"--shell: {match.group(0)} is inside quotes ({quote}...{quote}) in the command: "
+                f"manyhands quotes each value itself, and an item holding a {quote} would end "
+                f"your quotes and run as shell code. Write {match.group(0)} without quotes "
+                f"(e.g. echo {match.group(0)}), or leave --shell out"
+            )
 
 
 def _text(value: Any) -> str:
