@@ -915,6 +915,32 @@ def test_a_pools_run_whose_function_cannot_be_loaded_in_its_processes_goes_back_
     assert "could not be sent" not in " ".join(report.notes)  # (they pickle)
 
 
+def says_not_loaded(item: tuple[str, int]) -> int:
+    """Writes down each call; every 10th raises an error of its own that reads like a
+    function that could not be loaded (a nested run's WorkerInitError, say)."""
+    path, n = item
+    with open(path, "a") as calls:
+        calls.write(f"{n}\n")
+    if n % 10 == 7:
+        raise RuntimeError("fn could not be loaded in a worker process: my own words")
+    return n
+
+
+def test_a_pools_call_whose_own_error_reads_like_fn_not_loaded_is_not_run_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run went back to threads and called such an item again: it was read from the
+    error's words, not marked by the backend."""
+    chosen_at_a_completion(monkeypatch, after=1)
+    path = str(tmp_path / "calls.txt")
+    with manyhands.Pool(backend="auto") as pool:
+        report = pool.run(says_not_loaded, [(path, n) for n in range(200)])
+    calls = Path(path).read_text().split()
+    assert sorted(map(int, calls)) == list(range(200))  # each called once
+    assert (report.succeeded, report.failed) == (180, 20)
+    assert report.backend.startswith("processes (auto: forced by the test"), report.backend
+
+
 class Locked:
     """An item that cannot go to another process (it holds a lock)."""
 

@@ -200,6 +200,34 @@ def test_commands_killed_as_the_grace_period_ends_leave_no_thread_to_them(
     assert "0 failed" in summary and "KilledBySIGKILL" not in summary  # (stopped, not failed)
 
 
+def test_what_comes_back_as_the_calls_are_ended_is_kept_unless_the_ending_stopped_it() -> None:
+    """A command that succeeded in the grace period may come back only once it ended
+    (its output still draining): it was dropped with those the ending killed."""
+    from queue import SimpleQueue
+    from types import SimpleNamespace
+
+    from manyhands import _run_end
+    from manyhands._batch import Batch, Task
+
+    task = Task(abs, lambda batch: None)
+    succeeded, killed = Batch(0, ["ok"], task), Batch(1, ["killed"], task)
+    succeeded.values = ["done"]
+    error = RuntimeError("killed by SIGKILL")
+    error.stopped_by_run = True  # type: ignore[attr-defined]  # (as the command sets it)
+    killed.errors = {0: error}
+    completions: SimpleQueue[Batch | None] = SimpleQueue()
+
+    def end_calls() -> None:  # (both come back as the calls are ended)
+        completions.put(succeeded)
+        completions.put(killed)
+
+    run = SimpleNamespace(
+        _completions=completions, _late=[], _backend=SimpleNamespace(shutdown=lambda _: 0)
+    )
+    assert _run_end._end_calls(run, end_calls) == 0  # type: ignore[arg-type]
+    assert run._late == [succeeded]
+
+
 def test_output_is_bounded_stdout_keeps_its_start_and_stderr_its_end(workdir: Path) -> None:
     script = "seq 1 20000; seq 1 20000 >&2; exit 1"
     done = manyhands("--sh", f"sh -c '{script}' sh {{}}", "--max-output", "1000",
@@ -352,6 +380,8 @@ def test_the_throttled_exit_code_slows_the_run_down_and_is_retried(workdir: Path
         # (the quotes --shell adds would sit inside these: an item's quote ends them)
         (["--shell", "--sh", 'echo "got {}"', "-"], '{} is inside quotes ("...")'),
         (["--shell", "--sh", "echo '{}'", "-"], "{} is inside quotes ('...')"),
+        # (arithmetic expands $(...) in a value, the added quotes notwithstanding)
+        (["--shell", "--sh", "echo $(( {} + 1 ))", "-"], "{} is inside $(( ... ))"),
         (["--sh", "no-such-program-here {}", "-"], "no program 'no-such-program-here'"),
     ],
 )

@@ -142,13 +142,14 @@ class Autopilot:
 
         (A Pool's processes load a run's fn with its first batch, after the move.)
         """
-        self._moved_for = None
         self._sizing = None
         run = self.run
+        if run._owns_backend:  # (a replacement worker that cannot load it: rare)
+            self._move_back_to_threads()  # (threads of its own again, as a move back)
+        else:  # the pool's threads, which the run started on
+            self._moved_for = None
+            switch_to(run, run._previous[0], self._threads_wanted)
         run.statistics.backend = f"threads ({why}, but {not_loaded}; the items ran on threads)"
-        if run._owns_backend:
-            run._backend.wind_down()
-        switch_to(run, run._previous[0], self._threads_wanted)
 
     def ended(self) -> None:
         """The run ended: the Report says so if it ended before a choice (or its move).

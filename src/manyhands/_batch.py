@@ -185,6 +185,7 @@ class Batch:
         "parent",
         "pending",
         "piece",
+        "rerouted",
         "sent",
         "seq",
         "skipped",
@@ -220,6 +221,9 @@ class Batch:
         self.via = 0
         self.nbytes = 0
         self.piece = False
+        # (auto, on processes) items a worker process could not run, by index: "item"
+        # (it did not pickle) or "fn" (fn could not be loaded there); see _unsent.
+        self.rerouted: dict[int, str] | None = None
 
     def without(self, indices: set[int]) -> Batch:
         """A copy holding every item but those at ``indices`` (sent to be retried)."""

@@ -137,7 +137,9 @@ class Run:
     on_late: Callable[[list[Outcome[Any, Any]]], None] | None = None
     #: Ends the calls still running once the grace period of a stopped run is
     #: over, so that their threads return instead of being left to them (the
-    #: command kills its commands' process groups). Its own backend only.
+    #: command kills its commands' process groups). Its own backend only. A
+    #: call it stopped raises an error whose ``stopped_by_run`` is true: its
+    #: item is not recorded, and runs again next time.
     end_calls: Callable[[], None] | None = None
     #: The batch the consumer is taking Outcomes from, and its iterator of items
     #: (what is left in it did not reach the consumer): set by ``map``/``amap``

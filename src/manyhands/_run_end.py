@@ -96,19 +96,25 @@ def stop_backend(run: Run) -> None:
 def _end_calls(run: Run, end_calls: Callable[[], None]) -> int:
     """End the calls still running after the grace period; how many threads are still in one.
 
-    What came back in the grace period is kept as late; what comes back once
-    ended is not: those items were stopped, and run again next time.
+    What comes back is kept as late, but for a batch with a call that the
+    ending stopped (its error says ``stopped_by_run``): its items run again
+    next time. (A call that ended well in the grace period may come back only
+    now: a command's output still draining.)
     """
     completions = run._completions
-    while not completions.empty():  # (finished in the grace period)
-        finished = completions.get_nowait()
-        if finished is not None:
-            run._late.append(finished)
     end_calls()
     busy = run._backend.shutdown(ENDED_CALLS_WAIT)
-    while not completions.empty():  # (ended: not kept)
-        completions.get_nowait()
+    while not completions.empty():
+        finished = completions.get_nowait()
+        if finished is not None and not _stopped_by_run(finished):
+            run._late.append(finished)
     return busy
+
+
+def _stopped_by_run(batch: Batch) -> bool:
+    """Whether a call of ``batch`` failed because the run ended it (``Run.end_calls``)."""
+    errors = batch.errors or {}
+    return any(getattr(error, "stopped_by_run", False) for error in errors.values())
 
 
 async def astop_backend(run: Run, queue: LoopQueue[Batch]) -> None:

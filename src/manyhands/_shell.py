@@ -167,15 +167,20 @@ def _refuse_item_in_a_script(words: list[str]) -> None:
 
 def _refuse_quoted_placeholder(text: str) -> None:
     """Refuse ``--shell`` with ``"{}"`` or ``'{}'``: the quotes added to each value would
-    sit inside the template's, and an item holding a quote would end them (an injection).
+    sit inside the template's, and an item holding a quote would end them (an injection);
+    and ``$(( {} ))``: arithmetic expands ``$(...)`` even inside the quotes added.
 
-    >>> _refuse_quoted_placeholder("grep {} | wc -l && echo 'done: {'")
+    >>> _refuse_quoted_placeholder("grep {} | wc -l && echo 'done: {' $(cat {})")
     >>> _refuse_quoted_placeholder('echo "got {name}"')  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     manyhands._inputs.UsageProblem: --shell: {name} is inside quotes ("...") in the command...
+    >>> _refuse_quoted_placeholder("echo $(( {} + 1 ))")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    manyhands._inputs.UsageProblem: --shell: {} is inside $(( ... )), where the shell...
     """
     quote: str | None = None  # the quote the scan is inside, if any
-    outer: list[str | None] = []  # the quotes around each $( ... ) it is inside
+    # Each $( or $(( it is inside: [its kind, the quote around it, its open parentheses].
+    frames: list[list[Any]] = []
     escaped = False
     inside: dict[int, str] = {}
     for at, char in enumerate(text):
@@ -183,22 +188,34 @@ def _refuse_quoted_placeholder(text: str) -> None:
             escaped = False
         elif char == "\\" and quote != "'":
             escaped = True
+        elif char == "(" and quote is None and frames and text[at - 1 : at] != "$":
+            frames[-1][2] += 1  # (a parenthesis within it)
         elif char == "(" and quote != "'" and text[at - 1 : at] == "$":
-            outer.append(quote)  # (a command substitution quotes afresh)
+            kind = "$((" if text[at + 1 : at + 2] == "(" else "$("
+            frames.append([kind, quote, 1])  # (a substitution quotes afresh)
             quote = None
-        elif char == ")" and quote is None and outer:
-            quote = outer.pop()
+        elif char == ")" and quote is None and frames:
+            frames[-1][2] -= 1
+            if frames[-1][2] <= 0:
+                quote = frames.pop()[1]
         elif quote is None and char in "'\"":
             quote = char
         elif char == quote:
             quote = None
-        inside[at] = quote or ""
+        arithmetic = quote is None and frames and frames[-1][0] == "$(("
+        inside[at] = quote or ("$((" if arithmetic else "")
     for match in _PLACEHOLDER.finditer(text):
-        quote = inside.get(match.start(), "")
-        if quote:
+        where = inside.get(match.start(), "")
+        if where == "$((":
             raise UsageProblem(
-                f"--shell: {match.group(0)} is inside quotes ({quote}...{quote}) in the command: "
-                f"manyhands quotes each value itself, and an item holding a {quote} would end "
+                f"--shell: {match.group(0)} is inside $(( ... )), where the shell expands "
+                "$(...) in an item even within the quotes manyhands adds: an item would run "
+                f"as shell code. Pass it to a command instead (e.g. expr {match.group(0)} + 1)"
+            )
+        if where:
+            raise UsageProblem(
+                f"--shell: {match.group(0)} is inside quotes ({where}...{where}) in the command: "
+                f"manyhands quotes each value itself, and an item holding a {where} would end "
                 f"your quotes and run as shell code. Write {match.group(0)} without quotes "
                 f"(e.g. echo {match.group(0)}), or leave --shell out"
             )
@@ -258,6 +275,14 @@ class CommandRunner:
         self.__module__ = "manyhands.sh" if template.shell else "manyhands.command"
 
     def __call__(self, item: Any) -> dict[str, Any]:
+        try:
+            return self._run(item)
+        except (CommandFailed, RuntimeError) as exc:
+            if self._closed:  # (killed by close(), or not started: it runs next time)
+                exc.stopped_by_run = True  # type: ignore[union-attr]
+            raise
+
+    def _run(self, item: Any) -> dict[str, Any]:
         argv = self.template.argv(item)
         proc = self._start(argv)
         deadline = None if self.timeout is None else self._clock() + self.timeout

@@ -3,14 +3,15 @@
 Before it moves, the run checks that its first items pickle (see
 :mod:`._autopilot`); an item further on that does not (it holds a lock, a
 connection) cannot be sent to a worker process, and the processes backend
-fails it with a Failure that says so (``NOT_SENT``). On threads it would
+fails it with a Failure that says so (``NOT_SENT``), marking it on the batch
+(``Batch.rerouted``). On threads it would
 have run: it runs there, on the threads the run started on (they are still
 the run's). Its batch waits here meanwhile, and is settled whole once they
 are back, so ordered delivery, the journal and the counts see one batch, as
 for any other.
 
 The same for the items of a batch whose worker process could not load fn
-(``FN_NOT_LOADED``: a Pool's processes load a run's fn when its first batch
+(marked ``"fn"``: a Pool's processes load a run's fn when its first batch
 comes, not at their start, so the move cannot find out before): they run on
 threads, and the run goes back to threads (see ``_autopilot``).
 """
@@ -49,23 +50,22 @@ class Unsent:
         held = self.waiting.pop(id(batch), None)
         if held is not None:
             return _merged(*held, batch)
-        from ._backends._not_loaded import DID_NOT_RUN, FN_NOT_LOADED
-        from ._backends._process_batches import NOT_SENT
-
-        unsent, not_loaded = [], []
-        for index, error in (batch.errors or {}).items():
-            if not isinstance(error, Failure):
-                continue
-            if NOT_SENT in error.message:
-                unsent.append(index)
-            elif error.message.startswith(FN_NOT_LOADED):
-                not_loaded.append(index)
-                if self.fn_not_loaded is None:
-                    self.fn_not_loaded = error.message.removesuffix(DID_NOT_RUN)
-        self.count += len(unsent)
-        unsent = sorted(unsent + not_loaded)
+        marks, batch.rerouted = batch.rerouted, None
+        errors = batch.errors or {}
+        # (marked by the processes backend, not read from a message: a call's own
+        # error may say the same words, and its item ran)
+        unsent = sorted(index for index in marks or () if index in errors)
         if not unsent:
             return batch
+        assert marks is not None
+        self.count += sum(marks[index] == "item" for index in unsent)
+        for index in unsent:
+            error = errors[index]
+            if marks[index] == "fn" and self.fn_not_loaded is None:
+                from ._backends._not_loaded import DID_NOT_RUN
+
+                message = error.message if isinstance(error, Failure) else str(error)
+                self.fn_not_loaded = message.removesuffix(DID_NOT_RUN)
         part = Batch(batch.seq, [batch.items[i] for i in unsent], batch.task, batch.attempt)
         if batch.keys is not None:
             part.keys = [batch.keys[i] for i in unsent]

@@ -18,12 +18,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from ._process_worker import RemoteError
 
-__all__ = ["FN_NOT_LOADED", "fn_not_loaded", "module_of", "not_loaded"]
+__all__ = ["DID_NOT_RUN", "fn_not_loaded", "module_of", "not_loaded"]
 
-#: How the Failure of an item whose fn a worker process could not load begins
-#: (``backend="auto"`` runs such items on threads: see ``_unsent``).
-FN_NOT_LOADED = "fn could not be loaded in a worker process: "
-#: How that Failure ends.
+#: How the Failure of an item whose fn could not be loaded ends.
 DID_NOT_RUN = "; this item did not run"
 
 

@@ -67,6 +67,8 @@ def pickle_items(batch: Batch, indices: list[int]) -> tuple[bytes | None, list[i
                 f"item {safe_repr(item, 80)} {NOT_SENT}: {exc}",
                 attempts=batch.attempt,
             )
+            batch.rerouted = batch.rerouted or {}
+            batch.rerouted[index] = "item"
         else:
             kept.append(index)
     if not kept:

@@ -281,6 +281,7 @@ class ProcessDispatcher(ProcessState):
                 remote = (error_type, message, trace, lineage, None)
             elif kind == "no_fn":  # the worker could not load the run's function
                 remote = fn_not_loaded(remote, batch.task.fn, "a worker process")
+                batch.rerouted = {**(batch.rerouted or {}), **dict.fromkeys(indices, "fn")}
             fail_items(batch, indices, remote)
         self._deliver(batch)
 
