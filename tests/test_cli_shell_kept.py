@@ -52,13 +52,18 @@ def fail(runner: CommandRunner, item: str) -> Failure:
     return Failure.from_exception(item, raised.value)
 
 
-@pytest.mark.parametrize("passthrough", [True, False], ids=["stdout", "output-file"])
-def test_a_failure_keeps_the_end_of_each_stream_and_says_what_was_cut(passthrough: bool) -> None:
-    runner = CommandRunner(Template(LOUD, shell=True), passthrough=passthrough)
+def fail_once(command: str, passthrough: bool) -> Failure:
+    """The Failure of ``command`` (``--shell``), run once by a runner of its own."""
+    runner = CommandRunner(Template(command, shell=True), passthrough=passthrough)
     try:
-        failure = fail(runner, "x")
+        return fail(runner, "x")
     finally:
         runner.close()
+
+
+@pytest.mark.parametrize("passthrough", [True, False], ids=["stdout", "output-file"])
+def test_a_failure_keeps_the_end_of_each_stream_and_says_what_was_cut(passthrough: bool) -> None:
+    failure = fail_once(LOUD, passthrough)
     with quiet_streams():
         line = (command_streams if passthrough else command_json_line)(
             Outcome("x", None, failure, 1)
@@ -79,11 +84,7 @@ def test_a_failure_keeps_the_end_of_each_stream_and_says_what_was_cut(passthroug
 
 
 def test_bytes_that_are_not_utf_8_are_kept_to_the_same_bound() -> None:
-    runner = CommandRunner(Template(JUNK, shell=True), passthrough=True)
-    try:
-        failure = fail(runner, "x")
-    finally:
-        runner.close()
+    failure = fail_once(JUNK, True)
     with quiet_streams():
         command_streams(Outcome("x", None, failure, 1))
     failure.release_frames()

@@ -114,10 +114,13 @@ def test_unordered_delivers_each_item_exactly_once(hands: Hands) -> None:
     assert sorted(got) == sorted(i.upper() for i in items)
 
 
+@pytest.mark.parametrize("how", ["ThreadFeed", "map(input_thread=True)", "pool.map(...)"])
 def test_an_input_read_in_a_thread_never_holds_back_finished_outcomes(
-    no_thread_left: None,
+    how: str, no_thread_left: None
 ) -> None:
-    """A producer that blocks (a pipe): the outcomes of what it gave come out meanwhile."""
+    """A producer that blocks (a pipe, a queue, a socket): the outcomes of what it gave
+    come out meanwhile. The command reads a pipe so (``ThreadFeed``); a program asks for
+    it with ``input_thread=True``."""
     from manyhands._thread_feed import ThreadFeed
 
     delivered = threading.Event()
@@ -130,32 +133,15 @@ def test_an_input_read_in_a_thread_never_holds_back_finished_outcomes(
         assert delivered.wait(10), "the outcomes waited for the input"
         yield 3
 
-    got = []
-    for outcome in manyhands.map(abs, ThreadFeed(producer()), workers=2):
-        got.append(outcome.value)
-        if len(got) == 2:
-            delivered.set()
-    assert sorted(got) == [1, 2, 3]
-
-
-@pytest.mark.parametrize("where", ["map", "pool.map"])
-def test_input_thread_delivers_what_finished_while_the_input_blocks(
-    where: str, no_thread_left: None
-) -> None:
-    """A generator over a queue or a socket: read in the consuming thread, the outcomes
-    of what it gave waited for its next item (they come out meanwhile, with the option)."""
-    delivered = threading.Event()
-
-    def producer() -> Iterator[int]:
-        yield 1
-        yield 2
-        assert delivered.wait(10), "the outcomes waited for the input"
-        yield 3
+    def outcomes(pool: manyhands.Pool) -> Iterator[manyhands.Outcome[int, int]]:
+        if how == "ThreadFeed":
+            return manyhands.map(abs, ThreadFeed(producer()), workers=2)
+        open_map = pool.map if how == "pool.map(...)" else manyhands.map
+        return open_map(abs, producer(), input_thread=True)
 
     got = []
     with manyhands.Pool(workers=2) as pool:
-        open_map = pool.map if where == "pool.map" else manyhands.map
-        for outcome in open_map(abs, producer(), input_thread=True):
+        for outcome in outcomes(pool):
             got.append(outcome.value)
             if len(got) == 2:
                 delivered.set()

@@ -50,22 +50,20 @@ class Unsent:
         held = self.waiting.pop(id(batch), None)
         if held is not None:
             return _merged(*held, batch)
-        marks, batch.rerouted = batch.rerouted, None
+        marks, batch.rerouted = batch.rerouted or {}, None
         errors = batch.errors or {}
         # (marked by the processes backend, not read from a message: a call's own
         # error may say the same words, and its item ran)
-        unsent = sorted(index for index in marks or () if index in errors)
+        unsent = sorted(index for index in marks if index in errors)
         if not unsent:
             return batch
-        assert marks is not None
         self.count += sum(marks[index] == "item" for index in unsent)
-        for index in unsent:
-            error = errors[index]
-            if marks[index] == "fn" and self.fn_not_loaded is None:
-                from ._backends._not_loaded import DID_NOT_RUN
+        unloaded = next((errors[index] for index in unsent if marks[index] == "fn"), None)
+        if unloaded is not None and self.fn_not_loaded is None:
+            from ._backends._not_loaded import DID_NOT_RUN
 
-                message = error.message if isinstance(error, Failure) else str(error)
-                self.fn_not_loaded = message.removesuffix(DID_NOT_RUN)
+            message = unloaded.message if isinstance(unloaded, Failure) else str(unloaded)
+            self.fn_not_loaded = message.removesuffix(DID_NOT_RUN)
         part = Batch(batch.seq, [batch.items[i] for i in unsent], batch.task, batch.attempt)
         if batch.keys is not None:
             part.keys = [batch.keys[i] for i in unsent]
