@@ -8,7 +8,8 @@ batches, which amortizes its own per-batch work over many items: with
 10,000 calls in flight the event loop thread has no time to spare for a
 few microseconds of bookkeeping per item. A batch whose last calls
 straggle sends its finished items back before them, in pieces (a run
-delivered as completed: see :mod:`._async_pieces`). The loop is
+delivered as completed: see :mod:`._async_pieces`). A pool's worker
+tasks take items from its lanes instead (:mod:`._async_shared`). The loop is
 the caller's (``amap``), or a private one in a thread the run owns
 (``run``/``map`` with a coroutine function; uvloop's when it is
 installed), closed when the run ends.
@@ -31,7 +32,8 @@ that, the task of a call past its deadline is kept (its item fails all the
 same) and takes the next item once the call ends. Given-up tasks still running
 when their run ends are cancelled once more, counted in the Report's
 ``abandoned``, and left on the loop; a private loop's thread runs on
-until they end (it does not keep the program alive).
+until they end (it does not keep the program alive). See
+:mod:`._async_deadlines`.
 """
 
 from __future__ import annotations
@@ -47,10 +49,10 @@ from typing import Any
 
 from .. import _batch
 from .._batch import Batch, Task, leave_if_forked, watch_forks_in_this_thread
-from .._exceptions import Timeout
 from .._lanes import Lanes
 from ._async_loop import LoopGone, LoopThread
 from ._async_pieces import Entry, Stragglers
+from ._async_shared import AsyncShared
 
 __all__ = ["LOOP_SLACK", "AsyncBackend"]
 
@@ -59,7 +61,7 @@ __all__ = ["LOOP_SLACK", "AsyncBackend"]
 LOOP_SLACK = 1.0
 
 
-class AsyncBackend:
+class AsyncBackend(AsyncShared):
     """Runs batches as tasks on ``loop`` (or on a private loop in its own thread).
 
     A private backend (one run) hands out the items of its batches first come,
@@ -195,31 +197,6 @@ class AsyncBackend:
         task = loop.create_task(self._work() if self._lanes is None else self._work_shared())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    def _give_up(self, runner: asyncio.Task[None], task: Task) -> None:
-        """Cancel ``runner``'s call and stop waiting for it: a new worker takes its place.
-
-        The runner leaves once its call ends, whatever it returns (a
-        coroutine may catch its cancellation and go on). At most ``workers``
-        given-up tasks are still in their calls, as at most ``workers``
-        threads are abandoned: past that, the runner is kept, not replaced
-        (its run has a worker less until the call ends), so calls that
-        ignore their cancellation cannot pile up on the loop without bound.
-        """
-        runner.cancel()
-        if runner in self._left or runner in self._kept:
-            return  # (given up already: cancelled once more)
-        if len(self._left) >= self._workers:
-            self._kept[runner] = task
-            return
-        self._left[runner] = task
-        runner.add_done_callback(self._forget)
-        self._tasks.discard(runner)
-        if not self._stopping and (self._pending or self._lanes is not None):
-            self._add_worker()
-
-    def _forget(self, runner: asyncio.Task[None]) -> None:
-        self._left.pop(runner, None)
 
     def wind_down(self) -> None:
         if self._lanes is not None:
@@ -432,143 +409,3 @@ class AsyncBackend:
         workers retired) must find room to start a worker in its place.
         """
         self._tasks.discard(asyncio.current_task())
-
-    async def _work_shared(self) -> None:
-        """:meth:`_work` for a pool: the next item of the batch the lanes choose."""
-        lanes, idle, loop = self._lanes, self._idle, self._loop
-        assert lanes is not None and loop is not None
-        runner = asyncio.current_task()
-        assert runner is not None
-        while True:
-            chosen = lanes.peek()
-            if chosen is None:
-                if self._stopping:
-                    return
-                waiter: asyncio.Future[None] = loop.create_future()
-                idle.append(waiter)
-                await waiter
-                continue
-            task, entry = chosen
-            index = entry.taken
-            entry.taken = index + 1
-            if entry.taken == len(entry.batch.items):
-                lanes.pop(task)
-                self.taken += 1
-            lanes.charge(task, 1)
-            entry.runners.add(runner)
-            try:
-                await self._call(entry, index, runner)
-            except asyncio.CancelledError:
-                if self._stopping or not entry.abandoned:
-                    raise
-            finally:
-                entry.runners.discard(runner)
-                self._kept.pop(runner, None)  # (kept past its call's end: a worker again)
-            del entry, task
-            if runner in self._left:
-                return  # given up (past its deadline, or its run ended): replaced
-
-    async def _call(self, entry: Entry, index: int, runner: asyncio.Task[None]) -> None:
-        """Run one item of a batch; the task that finishes the batch's last item reports it."""
-        batch = entry.batch
-        task = batch.task
-        start = perf_counter()
-        try:
-            if task.timeout is None:
-                batch.values[index] = await task.fn(batch.items[index])
-            elif not await self._timed(entry, index, start, runner):
-                return  # given up at its deadline (its item failed then)
-        except asyncio.CancelledError as exc:
-            if self._stopping or entry.abandoned:
-                raise  # the run is stopping: this is our cancellation
-            entry.fail(index, exc)
-        except BaseException as exc:
-            entry.fail(index, exc)
-        if _batch._forked:  # this is a child the call forked: it must not go on
-            leave_if_forked(entry.errors and entry.errors.get(index))
-        entry.elapsed += perf_counter() - start
-        entry.left -= 1
-        if not entry.left:
-            self._report_shared(entry)
-
-    def _report_shared(self, entry: Entry) -> None:
-        """(A shared pool) the last item of a batch ended: the batch goes back to its run."""
-        if entry.abandoned:
-            return  # its run ended
-        batch = entry.batch
-        batch.elapsed = entry.elapsed
-        batch.errors = entry.errors
-        self._entries.pop(id(batch), None)
-        batch.task.done(batch)
-
-    async def _timed(
-        self, entry: Entry, index: int, start: float, runner: asyncio.Task[None]
-    ) -> bool:
-        """Run item ``index`` of ``entry`` under its run's ``timeout``; store its value or error.
-
-        False if the call ran past its deadline (:meth:`_overdue`): its item
-        failed then, whatever the call did later is dropped, and ``runner``
-        is no longer a worker of a private backend (it must leave; if it was
-        kept, see :meth:`_kept_call_ended`).
-        """
-        batch = entry.batch
-        task = batch.task
-        assert self._loop is not None and task.timeout is not None
-        deadline = self._loop.call_later(task.timeout, self._overdue, entry, index, start, runner)
-        try:
-            value = await task.fn(batch.items[index])
-        except BaseException as exc:
-            deadline.cancel()
-            if runner in self._left or (self._kept and self._kept_call_ended(runner)):
-                return False
-            if isinstance(exc, asyncio.CancelledError) and (self._stopping or entry.abandoned):
-                raise  # the run is stopping: this is our cancellation
-            entry.fail(index, exc)
-            return True
-        deadline.cancel()
-        if runner in self._left or (self._kept and self._kept_call_ended(runner)):
-            return False
-        batch.values[index] = value
-        return True
-
-    def _kept_call_ended(self, runner: asyncio.Task[None]) -> bool:
-        """Whether ``runner`` was kept in a call past its deadline (the cap), which just ended.
-
-        A pool's worker goes on to its next item; a private backend's leaves,
-        and a new task takes its place (its loop has no way back to the top
-        for a call whose item was settled at the deadline).
-        """
-        if self._kept.pop(runner, None) is None:
-            return False
-        if self._lanes is None:
-            self._tasks.discard(runner)
-            if not self._stopping and self._pending:
-                self._add_worker()
-        return True
-
-    def _overdue(self, entry: Entry, index: int, start: float, runner: asyncio.Task[None]) -> None:
-        """A call's deadline: its item fails as Timeout now, and its task is given up.
-
-        Now, not once the call accepts its cancellation: a coroutine may
-        catch it and go on awaiting, and neither its run nor its worker's
-        place waits for it.
-        """
-        if self._stopping or entry.abandoned:
-            return  # (the run ended: its calls are cancelled already)
-        batch = entry.batch
-        task = batch.task
-        self._give_up(runner, task)
-        entry.fail(index, Timeout(f"the call ran past timeout={task.timeout:g}s and was cancelled"))
-        now = perf_counter()
-        entry.elapsed += now - start
-        entry.left -= 1
-        if self._lanes is not None:
-            if not entry.left:
-                self._report_shared(entry)
-            return
-        stragglers = self._stragglers
-        if not entry.left:
-            task.done(stragglers.finished(entry))
-        running = stragglers.running
-        if running and now > running[0].due:
-            stragglers.send_pieces(now)
