@@ -635,7 +635,7 @@ def test_a_run_on_auto_whose_calls_wait_starts_no_process() -> None:
 
 
 def test_the_switch_interval_is_restored_after_moves_that_overlap() -> None:
-    from manyhands._autopilot import first_in_line
+    from manyhands._gil_turns import first_in_line
 
     before = sys.getswitchinterval()
     first, second = first_in_line(), first_in_line()
@@ -650,7 +650,8 @@ def test_the_switch_interval_is_restored_after_moves_that_overlap() -> None:
 
 def test_while_auto_measures_the_engine_waits_short_turns_for_the_gil() -> None:
     """Behind CPU-bound calls taking 5 ms turns, the engine was 4-57 ms late to look."""
-    from manyhands._autopilot import MEASURING_TURNS, first_in_line
+    from manyhands._autopilot import MEASURING_TURNS
+    from manyhands._gil_turns import first_in_line
 
     if (os.cpu_count() or 1) < 2 or not _auto.gil_enabled():
         pytest.skip("auto does not cap the calls here: nothing to measure")

@@ -14,39 +14,34 @@ ready when it chooses; it then moves the rest of the run to them (calls out
 finish where they are), grows them while the calls also wait, or moves the
 run back to threads if the calls mostly wait after all. A choice made as a
 batch comes back is moved on at the run's next dispatch, once that batch has
-reached delivery. Once on processes, an item that cannot be sent to them runs
-on threads (:mod:`._unsent`).
+reached delivery (the moves: :mod:`._autopilot_moves`). Once on processes, an
+item that cannot be sent to them runs on threads (:mod:`._unsent`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
-import pickle
-import sys
-import threading
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
+from ._autopilot_moves import AutopilotMoves
 from ._backends import Backend, prepare_processes
-from ._exceptions import ManyhandsError, WorkerInitError
-from ._run_moves import calls_running, resize, switch_to
+from ._gil_turns import first_in_line, in_line
+from ._run_moves import calls_running, switch_to
 from ._run_slowdown import obey_slowdown
 from ._unsent import Unsent
 
 if TYPE_CHECKING:
     from ._auto import Choice, Measure, Sizing
-    from ._backends._processes import ProcessBackend
     from ._batch import Batch
     from ._run import Run
 
-__all__ = ["MEASURING_TURNS", "Autopilot", "first_in_line"]
+__all__ = ["MEASURING_TURNS", "Autopilot"]
 
 MEASURING_TURNS = 1e-3  # the switch interval while auto measures (see Autopilot.cap_calls)
 
 
-class Autopilot:
+class Autopilot(AutopilotMoves):
     """A run's measuring, and on auto its choice and moves between backends.
 
     ``auto``: the run may move (else its calls are only measured, for the
@@ -187,7 +182,7 @@ class Autopilot:
     def end_short_turns(self) -> None:
         if self._short_turns:
             self._short_turns = False
-            _in_line.leave(MEASURING_TURNS)
+            in_line.leave(MEASURING_TURNS)
 
     # -- measuring -------------------------------------------------------
 
@@ -222,7 +217,7 @@ class Autopilot:
             # The engine's own turns on the GIL kept short while it measures: with the
             # default 5 ms, its timed looks (to start the processes, to choose) came
             # 4-57 ms late behind the CPU-bound calls; with 1 ms, 0.8-2.1 ms.
-            _in_line.enter(MEASURING_TURNS)
+            in_line.enter(MEASURING_TURNS)
             self._short_turns = True
 
     def _lift_cap(self) -> None:
@@ -325,134 +320,6 @@ class Autopilot:
         self.choose_at = None
         self.sample = []
 
-    # -- moving ----------------------------------------------------------
-
-    def _make_move(self, choice: Choice) -> None:
-        """The move chosen: made from the run's dispatch, with no batch in hand."""
-        self.choose_at = None
-        with first_in_line():
-            self._move_to_processes(choice, self.sample or [])
-        self._move = None  # (not before: a Ctrl-C in the move leaves the run on threads)
-        self.stop()  # (the processes started early, unless the move took them)
-
-    def _move_to_processes(self, choice: Choice, sample: list[Any]) -> None:
-        """Send the rest of the run to worker processes; running calls finish on threads."""
-        run = self.run
-        run.statistics.backend = str(choice)  # (unless it stays on threads: why, below)
-        try:
-            pickle.dumps(sample, pickle.HIGHEST_PROTOCOL)
-        except Exception as exc:  # (a lock, a connection...): stay where they work
-            run.statistics.backend = f"threads ({choice.why}, but the items do not pickle: {exc})"
-            return
-        workers = choice.processes
-        try:
-            if run._owns_backend:
-                backend, workers = self._take_early_processes() or self._own_processes(workers)
-            else:  # a Pool(backend="auto"): its processes, shared with its other runs
-                hooks = run._hooks
-                shared = hooks.processes_for_auto() if hooks is not None else None
-                if shared is None:
-                    return
-                backend, workers = shared
-                backend.attach(run.task)
-        except (TypeError, ManyhandsError) as exc:  # fn cannot travel, or no worker starts
-            run.statistics.backend = f"threads ({choice.why}, but {_not_moved(exc)})"
-            return
-        if run._owns_backend:
-            run._backend.wind_down()
-        run._slowdown.ignore_latency()
-        switch_to(run, backend, workers)
-        self._moved_for = choice.why
-        self.unsent = Unsent(functools.partial(run._send_back_to, 0))  # (0: its threads)
-        if run._owns_backend:
-            from ._auto import Sizing, waited_for_cpu
-
-            self._chosen = choice
-            pids = cast("list[int]", getattr(backend, "pids", []))
-            self._sizing = Sizing(
-                run._clock(), workers, self._threads_wanted, waited=lambda: waited_for_cpu(pids)
-            )
-
-    def _own_processes(self, workers: int) -> tuple[Backend, int]:
-        """The run's own worker processes, started, with fn sent (TypeError if it cannot go)."""
-        from ._backends import create_backend
-
-        run = self.run
-        options = run._options
-        backend = create_backend(
-            "processes",
-            workers,
-            timeout=options.timeout,
-            processes={
-                "start_method": options.start_method,
-                "initializer": options.initializer,
-                "initargs": options.initargs,
-                "start_timeout": options.start_timeout,
-            },
-        )
-        backend.start()
-        try:
-            backend.attach(run.task)
-        except BaseException:
-            backend.shutdown(0.0)
-            raise
-        return backend, workers
-
-    def _start_processes_early(self) -> None:
-        """The calls look CPU-bound; the run's own processes start now, so that the
-        choice finds them ready (starting them at the move kept the run on one core
-        0.1-0.2 s longer). Kept for the move, or shut down (see stop)."""
-        try:
-            self._early = self._own_processes(min(os.cpu_count() or 1, self._threads_wanted))
-        except (TypeError, ManyhandsError) as exc:
-            self._early = exc  # (the move says why it stayed on threads)
-
-    def _take_early_processes(self) -> tuple[Backend, int] | None:
-        early, self._early = self._early, None
-        if isinstance(early, BaseException):
-            raise early
-        return early
-
-    def _size_processes(self, batch: Batch) -> None:
-        """On its own processes: more of them if the calls also wait, or back to
-        threads if they mostly wait (see _auto)."""
-        sizing = self._sizing
-        assert sizing is not None
-        run = self.run
-        sizing.add(batch.elapsed, batch.cpu)
-        count = sizing.judge(run._clock())
-        if sizing.done:
-            self._sizing = None
-        if count is None:
-            return
-        from ._auto import Choice
-
-        assert self._chosen is not None
-        went = "threads" if count == 0 else "processes"
-        self._chosen = Choice(went, f"{self._chosen.why}; {sizing.why}", count)
-        run.statistics.backend = str(self._chosen)
-        if count == 0:
-            with first_in_line():
-                self._move_back_to_threads()
-            return
-        cast("ProcessBackend", run._backend).grow(count - run._workers)
-        resize(run, count)
-        obey_slowdown(run)
-
-    def _move_back_to_threads(self) -> None:
-        """The calls on the processes mostly waited; the rest of the run goes back
-        to threads (``workers=`` of them). Calls running on processes finish there."""
-        from ._backends import create_backend
-
-        run = self.run
-        self._moved_for = None
-        wanted = self._threads_wanted
-        backend = create_backend("threads", wanted, timeout=run._options.timeout)
-        backend.start()
-        backend.attach(run.task)
-        run._backend.wind_down()
-        switch_to(run, backend, wanted)
-
 
 def _note(run: Run, note: str) -> None:
     """A note in the run's Report (not in those of a shared pool's other runs: its
@@ -462,55 +329,3 @@ def _note(run: Run, note: str) -> None:
         stats.notes.append(note)
     else:
         stats.notes = [*stats.notes, note]
-
-
-def _not_moved(exc: BaseException) -> str:
-    """Why the run stayed on threads, for the Report."""
-    if not isinstance(exc, WorkerInitError):
-        return str(exc)  # (fn or the initializer does not pickle)
-    # Its "no item was run" is a processes run's: this one goes on, on its threads
-    # (where the initializer ran without error).
-    text = str(exc).removesuffix("; no item was run")
-    text = text.replace(
-        "the worker initializer raised", "in a worker process the initializer raised"
-    )
-    return f"{text}; the items ran on threads"
-
-
-@contextlib.contextmanager
-def first_in_line(interval: float = 1e-4) -> Iterator[None]:
-    """This thread's waits for the GIL kept short, for a moment (auto's move).
-
-    Threads taking turns on the GIL hold it for the switch interval (5 ms)
-    each; starting processes gives it up at every system call, and waited a
-    turn each time: a quarter to half a second in all, here.
-    """
-    _in_line.enter(interval)
-    try:
-        yield
-    finally:
-        _in_line.leave(interval)
-
-
-class _InLine:
-    """The switch intervals asked for now (the shortest holds), and the one to restore."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.asked: list[float] = []
-        self.saved = 0.0
-
-    def enter(self, interval: float) -> None:
-        with self.lock:  # (runs at once: the first saves it, the last restores it)
-            if not self.asked:
-                self.saved = sys.getswitchinterval()
-            self.asked.append(interval)
-            sys.setswitchinterval(min([self.saved, *self.asked]))
-
-    def leave(self, interval: float) -> None:
-        with self.lock:
-            self.asked.remove(interval)
-            sys.setswitchinterval(min([self.saved, *self.asked]))
-
-
-_in_line = _InLine()
