@@ -639,7 +639,8 @@ def _at_exit() -> None:
 
 def _where_inside(backend: str) -> str:
     """Which of the pool's own threads this is, for a refusal to wait there."""
-    from ._executor import calling_a_call, in_callback
+    from ._executor_call import calling_a_call
+    from ._executor_future import in_callback
 
     if calling_a_call():
         return "from one of the pool's own calls"
