@@ -588,10 +588,10 @@ def test_a_call_to_a_loop_closed_just_after_the_check_raises_loop_gone(
 
 
 def test_the_stdlib_internals_a_cancelled_running_call_relies_on_still_behave() -> None:
-    # (_cancel_running settles a running Future as cancelled through the stdlib's
+    # (cancel_running settles a running Future as cancelled through the stdlib's
     # Future internals, and the exit hook is threading._register_atexit: if either
     # changes, this says so before users do.)
-    from manyhands._executor import _cancel_running
+    from manyhands._executor_future import cancel_running
 
     assert callable(getattr(threading, "_register_atexit", None))
     future: concurrent.futures.Future[None] = concurrent.futures.Future()
@@ -600,7 +600,7 @@ def test_the_stdlib_internals_a_cancelled_running_call_relies_on_still_behave() 
     assert future.set_running_or_notify_cancel()
     waiting = threading.Thread(target=concurrent.futures.wait, args=([future],))
     waiting.start()
-    _cancel_running(future)
+    cancel_running(future)
     waiting.join(BOUND)
     assert not waiting.is_alive()  # (wait() saw it done)
     assert future.cancelled() and future.done() and told == [True]

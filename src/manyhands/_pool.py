@@ -12,25 +12,31 @@ Report) and drives itself from the thread that consumes it; the pool owns
 only the workers and chooses which run a free worker serves next (see
 :mod:`manyhands._lanes`). ``manyhands.run``/``map``/``amap`` are the same
 runs on a private pool of their own.
+
+Here: the Pool's face (what it offers, its options, its end). Its arguments
+are checked in :mod:`._pool_options`; what its runs ask of it, and its wait
+for them to end, are in :mod:`._pool_runs` (a mixin of the Pool); what must
+stop with it, also when it is dropped unclosed or the interpreter exits, in
+:mod:`._pool_life`; its Executor face in :mod:`._executor`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
-import time
 import weakref
 from collections.abc import AsyncIterable, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._api import POOL_OPTIONS, open_run, run_to_end
-from ._backends import Backend, backend_kind, create_backend
-from ._options import DEFAULT_WORKERS, check_positive_int, check_start_timeout, lists_options
+from ._backends import Backend, create_backend
+from ._options import lists_options
+from ._pool_life import AtExit, Life, watch_exit
+from ._pool_options import check_int, pool_options
+from ._pool_runs import PoolRuns
 from ._readers import Readers
 from ._report import Report
-from ._signal_waits import WAIT_SLICE
 from ._stream import AsyncOutcomes, Outcomes, reader_of
 
 if TYPE_CHECKING:
@@ -41,15 +47,13 @@ if TYPE_CHECKING:
     from ._executor import PoolCalls
     from ._run_options import RunOptions
 
-__all__ = ["POOL_BACKENDS", "Pool"]
-
-POOL_BACKENDS = ("threads", "processes", "async", "auto", "dask")
+__all__ = ["Pool"]
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 
-class Pool:
+class Pool(PoolRuns):
     """Workers shared by several loops, with priorities between them.
 
     Each ``pool.run``/``pool.map``/``pool.amap`` is a run of its own (its own
@@ -114,46 +118,16 @@ class Pool:
         initargs: tuple[Any, ...] = (),
         start_timeout: float | None = None,
     ) -> None:
-        given, backend = backend, backend_kind(backend) or ""
-        if backend not in POOL_BACKENDS:
-            raise ValueError(
-                f"backend={given!r} is not a backend a Pool has; accepted: "
-                + ", ".join(repr(name) for name in POOL_BACKENDS)
-                + ", a Dask scheduler's address or a distributed.Client"
-            )
-        if workers is None and backend != "dask":  # (Dask: the cluster's threads)
-            workers = (os.cpu_count() or 1) if backend == "processes" else DEFAULT_WORKERS
-        if workers is not None:
-            check_positive_int("workers", workers, "the number of calls to run at once, e.g. 16")
-        check_positive_int("spare", spare, "threads kept for urgent work, e.g. 2", zero=True)
-        if spare and backend != "threads":
-            raise ValueError("spare= applies to backend='threads' only")
-        if initargs and initializer is None:
-            raise ValueError(
-                "initargs= is passed to initializer=, and none was given: pass "
-                "initializer=fn as well (it runs once in each worker process), or leave "
-                "initargs out"
-            )
-        processes = None
-        if backend in ("processes", "auto"):
-            processes = {
-                "start_method": start_method,
-                "initializer": initializer,
-                "initargs": initargs,
-                "start_timeout": start_timeout,
-            }
-            if start_timeout is not None:
-                check_start_timeout(start_timeout)
-        elif (
-            start_method is not None
-            or initializer is not None
-            or initargs
-            or start_timeout is not None
-        ):
-            raise ValueError(
-                "start_method, initializer, initargs and start_timeout apply to "
-                "backend='processes' (or 'auto') only"
-            )
+        given = backend
+        backend, workers, processes = pool_options(
+            given,
+            workers,
+            spare=spare,
+            start_method=start_method,
+            initializer=initializer,
+            initargs=initargs,
+            start_timeout=start_timeout,
+        )
         if backend == "auto" and initializer is not None:
             from ._auto import initialize_here
 
@@ -180,10 +154,10 @@ class Pool:
         self._backend.start()
         # What must stop with the pool, also when it is dropped without being closed
         # (the finalizer holds it, not the pool: nothing of it refers to the pool).
-        self._life = life = _Life(self._backend, self._pid)
+        self._life = life = Life(self._backend, self._pid)
         self._all_calls: list[PoolCalls] = life.calls  # the executors' calls, in the order made
         weakref.finalize(self, life.dropped)
-        _watch(life)
+        watch_exit(life)
 
     # -- what a Pool offers ------------------------------------------------
 
@@ -292,7 +266,7 @@ class Pool:
             self._check_open()
             calls = self._calls_by_priority.get(priority)
             if calls is None:
-                if _Exit.exiting:  # (its calls would never be made: the workers stop next)
+                if AtExit.exiting:  # (its calls would never be made: the workers stop next)
                     raise RuntimeError("cannot schedule new futures after interpreter shutdown")
                 from ._executor import PoolCalls
 
@@ -394,62 +368,6 @@ class Pool:
         state = "shut down" if self._closed else f"{self._active} runs"
         return f"<manyhands.Pool {self._name}, {self._workers} workers, {state}>"
 
-    # -- what runs need (see open_run) ---------------------------------------
-
-    def backend_for_run(self, on_loop: bool) -> tuple[Backend, bool]:
-        """The backend a new run uses, and whether the run owns it.
-
-        A run started from one of the pool's own workers cannot wait for the
-        pool's workers (they may all be waiting the same way): on threads it
-        runs inline in that worker; on asyncio, as tasks of its own on the
-        pool's loop. Any other run is refused once the interpreter's exit
-        began, as a call submitted then is: the workers stop with it.
-        """
-        with self._state:
-            self._check_open()
-        if not self._backend.inside():
-            if _Exit.exiting:
-                raise RuntimeError(
-                    "cannot start a run on a manyhands.Pool after interpreter shutdown "
-                    "began (the main thread has ended): the pool's workers stop as it "
-                    "exits. Start the run before the main thread returns, or join the "
-                    "thread that starts it there"
-                )
-            return self._backend, False
-        if self._name == "async":
-            return create_backend("async", self._workers, own_loop=not on_loop), True
-        from ._backends._inline import InlineBackend
-
-        return InlineBackend(), True
-
-    def processes_for_auto(self) -> tuple[Backend, int] | None:
-        """The processes a run on auto moves to: started by the first, shared by all."""
-        if self._name != "auto":
-            return None
-        with self._state:
-            self._check_open()
-            if self._processes is None:
-                cores = os.cpu_count() or 1
-                backend = create_backend(
-                    "processes", cores, shared=True, processes=self._processes_options
-                )
-                backend.start()  # (raises if no worker starts: the run stays on threads)
-                self._processes = self._life.processes = backend
-                self._process_count = cores
-            return self._processes, self._process_count
-
-    def run_begins(self) -> None:
-        with self._state:
-            self._check_open()
-            self._active += 1
-            self._life.active = self._active
-
-    def run_ends(self) -> None:
-        with self._state:
-            self._active -= 1
-            self._life.active = self._active
-            self._state.notify_all()
-
     # -- inside --------------------------------------------------------------
 
     def _open(
@@ -473,188 +391,3 @@ class Pool:
             pool=self,
             priority=priority,
         )
-
-    def _check_open(self) -> None:
-        if os.getpid() != self._pid:
-            raise RuntimeError(
-                f"this manyhands.Pool was made in process {self._pid}, and this process "
-                f"({os.getpid()}) has a copy of it (it was forked, a worker process with "
-                "the fork start method, say): the pool's workers are not here. Make a "
-                "Pool in this process, or use the pool from the process that made it"
-            )
-        if self._closed:
-            raise RuntimeError("this manyhands.Pool is shut down: it accepts no new run or call")
-
-    def _check_can_wait(self, call: str) -> None:
-        """Refuse to wait from where the wait could never end."""
-        if self._backend.inside():
-            raise RuntimeError(
-                f"{call} was called {_where_inside(self._name)}, and would wait for "
-                "that thread forever: use shutdown(wait=False) there (the pool stops once "
-                "what is under way is done), or shut it down from the thread that made it"
-            )
-        self._readers.check_can_wait(call)
-
-    def _wait_idle(self) -> None:
-        """Wait until no run is under way; a map whose reading thread ended is stopped.
-
-        (In slices, which also look for such maps: a Ctrl-C another thread took
-        ends the wait, see ``_signal_waits``.)
-        """
-        while True:
-            self._readers.stop_orphans(time.monotonic())
-            with self._state:
-                if self._state.wait_for(lambda: not self._active, WAIT_SLICE):
-                    return
-
-    def _stop_when_idle(self, background: bool = False) -> None:
-        """Wait for the runs and calls under way, then stop the workers.
-
-        Interrupted (Ctrl-C), the wait goes on in a thread of its own, which
-        stops the workers once they are done: the pool never stays up for good.
-        """
-        try:
-            self._wait_idle()
-            with self._state:
-                all_calls = list(self._all_calls)
-            for calls in all_calls:
-                calls.shutdown(wait=True)
-        except BaseException:
-            if not background:
-                threading.Thread(
-                    target=self._stop_when_idle,
-                    args=(True,),
-                    name="manyhands-pool-stop",
-                    daemon=True,
-                ).start()
-            raise
-        self._life.stop_workers()
-
-
-class _Life:
-    """The workers of a Pool, and its executors' calls: what must stop with it.
-
-    A Pool dropped without ``shutdown`` stops them once its submitted calls are
-    settled (its finalizer). At interpreter exit, the calls submitted to the
-    pools still open are made before the program ends, as the standard
-    library's executors do; then the workers of the pools with no run under
-    way stop (an async pool's loop, worker processes).
-    """
-
-    __slots__ = (
-        "__weakref__",
-        "_lock",
-        "_stopped",
-        "active",
-        "backend",
-        "calls",
-        "pid",
-        "processes",
-    )
-
-    def __init__(self, backend: Backend, pid: int) -> None:
-        self.backend = backend
-        self.processes: Backend | None = None  # (auto) the processes runs moved to
-        self.calls: list[PoolCalls] = []
-        self.pid = pid
-        self.active = 0  # runs under way (a copy of the pool's count)
-        self._lock = threading.Lock()
-        self._stopped = False
-
-    def stop_workers(self) -> None:
-        with self._lock:
-            if self._stopped:
-                return
-            self._stopped = True
-        try:
-            self.backend.shutdown(0.0)
-        finally:
-            if self.processes is not None:
-                self.processes.shutdown(0.0)
-
-    def finish_calls(self) -> None:
-        """Make every submitted call, then accept no new one (the interpreter exits)."""
-        if self.pid != os.getpid() or self._stopped:
-            return
-        for calls in list(self.calls):
-            calls.finish_at_exit()
-
-    def dropped(self) -> None:
-        """(The Pool's finalizer) it was collected, or the interpreter exits, unclosed."""
-        if self.pid != os.getpid():  # a forked copy: its workers are the parent's
-            quiet = getattr(self.backend, "forget_copied_tasks", None)
-            if quiet is not None:
-                quiet()
-            return
-        if self._stopped:
-            return
-        if _Exit.exiting:  # (threading's exit hook made the submitted calls already)
-            # (A run left unread ends as the interpreter exits: its workers stay for
-            # it, but an event loop's, which it no longer waits for.)
-            if not self.active or self.backend.name == "async":
-                self.stop_workers()
-            return
-        for calls in list(self.calls):
-            calls.shutdown(wait=False)
-        # (Not here: the collection may run in any thread, one of the pool's own too.)
-        threading.Thread(target=self._stop_later, name="manyhands-pool-stop", daemon=True).start()
-
-    def _stop_later(self) -> None:
-        for calls in list(self.calls):
-            calls.shutdown(wait=True)
-        self.stop_workers()
-
-
-class _Exit:
-    """The interpreter's exit, as the pools see it."""
-
-    hooked = False  # the hook is registered (once, by the first Pool)
-    exiting = False  # it ran: the submitted calls were made
-
-
-_lives: weakref.WeakSet[_Life] = weakref.WeakSet()  # the pools of this process, not collected
-
-
-def _watch(life: _Life) -> None:
-    """Register ``life`` for the interpreter's exit (the hook, once)."""
-    _lives.add(life)
-    if not _Exit.hooked:
-        _Exit.hooked = True
-        # (before the threads are joined, where the stdlib's executors finish; not at
-        # all once the interpreter is exiting already). threading._register_atexit is
-        # private, yet the only hook that runs there: atexit runs after the non-daemon
-        # threads are joined, too late for a thread that waits for a call; the
-        # stdlib's own executors use it. Its test: the calls made at exit
-        # (tests/test_pool_faults.py).
-        with contextlib.suppress(AttributeError, RuntimeError):
-            threading._register_atexit(_at_exit)  # type: ignore[attr-defined]
-
-
-def _at_exit() -> None:
-    """The interpreter exits: the calls submitted to open pools are made first."""
-    for life in list(_lives):
-        life.finish_calls()
-    _Exit.exiting = True
-
-
-def _where_inside(backend: str) -> str:
-    """Which of the pool's own threads this is, for a refusal to wait there."""
-    from ._executor import calling_a_call, in_callback
-
-    if calling_a_call():
-        return "from one of the pool's own calls"
-    if in_callback():
-        return (
-            "in a done callback of one of the pool's Futures (run by the pool's own "
-            "thread that settled it)"
-        )
-    if backend == "async":
-        return "on the pool's event loop (in one of its calls, or a callback there)"
-    if backend == "processes":
-        return "on the thread that reads the pool's worker processes' results (in a callback there)"
-    return "from one of the pool's own calls"
-
-
-def check_int(name: str, value: object) -> None:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int (higher runs first), got {value!r}")
