@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import os
 import textwrap
 import threading
@@ -189,7 +190,7 @@ def test_the_urgent_run_gets_the_next_free_worker(no_thread_left: None) -> None:
 
 def test_pool_level_options_are_refused_with_where_they_go() -> None:
     with manyhands.Pool(workers=2) as pool:
-        for name in ("workers", "backend", "start_method", "initializer", "initargs"):
+        for name in ("workers", "backend", "start_method", "initializer", "initargs", "spare"):
             with pytest.raises(TypeError, match=rf"{name}=.*manyhands\.Pool\({name}="):
                 pool.run(abs, [1], **{name: None})
         with pytest.raises(TypeError, match="priority must be an int"):
@@ -204,6 +205,25 @@ def test_pool_level_options_are_refused_with_where_they_go() -> None:
             pool.run(afn, [1])
     with pytest.raises(ValueError, match="backend='fibers'"):
         manyhands.Pool(backend="fibers")
+
+
+def test_a_blocking_run_from_an_async_pools_call_says_to_use_the_pools_amap() -> None:
+    # (manyhands.arun/amap would run on workers of their own, outside the pool)
+    with manyhands.Pool(workers=2, backend="async") as pool:
+
+        async def inner(x: int) -> int:
+            return x
+
+        async def outer(x: int) -> str:
+            try:
+                pool.run(inner, [x])
+            except RuntimeError as exc:
+                return str(exc)
+            return "ran"
+
+        (said,) = [out.value for out in pool.map(outer, [1])]
+    assert said.startswith("pool.run() with a coroutine function was called from a running")
+    assert "pool.amap(fn, items)" in said and "manyhands.arun" not in said
     with pytest.raises(ValueError, match="workers must be >= 1"):
         manyhands.Pool(workers=0)
 
@@ -264,12 +284,27 @@ def test_submit_refuses_a_function_the_pools_workers_cannot_call_as_they_call() 
     async def afn(x: int) -> int:
         return x
 
+    made: list[int] = []
+
+    def side(x: int) -> int:
+        made.append(x)
+        return x
+
     with manyhands.Pool(workers=2, backend="async") as pool:
-        plain = pool.submit(abs, -1)  # (what it returns tells: a lambda may return a coroutine)
-        with pytest.raises(TypeError, match=r"awaits what it is given, and abs returned int"):
-            plain.result(10)
+        # Refused before it is made: made, it would have run on (and blocked) the loop.
+        for plain in (side, lambda x: afn(x)):
+            with pytest.raises(TypeError, match=r"regular function, which a Pool of backend="):
+                pool.submit(plain, -1)
+
+        async def main() -> None:
+            loop = asyncio.get_running_loop()
+            with pytest.raises(TypeError, match="side is a regular function"):
+                await loop.run_in_executor(pool.executor(), side, 2)
+
+        asyncio.run(main())
+        assert made == []
         assert pool.submit(afn, 3).result(10) == 3
-        assert pool.submit(lambda x: afn(x), 4).result(10) == 4
+        assert pool.submit(functools.partial(afn, 4)).result(10) == 4
     with manyhands.Pool(workers=2) as pool, pytest.raises(TypeError, match="afn is a coroutine"):
         pool.submit(afn, 3)
 

@@ -7,7 +7,9 @@ fails the test instead of hanging the suite.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
+import contextvars
 import json
 import pickle
 import sys
@@ -193,9 +195,21 @@ def test_a_run_of_processes_inside_a_worker_process_is_refused_with_why() -> Non
     assert "daemonic process" in failure.message and "backend='threads'" in failure.message
 
 
-def test_a_process_pools_callback_that_waits_for_the_pool_does_not_hang() -> None:
+def test_a_process_pools_callback_that_waits_for_the_pool_does_not_hang(tmp_path: Path) -> None:
     # Its Futures' callbacks run on the thread that reads the workers' results: a
     # wait there is refused at once, and a run started there is made right there.
+    # (The call waits for a file made once its callback is added: a call already
+    # done would run the callback here, on the main thread.)
+    go = tmp_path / "go"
+
+    def gate(path: str) -> int:
+        import os
+        import time
+
+        while not os.path.exists(path):
+            time.sleep(0.005)
+        return 1
+
     def scenario() -> list[Any]:
         seen: list[Any] = []
         finished = threading.Event()
@@ -209,7 +223,8 @@ def test_a_process_pools_callback_that_waits_for_the_pool_does_not_hang() -> Non
                 seen.append(pool.run(abs, range(-3, 0)).succeeded)
                 finished.set()
 
-            pool.submit(abs, 1).add_done_callback(callback)
+            pool.submit(gate, str(go)).add_done_callback(callback)
+            go.touch()
             finished.wait(BOUND)
             seen.append(pool.submit(abs, -2).result())
         return seen
@@ -279,3 +294,67 @@ def test_shutdown_from_a_call_run_at_its_submit_is_refused_not_a_hang(workers: i
 
         told = executor.submit(outer).result(timeout=30)
         assert "called from one of its own calls" in told
+
+
+@pytest.mark.parametrize("backend", ["threads", "async"])
+def test_runs_nested_in_calls_under_way_still_run_once_the_pool_is_shut_down(
+    backend: str,
+) -> None:
+    # A pool shut down waits for (or, with wait=False, finishes) what is under way:
+    # a run that one of those calls starts is part of it, inline in that call.
+    def scenario() -> list[Any]:
+        closed = threading.Event()
+        pool = manyhands.Pool(workers=2, backend=backend)
+
+        def outer(x: int) -> int:
+            closed.wait(BOUND)
+            return pool.run(abs, range(-3, 0)).succeeded
+
+        async def aabs(x: int) -> int:
+            return abs(x)
+
+        async def aouter(x: int) -> int:
+            while not closed.is_set():
+                await asyncio.sleep(0.001)
+            return len([out async for out in pool.amap(aabs, range(-3, 0)) if out.ok])
+
+        outcomes: list[Any] = []
+        reading = threading.Thread(
+            target=lambda: outcomes.extend(
+                pool.map(outer if backend == "threads" else aouter, range(6))
+            )
+        )
+        reading.start()
+        while not pool._active:  # (the map's run began: it is under way)
+            threading.Event().wait(0.001)
+        pool.shutdown(wait=False)
+        closed.set()
+        reading.join(BOUND)
+        return [(out.value if out.ok else repr(out.error)) for out in outcomes]
+
+    assert within(scenario, BOUND) == [3] * 6
+
+
+def test_a_run_started_from_a_thread_a_call_made_with_its_context_does_not_hang() -> None:
+    # asyncio.to_thread (and contextvars.copy_context().run) carry the call's context
+    # to the helper thread: a run started there while every worker waits for it is
+    # nested as one started in the call itself (inline), not queued for the workers.
+    def scenario() -> list[Any]:
+        with manyhands.Pool(workers=2) as pool:
+
+            def nested() -> int:
+                return pool.run(abs, range(-3, 0)).succeeded
+
+            def outer(x: int) -> int:
+                if x % 2:
+                    return asyncio.run(asyncio.to_thread(nested))
+                helper = concurrent.futures.ThreadPoolExecutor(1)
+                context = contextvars.copy_context()
+                try:
+                    return helper.submit(context.run, nested).result()
+                finally:
+                    helper.shutdown()
+
+            return [out.value for out in pool.map(outer, range(4))]
+
+    assert within(scenario, BOUND) == [3] * 4

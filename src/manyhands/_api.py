@@ -256,10 +256,15 @@ def open_run(
         _refuse_process_options(caller, opts, backend_name)
     if backend_name == "async" and not on_loop and _loop_running():
         raise RuntimeError(
-            f"manyhands.{caller}() with a coroutine function was called from a running "
-            "event loop, which it would block. In async code use "
-            "`report = await manyhands.arun(fn, items)`, or "
-            "`async for outcome in manyhands.amap(fn, items)`."
+            f"{caller if pool is not None else 'manyhands.' + caller}() with a coroutine "
+            "function was called from a running event loop, "
+            "which it would block. In async code use "
+            + (
+                "`async for outcome in pool.amap(fn, items)` (on the pool's workers)."
+                if pool is not None
+                else "`report = await manyhands.arun(fn, items)`, or "
+                "`async for outcome in manyhands.amap(fn, items)`."
+            )
         )
     source, iterator = check_items(caller, items, more, on_loop)
     if opts.input_thread is not None and source is not None:
@@ -335,7 +340,7 @@ POOL_OPTIONS = ("workers", "backend", "start_method", "initializer", "initargs",
 
 
 def _refuse_pool_options(caller: str, given: Mapping[str, Any]) -> None:
-    for name in POOL_OPTIONS:
+    for name in (*POOL_OPTIONS, "spare"):  # (spare= is the Pool's alone)
         if name in given:
             raise TypeError(
                 f"{caller}() got {name}=, which belongs to the pool: its workers serve "

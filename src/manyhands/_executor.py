@@ -158,10 +158,18 @@ class PoolCalls(PoolCallsShutdown):
     ) -> Future[R]:
         from ._checks import is_coroutine_function
 
-        if not self._async and is_coroutine_function(fn):
+        if is_coroutine_function(fn) != self._async:
+            # Refused here, as pool.run refuses it: made first, a regular function would
+            # run (and block) the async pool's loop before its value could say so.
+            name = getattr(fn, "__qualname__", "fn")
             raise TypeError(
-                f"{getattr(fn, '__qualname__', 'fn')} is a coroutine function, which this "
-                "pool's workers would not await: use manyhands.Pool(backend='async')"
+                f"{name} is a regular function, which a Pool of backend='async' cannot "
+                "call without blocking its event loop: submit a coroutine function (async "
+                "def, a functools.partial of one, or an object with async __call__; not a "
+                "lambda that returns a coroutine), or use a pool of threads"
+                if self._async
+                else f"{name} is a coroutine function, which this pool's workers would not "
+                "await: use manyhands.Pool(backend='async')"
             )
         if self._closed:
             raise RuntimeError("cannot schedule new futures after shutdown")

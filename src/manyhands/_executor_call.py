@@ -82,9 +82,8 @@ async def call_on_loop(item: tuple[int, PoolFuture[Any]]) -> Any:
     assert call is not None
     fn, args, kwargs = call
     try:
-        call = fn(*args, **kwargs)
-        # (Checked on the value: a lambda or a decorator may well return a coroutine.)
-        if not inspect.isawaitable(call):
+        call = fn(*args, **kwargs)  # (a coroutine function: see submit_for)
+        if not inspect.isawaitable(call):  # (its __call__ said async, and it was not)
             raise TypeError(
                 "a Pool of backend='async' awaits what it is given, and "
                 f"{getattr(fn, '__qualname__', 'fn')} returned {type(call).__qualname__}: "

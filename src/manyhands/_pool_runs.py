@@ -54,12 +54,15 @@ class PoolRuns:
         A run started from one of the pool's own workers cannot wait for the
         pool's workers (they may all be waiting the same way): on threads it
         runs inline in that worker; on asyncio, as tasks of its own on the
-        pool's loop. Any other run is refused once the interpreter's exit
+        pool's loop. Such a run is part of what is under way, so it runs even
+        once the pool is shut down (which waits for, or finishes, what is under
+        way). Any other run is refused then, and once the interpreter's exit
         began, as a call submitted then is: the workers stop with it.
         """
+        nested = self._backend.inside()
         with self._state:
-            self._check_open()
-        if not self._backend.inside():
+            self._check_open(nested)
+        if not nested:
             if AtExit.exiting:
                 raise RuntimeError(
                     "cannot start a run on a manyhands.Pool after interpreter shutdown "
@@ -92,7 +95,7 @@ class PoolRuns:
 
     def run_begins(self) -> None:
         with self._state:
-            self._check_open()
+            self._check_open(self._backend.inside())
             self._active += 1
             self._life.active = self._active
 
@@ -104,7 +107,12 @@ class PoolRuns:
 
     # -- inside --------------------------------------------------------------
 
-    def _check_open(self) -> None:
+    def _check_open(self, nested: bool = False) -> None:
+        """Refuse a new run or call on a pool shut down (or a forked copy of one).
+
+        ``nested``: a run started from one of the pool's own workers, part of
+        what is under way, is refused only in a forked copy.
+        """
         if os.getpid() != self._pid:
             raise RuntimeError(
                 f"this manyhands.Pool was made in process {self._pid}, and this process "
@@ -112,7 +120,7 @@ class PoolRuns:
                 "the fork start method, say): the pool's workers are not here. Make a "
                 "Pool in this process, or use the pool from the process that made it"
             )
-        if self._closed:
+        if self._closed and not nested:
             raise RuntimeError("this manyhands.Pool is shut down: it accepts no new run or call")
 
     def _check_can_wait(self, call: str) -> None:

@@ -7,6 +7,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from time import monotonic
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +16,7 @@ from .._batch import FINISHED, RUNNING, Batch, execute, execute_measured
 if TYPE_CHECKING:
     from ._threads import ThreadBackend
 
-__all__ = ["STOP", "TAKE", "Exit", "install", "nothing", "serving", "work"]
+__all__ = ["SERVING", "STOP", "TAKE", "Exit", "install", "nothing", "serving", "work"]
 
 TAKE = object()  # a queued token: take the next batch from the lanes
 
@@ -35,6 +36,10 @@ STOP = Exit()  # shutdown's token: always obeyed
 
 
 serving = threading.local()  # in a worker thread: the backend it serves
+# The same, in the worker's context: seen by what copies it (asyncio.to_thread, a task
+# made in a call, contextvars.copy_context().run), so that a run started from a thread
+# a call waits for is known as nested too, and does not wait for the pool's workers.
+SERVING: ContextVar[object] = ContextVar("manyhands_serving", default=None)
 
 
 def nothing() -> None:
@@ -48,6 +53,12 @@ def install(hooks: tuple[Any, Any]) -> None:
         sys.settrace(trace)
     if profile is not None:
         sys.setprofile(profile)
+
+
+def _mark_serving(backend: ThreadBackend) -> None:
+    """This thread (and its context: see ``SERVING``) serves ``backend``."""
+    serving.backend = backend
+    SERVING.set(backend)
 
 
 def work(
@@ -75,7 +86,7 @@ def work(
         clocks[me] = time.pthread_getcpuclockid(threading.get_ident())
     try:
         install(hooks)
-        serving.backend = backend
+        _mark_serving(backend)
         while True:
             waiting.append(None)
             batch = get()

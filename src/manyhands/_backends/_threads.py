@@ -16,7 +16,7 @@ from .._exceptions import Timeout, WorkerInitError
 from .._lanes import Lanes
 from .._signal_waits import wait_sliced
 from ._thread_jam import ABANDONED, held_message, unstarted_note, unstarted_why
-from ._thread_worker import STOP, TAKE, Exit, nothing, serving, work
+from ._thread_worker import SERVING, STOP, TAKE, Exit, nothing, serving, work
 
 #: Each thread's CPU clock can be read without giving up the GIL (backend="auto").
 _CPU_CLOCKS = hasattr(time, "pthread_getcpuclockid")
@@ -148,8 +148,13 @@ class ThreadBackend:
             return True
 
     def inside(self) -> bool:
-        """True when called from one of this backend's worker threads."""
-        return getattr(serving, "backend", None) is self
+        """True when called from one of this backend's worker threads (or in its context).
+
+        A thread that one of its calls started with the call's context
+        (``asyncio.to_thread``, ``contextvars.copy_context().run``) counts: a run
+        started there and waited for by the call is nested as one started in it.
+        """
+        return getattr(serving, "backend", None) is self or SERVING.get() is self
 
     def waiting_below(self, priority: int) -> bool:
         """(A pool's) whether work of a lower priority than ``priority`` waits for a worker."""
