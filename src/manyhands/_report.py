@@ -96,10 +96,13 @@ class Report(Record):
         stopped: why a stop rule ended the run early, else ``None``; the
             items already handed to workers then (quick calls go several to a
             batch, and a worker may finish a few batches before the run reads
-            their outcomes) were let finish, and items waiting for a retry
-            ended with their last failure, so ``failed`` may be more than the
-            rule's limit. (On processes and Dask, the items handed out that no
-            worker had begun are not called: they count in ``not_run``.)
+            their outcomes) were let finish, so ``failed`` may be more than
+            the rule's limit. An item that failed and had retries left (one
+            waiting for its retry, or failing after the rule fired) is not
+            retried: it counts in ``not_run`` (``"retry stopped"``), and a
+            resume runs it, as after Ctrl-C. (On processes and Dask, the
+            items handed out that no worker had begun are not called: they
+            count in ``not_run`` too.)
         skipped: items not run because the journal has their final outcome.
         skipped_failed: of ``skipped``, those recorded as failed
             (``retry_failed=True`` runs them again).
@@ -116,14 +119,17 @@ class Report(Record):
         notes: one-line facts about how the run went that a user should know,
             e.g. that it ran on fewer workers than asked because the system's
             limit on threads was reached.
-        not_run: items delivered without their call ever being made (their
+        not_run: items delivered without their call being made (their
             error's ``ran`` is False): not retried, no attempt counted, not
-            recorded in a journal, so a resume runs them.
+            recorded in a journal, so a resume runs them. Among them, items
+            called before whose retry a stop rule did not make.
         not_run_causes: ``not_run`` by why: ``"run stopped"`` (a stop rule,
             Ctrl-C, an exception or ``break`` stopped the run before a worker
-            process or a Dask task began them), ``"workers held"`` (on
-            threads, every worker was held by a call past ``timeout=``), or
-            ``"backend stopped"`` (the process backend could not go on).
+            process or a Dask task began them), ``"retry stopped"`` (a stop
+            rule ended the run before their retry: the Failure says how they
+            failed, its traceback is their last one's), ``"workers held"``
+            (on threads, every worker was held by a call past ``timeout=``),
+            or ``"backend stopped"`` (the process backend could not go on).
     """
 
     total: int
@@ -308,8 +314,7 @@ class Report(Record):
             lines.append(
                 f"stopped early: {self.stopped}; {self.failed:,} failed in all, counting "
                 "the items already handed to workers then, whose calls were let finish (a "
-                "worker takes quick calls several at a time), and the items waiting for a "
-                "retry, which ended with their last failure"
+                "worker takes quick calls several at a time)"
             )
         if "auto" in self.backend:
             lines.append(f"backend: {self.backend}")
