@@ -136,6 +136,7 @@ class RunStatistics:
         self.skipped = 0  # items not run: final in the journal already
         self.skipped_failed = 0  # of those, the ones recorded as failed
         self.duplicates = 0  # items not run: their key came earlier in this input
+        self.reran_failed = 0  # items run that the journal had as failed (retry_failed)
         self.abandoned = 0  # threads left to calls past their timeout
         self.stop_reason: str | None = None
         self.backend = "threads"  # what ran the calls, and for auto why (Report.backend)
