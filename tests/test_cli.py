@@ -122,6 +122,17 @@ def test_run_a_file_with_failures_then_status_and_failures(workdir: Path) -> Non
     assert "0 run" in again.stdout
 
 
+def test_a_retry_failed_rerun_whose_items_fail_again_claims_nothing_of_fn(workdir: Path) -> None:
+    first = manyhands("run", "target.py:always_fails", "numbers.txt", "--journal", "j.db",
+                      cwd=workdir)  # fmt: skip
+    assert first.returncode == 1 and "this looks like a problem with fn" in first.stdout
+    again = manyhands("run", "target.py:always_fails", "numbers.txt", "--journal", "j.db",
+                      "--retry-failed", cwd=workdir)  # fmt: skip
+    assert again.returncode == 1 and "1,000 failed" in again.stdout
+    assert "every item failed" not in again.stdout  # (they were chosen for having failed)
+    assert "1,000 items run again for having failed before (--retry-failed)" in again.stdout
+
+
 def test_all_succeeded_exits_0_and_stdin_and_module_targets_work(workdir: Path) -> None:
     done = manyhands("run", "target:work", "-", "--ordered", "--output", "-", cwd=workdir,
                      stdin="1\n2\n4\n")  # fmt: skip

@@ -282,3 +282,30 @@ def test_the_latency_line_says_on_dask_that_it_reads_batch_means() -> None:
         "\nlatency per call (batch means: a Dask task times its batch, not each call): "
         "p50 260.0ms, p95 500.0ms" in lines["dask"]
     )
+
+
+def down(x: int) -> int:
+    raise ConnectionRefusedError(f"connection refused: {x}")
+
+
+def test_a_retry_failed_rerun_of_failures_that_fail_again_claims_nothing_of_fn(
+    tmp_path: Path,
+) -> None:
+    """Items chosen for having failed that fail again say nothing of fn: the Report said
+    "this looks like a problem with fn ..., not with the items" of them."""
+    journal = tmp_path / "j.db"
+    first = manyhands.run(down, range(30), journal=journal)
+    assert first.failing_alike is not None
+    report = manyhands.run(down, range(30), journal=journal, retry_failed=True)
+    text = str(report)
+    assert "every item failed" not in text and "not with the items" not in text
+    assert report.failing_alike is None
+    assert (report.failed, report.reran_failed, first.reran_failed) == (30, 30, 0)
+    assert "30 items run again for having failed before (retry_failed=True)" in text
+    with manyhands.map(down, range(30), journal=journal, retry_failed=True) as outcomes:
+        assert sum(1 for _ in outcomes) == 30
+    assert outcomes.report.reran_failed == 30 and outcomes.report.failing_alike is None
+    # 20 new items failing alike beside them are enough to tell again.
+    more = manyhands.run(down, range(50), journal=journal, retry_failed=True)
+    assert (more.failed, more.reran_failed) == (50, 30)
+    assert more.failing_alike is not None and "every item failed with" in str(more)

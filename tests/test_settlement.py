@@ -9,10 +9,10 @@ import pytest
 import manyhands
 from manyhands import _retry, _settlement
 from manyhands._batch import Batch, Task
-from manyhands._exceptions import not_called
+from manyhands._exceptions import WorkerCrashed, not_called
 from manyhands._options import Options
 from manyhands._outcome import Failure, safe_message
-from manyhands._stats import RunStatistics
+from manyhands._stats import RunStatistics, not_run_cause
 from manyhands._timers import RetryTimers
 
 
@@ -86,16 +86,24 @@ def test_safe_message_never_raises_and_is_cut() -> None:
     assert safe_message(ValueError("short"), 100) == "short"
 
 
-def test_a_retry_never_made_ends_with_its_last_failure_not_as_not_run() -> None:
-    """The item was called (and failed): a retry no worker began (the run stopped) ends it
-    with that failure, as a retry given up while it waited does; it is no item not run."""
+def _retry_of_a(error: BaseException) -> tuple[_settlement.Settlement, Batch, Failure]:
+    """A settlement, and the retry of item "a" (which failed once) that came back with ``error``."""
     settlement = _settlement_of(retry=manyhands.Retry(retries=2, on=(OSError,)))
-    stats = settlement._statistics
     first = Failure.from_exception("a", OSError("reset"))
     retry = Batch(-1, ["a"], Task(str, lambda batch: None), attempt=2)
-    retry.last_failure = first
-    stats.retried = stats.retrying = 1  # (as when the retry was scheduled)
-    retry.values, retry.errors = [None], {0: not_called("the run stopped first")}
+    retry.last_failure, retry.history = first, (first.error_type,)
+    settlement._statistics.retried = settlement._statistics.retrying = 1  # (as when scheduled)
+    retry.values, retry.errors = [None], {0: error}
+    return settlement, retry, first
+
+
+def test_a_retry_no_worker_could_begin_ends_with_its_last_failure_not_as_not_run() -> None:
+    """The item was called (and failed): a retry the process backend could not begin
+    (it stopped) ends it with that failure, as failed; it is no item not run."""
+    crashed = WorkerCrashed("the process backend stopped")
+    crashed.ran = False
+    settlement, retry, first = _retry_of_a(crashed)
+    stats = settlement._statistics
     retried, final, uncalled = settlement.settle(retry)
     assert (retried, final, uncalled) == (set(), [first], 1)
     assert retry.failures == {0: first} and first.attempts == 1
@@ -104,3 +112,37 @@ def test_a_retry_never_made_ends_with_its_last_failure_not_as_not_run() -> None:
     assert (stats.failed, stats.not_run, dict(stats.errors_by_type)) == (
         1, 0, {"builtins.OSError": 1}
     )  # fmt: skip
+
+
+def test_a_retry_a_stop_rule_halted_ends_not_run_with_its_last_failure_told() -> None:
+    """A retry that a stop rule kept a worker process from beginning (``halt``) is not
+    final: not run ("retry stopped"), so the journal leaves it for a resume."""
+    settlement, retry, _ = _retry_of_a(not_called("the run stopped first"))
+    stats = settlement._statistics
+    stats.stop_reason = "stop_after_failures=1: 1 item had failed"
+    retried, final, uncalled = settlement.settle(retry)
+    assert (retried, uncalled, len(final)) == (set(), 1, 1)
+    stopped = final[0]
+    assert retry.failures == {0: stopped} and stopped.attempts == 1
+    assert stopped.error_type == "manyhands.WorkerCrashed"
+    assert "before retrying it (it failed once, with builtins.OSError: 'reset')" in stopped.message
+    assert "OSError: reset" in stopped.traceback  # (its last failure's, then why it ended)
+    assert not_run_cause(stopped) == "retry stopped"
+    stats.add_batch(1, 0, 0.0, final)
+    assert (stats.failed, stats.not_run, dict(stats.not_run_causes)) == (
+        0, 1, {"retry stopped": 1}
+    )  # fmt: skip
+
+
+def test_after_a_stop_rule_a_failure_with_retries_left_is_not_final() -> None:
+    """Once a stop rule fired, a call that fails with retries left is not retried, nor
+    final: its item ends not run, as one waiting for its retry does."""
+    settlement = _settlement_of(retry=manyhands.Retry(retries=2, on=(OSError,)))
+    settlement._statistics.stop_reason = "stop_after_failures=1: 1 item had failed"
+    batch = Batch(0, ["a", "b"], Task(str, lambda batch: None))
+    batch.values, batch.errors = [None, None], {0: OSError("reset"), 1: ValueError("bad")}
+    retried, final, uncalled = settlement.settle(batch)
+    assert (retried, uncalled) == (set(), 0)
+    assert [f.error_type for f in final] == ["manyhands.WorkerCrashed", "builtins.ValueError"]
+    assert [not_run_cause(f) for f in final] == ["retry stopped", None]
+    assert not settlement._timers.heap  # nothing waits for a retry

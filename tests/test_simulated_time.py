@@ -96,7 +96,7 @@ def test_a_call_past_its_timeout_fails_at_its_deadline_and_the_rest_go_on() -> N
     assert outs_report.abandoned == 1
 
 
-def test_a_stop_rule_ends_waiting_retries_with_their_last_failure() -> None:
+def test_a_stop_rule_leaves_waiting_retries_not_run() -> None:
     def fails(x: int) -> int:
         if x == 9:
             raise ValueError(x)  # not retried: final at once
@@ -106,12 +106,14 @@ def test_a_stop_rule_ends_waiting_retries_with_their_last_failure() -> None:
     policy = manyhands.Retry(5, on=ConnectionError, backoff=60.0, random=lambda: 1.0)
     report = sim.run(fails, range(10), retry=policy, stop_after_failures=1)
     assert report.stopped is not None and "stop_after_failures=1" in report.stopped
-    assert report.failed == 10 and report.attempts == 10
+    assert report.failed == 1 and report.attempts == 10
+    assert report.not_run_causes == {"retry stopped": 9}
     assert report.elapsed < 1  # nobody waited for the minute-long backoffs
     assert {f.error_type for f in report.failures} == {
         "builtins.ValueError",
-        "builtins.ConnectionError",
+        "manyhands.WorkerCrashed",
     }
+    assert all("ConnectionError" in f.message for f in report.failures if f.item != 9)
 
 
 def test_calls_on_worker_processes_have_a_batch_per_worker_queued_ahead_from_the_start() -> None:

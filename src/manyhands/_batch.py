@@ -152,7 +152,7 @@ class Batch:
         pending: items of this batch still waiting for a retry (ordered runs).
         parent: for a retry, the batch (and index in it) the item came from.
         history: for a retry, the error types of the item's earlier attempts.
-        last_failure: for a retry, the item's outcome if it never runs (a stop rule).
+        last_failure: for a retry, the item's last failure, if the retry never runs.
         sent: while the slowdown watches, when the engine sent the batch (``time.monotonic``).
         keys: with a journal, each item's key.
         started: with ``task.timed``, when a worker began the batch (``time.monotonic``).

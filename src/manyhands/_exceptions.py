@@ -115,6 +115,9 @@ class WorkerCrashed(ManyhandsError):
             worker was left, or none could be started). Such an item is not
             retried, and that attempt made no call (it is not counted in
             ``attempts``); the Report counts it in ``not_run``, not in ``failed``.
+            On any backend, also when a stop rule ended the run before the
+            retry an item had left ("not called: the run stopped before
+            retrying it ..."; its Failure's traceback is its last failure's).
         stopped: ``True`` when ``ran`` is False because the run stopped first
             (a stop rule, Ctrl-C, an exception or ``break``), not because the
             backend could not go on.

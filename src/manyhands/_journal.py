@@ -147,6 +147,8 @@ class Journal(JournalReading, JournalRecording):
         # The sets of keys below hold them as memory_key has them: a long key
         # (from key=) as its digest. Segments, batches and rows hold the keys.
         self._running: set[Memo] = set()  # keys admitted to run, not recorded
+        self._rerunning: set[Memo] = set()  # of those, failed ones run again (retry_failed)
+        self.reran_failed = 0  # items recorded failed before, recorded again by this run
         # Keys recorded that a lookup may not find: not known to be committed,
         # or recorded while the journal was fresh (nothing was looked up then).
         self._unsaved: set[Memo] = set()

@@ -77,6 +77,8 @@ class JournalReading(JournalSkip):
                 position = self.pulled - len(buffer)
                 item, key, print_ = buffer.popleft()
                 running.add(held := memory_key(key))
+                if key in looked_up:  # (its failed row: run again, retry_failed)
+                    self._rerunning.add(held)
                 if print_ is not None:
                     self._firsts[held] = first_copy(position, print_)
                     self._prints[held] = print_

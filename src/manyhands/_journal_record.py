@@ -55,6 +55,8 @@ class JournalRecording(JournalState):
         running = self._running
         if not (failures or retried or attempts or self._detailed or self._looked_up):
             # The common case: every item of the batch succeeded on this attempt.
+            if self._rerunning:
+                self._reran(keys)
             self._unsaved.update(keys)
             running.difference_update(keys)
             if keys:
@@ -76,7 +78,7 @@ class JournalRecording(JournalState):
     ) -> Group:
         self._opened()  # (the run's id)
         run = self.run_id
-        running = self._running
+        running, rerunning = self._running, self._rerunning
         looked_up = self._looked_up
         with_prints = self._key is not None  # with key=, the item may change under its key
         prints = self._prints
@@ -90,7 +92,11 @@ class JournalRecording(JournalState):
             failure = failures.get(index)
             held = key if len(key) <= MAX_KEY_TEXT else memory_key(key)
             print_ = prints.pop(held, None) if with_prints else None  # (as it was read)
-            if failure is not None and _never_called(failure.exception):
+            never_called = failure is not None and _never_called(failure.exception)
+            if rerunning and held in rerunning:  # (it had failed before: retry_failed)
+                rerunning.discard(held)
+                self.reran_failed += not never_called
+            if never_called:
                 running.discard(held)  # never called (the run stopped): a resume runs it
                 continue
             # (room_for, inlined: a row longer than SQLite's limit fails its commit)
@@ -124,6 +130,15 @@ class JournalRecording(JournalState):
         group.keys.append(recorded)
         group.rows = len(recorded)
         return group
+
+    def _reran(self, keys: list[str]) -> None:
+        """Count the items of ``keys`` that had failed before (``retry_failed``)."""
+        rerunning = self._rerunning
+        for key in keys:
+            held = memory_key(key)
+            if held in rerunning:
+                rerunning.discard(held)
+                self.reran_failed += 1
 
     def record_late(
         self, batch: Batch, not_final: set[int], *, handed: bool = False

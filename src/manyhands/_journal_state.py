@@ -75,6 +75,8 @@ class JournalState:
     _block: int
     _looked_up: dict[str, tuple[Any, ...]]
     _running: set[Memo]
+    _rerunning: set[Memo]
+    reran_failed: int
     _unsaved: set[Memo]
     _unsaved_failed: dict[Memo, Failure]
     _failed_kept: set[Memo]

@@ -96,10 +96,13 @@ class Report(Record):
         stopped: why a stop rule ended the run early, else ``None``; the
             items already handed to workers then (quick calls go several to a
             batch, and a worker may finish a few batches before the run reads
-            their outcomes) were let finish, and items waiting for a retry
-            ended with their last failure, so ``failed`` may be more than the
-            rule's limit. (On processes and Dask, the items handed out that no
-            worker had begun are not called: they count in ``not_run``.)
+            their outcomes) were let finish, so ``failed`` may be more than
+            the rule's limit. An item that failed and had retries left (one
+            waiting for its retry, or failing after the rule fired) is not
+            retried: it counts in ``not_run`` (``"retry stopped"``), and a
+            resume runs it, as after Ctrl-C. (On processes and Dask, the
+            items handed out that no worker had begun are not called: they
+            count in ``not_run`` too.)
         skipped: items not run because the journal has their final outcome.
         skipped_failed: of ``skipped``, those recorded as failed
             (``retry_failed=True`` runs them again).
@@ -116,14 +119,21 @@ class Report(Record):
         notes: one-line facts about how the run went that a user should know,
             e.g. that it ran on fewer workers than asked because the system's
             limit on threads was reached.
-        not_run: items delivered without their call ever being made (their
+        not_run: items delivered without their call being made (their
             error's ``ran`` is False): not retried, no attempt counted, not
-            recorded in a journal, so a resume runs them.
+            recorded in a journal, so a resume runs them. Among them, items
+            called before whose retry a stop rule did not make.
         not_run_causes: ``not_run`` by why: ``"run stopped"`` (a stop rule,
             Ctrl-C, an exception or ``break`` stopped the run before a worker
-            process or a Dask task began them), ``"workers held"`` (on
-            threads, every worker was held by a call past ``timeout=``), or
-            ``"backend stopped"`` (the process backend could not go on).
+            process or a Dask task began them), ``"retry stopped"`` (a stop
+            rule ended the run before their retry: the Failure says how they
+            failed, its traceback is their last one's), ``"workers held"``
+            (on threads, every worker was held by a call past ``timeout=``),
+            or ``"backend stopped"`` (the process backend could not go on).
+        reran_failed: items run by ``retry_failed=True`` because the journal
+            had them as failed (counted in ``succeeded`` and ``failed`` too).
+            Chosen for having failed, they do not count toward
+            :attr:`failing_alike`.
     """
 
     total: int
@@ -150,6 +160,7 @@ class Report(Record):
     skipped_failed: int = 0
     not_run: int = 0
     not_run_causes: dict[str, int] = field(default_factory=dict)
+    reran_failed: int = 0
 
     def __init__(
         self,
@@ -177,6 +188,7 @@ class Report(Record):
         skipped_failed: int = 0,
         not_run: int = 0,
         not_run_causes: dict[str, int] = FACTORY,
+        reran_failed: int = 0,
     ) -> None:
         _set(self, "total", total)
         _set(self, "succeeded", succeeded)
@@ -202,6 +214,7 @@ class Report(Record):
         _set(self, "skipped_failed", skipped_failed)
         _set(self, "not_run", not_run)
         _set(self, "not_run_causes", {} if not_run_causes is FACTORY else not_run_causes)
+        _set(self, "reran_failed", reran_failed)
 
     @classmethod
     def from_statistics(cls, stats: RunStatistics, elapsed: float) -> Report:
@@ -234,6 +247,7 @@ class Report(Record):
             skipped_failed=stats.skipped_failed,
             not_run=stats.not_run,
             not_run_causes=dict(stats.not_run_causes.most_common()),
+            reran_failed=stats.reran_failed,
         )
 
     @property
@@ -257,8 +271,17 @@ class Report(Record):
 
         ``None`` unless at least 10 items ran, all failed, and with the same
         error type; with ``keep_failures=0`` there is no Failure to return.
+        The items ``retry_failed=True`` ran again (``reran_failed``) do not
+        count toward the 10: chosen for having failed, their failing again
+        says nothing of fn.
+
+        >>> Report(30, 0, 30, 1.0, errors_by_type={"builtins.OSError": 30},
+        ...        failures=[Failure(1, "builtins.OSError", "reset")],
+        ...        reran_failed=25).failing_alike is None
+        True
         """
-        if self.succeeded or self.failed < ALIKE_AFTER or len(self.errors_by_type) != 1:
+        fresh = self.failed - self.reran_failed  # (not chosen for having failed)
+        if self.succeeded or fresh < ALIKE_AFTER or len(self.errors_by_type) != 1:
             return None
         return next((f for f in self.failures if not_run_cause(f) is None), None)
 
@@ -308,8 +331,13 @@ class Report(Record):
             lines.append(
                 f"stopped early: {self.stopped}; {self.failed:,} failed in all, counting "
                 "the items already handed to workers then, whose calls were let finish (a "
-                "worker takes quick calls several at a time), and the items waiting for a "
-                "retry, which ended with their last failure"
+                "worker takes quick calls several at a time)"
+            )
+        if self.reran_failed:
+            items = plural(self.reran_failed, "item")
+            lines.append(
+                f"{self.reran_failed:,} {items} run again for having failed before "
+                "(retry_failed=True)"
             )
         if "auto" in self.backend:
             lines.append(f"backend: {self.backend}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ._outcome import Failure, safe_repr
 from ._retry import is_programming_error
-from ._stats import BACKEND_STOPPED, RUN_STOPPED, WORKERS_HELD
+from ._stats import BACKEND_STOPPED, RETRY_STOPPED, RUN_STOPPED, WORKERS_HELD
 
 __all__ = [
     "TRACEBACK_SHOWN",
@@ -21,6 +21,7 @@ __all__ = [
 #: What the summary says of each cause of items not run (``Report.not_run_causes``).
 _NOT_RUN_WHY = {
     RUN_STOPPED: "the run stopped before calling {them}",
+    RETRY_STOPPED: "the run stopped before retrying {them}",
     WORKERS_HELD: "every worker was held by a call past its timeout",
     BACKEND_STOPPED: "the process backend stopped before calling {them}",
 }

@@ -794,6 +794,7 @@ class Run:
                 self.statistics.forget(list((batch.failures or {}).values()))
                 raise
         journal.record(batch, set())
+        self.statistics.reran_failed = journal.reran_failed  # (retry_failed: failed before)
 
     def _let_go(self) -> None:
         """The consumer left: drop the outcomes it will never get (values, Failures)."""

@@ -235,6 +235,7 @@ def _close_journal(run: Run, journal: Journal, completed: bool) -> None:
                 # (counted: the Report and the journal's run row say the same)
                 succeeded, failures = journal.record_late(finished, not_final, handed=handed)
                 _count_late(run, succeeded, failures)
+            stats.reran_failed = journal.reran_failed
             journal.close(status, stats.counts())
     finally:
         journal.abandon()  # no-op once closed: the lock is released whatever happened

@@ -67,8 +67,9 @@ class RunOptions(TypedDict, total=False):
     stop_after_failure_rate: end the run early once more than this share of
         the last 100 items with a final outcome failed (a float in [0, 1), or
         a pair ``(share, last_n)``). Stopping reads no more items, lets
-        running calls finish, and ends items waiting for a retry with their
-        last failure; the Report's ``stopped`` says why.
+        running calls finish, and retries nothing more: an item that failed
+        with retries left ends not run (the journal leaves it for a resume);
+        the Report's ``stopped`` says why.
     timeout: seconds an item's call may run (each attempt); past it the item
         fails with ``"manyhands.Timeout"`` and its worker is freed. Python
         cannot stop a thread: the call goes on in an abandoned thread, which a

@@ -7,6 +7,11 @@ A :class:`~._run.Run` hands every batch that came back with errors to its
                  │                                   no ───▶ final (the batch's failures)
                  └──▶ asked to slow down (Retry-After, throttle_on)? ──▶ noted for the slowdown
 
+Once a stop rule fired, no retry is made: an item that would have been
+retried (its failure now, or its retry waiting on the timers) is delivered
+as not run (:func:`retry_stopped`), so that the journal leaves it for a
+resume, as it does after Ctrl-C.
+
 It owns no thread and reads time only through ``clock``; the run asks it for
 the throttling it noted (:meth:`Settlement.take_throttled`) when it tells the
 slowdown about the batch.
@@ -18,14 +23,14 @@ from collections.abc import Callable, Iterator
 from types import FrameType
 
 from ._batch import EXECUTE_CODE, Batch, Task
-from ._exceptions import Timeout, WorkerCrashed
+from ._exceptions import Timeout, WorkerCrashed, not_called
 from ._options import Options
-from ._outcome import SUSPENDABLE, Failure
+from ._outcome import SUSPENDABLE, Failure, qualified_name, safe_repr
 from ._retry import MAX_RETRY_AFTER, Retry, matches, matches_described, retry_after_of
 from ._stats import RunStatistics
 from ._timers import RetryTimers
 
-__all__ = ["Settlement", "timed_out"]
+__all__ = ["Settlement", "retry_stopped", "timed_out"]
 
 
 class Settlement:
@@ -79,7 +84,7 @@ class Settlement:
     def _settle(self, batch: Batch, *, late: bool) -> tuple[set[int], list[Failure], int]:
         assert batch.errors is not None
         stats = self._statistics
-        retry = self._retry if stats.stop_reason is None else None
+        retry = self._retry
         retried: set[int] = set()
         final: dict[int, Failure] = {}
         uncalled = 0
@@ -102,10 +107,7 @@ class Settlement:
             if never_called:  # (unsent)
                 uncalled += 1
                 retryable = False
-                if batch.last_failure is not None and not late:
-                    failure = self._retry_not_made(batch)
-                else:
-                    failure.attempts -= 1
+                failure = self._not_called(batch, failure, late)
             if asked is not None and asked > self._longest:  # not obeyed: the item fails now
                 if not late:
                     stats.asked_too_long(asked, self._longest)
@@ -122,11 +124,13 @@ class Settlement:
             if throttled:
                 self._throttle(asked)
             if retryable and retry is not None and batch.attempt <= retry.retries:
-                delay = retry.delay(batch.attempt, exception, failure.retry_after)
-                self._schedule_retry(batch, index, failure, delay)
-                retried.add(index)
-            else:
-                final[index] = failure
+                if stats.stop_reason is None:
+                    delay = retry.delay(batch.attempt, exception, failure.retry_after)
+                    self._schedule_retry(batch, index, failure, delay)
+                    retried.add(index)
+                    continue
+                failure = retry_stopped(failure)  # (a stop rule fired: a resume runs it)
+            final[index] = failure
         batch.errors = batch.frames = None
         batch.failures = final or None
         return retried, list(final.values()), uncalled
@@ -184,14 +188,15 @@ class Settlement:
         return throttled, asked
 
     def give_up(self) -> Iterator[Batch]:
-        """A stop rule fired: the items waiting to be retried end with their last failure.
+        """A stop rule fired: the items waiting to be retried are not run
+        (:func:`retry_stopped`): a resume runs them.
 
         Yields each as a settled batch of one, counted, for delivery.
         """
         stats = self._statistics
         for batch in self._timers.drain():
             assert batch.last_failure is not None
-            final = batch.last_failure
+            final = retry_stopped(batch.last_failure)
             batch.failures = {0: final}
             batch.attempt -= 1  # the planned attempt never ran
             batch.values = [None]
@@ -201,9 +206,20 @@ class Settlement:
                 stats.retried -= 1
             yield batch
 
+    def _not_called(self, batch: Batch, failure: Failure, late: bool) -> Failure:
+        """The Failure of an item whose call was not made (that attempt made no call)."""
+        if batch.last_failure is None or late:
+            failure.attempts -= 1
+            return failure
+        last = self._retry_not_made(batch)
+        if getattr(failure.exception, "stopped", False):  # (a stop rule halted it)
+            return retry_stopped(last)
+        return last
+
     def _retry_not_made(self, batch: Batch) -> Failure:
-        """A retry no worker began (the run stopped, or no worker could start it): its item
-        was called, and ends with its last failure, as one given up while it waited."""
+        """A retry no worker began: its item was called, and ends with its last failure
+        (every worker held past ``timeout=``, the process backend stopped), or not run
+        when a stop rule halted it (:meth:`_not_called` makes that :func:`retry_stopped`)."""
         assert batch.last_failure is not None
         batch.attempt -= 1
         if batch.attempt == 1:  # (never tried more than once after all)
@@ -227,6 +243,38 @@ class Settlement:
             self._statistics.retried += 1
             self._statistics.retrying += 1
         self._timers.add(self._clock() + delay, again)
+
+
+def retry_stopped(last: Failure) -> Failure:
+    """The outcome of an item a stop rule left without the retry it had left.
+
+    Not final: not run (the run stopped before retrying it), so that the
+    journal does not record it and a resume runs it again, as after Ctrl-C.
+    Its traceback is its last failure's, followed by why it went no further;
+    ``history`` names the errors of its attempts (so ``not_run_cause`` tells
+    it apart from an item never called).
+
+    >>> last = Failure(7, "builtins.ConnectionError", "reset", attempts=2)
+    >>> stopped = retry_stopped(last)
+    >>> stopped.error_type, stopped.attempts, stopped.exception.ran
+    ('manyhands.WorkerCrashed', 2, False)
+    >>> print(stopped.message)
+    not called: the run stopped before retrying it (it failed 2 times, the last with \
+builtins.ConnectionError: 'reset')
+    """
+    times = "once, with" if last.attempts == 1 else f"{last.attempts} times, the last with"
+    error = not_called(
+        f"the run stopped before retrying it (it failed {times} "
+        f"{last.error_type}: {safe_repr(last.message, 200)})"
+    )
+    error_type, message = qualified_name(WorkerCrashed), str(error)
+    trace = (
+        f"{last.traceback.rstrip()}\n\nA stop rule ended the run before its retry:\n\n"
+        f"{error_type}: {message}\n"
+    )
+    failure = Failure(last.item, error_type, message, trace, last.attempts, error)
+    failure.history = (*last.history, last.error_type)
+    return failure
 
 
 def _is_predicate(on: object) -> bool:

@@ -13,6 +13,7 @@ from ._outcome import DUPLICATE, SKIPPED_FAILED, Failure
 __all__ = [
     "ALIKE_AFTER",
     "BACKEND_STOPPED",
+    "RETRY_STOPPED",
     "RUN_STOPPED",
     "WORKERS_HELD",
     "LatencyHistogram",
@@ -26,6 +27,7 @@ ALIKE_AFTER = 10
 
 # Why an item was delivered without its call (``Report.not_run_causes``).
 RUN_STOPPED = "run stopped"  # a stop rule, Ctrl-C, an exception or break: not begun
+RETRY_STOPPED = "retry stopped"  # a stop rule: an item called before, its retry not made
 WORKERS_HELD = "workers held"  # threads: every worker held by a call past its timeout
 BACKEND_STOPPED = "backend stopped"  # processes: the backend could not go on
 
@@ -39,11 +41,16 @@ def not_run_cause(failure: Failure) -> str | None:
     """Why ``failure``'s item was delivered without its call being made; None if it was made.
 
     Told by manyhands' own errors with ``ran`` False only (a user's exception
-    may have any attribute named ``ran``).
+    may have any attribute named ``ran``). An item the run stopped before its
+    retry was called before: its Failure's ``history`` names the earlier errors.
 
     >>> from manyhands._exceptions import WorkerCrashed, not_called
-    >>> not_run_cause(Failure.from_exception(1, not_called("the run stopped first")))
+    >>> stopped = Failure.from_exception(1, not_called("the run stopped first"))
+    >>> not_run_cause(stopped)
     'run stopped'
+    >>> stopped.history = ("builtins.ConnectionError",)
+    >>> not_run_cause(stopped)
+    'retry stopped'
     >>> not_run_cause(Failure.from_exception(1, WorkerCrashed("killed by signal 9"))) is None
     True
     """
@@ -52,7 +59,9 @@ def not_run_cause(failure: Failure) -> str | None:
         return None
     if isinstance(error, Timeout):
         return WORKERS_HELD
-    return RUN_STOPPED if error.stopped else BACKEND_STOPPED
+    if not error.stopped:
+        return BACKEND_STOPPED
+    return RETRY_STOPPED if failure.history else RUN_STOPPED
 
 
 class LatencyHistogram:
@@ -127,6 +136,7 @@ class RunStatistics:
         self.skipped = 0  # items not run: final in the journal already
         self.skipped_failed = 0  # of those, the ones recorded as failed
         self.duplicates = 0  # items not run: their key came earlier in this input
+        self.reran_failed = 0  # items run that the journal had as failed (retry_failed)
         self.abandoned = 0  # threads left to calls past their timeout
         self.stop_reason: str | None = None
         self.backend = "threads"  # what ran the calls, and for auto why (Report.backend)

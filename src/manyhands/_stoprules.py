@@ -1,7 +1,8 @@
 """Stop rules: end a run that is clearly broken (``stop_after_failures``, ``..._rate``).
 
-Stopping reads no more items and lets running calls finish; items waiting
-for a retry end with their last failure. Nothing here reads a clock.
+Stopping reads no more items and lets running calls finish; an item that
+failed with retries left is not retried, and ends not run (a resume runs it:
+see ``_settlement.retry_stopped``). Nothing here reads a clock.
 """
 
 from __future__ import annotations
