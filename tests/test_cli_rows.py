@@ -212,3 +212,20 @@ def test_any_error_json_raises_on_a_line_makes_it_a_bad_line(
     assert items[0] == 1 and items[2] == 3
     assert isinstance(items[1], BadLine)
     assert items[1].error == "line 2 could not be read as JSON: OverflowError: too big"
+
+
+def test_failures_json_gives_each_row_as_json_beside_its_repr(workdir: Path) -> None:
+    """Before, ``item`` was the row's Python repr, a string: ``jq '.item.id'`` failed on it."""
+    (workdir / "fails.py").write_text("def fail(row):\n    raise ValueError(row)\n")
+    (workdir / "rows.jsonl").write_text('{"id": 1, "tags": ["a"]}\nnot json\n{"id": 3}\n')
+    done = manyhands("run", "fails:fail", "rows.jsonl", "--jsonl", "--journal", "j.db",
+                     cwd=workdir)  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    listed = manyhands("failures", "j.db", "--json", cwd=workdir)
+    records = {r["key"]: r for r in map(json.loads, listed.stdout.splitlines())}
+    assert {key: (r["item"], r["item_repr"]) for key, r in records.items()} == {
+        '{"id":1,"tags":["a"]}': ({"id": 1, "tags": ["a"]}, "{'id': 1, 'tags': ['a']}"),
+        "<line 2>": ("not json", "<line 2: 'not json'>"),  # (as its --output line has it)
+        '{"id":3}': ({"id": 3}, "{'id': 3}"),
+    }
+    assert records['{"id":3}']["item"]["id"] == 3 and records['{"id":3}']["attempts"] == 1

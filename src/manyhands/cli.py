@@ -217,7 +217,9 @@ def status(journal: str) -> int:
 
 @cli.command(epilog=READ_EPILOG)
 @click.argument("journal", type=click.Path(dir_okay=False))
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object per line: the item as JSON (item) where it is JSON, and "
+                   "its repr (item_repr).")  # fmt: skip
 @click.option("--traceback", "with_traceback", is_flag=True, help="Show full tracebacks.")
 def failures(journal: str, as_json: bool, with_traceback: bool) -> int:
     """The items that failed in JOURNAL: error type, message and attempts."""
