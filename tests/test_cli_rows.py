@@ -73,6 +73,74 @@ def test_a_row_without_the_key_field_fails_as_its_own_item_and_reruns_go_on(
     assert f"{len(items) - len(errors)} skipped (done" in retried.stdout, retried.stdout
 
 
+KEY_FUNCTION = """\
+def key(row):
+    with open("calls.log", "a") as log:
+        log.write("call\\n")
+    if row["id"] == "none":
+        return None
+    return int(row["id"])
+"""
+
+UNKEYED = {
+    # form: (INPUT, the rows' items in the output)
+    "jsonl": (
+        '{"id": 1}\n{"id": "x"}\n{"id": "none"}\n{"id": 4}\n',
+        [{"id": 1}, '{"id": "x"}', '{"id": "none"}', {"id": 4}],
+    ),
+    "csv": ("id\n1\nx\nnone\n4\n", [{"id": "1"}, "x", "none", {"id": "4"}]),
+}
+
+
+@pytest.mark.parametrize(
+    ("form", "source"), [("jsonl", "file"), ("jsonl", "stdin"), ("csv", "file")]
+)
+def test_a_row_the_key_function_raises_for_fails_as_its_own_item_and_reruns_go_on(
+    workdir: Path, form: str, source: str
+) -> None:
+    """Before, the first such row stopped the run (exit 2), and so did every resume: the rows
+    after it never ran."""
+    (workdir / "keys.py").write_text(KEY_FUNCTION)
+    text, items = UNKEYED[form]
+    (workdir / f"rows.{form}").write_text(text)
+    path = f"rows.{form}" if source == "file" else "-"
+    command = ["run", "keyed.py:name", path, f"--{form}", "--key", "keys:key",
+               "--journal", "j.db", "--ordered"]  # fmt: skip
+    piped = text if source == "stdin" else None
+    done = manyhands(*command, "--output", "out.jsonl", cwd=workdir, stdin=piped)
+    assert done.returncode == 1, done.stderr  # (not 2: the run went on past the rows)
+    out = output_of(workdir / "out.jsonl")
+    assert [line["item"] for line in out] == items  # the rows after them ran
+    line = 3 if form == "jsonl" else 4
+    errors = [line["error"] for line in out if not line["ok"]]
+    assert errors == [
+        {
+            "type": "manyhands.cli.KeyFunctionError",
+            "message": f"line {line - 1}: --key keys:key raised ValueError: invalid literal for "
+            f"int() with base 10: 'x' (at {workdir / 'keys.py'}:6)",
+            "attempts": 1,
+        },
+        {
+            "type": "manyhands.cli.KeyFunctionError",
+            "message": f"line {line}: --key keys:key returned None, which is no key",
+            "attempts": 1,
+        },
+    ]
+    calls = workdir / "calls.log"
+    assert calls.read_text().count("call") == 4  # once a row: the journal takes its keys
+    status = manyhands("status", "j.db", cwd=workdir)
+    assert "2  manyhands.cli.KeyFunctionError" in status.stdout, status.stdout
+    failures = manyhands("failures", "j.db", cwd=workdir).stdout
+    assert f"<line {line - 1}: " in failures and f"<line {line}: " in failures, failures
+    again = manyhands(*command, cwd=workdir, stdin=piped)  # a rerun skips them, as recorded
+    assert again.returncode == 1, again.stderr
+    assert "2 skipped (done in the journal), 2 skipped (failed" in again.stdout, again.stdout
+    retried = manyhands(*command, "--retry-failed", cwd=workdir, stdin=piped)  # and runs them
+    assert retried.returncode == 1, retried.stderr
+    assert "2 skipped (done in the journal), 2 run" in retried.stdout, retried.stdout
+    assert ": 0 succeeded, 2 failed" in retried.stdout, retried.stdout
+
+
 @pytest.mark.parametrize(
     ("form", "text", "message"),
     [
@@ -144,3 +212,20 @@ def test_any_error_json_raises_on_a_line_makes_it_a_bad_line(
     assert items[0] == 1 and items[2] == 3
     assert isinstance(items[1], BadLine)
     assert items[1].error == "line 2 could not be read as JSON: OverflowError: too big"
+
+
+def test_failures_json_gives_each_row_as_json_beside_its_repr(workdir: Path) -> None:
+    """Before, ``item`` was the row's Python repr, a string: ``jq '.item.id'`` failed on it."""
+    (workdir / "fails.py").write_text("def fail(row):\n    raise ValueError(row)\n")
+    (workdir / "rows.jsonl").write_text('{"id": 1, "tags": ["a"]}\nnot json\n{"id": 3}\n')
+    done = manyhands("run", "fails:fail", "rows.jsonl", "--jsonl", "--journal", "j.db",
+                     cwd=workdir)  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    listed = manyhands("failures", "j.db", "--json", cwd=workdir)
+    records = {r["key"]: r for r in map(json.loads, listed.stdout.splitlines())}
+    assert {key: (r["item"], r["item_repr"]) for key, r in records.items()} == {
+        '{"id":1,"tags":["a"]}': ({"id": 1, "tags": ["a"]}, "{'id': 1, 'tags': ['a']}"),
+        "<line 2>": ("not json", "<line 2: 'not json'>"),  # (as its --output line has it)
+        '{"id":3}': ({"id": 3}, "{'id': 3}"),
+    }
+    assert records['{"id":3}']["item"]["id"] == 3 and records['{"id":3}']["attempts"] == 1

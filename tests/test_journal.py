@@ -26,7 +26,7 @@ from manyhands import _journal, _journal_read
 from manyhands._batch import Batch
 from manyhands._outcome import Failure
 
-from .conftest import python_subprocess_env
+from .conftest import Hands, python_subprocess_env
 
 
 def rows(path: Path) -> dict[str, tuple[Any, ...]]:
@@ -405,6 +405,32 @@ def test_an_item_without_a_default_key_names_the_fix(tmp_path: Path) -> None:
 def test_a_failing_key_function_names_the_item(tmp_path: Path) -> None:
     with pytest.raises(manyhands.JournalError, match=r"key= raised KeyError for item 1"):
         manyhands.run(str, [{"id": 1}, {}], journal=tmp_path / "j.db", key=lambda r: r["id"])
+
+
+@pytest.mark.parametrize("call", ["run", "map"])
+def test_a_key_function_raising_stops_the_run_there_and_loses_none_of_the_items_before_it(
+    tmp_path: Path, hands: Hands, call: str
+) -> None:
+    """The items before it ran, were delivered and recorded; the message says so, and the
+    rerun with the item mended runs it and those after it only."""
+    journal = tmp_path / "j.db"
+    items: list[dict[str, int]] = [{"id": n} for n in range(1500)]
+    items[1200] = {}  # (in the third block read: the blocks before it run meanwhile)
+    said = r"key= raised KeyError for item 1200 \(\{\}\): 'id'.* Items before 1200 ran; it and"
+    got: list[Any] = []
+    with pytest.raises(manyhands.JournalError, match=said) as info:
+        if call == "run":
+            hands.run(str, items, journal=journal, key=lambda r: r["id"], workers=4)
+        else:
+            got += hands.map(str, items, journal=journal, key=lambda r: r["id"], workers=4)
+    if call == "run":
+        assert info.value.report is not None and info.value.report.succeeded == 1200
+    else:
+        assert sorted(outcome.value for outcome in got) == sorted(map(str, items[:1200]))
+    assert set(rows(journal)) == {str(n) for n in range(1200)}
+    items[1200] = {"id": 1200}
+    report = hands.run(str, items, journal=journal, key=lambda r: r["id"], workers=4)
+    assert (report.skipped, report.succeeded, report.failed) == (1200, 300, 0)
 
 
 def test_a_key_function_returning_none_is_refused_naming_the_item(tmp_path: Path) -> None:

@@ -159,7 +159,8 @@ def test_a_failed_commit_stops_the_run_with_nothing_half_written(
 
     monkeypatch.setattr(Writer, "_commit", watched)
     # The failure's row goes in the same transaction as the group's done rows: make it fail.
-    monkeypatch.setattr(_journal_writer, "_INSERT", "INSERT INTO nowhere VALUES (?)")
+    nowhere = "INSERT INTO nowhere VALUES (?)"
+    monkeypatch.setattr(_journal_writer, "failed_rows", lambda rows, _: (nowhere, rows))
     journal = tmp_path / "run.db"
     with pytest.raises(manyhands.JournalError, match="nowhere") as info:
         manyhands.run(fail_at_150, range(3000), journal=journal, workers=2, batch_size=10)

@@ -204,15 +204,86 @@ def test_a_version_1_journal_resumes_and_a_newer_one_is_refused_untouched(
     report = manyhands.run(str, ["a", 1, {"id": 2}, 3], journal=journal)
     assert (report.skipped, report.succeeded) == (3, 1)
 
-    set_version(journal, "3")
+    set_version(journal, "4")
     before = journal.read_bytes()
-    with pytest.raises(manyhands.JournalError, match="format version '3', newer than"):
+    with pytest.raises(manyhands.JournalError, match="format version '4', newer than"):
         manyhands.run(str, ["a"], journal=journal)
     from manyhands._inspect import read_status
 
     with pytest.raises(manyhands.JournalError, match="newer than"):
         read_status(journal)
     assert journal.read_bytes() == before
+
+
+def failures_json(journal: Path) -> list[dict[str, Any]]:
+    from manyhands._cli_journal import _failure_record
+    from manyhands._inspect import read_failures
+
+    return [_failure_record(row, row["item"], False) for row in read_failures(journal)]
+
+
+def fail(item: object) -> None:
+    raise ValueError("no")
+
+
+def test_a_failed_item_is_kept_as_json_where_it_is_json_and_as_its_repr_always(
+    tmp_path: Path,
+) -> None:
+    journal = tmp_path / "run.db"
+
+    class Thing:
+        def __repr__(self) -> str:
+            return "Thing()"
+
+    items = [{"id": 1}, (1, "a"), "s", Thing(), {1, 2}, {"n": math.inf}]
+    manyhands.run(fail, items, journal=journal, key=lambda item: repr(item))
+    found = {r["item_repr"]: r.get("item", "(none)") for r in failures_json(journal)}
+    assert found == {
+        "{'id': 1}": {"id": 1},
+        "(1, 'a')": [1, "a"],  # (as JSON reads it back)
+        "'s'": "s",
+        "Thing()": "(none)",  # not JSON: its repr only
+        "{1, 2}": "(none)",
+        "{'n': inf}": "(none)",
+    }
+
+
+def drop_item_json(journal: Path) -> None:
+    """The journal as a manyhands writing format version 2 left it: no item_json column."""
+    with contextlib.closing(sqlite3.connect(journal)) as db, db:
+        db.execute("ALTER TABLE items DROP COLUMN item_json")
+        db.execute("UPDATE meta SET value = '2' WHERE name = 'version'")
+
+
+def test_a_version_2_journal_is_read_and_resumed_as_it_is_its_failures_by_their_repr(
+    tmp_path: Path,
+) -> None:
+    journal = tmp_path / "run.db"
+    manyhands.run(fail, [{"id": 1}], journal=journal)
+    drop_item_json(journal)
+    assert failures_json(journal) == [
+        {"key": '{"id":1}', "item_repr": "{'id': 1}", "state": "failed",
+         "error_type": "builtins.ValueError", "message": "no", "attempts": 1}
+    ]  # fmt: skip
+    report = manyhands.run(fail, [{"id": 1}, {"id": 2}], journal=journal)  # records a failure
+    assert (report.skipped, report.failed) == (1, 1)
+    assert [r["item_repr"] for r in failures_json(journal)] == ["{'id': 1}", "{'id': 2}"]
+    with contextlib.closing(sqlite3.connect(journal)) as db:  # (an older manyhands resumes it)
+        assert db.execute("SELECT value FROM meta WHERE name = 'version'").fetchone() == ("2",)
+        assert "item_json" not in [row[1] for row in db.execute("PRAGMA table_info(items)")]
+
+
+def test_a_journal_whose_creation_an_older_manyhands_cut_short_is_taken_as_new(
+    tmp_path: Path,
+) -> None:
+    journal = tmp_path / "run.db"
+    manyhands.run(str, [], journal=journal)
+    drop_item_json(journal)
+    with contextlib.closing(sqlite3.connect(journal)) as db, db:
+        db.execute("DELETE FROM meta")
+        db.execute("DELETE FROM runs")
+    report = manyhands.run(fail, ["a"], journal=journal)  # (not "not a manyhands journal")
+    assert report.failed == 1 and [r["item_repr"] for r in failures_json(journal)] == ["'a'"]
 
 
 @pytest.mark.parametrize("version", ["abc", None, "0"])

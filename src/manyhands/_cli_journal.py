@@ -7,6 +7,8 @@ report is :mod:`._html_report`'s.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import sys
 import time
@@ -73,16 +75,13 @@ def _run_lines(run_: dict[str, Any]) -> list[str]:
 
 def print_failures(journal: str, as_json: bool, with_traceback: bool) -> int:
     """Print the items that failed in ``journal``: error type, message and attempts."""
-    import json
-
     from ._inspect import read_failures
 
     found = read_failures(journal)
     for row in found:
         item = row["item"] if row["item"] is not None else row["key"]
         if as_json:
-            record = {k: v for k, v in row.items() if k != "traceback" or with_traceback}
-            record["item"] = item
+            record = _failure_record(row, item, with_traceback)
             click.echo(escape_json(json.dumps(record, ensure_ascii=False)))
             continue
         click.echo(
@@ -95,6 +94,19 @@ def print_failures(journal: str, as_json: bool, with_traceback: bool) -> int:
     if not as_json:
         click.echo(f"{len(found):,} failed items", err=True)
     return EXIT_OK
+
+
+def _failure_record(row: dict[str, Any], shown: str, with_traceback: bool) -> dict[str, Any]:
+    """A failed item as ``failures --json`` prints it: ``item`` as JSON where the journal
+    keeps it so (the command's lines and rows; a library run's items that are JSON), and
+    ``item_repr``, its repr, always."""
+    record: dict[str, Any] = {"key": row["key"]}
+    if row["item_json"] is not None:
+        with contextlib.suppress(ValueError, RecursionError):  # (a file edited by hand)
+            record["item"] = json.loads(row["item_json"])
+    record["item_repr"] = shown
+    names = ("state", "error_type", "message", "attempts", *("traceback",) * with_traceback)
+    return record | {name: row[name] for name in names}
 
 
 def write_html_report(journal: str, output: str) -> int:

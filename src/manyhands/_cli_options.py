@@ -1,11 +1,10 @@
 """``manyhands run``'s flags as the library's options.
 
 What the flags need of each other (``--key`` needs ``--journal``), the journal
-key of ``--key`` (a field, or a function; an unreadable line by its number) and
-the field INPUT's reader checks each item for, ``--scheduler``, the retries of
-``--sh`` commands by exit code, the journal's directory, and the paths
-``--output`` must not write over (INPUT, the journal and its companion files,
-whether they exist yet or not).
+key of ``--key`` (:mod:`._cli_keys`) and the field INPUT's reader checks each
+item for, ``--scheduler``, the retries of ``--sh`` commands by exit code, the
+journal's directory, and the paths ``--output`` must not write over (INPUT, the
+journal and its companion files, whether they exist yet or not).
 """
 
 from __future__ import annotations
@@ -13,13 +12,12 @@ from __future__ import annotations
 import os
 import shlex
 import stat
-from collections.abc import Callable
 from typing import Any
 
 import click
 
-from ._inputs import BadLine, UsageProblem, load_target
-from ._keys import code_hash, default_key
+from ._cli_keys import CommandKey
+from ._inputs import UsageProblem
 from ._retry import Retry
 from ._shell import exit_codes, exits_with
 
@@ -56,7 +54,7 @@ def run_options(
         store = flags["store_results"]
         options |= {
             "journal": journal,
-            "key": _key(key),
+            "key": CommandKey(key),
             # Stored values complete a resumed output (its skipped items' lines).
             "store_results": bool(output) if store is None else store,
         }
@@ -97,32 +95,6 @@ def key_field(key: str | None, form: str) -> str | None:
             f"--key {key} names a field of each item: add --jsonl or --csv, or give a "
             "function (module:function) that makes a line's key"
         )
-    return key
-
-
-def _key(spec: str | None) -> Callable[[Any], Any]:
-    """The journal key: --key as a field or a function; a bad line by its number."""
-    if spec is None:
-        base: Callable[[Any], Any] = default_key
-    elif ":" in spec:
-        base = load_target(spec, "--key")
-    else:
-
-        def base(item: Any) -> Any:
-            try:
-                return item[spec]
-            except (KeyError, TypeError, IndexError):
-                raise UsageProblem(f"--key {spec!r}: item {item!r} has no field {spec!r}") from None
-
-    def key(item: Any) -> Any:
-        if type(item) is BadLine:
-            return f"<line {item.number}>"
-        return base(item)
-
-    # (what the journal records of it, to warn when --key changes between runs)
-    key.journal_identity = (spec or "", "" if spec is None else code_hash(base) or "")  # type: ignore[attr-defined]
-    # (how the run's options name it: as the user wrote it; none with default keys)
-    key.journal_label = f"--key {spec}" if spec is not None else ""  # type: ignore[attr-defined]
     return key
 
 

@@ -24,6 +24,7 @@ from typing import Any
 import click
 
 from . import _api, _stream
+from ._cli_keys import CommandKey
 from ._cli_options import check_paths, command_retries, key_field, run_options
 from ._cli_output import (
     before_journal_error,
@@ -35,7 +36,7 @@ from ._cli_output import (
 )
 from ._cli_terms import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, quietly, say
 from ._exceptions import InputError, JournalError
-from ._inputs import BadLine, MalformedLine, UsageProblem, input_items, load_target, open_input
+from ._inputs import BadLine, UsageProblem, input_items, load_target, open_input
 from ._outcome import Outcome
 from ._output import OutputFailed, OutputFile, command_json_line, command_streams, json_line
 from ._run import Run
@@ -75,7 +76,8 @@ def run_command(
     check_paths(input_path, output, journal)
     stream = open_input(input_path)
     try:
-        return _run_items(fn, input_items(stream, form, field), options, output)
+        items = input_items(stream, form, field, _keyed(options))
+        return _run_items(fn, items, options, output)
     finally:
         if stream is not sys.stdin.buffer:
             stream.close()
@@ -184,7 +186,7 @@ def _run_commands(
     check_paths(input_path, output, journal)
     stream = open_input(input_path)
     try:
-        items = input_items(stream, form, field)
+        items = input_items(stream, form, field, _keyed(options))
         if output:
             return _run_items(runner, items, options, output, command_json_line)
         return _run_items(runner, items, options, "-", command_streams)
@@ -192,6 +194,12 @@ def _run_commands(
         runner.close()  # (a stopped run: the commands still running are killed)
         if stream is not sys.stdin.buffer:
             stream.close()
+
+
+def _keyed(options: dict[str, Any]) -> Any:
+    """What INPUT's reader hands each row on as: ``--key module:function`` makes its key."""
+    key = options.get("key")
+    return key.keyed if isinstance(key, CommandKey) else None
 
 
 def _running_commands(run: Run, runner: CommandRunner) -> None:
@@ -237,7 +245,7 @@ def _stopped(exc: KeyboardInterrupt, report: Any, journal: str | None, summary: 
 
 
 def _calling(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """``fn``, except that an unreadable line fails as its own item.
+    """``fn``, except that an unreadable line, or a row with no key, fails as its own item.
 
     A coroutine function stays one, so that it runs on asyncio.
     """
@@ -247,7 +255,7 @@ def _calling(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
         async def call(item: Any) -> Any:
             __tracebackhide__ = True  # (a traceback starts at fn: see _outcome._past_wrappers)
             if type(item) is BadLine:
-                raise MalformedLine(item.error)
+                raise item.kind(item.error)
             return await fn(item)
 
     else:
@@ -255,7 +263,7 @@ def _calling(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
         def call(item: Any) -> Any:
             __tracebackhide__ = True  # (a traceback starts at fn: see _outcome._past_wrappers)
             if type(item) is BadLine:
-                raise MalformedLine(item.error)
+                raise item.kind(item.error)
             return fn(item)
 
     call.__qualname__ = getattr(fn, "__qualname__", "call")

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
 
-from ._inputs import BadLine, ShortRow, UsageProblem
+from ._inputs import BadLine, KeyedRow, ShortRow, UsageProblem
 
 __all__ = ["FIELD_LIMIT", "csv_rows"]
 
@@ -45,7 +45,9 @@ def _private_csv() -> ModuleType:
 _CSV = _private_csv()
 
 
-def csv_rows(lines: Iterator[tuple[int, str, str | None]], key_field: str | None) -> Iterator[Any]:
+def csv_rows(
+    lines: Iterator[tuple[int, str, str | None]], key_field: str | None, keyed: KeyedRow | None
+) -> Iterator[Any]:
     """CSV rows as dicts keyed by the header row; a row that cannot be one as a :class:`BadLine`.
 
     ``lines``: (line number, text, what is wrong with it or None). A row with a
@@ -55,6 +57,7 @@ def csv_rows(lines: Iterator[tuple[int, str, str | None]], key_field: str | None
     with fewer cells is a :class:`ShortRow`, without the missing fields: it
     fails only where one is read, as a JSONL item without that field does;
     unless the missing field is ``key_field`` (``--key``): then it is a BadLine.
+    ``keyed`` (``--key module:function``): what each row read is handed on as.
     """
     bad: dict[int, tuple[str, str]] = {}  # line number -> (text, problem), for the next row
     record: list[str] = []  # the lines of the row being read
@@ -94,7 +97,9 @@ def csv_rows(lines: Iterator[tuple[int, str, str | None]], key_field: str | None
             yield BadLine(min(bad), *bad[min(bad)])
             bad.clear()
         elif cells:  # (none: a blank line)
-            yield _row(header, cells, number, "".join(record).rstrip("\r\n"), key_field)
+            text = "".join(record).rstrip("\r\n")
+            row = _row(header, cells, number, text, key_field)
+            yield row if keyed is None or type(row) is BadLine else keyed(number, text, row)
         record.clear()
 
 

@@ -20,6 +20,7 @@ from typing import IO, Any
 
 __all__ = [
     "BadLine",
+    "KeyFunctionError",
     "MalformedLine",
     "ShortRow",
     "UsageProblem",
@@ -41,18 +42,34 @@ class MalformedLine(ValueError):
     """
 
 
-MalformedLine.__module__ = "manyhands.cli"  # its public name, importable from there
+class KeyFunctionError(ValueError):
+    """A row ``--key module:function`` raised for, or gave no key: it fails as its own item.
+
+    Recorded as ``"manyhands.cli.KeyFunctionError"`` under ``<line N>``, the
+    message naming the line and what the function raised (or returned).
+    """
+
+
+MalformedLine.__module__ = "manyhands.cli"  # their public names, importable from there
+KeyFunctionError.__module__ = "manyhands.cli"
 
 
 class BadLine:
-    """Stands in for an unparsable line: the run records it as a failed item."""
+    """Stands in for a line that is no item: the run records it as a failed item.
 
-    __slots__ = ("error", "number", "text")
+    ``kind``: the error it fails with (a line that could not be read, or one
+    without a key).
+    """
 
-    def __init__(self, number: int, text: str, error: str) -> None:
+    __slots__ = ("error", "kind", "number", "text")
+
+    def __init__(
+        self, number: int, text: str, error: str, kind: type[ValueError] = MalformedLine
+    ) -> None:
         self.number = number
         self.text = text
         self.error = error
+        self.kind = kind
 
     def __repr__(self) -> str:
         return f"<line {self.number}: {self.text[:60]!r}>"
@@ -135,17 +152,19 @@ def _import_failed(what: str, target: str, module: str, exc: Exception) -> Usage
     ...     print(_import_failed("TARGET", "syn.py:f", "syn.py", exc))
     TARGET 'syn.py:f': importing syn.py failed: SyntaxError: expected ':' (at syn.py:1)
     """
-    message, at = str(exc), ""
+    message, at = str(exc), raised_at(exc)
     if isinstance(exc, SyntaxError):  # (where it is, is not a frame of the traceback)
         message, at = exc.msg, f" (at {exc.filename}:{exc.lineno})"
-    else:
-        frames = traceback.extract_tb(exc.__traceback__)
-        ours = [frame for frame in frames if not frame.filename.startswith("<frozen ")] or frames
-        if ours:
-            at = f" (at {ours[-1].filename}:{ours[-1].lineno})"
     return UsageProblem(
         f"{what} {target!r}: importing {module} failed: {type(exc).__qualname__}: {message}{at}"
     )
+
+
+def raised_at(exc: BaseException) -> str:
+    """`` (at file:line)``, where ``exc`` was raised (its innermost frame), or "" if unknown."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    ours = [frame for frame in frames if not frame.filename.startswith("<frozen ")] or frames
+    return f" (at {ours[-1].filename}:{ours[-1].lineno})" if ours else ""
 
 
 def open_input(path: str) -> IO[bytes]:
@@ -162,7 +181,14 @@ def open_input(path: str) -> IO[bytes]:
         raise UsageProblem(f"cannot read INPUT {path!r}: {exc.strerror or exc}") from exc
 
 
-def input_items(stream: IO[bytes], form: str, key_field: str | None = None) -> Iterator[Any]:
+#: The command's ``--key`` function, called on each row read: the row handed on (itself, or a
+#: BadLine when the function gives it no key), given its line number, text and item.
+KeyedRow = Callable[[int, str, Any], Any]
+
+
+def input_items(
+    stream: IO[bytes], form: str, key_field: str | None = None, keyed: KeyedRow | None = None
+) -> Iterator[Any]:
     """:func:`read_items`, read in a thread of its own when ``stream`` may block.
 
     A pipe or a terminal (``producer | manyhands run ...``) gives lines when
@@ -174,19 +200,21 @@ def input_items(stream: IO[bytes], form: str, key_field: str | None = None) -> I
         fd = stream.fileno()
         regular = stat.S_ISREG(os.fstat(fd).st_mode)
     except (OSError, ValueError):  # (no file descriptor: an in-memory stream)
-        return read_items(stream, form, key_field)
+        return read_items(stream, form, key_field, keyed)
     if regular:
-        return read_items(stream, form, key_field)
+        return read_items(stream, form, key_field, keyed)
     from ._thread_feed import ThreadFeed
 
     # The thread reads a reader of its own, on a copy of the descriptor: blocked in a
     # read, it holds that reader's lock, and the interpreter's exit (stdin) or the
     # command's close of INPUT must never wait for that lock.
     own = open(os.dup(fd), "rb")  # noqa: SIM115 - the thread's, for the process's life
-    return ThreadFeed(read_items(own, form, key_field))
+    return ThreadFeed(read_items(own, form, key_field, keyed))
 
 
-def read_items(stream: IO[bytes], form: str, key_field: str | None = None) -> Iterator[Any]:
+def read_items(
+    stream: IO[bytes], form: str, key_field: str | None = None, keyed: KeyedRow | None = None
+) -> Iterator[Any]:
     """Items from ``stream``, one at a time: ``lines``, ``jsonl`` or ``csv``.
 
     The input is UTF-8; a byte order mark at its start is dropped. Lines
@@ -198,6 +226,8 @@ def read_items(stream: IO[bytes], form: str, key_field: str | None = None) -> It
 
     With ``key_field`` (``--key FIELD``), an item without that field (or
     with ``null`` in it) is a BadLine too: it has no key to be recorded under.
+    With ``keyed`` (``--key module:function``), each item read is handed on
+    as it returns it: the item, or a BadLine when the function gives it no key.
 
     >>> import io
     >>> list(read_items(io.BytesIO(b"\\xef\\xbb\\xbfa\\n\\nb\\r\\n"), "lines"))
@@ -213,7 +243,7 @@ def read_items(stream: IO[bytes], form: str, key_field: str | None = None) -> It
     if form == "csv":
         from ._input_csv import csv_rows
 
-        yield from csv_rows(lines, key_field)
+        yield from csv_rows(lines, key_field, keyed)
         return
     for number, line, problem in lines:
         text = line.rstrip("\r\n")
@@ -221,10 +251,9 @@ def read_items(stream: IO[bytes], form: str, key_field: str | None = None) -> It
             continue
         if problem is not None:
             yield BadLine(number, text, problem)
-        elif form == "lines":
-            yield text
         else:
-            yield _json_item(number, text, key_field)
+            item = text if form == "lines" else _json_item(number, text, key_field)
+            yield item if keyed is None or type(item) is BadLine else keyed(number, text, item)
 
 
 def _json_item(number: int, text: str, key_field: str | None) -> Any:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ._exceptions import JournalError
-from ._journal_file import FORMAT, check_version, cut_short, from_db
+from ._journal_file import FORMAT, check_version, cut_short, from_db, has_item_json
 
 __all__ = ["JournalStatus", "creation_cut_short", "read_failures", "read_status", "reading"]
 
@@ -241,11 +241,17 @@ def _gone(pid: Any, host: Any) -> bool:
 
 
 def read_failures(path: str | Path) -> list[dict[str, Any]]:
-    """Every item whose final record is not ``done``, in the order they failed."""
+    """Every item whose final record is not ``done``, in the order they failed.
+
+    ``item`` is its repr; ``item_json`` the item as JSON, where the journal
+    keeps it (an item that is JSON, in a journal of version 3 on), else None.
+    """
     with reading(path) as db:
+        as_json = "item_json" if has_item_json(db) else "NULL"
         rows = db.execute(
-            "SELECT key, item, state, error_type, message, attempts, traceback FROM items "
-            "WHERE state != 'done' ORDER BY finished, key"
+            "SELECT key, item, state, error_type, message, attempts, traceback, "
+            f"{as_json} FROM items WHERE state != 'done' ORDER BY finished, key"
         )
-        names = ("key", "item", "state", "error_type", "message", "attempts", "traceback")
+        names = ("key", "item", "state", "error_type", "message", "attempts", "traceback",
+                 "item_json")  # fmt: skip
         return [dict(zip(names, map(from_db, row), strict=True)) for row in rows]

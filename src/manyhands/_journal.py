@@ -78,6 +78,7 @@ from ._journal_file import (
     acquire_lock,
     create_private,
     from_db,
+    has_item_json,
     holds_data,
     length_limit,
     one_name,
@@ -307,7 +308,7 @@ class Journal(JournalReading, JournalRecording):
                 "INSERT OR REPLACE INTO meta VALUES (?, ?)",
                 [
                     ("format", FORMAT),
-                    ("version", str(VERSION)),
+                    ("version", str(VERSION if has_item_json(db) else 2)),  # (see VERSION)
                     ("fn", to_db(name)),
                     ("code_hash", digest),
                     ("key", to_db(key_name)),

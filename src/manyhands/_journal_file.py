@@ -58,6 +58,7 @@ __all__ = [
     "cut_text",
     "db_size",
     "from_db",
+    "has_item_json",
     "holds_data",
     "length_limit",
     "lock_path",
@@ -72,7 +73,12 @@ FORMAT = "manyhands-journal"
 #: 2: dicts with keys that are not str, and dicts whose only key is "$bytes"
 #: or "$dict", got keys of their own (they shared keys with other items in
 #: 1). A version 1 journal is read as it is: those rare items run once more.
-VERSION = 2  # (stored as text)
+#: 3: a failed item's row keeps the item as JSON too (``item_json``), where it
+#: is JSON. A journal of version 1 or 2 is read and written as it is, without
+#: that column (its rows have none), and says version 2 once written: a
+#: manyhands that writes version 2 resumes it, and refuses version 3, as newer
+#: (it would write rows without the column).
+VERSION = 3  # (stored as text)
 MODE = 0o600
 #: SQLite's limit on the length of a string, a BLOB and a whole row, in bytes
 #: (SQLITE_MAX_LENGTH, unless the build set another). Python 3.11+ reads the
@@ -102,9 +108,12 @@ CREATE TABLE IF NOT EXISTS items (
     fingerprint TEXT,
     item TEXT,
     result BLOB, result_format TEXT,
-    run INTEGER NOT NULL
+    run INTEGER NOT NULL,
+    item_json TEXT
 ) WITHOUT ROWID;
 """
+#: The columns versions before 3 did not have, by table.
+_ADDED = {"items": ["item_json"]}
 
 
 def to_db(text: str) -> str | bytes:
@@ -420,7 +429,9 @@ def _never_written(db: sqlite3.Connection, tables: set[str]) -> bool:
     if not tables <= ours.keys():
         return False
     for table in tables:
-        if [row[1] for row in db.execute(f"PRAGMA table_info({table})")] != ours[table]:
+        columns = [row[1] for row in db.execute(f"PRAGMA table_info({table})")]
+        before = [name for name in ours[table] if name not in _ADDED.get(table, ())]
+        if columns not in (ours[table], before):
             return False
     return all(db.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone() is None for table in tables)
 
@@ -435,6 +446,11 @@ def _our_columns() -> dict[str, list[str]]:
         return {t: [row[1] for row in db.execute(f"PRAGMA table_info({t})")] for t in tables}
     finally:
         db.close()
+
+
+def has_item_json(db: sqlite3.Connection) -> bool:
+    """Whether the journal's failed rows can keep their item as JSON (version 3 on)."""
+    return any(row[1] == "item_json" for row in db.execute("PRAGMA table_info(items)"))
 
 
 def check_version(version: Any, path: Path | str) -> None:

@@ -18,7 +18,7 @@ from ._journal_rows import FAILED, failed_row, room_for
 from ._journal_state import DONE, JournalState, Memo
 from ._journal_writer import Group
 from ._keys import MAX_KEY_TEXT, memory_key
-from ._outcome import Failure, safe_repr
+from ._outcome import Failure
 
 __all__ = ["DONE_DETAILED_SQL", "DONE_SQL", "JournalRecording"]
 
@@ -117,7 +117,7 @@ class JournalRecording(JournalState):
                     group.done.append((key, tries, each, now, run))
             else:
                 fields = (each, now, print_, run)
-                group.failed.append(failed_row(key, failure, safe_repr(item), room, fields))
+                group.failed.append(failed_row(key, failure, item, room, fields))
             if failure is not None:
                 self._unsaved_failed[held] = failure  # (for a later copy, until committed)
             if room >= 0:

@@ -41,7 +41,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._exceptions import JournalError
-from ._journal_file import Watch
+from ._journal_file import Watch, has_item_json
+from ._journal_rows import failed_rows
 from ._signal_waits import WAIT_SLICE, wait_sliced
 
 __all__ = [
@@ -75,7 +76,6 @@ COMMIT_INTERVAL = 0.002
 #: (as everything before it did).
 WATCH_INTERVAL = 0.05
 
-_INSERT = "INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 # A group's done batches as two JSON documents: their fields, [[attempts, elapsed
 # ns, finished us], ...], and their keys, [[key, ...], ...], matched by position.
 # Whole numbers: encoding a float takes twice as long, under the GIL. Keys apart:
@@ -135,6 +135,7 @@ class Writer:
         self._watch: Watch | None = None
         self._run = 0
         self._json = False
+        self._item_json = False
         self._opened = threading.Event()  # set once the journal is open, or failed to
         self._lock = threading.Lock()  # (taken as is where nothing waits: a Condition's
         self._cond = threading.Condition(self._lock)  # with costs twice as much)
@@ -278,6 +279,7 @@ class Writer:
             # Transactions are the writer's: BEGIN/COMMIT, or one statement.
             db.isolation_level = None
             self._json = _supports_json(db, self._run)
+            self._item_json = has_item_json(db)  # (not in a journal of an earlier version)
             self._db = db
         except BaseException as exc:  # (anything: the consumer must never wait in vain)
             text = (
@@ -372,7 +374,7 @@ class Writer:
                     if group.done:
                         db.executemany(self._done_sql, group.done)
                     if group.failed:
-                        db.executemany(_INSERT, group.failed)
+                        db.executemany(*failed_rows(group.failed, self._item_json))
                     db.execute("COMMIT")
                 except BaseException:
                     db.rollback()  # nothing half-written

@@ -47,23 +47,42 @@ class BadKeyType(TypeError):
 def key_error(
     item: Any, position: int, exc: Exception, keyfn: Callable[[Any], Any] | None
 ) -> JournalError:
+    """The error that ends the input at item ``position``, which has no key (``exc`` says why).
+
+    The run stops there: the items before it ran (and are recorded), it and the
+    items after it did not, and the message says so. Without a key the item
+    could be neither recorded nor found again, so it is refused rather than run.
+    """
+    if type(exc).__name__ == "UsageProblem":  # (the command's --key FIELD: it names the item)
+        error = JournalError(str(exc))
+    else:
+        why = _why(item, position, exc, keyfn)
+        error = JournalError(
+            f"{why}. Items before {position} ran; it and the items after it did not"
+        )
+    error.__cause__ = exc
+    return error
+
+
+def _why(item: Any, position: int, exc: Exception, keyfn: Callable[[Any], Any] | None) -> str:
+    """Why item ``position`` has no key, and the fix."""
     if keyfn is None:
         why = (
             "keys are made for str, bytes, numbers, bool, None and lists, tuples and dicts of those"
             if isinstance(exc, KeyTypeError)
             else f"{type(exc).__qualname__}: {exc}"
         )
-        error = JournalError(
+        return (
             f"item {position} ({safe_repr(item, 60)}, a {type(item).__qualname__}) has no "
             f"default journal key: {why}. Pass key=, e.g. key=lambda item: item.id"
         )
-    elif isinstance(exc, NoKey):
-        error = JournalError(
+    if isinstance(exc, NoKey):
+        return (
             f"key= returned None for item {position} ({safe_repr(item, 60)}): return a "
             "value that tells the items apart (an id, a URL), or the items sharing it "
             "would all be skipped as duplicates but the first"
         )
-    elif isinstance(exc, BadKeyType):
+    if isinstance(exc, BadKeyType):
         kind = type(exc.value).__qualname__
         inside = f", holding a value of type {exc.kind}" if exc.kind != kind else ""
         fix = (
@@ -71,17 +90,13 @@ def key_error(
             if exc.kind in ("set", "frozenset")
             else f"str() of the {exc.kind}, e.g. key=lambda item: str(item.id)"
         )
-        error = JournalError(
+        return (
             f"key= returned {safe_repr(exc.value, 60)} (type {kind}{inside}) for item "
             f"{position} ({safe_repr(item, 60)}): a key is a str or an int (or a float, "
             f"bool, bytes, or a list, tuple or dict of those). Return one instead: {fix}"
         )
-    elif type(exc).__name__ == "UsageProblem":  # (the command's --key FIELD: it names the item)
-        error = JournalError(str(exc))
-    else:
-        error = JournalError(
-            f"key= raised {type(exc).__qualname__} for item {position} "
-            f"({safe_repr(item, 60)}): {exc}"
-        )
-    error.__cause__ = exc
-    return error
+    return (
+        f"key= raised {type(exc).__qualname__} for item {position} ({safe_repr(item, 60)}): "
+        f"{exc}. Return a key for every item (catch the error in key=), or leave the item "
+        "out of the input"
+    )

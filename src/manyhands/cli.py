@@ -34,14 +34,14 @@ from ._cli_terms import (
 from ._demo import DEFAULT_ITEMS, DEFAULT_JOURNAL
 from ._escape import escape_controls
 from ._exceptions import JournalError, WorkerInitError
-from ._inputs import MalformedLine, UsageProblem
+from ._inputs import KeyFunctionError, MalformedLine, UsageProblem
 from ._options import BACKENDS, DEFAULT_WORKERS
 from ._output import OutputFailed
 from ._rate import parse_rate
 from ._shell import DEFAULT_CAPTURE, CommandFailed
 from ._signals import StopSignals, Terminated, release_stop_signals
 
-__all__ = ["CommandFailed", "MalformedLine", "Terminated", "main"]
+__all__ = ["CommandFailed", "KeyFunctionError", "MalformedLine", "Terminated", "main"]
 
 RUN_EPILOG = """\b
 Exit codes: 0 every item succeeded, 1 some items failed or were not
@@ -157,8 +157,8 @@ def _failure_rate(
               help="Stop once over SHARE of the last 100 (or LAST_N) items failed.")  # fmt: skip
 @click.option("--journal", type=click.Path(dir_okay=False), help="Resumable SQLite journal.")
 @click.option("--retry-failed", is_flag=True, help="With --journal: rerun recorded failures.")
-@click.option("--key", help="With --journal: a field of each item (--jsonl/--csv; an item "
-              "without it fails as its own item), or module:function.")  # fmt: skip
+@click.option("--key", help="With --journal: a field of each item (--jsonl/--csv), or "
+              "module:function; an item without a key fails as its own item.")  # fmt: skip
 @click.option("--changed-items", type=click.Choice(["refuse", "rerun", "skip"]),
               help="With --key: what to do with an item that changed under its key "
                    "(default: refuse).")  # fmt: skip
@@ -217,7 +217,9 @@ def status(journal: str) -> int:
 
 @cli.command(epilog=READ_EPILOG)
 @click.argument("journal", type=click.Path(dir_okay=False))
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object per line: the item as JSON (item) where it is JSON, and "
+                   "its repr (item_repr).")  # fmt: skip
 @click.option("--traceback", "with_traceback", is_flag=True, help="Show full tracebacks.")
 def failures(journal: str, as_json: bool, with_traceback: bool) -> int:
     """The items that failed in JOURNAL: error type, message and attempts."""
