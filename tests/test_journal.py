@@ -817,3 +817,17 @@ def test_items_the_journal_read_ahead_count_as_still_to_run(
     assert report.succeeded == 3000
     assert seen and all(left == untaken for left, untaken in seen), seen[-5:]
     assert any(untaken < 512 for _, untaken in seen)  # (asked near the end too)
+
+
+class BadLine:  # (a user's class, named as the command's own row class is)
+    def __repr__(self) -> str:
+        return "BadLine()"
+
+
+def _fails(item: object) -> None:
+    raise ValueError("no")
+
+
+def test_a_failed_item_of_a_class_named_as_the_commands_rows_is_recorded(tmp_path: Path) -> None:
+    report = manyhands.run(_fails, [BadLine()], journal=tmp_path / "j.db", key=repr)
+    assert (report.failed, report.succeeded) == (1, 0)

@@ -193,6 +193,8 @@ def test_pool_level_options_are_refused_with_where_they_go() -> None:
         for name in ("workers", "backend", "start_method", "initializer", "initargs", "spare"):
             with pytest.raises(TypeError, match=rf"{name}=.*manyhands\.Pool\({name}="):
                 pool.run(abs, [1], **{name: None})
+        with pytest.raises(TypeError, match=r"Pool\(spare=\.\.\.\)$"):  # (nothing else takes it)
+            pool.run(abs, [1], spare=2)
         with pytest.raises(TypeError, match="priority must be an int"):
             pool.map(abs, [1], priority="high")  # type: ignore[arg-type]
         with pytest.raises(TypeError, match="did you mean 'retry'"):

@@ -304,6 +304,8 @@ def test_a_retry_failed_rerun_of_failures_that_fail_again_claims_nothing_of_fn(
     assert "30 items run again for having failed before (retry_failed=True)" in text
     with manyhands.map(down, range(30), journal=journal, retry_failed=True) as outcomes:
         assert sum(1 for _ in outcomes) == 30
+        # The progress line's "all failed: ..." reads the same rule, live.
+        assert outcomes._run.live["failing_alike"] is None
     assert outcomes.report.reran_failed == 30 and outcomes.report.failing_alike is None
     # 20 new items failing alike beside them are enough to tell again.
     more = manyhands.run(down, range(50), journal=journal, retry_failed=True)

@@ -340,12 +340,17 @@ POOL_OPTIONS = ("workers", "backend", "start_method", "initializer", "initargs",
 
 
 def _refuse_pool_options(caller: str, given: Mapping[str, Any]) -> None:
-    for name in (*POOL_OPTIONS, "spare"):  # (spare= is the Pool's alone)
+    for name in (*POOL_OPTIONS, "spare"):
         if name in given:
+            elsewhere = (
+                ""  # (spare= is the Pool's alone: a run of its own has no spare workers)
+                if name == "spare"
+                else f", or call manyhands.{caller.rsplit('.', maxsplit=1)[-1]}() for a "
+                "run with workers of its own"
+            )
             raise TypeError(
                 f"{caller}() got {name}=, which belongs to the pool: its workers serve "
-                f"every run. Pass it to manyhands.Pool({name}=...), or call manyhands."
-                f"{caller.rsplit('.', maxsplit=1)[-1]}() for a run with workers of its own"
+                f"every run. Pass it to manyhands.Pool({name}=...){elsewhere}"
             )
 
 

@@ -37,7 +37,7 @@ from ._cli_output import (
 from ._cli_terms import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, quietly, say
 from ._exceptions import InputError, JournalError
 from ._inputs import BadLine, UsageProblem, input_items, load_target, open_input
-from ._outcome import Outcome
+from ._outcome import Failure, Outcome
 from ._output import OutputFailed, OutputFile, command_json_line, command_streams, json_line
 from ._run import Run
 from ._shell import DEFAULT_CAPTURE, CommandRunner, Template, commands_at_once
@@ -114,7 +114,7 @@ def _run_items(
     summary = sys.stderr if output == "-" else sys.stdout
     whole_input = False
     try:
-        failed = _consume(run, sink)
+        failed = _consume(run, sink, resumable=journal is not None)
         if sink is not None:
             sink.close()  # (its last lines reach the file now: a full disk may show here)
         whole_input = run.report().stopped is None
@@ -210,8 +210,13 @@ def _running_commands(run: Run, runner: CommandRunner) -> None:
     run.end_calls = runner.close
 
 
-def _consume(run: Run, sink: OutputFile | None) -> int:
-    """Write every outcome; return how many did not succeed (failed, or not run)."""
+def _consume(run: Run, sink: OutputFile | None, resumable: bool) -> int:
+    """Write every outcome; return how many did not succeed (failed, or not run).
+
+    ``resumable`` (a journal): an item not run (the run stopped before it was
+    called, or before its retry) gets no line, as after Ctrl-C: the journal has
+    no record of it, and the resume that runs it writes its line.
+    """
     failed = 0
     outcomes: Outcomes[Any, Any] = Outcomes(run)
     # Not interrupted halfway: making an Outcome, recording what was delivered.
@@ -219,8 +224,9 @@ def _consume(run: Run, sink: OutputFile | None) -> int:
     with StopSignals(protect=delivery) as signals, outcomes:
         try:
             for outcome in signals.guard(outcomes):
-                failed += outcome.error is not None
-                if sink is not None:
+                error = outcome.error
+                failed += error is not None
+                if sink is not None and not (resumable and error is not None and _not_run(error)):
                     sink.write(outcome)
                 signals.done()  # a signal that came while writing stops the run now
         finally:
@@ -228,6 +234,11 @@ def _consume(run: Run, sink: OutputFile | None) -> int:
     if sink is not None:
         sink.start()  # (no outcome at all: an empty input still gets a fresh file)
     return failed
+
+
+def _not_run(failure: Failure) -> bool:
+    """Whether the item was not run: never called, or stopped before its retry."""
+    return getattr(failure.exception, "ran", True) is False
 
 
 def _stopped(exc: KeyboardInterrupt, report: Any, journal: str | None, summary: Any) -> int:

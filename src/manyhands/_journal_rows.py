@@ -21,6 +21,7 @@ it is handed to the writer:
 from __future__ import annotations
 
 import json
+import sys
 import warnings
 from typing import Any
 
@@ -58,7 +59,8 @@ def item_json(item: Any) -> str | None:
     >>> item_json({"id": 1, "tags": ("a",)}), item_json(object()), item_json(float("nan"))
     ('{"id": 1, "tags": ["a"]}', None, None)
     """
-    if type(item).__name__ == "BadLine":  # (the command's: see _inputs)
+    inputs = sys.modules.get("manyhands._inputs")  # (the command's rows: loaded by it)
+    if inputs is not None and type(item) is inputs.BadLine:
         item = item.text
     try:
         return json.dumps(item, ensure_ascii=False, allow_nan=False)

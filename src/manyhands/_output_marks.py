@@ -97,14 +97,19 @@ def through(run_id: int) -> str:
 
 
 def keys_held(output: str, key: Callable[[Any], str]) -> set[str]:
-    """The keys of the items ``output``'s lines are for (lines that do not parse are not)."""
+    """The keys of the items ``output``'s lines are for.
+
+    A line that does not parse, or whose item the key function raises for (a
+    ``--key module:function`` given the text of a row it failed on), is for
+    no item: whatever the key function raises.
+    """
     held: set[str] = set()
     with open(output, "rb") as file:
         for line in file:
             try:
                 item = json.loads(line)["item"]
                 held.add(key(item))
-            except (ValueError, KeyError, TypeError):
+            except Exception:  # (the user's key function may raise anything)
                 continue
     return held
 

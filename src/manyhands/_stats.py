@@ -347,10 +347,13 @@ exception classes instead (matched by name)
     def failing_alike(self) -> Failure | None:
         """The first failure, while every item so far failed with its error type.
 
-        Only once ``ALIKE_AFTER`` items failed and none succeeded. Safe to call
-        from another thread: it reads counters and a reference.
+        Only once ``ALIKE_AFTER`` items failed and none succeeded, not counting
+        those ``retry_failed=True`` ran again for having failed (as the
+        Report's). Safe to call from another thread: it reads counters and a
+        reference.
         """
-        if self.succeeded or self.failed < ALIKE_AFTER or len(self.errors_by_type) != 1:
+        fresh = self.failed - self.reran_failed
+        if self.succeeded or fresh < ALIKE_AFTER or len(self.errors_by_type) != 1:
             return None
         return self.first_failure
 
