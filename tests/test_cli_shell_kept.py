@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from manyhands._outcome import Failure, Outcome
-from manyhands._output import command_json_line, command_streams
+from manyhands._output_lines import command_json_line, command_streams
 from manyhands._shell import CommandFailed, CommandRunner
 from manyhands._shell_template import Template
 

@@ -39,7 +39,8 @@ from ._exceptions import InputError, JournalError
 from ._inputs import BadLine, UsageProblem, input_items, load_target, open_input
 from ._open_file_limit import commands_at_once
 from ._outcome import Outcome
-from ._output import OutputFailed, OutputFile, command_json_line, command_streams, json_line
+from ._output import OutputFailed, OutputFile
+from ._output_lines import command_json_line, command_streams, json_line
 from ._run import Run
 from ._shell import DEFAULT_CAPTURE, CommandRunner
 from ._shell_template import Template
