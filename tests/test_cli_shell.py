@@ -393,7 +393,8 @@ def test_mistakes_are_usage_errors(workdir: Path, flags: list[str], message: str
 
 def test_a_throttled_command_can_say_how_long_to_wait_on_its_last_stderr_line() -> None:
     from manyhands._retry import retry_after_of
-    from manyhands._shell import CommandFailed, CommandRunner, Template
+    from manyhands._shell import CommandFailed, CommandRunner
+    from manyhands._shell_template import Template
 
     script = 'echo "HTTP 429" >&2; echo "Retry-After: 2.5" >&2; exit "$1"'
     runner = CommandRunner(Template(f"sh -c '{script}' sh {{}}"), throttle_exit=75)
@@ -408,7 +409,8 @@ def test_a_throttled_command_can_say_how_long_to_wait_on_its_last_stderr_line() 
 
 def test_a_command_killed_by_a_signal_fails_with_a_type_naming_the_signal() -> None:
     from manyhands._outcome import Failure
-    from manyhands._shell import CommandFailed, CommandRunner, Template
+    from manyhands._shell import CommandFailed, CommandRunner
+    from manyhands._shell_template import Template
 
     runner = CommandRunner(Template("sh -c 'echo dying >&2; kill -SEGV $$' sh {}"))
     with pytest.raises(CommandFailed) as killed:
@@ -435,7 +437,8 @@ def _watchdogs() -> list[psutil.Process]:
 
 def test_the_watchdog_of_a_runs_commands_ends_with_the_run() -> None:
     """The commands' watchdog (see _orphans) leaves no process behind at a normal end."""
-    from manyhands._shell import CommandRunner, Template
+    from manyhands._shell import CommandRunner
+    from manyhands._shell_template import Template
 
     runner = CommandRunner(Template("echo {}"))
     try:

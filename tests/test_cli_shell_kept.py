@@ -18,8 +18,9 @@ from typing import Any
 import pytest
 
 from manyhands._outcome import Failure, Outcome
-from manyhands._output import command_json_line, command_streams
-from manyhands._shell import CommandFailed, CommandRunner, Template
+from manyhands._output_lines import command_json_line, command_streams
+from manyhands._shell import CommandFailed, CommandRunner
+from manyhands._shell_template import Template
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX commands")
 

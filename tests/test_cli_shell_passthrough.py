@@ -156,7 +156,8 @@ def test_a_command_short_of_file_descriptors_waits_for_another_to_end_instead_of
     done = run_limited(
         """
         from concurrent.futures import ThreadPoolExecutor
-        from manyhands._shell import CommandRunner, Template
+        from manyhands._shell import CommandRunner
+        from manyhands._shell_template import Template
 
         runner = CommandRunner(Template("sh -c 'sleep 0.1; echo $1' sh {}"))
         with ThreadPoolExecutor(40) as threads:
@@ -178,7 +179,8 @@ def test_with_no_command_running_to_free_a_file_descriptor_the_error_names_the_l
         """
         import os
         from manyhands import _shell
-        from manyhands._shell import CommandRunner, Template
+        from manyhands._shell import CommandRunner
+        from manyhands._shell_template import Template
 
         _shell.FD_WAIT_SECONDS = 0.2
         held = []

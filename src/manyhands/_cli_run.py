@@ -37,10 +37,13 @@ from ._cli_output import (
 from ._cli_terms import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, quietly, say
 from ._exceptions import InputError, JournalError
 from ._inputs import BadLine, UsageProblem, input_items, load_target, open_input
+from ._open_file_limit import commands_at_once
 from ._outcome import Failure, Outcome
-from ._output import OutputFailed, OutputFile, command_json_line, command_streams, json_line
+from ._output import OutputFailed, OutputFile
+from ._output_lines import command_json_line, command_streams, json_line
 from ._run import Run
-from ._shell import DEFAULT_CAPTURE, CommandRunner, Template, commands_at_once
+from ._shell import DEFAULT_CAPTURE, CommandRunner
+from ._shell_template import Template
 from ._signals import StopSignals, Terminated, hold_stop_signals
 from ._stream import Outcomes
 

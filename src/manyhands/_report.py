@@ -1,4 +1,4 @@
-"""The summary of a run: :class:`Report`."""
+"""The summary of a run: :class:`Report` (printed by ``_report_summary``)."""
 
 from __future__ import annotations
 
@@ -6,16 +6,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._exceptions import ItemsFailed
-from ._outcome import Failure, safe_repr
+from ._outcome import Failure
 from ._records import FACTORY, Record
-from ._report_text import (
-    abandoned_text,
-    alike_text,
-    duration,
-    latency_label,
-    not_run_why,
-    plural,
-)
+from ._report_summary import summary
 from ._stats import ALIKE_AFTER, RunStatistics, not_run_cause
 
 __all__ = ["Latency", "Report"]
@@ -299,103 +292,4 @@ class Report(Record):
             raise ItemsFailed(self)
 
     def __str__(self) -> str:
-        lines = [self._headline()]
-        if self.attempts:
-            lines.append(
-                f"{latency_label(self.backend)}: p50 {duration(self.latency.p50)}, "
-                f"p95 {duration(self.latency.p95)}, p99 {duration(self.latency.p99)}"
-            )
-        if self.retried or self.throttle_events:
-            lines.append(
-                f"{self.attempts:,} {plural(self.attempts, 'attempt')} in all, "
-                f"{self.retried:,} {plural(self.retried, 'item')} retried"
-            )
-        if self.throttle_events or self.rate_limited:
-            parts = []
-            if self.throttle_events:
-                parts.append(f"asked to slow down {self.throttle_events:,} times")
-            if self.slowest_rate is not None:
-                parts.append(f"slowed to {self.slowest_rate:,.1f} calls/s at the lowest")
-            parts.append(f"starts held back by the rate limit for {duration(self.rate_limited)}")
-            lines.append("throttling: " + ", ".join(parts))
-        if self.settled_rate is not None or self.settled_workers is not None:
-            settled = []
-            if self.settled_rate is not None:
-                settled.append(f"rate={self.settled_rate:.4g}")
-            if self.settled_workers is not None:
-                settled.append(f"workers={self.settled_workers}")
-            lines.append(f"settled on {', '.join(settled)} ({self._settled_why()})")
-        if self.abandoned:
-            lines.append(abandoned_text(self.abandoned, self.backend))
-        if self.stopped:
-            lines.append(
-                f"stopped early: {self.stopped}; {self.failed:,} failed in all, counting "
-                "the items already handed to workers then, whose calls were let finish (a "
-                "worker takes quick calls several at a time)"
-            )
-        if self.reran_failed:
-            items = plural(self.reran_failed, "item")
-            lines.append(
-                f"{self.reran_failed:,} {items} run again for having failed before "
-                "(retry_failed=True)"
-            )
-        if "auto" in self.backend:
-            lines.append(f"backend: {self.backend}")
-        lines.extend(f"note: {note}" for note in self.notes)
-        if self.errors_by_type:
-            lines.append("errors by type:")
-            for name, count in list(self.errors_by_type.items())[:10]:
-                example = safe_repr(self.examples.get(name), limit=60)
-                lines.append(f"  {count:>8,}  {name}  (e.g. item {example})")
-            if len(self.errors_by_type) > 10:
-                lines.append(f"  ... and {len(self.errors_by_type) - 10} more error types")
-        alike = self.failing_alike
-        if alike is not None:
-            lines.append(alike_text(alike))
-        return "\n".join(lines)
-
-    def _settled_why(self) -> str:
-        """What the run met that the settled values answer, and the advice.
-
-        >>> Report(9, 9, 0, 1.0, throttle_events=12, settled_rate=4.75)._settled_why()
-        'after 12 refusals: pass it next time to start there'
-        >>> Report(9, 9, 0, 1.0, settled_workers=6)._settled_why()
-        'latency rose with the calls in flight, as at a server with a queue: pass it next \
-time to start there'
-        """
-        both = self.settled_rate is not None and self.settled_workers is not None
-        advice = f"pass {'them' if both else 'it'} next time to start there"
-        if self.throttle_events:  # (the first refusal ends the latency's limit)
-            refusals = plural(self.throttle_events, "refusal")
-            return f"after {self.throttle_events:,} {refusals}: {advice}"
-        return f"latency rose with the calls in flight, as at a server with a queue: {advice}"
-
-    def _headline(self) -> str:
-        """``2,000 items in 1.49s (1,339.3/s): 1,900 succeeded, 100 failed``, with what
-        was not run first when the journal skipped items or the run did not call some.
-
-        >>> print(Report(1000, 900, 60, 2.0, not_run=40, not_run_causes={"run stopped": 40}))
-        1,000 items in 2.00s: 40 not run (the run stopped before calling them; with \
-journal=, a resume runs them), 960 run (480.0/s): 900 succeeded, 60 failed
-        """
-        head = f"{self.total:,} {plural(self.total, 'item')} in {duration(self.elapsed)}"
-        ran = f"({self.throughput:,.1f}/s): {self.succeeded:,} succeeded, {self.failed:,} failed"
-        if not (self.skipped or self.duplicates or self.not_run):
-            return f"{head} {ran}"
-        left = []
-        done = self.skipped - self.skipped_failed
-        if done:
-            left.append(f"{done:,} skipped (done in the journal)")
-        if self.skipped_failed:
-            left.append(
-                f"{self.skipped_failed:,} skipped (failed in the journal; "
-                "retry_failed=True runs them again)"
-            )
-        if self.duplicates:
-            left.append(f"{self.duplicates:,} skipped (duplicate keys)")
-        if self.not_run:
-            why = not_run_why(self.not_run_causes, self.not_run)
-            them = "it" if self.not_run == 1 else "them"
-            left.append(f"{self.not_run:,} not run ({why}; with journal=, a resume runs {them})")
-        line = f"{head}: {', '.join(left)}, {self.ran:,} run"
-        return f"{line} {ran}" if self.ran else line
+        return summary(self)

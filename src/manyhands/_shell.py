@@ -8,7 +8,7 @@
              into arguments; or         stdout/stderr read into bounded buffers
              /bin/sh -c with the        until the command and its pipes end;
              item shlex.quote-d         the group killed on --timeout, on the
-                                        command's exit (leftovers), on close()
+             (_shell_template)          command's exit (leftovers), on close()
                                     ──▶ {"exit_code", "stdout", "stderr"}
                                         or CommandFailed (Exit75, KilledBySIGSEGV,
                                         CommandTimedOut: see _shell_failures), which
@@ -20,16 +20,16 @@ instead of finishing in the grace period; and a group is what can be killed
 whole, grandchildren included. The run's engine never sees a process: the
 runner is a plain function on the threads backend, so retries, the rate
 limit, the slowdown, the journal and the Report work as for Python functions.
+A command short of file descriptors waits for another to end (``-j`` is
+capped beforehand to what the open-file limit fits: ``_open_file_limit``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import re
-import shlex
 import subprocess
 import threading
 import time
@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ._inputs import UsageProblem
+from ._open_file_limit import open_file_limit
 from ._orphans import Watchdog
 from ._process_group import DRAIN_SECONDS, Buffer, Spool, Tee, communicate, decoded, kill_group, raw
 from ._shell_failures import (
@@ -48,6 +49,7 @@ from ._shell_failures import (
     failure_class,
     signal_name,
 )
+from ._shell_template import Template
 
 __all__ = [
     "DEFAULT_CAPTURE",
@@ -55,8 +57,6 @@ __all__ = [
     "CommandRunner",
     "CommandTimedOut",
     "OutputTooLarge",
-    "Template",
-    "commands_at_once",
     "exit_codes",
     "exits_with",
     "failure_class",
@@ -65,168 +65,6 @@ __all__ = [
 #: Bytes of each stream kept per command for its ``--output`` line: stdout's first,
 #: stderr's last (a failure keeps only their ends, see ``_shell_failures``).
 DEFAULT_CAPTURE = 256 * 1024
-
-# {} or {field}: a field name is a word (letters, digits, _ or -), so the
-# braces of `awk '{print $1}'` or `${HOME}` stay as they are.
-_PLACEHOLDER = re.compile(r"(?<!\$)\{([A-Za-z_][\w-]*)?\}")
-
-
-class Template:
-    """A command with ``{}`` (the item) and ``{field}`` (a field of a JSONL/CSV item).
-
-    Without ``shell``, the template is split once, like a shell would split
-    it, and each item is substituted into the arguments: an item is never
-    shell code, whatever it holds. With ``shell``, the template is run by
-    ``/bin/sh -c`` with each value quoted by :func:`shlex.quote`.
-
-    >>> Template("echo {} x{}x").argv("; rm -rf ~")
-    ['echo', '; rm -rf ~', 'x; rm -rf ~x']
-    >>> Template("cp {src} {dst}").argv({"src": "a b", "dst": 7})
-    ['cp', 'a b', '7']
-    >>> Template("grep {} | wc -l", shell=True).argv("a b; c")
-    ['/bin/sh', '-c', "grep 'a b; c' | wc -l"]
-    >>> Template("awk '{print $1}' {}").argv("f")
-    ['awk', '{print $1}', 'f']
-    """
-
-    def __init__(self, text: str, *, shell: bool = False) -> None:
-        self.text = text
-        self.shell = shell
-        if not text.strip():
-            raise UsageProblem("--sh needs a command, e.g. --sh 'curl -fsS https://host/{}'")
-        try:
-            self._words = [] if shell else shlex.split(text)
-        except ValueError as exc:  # an unclosed quote
-            raise UsageProblem(f"--sh {text!r} cannot be split into words: {exc}") from None
-        self.fields = {m.group(1) for m in _PLACEHOLDER.finditer(text) if m.group(1)}
-        self.has_placeholder = _PLACEHOLDER.search(text) is not None
-        _refuse_item_in_a_script(self._words)
-        if shell:
-            _refuse_quoted_placeholder(text)
-
-    def program(self) -> str | None:
-        """The program every item runs, when the template names it (no shell, no ``{}`` in it).
-
-        >>> Template("curl -fsS {}").program(), Template("{} --help").program()
-        ('curl', None)
-        """
-        if self.shell or not self._words or _PLACEHOLDER.search(self._words[0]):
-            return None
-        return self._words[0]
-
-    def argv(self, item: Any) -> list[str]:
-        """The command line of ``item``."""
-        if self.shell:
-            return ["/bin/sh", "-c", self._fill(self.text, item, shlex.quote)]
-        words = [self._fill(word, item, str) for word in self._words]
-        return words if self.has_placeholder else [*words, _text(item)]
-
-    @staticmethod
-    def _fill(text: str, item: Any, quote: Callable[[str], str]) -> str:
-        def value(match: re.Match[str]) -> str:
-            name = match.group(1)
-            if name is None:
-                return quote(_text(item))
-            try:
-                return quote(_text(item[name]))
-            except (KeyError, TypeError, IndexError) as exc:
-                short = name in getattr(item, "missing", ())  # (a CSV row with too few cells)
-                where = f" (line {item.line}: the row ends before it)" if short else ""
-                raise KeyError(f"the item has no field {name!r} for {{{name}}}{where}") from exc
-
-        return _PLACEHOLDER.sub(value, text)
-
-
-_SHELLS = frozenset({"sh", "bash", "dash", "zsh", "ksh", "ash"})
-_SCRIPT_FLAG = re.compile(r"-[a-z]*c")  # -c, -ec, -lc...
-
-
-def _refuse_item_in_a_script(words: list[str]) -> None:
-    """Refuse ``sh -c '... {} ...'``: the item would be shell code again (an injection).
-
-    >>> _refuse_item_in_a_script(["sh", "-c", 'echo "$1"', "sh", "{}"])
-    >>> _refuse_item_in_a_script(["bash", "-ec", "echo {}"])  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    manyhands._inputs.UsageProblem: --sh: {} in the script of `bash -c` would run the item as...
-    """
-    for index, word in enumerate(words[:-1]):
-        if word.rsplit("/", 1)[-1] not in _SHELLS:
-            continue
-        for flag, script in zip(words[index + 1 :], words[index + 2 :], strict=False):
-            if not _SCRIPT_FLAG.fullmatch(flag):
-                continue
-            if _PLACEHOLDER.search(script):
-                shell = word.rsplit("/", 1)[-1]
-                raise UsageProblem(
-                    f"--sh: {{}} in the script of `{shell} -c` would run the item as shell "
-                    f"code; pass it as an argument instead ({shell} -c '... \"$1\" ...' "
-                    f"{shell} {{}}), or use --shell, which quotes it"
-                )
-            break
-
-
-def _refuse_quoted_placeholder(text: str) -> None:
-    """Refuse ``--shell`` with ``"{}"`` or ``'{}'``: the quotes added to each value would
-    sit inside the template's, and an item holding a quote would end them (an injection);
-    and ``$(( {} ))``: arithmetic expands ``$(...)`` even inside the quotes added.
-
-    >>> _refuse_quoted_placeholder("grep {} | wc -l && echo 'done: {' $(cat {})")
-    >>> _refuse_quoted_placeholder('echo "got {name}"')  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    manyhands._inputs.UsageProblem: --shell: {name} is inside quotes ("...") in the command...
-    >>> _refuse_quoted_placeholder("echo $(( {} + 1 ))")  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    manyhands._inputs.UsageProblem: --shell: {} is inside $(( ... )), where the shell...
-    """
-    quote: str | None = None  # the quote the scan is inside, if any
-    # Each $( or $(( it is inside: [its kind, the quote around it, its open parentheses].
-    frames: list[list[Any]] = []
-    escaped = False
-    inside: dict[int, str] = {}
-    for at, char in enumerate(text):
-        if escaped:
-            escaped = False
-        elif char == "\\" and quote != "'":
-            escaped = True
-        elif char == "(" and quote is None and frames and text[at - 1 : at] != "$":
-            frames[-1][2] += 1  # (a parenthesis within it)
-        elif char == "(" and quote != "'" and text[at - 1 : at] == "$":
-            kind = "$((" if text[at + 1 : at + 2] == "(" else "$("
-            frames.append([kind, quote, 1])  # (a substitution quotes afresh)
-            quote = None
-        elif char == ")" and quote is None and frames:
-            frames[-1][2] -= 1
-            if frames[-1][2] <= 0:
-                quote = frames.pop()[1]
-        elif quote is None and char in "'\"":
-            quote = char
-        elif char == quote:
-            quote = None
-        arithmetic = quote is None and frames and frames[-1][0] == "$(("
-        inside[at] = quote or ("$((" if arithmetic else "")
-    for match in _PLACEHOLDER.finditer(text):
-        where = inside.get(match.start(), "")
-        if where == "$((":
-            raise UsageProblem(
-                f"--shell: {match.group(0)} is inside $(( ... )), where the shell expands "
-                "$(...) in an item even within the quotes manyhands adds: an item would run "
-                f"as shell code. Pass it to a command instead (e.g. expr {match.group(0)} + 1)"
-            )
-        if where:
-            raise UsageProblem(
-                f"--shell: {match.group(0)} is inside quotes ({where}...{where}) in the command: "
-                f"manyhands quotes each value itself, and an item holding a {where} would end "
-                f"your quotes and run as shell code. Write {match.group(0)} without quotes "
-                f"(e.g. echo {match.group(0)}), or leave --shell out"
-            )
-
-
-def _text(value: Any) -> str:
-    """A value as a command argument: a str as it is, anything else as JSON."""
-    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-
-
-# -- the runner ----------------------------------------------------------------
 
 
 class CommandRunner:
@@ -445,47 +283,6 @@ def _devnull() -> int:
 
 
 FD_WAIT_SECONDS = 5.0  # ...and fails once it waited this long with no other command running
-FDS_PER_COMMAND = 4  # its stdout and stderr pipes and its exit watch, and a spilled stdout
-FDS_SPARE = 16  # the journal, the input and output files, and commands as they start
-
-
-def open_file_limit() -> int | None:
-    """The soft limit on open files (``ulimit -n``), or None when there is none."""
-    try:
-        import resource
-    except ImportError:  # (not POSIX)
-        return None
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    return None if soft == resource.RLIM_INFINITY else int(soft)
-
-
-def open_files() -> int:
-    """How many file descriptors this process has open (3 when that cannot be read)."""
-    for folder in ("/proc/self/fd", "/dev/fd"):
-        with contextlib.suppress(OSError):
-            return max(len(os.listdir(folder)) - 1, 3)  # (less the listing's own)
-    return 3
-
-
-def commands_at_once(workers: int) -> tuple[int, str | None]:
-    """How many of ``workers`` commands fit in the open-file limit, and a notice if fewer.
-
-    Each running command holds ~:data:`FDS_PER_COMMAND` file descriptors; past
-    the limit, starting one fails with EMFILE. So ``-j`` is capped to what fits.
-    """
-    limit = open_file_limit()
-    if limit is None:
-        return workers, None
-    used = open_files() + FDS_SPARE
-    need = used + workers * FDS_PER_COMMAND
-    if need <= limit:
-        return workers, None
-    fit = max((limit - used) // FDS_PER_COMMAND, 1)
-    notice = (
-        f"-j {workers} needs ~{need} open files, the limit is {limit}: running {fit} "
-        f"at once; raise it with ulimit -n"
-    )
-    return fit, notice
 
 
 def _no_fds(exc: OSError) -> str:
