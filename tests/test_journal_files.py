@@ -242,7 +242,8 @@ def test_reading_a_finished_journal_leaves_no_wal_or_shm_file_behind(tmp_path: P
 @pytest.fixture
 def committed(monkeypatch: pytest.MonkeyPatch) -> Callable[[int], None]:
     """Waits until the journal's writer has committed at least ``n`` rows."""
-    from manyhands._journal_writer import Group, Writer
+    from manyhands._journal_group import Group
+    from manyhands._journal_writer import Writer
 
     rows = [0]
     changed = threading.Condition()

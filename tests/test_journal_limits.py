@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 import manyhands
-from manyhands import _journal, _journal_file, _journal_rows
+from manyhands import _journal, _journal_rows, _journal_text
 
 LIMIT = 20_000  # bytes in a row
 BIG = 30_000
@@ -127,7 +127,7 @@ def test_a_key_too_long_for_a_row_is_left_out_with_a_warning(tmp_path: Path) -> 
 def test_the_limit_is_read_where_python_cannot_ask_sqlite(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_journal_file, "LENGTH_LIMIT", LIMIT)  # (Python 3.10 reads only it)
+    monkeypatch.setattr(_journal_text, "LENGTH_LIMIT", LIMIT)  # (Python 3.10 reads only it)
     journal = tmp_path / "run.db"
     with pytest.warns(manyhands.JournalWarning, match=r"value of item 3, a bytes, is 3\d,\d+ "):
         report = manyhands.run(big_value, range(5), journal=journal, store_results="pickle")

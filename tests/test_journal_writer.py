@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 
 import manyhands
-from manyhands import _journal_file, _journal_writer
-from manyhands._journal_writer import Group, Writer
+from manyhands import _journal_file, _journal_watch, _journal_writer
+from manyhands._journal_group import Group
+from manyhands._journal_writer import Writer
 from manyhands._keys import default_key
 
 from .conftest import Hands
@@ -227,13 +228,13 @@ def test_the_files_are_checked_once_per_interval_not_before_every_commit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, writers: list[Writer]
 ) -> None:
     checked: list[str] = []
-    journal_problem = _journal_file.Watch.journal_problem
+    journal_problem = _journal_watch.Watch.journal_problem
 
-    def counted(self: _journal_file.Watch) -> str | None:
+    def counted(self: _journal_watch.Watch) -> str | None:
         checked.append(threading.current_thread().name)
         return journal_problem(self)
 
-    monkeypatch.setattr(_journal_file.Watch, "journal_problem", counted)
+    monkeypatch.setattr(_journal_watch.Watch, "journal_problem", counted)
     monkeypatch.setattr(_journal_writer, "WATCH_INTERVAL", 3600.0)
     slow = slowed(0.003)
     manyhands.run(slow, range(400), journal=tmp_path / "run.db", workers=4, batch_size=2)
@@ -305,7 +306,7 @@ def slowed(seconds: float) -> Any:
 def json_in_sqlite(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
     """Both ways the writer records done batches: one JSON statement, or a row at a time."""
     if not request.param:
-        monkeypatch.setattr(_journal_writer, "_supports_json", lambda db, run_id: False)
+        monkeypatch.setattr(_journal_writer, "supports_json", lambda db, run_id: False)
     return bool(request.param)
 
 
@@ -336,7 +337,7 @@ def new_writer(tmp_path: Path) -> Iterator[Callable[[], tuple[Writer, sqlite3.Co
         run_id = db.execute("INSERT INTO runs (status) VALUES ('running')").lastrowid
         db.commit()
         assert run_id is not None
-        watch = _journal_file.Watch(path, lock)
+        watch = _journal_watch.Watch(path, lock)
         return Writer(lambda: (db, watch, run_id), "unused"), db, run_id
 
     yield make

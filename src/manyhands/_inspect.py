@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from ._exceptions import JournalError
-from ._journal_file import FORMAT, check_version, cut_short, from_db, has_item_json
+from ._journal_file import FORMAT, check_version, cut_short, has_item_json
+from ._journal_text import from_db
 
 __all__ = ["JournalStatus", "creation_cut_short", "read_failures", "read_status", "reading"]
 

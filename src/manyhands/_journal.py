@@ -40,8 +40,9 @@ The journal's parts are in modules of their own, mixed into :class:`Journal`
 (their shared state is in :mod:`._journal_state`): reading the input through
 it, in blocks looked up at once (:meth:`Journal.take`, :mod:`._journal_read`);
 which items are skipped, and why (:mod:`._journal_skip`); recording outcomes
-(:meth:`Journal.record`, :mod:`._journal_record`). This module opens the
-journal, records the run's start, and closes its row as the run ends.
+(:meth:`Journal.record`, :mod:`._journal_record`); recording the run's start
+(:mod:`._journal_begin`). This module opens the journal, and closes it and
+its run's row as the run ends.
 
 Values (``store_results``) are stored as JSON: reading a journal must never
 run code from it. ``store_results="pickle"`` stores any picklable value and
@@ -49,51 +50,44 @@ unpickles it on resume, so it is only for journal files the user trusts.
 A value that cannot be stored as asked leaves its item done, with no value
 kept, and a JournalWarning says so.
 
-Creating, checking, locking and watching the files, and storing text that
-UTF-8 cannot encode, are in :mod:`._journal_file`.
+Creating, checking and locking the files are in :mod:`._journal_file`,
+watching them in :mod:`._journal_watch`; storing text that UTF-8 cannot
+encode, and within SQLite's length limit, in :mod:`._journal_text`; values
+in :mod:`._journal_values`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import socket
 import sqlite3
 import time
-import warnings
 from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ._exceptions import JournalError, JournalWarning, user_stacklevel
+from ._exceptions import JournalError
+from ._journal_begin import JournalBeginning
 from ._journal_file import (
-    FORMAT,
-    LENGTH_LIMIT,
     NOTHING_RUN,
-    VERSION,
-    StoredValues,
-    Watch,
     acquire_lock,
     create_private,
-    from_db,
-    has_item_json,
     holds_data,
-    length_limit,
     one_name,
     open_db,
     open_reader,
     release_lock,
-    to_db,
 )
 from ._journal_read import JournalReading
 from ._journal_record import DONE_DETAILED_SQL, DONE_SQL, JournalRecording
 from ._journal_rows import FAILED, Unrecordable
 from ._journal_state import DONE, Memo, Segment
+from ._journal_text import LENGTH_LIMIT, length_limit
+from ._journal_values import StoredValues
+from ._journal_watch import Watch
 from ._journal_writer import ALL_RECORDED, Writer
-from ._key_check import KeyCheck, key_changed, key_identity
-from ._keys import code_hash, function_name
+from ._key_check import KeyCheck
 from ._outcome import Failure
 
 __all__ = ["DONE", "FAILED", "FINAL_STATES", "Journal", "Segment"]
@@ -101,7 +95,7 @@ __all__ = ["DONE", "FAILED", "FINAL_STATES", "Journal", "Segment"]
 FINAL_STATES = (DONE, FAILED, "crashed", "timed_out")
 
 
-class Journal(JournalReading, JournalRecording):
+class Journal(JournalBeginning, JournalReading, JournalRecording):
     """An open journal, locked for one run; see the module docstring."""
 
     def __init__(
@@ -269,68 +263,6 @@ class Journal(JournalReading, JournalRecording):
         assert self._reader is not None
         return self._reader
 
-    def _begin(
-        self, db: sqlite3.Connection, fn: Callable[..., Any], options: dict[str, Any]
-    ) -> int:
-        name, digest = function_name(fn), code_hash(fn)
-        key_name, key_digest = key_identity(self._key)
-        meta = {field: from_db(value) for field, value in db.execute("SELECT * FROM meta")}
-        has_items: bool | None = None  # (looked up once, if a warning may be due)
-        if meta.get("fn") is not None and (meta.get("fn"), meta.get("code_hash")) != (
-            name,
-            digest,
-        ):
-            has_items = db.execute("SELECT 1 FROM items LIMIT 1").fetchone() is not None
-            if has_items:
-                warnings.warn(
-                    JournalWarning(
-                        f"journal {self.path} was written by {meta.get('fn')} and this run "
-                        f"calls {name}"
-                        + (" (same name, changed code)" if meta.get("fn") == name else "")
-                        + ": items it recorded are still skipped. Use another journal= "
-                        "to start afresh, or retry_failed=True to rerun its failures."
-                    ),
-                    stacklevel=user_stacklevel(),
-                )
-        # (a journal from before key= was recorded has no "key": nothing to compare)
-        if meta.get("key") is not None and (meta.get("key"), meta.get("key_hash")) != (
-            key_name,
-            key_digest,
-        ):
-            if has_items is None:
-                has_items = db.execute("SELECT 1 FROM items LIMIT 1").fetchone() is not None
-            if has_items:  # (the warning waits for the first items: same keys need none)
-                before = meta.get("key") or ""
-                warning = key_changed(self.path, before, key_name)
-                self._key_check = KeyCheck(warning, default_before=not before)
-        with db:
-            db.executemany(
-                "INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                [
-                    ("format", FORMAT),
-                    ("version", str(VERSION if has_item_json(db) else 2)),  # (see VERSION)
-                    ("fn", to_db(name)),
-                    ("code_hash", digest),
-                    ("key", to_db(key_name)),
-                    ("key_hash", to_db(key_digest)),
-                ],
-            )
-            cursor = db.execute(
-                "INSERT INTO runs (fn, code_hash, options, pid, host, started, status) "
-                "VALUES (?, ?, ?, ?, ?, ?, 'running')",
-                (
-                    to_db(name),
-                    digest,
-                    json.dumps(options, default=_described),  # (ASCII: surrogates escaped)
-                    os.getpid(),
-                    to_db(socket.gethostname()),
-                    time.time(),
-                ),
-            )
-        run_id = cursor.lastrowid
-        assert run_id is not None
-        return run_id
-
     def commit(self) -> None:
         """Wait until every outcome recorded so far is committed."""
         self._writer.flush()
@@ -397,8 +329,3 @@ class Journal(JournalReading, JournalRecording):
             return
         self.closed = True
         self._release()
-
-
-def _described(value: object) -> str:
-    """A recorded option that is not plain data: its type only (a repr may hold secrets)."""
-    return f"<{type(value).__qualname__}>"

@@ -1,4 +1,4 @@
-"""The journal's files: named once, created private, checked when opened, locked, watched.
+"""The journal's files: named once, created private, checked when opened.
 
 - The journal, its ``-wal`` and ``-shm`` files (SQLite gives them the
   journal's mode) and its ``.lock`` file are created ``0600``: they hold
@@ -10,63 +10,43 @@
 - A file that is corrupt, not a journal, or written by a newer manyhands is
   refused and left untouched. Version 1 journals are read as they are (see
   ``VERSION``).
-- :class:`Watch` notices (before a write, at most every 50 ms, and as the
-  journal closes) that the journal or its lock
-  file was removed or replaced under the run: SQLite would go on writing
-  into a file that no path leads to any more, and the run would "succeed"
-  with its journal gone.
 - The lock (one run at a time) is :mod:`._journal_lock`'s; its names are
   re-exported here.
-- Text is stored losslessly: a str that UTF-8 cannot encode (a lone
-  surrogate, from a file name that is not UTF-8) is stored as a BLOB of its
-  ``surrogatepass`` bytes, and read back as the same str.
-- A row never exceeds SQLite's length limit (:func:`length_limit`): a commit
-  that held one would fail whole, and every resume would fail there again.
-  A value that does not fit is not stored (its item is done, without its
-  value), a failure's texts are cut (:func:`cut_text`), and a row whose key
-  alone does not fit is not written (see ``Journal``).
+
+The files removed or replaced under the run are noticed by
+:mod:`._journal_watch`; text stored losslessly and within SQLite's length
+limit is :mod:`._journal_text`'s, and the values of ``store_results``
+:mod:`._journal_values`'.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import json
 import os
-import pickle
 import sqlite3
-import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
-from ._exceptions import JournalError, JournalWarning, user_stacklevel
+from ._exceptions import JournalError
 from ._journal_lock import NOTHING_RUN, Lock, acquire_lock, lock_path, release_lock
-from ._outcome import safe_message, safe_repr
+from ._journal_text import from_db
 
 __all__ = [
     "FORMAT",
     "NOTHING_RUN",
     "VERSION",
     "Lock",
-    "StoredValues",
-    "Watch",
     "acquire_lock",
     "check_version",
     "create_private",
     "cut_short",
-    "cut_text",
-    "db_size",
-    "from_db",
     "has_item_json",
     "holds_data",
-    "length_limit",
     "lock_path",
     "one_name",
     "open_db",
     "open_reader",
     "release_lock",
-    "to_db",
 ]
 
 FORMAT = "manyhands-journal"
@@ -80,16 +60,6 @@ FORMAT = "manyhands-journal"
 #: (it would write rows without the column).
 VERSION = 3  # (stored as text)
 MODE = 0o600
-#: SQLite's limit on the length of a string, a BLOB and a whole row, in bytes
-#: (SQLITE_MAX_LENGTH, unless the build set another). Python 3.11+ reads the
-#: connection's own limit, which can only be lower (:func:`length_limit`).
-LENGTH_LIMIT = 1_000_000_000
-#: Bytes of a row kept for its record header and its numbers (state, attempts,
-#: times, run, fingerprint, value format), beside its key, value and texts.
-ROW_MARGIN = 1024
-#: A failure's message and traceback (and error type, and the item's repr) are
-#: stored cut to this many characters (the middle is left out, and says so).
-MAX_TEXT = 1_000_000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID;
@@ -114,177 +84,6 @@ CREATE TABLE IF NOT EXISTS items (
 """
 #: The columns versions before 3 did not have, by table.
 _ADDED = {"items": ["item_json"]}
-
-
-def to_db(text: str) -> str | bytes:
-    """``text`` as SQLite can store it: itself, or its bytes when UTF-8 cannot encode it.
-
-    >>> to_db("café"), to_db("caf\\udce9")
-    ('café', b'caf\\xed\\xb3\\xa9')
-    """
-    if text.isascii():
-        return text
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "surrogatepass")
-    return text
-
-
-def from_db(value: Any) -> Any:
-    """What :func:`to_db` stored, as the str it was; other values as they are.
-
-    >>> from_db(to_db("caf\\udce9")) == "caf\\udce9", from_db(None)
-    (True, None)
-    """
-    if not isinstance(value, bytes):
-        return value
-    try:
-        return value.decode("utf-8", "surrogatepass")
-    except UnicodeDecodeError:  # not written by to_db: show it, never fail on it
-        return value.decode("utf-8", "backslashreplace")
-
-
-def length_limit(db: sqlite3.Connection) -> int:
-    """The most bytes a string, a BLOB or a row may hold in ``db`` (see ``LENGTH_LIMIT``)."""
-    if sys.version_info < (3, 11):  # (no getlimit)
-        return LENGTH_LIMIT
-    return min(LENGTH_LIMIT, db.getlimit(sqlite3.SQLITE_LIMIT_LENGTH))
-
-
-def db_size(data: str | bytes) -> int:
-    """The bytes SQLite stores for ``data`` (a str as :func:`to_db` binds it).
-
-    >>> db_size("abc"), db_size("café"), db_size(b"\\x00")
-    (3, 5, 1)
-    """
-    if isinstance(data, bytes) or data.isascii():
-        return len(data)
-    return len(data.encode("utf-8", "surrogatepass"))
-
-
-def cut_text(text: str, limit: int) -> str:
-    """``text`` if it has at most ``limit`` characters; else its start and end, and a note.
-
-    The end of a traceback says what was raised, so both ends are kept.
-
-    >>> cut_text("abc", 10)
-    'abc'
-    >>> cut_text("a" * 100 + "z" * 100, 120)
-    'aaaaaaaaaaaaaaaaaaaa\\n[... 160 of 200 characters not stored ...]\\nzzzzzzzzzzzzzzzzzzzz'
-    """
-    if len(text) <= limit:
-        return text
-    keep = max(limit - 80, 0) // 2  # (the note takes fewer than 80)
-    note = f"\n[... {len(text) - 2 * keep:,} of {len(text):,} characters not stored ...]\n"
-    return text[:keep] + note + text[len(text) - keep :]
-
-
-# -- values ---------------------------------------------------------------
-
-
-class StoredValues:
-    """Values stored with ``store_results``: written as JSON (or pickle), read back safely.
-
-    Reading never unpickles unless the run asked for pickle, which trusts
-    the file. What cannot be written or read costs the item its value, never
-    the run: one JournalWarning says so, naming the first such item.
-    """
-
-    def __init__(self, *, pickled: bool) -> None:
-        self.pickled = pickled
-        self.unstored = 0  # values this run could not store (the first is warned about)
-        self._told: set[str] = set()  # reading problems already warned about
-
-    def write(self, item: Any, value: Any, room: int) -> tuple[Any, str | None]:
-        """The stored form of ``value`` and its format; (None, None) if it cannot be stored.
-
-        ``room``: the bytes its row has left for it (SQLite refuses a longer row).
-        """
-        try:
-            data, form = self._encode(value)
-        except Exception as exc:  # (any error: pickling runs the value's own code)
-            message = safe_message(exc, 100)
-            why = f"cannot {self._how} ({type(exc).__qualname__}: {message})"
-            hint = "" if self.pickled else ": return JSON-like values, or store_results='pickle'"
-            return self._unstored(item, value, why, hint)
-        if 4 * len(data) > room and (size := db_size(data)) > room:  # (4: bytes a character)
-            why = (
-                f"is {size:,} bytes {'pickled' if self.pickled else 'as JSON'}, more "
-                f"than its row in the journal holds ({max(room, 0):,} bytes: SQLite's limit on "
-                "a row, less its key)"
-            )
-            return self._unstored(item, value, why)
-        return data, form
-
-    def storable(self, value: Any, room: int) -> bool:
-        """Whether ``value`` can be stored as asked, in ``room`` bytes (no warning either way)."""
-        try:
-            data, _ = self._encode(value)
-        except Exception:  # (any error: pickling runs the value's own code)
-            return False
-        return 4 * len(data) <= room or db_size(data) <= room
-
-    @property
-    def _how(self) -> str:
-        return "be pickled" if self.pickled else "be stored as JSON"
-
-    def _encode(self, value: Any) -> tuple[str | bytes, str]:
-        if self.pickled:
-            return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL), "pickle"
-        return to_db(json.dumps(value, ensure_ascii=False, allow_nan=True)), "json"
-
-    def _unstored(self, item: Any, value: Any, why: str, hint: str = "") -> tuple[None, None]:
-        self.unstored += 1
-        if self.unstored == 1:
-            _warn(
-                f"store_results: the value of item {safe_repr(item, 60)}, a "
-                f"{type(value).__qualname__}, {why}. The item is done, and its value was not "
-                "stored, so a resumed run yields None for it (the same for any other such "
-                f"value){hint}"
-            )
-        return None, None
-
-    def read(self, item: Any, data: Any, form: Any) -> Any:
-        """The value stored for a done item; None (with a warning) if there is none to read."""
-        if form == "json" and data is not None:
-            try:
-                return json.loads(from_db(data))
-            except (TypeError, ValueError, RecursionError) as exc:
-                return self._unread(item, "unreadable", f"cannot be read back ({exc})")
-        if form == "pickle" and data is not None:
-            if not self.pickled:
-                return self._unread(
-                    item,
-                    "pickle",
-                    "is a pickle, which is not loaded: unpickling runs code from the file. "
-                    "Pass store_results='pickle' only if you trust this journal file",
-                )
-            try:
-                return pickle.loads(data)  # the user trusts this file
-            except Exception as exc:
-                return self._unread(item, "unreadable", f"cannot be read back ({exc!r})")
-        return self._unread(
-            item,
-            "missing",
-            "was not stored (the run that recorded it had no store_results, or could not "
-            "store that value)",
-        )
-
-    def _unread(self, item: Any, problem: str, detail: str) -> None:
-        if problem not in self._told:
-            self._told.add(problem)
-            _warn(
-                f"store_results: the value of {safe_repr(item, 60)}, done in the journal, "
-                f"{detail}; its outcome's value is None (the same for any other such item)"
-            )
-
-
-def _warn(message: str) -> None:
-    warnings.warn(JournalWarning(message), stacklevel=user_stacklevel())
-
-
-# -- opening -------------------------------------------------------------
 
 
 def one_name(path: str | os.PathLike[str]) -> Path:
@@ -475,87 +274,3 @@ def check_version(version: Any, path: Path | str) -> None:
             f"the journal {path} has {found}, which is not a version this manyhands knows "
             f"(it reads 1 to {VERSION}); it was left untouched"
         )
-
-
-# -- noticing the files were removed or replaced -------------------------
-
-
-class Watch:
-    """The identity of the journal's files, checked around writes (see ``WATCH_INTERVAL``).
-
-    SQLite holds the journal open: once its path is removed or leads to
-    another file, every commit "succeeds" into a file nobody will find. A
-    removed lock file lets another run lock a new one and run the same items.
-
-    Made once the journal file exists; :meth:`note_sidecars` once the run's
-    first write created the ``-wal`` and ``-shm`` files.
-    """
-
-    def __init__(self, path: Path, lock: Lock) -> None:
-        self.path = path
-        self.lock_path = lock_path(path)
-        self._journal = _identity(os.stat(path))
-        self._lock = _identity(os.fstat(lock.fileno()))
-        self._sidecars: dict[Path, tuple[int, int]] = {}
-        self.note_sidecars()
-
-    def note_sidecars(self) -> None:
-        """Note the identity of the journal's ``-wal`` and ``-shm`` files, once they exist."""
-        self._sidecars = {
-            Path(f"{self.path}{suffix}"): _identity(os.stat(f"{self.path}{suffix}"))
-            for suffix in ("-wal", "-shm")
-            if os.path.exists(f"{self.path}{suffix}")
-        }
-
-    def journal_problem(self) -> str | None:
-        """What happened to the journal, if it is gone or is another file; else None."""
-        what = _changed(self.path, self._journal)
-        if what == "removed":
-            return (
-                f"the journal {self.path} was removed during the run (or its directory was); "
-                "what was recorded in it went with it"
-            )
-        if what == "replaced":
-            return (
-                f"the journal {self.path} was replaced by another file during the run; that "
-                "file was left untouched, and this run's records are not in it"
-            )
-        return None
-
-    def lock_problem(self) -> str | None:
-        """What happened to the lock file, if it is gone or is another file; else None."""
-        what = _changed(self.lock_path, self._lock)
-        if what is None:
-            return None
-        return (
-            f"the journal's lock file {self.lock_path} was {what} during the run, so "
-            "another run could have started on the same journal"
-        )
-
-    def tidy_after_close(self) -> None:
-        """Once the database is closed: if the journal moved, remove our -wal and -shm.
-
-        SQLite keeps the WAL of a database that moved rather than checkpoint
-        it. Left next to whatever the path now leads to, the next reader
-        would apply this run's pages to that file.
-        """
-        if _changed(self.path, self._journal) is None:
-            return
-        for sidecar, identity in self._sidecars.items():
-            if _changed(sidecar, identity) is None:  # ours still: not another file's
-                with contextlib.suppress(OSError):
-                    os.remove(sidecar)
-
-
-def _identity(found: os.stat_result) -> tuple[int, int]:
-    return found.st_dev, found.st_ino
-
-
-def _changed(path: Path, identity: tuple[int, int]) -> str | None:
-    try:
-        found = os.stat(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return "removed"
-    except OSError:
-        return None  # cannot tell (e.g. permissions): the write itself will say
-    return None if _identity(found) == identity else "replaced"

@@ -13,10 +13,10 @@ import time
 
 from ._batch import Batch
 from ._exceptions import Timeout, WorkerCrashed
-from ._journal_file import ROW_MARGIN, db_size, to_db
+from ._journal_group import Group
 from ._journal_rows import FAILED, failed_row, room_for
 from ._journal_state import DONE, JournalState, Memo
-from ._journal_writer import Group
+from ._journal_text import ROW_MARGIN, db_size, to_db
 from ._keys import MAX_KEY_TEXT, memory_key
 from ._outcome import Failure
 

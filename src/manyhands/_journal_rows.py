@@ -1,13 +1,13 @@
 """One item's row in the journal, kept within SQLite's length limit.
 
 SQLite refuses a string, a BLOB or a whole row longer than its length limit
-(:func:`._journal_file.length_limit`, 1e9 bytes by default), and it refuses
+(:func:`._journal_text.length_limit`, 1e9 bytes by default), and it refuses
 the whole commit that holds it: every item of that commit would run again,
 and so would every resume, at the same item. So a row is made to fit before
 it is handed to the writer:
 
 - a value that does not fit beside its key is not stored
-  (:meth:`._journal_file.StoredValues.write`): the item is done, without
+  (:meth:`._journal_values.StoredValues.write`): the item is done, without
   its value;
 - a failure's texts (error type, message, traceback, the item's repr) are
   cut to ``MAX_TEXT`` characters each, and less if the row needs it; the
@@ -26,7 +26,7 @@ import warnings
 from typing import Any
 
 from ._exceptions import JournalWarning, user_stacklevel
-from ._journal_file import MAX_TEXT, ROW_MARGIN, cut_text, db_size, to_db
+from ._journal_text import MAX_TEXT, ROW_MARGIN, cut_text, db_size, to_db
 from ._outcome import Failure, safe_repr
 
 __all__ = ["FAILED", "Unrecordable", "failed_row", "failed_rows", "item_json", "room_for"]

@@ -13,8 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 from ._exceptions import JournalError
-from ._journal_file import from_db, to_db
 from ._journal_state import DONE, JournalState
+from ._journal_text import from_db, to_db
 from ._keys import memory_key
 from ._outcome import DUPLICATE, SKIPPED_DONE, SKIPPED_FAILED, Failure, duplicate_failure, safe_repr
 

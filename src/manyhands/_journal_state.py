@@ -2,11 +2,11 @@
 
 :class:`~._journal.Journal` is made of parts that read and write the same
 state: reading the input (:mod:`._journal_read`), deciding what is skipped
-(:mod:`._journal_skip`) and recording outcomes (:mod:`._journal_record`).
-They are mixins of one object, not objects that call each other, so that
-the path every item takes costs no more than one class's methods would;
-:class:`JournalState` declares what they share (``Journal.__init__`` sets
-it, with what each holds).
+(:mod:`._journal_skip`), recording outcomes (:mod:`._journal_record`) and
+the run's start (:mod:`._journal_begin`). They are mixins of one object,
+not objects that call each other, so that the path every item takes costs
+no more than one class's methods would; :class:`JournalState` declares
+what they share (``Journal.__init__`` sets it, with what each holds).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._journal_file import StoredValues
 from ._journal_rows import Unrecordable
+from ._journal_values import StoredValues
 from ._journal_writer import Writer
 from ._key_check import KeyCheck
 from ._outcome import Failure

@@ -16,11 +16,8 @@ grows by itself when outcomes come faster than a commit (a database's
 group commit). A crash of the process loses only the rows of those two
 commits, at most ``2 * MAX_PENDING`` rows plus a batch each.
 
-SQLite releases the GIL while it steps, so the work runs beside the
-engine. The common rows (done, default keys, nothing stored) go in one
-statement per group, which reads them from JSON: ``executemany`` releases
-and retakes the GIL for each row, and with busy Python threads around,
-each retake can wait for a switch interval.
+A group is committed in one transaction, with the statements of
+:mod:`._journal_group` (the common rows in one, read from JSON).
 
 A commit that fails stops the writer: what it held and everything handed
 over after is not recorded, and the consumer gets a :class:`JournalError`
@@ -31,18 +28,17 @@ itself is fine): the run stops with every finished item recorded.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
 
 from ._exceptions import JournalError
-from ._journal_file import Watch, has_item_json
+from ._journal_file import has_item_json
+from ._journal_group import Group, insert_batches, supports_json
 from ._journal_rows import failed_rows
+from ._journal_watch import Watch
 from ._signal_waits import WAIT_SLICE, wait_sliced
 
 __all__ = [
@@ -50,7 +46,6 @@ __all__ = [
     "COMMIT_INTERVAL",
     "MAX_PENDING",
     "WATCH_INTERVAL",
-    "Group",
     "Writer",
     "not_recorded",
 ]
@@ -75,42 +70,6 @@ COMMIT_INTERVAL = 0.002
 #: under the run is told at the next check; what was committed since went with it
 #: (as everything before it did).
 WATCH_INTERVAL = 0.05
-
-# A group's done batches as two JSON documents: their fields, [[attempts, elapsed
-# ns, finished us], ...], and their keys, [[key, ...], ...], matched by position.
-# Whole numbers: encoding a float takes twice as long, under the GIL. Keys apart:
-# each is parsed twice, not four times (taken out of one document, a batch's keys
-# are written out and read again), which made a group of tiny items ~5% faster.
-# MATERIALIZED: each batch's fields are read once, not per key.
-_DONE_BATCHES = """
-WITH fields AS MATERIALIZED (
-    SELECT key AS batch, json_extract(value, '$[0]') AS attempts,
-           json_extract(value, '$[1]') / 1e9 AS elapsed,
-           json_extract(value, '$[2]') / 1e6 AS finished
-    FROM json_each(?)
-), keys AS MATERIALIZED (SELECT key AS batch, value AS keys FROM json_each(?))
-INSERT OR REPLACE INTO items (key, state, attempts, elapsed, finished, run)
-SELECT key.value, 'done', attempts, elapsed, finished, ?
-FROM keys JOIN fields USING (batch), json_each(keys.keys) AS key
-"""
-# Without JSON support in SQLite: one row at a time.
-_DONE = (
-    "INSERT OR REPLACE INTO items (key, state, attempts, elapsed, finished, run) "
-    "VALUES (?, 'done', ?, ?, ?, ?)"
-)
-
-
-@dataclass
-class Group:
-    """Rows handed over together; the writer commits a group in one transaction."""
-
-    #: done batches of default keys: (attempts, elapsed in ns, finished in us since the epoch, keys)
-    batches: list[tuple[int, int, int, list[str]]] = field(default_factory=list)
-    done: list[tuple[Any, ...]] = field(default_factory=list)  # other done rows
-    failed: list[tuple[Any, ...]] = field(default_factory=list)
-    keys: list[Sequence[str | bytes]] = field(default_factory=list)  # as the consumer holds them
-    rows: int = 0
-
 
 #: What opens the journal for the writer: its connection, the identity of its
 #: files and the run's id. Raises JournalError if it cannot.
@@ -278,7 +237,7 @@ class Writer:
             db, self._watch, self._run = self._open_files()
             # Transactions are the writer's: BEGIN/COMMIT, or one statement.
             db.isolation_level = None
-            self._json = _supports_json(db, self._run)
+            self._json = supports_json(db, self._run)
             self._item_json = has_item_json(db)  # (not in a journal of an earlier version)
             self._db = db
         except BaseException as exc:  # (anything: the consumer must never wait in vain)
@@ -370,7 +329,7 @@ class Writer:
             if group.done or group.failed or not self._json:
                 db.execute("BEGIN IMMEDIATE")
                 try:
-                    self._insert_batches(group.batches)
+                    insert_batches(db, group.batches, self._run, self._json)
                     if group.done:
                         db.executemany(self._done_sql, group.done)
                     if group.failed:
@@ -380,7 +339,8 @@ class Writer:
                     db.rollback()  # nothing half-written
                     raise
             else:
-                self._insert_batches(group.batches)  # one statement: its own transaction
+                # (one statement: its own transaction)
+                insert_batches(db, group.batches, self._run, self._json)
         except (sqlite3.Error, ValueError, OverflowError) as exc:  # (the last two: binding)
             raise _Failed(f"writing the journal {self._watch.path} failed ({exc})") from exc
         problem = self._watch.lock_problem() if check else None
@@ -388,25 +348,6 @@ class Writer:
             with self._cond:
                 if self._problem is None:
                     self._problem = f"{problem}; the run stopped.{ALL_RECORDED}"
-
-    def _insert_batches(self, batches: list[tuple[int, int, int, list[str]]]) -> None:
-        if not batches:
-            return
-        assert self._db is not None
-        if self._json:
-            fields = json.dumps([batch[:3] for batch in batches])
-            keys = json.dumps([batch[3] for batch in batches], ensure_ascii=False)
-            self._db.execute(_DONE_BATCHES, (fields, keys, self._run))
-            return
-        run = self._run
-        self._db.executemany(
-            _DONE,
-            [
-                (key, tries, each / 1e9, now / 1e6, run)
-                for tries, each, now, keys in batches
-                for key in keys
-            ],
-        )
 
 
 class _Failed(Exception):
@@ -429,12 +370,3 @@ def not_recorded(count: int) -> str:
     if not count:
         return ""
     return f" {count:,} finished item(s) were not recorded and will run again when you rerun"
-
-
-def _supports_json(db: sqlite3.Connection, run_id: int) -> bool:
-    """Whether this SQLite has the JSON functions and MATERIALIZED (3.35, 2021)."""
-    try:
-        db.execute(_DONE_BATCHES, ("[]", "[]", run_id))
-    except sqlite3.OperationalError:
-        return False
-    return True

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._exceptions import JournalWarning
-from ._journal_file import from_db, to_db
+from ._journal_text import from_db, to_db
 from ._keys import KeyTypeError, code_hash, default_key, fingerprint, function_name
 from ._outcome import safe_repr
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from ._exceptions import JournalError
 from ._inspect import reading
 from ._journal import DONE
-from ._journal_file import from_db
+from ._journal_text import from_db
 
 __all__ = ["ErrorSummary", "RunSpan", "Timeline", "read_timeline", "throughput_sparkline"]
 
