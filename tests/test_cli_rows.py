@@ -229,3 +229,16 @@ def test_failures_json_gives_each_row_as_json_beside_its_repr(workdir: Path) -> 
         '{"id":3}': ({"id": 3}, "{'id': 3}"),
     }
     assert records['{"id":3}']["item"]["id"] == 3 and records['{"id":3}']["attempts"] == 1
+
+
+def test_a_catch_up_of_the_output_writes_a_bad_rows_line_once(workdir: Path) -> None:
+    """A resume into a file that lacks some lines adds those only: a row without its key
+    field has its line already (its item the row's text, its record ``<line N>``)."""
+    (workdir / "first.jsonl").write_text('{"id": 0}\n{"x": 1}\n{"id": 2}\n')
+    (workdir / "more.jsonl").write_text('{"id": 0}\n{"x": 1}\n{"id": 2}\n{"id": 3}\n')
+    flags = ["--jsonl", "--key", "id", "--journal", "j.db"]
+    manyhands("run", "keyed.py:name", "first.jsonl", *flags, "--output", "a.jsonl", cwd=workdir)
+    manyhands("run", "keyed.py:name", "more.jsonl", *flags, cwd=workdir)  # (no --output)
+    manyhands("run", "keyed.py:name", "more.jsonl", *flags, "--output", "a.jsonl", cwd=workdir)
+    items = [json.dumps(line["item"]) for line in output_of(workdir / "a.jsonl")]
+    assert sorted(items) == sorted(['{"id": 0}', '"{\\"x\\": 1}"', '{"id": 2}', '{"id": 3}'])

@@ -180,4 +180,40 @@ def test_the_command_stopped_with_retries_waiting_resumes_them(tmp_path: Path) -
     assert sorted(int(record["item"]) for record in records) == list(range(ITEMS))
     assert [int(record["item"]) for record in records if not record["ok"]] == [FOR_GOOD]
     status = command("status", "j.db", cwd=tmp_path, env=env)
-    assert "5 not run (a resume runs them)" in status.stdout, status.stdout
+    assert "5 read and not run (a resume runs them)" in status.stdout, status.stdout
+
+
+REFUSING = """
+class Refused(Exception):
+    ran = False  # (a user's attribute: the call was made, and failed)
+
+
+class Odd(Exception):
+    @property
+    def ran(self):
+        raise RuntimeError("not for you")
+
+
+def work(line):
+    if line == "3":
+        raise Refused("no")
+    if line == "4":
+        raise Odd("odd")
+    return line
+"""
+
+
+def test_a_users_error_with_an_attribute_ran_gets_its_line_with_a_journal(tmp_path: Path) -> None:
+    """Only manyhands' own errors tell an item not run: a user's exception whose ``ran``
+    is False (or raises) failed as any other, is recorded, and has its line."""
+    from .conftest import python_subprocess_env
+
+    (tmp_path / "target.py").write_text(REFUSING)
+    (tmp_path / "in.txt").write_text("".join(f"{n}\n" for n in range(6)))
+    flags = ["--journal", "j.db", "--output", "out.jsonl"]
+    env = python_subprocess_env()
+    done = command("run", "target.py:work", "in.txt", *flags, cwd=tmp_path, env=env)
+    assert done.returncode == 1, done.stderr
+    records = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert sorted(record["item"] for record in records) == [str(n) for n in range(6)]
+    assert sorted(r["item"] for r in records if not r["ok"]) == ["3", "4"]

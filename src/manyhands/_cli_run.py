@@ -45,6 +45,7 @@ from ._run import Run
 from ._shell import DEFAULT_CAPTURE, CommandRunner
 from ._shell_template import Template
 from ._signals import StopSignals, Terminated, hold_stop_signals
+from ._stats import not_run_cause
 from ._stream import Outcomes
 
 __all__ = ["run_command"]
@@ -240,8 +241,9 @@ def _consume(run: Run, sink: OutputFile | None, resumable: bool) -> int:
 
 
 def _not_run(failure: Failure) -> bool:
-    """Whether the item was not run: never called, or stopped before its retry."""
-    return getattr(failure.exception, "ran", True) is False
+    """Whether the item was not run (never called, or stopped before its retry), as the
+    journal tells it: manyhands' own errors only, not a user's with an attribute ``ran``."""
+    return not_run_cause(failure) is not None
 
 
 def _stopped(exc: KeyboardInterrupt, report: Any, journal: str | None, summary: Any) -> int:

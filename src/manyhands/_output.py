@@ -2,12 +2,14 @@
 
 What the file holds (docs/guide/command-line.md says the same):
 
-- A run without ``--journal``, or whose journal did not exist yet, writes the
-  file afresh: one line per item of its input.
+- A run without ``--journal`` writes the file afresh: one line per item of its
+  input read, those not run included. One whose journal did not exist yet
+  writes it afresh too, but with no line for an item read and not run (the
+  journal has no record of it: the resume that runs it writes its line).
 - A rerun on an existing journal (a resume) appends. Items the journal skips
   because an earlier run recorded them get no new line: theirs is already in
-  the file. So after a run that was interrupted (Ctrl-C, SIGTERM) and its
-  rerun, the file holds every item exactly once. After a run that was killed
+  the file. So after a run that was interrupted (Ctrl-C, SIGTERM) or stopped
+  by a stop rule, and its rerun, the file holds every item exactly once. After a run that was killed
   outright (SIGKILL, a crash, a power cut), items that were running or whose
   rows were not yet committed run again and may have two lines; the last one
   is the final outcome, as for the items ``--retry-failed`` runs again.
@@ -43,10 +45,10 @@ import threading
 from collections.abc import Callable
 from typing import IO, Any, NoReturn
 
-from ._inputs import UsageProblem
+from ._inputs import BadLine, UsageProblem
 from ._outcome import SKIPPED_DONE, SKIPPED_FAILED, Outcome
 from ._output_lines import json_line
-from ._output_marks import Marks
+from ._output_marks import Held, Marks
 
 __all__ = ["OutputFailed", "OutputFile"]
 
@@ -86,7 +88,7 @@ class OutputFile:
     ) -> None:
         self.path = path
         self._marks = marks  # (with a journal: which recorded items the file holds)
-        self._held: set[str] | None = None  # keys of skipped items it has lines for
+        self._held: set[Held] | None = None  # marks of skipped items it has lines for
         self._line = line or json_line  # what an outcome's line is
         self._resume = resume
         self._started = False
@@ -167,8 +169,11 @@ class OutputFile:
     def _has_line(self, outcome: Outcome[Any, Any]) -> bool:
         """Whether the file held a line for this skipped item when the run began."""
         assert self._held is not None and self._marks is not None
+        item = outcome.item
+        if type(item) is BadLine:  # (its line holds the row's text: see keys_held)
+            return ("row", item.text) in self._held
         try:
-            return self._marks.key(outcome.item) in self._held
+            return self._marks.key(item) in self._held
         except Exception:  # (the journal made its key: this never fails in practice)
             return False
 

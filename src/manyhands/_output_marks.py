@@ -36,7 +36,7 @@ from typing import Any
 
 from ._exceptions import JournalError
 
-__all__ = ["Marks", "keys_held", "needs_catch_up", "set_mark", "through"]
+__all__ = ["Held", "Marks", "keys_held", "needs_catch_up", "set_mark", "through"]
 
 CATCHING_UP = "catching up"
 _THROUGH = "through "
@@ -96,19 +96,28 @@ def through(run_id: int) -> str:
     return f"{_THROUGH}{run_id}"
 
 
-def keys_held(output: str, key: Callable[[Any], str]) -> set[str]:
-    """The keys of the items ``output``'s lines are for.
+#: A held line's mark: an item's key, or ("row", text) for a row the run could not
+#: read or key (its item is the row's text; its record's key is ``<line N>``).
+Held = str | tuple[str, str]
+_BAD_ROWS = ("manyhands.cli.MalformedLine", "manyhands.cli.KeyFunctionError")
 
-    A line that does not parse, or whose item the key function raises for (a
-    ``--key module:function`` given the text of a row it failed on), is for
-    no item: whatever the key function raises.
+
+def keys_held(output: str, key: Callable[[Any], str]) -> set[Held]:
+    """The marks of the items ``output``'s lines are for (see :data:`Held`).
+
+    A line that does not parse, or whose item the key function raises for,
+    is for no item: whatever the key function raises.
     """
-    held: set[str] = set()
+    held: set[Held] = set()
     with open(output, "rb") as file:
         for line in file:
             try:
-                item = json.loads(line)["item"]
-                held.add(key(item))
+                record = json.loads(line)
+                item = record["item"]
+                if (record.get("error") or {}).get("type") in _BAD_ROWS:
+                    held.add(("row", item))
+                else:
+                    held.add(key(item))
             except Exception:  # (the user's key function may raise anything)
                 continue
     return held
@@ -129,7 +138,7 @@ class Marks:
         self.key = key
         self._catching_up = False
 
-    def started(self, size: int) -> set[str] | None:
+    def started(self, size: int) -> set[Held] | None:
         """The file, ``size`` bytes, is about to take lines of a resume (the lock held).
 
         Returns None if it holds a line for every recorded item, or else the
@@ -137,7 +146,7 @@ class Marks:
         marks it as catching up.
         """
         if size == 0:
-            held: set[str] = set()
+            held: set[Held] = set()
         elif needs_catch_up(self._journal, self._output):
             held = keys_held(self._output, self.key)
         else:

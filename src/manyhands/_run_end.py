@@ -215,7 +215,7 @@ def _close_journal(run: Run, journal: Journal, completed: bool) -> None:
             ended = ended_by("input error", run._reader.error)
         elif stats.not_run:  # (not recorded: the counts of the run's row leave them out)
             joint = "; " if ":" in ended else ": "
-            ended = f"{ended}{joint}{stats.not_run:,} not run (a resume runs them)"
+            ended = f"{ended}{joint}{stats.not_run:,} read and not run (a resume runs them)"
         journal.close(ended, stats.counts())
         return
     # Interrupted: keep what finished during the grace period, then close
