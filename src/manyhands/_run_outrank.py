@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING
 from ._run_slowdown import obey_slowdown
 
 if TYPE_CHECKING:
-    from ._run import Run
+    from ._run_state import RunState
 
 __all__ = ["may_outrank", "outrank"]
 
 
-def may_outrank(run: Run) -> bool:
+def may_outrank(run: RunState) -> bool:
     """Whether the run shares its workers with runs it may outrank (a Pool's threads or
     processes; on asyncio a batch's items are handed out one by one, each at once)."""
     return (
@@ -38,7 +38,7 @@ def may_outrank(run: Run) -> bool:
     )
 
 
-def outrank(run: Run) -> None:
+def outrank(run: RunState) -> None:
     """Queue ahead of lower-priority work, when the lanes show some waiting (see above)."""
     task = run.task
     missed = task.passed_over - run._passes_seen

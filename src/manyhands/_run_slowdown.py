@@ -18,12 +18,12 @@ from ._slowdown import OPENING_SHARE, sooner
 
 if TYPE_CHECKING:
     from ._batch import Batch
-    from ._run import Run
+    from ._run_state import RunState
 
 __all__ = ["follow_slowdown", "obey_slowdown", "tell_slowdown"]
 
 
-def tell_slowdown(run: Run, batch: Batch, timed_out: bool = False) -> None:
+def tell_slowdown(run: RunState, batch: Batch, timed_out: bool = False) -> None:
     """Report a batch's answers to the slowdown; what it says is obeyed before more start."""
     now = run._clock()
     throttled, asked = run._settlement.take_throttled()
@@ -47,7 +47,7 @@ def tell_slowdown(run: Run, batch: Batch, timed_out: bool = False) -> None:
         obey_slowdown(run)
 
 
-def follow_slowdown(run: Run, now: float) -> float | None:
+def follow_slowdown(run: RunState, now: float) -> float | None:
     """The slowdown's timed changes; seconds until the next one or the pause's end."""
     slowdown = run._slowdown
     if run._reader.exhausted:
@@ -59,13 +59,13 @@ def follow_slowdown(run: Run, now: float) -> float | None:
     return due
 
 
-def _not_started(run: Run) -> int:
+def _not_started(run: RunState) -> int:
     """Batches sent whose calls a private event loop has not all started (its backlog)."""
     taken = getattr(run._backend, "taken", None)
     return 0 if taken is None or not run._owns_backend else run._batches_sent - taken
 
 
-def obey_slowdown(run: Run) -> None:
+def obey_slowdown(run: RunState) -> None:
     """Set the run's limits from the slowdown's: calls in flight, queueing ahead, the rate."""
     slowdown = run._slowdown
     if slowdown.limiter is not run._limiter:  # the first limit on the rate

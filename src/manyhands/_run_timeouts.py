@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING
 from ._exceptions import Timeout
 
 if TYPE_CHECKING:
-    from ._run import Run
+    from ._run_state import RunState
     from ._timers import Deadlines
 
 __all__ = ["expire_overdue"]
 
 
-def expire_overdue(run: Run, deadlines: Deadlines, now: float) -> None:
+def expire_overdue(run: RunState, deadlines: Deadlines, now: float) -> None:
     """Time out the batches running past ``timeout``."""
     timeout = deadlines.timeout
     for batch in deadlines.overdue(now):
