@@ -18,8 +18,10 @@ from hypothesis import strategies as st
 
 import manyhands
 from manyhands import _auto
-from manyhands._auto import ITEMS, PROCESSES_PER_CORE, WINDOW, Measure, Sizing
+from manyhands._auto import ITEMS, WINDOW, Measure
+from manyhands._auto_sizing import PROCESSES_PER_CORE, Sizing
 from manyhands._autopilot import Autopilot
+from manyhands._cpu_readings import gil_enabled
 
 from .conftest import finish, run_main_script, start_python
 
@@ -653,7 +655,7 @@ def test_while_auto_measures_the_engine_waits_short_turns_for_the_gil() -> None:
     from manyhands._autopilot import MEASURING_TURNS
     from manyhands._gil_turns import first_in_line
 
-    if (os.cpu_count() or 1) < 2 or not _auto.gil_enabled():
+    if (os.cpu_count() or 1) < 2 or not gil_enabled():
         pytest.skip("auto does not cap the calls here: nothing to measure")
     before = sys.getswitchinterval()
     seen: list[float] = []
@@ -736,7 +738,7 @@ def test_the_processes_auto_starts_early_import_the_main_script_once(tmp_path: P
     """auto starts the forkserver once the calls look CPU-bound, before any process
     backend exists: it must preload what the workers need, the main script included,
     as a process backend's start does (it did not: each worker imported the script)."""
-    if (os.cpu_count() or 1) < 2 or not _auto.gil_enabled():
+    if (os.cpu_count() or 1) < 2 or not gil_enabled():
         pytest.skip("auto stays on threads here")
     if "forkserver" not in multiprocessing.get_all_start_methods():
         pytest.skip("no forkserver here: each spawned worker imports the script")

@@ -15,7 +15,8 @@ import pytest
 
 from manyhands._latency_limit import DOUBLING, LOCAL, OPENING, QUIET, RECHECK, LatencyLimit
 from manyhands._servers import MODELS, Overload, SlidingWindow, TokenBucket, Unlimited, Varying
-from manyhands._slowdown import MARGIN, MIN_RATE, PROBES, Slowdown
+from manyhands._slowdown import Slowdown
+from manyhands._slowdown_rate import MARGIN, MIN_RATE, PROBES
 
 from .slowdown_sim import simulate
 

@@ -3,7 +3,7 @@
 Each takes ``fn``, ``items`` and keyword options. ``*more_items`` is there
 only to catch ``map(fn, xs, ys)`` with a message that says to zip them (type
 checkers flag it too); the signature shown by ``help()`` lists every option
-instead (:func:`~manyhands._options.lists_options`).
+instead (:func:`~manyhands._option_signatures.lists_options`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ._backends import Backend, backend_kind, create_backend
 from ._checks import check_fn, check_items, check_report_only, is_coroutine_function
 from ._exceptions import ManyhandsError, ended_early
-from ._options import Options, lists_options, process_options_refused
+from ._option_checks import process_options_refused
+from ._option_signatures import lists_options
+from ._options import Options
 from ._progress import progress_wanted
 from ._report import Report
 from ._run import Run

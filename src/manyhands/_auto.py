@@ -33,36 +33,40 @@ How many processes: one per core (at most the run's ``workers``), as for
 ``backend="processes"``, to begin with. (A call's wall time on threads
 includes its wait for the GIL, so the share of it spent computing cannot be
 told from waiting on I/O there.) Calls already running on threads finish
-there. On the processes the share can be told: each worker times its
-batches' CPU beside their wall time, and the time it waited for a core
+there. On the processes the share can be told: each worker times its batches'
+CPU beside their wall time, and the time it waited for a core
 (``/proc/<pid>/schedstat``, Linux) is left out. Once ``WINDOW`` seconds and
 two batches per process have come back, if the calls computed less than
 ``GROW_BELOW`` of their time (they also wait: a fetch, then a parse), more
 processes start, once: twice as many as would just keep the cores busy
-(processes divided by that share), at most ``PROCESSES_PER_CORE`` per core
-and the run's ``workers`` (see :class:`Sizing`). If they computed less than
-``RETURN_BELOW`` of their time, the move was a mistake (on a machine busy
-with other work, the time many threads that wait on I/O spend waiting for a
-core can look like a GIL kept busy): the rest of the run goes back to
+(processes divided by that share), at most ``PROCESSES_PER_CORE`` per core and
+the run's ``workers`` (see :class:`~._auto_sizing.Sizing`). If they computed
+less than ``RETURN_BELOW`` of their time, the move was a mistake (on a machine
+busy with other work, the time many threads that wait on I/O spend waiting for
+a core can look like a GIL kept busy): the rest of the run goes back to
 threads, for good.
 
 A run whose first calls were not like the rest (the first items were cached,
 say) may decide once more: if, after staying on threads, the calls of a later
 window are CPU-bound where those of the first were not.
 
-Everything takes the time as an argument, so tests drive it exactly.
+Here: the choice on threads (:class:`Measure`) and the words of it
+(:class:`Choice`); the sizing on processes and its constants in
+:mod:`._auto_sizing`; what the machine tells of the calls' CPU in
+:mod:`._cpu_readings`. Everything takes the time as an argument, so tests
+drive it exactly.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ._cpu_readings import demand, gil_enabled
 from ._exceptions import WorkerInitError
 from ._records import Record
 
@@ -70,20 +74,13 @@ __all__ = [
     "CALLS_PER_CORE",
     "EARLY_CALLS",
     "GIL_BOUND",
-    "GROW_BELOW",
     "ITEMS",
     "MIN_CPU",
-    "PROCESSES_PER_CORE",
-    "RETURN_BELOW",
     "WAIT_SEEN",
     "WINDOW",
     "Choice",
     "Measure",
-    "Sizing",
-    "demand",
-    "gil_enabled",
     "initialize_here",
-    "threads_cpu",
 ]
 
 WINDOW = 0.1  # seconds of the run before the choice
@@ -103,52 +100,8 @@ WAIT_SEEN = 0.02  # seconds of the run before its threads can be seen to wait
 # what the processes need took 135-165 ms behind 8 of them, 28-37 ms behind 2).
 CALLS_PER_CORE = 1
 LOOK_EVERY = 0.005  # seconds between looks at whether the calls wait (see Measure.lifts_cap)
-GROW_BELOW = 0.85  # on processes, calls computing less of their time than this: more processes
-PROCESSES_PER_CORE = 4  # the most processes auto grows to, per core
-RETURN_BELOW = 0.05  # on processes, calls computing less of their time: back to threads
 
 _set = object.__setattr__
-
-
-def demand(threads: Iterable[int] | None = None) -> tuple[float, float] | None:
-    """(CPU time, time ready to run) of this process's threads so far, in seconds.
-
-    Linux only (None elsewhere): each thread's ``schedstat`` holds its time on
-    a CPU and its time waiting for one. A thread waiting on I/O or on the GIL
-    is asleep, in neither. ``threads``: only those (native ids), else all.
-    """
-    ran = waited = 0
-    try:
-        tasks = os.listdir("/proc/self/task") if threads is None else list(threads)
-    except OSError:
-        return None
-    for tid in tasks:
-        try:
-            with open(f"/proc/self/task/{tid}/schedstat", "rb") as stats:
-                fields = stats.read().split()
-        except OSError:
-            continue  # (a thread that just ended)
-        ran += int(fields[0])
-        waited += int(fields[1])
-    return ran / 1e9, (ran + waited) / 1e9
-
-
-def waited_for_cpu(pids: Iterable[int]) -> float | None:
-    """Seconds the main threads of processes ``pids`` have waited for a core so far.
-
-    Linux only (None elsewhere): ``/proc/<pid>/schedstat``'s second field.
-    A process that has ended counts nothing.
-    """
-    if not os.path.isdir("/proc/self"):
-        return None
-    waited = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/schedstat", "rb") as stats:
-                waited += int(stats.read().split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-    return waited / 1e9
 
 
 def initialize_here(initializer: Callable[..., Any], initargs: tuple[Any, ...]) -> None:
@@ -168,28 +121,6 @@ def initialize_here(initializer: Callable[..., Any], initargs: tuple[Any, ...]) 
             "it in this process too, for the calls on its threads); no item was run",
             "".join(traceback.format_exception(exc)),
         ) from exc
-
-
-def threads_cpu(clocks: dict[int, int]) -> float:
-    """CPU time so far of the threads whose CPU clocks (``clock_gettime`` ids) are given.
-
-    Unlike reading ``/proc``, which gives up the GIL at each file, this keeps
-    it: with dozens of threads taking turns on the GIL, every release costs
-    the reader a wait in line.
-    """
-    total = 0.0
-    for clock in list(clocks.values()):
-        try:
-            total += time.clock_gettime(clock)
-        except OSError:  # (a thread that just ended)
-            continue
-    return total
-
-
-def gil_enabled() -> bool:
-    """Whether threads of this Python run one at a time (False: a free-threaded build)."""
-    check = getattr(sys, "_is_gil_enabled", None)
-    return True if check is None else bool(check())
 
 
 @dataclass(frozen=True, init=False, repr=False, eq=False)  # (see _records)
@@ -434,86 +365,3 @@ class Measure:
             f"calls used {min(self._busy(window)[0], 1.0):.0%} CPU: backend='processes' or "
             f"'auto' would use all {self._cores} cores"
         )
-
-
-class Sizing:
-    """auto, once on processes: how many processes the calls' share of CPU fits.
-
-    Calls that compute half their time and wait the other half keep a core
-    busy with two processes on it; it gets four, as the waits of two do not
-    line up. Processes report each batch's wall and CPU time (:meth:`add`);
-    the time they waited for a core is left out of the wall, so a machine
-    busy with other work does not pass for calls that wait.
-
-    >>> sizing = Sizing(started=0.0, processes=2, workers=32, cores=2, waited=lambda: 0.0)
-    >>> for _ in range(4):
-    ...     sizing.add(seconds=0.1, cpu=0.05)  # ten 10 ms calls, half of each computing
-    >>> sizing.judge(now=0.05) is None  # not yet: the window is 0.1 s
-    True
-    >>> sizing.judge(now=0.2), sizing.why
-    (8, 'then 8 processes: calls computed 50% of their time')
-    >>> sizing.judge(now=0.3) is None  # once
-    True
-    >>> io = Sizing(started=0.0, processes=2, workers=100, cores=2, waited=lambda: 0.0)
-    >>> for _ in range(4):
-    ...     io.add(seconds=0.2, cpu=0.001)  # ten 20 ms calls that wait on I/O
-    >>> io.judge(now=0.2), io.why
-    (0, 'but on processes the calls computed 0% of their time: back to threads')
-    """
-
-    def __init__(
-        self,
-        started: float,
-        processes: int,
-        workers: int,
-        cores: int | None = None,
-        waited: Callable[[], float | None] = lambda: None,
-    ) -> None:
-        self._started = started
-        self._processes = processes
-        self._workers = workers
-        self._cores = cores if cores is not None else (os.cpu_count() or 1)
-        self._waited = waited  # the processes' time waiting for a core so far
-        self._waited_start = waited()
-        self._batches = 0
-        self._seconds = 0.0
-        self._cpu = 0.0
-        self.done = False
-        self.why = ""
-
-    def add(self, seconds: float, cpu: float) -> None:
-        """A batch took ``seconds`` on its process, ``cpu`` of them computing."""
-        self._batches += 1
-        self._seconds += seconds
-        self._cpu += cpu
-
-    def judge(self, now: float) -> int | None:
-        """How many processes from now on, once the window is over: None for as many
-        as now, 0 for none (back to threads). :attr:`why` says why, for the Report.
-
-        Judged once: after ``WINDOW`` seconds and two batches per process.
-        """
-        if self.done or now - self._started < WINDOW or self._batches < 2 * self._processes:
-            return None
-        self.done = True
-        seconds = self._seconds
-        start, end = self._waited_start, self._waited()
-        if start is not None and end is not None:  # (waiting for a core is not the calls')
-            seconds -= end - start
-        share = self._cpu / max(seconds, self._cpu, 1e-9)
-        if share < RETURN_BELOW:
-            self.why = f"but on processes the calls computed {share:.0%} of their time: " + (
-                "back to threads"
-            )
-            return 0
-        if share >= GROW_BELOW:
-            return None
-        # Twice the count that would just fit: the calls' waits do not line up, and
-        # with just enough processes a core often idles (50% CPU: 4 processes on 2
-        # cores took 1.64 s where 8 took 1.47-1.51 s and the fixed 2 took 2.2 s).
-        fit = self._processes / max(share, 1e-3)
-        count = min(self._workers, PROCESSES_PER_CORE * self._cores, math.ceil(2 * fit))
-        if count <= self._processes:
-            return None
-        self.why = f"then {count} processes: calls computed {share:.0%} of their time"
-        return count

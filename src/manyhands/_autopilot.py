@@ -32,7 +32,8 @@ from ._run_slowdown import obey_slowdown
 from ._unsent import Unsent
 
 if TYPE_CHECKING:
-    from ._auto import Choice, Measure, Sizing
+    from ._auto import Choice, Measure
+    from ._auto_sizing import Sizing
     from ._batch import Batch
     from ._run import Run
 
@@ -205,7 +206,8 @@ class Autopilot(AutopilotMoves):
         start the processes. Calls that wait lift the cap at their first
         answer, or when the window ends without one.
         """
-        from ._auto import CALLS_PER_CORE, gil_enabled
+        from ._auto import CALLS_PER_CORE
+        from ._cpu_readings import gil_enabled
 
         cores = os.cpu_count() or 1
         cap = CALLS_PER_CORE * cores
@@ -298,7 +300,8 @@ class Autopilot(AutopilotMoves):
 
     def _new_measure(self, started: float) -> Measure:
         """A run's own threads are measured alone; a shared pool's, by the run's share."""
-        from ._auto import Measure, demand, threads_cpu  # (threads and auto runs only)
+        from ._auto import Measure  # (threads and auto runs only)
+        from ._cpu_readings import demand, threads_cpu
 
         run = self.run
         threads = getattr(run._backend, "native_ids", None)

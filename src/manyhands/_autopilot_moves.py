@@ -6,7 +6,7 @@ processes started early (once the calls looked CPU-bound) or starts the
 run's own, with ``fn`` sent (a Pool's run takes the pool's processes);
 items that do not pickle, or a function that cannot travel, keep the run on
 threads, and the Report's backend line says why. Once on its own processes,
-the run is sized (:class:`~._auto.Sizing`): more processes if the calls also
+the run is sized (:class:`~._auto_sizing.Sizing`): more processes if the calls also
 wait, or back to threads (``workers=`` of them) if they mostly wait. Calls
 running when the run moves finish where they are.
 """
@@ -26,7 +26,8 @@ from ._run_slowdown import obey_slowdown
 from ._unsent import Unsent
 
 if TYPE_CHECKING:
-    from ._auto import Choice, Sizing
+    from ._auto import Choice
+    from ._auto_sizing import Sizing
     from ._backends._processes import ProcessBackend
     from ._batch import Batch
     from ._run import Run
@@ -90,7 +91,8 @@ class AutopilotMoves:
         self._moved_for = choice.why
         self.unsent = Unsent(functools.partial(run._send_back_to, 0))  # (0: its threads)
         if run._owns_backend:
-            from ._auto import Sizing, waited_for_cpu
+            from ._auto_sizing import Sizing
+            from ._cpu_readings import waited_for_cpu
 
             self._chosen = choice
             pids = cast("list[int]", getattr(backend, "pids", []))

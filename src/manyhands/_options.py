@@ -3,42 +3,35 @@
 The options are defined once, as the fields of :class:`Options` (names,
 types, defaults). :class:`~manyhands._run_options.RunOptions` spells the same
 names and types for type checkers and IDEs (a test keeps the two equal), and
-:func:`lists_options` gives each front door a signature that lists them all
-with their defaults, for ``help()``, ``inspect.signature`` and notebooks.
+:func:`~._option_signatures.lists_options` gives each front door a signature
+that lists them all with their defaults, for ``help()``, ``inspect.signature``
+and notebooks.
 
 Every check names the parameter, says what it got and what is accepted, so a
-mistake is fixed from the message alone.
+mistake is fixed from the message alone (the checks of a value, shared with a
+Pool's own arguments, are in :mod:`._option_checks`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import os
-import stat
-from _thread import TIMEOUT_MAX
 from collections.abc import Callable
 from dataclasses import dataclass, fields, is_dataclass
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
+from typing import Any, Literal
 
-from ._exceptions import JournalError
+from ._option_checks import (
+    check_choice,
+    check_journal_location,
+    check_positive_int,
+    check_seconds,
+    check_start_timeout,
+    process_options_refused,
+)
 from ._rate import parse_rate
 from ._records import Record
 from ._retry import ErrorMatcher, Retry, check_matcher
 
-if TYPE_CHECKING:
-    import inspect
-
-__all__ = [
-    "BACKENDS",
-    "DEFAULT_WORKERS",
-    "Options",
-    "check_positive_int",
-    "check_start_timeout",
-    "lists_options",
-]
-
-F = TypeVar("F", bound=Callable[..., Any])
+__all__ = ["BACKENDS", "DEFAULT_WORKERS", "Options"]
 
 #: Threads by default: most long item lists are network calls, which wait far
 #: more than they compute. 32 matches the stdlib's upper bound for IO work.
@@ -221,7 +214,7 @@ class Options(Record):
         if self.start_method is not None:
             import multiprocessing
 
-            _choice(
+            check_choice(
                 "start_method", self.start_method, tuple(multiprocessing.get_all_start_methods())
             )
         if self.initializer is not None and not callable(self.initializer):
@@ -248,7 +241,7 @@ class Options(Record):
         if self.journal is not None:
             if not isinstance(self.journal, (str, os.PathLike)):
                 raise TypeError(f"journal must be a file path (str or Path), got {self.journal!r}")
-            _check_journal_location(os.fspath(self.journal))
+            check_journal_location(os.fspath(self.journal))
         if self.key is not None and not callable(self.key):
             raise TypeError(
                 f"key must be a callable taking an item, e.g. key=lambda row: row['id'], "
@@ -262,8 +255,8 @@ class Options(Record):
                 "value; resuming unpickles them, which runs code from the journal file: only "
                 f"for files you trust) or False, got {self.store_results!r}"
             )
-        _choice("durability", self.durability, ("normal", "full"))
-        _choice("changed_items", self.changed_items, ("refuse", "rerun", "skip"))
+        check_choice("durability", self.durability, ("normal", "full"))
+        check_choice("changed_items", self.changed_items, ("refuse", "rerun", "skip"))
         if self.journal is None:
             for name in ("key", "retry_failed", "store_results"):
                 if getattr(self, name):
@@ -366,153 +359,4 @@ def _plain(value: object) -> object:
     return f"<{type(value).__qualname__}>"
 
 
-def lists_options(*, leave_out: tuple[str, ...] = ()) -> Callable[[F], F]:
-    """Give a front door a signature listing every option, keyword-only, with its default.
-
-    ``run(fn, items, **options)`` is shown by ``help()`` and
-    ``inspect.signature`` as ``run(fn, items, *, workers: int = 32, ...)``,
-    built from :class:`Options`, so no list of options is copied by hand.
-    Its own ``*args`` and ``**options`` are left out of what is shown, and so
-    are the options named in ``leave_out``.
-    """
-
-    def decorate(fn: F) -> F:
-        import inspect  # (dataclasses imported it already; nothing runs per call)
-
-        own = inspect.signature(fn)
-        shown = [
-            p
-            for p in own.parameters.values()
-            if p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
-        ]
-        shown += [p for p in _option_parameters() if p.name not in leave_out]
-        cast(Any, fn).__signature__ = own.replace(parameters=shown)
-        return fn
-
-    return decorate
-
-
-@functools.cache
-def _option_parameters() -> tuple[inspect.Parameter, ...]:
-    """Every option as a keyword-only parameter with its type and default."""
-    import inspect
-
-    keyword = inspect.Parameter.KEYWORD_ONLY
-    return tuple(
-        inspect.Parameter(f.name, keyword, default=f.default, annotation=f.type)
-        for f in fields(Options)
-    )
-
-
 _PROCESS_OPTIONS = ("start_method", "initializer", "initargs", "start_timeout")
-
-
-def process_options_refused(given: list[str], backend: Any, caller: str | None = None) -> str:
-    """What refuses worker-process options ``given`` with a backend they do not apply to.
-
-    ``caller``: the function called, when ``backend`` is the one its run got
-    without ``backend=`` (threads for a function, asyncio for a coroutine function).
-    """
-    from ._backends import backend_kind
-
-    names = ", ".join(f"{name}=" for name in given)
-    apply = "applies" if len(given) == 1 else "apply"
-    head = f"{caller}() got {names} which {apply}" if caller else f"{names} {apply}"
-    kind = backend_kind(backend)
-    if kind == "dask":
-        return (
-            f"{head} to the worker processes of backend='processes' only, not to "
-            "a Dask cluster's workers, which Dask starts and sets up: set up what fn needs "
-            f"on the cluster (e.g. a worker plugin) or on first use in fn, and leave {names} out"
-        )
-    if kind not in ("threads", "async"):  # (an Executor)
-        return (
-            f"{head} to the worker processes manyhands starts only, and backend= is "
-            "an executor, which starts its own: set them up on it (e.g. "
-            f"ProcessPoolExecutor(initializer=...)), and leave {names} out"
-        )
-    where = "in threads" if kind == "threads" else "as asyncio tasks"
-    runs = f"this run's calls run {where}" if caller else f"backend={backend!r} runs calls {where}"
-    fix = "pass backend='processes' (or 'auto'), or " if kind == "threads" else ""
-    return (
-        f"{head} to worker processes only, and {runs}, which start none: {fix}set up what "
-        f"fn needs before the run (e.g. in a module-level global) and leave {names} out"
-    )
-
-
-def _check_journal_location(path: str) -> None:
-    """Refuse a journal path that names no file one can be, before anything runs."""
-    if not path:
-        raise ValueError(
-            "journal= got an empty path (an unset variable?); pass a file path, e.g. "
-            "journal='run.db', or leave it out for no journal"
-        )
-    if "\x00" in path:
-        raise ValueError(
-            f"journal={path!r} holds a NUL byte, which no file path can; pass the path without it"
-        )
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        problem = "is not a directory" if os.path.exists(folder) else "does not exist"
-        raise JournalError(
-            f"journal={path!r}: the directory {folder} {problem}; create it first "
-            "(os.makedirs), or pass a path in an existing directory"
-        )
-    if os.path.isdir(path):
-        raise JournalError(
-            f"journal={path!r} is a directory; pass a file path, e.g. "
-            f"{os.path.join(path, 'run.db')!r}"
-        )
-    with contextlib.suppress(OSError):  # (no such file yet: the run creates it)
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            raise JournalError(
-                f"journal={path!r} is not a regular file (a device, a pipe or a socket): "
-                "a journal is an SQLite file; pass a file path, e.g. 'run.db'"
-            )
-
-
-def _choice(name: str, value: object, accepted: tuple[str, ...]) -> None:
-    if value not in accepted:
-        raise ValueError(
-            f"{name}={value!r} is not accepted; use one of " + ", ".join(map(repr, accepted))
-        )
-
-
-def check_positive_int(name: str, value: object, hint: str, *, zero: bool = False) -> None:
-    """Refuse anything but an int >= 1 (>= 0 with ``zero``), naming ``name`` and a hint."""
-    lowest = 0 if zero else 1
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int >= {lowest} ({hint}), got {value!r}")
-    if value < lowest:
-        raise ValueError(f"{name} must be >= {lowest} ({hint}), got {value!r}")
-
-
-def check_seconds(name: str, value: object, *, positive: bool = False, hint: str = "") -> None:
-    """Refuse anything but a number of seconds >= 0 (> 0 with ``positive``) that a
-    thread can wait for (``threading.TIMEOUT_MAX``: ~292 years on Linux, 49 days on
-    Windows), naming ``name``.
-
-    >>> check_seconds("grace", 1e300)
-    Traceback (most recent call last):
-    ...
-    ValueError: grace must be a number of seconds >= 0, at most ... got 1e+300
-    """
-    lowest = "> 0" if positive else ">= 0"
-    said = f" ({hint})" if hint else ""
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise TypeError(f"{name} must be a number of seconds {lowest}{said}, got {value!r}")
-    if not ((value > 0 if positive else value >= 0) and value <= TIMEOUT_MAX):
-        raise ValueError(
-            f"{name} must be a number of seconds {lowest}{said}, at most {TIMEOUT_MAX:.0f} "
-            f"(the longest a thread can wait), got {value!r}"
-        )
-
-
-def check_start_timeout(value: object) -> None:
-    """Refuse a ``start_timeout`` that is not a number of seconds > 0, naming it."""
-    check_seconds(
-        "start_timeout",
-        value,
-        positive=True,
-        hint="how long a worker process may take to start, its initializer included",
-    )

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._api import POOL_OPTIONS, open_run, run_to_end
 from ._backends import Backend, create_backend
-from ._options import lists_options
+from ._option_signatures import lists_options
 from ._pool_life import AtExit, Life, watch_exit
 from ._pool_options import check_int, pool_options
 from ._pool_runs import PoolRuns

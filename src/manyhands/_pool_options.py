@@ -12,7 +12,8 @@ from collections.abc import Callable
 from typing import Any
 
 from ._backends import backend_kind
-from ._options import DEFAULT_WORKERS, check_positive_int, check_start_timeout
+from ._option_checks import check_positive_int, check_start_timeout
+from ._options import DEFAULT_WORKERS
 
 __all__ = ["POOL_BACKENDS", "check_int", "pool_options"]
 

@@ -39,7 +39,7 @@ from queue import Empty, SimpleQueue
 from time import perf_counter
 from typing import Any, cast
 
-from .._auto import gil_enabled
+from .._cpu_readings import gil_enabled
 from .._exceptions import Timeout
 from .._outcome import set_traceback
 from ._dask_withdraw import begin
