@@ -9,10 +9,11 @@ What the file holds (docs/guide/command-line.md says the same):
 - A rerun on an existing journal (a resume) appends. Items the journal skips
   because an earlier run recorded them get no new line: theirs is already in
   the file. So after a run that was interrupted (Ctrl-C, SIGTERM) or stopped
-  by a stop rule, and its rerun, the file holds every item exactly once. After a run that was killed
-  outright (SIGKILL, a crash, a power cut), items that were running or whose
-  rows were not yet committed run again and may have two lines; the last one
-  is the final outcome, as for the items ``--retry-failed`` runs again.
+  by a stop rule, and its rerun, the file holds every item exactly once.
+  After a run that was killed outright (SIGKILL, a crash, a power cut), items
+  that were running or whose rows were not yet committed run again and may
+  have two lines; the last one is the final outcome, as for the items
+  ``--retry-failed`` runs again.
 - A resume into a file that is new or empty (or into stdout, or a pipe)
   writes every item, the skipped ones with the value the journal stored. If
   it is stopped before the end of its input, or a run in between wrote its

@@ -113,8 +113,8 @@ def keys_held(output: str, key: Callable[[Any], str]) -> set[Held]:
         for line in file:
             try:
                 record = json.loads(line)
-                item = record["item"]
-                if (record.get("error") or {}).get("type") in _BAD_ROWS:
+                item, error = record["item"], record.get("error")
+                if isinstance(error, dict) and error.get("type") in _BAD_ROWS:
                     held.add(("row", item))
                 else:
                     held.add(key(item))
