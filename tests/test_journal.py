@@ -831,3 +831,5 @@ def _fails(item: object) -> None:
 def test_a_failed_item_of_a_class_named_as_the_commands_rows_is_recorded(tmp_path: Path) -> None:
     report = manyhands.run(_fails, [BadLine()], journal=tmp_path / "j.db", key=repr)
     assert (report.failed, report.succeeded) == (1, 0)
+    again = manyhands.run(_fails, [BadLine()], journal=tmp_path / "j.db", key=repr)
+    assert (again.skipped, again.failed) == (1, 0)  # (recorded: a resume skips it)

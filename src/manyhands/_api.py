@@ -257,17 +257,7 @@ def open_run(
     if pool is None:
         _refuse_process_options(caller, opts, backend_name)
     if backend_name == "async" and not on_loop and _loop_running():
-        raise RuntimeError(
-            f"{caller if pool is not None else 'manyhands.' + caller}() with a coroutine "
-            "function was called from a running event loop, "
-            "which it would block. In async code use "
-            + (
-                "`async for outcome in pool.amap(fn, items)` (on the pool's workers)."
-                if pool is not None
-                else "`report = await manyhands.arun(fn, items)`, or "
-                "`async for outcome in manyhands.amap(fn, items)`."
-            )
-        )
+        raise RuntimeError(_blocks_the_loop(caller, pool is not None))
     source, iterator = check_items(caller, items, more, on_loop)
     if opts.input_thread is not None and source is not None:
         raise ValueError(
@@ -335,6 +325,27 @@ def _private_backend(
         given=opts.backend,
     )
     return backend, getattr(backend, "workers", workers or opts.workers)
+
+
+def _blocks_the_loop(caller: str, pooled: bool) -> str:
+    """Why a blocking run of a coroutine function was refused on a running loop, and what instead.
+
+    >>> print(_blocks_the_loop("pool.run", True))  # doctest: +ELLIPSIS
+    pool.run() with a coroutine function ... use `async for outcome in pool.amap(fn, items)` ...
+    """
+    if pooled:  # (manyhands.arun/amap would run on workers of their own, outside the pool)
+        name = caller
+        instead = "`async for outcome in pool.amap(fn, items)` (on the pool's workers)"
+    else:
+        name = f"manyhands.{caller}"
+        instead = (
+            "`report = await manyhands.arun(fn, items)`, or "
+            "`async for outcome in manyhands.amap(fn, items)`"
+        )
+    return (
+        f"{name}() with a coroutine function was called from a running event loop, which "
+        f"it would block. In async code use {instead}."
+    )
 
 
 #: Options that belong to a Pool: its workers serve every run.

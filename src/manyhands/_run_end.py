@@ -214,8 +214,8 @@ def _close_journal(run: Run, journal: Journal, completed: bool) -> None:
         if run._reader.error is not None:
             ended = ended_by("input error", run._reader.error)
         elif stats.not_run:  # (not recorded: the counts of the run's row leave them out)
-            joint = "; " if ":" in ended else ": "
-            ended = f"{ended}{joint}{stats.not_run:,} read and not run (a resume runs them)"
+            left = f"{stats.not_run:,} read and not run (a resume runs them)"
+            ended = f"{ended}; {left}" if stats.stop_reason else f"{ended}: {left}"
         journal.close(ended, stats.counts())
         return
     # Interrupted: keep what finished during the grace period, then close
